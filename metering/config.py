@@ -1,0 +1,57 @@
+"""Where things live. Every default path is relative to the project root and overridable by env.
+
+Paths are resolved at call time (not import time) so tests and commands can point a process at
+another warehouse by setting the environment variable or passing an explicit path.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+
+
+def data_dir() -> Path:
+    """The folder for generated and runtime files (`METERING_DATA_DIR`, default `data/`)."""
+    return Path(os.environ.get("METERING_DATA_DIR", PROJECT_ROOT / "data"))
+
+
+def warehouse_path(explicit: str | os.PathLike[str] | None = None) -> Path:
+    """The DuckDB warehouse file: explicit path, else `METERING_WAREHOUSE`, else `data/warehouse.duckdb`."""
+    if explicit:
+        return Path(explicit)
+    env = os.environ.get("METERING_WAREHOUSE")
+    return Path(env) if env else data_dir() / "warehouse.duckdb"
+
+
+def snapshot_path(explicit: str | os.PathLike[str] | None = None) -> Path:
+    """The published read-only snapshot: explicit, else `METERING_SNAPSHOT`, else `data/analytics.duckdb`."""
+    if explicit:
+        return Path(explicit)
+    env = os.environ.get("METERING_SNAPSHOT")
+    return Path(env) if env else data_dir() / "analytics.duckdb"
+
+
+def rules_dir(explicit: str | os.PathLike[str] | None = None) -> Path:
+    """The pricing rules folder: explicit, else `METERING_RULES`, else `rating_rules/`."""
+    if explicit:
+        return Path(explicit)
+    env = os.environ.get("METERING_RULES")
+    return Path(env) if env else PROJECT_ROOT / "rating_rules"
+
+
+def raw_dir(explicit: str | os.PathLike[str] | None = None) -> Path:
+    """Where raw usage log files are dropped: explicit, else `METERING_RAW_DIR`, else `data/raw/`."""
+    if explicit:
+        return Path(explicit)
+    env = os.environ.get("METERING_RAW_DIR")
+    return Path(env) if env else data_dir() / "raw"
+
+
+def customers_path(explicit: str | os.PathLike[str] | None = None) -> Path:
+    """The customer list with plan assignments: explicit, else `METERING_CUSTOMERS`, else `data/customers.csv`."""
+    if explicit:
+        return Path(explicit)
+    env = os.environ.get("METERING_CUSTOMERS")
+    return Path(env) if env else data_dir() / "customers.csv"

@@ -1,0 +1,52 @@
+"""Errors a user can cause, and the exit codes scripts can rely on.
+
+| code | meaning |
+| ---: | --- |
+| 0 | success |
+| 1 | internal error (a bug: please report it with the log) |
+| 2 | command-line usage error (unknown option, missing argument) |
+| 3 | bad input: a file, rule, row or setting the user supplied is wrong; the message names it |
+| 4 | a check failed: data was processed but an invariant or threshold does not hold |
+| 5 | an external service (Stripe) failed or could not be reached |
+| 6 | the warehouse is locked by another writer |
+"""
+
+from __future__ import annotations
+
+EXIT_OK = 0
+EXIT_INTERNAL = 1
+EXIT_USAGE = 2
+EXIT_BAD_INPUT = 3
+EXIT_CHECK_FAILED = 4
+EXIT_EXTERNAL = 5
+EXIT_LOCKED = 6
+
+
+class MeteringError(Exception):
+    """Base for errors the CLI turns into a one-line message and an exit code (no traceback)."""
+
+    exit_code = EXIT_INTERNAL
+
+
+class BadInputError(MeteringError):
+    """A user-supplied file, row, rule or option is wrong. The message names where and what."""
+
+    exit_code = EXIT_BAD_INPUT
+
+
+class CheckFailedError(MeteringError):
+    """An invariant or a configured threshold does not hold."""
+
+    exit_code = EXIT_CHECK_FAILED
+
+
+class ExternalServiceError(MeteringError):
+    """Stripe (or another service) failed in a way retries did not fix."""
+
+    exit_code = EXIT_EXTERNAL
+
+
+class WarehouseLockedError(MeteringError):
+    """Another process holds the DuckDB warehouse for writing."""
+
+    exit_code = EXIT_LOCKED

@@ -1,0 +1,1 @@
+"""Pricing rules kept in git (`rating_rules/`): meters, plans and their versions, dunning policy."""

@@ -1,0 +1,238 @@
+"""The one seam to the DuckDB warehouse: connections, schema migrations, partition writes, publishing.
+
+Nothing else in the project builds connection strings or attaches databases. Moving the warehouse
+to DuckLake or MotherDuck is a change to this module only.
+
+- Sessions run in UTC (`SET TimeZone='UTC'`), whatever the host says.
+- The schema is a numbered list of SQL files in `metering/migrations/` (`NNN_name.sql`), applied in
+  order and recorded in `schema_migrations`; a writable connection brings the file up to date.
+  Number ranges by domain: 001-009 ingest, 010-019 rating, 020-029 Stripe push/catalog,
+  030-039 webhooks/state, 040-049 dunning, 050-059 reconciliation/reports.
+- Partition writes are delete-then-insert in one transaction (`replace_rows`), so re-running gives
+  the state of running once. The helper keeps the "where" explicit so it can later switch to an
+  append-only "latest load wins" layout for DuckLake.
+- `publish` copies the warehouse to a snapshot file and swaps it in with an atomic rename, so
+  analysts reading the snapshot are never blocked by, and never see half of, a running job.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import logging
+import os
+import time
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import polars as pl
+import pyarrow as pa
+
+from metering import config
+from metering.errors import WarehouseLockedError
+
+log = logging.getLogger(__name__)
+
+MIGRATIONS_DIR = Path(__file__).parent / "migrations"
+VIEWS_DIR = Path(__file__).parent / "views"
+
+
+def _configure(con: duckdb.DuckDBPyConnection, memory_limit: str | None, threads: int | None) -> None:
+    con.execute("SET TimeZone = 'UTC'")
+    if memory_limit:
+        con.execute(f"SET memory_limit = '{memory_limit}'")
+    if threads:
+        con.execute(f"SET threads = {int(threads)}")
+
+
+def connect(
+    path: str | os.PathLike[str] | None = None,
+    *,
+    read_only: bool = False,
+    memory_limit: str | None = None,
+    threads: int | None = None,
+    wait_seconds: float = 0.0,
+) -> duckdb.DuckDBPyConnection:
+    """Open the warehouse (UTC session); a writable connection applies pending migrations.
+
+    Raises `WarehouseLockedError` if another process holds the file and it is not released within
+    `wait_seconds`.
+    """
+    target = config.warehouse_path(path)
+    if not read_only:
+        target.parent.mkdir(parents=True, exist_ok=True)
+    deadline = time.monotonic() + wait_seconds
+    while True:
+        try:
+            con = duckdb.connect(str(target), read_only=read_only)
+            break
+        except duckdb.IOException as exc:
+            if "lock" not in str(exc).lower():
+                raise
+            if time.monotonic() >= deadline:
+                raise WarehouseLockedError(
+                    f"{target}: the warehouse is held by another writing process; "
+                    "wait for the running job to finish, or read the published snapshot instead"
+                ) from None
+            time.sleep(0.2)
+    _configure(con, memory_limit, threads)
+    if not read_only:
+        apply_migrations(con)
+    return con
+
+
+@contextlib.contextmanager
+def open_warehouse(
+    path: str | os.PathLike[str] | None = None, *, read_only: bool = False, **kwargs: Any
+) -> Iterator[duckdb.DuckDBPyConnection]:
+    """`connect` as a context manager that always closes the connection."""
+    con = connect(path, read_only=read_only, **kwargs)
+    try:
+        yield con
+    finally:
+        con.close()
+
+
+def migration_files() -> list[Path]:
+    return sorted(MIGRATIONS_DIR.glob("[0-9][0-9][0-9]_*.sql"))
+
+
+def apply_migrations(con: duckdb.DuckDBPyConnection) -> list[str]:
+    """Apply every migration not yet recorded, each in its own transaction. Returns those applied."""
+    con.execute(
+        "CREATE TABLE IF NOT EXISTS schema_migrations ("
+        " version VARCHAR NOT NULL, checksum VARCHAR NOT NULL, applied_at TIMESTAMPTZ NOT NULL)"
+    )
+    done = {row[0] for row in con.execute("SELECT version FROM schema_migrations").fetchall()}
+    applied = []
+    for file in migration_files():
+        version = file.stem
+        if version in done:
+            continue
+        sql = file.read_text()
+        with transaction(con):
+            con.execute(sql)
+            con.execute(
+                "INSERT INTO schema_migrations VALUES (?, ?, now())",
+                [version, hashlib.sha256(sql.encode()).hexdigest()],
+            )
+        applied.append(version)
+    if applied:
+        log.debug("applied migrations %s", applied)
+    return applied
+
+
+@contextlib.contextmanager
+def transaction(con: duckdb.DuckDBPyConnection) -> Iterator[duckdb.DuckDBPyConnection]:
+    """BEGIN … COMMIT, rolling back on any exception."""
+    con.execute("BEGIN TRANSACTION")
+    try:
+        yield con
+    except BaseException:
+        con.execute("ROLLBACK")
+        raise
+    con.execute("COMMIT")
+
+
+Frame = pl.DataFrame | pa.Table
+
+
+def _as_arrow(frame: Frame) -> pa.Table:
+    return frame.to_arrow() if isinstance(frame, pl.DataFrame) else frame
+
+
+def insert_frame(con: duckdb.DuckDBPyConnection, table: str, frame: Frame) -> int:
+    """Insert a frame's rows by column name (columns the frame lacks get their defaults/NULL)."""
+    arrow = _as_arrow(frame)
+    if arrow.num_rows == 0:
+        return 0
+    view = f"_frame_{abs(hash((table, id(arrow))))}"
+    con.register(view, arrow)
+    try:
+        cols = ", ".join(f'"{c}"' for c in arrow.column_names)
+        con.execute(f"INSERT INTO {table} ({cols}) SELECT {cols} FROM {view}")
+    finally:
+        con.unregister(view)
+    return arrow.num_rows
+
+
+def replace_rows(
+    con: duckdb.DuckDBPyConnection,
+    table: str,
+    where_sql: str,
+    params: Sequence[Any],
+    frame: Frame,
+    *,
+    in_transaction: bool = False,
+) -> int:
+    """Delete the rows matching `where_sql` and insert `frame`, atomically. Returns rows inserted.
+
+    `where_sql` uses `?` placeholders bound to `params` (never string formatting of values). Pass
+    `in_transaction=True` when the caller already opened a transaction that spans more writes.
+    """
+    def _do() -> int:
+        con.execute(f"DELETE FROM {table} WHERE {where_sql}", list(params))
+        return insert_frame(con, table, frame)
+
+    if in_transaction:
+        return _do()
+    with transaction(con):
+        return _do()
+
+
+def sql_string(value: str) -> str:
+    """Quote a string as a SQL literal, for the few statements (ATTACH, COPY) that take no parameters."""
+    return "'" + value.replace("'", "''") + "'"
+
+
+def query_frame(con: duckdb.DuckDBPyConnection, sql: str, params: Sequence[Any] = ()) -> pl.DataFrame:
+    """Run a parameterised query and return a Polars frame (Decimals stay Decimals)."""
+    return pl.from_arrow(con.execute(sql, list(params)).fetch_arrow_table())  # type: ignore[return-value]
+
+
+def publish(
+    warehouse: str | os.PathLike[str] | None = None,
+    snapshot: str | os.PathLike[str] | None = None,
+    *,
+    con: duckdb.DuckDBPyConnection | None = None,
+) -> Path:
+    """Copy the warehouse into a fresh snapshot file, add the analyst views, and swap it in atomically.
+
+    Pass `con` when the caller already holds the warehouse (a writer connection); otherwise the
+    warehouse is opened read-only for the copy. Readers of the old snapshot keep their open file;
+    new readers see the new one. Returns the snapshot path.
+    """
+    dest = config.snapshot_path(snapshot)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dest.with_name(f".{dest.name}.{os.getpid()}.tmp")
+    for leftover in (tmp, tmp.with_name(tmp.name + ".wal")):
+        leftover.unlink(missing_ok=True)
+    own = con is None
+    source = con or connect(warehouse, read_only=True)
+    try:
+        source_db = source.execute("SELECT current_database()").fetchone()[0]
+        source.execute(f"ATTACH {sql_string(str(tmp))} AS snapshot_target")
+        try:
+            source.execute(f'COPY FROM DATABASE "{source_db}" TO snapshot_target')
+        finally:
+            source.execute("DETACH snapshot_target")
+    finally:
+        if own:
+            source.close()
+    views = sorted(VIEWS_DIR.glob("*.sql")) if VIEWS_DIR.exists() else []
+    if views:
+        snap = duckdb.connect(str(tmp))
+        try:
+            snap.execute("SET TimeZone = 'UTC'")
+            for file in views:
+                snap.execute(file.read_text())
+            snap.execute("CHECKPOINT")
+        finally:
+            snap.close()
+    with open(tmp, "rb") as fh:
+        os.fsync(fh.fileno())
+    os.replace(tmp, dest)
+    log.info("published snapshot", extra={"snapshot": str(dest)})
+    return dest

@@ -1,0 +1,79 @@
+import threading
+from decimal import Decimal
+
+import duckdb
+import polars as pl
+import pytest
+
+from metering import warehouse
+from metering.errors import WarehouseLockedError
+
+
+def test_sessions_are_utc_and_migrated(tmp_path):
+    with warehouse.open_warehouse(tmp_path / "w.duckdb") as con:
+        assert con.execute("SELECT current_setting('TimeZone')").fetchone()[0] == "UTC"
+        tables = {r[0] for r in con.execute("SELECT table_name FROM information_schema.tables").fetchall()}
+        assert {"usage_events", "usage_quarantine", "ingested_files", "schema_migrations"} <= tables
+        # Re-opening applies nothing new.
+    with warehouse.open_warehouse(tmp_path / "w.duckdb") as con:
+        assert warehouse.apply_migrations(con) == []
+
+
+def test_replace_rows_is_idempotent_and_exact(tmp_path):
+    with warehouse.open_warehouse(tmp_path / "w.duckdb") as con:
+        con.execute("CREATE TABLE t (d DATE, amount DECIMAL(38, 12))")
+        frame = pl.DataFrame(
+            {"d": [pl.date(2026, 1, 1)] * 2, "amount": [Decimal("0.000000000001"), Decimal("123456789012345.5")]}
+        ).with_columns(pl.col("amount").cast(pl.Decimal(38, 12)), pl.lit("2026-01-01").str.to_date().alias("d"))
+        for _ in range(2):
+            warehouse.replace_rows(con, "t", "d = ?", ["2026-01-01"], frame)
+        rows = con.execute("SELECT amount FROM t ORDER BY amount").fetchall()
+        assert [r[0] for r in rows] == [Decimal("0.000000000001"), Decimal("123456789012345.500000000000")]
+
+
+def test_replace_rows_rolls_back_on_failure(tmp_path):
+    with warehouse.open_warehouse(tmp_path / "w.duckdb") as con:
+        con.execute("CREATE TABLE t (k INTEGER NOT NULL)")
+        con.execute("INSERT INTO t VALUES (1)")
+        bad = pl.DataFrame({"k": [None]}, schema={"k": pl.Int32})
+        with pytest.raises(duckdb.ConstraintException):
+            warehouse.replace_rows(con, "t", "k = ?", [1], bad)
+        assert con.execute("SELECT k FROM t").fetchall() == [(1,)]
+
+
+def test_second_writer_process_fails_fast_with_clear_error(tmp_path):
+    import subprocess, sys, textwrap
+
+    path = tmp_path / "w.duckdb"
+    holder = subprocess.Popen(
+        [sys.executable, "-c", textwrap.dedent(f"""
+            import sys, time
+            from metering import warehouse
+            con = warehouse.connect({str(path)!r})
+            print("ready", flush=True)
+            sys.stdin.readline()
+        """)],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+    )
+    try:
+        assert holder.stdout.readline().strip() == "ready"
+        with pytest.raises(WarehouseLockedError, match="held by another writing process"):
+            warehouse.connect(path)
+    finally:
+        holder.stdin.write("\n"); holder.stdin.flush(); holder.wait(timeout=30)
+
+
+def test_snapshot_readable_while_writer_holds_warehouse(tmp_path):
+    wh, snap = tmp_path / "w.duckdb", tmp_path / "a.duckdb"
+    with warehouse.open_warehouse(wh) as con:
+        con.execute("CREATE TABLE t AS SELECT 42 AS answer")
+        warehouse.publish(snapshot=snap, con=con)
+        # The writer still holds the warehouse; the snapshot opens read-only all the same.
+        reader = duckdb.connect(str(snap), read_only=True)
+        assert reader.execute("SELECT answer FROM t").fetchone() == (42,)
+        con.execute("UPDATE t SET answer = 43")
+        warehouse.publish(snapshot=snap, con=con)
+        # The old reader keeps its consistent view; a new reader sees the new snapshot.
+        assert reader.execute("SELECT answer FROM t").fetchone() == (42,)
+        reader.close()
+        assert duckdb.connect(str(snap), read_only=True).execute("SELECT answer FROM t").fetchone() == (43,)
