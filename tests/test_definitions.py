@@ -1,17 +1,28 @@
+"""The code location loads, and every warehouse writer is serialised through the one pool."""
+
 import dagster as dg
 
 from pipelines.definitions import defs
+from pipelines.resources import WAREHOUSE_POOL
 
 
 def test_definitions_load():
     dg.Definitions.validate_loadable(defs)
 
 
-def test_warehouse_writers_share_one_pool():
-    from pipelines.resources import WAREHOUSE_POOL
-
-    for asset in defs.assets or []:
-        if isinstance(asset, dg.AssetsDefinition) and "duckdb" in (asset.specs_by_key and
-                next(iter(asset.specs)).kinds or set()):
-            for node in asset.node_def.iterate_node_defs() if hasattr(asset.node_def, "iterate_node_defs") else [asset.node_def]:
-                assert node.pool == WAREHOUSE_POOL, f"{asset.key} writes DuckDB outside the writer pool"
+def test_every_duckdb_asset_and_check_runs_in_the_writer_pool():
+    graph = defs.resolve_asset_graph()
+    offenders = []
+    for assets_def in graph.assets_defs:
+        if not assets_def.is_executable:
+            continue
+        kinds = set().union(*(spec.kinds for spec in assets_def.specs)) if assets_def.specs else set()
+        writes_duckdb = "duckdb" in kinds or any(
+            "dagster/kind/duckdb" in (spec.tags or {}) for spec in assets_def.specs
+        )
+        if writes_duckdb and assets_def.node_def.pool != WAREHOUSE_POOL:
+            offenders.append(str(assets_def.keys))
+    for checks_def in defs.asset_checks or []:
+        if getattr(checks_def.node_def, "pool", None) not in (None, WAREHOUSE_POOL):
+            offenders.append(str(checks_def.check_keys))
+    assert offenders == []
