@@ -1,0 +1,287 @@
+"""Reconciliation: ours vs pushed vs Stripe's meters vs Stripe's invoices, as pure Polars functions.
+
+`reconcile_usage` gives one row per customer x meter x billing period; `reconcile_invoices` one row
+per customer x billing period. Both take already-rolled-up frames (see `metering.reconcile.inputs`
+for how they are read from the warehouse), so they are testable without DuckDB or Stripe.
+
+Quantities are compared exactly (DECIMAL(38,12)); amounts are integer minor units, and an amount
+difference up to the row's tolerance (per-currency minor units x invoice lines, default 1 per line)
+is `within_tolerance`. Nothing is corrected: every difference becomes a row with a status and a
+reason (invariant I14).
+
+Status of a usage row, first rule that applies wins:
+
+| status | when |
+| --- | --- |
+| `pending` | Stripe's meter summary was not pulled because a push was acknowledged too recently (settle guard) |
+| `late_after_finalization` | usage reached us/Stripe after the period's invoice was finalized: the ledger marks windows `late`, or Stripe's meter holds more than its finalized invoice billed |
+| `not_pushed` | we rated more than the ledger has acknowledged (windows never sent, failed or unknown) |
+| `missing_in_stripe` | pushed, but Stripe has neither meter usage nor an invoice line for it |
+| `extra_in_stripe` | Stripe metered or invoiced more than we pushed, or something we never rated |
+| `quantity_mismatch` | Stripe's metered or invoiced quantity differs from ours for any other reason |
+| `amount_mismatch` | quantities agree but the invoiced amount differs by more than the tolerance (e.g. Stripe's price is not our rule version's) |
+| `within_tolerance` | amounts differ by at least one and at most the tolerance |
+| `matched` | quantities and amounts equal |
+
+`explained` is true for matched, within_tolerance, pending and late_after_finalization; every other
+row's |amount difference| counts towards the blocking check's threshold.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from decimal import Decimal
+
+import polars as pl
+
+from metering.reconcile.settings import ReconcileSettings
+
+QTY = pl.Decimal(38, 12)
+
+STATUSES = (
+    "matched",
+    "within_tolerance",
+    "not_pushed",
+    "missing_in_stripe",
+    "extra_in_stripe",
+    "quantity_mismatch",
+    "amount_mismatch",
+    "late_after_finalization",
+    "pending",
+)
+EXPLAINED_STATUSES = ("matched", "within_tolerance", "pending", "late_after_finalization")
+INVOICE_STATUSES = ("matched", "within_tolerance", "amount_mismatch", "missing_in_stripe", "extra_in_stripe", "pending")
+
+KEY = ["customer_id", "meter", "period_start"]
+
+OURS_SCHEMA = {
+    "customer_id": pl.String, "meter": pl.String, "period_start": pl.Date, "period_end": pl.Date,
+    "currency": pl.String, "plan": pl.String, "plan_version": pl.String,
+    "our_quantity": QTY, "our_amount_minor": pl.Int64,
+}
+PUSHED_SCHEMA = {
+    "customer_id": pl.String, "meter": pl.String, "period_start": pl.Date,
+    "pushed_quantity": QTY, "unacked_windows": pl.Int64, "late_windows": pl.Int64,
+}
+STRIPE_METER_SCHEMA = {
+    "customer_id": pl.String, "meter": pl.String, "period_start": pl.Date, "period_end": pl.Date,
+    "stripe_quantity": QTY, "meter_status": pl.String, "pending_reason": pl.String,
+}
+STRIPE_LINES_SCHEMA = {
+    "customer_id": pl.String, "meter": pl.String, "period_start": pl.Date, "period_end": pl.Date,
+    "currency": pl.String, "invoiced_quantity": QTY, "stripe_amount_minor": pl.Int64,
+    "line_count": pl.Int64, "invoice_ids": pl.String, "finalized": pl.Boolean,
+}
+OUR_INVOICES_SCHEMA = {
+    "customer_id": pl.String, "period_start": pl.Date, "period_end": pl.Date, "currency": pl.String,
+    "our_total_minor": pl.Int64, "our_lines": pl.Int64,
+}
+STRIPE_INVOICES_SCHEMA = {
+    "customer_id": pl.String, "period_start": pl.Date, "period_end": pl.Date, "currency": pl.String,
+    "stripe_total_minor": pl.Int64, "line_count": pl.Int64, "invoice_ids": pl.String,
+    "invoice_status": pl.String, "amount_due": pl.Int64, "amount_paid": pl.Int64, "amount_remaining": pl.Int64,
+}
+
+USAGE_COLUMNS = [
+    "billing_month", "customer_id", "meter", "period_start", "period_end", "currency", "plan",
+    "plan_version", "our_quantity", "pushed_quantity", "stripe_quantity", "invoiced_quantity",
+    "our_amount_minor", "stripe_amount_minor", "quantity_diff", "amount_diff_minor",
+    "tolerance_minor", "status", "reason", "explained", "invoice_ids", "reconciled_at",
+]
+INVOICE_COLUMNS = [
+    "billing_month", "customer_id", "period_start", "period_end", "currency", "our_total_minor",
+    "stripe_total_minor", "amount_diff_minor", "tolerance_minor", "invoice_ids", "invoice_status",
+    "amount_due", "amount_paid", "amount_remaining", "status", "reason", "reconciled_at",
+]
+
+
+def conform(frame: pl.DataFrame | None, schema: dict[str, pl.DataType]) -> pl.DataFrame:
+    """The frame with exactly `schema`'s columns and types (missing columns become NULL)."""
+    if frame is None:
+        return pl.DataFrame(schema=schema)
+    return frame.select(
+        [
+            (pl.col(name) if name in frame.columns else pl.lit(None)).cast(dtype).alias(name)
+            for name, dtype in schema.items()
+        ]
+    )
+
+
+def _num(col: str) -> pl.Expr:
+    """A decimal column as text without trailing zeros, for reasons ('12.5', not '12.500000000000')."""
+    return (
+        pl.col(col).cast(pl.String).str.strip_chars_end("0").str.strip_chars_end(".").fill_null("none")
+    )
+
+
+def _tolerance_expr(settings: ReconcileSettings, currency: pl.Expr) -> pl.Expr:
+    expr = pl.lit(settings.default_tolerance_minor, dtype=pl.Int64)
+    for cur, minor in settings.tolerance_minor.items():
+        expr = pl.when(currency.str.to_lowercase() == cur).then(pl.lit(minor, dtype=pl.Int64)).otherwise(expr)
+    return expr
+
+
+def reconcile_usage(
+    ours: pl.DataFrame | None,
+    pushed: pl.DataFrame | None,
+    stripe_meter: pl.DataFrame | None,
+    stripe_lines: pl.DataFrame | None,
+    *,
+    billing_month: dt.date,
+    settings: ReconcileSettings,
+    reconciled_at: dt.datetime,
+) -> pl.DataFrame:
+    """One row per customer x meter x billing period with the status rules in the module docstring."""
+    ours = conform(ours, OURS_SCHEMA)
+    pushed = conform(pushed, PUSHED_SCHEMA)
+    meter = conform(stripe_meter, STRIPE_METER_SCHEMA)
+    lines = conform(stripe_lines, STRIPE_LINES_SCHEMA)
+
+    keys = pl.concat([f.select(KEY) for f in (ours, meter, lines)]).unique()
+    frame = (
+        keys.join(ours, on=KEY, how="left")
+        .join(pushed, on=KEY, how="left")
+        .join(meter.rename({"period_end": "meter_period_end"}), on=KEY, how="left")
+        .join(lines.rename({"period_end": "lines_period_end", "currency": "lines_currency"}), on=KEY, how="left")
+        .with_columns(
+            period_end=pl.coalesce("period_end", "meter_period_end", "lines_period_end"),
+            currency=pl.coalesce("currency", "lines_currency"),
+        )
+    )
+    zero = pl.lit(Decimal(0), dtype=QTY)
+    ours_q = pl.col("our_quantity").fill_null(zero)
+    pushed_q = pl.col("pushed_quantity").fill_null(zero)
+    stripe_q = pl.col("stripe_quantity").fill_null(zero)
+    inv_q = pl.col("invoiced_quantity").fill_null(zero)
+    ours_amt = pl.col("our_amount_minor").fill_null(0)
+    stripe_amt = pl.col("stripe_amount_minor").fill_null(0)
+
+    frame = frame.with_columns(
+        quantity_diff=(stripe_q - ours_q).cast(QTY),
+        amount_diff_minor=(stripe_amt - ours_amt).cast(pl.Int64),
+        tolerance_minor=(_tolerance_expr(settings, pl.col("currency").fill_null(""))
+                         * pl.max_horizontal(pl.col("line_count").fill_null(0), pl.lit(1))).cast(pl.Int64),
+    )
+    has_ours = pl.col("our_quantity").is_not_null() & (ours_q != zero)
+    stripe_has = (stripe_q != zero) | (inv_q != zero) | (stripe_amt != 0)
+    finalized = pl.col("finalized").fill_null(False)
+    abs_diff = pl.col("amount_diff_minor").abs()
+
+    status = (
+        pl.when(pl.col("meter_status") == "pending").then(pl.lit("pending"))
+        .when(
+            (pl.col("late_windows").fill_null(0) > 0) & ((inv_q != ours_q) | (abs_diff > 0))
+            | (finalized & (stripe_q > inv_q) & (inv_q < ours_q))
+        ).then(pl.lit("late_after_finalization"))
+        .when(has_ours & (pushed_q < ours_q)).then(pl.lit("not_pushed"))
+        .when(has_ours & ~stripe_has).then(pl.lit("missing_in_stripe"))
+        .when(~has_ours & stripe_has).then(pl.lit("extra_in_stripe"))
+        .when((stripe_q > pushed_q) | (inv_q > pushed_q)).then(pl.lit("extra_in_stripe"))
+        .when((stripe_q != ours_q) | (inv_q != ours_q)).then(pl.lit("quantity_mismatch"))
+        .when(abs_diff > pl.col("tolerance_minor")).then(pl.lit("amount_mismatch"))
+        .when(abs_diff > 0).then(pl.lit("within_tolerance"))
+        .otherwise(pl.lit("matched"))
+    )
+    frame = frame.with_columns(status=status)
+    amounts = pl.format(
+        "rated {} vs invoiced {} {} (diff {})",
+        ours_amt, stripe_amt, pl.col("currency").fill_null("?"), pl.col("amount_diff_minor"),
+    )
+    qty = pl.format(
+        "ours {}, pushed {}, Stripe meter {}, invoiced {}",
+        _num("our_quantity"), _num("pushed_quantity"), _num("stripe_quantity"), _num("invoiced_quantity"),
+    )
+    s = pl.col("status")
+    reason = (
+        pl.when(s == "pending").then(pl.format("Stripe not settled: {}", pl.col("pending_reason").fill_null("")))
+        .when(s == "late_after_finalization").then(pl.format(
+            "usage after the invoice was finalized ({} late window(s)); {}; {}",
+            pl.col("late_windows").fill_null(0), qty, amounts))
+        .when(s == "not_pushed").then(pl.format(
+            "{} window(s) not acknowledged by Stripe; {}; {}", pl.col("unacked_windows").fill_null(0), qty, amounts))
+        .when(s == "missing_in_stripe").then(pl.format("pushed but Stripe has no usage or line; {}; {}", qty, amounts))
+        .when(s == "extra_in_stripe").then(pl.format("Stripe has more than we pushed; {}; {}", qty, amounts))
+        .when(s == "quantity_mismatch").then(pl.format("quantities differ; {}; {}", qty, amounts))
+        .when(s == "amount_mismatch").then(pl.format(
+            "same quantity {}, price differs from rule version {}: {} beyond tolerance {}",
+            _num("our_quantity"), pl.col("plan_version").fill_null("?"), amounts, pl.col("tolerance_minor")))
+        .when(s == "within_tolerance").then(pl.format("rounding: {} within tolerance {}", amounts, pl.col("tolerance_minor")))
+        .otherwise(pl.format("{}; {}", qty, amounts))
+    )
+    return (
+        frame.with_columns(
+            reason=reason,
+            explained=s.is_in(list(EXPLAINED_STATUSES)),
+            billing_month=pl.lit(billing_month, dtype=pl.Date),
+            reconciled_at=pl.lit(reconciled_at, dtype=pl.Datetime("us", "UTC")),
+        )
+        .select(USAGE_COLUMNS)
+        .sort(["customer_id", "period_start", "meter"])
+    )
+
+
+def reconcile_invoices(
+    ours: pl.DataFrame | None,
+    stripe: pl.DataFrame | None,
+    *,
+    billing_month: dt.date,
+    settings: ReconcileSettings,
+    reconciled_at: dt.datetime,
+) -> pl.DataFrame:
+    """One row per customer x billing period: our invoice total vs the sum of Stripe's lines for it."""
+    ours = conform(ours, OUR_INVOICES_SCHEMA)
+    stripe = conform(stripe, STRIPE_INVOICES_SCHEMA)
+    key = ["customer_id", "period_start"]
+    keys = pl.concat([ours.select(key), stripe.select(key)]).unique()
+    frame = (
+        keys.join(ours, on=key, how="left")
+        .join(stripe.rename({"period_end": "s_period_end", "currency": "s_currency"}), on=key, how="left")
+        .with_columns(
+            period_end=pl.coalesce("period_end", "s_period_end"),
+            currency=pl.coalesce("currency", "s_currency"),
+        )
+    )
+    ours_t = pl.col("our_total_minor")
+    stripe_t = pl.col("stripe_total_minor")
+    frame = frame.with_columns(
+        amount_diff_minor=(stripe_t.fill_null(0) - ours_t.fill_null(0)).cast(pl.Int64),
+        tolerance_minor=(_tolerance_expr(settings, pl.col("currency").fill_null(""))
+                         * pl.max_horizontal(pl.col("line_count").fill_null(0), pl.col("our_lines").fill_null(0),
+                                             pl.lit(1))).cast(pl.Int64),
+    )
+    abs_diff = pl.col("amount_diff_minor").abs()
+    status = (
+        pl.when(stripe_t.is_null() & (ours_t.fill_null(0) != 0)).then(pl.lit("missing_in_stripe"))
+        .when(ours_t.is_null() & (stripe_t.fill_null(0) != 0)).then(pl.lit("extra_in_stripe"))
+        .when(pl.col("invoice_status") == "draft").then(pl.lit("pending"))
+        .when(abs_diff > pl.col("tolerance_minor")).then(pl.lit("amount_mismatch"))
+        .when(abs_diff > 0).then(pl.lit("within_tolerance"))
+        .otherwise(pl.lit("matched"))
+    )
+    amounts = pl.format(
+        "our total {} vs Stripe {} {} (diff {}, tolerance {}); invoice {} {}, paid {}",
+        ours_t.fill_null(0), stripe_t.fill_null(0), pl.col("currency").fill_null("?"),
+        pl.col("amount_diff_minor"), pl.col("tolerance_minor"), pl.col("invoice_ids").fill_null("none"),
+        pl.col("invoice_status").fill_null("none"), pl.col("amount_paid").fill_null(0),
+    )
+    return (
+        frame.with_columns(status=status)
+        .with_columns(
+            reason=pl.when(pl.col("status") == "pending").then(pl.format("invoice still draft; {}", amounts))
+            .otherwise(amounts),
+            billing_month=pl.lit(billing_month, dtype=pl.Date),
+            reconciled_at=pl.lit(reconciled_at, dtype=pl.Datetime("us", "UTC")),
+        )
+        .select(INVOICE_COLUMNS)
+        .sort(["customer_id", "period_start"])
+    )
+
+
+def unexplained_by_currency(usage: pl.DataFrame) -> dict[str, int]:
+    """Sum of |amount difference| over unexplained usage rows, per currency (minor units)."""
+    rows = (
+        usage.filter(~pl.col("explained"))
+        .group_by(pl.col("currency").fill_null("?"))
+        .agg(pl.col("amount_diff_minor").abs().sum().alias("minor"))
+    )
+    return {r["currency"]: int(r["minor"]) for r in rows.iter_rows(named=True)}

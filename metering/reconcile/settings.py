@@ -1,0 +1,74 @@
+"""Reconciliation settings: tolerance per currency, Stripe settle delay, blocking-check threshold.
+
+Everything is explicit and printed in the report. Defaults can be overridden by environment:
+
+- `METERING_RECON_TOLERANCE`: per-currency tolerance in minor units *per invoice line*, e.g.
+  `usd=1,jpy=1` (default: 1 minor unit per line for every currency).
+- `METERING_STRIPE_SETTLE_SECONDS`: how long after the last acknowledged push Stripe's meter
+  summaries are trusted (default 900 s; Stripe documents summaries as eventually consistent).
+- `METERING_RECON_MAX_UNEXPLAINED_MINOR`: the blocking check fails when the unexplained
+  differences of any one currency exceed this many minor units (default 0: any unexplained money fails).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+
+from metering.errors import BadInputError
+
+DEFAULT_TOLERANCE_MINOR = 1
+DEFAULT_SETTLE_SECONDS = 900
+DEFAULT_MAX_UNEXPLAINED_MINOR = 0
+
+
+def _parse_tolerances(text: str, source: str) -> dict[str, int]:
+    out: dict[str, int] = {}
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        cur, sep, value = part.partition("=")
+        if not sep or not cur.strip() or not value.strip().isdigit():
+            raise BadInputError(f"{source}: {part!r} is not CURRENCY=MINOR_UNITS (e.g. usd=1)")
+        out[cur.strip().lower()] = int(value.strip())
+    return out
+
+
+def _int_env(name: str, default: int) -> int:
+    raw = os.environ.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise BadInputError(f"${name}: {raw!r} is not a whole number") from None
+    if value < 0:
+        raise BadInputError(f"${name}: {raw!r} must not be negative")
+    return value
+
+
+@dataclass(frozen=True)
+class ReconcileSettings:
+    """The knobs of a reconciliation run (all money in integer minor units)."""
+
+    tolerance_minor: dict[str, int] = field(default_factory=dict)  # currency -> minor units per line
+    default_tolerance_minor: int = DEFAULT_TOLERANCE_MINOR
+    settle_seconds: int = DEFAULT_SETTLE_SECONDS
+    max_unexplained_minor: int = DEFAULT_MAX_UNEXPLAINED_MINOR
+
+    def tolerance_for(self, currency: str | None) -> int:
+        return self.tolerance_minor.get((currency or "").lower(), self.default_tolerance_minor)
+
+    def describe_tolerance(self, currencies: list[str] | None = None) -> str:
+        """e.g. 'usd: 1 minor unit per line; jpy: 1 minor unit per line'."""
+        names = sorted({c.lower() for c in (currencies or []) if c} | set(self.tolerance_minor))
+        if not names:
+            return f"{self.default_tolerance_minor} minor unit(s) per line, every currency"
+        return "; ".join(f"{c}: {self.tolerance_for(c)} minor unit(s) per line" for c in names)
+
+    @classmethod
+    def from_env(cls) -> ReconcileSettings:
+        raw = os.environ.get("METERING_RECON_TOLERANCE", "")
+        return cls(
+            tolerance_minor=_parse_tolerances(raw, "$METERING_RECON_TOLERANCE"),
+            settle_seconds=_int_env("METERING_STRIPE_SETTLE_SECONDS", DEFAULT_SETTLE_SECONDS),
+            max_unexplained_minor=_int_env("METERING_RECON_MAX_UNEXPLAINED_MINOR", DEFAULT_MAX_UNEXPLAINED_MINOR),
+        )
