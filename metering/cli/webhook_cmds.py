@@ -1,0 +1,92 @@
+"""`metering webhooks`: run the receiver, land landed files into the warehouse, repair from Stripe."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import click
+
+from metering.errors import BadInputError
+
+SECRET_ENV = "STRIPE_WEBHOOK_SECRET"
+
+
+@click.group()
+def webhooks() -> None:
+    """Stripe webhooks: receiver, landing into DuckDB, repair from Stripe's event list."""
+
+
+@webhooks.command()
+@click.option("--port", type=click.IntRange(0, 65535), required=True, help="TCP port to listen on.")
+@click.option("--host", default="127.0.0.1", show_default=True, help="Interface to bind.")
+@click.option("--landing", type=click.Path(file_okay=False), default=None,
+              help="Landing folder (default: $METERING_STRIPE_LANDING or data/landing/stripe/).")
+@click.option("--tolerance", type=click.IntRange(1, None), default=300, show_default=True,
+              help="Accepted clock difference, in seconds, for the signature timestamp (both directions).")
+@click.option("--max-body-bytes", type=click.IntRange(1, None), default=1024 * 1024, show_default=True,
+              help="Larger requests get 413.")
+def serve(port: int, host: str, landing: str | None, tolerance: int, max_body_bytes: int) -> None:
+    """Receive Stripe webhooks on POST /webhooks/stripe (GET /healthz for checks).
+
+    Signing secrets come from $STRIPE_WEBHOOK_SECRET (comma-separated during rotation).
+    """
+    import uvicorn
+
+    from metering.webhooks.landing import landing_dir
+    from metering.webhooks.receiver import ReceiverSettings, create_app
+    from metering.webhooks.signature import parse_secrets
+
+    secrets = parse_secrets(os.environ.get(SECRET_ENV))
+    if not secrets:
+        raise BadInputError(f"${SECRET_ENV} is not set: the receiver needs the endpoint's signing secret(s)")
+    settings = ReceiverSettings(
+        secrets=secrets, landing_dir=landing_dir(landing), tolerance_seconds=tolerance,
+        max_body_bytes=max_body_bytes,
+    )
+    settings.landing_dir.mkdir(parents=True, exist_ok=True)
+    app = create_app(settings)
+    click.echo(f"listening on http://{host}:{port}/webhooks/stripe, landing in {settings.landing_dir}", err=True)
+    uvicorn.run(app, host=host, port=port, log_config=None, access_log=False, server_header=False)
+
+
+@webhooks.command()
+@click.option("--landing", type=click.Path(file_okay=False), default=None,
+              help="Landing folder (default: $METERING_STRIPE_LANDING or data/landing/stripe/).")
+@click.option("--warehouse", "warehouse_path", type=click.Path(dir_okay=False), default=None,
+              help="Warehouse file (default: $METERING_WAREHOUSE or data/warehouse.duckdb).")
+@click.option("--state/--no-state", default=True, show_default=True,
+              help="Also rebuild stripe_invoices / stripe_subscriptions / stripe_payment_attempts.")
+def land(landing: str | None, warehouse_path: str | None, state: bool) -> None:
+    """Land new records from the landing folder into stripe_webhook_events (outside Dagster)."""
+    from metering import warehouse
+    from metering.webhooks.events import land_directory
+    from metering.webhooks.landing import landing_dir
+    from metering.webhooks.state import rebuild_state
+
+    with warehouse.open_warehouse(warehouse_path) as con:
+        result = {"landing": land_directory(con, landing_dir(landing)).as_dict()}
+        if state:
+            result["state"] = rebuild_state(con)
+    click.echo(json.dumps(result, sort_keys=True))
+
+
+@webhooks.command()
+@click.option("--warehouse", "warehouse_path", type=click.Path(dir_okay=False), default=None,
+              help="Warehouse file (default: $METERING_WAREHOUSE or data/warehouse.duckdb).")
+@click.option("--api-base", default=None, help="Stripe API base URL (default: $STRIPE_API_BASE or api.stripe.com).")
+@click.option("--no-refetch", is_flag=True, help="Only list events; do not re-fetch the objects they touch.")
+def repair(warehouse_path: str | None, api_base: str | None, no_refetch: bool) -> None:
+    """Fill gaps from Stripe's /v1/events (the last 30 days) and re-fetch the objects involved.
+
+    The API key comes from $STRIPE_API_KEY.
+    """
+    from metering import warehouse
+    from metering.webhooks.repair import make_client, repair_events
+    from metering.webhooks.state import rebuild_state
+
+    client = make_client(api_base=api_base)
+    with warehouse.open_warehouse(warehouse_path) as con:
+        stats = repair_events(con, client, refetch=not no_refetch)
+        result = {"repair": stats.as_dict(), "state": rebuild_state(con)}
+    click.echo(json.dumps(result, sort_keys=True))

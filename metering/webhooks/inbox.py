@@ -1,0 +1,108 @@
+"""The durable inbox: verified webhook deliveries appended to landing files, fsync'd before the ack.
+
+Layout and record format (the contract between the receiver and `metering.webhooks.landing`):
+
+- One file per receiver process per UTC hour:
+  `stripe-<YYYYMMDD>T<HH>-<host>-<pid>-<nonce>.jsonl` directly in the landing folder. The random
+  `nonce` is drawn at process start, so a restarted process (even one reusing a pid) never appends
+  to a file whose last record a crash may have torn. Several processes therefore never share a
+  file, and records cannot interleave.
+- One JSON line per delivery, written with a single `os.write` on an `O_APPEND` descriptor and
+  fsync'd before the receiver answers 2xx:
+  `{"v": 1, "received_at": "<ISO-8601 UTC, microseconds>", "headers": {...}, "body": "<raw body>"}`.
+  The body is stored as the exact text Stripe signed (it is valid UTF-8 by the time it lands);
+  `json.dumps` escapes newlines, so a record is exactly one line. The only headers kept are
+  `stripe-signature` (so a record can be re-verified later) and `content-type`.
+- A record without its trailing newline is a torn write from a crash: it was never acknowledged,
+  and readers skip it.
+- When a file is created, its directory is fsync'd too, so the new name survives a power cut.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets as _secrets
+import socket
+import threading
+from collections.abc import Callable, Mapping
+from datetime import datetime, timezone
+from pathlib import Path
+
+FILE_PREFIX = "stripe-"
+FILE_SUFFIX = ".jsonl"
+RECORD_VERSION = 1
+KEPT_HEADERS = ("stripe-signature", "content-type")
+
+
+def encode_record(body: str, headers: Mapping[str, str], received_at: datetime) -> bytes:
+    """One landing record as a single ASCII line ending in `\\n`."""
+    record = {
+        "v": RECORD_VERSION,
+        "received_at": received_at.astimezone(timezone.utc).isoformat(timespec="microseconds"),
+        "headers": {k: headers[k] for k in KEPT_HEADERS if k in headers},
+        "body": body,
+    }
+    return (json.dumps(record, ensure_ascii=True, separators=(",", ":")) + "\n").encode("ascii")
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class LandingWriter:
+    """Appends records to this process's landing file for the current hour; thread-safe."""
+
+    def __init__(self, directory: Path, *, clock: Callable[[], datetime] | None = None) -> None:
+        self.directory = Path(directory)
+        self._clock = clock or (lambda: datetime.now(timezone.utc))
+        host = "".join(c if c.isalnum() else "_" for c in socket.gethostname())[:32] or "host"
+        self._stem = f"{host}-{os.getpid()}-{_secrets.token_hex(4)}"
+        self._lock = threading.Lock()
+        self._fd: int | None = None
+        self._hour: str | None = None
+        self.current_path: Path | None = None
+
+    def _open_for(self, hour: str) -> int:
+        if self._fd is not None and self._hour == hour:
+            return self._fd
+        self.close()
+        self.directory.mkdir(parents=True, exist_ok=True)
+        path = self.directory / f"{FILE_PREFIX}{hour}-{self._stem}{FILE_SUFFIX}"
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o640)
+        os.fsync(fd)
+        _fsync_dir(self.directory)
+        self._fd, self._hour, self.current_path = fd, hour, path
+        return fd
+
+    def append(self, body: str, headers: Mapping[str, str]) -> tuple[Path, datetime]:
+        """Write one record durably; returns (file, receipt time). Raises OSError on any failure."""
+        with self._lock:
+            received_at = self._clock()
+            data = encode_record(body, headers, received_at)
+            try:
+                fd = self._open_for(received_at.strftime("%Y%m%dT%H"))
+                view = memoryview(data)
+                while view:  # a regular-file write is whole unless the disk is full or a signal hits
+                    written = os.write(fd, view)
+                    view = view[written:]
+                os.fsync(fd)
+            except BaseException:
+                # The file may now end in a partial record: never append to it again.
+                self.close()
+                self._stem = self._stem.rsplit("-", 1)[0] + "-" + _secrets.token_hex(4)
+                raise
+            assert self.current_path is not None
+            return self.current_path, received_at
+
+    def close(self) -> None:
+        if self._fd is not None:
+            try:
+                os.close(self._fd)
+            except OSError:  # already broken: nothing left to release
+                pass
+        self._fd = self._hour = None

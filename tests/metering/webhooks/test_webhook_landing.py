@@ -1,0 +1,133 @@
+"""Landing: landed files -> stripe_webhook_events, one row per event id, re-runs count nothing twice."""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime, timezone
+from pathlib import Path
+
+import pytest
+
+from metering import warehouse
+from metering.webhooks.events import event_counts, land_directory
+from metering.webhooks.inbox import LandingWriter
+from metering.webhooks.landing import landing_dir, landing_files
+from webhook_payloads import body_of, event, invoice
+
+
+def clock(*stamps: str):
+    it = iter(stamps)
+    return lambda: datetime.fromisoformat(next(it))
+
+
+@pytest.fixture
+def con(tmp_path: Path):
+    with warehouse.open_warehouse(tmp_path / "w.duckdb") as con:
+        yield con
+
+
+def write(writer: LandingWriter, *bodies: str) -> None:
+    for body in bodies:
+        writer.append(body, {"stripe-signature": "t=1,v1=" + "0" * 64})
+
+
+def test_default_landing_dir_is_under_data(isolated_env: Path, monkeypatch):
+    assert landing_dir() == isolated_env / "landing" / "stripe"
+    monkeypatch.setenv("METERING_STRIPE_LANDING", "/elsewhere")
+    assert landing_dir() == Path("/elsewhere")
+
+
+def test_one_row_per_event_first_receipt_kept_duplicates_counted(tmp_path: Path, con):
+    landing = tmp_path / "landing"
+    first = body_of(event("evt_1", "invoice.created", 100, invoice("in_1", status="draft"), pending_webhooks=2))
+    again = body_of(event("evt_1", "invoice.created", 100, invoice("in_1", status="draft"), pending_webhooks=1))
+    other = body_of(event("evt_2", "invoice.finalized", 200, invoice("in_1")))
+    writer = LandingWriter(landing, clock=clock(
+        "2026-10-01T00:00:01+00:00", "2026-10-01T00:00:02+00:00", "2026-10-01T00:00:03+00:00", "2026-10-01T01:00:00+00:00"))
+    write(writer, first, other, again, again)
+    assert len(landing_files(landing)) == 2  # one file per process per hour
+
+    stats = land_directory(con, landing)
+    assert (stats.records_read, stats.receipts_added, stats.events_added, stats.duplicate_receipts) == (4, 4, 2, 2)
+    rows = con.execute(
+        "SELECT event_id, type, created, object_id, object_type, api_version, livemode, receipt_count,"
+        " first_received_at, last_received_at, source, raw->>'$.pending_webhooks' FROM stripe_webhook_events ORDER BY event_id"
+    ).fetchall()
+    utc = timezone.utc
+    assert rows == [
+        ("evt_1", "invoice.created", datetime.fromtimestamp(100, utc), "in_1", "invoice", "2025-03-31.basil", False, 3,
+         datetime(2026, 10, 1, 0, 0, 1, tzinfo=utc), datetime(2026, 10, 1, 1, 0, 0, tzinfo=utc), "webhook", "2"),
+        ("evt_2", "invoice.finalized", datetime.fromtimestamp(200, utc), "in_1", "invoice", "2025-03-31.basil", False, 1,
+         datetime(2026, 10, 1, 0, 0, 2, tzinfo=utc), datetime(2026, 10, 1, 0, 0, 2, tzinfo=utc), "webhook", "1"),
+    ]
+    assert rows[0][11] == "2"  # the first receipt's raw JSON is the one kept
+
+    # landing again reads nothing new and changes nothing
+    again_stats = land_directory(con, landing)
+    assert again_stats.records_read == 0
+    assert event_counts(con) == {"events": 2, "receipts": 4, "events_from_repair": 0}
+
+
+def test_records_appended_later_are_picked_up_from_the_stored_offset(tmp_path: Path, con):
+    landing = tmp_path / "landing"
+    writer = LandingWriter(landing)
+    write(writer, body_of(event("evt_1", "invoice.created", 1, invoice("in_1"))))
+    assert land_directory(con, landing).receipts_added == 1
+    write(writer, body_of(event("evt_2", "invoice.created", 2, invoice("in_2"))),
+          body_of(event("evt_1", "invoice.created", 1, invoice("in_1"))))
+    stats = land_directory(con, landing)
+    assert (stats.records_read, stats.events_added, stats.duplicate_receipts) == (2, 1, 1)
+    assert con.execute("SELECT sum(lines) FROM stripe_landing_offsets").fetchone()[0] == 3
+
+
+def test_torn_last_record_is_skipped_and_everything_before_it_lands(tmp_path: Path, con):
+    landing = tmp_path / "landing"
+    writer = LandingWriter(landing)
+    write(writer, body_of(event("evt_1", "invoice.created", 1, invoice("in_1"))),
+          body_of(event("evt_2", "invoice.created", 2, invoice("in_2"))))
+    path = writer.current_path
+    full = path.read_bytes()
+    torn_line = full.split(b"\n")[1]
+    path.write_bytes(full.split(b"\n")[0] + b"\n" + torn_line[: len(torn_line) // 2])  # crash mid-write
+    stats = land_directory(con, landing)
+    assert (stats.records_read, stats.events_added, stats.torn_files, stats.bad_records) == (1, 1, 1, 0)
+    assert con.execute("SELECT list(event_id) FROM stripe_webhook_events").fetchone()[0] == ["evt_1"]
+    # a later pass does not count the torn bytes as a record either
+    assert land_directory(con, landing).records_read == 0
+
+
+def test_a_corrupt_record_is_set_aside_with_a_reason_not_dropped(tmp_path: Path, con):
+    landing = tmp_path / "landing"
+    writer = LandingWriter(landing)
+    write(writer, body_of(event("evt_1", "invoice.created", 1, invoice("in_1"))))
+    with open(writer.current_path, "a") as fh:
+        fh.write("this is not json\n")
+        fh.write(json.dumps({"v": 1, "received_at": "2026-10-01T00:00:00+00:00", "body": "{\"no\": 1}"}) + "\n")
+    stats = land_directory(con, landing)
+    assert (stats.records_read, stats.receipts_added, stats.bad_records) == (3, 1, 2)
+    assert con.execute("SELECT list(reason ORDER BY line_no) FROM stripe_webhook_bad_records").fetchone()[0] == [
+        "record_not_json", "body_not_an_event"]
+    land_directory(con, landing)
+    assert con.execute("SELECT count(*) FROM stripe_webhook_bad_records").fetchone()[0] == 2
+
+
+def test_two_writers_in_one_folder_never_share_a_file(tmp_path: Path, con):
+    landing = tmp_path / "landing"
+    a, b = LandingWriter(landing), LandingWriter(landing)
+    for i in range(50):
+        write(a if i % 2 else b, body_of(event(f"evt_{i}", "invoice.created", i, invoice(f"in_{i}"))))
+    assert len(landing_files(landing)) == 2
+    assert land_directory(con, landing).events_added == 50
+
+
+def test_a_writer_that_failed_mid_write_moves_to_a_new_file(tmp_path: Path):
+    landing = tmp_path / "landing"
+    writer = LandingWriter(landing)
+    write(writer, body_of(event("evt_1", "invoice.created", 1, invoice("in_1"))))
+    first = writer.current_path
+    import os
+    os.close(writer._fd)  # simulate the descriptor failing under us
+    with pytest.raises(OSError):
+        write(writer, body_of(event("evt_2", "invoice.created", 2, invoice("in_2"))))
+    write(writer, body_of(event("evt_3", "invoice.created", 3, invoice("in_3"))))
+    assert writer.current_path != first
