@@ -184,7 +184,7 @@ def reconcile_usage(
     )
     frame = frame.with_columns(status=status)
     amounts = pl.format(
-        "rated {} vs invoiced {} {} (diff {})",
+        "rated {} vs invoiced {} ({} minor units, diff {})",
         ours_amt, stripe_amt, pl.col("currency").fill_null("?"), pl.col("amount_diff_minor"),
     )
     qty = pl.format(

@@ -1,0 +1,186 @@
+"""Everything a finance report shows, read from the warehouse once (every renderer uses this, so the
+HTML, the spreadsheet and the CSVs cannot disagree)."""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass
+from decimal import ROUND_HALF_UP, Decimal
+
+import duckdb
+import polars as pl
+
+from metering.reconcile.inputs import table_columns
+from metering.reconcile.reconcile import INVOICE_COLUMNS, STATUSES, USAGE_COLUMNS
+from metering.reconcile.settings import ReconcileSettings
+from metering.warehouse import query_frame
+
+CLEAN_STATUSES = ("matched", "within_tolerance")
+DUNNING_STATE_COLUMNS = ("state", "stage", "status", "dunning_status")
+DUNNING_AMOUNT_COLUMNS = ("amount_remaining", "amount_due")
+
+
+@dataclass(frozen=True)
+class CurrencyTotals:
+    """The headline numbers of one currency (all money in integer minor units)."""
+
+    currency: str
+    customers: int
+    rows: int
+    rated_minor: int            # sum of our rated amounts (metered lines)
+    invoiced_minor: int         # sum of Stripe's invoiced amounts (metered lines)
+    difference_minor: int       # invoiced - rated
+    our_invoice_total_minor: int
+    stripe_invoice_total_minor: int
+    amount_paid_minor: int
+    money_at_risk_minor: int    # sum of |difference| over rows that are not matched / within tolerance
+    unexplained_minor: int      # the part of money at risk that counts against the blocking check
+    clean_rows: int             # matched + within tolerance
+
+    @property
+    def match_rate(self) -> Decimal:
+        """Share of rows matched or within tolerance, in percent, 0.1 precision (half-up)."""
+        if self.rows == 0:
+            return Decimal("100.0")
+        return (Decimal(100) * self.clean_rows / self.rows).quantize(Decimal("0.1"), rounding=ROUND_HALF_UP)
+
+
+@dataclass(frozen=True)
+class ReportData:
+    billing_month: dt.date
+    generated_at: dt.datetime
+    settings: ReconcileSettings
+    lines: pl.DataFrame          # usage_reconciliation rows
+    invoices: pl.DataFrame       # invoice_reconciliation rows
+    dunning: pl.DataFrame        # dunning_state rows, as stored (empty when none)
+    dunning_state_column: str | None
+    totals: list[CurrencyTotals]
+
+    @property
+    def period_label(self) -> str:
+        return self.billing_month.strftime("%Y-%m")
+
+    @property
+    def discrepancies(self) -> pl.DataFrame:
+        """Rows not matched / within tolerance, largest |amount difference| first."""
+        return (
+            self.lines.filter(~pl.col("status").is_in(list(CLEAN_STATUSES)))
+            .with_columns(abs_diff_minor=pl.col("amount_diff_minor").abs())
+            .sort(["abs_diff_minor", "customer_id", "meter"], descending=[True, False, False])
+            .drop("abs_diff_minor")
+        )
+
+    def status_counts(self) -> dict[str, int]:
+        counts = dict(self.lines.group_by("status").len().iter_rows())
+        return {s: int(counts.get(s, 0)) for s in STATUSES}
+
+    def status_money(self) -> dict[str, dict[str, int]]:
+        """status -> currency -> sum of |amount difference| (minor units)."""
+        out: dict[str, dict[str, int]] = {}
+        frame = self.lines.group_by(["status", pl.col("currency").fill_null("?")]).agg(
+            pl.col("amount_diff_minor").abs().sum().alias("m"))
+        for status, cur, m in frame.iter_rows():
+            out.setdefault(status, {})[cur] = int(m)
+        return out
+
+    def dunning_summary(self) -> list[tuple[str, int]]:
+        if self.dunning.is_empty() or not self.dunning_state_column:
+            return []
+        counts = self.dunning.group_by(self.dunning_state_column).len().sort(self.dunning_state_column)
+        return [(str(k), int(v)) for k, v in counts.iter_rows()]
+
+    def summary_rows(self) -> list[tuple[str, str, str]]:
+        """(metric, currency, value) rows: the 'summary' sheet / CSV, identical in every format."""
+        rows: list[tuple[str, str, str]] = [
+            ("period", "", self.period_label),
+            ("generated_at", "", self.generated_at.strftime("%Y-%m-%dT%H:%M:%SZ")),
+            ("tolerance", "", self.settings.describe_tolerance([t.currency for t in self.totals])),
+            ("max_unexplained_minor", "", str(self.settings.max_unexplained_minor)),
+            ("settle_seconds", "", str(self.settings.settle_seconds)),
+        ]
+        for t in self.totals:
+            for metric in ("customers", "rows", "clean_rows", "rated_minor", "invoiced_minor", "difference_minor",
+                           "our_invoice_total_minor", "stripe_invoice_total_minor", "amount_paid_minor",
+                           "money_at_risk_minor", "unexplained_minor"):
+                rows.append((metric, t.currency, str(getattr(t, metric))))
+            rows.append(("match_rate_percent", t.currency, str(t.match_rate)))
+        for status, n in self.status_counts().items():
+            rows.append((f"rows_{status}", "", str(n)))
+        for state, n in self.dunning_summary():
+            rows.append((f"dunning_{state}", "", str(n)))
+        return rows
+
+
+def _currency_totals(lines: pl.DataFrame, invoices: pl.DataFrame) -> list[CurrencyTotals]:
+    cur = pl.col("currency").fill_null("?")
+    clean = pl.col("status").is_in(list(CLEAN_STATUSES))
+    usage = lines.group_by(cur).agg(
+        pl.col("customer_id").n_unique().alias("customers"),
+        pl.len().alias("rows"),
+        pl.col("our_amount_minor").fill_null(0).sum().alias("rated"),
+        pl.col("stripe_amount_minor").fill_null(0).sum().alias("invoiced"),
+        pl.col("amount_diff_minor").abs().filter(~clean).sum().alias("risk"),
+        pl.col("amount_diff_minor").abs().filter(~pl.col("explained")).sum().alias("unexplained"),
+        clean.sum().alias("clean"),
+    )
+    inv = invoices.group_by(cur).agg(
+        pl.col("our_total_minor").fill_null(0).sum().alias("our_total"),
+        pl.col("stripe_total_minor").fill_null(0).sum().alias("stripe_total"),
+        pl.col("amount_paid").fill_null(0).sum().alias("paid"),
+    )
+    both = usage.join(inv, on="currency", how="full", coalesce=True).fill_null(0).sort("currency")
+    return [
+        CurrencyTotals(
+            currency=r["currency"], customers=int(r["customers"]), rows=int(r["rows"]),
+            rated_minor=int(r["rated"]), invoiced_minor=int(r["invoiced"]),
+            difference_minor=int(r["invoiced"]) - int(r["rated"]),
+            our_invoice_total_minor=int(r["our_total"]), stripe_invoice_total_minor=int(r["stripe_total"]),
+            amount_paid_minor=int(r["paid"]), money_at_risk_minor=int(r["risk"]),
+            unexplained_minor=int(r["unexplained"]), clean_rows=int(r["clean"]),
+        )
+        for r in both.iter_rows(named=True)
+    ]
+
+
+def _dunning(con: duckdb.DuckDBPyConnection) -> tuple[pl.DataFrame, str | None]:
+    cols = table_columns(con, "dunning_state")
+    if not cols:
+        return pl.DataFrame(), None
+    frame = query_frame(con, "SELECT * FROM dunning_state ORDER BY ALL")
+    state = next((c for c in DUNNING_STATE_COLUMNS if c in cols), None)
+    return frame, state
+
+
+def load_report_data(
+    con: duckdb.DuckDBPyConnection,
+    billing_month: dt.date,
+    *,
+    settings: ReconcileSettings | None = None,
+    generated_at: dt.datetime | None = None,
+) -> ReportData:
+    """Read the month's reconciliation (run `reconcile_period` first) and the dunning state."""
+    billing_month = billing_month.replace(day=1)
+    settings = settings or ReconcileSettings.from_env()
+    lines = query_frame(
+        con,
+        f"SELECT {', '.join(USAGE_COLUMNS)} FROM usage_reconciliation WHERE billing_month = ? "
+        "ORDER BY customer_id, period_start, meter",
+        [billing_month],
+    )
+    invoices = query_frame(
+        con,
+        f"SELECT {', '.join(INVOICE_COLUMNS)} FROM invoice_reconciliation WHERE billing_month = ? "
+        "ORDER BY customer_id, period_start",
+        [billing_month],
+    )
+    dunning, state_col = _dunning(con)
+    return ReportData(
+        billing_month=billing_month,
+        generated_at=generated_at or dt.datetime.now(dt.UTC),
+        settings=settings,
+        lines=lines,
+        invoices=invoices,
+        dunning=dunning,
+        dunning_state_column=state_col,
+        totals=_currency_totals(lines, invoices),
+    )

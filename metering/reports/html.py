@@ -1,0 +1,155 @@
+"""The finance report as one self-contained HTML file: inline CSS, inline SVG, no scripts, no fetches."""
+
+from __future__ import annotations
+
+from html import escape
+
+import polars as pl
+
+from metering.reports import svg
+from metering.reports.data import ReportData
+from metering.reports.money import fmt_money, fmt_quantity
+
+CHART_CUSTOMERS = 25
+
+CSS = """
+body{font-family:-apple-system,Segoe UI,Helvetica,Arial,sans-serif;margin:24px;color:#1d2530;background:#fff}
+h1{font-size:24px;margin:0 0 4px}h2{font-size:18px;margin:28px 0 8px;border-bottom:1px solid #dde3ea;padding-bottom:4px}
+.muted{color:#5b6776;font-size:13px}
+.cards{display:flex;flex-wrap:wrap;gap:12px;margin:12px 0}
+.card{border:1px solid #dde3ea;border-radius:6px;padding:10px 14px;min-width:150px;background:#f7f9fb}
+.card .k{font-size:12px;color:#5b6776}.card .v{font-size:20px;font-weight:600}
+table{border-collapse:collapse;font-size:12px;margin:6px 0}
+th,td{border:1px solid #dde3ea;padding:3px 6px;text-align:left;vertical-align:top}
+th{background:#eef2f6}td.n{text-align:right;font-variant-numeric:tabular-nums}
+.s{display:inline-block;padding:1px 6px;border-radius:8px;color:#fff;font-size:11px}
+.bad{color:#a83232;font-weight:600}.ok{color:#2d7d46;font-weight:600}
+"""
+
+
+def _status(status: str) -> str:
+    color = svg.STATUS_COLORS.get(status, "#777")
+    return f'<span class="s" style="background:{color}">{escape(status)}</span>'
+
+
+def _table(headers: list[str], rows: list[list[str]], numeric: set[int] = frozenset()) -> str:
+    head = "".join(f"<th>{escape(h)}</th>" for h in headers)
+    body = "".join(
+        "<tr>" + "".join(f'<td class="n">{c}</td>' if i in numeric else f"<td>{c}</td>" for i, c in enumerate(r)) + "</tr>"
+        for r in rows
+    )
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+def _line_rows(frame: pl.DataFrame) -> list[list[str]]:
+    return [
+        [
+            escape(r["customer_id"]), escape(r["meter"]), escape(str(r["period_start"])), _status(r["status"]),
+            escape(fmt_quantity(r["our_quantity"])), escape(fmt_quantity(r["pushed_quantity"])),
+            escape(fmt_quantity(r["stripe_quantity"])), escape(fmt_quantity(r["invoiced_quantity"])),
+            escape(fmt_money(r["our_amount_minor"], r["currency"])),
+            escape(fmt_money(r["stripe_amount_minor"], r["currency"])),
+            escape(fmt_money(r["amount_diff_minor"], r["currency"])), escape(r["reason"]),
+        ]
+        for r in frame.iter_rows(named=True)
+    ]
+
+
+LINE_HEADERS = ["customer", "meter", "period start", "status", "our qty", "pushed qty", "Stripe meter qty",
+                "invoiced qty", "rated", "invoiced", "difference", "reason"]
+LINE_NUMERIC = {4, 5, 6, 7, 8, 9, 10}
+
+
+def _customer_chart_rows(data: ReportData, currency: str) -> list[tuple[str, int, int]]:
+    per = (
+        data.lines.filter(pl.col("currency").fill_null("?") == currency)
+        .group_by("customer_id")
+        .agg(pl.col("our_amount_minor").fill_null(0).sum().alias("o"),
+             pl.col("stripe_amount_minor").fill_null(0).sum().alias("s"))
+        .with_columns(d=(pl.col("s") - pl.col("o")).abs(), m=pl.max_horizontal("o", "s"))
+        .sort(["d", "m", "customer_id"], descending=[True, True, False])
+        .head(CHART_CUSTOMERS)
+    )
+    return [(r["customer_id"], int(r["o"]), int(r["s"])) for r in per.iter_rows(named=True)]
+
+
+def render_html(data: ReportData) -> str:
+    """The report page. Every number shown comes from `data` (the warehouse's reconciliation rows)."""
+    out: list[str] = [
+        "<!DOCTYPE html><html lang=\"en\"><head><meta charset=\"utf-8\">",
+        f"<title>Reconciliation report {escape(data.period_label)}</title>",
+        f"<style>{CSS}</style></head><body>",
+        f"<h1>Billing reconciliation — {escape(data.period_label)}</h1>",
+        f'<p class="muted">Generated {escape(data.generated_at.strftime("%Y-%m-%d %H:%M:%S UTC"))}. '
+        f"Ours = rated by the engine; Stripe = Stripe's meters and invoices. Tolerance: "
+        f'<span id="tolerance">{escape(data.settings.describe_tolerance([t.currency for t in data.totals]))}</span>. '
+        f"Blocking check threshold: {data.settings.max_unexplained_minor} minor unit(s) of unexplained difference "
+        f"per currency.</p>",
+        "<h2>Totals</h2>",
+    ]
+    if not data.totals:
+        out.append("<p>No reconciliation rows for this period.</p>")
+    for t in data.totals:
+        cur = t.currency
+        cards = [
+            ("Rated (ours)", fmt_money(t.rated_minor, cur), "rated"),
+            ("Invoiced (Stripe)", fmt_money(t.invoiced_minor, cur), "invoiced"),
+            ("Difference", fmt_money(t.difference_minor, cur), "difference"),
+            ("Match rate", f"{t.match_rate}%", "match-rate"),
+            ("Money at risk", fmt_money(t.money_at_risk_minor, cur), "at-risk"),
+            ("Unexplained", fmt_money(t.unexplained_minor, cur), "unexplained"),
+            ("Our invoice total", fmt_money(t.our_invoice_total_minor, cur), "our-invoice-total"),
+            ("Stripe invoice total", fmt_money(t.stripe_invoice_total_minor, cur), "stripe-invoice-total"),
+            ("Paid", fmt_money(t.amount_paid_minor, cur), "paid"),
+        ]
+        out.append(f"<h3>{escape(cur.upper())} — {t.customers} customer(s), {t.rows} customer × meter row(s)</h3>")
+        out.append('<div class="cards">' + "".join(
+            f'<div class="card" id="{key}-{escape(cur)}"><div class="k">{escape(k)}</div>'
+            f'<div class="v">{escape(v)}</div></div>' for k, v, key in cards) + "</div>")
+        passed = t.unexplained_minor <= data.settings.max_unexplained_minor
+        out.append(f'<p class="{"ok" if passed else "bad"}">Blocking check for {escape(cur.upper())}: '
+                   f'{"passed" if passed else "FAILED"} (unexplained {escape(fmt_money(t.unexplained_minor, cur))}).</p>')
+
+    out.append("<h2>Ours versus Stripe by customer</h2>")
+    out.append(f'<p class="muted">Up to {CHART_CUSTOMERS} customers per currency, largest difference first.</p>')
+    for t in data.totals:
+        out.append(svg.ours_vs_stripe(_customer_chart_rows(data, t.currency), t.currency,
+                                      title=f"Ours versus Stripe by customer ({t.currency.upper()})"))
+
+    out.append("<h2>Discrepancy categories</h2>")
+    out.append(svg.categories(data.status_counts(), data.status_money(), title="Rows by reconciliation status"))
+
+    disc = data.discrepancies
+    out.append(f"<h2>Discrepancies ({disc.height}), largest amount first</h2>")
+    out.append(_table(LINE_HEADERS, _line_rows(disc), LINE_NUMERIC) if disc.height else "<p>None.</p>")
+
+    out.append("<h2>Invoices</h2>")
+    inv_rows = [
+        [escape(r["customer_id"]), escape(str(r["period_start"])), _status(r["status"]),
+         escape(r["invoice_ids"] or ""), escape(r["invoice_status"] or ""),
+         escape(fmt_money(r["our_total_minor"], r["currency"])), escape(fmt_money(r["stripe_total_minor"], r["currency"])),
+         escape(fmt_money(r["amount_diff_minor"], r["currency"])), escape(fmt_money(r["amount_paid"], r["currency"])),
+         escape(fmt_money(r["amount_remaining"], r["currency"]))]
+        for r in data.invoices.iter_rows(named=True)
+    ]
+    out.append(_table(["customer", "period start", "status", "invoices", "invoice status", "our total",
+                       "Stripe total", "difference", "paid", "remaining"], inv_rows, {5, 6, 7, 8, 9})
+               if inv_rows else "<p>No invoices.</p>")
+
+    out.append("<h2>Dunning</h2>")
+    summary = data.dunning_summary()
+    if summary:
+        out.append(_table([data.dunning_state_column or "state", "invoices"],
+                          [[escape(k), str(v)] for k, v in summary], {1}))
+    if data.dunning.height:
+        cols = data.dunning.columns
+        out.append("<details><summary>Dunning queue</summary>" + _table(
+            cols, [[escape("" if v is None else str(v)) for v in row] for row in data.dunning.iter_rows()]) + "</details>")
+    else:
+        out.append("<p>No invoices in dunning.</p>")
+
+    out.append(f"<h2>All lines ({data.lines.height})</h2>")
+    out.append("<details><summary>Every customer × meter × period</summary>"
+               + _table(LINE_HEADERS, _line_rows(data.lines), LINE_NUMERIC) + "</details>")
+    out.append("</body></html>")
+    return "\n".join(out)

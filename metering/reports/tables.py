@@ -1,0 +1,50 @@
+"""The report's tables as plain rows of cells, shared by the spreadsheet and the CSV writers.
+
+Cells are `int` (counts and integer minor units: exact), or `str` (quantities as exact decimal text,
+dates and timestamps in ISO form, UTC). No floats.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from decimal import Decimal
+
+import polars as pl
+
+from metering.reports.data import ReportData
+from metering.reports.money import fmt_quantity
+
+Cell = int | str
+
+
+def _cell(value: object) -> Cell:
+    if value is None:
+        return ""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int):
+        return value
+    if isinstance(value, Decimal):
+        return fmt_quantity(value)
+    if isinstance(value, dt.datetime):
+        return value.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    if isinstance(value, dt.date):
+        return value.isoformat()
+    return str(value)
+
+
+def frame_rows(frame: pl.DataFrame) -> tuple[list[str], list[list[Cell]]]:
+    return list(frame.columns), [[_cell(v) for v in row] for row in frame.iter_rows()]
+
+
+def report_tables(data: ReportData) -> dict[str, tuple[list[str], list[list[Cell]]]]:
+    """sheet/CSV name -> (header, rows), in report order."""
+    summary = (["metric", "currency", "value"], [list(r) for r in data.summary_rows()])
+    dunning = frame_rows(data.dunning) if data.dunning.width else (["state"], [])
+    return {
+        "summary": summary,
+        "lines": frame_rows(data.lines),
+        "discrepancies": frame_rows(data.discrepancies),
+        "invoices": frame_rows(data.invoices),
+        "dunning": dunning,
+    }

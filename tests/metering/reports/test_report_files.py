@@ -1,0 +1,120 @@
+"""The report files read back (openpyxl, csv, HTML text) show exactly the warehouse's numbers."""
+
+from __future__ import annotations
+
+import csv
+import re
+from pathlib import Path
+
+import openpyxl
+import pytest
+
+from metering import warehouse
+from metering.reports import default_folder, write_report
+
+from recon_fixture import MONTH, NOW
+
+# hand-computed from conftest.ROWS
+USD = {"rated_minor": 17200, "invoiced_minor": 16276, "difference_minor": -924,
+       "money_at_risk_minor": 1115, "unexplained_minor": 115, "rows": 6, "clean_rows": 2, "customers": 5}
+
+
+def _warehouse_totals(path: Path) -> dict[str, dict[str, int]]:
+    """The same headline numbers, computed independently in SQL on the warehouse."""
+    with warehouse.open_warehouse(path, read_only=True) as con:
+        rows = con.execute(
+            """
+            SELECT currency, count(DISTINCT customer_id), count(*), sum(our_amount_minor), sum(stripe_amount_minor),
+                   sum(abs(amount_diff_minor)) FILTER (WHERE status NOT IN ('matched', 'within_tolerance')),
+                   sum(abs(amount_diff_minor)) FILTER (WHERE NOT explained),
+                   count(*) FILTER (WHERE status IN ('matched', 'within_tolerance'))
+            FROM usage_reconciliation WHERE billing_month = ? GROUP BY currency
+            """,
+            [MONTH],
+        ).fetchall()
+    return {
+        cur: {"customers": c, "rows": n, "rated_minor": r, "invoiced_minor": i, "difference_minor": i - r,
+              "money_at_risk_minor": risk or 0, "unexplained_minor": unexp or 0, "clean_rows": clean}
+        for cur, c, n, r, i, risk, unexp, clean in rows
+    }
+
+
+def test_default_folder_is_data_reports_period(reconciled_warehouse, isolated_env):
+    with warehouse.open_warehouse(reconciled_warehouse) as con:
+        files = write_report(con, MONTH, generated_at=NOW)
+    assert files.folder == isolated_env / "reports" / "2026-10" == default_folder(MONTH)
+    assert sorted(p.name for p in files.folder.iterdir()) == [
+        "discrepancies.csv", "dunning.csv", "invoices.csv", "lines.csv", "report.html", "report.xlsx", "summary.csv"]
+
+
+def test_files_equal_the_warehouse(reconciled_warehouse, tmp_path):
+    expected = _warehouse_totals(reconciled_warehouse)
+    assert {k: expected["usd"][k] for k in USD} == USD   # the SQL agrees with the hand calculation
+    with warehouse.open_warehouse(reconciled_warehouse) as con:
+        files = write_report(con, MONTH, tmp_path / "out", generated_at=NOW)
+
+    # spreadsheet
+    book = openpyxl.load_workbook(files.xlsx, read_only=True)
+    assert book.sheetnames == ["summary", "lines", "discrepancies", "invoices", "dunning"]
+    summary = {(m, c): v for m, c, v in list(book["summary"].iter_rows(values_only=True))[1:]}
+    for cur, nums in expected.items():
+        for metric, value in nums.items():
+            assert summary[(metric, cur)] == str(value), (metric, cur)
+    assert summary[("match_rate_percent", "usd")] == "33.3"
+    assert summary[("match_rate_percent", "jpy")] == "100.0"
+    assert summary[("tolerance", None)] == "jpy: 1 minor unit(s) per line; usd: 1 minor unit(s) per line"
+    lines = list(book["lines"].iter_rows(values_only=True))
+    header = lines[0]
+    assert len(lines) - 1 == 7
+    diff_col = header.index("amount_diff_minor")
+    assert sum(r[diff_col] for r in lines[1:]) == -924  # integers, exact
+    disc = list(book["discrepancies"].iter_rows(values_only=True))
+    h = disc[0]
+    assert [(r[h.index("customer_id")], r[h.index("status")], r[h.index("amount_diff_minor")]) for r in disc[1:]] == [
+        ("cus_e", "late_after_finalization", -1000),
+        ("cus_b", "amount_mismatch", 75),
+        ("cus_c", "not_pushed", -20),
+        ("cus_d", "extra_in_stripe", 20),
+    ]
+    qty_col = h.index("our_quantity")
+    assert disc[1][qty_col] == "12"  # exact decimal text, trailing zeros dropped
+
+    # CSV equals the spreadsheet cell for cell (as text)
+    with open(files.folder / "summary.csv", newline="") as fh:
+        rows = list(csv.reader(fh))
+    assert rows[0] == ["metric", "currency", "value"]
+    assert {(m, c): v for m, c, v in rows[1:]} == {(m, c or ""): v for (m, c), v in summary.items()}
+    with open(files.folder / "discrepancies.csv", newline="") as fh:
+        csv_disc = list(csv.reader(fh))
+    assert [r[h.index("amount_diff_minor")] for r in csv_disc[1:]] == ["-1000", "75", "-20", "20"]
+
+    # HTML: self-contained, with the totals
+    html = files.html.read_text()
+    assert "<script" not in html.lower() and "http://" not in html.replace("http://www.w3.org/2000/svg", "")
+    assert "https://" not in html and "<link" not in html.lower()
+    assert html.count("<svg") == 3  # usd + jpy customer charts, categories chart
+    text = re.sub(r"<[^>]+>", " ", html)
+    for phrase in ("172.00 USD", "162.76 USD", "-9.24 USD", "11.15 USD", "1.15 USD", "33.3%",
+                   "500 JPY", "100.0%", "usd: 1 minor unit(s) per line"):
+        assert phrase in text, phrase
+    # discrepancies appear largest first
+    section = html.split("Discrepancies (4)")[1].split("<h2>")[0]
+    assert [section.index(c) for c in ("cus_e", "cus_b", "cus_c", "cus_d")] == sorted(
+        section.index(c) for c in ("cus_e", "cus_b", "cus_c", "cus_d"))
+
+
+def test_report_is_rewritten_in_place(reconciled_warehouse, tmp_path):
+    with warehouse.open_warehouse(reconciled_warehouse) as con:
+        first = write_report(con, MONTH, tmp_path, generated_at=NOW)
+        a = first.html.read_bytes()
+        second = write_report(con, MONTH, tmp_path, generated_at=NOW)
+    assert second.html.read_bytes() == a
+    assert not list(tmp_path.glob(".*.tmp"))
+
+
+@pytest.mark.parametrize("minor,cur,text", [(1234, "usd", "12.34 USD"), (-5, "usd", "-0.05 USD"),
+                                            (1234567, "jpy", "1,234,567 JPY"), (0, "eur", "0.00 EUR")])
+def test_money_format(minor, cur, text):
+    from metering.reports.money import fmt_money
+
+    assert fmt_money(minor, cur) == text
