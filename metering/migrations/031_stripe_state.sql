@@ -39,8 +39,9 @@ CREATE TABLE IF NOT EXISTS stripe_invoice_lines (
     invoice_id        VARCHAR NOT NULL,
     line_id           VARCHAR NOT NULL,
     price_id          VARCHAR,               -- pricing.price_details.price
-    meter             VARCHAR,               -- the price's recurring.meter when the price is expanded
-    event_name        VARCHAR,
+    meter             VARCHAR,               -- OUR meter name, via stripe_objects (kind 'meter') when known
+    event_name        VARCHAR,               -- 'metering_<meter>' when the meter is known
+    stripe_meter_id   VARCHAR,               -- the price's recurring.meter (expanded price, or a re-fetched price)
     subscription_item VARCHAR,
     quantity_decimal  DECIMAL(38, 12),       -- quantity_decimal (quantity is truncated since basil)
     amount            BIGINT,

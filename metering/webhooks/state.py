@@ -123,14 +123,26 @@ _LINES_SELECT = f"""
         SELECT invoice_id, obj ->> '$.currency' AS invoice_currency,
                unnest(CAST(obj -> '$.lines.data' AS JSON[])) AS line
         FROM _wh_invoices
+    ), priced AS (
+        SELECT *,
+               coalesce(line ->> '$.pricing.price_details.price.id',
+                        line ->> '$.pricing.price_details.price') AS price_id
+        FROM lines
+    ), metered AS (
+        SELECT p.*,
+               coalesce(line ->> '$.pricing.price_details.price.recurring.meter',
+                        s.raw ->> '$.recurring.meter') AS stripe_meter_id
+        FROM priced p
+        LEFT JOIN (SELECT object_id, raw FROM stripe_object_snapshots WHERE object_type = 'price') s
+               ON s.object_id = p.price_id
     )
     SELECT
         invoice_id,
         line ->> '$.id' AS line_id,
-        coalesce(line ->> '$.pricing.price_details.price.id',
-                 line ->> '$.pricing.price_details.price') AS price_id,
-        line ->> '$.pricing.price_details.price.recurring.meter' AS meter,
-        CAST(NULL AS VARCHAR) AS event_name,
+        price_id,
+        m.our_key AS meter,
+        'metering_' || m.our_key AS event_name,
+        stripe_meter_id,
         line ->> '$.parent.subscription_item_details.subscription_item' AS subscription_item,
         CAST(coalesce(line ->> '$.quantity_decimal', line ->> '$.quantity') AS DECIMAL(38, 12)) AS quantity_decimal,
         TRY_CAST(line ->> '$.amount' AS BIGINT) AS amount,
@@ -139,7 +151,9 @@ _LINES_SELECT = f"""
         {_ts("line ->> '$.period.end'")} AS period_end,
         line ->> '$.description' AS description,
         'webhook' AS source
-    FROM lines
+    FROM metered
+    LEFT JOIN (SELECT DISTINCT our_key, stripe_id FROM {{meter_table}} WHERE kind = 'meter') m
+           ON m.stripe_id = metered.stripe_meter_id
 """
 
 _SUBSCRIPTION_SELECT = f"""
@@ -222,6 +236,16 @@ _ATTEMPTS_SELECT = f"""
 """
 
 
+def _meter_map_table(con: duckdb.DuckDBPyConnection) -> str:
+    """The push helper's `stripe_objects` (our meter <-> Stripe meter id), or an empty stand-in."""
+    found = con.execute(
+        "SELECT count(*) FROM information_schema.tables WHERE table_name = 'stripe_objects'"
+    ).fetchone()[0]
+    if found:
+        return "stripe_objects"
+    return "(SELECT CAST(NULL AS VARCHAR) AS kind, CAST(NULL AS VARCHAR) AS our_key, CAST(NULL AS VARCHAR) AS stripe_id)"
+
+
 def rebuild_invoices(con: duckdb.DuckDBPyConnection) -> dict[str, int]:
     """Rebuild `stripe_invoices` and the webhook-sourced rows of `stripe_invoice_lines`."""
     with transaction(con):
@@ -231,7 +255,8 @@ def rebuild_invoices(con: duckdb.DuckDBPyConnection) -> dict[str, int]:
             f"INSERT INTO stripe_invoices ({_INVOICE_COLUMNS}) SELECT {_INVOICE_COLUMNS} FROM _wh_invoices"
         ).fetchone()[0]
         con.execute("DELETE FROM stripe_invoice_lines WHERE source = 'webhook'")
-        lines = con.execute(f"INSERT INTO stripe_invoice_lines BY NAME {_LINES_SELECT}").fetchone()[0]
+        lines_sql = _LINES_SELECT.format(meter_table=_meter_map_table(con))
+        lines = con.execute(f"INSERT INTO stripe_invoice_lines BY NAME {lines_sql}").fetchone()[0]
         con.execute("DROP TABLE _wh_invoices")
     return {"invoices": invoices, "invoice_lines": lines}
 

@@ -120,3 +120,31 @@ def body_of(payload: dict[str, Any]) -> str:
 def signature(body: str, secret: str = SECRET, timestamp: int | None = None) -> str:
     """The header Stripe would send, computed by the stripe SDK's own test helper."""
     return stripe.WebhookSignature.generate_signature_header(body, secret, timestamp=timestamp)
+
+
+def dunning_lifecycle(invoice_id: str = "in_A", start: int = 1_790_000_000) -> list[dict[str, Any]]:
+    """A failed-then-recovered invoice and its subscription, as Stripe would emit the events.
+
+    Ties on `created` are deliberate (Stripe stamps several events in the same second).
+    """
+    ln = [line("il_1", price="price_api", quantity_decimal="1234.5", amount=1235, start=start, end=start + 2_592_000)]
+    draft = invoice(invoice_id, status="draft", amount_due=1235, lines=ln)
+    opened = {**invoice(invoice_id, status="open", amount_due=1235, lines=ln)}
+    opened["status_transitions"] = {**opened["status_transitions"], "finalized_at": start + 3600}
+    failed1 = {**opened, "attempt_count": 1, "next_payment_attempt": start + 3600 + 86_400}
+    failed2 = {**opened, "attempt_count": 2, "next_payment_attempt": start + 3600 + 3 * 86_400}
+    paid = {**opened, "status": "paid", "attempt_count": 3, "amount_paid": 1235, "amount_remaining": 0,
+            "next_payment_attempt": None,
+            "status_transitions": {**opened["status_transitions"], "paid_at": start + 3600 + 3 * 86_400}}
+    sub = subscription("sub_A")
+    return [
+        event("evt_001", "customer.subscription.created", start - 100, sub),
+        event("evt_002", "invoice.created", start, draft),
+        event("evt_003", "invoice.finalized", start + 3600, opened),
+        event("evt_004", "invoice.payment_failed", start + 3600, failed1),  # same second as finalized
+        event("evt_005", "customer.subscription.updated", start + 3600, subscription("sub_A", status="past_due")),
+        event("evt_006", "invoice.payment_failed", start + 3600 + 86_400, failed2),
+        event("evt_007", "invoice.payment_succeeded", start + 3600 + 3 * 86_400, paid),
+        event("evt_008", "invoice.paid", start + 3600 + 3 * 86_400, paid),  # same second
+        event("evt_009", "customer.subscription.updated", start + 3600 + 3 * 86_400, subscription("sub_A", status="active")),
+    ]
