@@ -5,12 +5,12 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import yaml
-
 from metering import config
 from metering.errors import BadInputError
+from metering.rules.yaml_marks import load_yaml, render_path
 
 AGGREGATIONS = ("count", "sum", "max", "last", "unique_count")
+METER_KEYS = ("aggregation", "unit", "value", "property", "dimensions", "description", "display_name")
 
 
 @dataclass(frozen=True)
@@ -23,33 +23,70 @@ class Meter:
     dimensions: tuple[str, ...] = field(default_factory=tuple)
 
 
-def load_meters(rules_dir: str | Path | None = None) -> dict[str, Meter]:
-    """Read `meters.yaml`. Raises `BadInputError` naming the file and field on a malformed entry."""
+def check_meters(rules_dir: str | Path | None = None) -> tuple[dict[str, Meter], list[str]]:
+    """Read `meters.yaml`, returning the meters that are well formed and every problem found.
+
+    Problems read `file:line: meters.<name>.<field>: what is wrong`.
+    """
     path = config.rules_dir(rules_dir) / "meters.yaml"
+    if not path.exists():
+        return {}, [f"{path}: (document): file not found (every rules folder needs meters.yaml)"]
     try:
-        doc = yaml.safe_load(path.read_text())
-    except FileNotFoundError:
-        raise BadInputError(f"{path}: file not found (every rules folder needs meters.yaml)") from None
-    except yaml.YAMLError as exc:
-        raise BadInputError(f"{path}: not valid YAML: {exc}") from None
+        doc, marks = load_yaml(path)
+    except BadInputError as exc:
+        return {}, [str(exc)]
+    errors: list[str] = []
+
+    def err(where: tuple, msg: str) -> None:
+        line = marks.line(where)
+        errors.append(f"{path}{f':{line}' if line else ''}: {render_path(where)}: {msg}")
+
+    for where, msg in marks.problems:
+        err(where, msg)
     if not isinstance(doc, dict) or not isinstance(doc.get("meters"), dict):
-        raise BadInputError(f"{path}: meters: expected a mapping of meter name to definition")
-    meters = {}
+        err(("meters",), "expected a mapping of meter name to definition")
+        return {}, errors
+    meters: dict[str, Meter] = {}
     for name, spec in doc["meters"].items():
-        where = f"{path}: meters.{name}"
+        where = ("meters", name)
         if not isinstance(spec, dict):
-            raise BadInputError(f"{where}: expected a mapping")
+            err(where, "expected a mapping")
+            continue
+        bad = False
+        for key in spec:
+            if key not in METER_KEYS:
+                err(where + (key,), f"unknown field (allowed: {', '.join(METER_KEYS)})")
+                bad = True
         agg = spec.get("aggregation")
         if agg not in AGGREGATIONS:
-            raise BadInputError(f"{where}.aggregation: {agg!r} is not one of {', '.join(AGGREGATIONS)}")
+            err(where + ("aggregation",), f"{agg!r} is not one of {', '.join(AGGREGATIONS)}")
+            bad = True
         if agg == "unique_count" and not spec.get("property"):
-            raise BadInputError(f"{where}.property: unique_count needs the property whose values it counts")
+            err(where + ("property",), "unique_count needs the property whose values it counts")
+            bad = True
+        dims = spec.get("dimensions") or []
+        if not isinstance(dims, list) or not all(isinstance(d, str) and d for d in dims):
+            err(where + ("dimensions",), "expected a list of property names")
+            bad = True
+        elif len(set(dims)) != len(dims):
+            err(where + ("dimensions",), "a dimension is listed twice")
+            bad = True
+        if bad:
+            continue
         meters[name] = Meter(
             name=name,
             aggregation=agg,
             unit=str(spec.get("unit", "")),
             value=str(spec.get("value", "value")),
             property=spec.get("property"),
-            dimensions=tuple(spec.get("dimensions") or ()),
+            dimensions=tuple(sorted(dims)),
         )
+    return meters, errors
+
+
+def load_meters(rules_dir: str | Path | None = None) -> dict[str, Meter]:
+    """Read `meters.yaml`. Raises `BadInputError` naming the file, line and field of every malformed entry."""
+    meters, errors = check_meters(rules_dir)
+    if errors:
+        raise BadInputError("\n".join(errors))
     return meters

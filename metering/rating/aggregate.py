@@ -1,0 +1,153 @@
+"""From events to charge quantities.
+
+1. `hourly_aggregates_sql` / `build_aggregates`: usage_events -> usage_aggregates, one row per
+   customer x meter x dimension values x hour, with enough detail to combine hours exactly over
+   any period: the hour's quantity (count, sum, max), the last value with its event time and id
+   (ties on time broken by the larger event_id), and the hour's distinct values for unique_count.
+2. `charge_quantities`: usage_aggregates rows x customer segments -> the period quantity of each
+   usage charge, selecting rows by the charge's `filters` and combining hours by the meter's
+   aggregation: count/sum add, max takes the max, last takes the value of the latest event,
+   unique_count counts the distinct values of the union.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from collections.abc import Mapping
+
+import duckdb
+import polars as pl
+
+from metering.rating import money
+from metering.rules.meters import Meter
+from metering.rules.model import Rules
+from metering.warehouse import query_frame, sql_string
+
+AGGREGATE_SCHEMA = {
+    "customer_id": pl.String, "meter": pl.String, "dimensions": pl.String,
+    "hour": pl.Datetime("us", "UTC"), "event_date": pl.Date, "quantity": money.QUANTITY_DTYPE,
+    "event_count": pl.Int64, "last_event_time": pl.Datetime("us", "UTC"), "last_event_id": pl.String,
+    "distinct_values": pl.List(pl.String),
+}
+
+
+def _case(meters: Mapping[str, Meter], expr_for) -> str:
+    whens = " ".join(f"WHEN {sql_string(name)} THEN {expr_for(m)}" for name, m in sorted(meters.items()))
+    return f"CASE meter {whens} END"
+
+
+def hourly_aggregates_sql(meters: Mapping[str, Meter]) -> str:
+    """SQL with two parameters (first event_date, end event_date exclusive) producing AGGREGATE_SCHEMA rows."""
+    def dims(m: Meter) -> str:
+        if not m.dimensions:
+            return "'{}'"
+        pairs = ", ".join(f"{sql_string(d)}, json_extract_string(properties, {sql_string('$.' + d)})"
+                          for d in m.dimensions)
+        return f"CAST(json_object({pairs}) AS VARCHAR)"
+
+    def distinct_value(m: Meter) -> str:
+        return f"json_extract_string(properties, {sql_string('$.' + m.property)})" if m.aggregation == "unique_count" else "NULL"
+
+    quantity = {
+        "count": "CAST(count(*) AS DECIMAL(38, 12))",
+        "sum": "CAST(sum(value) AS DECIMAL(38, 12))",
+        "max": "CAST(max(value) AS DECIMAL(38, 12))",
+        "last": "CAST(arg_max(value, (event_time, event_id)) AS DECIMAL(38, 12))",
+        "unique_count": "CAST(count(DISTINCT distinct_value) AS DECIMAL(38, 12))",
+    }
+    meter_list = ", ".join(sql_string(m) for m in sorted(meters))
+    agg_case = " ".join(f"WHEN {sql_string(n)} THEN {quantity[m.aggregation]}" for n, m in sorted(meters.items()))
+    return f"""
+        WITH ev AS (
+            SELECT customer_id, meter, event_time, event_id, event_date, value,
+                   {_case(meters, dims)} AS dimensions,
+                   {_case(meters, distinct_value)} AS distinct_value
+            FROM usage_events
+            WHERE event_date >= ? AND event_date < ? AND meter IN ({meter_list})
+        )
+        SELECT customer_id, meter, dimensions,
+               date_trunc('hour', event_time) AS hour,
+               min(event_date) AS event_date,
+               CASE meter {agg_case} END AS quantity,
+               count(*) AS event_count,
+               max(event_time) AS last_event_time,
+               arg_max(event_id, (event_time, event_id)) AS last_event_id,
+               CASE WHEN count(distinct_value) > 0
+                    THEN list(DISTINCT distinct_value ORDER BY distinct_value) FILTER (WHERE distinct_value IS NOT NULL)
+               END AS distinct_values
+        FROM ev
+        GROUP BY customer_id, meter, dimensions, date_trunc('hour', event_time)
+        ORDER BY customer_id, meter, dimensions, hour
+    """
+
+
+def build_aggregates(con: duckdb.DuckDBPyConnection, meters: Mapping[str, Meter],
+                     start: dt.date, end: dt.date) -> pl.DataFrame:
+    """usage_aggregates rows for events with start <= event_date < end, in a fixed order."""
+    frame = query_frame(con, hourly_aggregates_sql(meters), [start, end])
+    if frame.height == 0:
+        return pl.DataFrame(schema=AGGREGATE_SCHEMA)
+    return frame.cast(AGGREGATE_SCHEMA).select(list(AGGREGATE_SCHEMA))  # type: ignore[arg-type]
+
+
+def _matches(filters: tuple, dims: dict) -> bool:
+    return all(dims.get(d) in allowed for d, allowed in filters)
+
+
+def charge_map(keys: pl.DataFrame, rules: Rules) -> pl.DataFrame:
+    """For each distinct (plan, plan_version, meter, dimensions) the usage charge that prices it.
+
+    Runs in Python over the distinct dimension combinations only (a handful), never per usage row.
+    The validator guarantees at most one charge matches; a combination no charge matches is unpriced.
+    """
+    rows = []
+    for plan, version, meter, dims_json in keys.unique().sort(pl.all()).iter_rows():
+        if plan not in rules.plans:
+            continue
+        try:
+            pv = rules.version(plan, version)
+        except KeyError:
+            continue
+        dims = json.loads(dims_json) if dims_json else {}
+        for i, charge in enumerate(pv.charges):
+            if charge.is_usage and charge.meter == meter and _matches(charge.filters, dims):
+                rows.append((plan, version, meter, dims_json, i))
+                break
+    return pl.DataFrame(rows, schema={"plan": pl.String, "plan_version": pl.String, "meter": pl.String,
+                                      "dimensions": pl.String, "charge_id": pl.Int32}, orient="row")
+
+
+def assign_segments(partials: pl.DataFrame, segments: pl.DataFrame) -> pl.DataFrame:
+    """Attach each hourly row to the customer segment whose [segment_start, segment_end) holds its hour.
+
+    Rows outside every segment (no plan in force) are dropped here; `unassigned_usage` reports them.
+    """
+    seg = segments.select("customer_id", "period_start", "segment_start", "segment_end", "plan", "plan_version")
+    day = pl.col("hour").dt.date()
+    return partials.join(seg, on="customer_id", how="inner").filter(
+        (day >= pl.col("segment_start")) & (day < pl.col("segment_end"))
+    )
+
+
+def charge_quantities(partials: pl.DataFrame, segments: pl.DataFrame, rules: Rules) -> pl.DataFrame:
+    """Period quantities per (customer, period, segment, plan version, usage charge) from hourly rows."""
+    located = assign_segments(partials, segments)
+    mapping = charge_map(located.select("plan", "plan_version", "meter", "dimensions"), rules)
+    located = located.join(mapping, on=["plan", "plan_version", "meter", "dimensions"], how="inner")
+    kinds = pl.DataFrame({"meter": list(rules.meters), "aggregation": [m.aggregation for m in rules.meters.values()]},
+                         schema={"meter": pl.String, "aggregation": pl.String})
+    located = located.join(kinds, on="meter", how="inner")
+    key = ["customer_id", "period_start", "segment_start", "plan", "plan_version", "charge_id"]
+    agg = pl.col("aggregation")
+    parts = [
+        located.filter(agg.is_in(["count", "sum"])).group_by(key).agg(pl.col("quantity").sum()),
+        located.filter(agg == "max").group_by(key).agg(pl.col("quantity").max()),
+        located.filter(agg == "last").group_by(key).agg(
+            pl.col("quantity").sort_by(["last_event_time", "last_event_id"]).last()
+        ),
+        located.filter(agg == "unique_count").explode("distinct_values").group_by(key).agg(
+            pl.col("distinct_values").drop_nulls().n_unique().cast(money.QUANTITY_DTYPE).alias("quantity")
+        ),
+    ]
+    return pl.concat([p.cast({"quantity": money.QUANTITY_DTYPE}) for p in parts]).sort(key)

@@ -1,0 +1,211 @@
+"""Price charge quantities: the one rating function behind the assets, `metering rerate` and the
+offline `metering rate`.
+
+`rate(segments, quantities, rules)` takes
+
+- `segments`: one row per customer x billing period x segment (a sub-interval with one plan
+  version in force): customer_id, period_start, period_end, segment_start, segment_end (DATE,
+  half-open, UTC), plan, plan_version;
+- `quantities`: the period quantity of each usage charge in a segment: customer_id, period_start,
+  segment_start, plan, plan_version, charge_id, quantity DECIMAL(38, 12) (already aggregated by the
+  meter's rule and filtered by the charge's `filters`: see `metering.rating.aggregate`);
+
+and returns one row per segment x charge of its version (`RATED_COLUMNS`), every charge listed even
+with zero usage. Semantics:
+
+- `included` units are free per segment and taken before the tiers: billable = max(q - included, 0).
+- per_unit = q x unit_amount. graduated: each tier prices the units that fall in it, plus its
+  flat_amount when any unit reaches it. volume: the tier the whole quantity reaches prices all of
+  it (plus that tier's flat_amount). A zero quantity costs nothing in every usage model.
+- package: ceil (or, with package_round: down, floor) of billable / package_size, x package_amount.
+- flat: amount x (days in segment / days in period): prorated by day across a plan or version
+  change. minimum: the segment's prorated minimum less the segment's rounded usage lines, if
+  positive (a true-up line; 0 otherwise).
+- Amounts are exact (`money`: 10^-24 of a major unit); each line is rounded once to the currency's
+  minor unit by the version's `rounding` (half_up / half_even). For prorated lines the rounding is
+  of the exact fraction; `amount_unrounded` shows it truncated at 24 decimals.
+- Output order is fixed (sorted by the key), so the result does not depend on input row order.
+"""
+
+from __future__ import annotations
+
+import polars as pl
+
+from metering.rating import money
+from metering.rating.catalog import charges_frame, tiers_frame
+from metering.rating.money import I128, lit
+from metering.rules.model import Rules
+
+SEGMENT_KEY = ["customer_id", "period_start", "segment_start", "plan", "plan_version"]
+LINE_KEY = SEGMENT_KEY + ["charge_id"]
+
+SEGMENT_SCHEMA = {
+    "customer_id": pl.String, "period_start": pl.Date, "period_end": pl.Date,
+    "segment_start": pl.Date, "segment_end": pl.Date, "plan": pl.String, "plan_version": pl.String,
+}
+QUANTITY_SCHEMA = {
+    "customer_id": pl.String, "period_start": pl.Date, "segment_start": pl.Date, "plan": pl.String,
+    "plan_version": pl.String, "charge_id": pl.Int32, "quantity": money.QUANTITY_DTYPE,
+}
+RATED_COLUMNS = [
+    "customer_id", "period_start", "period_end", "segment_start", "segment_end", "plan", "plan_version",
+    "rules_hash", "charge_id", "charge", "model", "meter", "quantity", "billable_quantity",
+    "amount_unrounded", "amount", "amount_minor", "currency", "rounding", "tiers",
+]
+
+
+def _tiered(lines: pl.DataFrame, tiers: pl.DataFrame) -> pl.DataFrame:
+    """per_unit / graduated / volume lines -> line_id, amount_a24, tiers (JSON)."""
+    t = lines.select("line_id", "plan", "plan_version", "charge_id", "model", "billable_q12").join(
+        tiers, on=["plan", "plan_version", "charge_id"], how="inner"
+    )
+    b, lower, upper = pl.col("billable_q12"), pl.col("lower_q12"), pl.col("upper_q12")
+    in_graduated = pl.min_horizontal(b, upper.fill_null(b)) - lower
+    in_volume = pl.when((b > lower) & (upper.is_null() | (b <= upper))).then(b).otherwise(lit(0))
+    t = t.with_columns(
+        units_q12=pl.when(pl.col("model") == "volume").then(in_volume)
+        .otherwise(pl.when(in_graduated > lit(0)).then(in_graduated).otherwise(lit(0)))
+    )
+    t = money.checked_mul(t, "units_q12", "unit_p12", "usage_a24", "tier amount")
+    t = t.with_columns(
+        tier_a24=pl.col("usage_a24") + pl.when(pl.col("units_q12") > lit(0)).then(pl.col("flat_a24")).otherwise(lit(0))
+    ).sort("line_id", "tier")
+    tier_json = pl.concat_str([
+        pl.lit('{"tier":'), pl.col("tier").cast(pl.String),
+        pl.lit(',"units":"'), money.to_decimal_string(pl.col("units_q12"), money.QUANTITY_SCALE),
+        pl.lit('","unit_amount":"'), money.to_decimal_string(pl.col("unit_p12"), money.PRICE_SCALE),
+        pl.lit('","flat_amount":"'), money.to_decimal_string(pl.col("flat_a24"), money.AMOUNT_SCALE),
+        pl.lit('","amount":"'), money.to_decimal_string(pl.col("tier_a24"), money.AMOUNT_SCALE),
+        pl.lit('"}'),
+    ])
+    return t.group_by("line_id", maintain_order=True).agg(
+        amount_a24=pl.col("tier_a24").sum(),
+        tiers=pl.concat_str([pl.lit("["), tier_json.filter(pl.col("units_q12") > lit(0)).str.join(","), pl.lit("]")]),
+    )
+
+
+def _package(lines: pl.DataFrame) -> pl.DataFrame:
+    p = lines.filter(pl.col("model") == "package").select(
+        "line_id", "billable_q12", "package_size_q12", "package_round", "package_p12"
+    )
+    size = pl.col("package_size_q12")
+    p = p.with_columns(
+        packages=pl.when(pl.col("package_round") == "down").then(pl.col("billable_q12") // size)
+        .otherwise((pl.col("billable_q12") + size - lit(1)) // size),
+        package_a24=pl.col("package_p12") * lit(10**money.QUANTITY_SCALE),
+    )
+    p = money.checked_mul(p, "packages", "package_a24", "amount_a24", "package amount")
+    return p.select(
+        "line_id", "amount_a24",
+        tiers=pl.concat_str([
+            pl.lit('[{"packages":"'), pl.col("packages").cast(pl.String),
+            pl.lit('","package_size":"'), money.to_decimal_string(size, money.QUANTITY_SCALE),
+            pl.lit('","package_amount":"'), money.to_decimal_string(pl.col("package_p12"), money.PRICE_SCALE),
+            pl.lit('","round":"'), pl.col("package_round"),
+            pl.lit('","amount":"'), money.to_decimal_string(pl.col("amount_a24"), money.AMOUNT_SCALE),
+            pl.lit('"}]'),
+        ]),
+    )
+
+
+def _empty_rated() -> pl.DataFrame:
+    schema = {
+        **SEGMENT_SCHEMA, "rules_hash": pl.String, "charge_id": pl.Int32, "charge": pl.String,
+        "model": pl.String, "meter": pl.String, "quantity": money.QUANTITY_DTYPE,
+        "billable_quantity": money.QUANTITY_DTYPE, "amount_unrounded": money.AMOUNT_DTYPE,
+        "amount": pl.Decimal(38, 2), "amount_minor": pl.Int64, "currency": pl.String,
+        "rounding": pl.String, "tiers": pl.String,
+    }
+    return pl.DataFrame(schema=schema).select(RATED_COLUMNS)
+
+
+def rate(segments: pl.DataFrame, quantities: pl.DataFrame, rules: Rules) -> pl.DataFrame:
+    """Rate every charge of every segment (see the module docstring). Pure: no I/O, no clock."""
+    if segments.height == 0:
+        return _empty_rated()
+    segments = segments.select(list(SEGMENT_SCHEMA)).cast(SEGMENT_SCHEMA)  # type: ignore[arg-type]
+    quantities = quantities.select(list(QUANTITY_SCHEMA)).cast(QUANTITY_SCHEMA)  # type: ignore[arg-type]
+    # Several rows for one line (e.g. a caller that did not pre-sum) add up.
+    quantities = quantities.group_by(LINE_KEY).agg(pl.col("quantity").sum())
+    lines = (
+        segments.join(charges_frame(rules), on=["plan", "plan_version"], how="inner")
+        .join(quantities, on=LINE_KEY, how="left")
+        .sort(LINE_KEY)
+        .with_row_index("line_id")
+    )
+    usage = pl.col("model").is_in(["per_unit", "graduated", "volume", "package"])
+    lines = lines.with_columns(
+        quantity=pl.when(usage).then(pl.col("quantity").fill_null(0)).otherwise(pl.lit(None)),
+        period_days=(pl.col("period_end") - pl.col("period_start")).dt.total_days().cast(I128),
+        segment_days=(pl.col("segment_end") - pl.col("segment_start")).dt.total_days().cast(I128),
+        divisor=money.minor_unit_divisor(pl.col("digits")),
+    )
+    q12 = money.decimal_to_int(lines["quantity"].fill_null(0), money.QUANTITY_SCALE)
+    if (q12 < 0).any():
+        raise ValueError("negative usage quantity: quantities must be >= 0")
+    lines = lines.with_columns(q12=q12).with_columns(
+        billable_q12=pl.when(usage)
+        .then(pl.max_horizontal(pl.col("q12") - pl.col("included_q12"), lit(0)))
+        .otherwise(lit(0))
+    )
+
+    priced = pl.concat([_tiered(lines, tiers_frame(rules)), _package(lines)])
+    lines = lines.join(priced, on="line_id", how="left")
+
+    # Usage lines: round the exact amount once.
+    lines = lines.with_columns(
+        minor=pl.when(usage).then(money.round_ratio(pl.col("amount_a24"), pl.col("divisor"), pl.col("rounding"))),
+        unrounded_a24=pl.when(usage).then(pl.col("amount_a24")),
+    )
+    # Flat fees: prorated by day; round the exact fraction.
+    flat = pl.col("model") == "flat"
+    flat_num = pl.col("fixed_a24") * pl.col("segment_days")
+    lines = lines.with_columns(
+        minor=pl.when(flat).then(money.round_ratio(flat_num, pl.col("period_days") * pl.col("divisor"), pl.col("rounding")))
+        .otherwise(pl.col("minor")),
+        unrounded_a24=pl.when(flat).then(flat_num // pl.col("period_days")).otherwise(pl.col("unrounded_a24")),
+        tiers=pl.when(flat).then(pl.concat_str([
+            pl.lit('[{"amount":"'), money.to_decimal_string(pl.col("fixed_a24"), money.AMOUNT_SCALE),
+            pl.lit('","segment_days":'), pl.col("segment_days").cast(pl.String),
+            pl.lit(',"period_days":'), pl.col("period_days").cast(pl.String), pl.lit("}]"),
+        ])).otherwise(pl.col("tiers")),
+    )
+    # Minimum: true-up of the segment's rounded usage lines to the prorated minimum.
+    usage_minor = lines.filter(usage).group_by(SEGMENT_KEY).agg(usage_minor=pl.col("minor").sum())
+    lines = lines.join(usage_minor, on=SEGMENT_KEY, how="left").with_columns(pl.col("usage_minor").fill_null(lit(0)))
+    minimum = pl.col("model") == "minimum"
+    min_num = pl.max_horizontal(
+        pl.col("fixed_a24") * pl.col("segment_days") - pl.col("usage_minor") * pl.col("divisor") * pl.col("period_days"),
+        lit(0),
+    )
+    lines = lines.with_columns(
+        minor=pl.when(minimum).then(money.round_ratio(min_num, pl.col("period_days") * pl.col("divisor"), pl.col("rounding")))
+        .otherwise(pl.col("minor")),
+        unrounded_a24=pl.when(minimum).then(min_num // pl.col("period_days")).otherwise(pl.col("unrounded_a24")),
+        tiers=pl.when(minimum).then(pl.concat_str([
+            pl.lit('[{"minimum":"'), money.to_decimal_string(pl.col("fixed_a24"), money.AMOUNT_SCALE),
+            pl.lit('","segment_days":'), pl.col("segment_days").cast(pl.String),
+            pl.lit(',"period_days":'), pl.col("period_days").cast(pl.String),
+            pl.lit(',"usage_amount":"'),
+            money.to_decimal_string(pl.col("usage_minor") * pl.col("divisor"), money.AMOUNT_SCALE),
+            pl.lit('"}]'),
+        ])).otherwise(pl.col("tiers")),
+    )
+    bad = lines.filter((pl.col("unrounded_a24") < lit(0)) | (pl.col("unrounded_a24") > lit(money.LIMIT)))
+    if bad.height:
+        raise ValueError(f"amount out of range for exact rating: {bad.row(0, named=True)}")
+
+    return lines.with_columns(
+        quantity=pl.when(usage).then(pl.col("quantity")).otherwise(pl.lit(None)).cast(money.QUANTITY_DTYPE),
+        billable_quantity=money.int_to_decimal(lines["billable_q12"], money.QUANTITY_SCALE),
+        amount_unrounded=money.int_to_decimal(lines["unrounded_a24"], money.AMOUNT_SCALE),
+        amount=money.int_to_decimal(
+            lines.select(
+                pl.col("minor") * pl.when(pl.col("digits") == 0).then(lit(100)).otherwise(lit(1))
+            ).to_series(),
+            2,
+        ),
+        amount_minor=pl.col("minor").cast(pl.Int64),
+    ).with_columns(
+        billable_quantity=pl.when(usage).then(pl.col("billable_quantity")),
+    ).select(RATED_COLUMNS)

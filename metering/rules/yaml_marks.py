@@ -1,0 +1,95 @@
+"""A YAML reader that remembers where every value came from, so rule errors can name the line.
+
+`load_yaml(path)` returns the document as plain Python values (dicts, lists, scalars typed by YAML's
+safe resolver: an unquoted `0.1` is a float, `2026-01-01` a date) together with a `Marks` table that
+maps each value's path (`("versions", 0, "charges", 1, "unit_amount")`) to its 1-based line.
+Duplicate mapping keys, which plain `yaml.safe_load` silently collapses, are reported too.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+from yaml.constructor import SafeConstructor
+from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
+
+from metering.errors import BadInputError
+
+PathKey = tuple[Any, ...]
+
+
+def render_path(path: PathKey) -> str:
+    """`("versions", 0, "charges")` -> `versions[0].charges`."""
+    out = ""
+    for part in path:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out += ("." if out else "") + str(part)
+    return out or "(document)"
+
+
+@dataclass
+class Marks:
+    """Line numbers by value path, plus the problems found while reading (duplicate keys)."""
+
+    lines: dict[PathKey, int] = field(default_factory=dict)
+    problems: list[tuple[PathKey, str]] = field(default_factory=list)
+
+    def line(self, path: PathKey) -> int | None:
+        """The line of `path`, or of its nearest ancestor that has one."""
+        while True:
+            if path in self.lines:
+                return self.lines[path]
+            if not path:
+                return None
+            path = path[:-1]
+
+
+def _build(node: Node, path: PathKey, marks: Marks, constructor: SafeConstructor) -> Any:
+    marks.lines[path] = node.start_mark.line + 1
+    if isinstance(node, MappingNode):
+        out: dict[Any, Any] = {}
+        for key_node, value_node in node.value:
+            key = constructor.construct_object(key_node, deep=True) if isinstance(key_node, ScalarNode) else None
+            if not isinstance(key, (str, int)) or isinstance(key, bool):
+                marks.problems.append((path, f"line {key_node.start_mark.line + 1}: mapping keys must be plain names"))
+                continue
+            if key in out:
+                marks.problems.append((path + (key,), f"duplicate key {key!r} (line {key_node.start_mark.line + 1})"))
+                continue
+            out[key] = _build(value_node, path + (key,), marks, constructor)
+        return out
+    if isinstance(node, SequenceNode):
+        return [_build(item, path + (i,), marks, constructor) for i, item in enumerate(node.value)]
+    return constructor.construct_object(node, deep=True)
+
+
+def parse_yaml(text: str, source: str) -> tuple[Any, Marks]:
+    """Parse one YAML document, returning values and their line marks. Raises BadInputError on syntax."""
+    try:
+        node = yaml.compose(text, Loader=yaml.SafeLoader)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"{source}:{mark.line + 1}" if mark is not None else source
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise BadInputError(f"{where}: (document): not valid YAML: {problem}") from None
+    marks = Marks()
+    if node is None:
+        return None, marks
+    return _build(node, (), marks, SafeConstructor()), marks
+
+
+def load_yaml(path: str | Path) -> tuple[Any, Marks]:
+    """Read and parse `path` (see `parse_yaml`)."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise BadInputError(f"{path}: file not found") from None
+    except UnicodeDecodeError as exc:
+        raise BadInputError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+    return parse_yaml(text, str(path))
