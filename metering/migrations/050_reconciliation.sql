@@ -82,10 +82,12 @@ CREATE TABLE IF NOT EXISTS usage_reconciliation (
     pushed_quantity      DECIMAL(38, 12),      -- acknowledged in stripe_push_ledger
     stripe_quantity      DECIMAL(38, 12),      -- Stripe's meter summary over the period
     invoiced_quantity    DECIMAL(38, 12),      -- Stripe invoice lines for this meter and period
-    our_amount_minor     BIGINT,               -- rated amount
+    our_amount_minor     BIGINT,               -- rated amount (every charge on this meter)
+    not_in_stripe_minor  BIGINT,               -- part of it on charges Stripe cannot price (catalog findings
+                                               -- 'not_expressible', e.g. dimension filters): billed by the engine
     stripe_amount_minor  BIGINT,               -- invoiced amount
     quantity_diff        DECIMAL(38, 12),      -- stripe_quantity - our_quantity
-    amount_diff_minor    BIGINT,               -- stripe_amount_minor - our_amount_minor
+    amount_diff_minor    BIGINT,               -- stripe_amount_minor - (our_amount_minor - not_in_stripe_minor)
     tolerance_minor      BIGINT NOT NULL,      -- allowed |amount_diff_minor| for this row
     status               VARCHAR NOT NULL,     -- matched|within_tolerance|not_pushed|missing_in_stripe|extra_in_stripe|quantity_mismatch|amount_mismatch|late_after_finalization|pending
     reason               VARCHAR NOT NULL,     -- human-readable explanation with the numbers
@@ -102,8 +104,9 @@ CREATE TABLE IF NOT EXISTS invoice_reconciliation (
     period_end           DATE NOT NULL,
     currency             VARCHAR,
     our_total_minor      BIGINT,
+    not_in_stripe_minor  BIGINT,               -- our charges Stripe cannot price (minimums, dimension filters)
     stripe_total_minor   BIGINT,               -- sum of Stripe invoice lines for the period
-    amount_diff_minor    BIGINT,
+    amount_diff_minor    BIGINT,               -- stripe_total_minor - (our_total_minor - not_in_stripe_minor)
     tolerance_minor      BIGINT NOT NULL,
     invoice_ids          VARCHAR,
     invoice_status       VARCHAR,              -- status of the invoice carrying the period's usage

@@ -3,9 +3,9 @@
 A billing month (the `monthly_billing` partition, e.g. 2026-10-01) covers every customer billing
 period that *starts* in that month (periods follow each customer's billing anchor).
 
-- ours: `rated_usage` metered lines -> customer x meter x period. Charges of one meter in one
-  segment share the meter's quantity (max over charges); segments after a plan change add up for
-  additive meters (count, sum) and the last segment's quantity counts otherwise.
+- ours: the meter's quantity over the period from `usage_aggregates` (what one Stripe meter holds:
+  all dimensions together), and the rated amount of its charges from `rated_usage`, with the part
+  Stripe cannot price (catalog findings `not_expressible`: dimension filters, minimums) split out.
 - pushed: `stripe_push_ledger`, per window the latest acknowledged revision's value (what Stripe's
   pre-aggregated meter holds for the window), summed for additive meters, last window otherwise.
 - Stripe's meter: `stripe_meter_summaries` grain 'period' rows (Stripe's own aggregate), or pending.
@@ -47,37 +47,94 @@ def _additive(meters: dict[str, Meter]) -> list[str]:
     return [name for name, m in meters.items() if m.aggregation in ADDITIVE]
 
 
+def _not_expressible_sql(con: duckdb.DuckDBPyConnection) -> str:
+    """Boolean SQL over rated_usage: the charge has no Stripe price (catalog finding 'not_expressible')."""
+    if not {"finding", "kind", "our_key"} <= table_columns(con, "stripe_catalog_findings"):
+        return "false"
+    return ("(plan || '|' || plan_version || '|' || charge) IN (SELECT our_key FROM stripe_catalog_findings "
+            "WHERE finding = 'not_expressible' AND kind = 'price')")
+
+
 def load_ours(con: duckdb.DuckDBPyConnection, billing_month: dt.date, meters: dict[str, Meter]) -> pl.DataFrame:
-    """Rated quantity and amount per customer x meter x billing period."""
-    cols = table_columns(con, "rated_usage")
-    if not cols:
+    """Per customer x meter x billing period: the meter's quantity over the period and the rated amount.
+
+    The quantity is the meter's own aggregate over the period from `usage_aggregates` (all dimensions,
+    as one Stripe meter carries them): sum for count/sum, max for max, the latest value for last, the
+    exact distinct count for unique_count. The amount is the sum of the rated charges on the meter,
+    with the part on charges Stripe cannot price split out (`not_in_stripe_minor`).
+    """
+    if not table_columns(con, "rated_usage"):
         return rc.conform(None, rc.OURS_SCHEMA)
     start, end = month_bounds(billing_month)
-    seg = "coalesce(CAST(segment_start AS TIMESTAMPTZ), CAST(period_start AS TIMESTAMPTZ))" \
-        if "segment_start" in cols else "CAST(period_start AS TIMESTAMPTZ)"
-    frame = query_frame(
+    nx = _not_expressible_sql(con)
+    amounts = query_frame(
         con,
         f"""
-        WITH seg AS (
-            SELECT customer_id, meter, period_start, period_end, currency, plan, plan_version,
-                   {seg} AS seg, max(quantity) AS q, sum(amount_minor) AS amt
-            FROM rated_usage
-            WHERE meter IS NOT NULL AND period_start >= ? AND period_start < ?
-            GROUP BY ALL
-        )
         SELECT customer_id, meter, period_start, max(period_end) AS period_end,
-               any_value(currency) AS currency, arg_max(plan, seg) AS plan,
-               arg_max(plan_version, seg) AS plan_version,
-               CAST(sum(q) AS DECIMAL(38, 12)) AS q_sum, CAST(arg_max(q, seg) AS DECIMAL(38, 12)) AS q_last,
-               CAST(sum(amt) AS BIGINT) AS our_amount_minor
-        FROM seg GROUP BY customer_id, meter, period_start
+               any_value(currency) AS currency, arg_max(plan, segment_start) AS plan,
+               arg_max(plan_version, segment_start) AS plan_version,
+               CAST(sum(amount_minor) AS BIGINT) AS our_amount_minor,
+               CAST(coalesce(sum(amount_minor) FILTER (WHERE {nx}), 0) AS BIGINT) AS not_in_stripe_minor,
+               count(*) FILTER (WHERE NOT ({nx})) AS stripe_charges
+        FROM rated_usage
+        WHERE meter IS NOT NULL AND period_start >= ? AND period_start < ?
+        GROUP BY customer_id, meter, period_start
         """,
         [start, end],
     )
-    frame = frame.with_columns(
-        our_quantity=pl.when(pl.col("meter").is_in(_additive(meters))).then("q_sum").otherwise("q_last")
-    )
+    quantities = load_meter_quantities(con, amounts.select("customer_id", "period_start", "period_end").unique(), meters)
+    frame = amounts.join(quantities, on=["customer_id", "meter", "period_start"], how="left")
     return rc.conform(frame, rc.OURS_SCHEMA)
+
+
+def load_meter_quantities(
+    con: duckdb.DuckDBPyConnection, periods: pl.DataFrame, meters: dict[str, Meter]
+) -> pl.DataFrame:
+    """customer_id, meter, period_start, our_quantity: each meter's aggregate over each customer period."""
+    schema = {"customer_id": pl.String, "meter": pl.String, "period_start": pl.Date, "our_quantity": rc.QTY}
+    if periods.is_empty() or not table_columns(con, "usage_aggregates"):
+        return pl.DataFrame(schema=schema)
+    con.register("_recon_periods", periods.to_arrow())
+    try:
+        base = """
+            SELECT u.*, p.period_start FROM usage_aggregates u JOIN _recon_periods p
+              ON p.customer_id = u.customer_id
+             AND u.hour >= CAST(p.period_start AS TIMESTAMPTZ) AND u.hour < CAST(p.period_end AS TIMESTAMPTZ)
+        """
+        scalar = query_frame(
+            con,
+            f"""
+            SELECT customer_id, meter, period_start,
+                   CAST(sum(quantity) AS DECIMAL(38, 12)) AS q_sum,
+                   CAST(max(quantity) AS DECIMAL(38, 12)) AS q_max,
+                   CAST(arg_max(quantity, (last_event_time, last_event_id)) AS DECIMAL(38, 12)) AS q_last
+            FROM ({base}) GROUP BY customer_id, meter, period_start
+            """,
+        )
+        unique = query_frame(
+            con,
+            f"""
+            SELECT customer_id, meter, period_start, CAST(count(DISTINCT v) AS DECIMAL(38, 12)) AS q_unique
+            FROM (SELECT customer_id, meter, period_start, unnest(distinct_values) AS v FROM ({base}))
+            GROUP BY customer_id, meter, period_start
+            """,
+        )
+    finally:
+        con.unregister("_recon_periods")
+    kinds = pl.DataFrame({"meter": list(meters), "aggregation": [m.aggregation for m in meters.values()]},
+                         schema={"meter": pl.String, "aggregation": pl.String})
+    frame = (
+        scalar.join(unique, on=["customer_id", "meter", "period_start"], how="left")
+        .join(kinds, on="meter", how="left")
+        .with_columns(
+            our_quantity=pl.when(pl.col("aggregation").is_in(list(ADDITIVE))).then("q_sum")
+            .when(pl.col("aggregation") == "max").then("q_max")
+            .when(pl.col("aggregation") == "last").then("q_last")
+            .when(pl.col("aggregation") == "unique_count").then(pl.col("q_unique").fill_null(pl.lit(0)))
+            .otherwise("q_sum")
+        )
+    )
+    return rc.conform(frame, schema)
 
 
 def load_periods(con: duckdb.DuckDBPyConnection, billing_month: dt.date) -> pl.DataFrame:
@@ -276,6 +333,19 @@ def load_our_invoices(con: duckdb.DuckDBPyConnection, billing_month: dt.date) ->
         """,
         [start, end],
     )
+    if table_columns(con, "rated_usage"):
+        nx = query_frame(
+            con,
+            f"""
+            SELECT customer_id, period_start,
+                   CAST(coalesce(sum(amount_minor) FILTER (WHERE {_not_expressible_sql(con)}), 0) AS BIGINT)
+                       AS not_in_stripe_minor
+            FROM rated_usage WHERE period_start >= ? AND period_start < ?
+            GROUP BY customer_id, period_start
+            """,
+            [start, end],
+        )
+        frame = frame.join(nx, on=["customer_id", "period_start"], how="left")
     return rc.conform(frame, rc.OUR_INVOICES_SCHEMA)
 
 

@@ -4,8 +4,11 @@
 per customer x billing period. Both take already-rolled-up frames (see `metering.reconcile.inputs`
 for how they are read from the warehouse), so they are testable without DuckDB or Stripe.
 
-Quantities are compared exactly (DECIMAL(38,12)); amounts are integer minor units, and an amount
-difference up to the row's tolerance (per-currency minor units x invoice lines, default 1 per line)
+Quantities are compared exactly (DECIMAL(38,12)); amounts are integer minor units. The amount
+difference is Stripe's invoiced amount minus our rated amount *on charges Stripe can price*: charges
+the catalog sync reported as not expressible in Stripe (dimension filters, minimums) are billed by
+the engine, shown as `not_in_stripe_minor` and named in the reason, never hidden. A difference
+up to the row's tolerance (per-currency minor units x invoice lines, default 1 per line)
 is `within_tolerance`. Nothing is corrected: every difference becomes a row with a status and a
 reason (invariant I14).
 
@@ -57,7 +60,8 @@ KEY = ["customer_id", "meter", "period_start"]
 OURS_SCHEMA = {
     "customer_id": pl.String, "meter": pl.String, "period_start": pl.Date, "period_end": pl.Date,
     "currency": pl.String, "plan": pl.String, "plan_version": pl.String,
-    "our_quantity": QTY, "our_amount_minor": pl.Int64,
+    "our_quantity": QTY, "our_amount_minor": pl.Int64, "not_in_stripe_minor": pl.Int64,
+    "stripe_charges": pl.Int64,
 }
 PUSHED_SCHEMA = {
     "customer_id": pl.String, "meter": pl.String, "period_start": pl.Date,
@@ -74,7 +78,7 @@ STRIPE_LINES_SCHEMA = {
 }
 OUR_INVOICES_SCHEMA = {
     "customer_id": pl.String, "period_start": pl.Date, "period_end": pl.Date, "currency": pl.String,
-    "our_total_minor": pl.Int64, "our_lines": pl.Int64,
+    "our_total_minor": pl.Int64, "our_lines": pl.Int64, "not_in_stripe_minor": pl.Int64,
 }
 STRIPE_INVOICES_SCHEMA = {
     "customer_id": pl.String, "period_start": pl.Date, "period_end": pl.Date, "currency": pl.String,
@@ -85,12 +89,12 @@ STRIPE_INVOICES_SCHEMA = {
 USAGE_COLUMNS = [
     "billing_month", "customer_id", "meter", "period_start", "period_end", "currency", "plan",
     "plan_version", "our_quantity", "pushed_quantity", "stripe_quantity", "invoiced_quantity",
-    "our_amount_minor", "stripe_amount_minor", "quantity_diff", "amount_diff_minor",
+    "our_amount_minor", "not_in_stripe_minor", "stripe_amount_minor", "quantity_diff", "amount_diff_minor",
     "tolerance_minor", "status", "reason", "explained", "invoice_ids", "reconciled_at",
 ]
 INVOICE_COLUMNS = [
     "billing_month", "customer_id", "period_start", "period_end", "currency", "our_total_minor",
-    "stripe_total_minor", "amount_diff_minor", "tolerance_minor", "invoice_ids", "invoice_status",
+    "not_in_stripe_minor", "stripe_total_minor", "amount_diff_minor", "tolerance_minor", "invoice_ids", "invoice_status",
     "amount_due", "amount_paid", "amount_remaining", "status", "reason", "reconciled_at",
 ]
 
@@ -154,11 +158,14 @@ def reconcile_usage(
     stripe_q = pl.col("stripe_quantity").fill_null(zero)
     inv_q = pl.col("invoiced_quantity").fill_null(zero)
     ours_amt = pl.col("our_amount_minor").fill_null(0)
+    not_in_stripe = pl.col("not_in_stripe_minor").fill_null(0)
     stripe_amt = pl.col("stripe_amount_minor").fill_null(0)
+    # a meter whose every charge Stripe cannot price has no invoice line to compare quantities with
+    priced = pl.col("stripe_charges").is_null() | (pl.col("stripe_charges") > 0) | pl.col("line_count").is_not_null()
 
     frame = frame.with_columns(
         quantity_diff=(stripe_q - ours_q).cast(QTY),
-        amount_diff_minor=(stripe_amt - ours_amt).cast(pl.Int64),
+        amount_diff_minor=(stripe_amt - (ours_amt - not_in_stripe)).cast(pl.Int64),
         tolerance_minor=(_tolerance_expr(settings, pl.col("currency").fill_null(""))
                          * pl.max_horizontal(pl.col("line_count").fill_null(0), pl.lit(1))).cast(pl.Int64),
     )
@@ -171,21 +178,24 @@ def reconcile_usage(
         pl.when(pl.col("meter_status") == "pending").then(pl.lit("pending"))
         .when(
             (pl.col("late_windows").fill_null(0) > 0) & ((inv_q != ours_q) | (abs_diff > 0))
-            | (finalized & (stripe_q > inv_q) & (inv_q < ours_q))
+            | (priced & finalized & (stripe_q > inv_q) & (inv_q < ours_q))
         ).then(pl.lit("late_after_finalization"))
         .when(has_ours & (pushed_q < ours_q)).then(pl.lit("not_pushed"))
         .when(has_ours & ~stripe_has).then(pl.lit("missing_in_stripe"))
         .when(~has_ours & stripe_has).then(pl.lit("extra_in_stripe"))
-        .when((stripe_q > pushed_q) | (inv_q > pushed_q)).then(pl.lit("extra_in_stripe"))
-        .when((stripe_q != ours_q) | (inv_q != ours_q)).then(pl.lit("quantity_mismatch"))
+        .when((stripe_q > pushed_q) | (priced & (inv_q > pushed_q))).then(pl.lit("extra_in_stripe"))
+        .when((stripe_q != ours_q) | (priced & (inv_q != ours_q))).then(pl.lit("quantity_mismatch"))
         .when(abs_diff > pl.col("tolerance_minor")).then(pl.lit("amount_mismatch"))
         .when(abs_diff > 0).then(pl.lit("within_tolerance"))
         .otherwise(pl.lit("matched"))
     )
     frame = frame.with_columns(status=status)
     amounts = pl.format(
-        "rated {} vs invoiced {} ({} minor units, diff {})",
-        ours_amt, stripe_amt, pl.col("currency").fill_null("?"), pl.col("amount_diff_minor"),
+        "rated {}{} vs invoiced {} ({} minor units, diff {})",
+        ours_amt,
+        pl.when(not_in_stripe != 0).then(pl.format(" of which {} not priceable in Stripe", not_in_stripe))
+        .otherwise(pl.lit("")),
+        stripe_amt, pl.col("currency").fill_null("?"), pl.col("amount_diff_minor"),
     )
     qty = pl.format(
         "ours {}, pushed {}, Stripe meter {}, invoiced {}",
@@ -243,15 +253,16 @@ def reconcile_invoices(
     )
     ours_t = pl.col("our_total_minor")
     stripe_t = pl.col("stripe_total_minor")
+    not_in_stripe = pl.col("not_in_stripe_minor").fill_null(0)
     frame = frame.with_columns(
-        amount_diff_minor=(stripe_t.fill_null(0) - ours_t.fill_null(0)).cast(pl.Int64),
+        amount_diff_minor=(stripe_t.fill_null(0) - (ours_t.fill_null(0) - not_in_stripe)).cast(pl.Int64),
         tolerance_minor=(_tolerance_expr(settings, pl.col("currency").fill_null(""))
                          * pl.max_horizontal(pl.col("line_count").fill_null(0), pl.col("our_lines").fill_null(0),
                                              pl.lit(1))).cast(pl.Int64),
     )
     abs_diff = pl.col("amount_diff_minor").abs()
     status = (
-        pl.when(stripe_t.is_null() & (ours_t.fill_null(0) != 0)).then(pl.lit("missing_in_stripe"))
+        pl.when(stripe_t.is_null() & ((ours_t.fill_null(0) - not_in_stripe) != 0)).then(pl.lit("missing_in_stripe"))
         .when(ours_t.is_null() & (stripe_t.fill_null(0) != 0)).then(pl.lit("extra_in_stripe"))
         .when(pl.col("invoice_status") == "draft").then(pl.lit("pending"))
         .when(abs_diff > pl.col("tolerance_minor")).then(pl.lit("amount_mismatch"))
@@ -259,8 +270,11 @@ def reconcile_invoices(
         .otherwise(pl.lit("matched"))
     )
     amounts = pl.format(
-        "our total {} vs Stripe {} {} (diff {}, tolerance {}); invoice {} {}, paid {}",
-        ours_t.fill_null(0), stripe_t.fill_null(0), pl.col("currency").fill_null("?"),
+        "our total {}{} vs Stripe {} {} (diff {}, tolerance {}); invoice {} {}, paid {}",
+        ours_t.fill_null(0),
+        pl.when(not_in_stripe != 0).then(pl.format(" of which {} not priceable in Stripe", not_in_stripe))
+        .otherwise(pl.lit("")),
+        stripe_t.fill_null(0), pl.col("currency").fill_null("?"),
         pl.col("amount_diff_minor"), pl.col("tolerance_minor"), pl.col("invoice_ids").fill_null("none"),
         pl.col("invoice_status").fill_null("none"), pl.col("amount_paid").fill_null(0),
     )

@@ -28,8 +28,9 @@ class CurrencyTotals:
     customers: int
     rows: int
     rated_minor: int            # sum of our rated amounts (metered lines)
+    not_in_stripe_minor: int    # part of rated on charges Stripe cannot price (billed by the engine)
     invoiced_minor: int         # sum of Stripe's invoiced amounts (metered lines)
-    difference_minor: int       # invoiced - rated
+    difference_minor: int       # invoiced - (rated - not_in_stripe): the sum of the rows' differences
     our_invoice_total_minor: int
     stripe_invoice_total_minor: int
     amount_paid_minor: int
@@ -99,7 +100,7 @@ class ReportData:
             ("settle_seconds", "", str(self.settings.settle_seconds)),
         ]
         for t in self.totals:
-            for metric in ("customers", "rows", "clean_rows", "rated_minor", "invoiced_minor", "difference_minor",
+            for metric in ("customers", "rows", "clean_rows", "rated_minor", "not_in_stripe_minor", "invoiced_minor", "difference_minor",
                            "our_invoice_total_minor", "stripe_invoice_total_minor", "amount_paid_minor",
                            "money_at_risk_minor", "unexplained_minor"):
                 rows.append((metric, t.currency, str(getattr(t, metric))))
@@ -118,7 +119,9 @@ def _currency_totals(lines: pl.DataFrame, invoices: pl.DataFrame) -> list[Curren
         pl.col("customer_id").n_unique().alias("customers"),
         pl.len().alias("rows"),
         pl.col("our_amount_minor").fill_null(0).sum().alias("rated"),
+        pl.col("not_in_stripe_minor").fill_null(0).sum().alias("nx"),
         pl.col("stripe_amount_minor").fill_null(0).sum().alias("invoiced"),
+        pl.col("amount_diff_minor").fill_null(0).sum().alias("diff"),
         pl.col("amount_diff_minor").abs().filter(~clean).sum().alias("risk"),
         pl.col("amount_diff_minor").abs().filter(~pl.col("explained")).sum().alias("unexplained"),
         clean.sum().alias("clean"),
@@ -132,8 +135,8 @@ def _currency_totals(lines: pl.DataFrame, invoices: pl.DataFrame) -> list[Curren
     return [
         CurrencyTotals(
             currency=r["currency"], customers=int(r["customers"]), rows=int(r["rows"]),
-            rated_minor=int(r["rated"]), invoiced_minor=int(r["invoiced"]),
-            difference_minor=int(r["invoiced"]) - int(r["rated"]),
+            rated_minor=int(r["rated"]), not_in_stripe_minor=int(r["nx"]), invoiced_minor=int(r["invoiced"]),
+            difference_minor=int(r["diff"]),
             our_invoice_total_minor=int(r["our_total"]), stripe_invoice_total_minor=int(r["stripe_total"]),
             amount_paid_minor=int(r["paid"]), money_at_risk_minor=int(r["risk"]),
             unexplained_minor=int(r["unexplained"]), clean_rows=int(r["clean"]),

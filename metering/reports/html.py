@@ -57,6 +57,7 @@ def _line_rows(frame: pl.DataFrame) -> list[list[str]]:
 
 LINE_HEADERS = ["customer", "meter", "period start", "status", "our qty", "pushed qty", "Stripe meter qty",
                 "invoiced qty", "rated", "invoiced", "difference", "reason"]
+# "difference" = invoiced - (rated - the part Stripe cannot price); the reason names that part
 LINE_NUMERIC = {4, 5, 6, 7, 8, 9, 10}
 
 
@@ -93,6 +94,7 @@ def render_html(data: ReportData) -> str:
         cur = t.currency
         cards = [
             ("Rated (ours)", fmt_money(t.rated_minor, cur), "rated"),
+            ("Not priceable in Stripe", fmt_money(t.not_in_stripe_minor, cur), "not-in-stripe"),
             ("Invoiced (Stripe)", fmt_money(t.invoiced_minor, cur), "invoiced"),
             ("Difference", fmt_money(t.difference_minor, cur), "difference"),
             ("Match rate", f"{t.match_rate}%", "match-rate"),

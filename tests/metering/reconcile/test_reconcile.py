@@ -166,3 +166,26 @@ def test_difference_is_exact_and_status_follows_tolerance(q, ours, delta):
     diff = abs(stripe_amt - ours)
     assert r["status"] == ("matched" if diff == 0 else "within_tolerance" if diff <= 1 else "amount_mismatch")
     assert r["explained"] == (r["status"] in EXPLAINED_STATUSES)
+
+
+def test_charges_stripe_cannot_price_are_split_out_not_flagged():
+    """tokens priced per model (a dimension filter): Stripe has the meter but no price, so no line."""
+    ours = pl.DataFrame([dict(customer_id="c1", meter="tokens", period_start=PS, period_end=PE, currency="usd",
+                              plan="pro", plan_version="2026-01", our_quantity=D("2500000"), our_amount_minor=412,
+                              not_in_stripe_minor=412, stripe_charges=0)])
+    pushed = pl.DataFrame([dict(customer_id="c1", meter="tokens", period_start=PS, pushed_quantity=D("2500000"),
+                                unacked_windows=0, late_windows=0)])
+    meter = pl.DataFrame([dict(customer_id="c1", meter="tokens", period_start=PS, period_end=PE,
+                               stripe_quantity=D("2500000"), meter_status="settled")])
+    r = reconcile_usage(ours, pushed, meter, None, billing_month=PS, settings=S, reconciled_at=NOW).row(0, named=True)
+    assert (r["status"], r["amount_diff_minor"], r["not_in_stripe_minor"]) == ("matched", 0, 412)
+    assert "of which 412 not priceable in Stripe" in r["reason"]
+    # at invoice level the same 412 (plus a minimum top-up of 1000) is excluded from the comparison
+    inv = reconcile_invoices(
+        pl.DataFrame([dict(customer_id="c1", period_start=PS, period_end=PE, currency="usd", our_total_minor=10000,
+                           our_lines=4, not_in_stripe_minor=1412)]),
+        pl.DataFrame([dict(customer_id="c1", period_start=PS, period_end=PE, currency="usd", stripe_total_minor=8588,
+                           line_count=2, invoice_ids="in_1", invoice_status="paid", amount_due=8588,
+                           amount_paid=8588, amount_remaining=0)]),
+        billing_month=PS, settings=S, reconciled_at=NOW).row(0, named=True)
+    assert (inv["status"], inv["amount_diff_minor"]) == ("matched", 0)

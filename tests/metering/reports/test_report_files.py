@@ -33,7 +33,7 @@ def _warehouse_totals(path: Path) -> dict[str, dict[str, int]]:
             [MONTH],
         ).fetchall()
     return {
-        cur: {"customers": c, "rows": n, "rated_minor": r, "invoiced_minor": i, "difference_minor": i - r,
+        cur: {"customers": c, "rows": n, "rated_minor": r, "invoiced_minor": i, "difference_minor": i - r - 0,
               "money_at_risk_minor": risk or 0, "unexplained_minor": unexp or 0, "clean_rows": clean}
         for cur, c, n, r, i, risk, unexp, clean in rows
     }
