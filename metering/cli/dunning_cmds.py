@@ -1,0 +1,125 @@
+"""`metering dunning`: validate the policy, run dunning, and the finance summary."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from datetime import datetime, timezone
+
+import click
+import stripe
+
+from metering import warehouse
+from metering.errors import EXIT_BAD_INPUT, BadInputError, ExternalServiceError
+
+_WAREHOUSE = click.option(
+    "--warehouse", "warehouse_path", type=click.Path(dir_okay=False), default=None,
+    help="Warehouse file (default: $METERING_WAREHOUSE or data/warehouse.duckdb).")
+_RULES = click.option(
+    "--rules", "rules_dir", type=click.Path(file_okay=False), default=None,
+    help="Rules folder holding dunning.yaml (default: $METERING_RULES or rating_rules/).")
+
+
+def parse_now(text: str | None) -> datetime:
+    """`--now`: an ISO 8601 time (UTC when no offset is given); default: the current time."""
+    if not text:
+        return datetime.now(timezone.utc)
+    try:
+        value = datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
+    except ValueError:
+        raise BadInputError(f"--now: {text!r} is not an ISO 8601 time (e.g. 2026-11-15T00:00:00Z)") from None
+    return value.replace(tzinfo=timezone.utc) if value.tzinfo is None else value.astimezone(timezone.utc)
+
+
+def stripe_client_from_env() -> stripe.StripeClient | None:
+    """The Stripe client configured by the environment (STRIPE_API_KEY, STRIPE_API_BASE), or None."""
+    from metering.stripe.client import make_client, settings_from_env
+
+    settings = settings_from_env(required=False)
+    return make_client(settings) if settings is not None else None
+
+
+@click.group()
+def dunning() -> None:
+    """Chase failed invoice payments by the policy in rating_rules/dunning.yaml."""
+
+
+@dunning.command()
+@_RULES
+def validate(rules_dir: str | None) -> None:
+    """Check dunning.yaml: every problem as `file: field: what is wrong` (exit 3 if any)."""
+    from metering.dunning.policy import policy_path, validate_dunning
+
+    errors = validate_dunning(rules_dir)
+    if errors:
+        for line in errors:
+            click.echo(f"error: {line}", err=True)
+        sys.exit(EXIT_BAD_INPUT)
+    path = policy_path(rules_dir)
+    click.echo(f"ok: {path}" if path.exists() else f"ok: no {path.name} (dunning is off)")
+
+
+@dunning.command()
+@click.option("--now", "now_text", default=None, help="The dunning clock, ISO 8601 (default: now, UTC).")
+@_RULES
+@_WAREHOUSE
+@click.option("--outbox", "outbox_dir", type=click.Path(file_okay=False), default=None,
+              help="Folder for reminder messages (default: $METERING_OUTBOX_DIR or data/outbox/).")
+@click.option("--published", "published_dir", type=click.Path(file_okay=False), default=None,
+              help="Folder for suspensions.csv/.json (default: $METERING_PUBLISHED_DIR or data/published/).")
+def run(now_text: str | None, rules_dir: str | None, warehouse_path: str | None,
+        outbox_dir: str | None, published_dir: str | None) -> None:
+    """Compute dunning state, perform due steps exactly once, publish suspensions."""
+    from pathlib import Path
+
+    from metering.dunning.policy import load_policy
+    from metering.dunning.run import run_dunning
+
+    now = parse_now(now_text)
+    policy = load_policy(rules_dir)
+    client = stripe_client_from_env()
+    with warehouse.open_warehouse(warehouse_path, wait_seconds=float(os.environ.get("METERING_WAIT", "0") or 0)) as con:
+        result = run_dunning(
+            con, client, policy, now,
+            outbox_folder=Path(outbox_dir) if outbox_dir else None,
+            published_folder=Path(published_dir) if published_dir else None,
+        )
+    counts = ", ".join(f"{k}={v}" for k, v in sorted(result.report.counts.items())) or "nothing due"
+    states = result.state.group_by("state").len().sort("state")
+    click.echo(f"dunning at {now.isoformat()}: {counts}")
+    click.echo("invoices: " + (", ".join(f"{s}={n}" for s, n in states.iter_rows()) or "none"))
+    click.echo(f"suspended customers: {result.suspensions.height}; reminders sent: {result.reminders_sent}")
+    if result.report.errors:
+        for line in result.report.errors:
+            click.echo(f"pending: {line}", err=True)
+        raise ExternalServiceError(
+            f"{len(result.report.errors)} dunning action(s) could not complete; they stay pending "
+            "and the next run retries them with the same idempotency keys"
+        )
+
+
+@dunning.command()
+@_WAREHOUSE
+@click.option("--format", "fmt", type=click.Choice(["table", "csv", "json"]), default="table")
+def summary(warehouse_path: str | None, fmt: str) -> None:
+    """Invoices in dunning by step, amount at risk, recovered, written off (per currency)."""
+    import polars as pl
+
+    from metering.config import warehouse_path as resolve
+    from metering.dunning.state import STATE_SCHEMA, _conform, _table_exists
+    from metering.dunning.summary import dunning_summary, format_summary
+
+    path = resolve(warehouse_path)
+    state = pl.DataFrame(schema=STATE_SCHEMA)
+    if path.exists():
+        with warehouse.open_warehouse(path, read_only=True) as con:
+            if _table_exists(con, "dunning_state"):
+                state = _conform(warehouse.query_frame(con, "SELECT * FROM dunning_state"), STATE_SCHEMA)
+    table = dunning_summary(state)
+    if fmt == "csv":
+        click.echo(table.write_csv(), nl=False)
+    elif fmt == "json":
+        click.echo(json.dumps(table.to_dicts(), indent=2))
+    else:
+        click.echo(format_summary(table))

@@ -1,0 +1,387 @@
+"""The dunning actions ledger (`dunning_actions`): every (invoice, step) is performed exactly once.
+
+How exactly-once holds across re-runs and crashes:
+1. Which steps to act on is decided as a whole frame (`plan_actions`) from `dunning_state`, the
+   policy and the ledger; a step with a final ledger row (done / skipped / rejected / superseded)
+   is never considered again.
+2. Before anything leaves the process, the ledger row is written as `pending` and COMMITTED, under
+   the deterministic key `dunning:<invoice>:<step>`.
+3. The Stripe call carries that key as its `Idempotency-Key`. A crash after the call but before
+   the row is marked `done` leaves it `pending`; the next run first re-reads the invoice from
+   Stripe (GET) and, if the earlier call took effect (paid / attempt_count moved / uncollectible),
+   records it without calling again; otherwise it calls again with the same key (Stripe replays
+   its stored answer for 24 hours).
+4. The row is then marked `done` (or `rejected` when Stripe refuses the request for good).
+
+Rules that keep the engine from doing harm (invariant I15):
+- never charge an invoice Stripe is still retrying (`next_payment_attempt` in the future): the
+  retry waits; once a later step is due, it is skipped (`stripe_retrying`) so it never blocks it;
+- each row records Stripe's attempt_count when the action was decided (the audit trail for I15);
+  a manual retry does not move attempt_count (Stripe counts only automatic retries after the first
+  attempt), so our steps are keyed by (invoice, step), not by attempt_count;
+- when catching up after an outage, only the latest due reminder and the latest due retry are
+  performed (earlier ones are `skipped`, superseded); suspension and write-off always run, in order;
+- after a retry, the invoice's later steps wait for the next run, when its outcome is known;
+- a pending row whose invoice has left dunning is `superseded`, never performed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import polars as pl
+import stripe
+
+from metering.dunning import outbox
+from metering.dunning.money import format_minor
+from metering.dunning.policy import DunningPolicy
+from metering.dunning.state import IN_DUNNING, STATE_SCHEMA, TS, _conform, _read, _table_exists, utc
+from metering.logs import redact
+
+log = logging.getLogger(__name__)
+
+FINAL_STATUSES = ("done", "skipped", "rejected", "superseded")
+STRIPE_ACTIONS = ("retry", "write_off")
+KEY_PREFIX = "dunning:"
+
+LEDGER_SCHEMA: dict[str, pl.DataType] = {
+    "idempotency_key": pl.String, "invoice_id": pl.String, "step_index": pl.Int32,
+    "step_name": pl.String, "action": pl.String, "customer_id": pl.String,
+    "stripe_customer": pl.String, "currency": pl.String, "amount_minor": pl.Int64,
+    "attempt_count": pl.Int64, "status": pl.String, "outcome": pl.String, "due_at": TS,
+    "created_at": TS, "completed_at": TS, "attempts": pl.Int32, "last_error": pl.String,
+    "stripe_request_id": pl.String, "message_id": pl.String,
+}
+
+
+def idempotency_key(invoice_id: str, step_name: str) -> str:
+    """`dunning:<invoice>:<step>` (<= 255 chars, Stripe's limit; hashed if an id is absurdly long)."""
+    key = f"{KEY_PREFIX}{invoice_id}:{step_name}"
+    return key if len(key) <= 255 else KEY_PREFIX + hashlib.sha256(key.encode()).hexdigest()
+
+
+@dataclass
+class ActionHooks:
+    """Seams for fault-injection tests (e.g. a subprocess that SIGKILLs itself at a given point)."""
+
+    after_ledger_commit: Callable[[dict[str, Any]], None] | None = None
+    after_stripe_call: Callable[[dict[str, Any]], None] | None = None
+
+
+@dataclass
+class ActionReport:
+    """What one pass did: counts by (action, result) and the errors that left rows pending."""
+
+    counts: dict[str, int] = field(default_factory=dict)
+    errors: list[str] = field(default_factory=list)
+
+    def add(self, action: str, result: str) -> None:
+        key = f"{action}:{result}"
+        self.counts[key] = self.counts.get(key, 0) + 1
+
+
+def read_ledger(con: duckdb.DuckDBPyConnection) -> pl.DataFrame:
+    return _conform(_read(con, "SELECT * FROM dunning_actions"), LEDGER_SCHEMA)
+
+
+# --- deciding (whole frames) ----------------------------------------------------------------------
+
+def plan_actions(
+    state: pl.DataFrame, policy: DunningPolicy, ledger: pl.DataFrame, now: datetime
+) -> pl.DataFrame:
+    """One row per (invoice, step) that needs attention now, with `decision` and `reason`.
+
+    decision: `perform` | `skip` | `wait` | `supersede` (a pending row whose invoice left dunning).
+    """
+    now = utc(now)
+    state = _conform(state, STATE_SCHEMA)
+    ledger = _conform(ledger, LEDGER_SCHEMA)
+    final = ledger.filter(pl.col("status").is_in(FINAL_STATUSES)).select("invoice_id", "step_name")
+    pending = ledger.filter(pl.col("status") == "pending").select(
+        "invoice_id", "step_name", pl.col("attempts").alias("pending_attempts"),
+        pl.col("attempt_count").alias("pending_attempt_count"),
+    )
+    steps = policy.steps_frame()
+    active = state.filter(pl.col("state") == IN_DUNNING).select(
+        "invoice_id", "customer_id", "stripe_customer", "currency", "amount_remaining",
+        "attempt_count", "next_payment_attempt", "first_failed_at", "policy",
+        pl.col("step_index").alias("current_step"),
+    )
+    reached = (
+        active.join(steps, on="policy", how="inner")
+        .filter(pl.col("step_index") <= pl.col("current_step"))
+        .with_columns(
+            latest_of_action=pl.col("step_index").max().over("invoice_id", "action"),
+            due_at=pl.col("first_failed_at") + pl.duration(days=pl.col("day")),
+        )
+        .join(final, on=["invoice_id", "step_name"], how="anti")
+        .join(pending, on=["invoice_id", "step_name"], how="left")
+    )
+    is_retry = pl.col("action") == "retry"
+    catch_up = pl.col("action").is_in(["reminder", "retry"]) & (
+        pl.col("step_index") < pl.col("latest_of_action"))
+    later_due = pl.col("step_index") < pl.col("current_step")
+    stripe_retrying = pl.col("next_payment_attempt").is_not_null() & (
+        pl.col("next_payment_attempt") > pl.lit(now, dtype=TS))
+    blocked = is_retry & stripe_retrying
+    decided = reached.with_columns(
+        decision=pl.when(catch_up).then(pl.lit("skip"))
+        .when(blocked & later_due).then(pl.lit("skip"))
+        .when(blocked).then(pl.lit("wait"))
+        .otherwise(pl.lit("perform")),
+        reason=pl.when(catch_up).then(pl.lit("superseded_by_later_") + pl.col("action"))
+        .when(blocked).then(pl.lit("stripe_retrying"))
+        .otherwise(pl.lit("due")),
+    )
+
+    left = (
+        ledger.filter(pl.col("status") == "pending")
+        .join(state.select("invoice_id", "state"), on="invoice_id", how="left")
+        .filter(pl.col("state").fill_null("") != IN_DUNNING)
+        .select(
+            "invoice_id", "customer_id", "stripe_customer", "currency",
+            pl.col("amount_minor").alias("amount_remaining"), "attempt_count", "step_index",
+            "step_name", "action", "due_at",
+            pl.col("attempts").alias("pending_attempts"),
+            pl.lit("supersede").alias("decision"),
+            (pl.lit("left_dunning:") + pl.col("state").fill_null("unknown")).alias("reason"),
+        )
+    )
+    columns = [
+        "invoice_id", "customer_id", "stripe_customer", "currency", "amount_remaining",
+        "attempt_count", "next_payment_attempt", "first_failed_at", "policy", "current_step",
+        "step_index", "step_name", "action", "template", "day", "due_at", "pending_attempts",
+        "pending_attempt_count", "decision", "reason",
+    ]
+    planned = pl.concat([decided, left], how="diagonal_relaxed")
+    return planned.select([pl.col(c) if c in planned.columns else pl.lit(None).alias(c) for c in columns]).sort(
+        "invoice_id", "step_index")
+
+
+# --- performing (one external side effect per row) ------------------------------------------------
+
+class _Ledger:
+    """Single-row ledger writes; each statement commits on its own (DuckDB autocommit)."""
+
+    def __init__(self, con: duckdb.DuckDBPyConnection, now: datetime) -> None:
+        self.con = con
+        self.now = now
+
+    def open(self, row: dict[str, Any], key: str, status: str = "pending",
+             outcome: str | None = None) -> None:
+        """Write the row (first time) or count one more attempt on the pending row."""
+        exists = self.con.execute(
+            "SELECT count(*) FROM dunning_actions WHERE idempotency_key = ?", [key]
+        ).fetchone()[0]
+        if exists and status in FINAL_STATUSES:
+            self.close(key, status, outcome)
+            return
+        if exists:
+            self.con.execute(
+                "UPDATE dunning_actions SET attempts = attempts + 1 WHERE idempotency_key = ?", [key])
+            return
+        self.con.execute(
+            "INSERT INTO dunning_actions (idempotency_key, invoice_id, step_index, step_name, action,"
+            " customer_id, stripe_customer, currency, amount_minor, attempt_count, status, outcome,"
+            " due_at, created_at, completed_at, attempts)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            [key, row["invoice_id"], row["step_index"], row["step_name"], row["action"],
+             row["customer_id"], row["stripe_customer"], row["currency"],
+             row["amount_remaining"] or 0, row["attempt_count"], status, outcome, row["due_at"],
+             self.now, self.now if status in FINAL_STATUSES else None, 0 if status != "pending" else 1],
+        )
+
+    def close(self, key: str, status: str, outcome: str | None, *, request_id: str | None = None,
+              error: str | None = None, message_id: str | None = None) -> None:
+        self.con.execute(
+            "UPDATE dunning_actions SET status = ?, outcome = ?, completed_at = ?,"
+            " stripe_request_id = coalesce(?, stripe_request_id), last_error = ?,"
+            " message_id = coalesce(?, message_id) WHERE idempotency_key = ?",
+            [status, outcome, self.now, request_id, error, message_id, key],
+        )
+
+    def note_error(self, key: str, error: str) -> None:
+        self.con.execute("UPDATE dunning_actions SET last_error = ? WHERE idempotency_key = ?", [error, key])
+
+
+def _request_id(obj: Any) -> str | None:
+    response = getattr(obj, "last_response", None)
+    return getattr(response, "request_id", None) if response is not None else None
+
+
+def _error_text(exc: Exception) -> str:
+    code = getattr(exc, "code", None)
+    message = getattr(exc, "user_message", None) or str(exc)
+    return redact(f"{type(exc).__name__}{f' ({code})' if code else ''}: {message}")[:500]
+
+
+def _recover_pending(client: stripe.StripeClient, row: dict[str, Any]) -> str | None:
+    """After a crash, did the earlier call with this key take effect? Returns its outcome, or None."""
+    invoice = client.v1.invoices.retrieve(row["invoice_id"])
+    status = invoice.get("status")
+    if row["action"] == "retry":
+        if status == "paid":
+            return "paid"
+        previous = row.get("pending_attempt_count")
+        if previous is not None and (invoice.get("attempt_count") or 0) > previous:
+            return "attempted"
+        return None
+    if status == "uncollectible":
+        return "uncollectible"
+    return None
+
+
+def _call_stripe(client: stripe.StripeClient, row: dict[str, Any], key: str) -> tuple[str, str, str | None]:
+    """Perform the Stripe action. Returns (status, outcome, request id); raises on transient failure."""
+    options: stripe.RequestOptions = {"idempotency_key": key}
+    invoices = client.v1.invoices
+    try:
+        if row["action"] == "retry":
+            result = invoices.pay(row["invoice_id"], options=options)
+            outcome = "paid" if result.get("status") == "paid" else f"status:{result.get('status')}"
+        else:
+            result = invoices.mark_uncollectible(row["invoice_id"], options=options)
+            outcome = str(result.get("status"))
+        return "done", outcome, _request_id(result)
+    except stripe.CardError as exc:
+        # The retry happened; the card was declined. Stripe's attempt_count moves on.
+        return "done", f"card_declined:{exc.code or 'declined'}", exc.request_id
+    except (stripe.InvalidRequestError, stripe.IdempotencyError) as exc:
+        # Refused for good (e.g. the invoice is already paid or void): never repeated.
+        return "rejected", _error_text(exc), exc.request_id
+
+
+def _reminder(
+    con: duckdb.DuckDBPyConnection, policy: DunningPolicy, row: dict[str, Any], key: str,
+    now: datetime, folder: Path, emails: dict[str, str],
+) -> tuple[str, str]:
+    """Render the reminder to the outbox (file, then table row). Returns (message id, outcome)."""
+    template = policy.templates[row["template"]]
+    elapsed = (now - row["first_failed_at"]).days
+    fields = {
+        "customer_id": row["customer_id"] or row["stripe_customer"] or "",
+        "invoice_id": row["invoice_id"],
+        "amount": format_minor(row["amount_remaining"] or 0, row["currency"]),
+        "currency": row["currency"].upper(),
+        "days_overdue": str(elapsed),
+        "first_failed_date": row["first_failed_at"].date().isoformat(),
+        "step": row["step_name"],
+    }
+    subject, body = outbox.render(template, fields)
+    msg_id = outbox.message_id(key)
+    to_address = emails.get(row["customer_id"] or "")
+    message = outbox.build_message(msg_id, key, to_address, subject, body, now)
+    file_name = outbox.write_message(folder, msg_id, message)
+    from metering.warehouse import transaction
+
+    with transaction(con):
+        con.execute("DELETE FROM dunning_outbox WHERE message_id = ?", [msg_id])
+        con.execute(
+            "INSERT INTO dunning_outbox (message_id, idempotency_key, invoice_id, customer_id,"
+            " stripe_customer, to_address, subject, body, file_name, rendered_at, status)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'rendered')",
+            [msg_id, key, row["invoice_id"], row["customer_id"], row["stripe_customer"], to_address,
+             subject, body, file_name, now],
+        )
+    return msg_id, "rendered"
+
+
+def read_emails(con: duckdb.DuckDBPyConnection) -> dict[str, str]:
+    """Our customer id -> email, from the rating part's `customer_plans` when it carries emails."""
+    if not _table_exists(con, "customer_plans"):
+        return {}
+    cols = {r[0] for r in con.execute(
+        "SELECT column_name FROM information_schema.columns WHERE table_name = 'customer_plans'"
+        " AND table_schema = current_schema()").fetchall()}
+    if not {"customer_id", "email"} <= cols:
+        return {}
+    rows = con.execute(
+        "SELECT customer_id, max(email) FROM customer_plans WHERE email IS NOT NULL AND email <> ''"
+        " GROUP BY customer_id").fetchall()
+    return dict(rows)
+
+
+def perform_actions(
+    con: duckdb.DuckDBPyConnection,
+    client: stripe.StripeClient | None,
+    policy: DunningPolicy,
+    state: pl.DataFrame,
+    now: datetime,
+    *,
+    outbox_folder: Path | None = None,
+    hooks: ActionHooks | None = None,
+) -> ActionReport:
+    """Perform what `plan_actions` decides, each (invoice, step) exactly once. See the module doc."""
+    now = utc(now)
+    hooks = hooks or ActionHooks()
+    folder = outbox.outbox_dir(outbox_folder)
+    report = ActionReport()
+    plan = plan_actions(state, policy, read_ledger(con), now)
+    ledger = _Ledger(con, now)
+    emails = read_emails(con) if not plan.is_empty() else {}
+    stopped: set[str] = set()   # invoices whose later steps wait for the next run
+    for row in plan.iter_rows(named=True):
+        action, invoice = row["action"], row["invoice_id"]
+        key = idempotency_key(invoice, row["step_name"])
+        decision = row["decision"]
+        if decision == "supersede":
+            ledger.close(key, "superseded", row["reason"])
+            report.add(action, "superseded")
+            continue
+        if invoice in stopped:
+            report.add(action, "deferred")
+            continue
+        if decision == "wait":
+            report.add(action, f"wait:{row['reason']}")
+            stopped.add(invoice)
+            continue
+        if decision == "skip":
+            ledger.open(row, key, status="skipped", outcome=row["reason"])
+            report.add(action, "skipped")
+            continue
+        if action in STRIPE_ACTIONS and client is None:
+            report.add(action, "no_stripe_client")
+            report.errors.append(f"{key}: no Stripe client configured (set STRIPE_API_KEY)")
+            stopped.add(invoice)
+            continue
+        ledger.open(row, key)                       # committed before anything leaves the process
+        if hooks.after_ledger_commit:
+            hooks.after_ledger_commit(row)
+        try:
+            if action == "reminder":
+                msg_id, outcome = _reminder(con, policy, row, key, now, folder, emails)
+                ledger.close(key, "done", outcome, message_id=msg_id)
+                report.add(action, "done")
+                continue
+            if action == "suspend":
+                ledger.close(key, "done", "suspended")
+                report.add(action, "done")
+                continue
+            recovered = _recover_pending(client, row) if row["pending_attempts"] else None
+            if recovered is not None:
+                status, outcome, request_id = "done", recovered, None
+            else:
+                status, outcome, request_id = _call_stripe(client, row, key)
+            if hooks.after_stripe_call:
+                hooks.after_stripe_call(row)
+            ledger.close(key, status, outcome, request_id=request_id,
+                         error=outcome if status == "rejected" else None)
+            report.add(action, status)
+            if action == "retry":
+                stopped.add(invoice)
+        except stripe.StripeError as exc:        # transient: the row stays pending, retried next run
+            error = _error_text(exc)
+            ledger.note_error(key, error)
+            report.add(action, "error")
+            report.errors.append(f"{key}: {error}")
+            stopped.add(invoice)
+    if report.errors:
+        log.warning("dunning actions left pending: %d", len(report.errors))
+    return report

@@ -1,0 +1,141 @@
+"""Reminder emails: rendered from the policy's templates into an outbox (a table and one `.eml` file
+per message), and sent through SMTP only when `METERING_SMTP_HOST` is configured.
+
+| variable | meaning | default |
+| --- | --- | --- |
+| `METERING_OUTBOX_DIR` | folder of rendered messages | `data/outbox/` |
+| `METERING_SMTP_HOST` / `METERING_SMTP_PORT` | the relay; unset = render only | - / 25 |
+| `METERING_SMTP_FROM` | sender address | `billing@localhost` |
+| `METERING_SMTP_USER` / `METERING_SMTP_PASSWORD` | login, when the relay needs one (never logged) | - |
+| `METERING_SMTP_STARTTLS` | `1` to upgrade the connection with STARTTLS | off |
+
+Rendering is deterministic (message id and Date come from the idempotency key and the dunning
+clock), so re-rendering after a crash rewrites the same bytes. Sending is at-least-once: SMTP has no
+idempotency key, so a crash between the relay's acceptance and the `sent` mark re-sends that one
+message; the stable Message-ID lets mail systems drop the duplicate.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import smtplib
+from datetime import datetime
+from email.message import EmailMessage
+from email.utils import format_datetime
+from pathlib import Path
+
+import duckdb
+
+from metering import config
+from metering.dunning.policy import Template
+from metering.logs import redact
+
+log = logging.getLogger(__name__)
+
+
+def outbox_dir(explicit: str | os.PathLike[str] | None = None) -> Path:
+    if explicit:
+        return Path(explicit)
+    env = os.environ.get("METERING_OUTBOX_DIR")
+    return Path(env) if env else config.data_dir() / "outbox"
+
+
+def message_id(idempotency_key: str) -> str:
+    return "dunning-" + hashlib.sha256(idempotency_key.encode()).hexdigest()[:24]
+
+
+def sender() -> str:
+    return os.environ.get("METERING_SMTP_FROM") or "billing@localhost"
+
+
+def render(template: Template, fields: dict[str, str]) -> tuple[str, str]:
+    """Subject and body with the placeholders filled (the policy validator checked their names)."""
+    return template.subject.format(**fields).strip(), template.body.format(**fields)
+
+
+def build_message(
+    msg_id: str, key: str, to_address: str | None, subject: str, body: str, now: datetime
+) -> EmailMessage:
+    msg = EmailMessage()
+    msg["From"] = sender()
+    if to_address:
+        msg["To"] = to_address
+    msg["Subject"] = subject
+    msg["Date"] = format_datetime(now)
+    msg["Message-ID"] = f"<{msg_id}@metering.dunning>"
+    msg["X-Metering-Idempotency-Key"] = key
+    msg.set_content(body, cte="8bit")
+    return msg
+
+
+def write_message(folder: Path, msg_id: str, message: EmailMessage) -> str:
+    """Write `<msg_id>.eml` atomically (temp file, fsync, rename). Returns the file name."""
+    folder.mkdir(parents=True, exist_ok=True)
+    name = f"{msg_id}.eml"
+    tmp = folder / f".{name}.{os.getpid()}.tmp"
+    with open(tmp, "wb") as fh:
+        fh.write(message.as_bytes())
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, folder / name)
+    return name
+
+
+def smtp_configured() -> bool:
+    return bool(os.environ.get("METERING_SMTP_HOST"))
+
+
+def send_pending(con: duckdb.DuckDBPyConnection, now: datetime, folder: Path) -> tuple[int, list[str]]:
+    """Send every rendered outbox message that has a recipient, when SMTP is configured.
+
+    Returns (messages sent, errors). Each message is marked `sent` right after the relay accepts it.
+    """
+    if not smtp_configured():
+        return 0, []
+    rows = con.execute(
+        "SELECT message_id, file_name FROM dunning_outbox"
+        " WHERE status IN ('rendered', 'send_failed') AND to_address IS NOT NULL ORDER BY message_id"
+    ).fetchall()
+    if not rows:
+        return 0, []
+    host = os.environ["METERING_SMTP_HOST"]
+    port = int(os.environ.get("METERING_SMTP_PORT") or 25)
+    sent, errors = 0, []
+    try:
+        with smtplib.SMTP(host, port, timeout=30) as smtp:
+            if os.environ.get("METERING_SMTP_STARTTLS") == "1":
+                smtp.starttls()
+            user = os.environ.get("METERING_SMTP_USER")
+            if user:
+                smtp.login(user, os.environ.get("METERING_SMTP_PASSWORD", ""))
+            for msg_id, file_name in rows:
+                try:
+                    smtp.send_message(_read_message(folder / file_name))
+                except (smtplib.SMTPException, OSError) as exc:
+                    error = redact(f"{type(exc).__name__}: {exc}")
+                    errors.append(f"{msg_id}: {error}")
+                    con.execute(
+                        "UPDATE dunning_outbox SET status = 'send_failed', last_error = ? WHERE message_id = ?",
+                        [error, msg_id],
+                    )
+                    continue
+                con.execute(
+                    "UPDATE dunning_outbox SET status = 'sent', sent_at = ?, last_error = NULL WHERE message_id = ?",
+                    [now, msg_id],
+                )
+                sent += 1
+    except (smtplib.SMTPException, OSError) as exc:
+        errors.append(redact(f"SMTP relay {host}:{port}: {type(exc).__name__}: {exc}"))
+    for error in errors:
+        log.warning("reminder not sent: %s", error)
+    return sent, errors
+
+
+def _read_message(path: Path) -> EmailMessage:
+    from email import policy as email_policy
+    from email.parser import BytesParser
+
+    with open(path, "rb") as fh:
+        return BytesParser(policy=email_policy.default).parse(fh)  # type: ignore[return-value]

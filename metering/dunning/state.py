@@ -1,0 +1,346 @@
+"""The dunning state of every failed invoice, computed as whole frames.
+
+Inputs (all frames; `load_inputs` reads them from the warehouse):
+- `stripe_invoices` (the webhooks part's reconciled state: status, amounts, attempt_count,
+  next_payment_attempt, paid_at, ...);
+- the first `invoice.payment_failed` event per invoice from `stripe_webhook_events` (day 0 of the
+  schedule; when the event is missing, the reconciled row's `state_event_created`, else
+  `finalized_at`);
+- the previous `dunning_state` (so that state only moves forward and day 0 never moves);
+- the actions already performed (`dunning_actions`), so a step taken counts even before Stripe's
+  webhooks report its effect (our own write-off makes the invoice written off at once);
+- optionally each customer's plan (selects a per-plan schedule);
+- the clock `now` (UTC), which tests control.
+
+States: `not_in_dunning` (failed but below the policy's minimum), `in_dunning` (at step N, or before
+the first step), `recovered` (paid after failing: always wins, lifts any suspension), `written_off`
+(uncollectible), `void` (voided while in dunning). Order of progress: not_in_dunning < in_dunning <
+written_off = void < recovered; a state never goes back, nor does the step.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+
+import duckdb
+import polars as pl
+
+from metering.dunning.policy import DEFAULT_SCHEDULE, DunningPolicy
+
+NOT_IN_DUNNING, IN_DUNNING, RECOVERED, WRITTEN_OFF, VOID = (
+    "not_in_dunning", "in_dunning", "recovered", "written_off", "void",
+)
+STATE_RANK = {NOT_IN_DUNNING: 0, IN_DUNNING: 1, WRITTEN_OFF: 2, VOID: 2, RECOVERED: 3}
+OPEN_STATES = (IN_DUNNING,)
+
+TS = pl.Datetime("us", "UTC")
+
+INVOICE_SCHEMA: dict[str, pl.DataType] = {
+    "invoice_id": pl.String, "customer": pl.String, "customer_id": pl.String,
+    "subscription_id": pl.String, "status": pl.String, "currency": pl.String,
+    "amount_due": pl.Int64, "amount_paid": pl.Int64, "amount_remaining": pl.Int64,
+    "attempt_count": pl.Int64, "next_payment_attempt": TS, "finalized_at": TS, "paid_at": TS,
+    "state_event_created": TS,
+}
+FAILURE_SCHEMA = {"invoice_id": pl.String, "first_failed_at": TS}
+PLAN_SCHEMA = {"customer_id": pl.String, "plan": pl.String}
+PERFORMED_SCHEMA = {
+    "invoice_id": pl.String, "step_index": pl.Int32, "action": pl.String, "status": pl.String,
+    "outcome": pl.String,
+}
+
+STATE_SCHEMA: dict[str, pl.DataType] = {
+    "invoice_id": pl.String, "customer_id": pl.String, "stripe_customer": pl.String,
+    "subscription_id": pl.String, "plan": pl.String, "policy": pl.String, "currency": pl.String,
+    "amount_due": pl.Int64, "amount_paid": pl.Int64, "amount_remaining": pl.Int64,
+    "invoice_status": pl.String, "attempt_count": pl.Int64, "next_payment_attempt": TS,
+    "first_failed_at": TS, "state": pl.String, "step_index": pl.Int32, "step_name": pl.String,
+    "step_action": pl.String, "next_step_name": pl.String, "next_step_at": TS, "reason": pl.String,
+    "entered_at": TS, "closed_at": TS, "evaluated_at": TS, "policy_hash": pl.String,
+}
+
+DAY_US = 86_400 * 1_000_000
+
+
+def utc(moment: datetime) -> datetime:
+    """The clock as an aware UTC datetime (naive input is taken as UTC)."""
+    if moment.tzinfo is None:
+        return moment.replace(tzinfo=timezone.utc)
+    return moment.astimezone(timezone.utc)
+
+
+def _conform(frame: pl.DataFrame | None, schema: dict[str, pl.DataType]) -> pl.DataFrame:
+    """Select the schema's columns in order, casting; columns the frame lacks become NULL."""
+    if frame is None:
+        return pl.DataFrame(schema=schema)
+    exprs = [
+        (pl.col(name) if name in frame.columns else pl.lit(None)).cast(dtype).alias(name)
+        for name, dtype in schema.items()
+    ]
+    return frame.select(exprs)
+
+
+def compute_state(
+    invoices: pl.DataFrame,
+    policy: DunningPolicy,
+    now: datetime,
+    *,
+    failures: pl.DataFrame | None = None,
+    previous: pl.DataFrame | None = None,
+    performed: pl.DataFrame | None = None,
+    plans: pl.DataFrame | None = None,
+) -> pl.DataFrame:
+    """One row per invoice that failed a payment (STATE_SCHEMA), as of `now`."""
+    now = utc(now)
+    inv = _conform(invoices, INVOICE_SCHEMA)
+    failures = _conform(failures, FAILURE_SCHEMA).group_by("invoice_id").agg(
+        pl.col("first_failed_at").min().alias("event_failed_at"))
+    prev = _conform(previous, STATE_SCHEMA).select(
+        "invoice_id",
+        pl.col("state").alias("prev_state"),
+        pl.col("step_index").alias("prev_step_index"),
+        pl.col("first_failed_at").alias("prev_first_failed_at"),
+        pl.col("policy").alias("prev_policy"),
+        pl.col("entered_at").alias("prev_entered_at"),
+        pl.col("closed_at").alias("prev_closed_at"),
+    )
+    done = _conform(performed, PERFORMED_SCHEMA).filter(pl.col("status").is_in(["done", "skipped"]))
+    done = done.group_by("invoice_id").agg(
+        pl.col("step_index").max().alias("performed_step"),
+        ((pl.col("action") == "write_off") & (pl.col("status") == "done")).any().alias("written_off_by_us"),
+        ((pl.col("action") == "retry") & (pl.col("status") == "done") & (pl.col("outcome") == "paid"))
+        .any().alias("paid_by_us"),
+    )
+    plan_of = _conform(plans, PLAN_SCHEMA).unique("customer_id", keep="last")
+    override_names = list(policy.plans)
+
+    df = (
+        inv.join(failures, on="invoice_id", how="left")
+        .join(prev, on="invoice_id", how="left")
+        .join(done, on="invoice_id", how="left")
+        .join(plan_of, on="customer_id", how="left")
+    )
+    open_failed = (pl.col("status") == "open") & (pl.col("attempt_count").fill_null(0) >= 1)
+    df = df.filter(
+        pl.col("event_failed_at").is_not_null() | pl.col("prev_state").is_not_null() | open_failed
+    ).with_columns(
+        first_failed_at=pl.coalesce(
+            "prev_first_failed_at", "event_failed_at", "state_event_created", "finalized_at",
+            pl.lit(now, dtype=TS),
+        ),
+        policy=pl.coalesce(
+            "prev_policy",
+            pl.when(pl.col("plan").is_in(override_names)).then(pl.col("plan")),
+            pl.lit(DEFAULT_SCHEDULE),
+        ),
+        written_off_by_us=pl.col("written_off_by_us").fill_null(False),
+        stripe_status=pl.col("status"),
+        # our own retry's response said paid: recovered now, before the webhook confirms it
+        status=pl.when(pl.col("paid_by_us").fill_null(False)).then(pl.lit("paid")).otherwise("status"),
+    )
+    elapsed_days = ((pl.lit(now, dtype=TS) - pl.col("first_failed_at")).dt.total_microseconds() // DAY_US)
+    df = df.with_columns(elapsed_days=elapsed_days.cast(pl.Int64))
+
+    steps = policy.steps_frame()
+    reached = (
+        df.select("invoice_id", "policy", "elapsed_days")
+        .join(steps, on="policy", how="inner")
+        .filter(pl.col("day") <= pl.col("elapsed_days"))
+        .group_by("invoice_id")
+        .agg(pl.col("step_index").max().alias("scheduled_step"))
+    )
+    df = df.join(reached, on="invoice_id", how="left")
+
+    minimums = policy.minimums_frame()
+    df = df.join(minimums, on=["policy", "currency"], how="left").with_columns(
+        below_minimum=pl.when(pl.col("status") == "open").then(pl.col("amount_remaining"))
+        .otherwise(pl.col("amount_due")).fill_null(0) < pl.col("minimum_minor").fill_null(0)
+    )
+
+    prev_s = pl.col("prev_state")
+    entered = prev_s.is_in([IN_DUNNING, WRITTEN_OFF, VOID, RECOVERED]).fill_null(False)
+    never_entered = (prev_s == NOT_IN_DUNNING).fill_null(False) | (
+        prev_s.is_null() & pl.col("below_minimum").fill_null(False))
+    status = pl.col("status")
+    computed = (
+        pl.when(status == "paid").then(
+            pl.when(entered | ~never_entered).then(pl.lit(RECOVERED)).otherwise(pl.lit(NOT_IN_DUNNING)))
+        .when(status == "void").then(
+            pl.when(entered).then(pl.lit(VOID)).otherwise(pl.lit(NOT_IN_DUNNING)))
+        .when(status == "uncollectible").then(
+            pl.when(entered | ~never_entered).then(pl.lit(WRITTEN_OFF)).otherwise(pl.lit(NOT_IN_DUNNING)))
+        .when(pl.col("written_off_by_us")).then(pl.lit(WRITTEN_OFF))
+        .when(pl.col("below_minimum") & ~entered).then(pl.lit(NOT_IN_DUNNING))
+        .otherwise(pl.lit(IN_DUNNING))
+    )
+    reason = (
+        pl.when(status == "paid").then(pl.lit("paid"))
+        .when(status == "void").then(pl.lit("voided"))
+        .when(status == "uncollectible").then(pl.lit("uncollectible"))
+        .when(pl.col("written_off_by_us")).then(pl.lit("written_off_by_dunning"))
+        .when(pl.col("below_minimum")).then(pl.lit("below_minimum"))
+        .otherwise(pl.lit("payment_failed"))
+    )
+    rank = {k: v for k, v in STATE_RANK.items()}
+    df = df.with_columns(computed=computed, reason=reason).with_columns(
+        state=pl.when(
+            prev_s.is_not_null()
+            & (prev_s.replace_strict(rank, default=0, return_dtype=pl.Int8)
+               > pl.col("computed").replace_strict(rank, default=0, return_dtype=pl.Int8))
+        ).then(prev_s).otherwise(pl.col("computed")),
+    ).with_columns(
+        reason=pl.when(pl.col("state") != pl.col("computed"))
+        .then(pl.lit("kept_") + pl.col("state"))
+        .otherwise(pl.col("reason")),
+    ).with_columns(
+        # the schedule moves the step only while in dunning; afterwards it stays where it stopped
+        step_index=pl.when(pl.col("state") == IN_DUNNING)
+        .then(pl.max_horizontal("scheduled_step", "prev_step_index", "performed_step"))
+        .when(pl.col("state") != NOT_IN_DUNNING)
+        .then(pl.max_horizontal("prev_step_index", "performed_step"))
+        .cast(pl.Int32),
+    )
+
+    named = steps.select("policy", "step_index", "step_name", pl.col("action").alias("step_action"))
+    upcoming = (
+        df.filter(pl.col("state") == IN_DUNNING)
+        .select("invoice_id", "policy", "step_index", "first_failed_at")
+        .join(steps, on="policy", how="inner", suffix="_next")
+        .filter(pl.col("step_index_next") > pl.col("step_index").fill_null(-1))
+        .sort("step_index_next")
+        .group_by("invoice_id", maintain_order=True)
+        .first()
+        .select(
+            "invoice_id",
+            pl.col("step_name").alias("next_step_name"),
+            (pl.col("first_failed_at") + pl.duration(days=pl.col("day"))).alias("next_step_at"),
+        )
+    )
+    now_lit = pl.lit(now, dtype=TS)
+    terminal = pl.col("state").is_in([RECOVERED, WRITTEN_OFF, VOID])
+    df = (
+        df.join(named, on=["policy", "step_index"], how="left")
+        .join(upcoming, on="invoice_id", how="left")
+        .with_columns(
+            stripe_customer=pl.col("customer"),
+            invoice_status=pl.col("stripe_status"),
+            entered_at=pl.coalesce(
+                "prev_entered_at",
+                pl.when(pl.col("state") != NOT_IN_DUNNING).then(pl.col("first_failed_at")),
+            ),
+            closed_at=pl.when(terminal).then(pl.coalesce(
+                "prev_closed_at",
+                pl.when(pl.col("state") == RECOVERED).then(pl.col("paid_at")),
+                now_lit,
+            )),
+            evaluated_at=now_lit,
+            policy_hash=pl.lit(policy.content_hash),
+        )
+    )
+    state = _conform(df, STATE_SCHEMA)
+    # An invoice missing from this read of stripe_invoices keeps its last state: nothing is lost.
+    carried = _conform(previous, STATE_SCHEMA).join(inv.select("invoice_id"), on="invoice_id", how="anti")
+    return pl.concat([state, carried]).sort("invoice_id")
+
+
+# --- reading the inputs from the warehouse -------------------------------------------------------
+
+def _table_exists(con: duckdb.DuckDBPyConnection, table: str) -> bool:
+    return bool(con.execute(
+        "SELECT count(*) FROM information_schema.tables WHERE table_name = ? AND table_schema = current_schema()",
+        [table],
+    ).fetchone()[0])
+
+
+def _columns(con: duckdb.DuckDBPyConnection, table: str) -> set[str]:
+    rows = con.execute(
+        "SELECT column_name FROM information_schema.columns WHERE table_name = ? AND table_schema = current_schema()",
+        [table],
+    ).fetchall()
+    return {r[0] for r in rows}
+
+
+def _read(con: duckdb.DuckDBPyConnection, sql: str, params: list | tuple = ()) -> pl.DataFrame:
+    return pl.from_arrow(con.execute(sql, list(params)).to_arrow_table())  # type: ignore[return-value]
+
+
+def read_invoices(con: duckdb.DuckDBPyConnection) -> pl.DataFrame:
+    """The reconciled `stripe_invoices` (empty when the webhooks part has not created it yet)."""
+    if not _table_exists(con, "stripe_invoices"):
+        return pl.DataFrame(schema=INVOICE_SCHEMA)
+    have = _columns(con, "stripe_invoices")
+    cols = ", ".join(f'"{c}"' for c in INVOICE_SCHEMA if c in have)
+    return _conform(_read(con, f"SELECT {cols} FROM stripe_invoices"), INVOICE_SCHEMA)
+
+
+def read_failures(con: duckdb.DuckDBPyConnection) -> pl.DataFrame:
+    """The first failed payment time per invoice: the earliest failed attempt in
+    `stripe_payment_attempts` or `invoice.payment_failed` event in `stripe_webhook_events`."""
+    parts = []
+    if _table_exists(con, "stripe_payment_attempts"):
+        parts.append(_read(
+            con,
+            "SELECT invoice_id, min(attempted_at) AS first_failed_at FROM stripe_payment_attempts"
+            " WHERE outcome = ? GROUP BY invoice_id",
+            ["failed"],
+        ))
+    if _table_exists(con, "stripe_webhook_events"):
+        parts.append(_read(
+            con,
+            "SELECT object_id AS invoice_id, min(created) AS first_failed_at FROM stripe_webhook_events"
+            " WHERE type = ? AND object_id IS NOT NULL GROUP BY object_id",
+            ["invoice.payment_failed"],
+        ))
+    if not parts:
+        return pl.DataFrame(schema=FAILURE_SCHEMA)
+    frame = pl.concat([_conform(p, FAILURE_SCHEMA) for p in parts])
+    return frame.group_by("invoice_id").agg(pl.col("first_failed_at").min())
+
+
+def read_plans(con: duckdb.DuckDBPyConnection, now: datetime) -> pl.DataFrame | None:
+    """Each customer's plan in force at `now`, from the rating part's `customer_plans` table, if any.
+
+    Accepts a table with customer_id and plan, and optionally plan_effective_from (the latest
+    assignment effective by `now` wins). Returns None when there is no such table.
+    """
+    if not _table_exists(con, "customer_plans"):
+        return None
+    have = _columns(con, "customer_plans")
+    if not {"customer_id", "plan"} <= have:
+        return None
+    if "plan_effective_from" in have:
+        sql = (
+            "SELECT customer_id, arg_max(plan, plan_effective_from) AS plan FROM customer_plans"
+            " WHERE CAST(plan_effective_from AS DATE) <= CAST(? AS DATE) GROUP BY customer_id"
+        )
+        return _conform(_read(con, sql, [utc(now).date()]), PLAN_SCHEMA)
+    return _conform(_read(con, "SELECT DISTINCT customer_id, plan FROM customer_plans"), PLAN_SCHEMA)
+
+
+def read_previous(con: duckdb.DuckDBPyConnection) -> pl.DataFrame:
+    return _conform(_read(con, "SELECT * FROM dunning_state"), STATE_SCHEMA)
+
+
+def read_performed(con: duckdb.DuckDBPyConnection) -> pl.DataFrame:
+    return _conform(
+        _read(con, "SELECT invoice_id, step_index, action, status, outcome FROM dunning_actions"),
+        PERFORMED_SCHEMA,
+    )
+
+
+def current_state(con: duckdb.DuckDBPyConnection, policy: DunningPolicy, now: datetime) -> pl.DataFrame:
+    """The dunning state as of `now`, from the warehouse (nothing written)."""
+    return compute_state(
+        read_invoices(con), policy, now,
+        failures=read_failures(con), previous=read_previous(con),
+        performed=read_performed(con), plans=read_plans(con, now),
+    )
+
+
+def refresh_state(con: duckdb.DuckDBPyConnection, policy: DunningPolicy, now: datetime) -> pl.DataFrame:
+    """Recompute `dunning_state` and replace the table in one transaction. Returns the new state."""
+    from metering.warehouse import replace_rows
+
+    state = current_state(con, policy, now)
+    replace_rows(con, "dunning_state", "TRUE", [], state)
+    return state

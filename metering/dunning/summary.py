@@ -1,0 +1,78 @@
+"""The dunning summary for finance: invoices in dunning by step, amount at risk, recovered, written off.
+
+One row per currency x category (x step for invoices in dunning). Amounts are integer minor units
+(`amount_minor`) and the same amount as exact decimal text in the major unit (`amount`):
+- `in_dunning` (one row per step reached): the amount still remaining;
+- `at_risk`: all invoices in dunning together (the sum of the `in_dunning` rows);
+- `recovered`: invoices paid after a failed payment: the amount paid;
+- `written_off`: the amount remaining when the invoice was marked uncollectible;
+- `void`: voided while in dunning: the amount that was due;
+- `below_minimum`: failed but not chased (under the policy's minimum): the amount remaining.
+"""
+
+from __future__ import annotations
+
+import polars as pl
+
+from metering.dunning.money import minor_to_text_expr
+from metering.dunning.state import (
+    IN_DUNNING, NOT_IN_DUNNING, RECOVERED, STATE_SCHEMA, VOID, WRITTEN_OFF, _conform,
+)
+
+CATEGORY_ORDER = {"in_dunning": 0, "at_risk": 1, "recovered": 2, "written_off": 3, "void": 4, "below_minimum": 5}
+SUMMARY_SCHEMA: dict[str, pl.DataType] = {
+    "currency": pl.String, "category": pl.String, "step_index": pl.Int32, "step_name": pl.String,
+    "invoices": pl.Int64, "amount_minor": pl.Int64, "amount": pl.String,
+}
+
+
+def dunning_summary(state: pl.DataFrame) -> pl.DataFrame:
+    """The finance view of a `dunning_state` frame (SUMMARY_SCHEMA), sorted by currency and category."""
+    s = _conform(state, STATE_SCHEMA)
+    amount = (
+        pl.when(pl.col("state") == RECOVERED).then(pl.col("amount_paid"))
+        .when(pl.col("state") == VOID).then(pl.col("amount_due"))
+        .otherwise(pl.col("amount_remaining"))
+        .fill_null(0)
+    )
+    category = (
+        pl.when(pl.col("state") == NOT_IN_DUNNING).then(pl.lit("below_minimum"))
+        .otherwise(pl.col("state"))
+    )
+    s = s.with_columns(category=category, amount_minor=amount)
+    by_step = (
+        s.filter(pl.col("state") == IN_DUNNING)
+        .group_by("currency", "category", "step_index", "step_name")
+        .agg(pl.len().cast(pl.Int64).alias("invoices"), pl.col("amount_minor").sum())
+    )
+    at_risk = (
+        s.filter(pl.col("state") == IN_DUNNING)
+        .group_by("currency")
+        .agg(pl.len().cast(pl.Int64).alias("invoices"), pl.col("amount_minor").sum())
+        .with_columns(category=pl.lit("at_risk"))
+    )
+    closed = (
+        s.filter(pl.col("state").is_in([RECOVERED, WRITTEN_OFF, VOID, NOT_IN_DUNNING]))
+        .group_by("currency", "category")
+        .agg(pl.len().cast(pl.Int64).alias("invoices"), pl.col("amount_minor").sum())
+    )
+    out = pl.concat([by_step, at_risk, closed], how="diagonal_relaxed")
+    out = _conform(out, SUMMARY_SCHEMA).with_columns(
+        amount=minor_to_text_expr("amount_minor", "currency"),
+        _order=pl.col("category").replace_strict(CATEGORY_ORDER, default=9, return_dtype=pl.Int8),
+    )
+    return out.sort("currency", "_order", "step_index", nulls_last=True).drop("_order")
+
+
+def format_summary(summary: pl.DataFrame) -> str:
+    """A plain-text table for the terminal."""
+    if summary.is_empty():
+        return "no failed invoices"
+    header = f"{'currency':<8} {'category':<13} {'step':<20} {'invoices':>8} {'amount_minor':>14} {'amount':>16}"
+    lines = [header, "-" * len(header)]
+    for r in summary.iter_rows(named=True):
+        lines.append(
+            f"{r['currency']:<8} {r['category']:<13} {r['step_name'] or '':<20} {r['invoices']:>8} "
+            f"{r['amount_minor']:>14} {r['amount']:>16}"
+        )
+    return "\n".join(lines)

@@ -1,0 +1,164 @@
+"""Exactly-once dunning actions without Stripe: reminders to the outbox, suspension published and
+lifted, catch-up after an outage, and a crash (SIGKILL) between the ledger write and the action."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import duckdb
+import polars as pl
+from dunning_helpers import DAY, T0, pay_invoice, put_invoice
+
+from metering.dunning.policy import DunningPolicy
+from metering.dunning.run import run_dunning
+from metering.dunning.summary import dunning_summary
+
+COLS = "idempotency_key, step_name, action, status, outcome, attempts"
+
+
+def ledger(con: duckdb.DuckDBPyConnection) -> list[tuple]:
+    return con.execute(f"SELECT {COLS} FROM dunning_actions ORDER BY invoice_id, step_index").fetchall()
+
+
+def published(data: Path) -> dict:
+    return json.loads((data / "published" / "suspensions.json").read_text())
+
+
+def test_each_step_once_on_schedule_and_reruns_repeat_nothing(
+    wh: duckdb.DuckDBPyConnection, no_stripe_policy: DunningPolicy, isolated_env: Path
+) -> None:
+    put_invoice(wh, "in_1")
+    outbox = isolated_env / "outbox"
+    for day, expected_new in [(0, ["first_reminder"]), (3, []), (7, ["final_reminder"]), (14, ["suspension"])]:
+        before = {r[1] for r in ledger(wh)}
+        for _ in range(2):                      # the second run at the same clock does nothing
+            run_dunning(wh, None, no_stripe_policy, T0 + day * DAY)
+        after = {r[1] for r in ledger(wh)}
+        assert sorted(after - before) == expected_new, day
+    assert ledger(wh) == [
+        ("dunning:in_1:first_reminder", "first_reminder", "reminder", "done", "rendered", 1),
+        ("dunning:in_1:final_reminder", "final_reminder", "reminder", "done", "rendered", 1),
+        ("dunning:in_1:suspension", "suspension", "suspend", "done", "suspended", 1),
+    ]
+    files = sorted(p.name for p in outbox.iterdir())
+    assert len(files) == 2 and all(f.endswith(".eml") for f in files)
+    outbox_rows = wh.execute("SELECT subject, body, status FROM dunning_outbox ORDER BY rendered_at").fetchall()
+    assert outbox_rows == [
+        ("Invoice in_1 unpaid", "50.00 USD unpaid for 0 days (first_reminder, since 2026-11-02)", "rendered"),
+        ("Invoice in_1 unpaid", "50.00 USD unpaid for 7 days (final_reminder, since 2026-11-02)", "rendered"),
+    ]
+    doc = published(isolated_env)
+    assert doc["suspended"] == [{
+        "customer_id": "c_in_1", "stripe_customer": "cus_in_1", "currency": "usd", "invoice_ids": ["in_1"],
+        "amount_remaining_minor": 5000, "amount_remaining": "50.00", "suspended_since": "2026-11-16T09:30:00Z",
+    }]
+    csv = pl.read_csv(isolated_env / "published" / "suspensions.csv", infer_schema=False)
+    assert csv["stripe_customer"].to_list() == ["cus_in_1"] and csv["amount_remaining"].to_list() == ["50.00"]
+    assert wh.execute("SELECT stripe_customer, invoice_ids FROM suspensions").fetchall() == [("cus_in_1", "in_1")]
+
+
+def test_paying_ends_dunning_and_lifts_the_suspension(
+    wh: duckdb.DuckDBPyConnection, no_stripe_policy: DunningPolicy, isolated_env: Path
+) -> None:
+    put_invoice(wh, "in_1")
+    put_invoice(wh, "in_2", customer="cus_other", customer_id="c_other", amount_due=250, amount_remaining=250)
+    run_dunning(wh, None, no_stripe_policy, T0 + 14 * DAY)
+    assert [r["stripe_customer"] for r in published(isolated_env)["suspended"]] == ["cus_in_1", "cus_other"]
+    pay_invoice(wh, "in_1", T0 + 15 * DAY)
+    result = run_dunning(wh, None, no_stripe_policy, T0 + 15 * DAY)
+    assert [r["stripe_customer"] for r in published(isolated_env)["suspended"]] == ["cus_other"]
+    assert wh.execute("SELECT stripe_customer FROM suspensions").fetchall() == [("cus_other",)]
+    state = {r["invoice_id"]: r for r in result.state.to_dicts()}
+    assert (state["in_1"]["state"], state["in_1"]["closed_at"]) == ("recovered", T0 + 15 * DAY)
+    # nothing more ever happens to a recovered invoice, however far the clock goes
+    run_dunning(wh, None, no_stripe_policy, T0 + 90 * DAY)
+    assert [r[0] for r in ledger(wh) if r[0].startswith("dunning:in_1:")] == [
+        "dunning:in_1:first_reminder", "dunning:in_1:final_reminder", "dunning:in_1:suspension"]
+    summary = dunning_summary(result.state).select("currency", "category", "step_name", "invoices", "amount_minor", "amount")
+    assert summary.rows() == [
+        ("usd", "in_dunning", "suspension", 1, 250, "2.50"),
+        ("usd", "at_risk", None, 1, 250, "2.50"),
+        ("usd", "recovered", None, 1, 5000, "50.00"),
+    ]
+
+
+def test_catching_up_after_an_outage_sends_only_the_latest_reminder(
+    wh: duckdb.DuckDBPyConnection, no_stripe_policy: DunningPolicy, isolated_env: Path
+) -> None:
+    put_invoice(wh, "in_1")
+    run_dunning(wh, None, no_stripe_policy, T0 + 20 * DAY)
+    assert ledger(wh) == [
+        ("dunning:in_1:first_reminder", "first_reminder", "reminder", "skipped", "superseded_by_later_reminder", 0),
+        ("dunning:in_1:final_reminder", "final_reminder", "reminder", "done", "rendered", 1),
+        ("dunning:in_1:suspension", "suspension", "suspend", "done", "suspended", 1),
+    ]
+    assert len(list((isolated_env / "outbox").iterdir())) == 1
+
+
+def test_below_minimum_is_never_chased(
+    wh: duckdb.DuckDBPyConnection, no_stripe_policy: DunningPolicy, isolated_env: Path
+) -> None:
+    put_invoice(wh, "in_small", amount_due=99, amount_remaining=99)
+    result = run_dunning(wh, None, no_stripe_policy, T0 + 20 * DAY)
+    assert ledger(wh) == []
+    assert result.state["state"].to_list() == ["not_in_dunning"]
+    assert published(isolated_env)["suspended"] == []
+
+
+CRASH_SCRIPT = textwrap.dedent("""
+    import os, signal, sys
+    from datetime import datetime
+    from metering import warehouse
+    from metering.dunning.actions import ActionHooks
+    from metering.dunning.policy import load_policy
+    from metering.dunning.run import run_dunning
+
+    db, rules, now, crash_step = sys.argv[1:5]
+    def crash(row):
+        if row["step_name"] == crash_step:
+            os.kill(os.getpid(), signal.SIGKILL)
+    with warehouse.open_warehouse(db) as con:
+        run_dunning(con, None, load_policy(rules), datetime.fromisoformat(now),
+                    hooks=ActionHooks(after_ledger_commit=crash))
+""")
+
+
+def test_crash_between_ledger_write_and_action_repeats_nothing(
+    tmp_path: Path, no_stripe_policy: DunningPolicy, isolated_env: Path
+) -> None:
+    from metering import warehouse
+
+    db = tmp_path / "data" / "warehouse.duckdb"
+    with warehouse.open_warehouse(db) as con:
+        from dunning_helpers import ensure_invoices_table
+
+        ensure_invoices_table(con)
+        put_invoice(con, "in_1")
+    script = tmp_path / "crash.py"
+    script.write_text(CRASH_SCRIPT)
+    now = (T0 + 14 * DAY).isoformat()
+    proc = subprocess.run([sys.executable, str(script), str(db), str(no_stripe_policy.path.parent), now, "final_reminder"],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == -9, proc.stderr                  # killed by SIGKILL
+    with warehouse.open_warehouse(db) as con:
+        rows = ledger(con)
+        # the earlier reminder was skipped, the final one was written pending and committed, then the crash
+        assert rows == [
+            ("dunning:in_1:first_reminder", "first_reminder", "reminder", "skipped", "superseded_by_later_reminder", 0),
+            ("dunning:in_1:final_reminder", "final_reminder", "reminder", "pending", None, 1),
+        ]
+        assert not (isolated_env / "outbox").exists() or not any((isolated_env / "outbox").iterdir())
+        # the rerun finishes the pending step under the same key, then the rest, once each
+        run_dunning(con, None, no_stripe_policy, T0 + 14 * DAY)
+        run_dunning(con, None, no_stripe_policy, T0 + 14 * DAY)
+        assert ledger(con) == [
+            ("dunning:in_1:first_reminder", "first_reminder", "reminder", "skipped", "superseded_by_later_reminder", 0),
+            ("dunning:in_1:final_reminder", "final_reminder", "reminder", "done", "rendered", 2),
+            ("dunning:in_1:suspension", "suspension", "suspend", "done", "suspended", 1),
+        ]
+        assert con.execute("SELECT count(*) FROM dunning_outbox").fetchone()[0] == 1
+    assert len(list((isolated_env / "outbox").iterdir())) == 1

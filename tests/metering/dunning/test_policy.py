@@ -1,0 +1,153 @@
+"""The dunning policy file: the shipped one is valid, and every mistake is named precisely."""
+
+from __future__ import annotations
+
+from decimal import Decimal
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+from dunning_helpers import write_rules
+from hypothesis import given
+from hypothesis import strategies as st
+
+from metering.cli import cli
+from metering.dunning.money import format_minor, minor_digits, parse_major
+from metering.dunning.policy import load_policy, validate_dunning
+from metering.errors import EXIT_BAD_INPUT, BadInputError
+
+VALID = """
+default:
+  minimum_amount: {usd: "1.00"}
+  steps:
+    - {name: r1, day: 0, action: reminder, template: t}
+    - {name: retry, day: 3, action: retry}
+    - {name: write_off, day: 30, action: write_off}
+templates:
+  t: {subject: "s {invoice_id}", body: "b {amount}"}
+"""
+
+
+def test_shipped_policy_is_valid_and_ordered(rules_dir: Path) -> None:
+    assert validate_dunning(rules_dir) == []
+    policy = load_policy(rules_dir)
+    assert [(s.name, s.day, s.action) for s in policy.default.steps] == [
+        ("first_reminder", 0, "reminder"), ("payment_retry", 3, "retry"),
+        ("final_reminder", 7, "reminder"), ("suspension", 14, "suspend"), ("write_off", 30, "write_off"),
+    ]
+    assert policy.default.minimum_minor == {"usd": 100, "jpy": 100}
+    scale = policy.schedule_for("scale")
+    assert scale.minimum_minor == {"usd": 5000, "jpy": 100}      # usd overridden, jpy inherited
+    assert [s.day for s in scale.steps] == [0, 3, 10, 14, 21, 45]
+    assert policy.schedule_for("starter") is policy.default
+    assert policy.schedule_for(None) is policy.default
+
+
+def _errors(tmp_path: Path, text: str) -> list[str]:
+    folder = write_rules(tmp_path / "r", text)
+    prefix = f"{folder / 'dunning.yaml'}: "
+    errors = validate_dunning(folder)
+    assert all(e.startswith(prefix) for e in errors), errors
+    return [e[len(prefix):] for e in errors]
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "expected"),
+    [
+        ("day: 3,", "day: -1,", "default.steps[1].day: required, a whole number of days >= 0 after the first failure, got -1"),
+        ("day: 3,", "day: 1.5,", "default.steps[1].day: required, a whole number of days >= 0 after the first failure, got 1.5"),
+        ("action: retry", "action: refund", "default.steps[1].action: 'refund' is not one of reminder, retry, suspend, write_off"),
+        ("name: retry,", "name: r1,", "default.steps[1].name: duplicate step name 'r1' (step names key the actions ledger)"),
+        ("name: retry,", "name: Retry-1,", "default.steps[1].name: required, lower-case letters, digits and underscores, got 'Retry-1'"),
+        ("action: reminder, template: t}", "action: reminder}", "default.steps[0].template: a reminder needs a template (a name under templates)"),
+        ("template: t}", "template: nope}", "default.steps[0].template: no template named 'nope' under templates"),
+        ("action: retry}", "action: retry, template: t}", "default.steps[1].template: only reminders take a template, not retry"),
+        ('usd: "1.00"', "usd: 1.00", "default.minimum_amount.usd: write the amount as a quoted decimal string (e.g. \"1.00\"), got 1.0"),
+        ('usd: "1.00"', 'usd: "1.001"', "default.minimum_amount.usd: '1.001' has more than 2 decimal places for usd (the currency has 2 decimal places)"),
+        ('usd: "1.00"', 'jpy: "1.5"', "default.minimum_amount.jpy: '1.5' has more than 0 decimal places for jpy (the currency has 0 decimal places)"),
+        ('usd: "1.00"', 'usd: "-1"', "default.minimum_amount.usd: must not be negative, got '-1'"),
+        ('usd: "1.00"', 'usd: "ten"', "default.minimum_amount.usd: 'ten' is not a decimal number (the currency has 2 decimal places)"),
+        ('usd: "1.00"', 'USD: "1.00"', "default.minimum_amount.USD: currency must be a lower-case ISO 4217 code such as usd"),
+        ("day: 30,", "day: 2,", "default.steps[2].day: steps must be in order of day: 2 comes after day 3"),
+        ('b {amount}', 'b {amount} {secret}', "templates.t.body: unknown placeholder {secret} (allowed: {amount}, {currency}, {customer_id}, {days_overdue}, {first_failed_date}, {invoice_id}, {step})"),
+        ('b {amount}', 'b {amount', "templates.t.body: malformed placeholder: expected '}' before end of string"),
+        ("  steps:", "  stepz: []\n  steps:", "default.stepz: unknown field (allowed: minimum_amount, steps)"),
+    ],
+)
+def test_each_mistake_is_named_with_its_field(tmp_path: Path, old: str, new: str, expected: str) -> None:
+    assert old in VALID
+    assert _errors(tmp_path, VALID.replace(old, new, 1)) == [expected]
+
+
+def test_write_off_must_be_last_and_unique(tmp_path: Path) -> None:
+    text = VALID.replace("- {name: retry, day: 3, action: retry}", "- {name: early_off, day: 3, action: write_off}")
+    assert _errors(tmp_path, text) == [
+        "default.steps: at most one write_off step",
+    ]
+    text = VALID.replace(
+        "- {name: write_off, day: 30, action: write_off}",
+        "- {name: write_off, day: 30, action: write_off}\n    - {name: late, day: 31, action: suspend}")
+    assert _errors(tmp_path, text) == [
+        "default.steps[2].action: write_off must be the last step (nothing can follow a write-off)",
+    ]
+
+
+def test_plan_overrides_are_checked_against_the_plans_folder(tmp_path: Path) -> None:
+    folder = tmp_path / "r"
+    (folder / "plans").mkdir(parents=True)
+    (folder / "plans" / "pro.yaml").write_text("{}\n")
+    text = VALID + "plans:\n  enterprise:\n    minimum_amount: {usd: \"5\"}\n  pro:\n    steps: []\n"
+    assert _errors(tmp_path, text) == [
+        "plans.enterprise: no plan named 'enterprise' in plans/ (known: pro)",
+        "plans.pro.steps: required, a non-empty list of steps",
+    ]
+
+
+def test_top_level_problems(tmp_path: Path) -> None:
+    assert _errors(tmp_path, "templates: {}\n") == [
+        "default: required, a mapping with steps (and optionally minimum_amount)"]
+    assert _errors(tmp_path, "- a\n- b\n") == ["(top level): expected a mapping with default, plans, templates"]
+    assert _errors(tmp_path, VALID + "extra: 1\n") == ["extra: unknown field (allowed: default, plans, templates)"]
+    assert _errors(tmp_path, VALID.replace("name: r1,", "name: off,")) == [
+        "default.steps[0].name: required, lower-case letters, digits and underscores, got False "
+        "(YAML reads yes/no/on/off as booleans: quote the name)"]
+    assert _errors(tmp_path, "default:\n  steps: [\n") [0].startswith("line 3: not valid YAML: ")
+
+
+def test_missing_file_means_no_dunning_but_load_says_so(tmp_path: Path) -> None:
+    assert validate_dunning(tmp_path) == []
+    with pytest.raises(BadInputError, match=r"dunning\.yaml: \(file\): not found"):
+        load_policy(tmp_path)
+
+
+def test_load_raises_bad_input_with_the_first_error_and_a_count(tmp_path: Path) -> None:
+    folder = write_rules(tmp_path / "r", VALID.replace("day: 3,", "day: -1,").replace("action: reminder, template: t}", "action: reminder}"))
+    with pytest.raises(BadInputError) as info:
+        load_policy(folder)
+    assert info.value.exit_code == EXIT_BAD_INPUT == 3
+    assert str(info.value) == (
+        f"{folder / 'dunning.yaml'}: default.steps[0].template: a reminder needs a template "
+        "(a name under templates) (and 1 more: run `metering dunning validate`)"
+    )
+
+
+def test_cli_validate_prints_every_error_and_exits_3(tmp_path: Path) -> None:
+    folder = write_rules(tmp_path / "r", VALID.replace("day: 3,", "day: -1,").replace('"1.00"', '"1.001"'))
+    result = CliRunner().invoke(cli, ["dunning", "validate", "--rules", str(folder)])
+    assert result.exit_code == 3
+    lines = result.output.strip().splitlines()
+    assert lines == [
+        f"error: {folder / 'dunning.yaml'}: default.steps[1].day: required, a whole number of days >= 0 after the first failure, got -1",
+        f"error: {folder / 'dunning.yaml'}: default.minimum_amount.usd: '1.001' has more than 2 decimal places for usd (the currency has 2 decimal places)",
+    ]
+    ok = CliRunner().invoke(cli, ["dunning", "validate", "--rules", str(write_rules(tmp_path / "ok", VALID))])
+    assert ok.exit_code == 0, ok.output
+    assert ok.output.startswith("ok: ")
+
+
+@given(amount=st.integers(min_value=-10**15, max_value=10**15),
+       currency=st.sampled_from(["usd", "jpy", "kwd", "eur", "krw"]))
+def test_minor_units_round_trip_exactly(amount: int, currency: str) -> None:
+    text = format_minor(amount, currency)
+    assert parse_major(text, currency) == amount
+    assert Decimal(text) == Decimal(amount).scaleb(-minor_digits(currency))

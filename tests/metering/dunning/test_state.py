@@ -1,0 +1,197 @@
+"""Dunning state as the clock advances, from hand-built stripe_invoices rows (whole frames)."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+import polars as pl
+from dunning_helpers import DAY, T0
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from metering.dunning.policy import DunningPolicy, load_policy
+from metering.dunning.state import STATE_RANK, compute_state
+
+US = timedelta(microseconds=1)
+
+
+def invoice(invoice_id: str = "in_1", **fields: object) -> dict:
+    row = {
+        "invoice_id": invoice_id, "customer": "cus_1", "customer_id": "c1", "status": "open",
+        "currency": "usd", "amount_due": 5000, "amount_paid": 0, "amount_remaining": 5000,
+        "attempt_count": 1, "finalized_at": T0 - timedelta(hours=1), "state_event_created": T0,
+    }
+    row.update(fields)
+    return row
+
+
+def frame(*rows: dict) -> pl.DataFrame:
+    return pl.DataFrame(list(rows), schema_overrides={
+        "finalized_at": pl.Datetime("us", "UTC"), "state_event_created": pl.Datetime("us", "UTC"),
+        "paid_at": pl.Datetime("us", "UTC"), "next_payment_attempt": pl.Datetime("us", "UTC"),
+    })
+
+
+def failures(*pairs: tuple[str, datetime]) -> pl.DataFrame:
+    return pl.DataFrame({"invoice_id": [p[0] for p in pairs], "first_failed_at": [p[1] for p in pairs]},
+                        schema={"invoice_id": pl.String, "first_failed_at": pl.Datetime("us", "UTC")})
+
+
+def one(state: pl.DataFrame, invoice_id: str = "in_1") -> dict:
+    rows = state.filter(pl.col("invoice_id") == invoice_id).to_dicts()
+    assert len(rows) == 1, state
+    return rows[0]
+
+
+def test_steps_follow_the_schedule_to_the_microsecond(rules_dir: Path) -> None:
+    policy = load_policy(rules_dir)
+    inv, fail = frame(invoice()), failures(("in_1", T0))
+    expected = [  # (clock, step, next step, next step at) — default schedule 0/3/7/14/30 days
+        (T0, "first_reminder", "payment_retry", T0 + 3 * DAY),
+        (T0 + 3 * DAY - US, "first_reminder", "payment_retry", T0 + 3 * DAY),
+        (T0 + 3 * DAY, "payment_retry", "final_reminder", T0 + 7 * DAY),
+        (T0 + 7 * DAY, "final_reminder", "suspension", T0 + 14 * DAY),
+        (T0 + 14 * DAY, "suspension", "write_off", T0 + 30 * DAY),
+        (T0 + 30 * DAY, "write_off", None, None),
+    ]
+    previous = None
+    for now, step, next_step, next_at in expected:
+        previous = compute_state(inv, policy, now, failures=fail, previous=previous)
+        row = one(previous)
+        assert (row["state"], row["step_name"], row["next_step_name"], row["next_step_at"]) == (
+            "in_dunning", step, next_step, next_at), now
+        assert row["first_failed_at"] == T0 and row["entered_at"] == T0 and row["closed_at"] is None
+
+
+def test_before_the_first_failure_time_no_step_is_reached(rules_dir: Path) -> None:
+    row = one(compute_state(frame(invoice()), load_policy(rules_dir), T0 - US, failures=failures(("in_1", T0))))
+    assert (row["state"], row["step_index"], row["next_step_name"], row["next_step_at"]) == (
+        "in_dunning", None, "first_reminder", T0)
+
+
+def test_day_zero_falls_back_to_the_reconciled_row_when_no_failure_event(rules_dir: Path) -> None:
+    later = T0 + timedelta(hours=5)
+    row = one(compute_state(frame(invoice(state_event_created=later)), load_policy(rules_dir), later))
+    assert row["first_failed_at"] == later
+
+
+def test_paid_invoices_that_never_failed_are_not_listed(rules_dir: Path) -> None:
+    paid = invoice("in_ok", status="paid", amount_paid=5000, amount_remaining=0, paid_at=T0)
+    state = compute_state(frame(paid, invoice("in_draft", status="draft", attempt_count=0)),
+                          load_policy(rules_dir), T0 + DAY)
+    assert state.is_empty()
+
+
+def test_minimum_amount_per_currency(rules_dir: Path) -> None:
+    policy = load_policy(rules_dir)   # usd 1.00, jpy 100
+    rows = frame(
+        invoice("in_usd_99", amount_due=99, amount_remaining=99),
+        invoice("in_usd_100", amount_due=100, amount_remaining=100),
+        invoice("in_jpy_99", currency="jpy", amount_due=99, amount_remaining=99),
+        invoice("in_jpy_100", currency="jpy", amount_due=100, amount_remaining=100),
+        invoice("in_eur_1", currency="eur", amount_due=1, amount_remaining=1),   # no minimum for eur
+    )
+    state = compute_state(rows, policy, T0 + DAY)
+    got = dict(zip(state["invoice_id"], state["state"]))
+    assert got == {"in_usd_99": "not_in_dunning", "in_usd_100": "in_dunning", "in_jpy_99": "not_in_dunning",
+                   "in_jpy_100": "in_dunning", "in_eur_1": "in_dunning"}
+    below = one(state, "in_usd_99")
+    assert (below["reason"], below["step_index"], below["entered_at"]) == ("below_minimum", None, None)
+
+
+def test_per_plan_override_selects_schedule_and_minimum(rules_dir: Path) -> None:
+    policy = load_policy(rules_dir)
+    plans = pl.DataFrame({"customer_id": ["c_big", "c_small"], "plan": ["scale", "starter"]})
+    rows = frame(
+        invoice("in_big", customer_id="c_big", amount_due=4999, amount_remaining=4999),
+        invoice("in_big2", customer_id="c_big", amount_due=5000, amount_remaining=5000),
+        invoice("in_small", customer_id="c_small", amount_due=4999, amount_remaining=4999),
+    )
+    state = compute_state(rows, policy, T0 + 10 * DAY, plans=plans, failures=failures(
+        ("in_big", T0), ("in_big2", T0), ("in_small", T0)))
+    assert one(state, "in_big")["state"] == "not_in_dunning"           # scale minimum is 50.00
+    big2, small = one(state, "in_big2"), one(state, "in_small")
+    assert (big2["policy"], big2["plan"], big2["step_name"]) == ("scale", "scale", "second_retry")
+    assert (small["policy"], small["plan"], small["step_name"]) == ("default", "starter", "final_reminder")
+
+
+def test_paying_ends_dunning_and_freezes_the_step(rules_dir: Path) -> None:
+    policy = load_policy(rules_dir)
+    fail = failures(("in_1", T0))
+    before = compute_state(frame(invoice()), policy, T0 + 15 * DAY, failures=fail)
+    assert one(before)["step_name"] == "suspension"
+    paid_at = T0 + 16 * DAY
+    paid = frame(invoice(status="paid", amount_paid=5000, amount_remaining=0, paid_at=paid_at))
+    after = compute_state(paid, policy, T0 + 40 * DAY, failures=fail, previous=before)
+    row = one(after)
+    assert (row["state"], row["reason"], row["step_name"], row["closed_at"], row["next_step_name"]) == (
+        "recovered", "paid", "suspension", paid_at, None)
+
+
+def test_state_never_moves_back(rules_dir: Path) -> None:
+    policy = load_policy(rules_dir)
+    fail = failures(("in_1", T0))
+    at_day_15 = compute_state(frame(invoice()), policy, T0 + 15 * DAY, failures=fail)
+    # the clock is set back: the step stays
+    back = compute_state(frame(invoice()), policy, T0 + DAY, failures=fail, previous=at_day_15)
+    assert one(back)["step_name"] == "suspension"
+    # written off (by Stripe), then a stale reconciled row says open again: still written off
+    off = compute_state(frame(invoice(status="uncollectible")), policy, T0 + 31 * DAY, failures=fail, previous=back)
+    assert one(off)["state"] == "written_off"
+    stale = compute_state(frame(invoice()), policy, T0 + 32 * DAY, failures=fail, previous=off)
+    assert (one(stale)["state"], one(stale)["reason"]) == ("written_off", "kept_written_off")
+    # a written-off invoice that is paid later is recovered (paid always wins)
+    paid = compute_state(frame(invoice(status="paid", amount_paid=5000, amount_remaining=0, paid_at=T0 + 33 * DAY)),
+                         policy, T0 + 33 * DAY, failures=fail, previous=stale)
+    assert one(paid)["state"] == "recovered"
+
+
+def test_our_own_write_off_and_paid_retry_count_before_webhooks(rules_dir: Path) -> None:
+    policy = load_policy(rules_dir)
+    performed = pl.DataFrame({
+        "invoice_id": ["in_1", "in_2"], "step_index": [4, 1], "action": ["write_off", "retry"],
+        "status": ["done", "done"], "outcome": ["uncollectible", "paid"],
+    })
+    state = compute_state(frame(invoice("in_1"), invoice("in_2")), policy, T0 + 31 * DAY,
+                          failures=failures(("in_1", T0), ("in_2", T0)), performed=performed)
+    one_, two = one(state, "in_1"), one(state, "in_2")
+    assert (one_["state"], one_["reason"], one_["invoice_status"]) == ("written_off", "written_off_by_dunning", "open")
+    assert (two["state"], two["invoice_status"]) == ("recovered", "open")
+
+
+def test_voided_while_in_dunning(rules_dir: Path) -> None:
+    policy = load_policy(rules_dir)
+    prev = compute_state(frame(invoice()), policy, T0 + DAY, failures=failures(("in_1", T0)))
+    row = one(compute_state(frame(invoice(status="void", amount_remaining=0)), policy, T0 + 2 * DAY, previous=prev))
+    assert (row["state"], row["reason"], row["closed_at"]) == ("void", "voided", T0 + 2 * DAY)
+
+
+def test_an_invoice_missing_from_the_reconciled_table_keeps_its_state(rules_dir: Path) -> None:
+    policy = load_policy(rules_dir)
+    prev = compute_state(frame(invoice()), policy, T0 + DAY, failures=failures(("in_1", T0)))
+    assert compute_state(frame(invoice("in_other", status="draft", attempt_count=0)), policy, T0 + 2 * DAY,
+                         previous=prev).to_dicts() == prev.to_dicts()
+
+
+STATUS = st.sampled_from(["open", "open", "paid", "uncollectible", "void"])
+
+
+@settings(max_examples=60, deadline=None)
+@given(steps=st.lists(st.tuples(st.integers(min_value=-2, max_value=50), STATUS), min_size=1, max_size=8))
+def test_state_and_step_only_move_forward(steps: list[tuple[int, str]]) -> None:
+    from metering import config
+
+    policy: DunningPolicy = load_policy(config.PROJECT_ROOT / "rating_rules")
+    previous = None
+    last_rank, last_step = -1, -1
+    for day, status in steps:
+        paid = status == "paid"
+        inv = frame(invoice(status=status, amount_paid=5000 if paid else 0,
+                            amount_remaining=0 if paid else 5000, paid_at=T0 + day * DAY if paid else None))
+        previous = compute_state(inv, policy, T0 + day * DAY, failures=failures(("in_1", T0)), previous=previous)
+        row = one(previous)
+        rank, step = STATE_RANK[row["state"]], row["step_index"] if row["step_index"] is not None else -1
+        assert rank >= last_rank and step >= last_step, (steps, row)
+        last_rank, last_step = rank, step
+        assert row["first_failed_at"] == T0
