@@ -133,7 +133,7 @@ def land_records(
                     WHERE r.receipt_key = p.landing_file || ':' || p.line_no)
                 """
             )
-            added, new_events = _insert_receipts(con, "_wh_new", now)
+            added, new_events = insert_receipts(con, "_wh_new", now)
             if positions:
                 names = list(positions)
                 con.execute("DELETE FROM stripe_landing_offsets WHERE list_contains(?, landing_file)", [names])
@@ -146,7 +146,7 @@ def land_records(
     return added, new_events, bad
 
 
-def _insert_receipts(con: duckdb.DuckDBPyConnection, new_table: str, now: datetime) -> tuple[int, int]:
+def insert_receipts(con: duckdb.DuckDBPyConnection, new_table: str, now: datetime) -> tuple[int, int]:
     """Append `new_table` receipts and refresh their events (caller holds the transaction)."""
     con.execute(
         f"""

@@ -1,0 +1,184 @@
+"""Repair: fill gaps in the landed webhooks from Stripe's own event list, and re-fetch objects.
+
+Stripe keeps events for 30 days and `GET /v1/events` lists them (newest first, paginated): every
+event we never received becomes a receipt with source `repair` (receipt key `repair:<event id>`, so
+re-running repair adds nothing twice), and `stripe_webhook_events` is refreshed for it. Events we
+already have are left alone: repair is not a delivery.
+
+Then, for every invoice and subscription a repaired event touched, the current object is re-fetched
+(`GET /v1/invoices/{id}`, `GET /v1/subscriptions/{id}`) into `stripe_object_snapshots`, ordered
+against events at the newest `created` known for that object (see `metering.webhooks.state`).
+Prices on invoice lines whose meter is unknown are re-fetched too, so lines can name their meter.
+
+All Stripe calls go through the `stripe.StripeClient` passed in (the official SDK).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import asdict, dataclass
+from datetime import datetime, timezone
+from typing import Any
+
+import duckdb
+import polars as pl
+import stripe
+
+from metering.warehouse import transaction
+from metering.webhooks.events import insert_receipts
+
+log = logging.getLogger(__name__)
+
+PAGE_SIZE = 100
+REFETCHABLE = ("invoice", "subscription")
+
+
+@dataclass(frozen=True)
+class RepairStats:
+    events_listed: int
+    events_repaired: int
+    objects_refetched: int
+    prices_refetched: int
+
+    def as_dict(self) -> dict[str, int]:
+        return asdict(self)
+
+
+def make_client(api_base: str | None = None) -> stripe.StripeClient:
+    """A StripeClient from the environment (`STRIPE_API_KEY`, `STRIPE_API_BASE`, ...)."""
+    from metering.stripe.client import make_client as _make, settings_from_env
+
+    settings = settings_from_env(required=True)
+    assert settings is not None
+    if api_base:
+        settings = settings.with_base(api_base)
+    return _make(settings)
+
+
+def _as_json(obj: Any) -> str:
+    return json.dumps(obj.to_dict(for_json=True), separators=(",", ":"), sort_keys=True)
+
+
+def list_events(client: stripe.StripeClient, *, created_gte: int | None = None) -> pl.DataFrame:
+    """Every event Stripe still holds (30 days), or those created at/after `created_gte`."""
+    params: dict[str, Any] = {"limit": PAGE_SIZE}
+    if created_gte is not None:
+        params["created"] = {"gte": created_gte}
+    page = client.v1.events.list(params)
+    rows = [{"event_id": e.id, "raw": _as_json(e)} for e in page.auto_paging_iter()]
+    return pl.DataFrame(rows, schema={"event_id": pl.String, "raw": pl.String})
+
+
+def _retrieve(client: stripe.StripeClient, object_type: str, object_id: str) -> Any:
+    if object_type == "invoice":
+        return client.v1.invoices.retrieve(object_id)
+    if object_type == "subscription":
+        return client.v1.subscriptions.retrieve(object_id)
+    if object_type == "price":
+        return client.v1.prices.retrieve(object_id)
+    raise ValueError(object_type)
+
+
+def _snapshot(
+    con: duckdb.DuckDBPyConnection, client: stripe.StripeClient, targets: list[tuple[str, str]], now: datetime
+) -> int:
+    """Re-fetch (object_type, object_id) pairs into stripe_object_snapshots; returns how many."""
+    rows = []
+    for object_type, object_id in targets:
+        try:
+            obj = _retrieve(client, object_type, object_id)
+        except stripe.InvalidRequestError as exc:  # deleted since (e.g. a deleted draft invoice)
+            log.info("object no longer retrievable", extra={"object_id": object_id, "status": exc.http_status})
+            continue
+        rows.append({"object_id": object_id, "object_type": object_type, "raw": _as_json(obj)})
+    if not rows:
+        return 0
+    frame = pl.DataFrame(rows, schema={"object_id": pl.String, "object_type": pl.String, "raw": pl.String})
+    con.register("_wh_snap", frame.to_arrow())
+    try:
+        with transaction(con):
+            con.execute(
+                "DELETE FROM stripe_object_snapshots WHERE (object_type, object_id) IN"
+                " (SELECT (object_type, object_id) FROM _wh_snap)"
+            )
+            con.execute(
+                """
+                INSERT INTO stripe_object_snapshots
+                SELECT s.object_id, s.object_type,
+                       coalesce(e.newest, to_timestamp(CAST(CAST(s.raw AS JSON) ->> '$.created' AS BIGINT)), ?),
+                       ?, CAST(s.raw AS JSON)
+                FROM _wh_snap s
+                LEFT JOIN (SELECT object_id, max(created) AS newest FROM stripe_webhook_events GROUP BY object_id) e
+                       USING (object_id)
+                """,
+                [now, now],
+            )
+    finally:
+        con.unregister("_wh_snap")
+    return len(rows)
+
+
+def repair_events(
+    con: duckdb.DuckDBPyConnection,
+    client: stripe.StripeClient,
+    *,
+    created_gte: int | None = None,
+    refetch: bool = True,
+    now: datetime | None = None,
+) -> RepairStats:
+    """List Stripe's events, land the missing ones as `repair` receipts, re-fetch what they touched."""
+    now = now or datetime.now(timezone.utc)
+    listed = list_events(client, created_gte=created_gte)
+    con.register("_wh_listed", listed.to_arrow())
+    try:
+        with transaction(con):
+            con.execute(
+                """
+                CREATE OR REPLACE TEMP TABLE _wh_repair AS
+                SELECT 'repair:' || event_id AS receipt_key, event_id, 'repair' AS source,
+                       CAST(? AS TIMESTAMPTZ) AS received_at, CAST(NULL AS VARCHAR) AS landing_file,
+                       CAST(NULL AS BIGINT) AS line_no, CAST(raw AS JSON) AS raw
+                FROM (SELECT DISTINCT event_id, first(raw) AS raw FROM _wh_listed GROUP BY event_id)
+                WHERE event_id NOT IN (SELECT event_id FROM stripe_webhook_events)
+                  AND 'repair:' || event_id NOT IN (SELECT receipt_key FROM stripe_webhook_receipts)
+                """,
+                [now],
+            )
+            repaired, _ = insert_receipts(con, "_wh_repair", now)
+            targets = con.execute(
+                """
+                SELECT DISTINCT raw ->> '$.data.object.object' AS object_type, raw ->> '$.data.object.id' AS object_id
+                FROM _wh_repair
+                WHERE list_contains(?, raw ->> '$.data.object.object') AND raw ->> '$.type' NOT LIKE '%.deleted'
+                ORDER BY 1, 2
+                """,
+                [list(REFETCHABLE)],
+            ).fetchall()
+    finally:
+        con.unregister("_wh_listed")
+    objects = prices = 0
+    if refetch:
+        objects = _snapshot(con, client, [(t, i) for t, i in targets], now)
+        prices = _snapshot(con, client, [("price", p) for p in _prices_without_meter(con)], now)
+    stats = RepairStats(listed.height, repaired, objects, prices)
+    log.info("repaired webhook events from Stripe", extra=stats.as_dict())
+    return stats
+
+
+def _prices_without_meter(con: duckdb.DuckDBPyConnection) -> list[str]:
+    """Prices seen on invoice lines whose Stripe meter is not known yet."""
+    rows = con.execute(
+        """
+        WITH lines AS (
+            SELECT unnest(CAST(raw -> '$.data.object.lines.data' AS JSON[])) AS line
+            FROM stripe_webhook_events WHERE object_type = 'invoice'
+        )
+        SELECT DISTINCT line ->> '$.pricing.price_details.price' AS price_id FROM lines
+        WHERE json_type(line -> '$.pricing.price_details.price') = 'VARCHAR'
+          AND line ->> '$.pricing.price_details.price' NOT IN (
+              SELECT object_id FROM stripe_object_snapshots WHERE object_type = 'price')
+        ORDER BY 1
+        """
+    ).fetchall()
+    return [r[0] for r in rows if r[0]]

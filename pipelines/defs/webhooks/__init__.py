@@ -1,0 +1,1 @@
+"""Stripe webhooks in Dagster: landed files -> stripe_webhook_events -> reconciled Stripe state."""

@@ -1,0 +1,36 @@
+"""`stripe_landing_sensor`: start a landing run when landing files grow."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+
+import dagster as dg
+
+from metering.webhooks.landing import landing_sizes
+from pipelines.defs.webhooks.assets import landing_folder
+from pipelines.resources import ProjectPaths
+
+
+def build_landing_sensor(job: dg.UnresolvedAssetJobDefinition) -> dg.SensorDefinition:
+    @dg.sensor(
+        name="stripe_landing_sensor",
+        job=job,
+        minimum_interval_seconds=30,
+        default_status=dg.DefaultSensorStatus.RUNNING,
+    )
+    def stripe_landing_sensor(context: dg.SensorEvaluationContext, paths: ProjectPaths):
+        """Cursor: landing file name -> size already requested. Any growth requests one run, which
+        lands everything new (the asset reads from offsets stored in the warehouse, so a run that
+        covers more than the cursor saw is harmless)."""
+        seen: dict[str, int] = json.loads(context.cursor) if context.cursor else {}
+        sizes = landing_sizes(landing_folder(paths))
+        grown = {name: size for name, size in sizes.items() if size > seen.get(name, 0)}
+        if not grown:
+            return dg.SkipReason("no new landed webhooks")
+        cursor = json.dumps({**seen, **sizes}, sort_keys=True)
+        run_key = hashlib.sha256(cursor.encode()).hexdigest()[:16]
+        context.update_cursor(cursor)
+        return dg.RunRequest(run_key=run_key, tags={"stripe/landing_files_grown": str(len(grown))})
+
+    return stripe_landing_sensor
