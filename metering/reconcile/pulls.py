@@ -1,18 +1,19 @@
 """Pull Stripe's side of a billing month through the official SDK: meter event summaries, invoices, lines.
 
 - Meter event summaries (`GET /v1/billing/meters/{id}/event_summaries`) per customer x meter x
-  billing period: `value_grouping_window=day` pages (kept for analysts, grain 'day') and one
-  ungrouped summary over the whole period (grain 'period': Stripe's own aggregate with the meter's
-  formula, what its invoice bills). Periods are whole UTC days, so the bounds are UTC midnights as
-  Stripe requires for daily grouping.
+  billing period, one request (plus pages) each. Sum-formula meters: `value_grouping_window=day`
+  (rows of grain 'day', for analysts) summed into the grain 'period' row. Last-formula meters: one
+  ungrouped summary, Stripe's own period value (grain 'period'). Periods are whole UTC days, so the
+  bounds are UTC midnights as Stripe requires for daily grouping.
 - Settle guard: Stripe's summaries are eventually consistent, so a customer x meter whose last
   acknowledged push (stripe_push_ledger.last_attempt_at) is younger than `settle_seconds` is not
   pulled: it gets a `pending` row saying why, and reconciliation reports it as `pending`.
-- Invoices (`GET /v1/invoices?customer=`) whose period touches the month, and all their lines
-  (`GET /v1/invoices/{id}/lines`), paginated. A line's meter comes from its price's
+- Invoices (`GET /v1/invoices`, paginated) of our customers whose period touches the month, and
+  their lines: the invoice's embedded `lines` when complete, else `GET /v1/invoices/{id}/lines`. A line's meter comes from its price's
   `recurring.meter` (one `GET /v1/prices/{id}` per distinct price) and that meter's `event_name`
   (`metering_<our meter>`).
-- Our customer id is the Stripe customer's `metadata[customer_id]` (set by the push step).
+- Our customer id -> Stripe customer: the push step's `stripe_customer_map`, else the Stripe
+  customers' `metadata[customer_id]`.
 - Numbers are read from the raw response body with `parse_float=Decimal`: `aggregated_value` is a
   JSON number, and going through float would not be exact.
 
@@ -141,6 +142,127 @@ def _targets(con: duckdb.DuckDBPyConnection, billing_month: dt.date, meters: lis
     return periods.join(pl.DataFrame({"meter": meters}, schema={"meter": pl.String}), how="cross")
 
 
+def _customer_map(con: duckdb.DuckDBPyConnection, reader: _Reader) -> dict[str, str]:
+    """our customer_id -> Stripe customer id: the push step's `stripe_customer_map`, else customer metadata."""
+    if {"customer_id", "stripe_customer_id"} <= inputs.table_columns(con, "stripe_customer_map"):
+        rows = con.execute("SELECT customer_id, stripe_customer_id FROM stripe_customer_map").fetchall()
+        if rows:
+            return dict(rows)
+    found = {}
+    for c in reader.pages(lambda p: reader.client.v1.customers.list(p), {}):
+        ours = (c.get("metadata") or {}).get("customer_id")
+        if ours:
+            found[ours] = c["id"]
+    return found
+
+
+def pull_meter_summaries(
+    con: duckdb.DuckDBPyConnection,
+    reader: _Reader,
+    billing_month: dt.date,
+    meters: list[str],
+    by_ours: dict[str, str],
+    settings: ReconcileSettings,
+    now: dt.datetime,
+) -> tuple[list[dict[str, Any]], dict[str, dict[str, Any]]]:
+    """Summary rows for every customer x meter x period starting in the month (see module docstring).
+
+    Sum-formula meters: `value_grouping_window=day` pages, summed into the 'period' row (a sum is
+    additive over days). Last-formula meters: one ungrouped summary, Stripe's own period value (the
+    newest event of the period; daily values cannot be combined without knowing which day is newest).
+    Returns the rows and the Stripe meters by event name.
+    """
+    client = reader.client
+    stripe_meters = {m["event_name"]: m for m in reader.pages(lambda p: client.v1.billing.meters.list(p), {})}
+    last_ack = _ledger_last_ack(con)
+    rows: list[dict[str, Any]] = []
+    for t in _targets(con, billing_month, meters).iter_rows(named=True):
+        meter = stripe_meters.get(EVENT_PREFIX + t["meter"])
+        cus = by_ours.get(t["customer_id"])
+        if meter is None or cus is None:
+            continue  # nothing on Stripe's side to read: reconciliation sees no Stripe quantity
+        formula = (meter.get("default_aggregation") or {}).get("formula")
+        base = {
+            "billing_month": billing_month, "customer_id": t["customer_id"], "stripe_customer_id": cus,
+            "meter": t["meter"], "stripe_meter_id": meter["id"], "event_name": meter["event_name"],
+            "formula": formula, "period_start": t["period_start"], "period_end": t["period_end"], "pulled_at": now,
+        }
+        acked = last_ack.get((t["customer_id"], t["meter"]))
+        if acked is not None and (now - acked).total_seconds() < settings.settle_seconds:
+            age = int((now - acked).total_seconds())
+            rows.append({**base, "grain": "period", "status": "pending",
+                         "status_reason": f"last acknowledged push {age} s ago < settle delay {settings.settle_seconds} s"})
+            continue
+        params = {"customer": cus, "start_time": _unix(t["period_start"]), "end_time": _unix(t["period_end"])}
+        fetch = lambda p, mid=meter["id"]: client.v1.billing.meters.event_summaries.list(mid, p)  # noqa: E731
+        period = {**base, "grain": "period", "status": "settled", "window_start": _ts(params["start_time"]),
+                  "window_end": _ts(params["end_time"])}
+        if formula in ("sum", "count"):
+            total = Decimal(0)
+            for s in reader.pages(fetch, {**params, "value_grouping_window": "day"}):
+                day = {**base, **_summary(s), "grain": "day", "status": "settled"}
+                total += day["aggregated_value"]
+                rows.append(day)
+            rows.append({**period, "aggregated_value": total})
+        else:
+            whole = list(reader.pages(fetch, params))
+            rows.append({**period, "summary_id": whole[0]["id"] if len(whole) == 1 else None,
+                         "aggregated_value": sum((_summary(s)["aggregated_value"] for s in whole), Decimal(0))})
+    return rows, stripe_meters
+
+
+def pull_invoices(
+    reader: _Reader,
+    billing_month: dt.date,
+    by_ours: dict[str, str],
+    stripe_meters: dict[str, dict[str, Any]],
+    now: dt.datetime,
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """Invoices of our customers whose period touches the month, and every line of them."""
+    client = reader.client
+    ours_by_stripe = {v: k for k, v in by_ours.items()}
+    month_start, month_end = inputs.month_bounds(billing_month)
+    lo, hi = _unix(month_start), _unix(month_end)
+    meter_event = {m["id"]: name for name, m in stripe_meters.items()}
+    price_meter: dict[str, str | None] = {}
+    invoices: list[dict[str, Any]] = []
+    lines: list[dict[str, Any]] = []
+    for inv in reader.pages(lambda p: client.v1.invoices.list(p), {}):
+        cus = inv.get("customer")
+        if isinstance(cus, dict):
+            cus = cus.get("id")
+        if cus not in ours_by_stripe:
+            continue
+        if int(inv.get("period_end") or 0) < lo or int(inv.get("period_start") or 0) >= hi:
+            continue
+        customer_id = (inv.get("metadata") or {}).get("customer_id") or ours_by_stripe[cus]
+        invoices.append(_invoice(inv, billing_month, customer_id, now))
+        inline = inv.get("lines") or {}
+        if inline.get("data") is not None and not inline.get("has_more"):
+            inv_lines = inline["data"]
+        else:
+            inv_lines = list(reader.pages(lambda p, iid=inv["id"]: client.v1.invoices.line_items.list(iid, p), {}))
+        for line in inv_lines:
+            price_id = _line_price(line)
+            if price_id and price_id not in price_meter:
+                price = reader.retrieve(client.v1.prices.retrieve, price_id)
+                price_meter[price_id] = (price.get("recurring") or {}).get("meter")
+            meter_id = price_meter.get(price_id) if price_id else None
+            event_name = meter_event.get(meter_id) if meter_id else None
+            period = line.get("period") or {}
+            lines.append({
+                "billing_month": billing_month, "invoice_id": inv["id"], "line_id": line["id"],
+                "customer": cus, "customer_id": customer_id, "price_id": price_id,
+                "stripe_meter_id": meter_id, "event_name": event_name,
+                "meter": event_name[len(EVENT_PREFIX):] if event_name and event_name.startswith(EVENT_PREFIX) else None,
+                "quantity_decimal": _decimal(line.get("quantity_decimal"), line.get("quantity")),
+                "amount": int(line.get("amount") or 0), "currency": line.get("currency") or inv.get("currency"),
+                "period_start": _ts(period.get("start")), "period_end": _ts(period.get("end")),
+                "pulled_at": now,
+            })
+    return invoices, lines
+
+
 def pull_stripe_state(
     con: duckdb.DuckDBPyConnection,
     client: stripe.StripeClient,
@@ -154,83 +276,10 @@ def pull_stripe_state(
     settings = settings or ReconcileSettings.from_env()
     now = now or dt.datetime.now(dt.UTC)
     billing_month = billing_month.replace(day=1)
-    month_start, month_end = inputs.month_bounds(billing_month)
     reader = _Reader(client)
-
-    stripe_meters = {
-        m["event_name"]: m
-        for m in reader.pages(lambda p: client.v1.billing.meters.list(p), {})
-    }
-    customers = {
-        c["id"]: (c.get("metadata") or {}).get("customer_id")
-        for c in reader.pages(lambda p: client.v1.customers.list(p), {})
-    }
-    by_ours = {ours: cus for cus, ours in customers.items() if ours}
-    last_ack = _ledger_last_ack(con)
-
-    summaries: list[dict[str, Any]] = []
-    for t in _targets(con, billing_month, meters).iter_rows(named=True):
-        meter = stripe_meters.get(EVENT_PREFIX + t["meter"])
-        cus = by_ours.get(t["customer_id"])
-        base = {
-            "billing_month": billing_month, "customer_id": t["customer_id"], "stripe_customer_id": cus,
-            "meter": t["meter"], "stripe_meter_id": meter and meter["id"],
-            "event_name": EVENT_PREFIX + t["meter"],
-            "formula": meter and (meter.get("default_aggregation") or {}).get("formula"),
-            "period_start": t["period_start"], "period_end": t["period_end"], "pulled_at": now,
-        }
-        if meter is None or cus is None:
-            continue  # nothing on Stripe's side to read: reconciliation sees no Stripe quantity
-        acked = last_ack.get((t["customer_id"], t["meter"]))
-        if acked is not None and (now - acked).total_seconds() < settings.settle_seconds:
-            age = int((now - acked).total_seconds())
-            summaries.append({**base, "grain": "period", "status": "pending",
-                              "status_reason": f"last acknowledged push {age} s ago < settle delay {settings.settle_seconds} s"})
-            continue
-        params = {"customer": cus, "start_time": _unix(t["period_start"]), "end_time": _unix(t["period_end"])}
-        fetch = lambda p, mid=meter["id"]: client.v1.billing.meters.event_summaries.list(mid, p)  # noqa: E731
-        for s in reader.pages(fetch, {**params, "value_grouping_window": "day"}):
-            summaries.append({**base, **_summary(s), "grain": "day", "status": "settled"})
-        whole = list(reader.pages(fetch, params))
-        value = sum((Decimal(str(s["aggregated_value"])) for s in whole), Decimal(0))
-        summaries.append({
-            **base, "grain": "period", "status": "settled",
-            "summary_id": whole[0]["id"] if len(whole) == 1 else None,
-            "window_start": _ts(params["start_time"]), "window_end": _ts(params["end_time"]),
-            "aggregated_value": value,
-        })
-
-    invoices: list[dict[str, Any]] = []
-    lines: list[dict[str, Any]] = []
-    price_meter: dict[str, str | None] = {}
-    meter_event = {m["id"]: name for name, m in stripe_meters.items()}
-    month_start_ts, next_start_ts = _unix(month_start), _unix(month_end)
-    for cus, ours in sorted(customers.items()):
-        for inv in reader.pages(lambda p: client.v1.invoices.list(p), {"customer": cus}):
-            if int(inv.get("period_end") or 0) < month_start_ts or int(inv.get("period_start") or 0) >= next_start_ts:
-                continue
-            customer_id = (inv.get("metadata") or {}).get("customer_id") or ours
-            invoices.append(_invoice(inv, billing_month, customer_id, now))
-            fetch = lambda p, iid=inv["id"]: client.v1.invoices.line_items.list(iid, p)  # noqa: E731
-            for line in reader.pages(fetch, {}):
-                price_id = _line_price(line)
-                if price_id and price_id not in price_meter:
-                    price = reader.retrieve(client.v1.prices.retrieve, price_id)
-                    price_meter[price_id] = (price.get("recurring") or {}).get("meter")
-                meter_id = price_meter.get(price_id) if price_id else None
-                event_name = meter_event.get(meter_id) if meter_id else None
-                period = line.get("period") or {}
-                lines.append({
-                    "billing_month": billing_month, "invoice_id": inv["id"], "line_id": line["id"],
-                    "customer": cus, "customer_id": customer_id, "price_id": price_id,
-                    "stripe_meter_id": meter_id, "event_name": event_name,
-                    "meter": event_name[len(EVENT_PREFIX):] if event_name and event_name.startswith(EVENT_PREFIX) else None,
-                    "quantity_decimal": _decimal(line.get("quantity_decimal"), line.get("quantity")),
-                    "amount": int(line.get("amount") or 0), "currency": line.get("currency") or inv.get("currency"),
-                    "period_start": _ts(period.get("start")), "period_end": _ts(period.get("end")),
-                    "pulled_at": now,
-                })
-
+    by_ours = _customer_map(con, reader)
+    summaries, stripe_meters = pull_meter_summaries(con, reader, billing_month, meters, by_ours, settings, now)
+    invoices, lines = pull_invoices(reader, billing_month, by_ours, stripe_meters, now)
     result = PullResult(
         billing_month,
         pl.DataFrame(summaries, schema=SUMMARY_SCHEMA),

@@ -1,0 +1,78 @@
+"""`metering reconcile --period YYYY-MM` and `metering report --period YYYY-MM [--out DIR]`."""
+
+from __future__ import annotations
+
+import click
+
+from metering import warehouse
+from metering.errors import CheckFailedError
+from metering.reconcile.run import parse_period, reconcile_period
+from metering.reconcile.settings import ReconcileSettings
+from metering.reports import write_report
+from metering.reports.money import fmt_money
+
+WAREHOUSE_OPTION = click.option(
+    "--warehouse", "warehouse_path", type=click.Path(dir_okay=False), default=None,
+    help="Warehouse file (default: $METERING_WAREHOUSE or data/warehouse.duckdb).")
+PERIOD_OPTION = click.option("--period", required=True, help="Billing month, e.g. 2026-10.")
+
+
+@click.command()
+@PERIOD_OPTION
+@WAREHOUSE_OPTION
+@click.option("--pull/--no-pull", default=True, show_default=True,
+              help="Pull meter summaries and invoices from Stripe first (needs STRIPE_API_KEY).")
+@click.option("--settle-seconds", type=click.IntRange(min=0), default=None,
+              help="Trust Stripe's meter summaries only this long after the last acknowledged push "
+                   "(default: $METERING_STRIPE_SETTLE_SECONDS or 900).")
+@click.option("--fail/--no-fail", "fail", default=True, show_default=True,
+              help="Exit 4 when unexplained differences exceed $METERING_RECON_MAX_UNEXPLAINED_MINOR.")
+def reconcile(period: str, warehouse_path: str | None, pull: bool, settle_seconds: int | None, fail: bool) -> None:
+    """Reconcile a billing month: ours vs pushed vs Stripe's meters vs Stripe's invoices."""
+    month = parse_period(period)
+    settings = ReconcileSettings.from_env()
+    if settle_seconds is not None:
+        settings = ReconcileSettings(settings.tolerance_minor, settings.default_tolerance_minor,
+                                     settle_seconds, settings.max_unexplained_minor)
+    with warehouse.open_warehouse(warehouse_path, wait_seconds=30) as con:
+        if pull:
+            from metering.reconcile.pulls import pull_stripe_state
+            from metering.rules.meters import load_meters
+            from metering.stripe.client import make_client, settings_from_env
+
+            client = make_client(settings_from_env())
+            pulled = pull_stripe_state(con, client, month, meters=list(load_meters()), settings=settings)
+            click.echo(f"pulled from Stripe: {pulled.summaries.height} meter summaries "
+                       f"({pulled.pending} pending), {pulled.invoices.height} invoices, {pulled.lines.height} lines, "
+                       f"{pulled.api_calls} API calls")
+        result = reconcile_period(con, month, settings=settings)
+    click.echo(f"reconciled {month:%Y-%m}: {result.usage.height} customer x meter rows, "
+               f"{result.invoices.height} invoices; tolerance {settings.describe_tolerance()}")
+    for status, n in result.status_counts().items():
+        click.echo(f"  {status:<24} {n}")
+    unexplained = result.unexplained_minor()
+    for cur, minor in sorted(unexplained.items()):
+        click.echo(f"  unexplained {fmt_money(minor, cur)}")
+    if fail and not result.check_passed():
+        raise CheckFailedError(
+            f"unexplained differences exceed {settings.max_unexplained_minor} minor unit(s): "
+            + ", ".join(fmt_money(m, c) for c, m in sorted(unexplained.items()))
+            + f" (see `metering report --period {month:%Y-%m}`)")
+
+
+@click.command()
+@PERIOD_OPTION
+@WAREHOUSE_OPTION
+@click.option("--out", "out_dir", type=click.Path(file_okay=False), default=None,
+              help="Folder for the files (default: data/reports/<period>/).")
+def report(period: str, warehouse_path: str | None, out_dir: str | None) -> None:
+    """Write the finance report (HTML, XLSX, CSV) of a reconciled billing month."""
+    month = parse_period(period)
+    with warehouse.open_warehouse(warehouse_path, read_only=False, wait_seconds=30) as con:
+        files = write_report(con, month, out_dir)
+    click.echo(f"report for {month:%Y-%m} in {files.folder}")
+    click.echo(f"  {files.html.name}, {files.xlsx.name}, " + ", ".join(p.name for p in files.csvs))
+    for t in files.data.totals:
+        click.echo(f"  {t.currency}: rated {fmt_money(t.rated_minor, t.currency)}, "
+                   f"invoiced {fmt_money(t.invoiced_minor, t.currency)}, match rate {t.match_rate}%, "
+                   f"money at risk {fmt_money(t.money_at_risk_minor, t.currency)}")
