@@ -1,0 +1,89 @@
+"""`metering stripe-sandbox`: serve the local Stripe stand-in (the only CLI module that imports it)."""
+
+from __future__ import annotations
+
+import json
+
+import click
+
+from metering.errors import BadInputError
+
+
+def _fault(value: str) -> dict:
+    try:
+        rule = json.loads(value)
+    except ValueError as exc:
+        raise BadInputError(f"--fault {value!r}: not JSON ({exc})") from None
+    if not isinstance(rule, dict):
+        raise BadInputError(f"--fault {value!r}: must be a JSON object like '{{\"kind\": \"rate_limit\", \"rate\": 0.1}}'")
+    return rule
+
+
+@click.command("stripe-sandbox")
+@click.option("--port", type=int, default=12111, show_default=True, help="TCP port to listen on (0: any free port).")
+@click.option("--host", default="127.0.0.1", show_default=True, help="Interface to bind (keep it on loopback).")
+@click.option("--api-key", envvar="STRIPE_SANDBOX_API_KEY", default=None,
+              help="Accept only this key (default: any key starting sk_test_). Env: STRIPE_SANDBOX_API_KEY.")
+@click.option("--state", "state_file", type=click.Path(dir_okay=False), default=None,
+              help="Persist state to this JSON file (loaded at start, saved every second and on exit).")
+@click.option("--grace-period", type=int, default=3600, show_default=True,
+              help="Seconds a period-end invoice stays draft before it is finalized.")
+@click.option("--webhook-retry-delays", default="5,30,120", show_default=True,
+              help="Comma-separated seconds between webhook delivery attempts (bounded retries).")
+@click.option("--fault", "faults", multiple=True,
+              help='A fault rule as JSON, e.g. \'{"kind": "rate_limit", "path": "/v1/billing/meter_events", "rate": 0.1}\'. Repeatable.')
+@click.option("--seed", type=int, default=None, help="Seed for fault rates (reproducible runs).")
+@click.option("--now", type=int, default=None, help="Freeze the sandbox clock at this unix time.")
+def stripe_sandbox(
+    port: int,
+    host: str,
+    api_key: str | None,
+    state_file: str | None,
+    grace_period: int,
+    webhook_retry_delays: str,
+    faults: tuple[str, ...],
+    seed: int | None,
+    now: int | None,
+) -> None:
+    """Run a local, stateful Stripe API sandbox; point the official SDK at it.
+
+    \b
+      client = stripe.StripeClient("sk_test_x",
+          base_addresses={"api": "http://127.0.0.1:12111", "meter_events": "http://127.0.0.1:12111"})
+
+    Control API (clock, faults, request log, webhook deliveries) under /_sandbox/; see the README.
+    """
+    from metering.stripe_sandbox import SandboxConfig, StripeSandbox
+
+    if api_key is not None and not api_key.startswith("sk_test_"):
+        raise BadInputError("--api-key: the sandbox only accepts test-mode keys (sk_test_...)")
+    try:
+        delays = tuple(float(x) for x in webhook_retry_delays.split(",") if x.strip())
+    except ValueError:
+        raise BadInputError(f"--webhook-retry-delays {webhook_retry_delays!r}: expected numbers like 5,30,120") from None
+    config = SandboxConfig(
+        api_key=api_key,
+        state_file=state_file,
+        grace_period=grace_period,
+        webhook_retry_delays=delays,
+        faults=[_fault(f) for f in faults],
+        seed=seed,
+        now=now,
+    )
+    try:
+        sandbox = StripeSandbox(config)
+    except (ValueError, KeyError) as exc:
+        raise BadInputError(f"could not start the sandbox: {exc}") from None
+    try:
+        sandbox.start(host, port)
+    except OSError as exc:
+        raise BadInputError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
+    click.echo(f"stripe sandbox listening on {sandbox.base_url} (Ctrl-C to stop)", err=True)
+    try:
+        while sandbox.thread is not None and sandbox.thread.is_alive():
+            sandbox.thread.join(0.5)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        sandbox.stop()
+        click.echo("stripe sandbox stopped", err=True)

@@ -1,0 +1,260 @@
+"""Plumbing shared by the resource modules: the request object, routing, parameter coercion,
+list pagination, expansion and metadata updates, all as Stripe does them."""
+
+from __future__ import annotations
+
+import copy
+import re
+from dataclasses import dataclass, field
+from decimal import Decimal, InvalidOperation
+from typing import Any, Callable
+
+from .apierrors import StripeAPIError, invalid, missing_param, not_found
+from .store import State
+
+
+@dataclass
+class Request:
+    method: str
+    path: str
+    params: dict[str, Any]
+    headers: dict[str, str] = field(default_factory=dict)
+    request_id: str = ""
+    idempotency_key: str | None = None
+
+    def event_request(self) -> dict[str, Any]:
+        return {"id": self.request_id, "idempotency_key": self.idempotency_key}
+
+
+Handler = Callable[..., dict[str, Any]]
+ROUTES: list[tuple[str, re.Pattern[str], Handler]] = []
+
+
+def route(method: str, pattern: str) -> Callable[[Handler], Handler]:
+    """Register a handler for ``METHOD /v1/path/{name}``."""
+    regex = re.compile("^" + re.sub(r"\{(\w+)\}", r"(?P<\1>[^/]+)", pattern) + "$")
+
+    def register(fn: Handler) -> Handler:
+        ROUTES.append((method, regex, fn))
+        return fn
+
+    return register
+
+
+def resolve(method: str, path: str) -> tuple[Handler, dict[str, str]] | None:
+    for m, regex, fn in ROUTES:
+        match = regex.match(path)
+        if match and m == method:
+            return fn, match.groupdict()
+    return None
+
+
+def path_known(path: str) -> bool:
+    return any(regex.match(path) for _, regex, _ in ROUTES)
+
+
+# -- coercion -------------------------------------------------------------------------------------
+def require(params: dict[str, Any], name: str) -> Any:
+    value = params.get(name)
+    if value is None or value == "":
+        raise missing_param(name)
+    return value
+
+
+def as_int(value: Any, param: str) -> int:
+    try:
+        return int(str(value))
+    except ValueError:
+        raise invalid(f"Invalid integer: {value}", param) from None
+
+
+def as_bool(value: Any, param: str) -> bool:
+    if isinstance(value, bool):
+        return value
+    if str(value) in ("true", "True", "1"):
+        return True
+    if str(value) in ("false", "False", "0"):
+        return False
+    raise invalid(f"Invalid boolean: {value}", param)
+
+
+def as_decimal(value: Any, param: str) -> Decimal:
+    try:
+        result = Decimal(str(value))
+    except InvalidOperation:
+        raise invalid(f"Invalid decimal: {value}", param) from None
+    if not result.is_finite():
+        raise invalid(f"Invalid decimal: {value}", param)
+    return result
+
+
+def decimal_string(value: Decimal) -> str:
+    """Stripe's decimal-string rendering: no exponent, no trailing zeros."""
+    text = format(value.normalize(), "f")
+    return text
+
+
+def choice(value: Any, allowed: tuple[str, ...], param: str) -> str:
+    if value not in allowed:
+        raise invalid(f"Invalid {param}: must be one of {', '.join(allowed)}", param)
+    return value
+
+
+def as_dict(value: Any, param: str) -> dict[str, Any]:
+    if value is None or value == "":
+        return {}
+    if not isinstance(value, dict):
+        raise invalid(f"Invalid object for {param}", param)
+    return value
+
+
+def as_list(value: Any, param: str) -> list[Any]:
+    if value is None or value == "":
+        return []
+    if isinstance(value, dict):  # a[0]... with gaps
+        return list(value.values())
+    if not isinstance(value, list):
+        return [value]
+    return value
+
+
+def update_metadata(current: dict[str, str], update: Any) -> dict[str, str]:
+    """Merge ``metadata[k]=v``; an empty value deletes a key; ``metadata=`` clears all."""
+    if update is None:
+        return current
+    if update == "":
+        return {}
+    if not isinstance(update, dict):
+        raise invalid("Invalid metadata: must be a hash", "metadata")
+    result = dict(current)
+    for key, value in update.items():
+        if len(key) > 40:
+            raise invalid("Metadata keys can be at most 40 characters", f"metadata[{key}]")
+        if value == "":
+            result.pop(key, None)
+        else:
+            if len(str(value)) > 500:
+                raise invalid("Metadata values can be at most 500 characters", f"metadata[{key}]")
+            result[key] = str(value)
+    if len(result) > 50:
+        raise invalid("Metadata can have at most 50 keys", "metadata")
+    return result
+
+
+def fetch(state: State, kind: str, ident: str, label: str, param: str = "id") -> dict[str, Any]:
+    obj = state.get(kind, ident)
+    if obj is None:
+        raise not_found(label, ident, param)
+    return obj
+
+
+# -- lists ----------------------------------------------------------------------------------------
+def paginate(items: list[dict[str, Any]], params: dict[str, Any], url: str) -> dict[str, Any]:
+    """Stripe's list envelope over already-ordered public objects."""
+    limit = as_int(params.get("limit", 10), "limit")
+    if not 1 <= limit <= 100:
+        raise invalid("Invalid limit: must be between 1 and 100", "limit")
+    after, before = params.get("starting_after"), params.get("ending_before")
+    if after and before:
+        raise invalid("You may only specify one of these parameters: ending_before, starting_after.", "starting_after")
+    ids = [item["id"] for item in items]
+    if after:
+        if after not in ids:
+            raise invalid(f"Invalid starting_after id: {after}", "starting_after", code="resource_missing")
+        start = ids.index(after) + 1
+        page = items[start : start + limit]
+        has_more = start + limit < len(items)
+    elif before:
+        if before not in ids:
+            raise invalid(f"Invalid ending_before id: {before}", "ending_before", code="resource_missing")
+        end = ids.index(before)
+        page = items[max(0, end - limit) : end]
+        has_more = end - limit > 0
+    else:
+        page = items[:limit]
+        has_more = len(items) > limit
+    return {"object": "list", "data": page, "has_more": has_more, "url": url}
+
+
+def created_filter(params: dict[str, Any], name: str = "created") -> Callable[[int], bool]:
+    """``created=ts`` or ``created[gt|gte|lt|lte]=ts``."""
+    spec = params.get(name)
+    if spec is None or spec == "":
+        return lambda _ts: True
+    if not isinstance(spec, dict):
+        exact = as_int(spec, name)
+        return lambda ts: ts == exact
+    bounds = {op: as_int(v, f"{name}[{op}]") for op, v in spec.items()}
+    unknown = set(bounds) - {"gt", "gte", "lt", "lte"}
+    if unknown:
+        raise invalid(f"Received unknown parameter: {name}[{sorted(unknown)[0]}]", name)
+
+    def accept(ts: int) -> bool:
+        return (
+            ("gt" not in bounds or ts > bounds["gt"])
+            and ("gte" not in bounds or ts >= bounds["gte"])
+            and ("lt" not in bounds or ts < bounds["lt"])
+            and ("lte" not in bounds or ts <= bounds["lte"])
+        )
+
+    return accept
+
+
+# -- expansion ------------------------------------------------------------------------------------
+def expand(state: State, body: dict[str, Any], paths: Any) -> dict[str, Any]:
+    """Replace id strings at the dotted ``expand[]`` paths with the objects they name."""
+    for path in as_list(paths, "expand"):
+        if not isinstance(path, str) or path.count(".") > 3:
+            raise invalid(f"Invalid expand path: {path}", "expand")
+        _expand_path(state, body, path.split("."), path)
+    return body
+
+
+def _expand_path(state: State, node: Any, parts: list[str], full: str) -> None:
+    if isinstance(node, list):
+        for item in node:
+            _expand_path(state, item, parts, full)
+        return
+    if not isinstance(node, dict) or not parts:
+        return
+    key, rest = parts[0], parts[1:]
+    if key not in node:
+        raise invalid(f"This property cannot be expanded ({full}).", "expand")
+    value = node[key]
+    if rest:
+        _expand_path(state, value, rest, full)
+        return
+    if isinstance(value, str):
+        target = state.find(value)
+        if target is None:
+            raise invalid(f"This property cannot be expanded ({full}).", "expand")
+        node[key] = state.render(target)
+    elif isinstance(value, list):
+        node[key] = [state.render(state.find(v)) if isinstance(v, str) and state.find(v) else v for v in value]
+
+
+def public(state: State, obj: dict[str, Any], params: dict[str, Any]) -> dict[str, Any]:
+    """Render a stored object for a response, applying ``expand``."""
+    return expand(state, state.render(obj), params.get("expand"))
+
+
+def public_list(state: State, objs: list[dict[str, Any]], params: dict[str, Any], url: str) -> dict[str, Any]:
+    page = paginate([state.render(o) for o in objs], params, url)
+    paths = [p[5:] if p.startswith("data.") else p for p in as_list(params.get("expand"), "expand")]
+    for item in page["data"]:
+        expand(state, item, [p for p in paths if p != "total_count"])
+    return page
+
+
+def reject_unknown(params: dict[str, Any], allowed: set[str]) -> None:
+    """Stripe answers 400 ``Received unknown parameter`` for parameters an endpoint does not take."""
+    for name in params:
+        if name not in allowed and name != "expand":
+            raise invalid(f"Received unknown parameter: {name}", name, code="parameter_unknown")
+
+
+def deep_copy(value: Any) -> Any:
+    return copy.deepcopy(value)
+
+
+__all__ = ["StripeAPIError"]

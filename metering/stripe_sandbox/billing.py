@@ -1,0 +1,540 @@
+"""The billing engine: period ends -> draft invoices -> finalization after the grace period ->
+payment attempts and automatic retries, all in time order on the customer's clock.
+
+Metered lines are priced with the price's own tier arithmetic (``tiers.py``) from the meter's
+aggregation (``meters_api.usage``). Licensed items are charged in advance for the coming period
+(prorated by time for a first period shortened by a billing anchor).
+"""
+
+from __future__ import annotations
+
+import secrets
+from decimal import ROUND_DOWN, ROUND_HALF_UP, Decimal
+from typing import Any
+
+from . import meters_api, tiers
+from .api import decimal_string
+from .apierrors import StripeAPIError
+from .periods import next_boundary, previous_boundary
+from .store import RENDERERS, State, new_id
+
+
+# -- prices ---------------------------------------------------------------------------------------
+def price_for_math(price: dict[str, Any]) -> dict[str, Any]:
+    body = {k: v for k, v in price.items() if not k.startswith("_")}
+    if price.get("_tiers") is not None:
+        body["tiers"] = price["_tiers"]
+    return body
+
+
+def item_interval(state: State, item: dict[str, Any]) -> tuple[str, int]:
+    recurring = state.get("price", item["_price"])["recurring"]
+    return recurring["interval"], recurring["interval_count"]
+
+
+# -- invoices -------------------------------------------------------------------------------------
+def _line(
+    state: State,
+    invoice: dict[str, Any],
+    sub: dict[str, Any],
+    item: dict[str, Any],
+    quantity: Decimal,
+    amount: int,
+    start: int,
+    end: int,
+    proration: bool = False,
+) -> dict[str, Any]:
+    price = state.get("price", item["_price"])
+    product = state.get("product", price["product"]) or {"name": price["product"]}
+    unit = price.get("unit_amount_decimal") if price["billing_scheme"] == "per_unit" else None
+    return {
+        "id": new_id("il_", 24),
+        "object": "line_item",
+        "amount": amount,
+        "currency": price["currency"],
+        "description": f"{decimal_string(quantity)} × {product['name']}",
+        "discount_amounts": [],
+        "discountable": True,
+        "discounts": [],
+        "invoice": invoice["id"],
+        "livemode": False,
+        "metadata": dict(item.get("metadata") or {}),
+        "parent": {
+            "type": "subscription_item_details",
+            "invoice_item_details": None,
+            "subscription_item_details": {
+                "invoice_item": None,
+                "proration": proration,
+                "proration_details": {"credited_items": None},
+                "subscription": sub["id"],
+                "subscription_item": item["id"],
+            },
+        },
+        # Stripe documents a line's period end as inclusive: the last second of the period.
+        "period": {"start": start, "end": max(start, end - 1)},
+        "pretax_credit_amounts": [],
+        "pricing": {
+            "type": "price_details",
+            "price_details": {"price": price["id"], "product": price["product"]},
+            "unit_amount_decimal": unit,
+        },
+        "quantity": int(quantity.to_integral_value(rounding=ROUND_DOWN)),
+        "quantity_decimal": decimal_string(quantity),
+        "subtotal": amount,
+        "taxes": [],
+    }
+
+
+def _items_in(state: State, sub: dict[str, Any], start: int, end: int) -> list[dict[str, Any]]:
+    """Items active at some instant of ``[start, end)``."""
+    items = [state.get("subscription_item", i) for i in sub["_items"]]
+    return [
+        i
+        for i in items
+        if i is not None and i["_started"] < max(end, start + 1) and (i.get("_ended") is None or i["_ended"] > start)
+    ]
+
+
+def metered_lines(state: State, invoice: dict[str, Any], sub: dict[str, Any], start: int, end: int) -> list[dict[str, Any]]:
+    lines = []
+    for item in _items_in(state, sub, start, end):
+        price = state.get("price", item["_price"])
+        if price["recurring"]["usage_type"] != "metered":
+            continue
+        lo = max(start, item["_started"])
+        hi = min(end, item["_ended"]) if item.get("_ended") is not None else end
+        quantity = meters_api.usage(state, price["recurring"]["meter"], sub["customer"], lo, hi) if hi > lo else Decimal(0)
+        amount = tiers.amount_minor(price_for_math(price), quantity)
+        lines.append(_line(state, invoice, sub, item, quantity, amount, lo, hi))
+    return lines
+
+
+def licensed_lines(state: State, invoice: dict[str, Any], sub: dict[str, Any], start: int, end: int) -> list[dict[str, Any]]:
+    """Licensed items billed in advance for ``[start, end)``, prorated when shorter than an interval."""
+    lines = []
+    for item in _items_in(state, sub, start, end):
+        if item.get("_ended") is not None:
+            continue
+        price = state.get("price", item["_price"])
+        if price["recurring"]["usage_type"] != "licensed":
+            continue
+        interval, count = price["recurring"]["interval"], price["recurring"]["interval_count"]
+        full_start = previous_boundary(sub["billing_cycle_anchor"], interval, count, end)
+        quantity = Decimal(item.get("quantity") or 1)
+        exact = tiers.unrounded_amount(price_for_math(price), quantity)
+        proration = start > full_start
+        if proration:
+            exact = exact * Decimal(end - start) / Decimal(end - full_start)
+        amount = int(exact.quantize(Decimal(1), rounding=ROUND_HALF_UP))
+        lines.append(_line(state, invoice, sub, item, quantity, amount, start, end, proration))
+    return lines
+
+
+def new_invoice(state: State, sub: dict[str, Any], created: int, start: int, end: int, reason: str) -> dict[str, Any]:
+    customer = state.get("customer", sub["customer"])
+    invoice = {
+        "id": new_id("in_", 24),
+        "object": "invoice",
+        "account_country": "US",
+        "account_name": "Metering Sandbox",
+        "account_tax_ids": None,
+        "amount_due": 0,
+        "amount_overpaid": 0,
+        "amount_paid": 0,
+        "amount_paid_off_stripe": 0,
+        "amount_remaining": 0,
+        "amount_shipping": 0,
+        "application": None,
+        "attempt_count": 0,
+        "attempted": False,
+        "auto_advance": True,
+        "automatic_tax": {"disabled_reason": None, "enabled": False, "liability": None, "provider": None, "status": None},
+        "automatically_finalizes_at": None,
+        "billing_reason": reason,
+        "collection_method": sub["collection_method"],
+        "created": created,
+        "currency": sub["currency"],
+        "custom_fields": None,
+        "customer": sub["customer"],
+        "customer_address": None,
+        "customer_email": customer.get("email") if customer else None,
+        "customer_name": customer.get("name") if customer else None,
+        "customer_phone": None,
+        "customer_shipping": None,
+        "customer_tax_exempt": "none",
+        "customer_tax_ids": [],
+        "default_payment_method": None,
+        "default_source": None,
+        "default_tax_rates": [],
+        "description": None,
+        "discounts": [],
+        "due_date": None,
+        "effective_at": None,
+        "ending_balance": None,
+        "footer": None,
+        "from_invoice": None,
+        "hosted_invoice_url": None,
+        "invoice_pdf": None,
+        "issuer": {"type": "self"},
+        "last_finalization_error": None,
+        "latest_revision": None,
+        "livemode": False,
+        "metadata": {},
+        "next_payment_attempt": None,
+        "number": None,
+        "on_behalf_of": None,
+        "parent": {
+            "type": "subscription_details",
+            "quote_details": None,
+            "subscription_details": {"metadata": dict(sub["metadata"]), "subscription": sub["id"]},
+        },
+        "payment_settings": {"default_mandate": None, "payment_method_options": None, "payment_method_types": None},
+        "period_end": end,
+        "period_start": start,
+        "post_payment_credit_notes_amount": 0,
+        "pre_payment_credit_notes_amount": 0,
+        "receipt_number": None,
+        "rendering": None,
+        "shipping_cost": None,
+        "shipping_details": None,
+        "starting_balance": 0,
+        "statement_descriptor": None,
+        "status": "draft",
+        "status_transitions": {"finalized_at": None, "marked_uncollectible_at": None, "paid_at": None, "voided_at": None},
+        "subtotal": 0,
+        "subtotal_excluding_tax": 0,
+        "test_clock": customer.get("test_clock") if customer else None,
+        "total": 0,
+        "total_discount_amounts": [],
+        "total_excluding_tax": 0,
+        "total_pretax_credit_amounts": [],
+        "total_taxes": [],
+        "webhooks_delivered_at": None,
+        "_lines": [],
+        "_failures": 0,
+        "_metered": None,  # (start, end) of the metered usage window this invoice bills
+    }
+    return invoice
+
+
+def set_lines(state: State, invoice: dict[str, Any], lines: list[dict[str, Any]]) -> None:
+    for old in invoice["_lines"]:
+        state.objects["line_item"].pop(old, None)
+    for line in lines:
+        state.add(line)
+    invoice["_lines"] = [line["id"] for line in lines]
+    total = sum(line["amount"] for line in lines)
+    for name in ("subtotal", "subtotal_excluding_tax", "total", "total_excluding_tax", "amount_due", "amount_remaining"):
+        invoice[name] = total
+    state.dirty = True
+
+
+def render_invoice(state: State, obj: dict[str, Any], body: dict[str, Any]) -> dict[str, Any]:
+    lines = [state.render(state.objects["line_item"][i]) for i in obj["_lines"] if i in state.objects["line_item"]]
+    body["lines"] = {
+        "object": "list",
+        "data": lines[:10],
+        "has_more": len(lines) > 10,
+        "url": f"/v1/invoices/{obj['id']}/lines",
+    }
+    return body
+
+
+def render_subscription(state: State, obj: dict[str, Any], body: dict[str, Any]) -> dict[str, Any]:
+    items = [state.get("subscription_item", i) for i in obj["_items"]]
+    data = [state.render(i) for i in items if i is not None and i.get("_ended") is None]
+    body["items"] = {
+        "object": "list",
+        "data": data,
+        "has_more": False,
+        "url": f"/v1/subscription_items?subscription={obj['id']}",
+    }
+    return body
+
+
+def render_item(state: State, obj: dict[str, Any], body: dict[str, Any]) -> dict[str, Any]:
+    price = state.get("price", obj["_price"])
+    body["price"] = state.render(price)
+    return body
+
+
+RENDERERS["invoice"] = render_invoice
+RENDERERS["subscription"] = render_subscription
+RENDERERS["subscription_item"] = render_item
+
+
+# -- lifecycle ------------------------------------------------------------------------------------
+def _set_sub_status(state: State, sub: dict[str, Any], status: str, request: dict[str, Any] | None = None) -> None:
+    if sub["status"] == status:
+        return
+    previous = {"status": sub["status"]}
+    sub["status"] = status
+    state.dirty = True
+    state.record_event("customer.subscription.updated", sub, previous, request)
+
+
+def finalize(state: State, invoice: dict[str, Any], at: int, request: dict[str, Any] | None = None) -> None:
+    """draft -> open; late usage that arrived during the grace period lands on the invoice."""
+    sub = state.get("subscription", invoice["parent"]["subscription_details"]["subscription"])
+    if invoice["_metered"] and sub is not None:
+        start, end = invoice["_metered"]
+        licensed = [state.objects["line_item"][i] for i in invoice["_lines"] if i in state.objects["line_item"]]
+        licensed = [line for line in licensed if not _is_metered_line(state, line)]
+        set_lines(state, invoice, metered_lines(state, invoice, sub, start, end) + licensed)
+    customer = state.get("customer", invoice["customer"])
+    prefix = customer["invoice_prefix"] if customer else "SANDBOX"
+    seq = state.invoice_seq.get(prefix, 0) + 1
+    state.invoice_seq[prefix] = seq
+    if customer:
+        customer["next_invoice_sequence"] = seq + 1
+    invoice["number"] = f"{prefix}-{seq:04d}"
+    invoice["status"] = "open"
+    invoice["status_transitions"]["finalized_at"] = at
+    invoice["effective_at"] = at
+    invoice["automatically_finalizes_at"] = None
+    invoice["ending_balance"] = 0
+    invoice["hosted_invoice_url"] = f"https://invoice.stripe.com/i/sandbox/{invoice['id']}"
+    invoice["invoice_pdf"] = f"https://pay.stripe.com/invoice/sandbox/{invoice['id']}/pdf"
+    if invoice["collection_method"] == "send_invoice":
+        invoice["due_date"] = at + 30 * 86400
+    state.dirty = True
+    state.record_event("invoice.finalized", invoice, request=request)
+
+
+def _is_metered_line(state: State, line: dict[str, Any]) -> bool:
+    price = state.get("price", line["pricing"]["price_details"]["price"])
+    return bool(price and price["recurring"] and price["recurring"]["usage_type"] == "metered")
+
+
+def _mark_paid(state: State, invoice: dict[str, Any], at: int, request: dict[str, Any] | None, out_of_band: bool = False) -> None:
+    invoice["status"] = "paid"
+    if out_of_band:
+        invoice["amount_paid_off_stripe"] = invoice["amount_remaining"]
+    invoice["amount_paid"] = invoice["amount_due"]
+    invoice["amount_remaining"] = 0
+    invoice["next_payment_attempt"] = None
+    invoice["status_transitions"]["paid_at"] = at
+    state.dirty = True
+    state.record_event("invoice.paid", invoice, request=request)
+    state.record_event("invoice.payment_succeeded", invoice, request=request)
+    customer = state.get("customer", invoice["customer"])
+    if customer is not None:
+        customer["delinquent"] = any(
+            i["status"] == "open" and i["attempt_count"] > 0 and i["customer"] == customer["id"]
+            for i in state.objects["invoice"].values()
+        )
+    sub = _invoice_sub(state, invoice)
+    if sub is not None and sub["status"] in ("past_due", "unpaid", "incomplete"):
+        unpaid = [
+            i
+            for i in state.objects["invoice"].values()
+            if i["status"] == "open" and i["attempt_count"] > 0 and _invoice_sub(state, i) is sub
+        ]
+        if not unpaid:
+            _set_sub_status(state, sub, "active", request)
+
+
+def _invoice_sub(state: State, invoice: dict[str, Any]) -> dict[str, Any] | None:
+    details = (invoice.get("parent") or {}).get("subscription_details")
+    return state.get("subscription", details["subscription"]) if details else None
+
+
+def attempt_payment(state: State, invoice: dict[str, Any], at: int, *, automatic: bool, request: dict[str, Any] | None = None) -> bool:
+    """Charge the customer's card once. Returns True when paid."""
+    from .core_api import payment_behavior
+
+    if invoice["amount_due"] == 0:
+        _mark_paid(state, invoice, at, request)
+        return True
+    behavior = payment_behavior(state, invoice["customer"])
+    succeeds = behavior == "succeeds" or (behavior == "fails_then_succeeds" and invoice["_failures"] > 0)
+    invoice["attempted"] = True
+    if automatic or invoice["attempt_count"] == 0:
+        invoice["attempt_count"] += 1
+    if succeeds:
+        _mark_paid(state, invoice, at, request)
+        return True
+    invoice["_failures"] += 1
+    schedule = state.config.payment_retry_days
+    retries_used = invoice["attempt_count"] - 1
+    if automatic or invoice["next_payment_attempt"] is None and retries_used < len(schedule):
+        invoice["next_payment_attempt"] = at + schedule[retries_used] * 86400 if retries_used < len(schedule) else None
+    customer = state.get("customer", invoice["customer"])
+    if customer is not None:
+        customer["delinquent"] = True
+    state.dirty = True
+    state.record_event("invoice.payment_failed", invoice, request=request)
+    sub = _invoice_sub(state, invoice)
+    if sub is not None:
+        if invoice["billing_reason"] == "subscription_create" and sub["status"] == "incomplete":
+            pass
+        elif sub["status"] in ("active", "trialing"):
+            _set_sub_status(state, sub, "past_due", request)
+        if automatic and invoice["next_payment_attempt"] is None:
+            _after_final_failure(state, invoice, sub, at)
+    return False
+
+
+def _after_final_failure(state: State, invoice: dict[str, Any], sub: dict[str, Any], at: int) -> None:
+    action = state.config.after_final_failure
+    if action == "unpaid":
+        _set_sub_status(state, sub, "unpaid")
+    elif action == "canceled":
+        cancel(state, sub, at)
+    elif action == "mark_uncollectible":
+        mark_uncollectible(state, invoice, at)
+
+
+def mark_uncollectible(state: State, invoice: dict[str, Any], at: int, request: dict[str, Any] | None = None) -> None:
+    invoice["status"] = "uncollectible"
+    invoice["next_payment_attempt"] = None
+    invoice["status_transitions"]["marked_uncollectible_at"] = at
+    state.dirty = True
+    state.record_event("invoice.marked_uncollectible", invoice, request=request)
+
+
+def void(state: State, invoice: dict[str, Any], at: int, request: dict[str, Any] | None = None) -> None:
+    invoice["status"] = "void"
+    invoice["next_payment_attempt"] = None
+    invoice["amount_remaining"] = 0
+    invoice["status_transitions"]["voided_at"] = at
+    state.dirty = True
+    state.record_event("invoice.voided", invoice, request=request)
+
+
+def cancel(state: State, sub: dict[str, Any], at: int, request: dict[str, Any] | None = None) -> None:
+    previous = {"status": sub["status"]}
+    sub["status"] = "canceled"
+    sub["canceled_at"] = sub["canceled_at"] or at
+    sub["ended_at"] = at
+    for item_id in sub["_items"]:
+        item = state.get("subscription_item", item_id)
+        if item is not None and item.get("_ended") is None:
+            item["_ended"] = at
+    state.dirty = True
+    state.record_event("customer.subscription.deleted", sub, previous, request)
+
+
+def create_initial_invoice(state: State, sub: dict[str, Any], at: int, request: dict[str, Any] | None) -> dict[str, Any]:
+    """The invoice Stripe issues when a subscription starts: licensed items for the first period
+    (prorated), metered items at zero; finalized and charged at once."""
+    start, end = sub["_period_start"], sub["_period_end"]
+    invoice = new_invoice(state, sub, at, start, start, "subscription_create")
+    lines = []
+    for item in _items_in(state, sub, start, end):
+        price = state.get("price", item["_price"])
+        if price["recurring"]["usage_type"] == "metered":
+            lines.append(_line(state, invoice, sub, item, Decimal(0), 0, start, start + 1))
+    lines += licensed_lines(state, invoice, sub, start, end)
+    set_lines(state, invoice, lines)
+    state.add(invoice)
+    sub["latest_invoice"] = invoice["id"]
+    state.record_event("invoice.created", invoice, request=request)
+    finalize(state, invoice, at, request)
+    if not attempt_payment(state, invoice, at, automatic=True, request=request):
+        sub["status"] = "incomplete"
+    return invoice
+
+
+def close_period(state: State, sub: dict[str, Any], at: int) -> dict[str, Any]:
+    """The period ``[_period_start, _period_end)`` has ended: draft its invoice, start the next."""
+    start, end = sub["_period_start"], sub["_period_end"]
+    interval, count = sub["_interval"]
+    ending = sub["cancel_at_period_end"] or (sub.get("cancel_at") is not None and sub["cancel_at"] <= end)
+    next_end = next_boundary(sub["billing_cycle_anchor"], interval, count, end)
+    invoice = new_invoice(state, sub, at, start, end, "subscription_cycle")
+    lines = metered_lines(state, invoice, sub, start, end)
+    if not ending:
+        lines += licensed_lines(state, invoice, sub, end, next_end)
+    set_lines(state, invoice, lines)
+    invoice["_metered"] = (start, end)
+    invoice["automatically_finalizes_at"] = at + state.config.grace_period
+    state.add(invoice)
+    previous = {"latest_invoice": sub["latest_invoice"]}
+    sub["latest_invoice"] = invoice["id"]
+    state.record_event("invoice.created", invoice)
+    if ending:
+        cancel(state, sub, end)
+        return invoice
+    sub["_period_start"], sub["_period_end"] = end, next_end
+    for item_id in sub["_items"]:
+        item = state.get("subscription_item", item_id)
+        if item is not None and item.get("_ended") is None:
+            previous.setdefault("items", {"object": "list"})
+            item["current_period_start"], item["current_period_end"] = end, next_end
+    state.dirty = True
+    state.record_event("customer.subscription.updated", sub, previous)
+    return invoice
+
+
+# -- time -----------------------------------------------------------------------------------------
+def _customer_ids(state: State, clock_id: str | None) -> set[str]:
+    return {c["id"] for c in state.objects["customer"].values() if c.get("test_clock") == clock_id}
+
+
+def _next_action(state: State, customers: set[str], target: int) -> tuple[int, int, str, dict[str, Any]] | None:
+    best = None
+    for sub in state.objects["subscription"].values():
+        if sub["customer"] in customers and sub["status"] not in ("canceled", "incomplete_expired") and sub["_period_end"] <= target:
+            candidate = (sub["_period_end"], 0, "period", sub)
+            if best is None or candidate[:2] < best[:2]:
+                best = candidate
+    for invoice in state.objects["invoice"].values():
+        if invoice["customer"] not in customers or not invoice["auto_advance"]:
+            continue
+        if invoice["status"] == "draft" and invoice["automatically_finalizes_at"] is not None:
+            candidate = (invoice["automatically_finalizes_at"], 1, "finalize", invoice)
+        elif invoice["status"] == "open" and invoice["next_payment_attempt"] is not None:
+            candidate = (invoice["next_payment_attempt"], 2, "retry", invoice)
+        else:
+            continue
+        if candidate[0] <= target and (best is None or candidate[:2] < best[:2]):
+            best = candidate
+    return best
+
+
+def run_until(state: State, target: int, clock_id: str | None = None) -> int:
+    """Perform every billing action due up to ``target`` for the customers on ``clock_id``
+    (None: customers without a test clock), in time order. Returns the number of actions."""
+    customers = _customer_ids(state, clock_id)
+    clock = state.get("test_helpers.test_clock", clock_id) if clock_id else None
+    done = 0
+    while True:
+        action = _next_action(state, customers, target)
+        if action is None:
+            return done
+        at, _, kind, obj = action
+        if clock is not None:
+            clock["frozen_time"] = max(clock["frozen_time"], at)
+        if kind == "period":
+            close_period(state, obj, at)
+        elif kind == "finalize":
+            finalize(state, obj, at)
+            if obj["collection_method"] == "charge_automatically":
+                attempt_payment(state, obj, at, automatic=True)
+        else:
+            attempt_payment(state, obj, at, automatic=True)
+        done += 1
+
+
+def pay_manually(state: State, invoice: dict[str, Any], at: int, params: dict[str, Any], request: dict[str, Any]) -> None:
+    """``POST /v1/invoices/{id}/pay``: finalize a draft, then charge (402 card_error when declined)."""
+    if invoice["status"] == "draft":
+        finalize(state, invoice, at, request)
+    if invoice["status"] != "open":
+        raise StripeAPIError(400, f"Invoice is already {invoice['status']}.", code="invoice_not_open" if invoice["status"] != "paid" else "invoice_already_paid")
+    if str(params.get("paid_out_of_band")) == "true":
+        _mark_paid(state, invoice, at, request, out_of_band=True)
+        return
+    if not attempt_payment(state, invoice, at, automatic=False, request=request):
+        raise StripeAPIError(
+            402,
+            "Your card was declined.",
+            type="card_error",
+            code="card_declined",
+            extra={"decline_code": "generic_decline"},
+        )
+
+
+def charge_code() -> str:
+    return secrets.token_hex(4)

@@ -1,0 +1,138 @@
+"""Stripe's OpenAPI description (``shared/stripe-openapi/spec3-subset.json``) as JSON Schema, to
+check the sandbox's responses. Used by tests; the server never loads it.
+
+Conversion: ``$ref: #/components/schemas/X`` -> ``#/definitions/X``; ``nullable: true`` -> "or
+null"; ``x-*`` keys, ``description`` and ``format`` dropped. ``strict=True`` also forbids properties
+the spec does not list (Stripe's schemas leave ``additionalProperties`` open), so an invented field
+fails. The converted definitions are cached in memory and on disk, keyed by the spec's sha256.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+import os
+import re
+import tempfile
+from pathlib import Path
+from typing import Any
+
+DEFAULT_SPEC = Path(__file__).resolve().parents[3] / "shared" / "stripe-openapi" / "spec3-subset.json"
+DROP = {"description", "format", "title", "example"}
+
+
+def spec_path() -> Path:
+    return Path(os.environ.get("STRIPE_OPENAPI_SPEC", DEFAULT_SPEC))
+
+
+def convert(node: Any, strict: bool) -> Any:
+    """One OpenAPI 3.0 schema object -> JSON Schema (draft 7)."""
+    if isinstance(node, list):
+        return [convert(n, strict) for n in node]
+    if not isinstance(node, dict):
+        return node
+    if "$ref" in node:
+        name = node["$ref"].rsplit("/", 1)[-1]
+        out: dict[str, Any] = {"$ref": f"#/definitions/{name}"}
+    else:
+        out = {}
+        for key, value in node.items():
+            if key.startswith("x-") or key in DROP or key == "nullable":
+                continue
+            if key == "properties":
+                out[key] = {name: convert(sub, strict) for name, sub in value.items()}
+            elif key in ("items", "additionalProperties", "not"):
+                out[key] = convert(value, strict) if isinstance(value, dict) else value
+            elif key in ("anyOf", "oneOf", "allOf"):
+                out[key] = convert(value, strict)
+            else:
+                out[key] = value
+        if strict and "properties" in out and "additionalProperties" not in out:
+            out["additionalProperties"] = False
+    if node.get("nullable"):
+        if "enum" in out:
+            out["enum"] = list(out["enum"]) + [None]
+        return {"anyOf": [out, {"type": "null"}]}
+    return out
+
+
+@functools.lru_cache(maxsize=4)
+def load(strict: bool = True) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(raw spec, converted definitions), cached in memory and on disk."""
+    path = spec_path()
+    raw_bytes = path.read_bytes()
+    spec = json.loads(raw_bytes)
+    digest = hashlib.sha256(raw_bytes).hexdigest()[:16]
+    cache_dir = Path(os.environ.get("XDG_CACHE_HOME") or Path(tempfile.gettempdir())) / "stripe-sandbox-spec"
+    cache = cache_dir / f"{digest}-{'strict' if strict else 'open'}.json"
+    try:
+        return spec, json.loads(cache.read_text())
+    except (OSError, ValueError):
+        pass
+    definitions = {name: convert(schema, strict) for name, schema in spec["components"]["schemas"].items()}
+    try:
+        cache_dir.mkdir(parents=True, exist_ok=True)
+        tmp = cache.with_suffix(f".{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(definitions))
+        os.replace(tmp, cache)
+    except OSError:
+        pass
+    return spec, definitions
+
+
+def operation_template(spec: dict[str, Any], method: str, path: str) -> str | None:
+    """The spec's path template (``/v1/customers/{customer}``) matching a concrete path."""
+    for template, ops in spec["paths"].items():
+        if method.lower() not in ops:
+            continue
+        regex = "^" + re.sub(r"\\\{[^}]+\\\}", "[^/]+", re.escape(template)) + "$"
+        if re.match(regex, path):
+            # prefer the template without parameters when several match (/v1/customers/search)
+            if "{" not in template:
+                return template
+            best = template
+            for other, other_ops in spec["paths"].items():
+                if other != template and "{" not in other and other == path and method.lower() in other_ops:
+                    return other
+            return best
+    return None
+
+
+@functools.lru_cache(maxsize=256)
+def _validator(template: str, method: str, status: str, strict: bool):
+    import jsonschema
+
+    spec, definitions = load(strict)
+    responses = spec["paths"][template][method.lower()]["responses"]
+    response = responses.get(status) or responses.get("default")
+    schema = response["content"]["application/json"]["schema"]
+    converted = convert(schema, strict)
+    converted["definitions"] = definitions
+    return jsonschema.Draft7Validator(converted)
+
+
+@functools.lru_cache(maxsize=64)
+def _component_validator(name: str, strict: bool):
+    import jsonschema
+
+    _, definitions = load(strict)
+    return jsonschema.Draft7Validator({"$ref": f"#/definitions/{name}", "definitions": definitions})
+
+
+def validate_response(method: str, path: str, status: int, body: Any, strict: bool = True) -> None:
+    """Raise ``jsonschema.ValidationError`` unless ``body`` matches the spec's response for the
+    operation (errors: the ``error`` schema); raise LookupError for an operation the spec lacks."""
+    spec, _ = load(strict)
+    if status >= 400:
+        _component_validator("error", strict).validate(body)
+        return
+    template = operation_template(spec, method, path)
+    if template is None:
+        raise LookupError(f"the spec has no operation {method} {path}")
+    _validator(template, method, str(status), strict).validate(body)
+
+
+def validate_object(name: str, body: Any, strict: bool = True) -> None:
+    """Validate against ``components.schemas[name]`` (e.g. ``event`` for a webhook payload)."""
+    _component_validator(name, strict).validate(body)

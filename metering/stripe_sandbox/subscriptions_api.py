@@ -1,0 +1,275 @@
+"""Subscriptions and subscription items."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from . import billing
+from .api import (
+    Request,
+    as_bool,
+    as_dict,
+    as_int,
+    as_list,
+    choice,
+    created_filter,
+    fetch,
+    public,
+    public_list,
+    require,
+    route,
+    update_metadata,
+)
+from .apierrors import invalid
+from .periods import add_interval, next_boundary
+from .store import State, new_id
+
+
+def _new_item(state: State, sub: dict[str, Any], spec: dict[str, Any], at: int, index: int) -> dict[str, Any]:
+    price_id = spec.get("price")
+    if not price_id:
+        raise invalid("Missing required param: items[0][price].", f"items[{index}][price]", code="parameter_missing")
+    price = fetch(state, "price", price_id, "price", f"items[{index}][price]")
+    if price["type"] != "recurring":
+        raise invalid("The price specified is not a recurring price.", f"items[{index}][price]")
+    if price["currency"] != sub["currency"]:
+        raise invalid("All prices on a subscription must have the same currency.", f"items[{index}][price]")
+    interval = (price["recurring"]["interval"], price["recurring"]["interval_count"])
+    if interval != tuple(sub["_interval"]):
+        raise invalid("All prices on a subscription must have the same recurring interval.", f"items[{index}][price]")
+    metered = price["recurring"]["usage_type"] == "metered"
+    if metered and spec.get("quantity") not in (None, ""):
+        raise invalid("You cannot set the quantity for metered prices.", f"items[{index}][quantity]")
+    item = {
+        "id": new_id("si_"),
+        "object": "subscription_item",
+        "billing_thresholds": None,
+        "created": at,
+        "current_period_end": sub["_period_end"],
+        "current_period_start": sub["_period_start"],
+        "discounts": [],
+        "metadata": update_metadata({}, spec.get("metadata")),
+        "subscription": sub["id"],
+        "tax_rates": [],
+        "_price": price_id,
+        "_started": at,
+        "_ended": None,
+    }
+    if not metered:
+        item["quantity"] = as_int(spec.get("quantity", 1), f"items[{index}][quantity]")
+    state.add(item)
+    sub["_items"].append(item["id"])
+    return item
+
+
+@route("POST", "/v1/subscriptions")
+def create_subscription(state: State, req: Request) -> dict[str, Any]:
+    params = req.params
+    customer_id = require(params, "customer")
+    fetch(state, "customer", customer_id, "customer", "customer")
+    specs = [as_dict(s, "items") for s in as_list(require(params, "items"), "items")]
+    if not specs:
+        raise invalid("Missing required param: items.", "items", code="parameter_missing")
+    first = fetch(state, "price", specs[0].get("price") or "", "price", "items[0][price]")
+    if first["type"] != "recurring":
+        raise invalid("The price specified is not a recurring price.", "items[0][price]")
+    now = state.customer_now(customer_id)
+    start = as_int(params["backdate_start_date"], "backdate_start_date") if params.get("backdate_start_date") else now
+    anchor = as_int(params["billing_cycle_anchor"], "billing_cycle_anchor") if params.get("billing_cycle_anchor") else start
+    interval = (first["recurring"]["interval"], first["recurring"]["interval_count"])
+    if anchor < start:
+        raise invalid("billing_cycle_anchor cannot be earlier than the start of the subscription.", "billing_cycle_anchor")
+    if anchor > add_interval(start, interval[0], interval[1], 1):
+        raise invalid("billing_cycle_anchor cannot be later than the next natural billing date.", "billing_cycle_anchor")
+    collection = choice(
+        params.get("collection_method", "charge_automatically"), ("charge_automatically", "send_invoice"), "collection_method"
+    )
+    period_end = next_boundary(anchor, interval[0], interval[1], start)
+    customer = state.get("customer", customer_id)
+    sub: dict[str, Any] = {
+        "id": new_id("sub_"),
+        "object": "subscription",
+        "application": None,
+        "application_fee_percent": None,
+        "automatic_tax": {"disabled_reason": None, "enabled": False, "liability": None},
+        "billing_cycle_anchor": anchor,
+        "billing_cycle_anchor_config": None,
+        "billing_mode": {"type": "classic"},
+        "billing_schedules": [],
+        "billing_thresholds": None,
+        "cancel_at": None,
+        "cancel_at_period_end": as_bool(params.get("cancel_at_period_end", False), "cancel_at_period_end"),
+        "canceled_at": None,
+        "cancellation_details": {"comment": None, "feedback": None, "reason": None},
+        "collection_method": collection,
+        "created": now,
+        "currency": first["currency"],
+        "customer": customer_id,
+        "days_until_due": as_int(params["days_until_due"], "days_until_due") if params.get("days_until_due") else None,
+        "default_payment_method": params.get("default_payment_method") or None,
+        "default_source": None,
+        "default_tax_rates": [],
+        "description": params.get("description") or None,
+        "discounts": [],
+        "ended_at": None,
+        "invoice_settings": {"account_tax_ids": None, "issuer": {"type": "self"}},
+        "latest_invoice": None,
+        "livemode": False,
+        "metadata": update_metadata({}, params.get("metadata")),
+        "next_pending_invoice_item_invoice": None,
+        "on_behalf_of": None,
+        "pause_collection": None,
+        "pending_invoice_item_interval": None,
+        "pending_setup_intent": None,
+        "pending_update": None,
+        "schedule": None,
+        "start_date": start,
+        "status": "active",
+        "test_clock": customer.get("test_clock"),
+        "transfer_data": None,
+        "trial_end": None,
+        "trial_start": None,
+        "_items": [],
+        "_interval": list(interval),
+        "_period_start": start,
+        "_period_end": period_end,
+    }
+    for i, spec in enumerate(specs):
+        _new_item(state, sub, spec, start, i)
+    state.add(sub)
+    if customer.get("currency") is None:
+        customer["currency"] = sub["currency"]
+    state.record_event("customer.subscription.created", sub, request=req.event_request())
+    billing.create_initial_invoice(state, sub, start, req.event_request())
+    return public(state, sub, params)
+
+
+@route("GET", "/v1/subscriptions/{subscription_exposed_id}")
+def retrieve_subscription(state: State, req: Request, subscription_exposed_id: str) -> dict[str, Any]:
+    return public(state, fetch(state, "subscription", subscription_exposed_id, "subscription"), req.params)
+
+
+@route("POST", "/v1/subscriptions/{subscription_exposed_id}")
+def update_subscription(state: State, req: Request, subscription_exposed_id: str) -> dict[str, Any]:
+    sub = fetch(state, "subscription", subscription_exposed_id, "subscription")
+    params = req.params
+    if sub["status"] == "canceled":
+        raise invalid("A canceled subscription can only update its cancellation_details and metadata.", None)
+    before = state.render(sub)
+    now = state.customer_now(sub["customer"])
+    sub["metadata"] = update_metadata(sub["metadata"], params.get("metadata"))
+    if "cancel_at_period_end" in params:
+        sub["cancel_at_period_end"] = as_bool(params["cancel_at_period_end"], "cancel_at_period_end")
+        sub["canceled_at"] = now if sub["cancel_at_period_end"] else None
+    if "description" in params:
+        sub["description"] = params["description"] or None
+    for i, spec in enumerate(as_list(params.get("items"), "items")):
+        spec = as_dict(spec, f"items[{i}]")
+        if spec.get("id"):
+            item = fetch(state, "subscription_item", spec["id"], "subscription item", f"items[{i}][id]")
+            if item["subscription"] != sub["id"]:
+                raise invalid("That subscription item belongs to another subscription.", f"items[{i}][id]")
+            if as_bool(spec.get("deleted", False), "deleted"):
+                item["_ended"] = now
+            elif spec.get("price") and spec["price"] != item["_price"]:
+                # A price change ends the old item's usage window and starts a new item.
+                item["_ended"] = now
+                _new_item(state, sub, {"price": spec["price"], "metadata": item["metadata"]}, now, i)
+            else:
+                item["metadata"] = update_metadata(item["metadata"], spec.get("metadata"))
+                if spec.get("quantity") not in (None, ""):
+                    item["quantity"] = as_int(spec["quantity"], f"items[{i}][quantity]")
+        else:
+            _new_item(state, sub, spec, now, i)
+    after = state.render(sub)
+    previous = {k: before[k] for k in before if before[k] != after.get(k)}
+    state.dirty = True
+    if previous:
+        state.record_event("customer.subscription.updated", sub, previous, req.event_request())
+    return public(state, sub, params)
+
+
+@route("DELETE", "/v1/subscriptions/{subscription_exposed_id}")
+def cancel_subscription(state: State, req: Request, subscription_exposed_id: str) -> dict[str, Any]:
+    sub = fetch(state, "subscription", subscription_exposed_id, "subscription")
+    if sub["status"] == "canceled":
+        raise invalid("This subscription has already been canceled.", None)
+    now = state.customer_now(sub["customer"])
+    if as_bool(req.params.get("invoice_now", False), "invoice_now"):
+        sub["_period_end"] = now
+        sub["cancel_at_period_end"] = True
+        billing.close_period(state, sub, now)
+    else:
+        billing.cancel(state, sub, now, req.event_request())
+    return public(state, sub, req.params)
+
+
+@route("GET", "/v1/subscriptions")
+def list_subscriptions(state: State, req: Request) -> dict[str, Any]:
+    params = req.params
+    accept = created_filter(params)
+    customer = params.get("customer")
+    status = params.get("status")
+    price = params.get("price")
+
+    def keep(sub: dict[str, Any]) -> bool:
+        if customer and sub["customer"] != customer:
+            return False
+        if status == "all":
+            pass
+        elif status:
+            if sub["status"] != status:
+                return False
+        elif sub["status"] in ("canceled", "incomplete_expired"):
+            return False
+        if price and not any(state.get("subscription_item", i)["_price"] == price for i in sub["_items"]):
+            return False
+        return accept(sub["created"])
+
+    return public_list(state, [s for s in state.all("subscription") if keep(s)], params, "/v1/subscriptions")
+
+
+# -- subscription items ---------------------------------------------------------------------------
+@route("GET", "/v1/subscription_items")
+def list_subscription_items(state: State, req: Request) -> dict[str, Any]:
+    sub_id = require(req.params, "subscription")
+    sub = fetch(state, "subscription", sub_id, "subscription", "subscription")
+    items = [state.get("subscription_item", i) for i in sub["_items"]]
+    items = [i for i in items if i is not None and i.get("_ended") is None]
+    return public_list(state, items, req.params, "/v1/subscription_items")
+
+
+@route("GET", "/v1/subscription_items/{item}")
+def retrieve_subscription_item(state: State, req: Request, item: str) -> dict[str, Any]:
+    obj = fetch(state, "subscription_item", item, "subscription item")
+    return public(state, obj, req.params)
+
+
+@route("POST", "/v1/subscription_items")
+def create_subscription_item(state: State, req: Request) -> dict[str, Any]:
+    sub = fetch(state, "subscription", require(req.params, "subscription"), "subscription", "subscription")
+    now = state.customer_now(sub["customer"])
+    item = _new_item(state, sub, req.params, now, 0)
+    state.record_event("customer.subscription.updated", sub, {"items": {"object": "list"}}, req.event_request())
+    return public(state, item, req.params)
+
+
+@route("POST", "/v1/subscription_items/{item}")
+def update_subscription_item(state: State, req: Request, item: str) -> dict[str, Any]:
+    obj = fetch(state, "subscription_item", item, "subscription item")
+    obj["metadata"] = update_metadata(obj["metadata"], req.params.get("metadata"))
+    if req.params.get("quantity") not in (None, ""):
+        obj["quantity"] = as_int(req.params["quantity"], "quantity")
+    state.dirty = True
+    return public(state, obj, req.params)
+
+
+@route("DELETE", "/v1/subscription_items/{item}")
+def delete_subscription_item(state: State, req: Request, item: str) -> dict[str, Any]:
+    obj = fetch(state, "subscription_item", item, "subscription item")
+    sub = state.get("subscription", obj["subscription"])
+    obj["_ended"] = state.customer_now(sub["customer"]) if sub else state.now()
+    state.dirty = True
+    if sub is not None:
+        state.record_event("customer.subscription.updated", sub, {"items": {"object": "list"}}, req.event_request())
+    return {"id": item, "object": "subscription_item", "deleted": True}
