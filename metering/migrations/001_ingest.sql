@@ -24,8 +24,9 @@ CREATE TABLE IF NOT EXISTS usage_quarantine (
     reason        VARCHAR NOT NULL,        -- machine-readable, closed set (see metering.ingest)
     detail        VARCHAR,                 -- human-readable explanation
     event_id      VARCHAR,                 -- when it could be read
-    raw           VARCHAR,                 -- the raw text of the row (invalid UTF-8 escaped)
-    quarantined_at TIMESTAMPTZ NOT NULL
+    raw           VARCHAR,                 -- the raw text of the row (invalid UTF-8 escaped); Parquet: the row as JSON
+    quarantined_at TIMESTAMPTZ NOT NULL,
+    payload_hash  VARCHAR                  -- conflicting_duplicate rows: the rejected version's payload hash
 );
 
 CREATE TABLE IF NOT EXISTS ingested_files (
@@ -37,5 +38,8 @@ CREATE TABLE IF NOT EXISTS ingested_files (
     rows_quarantined BIGINT NOT NULL,
     duplicates_dropped BIGINT NOT NULL,
     event_dates    VARCHAR,                -- JSON list of event dates (partitions) this file touched
-    ingested_at    TIMESTAMPTZ NOT NULL
+    ingested_at    TIMESTAMPTZ NOT NULL,
+    bytes          BIGINT,                 -- file size
+    blank_lines    BIGINT,                 -- blank lines skipped (not rows)
+    conflicting_duplicates BIGINT          -- of rows_quarantined, those with reason conflicting_duplicate
 );

@@ -1,0 +1,67 @@
+"""De-duplication: decide, for each valid row, whether it is accepted, an exact duplicate, or a conflict.
+
+The rule (invariant I4), per `event_id`:
+
+- A *version* is an (event_id, payload_hash) pair; the payload is customer, meter, instant, value and
+  properties (`contract.PAYLOAD_FIELDS`).
+- The first version ever ingested stays clean: the one already in `usage_events`, else the one on
+  the earliest line of the file being ingested (files are ingested one at a time, in the order
+  given; the sensor and `metering ingest` of a folder use path order).
+- Every other version is quarantined once as `conflicting_duplicate` (its first row in the file).
+- Every further copy of a version already seen (clean, or quarantined as a conflict) is an exact
+  duplicate: dropped and counted.
+
+So the counts never depend on arrival order: accepted = distinct ids, conflicts = distinct
+versions - distinct ids, duplicates = rows - distinct versions. Which version is clean does.
+
+Only rows whose id repeats (in the file or against the warehouse) reach the detailed SQL; unique
+new ids take the fast path, so the cost is one grouping of the batch plus one semi-join against
+the stored ids.
+"""
+
+from __future__ import annotations
+
+import duckdb
+
+DUPLICATE = "duplicate"
+CONFLICT = "conflict"
+
+
+def resolve(con: duckdb.DuckDBPyConnection, events: str, outcomes: str) -> None:
+    """Create temp table `outcomes(line, outcome)` for every valid row of `events` that is NOT accepted.
+
+    Must run inside the ingest transaction, so what is "already stored" cannot change underneath.
+    """
+    con.execute(f"""
+        CREATE OR REPLACE TEMP TABLE _dedupe_repeated AS
+        SELECT event_id FROM {events} WHERE reason IS NULL GROUP BY event_id HAVING count(*) > 1""")
+    con.execute(f"""
+        CREATE OR REPLACE TEMP TABLE _dedupe_stored AS
+        SELECT event_id, payload_hash, true AS clean FROM usage_events
+        WHERE event_id IN (SELECT event_id FROM {events} WHERE reason IS NULL)
+        UNION ALL
+        SELECT event_id, payload_hash, false AS clean FROM usage_quarantine
+        WHERE reason = 'conflicting_duplicate'
+          AND event_id IN (SELECT event_id FROM {events} WHERE reason IS NULL)""")
+    con.execute(f"""
+        CREATE OR REPLACE TEMP TABLE {outcomes} AS
+        WITH special AS (
+            SELECT line, event_id, payload_hash FROM {events}
+            WHERE reason IS NULL AND event_id IN (
+                SELECT event_id FROM _dedupe_repeated UNION SELECT event_id FROM _dedupe_stored)
+        ), versions AS (
+            SELECT event_id, payload_hash, min(line) AS first_line FROM special GROUP BY ALL
+        ), judged AS (
+            SELECT v.event_id, v.payload_hash, v.first_line,
+                   EXISTS (SELECT 1 FROM _dedupe_stored s
+                           WHERE s.event_id = v.event_id AND s.payload_hash = v.payload_hash) AS known_version,
+                   EXISTS (SELECT 1 FROM _dedupe_stored s WHERE s.event_id = v.event_id) AS known_id,
+                   v.first_line = min(v.first_line) OVER (PARTITION BY v.event_id) AS earliest
+            FROM versions v
+        )
+        SELECT s.line,
+               CASE WHEN j.known_version OR s.line <> j.first_line THEN '{DUPLICATE}'
+                    WHEN j.known_id OR NOT j.earliest THEN '{CONFLICT}' END AS outcome
+        FROM special s JOIN judged j USING (event_id, payload_hash)""")
+    con.execute(f"DELETE FROM {outcomes} WHERE outcome IS NULL")
+    con.execute("DROP TABLE _dedupe_repeated; DROP TABLE _dedupe_stored")

@@ -1,0 +1,290 @@
+"""Load: ingest raw files into the warehouse, one file per transaction, conservation checked.
+
+For each file: hash its content (a file whose content hash is in `ingested_files` is skipped: re-
+ingesting changes nothing), read and validate every row into a temp table, then in ONE transaction
+resolve duplicates against what is stored, insert the clean rows (sorted by event time), the
+quarantined rows and the manifest entry, check conservation (rows read = accepted + quarantined +
+duplicates dropped, and the stored counts equal the manifest's) and commit. Any error rolls the
+whole file back: never rows without their manifest entry, never an entry without its rows.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+
+import duckdb
+import pyarrow as pa
+
+from metering.errors import BadInputError, CheckFailedError
+from metering.ingest import dedupe, readers, validate
+from metering.rules.meters import Meter, load_meters
+
+log = logging.getLogger(__name__)
+
+EVENTS = "_ingest_events"
+OUTCOMES = "_ingest_outcomes"
+PANDERA_BATCH_ROWS = 1_000_000
+
+
+@dataclass
+class IngestResult:
+    """What one file did to the warehouse."""
+
+    path: str
+    file_hash: str
+    format: str
+    status: str  # "ingested" | "skipped" (same content already ingested)
+    rows_read: int = 0
+    rows_accepted: int = 0
+    rows_quarantined: int = 0
+    duplicates_dropped: int = 0
+    conflicting_duplicates: int = 0
+    blank_lines: int = 0
+    event_dates: list[str] = field(default_factory=list)
+    reasons: dict[str, int] = field(default_factory=dict)
+    seconds: float = 0.0
+
+    @property
+    def conserved(self) -> bool:
+        return self.rows_read == self.rows_accepted + self.rows_quarantined + self.duplicates_dropped
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+class _EventsSink:
+    """Readers' rows go through validation straight into the events temp table."""
+
+    def __init__(self, con: duckdb.DuckDBPyConnection, meters: dict[str, Meter], now: datetime) -> None:
+        self.con, self.meters, self.now = con, meters, now
+        self.reset()
+
+    def reset(self) -> None:
+        self.con.execute(f"CREATE OR REPLACE TEMP TABLE {EVENTS} ({validate.CLASSIFIED_COLUMNS})")
+
+    def insert(self, select_sql: str) -> int:
+        sql = validate.classify_select(select_sql, self.meters, self.now)
+        return self.con.execute(f"INSERT INTO {EVENTS} {sql}").fetchone()[0]
+
+
+def _pandera_check(con: duckdb.DuckDBPyConnection, meters: dict[str, Meter], path: Path) -> None:
+    """Check the clean rows against the typed contract, in bounded batches."""
+    import pandera.errors
+
+    reader = con.execute(
+        f"SELECT event_id, customer_id, meter, event_time, event_date, value, properties, payload_hash "
+        f"FROM {EVENTS} WHERE reason IS NULL"
+    ).fetch_record_batch(PANDERA_BATCH_ROWS)
+    import polars as pl
+
+    for batch in reader:
+        try:
+            validate.check_clean(pl.from_arrow(batch), sorted(meters))  # type: ignore[arg-type]
+        except pandera.errors.SchemaErrors as exc:
+            raise CheckFailedError(f"{path}: clean rows breach the usage_events contract: {exc}") from None
+
+
+def _insert_clean(con: duckdb.DuckDBPyConnection, meta: list) -> int:
+    return con.execute(f"""
+        INSERT INTO usage_events (event_id, customer_id, meter, event_time, event_date, value, properties,
+                                  extra, payload_hash, source_file, source_line, file_hash, ingested_at)
+        SELECT event_id, customer_id, meter, event_time, event_date, value, properties, extra, payload_hash,
+               ?, line, ?, ?
+        FROM {EVENTS}
+        WHERE reason IS NULL AND line NOT IN (SELECT line FROM {OUTCOMES})
+        ORDER BY event_time, line""", meta).fetchone()[0]
+
+
+def _insert_quarantine(con: duckdb.DuckDBPyConnection, meta: list, path: Path, fmt: str) -> int:
+    raw = "e.raw"
+    if fmt == "parquet":  # Parquet rows have no text: quarantine the row rendered as JSON
+        con.execute(f"""CREATE OR REPLACE TEMP TABLE _quarantine_lines AS
+            SELECT line FROM {EVENTS} WHERE reason IS NOT NULL
+            UNION ALL SELECT line FROM {OUTCOMES} WHERE outcome = '{dedupe.CONFLICT}'""")
+        con.execute(f"CREATE OR REPLACE TEMP TABLE _parquet_raw AS "
+                    f"{readers.parquet_raw_rows(con, path, '_quarantine_lines')}")
+        raw = "(SELECT r.raw FROM _parquet_raw r WHERE r.line = e.line)"
+    inserted = con.execute(f"""
+        INSERT INTO usage_quarantine (source_file, source_line, file_hash, reason, detail, event_id, raw,
+                                      quarantined_at, payload_hash)
+        SELECT ?, e.line, ?, coalesce(e.reason, 'conflicting_duplicate'),
+               coalesce(e.detail, 'event_id ' || e.event_id || ' already has a clean event with a different '
+                        || 'payload (the first ingested version stays clean)'),
+               e.event_id, {raw}, ?, CASE WHEN e.reason IS NULL THEN e.payload_hash END
+        FROM {EVENTS} e LEFT JOIN {OUTCOMES} o USING (line)
+        WHERE e.reason IS NOT NULL OR o.outcome = '{dedupe.CONFLICT}'
+        ORDER BY e.line""", meta).fetchone()[0]
+    return inserted
+
+
+def _stored_counts(con: duckdb.DuckDBPyConnection, file_hash: str) -> tuple[int, int]:
+    clean = con.execute("SELECT count(*) FROM usage_events WHERE file_hash = ?", [file_hash]).fetchone()[0]
+    quarantined = con.execute("SELECT count(*) FROM usage_quarantine WHERE file_hash = ?", [file_hash]).fetchone()[0]
+    return clean, quarantined
+
+
+def already_ingested(con: duckdb.DuckDBPyConnection, file_hash: str) -> bool:
+    return con.execute("SELECT count(*) FROM ingested_files WHERE file_hash = ?", [file_hash]).fetchone()[0] > 0
+
+
+def ingest_file(
+    con: duckdb.DuckDBPyConnection,
+    path: str | Path,
+    *,
+    meters: dict[str, Meter] | None = None,
+    now: datetime | None = None,
+    check_contract: bool = True,
+) -> IngestResult:
+    """Ingest one raw file. Raises `BadInputError` (warehouse unchanged) if the file cannot be read."""
+    started = time.perf_counter()
+    path = Path(path)
+    if not path.is_file():
+        raise BadInputError(f"{path}: no such file")
+    fmt = readers.detect_format(path)
+    readers.check_magic(path, fmt)
+    meters = meters if meters is not None else load_meters()
+    now = now or datetime.now(timezone.utc)
+    digest = readers.file_hash(path)
+    result = IngestResult(path=str(path), file_hash=digest, format=fmt, status="skipped")
+    if already_ingested(con, digest):
+        log.info("skipped %s: the same content was ingested before", path)
+        result.seconds = round(time.perf_counter() - started, 3)
+        return result
+    sink = _EventsSink(con, meters, now)
+    try:
+        info = readers.READERS[fmt](con, path, fmt, sink)
+    except BaseException:
+        _drop_temp(con)
+        raise
+    _readable_invalid_utf8(con)
+    if info.rows > 0 and fmt in ("jsonl", "jsonl.gz", "csv"):
+        unreadable = con.execute(
+            f"SELECT count(*) FROM {EVENTS} WHERE reason IN ('invalid_utf8', 'bad_json', 'bad_csv_row')"
+        ).fetchone()[0]
+        if unreadable == info.rows and info.rows >= 1:
+            _drop_temp(con)
+            what = "JSON lines" if fmt != "csv" else "CSV"
+            raise BadInputError(f"{path}: not {what}: none of its {info.rows} line(s) parses "
+                                f"(wrong format or binary content?)")
+    if check_contract:
+        _pandera_check(con, meters, path)
+    ingested_at = datetime.now(timezone.utc)
+    meta = [str(path), digest, ingested_at]
+    con.execute("BEGIN TRANSACTION")
+    try:
+        if already_ingested(con, digest):  # re-check inside the transaction
+            con.execute("ROLLBACK")
+            _drop_temp(con)
+            result.seconds = round(time.perf_counter() - started, 3)
+            return result
+        dedupe.resolve(con, EVENTS, OUTCOMES)
+        accepted = _insert_clean(con, meta)
+        quarantined = _insert_quarantine(con, meta, path, fmt)
+        dropped, conflicts = con.execute(
+            f"SELECT count(*) FILTER (outcome = '{dedupe.DUPLICATE}'), count(*) FILTER (outcome = '{dedupe.CONFLICT}') "
+            f"FROM {OUTCOMES}").fetchone()
+        dates = [d.isoformat() for (d,) in con.execute(
+            f"SELECT DISTINCT event_date FROM {EVENTS} WHERE reason IS NULL "
+            f"AND line NOT IN (SELECT line FROM {OUTCOMES}) ORDER BY 1").fetchall()]
+        reasons = dict(con.execute(
+            "SELECT reason, count(*) FROM usage_quarantine WHERE file_hash = ? GROUP BY 1 ORDER BY 1", [digest]
+        ).fetchall())
+        result = IngestResult(
+            path=str(path), file_hash=digest, format=fmt, status="ingested", rows_read=info.rows,
+            rows_accepted=accepted, rows_quarantined=quarantined, duplicates_dropped=dropped,
+            conflicting_duplicates=conflicts, blank_lines=info.blank_lines, event_dates=dates, reasons=reasons,
+        )
+        if not result.conserved:
+            raise CheckFailedError(
+                f"{path}: conservation broken: read {info.rows} != accepted {accepted} + quarantined "
+                f"{quarantined} + duplicates {dropped}")
+        con.execute(
+            "INSERT INTO ingested_files (file_hash, path, format, rows_read, rows_accepted, rows_quarantined, "
+            "duplicates_dropped, event_dates, ingested_at, bytes, blank_lines, conflicting_duplicates) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            [digest, str(path), fmt, info.rows, accepted, quarantined, dropped, json.dumps(dates),
+             ingested_at, path.stat().st_size, info.blank_lines, conflicts],
+        )
+        stored = _stored_counts(con, digest)
+        if stored != (accepted, quarantined):
+            raise CheckFailedError(f"{path}: stored rows {stored} differ from the manifest ({accepted}, {quarantined})")
+        con.execute("COMMIT")
+    except BaseException:
+        con.execute("ROLLBACK")
+        raise
+    finally:
+        _drop_temp(con)
+    result.seconds = round(time.perf_counter() - started, 3)
+    log.info("ingested %s: %d read, %d accepted, %d quarantined, %d duplicates dropped", path,
+             result.rows_read, result.rows_accepted, result.rows_quarantined, result.duplicates_dropped)
+    return result
+
+
+def _readable_invalid_utf8(con: duckdb.DuckDBPyConnection) -> None:
+    """Rows that are not UTF-8 come out of DuckDB with every non-ASCII byte as \\xNN; keep the valid
+    UTF-8 sequences as text and escape only the invalid bytes (Python's backslashreplace). Few rows."""
+    rows = con.execute(f"SELECT line, raw FROM {EVENTS} WHERE reason = 'invalid_utf8'").fetchall()
+    if not rows:
+        return
+    fixed = pa.table({
+        "line": pa.array([line for line, _ in rows], pa.int64()),
+        "raw": pa.array([_unescape_blob(raw).decode("utf-8", "backslashreplace") for _, raw in rows]),
+    })
+    con.register("_utf8_fixed", fixed)
+    try:
+        con.execute(f"UPDATE {EVENTS} SET raw = f.raw FROM _utf8_fixed f WHERE {EVENTS}.line = f.line")
+    finally:
+        con.unregister("_utf8_fixed")
+
+
+def _unescape_blob(text: str) -> bytes:
+    return re.sub(rb"\\x([0-9A-Fa-f]{2})", lambda m: bytes([int(m.group(1), 16)]), text.encode("latin-1", "replace"))
+
+
+def _drop_temp(con: duckdb.DuckDBPyConnection) -> None:
+    for table in (EVENTS, OUTCOMES, "_quarantine_lines", "_parquet_raw"):
+        con.execute(f"DROP TABLE IF EXISTS {table}")
+
+
+def expand_paths(paths: Iterable[str | Path]) -> list[Path]:
+    """Files named, plus the raw files inside any folder named (recursively, in path order)."""
+    found: list[Path] = []
+    for p in map(Path, paths):
+        if p.is_dir():
+            found.extend(sorted(f for f in p.rglob("*") if f.is_file() and is_raw_file(f)))
+        else:
+            found.append(p)
+    return found
+
+
+def is_raw_file(path: Path) -> bool:
+    name = path.name.lower()
+    return not name.startswith(".") and name.endswith((".jsonl", ".jsonl.gz", ".ndjson", ".ndjson.gz", ".csv",
+                                                        ".parquet"))
+
+
+def ingest_files(
+    con: duckdb.DuckDBPyConnection,
+    paths: Sequence[str | Path],
+    *,
+    rules_dir: str | Path | None = None,
+    now: datetime | None = None,
+    on_file: Callable[[IngestResult], None] | None = None,
+) -> list[IngestResult]:
+    """Ingest files in order, each in its own transaction. Stops at the first unreadable file
+    (files before it stay ingested; it and those after it are untouched)."""
+    meters = load_meters(rules_dir)
+    results = []
+    for path in expand_paths(paths):
+        result = ingest_file(con, path, meters=meters, now=now)
+        results.append(result)
+        if on_file:
+            on_file(result)
+    return results

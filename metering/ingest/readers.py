@@ -1,0 +1,448 @@
+"""Readers: turn one raw file (JSON lines, gzip JSON lines, CSV, Parquet) into the staging table.
+
+Every format lands in the same staging shape, one row per raw row, with each contract field as
+text plus its type as read (`VARCHAR`, `BIGINT`, `DOUBLE`, `OBJECT`, `NULL` for absent, ...), so
+one set of validation rules (`metering.ingest.validate`) serves all formats.
+
+Why not a library's JSON reader: Polars' NDJSON reader aborts on one broken line, and DuckDB's
+`read_json(ignore_errors)` turns a broken line into an all-NULL row and the raw text is lost. So
+text files are split into lines by Arrow's streaming CSV reader (one binary column, no quoting, a
+separator byte chosen so that it does not occur), in bounded batches, and parsed with DuckDB's JSON
+functions. Raw bytes are kept for every row, invalid UTF-8 included (escaped as `\\xNN`).
+
+Line numbers are 1-based physical lines (`\\n`, `\\r\\n` or `\\r` end a line); blank lines are not
+rows and are only counted. Parquet rows are numbered from 1 in file order.
+"""
+
+from __future__ import annotations
+
+import csv
+import gzip
+import hashlib
+import logging
+import zlib
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Protocol
+from pathlib import Path
+
+import duckdb
+import polars as pl
+import pyarrow as pa
+import pyarrow.csv as pacsv
+
+from metering.errors import BadInputError
+from metering.ingest.contract import KNOWN_FIELDS
+from metering.warehouse import sql_string
+
+log = logging.getLogger(__name__)
+
+FORMATS: tuple[str, ...] = ("jsonl", "jsonl.gz", "csv", "parquet")
+_SUFFIXES = {".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "jsonl", ".csv": "csv", ".parquet": "parquet"}
+BATCH_BYTES = 32 << 20  # text read per batch: bounds memory whatever the file size
+# Separator candidates for the one-column line reader: control bytes that valid JSON never holds raw.
+_SEPARATORS = [chr(c) for c in (0x1F, 0x1E, 0x1D, 0x1C, *range(0x01, 0x09), 0x0B, 0x0C, *range(0x0E, 0x1C))]
+
+STAGE_COLUMNS = """
+    line BIGINT, raw VARCHAR, parse_error VARCHAR,
+    event_id VARCHAR, event_id_t VARCHAR, customer_id VARCHAR, customer_id_t VARCHAR,
+    meter VARCHAR, meter_t VARCHAR, ts VARCHAR, ts_t VARCHAR, ts_native TIMESTAMPTZ,
+    value VARCHAR, value_t VARCHAR, properties VARCHAR, properties_t VARCHAR, extra VARCHAR
+"""
+
+
+class Sink(Protocol):
+    """Where readers put rows: `insert` runs `INSERT INTO <target> <validation of select_sql>`."""
+
+    def insert(self, select_sql: str) -> int: ...
+
+    def reset(self) -> None: ...
+
+
+@dataclass
+class StageInfo:
+    """What a reader put into the staging table."""
+
+    rows: int
+    blank_lines: int = 0
+
+
+def detect_format(path: Path) -> str:
+    """The format named by the file's extension (`.jsonl`, `.jsonl.gz`, `.csv`, `.parquet`)."""
+    name = path.name.lower()
+    if name.endswith(".gz"):
+        inner = Path(name[:-3]).suffix
+        if _SUFFIXES.get(inner) == "jsonl":
+            return "jsonl.gz"
+        raise BadInputError(f"{path}: only JSON lines may be gzipped (.jsonl.gz); cannot read {path.suffix} here")
+    fmt = _SUFFIXES.get(Path(name).suffix)
+    if fmt is None:
+        raise BadInputError(
+            f"{path}: unknown file type {path.suffix!r}; expected one of .jsonl, .jsonl.gz, .csv, .parquet"
+        )
+    return fmt
+
+
+def check_magic(path: Path, fmt: str) -> None:
+    """Refuse a file whose first bytes contradict its extension (a gzip named .jsonl, and so on)."""
+    with open(path, "rb") as fh:
+        head = fh.read(4)
+    is_gzip, is_parquet = head[:2] == b"\x1f\x8b", head == b"PAR1"
+    if fmt == "jsonl.gz" and not is_gzip:
+        raise BadInputError(f"{path}: not a gzip file (named .gz but has no gzip header)")
+    if fmt == "parquet" and not is_parquet:
+        raise BadInputError(f"{path}: not a Parquet file (no PAR1 magic bytes)")
+    if fmt in ("jsonl", "csv") and (is_gzip or is_parquet):
+        kind = "gzip" if is_gzip else "Parquet"
+        raise BadInputError(f"{path}: the content is {kind}, not {fmt} text; rename the file to match its content")
+
+
+def file_hash(path: Path) -> str:
+    """SHA-256 of the file's bytes: the file's identity (the same content is ingested once)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while chunk := fh.read(8 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+# --------------------------------------------------------------------------- line splitting
+
+
+def _open_stream(path: Path, fmt: str) -> pa.NativeFile:
+    return pa.input_stream(str(path), compression="gzip" if fmt == "jsonl.gz" else None)
+
+
+def _arrow_line_batches(path: Path, fmt: str, separator: str) -> Iterator[pa.Array]:
+    reader = pacsv.open_csv(
+        _open_stream(path, fmt),
+        read_options=pacsv.ReadOptions(column_names=["b"], block_size=BATCH_BYTES),
+        parse_options=pacsv.ParseOptions(
+            delimiter=separator, quote_char=False, escape_char=False, double_quote=False,
+            newlines_in_values=False, ignore_empty_lines=False,
+        ),
+        convert_options=pacsv.ConvertOptions(column_types={"b": pa.binary()}, check_utf8=False),
+    )
+    for batch in reader:
+        yield batch.column(0)
+
+
+def _python_line_batches(path: Path, fmt: str) -> Iterator[pa.Array]:
+    """Fallback when every separator byte occurs in the file (binary-ish content): slow but exact."""
+    opener: Callable = gzip.open if fmt == "jsonl.gz" else open
+    with opener(path, "rb") as fh:
+        data = fh.read()
+    lines = data.replace(b"\r\n", b"\n").replace(b"\r", b"\n").split(b"\n")
+    if lines and lines[-1] == b"":
+        lines.pop()
+    yield pa.array(lines, type=pa.binary())
+
+
+def _read_error(path: Path, exc: Exception) -> BadInputError:
+    text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    if isinstance(exc, (EOFError, zlib.error)) or "gzip" in text.lower() or "zlib" in text.lower() \
+            or "compressed" in text.lower():
+        return BadInputError(f"{path}: cannot decompress (truncated or corrupt gzip): {text}")
+    return BadInputError(f"{path}: cannot read the file: {text}")
+
+
+def stage_lines(
+    con: duckdb.DuckDBPyConnection,
+    path: Path,
+    fmt: str,
+    sink: Sink,
+    insert_batch: Callable[[duckdb.DuckDBPyConnection, Sink, pa.Table, int], int],
+) -> StageInfo:
+    """Feed the file's lines, in order and numbered, to `insert_batch` (one call per bounded batch).
+
+    Tries separator bytes until one does not occur in the file; a file that contains them all is
+    split in Python instead.
+    """
+    sources: list[Callable[[], Iterator[pa.Array]]] = [
+        (lambda s=s: _arrow_line_batches(path, fmt, s)) for s in _SEPARATORS[:4]
+    ] + [lambda: _python_line_batches(path, fmt)]
+    for attempt, source in enumerate(sources):
+        sink.reset()
+        offset = rows = 0
+        try:
+            for column in source():
+                numbers = pl.int_range(offset + 1, offset + 1 + len(column), dtype=pl.Int64, eager=True)
+                batch = pa.table({"line": numbers.to_arrow(), "b": column})
+                rows += insert_batch(con, sink, batch, offset)
+                offset += len(column)
+            return StageInfo(rows=rows, blank_lines=offset - rows)
+        except pa.ArrowInvalid as exc:
+            if "Expected 1 columns" in str(exc) and attempt < len(sources) - 1:
+                continue  # the separator byte occurs in the file: try the next one
+            raise _read_error(path, exc) from None
+        except (OSError, EOFError, zlib.error) as exc:
+            raise _read_error(path, exc) from None
+    raise AssertionError("unreachable")
+
+
+# --------------------------------------------------------------------------- JSON lines
+
+
+def _json_field(name: str) -> str:
+    f = f"m['{name}']"
+    return (f"CASE json_type({f}) WHEN 'VARCHAR' THEN {f}->>'$' ELSE {f}::VARCHAR END AS {name}, "
+            f"coalesce(json_type({f}), 'NULL') AS {name}_t")
+
+
+_KNOWN_LIST = "[" + ", ".join(f"'{k}'" for k in KNOWN_FIELDS) + "]"
+_REMOVE_KNOWN = sql_string("{" + ",".join(f'"{k}":null' for k in KNOWN_FIELDS) + "}")
+
+_JSONL_SELECT = f"""
+WITH decoded AS (
+    SELECT line, b, try(decode(b)) AS text FROM __BATCH__
+), parsed AS (
+    SELECT line, b, text,
+           CASE WHEN text IS NOT NULL THEN try(json_transform(text, '"MAP(VARCHAR, JSON)"')) END AS m
+    FROM decoded
+    WHERE text IS NULL OR trim(text, ' \t') <> ''
+)
+SELECT line,
+       CASE WHEN text IS NULL THEN b::VARCHAR ELSE text END AS raw,
+       CASE WHEN text IS NULL THEN 'invalid_utf8' WHEN m IS NULL THEN 'bad_json' END AS parse_error,
+       {_json_field('event_id')}, {_json_field('customer_id')}, {_json_field('meter')},
+       {_json_field('timestamp').replace(' AS timestamp', ' AS ts').replace('AS timestamp_t', 'AS ts_t')},
+       NULL::TIMESTAMPTZ AS ts_native,
+       {_json_field('value')},
+       m['properties']::VARCHAR AS properties, coalesce(json_type(m['properties']), 'NULL') AS properties_t,
+       CASE WHEN len(list_filter(map_keys(m), k -> NOT list_contains({_KNOWN_LIST}, k))) > 0
+            THEN json_merge_patch(text, {_REMOVE_KNOWN}) END AS extra
+FROM parsed
+"""
+
+
+def _insert_jsonl_batch(con: duckdb.DuckDBPyConnection, sink: Sink, batch: pa.Table, offset: int) -> int:
+    name = f"_lines_{id(batch)}"
+    con.register(name, batch)
+    try:
+        return sink.insert(_JSONL_SELECT.replace("__BATCH__", name))
+    finally:
+        con.unregister(name)
+
+
+def stage_jsonl(con: duckdb.DuckDBPyConnection, path: Path, fmt: str, sink: Sink) -> StageInfo:
+    return stage_lines(con, path, fmt, sink, _insert_jsonl_batch)
+
+
+# --------------------------------------------------------------------------- CSV
+
+
+@dataclass(frozen=True)
+class CsvLayout:
+    """Where each contract field sits in a CSV file's header."""
+
+    columns: tuple[str, ...]
+
+    def index(self, name: str) -> int | None:
+        return self.columns.index(name) + 1 if name in self.columns else None  # 1-based for SQL lists
+
+    @property
+    def property_columns(self) -> list[tuple[str, int]]:
+        return [(c.split(".", 1)[1], i + 1) for i, c in enumerate(self.columns) if c.startswith("properties.")]
+
+    @property
+    def extra_columns(self) -> list[tuple[str, int]]:
+        return [(c, i + 1) for i, c in enumerate(self.columns)
+                if c not in KNOWN_FIELDS and not c.startswith("properties.")]
+
+
+def _csv_header(path: Path) -> CsvLayout:
+    with open(path, "rb") as fh:
+        first = fh.readline()
+    try:
+        text = first.decode("utf-8-sig").rstrip("\r\n")
+    except UnicodeDecodeError:
+        raise BadInputError(f"{path}: line 1: the CSV header is not valid UTF-8") from None
+    try:
+        columns = tuple(c.strip() for c in next(csv.reader([text], strict=True)))
+    except (csv.Error, StopIteration) as exc:
+        raise BadInputError(f"{path}: line 1: cannot parse the CSV header: {exc}") from None
+    missing = [f for f in ("event_id", "customer_id", "meter", "timestamp") if f not in columns]
+    if missing:
+        raise BadInputError(
+            f"{path}: line 1: the CSV header lacks required column(s) {', '.join(missing)} "
+            f"(found: {', '.join(columns) or 'nothing'})"
+        )
+    dupes = sorted({c for c in columns if columns.count(c) > 1})
+    if dupes:
+        raise BadInputError(f"{path}: line 1: the CSV header repeats column(s) {', '.join(dupes)}")
+    return CsvLayout(columns)
+
+
+def _csv_field_sql(layout: CsvLayout, name: str, alias: str) -> str:
+    i = layout.index(name)
+    if i is None:
+        return f"NULL AS {alias}, 'NULL' AS {alias}_t"
+    return (f"nullif(f[{i}], '') AS {alias}, "
+            f"CASE WHEN coalesce(f[{i}], '') = '' THEN 'NULL' ELSE 'VARCHAR' END AS {alias}_t")
+
+
+def _map_json_sql(pairs: list[tuple[str, int]]) -> str:
+    if not pairs:
+        return "NULL"
+    entries = ", ".join(f"{{'key': {sql_string(k)}, 'value': f[{i}]}}" for k, i in pairs)
+    return f"to_json(map_from_entries(list_filter([{entries}], e -> coalesce(e.value, '') <> '')))"
+
+
+def _csv_select_sql(layout: CsvLayout) -> str:
+    props = _map_json_sql(layout.property_columns)
+    extra = _map_json_sql(layout.extra_columns)
+    return f"""
+SELECT line, raw,
+       CASE WHEN parse_error IS NOT NULL THEN parse_error
+            WHEN len(f) <> {len(layout.columns)} THEN 'bad_csv_row' END AS parse_error,
+       {_csv_field_sql(layout, 'event_id', 'event_id')}, {_csv_field_sql(layout, 'customer_id', 'customer_id')},
+       {_csv_field_sql(layout, 'meter', 'meter')}, {_csv_field_sql(layout, 'timestamp', 'ts')},
+       NULL::TIMESTAMPTZ AS ts_native,
+       {_csv_field_sql(layout, 'value', 'value')},
+       {props if layout.property_columns else "'{}'"} AS properties, 'OBJECT' AS properties_t,
+       CASE WHEN {extra} = '{{}}' THEN NULL ELSE {extra} END AS extra
+FROM __FIELDS__
+"""
+
+
+def _split_quoted(texts: list[tuple[int, str]]) -> pa.Table:
+    """Lines with quotes are split by Python's csv module (few: only fields holding , or ")."""
+    lines, fields, errors = [], [], []
+    for line, text in texts:
+        try:
+            rows = list(csv.reader([text], strict=True))
+            lines.append(line)
+            fields.append(rows[0] if len(rows) == 1 else [])
+            errors.append(None if len(rows) == 1 else "bad_csv_row")
+        except csv.Error:
+            lines.append(line)
+            fields.append([])
+            errors.append("bad_csv_row")
+    return pa.table({"line": pa.array(lines, pa.int64()), "f": pa.array(fields, pa.list_(pa.string())),
+                     "err": pa.array(errors, pa.string())})
+
+
+def stage_csv(con: duckdb.DuckDBPyConnection, path: Path, fmt: str, sink: Sink) -> StageInfo:
+    layout = _csv_header(path)
+    select_sql = _csv_select_sql(layout)
+
+    def insert_batch(con: duckdb.DuckDBPyConnection, sink: Sink, batch: pa.Table, offset: int) -> int:
+        if offset == 0:
+            batch = batch.slice(1)  # the header line
+        name = f"_lines_{id(batch)}"
+        con.register(name, batch)
+        try:
+            con.execute(f"""
+                CREATE OR REPLACE TEMP TABLE _csv_decoded AS
+                SELECT line, b, try(decode(b)) AS text FROM {name}
+                WHERE try(decode(b)) IS NULL OR trim(try(decode(b)), ' \t') <> ''""")
+            quoted = con.execute(
+                "SELECT line, text FROM _csv_decoded WHERE text IS NOT NULL AND contains(text, '\"')"
+            ).fetchall()
+            con.register("_csv_quoted", _split_quoted(quoted))
+            sql = select_sql.replace("__FIELDS__", """(
+                SELECT d.line, CASE WHEN d.text IS NULL THEN d.b::VARCHAR ELSE d.text END AS raw,
+                       CASE WHEN d.text IS NULL THEN 'invalid_utf8' ELSE q.err END AS parse_error,
+                       CASE WHEN d.text IS NULL THEN []::VARCHAR[]
+                            WHEN q.line IS NOT NULL THEN q.f
+                            ELSE string_split(d.text, ',') END AS f
+                FROM _csv_decoded d LEFT JOIN _csv_quoted q USING (line))""")
+            return sink.insert(sql)
+        finally:
+            con.unregister(name)
+            con.unregister("_csv_quoted")
+            con.execute("DROP TABLE IF EXISTS _csv_decoded")
+
+    return stage_lines(con, path, "csv", sink, insert_batch)
+
+
+# --------------------------------------------------------------------------- Parquet
+
+_NUMBER_TYPES = ("TINYINT", "SMALLINT", "INTEGER", "BIGINT", "HUGEINT", "UTINYINT", "USMALLINT",
+                 "UINTEGER", "UBIGINT", "UHUGEINT")
+
+
+def _parquet_type(duck_type: str) -> str:
+    t = duck_type.upper()
+    if t == "VARCHAR":
+        return "VARCHAR"
+    if t in _NUMBER_TYPES:
+        return "BIGINT"
+    if t in ("FLOAT", "DOUBLE") or t.startswith("DECIMAL"):
+        return "DOUBLE" if t in ("FLOAT", "DOUBLE") else "DECIMAL"
+    if t.startswith("TIMESTAMP"):
+        return "TIMESTAMP"
+    if t.startswith(("STRUCT", "MAP")) or t == "JSON":
+        return "OBJECT"
+    if t.endswith("[]"):
+        return "ARRAY"
+    return t
+
+
+def _parquet_field_sql(types: dict[str, str], name: str, alias: str) -> str:
+    if name not in types:
+        return f"NULL AS {alias}, 'NULL' AS {alias}_t"
+    kind = _parquet_type(types[name])
+    col = f'"{name}"'
+    if kind == "OBJECT" and types[name].upper().startswith("STRUCT"):
+        text = f"json_merge_patch('{{}}', to_json({col}))"  # a struct's null fields are absent keys
+    elif kind == "OBJECT":
+        text = f"to_json({col})"
+    elif kind == "TIMESTAMP":
+        text = f"strftime({col}::TIMESTAMPTZ, '%Y-%m-%dT%H:%M:%S.%fZ')"
+    else:
+        text = f"{col}::VARCHAR"
+    return f"{text} AS {alias}, CASE WHEN {col} IS NULL THEN 'NULL' ELSE '{kind}' END AS {alias}_t"
+
+
+def parquet_columns(con: duckdb.DuckDBPyConnection, path: Path) -> dict[str, str]:
+    try:
+        rows = con.execute(f"DESCRIBE SELECT * FROM read_parquet({sql_string(str(path))})").fetchall()
+    except duckdb.Error as exc:
+        raise BadInputError(f"{path}: cannot read the Parquet file: {str(exc).splitlines()[0]}") from None
+    return {r[0]: r[1] for r in rows}
+
+
+def stage_parquet(con: duckdb.DuckDBPyConnection, path: Path, fmt: str, sink: Sink) -> StageInfo:
+    types = parquet_columns(con, path)
+    missing = [f for f in ("event_id", "customer_id", "meter", "timestamp") if f not in types]
+    if missing:
+        raise BadInputError(f"{path}: the Parquet schema lacks required column(s) {', '.join(missing)}")
+    extra_cols = [c for c in types if c not in KNOWN_FIELDS]
+    extra = ("to_json({" + ", ".join(f"{sql_string(c)}: \"{c.replace(chr(34), chr(34) * 2)}\"" for c in extra_cols)
+             + "})") if extra_cols else "NULL"
+    ts_kind = _parquet_type(types["timestamp"])
+    ts_native = '"timestamp"::TIMESTAMPTZ' if ts_kind == "TIMESTAMP" else "NULL::TIMESTAMPTZ"
+    sql = f"""
+        SELECT file_row_number + 1 AS line, NULL AS raw, NULL AS parse_error,
+               {_parquet_field_sql(types, 'event_id', 'event_id')},
+               {_parquet_field_sql(types, 'customer_id', 'customer_id')},
+               {_parquet_field_sql(types, 'meter', 'meter')},
+               {_parquet_field_sql(types, 'timestamp', 'ts')}, {ts_native} AS ts_native,
+               {_parquet_field_sql(types, 'value', 'value')},
+               {_parquet_field_sql(types, 'properties', 'properties')},
+               {extra} AS extra
+        FROM read_parquet({sql_string(str(path))}, file_row_number = true)"""
+    sink.reset()
+    try:
+        rows = sink.insert(sql)
+    except duckdb.Error as exc:
+        raise BadInputError(f"{path}: cannot read the Parquet file: {str(exc).splitlines()[0]}") from None
+    return StageInfo(rows=rows)
+
+
+def parquet_raw_rows(con: duckdb.DuckDBPyConnection, path: Path, lines_table: str) -> str:
+    """SQL giving (line, raw) for the Parquet rows listed in `lines_table`: the row as a JSON object."""
+    return f"""
+        SELECT line, to_json(p) AS raw FROM (
+            SELECT * EXCLUDE (file_row_number), file_row_number + 1 AS line
+            FROM read_parquet({sql_string(str(path))}, file_row_number = true)) p
+        WHERE line IN (SELECT line FROM {lines_table})"""
+
+
+READERS: dict[str, Callable[[duckdb.DuckDBPyConnection, Path, str, Sink], StageInfo]] = {
+    "jsonl": stage_jsonl,
+    "jsonl.gz": stage_jsonl,
+    "csv": stage_csv,
+    "parquet": stage_parquet,
+}
