@@ -150,7 +150,7 @@ def repair_events(
                 """
                 SELECT DISTINCT raw ->> '$.data.object.object' AS object_type, raw ->> '$.data.object.id' AS object_id
                 FROM _wh_repair
-                WHERE list_contains(?, raw ->> '$.data.object.object') AND raw ->> '$.type' NOT LIKE '%.deleted'
+                WHERE list_contains(?, raw ->> '$.data.object.object') AND NOT ((raw ->> '$.type') LIKE '%.deleted')
                 ORDER BY 1, 2
                 """,
                 [list(REFETCHABLE)],
@@ -176,7 +176,7 @@ def _prices_without_meter(con: duckdb.DuckDBPyConnection) -> list[str]:
         )
         SELECT DISTINCT line ->> '$.pricing.price_details.price' AS price_id FROM lines
         WHERE json_type(line -> '$.pricing.price_details.price') = 'VARCHAR'
-          AND line ->> '$.pricing.price_details.price' NOT IN (
+          AND (line ->> '$.pricing.price_details.price') NOT IN (
               SELECT object_id FROM stripe_object_snapshots WHERE object_type = 'price')
         ORDER BY 1
         """

@@ -229,7 +229,7 @@ _ATTEMPTS_SELECT = f"""
         TRY_CAST(obj ->> '$.amount_remaining' AS BIGINT) AS amount_remaining,
         {_ts("obj ->> '$.next_payment_attempt'")} AS next_payment_attempt
     FROM payment_events
-    WHERE obj ->> '$.id' IS NOT NULL
+    WHERE (obj ->> '$.id') IS NOT NULL
     QUALIFY row_number() OVER (
         PARTITION BY obj ->> '$.id', coalesce(TRY_CAST(obj ->> '$.attempt_count' AS BIGINT), 0)
         ORDER BY outcome_rank DESC, created DESC, event_id DESC) = 1

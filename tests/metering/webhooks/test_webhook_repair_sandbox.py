@@ -1,0 +1,142 @@
+"""End to end against the local Stripe sandbox: its signed webhooks reach the real receiver, an
+outage loses deliveries, and repair (/v1/events through the stripe SDK) fills the gap."""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+import pytest
+import uvicorn
+
+from metering import warehouse
+from metering.webhooks.events import event_counts, land_directory
+from metering.webhooks.receiver import ReceiverSettings, create_app
+from metering.webhooks.repair import repair_events
+from metering.webhooks.state import rebuild_state
+
+sandbox_testing = pytest.importorskip(
+    "metering.stripe_sandbox.testing", reason="the local Stripe sandbox (issue: sandbox) is not in this checkout"
+)
+
+
+def ts(text: str) -> int:
+    return int(datetime.fromisoformat(text).replace(tzinfo=timezone.utc).timestamp())
+
+
+class ThreadedReceiver:
+    """The real receiver app on uvicorn, in a thread of the test, on a loopback port."""
+
+    def __init__(self, landing: Path) -> None:
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            self.port = sock.getsockname()[1]
+        # the endpoint's secret is only known once the endpoint (which needs our URL) exists
+        self.settings = ReceiverSettings(secrets=[b"whsec_not_yet_known"], landing_dir=landing)
+        app = create_app(self.settings)
+        self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=self.port, log_config=None, access_log=False))
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/webhooks/stripe"
+
+    def __enter__(self) -> "ThreadedReceiver":
+        self.thread.start()
+        deadline = time.monotonic() + 20
+        while not self.server.started:
+            assert time.monotonic() < deadline, "receiver did not start"
+            time.sleep(0.02)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout=20)
+
+
+def test_outage_then_repair_reaches_stripes_state(tmp_path: Path):
+    landing = tmp_path / "landing"
+    start = ts("2026-10-01T00:00:00")
+    with sandbox_testing.running_sandbox() as sb, warehouse.open_warehouse(tmp_path / "w.duckdb") as con:
+        client = sb.client()
+        receiver = ThreadedReceiver(landing)
+        sb.create_webhook_endpoint(receiver.url)
+        receiver.settings.secrets = [sb.webhook_secret.encode()]
+
+        clock = client.v1.test_helpers.test_clocks.create({"frozen_time": start})
+        meter = client.v1.billing.meters.create({
+            "display_name": "API calls", "event_name": "metering_api_calls",
+            "default_aggregation": {"formula": "sum"},
+            "customer_mapping": {"type": "by_id", "event_payload_key": "stripe_customer_id"},
+            "value_settings": {"event_payload_key": "value"},
+        })
+        product = client.v1.products.create({"name": "API calls"})
+        price = client.v1.prices.create({
+            "currency": "usd", "product": product.id, "unit_amount": 25,
+            "recurring": {"interval": "month", "usage_type": "metered", "meter": meter.id},
+        })
+        customer = client.v1.customers.create(
+            {"name": "Acme", "metadata": {"customer_id": "acme"}, "test_clock": clock.id})
+        sub = client.v1.subscriptions.create(
+            {"customer": customer.id, "items": [{"price": price.id}], "metadata": {"customer_id": "acme"}})
+        client.v1.billing.meter_events.create({
+            "event_name": "metering_api_calls", "timestamp": start + 60,
+            "payload": {"stripe_customer_id": customer.id, "value": "40"},
+        })
+        sb.set_payment_behavior(customer.id, "fails")
+
+        with receiver:
+            client.v1.test_helpers.test_clocks.advance(clock.id, {"frozen_time": ts("2026-11-01T02:00:00")})
+            deliveries = sb.wait_for_webhooks(timeout=30)
+        assert deliveries, "the sandbox delivered nothing"
+
+        landed = land_directory(con, landing)
+        assert landed.events_added > 0 and landed.bad_records == 0
+        rebuild_state(con)
+        [(invoice_id, status, amount_due, attempts)] = con.execute(
+            "SELECT invoice_id, status, amount_due, attempt_count FROM stripe_invoices"
+            " WHERE billing_reason = 'subscription_cycle'").fetchall()
+        assert (status, amount_due, attempts) == ("open", 40 * 25, 1)  # 40 calls x 25 cents
+        assert con.execute("SELECT outcome FROM stripe_payment_attempts WHERE invoice_id = ?", [invoice_id]).fetchall() == [("failed",)]
+        before = event_counts(con)
+        assert before["events_from_repair"] == 0
+
+        # outage: the receiver is down while the customer pays
+        sb.set_payment_behavior(customer.id, "succeeds")
+        client.v1.invoices.pay(invoice_id)
+        sb.wait_for_webhooks(timeout=30)
+        assert land_directory(con, landing).records_read == 0
+
+        stats = repair_events(con, client)
+        assert stats.events_repaired > 0
+        assert stats.objects_refetched >= 1
+        rebuild_state(con)
+        truth = client.v1.invoices.retrieve(invoice_id)
+        row = con.execute(
+            "SELECT status, amount_due, amount_paid, amount_remaining, customer, customer_id, subscription_id"
+            " FROM stripe_invoices WHERE invoice_id = ?", [invoice_id]).fetchone()
+        assert row == ("paid", truth.amount_due, truth.amount_paid, truth.amount_remaining, customer.id, "acme", sub.id)
+        assert truth.status == "paid" and truth.amount_paid == 1000
+        after = event_counts(con)
+        assert after["events_from_repair"] == stats.events_repaired
+        assert after["events"] == before["events"] + stats.events_repaired
+        # every event Stripe holds is now known, and a second repair adds nothing
+        listed = {e.id for e in client.v1.events.list({"limit": 100}).auto_paging_iter()}
+        known = {r[0] for r in con.execute("SELECT event_id FROM stripe_webhook_events").fetchall()}
+        assert listed <= known
+        assert repair_events(con, client).events_repaired == 0
+        # the line's price was re-fetched, so the line names its Stripe meter
+        assert con.execute(
+            "SELECT price_id, stripe_meter_id, quantity_decimal, amount FROM stripe_invoice_lines WHERE invoice_id = ?",
+            [invoice_id]).fetchall() == [(price.id, meter.id, 40, 1000)]
+        # I16: neither the endpoint secret nor the API key ended up in the landing files or tables
+        secrets = [sb.webhook_secret, sb.api_key, "whsec_", "sk_test_"]
+        files_text = "".join(p.read_text() for p in landing.iterdir())
+        assert not [s for s in secrets if s in files_text]
+        for table in ("stripe_webhook_receipts", "stripe_webhook_events", "stripe_object_snapshots",
+                      "stripe_invoices", "stripe_invoice_lines", "stripe_subscriptions", "stripe_payment_attempts"):
+            text = con.execute(f"SELECT coalesce(string_agg(CAST(t AS VARCHAR), ''), '') FROM {table} t").fetchone()[0]
+            assert not [s for s in secrets if s in text], table
