@@ -17,7 +17,7 @@
 - Numbers are read from the raw response body with `parse_float=Decimal`: `aggregated_value` is a
   JSON number, and going through float would not be exact.
 
-All API reads happen first; the three tables are then replaced for the month in one transaction.
+Each pull reads everything from the API first, then replaces its tables for the month in one transaction.
 """
 
 from __future__ import annotations
@@ -263,6 +263,54 @@ def pull_invoices(
     return invoices, lines
 
 
+def _replace(con: duckdb.DuckDBPyConnection, billing_month: dt.date, frames: dict[str, pl.DataFrame]) -> None:
+    with transaction(con):
+        for table, frame in frames.items():
+            replace_rows(con, table, "billing_month = ?", [billing_month], frame, in_transaction=True)
+
+
+def pull_summaries_into_warehouse(
+    con: duckdb.DuckDBPyConnection,
+    client: stripe.StripeClient,
+    billing_month: dt.date,
+    *,
+    meters: list[str],
+    settings: ReconcileSettings | None = None,
+    now: dt.datetime | None = None,
+) -> PullResult:
+    """Pull the month's meter summaries and replace `stripe_meter_summaries` for it."""
+    settings = settings or ReconcileSettings.from_env()
+    now = now or dt.datetime.now(dt.UTC)
+    billing_month = billing_month.replace(day=1)
+    reader = _Reader(client)
+    rows, _ = pull_meter_summaries(con, reader, billing_month, meters, _customer_map(con, reader), settings, now)
+    result = PullResult(billing_month, pl.DataFrame(rows, schema=SUMMARY_SCHEMA),
+                        pl.DataFrame(schema=INVOICE_SCHEMA), pl.DataFrame(schema=LINE_SCHEMA), reader.calls)
+    _replace(con, billing_month, {"stripe_meter_summaries": result.summaries})
+    return result
+
+
+def pull_invoices_into_warehouse(
+    con: duckdb.DuckDBPyConnection,
+    client: stripe.StripeClient,
+    billing_month: dt.date,
+    *,
+    now: dt.datetime | None = None,
+) -> PullResult:
+    """Pull the month's invoices and lines and replace `stripe_invoices_api` / `stripe_invoice_lines_api`."""
+    now = now or dt.datetime.now(dt.UTC)
+    billing_month = billing_month.replace(day=1)
+    reader = _Reader(client)
+    by_ours = _customer_map(con, reader)
+    stripe_meters = {m["event_name"]: m for m in reader.pages(lambda p: client.v1.billing.meters.list(p), {})}
+    invoices, lines = pull_invoices(reader, billing_month, by_ours, stripe_meters, now)
+    result = PullResult(billing_month, pl.DataFrame(schema=SUMMARY_SCHEMA),
+                        pl.DataFrame(invoices, schema=INVOICE_SCHEMA), pl.DataFrame(lines, schema=LINE_SCHEMA),
+                        reader.calls)
+    _replace(con, billing_month, {"stripe_invoices_api": result.invoices, "stripe_invoice_lines_api": result.lines})
+    return result
+
+
 def pull_stripe_state(
     con: duckdb.DuckDBPyConnection,
     client: stripe.StripeClient,
@@ -272,27 +320,13 @@ def pull_stripe_state(
     settings: ReconcileSettings | None = None,
     now: dt.datetime | None = None,
 ) -> PullResult:
-    """Pull summaries, invoices and lines for the month and replace them in the warehouse."""
-    settings = settings or ReconcileSettings.from_env()
+    """Both pulls for the month (summaries, then invoices and lines), each replaced in the warehouse."""
     now = now or dt.datetime.now(dt.UTC)
-    billing_month = billing_month.replace(day=1)
-    reader = _Reader(client)
-    by_ours = _customer_map(con, reader)
-    summaries, stripe_meters = pull_meter_summaries(con, reader, billing_month, meters, by_ours, settings, now)
-    invoices, lines = pull_invoices(reader, billing_month, by_ours, stripe_meters, now)
-    result = PullResult(
-        billing_month,
-        pl.DataFrame(summaries, schema=SUMMARY_SCHEMA),
-        pl.DataFrame(invoices, schema=INVOICE_SCHEMA),
-        pl.DataFrame(lines, schema=LINE_SCHEMA),
-        reader.calls,
-    )
-    with transaction(con):
-        for table, frame in (("stripe_meter_summaries", result.summaries),
-                             ("stripe_invoices_api", result.invoices),
-                             ("stripe_invoice_lines_api", result.lines)):
-            replace_rows(con, table, "billing_month = ?", [billing_month], frame, in_transaction=True)
-    log.info("pulled Stripe state", extra={"billing_month": str(billing_month), "api_calls": reader.calls,
+    summaries = pull_summaries_into_warehouse(con, client, billing_month, meters=meters, settings=settings, now=now)
+    invoices = pull_invoices_into_warehouse(con, client, billing_month, now=now)
+    result = PullResult(summaries.billing_month, summaries.summaries, invoices.invoices, invoices.lines,
+                        summaries.api_calls + invoices.api_calls)
+    log.info("pulled Stripe state", extra={"billing_month": str(result.billing_month), "api_calls": result.api_calls,
                                             "summaries": result.summaries.height, "lines": result.lines.height})
     return result
 

@@ -1,0 +1,158 @@
+"""Reconciliation assets: Stripe pulls, the reconciliation, and the finance report.
+
+Thin wiring over `metering.reconcile` and `metering.reports`; every partition is a billing month
+(`monthly_billing`, keys like 2026-10-01) covering the customer billing periods that start in it.
+"""
+
+
+import datetime as dt
+
+import dagster as dg
+
+from metering.reconcile.pulls import pull_invoices_into_warehouse, pull_summaries_into_warehouse
+from metering.reconcile.run import reconcile_period
+from metering.reconcile.settings import ReconcileSettings
+from metering.reports import write_report
+from metering.rules.meters import load_meters
+from pipelines.defs.reconciliation.resources import ReconcileStripeClient
+from pipelines.partitions import monthly_billing
+from pipelines.resources import WAREHOUSE_POOL, ProjectPaths, WarehouseResource
+
+GROUP = "reconciliation"
+UNEXPLAINED_CHECK = "unexplained_differences_within_threshold"
+
+
+class ReconcileConfig(dg.Config):
+    """Overrides of `ReconcileSettings.from_env()`; -1 keeps the environment's / default value."""
+
+    settle_seconds: int = -1
+    max_unexplained_minor: int = -1
+
+
+def _settings(config: ReconcileConfig) -> ReconcileSettings:
+    base = ReconcileSettings.from_env()
+    return ReconcileSettings(
+        tolerance_minor=base.tolerance_minor,
+        default_tolerance_minor=base.default_tolerance_minor,
+        settle_seconds=base.settle_seconds if config.settle_seconds < 0 else config.settle_seconds,
+        max_unexplained_minor=base.max_unexplained_minor if config.max_unexplained_minor < 0
+        else config.max_unexplained_minor,
+    )
+
+
+def _month(context: dg.AssetExecutionContext) -> dt.date:
+    return context.partition_time_window.start.date()
+
+
+@dg.asset(
+    group_name=GROUP,
+    partitions_def=monthly_billing,
+    pool=WAREHOUSE_POOL,
+    kinds={"duckdb", "stripe"},
+    deps=["rated_usage", "stripe_usage_pushes"],
+)
+def stripe_meter_summaries(
+    context: dg.AssetExecutionContext,
+    config: ReconcileConfig,
+    warehouse: WarehouseResource,
+    paths: ProjectPaths,
+    stripe_reconcile_client: ReconcileStripeClient,
+) -> dg.MaterializeResult:
+    """One row per customer x meter x billing period x day (grain 'day') plus one 'period' row: what
+    Stripe's meters hold. Source: Stripe's meter event summaries API (value_grouping_window=day),
+    pulled only once the last acknowledged push is older than the settle delay, else a 'pending' row."""
+    month = _month(context)
+    with warehouse.get_connection() as con:
+        result = pull_summaries_into_warehouse(
+            con, stripe_reconcile_client.client(), month,
+            meters=list(load_meters(paths.rules)), settings=_settings(config))
+    return dg.MaterializeResult(metadata={
+        "dagster/row_count": result.summaries.height, "pending": result.pending, "api_calls": result.api_calls})
+
+
+@dg.asset(
+    group_name=GROUP,
+    partitions_def=monthly_billing,
+    pool=WAREHOUSE_POOL,
+    kinds={"duckdb", "stripe"},
+    deps=["stripe_invoices"],
+)
+def stripe_invoice_lines(
+    context: dg.AssetExecutionContext,
+    warehouse: WarehouseResource,
+    stripe_reconcile_client: ReconcileStripeClient,
+) -> dg.MaterializeResult:
+    """One row per Stripe invoice line (table stripe_invoice_lines_api, headers in stripe_invoices_api)
+    of invoices whose period touches the month. Source: Stripe's invoices and invoice lines API, read
+    because webhooks can be lost; reconciliation merges it with the webhook-derived stripe_invoice_lines
+    (the API read wins for an invoice it saw)."""
+    month = _month(context)
+    with warehouse.get_connection() as con:
+        result = pull_invoices_into_warehouse(con, stripe_reconcile_client.client(), month)
+    return dg.MaterializeResult(metadata={
+        "dagster/row_count": result.lines.height, "invoices": result.invoices.height, "api_calls": result.api_calls})
+
+
+@dg.asset(
+    group_name=GROUP,
+    partitions_def=monthly_billing,
+    pool=WAREHOUSE_POOL,
+    kinds={"duckdb", "polars"},
+    deps=[stripe_meter_summaries, stripe_invoice_lines, "rated_usage", "invoice_previews", "usage_aggregates"],
+    check_specs=[dg.AssetCheckSpec(UNEXPLAINED_CHECK, asset="usage_reconciliation", blocking=True,
+                                   description="Unexplained differences per currency within the configured amount")],
+)
+def usage_reconciliation(
+    context: dg.AssetExecutionContext,
+    config: ReconcileConfig,
+    warehouse: WarehouseResource,
+    paths: ProjectPaths,
+) -> dg.MaterializeResult:
+    """One row per customer x meter x billing period: our quantity, pushed, Stripe's metered and invoiced
+    quantity, rated vs invoiced amount, difference, status and reason; plus invoice_reconciliation (one
+    row per customer x period). Source: usage_aggregates, rated_usage, stripe_push_ledger,
+    stripe_meter_summaries, Stripe invoice lines (API + webhooks), invoice_previews."""
+    settings = _settings(config)
+    with warehouse.get_connection() as con:
+        result = reconcile_period(con, _month(context), settings=settings, meters=load_meters(paths.rules))
+    unexplained = result.unexplained_minor()
+    counts = result.status_counts()
+    return dg.MaterializeResult(
+        metadata={"dagster/row_count": result.usage.height, "invoices": result.invoices.height,
+                  "tolerance": settings.describe_tolerance(), **{f"status/{k}": v for k, v in counts.items()}},
+        check_results=[dg.AssetCheckResult(
+            check_name=UNEXPLAINED_CHECK,
+            passed=result.check_passed(),
+            metadata={"threshold_minor": settings.max_unexplained_minor,
+                      **{f"unexplained_minor/{c}": v for c, v in sorted(unexplained.items())}},
+        )],
+    )
+
+
+@dg.asset(
+    group_name=GROUP,
+    partitions_def=monthly_billing,
+    pool=WAREHOUSE_POOL,
+    kinds={"duckdb", "html"},
+    deps=[usage_reconciliation, "dunning_state"],
+)
+def finance_report(
+    context: dg.AssetExecutionContext,
+    warehouse: WarehouseResource,
+    paths: ProjectPaths,
+) -> dg.MaterializeResult:
+    """One report per billing month in data/reports/<YYYY-MM>/: report.html (self-contained), report.xlsx
+    and CSVs (summary, lines, discrepancies, invoices, dunning). Source: usage_reconciliation,
+    invoice_reconciliation, dunning_state."""
+    month = _month(context)
+    with warehouse.get_connection(read_only=True) as con:
+        files = write_report(con, month, paths.data / "reports" / month.strftime("%Y-%m"))
+    meta: dict[str, object] = {"folder": str(files.folder), "html": dg.MetadataValue.path(str(files.html)),
+                               "dagster/row_count": files.data.lines.height}
+    for t in files.data.totals:
+        meta[f"{t.currency}/match_rate_percent"] = str(t.match_rate)
+        meta[f"{t.currency}/money_at_risk_minor"] = t.money_at_risk_minor
+    return dg.MaterializeResult(metadata=meta)
+
+
+RECONCILIATION_ASSETS = [stripe_meter_summaries, stripe_invoice_lines, usage_reconciliation, finance_report]

@@ -1,0 +1,20 @@
+"""The reconciliation domain: Stripe pulls -> usage_reconciliation (blocking check) -> finance_report."""
+
+from __future__ import annotations
+
+import dagster as dg
+
+from pipelines.defs.reconciliation.assets import GROUP, RECONCILIATION_ASSETS
+from pipelines.defs.reconciliation.resources import ReconcileStripeClient
+
+reconciliation_job = dg.define_asset_job(
+    "reconciliation_job",
+    selection=dg.AssetSelection.groups(GROUP),
+    description="Pull Stripe's meters and invoices for a closed billing month, reconcile, write the report.",
+)
+
+defs = dg.Definitions(
+    assets=RECONCILIATION_ASSETS,
+    jobs=[reconciliation_job],
+    resources={"stripe_reconcile_client": ReconcileStripeClient()},
+)
