@@ -60,3 +60,85 @@ def sb() -> Iterator[SandboxHandle]:
 @pytest.fixture
 def client(sb: SandboxHandle):
     return sb.client()
+
+
+def wait_until(predicate, timeout: float = 10.0, interval: float = 0.01):
+    """Poll ``predicate`` until it returns something truthy (coordination, not a timing assertion)."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while True:
+        result = predicate()
+        if result:
+            return result
+        if time.monotonic() > deadline:
+            raise TimeoutError("condition not reached")
+        time.sleep(interval)
+
+
+def in_flight(handle: SandboxHandle, path: str) -> bool:
+    return any(e["status"] is None for e in handle.requests_log(path=path))
+
+
+class Receiver:
+    """A webhook receiver on a loopback port that records raw deliveries; the first ``fail_first``
+    deliveries are answered 500."""
+
+    def __init__(self, fail_first: int = 0, always_fail: bool = False) -> None:
+        import threading
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        receiver = self
+        self.fail_first = fail_first
+        self.always_fail = always_fail
+        self.received: list[tuple[bytes, str, int]] = []
+        self.lock = threading.Lock()
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args: Any) -> None:
+                pass
+
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers["Content-Length"]))
+                with receiver.lock:
+                    failing = receiver.always_fail or len(receiver.received) < receiver.fail_first
+                    status = 500 if failing else 200
+                    receiver.received.append((body, self.headers["Stripe-Signature"], status))
+                self.send_response(status)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.server.server_address[1]}/hooks"
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture
+def receiver() -> Iterator[Receiver]:
+    r = Receiver()
+    yield r
+    r.close()
+
+
+def metered_price(client, event_name: str = "metering_api_calls", window: str | None = None, formula: str = "sum", **price: Any):
+    """A meter and a monthly metered price on it (per-unit 25 cents unless ``price`` says otherwise)."""
+    params: dict[str, Any] = {
+        "display_name": event_name,
+        "event_name": event_name,
+        "default_aggregation": {"formula": formula},
+    }
+    if window:
+        params["event_time_window"] = window
+    meter = client.v1.billing.meters.create(params)
+    product = client.v1.products.create({"name": event_name})
+    body = {"currency": "usd", "product": product.id, "recurring": {"interval": "month", "usage_type": "metered", "meter": meter.id}}
+    body.update(price or {"unit_amount": 25})
+    return meter, client.v1.prices.create(body)
