@@ -33,4 +33,4 @@ dev: setup
 	$(BIN)/dagster dev
 
 clean-data:
-	rm -rf data/warehouse.duckdb* data/analytics.duckdb data/dagster_home data/raw data/landing data/reports data/sandbox
+	rm -rf data/warehouse.duckdb* data/snapshot.duckdb data/dagster_home data/raw data/landing data/reports data/sandbox

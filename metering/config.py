@@ -26,11 +26,15 @@ def warehouse_path(explicit: str | os.PathLike[str] | None = None) -> Path:
 
 
 def snapshot_path(explicit: str | os.PathLike[str] | None = None) -> Path:
-    """The published read-only snapshot: explicit, else `METERING_SNAPSHOT`, else `data/analytics.duckdb`."""
+    """The published read-only snapshot: explicit, else `METERING_SNAPSHOT`, else `data/snapshot.duckdb`.
+
+    Not `analytics.duckdb`: DuckDB names a file's catalog after it, and a catalog called `analytics`
+    makes every `analytics.<view>` reference ambiguous with the snapshot's `analytics` schema.
+    """
     if explicit:
         return Path(explicit)
     env = os.environ.get("METERING_SNAPSHOT")
-    return Path(env) if env else data_dir() / "analytics.duckdb"
+    return Path(env) if env else data_dir() / "snapshot.duckdb"
 
 
 def rules_dir(explicit: str | os.PathLike[str] | None = None) -> Path:

@@ -19,7 +19,7 @@ def isolated_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     data.mkdir()
     monkeypatch.setenv("METERING_DATA_DIR", str(data))
     monkeypatch.setenv("METERING_WAREHOUSE", str(data / "warehouse.duckdb"))
-    monkeypatch.setenv("METERING_SNAPSHOT", str(data / "analytics.duckdb"))
+    monkeypatch.setenv("METERING_SNAPSHOT", str(data / "snapshot.duckdb"))
     monkeypatch.setenv("DAGSTER_DISABLE_TELEMETRY", "1")
     for name in ("STRIPE_API_KEY", "STRIPE_WEBHOOK_SECRET"):
         monkeypatch.delenv(name, raising=False)

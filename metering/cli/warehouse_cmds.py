@@ -11,7 +11,7 @@ from metering import warehouse
 @click.option("--warehouse", "warehouse_path", type=click.Path(dir_okay=False), default=None,
               help="Warehouse file (default: $METERING_WAREHOUSE or data/warehouse.duckdb).")
 @click.option("--snapshot", type=click.Path(dir_okay=False), default=None,
-              help="Snapshot file (default: $METERING_SNAPSHOT or data/analytics.duckdb).")
+              help="Snapshot file (default: $METERING_SNAPSHOT or data/snapshot.duckdb).")
 def publish(warehouse_path: str | None, snapshot: str | None) -> None:
     """Copy the warehouse to the read-only analyst snapshot and swap it in atomically."""
     dest = warehouse.publish(warehouse_path, snapshot)
