@@ -33,7 +33,7 @@ def serve(port: int, host: str, landing: str | None, tolerance: int, max_body_by
     """
     import uvicorn
 
-    from metering.webhooks.landing import landing_dir
+    from metering.webhooks.inbox import landing_dir
     from metering.webhooks.receiver import ReceiverSettings, create_app
     from metering.webhooks.signature import parse_secrets
 

@@ -29,10 +29,21 @@ from collections.abc import Callable, Mapping
 from datetime import datetime, timezone
 from pathlib import Path
 
+from metering import config
+
+LANDING_ENV = "METERING_STRIPE_LANDING"
 FILE_PREFIX = "stripe-"
 FILE_SUFFIX = ".jsonl"
 RECORD_VERSION = 1
 KEPT_HEADERS = ("stripe-signature", "content-type")
+
+
+def landing_dir(explicit: str | os.PathLike[str] | None = None) -> Path:
+    """The landing folder: explicit, else `METERING_STRIPE_LANDING`, else `data/landing/stripe/`."""
+    if explicit:
+        return Path(explicit)
+    env = os.environ.get(LANDING_ENV)
+    return Path(env) if env else config.data_dir() / "landing" / "stripe"
 
 
 def encode_record(body: str, headers: Mapping[str, str], received_at: datetime) -> bytes:

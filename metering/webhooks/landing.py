@@ -8,27 +8,18 @@ JSON is decoded later in DuckDB, as whole-frame SQL.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import polars as pl
 
-from metering import config
-from metering.webhooks.inbox import FILE_PREFIX, FILE_SUFFIX
+from metering.webhooks.inbox import FILE_PREFIX, FILE_SUFFIX, LANDING_ENV, landing_dir
 
-LANDING_ENV = "METERING_STRIPE_LANDING"
+__all__ = ["LANDING_ENV", "FilePosition", "LandedRecords", "landing_dir", "landing_files", "landing_sizes",
+           "read_new_records"]
 
 RECORD_SCHEMA = {"landing_file": pl.String, "line_no": pl.Int64, "line": pl.String}
-
-
-def landing_dir(explicit: str | os.PathLike[str] | None = None) -> Path:
-    """The landing folder: explicit, else `METERING_STRIPE_LANDING`, else `data/landing/stripe/`."""
-    if explicit:
-        return Path(explicit)
-    env = os.environ.get(LANDING_ENV)
-    return Path(env) if env else config.data_dir() / "landing" / "stripe"
 
 
 def landing_files(directory: Path) -> list[Path]:
