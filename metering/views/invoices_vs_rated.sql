@@ -1,0 +1,23 @@
+-- analytics.invoices_vs_rated: one row per customer x billing period: our invoice preview vs Stripe.
+CREATE OR REPLACE VIEW analytics.invoices_vs_rated AS
+SELECT
+    p.customer_id,
+    p.period_start,
+    p.period_end,
+    p.currency,
+    p.total_minor                     AS our_total_minor,
+    p.lines                           AS our_lines,
+    r.not_in_stripe_minor,            -- our charges Stripe cannot price (billed by the engine)
+    r.stripe_total_minor,
+    r.amount_diff_minor,              -- stripe_total_minor - (our_total_minor - not_in_stripe_minor)
+    r.tolerance_minor,
+    r.status                          AS reconciliation_status,
+    r.invoice_ids,
+    r.invoice_status,
+    r.amount_paid,
+    r.amount_remaining,
+    r.reconciled_at
+FROM main.invoice_previews p
+LEFT JOIN main.invoice_reconciliation r
+  ON r.customer_id = p.customer_id AND r.period_start = p.period_start;
+COMMENT ON VIEW analytics.invoices_vs_rated IS 'One row per customer x billing period: our invoice preview total vs the Stripe invoice lines of the period, with the reconciliation status, invoice status and amount paid (NULL until reconciled). Source: invoice_previews, invoice_reconciliation.';

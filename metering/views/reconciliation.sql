@@ -1,0 +1,33 @@
+-- analytics.reconciliation: one row per customer x meter x billing period (the finance report's lines).
+CREATE OR REPLACE VIEW analytics.reconciliation AS
+SELECT
+    billing_month,
+    customer_id,
+    meter,
+    period_start,
+    period_end,
+    currency,
+    plan,
+    plan_version,
+    our_quantity,                 -- the meter's quantity over the period (usage_aggregates)
+    pushed_quantity,              -- acknowledged in the push ledger
+    stripe_quantity,              -- Stripe's meter event summary over the period
+    invoiced_quantity,            -- Stripe's invoice lines
+    our_amount_minor,
+    not_in_stripe_minor,
+    stripe_amount_minor,
+    quantity_diff,
+    amount_diff_minor,
+    tolerance_minor,
+    status,                       -- matched | within_tolerance | not_pushed | missing_in_stripe | extra_in_stripe
+                                  -- | quantity_mismatch | amount_mismatch | late_after_finalization | pending
+    reason,
+    explained,                    -- false: counts against the blocking check's threshold
+    invoice_ids,
+    reconciled_at
+FROM main.usage_reconciliation;
+COMMENT ON VIEW analytics.reconciliation IS 'One row per customer x meter x billing period: ours vs pushed vs Stripe meter vs Stripe invoice, amount difference, status and reason. Source: usage_reconciliation.';
+
+CREATE OR REPLACE VIEW analytics.invoice_reconciliation AS
+SELECT * FROM main.invoice_reconciliation;
+COMMENT ON VIEW analytics.invoice_reconciliation IS 'One row per customer x billing period: our total vs Stripe total (all lines of the period), invoice status, amount paid, status and reason. Source: invoice_reconciliation.';
