@@ -1,0 +1,83 @@
+"""The sandbox's own tier arithmetic against a unit-by-unit brute force (hypothesis), and Stripe's
+form encoding."""
+
+from __future__ import annotations
+
+from decimal import Decimal
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from metering.stripe_sandbox.forms import parse_form
+from metering.stripe_sandbox.tiers import amount_minor, unrounded_amount
+
+amounts = st.decimals(min_value=0, max_value=10_000, places=3, allow_nan=False, allow_infinity=False)
+
+
+@st.composite
+def tiered_prices(draw):
+    bounds = sorted(set(draw(st.lists(st.integers(1, 60), min_size=0, max_size=4))))
+    tiers = []
+    for up_to in bounds + [None]:
+        tiers.append(
+            {"up_to": up_to, "unit_amount_decimal": str(draw(amounts)), "flat_amount_decimal": str(draw(st.integers(0, 5000)))}
+        )
+    return tiers
+
+
+def _tier_of(tiers, unit: int) -> int:
+    return next(i for i, t in enumerate(tiers) if t["up_to"] is None or unit <= t["up_to"])
+
+
+@settings(max_examples=150, deadline=None)
+@given(tiered_prices(), st.integers(0, 120))
+def test_graduated_equals_pricing_each_unit_in_its_own_tier(tiers, quantity):
+    price = {"billing_scheme": "tiered", "tiers_mode": "graduated", "tiers": tiers}
+    brute = sum((Decimal(tiers[_tier_of(tiers, u)]["unit_amount_decimal"]) for u in range(1, quantity + 1)), Decimal(0))
+    reached = _tier_of(tiers, max(quantity, 1)) if quantity else 0
+    brute += sum(Decimal(t["flat_amount_decimal"]) for t in tiers[: reached + 1])
+    assert unrounded_amount(price, Decimal(quantity)) == brute
+
+
+@settings(max_examples=150, deadline=None)
+@given(tiered_prices(), st.integers(0, 120))
+def test_volume_prices_every_unit_at_the_containing_tier(tiers, quantity):
+    price = {"billing_scheme": "tiered", "tiers_mode": "volume", "tiers": tiers}
+    tier = tiers[_tier_of(tiers, quantity)] if quantity else tiers[0]
+    expected = quantity * Decimal(tier["unit_amount_decimal"]) + Decimal(tier["flat_amount_decimal"])
+    assert unrounded_amount(price, Decimal(quantity)) == expected
+
+
+@settings(max_examples=100, deadline=None)
+@given(amounts, st.decimals(min_value=0, max_value=10**9, places=6, allow_nan=False, allow_infinity=False))
+def test_per_unit_rounds_half_up_to_whole_minor_units(unit, quantity):
+    exact = quantity * unit
+    cents = amount_minor({"billing_scheme": "per_unit", "unit_amount_decimal": str(unit)}, quantity)
+    assert abs(Decimal(cents) - exact) <= Decimal("0.5")
+    if exact - int(exact) == Decimal("0.5"):
+        assert cents == int(exact) + 1
+
+
+def test_transform_quantity_divides_then_rounds():
+    price = {"billing_scheme": "per_unit", "unit_amount_decimal": "100", "transform_quantity": {"divide_by": 1000, "round": "up"}}
+    assert amount_minor(price, Decimal(1001)) == 200
+    price["transform_quantity"]["round"] = "down"
+    assert amount_minor(price, Decimal(1999)) == 100
+
+
+def test_nested_brackets_lists_and_maps():
+    parsed = parse_form(
+        "items[0][price]=p1&items[1][price]=p2&items[1][metadata][k]=v&expand[]=a&expand[]=b"
+        "&metadata[0]=zero&payload[1]=x&tiers[0][up_to]=inf&created[gte]=5&empty="
+    )
+    assert parsed == {
+        "items": [{"price": "p1"}, {"price": "p2", "metadata": {"k": "v"}}],
+        "expand": ["a", "b"],
+        "metadata": {"0": "zero"},
+        "payload": {"1": "x"},
+        "tiers": [{"up_to": "inf"}],
+        "created": {"gte": "5"},
+        "empty": "",
+    }
+    assert parse_form("expand[0]=x&expand[1]=y") == {"expand": ["x", "y"]}
+    assert parse_form("a%5Bb%5D=1") == {"a": {"b": "1"}}

@@ -1,0 +1,89 @@
+"""State persistence to a JSON file, and `metering stripe-sandbox` started as a user would."""
+
+from __future__ import annotations
+
+import json
+import signal
+import socket
+import subprocess
+import sys
+import urllib.request
+from pathlib import Path
+
+import stripe
+
+from conftest import ts, wait_until
+from metering.stripe_sandbox.testing import running_sandbox
+
+T0 = ts("2026-10-10T00:00:00")
+
+
+def test_state_survives_a_restart(tmp_path: Path):
+    state = tmp_path / "sandbox.json"
+    with running_sandbox(state_file=str(state), now=T0) as sb:
+        client = sb.client()
+        customer = client.v1.customers.create({"name": "Kept", "metadata": {"customer_id": "kept"}})
+        meter = client.v1.billing.meters.create({"display_name": "m", "event_name": "metering_m", "default_aggregation": {"formula": "sum"}})
+        client.v1.billing.meter_events.create(
+            {"event_name": "metering_m", "payload": {"stripe_customer_id": customer.id, "value": "3"}, "identifier": "once"}
+        )
+    saved = json.loads(state.read_text())
+    assert customer.id in saved["objects"]["customer"]
+    with running_sandbox(state_file=str(state), now=T0) as sb:
+        client = sb.client()
+        assert client.v1.customers.retrieve(customer.id).metadata["customer_id"] == "kept"
+        summary = client.v1.billing.meters.event_summaries.list(meter.id, {"customer": customer.id, "start_time": T0 - 60, "end_time": T0 + 60})
+        assert summary.data[0].aggregated_value == 3
+        try:
+            client.v1.billing.meter_events.create(
+                {"event_name": "metering_m", "payload": {"stripe_customer_id": customer.id, "value": "3"}, "identifier": "once"}
+            )
+            raise AssertionError("a persisted identifier must still de-duplicate")
+        except stripe.InvalidRequestError:
+            pass
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def test_the_cli_serves_the_sdk_and_saves_state_on_exit(tmp_path: Path):
+    port = _free_port()
+    state = tmp_path / "state.json"
+    process = subprocess.Popen(
+        [sys.executable, "-c", "from metering.cli import main; main()", "stripe-sandbox", "--port", str(port), "--state", str(state)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        def healthy() -> bool:
+            try:
+                with urllib.request.urlopen(url + "/_sandbox/health", timeout=1) as response:
+                    return json.loads(response.read())["ok"]
+            except OSError:
+                assert process.poll() is None, process.communicate()[1]
+                return False
+
+        wait_until(healthy, timeout=30)
+        client = stripe.StripeClient("sk_test_anything", base_addresses={"api": url, "meter_events": url})
+        customer = client.v1.customers.create({"name": "From the CLI"})
+    finally:
+        process.send_signal(signal.SIGINT)
+        _, stderr = process.communicate(timeout=30)
+    assert process.returncode == 0, stderr
+    assert f"listening on {url}" in stderr
+    assert customer.id in json.loads(state.read_text())["objects"]["customer"]
+
+
+def test_the_cli_rejects_a_live_key_with_exit_code_3(tmp_path: Path):
+    result = subprocess.run(
+        [sys.executable, "-c", "from metering.cli import main; main()", "stripe-sandbox", "--port", "0", "--api-key", "sk_live_x"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 3 and "test-mode keys" in result.stderr
