@@ -176,10 +176,14 @@ def _bulk(cfg: GenerateConfig) -> pl.DataFrame:
 
 
 def _pick(frame: pl.DataFrame, share: float, seed: int, salt: int) -> pl.DataFrame:
-    k = int(round(frame.height * share))
-    if k <= 0:
+    """About `share` of the rows (at least one when share > 0), chosen by hash: deterministic."""
+    if share <= 0 or frame.height == 0:
         return frame.clear()
-    return frame.filter((_u("i", seed, salt) % 1_000_000) < int(share * 1_000_000)).head(k)
+    k = max(1, int(round(frame.height * share)))
+    wide = min(1.0, 3 * share + 50 / frame.height)
+    h = _u("i", seed, salt)
+    return (frame.filter((h % 1_000_000) < int(wide * 1_000_000)).with_columns(_h=h).sort("_h").head(k)
+            .drop("_h"))
 
 
 def _with_defects(cfg: GenerateConfig, bulk: pl.DataFrame, days: int, summary: GenerateSummary) -> pl.DataFrame:

@@ -81,7 +81,7 @@ def _pandera_check(con: duckdb.DuckDBPyConnection, meters: dict[str, Meter], pat
     reader = con.execute(
         f"SELECT event_id, customer_id, meter, event_time, event_date, value, properties, payload_hash "
         f"FROM {EVENTS} WHERE reason IS NULL"
-    ).fetch_record_batch(PANDERA_BATCH_ROWS)
+    ).to_arrow_reader(PANDERA_BATCH_ROWS)
     import polars as pl
 
     for batch in reader:

@@ -409,8 +409,8 @@ def stage_parquet(con: duckdb.DuckDBPyConnection, path: Path, fmt: str, sink: Si
     if missing:
         raise BadInputError(f"{path}: the Parquet schema lacks required column(s) {', '.join(missing)}")
     extra_cols = [c for c in types if c not in KNOWN_FIELDS]
-    extra = ("to_json({" + ", ".join(f"{sql_string(c)}: \"{c.replace(chr(34), chr(34) * 2)}\"" for c in extra_cols)
-             + "})") if extra_cols else "NULL"
+    extra = (f"nullif(json_merge_patch('{{}}', to_json({_struct_sql(extra_cols)})), '{{}}')"  # null = absent
+             if extra_cols else "NULL")
     ts_kind = _parquet_type(types["timestamp"])
     ts_native = '"timestamp"::TIMESTAMPTZ' if ts_kind == "TIMESTAMP" else "NULL::TIMESTAMPTZ"
     sql = f"""
@@ -431,13 +431,17 @@ def stage_parquet(con: duckdb.DuckDBPyConnection, path: Path, fmt: str, sink: Si
     return StageInfo(rows=rows)
 
 
+def _struct_sql(columns: list[str]) -> str:
+    return "{" + ", ".join(f'{sql_string(c)}: "{c.replace(chr(34), chr(34) * 2)}"' for c in columns) + "}"
+
+
 def parquet_raw_rows(con: duckdb.DuckDBPyConnection, path: Path, lines_table: str) -> str:
     """SQL giving (line, raw) for the Parquet rows listed in `lines_table`: the row as a JSON object."""
+    columns = list(parquet_columns(con, path))
     return f"""
-        SELECT line, to_json(p) AS raw FROM (
-            SELECT * EXCLUDE (file_row_number), file_row_number + 1 AS line
-            FROM read_parquet({sql_string(str(path))}, file_row_number = true)) p
-        WHERE line IN (SELECT line FROM {lines_table})"""
+        SELECT file_row_number + 1 AS line, to_json({_struct_sql(columns)}) AS raw
+        FROM read_parquet({sql_string(str(path))}, file_row_number = true)
+        WHERE file_row_number + 1 IN (SELECT line FROM {lines_table})"""
 
 
 READERS: dict[str, Callable[[duckdb.DuckDBPyConnection, Path, str, Sink], StageInfo]] = {

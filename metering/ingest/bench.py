@@ -1,0 +1,156 @@
+"""The ingestion benchmark: full ingestion vs DuckDB's floor, each in a fresh process, same run.
+
+The floor is what DuckDB alone needs to read the same file, drop unparsable rows, de-duplicate by
+`event_id` and group by customer x meter x day (no validation, no quarantine, nothing stored).
+Each measurement runs in a child process that reports its own wall time (from before opening the
+file to after the last statement) and its peak resident memory (`getrusage(RUSAGE_SELF)`).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from metering import config
+from metering.warehouse import sql_string
+
+
+def _floor_sql(path: Path, fmt: str) -> str:
+    p = sql_string(str(path))
+    cols = "{'event_id': 'VARCHAR', 'customer_id': 'VARCHAR', 'meter': 'VARCHAR', 'timestamp': 'VARCHAR'}"
+    source = {
+        "parquet": f"SELECT event_id, customer_id, meter, timestamp FROM read_parquet({p})",
+        "jsonl": f"SELECT * FROM read_json({p}, format = 'newline_delimited', ignore_errors = true, columns = {cols})",
+        "jsonl.gz": f"SELECT * FROM read_json({p}, format = 'newline_delimited', ignore_errors = true, "
+                    f"compression = 'gzip', columns = {cols})",
+        "csv": f"SELECT event_id, customer_id, meter, timestamp FROM read_csv({p}, all_varchar = true, "
+               f"ignore_errors = true, header = true)",
+    }[fmt]
+    return f"""
+        WITH src AS ({source}),
+        parsed AS (
+            SELECT event_id, customer_id, meter,
+                   coalesce(try_cast(timestamp AS TIMESTAMPTZ), epoch_ms(try_cast(timestamp AS BIGINT))::TIMESTAMPTZ) AS t
+            FROM src),
+        deduped AS (
+            SELECT event_id, first(customer_id) AS customer_id, first(meter) AS meter, first(t) AS t
+            FROM parsed WHERE event_id IS NOT NULL AND t IS NOT NULL GROUP BY event_id)
+        SELECT count(*) FROM (SELECT customer_id, meter, t::DATE, count(*) FROM deduped GROUP BY ALL)"""
+
+
+def _child(argv: list[str]) -> None:
+    """Entry point of a measured child process; prints one JSON line."""
+    import resource
+
+    kind = argv[0]
+    started = time.perf_counter()
+    out: dict = {}
+    if kind == "floor":
+        import duckdb
+
+        con = duckdb.connect()
+        con.execute("SET TimeZone = 'UTC'")
+        out["groups"] = con.execute(_floor_sql(Path(argv[1]), argv[2])).fetchone()[0]
+    else:
+        from datetime import datetime, timezone
+
+        from metering import warehouse
+        from metering.ingest import ingest_files
+
+        with warehouse.open_warehouse(argv[2], memory_limit=argv[3] or None) as con:
+            results = ingest_files(con, [argv[1]], now=datetime(2030, 1, 1, tzinfo=timezone.utc))
+        out["result"] = results[0].as_dict()
+    out["seconds"] = time.perf_counter() - started
+    out["peak_rss_bytes"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    print(json.dumps(out))
+
+
+def _measure(args: list[str]) -> dict:
+    proc = subprocess.run([sys.executable, "-m", "metering.ingest.bench", *args], capture_output=True, text=True,
+                          env={**os.environ, "METERING_LOG_LEVEL": "WARNING"})
+    if proc.returncode != 0:
+        raise RuntimeError(f"benchmark child {args[0]} failed:\n{proc.stderr[-2000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+@dataclass
+class BenchReport:
+    events: int
+    fmt: str
+    rows: int
+    file_bytes: int
+    generate_seconds: float
+    floor: dict
+    ingest: dict
+    add: dict | None = None
+    add_events: int = 0
+    notes: list[str] = field(default_factory=list)
+
+    def lines(self) -> list[str]:
+        gib = 1024 ** 3
+        ing, flo = self.ingest, self.floor
+        ratio = ing["seconds"] / flo["seconds"] if flo["seconds"] else float("nan")
+        out = [
+            f"ingest benchmark: {self.events:,} events ({self.rows:,} rows) as {self.fmt}, "
+            f"{self.file_bytes / 1e6:,.0f} MB (generated in {self.generate_seconds:.1f} s)",
+            f"  floor (DuckDB read + dedupe + group): {flo['seconds']:7.2f} s  "
+            f"{self.rows / flo['seconds']:>12,.0f} rows/s  peak {flo['peak_rss_bytes'] / gib:.2f} GiB",
+            f"  full ingestion:                       {ing['seconds']:7.2f} s  "
+            f"{self.rows / ing['seconds']:>12,.0f} rows/s  peak {ing['peak_rss_bytes'] / gib:.2f} GiB  "
+            f"({ratio:.2f}x floor)",
+            f"  accepted {ing['result']['rows_accepted']:,}, quarantined {ing['result']['rows_quarantined']:,}, "
+            f"duplicates dropped {ing['result']['duplicates_dropped']:,}",
+        ]
+        if self.add:
+            out.append(f"  add {self.add_events:,} events to the loaded warehouse: {self.add['seconds']:.2f} s, "
+                       f"peak {self.add['peak_rss_bytes'] / gib:.2f} GiB")
+        out += [f"  note: {n}" for n in self.notes]
+        return out
+
+
+def run_bench(events: int, fmt: str, add_events: int = 1_000_000, memory_limit: str = "2GB",
+              workdir: Path | None = None, keep: bool = False,
+              echo: Callable[[str], None] = print) -> BenchReport:
+    from metering.ingest.generate import GenerateConfig, generate
+
+    base = workdir or Path(tempfile.mkdtemp(prefix="bench-ingest-", dir=config.data_dir()))
+    base.mkdir(parents=True, exist_ok=True)
+    try:
+        echo(f"generating {events:,} events as {fmt} in {base} ...")
+        started = time.perf_counter()
+        cfg = GenerateConfig(seed=7, customers=1000, events=events, formats=(fmt,), single_file=True,
+                             conflict_share=0.0001, late_share=0.0, hostile_share=0.0)
+        summary = generate(cfg, base / "raw")
+        gen_seconds = time.perf_counter() - started
+        path = summary.files[0]
+        wh = base / "warehouse.duckdb"
+        echo("measuring the floor ...")
+        floor = _measure(["floor", str(path), fmt])
+        echo("measuring full ingestion ...")
+        ingest = _measure(["ingest", str(path), str(wh), memory_limit])
+        report = BenchReport(events=events, fmt=fmt, rows=summary.rows, file_bytes=path.stat().st_size,
+                             generate_seconds=gen_seconds, floor=floor, ingest=ingest, add_events=add_events)
+        if add_events:
+            echo(f"generating and adding {add_events:,} more events ...")
+            more = generate(GenerateConfig(seed=8, customers=1000, events=add_events, formats=(fmt,),
+                                           single_file=True, late_share=0.0, hostile_share=0.0),
+                            base / "more")
+            report.add = _measure(["ingest", str(more.files[0]), str(wh), memory_limit])
+        report.notes.append(f"{os.cpu_count()} CPU(s); the machine may be shared: compare against the floor "
+                            "measured in the same run, not against absolute numbers")
+        return report
+    finally:
+        if not keep and workdir is None:
+            shutil.rmtree(base, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    _child(sys.argv[1:])

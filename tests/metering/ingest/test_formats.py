@@ -1,0 +1,107 @@
+"""The same events read the same from every format; extra fields are kept."""
+
+from __future__ import annotations
+
+from decimal import Decimal
+
+import polars as pl
+import pytest
+
+from metering.ingest import ingest_file
+from tests.metering.ingest.conftest import NOW, event, write_lines
+
+EVENTS = [
+    event("a", meter="api_calls", value=..., properties={"region": "eu"}),
+    event("b", value="12.5", timestamp="2026-10-05T14:00:00+02:00"),
+    event("c", meter="active_users", value=..., properties={"user_id": "u1"}, timestamp=1791158400000),
+]
+EXPECTED = [
+    ("a", "api_calls", "2026-10-05 12:00:00+00", None, '{"region":"eu"}'),
+    ("b", "tokens", "2026-10-05 12:00:00+00", Decimal("12.5"), '{"model":"small"}'),
+    ("c", "active_users", "2026-10-05 00:00:00+00", None, '{"user_id":"u1"}'),
+]
+CSV = ("event_id,customer_id,meter,timestamp,value,properties.region,properties.model,properties.user_id,source\n"
+       "a,cust_00001,api_calls,2026-10-05T12:00:00Z,,eu,,,web\n"
+       "b,cust_00001,tokens,2026-10-05T14:00:00+02:00,12.5,,small,,\n"
+       "c,cust_00001,active_users,1791158400000,,,,u1,\n")
+
+
+def _stored(con):
+    return con.execute("SELECT event_id, meter, strftime(event_time, '%Y-%m-%d %H:%M:%S+00'), value, properties "
+                       "FROM usage_events ORDER BY event_id").fetchall()
+
+
+@pytest.mark.parametrize("name", ["f.jsonl", "f.jsonl.gz", "f.ndjson"])
+def test_json_lines(name, tmp_path, con):
+    lines = [dict(EVENTS[0], source="web"), *EVENTS[1:]]
+    result = ingest_file(con, write_lines(tmp_path / name, lines), now=NOW)
+    assert result.rows_accepted == 3 and result.event_dates == ["2026-10-05"]
+    assert _stored(con) == EXPECTED
+    assert con.execute("SELECT extra FROM usage_events WHERE event_id = 'a'").fetchone()[0] == '{"source":"web"}'
+    assert con.execute("SELECT count(*) FROM usage_events WHERE extra IS NULL").fetchone()[0] == 2
+
+
+def test_csv(tmp_path, con):
+    path = tmp_path / "f.csv"
+    path.write_text(CSV)
+    assert ingest_file(con, path, now=NOW).rows_accepted == 3
+    assert _stored(con) == EXPECTED
+    assert con.execute("SELECT extra FROM usage_events WHERE event_id = 'a'").fetchone()[0] == '{"source":"web"}'
+    assert con.execute("SELECT source_line FROM usage_events ORDER BY event_id").fetchall() == [(2,), (3,), (4,)]
+
+
+def test_parquet_with_typed_columns(tmp_path, con):
+    frame = pl.DataFrame({
+        "event_id": ["a", "b", "c"], "customer_id": ["cust_00001"] * 3, "meter": ["api_calls", "tokens", "active_users"],
+        "timestamp": pl.Series(["2026-10-05T12:00:00", "2026-10-05T12:00:00", "2026-10-05T00:00:00"])
+        .str.to_datetime().dt.replace_time_zone("UTC"),
+        "value": pl.Series([None, Decimal("12.5"), None], dtype=pl.Decimal(18, 3)),
+        "properties": [{"region": "eu", "model": None, "user_id": None}, {"region": None, "model": "small", "user_id": None},
+                       {"region": None, "model": None, "user_id": "u1"}],
+        "source": ["web", None, None],
+    })
+    path = tmp_path / "f.parquet"
+    frame.write_parquet(path)
+    assert ingest_file(con, path, now=NOW).rows_accepted == 3
+    assert _stored(con) == EXPECTED
+    assert con.execute("SELECT source_line FROM usage_events ORDER BY event_id").fetchall() == [(1,), (2,), (3,)]
+
+
+def test_parquet_quarantine_keeps_the_row_as_json(tmp_path, con):
+    path = tmp_path / "f.parquet"
+    pl.DataFrame({"event_id": ["a", "b"], "customer_id": ["c", "c"], "meter": ["tokens", "tokens"],
+                  "timestamp": ["2026-10-05T12:00:00Z", "2026-10-05T12:00:00Z"], "value": ["1", "-1"]}).write_parquet(path)
+    result = ingest_file(con, path, now=NOW)
+    assert result.reasons == {"negative_value": 1}
+    assert con.execute("SELECT source_line, raw FROM usage_quarantine").fetchone() == (
+        2, '{"event_id":"b","customer_id":"c","meter":"tokens","timestamp":"2026-10-05T12:00:00Z","value":"-1"}')
+
+
+def test_blank_lines_are_not_rows(tmp_path, con):
+    path = write_lines(tmp_path / "f.jsonl", [EVENTS[0], "", "   ", EVENTS[1]])
+    result = ingest_file(con, path, now=NOW)
+    assert (result.rows_read, result.blank_lines, result.rows_accepted) == (2, 2, 2)
+    assert con.execute("SELECT source_line FROM usage_events ORDER BY 1").fetchall() == [(1,), (4,)]
+
+
+def test_crlf_line_endings(tmp_path, con):
+    path = tmp_path / "f.jsonl"
+    path.write_bytes(b'{"event_id":"a","customer_id":"c","meter":"api_calls","timestamp":"2026-10-05T00:00:00Z"}\r\n' * 1
+                     + b'{"event_id":"b","customer_id":"c","meter":"api_calls","timestamp":"2026-10-05T00:00:00Z"}\r\n')
+    assert ingest_file(con, path, now=NOW).rows_accepted == 2
+
+
+def test_separator_byte_inside_a_line(tmp_path, con):
+    """A raw control byte that is also the line reader's separator does not split or lose the line."""
+    path = write_lines(tmp_path / "f.jsonl", [event("a"), b'{"event_id": "b\x1f\x1e\x1d\x1c"}'])
+    result = ingest_file(con, path, now=NOW)
+    assert (result.rows_read, result.rows_accepted, result.reasons) == (2, 1, {"bad_json": 1})
+
+
+def test_parquet_extra_columns_kept_without_nulls(tmp_path, con):
+    path = tmp_path / "f.parquet"
+    pl.DataFrame({"event_id": ["a", "b"], "customer_id": ["c", "c"], "meter": ["api_calls"] * 2,
+                  "timestamp": ["2026-10-05T12:00:00Z"] * 2, "source": ["web", None]}).write_parquet(path)
+    ingest_file(con, path, now=NOW)
+    assert con.execute("SELECT event_id, extra FROM usage_events ORDER BY 1").fetchall() == [
+        ("a", '{"source":"web"}'), ("b", None)]

@@ -1,0 +1,116 @@
+"""Idempotence, late events, unreadable files, hostile ids, the manifest."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import shutil
+
+import polars as pl
+import pytest
+
+from metering.errors import BadInputError
+from metering.ingest import ingest_file, ingest_files
+from tests.metering.ingest.conftest import NOW, event, table_digest, write_lines
+
+TABLES = ("usage_events", "usage_quarantine", "ingested_files")
+
+
+def _digests(con):
+    return {t: table_digest(con, t) for t in TABLES}
+
+
+def test_reingest_changes_nothing(tmp_path, con):
+    path = write_lines(tmp_path / "f.jsonl", [event("a"), event("a", value=2), "{bad", event("b")])
+    first = ingest_file(con, path, now=NOW)
+    before = _digests(con)
+    again = ingest_file(con, path, now=NOW)
+    copy = shutil.copy(path, tmp_path / "copy.jsonl")
+    renamed = ingest_file(con, copy, now=NOW)
+    assert first.status == "ingested" and again.status == renamed.status == "skipped"
+    assert _digests(con) == before
+
+
+def test_late_events_land_on_their_own_date(tmp_path, con):
+    ingest_file(con, write_lines(tmp_path / "d1.jsonl", [event("a", timestamp="2026-10-05T10:00:00Z")]), now=NOW)
+    late = write_lines(tmp_path / "d2.jsonl", [event("b", timestamp="2026-10-09T10:00:00Z"),
+                                               event("c", timestamp="2026-10-02T23:59:59.999Z")])
+    result = ingest_file(con, late, now=NOW)
+    assert result.event_dates == ["2026-10-02", "2026-10-09"]
+    assert con.execute("SELECT event_dates FROM ingested_files WHERE path = ?", [str(late)]).fetchone()[0] == \
+        json.dumps(["2026-10-02", "2026-10-09"])
+    assert con.execute("SELECT event_id, event_date::VARCHAR FROM usage_events ORDER BY 1").fetchall() == [
+        ("a", "2026-10-05"), ("b", "2026-10-09"), ("c", "2026-10-02")]
+
+
+def test_clean_rows_are_stored_sorted_by_event_time(tmp_path, con):
+    lines = [event(f"e{i}", timestamp=f"2026-10-{d:02d}T00:00:00Z") for i, d in enumerate([9, 3, 7, 1])]
+    ingest_file(con, write_lines(tmp_path / "f.jsonl", lines), now=NOW)
+    assert [r[0] for r in con.execute("SELECT event_id FROM usage_events").fetchall()] == ["e3", "e1", "e2", "e0"]
+
+
+HOSTILE = ["'; DROP TABLE usage_events; --", 'a"b\\"c', "Grüße 日本語 😀", "x' OR '1'='1", "$1 ? %s {0}"]
+
+
+@pytest.mark.parametrize("suffix", [".jsonl", ".csv"])
+def test_hostile_ids_are_stored_verbatim(suffix, tmp_path, con):
+    if suffix == ".jsonl":
+        path = write_lines(tmp_path / "f.jsonl", [event(h, customer_id=h) for h in HOSTILE])
+    else:
+        path = tmp_path / "f.csv"
+        pl.DataFrame({"event_id": HOSTILE, "customer_id": HOSTILE, "meter": ["api_calls"] * 5,
+                      "timestamp": ["2026-10-05T00:00:00Z"] * 5}).write_csv(path)
+    assert ingest_file(con, path, now=NOW).rows_accepted == len(HOSTILE)
+    assert sorted(r[0] for r in con.execute("SELECT event_id FROM usage_events").fetchall()) == sorted(HOSTILE)
+    assert con.execute("SELECT count(*) FROM usage_events WHERE event_id = customer_id").fetchone()[0] == 5
+
+
+def _unreadable(tmp_path):
+    good = write_lines(tmp_path / "src.jsonl", [event(f"e{i}") for i in range(200)])
+    gz = gzip.compress(good.read_bytes())
+    (tmp_path / "truncated.jsonl.gz").write_bytes(gz[: len(gz) // 2])
+    (tmp_path / "plain.jsonl.gz").write_bytes(good.read_bytes())
+    (tmp_path / "gzip.jsonl").write_bytes(gz)
+    (tmp_path / "junk.parquet").write_bytes(b"PAR1" + bytes(range(256)) * 4)
+    (tmp_path / "text.parquet").write_bytes(good.read_bytes())
+    (tmp_path / "binary.jsonl").write_bytes(bytes(range(256)) * 50)
+    (tmp_path / "noheader.csv").write_text("a,b,c\n1,2,3\n")
+    (tmp_path / "data.txt").write_text("hello")
+    return {
+        "truncated.jsonl.gz": "truncated or corrupt gzip",
+        "plain.jsonl.gz": "not a gzip file",
+        "gzip.jsonl": "the content is gzip",
+        "junk.parquet": "cannot read the Parquet file",
+        "text.parquet": "not a Parquet file",
+        "binary.jsonl": "not JSON lines",
+        "noheader.csv": "lacks required column(s) event_id, customer_id, meter, timestamp",
+        "data.txt": "unknown file type",
+    }
+
+
+def test_unreadable_files_fail_clearly_and_change_nothing(tmp_path, con):
+    ingest_file(con, write_lines(tmp_path / "ok.jsonl", [event("first")]), now=NOW)
+    before = _digests(con)
+    for name, why in _unreadable(tmp_path).items():
+        with pytest.raises(BadInputError) as err:
+            ingest_file(con, tmp_path / name, now=NOW)
+        assert str(tmp_path / name) in str(err.value) and why in str(err.value), str(err.value)
+        assert _digests(con) == before, name
+
+
+def test_a_failing_file_keeps_earlier_files(tmp_path, con):
+    ok = write_lines(tmp_path / "a.jsonl", [event("a")])
+    (tmp_path / "b.parquet").write_bytes(b"PAR1 not really")
+    with pytest.raises(BadInputError):
+        ingest_files(con, [ok, tmp_path / "b.parquet"], now=NOW)
+    assert con.execute("SELECT count(*) FROM ingested_files").fetchone()[0] == 1
+
+
+def test_manifest_counts_match_rows(tmp_path, con):
+    path = write_lines(tmp_path / "f.jsonl", [event("a"), event("a"), event("a", value=2), "{", event("b")])
+    ingest_file(con, path, now=NOW)
+    row = con.execute("SELECT rows_read, rows_accepted, rows_quarantined, duplicates_dropped, conflicting_duplicates, "
+                      "bytes FROM ingested_files").fetchone()
+    assert row == (5, 2, 2, 1, 1, path.stat().st_size)
+    assert con.execute("SELECT count(*) FROM usage_events").fetchone()[0] == 2
+    assert con.execute("SELECT count(*) FROM usage_quarantine").fetchone()[0] == 2

@@ -1,0 +1,91 @@
+"""Each quarantine reason: a row that breaks exactly that rule lands in quarantine with it."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from metering.ingest import REASONS, ingest_file
+from tests.metering.ingest.conftest import NOW, event, write_lines
+
+CASES: dict[str, list[bytes | str | dict]] = {
+    "bad_json": ['{"event_id": "x1", "meter": ', "[1, 2]", '{"event_id": "x2"} trailing', '{"a": 1, "a": 2}'],
+    "missing_field": [event("x1", customer_id=...), event("x2", meter=""), event("", customer_id="c"),
+                      event("x3", timestamp=None), event("x4", meter="storage_gb", value=...),
+                      event("x5", meter="active_users", value=..., properties={})],
+    "bad_type": [event(17), event("x1", customer_id=["c"]), event("x2", properties=["a"]),
+                 event("x3", properties={"model": 1}), event("x4", value="twelve"), event("x5", value=True)],
+    "control_characters": [event("x\u0001"), event("x2", customer_id="c\tc"),
+                           event("x3", properties={"model": "a\nb"})],
+    "unknown_meter": [event("x1", meter="gpu_hours"), event("x2", meter="Tokens")],
+    "bad_timestamp": [event("x1", timestamp="2026-10-05T12:00:00"), event("x2", timestamp="yesterday"),
+                      event("x3", timestamp="2026-13-05T12:00:00Z"), event("x4", timestamp=-5),
+                      event("x5", timestamp="1999-12-31T23:59:59Z"), event("x6", timestamp={"t": 1})],
+    "future_timestamp": [event("x1", timestamp="2026-11-01T01:00:01Z"), event("x2", timestamp=4102444800000)],
+    "non_finite_value": ['{"event_id":"x1","customer_id":"c","meter":"tokens","timestamp":"2026-10-05T00:00:00Z",'
+                         '"value":NaN}', event("x2", value="Infinity"), event("x3", value="-inf")],
+    "value_too_large": [event("x1", value=1e300), event("x2", value="1000000000000000.5"),
+                        event("x3", value=-1e16)],
+    "negative_value": [event("x1", value=-1), event("x2", value="-0.5")],
+    "value_too_precise": [event("x1", value="0.1234567890123"), event("x2", value=0.1234567890123456),
+                          event("x3", value="1e-13")],
+}
+
+
+def test_every_reason_has_a_case_here_or_its_own_test():
+    elsewhere = {"invalid_utf8", "bad_csv_row", "conflicting_duplicate"}  # tested in this file below / test_dedupe
+    assert set(CASES) | elsewhere == set(REASONS)
+
+
+@pytest.mark.parametrize("reason", sorted(CASES))
+def test_reason(reason, tmp_path, con):
+    good = event("good", value="12.5")
+    path = write_lines(tmp_path / "f.jsonl", [good, *CASES[reason]])
+    result = ingest_file(con, path, now=NOW)
+    bad = len(CASES[reason])
+    assert (result.rows_read, result.rows_accepted, result.rows_quarantined) == (bad + 1, 1, bad)
+    rows = con.execute("SELECT source_line, reason, detail, raw FROM usage_quarantine ORDER BY 1").fetchall()
+    assert [r[1] for r in rows] == [reason] * bad
+    assert [r[0] for r in rows] == list(range(2, bad + 2))
+    assert all(r[2] for r in rows), "every quarantined row explains itself"
+    raw_lines = path.read_text().splitlines()
+    assert [r[3] for r in rows] == raw_lines[1:], "the raw text is kept verbatim"
+    assert con.execute("SELECT event_id, value::VARCHAR FROM usage_events").fetchall() == [("good", "12.500000000000")]
+
+
+def test_invalid_utf8_keeps_the_bytes_escaped(tmp_path, con):
+    path = write_lines(tmp_path / "f.jsonl", [event("good"), b'{"event_id": "\xc3\xa9t\xff\xfe"}'])
+    result = ingest_file(con, path, now=NOW)
+    assert result.reasons == {"invalid_utf8": 1}
+    raw = con.execute("SELECT raw FROM usage_quarantine").fetchone()[0]
+    assert raw == '{"event_id": "\u00e9t\\xff\\xfe"}'
+
+
+def test_bad_csv_rows(tmp_path, con):
+    path = tmp_path / "f.csv"
+    path.write_bytes(b"event_id,customer_id,meter,timestamp,value,properties.model\n"
+                     b"good,c1,tokens,2026-10-05T00:00:00Z,3,small\n"
+                     b"short,c1,tokens\n"
+                     b'"unclosed,c1,tokens,2026-10-05T00:00:00Z,3,small\n'
+                     b"long,c1,tokens,2026-10-05T00:00:00Z,3,small,extra\n"
+                     b"bad\xff,c1,tokens,2026-10-05T00:00:00Z,3,small\n")
+    result = ingest_file(con, path, now=NOW)
+    assert result.rows_accepted == 1
+    assert con.execute("SELECT source_line, reason FROM usage_quarantine ORDER BY 1").fetchall() == [
+        (3, "bad_csv_row"), (4, "bad_csv_row"), (5, "bad_csv_row"), (6, "invalid_utf8")]
+
+
+def test_precise_values_are_exact(tmp_path, con):
+    values = ["0.000000000001", "999999999999999.999999999999", "123456789012345", "1.5e3", 7, 0.1]
+    path = write_lines(tmp_path / "f.jsonl", [event(f"v{i}", value=v) for i, v in enumerate(values)])
+    ingest_file(con, path, now=NOW)
+    got = [r[0] for r in con.execute("SELECT value::VARCHAR FROM usage_events ORDER BY event_id").fetchall()]
+    assert got == ["0.000000000001", "999999999999999.999999999999", "123456789012345.000000000000",
+                   "1500.000000000000", "7.000000000000", "0.100000000000"]
+
+
+def test_reasons_are_documented_in_order():
+    assert list(REASONS)[:3] == ["invalid_utf8", "bad_json", "bad_csv_row"]
+    assert all(isinstance(v, str) and v for v in REASONS.values())
+    assert json.dumps(REASONS)  # serialisable for the README / metadata
