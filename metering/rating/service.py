@@ -21,9 +21,9 @@ import polars as pl
 from metering import warehouse
 from metering.customers import CUSTOMER_PLAN_SCHEMA, billing_segments, month_bounds
 from metering.rating.aggregate import AGGREGATE_SCHEMA, build_aggregates, charge_quantities
-from metering.rating.pricing import rate
+from metering.rating.pricing import RATED_COLUMNS, rate
 from metering.rules.meters import Meter
-from metering.rules.model import Rules
+from metering.rules.model import ZERO_DECIMAL, Rules
 
 PREVIEW_COLUMNS = ["customer_id", "period_start", "period_end", "currency", "total_minor", "total", "lines"]
 
@@ -87,7 +87,10 @@ def fingerprint(frame: pl.DataFrame) -> str:
     """A content hash of a frame (column names, types and values in order): equal frames, equal hash."""
     digest = hashlib.sha256()
     digest.update(json.dumps({k: str(v) for k, v in frame.schema.items()}).encode())
-    digest.update(frame.write_csv().encode())
+    flat = frame.with_columns(
+        pl.col(c).list.join("\x1f") for c, t in frame.schema.items() if isinstance(t, pl.List)
+    )
+    digest.update(flat.write_csv().encode())
     return digest.hexdigest()
 
 
@@ -100,19 +103,20 @@ def rated_hashes(con: duckdb.DuckDBPyConnection) -> dict[tuple[str, str], str]:
     return {(p, v): h for p, v, h in rows}
 
 
-def write_rating(con: duckdb.DuckDBPyConnection, month: dt.date, rated: pl.DataFrame, previews: pl.DataFrame,
-                 rules: Rules, rated_at: dt.datetime) -> None:
-    """Replace the month's rated_usage and invoice_previews rows and record the versions used."""
+def write_rated(con: duckdb.DuckDBPyConnection, month: dt.date, rated: pl.DataFrame, rules: Rules,
+                rated_at: dt.datetime) -> int:
+    """Replace the rated_usage rows of periods starting in `month`; record the plan versions used.
+
+    One transaction: the lines and the rules_versions entries that make their versions immutable
+    are committed together.
+    """
     m0, m1 = month_bounds(month)
-    stamp = pl.lit(rated_at).cast(pl.Datetime("us", "UTC"))
-    used = rated.select("plan", "plan_version").unique()
+    used = rated.select("plan", "plan_version").unique().sort("plan", "plan_version")
     with warehouse.transaction(con):
-        warehouse.replace_rows(con, "rated_usage", "period_start >= ? AND period_start < ?", [m0, m1],
-                               rated.with_columns(rated_at=stamp), in_transaction=True)
-        warehouse.replace_rows(con, "invoice_previews", "period_start >= ? AND period_start < ?", [m0, m1],
-                               previews.with_columns(rated_at=stamp), in_transaction=True)
+        n = warehouse.replace_rows(con, "rated_usage", "period_start >= ? AND period_start < ?", [m0, m1],
+                                   rated.with_columns(rated_at=_stamp(rated_at)), in_transaction=True)
         known = {(p, v) for p, v in con.execute("SELECT plan, plan_version FROM rules_versions").fetchall()}
-        for plan, version in used.sort("plan", "plan_version").iter_rows():
+        for plan, version in used.iter_rows():   # a handful of plan versions, not rows
             if (plan, version) in known:
                 continue
             pv = rules.version(plan, version)
@@ -121,3 +125,89 @@ def write_rating(con: duckdb.DuckDBPyConnection, month: dt.date, rated: pl.DataF
                 [plan, version, pv.content_hash, pv.currency, pv.effective_from,
                  json.dumps(pv.canonical(), sort_keys=True, separators=(",", ":")), rated_at],
             )
+    return n
+
+
+def _stamp(at: dt.datetime) -> pl.Expr:
+    return pl.lit(at).cast(pl.Datetime("us", "UTC"))
+
+
+def read_rated(con: duckdb.DuckDBPyConnection, month: dt.date) -> pl.DataFrame:
+    """rated_usage rows of periods starting in `month`, in key order, without rated_at."""
+    m0, m1 = month_bounds(month)
+    frame = warehouse.query_frame(
+        con,
+        "SELECT * EXCLUDE (rated_at, tiers), CAST(tiers AS VARCHAR) AS tiers FROM rated_usage "
+        "WHERE period_start >= ? AND period_start < ? "
+        "ORDER BY customer_id, period_start, segment_start, plan, plan_version, charge_id",
+        [m0, m1],
+    )
+    return frame.select(RATED_COLUMNS) if frame.height else frame
+
+
+def write_previews(con: duckdb.DuckDBPyConnection, month: dt.date, previews: pl.DataFrame,
+                   rated_at: dt.datetime) -> int:
+    """Replace the invoice_previews rows of periods starting in `month`."""
+    m0, m1 = month_bounds(month)
+    return warehouse.replace_rows(con, "invoice_previews", "period_start >= ? AND period_start < ?", [m0, m1],
+                                  previews.with_columns(rated_at=_stamp(rated_at)))
+
+
+def preview_mismatches(con: duckdb.DuckDBPyConnection, month: dt.date) -> pl.DataFrame:
+    """Customers x periods whose preview total differs from the sum of their rated lines (should be none)."""
+    m0, m1 = month_bounds(month)
+    return warehouse.query_frame(
+        con,
+        """
+        WITH lines AS (
+            SELECT customer_id, period_start, currency, sum(amount_minor) AS lines_minor, count(*) AS n
+            FROM rated_usage WHERE period_start >= ? AND period_start < ?
+            GROUP BY ALL
+        ), previews AS (
+            SELECT customer_id, period_start, currency, total_minor, total, lines
+            FROM invoice_previews WHERE period_start >= ? AND period_start < ?
+        )
+        SELECT coalesce(l.customer_id, p.customer_id) AS customer_id,
+               coalesce(l.period_start, p.period_start) AS period_start,
+               l.lines_minor, p.total_minor, p.total, l.n, p.lines
+        FROM lines l FULL OUTER JOIN previews p USING (customer_id, period_start, currency)
+        WHERE l.lines_minor IS DISTINCT FROM p.total_minor OR l.n IS DISTINCT FROM p.lines
+           OR p.total * CASE WHEN list_contains(?, p.currency) THEN 1 ELSE 100 END IS DISTINCT FROM p.total_minor
+        ORDER BY 1, 2
+        """,
+        [m0, m1, m0, m1, list(ZERO_DECIMAL)],
+    )
+
+
+def months_touching(first: dt.date, last: dt.date) -> list[dt.date]:
+    """Monthly partitions whose periods can overlap [first, last]: a period starting in the month
+    before `first` may still be running on `first`."""
+    months = []
+    y, m = (first.year, first.month - 1) if first.month > 1 else (first.year - 1, 12)
+    while (y, m) <= (last.year, last.month):
+        months.append(dt.date(y, m, 1))
+        y, m = (y, m + 1) if m < 12 else (y + 1, 1)
+    return months
+
+
+def rerate_range(con: duckdb.DuckDBPyConnection, rules: Rules, first: dt.date, last: dt.date,
+                 rated_at: dt.datetime) -> list[dict]:
+    """Recompute aggregates for event dates first..last and re-rate every month touching them.
+
+    Returns one summary per month: lines, totals per currency and whether the output changed.
+    """
+    day = first
+    while day <= last:
+        refresh_aggregates(con, rules.meters, day)
+        day += dt.timedelta(days=1)
+    out = []
+    for month in months_touching(first, last):
+        before = fingerprint(read_rated(con, month))
+        rated, previews = rate_month(con, rules, month)
+        write_rated(con, month, rated, rules, rated_at)
+        write_previews(con, month, previews, rated_at)
+        after = fingerprint(read_rated(con, month))
+        totals = previews.group_by("currency").agg(pl.col("total").sum()).sort("currency")
+        out.append({"month": month, "lines": rated.height, "changed": before != after,
+                    "totals": {c: t for c, t in totals.iter_rows()}})
+    return out

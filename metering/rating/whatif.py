@@ -1,0 +1,131 @@
+"""Offline what-if rating of an aggregated usage file, with no warehouse.
+
+The file (CSV or Parquet) has one row per customer x meter (x dimension values) with the period
+quantity: `customer_id, meter, quantity`, optionally `plan`, `period_start` (YYYY-MM-DD) and one
+column per dimension (`region`, `model`, ...). `--plan` prices every row under that plan instead;
+`--at` picks the plan version in force on that date (else the version in force on each row's
+`period_start`). The period is the calendar month holding that date and the whole period is one
+segment (no anchor or plan change is known offline, so flat fees are not prorated).
+
+Rows of one customer that fall under the same charge are combined by the meter's aggregation
+across rows: count, sum and unique_count add (unique counts of different rows are taken as
+disjoint), max and last take the largest. Pricing is `metering.rating.pricing.rate`, the same
+function the assets use.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from pathlib import Path
+
+import polars as pl
+
+from metering.customers import month_bounds
+from metering.errors import BadInputError
+from metering.rating import money
+from metering.rating.aggregate import charge_map
+from metering.rating.pricing import rate
+from metering.rules.model import Rules
+
+OUTPUT_COLUMNS = [
+    "customer_id", "plan", "plan_version", "charge", "meter", "quantity", "billable_quantity", "amount",
+    "currency", "amount_minor", "amount_unrounded", "period_start", "period_end", "rules_hash", "tiers",
+]
+
+
+def read_usage_file(path: str | Path) -> pl.DataFrame:
+    """Read CSV (every column as text, nothing inferred) or Parquet."""
+    path = Path(path)
+    if not path.exists():
+        raise BadInputError(f"{path}: file not found")
+    try:
+        if path.suffix.lower() in (".parquet", ".pq"):
+            return pl.read_parquet(path)
+        return pl.read_csv(path, infer_schema=False)
+    except (pl.exceptions.PolarsError, OSError) as exc:
+        raise BadInputError(f"{path}: cannot read usage file: {exc}") from None
+
+
+def _fail(path: str, frame: pl.DataFrame, mask: pl.Expr, field: str, what: str) -> None:
+    bad = frame.with_row_index("_row").filter(mask)
+    if bad.height:
+        row = bad.row(0, named=True)
+        line = row["_row"] + 2   # CSV: header is line 1
+        raise BadInputError(f"{path}:{line}: {field}: {what} ({bad.height} row(s); first value {row.get(field)!r})")
+
+
+def rate_usage(usage: pl.DataFrame, rules: Rules, *, plan: str | None = None, at: dt.date | None = None,
+               source: str = "usage") -> pl.DataFrame:
+    """Rate a period-level usage frame (see the module docstring); one row per customer x charge line."""
+    for col in ("customer_id", "meter", "quantity"):
+        if col not in usage.columns:
+            raise BadInputError(f"{source}: (header): missing column {col!r}")
+    if plan is None and "plan" not in usage.columns:
+        raise BadInputError(f"{source}: (header): no plan column; pass --plan")
+    if at is None and "period_start" not in usage.columns:
+        raise BadInputError(f"{source}: (header): no period_start column; pass --at DATE")
+    frame = usage.with_columns(pl.col("customer_id").cast(pl.String), pl.col("meter").cast(pl.String))
+    quantity = pl.col("quantity").cast(pl.String).str.strip_chars()
+    frame = frame.with_columns(quantity_text=quantity)
+    _fail(source, frame, ~frame["quantity_text"].str.contains(r"^[0-9]+(\.[0-9]{1,12})?$").fill_null(False),
+          "quantity", "not a non-negative decimal with at most 12 decimal places")
+    frame = frame.with_columns(quantity=pl.col("quantity_text").cast(money.QUANTITY_DTYPE))
+    _fail(source, frame, ~pl.col("meter").is_in(list(rules.meters)), "meter", "unknown meter")
+    frame = frame.with_columns(plan=pl.lit(plan) if plan else pl.col("plan").cast(pl.String))
+    _fail(source, frame, ~pl.col("plan").is_in(list(rules.plans)), "plan", "unknown plan")
+    if at is not None:
+        frame = frame.with_columns(on=pl.lit(at))
+    else:
+        frame = frame.with_columns(on=pl.col("period_start").cast(pl.String).str.to_date("%Y-%m-%d", strict=False))
+        _fail(source, frame, pl.col("on").is_null(), "period_start", "not a date (YYYY-MM-DD)")
+
+    # Plan version and calendar-month period per distinct (plan, date): a handful of Python calls.
+    keys = frame.select("plan", "on").unique().sort("plan", "on")
+    rows = []
+    for p, on in keys.iter_rows():
+        version = rules.plans[p].version_at(on)
+        if version is None:
+            raise BadInputError(f"{source}: plan: plan {p} has no version in force on {on}")
+        start, end = month_bounds(on)
+        rows.append((p, on, version.version, start, end))
+    versions = pl.DataFrame(rows, orient="row", schema={"plan": pl.String, "on": pl.Date, "plan_version": pl.String,
+                                                         "period_start": pl.Date, "period_end": pl.Date})
+    frame = frame.drop("period_start", strict=False).join(versions, on=["plan", "on"], how="left")
+
+    # Dimension values from the meter's declared dimension columns.
+    dim_names = sorted({d for m in rules.meters.values() for d in m.dimensions if d in frame.columns})
+    frame = frame.with_columns(pl.col(d).cast(pl.String) for d in dim_names)
+    dim_json = pl.lit("{}")
+    for name, meter in rules.meters.items():
+        present = [d for d in meter.dimensions if d in frame.columns]
+        if present:
+            expr = pl.struct(present).struct.json_encode()
+            dim_json = pl.when(pl.col("meter") == name).then(expr).otherwise(dim_json)
+    frame = frame.with_columns(dimensions=dim_json)
+
+    mapping = charge_map(frame.select("plan", "plan_version", "meter", "dimensions"), rules)
+    priced = frame.join(mapping, on=["plan", "plan_version", "meter", "dimensions"], how="inner")
+    kinds = pl.DataFrame({"meter": list(rules.meters), "aggregation": [m.aggregation for m in rules.meters.values()]})
+    priced = priced.join(kinds, on="meter")
+    key = ["customer_id", "period_start", "plan", "plan_version", "charge_id"]
+    additive = pl.col("aggregation").is_in(["count", "sum", "unique_count"])
+    quantities = pl.concat([
+        priced.filter(additive).group_by(key).agg(pl.col("quantity").sum()),
+        priced.filter(~additive).group_by(key).agg(pl.col("quantity").max()),
+    ]).with_columns(segment_start=pl.col("period_start"))
+    segments = (
+        frame.select("customer_id", "period_start", "period_end", "plan", "plan_version").unique()
+        .with_columns(segment_start=pl.col("period_start"), segment_end=pl.col("period_end"))
+    )
+    rated = rate(segments, quantities, rules)
+    return rated.select(OUTPUT_COLUMNS)
+
+
+def write_output(frame: pl.DataFrame, path: str | Path) -> None:
+    """Write CSV, or Parquet when the name ends in .parquet."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if path.suffix.lower() in (".parquet", ".pq"):
+        frame.write_parquet(path)
+    else:
+        frame.write_csv(path)

@@ -1,0 +1,1 @@
+"""Rating domain: customer list, usage aggregates, rated usage, invoice previews."""

@@ -1,0 +1,169 @@
+"""Rating assets: customer list -> hourly usage aggregates -> rated lines -> invoice previews.
+
+Thin: every computation is in `metering.customers` and `metering.rating`; these functions only
+pick the partition, open the warehouse and report metadata.
+
+Partition mapping: a monthly_billing partition (key 2026-10-01) rates the billing periods that
+START in that month. With anchors, such a period ends in the next month (e.g. 2026-10-15 ..
+2026-11-15), so `rated_usage` depends on the daily usage_aggregates of its month AND the next
+(`TimeWindowPartitionMapping(end_offset=1)`, offsets counted in monthly partitions) and reads
+usage by time range. Late events for 2026-11-03 therefore mark both the 2026-10 partition (period
+still open) and the 2026-11 partition as changed.
+
+Versions: `code_version` of the rating assets includes the hash of the rules folder, so a price
+change marks every partition stale; each materialisation reports a `data_version` that hashes its
+output rows (minus `rated_at`), so unchanged inputs reproduce the same data version and identical
+rows, and changed inputs show up downstream.
+"""
+
+
+import datetime as dt
+
+import dagster as dg
+import polars as pl
+
+from metering import config
+from metering.customers import load_customers
+from metering.errors import BadInputError
+from metering.rating import service
+from metering.rules.plans import load_rules
+from metering.warehouse import replace_rows
+from pipelines.partitions import daily_usage, monthly_billing
+from pipelines.resources import WAREHOUSE_POOL, ProjectPaths, WarehouseResource
+
+GROUP = "rating"
+KINDS = {"duckdb", "polars"}
+PREVIEW_TOTALS_CHECK = "lines_sum_to_preview_totals"
+CODE_VERSION = "rating-1"
+
+
+def _rules_code_version() -> str:
+    """The engine's version plus the rules content hash, read when the code location loads."""
+    try:
+        return f"{CODE_VERSION}+rules-{load_rules(config.rules_dir()).rules_hash[:16]}"
+    except BadInputError:
+        return f"{CODE_VERSION}+rules-invalid"
+
+
+RULES_CODE_VERSION = _rules_code_version()
+
+
+def _partition_date(context: dg.AssetExecutionContext) -> dt.date:
+    return dt.date.fromisoformat(context.partition_key[:10])
+
+
+def _preview_md(frame: pl.DataFrame, rows: int = 10) -> dg.MetadataValue:
+    head = frame.head(rows)
+    lines = ["| " + " | ".join(head.columns) + " |", "|" + "---|" * len(head.columns)]
+    lines += ["| " + " | ".join("" if v is None else str(v) for v in row) + " |" for row in head.iter_rows()]
+    return dg.MetadataValue.md("\n".join(lines))
+
+
+@dg.asset(
+    group_name=GROUP, kinds=KINDS, pool=WAREHOUSE_POOL, code_version=RULES_CODE_VERSION,
+)
+def customer_plans(context: dg.AssetExecutionContext, warehouse: WarehouseResource,
+                   paths: ProjectPaths) -> dg.MaterializeResult:
+    """One row per customer x plan assignment, from the customer list CSV (paths.customers).
+
+    Validated against the pricing rules (plans exist, currency matches); each assignment runs from
+    plan_effective_from until the customer's next assignment (plan_effective_to, exclusive).
+    """
+    with warehouse.get_connection() as con:
+        rules = load_rules(paths.rules, rated_hashes=service.rated_hashes(con))
+        frame = load_customers(paths.customers_file, rules)
+        replace_rows(con, "customer_plans", "TRUE", [], frame)
+    digest = service.fingerprint(frame)
+    return dg.MaterializeResult(
+        metadata={"dagster/row_count": frame.height, "customers": frame["customer_id"].n_unique(),
+                  "source": str(paths.customers_file), "preview": _preview_md(frame)},
+        data_version=dg.DataVersion(digest),
+    )
+
+
+@dg.asset(
+    group_name=GROUP, kinds=KINDS, pool=WAREHOUSE_POOL, partitions_def=daily_usage,
+    deps=[dg.AssetKey("usage_events")], code_version=RULES_CODE_VERSION,
+)
+def usage_aggregates(context: dg.AssetExecutionContext, warehouse: WarehouseResource,
+                     paths: ProjectPaths) -> dg.MaterializeResult:
+    """One row per customer x meter x dimension values x hour (UTC), from usage_events of the day.
+
+    Uses each meter's aggregation (count, sum, max, last, unique_count) and keeps what combining
+    hours exactly needs: last value with its event time and id, the hour's distinct values.
+    """
+    day = _partition_date(context)
+    rules = load_rules(paths.rules)
+    with warehouse.get_connection() as con:
+        frame = service.refresh_aggregates(con, rules.meters, day)
+    return dg.MaterializeResult(
+        metadata={"dagster/row_count": frame.height, "event_date": str(day),
+                  "events": int(frame["event_count"].sum() or 0), "preview": _preview_md(frame.drop("distinct_values"))},
+        data_version=dg.DataVersion(service.fingerprint(frame)),
+    )
+
+
+@dg.asset(
+    group_name=GROUP, kinds=KINDS, pool=WAREHOUSE_POOL, partitions_def=monthly_billing,
+    code_version=RULES_CODE_VERSION,
+    deps=[
+        dg.AssetDep(usage_aggregates, partition_mapping=dg.TimeWindowPartitionMapping(
+            end_offset=1, allow_nonexistent_upstream_partitions=True)),
+        dg.AssetDep(customer_plans),
+    ],
+)
+def rated_usage(context: dg.AssetExecutionContext, warehouse: WarehouseResource,
+                paths: ProjectPaths) -> dg.MaterializeResult:
+    """One row per customer x billing period x segment x charge, for periods starting in the month.
+
+    Source: usage_aggregates over each period's time range, customer_plans, and the pricing rules
+    (a version that already rated may not change: the rules are checked against rules_versions).
+    Every line carries plan, plan_version and the version's content hash.
+    """
+    month = _partition_date(context)
+    with warehouse.get_connection() as con:
+        rules = load_rules(paths.rules, rated_hashes=service.rated_hashes(con))
+        rated, _ = service.rate_month(con, rules, month)
+        service.write_rated(con, month, rated, rules, dt.datetime.now(dt.timezone.utc))
+        stored = service.read_rated(con, month)
+    totals = rated.group_by("currency").agg(pl.col("amount").sum()).sort("currency")
+    return dg.MaterializeResult(
+        metadata={
+            "dagster/row_count": rated.height,
+            "customers": rated["customer_id"].n_unique(),
+            "totals": {c: str(t) for c, t in totals.iter_rows()},
+            "plan_versions": sorted({f"{p}/{v}" for p, v in rated.select("plan", "plan_version").unique().iter_rows()}),
+            "rules_hash": rules.rules_hash,
+            "output_hash": service.fingerprint(stored),
+        },
+        data_version=dg.DataVersion(service.fingerprint(stored)),
+    )
+
+
+@dg.asset(
+    group_name=GROUP, kinds=KINDS, pool=WAREHOUSE_POOL, partitions_def=monthly_billing,
+    deps=[rated_usage], code_version=CODE_VERSION,
+    check_specs=[dg.AssetCheckSpec(PREVIEW_TOTALS_CHECK, asset="invoice_previews", blocking=True,
+                                   description="Each preview total equals the sum of its rated lines (minor units).")],
+)
+def invoice_previews(context: dg.AssetExecutionContext, warehouse: WarehouseResource) -> dg.MaterializeResult:
+    """One row per customer x billing period starting in the month: total owed, from rated_usage."""
+    month = _partition_date(context)
+    with warehouse.get_connection() as con:
+        rated = service.read_rated(con, month)
+        previews = service.invoice_previews(rated) if rated.height else service.invoice_previews(
+            pl.DataFrame(schema={"customer_id": pl.String, "period_start": pl.Date, "period_end": pl.Date,
+                                 "currency": pl.String, "amount_minor": pl.Int64, "amount": pl.Decimal(38, 2)}))
+        service.write_previews(con, month, previews, dt.datetime.now(dt.timezone.utc))
+        mismatches = service.preview_mismatches(con, month)
+    return dg.MaterializeResult(
+        metadata={"dagster/row_count": previews.height, "preview": _preview_md(previews)},
+        data_version=dg.DataVersion(service.fingerprint(previews)),
+        check_results=[dg.AssetCheckResult(
+            check_name=PREVIEW_TOTALS_CHECK, passed=mismatches.height == 0,
+            metadata={"mismatches": mismatches.height, "previews": previews.height},
+        )],
+    )
+
+
+RATING_ASSETS = [customer_plans, usage_aggregates, rated_usage, invoice_previews]

@@ -1,0 +1,165 @@
+"""The rating assets end to end on a tmp DuckDB: events inserted directly, amounts hand-computed."""
+
+from __future__ import annotations
+
+import datetime as dt
+from decimal import Decimal
+from pathlib import Path
+
+import dagster as dg
+import pytest
+
+from metering import warehouse
+from metering.rating.service import refresh_aggregates
+from metering.rules.plans import load_rules
+from pipelines.defs.rating.assets import (
+    PREVIEW_TOTALS_CHECK,
+    customer_plans,
+    invoice_previews,
+    rated_usage,
+    usage_aggregates,
+)
+from pipelines.resources import ProjectPaths, WarehouseResource
+
+PROJECT_ROOT = Path(__file__).resolve().parents[3]
+HEADER = "customer_id,name,email,currency,billing_anchor_day,plan,plan_effective_from,payment_behavior\n"
+CUSTOMERS = HEADER + (
+    "c_pro,Pro Co,pro@example.com,usd,,pro,2026-01-01,succeeds\n"
+    "c_jpy,Yen KK,jpy@example.jp,jpy,15,pro_jpy,2026-01-01,fails\n"
+    "c_change,Change Ltd,chg@example.com,usd,,starter,2026-01-01,succeeds\n"
+    "c_change,Change Ltd,chg@example.com,usd,,scale,2026-10-11,succeeds\n"
+)
+
+
+def add_events(con, customer: str, meter: str, at: str, n: int = 1, value: str | None = None,
+               props: str = "{}", prop_sql: str | None = None) -> None:
+    """Insert n events at `at` (UTC); `prop_sql` may build per-event properties from `i`."""
+    properties = prop_sql or f"'{props}'"
+    con.execute(
+        f"""
+        INSERT INTO usage_events
+        SELECT ? || '-' || ? || '-' || ? || '-' || i, ?, ?, CAST(? AS TIMESTAMPTZ) + INTERVAL (i) MICROSECOND,
+               CAST(CAST(? AS TIMESTAMPTZ) AS DATE), CAST(? AS DECIMAL(38, 12)), {properties}, '{{}}',
+               'hash', 'test.jsonl', i, 'filehash', now()
+        FROM range(?) t(i)
+        """,
+        [customer, meter, at, customer, meter, at, at, value, n],
+    )
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory: pytest.TempPathFactory):
+    """One warehouse rated once for the module (materialising is the slow part)."""
+    tmp_path = tmp_path_factory.mktemp("rating_assets")
+    db = tmp_path / "wh.duckdb"
+    customers = tmp_path / "customers.csv"
+    customers.write_text(CUSTOMERS)
+    with warehouse.open_warehouse(db) as con:
+        add_events(con, "c_pro", "api_calls", "2026-10-02 10:00:00+00", n=1500, props='{"region":"us"}')
+        add_events(con, "c_pro", "api_calls", "2026-10-20 10:00:00+00", n=400, props='{"region":"eu"}')
+        add_events(con, "c_pro", "tokens", "2026-10-03 11:00:00+00", value="1000000", props='{"model":"large"}')
+        add_events(con, "c_pro", "seats", "2026-10-03 12:00:00+00", value="3")
+        add_events(con, "c_pro", "seats", "2026-10-04 12:00:00+00", value="5")
+        add_events(con, "c_pro", "seats", "2026-10-16 12:00:00+00", value="4")
+        add_events(con, "c_pro", "storage_gb", "2026-10-05 01:00:00+00", value="150.5")
+        add_events(con, "c_pro", "storage_gb", "2026-10-06 01:00:00+00", value="120")
+        add_events(con, "c_pro", "active_users", "2026-10-05 01:00:00+00", n=5,
+                   prop_sql="'{\"user_id\":\"u' || (i + 1) || '\"}'")
+        add_events(con, "c_pro", "active_users", "2026-10-06 01:00:00+00", n=5,
+                   prop_sql="'{\"user_id\":\"u' || (i + 4) || '\"}'")
+        add_events(con, "c_jpy", "api_calls", "2026-10-20 03:00:00+00", n=1201, props='{"region":"eu"}')
+        add_events(con, "c_jpy", "storage_gb", "2026-10-10 03:00:00+00", value="7")
+        add_events(con, "c_change", "seats", "2026-10-12 03:00:00+00", value="60")
+    resources = {
+        "warehouse": WarehouseResource(path=str(db)),
+        "paths": ProjectPaths(rules_dir=str(PROJECT_ROOT / "rating_rules"), customers=str(customers)),
+    }
+    with dg.instance_for_test() as instance:
+        result = materialize_all(resources, instance)
+        checks = [(c.check_name, c.passed) for c in result.get_asset_check_evaluations()]
+        version = _data_version(result, "rated_usage")
+    return db, resources, checks, version
+
+
+DAYS = ["2026-10-02", "2026-10-03", "2026-10-04", "2026-10-05", "2026-10-06", "2026-10-10", "2026-10-12",
+        "2026-10-16", "2026-10-20"]
+
+
+def materialize_all(resources, instance) -> dg.ExecuteInProcessResult:
+    assert dg.materialize([customer_plans], resources=resources, instance=instance).success
+    # One day through Dagster; the other days through the very function the asset calls (faster).
+    assert dg.materialize([usage_aggregates], partition_key=DAYS[0], resources=resources, instance=instance).success
+    rules = load_rules(PROJECT_ROOT / "rating_rules")
+    with resources["warehouse"].get_connection() as con:
+        for day in DAYS[1:]:
+            refresh_aggregates(con, rules.meters, dt.date.fromisoformat(day))
+    result = dg.materialize([rated_usage, invoice_previews], partition_key="2026-10-01", resources=resources,
+                            instance=instance)
+    assert result.success
+    return result
+
+
+def rows(db: Path, sql: str) -> list[tuple]:
+    with warehouse.open_warehouse(db, read_only=True) as con:
+        return con.execute(sql).fetchall()
+
+
+def test_rating_assets_hand_computed(setup):
+    db, _, checks, _ = setup
+    assert checks == [(PREVIEW_TOTALS_CHECK, True)]
+
+    previews = rows(db, "SELECT customer_id, period_start, period_end, currency, total_minor, total, lines "
+                        "FROM invoice_previews ORDER BY customer_id")
+    assert previews == [
+        # starter 10 days: 19 x 10/31 = 6.13; scale 21 days: fee 499 x 21/31 = 338.03, seats 60 x 7.50 = 450,
+        # minimum 2000 x 21/31 - 450 = 904.84  -> 1699.00 (6 starter + 8 scale lines)
+        ("c_change", dt.date(2026, 10, 1), dt.date(2026, 11, 1), "usd", 169900, Decimal("1699.00"), 14),
+        # anchor 15: period Oct 15 - Nov 15; 1201 calls: 201 x 0.3 = 60.3 -> 60 yen; fee 7500; minimum 15000 - 60
+        ("c_jpy", dt.date(2026, 10, 15), dt.date(2026, 11, 15), "jpy", 22500, Decimal("22500.00"), 7),
+        # see test_pro_customer_lines: 69.54 + 22.13 + 41.00 + 32.35 + 13.84
+        ("c_pro", dt.date(2026, 10, 1), dt.date(2026, 11, 1), "usd", 17886, Decimal("178.86"), 17),
+    ]
+    lines = rows(db, "SELECT plan_version, charge, CAST(quantity AS VARCHAR), amount_minor FROM rated_usage "
+                     "WHERE customer_id = 'c_pro' AND amount_minor <> 0 ORDER BY segment_start, charge_id")
+    assert lines == [
+        ("2026-01", "api calls", "1500.000000000000", 100),        # 1000 free, 500 x 0.002
+        ("2026-01", "tokens large", "1000000.000000000000", 200),  # 10^6 x 0.000002
+        ("2026-01", "storage", "150.500000000000", 1204),          # max over hours, volume tier 2: x 0.08
+        ("2026-01", "seats", "5.000000000000", 5000),              # last value before the version change
+        ("2026-01", "active users", "8.000000000000", 450),        # u1..u8 distinct across days, 5 included
+        ("2026-01", "platform fee", None, 2213),                   # 49 x 14/31
+        ("2026-10", "api calls eu", "400.000000000000", 100),      # 400 x 0.0025
+        ("2026-10", "seats", "4.000000000000", 4000),
+        ("2026-10", "platform fee", None, 3235),                   # 59 x 17/31
+        ("2026-10", "minimum spend", None, 1384),                  # 100 x 17/31 - 41.00
+    ]
+    versions = rows(db, "SELECT plan, plan_version FROM rules_versions ORDER BY ALL")
+    assert versions == [("pro", "2026-01"), ("pro", "2026-10"), ("pro_jpy", "2026-01"), ("scale", "2026-01"),
+                        ("starter", "2026-01")]
+
+
+def _data_version(result: dg.ExecuteInProcessResult, key: str) -> str:
+    [mat] = [m for m in result.get_asset_materialization_events() if m.asset_key == dg.AssetKey(key)]
+    return mat.materialization.tags["dagster/data_version"]
+
+
+def test_rematerialising_is_byte_identical_and_late_events_change_the_version(setup):
+    """Runs last in the module: it adds a late event to the shared warehouse."""
+    db, resources, _, first_version = setup
+    snapshot = ("SELECT * EXCLUDE (rated_at) FROM rated_usage ORDER BY customer_id, segment_start, charge_id")
+    before = rows(db, snapshot)
+    with dg.instance_for_test() as instance:
+        again = dg.materialize([rated_usage, invoice_previews], partition_key="2026-10-01", resources=resources,
+                               instance=instance)
+        assert rows(db, snapshot) == before
+        assert _data_version(again, "rated_usage") == first_version
+        # a late event in the next month still lands in c_jpy's Oct 15 - Nov 15 period
+        with warehouse.open_warehouse(db) as con:
+            add_events(con, "c_jpy", "seats", "2026-11-03 00:00:00+00", value="2")
+        assert dg.materialize([usage_aggregates], partition_key="2026-11-03", resources=resources,
+                              instance=instance).success
+        late = dg.materialize([rated_usage, invoice_previews], partition_key="2026-10-01", resources=resources,
+                              instance=instance)
+        assert _data_version(late, "rated_usage") != first_version
+    assert rows(db, "SELECT total_minor FROM invoice_previews WHERE customer_id = 'c_jpy'") == [(22500 + 3000 - 3000,)]
+    assert rows(db, "SELECT amount_minor FROM rated_usage WHERE customer_id = 'c_jpy' AND charge = 'seats'") == [(3000,)]
