@@ -22,7 +22,8 @@ Rules that keep the engine from doing harm (invariant I15):
 - when catching up after an outage, only the latest due reminder and the latest due retry are
   performed (earlier ones are `skipped`, superseded); suspension and write-off always run, in order;
 - after a retry, the invoice's later steps wait for the next run, when its outcome is known;
-- a pending row whose invoice has left dunning is `superseded`, never performed.
+- a pending row whose invoice has left dunning is `superseded`, never performed (a pending
+  write-off whose invoice is written off is confirmed `done`: the call went through before a crash).
 """
 
 from __future__ import annotations
@@ -42,7 +43,9 @@ import stripe
 from metering.dunning import outbox
 from metering.dunning.money import format_minor
 from metering.dunning.policy import DunningPolicy
-from metering.dunning.state import IN_DUNNING, STATE_SCHEMA, TS, _conform, _read, _table_exists, utc
+from metering.dunning.state import (
+    IN_DUNNING, STATE_SCHEMA, TS, WRITTEN_OFF, _conform, _read, _table_exists, utc,
+)
 from metering.logs import redact
 
 log = logging.getLogger(__name__)
@@ -98,7 +101,8 @@ def plan_actions(
 ) -> pl.DataFrame:
     """One row per (invoice, step) that needs attention now, with `decision` and `reason`.
 
-    decision: `perform` | `skip` | `wait` | `supersede` (a pending row whose invoice left dunning).
+    decision: `perform` | `skip` | `wait` | `supersede` (a pending row whose invoice left dunning) |
+    `confirm` (a pending write-off whose invoice is already written off: the call went through).
     """
     now = utc(now)
     state = _conform(state, STATE_SCHEMA)
@@ -150,8 +154,12 @@ def plan_actions(
             pl.col("amount_minor").alias("amount_remaining"), "attempt_count", "step_index",
             "step_name", "action", "due_at",
             pl.col("attempts").alias("pending_attempts"),
-            pl.lit("supersede").alias("decision"),
-            (pl.lit("left_dunning:") + pl.col("state").fill_null("unknown")).alias("reason"),
+            # a write-off interrupted after Stripe accepted it: the invoice is written off -> done
+            pl.when((pl.col("action") == "write_off") & (pl.col("state") == WRITTEN_OFF))
+            .then(pl.lit("confirm")).otherwise(pl.lit("supersede")).alias("decision"),
+            pl.when((pl.col("action") == "write_off") & (pl.col("state") == WRITTEN_OFF))
+            .then(pl.lit("uncollectible"))
+            .otherwise(pl.lit("left_dunning:") + pl.col("state").fill_null("unknown")).alias("reason"),
         )
     )
     columns = [
@@ -225,12 +233,12 @@ def _error_text(exc: Exception) -> str:
 def _recover_pending(client: stripe.StripeClient, row: dict[str, Any]) -> str | None:
     """After a crash, did the earlier call with this key take effect? Returns its outcome, or None."""
     invoice = client.v1.invoices.retrieve(row["invoice_id"])
-    status = invoice.get("status")
+    status = getattr(invoice, "status", None)
     if row["action"] == "retry":
         if status == "paid":
             return "paid"
         previous = row.get("pending_attempt_count")
-        if previous is not None and (invoice.get("attempt_count") or 0) > previous:
+        if previous is not None and (getattr(invoice, "attempt_count", None) or 0) > previous:
             return "attempted"
         return None
     if status == "uncollectible":
@@ -245,10 +253,11 @@ def _call_stripe(client: stripe.StripeClient, row: dict[str, Any], key: str) -> 
     try:
         if row["action"] == "retry":
             result = invoices.pay(row["invoice_id"], options=options)
-            outcome = "paid" if result.get("status") == "paid" else f"status:{result.get('status')}"
+            status = getattr(result, "status", None)
+            outcome = "paid" if status == "paid" else f"status:{status}"
         else:
             result = invoices.mark_uncollectible(row["invoice_id"], options=options)
-            outcome = str(result.get("status"))
+            outcome = str(getattr(result, "status", None))
         return "done", outcome, _request_id(result)
     except stripe.CardError as exc:
         # The retry happened; the card was declined. Stripe's attempt_count moves on.
@@ -331,6 +340,10 @@ def perform_actions(
         action, invoice = row["action"], row["invoice_id"]
         key = idempotency_key(invoice, row["step_name"])
         decision = row["decision"]
+        if decision == "confirm":
+            ledger.close(key, "done", row["reason"])
+            report.add(action, "done")
+            continue
         if decision == "supersede":
             ledger.close(key, "superseded", row["reason"])
             report.add(action, "superseded")

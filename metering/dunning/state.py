@@ -3,9 +3,10 @@
 Inputs (all frames; `load_inputs` reads them from the warehouse):
 - `stripe_invoices` (the webhooks part's reconciled state: status, amounts, attempt_count,
   next_payment_attempt, paid_at, ...);
-- the first `invoice.payment_failed` event per invoice from `stripe_webhook_events` (day 0 of the
-  schedule; when the event is missing, the reconciled row's `state_event_created`, else
-  `finalized_at`);
+- the first failed payment per invoice (`stripe_payment_attempts` / `invoice.payment_failed` in
+  `stripe_webhook_events`): day 0 of the schedule when it lies between the invoice's finalization
+  and now, else the invoice's `finalized_at` (test-clock objects live in the clock's time while
+  events carry real time), else the reconciled row's `state_event_created`;
 - the previous `dunning_state` (so that state only moves forward and day 0 never moves);
 - the actions already performed (`dunning_actions`), so a step taken counts even before Stripe's
   webhooks report its effect (our own write-off makes the invoice written off at once);
@@ -124,9 +125,17 @@ def compute_state(
     df = df.filter(
         pl.col("event_failed_at").is_not_null() | pl.col("prev_state").is_not_null() | open_failed
     ).with_columns(
+        # Day 0 is fixed once seen. The first failure event's `created` is used when it lies between
+        # finalization and now; otherwise (customers on a Stripe test clock, whose objects live in
+        # the clock's time while events carry real time) the invoice's finalized_at, when Stripe
+        # made the first automatic attempt.
         first_failed_at=pl.coalesce(
-            "prev_first_failed_at", "event_failed_at", "state_event_created", "finalized_at",
-            pl.lit(now, dtype=TS),
+            "prev_first_failed_at",
+            pl.when(
+                pl.col("event_failed_at").is_between(
+                    pl.coalesce("finalized_at", "event_failed_at"), pl.lit(now, dtype=TS))
+            ).then(pl.col("event_failed_at")),
+            "finalized_at", "event_failed_at", "state_event_created", pl.lit(now, dtype=TS),
         ),
         policy=pl.coalesce(
             "prev_policy",

@@ -65,15 +65,27 @@ def test_steps_follow_the_schedule_to_the_microsecond(rules_dir: Path) -> None:
 
 
 def test_before_the_first_failure_time_no_step_is_reached(rules_dir: Path) -> None:
-    row = one(compute_state(frame(invoice()), load_policy(rules_dir), T0 - US, failures=failures(("in_1", T0))))
+    row = one(compute_state(frame(invoice(finalized_at=None)), load_policy(rules_dir), T0 - US,
+                            failures=failures(("in_1", T0))))
     assert (row["state"], row["step_index"], row["next_step_name"], row["next_step_at"]) == (
         "in_dunning", None, "first_reminder", T0)
 
 
-def test_day_zero_falls_back_to_the_reconciled_row_when_no_failure_event(rules_dir: Path) -> None:
+def test_day_zero_is_the_failure_event_when_plausible_else_finalization(rules_dir: Path) -> None:
+    policy = load_policy(rules_dir)
+    finalized = T0 - timedelta(hours=1)
+    # the failure event lies between finalization and now: it is day 0
+    assert one(compute_state(frame(invoice()), policy, T0 + DAY, failures=failures(("in_1", T0))))[
+        "first_failed_at"] == T0
+    # a test-clock invoice: the event carries real time, later than the clock's now -> finalized_at
+    real_time = T0 + 40 * DAY
+    assert one(compute_state(frame(invoice()), policy, T0 + DAY, failures=failures(("in_1", real_time))))[
+        "first_failed_at"] == finalized
+    # no event: finalized_at; nothing at all: the reconciled row's own event time
+    assert one(compute_state(frame(invoice()), policy, T0 + DAY))["first_failed_at"] == finalized
     later = T0 + timedelta(hours=5)
-    row = one(compute_state(frame(invoice(state_event_created=later)), load_policy(rules_dir), later))
-    assert row["first_failed_at"] == later
+    assert one(compute_state(frame(invoice(finalized_at=None, state_event_created=later)), policy, later))[
+        "first_failed_at"] == later
 
 
 def test_paid_invoices_that_never_failed_are_not_listed(rules_dir: Path) -> None:
@@ -184,7 +196,7 @@ def test_state_and_step_only_move_forward(steps: list[tuple[int, str]]) -> None:
 
     policy: DunningPolicy = load_policy(config.PROJECT_ROOT / "rating_rules")
     previous = None
-    last_rank, last_step = -1, -1
+    last_rank, last_step, day_zero = -1, -1, None
     for day, status in steps:
         paid = status == "paid"
         inv = frame(invoice(status=status, amount_paid=5000 if paid else 0,
@@ -194,4 +206,5 @@ def test_state_and_step_only_move_forward(steps: list[tuple[int, str]]) -> None:
         rank, step = STATE_RANK[row["state"]], row["step_index"] if row["step_index"] is not None else -1
         assert rank >= last_rank and step >= last_step, (steps, row)
         last_rank, last_step = rank, step
-        assert row["first_failed_at"] == T0
+        day_zero = day_zero or row["first_failed_at"]
+        assert row["first_failed_at"] == day_zero          # day 0 never moves once seen

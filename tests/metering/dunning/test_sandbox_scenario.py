@@ -1,0 +1,191 @@
+"""The dunning scenario end to end against the local Stripe sandbox (real SDK over loopback HTTP).
+
+Two customers on a test clock whose card declines. Stripe's own retries are off (the sandbox's
+`payment_retry_days=()`), so the policy's retry is the engine's to make. Stripe's state reaches the
+warehouse the way production gets it after an outage: the webhooks part's repair (`/v1/events`)
+and its reconciled `stripe_invoices`. As the clock advances, each step happens on its day; reruns
+and crashes (SIGKILL before and after a Stripe call) repeat nothing — checked on the sandbox's own
+request log; paying ends dunning and lifts the suspension.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from datetime import datetime, timezone
+from pathlib import Path
+
+import duckdb
+import pytest
+import stripe
+
+from metering import warehouse
+from metering.dunning.policy import DunningPolicy, load_policy
+from metering.dunning.run import run_dunning
+from metering.stripe_sandbox.testing import SandboxHandle, running_sandbox
+from metering.webhooks.repair import repair_events
+from metering.webhooks.state import rebuild_state
+
+START = int(datetime(2026, 10, 1, tzinfo=timezone.utc).timestamp())
+DAY = 86_400
+
+CRASH_SCRIPT = textwrap.dedent("""
+    import os, signal, sys
+    from datetime import datetime
+    import stripe
+    from metering import warehouse
+    from metering.dunning.actions import ActionHooks
+    from metering.dunning.policy import load_policy
+    from metering.dunning.run import run_dunning
+
+    db, rules, now, point, step = sys.argv[1:6]
+    def crash(row):
+        if row["step_name"] == step:
+            os.kill(os.getpid(), signal.SIGKILL)
+    hooks = ActionHooks(**{point: crash})
+    client = stripe.StripeClient(os.environ["STRIPE_API_KEY"], base_addresses={"api": os.environ["STRIPE_API_BASE"]})
+    with warehouse.open_warehouse(db) as con:
+        run_dunning(con, client, load_policy(rules), datetime.fromisoformat(now), hooks=hooks)
+""")
+
+
+class Scenario:
+    def __init__(self, sb: SandboxHandle, db: Path, rules: Path, tmp: Path) -> None:
+        self.sb, self.db, self.rules, self.tmp = sb, db, rules, tmp
+        self.client = sb.client()
+        self.policy: DunningPolicy = load_policy(rules)
+        self.clock = self.client.v1.test_helpers.test_clocks.create({"frozen_time": START, "name": "dunning"})
+        product = self.client.v1.products.create({"name": "Platform"})
+        self.price = self.client.v1.prices.create({
+            "product": product.id, "currency": "usd", "unit_amount": 5000, "recurring": {"interval": "year"}})
+        self.t = START
+
+    def customer(self, our_id: str) -> tuple[str, str]:
+        """A customer whose card declines, subscribed: the first invoice fails at once."""
+        cus = self.client.v1.customers.create({
+            "test_clock": self.clock.id, "metadata": {"customer_id": our_id, "sandbox_payment_behavior": "fails"}})
+        sub = self.client.v1.subscriptions.create({
+            "customer": cus.id, "items": [{"price": self.price.id}], "metadata": {"customer_id": our_id}})
+        return cus.id, sub.latest_invoice if isinstance(sub.latest_invoice, str) else sub.latest_invoice.id
+
+    def advance(self, day: int) -> datetime:
+        self.t = START + day * DAY
+        self.sb.advance_clock(self.clock.id, self.t)
+        return self.now
+
+    @property
+    def now(self) -> datetime:
+        return datetime.fromtimestamp(self.t, tz=timezone.utc)
+
+    def sync(self, con: duckdb.DuckDBPyConnection) -> None:
+        """Stripe -> warehouse: the webhooks part's repair and reconciled state."""
+        repair_events(con, self.client, now=self.now)
+        rebuild_state(con)
+
+    def run(self) -> None:
+        with warehouse.open_warehouse(self.db) as con:
+            self.sync(con)
+            result = run_dunning(con, self.client, self.policy, self.now)
+            assert result.report.errors == []
+
+    def crash(self, point: str, step: str) -> None:
+        with warehouse.open_warehouse(self.db) as con:
+            self.sync(con)
+        script = self.tmp / "crash.py"
+        script.write_text(CRASH_SCRIPT)
+        env = {**os.environ, "STRIPE_API_KEY": self.sb.api_key, "STRIPE_API_BASE": self.sb.base_url}
+        proc = subprocess.run(
+            [sys.executable, str(script), str(self.db), str(self.rules), self.now.isoformat(), point, step],
+            capture_output=True, text=True, timeout=120, env=env)
+        assert proc.returncode == -9, proc.stderr
+
+    def ours(self, action: str | None = None) -> list[tuple[str, str, int]]:
+        """(path, idempotency key, status) of the engine's own requests: keys `dunning:...`."""
+        return [(e["path"], e["idempotency_key"], e["status"]) for e in self.sb.requests_log(method="POST")
+                if (e["idempotency_key"] or "").startswith("dunning:")
+                and (action is None or e["path"].endswith(action))]
+
+    def table(self, sql: str) -> list[tuple]:
+        with warehouse.open_warehouse(self.db, read_only=True) as con:
+            return con.execute(sql).fetchall()
+
+    def suspended(self) -> list[str]:
+        doc = json.loads((self.tmp / "data" / "published" / "suspensions.json").read_text())
+        return [s["customer_id"] for s in doc["suspended"]]
+
+
+@pytest.mark.slow
+def test_dunning_scenario_against_the_sandbox(tmp_path: Path, rules_dir: Path) -> None:
+    with running_sandbox(payment_retry_days=(), after_final_failure="past_due") as sb:
+        s = Scenario(sb, tmp_path / "data" / "warehouse.duckdb", rules_dir, tmp_path)
+        cus_a, inv_a = s.customer("c_never_pays")
+        cus_b, inv_b = s.customer("c_pays_late")
+        ledger = "SELECT invoice_id, step_name, status, outcome FROM dunning_actions ORDER BY invoice_id, step_index"
+        state = "SELECT invoice_id, state, step_name FROM dunning_state ORDER BY invoice_id"
+
+        def by_invoice(rows: list[tuple]) -> dict[str, list[tuple]]:
+            out: dict[str, list[tuple]] = {}
+            for r in rows:
+                out.setdefault(r[0], []).append(r[1:])
+            return out
+
+        # day 0: both invoices failed at creation -> first reminder, twice run = once done
+        s.run(); s.run()
+        assert by_invoice(s.table(ledger)) == {
+            inv_a: [("first_reminder", "done", "rendered")], inv_b: [("first_reminder", "done", "rendered")]}
+        assert s.ours() == [] and s.suspended() == []
+
+        # day 3: payment retry — A's run crashes after the ledger write, before the call
+        s.advance(3)
+        s.crash("after_ledger_commit", "payment_retry")
+        pending = [r for r in s.table(ledger) if r[1] == "payment_retry"]
+        assert pending == [(pending[0][0], "payment_retry", "pending", None)]
+        assert s.ours() == []                                  # nothing reached Stripe
+        s.run(); s.run()
+        assert sorted(s.ours("/pay")) == sorted([
+            (f"/v1/invoices/{inv_a}/pay", f"dunning:{inv_a}:payment_retry", 402),
+            (f"/v1/invoices/{inv_b}/pay", f"dunning:{inv_b}:payment_retry", 402),
+        ])
+        assert {r[0]: r[3] for r in s.table(ledger) if r[1] == "payment_retry"} == {
+            inv_a: "card_declined:card_declined", inv_b: "card_declined:card_declined"}
+
+        # day 7: final reminder; day 14: suspension of both customers
+        s.advance(7); s.run()
+        s.advance(14); s.run(); s.run()
+        assert sorted(s.suspended()) == ["c_never_pays", "c_pays_late"]
+        assert s.table(state) == sorted([(inv_a, "in_dunning", "suspension"), (inv_b, "in_dunning", "suspension")])
+
+        # day 20: B pays (card fixed, customer pays the invoice) -> recovered, suspension lifted
+        s.advance(20)
+        sb.set_payment_behavior(cus_b, "succeeds")
+        s.client.v1.invoices.pay(inv_b)
+        s.run()
+        assert s.suspended() == ["c_never_pays"]
+        assert dict((r[0], r[1]) for r in s.table(state)) == {inv_a: "in_dunning", inv_b: "recovered"}
+
+        # day 30: write-off of A — the run crashes right AFTER Stripe accepted the call
+        s.advance(30)
+        s.crash("after_stripe_call", "write_off")
+        assert s.ours("/mark_uncollectible") == [
+            (f"/v1/invoices/{inv_a}/mark_uncollectible", f"dunning:{inv_a}:write_off", 200)]
+        assert [r for r in s.table(ledger) if r[1] == "write_off"] == [(inv_a, "write_off", "pending", None)]
+        s.run(); s.run()
+        s.advance(45); s.run()
+        # still exactly one write-off request: the rerun saw the invoice already uncollectible
+        assert s.ours("/mark_uncollectible") == [
+            (f"/v1/invoices/{inv_a}/mark_uncollectible", f"dunning:{inv_a}:write_off", 200)]
+        assert len(s.ours("/pay")) == 2
+        assert by_invoice(s.table(ledger)) == {
+            inv_a: [("first_reminder", "done", "rendered"), ("payment_retry", "done", "card_declined:card_declined"),
+                    ("final_reminder", "done", "rendered"), ("suspension", "done", "suspended"),
+                    ("write_off", "done", "uncollectible")],
+            inv_b: [("first_reminder", "done", "rendered"), ("payment_retry", "done", "card_declined:card_declined"),
+                    ("final_reminder", "done", "rendered"), ("suspension", "done", "suspended")],
+        }
+        assert dict((r[0], r[1]) for r in s.table(state)) == {inv_a: "written_off", inv_b: "recovered"}
+        assert s.client.v1.invoices.retrieve(inv_a).status == "uncollectible"
+        assert s.suspended() == ["c_never_pays"]               # written off, still unpaid: stays suspended
+        assert s.table("SELECT count(*) FROM dunning_outbox")[0][0] == 4
