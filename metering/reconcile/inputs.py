@@ -294,6 +294,8 @@ def _bucketed_lines(con: duckdb.DuckDBPyConnection, billing_month: dt.date, peri
              AND CAST(l.period_start AS DATE) >= p.period_start AND CAST(l.period_start AS DATE) < p.period_end
             WHERE CAST(l.period_start AS DATE) >= ? AND CAST(l.period_start AS DATE) < ?
               AND coalesce(i.status, '') <> 'void'
+              -- a subscription's first invoice holds zero-length, zero-amount metered lines: not a period's usage
+              AND NOT (l.period_end <= l.period_start AND l.amount = 0)
             """,
             [start, end],
         )
