@@ -1,0 +1,56 @@
+"""Warehouse-wide invariants of ingestion, as plain queries (the Dagster asset checks call these).
+
+- Conservation (I1/I3): every file's manifest entry adds up (read = accepted + quarantined +
+  duplicates dropped), and the rows stored per file equal the manifest's counts.
+- Uniqueness: no event_id appears twice among clean events.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import date
+
+import duckdb
+
+
+@dataclass
+class CheckOutcome:
+    passed: bool
+    metadata: dict
+
+
+def conservation(con: duckdb.DuckDBPyConnection) -> CheckOutcome:
+    unbalanced = con.execute(
+        "SELECT count(*) FROM ingested_files "
+        "WHERE rows_read <> rows_accepted + rows_quarantined + duplicates_dropped").fetchone()[0]
+    mismatched = con.execute("""
+        WITH clean AS (SELECT file_hash, count(*) AS n FROM usage_events GROUP BY ALL),
+             quarantined AS (SELECT file_hash, count(*) AS n FROM usage_quarantine GROUP BY ALL)
+        SELECT count(*) FROM ingested_files f
+        LEFT JOIN clean c USING (file_hash) LEFT JOIN quarantined q USING (file_hash)
+        WHERE coalesce(c.n, 0) <> f.rows_accepted OR coalesce(q.n, 0) <> f.rows_quarantined""").fetchone()[0]
+    orphans = con.execute("""
+        SELECT (SELECT count(*) FROM usage_events WHERE file_hash NOT IN (SELECT file_hash FROM ingested_files))
+             + (SELECT count(*) FROM usage_quarantine WHERE file_hash NOT IN (SELECT file_hash FROM ingested_files))
+    """).fetchone()[0]
+    totals = con.execute("SELECT count(*), coalesce(sum(rows_read), 0), coalesce(sum(rows_accepted), 0), "
+                         "coalesce(sum(rows_quarantined), 0), coalesce(sum(duplicates_dropped), 0) "
+                         "FROM ingested_files").fetchone()
+    return CheckOutcome(
+        passed=unbalanced == 0 and mismatched == 0 and orphans == 0,
+        metadata={"files": totals[0], "rows_read": totals[1], "rows_accepted": totals[2],
+                  "rows_quarantined": totals[3], "duplicates_dropped": totals[4],
+                  "unbalanced_files": unbalanced, "files_with_count_mismatch": mismatched,
+                  "rows_without_manifest": orphans},
+    )
+
+
+def unique_event_ids(con: duckdb.DuckDBPyConnection) -> CheckOutcome:
+    dupes = con.execute("SELECT count(*) - count(DISTINCT event_id) FROM usage_events").fetchone()[0]
+    return CheckOutcome(passed=dupes == 0, metadata={"duplicate_event_ids": dupes})
+
+
+def rows_in_dates(con: duckdb.DuckDBPyConnection, start: date, end: date) -> int:
+    """Clean events with start <= event_date < end."""
+    return con.execute("SELECT count(*) FROM usage_events WHERE event_date >= ? AND event_date < ?",
+                       [start, end]).fetchone()[0]

@@ -1,0 +1,38 @@
+"""A quick look at a raw file's event dates, for scheduling (which daily partitions a file touches).
+
+Best effort and cheap: DuckDB's own readers with errors ignored, timestamps only. The ingestion
+itself decides what is valid; this only picks the partition range of the run that will ingest.
+"""
+
+from __future__ import annotations
+
+from datetime import date
+from pathlib import Path
+
+import duckdb
+
+from metering.ingest.readers import detect_format
+from metering.warehouse import sql_string
+
+_TS = "coalesce(try_cast(ts AS TIMESTAMPTZ), epoch_ms(try_cast(ts AS BIGINT))::TIMESTAMPTZ)"
+
+
+def event_date_range(path: Path) -> tuple[date, date] | None:
+    """(first, last) UTC event date of the parsable timestamps in the file, or None if there are none."""
+    fmt = detect_format(path)
+    p = sql_string(str(path))
+    source = {
+        "parquet": f"SELECT timestamp::VARCHAR AS ts FROM read_parquet({p})",
+        "csv": f"SELECT timestamp AS ts FROM read_csv({p}, all_varchar = true, ignore_errors = true, header = true)",
+        "jsonl": f"SELECT timestamp AS ts FROM read_json({p}, format = 'newline_delimited', ignore_errors = true, "
+                 f"columns = {{'timestamp': 'VARCHAR'}})",
+    }[fmt if fmt != "jsonl.gz" else "jsonl"]
+    con = duckdb.connect()
+    try:
+        con.execute("SET TimeZone = 'UTC'")
+        row = con.execute(f"SELECT min({_TS})::DATE, max({_TS})::DATE FROM ({source}) "
+                          f"WHERE {_TS} >= TIMESTAMPTZ '2000-01-01 00:00:00+00' AND {_TS} <= now() + INTERVAL 1 DAY"
+                          ).fetchone()
+    finally:
+        con.close()
+    return None if row is None or row[0] is None else (row[0], row[1])
