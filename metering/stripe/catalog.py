@@ -1,0 +1,448 @@
+"""Keep Stripe's catalog in step with `rating_rules/`: meters, products and prices, customers and
+subscriptions. Create what is missing, find what exists, never change what differs.
+
+- **Meters**: one per our meter, `event_name = metering_<meter>`, pre-aggregated
+  (`event_time_window` day by default, hour configurable), formula `sum` for our sum and count,
+  `last` for max, last and unique_count (the push sends the period-to-date value).
+- **Products / prices**: one product per plan; one price per plan version x charge that Stripe can
+  express, found again by `lookup_key` (`metering:<plan>:<version>:<charge>`) and metadata:
+  per_unit (`unit_amount_decimal` in minor units), graduated / volume tiers with flat amounts,
+  package (`transform_quantity`), included quantity (a free first tier), flat fees (licensed
+  monthly prices). Not expressible, reported as findings: minimums, charges filtered by a dimension
+  (one Stripe meter carries all dimensions), included quantities on volume or package charges,
+  fractional tier bounds. A price that exists but differs from our rules is reported as drift and
+  left alone: Stripe prices are immutable, a new rule version gets new prices.
+- **Customers / subscriptions**: looked up by `metadata[customer_id]`; created when missing only
+  when asked (`create_customers`, the sandbox), with `billing_cycle_anchor` from
+  `billing_anchor_day` and an optional test clock. The subscription carries the prices of the plan
+  version in force at its start.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import logging
+from dataclasses import dataclass, field
+from decimal import Decimal
+from typing import Any
+
+import duckdb
+import polars as pl
+import stripe
+
+from metering import warehouse
+from metering.rules.meters import Meter
+from metering.rules.model import Charge, PlanVersion, Rules, dec_str, minor_digits
+from metering.stripe.keys import event_name
+from metering.stripe.windows import WINDOW_KINDS, stripe_formula
+
+log = logging.getLogger(__name__)
+
+MAX_MINOR_DECIMALS = 12
+
+
+@dataclass(frozen=True)
+class Finding:
+    finding: str            # drift | not_expressible
+    kind: str               # meter | price | subscription
+    our_key: str
+    stripe_id: str | None = None
+    field: str | None = None
+    ours: str | None = None
+    theirs: str | None = None
+    detail: str | None = None
+
+
+@dataclass
+class CatalogReport:
+    meters: dict[str, str] = field(default_factory=dict)              # our meter -> mtr id
+    prices: dict[tuple[str, str, str], str] = field(default_factory=dict)  # (plan, version, charge) -> price id
+    created: dict[str, int] = field(default_factory=dict)
+    found: dict[str, int] = field(default_factory=dict)
+    findings: list[Finding] = field(default_factory=list)
+    customers: list[dict[str, Any]] = field(default_factory=list)    # stripe_customer_map rows
+    missing_customers: list[str] = field(default_factory=list)
+
+    def count(self, what: str, created: bool) -> None:
+        target = self.created if created else self.found
+        target[what] = target.get(what, 0) + 1
+
+    def summary(self) -> str:
+        drift = sum(1 for f in self.findings if f.finding == "drift")
+        nx = sum(1 for f in self.findings if f.finding == "not_expressible")
+        return (f"stripe sync: created {dict(sorted(self.created.items()))}, found {dict(sorted(self.found.items()))}, "
+                f"{drift} drift, {nx} not expressible, {len(self.missing_customers)} customers missing in Stripe")
+
+
+# -- meters ---------------------------------------------------------------------------------------
+def meter_params(meter: Meter, window_kind: str) -> dict[str, Any]:
+    if window_kind not in WINDOW_KINDS:
+        raise ValueError(f"window kind must be one of {WINDOW_KINDS}")
+    return {
+        "display_name": f"{meter.name} ({meter.unit})" if meter.unit else meter.name,
+        "event_name": event_name(meter.name),
+        "default_aggregation": {"formula": stripe_formula(meter)},
+        "customer_mapping": {"type": "by_id", "event_payload_key": "stripe_customer_id"},
+        "value_settings": {"event_payload_key": "value"},
+        "event_time_window": window_kind,
+    }
+
+
+def sync_meters(client: stripe.StripeClient, meters: dict[str, Meter], window_kind: str,
+                report: CatalogReport) -> None:
+    existing = {m.event_name: m for m in client.v1.billing.meters.list({"limit": 100}).auto_paging_iter()
+                if m.status == "active"}
+    for meter in meters.values():
+        params = meter_params(meter, window_kind)
+        found = existing.get(params["event_name"])
+        if found is None:
+            created = client.v1.billing.meters.create(
+                params, {"idempotency_key": f"metering-catalog:meter:{params['event_name']}:{window_kind}"})
+            report.meters[meter.name] = created.id
+            report.count("meter", True)
+            continue
+        report.meters[meter.name] = found.id
+        report.count("meter", False)
+        for fld, ours, theirs in (
+            ("default_aggregation.formula", params["default_aggregation"]["formula"], found.default_aggregation.formula),
+            ("event_time_window", window_kind, getattr(found, "event_time_window", None)),
+            ("customer_mapping.event_payload_key", "stripe_customer_id", found.customer_mapping.event_payload_key),
+            ("value_settings.event_payload_key", "value", found.value_settings.event_payload_key),
+        ):
+            if ours != theirs:
+                report.findings.append(Finding("drift", "meter", meter.name, found.id, fld, str(ours), str(theirs),
+                                               "meters cannot be changed: create a new meter or fix the rules"))
+
+
+# -- prices ---------------------------------------------------------------------------------------
+class NotExpressible(Exception):
+    pass
+
+
+def lookup_key(version: PlanVersion, charge: Charge) -> str:
+    return f"metering:{version.plan}:{version.version}:{charge.name}"
+
+
+def _minor(amount: Decimal, currency: str) -> str:
+    """A major-unit amount as Stripe's `*_decimal` string in minor units (<= 12 decimals)."""
+    value = amount * (Decimal(10) ** minor_digits(currency))
+    text = dec_str(value)
+    if "." in text and len(text.split(".")[1]) > MAX_MINOR_DECIMALS:
+        raise NotExpressible(f"{amount} {currency} has more than {MAX_MINOR_DECIMALS} decimals in minor units")
+    return text
+
+
+def _int_bound(value: Decimal) -> int:
+    if value != value.to_integral_value():
+        raise NotExpressible(f"tier bound {value} is not a whole number (Stripe's up_to is an integer)")
+    return int(value)
+
+
+def price_params(version: PlanVersion, charge: Charge, meter_id: str | None) -> dict[str, Any]:
+    """The `POST /v1/prices` parameters mirroring one charge, or raise `NotExpressible`."""
+    cur = version.currency
+    base: dict[str, Any] = {
+        "currency": cur,
+        "lookup_key": lookup_key(version, charge),
+        "nickname": f"{version.plan} {version.version} {charge.name}",
+        "metadata": {"plan": version.plan, "plan_version": version.version, "charge": charge.name,
+                     "model": charge.model, "rules_hash": version.content_hash},
+    }
+    if charge.model == "minimum":
+        raise NotExpressible("a minimum spend has no Stripe price: the difference is billed by the engine")
+    if charge.model == "flat":
+        return {**base, "unit_amount_decimal": _minor(charge.amount or Decimal(0), cur),
+                "recurring": {"interval": "month", "usage_type": "licensed"}}
+    if charge.filters:
+        dims = ", ".join(f"{k} in {list(v)}" for k, v in charge.filters)
+        raise NotExpressible(f"priced only for {dims}: one Stripe meter carries every dimension")
+    if meter_id is None:
+        raise NotExpressible(f"meter {charge.meter} has no Stripe meter")
+    base["recurring"] = {"interval": "month", "usage_type": "metered", "meter": meter_id}
+    included = charge.included or Decimal(0)
+    if charge.model == "per_unit":
+        if not included:
+            return {**base, "unit_amount_decimal": _minor(charge.unit_amount or Decimal(0), cur)}
+        return {**base, "billing_scheme": "tiered", "tiers_mode": "graduated", "tiers": [
+            {"up_to": _int_bound(included), "unit_amount_decimal": "0"},
+            {"up_to": "inf", "unit_amount_decimal": _minor(charge.unit_amount or Decimal(0), cur)},
+        ]}
+    if charge.model == "package":
+        if included:
+            raise NotExpressible("an included quantity cannot be combined with a package price (transform_quantity)")
+        return {**base, "unit_amount_decimal": _minor(charge.package_amount or Decimal(0), cur),
+                "transform_quantity": {"divide_by": _int_bound(charge.package_size or Decimal(1)),
+                                       "round": charge.package_round}}
+    if charge.model in ("graduated", "volume"):
+        if included and charge.model == "volume":
+            raise NotExpressible("an included quantity on a volume price changes which tier applies")
+        tiers = []
+        if included:
+            tiers.append({"up_to": _int_bound(included), "unit_amount_decimal": "0"})
+        for tier in charge.tiers:
+            spec: dict[str, Any] = {
+                "up_to": "inf" if tier.up_to is None else _int_bound(tier.up_to + included),
+                "unit_amount_decimal": _minor(tier.unit_amount, cur),
+            }
+            if tier.flat_amount:
+                spec["flat_amount_decimal"] = _minor(tier.flat_amount, cur)
+            tiers.append(spec)
+        return {**base, "billing_scheme": "tiered", "tiers_mode": charge.model, "tiers": tiers}
+    raise NotExpressible(f"model {charge.model!r} has no Stripe equivalent")
+
+
+def _norm_dec(value: Any) -> str | None:
+    if value in (None, ""):
+        return None
+    return dec_str(Decimal(str(value)))
+
+
+def price_drift(expected: dict[str, Any], price: Any) -> list[tuple[str, str, str]]:
+    """(field, ours, theirs) for every difference between our price parameters and a Stripe price."""
+    diffs: list[tuple[str, str, str]] = []
+    price = price.to_dict() if hasattr(price, "to_dict") else price
+
+    def cmp(name: str, ours: Any, theirs: Any) -> None:
+        if ours != theirs:
+            diffs.append((name, str(ours), str(theirs)))
+
+    cmp("currency", expected["currency"], price.get("currency"))
+    scheme = expected.get("billing_scheme", "per_unit")
+    cmp("billing_scheme", scheme, price.get("billing_scheme"))
+    rec = expected.get("recurring") or {}
+    their_rec = price.get("recurring") or {}
+    cmp("recurring.usage_type", rec.get("usage_type"), their_rec.get("usage_type") if their_rec else None)
+    cmp("recurring.interval", rec.get("interval"), their_rec.get("interval") if their_rec else None)
+    if rec.get("meter"):
+        cmp("recurring.meter", rec.get("meter"), their_rec.get("meter") if their_rec else None)
+    if scheme == "per_unit":
+        cmp("unit_amount_decimal", _norm_dec(expected.get("unit_amount_decimal")), _norm_dec(price.get("unit_amount_decimal")))
+        tq = expected.get("transform_quantity")
+        their_tq = price.get("transform_quantity")
+        cmp("transform_quantity",
+            (tq["divide_by"], tq["round"]) if tq else None,
+            (int(their_tq["divide_by"]), their_tq["round"]) if their_tq else None)
+    else:
+        cmp("tiers_mode", expected.get("tiers_mode"), price.get("tiers_mode"))
+        ours = [(None if t["up_to"] == "inf" else int(t["up_to"]), _norm_dec(t.get("unit_amount_decimal")) or "0",
+                 _norm_dec(t.get("flat_amount_decimal")) or "0") for t in expected["tiers"]]
+        theirs_raw = price.get("tiers")
+        if theirs_raw is not None:
+            theirs = [(t.get("up_to"), _norm_dec(t.get("unit_amount_decimal") or t.get("unit_amount")) or "0",
+                       _norm_dec(t.get("flat_amount_decimal") or t.get("flat_amount")) or "0") for t in theirs_raw]
+            cmp("tiers", ours, theirs)
+    return diffs
+
+
+def sync_prices(client: stripe.StripeClient, rules: Rules, report: CatalogReport) -> None:
+    products = {p.metadata.get("plan"): p for p in client.v1.products.list({"limit": 100}).auto_paging_iter()
+                if p.metadata and p.metadata.get("plan")}
+    existing = {p.lookup_key: p for p in client.v1.prices.list(
+        {"limit": 100, "expand": ["data.tiers"]}).auto_paging_iter() if p.lookup_key}
+    for version in rules.all_versions:
+        product = products.get(version.plan)
+        if product is None:
+            plan = rules.plans[version.plan]
+            product = client.v1.products.create(
+                {"name": f"{plan.name}", "metadata": {"plan": plan.name}},
+                {"idempotency_key": f"metering-catalog:product:{plan.name}"})
+            products[version.plan] = product
+            report.count("product", True)
+        for charge in version.charges:
+            key = (version.plan, version.version, charge.name)
+            our_key = "|".join(key)
+            meter_id = report.meters.get(charge.meter) if charge.meter else None
+            try:
+                params = price_params(version, charge, meter_id)
+            except NotExpressible as exc:
+                report.findings.append(Finding("not_expressible", "price", our_key, detail=str(exc)))
+                continue
+            found = existing.get(params["lookup_key"])
+            if found is not None:
+                report.prices[key] = found.id
+                report.count("price", False)
+                for fld, ours, theirs in price_drift(params, found):
+                    report.findings.append(Finding(
+                        "drift", "price", our_key, found.id, fld, ours, theirs,
+                        "left unchanged (prices are immutable): publish a new plan version"))
+                continue
+            created = client.v1.prices.create(
+                {**params, "product": product.id},
+                {"idempotency_key": f"metering-catalog:price:{params['lookup_key']}:{version.content_hash[:16]}"[:255]})
+            report.prices[key] = created.id
+            report.count("price", True)
+
+
+# -- customers and subscriptions -------------------------------------------------------------------
+def billing_cycle_anchor(start: dt.datetime, anchor_day: int | None) -> int | None:
+    """The first billing-anchor instant (UTC midnight) strictly after `start`, or None if `start` is one.
+
+    `anchor_day` beyond a month's length means that month's last day; None = the 1st.
+    """
+    day = anchor_day or 1
+    d = start.date()
+    for months_ahead in range(0, 3):
+        year = d.year + (d.month - 1 + months_ahead) // 12
+        month = (d.month - 1 + months_ahead) % 12 + 1
+        last = (dt.date(year + month // 12, month % 12 + 1, 1) - dt.timedelta(days=1)).day
+        candidate = dt.datetime(year, month, min(day, last), tzinfo=dt.timezone.utc)
+        if candidate == start:
+            return None
+        if candidate > start:
+            return int(candidate.timestamp())
+    raise AssertionError("unreachable")
+
+
+def _current_assignments(customers: pl.DataFrame, on: dt.date) -> pl.DataFrame:
+    """One row per customer: the plan assignment in force on `on` (else its first one)."""
+    frame = customers.with_columns(pl.col("plan_effective_from").cast(pl.Date))
+    in_force = frame.filter(pl.col("plan_effective_from") <= on).sort("plan_effective_from").group_by(
+        "customer_id", maintain_order=True).last()
+    missing = frame.join(in_force.select("customer_id"), on="customer_id", how="anti").sort(
+        "plan_effective_from").group_by("customer_id", maintain_order=True).first()
+    return pl.concat([in_force, missing.select(in_force.columns)]).sort("customer_id")
+
+
+def sync_customers(
+    client: stripe.StripeClient,
+    rules: Rules,
+    customers: pl.DataFrame,
+    report: CatalogReport,
+    *,
+    create: bool,
+    test_clock: str | None = None,
+    sandbox_payment_behavior: bool = False,
+) -> None:
+    """Find (or create) each customer and its subscription; fill `report.customers`."""
+    clock_now = None
+    if test_clock:
+        clock_now = dt.datetime.fromtimestamp(int(client.v1.test_helpers.test_clocks.retrieve(test_clock).frozen_time),
+                                              tz=dt.timezone.utc)
+    now = clock_now or dt.datetime.now(dt.timezone.utc)
+    found_customers: dict[str, Any] = {}
+    for cus in client.v1.customers.list({"limit": 100}).auto_paging_iter():
+        ours = (cus.metadata or {}).get("customer_id")
+        if ours and ours not in found_customers:
+            found_customers[ours] = cus
+    subscriptions: dict[str, Any] = {}
+    for sub in client.v1.subscriptions.list({"limit": 100, "status": "all"}).auto_paging_iter():
+        if sub.status in ("canceled", "incomplete_expired"):
+            continue
+        subscriptions.setdefault(sub.customer, sub)
+    assignments = _current_assignments(customers, now.date())
+    for row in assignments.iter_rows(named=True):
+        cid = str(row["customer_id"])
+        anchor_day = int(row["billing_anchor_day"]) if row.get("billing_anchor_day") not in (None, "") else None
+        cus = found_customers.get(cid)
+        if cus is None:
+            if not create:
+                report.missing_customers.append(cid)
+                continue
+            metadata = {"customer_id": cid}
+            if sandbox_payment_behavior and row.get("payment_behavior"):
+                metadata["payment_behavior"] = str(row["payment_behavior"])
+            params: dict[str, Any] = {"metadata": metadata}
+            for name in ("name", "email"):
+                if row.get(name):
+                    params[name] = str(row[name])
+            if test_clock:
+                params["test_clock"] = test_clock
+            cus = client.v1.customers.create(params, {"idempotency_key": f"metering-catalog:customer:{cid}:{test_clock or ''}"[:255]})
+            report.count("customer", True)
+        else:
+            report.count("customer", False)
+        version = rules.plans[row["plan"]].version_at(max(now.date(), row["plan_effective_from"])) \
+            if row["plan"] in rules.plans else None
+        sub = subscriptions.get(cus.id)
+        if sub is None and create and version is not None:
+            items = [{"price": report.prices[(version.plan, version.version, c.name)]}
+                     for c in version.charges if (version.plan, version.version, c.name) in report.prices]
+            for item, charge in zip(items, [c for c in version.charges
+                                            if (version.plan, version.version, c.name) in report.prices]):
+                if charge.model == "flat":
+                    item["quantity"] = 1
+            sub_params: dict[str, Any] = {
+                "customer": cus.id,
+                "items": items,
+                "metadata": {"customer_id": cid, "plan": version.plan, "plan_version": version.version},
+                "proration_behavior": "none",
+            }
+            anchor = billing_cycle_anchor(now, anchor_day)
+            if anchor is not None:
+                sub_params["billing_cycle_anchor"] = anchor
+            sub = client.v1.subscriptions.create(
+                sub_params, {"idempotency_key": f"metering-catalog:subscription:{cus.id}"})
+            report.count("subscription", True)
+        elif sub is not None:
+            report.count("subscription", False)
+        report.customers.append({
+            "customer_id": cid,
+            "stripe_customer_id": cus.id,
+            "subscription_id": sub.id if sub is not None else None,
+            "test_clock_id": _id_of(getattr(cus, "test_clock", None)),
+            "plan": version.plan if version else row["plan"],
+            "plan_version": version.version if version else None,
+            "billing_anchor_day": anchor_day,
+        })
+
+
+def _id_of(value: Any) -> str | None:
+    """An expandable field's id, whether it came back as an id string or an object."""
+    if value is None or isinstance(value, str):
+        return value
+    return value.id
+
+
+# -- the whole sync -------------------------------------------------------------------------------
+def sync_catalog(
+    con: duckdb.DuckDBPyConnection,
+    client: stripe.StripeClient,
+    rules: Rules,
+    customers: pl.DataFrame | None,
+    *,
+    window_kind: str = "day",
+    create_customers: bool = False,
+    test_clock: str | None = None,
+    sandbox_payment_behavior: bool = False,
+) -> CatalogReport:
+    """Sync meters, prices and (when a customer list is given) customers; replace the map tables."""
+    report = CatalogReport()
+    sync_meters(client, rules.meters, window_kind, report)
+    sync_prices(client, rules, report)
+    if customers is not None and not customers.is_empty():
+        sync_customers(client, rules, customers, report, create=create_customers, test_clock=test_clock,
+                       sandbox_payment_behavior=sandbox_payment_behavior)
+    write_catalog(con, report)
+    for f in report.findings:
+        log.warning("stripe catalog %s: %s %s %s %s", f.finding, f.kind, f.our_key, f.field or "", f.detail or "")
+    log.info(report.summary())
+    return report
+
+
+def write_catalog(con: duckdb.DuckDBPyConnection, report: CatalogReport) -> None:
+    now = dt.datetime.now(dt.timezone.utc)
+    objects = [{"kind": "meter", "our_key": k, "stripe_id": v, "details": None} for k, v in report.meters.items()]
+    objects += [{"kind": "price", "our_key": "|".join(k), "stripe_id": v, "details": None} for k, v in report.prices.items()]
+    for c in report.customers:
+        objects.append({"kind": "customer", "our_key": c["customer_id"], "stripe_id": c["stripe_customer_id"],
+                        "details": json.dumps({"plan": c["plan"], "plan_version": c["plan_version"]})})
+        if c["subscription_id"]:
+            objects.append({"kind": "subscription", "our_key": c["customer_id"], "stripe_id": c["subscription_id"],
+                            "details": None})
+    obj_frame = pl.DataFrame(objects, schema={"kind": pl.String, "our_key": pl.String, "stripe_id": pl.String,
+                                              "details": pl.String}).with_columns(synced_at=pl.lit(now))
+    cmap = pl.DataFrame(report.customers, schema={
+        "customer_id": pl.String, "stripe_customer_id": pl.String, "subscription_id": pl.String,
+        "test_clock_id": pl.String, "plan": pl.String, "plan_version": pl.String, "billing_anchor_day": pl.Int32,
+    }).with_columns(synced_at=pl.lit(now))
+    findings = pl.DataFrame([f.__dict__ for f in report.findings], schema={
+        "finding": pl.String, "kind": pl.String, "our_key": pl.String, "stripe_id": pl.String, "field": pl.String,
+        "ours": pl.String, "theirs": pl.String, "detail": pl.String}).with_columns(synced_at=pl.lit(now))
+    with warehouse.transaction(con):
+        kinds = ["meter", "price"] + (["customer", "subscription"] if report.customers else [])
+        warehouse.replace_rows(con, "stripe_objects", "kind IN (SELECT unnest(?::VARCHAR[]))", [kinds], obj_frame,
+                               in_transaction=True)
+        if report.customers:
+            warehouse.replace_rows(con, "stripe_customer_map", "TRUE", [], cmap, in_transaction=True)
+        warehouse.replace_rows(con, "stripe_catalog_findings", "TRUE", [], findings, in_transaction=True)

@@ -1,0 +1,101 @@
+"""The one place a `stripe.StripeClient` is built.
+
+Configuration comes from the environment (never from files, never logged):
+
+| variable | meaning | default |
+| --- | --- | --- |
+| `STRIPE_API_KEY` | secret key (`sk_test_...` / `sk_live_...`); required | - |
+| `STRIPE_API_BASE` | API base address (the local sandbox sets this) | Stripe's |
+| `STRIPE_METER_EVENTS_BASE` | base for the meter-events host | `STRIPE_API_BASE` when set, else Stripe's |
+| `STRIPE_MAX_NETWORK_RETRIES` | SDK-level retries for catalog calls (pushes retry themselves) | 2 |
+| `STRIPE_CONNECT_TIMEOUT` / `STRIPE_READ_TIMEOUT` | seconds | 5 / 30 |
+
+The key lives only in `StripeSettings.api_key` (excluded from `repr`) and inside the SDK client.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field, replace
+
+import stripe
+
+from metering.errors import BadInputError
+
+
+@dataclass(frozen=True)
+class StripeSettings:
+    api_key: str = field(repr=False)
+    api_base: str | None = None
+    meter_events_base: str | None = None
+    max_network_retries: int = 2
+    connect_timeout: float = 5.0
+    read_timeout: float = 30.0
+
+    @property
+    def is_live(self) -> bool:
+        return self.api_key.startswith(("sk_live_", "rk_live_"))
+
+    def with_base(self, base_url: str, api_key: str | None = None) -> "StripeSettings":
+        """The same settings pointed at another base address (the local sandbox)."""
+        return replace(
+            self, api_base=base_url, meter_events_base=base_url, api_key=api_key or self.api_key
+        )
+
+
+def _float_env(name: str, default: float) -> float:
+    raw = os.environ.get(name)
+    if raw in (None, ""):
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise BadInputError(f"environment variable {name}: {raw!r} is not a number") from None
+    if value <= 0:
+        raise BadInputError(f"environment variable {name}: must be > 0, got {raw!r}")
+    return value
+
+
+def settings_from_env(*, required: bool = True) -> StripeSettings | None:
+    """Read `StripeSettings` from the environment; `None` when no key is set and not `required`."""
+    key = os.environ.get("STRIPE_API_KEY", "").strip()
+    if not key:
+        if required:
+            raise BadInputError(
+                "STRIPE_API_KEY is not set: export a Stripe secret key, or run against the local "
+                "sandbox (`metering stripe-sandbox`, then set STRIPE_API_BASE and its test key)"
+            )
+        return None
+    api_base = os.environ.get("STRIPE_API_BASE") or None
+    retries_raw = os.environ.get("STRIPE_MAX_NETWORK_RETRIES", "2")
+    try:
+        retries = int(retries_raw)
+    except ValueError:
+        raise BadInputError(
+            f"environment variable STRIPE_MAX_NETWORK_RETRIES: {retries_raw!r} is not an integer"
+        ) from None
+    return StripeSettings(
+        api_key=key,
+        api_base=api_base,
+        meter_events_base=os.environ.get("STRIPE_METER_EVENTS_BASE") or api_base,
+        max_network_retries=retries,
+        connect_timeout=_float_env("STRIPE_CONNECT_TIMEOUT", 5.0),
+        read_timeout=_float_env("STRIPE_READ_TIMEOUT", 30.0),
+    )
+
+
+def make_client(settings: StripeSettings, *, max_network_retries: int | None = None) -> stripe.StripeClient:
+    """A `StripeClient` with explicit retries and timeouts (the SDK defaults to 0 retries, 80 s)."""
+    bases: dict[str, str] = {}
+    if settings.api_base:
+        bases["api"] = settings.api_base.rstrip("/")
+    if settings.meter_events_base:
+        bases["meter_events"] = settings.meter_events_base.rstrip("/")
+    return stripe.StripeClient(
+        settings.api_key,
+        base_addresses=bases,  # type: ignore[arg-type]
+        max_network_retries=(
+            settings.max_network_retries if max_network_retries is None else max_network_retries
+        ),
+        http_client=stripe.RequestsClient(timeout=(settings.connect_timeout, settings.read_timeout)),
+    )

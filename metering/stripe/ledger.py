@@ -1,0 +1,254 @@
+"""The outbox ledger (`stripe_push_ledger`, migration 020) and its state machine.
+
+    pending ──mark_sent──► sent ──outcome──► acknowledged
+       ▲                    │                failed      (Stripe said no: nothing recorded)
+       │ (429 exhausted)    └──────────────► unknown     (no answer, or a stored 5xx)
+       │
+    a newer revision of the same window ──► superseded   (older pending / sent / unknown / failed / late)
+    window not pushable (35 days, finalized invoice)    ──► late (for finance; never sent)
+
+Every transition is one statement over a batch of rows in one transaction, so a kill at any
+point leaves each row in a state the next run knows how to continue from:
+`pending`/`sent`/`unknown` rows are (re)sent under their own identifier and Idempotency-Key while
+the key is young (first attempt < ~20 h ago); older ones are resolved by reading Stripe's meter
+event summaries first. No row is ever sent under another key: a resend after the key expired is
+a new revision (a new row) carrying the same value, which on a pre-aggregated meter replaces,
+never adds to, the window's previous event.
+"""
+
+from __future__ import annotations
+
+from datetime import date, datetime
+from typing import Any
+
+import duckdb
+import polars as pl
+
+from metering import warehouse
+
+OPEN_STATUSES = ("pending", "sent", "unknown")
+STATUSES = ("pending", "sent", "acknowledged", "failed", "unknown", "late", "superseded")
+
+_WINDOW_COLS = "customer_id, meter, window_kind, window_start"
+
+PLAN_SCHEMA = {
+    "customer_id": pl.String,
+    "meter": pl.String,
+    "window_kind": pl.String,
+    "window_start": pl.Datetime("us", "UTC"),
+    "window_end": pl.Datetime("us", "UTC"),
+    "event_date": pl.Date,
+    "value": pl.Decimal(38, 12),
+    "raw_events": pl.Int64,
+    "event_name": pl.String,
+    "stripe_customer_id": pl.String,
+    "late_reason": pl.String,
+}
+
+
+def latest_revisions(con: duckdb.DuckDBPyConnection, where_sql: str = "TRUE", params: list[Any] | None = None) -> pl.DataFrame:
+    """The newest revision of every window matching `where_sql` (over ledger columns)."""
+    return warehouse.query_frame(
+        con,
+        f"""
+        SELECT * FROM stripe_push_ledger
+        WHERE {where_sql}
+        QUALIFY row_number() OVER (PARTITION BY {_WINDOW_COLS} ORDER BY revision DESC) = 1
+        """,
+        params or [],
+    )
+
+
+def plan_revisions(
+    con: duckdb.DuckDBPyConnection, desired: pl.DataFrame, now: datetime, *, retry_failed: bool = False
+) -> dict[str, int]:
+    """Write the revisions `desired` calls for, in one transaction, before any call is made.
+
+    `desired` has `PLAN_SCHEMA`: one row per window with the value Stripe should hold, the
+    destination customer and `late_reason` (NULL when pushable). A window gets a new revision when
+    it has none yet, when its value or destination changed, or (with `retry_failed`) when its
+    latest revision failed. The new revision is `late` instead of `pending` when not pushable;
+    an open latest revision of a window that became unpushable is marked `late` in place.
+    Older open revisions of a window that gets a new one become `superseded`.
+    Returns counts: new_revisions, newly_late.
+    """
+    from metering.stripe.keys import idempotency_key, meter_event_identifier
+
+    if desired.is_empty():
+        return {"new_revisions": 0, "newly_late": 0}
+    desired = desired.select([pl.col(c).cast(t) for c, t in PLAN_SCHEMA.items()])
+    con.register("_desired", desired.to_arrow())
+    try:
+        decisions = warehouse.query_frame(
+            con,
+            f"""
+            WITH latest AS (
+                SELECT {_WINDOW_COLS}, revision, value, status, stripe_customer_id
+                FROM stripe_push_ledger l
+                WHERE EXISTS (SELECT 1 FROM _desired d
+                              WHERE d.customer_id = l.customer_id AND d.meter = l.meter
+                                AND d.window_kind = l.window_kind AND d.window_start = l.window_start)
+                QUALIFY row_number() OVER (PARTITION BY {_WINDOW_COLS} ORDER BY revision DESC) = 1
+            )
+            SELECT d.*, l.revision AS prev_revision, l.status AS prev_status,
+                   CASE
+                     WHEN l.revision IS NULL THEN 'new'
+                     WHEN l.value <> d.value
+                       OR l.stripe_customer_id IS DISTINCT FROM d.stripe_customer_id THEN 'new'
+                     WHEN l.status = 'failed' AND ? THEN 'new'
+                     WHEN l.status = 'superseded' THEN 'new'   -- its key expired unconfirmed
+                     WHEN l.status IN ('pending', 'sent', 'unknown') AND d.late_reason IS NOT NULL
+                       THEN 'mark_late'
+                     ELSE 'keep'
+                   END AS decision
+            FROM _desired d
+            LEFT JOIN latest l USING ({_WINDOW_COLS})
+            """,
+            [retry_failed],
+        )
+    finally:
+        con.unregister("_desired")
+    new = decisions.filter(pl.col("decision") == "new")
+    mark_late = decisions.filter(pl.col("decision") == "mark_late")
+    if new.is_empty() and mark_late.is_empty():
+        return {"new_revisions": 0, "newly_late": 0}
+
+    rows = new.with_columns(
+        revision=(pl.col("prev_revision").fill_null(0) + 1).cast(pl.Int32),
+    )
+    identifiers, keys = [], []
+    for c, m, k, ws, r in rows.select("customer_id", "meter", "window_kind", "window_start", "revision").iter_rows():
+        identifiers.append(meter_event_identifier(c, m, k, ws, r))
+        keys.append(idempotency_key(c, m, k, ws, r))
+    ledger_rows = rows.with_columns(
+        identifier=pl.Series(identifiers, dtype=pl.String),
+        idempotency_key=pl.Series(keys, dtype=pl.String),
+        status=pl.when(pl.col("late_reason").is_null()).then(pl.lit("pending")).otherwise(pl.lit("late")),
+        attempts=pl.lit(0, pl.Int32),
+        last_error=pl.col("late_reason"),
+        created_at=pl.lit(now).cast(pl.Datetime("us", "UTC")),
+        updated_at=pl.lit(now).cast(pl.Datetime("us", "UTC")),
+        event_timestamp=pl.col("window_start") + pl.duration(seconds=pl.col("revision")),
+    ).select(
+        "customer_id", "meter", "window_start", "window_end", "revision", "value", "identifier",
+        "idempotency_key", "status", "attempts", "last_error", "created_at", "window_kind",
+        "event_date", "event_name", "stripe_customer_id", "event_timestamp", "raw_events", "updated_at",
+    )
+    with warehouse.transaction(con):
+        if not new.is_empty():
+            _update_where_windows(
+                con, new.select("customer_id", "meter", "window_kind", "window_start"),
+                "SET status = 'superseded', updated_at = ? ",
+                "AND l.status IN ('pending', 'sent', 'unknown', 'failed', 'late')", [now],
+            )
+            warehouse.insert_frame(con, "stripe_push_ledger", ledger_rows)
+        if not mark_late.is_empty():
+            ml = mark_late.select("customer_id", "meter", "window_kind", "window_start",
+                                  pl.col("prev_revision").alias("revision"), "late_reason")
+            con.register("_late", ml.to_arrow())
+            try:
+                con.execute(
+                    """
+                    UPDATE stripe_push_ledger AS l
+                    SET status = 'late', last_error = _late.late_reason, updated_at = ?
+                    FROM _late
+                    WHERE l.customer_id = _late.customer_id AND l.meter = _late.meter
+                      AND l.window_kind = _late.window_kind AND l.window_start = _late.window_start
+                      AND l.revision = _late.revision
+                    """,
+                    [now],
+                )
+            finally:
+                con.unregister("_late")
+    return {"new_revisions": new.height, "newly_late": mark_late.height}
+
+
+def _update_where_windows(con: duckdb.DuckDBPyConnection, windows: pl.DataFrame, set_sql: str,
+                          extra_where: str, params: list[Any]) -> None:
+    con.register("_windows", windows.to_arrow())
+    try:
+        con.execute(
+            f"""
+            UPDATE stripe_push_ledger AS l {set_sql}
+            FROM _windows w
+            WHERE l.customer_id = w.customer_id AND l.meter = w.meter
+              AND l.window_kind = w.window_kind AND l.window_start = w.window_start {extra_where}
+            """,
+            params,
+        )
+    finally:
+        con.unregister("_windows")
+
+
+def open_rows(con: duckdb.DuckDBPyConnection, date_from: date, date_to: date, window_kind: str) -> pl.DataFrame:
+    """Latest revisions still to be sent or confirmed (pending / sent / unknown), in the date range."""
+    return latest_revisions(
+        con,
+        "event_date BETWEEN ? AND ? AND window_kind = ?",
+        [date_from, date_to, window_kind],
+    ).filter(pl.col("status").is_in(list(OPEN_STATUSES))).sort(
+        "customer_id", "meter", "window_start"
+    )
+
+
+def mark_sent(con: duckdb.DuckDBPyConnection, identifiers: list[str], now: datetime) -> None:
+    """Record that an attempt is about to start, committed before the call (one transaction)."""
+    if not identifiers:
+        return
+    with warehouse.transaction(con):
+        con.execute(
+            """
+            UPDATE stripe_push_ledger
+            SET status = 'sent', attempts = attempts + 1,
+                first_attempt_at = coalesce(first_attempt_at, ?), last_attempt_at = ?, updated_at = ?
+            WHERE identifier IN (SELECT unnest(?::VARCHAR[]))
+            """,
+            [now, now, now, identifiers],
+        )
+
+
+OUTCOME_SCHEMA = {
+    "identifier": pl.String,
+    "status": pl.String,
+    "extra_attempts": pl.Int32,
+    "last_error": pl.String,
+    "stripe_request_id": pl.String,
+    "last_http_status": pl.Int32,
+    "resolved_by": pl.String,
+}
+
+
+def record_outcomes(con: duckdb.DuckDBPyConnection, outcomes: list[dict[str, Any]], now: datetime) -> None:
+    """Write the outcomes of a batch of calls (or summary checks) in one transaction."""
+    if not outcomes:
+        return
+    frame = pl.DataFrame(outcomes, schema=OUTCOME_SCHEMA)
+    con.register("_outcomes", frame.to_arrow())
+    try:
+        with warehouse.transaction(con):
+            con.execute(
+                """
+                UPDATE stripe_push_ledger AS l
+                SET status = o.status,
+                    attempts = l.attempts + o.extra_attempts,
+                    last_error = o.last_error,
+                    stripe_request_id = coalesce(o.stripe_request_id, l.stripe_request_id),
+                    last_http_status = coalesce(o.last_http_status, l.last_http_status),
+                    resolved_by = o.resolved_by,
+                    updated_at = ?
+                FROM _outcomes o
+                WHERE l.identifier = o.identifier
+                """,
+                [now],
+            )
+    finally:
+        con.unregister("_outcomes")
+
+
+def status_counts(con: duckdb.DuckDBPyConnection, date_from: date, date_to: date, window_kind: str) -> dict[str, int]:
+    """How many windows' latest revisions are in each status, for the date range."""
+    frame = latest_revisions(con, "event_date BETWEEN ? AND ? AND window_kind = ?", [date_from, date_to, window_kind])
+    counts = {s: 0 for s in STATUSES}
+    for status, n in frame.group_by("status").len().iter_rows():
+        counts[status] = n
+    return counts

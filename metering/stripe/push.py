@@ -1,0 +1,437 @@
+"""Push each customer's usage to Stripe: one pre-aggregated meter event per customer x meter x window.
+
+A push of [date_from, date_to]:
+
+1. **Plan** (one transaction, before any call): compute every window's value from
+   `usage_aggregates` (`windows.desired_values`), decide which windows are not pushable
+   (`late`: older than Stripe's 35 days, with a margin, or the customer's invoice for that time is
+   already finalized), and write new ledger revisions where a window's value or destination changed
+   (`ledger.plan_revisions`).
+2. **Resolve stale attempts**: a `sent`/`unknown` revision first tried more than `key_max_age`
+   (20 h, under Stripe's 24 h key retention) ago is not resent under its key. Stripe's meter event
+   summary for the window is read: if it already holds the value, the row is `acknowledged`;
+   otherwise the row is `superseded` and a new revision (new identifier and key, same value) is sent,
+   which on a pre-aggregated meter replaces whatever the window held.
+3. **Send**: open revisions (pending / sent / unknown), in batches: a batch is marked `sent`
+   (committed) before its calls; calls run concurrently across customer x meter pairs, never two
+   at once for one pair; each call carries the revision's identifier and Idempotency-Key and is
+   retried with backoff (`retry.call_with_retries`); outcomes are committed per batch.
+4. **Report**: calls, retries, 429s, outcomes, late and unmapped windows, raw events per call.
+
+A process killed at any point leaves rows `pending` or `sent`; the next push resends them under
+the same keys, so Stripe counts each window's newest value exactly once.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from collections import defaultdict
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
+from datetime import date, datetime, timedelta, timezone
+from decimal import Decimal
+from typing import Any
+
+import duckdb
+import polars as pl
+import stripe
+
+from metering import warehouse
+from metering.errors import BadInputError, ExternalServiceError
+from metering.rules.meters import Meter
+from metering.stripe import ledger, windows
+from metering.stripe.keys import event_name
+from metering.stripe.retry import AuthError, CallOutcome, RateLimiter, RetryPolicy, call_with_retries
+
+log = logging.getLogger(__name__)
+
+STRIPE_MAX_AGE = timedelta(days=35)
+STRIPE_MAX_FUTURE = timedelta(minutes=5)
+DEFAULT_RATE = 20.0  # calls/s: Stripe's test mode allows 25 operations/s per account in total
+
+
+@dataclass(frozen=True)
+class PushConfig:
+    window_kind: str = "day"
+    concurrency: int = 8
+    rate: float = DEFAULT_RATE              # calls per second; <= 0 disables the client-side limit
+    retry: RetryPolicy = field(default_factory=RetryPolicy)
+    key_max_age: timedelta = timedelta(hours=20)
+    late_margin: timedelta = timedelta(hours=1)   # stay this far inside Stripe's 35 days
+    batch_size: int = 500
+    retry_failed: bool = False
+
+    def __post_init__(self) -> None:
+        if self.window_kind not in windows.WINDOW_KINDS:
+            raise BadInputError(f"window kind: {self.window_kind!r} is not one of day, hour")
+        if self.concurrency < 1:
+            raise BadInputError(f"push concurrency must be >= 1, got {self.concurrency}")
+        if self.key_max_age >= timedelta(hours=24):
+            raise BadInputError("key_max_age must stay under Stripe's 24 h idempotency window")
+
+
+@dataclass
+class PushReport:
+    run_id: str
+    date_from: date
+    date_to: date
+    window_kind: str
+    windows_considered: int = 0
+    new_revisions: int = 0
+    calls: int = 0
+    retries: int = 0
+    rate_limited: int = 0
+    acknowledged: int = 0
+    failed: int = 0
+    unknown: int = 0
+    pending: int = 0
+    late: int = 0
+    unmapped: int = 0
+    not_yet_due: int = 0
+    summary_checks: int = 0
+    raw_events: int = 0
+    seconds: float = 0.0
+    errors: list[str] = field(default_factory=list)
+
+    @property
+    def raw_events_per_call(self) -> Decimal:
+        return (Decimal(self.raw_events) / Decimal(self.calls)).quantize(Decimal("0.01")) if self.calls else Decimal(0)
+
+    @property
+    def needs_operator(self) -> int:
+        """Windows left unknown/failed after this run: a person should look (or re-run later)."""
+        return self.unknown + self.failed
+
+    def as_dict(self) -> dict[str, Any]:
+        out = asdict(self)
+        out["raw_events_per_call"] = str(self.raw_events_per_call)
+        out["needs_operator"] = self.needs_operator
+        return out
+
+    def summary(self) -> str:
+        return (
+            f"push {self.date_from}..{self.date_to} ({self.window_kind} windows): "
+            f"{self.windows_considered} windows, {self.new_revisions} new revisions, "
+            f"{self.calls} calls ({self.retries} retries, {self.rate_limited} rate-limited), "
+            f"{self.acknowledged} acknowledged, {self.failed} failed, {self.unknown} unknown, "
+            f"{self.pending} pending, {self.late} late, {self.unmapped} unmapped, "
+            f"{self.not_yet_due} not yet due, {self.summary_checks} summary checks, "
+            f"{self.raw_events_per_call} raw events per call, {self.seconds:.1f}s"
+        )
+
+
+def format_value(value: Decimal) -> str:
+    """A meter event value as Stripe's decimal string: no exponent, no trailing zeros."""
+    text = format(value.normalize(), "f")
+    return text
+
+
+def _utc(ts: datetime) -> datetime:
+    return ts if ts.tzinfo else ts.replace(tzinfo=timezone.utc)
+
+
+class Pusher:
+    """Pushes usage for one warehouse connection and one Stripe client. Not thread-safe itself."""
+
+    def __init__(
+        self,
+        con: duckdb.DuckDBPyConnection,
+        client: stripe.StripeClient,
+        meters: dict[str, Meter],
+        config: PushConfig | None = None,
+        *,
+        now: Callable[[], datetime] | None = None,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        self.con = con
+        self.client = client
+        self.meters = meters
+        self.config = config or PushConfig()
+        self._now = now or (lambda: datetime.now(timezone.utc))
+        self._sleep = sleep
+        self.limiter = RateLimiter(self.config.rate, burst=max(1, int(self.config.rate) or 1))
+
+    # -- the whole run ---------------------------------------------------------------------------
+    def push(self, date_from: date, date_to: date) -> PushReport:
+        if date_to < date_from:
+            raise BadInputError(f"push: --to {date_to} is before --from {date_from}")
+        started = time.monotonic()
+        report = PushReport(uuid.uuid4().hex, date_from, date_to, self.config.window_kind)
+        kind = self.config.window_kind
+        customers = self._customer_map()
+        desired = windows.desired_values(self.con, self.meters, date_from, date_to, kind)
+        report.windows_considered = desired.height
+        desired, report.unmapped = self._attach_destinations(desired, customers)
+        stripe_now = self._stripe_now(customers)
+        desired, report.not_yet_due = self._guard(desired, customers, stripe_now)
+        planned = ledger.plan_revisions(self.con, desired, self._now(), retry_failed=self.config.retry_failed)
+        report.new_revisions = planned["new_revisions"]
+
+        span_to = max([date_to, *desired["event_date"].to_list()]) if not desired.is_empty() else date_to
+        open_rows = ledger.open_rows(self.con, date_from, span_to, kind)
+        open_rows = open_rows.filter(pl.col("stripe_customer_id").is_not_null())
+        stale = self._stale(open_rows)
+        if not stale.is_empty():
+            report.summary_checks = self._resolve_stale(stale, report)
+            # superseded rows get fresh revisions (same value, new key), then are sent below
+            replan = desired.join(stale.select(ledger._WINDOW_COLS.split(", ")), on=ledger._WINDOW_COLS.split(", "))
+            planned = ledger.plan_revisions(self.con, replan, self._now())
+            report.new_revisions += planned["new_revisions"]
+            open_rows = ledger.open_rows(self.con, date_from, span_to, kind).filter(
+                pl.col("stripe_customer_id").is_not_null())
+        try:
+            self._send_all(open_rows, report)
+        finally:
+            counts = ledger.status_counts(self.con, date_from, span_to, kind)
+            report.unknown = counts["unknown"] + counts["sent"]
+            report.failed = counts["failed"]
+            report.pending = counts["pending"]
+            report.late = counts["late"]
+            report.seconds = time.monotonic() - started
+            self._record_run(report)
+        log.info(report.summary())
+        return report
+
+    # -- planning helpers ------------------------------------------------------------------------
+    def _customer_map(self) -> pl.DataFrame:
+        return warehouse.query_frame(
+            self.con,
+            "SELECT customer_id, stripe_customer_id, test_clock_id FROM stripe_customer_map "
+            "QUALIFY row_number() OVER (PARTITION BY customer_id ORDER BY synced_at DESC) = 1",
+        )
+
+    def _attach_destinations(self, desired: pl.DataFrame, customers: pl.DataFrame) -> tuple[pl.DataFrame, int]:
+        joined = desired.join(customers, on="customer_id", how="left")
+        unmapped = joined.filter(pl.col("stripe_customer_id").is_null())
+        if unmapped.height:
+            sample = ", ".join(sorted(set(unmapped["customer_id"].head(5).to_list())))
+            log.warning("%d windows skipped: customers not synced to Stripe (e.g. %s); run `metering stripe sync`",
+                        unmapped.height, sample)
+        mapped = joined.filter(pl.col("stripe_customer_id").is_not_null()).with_columns(
+            event_name=pl.col("meter").map_elements(event_name, return_dtype=pl.String)
+        )
+        return mapped, unmapped.height
+
+    def _stripe_now(self, customers: pl.DataFrame) -> dict[str | None, datetime]:
+        """Stripe's "now" per test clock (its frozen time); key None = real time."""
+        out: dict[str | None, datetime] = {None: self._now()}
+        for clock_id in customers["test_clock_id"].drop_nulls().unique().to_list():
+            clock = self.client.v1.test_helpers.test_clocks.retrieve(clock_id)
+            out[clock_id] = datetime.fromtimestamp(int(clock.frozen_time), tz=timezone.utc)
+        return out
+
+    def _guard(self, desired: pl.DataFrame, customers: pl.DataFrame,
+               stripe_now: dict[str | None, datetime]) -> tuple[pl.DataFrame, int]:
+        """Set `late_reason` for windows Stripe can no longer take; drop windows not yet due."""
+        if desired.is_empty():
+            return desired.with_columns(late_reason=pl.lit(None, pl.String)), 0
+        clock_now = pl.DataFrame(
+            {"test_clock_id": [k for k in stripe_now if k is not None],
+             "stripe_now": [v for k, v in stripe_now.items() if k is not None]},
+            schema={"test_clock_id": pl.String, "stripe_now": pl.Datetime("us", "UTC")},
+        )
+        frame = desired.join(clock_now, on="test_clock_id", how="left").with_columns(
+            pl.col("stripe_now").fill_null(pl.lit(stripe_now[None]).cast(pl.Datetime("us", "UTC")))
+        )
+        finalized = self._finalized_periods(frame)
+        covered = (
+            frame.select("customer_id", "meter", "window_start", "stripe_customer_id")
+            .join(finalized, on="stripe_customer_id", how="inner")
+            .filter((pl.col("window_start") >= pl.col("period_start")) & (pl.col("window_start") < pl.col("period_end")))
+            .select("customer_id", "meter", "window_start").unique()
+            .with_columns(finalized=pl.lit(True))
+        )
+        frame = frame.join(covered, on=["customer_id", "meter", "window_start"], how="left")
+        oldest = pl.col("stripe_now") - STRIPE_MAX_AGE + self.config.late_margin
+        frame = frame.with_columns(
+            late_reason=pl.when(pl.col("window_start") < oldest)
+            .then(pl.lit("window older than Stripe accepts (35 days): report to finance"))
+            .when(pl.col("finalized").fill_null(False))
+            .then(pl.lit("the invoice for this period is already finalized: report to finance"))
+            .otherwise(pl.lit(None, pl.String))
+        )
+        due = frame.filter(pl.col("window_start") <= pl.col("stripe_now") + STRIPE_MAX_FUTURE - timedelta(seconds=60))
+        return due.drop("stripe_now", "finalized", "test_clock_id"), frame.height - due.height
+
+    def _finalized_periods(self, frame: pl.DataFrame) -> pl.DataFrame:
+        """Per Stripe customer, the usage periods [period_start, period_end) of invoices that left `draft`.
+
+        Usage timestamped inside such a period can no longer reach that invoice. Zero-length
+        periods (the invoice issued when a subscription starts) cover no usage. One paginated list.
+        """
+        schema = {"stripe_customer_id": pl.String, "period_start": pl.Datetime("us", "UTC"),
+                  "period_end": pl.Datetime("us", "UTC")}
+        earliest = frame["window_start"].min()
+        if earliest is None:
+            return pl.DataFrame(schema=schema)
+        wanted = set(frame["stripe_customer_id"].unique().to_list())
+        created_gte = int((_utc(earliest) - timedelta(days=40)).timestamp())
+        rows = []
+        for invoice in self.client.v1.invoices.list({"limit": 100, "created": {"gte": created_gte}}).auto_paging_iter():
+            if invoice.status == "draft" or invoice.customer not in wanted:
+                continue
+            start, end = int(invoice.period_start or 0), int(invoice.period_end or 0)
+            if end > start:
+                rows.append((invoice.customer, datetime.fromtimestamp(start, tz=timezone.utc),
+                             datetime.fromtimestamp(end, tz=timezone.utc)))
+        return pl.DataFrame(rows, schema=schema, orient="row")
+
+    # -- stale attempts (key about to expire) ----------------------------------------------------
+    def _stale(self, open_rows: pl.DataFrame) -> pl.DataFrame:
+        limit = self._now() - self.config.key_max_age
+        return open_rows.filter(
+            pl.col("status").is_in(["sent", "unknown"]) & (pl.col("first_attempt_at") < limit)
+        )
+
+    def _meter_ids(self) -> dict[str, str]:
+        frame = warehouse.query_frame(
+            self.con, "SELECT our_key, stripe_id FROM stripe_objects WHERE kind = 'meter'")
+        ids = dict(frame.iter_rows())
+        if not all(m in ids for m in self.meters):
+            for meter in self.client.v1.billing.meters.list({"limit": 100}).auto_paging_iter():
+                for ours in self.meters:
+                    if meter.event_name == event_name(ours):
+                        ids[ours] = meter.id
+        return ids
+
+    def _resolve_stale(self, stale: pl.DataFrame, report: PushReport) -> int:
+        meter_ids = self._meter_ids()
+        outcomes = []
+        for row in stale.iter_rows(named=True):
+            meter_id = meter_ids.get(row["meter"])
+            if meter_id is None:
+                continue
+            self.limiter.acquire()
+            summaries = self.client.v1.billing.meters.event_summaries.list(
+                meter_id,
+                {
+                    "customer": row["stripe_customer_id"],
+                    "start_time": int(_utc(row["window_start"]).timestamp()),
+                    "end_time": int(_utc(row["window_end"]).timestamp()),
+                    "value_grouping_window": row["window_kind"],
+                },
+            )
+            report.calls += 1
+            held = sum((Decimal(str(s.aggregated_value)) for s in summaries.data), Decimal(0))
+            if held == row["value"]:
+                outcomes.append(_outcome(row["identifier"], "acknowledged", 0, None, None, None, "summary"))
+            else:
+                outcomes.append(_outcome(
+                    row["identifier"], "superseded", 0,
+                    f"key older than {self.config.key_max_age}; Stripe's summary holds {held}, "
+                    f"ours {row['value']}: resent as a new revision", None, None, "summary"))
+        ledger.record_outcomes(self.con, outcomes, self._now())
+        return len(outcomes)
+
+    # -- sending ---------------------------------------------------------------------------------
+    def _send_all(self, open_rows: pl.DataFrame, report: PushReport) -> None:
+        if open_rows.is_empty():
+            return
+        by_pair: dict[tuple[str, str], list[dict[str, Any]]] = defaultdict(list)
+        for row in open_rows.iter_rows(named=True):
+            by_pair[(row["customer_id"], row["meter"])].append(row)
+        batches: list[list[list[dict[str, Any]]]] = [[]]
+        size = 0
+        for rows in by_pair.values():
+            if size and size + len(rows) > self.config.batch_size:
+                batches.append([])
+                size = 0
+            batches[-1].append(rows)
+            size += len(rows)
+        with ThreadPoolExecutor(max_workers=self.config.concurrency, thread_name_prefix="stripe-push") as pool:
+            for batch in batches:
+                identifiers = [r["identifier"] for rows in batch for r in rows]
+                ledger.mark_sent(self.con, identifiers, self._now())
+                results = list(pool.map(self._send_pair, batch))
+                outcomes, auth_error = [], None
+                for pair_outcomes, pair_auth_error in results:
+                    outcomes.extend(pair_outcomes)
+                    auth_error = auth_error or pair_auth_error
+                for o, _ in outcomes:
+                    report.rate_limited += o.pop("_rate_limited", 0)
+                ledger.record_outcomes(self.con, [o for o, _ in outcomes], self._now())
+                for o, row in outcomes:
+                    report.calls += o["extra_attempts"] + 1
+                    report.retries += o["extra_attempts"]
+                    if o["status"] == "acknowledged":
+                        report.acknowledged += 1
+                        report.raw_events += int(row["raw_events"])
+                if auth_error:
+                    raise ExternalServiceError(f"Stripe refused the API key: {auth_error}")
+
+    def _send_pair(self, rows: list[dict[str, Any]]) -> tuple[list[tuple[dict[str, Any], dict[str, Any]]], str | None]:
+        """Send one pair's windows in order, one call at a time. Never raises."""
+        outcomes = []
+        for row in rows:
+            try:
+                result = call_with_retries(
+                    lambda row=row: self._create_event(row),
+                    limiter=self.limiter, policy=self.config.retry, sleep=self._sleep,
+                )
+            except AuthError as exc:
+                # the attempt was made and refused; leave the row `sent` for the next run
+                outcomes.append((_outcome(row["identifier"], "sent", 0, str(exc), None, 401, None), row))
+                return outcomes, str(exc)
+            except Exception as exc:  # a bug or an unexpected SDK error: keep the row retryable
+                from metering.logs import redact
+                outcomes.append((_outcome(row["identifier"], "unknown", 0,
+                                          redact(f"{type(exc).__name__}: {exc}")[:500], None, None, None), row))
+                continue
+            outcomes.append((self._to_outcome(row, result), row))
+        return outcomes, None
+
+    def _to_outcome(self, row: dict[str, Any], result: CallOutcome) -> dict[str, Any]:
+        status = result.status
+        if status == "failed" and result.http_status == 429:
+            status = "pending"  # throttled every time: nothing recorded, try again next run
+        out = _outcome(row["identifier"], status, result.attempts - 1, result.error, result.request_id,
+                       result.http_status, "response" if status in ("acknowledged", "failed") else None)
+        out["_rate_limited"] = result.rate_limited
+        return out
+
+    def _create_event(self, row: dict[str, Any]) -> Any:
+        return self.client.v1.billing.meter_events.create(
+            {
+                "event_name": row["event_name"],
+                "payload": {"stripe_customer_id": row["stripe_customer_id"], "value": format_value(row["value"])},
+                "identifier": row["identifier"],
+                "timestamp": int(_utc(row["event_timestamp"]).timestamp()),
+            },
+            {"idempotency_key": row["idempotency_key"], "max_network_retries": 0},
+        )
+
+    def _record_run(self, report: PushReport) -> None:
+        d = report.as_dict()
+        frame = pl.DataFrame([{
+            "run_id": d["run_id"], "started_at": self._now(), "finished_at": self._now(),
+            "date_from": report.date_from, "date_to": report.date_to, "window_kind": report.window_kind,
+            **{k: d[k] for k in ("windows_considered", "new_revisions", "calls", "retries", "rate_limited",
+                                 "acknowledged", "failed", "unknown", "pending", "late", "unmapped",
+                                 "summary_checks", "raw_events", "seconds")},
+        }])
+        with warehouse.transaction(self.con):
+            warehouse.insert_frame(self.con, "stripe_push_runs", frame)
+
+
+def _outcome(identifier: str, status: str, extra_attempts: int, error: str | None, request_id: str | None,
+             http_status: int | None, resolved_by: str | None) -> dict[str, Any]:
+    return {
+        "identifier": identifier, "status": status, "extra_attempts": extra_attempts, "last_error": error,
+        "stripe_request_id": request_id, "last_http_status": http_status, "resolved_by": resolved_by,
+    }
+
+
+def push_usage(
+    con: duckdb.DuckDBPyConnection,
+    client: stripe.StripeClient,
+    meters: dict[str, Meter],
+    date_from: date,
+    date_to: date,
+    config: PushConfig | None = None,
+    **kwargs: Any,
+) -> PushReport:
+    """Push [date_from, date_to] (UTC dates, inclusive). See the module docstring."""
+    return Pusher(con, client, meters, config, **kwargs).push(date_from, date_to)

@@ -1,0 +1,183 @@
+"""The value each customer x meter x window should carry in Stripe, from `usage_aggregates`.
+
+Stripe meters are pre-aggregated (`event_time_window` day or hour): within a window Stripe keeps
+only the newest event, so we push the window's total and a corrected total replaces the old one.
+How our aggregations map onto Stripe's formulas (one meter per our meter, dimensions summed):
+
+| ours | Stripe formula | value pushed for a window |
+| --- | --- | --- |
+| sum | sum | the window's sum |
+| count | sum | the window's event count |
+| last | last | the last value seen in the window |
+| max | last | the maximum from the start of the customer's billing period to the window's end |
+| unique_count | last | distinct values from the start of the billing period to the window's end |
+
+For `last`-formula meters Stripe bills the newest event of the period, so the newest window must
+hold the period-to-date value: when an earlier window changes (a late event), every later window
+of the same billing period that was already pushed is recomputed too.
+
+Billing periods follow the customer's `billing_anchor_day` (1..31, clamped to the month's last
+day, as Stripe does; NULL = calendar month), read from `customer_plans` (the rating's copy of the
+customer list); `period_start_sql` is checked against `metering.customers.period_containing`.
+"""
+
+from __future__ import annotations
+
+from datetime import date
+
+import duckdb
+import polars as pl
+
+from metering import warehouse
+from metering.rules.meters import Meter
+
+STRIPE_FORMULA = {"sum": "sum", "count": "sum", "last": "last", "max": "last", "unique_count": "last"}
+WINDOW_KINDS = ("day", "hour")
+
+
+def stripe_formula(meter: Meter) -> str:
+    return STRIPE_FORMULA[meter.aggregation]
+
+
+def _window_start_sql(kind: str, hour_col: str = "hour") -> str:
+    if kind == "day":
+        return f"date_trunc('day', {hour_col})"
+    if kind == "hour":
+        return f"date_trunc('hour', {hour_col})"
+    raise ValueError(f"window kind must be one of {WINDOW_KINDS}, got {kind!r}")
+
+
+def period_start_sql(day_expr: str, anchor_expr: str) -> str:
+    """SQL for the start (DATE) of the billing period containing DATE `day_expr`.
+
+    The anchor day in a month is min(anchor, days in that month); if that is after the day, the
+    period started in the previous month (again clamped).
+    """
+    a = f"coalesce({anchor_expr}, 1)"
+    this_month = f"date_trunc('month', {day_expr})::DATE"
+    prev_month = f"(date_trunc('month', {day_expr}) - INTERVAL 1 MONTH)::DATE"
+
+    def anchored(month: str) -> str:
+        return f"({month} + (least({a}, day(last_day({month}))) - 1) * INTERVAL 1 DAY)::DATE"
+
+    return (
+        f"CASE WHEN {anchored(this_month)} <= {day_expr} THEN {anchored(this_month)} "
+        f"ELSE {anchored(prev_month)} END"
+    )
+
+
+def desired_values(
+    con: duckdb.DuckDBPyConnection,
+    meters: dict[str, Meter],
+    date_from: date,
+    date_to: date,
+    window_kind: str = "day",
+) -> pl.DataFrame:
+    """One row per customer x meter x window whose value must be (re)checked for [date_from, date_to].
+
+    Columns: customer_id, meter, window_kind, window_start, window_end, event_date, value
+    (DECIMAL(38,12)), raw_events. Includes windows the ledger already holds for which usage
+    disappeared (value 0), and for `last`-formula meters the later windows of the same billing
+    periods already in the ledger.
+    """
+    frames = []
+    ws = _window_start_sql(window_kind)
+    for meter in meters.values():
+        formula = stripe_formula(meter)
+        if formula == "sum":
+            sql = f"""
+            WITH agg AS (
+                SELECT customer_id, {ws} AS window_start,
+                       sum(quantity) AS value, sum(event_count) AS raw_events
+                FROM usage_aggregates
+                WHERE meter = ? AND event_date BETWEEN ? AND ?
+                GROUP BY ALL
+            ), known AS (
+                SELECT DISTINCT customer_id, window_start FROM stripe_push_ledger
+                WHERE meter = ? AND window_kind = ? AND event_date BETWEEN ? AND ?
+            )
+            SELECT customer_id, window_start,
+                   coalesce(a.value, 0)::DECIMAL(38, 12) AS value,
+                   coalesce(a.raw_events, 0)::BIGINT AS raw_events
+            FROM agg a FULL OUTER JOIN known k USING (customer_id, window_start)
+            """
+            params = [meter.name, date_from, date_to, meter.name, window_kind, date_from, date_to]
+        else:
+            sql = _last_formula_sql(meter, ws)
+            params = [meter.name, date_from, date_to,          # windows with usage in range
+                      meter.name, window_kind, date_from,      # ledger windows from date_from on
+                      meter.name]                               # aggregates for values
+        frame = warehouse.query_frame(con, sql, params)
+        if frame.is_empty():
+            continue
+        frames.append(frame.with_columns(meter=pl.lit(meter.name)))
+    if not frames:
+        return pl.DataFrame(schema={
+            "customer_id": pl.String, "meter": pl.String, "window_kind": pl.String,
+            "window_start": pl.Datetime("us", "UTC"), "window_end": pl.Datetime("us", "UTC"),
+            "event_date": pl.Date, "value": pl.Decimal(38, 12), "raw_events": pl.Int64,
+        })
+    out = pl.concat([f.select("customer_id", "meter", "window_start", "value", "raw_events") for f in frames])
+    out = out.with_columns(pl.col("window_start").cast(pl.Datetime("us", "UTC")))
+    delta = pl.duration(days=1) if window_kind == "day" else pl.duration(hours=1)
+    return out.with_columns(
+        window_kind=pl.lit(window_kind),
+        window_end=pl.col("window_start") + delta,
+        event_date=pl.col("window_start").dt.date(),
+        value=pl.col("value").cast(pl.Decimal(38, 12)),
+        raw_events=pl.col("raw_events").cast(pl.Int64),
+    ).select("customer_id", "meter", "window_kind", "window_start", "window_end", "event_date",
+             "value", "raw_events").sort("customer_id", "meter", "window_start")
+
+
+def _last_formula_sql(meter: Meter, ws: str) -> str:
+    """Windows to evaluate and their period-to-date (max / unique_count) or in-window (last) value."""
+    anchor = "(SELECT max(c.billing_anchor_day) FROM customer_plans c WHERE c.customer_id = w.customer_id)"
+    pstart = period_start_sql("w.window_start::DATE", anchor)
+    if meter.aggregation == "last":
+        value_sql = f"""
+            (SELECT arg_max(a.quantity, (a.last_event_time, a.last_event_id)) FROM usage_aggregates a
+             WHERE a.meter = ? AND a.customer_id = w.customer_id
+               AND a.hour >= w.window_start AND a.hour < w.window_end)"""
+        raw_sql = """(SELECT sum(a.event_count) FROM usage_aggregates a
+             WHERE a.meter = w.meter AND a.customer_id = w.customer_id
+               AND a.hour >= w.window_start AND a.hour < w.window_end)"""
+    elif meter.aggregation == "max":
+        value_sql = f"""
+            (SELECT max(a.quantity) FROM usage_aggregates a
+             WHERE a.meter = ? AND a.customer_id = w.customer_id
+               AND a.hour >= ({pstart})::TIMESTAMPTZ AND a.hour < w.window_end)"""
+        raw_sql = """(SELECT sum(a.event_count) FROM usage_aggregates a
+             WHERE a.meter = w.meter AND a.customer_id = w.customer_id
+               AND a.hour >= w.window_start AND a.hour < w.window_end)"""
+    else:  # unique_count
+        value_sql = f"""
+            (SELECT count(DISTINCT v) FROM (
+                SELECT unnest(a.distinct_values) AS v FROM usage_aggregates a
+                WHERE a.meter = ? AND a.customer_id = w.customer_id
+                  AND a.hour >= ({pstart})::TIMESTAMPTZ AND a.hour < w.window_end))"""
+        raw_sql = """(SELECT sum(a.event_count) FROM usage_aggregates a
+             WHERE a.meter = w.meter AND a.customer_id = w.customer_id
+               AND a.hour >= w.window_start AND a.hour < w.window_end)"""
+    step = "INTERVAL 1 DAY" if "day" in ws else "INTERVAL 1 HOUR"
+    return f"""
+    WITH used AS (
+        SELECT DISTINCT customer_id, meter, {ws} AS window_start FROM usage_aggregates
+        WHERE meter = ? AND event_date BETWEEN ? AND ?
+    ), first_in_range AS (
+        SELECT customer_id, min(window_start) AS first_start FROM used GROUP BY customer_id
+    ), later AS (
+        -- windows already pushed from date_from on, in the same billing period as a changed window
+        SELECT DISTINCT l.customer_id, l.meter, l.window_start FROM stripe_push_ledger l
+        WHERE l.meter = ? AND l.window_kind = ? AND l.event_date >= ?
+    ), w AS (
+        SELECT customer_id, meter, window_start, window_start + {step} AS window_end
+        FROM (SELECT * FROM used UNION SELECT l.* FROM later l
+              LEFT JOIN first_in_range f USING (customer_id)
+              WHERE f.first_start IS NULL OR l.window_start >= f.first_start)
+    )
+    SELECT w.customer_id, w.window_start,
+           coalesce({value_sql}, 0)::DECIMAL(38, 12) AS value,
+           coalesce({raw_sql}, 0)::BIGINT AS raw_events
+    FROM w
+    """
