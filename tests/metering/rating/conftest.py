@@ -56,10 +56,14 @@ def rate_quantities(rules: Rules, quantities: dict[int, str | int | Decimal], se
 @pytest.fixture
 def make_rules(tmp_path: Path):
     counter = iter(range(1000))
+    cache: dict[tuple, Rules] = {}   # hypothesis calls the test body many times with the same rules
 
     def _make(charges: str, **kw) -> Rules:
-        root = write_rules(tmp_path / f"rules{next(counter)}", plan_yaml(charges, **kw), kw.get("plan", "t"))
-        return load_rules(root)
+        key = (charges, tuple(sorted(kw.items())))
+        if key not in cache:
+            root = write_rules(tmp_path / f"rules{next(counter)}", plan_yaml(charges, **kw), kw.get("plan", "t"))
+            cache[key] = load_rules(root)
+        return cache[key]
 
     return _make
 

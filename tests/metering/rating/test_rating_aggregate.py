@@ -1,0 +1,113 @@
+"""Hourly aggregates combine exactly over a period (count, sum, max, last, unique_count) and filters route usage."""
+
+from __future__ import annotations
+
+import datetime as dt
+from decimal import Decimal
+
+import polars as pl
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from metering import warehouse
+from metering.rating.aggregate import build_aggregates, charge_quantities
+
+UTC = dt.timezone.utc
+CHARGES = """
+- {meter: api_calls, model: per_unit, unit_amount: "1"}
+- {meter: tokens, model: per_unit, unit_amount: "1"}
+- {meter: storage_gb, model: per_unit, unit_amount: "1"}
+- {meter: seats, model: per_unit, unit_amount: "1"}
+- {meter: active_users, model: per_unit, unit_amount: "1"}
+"""
+METER_IDS = {"api_calls": 0, "tokens": 1, "storage_gb": 2, "seats": 3, "active_users": 4}
+
+
+def insert(con, events: list[tuple]) -> None:
+    con.executemany(
+        "INSERT INTO usage_events VALUES (?, 'c1', ?, ?, CAST(? AS DATE), ?, ?, '{}', 'h', 'f', 1, 'fh', now())",
+        [(eid, meter, t, t.date(), value, props) for eid, meter, t, value, props in events],
+    )
+
+
+def segments_oct() -> pl.DataFrame:
+    return pl.DataFrame([{"customer_id": "c1", "period_start": dt.date(2026, 10, 1), "period_end": dt.date(2026, 11, 1),
+                          "segment_start": dt.date(2026, 10, 1), "segment_end": dt.date(2026, 11, 1),
+                          "plan": "t", "plan_version": "v1"}])
+
+
+event_strategy = st.lists(
+    st.tuples(
+        st.sampled_from(list(METER_IDS)),
+        st.integers(0, 30 * 24 * 60 - 1),                 # minute of October
+        st.decimals(min_value=0, max_value=10**6, places=3, allow_nan=False, allow_infinity=False),
+        st.sampled_from(["u1", "u2", "u3", "u4", "u5"]),
+        st.sampled_from(["us", "eu"]),
+    ),
+    min_size=1, max_size=40,
+)
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(raw=event_strategy)
+def test_hourly_partials_combine_exactly(make_rules, raw):
+    rules = make_rules(CHARGES)
+    events = []
+    for i, (meter, minute, value, user, region) in enumerate(raw):
+        t = dt.datetime(2026, 10, 1, tzinfo=UTC) + dt.timedelta(minutes=minute)
+        props = {"api_calls": f'{{"region":"{region}"}}', "tokens": '{"model":"small"}',
+                 "active_users": f'{{"user_id":"{user}"}}'}.get(meter, "{}")
+        events.append((f"e{i:03d}", meter, t, None if meter in ("api_calls", "active_users") else value, props))
+    with warehouse.open_warehouse(":memory:") as con:
+        insert(con, events)
+        partials = build_aggregates(con, rules.meters, dt.date(2026, 10, 1), dt.date(2026, 11, 1))
+    got = {r["charge_id"]: r["quantity"] for r in charge_quantities(partials, segments_oct(), rules).iter_rows(named=True)}
+
+    expected: dict[int, Decimal] = {}
+    by_meter: dict[str, list] = {}
+    for e in events:
+        by_meter.setdefault(e[1], []).append(e)
+    for meter, evs in by_meter.items():
+        if meter == "api_calls":
+            q = Decimal(len(evs))
+        elif meter == "tokens":
+            q = sum((e[3] for e in evs), Decimal(0))
+        elif meter == "storage_gb":
+            q = max(e[3] for e in evs)
+        elif meter == "seats":
+            q = max(evs, key=lambda e: (e[2], e[0]))[3]     # latest time, then larger id
+        else:
+            q = Decimal(len({e[4] for e in evs}))
+        expected[METER_IDS[meter]] = q
+    assert got == expected
+
+
+def test_filters_route_dimension_values_to_their_charge(make_rules):
+    rules = make_rules("""
+        - {name: us, meter: api_calls, model: per_unit, unit_amount: "1", filters: {region: us}}
+        - {name: eu, meter: api_calls, model: per_unit, unit_amount: "2", filters: {region: [eu]}}
+        - {name: large, meter: tokens, model: per_unit, unit_amount: "3", filters: {model: large}}
+    """)
+    t = dt.datetime(2026, 10, 5, 3, tzinfo=UTC)
+    events = [(f"a{i}", "api_calls", t, None, '{"region":"us"}') for i in range(3)]
+    events += [(f"b{i}", "api_calls", t, None, '{"region":"eu"}') for i in range(2)]
+    events += [("c0", "tokens", t, Decimal(10), '{"model":"large"}'), ("c1", "tokens", t, Decimal(7), '{"model":"small"}')]
+    events += [("d0", "api_calls", t, None, "{}")]   # no region: matches no filtered charge
+    with warehouse.open_warehouse(":memory:") as con:
+        insert(con, events)
+        partials = build_aggregates(con, rules.meters, dt.date(2026, 10, 1), dt.date(2026, 11, 1))
+    q = charge_quantities(partials, segments_oct(), rules)
+    assert q.select("charge_id", "quantity").rows() == [(0, Decimal(3)), (1, Decimal(2)), (2, Decimal(10))]
+
+
+def test_usage_outside_the_segment_is_not_counted(make_rules):
+    rules = make_rules(CHARGES)
+    events = [("e1", "api_calls", dt.datetime(2026, 9, 30, 23, 59, tzinfo=UTC), None, '{"region":"us"}'),
+              ("e2", "api_calls", dt.datetime(2026, 10, 1, 0, 0, tzinfo=UTC), None, '{"region":"us"}'),
+              ("e3", "api_calls", dt.datetime(2026, 11, 1, 0, 0, tzinfo=UTC), None, '{"region":"us"}')]
+    with warehouse.open_warehouse(":memory:") as con:
+        insert(con, events)
+        partials = build_aggregates(con, rules.meters, dt.date(2026, 9, 1), dt.date(2026, 12, 1))
+    assert partials.height == 3
+    q = charge_quantities(partials, segments_oct(), rules)
+    assert q.select("charge_id", "quantity").rows() == [(0, Decimal(1))]

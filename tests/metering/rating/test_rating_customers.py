@@ -1,0 +1,150 @@
+"""The customer list loader and billing periods (invariant I7)."""
+
+from __future__ import annotations
+
+import calendar
+import datetime as dt
+from pathlib import Path
+
+import polars as pl
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from metering.customers import (
+    anchor_date,
+    billing_segments,
+    load_customers,
+    period_containing,
+    period_starting_in,
+    periods_between,
+    periods_for_month,
+)
+from metering.errors import BadInputError
+from metering.rules.plans import load_rules
+
+PROJECT_ROOT = Path(__file__).resolve().parents[3]
+HEADER = "customer_id,name,email,currency,billing_anchor_day,plan,plan_effective_from,payment_behavior\n"
+
+
+@pytest.fixture
+def shipped_rules():
+    return load_rules(PROJECT_ROOT / "rating_rules")
+
+
+def write(tmp_path: Path, body: str) -> Path:
+    path = tmp_path / "customers.csv"
+    path.write_text(HEADER + body)
+    return path
+
+
+# --- periods --------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize(("year", "month", "anchor", "expected"), [
+    (2026, 10, None, (dt.date(2026, 10, 1), dt.date(2026, 11, 1))),
+    (2026, 10, 15, (dt.date(2026, 10, 15), dt.date(2026, 11, 15))),
+    (2026, 1, 31, (dt.date(2026, 1, 31), dt.date(2026, 2, 28))),   # Feb has no 31st: last day
+    (2026, 2, 31, (dt.date(2026, 2, 28), dt.date(2026, 3, 31))),   # and the anchor comes back in March
+    (2028, 2, 30, (dt.date(2028, 2, 29), dt.date(2028, 3, 30))),   # leap year
+    (2026, 4, 31, (dt.date(2026, 4, 30), dt.date(2026, 5, 31))),
+    (2026, 12, 5, (dt.date(2026, 12, 5), dt.date(2027, 1, 5))),
+])
+def test_anchor_periods_follow_stripes_rule(year, month, anchor, expected):
+    assert period_starting_in(year, month, anchor) == expected
+
+
+@settings(max_examples=200, deadline=None)
+@given(anchor=st.one_of(st.none(), st.integers(1, 31)),
+       first=st.dates(dt.date(2024, 1, 1), dt.date(2030, 12, 31)), days=st.integers(1, 800))
+def test_periods_are_contiguous_and_cover_every_day_once(anchor, first, days):
+    last = first + dt.timedelta(days=days)
+    periods = periods_between(first, last, anchor)
+    assert periods[0][0] <= first and periods[-1][1] >= last
+    for (s1, e1), (s2, e2) in zip(periods, periods[1:]):
+        assert e1 == s2                    # contiguous, non-overlapping, half-open
+    for start, end in periods:
+        assert start < end
+        assert start.day == min(anchor or 1, calendar.monthrange(start.year, start.month)[1])
+        assert 28 <= (end - start).days <= 31
+    # every day (so every timestamp of that day) is in exactly one period
+    for offset in range(0, days, max(1, days // 40)):
+        day = first + dt.timedelta(days=offset)
+        holding = [p for p in periods if p[0] <= day < p[1]]
+        assert holding == [period_containing(day, anchor)]
+
+
+def test_anchor_date_clamps():
+    assert anchor_date(2026, 2, 29) == dt.date(2026, 2, 28)
+    assert anchor_date(2026, 3, None) == dt.date(2026, 3, 1)
+
+
+# --- the customer list ----------------------------------------------------------------------------
+
+def test_load_customers_with_plan_change(tmp_path, shipped_rules):
+    path = write(tmp_path, "c1,Acme,a@acme.test,usd,31,starter,2026-01-01,succeeds\n"
+                           "c1,Acme,a@acme.test,usd,31,pro,2026-10-11,succeeds\n"
+                           "c2,Yen,y@yen.test,jpy,,pro_jpy,2026-03-01,fails_then_succeeds\n")
+    frame = load_customers(path, shipped_rules)
+    assert frame.select("customer_id", "plan", "plan_effective_from", "plan_effective_to", "billing_anchor_day").rows() == [
+        ("c1", "starter", dt.date(2026, 1, 1), dt.date(2026, 10, 11), 31),
+        ("c1", "pro", dt.date(2026, 10, 11), None, 31),
+        ("c2", "pro_jpy", dt.date(2026, 3, 1), None, None),
+    ]
+
+
+def test_customer_errors_name_file_line_and_field(tmp_path, shipped_rules):
+    path = write(tmp_path, "c1,Acme,not-an-email,usd,32,starter,2026-01-01,succeeds\n"
+                           ",NoId,x@y.z,usd,,starter,2026-01-01,succeeds\n"
+                           "c3,Cur,c@d.e,jpy,,pro,2026-01-01,succeeds\n"
+                           "c4,Plan,c@d.e,usd,,gold,2026-13-01,sometimes\n"
+                           "c5,Dup,c@d.e,usd,,pro,2026-01-01,succeeds\n"
+                           "c5,Dup,c@d.e,usd,3,pro,2026-01-01,succeeds\n")
+    with pytest.raises(BadInputError) as info:
+        load_customers(path, shipped_rules)
+    lines = str(info.value).splitlines()
+    assert lines[0] == "9 problem(s) in the customer list:"
+    assert lines[1:] == [
+        f"{path}:2: email: 'not-an-email' is not an e-mail address",
+        f"{path}:2: billing_anchor_day: '32' is not a day 1..31 (or empty for calendar months)",
+        f"{path}:3: customer_id: empty",
+        f"{path}:4: currency: jpy does not match plan pro's currency usd",
+        f"{path}:5: plan: unknown plan 'gold' (plans: pro, pro_jpy, scale, starter)",
+        f"{path}:5: plan_effective_from: '2026-13-01' is not a date (YYYY-MM-DD)",
+        f"{path}:5: payment_behavior: 'sometimes' is not one of succeeds, fails, fails_then_succeeds",
+        f"{path}:7: billing_anchor_day: differs from line 6 for customer c5",
+        f"{path}:7: plan_effective_from: customer c5 already has an assignment starting 2026-01-01 (line 6)",
+    ]
+
+
+def test_missing_header_column(tmp_path):
+    path = tmp_path / "c.csv"
+    path.write_text("customer_id,name\nc1,x\n")
+    with pytest.raises(BadInputError, match=r"c.csv:1: header: missing column\(s\) email, currency"):
+        load_customers(path)
+
+
+def test_missing_file(tmp_path):
+    with pytest.raises(BadInputError, match="file not found"):
+        load_customers(tmp_path / "nope.csv")
+
+
+def test_segments_split_at_plan_and_version_changes(tmp_path, shipped_rules):
+    path = write(tmp_path, "c1,A,a@a.test,usd,,starter,2026-01-01,succeeds\n"
+                           "c1,A,a@a.test,usd,,pro,2026-10-11,succeeds\n"
+                           "c2,B,b@b.test,usd,20,pro,2026-10-25,succeeds\n")
+    segments = billing_segments(load_customers(path, shipped_rules), shipped_rules, dt.date(2026, 10, 1))
+    assert segments.rows() == [
+        ("c1", dt.date(2026, 10, 1), dt.date(2026, 11, 1), dt.date(2026, 10, 1), dt.date(2026, 10, 11), "starter", "2026-01"),
+        ("c1", dt.date(2026, 10, 1), dt.date(2026, 11, 1), dt.date(2026, 10, 11), dt.date(2026, 10, 15), "pro", "2026-01"),
+        ("c1", dt.date(2026, 10, 1), dt.date(2026, 11, 1), dt.date(2026, 10, 15), dt.date(2026, 11, 1), "pro", "2026-10"),
+        # c2 starts mid-period: billed from its first day only
+        ("c2", dt.date(2026, 10, 20), dt.date(2026, 11, 20), dt.date(2026, 10, 25), dt.date(2026, 11, 20), "pro", "2026-10"),
+    ]
+
+
+def test_periods_for_month_vectorised(tmp_path, shipped_rules):
+    frame = pl.DataFrame({"customer_id": ["a", "b", "c"], "billing_anchor_day": [None, 31, 15]},
+                         schema={"customer_id": pl.String, "billing_anchor_day": pl.Int32})
+    out = periods_for_month(frame, dt.date(2026, 2, 1)).sort("customer_id").rows()
+    assert out == [("a", dt.date(2026, 2, 1), dt.date(2026, 3, 1)), ("b", dt.date(2026, 2, 28), dt.date(2026, 3, 31)),
+                   ("c", dt.date(2026, 2, 15), dt.date(2026, 3, 15))]
