@@ -107,7 +107,7 @@ def summary(warehouse_path: str | None, fmt: str) -> None:
     import polars as pl
 
     from metering.config import warehouse_path as resolve
-    from metering.dunning.state import STATE_SCHEMA, _conform, _table_exists
+    from metering.dunning.state import STATE_SCHEMA, _conform, _read, _table_exists
     from metering.dunning.summary import dunning_summary, format_summary
 
     path = resolve(warehouse_path)
@@ -115,7 +115,7 @@ def summary(warehouse_path: str | None, fmt: str) -> None:
     if path.exists():
         with warehouse.open_warehouse(path, read_only=True) as con:
             if _table_exists(con, "dunning_state"):
-                state = _conform(warehouse.query_frame(con, "SELECT * FROM dunning_state"), STATE_SCHEMA)
+                state = _conform(_read(con, "SELECT * FROM dunning_state"), STATE_SCHEMA)
     table = dunning_summary(state)
     if fmt == "csv":
         click.echo(table.write_csv(), nl=False)

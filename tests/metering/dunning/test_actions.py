@@ -10,6 +10,7 @@ import textwrap
 from pathlib import Path
 
 import duckdb
+import pytest
 import polars as pl
 from dunning_helpers import DAY, T0, pay_invoice, put_invoice
 
@@ -162,3 +163,82 @@ def test_crash_between_ledger_write_and_action_repeats_nothing(
         ]
         assert con.execute("SELECT count(*) FROM dunning_outbox").fetchone()[0] == 1
     assert len(list((isolated_env / "outbox").iterdir())) == 1
+
+
+def test_plan_and_email_come_from_customer_plans(
+    wh: duckdb.DuckDBPyConnection, rules_dir: Path, isolated_env: Path
+) -> None:
+    """The rating part's customer_plans table picks the schedule (plan in force at the clock) and the address."""
+    from metering.dunning.policy import load_policy
+
+    wh.execute(
+        "INSERT INTO customer_plans (customer_id, name, email, currency, plan, plan_effective_from,"
+        " plan_effective_to, payment_behavior, source_line) VALUES"
+        " ('c_in_big', 'Big', 'ap@big.example', 'usd', 'pro', DATE '2026-01-01', DATE '2026-11-01', 'fails', 2),"
+        " ('c_in_big', 'Big', 'ap@big.example', 'usd', 'scale', DATE '2026-11-01', NULL, 'fails', 3)"
+    )
+    put_invoice(wh, "in_big", amount_due=4000, amount_remaining=4000)      # c_in_big: below scale's 50.00
+    put_invoice(wh, "in_big2", customer_id="c_in_big", amount_due=9000, amount_remaining=9000)
+    result = run_dunning(wh, None, load_policy(rules_dir), T0)
+    state = {r["invoice_id"]: (r["state"], r["plan"], r["policy"]) for r in result.state.to_dicts()}
+    assert state == {"in_big": ("not_in_dunning", "scale", "scale"), "in_big2": ("in_dunning", "scale", "scale")}
+    assert wh.execute("SELECT invoice_id, to_address FROM dunning_outbox ORDER BY invoice_id").fetchall() == [
+        ("in_big2", "ap@big.example")]
+    eml = (isolated_env / "outbox" / f"{wh.execute('SELECT message_id FROM dunning_outbox WHERE invoice_id = ?', ['in_big2']).fetchone()[0]}.eml").read_text()
+    assert "To: ap@big.example" in eml and "Subject: Payment failed for invoice in_big2" in eml
+
+
+def test_reminders_go_through_smtp_when_configured(
+    wh: duckdb.DuckDBPyConnection, no_stripe_policy: DunningPolicy, isolated_env: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A minimal SMTP relay on loopback receives each reminder once; re-runs send nothing again."""
+    import socketserver
+    import threading
+
+    received: list[bytes] = []
+
+    class Relay(socketserver.StreamRequestHandler):
+        def handle(self) -> None:
+            self.wfile.write(b"220 test relay\r\n")
+            data = None
+            while line := self.rfile.readline():
+                if data is not None:
+                    if line == b".\r\n":
+                        received.append(b"".join(data))
+                        data = None
+                        self.wfile.write(b"250 queued\r\n")
+                    else:
+                        data.append(line)
+                    continue
+                verb = line[:4].upper()
+                if verb == b"EHLO":
+                    self.wfile.write(b"250 relay\r\n")
+                elif verb == b"DATA":
+                    data = []
+                    self.wfile.write(b"354 go\r\n")
+                elif verb == b"QUIT":
+                    self.wfile.write(b"221 bye\r\n")
+                    return
+                else:
+                    self.wfile.write(b"250 ok\r\n")
+
+    server = socketserver.ThreadingTCPServer(("127.0.0.1", 0), Relay)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        monkeypatch.setenv("METERING_SMTP_HOST", "127.0.0.1")
+        monkeypatch.setenv("METERING_SMTP_PORT", str(server.server_address[1]))
+        wh.execute(
+            "INSERT INTO customer_plans (customer_id, email, currency, plan, plan_effective_from, payment_behavior,"
+            " source_line) VALUES ('c_in_1', 'pay@one.example', 'usd', 'starter', DATE '2026-01-01', 'fails', 2)")
+        put_invoice(wh, "in_1")
+        put_invoice(wh, "in_2")                           # no address known: rendered, not sent
+        first = run_dunning(wh, None, no_stripe_policy, T0)
+        again = run_dunning(wh, None, no_stripe_policy, T0)
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert (first.reminders_sent, again.reminders_sent) == (1, 0)
+    assert len(received) == 1 and b"To: pay@one.example" in received[0]
+    assert wh.execute("SELECT invoice_id, status, sent_at FROM dunning_outbox ORDER BY invoice_id").fetchall() == [
+        ("in_1", "sent", T0), ("in_2", "rendered", None)]

@@ -189,3 +189,72 @@ def test_dunning_scenario_against_the_sandbox(tmp_path: Path, rules_dir: Path) -
         assert s.client.v1.invoices.retrieve(inv_a).status == "uncollectible"
         assert s.suspended() == ["c_never_pays"]               # written off, still unpaid: stays suspended
         assert s.table("SELECT count(*) FROM dunning_outbox")[0][0] == 4
+
+
+def _cli(*args: str):
+    from click.testing import CliRunner
+
+    from metering.cli import cli
+
+    return CliRunner().invoke(cli, ["dunning", *args])
+
+
+@pytest.mark.slow
+def test_cli_run_survives_stripe_outages_without_repeating(
+    tmp_path: Path, rules_dir: Path, isolated_env: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with running_sandbox(payment_retry_days=()) as sb:
+        monkeypatch.setenv("STRIPE_API_KEY", sb.api_key)
+        monkeypatch.setenv("STRIPE_API_BASE", sb.base_url)
+        monkeypatch.setenv("STRIPE_MAX_NETWORK_RETRIES", "0")
+        db = isolated_env / "warehouse.duckdb"          # the CLI's default warehouse (conftest env)
+        s = Scenario(sb, db, rules_dir, tmp_path)
+        _, inv = s.customer("c_1")
+
+        def run() -> object:
+            with warehouse.open_warehouse(db) as con:
+                s.sync(con)
+            return _cli("run", "--now", s.now.isoformat().replace("+00:00", "Z"))
+
+        first = run()
+        assert first.exit_code == 0, first.output
+        assert "reminder:done=1" in first.output
+
+        # day 3: Stripe answers 500 to every pay: the retry stays pending, exit code 5
+        s.advance(3)
+        sb.inject_fault("server_error", path="/v1/invoices/*/pay", method="POST")
+        down = run()
+        assert down.exit_code == 5, down.output
+        assert f"pending: dunning:{inv}:payment_retry: APIError" in down.output
+        assert s.table("SELECT status, attempts FROM dunning_actions WHERE step_name = 'payment_retry'") == [("pending", 1)]
+        sb.clear_faults()
+        up = run()
+        assert up.exit_code == 0, up.output
+        assert s.table("SELECT status, outcome, attempts FROM dunning_actions WHERE step_name = 'payment_retry'") == [
+            ("done", "card_declined:card_declined", 2)]
+        pays = [(e["status"], e["fault"]) for e in sb.requests_log(path=f"/v1/invoices/{inv}/pay", method="POST")]
+        assert pays == [(500, "server_error"), (402, None)]   # applied once; the 500 was never applied
+
+        # day 30: the write-off is applied but its response is lost: the rerun confirms, never repeats
+        s.advance(30)
+        sb.inject_fault("lost_response", path="/v1/invoices/*/mark_uncollectible", method="POST", count=1)
+        lost = run()
+        assert lost.exit_code == 5, lost.output
+        assert run().exit_code == 0
+        offs = sb.requests_log(path=f"/v1/invoices/{inv}/mark_uncollectible", method="POST")
+        assert [(e["idempotency_key"], e["fault"]) for e in offs] == [(f"dunning:{inv}:write_off", "lost_response")]
+        assert s.table("SELECT status, outcome FROM dunning_actions WHERE step_name = 'write_off'") == [
+            ("done", "uncollectible")]
+
+        summary = _cli("summary", "--format", "csv")
+        assert summary.exit_code == 0, summary.output
+        assert summary.output.splitlines() == [
+            "currency,category,step_index,step_name,invoices,amount_minor,amount",
+            "usd,written_off,,,1,5000,50.00",
+        ]
+
+
+def test_cli_rejects_a_bad_clock(isolated_env: Path) -> None:
+    result = _cli("run", "--now", "next tuesday")
+    assert result.exit_code == 3
+    assert "--now: 'next tuesday' is not an ISO 8601 time" in result.output
