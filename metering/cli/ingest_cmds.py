@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -61,7 +62,7 @@ def generate(seed: int, customers: int, events: int, start: datetime, end: datet
                          late_share=late_share, malformed_share=malformed_share, hostile_share=hostile_share,
                          single_file=single_file)
     out_dir = config.raw_dir(out)
-    with click.progressbar(length=1, label="generating", file=click.get_text_stream("stderr")) as bar:
+    with click.progressbar(length=1, label="generating", file=sys.stderr) as bar:
         def progress(name: str, done: int, total: int) -> None:
             bar.length = total
             bar.update(1, name)

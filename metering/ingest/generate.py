@@ -188,7 +188,7 @@ def _pick(frame: pl.DataFrame, share: float, seed: int, salt: int) -> pl.DataFra
 
 def _with_defects(cfg: GenerateConfig, bulk: pl.DataFrame, days: int, summary: GenerateSummary) -> pl.DataFrame:
     s = cfg.seed
-    late = _pick(bulk, cfg.late_share, s, 11)
+    late = _pick(bulk.filter(pl.col("day") < days - 1), cfg.late_share, s, 11)  # a later day must exist
     if late.height:
         shift = (_u("i", s, 12) % 4 + 1).cast(pl.Int64)
         bulk = bulk.join(late.select("i", late_arrival=pl.min_horizontal(pl.col("day") + shift, days - 1)),

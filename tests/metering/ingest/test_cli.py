@@ -1,0 +1,48 @@
+"""The CLI: generate, ingest, exit codes."""
+
+from __future__ import annotations
+
+import gzip
+
+from click.testing import CliRunner
+
+from metering.cli import cli
+from tests.metering.ingest.conftest import event, write_lines
+
+
+def test_generate_then_ingest(tmp_path, isolated_env):
+    runner = CliRunner()
+    gen = runner.invoke(cli, ["generate", "--events", "500", "--customers", "5", "--end", "2026-10-04"])
+    assert gen.exit_code == 0, gen.output
+    assert (isolated_env / "customers.csv").exists() and len(list((isolated_env / "raw").iterdir())) == 4
+    first = runner.invoke(cli, ["ingest", str(isolated_env / "raw"), "--as-of", "2026-11-01"])
+    assert first.exit_code == 0, first.output
+    assert "4 file(s) ingested, 0 skipped" in first.output and "500 events accepted" in first.output
+    again = runner.invoke(cli, ["ingest", str(isolated_env / "raw")])
+    assert again.exit_code == 0 and "0 file(s) ingested, 4 skipped" in again.output
+
+
+def test_ingest_json_output_and_warehouse_option(tmp_path):
+    path = write_lines(tmp_path / "f.jsonl", [event("a"), event("a"), "{"])
+    result = CliRunner().invoke(cli, ["ingest", str(path), "--json", "--warehouse", str(tmp_path / "x.duckdb"),
+                                      "--as-of", "2026-11-01"])
+    assert result.exit_code == 0, result.output
+    assert '"rows_accepted": 1' in result.output and '"duplicates_dropped": 1' in result.output
+    assert (tmp_path / "x.duckdb").exists()
+
+
+def test_unreadable_file_exit_code_3(tmp_path):
+    path = tmp_path / "t.jsonl.gz"
+    path.write_bytes(gzip.compress(b'{"event_id": "a"}\n' * 1000)[:40])
+    result = CliRunner().invoke(cli, ["ingest", str(path)])
+    assert result.exit_code == 3
+    assert f"error: {path}: cannot decompress (truncated or corrupt gzip)" in result.output
+
+
+def test_usage_errors_exit_code_2(tmp_path):
+    runner = CliRunner()
+    assert runner.invoke(cli, ["ingest"]).exit_code == 2
+    assert runner.invoke(cli, ["ingest", str(tmp_path / "missing.jsonl")]).exit_code == 2
+    assert runner.invoke(cli, ["generate", "--formats", "xml"]).exit_code == 2
+    for args in (["generate", "--help"], ["ingest", "--help"], ["bench", "ingest", "--help"]):
+        assert runner.invoke(cli, args).exit_code == 0
