@@ -70,7 +70,9 @@ class StripeSandbox:
         Handler.sandbox = sandbox
         self.httpd = ThreadingHTTPServer((host, port), Handler)
         self.httpd.daemon_threads = True
-        self.thread = threading.Thread(target=self.httpd.serve_forever, name="stripe-sandbox-http", daemon=True)
+        self.thread = threading.Thread(
+            target=self.httpd.serve_forever, kwargs={"poll_interval": 0.05}, name="stripe-sandbox-http", daemon=True
+        )
         self.thread.start()
         if self.config.state_file:
             self._saver = threading.Thread(target=self._save_loop, name="stripe-sandbox-saver", daemon=True)
@@ -160,6 +162,7 @@ class SandboxHandler(BaseHTTPRequestHandler):
     sandbox: StripeSandbox
     protocol_version = "HTTP/1.1"
     server_version = "stripe-sandbox"
+    disable_nagle_algorithm = True  # headers and body go out at once: no 40 ms delayed-ACK stalls
 
     def log_message(self, format: str, *args: Any) -> None:  # quiet; the request log has it
         log.debug("%s " + format, self.address_string(), *args)
