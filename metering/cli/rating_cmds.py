@@ -6,6 +6,7 @@ import datetime as dt
 from pathlib import Path
 
 import click
+import polars as pl
 
 from metering import config
 from metering.errors import BadInputError
@@ -18,6 +19,15 @@ def _date(ctx: click.Context, param: click.Parameter, value: str | None) -> dt.d
         return dt.date.fromisoformat(value)
     except ValueError:
         raise click.BadParameter(f"{value!r} is not a date (YYYY-MM-DD)") from None
+
+
+def format_minor(minor: int, currency: str) -> str:
+    """12345 usd -> 123.45; 22500 jpy -> 22500."""
+    from decimal import Decimal
+
+    from metering.rules.model import minor_digits
+
+    return str(Decimal(minor).scaleb(-minor_digits(currency)))
 
 
 def _rated_hashes(warehouse_path: str | None) -> dict | None:
@@ -83,8 +93,8 @@ def rate(rules_dir: str | None, usage_file: str, out_file: str, plan: str | None
         raise BadInputError(f"--plan: unknown plan {plan!r} (plans: {', '.join(sorted(rules_obj.plans))})")
     rated = rate_usage(read_usage_file(usage_file), rules_obj, plan=plan, at=at, source=usage_file)
     write_output(rated, out_file)
-    totals = rated.group_by("currency").agg(rated["amount"].sum()).sort("currency")
-    summary = ", ".join(f"{c} {t}" for c, t in totals.iter_rows())
+    totals = rated.group_by("currency").agg(pl.col("amount_minor").sum()).sort("currency")
+    summary = ", ".join(f"{c} {format_minor(t, c)}" for c, t in totals.iter_rows())
     click.echo(f"rated {rated.height} lines for {rated['customer_id'].n_unique()} customers -> {out_file} ({summary})")
 
 

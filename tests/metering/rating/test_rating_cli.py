@@ -1,0 +1,131 @@
+"""`metering rules validate`, `metering rate` (offline what-if) and `metering rerate`."""
+
+from __future__ import annotations
+
+import shutil
+from decimal import Decimal
+from pathlib import Path
+
+import polars as pl
+from click.testing import CliRunner
+
+from metering import warehouse
+from metering.cli import cli
+
+PROJECT_ROOT = Path(__file__).resolve().parents[3]
+RULES = PROJECT_ROOT / "rating_rules"
+
+
+def run(*args: str):
+    return CliRunner().invoke(cli, ["--log-level", "ERROR", *args], catch_exceptions=False)
+
+
+def test_validate_shipped_rules():
+    result = run("rules", "validate", str(RULES))
+    assert result.exit_code == 0, result.output
+    assert "ok: 5 meters, 4 plans, 5 versions" in result.output
+
+
+def test_validate_lists_every_error_and_exits_3(tmp_path):
+    root = tmp_path / "rules"
+    shutil.copytree(RULES, root)
+    pro = root / "plans" / "pro.yaml"
+    pro.write_text(pro.read_text().replace('unit_amount: "0.000002"', "unit_amount: 0.000002")
+                   .replace("meter: storage_gb", "meter: storage"))
+    result = run("rules", "validate", str(root))
+    assert result.exit_code == 3
+    lines = [line for line in result.output.splitlines() if line.startswith(str(pro))]
+    assert len(lines) == 3   # the float, and the unknown meter in both versions
+    assert any("charges[1].unit_amount: 2e-06 is a YAML float" in line for line in lines)
+    assert sum("meter: unknown meter 'storage'" in line for line in lines) == 2
+    assert "error: 3 problem(s) in" in result.output
+
+
+def test_validate_refuses_a_changed_rated_version(tmp_path):
+    root = tmp_path / "rules"
+    shutil.copytree(RULES, root)
+    db = tmp_path / "wh.duckdb"
+    with warehouse.open_warehouse(db) as con:
+        con.execute("INSERT INTO rules_versions VALUES ('starter', '2026-01', 'not-the-current-hash', 'usd', "
+                    "DATE '2026-01-01', '{}', now())")
+    result = run("rules", "validate", str(root), "--warehouse", str(db))
+    assert result.exit_code == 3
+    assert "version 2026-01 of plan starter has already rated usage and its content changed" in result.output
+    assert "add a new version with a later effective_from instead" in result.output
+
+
+USAGE = (
+    "customer_id,meter,quantity,plan,period_start,region,model\n"
+    "c1,api_calls,1500,pro,2026-10-20,us,\n"
+    "c1,api_calls,400,pro,2026-10-20,eu,\n"
+    "c1,tokens,1000000,pro,2026-10-20,,large\n"
+    "c1,seats,5,pro,2026-10-20,,\n"
+    "c2,api_calls,1201,pro_jpy,2026-10-20,eu,\n"
+)
+
+
+def test_rate_offline(tmp_path):
+    usage = tmp_path / "usage.csv"
+    usage.write_text(USAGE)
+    out = tmp_path / "rated.csv"
+    result = run("rate", "--rules", str(RULES), "--usage", str(usage), "--out", str(out))
+    assert result.exit_code == 0, result.output
+    rated = pl.read_csv(out, infer_schema=False)
+    assert {"customer_id", "plan", "plan_version", "charge", "meter", "quantity", "billable_quantity", "amount",
+            "currency", "tiers"} <= set(rated.columns)
+    got = {(r["customer_id"], r["charge"]): Decimal(r["amount"]) for r in rated.iter_rows(named=True)}
+    # pro 2026-10 (in force on 2026-10-20): whole period offline, no proration
+    assert got[("c1", "api calls us")] == Decimal("1.00")      # 500 x 0.002
+    assert got[("c1", "api calls eu")] == Decimal("1.00")      # 400 x 0.0025
+    assert got[("c1", "tokens large")] == Decimal("1.80")      # 10^6 x 0.0000018
+    assert got[("c1", "seats")] == Decimal("50.00")
+    assert got[("c1", "platform fee")] == Decimal("59.00")
+    assert got[("c1", "minimum spend")] == Decimal("46.20")    # 100 - 53.80
+    assert got[("c2", "api calls")] == Decimal("60")           # 201 x 0.3 yen, half_up
+    assert set(rated.filter(pl.col("customer_id") == "c1")["plan_version"]) == {"2026-10"}
+    assert "rated 16 lines for 2 customers" in result.output
+    assert "(jpy 22500, usd 159.00)" in result.output
+
+
+def test_rate_what_if_other_plan_and_date(tmp_path):
+    usage = tmp_path / "usage.csv"
+    usage.write_text(USAGE.replace(",pro_jpy,", ",pro,"))
+    out = tmp_path / "rated.parquet"
+    result = run("rate", "--rules", str(RULES), "--usage", str(usage), "--out", str(out), "--plan", "pro", "--at", "2026-10-01")
+    assert result.exit_code == 0, result.output
+    rated = pl.read_parquet(out)
+    assert set(rated["plan_version"]) == {"2026-01"}
+    c1 = {r["charge"]: r["amount"] for r in rated.filter(pl.col("customer_id") == "c1").iter_rows(named=True)}
+    # 2026-01 prices all regions together: 1900 calls -> 900 x 0.002 = 1.80
+    assert c1["api calls"] == Decimal("1.80")
+    assert c1["tokens large"] == Decimal("2.00")
+
+
+def test_rate_bad_usage_names_the_line(tmp_path):
+    usage = tmp_path / "usage.csv"
+    usage.write_text("customer_id,meter,quantity,plan,period_start\nc1,api_calls,10,pro,2026-10-01\nc1,calls,1,pro,2026-10-01\n")
+    result = run("rate", "--rules", str(RULES), "--usage", str(usage), "--out", str(tmp_path / "o.csv"))
+    assert result.exit_code == 3
+    assert f"{usage}:3: meter: unknown meter (1 row(s); first value 'calls')" in result.output
+    usage.write_text("customer_id,meter,quantity,plan,period_start\nc1,api_calls,1.5e3,pro,2026-10-01\n")
+    result = run("rate", "--rules", str(RULES), "--usage", str(usage), "--out", str(tmp_path / "o.csv"))
+    assert result.exit_code == 3
+    assert f"{usage}:2: quantity: not a non-negative decimal" in result.output
+
+
+def test_rerate_range_is_repeatable(tmp_path):
+    db = tmp_path / "wh.duckdb"
+    customers = tmp_path / "customers.csv"
+    customers.write_text("customer_id,name,email,currency,billing_anchor_day,plan,plan_effective_from,payment_behavior\n"
+                         "c1,A,a@a.test,usd,,starter,2026-01-01,succeeds\n")
+    with warehouse.open_warehouse(db) as con:
+        con.execute("""INSERT INTO usage_events SELECT 'e' || i, 'c1', 'api_calls',
+                       TIMESTAMPTZ '2026-10-03 00:00:00+00' + INTERVAL (i) SECOND, DATE '2026-10-03', NULL,
+                       '{"region":"us"}', '{}', 'h', 'f', i, 'fh', now() FROM range(30000) t(i)""")
+    args = ["rerate", "--from", "2026-10-01", "--to", "2026-10-31", "--warehouse", str(db), "--rules", str(RULES)]
+    first = run(*args, "--customers", str(customers))
+    assert first.exit_code == 0, first.output
+    # starter: 20,000 billable calls x 0.0005 = 10.00 + platform fee 19.00
+    assert "2026-10: 6 lines, changed (usd 29.00)" in first.output
+    again = run(*args)
+    assert "2026-10: 6 lines, unchanged (usd 29.00)" in again.output
