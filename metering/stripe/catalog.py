@@ -313,6 +313,7 @@ def sync_customers(
     create: bool,
     test_clock: str | None = None,
     sandbox_payment_behavior: bool = False,
+    subscriptions: bool = True,
 ) -> None:
     """Find (or create) each customer and its subscription; fill `report.customers`."""
     clock_now = None
@@ -325,11 +326,11 @@ def sync_customers(
         ours = (cus.metadata or {}).get("customer_id")
         if ours and ours not in found_customers:
             found_customers[ours] = cus
-    subscriptions: dict[str, Any] = {}
+    existing_subs: dict[str, Any] = {}
     for sub in client.v1.subscriptions.list({"limit": 100, "status": "all"}).auto_paging_iter():
         if sub.status in ("canceled", "incomplete_expired"):
             continue
-        subscriptions.setdefault(sub.customer, sub)
+        existing_subs.setdefault(sub.customer, sub)
     assignments = _current_assignments(customers, now.date())
     for row in assignments.iter_rows(named=True):
         cid = str(row["customer_id"])
@@ -354,8 +355,8 @@ def sync_customers(
             report.count("customer", False)
         version = rules.plans[row["plan"]].version_at(max(now.date(), row["plan_effective_from"])) \
             if row["plan"] in rules.plans else None
-        sub = subscriptions.get(cus.id)
-        if sub is None and create and version is not None:
+        sub = existing_subs.get(cus.id)
+        if sub is None and create and subscriptions and version is not None:
             items = [{"price": report.prices[(version.plan, version.version, c.name)]}
                      for c in version.charges if (version.plan, version.version, c.name) in report.prices]
             for item, charge in zip(items, [c for c in version.charges
@@ -405,6 +406,7 @@ def sync_catalog(
     create_customers: bool = False,
     test_clock: str | None = None,
     sandbox_payment_behavior: bool = False,
+    subscriptions: bool = True,
 ) -> CatalogReport:
     """Sync meters, prices and (when a customer list is given) customers; replace the map tables."""
     report = CatalogReport()
@@ -412,7 +414,7 @@ def sync_catalog(
     sync_prices(client, rules, report)
     if customers is not None and not customers.is_empty():
         sync_customers(client, rules, customers, report, create=create_customers, test_clock=test_clock,
-                       sandbox_payment_behavior=sandbox_payment_behavior)
+                       sandbox_payment_behavior=sandbox_payment_behavior, subscriptions=subscriptions)
     write_catalog(con, report)
     for f in report.findings:
         log.warning("stripe catalog %s: %s %s %s %s", f.finding, f.kind, f.our_key, f.field or "", f.detail or "")

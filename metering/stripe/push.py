@@ -435,3 +435,26 @@ def push_usage(
 ) -> PushReport:
     """Push [date_from, date_to] (UTC dates, inclusive). See the module docstring."""
     return Pusher(con, client, meters, config, **kwargs).push(date_from, date_to)
+
+
+def push_config_from_env(**overrides: Any) -> PushConfig:
+    """`PushConfig` from `STRIPE_PUSH_RATE` (calls/s, 0 = no client-side limit),
+    `STRIPE_PUSH_CONCURRENCY`, `STRIPE_METER_WINDOW` (day | hour); explicit overrides win."""
+    import os
+
+    def num(name: str, cast: Callable[[str], Any], default: Any) -> Any:
+        raw = os.environ.get(name)
+        if raw in (None, ""):
+            return default
+        try:
+            return cast(raw)
+        except ValueError:
+            raise BadInputError(f"environment variable {name}: {raw!r} is not a number") from None
+
+    values: dict[str, Any] = {
+        "rate": num("STRIPE_PUSH_RATE", float, DEFAULT_RATE),
+        "concurrency": num("STRIPE_PUSH_CONCURRENCY", int, 8),
+        "window_kind": os.environ.get("STRIPE_METER_WINDOW") or "day",
+    }
+    values.update({k: v for k, v in overrides.items() if v is not None})
+    return PushConfig(**values)

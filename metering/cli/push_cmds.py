@@ -1,0 +1,139 @@
+"""`metering stripe sync`, `metering stripe push`, `metering bench push`.
+
+Stripe is reached through `STRIPE_API_KEY` (+ `STRIPE_API_BASE` for the local sandbox); the key is
+never printed. See metering.stripe.client for every variable.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import tempfile
+from pathlib import Path
+
+import click
+
+from metering.errors import BadInputError, ExternalServiceError
+
+
+def _date(ctx: click.Context, param: click.Parameter, value: str | None) -> dt.date | None:
+    if value is None:
+        return None
+    try:
+        return dt.date.fromisoformat(value)
+    except ValueError:
+        raise click.BadParameter(f"{value!r} is not a date (YYYY-MM-DD)") from None
+
+
+def _client():
+    from metering.stripe.client import make_client, settings_from_env
+
+    return make_client(settings_from_env(required=True))  # type: ignore[arg-type]
+
+
+@click.group()
+def stripe() -> None:
+    """Stripe catalog sync and usage push (STRIPE_API_KEY, STRIPE_API_BASE)."""
+
+
+@stripe.command()
+@click.option("--rules", "rules_dir", type=click.Path(file_okay=False), default=None,
+              help="Rules folder (default: $METERING_RULES or rating_rules/).")
+@click.option("--customers", "customers_path", type=click.Path(dir_okay=False), default=None,
+              help="Customer list CSV (default: the warehouse's customer_plans table).")
+@click.option("--warehouse", "warehouse_path", type=click.Path(dir_okay=False), default=None)
+@click.option("--window", type=click.Choice(["day", "hour"]), default=None,
+              help="Meter event_time_window for new meters (default: $STRIPE_METER_WINDOW or day).")
+@click.option("--create-customers/--no-create-customers", default=False,
+              help="Create missing customers and subscriptions (the sandbox; off by default).")
+@click.option("--test-clock", default=None, help="Attach created customers to this test clock.")
+def sync(rules_dir: str | None, customers_path: str | None, warehouse_path: str | None, window: str | None,
+         create_customers: bool, test_clock: str | None) -> None:
+    """Create or find meters, products, prices (and customers); report drift and what Stripe cannot express."""
+    import os
+
+    from metering import warehouse
+    from metering.customers import load_customers
+    from metering.rating.service import read_customer_plans
+    from metering.rules.plans import load_rules
+    from metering.stripe.catalog import sync_catalog
+
+    rules = load_rules(rules_dir)
+    client = _client()
+    with warehouse.open_warehouse(warehouse_path, wait_seconds=30) as con:
+        customers = load_customers(customers_path, rules) if customers_path else read_customer_plans(con)
+        report = sync_catalog(con, client, rules, customers, window_kind=window or os.environ.get("STRIPE_METER_WINDOW") or "day",
+                              create_customers=create_customers, test_clock=test_clock,
+                              sandbox_payment_behavior=create_customers)
+    click.echo(report.summary())
+    for f in report.findings:
+        click.echo(f"  {f.finding}: {f.kind} {f.our_key}" + (f" {f.field}: ours {f.ours}, Stripe {f.theirs}" if f.field else "")
+                   + (f" ({f.detail})" if f.detail else ""))
+
+
+@stripe.command()
+@click.option("--date", "day", callback=_date, default=None, help="One UTC day (YYYY-MM-DD).")
+@click.option("--from", "date_from", callback=_date, default=None, help="First UTC day of a range.")
+@click.option("--to", "date_to", callback=_date, default=None, help="Last UTC day of a range (inclusive).")
+@click.option("--rules", "rules_dir", type=click.Path(file_okay=False), default=None)
+@click.option("--warehouse", "warehouse_path", type=click.Path(dir_okay=False), default=None)
+@click.option("--rate", type=float, default=None, help="Calls per second (default $STRIPE_PUSH_RATE or 20; 0 = no limit).")
+@click.option("--concurrency", type=int, default=None, help="Parallel customer x meter pairs (default 8).")
+@click.option("--window", type=click.Choice(["day", "hour"]), default=None)
+@click.option("--retry-failed", is_flag=True, help="Give windows whose last revision failed a new revision.")
+def push(day: dt.date | None, date_from: dt.date | None, date_to: dt.date | None, rules_dir: str | None,
+         warehouse_path: str | None, rate: float | None, concurrency: int | None, window: str | None,
+         retry_failed: bool) -> None:
+    """Push each customer x meter x window total to Stripe through the outbox ledger.
+
+    Exits 5 when windows are left failed or unknown (they are listed in stripe_push_ledger).
+    """
+    from metering import warehouse
+    from metering.rules.meters import load_meters
+    from metering.stripe.push import push_config_from_env, push_usage
+
+    if day and (date_from or date_to):
+        raise BadInputError("push: give either --date or --from/--to, not both")
+    date_from = day or date_from
+    date_to = day or date_to or date_from
+    if date_from is None:
+        raise BadInputError("push: give --date YYYY-MM-DD or --from YYYY-MM-DD [--to YYYY-MM-DD]")
+    config = push_config_from_env(rate=rate, concurrency=concurrency, window_kind=window,
+                                  retry_failed=retry_failed or None)
+    meters = load_meters(rules_dir)
+    client = _client()
+    with warehouse.open_warehouse(warehouse_path, wait_seconds=30) as con:
+        report = push_usage(con, client, meters, date_from, date_to, config)  # type: ignore[arg-type]
+    click.echo(report.summary())
+    if report.needs_operator:
+        raise ExternalServiceError(
+            f"{report.failed} failed and {report.unknown} unknown windows need a look "
+            "(SELECT * FROM stripe_push_ledger WHERE status IN ('failed', 'unknown', 'sent'))")
+
+
+@click.command("push")
+@click.option("--customers", default=1000, show_default=True)
+@click.option("--concurrency", default=8, show_default=True)
+@click.option("--rate", default=0.0, show_default=True, help="Client-side calls/s limit (0 = none: the sandbox).")
+@click.option("--rules", "rules_dir", type=click.Path(file_okay=False), default=None)
+def bench_push(customers: int, concurrency: int, rate: float, rules_dir: str | None) -> None:
+    """Push one day for CUSTOMERS customers x 5 meters to a local sandbox; print time, calls, retries."""
+    from metering.rules.plans import load_rules
+    from metering.stripe import bench
+    from metering.stripe.push import PushConfig
+    from metering.stripe_sandbox.testing import running_sandbox
+
+    rules = load_rules(rules_dir)
+    day = dt.date(2026, 11, 20)
+    now = dt.datetime(2026, 11, 20, 23, tzinfo=dt.timezone.utc)
+    with tempfile.TemporaryDirectory() as scratch, running_sandbox(now=int(now.timestamp())) as sb:
+        result = bench.run(rules, sb.base_url, sb.api_key, Path(scratch), customers=customers, day=day,
+                           config=PushConfig(rate=rate, concurrency=concurrency), now=now)
+    r = result.report
+    click.echo(
+        f"pushed {result.windows:,} windows ({result.customers:,} customers x {len(rules.meters)} meters, one day) "
+        f"in {r.seconds:.2f} s ({r.calls / r.seconds if r.seconds else 0:,.0f} calls/s): {r.calls:,} calls, "
+        f"{r.retries} retries, {r.acknowledged:,} acknowledged, {r.raw_events_per_call} raw events per call "
+        f"(catalog sync, not timed: {result.sync_seconds:.1f} s)"
+    )
+    if r.needs_operator:
+        raise ExternalServiceError(f"{r.needs_operator} windows were not acknowledged")

@@ -1,0 +1,66 @@
+"""`StripeResource`: the `stripe.StripeClient` the catalog sync and the usage push use."""
+
+from __future__ import annotations
+
+import dagster as dg
+import stripe
+
+from metering.errors import BadInputError
+from metering.stripe.client import StripeSettings, make_client, settings_from_env
+from metering.stripe.push import PushConfig, push_config_from_env
+
+SANDBOX_PLACEHOLDER_KEY = "sk_test_local_sandbox"
+"""Used only when no key is configured and `base_url` points at the local sandbox (which accepts
+any test key): not a secret."""
+
+
+class StripeResource(dg.ConfigurableResource):
+    """Stripe through the official SDK. The key comes only from `STRIPE_API_KEY` (never from run
+    config, so it never shows in Dagster's UI or event log).
+
+    - `base_url`: API base (e.g. the local sandbox the main job starts); empty = `STRIPE_API_BASE`,
+      else Stripe. With no key configured, a `base_url` is required and a placeholder test key is used.
+    - `max_network_retries`, `connect_timeout`, `read_timeout`: SDK settings for catalog calls
+      (pushes retry themselves, see metering.stripe.retry).
+    - `push_rate` (calls/s, 0 = none), `push_concurrency`, `meter_window` (day | hour): push settings;
+      negative / empty = the `STRIPE_PUSH_*` / `STRIPE_METER_WINDOW` environment defaults.
+    - `create_customers`, `test_clock`: sandbox mode for the catalog sync.
+    """
+
+    base_url: str = ""
+    max_network_retries: int = 2
+    connect_timeout: float = 5.0
+    read_timeout: float = 30.0
+    push_rate: float = -1.0
+    push_concurrency: int = 0
+    meter_window: str = ""
+    create_customers: bool = False
+    test_clock: str = ""
+
+    def settings(self) -> StripeSettings:
+        found = settings_from_env(required=False)
+        if found is None:
+            if not self.base_url:
+                raise BadInputError(
+                    "STRIPE_API_KEY is not set and StripeResource.base_url is empty: set the key, "
+                    "or point base_url at the local sandbox (the main job starts one)")
+            found = StripeSettings(api_key=SANDBOX_PLACEHOLDER_KEY)
+        settings = StripeSettings(
+            api_key=found.api_key, api_base=found.api_base, meter_events_base=found.meter_events_base,
+            max_network_retries=self.max_network_retries, connect_timeout=self.connect_timeout,
+            read_timeout=self.read_timeout)
+        return settings.with_base(self.base_url) if self.base_url else settings
+
+    def get_client(self) -> stripe.StripeClient:
+        return make_client(self.settings())
+
+    def push_config(self) -> PushConfig:
+        return push_config_from_env(
+            rate=self.push_rate if self.push_rate >= 0 else None,
+            concurrency=self.push_concurrency or None,
+            window_kind=self.meter_window or None,
+        )
+
+    @property
+    def window_kind(self) -> str:
+        return self.push_config().window_kind

@@ -1,0 +1,117 @@
+"""Helpers for push tests (a uniquely named module: conftest modules cannot be imported by name).
+
+A small world for push tests: a warehouse with customers and raw events (aggregated by the real
+rating code), the real local Stripe sandbox over loopback, and the catalog synced into it."""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import polars as pl
+import pytest
+import stripe
+
+from metering import warehouse
+from metering.customers import load_customers
+from metering.rating.service import refresh_aggregates
+from metering.rules.model import Rules
+from metering.rules.plans import load_rules
+from metering.stripe import catalog
+from metering.stripe.client import StripeSettings, make_client
+from metering.stripe.push import PushConfig, Pusher
+from metering.stripe.retry import RetryPolicy
+from metering.stripe_sandbox.testing import SandboxHandle, running_sandbox
+
+NOW = dt.datetime(2026, 11, 20, 12, 0, tzinfo=dt.timezone.utc)
+FAST_RETRY = RetryPolicy(max_attempts=8, base_delay=0.001, max_delay=0.01, max_retry_after=0.01)
+
+CUSTOMERS_CSV = """customer_id,name,email,currency,billing_anchor_day,plan,plan_effective_from,payment_behavior
+acme,Acme,billing@acme.test,usd,,starter,2026-01-01,succeeds
+globex,Globex,ap@globex.test,usd,15,pro,2026-01-01,succeeds
+"""
+
+
+@dataclass
+class World:
+    con: duckdb.DuckDBPyConnection
+    sandbox: SandboxHandle
+    client: stripe.StripeClient
+    rules: Rules
+    report: catalog.CatalogReport
+    now: dt.datetime = NOW
+    events: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def stripe_customer(self) -> dict[str, str]:
+        return {c["customer_id"]: c["stripe_customer_id"] for c in self.report.customers}
+
+    def add_events(self, rows: list[tuple]) -> None:
+        """rows: (customer_id, meter, event_time, value or None, properties dict); re-aggregates their days."""
+        frame_rows = []
+        for customer, meter, when, value, props in rows:
+            n = len(self.events)
+            event = {"event_id": f"ev{n:06d}", "customer_id": customer, "meter": meter, "event_time": when,
+                     "event_date": when.date(), "value": None if value is None else Decimal(str(value)),
+                     "properties": dict(sorted((props or {}).items()))}
+            self.events.append(event)
+            frame_rows.append({**event, "properties": _json(event["properties"]), "extra": "{}",
+                               "payload_hash": hashlib.sha256(repr(event).encode()).hexdigest(),
+                               "source_file": "test.jsonl", "source_line": n + 1, "file_hash": "t",
+                               "ingested_at": self.now})
+        frame = pl.DataFrame(frame_rows, schema_overrides={"value": pl.Decimal(38, 12),
+                                                           "event_time": pl.Datetime("us", "UTC"),
+                                                           "ingested_at": pl.Datetime("us", "UTC")})
+        warehouse.insert_frame(self.con, "usage_events", frame)
+        for day in sorted({r["event_date"] for r in frame_rows}):
+            refresh_aggregates(self.con, self.rules.meters, day)
+
+    def pusher(self, **config: Any) -> Pusher:
+        config.setdefault("rate", 0)
+        config.setdefault("retry", FAST_RETRY)
+        now = config.pop("now", None) or self.now
+        return Pusher(self.con, self.client, self.rules.meters, PushConfig(**config), now=lambda: now,
+                      sleep=lambda s: None)
+
+    def stripe_total(self, customer: str, meter: str, start: dt.datetime, end: dt.datetime) -> Decimal:
+        """What Stripe aggregates for [start, end) (no grouping): sum, or the last value."""
+        summaries = self.client.v1.billing.meters.event_summaries.list(
+            self.report.meters[meter],
+            {"customer": self.stripe_customer[customer], "start_time": int(start.timestamp()),
+             "end_time": int(end.timestamp())})
+        return sum((Decimal(str(s.aggregated_value)) for s in summaries.data), Decimal(0))
+
+    def ledger(self) -> pl.DataFrame:
+        return warehouse.query_frame(self.con, "SELECT * FROM stripe_push_ledger ORDER BY customer_id, meter, window_start, revision")
+
+    def meter_event_requests(self) -> list[dict[str, Any]]:
+        return self.sandbox.requests_log(path="/v1/billing/meter_events", method="POST")
+
+
+def _json(props: dict[str, str]) -> str:
+    import json
+
+    return json.dumps(props, sort_keys=True, separators=(",", ":"))
+
+
+def day_start(day: dt.date) -> dt.datetime:
+    return dt.datetime(day.year, day.month, day.day, tzinfo=dt.timezone.utc)
+
+
+def make_world(con: duckdb.DuckDBPyConnection, sb: SandboxHandle, rules_dir: Path, tmp_path: Path,
+               csv_text: str = CUSTOMERS_CSV, now: dt.datetime = NOW) -> World:
+    rules = load_rules(rules_dir)
+    csv_path = tmp_path / "customers.csv"
+    csv_path.write_text(csv_text)
+    customers = load_customers(csv_path, rules)
+    warehouse.replace_rows(con, "customer_plans", "TRUE", [], customers)
+    client = make_client(StripeSettings(api_key=sb.api_key, api_base=sb.base_url, meter_events_base=sb.base_url,
+                                        max_network_retries=0))
+    report = catalog.sync_catalog(con, client, rules, customers, create_customers=True, subscriptions=False)
+    return World(con, sb, client, rules, report, now)

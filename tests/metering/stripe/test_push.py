@@ -1,0 +1,116 @@
+"""The usage push against the real local sandbox: exact totals, idempotent re-runs, revisions, guards."""
+
+from __future__ import annotations
+
+import datetime as dt
+from decimal import Decimal
+
+import polars as pl
+
+from push_world import NOW, World, day_start
+
+D1, D2, D3 = dt.date(2026, 11, 17), dt.date(2026, 11, 18), dt.date(2026, 11, 19)
+
+
+def t(day: dt.date, hour: int, minute: int = 0) -> dt.datetime:
+    return day_start(day) + dt.timedelta(hours=hour, minutes=minute)
+
+
+def seed_usage(world: World) -> None:
+    world.add_events([
+        ("acme", "api_calls", t(D1, 1), None, {"region": "us"}),
+        ("acme", "api_calls", t(D1, 2), None, {"region": "eu"}),
+        ("acme", "api_calls", t(D1, 23, 59), None, {"region": "us"}),
+        ("acme", "api_calls", t(D2, 0), None, {"region": "us"}),
+        ("acme", "tokens", t(D1, 5), "1500.5", {"model": "small"}),
+        ("acme", "tokens", t(D1, 6), "499.5", {"model": "large"}),
+        ("acme", "storage_gb", t(D1, 3), "10", {}),
+        ("acme", "storage_gb", t(D2, 3), "4", {}),
+        ("acme", "seats", t(D1, 3), "5", {}),
+        ("acme", "seats", t(D1, 9), "3", {}),
+        ("acme", "active_users", t(D1, 3), None, {"user_id": "u1"}),
+        ("acme", "active_users", t(D2, 3), None, {"user_id": "u1"}),
+        ("acme", "active_users", t(D2, 4), None, {"user_id": "u2"}),
+        ("globex", "api_calls", t(D2, 12), None, {"region": "eu"}),
+    ])
+
+
+def test_push_gives_stripe_our_exact_totals_and_a_second_push_changes_nothing(world: World) -> None:
+    seed_usage(world)
+    report = world.pusher().push(D1, D2)
+    assert (report.acknowledged, report.calls, report.retries, report.failed, report.unknown) == (9, 9, 0, 0, 0)
+    # 14 raw events behind 9 calls
+    assert report.raw_events == 14 and report.raw_events_per_call == Decimal("1.56")
+    start, end = day_start(D1), day_start(D3)
+    # hand-computed: acme api_calls 3 + 1 events; tokens 1500.5 + 499.5; storage max 10 (period-to-date);
+    # seats last 3 (09:00 on D1); active users u1, u2 -> 2; globex api_calls 1
+    expected = {("acme", "api_calls"): Decimal(4), ("acme", "tokens"): Decimal(2000),
+                ("acme", "storage_gb"): Decimal(10), ("acme", "seats"): Decimal(3),
+                ("acme", "active_users"): Decimal(2), ("globex", "api_calls"): Decimal(1)}
+    for (customer, meter), value in expected.items():
+        assert world.stripe_total(customer, meter, start, end) == value, (customer, meter)
+
+    before_ledger = world.ledger()
+    before_requests = len(world.meter_event_requests())
+    again = world.pusher().push(D1, D2)
+    assert (again.calls, again.new_revisions) == (0, 0)
+    assert len(world.meter_event_requests()) == before_requests
+    assert world.ledger().drop("updated_at").equals(before_ledger.drop("updated_at"))
+    for (customer, meter), value in expected.items():
+        assert world.stripe_total(customer, meter, start, end) == value
+
+
+def test_every_request_carries_a_ledger_key_and_identifier(world: World) -> None:
+    seed_usage(world)
+    world.pusher().push(D1, D2)
+    ledger = world.ledger()
+    requests = world.meter_event_requests()
+    assert requests and {r["idempotency_key"] for r in requests} <= set(ledger["idempotency_key"].to_list())
+    # every POST the engine made (catalog included) carried a deterministic key of ours
+    posts = world.sandbox.requests_log(method="POST")
+    assert posts and all(r["idempotency_key"] and r["idempotency_key"].startswith("metering-") for r in posts)
+
+
+def test_late_event_makes_a_new_revision_with_the_corrected_total(world: World) -> None:
+    seed_usage(world)
+    world.pusher().push(D1, D2)
+    # a late api call on D1 and a late, larger storage reading on D1 (changes D2's period-to-date max too)
+    world.add_events([("acme", "api_calls", t(D1, 7), None, {"region": "eu"}),
+                      ("acme", "storage_gb", t(D1, 8), "25", {})])
+    report = world.pusher().push(D1, D1)
+    assert report.new_revisions == 3 and report.acknowledged == 3
+    led = world.ledger()
+    api = led.filter((pl.col("customer_id") == "acme") & (pl.col("meter") == "api_calls")
+                     & (pl.col("event_date") == D1)).sort("revision")
+    assert api.select("revision", "value", "status").rows() == [
+        (1, Decimal(3), "acknowledged"), (2, Decimal(4), "acknowledged")]
+    storage = led.filter((pl.col("customer_id") == "acme") & (pl.col("meter") == "storage_gb")).sort(
+        "event_date", "revision")
+    assert storage.select("event_date", "revision", "value").rows() == [
+        (D1, 1, Decimal(10)), (D1, 2, Decimal(25)), (D2, 1, Decimal(10)), (D2, 2, Decimal(25))]
+    start, end = day_start(D1), day_start(D3)
+    assert world.stripe_total("acme", "api_calls", start, end) == Decimal(5)
+    assert world.stripe_total("acme", "storage_gb", start, end) == Decimal(25)
+
+
+def test_window_older_than_35_days_is_reported_late_and_not_pushed(world: World) -> None:
+    old = (NOW - dt.timedelta(days=40)).date()
+    world.add_events([("acme", "api_calls", t(old, 5), None, {"region": "us"})])
+    report = world.pusher().push(old, old)
+    assert (report.late, report.calls) == (1, 0)
+    assert world.meter_event_requests() == []
+    row = world.ledger().row(0, named=True)
+    assert row["status"] == "late" and row["value"] == Decimal(1) and "35 days" in row["last_error"]
+
+
+def test_windows_in_the_future_wait(world: World) -> None:
+    tomorrow = (NOW + dt.timedelta(days=1)).date()
+    world.add_events([("acme", "api_calls", t(tomorrow, 5), None, {"region": "us"})])
+    report = world.pusher().push(tomorrow, tomorrow)
+    assert (report.not_yet_due, report.calls, world.ledger().height) == (1, 0, 0)
+
+
+def test_unmapped_customers_are_reported_not_pushed(world: World) -> None:
+    world.add_events([("stranger", "api_calls", t(D1, 5), None, {"region": "us"})])
+    report = world.pusher().push(D1, D1)
+    assert (report.unmapped, report.calls, world.ledger().height) == (1, 0, 0)
