@@ -3,15 +3,13 @@
 from __future__ import annotations
 
 import json
-import os
 import sys
-from datetime import datetime, timezone
 
 import click
 import stripe
 
 from metering import warehouse
-from metering.errors import EXIT_BAD_INPUT, BadInputError, ExternalServiceError
+from metering.errors import EXIT_BAD_INPUT, ExternalServiceError
 
 _WAREHOUSE = click.option(
     "--warehouse", "warehouse_path", type=click.Path(dir_okay=False), default=None,
@@ -19,17 +17,6 @@ _WAREHOUSE = click.option(
 _RULES = click.option(
     "--rules", "rules_dir", type=click.Path(file_okay=False), default=None,
     help="Rules folder holding dunning.yaml (default: $METERING_RULES or rating_rules/).")
-
-
-def parse_now(text: str | None) -> datetime:
-    """`--now`: an ISO 8601 time (UTC when no offset is given); default: the current time."""
-    if not text:
-        return datetime.now(timezone.utc)
-    try:
-        value = datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
-    except ValueError:
-        raise BadInputError(f"--now: {text!r} is not an ISO 8601 time (e.g. 2026-11-15T00:00:00Z)") from None
-    return value.replace(tzinfo=timezone.utc) if value.tzinfo is None else value.astimezone(timezone.utc)
 
 
 def stripe_client_from_env() -> stripe.StripeClient | None:
@@ -75,11 +62,12 @@ def run(now_text: str | None, rules_dir: str | None, warehouse_path: str | None,
 
     from metering.dunning.policy import load_policy
     from metering.dunning.run import run_dunning
+    from metering.dunning.state import parse_clock
 
-    now = parse_now(now_text)
+    now = parse_clock(now_text)
     policy = load_policy(rules_dir)
     client = stripe_client_from_env()
-    with warehouse.open_warehouse(warehouse_path, wait_seconds=float(os.environ.get("METERING_WAIT", "0") or 0)) as con:
+    with warehouse.open_warehouse(warehouse_path) as con:
         result = run_dunning(
             con, client, policy, now,
             outbox_folder=Path(outbox_dir) if outbox_dir else None,
@@ -107,15 +95,16 @@ def summary(warehouse_path: str | None, fmt: str) -> None:
     import polars as pl
 
     from metering.config import warehouse_path as resolve
-    from metering.dunning.state import STATE_SCHEMA, _conform, _read, _table_exists
+    from metering.dunning.frames import table_exists
+    from metering.dunning.state import STATE_SCHEMA, read_previous
     from metering.dunning.summary import dunning_summary, format_summary
 
     path = resolve(warehouse_path)
     state = pl.DataFrame(schema=STATE_SCHEMA)
     if path.exists():
         with warehouse.open_warehouse(path, read_only=True) as con:
-            if _table_exists(con, "dunning_state"):
-                state = _conform(_read(con, "SELECT * FROM dunning_state"), STATE_SCHEMA)
+            if table_exists(con, "dunning_state"):
+                state = read_previous(con)
     table = dunning_summary(state)
     if fmt == "csv":
         click.echo(table.write_csv(), nl=False)

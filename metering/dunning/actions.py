@@ -41,12 +41,12 @@ import polars as pl
 import stripe
 
 from metering.dunning import outbox
+from metering.dunning.frames import conform, read_frame, table_columns
 from metering.dunning.money import format_minor
 from metering.dunning.policy import DunningPolicy
-from metering.dunning.state import (
-    IN_DUNNING, STATE_SCHEMA, TS, WRITTEN_OFF, _conform, _read, _table_exists, utc,
-)
+from metering.dunning.state import IN_DUNNING, STATE_SCHEMA, TS, WRITTEN_OFF, utc
 from metering.logs import redact
+from metering.warehouse import transaction
 
 log = logging.getLogger(__name__)
 
@@ -91,7 +91,7 @@ class ActionReport:
 
 
 def read_ledger(con: duckdb.DuckDBPyConnection) -> pl.DataFrame:
-    return _conform(_read(con, "SELECT * FROM dunning_actions"), LEDGER_SCHEMA)
+    return conform(read_frame(con, "SELECT * FROM dunning_actions"), LEDGER_SCHEMA)
 
 
 # --- deciding (whole frames) ----------------------------------------------------------------------
@@ -105,8 +105,8 @@ def plan_actions(
     `confirm` (a pending write-off whose invoice is already written off: the call went through).
     """
     now = utc(now)
-    state = _conform(state, STATE_SCHEMA)
-    ledger = _conform(ledger, LEDGER_SCHEMA)
+    state = conform(state, STATE_SCHEMA)
+    ledger = conform(ledger, LEDGER_SCHEMA)
     final = ledger.filter(pl.col("status").is_in(FINAL_STATUSES)).select("invoice_id", "step_name")
     pending = ledger.filter(pl.col("status") == "pending").select(
         "invoice_id", "step_name", pl.col("attempts").alias("pending_attempts"),
@@ -288,8 +288,6 @@ def _reminder(
     to_address = emails.get(row["customer_id"] or "")
     message = outbox.build_message(msg_id, key, to_address, subject, body, now)
     file_name = outbox.write_message(folder, msg_id, message)
-    from metering.warehouse import transaction
-
     with transaction(con):
         con.execute("DELETE FROM dunning_outbox WHERE message_id = ?", [msg_id])
         con.execute(
@@ -304,12 +302,7 @@ def _reminder(
 
 def read_emails(con: duckdb.DuckDBPyConnection) -> dict[str, str]:
     """Our customer id -> email, from the rating part's `customer_plans` when it carries emails."""
-    if not _table_exists(con, "customer_plans"):
-        return {}
-    cols = {r[0] for r in con.execute(
-        "SELECT column_name FROM information_schema.columns WHERE table_name = 'customer_plans'"
-        " AND table_schema = current_schema()").fetchall()}
-    if not {"customer_id", "email"} <= cols:
+    if not {"customer_id", "email"} <= table_columns(con, "customer_plans"):
         return {}
     rows = con.execute(
         "SELECT customer_id, max(email) FROM customer_plans WHERE email IS NOT NULL AND email <> ''"

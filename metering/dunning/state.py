@@ -26,7 +26,10 @@ from datetime import datetime, timezone
 import duckdb
 import polars as pl
 
+from metering.dunning.frames import conform, read_frame, table_columns, table_exists
 from metering.dunning.policy import DEFAULT_SCHEDULE, DunningPolicy
+from metering.errors import BadInputError
+from metering.warehouse import replace_rows
 
 NOT_IN_DUNNING, IN_DUNNING, RECOVERED, WRITTEN_OFF, VOID = (
     "not_in_dunning", "in_dunning", "recovered", "written_off", "void",
@@ -63,22 +66,25 @@ STATE_SCHEMA: dict[str, pl.DataType] = {
 DAY_US = 86_400 * 1_000_000
 
 
+def parse_clock(text: str | None, where: str = "--now") -> datetime:
+    """The dunning clock from ISO 8601 text (UTC when no offset); empty = the current time.
+
+    Raises `BadInputError` naming `where` when the text is not a time.
+    """
+    if not text:
+        return datetime.now(timezone.utc)
+    try:
+        value = datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
+    except ValueError:
+        raise BadInputError(f"{where}: {text!r} is not an ISO 8601 time (e.g. 2026-11-15T00:00:00Z)") from None
+    return utc(value)
+
+
 def utc(moment: datetime) -> datetime:
     """The clock as an aware UTC datetime (naive input is taken as UTC)."""
     if moment.tzinfo is None:
         return moment.replace(tzinfo=timezone.utc)
     return moment.astimezone(timezone.utc)
-
-
-def _conform(frame: pl.DataFrame | None, schema: dict[str, pl.DataType]) -> pl.DataFrame:
-    """Select the schema's columns in order, casting; columns the frame lacks become NULL."""
-    if frame is None:
-        return pl.DataFrame(schema=schema)
-    exprs = [
-        (pl.col(name) if name in frame.columns else pl.lit(None)).cast(dtype).alias(name)
-        for name, dtype in schema.items()
-    ]
-    return frame.select(exprs)
 
 
 def compute_state(
@@ -93,10 +99,10 @@ def compute_state(
 ) -> pl.DataFrame:
     """One row per invoice that failed a payment (STATE_SCHEMA), as of `now`."""
     now = utc(now)
-    inv = _conform(invoices, INVOICE_SCHEMA)
-    failures = _conform(failures, FAILURE_SCHEMA).group_by("invoice_id").agg(
+    inv = conform(invoices, INVOICE_SCHEMA)
+    failures = conform(failures, FAILURE_SCHEMA).group_by("invoice_id").agg(
         pl.col("first_failed_at").min().alias("event_failed_at"))
-    prev = _conform(previous, STATE_SCHEMA).select(
+    prev = conform(previous, STATE_SCHEMA).select(
         "invoice_id",
         pl.col("state").alias("prev_state"),
         pl.col("step_index").alias("prev_step_index"),
@@ -105,14 +111,14 @@ def compute_state(
         pl.col("entered_at").alias("prev_entered_at"),
         pl.col("closed_at").alias("prev_closed_at"),
     )
-    done = _conform(performed, PERFORMED_SCHEMA).filter(pl.col("status").is_in(["done", "skipped"]))
+    done = conform(performed, PERFORMED_SCHEMA).filter(pl.col("status").is_in(["done", "skipped"]))
     done = done.group_by("invoice_id").agg(
         pl.col("step_index").max().alias("performed_step"),
         ((pl.col("action") == "write_off") & (pl.col("status") == "done")).any().alias("written_off_by_us"),
         ((pl.col("action") == "retry") & (pl.col("status") == "done") & (pl.col("outcome") == "paid"))
         .any().alias("paid_by_us"),
     )
-    plan_of = _conform(plans, PLAN_SCHEMA).unique("customer_id", keep="last")
+    plan_of = conform(plans, PLAN_SCHEMA).unique("customer_id", keep="last")
     override_names = list(policy.plans)
 
     df = (
@@ -246,55 +252,36 @@ def compute_state(
             policy_hash=pl.lit(policy.content_hash),
         )
     )
-    state = _conform(df, STATE_SCHEMA)
+    state = conform(df, STATE_SCHEMA)
     # An invoice missing from this read of stripe_invoices keeps its last state: nothing is lost.
-    carried = _conform(previous, STATE_SCHEMA).join(inv.select("invoice_id"), on="invoice_id", how="anti")
+    carried = conform(previous, STATE_SCHEMA).join(inv.select("invoice_id"), on="invoice_id", how="anti")
     return pl.concat([state, carried]).sort("invoice_id")
 
 
 # --- reading the inputs from the warehouse -------------------------------------------------------
 
-def _table_exists(con: duckdb.DuckDBPyConnection, table: str) -> bool:
-    return bool(con.execute(
-        "SELECT count(*) FROM information_schema.tables WHERE table_name = ? AND table_schema = current_schema()",
-        [table],
-    ).fetchone()[0])
-
-
-def _columns(con: duckdb.DuckDBPyConnection, table: str) -> set[str]:
-    rows = con.execute(
-        "SELECT column_name FROM information_schema.columns WHERE table_name = ? AND table_schema = current_schema()",
-        [table],
-    ).fetchall()
-    return {r[0] for r in rows}
-
-
-def _read(con: duckdb.DuckDBPyConnection, sql: str, params: list | tuple = ()) -> pl.DataFrame:
-    return pl.from_arrow(con.execute(sql, list(params)).to_arrow_table())  # type: ignore[return-value]
-
-
 def read_invoices(con: duckdb.DuckDBPyConnection) -> pl.DataFrame:
     """The reconciled `stripe_invoices` (empty when the webhooks part has not created it yet)."""
-    if not _table_exists(con, "stripe_invoices"):
+    if not table_exists(con, "stripe_invoices"):
         return pl.DataFrame(schema=INVOICE_SCHEMA)
-    have = _columns(con, "stripe_invoices")
+    have = table_columns(con, "stripe_invoices")
     cols = ", ".join(f'"{c}"' for c in INVOICE_SCHEMA if c in have)
-    return _conform(_read(con, f"SELECT {cols} FROM stripe_invoices"), INVOICE_SCHEMA)
+    return conform(read_frame(con, f"SELECT {cols} FROM stripe_invoices"), INVOICE_SCHEMA)
 
 
 def read_failures(con: duckdb.DuckDBPyConnection) -> pl.DataFrame:
     """The first failed payment time per invoice: the earliest failed attempt in
     `stripe_payment_attempts` or `invoice.payment_failed` event in `stripe_webhook_events`."""
     parts = []
-    if _table_exists(con, "stripe_payment_attempts"):
-        parts.append(_read(
+    if table_exists(con, "stripe_payment_attempts"):
+        parts.append(read_frame(
             con,
             "SELECT invoice_id, min(attempted_at) AS first_failed_at FROM stripe_payment_attempts"
             " WHERE outcome = ? GROUP BY invoice_id",
             ["failed"],
         ))
-    if _table_exists(con, "stripe_webhook_events"):
-        parts.append(_read(
+    if table_exists(con, "stripe_webhook_events"):
+        parts.append(read_frame(
             con,
             "SELECT object_id AS invoice_id, min(created) AS first_failed_at FROM stripe_webhook_events"
             " WHERE type = ? AND object_id IS NOT NULL GROUP BY object_id",
@@ -302,7 +289,7 @@ def read_failures(con: duckdb.DuckDBPyConnection) -> pl.DataFrame:
         ))
     if not parts:
         return pl.DataFrame(schema=FAILURE_SCHEMA)
-    frame = pl.concat([_conform(p, FAILURE_SCHEMA) for p in parts])
+    frame = pl.concat([conform(p, FAILURE_SCHEMA) for p in parts])
     return frame.group_by("invoice_id").agg(pl.col("first_failed_at").min())
 
 
@@ -312,9 +299,9 @@ def read_plans(con: duckdb.DuckDBPyConnection, now: datetime) -> pl.DataFrame | 
     Accepts a table with customer_id and plan, and optionally plan_effective_from (the latest
     assignment effective by `now` wins). Returns None when there is no such table.
     """
-    if not _table_exists(con, "customer_plans"):
+    if not table_exists(con, "customer_plans"):
         return None
-    have = _columns(con, "customer_plans")
+    have = table_columns(con, "customer_plans")
     if not {"customer_id", "plan"} <= have:
         return None
     if "plan_effective_from" in have:
@@ -322,17 +309,17 @@ def read_plans(con: duckdb.DuckDBPyConnection, now: datetime) -> pl.DataFrame | 
             "SELECT customer_id, arg_max(plan, plan_effective_from) AS plan FROM customer_plans"
             " WHERE CAST(plan_effective_from AS DATE) <= CAST(? AS DATE) GROUP BY customer_id"
         )
-        return _conform(_read(con, sql, [utc(now).date()]), PLAN_SCHEMA)
-    return _conform(_read(con, "SELECT DISTINCT customer_id, plan FROM customer_plans"), PLAN_SCHEMA)
+        return conform(read_frame(con, sql, [utc(now).date()]), PLAN_SCHEMA)
+    return conform(read_frame(con, "SELECT DISTINCT customer_id, plan FROM customer_plans"), PLAN_SCHEMA)
 
 
 def read_previous(con: duckdb.DuckDBPyConnection) -> pl.DataFrame:
-    return _conform(_read(con, "SELECT * FROM dunning_state"), STATE_SCHEMA)
+    return conform(read_frame(con, "SELECT * FROM dunning_state"), STATE_SCHEMA)
 
 
 def read_performed(con: duckdb.DuckDBPyConnection) -> pl.DataFrame:
-    return _conform(
-        _read(con, "SELECT invoice_id, step_index, action, status, outcome FROM dunning_actions"),
+    return conform(
+        read_frame(con, "SELECT invoice_id, step_index, action, status, outcome FROM dunning_actions"),
         PERFORMED_SCHEMA,
     )
 
@@ -348,8 +335,6 @@ def current_state(con: duckdb.DuckDBPyConnection, policy: DunningPolicy, now: da
 
 def refresh_state(con: duckdb.DuckDBPyConnection, policy: DunningPolicy, now: datetime) -> pl.DataFrame:
     """Recompute `dunning_state` and replace the table in one transaction. Returns the new state."""
-    from metering.warehouse import replace_rows
-
     state = current_state(con, policy, now)
     replace_rows(con, "dunning_state", "TRUE", [], state)
     return state

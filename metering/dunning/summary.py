@@ -15,9 +15,8 @@ from __future__ import annotations
 import polars as pl
 
 from metering.dunning.money import minor_to_text_expr
-from metering.dunning.state import (
-    IN_DUNNING, NOT_IN_DUNNING, RECOVERED, STATE_SCHEMA, VOID, WRITTEN_OFF, _conform,
-)
+from metering.dunning.frames import conform
+from metering.dunning.state import IN_DUNNING, NOT_IN_DUNNING, RECOVERED, STATE_SCHEMA, VOID, WRITTEN_OFF
 
 CATEGORY_ORDER = {"in_dunning": 0, "at_risk": 1, "recovered": 2, "written_off": 3, "void": 4, "below_minimum": 5}
 SUMMARY_SCHEMA: dict[str, pl.DataType] = {
@@ -28,7 +27,7 @@ SUMMARY_SCHEMA: dict[str, pl.DataType] = {
 
 def dunning_summary(state: pl.DataFrame) -> pl.DataFrame:
     """The finance view of a `dunning_state` frame (SUMMARY_SCHEMA), sorted by currency and category."""
-    s = _conform(state, STATE_SCHEMA)
+    s = conform(state, STATE_SCHEMA)
     amount = (
         pl.when(pl.col("state") == RECOVERED).then(pl.col("amount_paid"))
         .when(pl.col("state") == VOID).then(pl.col("amount_due"))
@@ -57,7 +56,7 @@ def dunning_summary(state: pl.DataFrame) -> pl.DataFrame:
         .agg(pl.len().cast(pl.Int64).alias("invoices"), pl.col("amount_minor").sum())
     )
     out = pl.concat([by_step, at_risk, closed], how="diagonal_relaxed")
-    out = _conform(out, SUMMARY_SCHEMA).with_columns(
+    out = conform(out, SUMMARY_SCHEMA).with_columns(
         amount=minor_to_text_expr("amount_minor", "currency"),
         _order=pl.col("category").replace_strict(CATEGORY_ORDER, default=9, return_dtype=pl.Int8),
     )

@@ -19,7 +19,8 @@ import polars as pl
 
 from metering import config
 from metering.dunning.money import minor_to_text_expr
-from metering.dunning.state import IN_DUNNING, STATE_SCHEMA, TS, WRITTEN_OFF, _conform, utc
+from metering.dunning.frames import conform
+from metering.dunning.state import IN_DUNNING, STATE_SCHEMA, TS, WRITTEN_OFF, utc
 from metering.warehouse import replace_rows
 
 SUSPENDED_STATES = (IN_DUNNING, WRITTEN_OFF)
@@ -43,7 +44,7 @@ def compute_suspensions(state: pl.DataFrame, ledger: pl.DataFrame, now: datetime
         ledger.filter((pl.col("action") == "suspend") & (pl.col("status") == "done"))
         .select("invoice_id", pl.col("completed_at").alias("suspended_at"))
         .join(
-            _conform(state, STATE_SCHEMA).filter(pl.col("state").is_in(SUSPENDED_STATES)),
+            conform(state, STATE_SCHEMA).filter(pl.col("state").is_in(SUSPENDED_STATES)),
             on="invoice_id", how="inner",
         )
         .with_columns(stripe_customer=pl.coalesce("stripe_customer", "customer_id"))
@@ -62,7 +63,7 @@ def compute_suspensions(state: pl.DataFrame, ledger: pl.DataFrame, now: datetime
             published_at=pl.lit(utc(now), dtype=TS),
         )
     )
-    return _conform(out, SUSPENSION_SCHEMA).sort("stripe_customer", "currency")
+    return conform(out, SUSPENSION_SCHEMA).sort("stripe_customer", "currency")
 
 
 def _replace_file(path: Path, data: bytes) -> None:

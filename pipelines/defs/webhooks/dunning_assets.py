@@ -10,7 +10,7 @@ The Stripe client comes from `DunningStripeClient` (resource key `dunning_stripe
 """
 
 
-from datetime import datetime, timezone
+from datetime import datetime
 from pathlib import Path
 
 import dagster as dg
@@ -20,9 +20,8 @@ import stripe
 from metering.dunning.actions import read_ledger
 from metering.dunning.policy import load_policy
 from metering.dunning.run import act_and_publish
-from metering.dunning.state import refresh_state
+from metering.dunning.state import parse_clock, read_previous, refresh_state
 from metering.dunning.summary import dunning_summary
-from metering.errors import BadInputError
 from pipelines.resources import WAREHOUSE_POOL, ProjectPaths, WarehouseResource
 
 GROUP = "dunning"
@@ -55,13 +54,7 @@ class DunningStripeClient(dg.ConfigurableResource):
 
 
 def _now(config: DunningConfig) -> datetime:
-    if not config.now:
-        return datetime.now(timezone.utc)
-    try:
-        value = datetime.fromisoformat(config.now.replace("Z", "+00:00"))
-    except ValueError:
-        raise BadInputError(f"dunning config now: {config.now!r} is not an ISO 8601 time") from None
-    return value.replace(tzinfo=timezone.utc) if value.tzinfo is None else value.astimezone(timezone.utc)
+    return parse_clock(config.now, where="dunning config now")
 
 
 def _folder(paths: ProjectPaths, name: str) -> Path | None:
@@ -141,7 +134,7 @@ def dunning_actions(
     policy = load_policy(paths.rules)
     now = _now(config)
     with warehouse.get_connection() as con:
-        state = pl.from_arrow(con.execute("SELECT * FROM dunning_state").to_arrow_table())
+        state = read_previous(con)
         report, suspensions, sent = act_and_publish(
             con, dunning_stripe.client(), policy, state, now,  # type: ignore[arg-type]
             outbox_folder=_folder(paths, "outbox"), published_folder=_folder(paths, "published"),

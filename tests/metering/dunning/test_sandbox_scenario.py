@@ -20,7 +20,6 @@ from pathlib import Path
 
 import duckdb
 import pytest
-import stripe
 
 from metering import warehouse
 from metering.dunning.policy import DunningPolicy, load_policy
