@@ -189,7 +189,10 @@ def reconcile_usage(
         .when(abs_diff > 0).then(pl.lit("within_tolerance"))
         .otherwise(pl.lit("matched"))
     )
-    frame = frame.with_columns(status=status)
+    # a meter nobody rated, pushed, metered or invoiced for this customer (e.g. not in its plan) says nothing
+    empty = (pl.col("our_amount_minor").is_null() & (ours_q == zero) & (pushed_q == zero)
+             & (stripe_q == zero) & pl.col("line_count").is_null() & (pl.col("meter_status") != "pending").fill_null(True))
+    frame = frame.filter(~empty).with_columns(status=status)
     amounts = pl.format(
         "rated {}{} vs invoiced {} ({} minor units, diff {})",
         ours_amt,

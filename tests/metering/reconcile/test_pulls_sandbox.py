@@ -1,0 +1,113 @@
+"""Pulls against the real local Stripe sandbox through the official SDK (over loopback HTTP).
+
+One customer on a test clock from 2026-10-01, api_calls (sum, day windows) at 0.2 cents per call and
+seats (last). Usage: api_calls 1000 on Oct 1 + 500 on Oct 2; seats 5 on Oct 3, then 7 on Oct 5.
+Stripe's invoice for October: 1500 x 0.2 = 300 cents for api_calls, 7 x 1000 = 7000 for seats.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from decimal import Decimal as D
+
+import polars as pl
+
+from metering import warehouse
+from metering.reconcile.pulls import pull_stripe_state
+from metering.reconcile.settings import ReconcileSettings
+from metering.warehouse import insert_frame
+
+MONTH = dt.date(2026, 10, 1)
+
+
+def _ts(text: str) -> int:
+    return int(dt.datetime.fromisoformat(text).replace(tzinfo=dt.UTC).timestamp())
+
+
+def _stripe_month(client) -> tuple[str, str]:
+    clock = client.v1.test_helpers.test_clocks.create({"frozen_time": _ts("2026-10-01T00:00:00")})
+    customer = client.v1.customers.create({"name": "Acme", "metadata": {"customer_id": "cus_1"}, "test_clock": clock.id})
+    items = []
+    for meter, formula, price in (("api_calls", "sum", {"unit_amount_decimal": "0.2"}), ("seats", "last", {"unit_amount": 1000})):
+        m = client.v1.billing.meters.create({
+            "display_name": meter, "event_name": f"metering_{meter}", "default_aggregation": {"formula": formula},
+            "customer_mapping": {"type": "by_id", "event_payload_key": "stripe_customer_id"},
+            "value_settings": {"event_payload_key": "value"}, "event_time_window": "day"})
+        product = client.v1.products.create({"name": meter})
+        p = client.v1.prices.create({"currency": "usd", "product": product.id, **price,
+                                     "recurring": {"interval": "month", "usage_type": "metered", "meter": m.id}})
+        items.append({"price": p.id})
+    client.v1.subscriptions.create({"customer": customer.id, "items": items, "metadata": {"customer_id": "cus_1"},
+                                    "billing_cycle_anchor": _ts("2026-11-01T00:00:00")})
+    client.v1.test_helpers.test_clocks.advance(clock.id, {"frozen_time": _ts("2026-10-06T00:00:00")})
+    for event_name, value, when in (("metering_api_calls", "1000", "2026-10-01T10:00:00"),
+                                    ("metering_api_calls", "500", "2026-10-02T10:00:00"),
+                                    ("metering_seats", "5", "2026-10-03T10:00:00"),
+                                    ("metering_seats", "7", "2026-10-05T10:00:00")):
+        client.v1.billing.meter_events.create({"event_name": event_name, "timestamp": _ts(when),
+                                               "payload": {"stripe_customer_id": customer.id, "value": value},
+                                               "identifier": f"{event_name}-{when}"})
+    client.v1.test_helpers.test_clocks.advance(clock.id, {"frozen_time": _ts("2026-11-01T02:00:00")})
+    return customer.id, clock.id
+
+
+def _periods(con) -> None:
+    insert_frame(con, "invoice_previews", pl.DataFrame([dict(
+        customer_id="cus_1", period_start=dt.date(2026, 10, 1), period_end=dt.date(2026, 11, 1), currency="usd",
+        total_minor=7300, total=D("73.00"), lines=2, rated_at=dt.datetime(2026, 11, 2, tzinfo=dt.UTC))]).with_columns(
+        pl.col("total").cast(pl.Decimal(38, 2))))
+
+
+def test_pull_summaries_invoices_and_lines(stripe_sandbox, isolated_env):
+    client = stripe_sandbox.client()
+    cus, _ = _stripe_month(client)
+    with warehouse.open_warehouse() as con:
+        _periods(con)
+        result = pull_stripe_state(con, client, MONTH, meters=["api_calls", "seats"],
+                                   settings=ReconcileSettings(settle_seconds=0))
+        again = pull_stripe_state(con, client, MONTH, meters=["api_calls", "seats"],
+                                  settings=ReconcileSettings(settle_seconds=0))
+        stored = con.execute("SELECT count(*) FROM stripe_meter_summaries").fetchone()[0]
+    s = result.summaries
+    period = {r["meter"]: r["aggregated_value"] for r in s.filter(grain="period").iter_rows(named=True)}
+    assert period == {"api_calls": D(1500), "seats": D(7)}
+    days = s.filter(grain="day", meter="api_calls").filter(pl.col("aggregated_value") != 0)
+    assert [(r["window_start"].date(), r["aggregated_value"]) for r in days.iter_rows(named=True)] == [
+        (dt.date(2026, 10, 1), D(1000)), (dt.date(2026, 10, 2), D(500))]
+    assert set(s["stripe_customer_id"]) == {cus} and set(s["status"]) == {"settled"}
+    assert set(s.filter(meter="seats")["formula"]) == {"last"}
+
+    # the subscription_create invoice carries empty (zero-length, zero-amount) metered lines too
+    assert result.lines.filter(pl.col("period_start") == pl.col("period_end"))["amount"].to_list() == [0, 0]
+    cycle = result.lines.filter(pl.col("meter").is_not_null(), pl.col("period_start") < pl.col("period_end"))
+    got = {r["meter"]: (r["quantity_decimal"], r["amount"]) for r in cycle.iter_rows(named=True)}
+    assert got == {"api_calls": (D(1500), 300), "seats": (D(7), 7000)}
+    assert set(cycle["customer_id"]) == {"cus_1"}
+    closing = result.invoices.filter(pl.col("invoice_id") == cycle["invoice_id"][0]).row(0, named=True)
+    assert (closing["customer_id"], closing["total"], closing["status"] in ("open", "paid")) == ("cus_1", 7300, True)
+    # a second pull replaces the month, never duplicates
+    assert stored == s.height == again.summaries.height
+    assert result.api_calls > 0
+
+
+def test_settle_guard_marks_pending_after_a_recent_push(stripe_sandbox, isolated_env):
+    client = stripe_sandbox.client()
+    _stripe_month(client)
+    now = dt.datetime(2026, 11, 2, 12, 0, tzinfo=dt.UTC)
+    with warehouse.open_warehouse() as con:
+        _periods(con)
+        con.execute(
+            """INSERT INTO stripe_push_ledger (customer_id, meter, window_start, window_end, revision, value, identifier,
+               idempotency_key, status, attempts, last_attempt_at, created_at, window_kind, event_date, event_name,
+               event_timestamp, updated_at)
+               VALUES ('cus_1', 'api_calls', TIMESTAMPTZ '2026-10-02 00:00:00+00', TIMESTAMPTZ '2026-10-03 00:00:00+00',
+               1, 500, 'i', 'k', 'acknowledged', 1, ?, ?, 'day', DATE '2026-10-02', 'metering_api_calls', ?, ?)""",
+            [now - dt.timedelta(seconds=40), now, now, now])
+        result = pull_stripe_state(con, client, MONTH, meters=["api_calls", "seats"],
+                                   settings=ReconcileSettings(settle_seconds=900), now=now)
+    pending = result.summaries.filter(status="pending")
+    assert pending.select("meter", "status_reason").rows() == [
+        ("api_calls", "last acknowledged push 40 s ago < settle delay 900 s")]
+    assert pending["aggregated_value"].to_list() == [None]
+    # seats had no recent push: pulled as usual
+    assert result.summaries.filter(meter="seats", grain="period")["aggregated_value"].to_list() == [D(7)]

@@ -1,0 +1,47 @@
+"""The Dagster layer (pipelines/defs/reconciliation): real materialize, blocking check stops the report."""
+
+from __future__ import annotations
+
+import dagster as dg
+from recon_scenario import write_scenario
+
+from metering import warehouse
+from pipelines.defs.reconciliation.assets import UNEXPLAINED_CHECK, finance_report, usage_reconciliation
+from pipelines.resources import ProjectPaths, WarehouseResource
+
+PARTITION = "2026-10-01"
+
+
+def _run(isolated_env, max_unexplained: int) -> dg.ExecuteInProcessResult:
+    with warehouse.open_warehouse() as con:
+        write_scenario(con)
+    with dg.instance_for_test() as instance:
+        return dg.materialize(
+            [usage_reconciliation, finance_report],
+            partition_key=PARTITION,
+            instance=instance,
+            resources={"warehouse": WarehouseResource(), "paths": ProjectPaths(data_dir=str(isolated_env))},
+            run_config={"ops": {"usage_reconciliation": {"config": {"max_unexplained_minor": max_unexplained}}}},
+            raise_on_error=False,
+        )
+
+
+def test_blocking_check_stops_the_report_when_unexplained_money_exceeds_threshold(isolated_env):
+    result = _run(isolated_env, max_unexplained=0)
+    assert not result.success
+    [evaluation] = result.get_asset_check_evaluations()
+    assert (evaluation.check_name, evaluation.passed) == (UNEXPLAINED_CHECK, False)
+    assert evaluation.metadata["unexplained_minor/usd"].value == 125
+    assert result.asset_materializations_for_node("finance_report") == []
+    assert not (isolated_env / "reports" / "2026-10").exists()
+
+
+def test_report_written_when_within_threshold(isolated_env):
+    result = _run(isolated_env, max_unexplained=125)
+    assert result.success
+    [mat] = result.asset_materializations_for_node("usage_reconciliation")
+    assert mat.metadata["dagster/row_count"].value == 4
+    assert mat.metadata["status/amount_mismatch"].value == 1
+    [report] = result.asset_materializations_for_node("finance_report")
+    assert report.metadata["usd/money_at_risk_minor"].value == 125
+    assert (isolated_env / "reports" / "2026-10" / "report.html").exists()
