@@ -25,7 +25,7 @@ def _fault(value: str) -> dict:
 @click.option("--api-key", envvar="STRIPE_SANDBOX_API_KEY", default=None,
               help="Accept only this key (default: any key starting sk_test_). Env: STRIPE_SANDBOX_API_KEY.")
 @click.option("--state", "state_file", type=click.Path(dir_okay=False), default=None,
-              help="Persist state to this JSON file (loaded at start, saved every second and on exit).")
+              help="Persist state to this JSON file (loaded at start, saved every 5 s and on exit).")
 @click.option("--grace-period", type=int, default=3600, show_default=True,
               help="Seconds a period-end invoice stays draft before it is finalized.")
 @click.option("--webhook-retry-delays", default="5,30,120", show_default=True,

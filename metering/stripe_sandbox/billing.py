@@ -460,7 +460,6 @@ def close_period(state: State, sub: dict[str, Any], at: int) -> dict[str, Any]:
     for item_id in sub["_items"]:
         item = state.get("subscription_item", item_id)
         if item is not None and item.get("_ended") is None:
-            previous.setdefault("items", {"object": "list"})
             item["current_period_start"], item["current_period_end"] = end, next_end
     state.dirty = True
     state.record_event("customer.subscription.updated", sub, previous)

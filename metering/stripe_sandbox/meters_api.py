@@ -202,7 +202,7 @@ def create_meter_event(state: State, req: Request) -> dict[str, Any]:
     elif state.get("customer", customer_id) is None:
         state.meter_errors.append({"type": "customer_not_found", "identifier": identifier, "customer": customer_id})
     else:
-        state.meter_events.setdefault(event_name, []).append(record)
+        state.meter_events.setdefault(event_name, {}).setdefault(customer_id, []).append(record)
     state.identifiers[identifier] = record
     state.dirty = True
     return {
@@ -248,8 +248,8 @@ def counted_events(state: State, meter: dict[str, Any], customer: str, start: in
     """The events that count for ``customer`` in ``[start, end)`` after cancellations and window overwrite."""
     records = [
         r
-        for r in state.meter_events.get(meter["event_name"], ())
-        if r["customer"] == customer and not r["canceled"] and start <= r["timestamp"] < end
+        for r in state.meter_events.get(meter["event_name"], {}).get(customer, ())
+        if not r["canceled"] and start <= r["timestamp"] < end
     ]
     window = meter.get("event_time_window")
     if window:

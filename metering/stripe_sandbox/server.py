@@ -107,7 +107,7 @@ class StripeSandbox:
             self.state.save(self.config.state_file)
 
     def _save_loop(self) -> None:
-        while not self._stop.wait(1.0):
+        while not self._stop.wait(self.config.save_interval):
             if self.state.dirty:
                 try:
                     self.save()

@@ -38,6 +38,7 @@ class SandboxConfig:
     now: int | None = None  # freeze the sandbox clock at this unix time
     seed: int | None = None  # seeds fault rates
     faults: list[dict[str, Any]] = field(default_factory=list)
+    save_interval: float = 5.0  # seconds between state-file saves while serving
 
 
 class Clock:
@@ -88,7 +89,7 @@ class State:
     def reset(self) -> None:
         with self.lock:
             self.objects: dict[str, dict[str, dict[str, Any]]] = {kind: {} for kind in KINDS.values()}
-            self.meter_events: dict[str, list[dict[str, Any]]] = {}  # event_name -> records
+            self.meter_events: dict[str, dict[str, list[dict[str, Any]]]] = {}  # event_name -> customer -> records
             self.identifiers: dict[str, dict[str, Any]] = {}  # identifier -> record
             self.meter_errors: list[dict[str, Any]] = []
             self.adjustments: list[dict[str, Any]] = []
@@ -172,7 +173,12 @@ class State:
     # -- persistence ---------------------------------------------------------------------------
     def snapshot(self) -> dict[str, Any]:
         with self.lock:
-            return copy.deepcopy(
+            return json.loads(self.dumps())
+
+    def dumps(self) -> str:
+        """The whole state as JSON text (taken under the lock)."""
+        with self.lock:
+            return json.dumps(
                 {
                     "version": 1,
                     "clock": self.clock.frozen,
@@ -184,17 +190,19 @@ class State:
                     "webhook_secrets": self.webhook_secrets,
                     "invoice_seq": self.invoice_seq,
                     "sequence": self.sequence,
-                }
+                },
+                sort_keys=True,
             )
 
     def save(self, path: str | os.PathLike[str]) -> None:
         """Write the state atomically (temp file + rename)."""
-        data = self.snapshot()
+        with self.lock:
+            text = self.dumps()
+            self.dirty = False
         target = Path(path)
         tmp = target.with_name(target.name + ".tmp")
-        tmp.write_text(json.dumps(data, sort_keys=True))
+        tmp.write_text(text)
         os.replace(tmp, target)
-        self.dirty = False
 
     def load(self, path: str | os.PathLike[str]) -> None:
         data = json.loads(Path(path).read_text())
@@ -211,7 +219,8 @@ class State:
             self.webhook_secrets = data["webhook_secrets"]
             self.invoice_seq = data["invoice_seq"]
             self.sequence = data["sequence"]
-            for records in self.meter_events.values():
-                for record in records:
-                    self.identifiers[record["identifier"]] = record
+            for by_customer in self.meter_events.values():
+                for records in by_customer.values():
+                    for record in records:
+                        self.identifiers[record["identifier"]] = record
             self.dirty = False
