@@ -4,7 +4,7 @@ HTML, the spreadsheet and the CSVs cannot disagree)."""
 from __future__ import annotations
 
 import datetime as dt
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from decimal import ROUND_HALF_UP, Decimal
 
 import duckdb
@@ -56,6 +56,7 @@ class ReportData:
     dunning: pl.DataFrame        # dunning_state rows, as stored (empty when none)
     dunning_state_column: str | None
     totals: list[CurrencyTotals]
+    dunning_finance: pl.DataFrame = field(default_factory=pl.DataFrame)  # metering.dunning.summary: currency x category (x step)
 
     @property
     def period_label(self) -> str:
@@ -108,7 +109,10 @@ class ReportData:
         for status, n in self.status_counts().items():
             rows.append((f"rows_{status}", "", str(n)))
         for state, n in self.dunning_summary():
-            rows.append((f"dunning_{state}", "", str(n)))
+            rows.append((f"dunning_invoices_{state}", "", str(n)))
+        if self.dunning_finance.height:
+            for r in self.dunning_finance.filter(pl.col("category") != "in_dunning").iter_rows(named=True):
+                rows.append((f"dunning_{r['category']}_minor", r["currency"], str(r["amount_minor"])))
         return rows
 
 
@@ -177,6 +181,11 @@ def load_report_data(
         [billing_month],
     )
     dunning, state_col = _dunning(con)
+    finance = pl.DataFrame()
+    if dunning.height:
+        from metering.dunning.summary import dunning_summary
+
+        finance = dunning_summary(dunning)
     return ReportData(
         billing_month=billing_month,
         generated_at=generated_at or dt.datetime.now(dt.UTC),
@@ -186,4 +195,5 @@ def load_report_data(
         dunning=dunning,
         dunning_state_column=state_col,
         totals=_currency_totals(lines, invoices),
+        dunning_finance=finance,
     )

@@ -139,13 +139,16 @@ def render_html(data: ReportData) -> str:
                if inv_rows else "<p>No invoices.</p>")
 
     out.append("<h2>Dunning</h2>")
-    summary = data.dunning_summary()
-    if summary:
-        out.append(_table([data.dunning_state_column or "state", "invoices"],
-                          [[escape(k), str(v)] for k, v in summary], {1}))
+    fin = data.dunning_finance
+    if fin.height:
+        out.append(_table(
+            ["currency", "category", "step", "invoices", "amount"],
+            [[escape(r["currency"].upper()), escape(r["category"]), escape(r["step_name"] or ""), str(r["invoices"]),
+              escape(fmt_money(r["amount_minor"], r["currency"]))] for r in fin.iter_rows(named=True)],
+            {3, 4}))
     if data.dunning.height:
         cols = data.dunning.columns
-        out.append("<details><summary>Dunning queue</summary>" + _table(
+        out.append("<details><summary>Invoices in the dunning state table</summary>" + _table(
             cols, [[escape("" if v is None else str(v)) for v in row] for row in data.dunning.iter_rows()]) + "</details>")
     else:
         out.append("<p>No invoices in dunning.</p>")

@@ -40,11 +40,15 @@ def frame_rows(frame: pl.DataFrame) -> tuple[list[str], list[list[Cell]]]:
 def report_tables(data: ReportData) -> dict[str, tuple[list[str], list[list[Cell]]]]:
     """sheet/CSV name -> (header, rows), in report order."""
     summary = (["metric", "currency", "value"], [list(r) for r in data.summary_rows()])
-    dunning = frame_rows(data.dunning) if data.dunning.width else (["state"], [])
+    from metering.dunning.summary import SUMMARY_SCHEMA
+
+    dunning = frame_rows(data.dunning_finance) if data.dunning_finance.width else (list(SUMMARY_SCHEMA), [])
+    queue = frame_rows(data.dunning) if data.dunning.width else (["invoice_id", "state"], [])
     return {
         "summary": summary,
         "lines": frame_rows(data.lines),
         "discrepancies": frame_rows(data.discrepancies),
         "invoices": frame_rows(data.invoices),
         "dunning": dunning,
+        "dunning_invoices": queue,
     }

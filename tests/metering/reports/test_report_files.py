@@ -44,7 +44,8 @@ def test_default_folder_is_data_reports_period(reconciled_warehouse, isolated_en
         files = write_report(con, MONTH, generated_at=NOW)
     assert files.folder == isolated_env / "reports" / "2026-10" == default_folder(MONTH)
     assert sorted(p.name for p in files.folder.iterdir()) == [
-        "discrepancies.csv", "dunning.csv", "invoices.csv", "lines.csv", "report.html", "report.xlsx", "summary.csv"]
+        "discrepancies.csv", "dunning.csv", "dunning_invoices.csv", "invoices.csv", "lines.csv", "report.html",
+        "report.xlsx", "summary.csv"]
 
 
 def test_files_equal_the_warehouse(reconciled_warehouse, tmp_path):
@@ -55,7 +56,7 @@ def test_files_equal_the_warehouse(reconciled_warehouse, tmp_path):
 
     # spreadsheet
     book = openpyxl.load_workbook(files.xlsx, read_only=True)
-    assert book.sheetnames == ["summary", "lines", "discrepancies", "invoices", "dunning"]
+    assert book.sheetnames == ["summary", "lines", "discrepancies", "invoices", "dunning", "dunning_invoices"]
     summary = {(m, c): v for m, c, v in list(book["summary"].iter_rows(values_only=True))[1:]}
     for cur, nums in expected.items():
         for metric, value in nums.items():
@@ -79,6 +80,19 @@ def test_files_equal_the_warehouse(reconciled_warehouse, tmp_path):
     qty_col = h.index("our_quantity")
     assert disc[1][qty_col] == "12"  # exact decimal text, trailing zeros dropped
 
+    # dunning: the finance summary of dunning_state, equal to the warehouse's amounts
+    with warehouse.open_warehouse(reconciled_warehouse, read_only=True) as con:
+        at_risk = con.execute("SELECT sum(amount_remaining) FROM dunning_state WHERE state = 'in_dunning'").fetchone()[0]
+        recovered = con.execute("SELECT sum(amount_paid) FROM dunning_state WHERE state = 'recovered'").fetchone()[0]
+    assert (at_risk, recovered) == (280, 375)
+    dun = list(book["dunning"].iter_rows(values_only=True))
+    dh = dun[0]
+    by_cat = {(r[dh.index("category")], r[dh.index("currency")]): r[dh.index("amount_minor")] for r in dun[1:]}
+    assert by_cat[("at_risk", "usd")] == at_risk and by_cat[("recovered", "usd")] == recovered
+    assert summary[("dunning_at_risk_minor", "usd")] == "280"
+    assert summary[("dunning_invoices_in_dunning", None)] == "1"
+    assert len(list(book["dunning_invoices"].iter_rows())) == 3
+
     # CSV equals the spreadsheet cell for cell (as text)
     with open(files.folder / "summary.csv", newline="") as fh:
         rows = list(csv.reader(fh))
@@ -95,7 +109,7 @@ def test_files_equal_the_warehouse(reconciled_warehouse, tmp_path):
     assert html.count("<svg") == 3  # usd + jpy customer charts, categories chart
     text = re.sub(r"<[^>]+>", " ", html)
     for phrase in ("172.00 USD", "162.76 USD", "-9.24 USD", "11.15 USD", "1.15 USD", "33.3%",
-                   "500 JPY", "100.0%", "usd: 1 minor unit(s) per line"):
+                   "500 JPY", "100.0%", "usd: 1 minor unit(s) per line", "at_risk", "2.80 USD", "3.75 USD"):
         assert phrase in text, phrase
     # discrepancies appear largest first
     section = html.split("Discrepancies (4)")[1].split("<h2>")[0]
