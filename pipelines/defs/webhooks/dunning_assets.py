@@ -4,9 +4,10 @@
 Imported by `pipelines/defs/webhooks/definitions.py` through `defs` (or `DUNNING_ASSETS`).
 No `from __future__ import annotations` here: Dagster resolves config annotations at runtime.
 
-The Stripe client comes from `DunningStripeClient` (resource key `dunning_stripe`), built from
-`STRIPE_API_KEY` / `STRIPE_API_BASE` by `metering.stripe.client`; the push part's shared
-`StripeResource` had not landed when this was written.
+The Stripe client comes from the push part's shared `StripeResource` (resource key `stripe`,
+declared by `pipelines/defs/stripe_push/definitions.py`; it is not re-declared here because Dagster
+refuses two resources under one key). Without a key or base URL, reminders and suspensions still
+run and Stripe steps wait (reported in the run's metadata).
 """
 
 
@@ -15,13 +16,14 @@ from pathlib import Path
 
 import dagster as dg
 import polars as pl
-import stripe
 
 from metering.dunning.actions import read_ledger
 from metering.dunning.policy import load_policy
 from metering.dunning.run import act_and_publish
 from metering.dunning.state import parse_clock, read_previous, refresh_state
 from metering.dunning.summary import dunning_summary
+from metering.errors import BadInputError
+from pipelines.defs.stripe_push.resources import StripeResource
 from pipelines.resources import WAREHOUSE_POOL, ProjectPaths, WarehouseResource
 
 GROUP = "dunning"
@@ -32,25 +34,6 @@ NO_PENDING_CHECK = "no_pending_actions"
 class DunningConfig(dg.Config):
     now: str = ""
     """The dunning clock as ISO 8601 (UTC when no offset); empty = the current time. For replays and tests."""
-
-
-class DunningStripeClient(dg.ConfigurableResource):
-    """A `stripe.StripeClient` from the environment (`STRIPE_API_KEY`, `STRIPE_API_BASE`); None when no key.
-
-    `api_base` overrides the base address (the local sandbox). The key is never a config field.
-    """
-
-    api_base: str = ""
-
-    def client(self) -> stripe.StripeClient | None:
-        from metering.stripe.client import make_client, settings_from_env
-
-        settings = settings_from_env(required=False)
-        if settings is None:
-            return None
-        if self.api_base:
-            settings = settings.with_base(self.api_base)
-        return make_client(settings)
 
 
 def _now(config: DunningConfig) -> datetime:
@@ -122,7 +105,7 @@ def dunning_actions(
     config: DunningConfig,
     warehouse: WarehouseResource,
     paths: ProjectPaths,
-    dunning_stripe: DunningStripeClient,
+    stripe: StripeResource,
 ) -> dg.MaterializeResult:
     """One row per (invoice, step) ever acted on: reminders rendered to the outbox, payment retries and
     write-offs sent to Stripe, suspensions; each performed exactly once (ledger row committed before
@@ -133,10 +116,15 @@ def dunning_actions(
     """
     policy = load_policy(paths.rules)
     now = _now(config)
+    try:
+        client = stripe.get_client()
+    except BadInputError as exc:
+        context.log.warning(f"no Stripe client, payment retries and write-offs wait: {exc}")
+        client = None
     with warehouse.get_connection() as con:
         state = read_previous(con)
         report, suspensions, sent = act_and_publish(
-            con, dunning_stripe.client(), policy, state, now,  # type: ignore[arg-type]
+            con, client, policy, state, now,
             outbox_folder=_folder(paths, "outbox"), published_folder=_folder(paths, "published"),
         )
         ledger = read_ledger(con)
@@ -175,9 +163,4 @@ dunning_schedule = dg.ScheduleDefinition(
     default_status=dg.DefaultScheduleStatus.STOPPED,
 )
 
-defs = dg.Definitions(
-    assets=DUNNING_ASSETS,
-    jobs=[dunning_job],
-    schedules=[dunning_schedule],
-    resources={"dunning_stripe": DunningStripeClient()},
-)
+defs = dg.Definitions(assets=DUNNING_ASSETS, jobs=[dunning_job], schedules=[dunning_schedule])

@@ -10,8 +10,9 @@ from dunning_helpers import DAY, NO_STRIPE_POLICY, T0, ensure_invoices_table, pu
 
 from metering import warehouse
 from pipelines.defs.webhooks.dunning_assets import (
-    ACTIONS_ONCE_CHECK, DUNNING_ASSETS, NO_PENDING_CHECK, DunningStripeClient, defs,
+    ACTIONS_ONCE_CHECK, DUNNING_ASSETS, NO_PENDING_CHECK, defs,
 )
+from pipelines.defs.stripe_push.resources import StripeResource
 from pipelines.resources import WAREHOUSE_POOL, ProjectPaths, WarehouseResource, default_resources
 
 
@@ -22,7 +23,7 @@ def _run(tmp_path: Path, now: str) -> dg.ExecuteInProcessResult:
         resources={
             "warehouse": WarehouseResource(path=str(tmp_path / "wh.duckdb")),
             "paths": ProjectPaths(rules_dir=str(tmp_path / "rules"), data_dir=str(tmp_path / "out")),
-            "dunning_stripe": DunningStripeClient(),
+            "stripe": StripeResource(),          # no key, no base URL: Stripe steps would wait
         },
         run_config={"ops": {"dunning_state": config, "dunning_actions": config}},
     )
@@ -56,4 +57,5 @@ def test_asset_specs() -> None:
         assert "duckdb" in next(iter(asset.specs)).kinds
         assert (asset.op.description or "").startswith("One row per")
     assert dg.AssetKey("stripe_invoices") in specs["dunning_state"].asset_deps[dg.AssetKey("dunning_state")]
-    dg.Definitions.validate_loadable(dg.Definitions.merge(defs, dg.Definitions(resources=default_resources())))
+    dg.Definitions.validate_loadable(dg.Definitions.merge(
+        defs, dg.Definitions(resources={**default_resources(), "stripe": StripeResource()})))
