@@ -16,7 +16,7 @@ from .api import (
     route,
     update_metadata,
 )
-from .apierrors import StripeAPIError, not_found
+from .apierrors import StripeAPIError
 from .store import State
 
 
@@ -130,11 +130,3 @@ def list_invoice_lines(state: State, req: Request, invoice: str) -> dict[str, An
     lines = [state.objects["line_item"][i] for i in obj["_lines"] if i in state.objects["line_item"]]
     page = paginate([state.render(line) for line in lines], req.params, f"/v1/invoices/{invoice}/lines")
     return page
-
-
-@route("GET", "/v1/invoices/{invoice}/lines/{line_item_id}")
-def retrieve_invoice_line(state: State, req: Request, invoice: str, line_item_id: str) -> dict[str, Any]:
-    obj = _invoice(state, invoice)
-    if line_item_id not in obj["_lines"]:
-        raise not_found("invoice line item", line_item_id)
-    return public(state, state.objects["line_item"][line_item_id], req.params)

@@ -142,3 +142,11 @@ def metered_price(client, event_name: str = "metering_api_calls", window: str | 
     body = {"currency": "usd", "product": product.id, "recurring": {"interval": "month", "usage_type": "metered", "meter": meter.id}}
     body.update(price or {"unit_amount": 25})
     return meter, client.v1.prices.create(body)
+
+
+def uncovered_routes(responses) -> list[str]:
+    """Sandbox API routes that no recorded response exercised."""
+    from metering.stripe_sandbox.api import ROUTES
+
+    hit = {(m, p) for m, p, _, _ in responses}
+    return [f"{method} {regex.pattern}" for method, regex, _ in ROUTES if not any(m == method and regex.match(p) for m, p in hit)]

@@ -10,7 +10,7 @@ import httpx
 import pytest
 import stripe
 
-from conftest import ts
+from conftest import ts, uncovered_routes
 from metering.stripe_sandbox import spec
 
 
@@ -143,6 +143,13 @@ def test_every_endpoint_through_the_sdk(sb, client):
     assert {e.type for e in events.data} >= {"invoice.created", "invoice.finalized", "invoice.paid"}
     assert client.v1.events.retrieve(events.data[0].id).id == events.data[0].id
 
+    _void_and_uncollectible(sb, client)
+    extra_item = client.v1.subscription_items.create({"subscription": sub.id, "price": per_unit.id})
+    assert extra_item.subscription == sub.id
+    draft = client.v1.invoices.list({"status": "draft"}).data
+    client.v1.test_helpers.test_clocks.advance(clock.id, {"frozen_time": ts("2026-12-01T00:10:00")})
+    draft = client.v1.invoices.list({"customer": customer.id, "status": "draft"}).data[0]
+    assert client.v1.invoices.delete(draft.id).deleted
     client.v1.billing.meters.deactivate(meter.id)
     client.v1.billing.meters.reactivate(meter.id)
     client.v1.subscription_items.delete(item.id)
@@ -150,12 +157,13 @@ def test_every_endpoint_through_the_sdk(sb, client):
     client.v1.webhook_endpoints.delete(endpoint.id)
     client.v1.customers.delete(customer.id)
     client.v1.test_helpers.test_clocks.delete(clock.id)
+    assert uncovered_routes(sb.recorder.responses) == []
 
 
-def test_void_and_uncollectible_through_the_sdk(sb, client):
+def _void_and_uncollectible(sb, client):
     start = ts("2026-10-01T00:00:00")
     clock = client.v1.test_helpers.test_clocks.create({"frozen_time": start})
-    meter, _, price = _catalog(client)
+    meter, _, price = _catalog(client, window="day")
     invoice_ids = []
     for name in ("a", "b"):
         customer = client.v1.customers.create({"name": name, "test_clock": clock.id})
@@ -165,7 +173,7 @@ def test_void_and_uncollectible_through_the_sdk(sb, client):
         )
         sb.set_payment_behavior(customer.id, "fails")
     client.v1.test_helpers.test_clocks.advance(clock.id, {"frozen_time": ts("2026-11-01T02:00:00")})
-    for invoice in client.v1.invoices.list({"status": "open"}).data:
+    for invoice in client.v1.invoices.list({"status": "open", "created": {"gte": ts("2026-11-01T00:00:00")}}).data:
         invoice_ids.append(invoice.id)
     assert len(invoice_ids) == 2
     assert client.v1.invoices.void_invoice(invoice_ids[0]).status == "void"
@@ -269,3 +277,90 @@ def test_spec_converter_handles_nullable_refs_and_strictness():
         spec.validate_object("customer", {"id": "cus_1", "object": "customer", "created": 1, "livemode": False, "invented": 1})
     spec.validate_object("customer", {"id": "cus_1", "object": "customer", "created": 1, "livemode": False})
     json.dumps(spec.load(True)[1]["customer"])  # the cached definitions are plain JSON
+
+
+def test_every_endpoint_over_raw_http(sb):
+    """The same tour with hand-written form bodies and query strings (httpx), no SDK involved."""
+    t0 = ts("2026-10-01T00:00:00")
+    auth = {"Authorization": f"Bearer {sb.api_key}"}
+    with httpx.Client(base_url=sb.base_url, headers=auth) as http:
+
+        def ok(method: str, path: str, **kwargs) -> dict:
+            response = http.request(method, path, **kwargs)
+            assert response.status_code == 200, (method, path, response.text)
+            return response.json()
+
+        clock = ok("POST", "/v1/test_helpers/test_clocks", data={"frozen_time": t0, "name": "raw"})
+        ok("GET", f"/v1/test_helpers/test_clocks/{clock['id']}")
+        ok("GET", "/v1/test_helpers/test_clocks")
+        hook = ok("POST", "/v1/webhook_endpoints", data={"url": "http://127.0.0.1:9/x", "enabled_events[]": "invoice.paid"})
+        ok("GET", f"/v1/webhook_endpoints/{hook['id']}")
+        ok("POST", f"/v1/webhook_endpoints/{hook['id']}", data={"description": "raw"})
+        ok("GET", "/v1/webhook_endpoints")
+        customer = ok("POST", "/v1/customers", data={"name": "Raw", "test_clock": clock["id"], "metadata[customer_id]": "raw"})
+        ok("GET", f"/v1/customers/{customer['id']}", params={"expand[]": "test_clock"})
+        ok("POST", f"/v1/customers/{customer['id']}", data={"email": "raw@example.com"})
+        ok("GET", "/v1/customers", params={"email": "raw@example.com"})
+        meter = ok("POST", "/v1/billing/meters", data={
+            "display_name": "Storage", "event_name": "metering_storage_gb", "default_aggregation[formula]": "last",
+            "customer_mapping[type]": "by_id", "customer_mapping[event_payload_key]": "stripe_customer_id",
+            "value_settings[event_payload_key]": "value", "event_time_window": "day"})
+        ok("GET", f"/v1/billing/meters/{meter['id']}")
+        ok("POST", f"/v1/billing/meters/{meter['id']}", data={"display_name": "Storage GB"})
+        ok("GET", "/v1/billing/meters")
+        product = ok("POST", "/v1/products", data={"name": "Storage"})
+        ok("GET", f"/v1/products/{product['id']}")
+        ok("POST", f"/v1/products/{product['id']}", data={"metadata[k]": "v"})
+        ok("GET", "/v1/products", params={"active": "true"})
+        price = ok("POST", "/v1/prices", data={
+            "currency": "usd", "product": product["id"], "unit_amount_decimal": "12.5", "lookup_key": "storage",
+            "recurring[interval]": "month", "recurring[usage_type]": "metered", "recurring[meter]": meter["id"]})
+        ok("GET", f"/v1/prices/{price['id']}", params={"expand[]": "product"})
+        ok("POST", f"/v1/prices/{price['id']}", data={"metadata[k]": "v"})
+        ok("GET", "/v1/prices", params={"lookup_keys[]": "storage"})
+        fee = ok("POST", "/v1/prices", data={"currency": "usd", "product": product["id"], "unit_amount": "500", "recurring[interval]": "month"})
+        sub = ok("POST", "/v1/subscriptions", data={
+            "customer": customer["id"], "items[0][price]": price["id"], "billing_cycle_anchor": ts("2026-11-01T00:00:00")})
+        ok("GET", f"/v1/subscriptions/{sub['id']}")
+        ok("POST", f"/v1/subscriptions/{sub['id']}", data={"metadata[customer_id]": "raw"})
+        ok("GET", "/v1/subscriptions", params={"status": "all"})
+        item = ok("POST", "/v1/subscription_items", data={"subscription": sub["id"], "price": fee["id"], "quantity": "2"})
+        ok("GET", f"/v1/subscription_items/{item['id']}")
+        ok("POST", f"/v1/subscription_items/{item['id']}", data={"quantity": "3"})
+        ok("GET", "/v1/subscription_items", params={"subscription": sub["id"]})
+        ok("POST", "/v1/billing/meter_events", data={
+            "event_name": "metering_storage_gb", "payload[stripe_customer_id]": customer["id"], "payload[value]": "7.25", "identifier": "raw-1"})
+        ok("POST", "/v1/billing/meter_events", data={
+            "event_name": "metering_storage_gb", "payload[stripe_customer_id]": customer["id"], "payload[value]": "9", "identifier": "raw-2"})
+        ok("POST", "/v1/billing/meter_event_adjustments", data={"event_name": "metering_storage_gb", "type": "cancel", "cancel[identifier]": "raw-2"})
+        summaries = ok("GET", f"/v1/billing/meters/{meter['id']}/event_summaries", params={
+            "customer": customer["id"], "start_time": t0, "end_time": t0 + 86400, "value_grouping_window": "day"})
+        assert [s["aggregated_value"] for s in summaries["data"]] == [7.25]
+        ok("POST", f"/v1/test_helpers/test_clocks/{clock['id']}/advance", data={"frozen_time": ts("2026-11-01T00:05:00")})
+        invoices = ok("GET", "/v1/invoices", params={"customer": customer["id"], "status": "draft"})["data"]
+        [draft] = invoices
+        # 7.25 GB x 12.5 cents = 90.625 -> 91, plus 3 x 5.00 in advance for November
+        assert draft["amount_due"] == 91 + 1500
+        ok("GET", f"/v1/invoices/{draft['id']}", params={"expand[]": "customer"})
+        ok("POST", f"/v1/invoices/{draft['id']}", data={"metadata[customer_id]": "raw"})
+        ok("GET", f"/v1/invoices/{draft['id']}/lines", params={"limit": "1"})
+        ok("POST", f"/v1/invoices/{draft['id']}/finalize", data={"auto_advance": "false"})
+        ok("POST", f"/v1/invoices/{draft['id']}/mark_uncollectible")
+        ok("POST", f"/v1/invoices/{draft['id']}/void")
+        ok("POST", f"/v1/test_helpers/test_clocks/{clock['id']}/advance", data={"frozen_time": ts("2026-12-01T00:05:00")})
+        [december] = ok("GET", "/v1/invoices", params={"customer": customer["id"], "status": "draft"})["data"]
+        ok("POST", f"/v1/invoices/{december['id']}/pay")
+        ok("POST", f"/v1/test_helpers/test_clocks/{clock['id']}/advance", data={"frozen_time": ts("2027-01-01T00:05:00")})
+        [january] = ok("GET", "/v1/invoices", params={"customer": customer["id"], "status": "draft"})["data"]
+        ok("DELETE", f"/v1/invoices/{january['id']}")
+        events = ok("GET", "/v1/events", params={"types[]": ["invoice.voided", "invoice.marked_uncollectible"]})["data"]
+        assert [e["type"] for e in events] == ["invoice.voided", "invoice.marked_uncollectible"]
+        ok("GET", f"/v1/events/{events[0]['id']}")
+        ok("POST", f"/v1/billing/meters/{meter['id']}/deactivate")
+        ok("POST", f"/v1/billing/meters/{meter['id']}/reactivate")
+        ok("DELETE", f"/v1/subscription_items/{item['id']}")
+        ok("DELETE", f"/v1/subscriptions/{sub['id']}")
+        ok("DELETE", f"/v1/webhook_endpoints/{hook['id']}")
+        ok("DELETE", f"/v1/customers/{customer['id']}")
+        ok("DELETE", f"/v1/test_helpers/test_clocks/{clock['id']}")
+    assert uncovered_routes(sb.recorder.responses) == []
