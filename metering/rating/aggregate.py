@@ -123,21 +123,29 @@ def assign_segments(partials: pl.DataFrame, segments: pl.DataFrame) -> pl.DataFr
 
     Rows outside every segment (no plan in force) are dropped here; `unassigned_usage` reports them.
     """
-    seg = segments.select("customer_id", "period_start", "segment_start", "segment_end", "plan", "plan_version")
-    day = pl.col("hour").dt.date()
-    return partials.join(seg, on="customer_id", how="inner").filter(
-        (day >= pl.col("segment_start")) & (day < pl.col("segment_end"))
+    utc = pl.Datetime("us", "UTC")
+    seg = segments.select(
+        "customer_id", "period_start", "segment_start", "segment_end", "plan", "plan_version",
+        _from=pl.col("segment_start").cast(utc), _to=pl.col("segment_end").cast(utc),
+    )
+    return (
+        partials.join(seg, on="customer_id", how="inner")
+        .filter((pl.col("hour") >= pl.col("_from")) & (pl.col("hour") < pl.col("_to")))
+        .drop("_from", "_to")
     )
 
 
 def charge_quantities(partials: pl.DataFrame, segments: pl.DataFrame, rules: Rules) -> pl.DataFrame:
     """Period quantities per (customer, period, segment, plan version, usage charge) from hourly rows."""
-    located = assign_segments(partials, segments)
-    mapping = charge_map(located.select("plan", "plan_version", "meter", "dimensions"), rules)
-    located = located.join(mapping, on=["plan", "plan_version", "meter", "dimensions"], how="inner")
+    combos = partials.select("meter", "dimensions").unique().join(
+        segments.select("plan", "plan_version").unique(), how="cross"
+    )
     kinds = pl.DataFrame({"meter": list(rules.meters), "aggregation": [m.aggregation for m in rules.meters.values()]},
                          schema={"meter": pl.String, "aggregation": pl.String})
-    located = located.join(kinds, on="meter", how="inner")
+    mapping = charge_map(combos.select("plan", "plan_version", "meter", "dimensions"), rules).join(kinds, on="meter")
+    located = assign_segments(partials, segments).join(
+        mapping, on=["plan", "plan_version", "meter", "dimensions"], how="inner"
+    )
     key = ["customer_id", "period_start", "segment_start", "plan", "plan_version", "charge_id"]
     agg = pl.col("aggregation")
     parts = [

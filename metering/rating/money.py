@@ -90,3 +90,21 @@ def to_decimal_string(value: pl.Expr, scale: int) -> pl.Expr:
     whole = (value // unit).cast(pl.String)
     frac = (value % unit).cast(pl.String).str.zfill(scale).str.strip_chars_end("0")
     return pl.when(frac == "").then(whole).otherwise(pl.concat_str([whole, pl.lit("."), frac]))
+
+
+def with_decimal_strings(frame: pl.DataFrame, columns: dict[str, tuple[str, int]]) -> pl.DataFrame:
+    """Add `out` = decimal string of Int128 column `src` at `scale`, for each out: (src, scale).
+
+    Same result as `to_decimal_string`, but each intermediate is computed once (two passes).
+    """
+    parts = []
+    for out, (src, scale) in columns.items():
+        unit = lit(10**scale)
+        parts += [(pl.col(src) // unit).cast(pl.String).alias(f"_{out}_w"),
+                  (pl.col(src) % unit).cast(pl.String).str.zfill(scale).str.strip_chars_end("0").alias(f"_{out}_f")]
+    frame = frame.with_columns(parts)
+    return frame.with_columns(
+        pl.when(pl.col(f"_{out}_f") == "").then(pl.col(f"_{out}_w"))
+        .otherwise(pl.concat_str([pl.col(f"_{out}_w"), pl.lit("."), pl.col(f"_{out}_f")])).alias(out)
+        for out in columns
+    ).drop([c for out in columns for c in (f"_{out}_w", f"_{out}_f")])

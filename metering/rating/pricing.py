@@ -69,18 +69,25 @@ def _tiered(lines: pl.DataFrame, tiers: pl.DataFrame) -> pl.DataFrame:
     t = money.checked_mul(t, "units_q12", "unit_p12", "usage_a24", "tier amount")
     t = t.with_columns(
         tier_a24=pl.col("usage_a24") + pl.when(pl.col("units_q12") > lit(0)).then(pl.col("flat_a24")).otherwise(lit(0))
-    ).sort("line_id", "tier")
+    )
+    amounts = t.group_by("line_id").agg(amount_a24=pl.col("tier_a24").sum())
+    # The audit JSON, built only for tiers the quantity reached (vectorised, then concatenated per line).
+    reached = money.with_decimal_strings(
+        t.filter(pl.col("units_q12") > lit(0)).sort("line_id", "tier"),
+        {"units_s": ("units_q12", money.QUANTITY_SCALE), "unit_s": ("unit_p12", money.PRICE_SCALE),
+         "flat_s": ("flat_a24", money.AMOUNT_SCALE), "amount_s": ("tier_a24", money.AMOUNT_SCALE)},
+    )
     tier_json = pl.concat_str([
-        pl.lit('{"tier":'), pl.col("tier").cast(pl.String),
-        pl.lit(',"units":"'), money.to_decimal_string(pl.col("units_q12"), money.QUANTITY_SCALE),
-        pl.lit('","unit_amount":"'), money.to_decimal_string(pl.col("unit_p12"), money.PRICE_SCALE),
-        pl.lit('","flat_amount":"'), money.to_decimal_string(pl.col("flat_a24"), money.AMOUNT_SCALE),
-        pl.lit('","amount":"'), money.to_decimal_string(pl.col("tier_a24"), money.AMOUNT_SCALE),
-        pl.lit('"}'),
+        pl.lit('{"tier":'), pl.col("tier").cast(pl.String), pl.lit(',"units":"'), pl.col("units_s"),
+        pl.lit('","unit_amount":"'), pl.col("unit_s"), pl.lit('","flat_amount":"'), pl.col("flat_s"),
+        pl.lit('","amount":"'), pl.col("amount_s"), pl.lit('"}'),
     ])
-    return t.group_by("line_id", maintain_order=True).agg(
-        amount_a24=pl.col("tier_a24").sum(),
-        tiers=pl.concat_str([pl.lit("["), tier_json.filter(pl.col("units_q12") > lit(0)).str.join(","), pl.lit("]")]),
+    breakdown = reached.with_columns(tier_json=tier_json).group_by("line_id", maintain_order=True).agg(
+        tiers=pl.col("tier_json").str.join(",")
+    )
+    return amounts.join(breakdown, on="line_id", how="left").select(
+        "line_id", "amount_a24",
+        tiers=pl.concat_str([pl.lit("["), pl.col("tiers").fill_null(""), pl.lit("]")]),
     )
 
 
