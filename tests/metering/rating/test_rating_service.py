@@ -1,0 +1,83 @@
+"""Warehouse-facing rating: partition writes, the preview totals check, rules_versions immutability."""
+
+from __future__ import annotations
+
+import datetime as dt
+import shutil
+from pathlib import Path
+
+import pytest
+
+from metering import warehouse
+from metering.customers import load_customers
+from metering.errors import BadInputError
+from metering.rating import service
+from metering.rules.plans import load_rules
+
+PROJECT_ROOT = Path(__file__).resolve().parents[3]
+OCT = dt.date(2026, 10, 1)
+NOW = dt.datetime(2026, 11, 2, tzinfo=dt.timezone.utc)
+
+
+@pytest.fixture
+def rated_db(tmp_path):
+    rules = load_rules(PROJECT_ROOT / "rating_rules")
+    csv = tmp_path / "customers.csv"
+    csv.write_text("customer_id,name,email,currency,billing_anchor_day,plan,plan_effective_from,payment_behavior\n"
+                   "a,A,a@a.test,usd,,starter,2026-01-01,succeeds\nb,B,b@b.test,usd,31,scale,2026-01-01,fails\n")
+    db = tmp_path / "wh.duckdb"
+    with warehouse.open_warehouse(db) as con:
+        warehouse.insert_frame(con, "customer_plans", load_customers(csv, rules))
+        rated, previews = service.rate_month(con, rules, OCT)
+        service.write_rated(con, OCT, rated, rules, NOW)
+        service.write_previews(con, OCT, previews, NOW)
+    return db, rules
+
+
+def test_previews_match_lines_and_tampering_is_caught(rated_db):
+    db, _ = rated_db
+    with warehouse.open_warehouse(db) as con:
+        assert service.preview_mismatches(con, OCT).height == 0
+        # starter: fee 19.00; scale (anchor 31: Oct 31 - Nov 30): fee 499 + minimum 2000
+        assert con.execute("SELECT customer_id, period_start, period_end, total_minor FROM invoice_previews "
+                           "ORDER BY 1").fetchall() == [
+            ("a", OCT, dt.date(2026, 11, 1), 1900), ("b", dt.date(2026, 10, 31), dt.date(2026, 11, 30), 249900)]
+        con.execute("UPDATE rated_usage SET amount_minor = amount_minor + 1 WHERE customer_id = 'b' AND charge = 'platform fee'")
+        bad = service.preview_mismatches(con, OCT)
+        assert bad.select("customer_id", "lines_minor", "total_minor").rows() == [("b", 249901, 249900)]
+
+
+def test_rewriting_a_partition_replaces_it(rated_db):
+    db, rules = rated_db
+    with warehouse.open_warehouse(db) as con:
+        before = service.fingerprint(service.read_rated(con, OCT))
+        rated, previews = service.rate_month(con, rules, OCT)
+        service.write_rated(con, OCT, rated, rules, NOW + dt.timedelta(days=1))
+        assert service.fingerprint(service.read_rated(con, OCT)) == before
+        assert con.execute("SELECT count(*) FROM rated_usage").fetchone()[0] == rated.height == 14
+
+
+def test_rated_versions_become_immutable(rated_db, tmp_path):
+    db, _ = rated_db
+    with warehouse.open_warehouse(db, read_only=True) as con:
+        hashes = service.rated_hashes(con)
+    assert set(hashes) == {("starter", "2026-01"), ("scale", "2026-01")}
+    root = tmp_path / "rules"
+    shutil.copytree(PROJECT_ROOT / "rating_rules", root)
+    scale = root / "plans" / "scale.yaml"
+    scale.write_text(scale.read_text().replace('amount: "499.00"', 'amount: "449.00"'))
+    with pytest.raises(BadInputError, match="version 2026-01 of plan scale has already rated usage"):
+        load_rules(root, rated_hashes=hashes)
+    # adding a new version instead is fine
+    scale.write_text((PROJECT_ROOT / "rating_rules" / "plans" / "scale.yaml").read_text() + """
+  - version: "2026-12"
+    effective_from: 2026-12-01
+    charges:
+      - {name: platform fee, model: flat, amount: "449.00"}
+""")
+    assert [v.version for v in load_rules(root, rated_hashes=hashes).plans["scale"].versions] == ["2026-01", "2026-12"]
+
+
+def test_months_touching_a_range():
+    assert service.months_touching(dt.date(2026, 1, 5), dt.date(2026, 2, 3)) == [
+        dt.date(2025, 12, 1), dt.date(2026, 1, 1), dt.date(2026, 2, 1)]
