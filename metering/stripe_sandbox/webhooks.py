@@ -34,15 +34,20 @@ def endpoint_wants(endpoint: dict[str, Any], event_type: str) -> bool:
 class Deliverer:
     """A background thread with a time-ordered queue of deliveries."""
 
-    def __init__(self, state: State) -> None:
+    def __init__(self, state: State, workers: int = 4) -> None:
         self.state = state
+        self.busy = 0
         self.queue: list[tuple[float, int, str, str, int]] = []  # due, seq, event, endpoint, attempt
         self.cond = threading.Condition()
         self.log: list[dict[str, Any]] = []
         self.seq = 0
         self.stopped = False
-        self.thread = threading.Thread(target=self._run, name="stripe-sandbox-webhooks", daemon=True)
-        self.thread.start()
+        # a few workers, as Stripe delivers concurrently (and without ordering guarantees)
+        self.threads = [
+            threading.Thread(target=self._run, name=f"stripe-sandbox-webhooks-{i}", daemon=True) for i in range(workers)
+        ]
+        for thread in self.threads:
+            thread.start()
 
     def enqueue(self, event: dict[str, Any]) -> None:
         """Called (under the state lock) for each new event."""
@@ -52,17 +57,18 @@ class Deliverer:
             for endpoint in endpoints:
                 self.seq += 1
                 heapq.heappush(self.queue, (time.monotonic(), self.seq, event["id"], endpoint["id"], 1))
-            self.cond.notify()
+            self.cond.notify_all()
 
     def idle(self) -> bool:
         with self.cond:
-            return not self.queue and not getattr(self, "busy", False)
+            return not self.queue and self.busy == 0
 
     def stop(self) -> None:
         with self.cond:
             self.stopped = True
-            self.cond.notify()
-        self.thread.join(timeout=5)
+            self.cond.notify_all()
+        for thread in self.threads:
+            thread.join(timeout=5)
 
     def clear(self) -> None:
         with self.cond:
@@ -78,12 +84,12 @@ class Deliverer:
                 if self.stopped:
                     return
                 _, _, event_id, endpoint_id, attempt = heapq.heappop(self.queue)
-                self.busy = True
+                self.busy += 1
             try:
                 self._deliver(event_id, endpoint_id, attempt)
             finally:
                 with self.cond:
-                    self.busy = False
+                    self.busy -= 1
 
     def _deliver(self, event_id: str, endpoint_id: str, attempt: int) -> None:
         with self.state.lock:
@@ -127,4 +133,4 @@ class Deliverer:
             with self.cond:
                 self.seq += 1
                 heapq.heappush(self.queue, (time.monotonic() + delays[attempt - 1], self.seq, event_id, endpoint_id, attempt + 1))
-                self.cond.notify()
+                self.cond.notify_all()

@@ -28,7 +28,9 @@ def test_deliveries_are_signed_like_stripe_and_verify_with_the_sdk(sb, client, r
     types = []
     for body, signature, _ in receiver.received:
         event = stripe.Webhook.construct_event(body, signature, endpoint.secret)
-        spec.validate_object("event", json.loads(body))
+        payload = json.loads(body)
+        spec.validate_object("event", payload)
+        spec.validate_object(payload["data"]["object"]["object"], payload["data"]["object"])
         types.append(event.type)
         with pytest.raises(stripe.SignatureVerificationError):
             stripe.Webhook.construct_event(body, signature, "whsec_wrong")
