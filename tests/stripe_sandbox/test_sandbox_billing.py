@@ -228,3 +228,27 @@ def test_licensed_items_are_charged_in_advance_and_prorated(sb, client):
     assert (first.billing_reason, first.status, first.amount_paid) == ("subscription_create", "paid", 1600)  # 16 of 31 days
     client.v1.test_helpers.test_clocks.advance(clock.id, {"frozen_time": NOV + 3600})
     assert _cycle_invoice(client, customer).amount_paid == 3100
+
+
+def test_cancel_at_period_end_bills_the_last_period_then_cancels(sb, client):
+    clock, meter, _, customer, sub = _setup(client)
+    client.v1.subscriptions.update(sub.id, {"cancel_at_period_end": True})
+    client.v1.test_helpers.test_clocks.advance(clock.id, {"frozen_time": OCT + 86400})
+    _usage(client, meter, customer, 8, OCT + 3600)
+    client.v1.test_helpers.test_clocks.advance(clock.id, {"frozen_time": NOV + 3600})
+    ended = client.v1.subscriptions.retrieve(sub.id)
+    assert (ended.status, ended.ended_at) == ("canceled", NOV)
+    assert _cycle_invoice(client, customer).amount_paid == 8 * 25
+    assert client.v1.events.list({"type": "customer.subscription.deleted"}).data[0].data.object.id == sub.id
+    client.v1.test_helpers.test_clocks.advance(clock.id, {"frozen_time": ts("2026-12-15T00:00:00")})
+    assert len([i for i in client.v1.invoices.list({"customer": customer.id}).data if i.billing_reason == "subscription_cycle"]) == 1
+
+
+def test_cancel_with_invoice_now_bills_usage_so_far(sb, client):
+    clock, meter, _, customer, sub = _setup(client)
+    client.v1.test_helpers.test_clocks.advance(clock.id, {"frozen_time": ts("2026-10-20T00:00:00")})
+    _usage(client, meter, customer, 3, OCT + 3600)
+    canceled = client.v1.subscriptions.cancel(sub.id, {"invoice_now": True})
+    assert canceled.status == "canceled"
+    invoice = _cycle_invoice(client, customer)
+    assert (invoice.period_end, invoice.amount_due) == (ts("2026-10-20T00:00:00"), 75)
