@@ -13,10 +13,14 @@ events, never on delivery order or duplicates (invariant I12):
 5. the event id (an arbitrary but fixed tie-break).
 
 All of it is whole-frame DuckDB SQL over `stripe_webhook_events`; each table is rebuilt in one
-delete-then-insert transaction. Money stays in integer minor units exactly as Stripe sends it.
+delete-then-insert transaction. Each event's JSON is parsed once, into a typed struct
+(`json_transform` with the shapes below): extracting field by field would re-parse the whole event
+for every field. Money stays in integer minor units exactly as Stripe sends it.
 """
 
 from __future__ import annotations
+
+import json
 
 import duckdb
 
@@ -34,6 +38,40 @@ PAYMENT_OUTCOMES = {
     "invoice.paid": ("succeeded", 2),
 }
 
+# The parts of each Stripe object we read (post-basil shapes). "JSON" keeps a value that may be an
+# id string or an expanded object; anything that does not fit its type becomes NULL.
+INVOICE_SHAPE = {
+    "id": "VARCHAR", "status": "VARCHAR", "customer": "JSON", "currency": "VARCHAR",
+    "amount_due": "BIGINT", "amount_paid": "BIGINT", "amount_remaining": "BIGINT", "total": "BIGINT",
+    "subtotal": "BIGINT", "attempt_count": "BIGINT", "next_payment_attempt": "BIGINT",
+    "period_start": "BIGINT", "period_end": "BIGINT", "created": "BIGINT",
+    "status_transitions": {"finalized_at": "BIGINT", "paid_at": "BIGINT",
+                           "marked_uncollectible_at": "BIGINT", "voided_at": "BIGINT"},
+    "billing_reason": "VARCHAR", "collection_method": "VARCHAR", "livemode": "BOOLEAN",
+    "metadata": "JSON",
+    "parent": {"subscription_details": {"subscription": "JSON", "metadata": "JSON"}},
+    "lines": {"has_more": "BOOLEAN", "data": ["JSON"]},
+}
+LINE_SHAPE = {
+    "id": "VARCHAR", "amount": "BIGINT", "currency": "VARCHAR", "quantity_decimal": "VARCHAR",
+    "quantity": "VARCHAR", "description": "VARCHAR", "period": {"start": "BIGINT", "end": "BIGINT"},
+    "pricing": {"price_details": {"price": "JSON"}},
+    "parent": {"subscription_item_details": {"subscription_item": "VARCHAR"}},
+}
+SUBSCRIPTION_SHAPE = {
+    "id": "VARCHAR", "status": "VARCHAR", "customer": "JSON", "currency": "VARCHAR",
+    "collection_method": "VARCHAR", "cancel_at_period_end": "BOOLEAN", "cancel_at": "BIGINT",
+    "canceled_at": "BIGINT", "ended_at": "BIGINT", "billing_cycle_anchor": "BIGINT",
+    "current_period_start": "BIGINT", "current_period_end": "BIGINT",
+    "latest_invoice": "JSON", "test_clock": "JSON", "created": "BIGINT", "livemode": "BOOLEAN",
+    "metadata": "JSON", "items": {"data": ["JSON"]},
+}
+ITEM_SHAPE = {"id": "VARCHAR", "price": "JSON", "current_period_start": "BIGINT", "current_period_end": "BIGINT"}
+
+
+def _shape(shape: dict) -> str:
+    return "'" + json.dumps(shape, separators=(",", ":")) + "'"
+
 
 def _rank_case(column: str, ranks: dict[str, int]) -> str:
     whens = " ".join(f"WHEN '{status}' THEN {rank}" for status, rank in ranks.items())
@@ -41,73 +79,77 @@ def _rank_case(column: str, ranks: dict[str, int]) -> str:
 
 
 def _ts(expr: str) -> str:
-    return f"to_timestamp(TRY_CAST({expr} AS BIGINT))"
+    return f"to_timestamp({expr})"
 
 
-def _versions_sql(object_type: str) -> str:
-    """Every known version of objects of one type: events plus repair snapshots."""
+def _id(expr: str) -> str:
+    """The id of a value that is either an id string or an expanded object."""
+    return f"(CASE WHEN json_type({expr}) = 'OBJECT' THEN {expr} ->> '$.id' ELSE {expr} ->> '$' END)"
+
+
+def _versions_sql(object_type: str, shape: dict) -> str:
+    """Every known version of objects of one type (events plus repair snapshots), parsed once into `o`."""
+    wrapped = _shape({"data": {"object": shape}})
     return f"""
-        SELECT event_id AS version_id, created AS version_created, 0 AS is_snapshot,
-               type AS event_type, raw -> '$.data.object' AS obj
+        SELECT event_id AS version_id, created AS version_created, 0 AS is_snapshot, type AS event_type,
+               json_transform(raw, {wrapped}).data.object AS o
         FROM stripe_webhook_events
         WHERE object_type = '{object_type}'
         UNION ALL
-        SELECT 'snapshot:' || object_id, version_created, 1, 'snapshot', raw
+        SELECT 'snapshot:' || object_id, version_created, 1, 'snapshot', json_transform(raw, {_shape(shape)})
         FROM stripe_object_snapshots
         WHERE object_type = '{object_type}'
     """
 
 
+def _our_customer_id(o: str) -> str:
+    return (f"coalesce({o}.metadata ->> '$.customer_id',"
+            f" {o}.parent.subscription_details.metadata ->> '$.customer_id')")
+
+
 _INVOICE_SELECT = f"""
-    WITH versions AS ({_versions_sql('invoice')}),
-    typed AS (
-        SELECT *, obj ->> '$.id' AS invoice_id, obj ->> '$.status' AS status,
-               TRY_CAST(obj ->> '$.attempt_count' AS BIGINT) AS attempt_count
-        FROM versions
-    ),
-    deleted AS (SELECT DISTINCT invoice_id FROM typed WHERE event_type = 'invoice.deleted'),
+    WITH versions AS ({_versions_sql('invoice', INVOICE_SHAPE)}),
+    deleted AS (SELECT DISTINCT o.id AS invoice_id FROM versions WHERE event_type = 'invoice.deleted'),
     ranked AS (
-        SELECT *, count(*) OVER (PARTITION BY invoice_id) AS state_events
-        FROM typed
-        WHERE invoice_id IS NOT NULL AND invoice_id NOT IN (SELECT invoice_id FROM deleted)
+        SELECT *, count(*) OVER (PARTITION BY o.id) AS state_events
+        FROM versions
+        WHERE o.id IS NOT NULL AND o.id NOT IN (SELECT invoice_id FROM deleted)
         QUALIFY row_number() OVER (
-            PARTITION BY invoice_id
+            PARTITION BY o.id
             ORDER BY version_created DESC, is_snapshot DESC,
-                     {_rank_case('status', INVOICE_STATUS_RANK)} DESC,
-                     attempt_count DESC NULLS LAST, version_id DESC) = 1
+                     {_rank_case('o.status', INVOICE_STATUS_RANK)} DESC,
+                     o.attempt_count DESC NULLS LAST, version_id DESC) = 1
     )
     SELECT
-        invoice_id,
-        obj ->> '$.customer' AS customer,
-        coalesce(obj ->> '$.metadata.customer_id',
-                 obj ->> '$.parent.subscription_details.metadata.customer_id') AS customer_id,
-        coalesce(obj ->> '$.parent.subscription_details.subscription.id',
-                 obj ->> '$.parent.subscription_details.subscription') AS subscription_id,
-        status,
-        obj ->> '$.currency' AS currency,
-        TRY_CAST(obj ->> '$.amount_due' AS BIGINT) AS amount_due,
-        TRY_CAST(obj ->> '$.amount_paid' AS BIGINT) AS amount_paid,
-        TRY_CAST(obj ->> '$.amount_remaining' AS BIGINT) AS amount_remaining,
-        TRY_CAST(obj ->> '$.total' AS BIGINT) AS total,
-        TRY_CAST(obj ->> '$.subtotal' AS BIGINT) AS subtotal,
-        attempt_count,
-        {_ts("obj ->> '$.next_payment_attempt'")} AS next_payment_attempt,
-        {_ts("obj ->> '$.period_start'")} AS period_start,
-        {_ts("obj ->> '$.period_end'")} AS period_end,
-        {_ts("obj ->> '$.created'")} AS created,
-        {_ts("obj ->> '$.status_transitions.finalized_at'")} AS finalized_at,
-        {_ts("obj ->> '$.status_transitions.paid_at'")} AS paid_at,
-        {_ts("obj ->> '$.status_transitions.marked_uncollectible_at'")} AS marked_uncollectible_at,
-        {_ts("obj ->> '$.status_transitions.voided_at'")} AS voided_at,
-        obj ->> '$.billing_reason' AS billing_reason,
-        obj ->> '$.collection_method' AS collection_method,
-        TRY_CAST(obj ->> '$.livemode' AS BOOLEAN) AS livemode,
-        NOT coalesce(TRY_CAST(obj ->> '$.lines.has_more' AS BOOLEAN), false) AS lines_complete,
-        obj -> '$.metadata' AS metadata,
+        o.id AS invoice_id,
+        {_id('o.customer')} AS customer,
+        {_our_customer_id('o')} AS customer_id,
+        {_id('o.parent.subscription_details.subscription')} AS subscription_id,
+        o.status AS status,
+        o.currency AS currency,
+        o.amount_due AS amount_due,
+        o.amount_paid AS amount_paid,
+        o.amount_remaining AS amount_remaining,
+        o.total AS total,
+        o.subtotal AS subtotal,
+        o.attempt_count AS attempt_count,
+        {_ts('o.next_payment_attempt')} AS next_payment_attempt,
+        {_ts('o.period_start')} AS period_start,
+        {_ts('o.period_end')} AS period_end,
+        {_ts('o.created')} AS created,
+        {_ts('o.status_transitions.finalized_at')} AS finalized_at,
+        {_ts('o.status_transitions.paid_at')} AS paid_at,
+        {_ts('o.status_transitions.marked_uncollectible_at')} AS marked_uncollectible_at,
+        {_ts('o.status_transitions.voided_at')} AS voided_at,
+        o.billing_reason AS billing_reason,
+        o.collection_method AS collection_method,
+        o.livemode AS livemode,
+        NOT coalesce(o.lines.has_more, false) AS lines_complete,
+        o.metadata AS metadata,
         version_created AS state_event_created,
         version_id AS state_event_id,
         state_events,
-        obj
+        o.lines.data AS line_list
     FROM ranked
 """
 
@@ -120,17 +162,15 @@ _INVOICE_COLUMNS = """
 
 _LINES_SELECT = f"""
     WITH lines AS (
-        SELECT invoice_id, obj ->> '$.currency' AS invoice_currency,
-               unnest(CAST(obj -> '$.lines.data' AS JSON[])) AS line
+        SELECT invoice_id, currency AS invoice_currency,
+               json_transform(unnest(line_list), {_shape(LINE_SHAPE)}) AS l
         FROM _wh_invoices
     ), priced AS (
-        SELECT *,
-               coalesce(line ->> '$.pricing.price_details.price.id',
-                        line ->> '$.pricing.price_details.price') AS price_id
+        SELECT *, l.pricing.price_details.price AS price, {_id('l.pricing.price_details.price')} AS price_id
         FROM lines
     ), metered AS (
         SELECT p.*,
-               coalesce(line ->> '$.pricing.price_details.price.recurring.meter',
+               coalesce(CASE WHEN json_type(price) = 'OBJECT' THEN price ->> '$.recurring.meter' END,
                         s.raw ->> '$.recurring.meter') AS stripe_meter_id
         FROM priced p
         LEFT JOIN (SELECT object_id, raw FROM stripe_object_snapshots WHERE object_type = 'price') s
@@ -138,18 +178,18 @@ _LINES_SELECT = f"""
     )
     SELECT
         invoice_id,
-        line ->> '$.id' AS line_id,
+        l.id AS line_id,
         price_id,
         m.our_key AS meter,
         'metering_' || m.our_key AS event_name,
         stripe_meter_id,
-        line ->> '$.parent.subscription_item_details.subscription_item' AS subscription_item,
-        CAST(coalesce(line ->> '$.quantity_decimal', line ->> '$.quantity') AS DECIMAL(38, 12)) AS quantity_decimal,
-        TRY_CAST(line ->> '$.amount' AS BIGINT) AS amount,
-        coalesce(line ->> '$.currency', invoice_currency) AS currency,
-        {_ts("line ->> '$.period.start'")} AS period_start,
-        {_ts("line ->> '$.period.end'")} AS period_end,
-        line ->> '$.description' AS description,
+        l.parent.subscription_item_details.subscription_item AS subscription_item,
+        CAST(coalesce(l.quantity_decimal, l.quantity) AS DECIMAL(38, 12)) AS quantity_decimal,
+        l.amount AS amount,
+        coalesce(l.currency, invoice_currency) AS currency,
+        {_ts('l.period.start')} AS period_start,
+        {_ts('l.period."end"')} AS period_end,
+        l.description AS description,
         'webhook' AS source
     FROM metered
     LEFT JOIN (SELECT DISTINCT our_key, stripe_id FROM {{meter_table}} WHERE kind = 'meter') m
@@ -157,81 +197,78 @@ _LINES_SELECT = f"""
 """
 
 _SUBSCRIPTION_SELECT = f"""
-    WITH versions AS ({_versions_sql('subscription')}),
-    typed AS (SELECT *, obj ->> '$.id' AS subscription_id, obj ->> '$.status' AS status FROM versions),
+    WITH versions AS ({_versions_sql('subscription', SUBSCRIPTION_SHAPE)}),
     ranked AS (
-        SELECT *, count(*) OVER (PARTITION BY subscription_id) AS state_events
-        FROM typed
-        WHERE subscription_id IS NOT NULL
+        SELECT *, count(*) OVER (PARTITION BY o.id) AS state_events
+        FROM versions
+        WHERE o.id IS NOT NULL
         QUALIFY row_number() OVER (
-            PARTITION BY subscription_id
+            PARTITION BY o.id
             ORDER BY version_created DESC, is_snapshot DESC,
-                     {_rank_case('status', SUBSCRIPTION_STATUS_RANK)} DESC, version_id DESC) = 1
+                     {_rank_case('o.status', SUBSCRIPTION_STATUS_RANK)} DESC, version_id DESC) = 1
     ),
     items AS (
         SELECT subscription_id,
-               min(TRY_CAST(item ->> '$.current_period_start' AS BIGINT)) AS period_start,
-               max(TRY_CAST(item ->> '$.current_period_end' AS BIGINT)) AS period_end,
-               to_json(list({{'id': item ->> '$.id',
-                              'price': coalesce(item ->> '$.price.id', item ->> '$.price')}}
-                             ORDER BY item ->> '$.id')) AS items
-        FROM (SELECT subscription_id, unnest(CAST(obj -> '$.items.data' AS JSON[])) AS item FROM ranked)
+               min(i.current_period_start) AS period_start,
+               max(i.current_period_end) AS period_end,
+               to_json(list({{'id': i.id, 'price': {_id('i.price')}}} ORDER BY i.id)) AS items
+        FROM (SELECT o.id AS subscription_id, json_transform(unnest(o.items.data), {_shape(ITEM_SHAPE)}) AS i
+              FROM ranked)
         GROUP BY subscription_id
     )
     SELECT
-        r.subscription_id,
-        obj ->> '$.customer' AS customer,
-        obj ->> '$.metadata.customer_id' AS customer_id,
-        status,
-        obj ->> '$.currency' AS currency,
-        obj ->> '$.collection_method' AS collection_method,
-        TRY_CAST(obj ->> '$.cancel_at_period_end' AS BOOLEAN) AS cancel_at_period_end,
-        {_ts("obj ->> '$.cancel_at'")} AS cancel_at,
-        {_ts("obj ->> '$.canceled_at'")} AS canceled_at,
-        {_ts("obj ->> '$.ended_at'")} AS ended_at,
-        to_timestamp(coalesce(i.period_start, TRY_CAST(obj ->> '$.current_period_start' AS BIGINT))) AS current_period_start,
-        to_timestamp(coalesce(i.period_end, TRY_CAST(obj ->> '$.current_period_end' AS BIGINT))) AS current_period_end,
-        {_ts("obj ->> '$.billing_cycle_anchor'")} AS billing_cycle_anchor,
-        coalesce(obj ->> '$.latest_invoice.id', obj ->> '$.latest_invoice') AS latest_invoice,
-        coalesce(obj ->> '$.test_clock.id', obj ->> '$.test_clock') AS test_clock,
-        {_ts("obj ->> '$.created'")} AS created,
-        TRY_CAST(obj ->> '$.livemode' AS BOOLEAN) AS livemode,
-        coalesce(i.items, '[]') AS items,
-        obj -> '$.metadata' AS metadata,
+        o.id AS subscription_id,
+        {_id('o.customer')} AS customer,
+        o.metadata ->> '$.customer_id' AS customer_id,
+        o.status AS status,
+        o.currency AS currency,
+        o.collection_method AS collection_method,
+        o.cancel_at_period_end AS cancel_at_period_end,
+        {_ts('o.cancel_at')} AS cancel_at,
+        {_ts('o.canceled_at')} AS canceled_at,
+        {_ts('o.ended_at')} AS ended_at,
+        {_ts('coalesce(items.period_start, o.current_period_start)')} AS current_period_start,
+        {_ts('coalesce(items.period_end, o.current_period_end)')} AS current_period_end,
+        {_ts('o.billing_cycle_anchor')} AS billing_cycle_anchor,
+        {_id('o.latest_invoice')} AS latest_invoice,
+        {_id('o.test_clock')} AS test_clock,
+        {_ts('o.created')} AS created,
+        o.livemode AS livemode,
+        coalesce(items.items, '[]') AS items,
+        o.metadata AS metadata,
         version_created AS state_event_created,
         version_id AS state_event_id,
         state_events
-    FROM ranked r LEFT JOIN items i USING (subscription_id)
+    FROM ranked LEFT JOIN items ON items.subscription_id = ranked.o.id
 """
 
 _ATTEMPTS_SELECT = f"""
     WITH payment_events AS (
-        SELECT event_id, type, created, raw -> '$.data.object' AS obj,
+        SELECT event_id, type, created,
+               json_transform(raw, {_shape({"data": {"object": INVOICE_SHAPE}})}).data.object AS o,
                {_rank_case('type', {k: v[1] for k, v in PAYMENT_OUTCOMES.items()})} AS outcome_rank
         FROM stripe_webhook_events
         WHERE object_type = 'invoice' AND list_contains(?, type)
     )
     SELECT
-        obj ->> '$.id' AS invoice_id,
-        coalesce(TRY_CAST(obj ->> '$.attempt_count' AS BIGINT), 0) AS attempt_count,
+        o.id AS invoice_id,
+        coalesce(o.attempt_count, 0) AS attempt_count,
         CASE outcome_rank WHEN 0 THEN 'failed' WHEN 1 THEN 'action_required' ELSE 'succeeded' END AS outcome,
         event_id,
         type AS event_type,
         created AS attempted_at,
-        obj ->> '$.customer' AS customer,
-        coalesce(obj ->> '$.metadata.customer_id',
-                 obj ->> '$.parent.subscription_details.metadata.customer_id') AS customer_id,
-        coalesce(obj ->> '$.parent.subscription_details.subscription.id',
-                 obj ->> '$.parent.subscription_details.subscription') AS subscription_id,
-        obj ->> '$.currency' AS currency,
-        TRY_CAST(obj ->> '$.amount_due' AS BIGINT) AS amount_due,
-        TRY_CAST(obj ->> '$.amount_paid' AS BIGINT) AS amount_paid,
-        TRY_CAST(obj ->> '$.amount_remaining' AS BIGINT) AS amount_remaining,
-        {_ts("obj ->> '$.next_payment_attempt'")} AS next_payment_attempt
+        {_id('o.customer')} AS customer,
+        {_our_customer_id('o')} AS customer_id,
+        {_id('o.parent.subscription_details.subscription')} AS subscription_id,
+        o.currency AS currency,
+        o.amount_due AS amount_due,
+        o.amount_paid AS amount_paid,
+        o.amount_remaining AS amount_remaining,
+        {_ts('o.next_payment_attempt')} AS next_payment_attempt
     FROM payment_events
-    WHERE (obj ->> '$.id') IS NOT NULL
+    WHERE o.id IS NOT NULL
     QUALIFY row_number() OVER (
-        PARTITION BY obj ->> '$.id', coalesce(TRY_CAST(obj ->> '$.attempt_count' AS BIGINT), 0)
+        PARTITION BY o.id, coalesce(o.attempt_count, 0)
         ORDER BY outcome_rank DESC, created DESC, event_id DESC) = 1
 """
 
@@ -255,7 +292,7 @@ def rebuild_invoices(con: duckdb.DuckDBPyConnection) -> dict[str, int]:
             f"INSERT INTO stripe_invoices ({_INVOICE_COLUMNS}) SELECT {_INVOICE_COLUMNS} FROM _wh_invoices"
         ).fetchone()[0]
         con.execute("DELETE FROM stripe_invoice_lines WHERE source = 'webhook'")
-        lines_sql = _LINES_SELECT.format(meter_table=_meter_map_table(con))
+        lines_sql = _LINES_SELECT.replace("{meter_table}", _meter_map_table(con))
         lines = con.execute(f"INSERT INTO stripe_invoice_lines BY NAME {lines_sql}").fetchone()[0]
         con.execute("DROP TABLE _wh_invoices")
     return {"invoices": invoices, "invoice_lines": lines}
