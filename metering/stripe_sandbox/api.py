@@ -3,13 +3,12 @@ list pagination, expansion and metadata updates, all as Stripe does them."""
 
 from __future__ import annotations
 
-import copy
 import re
 from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
 from typing import Any, Callable
 
-from .apierrors import StripeAPIError, invalid, missing_param, not_found
+from .apierrors import invalid, missing_param, not_found
 from .store import State
 
 
@@ -253,8 +252,3 @@ def reject_unknown(params: dict[str, Any], allowed: set[str]) -> None:
             raise invalid(f"Received unknown parameter: {name}", name, code="parameter_unknown")
 
 
-def deep_copy(value: Any) -> Any:
-    return copy.deepcopy(value)
-
-
-__all__ = ["StripeAPIError"]

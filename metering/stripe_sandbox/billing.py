@@ -8,7 +8,6 @@ aggregation (``meters_api.usage``). Licensed items are charged in advance for th
 
 from __future__ import annotations
 
-import secrets
 from decimal import ROUND_DOWN, ROUND_HALF_UP, Decimal
 from typing import Any
 
@@ -533,7 +532,3 @@ def pay_manually(state: State, invoice: dict[str, Any], at: int, params: dict[st
             code="card_declined",
             extra={"decline_code": "generic_decline"},
         )
-
-
-def charge_code() -> str:
-    return secrets.token_hex(4)

@@ -81,3 +81,22 @@ def test_nested_brackets_lists_and_maps():
     }
     assert parse_form("expand[0]=x&expand[1]=y") == {"expand": ["x", "y"]}
     assert parse_form("a%5Bb%5D=1") == {"a": {"b": "1"}}
+
+
+def test_the_sandbox_imports_nothing_from_the_engine():
+    """Independence: its arithmetic must not be the engine's, or reconciliation could not catch a bug."""
+    import ast
+    from pathlib import Path
+
+    import metering.stripe_sandbox as package
+
+    offenders = []
+    for path in Path(package.__file__).parent.glob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = []
+            if isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.level == 0:
+                names = [node.module or ""]
+            offenders += [f"{path.name}: {n}" for n in names if n.startswith("metering") and not n.startswith("metering.stripe_sandbox")]
+    assert offenders == []
