@@ -159,3 +159,45 @@ def charge_quantities(partials: pl.DataFrame, segments: pl.DataFrame, rules: Rul
         ),
     ]
     return pl.concat([p.cast({"quantity": money.QUANTITY_DTYPE}) for p in parts]).sort(key)
+
+
+UNPRICED_SCHEMA = {"customer_id": pl.String, "meter": pl.String, "dimensions": pl.String, "reason": pl.String,
+                   "rows": pl.UInt32, "events": pl.Int64}
+
+
+def unpriced_usage(partials: pl.DataFrame, segments: pl.DataFrame, rules: Rules,
+                   month_start: dt.date, month_end: dt.date) -> pl.DataFrame:
+    """Usage that no rated line covers, with a reason, so nothing disappears silently.
+
+    - `unknown_customer`: events in the calendar month from a customer not in the customer list;
+    - `no_plan_in_force`: events inside the customer's billing period but before its first plan
+      assignment (or outside every plan version);
+    - `no_matching_charge`: the plan version has no charge for the meter / dimension values.
+    One row per customer x meter x dimensions x reason with hourly rows and events counted.
+    """
+    key = ["customer_id", "meter", "dimensions", "hour"]
+    utc = pl.Datetime("us", "UTC")
+    known = segments.select("customer_id").unique()
+    m0, m1 = (pl.lit(d).cast(utc) for d in (month_start, month_end))
+    unknown = partials.join(known, on="customer_id", how="anti").filter(
+        (pl.col("hour") >= m0) & (pl.col("hour") < m1)
+    ).with_columns(reason=pl.lit("unknown_customer"))
+    periods = segments.select("customer_id", "period_start", "period_end").unique()
+    in_period = partials.join(periods, on="customer_id").filter(
+        (pl.col("hour") >= pl.col("period_start").cast(utc)) & (pl.col("hour") < pl.col("period_end").cast(utc))
+    )
+    located = assign_segments(partials, segments)
+    no_plan = in_period.join(located.select(key), on=key, how="anti").with_columns(reason=pl.lit("no_plan_in_force"))
+    combos = located.select("plan", "plan_version", "meter", "dimensions").unique()
+    mapping = charge_map(combos, rules)
+    no_charge = located.join(mapping, on=["plan", "plan_version", "meter", "dimensions"], how="anti").with_columns(
+        reason=pl.lit("no_matching_charge")
+    )
+    cols = ["customer_id", "meter", "dimensions", "reason", "event_count"]
+    both = pl.concat([unknown.select(cols), no_plan.select(cols), no_charge.select(cols)])
+    return (
+        both.group_by("customer_id", "meter", "dimensions", "reason")
+        .agg(rows=pl.len(), events=pl.col("event_count").sum())
+        .sort("customer_id", "meter", "dimensions", "reason")
+        .cast(UNPRICED_SCHEMA)  # type: ignore[arg-type]
+    )

@@ -14,13 +14,14 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import json
+from typing import NamedTuple
 
 import duckdb
 import polars as pl
 
 from metering import warehouse
 from metering.customers import CUSTOMER_PLAN_SCHEMA, billing_segments, month_bounds
-from metering.rating.aggregate import AGGREGATE_SCHEMA, build_aggregates, charge_quantities
+from metering.rating.aggregate import AGGREGATE_SCHEMA, build_aggregates, charge_quantities, unpriced_usage
 from metering.rating.pricing import RATED_COLUMNS, rate
 from metering.rules.meters import Meter
 from metering.rules.model import ZERO_DECIMAL, Rules
@@ -66,21 +67,35 @@ def invoice_previews(rated: pl.DataFrame) -> pl.DataFrame:
     )
 
 
+class MonthRating(NamedTuple):
+    """The rating of one monthly_billing partition."""
+
+    rated: pl.DataFrame        # RATED_COLUMNS
+    previews: pl.DataFrame     # PREVIEW_COLUMNS
+    unpriced: pl.DataFrame     # usage no line covers, with a reason (see aggregate.unpriced_usage)
+
+
 def rate_month(con: duckdb.DuckDBPyConnection, rules: Rules, month: dt.date,
                customers: pl.DataFrame | None = None) -> tuple[pl.DataFrame, pl.DataFrame]:
-    """Rated lines and invoice previews for the billing periods that start in `month`."""
+    """(rated lines, invoice previews) for the billing periods that start in `month`."""
+    result = rate_month_full(con, rules, month, customers)
+    return result.rated, result.previews
+
+
+def rate_month_full(con: duckdb.DuckDBPyConnection, rules: Rules, month: dt.date,
+                    customers: pl.DataFrame | None = None) -> MonthRating:
+    """Rated lines, invoice previews and unpriced usage for the billing periods that start in `month`."""
     if customers is None:
         customers = read_customer_plans(con)
+    m0, m1 = month_bounds(month)
     segments = billing_segments(customers, rules, month)
-    if segments.height == 0:
-        rated = rate(segments, pl.DataFrame(), rules)
-        return rated, invoice_previews(rated)
-    start = segments["segment_start"].min()
-    end = segments["segment_end"].max()
-    usage = read_aggregates(con, start, end)
+    # Periods start inside the month and may run into the next: read usage from m0 to the last end.
+    end = max(m1, segments["period_end"].max()) if segments.height else m1
+    usage = read_aggregates(con, m0, end)
     quantities = charge_quantities(usage, segments, rules)
     rated = rate(segments, quantities, rules)
-    return rated, invoice_previews(rated)
+    unpriced = unpriced_usage(usage, segments, rules, m0, m1)
+    return MonthRating(rated, invoice_previews(rated), unpriced)
 
 
 def fingerprint(frame: pl.DataFrame) -> str:

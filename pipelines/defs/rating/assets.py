@@ -34,6 +34,7 @@ from pipelines.resources import WAREHOUSE_POOL, ProjectPaths, WarehouseResource
 GROUP = "rating"
 KINDS = {"duckdb", "polars"}
 PREVIEW_TOTALS_CHECK = "lines_sum_to_preview_totals"
+ALL_USAGE_PRICED_CHECK = "all_usage_priced"
 CODE_VERSION = "rating-1"
 
 
@@ -106,6 +107,9 @@ def usage_aggregates(context: dg.AssetExecutionContext, warehouse: WarehouseReso
 @dg.asset(
     group_name=GROUP, kinds=KINDS, pool=WAREHOUSE_POOL, partitions_def=monthly_billing,
     code_version=RULES_CODE_VERSION,
+    check_specs=[dg.AssetCheckSpec(ALL_USAGE_PRICED_CHECK, asset="rated_usage",
+                                   description="Every event in a billing period is covered by a rated line "
+                                               "(warns on unknown customers, days without a plan, unpriced meters).")],
     deps=[
         dg.AssetDep(usage_aggregates, partition_mapping=dg.TimeWindowPartitionMapping(
             end_offset=1, allow_nonexistent_upstream_partitions=True)),
@@ -123,7 +127,7 @@ def rated_usage(context: dg.AssetExecutionContext, warehouse: WarehouseResource,
     month = _partition_date(context)
     with warehouse.get_connection() as con:
         rules = load_rules(paths.rules, rated_hashes=service.rated_hashes(con))
-        rated, _ = service.rate_month(con, rules, month)
+        rated, _, unpriced = service.rate_month_full(con, rules, month)
         service.write_rated(con, month, rated, rules, dt.datetime.now(dt.timezone.utc))
         stored = service.read_rated(con, month)
     totals = rated.group_by("currency").agg(pl.col("amount").sum()).sort("currency")
@@ -134,9 +138,16 @@ def rated_usage(context: dg.AssetExecutionContext, warehouse: WarehouseResource,
             "totals": {c: str(t) for c, t in totals.iter_rows()},
             "plan_versions": sorted({f"{p}/{v}" for p, v in rated.select("plan", "plan_version").unique().iter_rows()}),
             "rules_hash": rules.rules_hash,
+            "unpriced_usage_rows": int(unpriced["rows"].sum() or 0),
+            "unpriced_usage": _preview_md(unpriced, 20),
             "output_hash": service.fingerprint(stored),
         },
         data_version=dg.DataVersion(service.fingerprint(stored)),
+        check_results=[dg.AssetCheckResult(
+            check_name=ALL_USAGE_PRICED_CHECK, passed=unpriced.height == 0, severity=dg.AssetCheckSeverity.WARN,
+            metadata={"unpriced_hourly_rows": int(unpriced["rows"].sum() or 0),
+                      "reasons": sorted(set(unpriced["reason"].to_list()))},
+        )],
     )
 
 

@@ -111,3 +111,29 @@ def test_usage_outside_the_segment_is_not_counted(make_rules):
     assert partials.height == 3
     q = charge_quantities(partials, segments_oct(), rules)
     assert q.select("charge_id", "quantity").rows() == [(0, Decimal(1))]
+
+
+def test_unpriced_usage_is_reported_with_a_reason(make_rules):
+    from metering.rating.aggregate import unpriced_usage
+
+    rules = make_rules("""
+        - {meter: api_calls, model: per_unit, unit_amount: "1", filters: {region: us}}
+    """)
+    t = dt.datetime(2026, 10, 20, 3, tzinfo=UTC)
+    events = [("a", "api_calls", t, None, '{"region":"us"}'), ("b", "api_calls", t, None, '{"region":"eu"}'),
+              ("c", "seats", t, Decimal(2), "{}"),
+              ("d", "api_calls", dt.datetime(2026, 10, 2, tzinfo=UTC), None, '{"region":"us"}')]
+    with warehouse.open_warehouse(":memory:") as con:
+        insert(con, events)
+        con.execute("INSERT INTO usage_events SELECT 'g', 'ghost', meter, event_time, event_date, value, properties, "
+                    "extra, payload_hash, source_file, source_line, file_hash, ingested_at FROM usage_events WHERE event_id = 'a'")
+        partials = build_aggregates(con, rules.meters, dt.date(2026, 10, 1), dt.date(2026, 11, 1))
+    # c1's plan starts on Oct 10: the Oct 2 call has no plan in force
+    segments = segments_oct().with_columns(segment_start=pl.lit(dt.date(2026, 10, 10)))
+    out = unpriced_usage(partials, segments, rules, dt.date(2026, 10, 1), dt.date(2026, 11, 1))
+    assert out.select("customer_id", "meter", "dimensions", "reason", "events").rows() == [
+        ("c1", "api_calls", '{"region":"eu"}', "no_matching_charge", 1),
+        ("c1", "api_calls", '{"region":"us"}', "no_plan_in_force", 1),
+        ("c1", "seats", "{}", "no_matching_charge", 1),
+        ("ghost", "api_calls", '{"region":"us"}', "unknown_customer", 1),
+    ]

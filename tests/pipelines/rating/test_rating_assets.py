@@ -13,6 +13,7 @@ from metering import warehouse
 from metering.rating.service import refresh_aggregates
 from metering.rules.plans import load_rules
 from pipelines.defs.rating.assets import (
+    ALL_USAGE_PRICED_CHECK,
     PREVIEW_TOTALS_CHECK,
     customer_plans,
     invoice_previews,
@@ -70,13 +71,15 @@ def setup(tmp_path_factory: pytest.TempPathFactory):
         add_events(con, "c_jpy", "api_calls", "2026-10-20 03:00:00+00", n=1201, props='{"region":"eu"}')
         add_events(con, "c_jpy", "storage_gb", "2026-10-10 03:00:00+00", value="7")
         add_events(con, "c_change", "seats", "2026-10-12 03:00:00+00", value="60")
+        add_events(con, "c_ghost", "seats", "2026-10-12 04:00:00+00", value="1")   # not in the customer list
     resources = {
         "warehouse": WarehouseResource(path=str(db)),
         "paths": ProjectPaths(rules_dir=str(PROJECT_ROOT / "rating_rules"), customers=str(customers)),
     }
     with dg.instance_for_test() as instance:
         result = materialize_all(resources, instance)
-        checks = [(c.check_name, c.passed) for c in result.get_asset_check_evaluations()]
+        checks = {c.check_name: (c.passed, c.severity, c.metadata.get("reasons"))
+                  for c in result.get_asset_check_evaluations()}
         version = _data_version(result, "rated_usage")
     return db, resources, checks, version
 
@@ -106,7 +109,10 @@ def rows(db: Path, sql: str) -> list[tuple]:
 
 def test_rating_assets_hand_computed(setup):
     db, _, checks, _ = setup
-    assert checks == [(PREVIEW_TOTALS_CHECK, True)]
+    assert checks[PREVIEW_TOTALS_CHECK][0] is True
+    # the unknown customer's usage is reported (a warning), not silently dropped
+    passed, severity, reasons = checks[ALL_USAGE_PRICED_CHECK]
+    assert (passed, severity, reasons.value) == (False, dg.AssetCheckSeverity.WARN, ["unknown_customer"])
 
     previews = rows(db, "SELECT customer_id, period_start, period_end, currency, total_minor, total, lines "
                         "FROM invoice_previews ORDER BY customer_id")
