@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import click
 
 from metering import warehouse
@@ -32,8 +34,7 @@ def reconcile(period: str, warehouse_path: str | None, pull: bool, settle_second
     month = parse_period(period)
     settings = ReconcileSettings.from_env()
     if settle_seconds is not None:
-        settings = ReconcileSettings(settings.tolerance_minor, settings.default_tolerance_minor,
-                                     settle_seconds, settings.max_unexplained_minor)
+        settings = dataclasses.replace(settings, settle_seconds=settle_seconds)
     with warehouse.open_warehouse(warehouse_path, wait_seconds=30) as con:
         if pull:
             from metering.reconcile.pulls import pull_stripe_state

@@ -25,7 +25,9 @@ from __future__ import annotations
 import datetime as dt
 import json
 import logging
+import threading
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
@@ -37,6 +39,7 @@ import stripe
 from metering.errors import ExternalServiceError
 from metering.reconcile import inputs
 from metering.reconcile.settings import ReconcileSettings
+from metering.stripe.retry import RateLimiter
 from metering.warehouse import query_frame, replace_rows, transaction
 
 log = logging.getLogger(__name__)
@@ -83,14 +86,24 @@ class PullResult:
 
 
 class _Reader:
-    """Thin wrapper over a `stripe.StripeClient` that counts calls and parses bodies exactly."""
+    """Thin wrapper over a `stripe.StripeClient`: rate-limited, counts calls, parses bodies exactly.
 
-    def __init__(self, client: stripe.StripeClient) -> None:
+    Thread-safe: the summaries are read concurrently (`ReconcileSettings.pull_concurrency`).
+    """
+
+    def __init__(self, client: stripe.StripeClient, rate: float = 0) -> None:
         self.client = client
         self.calls = 0
+        self._lock = threading.Lock()
+        self._limiter = RateLimiter(rate)
+
+    def _fetch(self, fetch, arg: Any) -> Any:
+        self._limiter.acquire()
+        with self._lock:
+            self.calls += 1
+        return fetch(arg)
 
     def _body(self, obj: Any) -> dict[str, Any]:
-        self.calls += 1
         response = getattr(obj, "last_response", None)
         if response is None or not getattr(response, "body", None):
             return json.loads(json.dumps(obj.to_dict_recursive()), parse_float=Decimal)
@@ -101,7 +114,7 @@ class _Reader:
         params = {**params, "limit": PAGE}
         while True:
             try:
-                body = self._body(fetch(params))
+                body = self._body(self._fetch(fetch, params))
             except stripe.StripeError as exc:
                 raise ExternalServiceError(f"Stripe list request failed: {type(exc).__name__}: {exc.user_message or exc}") from None
             data = body.get("data") or []
@@ -112,7 +125,7 @@ class _Reader:
 
     def retrieve(self, fetch, ident: str) -> dict[str, Any]:
         try:
-            return self._body(fetch(ident))
+            return self._body(self._fetch(fetch, ident))
         except stripe.StripeError as exc:
             raise ExternalServiceError(f"Stripe retrieve {ident} failed: {type(exc).__name__}") from None
 
@@ -175,12 +188,12 @@ def pull_meter_summaries(
     client = reader.client
     stripe_meters = {m["event_name"]: m for m in reader.pages(lambda p: client.v1.billing.meters.list(p), {})}
     last_ack = _ledger_last_ack(con)
-    rows: list[dict[str, Any]] = []
-    for t in _targets(con, billing_month, meters).iter_rows(named=True):
+
+    def one(t: dict[str, Any]) -> list[dict[str, Any]]:
         meter = stripe_meters.get(EVENT_PREFIX + t["meter"])
         cus = by_ours.get(t["customer_id"])
         if meter is None or cus is None:
-            continue  # nothing on Stripe's side to read: reconciliation sees no Stripe quantity
+            return []  # nothing on Stripe's side to read: reconciliation sees no Stripe quantity
         formula = (meter.get("default_aggregation") or {}).get("formula")
         base = {
             "billing_month": billing_month, "customer_id": t["customer_id"], "stripe_customer_id": cus,
@@ -190,24 +203,29 @@ def pull_meter_summaries(
         acked = last_ack.get((t["customer_id"], t["meter"]))
         if acked is not None and (now - acked).total_seconds() < settings.settle_seconds:
             age = int((now - acked).total_seconds())
-            rows.append({**base, "grain": "period", "status": "pending",
-                         "status_reason": f"last acknowledged push {age} s ago < settle delay {settings.settle_seconds} s"})
-            continue
+            return [{**base, "grain": "period", "status": "pending",
+                     "status_reason": f"last acknowledged push {age} s ago < settle delay {settings.settle_seconds} s"}]
         params = {"customer": cus, "start_time": _unix(t["period_start"]), "end_time": _unix(t["period_end"])}
         fetch = lambda p, mid=meter["id"]: client.v1.billing.meters.event_summaries.list(mid, p)  # noqa: E731
         period = {**base, "grain": "period", "status": "settled", "window_start": _ts(params["start_time"]),
                   "window_end": _ts(params["end_time"])}
+        out: list[dict[str, Any]] = []
         if formula in ("sum", "count"):
             total = Decimal(0)
             for s in reader.pages(fetch, {**params, "value_grouping_window": "day"}):
                 day = {**base, **_summary(s), "grain": "day", "status": "settled"}
                 total += day["aggregated_value"]
-                rows.append(day)
-            rows.append({**period, "aggregated_value": total})
+                out.append(day)
+            out.append({**period, "aggregated_value": total})
         else:
             whole = list(reader.pages(fetch, params))
-            rows.append({**period, "summary_id": whole[0]["id"] if len(whole) == 1 else None,
-                         "aggregated_value": sum((_summary(s)["aggregated_value"] for s in whole), Decimal(0))})
+            out.append({**period, "summary_id": whole[0]["id"] if len(whole) == 1 else None,
+                        "aggregated_value": sum((_summary(s)["aggregated_value"] for s in whole), Decimal(0))})
+        return out
+
+    targets = list(_targets(con, billing_month, meters).iter_rows(named=True))
+    with ThreadPoolExecutor(max_workers=max(1, settings.pull_concurrency)) as pool:
+        rows = [row for chunk in pool.map(one, targets) for row in chunk]  # map keeps the targets' order
     return rows, stripe_meters
 
 
@@ -282,7 +300,7 @@ def pull_summaries_into_warehouse(
     settings = settings or ReconcileSettings.from_env()
     now = now or dt.datetime.now(dt.UTC)
     billing_month = billing_month.replace(day=1)
-    reader = _Reader(client)
+    reader = _Reader(client, settings.pull_rate)
     rows, _ = pull_meter_summaries(con, reader, billing_month, meters, _customer_map(con, reader), settings, now)
     result = PullResult(billing_month, pl.DataFrame(rows, schema=SUMMARY_SCHEMA),
                         pl.DataFrame(schema=INVOICE_SCHEMA), pl.DataFrame(schema=LINE_SCHEMA), reader.calls)
@@ -295,12 +313,14 @@ def pull_invoices_into_warehouse(
     client: stripe.StripeClient,
     billing_month: dt.date,
     *,
+    settings: ReconcileSettings | None = None,
     now: dt.datetime | None = None,
 ) -> PullResult:
     """Pull the month's invoices and lines and replace `stripe_invoices_api` / `stripe_invoice_lines_api`."""
     now = now or dt.datetime.now(dt.UTC)
+    settings = settings or ReconcileSettings.from_env()
     billing_month = billing_month.replace(day=1)
-    reader = _Reader(client)
+    reader = _Reader(client, settings.pull_rate)
     by_ours = _customer_map(con, reader)
     stripe_meters = {m["event_name"]: m for m in reader.pages(lambda p: client.v1.billing.meters.list(p), {})}
     invoices, lines = pull_invoices(reader, billing_month, by_ours, stripe_meters, now)
@@ -323,7 +343,7 @@ def pull_stripe_state(
     """Both pulls for the month (summaries, then invoices and lines), each replaced in the warehouse."""
     now = now or dt.datetime.now(dt.UTC)
     summaries = pull_summaries_into_warehouse(con, client, billing_month, meters=meters, settings=settings, now=now)
-    invoices = pull_invoices_into_warehouse(con, client, billing_month, now=now)
+    invoices = pull_invoices_into_warehouse(con, client, billing_month, settings=settings, now=now)
     result = PullResult(summaries.billing_month, summaries.summaries, invoices.invoices, invoices.lines,
                         summaries.api_calls + invoices.api_calls)
     log.info("pulled Stripe state", extra={"billing_month": str(result.billing_month), "api_calls": result.api_calls,

@@ -8,6 +8,9 @@ Everything is explicit and printed in the report. Defaults can be overridden by 
   summaries are trusted (default 900 s; Stripe documents summaries as eventually consistent).
 - `METERING_RECON_MAX_UNEXPLAINED_MINOR`: the blocking check fails when the unexplained
   differences of any one currency exceed this many minor units (default 0: any unexplained money fails).
+- `METERING_STRIPE_PULL_RATE`: at most this many API reads per second (default 20, under Stripe's
+  25 operations/s in test mode; 0 = unlimited, e.g. for the local sandbox).
+- `METERING_STRIPE_PULL_CONCURRENCY`: meter summary reads in flight at once (default 4).
 """
 
 from __future__ import annotations
@@ -20,6 +23,8 @@ from metering.errors import BadInputError
 DEFAULT_TOLERANCE_MINOR = 1
 DEFAULT_SETTLE_SECONDS = 900
 DEFAULT_MAX_UNEXPLAINED_MINOR = 0
+DEFAULT_PULL_RATE = 20
+DEFAULT_PULL_CONCURRENCY = 4
 
 
 def _parse_tolerances(text: str, source: str) -> dict[str, int]:
@@ -53,6 +58,8 @@ class ReconcileSettings:
     default_tolerance_minor: int = DEFAULT_TOLERANCE_MINOR
     settle_seconds: int = DEFAULT_SETTLE_SECONDS
     max_unexplained_minor: int = DEFAULT_MAX_UNEXPLAINED_MINOR
+    pull_rate: int = DEFAULT_PULL_RATE              # API reads per second; 0 = unlimited
+    pull_concurrency: int = DEFAULT_PULL_CONCURRENCY
 
     def tolerance_for(self, currency: str | None) -> int:
         return self.tolerance_minor.get((currency or "").lower(), self.default_tolerance_minor)
@@ -71,4 +78,6 @@ class ReconcileSettings:
             tolerance_minor=_parse_tolerances(raw, "$METERING_RECON_TOLERANCE"),
             settle_seconds=_int_env("METERING_STRIPE_SETTLE_SECONDS", DEFAULT_SETTLE_SECONDS),
             max_unexplained_minor=_int_env("METERING_RECON_MAX_UNEXPLAINED_MINOR", DEFAULT_MAX_UNEXPLAINED_MINOR),
+            pull_rate=_int_env("METERING_STRIPE_PULL_RATE", DEFAULT_PULL_RATE),
+            pull_concurrency=max(1, _int_env("METERING_STRIPE_PULL_CONCURRENCY", DEFAULT_PULL_CONCURRENCY)),
         )

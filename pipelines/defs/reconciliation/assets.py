@@ -5,6 +5,7 @@ Thin wiring over `metering.reconcile` and `metering.reports`; every partition is
 """
 
 
+import dataclasses
 import datetime as dt
 
 import dagster as dg
@@ -27,16 +28,17 @@ class ReconcileConfig(dg.Config):
 
     settle_seconds: int = -1
     max_unexplained_minor: int = -1
+    pull_rate: int = -1
 
 
 def _settings(config: ReconcileConfig) -> ReconcileSettings:
     base = ReconcileSettings.from_env()
-    return ReconcileSettings(
-        tolerance_minor=base.tolerance_minor,
-        default_tolerance_minor=base.default_tolerance_minor,
+    return dataclasses.replace(
+        base,
         settle_seconds=base.settle_seconds if config.settle_seconds < 0 else config.settle_seconds,
         max_unexplained_minor=base.max_unexplained_minor if config.max_unexplained_minor < 0
         else config.max_unexplained_minor,
+        pull_rate=base.pull_rate if config.pull_rate < 0 else config.pull_rate,
     )
 
 
@@ -79,6 +81,7 @@ def stripe_meter_summaries(
 )
 def stripe_invoice_lines(
     context: dg.AssetExecutionContext,
+    config: ReconcileConfig,
     warehouse: WarehouseResource,
     stripe_reconcile_client: ReconcileStripeClient,
 ) -> dg.MaterializeResult:
@@ -88,7 +91,7 @@ def stripe_invoice_lines(
     (the API read wins for an invoice it saw)."""
     month = _month(context)
     with warehouse.get_connection() as con:
-        result = pull_invoices_into_warehouse(con, stripe_reconcile_client.client(), month)
+        result = pull_invoices_into_warehouse(con, stripe_reconcile_client.client(), month, settings=_settings(config))
     return dg.MaterializeResult(metadata={
         "dagster/row_count": result.lines.height, "invoices": result.invoices.height, "api_calls": result.api_calls})
 
