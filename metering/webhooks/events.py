@@ -65,6 +65,13 @@ FROM fields
 """
 
 
+# The envelope fields of an event, parsed in one pass (see metering.webhooks.state).
+_EVENT_SHAPE = (
+    '{"type":"VARCHAR","created":"BIGINT","api_version":"VARCHAR","livemode":"BOOLEAN",'
+    '"data":{"object":{"id":"VARCHAR","object":"VARCHAR"}}}'
+)
+
+
 def refresh_events(con: duckdb.DuckDBPyConnection, touched_table: str) -> None:
     """Rebuild `stripe_webhook_events` rows for the event ids in `touched_table(event_id)`."""
     con.execute(f"DELETE FROM stripe_webhook_events WHERE event_id IN (SELECT event_id FROM {touched_table})")
@@ -82,16 +89,11 @@ def refresh_events(con: duckdb.DuckDBPyConnection, touched_table: str) -> None:
             SELECT * FROM r
             QUALIFY row_number() OVER (PARTITION BY event_id ORDER BY received_at, receipt_key) = 1
         )
-        SELECT f.event_id,
-               f.raw ->> '$.type',
-               to_timestamp(CAST(f.raw ->> '$.created' AS BIGINT)),
-               f.raw ->> '$.data.object.id',
-               f.raw ->> '$.data.object.object',
-               f.raw ->> '$.api_version',
-               TRY_CAST(f.raw ->> '$.livemode' AS BOOLEAN),
-               f.raw,
+        SELECT f.event_id, f.e.type, to_timestamp(f.e.created), f.e.data.object.id, f.e.data.object.object,
+               f.e.api_version, f.e.livemode, f.raw,
                a.first_received_at, a.last_received_at, a.receipt_count, f.source
-        FROM first_receipt f JOIN agg a USING (event_id)
+        FROM (SELECT *, json_transform(raw, '{_EVENT_SHAPE}') AS e FROM first_receipt) f
+        JOIN agg a USING (event_id)
         """
     )
 
