@@ -9,18 +9,15 @@ import time
 from datetime import datetime, timezone
 from pathlib import Path
 
-import pytest
 import uvicorn
 
 from metering import warehouse
+from metering.stripe_sandbox.testing import running_sandbox
 from metering.webhooks.events import event_counts, land_directory
 from metering.webhooks.receiver import ReceiverSettings, create_app
 from metering.webhooks.repair import repair_events
 from metering.webhooks.state import rebuild_state
 
-sandbox_testing = pytest.importorskip(
-    "metering.stripe_sandbox.testing", reason="the local Stripe sandbox (issue: sandbox) is not in this checkout"
-)
 
 
 def ts(text: str) -> int:
@@ -60,7 +57,7 @@ class ThreadedReceiver:
 def test_outage_then_repair_reaches_stripes_state(tmp_path: Path):
     landing = tmp_path / "landing"
     start = ts("2026-10-01T00:00:00")
-    with sandbox_testing.running_sandbox() as sb, warehouse.open_warehouse(tmp_path / "w.duckdb") as con:
+    with running_sandbox() as sb, warehouse.open_warehouse(tmp_path / "w.duckdb") as con:
         client = sb.client()
         receiver = ThreadedReceiver(landing)
         sb.create_webhook_endpoint(receiver.url)
