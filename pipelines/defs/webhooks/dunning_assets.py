@@ -57,7 +57,7 @@ def _md(frame: pl.DataFrame) -> dg.MetadataValue:
     group_name=GROUP,
     pool=WAREHOUSE_POOL,
     kinds={"duckdb", "polars"},
-    deps=[dg.AssetKey("stripe_invoices")],
+    deps=[dg.AssetKey("stripe_invoices"), dg.AssetKey("stripe_payment_attempts"), dg.AssetKey("customer_plans")],
 )
 def dunning_state(
     context: dg.AssetExecutionContext,

@@ -13,6 +13,8 @@ import duckdb
 import pytest
 import polars as pl
 from dunning_helpers import DAY, T0, pay_invoice, put_invoice
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from metering.dunning.policy import DunningPolicy
 from metering.dunning.run import run_dunning
@@ -242,3 +244,37 @@ def test_reminders_go_through_smtp_when_configured(
     assert len(received) == 1 and b"To: pay@one.example" in received[0]
     assert wh.execute("SELECT invoice_id, status, sent_at FROM dunning_outbox ORDER BY invoice_id").fetchall() == [
         ("in_1", "sent", T0), ("in_2", "rendered", None)]
+
+
+@settings(max_examples=8, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(days=st.lists(st.integers(min_value=0, max_value=25), min_size=1, max_size=5),
+       pay_after=st.one_of(st.none(), st.integers(min_value=0, max_value=4)))
+def test_any_sequence_of_runs_performs_each_step_at_most_once(
+    tmp_path_factory: pytest.TempPathFactory, no_stripe_policy: DunningPolicy,
+    days: list[int], pay_after: int | None,
+) -> None:
+    """Runs at arbitrary (even repeated or backwards) clock times, optionally a payment midway."""
+    from metering import warehouse
+    from dunning_helpers import ensure_invoices_table
+
+    folder = tmp_path_factory.mktemp("seq")
+    with warehouse.open_warehouse(folder / "w.duckdb") as con:
+        ensure_invoices_table(con)
+        put_invoice(con, "in_1")
+        for i, day in enumerate(days):
+            if pay_after is not None and i == pay_after:
+                pay_invoice(con, "in_1", T0 + day * DAY)
+            run_dunning(con, None, no_stripe_policy, T0 + day * DAY,
+                        outbox_folder=folder / "outbox", published_folder=folder / "pub")
+        keys = [r[0] for r in con.execute("SELECT idempotency_key FROM dunning_actions").fetchall()]
+        assert len(keys) == len(set(keys))
+        rendered = con.execute("SELECT count(*) FROM dunning_outbox").fetchone()[0]
+        done = con.execute(
+            "SELECT count(*) FROM dunning_actions WHERE action = 'reminder' AND status = 'done'").fetchone()[0]
+        files = list((folder / "outbox").glob("*.eml"))
+        assert (rendered, done) == (len(files), len(files))
+        assert con.execute("SELECT count(*) FROM dunning_actions WHERE status = 'pending'").fetchone()[0] == 0
+        paid = pay_after is not None and pay_after < len(days)
+        suspended = json.loads((folder / "pub" / "suspensions.json").read_text())["suspended"]
+        if paid:
+            assert suspended == []
