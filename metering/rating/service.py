@@ -122,12 +122,16 @@ def write_rated(con: duckdb.DuckDBPyConnection, month: dt.date, rated: pl.DataFr
                 rated_at: dt.datetime) -> int:
     """Replace the rated_usage rows of periods starting in `month`; record the plan versions used.
 
+    When the new lines equal the stored ones nothing is written, so re-rating unchanged inputs
+    leaves the table byte-identical (including `rated_at`, which thus means "last changed").
     One transaction: the lines and the rules_versions entries that make their versions immutable
     are committed together.
     """
     m0, m1 = month_bounds(month)
     used = rated.select("plan", "plan_version").unique().sort("plan", "plan_version")
     with warehouse.transaction(con):
+        if fingerprint(read_rated(con, month)) == fingerprint(rated.select(RATED_COLUMNS)):
+            return 0   # unchanged: keep the rows (and their rated_at) byte for byte
         n = warehouse.replace_rows(con, "rated_usage", "period_start >= ? AND period_start < ?", [m0, m1],
                                    rated.with_columns(rated_at=_stamp(rated_at)), in_transaction=True)
         known = {(p, v) for p, v in con.execute("SELECT plan, plan_version FROM rules_versions").fetchall()}
@@ -164,6 +168,11 @@ def write_previews(con: duckdb.DuckDBPyConnection, month: dt.date, previews: pl.
                    rated_at: dt.datetime) -> int:
     """Replace the invoice_previews rows of periods starting in `month`."""
     m0, m1 = month_bounds(month)
+    existing = warehouse.query_frame(
+        con, f"SELECT {', '.join(PREVIEW_COLUMNS)} FROM invoice_previews WHERE period_start >= ? AND period_start < ? "
+        "ORDER BY customer_id, period_start", [m0, m1])
+    if existing.height and fingerprint(existing) == fingerprint(previews.select(PREVIEW_COLUMNS)):
+        return 0   # unchanged: keep rated_at
     return warehouse.replace_rows(con, "invoice_previews", "period_start >= ? AND period_start < ?", [m0, m1],
                                   previews.with_columns(rated_at=_stamp(rated_at)))
 

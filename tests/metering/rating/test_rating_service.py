@@ -52,8 +52,14 @@ def test_rewriting_a_partition_replaces_it(rated_db):
     with warehouse.open_warehouse(db) as con:
         before = service.fingerprint(service.read_rated(con, OCT))
         rated, previews = service.rate_month(con, rules, OCT)
-        service.write_rated(con, OCT, rated, rules, NOW + dt.timedelta(days=1))
+        stamps = con.execute("SELECT DISTINCT rated_at FROM rated_usage").fetchall()
+        assert service.write_rated(con, OCT, rated, rules, NOW + dt.timedelta(days=1)) == 0   # unchanged: no write
         assert service.fingerprint(service.read_rated(con, OCT)) == before
+        assert con.execute("SELECT DISTINCT rated_at FROM rated_usage").fetchall() == stamps
+        assert service.write_previews(con, OCT, previews, NOW + dt.timedelta(days=1)) == 0
+        # a changed line is written
+        changed = rated.with_columns(amount_minor=rated["amount_minor"] + 1)
+        assert service.write_rated(con, OCT, changed, rules, NOW) == rated.height
         assert con.execute("SELECT count(*) FROM rated_usage").fetchone()[0] == rated.height == 14
 
 
