@@ -256,19 +256,46 @@ def merged_invoices_sql(con: duckdb.DuckDBPyConnection) -> str:
     """All known Stripe invoice headers: API-pulled first, webhook state for the others."""
     api = """
         SELECT invoice_id, customer_id, status, currency, amount_due, amount_paid, amount_remaining,
-               total, created, 'api' AS source
+               total, created, period_start, period_end, 'api' AS source
         FROM stripe_invoices_api
     """
     cols = table_columns(con, "stripe_invoices")
     need = {"invoice_id", "customer_id", "status", "currency", "amount_due", "amount_paid", "amount_remaining", "total"}
     if not need <= cols:
         return api
-    created = "created" if "created" in cols else "CAST(NULL AS TIMESTAMPTZ)"
+
+    def ts(name: str) -> str:
+        return name if name in cols else "CAST(NULL AS TIMESTAMPTZ)"
+
     return f"""{api} UNION ALL
         SELECT invoice_id, customer_id, status, currency, amount_due, amount_paid, amount_remaining,
-               total, {created} AS created, 'webhook' AS source
+               total, {ts('created')} AS created, {ts('period_start')} AS period_start,
+               {ts('period_end')} AS period_end, 'webhook' AS source
         FROM stripe_invoices WHERE invoice_id NOT IN (SELECT invoice_id FROM stripe_invoices_api)
     """
+
+
+def load_open_periods(con: duckdb.DuckDBPyConnection, periods: pl.DataFrame) -> pl.DataFrame:
+    """Customer periods no known (non-void) Stripe invoice reaches the end of: Stripe has not billed them yet."""
+    if periods.is_empty():
+        return rc.conform(None, rc.OPEN_PERIODS_SCHEMA)
+    con.register("_recon_periods", periods.to_arrow())
+    try:
+        frame = query_frame(
+            con,
+            f"""
+            WITH invoices AS ({merged_invoices_sql(con)})
+            SELECT p.customer_id, p.period_start FROM _recon_periods p
+            WHERE NOT EXISTS (
+                SELECT 1 FROM invoices i
+                WHERE i.customer_id = p.customer_id AND coalesce(i.status, '') <> 'void'
+                  AND i.period_end >= CAST(p.period_end AS TIMESTAMPTZ)
+                  AND i.period_start < CAST(p.period_end AS TIMESTAMPTZ))
+            """,
+        )
+    finally:
+        con.unregister("_recon_periods")
+    return rc.conform(frame, rc.OPEN_PERIODS_SCHEMA)
 
 
 def _bucketed_lines(con: duckdb.DuckDBPyConnection, billing_month: dt.date, periods: pl.DataFrame) -> pl.DataFrame:

@@ -16,7 +16,7 @@ Status of a usage row, first rule that applies wins:
 
 | status | when |
 | --- | --- |
-| `pending` | Stripe's meter summary was not pulled because a push was acknowledged too recently (settle guard) |
+| `pending` | Stripe's meter summary was not pulled because a push was acknowledged too recently (settle guard), or Stripe has not invoiced the period yet (no invoice reaches its end) and has no line for it |
 | `late_after_finalization` | usage reached us/Stripe after the period's invoice was finalized: the ledger marks windows `late`, or Stripe's meter holds more than its finalized invoice billed |
 | `not_pushed` | we rated more than the ledger has acknowledged (windows never sent, failed or unknown) |
 | `missing_in_stripe` | pushed, but Stripe has neither meter usage nor an invoice line for it |
@@ -71,6 +71,8 @@ STRIPE_METER_SCHEMA = {
     "customer_id": pl.String, "meter": pl.String, "period_start": pl.Date, "period_end": pl.Date,
     "stripe_quantity": QTY, "meter_status": pl.String, "pending_reason": pl.String,
 }
+OPEN_PERIODS_SCHEMA = {"customer_id": pl.String, "period_start": pl.Date}
+"""Customer periods Stripe has not invoiced yet (no invoice reaching the period's end): `pending`."""
 STRIPE_LINES_SCHEMA = {
     "customer_id": pl.String, "meter": pl.String, "period_start": pl.Date, "period_end": pl.Date,
     "currency": pl.String, "invoiced_quantity": QTY, "stripe_amount_minor": pl.Int64,
@@ -134,8 +136,10 @@ def reconcile_usage(
     billing_month: dt.date,
     settings: ReconcileSettings,
     reconciled_at: dt.datetime,
+    open_periods: pl.DataFrame | None = None,
 ) -> pl.DataFrame:
     """One row per customer x meter x billing period with the status rules in the module docstring."""
+    open_ = conform(open_periods, OPEN_PERIODS_SCHEMA).unique().with_columns(not_invoiced=pl.lit(True))
     ours = conform(ours, OURS_SCHEMA)
     pushed = conform(pushed, PUSHED_SCHEMA)
     meter = conform(stripe_meter, STRIPE_METER_SCHEMA)
@@ -147,6 +151,7 @@ def reconcile_usage(
         .join(pushed, on=KEY, how="left")
         .join(meter.rename({"period_end": "meter_period_end"}), on=KEY, how="left")
         .join(lines.rename({"period_end": "lines_period_end", "currency": "lines_currency"}), on=KEY, how="left")
+        .join(open_, on=["customer_id", "period_start"], how="left")
         .with_columns(
             period_end=pl.coalesce("period_end", "meter_period_end", "lines_period_end"),
             currency=pl.coalesce("currency", "lines_currency"),
@@ -176,6 +181,7 @@ def reconcile_usage(
 
     status = (
         pl.when(pl.col("meter_status") == "pending").then(pl.lit("pending"))
+        .when(pl.col("not_invoiced").fill_null(False) & pl.col("line_count").is_null()).then(pl.lit("pending"))
         .when(
             (pl.col("late_windows").fill_null(0) > 0) & ((inv_q != ours_q) | (abs_diff > 0))
             | (priced & finalized & (stripe_q > inv_q) & (inv_q < ours_q))
@@ -206,7 +212,9 @@ def reconcile_usage(
     )
     s = pl.col("status")
     reason = (
-        pl.when(s == "pending").then(pl.format("Stripe not settled: {}", pl.col("pending_reason").fill_null("")))
+        pl.when((s == "pending") & (pl.col("meter_status") == "pending"))
+        .then(pl.format("Stripe not settled: {}", pl.col("pending_reason").fill_null("")))
+        .when(s == "pending").then(pl.format("Stripe has not invoiced this period yet; {}; {}", qty, amounts))
         .when(s == "late_after_finalization").then(pl.format(
             "usage after the invoice was finalized ({} late window(s)); {}; {}",
             pl.col("late_windows").fill_null(0), qty, amounts))
@@ -240,8 +248,10 @@ def reconcile_invoices(
     billing_month: dt.date,
     settings: ReconcileSettings,
     reconciled_at: dt.datetime,
+    open_periods: pl.DataFrame | None = None,
 ) -> pl.DataFrame:
     """One row per customer x billing period: our invoice total vs the sum of Stripe's lines for it."""
+    open_ = conform(open_periods, OPEN_PERIODS_SCHEMA).unique().with_columns(not_invoiced=pl.lit(True))
     ours = conform(ours, OUR_INVOICES_SCHEMA)
     stripe = conform(stripe, STRIPE_INVOICES_SCHEMA)
     key = ["customer_id", "period_start"]
@@ -249,6 +259,7 @@ def reconcile_invoices(
     frame = (
         keys.join(ours, on=key, how="left")
         .join(stripe.rename({"period_end": "s_period_end", "currency": "s_currency"}), on=key, how="left")
+        .join(open_, on=key, how="left")
         .with_columns(
             period_end=pl.coalesce("period_end", "s_period_end"),
             currency=pl.coalesce("currency", "s_currency"),
@@ -265,7 +276,8 @@ def reconcile_invoices(
     )
     abs_diff = pl.col("amount_diff_minor").abs()
     status = (
-        pl.when(stripe_t.is_null() & ((ours_t.fill_null(0) - not_in_stripe) != 0)).then(pl.lit("missing_in_stripe"))
+        pl.when(pl.col("not_invoiced").fill_null(False)).then(pl.lit("pending"))
+        .when(stripe_t.is_null() & ((ours_t.fill_null(0) - not_in_stripe) != 0)).then(pl.lit("missing_in_stripe"))
         .when(ours_t.is_null() & (stripe_t.fill_null(0) != 0)).then(pl.lit("extra_in_stripe"))
         .when(pl.col("invoice_status") == "draft").then(pl.lit("pending"))
         .when(abs_diff > pl.col("tolerance_minor")).then(pl.lit("amount_mismatch"))
@@ -284,7 +296,9 @@ def reconcile_invoices(
     return (
         frame.with_columns(status=status)
         .with_columns(
-            reason=pl.when(pl.col("status") == "pending").then(pl.format("invoice still draft; {}", amounts))
+            reason=pl.when(pl.col("not_invoiced").fill_null(False))
+            .then(pl.format("Stripe has not invoiced this period yet; {}", amounts))
+            .when(pl.col("status") == "pending").then(pl.format("invoice still draft; {}", amounts))
             .otherwise(amounts),
             billing_month=pl.lit(billing_month, dtype=pl.Date),
             reconciled_at=pl.lit(reconciled_at, dtype=pl.Datetime("us", "UTC")),

@@ -59,17 +59,18 @@ def reconcile_period(
     now = now or dt.datetime.now(dt.UTC)
     billing_month = billing_month.replace(day=1)
     periods = inputs.load_periods(con, billing_month)
+    open_periods = inputs.load_open_periods(con, periods)
     usage = reconcile_usage(
         inputs.load_ours(con, billing_month, meters),
         inputs.load_pushed(con, billing_month, meters, periods),
         inputs.load_stripe_meter(con, billing_month),
         inputs.load_stripe_lines(con, billing_month, periods),
-        billing_month=billing_month, settings=settings, reconciled_at=now,
+        billing_month=billing_month, settings=settings, reconciled_at=now, open_periods=open_periods,
     )
     invoices = reconcile_invoices(
         inputs.load_our_invoices(con, billing_month),
         inputs.load_stripe_invoices(con, billing_month, periods),
-        billing_month=billing_month, settings=settings, reconciled_at=now,
+        billing_month=billing_month, settings=settings, reconciled_at=now, open_periods=open_periods,
     )
     with transaction(con):
         replace_rows(con, "usage_reconciliation", "billing_month = ?", [billing_month], usage, in_transaction=True)

@@ -107,6 +107,7 @@ def write_scenario(con: duckdb.DuckDBPyConnection) -> None:
         inv = f"in_{cus}"
         invoices.append(dict(billing_month=MONTH, invoice_id=inv, customer_id=cus, status="paid", currency="usd",
                              amount_due=amt, amount_paid=amt, amount_remaining=0, total=amt,
+                             period_start=T0, period_end=dt.datetime(2026, 11, 1, tzinfo=dt.UTC),
                              created=dt.datetime(2026, 11, 1, 1, tzinfo=dt.UTC), pulled_at=PULLED))
         lines.append(dict(billing_month=MONTH, invoice_id=inv, line_id=f"il_{cus}", customer_id=cus,
                           meter="api_calls", quantity_decimal=D(q), amount=amt, currency="usd",
@@ -114,7 +115,7 @@ def write_scenario(con: duckdb.DuckDBPyConnection) -> None:
     # cus_a's flat platform fee: a licensed line on the invoice created at the period start
     invoices.append(dict(billing_month=MONTH, invoice_id="in_a0", customer_id="cus_a", status="paid", currency="usd",
                          amount_due=4900, amount_paid=4900, amount_remaining=0, total=4900, created=T0,
-                         pulled_at=PULLED))
+                         period_start=T0, period_end=T0, pulled_at=PULLED))
     lines.append(dict(billing_month=MONTH, invoice_id="in_a0", line_id="il_fee", customer_id="cus_a", meter=None,
                       quantity_decimal=D(1), amount=4900, currency="usd", period_start=T0,
                       period_end=dt.datetime(2026, 11, 1, tzinfo=dt.UTC), pulled_at=PULLED))

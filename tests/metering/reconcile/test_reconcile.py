@@ -189,3 +189,17 @@ def test_charges_stripe_cannot_price_are_split_out_not_flagged():
                            amount_paid=8588, amount_remaining=0)]),
         billing_month=PS, settings=S, reconciled_at=NOW).row(0, named=True)
     assert (inv["status"], inv["amount_diff_minor"]) == ("matched", 0)
+
+
+def test_open_period_without_lines_is_pending():
+    open_ = pl.DataFrame([dict(customer_id="c1", period_start=PS)])
+    ours = pl.DataFrame([dict(customer_id="c1", meter="api_calls", period_start=PS, period_end=PE, currency="usd",
+                              plan="pro", plan_version="2026-01", our_quantity=D(10), our_amount_minor=2)])
+    meter = pl.DataFrame([dict(customer_id="c1", meter="api_calls", period_start=PS, period_end=PE,
+                               stripe_quantity=D(10), meter_status="settled")])
+    r = reconcile_usage(ours, None, meter, None, billing_month=PS, settings=S, reconciled_at=NOW,
+                        open_periods=open_).row(0, named=True)
+    assert (r["status"], r["explained"]) == ("pending", True)
+    # once the period is invoiced (not open), the same numbers are a real discrepancy
+    r = reconcile_usage(ours, None, meter, None, billing_month=PS, settings=S, reconciled_at=NOW).row(0, named=True)
+    assert r["status"] == "not_pushed"

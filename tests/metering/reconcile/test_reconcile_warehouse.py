@@ -43,6 +43,22 @@ def test_reconcile_period_statuses_and_money(isolated_env, rules_dir):
     assert not result.check_passed()
 
 
+def test_periods_stripe_has_not_invoiced_yet_are_pending(isolated_env, rules_dir):
+    """Reconciling before the period's invoice exists: pending, not a mismatch."""
+    with warehouse.open_warehouse() as con:
+        write_scenario(con)
+        con.execute("DELETE FROM stripe_invoice_lines_api WHERE invoice_id = 'in_cus_c'")
+        con.execute("DELETE FROM stripe_invoices_api WHERE invoice_id = 'in_cus_c'")
+        result = reconcile_period(con, MONTH, settings=ReconcileSettings(), meters=load_meters(rules_dir), now=PULLED)
+    c = result.usage.filter(customer_id="cus_c").row(0, named=True)
+    assert (c["status"], c["explained"]) == ("pending", True)
+    assert c["reason"].startswith("Stripe has not invoiced this period yet")
+    c_inv = result.invoices.filter(customer_id="cus_c").row(0, named=True)
+    assert (c_inv["status"], c_inv["amount_diff_minor"]) == ("pending", -100)
+    # the others are unchanged
+    assert result.usage.filter(customer_id="cus_b")["status"].to_list() == ["amount_mismatch"]
+
+
 def test_threshold_is_inclusive(isolated_env, rules_dir):
     with warehouse.open_warehouse() as con:
         write_scenario(con)
@@ -60,8 +76,9 @@ def test_webhook_lines_fill_in_for_invoices_the_api_did_not_see(isolated_env, ru
         con.execute("DELETE FROM stripe_invoice_lines_api WHERE customer_id = 'cus_b'")
         con.execute("DELETE FROM stripe_invoices_api WHERE customer_id = 'cus_b'")
         con.execute("""INSERT INTO stripe_invoices (invoice_id, customer_id, status, currency, amount_due, amount_paid,
-                       amount_remaining, total, created) VALUES ('in_cus_b', 'cus_b', 'open', 'usd', 125, 0, 125, 125,
-                       TIMESTAMPTZ '2026-11-01 01:00:00+00')""")
+                       amount_remaining, total, created, period_start, period_end) VALUES ('in_cus_b', 'cus_b', 'open',
+                       'usd', 125, 0, 125, 125, TIMESTAMPTZ '2026-11-01 01:00:00+00', TIMESTAMPTZ '2026-10-01 00:00:00+00',
+                       TIMESTAMPTZ '2026-11-01 00:00:00+00')""")
         con.execute("""INSERT INTO stripe_invoice_lines (invoice_id, line_id, meter, event_name, quantity_decimal,
                        amount, currency, period_start, period_end, source) VALUES ('in_cus_b', 'il_b', NULL,
                        'metering_api_calls', 1500, 125, 'usd', TIMESTAMPTZ '2026-10-01 00:00:00+00',
