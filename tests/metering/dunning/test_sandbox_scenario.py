@@ -257,3 +257,33 @@ def test_cli_rejects_a_bad_clock(isolated_env: Path) -> None:
     result = _cli("run", "--now", "next tuesday")
     assert result.exit_code == 3
     assert "--now: 'next tuesday' is not an ISO 8601 time" in result.output
+
+
+@pytest.mark.slow
+def test_dagster_assets_call_stripe_once_through_the_shared_resource(tmp_path: Path, rules_dir: Path) -> None:
+    import dagster as dg
+
+    from pipelines.defs.stripe_push.resources import StripeResource
+    from pipelines.defs.webhooks.dunning_assets import DUNNING_ASSETS
+    from pipelines.resources import ProjectPaths, WarehouseResource
+
+    with running_sandbox(payment_retry_days=()) as sb:
+        db = tmp_path / "wh.duckdb"
+        s = Scenario(sb, db, rules_dir, tmp_path)
+        _, inv = s.customer("c_1")
+        resources = {
+            "warehouse": WarehouseResource(path=str(db)),
+            "paths": ProjectPaths(rules_dir=str(rules_dir), data_dir=str(tmp_path / "out")),
+            "stripe": StripeResource(base_url=sb.base_url, max_network_retries=0),
+        }
+        s.advance(3)
+        for _ in range(2):                                    # the second run repeats nothing
+            with warehouse.open_warehouse(db) as con:
+                s.sync(con)
+            config = {"config": {"now": s.now.isoformat()}}
+            result = dg.materialize(DUNNING_ASSETS, resources=resources,
+                                    run_config={"ops": {"dunning_state": config, "dunning_actions": config}})
+            assert result.success
+        assert s.ours("/pay") == [(f"/v1/invoices/{inv}/pay", f"dunning:{inv}:payment_retry", 402)]
+        assert s.table("SELECT step_name, status FROM dunning_actions ORDER BY step_index") == [
+            ("first_reminder", "done"), ("payment_retry", "done")]   # different actions: both due, both done
