@@ -15,7 +15,7 @@ from metering.reconcile.run import reconcile_period
 from metering.reconcile.settings import ReconcileSettings
 from metering.reports import write_report
 from metering.rules.meters import load_meters
-from pipelines.defs.reconciliation.resources import ReconcileStripeClient
+from pipelines.defs.stripe_push.resources import StripeResource
 from pipelines.partitions import monthly_billing
 from pipelines.resources import WAREHOUSE_POOL, ProjectPaths, WarehouseResource
 
@@ -58,7 +58,7 @@ def stripe_meter_summaries(
     config: ReconcileConfig,
     warehouse: WarehouseResource,
     paths: ProjectPaths,
-    stripe_reconcile_client: ReconcileStripeClient,
+    stripe: StripeResource,
 ) -> dg.MaterializeResult:
     """One row per customer x meter x billing period x day (grain 'day') plus one 'period' row: what
     Stripe's meters hold. Source: Stripe's meter event summaries API (value_grouping_window=day),
@@ -66,7 +66,7 @@ def stripe_meter_summaries(
     month = _month(context)
     with warehouse.get_connection() as con:
         result = pull_summaries_into_warehouse(
-            con, stripe_reconcile_client.client(), month,
+            con, stripe.get_client(), month,
             meters=list(load_meters(paths.rules)), settings=_settings(config))
     return dg.MaterializeResult(metadata={
         "dagster/row_count": result.summaries.height, "pending": result.pending, "api_calls": result.api_calls})
@@ -83,7 +83,7 @@ def stripe_invoice_lines(
     context: dg.AssetExecutionContext,
     config: ReconcileConfig,
     warehouse: WarehouseResource,
-    stripe_reconcile_client: ReconcileStripeClient,
+    stripe: StripeResource,
 ) -> dg.MaterializeResult:
     """One row per Stripe invoice line (table stripe_invoice_lines_api, headers in stripe_invoices_api)
     of invoices whose period touches the month. Source: Stripe's invoices and invoice lines API, read
@@ -91,7 +91,7 @@ def stripe_invoice_lines(
     (the API read wins for an invoice it saw)."""
     month = _month(context)
     with warehouse.get_connection() as con:
-        result = pull_invoices_into_warehouse(con, stripe_reconcile_client.client(), month, settings=_settings(config))
+        result = pull_invoices_into_warehouse(con, stripe.get_client(), month, settings=_settings(config))
     return dg.MaterializeResult(metadata={
         "dagster/row_count": result.lines.height, "invoices": result.invoices.height, "api_calls": result.api_calls})
 

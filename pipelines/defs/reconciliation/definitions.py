@@ -5,7 +5,6 @@ from __future__ import annotations
 import dagster as dg
 
 from pipelines.defs.reconciliation.assets import GROUP, RECONCILIATION_ASSETS
-from pipelines.defs.reconciliation.resources import ReconcileStripeClient
 
 reconciliation_job = dg.define_asset_job(
     "reconciliation_job",
@@ -16,5 +15,5 @@ reconciliation_job = dg.define_asset_job(
 defs = dg.Definitions(
     assets=RECONCILIATION_ASSETS,
     jobs=[reconciliation_job],
-    resources={"stripe_reconcile_client": ReconcileStripeClient()},
 )
+# The Stripe client is the shared resource key `stripe` (pipelines.defs.stripe_push.resources.StripeResource).

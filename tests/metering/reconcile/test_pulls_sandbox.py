@@ -137,7 +137,7 @@ def test_pull_assets_in_dagster(stripe_sandbox, isolated_env):
     import dagster as dg
 
     from pipelines.defs.reconciliation.assets import stripe_invoice_lines, stripe_meter_summaries
-    from pipelines.defs.reconciliation.resources import ReconcileStripeClient
+    from pipelines.defs.stripe_push.resources import StripeResource
     from pipelines.resources import ProjectPaths, WarehouseResource
 
     _stripe_month(stripe_sandbox.client())
@@ -147,9 +147,8 @@ def test_pull_assets_in_dagster(stripe_sandbox, isolated_env):
         result = dg.materialize(
             [stripe_meter_summaries, stripe_invoice_lines], partition_key="2026-10-01", instance=instance,
             resources={"warehouse": WarehouseResource(), "paths": ProjectPaths(),
-                       "stripe_reconcile_client": ReconcileStripeClient(api_base=stripe_sandbox.base_url,
-                                                                        api_key=stripe_sandbox.api_key)},
-            run_config={"ops": {"stripe_meter_summaries": {"config": {"settle_seconds": 0}}}},
+                       "stripe": StripeResource(base_url=stripe_sandbox.base_url)},
+            run_config={"ops": {"stripe_meter_summaries": {"config": {"settle_seconds": 0, "pull_rate": 0}}}},
         )
     assert result.success
     [summaries] = result.asset_materializations_for_node("stripe_meter_summaries")
