@@ -9,8 +9,10 @@ Billing periods (invariant I7) are half-open `[start, end)` UTC date ranges that
 customer's anchor day: a period starts on the anchor day of a month and ends on the anchor day of
 the next. When the anchor day does not exist in a month (31 in April, 29-31 in February) the
 period starts on that month's last day (Stripe's rule); no anchor means calendar months (anchor 1).
-Each month therefore holds exactly one period start per customer: the monthly billing partition
-of month M rates the periods that START in M.
+A customer's subscription starts at its first plan assignment; as in Stripe, when that day is not
+an anchor date the first period runs from it to the next anchor date (flat fees prorated over the
+full cycle). The monthly billing partition of month M rates the periods that START in M: one per
+customer, plus a customer's first, partial period in the month its subscription starts.
 
 A plan assignment is in force from `plan_effective_from` (inclusive) until the customer's next
 assignment; `billing_segments` intersects periods, assignments and plan versions into the
@@ -181,28 +183,56 @@ def with_effective_to(assignments: pl.DataFrame) -> pl.DataFrame:
     )
 
 
-def periods_for_month(customers: pl.DataFrame, month: dt.date) -> pl.DataFrame:
-    """customer_id, period_start, period_end of the period each customer starts in `month`.
+def subscription_periods(start: dt.date, until: dt.date, anchor_day: int | None) -> list[tuple[dt.date, dt.date, int]]:
+    """A customer's periods from its subscription start until `until`: (start, end, cycle_days).
 
-    Computed once per distinct anchor day (at most 32), then joined: no per-customer Python.
+    As in Stripe, the first period runs from the subscription start to the next anchor date when
+    the start is not itself an anchor date; it is prorated over the whole anchor cycle it falls in
+    (`cycle_days`). Every later period is a full anchor cycle.
     """
-    cust = customers.select("customer_id", "billing_anchor_day").unique()
+    out = []
+    cycle_start, cycle_end = period_containing(start, anchor_day)
+    out.append((start, cycle_end, (cycle_end - cycle_start).days))
+    while cycle_end < until:
+        cycle_start, cycle_end = period_containing(cycle_end, anchor_day)
+        out.append((cycle_start, cycle_end, (cycle_end - cycle_start).days))
+    return out
+
+
+def periods_for_month(customers: pl.DataFrame, month: dt.date) -> pl.DataFrame:
+    """customer_id, period_start, period_end, cycle_days of every period that starts in `month`.
+
+    A customer's subscription starts at its first plan assignment. Each month holds one anchor
+    date per customer; a first, partial period (start -> next anchor date) also starts in the
+    month of the subscription start. Computed per distinct anchor day (at most 32) and joined:
+    no per-customer Python.
+    """
+    cust = customers.group_by("customer_id").agg(
+        pl.col("billing_anchor_day").first(), sub_start=pl.col("plan_effective_from").min()
+    )
     anchors = sorted(cust["billing_anchor_day"].unique().to_list(), key=lambda a: -1 if a is None else a)
-    table = pl.DataFrame(
-        [(a, *period_starting_in(month.year, month.month, a)) for a in anchors],
-        schema={"billing_anchor_day": pl.Int32, "period_start": pl.Date, "period_end": pl.Date}, orient="row",
-    )
-    return cust.join(table, on="billing_anchor_day", how="left", nulls_equal=True).select(
-        "customer_id", "period_start", "period_end"
-    )
+    m0, m1 = month_bounds(month)
+    py, pm = _add_months(month.year, month.month, -1)
+    rows = [(a, anchor_date(py, pm, a), *period_starting_in(month.year, month.month, a)) for a in anchors]
+    table = pl.DataFrame(rows, orient="row", schema={"billing_anchor_day": pl.Int32, "a_prev": pl.Date,
+                                                     "a_this": pl.Date, "a_next": pl.Date})
+    both = cust.join(table, on="billing_anchor_day", how="left", nulls_equal=True)
+    starts_here = (pl.col("sub_start") >= m0) & (pl.col("sub_start") < m1)
+    days = lambda a, b: (pl.col(b) - pl.col(a)).dt.total_days()  # noqa: E731
+    regular = both.filter(pl.col("a_this") >= pl.col("sub_start")).select(
+        "customer_id", period_start=pl.col("a_this"), period_end=pl.col("a_next"), cycle_days=days("a_this", "a_next"))
+    first_before = both.filter(starts_here & (pl.col("sub_start") < pl.col("a_this"))).select(
+        "customer_id", period_start=pl.col("sub_start"), period_end=pl.col("a_this"), cycle_days=days("a_prev", "a_this"))
+    first_after = both.filter(starts_here & (pl.col("sub_start") > pl.col("a_this"))).select(
+        "customer_id", period_start=pl.col("sub_start"), period_end=pl.col("a_next"), cycle_days=days("a_this", "a_next"))
+    return pl.concat([regular, first_before, first_after]).sort("customer_id", "period_start")
 
 
 def billing_segments(assignments: pl.DataFrame, rules: Rules, month: dt.date) -> pl.DataFrame:
     """Segments of the periods starting in `month`: customer x period x (assignment ∩ plan version).
 
     One row per non-empty sub-interval with customer_id, period_start, period_end, segment_start,
-    segment_end, plan, plan_version. Days of a period with no assignment in force (before a
-    customer's first plan) have no segment and are not billed.
+    segment_end, plan, plan_version and cycle_days (what flat fees are prorated over).
     """
     periods = periods_for_month(assignments, month)
     far = dt.date(9999, 12, 31)
@@ -218,4 +248,4 @@ def billing_segments(assignments: pl.DataFrame, rules: Rules, month: dt.date) ->
         .filter(pl.col("segment_start") < pl.col("segment_end"))
     )
     return seg.select("customer_id", "period_start", "period_end", "segment_start", "segment_end", "plan",
-                      "plan_version").sort("customer_id", "segment_start")
+                      "plan_version", "cycle_days").sort("customer_id", "segment_start")

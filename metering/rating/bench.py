@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import resource
+import statistics
 import time
 from dataclasses import dataclass
 
@@ -24,8 +25,13 @@ class BenchResult:
     rows: int
     customers: int
     lines: int
-    seconds: float
+    seconds: list[float]          # wall time of each repetition
+    cpu_seconds: list[float]      # process CPU time of each repetition (all threads)
     peak_rss_mib: float
+
+    @property
+    def median(self) -> float:
+        return statistics.median(self.seconds)
 
 
 def synthetic_usage(rules: Rules, rows: int) -> tuple[pl.DataFrame, pl.DataFrame]:
@@ -85,14 +91,22 @@ def synthetic_usage(rules: Rules, rows: int) -> tuple[pl.DataFrame, pl.DataFrame
     return with_effective_to(assignments), usage
 
 
-def run(rules: Rules, rows: int = 1_000_000) -> BenchResult:
-    """Time aggregation to periods plus pricing (not data generation) for `rows` aggregated rows."""
+def run(rules: Rules, rows: int = 1_000_000, repeat: int = 3) -> BenchResult:
+    """Time aggregation to periods plus pricing (not data generation) for `rows` aggregated rows.
+
+    Repeated `repeat` times on the same input (the machine is shared: report the median).
+    """
     assignments, usage = synthetic_usage(rules, rows)
-    start = time.perf_counter()
-    segments = billing_segments(assignments, rules, MONTH)
-    quantities = charge_quantities(usage, segments, rules)
-    rated = rate(segments, quantities, rules)
-    seconds = time.perf_counter() - start
+    walls, cpus = [], []
+    lines = 0
+    for _ in range(repeat):
+        start, cpu = time.perf_counter(), time.process_time()
+        segments = billing_segments(assignments, rules, MONTH)
+        quantities = charge_quantities(usage, segments, rules)
+        rated = rate(segments, quantities, rules)
+        walls.append(time.perf_counter() - start)
+        cpus.append(time.process_time() - cpu)
+        lines = rated.height
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    return BenchResult(rows=usage.height, customers=assignments.height, lines=rated.height, seconds=seconds,
-                       peak_rss_mib=peak)
+    return BenchResult(rows=usage.height, customers=assignments.height, lines=lines, seconds=walls,
+                       cpu_seconds=cpus, peak_rss_mib=peak)

@@ -5,7 +5,9 @@ offline `metering rate`.
 
 - `segments`: one row per customer x billing period x segment (a sub-interval with one plan
   version in force): customer_id, period_start, period_end, segment_start, segment_end (DATE,
-  half-open, UTC), plan, plan_version;
+  half-open, UTC), plan, plan_version, and optionally `cycle_days`: the length of the full
+  anchor cycle flat fees and minimums are prorated over (a customer's first, partial period is
+  shorter than its cycle, as in Stripe); default: the period's own length;
 - `quantities`: the period quantity of each usage charge in a segment: customer_id, period_start,
   segment_start, plan, plan_version, charge_id, quantity DECIMAL(38, 12) (already aggregated by the
   meter's rule and filtered by the charge's `filters`: see `metering.rating.aggregate`);
@@ -18,8 +20,8 @@ with zero usage. Semantics:
   flat_amount when any unit reaches it. volume: the tier the whole quantity reaches prices all of
   it (plus that tier's flat_amount). A zero quantity costs nothing in every usage model.
 - package: ceil (or, with package_round: down, floor) of billable / package_size, x package_amount.
-- flat: amount x (days in segment / days in period): prorated by day across a plan or version
-  change. minimum: the segment's prorated minimum less the segment's rounded usage lines, if
+- flat: amount x (days in segment / days in the billing cycle): prorated by day across a plan or
+  version change and for a first, partial period. minimum: the segment's prorated minimum less the segment's rounded usage lines, if
   positive (a true-up line; 0 otherwise).
 - Amounts are exact (`money`: 10^-24 of a major unit); each line is rounded once to the currency's
   minor unit by the version's `rounding` (half_up / half_even). For prorated lines the rounding is
@@ -130,7 +132,10 @@ def rate(segments: pl.DataFrame, quantities: pl.DataFrame, rules: Rules) -> pl.D
     """Rate every charge of every segment (see the module docstring). Pure: no I/O, no clock."""
     if segments.height == 0:
         return _empty_rated()
-    segments = segments.select(list(SEGMENT_SCHEMA)).cast(SEGMENT_SCHEMA)  # type: ignore[arg-type]
+    if "cycle_days" not in segments.columns:   # a whole billing cycle: prorate over the period itself
+        segments = segments.with_columns(cycle_days=(pl.col("period_end") - pl.col("period_start")).dt.total_days())
+    segments = segments.select([*SEGMENT_SCHEMA, "cycle_days"]).cast(
+        {**SEGMENT_SCHEMA, "cycle_days": pl.Int64})  # type: ignore[arg-type]
     quantities = quantities.select(list(QUANTITY_SCHEMA)).cast(QUANTITY_SCHEMA)  # type: ignore[arg-type]
     # Several rows for one line (e.g. a caller that did not pre-sum) add up.
     quantities = quantities.group_by(LINE_KEY).agg(pl.col("quantity").sum())
@@ -143,7 +148,7 @@ def rate(segments: pl.DataFrame, quantities: pl.DataFrame, rules: Rules) -> pl.D
     usage = pl.col("model").is_in(["per_unit", "graduated", "volume", "package"])
     lines = lines.with_columns(
         quantity=pl.when(usage).then(pl.col("quantity").fill_null(0)).otherwise(pl.lit(None)),
-        period_days=(pl.col("period_end") - pl.col("period_start")).dt.total_days().cast(I128),
+        period_days=pl.col("cycle_days").cast(I128),
         segment_days=(pl.col("segment_end") - pl.col("segment_start")).dt.total_days().cast(I128),
         divisor=money.minor_unit_divisor(pl.col("digits")),
     )

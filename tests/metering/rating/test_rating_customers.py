@@ -19,6 +19,7 @@ from metering.customers import (
     period_starting_in,
     periods_between,
     periods_for_month,
+    subscription_periods,
 )
 from metering.errors import BadInputError
 from metering.rules.plans import load_rules
@@ -134,17 +135,39 @@ def test_segments_split_at_plan_and_version_changes(tmp_path, shipped_rules):
                            "c2,B,b@b.test,usd,20,pro,2026-10-25,succeeds\n")
     segments = billing_segments(load_customers(path, shipped_rules), shipped_rules, dt.date(2026, 10, 1))
     assert segments.rows() == [
-        ("c1", dt.date(2026, 10, 1), dt.date(2026, 11, 1), dt.date(2026, 10, 1), dt.date(2026, 10, 11), "starter", "2026-01"),
-        ("c1", dt.date(2026, 10, 1), dt.date(2026, 11, 1), dt.date(2026, 10, 11), dt.date(2026, 10, 15), "pro", "2026-01"),
-        ("c1", dt.date(2026, 10, 1), dt.date(2026, 11, 1), dt.date(2026, 10, 15), dt.date(2026, 11, 1), "pro", "2026-10"),
-        # c2 starts mid-period: billed from its first day only
-        ("c2", dt.date(2026, 10, 20), dt.date(2026, 11, 20), dt.date(2026, 10, 25), dt.date(2026, 11, 20), "pro", "2026-10"),
+        ("c1", dt.date(2026, 10, 1), dt.date(2026, 11, 1), dt.date(2026, 10, 1), dt.date(2026, 10, 11), "starter", "2026-01", 31),
+        ("c1", dt.date(2026, 10, 1), dt.date(2026, 11, 1), dt.date(2026, 10, 11), dt.date(2026, 10, 15), "pro", "2026-01", 31),
+        ("c1", dt.date(2026, 10, 1), dt.date(2026, 11, 1), dt.date(2026, 10, 15), dt.date(2026, 11, 1), "pro", "2026-10", 31),
+        # c2 subscribes on Oct 25 with anchor 20: a first, partial period to Nov 20, prorated over
+        # the 31-day cycle Oct 20 - Nov 20 (Stripe's first-period proration)
+        ("c2", dt.date(2026, 10, 25), dt.date(2026, 11, 20), dt.date(2026, 10, 25), dt.date(2026, 11, 20), "pro", "2026-10", 31),
     ]
 
 
-def test_periods_for_month_vectorised(tmp_path, shipped_rules):
-    frame = pl.DataFrame({"customer_id": ["a", "b", "c"], "billing_anchor_day": [None, 31, 15]},
-                         schema={"customer_id": pl.String, "billing_anchor_day": pl.Int32})
-    out = periods_for_month(frame, dt.date(2026, 2, 1)).sort("customer_id").rows()
-    assert out == [("a", dt.date(2026, 2, 1), dt.date(2026, 3, 1)), ("b", dt.date(2026, 2, 28), dt.date(2026, 3, 31)),
-                   ("c", dt.date(2026, 2, 15), dt.date(2026, 3, 15))]
+def test_periods_for_month_vectorised():
+    frame = pl.DataFrame({"customer_id": ["a", "b", "c", "d"], "billing_anchor_day": [None, 31, 15, 15],
+                          "plan_effective_from": [dt.date(2026, 1, 1)] * 3 + [dt.date(2026, 2, 3)]},
+                         schema={"customer_id": pl.String, "billing_anchor_day": pl.Int32, "plan_effective_from": pl.Date})
+    out = periods_for_month(frame, dt.date(2026, 2, 1)).rows()
+    assert out == [("a", dt.date(2026, 2, 1), dt.date(2026, 3, 1), 28), ("b", dt.date(2026, 2, 28), dt.date(2026, 3, 31), 31),
+                   ("c", dt.date(2026, 2, 15), dt.date(2026, 3, 15), 28),
+                   # d subscribes Feb 3: first period Feb 3 - Feb 15 over the Jan 15 - Feb 15 cycle, then Feb 15 - Mar 15
+                   ("d", dt.date(2026, 2, 3), dt.date(2026, 2, 15), 31), ("d", dt.date(2026, 2, 15), dt.date(2026, 3, 15), 28)]
+
+
+@settings(max_examples=60, deadline=None)
+@given(anchor=st.one_of(st.none(), st.integers(1, 31)), start=st.dates(dt.date(2025, 1, 1), dt.date(2027, 12, 31)))
+def test_monthly_partitions_hold_each_subscription_period_exactly_once(anchor, start):
+    """The periods rated by consecutive monthly partitions are the subscription's periods, contiguous from its start."""
+    frame = pl.DataFrame({"customer_id": ["x"], "billing_anchor_day": [anchor], "plan_effective_from": [start]},
+                         schema={"customer_id": pl.String, "billing_anchor_day": pl.Int32, "plan_effective_from": pl.Date})
+    until = dt.date(start.year + 1, start.month, 1)
+    expected = subscription_periods(start, until, anchor)
+    got = []
+    month = dt.date(start.year, start.month, 1)
+    while month < until:
+        got += [(s, e, c) for _, s, e, c in periods_for_month(frame, month).rows()]
+        month = dt.date(month.year + (month.month == 12), month.month % 12 + 1, 1)
+    assert got == [p for p in expected if p[0] < until]
+    assert got[0][0] == start
+    assert all(a[1] == b[0] for a, b in zip(got, got[1:]))
