@@ -278,3 +278,54 @@ def test_any_sequence_of_runs_performs_each_step_at_most_once(
         suspended = json.loads((folder / "pub" / "suspensions.json").read_text())["suspended"]
         if paid:
             assert suspended == []
+
+
+RETRY_POLICY = """
+default:
+  steps:
+    - {name: first_reminder, day: 0, action: reminder, template: t}
+    - {name: payment_retry, day: 3, action: retry}
+    - {name: final_reminder, day: 7, action: reminder, template: t}
+templates:
+  t: {subject: "s", body: "b"}
+"""
+
+
+def test_never_charges_while_stripe_is_still_retrying(
+    wh: duckdb.DuckDBPyConnection, tmp_path: Path, isolated_env: Path
+) -> None:
+    from dunning_helpers import write_rules
+
+    from metering.dunning.policy import load_policy
+
+    policy = load_policy(write_rules(tmp_path / "retry_rules", RETRY_POLICY))
+    put_invoice(wh, "in_1", next_payment_attempt=T0 + 5 * DAY)       # Stripe retries on day 5
+    run_dunning(wh, None, policy, T0)
+    for day in (3, 4):                                                 # due, but Stripe is retrying
+        result = run_dunning(wh, None, policy, T0 + day * DAY)
+        assert result.report.counts == {"retry:wait:stripe_retrying": 1}
+        assert result.report.errors == []
+    assert [r[1] for r in ledger(wh)] == ["first_reminder"]
+    # day 5 Stripe retried and failed again, next try day 10; day 7: the final reminder is due and
+    # the retry is skipped so it never blocks the schedule
+    wh.execute("UPDATE stripe_invoices SET attempt_count = 2, next_payment_attempt = ?", [T0 + 10 * DAY])
+    run_dunning(wh, None, policy, T0 + 7 * DAY)
+    assert ledger(wh) == [
+        ("dunning:in_1:first_reminder", "first_reminder", "reminder", "done", "rendered", 1),
+        ("dunning:in_1:payment_retry", "payment_retry", "retry", "skipped", "stripe_retrying", 0),
+        ("dunning:in_1:final_reminder", "final_reminder", "reminder", "done", "rendered", 1),
+    ]
+
+
+def test_a_retry_with_no_stripe_client_waits_and_says_so(
+    wh: duckdb.DuckDBPyConnection, tmp_path: Path, isolated_env: Path
+) -> None:
+    from dunning_helpers import write_rules
+
+    from metering.dunning.policy import load_policy
+
+    policy = load_policy(write_rules(tmp_path / "retry_rules", RETRY_POLICY))
+    put_invoice(wh, "in_1", next_payment_attempt=T0 + 2 * DAY)       # Stripe's schedule is over
+    result = run_dunning(wh, None, policy, T0 + 3 * DAY)
+    assert result.report.errors == ["dunning:in_1:payment_retry: no Stripe client configured (set STRIPE_API_KEY)"]
+    assert [r[1] for r in ledger(wh)] == ["first_reminder"]             # nothing written for the retry

@@ -287,3 +287,23 @@ def test_dagster_assets_call_stripe_once_through_the_shared_resource(tmp_path: P
         assert s.ours("/pay") == [(f"/v1/invoices/{inv}/pay", f"dunning:{inv}:payment_retry", 402)]
         assert s.table("SELECT step_name, status FROM dunning_actions ORDER BY step_index") == [
             ("first_reminder", "done"), ("payment_retry", "done")]   # different actions: both due, both done
+
+
+@pytest.mark.slow
+def test_no_charge_while_stripe_smart_retries_are_scheduled(tmp_path: Path, rules_dir: Path) -> None:
+    """Sandbox default: Stripe retries 3, 5 and 7 days after each failure. Our retry never fires
+    while one is scheduled, and once the next step is due it is skipped, not made."""
+    with running_sandbox() as sb:
+        s = Scenario(sb, tmp_path / "data" / "warehouse.duckdb", rules_dir, tmp_path)
+        _, inv = s.customer("c_1")
+        for day in (0, 3, 4, 7):
+            if day:
+                s.advance(day)
+            s.run()
+            assert s.ours("/pay") == [], day
+        assert s.client.v1.invoices.retrieve(inv).next_payment_attempt is not None
+        assert s.table("SELECT step_name, status, outcome FROM dunning_actions ORDER BY step_index") == [
+            ("first_reminder", "done", "rendered"),
+            ("payment_retry", "skipped", "stripe_retrying"),
+            ("final_reminder", "done", "rendered"),
+        ]
