@@ -245,6 +245,13 @@ def test_cli_run_survives_stripe_outages_without_repeating(
         assert s.table("SELECT status, outcome FROM dunning_actions WHERE step_name = 'write_off'") == [
             ("done", "uncollectible")]
 
+        # I16: no key in the dunning tables, the outbox, the published files or the CLI output
+        dumped = [str(r) for t in ("dunning_state", "dunning_actions", "dunning_outbox", "suspensions")
+                  for r in s.table(f"SELECT * FROM {t}")]
+        files = [p.read_text() for p in isolated_env.rglob("*") if p.is_file() and p.suffix in (".eml", ".csv", ".json")]
+        for text in [*dumped, *files, first.output, down.output, up.output, lost.output]:
+            assert sb.api_key not in text and "sk_test_" not in text
+
         summary = _cli("summary", "--format", "csv")
         assert summary.exit_code == 0, summary.output
         assert summary.output.splitlines() == [
