@@ -26,7 +26,7 @@ class Request:
 
 
 Handler = Callable[..., dict[str, Any]]
-ROUTES: list[tuple[str, re.Pattern[str], Handler]] = []
+ROUTES: list[tuple[str, re.Pattern[str], Handler, str]] = []
 
 
 def route(method: str, pattern: str) -> Callable[[Handler], Handler]:
@@ -34,22 +34,31 @@ def route(method: str, pattern: str) -> Callable[[Handler], Handler]:
     regex = re.compile("^" + re.sub(r"\{(\w+)\}", r"(?P<\1>[^/]+)", pattern) + "$")
 
     def register(fn: Handler) -> Handler:
-        ROUTES.append((method, regex, fn))
+        ROUTES.append((method, regex, fn, pattern))
         return fn
 
     return register
 
 
-def resolve(method: str, path: str) -> tuple[Handler, dict[str, str]] | None:
-    for m, regex, fn in ROUTES:
+def resolve(method: str, path: str) -> tuple[Handler, dict[str, str], str] | None:
+    """(handler, path parameters, route template) for a request, or None."""
+    for m, regex, fn, template in ROUTES:
         match = regex.match(path)
         if match and m == method:
-            return fn, match.groupdict()
+            return fn, match.groupdict(), template
     return None
 
 
-def path_known(path: str) -> bool:
-    return any(regex.match(path) for _, regex, _ in ROUTES)
+def check_known_params(method: str, template: str, params: dict[str, Any]) -> None:
+    """400 ``parameter_unknown`` for a top-level parameter the operation does not take (per the spec)."""
+    from .accepted_params import ACCEPTED
+
+    accepted = ACCEPTED.get(f"{method} {re.sub(r'{[^}]+}', '{}', template)}")
+    if accepted is None:
+        return
+    for name in params:
+        if name not in accepted:
+            raise invalid(f"Received unknown parameter: {name}", name, code="parameter_unknown")
 
 
 # -- coercion -------------------------------------------------------------------------------------

@@ -149,4 +149,4 @@ def uncovered_routes(responses) -> list[str]:
     from metering.stripe_sandbox.api import ROUTES
 
     hit = {(m, p) for m, p, _, _ in responses}
-    return [f"{method} {regex.pattern}" for method, regex, _ in ROUTES if not any(m == method and regex.match(p) for m, p in hit)]
+    return [f"{method} {regex.pattern}" for method, regex, _, _ in ROUTES if not any(m == method and regex.match(p) for m, p in hit)]
