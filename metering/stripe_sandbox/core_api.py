@@ -87,10 +87,9 @@ def create_customer(state: State, req: Request) -> dict[str, Any]:
 
 @route("GET", "/v1/customers/{customer}")
 def retrieve_customer(state: State, req: Request, customer: str) -> dict[str, Any]:
-    obj = fetch(state, "customer", customer, "customer")
-    if obj.get("deleted"):
+    if customer in state.deleted_customers:
         return _deleted(customer, "customer")
-    return public(state, obj, req.params)
+    return public(state, fetch(state, "customer", customer, "customer"), req.params)
 
 
 @route("POST", "/v1/customers/{customer}")
@@ -110,6 +109,7 @@ def update_customer(state: State, req: Request, customer: str) -> dict[str, Any]
 def delete_customer(state: State, req: Request, customer: str) -> dict[str, Any]:
     obj = fetch(state, "customer", customer, "customer")
     del state.objects["customer"][customer]
+    state.deleted_customers.append(customer)
     state.dirty = True
     state.record_event("customer.deleted", obj, request=req.event_request())
     return _deleted(customer, "customer")

@@ -96,6 +96,7 @@ class State:
             self.payment_behavior: dict[str, str] = {}  # customer id -> succeeds|fails|fails_then_succeeds
             self.webhook_secrets: dict[str, str] = {}
             self.invoice_seq: dict[str, int] = {}
+            self.deleted_customers: list[str] = []
             self.sequence = 0
             self.dirty = True
 
@@ -189,6 +190,7 @@ class State:
                     "payment_behavior": self.payment_behavior,
                     "webhook_secrets": self.webhook_secrets,
                     "invoice_seq": self.invoice_seq,
+                    "deleted_customers": self.deleted_customers,
                     "sequence": self.sequence,
                 },
                 sort_keys=True,
@@ -218,6 +220,7 @@ class State:
             self.payment_behavior = data["payment_behavior"]
             self.webhook_secrets = data["webhook_secrets"]
             self.invoice_seq = data["invoice_seq"]
+            self.deleted_customers = data.get("deleted_customers", [])
             self.sequence = data["sequence"]
             for by_customer in self.meter_events.values():
                 for records in by_customer.values():

@@ -156,6 +156,7 @@ def test_every_endpoint_through_the_sdk(sb, client):
     client.v1.subscriptions.cancel(sub.id)
     client.v1.webhook_endpoints.delete(endpoint.id)
     client.v1.customers.delete(customer.id)
+    assert client.v1.customers.retrieve(customer.id).deleted is True
     client.v1.test_helpers.test_clocks.delete(clock.id)
     assert uncovered_routes(sb.recorder.responses) == []
 
@@ -226,8 +227,14 @@ def test_raw_http_responses_and_errors(sb):
             http.get("/v1/billing/meters/" + meter["id"] + "/event_summaries", params={"customer": customer["id"], "start_time": "61", "end_time": "120"}),
             http.get("/v1/customers", headers={"Authorization": "Bearer sk_live_nope"}),
             http.get("/v1/customers", headers={"Authorization": ""}),
+            http.post("/v1/customers", data={"nmae": "typo"}),
         ]
-    assert [r.status_code for r in errors] == [404, 400, 400, 404, 400, 400, 400, 401, 401]
+    assert [r.status_code for r in errors] == [404, 400, 400, 404, 400, 400, 400, 401, 401, 400]
+    assert errors[-1].json()["error"] | {"doc_url": None} == {
+        "type": "invalid_request_error", "code": "parameter_unknown", "param": "nmae",
+        "message": "Received unknown parameter: nmae", "doc_url": None,
+        "request_log_url": errors[-1].json()["error"]["request_log_url"],
+    }
     for response in errors:
         spec.validate_object("error", response.json())
         assert response.headers["Request-Id"].startswith("req_")

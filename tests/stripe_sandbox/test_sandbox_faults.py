@@ -133,3 +133,12 @@ def test_request_log_counts_calls_with_their_idempotency_keys(sb, client):
     ]
     sb.control("DELETE", "requests")
     assert sb.requests_log() == []
+
+
+def test_reset_forgets_objects_faults_and_the_log(sb, client):
+    client.v1.customers.create({"name": "A"})
+    sb.inject_fault("server_error", path="/v1/products")
+    sb.reset()
+    assert sb.requests_log() == [] and sb.control("GET", "faults")["faults"] == []
+    assert client.v1.customers.list().data == []
+    client.v1.products.create({"name": "works again"})
