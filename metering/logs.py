@@ -74,3 +74,5 @@ def setup_logging(level: str | int | None = None, json_output: bool | None = Non
     root.setLevel(level)
     # stripe-python logs request details at debug; keep it at warning so nothing sensitive flows.
     logging.getLogger("stripe").setLevel(logging.WARNING)
+    # Dagster's instance storage migrates with alembic, which narrates every step at info.
+    logging.getLogger("alembic").setLevel(logging.WARNING)
