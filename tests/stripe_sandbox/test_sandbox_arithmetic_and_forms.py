@@ -100,3 +100,43 @@ def test_the_sandbox_imports_nothing_from_the_engine():
                 names = [node.module or ""]
             offenders += [f"{path.name}: {n}" for n in names if n.startswith("metering") and not n.startswith("metering.stripe_sandbox")]
     assert offenders == []
+
+
+@settings(max_examples=80, deadline=None)
+@given(
+    st.lists(st.tuples(st.integers(0, 4 * 86400 - 1), st.integers(0, 1000)), max_size=40),
+    st.sampled_from([None, "hour", "day"]),
+    st.sampled_from(["sum", "count"]),
+)
+def test_grouped_summaries_add_up_to_the_whole_range(events, window, formula):
+    """For sum/count meters the hour and day summaries partition the range's total, raw or
+    pre-aggregated, whatever the order the events arrive in."""
+    from metering.stripe_sandbox import meters_api
+    from metering.stripe_sandbox.api import Request
+    from metering.stripe_sandbox.store import SandboxConfig, State
+
+    t0 = 1790812800
+    state = State(SandboxConfig(now=t0 + 5 * 86400))
+    state.add({"id": "cus_a", "object": "customer", "test_clock": None})
+    meter = meters_api.create_meter(
+        state,
+        Request("POST", "/v1/billing/meters", {
+            "display_name": "m", "event_name": "m", "default_aggregation": {"formula": formula},
+            **({"event_time_window": window} if window else {})}),
+    )
+    for i, (offset, value) in enumerate(events):
+        meters_api.create_meter_event(state, Request("POST", "/v1/billing/meter_events", {
+            "event_name": "m", "identifier": f"e{i}", "timestamp": str(t0 + offset),
+            "payload": {"stripe_customer_id": "cus_a", "value": str(value)}}))
+
+    def values(grouping):
+        params = {"customer": "cus_a", "start_time": str(t0), "end_time": str(t0 + 4 * 86400), "limit": "100"}
+        if grouping:
+            params["value_grouping_window"] = grouping
+        page = meters_api.list_event_summaries(state, Request("GET", "", params), meter["id"])
+        return [Decimal(str(s["aggregated_value"])) for s in page["data"]]
+
+    total = values(None)[0]
+    assert sum(values("day"), Decimal(0)) == total
+    if window != "day":
+        assert sum(values("hour"), Decimal(0)) == total
