@@ -18,6 +18,8 @@ rows, and changed inputs show up downstream.
 
 
 import datetime as dt
+import hashlib
+import warnings
 
 import dagster as dg
 import polars as pl
@@ -38,15 +40,20 @@ ALL_USAGE_PRICED_CHECK = "all_usage_priced"
 CODE_VERSION = "rating-1"
 
 
-def _rules_code_version() -> str:
-    """The engine's version plus the rules content hash, read when the code location loads."""
+def _rules_code_versions() -> tuple[str, str]:
+    """(meters version, rules version): the engine's version plus content hashes, read at load time.
+
+    Aggregation depends on the meters only; rating on meters and every plan version.
+    """
     try:
-        return f"{CODE_VERSION}+rules-{load_rules(config.rules_dir()).rules_hash[:16]}"
+        rules = load_rules(config.rules_dir())
     except BadInputError:
-        return f"{CODE_VERSION}+rules-invalid"
+        return f"{CODE_VERSION}+rules-invalid", f"{CODE_VERSION}+rules-invalid"
+    meters = hashlib.sha256(repr(sorted(rules.meters.items())).encode()).hexdigest()
+    return f"{CODE_VERSION}+meters-{meters[:16]}", f"{CODE_VERSION}+rules-{rules.rules_hash[:16]}"
 
 
-RULES_CODE_VERSION = _rules_code_version()
+METERS_CODE_VERSION, RULES_CODE_VERSION = _rules_code_versions()
 
 
 def _partition_date(context: dg.AssetExecutionContext) -> dt.date:
@@ -84,7 +91,7 @@ def customer_plans(context: dg.AssetExecutionContext, warehouse: WarehouseResour
 
 @dg.asset(
     group_name=GROUP, kinds=KINDS, pool=WAREHOUSE_POOL, partitions_def=daily_usage,
-    deps=[dg.AssetKey("usage_events")], code_version=RULES_CODE_VERSION,
+    deps=[dg.AssetKey("usage_events")], code_version=METERS_CODE_VERSION,
 )
 def usage_aggregates(context: dg.AssetExecutionContext, warehouse: WarehouseResource,
                      paths: ProjectPaths) -> dg.MaterializeResult:
@@ -104,6 +111,12 @@ def usage_aggregates(context: dg.AssetExecutionContext, warehouse: WarehouseReso
     )
 
 
+with warnings.catch_warnings():   # allow_nonexistent_upstream_partitions is a beta parameter
+    warnings.simplefilter("ignore", dg.BetaWarning)
+    NEXT_MONTH_TOO = dg.TimeWindowPartitionMapping(end_offset=1, allow_nonexistent_upstream_partitions=True)
+    """A month's periods can end in the next month: depend on the daily aggregates of both."""
+
+
 @dg.asset(
     group_name=GROUP, kinds=KINDS, pool=WAREHOUSE_POOL, partitions_def=monthly_billing,
     code_version=RULES_CODE_VERSION,
@@ -111,8 +124,7 @@ def usage_aggregates(context: dg.AssetExecutionContext, warehouse: WarehouseReso
                                    description="Every event in a billing period is covered by a rated line "
                                                "(warns on unknown customers, days without a plan, unpriced meters).")],
     deps=[
-        dg.AssetDep(usage_aggregates, partition_mapping=dg.TimeWindowPartitionMapping(
-            end_offset=1, allow_nonexistent_upstream_partitions=True)),
+        dg.AssetDep(usage_aggregates, partition_mapping=NEXT_MONTH_TOO),
         dg.AssetDep(customer_plans),
     ],
 )
