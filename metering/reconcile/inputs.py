@@ -75,7 +75,10 @@ def load_ours(con: duckdb.DuckDBPyConnection, billing_month: dt.date, meters: di
                arg_max(plan_version, segment_start) AS plan_version,
                CAST(sum(amount_minor) AS BIGINT) AS our_amount_minor,
                CAST(coalesce(sum(amount_minor) FILTER (WHERE {nx}), 0) AS BIGINT) AS not_in_stripe_minor,
-               count(*) FILTER (WHERE NOT ({nx})) AS stripe_charges
+               count(*) FILTER (WHERE NOT ({nx})) AS stripe_charges,
+               string_agg(DISTINCT plan || ' ' || plan_version, ' + ' ORDER BY plan || ' ' || plan_version)
+                   AS rule_versions,
+               count(DISTINCT segment_start) AS segments
         FROM rated_usage
         WHERE meter IS NOT NULL AND period_start >= ? AND period_start < ?
         GROUP BY customer_id, meter, period_start

@@ -62,6 +62,8 @@ OURS_SCHEMA = {
     "currency": pl.String, "plan": pl.String, "plan_version": pl.String,
     "our_quantity": QTY, "our_amount_minor": pl.Int64, "not_in_stripe_minor": pl.Int64,
     "stripe_charges": pl.Int64,
+    "rule_versions": pl.String,   # every plan version that rated the period, e.g. 'pro 2026-01 + pro 2026-10'
+    "segments": pl.Int64,         # sub-intervals (plan changes split a period)
 }
 PUSHED_SCHEMA = {
     "customer_id": pl.String, "meter": pl.String, "period_start": pl.Date,
@@ -224,8 +226,13 @@ def reconcile_usage(
         .when(s == "extra_in_stripe").then(pl.format("Stripe has more than we pushed; {}; {}", qty, amounts))
         .when(s == "quantity_mismatch").then(pl.format("quantities differ; {}; {}", qty, amounts))
         .when(s == "amount_mismatch").then(pl.format(
-            "same quantity {}, price differs from rule version {}: {} beyond tolerance {}",
-            _num("our_quantity"), pl.col("plan_version").fill_null("?"), amounts, pl.col("tolerance_minor")))
+            "same quantity {}, invoiced amount differs from our rating under {}{}: {} beyond tolerance {}",
+            _num("our_quantity"),
+            pl.coalesce("rule_versions", pl.format("rule version {}", pl.col("plan_version").fill_null("?"))),
+            pl.when(pl.col("segments").fill_null(1) > 1)
+            .then(pl.format(" ({} segments: a plan change splits the period)", pl.col("segments")))
+            .otherwise(pl.lit("")),
+            amounts, pl.col("tolerance_minor")))
         .when(s == "within_tolerance").then(pl.format("rounding: {} within tolerance {}", amounts, pl.col("tolerance_minor")))
         .otherwise(pl.format("{}; {}", qty, amounts))
     )

@@ -60,7 +60,7 @@ def test_amount_mismatch_when_stripe_price_differs():
     # our rule: 1500 calls at $0.002 = 300 cents; Stripe's price $0.0025 -> 375 cents
     r = _one("1500", 300, "1500", "1500", "1500", 375)
     assert (r["status"], r["amount_diff_minor"], r["explained"]) == ("amount_mismatch", 75, False)
-    assert "2026-01" in r["reason"] and "diff 75" in r["reason"]
+    assert "under rule version 2026-01" in r["reason"] and "diff 75" in r["reason"]
 
 
 def test_not_pushed_window():

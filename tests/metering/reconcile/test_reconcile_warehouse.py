@@ -31,6 +31,8 @@ def test_reconcile_period_statuses_and_money(isolated_env, rules_dir):
     c = rows[("cus_c", "api_calls")]
     assert (c["pushed_quantity"], c["stripe_quantity"]) == (D(1000), D(1000))
     assert "1 window(s) not acknowledged" in c["reason"]
+    assert rows[("cus_b", "api_calls")]["reason"].startswith(
+        "same quantity 1500, invoiced amount differs from our rating under pro 2026-01: rated 100 vs invoiced 125")
     inv = {r["customer_id"]: (r["status"], r["amount_diff_minor"]) for r in result.invoices.iter_rows(named=True)}
     assert inv == EXPECTED_INVOICES
     a_inv = result.invoices.filter(customer_id="cus_a").row(0, named=True)
