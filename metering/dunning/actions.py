@@ -102,7 +102,8 @@ def plan_actions(
     """One row per (invoice, step) that needs attention now, with `decision` and `reason`.
 
     decision: `perform` | `skip` | `wait` | `supersede` (a pending row whose invoice left dunning) |
-    `confirm` (a pending write-off whose invoice is already written off: the call went through).
+    `confirm` (a pending write-off whose invoice is already written off: the call went through) |
+    `resolve` (a pending row that would now be skipped: done if its call took effect, else skipped).
     """
     now = utc(now)
     state = conform(state, STATE_SCHEMA)
@@ -135,9 +136,12 @@ def plan_actions(
     stripe_retrying = pl.col("next_payment_attempt").is_not_null() & (
         pl.col("next_payment_attempt") > pl.lit(now, dtype=TS))
     blocked = is_retry & stripe_retrying
+    skippable = catch_up | (blocked & later_due)
+    # a pending row may already have taken effect (crash after the call): it is resolved, not skipped
+    has_pending = pl.col("pending_attempts").is_not_null()
     decided = reached.with_columns(
-        decision=pl.when(catch_up).then(pl.lit("skip"))
-        .when(blocked & later_due).then(pl.lit("skip"))
+        decision=pl.when(skippable & has_pending).then(pl.lit("resolve"))
+        .when(skippable).then(pl.lit("skip"))
         .when(blocked).then(pl.lit("wait"))
         .otherwise(pl.lit("perform")),
         reason=pl.when(catch_up).then(pl.lit("superseded_by_later_") + pl.col("action"))
@@ -347,6 +351,23 @@ def perform_actions(
         if decision == "wait":
             report.add(action, f"wait:{row['reason']}")
             stopped.add(invoice)
+            continue
+        if decision == "resolve":
+            try:
+                took_effect = _recover_pending(client, row) if action in STRIPE_ACTIONS and client else None
+            except stripe.StripeError as exc:
+                report.add(action, "error")
+                report.errors.append(f"{key}: {_error_text(exc)}")
+                stopped.add(invoice)
+                continue
+            if took_effect:
+                ledger.close(key, "done", took_effect)
+                report.add(action, "done")
+            else:
+                if action == "reminder":   # a message rendered before a crash is withdrawn
+                    (folder / f"{outbox.message_id(key)}.eml").unlink(missing_ok=True)
+                ledger.close(key, "skipped", row["reason"])
+                report.add(action, "skipped")
             continue
         if decision == "skip":
             ledger.open(row, key, status="skipped", outcome=row["reason"])

@@ -329,3 +329,31 @@ def test_a_retry_with_no_stripe_client_waits_and_says_so(
     result = run_dunning(wh, None, policy, T0 + 3 * DAY)
     assert result.report.errors == ["dunning:in_1:payment_retry: no Stripe client configured (set STRIPE_API_KEY)"]
     assert [r[1] for r in ledger(wh)] == ["first_reminder"]             # nothing written for the retry
+
+
+def test_a_pending_step_that_is_now_superseded_is_resolved_not_left_pending(
+    tmp_path: Path, no_stripe_policy: DunningPolicy, isolated_env: Path
+) -> None:
+    """Crash at day 0 with the first reminder pending; the next run is on day 8: that reminder is
+    closed as skipped (superseded by the final one), nothing stays pending, one message exists."""
+    from dunning_helpers import ensure_invoices_table
+
+    from metering import warehouse
+
+    db = tmp_path / "data" / "warehouse.duckdb"
+    with warehouse.open_warehouse(db) as con:
+        ensure_invoices_table(con)
+        put_invoice(con, "in_1")
+    script = tmp_path / "crash.py"
+    script.write_text(CRASH_SCRIPT)
+    proc = subprocess.run([sys.executable, str(script), str(db), str(no_stripe_policy.path.parent),
+                           T0.isoformat(), "first_reminder"], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == -9, proc.stderr
+    with warehouse.open_warehouse(db) as con:
+        assert ledger(con) == [("dunning:in_1:first_reminder", "first_reminder", "reminder", "pending", None, 1)]
+        run_dunning(con, None, no_stripe_policy, T0 + 8 * DAY)
+        assert ledger(con) == [
+            ("dunning:in_1:first_reminder", "first_reminder", "reminder", "skipped", "superseded_by_later_reminder", 1),
+            ("dunning:in_1:final_reminder", "final_reminder", "reminder", "done", "rendered", 1),
+        ]
+    assert len(list((isolated_env / "outbox").glob("*.eml"))) == 1
