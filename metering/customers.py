@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import calendar
 import csv
+import io
 import datetime as dt
 import re
 from pathlib import Path
@@ -106,7 +107,7 @@ def load_customers(path: str | Path | None = None, rules: Rules | None = None) -
         raise BadInputError(f"{path}: file not found (the customer list, see METERING_CUSTOMERS)") from None
     except UnicodeDecodeError as exc:
         raise BadInputError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
-    reader = csv.DictReader(text.splitlines())
+    reader = csv.DictReader(io.StringIO(text, newline=""))
     missing = [c for c in COLUMNS if c not in (reader.fieldnames or [])]
     if missing:
         raise BadInputError(f"{path}:1: header: missing column(s) {', '.join(missing)} (expected {', '.join(COLUMNS)})")
@@ -114,7 +115,8 @@ def load_customers(path: str | Path | None = None, rules: Rules | None = None) -
     rows: list[dict] = []
     first_seen: dict[str, dict] = {}
     seen_dates: dict[tuple[str, dt.date], int] = {}
-    for line, raw in enumerate(reader, start=2):
+    for raw in reader:
+        line = reader.line_num   # the record's last physical line (quoted fields may span lines)
         def bad(field: str, msg: str, line: int = line) -> None:
             errors.append(f"{path}:{line}: {field}: {msg}")
 

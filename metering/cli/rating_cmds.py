@@ -127,7 +127,7 @@ def rerate(first: dt.date, last: dt.date, warehouse_path: str | None, rules_dir:
             warehouse.replace_rows(con, "customer_plans", "TRUE", [], frame)
         summaries = rerate_range(con, rules_obj, first, last, dt.datetime.now(dt.timezone.utc))
     for s in summaries:
-        totals = ", ".join(f"{c} {t}" for c, t in s["totals"].items()) or "no lines"
+        totals = ", ".join(f"{c} {format_minor(t, c)}" for c, t in s["totals"].items()) or "no lines"
         state = "changed" if s["changed"] else "unchanged"
         click.echo(f"{s['month']:%Y-%m}: {s['lines']} lines, {state} ({totals})")
 

@@ -218,7 +218,7 @@ def rerate_range(con: duckdb.DuckDBPyConnection, rules: Rules, first: dt.date, l
                  rated_at: dt.datetime) -> list[dict]:
     """Recompute aggregates for event dates first..last and re-rate every month touching them.
 
-    Returns one summary per month: lines, totals per currency and whether the output changed.
+    Returns one summary per month: lines, totals per currency (minor units) and whether the output changed.
     """
     day = first
     while day <= last:
@@ -231,7 +231,7 @@ def rerate_range(con: duckdb.DuckDBPyConnection, rules: Rules, first: dt.date, l
         write_rated(con, month, rated, rules, rated_at)
         write_previews(con, month, previews, rated_at)
         after = fingerprint(read_rated(con, month))
-        totals = previews.group_by("currency").agg(pl.col("total").sum()).sort("currency")
+        totals = previews.group_by("currency").agg(pl.col("total_minor").sum()).sort("currency")
         out.append({"month": month, "lines": rated.height, "changed": before != after,
                     "totals": {c: t for c, t in totals.iter_rows()}})
     return out

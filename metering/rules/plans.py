@@ -38,6 +38,8 @@ from metering.rules.model import (
 from metering.rules.yaml_marks import Marks, load_yaml, render_path
 
 MAX_DECIMALS = 12
+MAX_AMOUNT = 10**12        # major units: keeps prorated 10^-24 amounts far inside 128 bits
+MAX_QUANTITY = 10**26      # DECIMAL(38, 12)
 _DECIMAL_RE = re.compile(r"^[0-9]+(\.[0-9]+)?$")
 _NAME_RE = re.compile(r"^[a-z][a-z0-9_]*$")
 
@@ -102,6 +104,10 @@ def _decimal_text(text: str, path: tuple, err: _FileErrors, what: str) -> Decima
     if -value.as_tuple().exponent > MAX_DECIMALS:
         err(path, f"{text!r} has more than {MAX_DECIMALS} decimal places")
         return None
+    limit = MAX_AMOUNT if what == "amount" else MAX_QUANTITY
+    if value >= limit:
+        err(path, f"{text!r} is too large (an {what} must be below {limit:,}) to rate exactly")
+        return None
     return value
 
 
@@ -116,6 +122,9 @@ def _quantity(value: Any, path: tuple, err: _FileErrors, *, positive: bool = Fal
     if isinstance(value, int):
         if value < 0:
             err(path, f"{value} is negative")
+            return None
+        if value >= MAX_QUANTITY:
+            err(path, f"{value} is too large (a quantity must be below {MAX_QUANTITY:,})")
             return None
         result: Decimal | None = Decimal(value)
     elif isinstance(value, str):

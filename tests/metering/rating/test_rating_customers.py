@@ -171,3 +171,11 @@ def test_monthly_partitions_hold_each_subscription_period_exactly_once(anchor, s
     assert got == [p for p in expected if p[0] < until]
     assert got[0][0] == start
     assert all(a[1] == b[0] for a, b in zip(got, got[1:]))
+
+
+def test_quoted_fields_spanning_lines_keep_line_numbers(tmp_path, shipped_rules):
+    path = write(tmp_path, 'c1,"Acme,\nInc",a@acme.test,usd,,starter,2026-01-01,succeeds\n'
+                           "c2,B,b@b.test,usd,,platinum,2026-01-01,succeeds\n")
+    with pytest.raises(BadInputError) as info:
+        load_customers(path, shipped_rules)
+    assert str(info.value).splitlines()[1] == f"{path}:4: plan: unknown plan 'platinum' (plans: pro, pro_jpy, scale, starter)"

@@ -292,3 +292,13 @@ def test_content_hash_ignores_layout_but_not_prices(tmp_path):
     ha, hb, hc = (r.plans["t"].versions[0].content_hash for r in (a, b, c))
     assert ha == hb != hc
     assert len(ha) == 64
+
+
+def test_amounts_and_quantities_beyond_exact_range(tmp_path):
+    errs = errors_for(tmp_path, plan("""
+        - {model: flat, amount: "1000000000000"}
+        - {meter: seats, model: per_unit, unit_amount: "1", included: 100000000000000000000000000}
+    """))
+    assert len(errs) == 2
+    assert "charges[0].amount: '1000000000000' is too large (an amount must be below 1,000,000,000,000)" in errs[0]
+    assert "charges[1].included: 100000000000000000000000000 is too large" in errs[1]
