@@ -31,18 +31,30 @@ def format_minor(minor: int, currency: str) -> str:
 
 
 def _rated_hashes(warehouse_path: str | None) -> dict | None:
-    """Hashes of versions that already rated, from the warehouse if it exists (read-only)."""
+    """Hashes of versions that already rated, read-only from the warehouse if it exists.
+
+    When a running job holds the warehouse, the published snapshot (a copy) is read instead.
+    """
     from metering import warehouse
+    from metering.errors import WarehouseLockedError
     from metering.rating.service import rated_hashes
 
     path = config.warehouse_path(warehouse_path)
     if not path.exists():
         return None
-    with warehouse.open_warehouse(path, read_only=True) as con:
-        tables = {r[0] for r in con.execute("SELECT table_name FROM information_schema.tables").fetchall()}
-        if not {"rules_versions", "rated_usage"} <= tables:
-            return {}
-        return rated_hashes(con)
+    candidates = [path] + ([config.snapshot_path()] if warehouse_path is None else [])
+    for candidate in candidates:
+        if not candidate.exists():
+            continue
+        try:
+            with warehouse.open_warehouse(candidate, read_only=True) as con:
+                tables = {r[0] for r in con.execute("SELECT table_name FROM information_schema.tables").fetchall()}
+                if not {"rules_versions", "rated_usage"} <= tables:
+                    return {}
+                return rated_hashes(con)
+        except WarehouseLockedError:
+            click.echo(f"note: {candidate} is held by a running job; trying the published snapshot", err=True)
+    raise WarehouseLockedError(f"{path}: held by another process and no published snapshot to read rated versions from")
 
 
 @click.group()
