@@ -16,7 +16,7 @@ from pipelines.resources import default_resources
 warnings.filterwarnings("ignore", category=dg.BetaWarning)
 warnings.filterwarnings("ignore", category=dg.PreviewWarning)
 
-DOMAINS = ("ingest", "rating", "stripe_push", "webhooks", "reconciliation")
+DOMAINS = ("ingest", "rating", "stripe_push", "webhooks", "reconciliation", "schedules")
 
 
 def _domain_defs() -> list[dg.Definitions]:

@@ -6,8 +6,11 @@ import dagster as dg
 
 START_DATE = "2026-01-01"
 
-daily_usage = dg.DailyPartitionsDefinition(start_date=START_DATE, timezone="UTC")
-"""One partition per UTC event date: ingestion, aggregation, pushes."""
+daily_usage = dg.DailyPartitionsDefinition(start_date=START_DATE, timezone="UTC", end_offset=1)
+"""One partition per UTC event date, today included (`end_offset=1`): usage arriving today is
+ingested and pushed hourly. Ingestion, aggregation, pushes."""
 
-monthly_billing = dg.MonthlyPartitionsDefinition(start_date=START_DATE, timezone="UTC")
-"""One partition per calendar month (keys look like 2026-10-01): rating, reconciliation, reports."""
+monthly_billing = dg.MonthlyPartitionsDefinition(start_date=START_DATE, timezone="UTC", end_offset=1)
+"""One partition per calendar month (keys look like 2026-10-01), the current month included so
+invoice previews are live: rating, reconciliation, reports. A partition holds the billing periods
+that START in its month."""

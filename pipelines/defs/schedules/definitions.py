@@ -1,0 +1,71 @@
+"""Production cadence: the same assets the main job runs, on schedules.
+
+| schedule | cron (UTC) | what it runs |
+| --- | --- | --- |
+| `hourly_usage_schedule` | `10 * * * *` | `hourly_usage_job` for today and yesterday: ingest any new raw files, re-aggregate, push to Stripe (the ledger makes repeats free) |
+| `daily_rating_schedule` | `30 2 * * *` | `billing_job` for this month (live invoice previews) and last month (late events) |
+| `period_close_schedule` | `0 4 * * *` | `reconciliation_job` for last month: pulls Stripe's meters and invoices once Stripe's 1 h grace period has long passed, reconciles, writes the finance report |
+
+Sensors (defined by their domains): `raw_usage_files_sensor` (new raw files -> `usage_events`),
+`stripe_landing_sensor` (landed webhooks -> Stripe state). Other schedules: `stripe_repair_schedule`
+(03:17, fills webhook gaps from /v1/events), `dunning_schedule` (daily dunning run).
+
+Every schedule ships STOPPED (turn them on in the UI or with `dagster schedule start`), unless
+`METERING_ENV=production`, where they start RUNNING.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+
+import dagster as dg
+
+SCHEDULE_STATUS = (
+    dg.DefaultScheduleStatus.RUNNING if os.environ.get("METERING_ENV") == "production"
+    else dg.DefaultScheduleStatus.STOPPED
+)
+
+hourly_usage_job = dg.define_asset_job(
+    "hourly_usage_job",
+    selection=dg.AssetSelection.assets("usage_events", "usage_aggregates", "stripe_usage_pushes"),
+    description="Ingest new raw files, re-aggregate the day and push its windows to Stripe.",
+)
+
+
+def _month_key(day: dt.date) -> str:
+    return day.replace(day=1).isoformat()
+
+
+@dg.schedule(job=hourly_usage_job, cron_schedule="10 * * * *", execution_timezone="UTC",
+             default_status=SCHEDULE_STATUS)
+def hourly_usage_schedule(context: dg.ScheduleEvaluationContext):
+    """Today's and yesterday's usage partitions, once an hour (run keys per hour and day)."""
+    now = context.scheduled_execution_time.astimezone(dt.UTC)
+    for day in (now.date() - dt.timedelta(days=1), now.date()):
+        yield dg.RunRequest(run_key=f"{now:%Y-%m-%dT%H}:{day}", partition_key=day.isoformat())
+
+
+@dg.schedule(job_name="billing_job", cron_schedule="30 2 * * *", execution_timezone="UTC",
+             default_status=SCHEDULE_STATUS)
+def daily_rating_schedule(context: dg.ScheduleEvaluationContext):
+    """Rate this month (previews) and last month (late events), once a day."""
+    today = context.scheduled_execution_time.astimezone(dt.UTC).date()
+    last_month = today.replace(day=1) - dt.timedelta(days=1)
+    for month in (_month_key(last_month), _month_key(today)):
+        yield dg.RunRequest(run_key=f"{today}:{month}", partition_key=month)
+
+
+@dg.schedule(job_name="reconciliation_job", cron_schedule="0 4 * * *", execution_timezone="UTC",
+             default_status=SCHEDULE_STATUS)
+def period_close_schedule(context: dg.ScheduleEvaluationContext):
+    """Reconcile last month's billing periods against Stripe, after its grace period."""
+    today = context.scheduled_execution_time.astimezone(dt.UTC).date()
+    month = _month_key(today.replace(day=1) - dt.timedelta(days=1))
+    return dg.RunRequest(run_key=f"{today}:{month}", partition_key=month)
+
+
+defs = dg.Definitions(
+    jobs=[hourly_usage_job],
+    schedules=[hourly_usage_schedule, daily_rating_schedule, period_close_schedule],
+)
