@@ -64,6 +64,9 @@ def rate_usage(usage: pl.DataFrame, rules: Rules, *, plan: str | None = None, at
         raise BadInputError(f"{source}: (header): no plan column; pass --plan")
     if at is None and "period_start" not in usage.columns:
         raise BadInputError(f"{source}: (header): no period_start column; pass --at DATE")
+    if usage.schema["quantity"].is_float():
+        raise BadInputError(f"{source}: quantity: a floating-point column is inexact; store quantities as "
+                            "decimal or integer (or text) columns")
     frame = usage.with_columns(pl.col("customer_id").cast(pl.String), pl.col("meter").cast(pl.String))
     quantity = pl.col("quantity").cast(pl.String).str.strip_chars()
     frame = frame.with_columns(quantity_text=quantity)

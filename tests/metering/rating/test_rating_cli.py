@@ -129,3 +129,17 @@ def test_rerate_range_is_repeatable(tmp_path):
     assert "2026-10: 6 lines, changed (usd 29.00)" in first.output
     again = run(*args)
     assert "2026-10: 6 lines, unchanged (usd 29.00)" in again.output
+
+
+def test_rate_refuses_float_quantities_in_parquet(tmp_path):
+    usage = tmp_path / "usage.parquet"
+    pl.DataFrame({"customer_id": ["c1"], "meter": ["seats"], "quantity": [1.5], "plan": ["pro"],
+                  "period_start": ["2026-10-01"]}).write_parquet(usage)
+    result = run("rate", "--rules", str(RULES), "--usage", str(usage), "--out", str(tmp_path / "o.csv"))
+    assert result.exit_code == 3
+    assert "quantity: a floating-point column is inexact" in result.output
+    pl.DataFrame({"customer_id": ["c1"], "meter": ["seats"], "quantity": [3], "plan": ["pro"],
+                  "period_start": ["2026-10-01"]}).write_parquet(usage)
+    result = run("rate", "--rules", str(RULES), "--usage", str(usage), "--out", str(tmp_path / "o.csv"))
+    assert result.exit_code == 0, result.output
+    assert "usd 149.00" in result.output     # 3 seats x 10 = 30, minimum true-up 70, platform fee 49
