@@ -301,10 +301,30 @@ def load_open_periods(con: duckdb.DuckDBPyConnection, periods: pl.DataFrame) -> 
     return rc.conform(frame, rc.OPEN_PERIODS_SCHEMA)
 
 
+def _known_periods(con: duckdb.DuckDBPyConnection, lo: dt.date, hi: dt.date) -> pl.DataFrame:
+    """Every customer billing period we rated that overlaps [lo, hi), whatever month it starts in."""
+    schema = {"customer_id": pl.String, "period_start": pl.Date, "period_end": pl.Date}
+    sources = [
+        f"SELECT customer_id, period_start, period_end FROM {t} WHERE period_start < ? AND period_end > ?"
+        for t in ("rated_usage", "invoice_previews")
+        if {"customer_id", "period_start", "period_end"} <= table_columns(con, t)
+    ]
+    if not sources:
+        return pl.DataFrame(schema=schema)
+    return rc.conform(query_frame(con, " UNION ".join(sources), [hi, lo] * len(sources)), schema)
+
+
 def _bucketed_lines(con: duckdb.DuckDBPyConnection, billing_month: dt.date, periods: pl.DataFrame) -> pl.DataFrame:
-    """Every Stripe line whose period starts in the month, tagged with the customer's billing period."""
+    """Every Stripe line that belongs to a billing period starting in the month.
+
+    A line belongs to the customer's period that contains the line's start (a line can start
+    mid-period, e.g. after a price change, even in the next month); a line no rated period contains
+    belongs to the month its own period starts in.
+    """
     start, end = month_bounds(billing_month)
-    con.register("_recon_periods", periods.to_arrow())
+    lo, hi = start - dt.timedelta(days=45), end + dt.timedelta(days=45)
+    known = pl.concat([periods.select("customer_id", "period_start", "period_end"), _known_periods(con, lo, hi)]).unique()
+    con.register("_recon_known_periods", known.to_arrow())
     try:
         return query_frame(
             con,
@@ -319,18 +339,20 @@ def _bucketed_lines(con: duckdb.DuckDBPyConnection, billing_month: dt.date, peri
                    i.amount_due, i.amount_paid, i.amount_remaining
             FROM lines l
             LEFT JOIN invoices i ON i.invoice_id = l.invoice_id
-            LEFT JOIN _recon_periods p
+            LEFT JOIN _recon_known_periods p
               ON p.customer_id = l.customer_id
              AND CAST(l.period_start AS DATE) >= p.period_start AND CAST(l.period_start AS DATE) < p.period_end
             WHERE CAST(l.period_start AS DATE) >= ? AND CAST(l.period_start AS DATE) < ?
+              AND coalesce(p.period_start, CAST(l.period_start AS DATE)) >= ?
+              AND coalesce(p.period_start, CAST(l.period_start AS DATE)) < ?
               AND coalesce(i.status, '') <> 'void'
               -- a subscription's first invoice holds zero-length, zero-amount metered lines: not a period's usage
               AND NOT (l.period_end <= l.period_start AND l.amount = 0)
             """,
-            [start, end],
+            [lo, hi, start, end],
         )
     finally:
-        con.unregister("_recon_periods")
+        con.unregister("_recon_known_periods")
 
 
 def load_stripe_lines(con: duckdb.DuckDBPyConnection, billing_month: dt.date, periods: pl.DataFrame) -> pl.DataFrame:

@@ -90,3 +90,36 @@ def test_webhook_lines_fill_in_for_invoices_the_api_did_not_see(isolated_env, ru
     assert (b["status"], b["amount_diff_minor"], b["invoice_ids"]) == ("amount_mismatch", 25, "in_cus_b")
     b_inv = result.invoices.filter(customer_id="cus_b").row(0, named=True)
     assert (b_inv["invoice_status"], b_inv["amount_remaining"]) == ("open", 125)
+
+
+def test_a_line_starting_next_month_belongs_to_the_period_that_contains_it(isolated_env, rules_dir):
+    """cus_b's price changed on Nov 3 inside a period Oct 15 .. Nov 15: that line is October's."""
+    import datetime as dt
+
+    with warehouse.open_warehouse() as con:
+        write_scenario(con)
+        for table in ("rated_usage", "invoice_previews"):
+            con.execute(f"UPDATE {table} SET period_start = DATE '2026-10-15', period_end = DATE '2026-11-15' "
+                        "WHERE customer_id = 'cus_b'")
+        con.execute("UPDATE rated_usage SET segment_start = DATE '2026-10-15' WHERE customer_id = 'cus_b'")
+        con.execute("""UPDATE usage_aggregates SET hour = hour + INTERVAL 14 DAY, event_date = event_date + 14
+                       WHERE customer_id = 'cus_b'""")
+        con.execute("""UPDATE stripe_push_ledger SET window_start = window_start + INTERVAL 14 DAY,
+                       window_end = window_end + INTERVAL 14 DAY WHERE customer_id = 'cus_b'""")
+        con.execute("""UPDATE stripe_meter_summaries SET period_start = DATE '2026-10-15', period_end = DATE '2026-11-15'
+                       WHERE customer_id = 'cus_b'""")
+        con.execute("""UPDATE stripe_invoices_api SET period_start = TIMESTAMPTZ '2026-10-15 00:00:00+00',
+                       period_end = TIMESTAMPTZ '2026-11-15 00:00:00+00' WHERE customer_id = 'cus_b'""")
+        # Stripe split the line at the price change: 1000 at the old price from Oct 15, 500 at the new from Nov 3
+        con.execute("""UPDATE stripe_invoice_lines_api SET quantity_decimal = 1000, amount = 100,
+                       period_start = TIMESTAMPTZ '2026-10-15 00:00:00+00' WHERE customer_id = 'cus_b'""")
+        con.execute("""INSERT INTO stripe_invoice_lines_api (billing_month, invoice_id, line_id, customer_id, meter,
+                       quantity_decimal, amount, currency, period_start, period_end, pulled_at)
+                       VALUES (DATE '2026-10-01', 'in_cus_b', 'il_b2', 'cus_b', 'api_calls', 500, 25, 'usd',
+                       TIMESTAMPTZ '2026-11-03 00:00:00+00', TIMESTAMPTZ '2026-11-15 00:00:00+00', ?)""", [PULLED])
+        result = reconcile_period(con, MONTH, settings=ReconcileSettings(), meters=load_meters(rules_dir), now=PULLED)
+    b = result.usage.filter(customer_id="cus_b").row(0, named=True)
+    assert (b["period_start"], b["invoiced_quantity"], b["stripe_amount_minor"], b["tolerance_minor"]) == (
+        dt.date(2026, 10, 15), D(1500), 125, 2)
+    assert (b["status"], b["amount_diff_minor"]) == ("amount_mismatch", 25)
+    assert result.usage.filter(customer_id="cus_b").height == 1
