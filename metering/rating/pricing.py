@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import polars as pl
 
+from metering.errors import BadInputError
 from metering.rating import money
 from metering.rating.catalog import charges_frame, tiers_frame
 from metering.rating.money import I128, lit
@@ -154,7 +155,9 @@ def rate(segments: pl.DataFrame, quantities: pl.DataFrame, rules: Rules) -> pl.D
     )
     q12 = money.decimal_to_int(lines["quantity"].fill_null(0), money.QUANTITY_SCALE)
     if (q12 < 0).any():
-        raise ValueError("negative usage quantity: quantities must be >= 0")
+        bad = lines.filter(q12 < 0).row(0, named=True)
+        raise BadInputError(f"usage: negative quantity {bad['quantity']} for customer {bad['customer_id']}, "
+                            f"charge {bad['charge']!r}: quantities must be >= 0")
     lines = lines.with_columns(q12=q12).with_columns(
         billable_q12=pl.when(usage)
         .then(pl.max_horizontal(pl.col("q12") - pl.col("included_q12"), lit(0)))
@@ -179,7 +182,7 @@ def rate(segments: pl.DataFrame, quantities: pl.DataFrame, rules: Rules) -> pl.D
         tiers=pl.when(flat).then(pl.concat_str([
             pl.lit('[{"amount":"'), money.to_decimal_string(pl.col("fixed_a24"), money.AMOUNT_SCALE),
             pl.lit('","segment_days":'), pl.col("segment_days").cast(pl.String),
-            pl.lit(',"period_days":'), pl.col("period_days").cast(pl.String), pl.lit("}]"),
+            pl.lit(',"cycle_days":'), pl.col("period_days").cast(pl.String), pl.lit("}]"),
         ])).otherwise(pl.col("tiers")),
     )
     # Minimum: true-up of the segment's rounded usage lines to the prorated minimum.
@@ -197,7 +200,7 @@ def rate(segments: pl.DataFrame, quantities: pl.DataFrame, rules: Rules) -> pl.D
         tiers=pl.when(minimum).then(pl.concat_str([
             pl.lit('[{"minimum":"'), money.to_decimal_string(pl.col("fixed_a24"), money.AMOUNT_SCALE),
             pl.lit('","segment_days":'), pl.col("segment_days").cast(pl.String),
-            pl.lit(',"period_days":'), pl.col("period_days").cast(pl.String),
+            pl.lit(',"cycle_days":'), pl.col("period_days").cast(pl.String),
             pl.lit(',"usage_amount":"'),
             money.to_decimal_string(pl.col("usage_minor") * pl.col("divisor"), money.AMOUNT_SCALE),
             pl.lit('"}]'),
@@ -205,7 +208,7 @@ def rate(segments: pl.DataFrame, quantities: pl.DataFrame, rules: Rules) -> pl.D
     )
     bad = lines.filter((pl.col("unrounded_a24") < lit(0)) | (pl.col("unrounded_a24") > lit(money.LIMIT)))
     if bad.height:
-        raise ValueError(f"amount out of range for exact rating: {bad.row(0, named=True)}")
+        raise BadInputError(f"amount out of range for exact rating: {bad.row(0, named=True)}")
 
     return lines.with_columns(
         quantity=pl.when(usage).then(pl.col("quantity")).otherwise(pl.lit(None)).cast(money.QUANTITY_DTYPE),

@@ -42,7 +42,7 @@ def one_segment(customer: str = "c1", plan: str = "t", version: str = "v1",
 def rate_quantities(rules: Rules, quantities: dict[int, str | int | Decimal], segment: dict | None = None) -> pl.DataFrame:
     """Rate charge_id -> quantity for one customer segment (October 2026 unless given)."""
     seg = segment or one_segment()
-    segments = pl.DataFrame([seg])
+    segments = pl.DataFrame([seg])   # an optional "cycle_days" key is passed through
     q = pl.DataFrame(
         [{"customer_id": seg["customer_id"], "period_start": seg["period_start"], "segment_start": seg["segment_start"],
           "plan": seg["plan"], "plan_version": seg["plan_version"], "charge_id": cid, "quantity": Decimal(str(v))}

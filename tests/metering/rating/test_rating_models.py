@@ -112,7 +112,7 @@ def test_flat_fee_whole_and_prorated(make_rules, rate_q, segment):
     part = rate_q(rules, {}, segment(start=dt.date(2026, 10, 15))).row(0, named=True)
     assert part["amount"] == Decimal("26.87")
     assert part["amount_unrounded"] == Decimal("26.870967741935483870967741")
-    assert json.loads(part["tiers"]) == [{"amount": "49", "segment_days": 17, "period_days": 31}]
+    assert json.loads(part["tiers"]) == [{"amount": "49", "segment_days": 17, "cycle_days": 31}]
 
 
 def test_minimum_is_a_true_up_of_usage_lines(make_rules, rate_q):
@@ -196,3 +196,23 @@ def test_every_charge_gets_a_line_even_without_usage(make_rules, rate_q):
     out = rate_q(rules, {})
     assert out["charge"].to_list() == ["api_calls", "seats"]
     assert out["amount_minor"].to_list() == [0, 0]
+
+
+def test_negative_quantity_is_a_clear_error(make_rules, rate_q):
+    rules = make_rules("""
+        - {name: calls, meter: api_calls, model: per_unit, unit_amount: "0.01"}
+    """)
+    with pytest.raises(BadInputError, match="negative quantity -5.000000000000 for customer c1, charge 'calls'"):
+        rate_q(rules, {0: -5})
+
+
+def test_first_partial_period_is_prorated_over_its_cycle(make_rules, rate_q, segment):
+    rules = make_rules("""
+        - {name: fee, model: flat, amount: "31.00"}
+        - {name: min, model: minimum, amount: "62.00"}
+    """)
+    # subscribed Oct 25 with anchor 20: period Oct 25 - Nov 20 (26 days) of the 31-day cycle Oct 20 - Nov 20
+    seg = segment(start=dt.date(2026, 10, 25), end=dt.date(2026, 11, 20),
+                  period=(dt.date(2026, 10, 25), dt.date(2026, 11, 20))) | {"cycle_days": 31}
+    out = rate_q(rules, {}, seg)
+    assert out["amount_minor"].to_list() == [2600, 5200]   # 31 x 26/31, 62 x 26/31
