@@ -58,7 +58,7 @@ class ReconcileSettings:
     default_tolerance_minor: int = DEFAULT_TOLERANCE_MINOR
     settle_seconds: int = DEFAULT_SETTLE_SECONDS
     max_unexplained_minor: int = DEFAULT_MAX_UNEXPLAINED_MINOR
-    pull_rate: int = DEFAULT_PULL_RATE              # API reads per second; 0 = unlimited
+    pull_rate: float = DEFAULT_PULL_RATE            # API reads per second; 0 = unlimited
     pull_concurrency: int = DEFAULT_PULL_CONCURRENCY
 
     def tolerance_for(self, currency: str | None) -> int:
@@ -78,6 +78,6 @@ class ReconcileSettings:
             tolerance_minor=_parse_tolerances(raw, "$METERING_RECON_TOLERANCE"),
             settle_seconds=_int_env("METERING_STRIPE_SETTLE_SECONDS", DEFAULT_SETTLE_SECONDS),
             max_unexplained_minor=_int_env("METERING_RECON_MAX_UNEXPLAINED_MINOR", DEFAULT_MAX_UNEXPLAINED_MINOR),
-            pull_rate=_int_env("METERING_STRIPE_PULL_RATE", DEFAULT_PULL_RATE),
+            pull_rate=float(_int_env("METERING_STRIPE_PULL_RATE", DEFAULT_PULL_RATE)),
             pull_concurrency=max(1, _int_env("METERING_STRIPE_PULL_CONCURRENCY", DEFAULT_PULL_CONCURRENCY)),
         )

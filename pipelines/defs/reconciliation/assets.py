@@ -7,6 +7,7 @@ Thin wiring over `metering.reconcile` and `metering.reports`; every partition is
 
 import dataclasses
 import datetime as dt
+import os
 
 import dagster as dg
 
@@ -31,14 +32,23 @@ class ReconcileConfig(dg.Config):
     pull_rate: int = -1
 
 
-def _settings(config: ReconcileConfig) -> ReconcileSettings:
+def _settings(config: ReconcileConfig, stripe: StripeResource | None = None) -> ReconcileSettings:
+    """Environment defaults, overridden by run config. Without an explicit pull rate (config or
+    `METERING_STRIPE_PULL_RATE`), pulls share the Stripe resource's rate: one budget per account
+    (the main job's sandbox resource sets 0, no limit)."""
     base = ReconcileSettings.from_env()
+    if config.pull_rate >= 0:
+        pull_rate = float(config.pull_rate)
+    elif os.environ.get("METERING_STRIPE_PULL_RATE") or stripe is None:
+        pull_rate = base.pull_rate
+    else:
+        pull_rate = float(stripe.push_config().rate)
     return dataclasses.replace(
         base,
         settle_seconds=base.settle_seconds if config.settle_seconds < 0 else config.settle_seconds,
         max_unexplained_minor=base.max_unexplained_minor if config.max_unexplained_minor < 0
         else config.max_unexplained_minor,
-        pull_rate=base.pull_rate if config.pull_rate < 0 else config.pull_rate,
+        pull_rate=pull_rate,
     )
 
 
@@ -67,7 +77,7 @@ def stripe_meter_summaries(
     with warehouse.get_connection() as con:
         result = pull_summaries_into_warehouse(
             con, stripe.get_client(), month,
-            meters=list(load_meters(paths.rules)), settings=_settings(config))
+            meters=list(load_meters(paths.rules)), settings=_settings(config, stripe))
     return dg.MaterializeResult(metadata={
         "dagster/row_count": result.summaries.height, "pending": result.pending, "api_calls": result.api_calls})
 
@@ -91,7 +101,7 @@ def stripe_invoice_lines(
     (the API read wins for an invoice it saw)."""
     month = _month(context)
     with warehouse.get_connection() as con:
-        result = pull_invoices_into_warehouse(con, stripe.get_client(), month, settings=_settings(config))
+        result = pull_invoices_into_warehouse(con, stripe.get_client(), month, settings=_settings(config, stripe))
     return dg.MaterializeResult(metadata={
         "dagster/row_count": result.lines.height, "invoices": result.invoices.height, "api_calls": result.api_calls})
 
