@@ -45,3 +45,15 @@ def test_report_written_when_within_threshold(isolated_env):
     [report] = result.asset_materializations_for_node("finance_report")
     assert report.metadata["usd/money_at_risk_minor"].value == 125
     assert (isolated_env / "reports" / "2026-10" / "report.html").exists()
+
+
+def test_pull_rate_follows_the_stripe_resource_unless_configured(monkeypatch):
+    from pipelines.defs.reconciliation.assets import ReconcileConfig, _settings
+    from pipelines.defs.stripe_push.resources import StripeResource
+
+    monkeypatch.delenv("METERING_STRIPE_PULL_RATE", raising=False)
+    monkeypatch.delenv("STRIPE_PUSH_RATE", raising=False)
+    assert _settings(ReconcileConfig(), StripeResource(base_url="http://127.0.0.1:1", push_rate=0.0)).pull_rate == 0
+    assert _settings(ReconcileConfig(pull_rate=7), StripeResource(push_rate=0.0)).pull_rate == 7
+    monkeypatch.setenv("METERING_STRIPE_PULL_RATE", "5")
+    assert _settings(ReconcileConfig(), StripeResource(push_rate=0.0)).pull_rate == 5
