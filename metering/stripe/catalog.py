@@ -236,8 +236,8 @@ def price_drift(expected: dict[str, Any], price: Any) -> list[tuple[str, str, st
 
 
 def sync_prices(client: stripe.StripeClient, rules: Rules, report: CatalogReport) -> None:
-    products = {p.metadata.get("plan"): p for p in client.v1.products.list({"limit": 100}).auto_paging_iter()
-                if p.metadata and p.metadata.get("plan")}
+    products = {_metadata(p)["plan"]: p for p in client.v1.products.list({"limit": 100}).auto_paging_iter()
+                if _metadata(p).get("plan")}
     existing = {p.lookup_key: p for p in client.v1.prices.list(
         {"limit": 100, "expand": ["data.tiers"]}).auto_paging_iter() if p.lookup_key}
     for version in rules.all_versions:
@@ -323,7 +323,7 @@ def sync_customers(
     now = clock_now or dt.datetime.now(dt.timezone.utc)
     found_customers: dict[str, Any] = {}
     for cus in client.v1.customers.list({"limit": 100}).auto_paging_iter():
-        ours = (cus.metadata or {}).get("customer_id")
+        ours = _metadata(cus).get("customer_id")
         if ours and ours not in found_customers:
             found_customers[ours] = cus
     existing_subs: dict[str, Any] = {}
@@ -386,6 +386,14 @@ def sync_customers(
             "plan_version": version.version if version else None,
             "billing_anchor_day": anchor_day,
         })
+
+
+def _metadata(obj: Any) -> dict[str, str]:
+    """A Stripe object's metadata as a plain dict (SDK objects are not dicts)."""
+    meta = getattr(obj, "metadata", None)
+    if meta is None:
+        return {}
+    return meta.to_dict() if hasattr(meta, "to_dict") else dict(meta)
 
 
 def _id_of(value: Any) -> str | None:

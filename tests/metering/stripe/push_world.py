@@ -115,3 +115,51 @@ def make_world(con: duckdb.DuckDBPyConnection, sb: SandboxHandle, rules_dir: Pat
                                         max_network_retries=0))
     report = catalog.sync_catalog(con, client, rules, customers, create_customers=True, subscriptions=False)
     return World(con, sb, client, rules, report, now)
+
+
+def random_usage(world: World, customers: list[str], days: list[dt.date], seed: int, per_day: int = 4) -> None:
+    """Seeded random events for every customer x meter x day."""
+    import random
+
+    rng = random.Random(seed)
+    rows = []
+    for customer in customers:
+        for day in days:
+            for _ in range(per_day):
+                when = day_start(day) + dt.timedelta(seconds=rng.randrange(86400))
+                rows += [
+                    (customer, "api_calls", when, None, {"region": rng.choice(["us", "eu"])}),
+                    (customer, "tokens", when, str(Decimal(rng.randrange(1, 10**6)) / 1000),
+                     {"model": rng.choice(["small", "large"])}),
+                    (customer, "storage_gb", when, str(Decimal(rng.randrange(1, 5000)) / 10), {}),
+                    (customer, "seats", when, str(rng.randrange(1, 60)), {}),
+                    (customer, "active_users", when, None, {"user_id": f"u{rng.randrange(12)}"}),
+                ]
+    world.add_events(rows)
+
+
+def expected_total(events: list[dict[str, Any]], customer: str, meter: str) -> Decimal:
+    """Our total for a customer and meter over every event given, computed directly from raw events
+    (independently of the SQL the push uses): what Stripe must report for the same range."""
+    mine = [e for e in events if e["customer_id"] == customer and e["meter"] == meter]
+    if not mine:
+        return Decimal(0)
+    if meter == "api_calls":
+        return Decimal(len(mine))
+    if meter == "tokens":
+        return sum((e["value"] for e in mine), Decimal(0))
+    if meter == "storage_gb":
+        return max(e["value"] for e in mine)
+    if meter == "seats":
+        return max(mine, key=lambda e: (e["event_time"], e["event_id"]))["value"]
+    return Decimal(len({e["properties"]["user_id"] for e in mine}))
+
+
+def applied_per_key(requests: list[dict[str, Any]]) -> dict[str, int]:
+    """How many times the sandbox executed (not replayed) a meter event per Idempotency-Key."""
+    counts: dict[str, int] = {}
+    for r in requests:
+        executed = (r["status"] == 200 and not r.get("replayed")) or r["status"] == "lost_response"
+        if executed:
+            counts[r["idempotency_key"]] = counts.get(r["idempotency_key"], 0) + 1
+    return counts

@@ -1,0 +1,87 @@
+"""The Dagster layer: stripe_catalog and stripe_usage_pushes materialised with real Dagster against
+the local sandbox; the push settles, Stripe holds our totals, and the key is nowhere in the event log."""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+from decimal import Decimal
+from pathlib import Path
+
+import dagster as dg
+import polars as pl
+import pytest
+
+from metering import warehouse
+from metering.stripe_sandbox.testing import running_sandbox
+from pipelines.defs.rating.assets import customer_plans, usage_aggregates
+from pipelines.defs.stripe_push.assets import stripe_catalog, stripe_usage_pushes
+from pipelines.defs.stripe_push.resources import StripeResource
+from pipelines.resources import ProjectPaths, WarehouseResource
+
+CANARY = "sk_test_DAGSTERc4n4ry1111plugh"
+CSV = """customer_id,name,email,currency,billing_anchor_day,plan,plan_effective_from,payment_behavior
+acme,Acme,billing@acme.test,usd,,starter,2026-01-01,succeeds
+"""
+
+
+def _events(day: dt.date) -> pl.DataFrame:
+    start = dt.datetime(day.year, day.month, day.day, tzinfo=dt.timezone.utc)
+    rows = []
+    for i, (meter, value, props) in enumerate([
+        ("api_calls", None, {"region": "us"}), ("api_calls", None, {"region": "eu"}),
+        ("tokens", Decimal("120.25"), {"model": "small"}), ("tokens", Decimal("79.75"), {"model": "large"}),
+    ]):
+        rows.append({"event_id": f"e{i}", "customer_id": "acme", "meter": meter,
+                     "event_time": start + dt.timedelta(hours=i + 1), "event_date": day, "value": value,
+                     "properties": json.dumps(props), "extra": "{}", "payload_hash": hashlib.sha256(str(i).encode()).hexdigest(),
+                     "source_file": "t.jsonl", "source_line": i + 1, "file_hash": "h", "ingested_at": start})
+    return pl.DataFrame(rows, schema_overrides={"value": pl.Decimal(38, 12)})
+
+
+@pytest.mark.parametrize("with_key", [False, True], ids=["no-key-sandbox-base-url", "canary-key"])
+def test_catalog_then_daily_push(tmp_path: Path, rules_dir: Path, monkeypatch: pytest.MonkeyPatch, with_key: bool) -> None:
+    db = tmp_path / "wh.duckdb"
+    (tmp_path / "customers.csv").write_text(CSV)
+    day = (dt.datetime.now(dt.timezone.utc) - dt.timedelta(days=2)).date()
+    if with_key:
+        monkeypatch.setenv("STRIPE_API_KEY", CANARY)
+    with running_sandbox(api_key=CANARY if with_key else None) as sb, dg.instance_for_test() as instance:
+        resources = {
+            "warehouse": WarehouseResource(path=str(db)),
+            "paths": ProjectPaths(rules_dir=str(rules_dir), customers=str(tmp_path / "customers.csv")),
+            "stripe": StripeResource(base_url=sb.base_url, create_customers=True, push_rate=0),
+        }
+        first = dg.materialize([customer_plans, stripe_catalog], resources=resources, instance=instance)
+        assert first.success
+        catalog_meta = first.asset_materializations_for_node("stripe_catalog")[0].metadata
+        assert catalog_meta["meters"].value == 5 and catalog_meta["customers"].value == 1
+        with warehouse.open_warehouse(db) as con:
+            warehouse.insert_frame(con, "usage_events", _events(day))
+        pushed = dg.materialize([usage_aggregates, stripe_usage_pushes], resources=resources, instance=instance,
+                                partition_key=day.isoformat(),
+                                selection=[usage_aggregates, stripe_usage_pushes])
+        assert pushed.success
+        meta = pushed.asset_materializations_for_node("stripe_usage_pushes")[0].metadata
+        assert (meta["acknowledged"].value, meta["calls"].value, meta["raw_events_per_call"].value) == (2, 2, 2.0)
+        checks = pushed.get_asset_check_evaluations()
+        assert [c.passed for c in checks] == [True]
+        again = dg.materialize([stripe_usage_pushes], resources=resources, instance=instance,
+                               partition_key=day.isoformat())
+        assert again.asset_materializations_for_node("stripe_usage_pushes")[0].metadata["calls"].value == 0
+
+        client = sb.client()
+        with warehouse.open_warehouse(db, read_only=True) as con:
+            meters = dict(con.execute("SELECT our_key, stripe_id FROM stripe_objects WHERE kind = 'meter'").fetchall())
+            cus = con.execute("SELECT stripe_customer_id FROM stripe_customer_map").fetchone()[0]
+        start = int(dt.datetime(day.year, day.month, day.day, tzinfo=dt.timezone.utc).timestamp())
+        for meter, value in (("api_calls", 2), ("tokens", 200)):
+            summaries = client.v1.billing.meters.event_summaries.list(
+                meters[meter], {"customer": cus, "start_time": start, "end_time": start + 86400})
+            assert sum(Decimal(str(s.aggregated_value)) for s in summaries.data) == value
+        if with_key:
+            logs = []
+            for run in instance.get_runs():
+                logs += [str(e) for e in instance.all_logs(run.run_id)]
+            assert logs and not any("c4n4ry1111" in line for line in logs)
