@@ -1,0 +1,123 @@
+"""Prices that mirror the rules (amounts by hand from the plan files), what Stripe cannot express,
+drift left unchanged and reported, a second sync finding everything; billing anchors; periods."""
+
+from __future__ import annotations
+
+import datetime as dt
+import shutil
+from pathlib import Path
+
+import duckdb
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from metering import warehouse
+from metering.customers import period_containing
+from metering.rules.plans import load_rules
+from metering.stripe import catalog
+from metering.stripe.windows import period_start_sql
+from push_world import World
+
+
+@pytest.fixture(scope="module")
+def rules():
+    return load_rules(Path(__file__).resolve().parents[3] / "rating_rules")
+
+
+def params(rules, plan, version, charge):
+    v = rules.version(plan, version)
+    c = next(c for c in v.charges if c.name == charge)
+    return catalog.price_params(v, c, "mtr_x")
+
+
+def test_per_unit_with_included_is_a_free_first_tier(rules) -> None:
+    # starter: api calls $0.0005 each after 10,000 included -> 0.05 cents
+    p = params(rules, "starter", "2026-01", "api calls")
+    assert (p["billing_scheme"], p["tiers_mode"]) == ("tiered", "graduated")
+    assert p["tiers"] == [{"up_to": 10000, "unit_amount_decimal": "0"}, {"up_to": "inf", "unit_amount_decimal": "0.05"}]
+    assert p["recurring"] == {"interval": "month", "usage_type": "metered", "meter": "mtr_x"}
+    assert p["lookup_key"] == "metering:starter:2026-01:api calls"
+
+
+def test_package_uses_transform_quantity(rules) -> None:
+    # starter: tokens $0.02 per started 1,000 -> 2 cents, divide_by 1000, round up
+    p = params(rules, "starter", "2026-01", "tokens")
+    assert (p["unit_amount_decimal"], p["transform_quantity"]) == ("2", {"divide_by": 1000, "round": "up"})
+
+
+def test_graduated_and_volume_tiers_with_flat_amounts(rules) -> None:
+    p = params(rules, "pro", "2026-01", "api calls")
+    assert (p["tiers_mode"], p["tiers"]) == ("graduated", [
+        {"up_to": 1000, "unit_amount_decimal": "0"}, {"up_to": 10000, "unit_amount_decimal": "0.2"},
+        {"up_to": "inf", "unit_amount_decimal": "0.1", "flat_amount_decimal": "500"}])
+    s = params(rules, "scale", "2026-01", "seats")
+    assert (s["tiers_mode"], s["tiers"]) == ("volume", [
+        {"up_to": 50, "unit_amount_decimal": "900"}, {"up_to": "inf", "unit_amount_decimal": "750"}])
+
+
+def test_flat_fee_is_licensed_and_yen_has_no_minor_unit(rules) -> None:
+    p = params(rules, "starter", "2026-01", "platform fee")
+    assert (p["unit_amount_decimal"], p["recurring"]) == ("1900", {"interval": "month", "usage_type": "licensed"})
+    y = params(rules, "pro_jpy", "2026-01", "seats")
+    assert (y["currency"], y["unit_amount_decimal"]) == ("jpy", "1500")
+
+
+@pytest.mark.parametrize("plan, charge, why", [
+    ("pro", "minimum spend", "minimum"),
+    ("pro", "tokens large", "dimension"),
+])
+def test_not_expressible_is_explained(rules, plan, charge, why) -> None:
+    with pytest.raises(catalog.NotExpressible, match=why):
+        params(rules, plan, "2026-01", charge)
+
+
+def test_existing_price_that_differs_is_reported_not_changed(world: World, tmp_path: Path) -> None:
+    # someone edits a published version in place: starter seats $8.00 -> $8.50
+    edited = tmp_path / "rules"
+    shutil.copytree(Path(__file__).resolve().parents[3] / "rating_rules", edited)
+    plan = edited / "plans" / "starter.yaml"
+    plan.write_text(plan.read_text().replace('unit_amount: "8.00"', 'unit_amount: "8.50"'))
+    key = ("starter", "2026-01", "seats")
+    before = world.report.prices[key]
+    second = catalog.sync_catalog(world.con, world.client, load_rules(edited), None)
+    drift = [(f.our_key, f.stripe_id, f.field, f.ours, f.theirs) for f in second.findings if f.finding == "drift"]
+    assert drift == [("starter|2026-01|seats", before, "unit_amount_decimal", "850", "800")]
+    assert second.created == {} and second.prices[key] == before
+    assert world.client.v1.prices.retrieve(before).unit_amount_decimal == 800   # untouched
+    stored = warehouse.query_frame(world.con, "SELECT finding, count(*) AS n FROM stripe_catalog_findings GROUP BY ALL ORDER BY 1")
+    assert stored.rows() == [("drift", 1), ("not_expressible", 12)]
+
+
+def test_a_second_sync_finds_everything(world: World) -> None:
+    second = catalog.sync_catalog(world.con, world.client, world.rules, None)
+    assert second.created == {} and second.prices == world.report.prices and second.meters == world.report.meters
+    assert [f for f in second.findings if f.finding == "drift"] == []
+
+
+def test_meter_with_another_window_is_drift(world: World) -> None:
+    second = catalog.sync_catalog(world.con, world.client, world.rules, None, window_kind="hour")
+    drift = [(f.our_key, f.field, f.ours, f.theirs) for f in second.findings if f.finding == "drift"]
+    assert sorted(drift) == sorted((m, "event_time_window", "hour", "day") for m in world.rules.meters)
+
+
+@pytest.mark.parametrize("start, anchor, expected", [
+    (dt.datetime(2026, 10, 1, tzinfo=dt.timezone.utc), None, None),                       # starts on its anchor
+    (dt.datetime(2026, 10, 1, tzinfo=dt.timezone.utc), 15, dt.datetime(2026, 10, 15, tzinfo=dt.timezone.utc)),
+    (dt.datetime(2026, 1, 31, 5, tzinfo=dt.timezone.utc), 31, dt.datetime(2026, 2, 28, tzinfo=dt.timezone.utc)),
+    (dt.datetime(2026, 12, 20, tzinfo=dt.timezone.utc), 10, dt.datetime(2027, 1, 10, tzinfo=dt.timezone.utc)),
+])
+def test_billing_cycle_anchor(start, anchor, expected) -> None:
+    got = catalog.billing_cycle_anchor(start, anchor)
+    assert got == (int(expected.timestamp()) if expected else None)
+
+
+@given(day=st.dates(dt.date(2025, 1, 1), dt.date(2028, 12, 31)), anchor=st.one_of(st.none(), st.integers(1, 31)))
+def test_period_start_sql_matches_the_customer_periods(day, anchor) -> None:
+    got = _DUCK.execute(f"SELECT {period_start_sql('d', 'a')} FROM (SELECT ?::DATE AS d, ?::INTEGER AS a)",
+                        [day, anchor]).fetchone()[0]
+    assert got == period_containing(day, anchor)[0]
+
+
+_DUCK = duckdb.connect()
