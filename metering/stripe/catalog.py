@@ -57,6 +57,7 @@ class Finding:
 @dataclass
 class CatalogReport:
     meters: dict[str, str] = field(default_factory=dict)              # our meter -> mtr id
+    meter_windows: dict[str, str | None] = field(default_factory=dict)  # our meter -> its event_time_window
     prices: dict[tuple[str, str, str], str] = field(default_factory=dict)  # (plan, version, charge) -> price id
     created: dict[str, int] = field(default_factory=dict)
     found: dict[str, int] = field(default_factory=dict)
@@ -100,9 +101,11 @@ def sync_meters(client: stripe.StripeClient, meters: dict[str, Meter], window_ki
             created = client.v1.billing.meters.create(
                 params, {"idempotency_key": f"metering-catalog:meter:{params['event_name']}:{window_kind}"})
             report.meters[meter.name] = created.id
+            report.meter_windows[meter.name] = window_kind
             report.count("meter", True)
             continue
         report.meters[meter.name] = found.id
+        report.meter_windows[meter.name] = getattr(found, "event_time_window", None)
         report.count("meter", False)
         for fld, ours, theirs in (
             ("default_aggregation.formula", params["default_aggregation"]["formula"], found.default_aggregation.formula),
@@ -432,7 +435,9 @@ def sync_catalog(
 
 def write_catalog(con: duckdb.DuckDBPyConnection, report: CatalogReport) -> None:
     now = dt.datetime.now(dt.timezone.utc)
-    objects = [{"kind": "meter", "our_key": k, "stripe_id": v, "details": None} for k, v in report.meters.items()]
+    objects = [{"kind": "meter", "our_key": k, "stripe_id": v,
+                "details": json.dumps({"event_time_window": report.meter_windows.get(k)})}
+               for k, v in report.meters.items()]
     objects += [{"kind": "price", "our_key": "|".join(k), "stripe_id": v, "details": None} for k, v in report.prices.items()]
     for c in report.customers:
         objects.append({"kind": "customer", "our_key": c["customer_id"], "stripe_id": c["stripe_customer_id"],

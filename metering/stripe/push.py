@@ -161,6 +161,7 @@ class Pusher:
         started = time.monotonic()
         report = PushReport(uuid.uuid4().hex, date_from, date_to, self.config.window_kind)
         kind = self.config.window_kind
+        self._check_meter_windows()
         customers = self._customer_map()
         desired = windows.desired_values(self.con, self.meters, date_from, date_to, kind)
         report.windows_considered = desired.height
@@ -194,6 +195,18 @@ class Pusher:
             self._record_run(report)
         log.info(report.summary())
         return report
+
+    def _check_meter_windows(self) -> None:
+        """Refuse to push hour windows to day meters (or back): Stripe would keep one event per its
+        own window and drop the others. The windows are those recorded by the last catalog sync."""
+        rows = warehouse.query_frame(
+            self.con, "SELECT our_key, json_extract_string(details, '$.event_time_window') AS w "
+                      "FROM stripe_objects WHERE kind = 'meter'")
+        wrong = [f"{m} ({w or 'raw'})" for m, w in rows.iter_rows() if m in self.meters and w != self.config.window_kind]
+        if wrong:
+            raise BadInputError(
+                f"push windows are '{self.config.window_kind}' but these Stripe meters aggregate otherwise: "
+                f"{', '.join(sorted(wrong))}; set STRIPE_METER_WINDOW to match the meters (or create new meters)")
 
     # -- planning helpers ------------------------------------------------------------------------
     def _customer_map(self) -> pl.DataFrame:

@@ -105,7 +105,7 @@ def day_start(day: dt.date) -> dt.datetime:
 
 
 def make_world(con: duckdb.DuckDBPyConnection, sb: SandboxHandle, rules_dir: Path, tmp_path: Path,
-               csv_text: str = CUSTOMERS_CSV, now: dt.datetime = NOW) -> World:
+               csv_text: str = CUSTOMERS_CSV, now: dt.datetime = NOW, window_kind: str = "day") -> World:
     rules = load_rules(rules_dir)
     csv_path = tmp_path / "customers.csv"
     csv_path.write_text(csv_text)
@@ -113,7 +113,8 @@ def make_world(con: duckdb.DuckDBPyConnection, sb: SandboxHandle, rules_dir: Pat
     warehouse.replace_rows(con, "customer_plans", "TRUE", [], customers)
     client = make_client(StripeSettings(api_key=sb.api_key, api_base=sb.base_url, meter_events_base=sb.base_url,
                                         max_network_retries=0))
-    report = catalog.sync_catalog(con, client, rules, customers, create_customers=True, subscriptions=False)
+    report = catalog.sync_catalog(con, client, rules, customers, window_kind=window_kind, create_customers=True,
+                                  subscriptions=False)
     return World(con, sb, client, rules, report, now)
 
 

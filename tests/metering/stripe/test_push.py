@@ -114,3 +114,34 @@ def test_unmapped_customers_are_reported_not_pushed(world: World) -> None:
     world.add_events([("stranger", "api_calls", t(D1, 5), None, {"region": "us"})])
     report = world.pusher().push(D1, D1)
     assert (report.unmapped, report.calls, world.ledger().height) == (1, 0, 0)
+
+
+def test_pushing_hour_windows_to_day_meters_is_refused(world: World) -> None:
+    import pytest
+
+    from metering.errors import BadInputError
+
+    seed_usage(world)
+    with pytest.raises(BadInputError, match="aggregate otherwise"):
+        world.pusher(window_kind="hour").push(D1, D1)
+    assert world.meter_event_requests() == []
+
+
+def test_hour_windows_on_hour_meters(tmp_path, rules_dir) -> None:
+    from metering import warehouse
+    from metering.stripe_sandbox.testing import running_sandbox
+    from push_world import CUSTOMERS_CSV, make_world
+
+    with running_sandbox(now=int(NOW.timestamp())) as sb, warehouse.open_warehouse(tmp_path / "h.duckdb") as con:
+        world = make_world(con, sb, rules_dir, tmp_path, CUSTOMERS_CSV, window_kind="hour")
+        seed_usage(world)
+        report = world.pusher(window_kind="hour").push(D1, D2)
+        # acme: api_calls hours D1 01, 02, 23 and D2 00 -> 4 windows; tokens 05, 06; storage D1 03, D2 03;
+        # seats D1 03, 09; active users D1 03, D2 03, 04; globex api_calls D2 12 -> 14 windows
+        assert (report.acknowledged, report.calls) == (14, 14)
+        start, end = day_start(D1), day_start(D3)
+        assert world.stripe_total("acme", "api_calls", start, end) == Decimal(4)
+        assert world.stripe_total("acme", "tokens", start, end) == Decimal(2000)
+        assert world.stripe_total("acme", "seats", start, end) == Decimal(3)
+        assert world.stripe_total("acme", "active_users", start, end) == Decimal(2)
+        assert world.stripe_total("acme", "storage_gb", start, end) == Decimal(10)
