@@ -19,7 +19,7 @@ from metering.reports import write_report
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 pytestmark = pytest.mark.skipif(
     CHROMIUM is None,
-    reason="Chromium is not installed (Debian: apt-get install -y chromium; .ci/run installs it)",
+    reason="Chromium is not installed and could not be (Debian: apt-get install -y chromium; `make test` tries)",
 )
 FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--no-first-run",
          "--disable-dev-shm-usage", "--hide-scrollbars"]
