@@ -226,6 +226,12 @@ def _expand_path(state: State, node: Any, parts: list[str], full: str) -> None:
     if not isinstance(node, dict) or not parts:
         return
     key, rest = parts[0], parts[1:]
+    if key == "tiers" and not rest and node.get("object") == "price":
+        # `tiers` is not in a price by default: Stripe includes it only when expanded
+        stored = state.get("price", node["id"])
+        if stored is not None and stored.get("_tiers") is not None:
+            node["tiers"] = [dict(t) for t in stored["_tiers"]]
+        return
     if key not in node:
         raise invalid(f"This property cannot be expanded ({full}).", "expand")
     value = node[key]

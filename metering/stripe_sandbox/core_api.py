@@ -323,19 +323,9 @@ def create_price(state: State, req: Request) -> dict[str, Any]:
     return public(state, price, params)
 
 
-def _render_price(state: State, obj: dict[str, Any], body: dict[str, Any]) -> dict[str, Any]:
-    # Stripe only includes `tiers` when asked with expand[]=tiers; the sandbox always includes them
-    # for tiered prices (the field is optional in the schema and the engine wants to read them).
-    if obj.get("_tiers") is not None:
-        body["tiers"] = [dict(t) for t in obj["_tiers"]]
-    return body
-
-
 @route("GET", "/v1/prices/{price}")
 def retrieve_price(state: State, req: Request, price: str) -> dict[str, Any]:
-    params = dict(req.params)
-    params["expand"] = [p for p in as_list(params.get("expand"), "expand") if p != "tiers"]
-    return public(state, fetch(state, "price", price, "price"), params)
+    return public(state, fetch(state, "price", price, "price"), req.params)
 
 
 @route("POST", "/v1/prices/{price}")
@@ -350,8 +340,6 @@ def update_price(state: State, req: Request, price: str) -> dict[str, Any]:
     obj["metadata"] = update_metadata(obj["metadata"], params.get("metadata"))
     state.dirty = True
     state.record_event("price.updated", obj, request=req.event_request())
-    params = dict(params)
-    params["expand"] = [p for p in as_list(params.get("expand"), "expand") if p != "tiers"]
     return public(state, obj, params)
 
 
@@ -367,7 +355,6 @@ def list_prices(state: State, req: Request) -> dict[str, Any]:
         and (active is None or p["active"] == as_bool(active, "active"))
         and (not lookup_keys or p["lookup_key"] in lookup_keys)
     ]
-    params["expand"] = [p for p in as_list(params.get("expand"), "expand") if p != "data.tiers"]
     return public_list(state, items, params, "/v1/prices")
 
 
@@ -531,7 +518,3 @@ def advance_test_clock(state: State, req: Request, test_clock: str) -> dict[str,
     state.record_event("test_helpers.test_clock.ready", clock)
     return public(state, clock, req.params)
 
-
-from .store import RENDERERS  # noqa: E402
-
-RENDERERS["price"] = _render_price

@@ -49,7 +49,7 @@ class StripeSandbox:
         self.requests_lock = threading.Lock()
         self.slots: set[str] = set()
         self.slots_lock = threading.Lock()
-        self.httpd: ThreadingHTTPServer | None = None
+        self.httpd: QuietServer | None = None
         self.thread: threading.Thread | None = None
         self._saver: threading.Thread | None = None
         self._stop = threading.Event()
@@ -68,8 +68,7 @@ class StripeSandbox:
             pass
 
         Handler.sandbox = sandbox
-        self.httpd = ThreadingHTTPServer((host, port), Handler)
-        self.httpd.daemon_threads = True
+        self.httpd = QuietServer((host, port), Handler)
         self.thread = threading.Thread(
             target=self.httpd.serve_forever, kwargs={"poll_interval": 0.05}, name="stripe-sandbox-http", daemon=True
         )
@@ -152,6 +151,20 @@ class StripeSandbox:
     def free_slot(self, key: str) -> None:
         with self.slots_lock:
             self.slots.discard(key)
+
+
+class QuietServer(ThreadingHTTPServer):
+    """A threaded HTTP server that does not print tracebacks when a client goes away mid-request."""
+
+    daemon_threads = True
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        import sys
+
+        if isinstance(sys.exc_info()[1], (ConnectionError, TimeoutError)):
+            log.debug("client %s went away", client_address)
+            return
+        log.exception("sandbox request from %s failed", client_address)
 
 
 class Dropped(Exception):

@@ -203,9 +203,14 @@ def test_raw_http_responses_and_errors(sb):
                 "recurring[interval]": "month",
                 "recurring[usage_type]": "metered",
                 "recurring[meter]": meter["id"],
+                "expand[]": "tiers",
             },
         ).json()
         assert [t["up_to"] for t in price["tiers"]] == [5, None]
+        assert "tiers" not in http.get(f"/v1/prices/{price['id']}").json()
+        assert http.get(f"/v1/prices/{price['id']}", params={"expand[]": "tiers"}).json()["tiers"][1]["unit_amount"] == 600
+        listed = http.get("/v1/prices", params={"expand[]": "data.tiers"}).json()["data"]
+        assert [len(p["tiers"]) for p in listed] == [2]
         customer = http.post("/v1/customers", data={"metadata[customer_id]": "c-9"}).json()
         sub = http.post(
             "/v1/subscriptions",
