@@ -252,3 +252,16 @@ def test_cancel_with_invoice_now_bills_usage_so_far(sb, client):
     assert canceled.status == "canceled"
     invoice = _cycle_invoice(client, customer)
     assert (invoice.period_end, invoice.amount_due) == (ts("2026-10-20T00:00:00"), 75)
+
+
+def test_pre_aggregated_windows_bill_only_the_latest_event_and_late_usage_after_finalization_is_lost(sb, client):
+    clock, meter, _, customer, _ = _setup(client, window="hour")
+    client.v1.test_helpers.test_clocks.advance(clock.id, {"frozen_time": OCT + 86400})
+    _usage(client, meter, customer, 10, OCT + 3600)
+    _usage(client, meter, customer, 4, OCT + 3600 + 1800)  # same hour, received later: replaces 10
+    _usage(client, meter, customer, 6, OCT + 7200)
+    client.v1.test_helpers.test_clocks.advance(clock.id, {"frozen_time": NOV + 3600})
+    invoice = _cycle_invoice(client, customer)
+    assert (invoice.status, invoice.lines.data[0].quantity_decimal, invoice.amount_paid) == ("paid", Decimal(10), 250)
+    _usage(client, meter, customer, 100, NOV - 60)  # after finalization: on no invoice
+    assert client.v1.invoices.retrieve(invoice.id).amount_paid == 250
