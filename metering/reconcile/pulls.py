@@ -91,8 +91,9 @@ class _Reader:
     Thread-safe: the summaries are read concurrently (`ReconcileSettings.pull_concurrency`).
     """
 
-    def __init__(self, client: stripe.StripeClient, rate: float = 0) -> None:
+    def __init__(self, client: stripe.StripeClient, rate: float = 0, page_size: int = PAGE) -> None:
         self.client = client
+        self.page_size = page_size
         self.calls = 0
         self._lock = threading.Lock()
         self._limiter = RateLimiter(rate)
@@ -111,7 +112,7 @@ class _Reader:
 
     def pages(self, fetch, params: dict[str, Any]) -> Iterator[dict[str, Any]]:
         """Every object of a paginated list (starting_after cursor)."""
-        params = {**params, "limit": PAGE}
+        params = {**params, "limit": self.page_size}
         while True:
             try:
                 body = self._body(self._fetch(fetch, params))
@@ -300,7 +301,7 @@ def pull_summaries_into_warehouse(
     settings = settings or ReconcileSettings.from_env()
     now = now or dt.datetime.now(dt.UTC)
     billing_month = billing_month.replace(day=1)
-    reader = _Reader(client, settings.pull_rate)
+    reader = _Reader(client, settings.pull_rate, settings.page_size)
     rows, _ = pull_meter_summaries(con, reader, billing_month, meters, _customer_map(con, reader), settings, now)
     result = PullResult(billing_month, pl.DataFrame(rows, schema=SUMMARY_SCHEMA),
                         pl.DataFrame(schema=INVOICE_SCHEMA), pl.DataFrame(schema=LINE_SCHEMA), reader.calls)
@@ -320,7 +321,7 @@ def pull_invoices_into_warehouse(
     now = now or dt.datetime.now(dt.UTC)
     settings = settings or ReconcileSettings.from_env()
     billing_month = billing_month.replace(day=1)
-    reader = _Reader(client, settings.pull_rate)
+    reader = _Reader(client, settings.pull_rate, settings.page_size)
     by_ours = _customer_map(con, reader)
     stripe_meters = {m["event_name"]: m for m in reader.pages(lambda p: client.v1.billing.meters.list(p), {})}
     invoices, lines = pull_invoices(reader, billing_month, by_ours, stripe_meters, now)

@@ -60,6 +60,7 @@ class ReconcileSettings:
     max_unexplained_minor: int = DEFAULT_MAX_UNEXPLAINED_MINOR
     pull_rate: float = DEFAULT_PULL_RATE            # API reads per second; 0 = unlimited
     pull_concurrency: int = DEFAULT_PULL_CONCURRENCY
+    page_size: int = 100                            # Stripe list page size (1..100)
 
     def tolerance_for(self, currency: str | None) -> int:
         return self.tolerance_minor.get((currency or "").lower(), self.default_tolerance_minor)

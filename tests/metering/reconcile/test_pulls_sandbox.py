@@ -157,3 +157,20 @@ def test_pull_assets_in_dagster(stripe_sandbox, isolated_env):
     assert (lines.metadata["dagster/row_count"].value, lines.metadata["invoices"].value) == (4, 2)
     with warehouse.open_warehouse(read_only=True) as con:
         assert con.execute("SELECT sum(amount) FROM stripe_invoice_lines_api").fetchone()[0] == 7300
+
+
+def test_pagination_gives_the_same_rows_as_one_page(stripe_sandbox, isolated_env):
+    """Pages of 1 (starting_after cursors through meters, summaries, invoices) equal pages of 100."""
+    client = stripe_sandbox.client()
+    _stripe_month(client)
+    with warehouse.open_warehouse() as con:
+        _periods(con)
+        big = pull_stripe_state(con, client, MONTH, meters=["api_calls", "seats"],
+                                settings=ReconcileSettings(settle_seconds=0, pull_rate=0), now=dt.datetime(2026, 11, 2, tzinfo=dt.UTC))
+        small = pull_stripe_state(con, client, MONTH, meters=["api_calls", "seats"],
+                                  settings=ReconcileSettings(settle_seconds=0, pull_rate=0, page_size=1),
+                                  now=dt.datetime(2026, 11, 2, tzinfo=dt.UTC))
+    assert small.api_calls > big.api_calls
+    for a, b in ((big.summaries, small.summaries), (big.invoices, small.invoices), (big.lines, small.lines)):
+        assert a.sort(pl.all()).equals(b.sort(pl.all()))
+    assert big.summaries.filter(grain="day").height >= 2 and big.invoices.height == 2  # several pages each
