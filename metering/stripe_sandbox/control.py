@@ -11,7 +11,7 @@ delivery log, payment behaviour, config, state dump, reset.
 | GET/DELETE /_sandbox/requests | | the request log (method, path, idempotency_key, status, fault, replayed) |
 | GET  /_sandbox/webhook_deliveries | | every delivery attempt; ``pending`` = queued deliveries |
 | POST /_sandbox/customers/{id}/payment_behavior | ``{"payment_behavior": "succeeds"/"fails"/"fails_then_succeeds"}`` | card behaviour |
-| POST /_sandbox/config | any of grace_period, payment_retry_days, after_final_failure, webhook_retry_delays, webhook_timeout | change settings |
+| POST /_sandbox/config | any of grace_period, payment_retry_days, after_final_failure, webhook_retry_delays, webhook_timeout, identifier_ttl, summary_lag | change settings |
 | GET  /_sandbox/meter_errors | | meter events accepted but not counted (no meter, unknown customer) |
 | GET  /_sandbox/state | | the full state snapshot |
 | POST /_sandbox/save | | write the state file now |
@@ -35,6 +35,7 @@ CONFIG_FIELDS = {
     "webhook_retry_delays": lambda v: tuple(float(x) for x in v),
     "webhook_timeout": float,
     "identifier_ttl": int,
+    "summary_lag": int,
 }
 
 

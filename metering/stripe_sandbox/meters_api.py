@@ -309,6 +309,10 @@ def list_event_summaries(state: State, req: Request, id: str) -> dict[str, Any]:
     else:
         windows = [(start, end)]
     records = counted_events(state, meter, customer, start, end)
+    if state.config.summary_lag:
+        # eventual consistency: recent events are not in summaries yet (invoices see them all)
+        visible_before = state.now() - state.config.summary_lag
+        records = [r for r in records if r["received"] <= visible_before]
     summaries = []
     for lo, hi in windows:
         inside = [r for r in records if lo <= r["timestamp"] < hi]

@@ -38,6 +38,7 @@ class SandboxConfig:
     now: int | None = None  # freeze the sandbox clock at this unix time
     seed: int | None = None  # seeds fault rates
     faults: list[dict[str, Any]] = field(default_factory=list)
+    summary_lag: int = 0  # seconds before a received meter event shows in event summaries
     save_interval: float = 5.0  # seconds between state-file saves while serving
 
 

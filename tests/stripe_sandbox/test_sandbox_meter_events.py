@@ -165,3 +165,14 @@ def test_meter_event_form_encoding_over_raw_http(sb, client):
     )
     assert response.status_code == 200 and response.json()["payload"] == {"stripe_customer_id": customer, "value": "2.5"}
     assert _summary(client, meter, customer, T0, T0 + 60) == [(T0, T0 + 60, 2.5)]
+
+
+def test_summaries_can_lag_like_stripes_eventually_consistent_ones(sb, client):
+    sb.set_now(T0)
+    sb.configure(summary_lag=120)
+    meter, _ = metered_price(client)
+    customer = client.v1.customers.create({"name": "A"}).id
+    _event(client, meter, customer, 5, T0)
+    assert _summary(client, meter, customer, T0, T0 + 60) == [(T0, T0 + 60, 0)]
+    sb.set_now(T0 + 120)
+    assert _summary(client, meter, customer, T0, T0 + 60) == [(T0, T0 + 60, 5)]
