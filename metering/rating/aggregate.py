@@ -135,30 +135,40 @@ def assign_segments(partials: pl.DataFrame, segments: pl.DataFrame) -> pl.DataFr
     )
 
 
+# Per aggregation: the partial columns it needs and how hours combine over a segment.
+_COMBINE: list[tuple[tuple[str, ...], tuple[str, ...], pl.Expr]] = [
+    (("count", "sum"), ("quantity",), pl.col("quantity").sum()),
+    (("max",), ("quantity",), pl.col("quantity").max()),
+    (("last",), ("quantity", "last_event_time", "last_event_id"),
+     pl.col("quantity").sort_by(["last_event_time", "last_event_id"]).last()),
+    (("unique_count",), ("distinct_values",),
+     pl.col("distinct_values").drop_nulls().n_unique().cast(money.QUANTITY_DTYPE).alias("quantity")),
+]
+
+
 def charge_quantities(partials: pl.DataFrame, segments: pl.DataFrame, rules: Rules) -> pl.DataFrame:
-    """Period quantities per (customer, period, segment, plan version, usage charge) from hourly rows."""
+    """Period quantities per (customer, period, segment, plan version, usage charge) from hourly rows.
+
+    Rows are split by the meter's aggregation first, so each branch carries only the columns it
+    combines (the list of distinct values only travels with unique_count meters).
+    """
     combos = partials.select("meter", "dimensions").unique().join(
         segments.select("plan", "plan_version").unique(), how="cross"
     )
-    kinds = pl.DataFrame({"meter": list(rules.meters), "aggregation": [m.aggregation for m in rules.meters.values()]},
-                         schema={"meter": pl.String, "aggregation": pl.String})
-    mapping = charge_map(combos.select("plan", "plan_version", "meter", "dimensions"), rules).join(kinds, on="meter")
-    located = assign_segments(partials, segments).join(
-        mapping, on=["plan", "plan_version", "meter", "dimensions"], how="inner"
-    )
+    mapping = charge_map(combos.select("plan", "plan_version", "meter", "dimensions"), rules)
     key = ["customer_id", "period_start", "segment_start", "plan", "plan_version", "charge_id"]
-    agg = pl.col("aggregation")
-    parts = [
-        located.filter(agg.is_in(["count", "sum"])).group_by(key).agg(pl.col("quantity").sum()),
-        located.filter(agg == "max").group_by(key).agg(pl.col("quantity").max()),
-        located.filter(agg == "last").group_by(key).agg(
-            pl.col("quantity").sort_by(["last_event_time", "last_event_id"]).last()
-        ),
-        located.filter(agg == "unique_count").explode("distinct_values").group_by(key).agg(
-            pl.col("distinct_values").drop_nulls().n_unique().cast(money.QUANTITY_DTYPE).alias("quantity")
-        ),
-    ]
-    return pl.concat([p.cast({"quantity": money.QUANTITY_DTYPE}) for p in parts]).sort(key)
+    parts = []
+    for aggregations, columns, combine in _COMBINE:
+        meters = [name for name, m in rules.meters.items() if m.aggregation in aggregations]
+        rows = partials.filter(pl.col("meter").is_in(meters)).select("customer_id", "meter", "dimensions", "hour",
+                                                                     *columns)
+        located = assign_segments(rows, segments).join(
+            mapping, on=["plan", "plan_version", "meter", "dimensions"], how="inner"
+        )
+        if "distinct_values" in columns:
+            located = located.explode("distinct_values")
+        parts.append(located.group_by(key).agg(combine).cast({"quantity": money.QUANTITY_DTYPE}))
+    return pl.concat(parts).sort(key)
 
 
 UNPRICED_SCHEMA = {"customer_id": pl.String, "meter": pl.String, "dimensions": pl.String, "reason": pl.String,
