@@ -209,18 +209,32 @@ def publish(
     tmp = dest.with_name(f".{dest.name}.{os.getpid()}.tmp")
     for leftover in (tmp, tmp.with_name(tmp.name + ".wal")):
         leftover.unlink(missing_ok=True)
-    own = con is None
-    source = con or connect(warehouse, read_only=True)
-    try:
-        source_db = source.execute("SELECT current_database()").fetchone()[0]
-        source.execute(f"ATTACH {sql_string(str(tmp))} AS snapshot_target")
+    if con is not None:
+        source_db = con.execute("SELECT current_database()").fetchone()[0]
+        con.execute(f"ATTACH {sql_string(str(tmp))} AS snapshot_target")
         try:
-            source.execute(f'COPY FROM DATABASE "{source_db}" TO snapshot_target')
+            con.execute(f'COPY FROM DATABASE "{source_db}" TO snapshot_target')
         finally:
-            source.execute("DETACH snapshot_target")
-    finally:
-        if own:
-            source.close()
+            con.execute("DETACH snapshot_target")
+    else:
+        # Copy from a read-only attachment into the new file (a read-only connection could not
+        # attach the target for writing).
+        target = duckdb.connect(str(tmp))
+        try:
+            source = config.warehouse_path(warehouse)
+            try:
+                target.execute(f"ATTACH {sql_string(str(source))} AS snapshot_source (READ_ONLY)")
+            except duckdb.IOException as exc:
+                if "lock" in str(exc).lower():
+                    raise WarehouseLockedError(
+                        f"{source}: a running job holds the warehouse; publish from that job, or retry when it ends"
+                    ) from None
+                raise
+            target_db = target.execute("SELECT current_database()").fetchone()[0]
+            target.execute(f'COPY FROM DATABASE snapshot_source TO "{target_db}"')
+            target.execute("DETACH snapshot_source")
+        finally:
+            target.close()
     views = sorted(VIEWS_DIR.glob("*.sql")) if VIEWS_DIR.exists() else []
     if views:
         snap = duckdb.connect(str(tmp))

@@ -77,3 +77,13 @@ def test_snapshot_readable_while_writer_holds_warehouse(tmp_path):
         assert reader.execute("SELECT answer FROM t").fetchone() == (42,)
         reader.close()
         assert duckdb.connect(str(snap), read_only=True).execute("SELECT answer FROM t").fetchone() == (43,)
+
+
+def test_publish_without_a_connection_copies_every_table(tmp_path):
+    wh, snap = tmp_path / "w.duckdb", tmp_path / "s.duckdb"
+    with warehouse.open_warehouse(wh) as con:
+        con.execute("CREATE TABLE t AS SELECT 'it''s' AS text, 1.5::DECIMAL(38, 12) AS amount")
+    warehouse.publish(wh, snap)
+    reader = duckdb.connect(str(snap), read_only=True)
+    assert reader.execute("SELECT text, amount FROM t").fetchone() == ("it's", Decimal("1.5"))
+    assert reader.execute("SELECT count(*) FROM usage_events").fetchone() == (0,)
