@@ -8,6 +8,7 @@ delivery log, payment behaviour, config, state dump, reset.
 | POST /_sandbox/now | ``{"now": unix or null}`` | freeze the sandbox clock (null: real time); runs due billing |
 | POST /_sandbox/tick | | run due billing for customers without a test clock |
 | GET/POST/DELETE /_sandbox/faults | POST: a fault rule (see faults.py) | list / add / clear |
+| POST /_sandbox/faults/release | | let requests held by ``slow`` faults continue now |
 | GET/DELETE /_sandbox/requests | | the request log (method, path, idempotency_key, status, fault, replayed) |
 | GET  /_sandbox/webhook_deliveries | | every delivery attempt; ``pending`` = queued deliveries |
 | POST /_sandbox/customers/{id}/payment_behavior | ``{"payment_behavior": "succeeds"/"fails"/"fails_then_succeeds"}`` | card behaviour |
@@ -59,6 +60,9 @@ def handle(sandbox: "StripeSandbox", method: str, path: str, query: dict[str, An
     if route == ("POST", "/_sandbox/faults"):
         sandbox.faults.add(body)
         return 200, {"faults": sandbox.faults.describe()}
+    if route == ("POST", "/_sandbox/faults/release"):
+        sandbox.faults.release()
+        return 200, {"released": True}
     if route == ("DELETE", "/_sandbox/faults"):
         sandbox.faults.clear()
         return 200, {"faults": []}

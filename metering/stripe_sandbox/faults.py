@@ -3,7 +3,7 @@
 A rule: ``{"kind", "method", "path", "count", "rate", "delay", "reason", "should_retry"}``.
 
 - ``kind``: ``rate_limit`` (429 + ``Stripe-Rate-Limited-Reason``), ``server_error`` (500, not
-  applied), ``slow`` (wait ``delay`` seconds, then answer normally), ``drop`` (close the connection
+  applied), ``slow`` (wait ``delay`` seconds, or until :meth:`Faults.release`, then answer normally), ``drop`` (close the connection
   without applying or answering), ``lost_response`` (apply the request, store its idempotent result,
   then close the connection without answering).
 - ``method`` (default any) and ``path`` (an ``fnmatch`` pattern, default ``*``) select requests.
@@ -44,6 +44,20 @@ class Faults:
         self.lock = threading.Lock()
         self.rules: list[FaultRule] = []
         self.random = random.Random(seed)
+        self.gate = threading.Event()
+
+    def sleep(self, delay: float) -> None:
+        """A slow fault's wait: ``delay`` seconds, cut short by :meth:`release` (for tests that
+        need a request held in flight without depending on timing)."""
+        with self.lock:
+            gate = self.gate
+        gate.wait(delay)
+
+    def release(self) -> None:
+        """Let every request currently held by a slow fault continue."""
+        with self.lock:
+            self.gate.set()
+            self.gate = threading.Event()
 
     def add(self, spec: dict[str, Any]) -> FaultRule:
         if spec.get("kind") not in KINDS:

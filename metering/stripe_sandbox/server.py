@@ -294,7 +294,7 @@ class SandboxHandler(BaseHTTPRequestHandler):
                         store=False,
                     )
             if rule is not None and rule.kind == "slow":
-                time.sleep(rule.delay)
+                sandbox.faults.sleep(rule.delay)
             request = Request(method, path, params, dict(self.headers), request_id, key)
             with sandbox.state.lock:
                 if sandbox.state.now() != sandbox._last_tick:

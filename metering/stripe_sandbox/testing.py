@@ -71,6 +71,10 @@ class SandboxHandle:
         spec = {"kind": kind, "path": path, "method": method, "count": count, "rate": rate, **options}
         self.control("POST", "faults", {k: v for k, v in spec.items() if v is not None})
 
+    def release_slow(self) -> None:
+        """Let requests currently held by a ``slow`` fault continue now."""
+        self.control("POST", "faults/release")
+
     def clear_faults(self) -> None:
         self.control("DELETE", "faults")
 

@@ -54,12 +54,13 @@ def test_same_key_with_other_parameters_is_an_idempotency_error(sb, client):
 
 
 def test_a_concurrent_request_with_the_same_key_gets_409(sb, client):
-    sb.inject_fault("slow", path="/v1/customers", method="POST", count=1, delay=2.0)
+    sb.inject_fault("slow", path="/v1/customers", method="POST", count=1, delay=60)
     results = {}
     worker = threading.Thread(target=lambda: results.setdefault("first", _post(sb, "/v1/customers", {"name": "A"}, "k-4")))
     worker.start()
     wait_until(lambda: in_flight(sb, "/v1/customers"))
     second = _post(sb, "/v1/customers", {"name": "A"}, "k-4")
+    sb.release_slow()
     worker.join()
     assert second.status_code == 409
     assert second.json()["error"]["code"] == "idempotency_key_in_use"

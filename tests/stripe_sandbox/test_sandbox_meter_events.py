@@ -103,7 +103,7 @@ def test_one_concurrent_call_per_customer_and_meter(sb, client):
     meter, _ = metered_price(client)
     a = client.v1.customers.create({"name": "A"}).id
     b = client.v1.customers.create({"name": "B"}).id
-    sb.inject_fault("slow", path="/v1/billing/meter_events", count=1, delay=2.0)
+    sb.inject_fault("slow", path="/v1/billing/meter_events", count=1, delay=60)
     results = {}
     worker = threading.Thread(target=lambda: results.setdefault("first", _event(client, meter, a, 1, T0)))
     worker.start()
@@ -114,6 +114,7 @@ def test_one_concurrent_call_per_customer_and_meter(sb, client):
     assert info.value.headers["Stripe-Rate-Limited-Reason"] == "resource-specific"
     assert info.value.error.code == "rate_limit"
     _event(client, meter, b, 3, T0)  # another customer is not blocked
+    sb.release_slow()
     worker.join()
     assert results["first"].payload["value"] == "1"
     _event(client, meter, a, 4, T0)  # the slot is free again
