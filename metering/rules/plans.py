@@ -81,7 +81,8 @@ class _FileErrors:
 def _amount(value: Any, path: tuple, err: _FileErrors) -> Decimal | None:
     """A money amount: a quoted, non-negative decimal string with at most 12 decimal places."""
     if isinstance(value, float):
-        err(path, f"{value!r} is a YAML float (inexact); write amounts as quoted decimal strings, e.g. \"{value}\"")
+        written = err.marks.raw.get(path, repr(value))
+        err(path, f"{written} is a YAML float (inexact); write amounts as quoted decimal strings, e.g. \"{written}\"")
         return None
     if isinstance(value, bool) or not isinstance(value, (str, int)):
         err(path, f"{value!r} is not a decimal amount; write a quoted decimal string such as \"0.002\"")
@@ -114,7 +115,8 @@ def _decimal_text(text: str, path: tuple, err: _FileErrors, what: str) -> Decima
 def _quantity(value: Any, path: tuple, err: _FileErrors, *, positive: bool = False) -> Decimal | None:
     """A unit count: an integer, or a quoted decimal string (a float is inexact and rejected)."""
     if isinstance(value, float):
-        err(path, f"{value!r} is a YAML float (inexact); write an integer or a quoted decimal string")
+        written = err.marks.raw.get(path, repr(value))
+        err(path, f"{written} is a YAML float (inexact); write an integer or a quoted decimal string, e.g. \"{written}\"")
         return None
     if isinstance(value, bool):
         err(path, f"{value!r} is not a quantity")

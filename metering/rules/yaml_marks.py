@@ -38,6 +38,7 @@ class Marks:
 
     lines: dict[PathKey, int] = field(default_factory=dict)
     problems: list[tuple[PathKey, str]] = field(default_factory=list)
+    raw: dict[PathKey, str] = field(default_factory=dict)   # scalars as written (e.g. `0.000002`, not 2e-06)
 
     def line(self, path: PathKey) -> int | None:
         """The line of `path`, or of its nearest ancestor that has one."""
@@ -65,6 +66,7 @@ def _build(node: Node, path: PathKey, marks: Marks, constructor: SafeConstructor
         return out
     if isinstance(node, SequenceNode):
         return [_build(item, path + (i,), marks, constructor) for i, item in enumerate(node.value)]
+    marks.raw[path] = node.value
     return constructor.construct_object(node, deep=True)
 
 

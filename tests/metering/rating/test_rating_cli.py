@@ -36,7 +36,7 @@ def test_validate_lists_every_error_and_exits_3(tmp_path):
     assert result.exit_code == 3
     lines = [line for line in result.output.splitlines() if line.startswith(str(pro))]
     assert len(lines) == 3   # the float, and the unknown meter in both versions
-    assert any("charges[1].unit_amount: 2e-06 is a YAML float" in line for line in lines)
+    assert any("charges[1].unit_amount: 0.000002 is a YAML float" in line for line in lines)
     assert sum("meter: unknown meter 'storage'" in line for line in lines) == 2
     assert "error: 3 problem(s) in" in result.output
 
