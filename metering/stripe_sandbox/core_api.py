@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import secrets
 import string
-from typing import Any
+from typing import Any, Callable
 
 from . import billing
 from .api import (
@@ -421,7 +421,7 @@ def list_webhook_endpoints(state: State, req: Request) -> dict[str, Any]:
 
 
 # -- events ---------------------------------------------------------------------------------------
-def _type_matcher(params: dict[str, Any]):
+def _type_matcher(params: dict[str, Any]) -> Callable[[str], bool]:
     single = params.get("type")
     types = as_list(params.get("types"), "types")
     if single and types:

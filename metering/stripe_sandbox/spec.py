@@ -100,7 +100,7 @@ def operation_template(spec: dict[str, Any], method: str, path: str) -> str | No
 
 
 @functools.lru_cache(maxsize=256)
-def _validator(template: str, method: str, status: str, strict: bool):
+def _validator(template: str, method: str, status: str, strict: bool) -> Any:
     import jsonschema
 
     spec, definitions = load(strict)
@@ -113,7 +113,7 @@ def _validator(template: str, method: str, status: str, strict: bool):
 
 
 @functools.lru_cache(maxsize=64)
-def _component_validator(name: str, strict: bool):
+def _component_validator(name: str, strict: bool) -> Any:
     import jsonschema
 
     _, definitions = load(strict)

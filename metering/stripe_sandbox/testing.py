@@ -10,10 +10,13 @@ import contextlib
 import json
 import time
 import urllib.request
-from typing import Any, Iterator
+from typing import TYPE_CHECKING, Any, Iterator
 
 from .server import StripeSandbox
 from .store import SandboxConfig
+
+if TYPE_CHECKING:
+    import stripe
 
 TEST_API_KEY = "sk_test_sandbox_0000000000000000"
 
@@ -28,7 +31,7 @@ class SandboxHandle:
         self.webhook_secret: str | None = None
 
     # -- clients ----------------------------------------------------------------------------------
-    def client(self, max_network_retries: int = 0, **kwargs: Any):
+    def client(self, max_network_retries: int = 0, **kwargs: Any) -> "stripe.StripeClient":
         import stripe
 
         return stripe.StripeClient(
