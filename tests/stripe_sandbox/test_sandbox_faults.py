@@ -142,3 +142,10 @@ def test_reset_forgets_objects_faults_and_the_log(sb, client):
     assert sb.requests_log() == [] and sb.control("GET", "faults")["faults"] == []
     assert client.v1.customers.list().data == []
     client.v1.products.create({"name": "works again"})
+
+
+def test_the_plugin_fixture_gives_a_ready_sandbox(stripe_sandbox):
+    client = stripe_sandbox.client()
+    assert stripe_sandbox.api_key.startswith("sk_test_") and stripe_sandbox.base_url.startswith("http://127.0.0.1:")
+    assert client.v1.customers.create({"name": "via fixture"}).id.startswith("cus_")
+    assert len(stripe_sandbox.requests_log(path="/v1/customers")) == 1
