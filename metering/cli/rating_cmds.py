@@ -103,8 +103,13 @@ def rate(rules_dir: str | None, usage_file: str, out_file: str, plan: str | None
     rules_obj = load_rules(rules_dir)
     if plan is not None and plan not in rules_obj.plans:
         raise BadInputError(f"--plan: unknown plan {plan!r} (plans: {', '.join(sorted(rules_obj.plans))})")
-    rated = rate_usage(read_usage_file(usage_file), rules_obj, plan=plan, at=at, source=usage_file)
+    rated, unmatched = rate_usage(read_usage_file(usage_file), rules_obj, plan=plan, at=at, source=usage_file)
     write_output(rated, out_file)
+    if unmatched.height:
+        first = unmatched.row(0, named=True)
+        click.echo(f"warning: {unmatched.height} usage row(s) match no charge of their plan version and are not "
+                   f"priced (first: {usage_file}:{first['line']}: {first['meter']} {first['dimensions']} under "
+                   f"{first['plan']} {first['plan_version']})", err=True)
     totals = rated.group_by("currency").agg(pl.col("amount_minor").sum()).sort("currency")
     summary = ", ".join(f"{c} {format_minor(t, c)}" for c, t in totals.iter_rows())
     click.echo(f"rated {rated.height} lines for {rated['customer_id'].n_unique()} customers -> {out_file} ({summary})")

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import datetime as dt
 from pathlib import Path
+from typing import NamedTuple
 
 import polars as pl
 
@@ -54,9 +55,14 @@ def _fail(path: str, frame: pl.DataFrame, mask: pl.Expr, field: str, what: str) 
         raise BadInputError(f"{path}:{line}: {field}: {what} ({bad.height} row(s); first value {row.get(field)!r})")
 
 
+class WhatIf(NamedTuple):
+    rated: pl.DataFrame       # OUTPUT_COLUMNS, one row per customer x charge line
+    unmatched: pl.DataFrame   # input rows no charge of the plan version prices (with their 2-based line)
+
+
 def rate_usage(usage: pl.DataFrame, rules: Rules, *, plan: str | None = None, at: dt.date | None = None,
-               source: str = "usage") -> pl.DataFrame:
-    """Rate a period-level usage frame (see the module docstring); one row per customer x charge line."""
+               source: str = "usage") -> WhatIf:
+    """Rate a period-level usage frame (see the module docstring)."""
     for col in ("customer_id", "meter", "quantity"):
         if col not in usage.columns:
             raise BadInputError(f"{source}: (header): missing column {col!r}")
@@ -107,7 +113,12 @@ def rate_usage(usage: pl.DataFrame, rules: Rules, *, plan: str | None = None, at
     frame = frame.with_columns(dimensions=dim_json)
 
     mapping = charge_map(frame.select("plan", "plan_version", "meter", "dimensions"), rules)
-    priced = frame.join(mapping, on=["plan", "plan_version", "meter", "dimensions"], how="inner")
+    route = ["plan", "plan_version", "meter", "dimensions"]
+    unmatched = (
+        frame.with_row_index("line", offset=2).join(mapping, on=route, how="anti")
+        .select("line", "customer_id", "meter", "dimensions", "plan", "plan_version", "quantity")
+    )
+    priced = frame.join(mapping, on=route, how="inner")
     kinds = pl.DataFrame({"meter": list(rules.meters), "aggregation": [m.aggregation for m in rules.meters.values()]})
     priced = priced.join(kinds, on="meter")
     key = ["customer_id", "period_start", "plan", "plan_version", "charge_id"]
@@ -121,7 +132,7 @@ def rate_usage(usage: pl.DataFrame, rules: Rules, *, plan: str | None = None, at
         .with_columns(segment_start=pl.col("period_start"), segment_end=pl.col("period_end"))
     )
     rated = rate(segments, quantities, rules)
-    return rated.select(OUTPUT_COLUMNS)
+    return WhatIf(rated.select(OUTPUT_COLUMNS), unmatched)
 
 
 def write_output(frame: pl.DataFrame, path: str | Path) -> None:

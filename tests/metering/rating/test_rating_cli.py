@@ -143,3 +143,13 @@ def test_rate_refuses_float_quantities_in_parquet(tmp_path):
     result = run("rate", "--rules", str(RULES), "--usage", str(usage), "--out", str(tmp_path / "o.csv"))
     assert result.exit_code == 0, result.output
     assert "usd 149.00" in result.output     # 3 seats x 10 = 30, minimum true-up 70, platform fee 49
+
+
+def test_rate_warns_about_rows_no_charge_prices(tmp_path):
+    usage = tmp_path / "usage.csv"
+    usage.write_text("customer_id,meter,quantity,plan,period_start,region\n"
+                     "c1,api_calls,10,pro,2026-10-20,us\nc1,api_calls,10,pro,2026-10-20,\n")
+    result = run("rate", "--rules", str(RULES), "--usage", str(usage), "--out", str(tmp_path / "o.csv"))
+    assert result.exit_code == 0
+    assert (f"warning: 1 usage row(s) match no charge of their plan version and are not priced "
+            f"(first: {usage}:3: api_calls {{\"region\":null}} under pro 2026-10)") in result.output
