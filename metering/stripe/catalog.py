@@ -380,6 +380,8 @@ def sync_customers(
             report.count("subscription", True)
         elif sub is not None:
             report.count("subscription", False)
+        if sub is not None and version is not None:
+            _report_future_changes(report, customers, rules, cid, version, now.date())
         report.customers.append({
             "customer_id": cid,
             "stripe_customer_id": cus.id,
@@ -389,6 +391,22 @@ def sync_customers(
             "plan_version": version.version if version else None,
             "billing_anchor_day": anchor_day,
         })
+
+
+def _report_future_changes(report: CatalogReport, customers: pl.DataFrame, rules: Rules, cid: str,
+                           version: PlanVersion, today: dt.date) -> None:
+    """A later plan assignment or plan version is not switched on the Stripe subscription (that needs a
+    subscription schedule): report it, so finance knows Stripe keeps billing the current prices."""
+    later = customers.filter((pl.col("customer_id") == cid) & (pl.col("plan_effective_from").cast(pl.Date) > today))
+    changes = [(str(r["plan"]), r["plan_effective_from"]) for r in later.iter_rows(named=True)]
+    plan = rules.plans.get(version.plan)
+    if plan is not None:
+        changes += [(f"{v.plan} {v.version}", v.effective_from) for v in plan.versions if v.effective_from > today]
+    for what, when in changes:
+        report.findings.append(Finding(
+            "not_expressible", "subscription", cid, None, "plan", f"{what} from {when}",
+            f"{version.plan} {version.version}",
+            "not switched on the Stripe subscription (needs a subscription schedule); Stripe keeps the current prices"))
 
 
 def _metadata(obj: Any) -> dict[str, str]:

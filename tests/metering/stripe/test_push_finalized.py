@@ -63,3 +63,16 @@ def test_usage_for_a_finalized_invoice_is_late_not_pushed(tmp_path: Path, rules_
         rows = world.ledger().sort("revision").select("revision", "value", "status").rows()
         assert rows == [(1, Decimal(3), "acknowledged"), (2, Decimal(4), "late")]
         assert "finalized" in world.ledger().filter(pl.col("revision") == 2)["last_error"][0]
+
+
+def test_a_later_plan_version_is_reported_for_the_subscription(tmp_path: Path, rules_dir: Path) -> None:
+    rules = load_rules(rules_dir)
+    (tmp_path / "c.csv").write_text(CSV.replace("acme,Acme,billing@acme.test,usd,,starter", "acme,Acme,billing@acme.test,usd,,pro"))
+    customers = load_customers(tmp_path / "c.csv", rules)
+    with running_sandbox() as sb, warehouse.open_warehouse(tmp_path / "wh.duckdb") as con:
+        client = make_client(StripeSettings(api_key=sb.api_key, api_base=sb.base_url, meter_events_base=sb.base_url))
+        clock = client.v1.test_helpers.test_clocks.create({"frozen_time": int(OCT1.timestamp())})
+        report = catalog.sync_catalog(con, client, rules, customers, create_customers=True, test_clock=clock.id)
+    assert report.customers[0]["plan_version"] == "2026-01"
+    found = [(f.kind, f.our_key, f.ours, f.theirs) for f in report.findings if f.kind == "subscription"]
+    assert found == [("subscription", "acme", "pro 2026-10 from 2026-10-15", "pro 2026-01")]
