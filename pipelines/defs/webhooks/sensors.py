@@ -28,7 +28,7 @@ def build_landing_sensor(job: dg.UnresolvedAssetJobDefinition) -> dg.SensorDefin
         grown = {name: size for name, size in sizes.items() if size > seen.get(name, 0)}
         if not grown:
             return dg.SkipReason("no new landed webhooks")
-        cursor = json.dumps({**seen, **sizes}, sort_keys=True)
+        cursor = json.dumps(sizes, sort_keys=True)  # files removed from the folder drop out of the cursor
         run_key = hashlib.sha256(cursor.encode()).hexdigest()[:16]
         context.update_cursor(cursor)
         return dg.RunRequest(run_key=run_key, tags={"stripe/landing_files_grown": str(len(grown))})
