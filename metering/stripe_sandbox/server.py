@@ -245,6 +245,7 @@ class SandboxHandler(BaseHTTPRequestHandler):
         account = "acct_sandbox"
         claimed = False
         slot = None
+        rule = None
         try:
             self._authenticate()
             rule = sandbox.faults.pick(method, path)
@@ -321,6 +322,8 @@ class SandboxHandler(BaseHTTPRequestHandler):
                 else:
                     sandbox.idempotency.abandon(account, key)
                 claimed = False
+            if rule is not None and rule.kind == "lost_response":
+                raise Dropped() from None
             return error.status, body, dict(error.headers)
         finally:
             if claimed:
