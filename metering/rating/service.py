@@ -1,10 +1,14 @@
 """Rating against the warehouse: what the Dagster assets and `metering rerate` call.
 
 - `refresh_aggregates(con, meters, day)`: rebuild usage_aggregates for one event date.
-- `rate_month(con, rules, month)`: rate every billing period that STARTS in `month` (the
-  monthly_billing partition), reading the hourly aggregates of the periods' whole time range.
-- `write_rating(con, month, rated, previews, rules)`: replace that month's rated_usage and
-  invoice_previews rows in one transaction and record the plan versions used in rules_versions.
+- `rate_month(con, rules, month)` / `rate_month_full`: rate every billing period that STARTS in
+  `month` (the monthly_billing partition), reading the hourly aggregates of the periods' whole
+  time range (which may run into the next month); `_full` also returns the unpriced usage.
+- `write_rated` / `write_previews`: replace that month's rated_usage / invoice_previews rows in one
+  transaction (recording the plan versions used in rules_versions); unchanged rows are not
+  rewritten, so re-running with the same inputs leaves the tables byte-identical.
+- `preview_mismatches`: the blocking check that previews equal the sum of their lines.
+- `rerate_range`: `metering rerate`: aggregates for a date range, then every month it touches.
 
 All writes are delete-then-insert of exactly the partition's rows, so re-running is safe.
 """
@@ -37,6 +41,7 @@ def refresh_aggregates(con: duckdb.DuckDBPyConnection, meters: dict[str, Meter],
 
 
 def read_customer_plans(con: duckdb.DuckDBPyConnection) -> pl.DataFrame:
+    """The customer_plans table (CUSTOMER_PLAN_SCHEMA), ordered by customer and assignment start."""
     frame = warehouse.query_frame(con, "SELECT * FROM customer_plans ORDER BY customer_id, plan_effective_from")
     if frame.height == 0:
         return pl.DataFrame(schema=CUSTOMER_PLAN_SCHEMA)
