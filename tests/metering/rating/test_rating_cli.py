@@ -153,3 +153,10 @@ def test_rate_warns_about_rows_no_charge_prices(tmp_path):
     assert result.exit_code == 0
     assert (f"warning: 1 usage row(s) match no charge of their plan version and are not priced "
             f"(first: {usage}:3: api_calls {{\"region\":null}} under pro 2026-10)") in result.output
+
+
+def test_bench_rate_runs_small():
+    result = run("bench", "rate", "--rows", "3000", "--repeat", "1", "--rules", str(RULES))
+    assert result.exit_code == 0, result.output
+    assert "rated 3,000 aggregated rows (20 customers" in result.output
+    assert "peak RSS" in result.output
