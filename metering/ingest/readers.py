@@ -414,7 +414,7 @@ def stage_parquet(con: duckdb.DuckDBPyConnection, path: Path, fmt: str, sink: Si
     ts_kind = _parquet_type(types["timestamp"])
     ts_native = '"timestamp"::TIMESTAMPTZ' if ts_kind == "TIMESTAMP" else "NULL::TIMESTAMPTZ"
     sql = f"""
-        SELECT file_row_number + 1 AS line, NULL AS raw, NULL AS parse_error,
+        SELECT file_row_number + 1 AS line, NULL::VARCHAR AS raw, NULL::VARCHAR AS parse_error,
                {_parquet_field_sql(types, 'event_id', 'event_id')},
                {_parquet_field_sql(types, 'customer_id', 'customer_id')},
                {_parquet_field_sql(types, 'meter', 'meter')},
