@@ -329,7 +329,9 @@ def _csv_lines(frame: pl.DataFrame) -> pl.Series:
 
 def _write_text(path: Path, header: str | None, lines: pl.Series, extra: list[bytes], gz: bool) -> None:
     buf = path.with_name(path.name + ".part")
-    opener = (lambda p: gzip.open(p, "wb", compresslevel=3)) if gz else (lambda p: open(p, "wb"))
+    # mtime=0: the gzip header would otherwise carry the write time, so the same seed would give a
+    # file with a new content hash on every run (and re-ingesting it would not be a no-op).
+    opener = (lambda p: gzip.GzipFile(p, "wb", compresslevel=3, mtime=0)) if gz else (lambda p: open(p, "wb"))
     with opener(buf) as fh:
         if header:
             fh.write(header.encode() + b"\n")
