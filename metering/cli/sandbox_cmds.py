@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import signal
 
 import click
 
@@ -79,6 +80,11 @@ def stripe_sandbox(
     except OSError as exc:
         raise BadInputError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
     click.echo(f"stripe sandbox listening on {sandbox.base_url} (Ctrl-C to stop)", err=True)
+
+    def _terminate(signum: int, frame: object) -> None:  # SIGTERM: stop and save like Ctrl-C
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, _terminate)
     try:
         while sandbox.thread is not None and sandbox.thread.is_alive():
             sandbox.thread.join(0.5)

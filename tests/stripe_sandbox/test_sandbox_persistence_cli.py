@@ -49,7 +49,7 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
-def test_the_cli_serves_the_sdk_and_saves_state_on_exit(tmp_path: Path):
+def test_the_cli_serves_the_sdk_and_saves_state_when_terminated(tmp_path: Path):
     port = _free_port()
     state = tmp_path / "state.json"
     process = subprocess.Popen(
@@ -72,7 +72,7 @@ def test_the_cli_serves_the_sdk_and_saves_state_on_exit(tmp_path: Path):
         client = stripe.StripeClient("sk_test_anything", base_addresses={"api": url, "meter_events": url})
         customer = client.v1.customers.create({"name": "From the CLI"})
     finally:
-        process.send_signal(signal.SIGINT)
+        process.send_signal(signal.SIGTERM)
         _, stderr = process.communicate(timeout=30)
     assert process.returncode == 0, stderr
     assert f"listening on {url}" in stderr
