@@ -25,11 +25,14 @@ import duckdb
 import polars as pl
 
 from metering import warehouse
+from metering.stripe.keys import idempotency_key, meter_event_identifier
 
 OPEN_STATUSES = ("pending", "sent", "unknown")
 STATUSES = ("pending", "sent", "acknowledged", "failed", "unknown", "late", "superseded")
 
-_WINDOW_COLS = "customer_id, meter, window_kind, window_start"
+WINDOW_KEY = ["customer_id", "meter", "window_kind", "window_start"]
+"""The columns that name one window; each revision of a window is one ledger row."""
+_WINDOW_COLS = ", ".join(WINDOW_KEY)
 
 PLAN_SCHEMA = {
     "customer_id": pl.String,
@@ -72,8 +75,6 @@ def plan_revisions(
     Older open revisions of a window that gets a new one become `superseded`.
     Returns counts: new_revisions, newly_late.
     """
-    from metering.stripe.keys import idempotency_key, meter_event_identifier
-
     if desired.is_empty():
         return {"new_revisions": 0, "newly_late": 0}
     desired = desired.select([pl.col(c).cast(t) for c, t in PLAN_SCHEMA.items()])

@@ -25,6 +25,7 @@ the same keys, so Stripe counts each window's newest value exactly once.
 from __future__ import annotations
 
 import logging
+import os
 import time
 import uuid
 from collections import defaultdict
@@ -41,6 +42,7 @@ import stripe
 
 from metering import warehouse
 from metering.errors import BadInputError, ExternalServiceError
+from metering.logs import redact
 from metering.rules.meters import Meter
 from metering.stripe import ledger, windows
 from metering.stripe.keys import event_name
@@ -125,8 +127,7 @@ class PushReport:
 
 def format_value(value: Decimal) -> str:
     """A meter event value as Stripe's decimal string: no exponent, no trailing zeros."""
-    text = format(value.normalize(), "f")
-    return text
+    return format(value.normalize(), "f")
 
 
 def _utc(ts: datetime) -> datetime:
@@ -178,7 +179,7 @@ class Pusher:
         if not stale.is_empty():
             report.summary_checks = self._resolve_stale(stale, report)
             # superseded rows get fresh revisions (same value, new key), then are sent below
-            replan = desired.join(stale.select(ledger._WINDOW_COLS.split(", ")), on=ledger._WINDOW_COLS.split(", "))
+            replan = desired.join(stale.select(ledger.WINDOW_KEY), on=ledger.WINDOW_KEY)
             planned = ledger.plan_revisions(self.con, replan, self._now())
             report.new_revisions += planned["new_revisions"]
             open_rows = ledger.open_rows(self.con, date_from, span_to, kind).filter(
@@ -389,7 +390,6 @@ class Pusher:
                 outcomes.append((_outcome(row["identifier"], "sent", 0, str(exc), None, 401, None), row))
                 return outcomes, str(exc)
             except Exception as exc:  # a bug or an unexpected SDK error: keep the row retryable
-                from metering.logs import redact
                 outcomes.append((_outcome(row["identifier"], "unknown", 0,
                                           redact(f"{type(exc).__name__}: {exc}")[:500], None, None, None), row))
                 continue
@@ -453,8 +453,6 @@ def push_usage(
 def push_config_from_env(**overrides: Any) -> PushConfig:
     """`PushConfig` from `STRIPE_PUSH_RATE` (calls/s, 0 = no client-side limit),
     `STRIPE_PUSH_CONCURRENCY`, `STRIPE_METER_WINDOW` (day | hour); explicit overrides win."""
-    import os
-
     def num(name: str, cast: Callable[[str], Any], default: Any) -> Any:
         raw = os.environ.get(name)
         if raw in (None, ""):

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from decimal import Decimal
 from pathlib import Path
@@ -15,7 +14,6 @@ from typing import Any
 
 import duckdb
 import polars as pl
-import pytest
 import stripe
 
 from metering import warehouse
@@ -27,7 +25,7 @@ from metering.stripe import catalog
 from metering.stripe.client import StripeSettings, make_client
 from metering.stripe.push import PushConfig, Pusher
 from metering.stripe.retry import RetryPolicy
-from metering.stripe_sandbox.testing import SandboxHandle, running_sandbox
+from metering.stripe_sandbox.testing import SandboxHandle
 
 NOW = dt.datetime(2026, 11, 20, 12, 0, tzinfo=dt.timezone.utc)
 FAST_RETRY = RetryPolicy(max_attempts=8, base_delay=0.001, max_delay=0.01, max_retry_after=0.01)

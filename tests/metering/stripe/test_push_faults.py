@@ -4,7 +4,6 @@ re-runs, Stripe's totals equal ours exactly, no event is executed twice, no key 
 from __future__ import annotations
 
 import datetime as dt
-from decimal import Decimal
 
 import polars as pl
 import pytest

@@ -54,9 +54,9 @@ def test_sigkill_during_push_then_rerun_leaves_exact_totals(tmp_path: Path, rule
             before = len(sb.sandbox.requests)   # the sandbox runs in this process: read its log directly
             proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
             # wait until this process talks to Stripe (imports alone take seconds here), then kill it
-            # at a random point: a quarter of the kills around planning (ledger writes, first reads),
+            # at a random point: a fifth of the kills around planning (ledger writes, first reads),
             # the rest while meter events are being sent and outcomes committed
-            early = rng.random() < 0.25
+            early = rng.random() < 0.2
             deadline = time.monotonic() + 30
             while proc.poll() is None and time.monotonic() < deadline and not _started(sb, before, early):
                 time.sleep(0.01)
@@ -70,7 +70,7 @@ def test_sigkill_during_push_then_rerun_leaves_exact_totals(tmp_path: Path, rule
                 with warehouse.open_warehouse(db) as con:   # finished: make more work for the next one
                     world.con = con
                     random_usage(world, rng.sample(CUSTOMERS, 4), [rng.choice(DAYS)], seed=100 + kills, per_day=1)
-        assert kills_mid_push >= KILLS // 2 + 2, f"only {kills_mid_push} kills landed while events were being sent"
+        assert kills_mid_push >= KILLS // 2, f"only {kills_mid_push} kills landed while events were being sent"
 
         done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
         assert done.returncode == 0, done.stderr[-2000:]
