@@ -90,7 +90,7 @@ def customer_plans(context: dg.AssetExecutionContext, warehouse: WarehouseResour
 
 
 @dg.asset(
-    group_name=GROUP, kinds=KINDS, pool=WAREHOUSE_POOL, partitions_def=daily_usage,
+    group_name=GROUP, kinds=KINDS, pool=WAREHOUSE_POOL, partitions_def=daily_usage, backfill_policy=dg.BackfillPolicy.single_run(),
     deps=[dg.AssetKey("usage_events")], code_version=METERS_CODE_VERSION,
 )
 def usage_aggregates(context: dg.AssetExecutionContext, warehouse: WarehouseResource,
@@ -100,14 +100,17 @@ def usage_aggregates(context: dg.AssetExecutionContext, warehouse: WarehouseReso
     Uses each meter's aggregation (count, sum, max, last, unique_count) and keeps what combining
     hours exactly needs: last value with its event time and id, the hour's distinct values.
     """
-    day = _partition_date(context)
+    window = context.partition_time_window  # one day, or a range in a single-run backfill
+    days = [window.start.date() + dt.timedelta(days=i) for i in range((window.end - window.start).days)]
     rules = load_rules(paths.rules)
     with warehouse.get_connection() as con:
-        frame = service.refresh_aggregates(con, rules.meters, day)
+        frames = [service.refresh_aggregates(con, rules.meters, day) for day in days]
+    frame = pl.concat(frames) if len(frames) > 1 else frames[0]
     return dg.MaterializeResult(
-        metadata={"dagster/row_count": frame.height, "event_date": str(day),
+        metadata={"dagster/row_count": frame.height, "event_dates": f"{days[0]}..{days[-1]}",
                   "events": int(frame["event_count"].sum() or 0), "preview": _preview_md(frame.drop("distinct_values"))},
-        data_version=dg.DataVersion(service.fingerprint(frame)),
+        # A data version describes one partition's output: only set it when the run is one day.
+        data_version=dg.DataVersion(service.fingerprint(frame)) if len(days) == 1 else None,
     )
 
 

@@ -47,6 +47,7 @@ def stripe_catalog(context: dg.AssetExecutionContext, warehouse: WarehouseResour
 
 @dg.asset(
     group_name=GROUP, kinds=KINDS, pool=WAREHOUSE_POOL, partitions_def=daily_usage,
+    backfill_policy=dg.BackfillPolicy.single_run(),
     deps=[dg.AssetKey("usage_aggregates"), stripe_catalog],
     check_specs=[dg.AssetCheckSpec("push_settled", asset="stripe_usage_pushes",
                                    description="No window of the day is left pending, sent, unknown or failed.")],
@@ -62,12 +63,13 @@ def stripe_usage_pushes(context: dg.AssetExecutionContext, warehouse: WarehouseR
     """
     from metering.rules.meters import load_meters
 
-    day = dt.date.fromisoformat(context.partition_key)
+    window = context.partition_time_window  # one day, or a range in a single-run backfill
+    first, last = window.start.date(), window.end.date() - dt.timedelta(days=1)
     config = stripe.push_config()
     client = stripe.get_client()
     with warehouse.get_connection() as con:
-        report = push_usage(con, client, load_meters(paths.rules), day, day, config)
-        counts = ledger.status_counts(con, day, day, config.window_kind)
+        report = push_usage(con, client, load_meters(paths.rules), first, last, config)
+        counts = ledger.status_counts(con, first, last, config.window_kind)
     open_left = counts["pending"] + counts["sent"] + counts["unknown"]
     yield dg.MaterializeResult(metadata={
         "windows": report.windows_considered, "new_revisions": report.new_revisions, "calls": report.calls,
