@@ -320,7 +320,7 @@ def list_event_summaries(state: State, req: Request, id: str) -> dict[str, Any]:
             continue
         summaries.append(
             {
-                "id": f"mtrusg_{id[-12:]}{customer[-8:]}{lo}",
+                "id": f"mtrusg_test_{id[-12:]}{customer[-8:]}{lo}",
                 "object": "billing.meter_event_summary",
                 "aggregated_value": _number(aggregate(meter, inside)),
                 "end_time": hi,
@@ -329,4 +329,5 @@ def list_event_summaries(state: State, req: Request, id: str) -> dict[str, Any]:
                 "start_time": lo,
             }
         )
+    summaries.reverse()  # newest window first, as in Stripe's documented example
     return paginate(summaries, params, f"/v1/billing/meters/{id}/event_summaries")
