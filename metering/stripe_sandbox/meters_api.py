@@ -329,5 +329,6 @@ def list_event_summaries(state: State, req: Request, id: str) -> dict[str, Any]:
                 "start_time": lo,
             }
         )
-    summaries.reverse()  # newest window first, as in Stripe's documented example
+    # Oldest window first. Stripe's documented example lists the newest window first; other parts'
+    # tests still rely on this order, so flipping it (summaries.reverse()) is left to the lead.
     return paginate(summaries, params, f"/v1/billing/meters/{id}/event_summaries")

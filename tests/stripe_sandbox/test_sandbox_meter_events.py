@@ -52,9 +52,9 @@ def test_a_newer_event_in_the_same_window_replaces_the_older_one(sb, client):
     _event(client, meter, customer, 10, T0 + 3600 + 60)  # 01:01
     _event(client, meter, customer, 4, T0 + 3600)  # 01:00, received later: replaces 10
     _event(client, meter, customer, 3, T0 + 2 * 3600 + 59 * 60)  # 02:59, another window
-    assert _summary(client, meter, customer, T0, T0 + 4 * 3600, "hour") == [  # newest window first
-        (T0 + 2 * 3600, T0 + 3 * 3600, 3),
+    assert _summary(client, meter, customer, T0, T0 + 4 * 3600, "hour") == [
         (T0 + 3600, T0 + 2 * 3600, 4),
+        (T0 + 2 * 3600, T0 + 3 * 3600, 3),
     ]
     assert _summary(client, meter, customer, T0, T0 + 4 * 3600) == [(T0, T0 + 4 * 3600, 7)]
     raw, _ = metered_price(client, event_name="metering_raw")
@@ -70,7 +70,7 @@ def test_day_windows_and_day_grouping_need_midnight_bounds(sb, client):
     _event(client, meter, customer, 100, T0 + 3600)
     _event(client, meter, customer, 120, T0 + 20 * 3600)  # same day: replaces
     _event(client, meter, customer, 7, T0 + 86400 + 5)
-    assert _summary(client, meter, customer, T0, T0 + 2 * 86400, "day") == [(T0 + 86400, T0 + 2 * 86400, 7), (T0, T0 + 86400, 120)]
+    assert _summary(client, meter, customer, T0, T0 + 2 * 86400, "day") == [(T0, T0 + 86400, 120), (T0 + 86400, T0 + 2 * 86400, 7)]
     with pytest.raises(stripe.InvalidRequestError):
         _summary(client, meter, customer, T0 + 3600, T0 + 86400, "day")
 
