@@ -106,66 +106,79 @@ def stripe_invoice_lines(
         "dagster/row_count": result.lines.height, "invoices": result.invoices.height, "api_calls": result.api_calls})
 
 
-@dg.asset(
+usage_reconciliation_spec = dg.AssetSpec(
+    "usage_reconciliation",
     group_name=GROUP,
-    partitions_def=monthly_billing,
-    pool=WAREHOUSE_POOL,
     kinds={"duckdb", "polars"},
     deps=[stripe_meter_summaries, stripe_invoice_lines, "rated_usage", "invoice_previews", "usage_aggregates"],
+    description=(
+        "One row per customer x meter x billing period: our quantity, pushed, Stripe's metered and invoiced "
+        "quantity, rated vs invoiced amount, difference, status and reason; plus invoice_reconciliation (one "
+        "row per customer x period). Source: usage_aggregates, rated_usage, stripe_push_ledger, "
+        "stripe_meter_summaries, Stripe invoice lines (API + webhooks), invoice_previews."),
+)
+finance_report_spec = dg.AssetSpec(
+    "finance_report",
+    group_name=GROUP,
+    kinds={"duckdb", "html"},
+    deps=["usage_reconciliation", "dunning_state"],
+    description=(
+        "One report per billing month in data/reports/<YYYY-MM>/: report.html (self-contained), report.xlsx "
+        "and CSVs (summary, lines, discrepancies, invoices, dunning). Source: usage_reconciliation, "
+        "invoice_reconciliation, dunning_state."),
+)
+
+
+@dg.multi_asset(
+    name="usage_reconciliation",  # the op keeps the asset's name, so run config `ops.usage_reconciliation` works
+    specs=[usage_reconciliation_spec, finance_report_spec],
+    partitions_def=monthly_billing,
+    pool=WAREHOUSE_POOL,
+    can_subset=True,
     check_specs=[dg.AssetCheckSpec(UNEXPLAINED_CHECK, asset="usage_reconciliation", blocking=True,
                                    description="Unexplained differences per currency within the configured amount")],
 )
-def usage_reconciliation(
+def reconcile_and_report(
     context: dg.AssetExecutionContext,
     config: ReconcileConfig,
     warehouse: WarehouseResource,
     paths: ProjectPaths,
-) -> dg.MaterializeResult:
-    """One row per customer x meter x billing period: our quantity, pushed, Stripe's metered and invoiced
-    quantity, rated vs invoiced amount, difference, status and reason; plus invoice_reconciliation (one
-    row per customer x period). Source: usage_aggregates, rated_usage, stripe_push_ledger,
-    stripe_meter_summaries, Stripe invoice lines (API + webhooks), invoice_previews."""
-    settings = _settings(config)
-    with warehouse.get_connection() as con:
-        result = reconcile_period(con, _month(context), settings=settings, meters=load_meters(paths.rules))
-    unexplained = result.unexplained_minor()
-    counts = result.status_counts()
-    return dg.MaterializeResult(
-        metadata={"dagster/row_count": result.usage.height, "invoices": result.invoices.height,
-                  "tolerance": settings.describe_tolerance(), **{f"status/{k}": v for k, v in counts.items()}},
-        check_results=[dg.AssetCheckResult(
-            check_name=UNEXPLAINED_CHECK,
-            passed=result.check_passed(),
-            metadata={"threshold_minor": settings.max_unexplained_minor,
-                      **{f"unexplained_minor/{c}": v for c, v in sorted(unexplained.items())}},
-        )],
-    )
+):
+    """usage_reconciliation (with the blocking check) and the finance_report, in one step.
 
-
-@dg.asset(
-    group_name=GROUP,
-    partitions_def=monthly_billing,
-    pool=WAREHOUSE_POOL,
-    kinds={"duckdb", "html"},
-    deps=[usage_reconciliation, "dunning_state"],
-)
-def finance_report(
-    context: dg.AssetExecutionContext,
-    warehouse: WarehouseResource,
-    paths: ProjectPaths,
-) -> dg.MaterializeResult:
-    """One report per billing month in data/reports/<YYYY-MM>/: report.html (self-contained), report.xlsx
-    and CSVs (summary, lines, discrepancies, invoices, dunning). Source: usage_reconciliation,
-    invoice_reconciliation, dunning_state."""
+    One step on purpose: the report is what finance needs most exactly when the blocking check fails,
+    so the check must not stop it. The failed check still fails the run (and blocks anything
+    downstream, in Dagster's sense) after both are written. Either asset can be materialized alone.
+    """
     month = _month(context)
-    with warehouse.get_connection(read_only=True) as con:
-        files = write_report(con, month, paths.data / "reports" / month.strftime("%Y-%m"))
-    meta: dict[str, object] = {"folder": str(files.folder), "html": dg.MetadataValue.path(str(files.html)),
-                               "dagster/row_count": files.data.lines.height}
-    for t in files.data.totals:
-        meta[f"{t.currency}/match_rate_percent"] = str(t.match_rate)
-        meta[f"{t.currency}/money_at_risk_minor"] = t.money_at_risk_minor
-    return dg.MaterializeResult(metadata=meta)
+    selected = {key.to_user_string() for key in context.selected_asset_keys}
+    if "usage_reconciliation" in selected:
+        settings = _settings(config)
+        with warehouse.get_connection() as con:
+            result = reconcile_period(con, month, settings=settings, meters=load_meters(paths.rules))
+        unexplained = result.unexplained_minor()
+        counts = result.status_counts()
+        yield dg.MaterializeResult(
+            asset_key="usage_reconciliation",
+            metadata={"dagster/row_count": result.usage.height, "invoices": result.invoices.height,
+                      "tolerance": settings.describe_tolerance(), **{f"status/{k}": v for k, v in counts.items()}},
+            check_results=[dg.AssetCheckResult(
+                asset_key="usage_reconciliation",
+                check_name=UNEXPLAINED_CHECK,
+                passed=result.check_passed(),
+                metadata={"threshold_minor": settings.max_unexplained_minor,
+                          **{f"unexplained_minor/{c}": v for c, v in sorted(unexplained.items())}},
+            )],
+        )
+    if "finance_report" in selected:
+        with warehouse.get_connection(read_only=True) as con:
+            files = write_report(con, month, paths.data / "reports" / month.strftime("%Y-%m"))
+        meta: dict[str, object] = {"folder": str(files.folder), "html": dg.MetadataValue.path(str(files.html)),
+                                   "dagster/row_count": files.data.lines.height}
+        for t in files.data.totals:
+            meta[f"{t.currency}/match_rate_percent"] = str(t.match_rate)
+            meta[f"{t.currency}/money_at_risk_minor"] = t.money_at_risk_minor
+        yield dg.MaterializeResult(asset_key="finance_report", metadata=meta)
 
 
-RECONCILIATION_ASSETS = [stripe_meter_summaries, stripe_invoice_lines, usage_reconciliation, finance_report]
+RECONCILIATION_ASSETS = [stripe_meter_summaries, stripe_invoice_lines, reconcile_and_report]

@@ -6,18 +6,19 @@ import dagster as dg
 from recon_scenario import write_scenario
 
 from metering import warehouse
-from pipelines.defs.reconciliation.assets import UNEXPLAINED_CHECK, finance_report, usage_reconciliation
+from pipelines.defs.reconciliation.assets import UNEXPLAINED_CHECK, reconcile_and_report
 from pipelines.resources import ProjectPaths, WarehouseResource
 
 PARTITION = "2026-10-01"
 
 
-def _run(isolated_env, max_unexplained: int) -> dg.ExecuteInProcessResult:
+def _run(isolated_env, max_unexplained: int, selection=None) -> dg.ExecuteInProcessResult:
     with warehouse.open_warehouse() as con:
         write_scenario(con)
     with dg.instance_for_test() as instance:
         return dg.materialize(
-            [usage_reconciliation, finance_report],
+            [reconcile_and_report],
+            selection=selection,
             partition_key=PARTITION,
             instance=instance,
             resources={"warehouse": WarehouseResource(), "paths": ProjectPaths(data_dir=str(isolated_env))},
@@ -26,24 +27,35 @@ def _run(isolated_env, max_unexplained: int) -> dg.ExecuteInProcessResult:
         )
 
 
-def test_blocking_check_stops_the_report_when_unexplained_money_exceeds_threshold(isolated_env):
+def _materialized(result: dg.ExecuteInProcessResult) -> set[str]:
+    return {e.event_specific_data.materialization.asset_key.to_user_string()
+            for e in result.get_asset_materialization_events()}
+
+
+def test_blocking_check_fails_the_run_but_finance_still_gets_the_report(isolated_env):
     result = _run(isolated_env, max_unexplained=0)
     assert not result.success
     [evaluation] = result.get_asset_check_evaluations()
-    assert (evaluation.check_name, evaluation.passed) == (UNEXPLAINED_CHECK, False)
+    assert (evaluation.check_name, evaluation.passed, evaluation.blocking) == (UNEXPLAINED_CHECK, False, True)
     assert evaluation.metadata["unexplained_minor/usd"].value == 125
-    assert result.asset_materializations_for_node("finance_report") == []
-    assert not (isolated_env / "reports" / "2026-10").exists()
+    assert _materialized(result) == {"usage_reconciliation", "finance_report"}
+    assert (isolated_env / "reports" / "2026-10" / "report.html").exists()
+
+
+def test_report_alone_is_rendered_from_the_stored_reconciliation(isolated_env):
+    result = _run(isolated_env, max_unexplained=0, selection=["finance_report"])
+    assert result.success  # the check belongs to usage_reconciliation, which did not run
+    assert _materialized(result) == {"finance_report"}
 
 
 def test_report_written_when_within_threshold(isolated_env):
     result = _run(isolated_env, max_unexplained=125)
     assert result.success
-    [mat] = result.asset_materializations_for_node("usage_reconciliation")
-    assert mat.metadata["dagster/row_count"].value == 4
-    assert mat.metadata["status/amount_mismatch"].value == 1
-    [report] = result.asset_materializations_for_node("finance_report")
-    assert report.metadata["usd/money_at_risk_minor"].value == 125
+    mats = {e.event_specific_data.materialization.asset_key.to_user_string(): e.event_specific_data.materialization
+            for e in result.get_asset_materialization_events()}
+    assert mats["usage_reconciliation"].metadata["dagster/row_count"].value == 4
+    assert mats["usage_reconciliation"].metadata["status/amount_mismatch"].value == 1
+    assert mats["finance_report"].metadata["usd/money_at_risk_minor"].value == 125
     assert (isolated_env / "reports" / "2026-10" / "report.html").exists()
 
 
