@@ -107,3 +107,15 @@ def test_every_view_is_documented_and_works_when_attached(snapshot, tmp_path):
             con.execute(f"SELECT count(*) FROM snap.analytics.{view}").fetchone()
     finally:
         con.close()
+
+
+def test_publish_from_a_closed_warehouse_installs_the_views(isolated_env):
+    """`metering publish` opens the warehouse read-only for the copy; the views must still be created."""
+    with warehouse.open_warehouse():
+        pass
+    snapshot = warehouse.publish()
+    con = duckdb.connect(str(snapshot), read_only=True)
+    try:
+        assert con.execute("SELECT count(*) FROM analytics.reconciliation").fetchone() == (0,)
+    finally:
+        con.close()
