@@ -6,8 +6,10 @@ never printed. See metering.stripe.client for every variable.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import click
@@ -22,6 +24,21 @@ def _date(ctx: click.Context, param: click.Parameter, value: str | None) -> dt.d
         return dt.date.fromisoformat(value)
     except ValueError:
         raise click.BadParameter(f"{value!r} is not a date (YYYY-MM-DD)") from None
+
+
+@contextlib.contextmanager
+def _stripe_errors() -> Iterator[None]:
+    """Stripe failures retries did not fix become one line and exit code 5 (no traceback, no key)."""
+    import stripe as stripe_sdk
+
+    from metering.logs import redact
+
+    try:
+        yield
+    except stripe_sdk.StripeError as exc:
+        status = f" (HTTP {exc.http_status})" if exc.http_status else ""
+        text = " ".join(str(exc.user_message or exc).split())
+        raise ExternalServiceError(redact(f"Stripe: {type(exc).__name__}{status}: {text}")) from None
 
 
 def _client():
@@ -59,7 +76,7 @@ def sync(rules_dir: str | None, customers_path: str | None, warehouse_path: str 
 
     rules = load_rules(rules_dir)
     client = _client()
-    with warehouse.open_warehouse(warehouse_path, wait_seconds=30) as con:
+    with _stripe_errors(), warehouse.open_warehouse(warehouse_path, wait_seconds=30) as con:
         customers = load_customers(customers_path, rules) if customers_path else read_customer_plans(con)
         report = sync_catalog(con, client, rules, customers, window_kind=window or os.environ.get("STRIPE_METER_WINDOW") or "day",
                               create_customers=create_customers, test_clock=test_clock,
@@ -101,7 +118,7 @@ def push(day: dt.date | None, date_from: dt.date | None, date_to: dt.date | None
                                   retry_failed=retry_failed or None)
     meters = load_meters(rules_dir)
     client = _client()
-    with warehouse.open_warehouse(warehouse_path, wait_seconds=30) as con:
+    with _stripe_errors(), warehouse.open_warehouse(warehouse_path, wait_seconds=30) as con:
         report = push_usage(con, client, meters, date_from, date_to, config)  # type: ignore[arg-type]
     click.echo(report.summary())
     if report.needs_operator:

@@ -1,0 +1,45 @@
+"""CLI errors: one line and the documented exit code, never a traceback."""
+
+from __future__ import annotations
+
+import socket
+
+import pytest
+from click.testing import CliRunner
+
+from metering.cli import cli
+
+
+def _closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_unreachable_stripe_is_exit_5_in_one_line(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("STRIPE_API_KEY", "sk_test_unreachable0000")
+    monkeypatch.setenv("STRIPE_API_BASE", f"http://127.0.0.1:{_closed_port()}")
+    monkeypatch.setenv("STRIPE_MAX_NETWORK_RETRIES", "0")
+    result = CliRunner().invoke(cli, ["stripe", "sync"])
+    assert result.exit_code == 5
+    lines = [line for line in result.output.splitlines() if line.startswith("error:")]
+    assert len(lines) == 1 and "APIConnectionError" in lines[0] and "Traceback" not in result.output
+    assert "unreachable0000" not in result.output
+
+
+@pytest.mark.parametrize("args, code, text", [
+    (["stripe", "push"], 3, "give --date"),
+    (["stripe", "push", "--date", "2026-11-01", "--from", "2026-11-01"], 3, "not both"),
+    (["stripe", "push", "--from", "2026-11-05", "--to", "2026-11-01"], 3, "before"),
+    (["stripe", "push", "--date", "2026-02-30"], 2, "not a date"),
+])
+def test_bad_push_options(monkeypatch: pytest.MonkeyPatch, args, code, text) -> None:
+    monkeypatch.setenv("STRIPE_API_KEY", "sk_test_unused000000")
+    monkeypatch.setenv("STRIPE_API_BASE", f"http://127.0.0.1:{_closed_port()}")
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code == code and text in result.output
+
+
+def test_missing_key_is_bad_input() -> None:
+    result = CliRunner().invoke(cli, ["stripe", "push", "--date", "2026-11-01"])
+    assert result.exit_code == 3 and "STRIPE_API_KEY is not set" in result.output
