@@ -57,6 +57,12 @@ ORDER BY customer_id""",
         [("cus_a", 5050, 5000, "matched", "paid"), ("cus_b", 100, 125, "amount_mismatch", "paid"),
          ("cus_c", 100, 0, "amount_mismatch", "paid")],
     ),
+    "Stripe invoice lines, API pull merged with webhooks": (
+        """SELECT source, count(*) AS lines, sum(amount) AS amount_minor
+FROM analytics.stripe_invoice_lines
+GROUP BY source""",
+        [("api", 4, D(5125))],
+    ),
     "dunning queue": (
         """SELECT invoice_id, customer_id, amount_remaining, next_step_name, next_step_at
 FROM analytics.dunning_queue""",
@@ -101,7 +107,7 @@ def test_every_view_is_documented_and_works_when_attached(snapshot, tmp_path):
             "SELECT view_name, comment FROM duckdb_views() WHERE database_name = 'snap' AND schema_name = 'analytics' "
             "ORDER BY view_name").fetchall()
         assert [v for v, _ in views] == ["daily_usage", "dunning_queue", "invoice_reconciliation",
-                                         "invoices_vs_rated", "rated_lines", "reconciliation"]
+                                         "invoices_vs_rated", "rated_lines", "reconciliation", "stripe_invoice_lines"]
         assert all(comment and "Source:" in comment and "One row per" in comment for _, comment in views)
         for view, _ in views:  # each view binds inside the attached snapshot
             con.execute(f"SELECT count(*) FROM snap.analytics.{view}").fetchone()

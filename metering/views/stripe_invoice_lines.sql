@@ -1,0 +1,14 @@
+-- analytics.stripe_invoice_lines: one row per Stripe invoice line, from the API pull when the pull saw
+-- the invoice (a direct, later read), else from the webhook-derived state.
+CREATE OR REPLACE VIEW analytics.stripe_invoice_lines AS
+SELECT invoice_id, line_id, customer_id, meter, price_id, quantity_decimal, amount, currency,
+       period_start, period_end, 'api' AS source
+FROM main.stripe_invoice_lines_api
+UNION ALL
+SELECT w.invoice_id, w.line_id, i.customer_id,
+       coalesce(w.meter, regexp_extract(w.event_name, '^metering_(.*)$', 1)) AS meter,
+       w.price_id, w.quantity_decimal, w.amount, w.currency, w.period_start, w.period_end, 'webhook' AS source
+FROM main.stripe_invoice_lines w
+LEFT JOIN main.stripe_invoices i ON i.invoice_id = w.invoice_id
+WHERE w.invoice_id NOT IN (SELECT invoice_id FROM main.stripe_invoice_lines_api);
+COMMENT ON VIEW analytics.stripe_invoice_lines IS 'One row per Stripe invoice line (amount in minor units; period_end inclusive as Stripe states it): the API pull for invoices it saw, webhook-derived lines for the others (source api|webhook). Source: stripe_invoice_lines_api, stripe_invoice_lines, stripe_invoices.';
