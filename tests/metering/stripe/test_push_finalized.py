@@ -76,3 +76,41 @@ def test_a_later_plan_version_is_reported_for_the_subscription(tmp_path: Path, r
     assert report.customers[0]["plan_version"] == "2026-01"
     found = [(f.kind, f.our_key, f.ours, f.theirs) for f in report.findings if f.kind == "subscription"]
     assert found == [("subscription", "acme", "pro 2026-10 from 2026-10-15", "pro 2026-01")]
+
+
+def test_pushing_day_by_day_on_the_clock_lands_usage_on_each_period_invoice(tmp_path: Path, rules_dir: Path) -> None:
+    """Anchor day 15: the first period Oct 1 - Oct 15 closes mid-range; usage of Oct 14 (pushed while
+    that invoice is a draft in its grace period) and Oct 16 land on their own periods' invoices."""
+    from metering.stripe.clock import advance_clock, push_days_on_clock
+
+    rules = load_rules(rules_dir)
+    (tmp_path / "c.csv").write_text(CSV.replace("usd,,starter", "usd,15,starter"))
+    customers = load_customers(tmp_path / "c.csv", rules)
+    with running_sandbox() as sb, warehouse.open_warehouse(tmp_path / "wh.duckdb") as con:
+        client = make_client(StripeSettings(api_key=sb.api_key, api_base=sb.base_url, meter_events_base=sb.base_url))
+        clock = client.v1.test_helpers.test_clocks.create({"frozen_time": int(OCT1.timestamp())})
+        warehouse.replace_rows(con, "customer_plans", "TRUE", [], customers)
+        report = catalog.sync_catalog(con, client, rules, customers, create_customers=True, test_clock=clock.id)
+        world = World(con, sb, client, rules, report)
+        oct14, oct16 = dt.date(2026, 10, 14), dt.date(2026, 10, 16)
+        # 12,000 calls on Oct 14 (2,000 above starter's 10,000 included) and 3 on Oct 16
+        world.add_events([("acme", "api_calls", day_start(oct14) + dt.timedelta(seconds=s), None, {"region": "us"})
+                          for s in range(0, 12000 * 7, 7)])
+        world.add_events([("acme", "api_calls", day_start(oct16) + dt.timedelta(hours=h), None, {"region": "us"})
+                          for h in (1, 2, 3)])
+        reports = push_days_on_clock(con, client, rules.meters, clock.id, dt.date(2026, 10, 13), oct16,
+                                     PushConfig(rate=0, retry=FAST_RETRY), sleep=lambda s: None)
+        assert [(r.acknowledged, r.late) for r in reports] == [(0, 0), (1, 0), (0, 0), (1, 0)]
+        advance_clock(client, clock.id, dt.datetime(2026, 11, 16, 2, tzinfo=dt.timezone.utc))
+        cus = report.customers[0]["stripe_customer_id"]
+        lines = {}
+        for invoice in client.v1.invoices.list({"customer": cus, "limit": 100}).data:
+            if invoice.billing_reason != "subscription_cycle":
+                continue
+            for line in invoice.lines.data:
+                if line.pricing.price_details.price == report.prices[("starter", "2026-01", "api calls")]:
+                    lines[dt.datetime.fromtimestamp(line.period.start, tz=dt.timezone.utc).date()] = (
+                        Decimal(str(line.quantity_decimal)), line.amount, invoice.status)
+        # Oct 1-15: 12,000 calls, 2,000 billable at 0.05 cents = 100 cents; Oct 15 - Nov 15: 3 calls, free
+        assert lines[dt.date(2026, 10, 1)][:2] == (Decimal(12000), 100)
+        assert lines[dt.date(2026, 10, 15)][:2] == (Decimal(3), 0)
