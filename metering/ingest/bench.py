@@ -46,6 +46,18 @@ def _floor_sql(path: Path, fmt: str) -> str:
         SELECT count(*) FROM (SELECT customer_id, meter, t::DATE, count(*) FROM deduped GROUP BY ALL)"""
 
 
+def _peak_rss_bytes(fallback: int) -> int:
+    """This process's peak resident memory. Linux keeps ru_maxrss across exec (so a child of a big
+    parent would report the parent's peak); VmHWM in /proc belongs to the new image only."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return fallback
+
+
 def _child(argv: list[str]) -> None:
     """Entry point of a measured child process; prints one JSON line."""
     import resource
@@ -69,7 +81,9 @@ def _child(argv: list[str]) -> None:
             results = ingest_files(con, [argv[1]], now=datetime(2030, 1, 1, tzinfo=timezone.utc))
         out["result"] = results[0].as_dict()
     out["seconds"] = time.perf_counter() - started
-    out["peak_rss_bytes"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    out["peak_rss_bytes"] = _peak_rss_bytes(usage.ru_maxrss * 1024)
+    out["cpu_seconds"] = usage.ru_utime + usage.ru_stime
     print(json.dumps(out))
 
 
@@ -102,16 +116,18 @@ class BenchReport:
             f"ingest benchmark: {self.events:,} events ({self.rows:,} rows) as {self.fmt}, "
             f"{self.file_bytes / 1e6:,.0f} MB (generated in {self.generate_seconds:.1f} s)",
             f"  floor (DuckDB read + dedupe + group): {flo['seconds']:7.2f} s  "
-            f"{self.rows / flo['seconds']:>12,.0f} rows/s  peak {flo['peak_rss_bytes'] / gib:.2f} GiB",
+            f"{self.rows / flo['seconds']:>12,.0f} events/s  peak {flo['peak_rss_bytes'] / gib:.2f} GiB  "
+            f"cpu {flo['cpu_seconds']:.1f} s",
             f"  full ingestion:                       {ing['seconds']:7.2f} s  "
-            f"{self.rows / ing['seconds']:>12,.0f} rows/s  peak {ing['peak_rss_bytes'] / gib:.2f} GiB  "
-            f"({ratio:.2f}x floor)",
+            f"{self.rows / ing['seconds']:>12,.0f} events/s  peak {ing['peak_rss_bytes'] / gib:.2f} GiB  "
+            f"cpu {ing['cpu_seconds']:.1f} s  ({ratio:.2f}x floor wall, "
+            f"{ing['cpu_seconds'] / flo['cpu_seconds']:.2f}x floor cpu)",
             f"  accepted {ing['result']['rows_accepted']:,}, quarantined {ing['result']['rows_quarantined']:,}, "
             f"duplicates dropped {ing['result']['duplicates_dropped']:,}",
         ]
         if self.add:
             out.append(f"  add {self.add_events:,} events to the loaded warehouse: {self.add['seconds']:.2f} s, "
-                       f"peak {self.add['peak_rss_bytes'] / gib:.2f} GiB")
+                       f"peak {self.add['peak_rss_bytes'] / gib:.2f} GiB, cpu {self.add['cpu_seconds']:.1f} s")
         out += [f"  note: {n}" for n in self.notes]
         return out
 
