@@ -131,6 +131,17 @@ def test_reconcile_command_pulls_through_env_configured_client(stripe_sandbox, i
     assert "extra_in_stripe          2" in result.output
     assert "unexplained 73.00 USD" in result.output
     assert stripe_sandbox.api_key not in result.output
+    # I16: the key is nowhere in what the pull and the report leave behind
+    report = CliRunner().invoke(cli, ["report", "--period", "2026-10"])
+    assert report.exit_code == 0, report.output
+    for path in isolated_env.rglob("*"):
+        if path.is_file():
+            body = path.read_bytes()
+            assert stripe_sandbox.api_key.encode() not in body and b"sk_test_" not in body, path
+    with warehouse.open_warehouse(read_only=True) as con:
+        for (table,) in con.execute("SELECT table_name FROM duckdb_tables()").fetchall():
+            text = con.execute(f"SELECT string_agg(CAST(t AS VARCHAR), '') FROM {table} t").fetchone()[0] or ""
+            assert "sk_test_" not in text, table
 
 
 def test_pull_assets_in_dagster(stripe_sandbox, isolated_env):
