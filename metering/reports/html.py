@@ -129,13 +129,16 @@ def render_html(data: ReportData) -> str:
     inv_rows = [
         [escape(r["customer_id"]), escape(str(r["period_start"])), _status(r["status"]),
          escape(r["invoice_ids"] or ""), escape(r["invoice_status"] or ""),
-         escape(fmt_money(r["our_total_minor"], r["currency"])), escape(fmt_money(r["stripe_total_minor"], r["currency"])),
+         escape(fmt_money(r["our_total_minor"], r["currency"])),
+         escape(fmt_money(r["not_in_stripe_minor"], r["currency"])),
+         escape(fmt_money(r["stripe_total_minor"], r["currency"])),
          escape(fmt_money(r["amount_diff_minor"], r["currency"])), escape(fmt_money(r["amount_paid"], r["currency"])),
-         escape(fmt_money(r["amount_remaining"], r["currency"]))]
+         escape(fmt_money(r["amount_remaining"], r["currency"])), escape(r["reason"])]
         for r in data.invoices.iter_rows(named=True)
     ]
     out.append(_table(["customer", "period start", "status", "invoices", "invoice status", "our total",
-                       "Stripe total", "difference", "paid", "remaining"], inv_rows, {5, 6, 7, 8, 9})
+                       "not priceable in Stripe", "Stripe total", "difference", "paid", "remaining", "reason"],
+                      inv_rows, {5, 6, 7, 8, 9, 10})
                if inv_rows else "<p>No invoices.</p>")
 
     out.append("<h2>Dunning</h2>")
