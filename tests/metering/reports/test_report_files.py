@@ -132,3 +132,19 @@ def test_money_format(minor, cur, text):
     from metering.reports.money import fmt_money
 
     assert fmt_money(minor, cur) == text
+
+
+from decimal import Decimal  # noqa: E402
+
+from hypothesis import given  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+
+@given(minor=st.integers(min_value=-(10**15), max_value=10**15), cur=st.sampled_from(["usd", "eur", "jpy", "krw"]))
+def test_money_text_is_exact(minor, cur):
+    """The displayed amount parses back to exactly the integer minor units (no float on the way)."""
+    from metering.reports.money import fmt_money, minor_digits
+
+    number, code = fmt_money(minor, cur).split(" ")
+    assert code == cur.upper()
+    assert Decimal(number.replace(",", "")).scaleb(minor_digits(cur)) == minor
