@@ -120,3 +120,11 @@ def test_attempt_older_than_20h_is_checked_against_summaries_before_resending(
         assert new_requests == []
     assert_stripe_equals_ours(big_world)
     assert_keys_are_ours_and_executed_once(big_world)
+
+
+def test_never_two_calls_in_flight_for_one_customer_and_meter(big_world: World) -> None:
+    """The sandbox answers 429 (resource-specific) to a second concurrent call for one customer x
+    meter, as Stripe does: with 8 workers and 3 windows per pair, none may occur."""
+    report = big_world.pusher(concurrency=8).push(DAYS[0], DAYS[-1])
+    assert report.acknowledged == len(CUSTOMERS) * len(METERS) * len(DAYS) and report.rate_limited == 0
+    assert [r for r in big_world.meter_event_requests() if r["status"] == 429] == []
