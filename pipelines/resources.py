@@ -75,14 +75,7 @@ def stripe_resources(*, base_url: str, create_customers: bool = False, test_cloc
     """The Stripe resource (key `stripe`) pointed at one base address (the main job's local sandbox)."""
     from pipelines.defs.stripe_push.resources import StripeResource
 
-    found: dict[str, object] = {
+    return {
         "stripe": StripeResource(base_url=base_url, create_customers=create_customers, test_clock=test_clock,
                                  push_rate=0.0),
     }
-    try:  # TODO(lead): fold into `stripe` once the webhooks domain uses StripeResource
-        from pipelines.defs.webhooks.resources import StripeRepairClient
-
-        found["stripe_repair_client"] = StripeRepairClient(api_base=base_url)
-    except ImportError:
-        pass
-    return found

@@ -6,7 +6,7 @@ from pathlib import Path
 import dagster as dg
 
 from metering.webhooks import events, landing, repair, state
-from pipelines.defs.webhooks.resources import StripeRepairClient
+from pipelines.defs.stripe_push.resources import StripeResource
 from pipelines.resources import WAREHOUSE_POOL, ProjectPaths, WarehouseResource
 
 GROUP = "stripe_state"
@@ -33,7 +33,7 @@ def stripe_webhook_events(
     config: StripeEventsConfig,
     warehouse: WarehouseResource,
     paths: ProjectPaths,
-    stripe_repair_client: StripeRepairClient,
+    stripe: StripeResource,
 ) -> dg.MaterializeResult:
     """One row per Stripe event id: first receipt's raw JSON, receipts counted, source webhook|repair.
 
@@ -45,7 +45,7 @@ def stripe_webhook_events(
         landed = events.land_directory(con, folder)
         metadata: dict[str, object] = {f"landing/{k}": v for k, v in landed.as_dict().items()}
         if config.repair:
-            stats = repair.repair_events(con, stripe_repair_client.client(), refetch=config.refetch)
+            stats = repair.repair_events(con, stripe.get_client(), refetch=config.refetch)
             metadata.update({f"repair/{k}": v for k, v in stats.as_dict().items()})
         totals = events.event_counts(con)
     metadata.update(totals)

@@ -8,7 +8,6 @@ import importlib
 import dagster as dg
 
 from pipelines.defs.webhooks.assets import GROUP, STATE_ASSETS
-from pipelines.defs.webhooks.resources import StripeRepairClient
 from pipelines.defs.webhooks.sensors import build_landing_sensor
 
 stripe_state_job = dg.define_asset_job(
@@ -34,7 +33,6 @@ _webhook_defs = dg.Definitions(
     jobs=[stripe_state_job, stripe_repair_job],
     sensors=[build_landing_sensor(stripe_state_job)],
     schedules=[stripe_repair_schedule],
-    resources={"stripe_repair_client": StripeRepairClient()},
 )
 
 

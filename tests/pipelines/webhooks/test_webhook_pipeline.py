@@ -11,7 +11,7 @@ import duckdb
 from metering.webhooks.inbox import LandingWriter
 from pipelines.defs.webhooks.assets import STATE_ASSETS
 from pipelines.definitions import defs as location_defs
-from pipelines.defs.webhooks.resources import StripeRepairClient
+from pipelines.defs.stripe_push.resources import StripeResource
 from pipelines.resources import ProjectPaths, WarehouseResource
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "metering" / "webhooks"))
@@ -50,7 +50,7 @@ def test_sensor_requests_a_run_only_when_landing_files_grow(tmp_path: Path):
 
 def test_assets_land_events_and_build_state(tmp_path: Path):
     deliver(tmp_path, dunning_lifecycle() + dunning_lifecycle()[:2])  # two duplicates
-    res = {**resources(tmp_path), "stripe_repair_client": StripeRepairClient()}
+    res = {**resources(tmp_path), "stripe": StripeResource()}
     result = dg.materialize(STATE_ASSETS, resources=res)
     assert result.success
     events_md = result.asset_materializations_for_node("stripe_webhook_events")[0].metadata
