@@ -107,3 +107,25 @@ def test_sensor_skips_when_the_folder_is_missing(tmp_path):
     with dg.instance_for_test() as instance:
         tick = raw_usage_files_sensor.evaluate_tick(dg.build_sensor_context(instance=instance, resources=resources))
         assert tick.run_requests == []
+
+
+def test_blocking_checks_fail_on_a_tampered_warehouse(tmp_path):
+    import duckdb
+
+    _generate(tmp_path, days=1)
+    with dg.instance_for_test() as instance:
+        assert dg.materialize([usage_events], partition_key="2026-10-04", resources=_resources(tmp_path),
+                              instance=instance).success
+        con = duckdb.connect(str(tmp_path / "w.duckdb"))
+        row = con.execute("SELECT event_id, customer_id, meter, event_time, event_date, value, properties, extra, "
+                          "payload_hash, source_file, source_line, file_hash, ingested_at FROM usage_events "
+                          "LIMIT 1").fetchone()
+        con.execute("INSERT INTO usage_events VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", list(row))
+        con.close()
+        result = dg.materialize([usage_events], partition_key="2026-10-04", resources=_resources(tmp_path),
+                                instance=instance, raise_on_error=False)
+        assert not result.success
+        checks = {e.check_name: e for e in result.get_asset_check_evaluations()}
+        assert not checks["conservation"].passed and not checks["unique_event_id"].passed
+        assert checks["unique_event_id"].metadata["duplicate_event_ids"].value == 1
+        assert checks["conservation"].metadata["files_with_count_mismatch"].value == 1
