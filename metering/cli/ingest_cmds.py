@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import sys
 from datetime import datetime, timezone
 from pathlib import Path
@@ -21,6 +22,12 @@ def _formats(value: str) -> tuple[str, ...]:
         raise click.BadParameter(f"unknown format(s) {', '.join(unknown) or '(none)'}; choose from "
                                  f"{', '.join(FORMAT_SUFFIX)}")
     return formats
+
+
+def _memory(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    if value is not None and not re.fullmatch(r"\d+(\.\d+)?\s*(KB|MB|GB|TB|KiB|MiB|GiB|TiB)", value):
+        raise click.BadParameter("a size such as 512MB or 2GB")
+    return value
 
 
 def _share(ctx: click.Context, param: click.Parameter, value: float) -> float:
@@ -84,8 +91,10 @@ def generate(seed: int, customers: int, events: int, start: datetime, end: datet
 @click.option("--as-of", type=click.DateTime(["%Y-%m-%dT%H:%M:%S%z", "%Y-%m-%d"]), default=None,
               help="Ingestion time used to reject future timestamps (default: now).")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object per file instead of a table.")
+@click.option("--memory-limit", default=None,
+              callback=_memory, help="DuckDB memory_limit (e.g. 2GB): bounds memory, spilling to disk beyond it.")
 def ingest(paths: tuple[str, ...], warehouse_path: str | None, rules_dir: str | None, as_of: datetime | None,
-           as_json: bool) -> None:
+           as_json: bool, memory_limit: str | None) -> None:
     """Validate, de-duplicate and load raw usage files (folders: every raw file inside, in path order).
 
     Each file is one transaction; a file whose content was ingested before is skipped. An
@@ -109,7 +118,7 @@ def ingest(paths: tuple[str, ...], warehouse_path: str | None, rules_dir: str | 
         click.echo(f"{Path(r.path).name[:40]:<40} {r.status:<8} {r.rows_read:>9} {r.rows_accepted:>9} "
                    f"{r.rows_quarantined:>9} {r.duplicates_dropped:>7} {r.conflicting_duplicates:>9}  {dates}")
 
-    with warehouse.open_warehouse(warehouse_path) as con:
+    with warehouse.open_warehouse(warehouse_path, memory_limit=memory_limit) as con:
         results = ingest_files(con, files, rules_dir=rules_dir, now=now, on_file=show)
     if not as_json:
         done = [r for r in results if r.status == "ingested"]
@@ -127,7 +136,8 @@ def ingest(paths: tuple[str, ...], warehouse_path: str | None, rules_dir: str | 
               show_default=True)
 @click.option("--add", "add_events", type=click.IntRange(0), default=1_000_000, show_default=True,
               help="Then time adding a further file of this many events to the loaded warehouse (0: skip).")
-@click.option("--memory-limit", default="2GB", show_default=True, help="DuckDB memory_limit for the ingest.")
+@click.option("--memory-limit", default="2GB", show_default=True, callback=_memory,
+              help="DuckDB memory_limit for the ingest.")
 @click.option("--workdir", type=click.Path(file_okay=False), default=None,
               help="Where the generated files and the warehouse go (default: a temp folder under data/).")
 @click.option("--keep", is_flag=True, help="Keep the generated files and warehouse.")

@@ -157,6 +157,7 @@ def ingest_file(
         log.info("skipped %s: the same content was ingested before", path)
         result.seconds = round(time.perf_counter() - started, 3)
         return result
+    log.info("reading %s (%s, %.1f MB)", path, fmt, path.stat().st_size / 1e6)
     sink = _EventsSink(con, meters, now)
     try:
         info = readers.READERS[fmt](con, path, fmt, sink)

@@ -46,3 +46,11 @@ def test_usage_errors_exit_code_2(tmp_path):
     assert runner.invoke(cli, ["generate", "--formats", "xml"]).exit_code == 2
     for args in (["generate", "--help"], ["ingest", "--help"], ["bench", "ingest", "--help"]):
         assert runner.invoke(cli, args).exit_code == 0
+
+
+def test_memory_limit_option_is_validated(tmp_path):
+    path = write_lines(tmp_path / "f.jsonl", [event("a")])
+    runner = CliRunner()
+    assert runner.invoke(cli, ["ingest", str(path), "--memory-limit", "1GB'; SELECT 1; --"]).exit_code == 2
+    ok = runner.invoke(cli, ["ingest", str(path), "--memory-limit", "512MB", "--as-of", "2026-11-01"])
+    assert ok.exit_code == 0, ok.output
