@@ -7,7 +7,8 @@ import dagster as dg
 from metering.rating.service import read_customer_plans
 from metering.rules.plans import load_rules
 from metering.stripe import catalog, ledger
-from metering.stripe.push import push_usage
+from metering.stripe.clock import push_days_on_clock
+from metering.stripe.push import PushReport, push_usage
 from pipelines.defs.stripe_push.resources import StripeResource
 from pipelines.partitions import daily_usage
 from pipelines.resources import WAREHOUSE_POOL, ProjectPaths, WarehouseResource
@@ -68,7 +69,12 @@ def stripe_usage_pushes(context: dg.AssetExecutionContext, warehouse: WarehouseR
     config = stripe.push_config()
     client = stripe.get_client()
     with warehouse.get_connection() as con:
-        report = push_usage(con, client, load_meters(paths.rules), first, last, config)
+        if stripe.advance_test_clock and stripe.test_clock:
+            # day by day: advance the clock to each day's end, then push that day (metering.stripe.clock)
+            report = PushReport.combine(push_days_on_clock(
+                con, client, load_meters(paths.rules), stripe.test_clock, first, last, config))
+        else:
+            report = push_usage(con, client, load_meters(paths.rules), first, last, config)
         counts = ledger.status_counts(con, first, last, config.window_kind)
     open_left = counts["pending"] + counts["sent"] + counts["unknown"]
     yield dg.MaterializeResult(metadata={

@@ -24,7 +24,10 @@ class StripeResource(dg.ConfigurableResource):
       (pushes retry themselves, see metering.stripe.retry).
     - `push_rate` (calls/s, 0 = none), `push_concurrency`, `meter_window` (day | hour): push settings;
       negative / empty = the `STRIPE_PUSH_*` / `STRIPE_METER_WINDOW` environment defaults.
-    - `create_customers`, `test_clock`: sandbox mode for the catalog sync.
+    - `create_customers`, `test_clock`: sandbox mode for the catalog sync (new customers join the clock).
+    - `advance_test_clock`: before pushing a day, advance `test_clock` to that day's end (a no-op when it
+      is already later). Materialise days in order: a day whose period invoice was finalized meanwhile
+      is marked late (see metering.stripe.clock).
     """
 
     base_url: str = ""
@@ -36,6 +39,7 @@ class StripeResource(dg.ConfigurableResource):
     meter_window: str = ""
     create_customers: bool = False
     test_clock: str = ""
+    advance_test_clock: bool = False
 
     def settings(self) -> StripeSettings:
         found = settings_from_env(required=False)

@@ -85,3 +85,27 @@ def test_catalog_then_daily_push(tmp_path: Path, rules_dir: Path, monkeypatch: p
             for run in instance.get_runs():
                 logs += [str(e) for e in instance.all_logs(run.run_id)]
             assert logs and not any("c4n4ry1111" in line for line in logs)
+
+
+def test_push_on_a_test_clock_advances_it_to_the_day_end(tmp_path: Path, rules_dir: Path) -> None:
+    db = tmp_path / "wh.duckdb"
+    (tmp_path / "customers.csv").write_text(CSV)
+    day = dt.date(2026, 10, 5)
+    with running_sandbox() as sb, dg.instance_for_test() as instance:
+        clock = sb.client().v1.test_helpers.test_clocks.create(
+            {"frozen_time": int(dt.datetime(2026, 10, 1, tzinfo=dt.timezone.utc).timestamp())})
+        resources = {
+            "warehouse": WarehouseResource(path=str(db)),
+            "paths": ProjectPaths(rules_dir=str(rules_dir), customers=str(tmp_path / "customers.csv")),
+            "stripe": StripeResource(base_url=sb.base_url, create_customers=True, push_rate=0,
+                                     test_clock=clock.id, advance_test_clock=True),
+        }
+        assert dg.materialize([customer_plans, stripe_catalog], resources=resources, instance=instance).success
+        with warehouse.open_warehouse(db) as con:
+            warehouse.insert_frame(con, "usage_events", _events(day))
+        pushed = dg.materialize([usage_aggregates, stripe_usage_pushes], resources=resources, instance=instance,
+                                partition_key=day.isoformat())
+        meta = pushed.asset_materializations_for_node("stripe_usage_pushes")[0].metadata
+        assert (meta["acknowledged"].value, meta["not_yet_due"].value) == (2, 0)
+        frozen = sb.client().v1.test_helpers.test_clocks.retrieve(clock.id).frozen_time
+        assert frozen == int(dt.datetime(2026, 10, 6, tzinfo=dt.timezone.utc).timestamp())
