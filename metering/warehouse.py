@@ -189,7 +189,7 @@ def sql_string(value: str) -> str:
 
 def query_frame(con: duckdb.DuckDBPyConnection, sql: str, params: Sequence[Any] = ()) -> pl.DataFrame:
     """Run a parameterised query and return a Polars frame (Decimals stay Decimals)."""
-    return pl.from_arrow(con.execute(sql, list(params)).fetch_arrow_table())  # type: ignore[return-value]
+    return pl.from_arrow(con.execute(sql, list(params)).to_arrow_table())  # type: ignore[return-value]
 
 
 def publish(

@@ -22,8 +22,8 @@ TABLES_THAT_MUST_NOT_CHANGE = (
 
 def _run_demo(data: Path) -> str:
     proc = subprocess.run(
-        [sys.executable, "-m", "metering.cli", "demo", "--data-dir", str(data), "--customers", "12",
-         "--events", "3000", "--seed", "11"],
+        [sys.executable, "-m", "metering.cli", "demo", "--data-dir", str(data), "--customers", "30",
+         "--events", "6000", "--seed", "7"],
         capture_output=True, text=True, timeout=900,
     )
     assert proc.returncode == 0, proc.stderr[-4000:]
@@ -103,3 +103,19 @@ def test_running_again_changes_nothing(demo_run):
     after = duckdb.connect(str(data / "warehouse.duckdb"), read_only=True)
     assert {t: _table_digest(after, t) for t in TABLES_THAT_MUST_NOT_CHANGE} == digests
     assert after.execute("SELECT count(*) FROM stripe_push_ledger").fetchone()[0] == pushes
+
+
+def _readme_queries() -> list[str]:
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    section = readme.split("## Querying the warehouse", 1)[1].split("\n## ", 1)[0]
+    return re.findall(r"```sql\n(.*?)```", section, flags=re.S)
+
+
+def test_readme_example_queries_run_on_the_demo_snapshot(demo_run):
+    data, _ = demo_run
+    queries = _readme_queries()
+    assert len(queries) >= 5
+    con = duckdb.connect(str(data / "snapshot.duckdb"), read_only=True)
+    for sql in queries:
+        rows = con.execute(sql).fetchall()
+        assert rows, f"README query returned nothing on the demo snapshot:\n{sql}"
