@@ -199,7 +199,7 @@ WITH decoded AS (
     SELECT line, b, text,
            CASE WHEN text IS NOT NULL THEN try(json_transform(text, '"MAP(VARCHAR, JSON)"')) END AS m
     FROM decoded
-    WHERE text IS NULL OR trim(text, ' \t') <> ''
+    WHERE text IS NULL OR prefix(text, '{{') OR trim(text, ' \t') <> ''
 )
 SELECT line,
        CASE WHEN text IS NULL THEN b::VARCHAR ELSE text END AS raw,
