@@ -51,7 +51,14 @@ def test_sensor_requests_a_run_only_when_landing_files_grow(tmp_path: Path):
 def test_assets_land_events_and_build_state(tmp_path: Path):
     deliver(tmp_path, dunning_lifecycle() + dunning_lifecycle()[:2])  # two duplicates
     res = {**resources(tmp_path), "stripe": StripeResource()}
-    result = dg.materialize(STATE_ASSETS, resources=res)
+    # An explicit instance: an implicit ephemeral one can be collected mid-run when the whole suite
+    # shares a process ("Attempted to resolve undefined DagsterInstance weakref").
+    with dg.instance_for_test() as instance:
+        _land_and_check(res, instance, tmp_path)
+
+
+def _land_and_check(res: dict, instance: dg.DagsterInstance, tmp_path: Path) -> None:
+    result = dg.materialize(STATE_ASSETS, resources=res, instance=instance)
     assert result.success
     events_md = result.asset_materializations_for_node("stripe_webhook_events")[0].metadata
     assert events_md["events"].value == 9
@@ -61,7 +68,7 @@ def test_assets_land_events_and_build_state(tmp_path: Path):
     assert (inv_md["invoices"].value, inv_md["invoice_lines"].value) == (1, 1)
     assert result.asset_materializations_for_node("stripe_payment_attempts")[0].metadata["payment_attempts"].value == 3
     # running again lands nothing new and gives the same state
-    assert dg.materialize(STATE_ASSETS, resources=res).success
+    assert dg.materialize(STATE_ASSETS, resources=res, instance=instance).success
     con = duckdb.connect(str(tmp_path / "w.duckdb"), read_only=True)
     try:
         assert con.execute("SELECT status, amount_paid FROM stripe_invoices").fetchall() == [("paid", 1235)]
