@@ -72,10 +72,12 @@ def validate(rules_dir: str | None, warehouse_path: str | None) -> None:
 
     Exits 3 when there are problems.
     """
+    from metering.dunning.policy import validate_dunning
     from metering.rules.plans import check_rules
 
     hashes = _rated_hashes(warehouse_path)
     found, errors = check_rules(rules_dir, rated_hashes=hashes)
+    errors = [*errors, *validate_dunning(config.rules_dir(rules_dir))]  # the policy lives beside the plans
     for line in errors:
         click.echo(line)
     root = config.rules_dir(rules_dir)

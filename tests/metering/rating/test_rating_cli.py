@@ -41,6 +41,19 @@ def test_validate_lists_every_error_and_exits_3(tmp_path):
     assert "error: 3 problem(s) in" in result.output
 
 
+def test_validate_also_checks_the_dunning_policy(tmp_path):
+    root = tmp_path / "rules"
+    shutil.copytree(RULES, root)
+    policy = root / "dunning.yaml"
+    text = policy.read_text()
+    first_day = text.index("day: ")
+    policy.write_text(text[:first_day] + "day: -5" + text[text.index("\n", first_day):])
+    result = run("rules", "validate", str(root))
+    assert result.exit_code == 3
+    assert f"{policy}: default.steps[0].day: required, a whole number of days >= 0" in result.output
+    assert "error: 1 problem(s) in" in result.output
+
+
 def test_validate_refuses_a_changed_rated_version(tmp_path):
     root = tmp_path / "rules"
     shutil.copytree(RULES, root)
