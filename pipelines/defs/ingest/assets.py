@@ -13,14 +13,17 @@ partitions; those dates are listed in the run metadata (`event_dates_touched`) f
 
 import dagster as dg
 
-from metering.ingest import REASONS, expand_paths, ingest_files
+from metering.errors import BadInputError
+from metering.ingest import REASONS, IngestResult, expand_paths, ingest_file
 from metering.ingest import checks as ingest_checks
+from metering.rules.meters import load_meters
 from pipelines.partitions import daily_usage
 from pipelines.resources import WAREHOUSE_POOL, ProjectPaths, WarehouseResource
 
 GROUP = "ingest"
 CONSERVATION_CHECK = "conservation"
 UNIQUE_EVENT_ID_CHECK = "unique_event_id"
+READABLE_CHECK = "readable_files"
 
 
 class IngestConfig(dg.Config):
@@ -41,6 +44,9 @@ class IngestConfig(dg.Config):
                                       "stored rows equal each file's manifest entry"),
         dg.AssetCheckSpec(UNIQUE_EVENT_ID_CHECK, asset="usage_events", blocking=True,
                           description="no event_id appears twice among clean events"),
+        dg.AssetCheckSpec(READABLE_CHECK, asset="usage_events",
+                          description="every file of the run could be read (an unreadable file is skipped, "
+                                      "untouched, and named here; the other files are still ingested)"),
     ],
     metadata={"quarantine_reasons": dg.MetadataValue.json(REASONS)},
 )
@@ -54,11 +60,20 @@ def usage_events(
     """
     files = config.files or (expand_paths([paths.raw]) if paths.raw.exists() else [])
     window = context.partition_time_window
+    meters = load_meters(paths.rules)
+    results: list[IngestResult] = []
+    unreadable: dict[str, str] = {}
     with warehouse.get_connection() as con:
-        results = ingest_files(con, files, rules_dir=paths.rules,
-                               on_file=lambda r: context.log.info(
-                                   f"{r.path}: {r.status}, {r.rows_read} read, {r.rows_accepted} accepted, "
-                                   f"{r.rows_quarantined} quarantined, {r.duplicates_dropped} duplicates dropped"))
+        for path in files:
+            try:
+                r = ingest_file(con, path, meters=meters)
+            except BadInputError as exc:  # this file changes nothing; the others still load
+                unreadable[str(path)] = str(exc)
+                context.log.error(str(exc))
+                continue
+            results.append(r)
+            context.log.info(f"{r.path}: {r.status}, {r.rows_read} read, {r.rows_accepted} accepted, "
+                             f"{r.rows_quarantined} quarantined, {r.duplicates_dropped} duplicates dropped")
         conservation = ingest_checks.conservation(con)
         unique = ingest_checks.unique_event_ids(con)
         partition_rows = ingest_checks.rows_in_dates(con, window.start.date(), window.end.date())
@@ -86,5 +101,8 @@ def usage_events(
             dg.AssetCheckResult(check_name=CONSERVATION_CHECK, passed=conservation.passed,
                                 metadata=conservation.metadata),
             dg.AssetCheckResult(check_name=UNIQUE_EVENT_ID_CHECK, passed=unique.passed, metadata=unique.metadata),
+            dg.AssetCheckResult(check_name=READABLE_CHECK, passed=not unreadable,
+                                severity=dg.AssetCheckSeverity.ERROR,
+                                metadata={"unreadable_files": dg.MetadataValue.json(unreadable)}),
         ],
     )

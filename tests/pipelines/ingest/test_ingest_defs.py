@@ -41,7 +41,7 @@ def test_materialize_a_partition_ingests_new_files_and_passes_checks(tmp_path):
                                            + meta["duplicates_dropped"].value)
         assert meta["event_dates_touched"].value == ["2026-10-04", "2026-10-05", "2026-10-06"]
         checks = {e.check_name: e.passed for e in result.get_asset_check_evaluations()}
-        assert checks == {"conservation": True, "unique_event_id": True}
+        assert checks == {"conservation": True, "unique_event_id": True, "readable_files": True}
         import duckdb
         con = duckdb.connect(str(tmp_path / "w.duckdb"), read_only=True)
         expected = con.execute("SELECT count(*) FROM usage_events WHERE event_date = '2026-10-05'").fetchone()[0]
@@ -129,3 +129,18 @@ def test_blocking_checks_fail_on_a_tampered_warehouse(tmp_path):
         assert not checks["conservation"].passed and not checks["unique_event_id"].passed
         assert checks["unique_event_id"].metadata["duplicate_event_ids"].value == 1
         assert checks["conservation"].metadata["files_with_count_mismatch"].value == 1
+
+
+def test_an_unreadable_file_is_named_and_the_others_still_load(tmp_path):
+    files = _generate(tmp_path, days=2)
+    bad = tmp_path / "raw" / "usage-0000-broken.jsonl.gz"  # sorts first
+    bad.write_bytes(files[1].read_bytes()[:100] if files[1].name.endswith(".gz") else b"\x1f\x8b\x08junk")
+    with dg.instance_for_test() as instance:
+        result = dg.materialize([usage_events], partition_key="2026-10-04", resources=_resources(tmp_path),
+                                instance=instance, raise_on_error=False)
+        meta = result.asset_materializations_for_node("usage_events")[0].metadata
+        assert meta["files_ingested"].value == 2
+        checks = {e.check_name: e for e in result.get_asset_check_evaluations()}
+        assert checks["conservation"].passed and checks["unique_event_id"].passed
+        assert not checks["readable_files"].passed
+        assert list(checks["readable_files"].metadata["unreadable_files"].value) == [str(bad)]
