@@ -16,7 +16,7 @@ from metering.reconcile.run import reconcile_period
 from metering.reconcile.settings import ReconcileSettings
 from metering.reports import write_report
 from metering.rules.meters import load_meters
-from pipelines.defs.stripe_push.resources import StripeResource
+from pipelines.resources import StripeResource
 from pipelines.partitions import monthly_billing
 from pipelines.resources import WAREHOUSE_POOL, ProjectPaths, WarehouseResource
 

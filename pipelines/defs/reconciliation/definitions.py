@@ -16,4 +16,4 @@ defs = dg.Definitions(
     assets=RECONCILIATION_ASSETS,
     jobs=[reconciliation_job],
 )
-# The Stripe client is the shared resource key `stripe` (pipelines.defs.stripe_push.resources.StripeResource).
+# The Stripe client is the shared resource key `stripe` (pipelines.resources.StripeResource).

@@ -9,7 +9,7 @@ from metering.rules.plans import load_rules
 from metering.stripe import catalog, ledger
 from metering.stripe.clock import push_days_on_clock
 from metering.stripe.push import PushReport, push_usage
-from pipelines.defs.stripe_push.resources import StripeResource
+from pipelines.resources import StripeResource
 from pipelines.partitions import daily_usage
 from pipelines.resources import WAREHOUSE_POOL, ProjectPaths, WarehouseResource
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 import dagster as dg
 
 from pipelines.defs.stripe_push.assets import GROUP, STRIPE_PUSH_ASSETS
-from pipelines.defs.stripe_push.resources import StripeResource
 
 stripe_push_job = dg.define_asset_job(
     "stripe_push_job",
@@ -20,7 +19,6 @@ stripe_push_job = dg.define_asset_job(
 defs = dg.Definitions(
     assets=STRIPE_PUSH_ASSETS,
     jobs=[stripe_push_job],
-    resources={"stripe": StripeResource()},
 )
 
 __all__ = ["GROUP", "defs"]

@@ -6,7 +6,7 @@ from pathlib import Path
 import dagster as dg
 
 from metering.webhooks import events, landing, repair, state
-from pipelines.defs.stripe_push.resources import StripeResource
+from pipelines.resources import StripeResource
 from pipelines.resources import WAREHOUSE_POOL, ProjectPaths, WarehouseResource
 
 GROUP = "stripe_state"

@@ -4,9 +4,8 @@
 Imported by `pipelines/defs/webhooks/definitions.py` through `defs` (or `DUNNING_ASSETS`).
 No `from __future__ import annotations` here: Dagster resolves config annotations at runtime.
 
-The Stripe client comes from the push part's shared `StripeResource` (resource key `stripe`,
-declared by `pipelines/defs/stripe_push/definitions.py`; it is not re-declared here because Dagster
-refuses two resources under one key). Without a key or base URL, reminders and suspensions still
+The Stripe client comes from the shared `StripeResource` (resource key `stripe`, declared once in
+`pipelines/resources.py`). Without a key or base URL, reminders and suspensions still
 run and Stripe steps wait (reported in the run's metadata).
 """
 
@@ -23,7 +22,7 @@ from metering.dunning.run import act_and_publish
 from metering.dunning.state import parse_clock, read_previous, refresh_state
 from metering.dunning.summary import dunning_summary
 from metering.errors import BadInputError
-from pipelines.defs.stripe_push.resources import StripeResource
+from pipelines.resources import StripeResource
 from pipelines.resources import WAREHOUSE_POOL, ProjectPaths, WarehouseResource
 
 GROUP = "dunning"

@@ -12,7 +12,7 @@ from metering import warehouse
 from pipelines.defs.webhooks.dunning_assets import (
     ACTIONS_ONCE_CHECK, DUNNING_ASSETS, NO_PENDING_CHECK, defs,
 )
-from pipelines.defs.stripe_push.resources import StripeResource
+from pipelines.resources import StripeResource
 from pipelines.resources import WAREHOUSE_POOL, ProjectPaths, WarehouseResource, default_resources
 
 

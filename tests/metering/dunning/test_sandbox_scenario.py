@@ -270,7 +270,7 @@ def test_cli_rejects_a_bad_clock(isolated_env: Path) -> None:
 def test_dagster_assets_call_stripe_once_through_the_shared_resource(tmp_path: Path, rules_dir: Path) -> None:
     import dagster as dg
 
-    from pipelines.defs.stripe_push.resources import StripeResource
+    from pipelines.resources import StripeResource
     from pipelines.defs.webhooks.dunning_assets import DUNNING_ASSETS
     from pipelines.resources import ProjectPaths, WarehouseResource
 

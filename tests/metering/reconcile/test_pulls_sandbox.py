@@ -148,7 +148,7 @@ def test_pull_assets_in_dagster(stripe_sandbox, isolated_env):
     import dagster as dg
 
     from pipelines.defs.reconciliation.assets import stripe_invoice_lines, stripe_meter_summaries
-    from pipelines.defs.stripe_push.resources import StripeResource
+    from pipelines.resources import StripeResource
     from pipelines.resources import ProjectPaths, WarehouseResource
 
     _stripe_month(stripe_sandbox.client())

@@ -61,7 +61,7 @@ def test_report_written_when_within_threshold(isolated_env):
 
 def test_pull_rate_follows_the_stripe_resource_unless_configured(monkeypatch):
     from pipelines.defs.reconciliation.assets import ReconcileConfig, _settings
-    from pipelines.defs.stripe_push.resources import StripeResource
+    from pipelines.resources import StripeResource
 
     monkeypatch.delenv("METERING_STRIPE_PULL_RATE", raising=False)
     monkeypatch.delenv("STRIPE_PUSH_RATE", raising=False)

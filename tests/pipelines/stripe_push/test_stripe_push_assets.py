@@ -17,7 +17,7 @@ from metering import warehouse
 from metering.stripe_sandbox.testing import running_sandbox
 from pipelines.defs.rating.assets import customer_plans, usage_aggregates
 from pipelines.defs.stripe_push.assets import stripe_catalog, stripe_usage_pushes
-from pipelines.defs.stripe_push.resources import StripeResource
+from pipelines.resources import StripeResource
 from pipelines.resources import ProjectPaths, WarehouseResource
 
 CANARY = "sk_test_DAGSTERc4n4ry1111plugh"

@@ -11,7 +11,7 @@ import duckdb
 from metering.webhooks.inbox import LandingWriter
 from pipelines.defs.webhooks.assets import STATE_ASSETS
 from pipelines.definitions import defs as location_defs
-from pipelines.defs.stripe_push.resources import StripeResource
+from pipelines.resources import StripeResource
 from pipelines.resources import ProjectPaths, WarehouseResource
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "metering" / "webhooks"))
