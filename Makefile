@@ -18,7 +18,7 @@ demo: setup
 	$(BIN)/metering demo
 
 test: setup browser
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n auto
 
 # The finance report is checked in real headless Chromium (Debian's package). Installed when
 # missing and we may (root, apt-get present); otherwise that one test says why it is skipped.
