@@ -40,6 +40,7 @@ log = logging.getLogger(__name__)
 FORMATS: tuple[str, ...] = ("jsonl", "jsonl.gz", "csv", "parquet")
 _SUFFIXES = {".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "jsonl", ".csv": "csv", ".parquet": "parquet"}
 BATCH_BYTES = 32 << 20  # text read per batch: bounds memory whatever the file size
+SCAN_CHUNK_ROWS = 16_384  # rows per Arrow record batch handed to DuckDB (its unit of parallel scan)
 # Separator candidates for the one-column line reader: control bytes that valid JSON never holds raw.
 _SEPARATORS = [chr(c) for c in (0x1F, 0x1E, 0x1D, 0x1C, *range(0x01, 0x09), 0x0B, 0x0C, *range(0x0E, 0x1C))]
 
@@ -167,7 +168,9 @@ def stage_lines(
         try:
             for column in source():
                 numbers = pl.int_range(offset + 1, offset + 1 + len(column), dtype=pl.Int64, eager=True)
-                batch = pa.table({"line": numbers.to_arrow(), "b": column})
+                # several record batches, so DuckDB scans (and parses) them on all its threads
+                batch = pa.Table.from_batches(
+                    pa.table({"line": numbers.to_arrow(), "b": column}).to_batches(max_chunksize=SCAN_CHUNK_ROWS))
                 rows += insert_batch(con, sink, batch, offset)
                 offset += len(column)
             return StageInfo(rows=rows, blank_lines=offset - rows)
