@@ -255,8 +255,8 @@ class DemoSummary:
             f"{f['rows_quarantined']:,} quarantined, {f['duplicates_dropped']:,} exact duplicates dropped",
             f"  rated:           {f['rated_lines']:,} lines for {f['rated_customers']} customers: "
             + ", ".join(f"{k.upper()} {Decimal(v):,}" for k, v in f["rated_totals"].items()),
-            f"  stripe:          {f['meter_event_calls']:,} meter event calls for {f['pushed_events']:,} events "
-            f"({f['raw_events_per_call']} raw events per call, {f['push_retries']} retries), "
+            f"  stripe:          {f['meter_event_calls']:,} meter event calls "
+            f"({f['raw_events_per_call']} accepted events per call, {f['push_retries']} retries), "
             f"{f['late_windows']} window(s) too late to push; {f['stripe_calls_this_run']:,} API calls in this run",
             f"  invoices:        {f['invoices']} in Stripe: " + ", ".join(f"{k} {v}" for k, v in f["invoice_status"].items()),
             f"  webhooks:        {f['webhook_events']:,} events landed",
@@ -426,9 +426,7 @@ def read_figures(options: DemoOptions, stripe_calls: int) -> dict[str, object]:
         dunning = con.execute("SELECT state, count(*) FROM dunning_state GROUP BY state ORDER BY state").fetchall()
         suspended = one("SELECT count(*) FROM suspensions")[0]
         webhook_events = one("SELECT count(*) FROM stripe_webhook_events")[0]
-        calls, retries, pushed_events = one(
-            "SELECT coalesce(sum(calls), 0), coalesce(sum(retries), 0), coalesce(sum(raw_events), 0) "
-            "FROM stripe_push_runs")
+        calls, retries = one("SELECT coalesce(sum(calls), 0), coalesce(sum(retries), 0) FROM stripe_push_runs")
         late_windows = one("SELECT count(*) FROM stripe_push_ledger WHERE status = 'late'")[0]
         unexplained = one(
             "SELECT count(*) FROM usage_reconciliation WHERE billing_month = ? AND NOT explained", [start])[0]
@@ -442,8 +440,8 @@ def read_figures(options: DemoOptions, stripe_calls: int) -> dict[str, object]:
         "reconciliation": dict(recon), "dunning": dict(dunning), "suspended": int(suspended),
         "webhook_events": int(webhook_events),
         "stripe_calls_this_run": stripe_calls, "meter_event_calls": int(calls), "push_retries": int(retries),
-        "pushed_events": int(pushed_events), "late_windows": int(late_windows), "unexplained_rows": int(unexplained),
-        "raw_events_per_call": round(int(pushed_events) / int(calls), 1) if calls else 0,
+        "late_windows": int(late_windows), "unexplained_rows": int(unexplained),
+        "raw_events_per_call": round(int(accepted) / int(calls), 1) if calls else 0,
     }
 
 
@@ -461,6 +459,9 @@ def demo(customers: int, events: int, seed: int, month: dt.datetime, data_dir: s
          no_plants: bool) -> None:
     """The main job: a month of usage ingested, rated, pushed to the local Stripe sandbox, invoiced,
     reconciled and dunned, end to end on this machine. Safe to run again."""
+    root = click.get_current_context().find_root()
+    if root.params.get("log_level") is None and "METERING_LOG_LEVEL" not in os.environ:
+        logging.getLogger().setLevel(logging.WARNING)  # the steps print their own progress
     options = DemoOptions(customers=customers, events=events, seed=seed, month=month.date().replace(day=1),
                           data_dir=Path(data_dir) if data_dir else config.data_dir(), fresh=fresh,
                           plant_discrepancies=not no_plants)
