@@ -102,23 +102,57 @@ def _insert_clean(con: duckdb.DuckDBPyConnection, meta: list) -> int:
         ORDER BY event_time, line""", meta).fetchone()[0]
 
 
+class _RawLines:
+    """Collects the text of chosen lines while `readers.stage_lines` re-reads a file."""
+
+    table = "_conflict_raw"
+
+    def __init__(self, con: duckdb.DuckDBPyConnection, wanted: str) -> None:
+        self.con, self.wanted = con, wanted
+
+    def reset(self) -> None:
+        self.con.execute(f"CREATE OR REPLACE TEMP TABLE {self.table} (line BIGINT, raw VARCHAR)")
+
+    def insert(self, select_sql: str) -> int:  # pragma: no cover - not used by this sink
+        raise NotImplementedError
+
+    def insert_batch(self, con: duckdb.DuckDBPyConnection, sink: object, batch: pa.Table, offset: int) -> int:
+        name = f"_raw_{id(batch)}"
+        con.register(name, batch)
+        try:
+            con.execute(f"INSERT INTO {self.table} SELECT line, try(decode(b)) FROM {name} "
+                        f"WHERE line IN (SELECT line FROM {self.wanted})")
+        finally:
+            con.unregister(name)
+        return len(batch)
+
+
 def _insert_quarantine(con: duckdb.DuckDBPyConnection, meta: list, path: Path, fmt: str) -> int:
-    raw = "e.raw"
+    """Quarantine rejected rows and conflicting versions, each with its raw text.
+
+    Rejected rows carry their text from the read; the text of valid rows is not kept (it would
+    double the memory of a big file), so a conflicting version's line is read again from the file.
+    """
+    con.execute(f"""CREATE OR REPLACE TEMP TABLE _conflict_lines AS
+        SELECT line FROM {OUTCOMES} WHERE outcome = '{dedupe.CONFLICT}'""")
     if fmt == "parquet":  # Parquet rows have no text: quarantine the row rendered as JSON
         con.execute(f"""CREATE OR REPLACE TEMP TABLE _quarantine_lines AS
-            SELECT line FROM {EVENTS} WHERE reason IS NOT NULL
-            UNION ALL SELECT line FROM {OUTCOMES} WHERE outcome = '{dedupe.CONFLICT}'""")
-        con.execute(f"CREATE OR REPLACE TEMP TABLE _parquet_raw AS "
+            SELECT line FROM {EVENTS} WHERE reason IS NOT NULL UNION ALL SELECT line FROM _conflict_lines""")
+        con.execute(f"CREATE OR REPLACE TEMP TABLE {_RawLines.table} AS "
                     f"{readers.parquet_raw_rows(con, path, '_quarantine_lines')}")
-        raw = "(SELECT r.raw FROM _parquet_raw r WHERE r.line = e.line)"
+    else:
+        raw_lines = _RawLines(con, "_conflict_lines")
+        raw_lines.reset()
+        if con.execute("SELECT count(*) FROM _conflict_lines").fetchone()[0]:
+            readers.stage_lines(con, path, fmt, raw_lines, raw_lines.insert_batch)
     inserted = con.execute(f"""
         INSERT INTO usage_quarantine (source_file, source_line, file_hash, reason, detail, event_id, raw,
                                       quarantined_at, payload_hash)
         SELECT ?, e.line, ?, coalesce(e.reason, 'conflicting_duplicate'),
                coalesce(e.detail, 'event_id ' || e.event_id || ' already has a clean event with a different '
                         || 'payload (the first ingested version stays clean)'),
-               e.event_id, {raw}, ?, CASE WHEN e.reason IS NULL THEN e.payload_hash END
-        FROM {EVENTS} e LEFT JOIN {OUTCOMES} o USING (line)
+               e.event_id, coalesce(e.raw, r.raw), ?, CASE WHEN e.reason IS NULL THEN e.payload_hash END
+        FROM {EVENTS} e LEFT JOIN {OUTCOMES} o USING (line) LEFT JOIN {_RawLines.table} r USING (line)
         WHERE e.reason IS NOT NULL OR o.outcome = '{dedupe.CONFLICT}'
         ORDER BY e.line""", meta).fetchone()[0]
     return inserted
@@ -250,7 +284,7 @@ def _unescape_blob(text: str) -> bytes:
 
 
 def _drop_temp(con: duckdb.DuckDBPyConnection) -> None:
-    for table in (EVENTS, OUTCOMES, "_quarantine_lines", "_parquet_raw"):
+    for table in (EVENTS, OUTCOMES, "_quarantine_lines", "_conflict_lines", _RawLines.table):
         con.execute(f"DROP TABLE IF EXISTS {table}")
 
 

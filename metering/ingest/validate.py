@@ -148,7 +148,9 @@ prepared AS (
 ), judged AS (
     SELECT *, {reason} AS reason FROM typed
 )
-SELECT line, raw, reason,
+SELECT line,
+       CASE WHEN reason IS NOT NULL THEN raw END AS raw,  -- valid rows' text is re-read only if one conflicts
+       reason,
        CASE WHEN reason IS NOT NULL THEN {detail} END AS detail,
        event_id, customer_id, meter,
        CASE WHEN reason IS NULL THEN t END AS event_time,

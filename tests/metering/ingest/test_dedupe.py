@@ -28,6 +28,9 @@ def test_conflict_in_one_file_first_line_wins(tmp_path, con):
     assert con.execute("SELECT value::INT, source_line FROM usage_events").fetchall() == [(1, 1)]
     assert con.execute("SELECT source_line, reason FROM usage_quarantine ORDER BY 1").fetchall() == [
         (2, "conflicting_duplicate"), (4, "conflicting_duplicate")]
+    text = (tmp_path / "f.jsonl").read_text().splitlines()
+    assert [r[0] for r in con.execute("SELECT raw FROM usage_quarantine ORDER BY source_line").fetchall()] == [
+        text[1], text[3]], "a conflicting version keeps its raw line"
 
 
 def test_conflict_against_stored_events(tmp_path, con):
@@ -67,3 +70,19 @@ def test_event_id_unique_in_the_warehouse(tmp_path, con):
     for i in range(3):
         ingest_file(con, write_lines(tmp_path / f"{i}.jsonl", [event("a", value=i), event(f"b{i}")]), now=NOW)
     assert con.execute("SELECT count(*) - count(DISTINCT event_id) FROM usage_events").fetchone()[0] == 0
+
+
+def test_conflicts_keep_raw_text_in_csv_and_parquet(tmp_path, con):
+    import polars as pl
+
+    csv_path = tmp_path / "f.csv"
+    csv_path.write_text("event_id,customer_id,meter,timestamp,value\n"
+                        "a,c,tokens,2026-10-05T00:00:00Z,1\na,c,tokens,2026-10-05T00:00:00Z,2\n")
+    ingest_file(con, csv_path, now=NOW)
+    pq = tmp_path / "f.parquet"
+    pl.DataFrame({"event_id": ["a"], "customer_id": ["c"], "meter": ["tokens"],
+                  "timestamp": ["2026-10-05T00:00:00Z"], "value": ["3"]}).write_parquet(pq)
+    ingest_file(con, pq, now=NOW)
+    assert con.execute("SELECT source_line, raw FROM usage_quarantine ORDER BY source_file").fetchall() == [
+        (3, "a,c,tokens,2026-10-05T00:00:00Z,2"),
+        (1, '{"event_id":"a","customer_id":"c","meter":"tokens","timestamp":"2026-10-05T00:00:00Z","value":"3"}')]
