@@ -14,16 +14,9 @@ from pathlib import Path
 
 import click
 
+from metering.cli.options import parse_date
 from metering.errors import BadInputError, ExternalServiceError
 
-
-def _date(ctx: click.Context, param: click.Parameter, value: str | None) -> dt.date | None:
-    if value is None:
-        return None
-    try:
-        return dt.date.fromisoformat(value)
-    except ValueError:
-        raise click.BadParameter(f"{value!r} is not a date (YYYY-MM-DD)") from None
 
 
 @contextlib.contextmanager
@@ -88,9 +81,9 @@ def sync(rules_dir: str | None, customers_path: str | None, warehouse_path: str 
 
 
 @stripe.command()
-@click.option("--date", "day", callback=_date, default=None, help="One UTC day (YYYY-MM-DD).")
-@click.option("--from", "date_from", callback=_date, default=None, help="First UTC day of a range.")
-@click.option("--to", "date_to", callback=_date, default=None, help="Last UTC day of a range (inclusive).")
+@click.option("--date", "day", callback=parse_date, default=None, help="One UTC day (YYYY-MM-DD).")
+@click.option("--from", "date_from", callback=parse_date, default=None, help="First UTC day of a range.")
+@click.option("--to", "date_to", callback=parse_date, default=None, help="Last UTC day of a range (inclusive).")
 @click.option("--rules", "rules_dir", type=click.Path(file_okay=False), default=None)
 @click.option("--warehouse", "warehouse_path", type=click.Path(dir_okay=False), default=None)
 @click.option("--rate", type=float, default=None, help="Calls per second (default $STRIPE_PUSH_RATE or 20; 0 = no limit).")

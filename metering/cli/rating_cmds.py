@@ -9,16 +9,9 @@ import click
 import polars as pl
 
 from metering import config
+from metering.cli.options import parse_date
 from metering.errors import BadInputError
 
-
-def _date(ctx: click.Context, param: click.Parameter, value: str | None) -> dt.date | None:
-    if value is None:
-        return None
-    try:
-        return dt.date.fromisoformat(value)
-    except ValueError:
-        raise click.BadParameter(f"{value!r} is not a date (YYYY-MM-DD)") from None
 
 
 def format_minor(minor: int, currency: str) -> str:
@@ -96,7 +89,7 @@ def validate(rules_dir: str | None, warehouse_path: str | None) -> None:
 @click.option("--out", "out_file", required=True, type=click.Path(dir_okay=False),
               help="Where to write the rated lines (.csv or .parquet).")
 @click.option("--plan", default=None, help="Price every row under this plan (what-if).")
-@click.option("--at", "at", default=None, callback=_date, help="Use the plan version in force on this date.")
+@click.option("--at", "at", default=None, callback=parse_date, help="Use the plan version in force on this date.")
 def rate(rules_dir: str | None, usage_file: str, out_file: str, plan: str | None, at: dt.date | None) -> None:
     """Rate an aggregated usage file offline (no warehouse): one row per customer x charge line."""
     from metering.rating.whatif import rate_usage, read_usage_file, write_output
@@ -118,8 +111,8 @@ def rate(rules_dir: str | None, usage_file: str, out_file: str, plan: str | None
 
 
 @click.command()
-@click.option("--from", "first", required=True, callback=_date, help="First event date (YYYY-MM-DD, UTC).")
-@click.option("--to", "last", required=True, callback=_date, help="Last event date, inclusive.")
+@click.option("--from", "first", required=True, callback=parse_date, help="First event date (YYYY-MM-DD, UTC).")
+@click.option("--to", "last", required=True, callback=parse_date, help="Last event date, inclusive.")
 @click.option("--warehouse", "warehouse_path", type=click.Path(dir_okay=False), default=None,
               help="Warehouse file (default: $METERING_WAREHOUSE or data/warehouse.duckdb).")
 @click.option("--rules", "rules_dir", type=click.Path(file_okay=False), default=None,
