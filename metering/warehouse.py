@@ -21,6 +21,7 @@ import contextlib
 import hashlib
 import logging
 import os
+import re
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -31,7 +32,7 @@ import polars as pl
 import pyarrow as pa
 
 from metering import config
-from metering.errors import WarehouseLockedError
+from metering.errors import BadInputError, WarehouseLockedError
 
 log = logging.getLogger(__name__)
 
@@ -39,10 +40,15 @@ MIGRATIONS_DIR = Path(__file__).parent / "migrations"
 VIEWS_DIR = Path(__file__).parent / "views"
 
 
+_MEMORY_LIMIT = re.compile(r"\d+(\.\d+)?\s*(B|KB|MB|GB|TB|KiB|MiB|GiB|TiB)", re.IGNORECASE)
+
+
 def _configure(con: duckdb.DuckDBPyConnection, memory_limit: str | None, threads: int | None) -> None:
     con.execute("SET TimeZone = 'UTC'")
     if memory_limit:
-        con.execute(f"SET memory_limit = '{memory_limit}'")
+        if not _MEMORY_LIMIT.fullmatch(memory_limit.strip()):
+            raise BadInputError(f"memory limit: {memory_limit!r} is not a size like 2GB or 512MiB")
+        con.execute(f"SET memory_limit = '{memory_limit.strip()}'")  # SET takes no parameters; checked above
     if threads:
         con.execute(f"SET threads = {int(threads)}")
 
@@ -77,9 +83,13 @@ def connect(
                     "wait for the running job to finish, or read the published snapshot instead"
                 ) from None
             time.sleep(0.2)
-    _configure(con, memory_limit, threads)
-    if not read_only:
-        apply_migrations(con)
+    try:
+        _configure(con, memory_limit, threads)
+        if not read_only:
+            apply_migrations(con)
+    except BaseException:
+        con.close()
+        raise
     return con
 
 

@@ -87,3 +87,12 @@ def test_publish_without_a_connection_copies_every_table(tmp_path):
     reader = duckdb.connect(str(snap), read_only=True)
     assert reader.execute("SELECT text, amount FROM t").fetchone() == ("it's", Decimal("1.5"))
     assert reader.execute("SELECT count(*) FROM usage_events").fetchone() == (0,)
+
+
+def test_memory_limit_is_checked_before_it_reaches_sql(tmp_path):
+    from metering.errors import BadInputError
+
+    with warehouse.open_warehouse(tmp_path / "w.duckdb", memory_limit="512MiB") as con:
+        assert con.execute("SELECT current_setting('memory_limit')").fetchone()[0].startswith("512")
+    with pytest.raises(BadInputError, match="not a size"):
+        warehouse.connect(tmp_path / "w.duckdb", memory_limit="1GB'; DROP TABLE usage_events; --")
