@@ -10,8 +10,10 @@ production, with resources pointed at local services):
 3. loads the customer list and syncs the Stripe catalog (meters, prices, customers, subscriptions
    on one test clock that starts at the month's first instant), planting the deliberate
    discrepancies finance should find;
-4. for each day of the month: moves the test clock to the end of the day, ingests the files that
-   arrived that day, aggregates and pushes the day (and any earlier day a late event touched);
+4. at each billing-period boundary inside the month (the customers' anchor days, and the month's
+   end): moves the test clock to just before it, ingests the files that arrived so far, and
+   aggregates and pushes every day up to it in one run (late events become new revisions); then
+   moves the clock past the boundary so Stripe drafts those periods' invoices;
 5. rates the month, moves the clock past the period end and Stripe's grace period (invoices are
    created, finalized, paid or failed; webhooks delivered and landed), reconciles, runs dunning as
    the clock moves on through the policy's steps, writes the finance report and publishes the
@@ -48,7 +50,6 @@ import dagster as dg
 from metering import config, warehouse
 from metering.errors import CheckFailedError, ExternalServiceError
 
-log = logging.getLogger(__name__)
 
 DEMO_MONTH = dt.date(2026, 9, 1)
 """September: a whole month with one version of every plan, so the findings are the planted ones
@@ -217,10 +218,6 @@ class DemoRunner:
                 f"{'; '.join(failed_checks) or '; '.join(m or '' for m in failed)[:800]}"
             )
         return result
-
-    def metadata(self, result: dg.ExecuteInProcessResult, key: str) -> dict[str, object]:
-        found = result.asset_materializations_for_node(key)
-        return {k: getattr(v, "value", v) for k, v in found[-1].metadata.items()} if found else {}
 
 
 def _instance(options: DemoOptions) -> dg.DagsterInstance:

@@ -81,7 +81,7 @@ def plant_before_sync(client: stripe.StripeClient, options: DemoOptions) -> str 
 
 def plant_extra_usage(client: stripe.StripeClient, con, options: DemoOptions) -> tuple[str, str] | None:
     """Send one meter event the engine never sent: a customer and day with none of that meter's usage."""
-    month_end = (options.month.replace(day=28) + dt.timedelta(days=4)).replace(day=1)
+    month_end = options.month_end
     row = con.execute(
         """
         WITH days AS (
@@ -121,7 +121,7 @@ def _send_extra(client: stripe.StripeClient, customer_id: str, stripe_customer: 
 
 def plant_after_close(options: DemoOptions) -> list[str]:
     """Write the late file (an event on the month's last day); returns the files to ingest."""
-    last_day = (options.month.replace(day=28) + dt.timedelta(days=4)).replace(day=1) - dt.timedelta(days=1)
+    last_day = options.month_end - dt.timedelta(days=1)
     with options.customers_file.open(newline="") as fh:
         rows = list(csv.DictReader(fh))
     changing = {r["customer_id"] for r in rows if r["plan_effective_from"] != options.month.isoformat()}
