@@ -21,6 +21,7 @@ from pathlib import Path
 
 import duckdb
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from metering.errors import BadInputError, CheckFailedError
 from metering.ingest import dedupe, readers, validate
@@ -108,7 +109,8 @@ class _RawLines:
     table = "_conflict_raw"
 
     def __init__(self, con: duckdb.DuckDBPyConnection, wanted: str) -> None:
-        self.con, self.wanted = con, wanted
+        self.con = con
+        self.wanted = con.execute(f"SELECT line FROM {wanted}").to_arrow_table().column(0).combine_chunks()
 
     def reset(self) -> None:
         self.con.execute(f"CREATE OR REPLACE TEMP TABLE {self.table} (line BIGINT, raw VARCHAR)")
@@ -117,13 +119,16 @@ class _RawLines:
         raise NotImplementedError
 
     def insert_batch(self, con: duckdb.DuckDBPyConnection, sink: object, batch: pa.Table, offset: int) -> int:
-        name = f"_raw_{id(batch)}"
-        con.register(name, batch)
-        try:
-            con.execute(f"INSERT INTO {self.table} SELECT line, try(decode(b)) FROM {name} "
-                        f"WHERE line IN (SELECT line FROM {self.wanted})")
-        finally:
-            con.unregister(name)
+        # pick the few wanted lines in Arrow: handing every batch to DuckDB for a semi-join cost
+        # ~0.2 s per million lines
+        picked = batch.filter(pc.is_in(batch.column("line"), value_set=self.wanted))
+        if picked.num_rows:
+            name = f"_raw_{id(picked)}"
+            con.register(name, picked)
+            try:
+                con.execute(f"INSERT INTO {self.table} SELECT line, try(decode(b)) FROM {name}")
+            finally:
+                con.unregister(name)
         return len(batch)
 
 
