@@ -7,6 +7,7 @@ another warehouse by setting the environment variable or passing an explicit pat
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
@@ -17,12 +18,17 @@ def data_dir() -> Path:
     return Path(os.environ.get("METERING_DATA_DIR", PROJECT_ROOT / "data"))
 
 
-def warehouse_path(explicit: str | os.PathLike[str] | None = None) -> Path:
-    """The DuckDB warehouse file: explicit path, else `METERING_WAREHOUSE`, else `data/warehouse.duckdb`."""
+def _resolve(explicit: str | os.PathLike[str] | None, env_var: str, default: Callable[[], Path]) -> Path:
+    """The explicit path if given, else the environment variable if set, else the default."""
     if explicit:
         return Path(explicit)
-    env = os.environ.get("METERING_WAREHOUSE")
-    return Path(env) if env else data_dir() / "warehouse.duckdb"
+    env = os.environ.get(env_var)
+    return Path(env) if env else default()
+
+
+def warehouse_path(explicit: str | os.PathLike[str] | None = None) -> Path:
+    """The DuckDB warehouse file: explicit path, else `METERING_WAREHOUSE`, else `data/warehouse.duckdb`."""
+    return _resolve(explicit, "METERING_WAREHOUSE", lambda: data_dir() / "warehouse.duckdb")
 
 
 def snapshot_path(explicit: str | os.PathLike[str] | None = None) -> Path:
@@ -31,31 +37,19 @@ def snapshot_path(explicit: str | os.PathLike[str] | None = None) -> Path:
     Not `analytics.duckdb`: DuckDB names a file's catalog after it, and a catalog called `analytics`
     makes every `analytics.<view>` reference ambiguous with the snapshot's `analytics` schema.
     """
-    if explicit:
-        return Path(explicit)
-    env = os.environ.get("METERING_SNAPSHOT")
-    return Path(env) if env else data_dir() / "snapshot.duckdb"
+    return _resolve(explicit, "METERING_SNAPSHOT", lambda: data_dir() / "snapshot.duckdb")
 
 
 def rules_dir(explicit: str | os.PathLike[str] | None = None) -> Path:
     """The pricing rules folder: explicit, else `METERING_RULES`, else `rating_rules/`."""
-    if explicit:
-        return Path(explicit)
-    env = os.environ.get("METERING_RULES")
-    return Path(env) if env else PROJECT_ROOT / "rating_rules"
+    return _resolve(explicit, "METERING_RULES", lambda: PROJECT_ROOT / "rating_rules")
 
 
 def raw_dir(explicit: str | os.PathLike[str] | None = None) -> Path:
     """Where raw usage log files are dropped: explicit, else `METERING_RAW_DIR`, else `data/raw/`."""
-    if explicit:
-        return Path(explicit)
-    env = os.environ.get("METERING_RAW_DIR")
-    return Path(env) if env else data_dir() / "raw"
+    return _resolve(explicit, "METERING_RAW_DIR", lambda: data_dir() / "raw")
 
 
 def customers_path(explicit: str | os.PathLike[str] | None = None) -> Path:
     """The customer list with plan assignments: explicit, else `METERING_CUSTOMERS`, else `data/customers.csv`."""
-    if explicit:
-        return Path(explicit)
-    env = os.environ.get("METERING_CUSTOMERS")
-    return Path(env) if env else data_dir() / "customers.csv"
+    return _resolve(explicit, "METERING_CUSTOMERS", lambda: data_dir() / "customers.csv")
