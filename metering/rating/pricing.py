@@ -129,6 +129,17 @@ def _empty_rated() -> pl.DataFrame:
     return pl.DataFrame(schema=schema).select(RATED_COLUMNS)
 
 
+def _prorated(lines: pl.DataFrame, mask: pl.Expr, numerator: pl.Expr, audit: list[pl.Expr]) -> pl.DataFrame:
+    """Set the masked lines' amount to `numerator / cycle days` (an exact a24 amount), rounded once to
+    the minor unit by the line's rounding rule, with `audit` (JSON text parts) as the breakdown."""
+    return lines.with_columns(
+        minor=pl.when(mask).then(money.round_ratio(numerator, pl.col("period_days") * pl.col("divisor"),
+                                                   pl.col("rounding"))).otherwise(pl.col("minor")),
+        unrounded_a24=pl.when(mask).then(numerator // pl.col("period_days")).otherwise(pl.col("unrounded_a24")),
+        tiers=pl.when(mask).then(pl.concat_str(audit)).otherwise(pl.col("tiers")),
+    )
+
+
 def rate(segments: pl.DataFrame, quantities: pl.DataFrame, rules: Rules) -> pl.DataFrame:
     """Rate every charge of every segment (see the module docstring). Pure: no I/O, no clock."""
     if segments.height == 0:
@@ -173,39 +184,26 @@ def rate(segments: pl.DataFrame, quantities: pl.DataFrame, rules: Rules) -> pl.D
         unrounded_a24=pl.when(usage).then(pl.col("amount_a24")),
     )
     # Flat fees: prorated by day; round the exact fraction.
-    flat = pl.col("model") == "flat"
-    flat_num = pl.col("fixed_a24") * pl.col("segment_days")
-    lines = lines.with_columns(
-        minor=pl.when(flat).then(money.round_ratio(flat_num, pl.col("period_days") * pl.col("divisor"), pl.col("rounding")))
-        .otherwise(pl.col("minor")),
-        unrounded_a24=pl.when(flat).then(flat_num // pl.col("period_days")).otherwise(pl.col("unrounded_a24")),
-        tiers=pl.when(flat).then(pl.concat_str([
-            pl.lit('[{"amount":"'), money.to_decimal_string(pl.col("fixed_a24"), money.AMOUNT_SCALE),
-            pl.lit('","segment_days":'), pl.col("segment_days").cast(pl.String),
-            pl.lit(',"cycle_days":'), pl.col("period_days").cast(pl.String), pl.lit("}]"),
-        ])).otherwise(pl.col("tiers")),
-    )
+    lines = _prorated(lines, pl.col("model") == "flat", pl.col("fixed_a24") * pl.col("segment_days"), [
+        pl.lit('[{"amount":"'), money.to_decimal_string(pl.col("fixed_a24"), money.AMOUNT_SCALE),
+        pl.lit('","segment_days":'), pl.col("segment_days").cast(pl.String),
+        pl.lit(',"cycle_days":'), pl.col("period_days").cast(pl.String), pl.lit("}]"),
+    ])
     # Minimum: true-up of the segment's rounded usage lines to the prorated minimum.
     usage_minor = lines.filter(usage).group_by(SEGMENT_KEY).agg(usage_minor=pl.col("minor").sum())
     lines = lines.join(usage_minor, on=SEGMENT_KEY, how="left").with_columns(pl.col("usage_minor").fill_null(lit(0)))
-    minimum = pl.col("model") == "minimum"
     min_num = pl.max_horizontal(
         pl.col("fixed_a24") * pl.col("segment_days") - pl.col("usage_minor") * pl.col("divisor") * pl.col("period_days"),
         lit(0),
     )
-    lines = lines.with_columns(
-        minor=pl.when(minimum).then(money.round_ratio(min_num, pl.col("period_days") * pl.col("divisor"), pl.col("rounding")))
-        .otherwise(pl.col("minor")),
-        unrounded_a24=pl.when(minimum).then(min_num // pl.col("period_days")).otherwise(pl.col("unrounded_a24")),
-        tiers=pl.when(minimum).then(pl.concat_str([
-            pl.lit('[{"minimum":"'), money.to_decimal_string(pl.col("fixed_a24"), money.AMOUNT_SCALE),
-            pl.lit('","segment_days":'), pl.col("segment_days").cast(pl.String),
-            pl.lit(',"cycle_days":'), pl.col("period_days").cast(pl.String),
-            pl.lit(',"usage_amount":"'),
-            money.to_decimal_string(pl.col("usage_minor") * pl.col("divisor"), money.AMOUNT_SCALE),
-            pl.lit('"}]'),
-        ])).otherwise(pl.col("tiers")),
-    )
+    lines = _prorated(lines, pl.col("model") == "minimum", min_num, [
+        pl.lit('[{"minimum":"'), money.to_decimal_string(pl.col("fixed_a24"), money.AMOUNT_SCALE),
+        pl.lit('","segment_days":'), pl.col("segment_days").cast(pl.String),
+        pl.lit(',"cycle_days":'), pl.col("period_days").cast(pl.String),
+        pl.lit(',"usage_amount":"'),
+        money.to_decimal_string(pl.col("usage_minor") * pl.col("divisor"), money.AMOUNT_SCALE),
+        pl.lit('"}]'),
+    ])
     bad = lines.filter((pl.col("unrounded_a24") < lit(0)) | (pl.col("unrounded_a24") > lit(money.LIMIT)))
     if bad.height:
         raise BadInputError(f"amount out of range for exact rating: {bad.row(0, named=True)}")
