@@ -80,7 +80,7 @@ def _pandera_check(con: duckdb.DuckDBPyConnection, meters: dict[str, Meter], pat
     import pandera.errors
 
     reader = con.execute(
-        f"SELECT event_id, customer_id, meter, event_time, event_date, value, properties, payload_hash "
+        f"SELECT event_id, customer_id, meter, event_time, event_date, value, properties "
         f"FROM {EVENTS} WHERE reason IS NULL"
     ).to_arrow_reader(PANDERA_BATCH_ROWS)
     import polars as pl
@@ -95,9 +95,8 @@ def _pandera_check(con: duckdb.DuckDBPyConnection, meters: dict[str, Meter], pat
 def _insert_clean(con: duckdb.DuckDBPyConnection, meta: list) -> int:
     return con.execute(f"""
         INSERT INTO usage_events (event_id, customer_id, meter, event_time, event_date, value, properties,
-                                  extra, payload_hash, source_file, source_line, file_hash, ingested_at)
-        SELECT event_id, customer_id, meter, event_time, event_date, value, properties, extra, payload_hash,
-               ?, line, ?, ?
+                                  extra, source_file, source_line, file_hash, ingested_at)
+        SELECT event_id, customer_id, meter, event_time, event_date, value, properties, extra, ?, line, ?, ?
         FROM {EVENTS}
         WHERE reason IS NULL AND line NOT IN (SELECT line FROM {OUTCOMES})
         ORDER BY event_time, line""", meta).fetchone()[0]
@@ -156,7 +155,7 @@ def _insert_quarantine(con: duckdb.DuckDBPyConnection, meta: list, path: Path, f
         SELECT ?, e.line, ?, coalesce(e.reason, 'conflicting_duplicate'),
                coalesce(e.detail, 'event_id ' || e.event_id || ' already has a clean event with a different '
                         || 'payload (the first ingested version stays clean)'),
-               e.event_id, coalesce(e.raw, r.raw), ?, CASE WHEN e.reason IS NULL THEN e.payload_hash END
+               e.event_id, coalesce(e.raw, r.raw), ?, CASE WHEN e.reason IS NULL THEN o.payload_hash END
         FROM {EVENTS} e LEFT JOIN {OUTCOMES} o USING (line) LEFT JOIN {_RawLines.table} r USING (line)
         WHERE e.reason IS NOT NULL OR o.outcome = '{dedupe.CONFLICT}'
         ORDER BY e.line""", meta).fetchone()[0]

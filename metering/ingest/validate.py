@@ -38,7 +38,7 @@ _NUMBER_KINDS = "('BIGINT', 'UBIGINT', 'DOUBLE', 'DECIMAL', 'VARCHAR')"
 CLASSIFIED_COLUMNS = """
     line BIGINT, raw VARCHAR, reason VARCHAR, detail VARCHAR,
     event_id VARCHAR, customer_id VARCHAR, meter VARCHAR, event_time TIMESTAMPTZ, event_date DATE,
-    value DECIMAL(38, 12), properties VARCHAR, extra VARCHAR, payload_hash VARCHAR
+    value DECIMAL(38, 12), properties VARCHAR, extra VARCHAR
 """
 
 
@@ -157,10 +157,7 @@ SELECT line,
        CASE WHEN reason IS NULL THEN t::DATE END AS event_date,
        CASE WHEN reason IS NULL THEN v12 END AS value,
        CASE WHEN reason IS NULL THEN props END AS properties,
-       extra,
-       CASE WHEN reason IS NULL THEN md5(customer_id || chr(1) || meter || chr(1) || epoch_us(t)::VARCHAR
-            || chr(1) || coalesce(try_cast(v12 AS DECIMAL(18, {VALUE_SCALE}))::VARCHAR, v12::VARCHAR, '')
-            || chr(1) || props) END AS payload_hash
+       extra
 FROM judged
 """
 
@@ -174,7 +171,6 @@ CLEAN_EVENT_SCHEMA = pa.DataFrameSchema(
         "event_date": pa.Column(pl.Date, nullable=False),
         "value": pa.Column(pl.Decimal(38, VALUE_SCALE), [pa.Check.ge(0), pa.Check.le(MAX_VALUE)], nullable=True),
         "properties": pa.Column(pl.String, pa.Check.str_startswith("{"), nullable=False),
-        "payload_hash": pa.Column(pl.String, pa.Check.str_length(32, 32), nullable=False),
     },
     checks=[pa.Check(lambda data: data.lazyframe.select(
         pl.col("event_time").dt.date() == pl.col("event_date")), error="event_date is the UTC date of event_time")],

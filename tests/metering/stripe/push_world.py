@@ -6,7 +6,6 @@ rating code), the real local Stripe sandbox over loopback, and the catalog synce
 from __future__ import annotations
 
 import datetime as dt
-import hashlib
 from dataclasses import dataclass, field
 from decimal import Decimal
 from pathlib import Path
@@ -60,7 +59,6 @@ class World:
                      "properties": dict(sorted((props or {}).items()))}
             self.events.append(event)
             frame_rows.append({**event, "properties": _json(event["properties"]), "extra": "{}",
-                               "payload_hash": hashlib.sha256(repr(event).encode()).hexdigest(),
                                "source_file": "test.jsonl", "source_line": n + 1, "file_hash": "t",
                                "ingested_at": self.now})
         frame = pl.DataFrame(frame_rows, schema_overrides={"value": pl.Decimal(38, 12),

@@ -41,7 +41,7 @@ def add_events(con, customer: str, meter: str, at: str, n: int = 1, value: str |
         INSERT INTO usage_events
         SELECT ? || '-' || ? || '-' || ? || '-' || i, ?, ?, CAST(? AS TIMESTAMPTZ) + INTERVAL (i) MICROSECOND,
                CAST(CAST(? AS TIMESTAMPTZ) AS DATE), CAST(? AS DECIMAL(38, 12)), {properties}, '{{}}',
-               'hash', 'test.jsonl', i, 'filehash', now()
+               'test.jsonl', i, 'filehash', now()
         FROM range(?) t(i)
         """,
         [customer, meter, at, customer, meter, at, at, value, n],

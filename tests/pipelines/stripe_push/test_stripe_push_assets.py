@@ -4,7 +4,6 @@ the local sandbox; the push settles, Stripe holds our totals, and the key is now
 from __future__ import annotations
 
 import datetime as dt
-import hashlib
 import json
 from decimal import Decimal
 from pathlib import Path
@@ -35,7 +34,7 @@ def _events(day: dt.date) -> pl.DataFrame:
     ]):
         rows.append({"event_id": f"e{i}", "customer_id": "acme", "meter": meter,
                      "event_time": start + dt.timedelta(hours=i + 1), "event_date": day, "value": value,
-                     "properties": json.dumps(props), "extra": "{}", "payload_hash": hashlib.sha256(str(i).encode()).hexdigest(),
+                     "properties": json.dumps(props), "extra": "{}",
                      "source_file": "t.jsonl", "source_line": i + 1, "file_hash": "h", "ingested_at": start})
     return pl.DataFrame(rows, schema_overrides={"value": pl.Decimal(38, 12)})
 
