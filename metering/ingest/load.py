@@ -2,7 +2,7 @@
 
 For each file: hash its content (a file whose content hash is in `ingested_files` is skipped: re-
 ingesting changes nothing), read and validate every row into a temp table, then in ONE transaction
-resolve duplicates against what is stored, insert the clean rows (sorted by event time), the
+resolve duplicates against what is stored, insert the clean rows (in file order), the
 quarantined rows and the manifest entry, check conservation (rows read = accepted + quarantined +
 duplicates dropped, and the stored counts equal the manifest's) and commit. Any error rolls the
 whole file back: never rows without their manifest entry, never an entry without its rows.
@@ -98,8 +98,7 @@ def _insert_clean(con: duckdb.DuckDBPyConnection, meta: list) -> int:
                                   extra, source_file, source_line, file_hash, ingested_at)
         SELECT event_id, customer_id, meter, event_time, event_date, value, properties, extra, ?, line, ?, ?
         FROM {EVENTS}
-        WHERE reason IS NULL AND line NOT IN (SELECT line FROM {OUTCOMES})
-        ORDER BY event_time, line""", meta).fetchone()[0]
+        WHERE reason IS NULL AND line NOT IN (SELECT line FROM {OUTCOMES})""", meta).fetchone()[0]
 
 
 class _RawLines:

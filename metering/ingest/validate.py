@@ -76,7 +76,9 @@ def _checks(meters: dict[str, Meter], now: datetime) -> list[tuple[str, str, str
                      "(cardinality(pm) > 0 AND NOT list_bool_and(list_transform(map_values(pm), v -> prefix(v, '\"'))))",
          "'properties must be an object of string values'"),
         ("control_characters",
-         f"regexp_matches(event_id || customer_id || meter, '{_CONTROL}') OR (contains(props, '\\') AND "
+         # a known meter has no control character: only an unknown one needs the (costly) regex
+         f"regexp_matches(event_id || customer_id, '{_CONTROL}') OR "
+         f"(NOT list_contains({_list(names)}, meter) AND regexp_matches(meter, '{_CONTROL}')) OR (contains(props, '\\') AND "
          f"regexp_matches(array_to_string(list_transform(map_entries(pm), e -> e.key || (e.value->>'$')), ''),"
          f" '{_CONTROL}'))",
          "'event_id, customer_id, meter or a property contains a control character'"),
@@ -128,9 +130,10 @@ prepared AS (
         CASE WHEN properties_t = 'OBJECT' THEN try(json_transform(properties, '"MAP(VARCHAR, JSON)"')) END AS pm,
         CASE WHEN value_t IN {_NUMBER_KINDS} THEN trim(value) END AS vtext,
         CASE WHEN ts_native IS NOT NULL THEN ts_native
+             -- RFC 3339 first: the common case, and exclusive with the digits-only epoch form
+             WHEN ts_t = 'VARCHAR' AND regexp_full_match(ts, '{_RFC3339}') THEN try_cast(ts AS TIMESTAMPTZ)
              WHEN ts_t IN ('BIGINT', 'UBIGINT') OR (ts_t = 'VARCHAR' AND regexp_full_match(ts, '\\d{{1,15}}'))
                 THEN epoch_ms(try_cast(ts AS BIGINT))::TIMESTAMPTZ
-             WHEN ts_t = 'VARCHAR' AND regexp_full_match(ts, '{_RFC3339}') THEN try_cast(ts AS TIMESTAMPTZ)
         END AS t
     FROM staged
 ), typed AS (

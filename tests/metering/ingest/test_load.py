@@ -43,10 +43,12 @@ def test_late_events_land_on_their_own_date(tmp_path, con):
         ("a", "2026-10-05"), ("b", "2026-10-09"), ("c", "2026-10-02")]
 
 
-def test_clean_rows_are_stored_sorted_by_event_time(tmp_path, con):
+def test_clean_rows_are_stored_in_file_order(tmp_path, con):
+    # no sort on insert (it cost 3.7 s per 10M events): a log written in time order stays in time
+    # order, which is what keeps DuckDB's zone maps tight for date-range scans
     lines = [event(f"e{i}", timestamp=f"2026-10-{d:02d}T00:00:00Z") for i, d in enumerate([9, 3, 7, 1])]
     ingest_file(con, write_lines(tmp_path / "f.jsonl", lines), now=NOW)
-    assert [r[0] for r in con.execute("SELECT event_id FROM usage_events").fetchall()] == ["e3", "e1", "e2", "e0"]
+    assert [r[0] for r in con.execute("SELECT event_id FROM usage_events").fetchall()] == ["e0", "e1", "e2", "e3"]
 
 
 HOSTILE = ["'; DROP TABLE usage_events; --", 'a"b\\"c', "Grüße 日本語 😀", "x' OR '1'='1", "$1 ? %s {0}"]
