@@ -10,7 +10,7 @@ from metering.ingest import REASONS, ingest_file
 from tests.metering.ingest.conftest import NOW, event, write_lines
 
 CASES: dict[str, list[bytes | str | dict]] = {
-    "bad_json": ['{"event_id": "x1", "meter": ', "[1, 2]", '{"event_id": "x2"} trailing', '{"a": 1, "a": 2}'],
+    "bad_json": ['{"event_id": "x1", "meter": ', "[1, 2]", '{"event_id": "x2"} trailing', '{"a": 1, "a": 2}', '"a string"', 'null', '  [{"event_id": "x5"}]'],
     "missing_field": [event("x1", customer_id=...), event("x2", meter=""), event("", customer_id="c"),
                       event("x3", timestamp=None), event("x4", meter="storage_gb", value=...),
                       event("x5", meter="active_users", value=..., properties={})],
