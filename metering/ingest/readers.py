@@ -48,7 +48,8 @@ STAGE_COLUMNS = """
     line BIGINT, raw VARCHAR, parse_error VARCHAR,
     event_id VARCHAR, event_id_t VARCHAR, customer_id VARCHAR, customer_id_t VARCHAR,
     meter VARCHAR, meter_t VARCHAR, ts VARCHAR, ts_t VARCHAR, ts_native TIMESTAMPTZ,
-    value VARCHAR, value_t VARCHAR, properties VARCHAR, properties_t VARCHAR, extra VARCHAR
+    value VARCHAR, value_t VARCHAR, properties VARCHAR, properties_t VARCHAR, extra VARCHAR,
+    properties_canonical BOOLEAN  -- true when `properties` is already canonical JSON (keys sorted, compact)
 """
 
 
@@ -212,6 +213,7 @@ SELECT line,
        NULL::TIMESTAMPTZ AS ts_native,
        {_json_field('value')},
        m['properties']::VARCHAR AS properties, coalesce(json_type(m['properties']), 'NULL') AS properties_t,
+       false AS properties_canonical,
        CASE WHEN len(list_filter(map_keys(m), k -> NOT list_contains({_KNOWN_LIST}, k))) > 0
             THEN json_merge_patch(text, {_REMOVE_KNOWN}) END AS extra
 FROM parsed
@@ -303,6 +305,7 @@ SELECT line, raw,
        NULL::TIMESTAMPTZ AS ts_native,
        {_csv_field_sql(layout, 'value', 'value')},
        {props if layout.property_columns else "'{}'"} AS properties, 'OBJECT' AS properties_t,
+       false AS properties_canonical,
        CASE WHEN {extra} = '{{}}' THEN NULL ELSE {extra} END AS extra
 FROM __FIELDS__
 """
@@ -382,12 +385,30 @@ def _parquet_type(duck_type: str) -> str:
     return t
 
 
-def _parquet_field_sql(types: dict[str, str], name: str, alias: str) -> str:
+def _quoted(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
+
+
+def _struct_canonical_sql(col: str, fields: list[str]) -> str:
+    """A struct's canonical JSON text built directly: keys sorted, null fields absent.
+
+    The same text `validate` would build from the JSON object, without writing the struct as JSON,
+    dropping its nulls with json_merge_patch and sorting the parsed keys again (2.4 s of 6.4 s of
+    validation for 10M Parquet rows).
+    """
+    parts = ", ".join(f"CASE WHEN {col}.{_quoted(f)} IS NOT NULL THEN to_json({sql_string(f)}) || ':' || "
+                      f"to_json({col}.{_quoted(f)}) END" for f in sorted(fields))
+    return f"CASE WHEN {col} IS NOT NULL THEN '{{' || concat_ws(',', {parts}) || '}}' END"
+
+
+def _parquet_field_sql(types: dict[str, str], name: str, alias: str, text: str | None = None) -> str:
     if name not in types:
         return f"NULL AS {alias}, 'NULL' AS {alias}_t"
     kind = _parquet_type(types[name])
     col = f'"{name}"'
-    if kind == "OBJECT" and types[name].upper().startswith("STRUCT"):
+    if text is not None:
+        pass
+    elif kind == "OBJECT" and types[name].upper().startswith("STRUCT"):
         text = f"json_merge_patch('{{}}', to_json({col}))"  # a struct's null fields are absent keys
     elif kind == "OBJECT":
         text = f"to_json({col})"
@@ -406,6 +427,11 @@ def parquet_columns(con: duckdb.DuckDBPyConnection, path: Path) -> dict[str, str
     return {r[0]: r[1] for r in rows}
 
 
+def _struct_fields(con: duckdb.DuckDBPyConnection, path: Path, column: str) -> list[str]:
+    rows = con.execute(f"DESCRIBE SELECT {_quoted(column)}.* FROM read_parquet({sql_string(str(path))})").fetchall()
+    return [r[0] for r in rows]
+
+
 def stage_parquet(con: duckdb.DuckDBPyConnection, path: Path, fmt: str, sink: Sink) -> StageInfo:
     types = parquet_columns(con, path)
     missing = [f for f in ("event_id", "customer_id", "meter", "timestamp") if f not in types]
@@ -414,6 +440,9 @@ def stage_parquet(con: duckdb.DuckDBPyConnection, path: Path, fmt: str, sink: Si
     extra_cols = [c for c in types if c not in KNOWN_FIELDS]
     extra = (f"nullif(json_merge_patch('{{}}', to_json({_struct_sql(extra_cols)})), '{{}}')"  # null = absent
              if extra_cols else "NULL")
+    props_sql, props_canonical = None, "false"
+    if "properties" in types and types["properties"].upper().startswith("STRUCT"):
+        props_sql, props_canonical = _struct_canonical_sql('"properties"', _struct_fields(con, path, "properties")), "true"
     ts_kind = _parquet_type(types["timestamp"])
     ts_native = '"timestamp"::TIMESTAMPTZ' if ts_kind == "TIMESTAMP" else "NULL::TIMESTAMPTZ"
     sql = f"""
@@ -423,7 +452,8 @@ def stage_parquet(con: duckdb.DuckDBPyConnection, path: Path, fmt: str, sink: Si
                {_parquet_field_sql(types, 'meter', 'meter')},
                {_parquet_field_sql(types, 'timestamp', 'ts')}, {ts_native} AS ts_native,
                {_parquet_field_sql(types, 'value', 'value')},
-               {_parquet_field_sql(types, 'properties', 'properties')},
+               {_parquet_field_sql(types, 'properties', 'properties', props_sql)},
+               {props_canonical} AS properties_canonical,
                {extra} AS extra
         FROM read_parquet({sql_string(str(path))}, file_row_number = true)"""
     sink.reset()

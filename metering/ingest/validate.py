@@ -143,7 +143,8 @@ prepared AS (
         coalesce(try_cast(vtext AS DECIMAL(18, {VALUE_SCALE}))::DECIMAL(38, {VALUE_SCALE}),
                  try_cast(vtext AS DECIMAL(38, {VALUE_SCALE}))) AS v12,
         vtext IS NOT NULL AND regexp_full_match(vtext, '{_NUMBER}') AS num_ok,
-        CASE WHEN pm IS NULL OR cardinality(pm) = 0 THEN '{{}}'
+        CASE WHEN properties_canonical AND pm IS NOT NULL THEN properties
+             WHEN pm IS NULL OR cardinality(pm) = 0 THEN '{{}}'
              WHEN cardinality(pm) = 1 THEN '{{' || to_json(map_keys(pm)[1]) || ':' || map_values(pm)[1] || '}}'
              ELSE '{{' || array_to_string(list_transform(list_sort(map_entries(pm)),
                   e -> to_json(e.key) || ':' || e.value), ',') || '}}' END AS props

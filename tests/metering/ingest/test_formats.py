@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import json
 from decimal import Decimal
 
 import polars as pl
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
+from metering import warehouse
 from metering.ingest import ingest_file
 from tests.metering.ingest.conftest import NOW, event, write_lines
 
@@ -105,3 +109,35 @@ def test_parquet_extra_columns_kept_without_nulls(tmp_path, con):
     ingest_file(con, path, now=NOW)
     assert con.execute("SELECT event_id, extra FROM usage_events ORDER BY 1").fetchall() == [
         ("a", '{"source":"web"}'), ("b", None)]
+
+
+_KEYS = st.text(st.characters(codec="utf-8", exclude_characters="\x00"), min_size=1, max_size=6)
+_VALUES = st.one_of(st.none(), st.text(st.characters(codec="utf-8", exclude_characters="\x00"), max_size=6))
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(props=st.dictionaries(_KEYS, _VALUES, min_size=1, max_size=4))
+def test_parquet_struct_properties_read_like_json_lines(props, tmp_path_factory):
+    """A Parquet struct's properties are written canonical straight from the struct (no JSON round
+    trip); they must come out exactly as the same object sent as JSON lines: same text, same reason."""
+    base = tmp_path_factory.mktemp("props")
+    row = event("p1", meter="api_calls", value=...)
+    write_lines(base / "f.jsonl", [dict(row, properties={k: v for k, v in props.items() if v is not None})])
+    pl.DataFrame([dict(row, properties=props)]).write_parquet(base / "f.parquet")
+    seen = []
+    for name in ("f.jsonl", "f.parquet"):
+        con = warehouse.connect(base / f"{name}.duckdb")
+        result = ingest_file(con, base / name, now=NOW)
+        seen.append((result.reasons, con.execute("SELECT properties FROM usage_events").fetchall()))
+        con.close()
+    assert seen[0] == seen[1]
+    if not seen[0][0]:  # accepted: keys sorted, null fields absent, compact
+        present = {k: v for k, v in props.items() if v is not None}
+        assert json.loads(seen[0][1][0][0]) == present
+        assert list(json.loads(seen[0][1][0][0])) == sorted(present)
+
+
+def test_parquet_struct_property_that_is_not_text_is_bad_type(tmp_path, con):
+    path = tmp_path / "f.parquet"
+    pl.DataFrame([dict(event("p1", meter="api_calls", value=...), properties={"region": "eu", "n": 3})]).write_parquet(path)
+    assert ingest_file(con, path, now=NOW).reasons == {"bad_type": 1}
