@@ -31,17 +31,16 @@ DUPLICATE = "duplicate"
 CONFLICT = "conflict"
 
 
-def payload_hash_sql(alias: str = "") -> str:
-    """SQL for the payload hash of a typed event row (clean event columns, `alias.` prefixed).
+def payload_hash_sql() -> str:
+    """SQL for the payload hash of a typed event row (the columns of a clean event).
 
     md5 over customer, meter, the instant in microseconds, the value as a number and the canonical
     properties text. The value is rendered at the narrowest scale that holds it, so `5` and `5.000`
     hash alike; the formula matches the hashes kept in `usage_quarantine.payload_hash`.
     """
-    a = f"{alias}." if alias else ""
-    return (f"md5({a}customer_id || chr(1) || {a}meter || chr(1) || epoch_us({a}event_time)::VARCHAR || chr(1) || "
-            f"coalesce(try_cast({a}value AS DECIMAL(18, {VALUE_SCALE}))::VARCHAR, {a}value::VARCHAR, '') || chr(1) "
-            f"|| {a}properties::VARCHAR)")
+    return (f"md5(customer_id || chr(1) || meter || chr(1) || epoch_us(event_time)::VARCHAR || chr(1) || "
+            f"coalesce(try_cast(value AS DECIMAL(18, {VALUE_SCALE}))::VARCHAR, value::VARCHAR, '') || chr(1) "
+            f"|| properties::VARCHAR)")
 
 
 def resolve(con: duckdb.DuckDBPyConnection, events: str, outcomes: str) -> None:

@@ -401,21 +401,23 @@ def _struct_canonical_sql(col: str, fields: list[str]) -> str:
     return f"CASE WHEN {col} IS NOT NULL THEN '{{' || concat_ws(',', {parts}) || '}}' END"
 
 
+def _parquet_text_sql(col: str, kind: str, duck_type: str) -> str:
+    if kind == "OBJECT" and duck_type.upper().startswith("STRUCT"):
+        return f"json_merge_patch('{{}}', to_json({col}))"  # a struct's null fields are absent keys
+    if kind == "OBJECT":
+        return f"to_json({col})"
+    if kind == "TIMESTAMP":
+        return f"strftime({col}::TIMESTAMPTZ, '%Y-%m-%dT%H:%M:%S.%fZ')"
+    return f"{col}::VARCHAR"
+
+
 def _parquet_field_sql(types: dict[str, str], name: str, alias: str, text: str | None = None) -> str:
     if name not in types:
         return f"NULL AS {alias}, 'NULL' AS {alias}_t"
     kind = _parquet_type(types[name])
     col = f'"{name}"'
-    if text is not None:
-        pass
-    elif kind == "OBJECT" and types[name].upper().startswith("STRUCT"):
-        text = f"json_merge_patch('{{}}', to_json({col}))"  # a struct's null fields are absent keys
-    elif kind == "OBJECT":
-        text = f"to_json({col})"
-    elif kind == "TIMESTAMP":
-        text = f"strftime({col}::TIMESTAMPTZ, '%Y-%m-%dT%H:%M:%S.%fZ')"
-    else:
-        text = f"{col}::VARCHAR"
+    if text is None:  # the caller may bring its own text for the column
+        text = _parquet_text_sql(col, kind, types[name])
     return f"{text} AS {alias}, CASE WHEN {col} IS NULL THEN 'NULL' ELSE '{kind}' END AS {alias}_t"
 
 
