@@ -415,7 +415,7 @@ def _parquet_field_sql(types: dict[str, str], name: str, alias: str, text: str |
     if name not in types:
         return f"NULL AS {alias}, 'NULL' AS {alias}_t"
     kind = _parquet_type(types[name])
-    col = f'"{name}"'
+    col = _quoted(name)
     if text is None:  # the caller may bring its own text for the column
         text = _parquet_text_sql(col, kind, types[name])
     return f"{text} AS {alias}, CASE WHEN {col} IS NULL THEN 'NULL' ELSE '{kind}' END AS {alias}_t"
@@ -444,7 +444,7 @@ def stage_parquet(con: duckdb.DuckDBPyConnection, path: Path, fmt: str, sink: Si
              if extra_cols else "NULL")
     props_sql, props_canonical = None, "false"
     if "properties" in types and types["properties"].upper().startswith("STRUCT"):
-        props_sql, props_canonical = _struct_canonical_sql('"properties"', _struct_fields(con, path, "properties")), "true"
+        props_sql, props_canonical = _struct_canonical_sql(_quoted("properties"), _struct_fields(con, path, "properties")), "true"
     ts_kind = _parquet_type(types["timestamp"])
     ts_native = '"timestamp"::TIMESTAMPTZ' if ts_kind == "TIMESTAMP" else "NULL::TIMESTAMPTZ"
     sql = f"""
@@ -467,7 +467,7 @@ def stage_parquet(con: duckdb.DuckDBPyConnection, path: Path, fmt: str, sink: Si
 
 
 def _struct_sql(columns: list[str]) -> str:
-    return "{" + ", ".join(f'{sql_string(c)}: "{c.replace(chr(34), chr(34) * 2)}"' for c in columns) + "}"
+    return "{" + ", ".join(f"{sql_string(c)}: {_quoted(c)}" for c in columns) + "}"
 
 
 def parquet_raw_rows(con: duckdb.DuckDBPyConnection, path: Path, lines_table: str) -> str:
