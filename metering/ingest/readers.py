@@ -444,7 +444,8 @@ def stage_parquet(con: duckdb.DuckDBPyConnection, path: Path, fmt: str, sink: Si
              if extra_cols else "NULL")
     props_sql, props_canonical = None, "false"
     if "properties" in types and types["properties"].upper().startswith("STRUCT"):
-        props_sql, props_canonical = _struct_canonical_sql(_quoted("properties"), _struct_fields(con, path, "properties")), "true"
+        fields = _struct_fields(con, path, "properties")
+        props_sql, props_canonical = _struct_canonical_sql(_quoted("properties"), fields), "true"
     ts_kind = _parquet_type(types["timestamp"])
     ts_native = '"timestamp"::TIMESTAMPTZ' if ts_kind == "TIMESTAMP" else "NULL::TIMESTAMPTZ"
     sql = f"""

@@ -78,7 +78,8 @@ def _checks(meters: dict[str, Meter], now: datetime) -> list[tuple[str, str, str
         ("control_characters",
          # a known meter has no control character: only an unknown one needs the (costly) regex
          f"regexp_matches(event_id || customer_id, '{_CONTROL}') OR "
-         f"(NOT list_contains({_list(names)}, meter) AND regexp_matches(meter, '{_CONTROL}')) OR (contains(props, '\\') AND "
+         f"(NOT list_contains({_list(names)}, meter) AND regexp_matches(meter, '{_CONTROL}')) OR "
+         f"(contains(props, '\\') AND "
          f"regexp_matches(array_to_string(list_transform(map_entries(pm), e -> e.key || (e.value->>'$')), ''),"
          f" '{_CONTROL}'))",
          "'event_id, customer_id, meter or a property contains a control character'"),
