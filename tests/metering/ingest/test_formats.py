@@ -141,3 +141,25 @@ def test_parquet_struct_property_that_is_not_text_is_bad_type(tmp_path, con):
     path = tmp_path / "f.parquet"
     pl.DataFrame([dict(event("p1", meter="api_calls", value=...), properties={"region": "eu", "n": 3})]).write_parquet(path)
     assert ingest_file(con, path, now=NOW).reasons == {"bad_type": 1}
+
+
+def test_parquet_struct_properties_are_checked_without_a_json_round_trip(tmp_path, con):
+    """Text-only structs skip parsing their JSON back; the checks that read properties still see them:
+    control characters (DEL included) and the property a unique_count meter counts."""
+    path = tmp_path / "f.parquet"
+    users = dict(event("u", meter="active_users", value=...))
+    pl.DataFrame([
+        dict(users, event_id="ok", properties={"user_id": "u1", "model": None}),
+        dict(users, event_id="no_user", properties={"user_id": None, "model": "m"}),
+        dict(users, event_id="blank_user", properties={"user_id": " ", "model": None}),
+        dict(users, event_id="del", meter="api_calls", properties={"user_id": None, "model": "a\x7fb"}),
+        dict(users, event_id="newline", meter="api_calls", properties={"user_id": "a\nb", "model": None}),
+        dict(users, event_id="null_struct", meter="api_calls", properties=None),
+    ]).write_parquet(path)
+    result = ingest_file(con, path, now=NOW)
+    assert con.execute("SELECT event_id, reason FROM usage_quarantine ORDER BY source_line").fetchall() == [
+        ("no_user", "missing_field"), ("blank_user", "missing_field"), ("del", "control_characters"),
+        ("newline", "control_characters")]
+    assert con.execute("SELECT event_id, properties FROM usage_events ORDER BY source_line").fetchall() == [
+        ("ok", '{"user_id":"u1"}'), ("null_struct", "{}")]
+    assert result.rows_accepted == 2
