@@ -96,3 +96,35 @@ def test_memory_limit_is_checked_before_it_reaches_sql(tmp_path):
         assert con.execute("SELECT current_setting('memory_limit')").fetchone()[0].startswith("512")
     with pytest.raises(BadInputError, match="not a size"):
         warehouse.connect(tmp_path / "w.duckdb", memory_limit="1GB'; DROP TABLE usage_events; --")
+
+
+def test_events_of_an_older_warehouse_get_their_file_id(tmp_path):
+    """Migration 003 replaces usage_events' source_file/file_hash/ingested_at by ingested_files.file_id:
+    an existing warehouse keeps every event, each pointing at the file it came from."""
+    import duckdb
+
+    con = duckdb.connect(str(tmp_path / "w.duckdb"))
+    con.execute("CREATE TABLE schema_migrations (version VARCHAR NOT NULL, checksum VARCHAR NOT NULL, "
+                "applied_at TIMESTAMPTZ NOT NULL)")
+    for file in warehouse.migration_files()[:2]:  # the schema as 001 and 002 left it
+        assert file.stem < "003"
+        con.execute(file.read_text())
+        con.execute("INSERT INTO schema_migrations VALUES (?, 'x', now())", [file.stem])
+    for n, (fh, at) in enumerate([("hash-b", "2026-10-02 00:00:00+00"), ("hash-a", "2026-10-01 00:00:00+00")]):
+        con.execute("INSERT INTO ingested_files (file_hash, path, format, rows_read, rows_accepted, rows_quarantined, "
+                    "duplicates_dropped, ingested_at) VALUES (?, ?, 'jsonl', 2, 2, 0, 0, ?)", [fh, f"f{n}", at])
+        for line in (1, 2):
+            con.execute("INSERT INTO usage_events VALUES (?, 'c', 'api_calls', TIMESTAMPTZ '2026-10-01 00:00:00+00', "
+                        "DATE '2026-10-01', NULL, '{}', NULL, ?, ?, ?, ?)", [f"{fh}-{line}", f"f{n}", line, fh, at])
+    con.close()
+    with warehouse.open_warehouse(tmp_path / "w.duckdb") as con:
+        assert "003_events_name_their_file_by_id" in {r[0] for r in con.execute(
+            "SELECT version FROM schema_migrations").fetchall()}
+        columns = [r[0] for r in con.execute("DESCRIBE usage_events").fetchall()]
+        assert "file_id" in columns and not {"source_file", "file_hash", "ingested_at"} & set(columns)
+        # file ids follow ingestion order: hash-a was ingested first
+        assert con.execute("SELECT file_hash, file_id FROM ingested_files ORDER BY file_id").fetchall() == [
+            ("hash-a", 1), ("hash-b", 2)]
+        assert con.execute("SELECT e.event_id, f.file_hash, e.source_line FROM usage_events e "
+                           "JOIN ingested_files f USING (file_id) ORDER BY 1").fetchall() == [
+            ("hash-a-1", "hash-a", 1), ("hash-a-2", "hash-a", 2), ("hash-b-1", "hash-b", 1), ("hash-b-2", "hash-b", 2)]

@@ -24,13 +24,13 @@ def conservation(con: duckdb.DuckDBPyConnection) -> CheckOutcome:
         "SELECT count(*) FROM ingested_files "
         "WHERE rows_read <> rows_accepted + rows_quarantined + duplicates_dropped").fetchone()[0]
     mismatched = con.execute("""
-        WITH clean AS (SELECT file_hash, count(*) AS n FROM usage_events GROUP BY ALL),
+        WITH clean AS (SELECT file_id, count(*) AS n FROM usage_events GROUP BY ALL),
              quarantined AS (SELECT file_hash, count(*) AS n FROM usage_quarantine GROUP BY ALL)
         SELECT count(*) FROM ingested_files f
-        LEFT JOIN clean c USING (file_hash) LEFT JOIN quarantined q USING (file_hash)
+        LEFT JOIN clean c USING (file_id) LEFT JOIN quarantined q USING (file_hash)
         WHERE coalesce(c.n, 0) <> f.rows_accepted OR coalesce(q.n, 0) <> f.rows_quarantined""").fetchone()[0]
     orphans = con.execute("""
-        SELECT (SELECT count(*) FROM usage_events WHERE file_hash NOT IN (SELECT file_hash FROM ingested_files))
+        SELECT (SELECT count(*) FROM usage_events WHERE file_id NOT IN (SELECT file_id FROM ingested_files))
              + (SELECT count(*) FROM usage_quarantine WHERE file_hash NOT IN (SELECT file_hash FROM ingested_files))
     """).fetchone()[0]
     totals = con.execute("SELECT count(*), coalesce(sum(rows_read), 0), coalesce(sum(rows_accepted), 0), "

@@ -42,6 +42,7 @@ class IngestResult:
     file_hash: str
     format: str
     status: str  # "ingested" | "skipped" (same content already ingested)
+    file_id: int | None = None  # ingested_files.file_id, which usage_events.file_id refers to
     rows_read: int = 0
     rows_accepted: int = 0
     rows_quarantined: int = 0
@@ -92,13 +93,13 @@ def _pandera_check(con: duckdb.DuckDBPyConnection, meters: dict[str, Meter], pat
             raise CheckFailedError(f"{path}: clean rows breach the usage_events contract: {exc}") from None
 
 
-def _insert_clean(con: duckdb.DuckDBPyConnection, meta: list) -> int:
+def _insert_clean(con: duckdb.DuckDBPyConnection, file_id: int) -> int:
     return con.execute(f"""
         INSERT INTO usage_events (event_id, customer_id, meter, event_time, event_date, value, properties,
-                                  extra, source_file, source_line, file_hash, ingested_at)
-        SELECT event_id, customer_id, meter, event_time, event_date, value, properties, extra, ?, line, ?, ?
+                                  extra, file_id, source_line)
+        SELECT event_id, customer_id, meter, event_time, event_date, value, properties, extra, ?, line
         FROM {EVENTS}
-        WHERE reason IS NULL AND line NOT IN (SELECT line FROM {OUTCOMES})""", meta).fetchone()[0]
+        WHERE reason IS NULL AND line NOT IN (SELECT line FROM {OUTCOMES})""", [file_id]).fetchone()[0]
 
 
 class _RawLines:
@@ -161,8 +162,8 @@ def _insert_quarantine(con: duckdb.DuckDBPyConnection, meta: list, path: Path, f
     return inserted
 
 
-def _stored_counts(con: duckdb.DuckDBPyConnection, file_hash: str) -> tuple[int, int]:
-    clean = con.execute("SELECT count(*) FROM usage_events WHERE file_hash = ?", [file_hash]).fetchone()[0]
+def _stored_counts(con: duckdb.DuckDBPyConnection, file_id: int, file_hash: str) -> tuple[int, int]:
+    clean = con.execute("SELECT count(*) FROM usage_events WHERE file_id = ?", [file_id]).fetchone()[0]
     quarantined = con.execute("SELECT count(*) FROM usage_quarantine WHERE file_hash = ?", [file_hash]).fetchone()[0]
     return clean, quarantined
 
@@ -222,8 +223,9 @@ def ingest_file(
             _drop_temp(con)
             result.seconds = round(time.perf_counter() - started, 3)
             return result
+        file_id = con.execute("SELECT coalesce(max(file_id), 0) + 1 FROM ingested_files").fetchone()[0]
         dedupe.resolve(con, EVENTS, OUTCOMES)
-        accepted = _insert_clean(con, meta)
+        accepted = _insert_clean(con, file_id)
         quarantined = _insert_quarantine(con, meta, path, fmt)
         dropped, conflicts = con.execute(
             f"SELECT count(*) FILTER (outcome = '{dedupe.DUPLICATE}'), count(*) FILTER (outcome = '{dedupe.CONFLICT}') "
@@ -235,7 +237,7 @@ def ingest_file(
             "SELECT reason, count(*) FROM usage_quarantine WHERE file_hash = ? GROUP BY 1 ORDER BY 1", [digest]
         ).fetchall())
         result = IngestResult(
-            path=str(path), file_hash=digest, format=fmt, status="ingested", rows_read=info.rows,
+            path=str(path), file_hash=digest, file_id=file_id, format=fmt, status="ingested", rows_read=info.rows,
             rows_accepted=accepted, rows_quarantined=quarantined, duplicates_dropped=dropped,
             conflicting_duplicates=conflicts, blank_lines=info.blank_lines, event_dates=dates, reasons=reasons,
         )
@@ -245,12 +247,12 @@ def ingest_file(
                 f"{quarantined} + duplicates {dropped}")
         con.execute(
             "INSERT INTO ingested_files (file_hash, path, format, rows_read, rows_accepted, rows_quarantined, "
-            "duplicates_dropped, event_dates, ingested_at, bytes, blank_lines, conflicting_duplicates) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            "duplicates_dropped, event_dates, ingested_at, bytes, blank_lines, conflicting_duplicates, file_id) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             [digest, str(path), fmt, info.rows, accepted, quarantined, dropped, json.dumps(dates),
-             ingested_at, path.stat().st_size, info.blank_lines, conflicts],
+             ingested_at, path.stat().st_size, info.blank_lines, conflicts, file_id],
         )
-        stored = _stored_counts(con, digest)
+        stored = _stored_counts(con, file_id, digest)
         if stored != (accepted, quarantined):
             raise CheckFailedError(f"{path}: stored rows {stored} differ from the manifest ({accepted}, {quarantined})")
         con.execute("COMMIT")

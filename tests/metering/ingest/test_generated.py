@@ -81,8 +81,8 @@ def test_conservation_with_every_defect(tmp_path_factory, seed, events, days, du
             expected["conflicting_duplicate"] = summary.conflicting_duplicates
         assert reasons == expected
         # each raw row id (file, line) is in at most one of clean / quarantine, and none is lost
-        clash = con.execute("SELECT count(*) FROM usage_events e JOIN usage_quarantine q "
-                            "USING (file_hash, source_line)").fetchone()[0]
+        clash = con.execute("SELECT count(*) FROM usage_events e JOIN ingested_files f USING (file_id) "
+                            "JOIN usage_quarantine q USING (file_hash, source_line)").fetchone()[0]
         assert clash == 0
         assert con.execute("SELECT count(*) - count(DISTINCT event_id) FROM usage_events").fetchone()[0] == 0
         # every file's formats carry only reasons they can

@@ -27,7 +27,7 @@ def insert(con, events: list[tuple]) -> None:
     if not events:
         return
     con.executemany(
-        "INSERT INTO usage_events VALUES (?, 'c1', ?, ?, CAST(? AS DATE), ?, ?, '{}', 'f', 1, 'fh', now())",
+        "INSERT INTO usage_events VALUES (?, 'c1', ?, ?, CAST(? AS DATE), ?, ?, '{}', 1, 1)",
         [(eid, meter, t, t.date(), value, props) for eid, meter, t, value, props in events],
     )
 
@@ -128,7 +128,7 @@ def test_unpriced_usage_is_reported_with_a_reason(make_rules):
     with warehouse.open_warehouse(":memory:") as con:
         insert(con, events)
         con.execute("INSERT INTO usage_events SELECT 'g', 'ghost', meter, event_time, event_date, value, properties, "
-                    "extra, source_file, source_line, file_hash, ingested_at FROM usage_events WHERE event_id = 'a'")
+                    "extra, file_id, source_line FROM usage_events WHERE event_id = 'a'")
         partials = build_aggregates(con, rules.meters, dt.date(2026, 10, 1), dt.date(2026, 11, 1))
     # c1's plan starts on Oct 10: the Oct 2 call has no plan in force
     segments = segments_oct().with_columns(segment_start=pl.lit(dt.date(2026, 10, 10)))

@@ -59,11 +59,9 @@ class World:
                      "properties": dict(sorted((props or {}).items()))}
             self.events.append(event)
             frame_rows.append({**event, "properties": _json(event["properties"]), "extra": "{}",
-                               "source_file": "test.jsonl", "source_line": n + 1, "file_hash": "t",
-                               "ingested_at": self.now})
+                               "file_id": 1, "source_line": n + 1})
         frame = pl.DataFrame(frame_rows, schema_overrides={"value": pl.Decimal(38, 12),
-                                                           "event_time": pl.Datetime("us", "UTC"),
-                                                           "ingested_at": pl.Datetime("us", "UTC")})
+                                                           "event_time": pl.Datetime("us", "UTC")})
         warehouse.insert_frame(self.con, "usage_events", frame)
         for day in sorted({r["event_date"] for r in frame_rows}):
             refresh_aggregates(self.con, self.rules.meters, day)

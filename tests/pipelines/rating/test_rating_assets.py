@@ -41,7 +41,7 @@ def add_events(con, customer: str, meter: str, at: str, n: int = 1, value: str |
         INSERT INTO usage_events
         SELECT ? || '-' || ? || '-' || ? || '-' || i, ?, ?, CAST(? AS TIMESTAMPTZ) + INTERVAL (i) MICROSECOND,
                CAST(CAST(? AS TIMESTAMPTZ) AS DATE), CAST(? AS DECIMAL(38, 12)), {properties}, '{{}}',
-               'test.jsonl', i, 'filehash', now()
+               1, i
         FROM range(?) t(i)
         """,
         [customer, meter, at, customer, meter, at, at, value, n],

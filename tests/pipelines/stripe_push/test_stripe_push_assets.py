@@ -35,7 +35,7 @@ def _events(day: dt.date) -> pl.DataFrame:
         rows.append({"event_id": f"e{i}", "customer_id": "acme", "meter": meter,
                      "event_time": start + dt.timedelta(hours=i + 1), "event_date": day, "value": value,
                      "properties": json.dumps(props), "extra": "{}",
-                     "source_file": "t.jsonl", "source_line": i + 1, "file_hash": "h", "ingested_at": start})
+                     "file_id": 1, "source_line": i + 1})
     return pl.DataFrame(rows, schema_overrides={"value": pl.Decimal(38, 12)})
 
 
