@@ -32,6 +32,7 @@ log = logging.getLogger(__name__)
 EVENTS = "_ingest_events"
 OUTCOMES = "_ingest_outcomes"
 PANDERA_BATCH_ROWS = 1_000_000
+COMPACT_MAX_ROWS = 2_000_000
 
 
 @dataclass
@@ -93,13 +94,18 @@ def _pandera_check(con: duckdb.DuckDBPyConnection, meters: dict[str, Meter], pat
             raise CheckFailedError(f"{path}: clean rows breach the usage_events contract: {exc}") from None
 
 
-def _insert_clean(con: duckdb.DuckDBPyConnection, file_id: int) -> int:
+def _insert_clean(con: duckdb.DuckDBPyConnection, file_id: int, rows: int) -> int:
+    # Up to COMPACT_MAX_ROWS, ordering by line (file order either way) packs the rows left after the
+    # filter into whole vectors, which DuckDB appends to a non-empty table markedly faster: 1M rows
+    # into a 10M-row table took 0.9 s filtered, 0.6 s filtered and ordered. Above ~3M rows the sort
+    # costs more than it saves (10M rows: 5.1 s filtered, 7.5 s ordered).
+    order = "ORDER BY line" if rows <= COMPACT_MAX_ROWS else ""
     return con.execute(f"""
         INSERT INTO usage_events (event_id, customer_id, meter, event_time, event_date, value, properties,
                                   extra, file_id, source_line)
         SELECT event_id, customer_id, meter, event_time, event_date, value, properties, extra, ?, line
         FROM {EVENTS}
-        WHERE reason IS NULL AND line NOT IN (SELECT line FROM {OUTCOMES})""", [file_id]).fetchone()[0]
+        WHERE reason IS NULL AND line NOT IN (SELECT line FROM {OUTCOMES}) {order}""", [file_id]).fetchone()[0]
 
 
 class _RawLines:
@@ -225,7 +231,7 @@ def ingest_file(
             return result
         file_id = con.execute("SELECT coalesce(max(file_id), 0) + 1 FROM ingested_files").fetchone()[0]
         dedupe.resolve(con, EVENTS, OUTCOMES)
-        accepted = _insert_clean(con, file_id)
+        accepted = _insert_clean(con, file_id, info.rows)
         quarantined = _insert_quarantine(con, meta, path, fmt)
         dropped, conflicts = con.execute(
             f"SELECT count(*) FILTER (outcome = '{dedupe.DUPLICATE}'), count(*) FILTER (outcome = '{dedupe.CONFLICT}') "
