@@ -29,7 +29,11 @@ from metering.rules.meters import Meter, load_meters
 
 log = logging.getLogger(__name__)
 
-EVENTS = "_ingest_events"
+# The staging table lives in an in-memory database attached to the connection, not in its temp
+# space, so that other cursors of the same database can read it: the contract check exports it to
+# Arrow on two threads (DuckDB's export runs on one thread per query).
+STAGE_DB = "ingest_stage"
+EVENTS = f"{STAGE_DB}.main._ingest_events"
 OUTCOMES = "_ingest_outcomes"
 PANDERA_BATCH_ROWS = 1_000_000
 COMPACT_MAX_ROWS = 2_000_000
@@ -70,7 +74,8 @@ class _EventsSink:
         self.reset()
 
     def reset(self) -> None:
-        self.con.execute(f"CREATE OR REPLACE TEMP TABLE {EVENTS} ({validate.CLASSIFIED_COLUMNS})")
+        self.con.execute(f"ATTACH IF NOT EXISTS ':memory:' AS {STAGE_DB}")
+        self.con.execute(f"CREATE OR REPLACE TABLE {EVENTS} ({validate.CLASSIFIED_COLUMNS})")
 
     def insert(self, select_sql: str) -> int:
         sql = validate.classify_select(select_sql, self.meters, self.now)
@@ -78,20 +83,43 @@ class _EventsSink:
 
 
 def _pandera_check(con: duckdb.DuckDBPyConnection, meters: dict[str, Meter], path: Path) -> None:
-    """Check the clean rows against the typed contract, in bounded batches."""
-    import pandera.errors
+    """Check the clean rows against the typed contract, in bounded batches, on two threads.
 
-    reader = con.execute(
-        f"SELECT event_id, customer_id, meter, event_time, event_date, value, properties "
-        f"FROM {EVENTS} WHERE reason IS NULL"
-    ).to_arrow_reader(PANDERA_BATCH_ROWS)
+    Each thread exports half of the lines through its own cursor: fetching rows as Arrow is
+    single-threaded per query and was nearly all of this check's time (10M rows: 2.2 -> 1.5 s).
+    """
+    from concurrent.futures import ThreadPoolExecutor
+
+    import pandera.errors
     import polars as pl
 
-    for batch in reader:
+    first, last = con.execute(f"SELECT min(line), max(line) FROM {EVENTS} WHERE reason IS NULL").fetchone()
+    if first is None:
+        return
+    names = sorted(meters)
+    validate.check_clean(validate.empty_clean_frame(), names)  # pandera sets itself up once, here
+
+    def check_lines(low: int, high: int) -> None:
+        cursor = con.cursor()
         try:
-            validate.check_clean(pl.from_arrow(batch), sorted(meters))  # type: ignore[arg-type]
-        except pandera.errors.SchemaErrors as exc:
-            raise CheckFailedError(f"{path}: clean rows breach the usage_events contract: {exc}") from None
+            cursor.execute("SET TimeZone = 'UTC'")
+            reader = cursor.execute(
+                f"SELECT event_id, customer_id, meter, event_time, event_date, value, properties "
+                f"FROM {EVENTS} WHERE reason IS NULL AND line BETWEEN ? AND ?", [low, high]
+            ).to_arrow_reader(PANDERA_BATCH_ROWS)
+            for batch in reader:
+                validate.check_clean(pl.from_arrow(batch), names)  # type: ignore[arg-type]
+        finally:
+            cursor.close()
+
+    middle = (first + last) // 2
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        halves = [pool.submit(check_lines, first, middle), pool.submit(check_lines, middle + 1, last)]
+        for half in halves:
+            try:
+                half.result()
+            except pandera.errors.SchemaErrors as exc:
+                raise CheckFailedError(f"{path}: clean rows breach the usage_events contract: {exc}") from None
 
 
 def _insert_clean(con: duckdb.DuckDBPyConnection, file_id: int, rows: int) -> int:
@@ -285,7 +313,7 @@ def _readable_invalid_utf8(con: duckdb.DuckDBPyConnection) -> None:
     })
     con.register("_utf8_fixed", fixed)
     try:
-        con.execute(f"UPDATE {EVENTS} SET raw = f.raw FROM _utf8_fixed f WHERE {EVENTS}.line = f.line")
+        con.execute(f"UPDATE {EVENTS} AS e SET raw = f.raw FROM _utf8_fixed f WHERE e.line = f.line")
     finally:
         con.unregister("_utf8_fixed")
 
@@ -295,8 +323,9 @@ def _unescape_blob(text: str) -> bytes:
 
 
 def _drop_temp(con: duckdb.DuckDBPyConnection) -> None:
-    for table in (EVENTS, OUTCOMES, "_quarantine_lines", "_conflict_lines", _RawLines.table):
+    for table in (OUTCOMES, "_quarantine_lines", "_conflict_lines", _RawLines.table):
         con.execute(f"DROP TABLE IF EXISTS {table}")
+    con.execute(f"DETACH DATABASE IF EXISTS {STAGE_DB}")  # and the staging table with it
 
 
 def expand_paths(paths: Iterable[str | Path]) -> list[Path]:

@@ -206,6 +206,13 @@ CLEAN_EVENT_SCHEMA = pa.DataFrameSchema(
 """The typed contract of a clean event (what `usage_events` holds), checked with pandera on Polars."""
 
 
+def empty_clean_frame() -> pl.DataFrame:
+    """No rows, the columns and types of `CLEAN_EVENT_SCHEMA`."""
+    return pl.DataFrame(schema={"event_id": pl.String, "customer_id": pl.String, "meter": pl.String,
+                                "event_time": pl.Datetime("us", "UTC"), "event_date": pl.Date,
+                                "value": pl.Decimal(38, VALUE_SCALE), "properties": pl.String})
+
+
 def check_clean(frame: pl.DataFrame, meter_names: list[str]) -> pl.DataFrame:
     """Validate clean rows against `CLEAN_EVENT_SCHEMA` and the meter list; raises on a breach.
 

@@ -116,3 +116,26 @@ def test_manifest_counts_match_rows(tmp_path, con):
     assert row == (5, 2, 2, 1, 1, path.stat().st_size)
     assert con.execute("SELECT count(*) FROM usage_events").fetchone()[0] == 2
     assert con.execute("SELECT count(*) FROM usage_quarantine").fetchone()[0] == 2
+
+
+@pytest.mark.parametrize("bad_line", [None, 1, 6], ids=["clean", "first-half", "second-half"])
+def test_contract_check_catches_a_breach_in_either_half(bad_line, tmp_path, con):
+    """The pandera check reads the clean rows in two halves, on two threads: a row that breaks the
+    usage_events contract (here a meter that is not defined) fails the file whichever half holds it."""
+    from metering.errors import CheckFailedError
+    from metering.ingest import load, readers
+    from metering.rules.meters import load_meters
+
+    meters = load_meters()
+    path = write_lines(tmp_path / "f.jsonl", [event(f"e{i}") for i in range(1, 7)])
+    sink = load._EventsSink(con, meters, NOW)
+    assert readers.stage_jsonl(con, path, "jsonl", sink).rows == 6
+    if bad_line is None:
+        load._pandera_check(con, meters, path)
+    else:
+        con.execute(f"UPDATE {load.EVENTS} SET meter = 'not_a_meter' WHERE line = ?", [bad_line])
+        with pytest.raises(CheckFailedError, match=r"f\.jsonl: clean rows breach the usage_events contract"):
+            load._pandera_check(con, meters, path)
+    load._drop_temp(con)
+    assert con.execute("SELECT count(*) FROM duckdb_databases() WHERE database_name = ?",
+                       [load.STAGE_DB]).fetchone()[0] == 0
