@@ -20,8 +20,6 @@ import csv
 import gzip
 import hashlib
 import logging
-import queue
-import threading
 import zlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -131,47 +129,6 @@ def _arrow_line_batches(path: Path, fmt: str, separator: str) -> Iterator[pa.Arr
         yield batch.column(0)
 
 
-def _read_ahead(batches: Iterator[pa.Array]) -> Iterator[pa.Array]:
-    """Yield `batches`, splitting the next one on a helper thread while the caller works on this one.
-
-    Arrow splits lines on one core without the GIL while DuckDB parses the batch before it on all
-    cores. At most one batch waits, so memory stays bounded; an error in the helper is raised here,
-    and stopping early (an error in the caller) stops the helper.
-    """
-    ready: queue.Queue = queue.Queue(maxsize=1)
-    stop = threading.Event()
-    end = object()
-
-    def put(item: object) -> bool:
-        while not stop.is_set():
-            try:
-                ready.put(item, timeout=0.1)
-                return True
-            except queue.Full:
-                continue
-        return False
-
-    def produce() -> None:
-        try:
-            for batch in batches:
-                if not put(batch):
-                    return
-            put(end)
-        except BaseException as exc:  # handed to the caller, which raises it
-            put(exc)
-
-    helper = threading.Thread(target=produce, name="line-splitter", daemon=True)
-    helper.start()
-    try:
-        while (item := ready.get()) is not end:
-            if isinstance(item, BaseException):
-                raise item
-            yield item
-    finally:
-        stop.set()
-        helper.join()
-
-
 def _python_line_batches(path: Path, fmt: str) -> Iterator[pa.Array]:
     """Fallback when every separator byte occurs in the file (binary-ish content): slow but exact."""
     opener: Callable = gzip.open if fmt == "jsonl.gz" else open
@@ -204,7 +161,7 @@ def stage_lines(
     split in Python instead.
     """
     sources: list[Callable[[], Iterator[pa.Array]]] = [
-        (lambda s=s: _read_ahead(_arrow_line_batches(path, fmt, s))) for s in _SEPARATORS[:4]
+        (lambda s=s: _arrow_line_batches(path, fmt, s)) for s in _SEPARATORS[:4]
     ] + [lambda: _python_line_batches(path, fmt)]
     for attempt, source in enumerate(sources):
         sink.reset()

@@ -163,26 +163,3 @@ def test_parquet_struct_properties_are_checked_without_a_json_round_trip(tmp_pat
     assert con.execute("SELECT event_id, properties FROM usage_events ORDER BY source_line").fetchall() == [
         ("ok", '{"user_id":"u1"}'), ("null_struct", "{}")]
     assert result.rows_accepted == 2
-
-
-def test_read_ahead_keeps_order_raises_where_the_source_fails_and_stops_its_helper():
-    import threading
-
-    from metering.ingest.readers import _read_ahead
-
-    def source(fail_at: int | None):
-        for i in range(5):
-            if i == fail_at:
-                raise OSError(f"disk gone at {i}")
-            yield i
-
-    assert list(_read_ahead(source(None))) == [0, 1, 2, 3, 4]
-    seen = []
-    with pytest.raises(OSError, match="disk gone at 3"):
-        for item in _read_ahead(source(3)):
-            seen.append(item)
-    assert seen == [0, 1, 2]
-    reader = _read_ahead(iter(range(1000)))
-    assert next(reader) == 0
-    reader.close()  # the caller stops early: the helper must not stay blocked on a full queue
-    assert not any(t.name == "line-splitter" for t in threading.enumerate())
