@@ -35,7 +35,7 @@ log = logging.getLogger(__name__)
 STAGE_DB = "ingest_stage"
 EVENTS = f"{STAGE_DB}.main._ingest_events"
 OUTCOMES = "_ingest_outcomes"
-PANDERA_BATCH_ROWS = 1_000_000
+PANDERA_BATCH_ROWS = 500_000  # per thread: two threads hold at most 1M exported rows
 COMPACT_MAX_ROWS = 2_000_000
 
 
@@ -182,7 +182,8 @@ def _insert_quarantine(con: duckdb.DuckDBPyConnection, meta: list, path: Path, f
         raw_lines = _RawLines(con, "_conflict_lines")
         raw_lines.reset()
         if con.execute("SELECT count(*) FROM _conflict_lines").fetchone()[0]:
-            readers.stage_lines(con, path, fmt, raw_lines, raw_lines.insert_batch)
+            readers.stage_lines(con, path, fmt, raw_lines, raw_lines.insert_batch,
+                                batch_bytes=readers.REREAD_BATCH_BYTES)
     inserted = con.execute(f"""
         INSERT INTO usage_quarantine (source_file, source_line, file_hash, reason, detail, event_id, raw,
                                       quarantined_at, payload_hash)

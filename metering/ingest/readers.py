@@ -40,6 +40,10 @@ log = logging.getLogger(__name__)
 FORMATS: tuple[str, ...] = ("jsonl", "jsonl.gz", "csv", "parquet")
 _SUFFIXES = {".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "jsonl", ".csv": "csv", ".parquet": "parquet"}
 BATCH_BYTES = 32 << 20  # text read per batch: bounds memory whatever the file size
+# Re-reading a file for a few chosen lines (the quarantine's raw text of conflicting versions) does
+# little per batch, so smaller batches cost no time there; they keep ~0.5 GB of Arrow buffers out
+# of the peak, which falls at that moment (10M JSON lines: 2.9-3.2 -> 2.6-2.7 GB).
+REREAD_BATCH_BYTES = 8 << 20
 SCAN_CHUNK_ROWS = 16_384  # rows per Arrow record batch handed to DuckDB (its unit of parallel scan)
 # Separator candidates for the one-column line reader: control bytes that valid JSON never holds raw.
 _SEPARATORS = [chr(c) for c in (0x1F, 0x1E, 0x1D, 0x1C, *range(0x01, 0x09), 0x0B, 0x0C, *range(0x0E, 0x1C))]
@@ -115,10 +119,10 @@ def _open_stream(path: Path, fmt: str) -> pa.NativeFile:
     return pa.input_stream(str(path), compression="gzip" if fmt == "jsonl.gz" else None)
 
 
-def _arrow_line_batches(path: Path, fmt: str, separator: str) -> Iterator[pa.Array]:
+def _arrow_line_batches(path: Path, fmt: str, separator: str, batch_bytes: int) -> Iterator[pa.Array]:
     reader = pacsv.open_csv(
         _open_stream(path, fmt),
-        read_options=pacsv.ReadOptions(column_names=["b"], block_size=BATCH_BYTES),
+        read_options=pacsv.ReadOptions(column_names=["b"], block_size=batch_bytes),
         parse_options=pacsv.ParseOptions(
             delimiter=separator, quote_char=False, escape_char=False, double_quote=False,
             newlines_in_values=False, ignore_empty_lines=False,
@@ -154,14 +158,16 @@ def stage_lines(
     fmt: str,
     sink: Sink,
     insert_batch: Callable[[duckdb.DuckDBPyConnection, Sink, pa.Table, int], int],
+    batch_bytes: int = BATCH_BYTES,
 ) -> StageInfo:
-    """Feed the file's lines, in order and numbered, to `insert_batch` (one call per bounded batch).
+    """Feed the file's lines, in order and numbered, to `insert_batch` (one call per batch of about
+    `batch_bytes` of text).
 
     Tries separator bytes until one does not occur in the file; a file that contains them all is
     split in Python instead.
     """
     sources: list[Callable[[], Iterator[pa.Array]]] = [
-        (lambda s=s: _arrow_line_batches(path, fmt, s)) for s in _SEPARATORS[:4]
+        (lambda s=s: _arrow_line_batches(path, fmt, s, batch_bytes)) for s in _SEPARATORS[:4]
     ] + [lambda: _python_line_batches(path, fmt)]
     for attempt, source in enumerate(sources):
         sink.reset()
