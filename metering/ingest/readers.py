@@ -41,8 +41,8 @@ FORMATS: tuple[str, ...] = ("jsonl", "jsonl.gz", "csv", "parquet")
 _SUFFIXES = {".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "jsonl", ".csv": "csv", ".parquet": "parquet"}
 BATCH_BYTES = 32 << 20  # text read per batch: bounds memory whatever the file size
 # Re-reading a file for a few chosen lines (the quarantine's raw text of conflicting versions) does
-# little per batch, so smaller batches cost little time there (~0.3 s per 10M lines); they keep Arrow buffers out
-# of the peak, which falls at that moment (10M JSON lines: 2.9-3.2 -> 2.6-2.7 GB).
+# little per batch, so smaller batches cost little there (~0.3 s per 10M lines); they keep Arrow
+# buffers out of the peak, which falls at that moment (10M JSON lines: 2.9-3.2 -> 2.6-2.7 GB).
 REREAD_BATCH_BYTES = 8 << 20
 SCAN_CHUNK_ROWS = 16_384  # rows per Arrow record batch handed to DuckDB (its unit of parallel scan)
 # Separator candidates for the one-column line reader: control bytes that valid JSON never holds raw.
