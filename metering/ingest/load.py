@@ -104,8 +104,8 @@ def _pandera_check(con: duckdb.DuckDBPyConnection, meters: dict[str, Meter], pat
         try:
             cursor.execute("SET TimeZone = 'UTC'")
             reader = cursor.execute(
-                f"SELECT event_id, customer_id, meter, event_time, event_date, value, properties "
-                f"FROM {EVENTS} WHERE reason IS NULL AND line BETWEEN ? AND ?", [low, high]
+                f"SELECT {validate.CLEAN_COLUMNS} FROM {EVENTS} WHERE reason IS NULL AND line BETWEEN ? AND ?",
+                [low, high]
             ).to_arrow_reader(PANDERA_BATCH_ROWS)
             for batch in reader:
                 validate.check_clean(pl.from_arrow(batch), names)  # type: ignore[arg-type]

@@ -58,11 +58,16 @@ def _may_hold_control(text: str, json: bool = False) -> str:
     return f"(contains({escaped}, '\\') OR contains({text}, chr(127)))"
 
 
+def _counted_properties(meters: dict[str, Meter]) -> dict[str, str]:
+    """Meter -> the property whose distinct values it counts (unique_count meters)."""
+    return {n: m.property for n, m in meters.items() if m.aggregation == "unique_count" and m.property}
+
+
 def _parsed_properties_needed(meters: dict[str, Meter]) -> str:
     """When `pm` (the properties parsed into a map) is needed. Canonical text of string values (a
     Parquet struct of text fields) is parsed only for the control-character check and for the
     meters that count a property's distinct values."""
-    counted = sorted(n for n, m in meters.items() if m.aggregation == "unique_count" and m.property)
+    counted = sorted(_counted_properties(meters))
     return (f"properties_t = 'OBJECT' AND (NOT properties_canonical OR {_may_hold_control('properties', json=True)}"
             f" OR list_contains({_list(counted)}, meter))")
 
@@ -75,7 +80,7 @@ def _checks(meters: dict[str, Meter], now: datetime) -> list[tuple[str, str, str
     """
     names = sorted(meters)
     need_value = sorted(n for n, m in meters.items() if m.aggregation in ("sum", "max", "last"))
-    counted = {n: m.property for n, m in meters.items() if m.aggregation == "unique_count" and m.property}
+    counted = _counted_properties(meters)
     horizon = sql_string((now + FUTURE_TOLERANCE).isoformat())
     required = (("event_id", "event_id"), ("customer_id", "customer_id"), ("meter", "meter"), ("timestamp", "ts"))
     typed_fields = ("event_id", "customer_id", "meter")
@@ -207,11 +212,13 @@ CLEAN_EVENT_SCHEMA = pa.DataFrameSchema(
 """The typed contract of a clean event (what `usage_events` holds), checked with pandera on Polars."""
 
 
+CLEAN_COLUMNS = ", ".join(CLEAN_EVENT_SCHEMA.columns)
+"""The columns `CLEAN_EVENT_SCHEMA` checks, as a SQL select list."""
+
+
 def empty_clean_frame() -> pl.DataFrame:
     """No rows, the columns and types of `CLEAN_EVENT_SCHEMA`."""
-    return pl.DataFrame(schema={"event_id": pl.String, "customer_id": pl.String, "meter": pl.String,
-                                "event_time": pl.Datetime("us", "UTC"), "event_date": pl.Date,
-                                "value": pl.Decimal(38, VALUE_SCALE), "properties": pl.String})
+    return pl.DataFrame(schema={name: col.dtype.type for name, col in CLEAN_EVENT_SCHEMA.columns.items()})
 
 
 def check_clean(frame: pl.DataFrame, meter_names: list[str]) -> pl.DataFrame:
