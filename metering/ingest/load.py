@@ -35,6 +35,8 @@ log = logging.getLogger(__name__)
 STAGE_DB = "ingest_stage"
 EVENTS = f"{STAGE_DB}.main._ingest_events"
 OUTCOMES = "_ingest_outcomes"
+ACCEPTED = f"reason IS NULL AND line NOT IN (SELECT line FROM {OUTCOMES})"
+"""The staged rows that go into usage_events: valid, and neither a duplicate nor a conflict."""
 PANDERA_BATCH_ROWS = 500_000  # per thread: two threads hold at most 1M exported rows
 COMPACT_MAX_ROWS = 2_000_000
 
@@ -133,7 +135,7 @@ def _insert_clean(con: duckdb.DuckDBPyConnection, file_id: int, rows: int) -> in
                                   extra, file_id, source_line)
         SELECT event_id, customer_id, meter, event_time, event_date, value, properties, extra, ?, line
         FROM {EVENTS}
-        WHERE reason IS NULL AND line NOT IN (SELECT line FROM {OUTCOMES}) {order}""", [file_id]).fetchone()[0]
+        WHERE {ACCEPTED} {order}""", [file_id]).fetchone()[0]
 
 
 class _RawLines:
@@ -266,8 +268,7 @@ def ingest_file(
             f"SELECT count(*) FILTER (outcome = '{dedupe.DUPLICATE}'), count(*) FILTER (outcome = '{dedupe.CONFLICT}') "
             f"FROM {OUTCOMES}").fetchone()
         dates = [d.isoformat() for (d,) in con.execute(
-            f"SELECT DISTINCT event_date FROM {EVENTS} WHERE reason IS NULL "
-            f"AND line NOT IN (SELECT line FROM {OUTCOMES}) ORDER BY 1").fetchall()]
+            f"SELECT DISTINCT event_date FROM {EVENTS} WHERE {ACCEPTED} ORDER BY 1").fetchall()]
         reasons = dict(con.execute(
             "SELECT reason, count(*) FROM usage_quarantine WHERE file_hash = ? GROUP BY 1 ORDER BY 1", [digest]
         ).fetchall())
