@@ -40,13 +40,18 @@ MIGRATIONS_DIR = Path(__file__).parent / "migrations"
 VIEWS_DIR = Path(__file__).parent / "views"
 
 
-_MEMORY_LIMIT = re.compile(r"\d+(\.\d+)?\s*(B|KB|MB|GB|TB|KiB|MiB|GiB|TiB)", re.IGNORECASE)
+_MEMORY_LIMIT = re.compile(r"\d+(\.\d+)?\s*(KB|MB|GB|TB|KiB|MiB|GiB|TiB)")
+
+
+def is_memory_limit(text: str) -> bool:
+    """A DuckDB memory_limit written as a size such as 2GB or 512MiB (nothing else reaches SQL)."""
+    return _MEMORY_LIMIT.fullmatch(text) is not None
 
 
 def _configure(con: duckdb.DuckDBPyConnection, memory_limit: str | None, threads: int | None) -> None:
     con.execute("SET TimeZone = 'UTC'")
     if memory_limit:
-        if not _MEMORY_LIMIT.fullmatch(memory_limit.strip()):
+        if not is_memory_limit(memory_limit.strip()):
             raise BadInputError(f"memory limit: {memory_limit!r} is not a size like 2GB or 512MiB")
         con.execute(f"SET memory_limit = '{memory_limit.strip()}'")  # SET takes no parameters; checked above
     if threads:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import re
 import sys
 from datetime import datetime, timezone
 from pathlib import Path
@@ -25,7 +24,7 @@ def _formats(value: str) -> tuple[str, ...]:
 
 
 def _memory(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
-    if value is not None and not re.fullmatch(r"\d+(\.\d+)?\s*(KB|MB|GB|TB|KiB|MiB|GiB|TiB)", value):
+    if value is not None and not warehouse.is_memory_limit(value):
         raise click.BadParameter("a size such as 512MB or 2GB")
     return value
 
