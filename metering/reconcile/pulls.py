@@ -45,7 +45,6 @@ from metering.warehouse import query_frame, replace_rows, transaction
 log = logging.getLogger(__name__)
 
 EVENT_PREFIX = "metering_"
-PAGE = 100
 
 SUMMARY_SCHEMA = {
     "billing_month": pl.Date, "customer_id": pl.String, "stripe_customer_id": pl.String,
@@ -91,7 +90,7 @@ class _Reader:
     Thread-safe: the summaries are read concurrently (`ReconcileSettings.pull_concurrency`).
     """
 
-    def __init__(self, client: stripe.StripeClient, rate: float = 0, page_size: int = PAGE) -> None:
+    def __init__(self, client: stripe.StripeClient, rate: float, page_size: int) -> None:
         self.client = client
         self.page_size = page_size
         self.calls = 0
