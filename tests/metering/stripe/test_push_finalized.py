@@ -3,9 +3,12 @@ finance. Runs on a sandbox test clock (Stripe's "now" for the customer is the cl
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
+from collections.abc import Iterator
 from decimal import Decimal
 from pathlib import Path
+from typing import Any, NamedTuple
 
 import polars as pl
 
@@ -25,15 +28,32 @@ OCT1 = dt.datetime(2026, 10, 1, tzinfo=dt.timezone.utc)
 OCT10 = dt.date(2026, 10, 10)
 
 
-def test_usage_for_a_finalized_invoice_is_late_not_pushed(tmp_path: Path, rules_dir: Path) -> None:
+class OnClock(NamedTuple):
+    sb: Any
+    con: Any
+    client: Any
+    clock: Any
+    rules: Any
+    report: catalog.CatalogReport
+
+
+@contextlib.contextmanager
+def customer_on_clock(tmp_path: Path, rules_dir: Path, csv: str = CSV) -> Iterator[OnClock]:
+    """The sandbox, a warehouse holding the customer list, and the catalog synced with the customer
+    subscribed on a test clock frozen at Oct 1."""
     rules = load_rules(rules_dir)
-    (tmp_path / "c.csv").write_text(CSV)
+    (tmp_path / "c.csv").write_text(csv)
     customers = load_customers(tmp_path / "c.csv", rules)
     with running_sandbox() as sb, warehouse.open_warehouse(tmp_path / "wh.duckdb") as con:
         client = make_client(StripeSettings(api_key=sb.api_key, api_base=sb.base_url, meter_events_base=sb.base_url))
         clock = client.v1.test_helpers.test_clocks.create({"frozen_time": int(OCT1.timestamp())})
         warehouse.replace_rows(con, "customer_plans", "TRUE", [], customers)
         report = catalog.sync_catalog(con, client, rules, customers, create_customers=True, test_clock=clock.id)
+        yield OnClock(sb, con, client, clock, rules, report)
+
+
+def test_usage_for_a_finalized_invoice_is_late_not_pushed(tmp_path: Path, rules_dir: Path) -> None:
+    with customer_on_clock(tmp_path, rules_dir) as (sb, con, client, clock, rules, report):
         assert report.customers[0]["subscription_id"] and report.customers[0]["test_clock_id"] == clock.id
         world = World(con, sb, client, rules, report)
         world.add_events([("acme", "api_calls", day_start(OCT10) + dt.timedelta(hours=h), None, {"region": "us"})
@@ -66,13 +86,9 @@ def test_usage_for_a_finalized_invoice_is_late_not_pushed(tmp_path: Path, rules_
 
 
 def test_a_later_plan_version_is_reported_for_the_subscription(tmp_path: Path, rules_dir: Path) -> None:
-    rules = load_rules(rules_dir)
-    (tmp_path / "c.csv").write_text(CSV.replace("acme,Acme,billing@acme.test,usd,,starter", "acme,Acme,billing@acme.test,usd,,pro"))
-    customers = load_customers(tmp_path / "c.csv", rules)
-    with running_sandbox() as sb, warehouse.open_warehouse(tmp_path / "wh.duckdb") as con:
-        client = make_client(StripeSettings(api_key=sb.api_key, api_base=sb.base_url, meter_events_base=sb.base_url))
-        clock = client.v1.test_helpers.test_clocks.create({"frozen_time": int(OCT1.timestamp())})
-        report = catalog.sync_catalog(con, client, rules, customers, create_customers=True, test_clock=clock.id)
+    pro = CSV.replace("acme,Acme,billing@acme.test,usd,,starter", "acme,Acme,billing@acme.test,usd,,pro")
+    with customer_on_clock(tmp_path, rules_dir, pro) as synced:
+        report = synced.report
     assert report.customers[0]["plan_version"] == "2026-01"
     found = [(f.kind, f.our_key, f.ours, f.theirs) for f in report.findings if f.kind == "subscription"]
     assert found == [("subscription", "acme", "pro 2026-10 from 2026-10-15", "pro 2026-01")]
@@ -83,14 +99,8 @@ def test_pushing_day_by_day_on_the_clock_lands_usage_on_each_period_invoice(tmp_
     that invoice is a draft in its grace period) and Oct 16 land on their own periods' invoices."""
     from metering.stripe.clock import advance_clock, push_days_on_clock
 
-    rules = load_rules(rules_dir)
-    (tmp_path / "c.csv").write_text(CSV.replace("usd,,starter", "usd,15,starter"))
-    customers = load_customers(tmp_path / "c.csv", rules)
-    with running_sandbox() as sb, warehouse.open_warehouse(tmp_path / "wh.duckdb") as con:
-        client = make_client(StripeSettings(api_key=sb.api_key, api_base=sb.base_url, meter_events_base=sb.base_url))
-        clock = client.v1.test_helpers.test_clocks.create({"frozen_time": int(OCT1.timestamp())})
-        warehouse.replace_rows(con, "customer_plans", "TRUE", [], customers)
-        report = catalog.sync_catalog(con, client, rules, customers, create_customers=True, test_clock=clock.id)
+    with customer_on_clock(tmp_path, rules_dir, CSV.replace("usd,,starter", "usd,15,starter")) as (
+            sb, con, client, clock, rules, report):
         world = World(con, sb, client, rules, report)
         oct14, oct16 = dt.date(2026, 10, 14), dt.date(2026, 10, 16)
         # 12,000 calls on Oct 14 (2,000 above starter's 10,000 included) and 3 on Oct 16
