@@ -128,3 +128,22 @@ def test_events_of_an_older_warehouse_get_their_file_id(tmp_path):
         assert con.execute("SELECT e.event_id, f.file_hash, e.source_line FROM usage_events e "
                            "JOIN ingested_files f USING (file_id) ORDER BY 1").fetchall() == [
             ("hash-a-1", "hash-a", 1), ("hash-a-2", "hash-a", 2), ("hash-b-1", "hash-b", 1), ("hash-b-2", "hash-b", 2)]
+
+
+def test_usage_events_text_columns_keep_their_named_compression(tmp_path):
+    """Migration 004 names each text column's compression; it must hold for rows inserted after the
+    warehouse is re-opened, also where DuckDB's own analysis would choose otherwise (here it picks
+    dictionary for one repeated id and FSST for distinct hex customer ids)."""
+    with warehouse.open_warehouse(tmp_path / "w.duckdb"):
+        pass
+    with warehouse.open_warehouse(tmp_path / "w.duckdb") as con:
+        con.execute("""INSERT INTO usage_events (event_id, customer_id, meter, event_time, event_date, properties,
+                                                 file_id, source_line)
+                       SELECT 'the-same-id', md5(i::VARCHAR), 'api_calls', TIMESTAMPTZ '2026-10-01 00:00:00+00',
+                              DATE '2026-10-01', '{}', 1, i FROM range(150000) r(i)""")
+        con.execute("CHECKPOINT")
+        used = dict(con.execute("""SELECT column_name, string_agg(DISTINCT compression, ',') FROM
+                                   pragma_storage_info('usage_events') WHERE segment_type IN ('VARCHAR', 'JSON')
+                                   GROUP BY 1""").fetchall())
+    assert used == {"event_id": "FSST", "customer_id": "Dictionary", "meter": "Dictionary",
+                    "properties": "Dictionary", "extra": "Dictionary"}
