@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from metering import config
+from metering.errors import BadInputError
 from metering.warehouse import sql_string
 
 
@@ -137,8 +138,13 @@ def run_bench(events: int, fmt: str, add_events: int = 1_000_000, memory_limit: 
               echo: Callable[[str], None] = print) -> BenchReport:
     from metering.ingest.generate import GenerateConfig, generate
 
-    base = workdir or Path(tempfile.mkdtemp(prefix="bench-ingest-", dir=config.data_dir()))
-    base.mkdir(parents=True, exist_ok=True)
+    try:
+        if workdir is None:
+            config.data_dir().mkdir(parents=True, exist_ok=True)
+        base = workdir or Path(tempfile.mkdtemp(prefix="bench-ingest-", dir=config.data_dir()))
+        base.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise BadInputError(f"{exc.filename}: cannot create the bench's working folder: {exc.strerror}") from None
     try:
         echo(f"generating {events:,} events as {fmt} in {base} ...")
         started = time.perf_counter()

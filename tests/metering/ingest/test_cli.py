@@ -54,3 +54,18 @@ def test_memory_limit_option_is_validated(tmp_path):
     assert runner.invoke(cli, ["ingest", str(path), "--memory-limit", "1GB'; SELECT 1; --"]).exit_code == 2
     ok = runner.invoke(cli, ["ingest", str(path), "--memory-limit", "512MB", "--as-of", "2026-11-01"])
     assert ok.exit_code == 0, ok.output
+
+
+def test_bench_runs_end_to_end_into_a_data_folder_that_does_not_exist_yet(tmp_path, monkeypatch):
+    """A small bench: the generated rows are all accounted for, and its temp folder is removed."""
+    import re
+
+    data = tmp_path / "not" / "yet"
+    monkeypatch.setenv("METERING_DATA_DIR", str(data))
+    result = CliRunner().invoke(cli, ["bench", "ingest", "--events", "2000", "--add", "1000", "--format", "jsonl"])
+    assert result.exit_code == 0, result.output
+    rows = int(re.search(r"events \(([\d,]+) rows\)", result.output).group(1).replace(",", ""))
+    kept = re.search(r"accepted ([\d,]+), quarantined ([\d,]+), duplicates dropped ([\d,]+)", result.output)
+    assert rows > 2000 and sum(int(n.replace(",", "")) for n in kept.groups()) == rows
+    assert "add 1,000 events to the loaded warehouse" in result.output
+    assert list(data.iterdir()) == []
