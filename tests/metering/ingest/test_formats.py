@@ -133,8 +133,8 @@ def test_parquet_struct_properties_read_like_json_lines(props, tmp_path_factory)
     assert seen[0] == seen[1]
     if not seen[0][0]:  # accepted: keys sorted, null fields absent, compact
         present = {k: v for k, v in props.items() if v is not None}
-        assert json.loads(seen[0][1][0][0]) == present
-        assert list(json.loads(seen[0][1][0][0])) == sorted(present)
+        assert seen[0][1][0][0] == json.dumps(dict(sorted(present.items())), separators=(",", ":"),
+                                              ensure_ascii=False)
 
 
 def test_parquet_struct_property_that_is_not_text_is_bad_type(tmp_path, con):
@@ -163,3 +163,34 @@ def test_parquet_struct_properties_are_checked_without_a_json_round_trip(tmp_pat
     assert con.execute("SELECT event_id, properties FROM usage_events ORDER BY source_line").fetchall() == [
         ("ok", '{"user_id":"u1"}'), ("null_struct", "{}")]
     assert result.rows_accepted == 2
+
+
+def test_json_lines_properties_stored_canonical_however_written(tmp_path, con):
+    """However the object is written (spaces, key order, escapes), the stored text is compact, keys
+    sorted, with only the escapes JSON needs; DEL, escaped control characters and non-text values are
+    quarantined."""
+    lines = [
+        ('{"model" : "small" }', '{"model":"small"}'),
+        ('{}', "{}"),
+        ('{"region": "eu", "model": "large"}', '{"model":"large","region":"eu"}'),
+        (r'{"k\"ey": "v"}', r'{"k\"ey":"v"}'),
+        (r'{"k": "back\\slash"}', r'{"k":"back\\slash"}'),
+        (r'{"k": "\u00e9t\u00e9"}', '{"k":"été"}'),
+        ('{"k": "été"}', '{"k":"été"}'),
+        ('{"a": "x", "a": "y"}', None),  # whichever DuckDB keeps, one key
+    ]
+    raw = [f'{{"event_id": "p{i}", "customer_id": "c", "meter": "api_calls", "timestamp": "2026-10-05T12:00:00Z", '
+           f'"properties": {props}}}' for i, (props, _) in enumerate(lines)]
+    bad = ['{"event_id": "n", "customer_id": "c", "meter": "api_calls", "timestamp": "2026-10-05T12:00:00Z", '
+           '"properties": {"k": 1}}',
+           '{"event_id": "d", "customer_id": "c", "meter": "api_calls", "timestamp": "2026-10-05T12:00:00Z", '
+           '"properties": {"k": "a\x7fb"}}',
+           '{"event_id": "nl", "customer_id": "c", "meter": "api_calls", "timestamp": "2026-10-05T12:00:00Z", '
+           '"properties": {"k": "a\\nb"}}']
+    result = ingest_file(con, write_lines(tmp_path / "f.jsonl", raw + bad), now=NOW)
+    stored = dict(con.execute("SELECT event_id, properties FROM usage_events").fetchall())
+    for i, (_, expected) in enumerate(lines):
+        if expected is not None:
+            assert stored[f"p{i}"] == expected
+    assert json.loads(stored[f"p{len(lines) - 1}"]) in ({"a": "x"}, {"a": "y"})
+    assert result.reasons == {"bad_type": 1, "control_characters": 2}
