@@ -194,3 +194,41 @@ def test_json_lines_properties_stored_canonical_however_written(tmp_path, con):
             assert stored[f"p{i}"] == expected
     assert json.loads(stored[f"p{len(lines) - 1}"]) in ({"a": "x"}, {"a": "y"})
     assert result.reasons == {"bad_type": 1, "control_characters": 2}
+
+
+_JSON_VALUES = st.recursive(
+    st.none() | st.booleans() | st.integers(min_value=-(2**70), max_value=2**70)
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | st.text(st.sampled_from('a"\\/\x00\x01\n\x7fé€😀 ') | st.characters(), max_size=8),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=3), inner, max_size=3),
+    max_leaves=4,
+)
+_ABSENT = object()
+
+
+@settings(max_examples=60, deadline=None)
+@given(values=st.lists(st.one_of(st.just(_ABSENT), _JSON_VALUES), min_size=1, max_size=12),
+       ascii_only=st.booleans())
+def test_json_lines_field_text_and_type_match_duckdb_json_functions(values, ascii_only):
+    """The reader reads a field's text and type without parsing the value again where it can; for any
+    JSON value, written with or without \\u escapes, both must equal what DuckDB's own `json_type` and
+    `->>'$'` give for it (or NULL/'NULL' when the key is absent)."""
+    import duckdb
+    import pyarrow as pa
+
+    from metering.ingest import readers
+
+    lines = [json.dumps({} if v is _ABSENT else {"event_id": v, "value": v, "properties": v}, ensure_ascii=ascii_only)
+             for v in values]
+    con = duckdb.connect()
+    con.register("lines", pa.table({"line": pa.array(range(1, len(lines) + 1), pa.int64()),
+                                    "b": pa.array([s.encode() for s in lines], pa.binary())}))
+    got = con.execute(f"SELECT event_id, event_id_t, value, value_t, properties_t FROM "
+                      f"({readers._JSONL_SELECT.replace('__BATCH__', 'lines')}) ORDER BY line").fetchall()
+    expected = con.execute("""
+        SELECT CASE json_type(j) WHEN 'VARCHAR' THEN j->>'$' ELSE j::VARCHAR END, coalesce(json_type(j), 'NULL')
+        FROM (SELECT line, json_transform(decode(b), '"MAP(VARCHAR, JSON)"')['event_id'] AS j FROM lines)
+        ORDER BY line""").fetchall()
+    assert [(text, kind) for text, kind, _, _, _ in got] == expected
+    assert [(value, kind) for _, _, value, kind, _ in got] == expected
+    assert [kind for *_, kind in got] == [kind for _, kind in expected]
