@@ -144,6 +144,5 @@ def test_usage_events_text_columns_keep_their_named_compression(tmp_path):
         con.execute("CHECKPOINT")
         used = dict(con.execute("""SELECT column_name, string_agg(DISTINCT compression, ',') FROM
                                    pragma_storage_info('usage_events') WHERE segment_type IN ('VARCHAR', 'JSON')
-                                   GROUP BY 1""").fetchall())
-    assert used == {"event_id": "FSST", "customer_id": "Dictionary", "meter": "Dictionary",
-                    "properties": "Dictionary", "extra": "Dictionary"}
+                                   AND column_name <> 'extra' GROUP BY 1""").fetchall())  # extra stays automatic
+    assert used == {"event_id": "FSST", "customer_id": "Dictionary", "meter": "Dictionary", "properties": "Dictionary"}

@@ -144,7 +144,8 @@ def run_bench(events: int, fmt: str, add_events: int = 1_000_000, memory_limit: 
         base = workdir or Path(tempfile.mkdtemp(prefix="bench-ingest-", dir=config.data_dir()))
         base.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        raise BadInputError(f"{exc.filename}: cannot create the bench's working folder: {exc.strerror}") from None
+        raise BadInputError(f"{exc.filename or workdir or config.data_dir()}: cannot create the bench's working "
+                            f"folder: {exc.strerror or exc}") from None
     try:
         echo(f"generating {events:,} events as {fmt} in {base} ...")
         started = time.perf_counter()

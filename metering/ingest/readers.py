@@ -214,8 +214,8 @@ def _json_field(alias: str) -> str:
     back: compact, strings with only the escapes JSON needs.
 
     The same as `j->>'$'` and `json_type(j)`, which parse the value again, without a parse in the
-    common cases: a string holding no escape is its text between the quotes (10M lines: 1.0-1.9 s
-    less than probing every field).
+    common cases: a string holding no escape is its text between the quotes (the reader's query
+    over 10M lines: 1.0-1.9 s less than probing every field; read + validate ~0.8 s less).
     """
     j = f"j_{alias}"
     return (f"CASE WHEN NOT prefix({j}, '\"') THEN {j} WHEN contains({j}, '\\') THEN {j}->>'$' "

@@ -69,3 +69,11 @@ def test_bench_runs_end_to_end_into_a_data_folder_that_does_not_exist_yet(tmp_pa
     assert rows > 2000 and sum(int(n.replace(",", "")) for n in kept.groups()) == rows
     assert "add 1,000 events to the loaded warehouse" in result.output
     assert list(data.iterdir()) == []
+
+
+def test_bench_working_folder_that_cannot_be_created_is_bad_input(tmp_path, monkeypatch):
+    (tmp_path / "a-file").write_text("")
+    monkeypatch.setenv("METERING_DATA_DIR", str(tmp_path / "a-file" / "data"))
+    result = CliRunner().invoke(cli, ["bench", "ingest", "--events", "1000"])
+    assert result.exit_code == 3
+    assert f"{tmp_path / 'a-file' / 'data'}: cannot create the bench's working folder" in result.output
