@@ -225,6 +225,11 @@ def _json_field(alias: str) -> str:
 _KNOWN_LIST = "[" + ", ".join(f"'{k}'" for k in KNOWN_FIELDS) + "]"
 _REMOVE_KNOWN = sql_string("{" + ",".join(f'"{k}":null' for k in KNOWN_FIELDS) + "}")
 _LOOKUPS = ", ".join(f"m['{key}']::VARCHAR AS j_{alias}" for key, alias in _FIELDS.items())
+# A line has an unknown key only if it has more keys than known ones with a value: a cheap sum that
+# spares the lambda over the keys on the usual line (10M lines: ~0.6 s). A known key holding null
+# counts as absent here, so such a line still goes through the lambda, which decides.
+_MORE_KEYS_THAN_KNOWN = "cardinality(m) > " + " + ".join(f"(j_{alias} IS NOT NULL)::INT" for alias in _FIELDS.values())
+assert set(_FIELDS) == set(KNOWN_FIELDS)
 
 _JSONL_SELECT = f"""
 WITH decoded AS (
@@ -245,7 +250,7 @@ SELECT line,
        {_json_field('value')},
        j_properties AS properties, {_json_type('properties')} AS properties_t,
        false AS properties_canonical,
-       CASE WHEN len(list_filter(map_keys(m), k -> NOT list_contains({_KNOWN_LIST}, k))) > 0
+       CASE WHEN {_MORE_KEYS_THAN_KNOWN} AND len(list_filter(map_keys(m), k -> NOT list_contains({_KNOWN_LIST}, k))) > 0
             THEN json_merge_patch(text, {_REMOVE_KNOWN}) END AS extra
 FROM fields
 """

@@ -232,3 +232,25 @@ def test_json_lines_field_text_and_type_match_duckdb_json_functions(values, asci
     assert [(text, kind) for text, kind, _, _, _ in got] == expected
     assert [(value, kind) for _, _, value, kind, _ in got] == expected
     assert [kind for *_, kind in got] == [kind for _, kind in expected]
+
+
+@settings(max_examples=60, deadline=None)
+@given(lines=st.lists(st.dictionaries(
+    st.sampled_from(["event_id", "customer_id", "meter", "timestamp", "value", "properties", "source", "v2", ""]),
+    st.none() | st.integers(-5, 5) | st.text(max_size=3), max_size=9), min_size=1, max_size=10))
+def test_json_lines_extra_holds_exactly_the_unknown_keys(lines):
+    """Unknown keys are kept in `extra` (nulls included), known ones never, and a line with none has
+    no extra, whichever known keys it has and whether they hold null."""
+    import duckdb
+    import pyarrow as pa
+
+    from metering.ingest import readers
+    from metering.ingest.contract import KNOWN_FIELDS
+
+    con = duckdb.connect()
+    con.register("lines", pa.table({"line": pa.array(range(1, len(lines) + 1), pa.int64()),
+                                    "b": pa.array([json.dumps(d).encode() for d in lines], pa.binary())}))
+    got = [json.loads(x) if x is not None else None for (x,) in con.execute(
+        f"SELECT extra FROM ({readers._JSONL_SELECT.replace('__BATCH__', 'lines')}) ORDER BY line").fetchall()]
+    expected = [{k: v for k, v in d.items() if k not in KNOWN_FIELDS} or None for d in lines]
+    assert got == expected
