@@ -58,6 +58,8 @@ STAGE_COLUMNS = """
     meter VARCHAR, meter_t VARCHAR, ts VARCHAR, ts_t VARCHAR, ts_native TIMESTAMPTZ,
     value VARCHAR, value_t VARCHAR, properties VARCHAR, properties_t VARCHAR, extra VARCHAR,
     properties_canonical BOOLEAN  -- true when `properties` is canonical JSON (keys sorted, compact) of text values
+    -- `properties` is always an object as DuckDB writes it (compact, JSON's own escapes): validation
+    -- keeps an object of one key as it is
 """
 
 

@@ -171,7 +171,8 @@ prepared AS (
         vtext IS NOT NULL AND regexp_full_match(vtext, '{_NUMBER}') AS num_ok,
         CASE WHEN properties_canonical AND properties_t = 'OBJECT' THEN properties
              WHEN pm IS NULL OR cardinality(pm) = 0 THEN '{{}}'
-             WHEN cardinality(pm) = 1 THEN '{{' || to_json(map_keys(pm)[1]) || ':' || map_values(pm)[1] || '}}'
+             -- one key: already canonical, as every reader writes objects back compact with DuckDB
+             WHEN cardinality(pm) = 1 THEN properties
              ELSE '{{' || array_to_string(list_transform(list_sort(map_entries(pm)),
                   e -> to_json(e.key) || ':' || e.value), ',') || '}}' END AS props
     FROM prepared

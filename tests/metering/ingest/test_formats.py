@@ -254,3 +254,24 @@ def test_json_lines_extra_holds_exactly_the_unknown_keys(lines):
         f"SELECT extra FROM ({readers._JSONL_SELECT.replace('__BATCH__', 'lines')}) ORDER BY line").fetchall()]
     expected = [{k: v for k, v in d.items() if k not in KNOWN_FIELDS} or None for d in lines]
     assert got == expected
+
+
+def test_parquet_map_and_json_properties_stored_canonical(tmp_path, con):
+    """Parquet properties as a MAP or as JSON text (not a struct) go through the same parse as JSON
+    lines: one key kept as written back, several sorted, all compact; a non-text value is bad_type."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    base = {"customer_id": ["c"] * 3, "meter": ["api_calls"] * 3, "timestamp": ["2026-10-05T12:00:00Z"] * 3}
+    maps = pa.array([[("k\"ey", "é")], [("region", "eu"), ("model", "large")], []],
+                    pa.map_(pa.string(), pa.string()))
+    pq.write_table(pa.table({"event_id": ["m1", "m2", "m3"], **base, "properties": maps}), tmp_path / "m.parquet")
+    texts = pa.array(['{"k\\"ey" :  "é"}', '{"region": "eu", "model": "large"}', '{"n": 1}'], pa.string())
+    pq.write_table(pa.table({"event_id": ["j1", "j2", "j3"], **base,
+                             "properties": pa.ExtensionArray.from_storage(pa.json_(), texts)}),
+                   tmp_path / "j.parquet")
+    results = [ingest_file(con, tmp_path / name, now=NOW) for name in ("m.parquet", "j.parquet")]
+    assert con.execute("SELECT event_id, properties FROM usage_events ORDER BY 1").fetchall() == [
+        ("j1", '{"k\\"ey":"é"}'), ("j2", '{"model":"large","region":"eu"}'),
+        ("m1", '{"k\\"ey":"é"}'), ("m2", '{"model":"large","region":"eu"}'), ("m3", "{}")]
+    assert [r.reasons for r in results] == [{}, {"bad_type": 1}]
