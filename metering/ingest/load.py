@@ -167,11 +167,14 @@ class _RawLines:
         return len(batch)
 
 
-def _insert_quarantine(con: duckdb.DuckDBPyConnection, meta: list, path: Path, fmt: str) -> int:
+def _insert_quarantine(con: duckdb.DuckDBPyConnection, meta: list, path: Path, fmt: str,
+                       info: readers.StageInfo) -> int:
     """Quarantine rejected rows and conflicting versions, each with its raw text.
 
     Rejected rows carry their text from the read; the text of valid rows is not kept (it would
-    double the memory of a big file), so a conflicting version's line is read again from the file.
+    double the memory of a big file), so a conflicting version's line is read again from the file:
+    found by its byte offset where the offsets are exact (plain JSON lines without `\r\n`: 10M
+    lines, ~1.2 s less), else by re-reading the file.
     """
     con.execute(f"""CREATE OR REPLACE TEMP TABLE _conflict_lines AS
         SELECT line FROM {OUTCOMES} WHERE outcome = '{dedupe.CONFLICT}'""")
@@ -183,7 +186,17 @@ def _insert_quarantine(con: duckdb.DuckDBPyConnection, meta: list, path: Path, f
     else:
         raw_lines = _RawLines(con, "_conflict_lines")
         raw_lines.reset()
-        if con.execute("SELECT count(*) FROM _conflict_lines").fetchone()[0]:
+        wanted = con.execute(f"SELECT e.line, e.byte_offset, e.event_id FROM {EVENTS} e "
+                             f"JOIN _conflict_lines USING (line) ORDER BY e.line").fetchall()
+        found = readers.lines_at(path, wanted) if wanted and info.offsets_exact else None
+        if found:
+            con.register("_found_raw", pa.table({"line": pa.array([line for line, _ in found], pa.int64()),
+                                                 "raw": pa.array([text for _, text in found], pa.string())}))
+            try:
+                con.execute(f"INSERT INTO {_RawLines.table} SELECT line, raw FROM _found_raw")
+            finally:
+                con.unregister("_found_raw")
+        elif wanted:
             readers.stage_lines(con, path, fmt, raw_lines, raw_lines.insert_batch,
                                 batch_bytes=readers.REREAD_BATCH_BYTES)
     inserted = con.execute(f"""
@@ -263,7 +276,7 @@ def ingest_file(
         file_id = con.execute("SELECT coalesce(max(file_id), 0) + 1 FROM ingested_files").fetchone()[0]
         dedupe.resolve(con, EVENTS, OUTCOMES)
         accepted = _insert_clean(con, file_id, info.rows)
-        quarantined = _insert_quarantine(con, meta, path, fmt)
+        quarantined = _insert_quarantine(con, meta, path, fmt, info)
         dropped, conflicts = con.execute(
             f"SELECT count(*) FILTER (outcome = '{dedupe.DUPLICATE}'), count(*) FILTER (outcome = '{dedupe.CONFLICT}') "
             f"FROM {OUTCOMES}").fetchone()

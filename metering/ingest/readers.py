@@ -19,6 +19,7 @@ from __future__ import annotations
 import csv
 import gzip
 import hashlib
+import json
 import logging
 import zlib
 from collections.abc import Callable, Iterator
@@ -29,6 +30,7 @@ from pathlib import Path
 import duckdb
 import polars as pl
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 
 from metering.errors import BadInputError
@@ -57,10 +59,11 @@ STAGE_COLUMNS = """
     event_id VARCHAR, event_id_t VARCHAR, customer_id VARCHAR, customer_id_t VARCHAR,
     meter VARCHAR, meter_t VARCHAR, ts VARCHAR, ts_t VARCHAR, ts_native TIMESTAMPTZ,
     value VARCHAR, value_t VARCHAR, properties VARCHAR, properties_t VARCHAR, extra VARCHAR,
-    properties_canonical BOOLEAN  -- true when `properties` is canonical JSON (keys sorted, compact) of text values
-    -- `properties` is always an object as DuckDB writes it (compact, JSON's own escapes): validation
-    -- keeps an object of one key as it is
+    properties_canonical BOOLEAN,  -- true when `properties` is canonical JSON (keys sorted, compact) of text values
+    byte_offset BIGINT  -- JSON lines: where the line starts in the file (see StageInfo.offsets_exact)
 """
+# `properties` is always an object as DuckDB writes it (compact, JSON's own escapes): validation keeps
+# an object of one key as it is.
 
 
 class Sink(Protocol):
@@ -77,6 +80,9 @@ class StageInfo:
 
     rows: int
     blank_lines: int = 0
+    # every line's `byte_offset` is where it starts in the file: true when the lines' lengths plus one
+    # byte per line end add up to the file's size (no `\r\n`, not gzip)
+    offsets_exact: bool = False
 
 
 def detect_format(path: Path) -> str:
@@ -177,16 +183,23 @@ def stage_lines(
     ] + [lambda: _python_line_batches(path, fmt)]
     for attempt, source in enumerate(sources):
         sink.reset()
-        offset = rows = 0
+        offset = rows = position = 0
         try:
             for column in source():
                 numbers = pl.int_range(offset + 1, offset + 1 + len(column), dtype=pl.Int64, eager=True)
+                # where each line starts if every line ends with one byte (checked against the size below)
+                spans = pc.add(pc.cast(pc.binary_length(column), pa.int64()), 1)
+                ends = pc.cumulative_sum(spans)
+                starts = pc.add(pc.subtract(ends, spans), position)
                 # several record batches, so DuckDB scans (and parses) them on all its threads
-                batch = pa.Table.from_batches(
-                    pa.table({"line": numbers.to_arrow(), "b": column}).to_batches(max_chunksize=SCAN_CHUNK_ROWS))
+                batch = pa.Table.from_batches(pa.table({"line": numbers.to_arrow(), "b": column, "starts_at": starts})
+                                              .to_batches(max_chunksize=SCAN_CHUNK_ROWS))
                 rows += insert_batch(con, sink, batch, offset)
                 offset += len(column)
-            return StageInfo(rows=rows, blank_lines=offset - rows)
+                position += ends[-1].as_py() if len(column) else 0
+            size = path.stat().st_size
+            exact = fmt != "jsonl.gz" and position in (size, size + 1)  # + 1: no line end after the last line
+            return StageInfo(rows=rows, blank_lines=offset - rows, offsets_exact=exact)
         except pa.ArrowInvalid as exc:
             if "Expected 1 columns" in str(exc) and attempt < len(sources) - 1:
                 continue  # the separator byte occurs in the file: try the next one
@@ -194,6 +207,34 @@ def stage_lines(
         except (OSError, EOFError, zlib.error) as exc:
             raise _read_error(path, exc) from None
     raise AssertionError("unreachable")
+
+
+def lines_at(path: Path, wanted: list[tuple[int, int, str]]) -> list[tuple[int, str]] | None:
+    """The text of JSON lines found by seeking: `wanted` holds (line, byte_offset, event_id).
+
+    For the few conflicting versions the quarantine keeps, instead of re-reading the whole file. Each
+    line is checked: it starts after a line end, holds no `\r`, and is an object with that event_id.
+    None when any check fails (the caller then re-reads the file): the offsets came from line
+    lengths, so they are only as good as `StageInfo.offsets_exact`, and the file may have changed.
+    """
+    found = []
+    with open(path, "rb") as fh:
+        for line, at, event_id in wanted:
+            if at is None:
+                return None
+            fh.seek(max(at - 1, 0))
+            if at > 0 and fh.read(1) != b"\n":
+                return None
+            data = fh.readline().removesuffix(b"\n")
+            try:
+                text = data.decode("utf-8")
+                parsed = json.loads(text)
+            except ValueError:
+                return None
+            if b"\r" in data or not isinstance(parsed, dict) or parsed.get("event_id") != event_id:
+                return None
+            found.append((line, text))
+    return found
 
 
 # --------------------------------------------------------------------------- JSON lines
@@ -235,9 +276,9 @@ assert set(_FIELDS) == set(KNOWN_FIELDS)
 
 _JSONL_SELECT = f"""
 WITH decoded AS (
-    SELECT line, b, try(decode(b)) AS text FROM __BATCH__
+    SELECT line, b, starts_at, try(decode(b)) AS text FROM __BATCH__
 ), parsed AS (
-    SELECT line, b, text,
+    SELECT line, b, starts_at, text,
            CASE WHEN text IS NOT NULL THEN try(json_transform(text, '"MAP(VARCHAR, JSON)"')) END AS m
     FROM decoded
     WHERE text IS NULL OR prefix(text, '{{') OR trim(text, ' \t') <> ''
@@ -253,7 +294,8 @@ SELECT line,
        j_properties AS properties, {_json_type('properties')} AS properties_t,
        false AS properties_canonical,
        CASE WHEN {_MORE_KEYS_THAN_KNOWN} AND len(list_filter(map_keys(m), k -> NOT list_contains({_KNOWN_LIST}, k))) > 0
-            THEN json_merge_patch(text, {_REMOVE_KNOWN}) END AS extra
+            THEN json_merge_patch(text, {_REMOVE_KNOWN}) END AS extra,
+       starts_at AS byte_offset
 FROM fields
 """
 
@@ -344,7 +386,8 @@ SELECT line, raw,
        {_csv_field_sql(layout, 'value', 'value')},
        {props if layout.property_columns else "'{}'"} AS properties, 'OBJECT' AS properties_t,
        false AS properties_canonical,
-       CASE WHEN {extra} = '{{}}' THEN NULL ELSE {extra} END AS extra
+       CASE WHEN {extra} = '{{}}' THEN NULL ELSE {extra} END AS extra,
+       NULL::BIGINT AS byte_offset
 FROM __FIELDS__
 """
 
@@ -497,7 +540,7 @@ def stage_parquet(con: duckdb.DuckDBPyConnection, path: Path, fmt: str, sink: Si
                {_parquet_field_sql(types, 'value', 'value')},
                {_parquet_field_sql(types, 'properties', 'properties', props_sql)},
                {props_canonical} AS properties_canonical,
-               {extra} AS extra
+               {extra} AS extra, NULL::BIGINT AS byte_offset
         FROM read_parquet({sql_string(str(path))}, file_row_number = true)"""
     sink.reset()
     try:

@@ -38,7 +38,7 @@ _NUMBER_KINDS = "('BIGINT', 'UBIGINT', 'DOUBLE', 'DECIMAL', 'VARCHAR')"
 CLASSIFIED_COLUMNS = """
     line BIGINT, raw VARCHAR, reason VARCHAR, detail VARCHAR,
     event_id VARCHAR, customer_id VARCHAR, meter VARCHAR, event_time TIMESTAMPTZ, event_date DATE,
-    value DECIMAL(38, 12), properties VARCHAR, extra VARCHAR
+    value DECIMAL(38, 12), properties VARCHAR, extra VARCHAR, byte_offset BIGINT
 """
 
 
@@ -190,7 +190,8 @@ SELECT line,
        CASE WHEN reason IS NULL THEN DATE '1970-01-01' + (epoch_us(t) // 86400000000)::INTEGER END AS event_date,
        CASE WHEN reason IS NULL THEN v12 END AS value,
        CASE WHEN reason IS NULL THEN props END AS properties,
-       extra
+       extra,
+       CASE WHEN reason IS NULL THEN byte_offset END AS byte_offset  -- to fetch a conflicting line's text
 FROM judged
 """
 

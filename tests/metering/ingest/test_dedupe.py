@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import gzip
 import itertools
+import json
+
+import pytest
 
 from metering.ingest import ingest_file
 from tests.metering.ingest.conftest import NOW, event, write_lines
@@ -86,3 +90,60 @@ def test_conflicts_keep_raw_text_in_csv_and_parquet(tmp_path, con):
     assert con.execute("SELECT source_line, raw FROM usage_quarantine ORDER BY source_file").fetchall() == [
         (3, "a,c,tokens,2026-10-05T00:00:00Z,2"),
         (1, '{"event_id":"a","customer_id":"c","meter":"tokens","timestamp":"2026-10-05T00:00:00Z","value":"3"}')]
+
+
+def _conflicting_lines(ending: bytes) -> tuple[bytes, list[bytes]]:
+    """A file whose lines end with `ending`, with blank lines, multi-byte and invalid UTF-8 before
+    two conflicting versions of one event; returns its bytes and the two conflicting lines."""
+    first, second, third = (json.dumps(event("a", value=v), ensure_ascii=False).encode() for v in (1, 2, 3))
+    lines = [json.dumps(event("é€😀", customer_id="ü")).encode(), b"", b"  \t", b'{"event_id": "\xff"}', first,
+             json.dumps(event("b")).encode(), second, b"", third]
+    return ending.join(lines) + ending, [second, third]
+
+
+@pytest.mark.parametrize("ending", [b"\n", b"\r\n", b"\r"])
+@pytest.mark.parametrize("name", ["f.jsonl", "f.jsonl.gz"])
+def test_conflicting_versions_keep_their_exact_raw_line(tmp_path, con, ending, name):
+    """A conflicting version's raw text is fetched by its byte offset where the offsets are exact
+    (plain file, one-byte line ends) and by re-reading the file otherwise: the same text either way."""
+    data, conflicting = _conflicting_lines(ending)
+    path = tmp_path / name
+    path.write_bytes(gzip.compress(data) if name.endswith(".gz") else data)
+    r = ingest_file(con, path, now=NOW)
+    assert (r.rows_accepted, r.conflicting_duplicates) == (3, 2)
+    assert con.execute("SELECT raw FROM usage_quarantine WHERE reason = 'conflicting_duplicate' "
+                       "ORDER BY source_line").fetchall() == [(c.decode(),) for c in conflicting]
+
+
+def test_staged_byte_offsets_are_where_lines_start(tmp_path, con):
+    """Offsets are counted in bytes (not characters), across blank lines and read batches, and are
+    exact only when every line ends with one byte."""
+    from metering.ingest import load, readers
+    from metering.rules.meters import load_meters
+
+    data, _ = _conflicting_lines(b"\n")
+    data = data * 3
+    starts = [0] + [i + 1 for i, byte in enumerate(data) if byte == 0x0A][:-1]
+    for ending, exact in ((b"\n", True), (b"\r\n", False)):
+        path = tmp_path / f"f{len(ending)}.jsonl"
+        path.write_bytes(data.replace(b"\n", ending))
+        sink = load._EventsSink(con, load_meters(), NOW)
+        info = readers.stage_lines(con, path, "jsonl", sink, readers._insert_jsonl_batch, batch_bytes=512)
+        assert info.offsets_exact is exact
+        if exact:
+            assert con.execute(f"SELECT line, byte_offset FROM {load.EVENTS} WHERE reason IS NULL "
+                               f"ORDER BY line").fetchall() == [
+                (line, starts[line - 1]) for line in range(1, len(starts) + 1)
+                if data.split(b"\n")[line - 1].startswith(b'{"event_id": "') and b"\xff" not in data.split(b"\n")[line - 1]]
+        load._drop_temp(con)
+
+
+def test_offsets_that_no_longer_match_the_file_fall_back_to_none(tmp_path):
+    from metering.ingest import readers
+
+    path = tmp_path / "f.jsonl"
+    path.write_bytes(b'{"event_id": "a"}\n{"event_id": "b"}\n')
+    assert readers.lines_at(path, [(2, 18, "b")]) == [(2, '{"event_id": "b"}')]
+    assert readers.lines_at(path, [(2, 18, "a")]) is None   # another event at that place
+    assert readers.lines_at(path, [(2, 17, "b")]) is None   # not the start of a line
+    assert readers.lines_at(path, [(2, None, "b")]) is None

@@ -222,7 +222,8 @@ def test_json_lines_field_text_and_type_match_duckdb_json_functions(values, asci
              for v in values]
     con = duckdb.connect()
     con.register("lines", pa.table({"line": pa.array(range(1, len(lines) + 1), pa.int64()),
-                                    "b": pa.array([s.encode() for s in lines], pa.binary())}))
+                                    "b": pa.array([s.encode() for s in lines], pa.binary()),
+                                    "starts_at": pa.nulls(len(lines), pa.int64())}))
     got = con.execute(f"SELECT event_id, event_id_t, value, value_t, properties_t FROM "
                       f"({readers._JSONL_SELECT.replace('__BATCH__', 'lines')}) ORDER BY line").fetchall()
     expected = con.execute("""
@@ -249,7 +250,8 @@ def test_json_lines_extra_holds_exactly_the_unknown_keys(lines):
 
     con = duckdb.connect()
     con.register("lines", pa.table({"line": pa.array(range(1, len(lines) + 1), pa.int64()),
-                                    "b": pa.array([json.dumps(d).encode() for d in lines], pa.binary())}))
+                                    "b": pa.array([json.dumps(d).encode() for d in lines], pa.binary()),
+                                    "starts_at": pa.nulls(len(lines), pa.int64())}))
     got = [json.loads(x) if x is not None else None for (x,) in con.execute(
         f"SELECT extra FROM ({readers._JSONL_SELECT.replace('__BATCH__', 'lines')}) ORDER BY line").fetchall()]
     expected = [{k: v for k, v in d.items() if k not in KNOWN_FIELDS} or None for d in lines]
