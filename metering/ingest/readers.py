@@ -229,7 +229,7 @@ def lines_at(path: Path, wanted: list[tuple[int, int, str]]) -> list[tuple[int, 
             try:
                 text = data.decode("utf-8")
                 parsed = json.loads(text)
-            except ValueError:
+            except (ValueError, RecursionError):  # RecursionError: nesting deeper than Python parses
                 return None
             if b"\r" in data or not isinstance(parsed, dict) or parsed.get("event_id") != event_id:
                 return None

@@ -147,3 +147,25 @@ def test_offsets_that_no_longer_match_the_file_fall_back_to_none(tmp_path):
     assert readers.lines_at(path, [(2, 18, "a")]) is None   # another event at that place
     assert readers.lines_at(path, [(2, 17, "b")]) is None   # not the start of a line
     assert readers.lines_at(path, [(2, None, "b")]) is None
+
+
+def test_deeply_nested_line_falls_back_to_the_re_read(tmp_path):
+    from metering.ingest import readers
+
+    path = tmp_path / "f.jsonl"
+    deep = '{"event_id": "a", "x": ' + "[" * 5000 + "]" * 5000 + "}"
+    path.write_text(deep + "\n")
+    assert readers.lines_at(path, [(1, 0, "a")]) is None
+
+
+def test_many_conflicts_are_found_by_re_reading(tmp_path, con, monkeypatch):
+    """Past load.SEEK_MAX_LINES conflicting lines the file is re-read instead: the same raw text."""
+    from metering.ingest import load
+
+    monkeypatch.setattr(load, "SEEK_MAX_LINES", 1)
+    data, conflicting = _conflicting_lines(b"\n")
+    (tmp_path / "f.jsonl").write_bytes(data)
+    r = ingest_file(con, tmp_path / "f.jsonl", now=NOW)
+    assert r.conflicting_duplicates == 2
+    assert con.execute("SELECT raw FROM usage_quarantine WHERE reason = 'conflicting_duplicate' "
+                       "ORDER BY source_line").fetchall() == [(c.decode(),) for c in conflicting]
