@@ -142,7 +142,8 @@ def _insert_clean(con: duckdb.DuckDBPyConnection, file_id: int, rows: int) -> in
 
 
 class _RawLines:
-    """Collects the text of chosen lines while `readers.stage_lines` re-reads a file."""
+    """Collects the text of chosen lines, found by seeking or while `readers.stage_lines` re-reads
+    a file."""
 
     table = "_conflict_raw"
 
@@ -194,12 +195,9 @@ def _insert_quarantine(con: duckdb.DuckDBPyConnection, meta: list, path: Path, f
         seek = wanted and info.offsets_exact and len(wanted) <= SEEK_MAX_LINES
         found = readers.lines_at(path, wanted) if seek else None
         if found:
-            con.register("_found_raw", pa.table({"line": pa.array([line for line, _ in found], pa.int64()),
-                                                 "raw": pa.array([text for _, text in found], pa.string())}))
-            try:
-                con.execute(f"INSERT INTO {_RawLines.table} SELECT line, raw FROM _found_raw")
-            finally:
-                con.unregister("_found_raw")
+            raw_lines.insert_batch(con, raw_lines, pa.table({
+                "line": pa.array([line for line, _ in found], pa.int64()),
+                "b": pa.array([data for _, data in found], pa.binary())}), 0)
         elif wanted:
             readers.stage_lines(con, path, fmt, raw_lines, raw_lines.insert_batch,
                                 batch_bytes=readers.REREAD_BATCH_BYTES)

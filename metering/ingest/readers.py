@@ -80,8 +80,8 @@ class StageInfo:
 
     rows: int
     blank_lines: int = 0
-    # every line's `byte_offset` is where it starts in the file: true when the lines' lengths plus one
-    # byte per line end add up to the file's size (no `\r\n`, not gzip)
+    # every line's `byte_offset` is where it starts in the file: true for plain JSON lines whose
+    # lengths plus one byte per line end add up to the file's size (no `\r\n`)
     offsets_exact: bool = False
 
 
@@ -198,7 +198,8 @@ def stage_lines(
                 offset += len(column)
                 position += ends[-1].as_py() if len(column) else 0
             size = path.stat().st_size
-            exact = fmt != "jsonl.gz" and position in (size, size + 1)  # + 1: no line end after the last line
+            # only the JSON-lines reader stages the offsets; + 1: no line end after the last line
+            exact = fmt == "jsonl" and position in (size, size + 1)
             return StageInfo(rows=rows, blank_lines=offset - rows, offsets_exact=exact)
         except pa.ArrowInvalid as exc:
             if "Expected 1 columns" in str(exc) and attempt < len(sources) - 1:
@@ -209,8 +210,8 @@ def stage_lines(
     raise AssertionError("unreachable")
 
 
-def lines_at(path: Path, wanted: list[tuple[int, int, str]]) -> list[tuple[int, str]] | None:
-    """The text of JSON lines found by seeking: `wanted` holds (line, byte_offset, event_id).
+def lines_at(path: Path, wanted: list[tuple[int, int, str]]) -> list[tuple[int, bytes]] | None:
+    """The bytes of JSON lines found by seeking: `wanted` holds (line, byte_offset, event_id).
 
     For the few conflicting versions the quarantine keeps, instead of re-reading the whole file. Each
     line is checked: it starts after a line end, holds no `\r`, and is an object with that event_id.
@@ -227,13 +228,12 @@ def lines_at(path: Path, wanted: list[tuple[int, int, str]]) -> list[tuple[int, 
                 return None
             data = fh.readline().removesuffix(b"\n")
             try:
-                text = data.decode("utf-8")
-                parsed = json.loads(text)
+                parsed = json.loads(data.decode("utf-8"))
             except (ValueError, RecursionError):  # RecursionError: nesting deeper than Python parses
                 return None
             if b"\r" in data or not isinstance(parsed, dict) or parsed.get("event_id") != event_id:
                 return None
-            found.append((line, text))
+            found.append((line, data))
     return found
 
 

@@ -143,7 +143,7 @@ def test_offsets_that_no_longer_match_the_file_fall_back_to_none(tmp_path):
 
     path = tmp_path / "f.jsonl"
     path.write_bytes(b'{"event_id": "a"}\n{"event_id": "b"}\n')
-    assert readers.lines_at(path, [(2, 18, "b")]) == [(2, '{"event_id": "b"}')]
+    assert readers.lines_at(path, [(2, 18, "b")]) == [(2, b'{"event_id": "b"}')]
     assert readers.lines_at(path, [(2, 18, "a")]) is None   # another event at that place
     assert readers.lines_at(path, [(2, 17, "b")]) is None   # not the start of a line
     assert readers.lines_at(path, [(2, None, "b")]) is None
