@@ -140,13 +140,15 @@ def ingest(paths: tuple[str, ...], warehouse_path: str | None, rules_dir: str | 
 @click.option("--workdir", type=click.Path(file_okay=False), default=None,
               help="Where the generated files and the warehouse go (default: a temp folder under data/).")
 @click.option("--keep", is_flag=True, help="Keep the generated files and warehouse.")
+@click.option("--repeat", type=click.IntRange(1), default=1, show_default=True,
+              help="Measure this many times, the floor and the ingestion alternating; print medians and ranges.")
 def bench_ingest(events: int, fmt: str, add_events: int, memory_limit: str, workdir: str | None,
-                 keep: bool) -> None:
+                 keep: bool, repeat: int) -> None:
     """Time full ingestion of N generated events against DuckDB's floor, measured in the same run."""
     from metering.ingest.bench import run_bench
 
     report = run_bench(events=events, fmt=fmt, add_events=add_events, memory_limit=memory_limit,
-                       workdir=Path(workdir) if workdir else None, keep=keep,
+                       workdir=Path(workdir) if workdir else None, keep=keep, repeat=repeat,
                        echo=lambda line: click.echo(line, err=True))
     for line in report.lines():
         click.echo(line)

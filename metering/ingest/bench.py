@@ -2,8 +2,9 @@
 
 The floor is what DuckDB alone needs to read the same file, drop unparsable rows, de-duplicate by
 `event_id` and group by customer x meter x day (no validation, no quarantine, nothing stored).
-Each measurement runs in a child process that reports its own wall time (from before opening the
-file to after the last statement) and its peak resident memory (`getrusage(RUSAGE_SELF)`).
+Each measurement runs in a child process that reports its own wall time (from before it imports
+what it uses to after the last statement) and its peak resident memory. With `repeat` above one,
+every figure is the median of that many runs, the floor and the ingestion alternating.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -96,46 +98,97 @@ def _measure(args: list[str]) -> dict:
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
+def _spread(values: list[float]) -> tuple[float, float, float]:
+    """(median, lowest, highest)."""
+    return statistics.median(values), min(values), max(values)
+
+
 @dataclass
 class BenchReport:
+    """Every run's figures: `floors[i]` and `ingests[i]` were measured back to back, in that order."""
+
     events: int
     fmt: str
     rows: int
     file_bytes: int
     generate_seconds: float
-    floor: dict
-    ingest: dict
-    add: dict | None = None
+    floors: list[dict]
+    ingests: list[dict]
+    adds: list[dict] = field(default_factory=list)
     add_events: int = 0
     notes: list[str] = field(default_factory=list)
 
+    @property
+    def ratios(self) -> list[float]:
+        """Each run's ingestion time over the floor measured just before it."""
+        return [i["seconds"] / f["seconds"] for f, i in zip(self.floors, self.ingests)]
+
     def lines(self) -> list[str]:
         gib = 1024 ** 3
-        ing, flo = self.ingest, self.floor
-        ratio = ing["seconds"] / flo["seconds"] if flo["seconds"] else float("nan")
+        runs = len(self.ingests)
+
+        def figures(samples: list[dict]) -> tuple[float, str, float, float]:
+            """Median seconds, the range when there are several runs, highest peak, median CPU."""
+            median, low, high = _spread([s["seconds"] for s in samples])
+            spread = f"  [{runs} runs: {low:.2f}-{high:.2f} s]" if runs > 1 else ""
+            return (median, spread, max(s["peak_rss_bytes"] for s in samples) / gib,
+                    statistics.median(s["cpu_seconds"] for s in samples))
+
+        flo, flo_spread, flo_peak, flo_cpu = figures(self.floors)
+        ing, ing_spread, ing_peak, ing_cpu = figures(self.ingests)
+        ratio, ratio_low, ratio_high = _spread(self.ratios)
+        ratio_spread = f", {ratio_low:.2f}-{ratio_high:.2f}x by run" if runs > 1 else ""
         out = [
             f"ingest benchmark: {self.events:,} events ({self.rows:,} rows) as {self.fmt}, "
-            f"{self.file_bytes / 1e6:,.0f} MB (generated in {self.generate_seconds:.1f} s)",
-            f"  floor (DuckDB read + dedupe + group): {flo['seconds']:7.2f} s  "
-            f"{self.rows / flo['seconds']:>12,.0f} events/s  peak {flo['peak_rss_bytes'] / gib:.2f} GiB  "
-            f"cpu {flo['cpu_seconds']:.1f} s",
-            f"  full ingestion:                       {ing['seconds']:7.2f} s  "
-            f"{self.rows / ing['seconds']:>12,.0f} events/s  peak {ing['peak_rss_bytes'] / gib:.2f} GiB  "
-            f"cpu {ing['cpu_seconds']:.1f} s  ({ratio:.2f}x floor wall, "
-            f"{ing['cpu_seconds'] / flo['cpu_seconds']:.2f}x floor cpu)",
-            f"  accepted {ing['result']['rows_accepted']:,}, quarantined {ing['result']['rows_quarantined']:,}, "
-            f"duplicates dropped {ing['result']['duplicates_dropped']:,}",
+            f"{self.file_bytes / 1e6:,.0f} MB (generated in {self.generate_seconds:.1f} s)"
+            + (f"; medians of {runs} runs, peaks the highest" if runs > 1 else ""),
+            f"  floor (DuckDB read + dedupe + group): {flo:7.2f} s  {self.rows / flo:>12,.0f} events/s  "
+            f"peak {flo_peak:.2f} GiB  cpu {flo_cpu:.1f} s{flo_spread}",
+            f"  full ingestion:                       {ing:7.2f} s  {self.rows / ing:>12,.0f} events/s  "
+            f"peak {ing_peak:.2f} GiB  cpu {ing_cpu:.1f} s  ({ratio:.2f}x floor wall{ratio_spread}, "
+            f"{ing_cpu / flo_cpu:.2f}x floor cpu){ing_spread}",
         ]
-        if self.add:
-            out.append(f"  add {self.add_events:,} events to the loaded warehouse: {self.add['seconds']:.2f} s, "
-                       f"peak {self.add['peak_rss_bytes'] / gib:.2f} GiB, cpu {self.add['cpu_seconds']:.1f} s")
+        outcomes = sorted({(i["result"]["rows_accepted"], i["result"]["rows_quarantined"],
+                            i["result"]["duplicates_dropped"]) for i in self.ingests})
+        out += [f"  accepted {accepted:,}, quarantined {quarantined:,}, duplicates dropped {dropped:,}"
+                for accepted, quarantined, dropped in outcomes]
+        if len(outcomes) > 1:  # each run ingests the same file into a new warehouse: a bug if they differ
+            out.append("  warning: the runs disagree on the outcome")
+        if self.adds:
+            add, add_spread, add_peak, add_cpu = figures(self.adds)
+            out.append(f"  add {self.add_events:,} events to the loaded warehouse: {add:.2f} s, "
+                       f"peak {add_peak:.2f} GiB, cpu {add_cpu:.1f} s{add_spread}")
         out += [f"  note: {n}" for n in self.notes]
         return out
 
 
+def _of(run: int, repeat: int) -> str:
+    return f" (run {run} of {repeat})" if repeat > 1 else ""
+
+
+def _with_wal(path: Path) -> tuple[Path, Path]:
+    return path, path.with_name(path.name + ".wal")
+
+
+def _remove_warehouse(path: Path) -> None:
+    for stale in _with_wal(path):
+        stale.unlink(missing_ok=True)
+
+
+def _copy_warehouse(source: Path, target: Path) -> None:
+    _remove_warehouse(target)
+    for src, dst in zip(_with_wal(source), _with_wal(target)):
+        if src.exists():
+            shutil.copyfile(src, dst)
+
+
 def run_bench(events: int, fmt: str, add_events: int = 1_000_000, memory_limit: str = "2GB",
-              workdir: Path | None = None, keep: bool = False,
+              workdir: Path | None = None, keep: bool = False, repeat: int = 1,
               echo: Callable[[str], None] = print) -> BenchReport:
+    """Generate the files once, then measure `repeat` times: the floor, then the full ingestion into a
+    new warehouse, alternating, so that each ratio compares two runs made moments apart (a shared
+    host's speed can drift by 10-25 % within minutes); then the added file, each time into a fresh
+    copy of the loaded warehouse."""
     from metering.ingest.generate import GenerateConfig, generate
 
     try:
@@ -155,18 +208,25 @@ def run_bench(events: int, fmt: str, add_events: int = 1_000_000, memory_limit: 
         gen_seconds = time.perf_counter() - started
         path = summary.files[0]
         wh = base / "warehouse.duckdb"
-        echo("measuring the floor ...")
-        floor = _measure(["floor", str(path), fmt])
-        echo("measuring full ingestion ...")
-        ingest = _measure(["ingest", str(path), str(wh), memory_limit])
+        floors, ingests = [], []
+        for run in range(1, repeat + 1):
+            echo(f"measuring the floor{_of(run, repeat)} ...")
+            floors.append(_measure(["floor", str(path), fmt]))
+            echo(f"measuring full ingestion{_of(run, repeat)} ...")
+            _remove_warehouse(wh)
+            ingests.append(_measure(["ingest", str(path), str(wh), memory_limit]))
         report = BenchReport(events=events, fmt=fmt, rows=summary.rows, file_bytes=path.stat().st_size,
-                             generate_seconds=gen_seconds, floor=floor, ingest=ingest, add_events=add_events)
+                             generate_seconds=gen_seconds, floors=floors, ingests=ingests, add_events=add_events)
         if add_events:
-            echo(f"generating and adding {add_events:,} more events ...")
+            echo(f"generating {add_events:,} more events ...")
             more = generate(GenerateConfig(seed=8, customers=1000, events=add_events, formats=(fmt,),
                                            single_file=True, late_share=0.0, hostile_share=0.0),
                             base / "more")
-            report.add = _measure(["ingest", str(more.files[0]), str(wh), memory_limit])
+            loaded = base / "warehouse-plus.duckdb"
+            for run in range(1, repeat + 1):
+                echo(f"adding them to the loaded warehouse{_of(run, repeat)} ...")
+                _copy_warehouse(wh, loaded)
+                report.adds.append(_measure(["ingest", str(more.files[0]), str(loaded), memory_limit]))
         report.notes.append(f"{os.cpu_count()} CPU(s); the machine may be shared: compare against the floor "
                             "measured in the same run, not against absolute numbers")
         return report

@@ -77,3 +77,46 @@ def test_bench_working_folder_that_cannot_be_created_is_bad_input(tmp_path, monk
     result = CliRunner().invoke(cli, ["bench", "ingest", "--events", "1000"])
     assert result.exit_code == 3
     assert f"{tmp_path / 'a-file' / 'data'}: cannot create the bench's working folder" in result.output
+
+
+def test_bench_report_gives_medians_ranges_and_the_median_of_paired_ratios():
+    """Hand-made runs: the ratio is the median of each run's ingestion over the floor measured just
+    before it (4.0), not the ratio of the medians (10 / 3 = 3.33); peaks are the highest."""
+    from metering.ingest.bench import BenchReport
+
+    gib = 1024 ** 3
+
+    def run(seconds: float, cpu: float, peak_gib: float, accepted: int = 0) -> dict:
+        result = {"rows_accepted": accepted, "rows_quarantined": 5, "duplicates_dropped": 5}
+        return {"seconds": seconds, "cpu_seconds": cpu, "peak_rss_bytes": peak_gib * gib, "result": result}
+
+    report = BenchReport(
+        events=1000, fmt="parquet", rows=1010, file_bytes=10**6, generate_seconds=1.0,
+        floors=[run(2.0, 4.0, 1.0), run(4.0, 8.0, 1.5), run(3.0, 6.0, 1.25)],
+        ingests=[run(8.0, 16.0, 2.0, 1000), run(10.0, 20.0, 2.5, 1000), run(12.0, 24.0, 2.25, 1000)],
+        adds=[run(1.5, 3.0, 0.5), run(1.75, 3.5, 0.75), run(2.25, 4.5, 0.5)], add_events=100)
+    assert report.ratios == [4.0, 2.5, 4.0]
+    text = "\n".join(report.lines())
+    assert "medians of 3 runs" in text
+    assert "floor (DuckDB read + dedupe + group):    3.00 s           337 events/s  peak 1.50 GiB  cpu 6.0 s" \
+           "  [3 runs: 2.00-4.00 s]" in text
+    assert "full ingestion:                         10.00 s           101 events/s  peak 2.50 GiB  cpu 20.0 s" \
+           "  (4.00x floor wall, 2.50-4.00x by run, 3.33x floor cpu)  [3 runs: 8.00-12.00 s]" in text
+    assert "accepted 1,000, quarantined 5, duplicates dropped 5" in text and "disagree" not in text
+    assert "add 100 events to the loaded warehouse: 1.75 s, peak 0.75 GiB, cpu 3.5 s  [3 runs: 1.50-2.25 s]" in text
+
+    report.ingests[1]["result"] = {"rows_accepted": 999, "rows_quarantined": 6, "duplicates_dropped": 5}
+    assert "warning: the runs disagree on the outcome" in "\n".join(report.lines())
+
+
+def test_bench_repeat_measures_each_step_that_many_times(tmp_path, monkeypatch):
+    import re
+
+    monkeypatch.setenv("METERING_DATA_DIR", str(tmp_path / "data"))
+    result = CliRunner().invoke(cli, ["bench", "ingest", "--events", "2000", "--add", "1000", "--repeat", "2"])
+    assert result.exit_code == 0, result.output
+    assert "medians of 2 runs" in result.output
+    ranges = re.findall(r"\[2 runs: ([\d.]+)-([\d.]+) s\]", result.output)
+    assert len(ranges) == 3 and all(float(low) <= float(high) for low, high in ranges)  # floor, ingestion, add
+    assert len(re.findall(r"^  accepted ", result.output, re.M)) == 1  # both runs ingested the same way
+    assert CliRunner().invoke(cli, ["bench", "ingest", "--repeat", "0"]).exit_code == 2
