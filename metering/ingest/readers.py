@@ -237,6 +237,16 @@ def lines_at(path: Path, wanted: list[tuple[int, int, str]]) -> list[tuple[int, 
     return found
 
 
+NOT_BLANK = "b >= '!'::BLOB OR try(decode(b)) IS NULL OR trim(try(decode(b)), ' \t') <> ''"
+"""SQL: the line `b` (bytes) is a row, not a blank line (empty, or only spaces and tabs).
+
+DuckDB pushes a filter below the projection that computes `text` by pasting the expression in, so
+a filter on `text` decodes each line again for every test it makes. A line whose first byte is
+`!` (0x21) or above cannot be blank, and comparing bytes decodes nothing: the usual line passes on
+that first test (10M JSON lines: ~2.5-5 CPU-s less). The rest decide on the decoded text.
+"""
+
+
 # --------------------------------------------------------------------------- JSON lines
 
 
@@ -281,7 +291,7 @@ WITH decoded AS (
     SELECT line, b, starts_at, text,
            CASE WHEN text IS NOT NULL THEN try(json_transform(text, '"MAP(VARCHAR, JSON)"')) END AS m
     FROM decoded
-    WHERE text IS NULL OR prefix(text, '{{') OR trim(text, ' \t') <> ''
+    WHERE {NOT_BLANK}
 ), fields AS (
     SELECT *, {_LOOKUPS} FROM parsed  -- each key looked up once
 )
@@ -421,8 +431,7 @@ def stage_csv(con: duckdb.DuckDBPyConnection, path: Path, fmt: str, sink: Sink) 
         try:
             con.execute(f"""
                 CREATE OR REPLACE TEMP TABLE _csv_decoded AS
-                SELECT line, b, try(decode(b)) AS text FROM {name}
-                WHERE try(decode(b)) IS NULL OR trim(try(decode(b)), ' \t') <> ''""")
+                SELECT line, b, try(decode(b)) AS text FROM {name} WHERE {NOT_BLANK}""")
             quoted = con.execute(
                 "SELECT line, text FROM _csv_decoded WHERE text IS NOT NULL AND contains(text, '\"')"
             ).fetchall()
@@ -440,7 +449,9 @@ def stage_csv(con: duckdb.DuckDBPyConnection, path: Path, fmt: str, sink: Sink) 
             con.unregister("_csv_quoted")
             con.execute("DROP TABLE IF EXISTS _csv_decoded")
 
-    return stage_lines(con, path, "csv", sink, insert_batch)
+    info = stage_lines(con, path, "csv", sink, insert_batch)
+    info.blank_lines -= 1  # the header line is neither a row nor blank (a file without one fails above)
+    return info
 
 
 # --------------------------------------------------------------------------- Parquet

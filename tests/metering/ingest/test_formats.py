@@ -88,6 +88,50 @@ def test_blank_lines_are_not_rows(tmp_path, con):
     assert con.execute("SELECT source_line FROM usage_events ORDER BY 1").fetchall() == [(1,), (4,)]
 
 
+# bytes around the test's edges: space, tab, '!' (the first byte that cannot start a blank line) and
+# the one below it, other control bytes, '{', a multi-byte character and bytes that are not UTF-8
+_LINE_BYTES = st.binary(max_size=6) | st.lists(
+    st.sampled_from([b" ", b"\t", b"!", b"\x1f", b"\x00", b"\r", b"\x0b", b"{", b"a", "é".encode(), b"\xff", b"\x80"]),
+    max_size=6).map(b"".join)
+
+
+@settings(max_examples=200, deadline=None)
+@given(lines=st.lists(_LINE_BYTES, min_size=1, max_size=20))
+def test_a_line_is_blank_exactly_when_it_holds_only_spaces_and_tabs(lines):
+    """`readers.NOT_BLANK` decides on the first byte where it can and decodes the rest; for any bytes it
+    must agree with the rule itself: blank = empty or only spaces and tabs."""
+    import duckdb
+    import pyarrow as pa
+
+    from metering.ingest import readers
+
+    con = duckdb.connect()
+    con.register("lines", pa.table({"i": pa.array(range(len(lines)), pa.int64()), "b": pa.array(lines, pa.binary())}))
+    got = [kept for (kept,) in con.execute(f"SELECT {readers.NOT_BLANK} FROM lines ORDER BY i").fetchall()]
+    assert got == [not set(line) <= set(b" \t") for line in lines]
+
+
+@pytest.mark.parametrize("fmt", ["jsonl", "csv"])
+def test_lines_that_only_look_blank_are_rows(fmt, tmp_path, con):
+    """Blank lines are skipped in both text formats; a line that starts with a space or a control byte
+    but holds something else is a row (quarantined here, as it is not a valid row)."""
+    if fmt == "csv":
+        header = [b"event_id,customer_id,meter,timestamp,value"]
+        good = [b"a,c,api_calls,2026-10-05T00:00:00Z,", b"b,c,api_calls,2026-10-05T00:00:00Z,"]
+    else:
+        header, good = [], [json.dumps(event("a")).encode(), json.dumps(event("b")).encode()]
+    lookalikes = [b"", b" \t ", b"\t", b" \x01", b"\x1fx", b" \xff"]
+    path = write_lines(tmp_path / f"f.{fmt}", [*header, good[0], *lookalikes, good[1]])
+    result = ingest_file(con, path, now=NOW)
+    assert (result.rows_read, result.blank_lines, result.rows_accepted, result.rows_quarantined) == (5, 3, 2, 3)
+    assert con.execute("SELECT blank_lines FROM ingested_files").fetchone() == (3,)  # a CSV header is not blank
+    first = len(header) + 2  # the physical line of the first look-alike
+    assert con.execute("SELECT source_line FROM usage_quarantine ORDER BY 1").fetchall() == \
+        [(first + 3,), (first + 4,), (first + 5,)]
+    assert con.execute("SELECT raw FROM usage_quarantine ORDER BY source_line").fetchall() == \
+        [(" \x01",), ("\x1fx",), (" \\xff",)]
+
+
 def test_crlf_line_endings(tmp_path, con):
     path = tmp_path / "f.jsonl"
     path.write_bytes(b'{"event_id":"a","customer_id":"c","meter":"api_calls","timestamp":"2026-10-05T00:00:00Z"}\r\n' * 1
