@@ -33,7 +33,9 @@ _NUMBER = r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?"
 _NON_FINITE = "['nan', '+nan', '-nan', 'inf', '+inf', '-inf', 'infinity', '+infinity', '-infinity']"
 _CONTROL = r"[\x00-\x1f\x7f]"
 _HAS_E = "(contains(vtext, 'e') OR contains(vtext, 'E'))"
-_NUMBER_KINDS = "('BIGINT', 'UBIGINT', 'DOUBLE', 'DECIMAL', 'VARCHAR')"
+# a list for list_contains, not an `IN (...)` list: DuckDB turns an IN list of five constants into a
+# join against them, one hash probe per row (10M rows: classification ~0.35 s slower)
+_NUMBER_KINDS = "['BIGINT', 'UBIGINT', 'DOUBLE', 'DECIMAL', 'VARCHAR']"
 
 CLASSIFIED_COLUMNS = """
     line BIGINT, raw VARCHAR, reason VARCHAR, detail VARCHAR,
@@ -124,7 +126,7 @@ def _checks(meters: dict[str, Meter], now: datetime) -> list[tuple[str, str, str
     checks += [
         ("non_finite_value", f"NOT num_ok AND list_contains({_NON_FINITE}, lower(vtext))",
          "'value ' || vtext || ' is not finite'"),
-        ("bad_type", f"value_t <> 'NULL' AND (value_t NOT IN {_NUMBER_KINDS} OR NOT num_ok)",
+        ("bad_type", f"value_t <> 'NULL' AND (NOT list_contains({_NUMBER_KINDS}, value_t) OR NOT num_ok)",
          "'value must be a decimal number, got ' || coalesce(vtext, lower(value_t))"),
         ("value_too_large", f"vtext IS NOT NULL AND (v12 IS NULL OR abs(v12) > {MAX_VALUE})",
          f"'value ' || vtext || ' exceeds {MAX_VALUE}'"),
@@ -154,7 +156,7 @@ prepared AS (
     SELECT *,
         CASE WHEN {_parsed_properties_needed(meters)} THEN try(json_transform(properties, '"MAP(VARCHAR, JSON)"'))
         END AS pm,
-        CASE WHEN value_t IN {_NUMBER_KINDS} THEN trim(value) END AS vtext,
+        CASE WHEN list_contains({_NUMBER_KINDS}, value_t) THEN trim(value) END AS vtext,
         CASE WHEN ts_native IS NOT NULL THEN ts_native
              -- RFC 3339 first: the common case, and exclusive with the digits-only epoch form
              WHEN ts_t = 'VARCHAR' AND regexp_full_match(ts, '{_RFC3339}') THEN try_cast(ts AS TIMESTAMPTZ)

@@ -111,6 +111,46 @@ def test_a_line_is_blank_exactly_when_it_holds_only_spaces_and_tabs(lines):
     assert got == [not set(line) <= set(b" \t") for line in lines]
 
 
+@pytest.mark.parametrize("fmt", ["jsonl", "parquet"])
+def test_classification_plan_has_no_join(fmt, tmp_path):
+    """Every check looks at its row alone, so the classifying query's plan has no join. DuckDB turns
+    `x IN (...)` with five or more constants into a join against them, a hash probe per row, which
+    `validate` avoids; a join here means a check brought one back."""
+    import duckdb
+    import pyarrow as pa
+
+    from metering.ingest import readers, validate
+    from metering.rules.meters import load_meters
+
+    con = duckdb.connect()
+    if fmt == "jsonl":
+        con.register("lines", pa.table({"line": pa.array([1], pa.int64()), "b": pa.array([b"{}"], pa.binary()),
+                                        "starts_at": pa.array([0], pa.int64())}))
+        source = readers._JSONL_SELECT.replace("__BATCH__", "lines")
+    else:
+        path = tmp_path / "f.parquet"
+        pl.DataFrame([event("a")]).write_parquet(path)
+
+        class Capture:
+            sql = ""
+
+            def reset(self) -> None: ...
+
+            def insert(self, sql: str) -> int:
+                Capture.sql = sql
+                return 0
+
+        readers.stage_parquet(con, path, fmt, Capture())
+        source = Capture.sql
+    plan = con.execute("EXPLAIN (FORMAT json) " + validate.classify_select(source, load_meters(), NOW)).fetchall()
+
+    def operators(node: dict) -> list[str]:
+        return [node["name"], *(name for child in node.get("children", []) for name in operators(child))]
+
+    names = [name for node in json.loads(plan[0][1]) for name in operators(node)]
+    assert not [name for name in names if "JOIN" in name], names
+
+
 @pytest.mark.parametrize("fmt", ["jsonl", "csv"])
 def test_lines_that_only_look_blank_are_rows(fmt, tmp_path, con):
     """Blank lines are skipped in both text formats; a line that starts with a space or a control byte
