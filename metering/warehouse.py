@@ -22,6 +22,7 @@ import hashlib
 import logging
 import os
 import re
+import sys
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -48,8 +49,19 @@ def is_memory_limit(text: str) -> bool:
     return _MEMORY_LIMIT.fullmatch(text) is not None
 
 
+def _on_a_terminal() -> bool:
+    try:
+        return sys.stdout.isatty()
+    except (AttributeError, ValueError):  # no stdout, or a closed one
+        return False
+
+
 def _configure(con: duckdb.DuckDBPyConnection, memory_limit: str | None, threads: int | None) -> None:
     con.execute("SET TimeZone = 'UTC'")
+    # DuckDB draws a progress bar on stdout for any query that runs over 2 s: on a terminal it shows
+    # long work, but piped it would land in the middle of `--json` output or a job's logs
+    if not _on_a_terminal():
+        con.execute("SET enable_progress_bar = false")
     if memory_limit:
         if not is_memory_limit(memory_limit.strip()):
             raise BadInputError(f"memory limit: {memory_limit!r} is not a size like 2GB or 512MiB")

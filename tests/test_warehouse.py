@@ -146,3 +146,20 @@ def test_usage_events_text_columns_keep_their_named_compression(tmp_path):
                                    pragma_storage_info('usage_events') WHERE segment_type IN ('VARCHAR', 'JSON')
                                    AND column_name <> 'extra' GROUP BY 1""").fetchall())  # extra stays automatic
     assert used == {"event_id": "FSST", "customer_id": "Dictionary", "meter": "Dictionary", "properties": "Dictionary"}
+
+
+def test_no_progress_bar_in_piped_output(tmp_path):
+    """DuckDB's Python client draws a progress bar on stdout for any query over 2 s (it is on by
+    default): piped, that would land in `--json` output or a job's logs, so a warehouse opened with
+    stdout not a terminal turns it off."""
+    import subprocess
+    import sys
+
+    script = (f"import duckdb\n"
+              f"from metering import warehouse\n"
+              f"print(duckdb.connect().execute(\"SELECT current_setting('enable_progress_bar')\").fetchone()[0])\n"
+              f"with warehouse.open_warehouse({str(tmp_path / 'w.duckdb')!r}) as con:\n"
+              f"    print(con.execute(\"SELECT current_setting('enable_progress_bar')\").fetchone()[0])\n")
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == "True\nFalse\n"  # DuckDB's default, then the warehouse's
