@@ -110,6 +110,17 @@ def connect(
     return con
 
 
+def database_files(path: Path) -> tuple[Path, Path]:
+    """A DuckDB database file and its write-ahead log, which DuckDB names after it plus `.wal`."""
+    return path, path.with_name(path.name + ".wal")
+
+
+def remove_database(path: Path) -> None:
+    """Delete a DuckDB database file and its write-ahead log, where they exist."""
+    for file in database_files(path):
+        file.unlink(missing_ok=True)
+
+
 @contextlib.contextmanager
 def open_warehouse(
     path: str | os.PathLike[str] | None = None, *, read_only: bool = False, **kwargs: Any
@@ -234,8 +245,7 @@ def publish(
     dest = config.snapshot_path(snapshot)
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = dest.with_name(f".{dest.name}.{os.getpid()}.tmp")
-    for leftover in (tmp, tmp.with_name(tmp.name + ".wal")):
-        leftover.unlink(missing_ok=True)
+    remove_database(tmp)
     if con is not None:
         source_db = con.execute("SELECT current_database()").fetchone()[0]
         con.execute(f"ATTACH {sql_string(str(tmp))} AS snapshot_target")

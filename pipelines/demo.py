@@ -272,8 +272,8 @@ def _prepare(options: DemoOptions) -> None:
         for path in (options.raw, options.landing.parent, options.sandbox_state.parent,
                      options.data_dir / "reports", options.data_dir / "outbox", options.data_dir / "published"):
             shutil.rmtree(path, ignore_errors=True)
-        for path in (options.warehouse, options.warehouse.with_suffix(".duckdb.wal"), options.customers_file):
-            path.unlink(missing_ok=True)
+        warehouse.remove_database(options.warehouse)
+        options.customers_file.unlink(missing_ok=True)
     options.data_dir.mkdir(parents=True, exist_ok=True)
     options.sandbox_state.parent.mkdir(parents=True, exist_ok=True)
 

@@ -23,7 +23,7 @@ from pathlib import Path
 
 from metering import config
 from metering.errors import BadInputError
-from metering.warehouse import sql_string
+from metering.warehouse import database_files, remove_database, sql_string
 
 
 def _floor_sql(path: Path, fmt: str) -> str:
@@ -166,18 +166,9 @@ def _of(run: int, repeat: int) -> str:
     return f" (run {run} of {repeat})" if repeat > 1 else ""
 
 
-def _with_wal(path: Path) -> tuple[Path, Path]:
-    return path, path.with_name(path.name + ".wal")
-
-
-def _remove_warehouse(path: Path) -> None:
-    for stale in _with_wal(path):
-        stale.unlink(missing_ok=True)
-
-
 def _copy_warehouse(source: Path, target: Path) -> None:
-    _remove_warehouse(target)
-    for src, dst in zip(_with_wal(source), _with_wal(target)):
+    remove_database(target)
+    for src, dst in zip(database_files(source), database_files(target)):
         if src.exists():
             shutil.copyfile(src, dst)
 
@@ -213,7 +204,7 @@ def run_bench(events: int, fmt: str, add_events: int = 1_000_000, memory_limit: 
             echo(f"measuring the floor{_of(run, repeat)} ...")
             floors.append(_measure(["floor", str(path), fmt]))
             echo(f"measuring full ingestion{_of(run, repeat)} ...")
-            _remove_warehouse(wh)
+            remove_database(wh)
             ingests.append(_measure(["ingest", str(path), str(wh), memory_limit]))
         report = BenchReport(events=events, fmt=fmt, rows=summary.rows, file_bytes=path.stat().st_size,
                              generate_seconds=gen_seconds, floors=floors, ingests=ingests, add_events=add_events)

@@ -63,8 +63,7 @@ def run(rules: Rules, base_url: str, api_key: str, scratch: Path, *, customers: 
     """Run the benchmark against the sandbox at `base_url` (its clock should be frozen near `day`)."""
     client = make_client(StripeSettings(api_key=api_key, api_base=base_url, meter_events_base=base_url))
     db = scratch / "bench_push.duckdb"
-    for leftover in (db, db.with_name(db.name + ".wal")):
-        leftover.unlink(missing_ok=True)
+    warehouse.remove_database(db)
     cust, agg = synthetic(rules, customers, day)
     now = now or dt.datetime(day.year, day.month, day.day, 23, tzinfo=dt.timezone.utc)
     with warehouse.open_warehouse(db) as con:
