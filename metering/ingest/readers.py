@@ -117,11 +117,8 @@ def check_magic(path: Path, fmt: str) -> None:
 
 def file_hash(path: Path) -> str:
     """SHA-256 of the file's bytes: the file's identity (the same content is ingested once)."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while chunk := fh.read(8 << 20):
-            digest.update(chunk)
-    return digest.hexdigest()
+    with open(path, "rb") as fh:  # file_digest reads into one reused buffer, hashing without the GIL
+        return hashlib.file_digest(fh, "sha256").hexdigest()
 
 
 # --------------------------------------------------------------------------- line splitting

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import hashlib
 import json
 import shutil
 
@@ -28,6 +29,28 @@ def test_reingest_changes_nothing(tmp_path, con):
     copy = shutil.copy(path, tmp_path / "copy.jsonl")
     renamed = ingest_file(con, copy, now=NOW)
     assert first.status == "ingested" and again.status == renamed.status == "skipped"
+    assert _digests(con) == before
+
+
+def test_file_identity_is_the_content_hash_whichever_way_it_is_computed(tmp_path, con):
+    # A file of a size never ingested cannot be a re-ingest: its hash is computed beside the read.
+    # A file of a size already seen is hashed first, to skip it without reading when it is a copy.
+    first = write_lines(tmp_path / "a.jsonl", [event("a")])
+    same_size = write_lines(tmp_path / "b.jsonl", [event("b")])
+    other_size = write_lines(tmp_path / "c.jsonl", [event("c"), event("d")])
+    assert first.stat().st_size == same_size.stat().st_size != other_size.stat().st_size
+    results = [ingest_file(con, p, now=NOW) for p in (first, same_size, other_size)]
+    assert [r.status for r in results] == ["ingested"] * 3
+    expected = [hashlib.sha256(p.read_bytes()).hexdigest() for p in (first, same_size, other_size)]
+    assert [r.file_hash for r in results] == expected
+    assert con.execute("SELECT file_hash, bytes FROM ingested_files ORDER BY file_id").fetchall() == [
+        (h, p.stat().st_size) for h, p in zip(expected, (first, same_size, other_size))]
+    # a manifest entry of unknown size (older warehouses) may be any file: copies are still skipped
+    con.execute("UPDATE ingested_files SET bytes = NULL WHERE file_hash = ?", [expected[2]])
+    before = _digests(con)
+    copies = [ingest_file(con, shutil.copy(p, tmp_path / f"copy-{p.name}"), now=NOW)
+              for p in (first, other_size)]
+    assert [(r.status, r.file_hash) for r in copies] == [("skipped", expected[0]), ("skipped", expected[2])]
     assert _digests(con) == before
 
 
