@@ -15,8 +15,8 @@ So the counts never depend on arrival order: accepted = distinct ids, conflicts 
 versions - distinct ids, duplicates = rows - distinct versions. Which version is clean does.
 
 Only rows whose id repeats (in the file or against the warehouse) reach the detailed SQL; unique
-new ids take the fast path, so the cost is one grouping of the batch plus one semi-join against
-the stored ids. The payload hash is computed for those few rows only (and for the stored events
+new ids take the fast path, so the cost is one grouping of the batch (by a hash of the id,
+`ID_KEY`) plus one semi-join against the stored ids. The payload hash is computed for those few rows only (and for the stored events
 they meet), from the typed columns both sides hold: it is never stored with a clean event, which
 made every insert pay for hashing and compressing 32 random hex characters per row.
 """
@@ -29,6 +29,11 @@ from metering.ingest.contract import VALUE_SCALE
 
 DUPLICATE = "duplicate"
 CONFLICT = "conflict"
+ID_KEY = "hash(event_id)"
+"""What the batch is grouped by to find the ids that repeat. A 64-bit hash groups faster and in less
+memory than the text: 10M ids 0.15-0.3 s less, and the text's grouping spilled ~250 MB to disk under
+a 2 GB memory_limit beside the staged rows. Rows whose hashes meet only by collision go through the
+detailed SQL, which judges by event_id itself, and come out accepted like any unique id."""
 
 
 def payload_hash_sql() -> str:
@@ -51,7 +56,7 @@ def resolve(con: duckdb.DuckDBPyConnection, events: str, outcomes: str) -> None:
     """
     con.execute(f"""
         CREATE OR REPLACE TEMP TABLE _dedupe_repeated AS
-        SELECT event_id FROM {events} WHERE reason IS NULL GROUP BY event_id HAVING count(*) > 1""")
+        SELECT {ID_KEY} AS id_key FROM {events} WHERE reason IS NULL GROUP BY 1 HAVING count(*) > 1""")
     con.execute(f"""
         CREATE OR REPLACE TEMP TABLE _dedupe_stored AS
         SELECT event_id, {payload_hash_sql()} AS payload_hash, true AS clean FROM usage_events
@@ -64,8 +69,8 @@ def resolve(con: duckdb.DuckDBPyConnection, events: str, outcomes: str) -> None:
         CREATE OR REPLACE TEMP TABLE {outcomes} AS
         WITH special AS (
             SELECT line, event_id, {payload_hash_sql()} AS payload_hash FROM {events}
-            WHERE reason IS NULL AND event_id IN (
-                SELECT event_id FROM _dedupe_repeated UNION SELECT event_id FROM _dedupe_stored)
+            WHERE reason IS NULL AND {ID_KEY} IN (
+                SELECT id_key FROM _dedupe_repeated UNION SELECT {ID_KEY} FROM _dedupe_stored)
         ), versions AS (
             SELECT event_id, payload_hash, min(line) AS first_line FROM special GROUP BY ALL
         ), judged AS (

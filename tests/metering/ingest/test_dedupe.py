@@ -169,3 +169,34 @@ def test_many_conflicts_are_found_by_re_reading(tmp_path, con, monkeypatch):
     assert r.conflicting_duplicates == 2
     assert con.execute("SELECT raw FROM usage_quarantine WHERE reason = 'conflicting_duplicate' "
                        "ORDER BY source_line").fetchall() == [(c.decode(),) for c in conflicting]
+
+
+@pytest.mark.parametrize("id_key", ["length(event_id)", "0"])
+def test_ids_whose_keys_collide_are_still_judged_by_event_id(tmp_path, monkeypatch, id_key):
+    """The batch is grouped by a hash of the id (`dedupe.ID_KEY`); ids whose hashes collide must come
+    out as if they did not. With a key that collides for every id of one length (or for all ids), the
+    outcomes equal those under the real hash."""
+    from metering import warehouse
+    from metering.ingest import dedupe
+
+    files = [
+        [event("aa", value=1), event("bb"), event("cc"), event("aa", value=1), event("dd", value=2)],
+        [event("aa", value=3), event("bb"), event("ee"), event("ff", value=1), event("ff", value=2),
+         event("aa", value=3), event("gg")],
+    ]
+
+    def outcome(run: str) -> tuple:
+        con = warehouse.connect(tmp_path / f"{run}.duckdb")
+        results = [ingest_file(con, write_lines(tmp_path / run / f"{i}.jsonl", lines), now=NOW)
+                   for i, lines in enumerate(files)]
+        counts = [(r.rows_accepted, r.rows_quarantined, r.duplicates_dropped, r.conflicting_duplicates)
+                  for r in results]
+        clean = con.execute("SELECT event_id, value::INT, file_id, source_line FROM usage_events ORDER BY ALL").fetchall()
+        rejected = con.execute("SELECT event_id, source_line, reason FROM usage_quarantine ORDER BY ALL").fetchall()
+        con.close()
+        return counts, clean, rejected
+
+    expected = outcome("hash")
+    assert expected[0] == [(4, 0, 1, 0), (3, 2, 2, 2)]
+    monkeypatch.setattr(dedupe, "ID_KEY", id_key)
+    assert outcome("colliding") == expected
