@@ -16,9 +16,10 @@ versions - distinct ids, duplicates = rows - distinct versions. Which version is
 
 Only rows whose id repeats (in the file or against the warehouse) reach the detailed SQL; unique
 new ids take the fast path, so the cost is one grouping of the batch (by a hash of the id,
-`ID_KEY`) plus one semi-join against the stored ids. The payload hash is computed for those few rows only (and for the stored events
-they meet), from the typed columns both sides hold: it is never stored with a clean event, which
-made every insert pay for hashing and compressing 32 random hex characters per row.
+`ID_KEY`) plus one semi-join against the stored ids. The payload hash is computed for those few
+rows only (and for the stored events they meet), from the typed columns both sides hold: it is
+never stored with a clean event, which made every insert pay for hashing and compressing 32
+random hex characters per row.
 """
 
 from __future__ import annotations
