@@ -329,7 +329,7 @@ def ingest_file(
             "duplicates_dropped, event_dates, ingested_at, bytes, blank_lines, conflicting_duplicates, file_id) "
             "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             [digest, str(path), fmt, info.rows, accepted, quarantined, dropped, json.dumps(dates),
-             ingested_at, path.stat().st_size, info.blank_lines, conflicts, file_id],
+             ingested_at, size, info.blank_lines, conflicts, file_id],
         )
         stored = _stored_counts(con, file_id, digest)
         if stored != (accepted, quarantined):
