@@ -70,6 +70,12 @@ def _configure(con: duckdb.DuckDBPyConnection, memory_limit: str | None, threads
         con.execute(f"SET threads = {int(threads)}")
 
 
+def _lock_holder(message: str) -> str:
+    """' (PID n, program)' from DuckDB's lock error, which names the process holding the file."""
+    found = re.search(r"lock is held in (.+?) \(PID (\d+)\)", message)
+    return f" (PID {found.group(2)}, {found.group(1)})" if found else ""
+
+
 def connect(
     path: str | os.PathLike[str] | None = None,
     *,
@@ -96,7 +102,7 @@ def connect(
                 raise
             if time.monotonic() >= deadline:
                 raise WarehouseLockedError(
-                    f"{target}: the warehouse is held by another writing process; "
+                    f"{target}: the warehouse is held by another writing process{_lock_holder(str(exc))}; "
                     "wait for the running job to finish, or read the published snapshot instead"
                 ) from None
             time.sleep(0.2)

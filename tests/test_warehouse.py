@@ -57,8 +57,9 @@ def test_second_writer_process_fails_fast_with_clear_error(tmp_path):
     )
     try:
         assert holder.stdout.readline().strip() == "ready"
-        with pytest.raises(WarehouseLockedError, match="held by another writing process"):
+        with pytest.raises(WarehouseLockedError, match="held by another writing process") as raised:
             warehouse.connect(path)
+        assert f"(PID {holder.pid}, " in str(raised.value)   # which process holds it, as DuckDB says
     finally:
         holder.stdin.write("\n"); holder.stdin.flush(); holder.wait(timeout=30)
 
