@@ -70,6 +70,12 @@ def _configure(con: duckdb.DuckDBPyConnection, memory_limit: str | None, threads
         con.execute(f"SET threads = {int(threads)}")
 
 
+def _is_lock_conflict(message: str) -> bool:
+    """DuckDB's error for a file another process holds: 'Could not set lock on file "...": Conflicting
+    lock is held in <program> (PID n)' or '...: Resource temporarily unavailable'."""
+    return "Could not set lock on file" in message
+
+
 def _lock_holder(message: str) -> str:
     """' (PID n, program)' from DuckDB's lock error, which names the process holding the file."""
     found = re.search(r"lock is held in (.+?) \(PID (\d+)\)", message)
@@ -98,8 +104,10 @@ def connect(
             con = duckdb.connect(str(target), read_only=read_only)
             break
         except duckdb.IOException as exc:
-            if "lock" not in str(exc).lower():
-                raise
+            if not _is_lock_conflict(str(exc)):
+                # e.g. not a DuckDB file, or a corrupt one ("... in block at location ...": a bare
+                # "lock" test once took that for a lock)
+                raise BadInputError(f"{target}: cannot open the warehouse: {str(exc).splitlines()[0]}") from None
             if time.monotonic() >= deadline:
                 raise WarehouseLockedError(
                     f"{target}: the warehouse is held by another writing process{_lock_holder(str(exc))}; "
@@ -268,11 +276,11 @@ def publish(
             try:
                 target.execute(f"ATTACH {sql_string(str(source))} AS snapshot_source (READ_ONLY)")
             except duckdb.IOException as exc:
-                if "lock" in str(exc).lower():
+                if _is_lock_conflict(str(exc)):
                     raise WarehouseLockedError(
-                        f"{source}: a running job holds the warehouse; publish from that job, or retry when it ends"
-                    ) from None
-                raise
+                        f"{source}: a running job holds the warehouse{_lock_holder(str(exc))}; publish from that "
+                        "job, or retry when it ends") from None
+                raise BadInputError(f"{source}: cannot open the warehouse: {str(exc).splitlines()[0]}") from None
             target_db = target.execute("SELECT current_database()").fetchone()[0]
             target.execute(f'COPY FROM DATABASE snapshot_source TO "{target_db}"')
             target.execute("DETACH snapshot_source")

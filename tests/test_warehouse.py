@@ -164,3 +164,36 @@ def test_no_progress_bar_in_piped_output(tmp_path):
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert done.stdout == "True\nFalse\n"  # DuckDB's default, then the warehouse's
+
+
+def _corrupt_copy(tmp_path):
+    """A real warehouse whose first data block (the catalog, at byte 12288 after DuckDB's headers) has
+    64 flipped bytes: DuckDB reports 'Corrupt database file: ... in block at location 12288'."""
+    path = tmp_path / "corrupt.duckdb"
+    warehouse.connect(path).close()
+    data = bytearray(path.read_bytes())
+    data[12288:12352] = bytes(b ^ 0xFF for b in data[12288:12352])
+    path.write_bytes(bytes(data))
+    return path
+
+
+@pytest.mark.parametrize("kind", ["corrupt", "not a database"])
+def test_an_unreadable_warehouse_is_named_as_such_never_as_locked(tmp_path, kind):
+    """'block' holds 'lock': a test for the word alone once reported a corrupt file as held by a writer."""
+    from click.testing import CliRunner
+
+    from metering.cli import cli
+    from metering.errors import BadInputError
+
+    if kind == "corrupt":
+        path, says = _corrupt_copy(tmp_path), "Corrupt database file"
+    else:
+        path, says = tmp_path / "notes.duckdb", "not a valid DuckDB database file"
+        path.write_text("hello\n" * 10)
+    for opening in (lambda: warehouse.connect(path), lambda: warehouse.publish(path, tmp_path / "a.duckdb")):
+        with pytest.raises(BadInputError) as raised:
+            opening()
+        assert str(raised.value).startswith(f"{path}: cannot open the warehouse: ") and says in str(raised.value)
+        assert "held" not in str(raised.value)
+    result = CliRunner().invoke(cli, ["publish", "--warehouse", str(path), "--snapshot", str(tmp_path / "a.duckdb")])
+    assert result.exit_code == 3 and f"{path}: cannot open the warehouse" in result.output
