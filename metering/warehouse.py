@@ -72,8 +72,13 @@ def _configure(con: duckdb.DuckDBPyConnection, memory_limit: str | None, threads
 
 def _is_lock_conflict(message: str) -> bool:
     """DuckDB's error for a file another process holds: 'Could not set lock on file "...": Conflicting
-    lock is held in <program> (PID n)' or '...: Resource temporarily unavailable'."""
+    lock is held in <program> (PID n)' or '...: Resource temporarily unavailable'. Not just "lock":
+    a corrupt file's error says '... in block at location ...'."""
     return "Could not set lock on file" in message
+
+
+def _cannot_open(path: Path, exc: duckdb.Error) -> BadInputError:
+    return BadInputError(f"{path}: cannot open the warehouse: {str(exc).splitlines()[0]}")
 
 
 def _lock_holder(message: str) -> str:
@@ -104,10 +109,8 @@ def connect(
             con = duckdb.connect(str(target), read_only=read_only)
             break
         except duckdb.IOException as exc:
-            if not _is_lock_conflict(str(exc)):
-                # e.g. not a DuckDB file, or a corrupt one ("... in block at location ...": a bare
-                # "lock" test once took that for a lock)
-                raise BadInputError(f"{target}: cannot open the warehouse: {str(exc).splitlines()[0]}") from None
+            if not _is_lock_conflict(str(exc)):  # not a DuckDB file, a corrupt one, ...
+                raise _cannot_open(target, exc) from None
             if time.monotonic() >= deadline:
                 raise WarehouseLockedError(
                     f"{target}: the warehouse is held by another writing process{_lock_holder(str(exc))}; "
@@ -280,7 +283,7 @@ def publish(
                     raise WarehouseLockedError(
                         f"{source}: a running job holds the warehouse{_lock_holder(str(exc))}; publish from that "
                         "job, or retry when it ends") from None
-                raise BadInputError(f"{source}: cannot open the warehouse: {str(exc).splitlines()[0]}") from None
+                raise _cannot_open(source, exc) from None
             target_db = target.execute("SELECT current_database()").fetchone()[0]
             target.execute(f'COPY FROM DATABASE snapshot_source TO "{target_db}"')
             target.execute("DETACH snapshot_source")

@@ -60,6 +60,8 @@ def test_second_writer_process_fails_fast_with_clear_error(tmp_path):
         with pytest.raises(WarehouseLockedError, match="held by another writing process") as raised:
             warehouse.connect(path)
         assert f"(PID {holder.pid}, " in str(raised.value)   # which process holds it, as DuckDB says
+        with pytest.raises(WarehouseLockedError, match=f"a running job holds the warehouse \\(PID {holder.pid}, "):
+            warehouse.publish(path, tmp_path / "a.duckdb")   # publishing reads it, which the writer's lock forbids
     finally:
         holder.stdin.write("\n"); holder.stdin.flush(); holder.wait(timeout=30)
 
