@@ -33,7 +33,7 @@ KILLS = 20
 def _unless_duckdb_corrupted(message: str) -> None:
     """DuckDB 1.5.5 itself sometimes leaves its file corrupt when the process is SIGKILLed at the
     wrong moment: the next open fails with 'Corrupt database file'. docs/durability.md reproduces it
-    with DuckDB alone (about one kill in 1,000, none of our code involved), so it is reported here
+    with DuckDB alone (about one kill in 1,000-2,000, none of our code involved), so it is reported here
     as an expected failure naming the cause, not as a failure of the push's crash safety, which is
     what this test checks and still checks on every run where DuckDB's file survives."""
     if "Corrupt database file" in message:
