@@ -33,7 +33,7 @@ import polars as pl
 import pyarrow as pa
 
 from metering import config
-from metering.errors import BadInputError, WarehouseLockedError
+from metering.errors import BadInputError, MeteringError, WarehouseLockedError
 
 log = logging.getLogger(__name__)
 
@@ -77,14 +77,20 @@ def _is_lock_conflict(message: str) -> bool:
     return "Could not set lock on file" in message
 
 
-def _cannot_open(path: Path, exc: duckdb.Error) -> BadInputError:
-    return BadInputError(f"{path}: cannot open the warehouse: {str(exc).splitlines()[0]}")
-
-
 def _lock_holder(message: str) -> str:
     """' (PID n, program)' from DuckDB's lock error, which names the process holding the file."""
     found = re.search(r"lock is held in (.+?) \(PID (\d+)\)", message)
     return f" (PID {found.group(2)}, {found.group(1)})" if found else ""
+
+
+def _open_failure(path: Path, exc: duckdb.Error, when_locked: str) -> MeteringError:
+    """Why DuckDB would not open the warehouse at `path`, told in one place for every opener:
+    `when_locked` (its `{holder}` names the holding process) if another process holds the file,
+    else the file itself is unreadable (not DuckDB's, or corrupt) and DuckDB's reason is bad input."""
+    message = str(exc)
+    if _is_lock_conflict(message):
+        return WarehouseLockedError(f"{path}: {when_locked.format(holder=_lock_holder(message))}")
+    return BadInputError(f"{path}: cannot open the warehouse: {message.splitlines()[0]}")
 
 
 def connect(
@@ -109,13 +115,10 @@ def connect(
             con = duckdb.connect(str(target), read_only=read_only)
             break
         except duckdb.IOException as exc:
-            if not _is_lock_conflict(str(exc)):  # not a DuckDB file, a corrupt one, ...
-                raise _cannot_open(target, exc) from None
-            if time.monotonic() >= deadline:
-                raise WarehouseLockedError(
-                    f"{target}: the warehouse is held by another writing process{_lock_holder(str(exc))}; "
-                    "wait for the running job to finish, or read the published snapshot instead"
-                ) from None
+            if not _is_lock_conflict(str(exc)) or time.monotonic() >= deadline:
+                raise _open_failure(target, exc, "the warehouse is held by another writing process{holder}; "
+                                    "wait for the running job to finish, or read the published snapshot instead"
+                                    ) from None
             time.sleep(0.2)
     try:
         _configure(con, memory_limit, threads)
@@ -279,11 +282,8 @@ def publish(
             try:
                 target.execute(f"ATTACH {sql_string(str(source))} AS snapshot_source (READ_ONLY)")
             except duckdb.IOException as exc:
-                if _is_lock_conflict(str(exc)):
-                    raise WarehouseLockedError(
-                        f"{source}: a running job holds the warehouse{_lock_holder(str(exc))}; publish from that "
-                        "job, or retry when it ends") from None
-                raise _cannot_open(source, exc) from None
+                raise _open_failure(source, exc, "a running job holds the warehouse{holder}; publish from that "
+                                    "job, or retry when it ends") from None
             target_db = target.execute("SELECT current_database()").fetchone()[0]
             target.execute(f'COPY FROM DATABASE snapshot_source TO "{target_db}"')
             target.execute("DETACH snapshot_source")
