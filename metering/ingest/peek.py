@@ -12,9 +12,10 @@ from pathlib import Path
 import duckdb
 
 from metering.ingest.readers import detect_format
+from metering.ingest.validate import timestamp_sql
 from metering.warehouse import sql_string
 
-_TS = "coalesce(try_cast(ts AS TIMESTAMPTZ), epoch_ms(try_cast(ts AS BIGINT))::TIMESTAMPTZ)"
+_TS = timestamp_sql("ts")
 
 
 def event_date_range(path: Path) -> tuple[date, date] | None:
@@ -24,8 +25,10 @@ def event_date_range(path: Path) -> tuple[date, date] | None:
     source = {
         "parquet": f"SELECT timestamp::VARCHAR AS ts FROM read_parquet({p})",
         "csv": f"SELECT timestamp AS ts FROM read_csv({p}, all_varchar = true, ignore_errors = true, header = true)",
-        "jsonl": f"SELECT timestamp AS ts FROM read_json({p}, format = 'newline_delimited', ignore_errors = true, "
-                 f"columns = {{'timestamp': 'VARCHAR'}})",
+        # records = true: without it a line that is not an object (an array, a number) is read whole
+        # as the one column, and its text makes the whole file's range NULL
+        "jsonl": f"SELECT timestamp AS ts FROM read_json({p}, format = 'newline_delimited', records = true, "
+                 f"ignore_errors = true, columns = {{'timestamp': 'VARCHAR'}})",
     }[fmt if fmt != "jsonl.gz" else "jsonl"]
     con = duckdb.connect()
     try:

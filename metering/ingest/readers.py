@@ -281,6 +281,17 @@ _LOOKUPS = ", ".join(f"m['{key}']::VARCHAR AS j_{alias}" for key, alias in _FIEL
 _MORE_KEYS_THAN_KNOWN = "cardinality(m) > " + " + ".join(f"(j_{alias} IS NOT NULL)::INT" for alias in _FIELDS.values())
 assert set(_FIELDS) == set(KNOWN_FIELDS)
 
+# DuckDB's parser reads a JSON number into a binary float and writes it back shortest-first:
+# 0.30000000000000001 comes back as 0.3, 1e14 as 100000000000000.0. Validation judges the number
+# as written (its digits, its decimals), so a fractional number's literal is taken from the line,
+# where the value written back does not appear as such (compact JSON: it usually does).
+_VALUE_LITERALS = r'"value"\s*:\s*(-?[0-9][0-9.eE+-]*)'
+_VALUE_AS_WRITTEN = f"""CASE WHEN value_t = 'DOUBLE'
+        AND NOT (contains(text, '"value":' || value || ',') OR contains(text, '"value":' || value || '}}'))
+    THEN coalesce(list_filter(regexp_extract_all(text, '{_VALUE_LITERALS}', 1),
+                              x -> try_cast(x AS DOUBLE) = try_cast(value AS DOUBLE))[1], value)
+    ELSE value END"""
+
 _JSONL_SELECT = f"""
 WITH decoded AS (
     SELECT line, b, starts_at, try(decode(b)) AS text FROM __BATCH__
@@ -291,8 +302,8 @@ WITH decoded AS (
     WHERE {NOT_BLANK}
 ), fields AS (
     SELECT *, {_LOOKUPS} FROM parsed  -- each key looked up once
-)
-SELECT line,
+), shaped AS (
+SELECT line, text,
        CASE WHEN text IS NULL THEN b::VARCHAR ELSE text END AS raw,
        CASE WHEN text IS NULL THEN 'invalid_utf8' WHEN m IS NULL THEN 'bad_json' END AS parse_error,
        {_json_field('event_id')}, {_json_field('customer_id')}, {_json_field('meter')}, {_json_field('ts')},
@@ -304,6 +315,8 @@ SELECT line,
             THEN json_merge_patch(text, {_REMOVE_KNOWN}) END AS extra,
        starts_at AS byte_offset
 FROM fields
+)
+SELECT * EXCLUDE (text) REPLACE ({_VALUE_AS_WRITTEN} AS value) FROM shaped
 """
 
 

@@ -28,11 +28,29 @@ from metering.ingest.contract import (
 from metering.rules.meters import Meter
 from metering.warehouse import sql_string
 
-_RFC3339 = r"\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}:\d{2}(\.\d{1,9})?([Zz]|[+-]\d{2}:\d{2})"
+# RFC 3339 with its ranges: DuckDB's cast alone takes 24:00:00 as the next day and offsets such as
+# +25:00 or +99:99, which would move an event into another day or billing period
+_RFC3339 = (r"\d{4}-\d{2}-\d{2}[Tt ]([01]\d|2[0-3]):[0-5]\d:[0-5]\d(\.\d{1,9})?"
+            r"([Zz]|[+-]([01]\d|2[0-3]):[0-5]\d)")
+_EPOCH_MS = r"\d{1,15}"  # 15 digits reach the year 33658; more would overflow DuckDB's timestamp
 _NUMBER = r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?"
 _NON_FINITE = "['nan', '+nan', '-nan', 'inf', '+inf', '-inf', 'infinity', '+infinity', '-infinity']"
 _CONTROL = r"[\x00-\x1f\x7f]"
 _HAS_E = "(contains(vtext, 'e') OR contains(vtext, 'E'))"
+_MANTISSA = "split_part(lower(vtext), 'e', 1)"
+# value_too_precise, in three parts; cheap guards first, as most values are short
+_TOO_MANY_DECIMALS = (f"(length(vtext) > {VALUE_SCALE} + 1 AND strpos(vtext, '.') > 0 AND NOT {_HAS_E} AND "
+                      f"length(rtrim(vtext, '0')) - strpos(vtext, '.') > {VALUE_SCALE})")
+# a JSON number with more significant digits than a binary float keeps; zeros at either end are not
+# significant (the parser writes 1e14 back as 100000000000000.0)
+_TOO_MANY_DIGITS = (f"(value_t = 'DOUBLE' AND length(vtext) > {MAX_JSON_NUMBER_DIGITS} AND "
+                    f"length(trim(regexp_replace({_MANTISSA}, '[^0-9]', '', 'g'), '0')) > {MAX_JSON_NUMBER_DIGITS})")
+# exponent form: its decimals are the mantissa's (trailing zeros aside) minus the exponent, so 1e-19
+# is refused rather than rounded to 0; an exponent too long to read means many decimals (a large
+# value was refused before)
+_EXPONENT_TOO_PRECISE = (f"({_HAS_E} AND regexp_matches({_MANTISSA}, '[1-9]') AND coalesce(length(rtrim("
+                         f"split_part({_MANTISSA}, '.', 2), '0')) - try_cast(split_part(lower(vtext), 'e', 2) "
+                         f"AS BIGINT) > {VALUE_SCALE}, true))")
 # a list for list_contains, not an `IN (...)` list: DuckDB turns an IN list of five constants into a
 # join against them, one hash probe per row (10M rows: the IN lists cost the classification ~0.35 s)
 _NUMBER_KINDS = "['BIGINT', 'UBIGINT', 'DOUBLE', 'DECIMAL', 'VARCHAR']"
@@ -118,7 +136,9 @@ def _checks(meters: dict[str, Meter], now: datetime) -> list[tuple[str, str, str
         ("future_timestamp", f"t > TIMESTAMPTZ {horizon}",
          "'timestamp ' || t::VARCHAR || ' is in the future (ingested at ' || " + sql_string(now.isoformat())
          + " || ')'"),
-        ("missing_field", f"value_t = 'NULL' AND list_contains({_list(need_value)}, meter)",
+        # an empty or blank text value is an absent one, as an empty CSV cell is
+        ("missing_field", f"(value_t = 'NULL' OR (value_t = 'VARCHAR' AND vtext IS NULL)) "
+                          f"AND list_contains({_list(need_value)}, meter)",
          "'value is required for meter ' || meter"),
     ]
     for meter, prop in sorted(counted.items()):
@@ -128,22 +148,30 @@ def _checks(meters: dict[str, Meter], now: datetime) -> list[tuple[str, str, str
     checks += [
         ("non_finite_value", f"NOT num_ok AND list_contains({_NON_FINITE}, lower(vtext))",
          "'value ' || vtext || ' is not finite'"),
-        ("bad_type", f"value_t <> 'NULL' AND (NOT list_contains({_NUMBER_KINDS}, value_t) OR NOT num_ok)",
+        ("bad_type", f"value_t <> 'NULL' AND (NOT list_contains({_NUMBER_KINDS}, value_t) OR "
+                     f"(vtext IS NOT NULL AND NOT num_ok))",
          "'value must be a decimal number, got ' || coalesce(vtext, lower(value_t))"),
         ("value_too_large", f"vtext IS NOT NULL AND (v12 IS NULL OR abs(v12) > {MAX_VALUE})",
          f"'value ' || vtext || ' exceeds {MAX_VALUE}'"),
         ("negative_value", "v12 < 0", "'value ' || vtext || ' is negative'"),
         # cheap guards first: most values are short integers or have a few decimals
-        ("value_too_precise",
-         f"(length(vtext) > {VALUE_SCALE} + 1 AND ((strpos(vtext, '.') > 0 AND NOT {_HAS_E} AND "
-         f"length(rtrim(vtext, '0')) - strpos(vtext, '.') > {VALUE_SCALE}) OR (value_t = 'DOUBLE' AND "
-         f"length(ltrim(regexp_replace(split_part(lower(vtext), 'e', 1), '[^0-9]', '', 'g'), '0')) > "
-         f"{MAX_JSON_NUMBER_DIGITS}))) OR ({_HAS_E} AND "
-         f"try_cast(vtext AS DECIMAL(38, 18)) IS DISTINCT FROM v12::DECIMAL(38, 18))",
-         f"'value ' || vtext || ' has more precision than can be stored exactly ({VALUE_SCALE} decimal places)'"),
+        ("value_too_precise", f"{_TOO_MANY_DECIMALS} OR {_TOO_MANY_DIGITS} OR {_EXPONENT_TOO_PRECISE}",
+         f"'value ' || vtext || CASE WHEN {_TOO_MANY_DIGITS} THEN ' has more than {MAX_JSON_NUMBER_DIGITS} "
+         f"significant digits, more than a JSON number carries exactly (send it as a string)' "
+         f"ELSE ' has more than {VALUE_SCALE} decimal places' END"),
     ]
     assert {c[0] for c in checks} <= set(REASONS) | {"parse_error"}
     return checks
+
+
+def timestamp_sql(text: str) -> str:
+    """SQL: the instant the timestamp text `text` names, or NULL where it is neither RFC 3339 with an
+    offset nor epoch milliseconds (digits only). The one rule, for validation and for `peek`."""
+    # RFC 3339 first: the common case, and exclusive with the digits-only epoch form. The upper-case
+    # retry only where the cast failed: RFC 3339 allows a lower-case `t` and `z`, DuckDB does not.
+    return (f"CASE WHEN regexp_full_match({text}, '{_RFC3339}') THEN coalesce(try_cast({text} AS TIMESTAMPTZ), "
+            f"try_cast(upper({text}) AS TIMESTAMPTZ)) "
+            f"WHEN regexp_full_match({text}, '{_EPOCH_MS}') THEN epoch_ms({text}::BIGINT)::TIMESTAMPTZ END")
 
 
 def classify_select(source_sql: str, meters: dict[str, Meter], now: datetime) -> str:
@@ -158,12 +186,9 @@ prepared AS (
     SELECT *,
         CASE WHEN {_parsed_properties_needed(meters)} THEN try(json_transform(properties, '"MAP(VARCHAR, JSON)"'))
         END AS pm,
-        CASE WHEN list_contains({_NUMBER_KINDS}, value_t) THEN trim(value) END AS vtext,
+        CASE WHEN list_contains({_NUMBER_KINDS}, value_t) THEN nullif(trim(value), '') END AS vtext,
         CASE WHEN ts_native IS NOT NULL THEN ts_native
-             -- RFC 3339 first: the common case, and exclusive with the digits-only epoch form
-             WHEN ts_t = 'VARCHAR' AND regexp_full_match(ts, '{_RFC3339}') THEN try_cast(ts AS TIMESTAMPTZ)
-             WHEN ts_t IN ('BIGINT', 'UBIGINT') OR (ts_t = 'VARCHAR' AND regexp_full_match(ts, '\\d{{1,15}}'))
-                THEN epoch_ms(try_cast(ts AS BIGINT))::TIMESTAMPTZ
+             WHEN ts_t = 'VARCHAR' OR ts_t = 'BIGINT' OR ts_t = 'UBIGINT' THEN {timestamp_sql('ts')}
         END AS t
     FROM staged
 ), typed AS (

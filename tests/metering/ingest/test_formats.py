@@ -296,7 +296,8 @@ _ABSENT = object()
 def test_json_lines_field_text_and_type_match_duckdb_json_functions(values, ascii_only):
     """The reader reads a field's text and type without parsing the value again where it can; for any
     JSON value, written with or without \\u escapes, both must equal what DuckDB's own `json_type` and
-    `->>'$'` give for it (or NULL/'NULL' when the key is absent)."""
+    `->>'$'` give for it (or NULL/'NULL' when the key is absent). A fractional `value` is the number
+    as written, not as the parser's binary float writes it back."""
     import duckdb
     import pyarrow as pa
 
@@ -315,7 +316,9 @@ def test_json_lines_field_text_and_type_match_duckdb_json_functions(values, asci
         FROM (SELECT line, json_transform(decode(b), '"MAP(VARCHAR, JSON)"')['event_id'] AS j FROM lines)
         ORDER BY line""").fetchall()
     assert [(text, kind) for text, kind, _, _, _ in got] == expected
-    assert [(value, kind) for _, _, value, kind, _ in got] == expected
+    as_written = [json.dumps(v) if kind == "DOUBLE" else text for v, (text, kind) in
+                  zip(values, expected, strict=True)]
+    assert [(value, kind) for _, _, value, kind, _ in got] == list(zip(as_written, [k for _, k in expected]))
     assert [kind for *_, kind in got] == [kind for _, kind in expected]
 
 

@@ -13,7 +13,8 @@ CASES: dict[str, list[bytes | str | dict]] = {
     "bad_json": ['{"event_id": "x1", "meter": ', "[1, 2]", '{"event_id": "x2"} trailing', '{"a": 1, "a": 2}', '"a string"', 'null', '  [{"event_id": "x5"}]'],
     "missing_field": [event("x1", customer_id=...), event("x2", meter=""), event("", customer_id="c"),
                       event("x3", timestamp=None), event("x4", meter="storage_gb", value=...),
-                      event("x5", meter="active_users", value=..., properties={})],
+                      event("x5", meter="active_users", value=..., properties={}),
+                      event("x6", value=""), event("x7", meter="storage_gb", value="  ")],
     "bad_type": [event(17), event("x1", customer_id=["c"]), event("x2", properties=["a"]),
                  event("x3", properties={"model": 1}), event("x4", value="twelve"), event("x5", value=True)],
     "control_characters": [event("x\u0001"), event("x2", customer_id="c\tc"),
@@ -22,7 +23,13 @@ CASES: dict[str, list[bytes | str | dict]] = {
     "unknown_meter": [event("x1", meter="gpu_hours"), event("x2", meter="Tokens")],
     "bad_timestamp": [event("x1", timestamp="2026-10-05T12:00:00"), event("x2", timestamp="yesterday"),
                       event("x3", timestamp="2026-13-05T12:00:00Z"), event("x4", timestamp=-5),
-                      event("x5", timestamp="1999-12-31T23:59:59Z"), event("x6", timestamp={"t": 1})],
+                      event("x5", timestamp="1999-12-31T23:59:59Z"), event("x6", timestamp={"t": 1}),
+                      # out of RFC 3339's ranges, which DuckDB's cast alone would take (24:00 as the next
+                      # day, +25:00 as an offset)
+                      event("x7", timestamp="2026-10-05T24:00:00Z"), event("x8", timestamp="2026-10-05T12:00:00+25:00"),
+                      event("x9", timestamp="2026-10-05T12:00:00+00:60"), event("x10", timestamp="2026-10-05T12:60:00Z"),
+                      # epoch milliseconds beyond DuckDB's timestamp range (once a traceback)
+                      event("x11", timestamp=9223372036854775), event("x12", timestamp="9223372036854775807")],
     "future_timestamp": [event("x1", timestamp="2026-11-01T01:00:01Z"), event("x2", timestamp=4102444800000)],
     "non_finite_value": ['{"event_id":"x1","customer_id":"c","meter":"tokens","timestamp":"2026-10-05T00:00:00Z",'
                          '"value":NaN}', event("x2", value="Infinity"), event("x3", value="-inf")],
@@ -30,7 +37,15 @@ CASES: dict[str, list[bytes | str | dict]] = {
                         event("x3", value=-1e16)],
     "negative_value": [event("x1", value=-1), event("x2", value="-0.5")],
     "value_too_precise": [event("x1", value="0.1234567890123"), event("x2", value=0.1234567890123456),
-                          event("x3", value="1e-13")],
+                          event("x3", value="1e-13"),
+                          # tiny values once rounded to 0
+                          event("x4", value="1e-19"), event("x5", value="0.1e-18"), event("x6", value=1e-21),
+                          # more digits than a binary float keeps, written as a JSON number: the parser
+                          # reads them as 0.3 and 1.0
+                          '{"event_id":"x7","customer_id":"c","meter":"tokens","timestamp":"2026-10-05T00:00:00Z",'
+                          '"value":0.30000000000000001}',
+                          '{"event_id": "x8", "customer_id": "c", "meter": "tokens", "timestamp": "2026-10-05T00:00:00Z", '
+                          '"value" : 1234567.123456789 }'],
 }
 
 
@@ -84,6 +99,39 @@ def test_precise_values_are_exact(tmp_path, con):
     got = [r[0] for r in con.execute("SELECT value::VARCHAR FROM usage_events ORDER BY event_id").fetchall()]
     assert got == ["0.000000000001", "999999999999999.999999999999", "123456789012345.000000000000",
                    "1500.000000000000", "7.000000000000", "0.100000000000"]
+
+
+def test_exact_values_at_the_edges_are_accepted(tmp_path, con):
+    """Exact values that the digit and decimal checks once refused or rounded: JSON numbers from 1e14
+    (which the parser writes back as 100000000000000.0), exponents that leave at most 12 decimals,
+    trailing zeros, zero with any exponent; an empty value on a count meter is an absent one."""
+    lines = ['{"event_id":"n1","customer_id":"c","meter":"tokens","timestamp":"2026-10-05T00:00:00Z","value":1e14}',
+             '{"event_id":"n2","customer_id":"c","meter":"tokens","timestamp":"2026-10-05T00:00:00Z",'
+             '"value":100000000000000.0}',
+             '{"event_id":"n3","customer_id":"c","meter":"tokens","timestamp":"2026-10-05T00:00:00Z",'
+             '"value":123456789012345.0}',
+             '{"event_id":"n4","customer_id":"c","meter":"tokens","timestamp":"2026-10-05T00:00:00Z","value":1e15}',
+             '{"event_id":"n5","customer_id":"c","meter":"tokens","timestamp":"2026-10-05T00:00:00Z","value":123e-12}',
+             '{"event_id":"n6","customer_id":"c","meter":"tokens","timestamp":"2026-10-05T00:00:00Z","value":0e-400}',
+             '{"event_id":"n7","customer_id":"c","meter":"tokens","timestamp":"2026-10-05T00:00:00Z",'
+             '"value":1.0000000000000000}',
+             event("n8", value="2.5E-11"), event("n9", meter="api_calls", value="")]
+    result = ingest_file(con, write_lines(tmp_path / "f.jsonl", lines), now=NOW)
+    assert result.rows_quarantined == 0, con.execute("SELECT event_id, detail FROM usage_quarantine").fetchall()
+    got = dict(con.execute("SELECT event_id, value::VARCHAR FROM usage_events").fetchall())
+    assert got == {"n1": "100000000000000.000000000000", "n2": "100000000000000.000000000000",
+                   "n3": "123456789012345.000000000000", "n4": "1000000000000000.000000000000",
+                   "n5": "0.000000000123", "n6": "0.000000000000", "n7": "1.000000000000",
+                   "n8": "0.000000000025", "n9": None}
+
+
+def test_rfc3339_lower_case_t_and_z_are_accepted(tmp_path, con):
+    """RFC 3339 (section 5.6) allows `t` and `z`; DuckDB's cast does not, so they are retried upper-case."""
+    path = write_lines(tmp_path / "f.jsonl", [event("t1", timestamp="2026-10-05t12:00:00z"),
+                                              event("t2", timestamp="2026-10-05t23:30:00.5-01:00")])
+    assert ingest_file(con, path, now=NOW).rows_accepted == 2
+    assert con.execute("SELECT event_id, epoch_ms(event_time), event_date::VARCHAR FROM usage_events ORDER BY 1"
+                       ).fetchall() == [("t1", 1791201600000, "2026-10-05"), ("t2", 1791246600500, "2026-10-06")]
 
 
 def test_reasons_are_documented_in_order():
