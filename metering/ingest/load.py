@@ -385,9 +385,14 @@ def expand_paths(paths: Iterable[str | Path]) -> list[Path]:
 
 
 def is_raw_file(path: Path) -> bool:
-    name = path.name.lower()
-    return not name.startswith(".") and name.endswith((".jsonl", ".jsonl.gz", ".ndjson", ".ndjson.gz", ".csv",
-                                                        ".parquet"))
+    """A file whose extension names a raw format (`readers.detect_format`); hidden files are not."""
+    if path.name.startswith("."):
+        return False
+    try:
+        readers.detect_format(path)
+    except BadInputError:
+        return False
+    return True
 
 
 def ingest_files(

@@ -201,6 +201,8 @@ def stage_lines(
         except pa.ArrowInvalid as exc:
             if "Expected 1 columns" in str(exc) and attempt < len(sources) - 1:
                 continue  # the separator byte occurs in the file: try the next one
+            if "Empty CSV file" in str(exc):  # Arrow's word for no bytes at all: no lines, as for blank ones
+                return StageInfo(rows=0)
             raise _read_error(path, exc) from None
         except (OSError, EOFError, zlib.error) as exc:
             raise _read_error(path, exc) from None
@@ -357,9 +359,10 @@ class CsvLayout:
 
 def _csv_header(path: Path) -> CsvLayout:
     with open(path, "rb") as fh:
-        first = fh.readline()
+        head = fh.read(1 << 20)
+    first = head.splitlines()[0] if head else b""  # lines may end at \n, \r\n or a lone \r
     try:
-        text = first.decode("utf-8-sig").rstrip("\r\n")
+        text = first.decode("utf-8-sig")
     except UnicodeDecodeError:
         raise BadInputError(f"{path}: line 1: the CSV header is not valid UTF-8") from None
     try:
@@ -375,6 +378,9 @@ def _csv_header(path: Path) -> CsvLayout:
     dupes = sorted({c for c in columns if columns.count(c) > 1})
     if dupes:
         raise BadInputError(f"{path}: line 1: the CSV header repeats column(s) {', '.join(dupes)}")
+    if "properties" in columns and any(c.startswith("properties.") for c in columns):
+        raise BadInputError(f"{path}: line 1: the CSV header has both a properties column (a JSON object) and "
+                            f"properties.<name> columns; use one or the other")
     return CsvLayout(columns)
 
 
@@ -393,8 +399,24 @@ def _map_json_sql(pairs: list[tuple[str, int]]) -> str:
     return f"to_json(map_from_entries(list_filter([{entries}], e -> coalesce(e.value, '') <> '')))"
 
 
+def _json_text_sql(text: str, alias: str) -> str:
+    """A text column holding JSON (a CSV cell, a Parquet string): its JSON written back compact, and
+    its JSON type, or 'VARCHAR' when it is not JSON (so validation calls it a wrong type)."""
+    parsed = f"try(json(nullif({text}, '')))"
+    return (f"{parsed} AS {alias}, CASE WHEN coalesce({text}, '') = '' THEN 'NULL' "
+            f"ELSE coalesce(json_type({parsed}), 'VARCHAR') END AS {alias}_t")
+
+
+def _csv_properties_sql(layout: CsvLayout) -> str:
+    """`properties.<name>` columns, one dimension each; or one `properties` column holding a JSON object."""
+    i = layout.index("properties")
+    if i is not None:
+        return _json_text_sql(f"f[{i}]", "properties")
+    props = _map_json_sql(layout.property_columns) if layout.property_columns else "'{}'"
+    return f"{props} AS properties, 'OBJECT' AS properties_t"
+
+
 def _csv_select_sql(layout: CsvLayout) -> str:
-    props = _map_json_sql(layout.property_columns)
     extra = _map_json_sql(layout.extra_columns)
     return f"""
 SELECT line, raw,
@@ -404,7 +426,7 @@ SELECT line, raw,
        {_csv_field_sql(layout, 'meter', 'meter')}, {_csv_field_sql(layout, 'timestamp', 'ts')},
        NULL::TIMESTAMPTZ AS ts_native,
        {_csv_field_sql(layout, 'value', 'value')},
-       {props if layout.property_columns else "'{}'"} AS properties, 'OBJECT' AS properties_t,
+       {_csv_properties_sql(layout)},
        false AS properties_canonical,
        CASE WHEN {extra} = '{{}}' THEN NULL ELSE {extra} END AS extra,
        NULL::BIGINT AS byte_offset
@@ -538,19 +560,50 @@ def _struct_fields(con: duckdb.DuckDBPyConnection, path: Path, column: str) -> d
     return {r[0]: r[1] for r in rows}
 
 
+def _refuse_misread_schema(path: Path) -> None:
+    """Refuse what DuckDB would read wrongly without an error: decimals wider than 38 digits (read as a
+    float, and a wrong one: 0.05 as DECIMAL(60, 2) came back as 14073748835532.8), and a column name
+    that occurs twice (DuckDB renames the second, so which one is the event's would be a guess)."""
+    import pyarrow.parquet as pq
+
+    try:
+        schema = pq.read_schema(path)
+    except (pa.ArrowException, OSError) as exc:
+        raise BadInputError(f"{path}: cannot read the Parquet file: {str(exc).splitlines()[0]}") from None
+    dupes = sorted({n for n in schema.names if schema.names.count(n) > 1})
+    if dupes:
+        raise BadInputError(f"{path}: the Parquet schema repeats column(s) {', '.join(dupes)}")
+
+    def wide(t: pa.DataType) -> bool:
+        if pa.types.is_decimal(t):
+            return t.precision > 38
+        return any(wide(t.field(i).type) for i in range(t.num_fields))
+
+    too_wide = [f"{f.name} ({f.type})" for f in schema if wide(f.type)]
+    if too_wide:
+        raise BadInputError(f"{path}: decimal column(s) wider than 38 digits cannot be read exactly: "
+                            f"{', '.join(too_wide)}; write them as decimal(38, s) or as text")
+
+
 def stage_parquet(con: duckdb.DuckDBPyConnection, path: Path, fmt: str, sink: Sink) -> StageInfo:
     types = parquet_columns(con, path)
+    _refuse_misread_schema(path)
     missing = [f for f in ("event_id", "customer_id", "meter", "timestamp") if f not in types]
     if missing:
         raise BadInputError(f"{path}: the Parquet schema lacks required column(s) {', '.join(missing)}")
     extra_cols = [c for c in types if c not in KNOWN_FIELDS]
     extra = (f"nullif(json_merge_patch('{{}}', to_json({_struct_sql(extra_cols)})), '{{}}')"  # null = absent
              if extra_cols else "NULL")
-    props_sql, props_canonical = None, "false"
+    props_canonical = "false"
+    props_field = _parquet_field_sql(types, "properties", "properties")
     if "properties" in types and types["properties"].upper().startswith("STRUCT"):
         fields = _struct_fields(con, path, "properties")
         if all(t.upper() == "VARCHAR" for t in fields.values()):
-            props_sql, props_canonical = _struct_canonical_sql(_quoted("properties"), list(fields)), "true"
+            props_canonical = "true"
+            props_field = _parquet_field_sql(types, "properties", "properties",
+                                             _struct_canonical_sql(_quoted("properties"), list(fields)))
+    elif types.get("properties", "").upper() == "VARCHAR":  # a JSON object written as a string
+        props_field = _json_text_sql(_quoted("properties"), "properties")
     ts_kind = _parquet_type(types["timestamp"])
     ts_native = '"timestamp"::TIMESTAMPTZ' if ts_kind == "TIMESTAMP" else "NULL::TIMESTAMPTZ"
     sql = f"""
@@ -560,7 +613,7 @@ def stage_parquet(con: duckdb.DuckDBPyConnection, path: Path, fmt: str, sink: Si
                {_parquet_field_sql(types, 'meter', 'meter')},
                {_parquet_field_sql(types, 'timestamp', 'ts')}, {ts_native} AS ts_native,
                {_parquet_field_sql(types, 'value', 'value')},
-               {_parquet_field_sql(types, 'properties', 'properties', props_sql)},
+               {props_field},
                {props_canonical} AS properties_canonical,
                {extra} AS extra, NULL::BIGINT AS byte_offset
         FROM read_parquet({sql_string(str(path))}, file_row_number = true)"""

@@ -113,10 +113,14 @@ def _checks(meters: dict[str, Meter], now: datetime) -> list[tuple[str, str, str
         ("bad_type", " OR ".join(f"{f}_t <> 'VARCHAR'" for f in typed_fields),
          "CASE " + " ".join(f"WHEN {f}_t <> 'VARCHAR' THEN '{f} must be a string, got ' || lower({f}_t)"
                             for f in typed_fields) + " END"),
+        # a null value is an absent key, as a Parquet struct's null field is
         ("bad_type", "properties_t NOT IN ('NULL', 'OBJECT') OR "
                      "(properties_t = 'OBJECT' AND pm IS NULL AND NOT properties_canonical) OR "
-                     "(cardinality(pm) > 0 AND NOT list_bool_and(list_transform(map_values(pm), v -> prefix(v, '\"'))))",
-         "'properties must be an object of string values'"),
+                     "(cardinality(pm) > 0 AND NOT list_bool_and(list_transform(map_values(pm), "
+                     "v -> v IS NULL OR prefix(v, '\"')))) OR "
+                     "(cardinality(pm) > 1 AND len(list_distinct(map_keys(pm))) < cardinality(pm))",
+         "CASE WHEN cardinality(pm) > 1 AND len(list_distinct(map_keys(pm))) < cardinality(pm) "
+         "THEN 'properties repeat a key' ELSE 'properties must be an object of string values' END"),
         ("control_characters",
          # the (costly) regex runs only where a control character may be: text whose JSON form has
          # an escape or that holds DEL; a meter that names a defined meter has none
@@ -200,9 +204,10 @@ prepared AS (
         vtext IS NOT NULL AND regexp_full_match(vtext, '{_NUMBER}') AS num_ok,
         CASE WHEN properties_canonical AND properties_t = 'OBJECT' THEN properties
              WHEN pm IS NULL OR cardinality(pm) = 0 THEN '{{}}'
-             -- one key: already canonical, as every reader writes objects back compact with DuckDB
-             WHEN cardinality(pm) = 1 THEN properties
-             ELSE '{{' || array_to_string(list_transform(list_sort(map_entries(pm)),
+             -- one key: already canonical, as every reader writes objects back compact with DuckDB,
+             -- unless its value is null (`{{"k":null}}`: an absent key)
+             WHEN cardinality(pm) = 1 AND NOT suffix(properties, ':null}}') THEN properties
+             ELSE '{{' || array_to_string(list_transform(list_sort(list_filter(map_entries(pm), e -> e.value IS NOT NULL)),
                   e -> to_json(e.key) || ':' || e.value), ',') || '}}' END AS props
     FROM prepared
 ), judged AS (

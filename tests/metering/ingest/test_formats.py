@@ -261,7 +261,6 @@ def test_json_lines_properties_stored_canonical_however_written(tmp_path, con):
         (r'{"k": "back\\slash"}', r'{"k":"back\\slash"}'),
         (r'{"k": "\u00e9t\u00e9"}', '{"k":"été"}'),
         ('{"k": "été"}', '{"k":"été"}'),
-        ('{"a": "x", "a": "y"}', None),  # whichever DuckDB keeps, one key
     ]
     raw = [f'{{"event_id": "p{i}", "customer_id": "c", "meter": "api_calls", "timestamp": "2026-10-05T12:00:00Z", '
            f'"properties": {props}}}' for i, (props, _) in enumerate(lines)]
@@ -270,14 +269,14 @@ def test_json_lines_properties_stored_canonical_however_written(tmp_path, con):
            '{"event_id": "d", "customer_id": "c", "meter": "api_calls", "timestamp": "2026-10-05T12:00:00Z", '
            '"properties": {"k": "a\x7fb"}}',
            '{"event_id": "nl", "customer_id": "c", "meter": "api_calls", "timestamp": "2026-10-05T12:00:00Z", '
-           '"properties": {"k": "a\\nb"}}']
+           '"properties": {"k": "a\\nb"}}',
+           # a repeated key: once stored verbatim as {"a":"x","a":"y"}
+           '{"event_id": "r", "customer_id": "c", "meter": "api_calls", "timestamp": "2026-10-05T12:00:00Z", '
+           '"properties": {"a": "x", "a": "y"}}']
     result = ingest_file(con, write_lines(tmp_path / "f.jsonl", raw + bad), now=NOW)
     stored = dict(con.execute("SELECT event_id, properties FROM usage_events").fetchall())
-    for i, (_, expected) in enumerate(lines):
-        if expected is not None:
-            assert stored[f"p{i}"] == expected
-    assert json.loads(stored[f"p{len(lines) - 1}"]) in ({"a": "x"}, {"a": "y"})
-    assert result.reasons == {"bad_type": 1, "control_characters": 2}
+    assert stored == {f"p{i}": expected for i, (_, expected) in enumerate(lines)}
+    assert result.reasons == {"bad_type": 2, "control_characters": 2}
 
 
 _JSON_VALUES = st.recursive(
@@ -364,3 +363,62 @@ def test_parquet_map_and_json_properties_stored_canonical(tmp_path, con):
         ("j1", '{"k\\"ey":"é"}'), ("j2", '{"model":"large","region":"eu"}'),
         ("m1", '{"k\\"ey":"é"}'), ("m2", '{"model":"large","region":"eu"}'), ("m3", "{}")]
     assert [r.reasons for r in results] == [{}, {"bad_type": 1}]
+
+
+def test_properties_as_json_text_in_csv_and_in_a_parquet_string(tmp_path, con):
+    """A CSV `properties` column (once dropped silently) and a plain Parquet string column hold a JSON
+    object: stored canonical like every other form; text that is not an object is bad_type."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    (tmp_path / "p.csv").write_text(
+        'event_id,customer_id,meter,timestamp,properties,trace\n'
+        'c1,c,api_calls,2026-10-05T12:00:00Z,"{ ""region"" : ""eu"", ""model"": ""large"" }",t1\n'
+        'c2,c,api_calls,2026-10-05T12:00:00Z,,t2\n'
+        'c3,c,api_calls,2026-10-05T12:00:00Z,not json,t3\n')
+    pq.write_table(pa.table({"event_id": ["s1", "s2", "s3"], "customer_id": ["c"] * 3, "meter": ["api_calls"] * 3,
+                             "timestamp": ["2026-10-05T12:00:00Z"] * 3,
+                             "properties": ['{"region": "eu", "model": "large"}', None, "[1]"]}),
+                   tmp_path / "p.parquet")
+    results = [ingest_file(con, tmp_path / name, now=NOW) for name in ("p.csv", "p.parquet")]
+    assert con.execute("SELECT event_id, properties, extra FROM usage_events ORDER BY 1").fetchall() == [
+        ("c1", '{"model":"large","region":"eu"}', '{"trace":"t1"}'), ("c2", "{}", '{"trace":"t2"}'),
+        ("s1", '{"model":"large","region":"eu"}', None), ("s2", "{}", None)]
+    assert [r.reasons for r in results] == [{"bad_type": 1}, {"bad_type": 1}]
+
+
+def test_a_null_property_is_an_absent_one_in_every_format(tmp_path, con):
+    """JSON null in properties means absent, as a Parquet struct's null field does: the same event sent
+    both ways is an exact duplicate, not a conflict, and a one-key object of null is `{}`."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    write_lines(tmp_path / "a.jsonl", [event("n1", properties={"region": None, "model": "x"}),
+                                       event("n2", properties={"region": None})])
+    pq.write_table(pa.table({"event_id": ["n1", "n2"], "customer_id": ["cust_00001"] * 2, "meter": ["tokens"] * 2,
+                             "timestamp": ["2026-10-05T12:00:00Z"] * 2, "value": [5, 5],
+                             "properties": pa.array([{"model": "x", "region": None}, {"model": None, "region": None}],
+                                                    pa.struct([("model", pa.string()), ("region", pa.string())]))}),
+                   tmp_path / "b.parquet")
+    first, second = (ingest_file(con, tmp_path / name, now=NOW) for name in ("a.jsonl", "b.parquet"))
+    assert con.execute("SELECT event_id, properties FROM usage_events ORDER BY 1").fetchall() == [
+        ("n1", '{"model":"x"}'), ("n2", "{}")]
+    assert (first.rows_accepted, second.duplicates_dropped, second.conflicting_duplicates) == (2, 2, 0)
+
+
+def test_line_ends_empty_files_and_the_json_extension(tmp_path, con):
+    """A CSV whose lines end at a lone \\r (its header once failed), an empty JSON lines file (0 rows,
+    as a file of blank lines; once Arrow's 'Empty CSV file'), and `.json` files in a folder (once
+    skipped by folder ingestion and so by the sensor)."""
+    from metering.ingest import ingest_files
+
+    folder = tmp_path / "raw"
+    folder.mkdir()
+    (folder / "cr.csv").write_bytes(b"event_id,customer_id,meter,timestamp\rr1,c,api_calls,2026-10-05T10:00:00Z\r"
+                                    b"r2,c,api_calls,2026-10-05T11:00:00Z\r")
+    (folder / "empty.jsonl").write_bytes(b"")
+    write_lines(folder / "a.json", [event("j1")])
+    (folder / "notes.txt").write_text("not a raw file")
+    results = {r.path.rsplit("/", 1)[1]: r for r in ingest_files(con, [folder], now=NOW)}
+    assert {name: (r.status, r.rows_read, r.rows_accepted) for name, r in results.items()} == {
+        "a.json": ("ingested", 1, 1), "cr.csv": ("ingested", 2, 2), "empty.jsonl": ("ingested", 0, 0)}

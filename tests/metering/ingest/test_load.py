@@ -101,6 +101,16 @@ def _unreadable(tmp_path):
     (tmp_path / "binary.jsonl").write_bytes(bytes(range(256)) * 50)
     (tmp_path / "noheader.csv").write_text("a,b,c\n1,2,3\n")
     (tmp_path / "data.txt").write_text("hello")
+    (tmp_path / "both.csv").write_text("event_id,customer_id,meter,timestamp,properties,properties.model\n")
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    from decimal import Decimal
+    base = {"event_id": ["w1"], "customer_id": ["c"], "meter": ["tokens"], "timestamp": ["2026-10-05T12:00:00Z"]}
+    # DuckDB reads a decimal wider than 38 digits as a float, and a wrong one (0.05 -> 14073748835532.8)
+    pq.write_table(pa.table({**base, "value": pa.array([Decimal("0.05")], pa.decimal256(60, 2))}),
+                   tmp_path / "wide.parquet")
+    pq.write_table(pa.table({**base, "value": [1]}).append_column("event_id", pa.array(["w2"])),
+                   tmp_path / "twice.parquet")
     return {
         "truncated.jsonl.gz": "truncated or corrupt gzip",
         "plain.jsonl.gz": "not a gzip file",
@@ -110,6 +120,9 @@ def _unreadable(tmp_path):
         "binary.jsonl": "not JSON lines",
         "noheader.csv": "lacks required column(s) event_id, customer_id, meter, timestamp",
         "data.txt": "unknown file type",
+        "both.csv": "both a properties column (a JSON object) and properties.<name> columns",
+        "wide.parquet": "wider than 38 digits cannot be read exactly: value (decimal256(60, 2))",
+        "twice.parquet": "the Parquet schema repeats column(s) event_id",
     }
 
 

@@ -16,7 +16,10 @@ CASES: dict[str, list[bytes | str | dict]] = {
                       event("x5", meter="active_users", value=..., properties={}),
                       event("x6", value=""), event("x7", meter="storage_gb", value="  ")],
     "bad_type": [event(17), event("x1", customer_id=["c"]), event("x2", properties=["a"]),
-                 event("x3", properties={"model": 1}), event("x4", value="twelve"), event("x5", value=True)],
+                 event("x3", properties={"model": 1}), event("x4", value="twelve"), event("x5", value=True),
+                 # a repeated key in properties (once stored verbatim, the first value winning lookups)
+                 '{"event_id":"x6","customer_id":"c","meter":"tokens","timestamp":"2026-10-05T00:00:00Z","value":1,'
+                 '"properties":{"model":"a","model":"b"}}'],
     "control_characters": [event("x\u0001"), event("x2", customer_id="c\tc"),
                            event("x3", properties={"model": "a\nb"}), event("x4\u007f"),
                            event("x5", properties={"model": "a\u007fb"})],
