@@ -11,7 +11,7 @@ One raw event per row (a JSON lines line, a CSV data line, a Parquet row):
 | `value` | number or decimal string | optional for `count` meters, required otherwise; finite, >= 0, <= `MAX_VALUE`, at most 12 decimal places |
 | `properties` | object of string -> string | optional (dimensions such as `region` or `model`) |
 
-Any other field is kept verbatim in `usage_events.extra`. Text fields must not contain control
+Any other field is kept in `usage_events.extra` (as JSON values). Text fields must not contain control
 characters (U+0000-U+001F, U+007F). A JSON number with more than 15 significant digits cannot be
 read exactly (JSON parsers go through a binary float): send such values as strings.
 """
