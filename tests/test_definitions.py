@@ -1,8 +1,14 @@
-"""The code location loads, and every warehouse writer is serialised through the one pool."""
+"""The code location loads (every listed domain, or a loud error), every asset states its grain, and
+every warehouse writer is serialised through the one pool."""
+
+import sys
+from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import dagster as dg
+import pytest
 
-from pipelines.definitions import defs
+from pipelines.definitions import _domain_defs, defs
 from pipelines.resources import WAREHOUSE_POOL
 
 
@@ -26,3 +32,53 @@ def test_every_duckdb_asset_and_check_runs_in_the_writer_pool():
         if getattr(checks_def.node_def, "pool", None) not in (None, WAREHOUSE_POOL):
             offenders.append(str(checks_def.check_keys))
     assert offenders == []
+
+
+def test_every_asset_has_a_description_stating_its_grain():
+    # Factory-built assets (the Stripe state assets) once had none: the docstring was set too late.
+    graph = defs.resolve_asset_graph()
+    descriptions = {node.key.to_user_string(): node.description or "" for node in graph.asset_nodes
+                    if node.is_executable}
+    assert {"stripe_invoices", "stripe_subscriptions", "stripe_payment_attempts"} <= set(descriptions)
+    assert [k for k, d in descriptions.items() if not d.startswith("One ")] == []
+
+
+def test_a_domain_missing_from_defs_fails_the_load():
+    with pytest.raises(ModuleNotFoundError, match="DOMAINS lists 'ratign'"):
+        _domain_defs(("ingest", "ratign"))
+
+
+@pytest.fixture
+def fake_domains(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[[str], str]]:
+    """`make(definitions_source)` -> the name of a fresh package with one domain, `broken`."""
+    package = f"fake_domains_{tmp_path.name}"
+
+    def make(definitions: str) -> str:
+        domain = tmp_path / package / "broken"
+        domain.mkdir(parents=True)
+        (tmp_path / package / "__init__.py").write_text("")
+        (domain / "__init__.py").write_text("")
+        (domain / "definitions.py").write_text(definitions.replace("PACKAGE", package))
+        monkeypatch.syspath_prepend(str(tmp_path))
+        return package
+
+    yield make
+    for name in [m for m in sys.modules if m.split(".")[0] == package]:
+        del sys.modules[name]
+
+
+@pytest.mark.parametrize(("definitions", "missing"), [
+    ("import PACKAGE.broken.helpers\n", "PACKAGE.broken.helpers"),  # a module of the domain itself
+    ("import no_such_dependency_for_metering\n", "no_such_dependency_for_metering"),
+])
+def test_an_import_error_inside_a_domain_propagates(fake_domains, definitions, missing):
+    package = fake_domains(definitions)
+    with pytest.raises(ModuleNotFoundError) as raised:
+        _domain_defs(("broken",), package=package)
+    assert raised.value.name == missing.replace("PACKAGE", package)
+
+
+def test_a_domain_without_defs_fails_the_load(fake_domains):
+    package = fake_domains("assets = []\n")
+    with pytest.raises(TypeError, match="must define `defs"):
+        _domain_defs(("broken",), package=package)

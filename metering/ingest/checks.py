@@ -8,7 +8,6 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import date
 
 import duckdb
 
@@ -50,7 +49,10 @@ def unique_event_ids(con: duckdb.DuckDBPyConnection) -> CheckOutcome:
     return CheckOutcome(passed=dupes == 0, metadata={"duplicate_event_ids": dupes})
 
 
-def rows_in_dates(con: duckdb.DuckDBPyConnection, start: date, end: date) -> int:
-    """Clean events with start <= event_date < end."""
-    return con.execute("SELECT count(*) FROM usage_events WHERE event_date >= ? AND event_date < ?",
-                       [start, end]).fetchone()[0]
+def rows_by_date(con: duckdb.DuckDBPyConnection, dates: list[str]) -> dict[str, int]:
+    """Clean events per event date (ISO text), for each of `dates` (0 where none), in one query."""
+    if not dates:
+        return {}
+    counted = dict(con.execute("SELECT event_date::VARCHAR, count(*) FROM usage_events "
+                               "WHERE list_contains(?::DATE[], event_date) GROUP BY 1", [dates]).fetchall())
+    return {d: counted.get(d, 0) for d in dates}

@@ -5,11 +5,15 @@ when none are named, every raw file under `data/raw/` whose content is not inges
 
     dagster asset materialize -m pipelines.definitions --select usage_events --partition 2026-10-05
 
-picks up whatever is new in `data/raw/` and reports the clean rows of 2026-10-05. A file lands
-rows on the dates its events carry (late events included), which may lie outside the run's
-partitions; those dates are listed in the run metadata (`event_dates_touched`) for re-rating.
+picks up whatever is new in `data/raw/`. A file lands rows on the dates its events carry (late
+events included), which may lie outside the run's partitions. Dagster records a materialization
+for every partition a run targets; this asset adds one for every other event date the run
+touched (`AssetMaterialization` of its own key, logged with that partition), so exactly the
+touched dates (plus the run's own) show as changed. Each partition's `dagster/row_count` is the
+clean rows of that date alone. Touched dates that are not partitions (before the partitions'
+start, or after today) cannot be materialised: they are logged as warnings and listed in the
+run's metadata.
 """
-
 
 import dagster as dg
 
@@ -17,7 +21,7 @@ from metering.errors import BadInputError
 from metering.ingest import REASONS, IngestResult, expand_paths, ingest_file
 from metering.ingest import checks as ingest_checks
 from metering.rules.meters import load_meters
-from pipelines.partitions import daily_usage
+from pipelines.partitions import START_DATE, daily_usage
 from pipelines.resources import WAREHOUSE_POOL, ProjectPaths, WarehouseResource
 
 GROUP = "ingest"
@@ -59,7 +63,7 @@ def usage_events(
     Rejected rows go to `usage_quarantine` with a reason; each file is recorded in `ingested_files`.
     """
     files = config.files or (expand_paths([paths.raw]) if paths.raw.exists() else [])
-    window = context.partition_time_window
+    run_partitions = list(context.partition_keys)  # one day, or a range in a single-run backfill
     meters = load_meters(paths.rules)
     results: list[IngestResult] = []
     unreadable: dict[str, str] = {}
@@ -76,16 +80,31 @@ def usage_events(
                              f"{r.rows_quarantined} quarantined, {r.duplicates_dropped} duplicates dropped")
         conservation = ingest_checks.conservation(con)
         unique = ingest_checks.unique_event_ids(con)
-        partition_rows = ingest_checks.rows_in_dates(con, window.start.date(), window.end.date())
-    done = [r for r in results if r.status == "ingested"]
-    touched = sorted({d for r in done for d in r.event_dates})
-    outside = [d for d in touched if not window.start.date().isoformat() <= d < window.end.date().isoformat()]
-    if outside:
-        context.log.warning(f"events landed on dates outside this run's partitions: {outside} "
-                            "(late events: re-aggregate those dates)")
+        done = [r for r in results if r.status == "ingested"]
+        touched = sorted({d for r in done for d in r.event_dates})
+        existing = set(daily_usage.get_partition_keys())
+        outside = [d for d in touched if d not in run_partitions]
+        elsewhere = [d for d in outside if d in existing]
+        unpartitioned = [d for d in outside if d not in existing]
+        rows = ingest_checks.rows_by_date(con, [*run_partitions, *elsewhere])
+    for day in run_partitions:
+        context.add_asset_metadata({"dagster/row_count": rows[day]}, partition_key=day)
+    for day in elsewhere:
+        context.log_event(dg.AssetMaterialization(
+            asset_key=context.asset_key, partition=day,
+            description=f"events of this date ingested by run {context.run.run_id}",
+            metadata={"dagster/row_count": rows[day],
+                      "source_files": dg.MetadataValue.json([r.path for r in done if day in r.event_dates])},
+        ))
+    if elsewhere:
+        context.log.info(f"events landed on dates outside this run's partitions, each reported as materialized: "
+                         f"{elsewhere}")
+    if unpartitioned:
+        context.log.warning(f"events landed on dates that are not partitions of usage_events (before "
+                            f"{START_DATE}, or after today), so no materialization reports them: "
+                            f"{unpartitioned}")
     return dg.MaterializeResult(
         metadata={
-            "dagster/row_count": partition_rows,
             "files_ingested": len(done),
             "files_skipped": len(results) - len(done),
             "rows_read": sum(r.rows_read for r in done),
@@ -95,6 +114,7 @@ def usage_events(
             "conflicting_duplicates": sum(r.conflicting_duplicates for r in done),
             "event_dates_touched": dg.MetadataValue.json(touched),
             "event_dates_outside_run": dg.MetadataValue.json(outside),
+            "event_dates_without_partition": dg.MetadataValue.json(unpartitioned),
             "files": dg.MetadataValue.json([r.as_dict() for r in results]),
         },
         check_results=[
@@ -106,3 +126,4 @@ def usage_events(
                                 metadata={"unreadable_files": dg.MetadataValue.json(unreadable)}),
         ],
     )
+

@@ -1,9 +1,12 @@
 """Stripe state assets: each calls into `metering.webhooks`; this file only wires Dagster."""
 
 
+import inspect
+from collections.abc import Callable
 from pathlib import Path
 
 import dagster as dg
+import duckdb
 
 from metering.webhooks import events, landing, repair, state
 from pipelines.resources import StripeResource
@@ -55,9 +58,12 @@ def stripe_webhook_events(
     return dg.MaterializeResult(metadata=metadata)
 
 
-def _state_asset(name: str, rebuild, doc: str) -> dg.AssetsDefinition:
+def _state_asset(name: str, rebuild: Callable[[duckdb.DuckDBPyConnection], dict[str, int]],
+                 doc: str) -> dg.AssetsDefinition:
+    """One asset that rebuilds a Stripe state table with `rebuild`; `doc` becomes its description."""
     @dg.asset(
         name=name,
+        description=inspect.cleandoc(doc),  # @asset reads the function's docstring, which is empty here
         group_name=GROUP,
         pool=WAREHOUSE_POOL,
         kinds={"duckdb"},
@@ -68,7 +74,6 @@ def _state_asset(name: str, rebuild, doc: str) -> dg.AssetsDefinition:
             counts = rebuild(con)
         return dg.MaterializeResult(metadata={**counts, "dagster/row_count": next(iter(counts.values()))})
 
-    _asset.__doc__ = doc
     return _asset
 
 

@@ -1,146 +1,136 @@
-"""The ingest Dagster layer: the asset with its blocking checks, and the file sensor's cursor."""
+"""The ingest asset: what a run ingests, its blocking checks, and which partitions it reports as changed."""
 
 from __future__ import annotations
 
-import json
-import os
+import logging
 from datetime import date
 from pathlib import Path
 
 import dagster as dg
+import duckdb
 
 from metering.ingest.generate import GenerateConfig, generate
 from pipelines.defs.ingest.assets import usage_events
-from pipelines.defs.ingest.sensors import raw_usage_files_sensor
-from pipelines.resources import ProjectPaths, WarehouseResource
 
-PROJECT_ROOT = Path(__file__).resolve().parents[3]
-
-
-def _resources(tmp_path: Path) -> dict:
-    return {"warehouse": WarehouseResource(path=str(tmp_path / "w.duckdb")),
-            "paths": ProjectPaths(raw_dir=str(tmp_path / "raw"), rules_dir=str(PROJECT_ROOT / "rating_rules"))}
+def _meta(result: dg.ExecuteInProcessResult, partition: str) -> dict:
+    """The run's own materialization of `partition` (a run also reports other dates it touched)."""
+    [event] = [m for m in result.asset_materializations_for_node("usage_events") if m.partition == partition]
+    return event.metadata
 
 
-def _generate(tmp_path: Path, days: int = 3, seed: int = 1) -> list[Path]:
+def _generate(world, days: int = 3, seed: int = 1) -> list[Path]:
     cfg = GenerateConfig(seed=seed, customers=10, events=300, start=date(2026, 10, 4),
                          end=date(2026, 10, 3 + days), late_share=0.02)
-    return generate(cfg, tmp_path / "raw").files
+    return generate(cfg, world.raw).files
 
 
-def test_materialize_a_partition_ingests_new_files_and_passes_checks(tmp_path):
-    files = _generate(tmp_path)
-    with dg.instance_for_test() as instance:
-        result = dg.materialize([usage_events], partition_key="2026-10-05", resources=_resources(tmp_path),
-                                instance=instance)
-        assert result.success
-        meta = result.asset_materializations_for_node("usage_events")[0].metadata
-        assert meta["files_ingested"].value == len(files) == 3
-        assert meta["rows_accepted"].value == 300
-        assert meta["rows_read"].value == (meta["rows_accepted"].value + meta["rows_quarantined"].value
-                                           + meta["duplicates_dropped"].value)
-        assert meta["event_dates_touched"].value == ["2026-10-04", "2026-10-05", "2026-10-06"]
-        checks = {e.check_name: e.passed for e in result.get_asset_check_evaluations()}
-        assert checks == {"conservation": True, "unique_event_id": True, "readable_files": True}
-        import duckdb
-        con = duckdb.connect(str(tmp_path / "w.duckdb"), read_only=True)
-        expected = con.execute("SELECT count(*) FROM usage_events WHERE event_date = '2026-10-05'").fetchone()[0]
-        con.close()
-        assert meta["dagster/row_count"].value == expected > 0
-        # again: nothing new, same state
-        again = dg.materialize([usage_events], partition_key="2026-10-05", resources=_resources(tmp_path),
-                               instance=instance)
-        meta2 = again.asset_materializations_for_node("usage_events")[0].metadata
-        assert (meta2["files_ingested"].value, meta2["files_skipped"].value) == (0, 3)
-        assert meta2["dagster/row_count"].value == expected
+def _materialize(world, partition: str, **kwargs) -> dg.ExecuteInProcessResult:
+    return dg.materialize([usage_events], partition_key=partition, resources=world.resources(),
+                          instance=world.instance, **kwargs)
 
 
-def test_run_config_names_the_files(tmp_path):
-    files = _generate(tmp_path)
-    with dg.instance_for_test() as instance:
-        result = dg.materialize(
-            [usage_events], resources=_resources(tmp_path), instance=instance,
-            run_config={"ops": {"usage_events": {"config": {"files": [str(files[0])]}}}},
-            tags={"dagster/asset_partition_range_start": "2026-10-04",
-                  "dagster/asset_partition_range_end": "2026-10-06"})
-        meta = result.asset_materializations_for_node("usage_events")[0].metadata
-        assert meta["files_ingested"].value == 1
+def test_materialize_a_partition_ingests_new_files_and_passes_checks(world):
+    files = _generate(world)
+    result = _materialize(world, "2026-10-05")
+    assert result.success
+    meta = _meta(result, "2026-10-05")
+    assert meta["files_ingested"].value == len(files) == 3
+    assert meta["rows_accepted"].value == 300
+    assert meta["rows_read"].value == (meta["rows_accepted"].value + meta["rows_quarantined"].value
+                                       + meta["duplicates_dropped"].value)
+    assert meta["event_dates_touched"].value == ["2026-10-04", "2026-10-05", "2026-10-06"]
+    checks = {e.check_name: e.passed for e in result.get_asset_check_evaluations()}
+    assert checks == {"conservation": True, "unique_event_id": True, "readable_files": True}
+    expected = world.clean_rows()["2026-10-05"]
+    assert meta["dagster/row_count"].value == expected > 0
+    # again: nothing new, same state
+    meta2 = _meta(_materialize(world, "2026-10-05"), "2026-10-05")
+    assert (meta2["files_ingested"].value, meta2["files_skipped"].value) == (0, 3)
+    assert meta2["dagster/row_count"].value == expected
 
 
-def test_sensor_cursor_moves_and_second_tick_skips(tmp_path):
-    files = _generate(tmp_path)
-    resources = {"paths": _resources(tmp_path)["paths"]}
-    with dg.instance_for_test() as instance:
-        ctx = dg.build_sensor_context(instance=instance, resources=resources)
-        first = raw_usage_files_sensor.evaluate_tick(ctx)
-        assert len(first.run_requests) == 1
-        request = first.run_requests[0]
-        assert request.run_config["ops"]["usage_events"]["config"]["files"] == [str(f) for f in files]
-        assert (request.tags["dagster/asset_partition_range_start"],
-                request.tags["dagster/asset_partition_range_end"]) == ("2026-10-04", "2026-10-06")
-        cursor = json.loads(first.cursor)
-        assert sorted(cursor) == sorted(str(f) for f in files)
-
-        second = raw_usage_files_sensor.evaluate_tick(
-            dg.build_sensor_context(instance=instance, resources=resources, cursor=first.cursor))
-        assert second.run_requests == [] and second.skip_message.startswith("no new raw files")
-
-        # same content, new mtime: still nothing new
-        os.utime(files[0], ns=(1, 1))
-        touched = raw_usage_files_sensor.evaluate_tick(
-            dg.build_sensor_context(instance=instance, resources=resources, cursor=first.cursor))
-        assert touched.run_requests == []
-
-        # a new file: one new run, a different run key, only that file
-        extra = _generate(tmp_path / "more", days=1, seed=9)[0]
-        new_path = tmp_path / "raw" / "late-arrival.jsonl"
-        assert extra.suffix == ".jsonl"
-        new_path.write_bytes(extra.read_bytes())
-        third = raw_usage_files_sensor.evaluate_tick(
-            dg.build_sensor_context(instance=instance, resources=resources, cursor=touched.cursor))
-        assert [r.run_config["ops"]["usage_events"]["config"]["files"] for r in third.run_requests] == [[str(new_path)]]
-        assert third.run_requests[0].run_key != request.run_key
+def test_run_config_names_the_files(world):
+    files = _generate(world)
+    result = dg.materialize(
+        [usage_events], resources=world.resources(), instance=world.instance,
+        run_config={"ops": {"usage_events": {"config": {"files": [str(files[0])]}}}},
+        tags={"dagster/asset_partition_range_start": "2026-10-04",
+              "dagster/asset_partition_range_end": "2026-10-06"})
+    assert _meta(result, "2026-10-04")["files_ingested"].value == 1
 
 
-def test_sensor_skips_when_the_folder_is_missing(tmp_path):
-    resources = {"paths": ProjectPaths(raw_dir=str(tmp_path / "nothing"))}
-    with dg.instance_for_test() as instance:
-        tick = raw_usage_files_sensor.evaluate_tick(dg.build_sensor_context(instance=instance, resources=resources))
-        assert tick.run_requests == []
+def test_blocking_checks_fail_on_a_tampered_warehouse(world):
+    _generate(world, days=1)
+    assert _materialize(world, "2026-10-04").success
+    con = duckdb.connect(str(world.warehouse))
+    row = con.execute("SELECT event_id, customer_id, meter, event_time, event_date, value, properties, extra, "
+                      "file_id, source_line FROM usage_events LIMIT 1").fetchone()
+    con.execute("INSERT INTO usage_events VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", list(row))
+    con.close()
+    result = _materialize(world, "2026-10-04", raise_on_error=False)
+    assert not result.success
+    checks = {e.check_name: e for e in result.get_asset_check_evaluations()}
+    assert not checks["conservation"].passed and not checks["unique_event_id"].passed
+    assert checks["unique_event_id"].metadata["duplicate_event_ids"].value == 1
+    assert checks["conservation"].metadata["files_with_count_mismatch"].value == 1
 
 
-def test_blocking_checks_fail_on_a_tampered_warehouse(tmp_path):
-    import duckdb
-
-    _generate(tmp_path, days=1)
-    with dg.instance_for_test() as instance:
-        assert dg.materialize([usage_events], partition_key="2026-10-04", resources=_resources(tmp_path),
-                              instance=instance).success
-        con = duckdb.connect(str(tmp_path / "w.duckdb"))
-        row = con.execute("SELECT event_id, customer_id, meter, event_time, event_date, value, properties, extra, "
-                          "file_id, source_line FROM usage_events "
-                          "LIMIT 1").fetchone()
-        con.execute("INSERT INTO usage_events VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", list(row))
-        con.close()
-        result = dg.materialize([usage_events], partition_key="2026-10-04", resources=_resources(tmp_path),
-                                instance=instance, raise_on_error=False)
-        assert not result.success
-        checks = {e.check_name: e for e in result.get_asset_check_evaluations()}
-        assert not checks["conservation"].passed and not checks["unique_event_id"].passed
-        assert checks["unique_event_id"].metadata["duplicate_event_ids"].value == 1
-        assert checks["conservation"].metadata["files_with_count_mismatch"].value == 1
-
-
-def test_an_unreadable_file_is_named_and_the_others_still_load(tmp_path):
-    files = _generate(tmp_path, days=2)
-    bad = tmp_path / "raw" / "usage-0000-broken.jsonl.gz"  # sorts first
+def test_an_unreadable_file_is_named_and_the_others_still_load(world):
+    files = _generate(world, days=2)
+    bad = world.raw / "usage-0000-broken.jsonl.gz"  # sorts first
     bad.write_bytes(files[1].read_bytes()[:100] if files[1].name.endswith(".gz") else b"\x1f\x8b\x08junk")
-    with dg.instance_for_test() as instance:
-        result = dg.materialize([usage_events], partition_key="2026-10-04", resources=_resources(tmp_path),
-                                instance=instance, raise_on_error=False)
-        meta = result.asset_materializations_for_node("usage_events")[0].metadata
-        assert meta["files_ingested"].value == 2
-        checks = {e.check_name: e for e in result.get_asset_check_evaluations()}
-        assert checks["conservation"].passed and checks["unique_event_id"].passed
-        assert not checks["readable_files"].passed
-        assert list(checks["readable_files"].metadata["unreadable_files"].value) == [str(bad)]
+    result = _materialize(world, "2026-10-04", raise_on_error=False)
+    assert _meta(result, "2026-10-04")["files_ingested"].value == 2
+    checks = {e.check_name: e for e in result.get_asset_check_evaluations()}
+    assert checks["conservation"].passed and checks["unique_event_id"].passed
+    assert not checks["readable_files"].passed
+    assert list(checks["readable_files"].metadata["unreadable_files"].value) == [str(bad)]
+
+
+# One file: one event on 2026-10-03, five on 2026-10-05 (one written with a +02:00 offset that is
+# still 10-05 in UTC), none on 10-04.
+LATE_AND_CURRENT = ["2026-10-03T12:00:00Z", *[f"2026-10-05T1{i}:00:00Z" for i in range(4)],
+                    "2026-10-06T01:00:00+02:00"]
+
+
+def test_a_run_reports_every_date_it_touched_each_with_its_own_rows(world):
+    # What the CLI and the hourly schedule do: one partition, no files named.
+    world.write_events("f.jsonl", LATE_AND_CURRENT)
+    result = _materialize(world, "2026-10-05")
+    assert result.success
+    assert world.clean_rows() == {"2026-10-03": 1, "2026-10-05": 5}
+    assert world.materialized_partitions() == {"2026-10-03", "2026-10-05"}
+    assert world.latest("2026-10-05")["dagster/row_count"] == 5
+    late = world.latest("2026-10-03")
+    assert late["dagster/row_count"] == 1
+    assert late["source_files"] == [str(world.raw / "f.jsonl")]
+    meta = _meta(result, "2026-10-05")
+    assert meta["event_dates_touched"].value == ["2026-10-03", "2026-10-05"]
+    assert meta["event_dates_outside_run"].value == ["2026-10-03"]
+
+    # Nothing new: the run's own partition is materialized again, no other date is.
+    again = _materialize(world, "2026-10-05")
+    assert [m.partition for m in again.asset_materializations_for_node("usage_events")] == ["2026-10-05"]
+
+
+def test_a_range_run_gives_each_partition_the_rows_of_its_own_date(world):
+    world.write_events("f.jsonl", LATE_AND_CURRENT)
+    result = dg.materialize([usage_events], resources=world.resources(), instance=world.instance,
+                            tags={"dagster/asset_partition_range_start": "2026-10-02",
+                                  "dagster/asset_partition_range_end": "2026-10-05"})
+    assert result.success
+    counts = {m.partition: m.metadata["dagster/row_count"].value
+              for m in result.asset_materializations_for_node("usage_events")}
+    assert counts == {"2026-10-02": 0, "2026-10-03": 1, "2026-10-04": 0, "2026-10-05": 5}
+
+
+def test_dates_that_are_not_partitions_are_logged_not_materialized(world):
+    world.write_events("f.jsonl", ["2025-12-31T23:00:00Z", "2026-10-05T10:00:00Z"])  # the first: before 2026-01-01
+    result = _materialize(world, "2026-10-05")
+    assert result.success
+    assert world.clean_rows() == {"2025-12-31": 1, "2026-10-05": 1}
+    assert world.materialized_partitions() == {"2026-10-05"}
+    assert _meta(result, "2026-10-05")["event_dates_without_partition"].value == ["2025-12-31"]
+    warnings = [e.user_message for e in world.instance.all_logs(result.run_id)
+                if e.level == logging.WARNING and not e.is_dagster_event]
+    assert any("2025-12-31" in w for w in warnings)

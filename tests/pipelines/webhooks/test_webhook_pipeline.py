@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 
 import dagster as dg
 import duckdb
+import pytest
 
 from metering.webhooks.inbox import LandingWriter
 from pipelines.defs.webhooks.assets import STATE_ASSETS
@@ -46,6 +48,20 @@ def test_sensor_requests_a_run_only_when_landing_files_grow(tmp_path: Path):
         again = sensor.evaluate_tick(ctx)
         assert len(again.run_requests) == 1
         assert again.run_requests[0].run_key != first.run_requests[0].run_key
+
+
+@pytest.mark.parametrize("cursor", ["not json", json.dumps(["x"]), json.dumps({"events.jsonl": "12"})])
+def test_an_unreadable_landing_cursor_is_dropped_and_replaced(tmp_path: Path, cursor: str):
+    sensor = location_defs.resolve_sensor_def("stripe_landing_sensor")
+    with dg.instance_for_test() as instance:
+        empty = sensor.evaluate_tick(dg.build_sensor_context(instance=instance, resources=resources(tmp_path),
+                                                             cursor=cursor))
+        assert empty.run_requests == [] and json.loads(empty.cursor) == {}  # replaced even with nothing to do
+        deliver(tmp_path, dunning_lifecycle()[:3])
+        landed = sensor.evaluate_tick(dg.build_sensor_context(instance=instance, resources=resources(tmp_path),
+                                                              cursor=cursor))
+        assert len(landed.run_requests) == 1
+        assert all(type(size) is int and size > 0 for size in json.loads(landed.cursor).values())
 
 
 def test_assets_land_events_and_build_state(tmp_path: Path):

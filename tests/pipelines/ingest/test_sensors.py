@@ -1,0 +1,202 @@
+"""`raw_usage_files_sensor` against a real Dagster instance: when it requests, what, and what it does
+with the runs it requested (failed, canceled, in flight, never launched)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+
+import dagster as dg
+import pytest
+
+from pipelines.defs.ingest.sensors import MAX_ATTEMPTS, RUN_KEY_TAG, SENSOR_NAME, SENSOR_NAME_TAG
+from pipelines.partitions import daily_usage
+
+
+def _files(request: dg.RunRequest) -> list[str]:
+    return request.run_config["ops"]["usage_events"]["config"]["files"]
+
+
+def _cursor(tick) -> dict:
+    return json.loads(tick.cursor)
+
+
+def _broken_warehouse(world):
+    """A warehouse file DuckDB cannot open: any ingest run against it fails."""
+    path = world.tmp_path / "broken.duckdb"
+    path.write_bytes(b"this is not a DuckDB database" * 100)
+    return path
+
+
+def test_a_file_is_requested_only_once_it_stops_changing(world):
+    path = world.write_events("a.jsonl", ["2026-10-05T10:00:00Z"])
+    first = world.tick()
+    assert first.requests == [] and "waiting for 1 file(s)" in first.data.skip_message
+    assert list(_cursor(first)["pending"]) == [str(path)]
+
+    with path.open("a") as f:  # the writer is still appending
+        f.write(json.dumps({"event_id": "a-late", "customer_id": "cust_00001", "meter": "api_calls",
+                            "timestamp": "2026-10-05T11:00:00Z"}) + "\n")
+    second = world.tick(first.cursor)
+    assert second.requests == []
+
+    third = world.tick(second.cursor)
+    assert [_files(r) for r in third.requests] == [[str(path)]]
+    assert _cursor(third)["pending"] == {}
+    assert world.run(third.requests[0]).success
+    assert world.clean_rows() == {"2026-10-05": 2}  # the whole file, not the first half
+
+
+def test_the_run_targets_the_newest_event_date_and_reports_the_other_dates_itself(world):
+    world.write_events("f.jsonl", ["2026-10-03T12:00:00Z", "2026-10-05T10:00:00Z", "2026-10-05T11:00:00Z"])
+    [request] = world.settle().requests
+    assert request.partition_key == "2026-10-05"
+    assert "dagster/asset_partition_range_start" not in request.tags
+    assert world.run(request).success
+    # exactly the touched dates are materialized, each with its own rows; 10-04 is not
+    assert world.materialized_partitions() == {"2026-10-03", "2026-10-05"}
+    assert (world.latest("2026-10-03")["dagster/row_count"], world.latest("2026-10-05")["dagster/row_count"]) == (1, 2)
+
+
+@pytest.mark.parametrize(("timestamps", "expected"), [
+    (["2025-12-30T10:00:00Z", "2025-12-31T10:00:00Z"], daily_usage.get_first_partition_key()),
+    (["not a time"], daily_usage.get_last_partition_key()),  # no date found: today
+])
+def test_the_partition_is_clamped_to_partitions_that_exist(world, timestamps, expected):
+    world.write_events("f.jsonl", timestamps)
+    [request] = world.settle().requests
+    assert request.partition_key == expected
+
+
+def test_touching_a_file_requests_nothing_new_content_does(world):
+    a = world.write_events("a.jsonl", ["2026-10-05T10:00:00Z"])
+    settled = world.settle()
+    [first] = settled.requests
+    assert world.run(first).success
+    done = world.tick(settled.cursor)
+    assert done.requests == [] and _cursor(done)["files"][str(a)]["status"] == "done"
+
+    os.utime(a, ns=(1, 1))  # same content, new mtime: waits a tick, is hashed, and is not new
+    touched = world.tick(world.tick(done.cursor).cursor)
+    assert touched.requests == []
+    assert _cursor(touched)["files"][str(a)]["mtime_ns"] == 1
+
+    b = world.write_events("b.jsonl", ["2026-10-06T10:00:00Z"])
+    [second] = world.settle(touched.cursor).requests
+    assert _files(second) == [str(b)] and second.run_key != first.run_key
+
+
+def test_entries_of_deleted_files_leave_the_cursor(world):
+    a = world.write_events("a.jsonl", ["2026-10-05T10:00:00Z"])
+    requested = world.settle()
+    b = world.write_events("b.jsonl", ["2026-10-05T11:00:00Z"])
+    pending = world.tick(requested.cursor)
+    assert set(_cursor(pending)["files"]) == {str(a)} and set(_cursor(pending)["pending"]) == {str(b)}
+    a.unlink()
+    b.unlink()
+    after = world.tick(pending.cursor)
+    assert _cursor(after)["files"] == {} and _cursor(after)["pending"] == {}
+
+
+@pytest.mark.parametrize("cursor", [
+    "not json",
+    json.dumps(["x"]),
+    json.dumps({"/some/path.jsonl": "abc"}),  # an old {path: sha256} shape
+    json.dumps({"/some/path.jsonl": {"sha256": "abc", "size": 1, "mtime_ns": 1}}),  # version 1
+    json.dumps({"version": 2, "pending": {},
+                "files": {"/some/path.jsonl": {"size": 1, "mtime_ns": 1, "run_key": "k", "attempt": 1,
+                                               "status": "done"}}}),  # an entry without sha256
+    json.dumps({"version": 2, "files": {}, "pending": {"/some/path.jsonl": {"size": "1", "mtime_ns": 1}}}),
+])
+def test_an_unreadable_cursor_is_dropped_with_a_warning_and_the_folder_rescanned(world, cursor):
+    a = world.write_events("a.jsonl", ["2026-10-05T10:00:00Z"])
+    first = world.tick(cursor)
+    assert "unreadable sensor cursor dropped" in first.logged(logging.WARNING)
+    assert list(_cursor(first)["pending"]) == [str(a)]  # a readable cursor again, starting over
+    [request] = world.tick(first.cursor).requests
+    assert _files(request) == [str(a)]
+
+
+def test_a_failed_run_is_requested_again_and_then_the_files_are_done(world):
+    world.write_events("a.jsonl", ["2026-10-05T10:00:00Z"])
+    settled = world.settle()
+    [request] = settled.requests
+    assert not world.run(request, warehouse=_broken_warehouse(world)).success
+
+    retry_tick = world.tick(settled.cursor)
+    [retry] = retry_tick.requests
+    assert retry.run_key == f"{request.run_key}-attempt2"
+    assert (_files(retry), retry.partition_key, retry.tags["metering/attempt"]) == (_files(request), "2026-10-05", "2")
+    assert "requesting its 1 file(s) again" in retry_tick.logged(logging.WARNING)
+
+    in_flight = world.tick(retry_tick.cursor)  # attempt 2 has no run yet: asked for again, same key
+    assert [r.run_key for r in in_flight.requests] == [retry.run_key]
+    assert world.run(retry).success
+    done = world.tick(in_flight.cursor)
+    assert done.requests == []
+    assert {e["status"] for e in _cursor(done)["files"].values()} == {"done"}
+    assert world.clean_rows() == {"2026-10-05": 1}
+
+
+def test_a_file_that_changes_after_a_failed_run_is_requested_anew_not_retried_half_written(world):
+    world.write_events("a.jsonl", ["2026-10-05T10:00:00Z"])
+    settled = world.settle()
+    [request] = settled.requests
+    assert not world.run(request, warehouse=_broken_warehouse(world)).success
+    world.write_events("a.jsonl", ["2026-10-05T10:00:00Z", "2026-10-05T11:00:00Z"])  # rewritten in place
+    changing = world.tick(settled.cursor)
+    assert changing.requests == []
+    [anew] = world.tick(changing.cursor).requests
+    assert anew.tags["metering/attempt"] == "1" and anew.run_key != request.run_key
+    assert "-attempt" not in anew.run_key
+
+
+def test_after_three_failed_runs_the_sensor_gives_up_and_says_how_to_ingest_by_hand(world):
+    path = world.write_events("a.jsonl", ["2026-10-05T10:00:00Z"])
+    broken = _broken_warehouse(world)
+    tick = world.settle()
+    keys = []
+    for _ in range(MAX_ATTEMPTS):
+        [request] = tick.requests
+        keys.append(request.run_key)
+        assert not world.run(request, warehouse=broken).success
+        tick = world.tick(tick.cursor)
+    assert len(set(keys)) == MAX_ATTEMPTS == 3
+    assert tick.requests == []
+    assert _cursor(tick)["files"][str(path)]["status"] == "gave_up"
+    error = tick.logged(logging.ERROR)
+    assert "giving up" in error and str(path) in error
+    assert "dagster asset materialize -m pipelines.definitions --select usage_events" in error
+    assert world.tick(tick.cursor).requests == []  # and it stays quiet about them
+
+
+def _run_record(world, request: dg.RunRequest) -> dg.DagsterRun:
+    from pipelines.definitions import defs
+
+    return world.instance.create_run_for_job(
+        job_def=defs.resolve_job_def("ingest_job"), run_config=request.run_config,
+        tags={RUN_KEY_TAG: request.run_key, SENSOR_NAME_TAG: SENSOR_NAME})
+
+
+def test_runs_in_flight_or_about_to_be_retried_by_dagster_are_waited_for_canceled_ones_are_not(world):
+    world.write_events("a.jsonl", ["2026-10-05T10:00:00Z"])
+    settled = world.settle()
+    [request] = settled.requests
+    run = _run_record(world, request)  # created, not started
+    assert world.tick(settled.cursor).requests == []
+
+    world.instance.report_run_failed(run)
+    world.instance.add_run_tags(run.run_id, {"dagster/will_retry": "true"})  # Dagster's run retries will re-run it
+    assert world.tick(settled.cursor).requests == []
+
+    canceled = _run_record(world, request)  # the newest run of the key decides
+    world.instance.report_run_canceled(canceled)
+    [retry] = world.tick(settled.cursor).requests
+    assert retry.run_key == f"{request.run_key}-attempt2"
+
+
+def test_sensor_skips_when_the_folder_is_missing(world):
+    assert not world.raw.exists()
+    tick = world.tick()
+    assert tick.requests == [] and tick.data.skip_message.startswith("no new raw files")
