@@ -7,15 +7,19 @@ another warehouse by setting the environment variable or passing an explicit pat
 from __future__ import annotations
 
 import os
+import tempfile
 from collections.abc import Callable
 from pathlib import Path
+
+from metering.errors import BadInputError
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
 
 def data_dir() -> Path:
-    """The folder for generated and runtime files (`METERING_DATA_DIR`, default `data/`)."""
-    return Path(os.environ.get("METERING_DATA_DIR", PROJECT_ROOT / "data"))
+    """The folder for generated and runtime files (`METERING_DATA_DIR`, default `data/`; empty = unset,
+    like every other path variable, rather than the current directory)."""
+    return Path(os.environ.get("METERING_DATA_DIR") or PROJECT_ROOT / "data")
 
 
 def _resolve(explicit: str | os.PathLike[str] | None, env_var: str, default: Callable[[], Path]) -> Path:
@@ -53,3 +57,32 @@ def raw_dir(explicit: str | os.PathLike[str] | None = None) -> Path:
 def customers_path(explicit: str | os.PathLike[str] | None = None) -> Path:
     """The customer list with plan assignments: explicit, else `METERING_CUSTOMERS`, else `data/customers.csv`."""
     return _resolve(explicit, "METERING_CUSTOMERS", lambda: data_dir() / "customers.csv")
+
+
+def ensure_dir(path: str | os.PathLike[str], what: str) -> Path:
+    """Create the folder `path` (and its parents) if needed and check a file can be created in it.
+
+    Raises `BadInputError` naming `what` (an option such as `--out`, or "warehouse <file>") and the
+    folder. Called before the work starts, so a mistyped output path fails in a second, not after it.
+    """
+    folder = Path(path)
+    if folder.exists() and not folder.is_dir():
+        raise BadInputError(f"{what}: {folder} exists and is not a folder")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        # root passes every permission check, so only creating a file tells (/proc, read-only mounts)
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as exc:
+        doing = "create files in" if folder.is_dir() else "create the folder"
+        raise BadInputError(f"{what}: cannot {doing} {folder}: {exc.strerror or exc}") from None
+    return folder
+
+
+def ensure_file_target(path: str | os.PathLike[str], what: str) -> Path:
+    """Check that a file can be written at `path` (its folder is created); see `ensure_dir`. Returns it."""
+    target = Path(path)
+    if target.is_dir():
+        raise BadInputError(f"{what} {target}: is a folder, not a file")
+    ensure_dir(target.parent, f"{what} {target}")
+    return target

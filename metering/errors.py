@@ -4,8 +4,8 @@
 | ---: | --- |
 | 0 | success |
 | 1 | internal error (a bug: please report it with the log) |
-| 2 | command-line usage error (unknown option, missing argument) |
-| 3 | bad input: a file, rule, row or setting the user supplied is wrong; the message names it |
+| 2 | command-line usage error (unknown option, missing argument, an option value that is not valid) |
+| 3 | bad input: a file, folder, rule, row or setting the user supplied is wrong or unusable; the message names it |
 | 4 | a check failed: data was processed but an invariant or threshold does not hold |
 | 5 | an external service (Stripe) failed or could not be reached |
 | 6 | the warehouse is locked by another writer |
@@ -50,3 +50,14 @@ class WarehouseLockedError(MeteringError):
     """Another process holds the DuckDB warehouse for writing."""
 
     exit_code = EXIT_LOCKED
+
+
+def user_path_error(exc: OSError) -> BadInputError | None:
+    """An OSError about a path the user chose (cannot create, not a folder, permission, read-only, full
+    disk) as bad input naming that path; None when the error names no path (a socket, say)."""
+    if exc.filename is None:
+        return None
+    why = exc.strerror or str(exc)
+    if exc.filename2 is not None:
+        return BadInputError(f"{exc.filename2}: cannot move {exc.filename} there: {why}")
+    return BadInputError(f"{exc.filename}: {why}")

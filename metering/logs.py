@@ -13,9 +13,12 @@ import re
 import sys
 from datetime import datetime, timezone
 
-SECRET_ENV_VARS = ("STRIPE_API_KEY", "STRIPE_WEBHOOK_SECRET", "METERING_SANDBOX_API_KEY")
+SECRET_ENV_VARS = ("STRIPE_API_KEY", "STRIPE_WEBHOOK_SECRET", "STRIPE_SANDBOX_API_KEY", "METERING_SMTP_PASSWORD")
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+_TRUE, _FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off")
 _SECRET_PATTERN = re.compile(r"\b(?:sk|rk|pk)_(?:live|test)_[A-Za-z0-9_]+|\bwhsec_[A-Za-z0-9_]+")
-_STANDARD_ATTRS = set(vars(logging.makeLogRecord({}))) | {"message", "asctime"}
+# uvicorn adds `color_message`, the message again with ANSI colour escapes: noise in a JSON line
+_STANDARD_ATTRS = set(vars(logging.makeLogRecord({}))) | {"message", "asctime", "color_message"}
 
 
 def redact(text: str) -> str:
@@ -56,12 +59,44 @@ class TerminalFormatter(logging.Formatter):
         super().__init__("%(asctime)s %(levelname)-7s %(name)s: %(message)s", "%H:%M:%S")
 
 
+def parse_log_level(text: str, where: str = "--log-level") -> str:
+    """`debug`, `Info`, ... -> the level's name. Raises ValueError naming `where` for anything else."""
+    name = text.strip().upper()
+    if name not in LOG_LEVELS:
+        raise ValueError(f"{where}: {text!r} is not a log level (one of {', '.join(LOG_LEVELS)}, any case)")
+    return name
+
+
+def env_log_level() -> str | None:
+    """`METERING_LOG_LEVEL` as a level name; None when unset or empty. Raises ValueError when invalid."""
+    text = os.environ.get("METERING_LOG_LEVEL", "").strip()
+    return parse_log_level(text, "METERING_LOG_LEVEL") if text else None
+
+
+def env_log_json() -> bool | None:
+    """`METERING_LOG_JSON`: 1/true/yes/on or 0/false/no/off; None when unset or empty. Raises ValueError
+    otherwise, so a `yes` meant as JSON can never silently mean text."""
+    text = os.environ.get("METERING_LOG_JSON", "").strip()
+    if not text:
+        return None
+    if text.lower() in _TRUE + _FALSE:
+        return text.lower() in _TRUE
+    raise ValueError(f"METERING_LOG_JSON: {text!r} is not a yes/no value (1, true, yes, on / 0, false, no, off)")
+
+
 def setup_logging(level: str | int | None = None, json_output: bool | None = None) -> None:
-    """Configure the root logger once. JSON when stderr is not a terminal or `METERING_LOG_JSON=1`."""
-    level = level or os.environ.get("METERING_LOG_LEVEL", "INFO")
+    """Configure the root logger once. JSON when stderr is not a terminal or `METERING_LOG_JSON` says so.
+
+    `level` and `json_output` default to `METERING_LOG_LEVEL` / `METERING_LOG_JSON` (empty = unset);
+    an invalid value raises ValueError naming the variable.
+    """
+    level = level or env_log_level() or "INFO"
+    if isinstance(level, str):
+        level = parse_log_level(level)
     if json_output is None:
-        env = os.environ.get("METERING_LOG_JSON")
-        json_output = env == "1" if env is not None else not sys.stderr.isatty()
+        json_output = env_log_json()
+    if json_output is None:
+        json_output = not sys.stderr.isatty()
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JsonFormatter() if json_output else TerminalFormatter())
     handler.addFilter(RedactingFilter())

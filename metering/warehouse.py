@@ -100,16 +100,23 @@ def connect(
     memory_limit: str | None = None,
     threads: int | None = None,
     wait_seconds: float = 0.0,
+    must_exist: bool = False,
 ) -> duckdb.DuckDBPyConnection:
     """Open the warehouse (UTC session); a writable connection applies pending migrations.
 
     Raises `WarehouseLockedError` if another process holds the file and it is not released within
-    `wait_seconds`.
+    `wait_seconds` (saying once, as a warning, whom it waits for), and `BadInputError` if the file
+    cannot be a warehouse, or does not exist and `must_exist` is set: commands that only derive from
+    what is stored pass it, so a mistyped path fails instead of creating an empty warehouse.
     """
     target = config.warehouse_path(path)
+    if (must_exist or read_only) and not target.exists():
+        raise BadInputError(f"{target}: no warehouse there (check --warehouse or $METERING_WAREHOUSE; "
+                            "`metering ingest` creates one)")
     if not read_only:
-        target.parent.mkdir(parents=True, exist_ok=True)
+        config.ensure_file_target(target, "warehouse")
     deadline = time.monotonic() + wait_seconds
+    told = False
     while True:
         try:
             con = duckdb.connect(str(target), read_only=read_only)
@@ -119,15 +126,38 @@ def connect(
                 raise _open_failure(target, exc, "the warehouse is held by another writing process{holder}; "
                                     "wait for the running job to finish, or read the published snapshot instead"
                                     ) from None
+            if not told:
+                log.warning(f"{target}: held by another writing process{_lock_holder(str(exc))}; waiting up to "
+                            f"{wait_seconds:g} s for it to finish")
+                told = True
             time.sleep(0.2)
     try:
         _configure(con, memory_limit, threads)
         if not read_only:
             apply_migrations(con)
-    except BaseException:
+    except BaseException as exc:
         con.close()
-        raise
+        failure = _failure_in_use(target, exc, memory_limit) if isinstance(exc, duckdb.Error) else None
+        if failure is None:
+            raise
+        raise failure from exc
     return con
+
+
+def _failure_in_use(path: Path, exc: duckdb.Error, memory_limit: str | None = None) -> MeteringError | None:
+    """A DuckDB error met while working on an open warehouse that is about the file or the settings, not
+    a bug: corruption found in a block read late (exit 3, like corruption found at open), or a
+    memory_limit too small for the work. None for anything else."""
+    message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    if "Corrupt database file" in message:
+        return BadInputError(f"{path}: the warehouse file is corrupt: {message} (restore it from the last "
+                             "published snapshot: see docs/durability.md)")
+    if "database has been invalidated" in message:  # what every statement says after a fatal error
+        return BadInputError(f"{path}: DuckDB stopped working on the warehouse after a fatal error: {message} "
+                             "(if it will not reopen, see docs/durability.md)")
+    if memory_limit and isinstance(exc, duckdb.OutOfMemoryException):
+        return BadInputError(f"memory limit {memory_limit} is too small for this work: {message}")
+    return None
 
 
 def database_files(path: Path) -> tuple[Path, Path]:
@@ -145,10 +175,16 @@ def remove_database(path: Path) -> None:
 def open_warehouse(
     path: str | os.PathLike[str] | None = None, *, read_only: bool = False, **kwargs: Any
 ) -> Iterator[duckdb.DuckDBPyConnection]:
-    """`connect` as a context manager that always closes the connection."""
+    """`connect` as a context manager that always closes the connection. A corrupt block met inside
+    the block, or a memory_limit too small for the work, becomes a `BadInputError` naming the file."""
     con = connect(path, read_only=read_only, **kwargs)
     try:
         yield con
+    except duckdb.Error as exc:
+        failure = _failure_in_use(config.warehouse_path(path), exc, kwargs.get("memory_limit"))
+        if failure is None:
+            raise
+        raise failure from exc
     finally:
         con.close()
 
@@ -189,7 +225,9 @@ def transaction(con: duckdb.DuckDBPyConnection) -> Iterator[duckdb.DuckDBPyConne
     try:
         yield con
     except BaseException:
-        con.execute("ROLLBACK")
+        # after a fatal error (a corrupt block) DuckDB refuses the ROLLBACK too; the first error says why
+        with contextlib.suppress(duckdb.Error):
+            con.execute("ROLLBACK")
         raise
     con.execute("COMMIT")
 
@@ -262,10 +300,23 @@ def publish(
     warehouse is opened read-only for the copy. Readers of the old snapshot keep their open file;
     new readers see the new one. Returns the snapshot path.
     """
-    dest = config.snapshot_path(snapshot)
-    dest.parent.mkdir(parents=True, exist_ok=True)
+    dest = config.ensure_file_target(config.snapshot_path(snapshot), "snapshot")
     tmp = dest.with_name(f".{dest.name}.{os.getpid()}.tmp")
     remove_database(tmp)
+    try:
+        _write_snapshot(tmp, warehouse, con)
+        with open(tmp, "rb") as fh:
+            os.fsync(fh.fileno())
+        os.replace(tmp, dest)
+    except BaseException:
+        remove_database(tmp)   # a failed publish leaves the old snapshot, and nothing else
+        raise
+    log.info("published snapshot", extra={"snapshot": str(dest)})
+    return dest
+
+
+def _write_snapshot(tmp: Path, warehouse: str | os.PathLike[str] | None, con: duckdb.DuckDBPyConnection | None) -> None:
+    """The warehouse copied into the new file `tmp`, with the analyst views added."""
     if con is not None:
         source_db = con.execute("SELECT current_database()").fetchone()[0]
         con.execute(f"ATTACH {sql_string(str(tmp))} AS snapshot_target")
@@ -274,18 +325,26 @@ def publish(
         finally:
             con.execute("DETACH snapshot_target")
     else:
+        source = config.warehouse_path(warehouse)
+        if not source.exists():
+            raise BadInputError(f"{source}: no warehouse there (check --warehouse or $METERING_WAREHOUSE)")
         # Copy from a read-only attachment into the new file (a read-only connection could not
         # attach the target for writing).
         target = duckdb.connect(str(tmp))
         try:
-            source = config.warehouse_path(warehouse)
             try:
                 target.execute(f"ATTACH {sql_string(str(source))} AS snapshot_source (READ_ONLY)")
             except duckdb.IOException as exc:
                 raise _open_failure(source, exc, "a running job holds the warehouse{holder}; publish from that "
                                     "job, or retry when it ends") from None
             target_db = target.execute("SELECT current_database()").fetchone()[0]
-            target.execute(f'COPY FROM DATABASE snapshot_source TO "{target_db}"')
+            try:
+                target.execute(f'COPY FROM DATABASE snapshot_source TO "{target_db}"')
+            except duckdb.Error as exc:
+                failure = _failure_in_use(source, exc)
+                if failure is None:
+                    raise
+                raise failure from exc
             target.execute("DETACH snapshot_source")
         finally:
             target.close()
@@ -299,8 +358,3 @@ def publish(
             snap.execute("CHECKPOINT")
         finally:
             snap.close()
-    with open(tmp, "rb") as fh:
-        os.fsync(fh.fileno())
-    os.replace(tmp, dest)
-    log.info("published snapshot", extra={"snapshot": str(dest)})
-    return dest

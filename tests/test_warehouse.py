@@ -1,3 +1,7 @@
+import contextlib
+import subprocess
+import sys
+import textwrap
 import threading
 from decimal import Decimal
 
@@ -7,6 +11,23 @@ import pytest
 
 from metering import warehouse
 from metering.errors import WarehouseLockedError
+
+
+@contextlib.contextmanager
+def _held(path):
+    """Another process holding `path` as the warehouse's writer until the block ends; yields it."""
+    holder = subprocess.Popen([sys.executable, "-c", textwrap.dedent(f"""
+        import sys
+        from metering import warehouse
+        con = warehouse.connect({str(path)!r})
+        print("ready", flush=True)
+        sys.stdin.readline()
+    """)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "ready"
+        yield holder
+    finally:
+        holder.stdin.write("\n"); holder.stdin.flush(); holder.wait(timeout=30)
 
 
 def test_sessions_are_utc_and_migrated(tmp_path):
@@ -42,28 +63,13 @@ def test_replace_rows_rolls_back_on_failure(tmp_path):
 
 
 def test_second_writer_process_fails_fast_with_clear_error(tmp_path):
-    import subprocess, sys, textwrap
-
     path = tmp_path / "w.duckdb"
-    holder = subprocess.Popen(
-        [sys.executable, "-c", textwrap.dedent(f"""
-            import sys, time
-            from metering import warehouse
-            con = warehouse.connect({str(path)!r})
-            print("ready", flush=True)
-            sys.stdin.readline()
-        """)],
-        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
-    )
-    try:
-        assert holder.stdout.readline().strip() == "ready"
+    with _held(path) as holder:
         with pytest.raises(WarehouseLockedError, match="held by another writing process") as raised:
             warehouse.connect(path)
         assert f"(PID {holder.pid}, " in str(raised.value)   # which process holds it, as DuckDB says
         with pytest.raises(WarehouseLockedError, match=f"a running job holds the warehouse \\(PID {holder.pid}, "):
             warehouse.publish(path, tmp_path / "a.duckdb")   # publishing reads it, which the writer's lock forbids
-    finally:
-        holder.stdin.write("\n"); holder.stdin.flush(); holder.wait(timeout=30)
 
 
 def test_snapshot_readable_while_writer_holds_warehouse(tmp_path):
@@ -155,9 +161,6 @@ def test_no_progress_bar_in_piped_output(tmp_path):
     """DuckDB's Python client draws a progress bar on stdout for any query over 2 s (it is on by
     default): piped, that would land in `--json` output or a job's logs, so a warehouse opened with
     stdout not a terminal turns it off."""
-    import subprocess
-    import sys
-
     script = (f"import duckdb\n"
               f"from metering import warehouse\n"
               f"print(duckdb.connect().execute(\"SELECT current_setting('enable_progress_bar')\").fetchone()[0])\n"
@@ -199,3 +202,83 @@ def test_an_unreadable_warehouse_is_named_as_such_never_as_locked(tmp_path, kind
         assert "held" not in str(raised.value)
     result = CliRunner().invoke(cli, ["publish", "--warehouse", str(path), "--snapshot", str(tmp_path / "a.duckdb")])
     assert result.exit_code == 3 and f"{path}: cannot open the warehouse" in result.output
+
+
+def _corrupt_after_open(tmp_path):
+    """A real warehouse that opens (catalog intact) but whose usage_events data block has flipped bytes:
+    DuckDB finds the corruption only when a command reads the events, after the warehouse is open."""
+    path = tmp_path / "late-corrupt.duckdb"
+    with warehouse.open_warehouse(path) as con:
+        con.execute("""INSERT INTO usage_events (event_id, customer_id, meter, event_time, event_date, properties,
+                                                 file_id, source_line)
+                       SELECT md5(i::VARCHAR), 'c' || (i % 50), 'api_calls',
+                              TIMESTAMPTZ '2026-10-01 00:00:00+00' + to_seconds(i % 2000000), DATE '2026-10-01',
+                              '{}', 1, i FROM range(200000) r(i)""")
+        con.execute("CHECKPOINT")
+        block = con.execute("SELECT max(block_id) FROM pragma_storage_info('usage_events') "
+                            "WHERE column_name = 'event_id' AND block_id >= 0").fetchone()[0]
+    block_size, header = 262144, 3 * 4096   # DuckDB's default block size, after its three header blocks
+    data = bytearray(path.read_bytes())
+    start = header + block * block_size + 1024
+    data[start:start + 64] = bytes(b ^ 0xFF for b in data[start:start + 64])
+    path.write_bytes(bytes(data))
+    warehouse.connect(path).close()   # it still opens
+    return path
+
+
+def test_corruption_found_after_opening_is_bad_input_naming_the_file(tmp_path):
+    from click.testing import CliRunner
+
+    from metering.cli import cli
+
+    path = _corrupt_after_open(tmp_path)
+    for args in (["rerate", "--from", "2026-10-01", "--to", "2026-10-31"],
+                 ["publish", "--snapshot", str(tmp_path / "s.duckdb")]):
+        result = CliRunner().invoke(cli, [*args, "--warehouse", str(path)])
+        assert result.exit_code == 3, (args, result.output)
+        assert f"error: {path}: the warehouse file is corrupt: IO Error: Corrupt database file" in result.output
+        assert "Traceback" not in result.output
+    assert {p.name for p in tmp_path.iterdir()} - {"data"} == {path.name}   # no snapshot, no temporary copy
+
+
+def test_a_failed_publish_leaves_no_temporary_copy(tmp_path):
+    from metering.errors import BadInputError
+
+    text = tmp_path / "notes.duckdb"
+    text.write_text("hello\n")
+    folder = tmp_path / "folder.duckdb"
+    folder.mkdir()
+    for source, snapshot in ((tmp_path / "missing.duckdb", tmp_path / "s.duckdb"), (text, tmp_path / "s.duckdb"),
+                             (_corrupt_copy(tmp_path), tmp_path / "s.duckdb"), (text, folder)):
+        with pytest.raises(BadInputError):
+            warehouse.publish(source, snapshot)
+        assert list(tmp_path.glob(".*")) == [], source
+    held = tmp_path / "held.duckdb"
+    with _held(held):
+        with pytest.raises(WarehouseLockedError):
+            warehouse.publish(held, tmp_path / "s.duckdb")
+        assert list(tmp_path.glob(".*")) == []
+
+
+def test_must_exist_refuses_instead_of_creating(tmp_path):
+    from metering.errors import BadInputError
+
+    with pytest.raises(BadInputError, match="no warehouse there"):
+        warehouse.connect(tmp_path / "typo.duckdb", must_exist=True)
+    assert not (tmp_path / "typo.duckdb").exists()
+
+
+def test_a_memory_limit_too_small_is_bad_input(tmp_path):
+    from metering.errors import BadInputError
+
+    with pytest.raises(BadInputError, match="memory limit 1KB is too small"):
+        warehouse.connect(tmp_path / "w.duckdb", memory_limit="1KB")
+
+
+def test_a_writer_that_waits_for_the_lock_says_for_whom(tmp_path, caplog):
+    path = tmp_path / "w.duckdb"
+    with _held(path) as holder:
+        with caplog.at_level("WARNING", logger="metering.warehouse"), pytest.raises(WarehouseLockedError):
+            warehouse.connect(path, wait_seconds=0.5)
+        waiting = [r.getMessage() for r in caplog.records if "waiting up to 0.5 s" in r.getMessage()]
+        assert len(waiting) == 1 and f"(PID {holder.pid}, " in waiting[0]

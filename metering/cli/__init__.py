@@ -13,8 +13,8 @@ from typing import NamedTuple
 
 import click
 
-from metering.errors import EXIT_INTERNAL, MeteringError
-from metering.logs import redact, setup_logging
+from metering.errors import EXIT_INTERNAL, MeteringError, user_path_error
+from metering.logs import LOG_LEVELS, env_log_json, env_log_level, redact, setup_logging
 
 
 class Lazy(NamedTuple):
@@ -111,23 +111,57 @@ class LazyGroup(click.Group):
                 formatter.write_dl([(n, _short_help(self.lazy[n].summary, limit)) for n in names])
 
     def invoke(self, ctx: click.Context):
+        # click 8.2+ warns on `protected_args`; click 9 will keep everything in `args`
+        remaining = [*getattr(ctx, "_protected_args", ()), *ctx.args]
+        ctx.meta["metering.asks_for_help"] = any(a in ctx.help_option_names for a in remaining[:_end(remaining)])
         try:
             return super().invoke(ctx)
         except MeteringError as exc:
-            click.echo(f"error: {redact(str(exc))}", err=True)
-            ctx.exit(exc.exit_code)
+            _fail(ctx, exc)
+        except OSError as exc:
+            # The one place a path the user chose (an --out folder under /proc, a file where a folder
+            # should be, a read-only mount) turns into exit 3 naming the path, whichever command wrote it
+            error = user_path_error(exc)
+            if error is None:
+                raise
+            _fail(ctx, error)
+
+
+def _end(args: list[str]) -> int:
+    """Where options end: `--` makes the rest arguments (a file called --help)."""
+    return args.index("--") if "--" in args else len(args)
+
+
+def _fail(ctx: click.Context, exc: MeteringError) -> None:
+    click.echo(f"error: {redact(str(exc))}", err=True)
+    ctx.exit(exc.exit_code)
+
+
+def _log_settings(log_level: str | None, log_json: bool | None) -> tuple[str | None, bool | None]:
+    """The options, else the environment. A bad variable is a usage error (exit 2) naming it, except
+    under --help, which must always work: the help is shown and logging keeps its defaults."""
+    try:
+        level = log_level or env_log_level()
+        as_json = log_json if log_json is not None else env_log_json()
+    except ValueError as exc:
+        if click.get_current_context().meta.get("metering.asks_for_help"):
+            return log_level or "INFO", bool(log_json)
+        raise click.UsageError(str(exc)) from None
+    return level, as_json
 
 
 @click.group(cls=LazyGroup, lazy=COMMANDS, context_settings={"help_option_names": ["-h", "--help"]})
-@click.option("--log-level", default=None, help="DEBUG, INFO (default), WARNING, ERROR.")
-@click.option("--log-json/--log-text", default=None, help="Structured JSON logs (default when stderr is not a terminal).")
+@click.option("--log-level", type=click.Choice(LOG_LEVELS, case_sensitive=False), default=None,
+              help="DEBUG, INFO (default), WARNING, ERROR, in any case (default: $METERING_LOG_LEVEL).")
+@click.option("--log-json/--log-text", default=None,
+              help="Structured JSON logs (default: $METERING_LOG_JSON, else JSON when stderr is not a terminal).")
 def cli(log_level: str | None, log_json: bool | None) -> None:
     """Usage metering and rating engine: raw logs -> DuckDB -> exact rating -> Stripe, reconciled.
 
     Exit codes: 0 ok, 1 internal error, 2 usage error, 3 bad input, 4 check failed,
     5 Stripe/external failure, 6 warehouse locked by another writer.
     """
-    setup_logging(log_level, log_json)
+    setup_logging(*_log_settings(log_level, log_json))
 
 
 @click.group(cls=LazyGroup, lazy=BENCH_COMMANDS)

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import sys
 
 import click
 import stripe
 
-from metering import warehouse
-from metering.errors import EXIT_BAD_INPUT, ExternalServiceError
+from metering import config, warehouse
+from metering.cli.options import parsed_by
+from metering.dunning.state import parse_clock
+from metering.errors import EXIT_BAD_INPUT, BadInputError, ExternalServiceError
 
 _WAREHOUSE = click.option(
     "--warehouse", "warehouse_path", type=click.Path(dir_okay=False), default=None,
@@ -35,9 +38,15 @@ def dunning() -> None:
 @dunning.command()
 @_RULES
 def validate(rules_dir: str | None) -> None:
-    """Check dunning.yaml: every problem as `file: field: what is wrong` (exit 3 if any)."""
+    """Check dunning.yaml: every problem as `file: field: what is wrong` (exit 3 if any).
+
+    A rules folder without dunning.yaml is valid (dunning is off); a folder that does not exist is not.
+    """
     from metering.dunning.policy import policy_path, validate_dunning
 
+    folder = config.rules_dir(rules_dir)
+    if not folder.is_dir():
+        raise BadInputError(f"{folder}: the rules folder does not exist")
     errors = validate_dunning(rules_dir)
     if errors:
         for line in errors:
@@ -48,31 +57,32 @@ def validate(rules_dir: str | None) -> None:
 
 
 @dunning.command()
-@click.option("--now", "now_text", default=None, help="The dunning clock, ISO 8601 (default: now, UTC).")
+@click.option("--now", default=None, callback=parsed_by(parse_clock),
+              help="The dunning clock, ISO 8601 (default: now, UTC).")
 @_RULES
 @_WAREHOUSE
 @click.option("--outbox", "outbox_dir", type=click.Path(file_okay=False), default=None,
               help="Folder for reminder messages (default: $METERING_OUTBOX_DIR or data/outbox/).")
 @click.option("--published", "published_dir", type=click.Path(file_okay=False), default=None,
               help="Folder for suspensions.csv/.json (default: $METERING_PUBLISHED_DIR or data/published/).")
-def run(now_text: str | None, rules_dir: str | None, warehouse_path: str | None,
+def run(now: dt.datetime | None, rules_dir: str | None, warehouse_path: str | None,
         outbox_dir: str | None, published_dir: str | None) -> None:
     """Compute dunning state, perform due steps exactly once, publish suspensions."""
-    from pathlib import Path
-
+    from metering.dunning.outbox import outbox_dir as resolve_outbox
+    from metering.dunning.outbox import smtp_configured, smtp_port
     from metering.dunning.policy import load_policy
     from metering.dunning.run import run_dunning
-    from metering.dunning.state import parse_clock
+    from metering.dunning.suspensions import published_dir as resolve_published
 
-    now = parse_clock(now_text)
+    now = now or parse_clock(None)
     policy = load_policy(rules_dir)
+    if smtp_configured():
+        smtp_port()  # checked before any step is performed, not when the first mail is due
+    outbox = config.ensure_dir(resolve_outbox(outbox_dir), "--outbox")
+    published = config.ensure_dir(resolve_published(published_dir), "--published")
     client = stripe_client_from_env()
-    with warehouse.open_warehouse(warehouse_path) as con:
-        result = run_dunning(
-            con, client, policy, now,
-            outbox_folder=Path(outbox_dir) if outbox_dir else None,
-            published_folder=Path(published_dir) if published_dir else None,
-        )
+    with warehouse.open_warehouse(warehouse_path, must_exist=True) as con:
+        result = run_dunning(con, client, policy, now, outbox_folder=outbox, published_folder=published)
     counts = ", ".join(f"{k}={v}" for k, v in sorted(result.report.counts.items())) or "nothing due"
     states = result.state.group_by("state").len().sort("state")
     click.echo(f"dunning at {now.isoformat()}: {counts}")
@@ -94,17 +104,14 @@ def summary(warehouse_path: str | None, fmt: str) -> None:
     """Invoices in dunning by step, amount at risk, recovered, written off (per currency)."""
     import polars as pl
 
-    from metering.config import warehouse_path as resolve
     from metering.dunning.frames import table_exists
     from metering.dunning.state import STATE_SCHEMA, read_previous
     from metering.dunning.summary import dunning_summary, format_summary
 
-    path = resolve(warehouse_path)
     state = pl.DataFrame(schema=STATE_SCHEMA)
-    if path.exists():
-        with warehouse.open_warehouse(path, read_only=True) as con:
-            if table_exists(con, "dunning_state"):
-                state = read_previous(con)
+    with warehouse.open_warehouse(warehouse_path, read_only=True) as con:  # refuses a warehouse that is not there
+        if table_exists(con, "dunning_state"):
+            state = read_previous(con)
     table = dunning_summary(state)
     if fmt == "csv":
         click.echo(table.write_csv(), nl=False)

@@ -10,6 +10,7 @@ from pathlib import Path
 import click
 
 from metering import config, warehouse
+from metering.cli.options import check_order
 from metering.errors import BadInputError
 from metering.ingest.generate import DEMO_END, DEMO_START, FORMAT_SUFFIX, GenerateConfig
 
@@ -36,7 +37,8 @@ def _share(ctx: click.Context, param: click.Parameter, value: float) -> float:
 
 
 @click.command()
-@click.option("--seed", type=int, default=42, show_default=True, help="Same seed and options, same files.")
+@click.option("--seed", type=click.IntRange(0, 2**32 - 1), default=42, show_default=True,
+              help="Same seed and options, same files (0 to 4294967295).")
 @click.option("--customers", type=click.IntRange(1), default=200, show_default=True)
 @click.option("--events", type=click.IntRange(1), default=100_000, show_default=True,
               help="Distinct clean events (duplicates and malformed rows come on top).")
@@ -61,19 +63,19 @@ def generate(seed: int, customers: int, events: int, start: datetime, end: datet
     """Write deterministic sample usage logs (with every defect the validator knows) and the customer list."""
     from metering.ingest.generate import generate as run
 
-    if end.date() < start.date():
-        raise BadInputError(f"--end {end.date()} is before --start {start.date()}")
+    check_order(start.date(), end.date(), "--start", "--end")
     cfg = GenerateConfig(seed=seed, customers=customers, events=events, start=start.date(), end=end.date(),
                          formats=_formats(formats), duplicate_share=duplicate_share, conflict_share=conflict_share,
                          late_share=late_share, malformed_share=malformed_share, hostile_share=hostile_share,
                          single_file=single_file)
-    out_dir = config.raw_dir(out)
+    out_dir = config.ensure_dir(config.raw_dir(out), "--out")
+    customers_path = config.ensure_file_target(config.customers_path(customers_file), "--customers-file")
     with click.progressbar(length=1, label="generating", file=sys.stderr) as bar:
         def progress(name: str, done: int, total: int) -> None:
             bar.length = total
             bar.update(1, name)
 
-        summary = run(cfg, out_dir, config.customers_path(customers_file), progress=progress)
+        summary = run(cfg, out_dir, customers_path, progress=progress)
     click.echo(f"wrote {len(summary.files)} file(s) to {out_dir}: {summary.rows} rows "
                f"({summary.events} events, {summary.exact_duplicates} exact duplicates, "
                f"{summary.conflicting_duplicates} conflicting duplicates, {summary.late_events} late, "

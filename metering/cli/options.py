@@ -1,10 +1,23 @@
-"""Option parsing shared by the command modules."""
+"""Option parsing and error translation shared by the command modules.
+
+A value given on the command line that is not valid is a usage error (exit 2, click's `BadParameter`
+naming the option), whichever command takes it; the library parsers raise `BadInputError` (exit 3)
+for the same text read from files, so `parsed_by` turns one into the other.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
+from collections.abc import Callable, Iterator
+from typing import Any, TypeVar
+from urllib.parse import urlsplit
 
 import click
+
+from metering.errors import BadInputError, ExternalServiceError
+
+T = TypeVar("T")
 
 
 def parse_date(ctx: click.Context, param: click.Parameter, value: str | None) -> dt.date | None:
@@ -15,3 +28,51 @@ def parse_date(ctx: click.Context, param: click.Parameter, value: str | None) ->
         return dt.date.fromisoformat(value)
     except ValueError:
         raise click.BadParameter(f"{value!r} is not a date (YYYY-MM-DD)") from None
+
+
+def parsed_by(parse: Callable[[str], T]) -> Callable[[click.Context, click.Parameter, str | None], T | None]:
+    """A click callback running a library parser; its `BadInputError` becomes a usage error (exit 2)."""
+    def callback(ctx: click.Context, param: click.Parameter, value: str | None) -> T | None:
+        if value is None:
+            return None
+        try:
+            return parse(value)
+        except (BadInputError, ValueError) as exc:
+            # click names the option itself; the parsers name it too, for callers outside the CLI
+            text = str(exc)
+            for name in param.opts:
+                text = text.removeprefix(f"{name}: ")
+            raise click.BadParameter(text) from None
+    return callback
+
+
+def parse_url(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    """A click callback: an http(s) URL such as http://127.0.0.1:12111, or None."""
+    if value is None:
+        return None
+    parts = urlsplit(value)
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        raise click.BadParameter(f"{value!r} is not an http(s) URL like http://127.0.0.1:12111")
+    return value
+
+
+def check_order(first: Any, last: Any, first_option: str, last_option: str) -> None:
+    """A usage error when a range's end comes before its start."""
+    if first is not None and last is not None and last < first:
+        raise click.UsageError(f"{last_option} {last} is before {first_option} {first}")
+
+
+@contextlib.contextmanager
+def stripe_errors() -> Iterator[None]:
+    """Stripe failures retries did not fix (unreachable, refused key, API error) become one line and
+    exit code 5: no traceback, no key."""
+    import stripe as stripe_sdk
+
+    from metering.logs import redact
+
+    try:
+        yield
+    except stripe_sdk.StripeError as exc:
+        status = f" (HTTP {exc.http_status})" if exc.http_status else ""
+        text = " ".join(str(exc.user_message or exc).split())
+        raise ExternalServiceError(redact(f"Stripe: {type(exc).__name__}{status}: {text}")) from None

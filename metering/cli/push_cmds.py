@@ -6,32 +6,15 @@ never printed. See metering.stripe.client for every variable.
 
 from __future__ import annotations
 
-import contextlib
 import datetime as dt
 import tempfile
-from collections.abc import Iterator
 from pathlib import Path
 
 import click
 
-from metering.cli.options import parse_date
-from metering.errors import BadInputError, ExternalServiceError
+from metering.cli.options import check_order, parse_date, stripe_errors
+from metering.errors import ExternalServiceError
 
-
-
-@contextlib.contextmanager
-def _stripe_errors() -> Iterator[None]:
-    """Stripe failures retries did not fix become one line and exit code 5 (no traceback, no key)."""
-    import stripe as stripe_sdk
-
-    from metering.logs import redact
-
-    try:
-        yield
-    except stripe_sdk.StripeError as exc:
-        status = f" (HTTP {exc.http_status})" if exc.http_status else ""
-        text = " ".join(str(exc.user_message or exc).split())
-        raise ExternalServiceError(redact(f"Stripe: {type(exc).__name__}{status}: {text}")) from None
 
 
 def _client():
@@ -69,7 +52,7 @@ def sync(rules_dir: str | None, customers_path: str | None, warehouse_path: str 
 
     rules = load_rules(rules_dir)
     client = _client()
-    with _stripe_errors(), warehouse.open_warehouse(warehouse_path, wait_seconds=30) as con:
+    with stripe_errors(), warehouse.open_warehouse(warehouse_path, wait_seconds=30) as con:
         customers = load_customers(customers_path, rules) if customers_path else read_customer_plans(con)
         report = sync_catalog(con, client, rules, customers, window_kind=window or os.environ.get("STRIPE_METER_WINDOW") or "day",
                               create_customers=create_customers, test_clock=test_clock,
@@ -86,8 +69,9 @@ def sync(rules_dir: str | None, customers_path: str | None, warehouse_path: str 
 @click.option("--to", "date_to", callback=parse_date, default=None, help="Last UTC day of a range (inclusive).")
 @click.option("--rules", "rules_dir", type=click.Path(file_okay=False), default=None)
 @click.option("--warehouse", "warehouse_path", type=click.Path(dir_okay=False), default=None)
-@click.option("--rate", type=float, default=None, help="Calls per second (default $STRIPE_PUSH_RATE or 20; 0 = no limit).")
-@click.option("--concurrency", type=int, default=None, help="Parallel customer x meter pairs (default 8).")
+@click.option("--rate", type=click.FloatRange(min=0), default=None,
+              help="Calls per second (default $STRIPE_PUSH_RATE or 20; 0 = no limit).")
+@click.option("--concurrency", type=click.IntRange(min=1), default=None, help="Parallel customer x meter pairs (default 8).")
 @click.option("--window", type=click.Choice(["day", "hour"]), default=None)
 @click.option("--retry-failed", is_flag=True, help="Give windows whose last revision failed a new revision.")
 def push(day: dt.date | None, date_from: dt.date | None, date_to: dt.date | None, rules_dir: str | None,
@@ -102,16 +86,19 @@ def push(day: dt.date | None, date_from: dt.date | None, date_to: dt.date | None
     from metering.stripe.push import push_config_from_env, push_usage
 
     if day and (date_from or date_to):
-        raise BadInputError("push: give either --date or --from/--to, not both")
+        raise click.UsageError("give either --date or --from/--to, not both")
+    if date_from is None and date_to is not None:
+        raise click.UsageError("--to needs --from")
+    check_order(date_from, date_to, "--from", "--to")
     date_from = day or date_from
     date_to = day or date_to or date_from
     if date_from is None:
-        raise BadInputError("push: give --date YYYY-MM-DD or --from YYYY-MM-DD [--to YYYY-MM-DD]")
+        raise click.UsageError("give --date YYYY-MM-DD or --from YYYY-MM-DD [--to YYYY-MM-DD]")
     config = push_config_from_env(rate=rate, concurrency=concurrency, window_kind=window,
                                   retry_failed=retry_failed or None)
     meters = load_meters(rules_dir)
     client = _client()
-    with _stripe_errors(), warehouse.open_warehouse(warehouse_path, wait_seconds=30) as con:
+    with stripe_errors(), warehouse.open_warehouse(warehouse_path, wait_seconds=30, must_exist=True) as con:
         report = push_usage(con, client, meters, date_from, date_to, config)  # type: ignore[arg-type]
     click.echo(report.summary())
     if report.needs_operator:
@@ -121,9 +108,10 @@ def push(day: dt.date | None, date_from: dt.date | None, date_to: dt.date | None
 
 
 @click.command("push")
-@click.option("--customers", default=1000, show_default=True)
-@click.option("--concurrency", default=8, show_default=True)
-@click.option("--rate", default=0.0, show_default=True, help="Client-side calls/s limit (0 = none: the sandbox).")
+@click.option("--customers", type=click.IntRange(min=1), default=1000, show_default=True)
+@click.option("--concurrency", type=click.IntRange(min=1), default=8, show_default=True)
+@click.option("--rate", type=click.FloatRange(min=0), default=0.0, show_default=True,
+              help="Client-side calls/s limit (0 = none: the sandbox).")
 @click.option("--rules", "rules_dir", type=click.Path(file_okay=False), default=None)
 def bench_push(customers: int, concurrency: int, rate: float, rules_dir: str | None) -> None:
     """Push one day for CUSTOMERS customers x 5 meters to a local sandbox; print time, calls, retries."""

@@ -3,15 +3,23 @@
 from __future__ import annotations
 
 import datetime as dt
+import sys
 from pathlib import Path
 
 import click
 import polars as pl
 
 from metering import config
-from metering.cli.options import parse_date
+from metering.cli.options import check_order, parse_date
 from metering.errors import BadInputError
 
+OUTPUT_SUFFIXES = (".csv", ".parquet", ".pq")
+
+
+def _output_file(ctx: click.Context, param: click.Parameter, value: str) -> str:
+    if not value.lower().endswith(OUTPUT_SUFFIXES):
+        raise click.BadParameter(f"{value!r}: the name must end in .csv or .parquet (the format it is written in)")
+    return value
 
 
 def format_minor(minor: int, currency: str) -> str:
@@ -86,7 +94,7 @@ def validate(rules_dir: str | None, warehouse_path: str | None) -> None:
               help="Rules folder (default: $METERING_RULES or rating_rules/).")
 @click.option("--usage", "usage_file", required=True, type=click.Path(dir_okay=False),
               help="Aggregated usage, CSV or Parquet: customer_id, meter, quantity [, plan, period_start, dimensions].")
-@click.option("--out", "out_file", required=True, type=click.Path(dir_okay=False),
+@click.option("--out", "out_file", required=True, type=click.Path(dir_okay=False), callback=_output_file,
               help="Where to write the rated lines (.csv or .parquet).")
 @click.option("--plan", default=None, help="Price every row under this plan (what-if).")
 @click.option("--at", "at", default=None, callback=parse_date, help="Use the plan version in force on this date.")
@@ -95,6 +103,7 @@ def rate(rules_dir: str | None, usage_file: str, out_file: str, plan: str | None
     from metering.rating.whatif import rate_usage, read_usage_file, write_output
     from metering.rules.plans import load_rules
 
+    config.ensure_file_target(out_file, "--out")
     rules_obj = load_rules(rules_dir)
     if plan is not None and plan not in rules_obj.plans:
         raise BadInputError(f"--plan: unknown plan {plan!r} (plans: {', '.join(sorted(rules_obj.plans))})")
@@ -130,14 +139,18 @@ def rerate(first: dt.date, last: dt.date, warehouse_path: str | None, rules_dir:
     from metering.rating.service import rated_hashes, rerate_range
     from metering.rules.plans import load_rules
 
-    if last < first:
-        raise BadInputError(f"--to {last} is before --from {first}")
-    with warehouse.open_warehouse(warehouse_path, wait_seconds=5) as con:
+    check_order(first, last, "--from", "--to")
+    with warehouse.open_warehouse(warehouse_path, wait_seconds=5, must_exist=True) as con:
         rules_obj = load_rules(rules_dir, rated_hashes=rated_hashes(con))
         if customers_file:
             frame = load_customers(customers_file, rules_obj)
             warehouse.replace_rows(con, "customer_plans", "TRUE", [], frame)
-        summaries = rerate_range(con, rules_obj, first, last, dt.datetime.now(dt.timezone.utc))
+        with click.progressbar(length=1, label="re-rating", file=sys.stderr) as bar:
+            def progress(done: int, total: int) -> None:
+                bar.length = total
+                bar.update(done - bar.pos)
+
+            summaries = rerate_range(con, rules_obj, first, last, dt.datetime.now(dt.timezone.utc), progress)
     for s in summaries:
         totals = ", ".join(f"{c} {format_minor(t, c)}" for c, t in s["totals"].items()) or "no lines"
         state = "changed" if s["changed"] else "unchanged"
@@ -145,15 +158,16 @@ def rerate(first: dt.date, last: dt.date, warehouse_path: str | None, rules_dir:
 
 
 @click.command("rate")
-@click.option("--rows", default=1_000_000, show_default=True, help="Aggregated rows to rate.")
-@click.option("--repeat", default=3, show_default=True, help="Repetitions on the same input (median reported).")
+@click.option("--rows", type=click.IntRange(min=1), default=1_000_000, show_default=True, help="Aggregated rows to rate.")
+@click.option("--repeat", type=click.IntRange(min=1), default=3, show_default=True,
+              help="Repetitions on the same input (median reported).")
 @click.option("--rules", "rules_dir", type=click.Path(file_okay=False), default=None)
 def bench_rate(rows: int, repeat: int, rules_dir: str | None) -> None:
     """Rate ROWS aggregated rows (customer x meter x day, every model); print time and peak memory."""
     from metering.rating import bench
     from metering.rules.plans import load_rules
 
-    r = bench.run(load_rules(rules_dir), rows, max(1, repeat))
+    r = bench.run(load_rules(rules_dir), rows, repeat)
     runs = ", ".join(f"{s:.3f}" for s in r.seconds)
     cpu = ", ".join(f"{s:.2f}" for s in r.cpu_seconds)
     click.echo(

@@ -3,20 +3,24 @@
 from __future__ import annotations
 
 import dataclasses
+import datetime as dt
 
 import click
+import duckdb
 
-from metering import warehouse
-from metering.errors import CheckFailedError
+from metering import config, warehouse
+from metering.cli.options import parsed_by, stripe_errors
+from metering.errors import BadInputError, CheckFailedError
 from metering.reconcile.run import parse_period, reconcile_period
 from metering.reconcile.settings import ReconcileSettings
-from metering.reports import write_report
+from metering.reports import default_folder, write_report
 from metering.reports.money import fmt_money
 
 WAREHOUSE_OPTION = click.option(
     "--warehouse", "warehouse_path", type=click.Path(dir_okay=False), default=None,
     help="Warehouse file (default: $METERING_WAREHOUSE or data/warehouse.duckdb).")
-PERIOD_OPTION = click.option("--period", required=True, help="Billing month, e.g. 2026-10.")
+PERIOD_OPTION = click.option("--period", "month", required=True, callback=parsed_by(parse_period),
+                             help="Billing month, e.g. 2026-10.")
 
 
 @click.command()
@@ -29,19 +33,24 @@ PERIOD_OPTION = click.option("--period", required=True, help="Billing month, e.g
                    "(default: $METERING_STRIPE_SETTLE_SECONDS or 900).")
 @click.option("--fail/--no-fail", "fail", default=True, show_default=True,
               help="Exit 4 when unexplained differences exceed $METERING_RECON_MAX_UNEXPLAINED_MINOR.")
-def reconcile(period: str, warehouse_path: str | None, pull: bool, settle_seconds: int | None, fail: bool) -> None:
-    """Reconcile a billing month: ours vs pushed vs Stripe's meters vs Stripe's invoices."""
-    month = parse_period(period)
+def reconcile(month: dt.date, warehouse_path: str | None, pull: bool, settle_seconds: int | None, fail: bool) -> None:
+    """Reconcile a billing month: ours vs pushed vs Stripe's meters vs Stripe's invoices.
+
+    The warehouse must exist. A month with nothing to compare passes, with a warning.
+    """
     settings = ReconcileSettings.from_env()
     if settle_seconds is not None:
         settings = dataclasses.replace(settings, settle_seconds=settle_seconds)
-    with warehouse.open_warehouse(warehouse_path, wait_seconds=30) as con:
-        if pull:
+    client = None
+    if pull:  # a missing key is told before the warehouse is opened (and waited for)
+        from metering.stripe.client import make_client, settings_from_env
+
+        client = make_client(settings_from_env())
+    with stripe_errors(), warehouse.open_warehouse(warehouse_path, wait_seconds=30, must_exist=True) as con:
+        if client is not None:
             from metering.reconcile.pulls import pull_stripe_state
             from metering.rules.meters import load_meters
-            from metering.stripe.client import make_client, settings_from_env
 
-            client = make_client(settings_from_env())
             pulled = pull_stripe_state(con, client, month, meters=list(load_meters()), settings=settings)
             click.echo(f"pulled from Stripe: {pulled.summaries.height} meter summaries "
                        f"({pulled.pending} pending), {pulled.invoices.height} invoices, {pulled.lines.height} lines, "
@@ -49,6 +58,9 @@ def reconcile(period: str, warehouse_path: str | None, pull: bool, settle_second
         result = reconcile_period(con, month, settings=settings)
     click.echo(f"reconciled {month:%Y-%m}: {result.usage.height} customer x meter rows, "
                f"{result.invoices.height} invoices; tolerance {settings.describe_tolerance()}")
+    if result.usage.height == 0 and result.invoices.height == 0:
+        click.echo(f"warning: nothing to reconcile for {month:%Y-%m} in {config.warehouse_path(warehouse_path)}: "
+                   "no rated usage, pushes or Stripe invoices for the month", err=True)
     for status, n in result.status_counts().items():
         click.echo(f"  {status:<24} {n}")
     unexplained = result.unexplained_minor()
@@ -66,14 +78,28 @@ def reconcile(period: str, warehouse_path: str | None, pull: bool, settle_second
 @WAREHOUSE_OPTION
 @click.option("--out", "out_dir", type=click.Path(file_okay=False), default=None,
               help="Folder for the files (default: data/reports/<period>/).")
-def report(period: str, warehouse_path: str | None, out_dir: str | None) -> None:
-    """Write the finance report (HTML, XLSX, CSV) of a reconciled billing month."""
-    month = parse_period(period)
-    with warehouse.open_warehouse(warehouse_path, read_only=False, wait_seconds=30) as con:
-        files = write_report(con, month, out_dir)
+def report(month: dt.date, warehouse_path: str | None, out_dir: str | None) -> None:
+    """Write the finance report (HTML, XLSX, CSV) of a reconciled billing month.
+
+    Exits 3 when the warehouse does not exist or holds no reconciliation of the month.
+    """
+    with warehouse.open_warehouse(warehouse_path, wait_seconds=30, must_exist=True) as con:
+        if not _reconciled(con, month):
+            raise BadInputError(f"{config.warehouse_path(warehouse_path)}: {month:%Y-%m} has not been reconciled "
+                                f"(run `metering reconcile --period {month:%Y-%m}` first)")
+        files = write_report(con, month, config.ensure_dir(out_dir or default_folder(month), "--out"))
     click.echo(f"report for {month:%Y-%m} in {files.folder}")
     click.echo(f"  {files.html.name}, {files.xlsx.name}, " + ", ".join(p.name for p in files.csvs))
     for t in files.data.totals:
         click.echo(f"  {t.currency}: rated {fmt_money(t.rated_minor, t.currency)}, "
                    f"invoiced {fmt_money(t.invoiced_minor, t.currency)}, match rate {t.match_rate}%, "
                    f"money at risk {fmt_money(t.money_at_risk_minor, t.currency)}")
+
+
+def _reconciled(con: duckdb.DuckDBPyConnection, month: dt.date) -> bool:
+    """Whether reconciliation left rows for the month (an empty month leaves none to report on either)."""
+    tables = {r[0] for r in con.execute("SELECT table_name FROM information_schema.tables").fetchall()}
+    return any(
+        con.execute(f"SELECT count(*) FROM {table} WHERE billing_month = ?", [month]).fetchone()[0]
+        for table in ("usage_reconciliation", "invoice_reconciliation") if table in tables
+    )

@@ -4,10 +4,21 @@ from __future__ import annotations
 
 import json
 import signal
+from pathlib import Path
 
 import click
 
 from metering.errors import BadInputError
+
+
+def _delays(ctx: click.Context, param: click.Parameter, value: str) -> tuple[float, ...]:
+    try:
+        delays = tuple(float(x) for x in value.split(",") if x.strip())
+    except ValueError:
+        delays = ()
+    if not delays or any(not 0 <= d < float("inf") for d in delays):
+        raise click.BadParameter(f"{value!r}: expected seconds >= 0 like 5,30,120")
+    return delays
 
 
 def _fault(value: str) -> dict:
@@ -21,27 +32,27 @@ def _fault(value: str) -> dict:
 
 
 @click.command("stripe-sandbox")
-@click.option("--port", type=int, default=12111, show_default=True, help="TCP port to listen on (0: any free port).")
+@click.option("--port", type=click.IntRange(0, 65535), default=12111, show_default=True, help="TCP port to listen on (0: any free port).")
 @click.option("--host", default="127.0.0.1", show_default=True, help="Interface to bind (keep it on loopback).")
 @click.option("--api-key", envvar="STRIPE_SANDBOX_API_KEY", default=None,
               help="Accept only this key (default: any key starting sk_test_). Env: STRIPE_SANDBOX_API_KEY.")
 @click.option("--state", "state_file", type=click.Path(dir_okay=False), default=None,
               help="Persist state to this JSON file (loaded at start, saved every 5 s and on exit).")
-@click.option("--grace-period", type=int, default=3600, show_default=True,
+@click.option("--grace-period", type=click.IntRange(min=0), default=3600, show_default=True,
               help="Seconds a period-end invoice stays draft before it is finalized.")
-@click.option("--webhook-retry-delays", default="5,30,120", show_default=True,
+@click.option("--webhook-retry-delays", "delays", default="5,30,120", show_default=True, callback=_delays,
               help="Comma-separated seconds between webhook delivery attempts (bounded retries).")
 @click.option("--fault", "faults", multiple=True,
               help='A fault rule as JSON, e.g. \'{"kind": "rate_limit", "path": "/v1/billing/meter_events", "rate": 0.1}\'. Repeatable.')
 @click.option("--seed", type=int, default=None, help="Seed for fault rates (reproducible runs).")
-@click.option("--now", type=int, default=None, help="Freeze the sandbox clock at this unix time.")
+@click.option("--now", type=click.IntRange(min=0), default=None, help="Freeze the sandbox clock at this unix time.")
 def stripe_sandbox(
     port: int,
     host: str,
     api_key: str | None,
     state_file: str | None,
     grace_period: int,
-    webhook_retry_delays: str,
+    delays: tuple[float, ...],
     faults: tuple[str, ...],
     seed: int | None,
     now: int | None,
@@ -54,17 +65,16 @@ def stripe_sandbox(
 
     Control API (clock, faults, request log, webhook deliveries) under /_sandbox/; see the README.
     """
+    from metering import config as paths
     from metering.stripe_sandbox import SandboxConfig, StripeSandbox
 
     if api_key is not None and not api_key.startswith("sk_test_"):
         raise BadInputError("--api-key: the sandbox only accepts test-mode keys (sk_test_...)")
-    try:
-        delays = tuple(float(x) for x in webhook_retry_delays.split(",") if x.strip())
-    except ValueError:
-        raise BadInputError(f"--webhook-retry-delays {webhook_retry_delays!r}: expected numbers like 5,30,120") from None
+    if state_file:
+        # it is saved every 5 s and at exit: a path that cannot be written must fail now, not at Ctrl-C
+        paths.ensure_file_target(state_file, "--state")
     config = SandboxConfig(
         api_key=api_key,
-        state_file=state_file,
         grace_period=grace_period,
         webhook_retry_delays=delays,
         faults=[_fault(f) for f in faults],
@@ -75,6 +85,15 @@ def stripe_sandbox(
         sandbox = StripeSandbox(config)
     except (ValueError, KeyError) as exc:
         raise BadInputError(f"could not start the sandbox: {exc}") from None
+    if state_file:
+        # loaded here rather than by the constructor, so a broken file is named as the culprit
+        config.state_file = state_file
+        if Path(state_file).exists():
+            try:
+                sandbox.state.load(state_file)
+            except (ValueError, KeyError, TypeError, AttributeError, OSError) as exc:
+                why = f"no {exc} field" if isinstance(exc, KeyError) else str(exc)
+                raise BadInputError(f"--state {state_file}: not a sandbox state file ({why})") from None
     try:
         sandbox.start(host, port)
     except OSError as exc:

@@ -7,6 +7,7 @@ import os
 
 import click
 
+from metering.cli.options import parse_url, stripe_errors
 from metering.errors import BadInputError
 
 SECRET_ENV = "STRIPE_WEBHOOK_SECRET"
@@ -33,6 +34,7 @@ def serve(port: int, host: str, landing: str | None, tolerance: int, max_body_by
     """
     import uvicorn
 
+    from metering import config
     from metering.webhooks.inbox import landing_dir
     from metering.webhooks.receiver import ReceiverSettings, create_app
     from metering.webhooks.signature import parse_secrets
@@ -41,10 +43,9 @@ def serve(port: int, host: str, landing: str | None, tolerance: int, max_body_by
     if not secrets:
         raise BadInputError(f"${SECRET_ENV} is not set: the receiver needs the endpoint's signing secret(s)")
     settings = ReceiverSettings(
-        secrets=secrets, landing_dir=landing_dir(landing), tolerance_seconds=tolerance,
-        max_body_bytes=max_body_bytes,
+        secrets=secrets, landing_dir=config.ensure_dir(landing_dir(landing), "landing folder"),
+        tolerance_seconds=tolerance, max_body_bytes=max_body_bytes,
     )
-    settings.landing_dir.mkdir(parents=True, exist_ok=True)
     app = create_app(settings)
     click.echo(f"listening on http://{host}:{port}/webhooks/stripe, landing in {settings.landing_dir}", err=True)
     uvicorn.run(app, host=host, port=port, log_config=None, access_log=False, server_header=False)
@@ -58,14 +59,21 @@ def serve(port: int, host: str, landing: str | None, tolerance: int, max_body_by
 @click.option("--state/--no-state", default=True, show_default=True,
               help="Also rebuild stripe_invoices / stripe_subscriptions / stripe_payment_attempts.")
 def land(landing: str | None, warehouse_path: str | None, state: bool) -> None:
-    """Land new records from the landing folder into stripe_webhook_events (outside Dagster)."""
+    """Land new records from the landing folder into stripe_webhook_events (outside Dagster).
+
+    A folder named by --landing or $METERING_STRIPE_LANDING must exist; the default one may not yet.
+    """
     from metering import warehouse
     from metering.webhooks.events import land_directory
-    from metering.webhooks.landing import landing_dir
+    from metering.webhooks.landing import LANDING_ENV, landing_dir
     from metering.webhooks.state import rebuild_state
 
+    folder = landing_dir(landing)
+    if (landing or os.environ.get(LANDING_ENV)) and not folder.is_dir():
+        source = "--landing" if landing else f"${LANDING_ENV}"
+        raise BadInputError(f"{source}: {folder} is not a folder (a mistyped path would land nothing)")
     with warehouse.open_warehouse(warehouse_path) as con:
-        result = {"landing": land_directory(con, landing_dir(landing)).as_dict()}
+        result = {"landing": land_directory(con, folder).as_dict()}
         if state:
             result["state"] = rebuild_state(con)
     click.echo(json.dumps(result, sort_keys=True))
@@ -74,7 +82,8 @@ def land(landing: str | None, warehouse_path: str | None, state: bool) -> None:
 @webhooks.command()
 @click.option("--warehouse", "warehouse_path", type=click.Path(dir_okay=False), default=None,
               help="Warehouse file (default: $METERING_WAREHOUSE or data/warehouse.duckdb).")
-@click.option("--api-base", default=None, help="Stripe API base URL (default: $STRIPE_API_BASE or api.stripe.com).")
+@click.option("--api-base", default=None, callback=parse_url,
+              help="Stripe API base URL (default: $STRIPE_API_BASE or api.stripe.com).")
 @click.option("--no-refetch", is_flag=True, help="Only list events; do not re-fetch the objects they touch.")
 def repair(warehouse_path: str | None, api_base: str | None, no_refetch: bool) -> None:
     """Fill gaps from Stripe's /v1/events (the last 30 days) and re-fetch the objects involved.
@@ -86,7 +95,7 @@ def repair(warehouse_path: str | None, api_base: str | None, no_refetch: bool) -
     from metering.webhooks.state import rebuild_state
 
     client = make_client(api_base=api_base)
-    with warehouse.open_warehouse(warehouse_path) as con:
+    with stripe_errors(), warehouse.open_warehouse(warehouse_path) as con:
         stats = repair_events(con, client, refetch=not no_refetch)
         result = {"repair": stats.as_dict(), "state": rebuild_state(con)}
     click.echo(json.dumps(result, sort_keys=True))

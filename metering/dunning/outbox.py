@@ -30,9 +30,18 @@ import duckdb
 
 from metering import config
 from metering.dunning.policy import Template
+from metering.errors import BadInputError
 from metering.logs import redact
 
 log = logging.getLogger(__name__)
+
+
+def smtp_port() -> int:
+    """`METERING_SMTP_PORT` (default 25). Raises `BadInputError` naming the variable when it is not a port."""
+    text = (os.environ.get("METERING_SMTP_PORT") or "").strip() or "25"
+    if not text.isdigit() or not 0 < int(text) < 65536:
+        raise BadInputError(f"METERING_SMTP_PORT: {text!r} is not a TCP port (1-65535)")
+    return int(text)
 
 
 def outbox_dir(explicit: str | os.PathLike[str] | None = None) -> Path:
@@ -101,7 +110,7 @@ def send_pending(con: duckdb.DuckDBPyConnection, now: datetime, folder: Path) ->
     if not rows:
         return 0, []
     host = os.environ["METERING_SMTP_HOST"]
-    port = int(os.environ.get("METERING_SMTP_PORT") or 25)
+    port = smtp_port()
     sent, errors = 0, []
     try:
         with smtplib.SMTP(host, port, timeout=30) as smtp:

@@ -21,6 +21,7 @@ import yaml
 from metering import config
 from metering.dunning.money import minor_digits, parse_major
 from metering.errors import BadInputError
+from metering.rules.yaml_marks import SafeLoader
 
 POLICY_FILE = "dunning.yaml"
 ACTIONS = ("reminder", "retry", "suspend", "write_off")
@@ -309,7 +310,7 @@ def _build(path: Path, doc: Any, known_plans: set[str]) -> tuple[DunningPolicy |
 
 def _read(path: Path) -> tuple[Any, list[str]]:
     try:
-        return yaml.safe_load(path.read_text(encoding="utf-8")), []
+        return yaml.load(path.read_text(encoding="utf-8"), Loader=SafeLoader), []
     except UnicodeDecodeError:
         return None, [f"{path}: (file): not UTF-8 text"]
     except yaml.YAMLError as exc:

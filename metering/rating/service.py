@@ -18,6 +18,7 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import json
+from collections.abc import Callable
 from typing import NamedTuple
 
 import duckdb
@@ -220,17 +221,24 @@ def months_touching(first: dt.date, last: dt.date) -> list[dt.date]:
 
 
 def rerate_range(con: duckdb.DuckDBPyConnection, rules: Rules, first: dt.date, last: dt.date,
-                 rated_at: dt.datetime) -> list[dict]:
+                 rated_at: dt.datetime, progress: Callable[[int, int], None] | None = None) -> list[dict]:
     """Recompute aggregates for event dates first..last and re-rate every month touching them.
 
     Returns one summary per month: lines, totals per currency (minor units) and whether the output changed.
+    `progress(done, total)` is told after each day and each month.
     """
+    months = months_touching(first, last)
+    total = (last - first).days + 1 + len(months)
+    done = 0
     day = first
     while day <= last:
         refresh_aggregates(con, rules.meters, day)
         day += dt.timedelta(days=1)
+        done += 1
+        if progress:
+            progress(done, total)
     out = []
-    for month in months_touching(first, last):
+    for month in months:
         before = fingerprint(read_rated(con, month))
         rated, previews = rate_month(con, rules, month)
         write_rated(con, month, rated, rules, rated_at)
@@ -239,4 +247,7 @@ def rerate_range(con: duckdb.DuckDBPyConnection, rules: Rules, first: dt.date, l
         totals = previews.group_by("currency").agg(pl.col("total_minor").sum()).sort("currency")
         out.append({"month": month, "lines": rated.height, "changed": before != after,
                     "totals": {c: t for c, t in totals.iter_rows()}})
+        done += 1
+        if progress:
+            progress(done, total)
     return out

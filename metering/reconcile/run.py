@@ -39,9 +39,12 @@ def parse_period(text: str) -> dt.date:
 
     for fmt in ("%Y-%m", "%Y-%m-%d"):
         try:
-            return dt.datetime.strptime(text, fmt).date().replace(day=1)
+            month = dt.datetime.strptime(text, fmt).date().replace(day=1)
         except ValueError:
             continue
+        if month.year == dt.MAXYEAR:  # the month after it, where the period ends, is not a date
+            raise BadInputError(f"--period: {text!r} is too late to bill (the last month is {dt.MAXYEAR - 1}-12)")
+        return month
     raise BadInputError(f"--period: {text!r} is not a month like 2026-10")
 
 

@@ -21,6 +21,30 @@ from metering.errors import BadInputError
 PathKey = tuple[Any, ...]
 
 
+def _timestamp_or_text(constructor: SafeConstructor, node: ScalarNode) -> Any:
+    """YAML's timestamp, except that a date-shaped scalar that is no date (`2026-02-30`,
+    `2026-01-01T25:00:00`) stays the text it is, so the rule checks report it on its line instead
+    of the reader crashing with Python's 'day is out of range for month'."""
+    try:
+        return SafeConstructor.construct_yaml_timestamp(constructor, node)
+    except ValueError:
+        return constructor.construct_scalar(node)
+
+
+class _Constructor(SafeConstructor):
+    """YAML's safe constructor with `_timestamp_or_text`."""
+
+
+_Constructor.add_constructor("tag:yaml.org,2002:timestamp", _timestamp_or_text)
+
+
+class SafeLoader(yaml.SafeLoader):
+    """`yaml.SafeLoader` with `_timestamp_or_text`, for files read without line marks."""
+
+
+SafeLoader.add_constructor("tag:yaml.org,2002:timestamp", _timestamp_or_text)
+
+
 def render_path(path: PathKey) -> str:
     """`("versions", 0, "charges")` -> `versions[0].charges`."""
     out = ""
@@ -82,7 +106,12 @@ def parse_yaml(text: str, source: str) -> tuple[Any, Marks]:
     marks = Marks()
     if node is None:
         return None, marks
-    return _build(node, (), marks, SafeConstructor()), marks
+    try:
+        return _build(node, (), marks, _Constructor()), marks
+    except yaml.YAMLError as exc:  # an explicit tag that does not fit its value (`!!int abc`)
+        mark = getattr(exc, "problem_mark", None)
+        where = f"{source}:{mark.line + 1}" if mark is not None else source
+        raise BadInputError(f"{where}: (document): {getattr(exc, 'problem', None) or exc}") from None
 
 
 def load_yaml(path: str | Path) -> tuple[Any, Marks]:

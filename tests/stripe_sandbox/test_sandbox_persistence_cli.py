@@ -10,6 +10,7 @@ import sys
 import urllib.request
 from pathlib import Path
 
+import pytest
 import stripe
 
 from conftest import ts, wait_until
@@ -87,3 +88,28 @@ def test_the_cli_rejects_a_live_key_with_exit_code_3(tmp_path: Path):
         timeout=60,
     )
     assert result.returncode == 3 and "test-mode keys" in result.stderr
+
+
+@pytest.mark.parametrize(("args", "code", "says"), [
+    (["--port", "70000"], 2, "Invalid value for '--port'"),
+    (["--port", "-1"], 2, "Invalid value for '--port'"),
+    (["--grace-period", "-5"], 2, "Invalid value for '--grace-period'"),
+    (["--now", "-1"], 2, "Invalid value for '--now'"),
+    (["--webhook-retry-delays", "a,b"], 2, "Invalid value for '--webhook-retry-delays'"),
+    (["--state", "{tmp}/list.json"], 3, "error: --state {tmp}/list.json: not a sandbox state file"),
+    (["--state", "{tmp}/text.json"], 3, "error: --state {tmp}/text.json: not a sandbox state file (Expecting value"),
+    (["--state", "{tmp}/partial.json"], 3, "error: --state {tmp}/partial.json: not a sandbox state file (no 'objects'"),
+    (["--state", "{tmp}/a-file/state.json"], 3, "error: --state {tmp}/a-file/state.json: {tmp}/a-file exists and is not"),
+])
+def test_bad_options_and_state_files_are_named_before_serving(tmp_path: Path, args, code, says):
+    (tmp_path / "list.json").write_text("[]")
+    (tmp_path / "text.json").write_text("hello\n")
+    (tmp_path / "partial.json").write_text('{"customers": 5}')
+    (tmp_path / "a-file").write_text("not a folder\n")
+    args = [a.format(tmp=tmp_path) for a in args]
+    result = subprocess.run(
+        [sys.executable, "-c", "from metering.cli import main; main()", "stripe-sandbox", "--port", "0", *args],
+        capture_output=True, text=True, timeout=60,
+    )
+    assert result.returncode == code, result.stderr
+    assert says.format(tmp=tmp_path) in result.stderr and "Traceback" not in result.stderr

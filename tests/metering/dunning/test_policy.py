@@ -72,6 +72,8 @@ def _errors(tmp_path: Path, text: str) -> list[str]:
         ('b {amount}', 'b {amount} {secret}', "templates.t.body: unknown placeholder {secret} (allowed: {amount}, {currency}, {customer_id}, {days_overdue}, {first_failed_date}, {invoice_id}, {step})"),
         ('b {amount}', 'b {amount', "templates.t.body: malformed placeholder: expected '}' before end of string"),
         ("  steps:", "  stepz: []\n  steps:", "default.stepz: unknown field (allowed: minimum_amount, steps)"),
+        # a date-shaped scalar that is no date is a value to report, not a crash in the YAML reader
+        ("day: 3,", "day: 2026-02-30,", "default.steps[1].day: required, a whole number of days >= 0 after the first failure, got '2026-02-30'"),
     ],
 )
 def test_each_mistake_is_named_with_its_field(tmp_path: Path, old: str, new: str, expected: str) -> None:
@@ -114,6 +116,24 @@ def test_top_level_problems(tmp_path: Path) -> None:
     assert _errors(tmp_path, "default:\n  steps: [\n") [0].startswith("line 3: not valid YAML: ")
 
 
+def test_validate_refuses_a_rules_folder_that_does_not_exist(tmp_path: Path) -> None:
+    result = CliRunner().invoke(cli, ["dunning", "validate", "--rules", str(tmp_path / "nodir")])
+    assert result.exit_code == EXIT_BAD_INPUT
+    assert f"error: {tmp_path / 'nodir'}: the rules folder does not exist" in result.output
+
+
+def test_a_bad_smtp_port_is_named_before_any_step_runs(tmp_path: Path, rules_dir: Path, monkeypatch) -> None:
+    from metering import warehouse
+
+    warehouse.connect(tmp_path / "w.duckdb").close()
+    monkeypatch.setenv("METERING_SMTP_HOST", "127.0.0.1")
+    monkeypatch.setenv("METERING_SMTP_PORT", "abc")
+    result = CliRunner().invoke(cli, ["dunning", "run", "--rules", str(rules_dir), "--warehouse",
+                                      str(tmp_path / "w.duckdb"), "--now", "2026-11-15T00:00:00Z"])
+    assert result.exit_code == EXIT_BAD_INPUT
+    assert "error: METERING_SMTP_PORT: 'abc' is not a TCP port (1-65535)" in result.output
+
+
 def test_missing_file_means_no_dunning_but_load_says_so(tmp_path: Path) -> None:
     assert validate_dunning(tmp_path) == []
     with pytest.raises(BadInputError, match=r"dunning\.yaml: \(file\): not found"):
@@ -151,3 +171,12 @@ def test_minor_units_round_trip_exactly(amount: int, currency: str) -> None:
     text = format_minor(amount, currency)
     assert parse_major(text, currency) == amount
     assert Decimal(text) == Decimal(amount).scaleb(-minor_digits(currency))
+
+
+@pytest.mark.parametrize("command", [["run", "--now", "2026-11-15T00:00:00Z"], ["summary"]])
+def test_dunning_refuses_a_warehouse_that_does_not_exist(tmp_path: Path, rules_dir: Path, command) -> None:
+    typo = tmp_path / "typo.duckdb"
+    result = CliRunner().invoke(cli, ["dunning", *command, "--warehouse", str(typo),
+                                      *(["--rules", str(rules_dir)] if command[0] == "run" else [])])
+    assert result.exit_code == EXIT_BAD_INPUT
+    assert f"error: {typo}: no warehouse there" in result.output and not typo.exists()

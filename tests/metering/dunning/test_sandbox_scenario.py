@@ -262,8 +262,8 @@ def test_cli_run_survives_stripe_outages_without_repeating(
 
 def test_cli_rejects_a_bad_clock(isolated_env: Path) -> None:
     result = _cli("run", "--now", "next tuesday")
-    assert result.exit_code == 3
-    assert "--now: 'next tuesday' is not an ISO 8601 time" in result.output
+    assert result.exit_code == 2
+    assert "Invalid value for '--now': 'next tuesday' is not an ISO 8601 time" in result.output
 
 
 @pytest.mark.slow

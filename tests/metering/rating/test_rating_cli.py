@@ -7,6 +7,7 @@ from decimal import Decimal
 from pathlib import Path
 
 import polars as pl
+import pytest
 from click.testing import CliRunner
 
 from metering import warehouse
@@ -39,6 +40,27 @@ def test_validate_lists_every_error_and_exits_3(tmp_path):
     assert any("charges[1].unit_amount: 0.000002 is a YAML float" in line for line in lines)
     assert sum("meter: unknown meter 'storage'" in line for line in lines) == 2
     assert "error: 3 problem(s) in" in result.output
+
+
+@pytest.mark.parametrize("written", ["2026-02-30", "2026-13-01", "2026-01-01T25:00:00"])
+def test_an_impossible_date_is_reported_on_its_line_by_every_command(tmp_path, written):
+    root = tmp_path / "rules"
+    shutil.copytree(RULES, root)
+    pro = root / "plans" / "pro.yaml"
+    text = pro.read_text()
+    assert text.splitlines()[8].strip() == "effective_from: 2026-01-01"
+    pro.write_text(text.replace("effective_from: 2026-01-01", f"effective_from: {written}", 1))
+    says = f"{pro}:9: versions[0].effective_from: '{written}' is not a date (YYYY-MM-DD)"
+    usage = tmp_path / "usage.csv"
+    usage.write_text("customer_id,meter,quantity,plan,period_start\nc1,api_calls,10,pro,2026-10-01\n")
+    db = tmp_path / "wh.duckdb"
+    warehouse.connect(db).close()
+    for args in (["rules", "validate", str(root)],
+                 ["rate", "--rules", str(root), "--usage", str(usage), "--out", str(tmp_path / "o.csv")],
+                 ["rerate", "--rules", str(root), "--from", "2026-10-01", "--to", "2026-10-01", "--warehouse", str(db)]):
+        result = CliRunner().invoke(cli, ["--log-level", "ERROR", *args])
+        assert result.exit_code == 3, (args, result.output)
+        assert says in result.output, (args, result.output)
 
 
 def test_validate_also_checks_the_dunning_policy(tmp_path):

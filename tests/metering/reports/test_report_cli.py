@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 from click.testing import CliRunner
 
 from metering.cli import cli
@@ -21,16 +22,54 @@ def test_report_command_out_folder(reconciled_warehouse, tmp_path):
     assert (tmp_path / "r" / "discrepancies.csv").exists()
 
 
-def test_bad_period_is_one_line_exit_3(isolated_env):
-    result = CliRunner().invoke(cli, ["report", "--period", "October"])
+@pytest.mark.parametrize("command", ["report", "reconcile"])
+@pytest.mark.parametrize("period, says", [("October", "'October' is not a month like 2026-10"),
+                                          ("2026-13", "'2026-13' is not a month"),
+                                          ("9999-12", "'9999-12' is too late to bill")])
+def test_bad_period_is_a_usage_error_naming_the_option(isolated_env, command, period, says):
+    pull = ["--no-pull"] if command == "reconcile" else []
+    result = CliRunner().invoke(cli, [command, "--period", period, *pull])
+    assert result.exit_code == 2
+    assert "Invalid value for '--period'" in result.output and says in result.output
+    assert "Traceback" not in result.output
+
+
+@pytest.mark.parametrize("args", [["reconcile", "--period", "2026-10", "--no-pull"], ["report", "--period", "2026-10"]])
+def test_a_warehouse_that_does_not_exist_is_refused_not_created(isolated_env, tmp_path, args):
+    typo = tmp_path / "typo.duckdb"
+    result = CliRunner().invoke(cli, [*args, "--warehouse", str(typo)])
     assert result.exit_code == 3
-    assert result.output.strip() == "error: --period: 'October' is not a month like 2026-10"
+    assert f"error: {typo}: no warehouse there" in result.output
+    assert not typo.exists()
 
 
-def test_reconcile_without_stripe_on_empty_warehouse(isolated_env):
-    result = CliRunner().invoke(cli, ["reconcile", "--period", "2026-10", "--no-pull"])
+def test_reconcile_without_stripe_on_empty_warehouse_warns(isolated_env, tmp_path):
+    from metering import warehouse
+
+    warehouse.connect(tmp_path / "w.duckdb").close()
+    result = CliRunner().invoke(cli, ["reconcile", "--period", "2026-10", "--no-pull", "--warehouse",
+                                      str(tmp_path / "w.duckdb")])
     assert result.exit_code == 0, result.output
     assert "reconciled 2026-10: 0 customer x meter rows, 0 invoices" in result.output
+    assert "warning: nothing to reconcile for 2026-10" in result.output
+
+
+def test_report_refuses_a_month_never_reconciled(isolated_env, tmp_path):
+    from metering import warehouse
+
+    warehouse.connect(tmp_path / "w.duckdb").close()
+    result = CliRunner().invoke(cli, ["report", "--period", "2026-10", "--warehouse", str(tmp_path / "w.duckdb"),
+                                      "--out", str(tmp_path / "r")])
+    assert result.exit_code == 3
+    assert "2026-10 has not been reconciled (run `metering reconcile --period 2026-10` first)" in result.output
+    assert not (tmp_path / "r").exists()
+
+
+def test_report_out_folder_that_cannot_be_created_is_bad_input(reconciled_warehouse, tmp_path):
+    (tmp_path / "taken").write_text("a file where the folder should go\n")
+    result = CliRunner().invoke(cli, ["report", "--period", "2026-10", "--out", str(tmp_path / "taken" / "r")])
+    assert result.exit_code == 3
+    assert f"error: --out: cannot create the folder {tmp_path / 'taken' / 'r'}" in result.output
 
 
 def test_reconcile_pull_without_key_is_bad_input(isolated_env):

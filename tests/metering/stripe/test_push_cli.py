@@ -28,10 +28,14 @@ def test_unreachable_stripe_is_exit_5_in_one_line(monkeypatch: pytest.MonkeyPatc
 
 
 @pytest.mark.parametrize("args, code, text", [
-    (["stripe", "push"], 3, "give --date"),
-    (["stripe", "push", "--date", "2026-11-01", "--from", "2026-11-01"], 3, "not both"),
-    (["stripe", "push", "--from", "2026-11-05", "--to", "2026-11-01"], 3, "before"),
+    # every invalid invocation is a usage error (2), like click's own, whichever check finds it
+    (["stripe", "push"], 2, "give --date"),
+    (["stripe", "push", "--date", "2026-11-01", "--from", "2026-11-01"], 2, "not both"),
+    (["stripe", "push", "--from", "2026-11-05", "--to", "2026-11-01"], 2, "before"),
     (["stripe", "push", "--date", "2026-02-30"], 2, "not a date"),
+    (["stripe", "push", "--date", "2026-11-01", "--rate", "-1"], 2, "--rate"),
+    (["stripe", "push", "--date", "2026-11-01", "--concurrency", "0"], 2, "--concurrency"),
+    (["bench", "push", "--customers", "0"], 2, "--customers"),
 ])
 def test_bad_push_options(monkeypatch: pytest.MonkeyPatch, args, code, text) -> None:
     monkeypatch.setenv("STRIPE_API_KEY", "sk_test_unused000000")

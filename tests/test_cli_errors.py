@@ -1,0 +1,176 @@
+"""What every command shares: the logging settings, output paths and option ranges. A user's mistake
+is one line naming the option, variable or path, with the exit code of `metering.errors`; never a
+traceback, and `--help` always works."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from metering import config
+from metering.cli import cli
+
+
+def invoke(*args: str, env: dict[str, str] | None = None):
+    return CliRunner().invoke(cli, list(args), env=env)
+
+
+def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    """The console entry point in a real process: its stderr is what a user sees."""
+    import os
+
+    return subprocess.run([sys.executable, "-c", "from metering.cli import main; main()", *args],
+                          capture_output=True, text=True, timeout=120, env={**os.environ, **(env or {})})
+
+
+@pytest.mark.parametrize("level", ["debug", "Warning", "ERROR"])
+def test_log_level_takes_any_case(level: str) -> None:
+    result = invoke("--log-level", level, "rules", "validate")
+    assert result.exit_code == 0, result.output
+
+
+@pytest.mark.parametrize(("args", "env", "names"), [
+    (["--log-level", "bogus"], {}, "'--log-level'"),
+    ([], {"METERING_LOG_LEVEL": "bogus"}, "METERING_LOG_LEVEL: 'bogus' is not a log level"),
+    ([], {"METERING_LOG_JSON": "maybe"}, "METERING_LOG_JSON: 'maybe' is not a yes/no value"),
+])
+def test_a_bad_log_setting_is_a_usage_error_naming_it(args: list[str], env: dict[str, str], names: str) -> None:
+    done = run_cli(*args, "rules", "validate", env=env)
+    assert done.returncode == 2, done.stderr
+    assert names in done.stderr and "Traceback" not in done.stderr
+
+
+def test_help_works_whatever_the_log_variables_say() -> None:
+    for env in ({"METERING_LOG_LEVEL": "bogus"}, {"METERING_LOG_JSON": "maybe"}):
+        for args in (["--help"], ["rules", "validate", "--help"], ["stripe", "push", "-h"]):
+            done = run_cli(*args, env=env)
+            assert done.returncode == 0 and "Usage:" in done.stdout, (env, args, done.stderr)
+
+
+def test_empty_log_variables_mean_the_defaults() -> None:
+    done = run_cli("rules", "validate", env={"METERING_LOG_LEVEL": "", "METERING_LOG_JSON": ""})
+    assert done.returncode == 0, done.stderr
+
+
+def test_log_json_yes_means_json(tmp_path: Path) -> None:
+    wh = tmp_path / "w.duckdb"
+    done = run_cli("publish", "--warehouse", str(wh), "--snapshot", str(tmp_path / "s.duckdb"),
+                   env={"METERING_LOG_JSON": "yes", "METERING_WAREHOUSE": str(wh)})
+    assert done.returncode == 3   # no warehouse yet: the error line is not a log record
+    assert done.stderr.startswith("error: ")
+    from metering import warehouse
+
+    warehouse.connect(wh).close()
+    done = run_cli("publish", "--warehouse", str(wh), "--snapshot", str(tmp_path / "s.duckdb"),
+                   env={"METERING_LOG_JSON": "yes"})
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stderr.splitlines()[0])["message"] == "published snapshot"
+
+
+def test_empty_data_dir_variable_means_the_default(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("METERING_DATA_DIR", "")
+    assert config.data_dir() == config.PROJECT_ROOT / "data"   # not the current directory
+
+
+@pytest.fixture
+def blocked(tmp_path: Path) -> Path:
+    """A file standing where an output folder would have to be created."""
+    path = tmp_path / "a-file"
+    path.write_text("not a folder\n")
+    return path
+
+
+def test_output_folders_that_cannot_be_created_are_bad_input_naming_the_option(
+        tmp_path: Path, blocked: Path, rules_dir: Path) -> None:
+    usage = tmp_path / "usage.csv"
+    usage.write_text("customer_id,meter,quantity,plan,period_start\nc1,api_calls,10,pro,2026-10-01\n")
+    cases = [
+        (["generate", "--events", "10", "--customers", "2", "--out", str(blocked / "raw")],
+         f"--out: cannot create the folder {blocked / 'raw'}"),
+        (["generate", "--events", "10", "--customers", "2", "--out", str(tmp_path / "raw"),
+          "--customers-file", str(blocked / "c.csv")], f"--customers-file {blocked / 'c.csv'}: {blocked} exists and is not a folder"),
+        (["rate", "--rules", str(rules_dir), "--usage", str(usage), "--out", str(blocked / "o.csv")],
+         f"--out {blocked / 'o.csv'}: {blocked} exists and is not a folder"),
+        (["ingest", str(usage), "--warehouse", str(blocked / "sub" / "w.duckdb")],
+         f"warehouse {blocked / 'sub' / 'w.duckdb'}: cannot create the folder {blocked / 'sub'}"),
+        (["publish", "--warehouse", str(tmp_path / "w.duckdb"), "--snapshot", str(blocked / "s.duckdb")],
+         f"snapshot {blocked / 's.duckdb'}: {blocked} exists and is not a folder"),
+        (["dunning", "run", "--rules", str(rules_dir), "--warehouse", str(tmp_path / "w.duckdb"),
+          "--outbox", str(blocked / "o")], f"--outbox: cannot create the folder {blocked / 'o'}"),
+    ]
+    from metering import warehouse
+
+    warehouse.connect(tmp_path / "w.duckdb").close()
+    for args, says in cases:
+        result = invoke(*args)
+        assert result.exit_code == 3, (args, result.output)
+        assert says in result.output, (args, result.output)
+        assert "Traceback" not in result.output
+
+
+def test_environment_paths_that_are_not_folders_or_files_are_named(tmp_path: Path, blocked: Path) -> None:
+    from metering import warehouse
+
+    warehouse.connect(tmp_path / "w.duckdb").close()
+    folder = tmp_path / "a-folder"
+    folder.mkdir()
+    result = invoke("publish", "--warehouse", str(tmp_path / "w.duckdb"), env={"METERING_SNAPSHOT": str(folder)})
+    assert result.exit_code == 3 and f"snapshot {folder}: is a folder, not a file" in result.output
+    assert list(tmp_path.glob(".*.tmp")) == [] and list(folder.iterdir()) == []
+    result = invoke("webhooks", "serve", "--port", "0",
+                    env={"METERING_STRIPE_LANDING": str(blocked), "STRIPE_WEBHOOK_SECRET": "whsec_abcdefgh"})
+    assert result.exit_code == 3 and f"landing folder: {blocked} exists and is not a folder" in result.output
+
+
+@pytest.mark.skipif(not Path("/proc/self").exists(), reason="needs Linux /proc, where no file can be created")
+def test_a_folder_where_files_cannot_be_created_is_found_before_the_work(tmp_path: Path) -> None:
+    from metering import warehouse
+
+    warehouse.connect(tmp_path / "w.duckdb").close()
+    result = invoke("publish", "--warehouse", str(tmp_path / "w.duckdb"), "--snapshot", "/proc/snap.duckdb")
+    assert result.exit_code == 3 and "snapshot /proc/snap.duckdb: cannot create files in /proc" in result.output
+
+
+def test_an_oserror_on_a_path_deep_in_a_command_is_bad_input_naming_it(blocked: Path) -> None:
+    """`demo` (in the Dagster layer) creates its folders itself: the CLI's one net still names the path."""
+    done = run_cli("demo", "--data-dir", str(blocked / "data"))
+    assert done.returncode == 3, done.stderr
+    assert done.stderr.strip().splitlines()[-1].startswith(f"error: {blocked}")
+    assert "Traceback" not in done.stderr
+
+
+@pytest.mark.parametrize(("args", "option"), [
+    (["generate", "--seed", "-1"], "--seed"),
+    (["generate", "--seed", "99999999999999999999"], "--seed"),
+    (["generate", "--start", "2026-10-05", "--end", "2026-10-01"], "--end"),
+    (["bench", "rate", "--rows", "-5"], "--rows"),
+    (["bench", "rate", "--rows", "0"], "--rows"),
+    (["bench", "rate", "--repeat", "0"], "--repeat"),
+    (["bench", "push", "--customers", "-1"], "--customers"),
+    (["rerate", "--from", "2026-10-05", "--to", "2026-10-01"], "--to"),
+    (["rate", "--usage", "u.csv", "--out", "o.xlsx"], "--out"),
+])
+def test_option_values_out_of_range_are_usage_errors(args: list[str], option: str) -> None:
+    result = invoke(*args)
+    assert result.exit_code == 2, result.output
+    assert option in result.output and "Traceback" not in result.output
+
+
+def test_json_logs_drop_uvicorns_coloured_copy_and_redact_every_secret_variable(monkeypatch) -> None:
+    import logging
+
+    from metering.logs import JsonFormatter, RedactingFilter
+
+    monkeypatch.setenv("STRIPE_SANDBOX_API_KEY", "sandbox-secret-value")
+    monkeypatch.setenv("METERING_SMTP_PASSWORD", "smtp-secret-value")
+    record = logging.makeLogRecord({"msg": "login with smtp-secret-value and sandbox-secret-value",
+                                    "color_message": "\x1b[32mcoloured\x1b[0m", "levelname": "INFO"})
+    RedactingFilter().filter(record)
+    line = json.loads(JsonFormatter().format(record))
+    assert "color_message" not in line
+    assert line["message"] == "login with [REDACTED] and [REDACTED]"
