@@ -73,7 +73,16 @@ def _tiered(lines: pl.DataFrame, tiers: pl.DataFrame) -> pl.DataFrame:
     t = t.with_columns(
         tier_a24=pl.col("usage_a24") + pl.when(pl.col("units_q12") > lit(0)).then(pl.col("flat_a24")).otherwise(lit(0))
     )
-    amounts = t.group_by("line_id").agg(amount_a24=pl.col("tier_a24").sum())
+    # Each tier is within range (checked_mul), but their sum can pass Int128 and wrap without a
+    # word: the sum of the tiers' whole major units, which cannot wrap, says when it would.
+    amounts = t.group_by("line_id").agg(amount_a24=pl.col("tier_a24").sum(),
+                                        major=(pl.col("tier_a24") // lit(10**money.AMOUNT_SCALE)).sum())
+    beyond = amounts.filter(pl.col("major") > lit(money.LIMIT // 10**money.AMOUNT_SCALE))
+    if beyond.height:
+        line = lines.filter(pl.col("line_id") == beyond["line_id"][0]).row(0, named=True)
+        raise BadInputError(f"tier amount: an amount exceeds 10^14 major units in one line (the tiers together); "
+                            f"customer {line['customer_id']}, charge {line['charge']!r}, quantity {line['quantity']}")
+    amounts = amounts.drop("major")
     # The audit JSON, built only for tiers the quantity reached (vectorised, then concatenated per line).
     reached = money.with_decimal_strings(
         t.filter(pl.col("units_q12") > lit(0)).sort("line_id", "tier"),
@@ -192,10 +201,13 @@ def rate(segments: pl.DataFrame, quantities: pl.DataFrame, rules: Rules) -> pl.D
     # Minimum: true-up of the segment's rounded usage lines to the prorated minimum.
     usage_minor = lines.filter(usage).group_by(SEGMENT_KEY).agg(usage_minor=pl.col("minor").sum())
     lines = lines.join(usage_minor, on=SEGMENT_KEY, how="left").with_columns(pl.col("usage_minor").fill_null(lit(0)))
-    min_num = pl.max_horizontal(
+    # Usage at or above the whole (unprorated) minimum needs no true-up; testing that first keeps
+    # usage x divisor x days, which passes Int128 for usage beyond ~5e12 major units, out of the sum.
+    below_minimum = pl.col("usage_minor") < (pl.col("fixed_a24") + pl.col("divisor") - lit(1)) // pl.col("divisor")
+    min_num = pl.when(below_minimum).then(pl.max_horizontal(
         pl.col("fixed_a24") * pl.col("segment_days") - pl.col("usage_minor") * pl.col("divisor") * pl.col("period_days"),
         lit(0),
-    )
+    )).otherwise(lit(0))
     lines = _prorated(lines, pl.col("model") == "minimum", min_num, [
         pl.lit('[{"minimum":"'), money.to_decimal_string(pl.col("fixed_a24"), money.AMOUNT_SCALE),
         pl.lit('","segment_days":'), pl.col("segment_days").cast(pl.String),

@@ -180,6 +180,35 @@ def test_huge_quantities_and_tiny_prices_are_exact(make_rules, rate_q):
     assert odd["amount"] == Decimal("123.46")
 
 
+def test_minimum_with_usage_far_above_it_tops_up_nothing(make_rules, rate_q):
+    """Usage of 6e12 dollars: the true-up once multiplied usage x 10^22 x 30 days past Int128, which
+    wrapped negative and billed a 5,342,745,564,131.28 'minimum'. By hand: max(100 - 6e12, 0) = 0."""
+    rules = make_rules("""
+        - {name: seats, meter: seats, model: per_unit, unit_amount: "10.00"}
+        - {name: min, model: minimum, amount: "100.00"}
+    """)
+    out = rate_q(rules, {0: 600_000_000_000})
+    assert _amount(out, 0) == Decimal("6000000000000.00")
+    assert _amount(out, 1) == Decimal("0.00")
+
+
+def test_tiers_summing_past_the_exact_range_are_refused(make_rules, rate_q):
+    """Each of four tiers is 9 x 1e13 = 9e13 dollars, within range; together 3.6e14 is beyond 10^14 and
+    once wrapped around Int128 to 19,717,633,079,061.54 without a word."""
+    rules = make_rules("""
+        - meter: api_calls
+          model: graduated
+          tiers:
+            - {up_to: "10000000000000", unit_amount: "9"}
+            - {up_to: "20000000000000", unit_amount: "9"}
+            - {up_to: "30000000000000", unit_amount: "9"}
+            - {up_to: null, unit_amount: "9"}
+    """)
+    with pytest.raises(BadInputError, match="exceeds 10\\^14 major units in one line \\(the tiers together\\)"):
+        rate_q(rules, {0: 40_000_000_000_000})
+    assert _amount(rate_q(rules, {0: 11_000_000_000_000})) == Decimal("99000000000000.00")   # 9 x 1.1e13
+
+
 def test_amount_beyond_exact_range_is_refused(make_rules, rate_q):
     rules = make_rules("""
         - {meter: tokens, model: per_unit, unit_amount: "1000000"}
