@@ -25,6 +25,7 @@ import duckdb
 import polars as pl
 
 from metering import warehouse
+from metering.errors import BadInputError
 from metering.customers import CUSTOMER_PLAN_SCHEMA, billing_segments, month_bounds
 from metering.rating.aggregate import AGGREGATE_SCHEMA, build_aggregates, charge_quantities, unpriced_usage
 from metering.rating.pricing import RATED_COLUMNS, rate
@@ -136,8 +137,10 @@ def write_rated(con: duckdb.DuckDBPyConnection, month: dt.date, rated: pl.DataFr
     m0, m1 = month_bounds(month)
     used = rated.select("plan", "plan_version").unique().sort("plan", "plan_version")
     with warehouse.transaction(con):
-        if fingerprint(read_rated(con, month)) == fingerprint(rated.select(RATED_COLUMNS)):
+        stored = read_rated(con, month)
+        if fingerprint(stored) == fingerprint(rated.select(RATED_COLUMNS)):
             return 0   # unchanged: keep the rows (and their rated_at) byte for byte
+        _refuse_repriced_past(stored, rated, rated_at.astimezone(dt.timezone.utc).date())
         n = warehouse.replace_rows(con, "rated_usage", "period_start >= ? AND period_start < ?", [m0, m1],
                                    rated.with_columns(rated_at=_stamp(rated_at)), in_transaction=True)
         known = {(p, v) for p, v in con.execute("SELECT plan, plan_version FROM rules_versions").fetchall()}
@@ -151,6 +154,33 @@ def write_rated(con: duckdb.DuckDBPyConnection, month: dt.date, rated: pl.DataFr
                  json.dumps(pv.canonical(), sort_keys=True, separators=(",", ":")), rated_at],
             )
     return n
+
+
+def _versions_by_day(lines: pl.DataFrame, before: dt.date) -> pl.DataFrame:
+    """(customer_id, plan, day, plan_version) for each day before `before` the lines' segments cover."""
+    return (lines.select("customer_id", "plan", "plan_version", "segment_start", "segment_end").unique()
+            .filter(pl.col("segment_start") < before)
+            .with_columns(day=pl.date_ranges("segment_start", pl.min_horizontal("segment_end", pl.lit(before)),
+                                             closed="left"))
+            .explode("day").drop_nulls("day").select("customer_id", "plan", "day", "plan_version"))
+
+
+def _refuse_repriced_past(stored: pl.DataFrame, rated: pl.DataFrame, today: dt.date) -> None:
+    """Refuse lines that price a day already past under another version of the same plan than the
+    stored lines did: a version inserted before a rated one, one backdated into rated time, or a rated
+    version deleted from its file. Published versions are immutable, their dates included (I6, I19);
+    new usage re-rated under the same versions, and a customer's plan change, still go through."""
+    if stored.height == 0:
+        return
+    changed = _versions_by_day(stored, today).join(_versions_by_day(rated, today), on=["customer_id", "plan", "day"],
+                                                    suffix="_new").filter(pl.col("plan_version") != pl.col("plan_version_new"))
+    if changed.height:
+        first = changed.sort("day", "customer_id").row(0, named=True)
+        raise BadInputError(
+            f"rules: plan {first['plan']} would re-price {first['day']} (already past and rated) under version "
+            f"{first['plan_version_new']} instead of {first['plan_version']}, for {changed['customer_id'].n_unique()} "
+            f"customer(s): published versions are immutable, their dates included; start new versions today or "
+            f"later, keep rated versions in their files, and correct a past period with an adjustment")
 
 
 def _stamp(at: dt.datetime) -> pl.Expr:

@@ -405,6 +405,9 @@ def _plan_file(file: Path, meters: Mapping[str, Meter], errors: list[str],
         if va.effective_from != vb.effective_from and va.explicit_end is not None and va.explicit_end > vb.effective_from:
             err(("versions", a, "effective_to"), f"version {va.version} runs to {va.explicit_end}, overlapping version "
                 f"{vb.version} which starts {vb.effective_from}")
+    for gone in sorted(v for p, v in rated_hashes if p == plan and v not in seen_names):
+        err(("versions",), f"version {gone} of plan {plan} has already rated usage and is missing from the file: "
+            "published versions are immutable; put it back (a version ends where the next one starts)")
     for i, v in enumerate(versions):
         old = rated_hashes.get((v.plan, v.version))
         if old is not None and old != v.content_hash:
@@ -444,6 +447,10 @@ def check_rules(rules_dir: str | Path | None = None,
             if plan.name in plans:
                 errors.append(f"{file}: plan: plan {plan.name!r} is defined in two files")
             plans[plan.name] = plan
+    named = {file.stem for file in files}
+    for gone in sorted({p for p, _ in (rated_hashes or {})} - named):
+        errors.append(f"{root / 'plans' / (gone + '.yaml')}: (document): plan {gone} has already rated usage and "
+                      "its file is missing: published versions are immutable; put the file back")
     return Rules(meters=meters, plans=plans), errors
 
 

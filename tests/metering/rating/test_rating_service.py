@@ -84,6 +84,52 @@ def test_rated_versions_become_immutable(rated_db, tmp_path):
     assert [v.version for v in load_rules(root, rated_hashes=hashes).plans["scale"].versions] == ["2026-01", "2026-12"]
 
 
+def _scale_with_version(root: Path, effective_from: str) -> Path:
+    """The shipped rules with a new scale version (a different platform fee) from `effective_from`."""
+    shutil.copytree(PROJECT_ROOT / "rating_rules", root)
+    (root / "plans" / "scale.yaml").write_text((PROJECT_ROOT / "rating_rules" / "plans" / "scale.yaml").read_text() + f"""
+  - version: "2026-10x"
+    effective_from: {effective_from}
+    charges:
+      - {{name: platform fee, model: flat, amount: "449.00"}}
+""")
+    return root
+
+
+def test_a_version_backdated_into_rated_time_is_refused(rated_db, tmp_path):
+    """Customer b (scale, anchor 31) has the period Oct 31 - Nov 30, rated on Nov 2 under scale 2026-01.
+    A version starting Oct 10 passes validation (its hash is new) but would re-price Oct 31 and Nov 1,
+    already past: rating refuses and keeps the stored lines. A version starting Nov 5, still ahead,
+    may change the open period. (Once, a backdated version re-priced a billed month silently.)"""
+    db, _ = rated_db
+    with warehouse.open_warehouse(db) as con:
+        before = service.fingerprint(service.read_rated(con, OCT))
+        rules = load_rules(_scale_with_version(tmp_path / "r1", "2026-10-10"), rated_hashes=service.rated_hashes(con))
+        rated, _ = service.rate_month(con, rules, OCT)
+        with pytest.raises(BadInputError, match="plan scale would re-price 2026-10-31 \\(already past and rated\\) "
+                                                "under version 2026-10x instead of 2026-01, for 1 customer"):
+            service.write_rated(con, OCT, rated, rules, NOW)
+        assert service.fingerprint(service.read_rated(con, OCT)) == before
+        rules = load_rules(_scale_with_version(tmp_path / "r2", "2026-11-05"), rated_hashes=service.rated_hashes(con))
+        rated, _ = service.rate_month(con, rules, OCT)
+        assert service.write_rated(con, OCT, rated, rules, NOW) > 0
+        assert ("scale", "2026-10x") in service.rated_hashes(con)
+
+
+def test_a_rated_version_or_plan_cannot_be_deleted(rated_db, tmp_path):
+    db, _ = rated_db
+    with warehouse.open_warehouse(db, read_only=True) as con:
+        hashes = service.rated_hashes(con)
+    root = tmp_path / "rules"
+    shutil.copytree(PROJECT_ROOT / "rating_rules", root)
+    hashes = {**hashes, ("scale", "2025-06"): "0" * 64}   # as if an older version had been rated too
+    with pytest.raises(BadInputError, match="version 2025-06 of plan scale has already rated usage and is missing"):
+        load_rules(root, rated_hashes=hashes)
+    (root / "plans" / "starter.yaml").unlink()
+    with pytest.raises(BadInputError, match="plan starter has already rated usage and its file is missing"):
+        load_rules(root, rated_hashes={k: v for k, v in hashes.items() if k != ("scale", "2025-06")})
+
+
 def test_months_touching_a_range():
     assert service.months_touching(dt.date(2026, 1, 5), dt.date(2026, 2, 3)) == [
         dt.date(2025, 12, 1), dt.date(2026, 1, 1), dt.date(2026, 2, 1)]
