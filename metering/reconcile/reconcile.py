@@ -17,7 +17,7 @@ Status of a usage row, first rule that applies wins:
 | status | when |
 | --- | --- |
 | `pending` | Stripe's meter summary was not pulled because a push was acknowledged too recently (settle guard), or Stripe has not invoiced the period yet (no invoice reaches its end) and has no line for it |
-| `late_after_finalization` | usage reached us/Stripe after the period's invoice was finalized: the ledger marks windows `late`, or Stripe's meter holds more than its finalized invoice billed |
+| `late_after_finalization` | usage reached us/Stripe after the period's invoice was finalized: the ledger marks windows `late`, or Stripe's meter holds more than its finalized invoice billed; never when Stripe holds more than we pushed or billed more than we rated |
 | `not_pushed` | we rated more than the ledger has acknowledged (windows never sent, failed or unknown) |
 | `missing_in_stripe` | pushed, but Stripe has neither meter usage nor an invoice line for it |
 | `extra_in_stripe` | Stripe metered or invoiced more than we pushed, or something we never rated |
@@ -185,9 +185,17 @@ def reconcile_usage(
         pl.when(pl.col("meter_status") == "pending").then(pl.lit("pending"))
         .when(pl.col("not_invoiced").fill_null(False) & pl.col("line_count").is_null()).then(pl.lit("pending"))
         .when(
-            (pl.col("late_windows").fill_null(0) > 0) & ((inv_q != ours_q) | (abs_diff > 0))
-            | (priced & finalized & (stripe_q > inv_q) & (inv_q < ours_q))
+            # lateness only ever leaves Stripe short of ours: it never explains Stripe holding more than
+            # we pushed, or billing more than we rated (a double count), whatever else is late in the row
+            (stripe_q <= pushed_q) & (inv_q <= ours_q)
+            & ((pl.col("late_windows").fill_null(0) > 0) & ((inv_q != ours_q) | (abs_diff > 0))
+               | (priced & finalized & (stripe_q > inv_q) & (inv_q < ours_q)))
         ).then(pl.lit("late_after_finalization"))
+        # Stripe holding more than we pushed and more than we rated says more than a window we have
+        # not pushed yet (a double count beside a late window)
+        .when(has_ours & (((stripe_q > pushed_q) & (stripe_q > ours_q))
+                          | (priced & (inv_q > pushed_q) & (inv_q > ours_q))))
+        .then(pl.lit("extra_in_stripe"))
         .when(has_ours & (pushed_q < ours_q)).then(pl.lit("not_pushed"))
         .when(has_ours & ~stripe_has).then(pl.lit("missing_in_stripe"))
         .when(~has_ours & stripe_has).then(pl.lit("extra_in_stripe"))
