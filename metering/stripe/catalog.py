@@ -13,7 +13,7 @@ subscriptions. Create what is missing, find what exists, never change what diffe
   fractional tier bounds. A price that exists but differs from our rules is reported as drift and
   left alone: Stripe prices are immutable, a new rule version gets new prices.
 - **Customers / subscriptions**: looked up by `metadata[customer_id]`; created when missing only
-  when asked (`create_customers`, the sandbox), with `billing_cycle_anchor` from
+  when asked (`create_customers`, the sandbox), with `billing_cycle_anchor_config[day_of_month]` from
   `billing_anchor_day` and an optional test clock. The subscription carries the prices of the plan
   version in force at its start.
 """
@@ -372,8 +372,11 @@ def sync_customers(
                 "metadata": {"customer_id": cid, "plan": version.plan, "plan_version": version.version},
                 "proration_behavior": "none",
             }
-            anchor = billing_cycle_anchor(now, anchor_day)
-            if anchor is not None:
+            if anchor_day is not None:
+                # the day itself, not the first anchor instant: an anchor on the 31st first met in
+                # September falls on the 30th, and Stripe would keep the 30th for every later period
+                sub_params["billing_cycle_anchor_config"] = {"day_of_month": anchor_day}
+            elif (anchor := billing_cycle_anchor(now, anchor_day)) is not None:
                 sub_params["billing_cycle_anchor"] = anchor
             sub = client.v1.subscriptions.create(
                 sub_params, {"idempotency_key": f"metering-catalog:subscription:{cus.id}"})

@@ -14,7 +14,7 @@ from typing import Any
 from . import meters_api, tiers
 from .api import decimal_string
 from .apierrors import StripeAPIError
-from .periods import next_boundary, previous_boundary
+from .periods import anchor_day, next_boundary, previous_boundary
 from .store import RENDERERS, State, new_id
 
 
@@ -118,7 +118,7 @@ def licensed_lines(state: State, invoice: dict[str, Any], sub: dict[str, Any], s
         if price["recurring"]["usage_type"] != "licensed":
             continue
         interval, count = price["recurring"]["interval"], price["recurring"]["interval_count"]
-        full_start = previous_boundary(sub["billing_cycle_anchor"], interval, count, end)
+        full_start = previous_boundary(sub["billing_cycle_anchor"], interval, count, end, anchor_day(sub))
         quantity = Decimal(item.get("quantity") or 1)
         exact = tiers.unrounded_amount(price_for_math(price), quantity)
         proration = start > full_start
@@ -440,7 +440,7 @@ def close_period(state: State, sub: dict[str, Any], at: int) -> dict[str, Any]:
     start, end = sub["_period_start"], sub["_period_end"]
     interval, count = sub["_interval"]
     ending = sub["cancel_at_period_end"] or (sub.get("cancel_at") is not None and sub["cancel_at"] <= end)
-    next_end = next_boundary(sub["billing_cycle_anchor"], interval, count, end)
+    next_end = next_boundary(sub["billing_cycle_anchor"], interval, count, end, anchor_day(sub))
     invoice = new_invoice(state, sub, at, start, end, "subscription_cycle")
     lines = metered_lines(state, invoice, sub, start, end)
     if not ending:

@@ -21,7 +21,7 @@ from .api import (
     update_metadata,
 )
 from .apierrors import invalid
-from .periods import add_interval, next_boundary
+from .periods import add_interval, first_occurrence, next_boundary
 from .store import State, new_id
 
 
@@ -62,6 +62,37 @@ def _new_item(state: State, sub: dict[str, Any], spec: dict[str, Any], at: int, 
     return item
 
 
+def _anchor_config(params: dict[str, Any], interval: str) -> dict[str, Any] | None:
+    """``billing_cycle_anchor_config`` checked as Stripe describes it: day_of_month 1-31 required,
+    hour/minute/second optional, month only for yearly prices; exclusive with billing_cycle_anchor."""
+    if not params.get("billing_cycle_anchor_config"):
+        return None
+    if params.get("billing_cycle_anchor"):
+        raise invalid("You may only specify one of these parameters: billing_cycle_anchor, "
+                      "billing_cycle_anchor_config.", "billing_cycle_anchor_config")
+    if interval not in ("month", "year"):
+        raise invalid("billing_cycle_anchor_config is only valid with monthly and yearly price intervals.",
+                      "billing_cycle_anchor_config")
+    raw = as_dict(params["billing_cycle_anchor_config"], "billing_cycle_anchor_config")
+    limits = {"day_of_month": (1, 31), "hour": (0, 23), "minute": (0, 59), "second": (0, 59), "month": (1, 12)}
+    config: dict[str, Any] = {}
+    for name, (low, high) in limits.items():
+        param = f"billing_cycle_anchor_config[{name}]"
+        if raw.get(name) in (None, ""):
+            if name == "day_of_month":
+                raise invalid(f"Missing required param: {param}.", param, code="parameter_missing")
+            config[name] = None
+            continue
+        value = as_int(raw[name], param)
+        if not low <= value <= high:
+            raise invalid(f"Invalid {param}: must be between {low} and {high}.", param)
+        config[name] = value
+    if config["month"] is not None and interval != "year":
+        raise invalid("billing_cycle_anchor_config[month] is only valid with yearly price intervals.",
+                      "billing_cycle_anchor_config[month]")
+    return config
+
+
 @route("POST", "/v1/subscriptions")
 def create_subscription(state: State, req: Request) -> dict[str, Any]:
     params = req.params
@@ -75,8 +106,14 @@ def create_subscription(state: State, req: Request) -> dict[str, Any]:
         raise invalid("The price specified is not a recurring price.", "items[0][price]")
     now = state.customer_now(customer_id)
     start = as_int(params["backdate_start_date"], "backdate_start_date") if params.get("backdate_start_date") else now
-    anchor = as_int(params["billing_cycle_anchor"], "billing_cycle_anchor") if params.get("billing_cycle_anchor") else start
     interval = (first["recurring"]["interval"], first["recurring"]["interval_count"])
+    anchor_config = _anchor_config(params, interval[0])
+    if anchor_config is not None:
+        anchor = first_occurrence(start, anchor_config["day_of_month"], anchor_config["hour"] or 0,
+                                  anchor_config["minute"] or 0, anchor_config["second"] or 0, anchor_config["month"])
+    else:
+        anchor = as_int(params["billing_cycle_anchor"], "billing_cycle_anchor") if params.get("billing_cycle_anchor") \
+            else start
     if anchor < start:
         raise invalid("billing_cycle_anchor cannot be earlier than the start of the subscription.", "billing_cycle_anchor")
     if anchor > add_interval(start, interval[0], interval[1], 1):
@@ -84,7 +121,8 @@ def create_subscription(state: State, req: Request) -> dict[str, Any]:
     collection = choice(
         params.get("collection_method", "charge_automatically"), ("charge_automatically", "send_invoice"), "collection_method"
     )
-    period_end = next_boundary(anchor, interval[0], interval[1], start)
+    period_end = next_boundary(anchor, interval[0], interval[1], start,
+                               anchor_config["day_of_month"] if anchor_config else None)
     customer = state.get("customer", customer_id)
     sub: dict[str, Any] = {
         "id": new_id("sub_"),
@@ -93,7 +131,7 @@ def create_subscription(state: State, req: Request) -> dict[str, Any]:
         "application_fee_percent": None,
         "automatic_tax": {"disabled_reason": None, "enabled": False, "liability": None},
         "billing_cycle_anchor": anchor,
-        "billing_cycle_anchor_config": None,
+        "billing_cycle_anchor_config": anchor_config,
         "billing_mode": {"type": "classic"},
         "billing_schedules": [],
         "billing_thresholds": None,

@@ -200,6 +200,36 @@ def test_a_billing_anchor_on_the_31st_bills_on_the_last_day_of_shorter_months(sb
     ]
 
 
+def test_billing_cycle_anchor_config_keeps_the_day_past_shorter_months(sb, client):
+    """Stripe's billing_cycle_anchor_config: the anchor is the day's next occurrence (Sep 30 for the 31st
+    from a September start), and later periods keep the 31st. A plain billing_cycle_anchor on Sep 30
+    would keep the 30th instead (Oct 30, Nov 30, ...)."""
+    sep5 = ts("2026-09-05T00:00:00")
+    clock = client.v1.test_helpers.test_clocks.create({"frozen_time": sep5})
+    meter, price = metered_price(client)
+    customer = client.v1.customers.create({"test_clock": clock.id})
+    sub = client.v1.subscriptions.create(
+        {"customer": customer.id, "items": [{"price": price.id}], "billing_cycle_anchor_config": {"day_of_month": 31}})
+    assert sub.billing_cycle_anchor == ts("2026-09-30T00:00:00")
+    assert sub.billing_cycle_anchor_config.day_of_month == 31
+    client.v1.test_helpers.test_clocks.advance(clock.id, {"frozen_time": ts("2026-12-31T12:00:00")})
+    periods = sorted((i.period_start, i.period_end) for i in client.v1.invoices.list({"customer": customer.id}).data
+                     if i.billing_reason == "subscription_cycle")
+    assert periods == [
+        (sep5, ts("2026-09-30T00:00:00")),
+        (ts("2026-09-30T00:00:00"), ts("2026-10-31T00:00:00")),
+        (ts("2026-10-31T00:00:00"), ts("2026-11-30T00:00:00")),
+        (ts("2026-11-30T00:00:00"), ts("2026-12-31T00:00:00")),
+    ]
+    with pytest.raises(stripe.InvalidRequestError, match="only specify one of these parameters"):
+        client.v1.subscriptions.create({"customer": customer.id, "items": [{"price": price.id}],
+                                        "billing_cycle_anchor": ts("2026-12-31T12:00:00"),
+                                        "billing_cycle_anchor_config": {"day_of_month": 31}})
+    with pytest.raises(stripe.InvalidRequestError, match="billing_cycle_anchor_config\\[day_of_month\\]"):
+        client.v1.subscriptions.create({"customer": customer.id, "items": [{"price": price.id}],
+                                        "billing_cycle_anchor_config": {"day_of_month": 32}})
+
+
 def test_a_price_change_mid_period_bills_each_item_for_its_own_segment(sb, client):
     clock, meter, old, customer, sub = _setup(client)
     new = client.v1.prices.create(

@@ -38,15 +38,15 @@ class OnClock(NamedTuple):
 
 
 @contextlib.contextmanager
-def customer_on_clock(tmp_path: Path, rules_dir: Path, csv: str = CSV) -> Iterator[OnClock]:
+def customer_on_clock(tmp_path: Path, rules_dir: Path, csv: str = CSV, start: dt.datetime = OCT1) -> Iterator[OnClock]:
     """The sandbox, a warehouse holding the customer list, and the catalog synced with the customer
-    subscribed on a test clock frozen at Oct 1."""
+    subscribed on a test clock frozen at `start` (Oct 1)."""
     rules = load_rules(rules_dir)
     (tmp_path / "c.csv").write_text(csv)
     customers = load_customers(tmp_path / "c.csv", rules)
     with running_sandbox() as sb, warehouse.open_warehouse(tmp_path / "wh.duckdb") as con:
         client = make_client(StripeSettings(api_key=sb.api_key, api_base=sb.base_url, meter_events_base=sb.base_url))
-        clock = client.v1.test_helpers.test_clocks.create({"frozen_time": int(OCT1.timestamp())})
+        clock = client.v1.test_helpers.test_clocks.create({"frozen_time": int(start.timestamp())})
         warehouse.replace_rows(con, "customer_plans", "TRUE", [], customers)
         report = catalog.sync_catalog(con, client, rules, customers, create_customers=True, test_clock=clock.id)
         yield OnClock(sb, con, client, clock, rules, report)
@@ -92,6 +92,32 @@ def test_a_later_plan_version_is_reported_for_the_subscription(tmp_path: Path, r
     assert report.customers[0]["plan_version"] == "2026-01"
     found = [(f.kind, f.our_key, f.ours, f.theirs) for f in report.findings if f.kind == "subscription"]
     assert found == [("subscription", "acme", "pro 2026-10 from 2026-10-15", "pro 2026-01")]
+
+
+def test_an_anchor_on_the_31st_synced_in_september_keeps_stripes_periods_on_ours(tmp_path: Path,
+                                                                                   rules_dir: Path) -> None:
+    """The sync once sent the first anchor instant (Sep 30) as billing_cycle_anchor, and Stripe then
+    billed on the 30th every month (Sep 30 - Oct 30) while we rated Sep 30 - Oct 31; it now sends the
+    day itself, so Stripe's periods are ours: customers.period_containing."""
+    from metering.customers import period_containing
+    from metering.stripe.clock import advance_clock
+
+    csv = CSV.replace("usd,,starter,2026-01-01", "usd,31,starter,2026-01-01")
+    sep5 = dt.datetime(2026, 9, 5, tzinfo=dt.timezone.utc)
+    with customer_on_clock(tmp_path, rules_dir, csv, start=sep5) as (sb, con, client, clock, rules, report):
+        cus = report.customers[0]["stripe_customer_id"]
+        [sub] = client.v1.subscriptions.list({"customer": cus}).data
+        assert sub.billing_cycle_anchor_config.day_of_month == 31
+        advance_clock(client, clock.id, dt.datetime(2027, 1, 2, tzinfo=dt.timezone.utc))
+        periods = sorted((dt.datetime.fromtimestamp(i.period_start, tz=dt.timezone.utc).date(),
+                          dt.datetime.fromtimestamp(i.period_end, tz=dt.timezone.utc).date())
+                         for i in client.v1.invoices.list({"customer": cus, "limit": 100}).data
+                         if i.billing_reason == "subscription_cycle")
+        # the first period runs from the sync (Sep 5) to the first anchor; later ones are whole cycles
+        assert periods[0] == (dt.date(2026, 9, 5), dt.date(2026, 9, 30))
+        assert periods[1:] == [period_containing(start, 31) for start, _ in periods[1:]] == [
+            (dt.date(2026, 9, 30), dt.date(2026, 10, 31)), (dt.date(2026, 10, 31), dt.date(2026, 11, 30)),
+            (dt.date(2026, 11, 30), dt.date(2026, 12, 31))]
 
 
 def test_pushing_day_by_day_on_the_clock_lands_usage_on_each_period_invoice(tmp_path: Path, rules_dir: Path) -> None:
