@@ -180,6 +180,16 @@ def test_rate_refuses_float_quantities_in_parquet(tmp_path):
     assert "usd 149.00" in result.output     # 3 seats x 10 = 30, minimum true-up 70, platform fee 49
 
 
+def test_rate_refuses_a_quantity_too_long_for_exact_rating(tmp_path):
+    """27 digits before the point do not fit DECIMAL(38, 12): once a Polars panic (exit 1)."""
+    usage = tmp_path / "usage.csv"
+    usage.write_text("customer_id,meter,quantity,plan,period_start\n"
+                     "c1,seats,3,pro,2026-10-01\nc1,api_calls,123456789012345678901234567,pro,2026-10-01\n")
+    result = run("rate", "--rules", str(RULES), "--usage", str(usage), "--out", str(tmp_path / "o.csv"))
+    assert result.exit_code == 3
+    assert f"{usage}:3: quantity: not a non-negative decimal with at most 26 digits before the point" in result.output
+
+
 def test_rate_warns_about_rows_no_charge_prices(tmp_path):
     usage = tmp_path / "usage.csv"
     usage.write_text("customer_id,meter,quantity,plan,period_start,region\n"
