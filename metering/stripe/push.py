@@ -169,12 +169,14 @@ class Pusher:
         self._now = now or (lambda: datetime.now(timezone.utc))
         self._sleep = sleep
         self.limiter = RateLimiter(self.config.rate, burst=max(1, int(self.config.rate) or 1))
+        self._known_identifiers: list[str] = []  # refused as duplicates: Stripe holds an event under them
 
     # -- the whole run ---------------------------------------------------------------------------
     def push(self, date_from: date, date_to: date) -> PushReport:
         if date_to < date_from:
             raise BadInputError(f"push: --to {date_to} is before --from {date_from}")
         started = time.monotonic()
+        self._known_identifiers.clear()
         report = PushReport(uuid.uuid4().hex, date_from, date_to, self.config.window_kind)
         kind = self.config.window_kind
         self._check_meter_windows()
@@ -190,17 +192,25 @@ class Pusher:
         span_to = max([date_to, *desired["event_date"].to_list()]) if not desired.is_empty() else date_to
         open_rows = ledger.open_rows(self.con, date_from, span_to, kind)
         open_rows = open_rows.filter(pl.col("stripe_customer_id").is_not_null())
+        def settle_by_summary(rows: pl.DataFrame) -> pl.DataFrame:
+            """Rows whose outcome Stripe's summary decides: acknowledged if it holds the value, else
+            superseded and given a fresh revision (same value, new key). Returns the open rows then."""
+            report.summary_checks += self._resolve_stale(rows, report)
+            replan = desired.join(rows.select(ledger.WINDOW_KEY), on=ledger.WINDOW_KEY)
+            report.new_revisions += ledger.plan_revisions(self.con, replan, self._now())["new_revisions"]
+            return ledger.open_rows(self.con, date_from, span_to, kind).filter(
+                pl.col("stripe_customer_id").is_not_null())
+
         stale = self._stale(open_rows)
         if not stale.is_empty():
-            report.summary_checks = self._resolve_stale(stale, report)
-            # superseded rows get fresh revisions (same value, new key), then are sent below
-            replan = desired.join(stale.select(ledger.WINDOW_KEY), on=ledger.WINDOW_KEY)
-            planned = ledger.plan_revisions(self.con, replan, self._now())
-            report.new_revisions += planned["new_revisions"]
-            open_rows = ledger.open_rows(self.con, date_from, span_to, kind).filter(
-                pl.col("stripe_customer_id").is_not_null())
+            open_rows = settle_by_summary(stale)
         try:
             self._send_all(open_rows, report)
+            # Stripe refused an identifier it already holds (the key it came with was lost, e.g. the
+            # response to a killed push, and Stripe pruned the key early): it decides as a stale row does
+            known = open_rows.filter(pl.col("identifier").is_in(self._known_identifiers))
+            if not known.is_empty():
+                self._send_all(settle_by_summary(known), report)
         finally:
             counts = ledger.status_counts(self.con, date_from, span_to, kind)
             report.unknown = counts["unknown"] + counts["sent"]
@@ -415,6 +425,9 @@ class Pusher:
         status = result.status
         if status == "failed" and result.http_status == 429:
             status = "pending"  # throttled every time: nothing recorded, try again next run
+        if status == "failed" and result.http_status == 400 and _duplicate_identifier(result.error):
+            status = "unknown"  # Stripe holds an event under this identifier: not "nothing recorded"
+            self._known_identifiers.append(row["identifier"])
         out = _outcome(row["identifier"], status, result.attempts - 1, result.error, result.request_id,
                        result.http_status, "response" if status in ("acknowledged", "failed") else None)
         out["_rate_limited"] = result.rate_limited
@@ -442,6 +455,13 @@ class Pusher:
         }])
         with warehouse.transaction(self.con):
             warehouse.insert_frame(self.con, "stripe_push_runs", frame)
+
+
+def _duplicate_identifier(error: str | None) -> bool:
+    """Stripe's 400 for a meter event identifier it already holds ("An event already exists with
+    identifier ...")."""
+    text = (error or "").lower()
+    return "identifier" in text and "already exists" in text
 
 
 def _outcome(identifier: str, status: str, extra_attempts: int, error: str | None, request_id: str | None,

@@ -122,6 +122,26 @@ def test_attempt_older_than_20h_is_checked_against_summaries_before_resending(
     assert_keys_are_ours_and_executed_once(big_world)
 
 
+def test_an_identifier_stripe_already_holds_is_settled_by_its_summary(big_world: World) -> None:
+    """A push killed after Stripe applied a call but before its outcome was recorded leaves the row
+    `sent`; if Stripe has dropped the idempotency key meanwhile (here: 25 h on Stripe's side, the row
+    still young on ours), the resend is refused as a duplicate identifier. That once became `failed`,
+    "nothing recorded", although Stripe holds the event; Stripe's summary now decides it."""
+    first = big_world.pusher().push(DAYS[0], DAYS[-1])
+    assert first.failed == 0 and first.unknown == 0
+    row = big_world.ledger().filter(pl.col("status") == "acknowledged").row(0, named=True)
+    big_world.con.execute("UPDATE stripe_push_ledger SET status = 'sent' WHERE identifier = ?", [row["identifier"]])
+    big_world.sandbox.configure(identifier_ttl=72 * 3600)
+    big_world.sandbox.set_now(int((NOW + dt.timedelta(hours=25)).timestamp()))
+    second = big_world.pusher().push(DAYS[0], DAYS[-1])
+    refused = [r for r in big_world.meter_event_requests() if r["idempotency_key"] == row["idempotency_key"]]
+    assert [r["status"] for r in refused] == [200, 400]   # the key forgotten, the identifier known
+    assert (second.failed, second.unknown, second.summary_checks) == (0, 0, 1)
+    window = big_world.ledger().filter(pl.col("identifier") == row["identifier"]).row(0, named=True)
+    assert (window["status"], window["resolved_by"]) == ("acknowledged", "summary")
+    assert_stripe_equals_ours(big_world)
+
+
 def test_never_two_calls_in_flight_for_one_customer_and_meter(big_world: World) -> None:
     """The sandbox answers 429 (resource-specific) to a second concurrent call for one customer x
     meter, as Stripe does: with 8 workers and 3 windows per pair, none may occur."""
