@@ -180,21 +180,24 @@ def test_rate_refuses_float_quantities_in_parquet(tmp_path):
     assert "usd 149.00" in result.output     # 3 seats x 10 = 30, minimum true-up 70, platform fee 49
 
 
+def _rate_csv(tmp_path, text: str):
+    """`metering rate` on a usage CSV holding `text`; (the file, the result)."""
+    usage = tmp_path / "usage.csv"
+    usage.write_text(text)
+    return usage, run("rate", "--rules", str(RULES), "--usage", str(usage), "--out", str(tmp_path / "o.csv"))
+
+
 def test_rate_refuses_a_quantity_too_long_for_exact_rating(tmp_path):
     """27 digits before the point do not fit DECIMAL(38, 12): once a Polars panic (exit 1)."""
-    usage = tmp_path / "usage.csv"
-    usage.write_text("customer_id,meter,quantity,plan,period_start\n"
-                     "c1,seats,3,pro,2026-10-01\nc1,api_calls,123456789012345678901234567,pro,2026-10-01\n")
-    result = run("rate", "--rules", str(RULES), "--usage", str(usage), "--out", str(tmp_path / "o.csv"))
+    usage, result = _rate_csv(tmp_path, "customer_id,meter,quantity,plan,period_start\n"
+                              "c1,seats,3,pro,2026-10-01\nc1,api_calls,123456789012345678901234567,pro,2026-10-01\n")
     assert result.exit_code == 3
     assert f"{usage}:3: quantity: not a non-negative decimal with at most 26 digits before the point" in result.output
 
 
 def test_rate_warns_about_rows_no_charge_prices(tmp_path):
-    usage = tmp_path / "usage.csv"
-    usage.write_text("customer_id,meter,quantity,plan,period_start,region\n"
-                     "c1,api_calls,10,pro,2026-10-20,us\nc1,api_calls,10,pro,2026-10-20,\n")
-    result = run("rate", "--rules", str(RULES), "--usage", str(usage), "--out", str(tmp_path / "o.csv"))
+    usage, result = _rate_csv(tmp_path, "customer_id,meter,quantity,plan,period_start,region\n"
+                              "c1,api_calls,10,pro,2026-10-20,us\nc1,api_calls,10,pro,2026-10-20,\n")
     assert result.exit_code == 0
     assert (f"warning: 1 usage row(s) match no charge of their plan version and are not priced "
             f"(first: {usage}:3: api_calls {{\"region\":null}} under pro 2026-10)") in result.output
