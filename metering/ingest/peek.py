@@ -11,7 +11,7 @@ from pathlib import Path
 
 import duckdb
 
-from metering.ingest.readers import detect_format
+from metering.ingest.readers import detect_format, parquet_columns, parquet_field_text
 from metering.ingest.validate import timestamp_sql
 from metering.warehouse import sql_string
 
@@ -22,17 +22,22 @@ def event_date_range(path: Path) -> tuple[date, date] | None:
     """(first, last) UTC event date of the parsable timestamps in the file, or None if there are none."""
     fmt = detect_format(path)
     p = sql_string(str(path))
-    source = {
-        "parquet": f"SELECT timestamp::VARCHAR AS ts FROM read_parquet({p})",
-        "csv": f"SELECT timestamp AS ts FROM read_csv({p}, all_varchar = true, ignore_errors = true, header = true)",
-        # records = true: without it a line that is not an object (an array, a number) is read whole
-        # as the one column, and its text makes the whole file's range NULL
-        "jsonl": f"SELECT timestamp AS ts FROM read_json({p}, format = 'newline_delimited', records = true, "
-                 f"ignore_errors = true, columns = {{'timestamp': 'VARCHAR'}})",
-    }[fmt if fmt != "jsonl.gz" else "jsonl"]
     con = duckdb.connect()
     try:
         con.execute("SET TimeZone = 'UTC'")
+        if fmt == "parquet":
+            types = parquet_columns(con, path)
+            if "timestamp" not in types:
+                return None
+            # a timestamp column as the text validation reads (its VARCHAR cast, `... +00`, is no RFC 3339)
+            source = f"SELECT {parquet_field_text(types, 'timestamp')} AS ts FROM read_parquet({p})"
+        elif fmt == "csv":
+            source = f"SELECT timestamp AS ts FROM read_csv({p}, all_varchar = true, ignore_errors = true, header = true)"
+        else:
+            # records = true: without it a line that is not an object (an array, a number) is read whole
+            # as the one column, and its text makes the whole file's range NULL
+            source = (f"SELECT timestamp AS ts FROM read_json({p}, format = 'newline_delimited', records = true, "
+                      f"ignore_errors = true, columns = {{'timestamp': 'VARCHAR'}})")
         row = con.execute(f"SELECT min({_TS})::DATE, max({_TS})::DATE FROM ({source}) "
                           f"WHERE {_TS} >= TIMESTAMPTZ '2000-01-01 00:00:00+00' AND {_TS} <= now() + INTERVAL 1 DAY"
                           ).fetchone()

@@ -285,13 +285,15 @@ assert set(_FIELDS) == set(KNOWN_FIELDS)
 
 # DuckDB's parser reads a JSON number into a binary float and writes it back shortest-first:
 # 0.30000000000000001 comes back as 0.3, 1e14 as 100000000000000.0. Validation judges the number
-# as written (its digits, its decimals), so a fractional number's literal is taken from the line,
-# where the value written back does not appear as such (compact JSON: it usually does).
-_VALUE_LITERALS = r'"value"\s*:\s*(-?[0-9][0-9.eE+-]*)'
-_VALUE_AS_WRITTEN = f"""CASE WHEN value_t = 'DOUBLE'
+# as written (its digits, its decimals), so a fractional number's literal is taken from the line
+# where that is unambiguous: the line names the key "value" exactly once (not also in a nested
+# object) and holds no \u escape (which could spell the key). Otherwise the parser's reading
+# stands. Where the value written back appears as such, it is the literal (compact JSON: usually).
+_VALUE_LITERAL = r'"value"\s*:\s*(-?[0-9][0-9.eE+-]*)'
+_VALUE_AS_WRITTEN = f"""CASE WHEN value_t = 'DOUBLE' AND NOT contains(text, '\\u')
+        AND length(text) - length(replace(text, '"value"', '')) = 7
         AND NOT (contains(text, '"value":' || value || ',') OR contains(text, '"value":' || value || '}}'))
-    THEN coalesce(list_filter(regexp_extract_all(text, '{_VALUE_LITERALS}', 1),
-                              x -> try_cast(x AS DOUBLE) = try_cast(value AS DOUBLE))[1], value)
+    THEN coalesce(nullif(regexp_extract(text, '{_VALUE_LITERAL}', 1), ''), value)
     ELSE value END"""
 
 _JSONL_SELECT = f"""
@@ -537,6 +539,11 @@ def _parquet_text_sql(col: str, kind: str, duck_type: str) -> str:
     return f"{col}::VARCHAR"
 
 
+def parquet_field_text(types: dict[str, str], name: str) -> str:
+    """SQL: a Parquet column's value as the text validation reads (a timestamp column as RFC 3339)."""
+    return _parquet_text_sql(_quoted(name), _parquet_type(types[name]), types[name])
+
+
 def _parquet_field_sql(types: dict[str, str], name: str, alias: str, text: str | None = None) -> str:
     if name not in types:
         return f"NULL AS {alias}, 'NULL' AS {alias}_t"
@@ -562,27 +569,38 @@ def _struct_fields(con: duckdb.DuckDBPyConnection, path: Path, column: str) -> d
 
 def _refuse_misread_schema(path: Path) -> None:
     """Refuse what DuckDB would read wrongly without an error: decimals wider than 38 digits (read as a
-    float, and a wrong one: 0.05 as DECIMAL(60, 2) came back as 14073748835532.8), and a column name
-    that occurs twice (DuckDB renames the second, so which one is the event's would be a guess)."""
+    float, and a wrong one: 0.05 as DECIMAL(60, 2) came back as 14073748835532.8); names that occur
+    twice, also only differing in case, among the columns or a struct's fields (DuckDB's names are
+    case-insensitive: it renames the second, `value` to `value_1`, so the event's would be a guess);
+    and struct fields without a name (which DuckDB cannot address)."""
     import pyarrow.parquet as pq
 
     try:
         schema = pq.read_schema(path)
     except (pa.ArrowException, OSError) as exc:
         raise BadInputError(f"{path}: cannot read the Parquet file: {str(exc).splitlines()[0]}") from None
-    dupes = sorted({n for n in schema.names if schema.names.count(n) > 1})
-    if dupes:
-        raise BadInputError(f"{path}: the Parquet schema repeats column(s) {', '.join(dupes)}")
+    problems: list[str] = []
 
-    def wide(t: pa.DataType) -> bool:
-        if pa.types.is_decimal(t):
-            return t.precision > 38
-        return any(wide(t.field(i).type) for i in range(t.num_fields))
+    def names(where: str, fields: list[pa.Field], prefix: str = "") -> None:
+        folded = [f.name.lower() for f in fields]
+        if dupes := sorted({f.name for f in fields if folded.count(f.name.lower()) > 1}):
+            problems.append(f"{where} repeat(s) {', '.join(dupes)} (names differing only in case count as one)")
+        if any(f.name == "" for f in fields):
+            problems.append(f"{where} include(s) a field without a name")
+        for f in fields:
+            t = f.type
+            if pa.types.is_decimal(t) and t.precision > 38:
+                problems.append(f"{prefix}{f.name} ({t}) is a decimal wider than 38 digits, which cannot be read exactly: "
+                                f"write it as decimal(38, s) or as text")
+            children = [t.field(i) for i in range(t.num_fields)]
+            if pa.types.is_struct(t):
+                names(f"the fields of {prefix}{f.name}", children, f"{prefix}{f.name}.")
+            elif children:   # lists and maps: look inside their items
+                names(f"the items of {prefix}{f.name}", children, f"{prefix}{f.name}[].")
 
-    too_wide = [f"{f.name} ({f.type})" for f in schema if wide(f.type)]
-    if too_wide:
-        raise BadInputError(f"{path}: decimal column(s) wider than 38 digits cannot be read exactly: "
-                            f"{', '.join(too_wide)}; write them as decimal(38, s) or as text")
+    names("the columns", list(schema))
+    if problems:
+        raise BadInputError(f"{path}: the Parquet schema cannot be read safely: {'; '.join(problems)}")
 
 
 def stage_parquet(con: duckdb.DuckDBPyConnection, path: Path, fmt: str, sink: Sink) -> StageInfo:

@@ -38,19 +38,21 @@ _NON_FINITE = "['nan', '+nan', '-nan', 'inf', '+inf', '-inf', 'infinity', '+infi
 _CONTROL = r"[\x00-\x1f\x7f]"
 _HAS_E = "(contains(vtext, 'e') OR contains(vtext, 'E'))"
 _MANTISSA = "split_part(lower(vtext), 'e', 1)"
+_DIGITS = f"regexp_replace({_MANTISSA}, '[^0-9]', '', 'g')"  # the mantissa's digits, the point taken out
 # value_too_precise, in three parts; cheap guards first, as most values are short
 _TOO_MANY_DECIMALS = (f"(length(vtext) > {VALUE_SCALE} + 1 AND strpos(vtext, '.') > 0 AND NOT {_HAS_E} AND "
                       f"length(rtrim(vtext, '0')) - strpos(vtext, '.') > {VALUE_SCALE})")
 # a JSON number with more significant digits than a binary float keeps; zeros at either end are not
 # significant (the parser writes 1e14 back as 100000000000000.0)
 _TOO_MANY_DIGITS = (f"(value_t = 'DOUBLE' AND length(vtext) > {MAX_JSON_NUMBER_DIGITS} AND "
-                    f"length(trim(regexp_replace({_MANTISSA}, '[^0-9]', '', 'g'), '0')) > {MAX_JSON_NUMBER_DIGITS})")
-# exponent form: its decimals are the mantissa's (trailing zeros aside) minus the exponent, so 1e-19
-# is refused rather than rounded to 0; an exponent too long to read means many decimals (a large
-# value was refused before)
-_EXPONENT_TOO_PRECISE = (f"({_HAS_E} AND regexp_matches({_MANTISSA}, '[1-9]') AND coalesce(length(rtrim("
-                         f"split_part({_MANTISSA}, '.', 2), '0')) - try_cast(split_part(lower(vtext), 'e', 2) "
-                         f"AS BIGINT) > {VALUE_SCALE}, true))")
+                    f"length(trim({_DIGITS}, '0')) > {MAX_JSON_NUMBER_DIGITS})")
+# exponent form: with the mantissa's digits D (the point taken out), f of them after the point, and t
+# trailing zeros, the value is D/10^t x 10^(t - f + exp): its decimals are f - t - exp. So 1e-19 is
+# refused rather than rounded to 0, and 120e-13 (0.000000000012) accepted. An exponent too long to
+# read means many decimals (a large value was refused before).
+_EXPONENT_TOO_PRECISE = (f"({_HAS_E} AND regexp_matches({_MANTISSA}, '[1-9]') AND coalesce("
+                         f"length(split_part({_MANTISSA}, '.', 2)) - (length({_DIGITS}) - length(rtrim({_DIGITS}, '0')))"
+                         f" - try_cast(split_part(lower(vtext), 'e', 2) AS BIGINT) > {VALUE_SCALE}, true))")
 # a list for list_contains, not an `IN (...)` list: DuckDB turns an IN list of five constants into a
 # join against them, one hash probe per row (10M rows: the IN lists cost the classification ~0.35 s)
 _NUMBER_KINDS = "['BIGINT', 'UBIGINT', 'DOUBLE', 'DECIMAL', 'VARCHAR']"

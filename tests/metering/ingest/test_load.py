@@ -111,6 +111,15 @@ def _unreadable(tmp_path):
                    tmp_path / "wide.parquet")
     pq.write_table(pa.table({**base, "value": [1]}).append_column("event_id", pa.array(["w2"])),
                    tmp_path / "twice.parquet")
+    # DuckDB's names are case-insensitive: it renames the second (VALUE -> value_1, A -> a_1), and
+    # cannot address a struct field without a name (once a traceback)
+    pq.write_table(pa.table({**base, "value": [1], "VALUE": [2]}), tmp_path / "case.parquet")
+    struct = pa.struct([("A", pa.string()), ("a", pa.string())])
+    pq.write_table(pa.table({**base, "properties": pa.array([{"A": "x", "a": "y"}], struct)}), tmp_path / "struct.parquet")
+    pq.write_table(pa.table({**base, "properties": pa.array([{"": "x"}], pa.struct([("", pa.string())]))}),
+                   tmp_path / "unnamed.parquet")
+    pq.write_table(pa.table({**base, "x": pa.array([[Decimal("1")]], pa.list_(pa.decimal256(50, 1)))}),
+                   tmp_path / "listdec.parquet")
     return {
         "truncated.jsonl.gz": "truncated or corrupt gzip",
         "plain.jsonl.gz": "not a gzip file",
@@ -121,8 +130,12 @@ def _unreadable(tmp_path):
         "noheader.csv": "lacks required column(s) event_id, customer_id, meter, timestamp",
         "data.txt": "unknown file type",
         "both.csv": "both a properties column (a JSON object) and properties.<name> columns",
-        "wide.parquet": "wider than 38 digits cannot be read exactly: value (decimal256(60, 2))",
-        "twice.parquet": "the Parquet schema repeats column(s) event_id",
+        "wide.parquet": "value (decimal256(60, 2)) is a decimal wider than 38 digits, which cannot be read exactly",
+        "twice.parquet": "the columns repeat(s) event_id",
+        "case.parquet": "the columns repeat(s) VALUE, value (names differing only in case count as one)",
+        "struct.parquet": "the fields of properties repeat(s) A, a",
+        "unnamed.parquet": "the fields of properties include(s) a field without a name",
+        "listdec.parquet": "x[].element (decimal256(50, 1)) is a decimal wider than 38 digits",
     }
 
 

@@ -40,5 +40,19 @@ def test_parquet_and_csv(tmp_path):
     assert event_date_range(tmp_path / "f.csv") == (date(2026, 10, 3), date(2026, 10, 3))
 
 
+def test_parquet_timestamp_columns(tmp_path):
+    """A timestamp-typed column (with or without a zone) once gave no dates at all: its text cast reads
+    `2026-10-05 12:00:00+00`, which is no RFC 3339, so the sensor fell back to today's partition."""
+    import datetime as dt
+
+    ts = [dt.datetime(2025, 10, 5, 12, tzinfo=dt.timezone.utc), dt.datetime(2026, 10, 5, 23, 30, tzinfo=dt.timezone.utc)]
+    pq.write_table(pa.table({"event_id": ["a", "b"], "timestamp": pa.array(ts, pa.timestamp("ns", "UTC"))}),
+                   tmp_path / "z.parquet")
+    pq.write_table(pa.table({"event_id": ["a"], "timestamp": pa.array([dt.datetime(2026, 10, 7, 1)], pa.timestamp("ms"))}),
+                   tmp_path / "n.parquet")
+    assert event_date_range(tmp_path / "z.parquet") == (date(2025, 10, 5), date(2026, 10, 5))
+    assert event_date_range(tmp_path / "n.parquet") == (date(2026, 10, 7), date(2026, 10, 7))
+
+
 def test_no_usable_timestamp_gives_none(tmp_path):
     assert event_date_range(write_lines(tmp_path / "f.jsonl", ["[1]", event("a", timestamp="soon")])) is None

@@ -118,14 +118,35 @@ def test_exact_values_at_the_edges_are_accepted(tmp_path, con):
              '{"event_id":"n6","customer_id":"c","meter":"tokens","timestamp":"2026-10-05T00:00:00Z","value":0e-400}',
              '{"event_id":"n7","customer_id":"c","meter":"tokens","timestamp":"2026-10-05T00:00:00Z",'
              '"value":1.0000000000000000}',
-             event("n8", value="2.5E-11"), event("n9", meter="api_calls", value="")]
+             event("n8", value="2.5E-11"), event("n9", meter="api_calls", value=""),
+             # trailing zeros of an integer mantissa are not decimals (once refused as 13 decimals)
+             '{"event_id":"n10","customer_id":"c","meter":"tokens","timestamp":"2026-10-05T00:00:00Z","value":120e-13}',
+             event("n11", value="1234567890120e-13")]
     result = ingest_file(con, write_lines(tmp_path / "f.jsonl", lines), now=NOW)
     assert result.rows_quarantined == 0, con.execute("SELECT event_id, detail FROM usage_quarantine").fetchall()
     got = dict(con.execute("SELECT event_id, value::VARCHAR FROM usage_events").fetchall())
     assert got == {"n1": "100000000000000.000000000000", "n2": "100000000000000.000000000000",
                    "n3": "123456789012345.000000000000", "n4": "1000000000000000.000000000000",
                    "n5": "0.000000000123", "n6": "0.000000000000", "n7": "1.000000000000",
-                   "n8": "0.000000000025", "n9": None}
+                   "n8": "0.000000000025", "n9": None, "n10": "0.000000000012", "n11": "0.123456789012"}
+
+
+def test_a_json_numbers_literal_is_read_only_where_it_is_unambiguous(tmp_path, con):
+    """The literal of "value" is taken from the line only where the line names the key once and has no
+    \\u escape. A decoy "value" in a nested object once decided the real one: a valid 3.0 was
+    quarantined for its neighbour's 17 digits. With a decoy, the parser's reading stands (the
+    documented limit); alone, 17 digits are caught however the line is spaced."""
+    head = '{"event_id":"%s","customer_id":"c","meter":"tokens","timestamp":"2026-10-05T00:00:00Z",'
+    lines = [head % "g" + '"meta":{"value": 3.00000000000000001},"value": 3.0}',
+             head % "b" + '"meta":{"value":3},"value": 2.9999999999999999}',
+             head % "h" + '"value" :\t0.30000000000000001 }',
+             head % "k" + '"value":0.30000000000000001,"note":"\\"value\\":1"}']
+    result = ingest_file(con, write_lines(tmp_path / "f.jsonl", lines), now=NOW)
+    assert dict(con.execute("SELECT event_id, value::VARCHAR FROM usage_events").fetchall()) == {
+        "g": "3.000000000000", "b": "3.000000000000"}
+    assert con.execute("SELECT event_id, reason FROM usage_quarantine ORDER BY 1").fetchall() == [
+        ("h", "value_too_precise"), ("k", "value_too_precise")]
+    assert result.conserved
 
 
 def test_rfc3339_lower_case_t_and_z_are_accepted(tmp_path, con):
