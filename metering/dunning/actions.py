@@ -8,9 +8,10 @@ How exactly-once holds across re-runs and crashes:
    the deterministic key `dunning:<invoice>:<step>`.
 3. The Stripe call carries that key as its `Idempotency-Key`. A crash after the call but before
    the row is marked `done` leaves it `pending`; the next run first re-reads the invoice from
-   Stripe (GET) and, if the earlier call took effect (paid / attempt_count moved / uncollectible),
-   records it without calling again; otherwise it calls again with the same key (Stripe replays
-   its stored answer for 24 hours).
+   Stripe (GET) and, if the earlier call took effect (paid / attempt_count moved / uncollectible /
+   for a retry, a payment event Stripe stamped with our key), records it without calling again;
+   otherwise it calls again with the same key. So a declined retry is never charged again, even
+   after Stripe's 24-hour idempotency window.
 4. The row is then marked `done` (or `rejected` when Stripe refuses the request for good).
 
 Rules that keep the engine from doing harm (invariant I15):
@@ -234,6 +235,29 @@ def _error_text(exc: Exception) -> str:
     return redact(f"{type(exc).__name__}{f' ({code})' if code else ''}: {message}")[:500]
 
 
+# The events Stripe emits for a charge attempt on an invoice, whatever its result.
+PAYMENT_ATTEMPT_EVENTS = (
+    "invoice.payment_failed", "invoice.payment_action_required", "invoice.payment_succeeded", "invoice.paid",
+)
+
+
+def _attempt_event(client: stripe.StripeClient, invoice_id: str, key: str) -> str | None:
+    """The type of a payment event on `invoice_id` caused by our request with `key`, if Stripe has one.
+
+    Stripe stamps every event with the request (and its Idempotency-Key) that caused it, and keeps
+    events for 30 days. A manual charge that was declined moves neither the invoice's status nor its
+    attempt_count, so this is the only trace Stripe keeps of it once its 24-hour idempotency window
+    has passed.
+    """
+    page = client.v1.events.list({"types": list(PAYMENT_ATTEMPT_EVENTS), "limit": 100})
+    for event in page.auto_paging_iter():
+        request = getattr(event, "request", None)
+        obj = getattr(getattr(event, "data", None), "object", None)
+        if getattr(request, "idempotency_key", None) == key and getattr(obj, "id", None) == invoice_id:
+            return event.type
+    return None
+
+
 def _recover_pending(client: stripe.StripeClient, row: dict[str, Any]) -> str | None:
     """After a crash, did the earlier call with this key take effect? Returns its outcome, or None."""
     invoice = client.v1.invoices.retrieve(row["invoice_id"])
@@ -244,7 +268,8 @@ def _recover_pending(client: stripe.StripeClient, row: dict[str, Any]) -> str | 
         previous = row.get("pending_attempt_count")
         if previous is not None and (getattr(invoice, "attempt_count", None) or 0) > previous:
             return "attempted"
-        return None
+        seen = _attempt_event(client, row["invoice_id"], idempotency_key(row["invoice_id"], row["step_name"]))
+        return f"attempted:{seen}" if seen else None
     if status == "uncollectible":
         return "uncollectible"
     return None
@@ -365,7 +390,7 @@ def perform_actions(
                 report.add(action, "done")
             else:
                 if action == "reminder":   # a message rendered before a crash is withdrawn
-                    (folder / f"{outbox.message_id(key)}.eml").unlink(missing_ok=True)
+                    outbox.withdraw(con, folder, outbox.message_id(key), row["reason"])
                 ledger.close(key, "skipped", row["reason"])
                 report.add(action, "skipped")
             continue

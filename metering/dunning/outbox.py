@@ -21,12 +21,14 @@ import hashlib
 import logging
 import os
 import smtplib
+from collections.abc import Iterable
 from datetime import datetime
 from email.message import EmailMessage
 from email.utils import format_datetime
 from pathlib import Path
 
 import duckdb
+import pyarrow as pa
 
 from metering import config
 from metering.dunning.policy import Template
@@ -96,13 +98,62 @@ def smtp_configured() -> bool:
     return bool(os.environ.get("METERING_SMTP_HOST"))
 
 
-def send_pending(con: duckdb.DuckDBPyConnection, now: datetime, folder: Path) -> tuple[int, list[str]]:
+def withdraw(con: duckdb.DuckDBPyConnection, folder: Path, msg_id: str, reason: str) -> None:
+    """Take a message back before it is sent: its `.eml` file is removed, its row marked `withdrawn`."""
+    (folder / f"{msg_id}.eml").unlink(missing_ok=True)
+    con.execute(
+        "UPDATE dunning_outbox SET status = 'withdrawn', last_error = ?"
+        " WHERE message_id = ? AND status IN ('rendered', 'send_failed')",
+        [reason, msg_id],
+    )
+
+
+def withdraw_stale(con: duckdb.DuckDBPyConnection, folder: Path, open_invoices: Iterable[str]) -> int:
+    """Withdraw every unsent message that must not go out any more. Returns how many.
+
+    A reminder waiting for the relay (not configured yet, or down) is stale once its invoice has
+    left dunning (paid, void, written off: "payment failed" is then wrong), or once a later
+    reminder exists for the same invoice (catching up sends only the latest one).
+    """
+    con.register("_dunning_open", pa.table({"invoice_id": pa.array(sorted(set(open_invoices)), pa.string())}))
+    try:
+        stale = con.execute(
+            """
+            WITH ranked AS (
+                SELECT message_id, invoice_id, status,
+                       row_number() OVER (PARTITION BY invoice_id ORDER BY rendered_at DESC, message_id DESC) AS rn
+                FROM dunning_outbox
+            )
+            SELECT message_id,
+                   CASE WHEN invoice_id NOT IN (SELECT invoice_id FROM _dunning_open) THEN 'invoice_left_dunning'
+                        ELSE 'superseded_by_later_reminder' END
+            FROM ranked
+            WHERE status IN ('rendered', 'send_failed')
+              AND (invoice_id NOT IN (SELECT invoice_id FROM _dunning_open) OR rn > 1)
+            ORDER BY message_id
+            """
+        ).fetchall()
+    finally:
+        con.unregister("_dunning_open")
+    for msg_id, reason in stale:
+        withdraw(con, folder, msg_id, reason)
+    return len(stale)
+
+
+def send_pending(
+    con: duckdb.DuckDBPyConnection, now: datetime, folder: Path, open_invoices: Iterable[str]
+) -> tuple[int, list[str]]:
     """Send every rendered outbox message that has a recipient, when SMTP is configured.
 
-    Returns (messages sent, errors). Each message is marked `sent` right after the relay accepts it.
+    `open_invoices` are the invoices still in dunning: messages about any other invoice, and
+    reminders overtaken by a later one, are withdrawn instead (`withdraw_stale`). Without SMTP the
+    rendered file is the delivery (another mailer may already have picked it up), so nothing is
+    withdrawn then. Returns (messages sent, errors). Each message is marked `sent` right after the
+    relay accepts it.
     """
     if not smtp_configured():
         return 0, []
+    withdraw_stale(con, folder, open_invoices)
     rows = con.execute(
         "SELECT message_id, file_name FROM dunning_outbox"
         " WHERE status IN ('rendered', 'send_failed') AND to_address IS NOT NULL ORDER BY message_id"

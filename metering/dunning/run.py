@@ -18,7 +18,7 @@ import stripe
 from metering.dunning import outbox
 from metering.dunning.actions import ActionHooks, ActionReport, perform_actions, read_ledger
 from metering.dunning.policy import DunningPolicy
-from metering.dunning.state import current_state, refresh_state, utc
+from metering.dunning.state import IN_DUNNING, current_state, refresh_state, utc
 from metering.dunning.suspensions import compute_suspensions, publish_suspensions
 
 log = logging.getLogger(__name__)
@@ -43,11 +43,16 @@ def act_and_publish(
     published_folder: Path | None = None,
     hooks: ActionHooks | None = None,
 ) -> tuple[ActionReport, pl.DataFrame, int]:
-    """Perform due actions for `state`, send rendered reminders (SMTP configured), publish suspensions."""
+    """Perform due actions for `state`, send rendered reminders (SMTP configured), publish suspensions.
+
+    Reminders are sent against the state as it stands after the actions, so a reminder waiting for
+    the relay is withdrawn, not sent, once its invoice is paid or a later reminder replaced it.
+    """
     report = perform_actions(con, client, policy, state, now, outbox_folder=outbox_folder, hooks=hooks)
     # our own write-off / paid retry count at once, before Stripe's webhooks confirm them
     state = current_state(con, policy, now)
-    sent, errors = outbox.send_pending(con, utc(now), outbox.outbox_dir(outbox_folder))
+    open_invoices = state.filter(pl.col("state") == IN_DUNNING)["invoice_id"].to_list()
+    sent, errors = outbox.send_pending(con, utc(now), outbox.outbox_dir(outbox_folder), open_invoices)
     report.errors.extend(errors)
     suspensions = compute_suspensions(state, read_ledger(con), now)
     publish_suspensions(con, suspensions, now, published_folder)

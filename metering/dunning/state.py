@@ -49,8 +49,8 @@ INVOICE_SCHEMA: dict[str, pl.DataType] = {
 FAILURE_SCHEMA = {"invoice_id": pl.String, "first_failed_at": TS}
 PLAN_SCHEMA = {"customer_id": pl.String, "plan": pl.String}
 PERFORMED_SCHEMA = {
-    "invoice_id": pl.String, "step_index": pl.Int32, "action": pl.String, "status": pl.String,
-    "outcome": pl.String,
+    "invoice_id": pl.String, "step_index": pl.Int32, "step_name": pl.String, "action": pl.String,
+    "status": pl.String, "outcome": pl.String,
 }
 
 STATE_SCHEMA: dict[str, pl.DataType] = {
@@ -105,15 +105,14 @@ def compute_state(
     prev = conform(previous, STATE_SCHEMA).select(
         "invoice_id",
         pl.col("state").alias("prev_state"),
-        pl.col("step_index").alias("prev_step_index"),
+        pl.col("step_name").alias("prev_step_name"),
         pl.col("first_failed_at").alias("prev_first_failed_at"),
         pl.col("policy").alias("prev_policy"),
         pl.col("entered_at").alias("prev_entered_at"),
         pl.col("closed_at").alias("prev_closed_at"),
     )
-    done = conform(performed, PERFORMED_SCHEMA).filter(pl.col("status").is_in(["done", "skipped"]))
-    done = done.group_by("invoice_id").agg(
-        pl.col("step_index").max().alias("performed_step"),
+    taken = conform(performed, PERFORMED_SCHEMA).filter(pl.col("status").is_in(["done", "skipped"]))
+    done = taken.group_by("invoice_id").agg(
         ((pl.col("action") == "write_off") & (pl.col("status") == "done")).any().alias("written_off_by_us"),
         ((pl.col("action") == "retry") & (pl.col("status") == "done") & (pl.col("outcome") == "paid"))
         .any().alias("paid_by_us"),
@@ -156,7 +155,24 @@ def compute_state(
     elapsed_days = ((pl.lit(now, dtype=TS) - pl.col("first_failed_at")).dt.total_microseconds() // DAY_US)
     df = df.with_columns(elapsed_days=elapsed_days.cast(pl.Int64))
 
+    # Progress is remembered by step NAME and placed in the schedule as it is now: after a step is
+    # removed from the policy, positions shift, and a stored position would point at a later step
+    # (a write-off) before its day. A name the schedule no longer has simply stops counting.
     steps = policy.steps_frame()
+    position = steps.select("policy", "step_name", "step_index")
+    prev_at = (
+        df.select("invoice_id", "policy", pl.col("prev_step_name").alias("step_name"))
+        .join(position, on=["policy", "step_name"], how="inner")
+        .select("invoice_id", pl.col("step_index").alias("prev_step_index"))
+    )
+    performed_at = (
+        taken.select("invoice_id", "step_name")
+        .join(df.select("invoice_id", "policy"), on="invoice_id", how="inner")
+        .join(position, on=["policy", "step_name"], how="inner")
+        .group_by("invoice_id")
+        .agg(pl.col("step_index").max().alias("performed_step"))
+    )
+    df = df.join(prev_at, on="invoice_id", how="left").join(performed_at, on="invoice_id", how="left")
     reached = (
         df.select("invoice_id", "policy", "elapsed_days")
         .join(steps, on="policy", how="inner")
@@ -319,7 +335,7 @@ def read_previous(con: duckdb.DuckDBPyConnection) -> pl.DataFrame:
 
 def read_performed(con: duckdb.DuckDBPyConnection) -> pl.DataFrame:
     return conform(
-        read_frame(con, "SELECT invoice_id, step_index, action, status, outcome FROM dunning_actions"),
+        read_frame(con, "SELECT invoice_id, step_index, step_name, action, status, outcome FROM dunning_actions"),
         PERFORMED_SCHEMA,
     )
 

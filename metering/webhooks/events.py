@@ -18,6 +18,7 @@ import duckdb
 import polars as pl
 
 from metering.warehouse import transaction
+from metering.webhooks.inbox import MAX_CREATED
 from metering.webhooks.landing import FilePosition, read_new_records
 
 log = logging.getLogger(__name__)
@@ -59,10 +60,16 @@ SELECT landing_file, line_no, line, received_at, body,
            WHEN NOT line_ok THEN 'record_not_json'
            WHEN received_at IS NULL THEN 'record_without_received_at'
            WHEN body IS NULL OR NOT json_valid(body) THEN 'body_not_json'
-           WHEN json_type(body) <> 'OBJECT' OR (body ->> '$.id') IS NULL THEN 'body_not_an_event'
+           WHEN json_type(body) <> 'OBJECT'
+                OR json_type(body, '$.id') IS DISTINCT FROM 'VARCHAR' OR (body ->> '$.id') = ''
+                OR json_type(body, '$.type') IS DISTINCT FROM 'VARCHAR'
+                OR json_type(body, '$.data.object') IS DISTINCT FROM 'OBJECT' THEN 'body_not_an_event'
+           WHEN NOT coalesce(json_type(body, '$.created') IN ('UBIGINT', 'BIGINT')
+                    AND TRY_CAST(body ->> '$.created' AS BIGINT) BETWEEN 0 AND {max_created}, false)
+                THEN 'event_created_out_of_range'
        END AS bad_reason
 FROM fields
-"""
+""".format(max_created=MAX_CREATED)
 
 
 # The envelope fields of an event, parsed in one pass (see metering.webhooks.state).

@@ -36,6 +36,10 @@ FILE_PREFIX = "stripe-"
 FILE_SUFFIX = ".jsonl"
 RECORD_VERSION = 1
 KEPT_HEADERS = ("stripe-signature", "content-type")
+# An event's `created` must be a whole number of epoch seconds in [0, MAX_CREATED] (the end of year
+# 9999): the receiver refuses anything else, and landing sets such a record aside, because the
+# warehouse stores `created` as a timestamp and one unstorable value would block the whole batch.
+MAX_CREATED = 253_402_300_799
 
 
 def landing_dir(explicit: str | os.PathLike[str] | None = None) -> Path:

@@ -6,7 +6,9 @@
 2. Signature over the exact raw bytes (`metering.webhooks.signature`), with every configured
    secret, `v1` only, timestamp within the tolerance both ways: otherwise 400.
 3. The body must be UTF-8 (else 400) and a JSON object shaped like a Stripe event with string
-   `id` and `type`, integer `created` and an object `data.object` (else 400).
+   `id` and `type`, integer `created` within [0, `MAX_CREATED`] and an object `data.object` (else
+   400). JSON the warehouse could not read at landing (NaN, an unpaired surrogate, nesting too deep
+   to parse) is 400 too: what is acknowledged must land.
 4. The raw body is appended to this process's landing file and fsync'd (`metering.webhooks.inbox`);
    only then 200. Any failure there is 503, so Stripe retries.
 
@@ -21,11 +23,13 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import anyio.to_thread
 from starlette.applications import Starlette
@@ -33,7 +37,7 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
-from metering.webhooks.inbox import LandingWriter
+from metering.webhooks.inbox import MAX_CREATED, LandingWriter
 from metering.webhooks.signature import Rejected, verify
 
 log = logging.getLogger(__name__)
@@ -76,11 +80,32 @@ async def _read_body(request: Request, limit: int) -> bytes:
     return b"".join(chunks)
 
 
-def _check_event(text: str) -> dict:
+# A `\uD800`-`\uDFFF` escape: valid only as half of a surrogate pair, which JSON parsers disagree on.
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
+
+
+def _refuse_constant(name: str) -> None:
+    raise ValueError(f"{name} is not JSON")
+
+
+def _parse_json(text: str) -> Any:
+    """The body as Python values, refusing what the warehouse's JSON reader would refuse at landing.
+
+    An acknowledged event that landing cannot read is lost to Stripe's retries, so anything
+    DuckDB would not accept (NaN/Infinity, an unpaired surrogate) is a 400 here instead; nesting
+    too deep for Python's parser is a 400 as well, never a 500.
+    """
     try:
-        event = json.loads(text)
-    except ValueError:
+        value = json.loads(text, parse_constant=_refuse_constant)
+        if _SURROGATE_ESCAPE.search(text):
+            json.dumps(value, ensure_ascii=False).encode("utf-8")  # raises on an unpaired surrogate
+    except (ValueError, RecursionError):
         raise Rejected(400, "malformed_json") from None
+    return value
+
+
+def _check_event(text: str) -> dict:
+    event = _parse_json(text)
     if not isinstance(event, dict):
         raise Rejected(400, "not_an_event")
     data = event.get("data")
@@ -90,6 +115,7 @@ def _check_event(text: str) -> dict:
         and isinstance(event.get("type"), str)
         and isinstance(event.get("created"), int)
         and not isinstance(event.get("created"), bool)
+        and 0 <= event["created"] <= MAX_CREATED
         and isinstance(data, dict)
         and isinstance(data.get("object"), dict)
     ):

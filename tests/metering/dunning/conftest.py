@@ -7,7 +7,7 @@ from pathlib import Path
 
 import duckdb
 import pytest
-from dunning_helpers import NO_STRIPE_POLICY, ensure_invoices_table, write_rules
+from dunning_helpers import NO_STRIPE_POLICY, SmtpRelay, ensure_invoices_table, start_smtp_relay, write_rules
 
 from metering import warehouse
 from metering.dunning.policy import DunningPolicy, load_policy
@@ -24,3 +24,13 @@ def wh(tmp_path: Path) -> Iterator[duckdb.DuckDBPyConnection]:
 def no_stripe_policy(tmp_path: Path) -> DunningPolicy:
     """Reminder day 0, reminder day 7, suspension day 14: nothing that calls Stripe."""
     return load_policy(write_rules(tmp_path / "rules", NO_STRIPE_POLICY))
+
+
+@pytest.fixture
+def smtp_relay() -> Iterator[SmtpRelay]:
+    relay, server = start_smtp_relay()
+    try:
+        yield relay
+    finally:
+        server.shutdown()
+        server.server_close()

@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import socket
+import socketserver
+import threading
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
 import duckdb
+import pytest
 
 T0 = datetime(2026, 11, 2, 9, 30, tzinfo=timezone.utc)   # the first failed payment in most tests
 DAY = timedelta(days=1)
@@ -67,3 +72,57 @@ def write_rules(folder: Path, policy_text: str) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "dunning.yaml").write_text(policy_text)
     return folder
+
+
+@dataclass
+class SmtpRelay:
+    """A minimal SMTP relay on loopback: every message it accepts, as raw bytes."""
+
+    port: int
+    received: list[bytes] = field(default_factory=list)
+
+
+def start_smtp_relay() -> tuple[SmtpRelay, socketserver.ThreadingTCPServer]:
+    relay = SmtpRelay(port=0)
+
+    class Handler(socketserver.StreamRequestHandler):
+        def handle(self) -> None:
+            self.wfile.write(b"220 test relay\r\n")
+            data = None
+            while line := self.rfile.readline():
+                if data is not None:
+                    if line == b".\r\n":
+                        relay.received.append(b"".join(data))
+                        data = None
+                        self.wfile.write(b"250 queued\r\n")
+                    else:
+                        data.append(line)
+                    continue
+                verb = line[:4].upper()
+                if verb == b"EHLO":
+                    self.wfile.write(b"250 relay\r\n")
+                elif verb == b"DATA":
+                    data = []
+                    self.wfile.write(b"354 go\r\n")
+                elif verb == b"QUIT":
+                    self.wfile.write(b"221 bye\r\n")
+                    return
+                else:
+                    self.wfile.write(b"250 ok\r\n")
+
+    server = socketserver.ThreadingTCPServer(("127.0.0.1", 0), Handler)
+    relay.port = server.server_address[1]
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return relay, server
+
+
+def closed_port() -> int:
+    """A loopback port nothing listens on (a relay that is down)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def point_smtp_at(monkeypatch: pytest.MonkeyPatch, port: int) -> None:
+    monkeypatch.setenv("METERING_SMTP_HOST", "127.0.0.1")
+    monkeypatch.setenv("METERING_SMTP_PORT", str(port))

@@ -12,11 +12,13 @@ from pathlib import Path
 import duckdb
 import pytest
 import polars as pl
-from dunning_helpers import DAY, T0, pay_invoice, put_invoice
+from dunning_helpers import (
+    DAY, T0, SmtpRelay, closed_port, pay_invoice, point_smtp_at, put_invoice, write_rules,
+)
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from metering.dunning.policy import DunningPolicy
+from metering.dunning.policy import DunningPolicy, load_policy
 from metering.dunning.run import run_dunning
 from metering.dunning.summary import dunning_summary
 
@@ -192,58 +194,142 @@ def test_plan_and_email_come_from_customer_plans(
 
 def test_reminders_go_through_smtp_when_configured(
     wh: duckdb.DuckDBPyConnection, no_stripe_policy: DunningPolicy, isolated_env: Path,
-    monkeypatch: pytest.MonkeyPatch,
+    monkeypatch: pytest.MonkeyPatch, smtp_relay: SmtpRelay,
 ) -> None:
     """A minimal SMTP relay on loopback receives each reminder once; re-runs send nothing again."""
-    import socketserver
-    import threading
-
-    received: list[bytes] = []
-
-    class Relay(socketserver.StreamRequestHandler):
-        def handle(self) -> None:
-            self.wfile.write(b"220 test relay\r\n")
-            data = None
-            while line := self.rfile.readline():
-                if data is not None:
-                    if line == b".\r\n":
-                        received.append(b"".join(data))
-                        data = None
-                        self.wfile.write(b"250 queued\r\n")
-                    else:
-                        data.append(line)
-                    continue
-                verb = line[:4].upper()
-                if verb == b"EHLO":
-                    self.wfile.write(b"250 relay\r\n")
-                elif verb == b"DATA":
-                    data = []
-                    self.wfile.write(b"354 go\r\n")
-                elif verb == b"QUIT":
-                    self.wfile.write(b"221 bye\r\n")
-                    return
-                else:
-                    self.wfile.write(b"250 ok\r\n")
-
-    server = socketserver.ThreadingTCPServer(("127.0.0.1", 0), Relay)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
-        monkeypatch.setenv("METERING_SMTP_HOST", "127.0.0.1")
-        monkeypatch.setenv("METERING_SMTP_PORT", str(server.server_address[1]))
-        wh.execute(
-            "INSERT INTO customer_plans (customer_id, email, currency, plan, plan_effective_from, payment_behavior,"
-            " source_line) VALUES ('c_in_1', 'pay@one.example', 'usd', 'starter', DATE '2026-01-01', 'fails', 2)")
-        put_invoice(wh, "in_1")
-        put_invoice(wh, "in_2")                           # no address known: rendered, not sent
-        first = run_dunning(wh, None, no_stripe_policy, T0)
-        again = run_dunning(wh, None, no_stripe_policy, T0)
-    finally:
-        server.shutdown()
-        server.server_close()
+    received = smtp_relay.received
+    point_smtp_at(monkeypatch, smtp_relay.port)
+    _with_email(wh, "c_in_1", "pay@one.example")
+    put_invoice(wh, "in_1")
+    put_invoice(wh, "in_2")                           # no address known: rendered, not sent
+    first = run_dunning(wh, None, no_stripe_policy, T0)
+    again = run_dunning(wh, None, no_stripe_policy, T0)
     assert (first.reminders_sent, again.reminders_sent) == (1, 0)
     assert len(received) == 1 and b"To: pay@one.example" in received[0]
     assert wh.execute("SELECT invoice_id, status, sent_at FROM dunning_outbox ORDER BY invoice_id").fetchall() == [
         ("in_1", "sent", T0), ("in_2", "rendered", None)]
+
+
+def _with_email(con: duckdb.DuckDBPyConnection, customer_id: str, email: str) -> None:
+    con.execute(
+        "INSERT INTO customer_plans (customer_id, email, currency, plan, plan_effective_from, payment_behavior,"
+        " source_line) VALUES (?, ?, 'usd', 'starter', DATE '2026-01-01', 'fails', 2)", [customer_id, email])
+
+
+def _invoice_while_the_relay_is_down(con: duckdb.DuckDBPyConnection, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Customer c_in_1, with an address, and its failed invoice in_1; the mail relay unreachable."""
+    _with_email(con, "c_in_1", "pay@one.example")
+    put_invoice(con, "in_1")
+    point_smtp_at(monkeypatch, closed_port())
+
+
+def outbox_rows(con: duckdb.DuckDBPyConnection) -> list[tuple]:
+    return con.execute(
+        "SELECT o.idempotency_key, o.status, o.last_error FROM dunning_outbox o ORDER BY o.rendered_at").fetchall()
+
+
+def test_a_reminder_held_up_by_the_relay_is_withdrawn_once_the_invoice_is_paid(
+    wh: duckdb.DuckDBPyConnection, no_stripe_policy: DunningPolicy, isolated_env: Path,
+    monkeypatch: pytest.MonkeyPatch, smtp_relay: SmtpRelay,
+) -> None:
+    """Relay down on day 0; the customer pays on day 2; the relay is back: no "unpaid" email goes out."""
+    _invoice_while_the_relay_is_down(wh, monkeypatch)
+    assert run_dunning(wh, None, no_stripe_policy, T0).report.errors    # relay down: not sent
+    pay_invoice(wh, "in_1", T0 + 2 * DAY)
+    point_smtp_at(monkeypatch, smtp_relay.port)
+    result = run_dunning(wh, None, no_stripe_policy, T0 + 2 * DAY)
+    assert (result.reminders_sent, result.report.errors, smtp_relay.received) == (0, [], [])
+    assert outbox_rows(wh) == [("dunning:in_1:first_reminder", "withdrawn", "invoice_left_dunning")]
+    assert list((isolated_env / "outbox").iterdir()) == []
+
+
+def test_after_a_long_relay_outage_only_the_latest_reminder_is_sent(
+    wh: duckdb.DuckDBPyConnection, no_stripe_policy: DunningPolicy, isolated_env: Path,
+    monkeypatch: pytest.MonkeyPatch, smtp_relay: SmtpRelay,
+) -> None:
+    _invoice_while_the_relay_is_down(wh, monkeypatch)
+    run_dunning(wh, None, no_stripe_policy, T0)
+    run_dunning(wh, None, no_stripe_policy, T0 + 7 * DAY)
+    point_smtp_at(monkeypatch, smtp_relay.port)
+    result = run_dunning(wh, None, no_stripe_policy, T0 + 8 * DAY)
+    assert (result.reminders_sent, result.report.errors) == (1, [])
+    assert len(smtp_relay.received) == 1 and b"unpaid for 7 days (final_reminder" in smtp_relay.received[0]
+    assert outbox_rows(wh) == [
+        ("dunning:in_1:first_reminder", "withdrawn", "superseded_by_later_reminder"),
+        ("dunning:in_1:final_reminder", "sent", None),
+    ]
+
+
+def test_a_reminder_rendered_before_a_crash_and_then_superseded_is_withdrawn_for_good(
+    wh: duckdb.DuckDBPyConnection, no_stripe_policy: DunningPolicy, isolated_env: Path,
+    monkeypatch: pytest.MonkeyPatch, smtp_relay: SmtpRelay,
+) -> None:
+    """Crash after the .eml and outbox row are written, before the ledger row is done; the rerun
+    comes after the next reminder is due. The first one is withdrawn (file and row), and later
+    runs neither send it nor report an error about it."""
+    from metering.dunning import actions
+
+    class Crash(BaseException):
+        pass
+
+    real_close = actions._Ledger.close
+
+    def crash_on_first_reminder(self, key: str, status: str, *args, **kwargs) -> None:
+        if key.endswith(":first_reminder") and status == "done":
+            raise Crash
+        real_close(self, key, status, *args, **kwargs)
+
+    _with_email(wh, "c_in_1", "pay@one.example")
+    put_invoice(wh, "in_1")
+    with monkeypatch.context() as patch:
+        patch.setattr(actions._Ledger, "close", crash_on_first_reminder)
+        with pytest.raises(Crash):
+            run_dunning(wh, None, no_stripe_policy, T0)
+    assert outbox_rows(wh) == [("dunning:in_1:first_reminder", "rendered", None)]
+    point_smtp_at(monkeypatch, smtp_relay.port)
+    for day in (8, 9):
+        result = run_dunning(wh, None, no_stripe_policy, T0 + day * DAY)
+        assert result.report.errors == [], day
+    assert len(smtp_relay.received) == 1 and b"final_reminder" in smtp_relay.received[0]
+    assert outbox_rows(wh) == [
+        ("dunning:in_1:first_reminder", "withdrawn", "superseded_by_later_reminder"),
+        ("dunning:in_1:final_reminder", "sent", None),
+    ]
+    assert len(list((isolated_env / "outbox").iterdir())) == 1
+
+
+FOUR_STEPS = """
+default:
+  minimum_amount: {usd: "1.00"}
+  steps:
+    - {name: first_reminder, day: 0, action: reminder, template: failed}
+    - {name: second_reminder, day: 3, action: reminder, template: failed}
+    - {name: suspension, day: 14, action: suspend}
+    - {name: write_off, day: 30, action: write_off}
+templates:
+  failed: {subject: "Invoice {invoice_id} unpaid", body: "{amount} {currency} since {first_failed_date}"}
+"""
+
+
+def test_removing_a_step_that_already_ran_never_brings_a_later_step_forward(
+    wh: duckdb.DuckDBPyConnection, tmp_path: Path, isolated_env: Path
+) -> None:
+    """Suspended on day 14 (the 3rd of 4 steps); the operator then deletes the day-3 reminder, so
+    the write-off moves to position 3. Day 15 must still be the suspension, write-off on day 30."""
+    rules = write_rules(tmp_path / "rules", FOUR_STEPS)
+    put_invoice(wh, "in_1")
+    for day in (0, 3, 14):
+        run_dunning(wh, None, load_policy(rules), T0 + day * DAY)
+    write_rules(rules, FOUR_STEPS.replace("    - {name: second_reminder, day: 3, action: reminder, template: failed}\n", ""))
+    edited = load_policy(rules)
+    assert [st.name for st in edited.default.steps] == ["first_reminder", "suspension", "write_off"]
+
+    result = run_dunning(wh, None, edited, T0 + 15 * DAY)
+    assert not any(k.startswith("write_off") for k in result.report.counts), result.report.counts
+    assert result.state.select("state", "step_name", "next_step_name", "next_step_at").row(0) == (
+        "in_dunning", "suspension", "write_off", T0 + 30 * DAY)
+    assert [r[1] for r in ledger(wh)] == ["first_reminder", "second_reminder", "suspension"]
+    assert wh.execute("SELECT step_name FROM dunning_state").fetchall() == [("suspension",)]
 
 
 @settings(max_examples=8, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])

@@ -15,6 +15,7 @@ import os
 import subprocess
 import sys
 import textwrap
+import time
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -294,6 +295,31 @@ def test_dagster_assets_call_stripe_once_through_the_shared_resource(tmp_path: P
         assert s.ours("/pay") == [(f"/v1/invoices/{inv}/pay", f"dunning:{inv}:payment_retry", 402)]
         assert s.table("SELECT step_name, status FROM dunning_actions ORDER BY step_index") == [
             ("first_reminder", "done"), ("payment_retry", "done")]   # different actions: both due, both done
+
+
+@pytest.mark.slow
+def test_a_declined_retry_is_not_charged_again_after_stripes_idempotency_window(
+    tmp_path: Path, rules_dir: Path
+) -> None:
+    """A crash right after a declined /pay leaves the row pending; the rerun comes 25 h later, when
+    Stripe no longer replays the key and the manual attempt moved neither status nor attempt_count.
+    The payment_failed event Stripe stamped with our key proves the charge happened: no second one."""
+    with running_sandbox(payment_retry_days=(), after_final_failure="past_due") as sb:
+        s = Scenario(sb, tmp_path / "data" / "warehouse.duckdb", rules_dir, tmp_path)
+        _, inv = s.customer("c_1")
+        s.run()
+        s.advance(3)
+        s.crash("after_stripe_call", "payment_retry")
+        one_charge = [(f"/v1/invoices/{inv}/pay", f"dunning:{inv}:payment_retry", 402)]
+        assert s.ours("/pay") == one_charge
+        retry = "SELECT status, outcome FROM dunning_actions WHERE step_name = 'payment_retry'"
+        assert s.table(retry) == [("pending", None)]
+        assert s.client.v1.invoices.retrieve(inv).attempt_count == 1
+
+        sb.set_now(int(time.time()) + 25 * 3600)           # past Stripe's 24-hour idempotency window
+        s.advance(4); s.run(); s.run()
+        assert s.ours("/pay") == one_charge
+        assert s.table(retry) == [("done", "attempted:invoice.payment_failed")]
 
 
 @pytest.mark.slow

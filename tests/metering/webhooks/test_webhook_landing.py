@@ -111,6 +111,40 @@ def test_a_corrupt_record_is_set_aside_with_a_reason_not_dropped(tmp_path: Path,
     assert con.execute("SELECT count(*) FROM stripe_webhook_bad_records").fetchone()[0] == 2
 
 
+@pytest.mark.parametrize(
+    ("bad_body", "reason"),
+    [
+        (body_of(event("evt_big", "invoice.updated", 10**17, invoice("in_big"))), "event_created_out_of_range"),
+        (body_of(event("evt_huge", "invoice.updated", 2**64, invoice("in_huge"))), "event_created_out_of_range"),
+        (body_of(event("evt_neg", "invoice.updated", -1, invoice("in_neg"))), "event_created_out_of_range"),
+        (body_of(event("evt_str", "invoice.updated", "soon", invoice("in_str"))), "event_created_out_of_range"),  # type: ignore[arg-type]
+        ('{"id":"evt_no_type","created":1,"data":{"object":{}}}', "body_not_an_event"),
+        ('{"id":"evt_no_obj","type":"invoice.updated","created":1,"data":{}}', "body_not_an_event"),
+        ('{"id":"evt_sur","type":"x","created":1,"data":{"object":{"a":"\\ud800"}}}', "body_not_json"),
+    ],
+    ids=["created_1e17", "created_2_64", "created_negative", "created_text", "no_type", "no_data_object",
+         "lone_surrogate"],
+)
+def test_a_record_that_cannot_be_stored_as_an_event_never_blocks_the_ones_around_it(
+    tmp_path: Path, con, bad_body: str, reason: str
+):
+    """A poison record (written by an older receiver, or by hand) is set aside; landing moves on."""
+    landing = tmp_path / "landing"
+    writer = LandingWriter(landing)
+    write(writer, body_of(event("evt_before", "invoice.created", 1, invoice("in_1"))), bad_body,
+          body_of(event("evt_after", "invoice.created", 2, invoice("in_2"))))
+    stats = land_directory(con, landing)
+    assert (stats.records_read, stats.receipts_added, stats.bad_records) == (3, 2, 1)
+    assert con.execute("SELECT list(event_id ORDER BY event_id) FROM stripe_webhook_events").fetchone()[0] == [
+        "evt_after", "evt_before"]
+    assert con.execute("SELECT line_no, reason FROM stripe_webhook_bad_records").fetchall() == [(2, reason)]
+    assert con.execute("SELECT lines FROM stripe_landing_offsets").fetchone()[0] == 3
+
+    write(writer, body_of(event("evt_later", "invoice.created", 3, invoice("in_3"))))
+    assert land_directory(con, landing).events_added == 1
+    assert con.execute("SELECT count(*) FROM stripe_webhook_bad_records").fetchone()[0] == 1
+
+
 def test_two_writers_in_one_folder_never_share_a_file(tmp_path: Path, con):
     landing = tmp_path / "landing"
     a, b = LandingWriter(landing), LandingWriter(landing)

@@ -199,6 +199,35 @@ def test_malformed_payload_with_valid_signature_is_400(landing: Path, body: str,
     assert landed_bodies(landing) == []
 
 
+@pytest.mark.parametrize(
+    ("body", "reason"),
+    [
+        # what Python's parser accepts but the warehouse cannot store or read at landing
+        (sample_body(created=10**17), "not_an_event"),
+        (sample_body(created=2**64), "not_an_event"),
+        (sample_body(created=-1), "not_an_event"),
+        ('{"id": "evt_1", "type": "x", "created": 1, "data": {"object": {"a": "\\ud800"}}}', "malformed_json"),
+        ('{"id": "evt_1", "type": "x", "created": 1, "data": {"object": {"a": NaN}}}', "malformed_json"),
+        # nesting too deep for the parser is a bad request, not a server error
+        ("[" * 100_000 + "]" * 100_000, "malformed_json"),
+    ],
+    ids=["created_1e17", "created_2_64", "created_negative", "lone_surrogate", "nan", "deep_nesting"],
+)
+def test_json_that_landing_could_not_store_is_400_never_acknowledged(landing: Path, body: str, reason: str):
+    client = make_client(landing)
+    response = post(client, body, signature(body, timestamp=NOW))
+    assert (response.status_code, response.json()) == (400, {"error": reason})
+    assert landed_bodies(landing) == []
+
+
+def test_a_paired_surrogate_escape_is_accepted(landing: Path):
+    body = body_of(event("evt_emoji", "invoice.finalized", NOW, {**invoice("in_1"), "description": "\U0001f600"}))
+    assert "\\ud83d\\ude00" in body
+    response = post(make_client(landing), body, signature(body, timestamp=NOW))
+    assert response.status_code == 200
+    assert landed_bodies(landing) == [body]
+
+
 def test_rejects_are_counted_and_logged_without_body_or_signature(landing: Path, caplog):
     client = make_client(landing)
     body = sample_body()
