@@ -21,7 +21,7 @@ import yaml
 from metering import config
 from metering.dunning.money import minor_digits, parse_major
 from metering.errors import BadInputError
-from metering.rules.yaml_marks import SafeLoader
+from metering.rules.yaml_marks import SafeLoader, parse_yaml, render_path
 
 POLICY_FILE = "dunning.yaml"
 ACTIONS = ("reminder", "retry", "suspend", "write_off")
@@ -32,6 +32,7 @@ TEMPLATE_FIELDS = frozenset(
 _NAME = re.compile(r"^[a-z][a-z0-9_]{0,62}$")
 _CURRENCY = re.compile(r"^[a-z]{3}$")
 _STEP_KEYS = {"name", "day", "action", "template"}
+MAX_DAY = 3650  # ten years; the schedule's days are 32-bit, and a step further out is a typo
 _SCHEDULE_KEYS = {"steps", "minimum_amount"}
 _TOP_KEYS = {"default", "plans", "templates"}
 
@@ -168,6 +169,14 @@ def _templates(c: _Checker, raw: Any) -> dict[str, Template]:
                 c.error(f"{where}.{key}", f"unknown placeholder {{{bad}}} "
                         f"(allowed: {', '.join('{' + f + '}' for f in sorted(TEMPLATE_FIELDS))})")
                 ok = False
+            if ok:
+                # rendered as the run renders it (every field is text), so a format spec such as
+                # `{days_overdue:d}` fails here, not halfway through a run
+                try:
+                    text.format(**{f: "1" for f in TEMPLATE_FIELDS})
+                except (ValueError, IndexError, KeyError, AttributeError) as exc:
+                    c.error(f"{where}.{key}", f"cannot be rendered: {exc} (every placeholder is text)")
+                    ok = False
         if ok:
             out[name] = Template(subject=spec["subject"], body=spec["body"])
     return out
@@ -226,8 +235,9 @@ def _steps(c: _Checker, where: str, raw: Any, templates: dict[str, Template], ra
         else:
             seen.add(name)
         day = spec.get("day")
-        if isinstance(day, bool) or not isinstance(day, int) or day < 0:
-            c.error(f"{at}.day", f"required, a whole number of days >= 0 after the first failure, got {day!r}")
+        if isinstance(day, bool) or not isinstance(day, int) or not 0 <= day <= MAX_DAY:
+            c.error(f"{at}.day", f"required, a whole number of days from 0 to {MAX_DAY} after the first failure, "
+                    f"got {day!r}")
             ok = False
         elif previous_day is not None and day < previous_day:
             c.error(f"{at}.day", f"steps must be in order of day: {day} comes after day {previous_day}")
@@ -310,7 +320,11 @@ def _build(path: Path, doc: Any, known_plans: set[str]) -> tuple[DunningPolicy |
 
 def _read(path: Path) -> tuple[Any, list[str]]:
     try:
-        return yaml.load(path.read_text(encoding="utf-8"), Loader=SafeLoader), []
+        text = path.read_text(encoding="utf-8")
+        doc = yaml.load(text, Loader=SafeLoader)
+        # a repeated key (two `final_notice` templates) is a mistake: plain YAML keeps the last silently
+        _, marks = parse_yaml(text, str(path))
+        return doc, [f"{path}: {render_path(where)}: {what}" for where, what in marks.problems]
     except UnicodeDecodeError:
         return None, [f"{path}: (file): not UTF-8 text"]
     except yaml.YAMLError as exc:

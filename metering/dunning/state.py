@@ -142,8 +142,10 @@ def compute_state(
             ).then(pl.col("event_failed_at")),
             "finalized_at", "event_failed_at", "state_event_created", pl.lit(now, dtype=TS),
         ),
+        # an invoice keeps the schedule it entered with, while the policy still has it; a removed plan
+        # override falls back to the plan's current schedule (once it stopped every later step)
         policy=pl.coalesce(
-            "prev_policy",
+            pl.when(pl.col("prev_policy").is_in([DEFAULT_SCHEDULE, *override_names])).then(pl.col("prev_policy")),
             pl.when(pl.col("plan").is_in(override_names)).then(pl.col("plan")),
             pl.lit(DEFAULT_SCHEDULE),
         ),

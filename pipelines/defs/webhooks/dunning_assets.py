@@ -126,6 +126,9 @@ def dunning_actions(
             con, client, policy, state, now,
             outbox_folder=_folder(paths, "outbox"), published_folder=_folder(paths, "published"),
         )
+        # as `metering dunning run` does: the state after this run's actions (a write-off just done is
+        # no longer shown in dunning with the write-off next), not the one they started from
+        refresh_state(con, policy, now)
         ledger = read_ledger(con)
     duplicates = ledger.group_by("idempotency_key").len().filter(pl.col("len") > 1).height
     pending = ledger.filter(pl.col("status") == "pending").height

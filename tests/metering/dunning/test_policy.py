@@ -54,8 +54,8 @@ def _errors(tmp_path: Path, text: str) -> list[str]:
 @pytest.mark.parametrize(
     ("old", "new", "expected"),
     [
-        ("day: 3,", "day: -1,", "default.steps[1].day: required, a whole number of days >= 0 after the first failure, got -1"),
-        ("day: 3,", "day: 1.5,", "default.steps[1].day: required, a whole number of days >= 0 after the first failure, got 1.5"),
+        ("day: 3,", "day: -1,", "default.steps[1].day: required, a whole number of days from 0 to 3650 after the first failure, got -1"),
+        ("day: 3,", "day: 1.5,", "default.steps[1].day: required, a whole number of days from 0 to 3650 after the first failure, got 1.5"),
         ("action: retry", "action: refund", "default.steps[1].action: 'refund' is not one of reminder, retry, suspend, write_off"),
         ("name: retry,", "name: r1,", "default.steps[1].name: duplicate step name 'r1' (step names key the actions ledger)"),
         ("name: retry,", "name: Retry-1,", "default.steps[1].name: required, lower-case letters, digits and underscores, got 'Retry-1'"),
@@ -72,8 +72,13 @@ def _errors(tmp_path: Path, text: str) -> list[str]:
         ('b {amount}', 'b {amount} {secret}', "templates.t.body: unknown placeholder {secret} (allowed: {amount}, {currency}, {customer_id}, {days_overdue}, {first_failed_date}, {invoice_id}, {step})"),
         ('b {amount}', 'b {amount', "templates.t.body: malformed placeholder: expected '}' before end of string"),
         ("  steps:", "  stepz: []\n  steps:", "default.stepz: unknown field (allowed: minimum_amount, steps)"),
+        # each once passed validation and then crashed every run: a format spec on a text field, a
+        # day past 32 bits, and a repeated key that plain YAML collapses (the last one winning)
+        ('b {amount}', 'b {days_overdue:d}', "templates.t.body: cannot be rendered: Unknown format code 'd' for object of type 'str' (every placeholder is text)"),
+        ("day: 30,", "day: 3000000000,", "default.steps[2].day: required, a whole number of days from 0 to 3650 after the first failure, got 3000000000"),
+        ('  t: {subject: "s {invoice_id}", body: "b {amount}"}', '  t: {subject: "s {invoice_id}", body: "b {amount}"}\n  t: {subject: "x", body: "y"}', "templates.t: duplicate key 't' (line 10)"),
         # a date-shaped scalar that is no date is a value to report, not a crash in the YAML reader
-        ("day: 3,", "day: 2026-02-30,", "default.steps[1].day: required, a whole number of days >= 0 after the first failure, got '2026-02-30'"),
+        ("day: 3,", "day: 2026-02-30,", "default.steps[1].day: required, a whole number of days from 0 to 3650 after the first failure, got '2026-02-30'"),
     ],
 )
 def test_each_mistake_is_named_with_its_field(tmp_path: Path, old: str, new: str, expected: str) -> None:
@@ -157,7 +162,7 @@ def test_cli_validate_prints_every_error_and_exits_3(tmp_path: Path) -> None:
     assert result.exit_code == 3
     lines = result.output.strip().splitlines()
     assert lines == [
-        f"error: {folder / 'dunning.yaml'}: default.steps[1].day: required, a whole number of days >= 0 after the first failure, got -1",
+        f"error: {folder / 'dunning.yaml'}: default.steps[1].day: required, a whole number of days from 0 to 3650 after the first failure, got -1",
         f"error: {folder / 'dunning.yaml'}: default.minimum_amount.usd: '1.001' has more than 2 decimal places for usd (the currency has 2 decimal places)",
     ]
     ok = CliRunner().invoke(cli, ["dunning", "validate", "--rules", str(write_rules(tmp_path / "ok", VALID))])

@@ -295,6 +295,15 @@ def test_dagster_assets_call_stripe_once_through_the_shared_resource(tmp_path: P
         assert s.ours("/pay") == [(f"/v1/invoices/{inv}/pay", f"dunning:{inv}:payment_retry", 402)]
         assert s.table("SELECT step_name, status FROM dunning_actions ORDER BY step_index") == [
             ("first_reminder", "done"), ("payment_retry", "done")]   # different actions: both due, both done
+        # the write-off of day 30: dunning_state shows its result after the run, as the CLI's does (it
+        # once showed the state the actions started from: in dunning, write-off next)
+        s.advance(30)
+        with warehouse.open_warehouse(db) as con:
+            s.sync(con)
+        config = {"config": {"now": s.now.isoformat()}}
+        assert dg.materialize(DUNNING_ASSETS, resources=resources,
+                              run_config={"ops": {"dunning_state": config, "dunning_actions": config}}).success
+        assert s.table("SELECT state, next_step_name FROM dunning_state") == [("written_off", None)]
 
 
 @pytest.mark.slow

@@ -128,6 +128,24 @@ def test_per_plan_override_selects_schedule_and_minimum(rules_dir: Path) -> None
     assert (small["policy"], small["plan"], small["step_name"]) == ("default", "starter", "final_reminder")
 
 
+def test_a_removed_plan_override_falls_back_to_the_default_schedule(rules_dir: Path) -> None:
+    """An invoice entered dunning under the scale override; the override is then removed from the
+    policy. It once kept pointing at the vanished schedule, and no step ever came again."""
+    import dataclasses
+
+    policy = load_policy(rules_dir)
+    plans = pl.DataFrame({"customer_id": ["c_big"], "plan": ["scale"]})
+    rows = frame(invoice("in_big", customer_id="c_big"))
+    fail = failures(("in_big", T0))
+    day10 = compute_state(rows, policy, T0 + 10 * DAY, plans=plans, failures=fail)
+    assert (one(day10, "in_big")["policy"], one(day10, "in_big")["step_name"]) == ("scale", "second_retry")
+    without = dataclasses.replace(policy, plans={})
+    day14 = compute_state(rows, without, T0 + 14 * DAY, plans=plans, failures=fail, previous=day10)
+    row = one(day14, "in_big")
+    assert (row["state"], row["policy"], row["step_name"], row["next_step_name"]) == (
+        "in_dunning", "default", "suspension", "write_off")
+
+
 def test_paying_ends_dunning_and_freezes_the_step(rules_dir: Path) -> None:
     policy = load_policy(rules_dir)
     fail = failures(("in_1", T0))
