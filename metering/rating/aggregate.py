@@ -176,12 +176,13 @@ UNPRICED_SCHEMA = {"customer_id": pl.String, "meter": pl.String, "dimensions": p
 
 
 def unpriced_usage(partials: pl.DataFrame, segments: pl.DataFrame, rules: Rules,
-                   month_start: dt.date, month_end: dt.date) -> pl.DataFrame:
+                   month_start: dt.date, month_end: dt.date, starts: pl.DataFrame | None = None) -> pl.DataFrame:
     """Usage that no rated line covers, with a reason, so nothing disappears silently.
 
     - `unknown_customer`: events in the calendar month from a customer not in the customer list;
-    - `no_plan_in_force`: events inside the customer's billing period but before its first plan
-      assignment (or outside every plan version);
+    - `no_plan_in_force`: events in the calendar month before the customer's first plan assignment
+      (`starts`: customer_id, starts_on), where no billing period reaches; or inside a billing
+      period but outside every plan version;
     - `no_matching_charge`: the plan version has no charge for the meter / dimension values.
     One row per customer x meter x dimensions x reason with hourly rows and events counted.
     """
@@ -198,6 +199,11 @@ def unpriced_usage(partials: pl.DataFrame, segments: pl.DataFrame, rules: Rules,
     )
     located = assign_segments(partials, segments)
     no_plan = in_period.join(located.select(key), on=key, how="anti").with_columns(reason=pl.lit("no_plan_in_force"))
+    if starts is not None:   # before the subscription began: once it vanished from every list
+        early = partials.join(starts, on="customer_id").filter(
+            (pl.col("hour") >= m0) & (pl.col("hour") < m1) & (pl.col("hour") < pl.col("starts_on").cast(utc)))
+        no_plan = pl.concat([no_plan.select(*partials.columns, "reason"),
+                             early.select(*partials.columns).with_columns(reason=pl.lit("no_plan_in_force"))])
     combos = located.select("plan", "plan_version", "meter", "dimensions").unique()
     mapping = charge_map(combos, rules)
     no_charge = located.join(mapping, on=["plan", "plan_version", "meter", "dimensions"], how="anti").with_columns(

@@ -101,7 +101,8 @@ def rate_month_full(con: duckdb.DuckDBPyConnection, rules: Rules, month: dt.date
     usage = read_aggregates(con, m0, end)
     quantities = charge_quantities(usage, segments, rules)
     rated = rate(segments, quantities, rules)
-    unpriced = unpriced_usage(usage, segments, rules, m0, m1)
+    starts = customers.group_by("customer_id").agg(starts_on=pl.col("plan_effective_from").min())
+    unpriced = unpriced_usage(usage, segments, rules, m0, m1, starts)
     return MonthRating(rated, invoice_previews(rated), unpriced)
 
 

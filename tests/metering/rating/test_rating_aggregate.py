@@ -10,7 +10,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from metering import warehouse
-from metering.rating.aggregate import build_aggregates, charge_quantities
+from metering.rating.aggregate import build_aggregates, charge_quantities, unpriced_usage
 
 UTC = dt.timezone.utc
 CHARGES = """
@@ -116,7 +116,6 @@ def test_usage_outside_the_segment_is_not_counted(make_rules):
 
 
 def test_unpriced_usage_is_reported_with_a_reason(make_rules):
-    from metering.rating.aggregate import unpriced_usage
 
     rules = make_rules("""
         - {meter: api_calls, model: per_unit, unit_amount: "1", filters: {region: us}}
@@ -139,6 +138,25 @@ def test_unpriced_usage_is_reported_with_a_reason(make_rules):
         ("c1", "seats", "{}", "no_matching_charge", 1),
         ("ghost", "api_calls", '{"region":"us"}', "unknown_customer", 1),
     ]
+
+
+def test_usage_before_the_subscription_began_is_listed_not_lost(make_rules):
+    """c1 subscribes on Oct 10, so its first period starts then: an Oct 2 event lies in no period. It
+    once vanished from every list (not billed, rightly, but not reported either)."""
+    rules = make_rules("""
+        - {meter: api_calls, model: per_unit, unit_amount: "1", filters: {region: us}}
+    """)
+    events = [("a", "api_calls", dt.datetime(2026, 10, 2, 5, tzinfo=UTC), None, '{"region":"us"}'),
+              ("b", "api_calls", dt.datetime(2026, 10, 12, 5, tzinfo=UTC), None, '{"region":"us"}')]
+    with warehouse.open_warehouse(":memory:") as con:
+        insert(con, events)
+        partials = build_aggregates(con, rules.meters, dt.date(2026, 10, 1), dt.date(2026, 11, 1))
+    segments = segments_oct().with_columns(period_start=pl.lit(dt.date(2026, 10, 10)),
+                                           segment_start=pl.lit(dt.date(2026, 10, 10)))
+    starts = pl.DataFrame({"customer_id": ["c1"], "starts_on": [dt.date(2026, 10, 10)]})
+    out = unpriced_usage(partials, segments, rules, dt.date(2026, 10, 1), dt.date(2026, 11, 1), starts)
+    assert out.select("customer_id", "meter", "reason", "events").rows() == [
+        ("c1", "api_calls", "no_plan_in_force", 1)]
 
 
 @settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
