@@ -72,7 +72,7 @@ def test_validate_also_checks_the_dunning_policy(tmp_path):
     policy.write_text(text[:first_day] + "day: -5" + text[text.index("\n", first_day):])
     result = run("rules", "validate", str(root))
     assert result.exit_code == 3
-    assert f"{policy}: default.steps[0].day: required, a whole number of days >= 0" in result.output
+    assert f"{policy}: default.steps[0].day: required, a whole number of days from 0 to 3650" in result.output
     assert "error: 1 problem(s) in" in result.output
 
 
