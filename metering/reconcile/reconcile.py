@@ -280,6 +280,13 @@ def reconcile_invoices(
             currency=pl.coalesce("currency", "s_currency"),
         )
     )
+    # A period Stripe has not closed yet has no closing invoice: the lines it already has (licensed
+    # fees billed in advance) sit on the previous period's invoice, whose status and payment belong to
+    # that period's row. Shown here too, a paid invoice was counted twice in the report's "paid".
+    not_invoiced = pl.col("not_invoiced").fill_null(False)
+    frame = frame.with_columns(
+        pl.when(~not_invoiced).then(pl.col(c)).alias(c)
+        for c in ("invoice_status", "amount_due", "amount_paid", "amount_remaining"))
     ours_t = pl.col("our_total_minor")
     stripe_t = pl.col("stripe_total_minor")
     not_in_stripe = pl.col("not_in_stripe_minor").fill_null(0)

@@ -1,10 +1,10 @@
 -- analytics.invoices_vs_rated: one row per customer x billing period: our invoice preview vs Stripe.
 CREATE OR REPLACE VIEW analytics.invoices_vs_rated AS
 SELECT
-    p.customer_id,
-    p.period_start,
-    p.period_end,
-    p.currency,
+    coalesce(p.customer_id, r.customer_id)   AS customer_id,
+    coalesce(p.period_start, r.period_start) AS period_start,
+    coalesce(p.period_end, r.period_end)     AS period_end,
+    coalesce(p.currency, r.currency)         AS currency,
     p.total_minor                     AS our_total_minor,
     p.lines                           AS our_lines,
     r.not_in_stripe_minor,            -- our charges Stripe cannot price (billed by the engine)
@@ -18,6 +18,7 @@ SELECT
     r.amount_remaining,
     r.reconciled_at
 FROM main.invoice_previews p
-LEFT JOIN main.invoice_reconciliation r
+-- FULL: a period only Stripe invoiced (extra_in_stripe, no preview of ours) is a row too
+FULL JOIN main.invoice_reconciliation r
   ON r.customer_id = p.customer_id AND r.period_start = p.period_start;
-COMMENT ON VIEW analytics.invoices_vs_rated IS 'One row per customer x billing period: our invoice preview total vs the Stripe invoice lines of the period, with the reconciliation status, invoice status and amount paid (NULL until reconciled). Source: invoice_previews, invoice_reconciliation.';
+COMMENT ON VIEW analytics.invoices_vs_rated IS 'One row per customer x billing period: our invoice preview total vs the Stripe invoice lines of the period, with the reconciliation status, invoice status and amount paid (NULL until reconciled); a period only Stripe invoiced has no total of ours (NULL). Source: invoice_previews, invoice_reconciliation.';

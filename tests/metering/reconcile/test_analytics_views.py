@@ -58,10 +58,10 @@ ORDER BY customer_id""",
          ("cus_c", 100, 0, "amount_mismatch", "paid")],
     ),
     "Stripe invoice lines, API pull merged with webhooks": (
-        """SELECT source, count(*) AS lines, sum(amount) AS amount_minor
+        """SELECT source, currency, count(*) AS lines, sum(amount) AS amount_minor
 FROM analytics.stripe_invoice_lines
-GROUP BY source""",
-        [("api", 4, D(5125))],
+GROUP BY source, currency""",
+        [("api", "usd", 4, D(5125))],
     ),
     "dunning queue": (
         """SELECT invoice_id, customer_id, amount_remaining, next_step_name, next_step_at
@@ -123,5 +123,23 @@ def test_publish_from_a_closed_warehouse_installs_the_views(isolated_env):
     con = duckdb.connect(str(snapshot), read_only=True)
     try:
         assert con.execute("SELECT count(*) FROM analytics.reconciliation").fetchone() == (0,)
+    finally:
+        con.close()
+
+
+def test_a_period_only_stripe_invoiced_is_a_row_of_invoices_vs_rated(isolated_env):
+    """invoices_vs_rated once started from our previews: a period Stripe invoiced and we never rated
+    (extra_in_stripe) was missing from the view, and its money from every sum over it."""
+    with warehouse.open_warehouse() as con:
+        con.execute("""INSERT INTO invoice_reconciliation (billing_month, customer_id, period_start, period_end,
+                       currency, stripe_total_minor, amount_diff_minor, tolerance_minor, status, reason, reconciled_at)
+                       VALUES (DATE '2026-10-01', 'cus_x', DATE '2026-10-01', DATE '2026-11-01', 'usd', 24843, 24843,
+                               1, 'extra_in_stripe', 'r', TIMESTAMPTZ '2026-11-02 00:00:00+00')""")
+        snapshot = warehouse.publish(con=con)
+    con = duckdb.connect(str(snapshot), read_only=True)
+    try:
+        assert con.execute("""SELECT customer_id, period_start, currency, our_total_minor, stripe_total_minor,
+                              reconciliation_status FROM analytics.invoices_vs_rated""").fetchall() == [
+            ("cus_x", dt.date(2026, 10, 1), "usd", None, 24843, "extra_in_stripe")]
     finally:
         con.close()
