@@ -41,7 +41,6 @@ import time
 import urllib.request
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from decimal import Decimal
 from pathlib import Path
 
 import click
@@ -49,6 +48,7 @@ import dagster as dg
 
 from metering import config, warehouse
 from metering.errors import CheckFailedError, ExternalServiceError
+from metering.reports.money import fmt_money
 
 
 DEMO_MONTH = dt.date(2026, 9, 1)
@@ -251,7 +251,7 @@ class DemoSummary:
             f"  events:          {f['rows_read']:,} rows read, {f['events_accepted']:,} accepted, "
             f"{f['rows_quarantined']:,} quarantined, {f['duplicates_dropped']:,} exact duplicates dropped",
             f"  rated:           {f['rated_lines']:,} lines for {f['rated_customers']} customers: "
-            + ", ".join(f"{k.upper()} {Decimal(v):,}" for k, v in f["rated_totals"].items()),
+            + ", ".join(fmt_money(v, k) for k, v in f["rated_totals"].items()),
             f"  stripe:          {f['meter_event_calls']:,} meter event calls "
             f"({f['raw_events_per_call']} accepted events per call, {f['push_retries']} retries), "
             f"{f['late_windows']} window(s) too late to push; {f['stripe_calls_this_run']:,} API calls in this run",
@@ -413,7 +413,7 @@ def read_figures(options: DemoOptions, stripe_calls: int) -> dict[str, object]:
             "SELECT count(*), count(DISTINCT customer_id) FROM rated_usage WHERE period_start >= ? AND period_start < ?",
             [start, end])
         totals = con.execute(
-            "SELECT currency, sum(amount) FROM rated_usage WHERE period_start >= ? AND period_start < ? "
+            "SELECT currency, sum(amount_minor) FROM rated_usage WHERE period_start >= ? AND period_start < ? "
             "GROUP BY currency ORDER BY currency", [start, end]).fetchall()
         invoices = con.execute(
             "SELECT status, count(*) FROM stripe_invoices GROUP BY status ORDER BY status").fetchall()
@@ -432,7 +432,7 @@ def read_figures(options: DemoOptions, stripe_calls: int) -> dict[str, object]:
         "rows_read": int(rows_read), "events_accepted": int(accepted), "rows_quarantined": int(quarantined),
         "duplicates_dropped": int(dups),
         "rated_lines": int(rated_lines), "rated_customers": int(rated_customers),
-        "rated_totals": {cur: str(total) for cur, total in totals},
+        "rated_totals": {cur: int(total) for cur, total in totals},   # minor units of the currency
         "invoices": sum(n for _, n in invoices), "invoice_status": dict(invoices),
         "reconciliation": dict(recon), "dunning": dict(dunning), "suspended": int(suspended),
         "webhook_events": int(webhook_events),

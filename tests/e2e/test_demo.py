@@ -63,6 +63,10 @@ def test_summary_figures_are_the_warehouses(demo_run):
     assert read == sum(
         1 for path in (data / "raw").iterdir() for _ in _raw_rows(path)
     )
+    # money in each currency's own minor unit: yen has none (it once printed "JPY 1,077,914.00")
+    rated = next(line for line in summary.splitlines() if line.strip().startswith("rated:"))
+    assert re.search(r"[\d,]+ JPY", rated) and not re.search(r"\.\d+ JPY", rated), rated
+    assert re.search(r"[\d,]+\.\d\d USD", rated), rated
 
 
 def _raw_rows(path: Path):
