@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import os
+import re
 from pathlib import Path
 
 import xlsxwriter
@@ -35,7 +36,7 @@ def write_xlsx(data: ReportData, path: Path) -> Path:
             sheet = book.add_worksheet(name)
             sheet.write_row(0, 0, header, bold)
             for i, row in enumerate(rows, start=1):
-                sheet.write_row(i, 0, row)
+                sheet.write_row(i, 0, [_summary_value(v) for v in row] if name == "summary" else row)
             sheet.freeze_panes(1, 0)
             for col, title in enumerate(header):
                 width = max([len(str(title))] + [len(str(r[col])) for r in rows[:200]])
@@ -44,6 +45,14 @@ def write_xlsx(data: ReportData, path: Path) -> Path:
         book.close()
     os.replace(tmp, path)
     return path
+
+
+def _summary_value(value: object) -> object:
+    """The summary's values are text (the CSV's too); whole numbers (minor units, counts) go into the
+    spreadsheet as numbers, so finance can add them up (as text cells they could not)."""
+    if isinstance(value, str) and re.fullmatch(r"-?\d+", value):
+        return int(value)
+    return value
 
 
 def write_csvs(data: ReportData, folder: Path) -> list[Path]:
