@@ -151,10 +151,17 @@ def rerate(first: dt.date, last: dt.date, warehouse_path: str | None, rules_dir:
                 bar.update(done - bar.pos)
 
             summaries = rerate_range(con, rules_obj, first, last, dt.datetime.now(dt.timezone.utc), progress)
+        done = {s["month"] for s in summaries}
+        stale = [m for (m,) in con.execute(
+            "SELECT DISTINCT date_trunc('month', period_start)::DATE FROM rated_usage ORDER BY 1").fetchall()
+            if m not in done] if customers_file else []
     for s in summaries:
         totals = ", ".join(f"{c} {format_minor(t, c)}" for c, t in s["totals"].items()) or "no lines"
         state = "changed" if s["changed"] else "unchanged"
         click.echo(f"{s['month']:%Y-%m}: {s['lines']} lines, {state} ({totals})")
+    if stale:   # the new customer list applies only to what was re-rated
+        click.echo(f"warning: the customer list changed; {', '.join(f'{m:%Y-%m}' for m in stale)} "
+                   f"stay rated with the previous one until re-rated (metering rerate over their dates)", err=True)
 
 
 @click.command("rate")

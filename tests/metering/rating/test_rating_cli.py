@@ -164,6 +164,13 @@ def test_rerate_range_is_repeatable(tmp_path):
     assert "2026-10: 6 lines, changed (usd 29.00)" in first.output
     again = run(*args)
     assert "2026-10: 6 lines, unchanged (usd 29.00)" in again.output
+    # a new customer list re-rates only the range given: the months it leaves are named
+    customers.write_text(customers.read_text().replace("starter", "pro"))
+    narrow = run("rerate", "--from", "2026-11-01", "--to", "2026-11-02", "--warehouse", str(db), "--rules", str(RULES),
+                 "--customers", str(customers))
+    assert narrow.exit_code == 0, narrow.output
+    assert ("warning: the customer list changed; 2026-09 stay rated with the previous one until re-rated"
+            in narrow.output)
 
 
 def test_rate_refuses_float_quantities_in_parquet(tmp_path):
