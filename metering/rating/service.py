@@ -25,8 +25,8 @@ import duckdb
 import polars as pl
 
 from metering import warehouse
-from metering.errors import BadInputError
 from metering.customers import CUSTOMER_PLAN_SCHEMA, billing_segments, month_bounds
+from metering.errors import BadInputError
 from metering.rating.aggregate import AGGREGATE_SCHEMA, build_aggregates, charge_quantities, unpriced_usage
 from metering.rating.pricing import RATED_COLUMNS, rate
 from metering.rules.meters import Meter
