@@ -15,8 +15,8 @@ full cycle). The monthly billing partition of month M rates the periods that STA
 customer, plus a customer's first, partial period in the month its subscription starts.
 
 A plan assignment is in force from `plan_effective_from` (inclusive) until the customer's next
-assignment; `billing_segments` intersects periods, assignments and plan versions into the
-sub-intervals rating prices separately.
+assignment of another plan (a row repeating the plan in force changes nothing); `billing_segments`
+intersects periods, assignments and plan versions into the sub-intervals rating prices separately.
 """
 
 from __future__ import annotations
@@ -177,9 +177,17 @@ def load_customers(path: str | Path | None = None, rules: Rules | None = None) -
 
 
 def with_effective_to(assignments: pl.DataFrame) -> pl.DataFrame:
-    """Set each assignment's end to the customer's next assignment start (null for the latest)."""
+    """Set each assignment's end to the customer's next plan change (null for the latest).
+
+    A row that assigns the plan the customer is already on changes nothing, as in Stripe, whose
+    subscription item stays the same: it is folded into the assignment before it. Kept as a second
+    segment, it would restart the plan's `included` units and tiers mid-period (20,000 calls with
+    10,000 included, split 10,000 / 10,000 by such a row, billed 0 instead of 10,000).
+    """
+    ordered = assignments.sort("customer_id", "plan_effective_from")
+    repeated = pl.col("plan") == pl.col("plan").shift(1).over("customer_id")
     return (
-        assignments.sort("customer_id", "plan_effective_from")
+        ordered.filter(~repeated.fill_null(False))
         .with_columns(plan_effective_to=pl.col("plan_effective_from").shift(-1).over("customer_id"))
         .select(list(CUSTOMER_PLAN_SCHEMA))
     )

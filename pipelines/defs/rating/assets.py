@@ -75,7 +75,8 @@ def customer_plans(context: dg.AssetExecutionContext, warehouse: WarehouseResour
     """One row per customer x plan assignment, from the customer list CSV (paths.customers).
 
     Validated against the pricing rules (plans exist, currency matches); each assignment runs from
-    plan_effective_from until the customer's next assignment (plan_effective_to, exclusive).
+    plan_effective_from until the customer's next assignment of another plan (plan_effective_to,
+    exclusive): a row repeating the plan in force is folded into the one before it.
     """
     with warehouse.get_connection() as con:
         rules = load_rules(paths.rules, rated_hashes=service.rated_hashes(con))
