@@ -21,8 +21,11 @@ with zero usage. Semantics:
   it (plus that tier's flat_amount). A zero quantity costs nothing in every usage model.
 - package: ceil (or, with package_round: down, floor) of billable / package_size, x package_amount.
 - flat: amount x (days in segment / days in the billing cycle): prorated by day across a plan or
-  version change and for a first, partial period. minimum: the segment's prorated minimum less the segment's rounded usage lines, if
-  positive (a true-up line; 0 otherwise).
+  version change and for a first, partial period.
+- minimum: one commitment per customer, period and plan (`MINIMUM_KEY`), however many versions the
+  period spans: the sum of each segment's minimum prorated by its days, less the rounded usage
+  lines of all those segments, if positive. The true-up is on the minimum line of the plan's last
+  segment in the period; the other minimum lines are 0 and name it.
 - Amounts are exact (`money`: 10^-24 of a major unit); each line is rounded once to the currency's
   minor unit by the version's `rounding` (half_up / half_even). For prorated lines the rounding is
   of the exact fraction; `amount_unrounded` shows it truncated at 24 decimals.
@@ -41,6 +44,8 @@ from metering.rules.model import Rules
 
 SEGMENT_KEY = ["customer_id", "period_start", "segment_start", "plan", "plan_version"]
 LINE_KEY = SEGMENT_KEY + ["charge_id"]
+MINIMUM_KEY = ["customer_id", "period_start", "plan"]
+"""What a minimum commits to: a customer's period on one plan, across that plan's version changes."""
 
 SEGMENT_SCHEMA = {
     "customer_id": pl.String, "period_start": pl.Date, "period_end": pl.Date,
@@ -198,23 +203,41 @@ def rate(segments: pl.DataFrame, quantities: pl.DataFrame, rules: Rules) -> pl.D
         pl.lit('","segment_days":'), pl.col("segment_days").cast(pl.String),
         pl.lit(',"cycle_days":'), pl.col("period_days").cast(pl.String), pl.lit("}]"),
     ])
-    # Minimum: true-up of the segment's rounded usage lines to the prorated minimum.
-    usage_minor = lines.filter(usage).group_by(SEGMENT_KEY).agg(usage_minor=pl.col("minor").sum())
-    lines = lines.join(usage_minor, on=SEGMENT_KEY, how="left").with_columns(pl.col("usage_minor").fill_null(lit(0)))
-    # Usage at or above the whole (unprorated) minimum needs no true-up; testing that first keeps
-    # usage x divisor x days, which passes Int128 for usage beyond ~5e12 major units, out of the sum.
-    below_minimum = pl.col("usage_minor") < (pl.col("fixed_a24") + pl.col("divisor") - lit(1)) // pl.col("divisor")
-    min_num = pl.when(below_minimum).then(pl.max_horizontal(
-        pl.col("fixed_a24") * pl.col("segment_days") - pl.col("usage_minor") * pl.col("divisor") * pl.col("period_days"),
+    # Minimum: one commitment per period and plan (a version change does not restart it): the sum of
+    # each segment's prorated minimum, compared with the rounded usage lines of all those segments.
+    # The true-up sits on the minimum line of the last such segment; the others show 0.
+    usage_minor = lines.filter(usage).group_by(MINIMUM_KEY).agg(usage_minor=pl.col("minor").sum())
+    commitments = lines.filter(pl.col("model") == "minimum").group_by(MINIMUM_KEY).agg(
+        commitment=(pl.col("fixed_a24") * pl.col("segment_days")).sum(),  # x 1/cycle days: the prorated sum
+        largest_minimum=pl.col("fixed_a24").max(),
+        carrier_start=pl.col("segment_start").max(),
+        first_start=pl.col("segment_start").min(),
+    )
+    lines = (lines.join(usage_minor, on=MINIMUM_KEY, how="left").join(commitments, on=MINIMUM_KEY, how="left")
+             .with_columns(pl.col("usage_minor").fill_null(lit(0))))
+    carrier = (pl.col("model") == "minimum") & (pl.col("segment_start") == pl.col("carrier_start"))
+    # Usage at or above the largest whole (unprorated) minimum needs no true-up (the prorated sum is
+    # never more); testing that first keeps usage x divisor x days, which passes Int128 for usage
+    # beyond ~5e12 major units, out of the sum.
+    below_minimum = pl.col("usage_minor") < (pl.col("largest_minimum") + pl.col("divisor") - lit(1)) // pl.col("divisor")
+    min_num = pl.when(carrier & below_minimum).then(pl.max_horizontal(
+        pl.col("commitment") - pl.col("usage_minor") * pl.col("divisor") * pl.col("period_days"),
         lit(0),
     )).otherwise(lit(0))
+    own = [pl.lit('[{"minimum":"'), money.to_decimal_string(pl.col("fixed_a24"), money.AMOUNT_SCALE),
+           pl.lit('","segment_days":'), pl.col("segment_days").cast(pl.String),
+           pl.lit(',"cycle_days":'), pl.col("period_days").cast(pl.String)]
     lines = _prorated(lines, pl.col("model") == "minimum", min_num, [
-        pl.lit('[{"minimum":"'), money.to_decimal_string(pl.col("fixed_a24"), money.AMOUNT_SCALE),
-        pl.lit('","segment_days":'), pl.col("segment_days").cast(pl.String),
-        pl.lit(',"cycle_days":'), pl.col("period_days").cast(pl.String),
-        pl.lit(',"usage_amount":"'),
-        money.to_decimal_string(pl.col("usage_minor") * pl.col("divisor"), money.AMOUNT_SCALE),
-        pl.lit('"}]'),
+        *own,
+        pl.when(carrier).then(pl.concat_str([
+            pl.lit(',"commitment":"'),
+            money.to_decimal_string(pl.col("commitment") // pl.col("period_days"), money.AMOUNT_SCALE),
+            pl.lit('","commitment_from":"'), pl.col("first_start").cast(pl.String),
+            pl.lit('","usage_amount":"'),
+            money.to_decimal_string(pl.col("usage_minor") * pl.col("divisor"), money.AMOUNT_SCALE), pl.lit('"'),
+        ])).otherwise(pl.concat_str([pl.lit(',"true_up_on_segment":"'), pl.col("carrier_start").cast(pl.String),
+                                     pl.lit('"')])),
+        pl.lit("}]"),
     ])
     bad = lines.filter((pl.col("unrounded_a24") < lit(0)) | (pl.col("unrounded_a24") > lit(money.LIMIT)))
     if bad.height:

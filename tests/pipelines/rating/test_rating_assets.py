@@ -169,3 +169,52 @@ def test_rematerialising_is_byte_identical_and_late_events_change_the_version(se
         assert _data_version(late, "rated_usage") != first_version
     assert rows(db, "SELECT total_minor FROM invoice_previews WHERE customer_id = 'c_jpy'") == [(22500 + 3000 - 3000,)]
     assert rows(db, "SELECT amount_minor FROM rated_usage WHERE customer_id = 'c_jpy' AND charge = 'seats'") == [(3000,)]
+
+
+def _october(tmp_path: Path, customers: str, events: list[tuple]) -> dict[str, list[tuple]]:
+    """Rate October 2026 for `customers` (CSV rows) with `events` (add_events arguments):
+    customer -> [(segment_start, charge, amount_minor)] of its non-zero lines, in segment order."""
+    from metering.customers import load_customers
+    from metering.rating import service
+
+    rules = load_rules(PROJECT_ROOT / "rating_rules")
+    (tmp_path / "customers.csv").write_text(HEADER + customers)
+    with warehouse.open_warehouse(tmp_path / "wh.duckdb") as con:
+        warehouse.insert_frame(con, "customer_plans", load_customers(tmp_path / "customers.csv", rules))
+        for event in events:
+            add_events(con, *event[:4], props=event[4] if len(event) > 4 else "{}")
+        for day in sorted({e[2][:10] for e in events}):
+            refresh_aggregates(con, rules.meters, dt.date.fromisoformat(day))
+        rated, _ = service.rate_month(con, rules, dt.date(2026, 10, 1))
+    out: dict[str, list[tuple]] = {}
+    for row in rated.filter(rated["amount_minor"] != 0).sort("customer_id", "segment_start", "charge_id").iter_rows(named=True):
+        out.setdefault(row["customer_id"], []).append((row["segment_start"].day, row["charge"], row["amount_minor"]))
+    return out
+
+
+def test_a_monthly_minimum_is_one_commitment_across_a_version_change(tmp_path):
+    """pro's version change on Oct 15 splits October (fees 49.00 x 14/31 = 22.13, 59.00 x 17/31 = 32.35);
+    its $100 minimum is one commitment for the month: 100 x 14/31 + 100 x 17/31 = 100.00 against all
+    the month's usage, not a true-up per segment."""
+    rated = _october(tmp_path, "hi,Hi,h@h.test,usd,,pro,2026-01-01,succeeds\n"
+                               "lo,Lo,l@l.test,usd,,pro,2026-01-01,succeeds\n", [
+        # graduated 2026-01: 1,000 free, 9,000 x 0.002 = 18.00, then 0.001 each + 5.00 flat
+        ("hi", "api_calls", "2026-10-03 00:00:00+00", 487_000, '{"region":"us"}'),  # 18 + 477 + 5 = 500.00
+        ("lo", "api_calls", "2026-10-03 00:00:00+00", 47_000, '{"region":"us"}'),   # 18 + 37 + 5 = 60.00
+    ])
+    # $500 of usage is far above the minimum: no true-up (per segment it would have been 54.84)
+    assert rated["hi"] == [(1, "api calls", 50000), (1, "platform fee", 2213), (15, "platform fee", 3235)]
+    # $60 leaves 40.00 to the minimum, on the last segment's line (per segment: 0 + 54.84)
+    assert rated["lo"] == [(1, "api calls", 6000), (1, "platform fee", 2213), (15, "platform fee", 3235),
+                           (15, "minimum spend", 4000)]
+
+
+def test_an_assignment_repeating_the_plan_in_force_changes_nothing(tmp_path):
+    """starter includes 10,000 calls a month, then 0.0005 each: 20,000 calls are 19.00 + 5.00, also when a
+    second row puts the customer on starter again mid-month (it used to restart `included`: 19.00)."""
+    rated = _october(tmp_path, "r,R,r@r.test,usd,,starter,2026-01-01,succeeds\n"
+                               "r,R,r@r.test,usd,,starter,2026-10-16,succeeds\n", [
+        ("r", "api_calls", "2026-10-05 00:00:00+00", 10_000, '{"region":"us"}'),
+        ("r", "api_calls", "2026-10-20 00:00:00+00", 10_000, '{"region":"us"}'),
+    ])
+    assert rated["r"] == [(1, "api calls", 500), (1, "platform fee", 1900)]
