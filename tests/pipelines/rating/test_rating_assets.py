@@ -122,8 +122,9 @@ def test_rating_assets_hand_computed(setup):
         ("c_change", dt.date(2026, 10, 1), dt.date(2026, 11, 1), "usd", 169900, Decimal("1699.00"), 14),
         # anchor 15: period Oct 15 - Nov 15; 1201 calls: 201 x 0.3 = 60.3 -> 60 yen; fee 7500; minimum 15000 - 60
         ("c_jpy", dt.date(2026, 10, 15), dt.date(2026, 11, 15), "jpy", 22500, Decimal("22500.00"), 7),
-        # see test_pro_customer_lines: 69.54 + 22.13 + 41.00 + 32.35 + 13.84
-        ("c_pro", dt.date(2026, 10, 1), dt.date(2026, 11, 1), "usd", 17886, Decimal("178.86"), 17),
+        # the lines below: usage 69.54 + 41.00 = 110.54 is above the month's $100 minimum (no true-up),
+        # plus the fees 22.13 + 32.35
+        ("c_pro", dt.date(2026, 10, 1), dt.date(2026, 11, 1), "usd", 16502, Decimal("165.02"), 17),
     ]
     lines = rows(db, "SELECT plan_version, charge, CAST(quantity AS VARCHAR), amount_minor FROM rated_usage "
                      "WHERE customer_id = 'c_pro' AND amount_minor <> 0 ORDER BY segment_start, charge_id")
@@ -137,7 +138,6 @@ def test_rating_assets_hand_computed(setup):
         ("2026-10", "api calls eu", "400.000000000000", 100),      # 400 x 0.0025
         ("2026-10", "seats", "4.000000000000", 4000),
         ("2026-10", "platform fee", None, 3235),                   # 59 x 17/31
-        ("2026-10", "minimum spend", None, 1384),                  # 100 x 17/31 - 41.00
     ]
     versions = rows(db, "SELECT plan, plan_version FROM rules_versions ORDER BY ALL")
     assert versions == [("pro", "2026-01"), ("pro", "2026-10"), ("pro_jpy", "2026-01"), ("scale", "2026-01"),
