@@ -230,6 +230,13 @@ def _may_be_ingested(con: duckdb.DuckDBPyConnection, size: int) -> bool:
                        [size]).fetchone()[0] > 0
 
 
+def _identity(path: Path) -> tuple[int, int, int, int]:
+    """Size, modification time, inode and device: equal before and after the read and the hash, the
+    two saw the same bytes (a writer appending or rewriting changes the size or the time)."""
+    st = path.stat()
+    return st.st_size, st.st_mtime_ns, st.st_ino, st.st_dev
+
+
 def _hash_beside_read(path: Path) -> Callable[[], str]:
     """Start hashing `path` on a thread and return what waits for its digest.
 
@@ -261,7 +268,8 @@ def ingest_file(
     readers.check_magic(path, fmt)
     meters = meters if meters is not None else load_meters()
     now = now or datetime.now(timezone.utc)
-    size = path.stat().st_size
+    before = _identity(path)
+    size = before[0]
     if _may_be_ingested(con, size):
         digest = readers.file_hash(path)
         if already_ingested(con, digest):
@@ -276,6 +284,12 @@ def ingest_file(
     try:
         info = readers.READERS[fmt](con, path, fmt, sink)
         digest = wait_for_digest()
+        if _identity(path) != before:
+            # the hash and the rows may then describe different bytes: a manifest entry for content
+            # not read would skip the complete file for ever as already ingested
+            raise BadInputError(f"{path}: the file changed while it was being read (a writer still appending?); "
+                                f"nothing was stored: write raw files elsewhere and move them into place when "
+                                f"complete, then ingest again")
     except BaseException:
         _drop_temp(con)
         raise

@@ -54,6 +54,40 @@ def test_file_identity_is_the_content_hash_whichever_way_it_is_computed(tmp_path
     assert _digests(con) == before
 
 
+@pytest.mark.parametrize("hashed", ["beside the read", "before the read"])
+def test_a_file_that_changes_while_it_is_read_is_refused(tmp_path, con, monkeypatch, hashed):
+    """A writer still appending: the rows read and the content hash would describe different bytes, and
+    a manifest entry for content not read makes the complete file a skipped "re-ingest" for ever.
+    The writer is simulated by our own hash function appending a line (beside the read: before it
+    hashes; hashed first, for a file of a size seen before: after it hashed, before the read)."""
+    from metering.ingest import readers
+
+    if hashed == "before the read":   # a manifest entry of the same size makes the hash come first
+        ingest_file(con, write_lines(tmp_path / "same-size.jsonl", [event("x")]), now=NOW)
+    path = write_lines(tmp_path / "growing.jsonl", [event("a")])
+    real_hash = readers.file_hash
+
+    def hash_while_a_writer_appends(target):
+        if hashed == "beside the read":
+            with open(target, "ab") as fh:
+                fh.write((json.dumps(event("b")) + "\n").encode())
+            return real_hash(target)
+        digest = real_hash(target)
+        with open(target, "ab") as fh:
+            fh.write((json.dumps(event("b")) + "\n").encode())
+        return digest
+
+    monkeypatch.setattr(readers, "file_hash", hash_while_a_writer_appends)
+    before = _digests(con)
+    with pytest.raises(BadInputError, match="growing.jsonl: the file changed while it was being read"):
+        ingest_file(con, path, now=NOW)
+    assert _digests(con) == before
+    monkeypatch.setattr(readers, "file_hash", real_hash)
+    again = ingest_file(con, path, now=NOW)   # the complete file, once the writer is done
+    assert (again.status, again.rows_accepted) == ("ingested", 2)
+    assert again.file_hash == hashlib.sha256(path.read_bytes()).hexdigest()
+
+
 def test_late_events_land_on_their_own_date(tmp_path, con):
     ingest_file(con, write_lines(tmp_path / "d1.jsonl", [event("a", timestamp="2026-10-05T10:00:00Z")]), now=NOW)
     late = write_lines(tmp_path / "d2.jsonl", [event("b", timestamp="2026-10-09T10:00:00Z"),
