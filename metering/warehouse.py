@@ -18,6 +18,7 @@ to DuckLake or MotherDuck is a change to this module only.
 from __future__ import annotations
 
 import contextlib
+import glob
 import hashlib
 import logging
 import os
@@ -134,7 +135,7 @@ def connect(
     try:
         _configure(con, memory_limit, threads)
         if not read_only:
-            apply_migrations(con)
+            apply_migrations(con, target)
     except BaseException as exc:
         con.close()
         failure = _failure_in_use(target, exc, memory_limit) if isinstance(exc, duckdb.Error) else None
@@ -193,25 +194,39 @@ def migration_files() -> list[Path]:
     return sorted(MIGRATIONS_DIR.glob("[0-9][0-9][0-9]_*.sql"))
 
 
-def apply_migrations(con: duckdb.DuckDBPyConnection) -> list[str]:
-    """Apply every migration not yet recorded, each in its own transaction. Returns those applied."""
+def pending_migrations(done: set[str]) -> list[str]:
+    """The migrations (file stems, in order) not in `done`, the versions a warehouse has recorded."""
+    return [file.stem for file in migration_files() if file.stem not in done]
+
+
+def apply_migrations(con: duckdb.DuckDBPyConnection, where: Path | None = None) -> list[str]:
+    """Apply every migration not yet recorded, each in its own transaction. Returns those applied.
+
+    A migration the stored data does not allow (say, 003 meeting an event whose file has no manifest
+    entry) is rolled back and raises `BadInputError` naming it and `where` (the warehouse file).
+    """
     con.execute(
         "CREATE TABLE IF NOT EXISTS schema_migrations ("
         " version VARCHAR NOT NULL, checksum VARCHAR NOT NULL, applied_at TIMESTAMPTZ NOT NULL)"
     )
     done = {row[0] for row in con.execute("SELECT version FROM schema_migrations").fetchall()}
     applied = []
-    for file in migration_files():
-        version = file.stem
-        if version in done:
-            continue
-        sql = file.read_text()
-        with transaction(con):
-            con.execute(sql)
-            con.execute(
-                "INSERT INTO schema_migrations VALUES (?, ?, now())",
-                [version, hashlib.sha256(sql.encode()).hexdigest()],
-            )
+    for version in pending_migrations(done):
+        sql = (MIGRATIONS_DIR / f"{version}.sql").read_text()
+        try:
+            with transaction(con):
+                con.execute(sql)
+                con.execute(
+                    "INSERT INTO schema_migrations VALUES (?, ?, now())",
+                    [version, hashlib.sha256(sql.encode()).hexdigest()],
+                )
+        except duckdb.Error as exc:
+            if (failure := _failure_in_use(where or Path("warehouse"), exc)) is not None:
+                raise failure from exc
+            raise BadInputError(
+                f"{where or 'the warehouse'}: migration {version} cannot be applied to the data stored: "
+                f"{str(exc).splitlines()[0]} (rolled back: the warehouse keeps its schema before {version}; "
+                f"see metering/migrations/{version}.sql for what it needs)") from None
         applied.append(version)
     if applied:
         log.debug("applied migrations %s", applied)
@@ -302,6 +317,7 @@ def publish(
     """
     dest = config.ensure_file_target(config.snapshot_path(snapshot), "snapshot")
     tmp = dest.with_name(f".{dest.name}.{os.getpid()}.tmp")
+    _remove_abandoned_copies(dest)
     remove_database(tmp)
     try:
         _write_snapshot(tmp, warehouse, con)
@@ -313,6 +329,41 @@ def publish(
         raise
     log.info("published snapshot", extra={"snapshot": str(dest)})
     return dest
+
+
+def _refuse_schema_behind(target: duckdb.DuckDBPyConnection, source: Path) -> None:
+    """Refuse to publish a warehouse that has migrations to apply (restored from a backup, or not yet
+    opened by a writer since an upgrade): the analyst views are written for the current schema."""
+    try:
+        done = {r[0] for r in target.execute("SELECT version FROM snapshot_source.schema_migrations").fetchall()}
+    except duckdb.CatalogException:
+        raise BadInputError(f"{source}: not a metering warehouse (it has no schema_migrations table)") from None
+    if pending := pending_migrations(done):
+        raise BadInputError(
+            f"{source}: the warehouse's schema is behind this version of metering (not yet applied: "
+            f"{', '.join(pending)}); any writing command applies them (e.g. `metering ingest` of a folder "
+            f"already ingested), then publish again")
+
+
+def _remove_abandoned_copies(dest: Path) -> None:
+    """Delete the temporary copies (`.<snapshot>.<pid>.tmp` and their logs) that a killed publish
+    left: their process no longer runs. A running publish's copy is left alone."""
+    prefix = f".{dest.name}."
+    for leftover in dest.parent.glob(f"{glob.escape(prefix)}*.tmp*"):
+        copy = leftover.with_name(leftover.name.removesuffix(".wal"))   # a log may outlive its file
+        pid = copy.name[len(prefix):].removesuffix(".tmp")
+        if copy.name.endswith(".tmp") and pid.isdigit() and not _process_alive(int(pid)):
+            remove_database(copy)
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:   # alive, someone else's
+        return True
+    return True
 
 
 def _write_snapshot(tmp: Path, warehouse: str | os.PathLike[str] | None, con: duckdb.DuckDBPyConnection | None) -> None:
@@ -337,6 +388,7 @@ def _write_snapshot(tmp: Path, warehouse: str | os.PathLike[str] | None, con: du
             except duckdb.IOException as exc:
                 raise _open_failure(source, exc, "a running job holds the warehouse{holder}; publish from that "
                                     "job, or retry when it ends") from None
+            _refuse_schema_behind(target, source)
             target_db = target.execute("SELECT current_database()").fetchone()[0]
             try:
                 target.execute(f'COPY FROM DATABASE snapshot_source TO "{target_db}"')

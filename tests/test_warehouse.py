@@ -260,6 +260,78 @@ def test_a_failed_publish_leaves_no_temporary_copy(tmp_path):
         assert list(tmp_path.glob(".*")) == []
 
 
+def test_a_killed_publish_leaves_nothing_behind_after_the_next(tmp_path):
+    """A publish killed mid-copy cannot clean up after itself: the next publish removes the copies of
+    processes that no longer run, and leaves a running publish's copy alone."""
+    wh, snap = tmp_path / "w.duckdb", tmp_path / "s.duckdb"
+    with warehouse.open_warehouse(wh):
+        pass
+    gone, also_gone = (subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                                      text=True, check=True).stdout.strip() for _ in range(2))
+    running = subprocess.Popen([sys.executable, "-c", "import sys; sys.stdin.read()"], stdin=subprocess.PIPE)
+    try:
+        leftovers = [f".s.duckdb.{gone}.tmp", f".s.duckdb.{gone}.tmp.wal", f".s.duckdb.{running.pid}.tmp",
+                     f".s.duckdb.{also_gone}.tmp.wal"]   # the last: a log whose copy is gone
+        for name in leftovers:
+            (tmp_path / name).write_bytes(b"partial copy")
+        warehouse.publish(wh, snap)
+        assert sorted(p.name for p in tmp_path.glob(".*")) == [f".s.duckdb.{running.pid}.tmp"]
+    finally:
+        running.communicate(b"")
+    assert duckdb.connect(str(snap), read_only=True).execute("SELECT count(*) FROM usage_events").fetchone() == (0,)
+
+
+def _warehouse_before(path, version: str) -> None:
+    """A warehouse as an older metering left it: the migrations up to `version` applied."""
+    con = duckdb.connect(str(path))
+    con.execute("CREATE TABLE schema_migrations (version VARCHAR NOT NULL, checksum VARCHAR NOT NULL, "
+                "applied_at TIMESTAMPTZ NOT NULL)")
+    for file in warehouse.migration_files():
+        if file.stem > version:
+            break
+        con.execute(file.read_text())
+        con.execute("INSERT INTO schema_migrations VALUES (?, 'x', now())", [file.stem])
+    return con
+
+
+def test_publishing_a_warehouse_whose_schema_is_behind_is_refused(tmp_path):
+    from click.testing import CliRunner
+
+    from metering.cli import cli
+
+    _warehouse_before(tmp_path / "old.duckdb", "002_events_without_payload_hash").close()
+    later = [f.stem for f in warehouse.migration_files()][2:]
+    result = CliRunner().invoke(cli, ["publish", "--warehouse", str(tmp_path / "old.duckdb"),
+                                       "--snapshot", str(tmp_path / "s.duckdb")])
+    assert result.exit_code == 3, result.output
+    assert f"the warehouse's schema is behind this version of metering (not yet applied: {', '.join(later)})" \
+        in result.output
+    assert "Traceback" not in result.output
+    assert not (tmp_path / "s.duckdb").exists() and list(tmp_path.glob(".*")) == []
+    with warehouse.open_warehouse(tmp_path / "old.duckdb"):   # a writer migrates it; then publish works
+        pass
+    warehouse.publish(tmp_path / "old.duckdb", tmp_path / "s.duckdb")
+
+
+def test_a_migration_the_data_does_not_allow_is_rolled_back_and_named(tmp_path):
+    from metering.errors import BadInputError
+
+    # migration 003 gives every event its file's manifest id: an event whose file has no manifest entry
+    # (deleted by hand) cannot have one
+    con = _warehouse_before(tmp_path / "w.duckdb", "002_events_without_payload_hash")
+    con.execute("INSERT INTO usage_events (event_id, customer_id, meter, event_time, event_date, source_file, "
+                "source_line, file_hash, ingested_at) VALUES ('e1', 'c', 'api_calls', now(), current_date, 'f.jsonl', "
+                "1, 'no-such-manifest-entry', now())")
+    con.close()
+    with pytest.raises(BadInputError, match=r"w.duckdb: migration 003_events_name_their_file_by_id cannot be "
+                                            r"applied to the data stored: .*rolled back"):
+        warehouse.connect(tmp_path / "w.duckdb")
+    con = duckdb.connect(str(tmp_path / "w.duckdb"), read_only=True)
+    assert [r[0] for r in con.execute("SELECT version FROM schema_migrations ORDER BY 1").fetchall()] == [
+        "001_ingest", "002_events_without_payload_hash"]
+    assert con.execute("SELECT count(*) FROM usage_events").fetchone() == (1,)
+
+
 def test_must_exist_refuses_instead_of_creating(tmp_path):
     from metering.errors import BadInputError
 
