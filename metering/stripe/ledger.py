@@ -2,7 +2,7 @@
 
     pending ──mark_sent──► sent ──outcome──► acknowledged
        ▲                    │                failed      (Stripe said no: nothing recorded)
-       │ (429 exhausted)    └──────────────► unknown     (no answer, or a stored 5xx)
+       │ (every attempt 429)└──────────────► unknown     (an attempt got no answer, a 409 or a 5xx)
        │
     a newer revision of the same window ──► superseded   (older pending / sent / unknown / failed / late)
     window not pushable (35 days, finalized invoice)    ──► late (for finance; never sent)
@@ -10,10 +10,10 @@
 Every transition is one statement over a batch of rows in one transaction, so a kill at any
 point leaves each row in a state the next run knows how to continue from:
 `pending`/`sent`/`unknown` rows are (re)sent under their own identifier and Idempotency-Key while
-the key is young (first attempt < ~20 h ago); older ones are resolved by reading Stripe's meter
-event summaries first. No row is ever sent under another key: a resend after the key expired is
-a new revision (a new row) carrying the same value, which on a pre-aggregated meter replaces,
-never adds to, the window's previous event.
+the key is young (first attempt < ~20 h ago); older ones, whatever their status, are resolved by
+reading Stripe's meter event summaries first (`push.Pusher._stale`). No row is ever sent under
+another key: a resend after the key expired is a new revision (a new row) carrying the same value,
+which on a pre-aggregated meter replaces, never adds to, the window's previous event.
 """
 
 from __future__ import annotations

@@ -7,15 +7,20 @@ A push of [date_from, date_to]:
    (`late`: older than Stripe's 35 days, with a margin, or the customer's invoice for that time is
    already finalized), and write new ledger revisions where a window's value or destination changed
    (`ledger.plan_revisions`).
-2. **Resolve stale attempts**: a `sent`/`unknown` revision first tried more than `key_max_age`
-   (20 h, under Stripe's 24 h key retention) ago is not resent under its key. Stripe's meter event
-   summary for the window is read: if it already holds the value, the row is `acknowledged`;
-   otherwise the row is `superseded` and a new revision (new identifier and key, same value) is sent,
-   which on a pre-aggregated meter replaces whatever the window held.
-3. **Send**: open revisions (pending / sent / unknown), in batches: a batch is marked `sent`
-   (committed) before its calls; calls run concurrently across customer x meter pairs, never two
-   at once for one pair; each call carries the revision's identifier and Idempotency-Key and is
-   retried with backoff (`retry.call_with_retries`); outcomes are committed per batch.
+2. **Resolve stale attempts**: an open revision (pending / sent / unknown) first tried more than
+   `key_max_age` (20 h, under Stripe's 24 h key retention) ago is not resent under its key. Stripe's
+   meter event summary for the window is read: if it already holds the value, the row is
+   `acknowledged`; otherwise the row is `superseded` and a new revision (new identifier and key,
+   same value) is sent, which on a pre-aggregated meter replaces whatever the window held. On a
+   `last`-formula meter an empty summary never acknowledges (not even a value of 0): Stripe bills
+   the period's newest event, and a window without one leaves an older window's value billed.
+3. **Send**: the open revisions of the windows planned in step 1 (so every one passed its guards;
+   other open rows in the dates, e.g. another meter's after --to, wait for a push covering them), in
+   batches: a batch is marked `sent` (committed) before its calls; calls run concurrently across
+   customer x meter pairs, never two at once for one pair; each call carries the revision's
+   identifier and Idempotency-Key and is retried with backoff (`retry.call_with_retries`); if any
+   attempt may have been applied (no response, 409, 5xx), the call ends `unknown`, whatever the
+   later attempts answered; outcomes are committed per batch.
 4. **Report**: calls, retries, 429s, outcomes, late and unmapped windows, raw events per call.
 
 A process killed at any point leaves rows `pending` or `sent`; the next push resends them under
@@ -189,17 +194,26 @@ class Pusher:
         planned = ledger.plan_revisions(self.con, desired, self._now(), retry_failed=self.config.retry_failed)
         report.new_revisions = planned["new_revisions"]
 
+        # `last`-formula meters widen the span to the later windows the ledger holds for them. Only
+        # the windows in `desired` went through the guards (35 days, finalized invoice, 5 minutes in
+        # the future): the ledger's other open rows in the span (other meters or customers, after
+        # --to) are left to a push whose range covers them, which guards them first.
         span_to = max([date_to, *desired["event_date"].to_list()]) if not desired.is_empty() else date_to
-        open_rows = ledger.open_rows(self.con, date_from, span_to, kind)
-        open_rows = open_rows.filter(pl.col("stripe_customer_id").is_not_null())
+        guarded = desired.select(ledger.WINDOW_KEY)
+
+        def open_guarded() -> pl.DataFrame:
+            return ledger.open_rows(self.con, date_from, span_to, kind).filter(
+                pl.col("stripe_customer_id").is_not_null()).join(guarded, on=ledger.WINDOW_KEY, how="semi")
+
+        open_rows = open_guarded()
+
         def settle_by_summary(rows: pl.DataFrame) -> pl.DataFrame:
             """Rows whose outcome Stripe's summary decides: acknowledged if it holds the value, else
             superseded and given a fresh revision (same value, new key). Returns the open rows then."""
             report.summary_checks += self._resolve_stale(rows, report)
             replan = desired.join(rows.select(ledger.WINDOW_KEY), on=ledger.WINDOW_KEY)
             report.new_revisions += ledger.plan_revisions(self.con, replan, self._now())["new_revisions"]
-            return ledger.open_rows(self.con, date_from, span_to, kind).filter(
-                pl.col("stripe_customer_id").is_not_null())
+            return open_guarded()
 
         stale = self._stale(open_rows)
         if not stale.is_empty():
@@ -320,9 +334,12 @@ class Pusher:
 
     # -- stale attempts (key about to expire) ----------------------------------------------------
     def _stale(self, open_rows: pl.DataFrame) -> pl.DataFrame:
+        """Open rows first attempted more than `key_max_age` ago, whatever their status: `sent`,
+        `unknown`, and `pending` too (throttled every time, or after an attempt that may have been
+        applied). None is resent under its key without reading Stripe's summary first."""
         limit = self._now() - self.config.key_max_age
         return open_rows.filter(
-            pl.col("status").is_in(["sent", "unknown"]) & (pl.col("first_attempt_at") < limit)
+            pl.col("first_attempt_at").is_not_null() & (pl.col("first_attempt_at") < limit)
         )
 
     def _meter_ids(self) -> dict[str, str]:
@@ -335,6 +352,9 @@ class Pusher:
                     if meter.event_name == event_name(ours):
                         ids[ours] = meter.id
         return ids
+
+    def _formula(self, meter: str) -> str:
+        return windows.stripe_formula(self.meters[meter])
 
     def _resolve_stale(self, stale: pl.DataFrame, report: PushReport) -> int:
         meter_ids = self._meter_ids()
@@ -355,12 +375,16 @@ class Pusher:
             )
             report.calls += 1
             held = sum((Decimal(str(s.aggregated_value)) for s in summaries.data), Decimal(0))
-            if held == row["value"]:
+            # On a `last` meter a window with no event is not a window holding 0: Stripe bills the
+            # period's newest event, which is then an older window's. Only an event settles it.
+            no_event_on_last = not summaries.data and self._formula(row["meter"]) == "last"
+            if held == row["value"] and not no_event_on_last:
                 outcomes.append(_outcome(row["identifier"], "acknowledged", 0, None, None, None, "summary"))
             else:
+                holds = "no event" if no_event_on_last else str(held)
                 outcomes.append(_outcome(
                     row["identifier"], "superseded", 0,
-                    f"key older than {self.config.key_max_age}; Stripe's summary holds {held}, "
+                    f"key older than {self.config.key_max_age}; Stripe's summary holds {holds}, "
                     f"ours {row['value']}: resent as a new revision", None, None, "summary"))
         ledger.record_outcomes(self.con, outcomes, self._now())
         return len(outcomes)

@@ -10,10 +10,18 @@ Decision table for one attempt:
 | --- | --- | --- |
 | 2xx | - | `acknowledged` |
 | connection error / timeout (no response) | - | retry; when attempts run out: `unknown` |
-| 409 (key in use), 429, >= 500 | absent or `true` | retry; when attempts run out: `unknown` for 409/5xx, `failed` for 429 |
-| any status | `false` | no retry: 5xx -> `unknown` (Stripe stored it; outcome unclear), else `failed` |
+| 409 (key in use), 429, >= 500 | absent or `true` | retry; when attempts run out: `unknown`, except `failed` when every attempt was a 429 |
+| any status | `false` | no retry: 5xx -> `unknown` (Stripe stored it; outcome unclear); 429 -> as when attempts run out; else `failed` |
 | 401 / 403 | - | abort the whole push (`AuthenticationError`): a configuration problem |
 | other 4xx | - | `failed` (Stripe rejected it: nothing was recorded) |
+
+The final status is decided by every attempt, not only the last: an attempt that ended with no
+response, a 409 or a 5xx may have been applied at Stripe (e.g. a response lost after Stripe stored
+the event), and a 429 afterwards says nothing about it (Stripe throttles before it looks at the
+key). So such a call ends `unknown`, never `failed` ("nothing recorded"), which the push would
+otherwise resend as if nothing had happened. A definite refusal (any other 4xx) after such an
+attempt stays `failed`: had an earlier attempt been applied, Stripe would have replayed its stored
+result under the same key instead.
 """
 
 from __future__ import annotations
@@ -125,6 +133,7 @@ def call_with_retries(
     """Run `send()` (one SDK call carrying a fixed Idempotency-Key) until it has an outcome."""
     attempts = 0
     rate_limited = 0
+    maybe_applied = False   # an attempt ended with no response, a 409 or a 5xx
     last_error: BaseException | None = None
     last_status: int | None = None
     request_id: str | None = None
@@ -137,6 +146,7 @@ def call_with_retries(
             response = send()
         except stripe.APIConnectionError as exc:
             last_error, last_status = exc, None
+            maybe_applied = True
             continue
         except stripe.StripeError as exc:
             last_error, last_status = exc, exc.http_status
@@ -147,9 +157,11 @@ def call_with_retries(
                 raise AuthError(_describe(exc)) from None
             if status == 429:
                 rate_limited += 1
+            if status == 409 or status >= 500:
+                maybe_applied = True
             if should_retry == "false":
-                return CallOutcome("unknown" if status >= 500 else "failed", attempts,
-                                   _describe(exc), request_id, status, rate_limited)
+                final = "unknown" if status >= 500 or (status == 429 and maybe_applied) else "failed"
+                return CallOutcome(final, attempts, _describe(exc), request_id, status, rate_limited)
             if should_retry == "true" or status in (409, 429) or status >= 500:
                 continue
             return CallOutcome("failed", attempts, _describe(exc), request_id, status, rate_limited)
@@ -157,7 +169,8 @@ def call_with_retries(
         rid = getattr(last_response, "request_id", None) if last_response is not None else None
         return CallOutcome("acknowledged", attempts, None, rid, 200, rate_limited)
     assert last_error is not None
-    final = "failed" if last_status == 429 else "unknown"
+    # attempts ran out: `failed` (nothing recorded) only when no attempt may have been applied
+    final = "unknown" if maybe_applied or last_status != 429 else "failed"
     return CallOutcome(final, attempts, _describe(last_error), request_id, last_status, rate_limited)
 
 

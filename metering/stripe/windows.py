@@ -8,13 +8,17 @@ How our aggregations map onto Stripe's formulas (one meter per our meter, dimens
 | --- | --- | --- |
 | sum | sum | the window's sum |
 | count | sum | the window's event count |
-| last | last | the last value seen in the window |
+| last | last | the last value from the start of the customer's billing period to the window's end |
 | max | last | the maximum from the start of the customer's billing period to the window's end |
 | unique_count | last | distinct values from the start of the billing period to the window's end |
 
-For `last`-formula meters Stripe bills the newest event of the period, so the newest window must
-hold the period-to-date value: when an earlier window changes (a late event), every later window
-of the same billing period that was already pushed is recomputed too.
+For `last`-formula meters Stripe bills the newest event of the period, so every window carries
+what rating would bill for the period as of the window's end (the period-to-date value), and the
+newest window pushed holds the period's value. When a window changes (a late event, or its usage
+withdrawn), every window of the same meter and customer already in the ledger from the push's
+first day on is recomputed too. A window whose own usage was withdrawn keeps being pushed, with
+the period-to-date value: for `last` that is the period's previous last value (an earlier
+window's), never 0 unless the period has no usage left at all.
 
 Billing periods follow the customer's `billing_anchor_day` (1..31, clamped to the month's last
 day, as Stripe does; NULL = calendar month), read from `customer_plans` (the rating's copy of the
@@ -77,8 +81,9 @@ def desired_values(
 
     Columns: customer_id, meter, window_kind, window_start, window_end, event_date, value
     (DECIMAL(38,12)), raw_events. Includes windows the ledger already holds for which usage
-    disappeared (value 0), and for `last`-formula meters the later windows of the same billing
-    periods already in the ledger.
+    disappeared (for `sum`-formula meters value 0, for `last`-formula meters the period-to-date
+    value), and for `last`-formula meters every window the ledger holds after date_to as well (the
+    push widens its span to them and guards them like the others).
     """
     frames = []
     ws = _window_start_sql(window_kind)
@@ -131,14 +136,16 @@ def desired_values(
 
 
 def _last_formula_sql(meter: Meter, ws: str) -> str:
-    """Windows to evaluate and their period-to-date (max / unique_count) or in-window (last) value."""
+    """Windows to evaluate and their period-to-date value (last / max / unique_count): what rating
+    (`metering.rating.aggregate`) bills for [period start, window end)."""
     anchor = "(SELECT max(c.billing_anchor_day) FROM customer_plans c WHERE c.customer_id = w.customer_id)"
     pstart = period_start_sql("w.window_start::DATE", anchor)
     if meter.aggregation == "last":
+        # the latest event by (event time, event id), as rating orders them
         value_sql = f"""
             (SELECT arg_max(a.quantity, (a.last_event_time, a.last_event_id)) FROM usage_aggregates a
              WHERE a.meter = ? AND a.customer_id = w.customer_id
-               AND a.hour >= w.window_start AND a.hour < w.window_end)"""
+               AND a.hour >= ({pstart})::TIMESTAMPTZ AND a.hour < w.window_end)"""
         raw_sql = """(SELECT sum(a.event_count) FROM usage_aggregates a
              WHERE a.meter = w.meter AND a.customer_id = w.customer_id
                AND a.hour >= w.window_start AND a.hour < w.window_end)"""
@@ -164,17 +171,14 @@ def _last_formula_sql(meter: Meter, ws: str) -> str:
     WITH used AS (
         SELECT DISTINCT customer_id, meter, {ws} AS window_start FROM usage_aggregates
         WHERE meter = ? AND event_date BETWEEN ? AND ?
-    ), first_in_range AS (
-        SELECT customer_id, min(window_start) AS first_start FROM used GROUP BY customer_id
-    ), later AS (
-        -- windows already pushed from date_from on, in the same billing period as a changed window
+    ), known AS (
+        -- windows already pushed from date_from on: those in the range (their usage may have been
+        -- withdrawn) and the later ones, whose period-to-date value an earlier change can move
         SELECT DISTINCT l.customer_id, l.meter, l.window_start FROM stripe_push_ledger l
         WHERE l.meter = ? AND l.window_kind = ? AND l.event_date >= ?
     ), w AS (
         SELECT customer_id, meter, window_start, window_start + {step} AS window_end
-        FROM (SELECT * FROM used UNION SELECT l.* FROM later l
-              LEFT JOIN first_in_range f USING (customer_id)
-              WHERE f.first_start IS NULL OR l.window_start >= f.first_start)
+        FROM (SELECT * FROM used UNION SELECT * FROM known)
     )
     SELECT w.customer_id, w.window_start,
            coalesce({value_sql}, 0)::DECIMAL(38, 12) AS value,

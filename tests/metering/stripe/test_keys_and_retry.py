@@ -86,6 +86,18 @@ def run(script, policy=FAST):
         ([_error(stripe.InvalidRequestError, 400)], "failed", 1),
         ([_error(stripe.InvalidRequestError, 400, {"Stripe-Should-Retry": "true"}), {"ok": 1}], "acknowledged", 2),
         ([_error(stripe.RateLimitError, 429)] * 4, "failed", 4),
+        # an earlier attempt may have been applied (no response, 409, 5xx): a 429 ending does not
+        # mean "nothing recorded"
+        ([stripe.APIConnectionError("reset")] + [_error(stripe.RateLimitError, 429)] * 3, "unknown", 4),
+        ([_error(stripe.APIError, 500)] + [_error(stripe.RateLimitError, 429)] * 3, "unknown", 4),
+        ([_error(stripe.APIError, 409, code="idempotency_key_in_use")] + [_error(stripe.RateLimitError, 429)] * 3,
+         "unknown", 4),
+        ([stripe.APIConnectionError("reset"), _error(stripe.RateLimitError, 429, {"Stripe-Should-Retry": "false"})],
+         "unknown", 2),
+        ([_error(stripe.RateLimitError, 429, {"Stripe-Should-Retry": "false"})], "failed", 1),
+        # a definite refusal (4xx other than 409 / 429) after a lost attempt: Stripe would have replayed
+        # the stored result of an applied attempt under the same key, so nothing was recorded
+        ([stripe.APIConnectionError("reset"), _error(stripe.InvalidRequestError, 400)], "failed", 2),
     ],
 )
 def test_retry_decision_table(results, status, attempts) -> None:

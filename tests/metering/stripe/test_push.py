@@ -3,11 +3,17 @@
 from __future__ import annotations
 
 import datetime as dt
+import uuid
 from decimal import Decimal
 
 import polars as pl
+from hypothesis import HealthCheck, example, given, settings
+from hypothesis import strategies as st
 
-from push_world import NOW, World, day_start
+from metering import warehouse
+from metering.rating.service import refresh_aggregates
+from metering.stripe_sandbox.testing import running_sandbox
+from push_world import NOW, World, day_start, expected_total, make_world
 
 D1, D2, D3 = dt.date(2026, 11, 17), dt.date(2026, 11, 18), dt.date(2026, 11, 19)
 
@@ -145,3 +151,87 @@ def test_hour_windows_on_hour_meters(tmp_path, rules_dir) -> None:
         assert world.stripe_total("acme", "seats", start, end) == Decimal(3)
         assert world.stripe_total("acme", "active_users", start, end) == Decimal(2)
         assert world.stripe_total("acme", "storage_gb", start, end) == Decimal(10)
+
+
+def withdraw_day(world: World, day: dt.date) -> None:
+    """A correction: the day's usage is re-materialised without any of its events."""
+    world.con.execute("DELETE FROM usage_events WHERE event_date = ?", [day])
+    world.events = [e for e in world.events if e["event_date"] != day]
+    refresh_aggregates(world.con, world.rules.meters, day)
+
+
+def test_a_withdrawn_last_window_carries_the_period_to_date_last_value(world: World) -> None:
+    """seats (our `last`, Stripe's `last`): 7 seats on Nov 17, 9 on Nov 18, pushed; Nov 18's event is
+    then withdrawn. Rating bills the period's last event, 7 (Nov 17 09:00). Nov 18's window is still
+    Stripe's newest event, so its new revision must carry 7 (the last value from the period start to
+    the window's end), not the window's own value: there is none, and pushing 0 made Stripe bill 0."""
+    world.add_events([("acme", "seats", t(D1, 9), "7", {}), ("acme", "seats", t(D2, 9), "9", {})])
+    world.pusher().push(D1, D2)
+    start, end = day_start(D1), day_start(D3)
+    assert world.stripe_total("acme", "seats", start, end) == Decimal(9)
+
+    withdraw_day(world, D2)
+    report = world.pusher().push(D1, D2)
+    assert (report.new_revisions, report.acknowledged, report.calls) == (1, 1, 1)
+    seats = world.ledger().filter(pl.col("meter") == "seats")
+    assert seats.select("event_date", "revision", "value", "status").rows() == [
+        (D1, 1, Decimal(7), "acknowledged"), (D2, 1, Decimal(9), "acknowledged"),
+        (D2, 2, Decimal(7), "acknowledged")]
+    assert expected_total(world.events, "acme", "seats") == Decimal(7)      # ours, from the raw events
+    assert world.stripe_total("acme", "seats", start, end) == Decimal(7)    # Stripe's last
+
+
+def test_a_withdrawn_window_before_the_first_changed_one_is_recomputed(world: World) -> None:
+    """globex is anchored on the 15th: Nov 14 closes the period Oct 15 - Nov 15, Nov 16 opens the next.
+    5 seats on Nov 14 and 3 on Nov 16 are pushed; Nov 14's event is then withdrawn and Nov 14 - 16
+    pushed again. Nov 14 is not the first window with usage in the range (Nov 16 is), but it is the
+    newest event of its own period: it must be recomputed to 0 (no seats in that period), or Stripe
+    keeps billing 5 for Oct 15 - Nov 15."""
+    nov14, nov16 = dt.date(2026, 11, 14), dt.date(2026, 11, 16)
+    world.add_events([("globex", "seats", t(nov14, 9), "5", {}), ("globex", "seats", t(nov16, 9), "3", {})])
+    world.pusher().push(nov14, nov16)
+    first_period = (day_start(dt.date(2026, 10, 15)), day_start(dt.date(2026, 11, 15)))
+    assert world.stripe_total("globex", "seats", *first_period) == Decimal(5)
+
+    withdraw_day(world, nov14)
+    report = world.pusher().push(nov14, nov16)
+    assert (report.new_revisions, report.acknowledged) == (1, 1)
+    seats = world.ledger().filter(pl.col("meter") == "seats")
+    assert seats.select("event_date", "revision", "value").rows() == [
+        (nov14, 1, Decimal(5)), (nov14, 2, Decimal(0)), (nov16, 1, Decimal(3))]
+    assert world.stripe_total("globex", "seats", *first_period) == Decimal(0)
+    assert world.stripe_total("globex", "seats", day_start(dt.date(2026, 11, 15)), day_start(D3)) == Decimal(3)
+
+
+LAST_FORMULA_METERS = ("seats", "storage_gb", "active_users")   # ours: last, max, unique_count
+change = st.tuples(
+    st.sampled_from([D1, D2, D3 - dt.timedelta(days=3)]),                 # Nov 17, 18, 16
+    st.one_of(st.none(), st.tuples(st.integers(0, 23), st.integers(0, 9))),  # withdraw, or (hour, value)
+)
+
+
+@settings(max_examples=6, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@example(changes=[(D1, (9, 7)), (D2, (9, 9)), (D2, None)])   # the withdrawn last window
+@example(changes=[(D2, (5, 0)), (D1, (23, 4)), (D1, None)])
+@given(changes=st.lists(change, min_size=1, max_size=4))
+def test_last_formula_meters_carry_what_rating_bills_after_any_changes(tmp_path, rules_dir, changes) -> None:
+    """For our last / max / unique_count meters (Stripe's `last`): after any sequence of added events and
+    withdrawn days, each pushed by itself, Stripe's value for the period equals ours from the raw events."""
+    folder = tmp_path / uuid.uuid4().hex
+    folder.mkdir()
+    with running_sandbox(now=int(NOW.timestamp())) as sb, warehouse.open_warehouse(folder / "wh.duckdb") as con:
+        world = make_world(con, sb, rules_dir, folder)
+        for day, what in changes:
+            if what is None:
+                withdraw_day(world, day)
+            else:
+                hour, value = what
+                world.add_events([("acme", "seats", t(day, hour), str(value), {}),
+                                  ("acme", "storage_gb", t(day, hour), str(value), {}),
+                                  ("acme", "active_users", t(day, hour), None, {"user_id": f"u{value}"})])
+            report = world.pusher().push(day, day)
+            assert report.needs_operator == 0
+            for meter in LAST_FORMULA_METERS:
+                ours = expected_total(world.events, "acme", meter)
+                assert world.stripe_total("acme", meter, day_start(dt.date(2026, 11, 1)), day_start(D3)) == ours, \
+                    (meter, day, what)

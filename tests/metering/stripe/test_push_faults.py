@@ -4,11 +4,16 @@ re-runs, Stripe's totals equal ours exactly, no event is executed twice, no key 
 from __future__ import annotations
 
 import datetime as dt
+import uuid
+from dataclasses import replace
+from decimal import Decimal
 
 import polars as pl
 import pytest
+from hypothesis import HealthCheck, example, given, settings
+from hypothesis import strategies as st
 
-from push_world import NOW, World, applied_per_key, day_start, expected_total, make_world, random_usage
+from push_world import FAST_RETRY, NOW, World, applied_per_key, day_start, expected_total, make_world, random_usage
 from metering import warehouse
 from metering.stripe_sandbox.testing import running_sandbox
 
@@ -148,3 +153,137 @@ def test_never_two_calls_in_flight_for_one_customer_and_meter(big_world: World) 
     report = big_world.pusher(concurrency=8).push(DAYS[0], DAYS[-1])
     assert report.acknowledged == len(CUSTOMERS) * len(METERS) * len(DAYS) and report.rate_limited == 0
     assert [r for r in big_world.meter_event_requests() if r["status"] == 429] == []
+
+
+NOV16, NOV17, NOV18 = dt.date(2026, 11, 16), dt.date(2026, 11, 17), dt.date(2026, 11, 18)
+
+
+def _window_rows(world: World, customer: str, meter: str, day: dt.date) -> list[tuple]:
+    return world.ledger().filter(
+        (pl.col("customer_id") == customer) & (pl.col("meter") == meter) & (pl.col("event_date") == day)
+    ).sort("revision").select("revision", "value", "status", "resolved_by").rows()
+
+
+@pytest.mark.parametrize("meter, resent", [("seats", True), ("tokens", False)])
+def test_a_stale_window_of_zero_with_no_event_at_stripe(world: World, meter: str, resent: bool) -> None:
+    """7 on Nov 16, then an event of 0 on Nov 17 whose call never reached Stripe (unknown). 21 h later
+    Stripe's summary for Nov 17 is empty. For a `sum` meter (tokens) no event sums to 0, as ours does:
+    acknowledged, nothing resent. For a `last` meter (seats) no event is not an event of 0: Stripe bills
+    the period's newest event, still Nov 16's 7, so the window is resent under revision 2 and Stripe's
+    last becomes our 0."""
+    props = {"model": "small"} if meter == "tokens" else {}
+    world.add_events([("acme", meter, day_start(NOV16) + dt.timedelta(hours=9), "7", props)])
+    world.pusher().push(NOV16, NOV16)
+    world.add_events([("acme", meter, day_start(NOV17) + dt.timedelta(hours=9), "0", props)])
+    world.sandbox.inject_fault("drop", path="/v1/billing/meter_events", method="POST", count=1)
+    first = world.pusher(retry=replace(FAST_RETRY, max_attempts=1)).push(NOV16, NOV17)
+    assert (first.unknown, first.acknowledged) == (1, 0)
+
+    later = NOW + dt.timedelta(hours=21)
+    world.sandbox.set_now(int(later.timestamp()))
+    second = world.pusher(now=later).push(NOV16, NOV17)
+    assert (second.summary_checks, second.unknown, second.needs_operator) == (1, 0, 0)
+    nov17 = [r for r in world.meter_event_requests() if "|20261117T0000Z|" in r["idempotency_key"]]
+    start, end = day_start(NOV16), day_start(NOV18)
+    if resent:
+        assert _window_rows(world, "acme", meter, NOV17) == [
+            (1, Decimal(0), "superseded", "summary"), (2, Decimal(0), "acknowledged", "response")]
+        assert [(r["idempotency_key"][-3:], r["status"]) for r in nov17] == [("|r1", "dropped"), ("|r2", 200)]
+        ours = Decimal(0)                          # the period's last event is Nov 17's 0
+    else:
+        assert _window_rows(world, "acme", meter, NOV17) == [(1, Decimal(0), "acknowledged", "summary")]
+        assert [r["status"] for r in nov17] == ["dropped"]
+        ours = Decimal(7)                          # 7 + 0
+    assert expected_total(world.events, "acme", meter) == ours
+    assert world.stripe_total("acme", meter, start, end) == ours
+
+
+def test_429s_after_a_lost_response_leave_the_window_unknown_and_its_summary_decides(world: World) -> None:
+    """Attempt 1 is applied at Stripe but its response is lost; attempts 2 and 3 get 429. The outcome is
+    not "nothing recorded" (pending): it is unknown, for the operator. 25 h later (Stripe's key and
+    identifier forgotten) the window is settled by Stripe's summary, never resent under its old key:
+    one event for the identifier, Stripe's total 5."""
+    world.add_events([("acme", "tokens", day_start(NOV18) + dt.timedelta(hours=3), "5", {"model": "small"})])
+    world.sandbox.inject_fault("lost_response", path="/v1/billing/meter_events", method="POST", count=1)
+    world.sandbox.inject_fault("rate_limit", path="/v1/billing/meter_events", method="POST", count=2)
+    first = world.pusher(retry=replace(FAST_RETRY, max_attempts=3)).push(NOV18, NOV18)
+    assert (first.unknown, first.pending, first.needs_operator, first.rate_limited) == (1, 0, 1, 2)
+    row = world.ledger().row(0, named=True)
+    assert (row["status"], row["attempts"], row["last_http_status"]) == ("unknown", 3, 429)
+
+    world.sandbox.clear_faults()
+    later = NOW + dt.timedelta(hours=25)
+    world.sandbox.set_now(int(later.timestamp()))
+    requests_before = len(world.meter_event_requests())
+    second = world.pusher(now=later).push(NOV18, NOV18)
+    assert (second.summary_checks, second.new_revisions, second.needs_operator) == (1, 0, 0)
+    assert world.meter_event_requests()[requests_before:] == []
+    assert _window_rows(world, "acme", "tokens", NOV18) == [(1, Decimal(5), "acknowledged", "summary")]
+    assert applied_per_key(world.meter_event_requests()) == {row["idempotency_key"]: 1}
+    assert world.stripe_total("acme", "tokens", day_start(NOV18), day_start(NOV18) + dt.timedelta(days=1)) == 5
+
+
+def test_a_throttled_window_first_tried_over_20h_ago_is_checked_before_any_resend(world: World) -> None:
+    """Every attempt got 429: the row is `pending` (nothing recorded) but was attempted. 25 h later it is
+    not resent under its old key: the summary (empty) decides, and revision 2 carries the value."""
+    world.add_events([("acme", "tokens", day_start(NOV18) + dt.timedelta(hours=3), "5", {"model": "small"})])
+    world.sandbox.inject_fault("rate_limit", path="/v1/billing/meter_events", method="POST", count=3)
+    first = world.pusher(retry=replace(FAST_RETRY, max_attempts=3)).push(NOV18, NOV18)
+    assert (first.pending, first.unknown, first.needs_operator) == (1, 0, 0)
+    old_key = world.ledger()["idempotency_key"][0]
+
+    world.sandbox.clear_faults()
+    later = NOW + dt.timedelta(hours=25)
+    world.sandbox.set_now(int(later.timestamp()))
+    second = world.pusher(now=later).push(NOV18, NOV18)
+    assert (second.summary_checks, second.new_revisions, second.acknowledged) == (1, 1, 1)
+    assert _window_rows(world, "acme", "tokens", NOV18) == [
+        (1, Decimal(5), "superseded", "summary"), (2, Decimal(5), "acknowledged", "response")]
+    assert [r["status"] for r in world.meter_event_requests() if r["idempotency_key"] == old_key] == [429] * 3
+    assert world.stripe_total("acme", "tokens", day_start(NOV18), day_start(NOV18) + dt.timedelta(days=1)) == 5
+
+
+FAULT = st.sampled_from(["lost_response", "drop", "rate_limit", "server_error"])
+RUN = st.tuples(st.lists(FAULT, max_size=3), st.sampled_from([0, 21, 25]))   # (faults in order, hours since)
+
+
+@settings(max_examples=6, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@example(meter="tokens", value="5", runs=[(["lost_response", "rate_limit", "rate_limit"], 0), ([], 25)])
+@example(meter="seats", value="0", runs=[(["drop"], 0), ([], 21)])
+@given(meter=st.sampled_from(["tokens", "seats"]), value=st.sampled_from(["0", "5"]),
+       runs=st.lists(RUN, min_size=1, max_size=3))
+def test_any_fault_schedule_leaves_stripe_equal_to_ours_with_one_event_per_identifier(
+        tmp_path, rules_dir, meter: str, value: str, runs: list) -> None:
+    """One window (Nov 17, after a settled Nov 16 of 7) pushed through any sequence of runs, each with
+    its own faults on successive attempts (3 attempts per run) and hours of delay before it, then a
+    fault-free drain: Stripe's total equals ours, no identifier was executed twice (I8), and a `sum`
+    total never exceeded ours on the way (I8: pending may only leave Stripe lower)."""
+    folder = tmp_path / uuid.uuid4().hex
+    folder.mkdir()
+    props = {"model": "small"} if meter == "tokens" else {}
+    start, end = day_start(NOV16), day_start(NOV18)
+    with running_sandbox(now=int(NOW.timestamp()), seed=5) as sb, \
+            warehouse.open_warehouse(folder / "wh.duckdb") as con:
+        world = make_world(con, sb, rules_dir, folder)
+        world.add_events([("acme", meter, day_start(NOV16) + dt.timedelta(hours=9), "7", props)])
+        world.pusher().push(NOV16, NOV16)
+        world.add_events([("acme", meter, day_start(NOV17) + dt.timedelta(hours=9), value, props)])
+        ours = expected_total(world.events, "acme", meter)
+        now = NOW
+        for faults, hours in runs:
+            now += dt.timedelta(hours=hours)
+            sb.set_now(int(now.timestamp()))
+            for kind in faults:
+                sb.inject_fault(kind, path="/v1/billing/meter_events", method="POST", count=1)
+            world.pusher(now=now, retry=replace(FAST_RETRY, max_attempts=3)).push(NOV16, NOV17)
+            sb.clear_faults()
+            if meter == "tokens":
+                assert world.stripe_total("acme", meter, start, end) <= ours
+        for _ in range(3):                              # the drain
+            world.pusher(now=now).push(NOV16, NOV17)
+            open_rows = world.ledger().filter(pl.col("status").is_in(["pending", "sent", "unknown"]))
+            if open_rows.is_empty():
+                break
+        assert open_rows.is_empty(), open_rows
+        assert world.stripe_total("acme", meter, start, end) == ours
+        assert_keys_are_ours_and_executed_once(world)

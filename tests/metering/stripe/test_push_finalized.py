@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 from collections.abc import Iterator
+from dataclasses import replace
 from decimal import Decimal
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -150,3 +151,49 @@ def test_pushing_day_by_day_on_the_clock_lands_usage_on_each_period_invoice(tmp_
         # Oct 1-15: 12,000 calls, 2,000 billable at 0.05 cents = 100 cents; Oct 15 - Nov 15: 3 calls, free
         assert lines[dt.date(2026, 10, 1)][:2] == (Decimal(12000), 100)
         assert lines[dt.date(2026, 10, 15)][:2] == (Decimal(3), 0)
+
+
+def test_a_push_sends_only_windows_that_passed_its_guards(tmp_path: Path, rules_dir: Path) -> None:
+    """A `last`-formula meter (seats) pushed on Oct 30 and 31 widens a push of Oct 30 alone to Oct 31
+    (a later window of the same period is recomputed). Another meter's open row on Oct 31 (tokens,
+    revision 2 = 15, its call dropped: unknown) is outside the push's range and never went through
+    its guards; October's invoice is finalized by then, so it must not be sent by that push, and the
+    push of Oct 31 marks it late. Stripe keeps October's tokens at 10 + 10 = 20, what it invoiced."""
+    oct30, oct31 = dt.date(2026, 10, 30), dt.date(2026, 10, 31)
+    with customer_on_clock(tmp_path, rules_dir) as (sb, con, client, clock, rules, report):
+        world = World(con, sb, client, rules, report)
+
+        def push(day_from: dt.date, day_to: dt.date, attempts: int = 8) -> Any:
+            config = PushConfig(rate=0, retry=replace(FAST_RETRY, max_attempts=attempts))
+            return Pusher(con, client, rules.meters, config, sleep=lambda s: None).push(day_from, day_to)
+
+        sb.advance_clock(clock.id, int(dt.datetime(2026, 10, 31, 12, tzinfo=dt.timezone.utc).timestamp()))
+        world.add_events([("acme", "seats", day_start(d) + dt.timedelta(hours=1), "3", {}) for d in (oct30, oct31)]
+                         + [("acme", "tokens", day_start(d) + dt.timedelta(hours=1), "10", {"model": "small"})
+                            for d in (oct30, oct31)])
+        assert push(oct30, oct31).acknowledged == 4
+        world.add_events([("acme", "tokens", day_start(oct31) + dt.timedelta(hours=11), "5", {"model": "small"})])
+        sb.inject_fault("drop", path="/v1/billing/meter_events", method="POST", count=1)
+        assert push(oct31, oct31, attempts=1).unknown == 1
+
+        sb.advance_clock(clock.id, int(dt.datetime(2026, 11, 1, 2, tzinfo=dt.timezone.utc).timestamp()))
+        october = [i for i in client.v1.invoices.list({"customer": report.customers[0]["stripe_customer_id"]}).data
+                   if i.period_end > i.period_start]
+        assert october and october[0].status != "draft"
+
+        def tokens_oct31() -> list[tuple]:
+            return world.ledger().filter((pl.col("meter") == "tokens") & (pl.col("event_date") == oct31)).sort(
+                "revision").select("revision", "value", "status").rows()
+
+        requests_before = len(world.meter_event_requests())
+        first = push(oct30, oct30)
+        assert (first.calls, first.acknowledged) == (0, 0)
+        assert len(world.meter_event_requests()) == requests_before
+        assert tokens_oct31() == [(1, Decimal(10), "acknowledged"), (2, Decimal(15), "unknown")]
+
+        second = push(oct31, oct31)                 # the control: its own push guards it
+        assert (second.calls, second.late) == (0, 1)
+        assert tokens_oct31() == [(1, Decimal(10), "acknowledged"), (2, Decimal(15), "late")]
+        assert len(world.meter_event_requests()) == requests_before
+        month = (dt.datetime(2026, 10, 1, tzinfo=dt.timezone.utc), dt.datetime(2026, 11, 1, tzinfo=dt.timezone.utc))
+        assert world.stripe_total("acme", "tokens", *month) == Decimal(20)
