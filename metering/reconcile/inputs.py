@@ -7,7 +7,8 @@ period that *starts* in that month (periods follow each customer's billing ancho
   all dimensions together), and the rated amount of its charges from `rated_usage`, with the part
   Stripe cannot price (catalog findings `not_expressible`: dimension filters, minimums) split out.
 - pushed: `stripe_push_ledger`, per window the latest acknowledged revision's value (what Stripe's
-  pre-aggregated meter holds for the window), summed for additive meters, last window otherwise.
+  pre-aggregated meter holds for the window), summed for additive meters, last window otherwise;
+  plus what the ledger proves came too late for the period's finalized invoice (see `load_pushed`).
 - Stripe's meter: `stripe_meter_summaries` grain 'period' rows (Stripe's own aggregate), or pending.
 - Stripe's lines: `stripe_invoice_lines_api`, plus webhook-derived `stripe_invoice_lines` for
   invoices the API pull did not see (the API read wins: it is the later, direct read).
@@ -157,12 +158,42 @@ def load_periods(con: duckdb.DuckDBPyConnection, billing_month: dt.date) -> pl.D
 
 
 def load_pushed(
-    con: duckdb.DuckDBPyConnection, billing_month: dt.date, meters: dict[str, Meter], periods: pl.DataFrame
+    con: duckdb.DuckDBPyConnection,
+    billing_month: dt.date,
+    meters: dict[str, Meter],
+    periods: pl.DataFrame,
+    finalized: pl.DataFrame | None = None,
 ) -> pl.DataFrame:
-    """Acknowledged pushed quantity, unacknowledged and late windows per customer x meter x period."""
+    """Acknowledged pushed quantity, unacknowledged and late windows per customer x meter x period.
+
+    Also what the ledger proves came too late for the invoice (`reconcile` explains no more than this):
+
+    - `late_windows` / `late_quantity`: windows whose latest revision the push marked `late` (never
+      sent: older than Stripe accepts, or their invoice already finalized), and what they would add to
+      the pushed quantity (their value in place of the acknowledged one, with the meter's aggregation).
+    - `late_acked_windows` / `late_acked_quantity`: windows whose acknowledged value Stripe
+      acknowledged after the period's invoice was finalized (a first value, or a new revision), and
+      the pushed quantity minus what the ledger had acknowledged at that moment (with the meter's
+      aggregation: what Stripe's meter held when it finalized the invoice). The acknowledgement time
+      is the revision's `updated_at`: `ledger.record_outcomes` writes it when the acknowledgement
+      comes back, and nothing updates an acknowledged revision afterwards. The invoice's moment is
+      `finalized_at` from `finalized` (customer_id, meter, period_start, finalized, finalized_at: the
+      `load_stripe_lines` frame); without it, or for a draft invoice, nothing is late this way.
+
+    The ledger's times and the invoice's `finalized_at` must be on one clock: real time in
+    production. A customer on a Stripe test clock has invoices in the clock's time, so a test that
+    wants these figures meaningful pushes with `now=` reading the test clock.
+    """
     if not table_columns(con, "stripe_push_ledger") or periods.is_empty():
         return rc.conform(None, rc.PUSHED_SCHEMA)
+    fin_schema = {"customer_id": pl.String, "meter": pl.String, "period_start": pl.Date,
+                  "finalized_at": pl.Datetime("us", "UTC")}
+    fin = pl.DataFrame(schema=fin_schema)
+    if finalized is not None and {"finalized", "finalized_at"} <= set(finalized.columns):
+        fin = rc.conform(finalized.filter(pl.col("finalized").fill_null(False) & pl.col("finalized_at").is_not_null()),
+                         fin_schema).unique(["customer_id", "meter", "period_start"])
     con.register("_recon_periods", periods.to_arrow())
+    con.register("_recon_finalized", fin.to_arrow())
     try:
         frame = query_frame(
             con,
@@ -170,27 +201,55 @@ def load_pushed(
             WITH w AS (
                 SELECT l.customer_id, l.meter, p.period_start, l.window_start,
                        arg_max(l.status, l.revision) AS last_status,
-                       arg_max(l.value, l.revision) FILTER (WHERE l.status = 'acknowledged') AS acked_value
+                       arg_max(l.value, l.revision) AS last_value,
+                       arg_max(l.value, l.revision) FILTER (WHERE l.status = 'acknowledged') AS acked_value,
+                       -- what Stripe's window held when the invoice was finalized
+                       arg_max(l.value, l.revision) FILTER (
+                           WHERE l.status = 'acknowledged'
+                             AND (f.finalized_at IS NULL OR l.updated_at <= f.finalized_at)) AS acked_then_value
                 FROM stripe_push_ledger l
                 JOIN _recon_periods p
                   ON p.customer_id = l.customer_id
                  AND l.window_start >= CAST(p.period_start AS TIMESTAMPTZ)
                  AND l.window_start < CAST(p.period_end AS TIMESTAMPTZ)
+                LEFT JOIN _recon_finalized f
+                  ON f.customer_id = l.customer_id AND f.meter = l.meter AND f.period_start = p.period_start
                 GROUP BY ALL
+            ),
+            v AS (
+                SELECT *, CASE WHEN last_status = 'late' THEN last_value ELSE acked_value END AS with_late_value
+                FROM w
             )
             SELECT customer_id, meter, period_start,
                    CAST(coalesce(sum(acked_value), 0) AS DECIMAL(38, 12)) AS q_sum,
                    CAST(arg_max(acked_value, window_start) FILTER (WHERE acked_value IS NOT NULL)
                         AS DECIMAL(38, 12)) AS q_last,
+                   CAST(coalesce(sum(acked_then_value), 0) AS DECIMAL(38, 12)) AS then_sum,
+                   CAST(arg_max(acked_then_value, window_start) FILTER (WHERE acked_then_value IS NOT NULL)
+                        AS DECIMAL(38, 12)) AS then_last,
+                   CAST(coalesce(sum(with_late_value), 0) AS DECIMAL(38, 12)) AS with_late_sum,
+                   CAST(arg_max(with_late_value, window_start) FILTER (WHERE with_late_value IS NOT NULL)
+                        AS DECIMAL(38, 12)) AS with_late_last,
                    count(*) FILTER (WHERE last_status NOT IN ('acknowledged', 'late')) AS unacked_windows,
-                   count(*) FILTER (WHERE last_status = 'late') AS late_windows
-            FROM w GROUP BY customer_id, meter, period_start
+                   count(*) FILTER (WHERE last_status = 'late') AS late_windows,
+                   -- windows whose acknowledged value changed after the invoice was finalized
+                   count(*) FILTER (WHERE acked_value IS DISTINCT FROM acked_then_value) AS late_acked_windows
+            FROM v GROUP BY customer_id, meter, period_start
             """,
         )
     finally:
         con.unregister("_recon_periods")
+        con.unregister("_recon_finalized")
+    additive = pl.col("meter").is_in(_additive(meters))
+    zero = pl.lit(0).cast(rc.QTY)
+
+    def agg(prefix: str) -> pl.Expr:
+        return pl.when(additive).then(pl.col(f"{prefix}_sum")).otherwise(pl.col(f"{prefix}_last"))
+
     frame = frame.with_columns(
-        pushed_quantity=pl.when(pl.col("meter").is_in(_additive(meters))).then("q_sum").otherwise("q_last")
+        pushed_quantity=agg("q"),
+        late_quantity=(agg("with_late").fill_null(zero) - agg("q").fill_null(zero)).cast(rc.QTY),
+        late_acked_quantity=(agg("q").fill_null(zero) - agg("then").fill_null(zero)).cast(rc.QTY),
     )
     return rc.conform(frame, rc.PUSHED_SCHEMA)
 
@@ -259,7 +318,7 @@ def merged_invoices_sql(con: duckdb.DuckDBPyConnection) -> str:
     """All known Stripe invoice headers: API-pulled first, webhook state for the others."""
     api = """
         SELECT invoice_id, customer_id, status, currency, amount_due, amount_paid, amount_remaining,
-               total, created, period_start, period_end, 'api' AS source
+               total, created, period_start, period_end, finalized_at, 'api' AS source
         FROM stripe_invoices_api
     """
     cols = table_columns(con, "stripe_invoices")
@@ -273,7 +332,7 @@ def merged_invoices_sql(con: duckdb.DuckDBPyConnection) -> str:
     return f"""{api} UNION ALL
         SELECT invoice_id, customer_id, status, currency, amount_due, amount_paid, amount_remaining,
                total, {ts('created')} AS created, {ts('period_start')} AS period_start,
-               {ts('period_end')} AS period_end, 'webhook' AS source
+               {ts('period_end')} AS period_end, {ts('finalized_at')} AS finalized_at, 'webhook' AS source
         FROM stripe_invoices WHERE invoice_id NOT IN (SELECT invoice_id FROM stripe_invoices_api)
     """
 
@@ -335,7 +394,7 @@ def _bucketed_lines(con: duckdb.DuckDBPyConnection, billing_month: dt.date, peri
                    coalesce(l.currency, i.currency) AS currency,
                    coalesce(p.period_start, CAST(l.period_start AS DATE)) AS period_start,
                    coalesce(p.period_end, CAST(l.period_end AS DATE)) AS period_end,
-                   i.status AS invoice_status, i.created AS invoice_created,
+                   i.status AS invoice_status, i.created AS invoice_created, i.finalized_at AS invoice_finalized_at,
                    i.amount_due, i.amount_paid, i.amount_remaining
             FROM lines l
             LEFT JOIN invoices i ON i.invoice_id = l.invoice_id
@@ -366,6 +425,7 @@ def load_stripe_lines(con: duckdb.DuckDBPyConnection, billing_month: dt.date, pe
         pl.len().cast(pl.Int64).alias("line_count"),
         pl.col("invoice_id").unique().sort().str.join(",").alias("invoice_ids"),
         (pl.col("invoice_status").is_not_null() & (pl.col("invoice_status") != "draft")).all().alias("finalized"),
+        pl.col("invoice_finalized_at").max().alias("finalized_at"),
     )
     return rc.conform(frame, rc.STRIPE_LINES_SCHEMA)
 

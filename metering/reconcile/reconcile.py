@@ -17,7 +17,7 @@ Status of a usage row, first rule that applies wins:
 | status | when |
 | --- | --- |
 | `pending` | Stripe's meter summary was not pulled because a push was acknowledged too recently (settle guard), or Stripe has not invoiced the period yet (no invoice reaches its end) and has no line for it |
-| `late_after_finalization` | usage reached us/Stripe after the period's invoice was finalized: the ledger marks windows `late`, or Stripe's meter holds more than its finalized invoice billed; never when Stripe holds more than we pushed or billed more than we rated |
+| `late_after_finalization` | Stripe is short of ours only by what the push ledger proves came too late for the finalized invoice (see below) |
 | `not_pushed` | we rated more than the ledger has acknowledged (windows never sent, failed or unknown) |
 | `missing_in_stripe` | pushed, but Stripe has neither meter usage nor an invoice line for it |
 | `extra_in_stripe` | Stripe metered or invoiced more than we pushed, or something we never rated |
@@ -26,8 +26,27 @@ Status of a usage row, first rule that applies wins:
 | `within_tolerance` | amounts differ by at least one and at most the tolerance |
 | `matched` | quantities and amounts equal |
 
+Lateness explains only what the push ledger proves (`metering.reconcile.inputs.load_pushed`):
+`late_quantity`, what the windows the push marked `late` (never sent: 35 days old, or their
+invoice already finalized) would add to the pushed quantity, and `late_acked_quantity`, the part of
+the pushed quantity Stripe acknowledged only after the period's invoice was finalized. A row is
+`late_after_finalization` when it has late windows, Stripe's meter holds exactly what we pushed,
+Stripe billed no more than we rated and is short of ours, the unpushed part (ours - pushed) is at
+most `late_quantity`, and (on a meter Stripe prices) the part pushed but not invoiced (pushed -
+invoiced) is at most `late_acked_quantity`. Any remainder is not explained: the row takes the
+status it would have without lateness and its whole difference counts (one invoice line's money
+cannot be split between its windows). So lateness never explains Stripe holding or billing more
+than we pushed or rated (a double count), an amount difference at equal quantities, a failed
+window beside a late one, or an invoice that bills less than Stripe had been sent before it was
+finalized.
+
 `explained` is true for matched, within_tolerance, pending and late_after_finalization; every other
 row's |amount difference| counts towards the blocking check's threshold.
+
+`reconcile_invoices` rows are explained when matched, within_tolerance or pending. For the others,
+`unexplained_by_currency` counts the part of the invoice's difference that no usage row of the same
+customer x period carries (flat fees and other lines without a meter), so money a usage row already
+counts, or explains, is never counted twice.
 """
 
 from __future__ import annotations
@@ -54,6 +73,7 @@ STATUSES = (
 )
 EXPLAINED_STATUSES = ("matched", "within_tolerance", "pending", "late_after_finalization")
 INVOICE_STATUSES = ("matched", "within_tolerance", "amount_mismatch", "missing_in_stripe", "extra_in_stripe", "pending")
+INVOICE_EXPLAINED_STATUSES = ("matched", "within_tolerance", "pending")
 
 KEY = ["customer_id", "meter", "period_start"]
 
@@ -68,6 +88,11 @@ OURS_SCHEMA = {
 PUSHED_SCHEMA = {
     "customer_id": pl.String, "meter": pl.String, "period_start": pl.Date,
     "pushed_quantity": QTY, "unacked_windows": pl.Int64, "late_windows": pl.Int64,
+    # what the `late` windows (never sent) would add to pushed_quantity
+    "late_quantity": QTY,
+    # windows whose acknowledged revision Stripe acknowledged after the period's invoice was finalized,
+    # and how much of pushed_quantity that is (pushed minus what was acknowledged at finalization)
+    "late_acked_windows": pl.Int64, "late_acked_quantity": QTY,
 }
 STRIPE_METER_SCHEMA = {
     "customer_id": pl.String, "meter": pl.String, "period_start": pl.Date, "period_end": pl.Date,
@@ -79,6 +104,7 @@ STRIPE_LINES_SCHEMA = {
     "customer_id": pl.String, "meter": pl.String, "period_start": pl.Date, "period_end": pl.Date,
     "currency": pl.String, "invoiced_quantity": QTY, "stripe_amount_minor": pl.Int64,
     "line_count": pl.Int64, "invoice_ids": pl.String, "finalized": pl.Boolean,
+    "finalized_at": pl.Datetime("us", "UTC"),   # the latest finalization among the lines' invoices
 }
 OUR_INVOICES_SCHEMA = {
     "customer_id": pl.String, "period_start": pl.Date, "period_end": pl.Date, "currency": pl.String,
@@ -115,10 +141,11 @@ def conform(frame: pl.DataFrame | None, schema: dict[str, pl.DataType]) -> pl.Da
     )
 
 
-def _num(col: str) -> pl.Expr:
+def _num(col: str | pl.Expr) -> pl.Expr:
     """A decimal column as text without trailing zeros, for reasons ('12.5', not '12.500000000000')."""
+    expr = pl.col(col) if isinstance(col, str) else col.cast(QTY)
     return (
-        pl.col(col).cast(pl.String).str.strip_chars_end("0").str.strip_chars_end(".").fill_null("none")
+        expr.cast(pl.String).str.strip_chars_end("0").str.strip_chars_end(".").fill_null("none")
     )
 
 
@@ -178,19 +205,29 @@ def reconcile_usage(
     )
     has_ours = pl.col("our_quantity").is_not_null() & (ours_q != zero)
     stripe_has = (stripe_q != zero) | (inv_q != zero) | (stripe_amt != 0)
-    finalized = pl.col("finalized").fill_null(False)
     abs_diff = pl.col("amount_diff_minor").abs()
+    late_n = pl.col("late_windows").fill_null(0)
+    late_q = pl.when(late_n > 0).then(pl.col("late_quantity").fill_null(zero)).otherwise(zero)
+    # windows acknowledged after the invoice was finalized matter only where a finalized invoice of a
+    # meter Stripe prices bills less than we pushed: elsewhere they explain nothing and are not named
+    missed = priced & pl.col("finalized").fill_null(False) & (pushed_q > inv_q)
+    late_acked_n = pl.when(missed).then(pl.col("late_acked_windows").fill_null(0)).otherwise(0)
+    late_acked_q = pl.when(late_acked_n > 0).then(pl.col("late_acked_quantity").fill_null(zero)).otherwise(zero)
 
+    # Lateness explains only what the ledger proves came too late (module docstring): it only ever
+    # leaves Stripe short of ours, so never Stripe holding more than we pushed or billing more than we
+    # rated (a double count beside a late window), nor more than the late windows' quantity.
+    late = (
+        ((late_n > 0) | (late_acked_n > 0))
+        & (stripe_q == pushed_q) & (inv_q <= ours_q)
+        & pl.when(priced).then(inv_q < ours_q).otherwise(stripe_q < ours_q)
+        & ((ours_q - pushed_q) <= late_q)
+        & (~priced | ((pushed_q - inv_q) <= late_acked_q))
+    )
     status = (
         pl.when(pl.col("meter_status") == "pending").then(pl.lit("pending"))
         .when(pl.col("not_invoiced").fill_null(False) & pl.col("line_count").is_null()).then(pl.lit("pending"))
-        .when(
-            # lateness only ever leaves Stripe short of ours: it never explains Stripe holding more than
-            # we pushed, or billing more than we rated (a double count), whatever else is late in the row
-            (stripe_q <= pushed_q) & (inv_q <= ours_q)
-            & ((pl.col("late_windows").fill_null(0) > 0) & ((inv_q != ours_q) | (abs_diff > 0))
-               | (priced & finalized & (stripe_q > inv_q) & (inv_q < ours_q)))
-        ).then(pl.lit("late_after_finalization"))
+        .when(late).then(pl.lit("late_after_finalization"))
         # Stripe holding more than we pushed and more than we rated says more than a window we have
         # not pushed yet (a double count beside a late window)
         .when(has_ours & (((stripe_q > pushed_q) & (stripe_q > ours_q))
@@ -221,13 +258,24 @@ def reconcile_usage(
         _num("our_quantity"), _num("pushed_quantity"), _num("stripe_quantity"), _num("invoiced_quantity"),
     )
     s = pl.col("status")
+    late_windows = pl.format(
+        "{} late window(s){}", late_n + late_acked_n,
+        pl.when(late_acked_n > 0).then(pl.format(
+            ": {} acknowledged by Stripe after the invoice was finalized, {} not on it", late_acked_n,
+            _num(late_acked_q))).otherwise(pl.lit("")))
+    # an unexplained row with late windows says how little of its shortfall they cover
+    late_note = (
+        pl.when((late_n + late_acked_n > 0) & ~s.is_in(list(EXPLAINED_STATUSES)))
+        .then(pl.format("; late windows cover at most {} of the shortfall ({})",
+                        _num(late_q + late_acked_q), late_windows))
+        .otherwise(pl.lit(""))
+    )
     reason = (
         pl.when((s == "pending") & (pl.col("meter_status") == "pending"))
         .then(pl.format("Stripe not settled: {}", pl.col("pending_reason").fill_null("")))
         .when(s == "pending").then(pl.format("Stripe has not invoiced this period yet; {}; {}", qty, amounts))
         .when(s == "late_after_finalization").then(pl.format(
-            "usage after the invoice was finalized ({} late window(s)); {}; {}",
-            pl.col("late_windows").fill_null(0), qty, amounts))
+            "usage after the invoice was finalized ({}); {}; {}", late_windows, qty, amounts))
         .when(s == "not_pushed").then(pl.format(
             "{} window(s) not acknowledged by Stripe; {}; {}", pl.col("unacked_windows").fill_null(0), qty, amounts))
         .when(s == "missing_in_stripe").then(pl.format("pushed but Stripe has no usage or line; {}; {}", qty, amounts))
@@ -246,7 +294,7 @@ def reconcile_usage(
     )
     return (
         frame.with_columns(
-            reason=reason,
+            reason=pl.concat_str(reason, late_note),
             explained=s.is_in(list(EXPLAINED_STATUSES)),
             billing_month=pl.lit(billing_month, dtype=pl.Date),
             reconciled_at=pl.lit(reconciled_at, dtype=pl.Datetime("us", "UTC")),
@@ -264,8 +312,13 @@ def reconcile_invoices(
     settings: ReconcileSettings,
     reconciled_at: dt.datetime,
     open_periods: pl.DataFrame | None = None,
+    usage: pl.DataFrame | None = None,
 ) -> pl.DataFrame:
-    """One row per customer x billing period: our invoice total vs the sum of Stripe's lines for it."""
+    """One row per customer x billing period: our invoice total vs the sum of Stripe's lines for it.
+
+    With `usage` (the period's `reconcile_usage` rows), an unexplained row's reason also says how much
+    of its difference no usage row carries: what the blocking check counts for it (`invoice_residuals`).
+    """
     open_ = conform(open_periods, OPEN_PERIODS_SCHEMA).unique().with_columns(not_invoiced=pl.lit(True))
     ours = conform(ours, OUR_INVOICES_SCHEMA)
     stripe = conform(stripe, STRIPE_INVOICES_SCHEMA)
@@ -315,13 +368,21 @@ def reconcile_invoices(
         pl.col("amount_diff_minor"), pl.col("tolerance_minor"), pl.col("invoice_ids").fill_null("none"),
         pl.col("invoice_status").fill_null("none"), pl.col("amount_paid").fill_null(0),
     )
+    frame = frame.with_columns(status=status)
+    note = pl.lit("")
+    if usage is not None:
+        frame = invoice_residuals(usage, frame)
+        note = (
+            pl.when(pl.col("status").is_in(list(INVOICE_EXPLAINED_STATUSES))).then(pl.lit(""))
+            .when(pl.col("residual_minor") == 0).then(pl.lit("; all of it on the meter rows"))
+            .otherwise(pl.format("; {} of it on no meter row (flat fees, other lines)", pl.col("residual_minor")))
+        )
     return (
-        frame.with_columns(status=status)
-        .with_columns(
+        frame.with_columns(
             reason=pl.when(pl.col("not_invoiced").fill_null(False))
             .then(pl.format("Stripe has not invoiced this period yet; {}", amounts))
             .when(pl.col("status") == "pending").then(pl.format("invoice still draft; {}", amounts))
-            .otherwise(amounts),
+            .otherwise(pl.concat_str(amounts, note)),
             billing_month=pl.lit(billing_month, dtype=pl.Date),
             reconciled_at=pl.lit(reconciled_at, dtype=pl.Datetime("us", "UTC")),
         )
@@ -330,11 +391,44 @@ def reconcile_invoices(
     )
 
 
-def unexplained_by_currency(usage: pl.DataFrame) -> dict[str, int]:
-    """Sum of |amount difference| over unexplained usage rows, per currency (minor units)."""
-    rows = (
-        usage.filter(~pl.col("explained"))
-        .group_by(pl.col("currency").fill_null("?"))
-        .agg(pl.col("amount_diff_minor").abs().sum().alias("minor"))
+def invoice_residuals(usage: pl.DataFrame, invoices: pl.DataFrame) -> pl.DataFrame:
+    """Per invoice row, the part of its difference that no usage row of the same customer x period carries.
+
+    `usage_diff_minor` is the sum of the usage rows' signed differences (explained or not: an explained
+    row's money is accounted for by its reason, an unexplained row's is counted by that row), so
+    `residual_minor` = invoice difference - usage_diff_minor is what only the invoice shows: flat fees,
+    licensed seats, any line without a meter. `unexplained_minor` is |residual_minor| for an invoice
+    row whose status is not explained (amount_mismatch, missing_in_stripe, extra_in_stripe), else 0.
+    """
+    key = ["customer_id", "period_start"]
+    per_period = (
+        usage.group_by(key).agg(pl.col("amount_diff_minor").fill_null(0).sum().cast(pl.Int64).alias("usage_diff_minor"))
+        if usage.height else pl.DataFrame(schema={"customer_id": pl.String, "period_start": pl.Date,
+                                                  "usage_diff_minor": pl.Int64})
     )
+    residual = pl.col("amount_diff_minor").fill_null(0) - pl.col("usage_diff_minor")
+    return (
+        invoices.join(per_period, on=key, how="left")
+        .with_columns(pl.col("usage_diff_minor").fill_null(0))
+        .with_columns(residual_minor=residual.cast(pl.Int64))
+        .with_columns(unexplained_minor=pl.when(pl.col("status").is_in(list(INVOICE_EXPLAINED_STATUSES)))
+                      .then(pl.lit(0, dtype=pl.Int64)).otherwise(pl.col("residual_minor").abs()))
+    )
+
+
+def unexplained_by_currency(usage: pl.DataFrame, invoices: pl.DataFrame | None = None) -> dict[str, int]:
+    """What the blocking check measures, per currency (minor units).
+
+    The sum of |amount difference| over unexplained usage rows, plus, when `invoices` are given, each
+    unexplained invoice row's difference net of its usage rows (`invoice_residuals`): a flat fee
+    Stripe charged differently fails the check, and money a usage row counts is not counted again.
+    """
+    cur = pl.col("currency").fill_null("?").alias("currency")
+    parts = [usage.filter(~pl.col("explained"))
+             .select(cur, pl.col("amount_diff_minor").fill_null(0).abs().alias("minor"))]
+    if invoices is not None and invoices.height:
+        parts.append(invoice_residuals(usage, invoices).filter(pl.col("unexplained_minor") > 0)
+                     .select(cur, pl.col("unexplained_minor").alias("minor")))
+    rows = pl.concat([p.with_columns(pl.col("minor").cast(pl.Int64)) for p in parts]).group_by("currency").agg(
+        pl.col("minor").sum())
     return {r["currency"]: int(r["minor"]) for r in rows.iter_rows(named=True)}

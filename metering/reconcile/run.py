@@ -23,10 +23,18 @@ class ReconcileResult:
     settings: ReconcileSettings
 
     def status_counts(self) -> dict[str, int]:
+        """Usage rows (customer x meter x period) per status."""
         return {r["status"]: r["len"] for r in self.usage.group_by("status").len().sort("status").iter_rows(named=True)}
 
+    def invoice_status_counts(self) -> dict[str, int]:
+        """Invoice rows (customer x period) per status."""
+        counts = self.invoices.group_by("status").len().sort("status")
+        return {r["status"]: r["len"] for r in counts.iter_rows(named=True)}
+
     def unexplained_minor(self) -> dict[str, int]:
-        return unexplained_by_currency(self.usage)
+        """Per currency: unexplained usage rows' |differences| plus unexplained invoice rows' differences
+        net of their usage rows (flat fees and other lines without a meter), see `unexplained_by_currency`."""
+        return unexplained_by_currency(self.usage, self.invoices)
 
     def check_passed(self) -> bool:
         """The blocking check: unexplained |differences| per currency within the configured amount."""
@@ -63,17 +71,18 @@ def reconcile_period(
     billing_month = billing_month.replace(day=1)
     periods = inputs.load_periods(con, billing_month)
     open_periods = inputs.load_open_periods(con, periods)
+    lines = inputs.load_stripe_lines(con, billing_month, periods)
     usage = reconcile_usage(
         inputs.load_ours(con, billing_month, meters),
-        inputs.load_pushed(con, billing_month, meters, periods),
+        inputs.load_pushed(con, billing_month, meters, periods, finalized=lines),
         inputs.load_stripe_meter(con, billing_month),
-        inputs.load_stripe_lines(con, billing_month, periods),
+        lines,
         billing_month=billing_month, settings=settings, reconciled_at=now, open_periods=open_periods,
     )
     invoices = reconcile_invoices(
         inputs.load_our_invoices(con, billing_month),
         inputs.load_stripe_invoices(con, billing_month, periods),
-        billing_month=billing_month, settings=settings, reconciled_at=now, open_periods=open_periods,
+        billing_month=billing_month, settings=settings, reconciled_at=now, open_periods=open_periods, usage=usage,
     )
     with transaction(con):
         replace_rows(con, "usage_reconciliation", "billing_month = ?", [billing_month], usage, in_transaction=True)

@@ -7,7 +7,8 @@ Everything is explicit and printed in the report. Defaults can be overridden by 
 - `METERING_STRIPE_SETTLE_SECONDS`: how long after the last acknowledged push Stripe's meter
   summaries are trusted (default 900 s; Stripe documents summaries as eventually consistent).
 - `METERING_RECON_MAX_UNEXPLAINED_MINOR`: the blocking check fails when the unexplained
-  differences of any one currency exceed this many minor units (default 0: any unexplained money fails).
+  differences of any one currency (usage rows, plus invoice rows net of their usage rows) exceed
+  this many minor units (default 0: any unexplained money fails).
 - `METERING_STRIPE_PULL_RATE`: at most this many API reads per second (default 20, under Stripe's
   25 operations/s in test mode; 0 = unlimited, e.g. for the local sandbox).
 - `METERING_STRIPE_PULL_CONCURRENCY`: meter summary reads in flight at once (default 4).

@@ -222,3 +222,96 @@ def test_planted_discrepancies_are_reported_exactly(stripe_sandbox, tmp_path, ru
     assert disc.select("customer_id", "status", "amount_diff_minor").rows() == [
         ("c_notpushed", "not_pushed", -30), ("c_price", "amount_mismatch", 25),
         ("c_late", "late_after_finalization", -10), ("c_extra", "extra_in_stripe", 5)]
+
+
+def test_usage_acknowledged_after_finalization_is_late_and_nothing_else(stripe_sandbox, tmp_path, rules, isolated_env):
+    """The one way pushed usage misses an invoice: the push checked that the invoice was still a draft
+    and sent the window, and Stripe finalized the invoice while the call was in flight. The ledger
+    records the acknowledgement after `finalized_at`, so the 10 calls Stripe metered but did not bill
+    are late (explained); nothing else about the row is. The push reads Stripe's time from the test
+    clock (`now=`), so the ledger and the invoice share one clock."""
+    import threading
+    import time
+
+    from metering.customers import load_customers
+    from metering.ingest.load import ingest_files
+    from metering.reconcile.pulls import pull_stripe_state
+    from metering.reconcile.run import reconcile_period
+    from metering.reconcile.settings import ReconcileSettings
+    from metering.rules.plans import load_rules
+    from metering.stripe.catalog import sync_catalog
+    from metering.stripe.push import PushConfig, push_usage
+    from metering.warehouse import replace_rows
+
+    rules_obj = load_rules(rules)
+    customers_csv = tmp_path / "customers.csv"
+    customers_csv.write_text(
+        "customer_id,name,email,currency,billing_anchor_day,plan,plan_effective_from,payment_behavior\n"
+        "c_race,c_race,c_race@example.com,usd,,basic,2026-10-01,succeeds\n")
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    client = stripe_sandbox.client(max_network_retries=2)
+    days = [dt.date(2026, 10, d) for d in range(1, 32)]
+    clock_id = client.v1.test_helpers.test_clocks.create({"frozen_time": _ts("2026-10-01T00:00:00")}).id
+
+    def stripe_now() -> dt.datetime:  # Stripe's time for this customer: its test clock
+        frozen = stripe_sandbox.client().v1.test_helpers.test_clocks.retrieve(clock_id).frozen_time
+        return dt.datetime.fromtimestamp(frozen, dt.UTC)
+
+    def in_flight() -> bool:
+        return any(e["status"] is None for e in stripe_sandbox.requests_log(path="/v1/billing/meter_events"))
+
+    with warehouse.open_warehouse() as con:
+        ingest_files(con, [_events(raw / "usage-1.jsonl", [("c_race", "api_calls", "2026-10-01T09:00:00", 40, None)])],
+                     rules_dir=rules)
+        replace_rows(con, "customer_plans", "TRUE", [], load_customers(customers_csv, rules_obj))
+        _rate(con, rules_obj, days)
+        sync_catalog(con, client, rules_obj, load_customers(customers_csv, rules_obj),
+                     create_customers=True, test_clock=clock_id, sandbox_payment_behavior=True)
+        client.v1.test_helpers.test_clocks.advance(clock_id, {"frozen_time": _ts("2026-10-31T12:00:00")})
+        push_usage(con, client, rules_obj.meters, days[0], days[-1], PushConfig(rate=0), now=stripe_now)
+
+        # 00:30: the period's invoice is a draft (created at 00:00, finalized after the 1 h grace)
+        client.v1.test_helpers.test_clocks.advance(clock_id, {"frozen_time": _ts("2026-11-01T00:30:00")})
+        ingest_files(con, [_events(raw / "usage-2.jsonl", [("c_race", "api_calls", "2026-10-31T20:00:00", 10, None)])],
+                     rules_dir=rules)
+        _rate(con, rules_obj, [days[-1]])
+        stripe_sandbox.inject_fault("slow", path="/v1/billing/meter_events", count=1, delay=60)
+        pusher = threading.Thread(target=push_usage, args=(con, stripe_sandbox.client(max_network_retries=2),
+                                                           rules_obj.meters, days[-1], days[-1], PushConfig(rate=0)),
+                                  kwargs={"now": stripe_now})
+        pusher.start()
+        deadline = time.monotonic() + 30
+        while not in_flight():  # coordination, not a timing assertion
+            assert time.monotonic() < deadline, "the push never sent its window"
+            time.sleep(0.01)
+        # Stripe finalizes the invoice (40 calls) while the push's call is held, then takes the call
+        client.v1.test_helpers.test_clocks.advance(clock_id, {"frozen_time": _ts("2026-11-01T02:00:00")})
+        stripe_sandbox.release_slow()
+        pusher.join(timeout=60)
+        assert not pusher.is_alive()
+
+        ledger = con.execute("SELECT status, last_attempt_at, updated_at FROM stripe_push_ledger "
+                             "WHERE customer_id = 'c_race' AND window_start = TIMESTAMPTZ '2026-10-31 00:00:00+00'"
+                             ).fetchall()
+        settings = ReconcileSettings(settle_seconds=0)
+        pull_stripe_state(con, client, MONTH, meters=list(rules_obj.meters), settings=settings)
+        finalized_at = con.execute("SELECT finalized_at FROM stripe_invoices_api WHERE customer_id = 'c_race' "
+                                   "AND period_end = TIMESTAMPTZ '2026-11-01 00:00:00+00'").fetchall()
+        result = reconcile_period(con, MONTH, settings=settings, meters=rules_obj.meters)
+
+    # sent at 00:30 while the invoice was a draft, acknowledged at 02:00; finalized at 01:00
+    assert ledger == [("acknowledged", dt.datetime(2026, 11, 1, 0, 30, tzinfo=dt.UTC),
+                       dt.datetime(2026, 11, 1, 2, tzinfo=dt.UTC))]
+    assert finalized_at == [(dt.datetime(2026, 11, 1, 1, tzinfo=dt.UTC),)]
+    row = result.usage.filter(customer_id="c_race", meter="api_calls").row(0, named=True)
+    assert (row["our_quantity"], row["pushed_quantity"], row["stripe_quantity"], row["invoiced_quantity"]) == (
+        D(50), D(50), D(50), D(40))
+    assert (row["status"], row["explained"], row["amount_diff_minor"]) == ("late_after_finalization", True, -10)
+    assert row["reason"].startswith("usage after the invoice was finalized (1 late window(s): 1 acknowledged by Stripe "
+                                    "after the invoice was finalized, 10 not on it)")
+    # invoice level: 40 calls + the $5 fee billed in advance vs our 50 + 500; the -10 is the late row's
+    inv = result.invoices.filter(customer_id="c_race").row(0, named=True)
+    assert (inv["status"], inv["amount_diff_minor"], inv["our_total_minor"]) == ("amount_mismatch", -10, 550)
+    assert inv["reason"].endswith("; all of it on the meter rows")
+    assert result.unexplained_minor() == {} and result.check_passed()

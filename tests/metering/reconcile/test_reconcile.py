@@ -15,6 +15,7 @@ from metering.reconcile.reconcile import (
     reconcile_usage,
     unexplained_by_currency,
 )
+from metering.reconcile.run import ReconcileResult
 from metering.reconcile.settings import ReconcileSettings
 
 PS, PE = dt.date(2026, 10, 1), dt.date(2026, 11, 1)
@@ -23,13 +24,20 @@ S = ReconcileSettings()
 
 
 def _one(our_q=None, our_amt=None, pushed_q=None, stripe_q=None, inv_q=None, inv_amt=None, *, meter_status="settled",
-         late=0, unacked=0, finalized=True, currency="usd", lines=1, settings_=S):
+         late=0, late_q="0", acked=0, acked_q="0", unacked=0, finalized=True, currency="usd", lines=1, settings_=S,
+         charges=None):
+    """One usage row. late / late_q: windows the push marked `late` (never sent) and what they would add to
+    the pushed quantity; acked / acked_q: windows Stripe acknowledged after the invoice was finalized and
+    how much of the pushed quantity that is (both as `inputs.load_pushed` reads them from the ledger);
+    charges=0: Stripe prices none of the meter's charges (no invoice line to expect)."""
     ours = None if our_q is None else pl.DataFrame([dict(
         customer_id="c1", meter="api_calls", period_start=PS, period_end=PE, currency=currency, plan="pro",
-        plan_version="2026-01", our_quantity=D(our_q), our_amount_minor=our_amt)])
+        plan_version="2026-01", our_quantity=D(our_q), our_amount_minor=our_amt, stripe_charges=charges)],
+        schema_overrides={"stripe_charges": pl.Int64})
     pushed = None if pushed_q is None else pl.DataFrame([dict(
         customer_id="c1", meter="api_calls", period_start=PS, pushed_quantity=D(pushed_q),
-        unacked_windows=unacked, late_windows=late)])
+        unacked_windows=unacked, late_windows=late, late_quantity=D(late_q),
+        late_acked_windows=acked, late_acked_quantity=D(acked_q))])
     meter = None if stripe_q is None and meter_status == "settled" else pl.DataFrame([dict(
         customer_id="c1", meter="api_calls", period_start=PS, period_end=PE,
         stripe_quantity=None if stripe_q is None else D(stripe_q), meter_status=meter_status,
@@ -88,27 +96,99 @@ def test_extra_in_stripe_for_something_we_never_rated():
 
 
 def test_late_after_finalization_from_ledger():
-    r = _one("1510", 302, "1500", "1500", "1500", 300, late=1)
+    # the push marked the last window (10 calls) late: its invoice was already finalized
+    r = _one("1510", 302, "1500", "1500", "1500", 300, late=1, late_q="10")
     assert (r["status"], r["amount_diff_minor"], r["explained"]) == ("late_after_finalization", -2, True)
+    assert r["reason"].startswith("usage after the invoice was finalized (1 late window(s)); ours 1510")
 
 
 def test_late_after_finalization_stripe_meter_above_finalized_invoice():
-    r = _one("1510", 302, "1510", "1510", "1500", 300)
-    assert (r["status"], r["amount_diff_minor"]) == ("late_after_finalization", -2)
+    # one window of 10 calls acknowledged by Stripe after the invoice was finalized: metered, not billed
+    r = _one("1510", 302, "1510", "1510", "1500", 300, acked=1, acked_q="10")
+    assert (r["status"], r["amount_diff_minor"], r["explained"]) == ("late_after_finalization", -2, True)
+    assert r["reason"].startswith("usage after the invoice was finalized (1 late window(s): 1 acknowledged by "
+                                  "Stripe after the invoice was finalized, 10 not on it)")
     # a draft invoice is not finalized: the same numbers are a quantity mismatch
-    r = _one("1510", 302, "1510", "1510", "1500", 300, finalized=False)
-    assert r["status"] == "quantity_mismatch"
+    r = _one("1510", 302, "1510", "1510", "1500", 300, acked=1, acked_q="10", finalized=False)
+    assert (r["status"], r["explained"]) == ("quantity_mismatch", False)
+
+
+def test_an_invoice_short_of_what_stripe_held_before_finalization_is_not_late():
+    """The auditor's case: ours = pushed = Stripe's meter = 20,000 calls, every window acknowledged
+    before the invoice was finalized, and the finalized invoice bills 12,000 (100 cents, we rated 500).
+    Once, this row was `late_after_finalization` with "0 late window(s)", explained, and reconcile exited 0."""
+    r = _one("20000", 500, "20000", "20000", "12000", 100)
+    assert (r["status"], r["explained"], r["amount_diff_minor"], r["quantity_diff"]) == (
+        "quantity_mismatch", False, -400, D(0))
+    assert "late" not in r["reason"]
+    result = ReconcileResult(PS, pl.DataFrame([r]), pl.DataFrame(), S)
+    assert result.unexplained_minor() == {"usd": 400}      # |100 - 500|
+    assert not result.check_passed()
+    # 8,000 of it acknowledged after finalization (two windows): exactly what the invoice misses
+    r = _one("20000", 500, "20000", "20000", "12000", 100, acked=2, acked_q="8000")
+    assert (r["status"], r["explained"]) == ("late_after_finalization", True)
+    assert unexplained_by_currency(pl.DataFrame([r])) == {}
+    # only 5,000 acknowledged late: the other 3,000 stay unexplained, and the row's whole 400 with them
+    r = _one("20000", 500, "20000", "20000", "12000", 100, acked=1, acked_q="5000")
+    assert (r["status"], r["explained"], r["amount_diff_minor"]) == ("quantity_mismatch", False, -400)
+    assert r["reason"].endswith("; late windows cover at most 5000 of the shortfall (1 late window(s): 1 acknowledged "
+                                "by Stripe after the invoice was finalized, 5000 not on it)")
+    assert unexplained_by_currency(pl.DataFrame([r])) == {"usd": 400}
+
+
+def test_a_window_never_sent_explains_only_its_own_quantity():
+    """A window the push marked late (never sent) explains what we rated beyond what we pushed, up to
+    its own quantity; never an invoice billing less than Stripe held, nor a failed window beside it."""
+    # 10 calls late; the invoice bills 12,000 of the 20,000 pushed: 8,000 nobody proves late
+    r = _one("20010", 502, "20000", "20000", "12000", 100, late=1, late_q="10")
+    assert (r["status"], r["explained"], r["amount_diff_minor"]) == ("not_pushed", False, -402)
+    # 10 calls late, 90 more in a window that failed to push: not pushed, all 20 cents of it counted
+    r = _one("1600", 320, "1500", "1500", "1500", 300, late=1, late_q="10", unacked=1)
+    assert (r["status"], r["explained"], r["amount_diff_minor"]) == ("not_pushed", False, -20)
+    # late windows explain a shortfall of quantity, not a price: same quantities, Stripe billed 75 more
+    r = _one("1500", 300, "1500", "1500", "1500", 375, late=1, late_q="0")
+    assert (r["status"], r["explained"]) == ("amount_mismatch", False)
 
 
 def test_a_late_window_never_explains_stripe_holding_more_than_we_pushed():
     """A double count in Stripe (20036 tokens more than we pushed, billed) stays unexplained although
     another window of the row is late: lateness only leaves Stripe short. Once, one late window made
     the whole row `late_after_finalization`, explained, and reconcile exited 0."""
-    r = _one("50527", 5053, "50526", "70562", "70562", 7056, late=1)
+    r = _one("50527", 5053, "50526", "70562", "70562", 7056, late=1, late_q="1")
     assert (r["status"], r["explained"]) == ("extra_in_stripe", False)
     # nor an invoice above what we rated, with the meter above the finalized invoice
-    r = _one("1500", 300, "1500", "1600", "1550", 310)
+    r = _one("1500", 300, "1500", "1600", "1550", 310, acked=1, acked_q="100")
     assert (r["status"], r["explained"]) == ("extra_in_stripe", False)
+
+
+@settings(max_examples=150, deadline=None)
+@given(acked=st.integers(0, 50), acked_late=st.integers(0, 20), never_sent=st.integers(0, 20),
+       failed=st.sampled_from([0, 0, 0, 1, 5]), stripe_off=st.sampled_from([0, 0, 0, -3, -1, 1, 3]),
+       invoice_miss=st.sampled_from([0, 0, 1, 5]), finalized=st.booleans(), priced=st.booleans())
+def test_lateness_explains_exactly_what_the_ledger_proves(acked, acked_late, never_sent, failed, stripe_off,
+                                                           invoice_miss, finalized, priced):
+    """A row built from its windows: `acked` calls acknowledged before the invoice was finalized,
+    `acked_late` acknowledged after it, `never_sent` in windows the push marked late, `failed` in a
+    window that failed; Stripe's meter `stripe_off` away from what we pushed; the invoice (when Stripe
+    prices the meter) `invoice_miss` short of what Stripe held at finalization. The row is
+    `late_after_finalization` exactly when late windows account for the whole shortfall."""
+    ours = acked + acked_late + never_sent + failed
+    pushed = acked + acked_late
+    stripe = pushed + stripe_off
+    if stripe < 0:
+        return
+    invoiced = max(acked - invoice_miss, 0)
+    r = _one(str(ours), 10 * ours, str(pushed), str(stripe), str(invoiced) if priced else None,
+             10 * invoiced if priced else None, late=int(never_sent > 0), late_q=str(never_sent),
+             acked=int(acked_late > 0), acked_q=str(acked_late), unacked=int(failed > 0), finalized=finalized,
+             charges=None if priced else 0)
+    if priced:
+        covered = invoiced == acked and (acked_late == 0 or finalized) and acked_late + never_sent > 0
+    else:
+        covered = never_sent > 0
+    expected = covered and failed == 0 and stripe_off == 0
+    assert (r["status"] == "late_after_finalization") == expected, r["reason"]
+    assert r["explained"] == (r["status"] in EXPLAINED_STATUSES)
 
 
 def test_pending_beats_everything():
@@ -133,7 +213,7 @@ def test_unexplained_by_currency_counts_only_unexplained():
     rows = [
         _one("1500", 300, "1500", "1500", "1500", 375),   # amount_mismatch +75
         _one("1500", 300, "1400", "1400", "1400", 280),   # not_pushed -20
-        _one("1510", 302, "1500", "1500", "1500", 300, late=1),  # late: explained
+        _one("1510", 302, "1500", "1500", "1500", 300, late=1, late_q="10"),  # late: explained
     ]
     frame = pl.DataFrame(rows)
     assert unexplained_by_currency(frame) == {"usd": 95}
@@ -161,6 +241,118 @@ def test_invoice_level():
         "c3": ("amount_mismatch", 100),
         "c4": ("extra_in_stripe", 100),
     }
+
+
+def _invoice(cus, ours, stripe, *, status="paid", lines=2, our_lines=2):
+    """(our row, Stripe's row) for one customer's October invoice; None leaves a side out."""
+    o = None if ours is None else dict(customer_id=cus, period_start=PS, period_end=PE, currency="usd",
+                                       our_total_minor=ours, our_lines=our_lines)
+    s_ = None if stripe is None else dict(customer_id=cus, period_start=PS, period_end=PE, currency="usd",
+                                          stripe_total_minor=stripe, line_count=lines, invoice_ids=f"in_{cus}",
+                                          invoice_status=status, amount_due=stripe, amount_paid=stripe, amount_remaining=0)
+    return o, s_
+
+
+def _frames(usage_rows, invoice_pairs):
+    usage = (pl.DataFrame(usage_rows) if usage_rows
+             else reconcile_usage(None, None, None, None, billing_month=PS, settings=S, reconciled_at=NOW))
+    ours = [o for o, _ in invoice_pairs if o is not None]
+    stripe = [s_ for _, s_ in invoice_pairs if s_ is not None]
+    return usage, pl.DataFrame(ours) if ours else None, pl.DataFrame(stripe) if stripe else None
+
+
+def _result(usage_rows, invoice_pairs, open_periods=None):
+    usage, ours, stripe = _frames(usage_rows, invoice_pairs)
+    invoices = reconcile_invoices(ours, stripe, billing_month=PS, settings=S, reconciled_at=NOW, open_periods=open_periods)
+    return ReconcileResult(PS, usage, invoices, S)
+
+
+def _invoice_reasons(usage_rows, invoice_pairs):
+    """The invoice rows' reasons when the usage rows are given (as `reconcile_period` does)."""
+    usage, ours, stripe = _frames(usage_rows, invoice_pairs)
+    return reconcile_invoices(ours, stripe, billing_month=PS, settings=S, reconciled_at=NOW, usage=usage)["reason"]
+
+
+def test_a_flat_fee_stripe_charged_differently_fails_the_blocking_check():
+    """The auditor's case: usage matched (20,000 calls, 500 cents both sides), but Stripe charged a $59
+    platform fee where we rated $49: our invoice 5400, Stripe's 6400. Once, only usage rows reached the
+    check: the invoice row said amount_mismatch 1000, yet the check passed and reconcile exited 0."""
+    usage = [_one("20000", 500, "20000", "20000", "20000", 500)]
+    result = _result(usage, [_invoice("c1", 5400, 6400)])
+    inv = result.invoices.row(0, named=True)
+    assert (inv["status"], inv["amount_diff_minor"]) == ("amount_mismatch", 1000)
+    assert result.status_counts() == {"matched": 1}
+    assert result.unexplained_minor() == {"usd": 1000}     # 6400 - 5400, nothing of it on the meter row
+    assert not result.check_passed()
+    assert ReconcileResult(PS, result.usage, result.invoices, ReconcileSettings(max_unexplained_minor=1000)).check_passed()
+    assert result.invoice_status_counts() == {"amount_mismatch": 1}
+    assert _invoice_reasons(usage, [_invoice("c1", 5400, 6400)])[0].endswith(
+        "; 1000 of it on no meter row (flat fees, other lines)")
+
+
+def test_invoice_differences_are_counted_net_of_their_usage_rows():
+    """What a usage row already counts (unexplained) or explains (late, pending) is not counted again
+    at invoice level; only the rest of the invoice's difference is."""
+    price = _one("1500", 300, "1500", "1500", "1500", 375)                       # amount_mismatch +75
+    late = _one("1510", 302, "1500", "1500", "1500", 300, late=1, late_q="10")    # explained -2
+    # Stripe's price differs and nothing else: the invoice's +75 is the usage row's +75, counted once
+    assert _result([price], [_invoice("c1", 5200, 5275)]).unexplained_minor() == {"usd": 75}
+    # and a fee $10 more on top: 75 + 1000
+    assert _result([price], [_invoice("c1", 5200, 6275)]).unexplained_minor() == {"usd": 1075}
+    assert _invoice_reasons([price], [_invoice("c1", 5200, 6275)])[0].endswith(
+        "; 1000 of it on no meter row (flat fees, other lines)")
+    # a late window explains the invoice's -2 as well: nothing to count, the check passes
+    r = _result([late], [_invoice("c1", 5202, 5200, lines=1, our_lines=1)])
+    assert (r.invoices["status"][0], r.invoices["amount_diff_minor"][0]) == ("amount_mismatch", -2)
+    assert r.unexplained_minor() == {} and r.check_passed()
+    assert _invoice_reasons([late], [_invoice("c1", 5202, 5200, lines=1, our_lines=1)])[0].endswith(
+        "; all of it on the meter rows")
+
+
+def test_invoices_missing_or_extra_in_stripe_count_their_lines_without_a_meter():
+    # Stripe has nothing for c1 (api calls 300 + fee 4900 rated): the usage row counts 300, the invoice 4900
+    missing = _one("1500", 300, "1500", None, None, None)
+    assert (missing["status"], missing["amount_diff_minor"]) == ("missing_in_stripe", -300)
+    r = _result([missing], [_invoice("c1", 5200, None)])
+    assert (r.invoices["status"][0], r.invoices["amount_diff_minor"][0]) == ("missing_in_stripe", -5200)
+    assert r.unexplained_minor() == {"usd": 5200}
+    # Stripe invoiced c2, whom we never rated: a 4900 fee line and no usage
+    r = _result([], [_invoice("c2", None, 4900)])
+    assert (r.invoices["status"][0], r.unexplained_minor()) == ("extra_in_stripe", {"usd": 4900})
+
+
+def test_explained_invoice_rows_are_not_counted():
+    matched = _one("1500", 300, "1500", "1500", "1500", 300)
+    # a draft invoice (pending), an open period (pending), a rounding cent within tolerance (2 lines)
+    assert _result([matched], [_invoice("c1", 5200, 6200, status="draft")]).unexplained_minor() == {}
+    open_ = pl.DataFrame([dict(customer_id="c1", period_start=PS)])
+    assert _result([matched], [_invoice("c1", 5200, 4900)], open_periods=open_).unexplained_minor() == {}
+    r = _result([matched], [_invoice("c1", 5200, 5201)])
+    assert (r.invoices["status"][0], r.unexplained_minor()) == ("within_tolerance", {})
+
+
+@settings(max_examples=80, deadline=None)
+@given(rows=st.lists(st.tuples(st.integers(0, 40), st.integers(0, 40), st.integers(0, 900), st.integers(0, 900)),
+                     min_size=0, max_size=4),
+       fee=st.integers(0, 9000), fee_delta=st.integers(-3000, 3000))
+def test_blocking_check_counts_each_minor_unit_once(rows, fee, fee_delta):
+    """One customer, one usage row per meter (quantities and amounts drawn) plus a flat fee Stripe bills
+    `fee_delta` apart from ours: the check counts the usage rows' unexplained money, plus the fee's
+    difference exactly when the invoice row is not explained; nothing twice."""
+    usage = []
+    for i, (q, sq, amt, samt) in enumerate(rows):
+        r = _one(str(q), amt, str(q), str(sq), str(sq), samt)
+        usage.append({**r, "meter": f"m{i}"})
+    ours = sum(r[2] for r in rows) + fee
+    stripe = sum(r[3] for r in rows) + fee + fee_delta
+    if stripe < 0:
+        return
+    result = _result(usage, [_invoice("c1", ours, stripe, lines=len(rows) + 1, our_lines=len(rows) + 1)])
+    usage_only = unexplained_by_currency(pl.DataFrame(usage)) if usage else {}
+    inv = result.invoices.row(0, named=True)
+    assert inv["amount_diff_minor"] == sum(r[3] - r[2] for r in rows) + fee_delta
+    expected = usage_only.get("usd", 0) + (abs(fee_delta) if inv["status"] not in ("matched", "within_tolerance") else 0)
+    assert result.unexplained_minor().get("usd", 0) == expected
 
 
 amounts = st.integers(min_value=0, max_value=10**12)

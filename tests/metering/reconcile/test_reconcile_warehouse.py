@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import datetime as dt
 from decimal import Decimal as D
 
+import polars as pl
 from recon_scenario import EXPECTED, EXPECTED_INVOICES, MONTH, PULLED, write_scenario
 
 from metering import warehouse
@@ -94,8 +96,6 @@ def test_webhook_lines_fill_in_for_invoices_the_api_did_not_see(isolated_env, ru
 
 def test_a_line_starting_next_month_belongs_to_the_period_that_contains_it(isolated_env, rules_dir):
     """cus_b's price changed on Nov 3 inside a period Oct 15 .. Nov 15: that line is October's."""
-    import datetime as dt
-
     with warehouse.open_warehouse() as con:
         write_scenario(con)
         for table in ("rated_usage", "invoice_previews"):
@@ -123,3 +123,181 @@ def test_a_line_starting_next_month_belongs_to_the_period_that_contains_it(isola
         dt.date(2026, 10, 15), D(1500), 125, 2)
     assert (b["status"], b["amount_diff_minor"]) == ("amount_mismatch", 25)
     assert result.usage.filter(customer_id="cus_b").height == 1
+
+
+def _acknowledged_at(con, customer: str, day: int, at: dt.datetime) -> None:
+    """When the push recorded Stripe's acknowledgement of a window (`ledger.record_outcomes` sets updated_at)."""
+    con.execute("UPDATE stripe_push_ledger SET updated_at = ? WHERE customer_id = ? AND meter = 'api_calls' "
+                "AND window_start = ?", [at, customer, dt.datetime(2026, 10, day, tzinfo=dt.UTC)])
+
+
+def _stripe_billed(con, customer: str, quantity: int, amount: int) -> None:
+    con.execute("UPDATE stripe_invoice_lines_api SET quantity_decimal = ?, amount = ? "
+                "WHERE customer_id = ? AND meter = 'api_calls'", [quantity, amount, customer])
+
+
+FINALIZED = dt.datetime(2026, 11, 1, 1, tzinfo=dt.UTC)   # in_cus_a: created at 00:00, finalized after the 1 h grace
+
+
+def test_late_is_only_what_the_ledger_acknowledged_after_the_invoice_was_finalized(isolated_env, rules_dir):
+    """cus_a: 1500 calls rated (100 cents), pushed (Oct 1: 1000, Oct 2: 500) and metered by Stripe;
+    Stripe's finalized invoice bills 1000 calls for 67 cents (diff -33)."""
+    meters = load_meters(rules_dir)
+    with warehouse.open_warehouse() as con:
+        write_scenario(con)
+        con.execute("UPDATE stripe_invoices_api SET finalized_at = ? WHERE invoice_id = 'in_cus_a'", [FINALIZED])
+        _stripe_billed(con, "cus_a", 1000, 67)
+        # both windows acknowledged before the invoice was finalized (Oct 2's during the grace period):
+        # Stripe held all 1500 when it finalized, so nothing explains the 500 it did not bill
+        _acknowledged_at(con, "cus_a", 1, dt.datetime(2026, 10, 2, tzinfo=dt.UTC))
+        _acknowledged_at(con, "cus_a", 2, dt.datetime(2026, 11, 1, 0, 30, tzinfo=dt.UTC))
+        on_time = reconcile_period(con, MONTH, settings=ReconcileSettings(), meters=meters, now=PULLED)
+        # the Oct 2 window acknowledged half an hour after finalization: its 500 calls are late
+        _acknowledged_at(con, "cus_a", 2, dt.datetime(2026, 11, 1, 1, 30, tzinfo=dt.UTC))
+        late = reconcile_period(con, MONTH, settings=ReconcileSettings(), meters=meters, now=PULLED)
+        # Stripe billed only 900: the late window covers 500 of the 600 missing, 100 stay unexplained
+        _stripe_billed(con, "cus_a", 900, 60)
+        partly = reconcile_period(con, MONTH, settings=ReconcileSettings(), meters=meters, now=PULLED)
+
+    a = on_time.usage.filter(customer_id="cus_a", meter="api_calls").row(0, named=True)
+    assert (a["our_quantity"], a["pushed_quantity"], a["stripe_quantity"], a["invoiced_quantity"]) == (
+        D(1500), D(1500), D(1500), D(1000))
+    assert (a["status"], a["explained"], a["amount_diff_minor"]) == ("quantity_mismatch", False, -33)
+    assert on_time.unexplained_minor() == {"usd": 125 + 33}
+    # the invoice row's -33 is the usage row's: counted once
+    a_inv = on_time.invoices.filter(customer_id="cus_a").row(0, named=True)
+    assert (a_inv["status"], a_inv["amount_diff_minor"]) == ("amount_mismatch", -33)
+
+    a = late.usage.filter(customer_id="cus_a", meter="api_calls").row(0, named=True)
+    assert (a["status"], a["explained"], a["amount_diff_minor"]) == ("late_after_finalization", True, -33)
+    assert a["reason"].startswith("usage after the invoice was finalized (1 late window(s): 1 acknowledged by Stripe "
+                                  "after the invoice was finalized, 500 not on it); ours 1500, pushed 1500")
+    assert late.unexplained_minor() == {"usd": 125}
+
+    a = partly.usage.filter(customer_id="cus_a", meter="api_calls").row(0, named=True)
+    assert (a["status"], a["explained"], a["amount_diff_minor"]) == ("quantity_mismatch", False, -40)
+    assert a["reason"].endswith("late windows cover at most 500 of the shortfall (1 late window(s): 1 acknowledged "
+                                "by Stripe after the invoice was finalized, 500 not on it)")
+    assert partly.unexplained_minor() == {"usd": 125 + 40}
+
+
+def test_the_finalization_time_of_an_invoice_known_from_webhooks_counts_too(isolated_env, rules_dir):
+    """cus_a's usage invoice known only from webhooks (stripe_invoices carries finalized_at)."""
+    with warehouse.open_warehouse() as con:
+        write_scenario(con)
+        con.execute("DELETE FROM stripe_invoice_lines_api WHERE invoice_id = 'in_cus_a'")
+        con.execute("DELETE FROM stripe_invoices_api WHERE invoice_id = 'in_cus_a'")
+        con.execute("""INSERT INTO stripe_invoices (invoice_id, customer_id, status, currency, amount_due, amount_paid,
+                       amount_remaining, total, created, finalized_at, period_start, period_end) VALUES ('in_cus_a',
+                       'cus_a', 'paid', 'usd', 67, 67, 0, 67, TIMESTAMPTZ '2026-11-01 00:00:00+00', ?,
+                       TIMESTAMPTZ '2026-10-01 00:00:00+00', TIMESTAMPTZ '2026-11-01 00:00:00+00')""", [FINALIZED])
+        con.execute("""INSERT INTO stripe_invoice_lines (invoice_id, line_id, meter, event_name, quantity_decimal,
+                       amount, currency, period_start, period_end, source) VALUES ('in_cus_a', 'il_a', NULL,
+                       'metering_api_calls', 1000, 67, 'usd', TIMESTAMPTZ '2026-10-01 00:00:00+00',
+                       TIMESTAMPTZ '2026-11-01 00:00:00+00', 'webhook')""")
+        _acknowledged_at(con, "cus_a", 1, dt.datetime(2026, 10, 2, tzinfo=dt.UTC))
+        _acknowledged_at(con, "cus_a", 2, dt.datetime(2026, 11, 1, 1, 30, tzinfo=dt.UTC))
+        result = reconcile_period(con, MONTH, settings=ReconcileSettings(), meters=load_meters(rules_dir), now=PULLED)
+    a = result.usage.filter(customer_id="cus_a", meter="api_calls").row(0, named=True)
+    assert (a["invoice_ids"], a["status"], a["amount_diff_minor"]) == ("in_cus_a", "late_after_finalization", -33)
+
+
+def _fee_charged(con, amount: int) -> None:
+    """Stripe charged cus_a's platform fee (in_a0, billed in advance) at `amount` cents; we rate 4900."""
+    con.execute("UPDATE stripe_invoice_lines_api SET amount = ? WHERE line_id = 'il_fee'", [amount])
+    con.execute("UPDATE stripe_invoices_api SET total = ?, amount_due = ?, amount_paid = ? WHERE invoice_id = 'in_a0'",
+                [amount, amount, amount])
+
+
+def test_a_flat_fee_difference_fails_the_blocking_check(isolated_env, rules_dir):
+    """Stripe charged cus_a a $59 platform fee where we rate $49: no usage row sees it, the invoice row
+    does (+1000), and the check counts it on top of the usage rows' 125 (cus_b +25, cus_c -100, whose
+    invoice rows carry the same money and add nothing)."""
+    with warehouse.open_warehouse() as con:
+        write_scenario(con)
+        _fee_charged(con, 5900)
+        result = reconcile_period(con, MONTH, settings=ReconcileSettings(max_unexplained_minor=125),
+                                  meters=load_meters(rules_dir), now=PULLED)
+    assert {(r["customer_id"], r["meter"]): (r["status"], r["amount_diff_minor"])
+            for r in result.usage.iter_rows(named=True)} == EXPECTED
+    a_inv = result.invoices.filter(customer_id="cus_a").row(0, named=True)
+    assert (a_inv["status"], a_inv["our_total_minor"], a_inv["stripe_total_minor"], a_inv["amount_diff_minor"]) == (
+        "amount_mismatch", 5050, 6000, 1000)
+    assert a_inv["reason"].endswith("; 1000 of it on no meter row (flat fees, other lines)")
+    assert result.unexplained_minor() == {"usd": 125 + 1000}
+    assert not result.check_passed()          # 1125 > 125; with the fee right, 125 passes (test_threshold_is_inclusive)
+
+
+def test_reconcile_command_exits_4_on_a_flat_fee_difference(isolated_env, rules_dir, monkeypatch):
+    from click.testing import CliRunner
+
+    from metering.cli import cli
+
+    with warehouse.open_warehouse() as con:
+        write_scenario(con)
+    monkeypatch.setenv("METERING_RECON_MAX_UNEXPLAINED_MINOR", "125")
+    ok = CliRunner().invoke(cli, ["reconcile", "--period", "2026-10", "--no-pull"])
+    assert ok.exit_code == 0, ok.output
+    assert "unexplained 1.25 USD" in ok.output
+    with warehouse.open_warehouse() as con:
+        _fee_charged(con, 5900)
+    bad = CliRunner().invoke(cli, ["reconcile", "--period", "2026-10", "--no-pull"])
+    assert bad.exit_code == 4, bad.output
+    assert "unexplained 11.25 USD" in bad.output
+
+
+def test_a_failed_window_beside_a_late_one_is_not_pushed(isolated_env, rules_dir):
+    """cus_c: besides its failed Oct 2 window (500 calls), 7 calls on Oct 3 came after the invoice was
+    finalized, and the push marked that window late. The late window explains its 7 calls, never the
+    500: the row stays not_pushed and its 100 cents count (once, one late window explained them all)."""
+    with warehouse.open_warehouse() as con:
+        write_scenario(con)
+        con.execute("""INSERT INTO usage_aggregates (customer_id, meter, dimensions, hour, event_date, quantity,
+                       event_count, last_event_time, last_event_id) VALUES ('cus_c', 'api_calls', '{"region":"us"}',
+                       TIMESTAMPTZ '2026-10-03 08:00:00+00', DATE '2026-10-03', 7, 7,
+                       TIMESTAMPTZ '2026-10-03 08:00:00+00', 'cus_c-3')""")
+        con.execute("""INSERT INTO stripe_push_ledger (customer_id, meter, window_start, window_end, revision, value,
+                       identifier, idempotency_key, status, attempts, last_error, created_at, window_kind, event_date,
+                       event_name, event_timestamp, updated_at) VALUES ('cus_c', 'api_calls',
+                       TIMESTAMPTZ '2026-10-03 00:00:00+00', TIMESTAMPTZ '2026-10-04 00:00:00+00', 1, 7, 'cus_c-3',
+                       'k-cus_c-3', 'late', 0, 'the invoice for this period is already finalized: report to finance',
+                       ?, 'day', DATE '2026-10-03', 'metering_api_calls', TIMESTAMPTZ '2026-10-03 00:00:01+00', ?)""",
+                    [PULLED, PULLED])
+        result = reconcile_period(con, MONTH, settings=ReconcileSettings(), meters=load_meters(rules_dir), now=PULLED)
+    c = result.usage.filter(customer_id="cus_c").row(0, named=True)
+    assert (c["our_quantity"], c["pushed_quantity"], c["stripe_quantity"]) == (D(1507), D(1000), D(1000))
+    assert (c["status"], c["explained"], c["amount_diff_minor"]) == ("not_pushed", False, -100)
+    assert c["reason"].endswith("; late windows cover at most 7 of the shortfall (1 late window(s))")
+    assert result.unexplained_minor() == {"usd": 125}
+
+
+def test_ledger_lateness_of_a_last_meter_is_its_last_window(isolated_env):
+    """seats (`last`): Oct 3 = 5 acknowledged before the invoice was finalized, Oct 5 = 7 after it, Oct 6
+    = 9 marked late. Stripe billed 5 (its value at finalization); 7 - 5 = 2 came after; the late window
+    would make it 9: 2 more."""
+    from metering.reconcile import inputs
+    from metering.rules.meters import Meter
+
+    with warehouse.open_warehouse() as con:
+        rows = []
+        for day, value, status, acked_at in ((3, 5, "acknowledged", dt.datetime(2026, 10, 3, 1, tzinfo=dt.UTC)),
+                                             (5, 7, "acknowledged", dt.datetime(2026, 11, 1, 1, 30, tzinfo=dt.UTC)),
+                                             (6, 9, "late", PULLED)):
+            start = dt.datetime(2026, 10, day, tzinfo=dt.UTC)
+            rows.append(f"""('cus_a', 'seats', TIMESTAMPTZ '{start.isoformat()}', TIMESTAMPTZ '{start.isoformat()}'
+                         + INTERVAL 1 DAY, 1, {value}, 's{day}', 'k{day}', '{status}', 1,
+                         TIMESTAMPTZ '{PULLED.isoformat()}', 'day', DATE '{start.date()}', 'metering_seats',
+                         TIMESTAMPTZ '{start.isoformat()}', TIMESTAMPTZ '{acked_at.isoformat()}')""")
+        con.execute("""INSERT INTO stripe_push_ledger (customer_id, meter, window_start, window_end, revision, value,
+                       identifier, idempotency_key, status, attempts, created_at, window_kind, event_date, event_name,
+                       event_timestamp, updated_at) VALUES """ + ", ".join(rows))
+        periods = pl.DataFrame([dict(customer_id="cus_a", period_start=MONTH, period_end=dt.date(2026, 11, 1))])
+        finalized = pl.DataFrame([dict(customer_id="cus_a", meter="seats", period_start=MONTH, finalized=True,
+                                       finalized_at=FINALIZED)])
+        meters = {"seats": Meter(name="seats", aggregation="last", unit="seat", value="value")}
+        pushed = inputs.load_pushed(con, MONTH, meters, periods, finalized=finalized).row(0, named=True)
+        draft = inputs.load_pushed(con, MONTH, meters, periods).row(0, named=True)
+    assert (pushed["pushed_quantity"], pushed["late_windows"], pushed["late_quantity"]) == (D(7), 1, D(2))
+    assert (pushed["late_acked_windows"], pushed["late_acked_quantity"]) == (1, D(2))
+    # without a finalized invoice nothing was acknowledged late
+    assert (draft["late_acked_windows"], draft["late_acked_quantity"], draft["late_quantity"]) == (0, D(0), D(2))

@@ -12,9 +12,12 @@ from pipelines.resources import ProjectPaths, WarehouseResource
 PARTITION = "2026-10-01"
 
 
-def _run(isolated_env, max_unexplained: int, selection=None) -> dg.ExecuteInProcessResult:
+def _run(isolated_env, max_unexplained: int, selection=None,
+         fee_charged: int | None = None) -> dg.ExecuteInProcessResult:
     with warehouse.open_warehouse() as con:
         write_scenario(con)
+        if fee_charged is not None:  # Stripe charges cus_a's platform fee (we rate 4900) at this many cents
+            con.execute("UPDATE stripe_invoice_lines_api SET amount = ? WHERE line_id = 'il_fee'", [fee_charged])
     with dg.instance_for_test() as instance:
         return dg.materialize(
             [reconcile_and_report],
@@ -57,6 +60,17 @@ def test_report_written_when_within_threshold(isolated_env):
     assert mats["usage_reconciliation"].metadata["status/amount_mismatch"].value == 1
     assert mats["finance_report"].metadata["usd/money_at_risk_minor"].value == 125
     assert (isolated_env / "reports" / "2026-10" / "report.html").exists()
+
+
+def test_a_flat_fee_difference_fails_the_blocking_check(isolated_env):
+    """Usage rows within the threshold (125), but Stripe charged a $59 fee where we rate $49: the
+    invoice-level +1000 fails the check (it once passed: only usage rows were counted)."""
+    result = _run(isolated_env, max_unexplained=125, fee_charged=5900)
+    assert not result.success
+    [evaluation] = result.get_asset_check_evaluations()
+    assert (evaluation.check_name, evaluation.passed) == (UNEXPLAINED_CHECK, False)
+    assert evaluation.metadata["unexplained_minor/usd"].value == 125 + 1000
+    assert _materialized(result) == {"usage_reconciliation", "finance_report"}
 
 
 def test_pull_rate_follows_the_stripe_resource_unless_configured(monkeypatch):

@@ -36,7 +36,8 @@ def reconciled_frames() -> tuple[pl.DataFrame, pl.DataFrame]:
         ours.append({**base, "period_end": PE, "currency": cur, "plan": "pro_jpy" if cur == "jpy" else "pro",
                      "plan_version": "2026-01", "our_quantity": D(q), "our_amount_minor": amt})
         pushed.append({**base, "pushed_quantity": D(pq), "unacked_windows": int(D(q) != D(pq) and not late),
-                       "late_windows": late})
+                       # the late window's quantity: lateness explains no more than it
+                       "late_windows": late, "late_quantity": D(q) - D(pq) if late else D(0)})
         meter.append({**base, "period_end": PE, "stripe_quantity": D(sq), "meter_status": "settled"})
         lines.append({**base, "period_end": PE, "currency": cur, "invoiced_quantity": D(iq),
                       "stripe_amount_minor": iamt, "line_count": 1, "invoice_ids": f"in_{cus}", "finalized": True})
