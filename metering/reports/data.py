@@ -11,7 +11,7 @@ import duckdb
 import polars as pl
 
 from metering.reconcile.inputs import table_columns
-from metering.reconcile.reconcile import INVOICE_COLUMNS, STATUSES, USAGE_COLUMNS
+from metering.reconcile.reconcile import INVOICE_COLUMNS, STATUSES, USAGE_COLUMNS, unexplained_by_currency
 from metering.reconcile.settings import ReconcileSettings
 from metering.warehouse import query_frame
 
@@ -35,7 +35,8 @@ class CurrencyTotals:
     stripe_invoice_total_minor: int
     amount_paid_minor: int
     money_at_risk_minor: int    # sum of |difference| over rows that are not matched / within tolerance
-    unexplained_minor: int      # the part of money at risk that counts against the blocking check
+    unexplained_minor: int      # what the blocking check counts: unexplained usage rows, and invoice
+                                # differences no usage row carries (reconcile.unexplained_by_currency)
     clean_rows: int             # matched + within tolerance
 
     @property
@@ -127,9 +128,10 @@ def _currency_totals(lines: pl.DataFrame, invoices: pl.DataFrame) -> list[Curren
         pl.col("stripe_amount_minor").fill_null(0).sum().alias("invoiced"),
         pl.col("amount_diff_minor").fill_null(0).sum().alias("diff"),
         pl.col("amount_diff_minor").abs().filter(~clean).sum().alias("risk"),
-        pl.col("amount_diff_minor").abs().filter(~pl.col("explained")).sum().alias("unexplained"),
         clean.sum().alias("clean"),
     )
+    # what the blocking check counts: usage rows, and invoice differences no usage row carries
+    unexplained = unexplained_by_currency(lines, invoices)
     inv = invoices.group_by(cur).agg(
         pl.col("our_total_minor").fill_null(0).sum().alias("our_total"),
         pl.col("stripe_total_minor").fill_null(0).sum().alias("stripe_total"),
@@ -143,7 +145,7 @@ def _currency_totals(lines: pl.DataFrame, invoices: pl.DataFrame) -> list[Curren
             difference_minor=int(r["diff"]),
             our_invoice_total_minor=int(r["our_total"]), stripe_invoice_total_minor=int(r["stripe_total"]),
             amount_paid_minor=int(r["paid"]), money_at_risk_minor=int(r["risk"]),
-            unexplained_minor=int(r["unexplained"]), clean_rows=int(r["clean"]),
+            unexplained_minor=unexplained.get(r["currency"], 0), clean_rows=int(r["clean"]),
         )
         for r in both.iter_rows(named=True)
     ]

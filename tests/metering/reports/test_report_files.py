@@ -148,3 +148,22 @@ def test_money_text_is_exact(minor, cur):
     number, code = fmt_money(minor, cur).split(" ")
     assert code == cur.upper()
     assert Decimal(number.replace(",", "")).scaleb(minor_digits(cur)) == minor
+
+
+def test_the_reports_verdict_is_the_blocking_checks(reconciled_warehouse, tmp_path):
+    """An invoice difference no usage row carries (a $10.00 flat fee Stripe charged on cus_a's
+    invoice) fails the blocking check: the report counts it as unexplained too, and says FAILED
+    (it used to count the usage rows only: 1.15 USD, "passed" at a threshold of 1.15)."""
+    from metering.reconcile.settings import ReconcileSettings
+
+    with warehouse.open_warehouse(reconciled_warehouse) as con:
+        con.execute("UPDATE invoice_reconciliation SET stripe_total_minor = stripe_total_minor + 1000, "
+                    "amount_diff_minor = amount_diff_minor + 1000, status = 'amount_mismatch' "
+                    "WHERE customer_id = 'cus_a'")
+        files = write_report(con, MONTH, tmp_path / "out", generated_at=NOW,
+                             settings=ReconcileSettings(max_unexplained_minor=115))
+    book = openpyxl.load_workbook(files.xlsx, read_only=True)
+    summary = {(m, c): v for m, c, v in list(book["summary"].iter_rows(values_only=True))[1:]}
+    assert summary[("unexplained_minor", "usd")] == 115 + 1000
+    html = files.html.read_text()
+    assert re.findall(r"Blocking check for USD: [^<]*", html) == ["Blocking check for USD: FAILED (unexplained 11.15 USD)."]
