@@ -8,7 +8,8 @@ from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
 from typing import Any, Callable
 
-from .apierrors import invalid, missing_param, not_found
+from .apierrors import StripeAPIError, invalid, missing_param, not_found
+from .spec import operation_key
 from .store import State
 
 
@@ -49,16 +50,111 @@ def resolve(method: str, path: str) -> tuple[Handler, dict[str, str], str] | Non
     return None
 
 
-def check_known_params(method: str, template: str, params: dict[str, Any]) -> None:
-    """400 ``parameter_unknown`` for a top-level parameter the operation does not take (per the spec)."""
-    from .accepted_params import ACCEPTED
+def check_params(method: str, template: str, params: dict[str, Any]) -> None:
+    """Hold a request's parameters to the operation's request schema in Stripe's OpenAPI description
+    (``request_schemas.py``, generated from it), for every operation alike, before any handler runs:
 
-    accepted = ACCEPTED.get(f"{method} {re.sub(r'{[^}]+}', '{}', template)}")
-    if accepted is None:
+    - a top-level parameter the operation does not take: 400 ``parameter_unknown``;
+    - a required parameter (at any depth) absent or empty: 400 ``parameter_missing``;
+    - an integer that is not ``-?[0-9]+`` on the wire: 400 ``parameter_invalid_integer``;
+    - a string outside the field's ``enum``, or longer than its ``maxLength``: 400.
+
+    ``param`` names the field as Stripe does (``cancel[identifier]``, ``items[0][price]``). Checks
+    are left to the handlers where the value is not of the schema's kind (a string where an object
+    belongs), where the spec marks the field ``x-stripeBypassValidation`` (Stripe does not hold
+    callers to its list), and for empty values of optional fields (handlers read them as absent).
+    Unknown *nested* keys are ignored. None of these errors is stored under an idempotency key.
+    """
+    from .request_schemas import SCHEMAS
+
+    schema = SCHEMAS.get(operation_key(method, template))
+    if schema is None:
         return
+    accepted = schema["properties"]
     for name in params:
         if name not in accepted:
             raise invalid(f"Received unknown parameter: {name}", name, code="parameter_unknown")
+    problem = _check(schema, params, "")
+    if problem is not None and not problem.mismatch:
+        raise problem.error
+
+
+@dataclass(frozen=True)
+class _Problem:
+    error: StripeAPIError
+    # the value is not of the schema's kind at all: a reason to try another anyOf branch, and
+    # otherwise left to the handler, which knows how to coerce or what to say
+    mismatch: bool = False
+
+
+_MISMATCH = _Problem(StripeAPIError(400, "value of another kind"), mismatch=True)
+INTEGER = re.compile(r"-?[0-9]+")
+
+
+def _child(param: str, name: str | int) -> str:
+    return f"{param}[{name}]" if param else str(name)
+
+
+def _one_of(values: list[str]) -> str:
+    shown = [v if v else "''" for v in values]
+    if len(shown) <= 2:
+        return " or ".join(shown)
+    return ", ".join(shown[:-1]) + ", or " + shown[-1]
+
+
+def _abbreviated(text: str) -> str:
+    return text if len(text) <= 23 else f"{text[:10]}...{text[-10:]}"
+
+
+def _check(schema: dict[str, Any], value: Any, param: str) -> _Problem | None:
+    """The first problem of ``value`` against a request ``schema`` (None: fine)."""
+    branches = schema.get("anyOf")
+    if branches:
+        problems = []
+        for branch in branches:
+            problem = _check(branch, value, param)
+            if problem is None:
+                return None
+            problems.append(problem)
+        return next((p for p in problems if not p.mismatch), _MISMATCH)
+    kind = schema.get("type")
+    if kind == "object":
+        if not isinstance(value, dict):
+            return _MISMATCH
+        for name in schema.get("required", ()):
+            if value.get(name) is None or value.get(name) == "":
+                return _Problem(missing_param(_child(param, name)))
+        properties = schema.get("properties", {})
+        for name, item in value.items():
+            if name in properties:
+                problem = _check(properties[name], item, _child(param, name))
+                if problem is not None and not problem.mismatch:
+                    return problem
+        return None
+    if kind == "array":
+        if not isinstance(value, list):
+            return _MISMATCH
+        for index, item in enumerate(value):
+            problem = _check(schema.get("items", {}), item, _child(param, index))
+            if problem is not None and not problem.mismatch:
+                return problem
+        return None
+    if not isinstance(value, str):
+        return _MISMATCH if kind is not None else None
+    enum = schema.get("enum")
+    if value == "":
+        # Stripe's "unset" value: allowed where the spec lists it, else left to the handler
+        return None if enum is None or "" in enum else _MISMATCH
+    if enum == [""]:
+        return _MISMATCH  # the "unset" branch of an anyOf: this value belongs to another branch
+    if kind == "integer" and not INTEGER.fullmatch(value):
+        return _Problem(invalid(f"Invalid integer: {value}", param, code="parameter_invalid_integer"))
+    if enum is not None and value not in enum:
+        return _Problem(invalid(f"Invalid {param}: must be one of {_one_of(enum)}", param))
+    limit = schema.get("maxLength")
+    if limit is not None and len(value) > limit:
+        return _Problem(invalid(f"Invalid string: {_abbreviated(value)}; must be at most {limit} characters", param))
+    return None
 
 
 # -- coercion -------------------------------------------------------------------------------------
@@ -70,10 +166,17 @@ def require(params: dict[str, Any], name: str) -> Any:
 
 
 def as_int(value: Any, param: str) -> int:
-    try:
-        return int(str(value))
-    except ValueError:
-        raise invalid(f"Invalid integer: {value}", param) from None
+    """An integer as Stripe reads one off the wire: ASCII digits, optionally a leading minus. (Python's
+    ``int()`` would also take ``1_000``, `` 7 ``, ``+7`` and non-ASCII digits.)"""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    text = str(value)
+    if INTEGER.fullmatch(text):
+        try:
+            return int(text)
+        except ValueError:  # more digits than Python converts (sys.get_int_max_str_digits)
+            pass
+    raise invalid(f"Invalid integer: {value}", param, code="parameter_invalid_integer")
 
 
 def as_bool(value: Any, param: str) -> bool:

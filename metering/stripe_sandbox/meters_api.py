@@ -220,7 +220,7 @@ def create_meter_event(state: State, req: Request) -> dict[str, Any]:
 def create_meter_event_adjustment(state: State, req: Request) -> dict[str, Any]:
     params = req.params
     event_name = require(params, "event_name")
-    choice(params.get("type", "cancel"), ("cancel",), "type")
+    choice(require(params, "type"), ("cancel",), "type")  # required by the spec: no default
     identifier = as_dict(require(params, "cancel"), "cancel").get("identifier")
     if not identifier:
         raise invalid("Missing required param: cancel[identifier].", "cancel[identifier]", code="parameter_missing")

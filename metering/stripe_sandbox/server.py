@@ -19,7 +19,7 @@ from urllib.parse import urlsplit
 
 from . import core_api, invoices_api, meters_api, subscriptions_api  # noqa: F401  (register routes)
 from . import billing
-from .api import Request, check_known_params, resolve
+from .api import Request, check_params, resolve
 from .apierrors import StripeAPIError, authentication, unrecognized_url
 from .faults import Faults
 from .forms import FormError, parse_form
@@ -274,7 +274,7 @@ class SandboxHandler(BaseHTTPRequestHandler):
             if found is None:
                 raise unrecognized_url(method, path)
             handler, path_params, template = found
-            check_known_params(method, template, params)
+            check_params(method, template, params)
             if key and method == "POST":
                 stored = sandbox.idempotency.begin(account, key, fingerprint(method, path, params), sandbox.state.now())
                 if stored is not None:
