@@ -19,7 +19,7 @@ from pipelines.resources import default_resources
 warnings.filterwarnings("ignore", category=dg.BetaWarning)
 warnings.filterwarnings("ignore", category=dg.PreviewWarning)
 
-DOMAINS = ("ingest", "rating", "stripe_push", "webhooks", "reconciliation", "schedules")
+DOMAINS = ("ingest", "rating", "stripe_push", "webhooks", "reconciliation", "schedules", "publish")
 
 
 def _domain_defs(domains: Sequence[str] = DOMAINS, package: str = "pipelines.defs") -> list[dg.Definitions]:

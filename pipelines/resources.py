@@ -22,16 +22,27 @@ WAREHOUSE_POOL = "duckdb_writer"
 class WarehouseResource(dg.ConfigurableResource):
     """The DuckDB warehouse, opened through `metering.warehouse` (UTC sessions, migrations applied).
 
-    `path` empty means `$METERING_WAREHOUSE`, else `data/warehouse.duckdb`.
+    `path` empty means `$METERING_WAREHOUSE`, else `data/warehouse.duckdb`; `snapshot` (the analysts'
+    read-only copy) empty means `$METERING_SNAPSHOT`, else `data/snapshot.duckdb`, as for `metering publish`.
     """
 
     path: str = ""
+    snapshot: str = ""
     memory_limit: str = ""
     wait_seconds: float = 60.0
 
     @property
     def resolved_path(self) -> Path:
         return config.warehouse_path(self.path or None)
+
+    @property
+    def snapshot_path(self) -> Path:
+        return config.snapshot_path(self.snapshot or None)
+
+    def publish(self, con: duckdb.DuckDBPyConnection) -> Path:
+        """Copy the warehouse through `con` (a connection from `get_connection`, so the writer itself
+        copies: nothing else could open the file meanwhile) into the snapshot, swapped in atomically."""
+        return warehouse.publish(self.path or None, self.snapshot_path, con=con)
 
     @contextlib.contextmanager
     def get_connection(self, read_only: bool = False) -> Iterator[duckdb.DuckDBPyConnection]:

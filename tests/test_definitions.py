@@ -82,3 +82,19 @@ def test_a_domain_without_defs_fails_the_load(fake_domains):
     package = fake_domains("assets = []\n")
     with pytest.raises(TypeError, match="must define `defs"):
         _domain_defs(("broken",), package=package)
+
+
+def test_every_warehouse_job_publishes_the_analyst_snapshot_last():
+    """DESIGN: the snapshot is swapped in after each job. Every job that runs a writer-pool asset also
+    runs `analyst_snapshot`, which depends on every writer-pool asset, so it comes after all of them."""
+    graph = defs.resolve_asset_graph()
+    snapshot = dg.AssetKey("analyst_snapshot")
+    writers = {key for assets_def in graph.assets_defs if assets_def.is_executable
+               and assets_def.node_def.pool == WAREHOUSE_POOL for key in assets_def.keys} - {snapshot}
+    assert writers and graph.get(snapshot).parent_keys == writers
+    jobs = [job for job in defs.resolve_all_job_defs() if not job.name.startswith("__")]
+    missing = {job.name for job in jobs
+               if job.asset_layer.selected_asset_keys & writers and snapshot not in job.asset_layer.selected_asset_keys}
+    assert {job.name for job in jobs} >= {"ingest_job", "hourly_usage_job", "billing_job", "reconciliation_job",
+                                          "stripe_state_job", "dunning_job"}
+    assert missing == set()

@@ -13,9 +13,20 @@ touched dates (plus the run's own) show as changed. Each partition's `dagster/ro
 clean rows of that date alone. Touched dates that are not partitions (before the partitions'
 start, or after today) cannot be materialised: they are logged as warnings and listed in the
 run's metadata.
+
+A file the run skips as already ingested counts too, when Dagster has not reported its dates
+since: the run reports the event dates its manifest entry recorded (`ingested_files.event_dates`)
+that have no materialization newer than the file's ingestion. That is the retry of a run killed
+after a file committed (the file is skipped, but its dates were never reported), or a file
+ingested outside Dagster (`metering ingest`). A file whose dates were reported after it was
+ingested reports nothing again, so a run over the whole raw folder (no files named) does not
+re-report every date it ever saw.
 """
 
+import json
+
 import dagster as dg
+import duckdb
 
 from metering.errors import BadInputError
 from metering.ingest import REASONS, IngestResult, expand_paths, ingest_file
@@ -34,6 +45,39 @@ class IngestConfig(dg.Config):
     """Which raw files to ingest; empty means every not-yet-ingested file under the raw folder."""
 
     files: list[str] = []
+
+
+def _dates_not_reported_since(
+    context: dg.AssetExecutionContext, con: duckdb.DuckDBPyConnection, skipped: list[IngestResult]
+) -> dict[str, list[str]]:
+    """For files skipped as already ingested: {path: the event dates of its manifest entry that no
+    materialization of this asset reported after the file was ingested}, leaving out empty lists.
+
+    Reporting a date twice is harmless; never reporting one hides late events from rating.
+    """
+    if not skipped:
+        return {}
+    manifest: dict[str, tuple[list[str], float]] = {}
+    for file_hash, dates, ingested_us in con.execute(
+            "SELECT file_hash, event_dates, epoch_us(ingested_at) FROM ingested_files "
+            "WHERE list_contains(?::VARCHAR[], file_hash)", [[r.file_hash for r in skipped]]).fetchall():
+        listed, at = manifest.get(file_hash, ([], 0.0))
+        manifest[file_hash] = (sorted({*listed, *json.loads(dates or "[]")}), max(at, ingested_us / 1e6))
+    wanted = {d for dates, _ in manifest.values() for d in dates}
+    latest = context.instance.get_latest_storage_id_by_partition(
+        context.asset_key, dg.DagsterEventType.ASSET_MATERIALIZATION, partitions=wanted) if wanted else {}
+    records = context.instance.fetch_materializations(
+        dg.AssetRecordsFilter(asset_key=context.asset_key, storage_ids=list(latest.values())), limit=len(latest)
+    ).records if latest else []
+    reported_at = {r.partition_key: r.timestamp for r in records}
+    found = {}
+    for r in skipped:
+        dates, ingested_at = manifest.get(r.file_hash, ([], 0.0))
+        if unreported := [d for d in dates if reported_at.get(d, 0.0) <= ingested_at]:
+            found[r.path] = unreported
+    if found:
+        context.log.info(f"files ingested before this run whose dates were not reported since, reported now: {found}")
+    return found
 
 
 @dg.asset(
@@ -81,7 +125,9 @@ def usage_events(
         conservation = ingest_checks.conservation(con)
         unique = ingest_checks.unique_event_ids(con)
         done = [r for r in results if r.status == "ingested"]
-        touched = sorted({d for r in done for d in r.event_dates})
+        earlier = _dates_not_reported_since(context, con, [r for r in results if r.status != "ingested"])
+        dates_of = {**{r.path: r.event_dates for r in done}, **earlier}  # file -> dates this run reports
+        touched = sorted({d for dates in dates_of.values() for d in dates})
         existing = set(daily_usage.get_partition_keys())
         outside = [d for d in touched if d not in run_partitions]
         elsewhere = [d for d in outside if d in existing]
@@ -94,7 +140,7 @@ def usage_events(
             asset_key=context.asset_key, partition=day,
             description=f"events of this date ingested by run {context.run.run_id}",
             metadata={"dagster/row_count": rows[day],
-                      "source_files": dg.MetadataValue.json([r.path for r in done if day in r.event_dates])},
+                      "source_files": dg.MetadataValue.json([f for f, dates in dates_of.items() if day in dates])},
         ))
     if elsewhere:
         context.log.info(f"events landed on dates outside this run's partitions, each reported as materialized: "
@@ -113,6 +159,7 @@ def usage_events(
             "duplicates_dropped": sum(r.duplicates_dropped for r in done),
             "conflicting_duplicates": sum(r.conflicting_duplicates for r in done),
             "event_dates_touched": dg.MetadataValue.json(touched),
+            "event_dates_of_skipped_files": dg.MetadataValue.json(earlier),
             "event_dates_outside_run": dg.MetadataValue.json(outside),
             "event_dates_without_partition": dg.MetadataValue.json(unpartitioned),
             "files": dg.MetadataValue.json([r.as_dict() for r in results]),

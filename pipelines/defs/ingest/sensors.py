@@ -7,23 +7,35 @@ Per tick:
    the same size and mtime (one tick, >= 30 s, of latency). Writers should still write to a
    temporary name (or another folder) and rename into `data/raw/`: a writer that pauses longer
    than a tick would otherwise be read half-written.
-2. **Request new content.** A stable file is new only when its content hash differs from the one
-   handed to a run before (touching a file requests nothing). All new files of a tick go to one
-   run (in path order, so "first ingested wins" follows path order) with a run key derived from
-   their content hashes, for one partition: the newest event date the files carry, clamped to
-   the partitions that exist (the asset reports every other date it touches itself).
-3. **Follow up on earlier requests.** Each handed file records its run key and attempt. A run that
-   failed or was canceled (and that Dagster's own run retries will not retry) is requested again
-   with `-attempt<N>` appended to the key, up to `MAX_ATTEMPTS` runs in all; then the sensor
-   gives up on those files and logs how to ingest them by hand. A run key with no run at all
-   (evaluated outside the daemon, or the run was deleted) is requested again under the same
-   key: Dagster launches at most one run per key.
-4. Entries of files that no longer exist are dropped.
+2. **Follow up on earlier requests.** Each handed file records its run key and attempt. A request
+   is done once its run succeeded (or at least its `usage_events` step did: a failed snapshot
+   publish after it does not make the files be ingested again). A run that failed or was canceled
+   (and that Dagster's own run retries will not retry) is requested again with `-attempt<N>`
+   appended to the key, up to `MAX_ATTEMPTS` runs in all; then the sensor gives up on those files
+   and logs how to ingest them by hand. A run key with no run at all (evaluated outside the
+   daemon, or the run was deleted) is requested again under the same key: Dagster launches at
+   most one run per key.
+3. **Request new content, in arrival order.** A stable file is new only when its content hash
+   differs from the one handed to a run before (touching a file requests nothing). New files are
+   requested only when no earlier request is outstanding: while one is queued, running, failed
+   and waiting for Dagster's run retry or for the sensor's next attempt, or given up, later files
+   are held (kept in `pending`, not hashed) and the tick says so. The dedupe rule is "the first
+   version of an event ever ingested stays clean", so ingesting a later file before an earlier
+   batch is retried could make a different version the billed one (I17). A batch the sensor gave
+   up on holds later files until an operator acts (an ERROR when it gives up, a WARNING naming
+   the held files on every tick after): proceeding would silently change what is billed once the
+   given-up files are ingested, while holding only delays it. All new files of a tick go to one
+   run (in path order, so "first ingested wins" follows path order within a tick) with a run key
+   derived from their content hashes, for one partition: the newest event date the files carry,
+   clamped to the partitions that exist (the asset reports every other date it touches itself).
+4. Entries of files that no longer exist are dropped (removing a given-up file from `data/raw/`
+   releases the files held behind it).
 
 Cursor (JSON): `{"version": 2, "files": {path: {sha256, size, mtime_ns, run_key, attempt, status}},
-"pending": {path: {size, mtime_ns}}}`; status is requested | done | gave_up. A cursor that cannot
-be read (other JSON, another version, missing keys) is dropped with a warning and the folder is
-rescanned: every file is requested again, which is harmless because ingestion skips content it
+"pending": {path: {size, mtime_ns}}}` (files still changing, and files held behind an earlier
+request); status is requested | done | gave_up. A cursor that cannot be read (other JSON, another
+version, missing keys) is dropped with a warning and the folder is rescanned: every file is
+requested again, in one run in path order, which is harmless because ingestion skips content it
 already holds.
 """
 
@@ -40,7 +52,7 @@ import dagster as dg
 from metering.ingest import expand_paths
 from metering.ingest.peek import event_date_range
 from metering.ingest.readers import file_hash
-from pipelines.defs.ingest.assets import usage_events
+from pipelines.defs.ingest.jobs import ingest_job
 from pipelines.partitions import daily_usage
 from pipelines.resources import ProjectPaths
 from pipelines.sensor_cursors import json_object, read_cursor, require_fields
@@ -52,6 +64,7 @@ MAX_ATTEMPTS = 3
 # Tags the sensor daemon puts on every run it launches for a RunRequest.
 RUN_KEY_TAG = "dagster/run_key"
 SENSOR_NAME_TAG = "dagster/sensor_name"
+INGEST_STEP = "usage_events"
 
 REQUESTED, DONE, GAVE_UP = "requested", "done", "gave_up"
 _RETRYABLE = (dg.DagsterRunStatus.FAILURE, dg.DagsterRunStatus.CANCELED)
@@ -60,6 +73,13 @@ MANUAL_INGEST = (
     "`dagster asset materialize -m pipelines.definitions --select usage_events --partition <event date>` "
     "(ingests every not-yet-ingested file under data/raw/) or `metering ingest <files>`; "
     f"`dagster sensor cursor {SENSOR_NAME} --delete` makes the sensor rescan data/raw/ instead"
+)
+RELEASE_HELD = (
+    "later raw files wait for an operator (ingesting them first could change which version of a conflicting "
+    "event is billed): once the given-up files are ingested, release the later ones with "
+    f"`dagster sensor cursor {SENSOR_NAME} --delete` (the sensor rescans data/raw/ and requests every file in "
+    "path order; content already ingested is skipped), or remove the given-up files from data/raw/ to let the "
+    "later ones go without them"
 )
 
 
@@ -157,6 +177,17 @@ def _latest_run(instance: dg.DagsterInstance, run_key: str) -> dg.DagsterRun | N
     return runs[0] if runs else None
 
 
+def _ingest_step_succeeded(instance: dg.DagsterInstance, run_key: str) -> bool:
+    """Whether a run of `run_key` (a Dagster retry included) completed its `usage_events` step.
+
+    The ingest job ends with the analyst snapshot: a run that ingested and checked its files but
+    failed to publish has still ingested them, in order.
+    """
+    runs = instance.get_runs(filters=dg.RunsFilter(tags={RUN_KEY_TAG: run_key, SENSOR_NAME_TAG: SENSOR_NAME}))
+    return any(stats.status is not None and stats.status.value == "SUCCESS"
+               for run in runs for stats in instance.get_run_step_stats(run.run_id, step_keys=[INGEST_STEP]))
+
+
 def _follow_up(context: dg.SensorEvaluationContext, handed: dict[str, _Handed], present: dict[str, Path],
                skip: set[str]) -> list[dg.RunRequest]:
     """Update `handed` in place from the runs of earlier requests; return requests for files to try again.
@@ -174,14 +205,16 @@ def _follow_up(context: dg.SensorEvaluationContext, handed: dict[str, _Handed], 
         run = _latest_run(context.instance, run_key)
         if run is None:
             requests.append(_request(context, [present[k] for k in keys], base, attempt))
-        elif run.status == dg.DagsterRunStatus.SUCCESS:
+        elif run.status == dg.DagsterRunStatus.SUCCESS or (
+                run.status in _RETRYABLE and _ingest_step_succeeded(context.instance, run_key)):
             handed.update({k: replace(handed[k], status=DONE) for k in keys})
         elif run.status in _RETRYABLE and not run.is_complete_and_waiting_to_retry:
             if attempt >= MAX_ATTEMPTS:
                 handed.update({k: replace(handed[k], status=GAVE_UP) for k in keys})
                 context.log.error(
                     f"giving up on {len(keys)} raw file(s) after {attempt} runs; the last, {run.run_id} "
-                    f"(run key {run_key}), ended {run.status.value}: {keys}. To ingest them: {MANUAL_INGEST}")
+                    f"(run key {run_key}), ended {run.status.value}: {keys}. To ingest them: {MANUAL_INGEST}. Meanwhile "
+                    f"{RELEASE_HELD}")
                 continue
             handed.update({k: replace(handed[k], attempt=attempt + 1) for k in keys})
             context.log.warning(f"run {run.run_id} (run key {run_key}) ended {run.status.value}; requesting its "
@@ -191,12 +224,20 @@ def _follow_up(context: dg.SensorEvaluationContext, handed: dict[str, _Handed], 
     return requests
 
 
+def _outstanding(handed: dict[str, _Handed], skip: set[str]) -> tuple[list[str], list[str]]:
+    """(files of requests not done yet, files given up on), leaving out `skip` (changed since)."""
+    live = sorted(k for k, e in handed.items() if k not in skip and e.status == REQUESTED)
+    gave_up = sorted(k for k, e in handed.items() if k not in skip and e.status == GAVE_UP)
+    return live, gave_up
+
+
 @dg.sensor(
     name=SENSOR_NAME,
-    target=[usage_events],
+    target=ingest_job,
     minimum_interval_seconds=30,
-    description="New raw usage files in data/raw/, once they stop changing -> usage_events runs; "
-                f"files of failed or canceled runs are requested again (up to {MAX_ATTEMPTS} runs).",
+    description="New raw usage files in data/raw/, once they stop changing -> ingest_job runs, one batch at a "
+                f"time in arrival order; files of failed or canceled runs are requested again (up to "
+                f"{MAX_ATTEMPTS} runs), and later files wait until they are done.",
 )
 def raw_usage_files_sensor(context: dg.SensorEvaluationContext, paths: ProjectPaths) -> dg.SensorResult:
     state = read_cursor(context, _Cursor.loads) or _Cursor({}, {})
@@ -204,6 +245,7 @@ def raw_usage_files_sensor(context: dg.SensorEvaluationContext, paths: ProjectPa
     present = {str(p): p for p in (expand_paths([raw]) if raw.exists() else [])}
     handed = {k: v for k, v in state.files.items() if k in present}  # entries of deleted files go
     pending: dict[str, _Stat] = {}
+    fresh: dict[str, _Stat] = {}  # stable, never handed: hashed only once it can be requested
     new: dict[str, tuple[str, _Stat]] = {}
     for key, path in present.items():
         stat = _Stat.of(path)
@@ -213,20 +255,41 @@ def raw_usage_files_sensor(context: dg.SensorEvaluationContext, paths: ProjectPa
         if state.pending.get(key) != stat:  # first seen like this: wait one tick for it to settle
             pending[key] = stat
             continue
+        if entry is None:
+            fresh[key] = stat
+            continue
         digest = file_hash(path)
-        if entry and entry.sha256 == digest:  # touched, same content
+        if entry.sha256 == digest:  # touched, same content
             handed[key] = replace(entry, size=stat.size, mtime_ns=stat.mtime_ns)
         else:
             new[key] = (digest, stat)
-    requests = _follow_up(context, handed, present, skip=set(pending) | set(new))
-    if new:
+    arrived = set(fresh) | set(new)
+    requests = _follow_up(context, handed, present, skip=set(pending) | arrived)
+    live, gave_up = _outstanding(handed, skip=set(pending) | arrived)
+    held = sorted(arrived) if live or gave_up else []
+    if held:  # back to pending: requested once the earlier files are done (no need to settle again)
+        pending.update(fresh)
+        pending.update({k: stat for k, (_, stat) in new.items()})
+        if gave_up:
+            context.log.warning(f"holding {len(held)} new raw file(s) {held} behind {len(gave_up)} file(s) the "
+                                f"sensor gave up on {gave_up}: {RELEASE_HELD}")
+        else:
+            context.log.info(f"holding {len(held)} new raw file(s) until the earlier request of {live} is done "
+                             f"(ingestion follows arrival order)")
+    elif arrived:
+        new.update({key: (file_hash(present[key]), stat) for key, stat in fresh.items()})
         digests = sorted(digest for digest, _ in new.values())
         base = "usage_files_" + hashlib.sha256("\n".join(digests).encode()).hexdigest()[:32]
         handed.update({key: _Handed(digest, stat.size, stat.mtime_ns, base, 1, REQUESTED)
                        for key, (digest, stat) in new.items()})
-        requests.append(_request(context, [present[k] for k in new], base, 1))
+        requests.append(_request(context, [p for k, p in present.items() if k in new], base, 1))  # path order
     cursor = _Cursor(handed, pending).dumps()
     if requests:
         return dg.SensorResult(run_requests=requests, cursor=cursor)
+    if held:
+        why = (f"the sensor gave up on {len(gave_up)} earlier file(s), so these wait for an operator (see the "
+               f"warning)" if gave_up else f"an earlier request of {len(live)} file(s) is not done yet")
+        return dg.SensorResult(skip_reason=dg.SkipReason(f"holding {len(held)} new raw file(s): {why}"),
+                               cursor=cursor)
     waiting = f"; waiting for {len(pending)} file(s) to stop changing" if pending else ""
     return dg.SensorResult(skip_reason=dg.SkipReason(f"no new raw files in {raw}{waiting}"), cursor=cursor)

@@ -12,18 +12,19 @@ from __future__ import annotations
 
 import dagster as dg
 
+from pipelines.defs.publish.assets import with_snapshot
 from pipelines.defs.rating.assets import GROUP, RATING_ASSETS, usage_aggregates
 
 
 usage_aggregation_job = dg.define_asset_job(
     "usage_aggregation_job",
-    selection=dg.AssetSelection.assets(usage_aggregates),
+    selection=with_snapshot(dg.AssetSelection.assets(usage_aggregates)),
     description="Rebuild the hourly usage aggregates of one event date.",
 )
 
 billing_job = dg.define_asset_job(
     "billing_job",
-    selection=dg.AssetSelection.assets("rated_usage", "invoice_previews"),
+    selection=with_snapshot(dg.AssetSelection.assets("rated_usage", "invoice_previews")),
     description="Rate the billing periods starting in a month and refresh their invoice previews.",
 )
 

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import dagster as dg
 
+from pipelines.defs.publish.assets import with_snapshot
 from pipelines.defs.reconciliation.assets import GROUP, RECONCILIATION_ASSETS
 
 reconciliation_job = dg.define_asset_job(
     "reconciliation_job",
-    selection=dg.AssetSelection.groups(GROUP),
+    selection=with_snapshot(dg.AssetSelection.groups(GROUP)),
     description="Pull Stripe's meters and invoices for a closed billing month, reconcile, write the report.",
 )
 

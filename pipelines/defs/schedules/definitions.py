@@ -10,6 +10,8 @@ Sensors (defined by their domains): `raw_usage_files_sensor` (new raw files -> `
 `stripe_landing_sensor` (landed webhooks -> Stripe state). Other schedules: `stripe_repair_schedule`
 (03:17, fills webhook gaps from /v1/events), `dunning_schedule` (daily dunning run).
 
+Every job ends with `analyst_snapshot` (pipelines/defs/publish): the analysts' copy is swapped in after it.
+
 Every schedule ships STOPPED (turn them on in the UI or with `dagster schedule start`), unless
 `METERING_ENV=production`, where they start RUNNING.
 """
@@ -21,6 +23,8 @@ import os
 
 import dagster as dg
 
+from pipelines.defs.publish.assets import with_snapshot
+
 SCHEDULE_STATUS = (
     dg.DefaultScheduleStatus.RUNNING if os.environ.get("METERING_ENV") == "production"
     else dg.DefaultScheduleStatus.STOPPED
@@ -28,8 +32,9 @@ SCHEDULE_STATUS = (
 
 hourly_usage_job = dg.define_asset_job(
     "hourly_usage_job",
-    selection=dg.AssetSelection.assets("usage_events", "usage_aggregates", "stripe_usage_pushes"),
-    description="Ingest new raw files, re-aggregate the day and push its windows to Stripe.",
+    selection=with_snapshot(dg.AssetSelection.assets("usage_events", "usage_aggregates", "stripe_usage_pushes")),
+    description="Ingest new raw files, re-aggregate the day, push its windows to Stripe, then publish the analyst "
+                "snapshot.",
 )
 
 

@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import dagster as dg
 
+from pipelines.defs.publish.assets import with_snapshot
 from pipelines.defs.stripe_push.assets import GROUP, STRIPE_PUSH_ASSETS
 
 stripe_push_job = dg.define_asset_job(
     "stripe_push_job",
-    selection=dg.AssetSelection.assets("stripe_usage_pushes"),
+    selection=with_snapshot(dg.AssetSelection.assets("stripe_usage_pushes")),
     description="Push one day's usage totals to Stripe through the outbox ledger.",
 )
 

@@ -7,18 +7,19 @@ import importlib
 
 import dagster as dg
 
+from pipelines.defs.publish.assets import with_snapshot
 from pipelines.defs.webhooks.assets import GROUP, STATE_ASSETS
 from pipelines.defs.webhooks.sensors import build_landing_sensor
 
 stripe_state_job = dg.define_asset_job(
     "stripe_state_job",
-    selection=dg.AssetSelection.groups(GROUP),
+    selection=with_snapshot(dg.AssetSelection.groups(GROUP)),
     description="Land new webhook files and rebuild the reconciled Stripe state.",
 )
 
 stripe_repair_job = dg.define_asset_job(
     "stripe_repair_job",
-    selection=dg.AssetSelection.groups(GROUP),
+    selection=with_snapshot(dg.AssetSelection.groups(GROUP)),
     config={"ops": {"stripe_webhook_events": {"config": {"repair": True, "refetch": True}}}},
     description="Fill webhook gaps from Stripe's /v1/events (30 days), re-fetch touched objects, rebuild state.",
 )

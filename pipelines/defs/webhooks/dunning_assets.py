@@ -22,6 +22,7 @@ from metering.dunning.run import act_and_publish
 from metering.dunning.state import parse_clock, read_previous, refresh_state
 from metering.dunning.summary import dunning_summary
 from metering.errors import BadInputError
+from pipelines.defs.publish.assets import with_snapshot
 from pipelines.resources import StripeResource
 from pipelines.resources import WAREHOUSE_POOL, ProjectPaths, WarehouseResource
 
@@ -156,7 +157,7 @@ DUNNING_ASSETS: list[dg.AssetsDefinition] = [dunning_state, dunning_actions]
 
 dunning_job = dg.define_asset_job(
     "dunning_job",
-    selection=dg.AssetSelection.groups(GROUP),
+    selection=with_snapshot(dg.AssetSelection.groups(GROUP)),
     description="Recompute dunning state and perform the steps due (each once).",
 )
 

@@ -14,6 +14,7 @@ import pytest
 
 from pipelines.defs.ingest.assets import usage_events
 from pipelines.definitions import defs as location_defs
+from pipelines.defs.publish.assets import analyst_snapshot
 from pipelines.defs.ingest.sensors import RUN_KEY_TAG, SENSOR_NAME, SENSOR_NAME_TAG
 from pipelines.resources import ProjectPaths, WarehouseResource
 
@@ -61,8 +62,13 @@ class IngestWorld:
     def warehouse(self) -> Path:
         return self.tmp_path / "w.duckdb"
 
-    def resources(self, warehouse: Path | None = None) -> dict:
-        return {"warehouse": WarehouseResource(path=str(warehouse or self.warehouse)),
+    @property
+    def snapshot(self) -> Path:
+        return self.tmp_path / "snapshot.duckdb"
+
+    def resources(self, warehouse: Path | None = None, snapshot: Path | None = None) -> dict:
+        return {"warehouse": WarehouseResource(path=str(warehouse or self.warehouse),
+                                               snapshot=str(snapshot or self.snapshot)),
                 "paths": ProjectPaths(raw_dir=str(self.raw), rules_dir=str(PROJECT_ROOT / "rating_rules"))}
 
     def write_events(self, name: str, timestamps: list[str]) -> Path:
@@ -87,12 +93,15 @@ class IngestWorld:
         assert first.requests == [], "a file is requested only once it has stopped changing"
         return self.tick(first.cursor)
 
-    def run(self, request: dg.RunRequest, warehouse: Path | None = None) -> dg.ExecuteInProcessResult:
-        """Execute a sensor's request as the daemon would launch it (run key and sensor name tagged)."""
+    def run(self, request: dg.RunRequest, warehouse: Path | None = None,
+            snapshot: Path | None = None) -> dg.ExecuteInProcessResult:
+        """Execute a sensor's request as the daemon would launch it: the assets of `ingest_job` (the
+        sensor's target), run key and sensor name tagged. Also what Dagster's run retries launch (the
+        parent's tags)."""
         return dg.materialize(
-            [usage_events], partition_key=request.partition_key, run_config=request.run_config,
+            [usage_events, analyst_snapshot], partition_key=request.partition_key, run_config=request.run_config,
             tags={**request.tags, RUN_KEY_TAG: request.run_key, SENSOR_NAME_TAG: SENSOR_NAME},
-            resources=self.resources(warehouse), instance=self.instance, raise_on_error=False)
+            resources=self.resources(warehouse, snapshot), instance=self.instance, raise_on_error=False)
 
     def latest(self, partition: str) -> dict | None:
         """Metadata of the newest materialization of usage_events for `partition`, as plain values."""
@@ -106,6 +115,29 @@ class IngestWorld:
     def materialized_partitions(self) -> set[str]:
         return set(self.instance.get_materialized_partitions(dg.AssetKey("usage_events")))
 
+    def write_usage(self, name: str, events: list[tuple[str, int]]) -> Path:
+        """A JSON lines file of `tokens` events (a sum meter), one per (event_id, value), all on 2026-10-05."""
+        path = self.raw / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text("".join(json.dumps({"event_id": event_id, "customer_id": "cust_00001", "meter": "tokens",
+                                            "timestamp": "2026-10-05T12:00:00Z", "value": str(value),
+                                            "properties": {"model": "m"}}) + "\n"
+                                for event_id, value in events))
+        return path
+
+    def billed(self, event_id: str) -> tuple[str | None, int]:
+        """(the clean value of `event_id`, conflicting versions quarantined)."""
+        con = duckdb.connect(str(self.warehouse), read_only=True)
+        try:
+            clean = con.execute("SELECT value::INTEGER::VARCHAR FROM usage_events WHERE event_id = ?",
+                                [event_id]).fetchall()
+            conflicts = con.execute("SELECT count(*) FROM usage_quarantine WHERE event_id = ? "
+                                    "AND reason = 'conflicting_duplicate'", [event_id]).fetchone()[0]
+        finally:
+            con.close()
+        assert len(clean) <= 1
+        return (clean[0][0] if clean else None), conflicts
+
     def clean_rows(self) -> dict[str, int]:
         con = duckdb.connect(str(self.warehouse), read_only=True)
         try:
@@ -118,4 +150,11 @@ class IngestWorld:
 @pytest.fixture
 def world(tmp_path: Path) -> Iterator[IngestWorld]:
     with dg.instance_for_test() as instance:
+        yield IngestWorld(tmp_path, instance)
+
+
+@pytest.fixture
+def retrying_world(tmp_path: Path) -> Iterator[IngestWorld]:
+    """A world whose instance has Dagster's run retries on, as the repo's dagster.yaml does."""
+    with dg.instance_for_test(overrides={"run_retries": {"enabled": True, "max_retries": 1}}) as instance:
         yield IngestWorld(tmp_path, instance)

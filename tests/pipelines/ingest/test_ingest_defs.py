@@ -9,8 +9,13 @@ from pathlib import Path
 import dagster as dg
 import duckdb
 
+from metering.ingest import ingest_file
 from metering.ingest.generate import GenerateConfig, generate
+from metering.rules.meters import load_meters
+from metering.warehouse import open_warehouse
 from pipelines.defs.ingest.assets import usage_events
+
+PROJECT_ROOT = Path(__file__).resolve().parents[3]
 
 def _meta(result: dg.ExecuteInProcessResult, partition: str) -> dict:
     """The run's own materialization of `partition` (a run also reports other dates it touched)."""
@@ -134,3 +139,37 @@ def test_dates_that_are_not_partitions_are_logged_not_materialized(world):
     warnings = [e.user_message for e in world.instance.all_logs(result.run_id)
                 if e.level == logging.WARNING and not e.is_dagster_event]
     assert any("2025-12-31" in w for w in warnings)
+
+
+def test_the_retry_of_a_run_killed_after_a_file_committed_reports_that_files_dates(world, tmp_path):
+    late = world.write_events("a_late.jsonl", [f"2026-10-03T12:{i:02d}:00Z" for i in range(10)])
+    big = world.write_events("b_big.jsonl", [f"2026-10-06T{h:02d}:00:00Z" for h in range(24)])
+    config = {"ops": {"usage_events": {"config": {"files": [str(late), str(big)]}}}}
+
+    def run(instance: dg.DagsterInstance, warehouse: Path) -> dg.ExecuteInProcessResult:
+        return dg.materialize([usage_events], partition_key="2026-10-06", run_config=config, instance=instance,
+                              resources=world.resources(warehouse))
+
+    with dg.instance_for_test() as golden:  # fault-free: one run ingests both
+        assert run(golden, tmp_path / "golden.duckdb").success
+        fault_free = set(golden.get_materialized_partitions(dg.AssetKey("usage_events")))
+    assert fault_free == {"2026-10-03", "2026-10-06"}
+
+    # The run killed after a_late.jsonl committed left exactly this behind: its rows and manifest entry
+    # in the warehouse (one transaction), and nothing in Dagster (killed before it reported anything).
+    with open_warehouse(world.warehouse) as con:
+        assert ingest_file(con, late, meters=load_meters(PROJECT_ROOT / "rating_rules")).status == "ingested"
+
+    retry = run(world.instance, world.warehouse)
+    assert retry.success
+    meta = _meta(retry, "2026-10-06")
+    assert (meta["files_ingested"].value, meta["files_skipped"].value) == (1, 1)
+    assert world.materialized_partitions() == fault_free
+    late_report = world.latest("2026-10-03")
+    assert (late_report["dagster/row_count"], late_report["source_files"]) == (10, [str(late)])
+    assert world.latest("2026-10-06")["dagster/row_count"] == 24
+    assert meta["event_dates_of_skipped_files"].value == {str(late): ["2026-10-03"]}
+
+    # Once reported, a skipped file reports nothing again (a run over data/raw/ does not re-report history).
+    again = run(world.instance, world.warehouse)
+    assert [m.partition for m in again.asset_materializations_for_node("usage_events")] == ["2026-10-06"]

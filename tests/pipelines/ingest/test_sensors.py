@@ -200,3 +200,80 @@ def test_sensor_skips_when_the_folder_is_missing(world):
     assert not world.raw.exists()
     tick = world.tick()
     assert tick.requests == [] and tick.data.skip_message.startswith("no new raw files")
+
+
+# --- Arrival order after a fault (I17): "the first version of an event ever ingested stays clean", so
+# a later file must not be ingested while an earlier batch is still to be (re)tried.
+
+def _drain(world, tick, rounds: int = 4):
+    """What the daemon does meanwhile: evaluate the sensor and run whatever it requests, in order."""
+    for _ in range(rounds):
+        for request in tick.requests:
+            assert world.run(request).success
+        tick = world.tick(tick.cursor)
+    return tick
+
+
+@pytest.mark.parametrize("earlier", ["queued", "failed_awaiting_dagster_retry"])
+def test_a_later_file_waits_until_the_earlier_batch_is_done_so_the_first_version_stays_billed(
+        retrying_world, earlier):
+    world = retrying_world
+    world.write_usage("a.jsonl", [(f"evt-{i}", 1) for i in range(20)])
+    world.write_usage("b.jsonl", [("evt-X", 10)])  # the version first sent
+    settled = world.settle()
+    [first] = settled.requests
+    if earlier == "queued":
+        _run_record(world, first)  # launched, not started yet
+    else:  # the run dies; dagster.yaml's run retries will re-run it (the sensor waits for that)
+        failed = world.run(first, warehouse=_broken_warehouse(world))
+        assert world.instance.get_run_by_id(failed.run_id).is_complete_and_waiting_to_retry
+
+    world.write_usage("c.jsonl", [("evt-X", 1000)])  # a conflicting resend, arriving meanwhile
+    held = _drain(world, world.tick(settled.cursor))
+    assert world.run(first).success  # the earlier batch runs (or Dagster's retry of it does)
+    after = _drain(world, world.tick(held.cursor))
+
+    # as in the fault-free order (a, b; then c): 10 is billed, 1000 is the quarantined conflict
+    assert world.billed("evt-X") == ("10", 1)
+    assert held.requests == [] and "holding 1 new raw file(s)" in held.data.skip_message
+    assert list(_cursor(held)["pending"]) == [str(world.raw / "c.jsonl")]
+    assert after.requests == [] and {e["status"] for e in _cursor(after)["files"].values()} == {"done"}
+
+
+def test_after_giving_up_later_files_wait_for_an_operator(world):
+    b = world.write_usage("b.jsonl", [("evt-X", 10)])
+    broken = _broken_warehouse(world)
+    tick = world.settle()
+    for _ in range(MAX_ATTEMPTS):
+        [request] = tick.requests
+        assert not world.run(request, warehouse=broken).success
+        tick = world.tick(tick.cursor)
+    assert _cursor(tick)["files"][str(b)]["status"] == "gave_up"
+
+    c = world.write_usage("c.jsonl", [("evt-X", 1000)])
+    held = world.tick(world.tick(tick.cursor).cursor)
+    assert held.requests == [] and "wait for an operator" in held.data.skip_message
+    assert "later raw files wait for an operator" in tick.logged(logging.ERROR)
+    warning = held.logged(logging.WARNING)
+    assert str(c) in warning and str(b) in warning and "dagster sensor cursor" in warning
+    assert world.tick(held.cursor).requests == []  # still held, tick after tick
+
+    # the operator fixed the cause and deletes the cursor: a rescan requests both, in path order
+    [rescan] = world.settle(None).requests
+    assert _files(rescan) == [str(b), str(c)]
+    assert world.run(rescan).success
+    assert world.billed("evt-X") == ("10", 1)
+
+
+def test_a_run_that_ingested_but_failed_to_publish_counts_as_done(world):
+    world.write_usage("b.jsonl", [("evt-X", 10)])
+    settled = world.settle()
+    [request] = settled.requests
+    folder = world.tmp_path / "a-folder"
+    folder.mkdir()
+    result = world.run(request, snapshot=folder)  # publishing fails: the snapshot path is a folder
+    assert not result.success
+    assert world.billed("evt-X") == ("10", 0)
+    c = world.write_usage("c.jsonl", [("evt-Y", 5)])
+    [later] = world.tick(world.tick(settled.cursor).cursor).requests
+    assert _files(later) == [str(c)]
