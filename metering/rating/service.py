@@ -169,10 +169,13 @@ def _versions_by_day(lines: pl.DataFrame, before: dt.date) -> pl.DataFrame:
 def _refuse_repriced_past(stored: pl.DataFrame, rated: pl.DataFrame, today: dt.date) -> None:
     """Refuse lines that price a day already past under another version of the same plan than the
     stored lines did: a version inserted before a rated one, one backdated into rated time, or a rated
-    version deleted from its file. Published versions are immutable, their dates included (I6, I19);
-    new usage re-rated under the same versions, and a customer's plan change, still go through."""
+    version deleted from its file. Published versions are immutable, their dates included (I6, I19).
+    Refuse too a customer list that re-segments a closed period (one that ended by `today`): another
+    plan, or no lines at all, for a customer the period was rated for (I19). New usage re-rated under
+    the same versions, and a plan change in the open period or later, still go through."""
     if stored.height == 0:
         return
+    _refuse_resegmented_closed(stored, rated, today)
     changed = _versions_by_day(stored, today).join(_versions_by_day(rated, today), on=["customer_id", "plan", "day"],
                                                     suffix="_new").filter(pl.col("plan_version") != pl.col("plan_version_new"))
     if changed.height:
@@ -182,6 +185,39 @@ def _refuse_repriced_past(stored: pl.DataFrame, rated: pl.DataFrame, today: dt.d
             f"{first['plan_version_new']} instead of {first['plan_version']}, for {changed['customer_id'].n_unique()} "
             f"customer(s): published versions are immutable, their dates included; start new versions today or "
             f"later, keep rated versions in their files, and correct a past period with an adjustment")
+
+
+def _segments_of_closed(lines: pl.DataFrame, customers: pl.Series, today: dt.date) -> pl.DataFrame:
+    """The segments (customer, period, segment dates, plan, version) of the periods ended by `today`,
+    for `customers`, one row each, with the period's plans as text for messages."""
+    key = ["customer_id", "period_start", "period_end", "segment_start", "segment_end", "plan", "plan_version"]
+    return (lines.filter((pl.col("period_end") <= today) & pl.col("customer_id").is_in(customers.implode()))
+            .select(key).unique().sort(key))
+
+
+def _refuse_resegmented_closed(stored: pl.DataFrame, rated: pl.DataFrame, today: dt.date) -> None:
+    customers = stored["customer_id"].unique()
+    before = _segments_of_closed(stored, customers, today)
+    after = _segments_of_closed(rated, customers, today)
+    changed = pl.concat([before.join(after, on=before.columns, how="anti"),
+                         after.join(before, on=before.columns, how="anti")])
+    if changed.height == 0:
+        return
+    first = changed.sort("period_start", "customer_id").row(0, named=True)
+
+    def plans(frame: pl.DataFrame) -> str:
+        rows = frame.filter((pl.col("customer_id") == first["customer_id"])
+                            & (pl.col("period_start") == first["period_start"]))
+        return ", ".join(f"{r['plan']} {r['plan_version']} from {r['segment_start']}"
+                         for r in rows.iter_rows(named=True)) or "no lines"
+
+    raise BadInputError(
+        f"customers: the customer list would re-price customer {first['customer_id']}'s closed period "
+        f"{first['period_start']}..{first['period_end']} (already ended and rated): {plans(before)} -> "
+        f"{plans(after)}, for {changed['customer_id'].n_unique()} customer(s). A closed period changes only "
+        f"through an adjustment with a reason (I19), which the engine does not record: correct a billed period "
+        f"in Stripe (a credit note or an invoice item), keep the customer list's past assignments as billed, "
+        f"and date plan changes in the open period or later")
 
 
 def _stamp(at: dt.datetime) -> pl.Expr:

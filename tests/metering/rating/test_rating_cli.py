@@ -165,12 +165,25 @@ def test_rerate_range_is_repeatable(tmp_path):
     again = run(*args)
     assert "2026-10: 6 lines, unchanged (usd 29.00)" in again.output
     # a new customer list re-rates only the range given: the months it leaves are named
-    customers.write_text(customers.read_text().replace("starter", "pro"))
+    customers.write_text(customers.read_text() + "c1,A,a@a.test,usd,,pro,2026-11-15,succeeds\n")
     narrow = run("rerate", "--from", "2026-11-01", "--to", "2026-11-02", "--warehouse", str(db), "--rules", str(RULES),
                  "--customers", str(customers))
     assert narrow.exit_code == 0, narrow.output
     assert ("warning: the customer list changed; 2026-09 stay rated with the previous one until re-rated"
             in narrow.output)
+    # a list that moves a closed (ended, rated) period to another plan is refused: September and October
+    # were rated as starter (October 29.00) (I19); the refusal, at the first such period, changes nothing
+    with warehouse.open_warehouse(db, read_only=True) as con:
+        before = con.execute("SELECT * FROM rated_usage ORDER BY ALL").fetchall()
+    customers.write_text(customers.read_text().replace("starter", "pro"))
+    backdated = run(*args, "--customers", str(customers))
+    assert backdated.exit_code == 3, backdated.output
+    assert ("customers: the customer list would re-price customer c1's closed period 2026-09-01..2026-10-01 "
+            "(already ended and rated): starter 2026-01 from 2026-09-01 -> pro 2026-01 from 2026-09-01, "
+            "for 1 customer(s)") in backdated.output
+    assert "Traceback" not in backdated.output
+    with warehouse.open_warehouse(db, read_only=True) as con:
+        assert con.execute("SELECT * FROM rated_usage ORDER BY ALL").fetchall() == before
 
 
 def test_rate_refuses_float_quantities_in_parquet(tmp_path):
