@@ -22,6 +22,7 @@ import random
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta, timezone
+from decimal import Decimal
 from pathlib import Path
 
 import polars as pl
@@ -74,6 +75,9 @@ class GenerateSummary:
     late_events: int = 0
     malformed: dict[str, int] = field(default_factory=dict)
     hostile_ids: int = 0
+    # meter -> the exact sum of the values of the events meant to be clean (one per event id), for
+    # tests of value conservation (I1); meters whose events carry no value are absent
+    clean_values: dict[str, Decimal] = field(default_factory=dict)
 
 
 def _u(col: str, seed: int, salt: int) -> pl.Expr:
@@ -218,7 +222,10 @@ def _with_defects(cfg: GenerateConfig, bulk: pl.DataFrame, days: int, summary: G
                               on="i", suffix="_c").with_columns(
         arrival=pl.col("arrival_c"), meter=pl.col("meter_c"), value=pl.col("value_c"), region=pl.col("region_c"),
         model=pl.col("model_c"), user_id=pl.col("user_id_c")).select(bulk.columns)
-    return pl.concat([bulk, copies.select(bulk.columns), conflict_rows], how="vertical")
+    # `copy` orders a retry or a conflicting version after its original when they land in the same file
+    # with the same time: the original is the first version ingested, so the one that stays clean
+    return pl.concat([bulk.with_columns(copy=pl.lit(0)), copies.select(bulk.columns).with_columns(copy=pl.lit(1)),
+                      conflict_rows.with_columns(copy=pl.lit(2))], how="vertical")
 
 
 # --------------------------------------------------------------------------- malformed rows
@@ -366,7 +373,10 @@ def generate(cfg: GenerateConfig, out: Path, customers_file: Path | None = None,
     days = (cfg.end - cfg.start).days + 1
     bulk = _bulk(cfg)
     summary.events = bulk.height
-    rows = _with_defects(cfg, bulk, days, summary).sort("arrival", "ms", "i")
+    summary.clean_values = dict(  # an exact decimal sum (text -> decimal, no float on the way)
+        bulk.filter(pl.col("value").is_not_null()).group_by("meter")
+        .agg(pl.col("value").cast(pl.Decimal(38, 12)).sum()).iter_rows())
+    rows = _with_defects(cfg, bulk, days, summary).sort("arrival", "ms", "i", "copy").drop("copy")
     del bulk
     groups = [(None, rows)] if cfg.single_file else list(rows.partition_by("arrival", as_dict=True).items())
     n_bad = max(1, int(round(cfg.events * cfg.malformed_share))) if cfg.malformed_share > 0 else 0

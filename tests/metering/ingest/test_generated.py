@@ -85,6 +85,11 @@ def test_conservation_with_every_defect(tmp_path_factory, seed, events, days, du
                             "JOIN usage_quarantine q USING (file_hash, source_line)").fetchone()[0]
         assert clash == 0
         assert con.execute("SELECT count(*) - count(DISTINCT event_id) FROM usage_events").fetchone()[0] == 0
+        # nothing lost or invented in value either (I1): the clean values sum, per meter and exactly, to
+        # the values of the events the generator meant to be clean, whatever was injected around them
+        stored = dict(con.execute("SELECT meter, sum(value) FROM usage_events WHERE value IS NOT NULL "
+                                  "GROUP BY 1").fetchall())
+        assert stored == summary.clean_values and summary.clean_values
         # every file's formats carry only reasons they can
         for f, r in zip(summary.files, results):
             fmt = r.format
