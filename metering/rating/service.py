@@ -131,17 +131,23 @@ def write_rated(con: duckdb.DuckDBPyConnection, month: dt.date, rated: pl.DataFr
     """Replace the rated_usage rows of periods starting in `month`; record the plan versions used.
 
     When the new lines equal the stored ones nothing is written, so re-rating unchanged inputs
-    leaves the table byte-identical (including `rated_at`, which thus means "last changed").
+    leaves the table byte-identical (including `rated_at`, which thus means "last changed"). A closed
+    period (ended by the rating date) keeps its stored lines unless its usage changed (late events),
+    and a customer list that would re-segment it is refused (I19). Previews are to be computed from
+    the lines stored (`read_rated`), which may be these kept ones.
     One transaction: the lines and the rules_versions entries that make their versions immutable
     are committed together.
     """
     m0, m1 = month_bounds(month)
     used = rated.select("plan", "plan_version").unique().sort("plan", "plan_version")
+    today = rated_at.astimezone(dt.timezone.utc).date()
     with warehouse.transaction(con):
         stored = read_rated(con, month)
+        if stored.height:
+            rated = _keep_closed_without_new_usage(stored, rated.select(RATED_COLUMNS), today)
         if fingerprint(stored) == fingerprint(rated.select(RATED_COLUMNS)):
             return 0   # unchanged: keep the rows (and their rated_at) byte for byte
-        _refuse_repriced_past(stored, rated, rated_at.astimezone(dt.timezone.utc).date())
+        _refuse_repriced_past(stored, rated, today)
         n = warehouse.replace_rows(con, "rated_usage", "period_start >= ? AND period_start < ?", [m0, m1],
                                    rated.with_columns(rated_at=_stamp(rated_at)), in_transaction=True)
         known = {(p, v) for p, v in con.execute("SELECT plan, plan_version FROM rules_versions").fetchall()}
@@ -187,18 +193,20 @@ def _refuse_repriced_past(stored: pl.DataFrame, rated: pl.DataFrame, today: dt.d
             f"later, keep rated versions in their files, and correct a past period with an adjustment")
 
 
-def _segments_of_closed(lines: pl.DataFrame, customers: pl.Series, today: dt.date) -> pl.DataFrame:
-    """The segments (customer, period, segment dates, plan, version) of the periods ended by `today`,
-    for `customers`, one row each, with the period's plans as text for messages."""
-    key = ["customer_id", "period_start", "period_end", "segment_start", "segment_end", "plan", "plan_version"]
+def _plans_by_day_of_closed(lines: pl.DataFrame, customers: pl.Series, today: dt.date) -> pl.DataFrame:
+    """(customer, period, day, plan, version) for every day of the periods ended by `today`, for
+    `customers`: what each day was priced under, however the days were cut into segments."""
     return (lines.filter((pl.col("period_end") <= today) & pl.col("customer_id").is_in(customers.implode()))
-            .select(key).unique().sort(key))
+            .select("customer_id", "period_start", "period_end", "segment_start", "segment_end", "plan",
+                    "plan_version").unique()
+            .with_columns(day=pl.date_ranges("segment_start", "segment_end", closed="left"))
+            .explode("day").drop("segment_start", "segment_end").unique())
 
 
 def _refuse_resegmented_closed(stored: pl.DataFrame, rated: pl.DataFrame, today: dt.date) -> None:
     customers = stored["customer_id"].unique()
-    before = _segments_of_closed(stored, customers, today)
-    after = _segments_of_closed(rated, customers, today)
+    before = _plans_by_day_of_closed(stored, customers, today)
+    after = _plans_by_day_of_closed(rated, customers, today)
     changed = pl.concat([before.join(after, on=before.columns, how="anti"),
                          after.join(before, on=before.columns, how="anti")])
     if changed.height == 0:
@@ -206,10 +214,11 @@ def _refuse_resegmented_closed(stored: pl.DataFrame, rated: pl.DataFrame, today:
     first = changed.sort("period_start", "customer_id").row(0, named=True)
 
     def plans(frame: pl.DataFrame) -> str:
-        rows = frame.filter((pl.col("customer_id") == first["customer_id"])
+        days = frame.filter((pl.col("customer_id") == first["customer_id"])
                             & (pl.col("period_start") == first["period_start"]))
-        return ", ".join(f"{r['plan']} {r['plan_version']} from {r['segment_start']}"
-                         for r in rows.iter_rows(named=True)) or "no lines"
+        runs = days.group_by("plan", "plan_version").agg(pl.col("day").min()).sort("day")
+        return ", ".join(f"{r['plan']} {r['plan_version']} from {r['day']}" for r in runs.iter_rows(named=True)) \
+            or "no lines"
 
     raise BadInputError(
         f"customers: the customer list would re-price customer {first['customer_id']}'s closed period "
@@ -218,6 +227,30 @@ def _refuse_resegmented_closed(stored: pl.DataFrame, rated: pl.DataFrame, today:
         f"through an adjustment with a reason (I19), which the engine does not record: correct a billed period "
         f"in Stripe (a credit note or an invoice item), keep the customer list's past assignments as billed, "
         f"and date plan changes in the open period or later")
+
+
+def _keep_closed_without_new_usage(stored: pl.DataFrame, rated: pl.DataFrame, today: dt.date) -> pl.DataFrame:
+    """`rated`, with the stored lines kept for every closed period (ended by `today`) whose usage lines
+    carry the quantities they had: such a period is re-priced only by late usage (I19), never by a
+    change of the pricing code (say, how a minimum is compared) under the same usage."""
+    closed = pl.col("period_end") <= today
+    key = ["customer_id", "period_start"]
+    charge = ["plan", "plan_version", "charge_id"]
+
+    def usage_of(lines: pl.DataFrame) -> pl.DataFrame:
+        # per charge over the period, whatever the segments (an older rating may have cut them otherwise)
+        per_charge = (lines.filter(closed & pl.col("quantity").is_not_null()).group_by(key + charge)
+                      .agg(pl.col("quantity").sum()))
+        fields = charge + ["quantity"]
+        return per_charge.group_by(key).agg(pl.struct(fields).sort_by(charge).alias("usage"))
+
+    same = (usage_of(stored).join(usage_of(rated), on=key, suffix="_new")
+            .filter(pl.col("usage") == pl.col("usage_new")).select(key))
+    if same.height == 0:
+        return rated
+    kept = stored.join(same, on=key, how="semi")
+    return pl.concat([rated.join(same, on=key, how="anti"), kept.select(rated.columns).cast(rated.schema)]) \
+        .sort("customer_id", "period_start", "segment_start", "plan", "plan_version", "charge_id")
 
 
 def _stamp(at: dt.datetime) -> pl.Expr:
@@ -307,10 +340,12 @@ def rerate_range(con: duckdb.DuckDBPyConnection, rules: Rules, first: dt.date, l
     out = []
     for month in months:
         before = fingerprint(read_rated(con, month))
-        rated, previews = rate_month(con, rules, month)
+        rated, _ = rate_month(con, rules, month)
         write_rated(con, month, rated, rules, rated_at)
+        stored = read_rated(con, month)   # closed periods without new usage keep their lines
+        previews = invoice_previews(stored)
         write_previews(con, month, previews, rated_at)
-        after = fingerprint(read_rated(con, month))
+        after = fingerprint(stored)
         totals = previews.group_by("currency").agg(pl.col("total_minor").sum()).sort("currency")
         out.append({"month": month, "lines": rated.height, "changed": before != after,
                     "totals": {c: t for c, t in totals.iter_rows()}})

@@ -145,8 +145,8 @@ def rated_usage(context: dg.AssetExecutionContext, warehouse: WarehouseResource,
         rules = load_rules(paths.rules, rated_hashes=service.rated_hashes(con))
         rated, _, unpriced = service.rate_month_full(con, rules, month)
         service.write_rated(con, month, rated, rules, dt.datetime.now(dt.timezone.utc))
-        stored = service.read_rated(con, month)
-    totals = rated.group_by("currency").agg(pl.col("amount").sum()).sort("currency")
+        stored = service.read_rated(con, month)   # closed periods without new usage keep their lines
+    totals = (stored if stored.height else rated).group_by("currency").agg(pl.col("amount").sum()).sort("currency")
     return dg.MaterializeResult(
         metadata={
             "dagster/row_count": rated.height,

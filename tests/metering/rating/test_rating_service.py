@@ -6,6 +6,7 @@ import datetime as dt
 import shutil
 from pathlib import Path
 
+import polars as pl
 import pytest
 
 from metering import warehouse
@@ -133,3 +134,59 @@ def test_a_rated_version_or_plan_cannot_be_deleted(rated_db, tmp_path):
 def test_months_touching_a_range():
     assert service.months_touching(dt.date(2026, 1, 5), dt.date(2026, 2, 3)) == [
         dt.date(2025, 12, 1), dt.date(2026, 1, 1), dt.date(2026, 2, 1)]
+
+
+def _late_calls(con, rules, customer: str, day: str, n: int) -> None:
+    con.execute("INSERT INTO usage_events SELECT 'late-' || i, ?, 'api_calls', CAST(? AS TIMESTAMPTZ) + INTERVAL (i) "
+                "SECOND, CAST(? AS DATE), NULL, '{\"region\":\"us\"}', '{}', 1, i FROM range(?) t(i)",
+                [customer, f"{day} 00:00:00+00", day, n])
+    service.refresh_aggregates(con, rules.meters, dt.date.fromisoformat(day))
+
+
+def _line(con, customer: str, charge: str) -> tuple:
+    return con.execute("SELECT CAST(quantity AS VARCHAR), amount_minor FROM rated_usage WHERE customer_id = ? "
+                       "AND charge = ?", [customer, charge]).fetchone()
+
+
+def test_a_closed_period_keeps_its_lines_unless_its_usage_changes(rated_db):
+    """I19: re-rating a closed period (a's October, ended before NOW) under the same usage keeps its lines,
+    even when the pricing code would now price them otherwise (simulated: its fee as an older rating
+    left it, 19.07); late usage re-rates it. b's period (Oct 31 - Nov 30) is open."""
+    db, rules = rated_db
+    with warehouse.open_warehouse(db) as con:
+        con.execute("UPDATE rated_usage SET amount_minor = 1907, amount = 19.07 "
+                    "WHERE customer_id = 'a' AND charge = 'platform fee'")
+        rated, _ = service.rate_month(con, rules, OCT)
+        assert service.write_rated(con, OCT, rated, rules, NOW) == 0
+        assert _line(con, "a", "platform fee") == (None, 1907)
+        # 12,000 late calls in October: starter includes 10,000, then 0.0005 each: 1.00; the period is
+        # rated again, as the code prices it now
+        _late_calls(con, rules, "a", "2026-10-20", 12_000)
+        rated, _ = service.rate_month(con, rules, OCT)
+        assert service.write_rated(con, OCT, rated, rules, NOW) == rated.height
+        assert _line(con, "a", "platform fee") == (None, 1900)
+        assert _line(con, "a", "api calls") == ("12000.000000000000", 100)
+
+
+def test_a_closed_period_cut_otherwise_by_an_older_rating_is_kept_not_refused(rated_db, tmp_path):
+    """An older rating cut a's October in two at a row repeating its plan (Oct 16), which the customer
+    list now folds away: every day is still starter 2026-01, so it is not refused, and with the same
+    usage it keeps its lines."""
+    from metering.customers import with_effective_to
+
+    db, rules = rated_db
+    with warehouse.open_warehouse(db) as con:
+        plans = service.read_customer_plans(con)
+        a = plans.filter(plans["customer_id"] == "a")
+        split = (a.with_columns(plan_effective_to=dt.date(2026, 10, 16))
+                 .vstack(a.with_columns(plan_effective_from=dt.date(2026, 10, 16))))
+        older = split.vstack(plans.filter(plans["customer_id"] != "a"))
+        rated, _ = service.rate_month(con, rules, OCT, customers=older)
+        assert rated.filter(rated["customer_id"] == "a")["segment_start"].unique().to_list() == [
+            OCT, dt.date(2026, 10, 16)]
+        service.write_rated(con, OCT, rated, rules, NOW)
+        before = con.execute("SELECT * FROM rated_usage ORDER BY ALL").fetchall()
+        assert len(with_effective_to(older).filter(pl.col("customer_id") == "a")) == 1   # folded today
+        rated, _ = service.rate_month(con, rules, OCT)
+        assert service.write_rated(con, OCT, rated, rules, NOW) == 0
+        assert con.execute("SELECT * FROM rated_usage ORDER BY ALL").fetchall() == before
