@@ -172,7 +172,9 @@ def reconcile_and_report(
         )
     if "finance_report" in selected:
         with warehouse.get_connection(read_only=True) as con:
-            files = write_report(con, month, paths.data / "reports" / month.strftime("%Y-%m"))
+            # the run's settings: the report's threshold, settle delay and verdict are the check's
+            files = write_report(con, month, paths.data / "reports" / month.strftime("%Y-%m"),
+                                 settings=_settings(config))
         meta: dict[str, object] = {"folder": str(files.folder), "html": dg.MetadataValue.path(str(files.html)),
                                    "dagster/row_count": files.data.lines.height}
         for t in files.data.totals:

@@ -60,6 +60,11 @@ def test_report_written_when_within_threshold(isolated_env):
     assert mats["usage_reconciliation"].metadata["status/amount_mismatch"].value == 1
     assert mats["finance_report"].metadata["usd/money_at_risk_minor"].value == 125
     assert (isolated_env / "reports" / "2026-10" / "report.html").exists()
+    # the report states the run's threshold and the check's verdict (it used the environment's: 0, FAILED)
+    summary = (isolated_env / "reports" / "2026-10" / "summary.csv").read_text()
+    assert "max_unexplained_minor,,125" in summary
+    assert "Blocking check for USD: passed (unexplained 1.25 USD)" in \
+        (isolated_env / "reports" / "2026-10" / "report.html").read_text()
 
 
 def test_a_flat_fee_difference_fails_the_blocking_check(isolated_env):
