@@ -29,6 +29,39 @@ def test_period_close_reconciles_the_previous_month_in_january_too():
     assert [r.partition_key for r in requests] == ["2026-12-01"]
 
 
+SCHEDULES = ["daily_rating_schedule", "dunning_schedule", "hourly_usage_schedule", "period_close_schedule",
+             "stripe_repair_schedule"]
+
+
 def test_schedules_are_stopped_unless_production():
-    for name in ("hourly_usage_schedule", "daily_rating_schedule", "period_close_schedule"):
+    assert sorted(s.name for s in defs.schedules) == SCHEDULES
+    for name in SCHEDULES:
         assert defs.resolve_schedule_def(name).default_status == dg.DefaultScheduleStatus.STOPPED
+    assert defs.resolve_sensor_def("raw_usage_files_sensor").default_status == dg.DefaultSensorStatus.STOPPED
+
+
+def test_production_starts_every_schedule_and_the_raw_file_sensor():
+    """`METERING_ENV=production` starts them all (dunning and the webhook repair used to stay stopped,
+    and nothing ingested new files but the hourly job). Read at import: a fresh interpreter."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-c", (
+        "import json; from pipelines.definitions import defs; "
+        "print(json.dumps({**{s.name: s.default_status.value for s in defs.schedules}, "
+        "**{s.name: s.default_status.value for s in defs.sensors}}))")],
+        env={**os.environ, "METERING_ENV": "production"}, capture_output=True, text=True, check=True).stdout
+    statuses = json.loads(out.strip().splitlines()[-1])
+    assert statuses == {**{name: "RUNNING" for name in SCHEDULES}, "raw_usage_files_sensor": "RUNNING",
+                        "stripe_landing_sensor": "RUNNING"}
+
+
+def test_only_the_raw_file_sensor_ingests():
+    """The hourly job re-aggregates and pushes but does not ingest: a job taking the whole raw folder in
+    path order would ingest a file the sensor holds behind an earlier, failed batch (I17)."""
+    jobs = [j for j in defs.resolve_all_job_defs()
+            if not j.name.startswith("__") and dg.AssetKey("usage_events") in j.asset_layer.executable_asset_keys]
+    assert sorted(j.name for j in jobs) == ["ingest_job"]
+    assert defs.resolve_sensor_def("raw_usage_files_sensor").job_name == "ingest_job"

@@ -52,6 +52,7 @@ import dagster as dg
 from metering.ingest import expand_paths
 from metering.ingest.peek import event_date_range
 from metering.ingest.readers import file_hash
+from pipelines.cadence import SENSOR_STATUS
 from pipelines.defs.ingest.jobs import ingest_job
 from pipelines.partitions import daily_usage
 from pipelines.resources import ProjectPaths
@@ -235,6 +236,7 @@ def _outstanding(handed: dict[str, _Handed], skip: set[str]) -> tuple[list[str],
     name=SENSOR_NAME,
     target=ingest_job,
     minimum_interval_seconds=30,
+    default_status=SENSOR_STATUS,
     description="New raw usage files in data/raw/, once they stop changing -> ingest_job runs, one batch at a "
                 f"time in arrival order; files of failed or canceled runs are requested again (up to "
                 f"{MAX_ATTEMPTS} runs), and later files wait until they are done.",

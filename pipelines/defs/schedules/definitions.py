@@ -2,7 +2,7 @@
 
 | schedule | cron (UTC) | what it runs |
 | --- | --- | --- |
-| `hourly_usage_schedule` | `10 * * * *` | `hourly_usage_job` for today and yesterday: ingest any new raw files, re-aggregate, push to Stripe (the ledger makes repeats free) |
+| `hourly_usage_schedule` | `10 * * * *` | `hourly_usage_job` for today and yesterday: re-aggregate, push to Stripe (the ledger makes repeats free); `raw_usage_files_sensor` ingests |
 | `daily_rating_schedule` | `30 2 * * *` | `billing_job` for this month (live invoice previews) and last month (late events) |
 | `period_close_schedule` | `0 4 * * *` | `reconciliation_job` for last month: pulls Stripe's meters and invoices once Stripe's 1 h grace period has long passed, reconciles, writes the finance report |
 
@@ -12,29 +12,27 @@ Sensors (defined by their domains): `raw_usage_files_sensor` (new raw files -> `
 
 Every job ends with `analyst_snapshot` (pipelines/defs/publish): the analysts' copy is swapped in after it.
 
-Every schedule ships STOPPED (turn them on in the UI or with `dagster schedule start`), unless
-`METERING_ENV=production`, where they start RUNNING.
+Every schedule, and the raw-file sensor, ships STOPPED (turn them on in the UI or with `dagster
+schedule start`), unless `METERING_ENV=production`, where they start RUNNING (`pipelines.cadence`).
 """
 
 from __future__ import annotations
 
 import datetime as dt
-import os
 
 import dagster as dg
 
+from pipelines.cadence import SCHEDULE_STATUS
 from pipelines.defs.publish.assets import with_snapshot
-
-SCHEDULE_STATUS = (
-    dg.DefaultScheduleStatus.RUNNING if os.environ.get("METERING_ENV") == "production"
-    else dg.DefaultScheduleStatus.STOPPED
-)
 
 hourly_usage_job = dg.define_asset_job(
     "hourly_usage_job",
-    selection=with_snapshot(dg.AssetSelection.assets("usage_events", "usage_aggregates", "stripe_usage_pushes")),
-    description="Ingest new raw files, re-aggregate the day, push its windows to Stripe, then publish the analyst "
-                "snapshot.",
+    # no ingestion here: `raw_usage_files_sensor` is the one ingestion path, so files are ingested in
+    # arrival order (a job ingesting the folder in path order would take a file the sensor holds
+    # behind an earlier, failed batch, and change which conflicting version is billed)
+    selection=with_snapshot(dg.AssetSelection.assets("usage_aggregates", "stripe_usage_pushes")),
+    description="Re-aggregate the day, push its windows to Stripe, then publish the analyst snapshot (the raw-file "
+                "sensor ingests).",
 )
 
 

@@ -7,6 +7,7 @@ import importlib
 
 import dagster as dg
 
+from pipelines.cadence import SCHEDULE_STATUS
 from pipelines.defs.publish.assets import with_snapshot
 from pipelines.defs.webhooks.assets import GROUP, STATE_ASSETS
 from pipelines.defs.webhooks.sensors import build_landing_sensor
@@ -26,7 +27,7 @@ stripe_repair_job = dg.define_asset_job(
 
 stripe_repair_schedule = dg.ScheduleDefinition(
     name="stripe_repair_schedule", job=stripe_repair_job, cron_schedule="17 3 * * *",
-    execution_timezone="UTC",
+    execution_timezone="UTC", default_status=SCHEDULE_STATUS,
 )
 
 _webhook_defs = dg.Definitions(

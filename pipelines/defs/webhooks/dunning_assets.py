@@ -22,6 +22,7 @@ from metering.dunning.run import act_and_publish
 from metering.dunning.state import parse_clock, read_previous, refresh_state
 from metering.dunning.summary import dunning_summary
 from metering.errors import BadInputError
+from pipelines.cadence import SCHEDULE_STATUS
 from pipelines.defs.publish.assets import with_snapshot
 from pipelines.resources import StripeResource
 from pipelines.resources import WAREHOUSE_POOL, ProjectPaths, WarehouseResource
@@ -163,7 +164,7 @@ dunning_job = dg.define_asset_job(
 
 dunning_schedule = dg.ScheduleDefinition(
     name="dunning_schedule", job=dunning_job, cron_schedule="30 6 * * *", execution_timezone="UTC",
-    default_status=dg.DefaultScheduleStatus.STOPPED,
+    default_status=SCHEDULE_STATUS,
 )
 
 defs = dg.Definitions(assets=DUNNING_ASSETS, jobs=[dunning_job], schedules=[dunning_schedule])
