@@ -262,7 +262,7 @@ class DemoSummary:
             "  dunning:         " + (", ".join(f"{k} {v}" for k, v in f["dunning"].items()) or "nothing in dunning")
             + f"; {f['suspended']} suspended",
             f"  report:          {self.report_dir}",
-            f"  snapshot:        {self.snapshot}  (duckdb -readonly {self.snapshot})",
+            f"  snapshot:        {self.snapshot}  (open it read-only: duckdb.connect(path, read_only=True))",
         ]
         return "\n".join(lines)
 

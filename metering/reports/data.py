@@ -28,7 +28,7 @@ class CurrencyTotals:
     customers: int
     rows: int
     rated_minor: int            # sum of our rated amounts (metered lines)
-    not_in_stripe_minor: int    # part of rated on charges Stripe cannot price (billed by the engine)
+    not_in_stripe_minor: int    # part of rated on charges Stripe cannot price: billed by no one yet
     invoiced_minor: int         # sum of Stripe's invoiced amounts (metered lines)
     difference_minor: int       # invoiced - (rated - not_in_stripe): the sum of the rows' differences
     our_invoice_total_minor: int

@@ -94,7 +94,7 @@ def render_html(data: ReportData) -> str:
         cur = t.currency
         cards = [
             ("Rated (ours)", fmt_money(t.rated_minor, cur), "rated"),
-            ("Not priceable in Stripe", fmt_money(t.not_in_stripe_minor, cur), "not-in-stripe"),
+            ("Not billed by Stripe", fmt_money(t.not_in_stripe_minor, cur), "not-in-stripe"),
             ("Invoiced (Stripe)", fmt_money(t.invoiced_minor, cur), "invoiced"),
             ("Difference", fmt_money(t.difference_minor, cur), "difference"),
             ("Match rate", f"{t.match_rate}%", "match-rate"),
@@ -108,6 +108,11 @@ def render_html(data: ReportData) -> str:
         out.append('<div class="cards">' + "".join(
             f'<div class="card" id="{key}-{escape(cur)}"><div class="k">{escape(k)}</div>'
             f'<div class="v">{escape(v)}</div></div>' for k, v, key in cards) + "</div>")
+        if t.not_in_stripe_minor:
+            out.append(f'<p class="bad" id="unbilled-{escape(cur)}">{escape(fmt_money(t.not_in_stripe_minor, cur))} of '
+                       f"rated charges have no Stripe price (minimums, charges filtered by a dimension): no Stripe "
+                       f"invoice carries them, and the engine does not bill them either. Invoice them separately "
+                       f"(for example as Stripe invoice items); the invoices table lists them per customer.</p>")
         passed = t.unexplained_minor <= data.settings.max_unexplained_minor
         out.append(f'<p class="{"ok" if passed else "bad"}">Blocking check for {escape(cur.upper())}: '
                    f'{"passed" if passed else "FAILED"} (unexplained {escape(fmt_money(t.unexplained_minor, cur))}).</p>')

@@ -153,7 +153,7 @@ def price_params(version: PlanVersion, charge: Charge, meter_id: str | None) -> 
                      "model": charge.model, "rules_hash": version.content_hash},
     }
     if charge.model == "minimum":
-        raise NotExpressible("a minimum spend has no Stripe price: the difference is billed by the engine")
+        raise NotExpressible("a minimum spend has no Stripe price: the engine rates the true-up, but no Stripe invoice carries it; invoice it separately")
     if charge.model == "flat":
         return {**base, "unit_amount_decimal": _minor(charge.amount or Decimal(0), cur),
                 "recurring": {"interval": "month", "usage_type": "licensed"}}

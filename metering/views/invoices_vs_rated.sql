@@ -7,7 +7,7 @@ SELECT
     coalesce(p.currency, r.currency)         AS currency,
     p.total_minor                     AS our_total_minor,
     p.lines                           AS our_lines,
-    r.not_in_stripe_minor,            -- our charges Stripe cannot price (billed by the engine)
+    r.not_in_stripe_minor,            -- our charges Stripe cannot price (billed by no one yet: invoice separately)
     r.stripe_total_minor,
     r.amount_diff_minor,              -- stripe_total_minor - (our_total_minor - not_in_stripe_minor)
     r.tolerance_minor,
