@@ -91,7 +91,9 @@ class DemoOptions:
 
     @property
     def snapshot(self) -> Path:
-        return config.snapshot_path(None) if self.data_dir == config.data_dir() else self.data_dir / "snapshot.duckdb"
+        # under the data folder like everything else, whatever $METERING_SNAPSHOT names: a shell pointing
+        # it at the analysts' real snapshot must not get it overwritten with demo data
+        return self.data_dir / "snapshot.duckdb"
 
     @property
     def raw(self) -> Path:

@@ -123,3 +123,14 @@ def test_readme_example_queries_run_on_the_demo_snapshot(demo_run):
     for sql in queries:
         rows = con.execute(sql).fetchall()
         assert rows, f"README query returned nothing on the demo snapshot:\n{sql}"
+
+
+def test_the_demo_snapshot_stays_under_its_data_folder(tmp_path, monkeypatch):
+    """Everything the demo writes goes under its data folder: a $METERING_SNAPSHOT naming the analysts'
+    real snapshot must not be overwritten with demo data (it was, when the data folder was the default)."""
+    from pipelines.demo import DemoOptions
+
+    monkeypatch.setenv("METERING_DATA_DIR", str(tmp_path))
+    monkeypatch.setenv("METERING_SNAPSHOT", str(tmp_path / "analysts" / "snapshot.duckdb"))
+    assert DemoOptions().snapshot == tmp_path / "snapshot.duckdb"
+    assert DemoOptions(data_dir=tmp_path / "other").snapshot == tmp_path / "other" / "snapshot.duckdb"
