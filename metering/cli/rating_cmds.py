@@ -128,29 +128,51 @@ def rate(rules_dir: str | None, usage_file: str, out_file: str, plan: str | None
               help="Rules folder (default: $METERING_RULES or rating_rules/).")
 @click.option("--customers", "customers_file", type=click.Path(dir_okay=False), default=None,
               help="Reload the customer list from this CSV first (default: keep the warehouse's customer_plans).")
+@click.option("--adjust-closed", "adjust_reason", default=None, metavar="REASON",
+              help="Let the customer list re-price closed (ended) periods, recording every change in "
+                   "rating_adjustments with this reason (otherwise such a change is refused, I19).")
 def rerate(first: dt.date, last: dt.date, warehouse_path: str | None, rules_dir: str | None,
-           customers_file: str | None) -> None:
+           customers_file: str | None, adjust_reason: str | None) -> None:
     """Recompute usage aggregates for event dates FROM..TO and re-rate every billing month they touch.
 
-    Same code as the Dagster assets; re-running with unchanged inputs gives identical lines.
+    Same code as the Dagster assets; re-running with unchanged inputs gives identical lines. A closed
+    period changes only with late usage, or with --adjust-closed; each change is recorded in
+    rating_adjustments.
     """
+    import hashlib
+    from pathlib import Path
+
     from metering import warehouse
     from metering.customers import load_customers
-    from metering.rating.service import rated_hashes, rerate_range
+    from metering.errors import BadInputError
+    from metering.rating.service import Adjustment, rated_hashes, read_customer_plans, rerate_range
     from metering.rules.plans import load_rules
 
     check_order(first, last, "--from", "--to")
+    if adjust_reason is not None and not adjust_reason.strip():
+        raise click.BadParameter("give the reason for re-pricing closed periods", param_hint="--adjust-closed")
     with warehouse.open_warehouse(warehouse_path, wait_seconds=5, must_exist=True) as con:
         rules_obj = load_rules(rules_dir, rated_hashes=rated_hashes(con))
+        previous = read_customer_plans(con)
+        link: dict = {"customers": "customer_plans, as stored"}
         if customers_file:
             frame = load_customers(customers_file, rules_obj)
             warehouse.replace_rows(con, "customer_plans", "TRUE", [], frame)
+            link = {"customers": str(Path(customers_file).resolve()),
+                    "sha256": hashlib.sha256(Path(customers_file).read_bytes()).hexdigest()}
+        adjust = Adjustment(adjust_reason.strip(), link) if adjust_reason else None
         with click.progressbar(length=1, label="re-rating", file=sys.stderr) as bar:
             def progress(done: int, total: int) -> None:
                 bar.length = total
                 bar.update(done - bar.pos)
 
-            summaries = rerate_range(con, rules_obj, first, last, dt.datetime.now(dt.timezone.utc), progress)
+            try:
+                summaries = rerate_range(con, rules_obj, first, last, dt.datetime.now(dt.timezone.utc), progress,
+                                         adjust)
+            except BadInputError:
+                if customers_file:   # a refused list does not stay behind for the next run to trip on
+                    warehouse.replace_rows(con, "customer_plans", "TRUE", [], previous)
+                raise
         done = {s["month"] for s in summaries}
         stale = [m for (m,) in con.execute(
             "SELECT DISTINCT date_trunc('month', period_start)::DATE FROM rated_usage ORDER BY 1").fetchall()

@@ -127,14 +127,15 @@ def rated_hashes(con: duckdb.DuckDBPyConnection) -> dict[tuple[str, str], str]:
 
 
 def write_rated(con: duckdb.DuckDBPyConnection, month: dt.date, rated: pl.DataFrame, rules: Rules,
-                rated_at: dt.datetime) -> int:
+                rated_at: dt.datetime, adjust: Adjustment | None = None) -> int:
     """Replace the rated_usage rows of periods starting in `month`; record the plan versions used.
 
     When the new lines equal the stored ones nothing is written, so re-rating unchanged inputs
     leaves the table byte-identical (including `rated_at`, which thus means "last changed"). A closed
     period (ended by the rating date) keeps its stored lines unless its usage changed (late events),
-    and a customer list that would re-segment it is refused (I19). Previews are to be computed from
-    the lines stored (`read_rated`), which may be these kept ones.
+    and a customer list that would re-segment it is refused unless `adjust` says why (I19). Every
+    change to a closed period is recorded in `rating_adjustments`, per charge, with its reason and
+    link. Previews are to be computed from the lines stored (`read_rated`), which may be kept ones.
     One transaction: the lines and the rules_versions entries that make their versions immutable
     are committed together.
     """
@@ -147,7 +148,8 @@ def write_rated(con: duckdb.DuckDBPyConnection, month: dt.date, rated: pl.DataFr
             rated = _keep_closed_without_new_usage(stored, rated.select(RATED_COLUMNS), today)
         if fingerprint(stored) == fingerprint(rated.select(RATED_COLUMNS)):
             return 0   # unchanged: keep the rows (and their rated_at) byte for byte
-        _refuse_repriced_past(stored, rated, today)
+        _refuse_repriced_past(stored, rated, today, adjust)
+        _record_adjustments(con, month, stored, rated, today, rated_at, adjust)
         n = warehouse.replace_rows(con, "rated_usage", "period_start >= ? AND period_start < ?", [m0, m1],
                                    rated.with_columns(rated_at=_stamp(rated_at)), in_transaction=True)
         known = {(p, v) for p, v in con.execute("SELECT plan, plan_version FROM rules_versions").fetchall()}
@@ -172,16 +174,19 @@ def _versions_by_day(lines: pl.DataFrame, before: dt.date) -> pl.DataFrame:
             .explode("day").drop_nulls("day").select("customer_id", "plan", "day", "plan_version"))
 
 
-def _refuse_repriced_past(stored: pl.DataFrame, rated: pl.DataFrame, today: dt.date) -> None:
+def _refuse_repriced_past(stored: pl.DataFrame, rated: pl.DataFrame, today: dt.date,
+                          adjust: Adjustment | None = None) -> None:
     """Refuse lines that price a day already past under another version of the same plan than the
     stored lines did: a version inserted before a rated one, one backdated into rated time, or a rated
     version deleted from its file. Published versions are immutable, their dates included (I6, I19).
     Refuse too a customer list that re-segments a closed period (one that ended by `today`): another
-    plan, or no lines at all, for a customer the period was rated for (I19). New usage re-rated under
-    the same versions, and a plan change in the open period or later, still go through."""
+    plan, no lines at all, or lines for a customer it was not rated for (I19), unless `adjust` gives the
+    reason (the change is then recorded as adjustments). New usage re-rated under the same versions,
+    and a plan change in the open period or later, still go through."""
     if stored.height == 0:
         return
-    _refuse_resegmented_closed(stored, rated, today)
+    if adjust is None:
+        _refuse_resegmented_closed(stored, rated, today)
     changed = _versions_by_day(stored, today).join(_versions_by_day(rated, today), on=["customer_id", "plan", "day"],
                                                     suffix="_new").filter(pl.col("plan_version") != pl.col("plan_version_new"))
     if changed.height:
@@ -204,7 +209,8 @@ def _plans_by_day_of_closed(lines: pl.DataFrame, customers: pl.Series, today: dt
 
 
 def _refuse_resegmented_closed(stored: pl.DataFrame, rated: pl.DataFrame, today: dt.date) -> None:
-    customers = stored["customer_id"].unique()
+    # every customer: one the list adds to a closed period (backdated) re-prices it as much as one it drops
+    customers = pl.concat([stored["customer_id"], rated["customer_id"]]).unique()
     before = _plans_by_day_of_closed(stored, customers, today)
     after = _plans_by_day_of_closed(rated, customers, today)
     changed = pl.concat([before.join(after, on=before.columns, how="anti"),
@@ -224,9 +230,9 @@ def _refuse_resegmented_closed(stored: pl.DataFrame, rated: pl.DataFrame, today:
         f"customers: the customer list would re-price customer {first['customer_id']}'s closed period "
         f"{first['period_start']}..{first['period_end']} (already ended and rated): {plans(before)} -> "
         f"{plans(after)}, for {changed['customer_id'].n_unique()} customer(s). A closed period changes only "
-        f"through an adjustment with a reason (I19), which the engine does not record: correct a billed period "
-        f"in Stripe (a credit note or an invoice item), keep the customer list's past assignments as billed, "
-        f"and date plan changes in the open period or later")
+        f"through adjustments with a reason (I19): date plan changes in the open period or later, or re-rate "
+        f"on purpose with `metering rerate --adjust-closed REASON`, which records each change in "
+        f"rating_adjustments (and correct what Stripe billed with a credit note or an invoice item)")
 
 
 def _keep_closed_without_new_usage(stored: pl.DataFrame, rated: pl.DataFrame, today: dt.date) -> pl.DataFrame:
@@ -251,6 +257,81 @@ def _keep_closed_without_new_usage(stored: pl.DataFrame, rated: pl.DataFrame, to
     kept = stored.join(same, on=key, how="semi")
     return pl.concat([rated.join(same, on=key, how="anti"), kept.select(rated.columns).cast(rated.schema)]) \
         .sort("customer_id", "period_start", "segment_start", "plan", "plan_version", "charge_id")
+
+
+class Adjustment(NamedTuple):
+    """Why a closed period is re-rated on purpose (`metering rerate --adjust-closed`), and the link to
+    what changed (JSON): recorded with every adjustment that re-rating makes."""
+
+    reason: str
+    link: dict
+
+
+def _charge_amounts(lines: pl.DataFrame, today: dt.date) -> pl.DataFrame:
+    """Closed periods' amounts per customer x period x currency x charge name."""
+    key = ["customer_id", "period_start", "period_end", "currency", "charge"]
+    return (lines.filter(pl.col("period_end") <= today).group_by(key)
+            .agg(pl.col("amount_minor").sum().cast(pl.Int64)))
+
+
+def _record_adjustments(con: duckdb.DuckDBPyConnection, month: dt.date, stored: pl.DataFrame,
+                        rated: pl.DataFrame, today: dt.date, rated_at: dt.datetime,
+                        adjust: Adjustment | None) -> int:
+    """Insert a `rating_adjustments` row for every charge whose amount in a closed period changes (I19).
+
+    Without `adjust` the only change a closed period can take is late usage (a re-segmented one was
+    refused above): reason `late_usage`, linked to the files whose events for the customer's period
+    were ingested after the period was last rated. Returns the rows inserted.
+    """
+    if stored.height == 0:   # a month's first rating adjusts nothing, closed periods included
+        return 0
+    key = ["customer_id", "period_start", "period_end", "currency", "charge"]
+    period = ["customer_id", "period_start"]
+    deltas = (_charge_amounts(stored, today).join(_charge_amounts(rated, today), on=key, how="full", coalesce=True,
+                                                   suffix="_after")
+              .select(*key, before_minor=pl.col("amount_minor").fill_null(0),
+                      after_minor=pl.col("amount_minor_after").fill_null(0))
+              .with_columns(delta_minor=pl.col("after_minor") - pl.col("before_minor"))
+              .filter(pl.col("delta_minor") != 0))
+    if adjust is None:   # only late usage can reach here: periods the customer was rated for
+        deltas = deltas.join(stored.select(period).unique(), on=period, how="semi")
+    if deltas.height == 0:
+        return 0
+    if adjust is not None:
+        links = deltas.select(period).unique().with_columns(
+            link=pl.lit(json.dumps(adjust.link, sort_keys=True)), reason=pl.lit(adjust.reason))
+    else:
+        links = _late_files(con, month, deltas.select(*period, "period_end").unique()).with_columns(
+            reason=pl.lit("late_usage"))
+    frame = deltas.join(links, on=period, how="left").with_columns(
+        reason=pl.col("reason").fill_null("late_usage"), link=pl.col("link").fill_null('{"files": []}'),
+        adjusted_at=_stamp(rated_at))
+    return warehouse.insert_frame(con, "rating_adjustments", frame)
+
+
+def _late_files(con: duckdb.DuckDBPyConnection, month: dt.date, periods: pl.DataFrame) -> pl.DataFrame:
+    """(customer_id, period_start, link): the files holding the customer's events of the period that
+    were ingested after the period was last rated (JSON `{"files": [{"file_id", "path", "sha256"}]}`)."""
+    m0, m1 = month_bounds(month)
+    con.register("_adjusted_periods", periods.to_arrow())
+    try:
+        return warehouse.query_frame(con, """
+            WITH rated AS (
+                SELECT customer_id, period_start, max(rated_at) AS rated_at FROM rated_usage
+                WHERE period_start >= ? AND period_start < ? GROUP BY ALL
+            ), late AS (
+                SELECT DISTINCT p.customer_id, p.period_start, f.file_id, f.path, f.file_hash
+                FROM _adjusted_periods p JOIN rated r USING (customer_id, period_start)
+                JOIN usage_events e ON e.customer_id = p.customer_id
+                     AND e.event_date >= p.period_start AND e.event_date < p.period_end
+                JOIN ingested_files f ON f.file_id = e.file_id AND f.ingested_at > r.rated_at
+            )
+            SELECT customer_id, period_start,
+                   to_json({'files': list({'file_id': file_id, 'path': path, 'sha256': file_hash}
+                                          ORDER BY file_id)})::VARCHAR AS link
+            FROM late GROUP BY ALL""", [m0, m1])
+    finally:
+        con.unregister("_adjusted_periods")
 
 
 def _stamp(at: dt.datetime) -> pl.Expr:
@@ -321,7 +402,8 @@ def months_touching(first: dt.date, last: dt.date) -> list[dt.date]:
 
 
 def rerate_range(con: duckdb.DuckDBPyConnection, rules: Rules, first: dt.date, last: dt.date,
-                 rated_at: dt.datetime, progress: Callable[[int, int], None] | None = None) -> list[dict]:
+                 rated_at: dt.datetime, progress: Callable[[int, int], None] | None = None,
+                 adjust: Adjustment | None = None) -> list[dict]:
     """Recompute aggregates for event dates first..last and re-rate every month touching them.
 
     Returns one summary per month: lines, totals per currency (minor units) and whether the output changed.
@@ -341,7 +423,7 @@ def rerate_range(con: duckdb.DuckDBPyConnection, rules: Rules, first: dt.date, l
     for month in months:
         before = fingerprint(read_rated(con, month))
         rated, _ = rate_month(con, rules, month)
-        write_rated(con, month, rated, rules, rated_at)
+        write_rated(con, month, rated, rules, rated_at, adjust)
         stored = read_rated(con, month)   # closed periods without new usage keep their lines
         previews = invoice_previews(stored)
         write_previews(con, month, previews, rated_at)

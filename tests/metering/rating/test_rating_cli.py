@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import datetime as dt
+import hashlib
+
 import shutil
 from decimal import Decimal
 from pathlib import Path
@@ -184,6 +187,25 @@ def test_rerate_range_is_repeatable(tmp_path):
     assert "Traceback" not in backdated.output
     with warehouse.open_warehouse(db, read_only=True) as con:
         assert con.execute("SELECT * FROM rated_usage ORDER BY ALL").fetchall() == before
+        # the refused list did not stay behind in customer_plans for the next run to trip on
+        assert con.execute("SELECT DISTINCT plan FROM customer_plans ORDER BY 1").fetchall() == [("pro",), ("starter",)]
+    # on purpose, with a reason: the closed periods are re-rated and every change is an adjustment
+    reason = "signed up on pro; credited in Stripe"
+    adjusted = run(*args, "--customers", str(customers), "--adjust-closed", reason)
+    assert adjusted.exit_code == 0, adjusted.output
+    with warehouse.open_warehouse(db, read_only=True) as con:
+        rows = con.execute("SELECT period_start, charge, before_minor, after_minor, delta_minor, reason, "
+                           "link->>'$.sha256' FROM rating_adjustments WHERE period_start = DATE '2026-10-01' "
+                           "ORDER BY charge").fetchall()
+    digest = hashlib.sha256(customers.read_bytes()).hexdigest()
+    # October as starter: calls 10.00 (20,000 billable), fee 19.00; as pro: 30,000 calls, 1,000 free, then
+    # 9,000 x 0.002 = 18.00, then 20,000 x 0.001 + 5.00 = 25.00 (43.00, before the Oct 15 version: all on Oct 3);
+    # fees 49 x 14/31 = 22.13 and 59 x 17/31 = 32.35; 43.00 of usage leaves 57.00 to the $100 minimum
+    assert rows == [
+        (dt.date(2026, 10, 1), "api calls", 1000, 4300, 3300, reason, digest),
+        (dt.date(2026, 10, 1), "minimum spend", 0, 5700, 5700, reason, digest),
+        (dt.date(2026, 10, 1), "platform fee", 1900, 2213 + 3235, 2213 + 3235 - 1900, reason, digest),
+    ]
 
 
 def test_rate_refuses_float_quantities_in_parquet(tmp_path):

@@ -8,6 +8,8 @@ from pathlib import Path
 
 import polars as pl
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from metering import warehouse
 from metering.customers import load_customers
@@ -166,6 +168,40 @@ def test_a_closed_period_keeps_its_lines_unless_its_usage_changes(rated_db):
         assert service.write_rated(con, OCT, rated, rules, NOW) == rated.height
         assert _line(con, "a", "platform fee") == (None, 1900)
         assert _line(con, "a", "api calls") == ("12000.000000000000", 100)
+        # and every change to the closed period is an adjustment row (I19); the late events were not
+        # ingested from a file here, so the link names none
+        assert con.execute("SELECT customer_id, period_start, charge, before_minor, after_minor, delta_minor, reason, "
+                           "CAST(link AS VARCHAR) FROM rating_adjustments ORDER BY charge").fetchall() == [
+            ("a", OCT, "api calls", 0, 100, 100, "late_usage", '{"files": []}'),
+            ("a", OCT, "platform fee", 1907, 1900, -7, "late_usage", '{"files": []}'),
+        ]
+
+
+def test_late_usage_in_a_closed_period_is_an_adjustment_linked_to_its_file(rated_db, tmp_path):
+    """I19: a closed period's total changes only through adjustment rows with a reason and a link. 12,000
+    late starter calls (10,000 included, then 0.0005 each) add 1.00 to a's closed October: one row,
+    reason late_usage, linked to the file that brought them; re-rating again adds none; b's open
+    period is no adjustment."""
+    import json
+
+    from metering.ingest import ingest_file
+
+    db, rules = rated_db
+    late = tmp_path / "late.jsonl"
+    late.write_text("".join(json.dumps({"event_id": f"late-{i}", "customer_id": "a", "meter": "api_calls",
+                                        "timestamp": "2026-10-20T10:00:00Z", "properties": {"region": "us"}}) + "\n"
+                            for i in range(12_000)))
+    with warehouse.open_warehouse(db) as con:
+        result = ingest_file(con, late, now=NOW)
+        service.refresh_aggregates(con, rules.meters, dt.date(2026, 10, 20))
+        for _ in range(2):
+            rated, previews = service.rate_month(con, rules, OCT)
+            service.write_rated(con, OCT, rated, rules, NOW + dt.timedelta(hours=1))
+        rows = con.execute("SELECT customer_id, charge, before_minor, after_minor, delta_minor, reason, "
+                           "CAST(link AS VARCHAR) FROM rating_adjustments").fetchall()
+    assert rows == [("a", "api calls", 0, 100, 100, "late_usage", json.dumps(
+        {"files": [{"file_id": result.file_id, "path": str(late), "sha256": result.file_hash}]},
+        separators=(",", ":")))]
 
 
 def test_a_closed_period_cut_otherwise_by_an_older_rating_is_kept_not_refused(rated_db, tmp_path):
@@ -190,3 +226,38 @@ def test_a_closed_period_cut_otherwise_by_an_older_rating_is_kept_not_refused(ra
         rated, _ = service.rate_month(con, rules, OCT)
         assert service.write_rated(con, OCT, rated, rules, NOW) == 0
         assert con.execute("SELECT * FROM rated_usage ORDER BY ALL").fetchall() == before
+
+
+@settings(max_examples=10, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(steps=st.lists(st.tuples(st.sampled_from(["a", "b"]), st.integers(1, 31), st.integers(1, 20_000)),
+                      min_size=1, max_size=4))
+def test_a_closed_periods_total_is_its_first_total_plus_its_adjustments(tmp_path_factory, steps):
+    """I19 as an equation: after any sequence of late usage and re-ratings, each closed period's total is
+    its first rated total plus the deltas of its adjustment rows, and open periods have none."""
+    tmp = tmp_path_factory.mktemp("adj")
+    rules = load_rules(PROJECT_ROOT / "rating_rules")
+    csv = tmp / "customers.csv"
+    csv.write_text("customer_id,name,email,currency,billing_anchor_day,plan,plan_effective_from,payment_behavior\n"
+                   "a,A,a@a.test,usd,,starter,2026-01-01,succeeds\nb,B,b@b.test,usd,,pro,2026-01-01,fails\n")
+    totals = "SELECT customer_id, period_start, sum(amount_minor) FROM rated_usage GROUP BY ALL ORDER BY ALL"
+    with warehouse.open_warehouse(tmp / "wh.duckdb") as con:
+        warehouse.insert_frame(con, "customer_plans", load_customers(csv, rules))
+        rated, _ = service.rate_month(con, rules, OCT)
+        service.write_rated(con, OCT, rated, rules, NOW)
+        first = {(c, p): t for c, p, t in con.execute(totals).fetchall()}
+        for i, (customer, day, n) in enumerate(steps):
+            con.execute("INSERT INTO usage_events SELECT ? || '-' || i, ?, 'api_calls', CAST(? AS TIMESTAMPTZ) "
+                        "+ INTERVAL (i) MILLISECOND, CAST(? AS DATE), NULL, '{\"region\":\"us\"}', '{}', 1, i "
+                        "FROM range(?) t(i)", [f"s{i}", customer, f"2026-10-{day:02d} 00:00:00+00",
+                                               f"2026-10-{day:02d}", n])
+            service.refresh_aggregates(con, rules.meters, dt.date(2026, 10, day))
+            rated, _ = service.rate_month(con, rules, OCT)
+            service.write_rated(con, OCT, rated, rules, NOW + dt.timedelta(hours=i + 1))
+        deltas = dict(((c, p), d) for c, p, d in con.execute(
+            "SELECT customer_id, period_start, sum(delta_minor) FROM rating_adjustments GROUP BY ALL").fetchall())
+        now = {(c, p): t for c, p, t in con.execute(totals).fetchall()}
+        # a row is a change (pro's minimum can absorb usage: +calls and -minimum, a period sum of 0)
+        assert con.execute("SELECT count(*) FROM rating_adjustments WHERE delta_minor = 0").fetchone() == (0,)
+    assert set(now) == set(first) == {("a", OCT), ("b", OCT)}   # both calendar months: closed at NOW
+    for key, total in now.items():
+        assert total == first[key] + deltas.get(key, 0), key

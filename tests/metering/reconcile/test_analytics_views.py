@@ -107,7 +107,8 @@ def test_every_view_is_documented_and_works_when_attached(snapshot, tmp_path):
             "SELECT view_name, comment FROM duckdb_views() WHERE database_name = 'snap' AND schema_name = 'analytics' "
             "ORDER BY view_name").fetchall()
         assert [v for v, _ in views] == ["daily_usage", "dunning_queue", "invoice_reconciliation",
-                                         "invoices_vs_rated", "rated_lines", "reconciliation", "stripe_invoice_lines"]
+                                         "invoices_vs_rated", "rated_lines", "rating_adjustments", "reconciliation",
+                                         "stripe_invoice_lines"]
         assert all(comment and "Source:" in comment and "One row per" in comment for _, comment in views)
         for view, _ in views:  # each view binds inside the attached snapshot
             con.execute(f"SELECT count(*) FROM snap.analytics.{view}").fetchone()
