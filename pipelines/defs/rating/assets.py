@@ -138,7 +138,9 @@ def rated_usage(context: dg.AssetExecutionContext, warehouse: WarehouseResource,
 
     Source: usage_aggregates over each period's time range, customer_plans, and the pricing rules
     (a version that already rated may not change: the rules are checked against rules_versions).
-    Every line carries plan, plan_version and the version's content hash.
+    Every line carries plan, plan_version and the version's content hash. A closed (ended) period
+    changes only with late usage, each change recorded in rating_adjustments (I19); a customer list
+    that would re-price one fails the run (re-rate it on purpose with `metering rerate --adjust-closed`).
     """
     month = _partition_date(context)
     with warehouse.get_connection() as con:
