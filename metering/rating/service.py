@@ -15,6 +15,7 @@ All writes are delete-then-insert of exactly the partition's rows, so re-running
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import hashlib
 import json
@@ -127,31 +128,37 @@ def rated_hashes(con: duckdb.DuckDBPyConnection) -> dict[tuple[str, str], str]:
 
 
 def write_rated(con: duckdb.DuckDBPyConnection, month: dt.date, rated: pl.DataFrame, rules: Rules,
-                rated_at: dt.datetime, adjust: Adjustment | None = None) -> int:
+                rated_at: dt.datetime, adjust: Adjustment | None = None, in_transaction: bool = False) -> int:
     """Replace the rated_usage rows of periods starting in `month`; record the plan versions used.
 
     When the new lines equal the stored ones nothing is written, so re-rating unchanged inputs
-    leaves the table byte-identical (including `rated_at`, which thus means "last changed"). A closed
-    period (ended by the rating date) keeps its stored lines unless its usage changed (late events),
-    and a customer list that would re-segment it is refused unless `adjust` says why (I19). Every
-    change to a closed period is recorded in `rating_adjustments`, per charge, with its reason and
-    link. Previews are to be computed from the lines stored (`read_rated`), which may be kept ones.
-    One transaction: the lines and the rules_versions entries that make their versions immutable
-    are committed together.
+    leaves the table byte-identical; a period whose lines do not change keeps its `rated_at`, which
+    thus means "this period last changed".
+
+    A period is **billed** once it was rated at or after its end (the closing rating; a period's
+    first rating after it ended is that rating, not a change). A billed period keeps its stored lines
+    unless its usage changed (late events), a customer list that would re-segment it is refused
+    unless `adjust` says why (I19), and every change to it is recorded in `rating_adjustments`, per
+    charge, with its reason and link. Previews are to be computed from the lines stored
+    (`read_rated`), which may be kept ones. One transaction (the caller's, with `in_transaction`):
+    the lines, their adjustments and the rules_versions entries that make their versions immutable.
     """
     m0, m1 = month_bounds(month)
     used = rated.select("plan", "plan_version").unique().sort("plan", "plan_version")
     today = rated_at.astimezone(dt.timezone.utc).date()
-    with warehouse.transaction(con):
+    with contextlib.nullcontext() if in_transaction else warehouse.transaction(con):
         stored = read_rated(con, month)
-        if stored.height:
-            rated = _keep_closed_without_new_usage(stored, rated.select(RATED_COLUMNS), today)
-        if fingerprint(stored) == fingerprint(rated.select(RATED_COLUMNS)):
+        stamps = _period_stamps(con, month)
+        billed = _billed(stored, stamps)
+        rated = rated.select(RATED_COLUMNS)
+        if billed.height:
+            rated = _keep_billed_without_new_usage(stored, rated, billed, rules)
+        if fingerprint(stored) == fingerprint(rated):
             return 0   # unchanged: keep the rows (and their rated_at) byte for byte
-        _refuse_repriced_past(stored, rated, today, adjust)
-        _record_adjustments(con, month, stored, rated, today, rated_at, adjust)
+        _refuse_repriced_past(stored, rated, today, billed, adjust)
+        _record_adjustments(con, month, stored, rated, billed, rated_at, adjust)
         n = warehouse.replace_rows(con, "rated_usage", "period_start >= ? AND period_start < ?", [m0, m1],
-                                   rated.with_columns(rated_at=_stamp(rated_at)), in_transaction=True)
+                                   _stamped(stored, stamps, rated, rated_at), in_transaction=True)
         known = {(p, v) for p, v in con.execute("SELECT plan, plan_version FROM rules_versions").fetchall()}
         for plan, version in used.iter_rows():   # a handful of plan versions, not rows
             if (plan, version) in known:
@@ -175,18 +182,18 @@ def _versions_by_day(lines: pl.DataFrame, before: dt.date) -> pl.DataFrame:
 
 
 def _refuse_repriced_past(stored: pl.DataFrame, rated: pl.DataFrame, today: dt.date,
-                          adjust: Adjustment | None = None) -> None:
+                          billed: pl.DataFrame | None = None, adjust: Adjustment | None = None) -> None:
     """Refuse lines that price a day already past under another version of the same plan than the
     stored lines did: a version inserted before a rated one, one backdated into rated time, or a rated
     version deleted from its file. Published versions are immutable, their dates included (I6, I19).
-    Refuse too a customer list that re-segments a closed period (one that ended by `today`): another
-    plan, no lines at all, or lines for a customer it was not rated for (I19), unless `adjust` gives the
-    reason (the change is then recorded as adjustments). New usage re-rated under the same versions,
-    and a plan change in the open period or later, still go through."""
+    Refuse too a customer list that re-segments a `billed` period (rated at or after its end): another
+    plan, or no lines at all (I19), unless `adjust` gives the reason (the change is then recorded as
+    adjustments). New usage re-rated under the same versions, and a plan change in a period not yet
+    billed, still go through."""
     if stored.height == 0:
         return
-    if adjust is None:
-        _refuse_resegmented_closed(stored, rated, today)
+    if adjust is None and billed is not None and billed.height:
+        _refuse_resegmented_billed(stored, rated, billed)
     changed = _versions_by_day(stored, today).join(_versions_by_day(rated, today), on=["customer_id", "plan", "day"],
                                                     suffix="_new").filter(pl.col("plan_version") != pl.col("plan_version_new"))
     if changed.height:
@@ -198,64 +205,121 @@ def _refuse_repriced_past(stored: pl.DataFrame, rated: pl.DataFrame, today: dt.d
             f"later, keep rated versions in their files, and correct a past period with an adjustment")
 
 
-def _plans_by_day_of_closed(lines: pl.DataFrame, customers: pl.Series, today: dt.date) -> pl.DataFrame:
-    """(customer, period, day, plan, version) for every day of the periods ended by `today`, for
-    `customers`: what each day was priced under, however the days were cut into segments."""
-    return (lines.filter((pl.col("period_end") <= today) & pl.col("customer_id").is_in(customers.implode()))
+PERIOD_KEY = ["customer_id", "period_start"]
+
+
+def _period_stamps(con: duckdb.DuckDBPyConnection, month: dt.date) -> pl.DataFrame:
+    """(customer_id, period_start, rated_at): when each stored period of the month last changed."""
+    m0, m1 = month_bounds(month)
+    return warehouse.query_frame(
+        con, "SELECT customer_id, period_start, max(rated_at) AS rated_at FROM rated_usage "
+        "WHERE period_start >= ? AND period_start < ? GROUP BY ALL", [m0, m1])
+
+
+def _billed(stored: pl.DataFrame, stamps: pl.DataFrame) -> pl.DataFrame:
+    """(customer_id, period_start) of the stored periods rated at or after their end: billed, closed."""
+    if stored.height == 0:
+        return pl.DataFrame(schema={"customer_id": pl.String, "period_start": pl.Date})
+    ends = stored.select(*PERIOD_KEY, "period_end").unique()
+    return (ends.join(stamps, on=PERIOD_KEY)
+            .filter(pl.col("rated_at") >= pl.col("period_end").cast(pl.Datetime("us", "UTC")))
+            .select(PERIOD_KEY))
+
+
+def _period_signatures(lines: pl.DataFrame) -> pl.DataFrame:
+    """(customer_id, period_start, sig): the period's lines as a sorted list of row hashes."""
+    return (lines.select(*PERIOD_KEY, h=pl.struct(RATED_COLUMNS).hash(seed=0))
+            .group_by(PERIOD_KEY).agg(sig=pl.col("h").sort()))
+
+
+def _stamped(stored: pl.DataFrame, stamps: pl.DataFrame, rated: pl.DataFrame, rated_at: dt.datetime) -> pl.DataFrame:
+    """`rated` with rated_at: the stored one for a period whose lines did not change, else `rated_at`."""
+    same = (_period_signatures(stored).join(_period_signatures(rated), on=PERIOD_KEY, suffix="_new")
+            .filter(pl.col("sig") == pl.col("sig_new")).select(PERIOD_KEY).join(stamps, on=PERIOD_KEY))
+    return (rated.join(same, on=PERIOD_KEY, how="left")
+            .with_columns(rated_at=pl.coalesce(pl.col("rated_at"), _stamp(rated_at))))
+
+
+def _plans_by_day(lines: pl.DataFrame, periods: pl.DataFrame) -> pl.DataFrame:
+    """(customer, period, day, plan, version) for every day of `periods`: what each day was priced
+    under, however the days were cut into segments."""
+    return (lines.join(periods, on=PERIOD_KEY, how="semi")
             .select("customer_id", "period_start", "period_end", "segment_start", "segment_end", "plan",
                     "plan_version").unique()
             .with_columns(day=pl.date_ranges("segment_start", "segment_end", closed="left"))
             .explode("day").drop("segment_start", "segment_end").unique())
 
 
-def _refuse_resegmented_closed(stored: pl.DataFrame, rated: pl.DataFrame, today: dt.date) -> None:
-    # every customer: one the list adds to a closed period (backdated) re-prices it as much as one it drops
-    customers = pl.concat([stored["customer_id"], rated["customer_id"]]).unique()
-    before = _plans_by_day_of_closed(stored, customers, today)
-    after = _plans_by_day_of_closed(rated, customers, today)
-    changed = pl.concat([before.join(after, on=before.columns, how="anti"),
-                         after.join(before, on=before.columns, how="anti")])
+def _resegmented(stored: pl.DataFrame, rated: pl.DataFrame, billed: pl.DataFrame) -> pl.DataFrame:
+    """The billed periods' day rows that differ between the stored and the new lines."""
+    before, after = _plans_by_day(stored, billed), _plans_by_day(rated, billed)
+    return pl.concat([before.join(after, on=before.columns, how="anti"),
+                      after.join(before, on=before.columns, how="anti")])
+
+
+def _refuse_resegmented_billed(stored: pl.DataFrame, rated: pl.DataFrame, billed: pl.DataFrame) -> None:
+    changed = _resegmented(stored, rated, billed)
     if changed.height == 0:
         return
     first = changed.sort("period_start", "customer_id").row(0, named=True)
 
-    def plans(frame: pl.DataFrame) -> str:
-        days = frame.filter((pl.col("customer_id") == first["customer_id"])
-                            & (pl.col("period_start") == first["period_start"]))
+    def plans(lines: pl.DataFrame) -> str:
+        days = _plans_by_day(lines, billed).filter((pl.col("customer_id") == first["customer_id"])
+                                                   & (pl.col("period_start") == first["period_start"]))
         runs = days.group_by("plan", "plan_version").agg(pl.col("day").min()).sort("day")
         return ", ".join(f"{r['plan']} {r['plan_version']} from {r['day']}" for r in runs.iter_rows(named=True)) \
             or "no lines"
 
     raise BadInputError(
         f"customers: the customer list would re-price customer {first['customer_id']}'s closed period "
-        f"{first['period_start']}..{first['period_end']} (already ended and rated): {plans(before)} -> "
-        f"{plans(after)}, for {changed['customer_id'].n_unique()} customer(s). A closed period changes only "
+        f"{first['period_start']}..{first['period_end']} (already ended and rated): {plans(stored)} -> "
+        f"{plans(rated)}, for {changed['customer_id'].n_unique()} customer(s). A closed period changes only "
         f"through adjustments with a reason (I19): date plan changes in the open period or later, or re-rate "
         f"on purpose with `metering rerate --adjust-closed REASON`, which records each change in "
         f"rating_adjustments (and correct what Stripe billed with a credit note or an invoice item)")
 
 
-def _keep_closed_without_new_usage(stored: pl.DataFrame, rated: pl.DataFrame, today: dt.date) -> pl.DataFrame:
-    """`rated`, with the stored lines kept for every closed period (ended by `today`) whose usage lines
-    carry the quantities they had: such a period is re-priced only by late usage (I19), never by a
-    change of the pricing code (say, how a minimum is compared) under the same usage."""
-    closed = pl.col("period_end") <= today
-    key = ["customer_id", "period_start"]
+def _usage_by_charge(lines: pl.DataFrame, periods: pl.DataFrame, rules: Rules) -> pl.DataFrame:
+    """(customer_id, period_start, usage): each usage charge's period quantity, however the period is
+    cut into segments, combined by its meter's aggregation (sum and count add, max takes the largest,
+    last the latest non-zero segment's; unique_count only where at most one segment has any, else
+    its per-segment list stands)."""
+    aggregation = {name: m.aggregation for name, m in rules.meters.items()}
+    usage = (lines.join(periods, on=PERIOD_KEY, how="semi").filter(pl.col("quantity").is_not_null())
+             .with_columns(agg=pl.col("meter").replace_strict(aggregation, default="unique_count")))
     charge = ["plan", "plan_version", "charge_id"]
+    in_order = pl.col("quantity").sort_by("segment_start")
+    combined = usage.group_by(*PERIOD_KEY, *charge).agg(
+        pl.when(pl.col("agg").first().is_in(["sum", "count"])).then(pl.col("quantity").sum())
+        .when(pl.col("agg").first() == "max").then(pl.col("quantity").max())
+        # a segment without events rates a `last` meter 0: the period's value is the latest segment's
+        # that had one (a real 0 there reads as none: an older rating's split period may then be kept)
+        .when(pl.col("agg").first() == "last").then(in_order.filter(in_order != 0).last()
+                                                     .fill_null(pl.col("quantity").first()))
+        # distinct values of one segment at most: the union is that segment's
+        .when((pl.col("quantity") != 0).sum() <= 1).then(pl.col("quantity").sum())
+        .alias("quantity"),
+        pl.col("quantity").sort_by("segment_start").alias("per_segment"),
+        pl.col("agg").first())
+    combined = combined.with_columns(
+        per_segment=pl.when(pl.col("quantity").is_null()).then(pl.col("per_segment")))  # only for unique_count
+    fields = [*charge, "quantity", "per_segment"]
+    return combined.group_by(PERIOD_KEY).agg(pl.struct(fields).sort_by(charge).alias("usage"))
 
-    def usage_of(lines: pl.DataFrame) -> pl.DataFrame:
-        # per charge over the period, whatever the segments (an older rating may have cut them otherwise)
-        per_charge = (lines.filter(closed & pl.col("quantity").is_not_null()).group_by(key + charge)
-                      .agg(pl.col("quantity").sum()))
-        fields = charge + ["quantity"]
-        return per_charge.group_by(key).agg(pl.struct(fields).sort_by(charge).alias("usage"))
 
-    same = (usage_of(stored).join(usage_of(rated), on=key, suffix="_new")
-            .filter(pl.col("usage") == pl.col("usage_new")).select(key))
+def _keep_billed_without_new_usage(stored: pl.DataFrame, rated: pl.DataFrame, billed: pl.DataFrame,
+                                   rules: Rules) -> pl.DataFrame:
+    """`rated`, with the stored lines kept for every billed period whose usage is what it was rated
+    with (per charge, whatever the segments; none on both sides counts as the same): such a period is
+    re-priced only by late usage (I19), never by a change of the pricing code under the same usage."""
+    before, after = _usage_by_charge(stored, billed, rules), _usage_by_charge(rated, billed, rules)
+    both = billed.join(before, on=PERIOD_KEY, how="left").join(after, on=PERIOD_KEY, how="left", suffix="_new")
+    same = both.filter((pl.col("usage").is_null() & pl.col("usage_new").is_null())
+                       | (pl.col("usage") == pl.col("usage_new"))).select(PERIOD_KEY)
     if same.height == 0:
         return rated
-    kept = stored.join(same, on=key, how="semi")
-    return pl.concat([rated.join(same, on=key, how="anti"), kept.select(rated.columns).cast(rated.schema)]) \
+    kept = stored.join(same, on=PERIOD_KEY, how="semi")
+    return pl.concat([rated.join(same, on=PERIOD_KEY, how="anti"), kept.select(rated.columns).cast(rated.schema)]) \
         .sort("customer_id", "period_start", "segment_start", "plan", "plan_version", "charge_id")
 
 
@@ -267,44 +331,44 @@ class Adjustment(NamedTuple):
     link: dict
 
 
-def _charge_amounts(lines: pl.DataFrame, today: dt.date) -> pl.DataFrame:
-    """Closed periods' amounts per customer x period x currency x charge name."""
+def _charge_amounts(lines: pl.DataFrame, periods: pl.DataFrame) -> pl.DataFrame:
+    """The amounts of `periods` per customer x period x currency x charge name."""
     key = ["customer_id", "period_start", "period_end", "currency", "charge"]
-    return (lines.filter(pl.col("period_end") <= today).group_by(key)
+    return (lines.join(periods, on=PERIOD_KEY, how="semi").group_by(key)
             .agg(pl.col("amount_minor").sum().cast(pl.Int64)))
 
 
 def _record_adjustments(con: duckdb.DuckDBPyConnection, month: dt.date, stored: pl.DataFrame,
-                        rated: pl.DataFrame, today: dt.date, rated_at: dt.datetime,
+                        rated: pl.DataFrame, billed: pl.DataFrame, rated_at: dt.datetime,
                         adjust: Adjustment | None) -> int:
-    """Insert a `rating_adjustments` row for every charge whose amount in a closed period changes (I19).
+    """Insert a `rating_adjustments` row for every charge whose amount in a billed period changes (I19).
 
-    Without `adjust` the only change a closed period can take is late usage (a re-segmented one was
-    refused above): reason `late_usage`, linked to the files whose events for the customer's period
-    were ingested after the period was last rated. Returns the rows inserted.
+    A period the operator re-segments on purpose (`adjust`, its plans by day changed) takes their
+    reason and link. Any other change of a billed period comes with new usage (an unchanged one was
+    kept): reason `late_usage`, linked to the files holding the customer's events of the period that
+    were ingested after the period last changed; `recomputed` when no such file explains it (its
+    usage was re-aggregated, say). Returns the rows inserted.
     """
-    if stored.height == 0:   # a month's first rating adjusts nothing, closed periods included
+    if billed.height == 0:
         return 0
     key = ["customer_id", "period_start", "period_end", "currency", "charge"]
-    period = ["customer_id", "period_start"]
-    deltas = (_charge_amounts(stored, today).join(_charge_amounts(rated, today), on=key, how="full", coalesce=True,
-                                                   suffix="_after")
+    deltas = (_charge_amounts(stored, billed).join(_charge_amounts(rated, billed), on=key, how="full",
+                                                    coalesce=True, suffix="_after")
               .select(*key, before_minor=pl.col("amount_minor").fill_null(0),
                       after_minor=pl.col("amount_minor_after").fill_null(0))
               .with_columns(delta_minor=pl.col("after_minor") - pl.col("before_minor"))
               .filter(pl.col("delta_minor") != 0))
-    if adjust is None:   # only late usage can reach here: periods the customer was rated for
-        deltas = deltas.join(stored.select(period).unique(), on=period, how="semi")
     if deltas.height == 0:
         return 0
+    periods = deltas.select(*PERIOD_KEY, "period_end").unique()
+    late = _late_files(con, month, periods).with_columns(reason=pl.lit("late_usage"))
+    links = late
     if adjust is not None:
-        links = deltas.select(period).unique().with_columns(
+        chosen = _resegmented(stored, rated, billed).select(PERIOD_KEY).unique().with_columns(
             link=pl.lit(json.dumps(adjust.link, sort_keys=True)), reason=pl.lit(adjust.reason))
-    else:
-        links = _late_files(con, month, deltas.select(*period, "period_end").unique()).with_columns(
-            reason=pl.lit("late_usage"))
-    frame = deltas.join(links, on=period, how="left").with_columns(
-        reason=pl.col("reason").fill_null("late_usage"), link=pl.col("link").fill_null('{"files": []}'),
+        links = pl.concat([chosen, late.join(chosen, on=PERIOD_KEY, how="anti")])
+    frame = deltas.join(links, on=PERIOD_KEY, how="left").with_columns(
+        reason=pl.col("reason").fill_null("recomputed"), link=pl.col("link").fill_null('{"files": []}'),
         adjusted_at=_stamp(rated_at))
     return warehouse.insert_frame(con, "rating_adjustments", frame)
 
@@ -352,8 +416,9 @@ def read_rated(con: duckdb.DuckDBPyConnection, month: dt.date) -> pl.DataFrame:
 
 
 def write_previews(con: duckdb.DuckDBPyConnection, month: dt.date, previews: pl.DataFrame,
-                   rated_at: dt.datetime) -> int:
-    """Replace the invoice_previews rows of periods starting in `month`."""
+                   rated_at: dt.datetime, in_transaction: bool = False) -> int:
+    """Replace the invoice_previews rows of periods starting in `month` (in the caller's transaction
+    with `in_transaction`)."""
     m0, m1 = month_bounds(month)
     existing = warehouse.query_frame(
         con, f"SELECT {', '.join(PREVIEW_COLUMNS)} FROM invoice_previews WHERE period_start >= ? AND period_start < ? "
@@ -361,7 +426,7 @@ def write_previews(con: duckdb.DuckDBPyConnection, month: dt.date, previews: pl.
     if existing.height and fingerprint(existing) == fingerprint(previews.select(PREVIEW_COLUMNS)):
         return 0   # unchanged: keep rated_at
     return warehouse.replace_rows(con, "invoice_previews", "period_start >= ? AND period_start < ?", [m0, m1],
-                                  previews.with_columns(rated_at=_stamp(rated_at)))
+                                  previews.with_columns(rated_at=_stamp(rated_at)), in_transaction=in_transaction)
 
 
 def preview_mismatches(con: duckdb.DuckDBPyConnection, month: dt.date) -> pl.DataFrame:
@@ -419,19 +484,21 @@ def rerate_range(con: duckdb.DuckDBPyConnection, rules: Rules, first: dt.date, l
         done += 1
         if progress:
             progress(done, total)
-    out = []
+    ratings = []
     for month in months:
-        before = fingerprint(read_rated(con, month))
-        rated, _ = rate_month(con, rules, month)
-        write_rated(con, month, rated, rules, rated_at, adjust)
-        stored = read_rated(con, month)   # closed periods without new usage keep their lines
-        previews = invoice_previews(stored)
-        write_previews(con, month, previews, rated_at)
-        after = fingerprint(stored)
-        totals = previews.group_by("currency").agg(pl.col("total_minor").sum()).sort("currency")
-        out.append({"month": month, "lines": rated.height, "changed": before != after,
-                    "totals": {c: t for c, t in totals.iter_rows()}})
+        ratings.append((month, fingerprint(read_rated(con, month)), rate_month(con, rules, month)[0]))
         done += 1
         if progress:
             progress(done, total)
+    out = []
+    # every month in one transaction: a month refused (a closed period re-priced) leaves none written
+    with warehouse.transaction(con):
+        for month, before, rated in ratings:
+            write_rated(con, month, rated, rules, rated_at, adjust, in_transaction=True)
+            stored = read_rated(con, month)   # billed periods without new usage keep their lines
+            previews = invoice_previews(stored)
+            write_previews(con, month, previews, rated_at, in_transaction=True)
+            totals = previews.group_by("currency").agg(pl.col("total_minor").sum()).sort("currency")
+            out.append({"month": month, "lines": stored.height, "changed": before != fingerprint(stored),
+                        "totals": {c: t for c, t in totals.iter_rows()}})
     return out

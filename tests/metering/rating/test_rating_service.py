@@ -169,11 +169,11 @@ def test_a_closed_period_keeps_its_lines_unless_its_usage_changes(rated_db):
         assert _line(con, "a", "platform fee") == (None, 1900)
         assert _line(con, "a", "api calls") == ("12000.000000000000", 100)
         # and every change to the closed period is an adjustment row (I19); the late events were not
-        # ingested from a file here, so the link names none
+        # ingested from a file here, so no file explains them: `recomputed`, linked to none
         assert con.execute("SELECT customer_id, period_start, charge, before_minor, after_minor, delta_minor, reason, "
                            "CAST(link AS VARCHAR) FROM rating_adjustments ORDER BY charge").fetchall() == [
-            ("a", OCT, "api calls", 0, 100, 100, "late_usage", '{"files": []}'),
-            ("a", OCT, "platform fee", 1907, 1900, -7, "late_usage", '{"files": []}'),
+            ("a", OCT, "api calls", 0, 100, 100, "recomputed", '{"files": []}'),
+            ("a", OCT, "platform fee", 1907, 1900, -7, "recomputed", '{"files": []}'),
         ]
 
 
@@ -207,11 +207,18 @@ def test_late_usage_in_a_closed_period_is_an_adjustment_linked_to_its_file(rated
 def test_a_closed_period_cut_otherwise_by_an_older_rating_is_kept_not_refused(rated_db, tmp_path):
     """An older rating cut a's October in two at a row repeating its plan (Oct 16), which the customer
     list now folds away: every day is still starter 2026-01, so it is not refused, and with the same
-    usage it keeps its lines."""
+    usage it keeps its lines, gauges included (5 seats and 10 GB in both segments are the month's 5
+    and 10, not 10 and 20: per segment they were billed twice, which the period keeps as billed)."""
     from metering.customers import with_effective_to
 
     db, rules = rated_db
     with warehouse.open_warehouse(db) as con:
+        for day in (3, 20):   # in both of the older rating's segments
+            for meter, value in (("seats", "5"), ("storage_gb", "10")):
+                con.execute("INSERT INTO usage_events VALUES (?, 'a', ?, CAST(? AS TIMESTAMPTZ), CAST(? AS DATE), ?, "
+                            "'{}', '{}', 1, 1)", [f"g-{meter}-{day}", meter, f"2026-10-{day} 00:00:00+00",
+                                                  f"2026-10-{day}", value])
+            service.refresh_aggregates(con, rules.meters, dt.date(2026, 10, day))
         plans = service.read_customer_plans(con)
         a = plans.filter(plans["customer_id"] == "a")
         split = (a.with_columns(plan_effective_to=dt.date(2026, 10, 16))
@@ -261,3 +268,59 @@ def test_a_closed_periods_total_is_its_first_total_plus_its_adjustments(tmp_path
     assert set(now) == set(first) == {("a", OCT), ("b", OCT)}   # both calendar months: closed at NOW
     for key, total in now.items():
         assert total == first[key] + deltas.get(key, 0), key
+
+
+def test_a_periods_first_rating_after_its_end_is_its_closing_not_an_adjustment(tmp_path):
+    """A period is billed once rated at or after its end. a's October, rated on Oct 31 while open, then
+    gets its last day's calls and a plan change dated Oct 28 (allowed in an open period): the rating on
+    Nov 1 is October's closing rating, neither refused nor an adjustment. Calls arriving after that are
+    (12,000 starter calls: 10,000 included, 2,000 x 0.0005 = 1.00 before; pro from Oct 28 prices them)."""
+    rules = load_rules(PROJECT_ROOT / "rating_rules")
+    header = "customer_id,name,email,currency,billing_anchor_day,plan,plan_effective_from,payment_behavior\n"
+    csv = tmp_path / "customers.csv"
+    csv.write_text(header + "a,A,a@a.test,usd,,starter,2026-01-01,succeeds\n")
+    open_rating = dt.datetime(2026, 10, 31, 2, 30, tzinfo=dt.timezone.utc)
+    closing = dt.datetime(2026, 11, 1, 2, 30, tzinfo=dt.timezone.utc)
+    with warehouse.open_warehouse(tmp_path / "wh.duckdb") as con:
+        warehouse.insert_frame(con, "customer_plans", load_customers(csv, rules))
+        _late_calls(con, rules, "a", "2026-10-20", 12_000)
+        service.write_rated(con, OCT, service.rate_month(con, rules, OCT)[0], rules, open_rating)
+        _late_calls(con, rules, "a", "2026-10-31", 3)   # on time: the period is open
+        csv.write_text(header + "a,A,a@a.test,usd,,starter,2026-01-01,succeeds\n"
+                                "a,A,a@a.test,usd,,pro,2026-10-28,succeeds\n")
+        warehouse.replace_rows(con, "customer_plans", "TRUE", [], load_customers(csv, rules))
+        service.write_rated(con, OCT, service.rate_month(con, rules, OCT)[0], rules, closing)
+        assert con.execute("SELECT count(*) FROM rating_adjustments").fetchone() == (0,)
+        assert con.execute("SELECT DISTINCT plan FROM rated_usage ORDER BY 1").fetchall() == [("pro",), ("starter",)]
+        # now billed: a changed list is refused, late calls are an adjustment
+        csv.write_text(header + "a,A,a@a.test,usd,,starter,2026-01-01,succeeds\n")
+        with pytest.raises(BadInputError, match="would re-price customer a's closed period 2026-10-01..2026-11-01"):
+            service.write_rated(con, OCT, service.rate_month(con, rules, OCT, load_customers(csv, rules))[0],
+                                rules, closing + dt.timedelta(days=1))
+        _late_calls(con, rules, "a", "2026-10-29", 1)   # a late pro call (pro: 1,000 free: no money)
+        _late_calls(con, rules, "a", "2026-10-10", 4_000)   # late starter calls: 4,000 x 0.0005 = 2.00
+        service.write_rated(con, OCT, service.rate_month(con, rules, OCT)[0], rules, closing + dt.timedelta(days=2))
+        assert con.execute("SELECT charge, delta_minor FROM rating_adjustments ORDER BY ALL").fetchall() == [
+            ("api calls", 200)]
+
+
+def test_a_rerate_refused_in_one_month_writes_no_month(tmp_path):
+    """rerate_range writes its months in one transaction: October refused (a billed period re-priced by
+    the list) leaves September's late-usage re-rating and its adjustment unwritten too."""
+    rules = load_rules(PROJECT_ROOT / "rating_rules")
+    header = "customer_id,name,email,currency,billing_anchor_day,plan,plan_effective_from,payment_behavior\n"
+    csv = tmp_path / "customers.csv"
+    csv.write_text(header + "a,A,a@a.test,usd,,starter,2026-01-01,succeeds\n")
+    sep = dt.date(2026, 9, 1)
+    with warehouse.open_warehouse(tmp_path / "wh.duckdb") as con:
+        warehouse.insert_frame(con, "customer_plans", load_customers(csv, rules))
+        service.rerate_range(con, rules, sep, dt.date(2026, 10, 31), NOW)
+        before = con.execute("SELECT * FROM rated_usage ORDER BY ALL").fetchall()
+        _late_calls(con, rules, "a", "2026-09-15", 12_000)   # would be a September adjustment of 1.00
+        csv.write_text(header + "a,A,a@a.test,usd,,starter,2026-01-01,succeeds\n"
+                                "a,A,a@a.test,usd,,pro,2026-10-10,succeeds\n")
+        warehouse.replace_rows(con, "customer_plans", "TRUE", [], load_customers(csv, rules))
+        with pytest.raises(BadInputError, match="closed period 2026-10-01..2026-11-01"):
+            service.rerate_range(con, rules, sep, dt.date(2026, 10, 31), NOW + dt.timedelta(days=1))
+        assert con.execute("SELECT * FROM rated_usage ORDER BY ALL").fetchall() == before
+        assert con.execute("SELECT count(*) FROM rating_adjustments").fetchone() == (0,)
