@@ -324,3 +324,36 @@ def test_a_rerate_refused_in_one_month_writes_no_month(tmp_path):
             service.rerate_range(con, rules, sep, dt.date(2026, 10, 31), NOW + dt.timedelta(days=1))
         assert con.execute("SELECT * FROM rated_usage ORDER BY ALL").fetchall() == before
         assert con.execute("SELECT count(*) FROM rating_adjustments").fetchone() == (0,)
+
+
+def test_a_late_files_link_survives_ratings_of_other_periods_in_the_month(tmp_path):
+    """The link names the files ingested after the period last changed. a's October is billed; a late
+    file for it is ingested on Nov 3 but aggregated only on Nov 6, while b's open period (anchor 15:
+    Oct 15 - Nov 15) changes every day and the month is re-rated daily. a's period keeps its rated_at
+    meanwhile, so the adjustment still names the file (the month's restamping used to lose it)."""
+    import json
+
+    from metering.ingest import ingest_file
+
+    rules = load_rules(PROJECT_ROOT / "rating_rules")
+    csv = tmp_path / "customers.csv"
+    csv.write_text("customer_id,name,email,currency,billing_anchor_day,plan,plan_effective_from,payment_behavior\n"
+                   "a,A,a@a.test,usd,,starter,2026-01-01,succeeds\nb,B,b@b.test,usd,15,starter,2026-01-01,succeeds\n")
+    at = lambda day: dt.datetime(2026, 11, day, 2, 30, tzinfo=dt.timezone.utc)  # noqa: E731
+    late = tmp_path / "late.jsonl"
+    late.write_text("".join(json.dumps({"event_id": f"late-{i}", "customer_id": "a", "meter": "api_calls",
+                                        "timestamp": "2026-10-20T10:00:00Z", "properties": {"region": "us"}}) + "\n"
+                            for i in range(12_000)))
+    with warehouse.open_warehouse(tmp_path / "wh.duckdb") as con:
+        warehouse.insert_frame(con, "customer_plans", load_customers(csv, rules))
+        service.write_rated(con, OCT, service.rate_month(con, rules, OCT)[0], rules, at(1))
+        file_id = ingest_file(con, late, now=at(3)).file_id
+        con.execute("UPDATE ingested_files SET ingested_at = ? WHERE file_id = ?", [at(3), file_id])
+        for day in (3, 4, 5):   # b's open period gets calls every day; the month is re-rated
+            _late_calls(con, rules, "b", f"2026-11-0{day}", 20_000 + day)
+            service.write_rated(con, OCT, service.rate_month(con, rules, OCT)[0], rules, at(day) + dt.timedelta(hours=1))
+        service.refresh_aggregates(con, rules.meters, dt.date(2026, 10, 20))   # the backfill of a's late date
+        service.write_rated(con, OCT, service.rate_month(con, rules, OCT)[0], rules, at(6))
+        rows = con.execute("SELECT customer_id, charge, delta_minor, reason, link->'$.files[0].file_id' "
+                           "FROM rating_adjustments").fetchall()
+    assert rows == [("a", "api calls", 100, "late_usage", str(file_id))]
