@@ -19,9 +19,13 @@ def test_hourly_usage_runs_yesterday_and_today():
     assert len({r.run_key for r in requests}) == 2
 
 
-def test_daily_rating_rates_last_and_current_month():
+def test_daily_rating_rates_this_month_and_the_two_before():
+    """September's partition holds an anchored period Sep 15 - Oct 15: late usage for it arriving in
+    November is rated only if the month before last is (it was not)."""
     requests = _tick("daily_rating_schedule", dt.datetime(2026, 11, 3, 2, 30, tzinfo=dt.UTC))
-    assert [r.partition_key for r in requests] == ["2026-10-01", "2026-11-01"]
+    assert [r.partition_key for r in requests] == ["2026-09-01", "2026-10-01", "2026-11-01"]
+    january = _tick("daily_rating_schedule", dt.datetime(2027, 1, 2, 2, 30, tzinfo=dt.UTC))
+    assert [r.partition_key for r in january] == ["2026-11-01", "2026-12-01", "2027-01-01"]
 
 
 def test_period_close_reconciles_the_previous_month_in_january_too():

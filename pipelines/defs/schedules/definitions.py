@@ -3,7 +3,7 @@
 | schedule | cron (UTC) | what it runs |
 | --- | --- | --- |
 | `hourly_usage_schedule` | `10 * * * *` | `hourly_usage_job` for today and yesterday: re-aggregate, push to Stripe (the ledger makes repeats free); `raw_usage_files_sensor` ingests |
-| `daily_rating_schedule` | `30 2 * * *` | `billing_job` for this month (live invoice previews) and last month (late events) |
+| `daily_rating_schedule` | `30 2 * * *` | `billing_job` for this month (live invoice previews), last month and the month before (late events, also in anchored periods that ended last month) |
 | `period_close_schedule` | `0 4 * * *` | `reconciliation_job` for last month: pulls Stripe's meters and invoices once Stripe's 1 h grace period has long passed, reconciles, writes the finance report |
 
 Sensors (defined by their domains): `raw_usage_files_sensor` (new raw files -> `usage_events`),
@@ -52,10 +52,17 @@ def hourly_usage_schedule(context: dg.ScheduleEvaluationContext):
 @dg.schedule(job_name="billing_job", cron_schedule="30 2 * * *", execution_timezone="UTC",
              default_status=SCHEDULE_STATUS)
 def daily_rating_schedule(context: dg.ScheduleEvaluationContext):
-    """Rate this month (previews) and last month (late events), once a day."""
+    """Rate this month (previews), last month and the month before (late events), once a day.
+
+    A monthly partition holds the periods that start in it, and an anchored period ends in the next
+    month (Oct 15 - Nov 15): the month before last holds the periods that ended last month, whose
+    late usage would otherwise never be rated (billed periods without new usage keep their lines, so
+    the extra run changes nothing else).
+    """
     today = context.scheduled_execution_time.astimezone(dt.UTC).date()
     last_month = today.replace(day=1) - dt.timedelta(days=1)
-    for month in (_month_key(last_month), _month_key(today)):
+    before_last = last_month.replace(day=1) - dt.timedelta(days=1)
+    for month in (_month_key(before_last), _month_key(last_month), _month_key(today)):
         yield dg.RunRequest(run_key=f"{today}:{month}", partition_key=month)
 
 
