@@ -49,13 +49,15 @@ from pathlib import Path
 
 import dagster as dg
 
+from metering import warehouse as metering_warehouse
+from metering.errors import MeteringError
 from metering.ingest import expand_paths
 from metering.ingest.peek import event_date_range
 from metering.ingest.readers import file_hash
 from pipelines.cadence import SENSOR_STATUS
 from pipelines.defs.ingest.jobs import ingest_job
 from pipelines.partitions import daily_usage
-from pipelines.resources import ProjectPaths
+from pipelines.resources import ProjectPaths, WarehouseResource
 from pipelines.sensor_cursors import json_object, read_cursor, require_fields
 
 SENSOR_NAME = "raw_usage_files_sensor"
@@ -70,17 +72,14 @@ INGEST_STEP = "usage_events"
 REQUESTED, DONE, GAVE_UP = "requested", "done", "gave_up"
 _RETRYABLE = (dg.DagsterRunStatus.FAILURE, dg.DagsterRunStatus.CANCELED)
 MANUAL_INGEST = (
-    "fix the cause (see that run's logs), then from the repo root either "
-    "`dagster asset materialize -m pipelines.definitions --select usage_events --partition <event date>` "
-    "(ingests every not-yet-ingested file under data/raw/) or `metering ingest <files>`; "
-    f"`dagster sensor cursor {SENSOR_NAME} --delete` makes the sensor rescan data/raw/ instead"
+    "fix the cause (see that run's logs), then ingest exactly those files, in the order listed, with "
+    "`metering ingest <files>` (not a whole-folder materialization, which would also take later files)"
 )
 RELEASE_HELD = (
     "later raw files wait for an operator (ingesting them first could change which version of a conflicting "
-    "event is billed): once the given-up files are ingested, release the later ones with "
-    f"`dagster sensor cursor {SENSOR_NAME} --delete` (the sensor rescans data/raw/ and requests every file in "
-    "path order; content already ingested is skipped), or remove the given-up files from data/raw/ to let the "
-    "later ones go without them"
+    "event is billed): once the given-up files are in the warehouse, the sensor releases the later ones by "
+    "itself on its next tick; or remove the given-up files from data/raw/ to let the later ones go without them "
+    f"(`dagster sensor cursor {SENSOR_NAME} --delete` makes it rescan data/raw/ in path order)"
 )
 
 
@@ -225,6 +224,29 @@ def _follow_up(context: dg.SensorEvaluationContext, handed: dict[str, _Handed], 
     return requests
 
 
+def _release_ingested(context: dg.SensorEvaluationContext, handed: dict[str, _Handed],
+                      warehouse: WarehouseResource) -> None:
+    """Mark `done` the files the sensor gave up on whose content the warehouse now holds: ingested by
+    hand as the give-up message says, or committed by a run whose later step failed. Only read when
+    there are such files; a warehouse a writer holds right now is read on a later tick."""
+    given_up = {k: e for k, e in handed.items() if e.status == GAVE_UP}
+    if not given_up:
+        return
+    try:
+        con = metering_warehouse.connect(warehouse.path or None, read_only=True)
+    except MeteringError:   # held by a writer, or not there yet: nothing to release now
+        return
+    try:
+        held = {h for (h,) in con.execute("SELECT file_hash FROM ingested_files WHERE list_contains(?, file_hash)",
+                                          [sorted({e.sha256 for e in given_up.values()})]).fetchall()}
+    finally:
+        con.close()
+    released = sorted(k for k, e in given_up.items() if e.sha256 in held)
+    if released:
+        handed.update({k: replace(handed[k], status=DONE) for k in released})
+        context.log.info(f"released {len(released)} given-up raw file(s) now in the warehouse: {released}")
+
+
 def _outstanding(handed: dict[str, _Handed], skip: set[str]) -> tuple[list[str], list[str]]:
     """(files of requests not done yet, files given up on), leaving out `skip` (changed since)."""
     live = sorted(k for k, e in handed.items() if k not in skip and e.status == REQUESTED)
@@ -241,7 +263,8 @@ def _outstanding(handed: dict[str, _Handed], skip: set[str]) -> tuple[list[str],
                 f"time in arrival order; files of failed or canceled runs are requested again (up to "
                 f"{MAX_ATTEMPTS} runs), and later files wait until they are done.",
 )
-def raw_usage_files_sensor(context: dg.SensorEvaluationContext, paths: ProjectPaths) -> dg.SensorResult:
+def raw_usage_files_sensor(context: dg.SensorEvaluationContext, paths: ProjectPaths,
+                           warehouse: WarehouseResource) -> dg.SensorResult:
     state = read_cursor(context, _Cursor.loads) or _Cursor({}, {})
     raw = paths.raw
     present = {str(p): p for p in (expand_paths([raw]) if raw.exists() else [])}
@@ -267,6 +290,7 @@ def raw_usage_files_sensor(context: dg.SensorEvaluationContext, paths: ProjectPa
             new[key] = (digest, stat)
     arrived = set(fresh) | set(new)
     requests = _follow_up(context, handed, present, skip=set(pending) | arrived)
+    _release_ingested(context, handed, warehouse)
     live, gave_up = _outstanding(handed, skip=set(pending) | arrived)
     held = sorted(arrived) if live or gave_up else []
     if held:  # back to pending: requested once the earlier files are done (no need to settle again)

@@ -82,7 +82,7 @@ class IngestWorld:
 
     def tick(self, cursor: str | None = None) -> Tick:
         context = dg.build_sensor_context(instance=self.instance, cursor=cursor, definitions=location_defs,
-                                          sensor_name=SENSOR_NAME, resources={"paths": self.resources()["paths"]})
+                                          sensor_name=SENSOR_NAME, resources=self.resources())
         records = _Records()
         context.log.addHandler(records)
         return Tick(location_defs.resolve_sensor_def(SENSOR_NAME).evaluate_tick(context), records.records)

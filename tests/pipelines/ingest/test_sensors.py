@@ -10,6 +10,7 @@ import os
 import dagster as dg
 import pytest
 
+from metering import warehouse as metering_warehouse
 from pipelines.defs.ingest.sensors import MAX_ATTEMPTS, RUN_KEY_TAG, SENSOR_NAME, SENSOR_NAME_TAG
 from pipelines.partitions import daily_usage
 
@@ -167,7 +168,7 @@ def test_after_three_failed_runs_the_sensor_gives_up_and_says_how_to_ingest_by_h
     assert _cursor(tick)["files"][str(path)]["status"] == "gave_up"
     error = tick.logged(logging.ERROR)
     assert "giving up" in error and str(path) in error
-    assert "dagster asset materialize -m pipelines.definitions --select usage_events" in error
+    assert "ingest exactly those files, in the order listed, with `metering ingest <files>`" in error
     assert world.tick(tick.cursor).requests == []  # and it stays quiet about them
 
 
@@ -255,13 +256,40 @@ def test_after_giving_up_later_files_wait_for_an_operator(world):
     assert held.requests == [] and "wait for an operator" in held.data.skip_message
     assert "later raw files wait for an operator" in tick.logged(logging.ERROR)
     warning = held.logged(logging.WARNING)
-    assert str(c) in warning and str(b) in warning and "dagster sensor cursor" in warning
+    assert str(c) in warning and str(b) in warning and "releases the later ones by itself" in warning
     assert world.tick(held.cursor).requests == []  # still held, tick after tick
 
     # the operator fixed the cause and deletes the cursor: a rescan requests both, in path order
     [rescan] = world.settle(None).requests
     assert _files(rescan) == [str(b), str(c)]
     assert world.run(rescan).success
+    assert world.billed("evt-X") == ("10", 1)
+
+
+def test_given_up_files_once_ingested_release_the_later_ones(world):
+    """The give-up message says to ingest the files by hand; once the warehouse holds their content
+    the sensor releases the files it held behind them, in order, without deleting its cursor (they
+    used to wait for ever)."""
+    from metering.ingest import ingest_files
+
+    b = world.write_usage("b.jsonl", [("evt-X", 10)])
+    broken = _broken_warehouse(world)
+    tick = world.settle()
+    for _ in range(MAX_ATTEMPTS):
+        [request] = tick.requests
+        assert not world.run(request, warehouse=broken).success
+        tick = world.tick(tick.cursor)
+    c = world.write_usage("c.jsonl", [("evt-X", 1000)])
+    held = world.tick(world.tick(tick.cursor).cursor)
+    assert held.requests == []
+    with metering_warehouse.open_warehouse(world.warehouse) as con:   # the operator ingests b by hand
+        ingest_files(con, [b])
+    released = world.tick(held.cursor)
+    assert _cursor(released)["files"][str(b)]["status"] == "done"
+    assert "released 1 given-up raw file(s)" in released.logged(logging.INFO)
+    [later] = released.requests
+    assert _files(later) == [str(c)]
+    assert world.run(later).success
     assert world.billed("evt-X") == ("10", 1)
 
 
