@@ -241,7 +241,8 @@ def test_a_later_file_waits_until_the_earlier_batch_is_done_so_the_first_version
     assert after.requests == [] and {e["status"] for e in _cursor(after)["files"].values()} == {"done"}
 
 
-def test_after_giving_up_later_files_wait_for_an_operator(world):
+def _given_up(world):
+    """b.jsonl (evt-X = 10) fails MAX_ATTEMPTS runs (a broken warehouse): (b, the tick that gave up)."""
     b = world.write_usage("b.jsonl", [("evt-X", 10)])
     broken = _broken_warehouse(world)
     tick = world.settle()
@@ -249,6 +250,11 @@ def test_after_giving_up_later_files_wait_for_an_operator(world):
         [request] = tick.requests
         assert not world.run(request, warehouse=broken).success
         tick = world.tick(tick.cursor)
+    return b, tick
+
+
+def test_after_giving_up_later_files_wait_for_an_operator(world):
+    b, tick = _given_up(world)
     assert _cursor(tick)["files"][str(b)]["status"] == "gave_up"
 
     c = world.write_usage("c.jsonl", [("evt-X", 1000)])
@@ -272,13 +278,7 @@ def test_given_up_files_once_ingested_release_the_later_ones(world):
     used to wait for ever)."""
     from metering.ingest import ingest_files
 
-    b = world.write_usage("b.jsonl", [("evt-X", 10)])
-    broken = _broken_warehouse(world)
-    tick = world.settle()
-    for _ in range(MAX_ATTEMPTS):
-        [request] = tick.requests
-        assert not world.run(request, warehouse=broken).success
-        tick = world.tick(tick.cursor)
+    b, tick = _given_up(world)
     c = world.write_usage("c.jsonl", [("evt-X", 1000)])
     held = world.tick(world.tick(tick.cursor).cursor)
     assert held.requests == []
