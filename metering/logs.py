@@ -16,7 +16,8 @@ from datetime import datetime, timezone
 SECRET_ENV_VARS = ("STRIPE_API_KEY", "STRIPE_WEBHOOK_SECRET", "STRIPE_SANDBOX_API_KEY", "METERING_SMTP_PASSWORD")
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 _TRUE, _FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off")
-_SECRET_PATTERN = re.compile(r"\b(?:sk|rk|pk)_(?:live|test)_[A-Za-z0-9_]+|\bwhsec_[A-Za-z0-9_]+")
+# `*` too: Stripe's own messages mask a key as `sk_test_********9876`, which still names its end
+_SECRET_PATTERN = re.compile(r"\b(?:sk|rk|pk)_(?:live|test)_[A-Za-z0-9_*]+|\bwhsec_[A-Za-z0-9_*]+")
 # uvicorn adds `color_message`, the message again with ANSI colour escapes: noise in a JSON line
 _STANDARD_ATTRS = set(vars(logging.makeLogRecord({}))) | {"message", "asctime", "color_message"}
 
@@ -109,5 +110,21 @@ def setup_logging(level: str | int | None = None, json_output: bool | None = Non
     root.setLevel(level)
     # stripe-python logs request details at debug; keep it at warning so nothing sensitive flows.
     logging.getLogger("stripe").setLevel(logging.WARNING)
+    _silence_stripe_console()
     # Dagster's instance storage migrates with alembic, which narrates every step at info.
     logging.getLogger("alembic").setLevel(logging.WARNING)
+
+
+def _silence_stripe_console() -> None:
+    """stripe-python prints every request and response to stderr when `STRIPE_LOG` is debug or info,
+    past any logging handler and so past redaction (I16); it then logs through the `stripe` logger
+    only. The variable is read when stripe is imported, so the module's copy is cleared too."""
+    if os.environ.pop("STRIPE_LOG", None):
+        logging.getLogger(__name__).warning(
+            "STRIPE_LOG is ignored: stripe-python would print requests and responses unredacted")
+    util = sys.modules.get("stripe._util")
+    if util is not None:
+        util.STRIPE_LOG = None  # type: ignore[attr-defined]
+    sdk = sys.modules.get("stripe")
+    if sdk is not None:
+        sdk.log = None  # type: ignore[attr-defined]

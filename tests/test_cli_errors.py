@@ -174,3 +174,27 @@ def test_json_logs_drop_uvicorns_coloured_copy_and_redact_every_secret_variable(
     line = json.loads(JsonFormatter().format(record))
     assert "color_message" not in line
     assert line["message"] == "login with [REDACTED] and [REDACTED]"
+
+
+def test_a_key_as_stripe_masks_it_is_redacted_too() -> None:
+    """Stripe's authentication errors quote the key masked, `sk_test_********9876`: still its end, and
+    the pattern let it through into logs and dunning_actions.last_error (I16)."""
+    from metering.logs import redact
+
+    assert redact("Invalid API Key provided: sk_test_********9876") == "Invalid API Key provided: [REDACTED]"
+    assert redact("secret whsec_****abcd and rk_live_***1") == "secret [REDACTED] and [REDACTED]"
+
+
+def test_stripe_python_never_prints_past_the_logging_set_up() -> None:
+    """STRIPE_LOG=debug makes stripe-python print every request and response to stderr, unredacted and
+    unstructured (I16); logging set-up turns that off, also when stripe was imported first, and says
+    so. A fresh interpreter: the SDK reads the variable when it is imported."""
+    import os
+
+    script = ("import os, stripe, stripe._util; from metering.logs import setup_logging; "
+              "setup_logging('info', json_output=True); "
+              "print(os.environ.get('STRIPE_LOG'), stripe._util._console_log_level())")
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True,
+                          env={**os.environ, "STRIPE_LOG": "debug"})
+    assert proc.stdout.strip() == "None None"
+    assert "STRIPE_LOG is ignored" in proc.stderr

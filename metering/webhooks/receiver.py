@@ -88,15 +88,25 @@ def _refuse_constant(name: str) -> None:
     raise ValueError(f"{name} is not JSON")
 
 
+def _refuse_repeated_keys(pairs: list[tuple[str, Any]]) -> dict:
+    """An object whose key repeats: Python keeps the last value, DuckDB's JSON paths the first, so the
+    id acknowledged and the id landed could differ (I11). Refused."""
+    obj = dict(pairs)
+    if len(obj) != len(pairs):
+        raise ValueError("a key repeats")
+    return obj
+
+
 def _parse_json(text: str) -> Any:
     """The body as Python values, refusing what the warehouse's JSON reader would refuse at landing.
 
     An acknowledged event that landing cannot read is lost to Stripe's retries, so anything
-    DuckDB would not accept (NaN/Infinity, an unpaired surrogate) is a 400 here instead; nesting
-    too deep for Python's parser is a 400 as well, never a 500.
+    DuckDB would not accept (NaN/Infinity, an unpaired surrogate), or would read otherwise (a key
+    written twice), is a 400 here instead; nesting too deep for Python's parser is a 400 as well,
+    never a 500.
     """
     try:
-        value = json.loads(text, parse_constant=_refuse_constant)
+        value = json.loads(text, parse_constant=_refuse_constant, object_pairs_hook=_refuse_repeated_keys)
         if _SURROGATE_ESCAPE.search(text):
             json.dumps(value, ensure_ascii=False).encode("utf-8")  # raises on an unpaired surrogate
     except (ValueError, RecursionError):

@@ -18,6 +18,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 _HEX64 = re.compile(r"[0-9a-f]{64}")
+_TIMESTAMP = re.compile(r"0|[1-9][0-9]{0,11}")
 
 
 @dataclass(frozen=True)
@@ -53,7 +54,9 @@ def parse_header(header: str | None) -> SignatureHeader:
             value = value.strip()
             if _HEX64.fullmatch(value):
                 v1.append(value)
-    if len(timestamps) != 1 or not timestamps[0].isascii() or not timestamps[0].isdigit():
+    # a Unix time in canonical digits: 4,300 digits and more made int() raise (a 500), and leading
+    # zeros let another header text verify against the same signed payload
+    if len(timestamps) != 1 or not _TIMESTAMP.fullmatch(timestamps[0]):
         raise Rejected(400, "malformed_signature_header")
     if not v1:
         raise Rejected(400, "no_v1_signature")
