@@ -153,9 +153,10 @@ def rerate(first: dt.date, last: dt.date, warehouse_path: str | None, rules_dir:
         raise click.BadParameter("give the reason for re-pricing closed periods", param_hint="--adjust-closed")
     with warehouse.open_warehouse(warehouse_path, wait_seconds=5, must_exist=True) as con:
         rules_obj = load_rules(rules_dir, rated_hashes=rated_hashes(con))
-        previous = read_customer_plans(con)
         link: dict = {"customers": "customer_plans, as stored"}
+        previous = None
         if customers_file:
+            previous = read_customer_plans(con)   # put back if the new list is refused
             frame = load_customers(customers_file, rules_obj)
             warehouse.replace_rows(con, "customer_plans", "TRUE", [], frame)
             link = {"customers": str(Path(customers_file).resolve()),
@@ -170,7 +171,7 @@ def rerate(first: dt.date, last: dt.date, warehouse_path: str | None, rules_dir:
                 summaries = rerate_range(con, rules_obj, first, last, dt.datetime.now(dt.timezone.utc), progress,
                                          adjust)
             except BadInputError:
-                if customers_file:   # a refused list does not stay behind for the next run to trip on
+                if previous is not None:   # a refused list does not stay behind for the next run to trip on
                     warehouse.replace_rows(con, "customer_plans", "TRUE", [], previous)
                 raise
         done = {s["month"] for s in summaries}

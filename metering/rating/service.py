@@ -29,7 +29,7 @@ from metering import warehouse
 from metering.customers import CUSTOMER_PLAN_SCHEMA, billing_segments, month_bounds
 from metering.errors import BadInputError
 from metering.rating.aggregate import AGGREGATE_SCHEMA, build_aggregates, charge_quantities, unpriced_usage
-from metering.rating.pricing import RATED_COLUMNS, rate
+from metering.rating.pricing import LINE_KEY, RATED_COLUMNS, rate
 from metering.rules.meters import Meter
 from metering.rules.model import ZERO_DECIMAL, Rules
 
@@ -156,7 +156,7 @@ def write_rated(con: duckdb.DuckDBPyConnection, month: dt.date, rated: pl.DataFr
         if fingerprint(stored) == fingerprint(rated):
             return 0   # unchanged: keep the rows (and their rated_at) byte for byte
         _refuse_repriced_past(stored, rated, today, billed, adjust)
-        _record_adjustments(con, month, stored, rated, billed, rated_at, adjust)
+        _record_adjustments(con, stored, rated, billed, stamps, rated_at, adjust)
         n = warehouse.replace_rows(con, "rated_usage", "period_start >= ? AND period_start < ?", [m0, m1],
                                    _stamped(stored, stamps, rated, rated_at), in_transaction=True)
         known = {(p, v) for p, v in con.execute("SELECT plan, plan_version FROM rules_versions").fetchall()}
@@ -172,13 +172,17 @@ def write_rated(con: duckdb.DuckDBPyConnection, month: dt.date, rated: pl.DataFr
     return n
 
 
+def _segment_days(lines: pl.DataFrame, columns: list[str], until: dt.date | None = None) -> pl.DataFrame:
+    """`columns` and `day`, one row for each day the lines' segments cover (before `until`, if given)."""
+    end = pl.col("segment_end") if until is None else pl.min_horizontal("segment_end", pl.lit(until))
+    return (lines.select(*columns, "segment_start", "segment_end").unique()
+            .with_columns(day=pl.date_ranges("segment_start", end, closed="left"))
+            .explode("day").drop_nulls("day").drop("segment_start", "segment_end").unique())
+
+
 def _versions_by_day(lines: pl.DataFrame, before: dt.date) -> pl.DataFrame:
-    """(customer_id, plan, day, plan_version) for each day before `before` the lines' segments cover."""
-    return (lines.select("customer_id", "plan", "plan_version", "segment_start", "segment_end").unique()
-            .filter(pl.col("segment_start") < before)
-            .with_columns(day=pl.date_ranges("segment_start", pl.min_horizontal("segment_end", pl.lit(before)),
-                                             closed="left"))
-            .explode("day").drop_nulls("day").select("customer_id", "plan", "day", "plan_version"))
+    """(customer_id, plan, plan_version, day) for each day before `before` the lines' segments cover."""
+    return _segment_days(lines, ["customer_id", "plan", "plan_version"], until=before)
 
 
 def _refuse_repriced_past(stored: pl.DataFrame, rated: pl.DataFrame, today: dt.date,
@@ -241,13 +245,10 @@ def _stamped(stored: pl.DataFrame, stamps: pl.DataFrame, rated: pl.DataFrame, ra
 
 
 def _plans_by_day(lines: pl.DataFrame, periods: pl.DataFrame) -> pl.DataFrame:
-    """(customer, period, day, plan, version) for every day of `periods`: what each day was priced
+    """(customer, period, plan, version, day) for every day of `periods`: what each day was priced
     under, however the days were cut into segments."""
-    return (lines.join(periods, on=PERIOD_KEY, how="semi")
-            .select("customer_id", "period_start", "period_end", "segment_start", "segment_end", "plan",
-                    "plan_version").unique()
-            .with_columns(day=pl.date_ranges("segment_start", "segment_end", closed="left"))
-            .explode("day").drop("segment_start", "segment_end").unique())
+    return _segment_days(lines.join(periods, on=PERIOD_KEY, how="semi"),
+                         ["customer_id", "period_start", "period_end", "plan", "plan_version"])
 
 
 def _resegmented(stored: pl.DataFrame, rated: pl.DataFrame, billed: pl.DataFrame) -> pl.DataFrame:
@@ -299,7 +300,7 @@ def _usage_by_charge(lines: pl.DataFrame, periods: pl.DataFrame, rules: Rules) -
         # distinct values of one segment at most: the union is that segment's
         .when((pl.col("quantity") != 0).sum() <= 1).then(pl.col("quantity").sum())
         .alias("quantity"),
-        pl.col("quantity").sort_by("segment_start").alias("per_segment"),
+        in_order.alias("per_segment"),
         pl.col("agg").first())
     combined = combined.with_columns(
         per_segment=pl.when(pl.col("quantity").is_null()).then(pl.col("per_segment")))  # only for unique_count
@@ -320,7 +321,7 @@ def _keep_billed_without_new_usage(stored: pl.DataFrame, rated: pl.DataFrame, bi
         return rated
     kept = stored.join(same, on=PERIOD_KEY, how="semi")
     return pl.concat([rated.join(same, on=PERIOD_KEY, how="anti"), kept.select(rated.columns).cast(rated.schema)]) \
-        .sort("customer_id", "period_start", "segment_start", "plan", "plan_version", "charge_id")
+        .sort(LINE_KEY)
 
 
 class Adjustment(NamedTuple):
@@ -338,8 +339,8 @@ def _charge_amounts(lines: pl.DataFrame, periods: pl.DataFrame) -> pl.DataFrame:
             .agg(pl.col("amount_minor").sum().cast(pl.Int64)))
 
 
-def _record_adjustments(con: duckdb.DuckDBPyConnection, month: dt.date, stored: pl.DataFrame,
-                        rated: pl.DataFrame, billed: pl.DataFrame, rated_at: dt.datetime,
+def _record_adjustments(con: duckdb.DuckDBPyConnection, stored: pl.DataFrame, rated: pl.DataFrame,
+                        billed: pl.DataFrame, stamps: pl.DataFrame, rated_at: dt.datetime,
                         adjust: Adjustment | None) -> int:
     """Insert a `rating_adjustments` row for every charge whose amount in a billed period changes (I19).
 
@@ -361,7 +362,7 @@ def _record_adjustments(con: duckdb.DuckDBPyConnection, month: dt.date, stored: 
     if deltas.height == 0:
         return 0
     periods = deltas.select(*PERIOD_KEY, "period_end").unique()
-    late = _late_files(con, month, periods).with_columns(reason=pl.lit("late_usage"))
+    late = _late_files(con, periods.join(stamps, on=PERIOD_KEY)).with_columns(reason=pl.lit("late_usage"))
     links = late
     if adjust is not None:
         chosen = _resegmented(stored, rated, billed).select(PERIOD_KEY).unique().with_columns(
@@ -373,27 +374,24 @@ def _record_adjustments(con: duckdb.DuckDBPyConnection, month: dt.date, stored: 
     return warehouse.insert_frame(con, "rating_adjustments", frame)
 
 
-def _late_files(con: duckdb.DuckDBPyConnection, month: dt.date, periods: pl.DataFrame) -> pl.DataFrame:
-    """(customer_id, period_start, link): the files holding the customer's events of the period that
-    were ingested after the period was last rated (JSON `{"files": [{"file_id", "path", "sha256"}]}`)."""
-    m0, m1 = month_bounds(month)
+def _late_files(con: duckdb.DuckDBPyConnection, periods: pl.DataFrame) -> pl.DataFrame:
+    """(customer_id, period_start, link) for `periods` (customer_id, period_start, period_end, rated_at:
+    when the period last changed): the files holding the customer's events of the period that were
+    ingested after that (JSON `{"files": [{"file_id", "path", "sha256"}]}`)."""
     con.register("_adjusted_periods", periods.to_arrow())
     try:
         return warehouse.query_frame(con, """
-            WITH rated AS (
-                SELECT customer_id, period_start, max(rated_at) AS rated_at FROM rated_usage
-                WHERE period_start >= ? AND period_start < ? GROUP BY ALL
-            ), late AS (
+            WITH late AS (
                 SELECT DISTINCT p.customer_id, p.period_start, f.file_id, f.path, f.file_hash
-                FROM _adjusted_periods p JOIN rated r USING (customer_id, period_start)
+                FROM _adjusted_periods p
                 JOIN usage_events e ON e.customer_id = p.customer_id
                      AND e.event_date >= p.period_start AND e.event_date < p.period_end
-                JOIN ingested_files f ON f.file_id = e.file_id AND f.ingested_at > r.rated_at
+                JOIN ingested_files f ON f.file_id = e.file_id AND f.ingested_at > p.rated_at
             )
             SELECT customer_id, period_start,
                    to_json({'files': list({'file_id': file_id, 'path': path, 'sha256': file_hash}
                                           ORDER BY file_id)})::VARCHAR AS link
-            FROM late GROUP BY ALL""", [m0, m1])
+            FROM late GROUP BY ALL""")
     finally:
         con.unregister("_adjusted_periods")
 
