@@ -73,20 +73,29 @@ def test_threshold_is_inclusive(isolated_env, rules_dir):
     assert ok.check_passed() and not bad.check_passed()
 
 
+def _known_only_from_webhooks(con, customer: str, status: str, amount: int, paid: int, quantity: int,
+                              created: dt.datetime, finalized_at: dt.datetime | None = None) -> None:
+    """`customer`'s October usage invoice (in_<customer>, one api_calls line) as only webhooks told us:
+    gone from the API pull (stripe_*_api), present in stripe_invoices and stripe_invoice_lines."""
+    invoice = f"in_{customer}"
+    con.execute("DELETE FROM stripe_invoice_lines_api WHERE invoice_id = ?", [invoice])
+    con.execute("DELETE FROM stripe_invoices_api WHERE invoice_id = ?", [invoice])
+    con.execute("""INSERT INTO stripe_invoices (invoice_id, customer_id, status, currency, amount_due, amount_paid,
+                   amount_remaining, total, created, finalized_at, period_start, period_end) VALUES (?, ?, ?, 'usd',
+                   ?, ?, ?, ?, ?, ?, TIMESTAMPTZ '2026-10-01 00:00:00+00', TIMESTAMPTZ '2026-11-01 00:00:00+00')""",
+                [invoice, customer, status, amount, paid, amount - paid, amount, created, finalized_at])
+    con.execute("""INSERT INTO stripe_invoice_lines (invoice_id, line_id, meter, event_name, quantity_decimal,
+                   amount, currency, period_start, period_end, source) VALUES (?, ?, NULL, 'metering_api_calls',
+                   ?, ?, 'usd', TIMESTAMPTZ '2026-10-01 00:00:00+00', TIMESTAMPTZ '2026-11-01 00:00:00+00',
+                   'webhook')""", [invoice, f"il_{customer.removeprefix('cus_')}", quantity, amount])
+
+
 def test_webhook_lines_fill_in_for_invoices_the_api_did_not_see(isolated_env, rules_dir):
     """cus_b's invoice known only from webhooks: its lines (table stripe_invoice_lines) are used."""
     with warehouse.open_warehouse() as con:
         write_scenario(con)
-        con.execute("DELETE FROM stripe_invoice_lines_api WHERE customer_id = 'cus_b'")
-        con.execute("DELETE FROM stripe_invoices_api WHERE customer_id = 'cus_b'")
-        con.execute("""INSERT INTO stripe_invoices (invoice_id, customer_id, status, currency, amount_due, amount_paid,
-                       amount_remaining, total, created, period_start, period_end) VALUES ('in_cus_b', 'cus_b', 'open',
-                       'usd', 125, 0, 125, 125, TIMESTAMPTZ '2026-11-01 01:00:00+00', TIMESTAMPTZ '2026-10-01 00:00:00+00',
-                       TIMESTAMPTZ '2026-11-01 00:00:00+00')""")
-        con.execute("""INSERT INTO stripe_invoice_lines (invoice_id, line_id, meter, event_name, quantity_decimal,
-                       amount, currency, period_start, period_end, source) VALUES ('in_cus_b', 'il_b', NULL,
-                       'metering_api_calls', 1500, 125, 'usd', TIMESTAMPTZ '2026-10-01 00:00:00+00',
-                       TIMESTAMPTZ '2026-11-01 00:00:00+00', 'webhook')""")
+        _known_only_from_webhooks(con, "cus_b", "open", amount=125, paid=0, quantity=1500,
+                                  created=dt.datetime(2026, 11, 1, 1, tzinfo=dt.UTC))
         result = reconcile_period(con, MONTH, settings=ReconcileSettings(), meters=load_meters(rules_dir), now=PULLED)
     b = result.usage.filter(customer_id="cus_b").row(0, named=True)
     assert (b["status"], b["amount_diff_minor"], b["invoice_ids"]) == ("amount_mismatch", 25, "in_cus_b")
@@ -185,16 +194,8 @@ def test_the_finalization_time_of_an_invoice_known_from_webhooks_counts_too(isol
     """cus_a's usage invoice known only from webhooks (stripe_invoices carries finalized_at)."""
     with warehouse.open_warehouse() as con:
         write_scenario(con)
-        con.execute("DELETE FROM stripe_invoice_lines_api WHERE invoice_id = 'in_cus_a'")
-        con.execute("DELETE FROM stripe_invoices_api WHERE invoice_id = 'in_cus_a'")
-        con.execute("""INSERT INTO stripe_invoices (invoice_id, customer_id, status, currency, amount_due, amount_paid,
-                       amount_remaining, total, created, finalized_at, period_start, period_end) VALUES ('in_cus_a',
-                       'cus_a', 'paid', 'usd', 67, 67, 0, 67, TIMESTAMPTZ '2026-11-01 00:00:00+00', ?,
-                       TIMESTAMPTZ '2026-10-01 00:00:00+00', TIMESTAMPTZ '2026-11-01 00:00:00+00')""", [FINALIZED])
-        con.execute("""INSERT INTO stripe_invoice_lines (invoice_id, line_id, meter, event_name, quantity_decimal,
-                       amount, currency, period_start, period_end, source) VALUES ('in_cus_a', 'il_a', NULL,
-                       'metering_api_calls', 1000, 67, 'usd', TIMESTAMPTZ '2026-10-01 00:00:00+00',
-                       TIMESTAMPTZ '2026-11-01 00:00:00+00', 'webhook')""")
+        _known_only_from_webhooks(con, "cus_a", "paid", amount=67, paid=67, quantity=1000,
+                                  created=dt.datetime(2026, 11, 1, tzinfo=dt.UTC), finalized_at=FINALIZED)
         _acknowledged_at(con, "cus_a", 1, dt.datetime(2026, 10, 2, tzinfo=dt.UTC))
         _acknowledged_at(con, "cus_a", 2, dt.datetime(2026, 11, 1, 1, 30, tzinfo=dt.UTC))
         result = reconcile_period(con, MONTH, settings=ReconcileSettings(), meters=load_meters(rules_dir), now=PULLED)
