@@ -3,7 +3,8 @@ payment attempts and automatic retries, all in time order on the customer's cloc
 
 Metered lines are priced with the price's own tier arithmetic (``tiers.py``) from the meter's
 aggregation (``meters_api.usage``). Licensed items are charged in advance for the coming period
-(prorated by time for a first period shortened by a billing anchor).
+(prorated by time for a first period shortened by a billing anchor). Pending invoice items
+(``invoiceitems_api``) join the next invoice drafted for their customer.
 """
 
 from __future__ import annotations
@@ -216,6 +217,9 @@ def new_invoice(state: State, sub: dict[str, Any], created: int, start: int, end
     return invoice
 
 
+TOTALS = ("subtotal", "subtotal_excluding_tax", "total", "total_excluding_tax", "amount_due", "amount_remaining")
+
+
 def set_lines(state: State, invoice: dict[str, Any], lines: list[dict[str, Any]]) -> None:
     for old in invoice["_lines"]:
         state.objects["line_item"].pop(old, None)
@@ -223,13 +227,117 @@ def set_lines(state: State, invoice: dict[str, Any], lines: list[dict[str, Any]]
         state.add(line)
     invoice["_lines"] = [line["id"] for line in lines]
     total = sum(line["amount"] for line in lines)
-    for name in ("subtotal", "subtotal_excluding_tax", "total", "total_excluding_tax", "amount_due", "amount_remaining"):
+    for name in TOTALS:
         invoice[name] = total
+    # credits (negative invoice items) can take the total below zero; nothing is then due
+    invoice["amount_due"] = invoice["amount_remaining"] = max(total, 0)
+    state.dirty = True
+
+
+def invoice_lines(state: State, invoice: dict[str, Any]) -> list[dict[str, Any]]:
+    return [state.objects["line_item"][i] for i in invoice["_lines"] if i in state.objects["line_item"]]
+
+
+# -- invoice items --------------------------------------------------------------------------------
+def item_subscription(item: dict[str, Any]) -> str | None:
+    details = (item.get("parent") or {}).get("subscription_details")
+    return details["subscription"] if details else None
+
+
+def item_line(invoice: dict[str, Any], item: dict[str, Any], line_id: str | None = None) -> dict[str, Any]:
+    """The invoice line an invoice item becomes: its amount, description, period and metadata."""
+    return {
+        "id": line_id or new_id("il_", 24),
+        "object": "line_item",
+        "amount": item["amount"],
+        "currency": item["currency"],
+        "description": item["description"],
+        "discount_amounts": [],
+        "discountable": item["discountable"],
+        "discounts": [],
+        "invoice": invoice["id"],
+        "livemode": False,
+        "metadata": dict(item["metadata"] or {}),
+        "parent": {
+            "type": "invoice_item_details",
+            "invoice_item_details": {
+                "invoice_item": item["id"],
+                "proration": False,
+                "proration_details": {"credited_items": None},
+                "subscription": item_subscription(item),
+            },
+            "subscription_item_details": None,
+        },
+        "period": dict(item["period"]),  # an item's period end is inclusive already
+        "pretax_credit_amounts": [],
+        "pricing": None,
+        "quantity": 1,
+        "quantity_decimal": "1",
+        "subtotal": item["amount"],
+        "taxes": [],
+    }
+
+
+def pull_pending_items(state: State, invoice: dict[str, Any], subscription: str | None) -> list[dict[str, Any]]:
+    """Attach the customer's pending invoice items to a new invoice and return their lines, oldest
+    first. A subscription invoice takes the items of that subscription and those of none."""
+    lines = []
+    for item in state.objects["invoiceitem"].values():
+        if (
+            item["customer"] == invoice["customer"]
+            and item["invoice"] is None
+            and item["currency"] == invoice["currency"]
+            and item_subscription(item) in (None, subscription)
+        ):
+            item["invoice"] = invoice["id"]
+            line = item_line(invoice, item)
+            item["_line"] = line["id"]
+            lines.append(line)
+    return lines
+
+
+def change_draft_lines(
+    state: State, invoice: dict[str, Any], lines: list[dict[str, Any]], request: dict[str, Any] | None
+) -> None:
+    """Replace a draft's lines and record ``invoice.updated`` with the totals that moved."""
+    before = {name: invoice[name] for name in TOTALS}
+    set_lines(state, invoice, lines)
+    previous = {name: value for name, value in before.items() if invoice[name] != value}
+    state.record_event("invoice.updated", invoice, previous, request)
+
+
+def add_item_to_draft(state: State, invoice: dict[str, Any], item: dict[str, Any], request: dict[str, Any] | None) -> None:
+    item["invoice"] = invoice["id"]
+    line = item_line(invoice, item)
+    item["_line"] = line["id"]
+    change_draft_lines(state, invoice, invoice_lines(state, invoice) + [line], request)
+
+
+def refresh_item_on_draft(state: State, invoice: dict[str, Any], item: dict[str, Any], request: dict[str, Any] | None) -> None:
+    """The item changed: its line follows (same line id)."""
+    lines = [
+        item_line(invoice, item, line["id"]) if line["id"] == item.get("_line") else line
+        for line in invoice_lines(state, invoice)
+    ]
+    change_draft_lines(state, invoice, lines, request)
+
+
+def remove_item_from_draft(state: State, invoice: dict[str, Any], item: dict[str, Any], request: dict[str, Any] | None) -> None:
+    lines = [line for line in invoice_lines(state, invoice) if line["id"] != item.get("_line")]
+    change_draft_lines(state, invoice, lines, request)
+
+
+def release_items(state: State, invoice: dict[str, Any]) -> None:
+    """A deleted draft's invoice items are pending again (they would otherwise name no invoice)."""
+    for item in state.objects["invoiceitem"].values():
+        if item["invoice"] == invoice["id"]:
+            item["invoice"] = None
+            item.pop("_line", None)
     state.dirty = True
 
 
 def render_invoice(state: State, obj: dict[str, Any], body: dict[str, Any]) -> dict[str, Any]:
-    lines = [state.render(state.objects["line_item"][i]) for i in obj["_lines"] if i in state.objects["line_item"]]
+    lines = [state.render(line) for line in invoice_lines(state, obj)]
     body["lines"] = {
         "object": "list",
         "data": lines[:10],
@@ -277,9 +385,9 @@ def finalize(state: State, invoice: dict[str, Any], at: int, request: dict[str, 
     sub = state.get("subscription", invoice["parent"]["subscription_details"]["subscription"])
     if invoice["_metered"] and sub is not None:
         start, end = invoice["_metered"]
-        licensed = [state.objects["line_item"][i] for i in invoice["_lines"] if i in state.objects["line_item"]]
-        licensed = [line for line in licensed if not _is_metered_line(state, line)]
-        set_lines(state, invoice, metered_lines(state, invoice, sub, start, end) + licensed)
+        # licensed lines and invoice items stay as they are; only usage can have moved
+        kept = [line for line in invoice_lines(state, invoice) if not _is_metered_line(state, line)]
+        set_lines(state, invoice, metered_lines(state, invoice, sub, start, end) + kept)
     customer = state.get("customer", invoice["customer"])
     prefix = customer["invoice_prefix"] if customer else "SANDBOX"
     seq = state.invoice_seq.get(prefix, 0) + 1
@@ -301,6 +409,8 @@ def finalize(state: State, invoice: dict[str, Any], at: int, request: dict[str, 
 
 
 def _is_metered_line(state: State, line: dict[str, Any]) -> bool:
+    if line["parent"]["type"] != "subscription_item_details":
+        return False
     price = state.get("price", line["pricing"]["price_details"]["price"])
     return bool(price and price["recurring"] and price["recurring"]["usage_type"] == "metered")
 
@@ -425,6 +535,7 @@ def create_initial_invoice(state: State, sub: dict[str, Any], at: int, request: 
         if price["recurring"]["usage_type"] == "metered":
             lines.append(_line(state, invoice, sub, item, Decimal(0), 0, start, start + 1))
     lines += licensed_lines(state, invoice, sub, start, end)
+    lines += pull_pending_items(state, invoice, sub["id"])
     set_lines(state, invoice, lines)
     state.add(invoice)
     sub["latest_invoice"] = invoice["id"]
@@ -445,6 +556,7 @@ def close_period(state: State, sub: dict[str, Any], at: int) -> dict[str, Any]:
     lines = metered_lines(state, invoice, sub, start, end)
     if not ending:
         lines += licensed_lines(state, invoice, sub, end, next_end)
+    lines += pull_pending_items(state, invoice, sub["id"])
     set_lines(state, invoice, lines)
     invoice["_metered"] = (start, end)
     invoice["automatically_finalizes_at"] = at + state.config.grace_period

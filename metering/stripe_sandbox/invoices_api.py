@@ -79,6 +79,7 @@ def delete_invoice(state: State, req: Request, invoice: str) -> dict[str, Any]:
     obj = _invoice(state, invoice)
     if obj["status"] != "draft":
         raise StripeAPIError(400, "You can only delete draft invoices.", code="invoice_not_editable")
+    billing.release_items(state, obj)
     billing.set_lines(state, obj, [])
     del state.objects["invoice"][invoice]
     state.record_event("invoice.deleted", obj, request=req.event_request())
@@ -127,6 +128,6 @@ def mark_uncollectible_invoice(state: State, req: Request, invoice: str) -> dict
 @route("GET", "/v1/invoices/{invoice}/lines")
 def list_invoice_lines(state: State, req: Request, invoice: str) -> dict[str, Any]:
     obj = _invoice(state, invoice)
-    lines = [state.objects["line_item"][i] for i in obj["_lines"] if i in state.objects["line_item"]]
+    lines = billing.invoice_lines(state, obj)
     page = paginate([state.render(line) for line in lines], req.params, f"/v1/invoices/{invoice}/lines")
     return page

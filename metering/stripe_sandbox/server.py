@@ -17,7 +17,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import urlsplit
 
-from . import core_api, invoices_api, meters_api, subscriptions_api  # noqa: F401  (register routes)
+from . import core_api, invoiceitems_api, invoices_api, meters_api, subscriptions_api  # noqa: F401  (register routes)
 from . import billing
 from .api import Request, check_params, resolve
 from .apierrors import StripeAPIError, authentication, unrecognized_url

@@ -68,6 +68,7 @@ KINDS = {
     "mtr_": "billing.meter",
     "in_": "invoice",
     "il_": "line_item",
+    "ii_": "invoiceitem",
     "evt_": "event",
     "we_": "webhook_endpoint",
     "clock_": "test_helpers.test_clock",

@@ -132,6 +132,16 @@ def test_every_endpoint_through_the_sdk(sb, client):
     assert (cycle.status, cycle.amount_due, cycle.billing_reason) == ("draft", 8061, "subscription_cycle")
     lines = client.v1.invoices.line_items.list(cycle.id)
     assert lines.data[0].pricing.price_details.price == price.id
+    top_up = client.v1.invoice_items.create(
+        {"customer": customer.id, "amount": 500, "invoice": cycle.id, "description": "Minimum top-up", "metadata": {"k": "v"}}
+    )
+    assert client.v1.invoices.retrieve(cycle.id).amount_due == 8061 + 500
+    assert client.v1.invoice_items.retrieve(top_up.id, {"expand": ["invoice"]}).invoice.id == cycle.id
+    assert client.v1.invoice_items.update(top_up.id, {"amount": 400}).amount == 400
+    assert [i.id for i in client.v1.invoice_items.list({"invoice": cycle.id}).data] == [top_up.id]
+    assert client.v1.invoice_items.delete(top_up.id).deleted
+    credit = client.v1.invoice_items.create({"customer": customer.id, "amount": -100, "subscription": sub.id})
+    assert [i.id for i in client.v1.invoice_items.list({"customer": customer.id, "pending": True}).data] == [credit.id]
     client.v1.invoices.update(cycle.id, {"metadata": {"customer_id": "c-1"}})
     finalized = client.v1.invoices.finalize_invoice(cycle.id, {"auto_advance": False})
     assert finalized.status == "open" and finalized.number
@@ -354,6 +364,16 @@ def test_every_endpoint_over_raw_http(sb):
         # 7.25 GB x 12.5 cents = 90.625 -> 91, plus 3 x 5.00 in advance for November
         assert draft["amount_due"] == 91 + 1500
         ok("GET", f"/v1/invoices/{draft['id']}", params={"expand[]": "customer"})
+        credit = ok("POST", "/v1/invoiceitems", data={
+            "customer": customer["id"], "amount": "-250", "currency": "usd", "invoice": draft["id"], "description": "credit",
+            "period[start]": t0, "period[end]": ts("2026-11-01T00:00:00") - 1, "metadata[k]": "v"})
+        assert ok("GET", f"/v1/invoices/{draft['id']}")["amount_due"] == 91 + 1500 - 250
+        ok("GET", f"/v1/invoiceitems/{credit['id']}", params={"expand[]": "customer"})
+        ok("POST", f"/v1/invoiceitems/{credit['id']}", data={"description": "goodwill", "metadata[k]": ""})
+        ok("GET", "/v1/invoiceitems", params={"invoice": draft["id"], "limit": "1"})
+        ok("DELETE", f"/v1/invoiceitems/{credit['id']}")
+        pending = ok("POST", "/v1/invoiceitems", data={"customer": customer["id"], "amount": "300", "subscription": sub["id"]})
+        assert ok("GET", "/v1/invoiceitems", params={"pending": "true"})["data"] == [pending]
         ok("POST", f"/v1/invoices/{draft['id']}", data={"metadata[customer_id]": "raw"})
         ok("GET", f"/v1/invoices/{draft['id']}/lines", params={"limit": "1"})
         ok("POST", f"/v1/invoices/{draft['id']}/finalize", data={"auto_advance": "false"})
