@@ -12,7 +12,8 @@ from pathlib import Path
 
 import click
 
-from metering.cli.options import check_order, parse_date, stripe_errors
+from metering.cli.options import check_order, parse_date, parsed_by, stripe_errors
+from metering.reconcile.run import parse_period
 from metering.errors import ExternalServiceError
 
 
@@ -105,6 +106,34 @@ def push(day: dt.date | None, date_from: dt.date | None, date_to: dt.date | None
         raise ExternalServiceError(
             f"{report.failed} failed and {report.unknown} unknown windows need a look "
             "(SELECT * FROM stripe_push_ledger WHERE status IN ('failed', 'unknown', 'sent'))")
+
+
+@stripe.command("invoice-items")
+@click.option("--period", "month", required=True, callback=parsed_by(parse_period),
+              help="Billing month whose periods (those starting in it) are billed, e.g. 2026-10.")
+@click.option("--warehouse", "warehouse_path", type=click.Path(dir_okay=False), default=None)
+@click.option("--rate", type=click.FloatRange(min=0), default=None,
+              help="Calls per second (default $STRIPE_PUSH_RATE or 20; 0 = no limit).")
+def invoice_items(month: dt.date, warehouse_path: str | None, rate: float | None) -> None:
+    """Bill the closed periods' charges Stripe cannot price (minimums, dimension-filtered prices) as
+    Stripe invoice items, exactly once, through the stripe_invoice_items ledger.
+
+    An item goes onto the period's invoice while Stripe keeps it a draft, else onto the subscription's
+    next invoice. Re-running is safe. Exits 5 when items are left failed or unknown.
+    """
+    from metering import warehouse
+    from metering.stripe.invoice_items import bill_invoice_items
+    from metering.stripe.push import push_config_from_env
+
+    config = push_config_from_env(rate=rate)
+    client = _client()
+    with stripe_errors(), warehouse.open_warehouse(warehouse_path, wait_seconds=30, must_exist=True) as con:
+        report = bill_invoice_items(con, client, month, rate=config.rate, retry=config.retry)
+    click.echo(report.summary())
+    if report.needs_operator:
+        raise ExternalServiceError(
+            f"{report.failed} failed and {report.unknown} unknown invoice items need a look "
+            "(SELECT * FROM stripe_invoice_items WHERE status <> 'acknowledged')")
 
 
 @click.command("push")

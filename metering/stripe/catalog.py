@@ -39,6 +39,12 @@ from metering.stripe.windows import WINDOW_KINDS, stripe_formula
 
 log = logging.getLogger(__name__)
 
+NOT_EXPRESSIBLE_PRICE_SQL = (
+    "(plan || '|' || plan_version || '|' || charge) IN (SELECT our_key FROM stripe_catalog_findings "
+    "WHERE finding = 'not_expressible' AND kind = 'price')")
+"""Boolean SQL over rated_usage: the charge has no Stripe price (the last sync found it not expressible),
+so the engine bills it as invoice items (metering.stripe.invoice_items)."""
+
 MAX_MINOR_DECIMALS = 12
 
 

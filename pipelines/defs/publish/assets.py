@@ -29,7 +29,7 @@ WAREHOUSE_WRITERS = [
         # rating
         "customer_plans", "usage_aggregates", "rated_usage", "invoice_previews",
         # stripe push
-        "stripe_catalog", "stripe_usage_pushes",
+        "stripe_catalog", "stripe_usage_pushes", "stripe_invoice_items",
         # webhooks -> Stripe state
         "stripe_webhook_events", "stripe_invoices", "stripe_subscriptions", "stripe_payment_attempts",
         # dunning

@@ -5,11 +5,13 @@ rating code), the real local Stripe sandbox over loopback, and the catalog synce
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from decimal import Decimal
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import duckdb
 import polars as pl
@@ -96,6 +98,39 @@ def _json(props: dict[str, str]) -> str:
 
 def day_start(day: dt.date) -> dt.datetime:
     return dt.datetime(day.year, day.month, day.day, tzinfo=dt.timezone.utc)
+
+
+CSV_ON_CLOCK = """customer_id,name,email,currency,billing_anchor_day,plan,plan_effective_from,payment_behavior
+acme,Acme,billing@acme.test,usd,,starter,2026-01-01,succeeds
+"""
+OCT1 = dt.datetime(2026, 10, 1, tzinfo=dt.timezone.utc)
+
+
+class OnClock(NamedTuple):
+    sb: Any
+    con: Any
+    client: Any
+    clock: Any
+    rules: Any
+    report: catalog.CatalogReport
+
+
+@contextlib.contextmanager
+def customer_on_clock(tmp_path: Path, rules_dir: Path, csv: str = CSV_ON_CLOCK,
+                      start: dt.datetime = OCT1) -> Iterator[OnClock]:
+    """The sandbox, a warehouse holding the customer list, and the catalog synced with the customers
+    subscribed on a test clock frozen at `start` (Oct 1)."""
+    from metering.stripe_sandbox.testing import running_sandbox
+
+    rules = load_rules(rules_dir)
+    (tmp_path / "c.csv").write_text(csv)
+    customers = load_customers(tmp_path / "c.csv", rules)
+    with running_sandbox() as sb, warehouse.open_warehouse(tmp_path / "wh.duckdb") as con:
+        client = make_client(StripeSettings(api_key=sb.api_key, api_base=sb.base_url, meter_events_base=sb.base_url))
+        clock = client.v1.test_helpers.test_clocks.create({"frozen_time": int(start.timestamp())})
+        warehouse.replace_rows(con, "customer_plans", "TRUE", [], customers)
+        report = catalog.sync_catalog(con, client, rules, customers, create_customers=True, test_clock=clock.id)
+        yield OnClock(sb, con, client, clock, rules, report)
 
 
 def make_world(con: duckdb.DuckDBPyConnection, sb: SandboxHandle, rules_dir: Path, tmp_path: Path,

@@ -3,54 +3,18 @@ finance. Runs on a sandbox test clock (Stripe's "now" for the customer is the cl
 
 from __future__ import annotations
 
-import contextlib
 import datetime as dt
-from collections.abc import Iterator
 from dataclasses import replace
 from decimal import Decimal
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any
 
 import polars as pl
 
-from push_world import FAST_RETRY, World, day_start
-from metering import warehouse
-from metering.customers import load_customers
-from metering.rules.plans import load_rules
-from metering.stripe import catalog
-from metering.stripe.client import StripeSettings, make_client
+from push_world import CSV_ON_CLOCK as CSV, FAST_RETRY, World, customer_on_clock, day_start
 from metering.stripe.push import PushConfig, Pusher
-from metering.stripe_sandbox.testing import running_sandbox
 
-CSV = """customer_id,name,email,currency,billing_anchor_day,plan,plan_effective_from,payment_behavior
-acme,Acme,billing@acme.test,usd,,starter,2026-01-01,succeeds
-"""
-OCT1 = dt.datetime(2026, 10, 1, tzinfo=dt.timezone.utc)
 OCT10 = dt.date(2026, 10, 10)
-
-
-class OnClock(NamedTuple):
-    sb: Any
-    con: Any
-    client: Any
-    clock: Any
-    rules: Any
-    report: catalog.CatalogReport
-
-
-@contextlib.contextmanager
-def customer_on_clock(tmp_path: Path, rules_dir: Path, csv: str = CSV, start: dt.datetime = OCT1) -> Iterator[OnClock]:
-    """The sandbox, a warehouse holding the customer list, and the catalog synced with the customer
-    subscribed on a test clock frozen at `start` (Oct 1)."""
-    rules = load_rules(rules_dir)
-    (tmp_path / "c.csv").write_text(csv)
-    customers = load_customers(tmp_path / "c.csv", rules)
-    with running_sandbox() as sb, warehouse.open_warehouse(tmp_path / "wh.duckdb") as con:
-        client = make_client(StripeSettings(api_key=sb.api_key, api_base=sb.base_url, meter_events_base=sb.base_url))
-        clock = client.v1.test_helpers.test_clocks.create({"frozen_time": int(start.timestamp())})
-        warehouse.replace_rows(con, "customer_plans", "TRUE", [], customers)
-        report = catalog.sync_catalog(con, client, rules, customers, create_customers=True, test_clock=clock.id)
-        yield OnClock(sb, con, client, clock, rules, report)
 
 
 def test_usage_for_a_finalized_invoice_is_late_not_pushed(tmp_path: Path, rules_dir: Path) -> None:

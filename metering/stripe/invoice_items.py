@@ -1,0 +1,309 @@
+"""Bill the charges Stripe cannot price as Stripe invoice items, exactly once, through an outbox.
+
+Stripe has no price for a minimum (a period true-up) or for a charge filtered by a dimension (one
+Stripe meter carries every dimension): the catalog sync reports them `not_expressible`. Their
+amounts are the engine's. Once a billing period is closed (rated at or after its end: the closing
+rating), each such charge is billed as invoice items whose amounts sum to its rated amount:
+
+- **Plan.** Per customer x closed period x (plan, version, charge): the target is the rated amount
+  (0 when the charge no longer has a line, e.g. late usage lifted the period above its minimum);
+  the billed amount is the sum of the ledger's rows that may be at Stripe (all but `failed`). A
+  difference becomes a new revision whose amount is the difference (negative: a credit). A charge
+  with a row still in flight gets no new revision until that row is settled.
+- **Settle.** A row whose call may have been applied (`sent`, `unknown`) is looked up among the
+  customer's invoice items by its `metadata[metering_item]`: found, it is `acknowledged`; not found,
+  it is sent again under its own Idempotency-Key while that key is young (Stripe replays a request
+  it already applied), else it is `failed` and planned again.
+- **Send.** A row is marked `sent` with its Idempotency-Key and committed before its call. It goes
+  onto the period's invoice while Stripe keeps it a draft (the hour after the period ends), else it
+  stays pending at Stripe, which puts it on the subscription's next invoice. An invoice finalized
+  between the look-up and the call refuses the item (400, nothing recorded): the row is `failed`
+  and re-planned, pending, in the same run.
+
+Every row is in `stripe_invoice_items`; reconciliation compares the items on Stripe's invoices with
+the rated amounts (`metering.reconcile`).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import duckdb
+import polars as pl
+import stripe
+
+from metering import warehouse
+from metering.customers import month_bounds
+from metering.stripe.catalog import NOT_EXPRESSIBLE_PRICE_SQL
+from metering.stripe.retry import CallOutcome, RateLimiter, RetryPolicy, call_with_retries
+
+log = logging.getLogger(__name__)
+
+CHARGE_KEY = ["customer_id", "period_start", "plan", "plan_version", "charge"]
+IN_FLIGHT = ("pending", "sent", "unknown")
+KEY_MAX_AGE = dt.timedelta(hours=20)  # under Stripe's 24 h idempotency-key retention
+_KEY_PREFIX = "metering-item:"
+_ITEM_KEY_MAX = 200                   # metadata values may hold 500 characters
+
+
+@dataclass
+class InvoiceItemsReport:
+    """What one run did; amounts are integer minor units per currency."""
+
+    billing_month: dt.date
+    charges: int = 0            # closed period x charge pairs considered
+    new_revisions: int = 0
+    calls: int = 0
+    acknowledged: int = 0
+    on_draft_invoice: int = 0   # acknowledged onto the period's own (draft) invoice
+    pending_next: int = 0       # acknowledged as pending: the subscription's next invoice carries them
+    settled_by_listing: int = 0
+    failed: int = 0             # rows left failed by this run
+    unknown: int = 0            # rows left sent / unknown
+    unmapped: int = 0           # charges of customers not synced to Stripe (nothing billed)
+    billed_minor: dict[str, int] = field(default_factory=dict)   # the run's acknowledged amounts
+    seconds: float = 0.0
+
+    @property
+    def needs_operator(self) -> int:
+        return self.failed + self.unknown
+
+    def summary(self) -> str:
+        money = ", ".join(f"{v} {c}" for c, v in sorted(self.billed_minor.items())) or "nothing"
+        return (f"invoice items {self.billing_month:%Y-%m}: {self.charges} closed charge(s) Stripe cannot price, "
+                f"{self.new_revisions} new revision(s), {self.calls} call(s); {self.acknowledged} acknowledged "
+                f"({self.on_draft_invoice} on the period's draft invoice, {self.pending_next} pending for the next "
+                f"invoice, {self.settled_by_listing} found by listing), billed {money} (minor units); "
+                f"{self.failed} failed, {self.unknown} unknown, {self.unmapped} unmapped")
+
+
+def item_key(customer_id: str, period_start: dt.date, plan: str, plan_version: str, charge: str,
+             revision: int) -> str:
+    """The row's identity at Stripe (`metadata[metering_item]`): readable when short, else a SHA-256."""
+    text = f"{customer_id}|{period_start.isoformat()}|{plan}|{plan_version}|{charge}|r{revision}"
+    return text if len(text) <= _ITEM_KEY_MAX else "h-" + hashlib.sha256(text.encode()).hexdigest()
+
+
+def idempotency_key(key: str, invoice_id: str | None) -> str:
+    """One key per row and destination: the same row sent to another invoice is another request."""
+    return f"{_KEY_PREFIX}{key}@{invoice_id or 'pending'}"
+
+
+def closed_targets(con: duckdb.DuckDBPyConnection, billing_month: dt.date) -> pl.DataFrame:
+    """Per closed period starting in the month x charge Stripe cannot price: the rated amount."""
+    m0, m1 = month_bounds(billing_month)
+    return warehouse.query_frame(con, f"""
+        WITH closed AS (
+            SELECT customer_id, period_start FROM rated_usage
+            WHERE period_start >= ? AND period_start < ?
+            GROUP BY ALL HAVING max(rated_at) >= CAST(max(period_end) AS TIMESTAMPTZ))
+        SELECT customer_id, period_start, max(period_end) AS period_end, plan, plan_version, charge,
+               any_value(currency) AS currency, CAST(sum(amount_minor) AS BIGINT) AS target_minor
+        FROM rated_usage JOIN closed USING (customer_id, period_start)
+        WHERE {NOT_EXPRESSIBLE_PRICE_SQL}
+        GROUP BY customer_id, period_start, plan, plan_version, charge""", [m0, m1])
+
+
+def _ledger(con: duckdb.DuckDBPyConnection, billing_month: dt.date) -> pl.DataFrame:
+    m0, m1 = month_bounds(billing_month)
+    return warehouse.query_frame(
+        con, "SELECT * FROM stripe_invoice_items WHERE period_start >= ? AND period_start < ?", [m0, m1])
+
+
+class InvoiceItemBiller:
+    """Bills one month's closed charges for one warehouse connection and one Stripe client."""
+
+    def __init__(self, con: duckdb.DuckDBPyConnection, client: stripe.StripeClient, *,
+                 rate: float = 20.0, retry: RetryPolicy | None = None,
+                 now: Callable[[], dt.datetime] | None = None) -> None:
+        self.con, self.client = con, client
+        self.limiter = RateLimiter(rate, burst=max(1, int(rate) or 1))
+        self.retry = retry or RetryPolicy()
+        self._now = now or (lambda: dt.datetime.now(dt.UTC))
+
+    def run(self, billing_month: dt.date) -> InvoiceItemsReport:
+        started = time.monotonic()
+        report = InvoiceItemsReport(billing_month)
+        self._settle(billing_month, report)
+        for _ in range(2):  # a second round re-plans, as pending, what a finalized invoice refused
+            self._plan(billing_month, report)
+            pending = _ledger(self.con, billing_month).filter(pl.col("status") == "pending")
+            if pending.is_empty():
+                break
+            self._send(pending, report)
+        left = _ledger(self.con, billing_month)
+        latest = left.sort("revision").group_by(CHARGE_KEY).last()
+        report.failed = latest.filter(pl.col("status") == "failed").height
+        report.unknown = left.filter(pl.col("status").is_in(["sent", "unknown"])).height
+        report.seconds = time.monotonic() - started
+        log.info(report.summary())
+        return report
+
+    # -- plan ------------------------------------------------------------------------------------
+    def _plan(self, billing_month: dt.date, report: InvoiceItemsReport) -> None:
+        targets = closed_targets(self.con, billing_month)
+        report.charges = targets.height
+        ledger = _ledger(self.con, billing_month)
+        billed = (ledger.group_by(CHARGE_KEY).agg(
+            billed_minor=pl.col("amount_minor").filter(pl.col("status") != "failed").sum(),
+            revision=pl.col("revision").max(),
+            in_flight=pl.col("status").is_in(IN_FLIGHT).any(),
+            period_end=pl.col("period_end").first(), currency=pl.col("currency").first()))
+        merged = (targets.join(billed, on=CHARGE_KEY, how="full", coalesce=True, suffix="_ledger")
+                  .with_columns(pl.col("target_minor").fill_null(0), pl.col("billed_minor").fill_null(0),
+                                pl.col("revision").fill_null(0), pl.col("in_flight").fill_null(False),
+                                period_end=pl.coalesce("period_end", "period_end_ledger"),
+                                currency=pl.coalesce("currency", "currency_ledger")))
+        due = merged.filter(~pl.col("in_flight") & (pl.col("target_minor") != pl.col("billed_minor")))
+        if due.is_empty():
+            return
+        customers = self._customer_map()
+        due = due.join(customers, on="customer_id", how="left")
+        unmapped = due.filter(pl.col("stripe_customer_id").is_null())
+        if unmapped.height:
+            report.unmapped = unmapped.height
+            log.warning("%d charge(s) not billed: customers not synced to Stripe (e.g. %s); run `metering stripe sync`",
+                        unmapped.height, ", ".join(sorted(set(unmapped["customer_id"].head(5).to_list()))))
+        now = self._now()
+        rows = [
+            {**{k: r[k] for k in (*CHARGE_KEY, "period_end", "currency", "stripe_customer_id", "subscription_id")},
+             "revision": r["revision"] + 1, "amount_minor": r["target_minor"] - r["billed_minor"],
+             "target_minor": r["target_minor"],
+             "item_key": item_key(r["customer_id"], r["period_start"], r["plan"], r["plan_version"], r["charge"],
+                                  r["revision"] + 1),
+             "status": "pending", "created_at": now, "updated_at": now}
+            for r in due.filter(pl.col("stripe_customer_id").is_not_null()).iter_rows(named=True)
+        ]
+        if not rows:
+            return
+        frame = pl.DataFrame(rows)  # noqa: F841 - read by DuckDB below
+        cols = ", ".join(rows[0])
+        self.con.execute(f"INSERT INTO stripe_invoice_items ({cols}) SELECT {cols} FROM frame")
+        report.new_revisions += len(rows)
+
+    def _customer_map(self) -> pl.DataFrame:
+        return warehouse.query_frame(
+            self.con,
+            "SELECT customer_id, stripe_customer_id, subscription_id FROM stripe_customer_map "
+            "QUALIFY row_number() OVER (PARTITION BY customer_id ORDER BY synced_at DESC) = 1")
+
+    # -- settle ----------------------------------------------------------------------------------
+    def _settle(self, billing_month: dt.date, report: InvoiceItemsReport) -> None:
+        """Rows that may have reached Stripe: found by their key among the customer's items, or not."""
+        doubtful = _ledger(self.con, billing_month).filter(pl.col("status").is_in(["sent", "unknown"]))
+        if doubtful.is_empty():
+            return
+        now = self._now()
+        for customer in doubtful["stripe_customer_id"].unique().sort().to_list():
+            at_stripe = {
+                getattr(item.metadata, "metering_item", None): item
+                for item in self.client.v1.invoice_items.list({"customer": customer, "limit": 100}).auto_paging_iter()
+            }
+            for row in doubtful.filter(pl.col("stripe_customer_id") == customer).iter_rows(named=True):
+                item = at_stripe.get(row["item_key"])
+                if item is not None:
+                    self._update(row, "acknowledged", now, resolved_by="listing", stripe_invoice_item_id=item.id,
+                                 stripe_invoice_id=_invoice_id(item))
+                    report.settled_by_listing += 1
+                elif row["first_attempt_at"] is not None and now - row["first_attempt_at"] < KEY_MAX_AGE:
+                    self._update(row, "pending", now)  # resent under its own key: Stripe replays it if applied
+                else:
+                    self._update(row, "failed", now, resolved_by="listing",
+                                 last_error="not among the customer's invoice items at Stripe after its key expired")
+
+    # -- send ------------------------------------------------------------------------------------
+    def _send(self, pending: pl.DataFrame, report: InvoiceItemsReport) -> None:
+        drafts = self._draft_invoices(pending)
+        for row in pending.sort(CHARGE_KEY + ["revision"]).iter_rows(named=True):
+            now = self._now()
+            if row["idempotency_key"] is None:  # first call: choose the destination, fixed with the key
+                target = drafts.get((row["stripe_customer_id"], row["period_start"], row["period_end"]))
+                row = {**row, "target_invoice_id": target, "idempotency_key": idempotency_key(row["item_key"], target)}
+            self._update(row, "sent", now, idempotency_key=row["idempotency_key"],
+                         target_invoice_id=row["target_invoice_id"],
+                         first_attempt_at=row["first_attempt_at"] or now, last_attempt_at=now)
+            outcome = self._call(row)
+            report.calls += outcome.attempts
+            self._record(row, outcome, report)
+
+    def _draft_invoices(self, pending: pl.DataFrame) -> dict[tuple[str, dt.date, dt.date], str]:
+        """(Stripe customer, period) -> the id of the period's invoice while Stripe keeps it a draft."""
+        out: dict[tuple[str, dt.date, dt.date], str] = {}
+        for customer in pending["stripe_customer_id"].unique().sort().to_list():
+            for invoice in self.client.v1.invoices.list(
+                    {"customer": customer, "status": "draft", "limit": 100}).auto_paging_iter():
+                if invoice.billing_reason != "subscription_cycle":
+                    continue
+                start, end = (dt.datetime.fromtimestamp(int(t), dt.UTC) for t in (invoice.period_start, invoice.period_end))
+                if start.time() == dt.time(0) and end.time() == dt.time(0):
+                    out[(customer, start.date(), end.date())] = invoice.id
+        return out
+
+    def _call(self, row: dict[str, Any]) -> CallOutcome:
+        def unix(day: dt.date) -> int:
+            return int(dt.datetime.combine(day, dt.time(0), dt.UTC).timestamp())
+
+        params: dict[str, Any] = {
+            "customer": row["stripe_customer_id"],
+            "amount": int(row["amount_minor"]),
+            "currency": row["currency"].lower(),
+            "description": (f"{row['charge']} ({row['plan']} {row['plan_version']}), "
+                            f"{row['period_start']:%Y-%m-%d} to {row['period_end']:%Y-%m-%d}"
+                            + (f", revision {row['revision']}" if row["revision"] > 1 else "")),
+            # Stripe's item period end is inclusive: the period's last second
+            "period": {"start": unix(row["period_start"]), "end": unix(row["period_end"]) - 1},
+            "metadata": {"metering_item": row["item_key"], "metering_customer_id": row["customer_id"],
+                         "metering_period_start": row["period_start"].isoformat(),
+                         "metering_charge": f"{row['plan']}|{row['plan_version']}|{row['charge']}",
+                         "metering_revision": str(row["revision"])},
+        }
+        if row["target_invoice_id"]:
+            params["invoice"] = row["target_invoice_id"]
+        elif row["subscription_id"]:
+            params["subscription"] = row["subscription_id"]
+        self._created: Any = None
+
+        def send() -> Any:
+            self._created = self.client.v1.invoice_items.create(
+                params, {"idempotency_key": row["idempotency_key"], "max_network_retries": 0})
+            return self._created
+
+        return call_with_retries(send, limiter=self.limiter, policy=self.retry)
+
+    def _record(self, row: dict[str, Any], outcome: CallOutcome, report: InvoiceItemsReport) -> None:
+        now = self._now()
+        extra: dict[str, Any] = {"attempts": (row["attempts"] or 0) + outcome.attempts, "last_error": outcome.error,
+                                 "last_http_status": outcome.http_status, "stripe_request_id": outcome.request_id}
+        if outcome.status == "acknowledged":
+            item = self._created
+            extra.update(resolved_by="response", stripe_invoice_item_id=item.id, stripe_invoice_id=_invoice_id(item))
+            report.acknowledged += 1
+            if extra["stripe_invoice_id"]:
+                report.on_draft_invoice += 1
+            else:
+                report.pending_next += 1
+            report.billed_minor[row["currency"]] = report.billed_minor.get(row["currency"], 0) + int(row["amount_minor"])
+        self._update(row, outcome.status, now, **extra)
+
+    def _update(self, row: dict[str, Any], status: str, now: dt.datetime, **values: Any) -> None:
+        sets = ", ".join(f"{k} = ?" for k in ("status", "updated_at", *values))
+        self.con.execute(
+            f"UPDATE stripe_invoice_items SET {sets} WHERE item_key = ?",
+            [status, now, *values.values(), row["item_key"]])
+
+
+def _invoice_id(item: Any) -> str | None:
+    invoice = getattr(item, "invoice", None)
+    return invoice if isinstance(invoice, str) or invoice is None else invoice.id
+
+
+def bill_invoice_items(con: duckdb.DuckDBPyConnection, client: stripe.StripeClient, billing_month: dt.date,
+                       **options: Any) -> InvoiceItemsReport:
+    """Bill the month's closed charges Stripe cannot price (see the module docstring)."""
+    return InvoiceItemBiller(con, client, **options).run(billing_month)

@@ -1,0 +1,238 @@
+"""Charges Stripe cannot price (minimums, dimension-filtered prices) billed as Stripe invoice items:
+onto the period's draft invoice, else the next invoice; exactly once under lost responses; a change
+after billing is billed as its difference. Real sandbox on a test clock, real warehouse.
+
+The rated lines are written by hand, so every expected amount is the sum of lines this file chose.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+import pytest
+from click.testing import CliRunner
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from metering import warehouse
+from metering.cli import cli
+from metering.errors import EXIT_EXTERNAL, EXIT_USAGE
+from metering.stripe.invoice_items import InvoiceItemBiller, idempotency_key, item_key
+from push_world import FAST_RETRY, customer_on_clock
+
+SEP1 = dt.datetime(2026, 9, 1, tzinfo=dt.UTC)
+OCT1 = dt.datetime(2026, 10, 1, tzinfo=dt.UTC)
+NOV1 = dt.datetime(2026, 11, 1, tzinfo=dt.UTC)
+SEPTEMBER = dt.date(2026, 9, 1)
+CSV = """customer_id,name,email,currency,billing_anchor_day,plan,plan_effective_from,payment_behavior
+acme,Acme,billing@acme.test,usd,,pro,2026-01-01,succeeds
+"""
+# pro 2026-01: "tokens large" (a model filter) and "minimum spend" have no Stripe price; the platform
+# fee has one (a licensed price of $49.00)
+NOT_IN_STRIPE = ("tokens large", "minimum spend")
+
+
+def rate(con: Any, amounts: dict[str, int], rated_at: dt.datetime, customer: str = "acme") -> None:
+    """Replace acme's September lines with one line per charge (integer minor units)."""
+    con.execute("DELETE FROM rated_usage WHERE customer_id = ? AND period_start = ?", [customer, SEPTEMBER])
+    for n, (charge, minor) in enumerate(amounts.items()):
+        con.execute(
+            "INSERT INTO rated_usage (customer_id, period_start, period_end, segment_start, segment_end, plan, "
+            "plan_version, rules_hash, charge_id, charge, model, amount, amount_minor, currency, rounding, rated_at) "
+            "VALUES (?, ?, ?, ?, ?, 'pro', '2026-01', 'h', ?, ?, 'per_unit', ?, ?, 'usd', 'half_even', ?)",
+            [customer, SEPTEMBER, OCT1.date(), SEPTEMBER, OCT1.date(), n, charge, minor / 100, minor, rated_at])
+
+
+def biller(con: Any, client: Any, now: dt.datetime = dt.datetime(2026, 11, 26, tzinfo=dt.UTC)) -> InvoiceItemBiller:
+    return InvoiceItemBiller(con, client, rate=0, retry=FAST_RETRY, now=lambda: now)
+
+
+def items_at_stripe(client: Any, customer: str) -> list[tuple[int, str | None, str]]:
+    return sorted((i.amount, i.invoice, i.metadata["metering_item"])
+                  for i in client.v1.invoice_items.list({"customer": customer, "limit": 100}).auto_paging_iter())
+
+
+def cycle_invoice(client: Any, customer: str, period_end: dt.datetime) -> Any:
+    [invoice] = [i for i in client.v1.invoices.list({"customer": customer, "limit": 100}).data
+                 if i.billing_reason == "subscription_cycle" and i.period_end == int(period_end.timestamp())]
+    return invoice
+
+
+def ledger(con: Any) -> pl.DataFrame:
+    return warehouse.query_frame(con, "SELECT * FROM stripe_invoice_items ORDER BY charge, revision")
+
+
+def test_a_closed_periods_charges_go_onto_its_draft_invoice_once(tmp_path: Path, rules_dir: Path) -> None:
+    with customer_on_clock(tmp_path, rules_dir, CSV, start=SEP1) as (sb, con, client, clock, rules, report):
+        cus = report.customers[0]["stripe_customer_id"]
+        sb.advance_clock(clock.id, int((OCT1 + dt.timedelta(minutes=15)).timestamp()))  # September's invoice: draft
+        draft = cycle_invoice(client, cus, OCT1)
+        assert draft.status == "draft"
+        before = draft.total
+        rate(con, {"platform fee": 4900, "tokens large": 1234, "minimum spend": 3866},
+             rated_at=OCT1 + dt.timedelta(minutes=10))
+
+        first = biller(con, client).run(SEPTEMBER)
+        assert (first.charges, first.new_revisions, first.acknowledged, first.on_draft_invoice) == (2, 2, 2, 2)
+        assert first.billed_minor == {"usd": 1234 + 3866}
+        assert items_at_stripe(client, cus) == sorted([
+            (1234, draft.id, item_key("acme", SEPTEMBER, "pro", "2026-01", "tokens large", 1)),
+            (3866, draft.id, item_key("acme", SEPTEMBER, "pro", "2026-01", "minimum spend", 1))])
+
+        again = biller(con, client).run(SEPTEMBER)  # nothing changed: nothing sent
+        assert (again.new_revisions, again.calls) == (0, 0)
+        assert len(items_at_stripe(client, cus)) == 2
+
+        sb.advance_clock(clock.id, int((OCT1 + dt.timedelta(hours=2)).timestamp()))  # past the grace hour
+        final = client.v1.invoices.retrieve(draft.id)
+        assert final.status != "draft"
+        assert final.total == before + 1234 + 3866
+        assert ledger(con)["status"].to_list() == ["acknowledged", "acknowledged"]
+
+
+def test_an_open_period_is_not_billed(tmp_path: Path, rules_dir: Path) -> None:
+    with customer_on_clock(tmp_path, rules_dir, CSV, start=SEP1) as (sb, con, client, clock, rules, report):
+        rate(con, {"minimum spend": 5000}, rated_at=OCT1 - dt.timedelta(hours=1))  # rated before its end
+        run = biller(con, client).run(SEPTEMBER)
+        assert (run.charges, run.calls) == (0, 0)
+        assert items_at_stripe(client, report.customers[0]["stripe_customer_id"]) == []
+
+
+def test_a_change_after_finalization_is_billed_as_its_difference_on_the_next_invoice(
+        tmp_path: Path, rules_dir: Path) -> None:
+    with customer_on_clock(tmp_path, rules_dir, CSV, start=SEP1) as (sb, con, client, clock, rules, report):
+        cus = report.customers[0]["stripe_customer_id"]
+        sb.advance_clock(clock.id, int((OCT1 + dt.timedelta(minutes=15)).timestamp()))
+        rate(con, {"minimum spend": 4000, "tokens large": 700}, rated_at=OCT1 + dt.timedelta(minutes=10))
+        biller(con, client).run(SEPTEMBER)
+        sb.advance_clock(clock.id, int((OCT1 + dt.timedelta(hours=2)).timestamp()))
+        september = cycle_invoice(client, cus, OCT1)
+        assert september.status != "draft"
+
+        # late usage re-rated the closed period: the true-up shrank, the filtered tokens grew, and a
+        # charge no longer has a line at all (its billed amount is credited)
+        rate(con, {"minimum spend": 2500, "tokens large": 900}, rated_at=OCT1 + dt.timedelta(days=3))
+        second = biller(con, client).run(SEPTEMBER)
+        assert (second.new_revisions, second.pending_next, second.on_draft_invoice) == (2, 2, 0)
+        assert second.billed_minor == {"usd": -1500 + 200}
+        pending = [(a, inv) for a, inv, _ in items_at_stripe(client, cus) if inv is None]
+        assert sorted(pending) == [(-1500, None), (200, None)]
+        assert client.v1.invoices.retrieve(september.id).total == september.total  # a finalized invoice stays
+
+        rate(con, {"tokens large": 900}, rated_at=OCT1 + dt.timedelta(days=4))
+        third = biller(con, client).run(SEPTEMBER)
+        assert third.billed_minor == {"usd": -2500}
+
+        sb.advance_clock(clock.id, int((NOV1 + dt.timedelta(minutes=5)).timestamp()))
+        october = cycle_invoice(client, cus, NOV1)
+        lines = [line.amount for line in client.v1.invoices.line_items.list(october.id, {"limit": 100}).data
+                 if line.parent.type == "invoice_item_details"]
+        assert sorted(lines) == [-2500, -1500, 200]
+        # what Stripe billed for each charge over both invoices is its rated amount now
+        by_charge = ledger(con).group_by("charge").agg(pl.col("amount_minor").sum()).sort("charge")
+        assert by_charge.rows() == [("minimum spend", 0), ("tokens large", 900)]
+
+
+def test_a_lost_response_is_settled_by_listing_not_billed_twice(tmp_path: Path, rules_dir: Path) -> None:
+    with customer_on_clock(tmp_path, rules_dir, CSV, start=SEP1) as (sb, con, client, clock, rules, report):
+        cus = report.customers[0]["stripe_customer_id"]
+        sb.advance_clock(clock.id, int((OCT1 + dt.timedelta(minutes=15)).timestamp()))
+        rate(con, {"minimum spend": 4000}, rated_at=OCT1 + dt.timedelta(minutes=10))
+        # Stripe applies the first call and the answer is lost; every retry is dropped unanswered
+        sb.inject_fault("lost_response", path="/v1/invoiceitems", method="POST", count=1)
+        sb.inject_fault("drop", path="/v1/invoiceitems", method="POST", count=50)
+        first = biller(con, client).run(SEPTEMBER)
+        assert (first.acknowledged, first.unknown) == (0, 1)
+        assert ledger(con)["status"].to_list() == ["unknown"]
+        sb.clear_faults()
+
+        second = biller(con, client).run(SEPTEMBER)
+        assert (second.settled_by_listing, second.new_revisions, second.calls) == (1, 0, 0)
+        assert [a for a, _, _ in items_at_stripe(client, cus)] == [4000]
+        assert ledger(con)[["status", "resolved_by"]].rows() == [("acknowledged", "listing")]
+
+
+def test_an_item_refused_by_a_finalized_invoice_goes_to_the_next_one(tmp_path: Path, rules_dir: Path) -> None:
+    """The draft was chosen, the call's outcome was lost (nothing applied), and the invoice was
+    finalized before the retry: Stripe refuses the item there; it is billed once, pending."""
+    with customer_on_clock(tmp_path, rules_dir, CSV, start=SEP1) as (sb, con, client, clock, rules, report):
+        cus = report.customers[0]["stripe_customer_id"]
+        sb.advance_clock(clock.id, int((OCT1 + dt.timedelta(minutes=15)).timestamp()))
+        draft = cycle_invoice(client, cus, OCT1)
+        rate(con, {"minimum spend": 4000}, rated_at=OCT1 + dt.timedelta(minutes=10))
+        sb.inject_fault("drop", path="/v1/invoiceitems", method="POST", count=50)
+        assert biller(con, client).run(SEPTEMBER).unknown == 1
+        assert ledger(con)["target_invoice_id"].to_list() == [draft.id]
+        sb.clear_faults()
+        sb.advance_clock(clock.id, int((OCT1 + dt.timedelta(hours=2)).timestamp()))
+
+        run = biller(con, client, now=dt.datetime(2026, 10, 1, 3, tzinfo=dt.UTC)).run(SEPTEMBER)
+        assert (run.acknowledged, run.pending_next, run.failed) == (1, 1, 0)
+        rows = ledger(con).select("revision", "status", "target_invoice_id").rows()
+        assert rows == [(1, "failed", draft.id), (2, "acknowledged", None)]
+        assert [(a, inv) for a, inv, _ in items_at_stripe(client, cus)] == [(4000, None)]
+
+
+def test_customers_not_in_stripe_are_counted_not_billed(tmp_path: Path, rules_dir: Path) -> None:
+    with customer_on_clock(tmp_path, rules_dir, CSV, start=SEP1) as (sb, con, client, clock, rules, report):
+        rate(con, {"minimum spend": 4000}, rated_at=OCT1 + dt.timedelta(minutes=10), customer="initech")
+        run = biller(con, client).run(SEPTEMBER)
+        assert (run.unmapped, run.calls, run.new_revisions) == (1, 0, 0)
+
+
+def test_keys_are_deterministic_and_within_stripes_limits() -> None:
+    key = item_key("acme", SEPTEMBER, "pro", "2026-01", "minimum spend", 2)
+    assert key == "acme|2026-09-01|pro|2026-01|minimum spend|r2"
+    long = item_key("c" * 300, SEPTEMBER, "pro", "2026-01", "minimum spend", 1)
+    assert long.startswith("h-") and len(long) == 66 and long == item_key("c" * 300, SEPTEMBER, "pro", "2026-01",
+                                                                         "minimum spend", 1)
+    assert idempotency_key(key, "in_1") != idempotency_key(key, None)
+    assert len(idempotency_key(long, "in_" + "x" * 24)) <= 255
+
+
+@settings(max_examples=8, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(targets=st.lists(st.integers(min_value=0, max_value=10**7), min_size=1, max_size=4),
+       faults=st.lists(st.sampled_from(["none", "lost_response", "server_error", "drop"]), min_size=4, max_size=4))
+def test_stripes_items_sum_to_the_rated_amount_under_any_changes_and_faults(
+        tmp_path_factory: pytest.TempPathFactory, rules_dir: Path, targets: list[int], faults: list[str]) -> None:
+    """Invariant: after a run that settles, the items Stripe holds for a charge sum to its rated amount."""
+    tmp_path = tmp_path_factory.mktemp("items")
+    with customer_on_clock(tmp_path, rules_dir, CSV, start=SEP1) as (sb, con, client, clock, rules, report):
+        cus = report.customers[0]["stripe_customer_id"]
+        sb.advance_clock(clock.id, int((OCT1 + dt.timedelta(minutes=15)).timestamp()))
+        for n, (target, fault) in enumerate(zip(targets, faults)):
+            rate(con, {"minimum spend": target}, rated_at=OCT1 + dt.timedelta(minutes=10 + n))
+            if fault != "none":
+                sb.inject_fault(fault, path="/v1/invoiceitems", method="POST", count=1)
+            biller(con, client).run(SEPTEMBER)
+            sb.clear_faults()
+        settled = biller(con, client).run(SEPTEMBER)
+        assert settled.needs_operator == 0
+        assert sum(a for a, _, _ in items_at_stripe(client, cus)) == targets[-1]
+
+
+def test_the_command_bills_and_says_what_it_did(tmp_path: Path, rules_dir: Path,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    with customer_on_clock(tmp_path, rules_dir, CSV, start=SEP1) as (sb, con, client, clock, rules, report):
+        sb.advance_clock(clock.id, int((OCT1 + dt.timedelta(minutes=15)).timestamp()))
+        rate(con, {"minimum spend": 4000}, rated_at=OCT1 + dt.timedelta(minutes=10))
+        con.close()
+        monkeypatch.setenv("STRIPE_API_KEY", sb.api_key)
+        monkeypatch.setenv("STRIPE_API_BASE", sb.base_url)
+        wh = str(tmp_path / "wh.duckdb")
+        runner = CliRunner()
+        ok = runner.invoke(cli, ["stripe", "invoice-items", "--period", "2026-09", "--warehouse", wh, "--rate", "0"])
+        assert ok.exit_code == 0, ok.output
+        assert "1 acknowledged (1 on the period's draft invoice" in ok.output and "billed 4000 usd" in ok.output
+        bad = runner.invoke(cli, ["stripe", "invoice-items", "--period", "Sept", "--warehouse", wh])
+        assert bad.exit_code == EXIT_USAGE and "'Sept' is not a month" in bad.output
+        with warehouse.open_warehouse(wh) as again:
+            rate(again, {"minimum spend": 1000}, rated_at=OCT1 + dt.timedelta(days=2))
+        # a 500 that Stripe says not to retry: the item may have been stored, so it is unknown
+        sb.inject_fault("server_error", path="/v1/invoiceitems", method="POST", should_retry=False)
+        failed = runner.invoke(cli, ["stripe", "invoice-items", "--period", "2026-09", "--warehouse", wh, "--rate", "0"])
+        assert failed.exit_code == EXIT_EXTERNAL, failed.output
+        assert "unknown invoice items need a look" in failed.output and "Traceback" not in failed.output
