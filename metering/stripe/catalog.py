@@ -159,7 +159,8 @@ def price_params(version: PlanVersion, charge: Charge, meter_id: str | None) -> 
                      "model": charge.model, "rules_hash": version.content_hash},
     }
     if charge.model == "minimum":
-        raise NotExpressible("a minimum spend has no Stripe price: the engine rates the true-up, but no Stripe invoice carries it; invoice it separately")
+        raise NotExpressible("a minimum spend has no Stripe price: the engine rates the true-up and bills it as an invoice item "
+                            "(metering stripe invoice-items)")
     if charge.model == "flat":
         return {**base, "unit_amount_decimal": _minor(charge.amount or Decimal(0), cur),
                 "recurring": {"interval": "month", "usage_type": "licensed"}}

@@ -131,12 +131,11 @@ class InvoiceItemBiller:
         started = time.monotonic()
         report = InvoiceItemsReport(billing_month)
         self._settle(billing_month, report)
-        for _ in range(2):  # a second round re-plans, as pending, what a finalized invoice refused
-            self._plan(billing_month, report)
-            pending = _ledger(self.con, billing_month).filter(pl.col("status") == "pending")
-            if pending.is_empty():
-                break
-            self._send(pending, report)
+        self._plan(billing_month, report)
+        refused = self._send(billing_month, report)
+        if not refused.is_empty():  # the invoice left draft since it was chosen: bill them pending
+            self._plan(billing_month, report, only=refused)
+            self._send(billing_month, report)
         left = _ledger(self.con, billing_month)
         latest = left.sort("revision").group_by(CHARGE_KEY).last()
         report.failed = latest.filter(pl.col("status") == "failed").height
@@ -146,7 +145,9 @@ class InvoiceItemBiller:
         return report
 
     # -- plan ------------------------------------------------------------------------------------
-    def _plan(self, billing_month: dt.date, report: InvoiceItemsReport) -> None:
+    def _plan(self, billing_month: dt.date, report: InvoiceItemsReport, only: pl.DataFrame | None = None) -> None:
+        """New revisions for the charges whose billed amount is not their rated one (`only`: of these
+        charges alone). A charge whose latest revision failed is planned again: one attempt a run."""
         targets = closed_targets(self.con, billing_month)
         report.charges = targets.height
         ledger = _ledger(self.con, billing_month)
@@ -161,6 +162,8 @@ class InvoiceItemBiller:
                                 period_end=pl.coalesce("period_end", "period_end_ledger"),
                                 currency=pl.coalesce("currency", "currency_ledger")))
         due = merged.filter(~pl.col("in_flight") & (pl.col("target_minor") != pl.col("billed_minor")))
+        if only is not None:
+            due = due.join(only, on=CHARGE_KEY, how="semi")
         if due.is_empty():
             return
         customers = self._customer_map()
@@ -218,7 +221,13 @@ class InvoiceItemBiller:
                                  last_error="not among the customer's invoice items at Stripe after its key expired")
 
     # -- send ------------------------------------------------------------------------------------
-    def _send(self, pending: pl.DataFrame, report: InvoiceItemsReport) -> None:
+    def _send(self, billing_month: dt.date, report: InvoiceItemsReport) -> pl.DataFrame:
+        """Send the pending rows; returns the charges whose item an invoice refused (Stripe stored
+        nothing: a definite 4xx aimed at an invoice, which is no longer a draft)."""
+        pending = _ledger(self.con, billing_month).filter(pl.col("status") == "pending")
+        refused = []
+        if pending.is_empty():
+            return pl.DataFrame(schema=pending.select(CHARGE_KEY).schema)
         drafts = self._draft_invoices(pending)
         for row in pending.sort(CHARGE_KEY + ["revision"]).iter_rows(named=True):
             now = self._now()
@@ -231,6 +240,9 @@ class InvoiceItemBiller:
             outcome = self._call(row)
             report.calls += outcome.attempts
             self._record(row, outcome, report)
+            if outcome.status == "failed" and row["target_invoice_id"] and outcome.http_status == 400:
+                refused.append({k: row[k] for k in CHARGE_KEY})
+        return pl.DataFrame(refused, schema=pending.select(CHARGE_KEY).schema)
 
     def _draft_invoices(self, pending: pl.DataFrame) -> dict[tuple[str, dt.date, dt.date], str]:
         """(Stripe customer, period) -> the id of the period's invoice while Stripe keeps it a draft."""

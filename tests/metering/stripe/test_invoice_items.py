@@ -236,3 +236,17 @@ def test_the_command_bills_and_says_what_it_did(tmp_path: Path, rules_dir: Path,
         failed = runner.invoke(cli, ["stripe", "invoice-items", "--period", "2026-09", "--warehouse", wh, "--rate", "0"])
         assert failed.exit_code == EXIT_EXTERNAL, failed.output
         assert "unknown invoice items need a look" in failed.output and "Traceback" not in failed.output
+
+
+def test_an_item_stripe_refuses_is_tried_once_a_run(tmp_path: Path, rules_dir: Path) -> None:
+    """A refusal that is not the invoice's (here: the customer is gone at Stripe) is `failed`, and
+    reported; the next run tries once more (a new revision), never in a loop."""
+    with customer_on_clock(tmp_path, rules_dir, CSV, start=SEP1) as (sb, con, client, clock, rules, report):
+        sb.advance_clock(clock.id, int((OCT1 + dt.timedelta(minutes=15)).timestamp()))
+        rate(con, {"minimum spend": 4000}, rated_at=OCT1 + dt.timedelta(minutes=10))
+        client.v1.customers.delete(report.customers[0]["stripe_customer_id"])
+        first = biller(con, client).run(SEPTEMBER)
+        assert (first.failed, first.acknowledged, first.needs_operator) == (1, 0, 1)
+        assert ledger(con)[["revision", "status", "last_http_status"]].rows() == [(1, "failed", 404)]
+        biller(con, client).run(SEPTEMBER)
+        assert ledger(con)[["revision", "status"]].rows() == [(1, "failed"), (2, "failed")]
