@@ -14,8 +14,11 @@ production, with resources pointed at local services):
    end): moves the test clock to just before it, ingests the files that arrived so far, and
    aggregates and pushes every day up to it in one run (late events become new revisions); then
    moves the clock past the boundary so Stripe drafts those periods' invoices;
-5. rates the month, moves the clock past the period end and Stripe's grace period (invoices are
-   created, finalized, paid or failed; webhooks delivered and landed), reconciles, runs dunning as
+5. rates the month while Stripe keeps the month's invoices draft (its grace hour) and bills the
+   charges Stripe cannot price (minimums, per-model and per-region prices) as invoice items on them;
+   moves the clock past the grace period (invoices finalized, paid or failed; webhooks delivered
+   and landed); ingests a file that arrives after that and re-rates (a late-usage adjustment, whose
+   invoice items go onto the next invoice); reconciles, runs dunning as
    the clock moves on through the policy's steps, writes the finance report and publishes the
    analyst snapshot;
 6. prints a summary whose figures are read back from the warehouse.
@@ -258,6 +261,9 @@ class DemoSummary:
             f"({f['raw_events_per_call']} accepted events per call, {f['push_retries']} retries), "
             f"{f['late_windows']} window(s) too late to push; {f['stripe_calls_this_run']:,} API calls in this run",
             f"  invoices:        {f['invoices']} in Stripe: " + ", ".join(f"{k} {v}" for k, v in f["invoice_status"].items()),
+            f"  invoice items:   {f['invoice_items']} for charges Stripe cannot price "
+            f"({f['invoice_items_on_period_invoice']} on their period's invoice, the rest on the next): "
+            + (", ".join(fmt_money(v, k) for k, v in f["invoice_items_totals"].items()) or "none"),
             f"  webhooks:        {f['webhook_events']:,} events landed",
             "  reconciliation:  " + ", ".join(f"{k} {v}" for k, v in f["reconciliation"].items())
             + f" (customer x meter x period rows; {f['unexplained_rows']} unexplained)",
@@ -367,13 +373,19 @@ def run_demo(options: DemoOptions, echo=print) -> DemoSummary:
                     plant_extra_usage(client, con, options)
             month_key = options.month.isoformat()
             last_day = options.month_end - dt.timedelta(days=1)
-            echo("closing the period (invoices finalized, paid or failed) and rating the month ...")
+            # Stripe keeps the period's invoices draft for its grace hour: the closing rating bills the
+            # charges Stripe cannot price (minimums, per-model and per-region prices) onto them
+            echo("rating the month; billing the charges Stripe cannot price as invoice items on the drafts ...")
+            runner.materialize(["rated_usage", "invoice_previews", "stripe_invoice_items"], month_key)
+            echo("closing the period (invoices finalized, paid or failed) ...")
             close = _utc(options.month_end) + GRACE + dt.timedelta(minutes=30)
             _advance_clock(sandbox, client, clock_id, close)
             if options.plant_discrepancies:
+                # usage arriving after the invoice was finalized: re-rated as a late-usage adjustment,
+                # whose invoice items (if any) go onto the next invoice
                 runner.materialize(["usage_events", "usage_aggregates", "stripe_usage_pushes"], last_day.isoformat(),
                                    {"ops": {"usage_events": {"config": {"files": plant_after_close(options)}}}})
-            runner.materialize(["rated_usage", "invoice_previews"], month_key)
+                runner.materialize(["rated_usage", "invoice_previews", "stripe_invoice_items"], month_key)
             stripe_state = ["stripe_webhook_events", "stripe_invoices", "stripe_subscriptions", "stripe_payment_attempts"]
 
             echo("landing webhooks, reconciling, dunning ...")
@@ -427,6 +439,11 @@ def read_figures(options: DemoOptions, stripe_calls: int) -> dict[str, object]:
         webhook_events = one("SELECT count(*) FROM stripe_webhook_events")[0]
         calls, retries = one("SELECT coalesce(sum(calls), 0), coalesce(sum(retries), 0) FROM stripe_push_runs")
         late_windows = one("SELECT count(*) FROM stripe_push_ledger WHERE status = 'late'")[0]
+        items = "FROM stripe_invoice_items WHERE status = 'acknowledged' AND period_start >= ? AND period_start < ?"
+        item_count, on_period_invoice = one(
+            f"SELECT count(*), count(*) FILTER (stripe_invoice_id IS NOT NULL AND stripe_invoice_id = target_invoice_id) "
+            f"{items}", [start, end])
+        item_totals = con.execute(f"SELECT currency, sum(amount_minor) {items} GROUP BY 1 ORDER BY 1", [start, end]).fetchall()
         unexplained = one(
             "SELECT count(*) FROM usage_reconciliation WHERE billing_month = ? AND NOT explained", [start])[0]
     return {
@@ -440,6 +457,8 @@ def read_figures(options: DemoOptions, stripe_calls: int) -> dict[str, object]:
         "webhook_events": int(webhook_events),
         "stripe_calls_this_run": stripe_calls, "meter_event_calls": int(calls), "push_retries": int(retries),
         "late_windows": int(late_windows), "unexplained_rows": int(unexplained),
+        "invoice_items": int(item_count), "invoice_items_on_period_invoice": int(on_period_invoice),
+        "invoice_items_totals": {cur: int(total) for cur, total in item_totals},
         "raw_events_per_call": round(int(accepted) / int(calls), 1) if calls else 0,
     }
 

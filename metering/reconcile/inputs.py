@@ -11,7 +11,9 @@ period that *starts* in that month (periods follow each customer's billing ancho
   plus what the ledger proves came too late for the period's finalized invoice (see `load_pushed`).
 - Stripe's meter: `stripe_meter_summaries` grain 'period' rows (Stripe's own aggregate), or pending.
 - Stripe's lines: `stripe_invoice_lines_api`, plus webhook-derived `stripe_invoice_lines` for
-  invoices the API pull did not see (the API read wins: it is the later, direct read).
+  invoices the API pull did not see (the API read wins: it is the later, direct read). Lines that
+  are the engine's own invoice items (their item id is in `stripe_invoice_items`) bill the charges
+  Stripe cannot price; the ledger also says which acknowledged items Stripe still holds pending.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ import polars as pl
 
 from metering.reconcile import reconcile as rc
 from metering.rules.meters import Meter
+from metering.stripe.catalog import NOT_EXPRESSIBLE_PRICE_SQL
 from metering.warehouse import query_frame
 
 ADDITIVE = ("count", "sum")
@@ -52,8 +55,7 @@ def _not_expressible_sql(con: duckdb.DuckDBPyConnection) -> str:
     """Boolean SQL over rated_usage: the charge has no Stripe price (catalog finding 'not_expressible')."""
     if not {"finding", "kind", "our_key"} <= table_columns(con, "stripe_catalog_findings"):
         return "false"
-    return ("(plan || '|' || plan_version || '|' || charge) IN (SELECT our_key FROM stripe_catalog_findings "
-            "WHERE finding = 'not_expressible' AND kind = 'price')")
+    return NOT_EXPRESSIBLE_PRICE_SQL
 
 
 def load_ours(con: duckdb.DuckDBPyConnection, billing_month: dt.date, meters: dict[str, Meter]) -> pl.DataFrame:
@@ -288,27 +290,31 @@ def _webhook_lines_sql(con: duckdb.DuckDBPyConnection) -> str | None:
     if "event_name" in cols:
         meter = f"coalesce({meter}, regexp_extract(w.event_name, '^metering_(.*)$', 1))"
     customer_id = c("customer_id")
-    join = ""
+    joins = []
     if "customer_id" in inv and "invoice_id" in inv:
         customer_id = f"coalesce({customer_id}, i.customer_id)"
-        join = "LEFT JOIN stripe_invoices i ON i.invoice_id = w.invoice_id"
+        joins.append("LEFT JOIN stripe_invoices i ON i.invoice_id = w.invoice_id")
     return f"""
         SELECT w.invoice_id, w.line_id, {customer_id} AS customer_id, nullif({meter}, '') AS meter,
                {c('quantity_decimal', 'DECIMAL(38, 12)')} AS quantity_decimal,
                CAST(w.amount AS BIGINT) AS amount, {c('currency')} AS currency,
                {c('period_start', 'TIMESTAMPTZ')} AS period_start, {c('period_end', 'TIMESTAMPTZ')} AS period_end,
-               'webhook' AS source
-        FROM stripe_invoice_lines w {join}
+               {c('invoice_item')} AS invoice_item, 'webhook' AS source
+        FROM stripe_invoice_lines w {' '.join(joins)}
         WHERE w.invoice_id NOT IN (SELECT invoice_id FROM stripe_invoice_lines_api)
     """
 
 
 def merged_lines_sql(con: duckdb.DuckDBPyConnection) -> str:
-    """All known Stripe invoice lines: API-pulled first, webhook-derived for invoices the API did not show."""
+    """All known Stripe invoice lines: API-pulled first, webhook-derived for invoices the API did not show.
+
+    An invoice whose period touches two months is pulled with each: its lines are those of its latest pull.
+    """
     api = """
         SELECT invoice_id, line_id, customer_id, meter, quantity_decimal, amount, currency,
-               period_start, period_end, 'api' AS source
+               period_start, period_end, invoice_item, 'api' AS source
         FROM stripe_invoice_lines_api
+        QUALIFY dense_rank() OVER (PARTITION BY invoice_id ORDER BY pulled_at DESC, billing_month DESC) = 1
     """
     webhook = _webhook_lines_sql(con)
     return api if webhook is None else f"{api} UNION ALL {webhook}"
@@ -320,6 +326,7 @@ def merged_invoices_sql(con: duckdb.DuckDBPyConnection) -> str:
         SELECT invoice_id, customer_id, status, currency, amount_due, amount_paid, amount_remaining,
                total, created, period_start, period_end, finalized_at, 'api' AS source
         FROM stripe_invoices_api
+        QUALIFY row_number() OVER (PARTITION BY invoice_id ORDER BY pulled_at DESC, billing_month DESC) = 1
     """
     cols = table_columns(con, "stripe_invoices")
     need = {"invoice_id", "customer_id", "status", "currency", "amount_due", "amount_paid", "amount_remaining", "total"}
@@ -373,12 +380,21 @@ def _known_periods(con: duckdb.DuckDBPyConnection, lo: dt.date, hi: dt.date) -> 
     return rc.conform(query_frame(con, " UNION ".join(sources), [hi, lo] * len(sources)), schema)
 
 
+def _engine_item_sql(con: duckdb.DuckDBPyConnection, invoice_item: str) -> str:
+    """Boolean SQL: the invoice item id `invoice_item` is one the engine created (`stripe_invoice_items`)."""
+    if "stripe_invoice_item_id" not in table_columns(con, "stripe_invoice_items"):
+        return "false"
+    return (f"{invoice_item} IN (SELECT stripe_invoice_item_id FROM stripe_invoice_items "
+            "WHERE stripe_invoice_item_id IS NOT NULL)")
+
+
 def _bucketed_lines(con: duckdb.DuckDBPyConnection, billing_month: dt.date, periods: pl.DataFrame) -> pl.DataFrame:
     """Every Stripe line that belongs to a billing period starting in the month.
 
     A line belongs to the customer's period that contains the line's start (a line can start
     mid-period, e.g. after a price change, even in the next month); a line no rated period contains
-    belongs to the month its own period starts in.
+    belongs to the month its own period starts in. An invoice item's line has the item's period, so
+    the engine's items (`engine_item`) belong to the period they bill, whichever invoice carries them.
     """
     start, end = month_bounds(billing_month)
     lo, hi = start - dt.timedelta(days=45), end + dt.timedelta(days=45)
@@ -391,6 +407,7 @@ def _bucketed_lines(con: duckdb.DuckDBPyConnection, billing_month: dt.date, peri
             WITH lines AS ({merged_lines_sql(con)}),
                  invoices AS ({merged_invoices_sql(con)})
             SELECT l.customer_id, l.meter, l.invoice_id, l.quantity_decimal, l.amount,
+                   coalesce({_engine_item_sql(con, 'l.invoice_item')}, false) AS engine_item,
                    coalesce(l.currency, i.currency) AS currency,
                    coalesce(p.period_start, CAST(l.period_start AS DATE)) AS period_start,
                    coalesce(p.period_end, CAST(l.period_end AS DATE)) AS period_end,
@@ -464,15 +481,21 @@ def load_our_invoices(con: duckdb.DuckDBPyConnection, billing_month: dt.date) ->
 
 
 def load_stripe_invoices(con: duckdb.DuckDBPyConnection, billing_month: dt.date, periods: pl.DataFrame) -> pl.DataFrame:
-    """Stripe's total per customer x period (all lines of the period) and the closing invoice's state."""
+    """Stripe's total per customer x period (all lines of the period) and the closing invoice's state.
+
+    `engine_items_minor` is the part of the total on the engine's own invoice items. The closing
+    invoice is the latest one with other lines of the period: an item Stripe held pending lands on a
+    later invoice, whose state is its own period's.
+    """
     lines = _bucketed_lines(con, billing_month, periods)
     if lines.is_empty():
         return rc.conform(None, rc.STRIPE_INVOICES_SCHEMA)
-    closing = pl.col("invoice_created").fill_null(dt.datetime(1970, 1, 1, tzinfo=dt.UTC))
+    closing = [~pl.col("engine_item"), pl.col("invoice_created").fill_null(dt.datetime(1970, 1, 1, tzinfo=dt.UTC))]
     frame = lines.group_by(["customer_id", "period_start"]).agg(
         pl.col("period_end").max(),
         pl.col("currency").first(),
         pl.col("amount").sum().alias("stripe_total_minor"),
+        pl.col("amount").filter(pl.col("engine_item")).sum().alias("engine_items_minor"),
         pl.len().cast(pl.Int64).alias("line_count"),
         pl.col("invoice_id").unique().sort().str.join(",").alias("invoice_ids"),
         pl.col("invoice_status").sort_by(closing).last(),
@@ -481,3 +504,29 @@ def load_stripe_invoices(con: duckdb.DuckDBPyConnection, billing_month: dt.date,
         pl.col("amount_remaining").sort_by(closing).last(),
     )
     return rc.conform(frame, rc.STRIPE_INVOICES_SCHEMA)
+
+
+def load_engine_items_pending(con: duckdb.DuckDBPyConnection, billing_month: dt.date) -> pl.DataFrame:
+    """Per customer x period starting in the month: the engine's invoice items Stripe holds pending.
+
+    From the ledger `stripe_invoice_items`: acknowledged items Stripe put on no invoice
+    (`stripe_invoice_id` NULL: the subscription's next invoice will carry them), less those already
+    among the known invoice lines (Stripe has since invoiced them: they count with those lines).
+    """
+    need = {"customer_id", "period_start", "amount_minor", "status", "stripe_invoice_item_id", "stripe_invoice_id"}
+    if not need <= table_columns(con, "stripe_invoice_items"):
+        return rc.conform(None, rc.PENDING_ITEMS_SCHEMA)
+    start, end = month_bounds(billing_month)
+    frame = query_frame(
+        con,
+        f"""
+        WITH lines AS ({merged_lines_sql(con)})
+        SELECT customer_id, period_start, CAST(sum(amount_minor) AS BIGINT) AS engine_items_pending_minor
+        FROM stripe_invoice_items t
+        WHERE period_start >= ? AND period_start < ? AND status = 'acknowledged' AND stripe_invoice_id IS NULL
+          AND NOT EXISTS (SELECT 1 FROM lines l WHERE l.invoice_item = t.stripe_invoice_item_id)
+        GROUP BY customer_id, period_start
+        """,
+        [start, end],
+    )
+    return rc.conform(frame, rc.PENDING_ITEMS_SCHEMA)

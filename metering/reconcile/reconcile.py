@@ -43,7 +43,10 @@ finalized.
 `explained` is true for matched, within_tolerance, pending and late_after_finalization; every other
 row's |amount difference| counts towards the blocking check's threshold.
 
-`reconcile_invoices` rows are explained when matched, within_tolerance or pending. For the others,
+`reconcile_invoices` compares Stripe's total less the engine's own invoice items (which bill the
+charges Stripe cannot price) with our total less those charges; what the items do not cover yet is
+`unbilled_minor`, shown but not a difference. Its rows are explained when matched, within_tolerance
+or pending. For the others,
 `unexplained_by_currency` counts the part of the invoice's difference that no usage row of the same
 customer x period carries (flat fees and other lines without a meter), so money a usage row already
 counts, or explains, is never counted twice.
@@ -112,9 +115,13 @@ OUR_INVOICES_SCHEMA = {
 }
 STRIPE_INVOICES_SCHEMA = {
     "customer_id": pl.String, "period_start": pl.Date, "period_end": pl.Date, "currency": pl.String,
-    "stripe_total_minor": pl.Int64, "line_count": pl.Int64, "invoice_ids": pl.String,
+    "stripe_total_minor": pl.Int64,
+    "engine_items_minor": pl.Int64,   # the part of stripe_total_minor on the engine's own invoice items
+    "line_count": pl.Int64, "invoice_ids": pl.String,
     "invoice_status": pl.String, "amount_due": pl.Int64, "amount_paid": pl.Int64, "amount_remaining": pl.Int64,
 }
+PENDING_ITEMS_SCHEMA = {"customer_id": pl.String, "period_start": pl.Date, "engine_items_pending_minor": pl.Int64}
+"""The engine's acknowledged invoice items of a period that Stripe holds for the next invoice."""
 
 USAGE_COLUMNS = [
     "billing_month", "customer_id", "meter", "period_start", "period_end", "currency", "plan",
@@ -124,7 +131,8 @@ USAGE_COLUMNS = [
 ]
 INVOICE_COLUMNS = [
     "billing_month", "customer_id", "period_start", "period_end", "currency", "our_total_minor",
-    "not_in_stripe_minor", "stripe_total_minor", "amount_diff_minor", "tolerance_minor", "invoice_ids", "invoice_status",
+    "not_in_stripe_minor", "engine_items_minor", "engine_items_pending_minor", "unbilled_minor",
+    "stripe_total_minor", "amount_diff_minor", "tolerance_minor", "invoice_ids", "invoice_status",
     "amount_due", "amount_paid", "amount_remaining", "status", "reason", "reconciled_at",
 ]
 
@@ -313,8 +321,16 @@ def reconcile_invoices(
     reconciled_at: dt.datetime,
     open_periods: pl.DataFrame | None = None,
     usage: pl.DataFrame | None = None,
+    pending_items: pl.DataFrame | None = None,
 ) -> pl.DataFrame:
     """One row per customer x billing period: our invoice total vs the sum of Stripe's lines for it.
+
+    The engine bills `not_in_stripe_minor` (charges Stripe cannot price) as invoice items: those on
+    Stripe's invoices (`engine_items_minor`, part of Stripe's total) are left out of the comparison on
+    Stripe's side as `not_in_stripe_minor` is on ours; with those Stripe holds pending for the next
+    invoice (`pending_items`), what remains is `unbilled_minor`, named in the reason but never counted
+    as unexplained (a period still open has no items yet). Invoice items that are not the engine's
+    stay in the comparison: unexplained money on Stripe's side.
 
     With `usage` (the period's `reconcile_usage` rows), an unexplained row's reason also says how much
     of its difference no usage row carries: what the blocking check counts for it (`invoice_residuals`).
@@ -322,11 +338,13 @@ def reconcile_invoices(
     open_ = conform(open_periods, OPEN_PERIODS_SCHEMA).unique().with_columns(not_invoiced=pl.lit(True))
     ours = conform(ours, OUR_INVOICES_SCHEMA)
     stripe = conform(stripe, STRIPE_INVOICES_SCHEMA)
+    pending = conform(pending_items, PENDING_ITEMS_SCHEMA)
     key = ["customer_id", "period_start"]
     keys = pl.concat([ours.select(key), stripe.select(key)]).unique()
     frame = (
         keys.join(ours, on=key, how="left")
         .join(stripe.rename({"period_end": "s_period_end", "currency": "s_currency"}), on=key, how="left")
+        .join(pending, on=key, how="left")
         .join(open_, on=key, how="left")
         .with_columns(
             period_end=pl.coalesce("period_end", "s_period_end"),
@@ -343,8 +361,13 @@ def reconcile_invoices(
     ours_t = pl.col("our_total_minor")
     stripe_t = pl.col("stripe_total_minor")
     not_in_stripe = pl.col("not_in_stripe_minor").fill_null(0)
+    items = pl.col("engine_items_minor").fill_null(0)
+    items_pending = pl.col("engine_items_pending_minor").fill_null(0)
     frame = frame.with_columns(
-        amount_diff_minor=(stripe_t.fill_null(0) - (ours_t.fill_null(0) - not_in_stripe)).cast(pl.Int64),
+        engine_items_minor=items.cast(pl.Int64),
+        engine_items_pending_minor=items_pending.cast(pl.Int64),
+        unbilled_minor=(not_in_stripe - items - items_pending).cast(pl.Int64),
+        amount_diff_minor=((stripe_t.fill_null(0) - items) - (ours_t.fill_null(0) - not_in_stripe)).cast(pl.Int64),
         tolerance_minor=(_tolerance_expr(settings, pl.col("currency").fill_null(""))
                          * pl.max_horizontal(pl.col("line_count").fill_null(0), pl.col("our_lines").fill_null(0),
                                              pl.lit(1))).cast(pl.Int64),
@@ -359,12 +382,26 @@ def reconcile_invoices(
         .when(abs_diff > 0).then(pl.lit("within_tolerance"))
         .otherwise(pl.lit("matched"))
     )
+    unbilled = pl.col("unbilled_minor")
+    run_items = f"run `metering stripe invoice-items --period {billing_month:%Y-%m}`"
+    # where the charges Stripe cannot price stand: billed as our invoice items, or not yet
+    not_in_stripe_parts = pl.concat_str([
+        pl.when(items != 0).then(pl.format("{} on Stripe's invoices as our invoice items", items)),
+        pl.when(items_pending != 0).then(pl.format(
+            "{} in our invoice items pending at Stripe for the next invoice", items_pending)),
+        pl.when(unbilled > 0).then(pl.format(
+            "{} unbilled: in no invoice item of ours, {} once the period is closed", unbilled, pl.lit(run_items)))
+        .when(unbilled < 0).then(pl.format(
+            "{} unbilled: our invoice items exceed it by {}, {} to credit it", unbilled, -unbilled, pl.lit(run_items))),
+    ], separator="; ", ignore_nulls=True)
     amounts = pl.format(
-        "our total {}{} vs Stripe {} {} (diff {}, tolerance {}); invoice {} {}, paid {}",
+        "our total {}{} vs Stripe {} {}{} (diff {}, tolerance {}); invoice {} {}, paid {}",
         ours_t.fill_null(0),
-        pl.when(not_in_stripe != 0).then(pl.format(" of which {} not priceable in Stripe", not_in_stripe))
+        pl.when((not_in_stripe != 0) | (items != 0) | (items_pending != 0))
+        .then(pl.format(" of which {} not priceable in Stripe ({})", not_in_stripe, not_in_stripe_parts))
         .otherwise(pl.lit("")),
         stripe_t.fill_null(0), pl.col("currency").fill_null("?"),
+        pl.when(items != 0).then(pl.format(", of which {} our invoice items", items)).otherwise(pl.lit("")),
         pl.col("amount_diff_minor"), pl.col("tolerance_minor"), pl.col("invoice_ids").fill_null("none"),
         pl.col("invoice_status").fill_null("none"), pl.col("amount_paid").fill_null(0),
     )

@@ -83,6 +83,7 @@ def reconcile_period(
         inputs.load_our_invoices(con, billing_month),
         inputs.load_stripe_invoices(con, billing_month, periods),
         billing_month=billing_month, settings=settings, reconciled_at=now, open_periods=open_periods, usage=usage,
+        pending_items=inputs.load_engine_items_pending(con, billing_month),
     )
     with transaction(con):
         replace_rows(con, "usage_reconciliation", "billing_month = ?", [billing_month], usage, in_transaction=True)

@@ -28,9 +28,15 @@ class CurrencyTotals:
     customers: int
     rows: int
     rated_minor: int            # sum of our rated amounts (metered lines)
-    not_in_stripe_minor: int    # part of rated on charges Stripe cannot price: billed by no one yet
     invoiced_minor: int         # sum of Stripe's invoiced amounts (metered lines)
-    difference_minor: int       # invoiced - (rated - not_in_stripe): the sum of the rows' differences
+    difference_minor: int       # the sum of the rows' differences: invoiced - (rated - the part Stripe
+                                # cannot price)
+    # per customer x period (invoice rows): our charges Stripe cannot price (minimums, dimension
+    # filters: billed by the engine as invoice items), and where they stand
+    not_in_stripe_minor: int
+    engine_items_minor: int          # of which on Stripe's invoices as the engine's invoice items
+    engine_items_pending_minor: int  # of which in the engine's items Stripe holds for the next invoice
+    unbilled_minor: int              # of which not billed yet (not_in_stripe - items - pending)
     our_invoice_total_minor: int
     stripe_invoice_total_minor: int
     amount_paid_minor: int
@@ -102,7 +108,8 @@ class ReportData:
             ("settle_seconds", "", str(self.settings.settle_seconds)),
         ]
         for t in self.totals:
-            for metric in ("customers", "rows", "clean_rows", "rated_minor", "not_in_stripe_minor", "invoiced_minor", "difference_minor",
+            for metric in ("customers", "rows", "clean_rows", "rated_minor", "invoiced_minor", "difference_minor",
+                           "not_in_stripe_minor", "engine_items_minor", "engine_items_pending_minor", "unbilled_minor",
                            "our_invoice_total_minor", "stripe_invoice_total_minor", "amount_paid_minor",
                            "money_at_risk_minor", "unexplained_minor"):
                 rows.append((metric, t.currency, str(getattr(t, metric))))
@@ -124,7 +131,6 @@ def _currency_totals(lines: pl.DataFrame, invoices: pl.DataFrame) -> list[Curren
         pl.col("customer_id").n_unique().alias("customers"),
         pl.len().alias("rows"),
         pl.col("our_amount_minor").fill_null(0).sum().alias("rated"),
-        pl.col("not_in_stripe_minor").fill_null(0).sum().alias("nx"),
         pl.col("stripe_amount_minor").fill_null(0).sum().alias("invoiced"),
         pl.col("amount_diff_minor").fill_null(0).sum().alias("diff"),
         pl.col("amount_diff_minor").abs().filter(~clean).sum().alias("risk"),
@@ -136,13 +142,22 @@ def _currency_totals(lines: pl.DataFrame, invoices: pl.DataFrame) -> list[Curren
         pl.col("our_total_minor").fill_null(0).sum().alias("our_total"),
         pl.col("stripe_total_minor").fill_null(0).sum().alias("stripe_total"),
         pl.col("amount_paid").fill_null(0).sum().alias("paid"),
+        # a minimum has no meter: only the invoice rows see every charge Stripe cannot price
+        pl.col("not_in_stripe_minor").fill_null(0).sum().alias("nx"),
+        pl.col("engine_items_minor").fill_null(0).sum().alias("items"),
+        pl.col("engine_items_pending_minor").fill_null(0).sum().alias("items_pending"),
+        # rows reconciled before the engine billed invoice items have none: all of it was unbilled
+        pl.coalesce("unbilled_minor", pl.col("not_in_stripe_minor").fill_null(0)
+                    - pl.col("engine_items_minor").fill_null(0) - pl.col("engine_items_pending_minor").fill_null(0))
+        .sum().alias("unbilled"),
     )
     both = usage.join(inv, on="currency", how="full", coalesce=True).fill_null(0).sort("currency")
     return [
         CurrencyTotals(
             currency=r["currency"], customers=int(r["customers"]), rows=int(r["rows"]),
-            rated_minor=int(r["rated"]), not_in_stripe_minor=int(r["nx"]), invoiced_minor=int(r["invoiced"]),
-            difference_minor=int(r["diff"]),
+            rated_minor=int(r["rated"]), invoiced_minor=int(r["invoiced"]), difference_minor=int(r["diff"]),
+            not_in_stripe_minor=int(r["nx"]), engine_items_minor=int(r["items"]),
+            engine_items_pending_minor=int(r["items_pending"]), unbilled_minor=int(r["unbilled"]),
             our_invoice_total_minor=int(r["our_total"]), stripe_invoice_total_minor=int(r["stripe_total"]),
             amount_paid_minor=int(r["paid"]), money_at_risk_minor=int(r["risk"]),
             unexplained_minor=unexplained.get(r["currency"], 0), clean_rows=int(r["clean"]),

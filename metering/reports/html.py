@@ -94,7 +94,6 @@ def render_html(data: ReportData) -> str:
         cur = t.currency
         cards = [
             ("Rated (ours)", fmt_money(t.rated_minor, cur), "rated"),
-            ("Not billed by Stripe", fmt_money(t.not_in_stripe_minor, cur), "not-in-stripe"),
             ("Invoiced (Stripe)", fmt_money(t.invoiced_minor, cur), "invoiced"),
             ("Difference", fmt_money(t.difference_minor, cur), "difference"),
             ("Match rate", f"{t.match_rate}%", "match-rate"),
@@ -104,15 +103,31 @@ def render_html(data: ReportData) -> str:
             ("Stripe invoice total", fmt_money(t.stripe_invoice_total_minor, cur), "stripe-invoice-total"),
             ("Paid", fmt_money(t.amount_paid_minor, cur), "paid"),
         ]
+        # the charges Stripe cannot price, which the engine bills as invoice items, and where they stand
+        items_cards = [
+            ("Stripe cannot price (ours)", fmt_money(t.not_in_stripe_minor, cur), "not-in-stripe"),
+            ("of which on Stripe invoices as invoice items", fmt_money(t.engine_items_minor, cur), "engine-items"),
+            ("of which pending at Stripe for the next invoice", fmt_money(t.engine_items_pending_minor, cur),
+             "engine-items-pending"),
+            ("of which unbilled", fmt_money(t.unbilled_minor, cur), "unbilled"),
+        ]
         out.append(f"<h3>{escape(cur.upper())} — {t.customers} customer(s), {t.rows} customer × meter row(s)</h3>")
-        out.append('<div class="cards">' + "".join(
-            f'<div class="card" id="{key}-{escape(cur)}"><div class="k">{escape(k)}</div>'
-            f'<div class="v">{escape(v)}</div></div>' for k, v, key in cards) + "</div>")
-        if t.not_in_stripe_minor:
-            out.append(f'<p class="bad" id="unbilled-{escape(cur)}">{escape(fmt_money(t.not_in_stripe_minor, cur))} of '
-                       f"rated charges have no Stripe price (minimums, charges filtered by a dimension): no Stripe "
-                       f"invoice carries them, and the engine does not bill them either. Invoice them separately "
-                       f"(for example as Stripe invoice items); the invoices table lists them per customer.</p>")
+        for group in (cards, items_cards):
+            out.append('<div class="cards">' + "".join(
+                f'<div class="card" id="{key}-{escape(cur)}"><div class="k">{escape(k)}</div>'
+                f'<div class="v">{escape(v)}</div></div>' for k, v, key in group) + "</div>")
+        if t.unbilled_minor > 0:
+            out.append(f'<p class="bad" id="unbilled-note-{escape(cur)}">{escape(fmt_money(t.unbilled_minor, cur))} of '
+                       f"the charges Stripe cannot price (minimums, charges filtered by a dimension) is not billed: "
+                       f"no invoice item of the engine carries it. Run <code>metering stripe invoice-items --period "
+                       f"{escape(data.period_label)}</code> once the periods are closed; the invoices table lists "
+                       f"it per customer.</p>")
+        elif t.unbilled_minor < 0:
+            out.append(f'<p class="bad" id="unbilled-note-{escape(cur)}">The engine\'s invoice items exceed the '
+                       f"charges Stripe cannot price by {escape(fmt_money(-t.unbilled_minor, cur))} (a charge rated "
+                       f"lower since it was billed). Run <code>metering stripe invoice-items --period "
+                       f"{escape(data.period_label)}</code> to credit it; the invoices table lists it per "
+                       f"customer.</p>")
         passed = t.unexplained_minor <= data.settings.max_unexplained_minor
         out.append(f'<p class="{"ok" if passed else "bad"}">Blocking check for {escape(cur.upper())}: '
                    f'{"passed" if passed else "FAILED"} (unexplained {escape(fmt_money(t.unexplained_minor, cur))}).</p>')
@@ -136,14 +151,19 @@ def render_html(data: ReportData) -> str:
          escape(r["invoice_ids"] or ""), escape(r["invoice_status"] or ""),
          escape(fmt_money(r["our_total_minor"], r["currency"])),
          escape(fmt_money(r["not_in_stripe_minor"], r["currency"])),
+         escape(fmt_money(r["engine_items_minor"], r["currency"])),
+         escape(fmt_money(r["engine_items_pending_minor"], r["currency"])),
+         escape(fmt_money(r["unbilled_minor"], r["currency"])),
          escape(fmt_money(r["stripe_total_minor"], r["currency"])),
          escape(fmt_money(r["amount_diff_minor"], r["currency"])), escape(fmt_money(r["amount_paid"], r["currency"])),
          escape(fmt_money(r["amount_remaining"], r["currency"])), escape(r["reason"])]
         for r in data.invoices.iter_rows(named=True)
     ]
+    # "difference" = (Stripe total - our invoice items) - (our total - not priceable in Stripe)
     out.append(_table(["customer", "period start", "status", "invoices", "invoice status", "our total",
-                       "not priceable in Stripe", "Stripe total", "difference", "paid", "remaining", "reason"],
-                      inv_rows, {5, 6, 7, 8, 9, 10})
+                       "not priceable in Stripe", "as invoice items", "items pending at Stripe", "unbilled",
+                       "Stripe total", "difference", "paid", "remaining", "reason"],
+                      inv_rows, set(range(5, 14)))
                if inv_rows else "<p>No invoices.</p>")
 
     out.append("<h2>Dunning</h2>")

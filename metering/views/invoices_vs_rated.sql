@@ -7,9 +7,13 @@ SELECT
     coalesce(p.currency, r.currency)         AS currency,
     p.total_minor                     AS our_total_minor,
     p.lines                           AS our_lines,
-    r.not_in_stripe_minor,            -- our charges Stripe cannot price (billed by no one yet: invoice separately)
-    r.stripe_total_minor,
-    r.amount_diff_minor,              -- stripe_total_minor - (our_total_minor - not_in_stripe_minor)
+    r.not_in_stripe_minor,            -- our charges Stripe cannot price (minimums, dimension filters): the
+                                      -- engine bills them as Stripe invoice items once the period is closed
+    r.engine_items_minor,             -- of which on Stripe's invoices as the engine's invoice items
+    r.engine_items_pending_minor,     -- of which in the engine's items Stripe holds for the next invoice
+    r.unbilled_minor,                 -- not_in_stripe_minor - engine_items_minor - engine_items_pending_minor
+    r.stripe_total_minor,             -- every Stripe line of the period, the engine's invoice items included
+    r.amount_diff_minor,              -- (stripe_total_minor - engine_items_minor) - (our_total_minor - not_in_stripe_minor)
     r.tolerance_minor,
     r.status                          AS reconciliation_status,
     r.invoice_ids,
@@ -21,4 +25,4 @@ FROM main.invoice_previews p
 -- FULL: a period only Stripe invoiced (extra_in_stripe, no preview of ours) is a row too
 FULL JOIN main.invoice_reconciliation r
   ON r.customer_id = p.customer_id AND r.period_start = p.period_start;
-COMMENT ON VIEW analytics.invoices_vs_rated IS 'One row per customer x billing period: our invoice preview total vs the Stripe invoice lines of the period, with the reconciliation status, invoice status and amount paid (NULL until reconciled); a period only Stripe invoiced has no total of ours (NULL). Source: invoice_previews, invoice_reconciliation.';
+COMMENT ON VIEW analytics.invoices_vs_rated IS 'One row per customer x billing period: our invoice preview total vs the Stripe invoice lines of the period, with the reconciliation status, invoice status and amount paid (NULL until reconciled); a period only Stripe invoiced has no total of ours (NULL). Our charges Stripe cannot price (not_in_stripe_minor) are billed by the engine as Stripe invoice items: engine_items_minor on Stripe''s invoices, engine_items_pending_minor pending at Stripe, unbilled_minor not billed yet. Source: invoice_previews, invoice_reconciliation.';

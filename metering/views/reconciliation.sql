@@ -28,6 +28,31 @@ SELECT
 FROM main.usage_reconciliation;
 COMMENT ON VIEW analytics.reconciliation IS 'One row per customer x meter x billing period: ours vs pushed vs Stripe meter vs Stripe invoice, amount difference, status and reason. Source: usage_reconciliation.';
 
+-- analytics.invoice_reconciliation: one row per customer x billing period (invoice level).
 CREATE OR REPLACE VIEW analytics.invoice_reconciliation AS
-SELECT * FROM main.invoice_reconciliation;
-COMMENT ON VIEW analytics.invoice_reconciliation IS 'One row per customer x billing period: our total vs Stripe total (all lines of the period), invoice status, amount paid, status and reason. Source: invoice_reconciliation.';
+SELECT
+    billing_month,
+    customer_id,
+    period_start,
+    period_end,
+    currency,
+    our_total_minor,              -- our invoice preview total
+    not_in_stripe_minor,          -- of it, charges Stripe cannot price (minimums, dimension filters)
+    engine_items_minor,           -- the engine's invoice items billing them, on Stripe's invoices of the period
+    engine_items_pending_minor,   -- the engine's invoice items Stripe holds for the next invoice
+    unbilled_minor,               -- not_in_stripe_minor - engine_items_minor - engine_items_pending_minor
+                                  -- (shown; not counted by the blocking check)
+    stripe_total_minor,           -- every Stripe line of the period (the engine's invoice items included)
+    amount_diff_minor,            -- (stripe_total_minor - engine_items_minor) - (our_total_minor - not_in_stripe_minor)
+    tolerance_minor,
+    invoice_ids,
+    invoice_status,               -- of the invoice that closed the period
+    amount_due,
+    amount_paid,
+    amount_remaining,
+    status,                       -- matched | within_tolerance | amount_mismatch | missing_in_stripe
+                                  -- | extra_in_stripe | pending
+    reason,
+    reconciled_at
+FROM main.invoice_reconciliation;
+COMMENT ON VIEW analytics.invoice_reconciliation IS 'One row per customer x billing period: our total vs Stripe total (all lines of the period), the charges Stripe cannot price and the engine''s invoice items billing them (on Stripe''s invoices, pending at Stripe, unbilled), invoice status, amount paid, status and reason. Source: invoice_reconciliation.';

@@ -56,7 +56,8 @@ LINE_SHAPE = {
     "id": "VARCHAR", "amount": "BIGINT", "currency": "VARCHAR", "quantity_decimal": "VARCHAR",
     "quantity": "VARCHAR", "description": "VARCHAR", "period": {"start": "BIGINT", "end": "BIGINT"},
     "pricing": {"price_details": {"price": "JSON"}},
-    "parent": {"subscription_item_details": {"subscription_item": "VARCHAR"}},
+    "parent": {"subscription_item_details": {"subscription_item": "VARCHAR"},
+               "invoice_item_details": {"invoice_item": "VARCHAR"}},
 }
 SUBSCRIPTION_SHAPE = {
     "id": "VARCHAR", "status": "VARCHAR", "customer": "JSON", "currency": "VARCHAR",
@@ -184,6 +185,7 @@ _LINES_SELECT = f"""
         'metering_' || m.our_key AS event_name,
         stripe_meter_id,
         l.parent.subscription_item_details.subscription_item AS subscription_item,
+        l.parent.invoice_item_details.invoice_item AS invoice_item,
         CAST(coalesce(l.quantity_decimal, l.quantity) AS DECIMAL(38, 12)) AS quantity_decimal,
         l.amount AS amount,
         coalesce(l.currency, invoice_currency) AS currency,

@@ -6,17 +6,25 @@ Customers (usd, period 2026-10-01 .. 2026-11-01, one api_calls charge each, amou
   price (catalog finding): Stripe meters it but has no line -> matched, 50 not in Stripe.
 - cus_b: Stripe's price differs: invoiced 125 for the same 1500 -> amount_mismatch +25.
 - cus_c: the 500 window failed to push: Stripe 1000, invoiced 1000 for 0 -> not_pushed -100.
+
+`add_minimum_customer` adds cus_m, whose charge Stripe cannot price is a minimum (no meter).
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import json
 from decimal import Decimal as D
+from pathlib import Path
+from typing import Any
 
 import duckdb
 import polars as pl
 
 from metering.warehouse import insert_frame
+from metering.webhooks.events import land_directory
+from metering.webhooks.inbox import LandingWriter
+from metering.webhooks.state import rebuild_invoices
 
 MONTH = dt.date(2026, 10, 1)
 PS, PE = dt.date(2026, 10, 1), dt.date(2026, 11, 1)
@@ -122,3 +130,122 @@ def write_scenario(con: duckdb.DuckDBPyConnection) -> None:
     insert_frame(con, "stripe_invoices_api", pl.DataFrame(invoices))
     insert_frame(con, "stripe_invoice_lines_api", pl.DataFrame(
         lines, schema_overrides={"meter": pl.String}).with_columns(pl.col("quantity_decimal").cast(pl.Decimal(38, 12))))
+
+
+def known_only_from_webhooks(con: duckdb.DuckDBPyConnection, customer: str, status: str, amount: int, paid: int,
+                             quantity: int, created: dt.datetime, finalized_at: dt.datetime | None = None) -> None:
+    """`customer`'s October usage invoice (in_<customer>, one api_calls line) as only webhooks told us:
+    gone from the API pull (stripe_*_api), present in stripe_invoices and stripe_invoice_lines."""
+    invoice = f"in_{customer}"
+    con.execute("DELETE FROM stripe_invoice_lines_api WHERE invoice_id = ?", [invoice])
+    con.execute("DELETE FROM stripe_invoices_api WHERE invoice_id = ?", [invoice])
+    con.execute("""INSERT INTO stripe_invoices (invoice_id, customer_id, status, currency, amount_due, amount_paid,
+                   amount_remaining, total, created, finalized_at, period_start, period_end) VALUES (?, ?, ?, 'usd',
+                   ?, ?, ?, ?, ?, ?, TIMESTAMPTZ '2026-10-01 00:00:00+00', TIMESTAMPTZ '2026-11-01 00:00:00+00')""",
+                [invoice, customer, status, amount, paid, amount - paid, amount, created, finalized_at])
+    con.execute("""INSERT INTO stripe_invoice_lines (invoice_id, line_id, meter, event_name, quantity_decimal,
+                   amount, currency, period_start, period_end, source) VALUES (?, ?, NULL, 'metering_api_calls',
+                   ?, ?, 'usd', TIMESTAMPTZ '2026-10-01 00:00:00+00', TIMESTAMPTZ '2026-11-01 00:00:00+00',
+                   'webhook')""", [invoice, f"il_{customer.removeprefix('cus_')}", quantity, amount])
+
+
+MINIMUM_TRUE_UP = 4000
+
+
+def add_minimum_customer(con: duckdb.DuckDBPyConnection) -> None:
+    """cus_m: cus_a's October api_calls usage (1500 calls, pushed, metered and invoiced alike) rated 6000
+    under a $100.00 minimum, so rating adds a true-up of 4000 (charge 'minimum', no meter) that Stripe
+    cannot price (catalog finding not_expressible). Our preview: 10000 in 2 lines. Stripe's invoice
+    in_cus_m (paid, created Nov 1 01:00): the usage line, 1500 for 6000. No invoice item yet."""
+    for table, where in (("usage_aggregates", "meter = 'api_calls' AND hour < TIMESTAMPTZ '2026-11-01 00:00:00+00'"),
+                         ("stripe_push_ledger", "meter = 'api_calls' AND revision = 1"),
+                         ("stripe_meter_summaries", "meter = 'api_calls'")):
+        con.execute(f"INSERT INTO {table} SELECT * REPLACE ('cus_m' AS customer_id) FROM {table} "
+                    f"WHERE customer_id = 'cus_a' AND {where}")
+    con.execute("""INSERT INTO rated_usage SELECT * REPLACE ('cus_m' AS customer_id, 6000 AS amount_minor)
+                   FROM rated_usage WHERE customer_id = 'cus_a' AND charge = 'api calls'""")
+    con.execute(f"""INSERT INTO rated_usage SELECT * REPLACE ('cus_m' AS customer_id, 'minimum' AS charge,
+                    NULL AS meter, NULL AS quantity, NULL AS billable_quantity, 'minimum' AS model,
+                    {MINIMUM_TRUE_UP} AS amount_minor)
+                    FROM rated_usage WHERE customer_id = 'cus_a' AND charge = 'platform fee'""")
+    con.execute("""INSERT INTO invoice_previews SELECT * REPLACE ('cus_m' AS customer_id, 10000 AS total_minor,
+                   2 AS lines) FROM invoice_previews WHERE customer_id = 'cus_a'""")
+    con.execute("INSERT INTO stripe_catalog_findings (finding, kind, our_key, detail, synced_at) VALUES "
+                "('not_expressible', 'price', 'pro|2026-01|minimum', 'minimum', ?)", [PULLED])
+    con.execute("""INSERT INTO stripe_invoices_api SELECT * REPLACE ('in_cus_m' AS invoice_id, 'cus_m' AS customer_id,
+                   6000 AS amount_due, 6000 AS amount_paid, 6000 AS total)
+                   FROM stripe_invoices_api WHERE invoice_id = 'in_cus_a'""")
+    con.execute("""INSERT INTO stripe_invoice_lines_api SELECT * REPLACE ('in_cus_m' AS invoice_id, 'il_m' AS line_id,
+                   'cus_m' AS customer_id, 6000 AS amount)
+                   FROM stripe_invoice_lines_api WHERE invoice_id = 'in_cus_a'""")
+
+
+def ledger_item(con: duckdb.DuckDBPyConnection, item_id: str, invoice_id: str | None,
+                amount: int = MINIMUM_TRUE_UP) -> None:
+    """cus_m's October minimum billed as invoice item `item_id`, acknowledged by Stripe: onto `invoice_id`,
+    or (None) pending at Stripe for the subscription's next invoice (stripe_invoice_items, revision 1)."""
+    con.execute("""INSERT INTO stripe_invoice_items (customer_id, period_start, period_end, plan, plan_version, charge,
+                   currency, revision, amount_minor, target_minor, item_key, idempotency_key, stripe_customer_id,
+                   subscription_id, target_invoice_id, stripe_invoice_item_id, stripe_invoice_id, status, attempts,
+                   first_attempt_at, last_attempt_at, resolved_by, created_at, updated_at)
+                   VALUES ('cus_m', DATE '2026-10-01', DATE '2026-11-01', 'pro', '2026-01', 'minimum', 'usd', 1, ?, ?,
+                   'cus_m|2026-10-01|pro|2026-01|minimum|r1', 'k', 'cus_stripe_m', 'sub_m', ?, ?, ?, 'acknowledged',
+                   1, ?, ?, 'response', ?, ?)""",
+                [amount, amount, invoice_id, item_id, invoice_id, PULLED, PULLED, PULLED, PULLED])
+
+
+def pulled_item_line(con: duckdb.DuckDBPyConnection, invoice_id: str, line_id: str, item_id: str, amount: int) -> None:
+    """An invoice item's line on an API-pulled invoice of cus_m: no price meter, the item's period (October)."""
+    con.execute("""INSERT INTO stripe_invoice_lines_api (billing_month, invoice_id, line_id, customer_id, meter,
+                   quantity_decimal, amount, currency, period_start, period_end, invoice_item, pulled_at)
+                   VALUES (?, ?, ?, 'cus_m', NULL, 1, ?, 'usd', TIMESTAMPTZ '2026-10-01 00:00:00+00',
+                   TIMESTAMPTZ '2026-11-01 00:00:00+00', ?, ?)""",
+                [MONTH, invoice_id, line_id, amount, item_id, PULLED])
+
+
+def _unix(day: dt.date) -> int:
+    return int(dt.datetime.combine(day, dt.time(0), dt.UTC).timestamp())
+
+
+def next_invoice_with_item(item_id: str) -> dict[str, Any]:
+    """cus_m's subscription invoice closing November (in_next, open, created Dec 1), as Stripe sends it:
+    November's usage (700) and the October minimum's invoice item, which Stripe held pending until then
+    (line period: the item's, October; parent: the item)."""
+    item_line = {
+        "id": "il_next_item", "object": "line_item", "amount": MINIMUM_TRUE_UP, "currency": "usd",
+        "quantity": 1, "quantity_decimal": "1", "description": "minimum (pro 2026-01), 2026-10-01 to 2026-11-01",
+        "period": {"start": _unix(PS), "end": _unix(PE)}, "pricing": None,
+        "parent": {"type": "invoice_item_details", "subscription_item_details": None,
+                   "invoice_item_details": {"invoice_item": item_id, "proration": False, "subscription": "sub_m"}},
+        "metadata": {"metering_item": "cus_m|2026-10-01|pro|2026-01|minimum|r1", "metering_customer_id": "cus_m"},
+    }
+    usage_line = {
+        "id": "il_next_usage", "object": "line_item", "amount": 700, "currency": "usd", "quantity": 1050,
+        "quantity_decimal": "1050", "period": {"start": _unix(PE), "end": _unix(dt.date(2026, 12, 1))},
+        "pricing": {"type": "price_details", "price_details": {"price": "price_api", "product": "prod_api"}},
+        "parent": {"type": "subscription_item_details", "subscription_item_details": {"subscription_item": "si_m"}},
+    }
+    total = MINIMUM_TRUE_UP + 700
+    return {
+        "id": "in_next", "object": "invoice", "status": "open", "customer": "cus_stripe_m", "currency": "usd",
+        "amount_due": total, "amount_paid": 0, "amount_remaining": total, "total": total, "subtotal": total,
+        "attempt_count": 0, "created": _unix(dt.date(2026, 12, 1)), "period_start": _unix(PE),
+        "period_end": _unix(dt.date(2026, 12, 1)), "billing_reason": "subscription_cycle",
+        "metadata": {"customer_id": "cus_m"},
+        "parent": {"type": "subscription_details", "subscription_details": {"subscription": "sub_m", "metadata": {}}},
+        "status_transitions": {"finalized_at": _unix(dt.date(2026, 12, 1)) + 3600},
+        "lines": {"object": "list", "has_more": False, "data": [usage_line, item_line]},
+    }
+
+
+def land_invoice_webhook(con: duckdb.DuckDBPyConnection, landing: Path, invoice: dict[str, Any]) -> None:
+    """`invoice` delivered as an invoice.finalized webhook: landed, then folded into stripe_invoices and
+    stripe_invoice_lines by the state rebuild, as the receiver and the webhooks job do."""
+    event = {"id": f"evt_{invoice['id']}", "object": "event", "api_version": "2025-03-31.basil",
+             "created": invoice["status_transitions"]["finalized_at"], "livemode": False,
+             "type": "invoice.finalized", "data": {"object": invoice}}
+    writer = LandingWriter(landing)
+    writer.append(json.dumps(event, separators=(",", ":")), {})
+    writer.close()
+    land_directory(con, landing)
+    rebuild_invoices(con)

@@ -11,7 +11,16 @@ from decimal import Decimal as D
 
 import duckdb
 import pytest
-from recon_scenario import MONTH, PULLED, write_scenario
+from recon_scenario import (
+    MONTH,
+    PULLED,
+    add_minimum_customer,
+    land_invoice_webhook,
+    ledger_item,
+    next_invoice_with_item,
+    pulled_item_line,
+    write_scenario,
+)
 
 from metering import warehouse
 from metering.reconcile.run import reconcile_period
@@ -144,3 +153,38 @@ def test_a_period_only_stripe_invoiced_is_a_row_of_invoices_vs_rated(isolated_en
             ("cus_x", dt.date(2026, 10, 1), "usd", None, 24843, "extra_in_stripe")]
     finally:
         con.close()
+
+
+def test_invoice_items_in_the_views(isolated_env, rules_dir, tmp_path):
+    """cus_m's minimum (4000, Stripe cannot price) billed as our item ii_m, which Stripe held pending and
+    then put on in_next (known only from its webhook); in_cus_a pulled again with November (a later
+    copy): each line once, the item id on the webhook line, and where cus_m's 4000 stands."""
+    with warehouse.open_warehouse() as con:
+        write_scenario(con)
+        add_minimum_customer(con)
+        ledger_item(con, "ii_m", None)
+        land_invoice_webhook(con, tmp_path / "landing", next_invoice_with_item("ii_m"))
+        pulled_item_line(con, "in_cus_m", "il_m_manual", "ii_manual", 500)
+        con.execute("""INSERT INTO stripe_invoice_lines_api SELECT * REPLACE (DATE '2026-11-01' AS billing_month,
+                       TIMESTAMPTZ '2026-12-02 00:00:00+00' AS pulled_at) FROM stripe_invoice_lines_api
+                       WHERE invoice_id = 'in_cus_a'""")
+        reconcile_period(con, MONTH, settings=ReconcileSettings(), meters=load_meters(rules_dir), now=PULLED)
+        snapshot = warehouse.publish(con=con)
+    con = duckdb.connect(str(snapshot), read_only=True)
+    try:
+        lines = con.execute("""SELECT invoice_id, line_id, amount, invoice_item, source
+                               FROM analytics.stripe_invoice_lines WHERE invoice_id IN ('in_cus_a', 'in_cus_m', 'in_next') ORDER BY line_id""").fetchall()
+        m = con.execute("""SELECT our_total_minor, not_in_stripe_minor, engine_items_minor, engine_items_pending_minor,
+                           unbilled_minor, stripe_total_minor, amount_diff_minor, reconciliation_status
+                           FROM analytics.invoices_vs_rated WHERE customer_id = 'cus_m'""").fetchall()
+        same = con.execute("""SELECT engine_items_minor, engine_items_pending_minor, unbilled_minor
+                              FROM analytics.invoice_reconciliation WHERE customer_id = 'cus_m'""").fetchall()
+    finally:
+        con.close()
+    assert lines == [("in_cus_a", "il_cus_a", 100, None, "api"), ("in_cus_m", "il_m", 6000, None, "api"),
+                     ("in_cus_m", "il_m_manual", 500, "ii_manual", "api"),
+                     ("in_next", "il_next_item", 4000, "ii_m", "webhook"),
+                     ("in_next", "il_next_usage", 700, None, "webhook")]
+    # Stripe 6000 + 500 (by hand) + 4000 (ours, on in_next) vs ours 10000 of which 4000 not in Stripe
+    assert m == [(10000, 4000, 4000, 0, 0, 10500, 500, "amount_mismatch")]
+    assert same == [(4000, 0, 0)]

@@ -90,6 +90,38 @@ def test_pull_summaries_invoices_and_lines(stripe_sandbox, isolated_env):
     assert result.api_calls > 0
 
 
+def test_an_invoice_item_line_keeps_its_item_id(stripe_sandbox, isolated_env):
+    """An invoice item put on the October cycle invoice while Stripe keeps it a draft: its line has no
+    price meter and the item's period, and the pull keeps its item id (parent.invoice_item_details)."""
+    client = stripe_sandbox.client()
+    clock = client.v1.test_helpers.test_clocks.create({"frozen_time": _ts("2026-10-01T00:00:00")})
+    customer = client.v1.customers.create({"metadata": {"customer_id": "cus_1"}, "test_clock": clock.id})
+    product = client.v1.products.create({"name": "seat"})
+    price = client.v1.prices.create({"currency": "usd", "product": product.id, "unit_amount": 1000,
+                                     "recurring": {"interval": "month"}})
+    client.v1.subscriptions.create({"customer": customer.id, "items": [{"price": price.id}],
+                                    "metadata": {"customer_id": "cus_1"},
+                                    "billing_cycle_anchor": _ts("2026-11-01T00:00:00")})
+    client.v1.test_helpers.test_clocks.advance(clock.id, {"frozen_time": _ts("2026-11-01T00:30:00")})
+    draft = next(client.v1.invoices.list({"customer": customer.id, "status": "draft"}).auto_paging_iter())
+    item = client.v1.invoice_items.create({
+        "customer": customer.id, "invoice": draft.id, "amount": 4000, "currency": "usd",
+        "period": {"start": _ts("2026-10-01T00:00:00"), "end": _ts("2026-11-01T00:00:00")},
+        "metadata": {"metering_item": "cus_1|2026-10-01|pro|2026-01|minimum|r1"}})
+    client.v1.test_helpers.test_clocks.advance(clock.id, {"frozen_time": _ts("2026-11-01T02:00:00")})
+    with warehouse.open_warehouse() as con:
+        _periods(con)
+        result = pull_stripe_state(con, client, MONTH, meters=[], settings=ReconcileSettings(settle_seconds=0))
+        stored = con.execute("SELECT line_id, invoice_item FROM stripe_invoice_lines_api "
+                             "WHERE invoice_item IS NOT NULL").fetchall()
+    on_draft = result.lines.filter(pl.col("invoice_id") == draft.id).sort("amount")
+    assert on_draft.select("amount", "meter", "invoice_item", "period_start", "period_end").rows() == [
+        (1000, None, None, dt.datetime(2026, 11, 1, tzinfo=dt.UTC),
+         dt.datetime(2026, 11, 30, 23, 59, 59, tzinfo=dt.UTC)),
+        (4000, None, item.id, dt.datetime(2026, 10, 1, tzinfo=dt.UTC), dt.datetime(2026, 11, 1, tzinfo=dt.UTC))]
+    assert stored == [(on_draft["line_id"][1], item.id)]
+
+
 def test_settle_guard_marks_pending_after_a_recent_push(stripe_sandbox, isolated_env):
     client = stripe_sandbox.client()
     _stripe_month(client)

@@ -6,7 +6,7 @@ import datetime as dt
 from decimal import Decimal as D
 
 import polars as pl
-from recon_scenario import EXPECTED, EXPECTED_INVOICES, MONTH, PULLED, write_scenario
+from recon_scenario import EXPECTED, EXPECTED_INVOICES, MONTH, PULLED, known_only_from_webhooks, write_scenario
 
 from metering import warehouse
 from metering.reconcile.run import reconcile_period
@@ -73,28 +73,11 @@ def test_threshold_is_inclusive(isolated_env, rules_dir):
     assert ok.check_passed() and not bad.check_passed()
 
 
-def _known_only_from_webhooks(con, customer: str, status: str, amount: int, paid: int, quantity: int,
-                              created: dt.datetime, finalized_at: dt.datetime | None = None) -> None:
-    """`customer`'s October usage invoice (in_<customer>, one api_calls line) as only webhooks told us:
-    gone from the API pull (stripe_*_api), present in stripe_invoices and stripe_invoice_lines."""
-    invoice = f"in_{customer}"
-    con.execute("DELETE FROM stripe_invoice_lines_api WHERE invoice_id = ?", [invoice])
-    con.execute("DELETE FROM stripe_invoices_api WHERE invoice_id = ?", [invoice])
-    con.execute("""INSERT INTO stripe_invoices (invoice_id, customer_id, status, currency, amount_due, amount_paid,
-                   amount_remaining, total, created, finalized_at, period_start, period_end) VALUES (?, ?, ?, 'usd',
-                   ?, ?, ?, ?, ?, ?, TIMESTAMPTZ '2026-10-01 00:00:00+00', TIMESTAMPTZ '2026-11-01 00:00:00+00')""",
-                [invoice, customer, status, amount, paid, amount - paid, amount, created, finalized_at])
-    con.execute("""INSERT INTO stripe_invoice_lines (invoice_id, line_id, meter, event_name, quantity_decimal,
-                   amount, currency, period_start, period_end, source) VALUES (?, ?, NULL, 'metering_api_calls',
-                   ?, ?, 'usd', TIMESTAMPTZ '2026-10-01 00:00:00+00', TIMESTAMPTZ '2026-11-01 00:00:00+00',
-                   'webhook')""", [invoice, f"il_{customer.removeprefix('cus_')}", quantity, amount])
-
-
 def test_webhook_lines_fill_in_for_invoices_the_api_did_not_see(isolated_env, rules_dir):
     """cus_b's invoice known only from webhooks: its lines (table stripe_invoice_lines) are used."""
     with warehouse.open_warehouse() as con:
         write_scenario(con)
-        _known_only_from_webhooks(con, "cus_b", "open", amount=125, paid=0, quantity=1500,
+        known_only_from_webhooks(con, "cus_b", "open", amount=125, paid=0, quantity=1500,
                                   created=dt.datetime(2026, 11, 1, 1, tzinfo=dt.UTC))
         result = reconcile_period(con, MONTH, settings=ReconcileSettings(), meters=load_meters(rules_dir), now=PULLED)
     b = result.usage.filter(customer_id="cus_b").row(0, named=True)
@@ -194,7 +177,7 @@ def test_the_finalization_time_of_an_invoice_known_from_webhooks_counts_too(isol
     """cus_a's usage invoice known only from webhooks (stripe_invoices carries finalized_at)."""
     with warehouse.open_warehouse() as con:
         write_scenario(con)
-        _known_only_from_webhooks(con, "cus_a", "paid", amount=67, paid=67, quantity=1000,
+        known_only_from_webhooks(con, "cus_a", "paid", amount=67, paid=67, quantity=1000,
                                   created=dt.datetime(2026, 11, 1, tzinfo=dt.UTC), finalized_at=FINALIZED)
         _acknowledged_at(con, "cus_a", 1, dt.datetime(2026, 10, 2, tzinfo=dt.UTC))
         _acknowledged_at(con, "cus_a", 2, dt.datetime(2026, 11, 1, 1, 30, tzinfo=dt.UTC))

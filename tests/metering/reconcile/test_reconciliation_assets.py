@@ -59,6 +59,8 @@ def test_report_written_when_within_threshold(isolated_env):
     assert mats["usage_reconciliation"].metadata["dagster/row_count"].value == 4
     assert mats["usage_reconciliation"].metadata["status/amount_mismatch"].value == 1
     assert mats["finance_report"].metadata["usd/money_at_risk_minor"].value == 125
+    # cus_a's dimension-filtered tokens charge (50), which Stripe cannot price, has no invoice item yet
+    assert mats["finance_report"].metadata["usd/unbilled_minor"].value == 50
     assert (isolated_env / "reports" / "2026-10" / "report.html").exists()
     # the report states the run's threshold and the check's verdict (it used the environment's: 0, FAILED)
     summary = (isolated_env / "reports" / "2026-10" / "summary.csv").read_text()

@@ -167,3 +167,59 @@ def test_the_reports_verdict_is_the_blocking_checks(reconciled_warehouse, tmp_pa
     assert summary[("unexplained_minor", "usd")] == 115 + 1000
     html = files.html.read_text()
     assert re.findall(r"Blocking check for USD: [^<]*", html) == ["Blocking check for USD: FAILED (unexplained 11.15 USD)."]
+
+
+def _items(con, customer: str, not_in_stripe: int, items: int, pending: int) -> None:
+    """`customer`'s period gains charges Stripe cannot price, `items` of them on Stripe's invoice as our
+    invoice items (Stripe's total grows by as much) and `pending` in our items Stripe holds pending."""
+    con.execute("""UPDATE invoice_reconciliation SET our_total_minor = our_total_minor + ?,
+                   stripe_total_minor = stripe_total_minor + ?, not_in_stripe_minor = ?, engine_items_minor = ?,
+                   engine_items_pending_minor = ?, unbilled_minor = ? WHERE customer_id = ?""",
+                [not_in_stripe, items, not_in_stripe, items, pending, not_in_stripe - items - pending, customer])
+
+
+def test_charges_stripe_cannot_price_and_where_they_stand(reconciled_warehouse, tmp_path):
+    """cus_a: a 4000 minimum billed as our invoice item on its invoice; cus_b: 1500, of which 500 in an item
+    pending at Stripe and 1000 unbilled. Per currency: 55.00 USD Stripe cannot price, 40.00 on Stripe's
+    invoices, 5.00 pending, 10.00 unbilled (red, with the command that bills it); JPY has none."""
+    with warehouse.open_warehouse(reconciled_warehouse) as con:
+        _items(con, "cus_a", 4000, 4000, 0)
+        _items(con, "cus_b", 1500, 0, 500)
+        files = write_report(con, MONTH, tmp_path / "out", generated_at=NOW)
+    book = openpyxl.load_workbook(files.xlsx, read_only=True)
+    summary = {(m, c): v for m, c, v in list(book["summary"].iter_rows(values_only=True))[1:]}
+    got = {m: (summary[(m, "usd")], summary[(m, "jpy")])
+           for m in ("not_in_stripe_minor", "engine_items_minor", "engine_items_pending_minor", "unbilled_minor")}
+    assert got == {"not_in_stripe_minor": (5500, 0), "engine_items_minor": (4000, 0),
+                   "engine_items_pending_minor": (500, 0), "unbilled_minor": (1000, 0)}
+    invoices = list(book["invoices"].iter_rows(values_only=True))
+    h = invoices[0]
+    assert {r[h.index("customer_id")]: tuple(r[h.index(c)] for c in ("engine_items_minor", "engine_items_pending_minor",
+                                                                      "unbilled_minor"))
+            for r in invoices[1:] if r[h.index("customer_id")] in ("cus_a", "cus_b")} == {
+        "cus_a": (4000, 0, 0), "cus_b": (0, 500, 1000)}
+    html = files.html.read_text()
+    cards = dict(re.findall(r'<div class="card" id="([a-z-]+-usd)"><div class="k">[^<]*</div>'
+                            r'<div class="v">([^<]*)<', html))
+    keys = ("not-in-stripe-usd", "engine-items-usd", "engine-items-pending-usd", "unbilled-usd")
+    assert {k: cards[k] for k in keys} == {
+        "not-in-stripe-usd": "55.00 USD", "engine-items-usd": "40.00 USD", "engine-items-pending-usd": "5.00 USD",
+        "unbilled-usd": "10.00 USD"}
+    assert "Not billed by Stripe" not in html and "billed by no one" not in html
+    notes = re.findall(r'<p class="bad" id="unbilled-note-(\w+)">(.*?)</p>', html)
+    assert [cur for cur, _ in notes] == ["usd"]
+    assert notes[0][1].startswith("10.00 USD of the charges Stripe cannot price")
+    assert "<code>metering stripe invoice-items --period 2026-10</code>" in notes[0][1]
+
+
+def test_no_red_paragraph_when_every_charge_stripe_cannot_price_is_billed(reconciled_warehouse, tmp_path):
+    """cus_a's 4000 on its invoice, cus_b's 1500 pending at Stripe: nothing unbilled, nothing in red."""
+    with warehouse.open_warehouse(reconciled_warehouse) as con:
+        _items(con, "cus_a", 4000, 4000, 0)
+        _items(con, "cus_b", 1500, 0, 1500)
+        files = write_report(con, MONTH, tmp_path / "out", generated_at=NOW)
+    assert files.data.totals[1].currency == "usd"
+    usd = files.data.totals[1]
+    assert (usd.not_in_stripe_minor, usd.engine_items_minor, usd.engine_items_pending_minor, usd.unbilled_minor) == (
+        5500, 4000, 1500, 0)
+    assert "unbilled-note-" not in files.html.read_text()
