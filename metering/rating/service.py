@@ -133,7 +133,9 @@ def write_rated(con: duckdb.DuckDBPyConnection, month: dt.date, rated: pl.DataFr
 
     When the new lines equal the stored ones nothing is written, so re-rating unchanged inputs
     leaves the table byte-identical; a period whose lines do not change keeps its `rated_at`, which
-    thus means "this period last changed".
+    thus means "this period last changed", except at its closing rating below, which stamps it even
+    when its lines are unchanged (a period rated before its end and never changed after would
+    otherwise never count as billed, and its charges Stripe cannot price would never be invoiced).
 
     A period is **billed** once it was rated at or after its end (the closing rating; a period's
     first rating after it ended is that rating, not a change). A billed period keeps its stored lines
@@ -153,12 +155,13 @@ def write_rated(con: duckdb.DuckDBPyConnection, month: dt.date, rated: pl.DataFr
         rated = rated.select(RATED_COLUMNS)
         if billed.height:
             rated = _keep_billed_without_new_usage(stored, rated, billed, rules)
-        if fingerprint(stored) == fingerprint(rated):
+        closing = _closing(stored, stamps, rated_at)
+        if fingerprint(stored) == fingerprint(rated) and closing.height == 0:
             return 0   # unchanged: keep the rows (and their rated_at) byte for byte
         _refuse_repriced_past(stored, rated, today, billed, adjust)
         _record_adjustments(con, stored, rated, billed, stamps, rated_at, adjust)
         n = warehouse.replace_rows(con, "rated_usage", "period_start >= ? AND period_start < ?", [m0, m1],
-                                   _stamped(stored, stamps, rated, rated_at), in_transaction=True)
+                                   _stamped(stored, stamps, rated, rated_at, closing), in_transaction=True)
         known = {(p, v) for p, v in con.execute("SELECT plan, plan_version FROM rules_versions").fetchall()}
         for plan, version in used.iter_rows():   # a handful of plan versions, not rows
             if (plan, version) in known:
@@ -230,16 +233,30 @@ def _billed(stored: pl.DataFrame, stamps: pl.DataFrame) -> pl.DataFrame:
             .select(PERIOD_KEY))
 
 
+def _closing(stored: pl.DataFrame, stamps: pl.DataFrame, rated_at: dt.datetime) -> pl.DataFrame:
+    """(customer_id, period_start) of the stored periods this rating closes: last stamped before their
+    end, which `rated_at` has reached."""
+    if stored.height == 0:
+        return pl.DataFrame(schema={"customer_id": pl.String, "period_start": pl.Date})
+    end = pl.col("period_end").cast(pl.Datetime("us", "UTC"))
+    return (stored.select(*PERIOD_KEY, "period_end").unique().join(stamps, on=PERIOD_KEY)
+            .filter((pl.col("rated_at") < end) & (end <= _stamp(rated_at)))
+            .select(PERIOD_KEY))
+
+
 def _period_signatures(lines: pl.DataFrame) -> pl.DataFrame:
     """(customer_id, period_start, sig): the period's lines as a sorted list of row hashes."""
     return (lines.select(*PERIOD_KEY, h=pl.struct(RATED_COLUMNS).hash(seed=0))
             .group_by(PERIOD_KEY).agg(sig=pl.col("h").sort()))
 
 
-def _stamped(stored: pl.DataFrame, stamps: pl.DataFrame, rated: pl.DataFrame, rated_at: dt.datetime) -> pl.DataFrame:
-    """`rated` with rated_at: the stored one for a period whose lines did not change, else `rated_at`."""
+def _stamped(stored: pl.DataFrame, stamps: pl.DataFrame, rated: pl.DataFrame, rated_at: dt.datetime,
+             closing: pl.DataFrame) -> pl.DataFrame:
+    """`rated` with rated_at: the stored one for a period whose lines did not change (unless this is
+    its closing rating), else `rated_at`."""
     same = (_period_signatures(stored).join(_period_signatures(rated), on=PERIOD_KEY, suffix="_new")
-            .filter(pl.col("sig") == pl.col("sig_new")).select(PERIOD_KEY).join(stamps, on=PERIOD_KEY))
+            .filter(pl.col("sig") == pl.col("sig_new")).select(PERIOD_KEY).join(stamps, on=PERIOD_KEY)
+            .join(closing, on=PERIOD_KEY, how="anti"))
     return (rated.join(same, on=PERIOD_KEY, how="left")
             .with_columns(rated_at=pl.coalesce(pl.col("rated_at"), _stamp(rated_at))))
 
