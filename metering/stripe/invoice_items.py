@@ -9,16 +9,21 @@ rating), each such charge is billed as invoice items whose amounts sum to its ra
   (0 when the charge no longer has a line, e.g. late usage lifted the period above its minimum);
   the billed amount is the sum of the ledger's rows that may be at Stripe (all but `failed`). A
   difference becomes a new revision whose amount is the difference (negative: a credit). A charge
-  with a row still in flight gets no new revision until that row is settled.
-- **Settle.** A row whose call may have been applied (`sent`, `unknown`) is looked up among the
-  customer's invoice items by its `metadata[metering_item]`: found, it is `acknowledged`; not found,
-  it is sent again under its own Idempotency-Key while that key is young (Stripe replays a request
-  it already applied), else it is `failed` and planned again.
+  with a row still in flight gets no new revision until that row is settled. A charge a later sync
+  finds Stripe can price keeps what it was billed (Stripe's meters do not bill a closed period).
+- **Look up.** Before any call, every row not yet acknowledged is looked up among the customer's
+  invoice items by its `metadata[metering_item]`: found, it is `acknowledged` with the amount Stripe
+  holds, and its charge is planned again (a ledger restored from a snapshot does not know the items
+  billed after it: this finds them instead of billing them twice). A `sent` / `unknown` row not found
+  is sent again under its own Idempotency-Key while that key is young (Stripe replays a request it
+  applied), else it is `failed` and planned again.
 - **Send.** A row is marked `sent` with its Idempotency-Key and committed before its call. It goes
   onto the period's invoice while Stripe keeps it a draft (the hour after the period ends), else it
-  stays pending at Stripe, which puts it on the subscription's next invoice. An invoice finalized
-  between the look-up and the call refuses the item (400, nothing recorded): the row is `failed`
-  and re-planned, pending, in the same run.
+  stays pending at Stripe, which puts it on the subscription's next invoice; for a subscription that
+  has ended no invoice would, so the row is `failed` for an operator instead. An invoice finalized
+  between the look-up and the call refuses the item (400 `invoice_not_editable`, nothing stored): the
+  row is `failed` and re-planned, pending, in the same run. A 400 `idempotency_error` (the key was
+  used with other parameters, so something was applied under it) is `unknown`, for the look-up.
 
 Every row is in `stripe_invoice_items`; reconciliation compares the items on Stripe's invoices with
 the rated amounts (`metering.reconcile`).
@@ -48,6 +53,8 @@ log = logging.getLogger(__name__)
 CHARGE_KEY = ["customer_id", "period_start", "plan", "plan_version", "charge"]
 IN_FLIGHT = ("pending", "sent", "unknown")
 KEY_MAX_AGE = dt.timedelta(hours=20)  # under Stripe's 24 h idempotency-key retention
+MAX_ROUNDS = 5                        # plan -> look up -> send, again for the charges a round changed
+DEAD_SUBSCRIPTIONS = ("canceled", "incomplete_expired")
 _KEY_PREFIX = "metering-item:"
 _ITEM_KEY_MAX = 200                   # metadata values may hold 500 characters
 
@@ -72,7 +79,7 @@ class InvoiceItemsReport:
 
     @property
     def needs_operator(self) -> int:
-        return self.failed + self.unknown
+        return self.failed + self.unknown + self.unmapped
 
     def summary(self) -> str:
         money = ", ".join(f"{v} {c}" for c, v in sorted(self.billed_minor.items())) or "nothing"
@@ -96,7 +103,8 @@ def idempotency_key(key: str, invoice_id: str | None) -> str:
 
 
 def closed_targets(con: duckdb.DuckDBPyConnection, billing_month: dt.date) -> pl.DataFrame:
-    """Per closed period starting in the month x charge Stripe cannot price: the rated amount."""
+    """Per closed period starting in the month x charge: the rated amount, and whether Stripe cannot
+    price the charge (the latest catalog sync's finding)."""
     m0, m1 = month_bounds(billing_month)
     return warehouse.query_frame(con, f"""
         WITH closed AS (
@@ -104,9 +112,9 @@ def closed_targets(con: duckdb.DuckDBPyConnection, billing_month: dt.date) -> pl
             WHERE period_start >= ? AND period_start < ?
             GROUP BY ALL HAVING max(rated_at) >= CAST(max(period_end) AS TIMESTAMPTZ))
         SELECT customer_id, period_start, max(period_end) AS period_end, plan, plan_version, charge,
-               any_value(currency) AS currency, CAST(sum(amount_minor) AS BIGINT) AS target_minor
+               any_value(currency) AS currency, CAST(sum(amount_minor) AS BIGINT) AS target_minor,
+               bool_or({NOT_EXPRESSIBLE_PRICE_SQL}) AS not_expressible
         FROM rated_usage JOIN closed USING (customer_id, period_start)
-        WHERE {NOT_EXPRESSIBLE_PRICE_SQL}
         GROUP BY customer_id, period_start, plan, plan_version, charge""", [m0, m1])
 
 
@@ -130,12 +138,16 @@ class InvoiceItemBiller:
     def run(self, billing_month: dt.date) -> InvoiceItemsReport:
         started = time.monotonic()
         report = InvoiceItemsReport(billing_month)
-        self._settle(billing_month, report)
-        self._plan(billing_month, report)
-        refused = self._send(billing_month, report)
-        if not refused.is_empty():  # the invoice left draft since it was chosen: bill them pending
-            self._plan(billing_month, report, only=refused)
-            self._send(billing_month, report)
+        only: pl.DataFrame | None = None
+        for _ in range(MAX_ROUNDS):
+            self._plan(billing_month, report, only)
+            found = self._look_up(billing_month, report)
+            refused = self._send(billing_month, report)
+            # charges to plan again: a row Stripe already held (its amount may differ: a ledger
+            # restored from a snapshot), or one an invoice refused (it left draft: bill it pending)
+            only = pl.concat([found, refused]).unique()
+            if only.is_empty():
+                break
         left = _ledger(self.con, billing_month)
         latest = left.sort("revision").group_by(CHARGE_KEY).last()
         report.failed = latest.filter(pl.col("status") == "failed").height
@@ -148,9 +160,14 @@ class InvoiceItemBiller:
     def _plan(self, billing_month: dt.date, report: InvoiceItemsReport, only: pl.DataFrame | None = None) -> None:
         """New revisions for the charges whose billed amount is not their rated one (`only`: of these
         charges alone). A charge whose latest revision failed is planned again: one attempt a run."""
-        targets = closed_targets(self.con, billing_month)
-        report.charges = targets.height
+        closed = closed_targets(self.con, billing_month)
         ledger = _ledger(self.con, billing_month)
+        # a charge billed as items that a later sync finds Stripe can price keeps what it was billed:
+        # Stripe's meters do not bill a closed period after the fact, so crediting it would lose it
+        targets = closed.filter(pl.col("not_expressible")).drop("not_expressible")
+        priced_now = closed.filter(~pl.col("not_expressible")).select(CHARGE_KEY)
+        ledger = ledger.join(priced_now, on=CHARGE_KEY, how="anti")
+        report.charges = max(report.charges, targets.height)
         billed = (ledger.group_by(CHARGE_KEY).agg(
             billed_minor=pl.col("amount_minor").filter(pl.col("status") != "failed").sum(),
             revision=pl.col("revision").max(),
@@ -196,29 +213,39 @@ class InvoiceItemBiller:
             "SELECT customer_id, stripe_customer_id, subscription_id FROM stripe_customer_map "
             "QUALIFY row_number() OVER (PARTITION BY customer_id ORDER BY synced_at DESC) = 1")
 
-    # -- settle ----------------------------------------------------------------------------------
-    def _settle(self, billing_month: dt.date, report: InvoiceItemsReport) -> None:
-        """Rows that may have reached Stripe: found by their key among the customer's items, or not."""
-        doubtful = _ledger(self.con, billing_month).filter(pl.col("status").is_in(["sent", "unknown"]))
-        if doubtful.is_empty():
-            return
+    # -- look up ---------------------------------------------------------------------------------
+    def _look_up(self, billing_month: dt.date, report: InvoiceItemsReport) -> pl.DataFrame:
+        """Rows not yet acknowledged, looked up among their customer's invoice items at Stripe by
+        `metadata[metering_item]` before any call. Found: `acknowledged`, with the amount Stripe holds.
+        A `sent` / `unknown` row not found is sent again under its own key while the key is young
+        (Stripe replays a request it applied), else it is `failed` and planned again. Returns the
+        charges of the rows found, to plan again."""
+        rows = _ledger(self.con, billing_month).filter(pl.col("status").is_in(IN_FLIGHT))
+        found = []
         now = self._now()
-        for customer in doubtful["stripe_customer_id"].unique().sort().to_list():
+        for customer in rows["stripe_customer_id"].unique().sort().to_list():
             at_stripe = {
                 getattr(item.metadata, "metering_item", None): item
                 for item in self.client.v1.invoice_items.list({"customer": customer, "limit": 100}).auto_paging_iter()
             }
-            for row in doubtful.filter(pl.col("stripe_customer_id") == customer).iter_rows(named=True):
+            for row in rows.filter(pl.col("stripe_customer_id") == customer).iter_rows(named=True):
                 item = at_stripe.get(row["item_key"])
                 if item is not None:
+                    differs = int(item.amount) != row["amount_minor"]
                     self._update(row, "acknowledged", now, resolved_by="listing", stripe_invoice_item_id=item.id,
-                                 stripe_invoice_id=_invoice_id(item))
+                                 stripe_invoice_id=_invoice_id(item), amount_minor=int(item.amount),
+                                 last_error=(f"Stripe held this item with {item.amount}, the ledger {row['amount_minor']}"
+                                             if differs else row["last_error"]))
                     report.settled_by_listing += 1
+                    found.append({k: row[k] for k in CHARGE_KEY})
+                elif row["status"] == "pending":
+                    continue
                 elif row["first_attempt_at"] is not None and now - row["first_attempt_at"] < KEY_MAX_AGE:
-                    self._update(row, "pending", now)  # resent under its own key: Stripe replays it if applied
+                    self._update(row, "pending", now)
                 else:
                     self._update(row, "failed", now, resolved_by="listing",
                                  last_error="not among the customer's invoice items at Stripe after its key expired")
+        return pl.DataFrame(found, schema=rows.select(CHARGE_KEY).schema)
 
     # -- send ------------------------------------------------------------------------------------
     def _send(self, billing_month: dt.date, report: InvoiceItemsReport) -> pl.DataFrame:
@@ -229,10 +256,17 @@ class InvoiceItemBiller:
         if pending.is_empty():
             return pl.DataFrame(schema=pending.select(CHARGE_KEY).schema)
         drafts = self._draft_invoices(pending)
+        dead = self._dead_subscriptions(pending)
         for row in pending.sort(CHARGE_KEY + ["revision"]).iter_rows(named=True):
             now = self._now()
             if row["idempotency_key"] is None:  # first call: choose the destination, fixed with the key
                 target = drafts.get((row["stripe_customer_id"], row["period_start"], row["period_end"]))
+                if target is None and row["subscription_id"] in dead:
+                    # a pending item for an ended subscription would wait for an invoice that never comes
+                    self._update(row, "failed", now, last_error=(
+                        f"subscription {row['subscription_id']} is {dead[row['subscription_id']]} and the period's "
+                        "invoice is no longer a draft: no invoice would carry a pending item; invoice it by hand"))
+                    continue
                 row = {**row, "target_invoice_id": target, "idempotency_key": idempotency_key(row["item_key"], target)}
             self._update(row, "sent", now, idempotency_key=row["idempotency_key"],
                          target_invoice_id=row["target_invoice_id"],
@@ -240,7 +274,7 @@ class InvoiceItemBiller:
             outcome = self._call(row)
             report.calls += outcome.attempts
             self._record(row, outcome, report)
-            if outcome.status == "failed" and row["target_invoice_id"] and outcome.http_status == 400:
+            if outcome.status == "failed" and row["target_invoice_id"] and self._error_code == "invoice_not_editable":
                 refused.append({k: row[k] for k in CHARGE_KEY})
         return pl.DataFrame(refused, schema=pending.select(CHARGE_KEY).schema)
 
@@ -257,6 +291,15 @@ class InvoiceItemBiller:
                     out[(customer, start.date(), end.date())] = invoice.id
         return out
 
+    def _dead_subscriptions(self, pending: pl.DataFrame) -> dict[str, str]:
+        """{subscription id: status} of the pending rows' subscriptions that have ended."""
+        out = {}
+        for sub in pending["subscription_id"].drop_nulls().unique().sort().to_list():
+            status = self.client.v1.subscriptions.retrieve(sub).status
+            if status in DEAD_SUBSCRIPTIONS:
+                out[sub] = status
+        return out
+
     def _call(self, row: dict[str, Any]) -> CallOutcome:
         def unix(day: dt.date) -> int:
             return int(dt.datetime.combine(day, dt.time(0), dt.UTC).timestamp())
@@ -266,7 +309,7 @@ class InvoiceItemBiller:
             "amount": int(row["amount_minor"]),
             "currency": row["currency"].lower(),
             "description": (f"{row['charge']} ({row['plan']} {row['plan_version']}), "
-                            f"{row['period_start']:%Y-%m-%d} to {row['period_end']:%Y-%m-%d}"
+                            f"{row['period_start']:%Y-%m-%d} to {row['period_end'] - dt.timedelta(days=1):%Y-%m-%d}"
                             + (f", revision {row['revision']}" if row["revision"] > 1 else "")),
             # Stripe's item period end is inclusive: the period's last second
             "period": {"start": unix(row["period_start"]), "end": unix(row["period_end"]) - 1},
@@ -280,10 +323,15 @@ class InvoiceItemBiller:
         elif row["subscription_id"]:
             params["subscription"] = row["subscription_id"]
         self._created: Any = None
+        self._error_code: str | None = None
 
         def send() -> Any:
-            self._created = self.client.v1.invoice_items.create(
-                params, {"idempotency_key": row["idempotency_key"], "max_network_retries": 0})
+            try:
+                self._created = self.client.v1.invoice_items.create(
+                    params, {"idempotency_key": row["idempotency_key"], "max_network_retries": 0})
+            except stripe.StripeError as exc:
+                self._error_code = exc.code
+                raise
             return self._created
 
         return call_with_retries(send, limiter=self.limiter, policy=self.retry)
@@ -292,7 +340,11 @@ class InvoiceItemBiller:
         now = self._now()
         extra: dict[str, Any] = {"attempts": (row["attempts"] or 0) + outcome.attempts, "last_error": outcome.error,
                                  "last_http_status": outcome.http_status, "stripe_request_id": outcome.request_id}
-        if outcome.status == "acknowledged":
+        status = outcome.status
+        if status == "failed" and self._error_code == "idempotency_error":
+            # the key was used with other parameters: something was applied under it; look it up
+            status = "unknown"
+        if status == "acknowledged":
             item = self._created
             extra.update(resolved_by="response", stripe_invoice_item_id=item.id, stripe_invoice_id=_invoice_id(item))
             report.acknowledged += 1
@@ -301,7 +353,7 @@ class InvoiceItemBiller:
             else:
                 report.pending_next += 1
             report.billed_minor[row["currency"]] = report.billed_minor.get(row["currency"], 0) + int(row["amount_minor"])
-        self._update(row, outcome.status, now, **extra)
+        self._update(row, status, now, **extra)
 
     def _update(self, row: dict[str, Any], status: str, now: dt.datetime, **values: Any) -> None:
         sets = ", ".join(f"{k} = ?" for k in ("status", "updated_at", *values))

@@ -34,11 +34,11 @@ def test_period_close_reconciles_the_previous_month_in_january_too():
 
 
 def test_invoice_items_bill_the_months_the_rating_closes_in_january_too():
-    """Last month's calendar periods, and the anchored ones that started the month before (Oct 15 -
-    Nov 15 sits in October's partition and closes in November)."""
+    """Last month's calendar periods, the anchored ones that started the month before (Oct 15 - Nov 15
+    sits in October's partition and closes in November), and short first periods inside this month."""
     requests = _tick("invoice_items_schedule", dt.datetime(2027, 1, 2, 2, 45, tzinfo=dt.UTC))
-    assert [r.partition_key for r in requests] == ["2026-11-01", "2026-12-01"]
-    assert len({r.run_key for r in requests}) == 2
+    assert [r.partition_key for r in requests] == ["2026-11-01", "2026-12-01", "2027-01-01"]
+    assert len({r.run_key for r in requests}) == 3
 
 
 SCHEDULES = ["daily_rating_schedule", "dunning_schedule", "hourly_usage_schedule", "invoice_items_schedule",

@@ -4,7 +4,7 @@
 | --- | --- | --- |
 | `hourly_usage_schedule` | `10 * * * *` | `hourly_usage_job` for today and yesterday: re-aggregate, push to Stripe (the ledger makes repeats free); `raw_usage_files_sensor` ingests |
 | `daily_rating_schedule` | `30 2 * * *` | `billing_job` for this month (live invoice previews), last month and the month before (late events, also in anchored periods that ended last month) |
-| `invoice_items_schedule` | `45 2 * * *` | `invoice_items_job` for last month and the month before: the periods the rating just closed get their charges Stripe cannot price as invoice items (after the period's invoice left draft, they go onto the next invoice) |
+| `invoice_items_schedule` | `45 2 * * *` | `invoice_items_job` for this month, last month and the month before: the periods the rating just closed get their charges Stripe cannot price as invoice items (after the period's invoice left draft, they go onto the next invoice) |
 | `period_close_schedule` | `0 4 * * *` | `reconciliation_job` for last month: pulls Stripe's meters and invoices once Stripe's 1 h grace period has long passed, reconciles, writes the finance report |
 
 Sensors (defined by their domains): `raw_usage_files_sensor` (new raw files -> `usage_events`),
@@ -70,11 +70,13 @@ def daily_rating_schedule(context: dg.ScheduleEvaluationContext):
 @dg.schedule(job_name="invoice_items_job", cron_schedule="45 2 * * *", execution_timezone="UTC",
              default_status=SCHEDULE_STATUS)
 def invoice_items_schedule(context: dg.ScheduleEvaluationContext):
-    """Bill the charges Stripe cannot price of the periods the daily rating closed (last month's
-    calendar periods, and anchored ones that started the month before)."""
+    """Bill the charges Stripe cannot price of the periods the daily rating closed: last month's
+    calendar periods, anchored ones that started the month before, and short first periods that start
+    and end within this month (Oct 1 - 15 for an anchor on the 15th)."""
     today = context.scheduled_execution_time.astimezone(dt.UTC).date()
     last_month = today.replace(day=1) - dt.timedelta(days=1)
-    for month in (_month_key(last_month.replace(day=1) - dt.timedelta(days=1)), _month_key(last_month)):
+    for month in (_month_key(last_month.replace(day=1) - dt.timedelta(days=1)), _month_key(last_month),
+                  _month_key(today)):
         yield dg.RunRequest(run_key=f"{today}:{month}", partition_key=month)
 
 

@@ -166,7 +166,7 @@ def test_customers_not_in_stripe_are_counted_not_billed(tmp_path: Path, rules_di
     with customer_on_clock(tmp_path, rules_dir, CSV, start=SEP1) as (sb, con, client, clock, rules, report):
         rate(con, {"minimum spend": 4000}, rated_at=OCT1 + dt.timedelta(minutes=10), customer="initech")
         run = biller(con, client).run(SEPTEMBER)
-        assert (run.unmapped, run.calls, run.new_revisions) == (1, 0, 0)
+        assert (run.unmapped, run.calls, run.new_revisions, run.needs_operator) == (1, 0, 0, 1)
 
 
 def test_keys_are_deterministic_and_within_stripes_limits() -> None:
@@ -236,3 +236,56 @@ def test_an_item_stripe_refuses_is_tried_once_a_run(tmp_path: Path, rules_dir: P
         assert ledger(con)[["revision", "status", "last_http_status"]].rows() == [(1, "failed", 404)]
         biller(con, client).run(SEPTEMBER)
         assert ledger(con)[["revision", "status"]].rows() == [(1, "failed"), (2, "failed")]
+
+
+def test_a_ledger_restored_from_a_snapshot_does_not_bill_twice(tmp_path: Path, rules_dir: Path) -> None:
+    """docs/durability.md's restore: the ledger loses the rows written after the snapshot, though
+    Stripe holds their items. The same revision's key now names another destination (the invoice is
+    finalized), so only the look-up by metering_item keeps the charge from being billed twice; and a
+    charge re-rated since is billed its difference from what Stripe holds (audit: 5100 billed twice)."""
+    with customer_on_clock(tmp_path, rules_dir, CSV, start=SEP1) as (sb, con, client, clock, rules, report):
+        cus = report.customers[0]["stripe_customer_id"]
+        sb.advance_clock(clock.id, int((OCT1 + dt.timedelta(minutes=15)).timestamp()))
+        rate(con, {"minimum spend": 5100, "tokens large": 700}, rated_at=OCT1 + dt.timedelta(minutes=10))
+        biller(con, client).run(SEPTEMBER)
+        sb.advance_clock(clock.id, int((OCT1 + dt.timedelta(hours=2)).timestamp()))   # finalized
+        con.execute("DELETE FROM stripe_invoice_items")                              # the restore
+        rate(con, {"minimum spend": 6000, "tokens large": 700}, rated_at=OCT1 + dt.timedelta(days=1))
+
+        run = biller(con, client).run(SEPTEMBER)
+        assert run.settled_by_listing == 2 and run.needs_operator == 0
+        amounts = sorted(a for a, _, _ in items_at_stripe(client, cus))
+        assert amounts == [700, 900, 5100]                  # one item each; the minimum's difference, 900
+        rows = ledger(con).select("charge", "revision", "amount_minor", "resolved_by").rows()
+        assert rows == [("minimum spend", 1, 5100, "listing"), ("minimum spend", 2, 900, "response"),
+                        ("tokens large", 1, 700, "listing")]
+        assert "Stripe held this item with 5100, the ledger 6000" in ledger(con)["last_error"][0]
+
+
+def test_an_ended_subscriptions_charge_is_left_for_an_operator_not_pending(tmp_path: Path, rules_dir: Path) -> None:
+    """A pending item for a canceled subscription would wait for an invoice that never comes, while
+    the ledger said billed (audit). Nothing is created; the row is failed, and the run needs an operator."""
+    with customer_on_clock(tmp_path, rules_dir, CSV, start=SEP1) as (sb, con, client, clock, rules, report):
+        cus, sub = report.customers[0]["stripe_customer_id"], report.customers[0]["subscription_id"]
+        client.v1.subscriptions.update(sub, {"cancel_at_period_end": True})
+        sb.advance_clock(clock.id, int((OCT1 + dt.timedelta(hours=2)).timestamp()))   # ended, invoice final
+        assert client.v1.subscriptions.retrieve(sub).status == "canceled"
+        rate(con, {"minimum spend": 5100}, rated_at=OCT1 + dt.timedelta(hours=1, minutes=30))
+        run = biller(con, client).run(SEPTEMBER)
+        assert (run.failed, run.acknowledged, run.calls) == (1, 0, 0) and run.needs_operator == 1
+        assert items_at_stripe(client, cus) == []
+        assert "is canceled" in ledger(con)["last_error"][0]
+
+
+def test_a_charge_stripe_can_price_since_is_not_credited(tmp_path: Path, rules_dir: Path) -> None:
+    """A later catalog sync no longer finds the filtered tokens not expressible (say Stripe prices
+    them now): its items stay, and nothing is credited; Stripe's meters will not bill a closed period."""
+    with customer_on_clock(tmp_path, rules_dir, CSV, start=SEP1) as (sb, con, client, clock, rules, report):
+        cus = report.customers[0]["stripe_customer_id"]
+        sb.advance_clock(clock.id, int((OCT1 + dt.timedelta(minutes=15)).timestamp()))
+        rate(con, {"minimum spend": 4000, "tokens large": 700}, rated_at=OCT1 + dt.timedelta(minutes=10))
+        biller(con, client).run(SEPTEMBER)
+        con.execute("DELETE FROM stripe_catalog_findings WHERE our_key = 'pro|2026-01|tokens large'")
+        again = biller(con, client).run(SEPTEMBER)
+        assert (again.new_revisions, again.calls) == (0, 0)
+        assert sorted(a for a, _, _ in items_at_stripe(client, cus)) == [700, 4000]
