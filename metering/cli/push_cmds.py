@@ -119,7 +119,8 @@ def invoice_items(month: dt.date, warehouse_path: str | None, rate: float | None
     Stripe invoice items, exactly once, through the stripe_invoice_items ledger.
 
     An item goes onto the period's invoice while Stripe keeps it a draft, else onto the subscription's
-    next invoice. Re-running is safe. Exits 5 when items are left failed or unknown.
+    next invoice. Re-running is safe. Exits 5 when items are left failed or unknown, customers are
+    not synced to Stripe, or credits are held (usage Stripe never billed).
     """
     from metering import warehouse
     from metering.stripe.invoice_items import bill_invoice_items
@@ -131,9 +132,14 @@ def invoice_items(month: dt.date, warehouse_path: str | None, rate: float | None
         report = bill_invoice_items(con, client, month, rate=config.rate, retry=config.retry)
     click.echo(report.summary())
     if report.needs_operator:
-        raise ExternalServiceError(
-            f"{report.failed} failed and {report.unknown} unknown invoice items need a look "
-            "(SELECT * FROM stripe_invoice_items WHERE status <> 'acknowledged')")
+        parts = [f"{report.failed} failed and {report.unknown} unknown invoice items need a look (SELECT * FROM "
+                 "stripe_invoice_items WHERE status <> 'acknowledged')"] if report.failed + report.unknown else []
+        if report.unmapped:
+            parts.append(f"{report.unmapped} charge(s) of customers not synced to Stripe: run `metering stripe sync`")
+        if report.held:
+            parts.append(f"{report.held} credit(s) held: their periods have usage Stripe never billed (late windows "
+                         "in stripe_push_ledger); credit or bill them by hand")
+        raise ExternalServiceError("; ".join(parts))
 
 
 @click.command("push")

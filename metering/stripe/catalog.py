@@ -39,6 +39,14 @@ from metering.stripe.windows import WINDOW_KINDS, stripe_formula
 
 log = logging.getLogger(__name__)
 
+def customer_map(con: duckdb.DuckDBPyConnection) -> pl.DataFrame:
+    """Per customer of ours, the latest sync's Stripe customer, subscription and test clock."""
+    return warehouse.query_frame(
+        con,
+        "SELECT customer_id, stripe_customer_id, subscription_id, test_clock_id FROM stripe_customer_map "
+        "QUALIFY row_number() OVER (PARTITION BY customer_id ORDER BY synced_at DESC) = 1")
+
+
 NOT_EXPRESSIBLE_PRICE_SQL = (
     "(plan || '|' || plan_version || '|' || charge) IN (SELECT our_key FROM stripe_catalog_findings "
     "WHERE finding = 'not_expressible' AND kind = 'price')")

@@ -11,6 +11,8 @@ rating), each such charge is billed as invoice items whose amounts sum to its ra
   difference becomes a new revision whose amount is the difference (negative: a credit). A charge
   with a row still in flight gets no new revision until that row is settled. A charge a later sync
   finds Stripe can price keeps what it was billed (Stripe's meters do not bill a closed period).
+  A credit in a period with push windows marked `late` (usage its Stripe invoice never carried) is
+  held for an operator: it is most likely a minimum's true-up shrinking under that unbilled usage.
 - **Look up.** Before any call, every row not yet acknowledged is looked up among the customer's
   invoice items by its `metadata[metering_item]`: found, it is `acknowledged` with the amount Stripe
   holds, and its charge is planned again (a ledger restored from a snapshot does not know the items
@@ -45,12 +47,13 @@ import stripe
 
 from metering import warehouse
 from metering.customers import month_bounds
-from metering.stripe.catalog import NOT_EXPRESSIBLE_PRICE_SQL
+from metering.stripe.catalog import NOT_EXPRESSIBLE_PRICE_SQL, customer_map
 from metering.stripe.retry import CallOutcome, RateLimiter, RetryPolicy, call_with_retries
 
 log = logging.getLogger(__name__)
 
-CHARGE_KEY = ["customer_id", "period_start", "plan", "plan_version", "charge"]
+PERIOD_KEY = ["customer_id", "period_start"]
+CHARGE_KEY = [*PERIOD_KEY, "plan", "plan_version", "charge"]
 IN_FLIGHT = ("pending", "sent", "unknown")
 KEY_MAX_AGE = dt.timedelta(hours=20)  # under Stripe's 24 h idempotency-key retention
 MAX_ROUNDS = 5                        # plan -> look up -> send, again for the charges a round changed
@@ -74,12 +77,13 @@ class InvoiceItemsReport:
     failed: int = 0             # rows left failed by this run
     unknown: int = 0            # rows left sent / unknown
     unmapped: int = 0           # charges of customers not synced to Stripe (nothing billed)
+    held: int = 0               # credits held for an operator: their periods have usage Stripe never billed
     billed_minor: dict[str, int] = field(default_factory=dict)   # the run's acknowledged amounts
     seconds: float = 0.0
 
     @property
     def needs_operator(self) -> int:
-        return self.failed + self.unknown + self.unmapped
+        return self.failed + self.unknown + self.unmapped + self.held
 
     def summary(self) -> str:
         money = ", ".join(f"{v} {c}" for c, v in sorted(self.billed_minor.items())) or "nothing"
@@ -87,7 +91,7 @@ class InvoiceItemsReport:
                 f"{self.new_revisions} new revision(s), {self.calls} call(s); {self.acknowledged} acknowledged "
                 f"({self.on_draft_invoice} on the period's draft invoice, {self.pending_next} pending for the next "
                 f"invoice, {self.settled_by_listing} found by listing), billed {money} (minor units); "
-                f"{self.failed} failed, {self.unknown} unknown, {self.unmapped} unmapped")
+                f"{self.failed} failed, {self.unknown} unknown, {self.unmapped} unmapped, {self.held} credit(s) held")
 
 
 def item_key(customer_id: str, period_start: dt.date, plan: str, plan_version: str, charge: str,
@@ -116,6 +120,20 @@ def closed_targets(con: duckdb.DuckDBPyConnection, billing_month: dt.date) -> pl
                bool_or({NOT_EXPRESSIBLE_PRICE_SQL}) AS not_expressible
         FROM rated_usage JOIN closed USING (customer_id, period_start)
         GROUP BY customer_id, period_start, plan, plan_version, charge""", [m0, m1])
+
+
+def _periods_with_late_usage(con: duckdb.DuckDBPyConnection, billing_month: dt.date) -> pl.DataFrame:
+    """(customer_id, period_start) of the month's rated periods holding a push window marked `late`:
+    usage the period's Stripe invoice never carried."""
+    m0, m1 = month_bounds(billing_month)
+    return warehouse.query_frame(con, """
+        SELECT DISTINCT r.customer_id, r.period_start
+        FROM (SELECT DISTINCT customer_id, period_start, period_end FROM rated_usage
+              WHERE period_start >= ? AND period_start < ?) r
+        JOIN stripe_push_ledger l
+          ON l.customer_id = r.customer_id AND l.status = 'late'
+         AND l.window_start >= CAST(r.period_start AS TIMESTAMPTZ) AND l.window_start < CAST(r.period_end AS TIMESTAMPTZ)
+        """, [m0, m1])
 
 
 def _ledger(con: duckdb.DuckDBPyConnection, billing_month: dt.date) -> pl.DataFrame:
@@ -181,9 +199,19 @@ class InvoiceItemBiller:
         due = merged.filter(~pl.col("in_flight") & (pl.col("target_minor") != pl.col("billed_minor")))
         if only is not None:
             due = due.join(only, on=CHARGE_KEY, how="semi")
+        # A credit in a period with usage Stripe never billed (windows pushed too late for its invoice)
+        # is most likely a minimum's true-up shrinking under that very usage: crediting it would lose
+        # the money twice over. It waits for an operator (a credit note, or billing the late usage).
+        held = (due.filter(pl.col("target_minor") < pl.col("billed_minor"))
+                .join(_periods_with_late_usage(self.con, billing_month), on=PERIOD_KEY, how="semi"))
+        if held.height:
+            report.held = max(report.held, held.select(CHARGE_KEY).unique().height)
+            log.warning("%d credit(s) held: their periods have usage Stripe never billed (late windows in "
+                        "stripe_push_ledger), e.g. %s", report.held, held.row(0, named=True))
+            due = due.join(held.select(CHARGE_KEY), on=CHARGE_KEY, how="anti")
         if due.is_empty():
             return
-        customers = self._customer_map()
+        customers = customer_map(self.con).select("customer_id", "stripe_customer_id", "subscription_id")
         due = due.join(customers, on="customer_id", how="left")
         unmapped = due.filter(pl.col("stripe_customer_id").is_null())
         if unmapped.height:
@@ -206,12 +234,6 @@ class InvoiceItemBiller:
         cols = ", ".join(rows[0])
         self.con.execute(f"INSERT INTO stripe_invoice_items ({cols}) SELECT {cols} FROM frame")
         report.new_revisions += len(rows)
-
-    def _customer_map(self) -> pl.DataFrame:
-        return warehouse.query_frame(
-            self.con,
-            "SELECT customer_id, stripe_customer_id, subscription_id FROM stripe_customer_map "
-            "QUALIFY row_number() OVER (PARTITION BY customer_id ORDER BY synced_at DESC) = 1")
 
     # -- look up ---------------------------------------------------------------------------------
     def _look_up(self, billing_month: dt.date, report: InvoiceItemsReport) -> pl.DataFrame:

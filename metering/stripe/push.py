@@ -49,7 +49,7 @@ from metering import warehouse
 from metering.errors import BadInputError, ExternalServiceError
 from metering.logs import redact
 from metering.rules.meters import Meter
-from metering.stripe import ledger, windows
+from metering.stripe import catalog, ledger, windows
 from metering.stripe.keys import event_name
 from metering.stripe.retry import AuthError, CallOutcome, RateLimiter, RetryPolicy, call_with_retries
 
@@ -185,7 +185,7 @@ class Pusher:
         report = PushReport(uuid.uuid4().hex, date_from, date_to, self.config.window_kind)
         kind = self.config.window_kind
         self._check_meter_windows()
-        customers = self._customer_map()
+        customers = catalog.customer_map(self.con).drop("subscription_id")
         desired = windows.desired_values(self.con, self.meters, date_from, date_to, kind)
         report.windows_considered = desired.height
         desired, report.unmapped = self._attach_destinations(desired, customers)
@@ -249,13 +249,6 @@ class Pusher:
                 f"{', '.join(sorted(wrong))}; set STRIPE_METER_WINDOW to match the meters (or create new meters)")
 
     # -- planning helpers ------------------------------------------------------------------------
-    def _customer_map(self) -> pl.DataFrame:
-        return warehouse.query_frame(
-            self.con,
-            "SELECT customer_id, stripe_customer_id, test_clock_id FROM stripe_customer_map "
-            "QUALIFY row_number() OVER (PARTITION BY customer_id ORDER BY synced_at DESC) = 1",
-        )
-
     def _attach_destinations(self, desired: pl.DataFrame, customers: pl.DataFrame) -> tuple[pl.DataFrame, int]:
         joined = desired.join(customers, on="customer_id", how="left")
         unmapped = joined.filter(pl.col("stripe_customer_id").is_null())

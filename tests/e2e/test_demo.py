@@ -99,8 +99,8 @@ def test_planted_discrepancies_are_reported(demo_run):
 
 def test_charges_stripe_cannot_price_are_billed_as_invoice_items(demo_run):
     """Every closed calendar-month period's minimums and dimension-filtered charges are on its own
-    Stripe invoice, as the engine's invoice items, to the cent: nothing of them is left unbilled."""
-    data, summary = demo_run
+    Stripe invoice (the draft the demo rated inside), as the engine's invoice items, to the cent."""
+    data, _ = demo_run
     con = duckdb.connect(str(data / "snapshot.duckdb"), read_only=True)
     rated = dict(con.execute("""
         SELECT customer_id, sum(amount_minor) FROM rated_usage
@@ -108,17 +108,21 @@ def test_charges_stripe_cannot_price_are_billed_as_invoice_items(demo_run):
           AND (plan || '|' || plan_version || '|' || charge) IN
               (SELECT our_key FROM stripe_catalog_findings WHERE finding = 'not_expressible' AND kind = 'price')
         GROUP BY ALL HAVING sum(amount_minor) <> 0""").fetchall())
-    on_invoices = dict(con.execute("""
-        SELECT i.customer_id, sum(l.amount) FROM analytics.stripe_invoice_lines l
+    # the lines Stripe's September invoices (period Sep 1 - Oct 1, pulled from Stripe) carry for our items
+    on_period_invoice = dict(con.execute("""
+        SELECT inv.customer_id, sum(l.amount)
+        FROM analytics.stripe_invoice_lines l
+        JOIN stripe_invoices inv ON inv.invoice_id = l.invoice_id
         JOIN stripe_invoice_items i ON i.stripe_invoice_item_id = l.invoice_item
-        WHERE i.period_start = DATE '2026-09-01' AND i.period_end = DATE '2026-10-01' GROUP BY ALL""").fetchall())
-    assert rated and on_invoices == rated
+        WHERE inv.period_start = TIMESTAMPTZ '2026-09-01 00:00:00+00'
+          AND inv.period_end = TIMESTAMPTZ '2026-10-01 00:00:00+00'
+          AND i.period_start = DATE '2026-09-01' AND i.period_end = DATE '2026-10-01'
+        GROUP BY ALL""").fetchall())
+    assert rated and on_period_invoice == rated
     unbilled = con.execute("""SELECT count(*) FROM invoice_reconciliation
                               WHERE period_start = DATE '2026-09-01' AND period_end = DATE '2026-10-01'
                                 AND unbilled_minor <> 0""").fetchone()[0]
     assert unbilled == 0
-    assert _number(r"invoice items:\s+([\d,]+) for charges", summary) == con.execute(
-        "SELECT count(*) FROM stripe_invoice_items WHERE status = 'acknowledged'").fetchone()[0]
 
 
 def test_running_again_changes_nothing(demo_run):

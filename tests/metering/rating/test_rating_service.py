@@ -360,22 +360,23 @@ def test_a_late_files_link_survives_ratings_of_other_periods_in_the_month(tmp_pa
 
 
 def test_a_periods_closing_rating_stamps_it_even_when_its_lines_do_not_change(tmp_path):
-    """a's October, rated on Oct 31 while open, gets no usage after: the rating on Nov 1 is its closing
-    rating and stamps it (billed from then on), though nothing else changes; later ratings keep that
-    stamp. Before, the period kept its Oct 31 stamp for ever: never billed, so its minimum was never
+    """a's September (pro 2026-01 all month), rated on Sep 30 while open, gets no usage after: the
+    rating on Oct 1 is its closing rating and stamps it (billed from then on), though nothing else
+    changes; later ratings keep that stamp. Before, the period kept its Oct 31 stamp for ever: never billed, so its minimum was never
     invoiced and later changes to it were never adjustments."""
     rules = load_rules(PROJECT_ROOT / "rating_rules")
     csv = tmp_path / "customers.csv"
     csv.write_text("customer_id,name,email,currency,billing_anchor_day,plan,plan_effective_from,payment_behavior\n"
                    "a,A,a@a.test,usd,,pro,2026-01-01,succeeds\n")
-    open_rating = dt.datetime(2026, 10, 31, 2, 30, tzinfo=dt.timezone.utc)
-    closing = dt.datetime(2026, 11, 1, 2, 30, tzinfo=dt.timezone.utc)
+    sep = dt.date(2026, 9, 1)
+    open_rating = dt.datetime(2026, 9, 30, 2, 30, tzinfo=dt.timezone.utc)
+    closing = dt.datetime(2026, 10, 1, 2, 30, tzinfo=dt.timezone.utc)
     with warehouse.open_warehouse(tmp_path / "wh.duckdb") as con:
         warehouse.insert_frame(con, "customer_plans", load_customers(csv, rules))
-        _late_calls(con, rules, "a", "2026-10-20", 2_000)
+        _late_calls(con, rules, "a", "2026-09-20", 2_000)
 
         def rate_at(at: dt.datetime) -> int:
-            return service.write_rated(con, OCT, service.rate_month(con, rules, OCT)[0], rules, at)
+            return service.write_rated(con, sep, service.rate_month(con, rules, sep)[0], rules, at)
 
         def stamps() -> set:
             return {r for (r,) in con.execute("SELECT DISTINCT rated_at FROM rated_usage").fetchall()}
@@ -385,9 +386,10 @@ def test_a_periods_closing_rating_stamps_it_even_when_its_lines_do_not_change(tm
         assert rate_at(closing) > 0 and stamps() == {closing}
         assert con.execute("SELECT * EXCLUDE (rated_at) FROM rated_usage ORDER BY ALL").fetchall() == lines
         assert rate_at(closing + dt.timedelta(days=1)) == 0 and stamps() == {closing}
-        # billed now: late usage is an adjustment (2,000 -> 2,500 pro calls: 500 x 0.002 = 1.00 on the usage,
-        # and the $100.00 minimum's true-up shrinks by as much)
-        _late_calls(con, rules, "a", "2026-10-21", 500)
+        # billed now: late usage is an adjustment. 2,000 -> 2,500 calls (the first 1,000 free, then 0.002):
+        # 2.00 -> 3.00; the $100.00 minimum's true-up over the usage lines: 98.00 -> 97.00
+        assert _line(con, "a", "minimum spend") == (None, 9800)
+        _late_calls(con, rules, "a", "2026-09-21", 500)
         rate_at(closing + dt.timedelta(days=2))
-        deltas = con.execute("SELECT count(*), sum(delta_minor) FROM rating_adjustments").fetchone()
-        assert deltas[0] >= 2 and deltas[1] == 0   # a usage charge up, the true-up down by as much
+        assert con.execute("SELECT charge, before_minor, after_minor FROM rating_adjustments ORDER BY charge"
+                           ).fetchall() == [("api calls", 200, 300), ("minimum spend", 9800, 9700)]

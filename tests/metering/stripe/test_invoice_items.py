@@ -289,3 +289,48 @@ def test_a_charge_stripe_can_price_since_is_not_credited(tmp_path: Path, rules_d
         again = biller(con, client).run(SEPTEMBER)
         assert (again.new_revisions, again.calls) == (0, 0)
         assert sorted(a for a, _, _ in items_at_stripe(client, cus)) == [700, 4000]
+
+
+def _late_window(con: Any, customer: str, day: dt.date) -> None:
+    """A push window of `customer` marked late: usage the period's Stripe invoice never carried."""
+    start = dt.datetime.combine(day, dt.time(0), dt.UTC)
+    con.execute(
+        "INSERT INTO stripe_push_ledger (customer_id, meter, window_start, window_end, revision, value, identifier, "
+        "idempotency_key, status, created_at, window_kind, event_date, event_name, event_timestamp, updated_at) "
+        "VALUES (?, 'seats', ?, ?, 2, 6, 'id', 'key', 'late', ?, 'day', ?, 'metering_seats', ?, ?)",
+        [customer, start, start + dt.timedelta(days=1), start, day, start, start])
+
+
+def test_a_credit_in_a_period_with_usage_stripe_never_billed_is_held(tmp_path: Path, rules_dir: Path) -> None:
+    """Reviewer's case: pro, 3 seats pushed, a 70.00 true-up billed; 3 more seats arrive after the
+    invoice was finalized (pushed late: Stripe never bills them). The rating's true-up falls to 40.00;
+    crediting 30.00 would leave 119.00 paid of 149.00 rated. The credit is held for an operator, while
+    a period without late usage is credited as before."""
+    with customer_on_clock(tmp_path, rules_dir, CSV, start=SEP1) as (sb, con, client, clock, rules, report):
+        cus = report.customers[0]["stripe_customer_id"]
+        sb.advance_clock(clock.id, int((OCT1 + dt.timedelta(minutes=15)).timestamp()))
+        rate(con, {"platform fee": 4900, "seats": 3000, "minimum spend": 7000}, rated_at=OCT1 + dt.timedelta(minutes=10))
+        biller(con, client).run(SEPTEMBER)
+        _late_window(con, "acme", dt.date(2026, 9, 29))
+        rate(con, {"platform fee": 4900, "seats": 6000, "minimum spend": 4000}, rated_at=OCT1 + dt.timedelta(days=2))
+        run = biller(con, client).run(SEPTEMBER)
+        assert (run.held, run.new_revisions, run.calls, run.needs_operator) == (1, 0, 0, 1)
+        assert [a for a, _, _ in items_at_stripe(client, cus)] == [7000]
+
+        con.execute("DELETE FROM stripe_push_ledger")        # no usage Stripe missed: the credit is right
+        credited = biller(con, client).run(SEPTEMBER)
+        assert (credited.held, credited.billed_minor) == (0, {"usd": -3000})
+
+
+def test_the_command_names_unmapped_customers_and_held_credits(tmp_path: Path, rules_dir: Path,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    with customer_on_clock(tmp_path, rules_dir, CSV, start=SEP1) as (sb, con, client, clock, rules, report):
+        rate(con, {"minimum spend": 4000}, rated_at=OCT1 + dt.timedelta(minutes=10), customer="initech")
+        con.close()
+        monkeypatch.setenv("STRIPE_API_KEY", sb.api_key)
+        monkeypatch.setenv("STRIPE_API_BASE", sb.base_url)
+        result = CliRunner().invoke(cli, ["stripe", "invoice-items", "--period", "2026-09", "--warehouse",
+                                          str(tmp_path / "wh.duckdb"), "--rate", "0"])
+        assert result.exit_code == EXIT_EXTERNAL
+        assert "1 charge(s) of customers not synced to Stripe: run `metering stripe sync`" in result.output
+        assert "failed" not in result.output.split("error:")[-1]

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import sys
 from decimal import Decimal
 from pathlib import Path
 
@@ -15,9 +16,12 @@ import pytest
 from metering import warehouse
 from metering.stripe_sandbox.testing import running_sandbox
 from pipelines.defs.rating.assets import customer_plans, usage_aggregates
-from pipelines.defs.stripe_push.assets import stripe_catalog, stripe_usage_pushes
+from pipelines.defs.stripe_push.assets import stripe_catalog, stripe_invoice_items, stripe_usage_pushes
 from pipelines.resources import StripeResource
 from pipelines.resources import ProjectPaths, WarehouseResource
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "metering" / "stripe"))
+from push_world import OCT1, SEP1, customer_on_clock, rate_by_hand  # noqa: E402  (the push tests' helpers)
 
 CANARY = "sk_test_DAGSTERc4n4ry1111plugh"
 CSV = """customer_id,name,email,currency,billing_anchor_day,plan,plan_effective_from,payment_behavior
@@ -108,3 +112,36 @@ def test_push_on_a_test_clock_advances_it_to_the_day_end(tmp_path: Path, rules_d
         assert (meta["acknowledged"].value, meta["not_yet_due"].value) == (2, 0)
         frozen = sb.client().v1.test_helpers.test_clocks.retrieve(clock.id).frozen_time
         assert frozen == int(dt.datetime(2026, 10, 6, tzinfo=dt.timezone.utc).timestamp())
+
+
+def test_invoice_items_asset_bills_a_closed_period_and_checks_it_settled(tmp_path: Path, rules_dir: Path) -> None:
+    """stripe_invoice_items through real Dagster: September's closed minimum (rated lines written by
+    hand: 4000) becomes one item on the period's draft invoice; the check passes; a second run calls
+    nothing; a customer missing from Stripe makes the check fail (warn) and says so."""
+    csv = CSV.replace("usd,,starter", "usd,,pro")
+    with customer_on_clock(tmp_path, rules_dir, csv, start=SEP1) as (sb, con, client, clock, rules, report), \
+            dg.instance_for_test() as instance:
+        sb.advance_clock(clock.id, int((OCT1 + dt.timedelta(minutes=15)).timestamp()))
+        rate_by_hand(con, {"minimum spend": 4000}, rated_at=OCT1 + dt.timedelta(minutes=10))
+        con.close()
+        resources = {"warehouse": WarehouseResource(path=str(tmp_path / "wh.duckdb")),
+                     "stripe": StripeResource(base_url=sb.base_url, push_rate=0)}
+
+        def run() -> dg.ExecuteInProcessResult:
+            return dg.materialize([stripe_invoice_items], resources=resources, instance=instance,
+                                  partition_key="2026-09-01")
+
+        first = run()
+        meta = first.asset_materializations_for_node("stripe_invoice_items")[0].metadata
+        assert (meta["acknowledged"].value, meta["on_draft_invoice"].value) == (1, 1)
+        assert meta["billed_minor"].value == {"usd": 4000}
+        [check] = first.get_asset_check_evaluations()
+        assert check.passed
+        assert [i.amount for i in client.v1.invoice_items.list(
+            {"customer": report.customers[0]["stripe_customer_id"]}).data] == [4000]
+        assert run().asset_materializations_for_node("stripe_invoice_items")[0].metadata["calls"].value == 0
+
+        with warehouse.open_warehouse(tmp_path / "wh.duckdb") as again:
+            rate_by_hand(again, {"minimum spend": 2500}, rated_at=OCT1 + dt.timedelta(minutes=10), customer="initech")
+        [check] = run().get_asset_check_evaluations()
+        assert not check.passed and check.metadata["unmapped"].value == 1
