@@ -299,7 +299,7 @@ def _webhook_lines_sql(con: duckdb.DuckDBPyConnection) -> str | None:
                {c('quantity_decimal', 'DECIMAL(38, 12)')} AS quantity_decimal,
                CAST(w.amount AS BIGINT) AS amount, {c('currency')} AS currency,
                {c('period_start', 'TIMESTAMPTZ')} AS period_start, {c('period_end', 'TIMESTAMPTZ')} AS period_end,
-               {c('invoice_item')} AS invoice_item, 'webhook' AS source
+               {c('invoice_item')} AS invoice_item, {c('metering_item')} AS metering_item, 'webhook' AS source
         FROM stripe_invoice_lines w {' '.join(joins)}
         WHERE w.invoice_id NOT IN (SELECT invoice_id FROM stripe_invoice_lines_api)
     """
@@ -312,7 +312,7 @@ def merged_lines_sql(con: duckdb.DuckDBPyConnection) -> str:
     """
     api = """
         SELECT invoice_id, line_id, customer_id, meter, quantity_decimal, amount, currency,
-               period_start, period_end, invoice_item, 'api' AS source
+               period_start, period_end, invoice_item, metering_item, 'api' AS source
         FROM stripe_invoice_lines_api
         QUALIFY dense_rank() OVER (PARTITION BY invoice_id ORDER BY pulled_at DESC, billing_month DESC) = 1
     """
@@ -380,12 +380,14 @@ def _known_periods(con: duckdb.DuckDBPyConnection, lo: dt.date, hi: dt.date) -> 
     return rc.conform(query_frame(con, " UNION ".join(sources), [hi, lo] * len(sources)), schema)
 
 
-def _engine_item_sql(con: duckdb.DuckDBPyConnection, invoice_item: str) -> str:
-    """Boolean SQL: the invoice item id `invoice_item` is one the engine created (`stripe_invoice_items`)."""
-    if "stripe_invoice_item_id" not in table_columns(con, "stripe_invoice_items"):
+def _engine_item_sql(con: duckdb.DuckDBPyConnection, line: str) -> str:
+    """Boolean SQL over the line alias `line`: an invoice item the engine created, by its id in
+    `stripe_invoice_items` or, while its row is not yet acknowledged (a lost response), by its key."""
+    if not {"stripe_invoice_item_id", "item_key"} <= table_columns(con, "stripe_invoice_items"):
         return "false"
-    return (f"{invoice_item} IN (SELECT stripe_invoice_item_id FROM stripe_invoice_items "
-            "WHERE stripe_invoice_item_id IS NOT NULL)")
+    return (f"({line}.invoice_item IN (SELECT stripe_invoice_item_id FROM stripe_invoice_items "
+            f"WHERE stripe_invoice_item_id IS NOT NULL) "
+            f"OR {line}.metering_item IN (SELECT item_key FROM stripe_invoice_items))")
 
 
 def _bucketed_lines(con: duckdb.DuckDBPyConnection, billing_month: dt.date, periods: pl.DataFrame) -> pl.DataFrame:
@@ -407,7 +409,7 @@ def _bucketed_lines(con: duckdb.DuckDBPyConnection, billing_month: dt.date, peri
             WITH lines AS ({merged_lines_sql(con)}),
                  invoices AS ({merged_invoices_sql(con)})
             SELECT l.customer_id, l.meter, l.invoice_id, l.quantity_decimal, l.amount,
-                   coalesce({_engine_item_sql(con, 'l.invoice_item')}, false) AS engine_item,
+                   coalesce({_engine_item_sql(con, 'l')}, false) AS engine_item,
                    coalesce(l.currency, i.currency) AS currency,
                    coalesce(p.period_start, CAST(l.period_start AS DATE)) AS period_start,
                    coalesce(p.period_end, CAST(l.period_end AS DATE)) AS period_end,
@@ -513,7 +515,8 @@ def load_engine_items_pending(con: duckdb.DuckDBPyConnection, billing_month: dt.
     (`stripe_invoice_id` NULL: the subscription's next invoice will carry them), less those already
     among the known invoice lines (Stripe has since invoiced them: they count with those lines).
     """
-    need = {"customer_id", "period_start", "amount_minor", "status", "stripe_invoice_item_id", "stripe_invoice_id"}
+    need = {"customer_id", "period_start", "amount_minor", "status", "stripe_invoice_item_id", "stripe_invoice_id",
+            "item_key"}
     if not need <= table_columns(con, "stripe_invoice_items"):
         return rc.conform(None, rc.PENDING_ITEMS_SCHEMA)
     start, end = month_bounds(billing_month)
@@ -524,7 +527,8 @@ def load_engine_items_pending(con: duckdb.DuckDBPyConnection, billing_month: dt.
         SELECT customer_id, period_start, CAST(sum(amount_minor) AS BIGINT) AS engine_items_pending_minor
         FROM stripe_invoice_items t
         WHERE period_start >= ? AND period_start < ? AND status = 'acknowledged' AND stripe_invoice_id IS NULL
-          AND NOT EXISTS (SELECT 1 FROM lines l WHERE l.invoice_item = t.stripe_invoice_item_id)
+          AND NOT EXISTS (SELECT 1 FROM lines l
+                          WHERE l.invoice_item = t.stripe_invoice_item_id OR l.metering_item = t.item_key)
         GROUP BY customer_id, period_start
         """,
         [start, end],

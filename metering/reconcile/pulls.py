@@ -11,8 +11,9 @@
 - Invoices (`GET /v1/invoices`, paginated) of our customers whose period touches the month, and
   their lines: the invoice's embedded `lines` when complete, else `GET /v1/invoices/{id}/lines`. A line's meter comes from its price's
   `recurring.meter` (one `GET /v1/prices/{id}` per distinct price) and that meter's `event_name`
-  (`metering_<our meter>`); an invoice item's line keeps its item id (`invoice_item`), by which
-  reconciliation tells the engine's own items (`stripe_invoice_items`) from Stripe's pricing.
+  (`metering_<our meter>`); an invoice item's line keeps its item id (`invoice_item`) and the
+  engine's key (`metering_item`, the item's metadata copied onto its line), by which reconciliation
+  tells the engine's own items (`stripe_invoice_items`) from Stripe's pricing.
 - Our customer id -> Stripe customer: the push step's `stripe_customer_map`, else the Stripe
   customers' `metadata[customer_id]`.
 - Numbers are read from the raw response body with `parse_float=Decimal`: `aggregated_value` is a
@@ -68,7 +69,7 @@ LINE_SCHEMA = {
     "customer_id": pl.String, "price_id": pl.String, "stripe_meter_id": pl.String, "event_name": pl.String,
     "meter": pl.String, "quantity_decimal": pl.Decimal(38, 12), "amount": pl.Int64, "currency": pl.String,
     "period_start": pl.Datetime("us", "UTC"), "period_end": pl.Datetime("us", "UTC"),
-    "invoice_item": pl.String, "pulled_at": pl.Datetime("us", "UTC"),
+    "invoice_item": pl.String, "metering_item": pl.String, "pulled_at": pl.Datetime("us", "UTC"),
 }
 
 
@@ -277,7 +278,8 @@ def pull_invoices(
                 "quantity_decimal": _decimal(line.get("quantity_decimal"), line.get("quantity")),
                 "amount": int(line.get("amount") or 0), "currency": line.get("currency") or inv.get("currency"),
                 "period_start": _ts(period.get("start")), "period_end": _ts(period.get("end")),
-                "invoice_item": _line_invoice_item(line), "pulled_at": now,
+                "invoice_item": _line_invoice_item(line),
+                "metering_item": (line.get("metadata") or {}).get("metering_item"), "pulled_at": now,
             })
     return invoices, lines
 

@@ -58,6 +58,7 @@ LINE_SHAPE = {
     "pricing": {"price_details": {"price": "JSON"}},
     "parent": {"subscription_item_details": {"subscription_item": "VARCHAR"},
                "invoice_item_details": {"invoice_item": "VARCHAR"}},
+    "metadata": {"metering_item": "VARCHAR"},
 }
 SUBSCRIPTION_SHAPE = {
     "id": "VARCHAR", "status": "VARCHAR", "customer": "JSON", "currency": "VARCHAR",
@@ -186,6 +187,7 @@ _LINES_SELECT = f"""
         stripe_meter_id,
         l.parent.subscription_item_details.subscription_item AS subscription_item,
         l.parent.invoice_item_details.invoice_item AS invoice_item,
+        l.metadata.metering_item AS metering_item,
         CAST(coalesce(l.quantity_decimal, l.quantity) AS DECIMAL(38, 12)) AS quantity_decimal,
         l.amount AS amount,
         coalesce(l.currency, invoice_currency) AS currency,

@@ -194,13 +194,16 @@ def ledger_item(con: duckdb.DuckDBPyConnection, item_id: str, invoice_id: str | 
                 [amount, amount, invoice_id, item_id, invoice_id, PULLED, PULLED, PULLED, PULLED])
 
 
-def pulled_item_line(con: duckdb.DuckDBPyConnection, invoice_id: str, line_id: str, item_id: str, amount: int) -> None:
-    """An invoice item's line on an API-pulled invoice of cus_m: no price meter, the item's period (October)."""
+def pulled_item_line(con: duckdb.DuckDBPyConnection, invoice_id: str, line_id: str, item_id: str, amount: int,
+                     metering_item: str | None = None) -> None:
+    """An invoice item's line on an API-pulled invoice of cus_m: no price meter, the item's period (October),
+    and the item's metadata[metering_item] when it is one of the engine's."""
     con.execute("""INSERT INTO stripe_invoice_lines_api (billing_month, invoice_id, line_id, customer_id, meter,
-                   quantity_decimal, amount, currency, period_start, period_end, invoice_item, pulled_at)
+                   quantity_decimal, amount, currency, period_start, period_end, invoice_item, metering_item,
+                   pulled_at)
                    VALUES (?, ?, ?, 'cus_m', NULL, 1, ?, 'usd', TIMESTAMPTZ '2026-10-01 00:00:00+00',
-                   TIMESTAMPTZ '2026-11-01 00:00:00+00', ?, ?)""",
-                [MONTH, invoice_id, line_id, amount, item_id, PULLED])
+                   TIMESTAMPTZ '2026-11-01 00:00:00+00', ?, ?, ?)""",
+                [MONTH, invoice_id, line_id, amount, item_id, metering_item, PULLED])
 
 
 def _unix(day: dt.date) -> int:

@@ -92,7 +92,8 @@ def test_pull_summaries_invoices_and_lines(stripe_sandbox, isolated_env):
 
 def test_an_invoice_item_line_keeps_its_item_id(stripe_sandbox, isolated_env):
     """An invoice item put on the October cycle invoice while Stripe keeps it a draft: its line has no
-    price meter and the item's period, and the pull keeps its item id (parent.invoice_item_details)."""
+    price meter and the item's period, and the pull keeps its item id (parent.invoice_item_details) and
+    the engine's key from the metadata Stripe copied onto the line."""
     client = stripe_sandbox.client()
     clock = client.v1.test_helpers.test_clocks.create({"frozen_time": _ts("2026-10-01T00:00:00")})
     customer = client.v1.customers.create({"metadata": {"customer_id": "cus_1"}, "test_clock": clock.id})
@@ -112,14 +113,14 @@ def test_an_invoice_item_line_keeps_its_item_id(stripe_sandbox, isolated_env):
     with warehouse.open_warehouse() as con:
         _periods(con)
         result = pull_stripe_state(con, client, MONTH, meters=[], settings=ReconcileSettings(settle_seconds=0))
-        stored = con.execute("SELECT line_id, invoice_item FROM stripe_invoice_lines_api "
+        stored = con.execute("SELECT line_id, invoice_item, metering_item FROM stripe_invoice_lines_api "
                              "WHERE invoice_item IS NOT NULL").fetchall()
     on_draft = result.lines.filter(pl.col("invoice_id") == draft.id).sort("amount")
     assert on_draft.select("amount", "meter", "invoice_item", "period_start", "period_end").rows() == [
         (1000, None, None, dt.datetime(2026, 11, 1, tzinfo=dt.UTC),
          dt.datetime(2026, 11, 30, 23, 59, 59, tzinfo=dt.UTC)),
         (4000, None, item.id, dt.datetime(2026, 10, 1, tzinfo=dt.UTC), dt.datetime(2026, 11, 1, tzinfo=dt.UTC))]
-    assert stored == [(on_draft["line_id"][1], item.id)]
+    assert stored == [(on_draft["line_id"][1], item.id, "cus_1|2026-10-01|pro|2026-01|minimum|r1")]
 
 
 def test_settle_guard_marks_pending_after_a_recent_push(stripe_sandbox, isolated_env):

@@ -89,11 +89,12 @@ def test_a_pending_item_later_on_the_next_invoice_counts_once(isolated_env, rule
         ledger_item(con, "ii_m", None)
         land_invoice_webhook(con, tmp_path / "landing", next_invoice_with_item("ii_m"))
         webhook_lines = con.execute(
-            f"SELECT line_id, invoice_item, source FROM ({inputs.merged_lines_sql(con)}) "
+            f"SELECT line_id, invoice_item, metering_item, source FROM ({inputs.merged_lines_sql(con)}) "
             "WHERE invoice_id = 'in_next' ORDER BY line_id").fetchall()
         result = _reconcile(con, rules_dir)
     # the item id of a webhook-derived line, read from the invoice payload
-    assert webhook_lines == [("il_next_item", "ii_m", "webhook"), ("il_next_usage", None, "webhook")]
+    assert webhook_lines == [("il_next_item", "ii_m", "cus_m|2026-10-01|pro|2026-01|minimum|r1", "webhook"),
+                             ("il_next_usage", None, None, "webhook")]
     m = _cus_m(result)
     assert tuple(m[c] for c in ITEM_COLUMNS) == (10000, 4000, 4000, 0, 0, 10000, 0, "matched")
     assert (m["invoice_ids"], m["invoice_status"], m["amount_paid"]) == ("in_cus_m,in_next", "paid", 6000)
@@ -178,3 +179,20 @@ def test_items_beyond_the_charge_are_a_negative_unbilled(isolated_env, rules_dir
     assert ("(4000 on Stripe's invoices as our invoice items; -1000 unbilled: our invoice items exceed it by 1000, "
             "run `metering stripe invoice-items --period 2026-10` to credit it)") in m["reason"]
     assert result.check_passed()
+
+
+def test_our_item_whose_row_is_not_settled_yet_is_ours_by_its_key(isolated_env, rules_dir):
+    """Review: a lost response leaves our row `unknown` (no item id yet) until the next items run finds
+    it at Stripe, while in_cus_m already carries it. Its line's metadata[metering_item] names our row:
+    it bills what Stripe cannot price, not an unexplained 4000 that fails the blocking check."""
+    with warehouse.open_warehouse() as con:
+        write_scenario(con)
+        add_minimum_customer(con)
+        ledger_item(con, "ii_m", "in_cus_m")
+        con.execute("UPDATE stripe_invoice_items SET status = 'unknown', stripe_invoice_item_id = NULL, "
+                    "stripe_invoice_id = NULL, resolved_by = NULL")
+        pulled_item_line(con, "in_cus_m", "il_m_min", "ii_m", 4000, metering_item="cus_m|2026-10-01|pro|2026-01|minimum|r1")
+        result = _reconcile(con, rules_dir)
+    m = _cus_m(result)
+    assert tuple(m[c] for c in ITEM_COLUMNS) == (10000, 4000, 4000, 0, 0, 10000, 0, "matched")
+    assert result.unexplained_minor() == {"usd": 125} and result.check_passed()
