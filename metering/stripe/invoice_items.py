@@ -293,10 +293,10 @@ class InvoiceItemBiller:
             self._update(row, "sent", now, idempotency_key=row["idempotency_key"],
                          target_invoice_id=row["target_invoice_id"],
                          first_attempt_at=row["first_attempt_at"] or now, last_attempt_at=now)
-            outcome = self._call(row)
-            report.calls += outcome.attempts
-            self._record(row, outcome, report)
-            if outcome.status == "failed" and row["target_invoice_id"] and self._error_code == "invoice_not_editable":
+            sent = self._call(row)
+            report.calls += sent.outcome.attempts
+            self._record(row, sent, report)
+            if sent.outcome.status == "failed" and row["target_invoice_id"] and sent.error_code == "invoice_not_editable":
                 refused.append({k: row[k] for k in CHARGE_KEY})
         return pl.DataFrame(refused, schema=pending.select(CHARGE_KEY).schema)
 
@@ -322,7 +322,7 @@ class InvoiceItemBiller:
                 out[sub] = status
         return out
 
-    def _call(self, row: dict[str, Any]) -> CallOutcome:
+    def _call(self, row: dict[str, Any]) -> _Sent:
         def unix(day: dt.date) -> int:
             return int(dt.datetime.combine(day, dt.time(0), dt.UTC).timestamp())
 
@@ -344,30 +344,31 @@ class InvoiceItemBiller:
             params["invoice"] = row["target_invoice_id"]
         elif row["subscription_id"]:
             params["subscription"] = row["subscription_id"]
-        self._created: Any = None
-        self._error_code: str | None = None
+        sent = _Sent()
 
         def send() -> Any:
             try:
-                self._created = self.client.v1.invoice_items.create(
+                sent.item = self.client.v1.invoice_items.create(
                     params, {"idempotency_key": row["idempotency_key"], "max_network_retries": 0})
             except stripe.StripeError as exc:
-                self._error_code = exc.code
+                sent.error_code = exc.code
                 raise
-            return self._created
+            return sent.item
 
-        return call_with_retries(send, limiter=self.limiter, policy=self.retry)
+        sent.outcome = call_with_retries(send, limiter=self.limiter, policy=self.retry)
+        return sent
 
-    def _record(self, row: dict[str, Any], outcome: CallOutcome, report: InvoiceItemsReport) -> None:
+    def _record(self, row: dict[str, Any], sent: _Sent, report: InvoiceItemsReport) -> None:
         now = self._now()
+        outcome = sent.outcome
         extra: dict[str, Any] = {"attempts": (row["attempts"] or 0) + outcome.attempts, "last_error": outcome.error,
                                  "last_http_status": outcome.http_status, "stripe_request_id": outcome.request_id}
         status = outcome.status
-        if status == "failed" and self._error_code == "idempotency_error":
+        if status == "failed" and sent.error_code == "idempotency_error":
             # the key was used with other parameters: something was applied under it; look it up
             status = "unknown"
         if status == "acknowledged":
-            item = self._created
+            item = sent.item
             extra.update(resolved_by="response", stripe_invoice_item_id=item.id, stripe_invoice_id=_invoice_id(item))
             report.acknowledged += 1
             if extra["stripe_invoice_id"]:
@@ -382,6 +383,15 @@ class InvoiceItemBiller:
         self.con.execute(
             f"UPDATE stripe_invoice_items SET {sets} WHERE item_key = ?",
             [status, now, *values.values(), row["item_key"]])
+
+
+@dataclass
+class _Sent:
+    """One create call: its outcome, the item Stripe returned, and the last error's code."""
+
+    outcome: CallOutcome = field(default_factory=lambda: CallOutcome("unknown", 0))
+    item: Any = None
+    error_code: str | None = None
 
 
 def _invoice_id(item: Any) -> str | None:
