@@ -150,3 +150,16 @@ def uncovered_routes(responses) -> list[str]:
 
     hit = {(m, p) for m, p, _, _ in responses}
     return [f"{method} {regex.pattern}" for method, regex, _, _ in ROUTES if not any(m == method and regex.match(p) for m, p in hit)]
+
+
+def usage(client, meter, customer, value, at):
+    """One meter event for `customer` at `at` (unix)."""
+    client.v1.billing.meter_events.create(
+        {"event_name": meter.event_name, "payload": {"stripe_customer_id": customer.id, "value": str(value)}, "timestamp": at}
+    )
+
+
+def cycle_invoice(client, customer):
+    """The customer's one period-end (subscription_cycle) invoice."""
+    [invoice] = [i for i in client.v1.invoices.list({"customer": customer.id}).data if i.billing_reason == "subscription_cycle"]
+    return invoice

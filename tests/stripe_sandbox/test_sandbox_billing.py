@@ -8,7 +8,7 @@ from decimal import Decimal
 import pytest
 import stripe
 
-from conftest import metered_price, ts
+from conftest import cycle_invoice as _cycle_invoice, metered_price, ts, usage as _usage
 
 OCT = ts("2026-10-01T00:00:00")
 NOV = ts("2026-11-01T00:00:00")
@@ -25,17 +25,6 @@ def _setup(client, price_params=None, window=None, behavior=None, sb=None, ancho
         {"customer": customer.id, "items": [{"price": price.id}], "billing_cycle_anchor": anchor, "metadata": {"customer_id": "acme"}}
     )
     return clock, meter, price, customer, sub
-
-
-def _usage(client, meter, customer, value, at):
-    client.v1.billing.meter_events.create(
-        {"event_name": meter.event_name, "payload": {"stripe_customer_id": customer.id, "value": str(value)}, "timestamp": at}
-    )
-
-
-def _cycle_invoice(client, customer):
-    [invoice] = [i for i in client.v1.invoices.list({"customer": customer.id}).data if i.billing_reason == "subscription_cycle"]
-    return invoice
 
 
 @pytest.mark.parametrize(

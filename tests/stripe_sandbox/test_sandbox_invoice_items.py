@@ -11,7 +11,7 @@ import httpx
 import pytest
 import stripe
 
-from conftest import Receiver, metered_price, ts
+from conftest import Receiver, cycle_invoice as _cycle_invoice, metered_price, ts, usage as _usage
 from metering.stripe_sandbox import spec
 from metering.stripe_sandbox.testing import running_sandbox
 
@@ -27,17 +27,6 @@ def _setup(client, name="Acme", clock=None, price=None):
     customer = client.v1.customers.create({"name": name, "test_clock": clock.id})
     sub = client.v1.subscriptions.create({"customer": customer.id, "items": [{"price": price.id}], "billing_cycle_anchor": NOV})
     return clock, (meter, price), customer, sub
-
-
-def _usage(client, meter, customer, value, at):
-    client.v1.billing.meter_events.create(
-        {"event_name": meter.event_name, "payload": {"stripe_customer_id": customer.id, "value": str(value)}, "timestamp": at}
-    )
-
-
-def _cycle_invoice(client, customer):
-    [invoice] = [i for i in client.v1.invoices.list({"customer": customer.id}).data if i.billing_reason == "subscription_cycle"]
-    return invoice
 
 
 def _item_lines(invoice):
