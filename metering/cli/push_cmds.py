@@ -119,8 +119,9 @@ def invoice_items(month: dt.date, warehouse_path: str | None, rate: float | None
     Stripe invoice items, exactly once, through the stripe_invoice_items ledger.
 
     An item goes onto the period's invoice while Stripe keeps it a draft, else onto the subscription's
-    next invoice. Re-running is safe. Exits 5 when items are left failed or unknown, customers are
-    not synced to Stripe, or credits are held (usage Stripe never billed).
+    next invoice. Re-running is safe. Exits 5 when items are left failed, unknown or blocked, customers
+    are not synced to Stripe, differences are held, or charges belong to a plan version the Stripe
+    subscription is not on; the message says which.
     """
     from metering import warehouse
     from metering.stripe.invoice_items import bill_invoice_items
@@ -133,12 +134,18 @@ def invoice_items(month: dt.date, warehouse_path: str | None, rate: float | None
     click.echo(report.summary())
     if report.needs_operator:
         parts = [f"{report.failed} failed and {report.unknown} unknown invoice items need a look (SELECT * FROM "
-                 "stripe_invoice_items WHERE status <> 'acknowledged')"] if report.failed + report.unknown else []
+                 "stripe_invoice_items WHERE status IN ('failed', 'unknown', 'sent'))"] if report.failed + report.unknown else []
         if report.unmapped:
             parts.append(f"{report.unmapped} charge(s) of customers not synced to Stripe: run `metering stripe sync`")
+        if report.blocked:
+            parts.append(f"{report.blocked} item(s) blocked: no live subscription and the period's invoice is final "
+                         "(stripe_invoice_items WHERE status = 'blocked' says how to invoice them by hand)")
         if report.held:
-            parts.append(f"{report.held} credit(s) held: their periods have usage Stripe never billed (late windows "
-                         "in stripe_push_ledger); credit or bill them by hand")
+            parts.append(f"{report.held} difference(s) held: they come to a credit in periods with usage Stripe "
+                         "never billed (late windows in stripe_push_ledger); credit or bill them by hand")
+        if report.other_version:
+            parts.append(f"{report.other_version} usage charge(s) of a plan version the Stripe subscription is not "
+                         "on: Stripe bills that usage at the subscription's price (reconciliation shows the difference)")
         raise ExternalServiceError("; ".join(parts))
 
 

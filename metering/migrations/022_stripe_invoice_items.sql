@@ -4,6 +4,7 @@
 -- before its call. A row's amount is the change it makes: the charge's items sum to its rated amount.
 -- status: pending | sent (call started, outcome not recorded) | acknowledged | failed (Stripe refused:
 --         nothing recorded) | unknown (may have been applied: settled by listing the customer's items)
+--         | blocked (no call made: no live subscription and the period's invoice is final)
 CREATE TABLE IF NOT EXISTS stripe_invoice_items (
     customer_id            VARCHAR NOT NULL,
     period_start           DATE NOT NULL,

@@ -36,7 +36,10 @@ class CurrencyTotals:
     not_in_stripe_minor: int
     engine_items_minor: int          # of which on Stripe's invoices as the engine's invoice items
     engine_items_pending_minor: int  # of which in the engine's items Stripe holds for the next invoice
-    unbilled_minor: int              # of which not billed yet (not_in_stripe - items - pending)
+    # per customer x period, unbilled = not_in_stripe - items - pending; never netted across rows (one
+    # customer's excess item does not bill another's charge):
+    unbilled_minor: int              # of which not billed yet: sum of the positive rows' unbilled
+    credit_due_minor: int            # the engine's items beyond the charges: sum of the negative rows' |unbilled|
     our_invoice_total_minor: int
     stripe_invoice_total_minor: int
     amount_paid_minor: int
@@ -110,8 +113,8 @@ class ReportData:
         for t in self.totals:
             for metric in ("customers", "rows", "clean_rows", "rated_minor", "invoiced_minor", "difference_minor",
                            "not_in_stripe_minor", "engine_items_minor", "engine_items_pending_minor", "unbilled_minor",
-                           "our_invoice_total_minor", "stripe_invoice_total_minor", "amount_paid_minor",
-                           "money_at_risk_minor", "unexplained_minor"):
+                           "credit_due_minor", "our_invoice_total_minor", "stripe_invoice_total_minor",
+                           "amount_paid_minor", "money_at_risk_minor", "unexplained_minor"):
                 rows.append((metric, t.currency, str(getattr(t, metric))))
             rows.append(("match_rate_percent", t.currency, str(t.match_rate)))
         for status, n in self.status_counts().items():
@@ -138,6 +141,10 @@ def _currency_totals(lines: pl.DataFrame, invoices: pl.DataFrame) -> list[Curren
     )
     # what the blocking check counts: usage rows, and invoice differences no usage row carries
     unexplained = unexplained_by_currency(lines, invoices)
+    # per row; rows reconciled before the engine billed invoice items have none: all of it was unbilled
+    unbilled = pl.coalesce("unbilled_minor", pl.col("not_in_stripe_minor").fill_null(0)
+                           - pl.col("engine_items_minor").fill_null(0)
+                           - pl.col("engine_items_pending_minor").fill_null(0))
     inv = invoices.group_by(cur).agg(
         pl.col("our_total_minor").fill_null(0).sum().alias("our_total"),
         pl.col("stripe_total_minor").fill_null(0).sum().alias("stripe_total"),
@@ -146,10 +153,9 @@ def _currency_totals(lines: pl.DataFrame, invoices: pl.DataFrame) -> list[Curren
         pl.col("not_in_stripe_minor").fill_null(0).sum().alias("nx"),
         pl.col("engine_items_minor").fill_null(0).sum().alias("items"),
         pl.col("engine_items_pending_minor").fill_null(0).sum().alias("items_pending"),
-        # rows reconciled before the engine billed invoice items have none: all of it was unbilled
-        pl.coalesce("unbilled_minor", pl.col("not_in_stripe_minor").fill_null(0)
-                    - pl.col("engine_items_minor").fill_null(0) - pl.col("engine_items_pending_minor").fill_null(0))
-        .sum().alias("unbilled"),
+        # not netted: one customer's unbilled charge and another's excess item are two separate amounts
+        unbilled.clip(lower_bound=0).sum().alias("unbilled"),
+        (-unbilled).clip(lower_bound=0).sum().alias("credit_due"),
     )
     both = usage.join(inv, on="currency", how="full", coalesce=True).fill_null(0).sort("currency")
     return [
@@ -158,6 +164,7 @@ def _currency_totals(lines: pl.DataFrame, invoices: pl.DataFrame) -> list[Curren
             rated_minor=int(r["rated"]), invoiced_minor=int(r["invoiced"]), difference_minor=int(r["diff"]),
             not_in_stripe_minor=int(r["nx"]), engine_items_minor=int(r["items"]),
             engine_items_pending_minor=int(r["items_pending"]), unbilled_minor=int(r["unbilled"]),
+            credit_due_minor=int(r["credit_due"]),
             our_invoice_total_minor=int(r["our_total"]), stripe_invoice_total_minor=int(r["stripe_total"]),
             amount_paid_minor=int(r["paid"]), money_at_risk_minor=int(r["risk"]),
             unexplained_minor=unexplained.get(r["currency"], 0), clean_rows=int(r["clean"]),

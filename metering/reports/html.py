@@ -110,6 +110,8 @@ def render_html(data: ReportData) -> str:
             ("of which pending at Stripe for the next invoice", fmt_money(t.engine_items_pending_minor, cur),
              "engine-items-pending"),
             ("of which unbilled", fmt_money(t.unbilled_minor, cur), "unbilled"),
+            # per customer x period, not netted against the unbilled above
+            ("our items beyond it (credit due)", fmt_money(t.credit_due_minor, cur), "credit-due"),
         ]
         out.append(f"<h3>{escape(cur.upper())} — {t.customers} customer(s), {t.rows} customer × meter row(s)</h3>")
         for group in (cards, items_cards):
@@ -122,9 +124,9 @@ def render_html(data: ReportData) -> str:
                        f"no invoice item of the engine carries it. Run <code>metering stripe invoice-items --period "
                        f"{escape(data.period_label)}</code> once the periods are closed; the invoices table lists "
                        f"it per customer.</p>")
-        elif t.unbilled_minor < 0:
-            out.append(f'<p class="bad" id="unbilled-note-{escape(cur)}">The engine\'s invoice items exceed the '
-                       f"charges Stripe cannot price by {escape(fmt_money(-t.unbilled_minor, cur))} (a charge rated "
+        if t.credit_due_minor > 0:
+            out.append(f'<p class="bad" id="credit-due-note-{escape(cur)}">The engine\'s invoice items exceed the '
+                       f"charges Stripe cannot price by {escape(fmt_money(t.credit_due_minor, cur))} (a charge rated "
                        f"lower since it was billed). Run <code>metering stripe invoice-items --period "
                        f"{escape(data.period_label)}</code> to credit it; the invoices table lists it per "
                        f"customer.</p>")

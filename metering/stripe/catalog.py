@@ -40,10 +40,12 @@ from metering.stripe.windows import WINDOW_KINDS, stripe_formula
 log = logging.getLogger(__name__)
 
 def customer_map(con: duckdb.DuckDBPyConnection) -> pl.DataFrame:
-    """Per customer of ours, the latest sync's Stripe customer, subscription and test clock."""
+    """Per customer of ours, the latest sync's Stripe customer, subscription (and the plan version it
+    was created with) and test clock."""
     return warehouse.query_frame(
         con,
-        "SELECT customer_id, stripe_customer_id, subscription_id, test_clock_id FROM stripe_customer_map "
+        "SELECT customer_id, stripe_customer_id, subscription_id, plan, plan_version, test_clock_id "
+        "FROM stripe_customer_map "
         "QUALIFY row_number() OVER (PARTITION BY customer_id ORDER BY synced_at DESC) = 1")
 
 
@@ -400,13 +402,16 @@ def sync_customers(
             report.count("subscription", False)
         if sub is not None and version is not None:
             _report_future_changes(report, customers, rules, cid, version, now.date())
+        # the plan version the subscription carries (its prices), which is not the one in force today
+        # once a later version has started: the sync never switches a subscription's prices
+        subscribed = getattr(sub, "metadata", None) if sub is not None else None
         report.customers.append({
             "customer_id": cid,
             "stripe_customer_id": cus.id,
             "subscription_id": sub.id if sub is not None else None,
             "test_clock_id": _id_of(getattr(cus, "test_clock", None)),
-            "plan": version.plan if version else row["plan"],
-            "plan_version": version.version if version else None,
+            "plan": getattr(subscribed, "plan", None) or (version.plan if version else row["plan"]),
+            "plan_version": getattr(subscribed, "plan_version", None) or (version.version if version else None),
             "billing_anchor_day": anchor_day,
         })
 

@@ -11,8 +11,10 @@ rating), each such charge is billed as invoice items whose amounts sum to its ra
   difference becomes a new revision whose amount is the difference (negative: a credit). A charge
   with a row still in flight gets no new revision until that row is settled. A charge a later sync
   finds Stripe can price keeps what it was billed (Stripe's meters do not bill a closed period).
-  A credit in a period with push windows marked `late` (usage its Stripe invoice never carried) is
-  held for an operator: it is most likely a minimum's true-up shrinking under that unbilled usage.
+  In a period with push windows marked `late` (usage its Stripe invoice never carried), differences
+  that come to a credit are all held for an operator: most likely a minimum's true-up shrinking under
+  that unbilled usage. A usage charge of a plan version the Stripe subscription is not on is not
+  billed (Stripe bills that usage at the subscription's price): counted for an operator.
 - **Look up.** Before any call, every row not yet acknowledged is looked up among the customer's
   invoice items by its `metadata[metering_item]`: found, it is `acknowledged` with the amount Stripe
   holds, and its charge is planned again (a ledger restored from a snapshot does not know the items
@@ -21,8 +23,9 @@ rating), each such charge is billed as invoice items whose amounts sum to its ra
   applied), else it is `failed` and planned again.
 - **Send.** A row is marked `sent` with its Idempotency-Key and committed before its call. It goes
   onto the period's invoice while Stripe keeps it a draft (the hour after the period ends), else it
-  stays pending at Stripe, which puts it on the subscription's next invoice; for a subscription that
-  has ended no invoice would, so the row is `failed` for an operator instead. An invoice finalized
+  stays pending at Stripe, which puts it on the subscription's next invoice; with no live
+  subscription no invoice would, so the row is `blocked` for an operator instead (no call), and
+  re-examined each run against the customer's subscription as mapped then. An invoice finalized
   between the look-up and the call refuses the item (400 `invoice_not_editable`, nothing stored): the
   row is `failed` and re-planned, pending, in the same run. A 400 `idempotency_error` (the key was
   used with other parameters, so something was applied under it) is `unknown`, for the look-up.
@@ -54,7 +57,7 @@ log = logging.getLogger(__name__)
 
 PERIOD_KEY = ["customer_id", "period_start"]
 CHARGE_KEY = [*PERIOD_KEY, "plan", "plan_version", "charge"]
-IN_FLIGHT = ("pending", "sent", "unknown")
+IN_FLIGHT = ("pending", "sent", "unknown", "blocked")
 KEY_MAX_AGE = dt.timedelta(hours=20)  # under Stripe's 24 h idempotency-key retention
 MAX_ROUNDS = 5                        # plan -> look up -> send, again for the charges a round changed
 DEAD_SUBSCRIPTIONS = ("canceled", "incomplete_expired")
@@ -77,13 +80,15 @@ class InvoiceItemsReport:
     failed: int = 0             # rows left failed by this run
     unknown: int = 0            # rows left sent / unknown
     unmapped: int = 0           # charges of customers not synced to Stripe (nothing billed)
-    held: int = 0               # credits held for an operator: their periods have usage Stripe never billed
+    held: int = 0               # differences held for an operator: a credit in a period with usage Stripe never billed
+    other_version: int = 0      # usage charges of a plan version the Stripe subscription is not on (not billed)
+    blocked: int = 0            # rows no invoice can carry (no live subscription, the period's invoice final)
     billed_minor: dict[str, int] = field(default_factory=dict)   # the run's acknowledged amounts
     seconds: float = 0.0
 
     @property
     def needs_operator(self) -> int:
-        return self.failed + self.unknown + self.unmapped + self.held
+        return self.failed + self.unknown + self.unmapped + self.held + self.other_version + self.blocked
 
     def summary(self) -> str:
         money = ", ".join(f"{v} {c}" for c, v in sorted(self.billed_minor.items())) or "nothing"
@@ -91,7 +96,8 @@ class InvoiceItemsReport:
                 f"{self.new_revisions} new revision(s), {self.calls} call(s); {self.acknowledged} acknowledged "
                 f"({self.on_draft_invoice} on the period's draft invoice, {self.pending_next} pending for the next "
                 f"invoice, {self.settled_by_listing} found by listing), billed {money} (minor units); "
-                f"{self.failed} failed, {self.unknown} unknown, {self.unmapped} unmapped, {self.held} credit(s) held")
+                f"{self.failed} failed, {self.unknown} unknown, {self.blocked} blocked, {self.unmapped} unmapped, "
+                f"{self.held} held, {self.other_version} of another plan version")
 
 
 def item_key(customer_id: str, period_start: dt.date, plan: str, plan_version: str, charge: str,
@@ -117,7 +123,7 @@ def closed_targets(con: duckdb.DuckDBPyConnection, billing_month: dt.date) -> pl
             GROUP BY ALL HAVING max(rated_at) >= CAST(max(period_end) AS TIMESTAMPTZ))
         SELECT customer_id, period_start, max(period_end) AS period_end, plan, plan_version, charge,
                any_value(currency) AS currency, CAST(sum(amount_minor) AS BIGINT) AS target_minor,
-               bool_or({NOT_EXPRESSIBLE_PRICE_SQL}) AS not_expressible
+               bool_or({NOT_EXPRESSIBLE_PRICE_SQL}) AS not_expressible, any_value(meter) AS meter
         FROM rated_usage JOIN closed USING (customer_id, period_start)
         GROUP BY customer_id, period_start, plan, plan_version, charge""", [m0, m1])
 
@@ -160,16 +166,18 @@ class InvoiceItemBiller:
         for _ in range(MAX_ROUNDS):
             self._plan(billing_month, report, only)
             found = self._look_up(billing_month, report)
-            refused = self._send(billing_month, report)
+            sent = self._send(billing_month, report)
             # charges to plan again: a row Stripe already held (its amount may differ: a ledger
-            # restored from a snapshot), or one an invoice refused (it left draft: bill it pending)
-            only = pl.concat([found, refused]).unique()
+            # restored from a snapshot), one an invoice refused (it left draft: bill it pending), and
+            # one just billed (a row planned by an earlier, interrupted run under an older rating)
+            only = pl.concat([found, sent]).unique()
             if only.is_empty():
                 break
         left = _ledger(self.con, billing_month)
         latest = left.sort("revision").group_by(CHARGE_KEY).last()
         report.failed = latest.filter(pl.col("status") == "failed").height
         report.unknown = left.filter(pl.col("status").is_in(["sent", "unknown"])).height
+        report.blocked = left.filter(pl.col("status") == "blocked").height
         report.seconds = time.monotonic() - started
         log.info(report.summary())
         return report
@@ -186,6 +194,22 @@ class InvoiceItemBiller:
         priced_now = closed.filter(~pl.col("not_expressible")).select(CHARGE_KEY)
         ledger = ledger.join(priced_now, on=CHARGE_KEY, how="anti")
         report.charges = max(report.charges, targets.height)
+        # A usage charge of a plan version the Stripe subscription is not on (a plan or version change
+        # inside the period: the sync does not switch subscriptions) is billed by Stripe already, at the
+        # subscription's price for that meter: an item would bill the same usage twice.
+        subscribed = customer_map(self.con).select("customer_id", sub_plan="plan", sub_version="plan_version")
+        other_version = (targets.join(subscribed, on="customer_id", how="left")
+                         .filter(pl.col("meter").is_not_null() & pl.col("sub_plan").is_not_null()
+                                 & ((pl.col("plan") != pl.col("sub_plan")) | (pl.col("plan_version") != pl.col("sub_version")))))
+        if other_version.height:
+            report.other_version = max(report.other_version, other_version.height)
+            log.warning("%d charge(s) not billed as items: their plan version is not the Stripe subscription's, "
+                        "whose price bills the same usage (e.g. %s)", other_version.height,
+                        other_version.select(CHARGE_KEY).row(0, named=True))
+            # and what was billed for it stays billed: never credited for this reason
+            targets = targets.join(other_version.select(CHARGE_KEY), on=CHARGE_KEY, how="anti")
+            ledger = ledger.join(other_version.select(CHARGE_KEY), on=CHARGE_KEY, how="anti")
+        targets = targets.drop("meter")
         billed = (ledger.group_by(CHARGE_KEY).agg(
             billed_minor=pl.col("amount_minor").filter(pl.col("status") != "failed").sum(),
             revision=pl.col("revision").max(),
@@ -199,15 +223,19 @@ class InvoiceItemBiller:
         due = merged.filter(~pl.col("in_flight") & (pl.col("target_minor") != pl.col("billed_minor")))
         if only is not None:
             due = due.join(only, on=CHARGE_KEY, how="semi")
-        # A credit in a period with usage Stripe never billed (windows pushed too late for its invoice)
-        # is most likely a minimum's true-up shrinking under that very usage: crediting it would lose
-        # the money twice over. It waits for an operator (a credit note, or billing the late usage).
-        held = (due.filter(pl.col("target_minor") < pl.col("billed_minor"))
-                .join(_periods_with_late_usage(self.con, billing_month), on=PERIOD_KEY, how="semi"))
+        # A period with usage Stripe never billed (windows pushed too late for its invoice) whose
+        # differences come to a credit: most likely a minimum's true-up shrinking under that very usage,
+        # and crediting it would lose the money twice over. All its differences wait for an operator (a
+        # credit note, or billing the late usage); billing only the positive ones would overcharge.
+        late_credit = (due.join(_periods_with_late_usage(self.con, billing_month), on=PERIOD_KEY, how="semi")
+                       .group_by(PERIOD_KEY).agg(net=(pl.col("target_minor") - pl.col("billed_minor")).sum())
+                       .filter(pl.col("net") < 0))
+        held = due.join(late_credit, on=PERIOD_KEY, how="semi")
         if held.height:
-            report.held = max(report.held, held.select(CHARGE_KEY).unique().height)
-            log.warning("%d credit(s) held: their periods have usage Stripe never billed (late windows in "
-                        "stripe_push_ledger), e.g. %s", report.held, held.row(0, named=True))
+            report.held = max(report.held, held.height)
+            log.warning("%d difference(s) held: their periods have usage Stripe never billed (late windows in "
+                        "stripe_push_ledger) and come to a credit, e.g. %s", held.height,
+                        held.select(CHARGE_KEY).row(0, named=True))
             due = due.join(held.select(CHARGE_KEY), on=CHARGE_KEY, how="anti")
         if due.is_empty():
             return
@@ -260,7 +288,7 @@ class InvoiceItemBiller:
                                              if differs else row["last_error"]))
                     report.settled_by_listing += 1
                     found.append({k: row[k] for k in CHARGE_KEY})
-                elif row["status"] == "pending":
+                elif row["status"] in ("pending", "blocked"):
                     continue
                 elif row["first_attempt_at"] is not None and now - row["first_attempt_at"] < KEY_MAX_AGE:
                     self._update(row, "pending", now)
@@ -271,34 +299,44 @@ class InvoiceItemBiller:
 
     # -- send ------------------------------------------------------------------------------------
     def _send(self, billing_month: dt.date, report: InvoiceItemsReport) -> pl.DataFrame:
-        """Send the pending rows; returns the charges whose item an invoice refused (Stripe stored
-        nothing: a definite 4xx aimed at an invoice, which is no longer a draft)."""
-        pending = _ledger(self.con, billing_month).filter(pl.col("status") == "pending")
-        refused = []
+        """Send the pending rows; returns the charges whose item Stripe took, or an invoice refused
+        (Stripe stored nothing: `invoice_not_editable`, the invoice is no longer a draft)."""
+        pending = _ledger(self.con, billing_month).filter(pl.col("status").is_in(["pending", "blocked"]))
+        if not pending.is_empty():  # a blocked row goes to the customer's subscription as mapped now
+            current = customer_map(self.con).select("customer_id", current_subscription="subscription_id")
+            pending = (pending.join(current, on="customer_id", how="left")
+                       .with_columns(subscription_id=pl.when(pl.col("status") == "blocked")
+                                     .then(pl.col("current_subscription")).otherwise(pl.col("subscription_id")))
+                       .drop("current_subscription"))
+        again = []
         if pending.is_empty():
             return pl.DataFrame(schema=pending.select(CHARGE_KEY).schema)
         drafts = self._draft_invoices(pending)
-        dead = self._dead_subscriptions(pending)
+        live = self._live_subscriptions(pending)
         for row in pending.sort(CHARGE_KEY + ["revision"]).iter_rows(named=True):
             now = self._now()
             if row["idempotency_key"] is None:  # first call: choose the destination, fixed with the key
                 target = drafts.get((row["stripe_customer_id"], row["period_start"], row["period_end"]))
-                if target is None and row["subscription_id"] in dead:
-                    # a pending item for an ended subscription would wait for an invoice that never comes
-                    self._update(row, "failed", now, last_error=(
-                        f"subscription {row['subscription_id']} is {dead[row['subscription_id']]} and the period's "
-                        "invoice is no longer a draft: no invoice would carry a pending item; invoice it by hand"))
+                if target is None and row["subscription_id"] not in live:
+                    # a pending item with no live subscription would wait for an invoice that never comes
+                    self._update(row, "blocked", now, subscription_id=row["subscription_id"], last_error=(
+                        f"no live subscription ({row['subscription_id'] or 'none mapped'}) and the period's invoice "
+                        f"is no longer a draft: no invoice would carry a pending item. Invoice it by hand with an "
+                        f"invoice item whose metadata[metering_item] is {row['item_key']!r} (the next run finds it "
+                        f"and records it), or give the customer a subscription (the next run bills it there)"))
                     continue
                 row = {**row, "target_invoice_id": target, "idempotency_key": idempotency_key(row["item_key"], target)}
             self._update(row, "sent", now, idempotency_key=row["idempotency_key"],
-                         target_invoice_id=row["target_invoice_id"],
+                         target_invoice_id=row["target_invoice_id"], subscription_id=row["subscription_id"],
                          first_attempt_at=row["first_attempt_at"] or now, last_attempt_at=now)
             sent = self._call(row)
             report.calls += sent.outcome.attempts
             self._record(row, sent, report)
-            if sent.outcome.status == "failed" and row["target_invoice_id"] and sent.error_code == "invoice_not_editable":
-                refused.append({k: row[k] for k in CHARGE_KEY})
-        return pl.DataFrame(refused, schema=pending.select(CHARGE_KEY).schema)
+            refused = (sent.outcome.status == "failed" and row["target_invoice_id"]
+                       and sent.error_code == "invoice_not_editable")
+            if refused or sent.outcome.status == "acknowledged":
+                again.append({k: row[k] for k in CHARGE_KEY})
+        return pl.DataFrame(again, schema=pending.select(CHARGE_KEY).schema)
 
     def _draft_invoices(self, pending: pl.DataFrame) -> dict[tuple[str, dt.date, dt.date], str]:
         """(Stripe customer, period) -> the id of the period's invoice while Stripe keeps it a draft."""
@@ -313,14 +351,19 @@ class InvoiceItemBiller:
                     out[(customer, start.date(), end.date())] = invoice.id
         return out
 
-    def _dead_subscriptions(self, pending: pl.DataFrame) -> dict[str, str]:
-        """{subscription id: status} of the pending rows' subscriptions that have ended."""
-        out = {}
+    def _live_subscriptions(self, pending: pl.DataFrame) -> set[str]:
+        """The pending rows' subscriptions that have not ended (a deleted one has)."""
+        live = set()
         for sub in pending["subscription_id"].drop_nulls().unique().sort().to_list():
-            status = self.client.v1.subscriptions.retrieve(sub).status
-            if status in DEAD_SUBSCRIPTIONS:
-                out[sub] = status
-        return out
+            try:
+                status = self.client.v1.subscriptions.retrieve(sub).status
+            except stripe.InvalidRequestError as exc:
+                if exc.http_status != 404:
+                    raise
+                continue
+            if status not in DEAD_SUBSCRIPTIONS:
+                live.add(sub)
+        return live
 
     def _call(self, row: dict[str, Any]) -> _Sent:
         def unix(day: dt.date) -> int:

@@ -185,7 +185,7 @@ class Pusher:
         report = PushReport(uuid.uuid4().hex, date_from, date_to, self.config.window_kind)
         kind = self.config.window_kind
         self._check_meter_windows()
-        customers = catalog.customer_map(self.con).drop("subscription_id")
+        customers = catalog.customer_map(self.con).select("customer_id", "stripe_customer_id", "test_clock_id")
         desired = windows.desired_values(self.con, self.meters, date_from, date_to, kind)
         report.windows_considered = desired.height
         desired, report.unmapped = self._attach_destinations(desired, customers)

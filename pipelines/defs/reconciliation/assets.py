@@ -184,6 +184,8 @@ def reconcile_and_report(
             meta[f"{t.currency}/money_at_risk_minor"] = t.money_at_risk_minor
             # charges Stripe cannot price that no invoice item bills yet: shown, not part of the check
             meta[f"{t.currency}/unbilled_minor"] = t.unbilled_minor
+            # the engine's items beyond those charges (a credit is due), per customer x period, not netted
+            meta[f"{t.currency}/credit_due_minor"] = t.credit_due_minor
         yield dg.MaterializeResult(asset_key="finance_report", metadata=meta)
 
 

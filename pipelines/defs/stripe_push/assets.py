@@ -96,8 +96,8 @@ def stripe_usage_pushes(context: dg.AssetExecutionContext, warehouse: WarehouseR
     group_name=GROUP, kinds=KINDS, pool=WAREHOUSE_POOL, partitions_def=monthly_billing,
     deps=[dg.AssetKey("rated_usage"), stripe_catalog],
     check_specs=[dg.AssetCheckSpec("invoice_items_settled", asset="stripe_invoice_items",
-                                   description="No invoice item of the month is left failed, sent or unknown, "
-                                               "unmapped or held.")],
+                                   description="No invoice item of the month is left failed, sent, unknown or "
+                                               "blocked, and none is unmapped, held or of another plan version.")],
 )
 def stripe_invoice_items(context: dg.AssetExecutionContext, warehouse: WarehouseResource, stripe: StripeResource):
     """One ledger row per customer x closed billing period x charge Stripe cannot price x revision
@@ -115,15 +115,16 @@ def stripe_invoice_items(context: dg.AssetExecutionContext, warehouse: Warehouse
         "charges": report.charges, "new_revisions": report.new_revisions, "calls": report.calls,
         "acknowledged": report.acknowledged, "on_draft_invoice": report.on_draft_invoice,
         "pending_next_invoice": report.pending_next, "settled_by_listing": report.settled_by_listing,
-        "failed": report.failed, "unknown": report.unknown, "unmapped": report.unmapped, "held": report.held,
+        "failed": report.failed, "unknown": report.unknown, "blocked": report.blocked, "unmapped": report.unmapped,
+        "held": report.held, "other_version": report.other_version,
         "billed_minor": dg.MetadataValue.json(report.billed_minor), "seconds": round(report.seconds, 3),
     })
     yield dg.AssetCheckResult(
         check_name="invoice_items_settled", passed=report.needs_operator == 0, severity=dg.AssetCheckSeverity.WARN,
-        metadata={"failed": report.failed, "unknown": report.unknown, "unmapped": report.unmapped,
-                  "held": report.held,
-                  "hint": "failed / unknown: re-run the partition (stripe_invoice_items WHERE status <> "
-                          "'acknowledged'); unmapped: stripe_catalog; held: credits for periods with late usage"})
+        metadata={"failed": report.failed, "unknown": report.unknown, "blocked": report.blocked,
+                  "unmapped": report.unmapped, "held": report.held, "other_version": report.other_version,
+                  "hint": "failed / unknown: re-run the partition; blocked: see stripe_invoice_items.last_error; "
+                          "unmapped: stripe_catalog; held, other_version: docs/stripe-push.md"})
 
 
 STRIPE_PUSH_ASSETS = [stripe_catalog, stripe_usage_pushes, stripe_invoice_items]

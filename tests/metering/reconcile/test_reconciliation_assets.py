@@ -61,6 +61,8 @@ def test_report_written_when_within_threshold(isolated_env):
     assert mats["finance_report"].metadata["usd/money_at_risk_minor"].value == 125
     # cus_a's dimension-filtered tokens charge (50), which Stripe cannot price, has no invoice item yet
     assert mats["finance_report"].metadata["usd/unbilled_minor"].value == 50
+    # and no item of ours beyond its charges: no credit due
+    assert mats["finance_report"].metadata["usd/credit_due_minor"].value == 0
     assert (isolated_env / "reports" / "2026-10" / "report.html").exists()
     # the report states the run's threshold and the check's verdict (it used the environment's: 0, FAILED)
     summary = (isolated_env / "reports" / "2026-10" / "summary.csv").read_text()

@@ -222,4 +222,37 @@ def test_no_red_paragraph_when_every_charge_stripe_cannot_price_is_billed(reconc
     usd = files.data.totals[1]
     assert (usd.not_in_stripe_minor, usd.engine_items_minor, usd.engine_items_pending_minor, usd.unbilled_minor) == (
         5500, 4000, 1500, 0)
-    assert "unbilled-note-" not in files.html.read_text()
+    assert usd.credit_due_minor == 0
+    assert "unbilled-note-" not in files.html.read_text() and "credit-due-note-" not in files.html.read_text()
+
+
+def test_unbilled_and_credit_due_are_not_netted_across_customers(reconciled_warehouse, tmp_path):
+    """The auditor's case: one customer's minimum never billed (+4000, cus_b here), another's items 4000
+    beyond its charges (-4000: re-rated lower since billed, cus_d here), cus_a's 50 unbilled. Summed with
+    signs that is 0.50 USD unbilled; in truth 40.50 USD is unbilled and, separately, 40.00 USD of credit
+    is due: two cards, two red paragraphs."""
+    with warehouse.open_warehouse(reconciled_warehouse) as con:
+        _items(con, "cus_a", 50, 0, 0)
+        _items(con, "cus_b", 4000, 0, 0)
+        _items(con, "cus_d", 4000, 8000, 0)
+        files = write_report(con, MONTH, tmp_path / "out", generated_at=NOW)
+    usd = files.data.totals[1]
+    assert (usd.currency, usd.not_in_stripe_minor, usd.engine_items_minor, usd.unbilled_minor,
+            usd.credit_due_minor) == ("usd", 8050, 8000, 4050, 4000)
+    book = openpyxl.load_workbook(files.xlsx, read_only=True)
+    summary = {(m, c): v for m, c, v in list(book["summary"].iter_rows(values_only=True))[1:]}
+    assert {m: (summary[(m, "usd")], summary[(m, "jpy")]) for m in ("unbilled_minor", "credit_due_minor")} == {
+        "unbilled_minor": (4050, 0), "credit_due_minor": (4000, 0)}
+    with open(files.folder / "summary.csv", newline="") as fh:
+        assert ["credit_due_minor", "usd", "4000"] in list(csv.reader(fh))
+    html = files.html.read_text()
+    cards = dict(re.findall(r'<div class="card" id="([a-z-]+-usd)"><div class="k">([^<]*)</div>', html))
+    assert cards["credit-due-usd"] == "our items beyond it (credit due)"
+    values = dict(re.findall(r'<div class="card" id="([a-z-]+-usd)"><div class="k">[^<]*</div>'
+                             r'<div class="v">([^<]*)<', html))
+    assert (values["unbilled-usd"], values["credit-due-usd"]) == ("40.50 USD", "40.00 USD")
+    notes = re.findall(r'<p class="bad" id="(unbilled|credit-due)-note-(\w+)">(.*?)</p>', html)
+    assert [(kind, cur) for kind, cur, _ in notes] == [("unbilled", "usd"), ("credit-due", "usd")]
+    assert notes[0][2].startswith("40.50 USD of the charges Stripe cannot price")
+    assert "exceed the charges Stripe cannot price by 40.00 USD" in notes[1][2]
+    assert "<code>metering stripe invoice-items --period 2026-10</code> to credit it" in notes[1][2]

@@ -20,7 +20,7 @@ from hypothesis import strategies as st
 from metering import warehouse
 from metering.cli import cli
 from metering.errors import EXIT_EXTERNAL, EXIT_USAGE
-from metering.stripe.invoice_items import InvoiceItemBiller, idempotency_key, item_key
+from metering.stripe.invoice_items import InvoiceItemBiller, InvoiceItemsReport, idempotency_key, item_key
 from push_world import FAST_RETRY, OCT1, SEP1, SEPTEMBER, customer_on_clock, rate_by_hand as rate
 
 NOV1 = dt.datetime(2026, 11, 1, tzinfo=dt.UTC)
@@ -262,9 +262,13 @@ def test_a_ledger_restored_from_a_snapshot_does_not_bill_twice(tmp_path: Path, r
         assert "Stripe held this item with 5100, the ledger 6000" in ledger(con)["last_error"][0]
 
 
-def test_an_ended_subscriptions_charge_is_left_for_an_operator_not_pending(tmp_path: Path, rules_dir: Path) -> None:
-    """A pending item for a canceled subscription would wait for an invoice that never comes, while
-    the ledger said billed (audit). Nothing is created; the row is failed, and the run needs an operator."""
+def test_an_ended_subscriptions_charge_is_blocked_for_an_operator_then_found_when_invoiced_by_hand(
+        tmp_path: Path, rules_dir: Path) -> None:
+    """A pending item for a canceled subscription would wait for an invoice that never comes, while the
+    ledger said billed (first audit). The row is `blocked` (no call), also once a sync has dropped the
+    ended subscription from the map (second audit: it went pending with no subscription); the run needs an
+    operator. The operator invoices it by hand with the row's key in the item's metadata: the next run
+    finds it and records it, and nothing is billed twice (second audit: a re-plan billed it again)."""
     with customer_on_clock(tmp_path, rules_dir, CSV, start=SEP1) as (sb, con, client, clock, rules, report):
         cus, sub = report.customers[0]["stripe_customer_id"], report.customers[0]["subscription_id"]
         client.v1.subscriptions.update(sub, {"cancel_at_period_end": True})
@@ -272,9 +276,41 @@ def test_an_ended_subscriptions_charge_is_left_for_an_operator_not_pending(tmp_p
         assert client.v1.subscriptions.retrieve(sub).status == "canceled"
         rate(con, {"minimum spend": 5100}, rated_at=OCT1 + dt.timedelta(hours=1, minutes=30))
         run = biller(con, client).run(SEPTEMBER)
-        assert (run.failed, run.acknowledged, run.calls) == (1, 0, 0) and run.needs_operator == 1
+        assert (run.blocked, run.acknowledged, run.calls, run.needs_operator) == (1, 0, 0, 1)
         assert items_at_stripe(client, cus) == []
-        assert "is canceled" in ledger(con)["last_error"][0]
+        [row] = ledger(con).rows(named=True)
+        assert row["status"] == "blocked" and "no live subscription" in row["last_error"]
+
+        con.execute("UPDATE stripe_customer_map SET subscription_id = NULL")   # a later sync skips the ended one
+        again = biller(con, client).run(SEPTEMBER)
+        assert (again.blocked, again.calls, again.new_revisions) == (1, 0, 0) and items_at_stripe(client, cus) == []
+
+        client.v1.invoice_items.create({"customer": cus, "amount": 5100, "currency": "usd",
+                                        "metadata": {"metering_item": row["item_key"]}})   # by hand
+        found = biller(con, client).run(SEPTEMBER)
+        assert (found.settled_by_listing, found.needs_operator, found.calls) == (1, 0, 0)
+        assert [a for a, _, _ in items_at_stripe(client, cus)] == [5100]
+        assert ledger(con)[["status", "resolved_by"]].rows() == [("acknowledged", "listing")]
+
+
+def test_a_usage_charge_of_a_version_the_subscription_is_not_on_is_not_billed_twice(
+        tmp_path: Path, rules_dir: Path) -> None:
+    """Second audit: pro's 2026-10 version (from Oct 15) prices API calls per region, which Stripe
+    cannot; the Stripe subscription stays on 2026-01, whose API-calls price bills all of October's calls.
+    Billing 'api calls us' as an item too billed the same calls twice. Such a usage charge is counted
+    and left to an operator; the period's minimum (no meter: Stripe prices it under no version) is billed."""
+    with customer_on_clock(tmp_path, rules_dir, CSV, start=SEP1) as (sb, con, client, clock, rules, report):
+        cus = report.customers[0]["stripe_customer_id"]
+        con.execute("UPDATE stripe_customer_map SET plan = 'pro', plan_version = '2026-01'")
+        rate(con, {"minimum spend": 1500}, rated_at=OCT1 + dt.timedelta(minutes=10))
+        con.execute("UPDATE rated_usage SET plan_version = '2026-10'")
+        con.execute("INSERT INTO rated_usage SELECT * REPLACE ('api calls us' AS charge, 'api_calls' AS meter, "
+                    "2500 AS amount_minor, 25.00 AS amount) FROM rated_usage")
+        con.execute("INSERT INTO stripe_catalog_findings (finding, kind, our_key, synced_at) VALUES "
+                    "('not_expressible', 'price', 'pro|2026-10|api calls us', now())")
+        run = biller(con, client).run(SEPTEMBER)
+        assert (run.other_version, run.acknowledged, run.needs_operator) == (1, 1, 1)
+        assert [a for a, _, _ in items_at_stripe(client, cus)] == [1500]
 
 
 def test_a_charge_stripe_can_price_since_is_not_credited(tmp_path: Path, rules_dir: Path) -> None:
@@ -334,3 +370,36 @@ def test_the_command_names_unmapped_customers_and_held_credits(tmp_path: Path, r
         assert result.exit_code == EXIT_EXTERNAL
         assert "1 charge(s) of customers not synced to Stripe: run `metering stripe sync`" in result.output
         assert "failed" not in result.output.split("error:")[-1]
+
+
+def test_differences_that_net_to_no_credit_go_through_in_a_period_with_late_usage(
+        tmp_path: Path, rules_dir: Path) -> None:
+    """Second audit: late token usage lifts 'tokens large' (billed by the engine) by 20.00 and lowers the
+    true-up by as much. Holding the credit alone billed +20.00 (11000 for 9000 rated); the period's
+    differences net to nothing, so both go through."""
+    with customer_on_clock(tmp_path, rules_dir, CSV, start=SEP1) as (sb, con, client, clock, rules, report):
+        cus = report.customers[0]["stripe_customer_id"]
+        sb.advance_clock(clock.id, int((OCT1 + dt.timedelta(minutes=15)).timestamp()))
+        rate(con, {"tokens large": 1000, "minimum spend": 8000}, rated_at=OCT1 + dt.timedelta(minutes=10))
+        biller(con, client).run(SEPTEMBER)
+        _late_window(con, "acme", dt.date(2026, 9, 29))
+        rate(con, {"tokens large": 3000, "minimum spend": 6000}, rated_at=OCT1 + dt.timedelta(days=2))
+        run = biller(con, client).run(SEPTEMBER)
+        assert (run.held, run.new_revisions, run.billed_minor) == (0, 2, {"usd": 0})
+        assert sum(a for a, _, _ in items_at_stripe(client, cus)) == 9000
+
+
+def test_a_row_planned_under_an_older_rating_is_topped_up_in_the_same_run(tmp_path: Path, rules_dir: Path) -> None:
+    """Found by the SIGKILL test: a run killed after planning left a pending row of 5000; the period was
+    re-rated to 3000 before the next run, which sent that row and stopped, leaving Stripe 2000 over
+    until a later run. The run now plans again the charges it billed: 5000, then -2000, in one run."""
+    with customer_on_clock(tmp_path, rules_dir, CSV, start=SEP1) as (sb, con, client, clock, rules, report):
+        cus = report.customers[0]["stripe_customer_id"]
+        sb.advance_clock(clock.id, int((OCT1 + dt.timedelta(minutes=15)).timestamp()))
+        rate(con, {"minimum spend": 5000}, rated_at=OCT1 + dt.timedelta(minutes=10))
+        interrupted = biller(con, client)
+        interrupted._plan(SEPTEMBER, InvoiceItemsReport(SEPTEMBER))         # killed here, before any call
+        rate(con, {"minimum spend": 3000}, rated_at=OCT1 + dt.timedelta(minutes=11))
+        run = biller(con, client).run(SEPTEMBER)
+        assert (run.acknowledged, run.needs_operator) == (2, 0)
+        assert sorted(a for a, _, _ in items_at_stripe(client, cus)) == [-2000, 5000]

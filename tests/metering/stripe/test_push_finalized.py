@@ -12,6 +12,8 @@ from typing import Any
 import polars as pl
 
 from push_world import CSV_ON_CLOCK as CSV, FAST_RETRY, World, customer_on_clock, day_start
+from metering.customers import load_customers
+from metering.stripe import catalog
 from metering.stripe.push import PushConfig, Pusher
 
 OCT10 = dt.date(2026, 10, 10)
@@ -161,3 +163,18 @@ def test_a_push_sends_only_windows_that_passed_its_guards(tmp_path: Path, rules_
         assert len(world.meter_event_requests()) == requests_before
         month = (dt.datetime(2026, 10, 1, tzinfo=dt.timezone.utc), dt.datetime(2026, 11, 1, tzinfo=dt.timezone.utc))
         assert world.stripe_total("acme", "tokens", *month) == Decimal(20)
+
+
+def test_the_customer_map_keeps_the_plan_version_the_subscription_carries(tmp_path: Path, rules_dir: Path) -> None:
+    """The map's plan version is the subscription's (its prices), not the one in force at a later sync:
+    a re-sync after pro's 2026-10 version started recorded 2026-10 for a subscription on 2026-01 prices,
+    and invoice items then took the 2026-01 usage charges for another version's and credited them."""
+    pro = CSV.replace("acme,Acme,billing@acme.test,usd,,starter", "acme,Acme,billing@acme.test,usd,,pro")
+    sep1 = dt.datetime(2026, 9, 1, tzinfo=dt.timezone.utc)
+    with customer_on_clock(tmp_path, rules_dir, pro, start=sep1) as (sb, con, client, clock, rules, report):
+        assert report.customers[0]["plan_version"] == "2026-01"
+        sb.advance_clock(clock.id, int(dt.datetime(2026, 11, 2, tzinfo=dt.timezone.utc).timestamp()))
+        customers = load_customers(tmp_path / "c.csv", rules)
+        again = catalog.sync_catalog(con, client, rules, customers, create_customers=False, test_clock=clock.id)
+        assert again.customers[0]["plan_version"] == "2026-01"
+        assert con.execute("SELECT plan, plan_version FROM stripe_customer_map").fetchall() == [("pro", "2026-01")]
