@@ -390,7 +390,8 @@ def reconcile_invoices(
         pl.when(items_pending != 0).then(pl.format(
             "{} in our invoice items pending at Stripe for the next invoice", items_pending)),
         pl.when(unbilled > 0).then(pl.format(
-            "{} unbilled: in no invoice item of ours, {} once the period is closed", unbilled, pl.lit(run_items)))
+            "{} unbilled: in no invoice item of ours, {} once the period is closed (it names what it cannot "
+            "bill: blocked, held, of another plan version)", unbilled, pl.lit(run_items)))
         .when(unbilled < 0).then(pl.format(
             "{} unbilled: our invoice items exceed it by {}, {} to credit it", unbilled, -unbilled, pl.lit(run_items))),
     ], separator="; ", ignore_nulls=True)

@@ -122,8 +122,8 @@ def render_html(data: ReportData) -> str:
             out.append(f'<p class="bad" id="unbilled-note-{escape(cur)}">{escape(fmt_money(t.unbilled_minor, cur))} of '
                        f"the charges Stripe cannot price (minimums, charges filtered by a dimension) is not billed: "
                        f"no invoice item of the engine carries it. Run <code>metering stripe invoice-items --period "
-                       f"{escape(data.period_label)}</code> once the periods are closed; the invoices table lists "
-                       f"it per customer.</p>")
+                       f"{escape(data.period_label)}</code> once the periods are closed: what it cannot bill it "
+                       f"names (blocked, held, of another plan version); the invoices table lists it per customer.</p>")
         if t.credit_due_minor > 0:
             out.append(f'<p class="bad" id="credit-due-note-{escape(cur)}">The engine\'s invoice items exceed the '
                        f"charges Stripe cannot price by {escape(fmt_money(t.credit_due_minor, cur))} (a charge rated "

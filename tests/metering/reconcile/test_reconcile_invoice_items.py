@@ -127,7 +127,8 @@ def test_no_item_yet_is_unbilled_named_in_the_reason_and_does_not_block(isolated
     assert tuple(m[c] for c in ITEM_COLUMNS) == (10000, 4000, 0, 0, 4000, 6000, 0, "matched")
     assert m["reason"].startswith(
         "our total 10000 of which 4000 not priceable in Stripe (4000 unbilled: in no invoice item of ours, "
-        "run `metering stripe invoice-items --period 2026-10` once the period is closed) vs Stripe 6000 usd (diff 0,")
+        "run `metering stripe invoice-items --period 2026-10` once the period is closed (it names what it cannot "
+        "bill: blocked, held, of another plan version)) vs Stripe 6000 usd (diff 0,")
     assert result.unexplained_minor() == {"usd": 125} and result.check_passed()
 
 
