@@ -347,8 +347,10 @@ def sync_customers(
         if ours and ours not in found_customers:
             found_customers[ours] = cus
     existing_subs: dict[str, Any] = {}
+    ended: dict[str, int] = {}   # per Stripe customer, subscriptions that have ended
     for sub in client.v1.subscriptions.list({"limit": 100, "status": "all"}).auto_paging_iter():
         if sub.status in ("canceled", "incomplete_expired"):
+            ended[sub.customer] = ended.get(sub.customer, 0) + 1
             continue
         existing_subs.setdefault(sub.customer, sub)
     assignments = _current_assignments(customers, now.date())
@@ -395,23 +397,27 @@ def sync_customers(
                 sub_params["billing_cycle_anchor_config"] = {"day_of_month": anchor_day}
             elif (anchor := billing_cycle_anchor(now, anchor_day)) is not None:
                 sub_params["billing_cycle_anchor"] = anchor
+            # a customer whose subscription ended gets a new one: another request, so another key
             sub = client.v1.subscriptions.create(
-                sub_params, {"idempotency_key": f"metering-catalog:subscription:{cus.id}"})
+                sub_params, {"idempotency_key": f"metering-catalog:subscription:{cus.id}:{ended.get(cus.id, 0)}"})
             report.count("subscription", True)
         elif sub is not None:
             report.count("subscription", False)
         if sub is not None and version is not None:
             _report_future_changes(report, customers, rules, cid, version, now.date())
         # the plan version the subscription carries (its prices), which is not the one in force today
-        # once a later version has started: the sync never switches a subscription's prices
+        # once a later version has started: the sync never switches a subscription's prices. A
+        # subscription without our metadata (not created by this sync) has an unknown one: NULL
         subscribed = getattr(sub, "metadata", None) if sub is not None else None
         report.customers.append({
             "customer_id": cid,
             "stripe_customer_id": cus.id,
             "subscription_id": sub.id if sub is not None else None,
             "test_clock_id": _id_of(getattr(cus, "test_clock", None)),
-            "plan": getattr(subscribed, "plan", None) or (version.plan if version else row["plan"]),
-            "plan_version": getattr(subscribed, "plan_version", None) or (version.version if version else None),
+            "plan": (getattr(subscribed, "plan", None) if sub is not None
+                     else (version.plan if version else row["plan"])),
+            "plan_version": (getattr(subscribed, "plan_version", None) if sub is not None
+                             else (version.version if version else None)),
             "billing_anchor_day": anchor_day,
         })
 

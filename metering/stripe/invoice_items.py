@@ -107,9 +107,10 @@ def item_key(customer_id: str, period_start: dt.date, plan: str, plan_version: s
     return text if len(text) <= _ITEM_KEY_MAX else "h-" + hashlib.sha256(text.encode()).hexdigest()
 
 
-def idempotency_key(key: str, invoice_id: str | None) -> str:
-    """One key per row and destination: the same row sent to another invoice is another request."""
-    return f"{_KEY_PREFIX}{key}@{invoice_id or 'pending'}"
+def idempotency_key(key: str, destination: str | None) -> str:
+    """One key per row and destination (the invoice, or the subscription a pending item waits for):
+    the same row sent elsewhere is another request."""
+    return f"{_KEY_PREFIX}{key}@{destination or 'pending'}"
 
 
 def closed_targets(con: duckdb.DuckDBPyConnection, billing_month: dt.date) -> pl.DataFrame:
@@ -163,6 +164,7 @@ class InvoiceItemBiller:
         started = time.monotonic()
         report = InvoiceItemsReport(billing_month)
         only: pl.DataFrame | None = None
+        still_changing = 0
         for _ in range(MAX_ROUNDS):
             self._plan(billing_month, report, only)
             found = self._look_up(billing_month, report)
@@ -173,10 +175,13 @@ class InvoiceItemBiller:
             only = pl.concat([found, sent]).unique()
             if only.is_empty():
                 break
+        else:
+            still_changing = only.height
+            log.warning("%d charge(s) still changing after %d rounds: the next run continues", still_changing, MAX_ROUNDS)
         left = _ledger(self.con, billing_month)
         latest = left.sort("revision").group_by(CHARGE_KEY).last()
         report.failed = latest.filter(pl.col("status") == "failed").height
-        report.unknown = left.filter(pl.col("status").is_in(["sent", "unknown"])).height
+        report.unknown = left.filter(pl.col("status").is_in(["sent", "unknown"])).height + still_changing
         report.blocked = left.filter(pl.col("status") == "blocked").height
         report.seconds = time.monotonic() - started
         log.info(report.summary())
@@ -198,9 +203,11 @@ class InvoiceItemBiller:
         # inside the period: the sync does not switch subscriptions) is billed by Stripe already, at the
         # subscription's price for that meter: an item would bill the same usage twice.
         subscribed = customer_map(self.con).select("customer_id", sub_plan="plan", sub_version="plan_version")
-        other_version = (targets.join(subscribed, on="customer_id", how="left")
-                         .filter(pl.col("meter").is_not_null() & pl.col("sub_plan").is_not_null()
-                                 & ((pl.col("plan") != pl.col("sub_plan")) | (pl.col("plan_version") != pl.col("sub_version")))))
+        # (a subscription whose version is unknown, not created by our sync, may price the meter too)
+        other_version = (targets.join(subscribed, on="customer_id", how="inner")
+                         .filter(pl.col("meter").is_not_null()
+                                 & ((pl.col("plan") != pl.col("sub_plan")).fill_null(True)
+                                    | (pl.col("plan_version") != pl.col("sub_version")).fill_null(True))))
         if other_version.height:
             report.other_version = max(report.other_version, other_version.height)
             log.warning("%d charge(s) not billed as items: their plan version is not the Stripe subscription's, "
@@ -221,8 +228,6 @@ class InvoiceItemBiller:
                                 period_end=pl.coalesce("period_end", "period_end_ledger"),
                                 currency=pl.coalesce("currency", "currency_ledger")))
         due = merged.filter(~pl.col("in_flight") & (pl.col("target_minor") != pl.col("billed_minor")))
-        if only is not None:
-            due = due.join(only, on=CHARGE_KEY, how="semi")
         # A period with usage Stripe never billed (windows pushed too late for its invoice) whose
         # differences come to a credit: most likely a minimum's true-up shrinking under that very usage,
         # and crediting it would lose the money twice over. All its differences wait for an operator (a
@@ -237,6 +242,8 @@ class InvoiceItemBiller:
                         "stripe_push_ledger) and come to a credit, e.g. %s", held.height,
                         held.select(CHARGE_KEY).row(0, named=True))
             due = due.join(held.select(CHARGE_KEY), on=CHARGE_KEY, how="anti")
+        if only is not None:  # after the hold, which must weigh the whole period's differences
+            due = due.join(only, on=CHARGE_KEY, how="semi")
         if due.is_empty():
             return
         customers = customer_map(self.con).select("customer_id", "stripe_customer_id", "subscription_id")
@@ -317,15 +324,18 @@ class InvoiceItemBiller:
             now = self._now()
             if row["idempotency_key"] is None:  # first call: choose the destination, fixed with the key
                 target = drafts.get((row["stripe_customer_id"], row["period_start"], row["period_end"]))
-                if target is None and row["subscription_id"] not in live:
-                    # a pending item with no live subscription would wait for an invoice that never comes
-                    self._update(row, "blocked", now, subscription_id=row["subscription_id"], last_error=(
-                        f"no live subscription ({row['subscription_id'] or 'none mapped'}) and the period's invoice "
-                        f"is no longer a draft: no invoice would carry a pending item. Invoice it by hand with an "
-                        f"invoice item whose metadata[metering_item] is {row['item_key']!r} (the next run finds it "
-                        f"and records it), or give the customer a subscription (the next run bills it there)"))
-                    continue
-                row = {**row, "target_invoice_id": target, "idempotency_key": idempotency_key(row["item_key"], target)}
+                row = {**row, "target_invoice_id": target,
+                       "idempotency_key": idempotency_key(row["item_key"], target or row["subscription_id"])}
+            if row["target_invoice_id"] is None and row["subscription_id"] not in live:
+                # a pending item with no live subscription would wait for an invoice that never comes. The
+                # look-up just ran, so nothing was applied under the row's key: it may choose another later
+                self._update(row, "blocked", now, subscription_id=row["subscription_id"], idempotency_key=None,
+                             target_invoice_id=None, last_error=(
+                    f"no live subscription ({row['subscription_id'] or 'none mapped'}) and the period's invoice "
+                    f"is no longer a draft: no invoice would carry a pending item. Invoice it by hand with an "
+                    f"invoice item whose metadata[metering_item] is {row['item_key']!r} (the next run finds it "
+                    f"and records it), or give the customer a subscription (the next run bills it there)"))
+                continue
             self._update(row, "sent", now, idempotency_key=row["idempotency_key"],
                          target_invoice_id=row["target_invoice_id"], subscription_id=row["subscription_id"],
                          first_attempt_at=row["first_attempt_at"] or now, last_attempt_at=now)

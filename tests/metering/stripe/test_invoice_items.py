@@ -403,3 +403,81 @@ def test_a_row_planned_under_an_older_rating_is_topped_up_in_the_same_run(tmp_pa
         run = biller(con, client).run(SEPTEMBER)
         assert (run.acknowledged, run.needs_operator) == (2, 0)
         assert sorted(a for a, _, _ in items_at_stripe(client, cus)) == [-2000, 5000]
+
+
+NOW = dt.datetime(2026, 11, 26, tzinfo=dt.UTC)
+
+
+def test_the_hold_weighs_the_whole_periods_differences(tmp_path: Path, rules_dir: Path) -> None:
+    """Third audit: a stale +500 (planned by a killed run) is sent; the second round saw only the
+    tokens charge (+500 more, net positive) and billed it, although the period's differences came to a
+    credit (-1500): 10000 on Stripe for 8000 rated. The hold now weighs the whole period every round."""
+    with customer_on_clock(tmp_path, rules_dir, CSV, start=SEP1) as (sb, con, client, clock, rules, report):
+        cus = report.customers[0]["stripe_customer_id"]
+        sb.advance_clock(clock.id, int((OCT1 + dt.timedelta(minutes=15)).timestamp()))
+        rate(con, {"tokens large": 1000, "minimum spend": 8000}, rated_at=OCT1 + dt.timedelta(minutes=10))
+        biller(con, client).run(SEPTEMBER)
+        rate(con, {"tokens large": 1500, "minimum spend": 8000}, rated_at=OCT1 + dt.timedelta(days=1))
+        biller(con, client)._plan(SEPTEMBER, InvoiceItemsReport(SEPTEMBER))   # killed: +500 left pending
+        _late_window(con, "acme", dt.date(2026, 9, 29))
+        rate(con, {"tokens large": 2000, "minimum spend": 6000}, rated_at=OCT1 + dt.timedelta(days=2))
+        run = biller(con, client).run(SEPTEMBER)
+        assert sorted(a for a, _, _ in items_at_stripe(client, cus)) == [500, 1000, 8000]
+        assert run.held == 2 and run.needs_operator >= 2
+
+
+def test_a_resend_to_a_subscription_canceled_meanwhile_is_blocked(tmp_path: Path, rules_dir: Path) -> None:
+    """Third audit: a row left unknown (every call dropped) was resent under its key, pending for the
+    subscription, after that subscription was canceled: acknowledged, on no invoice ever, run clean."""
+    with customer_on_clock(tmp_path, rules_dir, CSV, start=SEP1) as (sb, con, client, clock, rules, report):
+        cus, sub = report.customers[0]["stripe_customer_id"], report.customers[0]["subscription_id"]
+        sb.advance_clock(clock.id, int((OCT1 + dt.timedelta(hours=2)).timestamp()))   # invoice final, sub live
+        rate(con, {"minimum spend": 5000}, rated_at=OCT1 + dt.timedelta(hours=1))
+        sb.inject_fault("drop", path="/v1/invoiceitems", method="POST", count=50)
+        assert biller(con, client).run(SEPTEMBER).unknown == 1
+        sb.clear_faults()
+        client.v1.subscriptions.cancel(sub)
+        run = biller(con, client, now=NOW + dt.timedelta(hours=1)).run(SEPTEMBER)
+        assert (run.blocked, run.acknowledged, run.needs_operator) == (1, 0, 1)
+        assert items_at_stripe(client, cus) == []
+        assert ledger(con).select("status", "idempotency_key").rows() == [("blocked", None)]
+
+
+def test_a_subscription_of_unknown_version_keeps_usage_charges_for_an_operator(tmp_path: Path, rules_dir: Path) -> None:
+    """Third audit: a subscription without our metadata (not created by our sync) was mapped to the
+    version in force at a later sync (2026-10), so pro 2026-10's per-region API calls were billed as
+    items on top of the subscription's own API-calls price. Its version is now unknown (NULL): usage
+    charges wait for an operator, the minimum is billed."""
+    from metering.customers import load_customers
+    from metering.stripe import catalog
+
+    with customer_on_clock(tmp_path, rules_dir, CSV, start=SEP1) as (sb, con, client, clock, rules, report):
+        cus, sub = report.customers[0]["stripe_customer_id"], report.customers[0]["subscription_id"]
+        client.v1.subscriptions.update(sub, {"metadata": {"plan": "", "plan_version": ""}})
+        sb.advance_clock(clock.id, int(dt.datetime(2026, 10, 20, tzinfo=dt.UTC).timestamp()))
+        catalog.sync_catalog(con, client, rules, load_customers(tmp_path / "c.csv", rules), test_clock=clock.id)
+        assert catalog.customer_map(con).select("subscription_id", "plan_version").rows() == [(sub, None)]
+        rate(con, {"minimum spend": 1500}, rated_at=OCT1 + dt.timedelta(minutes=10))
+        con.execute("UPDATE rated_usage SET plan_version = '2026-10'")
+        con.execute("INSERT INTO rated_usage SELECT * REPLACE ('api calls us' AS charge, 'api_calls' AS meter, "
+                    "2500 AS amount_minor, 25.00 AS amount) FROM rated_usage")
+        run = biller(con, client).run(SEPTEMBER)
+        assert (run.other_version, run.acknowledged) == (1, 1)
+        assert [a for a, _, _ in items_at_stripe(client, cus)] == [1500]
+
+
+def test_a_customer_whose_subscription_ended_gets_a_new_one_from_the_sync(tmp_path: Path, rules_dir: Path) -> None:
+    """Third audit: the blocked row's advice is to give the customer a subscription, which the sync
+    does; it failed with an IdempotencyError (its key was one per Stripe customer)."""
+    from metering.customers import load_customers
+    from metering.stripe import catalog
+
+    with customer_on_clock(tmp_path, rules_dir, CSV, start=SEP1) as (sb, con, client, clock, rules, report):
+        sub = report.customers[0]["subscription_id"]
+        client.v1.subscriptions.update(sub, {"cancel_at_period_end": True})
+        sb.advance_clock(clock.id, int((OCT1 + dt.timedelta(hours=2)).timestamp()))
+        catalog.sync_catalog(con, client, rules, load_customers(tmp_path / "c.csv", rules), create_customers=True,
+                             test_clock=clock.id)
+        [row] = catalog.customer_map(con).rows(named=True)
+        assert row["subscription_id"] not in (None, sub)
+        assert client.v1.subscriptions.retrieve(row["subscription_id"]).status != "canceled"
