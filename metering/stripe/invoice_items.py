@@ -129,6 +129,14 @@ def closed_targets(con: duckdb.DuckDBPyConnection, billing_month: dt.date) -> pl
         GROUP BY customer_id, period_start, plan, plan_version, charge""", [m0, m1])
 
 
+def _leave_for_operator(report: InvoiceItemsReport, counter: str, charges: pl.DataFrame, why: str) -> pl.DataFrame:
+    """Count `charges` on the report's `counter` (the most any round saw), say why, and return their keys."""
+    setattr(report, counter, max(getattr(report, counter), charges.height))
+    log.warning("%d charge(s) left for an operator: %s (e.g. %s)", charges.height, why,
+                charges.select(CHARGE_KEY).row(0, named=True))
+    return charges.select(CHARGE_KEY)
+
+
 def _periods_with_late_usage(con: duckdb.DuckDBPyConnection, billing_month: dt.date) -> pl.DataFrame:
     """(customer_id, period_start) of the month's rated periods holding a push window marked `late`:
     usage the period's Stripe invoice never carried."""
@@ -209,13 +217,11 @@ class InvoiceItemBiller:
                                  & ((pl.col("plan") != pl.col("sub_plan")).fill_null(True)
                                     | (pl.col("plan_version") != pl.col("sub_version")).fill_null(True))))
         if other_version.height:
-            report.other_version = max(report.other_version, other_version.height)
-            log.warning("%d charge(s) not billed as items: their plan version is not the Stripe subscription's, "
-                        "whose price bills the same usage (e.g. %s)", other_version.height,
-                        other_version.select(CHARGE_KEY).row(0, named=True))
+            aside = _leave_for_operator(report, "other_version", other_version, "their plan version is not the "
+                                        "Stripe subscription's, whose price bills the same usage")
             # and what was billed for it stays billed: never credited for this reason
-            targets = targets.join(other_version.select(CHARGE_KEY), on=CHARGE_KEY, how="anti")
-            ledger = ledger.join(other_version.select(CHARGE_KEY), on=CHARGE_KEY, how="anti")
+            targets = targets.join(aside, on=CHARGE_KEY, how="anti")
+            ledger = ledger.join(aside, on=CHARGE_KEY, how="anti")
         targets = targets.drop("meter")
         billed = (ledger.group_by(CHARGE_KEY).agg(
             billed_minor=pl.col("amount_minor").filter(pl.col("status") != "failed").sum(),
@@ -237,11 +243,9 @@ class InvoiceItemBiller:
                        .filter(pl.col("net") < 0))
         held = due.join(late_credit, on=PERIOD_KEY, how="semi")
         if held.height:
-            report.held = max(report.held, held.height)
-            log.warning("%d difference(s) held: their periods have usage Stripe never billed (late windows in "
-                        "stripe_push_ledger) and come to a credit, e.g. %s", held.height,
-                        held.select(CHARGE_KEY).row(0, named=True))
-            due = due.join(held.select(CHARGE_KEY), on=CHARGE_KEY, how="anti")
+            due = due.join(_leave_for_operator(report, "held", held, "their periods have usage Stripe never billed "
+                                               "(late windows in stripe_push_ledger) and come to a credit"),
+                           on=CHARGE_KEY, how="anti")
         if only is not None:  # after the hold, which must weigh the whole period's differences
             due = due.join(only, on=CHARGE_KEY, how="semi")
         if due.is_empty():
