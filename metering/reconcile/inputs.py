@@ -52,10 +52,17 @@ def _additive(meters: dict[str, Meter]) -> list[str]:
 
 
 def _not_expressible_sql(con: duckdb.DuckDBPyConnection) -> str:
-    """Boolean SQL over rated_usage: the charge has no Stripe price (catalog finding 'not_expressible')."""
-    if not {"finding", "kind", "our_key"} <= table_columns(con, "stripe_catalog_findings"):
-        return "false"
-    return NOT_EXPRESSIBLE_PRICE_SQL
+    """Boolean SQL over rated_usage: the charge is billed by the engine, not by Stripe's prices: it has
+    no Stripe price (catalog finding 'not_expressible'), or the engine billed it as invoice items
+    already (a later sync that finds a price for it does not move it back to Stripe: the engine keeps
+    those items, metering.stripe.invoice_items)."""
+    parts = []
+    if {"finding", "kind", "our_key"} <= table_columns(con, "stripe_catalog_findings"):
+        parts.append(NOT_EXPRESSIBLE_PRICE_SQL)
+    if {"customer_id", "period_start", "plan", "plan_version", "charge"} <= table_columns(con, "stripe_invoice_items"):
+        key = "customer_id || '|' || CAST(period_start AS VARCHAR) || '|' || plan || '|' || plan_version || '|' || charge"
+        parts.append(f"({key}) IN (SELECT {key} FROM stripe_invoice_items)")
+    return "(" + " OR ".join(parts) + ")" if parts else "false"
 
 
 def load_ours(con: duckdb.DuckDBPyConnection, billing_month: dt.date, meters: dict[str, Meter]) -> pl.DataFrame:

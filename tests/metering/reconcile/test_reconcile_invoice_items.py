@@ -197,3 +197,19 @@ def test_our_item_whose_row_is_not_settled_yet_is_ours_by_its_key(isolated_env, 
     m = _cus_m(result)
     assert tuple(m[c] for c in ITEM_COLUMNS) == (10000, 4000, 4000, 0, 0, 10000, 0, "matched")
     assert result.unexplained_minor() == {"usd": 125} and result.check_passed()
+
+
+def test_items_of_a_charge_a_later_sync_can_price_stay_the_engines(isolated_env, rules_dir):
+    """Fourth audit: the minimum billed as our item, then a later catalog sync finds a price for it. The
+    items run keeps the item (nothing to credit); reconciliation had dropped the charge from what the
+    engine bills and reported the 4000 as an excess to credit, failing the blocking check."""
+    with warehouse.open_warehouse() as con:
+        write_scenario(con)
+        add_minimum_customer(con)
+        ledger_item(con, "ii_m", "in_cus_m")
+        pulled_item_line(con, "in_cus_m", "il_m_min", "ii_m", 4000)
+        con.execute("DELETE FROM stripe_catalog_findings WHERE our_key = 'pro|2026-01|minimum'")
+        result = _reconcile(con, rules_dir)
+    m = _cus_m(result)
+    assert tuple(m[c] for c in ITEM_COLUMNS) == (10000, 4000, 4000, 0, 0, 10000, 0, "matched")
+    assert result.check_passed()
