@@ -86,6 +86,11 @@ def periods_between(first: dt.date, last: dt.date, anchor_day: int | None) -> li
     return out
 
 
+def midnight_unix(day: dt.date) -> int:
+    """Unix seconds of a UTC date's first instant: how Stripe's periods and time filters take a day."""
+    return int(dt.datetime.combine(day, dt.time(0), dt.UTC).timestamp())
+
+
 def month_bounds(month: dt.date) -> tuple[dt.date, dt.date]:
     """[first day, first day of next month) of the month holding `month`."""
     ny, nm = _add_months(month.year, month.month, 1)

@@ -38,6 +38,7 @@ import duckdb
 import polars as pl
 import stripe
 
+from metering.customers import midnight_unix
 from metering.errors import ExternalServiceError
 from metering.reconcile import inputs
 from metering.reconcile.settings import ReconcileSettings
@@ -136,10 +137,6 @@ def _ts(value: Any) -> dt.datetime | None:
     return None if value is None else dt.datetime.fromtimestamp(int(value), dt.UTC)
 
 
-def _unix(day: dt.date) -> int:
-    return int(dt.datetime(day.year, day.month, day.day, tzinfo=dt.UTC).timestamp())
-
-
 def _ledger_last_ack(con: duckdb.DuckDBPyConnection) -> dict[tuple[str, str], dt.datetime]:
     cols = inputs.table_columns(con, "stripe_push_ledger")
     if not {"customer_id", "meter", "status", "last_attempt_at"} <= cols:
@@ -207,7 +204,8 @@ def pull_meter_summaries(
             age = int((now - acked).total_seconds())
             return [{**base, "grain": "period", "status": "pending",
                      "status_reason": f"last acknowledged push {age} s ago < settle delay {settings.settle_seconds} s"}]
-        params = {"customer": cus, "start_time": _unix(t["period_start"]), "end_time": _unix(t["period_end"])}
+        params = {"customer": cus, "start_time": midnight_unix(t["period_start"]),
+                  "end_time": midnight_unix(t["period_end"])}
         fetch = lambda p, mid=meter["id"]: client.v1.billing.meters.event_summaries.list(mid, p)  # noqa: E731
         period = {**base, "grain": "period", "status": "settled", "window_start": _ts(params["start_time"]),
                   "window_end": _ts(params["end_time"])}
@@ -242,7 +240,7 @@ def pull_invoices(
     client = reader.client
     ours_by_stripe = {v: k for k, v in by_ours.items()}
     month_start, month_end = inputs.month_bounds(billing_month)
-    lo, hi = _unix(month_start), _unix(month_end)
+    lo, hi = midnight_unix(month_start), midnight_unix(month_end)
     meter_event = {m["id"]: name for name, m in stripe_meters.items()}
     price_meter: dict[str, str | None] = {}
     invoices: list[dict[str, Any]] = []

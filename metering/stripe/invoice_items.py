@@ -49,7 +49,7 @@ import polars as pl
 import stripe
 
 from metering import warehouse
-from metering.customers import month_bounds
+from metering.customers import midnight_unix, month_bounds
 from metering.stripe.catalog import NOT_EXPRESSIBLE_PRICE_SQL, customer_map
 from metering.stripe.retry import CallOutcome, RateLimiter, RetryPolicy, call_with_retries
 
@@ -380,9 +380,6 @@ class InvoiceItemBiller:
         return live
 
     def _call(self, row: dict[str, Any]) -> _Sent:
-        def unix(day: dt.date) -> int:
-            return int(dt.datetime.combine(day, dt.time(0), dt.UTC).timestamp())
-
         params: dict[str, Any] = {
             "customer": row["stripe_customer_id"],
             "amount": int(row["amount_minor"]),
@@ -391,7 +388,7 @@ class InvoiceItemBiller:
                             f"{row['period_start']:%Y-%m-%d} to {row['period_end'] - dt.timedelta(days=1):%Y-%m-%d}"
                             + (f", revision {row['revision']}" if row["revision"] > 1 else "")),
             # Stripe's item period end is inclusive: the period's last second
-            "period": {"start": unix(row["period_start"]), "end": unix(row["period_end"]) - 1},
+            "period": {"start": midnight_unix(row["period_start"]), "end": midnight_unix(row["period_end"]) - 1},
             "metadata": {"metering_item": row["item_key"], "metering_customer_id": row["customer_id"],
                          "metering_period_start": row["period_start"].isoformat(),
                          "metering_charge": f"{row['plan']}|{row['plan_version']}|{row['charge']}",
