@@ -210,7 +210,8 @@ class InvoiceItemBiller:
         # A usage charge of a plan version the Stripe subscription is not on (a plan or version change
         # inside the period: the sync does not switch subscriptions) is billed by Stripe already, at the
         # subscription's price for that meter: an item would bill the same usage twice.
-        subscribed = customer_map(self.con).select("customer_id", sub_plan="plan", sub_version="plan_version")
+        customers = customer_map(self.con)
+        subscribed = customers.select("customer_id", sub_plan="plan", sub_version="plan_version")
         # (a subscription whose version is unknown, not created by our sync, may price the meter too)
         other_version = (targets.join(subscribed, on="customer_id", how="inner")
                          .filter(pl.col("meter").is_not_null()
@@ -250,8 +251,8 @@ class InvoiceItemBiller:
             due = due.join(only, on=CHARGE_KEY, how="semi")
         if due.is_empty():
             return
-        customers = customer_map(self.con).select("customer_id", "stripe_customer_id", "subscription_id")
-        due = due.join(customers, on="customer_id", how="left")
+        due = due.join(customers.select("customer_id", "stripe_customer_id", "subscription_id"), on="customer_id",
+                       how="left")
         unmapped = due.filter(pl.col("stripe_customer_id").is_null())
         if unmapped.height:
             report.unmapped = unmapped.height
@@ -313,15 +314,15 @@ class InvoiceItemBiller:
         """Send the pending rows; returns the charges whose item Stripe took, or an invoice refused
         (Stripe stored nothing: `invoice_not_editable`, the invoice is no longer a draft)."""
         pending = _ledger(self.con, billing_month).filter(pl.col("status").is_in(["pending", "blocked"]))
-        if not pending.is_empty():  # a blocked row goes to the customer's subscription as mapped now
-            current = customer_map(self.con).select("customer_id", current_subscription="subscription_id")
-            pending = (pending.join(current, on="customer_id", how="left")
-                       .with_columns(subscription_id=pl.when(pl.col("status") == "blocked")
-                                     .then(pl.col("current_subscription")).otherwise(pl.col("subscription_id")))
-                       .drop("current_subscription"))
-        again = []
         if pending.is_empty():
-            return pl.DataFrame(schema=pending.select(CHARGE_KEY).schema)
+            return pending.select(CHARGE_KEY)
+        # a blocked row goes to the customer's subscription as mapped now
+        current = customer_map(self.con).select("customer_id", current_subscription="subscription_id")
+        pending = (pending.join(current, on="customer_id", how="left")
+                   .with_columns(subscription_id=pl.when(pl.col("status") == "blocked")
+                                 .then(pl.col("current_subscription")).otherwise(pl.col("subscription_id")))
+                   .drop("current_subscription"))
+        again = []
         drafts = self._draft_invoices(pending)
         live = self._live_subscriptions(pending)
         for row in pending.sort(CHARGE_KEY + ["revision"]).iter_rows(named=True):
