@@ -7,7 +7,10 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
-from collections.abc import Iterator
+import signal
+import subprocess
+import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from decimal import Decimal
 from pathlib import Path
@@ -232,3 +235,27 @@ def opened(db: Path):
         yield con
     finally:
         con.close()
+
+
+def sandbox_reached(sb: SandboxHandle, before: int, path: str | None = None, method: str | None = None) -> bool:
+    """Has the sandbox (running in this process) seen a request since index `before` of its log: any,
+    or (with `path`) one to that path (and `method`)?"""
+    new = sb.sandbox.requests[before:]
+    return any((path is None or r["path"] == path) and (method is None or r["method"] == method) for r in new)
+
+
+def run_then_kill(cmd: list[str], env: dict[str, str], reached: Callable[[], bool], *, wait_seconds: float,
+                  poll: float, pause: float) -> bool:
+    """Start `cmd`; once `reached()` (or it ended, or `wait_seconds` passed: imports alone take seconds
+    under load, so wait for the process, not the clock), wait `pause` seconds more and SIGKILL it if
+    it is still running. Returns whether it was killed."""
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + wait_seconds
+    while proc.poll() is None and time.monotonic() < deadline and not reached():
+        time.sleep(poll)
+    time.sleep(pause)
+    if proc.poll() is not None:
+        return False
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    return True

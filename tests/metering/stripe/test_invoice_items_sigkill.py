@@ -7,16 +7,15 @@ from __future__ import annotations
 import datetime as dt
 import os
 import random
-import signal
 import subprocess
 import sys
-import time
 from collections import Counter
 from pathlib import Path
 
 import pytest
 
-from push_world import OCT1, SEP1, customer_on_clock, opened as _opened, rate_by_hand as rate
+from push_world import OCT1, SEP1, customer_on_clock, opened as _opened, rate_by_hand as rate, run_then_kill
+from push_world import sandbox_reached
 from push_world import unless_duckdb_corrupted as _unless_duckdb_corrupted
 
 CUSTOMERS = [f"k{i:02d}" for i in range(12)]
@@ -24,12 +23,6 @@ CSV = "customer_id,name,email,currency,billing_anchor_day,plan,plan_effective_fr
     f"{c},{c},{c}@x.test,usd,,pro,2026-01-01,succeeds\n" for c in CUSTOMERS)
 CHARGES = ("tokens large", "minimum spend")
 KILLS = 12
-
-
-def _posted(sb, before: int, any_request: bool) -> bool:
-    """Has this run made a request (any, or an invoice item's creation) since index `before`?"""
-    new = sb.sandbox.requests[before:]
-    return bool(new) if any_request else any(r["path"] == "/v1/invoiceitems" and r["method"] == "POST" for r in new)
 
 
 def _rerate(db: Path, rng: random.Random, targets: dict[tuple[str, str], int], customers: list[str]) -> None:
@@ -57,20 +50,14 @@ def test_sigkill_during_invoice_items_then_rerun_bills_each_charge_exactly(tmp_p
         kills = kills_mid_send = 0
         while kills < KILLS:
             before = len(sb.sandbox.requests)
-            proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
             # a fifth of the kills from the first request on (look-ups, planning), the rest once items
-            # are being created: imports take seconds under load, so wait for the process, not the clock
+            # are being created
             early = rng.random() < 0.2
-            deadline = time.monotonic() + 60
-            while proc.poll() is None and time.monotonic() < deadline and not _posted(sb, before, early):
-                time.sleep(0.005)
-            time.sleep(rng.uniform(0.0, 0.25 if early else 0.1))
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGKILL)
-                proc.wait()
+            path, method = (None, None) if early else ("/v1/invoiceitems", "POST")
+            if run_then_kill(cmd, env, lambda: sandbox_reached(sb, before, path, method), wait_seconds=60,
+                             poll=0.005, pause=rng.uniform(0.0, 0.25 if early else 0.1)):
                 kills += 1
-                kills_mid_send += any(r["path"] == "/v1/invoiceitems" and r["method"] == "POST"
-                                      for r in sb.sandbox.requests[before:])
+                kills_mid_send += sandbox_reached(sb, before, "/v1/invoiceitems", "POST")
             # late usage between runs: some periods re-rated, so new revisions (and credits) follow
             _rerate(db, rng, targets, rng.sample(CUSTOMERS, 3))
         assert kills_mid_send >= KILLS // 2, f"only {kills_mid_send} kills landed while items were being sent"

@@ -6,10 +6,8 @@ from __future__ import annotations
 import datetime as dt
 import os
 import random
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import duckdb
@@ -17,7 +15,8 @@ import polars as pl
 import pytest
 
 from push_world import (NOW, applied_per_key, day_start, expected_total, make_world, opened as _opened,
-                        random_usage, unless_duckdb_corrupted as _unless_duckdb_corrupted)
+                        random_usage, run_then_kill, sandbox_reached,
+                        unless_duckdb_corrupted as _unless_duckdb_corrupted)
 from metering import warehouse
 from metering.stripe_sandbox.testing import running_sandbox
 
@@ -27,12 +26,6 @@ CSV = "customer_id,name,email,currency,billing_anchor_day,plan,plan_effective_fr
     f"{c},{c},{c}@x.test,usd,,starter,2026-01-01,succeeds\n" for c in CUSTOMERS)
 METERS = ["api_calls", "tokens", "storage_gb", "seats", "active_users"]
 KILLS = 20
-
-
-def _started(sb, before: int, any_request: bool) -> bool:
-    """Has the sandbox (in this process) seen a request, or a meter event, since index `before`?"""
-    new = sb.sandbox.requests[before:]
-    return bool(new) if any_request else any(e["path"] == "/v1/billing/meter_events" for e in new)
 
 
 @pytest.mark.slow
@@ -54,20 +47,14 @@ def test_sigkill_during_push_then_rerun_leaves_exact_totals(tmp_path: Path, rule
                     world.con = con
                     random_usage(world, rng.sample(CUSTOMERS, 3), [rng.choice(DAYS)], seed=kills, per_day=1)
             before = len(sb.sandbox.requests)   # the sandbox runs in this process: read its log directly
-            proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-            # wait until this process talks to Stripe (imports alone take seconds here), then kill it
-            # at a random point: a fifth of the kills around planning (ledger writes, first reads),
-            # the rest while meter events are being sent and outcomes committed
+            # kill it at a random point once it talks to Stripe: a fifth of the kills around planning
+            # (ledger writes, first reads), the rest while meter events are being sent and outcomes committed
             early = rng.random() < 0.2
-            deadline = time.monotonic() + 30
-            while proc.poll() is None and time.monotonic() < deadline and not _started(sb, before, early):
-                time.sleep(0.01)
-            time.sleep(rng.uniform(0.0, 0.3 if early else 1.2))
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGKILL)
-                proc.wait()
+            path = None if early else "/v1/billing/meter_events"
+            if run_then_kill(cmd, env, lambda: sandbox_reached(sb, before, path), wait_seconds=30, poll=0.01,
+                             pause=rng.uniform(0.0, 0.3 if early else 1.2)):
                 kills += 1
-                kills_mid_push += any(e["path"] == "/v1/billing/meter_events" for e in sb.sandbox.requests[before:])
+                kills_mid_push += sandbox_reached(sb, before, "/v1/billing/meter_events")
             else:
                 with _opened(db) as con:   # finished: make more work for the next one
                     world.con = con
