@@ -50,8 +50,9 @@ def payload_hash_sql() -> str:
 
 
 def resolve(con: duckdb.DuckDBPyConnection, events: str, outcomes: str) -> None:
-    """Create temp table `outcomes(line, outcome, payload_hash)` for every valid row of `events` that is
-    NOT accepted (the hash is what a conflicting version is quarantined with).
+    """Create temp table `outcomes(line, outcome, payload_hash, value)` for every valid row of `events`
+    that is NOT accepted (the hash is what a conflicting version is quarantined with; the value is
+    what a dropped duplicate carried, for conservation of value).
 
     Must run inside the ingest transaction, so what is "already stored" cannot change underneath.
     """
@@ -69,7 +70,7 @@ def resolve(con: duckdb.DuckDBPyConnection, events: str, outcomes: str) -> None:
     con.execute(f"""
         CREATE OR REPLACE TEMP TABLE {outcomes} AS
         WITH special AS (
-            SELECT line, event_id, {payload_hash_sql()} AS payload_hash FROM {events}
+            SELECT line, event_id, value, {payload_hash_sql()} AS payload_hash FROM {events}
             WHERE reason IS NULL AND {ID_KEY} IN (
                 SELECT id_key FROM _dedupe_repeated UNION SELECT {ID_KEY} FROM _dedupe_stored)
         ), versions AS (
@@ -82,7 +83,7 @@ def resolve(con: duckdb.DuckDBPyConnection, events: str, outcomes: str) -> None:
                    v.first_line = min(v.first_line) OVER (PARTITION BY v.event_id) AS earliest
             FROM versions v
         )
-        SELECT s.line, s.payload_hash,
+        SELECT s.line, s.payload_hash, s.value,
                CASE WHEN j.known_version OR s.line <> j.first_line THEN '{DUPLICATE}'
                     WHEN j.known_id OR NOT j.earliest THEN '{CONFLICT}' END AS outcome
         FROM special s JOIN judged j USING (event_id, payload_hash)""")

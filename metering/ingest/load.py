@@ -18,6 +18,7 @@ from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
+from decimal import Decimal
 from pathlib import Path
 
 import duckdb
@@ -62,14 +63,30 @@ class IngestResult:
     blank_lines: int = 0
     event_dates: list[str] = field(default_factory=list)
     reasons: dict[str, int] = field(default_factory=dict)
+    # the quantities (`value`) the rows carry, where exact: read = accepted + quarantined + dropped
+    value_read: Decimal = Decimal(0)
+    value_accepted: Decimal = Decimal(0)
+    value_quarantined: Decimal = Decimal(0)
+    value_dropped: Decimal = Decimal(0)
     seconds: float = 0.0
 
     @property
     def conserved(self) -> bool:
-        return self.rows_read == self.rows_accepted + self.rows_quarantined + self.duplicates_dropped
+        return (self.rows_read == self.rows_accepted + self.rows_quarantined + self.duplicates_dropped
+                and self.value_read == self.value_accepted + self.value_quarantined + self.value_dropped)
 
     def as_dict(self) -> dict:
-        return asdict(self)
+        """JSON-ready: the value sums as decimal text."""
+        return {k: decimal_text(v) if isinstance(v, Decimal) else v for k, v in asdict(self).items()}
+
+
+VALUE_SUMS = ("value_read", "value_accepted", "value_quarantined", "value_dropped")
+"""`IngestResult`'s value sums, in the order of the conservation equation."""
+
+
+def decimal_text(value: Decimal) -> str:
+    """Exact decimal text without trailing zeros or an exponent: 1.500000000000 -> 1.5, 1E+1 -> 10."""
+    return format(value.normalize(), "f")
 
 
 class _EventsSink:
@@ -202,21 +219,24 @@ def _insert_quarantine(con: duckdb.DuckDBPyConnection, meta: list, path: Path, f
                                 batch_bytes=readers.REREAD_BATCH_BYTES)
     inserted = con.execute(f"""
         INSERT INTO usage_quarantine (source_file, source_line, file_hash, reason, detail, event_id, raw,
-                                      quarantined_at, payload_hash)
+                                      quarantined_at, payload_hash, value)
         SELECT ?, e.line, ?, coalesce(e.reason, 'conflicting_duplicate'),
                coalesce(e.detail, 'event_id ' || e.event_id || ' already has a clean event with a different '
                         || 'payload (the first ingested version stays clean)'),
-               e.event_id, coalesce(e.raw, r.raw), ?, CASE WHEN e.reason IS NULL THEN o.payload_hash END
+               e.event_id, coalesce(e.raw, r.raw), ?, CASE WHEN e.reason IS NULL THEN o.payload_hash END, e.value
         FROM {EVENTS} e LEFT JOIN {OUTCOMES} o USING (line) LEFT JOIN {_RawLines.table} r USING (line)
         WHERE e.reason IS NOT NULL OR o.outcome = '{dedupe.CONFLICT}'
         ORDER BY e.line""", meta).fetchone()[0]
     return inserted
 
 
-def _stored_counts(con: duckdb.DuckDBPyConnection, file_id: int, file_hash: str) -> tuple[int, int]:
-    clean = con.execute("SELECT count(*) FROM usage_events WHERE file_id = ?", [file_id]).fetchone()[0]
-    quarantined = con.execute("SELECT count(*) FROM usage_quarantine WHERE file_hash = ?", [file_hash]).fetchone()[0]
-    return clean, quarantined
+def _stored(con: duckdb.DuckDBPyConnection, file_id: int, file_hash: str) -> tuple[int, Decimal, int, Decimal]:
+    """(clean rows, their value, quarantined rows, their value) the warehouse holds for one file."""
+    clean, clean_value = con.execute("SELECT count(*), coalesce(sum(value), 0) FROM usage_events WHERE file_id = ?",
+                                     [file_id]).fetchone()
+    quarantined, quarantined_value = con.execute(
+        "SELECT count(*), coalesce(sum(value), 0) FROM usage_quarantine WHERE file_hash = ?", [file_hash]).fetchone()
+    return clean, clean_value, quarantined, quarantined_value
 
 
 def already_ingested(con: duckdb.DuckDBPyConnection, file_hash: str) -> bool:
@@ -319,9 +339,11 @@ def ingest_file(
         dedupe.resolve(con, EVENTS, OUTCOMES)
         accepted = _insert_clean(con, file_id, info.rows)
         quarantined = _insert_quarantine(con, meta, path, fmt, info)
-        dropped, conflicts = con.execute(
-            f"SELECT count(*) FILTER (outcome = '{dedupe.DUPLICATE}'), count(*) FILTER (outcome = '{dedupe.CONFLICT}') "
-            f"FROM {OUTCOMES}").fetchone()
+        dropped, conflicts, value_dropped = con.execute(
+            f"SELECT count(*) FILTER (outcome = '{dedupe.DUPLICATE}'), count(*) FILTER (outcome = '{dedupe.CONFLICT}'), "
+            f"coalesce(sum(value) FILTER (outcome = '{dedupe.DUPLICATE}'), 0) FROM {OUTCOMES}").fetchone()
+        value_read = con.execute(f"SELECT coalesce(sum(value), 0) FROM {EVENTS}").fetchone()[0]
+        stored_clean, value_accepted, stored_quarantined, value_quarantined = _stored(con, file_id, digest)
         # from the rows just stored: their file_id skips the other files' row groups, and unlike the
         # staging table it needs no second anti-join against the outcomes (10M rows: ~0.1 s)
         dates = [d.isoformat() for (d,) in con.execute(
@@ -333,21 +355,26 @@ def ingest_file(
             path=str(path), file_hash=digest, file_id=file_id, format=fmt, status="ingested", rows_read=info.rows,
             rows_accepted=accepted, rows_quarantined=quarantined, duplicates_dropped=dropped,
             conflicting_duplicates=conflicts, blank_lines=info.blank_lines, event_dates=dates, reasons=reasons,
+            value_read=value_read, value_accepted=value_accepted, value_quarantined=value_quarantined,
+            value_dropped=value_dropped,
         )
         if not result.conserved:
             raise CheckFailedError(
-                f"{path}: conservation broken: read {info.rows} != accepted {accepted} + quarantined "
-                f"{quarantined} + duplicates {dropped}")
+                f"{path}: conservation broken: read {info.rows} rows carrying {value_read} != accepted {accepted} "
+                f"({value_accepted}) + quarantined {quarantined} ({value_quarantined}) + duplicates {dropped} "
+                f"({value_dropped})")
+        if (stored_clean, stored_quarantined) != (accepted, quarantined):
+            raise CheckFailedError(f"{path}: stored rows {(stored_clean, stored_quarantined)} differ from the "
+                                   f"manifest ({accepted}, {quarantined})")
         con.execute(
             "INSERT INTO ingested_files (file_hash, path, format, rows_read, rows_accepted, rows_quarantined, "
-            "duplicates_dropped, event_dates, ingested_at, bytes, blank_lines, conflicting_duplicates, file_id) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            "duplicates_dropped, event_dates, ingested_at, bytes, blank_lines, conflicting_duplicates, file_id, "
+            "value_read, value_accepted, value_quarantined, value_dropped) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             [digest, str(path), fmt, info.rows, accepted, quarantined, dropped, json.dumps(dates),
-             ingested_at, size, info.blank_lines, conflicts, file_id],
+             ingested_at, size, info.blank_lines, conflicts, file_id, value_read, value_accepted,
+             value_quarantined, value_dropped],
         )
-        stored = _stored_counts(con, file_id, digest)
-        if stored != (accepted, quarantined):
-            raise CheckFailedError(f"{path}: stored rows {stored} differ from the manifest ({accepted}, {quarantined})")
         con.execute("COMMIT")
     except BaseException:
         con.execute("ROLLBACK")

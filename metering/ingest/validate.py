@@ -53,6 +53,7 @@ _TOO_MANY_DIGITS = (f"(value_t = 'DOUBLE' AND length(vtext) > {MAX_JSON_NUMBER_D
 _EXPONENT_TOO_PRECISE = (f"({_HAS_E} AND regexp_matches({_MANTISSA}, '[1-9]') AND coalesce("
                          f"length(split_part({_MANTISSA}, '.', 2)) - (length({_DIGITS}) - length(rtrim({_DIGITS}, '0')))"
                          f" - try_cast(split_part(lower(vtext), 'e', 2) AS BIGINT) > {VALUE_SCALE}, true))")
+_TOO_PRECISE = f"({_TOO_MANY_DECIMALS} OR {_TOO_MANY_DIGITS} OR {_EXPONENT_TOO_PRECISE})"
 # a list for list_contains, not an `IN (...)` list: DuckDB turns an IN list of five constants into a
 # join against them, one hash probe per row (10M rows: the IN lists cost the classification ~0.35 s)
 _NUMBER_KINDS = "['BIGINT', 'UBIGINT', 'DOUBLE', 'DECIMAL', 'VARCHAR']"
@@ -161,7 +162,7 @@ def _checks(meters: dict[str, Meter], now: datetime) -> list[tuple[str, str, str
          f"'value ' || vtext || ' exceeds {MAX_VALUE}'"),
         ("negative_value", "v12 < 0", "'value ' || vtext || ' is negative'"),
         # cheap guards first: most values are short integers or have a few decimals
-        ("value_too_precise", f"{_TOO_MANY_DECIMALS} OR {_TOO_MANY_DIGITS} OR {_EXPONENT_TOO_PRECISE}",
+        ("value_too_precise", _TOO_PRECISE,
          f"'value ' || vtext || CASE WHEN {_TOO_MANY_DIGITS} THEN ' has more than {MAX_JSON_NUMBER_DIGITS} "
          f"significant digits, more than a JSON number carries exactly (send it as a string)' "
          f"ELSE ' has more than {VALUE_SCALE} decimal places' END"),
@@ -224,7 +225,10 @@ SELECT line,
        -- the UTC date by arithmetic: casting TIMESTAMPTZ to DATE goes through the time zone library
        -- (0.6 s per 10M rows); t lies after 2000, so the floor division is exact
        CASE WHEN reason IS NULL THEN DATE '1970-01-01' + (epoch_us(t) // 86400000000)::INTEGER END AS event_date,
-       CASE WHEN reason IS NULL THEN v12 END AS value,
+       -- a quarantined row keeps its quantity where it is one exactly (I1: the values read add up to the
+       -- values stored, quarantined and dropped); CASE evaluates the second branch on those rows only
+       CASE WHEN reason IS NULL THEN v12
+            WHEN num_ok AND abs(v12) <= {MAX_VALUE} AND NOT {_TOO_PRECISE} THEN v12 END AS value,
        CASE WHEN reason IS NULL THEN props END AS properties,
        extra,
        CASE WHEN reason IS NULL THEN byte_offset END AS byte_offset  -- to fetch a conflicting line's text

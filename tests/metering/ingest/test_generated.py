@@ -11,7 +11,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from metering import warehouse
-from metering.ingest import ingest_files
+from metering.ingest import checks, ingest_files
 from metering.ingest.contract import REASONS
 from metering.ingest.generate import GenerateConfig, generate, reasons_for
 from tests.metering.ingest.conftest import NOW
@@ -90,6 +90,9 @@ def test_conservation_with_every_defect(tmp_path_factory, seed, events, days, du
         stored = dict(con.execute("SELECT meter, sum(value) FROM usage_events WHERE value IS NOT NULL "
                                   "GROUP BY 1").fetchall())
         assert stored == summary.clean_values and summary.clean_values
+        # and every file's values add up: read = accepted + quarantined + dropped, as the manifest says
+        assert all(r.conserved for r in results) and checks.conservation(con).passed
+        assert total("value_accepted") == sum(summary.clean_values.values())
         # every file's formats carry only reasons they can
         for f, r in zip(summary.files, results):
             fmt = r.format

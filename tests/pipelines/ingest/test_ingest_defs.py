@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from decimal import Decimal
 from datetime import date
 from pathlib import Path
 
@@ -10,7 +11,7 @@ import dagster as dg
 import duckdb
 
 from metering.ingest import ingest_file
-from metering.ingest.generate import GenerateConfig, generate
+from metering.ingest.generate import GenerateConfig, GenerateSummary, generate
 from metering.rules.meters import load_meters
 from metering.warehouse import open_warehouse
 from pipelines.defs.ingest.assets import usage_events
@@ -24,9 +25,13 @@ def _meta(result: dg.ExecuteInProcessResult, partition: str) -> dict:
 
 
 def _generate(world, days: int = 3, seed: int = 1) -> list[Path]:
+    return _generated(world, days, seed).files
+
+
+def _generated(world, days: int = 3, seed: int = 1) -> GenerateSummary:
     cfg = GenerateConfig(seed=seed, customers=10, events=300, start=date(2026, 10, 4),
                          end=date(2026, 10, 3 + days), late_share=0.02)
-    return generate(cfg, world.raw).files
+    return generate(cfg, world.raw)
 
 
 def _materialize(world, partition: str, **kwargs) -> dg.ExecuteInProcessResult:
@@ -35,7 +40,8 @@ def _materialize(world, partition: str, **kwargs) -> dg.ExecuteInProcessResult:
 
 
 def test_materialize_a_partition_ingests_new_files_and_passes_checks(world):
-    files = _generate(world)
+    generated = _generated(world)
+    files = generated.files
     result = _materialize(world, "2026-10-05")
     assert result.success
     meta = _meta(result, "2026-10-05")
@@ -44,6 +50,10 @@ def test_materialize_a_partition_ingests_new_files_and_passes_checks(world):
     assert meta["rows_read"].value == (meta["rows_accepted"].value + meta["rows_quarantined"].value
                                        + meta["duplicates_dropped"].value)
     assert meta["event_dates_touched"].value == ["2026-10-04", "2026-10-05", "2026-10-06"]
+    read, accepted, quarantined, dropped = (Decimal(meta[k].value) for k in
+                                            ("value_read", "value_accepted", "value_quarantined", "value_dropped"))
+    assert read == accepted + quarantined + dropped and accepted > 0
+    assert accepted == sum(generated.clean_values.values())  # the generator's own figure
     checks = {e.check_name: e.passed for e in result.get_asset_check_evaluations()}
     assert checks == {"conservation": True, "unique_event_id": True, "readable_files": True}
     expected = world.clean_rows()["2026-10-05"]
