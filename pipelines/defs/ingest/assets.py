@@ -24,6 +24,7 @@ re-report every date it ever saw.
 """
 
 import json
+from datetime import datetime, timezone
 from decimal import Decimal
 
 import dagster as dg
@@ -44,9 +45,27 @@ READABLE_CHECK = "readable_files"
 
 
 class IngestConfig(dg.Config):
-    """Which raw files to ingest; empty means every not-yet-ingested file under the raw folder."""
+    """Which raw files to ingest (`files`; empty means every not-yet-ingested file under the raw
+    folder), and the ingestion time future timestamps are judged against (`as_of`, ISO 8601 with an
+    offset; empty means the time the run starts). The sensor passes the time it first requested the
+    files, so a retry classifies the rows as the first attempt would have."""
 
     files: list[str] = []
+    as_of: str = ""
+
+
+def _as_of(text: str) -> datetime:
+    """The run's ingestion time: `text` (ISO 8601 with an offset), or now when empty."""
+    if not text:
+        return datetime.now(timezone.utc)
+    try:
+        parsed = datetime.fromisoformat(text)
+    except ValueError:
+        parsed = None
+    if parsed is None or parsed.tzinfo is None:
+        raise dg.Failure(description=f"config as_of: {text!r} is not an ISO 8601 time with an offset "
+                                     f"(e.g. 2026-11-01T00:00:00+00:00)")
+    return parsed.astimezone(timezone.utc)
 
 
 def _dates_not_reported_since(
@@ -111,12 +130,13 @@ def usage_events(
     files = config.files or (expand_paths([paths.raw]) if paths.raw.exists() else [])
     run_partitions = list(context.partition_keys)  # one day, or a range in a single-run backfill
     meters = load_meters(paths.rules)
+    now = _as_of(config.as_of)  # one instant for every file of the run
     results: list[IngestResult] = []
     unreadable: dict[str, str] = {}
     with warehouse.get_connection() as con:
         for path in files:
             try:
-                r = ingest_file(con, path, meters=meters)
+                r = ingest_file(con, path, meters=meters, now=now)
             except BadInputError as exc:  # this file changes nothing; the others still load
                 unreadable[str(path)] = str(exc)
                 context.log.error(str(exc))
@@ -153,6 +173,7 @@ def usage_events(
                             f"{unpartitioned}")
     return dg.MaterializeResult(
         metadata={
+            "as_of": now.isoformat(),
             "files_ingested": len(done),
             "files_skipped": len(results) - len(done),
             "rows_read": sum(r.rows_read for r in done),

@@ -31,7 +31,12 @@ Per tick:
 4. Entries of files that no longer exist are dropped (removing a given-up file from `data/raw/`
    releases the files held behind it).
 
-Cursor (JSON): `{"version": 2, "files": {path: {sha256, size, mtime_ns, run_key, attempt, status}},
+Every request carries `as_of` in its config: the time of the tick that first requested those files,
+kept in the cursor and passed again with every later attempt, so that future timestamps are judged
+against the same instant however late a retry runs (a retry is then classified as the fault-free
+run would have been: I17).
+
+Cursor (JSON): `{"version": 2, "files": {path: {sha256, size, mtime_ns, run_key, attempt, status, as_of}},
 "pending": {path: {size, mtime_ns}}}` (files still changing, and files held behind an earlier
 request); status is requested | done | gave_up. A cursor that cannot be read (other JSON, another
 version, missing keys) is dropped with a warning and the folder is rescanned: every file is
@@ -44,7 +49,7 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import asdict, dataclass, replace
-from datetime import date
+from datetime import date, datetime, timezone
 from pathlib import Path
 
 import dagster as dg
@@ -104,6 +109,10 @@ class _Handed:
     run_key: str  # the base key; attempt N > 1 runs under f"{run_key}-attempt{N}"
     attempt: int
     status: str
+    # the ingestion time every attempt judges future timestamps by: the first request's tick, so a
+    # retry hours later classifies the rows as the first attempt would have (I17); "" in entries
+    # written before the sensor kept it (their runs use the time they run)
+    as_of: str = ""
 
     @property
     def stat(self) -> _Stat:
@@ -125,8 +134,9 @@ class _Cursor:
                              "cursor")
         if raw["version"] != CURSOR_VERSION:
             raise ValueError(f"cursor version {raw['version']}, expected {CURSOR_VERSION}")
-        files = {path: _Handed(**require_fields(entry, {"sha256": str, "size": int, "mtime_ns": int, "run_key": str,
-                                                        "attempt": int, "status": str}, path))
+        files = {path: _Handed(**require_fields({"as_of": "", **entry} if isinstance(entry, dict) else entry,
+                                                {"sha256": str, "size": int, "mtime_ns": int, "run_key": str,
+                                                 "attempt": int, "status": str, "as_of": str}, path))
                  for path, entry in raw["files"].items()}
         if bad := {p: f.status for p, f in files.items() if f.status not in (REQUESTED, DONE, GAVE_UP)}:
             raise ValueError(f"unknown file status: {bad}")
@@ -157,15 +167,19 @@ def _partition_for(paths: list[Path], context: dg.SensorEvaluationContext) -> st
     return min(max(newest.isoformat(), keys[0]), keys[-1])
 
 
-def _request(context: dg.SensorEvaluationContext, paths: list[Path], base: str, attempt: int) -> dg.RunRequest:
+def _request(context: dg.SensorEvaluationContext, paths: list[Path], base: str, attempt: int,
+             as_of: str) -> dg.RunRequest:
     partition = _partition_for(paths, context)
     key = run_key_for(base, attempt)
     context.log.info(f"requesting run {key} (attempt {attempt}/{MAX_ATTEMPTS}) for partition {partition}: "
                      f"{[str(p) for p in paths]}")
+    config: dict[str, object] = {"files": [str(p) for p in paths]}
+    if as_of:
+        config["as_of"] = as_of
     return dg.RunRequest(
         run_key=key,
         partition_key=partition,
-        run_config={"ops": {"usage_events": {"config": {"files": [str(p) for p in paths]}}}},
+        run_config={"ops": {"usage_events": {"config": config}}},
         tags={"metering/files": str(len(paths)), "metering/attempt": str(attempt)},
     )
 
@@ -203,8 +217,9 @@ def _follow_up(context: dg.SensorEvaluationContext, handed: dict[str, _Handed], 
     for (base, attempt), keys in sorted(groups.items()):
         run_key = run_key_for(base, attempt)
         run = _latest_run(context.instance, run_key)
+        as_of = handed[keys[0]].as_of  # one request, one as_of
         if run is None:
-            requests.append(_request(context, [present[k] for k in keys], base, attempt))
+            requests.append(_request(context, [present[k] for k in keys], base, attempt, as_of))
         elif run.status == dg.DagsterRunStatus.SUCCESS or (
                 run.status in _RETRYABLE and _ingest_step_succeeded(context.instance, run_key)):
             handed.update({k: replace(handed[k], status=DONE) for k in keys})
@@ -213,13 +228,14 @@ def _follow_up(context: dg.SensorEvaluationContext, handed: dict[str, _Handed], 
                 handed.update({k: replace(handed[k], status=GAVE_UP) for k in keys})
                 context.log.error(
                     f"giving up on {len(keys)} raw file(s) after {attempt} runs; the last, {run.run_id} "
-                    f"(run key {run_key}), ended {run.status.value}: {keys}. To ingest them: {MANUAL_INGEST}. Meanwhile "
-                    f"{RELEASE_HELD}")
+                    f"(run key {run_key}), ended {run.status.value}: {keys}. To ingest them: {MANUAL_INGEST}"
+                    + (f" (add `--as-of {as_of}` to judge future timestamps as the runs did)" if as_of else "")
+                    + f". Meanwhile {RELEASE_HELD}")
                 continue
             handed.update({k: replace(handed[k], attempt=attempt + 1) for k in keys})
             context.log.warning(f"run {run.run_id} (run key {run_key}) ended {run.status.value}; requesting its "
                                 f"{len(keys)} file(s) again")
-            requests.append(_request(context, [present[k] for k in keys], base, attempt + 1))
+            requests.append(_request(context, [present[k] for k in keys], base, attempt + 1, as_of))
         # otherwise queued, running, or about to be re-executed by Dagster's run retries: wait
     return requests
 
@@ -306,9 +322,10 @@ def raw_usage_files_sensor(context: dg.SensorEvaluationContext, paths: ProjectPa
         new.update({key: (file_hash(present[key]), stat) for key, stat in fresh.items()})
         digests = sorted(digest for digest, _ in new.values())
         base = "usage_files_" + hashlib.sha256("\n".join(digests).encode()).hexdigest()[:32]
-        handed.update({key: _Handed(digest, stat.size, stat.mtime_ns, base, 1, REQUESTED)
+        as_of = datetime.now(timezone.utc).replace(microsecond=0).isoformat()
+        handed.update({key: _Handed(digest, stat.size, stat.mtime_ns, base, 1, REQUESTED, as_of)
                        for key, (digest, stat) in new.items()})
-        requests.append(_request(context, [p for k, p in present.items() if k in new], base, 1))  # path order
+        requests.append(_request(context, [p for k, p in present.items() if k in new], base, 1, as_of))  # path order
     cursor = _Cursor(handed, pending).dumps()
     if requests:
         return dg.SensorResult(run_requests=requests, cursor=cursor)

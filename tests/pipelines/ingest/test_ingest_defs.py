@@ -74,6 +74,35 @@ def test_run_config_names_the_files(world):
     assert _meta(result, "2026-10-04")["files_ingested"].value == 1
 
 
+def test_as_of_is_the_ingestion_time_future_timestamps_are_judged_by(world):
+    """Not the wall clock: a run (or its retry) given the same as_of classifies the same rows alike."""
+    path = world.write_events("a.jsonl", ["2026-10-05T08:59:00Z", "2026-10-05T09:01:00Z"])
+
+    def run(as_of: str) -> dg.ExecuteInProcessResult:
+        return dg.materialize([usage_events], partition_key="2026-10-05", resources=world.resources(),
+                              instance=world.instance, raise_on_error=False,
+                              run_config={"ops": {"usage_events": {"config": {"files": [str(path)],
+                                                                              "as_of": as_of}}}})
+
+    failed = run("2026-10-05")  # no offset: refused, nothing ingested
+    assert not failed.success
+    [failure] = [e for e in failed.all_events if e.event_type_value == "STEP_FAILURE"]
+    assert "config as_of: '2026-10-05' is not an ISO 8601 time with an offset" in str(failure.event_specific_data)
+    assert not world.warehouse.exists()  # refused before the warehouse was opened
+
+    result = run("2026-10-05T10:00:00+02:00")  # 08:00 UTC: an hour's tolerance reaches 09:00
+    assert result.success
+    meta = _meta(result, "2026-10-05")
+    assert meta["as_of"].value == "2026-10-05T08:00:00+00:00"
+    assert (meta["rows_accepted"].value, meta["rows_quarantined"].value) == (1, 1)
+    con = duckdb.connect(str(world.warehouse), read_only=True)
+    try:
+        assert con.execute("SELECT event_id, reason FROM usage_quarantine").fetchall() == [
+            ("a.jsonl-1", "future_timestamp")]
+    finally:
+        con.close()
+
+
 def test_blocking_checks_fail_on_a_tampered_warehouse(world):
     _generate(world, days=1)
     assert _materialize(world, "2026-10-04").success

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+from datetime import datetime, timedelta, timezone
 
 import dagster as dg
 import pytest
@@ -17,6 +18,10 @@ from pipelines.partitions import daily_usage
 
 def _files(request: dg.RunRequest) -> list[str]:
     return request.run_config["ops"]["usage_events"]["config"]["files"]
+
+
+def _as_of(request: dg.RunRequest) -> str | None:
+    return request.run_config["ops"]["usage_events"]["config"].get("as_of")
 
 
 def _cursor(tick) -> dict:
@@ -119,6 +124,31 @@ def test_an_unreadable_cursor_is_dropped_with_a_warning_and_the_folder_rescanned
     assert _files(request) == [str(a)]
 
 
+def test_a_request_carries_the_time_of_the_tick_that_first_asked_for_it(world):
+    world.write_events("a.jsonl", ["2026-10-05T10:00:00Z"])
+    before = datetime.now(timezone.utc).replace(microsecond=0)
+    settled = world.settle()
+    [request] = settled.requests
+    as_of = datetime.fromisoformat(_as_of(request))
+    assert as_of.utcoffset() == timedelta(0) and before <= as_of <= datetime.now(timezone.utc)
+    assert {e["as_of"] for e in _cursor(settled)["files"].values()} == {_as_of(request)}
+
+
+def test_a_cursor_entry_written_before_the_sensor_kept_as_of_is_still_read(world):
+    """Its retry carries no as_of: the run then judges by the time it runs, as before."""
+    world.write_events("a.jsonl", ["2026-10-05T10:00:00Z"])
+    settled = world.settle()
+    [request] = settled.requests
+    old = _cursor(settled)
+    for entry in old["files"].values():
+        del entry["as_of"]
+    assert not world.run(request, warehouse=_broken_warehouse(world)).success
+    retry_tick = world.tick(json.dumps(old))
+    assert "unreadable sensor cursor" not in retry_tick.logged(logging.WARNING)
+    [retry] = retry_tick.requests
+    assert retry.run_key == f"{request.run_key}-attempt2" and _as_of(retry) is None
+
+
 def test_a_failed_run_is_requested_again_and_then_the_files_are_done(world):
     world.write_events("a.jsonl", ["2026-10-05T10:00:00Z"])
     settled = world.settle()
@@ -129,6 +159,8 @@ def test_a_failed_run_is_requested_again_and_then_the_files_are_done(world):
     [retry] = retry_tick.requests
     assert retry.run_key == f"{request.run_key}-attempt2"
     assert (_files(retry), retry.partition_key, retry.tags["metering/attempt"]) == (_files(request), "2026-10-05", "2")
+    # the retry judges future timestamps by the first request's time, not by when it runs (I17)
+    assert _as_of(retry) == _as_of(request) is not None
     assert "requesting its 1 file(s) again" in retry_tick.logged(logging.WARNING)
 
     in_flight = world.tick(retry_tick.cursor)  # attempt 2 has no run yet: asked for again, same key
@@ -169,6 +201,7 @@ def test_after_three_failed_runs_the_sensor_gives_up_and_says_how_to_ingest_by_h
     error = tick.logged(logging.ERROR)
     assert "giving up" in error and str(path) in error
     assert "ingest exactly those files, in the order listed, with `metering ingest <files>`" in error
+    assert f"add `--as-of {_as_of(request)}`" in error
     assert world.tick(tick.cursor).requests == []  # and it stays quiet about them
 
 
