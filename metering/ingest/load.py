@@ -243,6 +243,18 @@ def already_ingested(con: duckdb.DuckDBPyConnection, file_hash: str) -> bool:
     return con.execute("SELECT count(*) FROM ingested_files WHERE file_hash = ?", [file_hash]).fetchone()[0] > 0
 
 
+def ingested_dates(con: duckdb.DuckDBPyConnection, file_hashes: list[str]) -> dict[str, tuple[list[str], float]]:
+    """{file hash: (the event dates its manifest entries recorded, sorted; the latest `ingested_at`
+    as Unix seconds)} for the hashes the manifest holds."""
+    found: dict[str, tuple[list[str], float]] = {}
+    for file_hash, dates, ingested_us in con.execute(
+            "SELECT file_hash, event_dates, epoch_us(ingested_at) FROM ingested_files "
+            "WHERE list_contains(?::VARCHAR[], file_hash)", [file_hashes]).fetchall():
+        listed, at = found.get(file_hash, ([], 0.0))
+        found[file_hash] = (sorted({*listed, *json.loads(dates or "[]")}), max(at, ingested_us / 1e6))
+    return found
+
+
 def _may_be_ingested(con: duckdb.DuckDBPyConnection, size: int) -> bool:
     """Whether a file of `size` bytes can have the content of a file already ingested: only if one
     of them had that size (or an unknown size). Same content, same size."""

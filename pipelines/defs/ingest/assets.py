@@ -23,7 +23,6 @@ ingested reports nothing again, so a run over the whole raw folder (no files nam
 re-report every date it ever saw.
 """
 
-import json
 from datetime import datetime, timezone
 from decimal import Decimal
 
@@ -33,7 +32,7 @@ import duckdb
 from metering.errors import BadInputError
 from metering.ingest import REASONS, IngestResult, expand_paths, ingest_file
 from metering.ingest import checks as ingest_checks
-from metering.ingest.load import VALUE_SUMS, decimal_text
+from metering.ingest.load import VALUE_SUMS, decimal_text, ingested_dates
 from metering.rules.meters import load_meters
 from pipelines.partitions import START_DATE, daily_usage
 from pipelines.resources import WAREHOUSE_POOL, ProjectPaths, WarehouseResource
@@ -78,12 +77,7 @@ def _dates_not_reported_since(
     """
     if not skipped:
         return {}
-    manifest: dict[str, tuple[list[str], float]] = {}
-    for file_hash, dates, ingested_us in con.execute(
-            "SELECT file_hash, event_dates, epoch_us(ingested_at) FROM ingested_files "
-            "WHERE list_contains(?::VARCHAR[], file_hash)", [[r.file_hash for r in skipped]]).fetchall():
-        listed, at = manifest.get(file_hash, ([], 0.0))
-        manifest[file_hash] = (sorted({*listed, *json.loads(dates or "[]")}), max(at, ingested_us / 1e6))
+    manifest = ingested_dates(con, [r.file_hash for r in skipped])
     wanted = {d for dates, _ in manifest.values() for d in dates}
     latest = context.instance.get_latest_storage_id_by_partition(
         context.asset_key, dg.DagsterEventType.ASSET_MATERIALIZATION, partitions=wanted) if wanted else {}
