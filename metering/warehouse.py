@@ -316,6 +316,7 @@ def publish(
     new readers see the new one. Returns the snapshot path.
     """
     dest = config.ensure_file_target(config.snapshot_path(snapshot), "snapshot")
+    _refuse_catalog_named_like_the_views(dest)
     tmp = dest.with_name(f".{dest.name}.{os.getpid()}.tmp")
     _remove_abandoned_copies(dest)
     remove_database(tmp)
@@ -329,6 +330,21 @@ def publish(
         raise
     log.info("published snapshot", extra={"snapshot": str(dest)})
     return dest
+
+
+ANALYST_SCHEMA = "analytics"
+"""The snapshot's schema of analyst views (`metering/views/`)."""
+
+
+def _refuse_catalog_named_like_the_views(dest: Path) -> None:
+    """DuckDB names a file's catalog after its name (leading dots dropped, up to the first dot): in a
+    file called `analytics.duckdb` every `analytics.<view>` is ambiguous between the catalog and the
+    views' schema, for the views' own creation and for every analyst query."""
+    catalog = dest.name.lstrip(".").split(".")[0]
+    if catalog.lower() == ANALYST_SCHEMA:
+        raise BadInputError(
+            f"{dest}: a snapshot cannot be named {dest.name}: DuckDB would name its catalog {catalog!r}, which makes "
+            f"every `{ANALYST_SCHEMA}.<view>` ambiguous; choose another name (the default is data/snapshot.duckdb)")
 
 
 def _refuse_schema_behind(target: duckdb.DuckDBPyConnection, source: Path) -> None:

@@ -294,6 +294,24 @@ def _warehouse_before(path, version: str) -> None:
     return con
 
 
+@pytest.mark.parametrize("name", ["analytics.duckdb", "Analytics.db", "analytics"])
+def test_a_snapshot_named_like_the_views_schema_is_refused_by_name(tmp_path, name):
+    """DuckDB names a file's catalog after the file: `analytics.<view>` would be ambiguous in it (this
+    was a traceback and exit 1, the issue's own suggested name among them)."""
+    from click.testing import CliRunner
+
+    from metering.cli import cli
+
+    with warehouse.open_warehouse(tmp_path / "w.duckdb"):
+        pass
+    result = CliRunner().invoke(cli, ["publish", "--warehouse", str(tmp_path / "w.duckdb"),
+                                       "--snapshot", str(tmp_path / name)])
+    assert result.exit_code == 3, result.output
+    assert f"{tmp_path / name}: a snapshot cannot be named {name}" in result.output
+    assert "Traceback" not in result.output and not (tmp_path / name).exists()
+    assert list(tmp_path.glob(".*")) == []
+
+
 def test_publishing_a_warehouse_whose_schema_is_behind_is_refused(tmp_path):
     from click.testing import CliRunner
 
