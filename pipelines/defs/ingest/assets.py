@@ -68,16 +68,21 @@ def _as_of(text: str) -> datetime:
 
 
 def _dates_not_reported_since(
-    context: dg.AssetExecutionContext, con: duckdb.DuckDBPyConnection, skipped: list[IngestResult]
+    context: dg.AssetExecutionContext, con: duckdb.DuckDBPyConnection, skipped: list[IngestResult],
+    partitions: set[str]
 ) -> dict[str, list[str]]:
-    """For files skipped as already ingested: {path: the event dates of its manifest entry that no
-    materialization of this asset reported after the file was ingested}, leaving out empty lists.
+    """For files skipped as already ingested: {path: the event dates of its manifest entry that are
+    `partitions` and that no materialization of this asset reported after the file was ingested},
+    leaving out empty lists.
 
-    Reporting a date twice is harmless; never reporting one hides late events from rating.
+    Reporting a date twice is harmless; never reporting one hides late events from rating. A date that
+    is no partition can never be reported: it was warned about when its file was ingested, and is
+    left out here, or every whole-folder run would warn about it again.
     """
     if not skipped:
         return {}
-    manifest = ingested_dates(con, [r.file_hash for r in skipped])
+    manifest = {h: ([d for d in dates if d in partitions], at)
+                for h, (dates, at) in ingested_dates(con, [r.file_hash for r in skipped]).items()}
     wanted = {d for dates, _ in manifest.values() for d in dates}
     latest = context.instance.get_latest_storage_id_by_partition(
         context.asset_key, dg.DagsterEventType.ASSET_MATERIALIZATION, partitions=wanted) if wanted else {}
@@ -141,10 +146,10 @@ def usage_events(
         conservation = ingest_checks.conservation(con)
         unique = ingest_checks.unique_event_ids(con)
         done = [r for r in results if r.status == "ingested"]
-        earlier = _dates_not_reported_since(context, con, [r for r in results if r.status != "ingested"])
+        existing = set(daily_usage.get_partition_keys())
+        earlier = _dates_not_reported_since(context, con, [r for r in results if r.status != "ingested"], existing)
         dates_of = {**{r.path: r.event_dates for r in done}, **earlier}  # file -> dates this run reports
         touched = sorted({d for dates in dates_of.values() for d in dates})
-        existing = set(daily_usage.get_partition_keys())
         outside = [d for d in touched if d not in run_partitions]
         elsewhere = [d for d in outside if d in existing]
         unpartitioned = [d for d in outside if d not in existing]

@@ -178,6 +178,13 @@ def test_dates_that_are_not_partitions_are_logged_not_materialized(world):
     warnings = [e.user_message for e in world.instance.all_logs(result.run_id)
                 if e.level == logging.WARNING and not e.is_dagster_event]
     assert any("2025-12-31" in w for w in warnings)
+    # a later run over the whole folder skips the file and does not warn about that date again
+    again = _materialize(world, "2026-10-06")
+    meta = _meta(again, "2026-10-06")
+    assert meta["files_skipped"].value == 1 and meta["event_dates_without_partition"].value == []
+    assert meta["event_dates_of_skipped_files"].value == {}
+    assert not [e for e in world.instance.all_logs(again.run_id)
+                if e.level == logging.WARNING and not e.is_dagster_event and "2025-12-31" in e.user_message]
 
 
 def test_the_retry_of_a_run_killed_after_a_file_committed_reports_that_files_dates(world, tmp_path):
