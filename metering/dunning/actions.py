@@ -15,8 +15,12 @@ How exactly-once holds across re-runs and crashes:
 4. The row is then marked `done` (or `rejected` when Stripe refuses the request for good).
 
 Rules that keep the engine from doing harm (invariant I15):
-- never charge an invoice Stripe is still retrying (`next_payment_attempt` in the future): the
-  retry waits; once a later step is due, it is skipped (`stripe_retrying`) so it never blocks it;
+- never charge an invoice Stripe is still retrying (`next_payment_attempt` set: Stripe clears it
+  when its schedule ends, and a time in the past means its retry is due or under way, its outcome
+  not yet known to us): the retry waits; once a later step is due, it is skipped
+  (`stripe_retrying`) so it never blocks it. Right before charging, the invoice is read from
+  Stripe (GET) and the charge waits if Stripe shows a retry scheduled there: our state, built from
+  webhooks, may lag;
 - each row records Stripe's attempt_count when the action was decided (the audit trail for I15);
   a manual retry does not move attempt_count (Stripe counts only automatic retries after the first
   attempt), so our steps are keyed by (invoice, step), not by attempt_count;
@@ -134,8 +138,7 @@ def plan_actions(
     catch_up = pl.col("action").is_in(["reminder", "retry"]) & (
         pl.col("step_index") < pl.col("latest_of_action"))
     later_due = pl.col("step_index") < pl.col("current_step")
-    stripe_retrying = pl.col("next_payment_attempt").is_not_null() & (
-        pl.col("next_payment_attempt") > pl.lit(now, dtype=TS))
+    stripe_retrying = pl.col("next_payment_attempt").is_not_null()
     blocked = is_retry & stripe_retrying
     skippable = catch_up | (blocked & later_due)
     # a pending row may already have taken effect (crash after the call): it is resolved, not skipped
@@ -258,9 +261,10 @@ def _attempt_event(client: stripe.StripeClient, invoice_id: str, key: str) -> st
     return None
 
 
-def _recover_pending(client: stripe.StripeClient, row: dict[str, Any]) -> str | None:
-    """After a crash, did the earlier call with this key take effect? Returns its outcome, or None."""
-    invoice = client.v1.invoices.retrieve(row["invoice_id"])
+def _recover_pending(client: stripe.StripeClient, row: dict[str, Any], invoice: Any = None) -> str | None:
+    """After a crash, did the earlier call with this key take effect? Returns its outcome, or None.
+    `invoice`: the invoice as just retrieved from Stripe, if the caller has it."""
+    invoice = invoice if invoice is not None else client.v1.invoices.retrieve(row["invoice_id"])
     status = getattr(invoice, "status", None)
     if row["action"] == "retry":
         if status == "paid":
@@ -358,6 +362,13 @@ def perform_actions(
     ledger = _Ledger(con, now)
     emails = read_emails(con) if not plan.is_empty() else {}
     stopped: set[str] = set()   # invoices whose later steps wait for the next run
+
+    def stop(action: str, key: str, invoice: str, status: str, error: str) -> None:
+        """The row cannot go on this run (it stays as it is); nor can its invoice's later steps."""
+        report.add(action, status)
+        report.errors.append(f"{key}: {error}")
+        stopped.add(invoice)
+
     for row in plan.iter_rows(named=True):
         action, invoice = row["action"], row["invoice_id"]
         key = idempotency_key(invoice, row["step_name"])
@@ -377,13 +388,15 @@ def perform_actions(
             report.add(action, f"wait:{row['reason']}")
             stopped.add(invoice)
             continue
+        if action in STRIPE_ACTIONS and client is None and decision in ("resolve", "perform"):
+            # a pending call may have reached Stripe: without a client nothing can be known or done
+            stop(action, key, invoice, "no_stripe_client", "no Stripe client configured (set STRIPE_API_KEY)")
+            continue
         if decision == "resolve":
             try:
-                took_effect = _recover_pending(client, row) if action in STRIPE_ACTIONS and client else None
+                took_effect = _recover_pending(client, row) if action in STRIPE_ACTIONS else None
             except stripe.StripeError as exc:
-                report.add(action, "error")
-                report.errors.append(f"{key}: {_error_text(exc)}")
-                stopped.add(invoice)
+                stop(action, key, invoice, "error", _error_text(exc))
                 continue
             if took_effect:
                 ledger.close(key, "done", took_effect)
@@ -398,11 +411,18 @@ def perform_actions(
             ledger.open(row, key, status="skipped", outcome=row["reason"])
             report.add(action, "skipped")
             continue
-        if action in STRIPE_ACTIONS and client is None:
-            report.add(action, "no_stripe_client")
-            report.errors.append(f"{key}: no Stripe client configured (set STRIPE_API_KEY)")
-            stopped.add(invoice)
-            continue
+        recovered = None
+        if action in STRIPE_ACTIONS:   # reads only, so before the ledger row
+            try:
+                live = client.v1.invoices.retrieve(invoice)
+                recovered = _recover_pending(client, row, live) if row["pending_attempts"] else None
+            except stripe.StripeError as exc:
+                stop(action, key, invoice, "error", _error_text(exc))
+                continue
+            if action == "retry" and recovered is None and getattr(live, "next_payment_attempt", None) is not None:
+                report.add(action, "wait:stripe_retrying")   # Stripe's own schedule runs: ours waits
+                stopped.add(invoice)
+                continue
         ledger.open(row, key)                       # committed before anything leaves the process
         if hooks.after_ledger_commit:
             hooks.after_ledger_commit(row)
@@ -416,7 +436,6 @@ def perform_actions(
                 ledger.close(key, "done", "suspended")
                 report.add(action, "done")
                 continue
-            recovered = _recover_pending(client, row) if row["pending_attempts"] else None
             if recovered is not None:
                 status, outcome, request_id = "done", recovered, None
             else:
@@ -431,9 +450,7 @@ def perform_actions(
         except stripe.StripeError as exc:        # transient: the row stays pending, retried next run
             error = _error_text(exc)
             ledger.note_error(key, error)
-            report.add(action, "error")
-            report.errors.append(f"{key}: {error}")
-            stopped.add(invoice)
+            stop(action, key, invoice, "error", error)
     if report.errors:
         log.warning("dunning actions left pending: %d", len(report.errors))
     return report

@@ -7,6 +7,7 @@ import json
 import subprocess
 import sys
 import textwrap
+from datetime import timedelta
 from pathlib import Path
 
 import duckdb
@@ -403,6 +404,20 @@ def test_never_charges_while_stripe_is_still_retrying(
     ]
 
 
+def test_a_scheduled_stripe_retry_that_is_overdue_still_blocks_ours(
+    wh: duckdb.DuckDBPyConnection, tmp_path: Path, isolated_env: Path
+) -> None:
+    """Stripe clears next_payment_attempt when its schedule ends; a time in the past means its retry
+    is due or under way and its webhook has not landed yet. Charging then would be a second attempt
+    beside Stripe's (I15): the engine once took a past time for "schedule over"."""
+    policy = load_policy(write_rules(tmp_path / "retry_rules", RETRY_POLICY))
+    put_invoice(wh, "in_1", next_payment_attempt=T0 + 3 * DAY - timedelta(minutes=30))  # due half an hour ago
+    run_dunning(wh, None, policy, T0)
+    result = run_dunning(wh, None, policy, T0 + 3 * DAY)
+    assert result.report.counts == {"retry:wait:stripe_retrying": 1} and result.report.errors == []
+    assert [r[1] for r in ledger(wh)] == ["first_reminder"]
+
+
 def test_a_retry_with_no_stripe_client_waits_and_says_so(
     wh: duckdb.DuckDBPyConnection, tmp_path: Path, isolated_env: Path
 ) -> None:
@@ -411,7 +426,7 @@ def test_a_retry_with_no_stripe_client_waits_and_says_so(
     from metering.dunning.policy import load_policy
 
     policy = load_policy(write_rules(tmp_path / "retry_rules", RETRY_POLICY))
-    put_invoice(wh, "in_1", next_payment_attempt=T0 + 2 * DAY)       # Stripe's schedule is over
+    put_invoice(wh, "in_1", next_payment_attempt=None)                # Stripe's schedule is over
     result = run_dunning(wh, None, policy, T0 + 3 * DAY)
     assert result.report.errors == ["dunning:in_1:payment_retry: no Stripe client configured (set STRIPE_API_KEY)"]
     assert [r[1] for r in ledger(wh)] == ["first_reminder"]             # nothing written for the retry

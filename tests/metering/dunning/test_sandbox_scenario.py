@@ -16,7 +16,7 @@ import subprocess
 import sys
 import textwrap
 import time
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import duckdb
@@ -349,3 +349,51 @@ def test_no_charge_while_stripe_smart_retries_are_scheduled(tmp_path: Path, rule
             ("payment_retry", "skipped", "stripe_retrying"),
             ("final_reminder", "done", "rendered"),
         ]
+
+
+@pytest.mark.slow
+def test_no_charge_when_our_state_lags_and_stripe_shows_a_retry_scheduled(tmp_path: Path, rules_dir: Path) -> None:
+    """Our `stripe_invoices` says Stripe's schedule is over (a webhook not landed yet, a repair not
+    run); Stripe itself has its next retry scheduled. The invoice is read from Stripe right before a
+    charge, and the charge waits: no /pay, no ledger row, no error."""
+    with running_sandbox() as sb:   # Stripe retries 3, 5 and 7 days after each failure
+        s = Scenario(sb, tmp_path / "data" / "warehouse.duckdb", rules_dir, tmp_path)
+        _, inv = s.customer("c_1")
+        s.run()
+        s.advance(3)
+        with warehouse.open_warehouse(s.db) as con:
+            s.sync(con)
+            con.execute("UPDATE stripe_invoices SET next_payment_attempt = NULL")   # the lagging view
+            result = run_dunning(con, s.client, s.policy, s.now)
+        assert s.client.v1.invoices.retrieve(inv).next_payment_attempt is not None
+        assert result.report.counts == {"retry:wait:stripe_retrying": 1} and result.report.errors == []
+        assert s.ours("/pay") == []
+        assert s.table("SELECT step_name FROM dunning_actions ORDER BY step_index") == [("first_reminder",)]
+
+
+@pytest.mark.slow
+def test_a_pending_retry_without_a_stripe_client_stays_pending_and_says_so(tmp_path: Path, rules_dir: Path) -> None:
+    """A crash after the ledger row committed, and the next run has no Stripe client: whether the
+    charge reached Stripe cannot be known, so the row stays pending and the run reports it (it was
+    closed as skipped, the ledger then saying no charge was made although one may have been)."""
+    with running_sandbox(payment_retry_days=(), after_final_failure="past_due") as sb:
+        s = Scenario(sb, tmp_path / "data" / "warehouse.duckdb", rules_dir, tmp_path)
+        _, inv = s.customer("c_1")
+        s.run()
+        s.advance(3)
+        s.crash("after_stripe_call", "payment_retry")
+        assert s.ours("/pay") == [(f"/v1/invoices/{inv}/pay", f"dunning:{inv}:payment_retry", 402)]
+        s.advance(7)   # the final reminder is due, and Stripe shows a retry of its own scheduled:
+        with warehouse.open_warehouse(s.db) as con:   # the pending retry is to be resolved, not made
+            s.sync(con)
+            con.execute("UPDATE stripe_invoices SET next_payment_attempt = ?", [s.now + timedelta(days=2)])
+            result = run_dunning(con, None, s.policy, s.now)
+        assert result.report.errors == [f"dunning:{inv}:payment_retry: no Stripe client configured (set STRIPE_API_KEY)"]
+        assert s.table("SELECT step_name, status FROM dunning_actions ORDER BY step_index") == [
+            ("first_reminder", "done"), ("payment_retry", "pending")]
+        s.run()   # with a client: resolved from Stripe's own record of the declined charge
+        s.run()   # (the invoice's later steps wait for the run after a retry)
+        assert s.table("SELECT step_name, status, outcome FROM dunning_actions ORDER BY step_index") == [
+            ("first_reminder", "done", "rendered"), ("payment_retry", "done", "attempted:invoice.payment_failed"),
+            ("final_reminder", "done", "rendered")]
+        assert len(s.ours("/pay")) == 1
