@@ -23,6 +23,7 @@ from pathlib import Path
 
 from metering import config
 from metering.errors import BadInputError
+from metering.ingest.readers import parquet_scan
 from metering.warehouse import database_files, remove_database, sql_string
 
 
@@ -30,7 +31,7 @@ def _floor_sql(path: Path, fmt: str) -> str:
     p = sql_string(str(path))
     cols = "{'event_id': 'VARCHAR', 'customer_id': 'VARCHAR', 'meter': 'VARCHAR', 'timestamp': 'VARCHAR'}"
     source = {
-        "parquet": f"SELECT event_id, customer_id, meter, timestamp FROM read_parquet({p})",
+        "parquet": f"SELECT event_id, customer_id, meter, timestamp FROM {parquet_scan(path)}",
         "jsonl": f"SELECT * FROM read_json({p}, format = 'newline_delimited', ignore_errors = true, columns = {cols})",
         "jsonl.gz": f"SELECT * FROM read_json({p}, format = 'newline_delimited', ignore_errors = true, "
                     f"compression = 'gzip', columns = {cols})",

@@ -11,7 +11,9 @@ from pathlib import Path
 
 import duckdb
 
-from metering.ingest.readers import detect_format, parquet_columns, parquet_field_text
+from metering.ingest.readers import (
+    NO_HIVE_PARTITIONS, detect_format, parquet_columns, parquet_field_text, parquet_scan,
+)
 from metering.ingest.validate import timestamp_sql
 from metering.warehouse import sql_string
 
@@ -30,14 +32,14 @@ def event_date_range(path: Path) -> tuple[date, date] | None:
             if "timestamp" not in types:
                 return None
             # a timestamp column as the text validation reads (its VARCHAR cast, `... +00`, is no RFC 3339)
-            source = f"SELECT {parquet_field_text(types, 'timestamp')} AS ts FROM read_parquet({p})"
+            source = f"SELECT {parquet_field_text(types, 'timestamp')} AS ts FROM {parquet_scan(path)}"
         elif fmt == "csv":
-            source = f"SELECT timestamp AS ts FROM read_csv({p}, all_varchar = true, ignore_errors = true, header = true)"
+            source = f"SELECT timestamp AS ts FROM read_csv({p}, all_varchar = true, ignore_errors = true, header = true, {NO_HIVE_PARTITIONS})"
         else:
             # records = true: without it a line that is not an object (an array, a number) is read whole
             # as the one column, and its text makes the whole file's range NULL
             source = (f"SELECT timestamp AS ts FROM read_json({p}, format = 'newline_delimited', records = true, "
-                      f"ignore_errors = true, columns = {{'timestamp': 'VARCHAR'}})")
+                      f"ignore_errors = true, columns = {{'timestamp': 'VARCHAR'}}, {NO_HIVE_PARTITIONS})")
         row = con.execute(f"SELECT min({_TS})::DATE, max({_TS})::DATE FROM ({source}) "
                           f"WHERE {_TS} >= TIMESTAMPTZ '2000-01-01 00:00:00+00' AND {_TS} <= now() + INTERVAL 1 DAY"
                           ).fetchone()

@@ -147,6 +147,7 @@ def _python_line_batches(path: Path, fmt: str) -> Iterator[pa.Array]:
     opener: Callable = gzip.open if fmt == "jsonl.gz" else open
     with opener(path, "rb") as fh:
         data = fh.read()
+    data = data.removeprefix(b"\xef\xbb\xbf")  # a UTF-8 byte order mark, as Arrow's reader drops it
     lines = data.replace(b"\r\n", b"\n").replace(b"\r", b"\n").split(b"\n")
     if lines and lines[-1] == b"":
         lines.pop()
@@ -554,16 +555,30 @@ def _parquet_field_sql(types: dict[str, str], name: str, alias: str, text: str |
     return f"{text} AS {alias}, CASE WHEN {col} IS NULL THEN 'NULL' ELSE '{kind}' END AS {alias}_t"
 
 
+NO_HIVE_PARTITIONS = "hive_partitioning = false"
+"""For every DuckDB file reader: by default DuckDB reads `key=value` folders in a file's path as
+columns that REPLACE the file's own (a file under `raw/value=999/` had every value stored as 999)."""
+
+
+ROW_NUMBER_COLUMN = "file_row_number"
+
+
+def parquet_scan(path: Path, *, row_numbers: bool = False) -> str:
+    """SQL reading the Parquet file `path` as it is: its own columns only (plus `file_row_number`)."""
+    numbered = f", {ROW_NUMBER_COLUMN} = true" if row_numbers else ""
+    return f"read_parquet({sql_string(str(path))}, {NO_HIVE_PARTITIONS}{numbered})"
+
+
 def parquet_columns(con: duckdb.DuckDBPyConnection, path: Path) -> dict[str, str]:
     try:
-        rows = con.execute(f"DESCRIBE SELECT * FROM read_parquet({sql_string(str(path))})").fetchall()
+        rows = con.execute(f"DESCRIBE SELECT * FROM {parquet_scan(path)}").fetchall()
     except duckdb.Error as exc:
         raise BadInputError(f"{path}: cannot read the Parquet file: {str(exc).splitlines()[0]}") from None
     return {r[0]: r[1] for r in rows}
 
 
 def _struct_fields(con: duckdb.DuckDBPyConnection, path: Path, column: str) -> dict[str, str]:
-    rows = con.execute(f"DESCRIBE SELECT {_quoted(column)}.* FROM read_parquet({sql_string(str(path))})").fetchall()
+    rows = con.execute(f"DESCRIBE SELECT {_quoted(column)}.* FROM {parquet_scan(path)}").fetchall()
     return {r[0]: r[1] for r in rows}
 
 
@@ -609,6 +624,9 @@ def stage_parquet(con: duckdb.DuckDBPyConnection, path: Path, fmt: str, sink: Si
     missing = [f for f in ("event_id", "customer_id", "meter", "timestamp") if f not in types]
     if missing:
         raise BadInputError(f"{path}: the Parquet schema lacks required column(s) {', '.join(missing)}")
+    if ROW_NUMBER_COLUMN in types:   # DuckDB refuses to number the rows of such a file
+        raise BadInputError(f"{path}: a column is named {ROW_NUMBER_COLUMN}, the name DuckDB's Parquet reader keeps "
+                            f"for row numbers; rename that column (nothing was stored)")
     extra_cols = [c for c in types if c not in KNOWN_FIELDS]
     extra = (f"nullif(json_merge_patch('{{}}', to_json({_struct_sql(extra_cols)})), '{{}}')"  # null = absent
              if extra_cols else "NULL")
@@ -634,7 +652,7 @@ def stage_parquet(con: duckdb.DuckDBPyConnection, path: Path, fmt: str, sink: Si
                {props_field},
                {props_canonical} AS properties_canonical,
                {extra} AS extra, NULL::BIGINT AS byte_offset
-        FROM read_parquet({sql_string(str(path))}, file_row_number = true)"""
+        FROM {parquet_scan(path, row_numbers=True)}"""
     sink.reset()
     try:
         rows = sink.insert(sql)
@@ -652,7 +670,7 @@ def parquet_raw_rows(con: duckdb.DuckDBPyConnection, path: Path, lines_table: st
     columns = list(parquet_columns(con, path))
     return f"""
         SELECT file_row_number + 1 AS line, to_json({_struct_sql(columns)}) AS raw
-        FROM read_parquet({sql_string(str(path))}, file_row_number = true)
+        FROM {parquet_scan(path, row_numbers=True)}
         WHERE file_row_number + 1 IN (SELECT line FROM {lines_table})"""
 
 

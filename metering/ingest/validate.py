@@ -113,6 +113,12 @@ def _checks(meters: dict[str, Meter], now: datetime) -> list[tuple[str, str, str
          "'not a single JSON object' ELSE 'broken quoting or wrong number of fields' END"),
         ("missing_field", " OR ".join(_blank(c) for _, c in required),
          "CASE " + " ".join(f"WHEN {_blank(c)} THEN '{f} is missing or empty'" for f, c in required) + " END"),
+        # an empty or blank text value is an absent one, as an empty CSV cell is
+        ("missing_field", f"(value_t = 'NULL' OR (value_t = 'VARCHAR' AND vtext IS NULL)) "
+                          f"AND list_contains({_list(need_value)}, meter)",
+         "'value is required for meter ' || meter"),
+        *[("missing_field", f"meter = {sql_string(meter)} AND coalesce(trim(pm[{sql_string(prop)}]->>'$'), '') = ''",
+           sql_string(f"properties.{prop} is required for meter {meter}")) for meter, prop in sorted(counted.items())],
         ("bad_type", " OR ".join(f"{f}_t <> 'VARCHAR'" for f in typed_fields),
          "CASE " + " ".join(f"WHEN {f}_t <> 'VARCHAR' THEN '{f} must be a string, got ' || lower({f}_t)"
                             for f in typed_fields) + " END"),
@@ -143,16 +149,6 @@ def _checks(meters: dict[str, Meter], now: datetime) -> list[tuple[str, str, str
         ("future_timestamp", f"t > TIMESTAMPTZ {horizon}",
          "'timestamp ' || t::VARCHAR || ' is in the future (ingested at ' || " + sql_string(now.isoformat())
          + " || ')'"),
-        # an empty or blank text value is an absent one, as an empty CSV cell is
-        ("missing_field", f"(value_t = 'NULL' OR (value_t = 'VARCHAR' AND vtext IS NULL)) "
-                          f"AND list_contains({_list(need_value)}, meter)",
-         "'value is required for meter ' || meter"),
-    ]
-    for meter, prop in sorted(counted.items()):
-        checks.append(("missing_field",
-                       f"meter = {sql_string(meter)} AND coalesce(trim(pm[{sql_string(prop)}]->>'$'), '') = ''",
-                       sql_string(f"properties.{prop} is required for meter {meter}")))
-    checks += [
         ("non_finite_value", f"NOT num_ok AND list_contains({_NON_FINITE}, lower(vtext))",
          "'value ' || vtext || ' is not finite'"),
         ("bad_type", f"value_t <> 'NULL' AND (NOT list_contains({_NUMBER_KINDS}, value_t) OR "
@@ -226,9 +222,11 @@ SELECT line,
        -- (0.6 s per 10M rows); t lies after 2000, so the floor division is exact
        CASE WHEN reason IS NULL THEN DATE '1970-01-01' + (epoch_us(t) // 86400000000)::INTEGER END AS event_date,
        -- a quarantined row keeps its quantity where it is one exactly (I1: the values read add up to the
-       -- values stored, quarantined and dropped); CASE evaluates the second branch on those rows only
+       -- values stored, quarantined and dropped), not from a row that did not parse (a CSV row with a
+       -- field too many shifts its cells); CASE evaluates the second branch on those rows only
        CASE WHEN reason IS NULL THEN v12
-            WHEN num_ok AND abs(v12) <= {MAX_VALUE} AND NOT {_TOO_PRECISE} THEN v12 END AS value,
+            WHEN parse_error IS NULL AND num_ok AND abs(v12) <= {MAX_VALUE} AND NOT {_TOO_PRECISE} THEN v12
+       END AS value,
        CASE WHEN reason IS NULL THEN props END AS properties,
        extra,
        CASE WHEN reason IS NULL THEN byte_offset END AS byte_offset  -- to fetch a conflicting line's text

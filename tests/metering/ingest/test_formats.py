@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from datetime import date
 from decimal import Decimal
 
 import polars as pl
@@ -11,6 +12,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from metering import warehouse
+from metering.errors import BadInputError
 from metering.ingest import ingest_file
 from tests.metering.ingest.conftest import NOW, event, write_lines
 
@@ -79,6 +81,38 @@ def test_parquet_quarantine_keeps_the_row_as_json(tmp_path, con):
     assert result.reasons == {"negative_value": 1}
     assert con.execute("SELECT source_line, raw FROM usage_quarantine").fetchone() == (
         2, '{"event_id":"b","customer_id":"c","meter":"tokens","timestamp":"2026-10-05T12:00:00Z","value":"-1"}')
+
+
+def test_files_under_key_value_folders_are_read_as_they_are(tmp_path, con):
+    """DuckDB reads `key=value` folder names as columns that replace the file's own: a file under
+    `value=999/customer_id=other/` had every value stored as 999 and every customer as `other`, the
+    conservation checks balancing the wrong numbers. Folders are names, never data."""
+    from metering.ingest import ingest_files
+    from metering.ingest.peek import event_date_range
+
+    folder = tmp_path / "raw" / "value=999" / "customer_id=other" / "timestamp=2030-01-01T00:00:00Z" / "region=x"
+    folder.mkdir(parents=True)
+    pl.DataFrame({"event_id": ["h1"], "customer_id": ["acme"], "meter": ["tokens"],
+                  "timestamp": ["2026-10-05T12:00:00Z"], "value": ["1"]}).write_parquet(folder / "f.parquet")
+    write_lines(folder / "g.jsonl", [event("h2", value="2")])
+    (folder / "h.csv").write_text("event_id,customer_id,meter,timestamp,value\nh3,acme,tokens,2026-10-06T12:00:00Z,3\n")
+    results = ingest_files(con, [tmp_path / "raw"], now=NOW)
+    assert [r.rows_accepted for r in results] == [1, 1, 1]
+    assert con.execute("SELECT event_id, customer_id, value, extra FROM usage_events ORDER BY 1").fetchall() == [
+        ("h1", "acme", Decimal(1), None), ("h2", "cust_00001", Decimal(2), None), ("h3", "acme", Decimal(3), None)]
+    for name, day in (("f.parquet", 5), ("g.jsonl", 5), ("h.csv", 6)):   # the sensor's partition hint too
+        assert event_date_range(folder / name) == (date(2026, 10, day), date(2026, 10, day)), name
+
+
+def test_a_parquet_column_named_file_row_number_is_refused_by_name(tmp_path, con):
+    """DuckDB's Parquet reader cannot number the rows of a file with such a column (its name for the
+    row number): the file is refused whole, saying which column to rename, not kept half-read."""
+    path = tmp_path / "f.parquet"
+    pl.DataFrame({"event_id": ["a"], "customer_id": ["c"], "meter": ["tokens"], "timestamp": ["2026-10-05T12:00:00Z"],
+                  "value": ["1"], "file_row_number": [7]}).write_parquet(path)
+    with pytest.raises(BadInputError, match=r"f\.parquet: a column is named file_row_number, .* rename that column"):
+        ingest_file(con, path, now=NOW)
+    assert con.execute("SELECT count(*) FROM ingested_files").fetchone()[0] == 0
 
 
 def test_blank_lines_are_not_rows(tmp_path, con):
