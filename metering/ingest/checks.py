@@ -34,7 +34,8 @@ def conservation(con: duckdb.DuckDBPyConnection) -> CheckOutcome:
         WHERE coalesce(c.n, 0) <> f.rows_accepted OR coalesce(q.n, 0) <> f.rows_quarantined
            OR coalesce(c.v, 0) <> f.value_accepted OR coalesce(q.v, 0) <> f.value_quarantined""").fetchone()[0]
     orphans = con.execute("""
-        SELECT (SELECT count(*) FROM usage_events WHERE file_id NOT IN (SELECT file_id FROM ingested_files))
+        SELECT (SELECT count(*) FROM usage_events
+                WHERE file_id NOT IN (SELECT file_id FROM ingested_files WHERE file_id IS NOT NULL))
              + (SELECT count(*) FROM usage_quarantine WHERE file_hash NOT IN (SELECT file_hash FROM ingested_files))
     """).fetchone()[0]
     totals = con.execute("SELECT count(*), coalesce(sum(rows_read), 0), coalesce(sum(rows_accepted), 0), "

@@ -248,6 +248,13 @@ def test_the_conservation_check_sees_a_changed_value_that_row_counts_miss(tmp_pa
                 "value_dropped = NULL")
     outcome = checks.conservation(con)
     assert outcome.passed and outcome.metadata["files_without_value_sums"] == 1
+    # events whose file has no manifest entry are orphans, also beside a hand-made entry without a
+    # file_id (a NULL in the `NOT IN` list once hid every orphan)
+    con.execute("INSERT INTO ingested_files (file_hash, path, format, rows_read, rows_accepted, rows_quarantined, "
+                "duplicates_dropped, ingested_at) VALUES ('by-hand', 'x.jsonl', 'jsonl', 0, 0, 0, 0, now())")
+    con.execute("UPDATE usage_events SET file_id = 99")
+    outcome = checks.conservation(con)
+    assert not outcome.passed and outcome.metadata["rows_without_manifest"] == 1
 
 
 @pytest.mark.parametrize("bad_line", [None, 1, 6], ids=["clean", "first-half", "second-half"])

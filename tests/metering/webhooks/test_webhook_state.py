@@ -99,6 +99,14 @@ def test_a_deleted_draft_leaves_the_state(con, tmp_path: Path):
     assert con.execute("SELECT count(*) FROM stripe_invoices").fetchone()[0] == 0
 
 
+def test_a_deleted_event_without_an_object_id_removes_nothing(con, tmp_path: Path):
+    """A NULL among the deleted ids made `NOT IN` NULL for every invoice: the table came out empty."""
+    odd = invoice("in_X", status="draft")
+    del odd["id"]
+    land(con, tmp_path, [dunning_lifecycle("in_A"), [event("evt_del", "invoice.deleted", START + 9, odd)]])
+    assert con.execute("SELECT invoice_id FROM stripe_invoices").fetchall() == [("in_A",)]
+
+
 def test_expanded_subscription_and_zero_decimal_currency(con, tmp_path: Path):
     inv = invoice("in_J", currency="jpy", amount_due=1500, subscription=None, customer_id=None)
     inv["parent"] = {"type": "subscription_details",
