@@ -182,6 +182,9 @@ def _templates(c: _Checker, raw: Any) -> dict[str, Template]:
     return out
 
 
+MAX_MINOR = 2**63 - 1
+
+
 def _minimums(c: _Checker, where: str, raw: Any) -> dict[str, int]:
     if raw is None:
         return {}
@@ -204,6 +207,9 @@ def _minimums(c: _Checker, where: str, raw: Any) -> dict[str, int]:
             continue
         if minor < 0:
             c.error(at, f"must not be negative, got {value!r}")
+            continue
+        if minor > MAX_MINOR:   # amounts are 64-bit integers of minor units (a larger one crashed the run)
+            c.error(at, f"{value!r} is too large (at most {MAX_MINOR} in minor units)")
             continue
         out[cur] = minor
     return out

@@ -74,10 +74,9 @@ def parse_clock(text: str | None, where: str = "--now") -> datetime:
     if not text:
         return datetime.now(timezone.utc)
     try:
-        value = datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
-    except ValueError:
+        return utc(datetime.fromisoformat(text.strip().replace("Z", "+00:00")))
+    except (ValueError, OverflowError):   # overflow: a time that has no UTC date (0001-01-01T00:00+01:00)
         raise BadInputError(f"{where}: {text!r} is not an ISO 8601 time (e.g. 2026-11-15T00:00:00Z)") from None
-    return utc(value)
 
 
 def utc(moment: datetime) -> datetime:

@@ -261,10 +261,11 @@ def test_cli_run_survives_stripe_outages_without_repeating(
         ]
 
 
-def test_cli_rejects_a_bad_clock(isolated_env: Path) -> None:
-    result = _cli("run", "--now", "next tuesday")
-    assert result.exit_code == 2
-    assert "Invalid value for '--now': 'next tuesday' is not an ISO 8601 time" in result.output
+@pytest.mark.parametrize("clock", ["next tuesday", "0001-01-01T00:00:00+01:00"])  # the second: no UTC date
+def test_cli_rejects_a_bad_clock(isolated_env: Path, clock: str) -> None:
+    result = _cli("run", "--now", clock)
+    assert result.exit_code == 2, result.output
+    assert f"Invalid value for '--now': '{clock}' is not an ISO 8601 time" in result.output
 
 
 @pytest.mark.slow
