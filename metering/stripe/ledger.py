@@ -71,7 +71,8 @@ def plan_revisions(
     destination customer and `late_reason` (NULL when pushable). A window gets a new revision when
     it has none yet, when its value or destination changed, or (with `retry_failed`) when its
     latest revision failed. The new revision is `late` instead of `pending` when not pushable;
-    an open latest revision of a window that became unpushable is marked `late` in place.
+    an open latest revision of a window that became unpushable is marked `late` in place if it was
+    never attempted (an attempted one is left for the push to settle by Stripe's summary).
     Older open revisions of a window that gets a new one become `superseded`.
     Returns counts: new_revisions, newly_late.
     """
@@ -84,7 +85,7 @@ def plan_revisions(
             con,
             f"""
             WITH latest AS (
-                SELECT {_WINDOW_COLS}, revision, value, status, stripe_customer_id
+                SELECT {_WINDOW_COLS}, revision, value, status, stripe_customer_id, first_attempt_at
                 FROM stripe_push_ledger l
                 WHERE EXISTS (SELECT 1 FROM _desired d
                               WHERE d.customer_id = l.customer_id AND d.meter = l.meter
@@ -98,7 +99,10 @@ def plan_revisions(
                        OR l.stripe_customer_id IS DISTINCT FROM d.stripe_customer_id THEN 'new'
                      WHEN l.status = 'failed' AND ? THEN 'new'
                      WHEN l.status = 'superseded' THEN 'new'   -- its key expired unconfirmed
+                     -- never attempted: it cannot reach Stripe now. An attempted one may have (a
+                     -- lost response): the push settles it by Stripe's summary first
                      WHEN l.status IN ('pending', 'sent', 'unknown') AND d.late_reason IS NOT NULL
+                          AND l.first_attempt_at IS NULL
                        THEN 'mark_late'
                      ELSE 'keep'
                    END AS decision

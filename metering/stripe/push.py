@@ -207,17 +207,27 @@ class Pusher:
 
         open_rows = open_guarded()
 
-        def settle_by_summary(rows: pl.DataFrame) -> pl.DataFrame:
+        def settle_by_summary(rows: pl.DataFrame, then: str = "resent as a new revision") -> pl.DataFrame:
             """Rows whose outcome Stripe's summary decides: acknowledged if it holds the value, else
-            superseded and given a fresh revision (same value, new key). Returns the open rows then."""
-            report.summary_checks += self._resolve_stale(rows, report)
+            superseded and given a fresh revision (same value, new key; `late` for a window Stripe
+            no longer takes). Returns the open rows then."""
+            report.summary_checks += self._resolve_stale(rows, report, then)
             replan = desired.join(rows.select(ledger.WINDOW_KEY), on=ledger.WINDOW_KEY)
             report.new_revisions += ledger.plan_revisions(self.con, replan, self._now())["new_revisions"]
             return open_guarded()
 
+        # An attempted row of a window Stripe no longer takes (35 days, finalized invoice) may have
+        # reached Stripe (a lost response): its summary says whether, before it is called late. No
+        # such window is ever sent.
+        late = desired.filter(pl.col("late_reason").is_not_null()).select(ledger.WINDOW_KEY)
+        attempted_late = open_rows.join(late, on=ledger.WINDOW_KEY, how="semi")
+        if not attempted_late.is_empty():
+            open_rows = settle_by_summary(attempted_late, "not sent again, the window is late")
+        open_rows = open_rows.join(late, on=ledger.WINDOW_KEY, how="anti")
+
         stale = self._stale(open_rows)
         if not stale.is_empty():
-            open_rows = settle_by_summary(stale)
+            open_rows = settle_by_summary(stale, f"key older than {self.config.key_max_age}: resent as a new revision")
         try:
             self._send_all(open_rows, report)
             # Stripe refused an identifier it already holds (the key it came with was lost, e.g. the
@@ -349,7 +359,9 @@ class Pusher:
     def _formula(self, meter: str) -> str:
         return windows.stripe_formula(self.meters[meter])
 
-    def _resolve_stale(self, stale: pl.DataFrame, report: PushReport) -> int:
+    def _resolve_stale(self, stale: pl.DataFrame, report: PushReport, then: str) -> int:
+        """Settle `stale` rows by Stripe's summary: acknowledged if it holds the value, else superseded
+        (the caller plans what follows: `then`, for the ledger's message)."""
         meter_ids = self._meter_ids()
         outcomes = []
         for row in stale.iter_rows(named=True):
@@ -377,8 +389,7 @@ class Pusher:
                 holds = "no event" if no_event_on_last else str(held)
                 outcomes.append(_outcome(
                     row["identifier"], "superseded", 0,
-                    f"key older than {self.config.key_max_age}; Stripe's summary holds {holds}, "
-                    f"ours {row['value']}: resent as a new revision", None, None, "summary"))
+                    f"Stripe's summary holds {holds}, ours {row['value']}: {then}", None, None, "summary"))
         ledger.record_outcomes(self.con, outcomes, self._now())
         return len(outcomes)
 

@@ -157,9 +157,13 @@ def test_a_push_sends_only_windows_that_passed_its_guards(tmp_path: Path, rules_
         assert len(world.meter_event_requests()) == requests_before
         assert tokens_oct31() == [(1, Decimal(10), "acknowledged"), (2, Decimal(15), "unknown")]
 
-        second = push(oct31, oct31)                 # the control: its own push guards it
-        assert (second.calls, second.late) == (0, 1)
-        assert tokens_oct31() == [(1, Decimal(10), "acknowledged"), (2, Decimal(15), "late")]
+        # the control: its own push guards it. The row was attempted (its call may have reached Stripe),
+        # so Stripe's summary is read first (one call, no meter event): it holds 10, not 15, so the
+        # attempt is superseded and the window's value is late
+        second = push(oct31, oct31)
+        assert (second.calls, second.summary_checks, second.late) == (1, 1, 1)
+        assert tokens_oct31() == [(1, Decimal(10), "acknowledged"), (2, Decimal(15), "superseded"),
+                                  (3, Decimal(15), "late")]
         assert len(world.meter_event_requests()) == requests_before
         month = (dt.datetime(2026, 10, 1, tzinfo=dt.timezone.utc), dt.datetime(2026, 11, 1, tzinfo=dt.timezone.utc))
         assert world.stripe_total("acme", "tokens", *month) == Decimal(20)
@@ -178,3 +182,33 @@ def test_the_customer_map_keeps_the_plan_version_the_subscription_carries(tmp_pa
         again = catalog.sync_catalog(con, client, rules, customers, create_customers=False, test_clock=clock.id)
         assert again.customers[0]["plan_version"] == "2026-01"
         assert con.execute("SELECT plan, plan_version FROM stripe_customer_map").fetchall() == [("pro", "2026-01")]
+
+
+def test_an_attempt_whose_response_was_lost_is_settled_by_stripe_not_called_late(
+    tmp_path: Path, rules_dir: Path
+) -> None:
+    """The response to the period's last push is lost (Stripe applied the event: `unknown`); the next
+    push comes after the invoice was finalized. Stripe's summary holds the value, so the row is
+    acknowledged. It was marked `late` ("never sent: report to finance") without asking Stripe."""
+    oct31 = dt.date(2026, 10, 31)
+    with customer_on_clock(tmp_path, rules_dir) as (sb, con, client, clock, rules, report):
+        world = World(con, sb, client, rules, report)
+
+        def push(attempts: int = 8) -> Any:
+            config = PushConfig(rate=0, retry=replace(FAST_RETRY, max_attempts=attempts))
+            return Pusher(con, client, rules.meters, config, sleep=lambda s: None).push(oct31, oct31)
+
+        sb.advance_clock(clock.id, int(dt.datetime(2026, 10, 31, 12, tzinfo=dt.timezone.utc).timestamp()))
+        world.add_events([("acme", "tokens", day_start(oct31) + dt.timedelta(hours=1), "10", {"model": "small"})])
+        sb.inject_fault("lost_response", path="/v1/billing/meter_events", method="POST", count=1)
+        assert push(attempts=1).unknown == 1
+        sb.control("DELETE", "faults")
+        sb.advance_clock(clock.id, int(dt.datetime(2026, 11, 1, 2, tzinfo=dt.timezone.utc).timestamp()))
+        requests_before = len(world.meter_event_requests())
+        later = push()
+        assert (later.summary_checks, later.late, later.unknown) == (1, 0, 0)
+        assert world.ledger().filter(pl.col("meter") == "tokens").select("revision", "value", "status").rows() == [
+            (1, Decimal(10), "acknowledged")]
+        assert len(world.meter_event_requests()) == requests_before   # nothing sent again
+        month = (dt.datetime(2026, 10, 1, tzinfo=dt.timezone.utc), dt.datetime(2026, 11, 1, tzinfo=dt.timezone.utc))
+        assert world.stripe_total("acme", "tokens", *month) == Decimal(10)
