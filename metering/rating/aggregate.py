@@ -20,7 +20,7 @@ import duckdb
 import polars as pl
 
 from metering.rating import money
-from metering.rules.meters import Meter
+from metering.rules.meters import GAUGE_AGGREGATIONS, Meter
 from metering.rules.model import Rules
 from metering.warehouse import query_frame, sql_string
 
@@ -118,15 +118,18 @@ def charge_map(keys: pl.DataFrame, rules: Rules) -> pl.DataFrame:
                                       "dimensions": pl.String, "charge_id": pl.Int32}, orient="row")
 
 
-def assign_segments(partials: pl.DataFrame, segments: pl.DataFrame) -> pl.DataFrame:
-    """Attach each hourly row to the customer segment whose [segment_start, segment_end) holds its hour.
+def assign_segments(partials: pl.DataFrame, segments: pl.DataFrame, *, whole_period: bool = False) -> pl.DataFrame:
+    """Attach each hourly row to the customer segment whose [segment_start, segment_end) holds its hour;
+    with `whole_period`, to every segment of the period that holds it (a gauge's quantity is the
+    period's: see `charge_quantities`).
 
     Rows outside every segment (no plan in force) are dropped here; `unassigned_usage` reports them.
     """
     utc = pl.Datetime("us", "UTC")
+    start, end = ("period_start", "period_end") if whole_period else ("segment_start", "segment_end")
     seg = segments.select(
         "customer_id", "period_start", "segment_start", "segment_end", "plan", "plan_version",
-        _from=pl.col("segment_start").cast(utc), _to=pl.col("segment_end").cast(utc),
+        _from=pl.col(start).cast(utc), _to=pl.col(end).cast(utc),
     )
     return (
         partials.join(seg, on="customer_id", how="inner")
@@ -149,6 +152,12 @@ _COMBINE: list[tuple[tuple[str, ...], tuple[str, ...], pl.Expr]] = [
 def charge_quantities(partials: pl.DataFrame, segments: pl.DataFrame, rules: Rules) -> pl.DataFrame:
     """Period quantities per (customer, period, segment, plan version, usage charge) from hourly rows.
 
+    A count or sum meter's segment gets the usage of the segment's own hours (the parts add up to
+    the period). A gauge's (max, last, unique_count) gets the whole period's quantity, matched by
+    the segment's own charge: the seats a customer had, the peak it stored, the users it had, are
+    the period's, and pricing prorates each segment's amount by its days. Per segment, a period
+    cut by a version change billed a steady 10 seats in full twice.
+
     Rows are split by the meter's aggregation first, so each branch carries only the columns it
     combines (the list of distinct values only travels with unique_count meters).
     """
@@ -162,7 +171,8 @@ def charge_quantities(partials: pl.DataFrame, segments: pl.DataFrame, rules: Rul
         meters = [name for name, m in rules.meters.items() if m.aggregation in aggregations]
         rows = partials.filter(pl.col("meter").is_in(meters)).select("customer_id", "meter", "dimensions", "hour",
                                                                      *columns)
-        located = assign_segments(rows, segments).join(
+        gauge = all(a in GAUGE_AGGREGATIONS for a in aggregations)
+        located = assign_segments(rows, segments, whole_period=gauge).join(
             mapping, on=["plan", "plan_version", "meter", "dimensions"], how="inner"
         )
         if "distinct_values" in columns:

@@ -22,6 +22,10 @@ with zero usage. Semantics:
 - package: ceil (or, with package_round: down, floor) of billable / package_size, x package_amount.
 - flat: amount x (days in segment / days in the billing cycle): prorated by day across a plan or
   version change and for a first, partial period.
+- a gauge's usage charge (a max, last or unique_count meter) in a period split by a plan or version
+  change: each segment prices the whole period's quantity (`aggregate.charge_quantities`) and its
+  amount is prorated by the segment's days over the period's; its `tiers` end with
+  `{"segment_days", "period_days"}`. Unsplit periods are not prorated.
 - minimum: one commitment per customer, period and plan (`MINIMUM_KEY`), however many versions the
   period spans: the sum of each segment's minimum prorated by its days, less the rounded usage
   lines of all those segments, if positive. The true-up is on the minimum line of the plan's last
@@ -143,13 +147,15 @@ def _empty_rated() -> pl.DataFrame:
     return pl.DataFrame(schema=schema).select(RATED_COLUMNS)
 
 
-def _prorated(lines: pl.DataFrame, mask: pl.Expr, numerator: pl.Expr, audit: list[pl.Expr]) -> pl.DataFrame:
-    """Set the masked lines' amount to `numerator / cycle days` (an exact a24 amount), rounded once to
-    the minor unit by the line's rounding rule, with `audit` (JSON text parts) as the breakdown."""
+def _prorated(lines: pl.DataFrame, mask: pl.Expr, numerator: pl.Expr, audit: list[pl.Expr],
+              days: str = "period_days") -> pl.DataFrame:
+    """Set the masked lines' amount to `numerator / days` (an exact a24 amount; by default the cycle's
+    days), rounded once to the minor unit by the line's rounding rule, with `audit` (JSON text parts)
+    as the breakdown."""
     return lines.with_columns(
-        minor=pl.when(mask).then(money.round_ratio(numerator, pl.col("period_days") * pl.col("divisor"),
+        minor=pl.when(mask).then(money.round_ratio(numerator, pl.col(days) * pl.col("divisor"),
                                                    pl.col("rounding"))).otherwise(pl.col("minor")),
-        unrounded_a24=pl.when(mask).then(numerator // pl.col("period_days")).otherwise(pl.col("unrounded_a24")),
+        unrounded_a24=pl.when(mask).then(numerator // pl.col(days)).otherwise(pl.col("unrounded_a24")),
         tiers=pl.when(mask).then(pl.concat_str(audit)).otherwise(pl.col("tiers")),
     )
 
@@ -172,9 +178,11 @@ def rate(segments: pl.DataFrame, quantities: pl.DataFrame, rules: Rules) -> pl.D
         .with_row_index("line_id")
     )
     usage = pl.col("model").is_in(["per_unit", "graduated", "volume", "package"])
+    gauges = sorted(name for name, meter in rules.meters.items() if meter.is_gauge())
     lines = lines.with_columns(
         quantity=pl.when(usage).then(pl.col("quantity").fill_null(0)).otherwise(pl.lit(None)),
         period_days=pl.col("cycle_days").cast(I128),
+        period_len=(pl.col("period_end") - pl.col("period_start")).dt.total_days().cast(I128),
         segment_days=(pl.col("segment_end") - pl.col("segment_start")).dt.total_days().cast(I128),
         divisor=money.minor_unit_divisor(pl.col("digits")),
     )
@@ -197,6 +205,17 @@ def rate(segments: pl.DataFrame, quantities: pl.DataFrame, rules: Rules) -> pl.D
         minor=pl.when(usage).then(money.round_ratio(pl.col("amount_a24"), pl.col("divisor"), pl.col("rounding"))),
         unrounded_a24=pl.when(usage).then(pl.col("amount_a24")),
     )
+    # A gauge's segment of a split period priced the whole period's quantity: prorated by its days
+    # (of the period itself, not the cycle: a gauge is not prorated for a first, partial period).
+    split_gauge = usage & pl.col("meter").is_in(gauges) & (pl.col("segment_days") < pl.col("period_len"))
+    lines = money.checked_mul(lines.with_columns(gauge_days=pl.when(split_gauge).then(pl.col("segment_days"))
+                                                 .otherwise(lit(1))),
+                              "amount_a24", "gauge_days", "gauge_a24", "gauge amount")
+    lines = _prorated(lines, split_gauge, pl.col("gauge_a24"), [
+        pl.col("tiers").str.strip_suffix("]"), pl.when(pl.col("tiers") == "[]").then(pl.lit("")).otherwise(pl.lit(",")),
+        pl.lit('{"segment_days":'), pl.col("segment_days").cast(pl.String),
+        pl.lit(',"period_days":'), pl.col("period_len").cast(pl.String), pl.lit("}]"),
+    ], days="period_len")
     # Flat fees: prorated by day; round the exact fraction.
     lines = _prorated(lines, pl.col("model") == "flat", pl.col("fixed_a24") * pl.col("segment_days"), [
         pl.lit('[{"amount":"'), money.to_decimal_string(pl.col("fixed_a24"), money.AMOUNT_SCALE),

@@ -22,6 +22,14 @@ class Meter:
     property: str | None = None          # for unique_count: the property whose distinct values count
     dimensions: tuple[str, ...] = field(default_factory=tuple)
 
+    def is_gauge(self) -> bool:   # a method: the field `property` hides the builtin in this body
+        """A level over the period (max, last, distinct count), not a flow: its period quantity is
+        not the sum of its parts, so a period split by a plan or version change prices the whole
+        period's quantity in each part, prorated by day (see `metering.rating.pricing`)."""
+        return self.aggregation in GAUGE_AGGREGATIONS
+
+
+GAUGE_AGGREGATIONS = ("max", "last", "unique_count")
 
 def check_meters(rules_dir: str | Path | None = None) -> tuple[dict[str, Meter], list[str]]:
     """Read `meters.yaml`, returning the meters that are well formed and every problem found.

@@ -162,17 +162,29 @@ def test_usage_before_the_subscription_began_is_listed_not_lost(make_rules):
 @settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(raw=event_strategy, split=st.integers(2, 30))
 def test_sub_interval_quantities_sum_to_the_period_total(make_rules, raw, split):
-    """I7: splitting a period into segments (a plan change) loses and double-counts nothing."""
+    """I7: splitting a period into segments (a plan change) loses and double-counts nothing: a flow's
+    (count, sum) segment quantities add up to the period's; a gauge's (max, last, unique_count) each
+    segment holds the period's own quantity, which pricing prorates by day (it once held the
+    segment's, so a steady gauge was billed in full by every segment)."""
     rules = make_rules(CHARGES)
-    events = [(f"e{i:03d}", meter, dt.datetime(2026, 10, 1, tzinfo=UTC) + dt.timedelta(minutes=minute),
-               None if meter in ("api_calls", "active_users") else value, '{"region":"us"}')
-              for i, (meter, minute, value, _user, _region) in enumerate(raw) if meter in ("api_calls", "tokens")]
+    events = []
+    for i, (meter, minute, value, user, region) in enumerate(raw):
+        props = {"api_calls": f'{{"region":"{region}"}}', "tokens": '{"model":"small"}',
+                 "active_users": f'{{"user_id":"{user}"}}'}.get(meter, "{}")
+        events.append((f"e{i:03d}", meter, dt.datetime(2026, 10, 1, tzinfo=UTC) + dt.timedelta(minutes=minute),
+                       None if meter in ("api_calls", "active_users") else value, props))
     with warehouse.open_warehouse(":memory:") as con:
         insert(con, events)
         partials = build_aggregates(con, rules.meters, dt.date(2026, 10, 1), dt.date(2026, 11, 1))
-    whole = charge_quantities(partials, segments_oct(), rules)
+    whole = dict(charge_quantities(partials, segments_oct(), rules).select("charge_id", "quantity").rows())
     cut = dt.date(2026, 10, split)
     halves = pl.concat([segments_oct().with_columns(segment_end=pl.lit(cut)),
                         segments_oct().with_columns(segment_start=pl.lit(cut))])
-    parts = charge_quantities(partials, halves, rules).group_by("charge_id").agg(pl.col("quantity").sum()).sort("charge_id")
-    assert parts.rows() == whole.select("charge_id", "quantity").rows()
+    parts = charge_quantities(partials, halves, rules)
+    flows = {METER_IDS["api_calls"], METER_IDS["tokens"]}
+    summed = dict(parts.filter(pl.col("charge_id").is_in(flows)).group_by("charge_id")
+                  .agg(pl.col("quantity").sum()).rows())
+    assert summed == {c: q for c, q in whole.items() if c in flows}
+    gauges = parts.filter(~pl.col("charge_id").is_in(flows))
+    assert all(whole[c] == q for c, q in gauges.select("charge_id", "quantity").rows())
+    assert dict(gauges.group_by("charge_id").len().rows()) == {c: 2 for c in whole if c not in flows}  # both halves

@@ -393,3 +393,33 @@ def test_a_periods_closing_rating_stamps_it_even_when_its_lines_do_not_change(tm
         rate_at(closing + dt.timedelta(days=2))
         assert con.execute("SELECT charge, before_minor, after_minor FROM rating_adjustments ORDER BY charge"
                            ).fetchall() == [("api calls", 200, 300), ("minimum spend", 9800, 9700)]
+
+
+def test_a_gauge_is_billed_once_per_period_across_a_version_change(tmp_path):
+    """pro changes version on 2026-10-15: October splits 14 + 17 days. A gauge's quantity is the period's
+    (10 seats, a 500 GB peak, 8 distinct users), priced by each version and prorated by its days; per
+    segment each was billed in full twice (seats 200.00, storage 75.00, users 9.00). By hand:
+    seats 100.00 x 14/31 = 45.16 (half_up) + 100.00 x 17/31 = 54.84 (half_even);
+    storage 500 x 0.08 = 40.00 x 14/31 = 18.06, 500 x 0.07 = 35.00 x 17/31 = 19.19;
+    users (8 - 5 included) x 1.50 = 4.50 x 14/31 = 2.03, x 17/31 = 2.47."""
+    rules = load_rules(PROJECT_ROOT / "rating_rules")
+    csv = tmp_path / "customers.csv"
+    csv.write_text("customer_id,name,email,currency,billing_anchor_day,plan,plan_effective_from,payment_behavior\n"
+                   "p,P,p@p.test,usd,,pro,2026-01-01,succeeds\n")
+    with warehouse.open_warehouse(tmp_path / "wh.duckdb") as con:
+        warehouse.insert_frame(con, "customer_plans", load_customers(csv, rules))
+        for day in range(1, 32):
+            ts = f"2026-10-{day:02d} 12:00:00+00"
+            for meter, value, props in (("seats", "10", "{}"), ("storage_gb", "500", "{}"),
+                                        ("active_users", None, f'{{"user_id":"u{day % 8}"}}')):
+                con.execute("INSERT INTO usage_events VALUES (?, 'p', ?, CAST(? AS TIMESTAMPTZ), CAST(? AS DATE), ?, ?, "
+                            "'{}', 1, 1)", [f"{meter}-{day}", meter, ts, f"2026-10-{day:02d}", value, props])
+            service.refresh_aggregates(con, rules.meters, dt.date(2026, 10, day))
+        rated, _ = service.rate_month(con, rules, OCT)
+    gauges = rated.filter(pl.col("charge").is_in(["seats", "storage", "active users"])).sort("charge", "segment_start")
+    assert gauges.select("charge", "segment_start", "quantity", "amount_minor").rows() == [
+        ("active users", OCT, 8, 203), ("active users", dt.date(2026, 10, 15), 8, 247),
+        ("seats", OCT, 10, 4516), ("seats", dt.date(2026, 10, 15), 10, 5484),
+        ("storage", OCT, 500, 1806), ("storage", dt.date(2026, 10, 15), 500, 1919)]
+    assert gauges.filter(pl.col("charge") == "seats")["tiers"].to_list()[0].endswith(
+        ',{"segment_days":14,"period_days":31}]')

@@ -117,27 +117,33 @@ def test_rating_assets_hand_computed(setup):
     previews = rows(db, "SELECT customer_id, period_start, period_end, currency, total_minor, total, lines "
                         "FROM invoice_previews ORDER BY customer_id")
     assert previews == [
-        # starter 10 days: 19 x 10/31 = 6.13; scale 21 days: fee 499 x 21/31 = 338.03, seats 60 x 7.50 = 450,
-        # minimum 2000 x 21/31 - 450 = 904.84  -> 1699.00 (6 starter + 8 scale lines)
-        ("c_change", dt.date(2026, 10, 1), dt.date(2026, 11, 1), "usd", 169900, Decimal("1699.00"), 14),
+        # starter 10 days: 19 x 10/31 = 6.13, and the period's 60 seats (a gauge: the period's quantity,
+        # prorated by day) 60 x 8.00 x 10/31 = 154.84; scale 21 days: fee 499 x 21/31 = 338.03, seats
+        # 60 x 7.50 x 21/31 = 304.84, minimum 2000 x 21/31 - 304.84 = 1050.00 -> 1853.84 (6 + 8 lines)
+        ("c_change", dt.date(2026, 10, 1), dt.date(2026, 11, 1), "usd", 185384, Decimal("1853.84"), 14),
         # anchor 15: period Oct 15 - Nov 15; 1201 calls: 201 x 0.3 = 60.3 -> 60 yen; fee 7500; minimum 15000 - 60
         ("c_jpy", dt.date(2026, 10, 15), dt.date(2026, 11, 15), "jpy", 22500, Decimal("22500.00"), 7),
-        # the lines below: usage 69.54 + 41.00 = 110.54 is above the month's $100 minimum (no true-up),
+        # the lines below: usage 28.53 + 31.19 = 59.72 is below the month's $100 minimum: true-up 40.28,
         # plus the fees 22.13 + 32.35
-        ("c_pro", dt.date(2026, 10, 1), dt.date(2026, 11, 1), "usd", 16502, Decimal("165.02"), 17),
+        ("c_pro", dt.date(2026, 10, 1), dt.date(2026, 11, 1), "usd", 15448, Decimal("154.48"), 17),
     ]
     lines = rows(db, "SELECT plan_version, charge, CAST(quantity AS VARCHAR), amount_minor FROM rated_usage "
                      "WHERE customer_id = 'c_pro' AND amount_minor <> 0 ORDER BY segment_start, charge_id")
     assert lines == [
+        # gauges (storage max, seats last, active users distinct) price the whole period's quantity in
+        # each segment, prorated by its days (14/31 half_up, then 17/31 half_even)
         ("2026-01", "api calls", "1500.000000000000", 100),        # 1000 free, 500 x 0.002
         ("2026-01", "tokens large", "1000000.000000000000", 200),  # 10^6 x 0.000002
-        ("2026-01", "storage", "150.500000000000", 1204),          # max over hours, volume tier 2: x 0.08
-        ("2026-01", "seats", "5.000000000000", 5000),              # last value before the version change
-        ("2026-01", "active users", "8.000000000000", 450),        # u1..u8 distinct across days, 5 included
+        ("2026-01", "storage", "150.500000000000", 544),           # the month's peak, tier 2: 12.04 x 14/31
+        ("2026-01", "seats", "4.000000000000", 1806),              # the month's last value: 40.00 x 14/31
+        ("2026-01", "active users", "8.000000000000", 203),        # u1..u8, 5 included: 4.50 x 14/31
         ("2026-01", "platform fee", None, 2213),                   # 49 x 14/31
         ("2026-10", "api calls eu", "400.000000000000", 100),      # 400 x 0.0025
-        ("2026-10", "seats", "4.000000000000", 4000),
+        ("2026-10", "storage", "150.500000000000", 578),           # 150.5 x 0.07 = 10.535 x 17/31
+        ("2026-10", "seats", "4.000000000000", 2194),              # 40.00 x 17/31
+        ("2026-10", "active users", "8.000000000000", 247),        # 4.50 x 17/31
         ("2026-10", "platform fee", None, 3235),                   # 59 x 17/31
+        ("2026-10", "minimum spend", None, 4028),                  # 100 - 59.72 of usage
     ]
     versions = rows(db, "SELECT plan, plan_version FROM rules_versions ORDER BY ALL")
     assert versions == [("pro", "2026-01"), ("pro", "2026-10"), ("pro_jpy", "2026-01"), ("scale", "2026-01"),
