@@ -80,9 +80,9 @@ def rate_usage(usage: pl.DataFrame, rules: Rules, *, plan: str | None = None, at
     _fail(source, frame, ~frame["quantity_text"].str.contains(r"^[0-9]{1,26}(\.[0-9]{1,12})?$").fill_null(False),
           "quantity", "not a non-negative decimal with at most 26 digits before the point and 12 after")
     frame = frame.with_columns(quantity=pl.col("quantity_text").cast(money.QUANTITY_DTYPE))
-    _fail(source, frame, ~pl.col("meter").is_in(list(rules.meters)), "meter", "unknown meter")
+    _fail(source, frame, ~pl.col("meter").is_in(list(rules.meters)).fill_null(False), "meter", "unknown meter")
     frame = frame.with_columns(plan=pl.lit(plan) if plan else pl.col("plan").cast(pl.String))
-    _fail(source, frame, ~pl.col("plan").is_in(list(rules.plans)), "plan", "unknown plan")
+    _fail(source, frame, ~pl.col("plan").is_in(list(rules.plans)).fill_null(False), "plan", "unknown plan")
     if at is not None:
         frame = frame.with_columns(on=pl.lit(at))
     else:

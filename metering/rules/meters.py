@@ -69,6 +69,12 @@ def check_meters(rules_dir: str | Path | None = None) -> tuple[dict[str, Meter],
         if agg not in AGGREGATIONS:
             err(where + ("aggregation",), f"{agg!r} is not one of {', '.join(AGGREGATIONS)}")
             bad = True
+        if spec.get("value", "value") != "value":
+            # the quantity is always the event's `value` (the contract's field): another name was
+            # accepted and then ignored, pricing a field the rules did not mean
+            err(where + ("value",), f"{spec.get('value')!r}: the quantity is always the event's `value` field "
+                                    f"(leave `value` out, or write value: value)")
+            bad = True
         if agg == "unique_count" and not spec.get("property"):
             err(where + ("property",), "unique_count needs the property whose values it counts")
             bad = True

@@ -149,6 +149,12 @@ def test_rate_bad_usage_names_the_line(tmp_path):
     result = run("rate", "--rules", str(RULES), "--usage", str(usage), "--out", str(tmp_path / "o.csv"))
     assert result.exit_code == 3
     assert f"{usage}:2: quantity: not a non-negative decimal" in result.output
+    # empty plan and meter cells are named like unknown ones (an empty plan was a KeyError traceback)
+    for row, field in (("c1,api_calls,1,,2026-10-01", "plan"), ("c1,,1,pro,2026-10-01", "meter")):
+        usage.write_text(f"customer_id,meter,quantity,plan,period_start\n{row}\n")
+        result = run("rate", "--rules", str(RULES), "--usage", str(usage), "--out", str(tmp_path / "o.csv"))
+        assert result.exit_code == 3, result.output
+        assert f"{usage}:2: {field}: unknown {field} (1 row(s); first value None)" in result.output
 
 
 def test_rerate_range_is_repeatable(tmp_path):

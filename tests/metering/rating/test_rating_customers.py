@@ -93,6 +93,16 @@ def test_load_customers_with_plan_change(tmp_path, shipped_rules):
     ]
 
 
+@pytest.mark.parametrize("day", ["\u00b2", "\u0661", "007", "0"])   # superscript two, Arabic-Indic one
+def test_an_anchor_day_of_other_digits_is_named_not_a_traceback(tmp_path, shipped_rules, day):
+    """str.isdigit() takes '²' and '١', which int() refuses (a ValueError traceback) or reads as 1."""
+    path = write(tmp_path, f"c1,Acme,a@acme.test,usd,{day},starter,2026-01-01,succeeds\n")
+    with pytest.raises(BadInputError) as info:
+        load_customers(path, shipped_rules)
+    assert str(info.value).splitlines()[1] == (
+        f"{path}:2: billing_anchor_day: {day!r} is not a day 1..31 (or empty for calendar months)")
+
+
 def test_customer_errors_name_file_line_and_field(tmp_path, shipped_rules):
     path = write(tmp_path, "c1,Acme,not-an-email,usd,32,starter,2026-01-01,succeeds\n"
                            ",NoId,x@y.z,usd,,starter,2026-01-01,succeeds\n"

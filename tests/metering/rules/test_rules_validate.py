@@ -276,12 +276,16 @@ def test_other_files_in_the_rules_folder_are_ignored(tmp_path):
 def test_meter_errors_have_lines(tmp_path):
     root = tmp_path / "r"
     root.mkdir()
-    (root / "meters.yaml").write_text("meters:\n  a: {aggregation: median}\n  b: {aggregation: unique_count}\n")
+    (root / "meters.yaml").write_text("meters:\n  a: {aggregation: median}\n  b: {aggregation: unique_count}\n"
+                                      "  c: {aggregation: sum, value: tokens_used}\n  d: {aggregation: sum, value: value}\n")
     with pytest.raises(BadInputError) as info:
         load_meters(root)
     assert str(info.value).splitlines() == [
         f"{root}/meters.yaml:2: meters.a.aggregation: 'median' is not one of count, sum, max, last, unique_count",
         f"{root}/meters.yaml:3: meters.b.property: unique_count needs the property whose values it counts",
+        # accepted once, then ignored: the sum read the event's `value` whatever the rules said
+        f"{root}/meters.yaml:4: meters.c.value: 'tokens_used': the quantity is always the event's `value` field "
+        f"(leave `value` out, or write value: value)",
     ]
 
 
