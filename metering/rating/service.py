@@ -32,6 +32,7 @@ from metering.rating.aggregate import AGGREGATE_SCHEMA, build_aggregates, charge
 from metering.rating.pricing import LINE_KEY, RATED_COLUMNS, rate
 from metering.rules.meters import Meter
 from metering.rules.model import ZERO_DECIMAL, Rules
+from metering.rules.plans import RATED_METER
 
 PREVIEW_COLUMNS = ["customer_id", "period_start", "period_end", "currency", "total_minor", "total", "lines"]
 
@@ -119,10 +120,12 @@ def fingerprint(frame: pl.DataFrame) -> str:
 
 
 def rated_hashes(con: duckdb.DuckDBPyConnection) -> dict[tuple[str, str], str]:
-    """{(plan, version): content hash} of every plan version that has rated lines."""
+    """{(plan, version): content hash} of every plan version that has rated lines, and
+    {(`RATED_METER`, meter): definition hash} of every meter that priced them."""
     rows = con.execute(
         "SELECT plan, plan_version, rules_hash FROM rules_versions "
-        "UNION SELECT DISTINCT plan, plan_version, rules_hash FROM rated_usage"
+        "UNION SELECT DISTINCT plan, plan_version, rules_hash FROM rated_usage "
+        "UNION SELECT ?, meter, definition_hash FROM rated_meters", [RATED_METER]
     ).fetchall()
     return {(p, v): h for p, v, h in rows}
 
@@ -172,7 +175,19 @@ def write_rated(con: duckdb.DuckDBPyConnection, month: dt.date, rated: pl.DataFr
                 [plan, version, pv.content_hash, pv.currency, pv.effective_from,
                  json.dumps(pv.canonical(), sort_keys=True, separators=(",", ":")), rated_at],
             )
+        _record_meters(con, rules, used, rated_at)
     return n
+
+
+def _record_meters(con: duckdb.DuckDBPyConnection, rules: Rules, used: pl.DataFrame, rated_at: dt.datetime) -> None:
+    """Record, once, the definition of each meter the used versions' usage charges read."""
+    known = {m for (m,) in con.execute("SELECT meter FROM rated_meters").fetchall()}
+    meters = {c.meter for plan, version in used.iter_rows() for c in rules.version(plan, version).charges
+              if c.is_usage and c.meter} - known
+    for name in sorted(meters):
+        meter = rules.meters[name]
+        con.execute("INSERT INTO rated_meters VALUES (?, ?, ?, ?)",
+                    [name, meter.definition_hash(), json.dumps(meter.definition(), sort_keys=True), rated_at])
 
 
 def _segment_days(lines: pl.DataFrame, columns: list[str], until: dt.date | None = None) -> pl.DataFrame:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -21,6 +23,16 @@ class Meter:
     value: str = "value"                 # which event field carries the quantity (sum/max/last)
     property: str | None = None          # for unique_count: the property whose distinct values count
     dimensions: tuple[str, ...] = field(default_factory=tuple)
+
+    def definition(self) -> dict:
+        """What prices usage: aggregation, counted property, dimensions (the unit is a label)."""
+        return {"aggregation": self.aggregation, "property": self.property, "dimensions": list(self.dimensions),
+                "value": self.value}
+
+    def definition_hash(self) -> str:
+        """sha256 of `definition` as canonical JSON: a meter with rated usage must keep it."""
+        text = json.dumps(self.definition(), sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(text.encode()).hexdigest()
 
     def is_gauge(self) -> bool:   # a method: the field `property` hides the builtin in this body
         """A level over the period (max, last, distinct count), not a flow: its period quantity is

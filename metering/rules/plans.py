@@ -7,7 +7,9 @@ the dunning policy) are not read here.
 
 Immutability: pass `rated_hashes` ({(plan, version): content hash} of versions that already
 rated lines, from the warehouse's `rules_versions` table) and a version whose content changed
-since is an error: published prices are changed by adding a version, never by editing one.
+since is an error: published prices are changed by adding a version, never by editing one. The
+same holds for the meters that priced those lines (entries `(RATED_METER, meter)`: definition
+hash, from `rated_meters`): their aggregation, counted property and dimensions decide quantities.
 """
 
 from __future__ import annotations
@@ -430,6 +432,10 @@ def plan_files(rules_dir: Path) -> list[Path]:
     return sorted(list(folder.glob("*.yaml")) + list(folder.glob("*.yml")))
 
 
+RATED_METER = "(meter)"
+"""The `plan` part of a `rated_hashes` key that names a meter (no plan name has parentheses)."""
+
+
 def check_rules(rules_dir: str | Path | None = None,
                 rated_hashes: Mapping[tuple[str, str], str] | None = None) -> tuple[Rules, list[str]]:
     """Read meters and plans, returning the usable rules and every problem found (empty = valid)."""
@@ -437,6 +443,9 @@ def check_rules(rules_dir: str | Path | None = None,
     if not root.is_dir():
         return Rules(meters={}), [f"{root}: (document): rules folder not found"]
     meters, errors = check_meters(root)
+    rated_meters = {m: h for (p, m), h in (rated_hashes or {}).items() if p == RATED_METER}
+    rated_hashes = {k: h for k, h in (rated_hashes or {}).items() if k[0] != RATED_METER}
+    errors += _changed_meters(root / "meters.yaml", meters, rated_meters)
     plans: dict[str, Plan] = {}
     files = plan_files(root)
     if not files:
@@ -452,6 +461,21 @@ def check_rules(rules_dir: str | Path | None = None,
         errors.append(f"{root / 'plans' / (gone + '.yaml')}: (document): plan {gone} has already rated usage and "
                       "its file is missing: published versions are immutable; put the file back")
     return Rules(meters=meters, plans=plans), errors
+
+
+def _changed_meters(path: Path, meters: Mapping[str, Meter], rated: Mapping[str, str]) -> list[str]:
+    """A meter that priced rated lines must stay as it was (present, same definition)."""
+    errors = []
+    for name, old in sorted(rated.items()):
+        meter = meters.get(name)
+        if meter is None:
+            errors.append(f"{path}: meters.{name}: has already priced rated usage and is missing: published "
+                          f"meters are immutable; put it back")
+        elif meter.definition_hash() != old:
+            errors.append(f"{path}: meters.{name}: has already priced rated usage and its aggregation, property, "
+                          f"dimensions or value changed (hash {old[:12]} -> {meter.definition_hash()[:12]}): "
+                          f"published meters are immutable, add a new meter (and a plan version that uses it)")
+    return errors
 
 
 def load_rules(rules_dir: str | Path | None = None,

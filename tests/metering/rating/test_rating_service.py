@@ -70,7 +70,8 @@ def test_rated_versions_become_immutable(rated_db, tmp_path):
     db, _ = rated_db
     with warehouse.open_warehouse(db, read_only=True) as con:
         hashes = service.rated_hashes(con)
-    assert set(hashes) == {("starter", "2026-01"), ("scale", "2026-01")}
+    meters = {("(meter)", m) for m in ("api_calls", "tokens", "storage_gb", "seats", "active_users")}
+    assert set(hashes) == {("starter", "2026-01"), ("scale", "2026-01")} | meters   # and the meters they read
     root = tmp_path / "rules"
     shutil.copytree(PROJECT_ROOT / "rating_rules", root)
     scale = root / "plans" / "scale.yaml"
@@ -85,6 +86,34 @@ def test_rated_versions_become_immutable(rated_db, tmp_path):
       - {name: platform fee, model: flat, amount: "449.00"}
 """)
     assert [v.version for v in load_rules(root, rated_hashes=hashes).plans["scale"].versions] == ["2026-01", "2026-12"]
+
+
+def test_meters_that_priced_rated_lines_become_immutable(rated_db, tmp_path):
+    """A meter's aggregation decides quantities: max -> sum for storage_gb once re-priced billed periods
+    (a month's storage doubled, as `recomputed` adjustments) with every plan version's hash unchanged."""
+    from click.testing import CliRunner
+
+    from metering.cli import cli
+
+    db, _ = rated_db
+    with warehouse.open_warehouse(db, read_only=True) as con:
+        hashes = service.rated_hashes(con)
+        stored = con.execute("SELECT meter, definition FROM rated_meters WHERE meter = 'storage_gb'").fetchall()
+    assert stored == [("storage_gb", '{"aggregation": "max", "dimensions": [], "property": null, "value": "value"}')]
+    root = tmp_path / "rules"
+    shutil.copytree(PROJECT_ROOT / "rating_rules", root)
+    meters = root / "meters.yaml"
+    original = meters.read_text()
+    meters.write_text(original.replace("storage_gb:   {aggregation: max,", "storage_gb:   {aggregation: sum,"))
+    with pytest.raises(BadInputError, match=r"meters\.storage_gb: has already priced rated usage and its aggregation"):
+        load_rules(root, rated_hashes=hashes)
+    result = CliRunner().invoke(cli, ["rules", "validate", str(root), "--warehouse", str(db)])
+    assert result.exit_code == 3 and "published meters are immutable" in result.output
+    meters.write_text(original.replace("  seats:", "  # seats:"))   # a rated meter removed
+    with pytest.raises(BadInputError, match=r"meters\.seats: has already priced rated usage and is missing"):
+        load_rules(root, rated_hashes=hashes)
+    meters.write_text(original.replace("unit: GB}", "unit: gigabyte}"))   # a label is not a definition
+    assert load_rules(root, rated_hashes=hashes).meters["storage_gb"].unit == "gigabyte"
 
 
 def _scale_with_version(root: Path, effective_from: str) -> Path:
