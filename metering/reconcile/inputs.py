@@ -352,7 +352,11 @@ def merged_invoices_sql(con: duckdb.DuckDBPyConnection) -> str:
 
 
 def load_open_periods(con: duckdb.DuckDBPyConnection, periods: pl.DataFrame) -> pl.DataFrame:
-    """Customer periods no known (non-void) Stripe invoice reaches the end of: Stripe has not billed them yet."""
+    """Customer periods no known non-void Stripe invoice reaches the end of: Stripe has not billed them.
+
+    `voided_invoice_ids` names the void invoices that did reach it (Stripe billed the period, then
+    voided that invoice: the money will not be collected), NULL when there are none.
+    """
     if periods.is_empty():
         return rc.conform(None, rc.OPEN_PERIODS_SCHEMA)
     con.register("_recon_periods", periods.to_arrow())
@@ -360,13 +364,20 @@ def load_open_periods(con: duckdb.DuckDBPyConnection, periods: pl.DataFrame) -> 
         frame = query_frame(
             con,
             f"""
-            WITH invoices AS ({merged_invoices_sql(con)})
-            SELECT p.customer_id, p.period_start FROM _recon_periods p
-            WHERE NOT EXISTS (
-                SELECT 1 FROM invoices i
-                WHERE i.customer_id = p.customer_id AND coalesce(i.status, '') <> 'void'
-                  AND i.period_end >= CAST(p.period_end AS TIMESTAMPTZ)
-                  AND i.period_start < CAST(p.period_end AS TIMESTAMPTZ))
+            WITH invoices AS ({merged_invoices_sql(con)}),
+            closing AS (
+                SELECT p.customer_id, p.period_start, i.invoice_id, coalesce(i.status, '') = 'void' AS void
+                FROM _recon_periods p JOIN invoices i
+                  ON i.customer_id = p.customer_id
+                 AND i.period_end >= CAST(p.period_end AS TIMESTAMPTZ)
+                 AND i.period_start < CAST(p.period_end AS TIMESTAMPTZ)
+            )
+            SELECT p.customer_id, p.period_start,
+                   (SELECT string_agg(DISTINCT c.invoice_id, ',' ORDER BY c.invoice_id) FROM closing c
+                    WHERE c.customer_id = p.customer_id AND c.period_start = p.period_start) AS voided_invoice_ids
+            FROM _recon_periods p
+            WHERE NOT EXISTS (SELECT 1 FROM closing c WHERE c.customer_id = p.customer_id
+                              AND c.period_start = p.period_start AND NOT c.void)
             """,
         )
     finally:

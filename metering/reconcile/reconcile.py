@@ -16,7 +16,8 @@ Status of a usage row, first rule that applies wins:
 
 | status | when |
 | --- | --- |
-| `pending` | Stripe's meter summary was not pulled because a push was acknowledged too recently (settle guard), or Stripe has not invoiced the period yet (no invoice reaches its end) and has no line for it |
+| `pending` | Stripe's meter summary was not pulled because a push was acknowledged too recently (settle guard), or Stripe has not invoiced the period yet (no invoice reaches its end) and has no line for it, and may still: nothing voided, reconciled before the period's end + the invoice grace + the settle delay |
+| `not_invoiced` | as above, but Stripe will not invoice the period any more: it voided the period's invoice, or that moment has passed (a meter Stripe prices) |
 | `late_after_finalization` | Stripe is short of ours only by what the push ledger proves came too late for the finalized invoice (see below) |
 | `not_pushed` | we rated more than the ledger has acknowledged (windows never sent, failed or unknown) |
 | `missing_in_stripe` | pushed, but Stripe has neither meter usage nor an invoice line for it |
@@ -45,11 +46,14 @@ row's |amount difference| counts towards the blocking check's threshold.
 
 `reconcile_invoices` compares Stripe's total less the engine's own invoice items (which bill the
 charges Stripe cannot price) with our total less those charges; what the items do not cover yet is
-`unbilled_minor`, shown but not a difference. Its rows are explained when matched, within_tolerance
-or pending. For the others,
-`unexplained_by_currency` counts the part of the invoice's difference that no usage row of the same
-customer x period carries (flat fees and other lines without a meter), so money a usage row already
-counts, or explains, is never counted twice.
+`unbilled_minor`, shown but not a difference. Its status: `pending` or `not_invoiced` as above (or
+`pending` for a draft), `missing_in_stripe` / `extra_in_stripe` when one side has nothing, else
+`amount_mismatch` when the difference *or its residual* (the part no usage row of the same customer x
+period carries: flat fees, other lines without a meter) exceeds the tolerance, `within_tolerance`
+when either is not zero, `matched`. The residual decides too because equal totals can hide a fee
+overcharge offset by a usage row's difference. `unexplained_by_currency` counts |residual| above the
+tolerance on every row but a pending one, so money a usage row already counts, or explains, is never
+counted twice, and never hides a fee's.
 """
 
 from __future__ import annotations
@@ -67,6 +71,7 @@ STATUSES = (
     "matched",
     "within_tolerance",
     "not_pushed",
+    "not_invoiced",
     "missing_in_stripe",
     "extra_in_stripe",
     "quantity_mismatch",
@@ -75,7 +80,8 @@ STATUSES = (
     "pending",
 )
 EXPLAINED_STATUSES = ("matched", "within_tolerance", "pending", "late_after_finalization")
-INVOICE_STATUSES = ("matched", "within_tolerance", "amount_mismatch", "missing_in_stripe", "extra_in_stripe", "pending")
+INVOICE_STATUSES = ("matched", "within_tolerance", "amount_mismatch", "missing_in_stripe", "extra_in_stripe",
+                    "not_invoiced", "pending")
 INVOICE_EXPLAINED_STATUSES = ("matched", "within_tolerance", "pending")
 
 KEY = ["customer_id", "meter", "period_start"]
@@ -101,8 +107,9 @@ STRIPE_METER_SCHEMA = {
     "customer_id": pl.String, "meter": pl.String, "period_start": pl.Date, "period_end": pl.Date,
     "stripe_quantity": QTY, "meter_status": pl.String, "pending_reason": pl.String,
 }
-OPEN_PERIODS_SCHEMA = {"customer_id": pl.String, "period_start": pl.Date}
-"""Customer periods Stripe has not invoiced yet (no invoice reaching the period's end): `pending`."""
+OPEN_PERIODS_SCHEMA = {"customer_id": pl.String, "period_start": pl.Date, "voided_invoice_ids": pl.String}
+"""Customer periods no non-void Stripe invoice reaches the end of, with the void invoices that did (if any):
+`pending` while Stripe may still invoice the period, else `not_invoiced` (`_with_invoicing`)."""
 STRIPE_LINES_SCHEMA = {
     "customer_id": pl.String, "meter": pl.String, "period_start": pl.Date, "period_end": pl.Date,
     "currency": pl.String, "invoiced_quantity": QTY, "stripe_amount_minor": pl.Int64,
@@ -164,6 +171,38 @@ def _tolerance_expr(settings: ReconcileSettings, currency: pl.Expr) -> pl.Expr:
     return expr
 
 
+def _with_invoicing(
+    frame: pl.DataFrame, open_periods: pl.DataFrame | None, *, settings: ReconcileSettings, reconciled_at: dt.datetime
+) -> pl.DataFrame:
+    """`frame` (customer_id, period_start, period_end) with whether Stripe has invoiced each period.
+
+    Of the periods no non-void invoice reaches the end of (`open_periods`), `awaiting_invoice` marks
+    those Stripe may still invoice: nothing voided, and reconciled before the period's end + the
+    invoice grace + the settle delay (`pending`). `invoice_missing` marks the others, with
+    `invoice_missing_reason`: the voided invoices, or the moment by which Stripe should have invoiced.
+    """
+    open_ = conform(open_periods, OPEN_PERIODS_SCHEMA).unique(["customer_id", "period_start"])
+    deadline = pl.col("period_end").cast(pl.Datetime("us", "UTC")) + settings.invoice_wait
+    is_open = pl.col("is_open").fill_null(False)
+    voided = pl.col("voided_invoice_ids").is_not_null()
+    # an unknown period end cannot prove Stripe still has time: fail closed
+    overdue = voided | (deadline <= pl.lit(reconciled_at, dtype=pl.Datetime("us", "UTC"))).fill_null(True)
+    return (
+        frame.join(open_.with_columns(is_open=pl.lit(True)), on=["customer_id", "period_start"], how="left")
+        .with_columns(
+            awaiting_invoice=is_open & ~overdue,
+            invoice_missing=is_open & overdue,
+            invoice_missing_reason=pl.when(voided)
+            .then(pl.format("Stripe voided {} and has no other invoice for this period", pl.col("voided_invoice_ids")))
+            .otherwise(pl.format(
+                "no Stripe invoice closes this period by {} (period end + invoice grace {} s + settle delay {} s)",
+                deadline.dt.strftime("%Y-%m-%d %H:%M UTC").fill_null("?"),
+                pl.lit(settings.invoice_grace_seconds), pl.lit(settings.settle_seconds))),
+        )
+        .drop("is_open", "voided_invoice_ids")
+    )
+
+
 def reconcile_usage(
     ours: pl.DataFrame | None,
     pushed: pl.DataFrame | None,
@@ -176,7 +215,6 @@ def reconcile_usage(
     open_periods: pl.DataFrame | None = None,
 ) -> pl.DataFrame:
     """One row per customer x meter x billing period with the status rules in the module docstring."""
-    open_ = conform(open_periods, OPEN_PERIODS_SCHEMA).unique().with_columns(not_invoiced=pl.lit(True))
     ours = conform(ours, OURS_SCHEMA)
     pushed = conform(pushed, PUSHED_SCHEMA)
     meter = conform(stripe_meter, STRIPE_METER_SCHEMA)
@@ -188,12 +226,12 @@ def reconcile_usage(
         .join(pushed, on=KEY, how="left")
         .join(meter.rename({"period_end": "meter_period_end"}), on=KEY, how="left")
         .join(lines.rename({"period_end": "lines_period_end", "currency": "lines_currency"}), on=KEY, how="left")
-        .join(open_, on=["customer_id", "period_start"], how="left")
         .with_columns(
             period_end=pl.coalesce("period_end", "meter_period_end", "lines_period_end"),
             currency=pl.coalesce("currency", "lines_currency"),
         )
     )
+    frame = _with_invoicing(frame, open_periods, settings=settings, reconciled_at=reconciled_at)
     zero = pl.lit(Decimal(0), dtype=QTY)
     ours_q = pl.col("our_quantity").fill_null(zero)
     pushed_q = pl.col("pushed_quantity").fill_null(zero)
@@ -232,9 +270,12 @@ def reconcile_usage(
         & ((ours_q - pushed_q) <= late_q)
         & (~priced | ((pushed_q - inv_q) <= late_acked_q))
     )
+    no_line = pl.col("line_count").is_null()
     status = (
         pl.when(pl.col("meter_status") == "pending").then(pl.lit("pending"))
-        .when(pl.col("not_invoiced").fill_null(False) & pl.col("line_count").is_null()).then(pl.lit("pending"))
+        .when(pl.col("awaiting_invoice") & no_line).then(pl.lit("pending"))
+        # a meter Stripe prices, in a period Stripe will not invoice: lateness cannot explain a missing invoice
+        .when(pl.col("invoice_missing") & no_line & priced).then(pl.lit("not_invoiced"))
         .when(late).then(pl.lit("late_after_finalization"))
         # Stripe holding more than we pushed and more than we rated says more than a window we have
         # not pushed yet (a double count beside a late window)
@@ -282,6 +323,7 @@ def reconcile_usage(
         pl.when((s == "pending") & (pl.col("meter_status") == "pending"))
         .then(pl.format("Stripe not settled: {}", pl.col("pending_reason").fill_null("")))
         .when(s == "pending").then(pl.format("Stripe has not invoiced this period yet; {}; {}", qty, amounts))
+        .when(s == "not_invoiced").then(pl.format("{}; {}; {}", pl.col("invoice_missing_reason"), qty, amounts))
         .when(s == "late_after_finalization").then(pl.format(
             "usage after the invoice was finalized ({}); {}; {}", late_windows, qty, amounts))
         .when(s == "not_pushed").then(pl.format(
@@ -332,10 +374,11 @@ def reconcile_invoices(
     as unexplained (a period still open has no items yet). Invoice items that are not the engine's
     stay in the comparison: unexplained money on Stripe's side.
 
-    With `usage` (the period's `reconcile_usage` rows), an unexplained row's reason also says how much
-    of its difference no usage row carries: what the blocking check counts for it (`invoice_residuals`).
+    With `usage` (the period's `reconcile_usage` rows, as `reconcile_period` passes them), the status
+    also weighs the part of the difference no usage row carries (`residual_minor`: what the blocking
+    check counts, `invoice_residuals`), and an unexplained row's reason says how much that is. Without
+    it, the whole difference is taken for that part.
     """
-    open_ = conform(open_periods, OPEN_PERIODS_SCHEMA).unique().with_columns(not_invoiced=pl.lit(True))
     ours = conform(ours, OUR_INVOICES_SCHEMA)
     stripe = conform(stripe, STRIPE_INVOICES_SCHEMA)
     pending = conform(pending_items, PENDING_ITEMS_SCHEMA)
@@ -345,18 +388,18 @@ def reconcile_invoices(
         keys.join(ours, on=key, how="left")
         .join(stripe.rename({"period_end": "s_period_end", "currency": "s_currency"}), on=key, how="left")
         .join(pending, on=key, how="left")
-        .join(open_, on=key, how="left")
         .with_columns(
             period_end=pl.coalesce("period_end", "s_period_end"),
             currency=pl.coalesce("currency", "s_currency"),
         )
     )
-    # A period Stripe has not closed yet has no closing invoice: the lines it already has (licensed
+    frame = _with_invoicing(frame, open_periods, settings=settings, reconciled_at=reconciled_at)
+    # A period Stripe has not closed has no closing invoice: the lines it already has (licensed
     # fees billed in advance) sit on the previous period's invoice, whose status and payment belong to
     # that period's row. Shown here too, a paid invoice was counted twice in the report's "paid".
-    not_invoiced = pl.col("not_invoiced").fill_null(False)
+    unclosed = pl.col("awaiting_invoice") | pl.col("invoice_missing")
     frame = frame.with_columns(
-        pl.when(~not_invoiced).then(pl.col(c)).alias(c)
+        pl.when(~unclosed).then(pl.col(c)).alias(c)
         for c in ("invoice_status", "amount_due", "amount_paid", "amount_remaining"))
     ours_t = pl.col("our_total_minor")
     stripe_t = pl.col("stripe_total_minor")
@@ -372,14 +415,18 @@ def reconcile_invoices(
                          * pl.max_horizontal(pl.col("line_count").fill_null(0), pl.col("our_lines").fill_null(0),
                                              pl.lit(1))).cast(pl.Int64),
     )
-    abs_diff = pl.col("amount_diff_minor").abs()
+    frame = _with_residuals(frame, usage)
+    tolerance = pl.col("tolerance_minor")
+    diff, residual = pl.col("amount_diff_minor"), pl.col("residual_minor")
     status = (
-        pl.when(pl.col("not_invoiced").fill_null(False)).then(pl.lit("pending"))
+        pl.when(pl.col("awaiting_invoice")).then(pl.lit("pending"))
+        .when(pl.col("invoice_missing")).then(pl.lit("not_invoiced"))
         .when(stripe_t.is_null() & ((ours_t.fill_null(0) - not_in_stripe) != 0)).then(pl.lit("missing_in_stripe"))
         .when(ours_t.is_null() & (stripe_t.fill_null(0) != 0)).then(pl.lit("extra_in_stripe"))
         .when(pl.col("invoice_status") == "draft").then(pl.lit("pending"))
-        .when(abs_diff > pl.col("tolerance_minor")).then(pl.lit("amount_mismatch"))
-        .when(abs_diff > 0).then(pl.lit("within_tolerance"))
+        # equal totals say nothing when a meter row's difference offsets one on no meter row (a fee)
+        .when((diff.abs() > tolerance) | (residual.abs() > tolerance)).then(pl.lit("amount_mismatch"))
+        .when((diff != 0) | (residual != 0)).then(pl.lit("within_tolerance"))
         .otherwise(pl.lit("matched"))
     )
     unbilled = pl.col("unbilled_minor")
@@ -407,19 +454,14 @@ def reconcile_invoices(
         pl.col("invoice_status").fill_null("none"), pl.col("amount_paid").fill_null(0),
     )
     frame = frame.with_columns(status=status)
-    note = pl.lit("")
-    if usage is not None:
-        frame = invoice_residuals(usage, frame)
-        note = (
-            pl.when(pl.col("status").is_in(list(INVOICE_EXPLAINED_STATUSES))).then(pl.lit(""))
-            .when(pl.col("residual_minor") == 0).then(pl.lit("; all of it on the meter rows"))
-            .otherwise(pl.format("; {} of it on no meter row (flat fees, other lines)", pl.col("residual_minor")))
-        )
+    note = pl.lit("") if usage is None else _residual_note()
     return (
         frame.with_columns(
-            reason=pl.when(pl.col("not_invoiced").fill_null(False))
+            reason=pl.when(pl.col("awaiting_invoice"))
             .then(pl.format("Stripe has not invoiced this period yet; {}", amounts))
             .when(pl.col("status") == "pending").then(pl.format("invoice still draft; {}", amounts))
+            .when(pl.col("status") == "not_invoiced")
+            .then(pl.concat_str(pl.col("invoice_missing_reason"), pl.lit("; "), amounts, note))
             .otherwise(pl.concat_str(amounts, note)),
             billing_month=pl.lit(billing_month, dtype=pl.Date),
             reconciled_at=pl.lit(reconciled_at, dtype=pl.Datetime("us", "UTC")),
@@ -429,29 +471,52 @@ def reconcile_invoices(
     )
 
 
+def _residual_note() -> pl.Expr:
+    """The end of an unexplained invoice row's reason: how much of its difference is on no meter row."""
+    residual, usage_diff = pl.col("residual_minor"), pl.col("usage_diff_minor")
+    what = pl.when(residual.abs() > pl.col("tolerance_minor")).then(pl.lit("flat fees, other lines")).otherwise(
+        pl.lit("within tolerance"))
+    return (
+        pl.when(pl.col("status").is_in(list(INVOICE_EXPLAINED_STATUSES))).then(pl.lit(""))
+        .when(residual == 0).then(pl.lit("; all of it on the meter rows"))
+        # of opposite signs, the two parts are not parts "of" the difference: name both
+        .when(residual.sign() * usage_diff.sign() < 0)
+        .then(pl.format("; {} on no meter row ({}), offset by {} on the meter rows", residual, what, usage_diff))
+        .otherwise(pl.format("; {} of it on no meter row ({})", residual, what))
+    )
+
+
+def _with_residuals(invoices: pl.DataFrame, usage: pl.DataFrame | None) -> pl.DataFrame:
+    """Invoice rows with `usage_diff_minor` (their usage rows' summed difference) and `residual_minor`."""
+    key = ["customer_id", "period_start"]
+    per_period = (
+        usage.group_by(key).agg(pl.col("amount_diff_minor").fill_null(0).sum().cast(pl.Int64).alias("usage_diff_minor"))
+        if usage is not None and usage.height
+        else pl.DataFrame(schema={"customer_id": pl.String, "period_start": pl.Date, "usage_diff_minor": pl.Int64})
+    )
+    residual = pl.col("amount_diff_minor").fill_null(0) - pl.col("usage_diff_minor")
+    return (
+        invoices.drop("usage_diff_minor", "residual_minor", strict=False)
+        .join(per_period, on=key, how="left")
+        .with_columns(pl.col("usage_diff_minor").fill_null(0))
+        .with_columns(residual_minor=residual.cast(pl.Int64))
+    )
+
+
 def invoice_residuals(usage: pl.DataFrame, invoices: pl.DataFrame) -> pl.DataFrame:
     """Per invoice row, the part of its difference that no usage row of the same customer x period carries.
 
     `usage_diff_minor` is the sum of the usage rows' signed differences (explained or not: an explained
     row's money is accounted for by its reason, an unexplained row's is counted by that row), so
     `residual_minor` = invoice difference - usage_diff_minor is what only the invoice shows: flat fees,
-    licensed seats, any line without a meter. `unexplained_minor` is |residual_minor| for an invoice
-    row whose status is not explained (amount_mismatch, missing_in_stripe, extra_in_stripe), else 0.
+    licensed seats, any line without a meter. `unexplained_minor` is |residual_minor| when it exceeds
+    the row's tolerance, whatever the row's status but `pending` (Stripe may still change the invoice):
+    an explained usage difference must not hide a fee's by offsetting it in the total.
     """
-    key = ["customer_id", "period_start"]
-    per_period = (
-        usage.group_by(key).agg(pl.col("amount_diff_minor").fill_null(0).sum().cast(pl.Int64).alias("usage_diff_minor"))
-        if usage.height else pl.DataFrame(schema={"customer_id": pl.String, "period_start": pl.Date,
-                                                  "usage_diff_minor": pl.Int64})
-    )
-    residual = pl.col("amount_diff_minor").fill_null(0) - pl.col("usage_diff_minor")
-    return (
-        invoices.join(per_period, on=key, how="left")
-        .with_columns(pl.col("usage_diff_minor").fill_null(0))
-        .with_columns(residual_minor=residual.cast(pl.Int64))
-        .with_columns(unexplained_minor=pl.when(pl.col("status").is_in(list(INVOICE_EXPLAINED_STATUSES)))
-                      .then(pl.lit(0, dtype=pl.Int64)).otherwise(pl.col("residual_minor").abs()))
-    )
+    residual = pl.col("residual_minor").abs()
+    counted = (pl.col("status") != "pending") & (residual > pl.col("tolerance_minor"))
+    return _with_residuals(invoices, usage).with_columns(
+        unexplained_minor=pl.when(counted).then(residual).otherwise(pl.lit(0, dtype=pl.Int64)).cast(pl.Int64))
 
 
 def unexplained_by_currency(usage: pl.DataFrame, invoices: pl.DataFrame | None = None) -> dict[str, int]:

@@ -6,6 +6,10 @@ Everything is explicit and printed in the report. Defaults can be overridden by 
   `usd=1,jpy=1` (default: 1 minor unit per line for every currency).
 - `METERING_STRIPE_SETTLE_SECONDS`: how long after the last acknowledged push Stripe's meter
   summaries are trusted (default 900 s; Stripe documents summaries as eventually consistent).
+- `METERING_STRIPE_INVOICE_GRACE_SECONDS`: how long after a period's end Stripe may still create
+  its invoice (default 3600 s, the 1 h grace before Stripe finalizes a period-end invoice). Until the
+  period's end + this grace + the settle delay, a period without an invoice is `pending`; after it,
+  `not_invoiced` (unexplained).
 - `METERING_RECON_MAX_UNEXPLAINED_MINOR`: the blocking check fails when the unexplained
   differences of any one currency (usage rows, plus invoice rows net of their usage rows) exceed
   this many minor units (default 0: any unexplained money fails).
@@ -16,6 +20,7 @@ Everything is explicit and printed in the report. Defaults can be overridden by 
 
 from __future__ import annotations
 
+import datetime as dt
 import os
 from dataclasses import dataclass, field
 
@@ -23,6 +28,7 @@ from metering.errors import BadInputError
 
 DEFAULT_TOLERANCE_MINOR = 1
 DEFAULT_SETTLE_SECONDS = 900
+DEFAULT_INVOICE_GRACE_SECONDS = 3600
 DEFAULT_MAX_UNEXPLAINED_MINOR = 0
 DEFAULT_PULL_RATE = 20
 DEFAULT_PULL_CONCURRENCY = 4
@@ -58,6 +64,7 @@ class ReconcileSettings:
     tolerance_minor: dict[str, int] = field(default_factory=dict)  # currency -> minor units per line
     default_tolerance_minor: int = DEFAULT_TOLERANCE_MINOR
     settle_seconds: int = DEFAULT_SETTLE_SECONDS
+    invoice_grace_seconds: int = DEFAULT_INVOICE_GRACE_SECONDS
     max_unexplained_minor: int = DEFAULT_MAX_UNEXPLAINED_MINOR
     pull_rate: float = DEFAULT_PULL_RATE            # API reads per second; 0 = unlimited
     pull_concurrency: int = DEFAULT_PULL_CONCURRENCY
@@ -65,6 +72,11 @@ class ReconcileSettings:
 
     def tolerance_for(self, currency: str | None) -> int:
         return self.tolerance_minor.get((currency or "").lower(), self.default_tolerance_minor)
+
+    @property
+    def invoice_wait(self) -> dt.timedelta:
+        """How long after a period's end Stripe may still invoice it (grace + settle delay)."""
+        return dt.timedelta(seconds=self.invoice_grace_seconds + self.settle_seconds)
 
     def describe_tolerance(self, currencies: list[str] | None = None) -> str:
         """e.g. 'usd: 1 minor unit per line; jpy: 1 minor unit per line'."""
@@ -79,6 +91,7 @@ class ReconcileSettings:
         return cls(
             tolerance_minor=_parse_tolerances(raw, "$METERING_RECON_TOLERANCE"),
             settle_seconds=_int_env("METERING_STRIPE_SETTLE_SECONDS", DEFAULT_SETTLE_SECONDS),
+            invoice_grace_seconds=_int_env("METERING_STRIPE_INVOICE_GRACE_SECONDS", DEFAULT_INVOICE_GRACE_SECONDS),
             max_unexplained_minor=_int_env("METERING_RECON_MAX_UNEXPLAINED_MINOR", DEFAULT_MAX_UNEXPLAINED_MINOR),
             pull_rate=float(_int_env("METERING_STRIPE_PULL_RATE", DEFAULT_PULL_RATE)),
             pull_concurrency=max(1, _int_env("METERING_STRIPE_PULL_CONCURRENCY", DEFAULT_PULL_CONCURRENCY)),

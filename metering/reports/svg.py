@@ -18,6 +18,7 @@ STATUS_COLORS = {
     "pending": "#9aa5b1",
     "late_after_finalization": "#b58de0",
     "not_pushed": "#e0a43a",
+    "not_invoiced": "#b71c1c",
     "missing_in_stripe": "#d9534f",
     "extra_in_stripe": "#c2185b",
     "quantity_mismatch": "#e57373",

@@ -261,9 +261,11 @@ def _frames(usage_rows, invoice_pairs):
     return usage, pl.DataFrame(ours) if ours else None, pl.DataFrame(stripe) if stripe else None
 
 
-def _result(usage_rows, invoice_pairs, open_periods=None):
+def _result(usage_rows, invoice_pairs, open_periods=None, now=NOW):
+    """The month's result as `reconcile_period` builds it (the invoice rows see the usage rows)."""
     usage, ours, stripe = _frames(usage_rows, invoice_pairs)
-    invoices = reconcile_invoices(ours, stripe, billing_month=PS, settings=S, reconciled_at=NOW, open_periods=open_periods)
+    invoices = reconcile_invoices(ours, stripe, billing_month=PS, settings=S, reconciled_at=now,
+                                  open_periods=open_periods, usage=usage)
     return ReconcileResult(PS, usage, invoices, S)
 
 
@@ -323,10 +325,12 @@ def test_invoices_missing_or_extra_in_stripe_count_their_lines_without_a_meter()
 
 def test_explained_invoice_rows_are_not_counted():
     matched = _one("1500", 300, "1500", "1500", "1500", 300)
-    # a draft invoice (pending), an open period (pending), a rounding cent within tolerance (2 lines)
+    # a draft invoice (pending), a period Stripe has not invoiced while it still may (Oct 20: pending),
+    # a rounding cent within tolerance (2 lines)
     assert _result([matched], [_invoice("c1", 5200, 6200, status="draft")]).unexplained_minor() == {}
     open_ = pl.DataFrame([dict(customer_id="c1", period_start=PS)])
-    assert _result([matched], [_invoice("c1", 5200, 4900)], open_periods=open_).unexplained_minor() == {}
+    assert _result([matched], [_invoice("c1", 5200, 4900)], open_periods=open_,
+                   now=dt.datetime(2026, 10, 20, tzinfo=dt.UTC)).unexplained_minor() == {}
     r = _result([matched], [_invoice("c1", 5200, 5201)])
     assert (r.invoices["status"][0], r.unexplained_minor()) == ("within_tolerance", {})
 
@@ -338,7 +342,8 @@ def test_explained_invoice_rows_are_not_counted():
 def test_blocking_check_counts_each_minor_unit_once(rows, fee, fee_delta):
     """One customer, one usage row per meter (quantities and amounts drawn) plus a flat fee Stripe bills
     `fee_delta` apart from ours: the check counts the usage rows' unexplained money, plus the fee's
-    difference exactly when the invoice row is not explained; nothing twice."""
+    difference exactly when it exceeds the invoice's tolerance (1 per line), whatever the usage rows'
+    differences add to it; nothing twice."""
     usage = []
     for i, (q, sq, amt, samt) in enumerate(rows):
         r = _one(str(q), amt, str(q), str(sq), str(sq), samt)
@@ -351,7 +356,7 @@ def test_blocking_check_counts_each_minor_unit_once(rows, fee, fee_delta):
     usage_only = unexplained_by_currency(pl.DataFrame(usage)) if usage else {}
     inv = result.invoices.row(0, named=True)
     assert inv["amount_diff_minor"] == sum(r[3] - r[2] for r in rows) + fee_delta
-    expected = usage_only.get("usd", 0) + (abs(fee_delta) if inv["status"] not in ("matched", "within_tolerance") else 0)
+    expected = usage_only.get("usd", 0) + (abs(fee_delta) if abs(fee_delta) > len(rows) + 1 else 0)
     assert result.unexplained_minor().get("usd", 0) == expected
 
 
@@ -414,7 +419,8 @@ def test_open_period_without_lines_is_pending():
                               plan="pro", plan_version="2026-01", our_quantity=D(10), our_amount_minor=2)])
     meter = pl.DataFrame([dict(customer_id="c1", meter="api_calls", period_start=PS, period_end=PE,
                                stripe_quantity=D(10), meter_status="settled")])
-    r = reconcile_usage(ours, None, meter, None, billing_month=PS, settings=S, reconciled_at=NOW,
+    during = dt.datetime(2026, 10, 20, tzinfo=dt.UTC)
+    r = reconcile_usage(ours, None, meter, None, billing_month=PS, settings=S, reconciled_at=during,
                         open_periods=open_).row(0, named=True)
     assert (r["status"], r["explained"]) == ("pending", True)
     # once the period is invoiced (not open), the same numbers are a real discrepancy
@@ -457,3 +463,16 @@ def test_order_of_input_rows_never_changes_the_result(rows, seed):
     for r in a.iter_rows(named=True):
         if r["status"] == "matched":
             assert r["amount_diff_minor"] == 0 and r["quantity_diff"] == 0
+
+
+def test_a_usage_shortfall_never_hides_a_flat_fee_overcharge():
+    """c1: a failed window left Stripe 100 calls short (not_pushed, -20, counted on the usage row) and
+    Stripe charged the fee 20 more than we rate: both totals are 5200. The invoice row is amount_mismatch
+    and the check counts 20 + 20 = 40, not the 20 the equal totals would suggest."""
+    short = _one("1500", 300, "1400", "1400", "1400", 280)
+    assert (short["status"], short["amount_diff_minor"]) == ("not_pushed", -20)
+    r = _result([short], [_invoice("c1", 5200, 5200)])
+    inv = r.invoices.row(0, named=True)
+    assert (inv["status"], inv["amount_diff_minor"]) == ("amount_mismatch", 0)
+    assert inv["reason"].endswith("; 20 on no meter row (flat fees, other lines), offset by -20 on the meter rows")
+    assert r.unexplained_minor() == {"usd": 40}

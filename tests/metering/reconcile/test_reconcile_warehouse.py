@@ -6,10 +6,11 @@ import datetime as dt
 from decimal import Decimal as D
 
 import polars as pl
+import pytest
 from recon_scenario import EXPECTED, EXPECTED_INVOICES, MONTH, PULLED, known_only_from_webhooks, write_scenario
 
 from metering import warehouse
-from metering.reconcile.run import reconcile_period
+from metering.reconcile.run import ReconcileResult, reconcile_period
 from metering.reconcile.settings import ReconcileSettings
 from metering.rules.meters import load_meters
 
@@ -48,12 +49,14 @@ def test_reconcile_period_statuses_and_money(isolated_env, rules_dir):
 
 
 def test_periods_stripe_has_not_invoiced_yet_are_pending(isolated_env, rules_dir):
-    """Reconciling before the period's invoice exists: pending, not a mismatch."""
+    """Reconciling before the period's invoice exists (half an hour after the period's end, within the
+    grace): pending, not a mismatch."""
     with warehouse.open_warehouse() as con:
         write_scenario(con)
         con.execute("DELETE FROM stripe_invoice_lines_api WHERE invoice_id = 'in_cus_c'")
         con.execute("DELETE FROM stripe_invoices_api WHERE invoice_id = 'in_cus_c'")
-        result = reconcile_period(con, MONTH, settings=ReconcileSettings(), meters=load_meters(rules_dir), now=PULLED)
+        result = reconcile_period(con, MONTH, settings=ReconcileSettings(), meters=load_meters(rules_dir),
+                                  now=dt.datetime(2026, 11, 1, 0, 30, tzinfo=dt.UTC))
     c = result.usage.filter(customer_id="cus_c").row(0, named=True)
     assert (c["status"], c["explained"]) == ("pending", True)
     assert c["reason"].startswith("Stripe has not invoiced this period yet")
@@ -285,3 +288,85 @@ def test_ledger_lateness_of_a_last_meter_is_its_last_window(isolated_env):
     assert (pushed["late_acked_windows"], pushed["late_acked_quantity"]) == (1, D(2))
     # without a finalized invoice nothing was acknowledged late
     assert (draft["late_acked_windows"], draft["late_acked_quantity"], draft["late_quantity"]) == (0, D(0), D(2))
+
+
+LONG_AFTER = dt.datetime(2027, 3, 1, tzinfo=dt.UTC)   # four months after the October periods closed
+
+
+@pytest.mark.parametrize("now", [PULLED, LONG_AFTER])
+def test_a_voided_invoice_is_money_stripe_will_never_collect(isolated_env, rules_dir, now):
+    """cus_a's usage invoice in_cus_a (1500 calls for 100) was voided; in_a0 (the fee, 4900) stands. The
+    period has no invoice and never will: not `pending` (explained, forever) but not_invoiced at once,
+    naming in_cus_a. The check counts 25 (cus_b) + 100 (cus_c) + 100 (cus_a's calls) = 225; the
+    invoice row's -100 (Stripe 4900 vs ours 5050 - 50) is the usage row's, not counted again."""
+    with warehouse.open_warehouse() as con:
+        write_scenario(con)
+        con.execute("UPDATE stripe_invoices_api SET status = 'void', amount_paid = 0, amount_due = 0 "
+                    "WHERE invoice_id = 'in_cus_a'")
+        result = reconcile_period(con, MONTH, settings=ReconcileSettings(), meters=load_meters(rules_dir), now=now)
+    a = result.usage.filter(customer_id="cus_a", meter="api_calls").row(0, named=True)
+    assert (a["status"], a["explained"], a["amount_diff_minor"]) == ("not_invoiced", False, -100)
+    assert a["reason"].startswith("Stripe voided in_cus_a and has no other invoice for this period; ours 1500")
+    # Stripe prices none of the tokens charge: nothing to invoice, still matched
+    t = result.usage.filter(customer_id="cus_a", meter="tokens").row(0, named=True)
+    assert (t["status"], t["amount_diff_minor"]) == ("matched", 0)
+    a_inv = result.invoices.filter(customer_id="cus_a").row(0, named=True)
+    assert (a_inv["status"], a_inv["stripe_total_minor"], a_inv["amount_diff_minor"]) == ("not_invoiced", 4900, -100)
+    assert a_inv["reason"].startswith("Stripe voided in_cus_a and has no other invoice for this period; our total 5050")
+    assert a_inv["reason"].endswith("; all of it on the meter rows")
+    assert result.unexplained_minor() == {"usd": 225}
+    assert not ReconcileResult(MONTH, result.usage, result.invoices,
+                               ReconcileSettings(max_unexplained_minor=224)).check_passed()
+
+
+def test_a_period_stripe_never_invoiced_is_pending_only_until_the_grace_has_passed(isolated_env, rules_dir):
+    """cus_c's invoice never came. Stripe could still create it until the period's end (Nov 1 00:00) plus
+    the invoice grace (1 h) plus the settle delay (900 s): 01:15. Until then pending; from then on
+    not_invoiced, its -100 unexplained (25 + 100 = 125; the invoice row, -100 too, adds nothing)."""
+    settings = ReconcileSettings()
+    with warehouse.open_warehouse() as con:
+        write_scenario(con)
+        con.execute("DELETE FROM stripe_invoice_lines_api WHERE invoice_id = 'in_cus_c'")
+        con.execute("DELETE FROM stripe_invoices_api WHERE invoice_id = 'in_cus_c'")
+        runs = {at: reconcile_period(con, MONTH, settings=settings, meters=load_meters(rules_dir),
+                                     now=dt.datetime(2026, 11, 1, 1, *at, tzinfo=dt.UTC))
+                for at in ((14, 59), (15, 0))}
+    before, after = runs[(14, 59)], runs[(15, 0)]
+    c = after.usage.filter(customer_id="cus_c").row(0, named=True)
+    assert (c["status"], c["explained"], c["amount_diff_minor"]) == ("not_invoiced", False, -100)
+    assert c["reason"].startswith("no Stripe invoice closes this period by 2026-11-01 01:15 UTC (period end + "
+                                  "invoice grace 3600 s + settle delay 900 s); ours 1500, pushed 1000")
+    c_inv = after.invoices.filter(customer_id="cus_c").row(0, named=True)
+    assert (c_inv["status"], c_inv["amount_diff_minor"]) == ("not_invoiced", -100)
+    assert after.unexplained_minor() == {"usd": 125}
+    assert before.usage.filter(customer_id="cus_c").select("status", "explained").row(0) == ("pending", True)
+    assert before.invoices.filter(customer_id="cus_c")["status"].to_list() == ["pending"]
+    assert before.unexplained_minor() == {"usd": 25}
+
+
+@pytest.mark.parametrize(("fee", "inv_diff", "unexplained"), [
+    (4900, -33, 125),          # the fee is right: the invoice's -33 is the late usage row's, explained
+    (4933, 0, 125 + 33),       # +33 on the fee offsets the late -33: the totals agree, the fee does not
+    (5900, 967, 125 + 1000),
+])
+def test_an_explained_usage_shortfall_never_hides_a_flat_fee_overcharge(isolated_env, rules_dir, fee, inv_diff,
+                                                                        unexplained):
+    """cus_a: Stripe billed 1000 of the 1500 calls (67 cents, diff -33) because the Oct 2 window was
+    acknowledged after in_cus_a was finalized (late_after_finalization, explained), and charged the
+    platform fee at `fee` where we rate 4900. Whatever the total says, the fee's difference is on no meter
+    row: it is amount_mismatch and counted (the check's 125 is cus_b's +25 and cus_c's -100)."""
+    with warehouse.open_warehouse() as con:
+        write_scenario(con)
+        con.execute("UPDATE stripe_invoices_api SET finalized_at = ? WHERE invoice_id = 'in_cus_a'", [FINALIZED])
+        _stripe_billed(con, "cus_a", 1000, 67)
+        _acknowledged_at(con, "cus_a", 1, dt.datetime(2026, 10, 2, tzinfo=dt.UTC))
+        _acknowledged_at(con, "cus_a", 2, dt.datetime(2026, 11, 1, 1, 30, tzinfo=dt.UTC))
+        _fee_charged(con, fee)
+        result = reconcile_period(con, MONTH, settings=ReconcileSettings(), meters=load_meters(rules_dir), now=PULLED)
+    a = result.usage.filter(customer_id="cus_a", meter="api_calls").row(0, named=True)
+    assert (a["status"], a["amount_diff_minor"]) == ("late_after_finalization", -33)
+    a_inv = result.invoices.filter(customer_id="cus_a").row(0, named=True)
+    assert (a_inv["status"], a_inv["amount_diff_minor"]) == ("amount_mismatch", inv_diff)
+    offset = f"; {fee - 4900} on no meter row (flat fees, other lines), offset by -33 on the meter rows"
+    assert a_inv["reason"].endswith("; all of it on the meter rows" if fee == 4900 else offset)
+    assert result.unexplained_minor() == {"usd": unexplained}
