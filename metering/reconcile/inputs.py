@@ -356,9 +356,14 @@ def load_open_periods(con: duckdb.DuckDBPyConnection, periods: pl.DataFrame) -> 
 
     `voided_invoice_ids` names the void invoices that did reach it (Stripe billed the period, then
     voided that invoice: the money will not be collected), NULL when there are none.
+    `on_test_clock`: the customer's Stripe time is a test clock's (test mode), which the wall clock
+    says nothing about (the push step's customer map; false when there is none).
     """
     if periods.is_empty():
         return rc.conform(None, rc.OPEN_PERIODS_SCHEMA)
+    clocked = ("SELECT DISTINCT customer_id FROM stripe_customer_map WHERE test_clock_id IS NOT NULL"
+               if {"customer_id", "test_clock_id"} <= table_columns(con, "stripe_customer_map")
+               else "SELECT NULL::VARCHAR AS customer_id WHERE false")
     con.register("_recon_periods", periods.to_arrow())
     try:
         frame = query_frame(
@@ -374,7 +379,8 @@ def load_open_periods(con: duckdb.DuckDBPyConnection, periods: pl.DataFrame) -> 
             )
             SELECT p.customer_id, p.period_start,
                    (SELECT string_agg(DISTINCT c.invoice_id, ',' ORDER BY c.invoice_id) FROM closing c
-                    WHERE c.customer_id = p.customer_id AND c.period_start = p.period_start) AS voided_invoice_ids
+                    WHERE c.customer_id = p.customer_id AND c.period_start = p.period_start) AS voided_invoice_ids,
+                   p.customer_id IN ({clocked}) AS on_test_clock
             FROM _recon_periods p
             WHERE NOT EXISTS (SELECT 1 FROM closing c WHERE c.customer_id = p.customer_id
                               AND c.period_start = p.period_start AND NOT c.void)

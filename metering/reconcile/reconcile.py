@@ -107,7 +107,8 @@ STRIPE_METER_SCHEMA = {
     "customer_id": pl.String, "meter": pl.String, "period_start": pl.Date, "period_end": pl.Date,
     "stripe_quantity": QTY, "meter_status": pl.String, "pending_reason": pl.String,
 }
-OPEN_PERIODS_SCHEMA = {"customer_id": pl.String, "period_start": pl.Date, "voided_invoice_ids": pl.String}
+OPEN_PERIODS_SCHEMA = {"customer_id": pl.String, "period_start": pl.Date, "voided_invoice_ids": pl.String,
+                       "on_test_clock": pl.Boolean}
 """Customer periods no non-void Stripe invoice reaches the end of, with the void invoices that did (if any):
 `pending` while Stripe may still invoice the period, else `not_invoiced` (`_with_invoicing`)."""
 STRIPE_LINES_SCHEMA = {
@@ -180,13 +181,16 @@ def _with_invoicing(
     those Stripe may still invoice: nothing voided, and reconciled before the period's end + the
     invoice grace + the settle delay (`pending`). `invoice_missing` marks the others, with
     `invoice_missing_reason`: the voided invoices, or the moment by which Stripe should have invoiced.
+    A customer on a Stripe test clock is judged by a void only: its Stripe time is the clock's, which
+    may stand weeks behind the wall clock `reconciled_at` (the main job bills September on one).
     """
     open_ = conform(open_periods, OPEN_PERIODS_SCHEMA).unique(["customer_id", "period_start"])
     deadline = pl.col("period_end").cast(pl.Datetime("us", "UTC")) + settings.invoice_wait
     is_open = pl.col("is_open").fill_null(False)
     voided = pl.col("voided_invoice_ids").is_not_null()
     # an unknown period end cannot prove Stripe still has time: fail closed
-    overdue = voided | (deadline <= pl.lit(reconciled_at, dtype=pl.Datetime("us", "UTC"))).fill_null(True)
+    overdue = voided | (~pl.col("on_test_clock").fill_null(False)
+                        & (deadline <= pl.lit(reconciled_at, dtype=pl.Datetime("us", "UTC"))).fill_null(True))
     return (
         frame.join(open_.with_columns(is_open=pl.lit(True)), on=["customer_id", "period_start"], how="left")
         .with_columns(
@@ -199,7 +203,7 @@ def _with_invoicing(
                 deadline.dt.strftime("%Y-%m-%d %H:%M UTC").fill_null("?"),
                 pl.lit(settings.invoice_grace_seconds), pl.lit(settings.settle_seconds))),
         )
-        .drop("is_open", "voided_invoice_ids")
+        .drop("is_open", "voided_invoice_ids", "on_test_clock")
     )
 
 

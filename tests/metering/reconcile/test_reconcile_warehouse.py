@@ -344,6 +344,22 @@ def test_a_period_stripe_never_invoiced_is_pending_only_until_the_grace_has_pass
     assert before.unexplained_minor() == {"usd": 25}
 
 
+def test_a_customer_on_a_stripe_test_clock_is_not_judged_by_the_wall_clock(isolated_env, rules_dir):
+    """Its Stripe time is the clock's (the main job bills September while the wall clock says
+    November): a period past its deadline by the wall clock stays pending; a void still counts."""
+    settings = ReconcileSettings()
+    later = dt.datetime(2027, 3, 1, tzinfo=dt.UTC)
+    with warehouse.open_warehouse() as con:
+        write_scenario(con)
+        con.execute("DELETE FROM stripe_invoice_lines_api WHERE invoice_id = 'in_cus_c'")
+        con.execute("DELETE FROM stripe_invoices_api WHERE invoice_id = 'in_cus_c'")
+        con.execute("INSERT INTO stripe_customer_map (customer_id, stripe_customer_id, test_clock_id, synced_at) "
+                    "VALUES ('cus_c', 'cus_c', 'clock_1', now())")
+        result = reconcile_period(con, MONTH, settings=settings, meters=load_meters(rules_dir), now=later)
+    assert result.usage.filter(customer_id="cus_c").select("status", "explained").row(0) == ("pending", True)
+    assert result.unexplained_minor() == {"usd": 25}
+
+
 @pytest.mark.parametrize(("fee", "inv_diff", "unexplained"), [
     (4900, -33, 125),          # the fee is right: the invoice's -33 is the late usage row's, explained
     (4933, 0, 125 + 33),       # +33 on the fee offsets the late -33: the totals agree, the fee does not
