@@ -420,8 +420,14 @@ def perform_actions(
                 stop(action, key, invoice, "error", _error_text(exc))
                 continue
             if action == "retry" and recovered is None and getattr(live, "next_payment_attempt", None) is not None:
-                report.add(action, "wait:stripe_retrying")   # Stripe's own schedule runs: ours waits
-                stopped.add(invoice)
+                # Stripe's own schedule runs (our state lagged): as planned for a scheduled retry, ours
+                # waits, or is skipped once a later step is due, so it never blocks that step
+                if row["step_index"] < row["current_step"]:
+                    ledger.open(row, key, status="skipped", outcome="stripe_retrying")
+                    report.add(action, "skipped")
+                else:
+                    report.add(action, "wait:stripe_retrying")
+                    stopped.add(invoice)
                 continue
         ledger.open(row, key)                       # committed before anything leaves the process
         if hooks.after_ledger_commit:

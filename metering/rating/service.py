@@ -122,10 +122,14 @@ def fingerprint(frame: pl.DataFrame) -> str:
 def rated_hashes(con: duckdb.DuckDBPyConnection) -> dict[tuple[str, str], str]:
     """{(plan, version): content hash} of every plan version that has rated lines, and
     {(`RATED_METER`, meter): definition hash} of every meter that priced them."""
+    # a warehouse opened read-only before migration 012 has no rated_meters: nothing recorded yet
+    meters = con.execute("SELECT count(*) FROM information_schema.tables WHERE table_schema = 'main' "
+                         "AND table_name = 'rated_meters'").fetchone()[0]
     rows = con.execute(
         "SELECT plan, plan_version, rules_hash FROM rules_versions "
-        "UNION SELECT DISTINCT plan, plan_version, rules_hash FROM rated_usage "
-        "UNION SELECT ?, meter, definition_hash FROM rated_meters", [RATED_METER]
+        "UNION SELECT DISTINCT plan, plan_version, rules_hash FROM rated_usage"
+        + (" UNION SELECT ?, meter, definition_hash FROM rated_meters" if meters else ""),
+        [RATED_METER] if meters else [],
     ).fetchall()
     return {(p, v): h for p, v, h in rows}
 

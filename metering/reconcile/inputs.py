@@ -357,7 +357,9 @@ def load_open_periods(con: duckdb.DuckDBPyConnection, periods: pl.DataFrame) -> 
     `voided_invoice_ids` names the void invoices that did reach it (Stripe billed the period, then
     voided that invoice: the money will not be collected), NULL when there are none.
     `on_test_clock`: the customer's Stripe time is a test clock's (test mode), which the wall clock
-    says nothing about (the push step's customer map; false when there is none).
+    says nothing about (the push step's customer map; false when there is none). `later_invoice_ids`:
+    invoices of a later period (starting at or after this one's end): Stripe has moved past this
+    period without closing it, whatever any clock says.
     """
     if periods.is_empty():
         return rc.conform(None, rc.OPEN_PERIODS_SCHEMA)
@@ -380,7 +382,10 @@ def load_open_periods(con: duckdb.DuckDBPyConnection, periods: pl.DataFrame) -> 
             SELECT p.customer_id, p.period_start,
                    (SELECT string_agg(DISTINCT c.invoice_id, ',' ORDER BY c.invoice_id) FROM closing c
                     WHERE c.customer_id = p.customer_id AND c.period_start = p.period_start) AS voided_invoice_ids,
-                   p.customer_id IN ({clocked}) AS on_test_clock
+                   p.customer_id IN ({clocked}) AS on_test_clock,
+                   (SELECT string_agg(DISTINCT i.invoice_id, ',' ORDER BY i.invoice_id) FROM invoices i
+                    WHERE i.customer_id = p.customer_id
+                      AND i.period_start >= CAST(p.period_end AS TIMESTAMPTZ)) AS later_invoice_ids
             FROM _recon_periods p
             WHERE NOT EXISTS (SELECT 1 FROM closing c WHERE c.customer_id = p.customer_id
                               AND c.period_start = p.period_start AND NOT c.void)

@@ -108,7 +108,7 @@ STRIPE_METER_SCHEMA = {
     "stripe_quantity": QTY, "meter_status": pl.String, "pending_reason": pl.String,
 }
 OPEN_PERIODS_SCHEMA = {"customer_id": pl.String, "period_start": pl.Date, "voided_invoice_ids": pl.String,
-                       "on_test_clock": pl.Boolean}
+                       "on_test_clock": pl.Boolean, "later_invoice_ids": pl.String}
 """Customer periods no non-void Stripe invoice reaches the end of, with the void invoices that did (if any):
 `pending` while Stripe may still invoice the period, else `not_invoiced` (`_with_invoicing`)."""
 STRIPE_LINES_SCHEMA = {
@@ -181,16 +181,18 @@ def _with_invoicing(
     those Stripe may still invoice: nothing voided, and reconciled before the period's end + the
     invoice grace + the settle delay (`pending`). `invoice_missing` marks the others, with
     `invoice_missing_reason`: the voided invoices, or the moment by which Stripe should have invoiced.
-    A customer on a Stripe test clock is judged by a void only: its Stripe time is the clock's, which
-    may stand weeks behind the wall clock `reconciled_at` (the main job bills September on one).
+    Stripe has also stopped when it invoiced a later period of the customer. A customer on a Stripe
+    test clock is judged by those two signs only: its Stripe time is the clock's, which may stand
+    weeks behind the wall clock `reconciled_at` (the main job bills September on one).
     """
     open_ = conform(open_periods, OPEN_PERIODS_SCHEMA).unique(["customer_id", "period_start"])
     deadline = pl.col("period_end").cast(pl.Datetime("us", "UTC")) + settings.invoice_wait
     is_open = pl.col("is_open").fill_null(False)
     voided = pl.col("voided_invoice_ids").is_not_null()
+    moved_on = pl.col("later_invoice_ids").is_not_null()
     # an unknown period end cannot prove Stripe still has time: fail closed
-    overdue = voided | (~pl.col("on_test_clock").fill_null(False)
-                        & (deadline <= pl.lit(reconciled_at, dtype=pl.Datetime("us", "UTC"))).fill_null(True))
+    overdue = voided | moved_on | (~pl.col("on_test_clock").fill_null(False)
+                                   & (deadline <= pl.lit(reconciled_at, dtype=pl.Datetime("us", "UTC"))).fill_null(True))
     return (
         frame.join(open_.with_columns(is_open=pl.lit(True)), on=["customer_id", "period_start"], how="left")
         .with_columns(
@@ -198,12 +200,15 @@ def _with_invoicing(
             invoice_missing=is_open & overdue,
             invoice_missing_reason=pl.when(voided)
             .then(pl.format("Stripe voided {} and has no other invoice for this period", pl.col("voided_invoice_ids")))
+            .when(moved_on)
+            .then(pl.format("Stripe invoiced a later period ({}) but no invoice closes this one",
+                            pl.col("later_invoice_ids")))
             .otherwise(pl.format(
                 "no Stripe invoice closes this period by {} (period end + invoice grace {} s + settle delay {} s)",
                 deadline.dt.strftime("%Y-%m-%d %H:%M UTC").fill_null("?"),
                 pl.lit(settings.invoice_grace_seconds), pl.lit(settings.settle_seconds))),
         )
-        .drop("is_open", "voided_invoice_ids", "on_test_clock")
+        .drop("is_open", "voided_invoice_ids", "on_test_clock", "later_invoice_ids")
     )
 
 
@@ -527,8 +532,10 @@ def unexplained_by_currency(usage: pl.DataFrame, invoices: pl.DataFrame | None =
     """What the blocking check measures, per currency (minor units).
 
     The sum of |amount difference| over unexplained usage rows, plus, when `invoices` are given, each
-    unexplained invoice row's difference net of its usage rows (`invoice_residuals`): a flat fee
-    Stripe charged differently fails the check, and money a usage row counts is not counted again.
+    invoice row's |residual| above its tolerance, the part of its difference no usage row carries
+    (`invoice_residuals`), whatever its status but `pending`: a flat fee Stripe charged differently
+    fails the check even when a usage row's difference offsets it in the total, and money a usage
+    row counts is not counted again.
     """
     cur = pl.col("currency").fill_null("?").alias("currency")
     parts = [usage.filter(~pl.col("explained"))

@@ -370,6 +370,16 @@ def test_no_charge_when_our_state_lags_and_stripe_shows_a_retry_scheduled(tmp_pa
         assert result.report.counts == {"retry:wait:stripe_retrying": 1} and result.report.errors == []
         assert s.ours("/pay") == []
         assert s.table("SELECT step_name FROM dunning_actions ORDER BY step_index") == [("first_reminder",)]
+        # day 7, still lagging: the final reminder is due, so the retry is skipped, never blocking it
+        s.advance(7)
+        with warehouse.open_warehouse(s.db) as con:
+            s.sync(con)
+            con.execute("UPDATE stripe_invoices SET next_payment_attempt = NULL")
+            result = run_dunning(con, s.client, s.policy, s.now)
+        assert result.report.errors == [] and s.ours("/pay") == []
+        assert s.table("SELECT step_name, status, outcome FROM dunning_actions ORDER BY step_index") == [
+            ("first_reminder", "done", "rendered"), ("payment_retry", "skipped", "stripe_retrying"),
+            ("final_reminder", "done", "rendered")]
 
 
 @pytest.mark.slow

@@ -356,8 +356,18 @@ def test_a_customer_on_a_stripe_test_clock_is_not_judged_by_the_wall_clock(isola
         con.execute("INSERT INTO stripe_customer_map (customer_id, stripe_customer_id, test_clock_id, synced_at) "
                     "VALUES ('cus_c', 'cus_c', 'clock_1', now())")
         result = reconcile_period(con, MONTH, settings=settings, meters=load_meters(rules_dir), now=later)
+        # once Stripe invoices a later period (the clock moved on), it will not close this one
+        con.execute("INSERT INTO stripe_invoices_api SELECT * REPLACE ('in_cus_c_dec' AS invoice_id, "
+                    "TIMESTAMPTZ '2026-12-01 00:00:00+00' AS period_start, "
+                    "TIMESTAMPTZ '2027-01-01 00:00:00+00' AS period_end) "
+                    "FROM stripe_invoices_api WHERE invoice_id = 'in_cus_a'")
+        con.execute("UPDATE stripe_invoices_api SET customer_id = 'cus_c' WHERE invoice_id = 'in_cus_c_dec'")
+        moved_on = reconcile_period(con, MONTH, settings=settings, meters=load_meters(rules_dir), now=later)
     assert result.usage.filter(customer_id="cus_c").select("status", "explained").row(0) == ("pending", True)
     assert result.unexplained_minor() == {"usd": 25}
+    c = moved_on.usage.filter(customer_id="cus_c").row(0, named=True)
+    assert (c["status"], c["explained"]) == ("not_invoiced", False)
+    assert c["reason"].startswith("Stripe invoiced a later period (in_cus_c_dec) but no invoice closes this one")
 
 
 @pytest.mark.parametrize(("fee", "inv_diff", "unexplained"), [
