@@ -320,11 +320,19 @@ def _usage_by_charge(lines: pl.DataFrame, periods: pl.DataFrame, rules: Rules) -
     """(customer_id, period_start, usage): each usage charge's period quantity, however the period is
     cut into segments, combined by its meter's aggregation (sum and count add, max takes the largest,
     last the latest non-zero segment's; unique_count only where at most one segment has any, else
-    its per-segment list stands)."""
+    its per-segment list stands).
+
+    A gauge's charges are compared per meter across the period's plans and versions: since the
+    eleventh session each of its segments holds the period's quantity (before, its own), and the
+    combined max or last is the same either way, so such a period billed before stays as billed. A
+    unique_count with distinct values in more than one segment compares its per-segment counts, which
+    that change altered: such a period billed before it is re-priced once (`recomputed`)."""
     aggregation = {name: m.aggregation for name, m in rules.meters.items()}
+    gauge = pl.col("meter").is_in([name for name, m in rules.meters.items() if m.is_gauge()])
     usage = (lines.join(periods, on=PERIOD_KEY, how="semi").filter(pl.col("quantity").is_not_null())
-             .with_columns(agg=pl.col("meter").replace_strict(aggregation, default="unique_count")))
-    charge = ["plan", "plan_version", "charge_id"]
+             .with_columns(agg=pl.col("meter").replace_strict(aggregation, default="unique_count"))
+             .with_columns(pl.when(~gauge).then(pl.col(c)).alias(c) for c in ("plan", "plan_version", "charge_id")))
+    charge = ["meter", "plan", "plan_version", "charge_id"]
     in_order = pl.col("quantity").sort_by("segment_start")
     combined = usage.group_by(*PERIOD_KEY, *charge).agg(
         pl.when(pl.col("agg").first().is_in(["sum", "count"])).then(pl.col("quantity").sum())

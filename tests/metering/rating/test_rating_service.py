@@ -452,3 +452,42 @@ def test_a_gauge_is_billed_once_per_period_across_a_version_change(tmp_path):
         ("storage", OCT, 500, 1806), ("storage", dt.date(2026, 10, 15), 500, 1919)]
     assert gauges.filter(pl.col("charge") == "seats")["tiers"].to_list()[0].endswith(
         ',{"segment_days":14,"period_days":31}]')
+
+
+def test_a_billed_split_period_keeps_its_gauge_lines_from_before_the_proration(tmp_path):
+    """October billed before gauges were prorated: seats 10 then 12 were stored per segment (10 x 10.00
+    and 12 x 10.00). Re-rated with the same usage it keeps those lines, no adjustment (I19: never
+    re-priced by a change of the pricing code); a late seat count still re-prices it."""
+    rules = load_rules(PROJECT_ROOT / "rating_rules")
+    csv = tmp_path / "customers.csv"
+    csv.write_text("customer_id,name,email,currency,billing_anchor_day,plan,plan_effective_from,payment_behavior\n"
+                   "p,P,p@p.test,usd,,pro,2026-01-01,succeeds\n")
+    closing = dt.datetime(2026, 11, 1, 3, tzinfo=dt.timezone.utc)
+    seats = "SELECT segment_start, quantity, amount_minor FROM rated_usage WHERE charge = 'seats' ORDER BY 1"
+
+    def add_seats(day: int, n: int) -> None:
+        con.execute("INSERT INTO usage_events VALUES (?, 'p', 'seats', CAST(? AS TIMESTAMPTZ), CAST(? AS DATE), ?, "
+                    "'{}', '{}', 1, 1)", [f"s-{day}-{n}", f"2026-10-{day:02d} 12:00:00+00", f"2026-10-{day:02d}", n])
+        service.refresh_aggregates(con, rules.meters, dt.date(2026, 10, day))
+
+    with warehouse.open_warehouse(tmp_path / "wh.duckdb") as con:
+        warehouse.insert_frame(con, "customer_plans", load_customers(csv, rules))
+        for day in range(1, 32):
+            add_seats(day, 10 if day < 15 else 12)
+        service.write_rated(con, OCT, service.rate_month(con, rules, OCT)[0], rules, closing)
+        # the lines as the per-segment pricing stored them
+        con.execute("UPDATE rated_usage SET quantity = 10, amount = 100, amount_minor = 10000, "
+                    "amount_unrounded = 100 WHERE charge = 'seats' AND segment_start = DATE '2026-10-01'")
+        con.execute("UPDATE rated_usage SET amount = 120, amount_minor = 12000, amount_unrounded = 120 "
+                    "WHERE charge = 'seats' AND segment_start = DATE '2026-10-15'")
+        before = con.execute("SELECT * FROM rated_usage ORDER BY ALL").fetchall()
+        assert service.write_rated(con, OCT, service.rate_month(con, rules, OCT)[0], rules,
+                                   closing + dt.timedelta(days=4)) == 0
+        assert con.execute("SELECT * FROM rated_usage ORDER BY ALL").fetchall() == before
+        assert con.execute("SELECT count(*) FROM rating_adjustments").fetchone()[0] == 0
+        add_seats(31, 15)   # late: the month's last count is now 15 (same time as the 12, a larger id)
+        service.write_rated(con, OCT, service.rate_month(con, rules, OCT)[0], rules, closing + dt.timedelta(days=5))
+        # 15 x 10.00 x 14/31 = 67.74 (half_up) and x 17/31 = 82.26 (half_even)
+        assert con.execute(seats).fetchall() == [(OCT, 15, 6774), (dt.date(2026, 10, 15), 15, 8226)]
+        assert con.execute("SELECT charge, before_minor, after_minor FROM rating_adjustments ORDER BY 1").fetchall() \
+            == [("seats", 22000, 15000)]
