@@ -102,6 +102,15 @@ class Scenario:
             capture_output=True, text=True, timeout=120, env=env)
         assert proc.returncode == -9, proc.stderr
 
+    def declined_retry_then_crash(self, our_id: str) -> str:
+        """Day 3 for a new customer: the engine's retry is declined at Stripe and the process is killed
+        right after the call, before recording it. Returns the invoice id."""
+        _, inv = self.customer(our_id)
+        self.run()
+        self.advance(3)
+        self.crash("after_stripe_call", "payment_retry")
+        return inv
+
     def ours(self, action: str | None = None) -> list[tuple[str, str, int]]:
         """(path, idempotency key, status) of the engine's own requests: keys `dunning:...`."""
         return [(e["path"], e["idempotency_key"], e["status"]) for e in self.sb.requests_log(method="POST")
@@ -316,10 +325,7 @@ def test_a_declined_retry_is_not_charged_again_after_stripes_idempotency_window(
     The payment_failed event Stripe stamped with our key proves the charge happened: no second one."""
     with running_sandbox(payment_retry_days=(), after_final_failure="past_due") as sb:
         s = Scenario(sb, tmp_path / "data" / "warehouse.duckdb", rules_dir, tmp_path)
-        _, inv = s.customer("c_1")
-        s.run()
-        s.advance(3)
-        s.crash("after_stripe_call", "payment_retry")
+        inv = s.declined_retry_then_crash("c_1")
         one_charge = [(f"/v1/invoices/{inv}/pay", f"dunning:{inv}:payment_retry", 402)]
         assert s.ours("/pay") == one_charge
         retry = "SELECT status, outcome FROM dunning_actions WHERE step_name = 'payment_retry'"
@@ -389,10 +395,7 @@ def test_a_pending_retry_without_a_stripe_client_stays_pending_and_says_so(tmp_p
     closed as skipped, the ledger then saying no charge was made although one may have been)."""
     with running_sandbox(payment_retry_days=(), after_final_failure="past_due") as sb:
         s = Scenario(sb, tmp_path / "data" / "warehouse.duckdb", rules_dir, tmp_path)
-        _, inv = s.customer("c_1")
-        s.run()
-        s.advance(3)
-        s.crash("after_stripe_call", "payment_retry")
+        inv = s.declined_retry_then_crash("c_1")
         assert s.ours("/pay") == [(f"/v1/invoices/{inv}/pay", f"dunning:{inv}:payment_retry", 402)]
         s.advance(7)   # the final reminder is due, and Stripe shows a retry of its own scheduled:
         with warehouse.open_warehouse(s.db) as con:   # the pending retry is to be resolved, not made

@@ -134,18 +134,24 @@ def _stripe_billed(con, customer: str, quantity: int, amount: int) -> None:
 FINALIZED = dt.datetime(2026, 11, 1, 1, tzinfo=dt.UTC)   # in_cus_a: created at 00:00, finalized after the 1 h grace
 
 
+def _billed_1000_of_1500(con, oct2_acknowledged_at: dt.datetime) -> None:
+    """cus_a's finalized invoice bills 1000 of its 1500 calls (67 cents); the Oct 1 window was
+    acknowledged on Oct 2, the Oct 2 window at `oct2_acknowledged_at`."""
+    con.execute("UPDATE stripe_invoices_api SET finalized_at = ? WHERE invoice_id = 'in_cus_a'", [FINALIZED])
+    _stripe_billed(con, "cus_a", 1000, 67)
+    _acknowledged_at(con, "cus_a", 1, dt.datetime(2026, 10, 2, tzinfo=dt.UTC))
+    _acknowledged_at(con, "cus_a", 2, oct2_acknowledged_at)
+
+
 def test_late_is_only_what_the_ledger_acknowledged_after_the_invoice_was_finalized(isolated_env, rules_dir):
     """cus_a: 1500 calls rated (100 cents), pushed (Oct 1: 1000, Oct 2: 500) and metered by Stripe;
     Stripe's finalized invoice bills 1000 calls for 67 cents (diff -33)."""
     meters = load_meters(rules_dir)
     with warehouse.open_warehouse() as con:
         write_scenario(con)
-        con.execute("UPDATE stripe_invoices_api SET finalized_at = ? WHERE invoice_id = 'in_cus_a'", [FINALIZED])
-        _stripe_billed(con, "cus_a", 1000, 67)
         # both windows acknowledged before the invoice was finalized (Oct 2's during the grace period):
         # Stripe held all 1500 when it finalized, so nothing explains the 500 it did not bill
-        _acknowledged_at(con, "cus_a", 1, dt.datetime(2026, 10, 2, tzinfo=dt.UTC))
-        _acknowledged_at(con, "cus_a", 2, dt.datetime(2026, 11, 1, 0, 30, tzinfo=dt.UTC))
+        _billed_1000_of_1500(con, dt.datetime(2026, 11, 1, 0, 30, tzinfo=dt.UTC))
         on_time = reconcile_period(con, MONTH, settings=ReconcileSettings(), meters=meters, now=PULLED)
         # the Oct 2 window acknowledged half an hour after finalization: its 500 calls are late
         _acknowledged_at(con, "cus_a", 2, dt.datetime(2026, 11, 1, 1, 30, tzinfo=dt.UTC))
@@ -383,10 +389,7 @@ def test_an_explained_usage_shortfall_never_hides_a_flat_fee_overcharge(isolated
     row: it is amount_mismatch and counted (the check's 125 is cus_b's +25 and cus_c's -100)."""
     with warehouse.open_warehouse() as con:
         write_scenario(con)
-        con.execute("UPDATE stripe_invoices_api SET finalized_at = ? WHERE invoice_id = 'in_cus_a'", [FINALIZED])
-        _stripe_billed(con, "cus_a", 1000, 67)
-        _acknowledged_at(con, "cus_a", 1, dt.datetime(2026, 10, 2, tzinfo=dt.UTC))
-        _acknowledged_at(con, "cus_a", 2, dt.datetime(2026, 11, 1, 1, 30, tzinfo=dt.UTC))
+        _billed_1000_of_1500(con, dt.datetime(2026, 11, 1, 1, 30, tzinfo=dt.UTC))
         _fee_charged(con, fee)
         result = reconcile_period(con, MONTH, settings=ReconcileSettings(), meters=load_meters(rules_dir), now=PULLED)
     a = result.usage.filter(customer_id="cus_a", meter="api_calls").row(0, named=True)
