@@ -19,8 +19,9 @@ SELECT
     quantity_diff,
     amount_diff_minor,
     tolerance_minor,
-    status,                       -- matched | within_tolerance | not_pushed | missing_in_stripe | extra_in_stripe
-                                  -- | quantity_mismatch | amount_mismatch | late_after_finalization | pending
+    status,                       -- matched | within_tolerance | not_pushed | not_invoiced | missing_in_stripe
+                                  -- | extra_in_stripe | quantity_mismatch | amount_mismatch
+                                  -- | late_after_finalization | pending
     reason,
     explained,                    -- false: counts against the blocking check's threshold
     invoice_ids,
@@ -51,7 +52,7 @@ SELECT
     amount_paid,
     amount_remaining,
     status,                       -- matched | within_tolerance | amount_mismatch | missing_in_stripe
-                                  -- | extra_in_stripe | pending
+                                  -- | extra_in_stripe | not_invoiced | pending
     reason,
     reconciled_at
 FROM main.invoice_reconciliation;

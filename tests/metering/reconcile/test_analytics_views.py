@@ -188,3 +188,24 @@ def test_invoice_items_in_the_views(isolated_env, rules_dir, tmp_path):
     # Stripe 6000 + 500 (by hand) + 4000 (ours, on in_next) vs ours 10000 of which 4000 not in Stripe
     assert m == [(10000, 4000, 4000, 0, 0, 10500, 500, "amount_mismatch")]
     assert same == [(4000, 0, 0)]
+
+
+def test_invoice_lines_carry_their_invoices_status(isolated_env, rules_dir):
+    """A void invoice's lines bill nothing: the view lists them with invoice_status, so its lines minus
+    the void ones add up to Stripe's totals in invoice_reconciliation (5125 against 5025 without it)."""
+    with warehouse.open_warehouse() as con:
+        write_scenario(con)
+        con.execute("UPDATE stripe_invoices_api SET status = 'void' WHERE invoice_id = 'in_cus_a'")
+        reconcile_period(con, MONTH, settings=ReconcileSettings(), meters=load_meters(rules_dir), now=PULLED)
+        snapshot = warehouse.publish(con=con)
+    con = duckdb.connect(str(snapshot), read_only=True)
+    try:
+        statuses = dict(con.execute("SELECT invoice_id, any_value(invoice_status) FROM analytics.stripe_invoice_lines "
+                                    "GROUP BY 1").fetchall())
+        billed = con.execute("SELECT sum(amount) FROM analytics.stripe_invoice_lines "
+                             "WHERE invoice_status <> 'void'").fetchone()[0]
+        totals = con.execute("SELECT sum(stripe_total_minor) FROM analytics.invoice_reconciliation").fetchone()[0]
+    finally:
+        con.close()
+    assert statuses["in_cus_a"] == "void" and {s for i, s in statuses.items() if i != "in_cus_a"} == {"paid"}
+    assert billed == totals

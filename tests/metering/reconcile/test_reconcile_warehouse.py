@@ -399,3 +399,18 @@ def test_an_explained_usage_shortfall_never_hides_a_flat_fee_overcharge(isolated
     offset = f"; {fee - 4900} on no meter row (flat fees, other lines), offset by -33 on the meter rows"
     assert a_inv["reason"].endswith("; all of it on the meter rows" if fee == 4900 else offset)
     assert result.unexplained_minor() == {"usd": unexplained}
+
+
+def test_an_invoice_rows_tolerance_counts_only_lines_that_round(isolated_env, rules_dir):
+    """cus_a has 3 rated lines with an amount and Stripe 3 lines: tolerance 3 cents. Five more rated
+    lines of 0 (every charge has a line) once made it 8, and a fee 8 cents over was within tolerance."""
+    with warehouse.open_warehouse() as con:
+        write_scenario(con)
+        con.execute("""INSERT INTO rated_usage SELECT r.* REPLACE ('unused ' || t.i AS charge, 0 AS amount_minor)
+                       FROM rated_usage r, range(5) t(i) WHERE customer_id = 'cus_a' AND charge = 'platform fee'""")
+        con.execute("UPDATE invoice_previews SET lines = lines + 5 WHERE customer_id = 'cus_a'")
+        _fee_charged(con, 4908)
+        result = reconcile_period(con, MONTH, settings=ReconcileSettings(), meters=load_meters(rules_dir), now=PULLED)
+    a = result.invoices.filter(customer_id="cus_a").row(0, named=True)
+    assert (a["status"], a["amount_diff_minor"], a["tolerance_minor"]) == ("amount_mismatch", 8, 3)
+    assert result.unexplained_minor() == {"usd": 125 + 8}
