@@ -63,6 +63,8 @@ def reconcile(month: dt.date, warehouse_path: str | None, pull: bool, settle_sec
                    "no rated usage, pushes or Stripe invoices for the month", err=True)
     for status, n in result.status_counts().items():
         click.echo(f"  {status:<24} {n}")
+    invoice_counts = ", ".join(f"{status} {n}" for status, n in result.invoice_status_counts().items())
+    click.echo(f"  invoices: {invoice_counts or 'none'}")
     unexplained = result.unexplained_minor()
     for cur, minor in sorted(unexplained.items()):
         click.echo(f"  unexplained {fmt_money(minor, cur)}")

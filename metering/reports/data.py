@@ -11,7 +11,9 @@ import duckdb
 import polars as pl
 
 from metering.reconcile.inputs import table_columns
-from metering.reconcile.reconcile import INVOICE_COLUMNS, STATUSES, USAGE_COLUMNS, unexplained_by_currency
+from metering.reconcile.reconcile import (
+    INVOICE_COLUMNS, INVOICE_STATUSES, STATUSES, USAGE_COLUMNS, unexplained_by_currency,
+)
 from metering.reconcile.settings import ReconcileSettings
 from metering.warehouse import query_frame
 
@@ -83,8 +85,15 @@ class ReportData:
         )
 
     def status_counts(self) -> dict[str, int]:
+        """Usage rows (customer x meter x period) per status, every status listed."""
         counts = dict(self.lines.group_by("status").len().iter_rows())
         return {s: int(counts.get(s, 0)) for s in STATUSES}
+
+    def invoice_status_counts(self) -> dict[str, int]:
+        """Invoice rows (customer x period) per status, every status listed: a period's flat fees and
+        minimums have no usage row, so a not_invoiced or amount_mismatch invoice is counted only here."""
+        counts = dict(self.invoices.group_by("status").len().iter_rows()) if self.invoices.height else {}
+        return {s: int(counts.get(s, 0)) for s in INVOICE_STATUSES}
 
     def status_money(self) -> dict[str, dict[str, int]]:
         """status -> currency -> sum of |amount difference| (minor units)."""
@@ -119,6 +128,8 @@ class ReportData:
             rows.append(("match_rate_percent", t.currency, str(t.match_rate)))
         for status, n in self.status_counts().items():
             rows.append((f"rows_{status}", "", str(n)))
+        for status, n in self.invoice_status_counts().items():
+            rows.append((f"invoice_rows_{status}", "", str(n)))
         for state, n in self.dunning_summary():
             rows.append((f"dunning_invoices_{state}", "", str(n)))
         if self.dunning_finance.height:
@@ -130,8 +141,10 @@ class ReportData:
 def _currency_totals(lines: pl.DataFrame, invoices: pl.DataFrame) -> list[CurrencyTotals]:
     cur = pl.col("currency").fill_null("?")
     clean = pl.col("status").is_in(list(CLEAN_STATUSES))
+    # customers: of either side (a customer with only a flat fee has no usage row)
+    customers = pl.concat([lines.select(cur, "customer_id"), invoices.select(cur, "customer_id")]).group_by(
+        "currency").agg(pl.col("customer_id").n_unique().alias("customers"))
     usage = lines.group_by(cur).agg(
-        pl.col("customer_id").n_unique().alias("customers"),
         pl.len().alias("rows"),
         pl.col("our_amount_minor").fill_null(0).sum().alias("rated"),
         pl.col("stripe_amount_minor").fill_null(0).sum().alias("invoiced"),
@@ -157,7 +170,8 @@ def _currency_totals(lines: pl.DataFrame, invoices: pl.DataFrame) -> list[Curren
         unbilled.clip(lower_bound=0).sum().alias("unbilled"),
         (-unbilled).clip(lower_bound=0).sum().alias("credit_due"),
     )
-    both = usage.join(inv, on="currency", how="full", coalesce=True).fill_null(0).sort("currency")
+    both = (usage.join(inv, on="currency", how="full", coalesce=True).join(customers, on="currency", how="left")
+            .fill_null(0).sort("currency"))
     return [
         CurrencyTotals(
             currency=r["currency"], customers=int(r["customers"]), rows=int(r["rows"]),

@@ -142,6 +142,8 @@ def render_html(data: ReportData) -> str:
 
     out.append("<h2>Discrepancy categories</h2>")
     out.append(svg.categories(data.status_counts(), data.status_money(), title="Rows by reconciliation status"))
+    invoice_counts = ", ".join(f"{escape(s)} {n}" for s, n in data.invoice_status_counts().items() if n)
+    out.append(f'<p>Invoices (customer &times; period) by status: {invoice_counts or "none"}.</p>')
 
     disc = data.discrepancies
     out.append(f"<h2>Discrepancies ({disc.height}), largest amount first</h2>")

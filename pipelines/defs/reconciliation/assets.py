@@ -163,7 +163,8 @@ def reconcile_and_report(
         yield dg.MaterializeResult(
             asset_key="usage_reconciliation",
             metadata={"dagster/row_count": result.usage.height, "invoices": result.invoices.height,
-                      "tolerance": settings.describe_tolerance(), **{f"status/{k}": v for k, v in counts.items()}},
+                      "tolerance": settings.describe_tolerance(), **{f"status/{k}": v for k, v in counts.items()},
+                      **{f"invoice_status/{k}": v for k, v in result.invoice_status_counts().items()}},
             check_results=[dg.AssetCheckResult(
                 asset_key="usage_reconciliation",
                 check_name=UNEXPLAINED_CHECK,

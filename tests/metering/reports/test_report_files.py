@@ -7,6 +7,7 @@ import re
 from pathlib import Path
 
 import openpyxl
+import polars as pl
 import pytest
 
 from metering import warehouse
@@ -256,3 +257,22 @@ def test_unbilled_and_credit_due_are_not_netted_across_customers(reconciled_ware
     assert notes[0][2].startswith("40.50 USD of the charges Stripe cannot price")
     assert "exceed the charges Stripe cannot price by 40.00 USD" in notes[1][2]
     assert "<code>metering stripe invoice-items --period 2026-10</code> to credit it" in notes[1][2]
+
+
+def test_an_invoice_row_without_usage_rows_is_counted_and_its_customer_too(reconciled_warehouse, tmp_path):
+    """cus_z has only a flat fee, and Stripe never invoiced it: its invoice row (not_invoiced, 49.00 USD
+    unexplained) was in no status count and its customer in no customer count."""
+    with warehouse.open_warehouse(reconciled_warehouse) as con:
+        con.execute("""INSERT INTO invoice_reconciliation SELECT * REPLACE ('cus_z' AS customer_id,
+                       4900 AS our_total_minor, NULL::BIGINT AS stripe_total_minor, -4900 AS amount_diff_minor,
+                       'not_invoiced' AS status) FROM invoice_reconciliation WHERE customer_id = 'cus_a'""")
+        files = write_report(con, MONTH, tmp_path / "out", generated_at=NOW)
+    book = openpyxl.load_workbook(files.xlsx, read_only=True)
+    summary = {(m, c): v for m, c, v in list(book["summary"].iter_rows(values_only=True))[1:]}
+    assert summary[("invoice_rows_not_invoiced", None)] == 1
+    counts = files.data.invoice_status_counts()
+    assert counts["not_invoiced"] == 1 and sum(counts.values()) == files.data.invoices.height
+    usd = next(t for t in files.data.totals if t.currency == "usd")
+    with_usage = set(files.data.lines.filter(pl.col("currency") == "usd")["customer_id"])
+    assert "cus_z" not in with_usage and usd.customers == len(with_usage) + 1
+    assert "not_invoiced 1" in files.html.read_text()
