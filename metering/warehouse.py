@@ -66,7 +66,10 @@ def _configure(con: duckdb.DuckDBPyConnection, memory_limit: str | None, threads
     if memory_limit:
         if not is_memory_limit(memory_limit.strip()):
             raise BadInputError(f"memory limit: {memory_limit!r} is not a size like 2GB or 512MiB")
-        con.execute(f"SET memory_limit = '{memory_limit.strip()}'")  # SET takes no parameters; checked above
+        try:
+            con.execute(f"SET memory_limit = '{memory_limit.strip()}'")  # SET takes no parameters; checked above
+        except duckdb.Error as exc:   # a size DuckDB cannot hold (99999999TB)
+            raise BadInputError(f"memory limit: {memory_limit!r}: {str(exc).splitlines()[0]}") from None
     if threads:
         con.execute(f"SET threads = {int(threads)}")
 
@@ -317,6 +320,12 @@ def publish(
     """
     dest = config.ensure_file_target(config.snapshot_path(snapshot), "snapshot")
     _refuse_catalog_named_like_the_views(dest)
+    source = Path(con.execute("SELECT path FROM duckdb_databases() WHERE database_name = current_database()")
+                  .fetchone()[0]) if con is not None else config.warehouse_path(warehouse)
+    if source.exists() and dest.exists() and os.path.samefile(source, dest):
+        # the swap would replace the warehouse itself with its copy
+        raise BadInputError(f"{dest}: the snapshot cannot be the warehouse itself; choose another file "
+                            f"(the default is data/snapshot.duckdb)")
     tmp = dest.with_name(f".{dest.name}.{os.getpid()}.tmp")
     _remove_abandoned_copies(dest)
     remove_database(tmp)

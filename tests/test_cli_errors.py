@@ -198,3 +198,77 @@ def test_stripe_python_never_prints_past_the_logging_set_up() -> None:
                           env={**os.environ, "STRIPE_LOG": "debug"})
     assert proc.stdout.strip() == "None None"
     assert "STRIPE_LOG is ignored" in proc.stderr
+
+
+# Mistakes an audit found turned into tracebacks (exit 1), each now one line and exit 3 or 2.
+@pytest.mark.parametrize(("args", "env", "code", "says"), [
+    # a huge settle or grace time overflowed a timedelta
+    (["reconcile", "--period", "2026-10", "--no-pull", "--settle-seconds", "99999999999999999999"], {}, 2,
+     "--settle-seconds"),
+    (["reconcile", "--period", "2026-10", "--no-pull"], {"METERING_STRIPE_INVOICE_GRACE_SECONDS": "99999999999999999999"},
+     3, "$METERING_STRIPE_INVOICE_GRACE_SECONDS: '99999999999999999999' is too large"),
+    # '²' passed str.isdigit() and then int() refused it; a 26-digit tolerance overflowed Int64
+    (["reconcile", "--period", "2026-10", "--no-pull"], {"METERING_RECON_TOLERANCE": "usd=\u00b2"}, 3,
+     "'usd=\u00b2' is not CURRENCY=MINOR_UNITS"),
+    (["reconcile", "--period", "2026-10", "--no-pull"], {"METERING_RECON_TOLERANCE": "usd=" + "9" * 26}, 3,
+     "is not CURRENCY=MINOR_UNITS"),
+    # nan and inf crashed the rate limiter
+    (["stripe", "push", "--date", "2026-09-05", "--rate", "nan"], {"STRIPE_API_KEY": "sk_test_x"}, 3,
+     "push rate (--rate, STRIPE_PUSH_RATE): nan is not a number of calls per second"),
+    (["stripe", "invoice-items", "--period", "2026-09"], {"STRIPE_API_KEY": "sk_test_x", "STRIPE_PUSH_RATE": "inf"}, 3,
+     "push rate (--rate, STRIPE_PUSH_RATE): inf is not"),
+    # `stripe sync` passed a bad window to the catalog, which raised
+    (["stripe", "sync"], {"STRIPE_API_KEY": "sk_test_x", "STRIPE_METER_WINDOW": "week"}, 3,
+     "window kind: 'week' is not one of day, hour"),
+])
+def test_settings_out_of_range_are_named_not_tracebacks(tmp_path: Path, args, env, code, says) -> None:
+    # a real warehouse, so the commands reach the settings (nothing is sent anywhere: they stop first)
+    from metering import warehouse
+
+    with warehouse.open_warehouse(tmp_path / "w.duckdb"):
+        pass
+    done = run_cli(*args, "--warehouse", str(tmp_path / "w.duckdb"),
+                   env={"METERING_DATA_DIR": str(tmp_path / "data"), "STRIPE_API_BASE": "http://127.0.0.1:9", **env})
+    assert done.returncode == code, done.stderr
+    assert says in done.stderr and "Traceback" not in done.stderr
+
+
+def test_a_memory_limit_duckdb_cannot_hold_is_bad_input(tmp_path: Path) -> None:
+    (tmp_path / "a.jsonl").write_text("{}\n")
+    done = run_cli("ingest", "--warehouse", str(tmp_path / "w.duckdb"), "--memory-limit", "99999999TB",
+                   str(tmp_path / "a.jsonl"), env={"METERING_DATA_DIR": str(tmp_path / "data")})
+    assert done.returncode == 3, done.stderr
+    assert "memory limit: '99999999TB'" in done.stderr and "Traceback" not in done.stderr
+
+
+def test_publishing_onto_the_warehouse_itself_is_refused(tmp_path: Path) -> None:
+    """It printed `published` and replaced the live warehouse with its copy."""
+    from metering import warehouse
+
+    with warehouse.open_warehouse(tmp_path / "w.duckdb") as con:
+        con.execute("CREATE TABLE keep AS SELECT 1 AS x")
+    done = run_cli("publish", "--warehouse", str(tmp_path / "w.duckdb"), "--snapshot", str(tmp_path / "w.duckdb"))
+    assert done.returncode == 3, done.stderr
+    assert "the snapshot cannot be the warehouse itself" in done.stderr
+    with warehouse.open_warehouse(tmp_path / "w.duckdb", read_only=True) as con:
+        assert con.execute("SELECT count(*) FROM information_schema.schemata WHERE schema_name = 'analytics'"
+                           ).fetchone()[0] == 0
+
+
+def test_a_rules_file_with_a_self_referencing_alias_is_named(tmp_path: Path) -> None:
+    """`x: &a [1, *a]` recursed without end (RecursionError); nested aliases can expand to billions."""
+    import shutil
+
+    rules = tmp_path / "rules"
+    shutil.copytree(config.PROJECT_ROOT / "rating_rules", rules)
+    plan = rules / "plans" / "starter.yaml"
+    plan.write_text("x: &a [1, *a]\n" + plan.read_text())
+    done = run_cli("rules", "validate", str(rules))
+    assert done.returncode == 3, done.stderr
+    assert f"{plan}:1: (document): an alias that contains itself" in done.stdout   # the problems list
+    assert "Traceback" not in done.stderr
+    nested = "a: &a [x, x, x, x, x, x, x, x, x]\n" + "".join(
+        f"{chr(98 + i)}: &{chr(98 + i)} [{', '.join(['*' + chr(97 + i)] * 9)}]\n" for i in range(8))
+    plan.write_text(nested)
+    done = run_cli("rules", "validate", str(rules))
+    assert done.returncode == 3 and "aliases expanding to more than 100000 values" in done.stdout, done.stderr

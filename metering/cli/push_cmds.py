@@ -43,19 +43,20 @@ def stripe() -> None:
 def sync(rules_dir: str | None, customers_path: str | None, warehouse_path: str | None, window: str | None,
          create_customers: bool, test_clock: str | None) -> None:
     """Create or find meters, products, prices (and customers); report drift and what Stripe cannot express."""
-    import os
-
     from metering import warehouse
     from metering.customers import load_customers
     from metering.rating.service import read_customer_plans
     from metering.rules.plans import load_rules
     from metering.stripe.catalog import sync_catalog
+    from metering.stripe.push import push_config_from_env
 
     rules = load_rules(rules_dir)
     client = _client()
     with stripe_errors(), warehouse.open_warehouse(warehouse_path, wait_seconds=30) as con:
         customers = load_customers(customers_path, rules) if customers_path else read_customer_plans(con)
-        report = sync_catalog(con, client, rules, customers, window_kind=window or os.environ.get("STRIPE_METER_WINDOW") or "day",
+        # the push's config checks the window kind (and the env variable) as the push does
+        window_kind = push_config_from_env(window_kind=window).window_kind
+        report = sync_catalog(con, client, rules, customers, window_kind=window_kind,
                               create_customers=create_customers, test_clock=test_clock,
                               sandbox_payment_behavior=create_customers)
     click.echo(report.summary())

@@ -28,7 +28,7 @@ PERIOD_OPTION = click.option("--period", "month", required=True, callback=parsed
 @WAREHOUSE_OPTION
 @click.option("--pull/--no-pull", default=True, show_default=True,
               help="Pull meter summaries and invoices from Stripe first (needs STRIPE_API_KEY).")
-@click.option("--settle-seconds", type=click.IntRange(min=0), default=None,
+@click.option("--settle-seconds", type=click.IntRange(min=0, max=10**12), default=None,
               help="Trust Stripe's meter summaries only this long after the last acknowledged push "
                    "(default: $METERING_STRIPE_SETTLE_SECONDS or 900).")
 @click.option("--fail/--no-fail", "fail", default=True, show_default=True,

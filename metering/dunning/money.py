@@ -36,6 +36,8 @@ def parse_major(text: str, currency: str) -> int:
         raise ValueError(f"{text!r} is not a decimal number") from None
     if not value.is_finite():
         raise ValueError(f"{text!r} is not a finite number")
+    if value.adjusted() > 30:   # beyond any amount (and 1e999999999 overflows the decimal context)
+        raise ValueError(f"{text!r} is too large")
     digits = minor_digits(currency)
     scaled = value.scaleb(digits)
     if scaled != scaled.to_integral_value():

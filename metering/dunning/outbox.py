@@ -20,6 +20,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import re
 import smtplib
 from collections.abc import Iterable
 from datetime import datetime
@@ -41,7 +42,7 @@ log = logging.getLogger(__name__)
 def smtp_port() -> int:
     """`METERING_SMTP_PORT` (default 25). Raises `BadInputError` naming the variable when it is not a port."""
     text = (os.environ.get("METERING_SMTP_PORT") or "").strip() or "25"
-    if not text.isdigit() or not 0 < int(text) < 65536:
+    if not re.fullmatch(r"[0-9]{1,5}", text) or not 0 < int(text) < 65536:   # ASCII: isdigit() takes '²'
         raise BadInputError(f"METERING_SMTP_PORT: {text!r} is not a TCP port (1-65535)")
     return int(text)
 

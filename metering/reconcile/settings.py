@@ -22,11 +22,14 @@ from __future__ import annotations
 
 import datetime as dt
 import os
+import re
 from dataclasses import dataclass, field
 
 from metering.errors import BadInputError
 
 DEFAULT_TOLERANCE_MINOR = 1
+MAX_SETTING = 10**12
+"""The largest whole-number setting (about 31,700 years in seconds; 10^10 major units in cents)."""
 DEFAULT_SETTLE_SECONDS = 900
 DEFAULT_INVOICE_GRACE_SECONDS = 3600
 DEFAULT_MAX_UNEXPLAINED_MINOR = 0
@@ -38,8 +41,10 @@ def _parse_tolerances(text: str, source: str) -> dict[str, int]:
     out: dict[str, int] = {}
     for part in filter(None, (p.strip() for p in text.split(","))):
         cur, sep, value = part.partition("=")
-        if not sep or not cur.strip() or not value.strip().isdigit():
-            raise BadInputError(f"{source}: {part!r} is not CURRENCY=MINOR_UNITS (e.g. usd=1)")
+        # ASCII digits, at most 15 (isdigit() takes '²', which int() refuses; a minor-unit count must
+        # fit the frames' 64-bit integers)
+        if not sep or not cur.strip() or not re.fullmatch(r"[0-9]{1,15}", value.strip()):
+            raise BadInputError(f"{source}: {part!r} is not CURRENCY=MINOR_UNITS (e.g. usd=1; at most 15 digits)")
         out[cur.strip().lower()] = int(value.strip())
     return out
 
@@ -54,6 +59,8 @@ def _int_env(name: str, default: int) -> int:
         raise BadInputError(f"${name}: {raw!r} is not a whole number") from None
     if value < 0:
         raise BadInputError(f"${name}: {raw!r} must not be negative")
+    if value > MAX_SETTING:   # seconds or minor units beyond this overflow a timedelta or an Int64
+        raise BadInputError(f"${name}: {raw!r} is too large (at most {MAX_SETTING})")
     return value
 
 

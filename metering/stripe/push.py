@@ -30,6 +30,7 @@ the same keys, so Stripe counts each window's newest value exactly once.
 from __future__ import annotations
 
 import logging
+import math
 import os
 import time
 import uuid
@@ -76,6 +77,9 @@ class PushConfig:
             raise BadInputError(f"window kind: {self.window_kind!r} is not one of day, hour")
         if self.concurrency < 1:
             raise BadInputError(f"push concurrency must be >= 1, got {self.concurrency}")
+        if not math.isfinite(self.rate) or self.rate < 0:   # nan and inf crashed the rate limiter
+            raise BadInputError(f"push rate (--rate, STRIPE_PUSH_RATE): {self.rate!r} is not a number of calls per "
+                                f"second >= 0 (0: no client-side limit)")
         if self.key_max_age >= timedelta(hours=24):
             raise BadInputError("key_max_age must stay under Stripe's 24 h idempotency window")
 

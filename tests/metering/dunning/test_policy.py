@@ -77,6 +77,7 @@ def _errors(tmp_path: Path, text: str) -> list[str]:
         ('b {amount}', 'b {days_overdue:d}', "templates.t.body: cannot be rendered: Unknown format code 'd' for object of type 'str' (every placeholder is text)"),
         ("day: 30,", "day: 3000000000,", "default.steps[2].day: required, a whole number of days from 0 to 3650 after the first failure, got 3000000000"),
         ('usd: "1.00"', 'usd: "1e30"', "default.minimum_amount.usd: '1e30' is too large (at most 9223372036854775807 in minor units)"),
+        ('usd: "1.00"', 'usd: "1e999999999"', "default.minimum_amount.usd: '1e999999999' is too large (the currency has 2 decimal places)"),
         ('  t: {subject: "s {invoice_id}", body: "b {amount}"}', '  t: {subject: "s {invoice_id}", body: "b {amount}"}\n  t: {subject: "x", body: "y"}', "templates.t: duplicate key 't' (line 10)"),
         # a date-shaped scalar that is no date is a value to report, not a crash in the YAML reader
         ("day: 3,", "day: 2026-02-30,", "default.steps[1].day: required, a whole number of days from 0 to 3650 after the first failure, got '2026-02-30'"),
