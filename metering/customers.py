@@ -91,6 +91,16 @@ def midnight_unix(day: dt.date) -> int:
     return int(dt.datetime.combine(day, dt.time(0), dt.UTC).timestamp())
 
 
+FIRST_DATE = dt.date(2000, 1, 1)
+LAST_DATE = dt.date(9998, 12, 31)
+"""The dates a command or file may name: events before 2000 are refused at ingest, and a period in
+year 9999 has no end date (date arithmetic around year 1 or 9999 overflowed, as tracebacks)."""
+
+
+def outside_dates(day: dt.date) -> bool:
+    return not FIRST_DATE <= day <= LAST_DATE
+
+
 def month_bounds(month: dt.date) -> tuple[dt.date, dt.date]:
     """[first day, first day of next month) of the month holding `month`."""
     ny, nm = _add_months(month.year, month.month, 1)

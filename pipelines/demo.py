@@ -463,12 +463,23 @@ def read_figures(options: DemoOptions, stripe_calls: int) -> dict[str, object]:
     }
 
 
+def demo_month(ctx: click.Context, param: click.Parameter, value: dt.datetime) -> dt.datetime:
+    """A click callback: a month the Dagster partitions hold (they start in 2026-01) and whose end
+    is a date (9999-12's is not)."""
+    from pipelines.partitions import START_DATE
+
+    if not (dt.date.fromisoformat(START_DATE) <= value.date() <= dt.date(9998, 12, 1)):
+        raise click.BadParameter(f"{value.date().isoformat()[:7]} is outside {START_DATE[:7]} .. 9998-12 "
+                                 f"(the Dagster partitions start in {START_DATE[:7]})")
+    return value
+
+
 @click.command()
 @click.option("--customers", type=click.IntRange(1, None), default=200, show_default=True)
 @click.option("--events", type=click.IntRange(1, None), default=150_000, show_default=True)
 @click.option("--seed", type=int, default=7, show_default=True)
 @click.option("--month", type=click.DateTime(["%Y-%m"]), default=DEMO_MONTH.strftime("%Y-%m"), show_default=True,
-              help="The billing month to simulate.")
+              callback=demo_month, help="The billing month to simulate (2026-01 or later: the partitions' start).")
 @click.option("--data-dir", type=click.Path(file_okay=False), default=None,
               help="Where everything is written (default: $METERING_DATA_DIR or data/).")
 @click.option("--fresh", is_flag=True, help="Start from empty state instead of resuming the previous run's.")

@@ -20,11 +20,11 @@ def invoke(*args: str, env: dict[str, str] | None = None):
     return CliRunner().invoke(cli, list(args), env=env)
 
 
-def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+def run_cli(*args: str, env: dict[str, str] | None = None, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
     """The console entry point in a real process: its stderr is what a user sees."""
     import os
 
-    return subprocess.run([sys.executable, "-c", "from metering.cli import main; main()", *args],
+    return subprocess.run([sys.executable, "-c", "from metering.cli import main; main()", *args], cwd=cwd,
                           capture_output=True, text=True, timeout=120, env={**os.environ, **(env or {})})
 
 
@@ -272,3 +272,19 @@ def test_a_rules_file_with_a_self_referencing_alias_is_named(tmp_path: Path) -> 
     plan.write_text(nested)
     done = run_cli("rules", "validate", str(rules))
     assert done.returncode == 3 and "aliases expanding to more than 100000 values" in done.stdout, done.stderr
+
+
+@pytest.mark.parametrize(("args", "says"), [
+    # date arithmetic around year 1 or 9999 overflowed: tracebacks, or demo's Dagster errors (exit 4)
+    (["reconcile", "--period", "0001-01", "--no-pull"], "'--period': '0001-01' is outside 2000-01 .. 9998-12"),
+    (["rerate", "--from", "0001-01-01", "--to", "0001-01-02"], "'--from': '0001-01-01' is outside 2000-01-01 .. 9998-12-31"),
+    (["rerate", "--from", "9999-12-01", "--to", "9999-12-31"], "'--from': '9999-12-01' is outside"),
+    (["generate", "--start", "0001-01-01", "--end", "0001-01-02"], "'--start': '0001-01-01' is outside"),
+    (["rate", "--usage", "u.csv", "--out", "o.csv", "--at", "9999-12-31"], "'--at': '9999-12-31' is outside"),
+    (["demo", "--month", "0001-01"], "'--month': 0001-01 is outside 2026-01 .. 9998-12"),
+])
+def test_dates_far_outside_billing_are_usage_errors(tmp_path: Path, args: list[str], says: str) -> None:
+    (tmp_path / "u.csv").write_text("customer_id,meter,quantity,plan\nc1,api_calls,1,pro\n")
+    done = run_cli(*args, env={"METERING_DATA_DIR": str(tmp_path / "data")}, cwd=tmp_path)
+    assert done.returncode == 2, done.stderr
+    assert says in done.stderr and "Traceback" not in done.stderr

@@ -10,7 +10,7 @@ from pathlib import Path
 import click
 
 from metering import config, warehouse
-from metering.cli.options import check_order
+from metering.cli.options import check_order, date_in_range
 from metering.errors import BadInputError
 from metering.ingest.generate import DEMO_END, DEMO_START, FORMAT_SUFFIX, GenerateConfig
 
@@ -42,9 +42,10 @@ def _share(ctx: click.Context, param: click.Parameter, value: float) -> float:
 @click.option("--customers", type=click.IntRange(1), default=200, show_default=True)
 @click.option("--events", type=click.IntRange(1), default=100_000, show_default=True,
               help="Distinct clean events (duplicates and malformed rows come on top).")
-@click.option("--start", type=click.DateTime(["%Y-%m-%d"]), default=DEMO_START.isoformat(), show_default=True)
+@click.option("--start", type=click.DateTime(["%Y-%m-%d"]), default=DEMO_START.isoformat(), show_default=True,
+              callback=date_in_range)
 @click.option("--end", type=click.DateTime(["%Y-%m-%d"]), default=DEMO_END.isoformat(), show_default=True,
-              help="Last event date (inclusive).")
+              callback=date_in_range, help="Last event date (inclusive).")
 @click.option("--formats", default="jsonl,jsonl.gz,csv,parquet", show_default=True,
               help="Formats the daily files take in turn.")
 @click.option("--out", type=click.Path(file_okay=False), default=None,

@@ -25,9 +25,24 @@ def parse_date(ctx: click.Context, param: click.Parameter, value: str | None) ->
     if value is None:
         return None
     try:
-        return dt.date.fromisoformat(value)
+        day = dt.date.fromisoformat(value)
     except ValueError:
         raise click.BadParameter(f"{value!r} is not a date (YYYY-MM-DD)") from None
+    return within_dates(day, value)
+
+
+def within_dates(day: T, text: str) -> T:
+    """`day` (a date or datetime) if it lies in the dates commands accept, else a usage error."""
+    from metering.customers import FIRST_DATE, LAST_DATE, outside_dates
+
+    if outside_dates(day.date() if isinstance(day, dt.datetime) else day):  # type: ignore[arg-type, attr-defined]
+        raise click.BadParameter(f"{text!r} is outside {FIRST_DATE} .. {LAST_DATE}")
+    return day
+
+
+def date_in_range(ctx: click.Context, param: click.Parameter, value: dt.datetime | None) -> dt.datetime | None:
+    """A click callback for `click.DateTime` options: the value within the dates commands accept."""
+    return None if value is None else within_dates(value, value.date().isoformat())  # strftime: '1-01-01'
 
 
 def parsed_by(parse: Callable[[str], T]) -> Callable[[click.Context, click.Parameter, str | None], T | None]:

@@ -21,7 +21,7 @@ from typing import NamedTuple
 
 import polars as pl
 
-from metering.customers import month_bounds
+from metering.customers import FIRST_DATE, LAST_DATE, month_bounds
 from metering.errors import BadInputError
 from metering.rating import money
 from metering.rating.aggregate import charge_map
@@ -88,6 +88,8 @@ def rate_usage(usage: pl.DataFrame, rules: Rules, *, plan: str | None = None, at
     else:
         frame = frame.with_columns(on=pl.col("period_start").cast(pl.String).str.to_date("%Y-%m-%d", strict=False))
         _fail(source, frame, pl.col("on").is_null(), "period_start", "not a date (YYYY-MM-DD)")
+        _fail(source, frame, ~pl.col("on").is_between(FIRST_DATE, LAST_DATE), "period_start",
+              f"outside {FIRST_DATE} .. {LAST_DATE}")
 
     # Plan version and calendar-month period per distinct (plan, date): a handful of Python calls.
     keys = frame.select("plan", "on").unique().sort("plan", "on")

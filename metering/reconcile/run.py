@@ -43,6 +43,7 @@ class ReconcileResult:
 
 def parse_period(text: str) -> dt.date:
     """'2026-10' or '2026-10-01' (a monthly_billing key) -> date(2026, 10, 1)."""
+    from metering.customers import FIRST_DATE, LAST_DATE, outside_dates
     from metering.errors import BadInputError
 
     for fmt in ("%Y-%m", "%Y-%m-%d"):
@@ -50,8 +51,8 @@ def parse_period(text: str) -> dt.date:
             month = dt.datetime.strptime(text, fmt).date().replace(day=1)
         except ValueError:
             continue
-        if month.year == dt.MAXYEAR:  # the month after it, where the period ends, is not a date
-            raise BadInputError(f"--period: {text!r} is too late to bill (the last month is {dt.MAXYEAR - 1}-12)")
+        if outside_dates(month):   # date arithmetic around year 1 or 9999 overflows
+            raise BadInputError(f"--period: {text!r} is outside {FIRST_DATE:%Y-%m} .. {LAST_DATE:%Y-%m}")
         return month
     raise BadInputError(f"--period: {text!r} is not a month like 2026-10")
 
