@@ -50,7 +50,7 @@ import click
 import dagster as dg
 
 from metering import config, warehouse
-from metering.errors import CheckFailedError, ExternalServiceError
+from metering.errors import BadInputError, CheckFailedError, ExternalServiceError
 from metering.reports.money import fmt_money
 
 
@@ -284,6 +284,24 @@ def _prepare(options: DemoOptions) -> None:
         options.customers_file.unlink(missing_ok=True)
     options.data_dir.mkdir(parents=True, exist_ok=True)
     options.sandbox_state.parent.mkdir(parents=True, exist_ok=True)
+    _check_sandbox_state(options.sandbox_state)
+
+
+def _check_sandbox_state(path: Path) -> None:
+    """A resumed run reads the sandbox's saved state: a file that is not one (cut short, edited) is
+    named here, with the way out, instead of a JSONDecodeError traceback from inside the sandbox."""
+    import json
+
+    if not path.exists():
+        return
+    try:
+        doc = json.loads(path.read_text(encoding="utf-8"))
+    except (ValueError, OSError) as exc:
+        doc, why = None, str(exc)
+    else:
+        why = "not a JSON object"
+    if not isinstance(doc, dict):
+        raise BadInputError(f"{path}: not a sandbox state file ({why}); run `metering demo --fresh` to start over")
 
 
 def _generate(options: DemoOptions) -> list[Path]:

@@ -233,6 +233,31 @@ def test_settings_out_of_range_are_named_not_tracebacks(tmp_path: Path, args, en
     assert says in done.stderr and "Traceback" not in done.stderr
 
 
+@pytest.mark.parametrize(("raw", "rate"), [("0.5", 0.5), ("0", 0.0), ("nan", None), ("-1", None), ("fast", None)])
+def test_a_pull_rate_is_a_number_of_calls_per_second(monkeypatch, raw: str, rate: float | None) -> None:
+    """0.5 (a call every two seconds) was refused as "not a whole number"; nan and -1 are refused."""
+    from metering.errors import BadInputError
+    from metering.reconcile.settings import ReconcileSettings
+
+    monkeypatch.setenv("METERING_STRIPE_PULL_RATE", raw)
+    if rate is not None:
+        assert ReconcileSettings.from_env().pull_rate == rate
+    else:
+        with pytest.raises(BadInputError, match=r"\$METERING_STRIPE_PULL_RATE: .* is not a rate"):
+            ReconcileSettings.from_env()
+
+
+def test_a_corrupt_sandbox_state_is_named_by_the_main_job(tmp_path: Path) -> None:
+    """Resuming the main job over a cut-short `sandbox/state.json` was a JSONDecodeError traceback."""
+    state = tmp_path / "data" / "sandbox" / "state.json"
+    state.parent.mkdir(parents=True)
+    state.write_text('{"objects": {')
+    done = run_cli("demo", "--data-dir", str(tmp_path / "data"), env={"METERING_DATA_DIR": str(tmp_path / "data")})
+    assert done.returncode == 3, done.stderr[-2000:]
+    assert f"{state}: not a sandbox state file" in done.stderr and "--fresh" in done.stderr
+    assert "Traceback" not in done.stderr
+
+
 def test_a_memory_limit_duckdb_cannot_hold_is_bad_input(tmp_path: Path) -> None:
     (tmp_path / "a.jsonl").write_text("{}\n")
     done = run_cli("ingest", "--warehouse", str(tmp_path / "w.duckdb"), "--memory-limit", "99999999TB",

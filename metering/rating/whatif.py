@@ -74,6 +74,7 @@ def rate_usage(usage: pl.DataFrame, rules: Rules, *, plan: str | None = None, at
         raise BadInputError(f"{source}: quantity: a floating-point column is inexact; store quantities as "
                             "decimal or integer (or text) columns")
     frame = usage.with_columns(pl.col("customer_id").cast(pl.String), pl.col("meter").cast(pl.String))
+    _fail(source, frame, pl.col("customer_id").str.strip_chars().fill_null("") == "", "customer_id", "empty")
     quantity = pl.col("quantity").cast(pl.String).str.strip_chars()
     frame = frame.with_columns(quantity_text=quantity)
     # at most 26 integer digits: what DECIMAL(38, 12) holds (more once ended in a Polars panic)

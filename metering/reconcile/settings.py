@@ -21,6 +21,7 @@ Everything is explicit and printed in the report. Defaults can be overridden by 
 from __future__ import annotations
 
 import datetime as dt
+import math
 import os
 import re
 from dataclasses import dataclass, field
@@ -47,6 +48,20 @@ def _parse_tolerances(text: str, source: str) -> dict[str, int]:
             raise BadInputError(f"{source}: {part!r} is not CURRENCY=MINOR_UNITS (e.g. usd=1; at most 15 digits)")
         out[cur.strip().lower()] = int(value.strip())
     return out
+
+
+def _rate_env(name: str, default: float) -> float:
+    """A rate in calls per second (0.5 is one call every two seconds); 0 means no limit."""
+    raw = os.environ.get(name)
+    if raw is None or raw == "":
+        return float(default)
+    try:
+        value = float(raw)
+    except ValueError:
+        value = -1.0
+    if not math.isfinite(value) or value < 0 or value > MAX_SETTING:
+        raise BadInputError(f"${name}: {raw!r} is not a rate in calls per second (a number >= 0; 0: no limit)")
+    return value
 
 
 def _int_env(name: str, default: int) -> int:
@@ -100,6 +115,6 @@ class ReconcileSettings:
             settle_seconds=_int_env("METERING_STRIPE_SETTLE_SECONDS", DEFAULT_SETTLE_SECONDS),
             invoice_grace_seconds=_int_env("METERING_STRIPE_INVOICE_GRACE_SECONDS", DEFAULT_INVOICE_GRACE_SECONDS),
             max_unexplained_minor=_int_env("METERING_RECON_MAX_UNEXPLAINED_MINOR", DEFAULT_MAX_UNEXPLAINED_MINOR),
-            pull_rate=float(_int_env("METERING_STRIPE_PULL_RATE", DEFAULT_PULL_RATE)),
+            pull_rate=_rate_env("METERING_STRIPE_PULL_RATE", DEFAULT_PULL_RATE),
             pull_concurrency=max(1, _int_env("METERING_STRIPE_PULL_CONCURRENCY", DEFAULT_PULL_CONCURRENCY)),
         )

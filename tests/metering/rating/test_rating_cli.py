@@ -149,6 +149,9 @@ def test_rate_bad_usage_names_the_line(tmp_path):
     result = run("rate", "--rules", str(RULES), "--usage", str(usage), "--out", str(tmp_path / "o.csv"))
     assert result.exit_code == 3
     assert f"{usage}:2: quantity: not a non-negative decimal" in result.output
+    usage.write_text("customer_id,meter,quantity,plan,period_start\n,api_calls,1,pro,2026-10-01\n")
+    result = run("rate", "--rules", str(RULES), "--usage", str(usage), "--out", str(tmp_path / "o.csv"))
+    assert result.exit_code == 3 and f"{usage}:2: customer_id: empty" in result.output   # was rated as ''
     usage.write_text("customer_id,meter,quantity,plan,period_start\nc1,api_calls,1,pro,9999-12-05\n")
     result = run("rate", "--rules", str(RULES), "--usage", str(usage), "--out", str(tmp_path / "o.csv"))
     assert result.exit_code == 3   # its month has no end date (year 10000): a traceback before
