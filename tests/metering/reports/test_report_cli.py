@@ -25,7 +25,8 @@ def test_report_command_out_folder(reconciled_warehouse, tmp_path):
 @pytest.mark.parametrize("command", ["report", "reconcile"])
 @pytest.mark.parametrize("period, says", [("October", "'October' is not a month like 2026-10"),
                                           ("2026-13", "'2026-13' is not a month"),
-                                          ("9999-12", "'9999-12' is too late to bill")])
+                                          ("9999-12", "'9999-12' is outside 2000-01 .. 9998-12"),
+                                          ("0001-01", "'0001-01' is outside 2000-01 .. 9998-12")])
 def test_bad_period_is_a_usage_error_naming_the_option(isolated_env, command, period, says):
     pull = ["--no-pull"] if command == "reconcile" else []
     result = CliRunner().invoke(cli, [command, "--period", period, *pull])
