@@ -313,3 +313,19 @@ def test_dates_far_outside_billing_are_usage_errors(tmp_path: Path, args: list[s
     done = run_cli(*args, env={"METERING_DATA_DIR": str(tmp_path / "data")}, cwd=tmp_path)
     assert done.returncode == 2, done.stderr
     assert says in done.stderr and "Traceback" not in done.stderr
+
+
+@pytest.mark.parametrize(("args", "env", "says"), [
+    # the SDK got it and a connection failure came back: exit 5, as if Stripe were down
+    (["stripe", "invoice-items", "--period", "2026-09"], {"STRIPE_API_KEY": "sk_test_x", "STRIPE_API_BASE": "notaurl"},
+     "environment variable STRIPE_API_BASE: 'notaurl' is not an http(s) URL"),
+    # a wrong type was accepted, then failed on every request (or with a TypeError traceback)
+    (["stripe-sandbox", "--port", "0", "--fault", '{"kind": "rate_limit", "rate": "x"}'], {},
+     "fault field rate: 'x' has the wrong type (expected int or float)"),
+    (["ingest", "/dev/null"], {}, "/dev/null: not a regular file"),
+])
+def test_settings_and_paths_of_the_wrong_kind_are_bad_input(tmp_path: Path, args, env, says) -> None:
+    done = run_cli(*args, env={"METERING_DATA_DIR": str(tmp_path / "data"),
+                               "METERING_WAREHOUSE": str(tmp_path / "w.duckdb"), **env})
+    assert done.returncode == 3, done.stderr
+    assert says in done.stderr and "Traceback" not in done.stderr

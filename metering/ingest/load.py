@@ -295,7 +295,7 @@ def ingest_file(
     started = time.perf_counter()
     path = Path(path)
     if not path.is_file():
-        raise BadInputError(f"{path}: no such file")
+        raise BadInputError(f"{path}: {'not a regular file' if path.exists() else 'no such file'}")
     fmt = readers.detect_format(path)
     readers.check_magic(path, fmt)
     meters = meters if meters is not None else load_meters()

@@ -16,6 +16,7 @@ The key lives only in `StripeSettings.api_key` (excluded from `repr`) and inside
 from __future__ import annotations
 
 import os
+import urllib.parse
 from dataclasses import dataclass, field, replace
 
 import stripe
@@ -56,6 +57,18 @@ def _float_env(name: str, default: float) -> float:
     return value
 
 
+def _url_env(name: str) -> str | None:
+    """An http(s) base address from the environment, or None when unset (a malformed one was sent
+    to the SDK and came back as a connection failure, exit 5, instead of a bad setting)."""
+    raw = os.environ.get(name) or None
+    if raw is not None:
+        parts = urllib.parse.urlsplit(raw)
+        if parts.scheme not in ("http", "https") or not parts.netloc:
+            raise BadInputError(f"environment variable {name}: {raw!r} is not an http(s) URL "
+                                f"(e.g. http://127.0.0.1:12111)")
+    return raw
+
+
 def settings_from_env(*, required: bool = True) -> StripeSettings | None:
     """Read `StripeSettings` from the environment; `None` when no key is set and not `required`."""
     key = os.environ.get("STRIPE_API_KEY", "").strip()
@@ -66,7 +79,7 @@ def settings_from_env(*, required: bool = True) -> StripeSettings | None:
                 "sandbox (`metering stripe-sandbox`, then set STRIPE_API_BASE and its test key)"
             )
         return None
-    api_base = os.environ.get("STRIPE_API_BASE") or None
+    api_base = _url_env("STRIPE_API_BASE")
     retries_raw = os.environ.get("STRIPE_MAX_NETWORK_RETRIES", "2")
     try:
         retries = int(retries_raw)
@@ -77,7 +90,7 @@ def settings_from_env(*, required: bool = True) -> StripeSettings | None:
     return StripeSettings(
         api_key=key,
         api_base=api_base,
-        meter_events_base=os.environ.get("STRIPE_METER_EVENTS_BASE") or api_base,
+        meter_events_base=_url_env("STRIPE_METER_EVENTS_BASE") or api_base,
         max_network_retries=retries,
         connect_timeout=_float_env("STRIPE_CONNECT_TIMEOUT", 5.0),
         read_timeout=_float_env("STRIPE_READ_TIMEOUT", 30.0),

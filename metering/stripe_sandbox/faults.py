@@ -39,6 +39,12 @@ class FaultRule:
         return (self.method is None or self.method.upper() == method) and fnmatch.fnmatchcase(path, self.path)
 
 
+_FIELD_TYPES: dict[str, tuple[type, ...]] = {
+    "kind": (str,), "method": (str,), "path": (str,), "count": (int,), "rate": (int, float),
+    "delay": (int, float), "reason": (str,), "should_retry": (bool,),
+}
+
+
 class Faults:
     def __init__(self, seed: int | None = None) -> None:
         self.lock = threading.Lock()
@@ -66,6 +72,11 @@ class Faults:
         unknown = set(spec) - allowed
         if unknown:
             raise ValueError(f"unknown fault fields: {sorted(unknown)}")
+        for name, value in spec.items():   # a wrong type failed later, on every request
+            kinds = _FIELD_TYPES[name]
+            if value is not None and (not isinstance(value, kinds) or isinstance(value, bool) and bool not in kinds):
+                raise ValueError(f"fault field {name}: {value!r} has the wrong type (expected "
+                                 f"{' or '.join(k.__name__ for k in kinds)})")
         rule = FaultRule(**spec)
         if rule.rate is not None and not 0 <= rule.rate <= 1:
             raise ValueError("rate must be between 0 and 1")
