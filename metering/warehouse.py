@@ -320,9 +320,10 @@ def publish(
     """
     dest = config.ensure_file_target(config.snapshot_path(snapshot), "snapshot")
     _refuse_catalog_named_like_the_views(dest)
-    source = Path(con.execute("SELECT path FROM duckdb_databases() WHERE database_name = current_database()")
-                  .fetchone()[0]) if con is not None else config.warehouse_path(warehouse)
-    if source.exists() and dest.exists() and os.path.samefile(source, dest):
+    held = con.execute("SELECT path FROM duckdb_databases() WHERE database_name = current_database()").fetchone()[0] \
+        if con is not None else config.warehouse_path(warehouse)
+    source = Path(held) if held else None   # an in-memory warehouse has no path (and is no file to overwrite)
+    if source is not None and source.exists() and dest.exists() and os.path.samefile(source, dest):
         # the swap would replace the warehouse itself with its copy
         raise BadInputError(f"{dest}: the snapshot cannot be the warehouse itself; choose another file "
                             f"(the default is data/snapshot.duckdb)")

@@ -266,6 +266,15 @@ def test_a_memory_limit_duckdb_cannot_hold_is_bad_input(tmp_path: Path) -> None:
     assert "memory limit: '99999999TB'" in done.stderr and "Traceback" not in done.stderr
 
 
+def test_an_in_memory_warehouse_still_publishes(tmp_path: Path) -> None:
+    """It has no path: the check that the snapshot is not the warehouse itself once failed on it."""
+    from metering import warehouse
+
+    with warehouse.open_warehouse(":memory:") as con:
+        assert warehouse.publish(":memory:", tmp_path / "s.duckdb", con=con) == tmp_path / "s.duckdb"
+    assert (tmp_path / "s.duckdb").stat().st_size > 0
+
+
 def test_publishing_onto_the_warehouse_itself_is_refused(tmp_path: Path) -> None:
     """It printed `published` and replaced the live warehouse with its copy."""
     from metering import warehouse
@@ -290,13 +299,18 @@ def test_a_rules_file_with_a_self_referencing_alias_is_named(tmp_path: Path) -> 
     plan.write_text("x: &a [1, *a]\n" + plan.read_text())
     done = run_cli("rules", "validate", str(rules))
     assert done.returncode == 3, done.stderr
-    assert f"{plan}:1: (document): an alias that contains itself" in done.stdout   # the problems list
+    assert f"{plan}:1: (document): an alias that contains itself: write the values out" in done.stdout
     assert "Traceback" not in done.stderr
     nested = "a: &a [x, x, x, x, x, x, x, x, x]\n" + "".join(
         f"{chr(98 + i)}: &{chr(98 + i)} [{', '.join(['*' + chr(97 + i)] * 9)}]\n" for i in range(8))
     plan.write_text(nested)
     done = run_cli("rules", "validate", str(rules))
-    assert done.returncode == 3 and "aliases expanding to more than 100000 values" in done.stdout, done.stderr
+    assert done.returncode == 3 and "aliases repeating more than 100000 values" in done.stdout, done.stderr
+    # many values written out, with no alias, are no trouble
+    from metering.rules.yaml_marks import parse_yaml
+
+    tiers = "".join(f"  - {{up_to: {i}, unit_amount: '0.1'}}\n" for i in range(34_000))
+    assert len(parse_yaml("tiers:\n" + tiers, "big.yaml")[0]["tiers"]) == 34_000
 
 
 @pytest.mark.parametrize(("args", "says"), [

@@ -63,7 +63,8 @@ class Marks:
     lines: dict[PathKey, int] = field(default_factory=dict)
     problems: list[tuple[PathKey, str]] = field(default_factory=list)
     raw: dict[PathKey, str] = field(default_factory=dict)   # scalars as written (e.g. `0.000002`, not 2e-06)
-    nodes: int = 0                                           # values built so far (bounded: MAX_NODES)
+    built: set[int] = field(default_factory=set)             # nodes built once (id): again means an alias
+    repeats: int = 0                                         # values built again through aliases (bounded)
 
     def line(self, path: PathKey) -> int | None:
         """The line of `path`, or of its nearest ancestor that has one."""
@@ -75,23 +76,27 @@ class Marks:
             path = path[:-1]
 
 
-class _TooManyNodes(Exception):
-    def __init__(self, line: int) -> None:
-        self.line = line
+class _AliasTrouble(Exception):
+    def __init__(self, line: int, what: str) -> None:
+        self.line, self.what = line, what
 
 
-MAX_NODES = 100_000
-"""Nodes a rules file may expand to: aliases repeat their anchor's nodes, so a few nested ones can
-make billions (and one naming itself, endless recursion)."""
+MAX_REPEATS = 100_000
+"""Values a rules file's aliases may repeat: each alias repeats its anchor's values, so a few nested
+ones can make billions (and one that contains itself, endless recursion). Values written out, with
+no alias, are not limited."""
 
 
 def _build(node: Node, path: PathKey, marks: Marks, constructor: SafeConstructor,
-           seen: set[int] | None = None) -> Any:
-    seen = set() if seen is None else seen
-    marks.nodes += 1
-    if id(node) in seen or marks.nodes > MAX_NODES:
-        raise _TooManyNodes(node.start_mark.line + 1)
-    seen = seen | {id(node)}
+           ancestors: frozenset[int] = frozenset()) -> Any:
+    if id(node) in ancestors:
+        raise _AliasTrouble(node.start_mark.line + 1, "an alias that contains itself")
+    if id(node) in marks.built:
+        marks.repeats += 1
+        if marks.repeats > MAX_REPEATS:
+            raise _AliasTrouble(node.start_mark.line + 1, f"aliases repeating more than {MAX_REPEATS} values")
+    marks.built.add(id(node))
+    ancestors = ancestors | {id(node)}
     marks.lines[path] = node.start_mark.line + 1
     if isinstance(node, MappingNode):
         out: dict[Any, Any] = {}
@@ -103,10 +108,10 @@ def _build(node: Node, path: PathKey, marks: Marks, constructor: SafeConstructor
             if key in out:
                 marks.problems.append((path + (key,), f"duplicate key {key!r} (line {key_node.start_mark.line + 1})"))
                 continue
-            out[key] = _build(value_node, path + (key,), marks, constructor, seen)
+            out[key] = _build(value_node, path + (key,), marks, constructor, ancestors)
         return out
     if isinstance(node, SequenceNode):
-        return [_build(item, path + (i,), marks, constructor, seen) for i, item in enumerate(node.value)]
+        return [_build(item, path + (i,), marks, constructor, ancestors) for i, item in enumerate(node.value)]
     marks.raw[path] = node.value
     return constructor.construct_object(node, deep=True)
 
@@ -125,9 +130,8 @@ def parse_yaml(text: str, source: str) -> tuple[Any, Marks]:
         return None, marks
     try:
         return _build(node, (), marks, _Constructor()), marks
-    except _TooManyNodes as exc:
-        raise BadInputError(f"{source}:{exc.line}: (document): an alias that contains itself, or aliases expanding "
-                            f"to more than {MAX_NODES} values: write the values out") from None
+    except _AliasTrouble as exc:
+        raise BadInputError(f"{source}:{exc.line}: (document): {exc.what}: write the values out") from None
     except yaml.YAMLError as exc:  # an explicit tag that does not fit its value (`!!int abc`)
         mark = getattr(exc, "problem_mark", None)
         where = f"{source}:{mark.line + 1}" if mark is not None else source
