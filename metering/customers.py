@@ -151,9 +151,9 @@ def load_customers(path: str | Path | None = None, rules: Rules | None = None) -
         if rec["billing_anchor_day"]:
             day = rec["billing_anchor_day"]   # ASCII digits: str.isdigit() takes '²', which int() refuses
             if not re.fullmatch(r"[0-9]{1,2}", day) or not 1 <= int(day) <= 31:
-                bad("billing_anchor_day", f"{rec['billing_anchor_day']!r} is not a day 1..31 (or empty for calendar months)")
+                bad("billing_anchor_day", f"{day!r} is not a day 1..31 (or empty for calendar months)")
             else:
-                anchor = int(rec["billing_anchor_day"])
+                anchor = int(day)
         if not rec["plan"]:
             bad("plan", "empty")
         elif rules is not None:

@@ -483,11 +483,12 @@ def read_figures(options: DemoOptions, stripe_calls: int) -> dict[str, object]:
 
 def demo_month(ctx: click.Context, param: click.Parameter, value: dt.datetime) -> dt.datetime:
     """A click callback: a month the Dagster partitions hold (they start in 2026-01) and whose end
-    is a date (9999-12's is not)."""
+    is a date (the commands' `LAST_DATE`)."""
+    from metering.customers import LAST_DATE
     from pipelines.partitions import START_DATE
 
-    if not (dt.date.fromisoformat(START_DATE) <= value.date() <= dt.date(9998, 12, 1)):
-        raise click.BadParameter(f"{value.date().isoformat()[:7]} is outside {START_DATE[:7]} .. 9998-12 "
+    if not (dt.date.fromisoformat(START_DATE) <= value.date() <= LAST_DATE):
+        raise click.BadParameter(f"{value.date().isoformat()[:7]} is outside {START_DATE[:7]} .. {LAST_DATE:%Y-%m} "
                                  f"(the Dagster partitions start in {START_DATE[:7]})")
     return value
 
