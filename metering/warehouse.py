@@ -23,6 +23,7 @@ import hashlib
 import logging
 import os
 import re
+import shutil
 import sys
 import time
 from collections.abc import Iterator, Sequence
@@ -301,6 +302,11 @@ def sql_string(value: str) -> str:
     return "'" + value.replace("'", "''") + "'"
 
 
+def sql_identifier(name: str) -> str:
+    """Quote a name (a column, table, schema or database) for SQL."""
+    return '"' + name.replace('"', '""') + '"'
+
+
 def query_frame(con: duckdb.DuckDBPyConnection, sql: str, params: Sequence[Any] = ()) -> pl.DataFrame:
     """Run a parameterised query and return a Polars frame (Decimals stay Decimals)."""
     return pl.from_arrow(con.execute(sql, list(params)).to_arrow_table())  # type: ignore[return-value]
@@ -331,14 +337,14 @@ def publish(
     _remove_abandoned_copies(dest)
     remove_database(tmp)
     try:
-        _write_snapshot(tmp, warehouse, con)
+        copied = _write_snapshot(tmp, warehouse, con)
         with open(tmp, "rb") as fh:
             os.fsync(fh.fileno())
         os.replace(tmp, dest)
     except BaseException:
         remove_database(tmp)   # a failed publish leaves the old snapshot, and nothing else
         raise
-    log.info("published snapshot", extra={"snapshot": str(dest)})
+    log.info("published snapshot", extra={"snapshot": str(dest), "copied": copied})
     return dest
 
 
@@ -392,40 +398,59 @@ def _process_alive(pid: int) -> bool:
     return True
 
 
-def _write_snapshot(tmp: Path, warehouse: str | os.PathLike[str] | None, con: duckdb.DuckDBPyConnection | None) -> None:
-    """The warehouse copied into the new file `tmp`, with the analyst views added."""
+FILE_COPY, TABLE_COPY = "file", "tables"
+"""How `publish` copied the warehouse: its file's bytes, or table by table (`COPY FROM DATABASE`)."""
+
+
+def _write_snapshot(tmp: Path, warehouse: str | os.PathLike[str] | None, con: duckdb.DuckDBPyConnection | None) -> str:
+    """The warehouse copied into the new file `tmp`, with the analyst views added; returns how it was
+    copied: `file` or `tables`.
+
+    The copy is the warehouse file's own bytes where the file holds every committed change (no
+    write-ahead log to replay) and nothing can write it during the copy; every data block of the copy
+    is then read once, so a corrupt block still fails the publish. An 11M-event warehouse: 0.75-0.9 s
+    in all, where `COPY FROM DATABASE`, which rebuilds and recompresses every table, took 4.4-4.6 s
+    (on every job's last step, growing with the data). Otherwise, or where the copy's tables do not
+    hold the warehouse's rows, it is `COPY FROM DATABASE`.
+    """
+    copied = FILE_COPY
     if con is not None:
         source_db = con.execute("SELECT current_database()").fetchone()[0]
-        con.execute(f"ATTACH {sql_string(str(tmp))} AS snapshot_target")
-        try:
-            con.execute(f'COPY FROM DATABASE "{source_db}" TO snapshot_target')
-        finally:
-            con.execute("DETACH snapshot_target")
+        if not _copy_held_file(con, source_db, tmp):
+            copied = TABLE_COPY
+            con.execute(f"ATTACH {sql_string(str(tmp))} AS snapshot_target")
+            try:
+                con.execute(f"COPY FROM DATABASE {sql_identifier(source_db)} TO snapshot_target")
+            finally:
+                con.execute("DETACH snapshot_target")
     else:
         source = config.warehouse_path(warehouse)
         if not source.exists():
             raise BadInputError(f"{source}: no warehouse there (check --warehouse or $METERING_WAREHOUSE)")
-        # Copy from a read-only attachment into the new file (a read-only connection could not
-        # attach the target for writing).
-        target = duckdb.connect(str(tmp))
+        # Copy from a read-only attachment, which also keeps writers out until the copy is done (a
+        # read-only connection could not attach the target for writing).
+        reader = duckdb.connect()
         try:
             try:
-                target.execute(f"ATTACH {sql_string(str(source))} AS snapshot_source (READ_ONLY)")
+                reader.execute(f"ATTACH {sql_string(str(source))} AS snapshot_source (READ_ONLY)")
             except duckdb.IOException as exc:
                 raise _open_failure(source, exc, "a running job holds the warehouse{holder}; publish from that "
                                     "job, or retry when it ends") from None
-            _refuse_schema_behind(target, source)
-            target_db = target.execute("SELECT current_database()").fetchone()[0]
-            try:
-                target.execute(f'COPY FROM DATABASE snapshot_source TO "{target_db}"')
-            except duckdb.Error as exc:
-                failure = _failure_in_use(source, exc)
-                if failure is None:
-                    raise
-                raise failure from exc
-            target.execute("DETACH snapshot_source")
+            _refuse_schema_behind(reader, source)
+            if not (_log_is_empty(source) and _copy_file(reader, "snapshot_source", source, tmp)):
+                copied = TABLE_COPY
+                reader.execute(f"ATTACH {sql_string(str(tmp))} AS snapshot_target")
+                try:
+                    reader.execute("COPY FROM DATABASE snapshot_source TO snapshot_target")
+                except duckdb.Error as exc:
+                    failure = _failure_in_use(source, exc)
+                    if failure is None:
+                        raise
+                    raise failure from exc
+                reader.execute("DETACH snapshot_target")
+            reader.execute("DETACH snapshot_source")
         finally:
-            target.close()
+            reader.close()
     views = sorted(VIEWS_DIR.glob("*.sql")) if VIEWS_DIR.exists() else []
     if views:
         snap = duckdb.connect(str(tmp))
@@ -436,3 +461,74 @@ def _write_snapshot(tmp: Path, warehouse: str | os.PathLike[str] | None, con: du
             snap.execute("CHECKPOINT")
         finally:
             snap.close()
+    return copied
+
+
+def _log_is_empty(path: Path) -> bool:
+    """No write-ahead log beside the file: every committed change is in the file itself."""
+    wal = database_files(path)[1]
+    return not wal.exists() or wal.stat().st_size == 0
+
+
+def _copy_held_file(con: duckdb.DuckDBPyConnection, database: str, tmp: Path) -> bool:
+    """Copy the warehouse `con` holds as a writer by its file, after a checkpoint. False (nothing
+    copied) for an in-memory warehouse, or when the checkpoint cannot run (another transaction of this
+    process is open) or leaves a log."""
+    held = con.execute("SELECT path FROM duckdb_databases() WHERE database_name = ?", [database]).fetchone()[0]
+    if not held:
+        return False
+    try:
+        con.execute(f"CHECKPOINT {sql_identifier(database)}")
+    except duckdb.Error as exc:
+        log.info("publishing by a table copy: the warehouse could not be checkpointed: %s", exc)
+        return False
+    return _log_is_empty(Path(held)) and _copy_file(con, database, Path(held), tmp)
+
+
+def _tables(con: duckdb.DuckDBPyConnection, database: str) -> list[str]:
+    """The tables of `database`, as qualified names for SQL."""
+    return [".".join(map(sql_identifier, (database, schema, table))) for schema, table in con.execute(
+        "SELECT schema_name, table_name FROM duckdb_tables() WHERE database_name = ? ORDER BY ALL",
+        [database]).fetchall()]
+
+
+def _table_rows(con: duckdb.DuckDBPyConnection, database: str) -> list[int]:
+    return [con.execute(f"SELECT count(*) FROM {table}").fetchone()[0] for table in _tables(con, database)]
+
+
+def _read_every_value(con: duckdb.DuckDBPyConnection, database: str) -> None:
+    """Read every stored value of every table, so that DuckDB checks every data block's checksum: a
+    block corrupted on disk raises here, as it did in the table copy, instead of being copied (11M
+    events: ~0.7 s)."""
+    for table in _tables(con, database):
+        columns = [c for (c,) in con.execute(f"SELECT name FROM pragma_table_info('{table}')").fetchall()]
+        if columns:
+            con.execute(f"SELECT {', '.join(f'bit_xor(hash({sql_identifier(c)}))' for c in columns)} "
+                        f"FROM {table}").fetchall()
+
+
+def _copy_file(con: duckdb.DuckDBPyConnection, database: str, source: Path, tmp: Path) -> bool:
+    """Copy the database file `source` (attached to `con` as `database`, which keeps other writers out)
+    to `tmp`; check that the copy's tables hold as many rows as the warehouse's, and that every data
+    block of the copy reads. False (and no `tmp` left) where the rows differ; a corrupt block raises,
+    naming the warehouse."""
+    shutil.copyfile(source, tmp)
+    copied = duckdb.connect(str(tmp), read_only=True)
+    try:
+        copy_db = copied.execute("SELECT current_database()").fetchone()[0]
+        same = _table_rows(copied, copy_db) == _table_rows(con, database)
+        if same:
+            try:
+                _read_every_value(copied, copy_db)
+            except duckdb.Error as exc:
+                failure = _failure_in_use(source, exc)
+                if failure is None:
+                    raise
+                raise failure from exc
+    finally:
+        copied.close()
+    if not same:
+        log.warning("publishing by a table copy: the copied warehouse file %s does not hold the warehouse's rows",
+                    source)
+        remove_database(tmp)
+    return same

@@ -69,7 +69,8 @@ def test_log_json_yes_means_json(tmp_path: Path) -> None:
     done = run_cli("publish", "--warehouse", str(wh), "--snapshot", str(tmp_path / "s.duckdb"),
                    env={"METERING_LOG_JSON": "yes"})
     assert done.returncode == 0, done.stderr
-    assert json.loads(done.stderr.splitlines()[0])["message"] == "published snapshot"
+    record = json.loads(done.stderr.splitlines()[0])
+    assert (record["message"], record["copied"]) == ("published snapshot", "file")
 
 
 def test_empty_data_dir_variable_means_the_default(monkeypatch: pytest.MonkeyPatch) -> None:

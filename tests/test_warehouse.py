@@ -98,6 +98,92 @@ def test_publish_without_a_connection_copies_every_table(tmp_path):
     assert reader.execute("SELECT count(*) FROM usage_events").fetchone() == (0,)
 
 
+def _copies(caplog) -> list[str]:
+    """How each publish in `caplog` copied the warehouse (`file` or `tables`)."""
+    return [r.copied for r in caplog.records if r.name == "metering.warehouse" and hasattr(r, "copied")]
+
+
+def _analyst_views(path) -> int:
+    with duckdb.connect(str(path), read_only=True) as reader:
+        return reader.execute("SELECT count(*) FROM duckdb_views() WHERE schema_name = 'analytics'").fetchone()[0]
+
+
+def test_a_warehouse_whose_file_holds_every_change_is_published_by_copying_the_file(tmp_path, caplog):
+    """The quick copy (the file's bytes, 0.2 s at 11M events against 4.5 s table by table) in both ways
+    of publishing, with the rows committed just before it and the analyst views added."""
+    caplog.set_level("INFO", logger="metering.warehouse")
+    wh = tmp_path / "w.duckdb"
+    with warehouse.open_warehouse(wh) as con:
+        con.execute("CREATE TABLE t AS SELECT range AS n FROM range(100000)")
+        con.execute("INSERT INTO t VALUES (-1)")   # in the log until the publish checkpoints
+        warehouse.publish(snapshot=tmp_path / "held.duckdb", con=con)
+    warehouse.publish(wh, tmp_path / "closed.duckdb")
+    assert _copies(caplog) == ["file", "file"]
+    for name in ("held.duckdb", "closed.duckdb"):
+        with duckdb.connect(str(tmp_path / name), read_only=True) as reader:
+            assert reader.execute("SELECT count(*), sum(n) FROM t").fetchone() == (100001, 4999950000 - 1)
+        assert _analyst_views(tmp_path / name) > 0
+    with duckdb.connect(str(wh), read_only=True) as source:   # the warehouse itself got no views
+        assert source.execute("SELECT count(*) FROM duckdb_views() WHERE schema_name = 'analytics'").fetchone() == (0,)
+
+
+def test_a_warehouse_with_a_log_to_replay_is_published_table_by_table(tmp_path, caplog):
+    """A writer that died before its checkpoint leaves committed rows in the write-ahead log only: the
+    file's bytes lack them, so the copy is made table by table, from the warehouse as DuckDB reads it."""
+    caplog.set_level("INFO", logger="metering.warehouse")
+    wh = tmp_path / "w.duckdb"
+    warehouse.connect(wh).close()
+    subprocess.run([sys.executable, "-c", textwrap.dedent(f"""
+        import os
+        import duckdb
+        con = duckdb.connect({str(wh)!r})
+        con.execute("SET checkpoint_threshold = '1TB'")
+        con.execute("CREATE TABLE t AS SELECT range AS n FROM range(1000)")
+        os._exit(0)   # no checkpoint at close: the rows stay in the log
+    """)], check=True)
+    assert warehouse.database_files(wh)[1].stat().st_size > 0
+    warehouse.publish(wh, tmp_path / "s.duckdb")
+    assert _copies(caplog) == ["tables"]
+    with duckdb.connect(str(tmp_path / "s.duckdb"), read_only=True) as reader:
+        assert reader.execute("SELECT count(*) FROM t").fetchone() == (1000,)
+    assert _analyst_views(tmp_path / "s.duckdb") > 0
+
+
+@pytest.mark.parametrize("statement, copied", [
+    ("INSERT INTO t VALUES (2)", "file"),           # DuckDB checkpoints the committed rows beside it
+    ("CREATE TABLE u AS SELECT 2 AS n", "tables"),   # "Cannot CHECKPOINT: there are other write transactions"
+])
+def test_a_snapshot_taken_beside_an_open_transaction_holds_only_what_is_committed(tmp_path, caplog, statement,
+                                                                                    copied):
+    caplog.set_level("INFO", logger="metering.warehouse")
+    with warehouse.open_warehouse(tmp_path / "w.duckdb") as con:
+        con.execute("CREATE TABLE t AS SELECT 1 AS n")
+        other = con.cursor()
+        other.execute("BEGIN")
+        other.execute(statement)
+        warehouse.publish(snapshot=tmp_path / "s.duckdb", con=con)
+        other.execute("ROLLBACK")
+    assert _copies(caplog) == [copied]
+    with duckdb.connect(str(tmp_path / "s.duckdb"), read_only=True) as reader:
+        assert reader.execute("SELECT list(n) FROM t").fetchone() == ([1],)
+        assert reader.execute("SELECT count(*) FROM duckdb_tables() WHERE table_name = 'u'").fetchone() == (0,)
+
+
+def test_a_file_copy_without_the_warehouse_rows_is_not_used(tmp_path):
+    """The copy is checked against the warehouse, table by table, before it is used."""
+    with warehouse.open_warehouse(tmp_path / "w.duckdb") as con:
+        con.execute("CREATE TABLE t AS SELECT 1 AS n")
+        stale = tmp_path / "stale.duckdb"
+        warehouse.publish(snapshot=stale, con=con)   # a file like the warehouse, one row short after this
+        con.execute("INSERT INTO t VALUES (2)")
+        database = con.execute("SELECT current_database()").fetchone()[0]
+        assert warehouse._copy_file(con, database, stale, tmp_path / "copy.duckdb") is False
+        assert not (tmp_path / "copy.duckdb").exists()
+        assert warehouse._copy_file(con, database, tmp_path / "w.duckdb", tmp_path / "copy.duckdb") is False  # log
+        con.execute("CHECKPOINT")
+        assert warehouse._copy_file(con, database, tmp_path / "w.duckdb", tmp_path / "copy.duckdb") is True
+
+
 def test_memory_limit_is_checked_before_it_reaches_sql(tmp_path):
     from metering.errors import BadInputError
 

@@ -35,7 +35,7 @@ import pyarrow.csv as pacsv
 
 from metering.errors import BadInputError
 from metering.ingest.contract import KNOWN_FIELDS
-from metering.warehouse import sql_string
+from metering.warehouse import sql_identifier, sql_string
 
 log = logging.getLogger(__name__)
 
@@ -512,10 +512,6 @@ def _parquet_type(duck_type: str) -> str:
     return t
 
 
-def _quoted(name: str) -> str:
-    return '"' + name.replace('"', '""') + '"'
-
-
 def _struct_canonical_sql(col: str, fields: list[str]) -> str:
     """A struct's canonical JSON text built directly: keys sorted, null fields absent.
 
@@ -524,8 +520,8 @@ def _struct_canonical_sql(col: str, fields: list[str]) -> str:
     validation for 10M Parquet rows). Only for structs whose fields are all text: validation then
     knows every value is a string without parsing the text back.
     """
-    parts = ", ".join(f"CASE WHEN {col}.{_quoted(f)} IS NOT NULL THEN to_json({sql_string(f)}) || ':' || "
-                      f"to_json({col}.{_quoted(f)}) END" for f in sorted(fields))
+    parts = ", ".join(f"CASE WHEN {col}.{sql_identifier(f)} IS NOT NULL THEN to_json({sql_string(f)}) || ':' || "
+                      f"to_json({col}.{sql_identifier(f)}) END" for f in sorted(fields))
     # concat: one new string per row where `'{' || ... || '}'` made two (10M rows: ~0.1 s)
     return f"CASE WHEN {col} IS NOT NULL THEN concat('{{', concat_ws(',', {parts}), '}}') END"
 
@@ -542,14 +538,14 @@ def _parquet_text_sql(col: str, kind: str, duck_type: str) -> str:
 
 def parquet_field_text(types: dict[str, str], name: str) -> str:
     """SQL: a Parquet column's value as the text validation reads (a timestamp column as RFC 3339)."""
-    return _parquet_text_sql(_quoted(name), _parquet_type(types[name]), types[name])
+    return _parquet_text_sql(sql_identifier(name), _parquet_type(types[name]), types[name])
 
 
 def _parquet_field_sql(types: dict[str, str], name: str, alias: str, text: str | None = None) -> str:
     if name not in types:
         return f"NULL AS {alias}, 'NULL' AS {alias}_t"
     kind = _parquet_type(types[name])
-    col = _quoted(name)
+    col = sql_identifier(name)
     if text is None:  # the caller may bring its own text for the column
         text = _parquet_text_sql(col, kind, types[name])
     return f"{text} AS {alias}, CASE WHEN {col} IS NULL THEN 'NULL' ELSE '{kind}' END AS {alias}_t"
@@ -578,7 +574,7 @@ def parquet_columns(con: duckdb.DuckDBPyConnection, path: Path) -> dict[str, str
 
 
 def _struct_fields(con: duckdb.DuckDBPyConnection, path: Path, column: str) -> dict[str, str]:
-    rows = con.execute(f"DESCRIBE SELECT {_quoted(column)}.* FROM {parquet_scan(path)}").fetchall()
+    rows = con.execute(f"DESCRIBE SELECT {sql_identifier(column)}.* FROM {parquet_scan(path)}").fetchall()
     return {r[0]: r[1] for r in rows}
 
 
@@ -637,9 +633,9 @@ def stage_parquet(con: duckdb.DuckDBPyConnection, path: Path, fmt: str, sink: Si
         if all(t.upper() == "VARCHAR" for t in fields.values()):
             props_canonical = "true"
             props_field = _parquet_field_sql(types, "properties", "properties",
-                                             _struct_canonical_sql(_quoted("properties"), list(fields)))
+                                             _struct_canonical_sql(sql_identifier("properties"), list(fields)))
     elif types.get("properties", "").upper() == "VARCHAR":  # a JSON object written as a string
-        props_field = _json_text_sql(_quoted("properties"), "properties")
+        props_field = _json_text_sql(sql_identifier("properties"), "properties")
     ts_kind = _parquet_type(types["timestamp"])
     ts_native = '"timestamp"::TIMESTAMPTZ' if ts_kind == "TIMESTAMP" else "NULL::TIMESTAMPTZ"
     sql = f"""
@@ -662,7 +658,7 @@ def stage_parquet(con: duckdb.DuckDBPyConnection, path: Path, fmt: str, sink: Si
 
 
 def _struct_sql(columns: list[str]) -> str:
-    return "{" + ", ".join(f"{sql_string(c)}: {_quoted(c)}" for c in columns) + "}"
+    return "{" + ", ".join(f"{sql_string(c)}: {sql_identifier(c)}" for c in columns) + "}"
 
 
 def parquet_raw_rows(con: duckdb.DuckDBPyConnection, path: Path, lines_table: str) -> str:
