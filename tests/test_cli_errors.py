@@ -338,6 +338,15 @@ def test_dates_far_outside_billing_are_usage_errors(tmp_path: Path, args: list[s
     (["stripe-sandbox", "--port", "0", "--fault", '{"kind": "rate_limit", "rate": "x"}'], {},
      "fault field rate: 'x' has the wrong type (expected int or float)"),
     (["ingest", "/dev/null"], {}, "/dev/null: not a regular file"),
+    # nan passed the `<= 0` test and reached the SDK as a timeout; inf would wait for ever
+    *[(["stripe", "invoice-items", "--period", "2026-09"], {"STRIPE_API_KEY": "sk_test_x", name: value},
+       f"environment variable {name}: must be > 0 and at most 3600 seconds, got {value!r}")
+      for name, value in (("STRIPE_READ_TIMEOUT", "nan"), ("STRIPE_CONNECT_TIMEOUT", "inf"),
+                          ("STRIPE_READ_TIMEOUT", "1e9"))],
+    # a negative count reached the SDK; a huge one retried a failing catalog call for ever
+    *[(["stripe", "invoice-items", "--period", "2026-09"],
+       {"STRIPE_API_KEY": "sk_test_x", "STRIPE_MAX_NETWORK_RETRIES": value},
+       f"environment variable STRIPE_MAX_NETWORK_RETRIES: must be 0 to 20, got {value!r}") for value in ("-1", "1000")],
 ])
 def test_settings_and_paths_of_the_wrong_kind_are_bad_input(tmp_path: Path, args, env, says) -> None:
     done = run_cli(*args, env={"METERING_DATA_DIR": str(tmp_path / "data"),

@@ -7,8 +7,8 @@ Configuration comes from the environment (never from files, never logged):
 | `STRIPE_API_KEY` | secret key (`sk_test_...` / `sk_live_...`); required | - |
 | `STRIPE_API_BASE` | API base address (the local sandbox sets this) | Stripe's |
 | `STRIPE_METER_EVENTS_BASE` | base for the meter-events host | `STRIPE_API_BASE` when set, else Stripe's |
-| `STRIPE_MAX_NETWORK_RETRIES` | SDK-level retries for catalog calls (pushes retry themselves) | 2 |
-| `STRIPE_CONNECT_TIMEOUT` / `STRIPE_READ_TIMEOUT` | seconds | 5 / 30 |
+| `STRIPE_MAX_NETWORK_RETRIES` | SDK-level retries for catalog calls (pushes retry themselves), 0-20 | 2 |
+| `STRIPE_CONNECT_TIMEOUT` / `STRIPE_READ_TIMEOUT` | seconds, above 0 and at most 3600 | 5 / 30 |
 
 The key lives only in `StripeSettings.api_key` (excluded from `repr`) and inside the SDK client.
 """
@@ -44,7 +44,13 @@ class StripeSettings:
         )
 
 
+MAX_TIMEOUT_SECONDS = 3600.0
+MAX_NETWORK_RETRIES = 20
+
+
 def _float_env(name: str, default: float) -> float:
+    """Seconds from the environment: finite, above 0 and at most an hour (`nan` passed every test of
+    `<= 0` and reached the SDK as a timeout, `inf` would wait for ever)."""
     raw = os.environ.get(name)
     if raw in (None, ""):
         return default
@@ -52,8 +58,22 @@ def _float_env(name: str, default: float) -> float:
         value = float(raw)
     except ValueError:
         raise BadInputError(f"environment variable {name}: {raw!r} is not a number") from None
-    if value <= 0:
-        raise BadInputError(f"environment variable {name}: must be > 0, got {raw!r}")
+    if not (0 < value <= MAX_TIMEOUT_SECONDS):   # false for nan as well
+        raise BadInputError(f"environment variable {name}: must be > 0 and at most {MAX_TIMEOUT_SECONDS:g} seconds, "
+                            f"got {raw!r}")
+    return value
+
+
+def _retries_env(name: str, default: int) -> int:
+    raw = os.environ.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise BadInputError(f"environment variable {name}: {raw!r} is not an integer") from None
+    if not 0 <= value <= MAX_NETWORK_RETRIES:
+        raise BadInputError(f"environment variable {name}: must be 0 to {MAX_NETWORK_RETRIES}, got {raw!r}")
     return value
 
 
@@ -80,13 +100,7 @@ def settings_from_env(*, required: bool = True) -> StripeSettings | None:
             )
         return None
     api_base = _url_env("STRIPE_API_BASE")
-    retries_raw = os.environ.get("STRIPE_MAX_NETWORK_RETRIES", "2")
-    try:
-        retries = int(retries_raw)
-    except ValueError:
-        raise BadInputError(
-            f"environment variable STRIPE_MAX_NETWORK_RETRIES: {retries_raw!r} is not an integer"
-        ) from None
+    retries = _retries_env("STRIPE_MAX_NETWORK_RETRIES", 2)
     return StripeSettings(
         api_key=key,
         api_base=api_base,
