@@ -22,7 +22,7 @@ def data_dir() -> Path:
     return Path(os.environ.get("METERING_DATA_DIR") or PROJECT_ROOT / "data")
 
 
-def _resolve(explicit: str | os.PathLike[str] | None, env_var: str, default: Callable[[], Path]) -> Path:
+def resolve_path(explicit: str | os.PathLike[str] | None, env_var: str, default: Callable[[], Path]) -> Path:
     """The explicit path if given, else the environment variable if set, else the default."""
     if explicit:
         return Path(explicit)
@@ -30,9 +30,18 @@ def _resolve(explicit: str | os.PathLike[str] | None, env_var: str, default: Cal
     return Path(env) if env else default()
 
 
+def path_origin(explicit: str | os.PathLike[str] | None, option: str, env_var: str) -> str:
+    """Where a path `resolve_path` chose came from, to name in a message about it: the option when
+    given, else `$<env_var>` when set (a message that named the option blamed one never used), else
+    the option's default."""
+    if explicit:
+        return option
+    return f"${env_var}" if os.environ.get(env_var) else f"{option} (default)"
+
+
 def warehouse_path(explicit: str | os.PathLike[str] | None = None) -> Path:
     """The DuckDB warehouse file: explicit path, else `METERING_WAREHOUSE`, else `data/warehouse.duckdb`."""
-    return _resolve(explicit, "METERING_WAREHOUSE", lambda: data_dir() / "warehouse.duckdb")
+    return resolve_path(explicit, "METERING_WAREHOUSE", lambda: data_dir() / "warehouse.duckdb")
 
 
 def snapshot_path(explicit: str | os.PathLike[str] | None = None) -> Path:
@@ -41,22 +50,22 @@ def snapshot_path(explicit: str | os.PathLike[str] | None = None) -> Path:
     Not `analytics.duckdb`: DuckDB names a file's catalog after it, and a catalog called `analytics`
     makes every `analytics.<view>` reference ambiguous with the snapshot's `analytics` schema.
     """
-    return _resolve(explicit, "METERING_SNAPSHOT", lambda: data_dir() / "snapshot.duckdb")
+    return resolve_path(explicit, "METERING_SNAPSHOT", lambda: data_dir() / "snapshot.duckdb")
 
 
 def rules_dir(explicit: str | os.PathLike[str] | None = None) -> Path:
     """The pricing rules folder: explicit, else `METERING_RULES`, else `rating_rules/`."""
-    return _resolve(explicit, "METERING_RULES", lambda: PROJECT_ROOT / "rating_rules")
+    return resolve_path(explicit, "METERING_RULES", lambda: PROJECT_ROOT / "rating_rules")
 
 
 def raw_dir(explicit: str | os.PathLike[str] | None = None) -> Path:
     """Where raw usage log files are dropped: explicit, else `METERING_RAW_DIR`, else `data/raw/`."""
-    return _resolve(explicit, "METERING_RAW_DIR", lambda: data_dir() / "raw")
+    return resolve_path(explicit, "METERING_RAW_DIR", lambda: data_dir() / "raw")
 
 
 def customers_path(explicit: str | os.PathLike[str] | None = None) -> Path:
     """The customer list with plan assignments: explicit, else `METERING_CUSTOMERS`, else `data/customers.csv`."""
-    return _resolve(explicit, "METERING_CUSTOMERS", lambda: data_dir() / "customers.csv")
+    return resolve_path(explicit, "METERING_CUSTOMERS", lambda: data_dir() / "customers.csv")
 
 
 def ensure_dir(path: str | os.PathLike[str], what: str) -> Path:

@@ -125,7 +125,34 @@ def test_environment_paths_that_are_not_folders_or_files_are_named(tmp_path: Pat
     assert list(tmp_path.glob(".*.tmp")) == [] and list(folder.iterdir()) == []
     result = invoke("webhooks", "serve", "--port", "0",
                     env={"METERING_STRIPE_LANDING": str(blocked), "STRIPE_WEBHOOK_SECRET": "whsec_abcdefgh"})
-    assert result.exit_code == 3 and f"landing folder: {blocked} exists and is not a folder" in result.output
+    assert result.exit_code == 3 and f"$METERING_STRIPE_LANDING: {blocked} exists and is not a folder" in result.output
+
+
+def test_a_path_from_the_environment_is_blamed_on_its_variable_not_on_an_option(
+        tmp_path: Path, blocked: Path, rules_dir: Path) -> None:
+    """The messages named `--out` or `--outbox` for a path no option had given."""
+    from metering import warehouse
+
+    warehouse.connect(tmp_path / "w.duckdb").close()
+    cases = [
+        (["generate", "--events", "10", "--customers", "2"], {"METERING_RAW_DIR": str(blocked / "raw")},
+         f"error: $METERING_RAW_DIR: cannot create the folder {blocked / 'raw'}"),
+        (["generate", "--events", "10", "--customers", "2", "--out", str(tmp_path / "raw")],
+         {"METERING_CUSTOMERS": str(blocked / "c.csv")},
+         f"error: $METERING_CUSTOMERS {blocked / 'c.csv'}: {blocked} exists and is not a folder"),
+        (["dunning", "run", "--rules", str(rules_dir), "--warehouse", str(tmp_path / "w.duckdb")],
+         {"METERING_OUTBOX_DIR": str(blocked / "o")}, f"error: $METERING_OUTBOX_DIR: cannot create the folder {blocked / 'o'}"),
+        (["dunning", "run", "--rules", str(rules_dir), "--warehouse", str(tmp_path / "w.duckdb"),
+          "--outbox", str(tmp_path / "o")], {"METERING_PUBLISHED_DIR": str(blocked / "p")},
+         f"error: $METERING_PUBLISHED_DIR: cannot create the folder {blocked / 'p'}"),
+        (["dunning", "run", "--rules", str(rules_dir), "--warehouse", str(tmp_path / "w.duckdb"),
+          "--outbox", str(tmp_path / "o")], {"METERING_DATA_DIR": str(blocked)},
+         f"error: --published (default): cannot create the folder {blocked / 'published'}"),
+    ]
+    for args, env, says in cases:
+        result = invoke(*args, env=env)
+        assert result.exit_code == 3, (args, result.output)
+        assert says in result.output, (args, result.output)
 
 
 @pytest.mark.skipif(not Path("/proc/self").exists(), reason="needs Linux /proc, where no file can be created")

@@ -68,18 +68,21 @@ def validate(rules_dir: str | None) -> None:
 def run(now: dt.datetime | None, rules_dir: str | None, warehouse_path: str | None,
         outbox_dir: str | None, published_dir: str | None) -> None:
     """Compute dunning state, perform due steps exactly once, publish suspensions."""
+    from metering.dunning.outbox import OUTBOX_ENV
     from metering.dunning.outbox import outbox_dir as resolve_outbox
     from metering.dunning.outbox import smtp_configured, smtp_port
     from metering.dunning.policy import load_policy
     from metering.dunning.run import run_dunning
+    from metering.dunning.suspensions import PUBLISHED_ENV
     from metering.dunning.suspensions import published_dir as resolve_published
 
     now = now or parse_clock(None)
     policy = load_policy(rules_dir)
     if smtp_configured():
         smtp_port()  # checked before any step is performed, not when the first mail is due
-    outbox = config.ensure_dir(resolve_outbox(outbox_dir), "--outbox")
-    published = config.ensure_dir(resolve_published(published_dir), "--published")
+    outbox = config.ensure_dir(resolve_outbox(outbox_dir), config.path_origin(outbox_dir, "--outbox", OUTBOX_ENV))
+    published = config.ensure_dir(resolve_published(published_dir),
+                                  config.path_origin(published_dir, "--published", PUBLISHED_ENV))
     client = stripe_client_from_env()
     with warehouse.open_warehouse(warehouse_path, must_exist=True) as con:
         result = run_dunning(con, client, policy, now, outbox_folder=outbox, published_folder=published)

@@ -69,8 +69,9 @@ def generate(seed: int, customers: int, events: int, start: datetime, end: datet
                          formats=_formats(formats), duplicate_share=duplicate_share, conflict_share=conflict_share,
                          late_share=late_share, malformed_share=malformed_share, hostile_share=hostile_share,
                          single_file=single_file)
-    out_dir = config.ensure_dir(config.raw_dir(out), "--out")
-    customers_path = config.ensure_file_target(config.customers_path(customers_file), "--customers-file")
+    out_dir = config.ensure_dir(config.raw_dir(out), config.path_origin(out, "--out", "METERING_RAW_DIR"))
+    customers_path = config.ensure_file_target(config.customers_path(customers_file), config.path_origin(
+        customers_file, "--customers-file", "METERING_CUSTOMERS"))
     with click.progressbar(length=1, label="generating", file=sys.stderr) as bar:
         def progress(name: str, done: int, total: int) -> None:
             bar.length = total

@@ -35,15 +35,16 @@ def serve(port: int, host: str, landing: str | None, tolerance: int, max_body_by
     import uvicorn
 
     from metering import config
-    from metering.webhooks.inbox import landing_dir
+    from metering.webhooks.inbox import LANDING_ENV, landing_dir
     from metering.webhooks.receiver import ReceiverSettings, create_app
     from metering.webhooks.signature import parse_secrets
 
     secrets = parse_secrets(os.environ.get(SECRET_ENV))
     if not secrets:
         raise BadInputError(f"${SECRET_ENV} is not set: the receiver needs the endpoint's signing secret(s)")
+    folder = config.ensure_dir(landing_dir(landing), config.path_origin(landing, "--landing", LANDING_ENV))
     settings = ReceiverSettings(
-        secrets=secrets, landing_dir=config.ensure_dir(landing_dir(landing), "landing folder"),
+        secrets=secrets, landing_dir=folder,
         tolerance_seconds=tolerance, max_body_bytes=max_body_bytes,
     )
     app = create_app(settings)
@@ -63,15 +64,15 @@ def land(landing: str | None, warehouse_path: str | None, state: bool) -> None:
 
     A folder named by --landing or $METERING_STRIPE_LANDING must exist; the default one may not yet.
     """
-    from metering import warehouse
+    from metering import config, warehouse
     from metering.webhooks.events import land_directory
     from metering.webhooks.landing import LANDING_ENV, landing_dir
     from metering.webhooks.state import rebuild_state
 
     folder = landing_dir(landing)
     if (landing or os.environ.get(LANDING_ENV)) and not folder.is_dir():
-        source = "--landing" if landing else f"${LANDING_ENV}"
-        raise BadInputError(f"{source}: {folder} is not a folder (a mistyped path would land nothing)")
+        raise BadInputError(f"{config.path_origin(landing, '--landing', LANDING_ENV)}: {folder} is not a folder "
+                            f"(a mistyped path would land nothing)")
     with warehouse.open_warehouse(warehouse_path) as con:
         result = {"landing": land_directory(con, folder).as_dict()}
         if state:

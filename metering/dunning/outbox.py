@@ -47,11 +47,12 @@ def smtp_port() -> int:
     return int(text)
 
 
+OUTBOX_ENV = "METERING_OUTBOX_DIR"
+
+
 def outbox_dir(explicit: str | os.PathLike[str] | None = None) -> Path:
-    if explicit:
-        return Path(explicit)
-    env = os.environ.get("METERING_OUTBOX_DIR")
-    return Path(env) if env else config.data_dir() / "outbox"
+    """The reminder outbox: explicit, else `METERING_OUTBOX_DIR`, else `data/outbox/`."""
+    return config.resolve_path(explicit, OUTBOX_ENV, lambda: config.data_dir() / "outbox")
 
 
 def message_id(idempotency_key: str) -> str:

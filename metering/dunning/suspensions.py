@@ -31,11 +31,12 @@ SUSPENSION_SCHEMA: dict[str, pl.DataType] = {
 }
 
 
+PUBLISHED_ENV = "METERING_PUBLISHED_DIR"
+
+
 def published_dir(explicit: str | os.PathLike[str] | None = None) -> Path:
-    if explicit:
-        return Path(explicit)
-    env = os.environ.get("METERING_PUBLISHED_DIR")
-    return Path(env) if env else config.data_dir() / "published"
+    """Where suspensions are published: explicit, else `METERING_PUBLISHED_DIR`, else `data/published/`."""
+    return config.resolve_path(explicit, PUBLISHED_ENV, lambda: config.data_dir() / "published")
 
 
 def compute_suspensions(state: pl.DataFrame, ledger: pl.DataFrame, now: datetime) -> pl.DataFrame:

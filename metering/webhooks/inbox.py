@@ -44,10 +44,7 @@ MAX_CREATED = 253_402_300_799
 
 def landing_dir(explicit: str | os.PathLike[str] | None = None) -> Path:
     """The landing folder: explicit, else `METERING_STRIPE_LANDING`, else `data/landing/stripe/`."""
-    if explicit:
-        return Path(explicit)
-    env = os.environ.get(LANDING_ENV)
-    return Path(env) if env else config.data_dir() / "landing" / "stripe"
+    return config.resolve_path(explicit, LANDING_ENV, lambda: config.data_dir() / "landing" / "stripe")
 
 
 def encode_record(body: str, headers: Mapping[str, str], received_at: datetime) -> bytes:
