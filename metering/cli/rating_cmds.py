@@ -145,14 +145,13 @@ def rerate(first: dt.date, last: dt.date, warehouse_path: str | None, rules_dir:
     from metering import warehouse
     from metering.customers import load_customers
     from metering.errors import BadInputError
-    from metering.rating.service import Adjustment, rated_hashes, read_customer_plans, rerate_range
-    from metering.rules.plans import load_rules
+    from metering.rating.service import Adjustment, guarded_rules, read_customer_plans, rerate_range
 
     check_order(first, last, "--from", "--to")
     if adjust_reason is not None and not adjust_reason.strip():
         raise click.BadParameter("give the reason for re-pricing closed periods", param_hint="--adjust-closed")
     with warehouse.open_warehouse(warehouse_path, wait_seconds=5, must_exist=True) as con:
-        rules_obj = load_rules(rules_dir, rated_hashes=rated_hashes(con))
+        rules_obj = guarded_rules(con, config.rules_dir(rules_dir), dt.datetime.now(dt.timezone.utc))
         link: dict = {"customers": "customer_plans, as stored"}
         previous = None
         if customers_file:

@@ -1,5 +1,7 @@
 """Rating against the warehouse: what the Dagster assets and `metering rerate` call.
 
+- `guarded_rules(con, dir, at)`: the rules a run that writes may use (a rated version or meter
+  unchanged), meters of lines rated before migration 012 recorded first.
 - `refresh_aggregates(con, meters, day)`: rebuild usage_aggregates for one event date.
 - `rate_month(con, rules, month)` / `rate_month_full`: rate every billing period that STARTS in
   `month` (the monthly_billing partition), reading the hourly aggregates of the periods' whole
@@ -20,6 +22,7 @@ import datetime as dt
 import hashlib
 import json
 from collections.abc import Callable
+from pathlib import Path
 from typing import NamedTuple
 
 import duckdb
@@ -32,7 +35,7 @@ from metering.rating.aggregate import AGGREGATE_SCHEMA, build_aggregates, charge
 from metering.rating.pricing import LINE_KEY, RATED_COLUMNS, rate
 from metering.rules.meters import Meter
 from metering.rules.model import ZERO_DECIMAL, Rules
-from metering.rules.plans import RATED_METER
+from metering.rules.plans import RATED_METER, load_rules
 
 PREVIEW_COLUMNS = ["customer_id", "period_start", "period_end", "currency", "total_minor", "total", "lines"]
 
@@ -150,7 +153,8 @@ def write_rated(con: duckdb.DuckDBPyConnection, month: dt.date, rated: pl.DataFr
     unless `adjust` says why (I19), and every change to it is recorded in `rating_adjustments`, per
     charge, with its reason and link. Previews are to be computed from the lines stored
     (`read_rated`), which may be kept ones. One transaction (the caller's, with `in_transaction`):
-    the lines, their adjustments and the rules_versions entries that make their versions immutable.
+    the lines, their adjustments and the rules_versions and rated_meters entries that make their
+    versions and meters immutable (missing meter entries are recorded even when nothing else is).
     """
     m0, m1 = month_bounds(month)
     used = rated.select("plan", "plan_version").unique().sort("plan", "plan_version")
@@ -164,6 +168,7 @@ def write_rated(con: duckdb.DuckDBPyConnection, month: dt.date, rated: pl.DataFr
             rated = _keep_billed_without_new_usage(stored, rated, billed, rules)
         closing = _closing(stored, stamps, rated_at)
         if fingerprint(stored) == fingerprint(rated) and closing.height == 0:
+            record_meters(con, rules, rated_at)
             return 0   # unchanged: keep the rows (and their rated_at) byte for byte
         _refuse_repriced_past(stored, rated, today, billed, adjust)
         _record_adjustments(con, stored, rated, billed, stamps, rated_at, adjust)
@@ -179,19 +184,40 @@ def write_rated(con: duckdb.DuckDBPyConnection, month: dt.date, rated: pl.DataFr
                 [plan, version, pv.content_hash, pv.currency, pv.effective_from,
                  json.dumps(pv.canonical(), sort_keys=True, separators=(",", ":")), rated_at],
             )
-        _record_meters(con, rules, used, rated_at)
+        record_meters(con, rules, rated_at)
     return n
 
 
-def _record_meters(con: duckdb.DuckDBPyConnection, rules: Rules, used: pl.DataFrame, rated_at: dt.datetime) -> None:
-    """Record, once, the definition of each meter the used versions' usage charges read."""
-    known = {m for (m,) in con.execute("SELECT meter FROM rated_meters").fetchall()}
-    meters = {c.meter for plan, version in used.iter_rows() for c in rules.version(plan, version).charges
-              if c.is_usage and c.meter} - known
-    for name in sorted(meters):
+def record_meters(con: duckdb.DuckDBPyConnection, rules: Rules, at: dt.datetime) -> list[str]:
+    """Record, once, the definition of every meter that rated lines name and `rated_meters` lacks;
+    returns their names.
+
+    Normally that is a meter pricing its first line. A warehouse rated before migration 012 has lines
+    and no records, and a month whose lines never change again would never record them, leaving the
+    meter guard blind: so every rating records them, even one that changes nothing, and so does
+    `guarded_rules` before aggregating. The definitions in force then are the best record there is."""
+    missing = con.execute("SELECT DISTINCT meter FROM rated_usage WHERE meter IS NOT NULL "
+                          "AND meter NOT IN (SELECT meter FROM rated_meters) ORDER BY meter").fetchall()
+    # a meter the rules lack cannot be recorded; the rated plan version naming it is refused anyway
+    names = [name for (name,) in missing if name in rules.meters]
+    for name in names:
         meter = rules.meters[name]
         con.execute("INSERT INTO rated_meters VALUES (?, ?, ?, ?)",
-                    [name, meter.definition_hash(), json.dumps(meter.definition(), sort_keys=True), rated_at])
+                    [name, meter.definition_hash(), json.dumps(meter.definition(), sort_keys=True), at])
+    return names
+
+
+def guarded_rules(con: duckdb.DuckDBPyConnection, rules_dir: str | Path, at: dt.datetime) -> Rules:
+    """The rules in `rules_dir` for a run that writes the warehouse from them, refused (`BadInputError`
+    naming the file and the field) when they change a plan version or a meter that priced rated lines.
+
+    The one check of every such asset, aggregation included: a meter edited max -> sum once rebuilt a
+    day's hourly rows as sums, which the rating, refused until the edit was reverted, then billed as
+    late usage. Meters that priced lines before migration 012 are recorded first (`record_meters`)."""
+    rules = load_rules(rules_dir, rated_hashes=rated_hashes(con))
+    with warehouse.transaction(con):
+        record_meters(con, rules, at)
+    return rules
 
 
 def _segment_days(lines: pl.DataFrame, columns: list[str], until: dt.date | None = None) -> pl.DataFrame:
@@ -316,26 +342,40 @@ def _refuse_resegmented_billed(stored: pl.DataFrame, rated: pl.DataFrame, billed
         f"rating_adjustments (and correct what Stripe billed with a credit note or an invoice item)")
 
 
+def _gauge_scopes(rules: Rules) -> pl.DataFrame:
+    """(plan, plan_version, charge_id, scope) of every usage charge of a gauge meter: its filters (JSON),
+    what its usage is whichever plan or version prices it."""
+    gauges = {name for name, meter in rules.meters.items() if meter.is_gauge()}
+    rows = [(v.plan, v.version, i, json.dumps(c.filters)) for v in rules.all_versions
+            for i, c in enumerate(v.charges) if c.is_usage and c.meter in gauges]
+    return pl.DataFrame(rows, schema={"plan": pl.String, "plan_version": pl.String, "charge_id": pl.Int32,
+                                      "scope": pl.String}, orient="row")
+
+
 def _usage_by_charge(lines: pl.DataFrame, periods: pl.DataFrame, rules: Rules) -> pl.DataFrame:
     """(customer_id, period_start, usage): each usage charge's period quantity, however the period is
-    cut into segments, combined by its meter's aggregation (sum and count add, max takes the largest,
-    last the latest non-zero segment's; unique_count only where at most one segment has any, else
-    its per-segment list stands).
+    cut into segments.
 
-    A gauge's charges are compared per meter across the period's plans and versions: since the
-    eleventh session each of its segments holds the period's quantity (before, its own), and the
-    combined max or last is the same either way, so such a period billed before stays as billed. A
-    unique_count with distinct values in more than one segment compares its per-segment counts, which
-    that change altered: such a period billed before it is re-priced once (`recomputed`)."""
+    A count or sum charge is one plan version's charge, its segments' quantities added. A gauge's is
+    its meter and filters, across the period's plans and versions: each charge of a meter prices its
+    own part of the usage (per region, say), so one compared per meter missed a late peak of any
+    charge but the largest. Its segments hold the period's quantity when its lines were prorated (since
+    the eleventh session; their `tiers` say so), else their own, combined by the meter's aggregation:
+    max takes the largest, last the latest non-zero segment's, unique_count the one segment that has
+    any; with distinct values in several segments the union is unknown, so the per-segment list stands
+    and such a period billed before the proration is re-priced once (`recomputed`)."""
     aggregation = {name: m.aggregation for name, m in rules.meters.items()}
-    gauge = pl.col("meter").is_in([name for name, m in rules.meters.items() if m.is_gauge()])
     usage = (lines.join(periods, on=PERIOD_KEY, how="semi").filter(pl.col("quantity").is_not_null())
-             .with_columns(agg=pl.col("meter").replace_strict(aggregation, default="unique_count"))
-             .with_columns(pl.when(~gauge).then(pl.col(c)).alias(c) for c in ("plan", "plan_version", "charge_id")))
-    charge = ["meter", "plan", "plan_version", "charge_id"]
+             .join(_gauge_scopes(rules), on=["plan", "plan_version", "charge_id"], how="left")
+             .with_columns(agg=pl.col("meter").replace_strict(aggregation, default="unique_count"),
+                           whole=pl.col("tiers").str.contains('"segment_days"', literal=True))
+             .with_columns(pl.when(pl.col("scope").is_null()).then(pl.col(c)).alias(c)
+                           for c in ("plan", "plan_version", "charge_id")))
+    charge = ["meter", "scope", "plan", "plan_version", "charge_id"]
     in_order = pl.col("quantity").sort_by("segment_start")
     combined = usage.group_by(*PERIOD_KEY, *charge).agg(
-        pl.when(pl.col("agg").first().is_in(["sum", "count"])).then(pl.col("quantity").sum())
+        pl.when(pl.col("whole").any()).then(pl.col("quantity").max())   # every segment holds the same
+        .when(pl.col("agg").first().is_in(["sum", "count"])).then(pl.col("quantity").sum())
         .when(pl.col("agg").first() == "max").then(pl.col("quantity").max())
         # a segment without events rates a `last` meter 0: the period's value is the latest segment's
         # that had one (a real 0 there reads as none: an older rating's split period may then be kept)
@@ -344,8 +384,7 @@ def _usage_by_charge(lines: pl.DataFrame, periods: pl.DataFrame, rules: Rules) -
         # distinct values of one segment at most: the union is that segment's
         .when((pl.col("quantity") != 0).sum() <= 1).then(pl.col("quantity").sum())
         .alias("quantity"),
-        in_order.alias("per_segment"),
-        pl.col("agg").first())
+        in_order.alias("per_segment"))
     combined = combined.with_columns(
         per_segment=pl.when(pl.col("quantity").is_null()).then(pl.col("per_segment")))  # only for unique_count
     fields = [*charge, "quantity", "per_segment"]

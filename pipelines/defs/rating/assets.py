@@ -79,7 +79,7 @@ def customer_plans(context: dg.AssetExecutionContext, warehouse: WarehouseResour
     exclusive): a row repeating the plan in force is folded into the one before it.
     """
     with warehouse.get_connection() as con:
-        rules = load_rules(paths.rules, rated_hashes=service.rated_hashes(con))
+        rules = service.guarded_rules(con, paths.rules, dt.datetime.now(dt.timezone.utc))
         frame = load_customers(paths.customers_file, rules)
         replace_rows(con, "customer_plans", "TRUE", [], frame)
     digest = service.fingerprint(frame)
@@ -100,11 +100,13 @@ def usage_aggregates(context: dg.AssetExecutionContext, warehouse: WarehouseReso
 
     Uses each meter's aggregation (count, sum, max, last, unique_count) and keeps what combining
     hours exactly needs: last value with its event time and id, the hour's distinct values.
+    Refused, as rating is, when the rules change a meter that priced rated lines: hours rebuilt by
+    an edited meter would be priced once the edit is reverted (`service.guarded_rules`).
     """
     window = context.partition_time_window  # one day, or a range in a single-run backfill
     days = [window.start.date() + dt.timedelta(days=i) for i in range((window.end - window.start).days)]
-    rules = load_rules(paths.rules)
     with warehouse.get_connection() as con:
+        rules = service.guarded_rules(con, paths.rules, dt.datetime.now(dt.timezone.utc))
         frames = [service.refresh_aggregates(con, rules.meters, day) for day in days]
     frame = pl.concat(frames) if len(frames) > 1 else frames[0]
     return dg.MaterializeResult(
@@ -137,16 +139,17 @@ def rated_usage(context: dg.AssetExecutionContext, warehouse: WarehouseResource,
     """One row per customer x billing period x segment x charge, for periods starting in the month.
 
     Source: usage_aggregates over each period's time range, customer_plans, and the pricing rules
-    (a version that already rated may not change: the rules are checked against rules_versions).
+    (a version or meter that already rated may not change: checked against rules_versions and rated_meters).
     Every line carries plan, plan_version and the version's content hash. A closed (ended) period
     changes only with late usage, each change recorded in rating_adjustments (I19); a customer list
     that would re-price one fails the run (re-rate it on purpose with `metering rerate --adjust-closed`).
     """
     month = _partition_date(context)
+    rated_at = dt.datetime.now(dt.timezone.utc)
     with warehouse.get_connection() as con:
-        rules = load_rules(paths.rules, rated_hashes=service.rated_hashes(con))
+        rules = service.guarded_rules(con, paths.rules, rated_at)
         rated, _, unpriced = service.rate_month_full(con, rules, month)
-        service.write_rated(con, month, rated, rules, dt.datetime.now(dt.timezone.utc))
+        service.write_rated(con, month, rated, rules, rated_at)
         stored = service.read_rated(con, month)   # closed periods without new usage keep their lines
     totals = (stored if stored.height else rated).group_by("currency").agg(pl.col("amount").sum()).sort("currency")
     return dg.MaterializeResult(
