@@ -86,6 +86,7 @@ def load_ours(con: duckdb.DuckDBPyConnection, billing_month: dt.date, meters: di
                CAST(sum(amount_minor) AS BIGINT) AS our_amount_minor,
                CAST(coalesce(sum(amount_minor) FILTER (WHERE {nx}), 0) AS BIGINT) AS not_in_stripe_minor,
                count(*) FILTER (WHERE NOT ({nx})) AS stripe_charges,
+               count(*) FILTER (WHERE NOT ({nx}) AND amount_minor <> 0) AS our_rounded_lines,
                string_agg(DISTINCT plan || ' ' || plan_version, ' + ' ORDER BY plan || ' ' || plan_version)
                    AS rule_versions,
                count(DISTINCT segment_start) AS segments
@@ -327,13 +328,28 @@ def merged_lines_sql(con: duckdb.DuckDBPyConnection) -> str:
     return api if webhook is None else f"{api} UNION ALL {webhook}"
 
 
+def _subscription_ends_sql(con: duckdb.DuckDBPyConnection) -> str:
+    """subscription_id, ended_at of the subscriptions webhooks told us about (none without that table)."""
+    if {"subscription_id", "ended_at"} <= table_columns(con, "stripe_subscriptions"):
+        return "SELECT subscription_id, any_value(ended_at) AS ended_at FROM stripe_subscriptions GROUP BY ALL"
+    return "SELECT NULL::VARCHAR AS subscription_id, NULL::TIMESTAMPTZ AS ended_at WHERE false"
+
+
 def merged_invoices_sql(con: duckdb.DuckDBPyConnection) -> str:
-    """All known Stripe invoice headers: API-pulled first, webhook state for the others."""
-    api = """
-        SELECT invoice_id, customer_id, status, currency, amount_due, amount_paid, amount_remaining,
-               total, created, period_start, period_end, finalized_at, 'api' AS source
-        FROM stripe_invoices_api
-        QUALIFY row_number() OVER (PARTITION BY invoice_id ORDER BY pulled_at DESC, billing_month DESC) = 1
+    """All known Stripe invoice headers: API-pulled first, webhook state for the others.
+
+    `subscription_ended_at`: when the invoice's subscription ended (the pull's read of it, else the
+    webhook state), NULL while it runs. `lines_complete`: every line of the invoice is known.
+    """
+    ends = _subscription_ends_sql(con)
+    api = f"""
+        SELECT a.invoice_id, a.customer_id, a.status, a.currency, a.amount_due, a.amount_paid, a.amount_remaining,
+               a.total, coalesce(a.total_excluding_tax, a.total) AS total_before_tax, a.created, a.period_start,
+               a.period_end, a.finalized_at,
+               coalesce(a.subscription_ended_at, e.ended_at) AS subscription_ended_at, true AS lines_complete,
+               'api' AS source
+        FROM stripe_invoices_api a LEFT JOIN ({ends}) e ON e.subscription_id = a.subscription_id
+        QUALIFY row_number() OVER (PARTITION BY a.invoice_id ORDER BY a.pulled_at DESC, a.billing_month DESC) = 1
     """
     cols = table_columns(con, "stripe_invoices")
     need = {"invoice_id", "customer_id", "status", "currency", "amount_due", "amount_paid", "amount_remaining", "total"}
@@ -341,18 +357,29 @@ def merged_invoices_sql(con: duckdb.DuckDBPyConnection) -> str:
         return api
 
     def ts(name: str) -> str:
-        return name if name in cols else "CAST(NULL AS TIMESTAMPTZ)"
+        return f"w.{name}" if name in cols else "CAST(NULL AS TIMESTAMPTZ)"
 
+    subscription = "w.subscription_id" if "subscription_id" in cols else "NULL::VARCHAR"
+    before_tax = "coalesce(w.total_excluding_tax, w.total)" if "total_excluding_tax" in cols else "w.total"
+    complete = "coalesce(w.lines_complete, true)" if "lines_complete" in cols else "true"
     return f"""{api} UNION ALL
-        SELECT invoice_id, customer_id, status, currency, amount_due, amount_paid, amount_remaining,
-               total, {ts('created')} AS created, {ts('period_start')} AS period_start,
-               {ts('period_end')} AS period_end, {ts('finalized_at')} AS finalized_at, 'webhook' AS source
-        FROM stripe_invoices WHERE invoice_id NOT IN (SELECT invoice_id FROM stripe_invoices_api)
+        SELECT w.invoice_id, w.customer_id, w.status, w.currency, w.amount_due, w.amount_paid, w.amount_remaining,
+               w.total, {before_tax} AS total_before_tax, {ts('created')} AS created,
+               {ts('period_start')} AS period_start,
+               {ts('period_end')} AS period_end, {ts('finalized_at')} AS finalized_at,
+               e.ended_at AS subscription_ended_at, {complete} AS lines_complete, 'webhook' AS source
+        FROM stripe_invoices w LEFT JOIN ({ends}) e ON e.subscription_id = {subscription}
+        WHERE w.invoice_id NOT IN (SELECT invoice_id FROM stripe_invoices_api)
     """
 
 
 def load_open_periods(con: duckdb.DuckDBPyConnection, periods: pl.DataFrame) -> pl.DataFrame:
     """Customer periods no known non-void Stripe invoice reaches the end of: Stripe has not billed them.
+
+    An invoice closes a period when its own period starts before the period's end and reaches that
+    end, or, for a period its subscription's end cut short, reaches the subscription's end: the final
+    invoice of a subscription cancelled mid-period (`invoice_now`) ends there, and no invoice will
+    ever reach the period's end.
 
     `voided_invoice_ids` names the void invoices that did reach it (Stripe billed the period, then
     voided that invoice: the money will not be collected), NULL when there are none.
@@ -376,8 +403,11 @@ def load_open_periods(con: duckdb.DuckDBPyConnection, periods: pl.DataFrame) -> 
                 SELECT p.customer_id, p.period_start, i.invoice_id, coalesce(i.status, '') = 'void' AS void
                 FROM _recon_periods p JOIN invoices i
                   ON i.customer_id = p.customer_id
-                 AND i.period_end >= CAST(p.period_end AS TIMESTAMPTZ)
                  AND i.period_start < CAST(p.period_end AS TIMESTAMPTZ)
+                 AND (i.period_end >= CAST(p.period_end AS TIMESTAMPTZ)
+                      OR (i.subscription_ended_at > CAST(p.period_start AS TIMESTAMPTZ)
+                          AND i.subscription_ended_at < CAST(p.period_end AS TIMESTAMPTZ)
+                          AND i.period_end >= i.subscription_ended_at))
             )
             SELECT p.customer_id, p.period_start,
                    (SELECT string_agg(DISTINCT c.invoice_id, ',' ORDER BY c.invoice_id) FROM closing c
@@ -462,15 +492,21 @@ def _bucketed_lines(con: duckdb.DuckDBPyConnection, billing_month: dt.date, peri
         con.unregister("_recon_known_periods")
 
 
+def _currencies() -> pl.Expr:
+    """Every currency of a group's lines, 'jpy,usd' when there are several: `reconcile` compares it with ours."""
+    return pl.col("currency").drop_nulls().str.to_lowercase().unique().sort().str.join(",").replace("", None)
+
+
 def load_stripe_lines(con: duckdb.DuckDBPyConnection, billing_month: dt.date, periods: pl.DataFrame) -> pl.DataFrame:
     """Invoiced quantity and amount per customer x meter x period (metered lines only)."""
     lines = _bucketed_lines(con, billing_month, periods).filter(pl.col("meter").is_not_null())
     frame = lines.group_by(["customer_id", "meter", "period_start"]).agg(
         pl.col("period_end").max(),
-        pl.col("currency").first(),
+        _currencies(),
         pl.col("quantity_decimal").sum().cast(rc.QTY).alias("invoiced_quantity"),
         pl.col("amount").sum().alias("stripe_amount_minor"),
         pl.len().cast(pl.Int64).alias("line_count"),
+        (pl.col("amount") != 0).sum().cast(pl.Int64).alias("rounded_lines"),
         pl.col("invoice_id").unique().sort().str.join(",").alias("invoice_ids"),
         (pl.col("invoice_status").is_not_null() & (pl.col("invoice_status") != "draft")).all().alias("finalized"),
         pl.col("invoice_finalized_at").max().alias("finalized_at"),
@@ -496,20 +532,24 @@ def load_our_invoices(con: duckdb.DuckDBPyConnection, billing_month: dt.date) ->
         [start, end],
     )
     if table_columns(con, "rated_usage"):
+        not_expressible = _not_expressible_sql(con)
+        rounds = f"amount_minor <> 0 AND NOT ({not_expressible})"   # a line with an amount Stripe prices
         nx = query_frame(
             con,
             f"""
             SELECT customer_id, period_start,
-                   CAST(coalesce(sum(amount_minor) FILTER (WHERE {_not_expressible_sql(con)}), 0) AS BIGINT)
+                   CAST(coalesce(sum(amount_minor) FILTER (WHERE {not_expressible}), 0) AS BIGINT)
                        AS not_in_stripe_minor,
-                   CAST(count(*) FILTER (WHERE amount_minor <> 0) AS BIGINT) AS priced_lines
+                   CAST(count(*) FILTER (WHERE {rounds}) AS BIGINT) AS priced_lines,
+                   CAST(count(*) FILTER (WHERE {rounds} AND meter IS NULL) AS BIGINT) AS our_unmetered_lines
             FROM rated_usage WHERE period_start >= ? AND period_start < ?
             GROUP BY customer_id, period_start
             """,
             [start, end],
         )
-        # the lines that round: every charge has a line, most of them 0, and each widened the
-        # invoice's tolerance by a cent (8 where Stripe has 2 lines: a fee 8 cents over passed)
+        # the lines that round and are compared: every charge has a line, most of them 0, and each
+        # widened the invoice's tolerance by a cent (8 where Stripe has 2 lines: a fee 8 cents over
+        # passed); a charge Stripe cannot price is left out of the comparison
         frame = (frame.join(nx, on=["customer_id", "period_start"], how="left")
                  .with_columns(our_lines=pl.coalesce("priced_lines", "our_lines")).drop("priced_lines"))
     return rc.conform(frame, rc.OUR_INVOICES_SCHEMA)
@@ -526,19 +566,42 @@ def load_stripe_invoices(con: duckdb.DuckDBPyConnection, billing_month: dt.date,
     if lines.is_empty():
         return rc.conform(None, rc.STRIPE_INVOICES_SCHEMA)
     closing = [~pl.col("engine_item"), pl.col("invoice_created").fill_null(dt.datetime(1970, 1, 1, tzinfo=dt.UTC))]
+    rounds = (pl.col("amount") != 0) & ~pl.col("engine_item")
     frame = lines.group_by(["customer_id", "period_start"]).agg(
         pl.col("period_end").max(),
-        pl.col("currency").first(),
+        _currencies(),
         pl.col("amount").sum().alias("stripe_total_minor"),
         pl.col("amount").filter(pl.col("engine_item")).sum().alias("engine_items_minor"),
         pl.len().cast(pl.Int64).alias("line_count"),
+        rounds.sum().cast(pl.Int64).alias("rounded_lines"),
+        (rounds & pl.col("meter").is_null()).sum().cast(pl.Int64).alias("unmetered_lines"),
         pl.col("invoice_id").unique().sort().str.join(",").alias("invoice_ids"),
+        pl.col("invoice_id").sort_by(closing).last().alias("closing_invoice_id"),
         pl.col("invoice_status").sort_by(closing).last(),
         pl.col("amount_due").sort_by(closing).last(),
         pl.col("amount_paid").sort_by(closing).last(),
         pl.col("amount_remaining").sort_by(closing).last(),
     )
+    frame = frame.join(_invoice_adjustments(con), left_on="closing_invoice_id", right_on="invoice_id", how="left")
     return rc.conform(frame, rc.STRIPE_INVOICES_SCHEMA)
+
+
+def _invoice_adjustments(con: duckdb.DuckDBPyConnection) -> pl.DataFrame:
+    """invoice_id, adjustments_minor: each invoice's total before tax (after discounts and pre-tax
+    credits; the total where Stripe sent no `total_excluding_tax`) less the sum of its lines (whose
+    amounts are before them). Tax is Stripe's to compute: the engine rates none, and an invoice's tax
+    is no difference to explain. Invoices whose lines are not all known are left out."""
+    return query_frame(
+        con,
+        f"""
+        WITH lines AS ({merged_lines_sql(con)}),
+             invoices AS ({merged_invoices_sql(con)})
+        SELECT i.invoice_id, CAST(any_value(i.total_before_tax) - sum(l.amount) AS BIGINT) AS adjustments_minor
+        FROM invoices i JOIN lines l ON l.invoice_id = i.invoice_id
+        WHERE i.total_before_tax IS NOT NULL AND i.lines_complete
+        GROUP BY i.invoice_id
+        """,
+    )
 
 
 def load_engine_items_pending(con: duckdb.DuckDBPyConnection, billing_month: dt.date) -> pl.DataFrame:

@@ -5,15 +5,19 @@
   (rows of grain 'day', for analysts) summed into the grain 'period' row. Last-formula meters: one
   ungrouped summary, Stripe's own period value (grain 'period'). Periods are whole UTC days, so the
   bounds are UTC midnights as Stripe requires for daily grouping.
-- Settle guard: Stripe's summaries are eventually consistent, so a customer x meter whose last
-  acknowledged push (stripe_push_ledger.last_attempt_at) is younger than `settle_seconds` is not
-  pulled: it gets a `pending` row saying why, and reconciliation reports it as `pending`.
+- Settle guard: Stripe's summaries are eventually consistent, so a customer x meter x period whose
+  last acknowledged push of a window in that period (stripe_push_ledger.last_attempt_at) is younger
+  than `settle_seconds` is not pulled: it gets a `pending` row saying why, and reconciliation reports
+  it as `pending`. Pushes of other periods (the current month's, while a closed one is reconciled)
+  say nothing about this period's summary.
 - Invoices (`GET /v1/invoices`, paginated) of our customers whose period touches the month, and
   their lines: the invoice's embedded `lines` when complete, else `GET /v1/invoices/{id}/lines`. A line's meter comes from its price's
   `recurring.meter` (one `GET /v1/prices/{id}` per distinct price) and that meter's `event_name`
   (`metering_<our meter>`); an invoice item's line keeps its item id (`invoice_item`) and the
   engine's key (`metering_item`, the item's metadata copied onto its line), by which reconciliation
-  tells the engine's own items (`stripe_invoice_items`) from Stripe's pricing.
+  tells the engine's own items (`stripe_invoice_items`) from Stripe's pricing. Each invoice keeps when
+  its subscription ended (`GET /v1/subscriptions?status=all`, one paginated list): the final invoice
+  of a subscription cancelled mid-period closes that period.
 - Our customer id -> Stripe customer: the push step's `stripe_customer_map`, else the Stripe
   customers' `metadata[customer_id]`.
 - Numbers are read from the raw response body with `parse_float=Decimal`: `aggregated_value` is a
@@ -60,10 +64,11 @@ SUMMARY_SCHEMA = {
 INVOICE_SCHEMA = {
     "billing_month": pl.Date, "invoice_id": pl.String, "customer": pl.String, "customer_id": pl.String,
     "subscription_id": pl.String, "status": pl.String, "currency": pl.String, "amount_due": pl.Int64,
-    "amount_paid": pl.Int64, "amount_remaining": pl.Int64, "total": pl.Int64, "subtotal": pl.Int64,
+    "amount_paid": pl.Int64, "amount_remaining": pl.Int64, "total": pl.Int64, "total_excluding_tax": pl.Int64,
+    "subtotal": pl.Int64,
     "attempt_count": pl.Int64, "period_start": pl.Datetime("us", "UTC"), "period_end": pl.Datetime("us", "UTC"),
     "created": pl.Datetime("us", "UTC"), "finalized_at": pl.Datetime("us", "UTC"),
-    "pulled_at": pl.Datetime("us", "UTC"),
+    "subscription_ended_at": pl.Datetime("us", "UTC"), "pulled_at": pl.Datetime("us", "UTC"),
 }
 LINE_SCHEMA = {
     "billing_month": pl.Date, "invoice_id": pl.String, "line_id": pl.String, "customer": pl.String,
@@ -137,15 +142,31 @@ def _ts(value: Any) -> dt.datetime | None:
     return None if value is None else dt.datetime.fromtimestamp(int(value), dt.UTC)
 
 
-def _ledger_last_ack(con: duckdb.DuckDBPyConnection) -> dict[tuple[str, str], dt.datetime]:
+def _ledger_last_ack(
+    con: duckdb.DuckDBPyConnection, periods: pl.DataFrame
+) -> dict[tuple[str, str, dt.date], dt.datetime]:
+    """(customer_id, meter, period_start) -> the last acknowledged push of a window in that period.
+
+    Per period: a push of the current month must not keep a closed month's summary from being read.
+    """
     cols = inputs.table_columns(con, "stripe_push_ledger")
-    if not {"customer_id", "meter", "status", "last_attempt_at"} <= cols:
+    if not {"customer_id", "meter", "status", "window_start", "last_attempt_at"} <= cols or periods.is_empty():
         return {}
-    rows = con.execute(
-        "SELECT customer_id, meter, max(last_attempt_at) FROM stripe_push_ledger "
-        "WHERE status = 'acknowledged' GROUP BY customer_id, meter"
-    ).fetchall()
-    return {(c, m): t for c, m, t in rows if t is not None}
+    periods = periods.select("customer_id", "period_start", "period_end").unique()
+    con.register("_recon_settle_periods", periods.to_arrow())
+    try:
+        rows = con.execute(
+            """SELECT l.customer_id, l.meter, p.period_start, max(l.last_attempt_at)
+               FROM stripe_push_ledger l JOIN _recon_settle_periods p
+                 ON p.customer_id = l.customer_id
+                AND l.window_start >= CAST(p.period_start AS TIMESTAMPTZ)
+                AND l.window_start < CAST(p.period_end AS TIMESTAMPTZ)
+               WHERE l.status = 'acknowledged'
+               GROUP BY l.customer_id, l.meter, p.period_start"""
+        ).fetchall()
+    finally:
+        con.unregister("_recon_settle_periods")
+    return {(c, m, start): t for c, m, start, t in rows if t is not None}
 
 
 def _targets(con: duckdb.DuckDBPyConnection, billing_month: dt.date, meters: list[str]) -> pl.DataFrame:
@@ -186,7 +207,8 @@ def pull_meter_summaries(
     """
     client = reader.client
     stripe_meters = {m["event_name"]: m for m in reader.pages(lambda p: client.v1.billing.meters.list(p), {})}
-    last_ack = _ledger_last_ack(con)
+    targets = _targets(con, billing_month, meters)
+    last_ack = _ledger_last_ack(con, targets)
 
     def one(t: dict[str, Any]) -> list[dict[str, Any]]:
         meter = stripe_meters.get(EVENT_PREFIX + t["meter"])
@@ -199,7 +221,7 @@ def pull_meter_summaries(
             "meter": t["meter"], "stripe_meter_id": meter["id"], "event_name": meter["event_name"],
             "formula": formula, "period_start": t["period_start"], "period_end": t["period_end"], "pulled_at": now,
         }
-        acked = last_ack.get((t["customer_id"], t["meter"]))
+        acked = last_ack.get((t["customer_id"], t["meter"], t["period_start"]))
         if acked is not None and (now - acked).total_seconds() < settings.settle_seconds:
             age = int((now - acked).total_seconds())
             return [{**base, "grain": "period", "status": "pending",
@@ -223,9 +245,9 @@ def pull_meter_summaries(
                         "aggregated_value": sum((_summary(s)["aggregated_value"] for s in whole), Decimal(0))})
         return out
 
-    targets = list(_targets(con, billing_month, meters).iter_rows(named=True))
     with ThreadPoolExecutor(max_workers=max(1, settings.pull_concurrency)) as pool:
-        rows = [row for chunk in pool.map(one, targets) for row in chunk]  # map keeps the targets' order
+        # map keeps the targets' order
+        rows = [row for chunk in pool.map(one, targets.iter_rows(named=True)) for row in chunk]
     return rows, stripe_meters
 
 
@@ -236,7 +258,10 @@ def pull_invoices(
     stripe_meters: dict[str, dict[str, Any]],
     now: dt.datetime,
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    """Invoices of our customers whose period touches the month, and every line of them."""
+    """Invoices of our customers whose period touches the month, and every line of them.
+
+    Each invoice carries `subscription_ended_at`, when its subscription ended (NULL while it runs).
+    """
     client = reader.client
     ours_by_stripe = {v: k for k, v in by_ours.items()}
     month_start, month_end = inputs.month_bounds(billing_month)
@@ -279,7 +304,20 @@ def pull_invoices(
                 "invoice_item": _line_invoice_item(line),
                 "metering_item": (line.get("metadata") or {}).get("metering_item"), "pulled_at": now,
             })
-    return invoices, lines
+    ended = _subscription_ends(reader, {i["subscription_id"] for i in invoices} - {None})
+    return [{**i, "subscription_ended_at": ended.get(i["subscription_id"])} for i in invoices], lines
+
+
+def _subscription_ends(reader: _Reader, wanted: set[str]) -> dict[str, dt.datetime | None]:
+    """Subscription id -> when it ended (NULL while it runs), for the subscriptions in `wanted`.
+
+    One paginated list with status=all (the default list leaves cancelled subscriptions out), as the
+    invoices are one list: a call per subscription would be one per customer.
+    """
+    if not wanted:
+        return {}
+    found = reader.pages(lambda p: reader.client.v1.subscriptions.list(p), {"status": "all"})
+    return {s["id"]: _ts(s.get("ended_at")) for s in found if s["id"] in wanted}
 
 
 def _replace(con: duckdb.DuckDBPyConnection, billing_month: dt.date, frames: dict[str, pl.DataFrame]) -> None:
@@ -389,7 +427,8 @@ def _invoice(inv: dict[str, Any], billing_month: dt.date, customer_id: str | Non
         "customer_id": customer_id, "subscription_id": parent.get("subscription"),
         "status": inv.get("status"), "currency": inv.get("currency"),
         **{k: None if inv.get(k) is None else int(inv[k])
-           for k in ("amount_due", "amount_paid", "amount_remaining", "total", "subtotal", "attempt_count")},
+           for k in ("amount_due", "amount_paid", "amount_remaining", "total", "total_excluding_tax", "subtotal",
+                     "attempt_count")},
         "period_start": _ts(inv.get("period_start")), "period_end": _ts(inv.get("period_end")),
         "created": _ts(inv.get("created")), "finalized_at": _ts(transitions.get("finalized_at")),
         "pulled_at": now,

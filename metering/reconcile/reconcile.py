@@ -8,14 +8,17 @@ Quantities are compared exactly (DECIMAL(38,12)); amounts are integer minor unit
 difference is Stripe's invoiced amount minus our rated amount *on charges Stripe can price*: charges
 the catalog sync reported as not expressible in Stripe (dimension filters, minimums) are billed by
 the engine, shown as `not_in_stripe_minor` and named in the reason, never hidden. A difference
-up to the row's tolerance (per-currency minor units x invoice lines, default 1 per line)
-is `within_tolerance`. Nothing is corrected: every difference becomes a row with a status and a
-reason (invariant I14).
+up to the row's tolerance (per-currency minor units x the lines that carry an amount and are compared,
+the most of either side; default 1 per line) is `within_tolerance`. Minor units of two currencies are
+never compared: Stripe billing a row in another currency than ours is `currency_mismatch`, its amount
+kept out of our currency's columns (named in the reason), and all of ours counts. Nothing is
+corrected: every difference becomes a row with a status and a reason (invariant I14).
 
 Status of a usage row, first rule that applies wins:
 
 | status | when |
 | --- | --- |
+| `currency_mismatch` | Stripe's lines are in another currency than our rating |
 | `pending` | Stripe's meter summary was not pulled because a push was acknowledged too recently (settle guard), or Stripe has not invoiced the period yet (no invoice reaches its end) and has no line for it, and may still: nothing voided, reconciled before the period's end + the invoice grace + the settle delay |
 | `not_invoiced` | as above, but Stripe will not invoice the period any more: it voided the period's invoice, or that moment has passed (a meter Stripe prices) |
 | `late_after_finalization` | Stripe is short of ours only by what the push ledger proves came too late for the finalized invoice (see below) |
@@ -34,32 +37,38 @@ the pushed quantity Stripe acknowledged only after the period's invoice was fina
 `late_after_finalization` when it has late windows, Stripe's meter holds exactly what we pushed,
 Stripe billed no more than we rated and is short of ours, the unpushed part (ours - pushed) is at
 most `late_quantity`, and (on a meter Stripe prices) the part pushed but not invoiced (pushed -
-invoiced) is at most `late_acked_quantity`. Any remainder is not explained: the row takes the
-status it would have without lateness and its whole difference counts (one invoice line's money
-cannot be split between its windows). So lateness never explains Stripe holding or billing more
-than we pushed or rated (a double count), an amount difference at equal quantities, a failed
-window beside a late one, or an invoice that bills less than Stripe had been sent before it was
-finalized.
+invoiced) is at most `late_acked_quantity`; and in money, Stripe charged no more than we rate and is
+short by at most what the late quantity is worth at the row's average price (`value_up`, rounded up)
+plus the row's tolerance. Any remainder is not explained: the row takes the status it would have
+without lateness and its whole difference counts (one invoice line's money cannot be split between
+its windows). So lateness never explains Stripe holding or billing more than we pushed or rated (a
+double count), a price difference (at equal quantities or beside a late window), a failed window
+beside a late one, or an invoice that bills less than Stripe had been sent before it was finalized.
 
 `explained` is true for matched, within_tolerance, pending and late_after_finalization; every other
 row's |amount difference| counts towards the blocking check's threshold.
 
 `reconcile_invoices` compares Stripe's total less the engine's own invoice items (which bill the
 charges Stripe cannot price) with our total less those charges; what the items do not cover yet is
-`unbilled_minor`, shown but not a difference. Its status: `pending` or `not_invoiced` as above (or
-`pending` for a draft), `missing_in_stripe` / `extra_in_stripe` when one side has nothing, else
-`amount_mismatch` when the difference *or its residual* (the part no usage row of the same customer x
-period carries: flat fees, other lines without a meter) exceeds the tolerance, `within_tolerance`
-when either is not zero, `matched`. The residual decides too because equal totals can hide a fee
-overcharge offset by a usage row's difference. `unexplained_by_currency` counts |residual| above the
-tolerance on every row but a pending one, so money a usage row already counts, or explains, is never
-counted twice, and never hides a fee's.
+`unbilled_minor`, shown but not a difference. Its status: `currency_mismatch` as above, `pending` or
+`not_invoiced` as above (or `pending` for a draft), `missing_in_stripe` / `extra_in_stripe` when one
+side has nothing, else `amount_mismatch` when the difference exceeds the tolerance, *or its residual*
+(the part no usage row of the same customer x period carries: flat fees, other lines without a
+meter) exceeds the residual's own tolerance (the lines on no meter alone), or the closing invoice's
+total differs from its lines (`stripe_adjustments_minor`: a discount, credit or tax on the invoice),
+`within_tolerance` when the difference or the residual is not zero, `matched`. The residual decides
+too because equal totals can hide a fee overcharge offset by a usage row's difference.
+`unexplained_by_currency` counts |residual| above its tolerance, and |stripe_adjustments_minor|, on
+every row but a pending one, so money a usage row already counts, or explains, is never counted
+twice, and never hides a fee's.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import math
 from decimal import Decimal
+from fractions import Fraction
 
 import polars as pl
 
@@ -69,6 +78,7 @@ QTY = pl.Decimal(38, 12)
 
 STATUSES = (
     "matched",
+    "currency_mismatch",
     "within_tolerance",
     "not_pushed",
     "not_invoiced",
@@ -80,8 +90,8 @@ STATUSES = (
     "pending",
 )
 EXPLAINED_STATUSES = ("matched", "within_tolerance", "pending", "late_after_finalization")
-INVOICE_STATUSES = ("matched", "within_tolerance", "amount_mismatch", "missing_in_stripe", "extra_in_stripe",
-                    "not_invoiced", "pending")
+INVOICE_STATUSES = ("matched", "within_tolerance", "amount_mismatch", "currency_mismatch", "missing_in_stripe",
+                    "extra_in_stripe", "not_invoiced", "pending")
 INVOICE_EXPLAINED_STATUSES = ("matched", "within_tolerance", "pending")
 
 KEY = ["customer_id", "meter", "period_start"]
@@ -91,6 +101,7 @@ OURS_SCHEMA = {
     "currency": pl.String, "plan": pl.String, "plan_version": pl.String,
     "our_quantity": QTY, "our_amount_minor": pl.Int64, "not_in_stripe_minor": pl.Int64,
     "stripe_charges": pl.Int64,
+    "our_rounded_lines": pl.Int64,   # of those charges, the ones with an amount: each was rounded once
     "rule_versions": pl.String,   # every plan version that rated the period, e.g. 'pro 2026-01 + pro 2026-10'
     "segments": pl.Int64,         # sub-intervals (plan changes split a period)
 }
@@ -114,18 +125,28 @@ OPEN_PERIODS_SCHEMA = {"customer_id": pl.String, "period_start": pl.Date, "voide
 STRIPE_LINES_SCHEMA = {
     "customer_id": pl.String, "meter": pl.String, "period_start": pl.Date, "period_end": pl.Date,
     "currency": pl.String, "invoiced_quantity": QTY, "stripe_amount_minor": pl.Int64,
-    "line_count": pl.Int64, "invoice_ids": pl.String, "finalized": pl.Boolean,
+    "line_count": pl.Int64,
+    "rounded_lines": pl.Int64,   # of line_count, those with an amount (a zero line has nothing to round)
+    "invoice_ids": pl.String, "finalized": pl.Boolean,
     "finalized_at": pl.Datetime("us", "UTC"),   # the latest finalization among the lines' invoices
 }
 OUR_INVOICES_SCHEMA = {
     "customer_id": pl.String, "period_start": pl.Date, "period_end": pl.Date, "currency": pl.String,
-    "our_total_minor": pl.Int64, "our_lines": pl.Int64, "not_in_stripe_minor": pl.Int64,
+    "our_total_minor": pl.Int64, "not_in_stripe_minor": pl.Int64,
+    # our rated lines Stripe prices that carry an amount (each rounds once), and those of them on no meter
+    "our_lines": pl.Int64, "our_unmetered_lines": pl.Int64,
 }
 STRIPE_INVOICES_SCHEMA = {
     "customer_id": pl.String, "period_start": pl.Date, "period_end": pl.Date, "currency": pl.String,
     "stripe_total_minor": pl.Int64,
     "engine_items_minor": pl.Int64,   # the part of stripe_total_minor on the engine's own invoice items
-    "line_count": pl.Int64, "invoice_ids": pl.String,
+    "line_count": pl.Int64,
+    # the lines that carry an amount, the engine's invoice items left out (they are not compared), and
+    # those of them on no meter (what only the invoice row compares)
+    "rounded_lines": pl.Int64, "unmetered_lines": pl.Int64,
+    "invoice_ids": pl.String,
+    # the invoice that closed the period, and its total (after discounts, credits, taxes) minus its lines
+    "closing_invoice_id": pl.String, "adjustments_minor": pl.Int64,
     "invoice_status": pl.String, "amount_due": pl.Int64, "amount_paid": pl.Int64, "amount_remaining": pl.Int64,
 }
 PENDING_ITEMS_SCHEMA = {"customer_id": pl.String, "period_start": pl.Date, "engine_items_pending_minor": pl.Int64}
@@ -140,8 +161,9 @@ USAGE_COLUMNS = [
 INVOICE_COLUMNS = [
     "billing_month", "customer_id", "period_start", "period_end", "currency", "our_total_minor",
     "not_in_stripe_minor", "engine_items_minor", "engine_items_pending_minor", "unbilled_minor",
-    "stripe_total_minor", "amount_diff_minor", "tolerance_minor", "invoice_ids", "invoice_status",
-    "amount_due", "amount_paid", "amount_remaining", "status", "reason", "reconciled_at",
+    "stripe_total_minor", "amount_diff_minor", "tolerance_minor", "residual_tolerance_minor",
+    "stripe_adjustments_minor", "invoice_ids", "invoice_status", "amount_due", "amount_paid", "amount_remaining",
+    "status", "reason", "reconciled_at",
 ]
 
 
@@ -170,6 +192,37 @@ def _tolerance_expr(settings: ReconcileSettings, currency: pl.Expr) -> pl.Expr:
     for cur, minor in settings.tolerance_minor.items():
         expr = pl.when(currency.str.to_lowercase() == cur).then(pl.lit(minor, dtype=pl.Int64)).otherwise(expr)
     return expr
+
+
+def _lines_tolerance(settings: ReconcileSettings, *lines: pl.Expr, floor: int = 1) -> pl.Expr:
+    """The currency's tolerance per line times the most lines either side rounded (at least `floor`)."""
+    most = pl.max_horizontal(*(n.fill_null(0) for n in lines), pl.lit(floor, dtype=pl.Int64))
+    return (_tolerance_expr(settings, pl.col("currency").fill_null("")) * most).cast(pl.Int64)
+
+
+def _currency_differs(ours: str, stripes: str) -> pl.Expr:
+    """Both sides name a currency and they differ (Stripe's lines in several currencies, 'jpy,usd', never
+    equal one of ours): minor units of two currencies are not comparable."""
+    return (pl.col(ours).str.to_lowercase() != pl.col(stripes).str.to_lowercase()).fill_null(False)
+
+
+def value_up(amount: int | None, part: Decimal | None, whole: Decimal | None) -> int:
+    """What `part` of the quantity `whole` is worth when `whole` is worth `amount`: ceil(amount x part /
+    whole), exact, `part` clamped to `whole`; 0 when any is missing or not positive."""
+    if amount is None or part is None or whole is None or amount <= 0 or part <= 0 or whole <= 0:
+        return 0
+    return math.ceil(Fraction(amount) * Fraction(min(part, whole)) / Fraction(whole))
+
+
+def _with_late_value(frame: pl.DataFrame, amount: pl.Expr, late_quantity: pl.Expr) -> pl.DataFrame:
+    """`frame` with `late_value_minor`: the late quantity's value at the row's average price (`value_up`).
+
+    Exact for a per-unit price; a late quantity in a tier dearer than the average is worth more than
+    this, so such a row is flagged rather than explained (it fails closed, its reason has the numbers).
+    """
+    parts = frame.select(amount.alias("a"), late_quantity.cast(QTY).alias("q"), pl.col("our_quantity").alias("w"))
+    values = [value_up(a, q, w) for a, q, w in parts.iter_rows()]
+    return frame.with_columns(late_value_minor=pl.Series(values, dtype=pl.Int64))
 
 
 def _with_invoicing(
@@ -241,6 +294,7 @@ def reconcile_usage(
         )
     )
     frame = _with_invoicing(frame, open_periods, settings=settings, reconciled_at=reconciled_at)
+    other_currency = _currency_differs("currency", "lines_currency")
     zero = pl.lit(Decimal(0), dtype=QTY)
     ours_q = pl.col("our_quantity").fill_null(zero)
     pushed_q = pl.col("pushed_quantity").fill_null(zero)
@@ -248,15 +302,17 @@ def reconcile_usage(
     inv_q = pl.col("invoiced_quantity").fill_null(zero)
     ours_amt = pl.col("our_amount_minor").fill_null(0)
     not_in_stripe = pl.col("not_in_stripe_minor").fill_null(0)
-    stripe_amt = pl.col("stripe_amount_minor").fill_null(0)
+    # Stripe's money in another currency is compared with nothing: Stripe billed none of ours
+    stripe_amt = pl.when(other_currency).then(0).otherwise(pl.col("stripe_amount_minor").fill_null(0))
     # a meter whose every charge Stripe cannot price has no invoice line to compare quantities with
     priced = pl.col("stripe_charges").is_null() | (pl.col("stripe_charges") > 0) | pl.col("line_count").is_not_null()
 
     frame = frame.with_columns(
         quantity_diff=(stripe_q - ours_q).cast(QTY),
         amount_diff_minor=(stripe_amt - (ours_amt - not_in_stripe)).cast(pl.Int64),
-        tolerance_minor=(_tolerance_expr(settings, pl.col("currency").fill_null(""))
-                         * pl.max_horizontal(pl.col("line_count").fill_null(0), pl.lit(1))).cast(pl.Int64),
+        # only lines that carry an amount round, on either side
+        tolerance_minor=_lines_tolerance(settings, pl.coalesce("rounded_lines", "line_count"),
+                                         pl.col("our_rounded_lines")),
     )
     has_ours = pl.col("our_quantity").is_not_null() & (ours_q != zero)
     stripe_has = (stripe_q != zero) | (inv_q != zero) | (stripe_amt != 0)
@@ -268,20 +324,26 @@ def reconcile_usage(
     missed = priced & pl.col("finalized").fill_null(False) & (pushed_q > inv_q)
     late_acked_n = pl.when(missed).then(pl.col("late_acked_windows").fill_null(0)).otherwise(0)
     late_acked_q = pl.when(late_acked_n > 0).then(pl.col("late_acked_quantity").fill_null(zero)).otherwise(zero)
+    frame = _with_late_value(frame, ours_amt - not_in_stripe, late_q + late_acked_q)
+    diff = pl.col("amount_diff_minor")
 
     # Lateness explains only what the ledger proves came too late (module docstring): it only ever
     # leaves Stripe short of ours, so never Stripe holding more than we pushed or billing more than we
-    # rated (a double count beside a late window), nor more than the late windows' quantity.
+    # rated (a double count beside a late window), nor more than the late windows' quantity; and in
+    # money never Stripe charging more than we rate, nor short by more than the late quantity is worth
+    # at our price (beyond rounding): a price difference is not lateness.
     late = (
         ((late_n > 0) | (late_acked_n > 0))
         & (stripe_q == pushed_q) & (inv_q <= ours_q)
         & pl.when(priced).then(inv_q < ours_q).otherwise(stripe_q < ours_q)
         & ((ours_q - pushed_q) <= late_q)
         & (~priced | ((pushed_q - inv_q) <= late_acked_q))
+        & (diff <= 0) & (-diff <= pl.col("late_value_minor") + pl.col("tolerance_minor"))
     )
     no_line = pl.col("line_count").is_null()
     status = (
-        pl.when(pl.col("meter_status") == "pending").then(pl.lit("pending"))
+        pl.when(other_currency).then(pl.lit("currency_mismatch"))
+        .when(pl.col("meter_status") == "pending").then(pl.lit("pending"))
         .when(pl.col("awaiting_invoice") & no_line).then(pl.lit("pending"))
         # a meter Stripe prices, in a period Stripe will not invoice: lateness cannot explain a missing invoice
         .when(pl.col("invoice_missing") & no_line & priced).then(pl.lit("not_invoiced"))
@@ -324,19 +386,25 @@ def reconcile_usage(
     # an unexplained row with late windows says how little of its shortfall they cover
     late_note = (
         pl.when((late_n + late_acked_n > 0) & ~s.is_in(list(EXPLAINED_STATUSES)))
-        .then(pl.format("; late windows cover at most {} of the shortfall ({})",
-                        _num(late_q + late_acked_q), late_windows))
+        .then(pl.format("; late windows cover at most {} of the shortfall, worth at most {} at our price ({})",
+                        _num(late_q + late_acked_q), pl.col("late_value_minor"), late_windows))
         .otherwise(pl.lit(""))
     )
     reason = (
-        pl.when((s == "pending") & (pl.col("meter_status") == "pending"))
+        pl.when(s == "currency_mismatch").then(pl.format(
+            "Stripe invoiced {} {} minor units, we rated {} {} minor units: two currencies are not compared, and "
+            "Stripe's amount is in no {} total (diff {}: all of ours); {}",
+            pl.col("stripe_amount_minor").fill_null(0), pl.col("lines_currency"), ours_amt - not_in_stripe,
+            pl.col("currency"), pl.col("currency"), pl.col("amount_diff_minor"), qty))
+        .when((s == "pending") & (pl.col("meter_status") == "pending"))
         .then(pl.format("Stripe not settled: {}", pl.col("pending_reason").fill_null("")))
         .when(s == "pending").then(pl.format("Stripe has not invoiced this period yet; {}; {}", qty, amounts))
         .when(s == "not_invoiced").then(pl.format("{}; {}; {}", pl.col("invoice_missing_reason"), qty, amounts))
         .when(s == "late_after_finalization").then(pl.format(
             "usage after the invoice was finalized ({}); {}; {}", late_windows, qty, amounts))
         .when(s == "not_pushed").then(pl.format(
-            "{} window(s) not acknowledged by Stripe; {}; {}", pl.col("unacked_windows").fill_null(0), qty, amounts))
+            "{} window(s) not acknowledged by Stripe; {}; {}", pl.col("unacked_windows").fill_null(0) + late_n, qty,
+            amounts))
         .when(s == "missing_in_stripe").then(pl.format("pushed but Stripe has no usage or line; {}; {}", qty, amounts))
         .when(s == "extra_in_stripe").then(pl.format("Stripe has more than we pushed; {}; {}", qty, amounts))
         .when(s == "quantity_mismatch").then(pl.format("quantities differ; {}; {}", qty, amounts))
@@ -355,6 +423,8 @@ def reconcile_usage(
         frame.with_columns(
             reason=pl.concat_str(reason, late_note),
             explained=s.is_in(list(EXPLAINED_STATUSES)),
+            # in Stripe's currency: named in the reason, never summed into this row's currency
+            stripe_amount_minor=pl.when(s != "currency_mismatch").then(pl.col("stripe_amount_minor")),
             billing_month=pl.lit(billing_month, dtype=pl.Date),
             reconciled_at=pl.lit(reconciled_at, dtype=pl.Datetime("us", "UTC")),
         )
@@ -403,13 +473,23 @@ def reconcile_invoices(
         )
     )
     frame = _with_invoicing(frame, open_periods, settings=settings, reconciled_at=reconciled_at)
+    other_currency = _currency_differs("currency", "s_currency")
+    # Stripe's money in another currency: named in the reason, in none of this currency's columns or totals
+    frame = frame.with_columns(other_currency_note=pl.when(other_currency).then(pl.format(
+        "Stripe billed this period in {}: {} minor units (invoice {} {}, paid {}), we rated {} {} minor units: "
+        "two currencies are not compared, and Stripe's amounts are in no {} total",
+        pl.col("s_currency"), pl.col("stripe_total_minor").fill_null(0), pl.col("invoice_ids").fill_null("none"),
+        pl.col("invoice_status").fill_null("none"), pl.col("amount_paid").fill_null(0),
+        pl.col("our_total_minor").fill_null(0), pl.col("currency"), pl.col("currency"))))
     # A period Stripe has not closed has no closing invoice: the lines it already has (licensed
     # fees billed in advance) sit on the previous period's invoice, whose status and payment belong to
     # that period's row. Shown here too, a paid invoice was counted twice in the report's "paid".
     unclosed = pl.col("awaiting_invoice") | pl.col("invoice_missing")
     frame = frame.with_columns(
-        pl.when(~unclosed).then(pl.col(c)).alias(c)
-        for c in ("invoice_status", "amount_due", "amount_paid", "amount_remaining"))
+        [pl.when(~unclosed).then(pl.col(c)).alias(c) for c in ("invoice_status", "closing_invoice_id")]
+        + [pl.when(~unclosed & ~other_currency).then(pl.col(c)).alias(c)
+           for c in ("amount_due", "amount_paid", "amount_remaining", "adjustments_minor")]
+        + [pl.when(~other_currency).then(pl.col(c)).alias(c) for c in ("stripe_total_minor", "engine_items_minor")])
     ours_t = pl.col("our_total_minor")
     stripe_t = pl.col("stripe_total_minor")
     not_in_stripe = pl.col("not_in_stripe_minor").fill_null(0)
@@ -420,21 +500,32 @@ def reconcile_invoices(
         engine_items_pending_minor=items_pending.cast(pl.Int64),
         unbilled_minor=(not_in_stripe - items - items_pending).cast(pl.Int64),
         amount_diff_minor=((stripe_t.fill_null(0) - items) - (ours_t.fill_null(0) - not_in_stripe)).cast(pl.Int64),
-        tolerance_minor=(_tolerance_expr(settings, pl.col("currency").fill_null(""))
-                         * pl.max_horizontal(pl.col("line_count").fill_null(0), pl.col("our_lines").fill_null(0),
-                                             pl.lit(1))).cast(pl.Int64),
+        # only lines that carry an amount round: Stripe's zero-amount metered lines and our zero lines
+        # do not, and the engine's invoice items and our charges Stripe cannot price are not compared
+        tolerance_minor=_lines_tolerance(settings, pl.coalesce("rounded_lines", "line_count"), pl.col("our_lines")),
+        # the residual (no usage row carries it) is judged by the lines on no meter alone: a fee-only
+        # difference must not hide in the tolerance of the metered lines beside it
+        residual_tolerance_minor=_lines_tolerance(
+            settings, pl.coalesce("unmetered_lines", "rounded_lines", "line_count"),
+            pl.coalesce("our_unmetered_lines", "our_lines"), floor=0) if usage is not None
+        else pl.lit(None, dtype=pl.Int64),
+        stripe_adjustments_minor=pl.col("adjustments_minor").cast(pl.Int64),
     )
-    frame = _with_residuals(frame, usage)
-    tolerance = pl.col("tolerance_minor")
+    frame = _with_residuals(frame, usage).with_columns(
+        residual_tolerance_minor=pl.coalesce("residual_tolerance_minor", "tolerance_minor"))
+    tolerance, residual_tolerance = pl.col("tolerance_minor"), pl.col("residual_tolerance_minor")
     diff, residual = pl.col("amount_diff_minor"), pl.col("residual_minor")
+    adjustments = pl.col("stripe_adjustments_minor").fill_null(0)
     status = (
-        pl.when(pl.col("awaiting_invoice")).then(pl.lit("pending"))
+        pl.when(other_currency).then(pl.lit("currency_mismatch"))
+        .when(pl.col("awaiting_invoice")).then(pl.lit("pending"))
         .when(pl.col("invoice_missing")).then(pl.lit("not_invoiced"))
         .when(stripe_t.is_null() & ((ours_t.fill_null(0) - not_in_stripe) != 0)).then(pl.lit("missing_in_stripe"))
         .when(ours_t.is_null() & (stripe_t.fill_null(0) != 0)).then(pl.lit("extra_in_stripe"))
         .when(pl.col("invoice_status") == "draft").then(pl.lit("pending"))
         # equal totals say nothing when a meter row's difference offsets one on no meter row (a fee)
-        .when((diff.abs() > tolerance) | (residual.abs() > tolerance)).then(pl.lit("amount_mismatch"))
+        .when((diff.abs() > tolerance) | (residual.abs() > residual_tolerance) | (adjustments != 0))
+        .then(pl.lit("amount_mismatch"))
         .when((diff != 0) | (residual != 0)).then(pl.lit("within_tolerance"))
         .otherwise(pl.lit("matched"))
     )
@@ -463,10 +554,13 @@ def reconcile_invoices(
         pl.col("invoice_status").fill_null("none"), pl.col("amount_paid").fill_null(0),
     )
     frame = frame.with_columns(status=status)
-    note = pl.lit("") if usage is None else _residual_note()
+    note = pl.concat_str(pl.lit("") if usage is None else _residual_note(), _adjustments_note())
     return (
         frame.with_columns(
-            reason=pl.when(pl.col("awaiting_invoice"))
+            reason=pl.when(pl.col("status") == "currency_mismatch")
+            .then(pl.format("{} (diff {}: all of ours less what Stripe cannot price){}", pl.col("other_currency_note"),
+                            pl.col("amount_diff_minor"), note))
+            .when(pl.col("awaiting_invoice"))
             .then(pl.format("Stripe has not invoiced this period yet; {}", amounts))
             .when(pl.col("status") == "pending").then(pl.format("invoice still draft; {}", amounts))
             .when(pl.col("status") == "not_invoiced")
@@ -480,13 +574,24 @@ def reconcile_invoices(
     )
 
 
+def _adjustments_note() -> pl.Expr:
+    """The end of a closed invoice row's reason when the closing invoice's total is not the sum of its lines."""
+    adjustments = pl.col("stripe_adjustments_minor")
+    return pl.when(adjustments.fill_null(0) != 0).then(pl.format(
+        "; Stripe's invoice {} totals {} {} its lines (a discount, credit or tax on the invoice, on no line: "
+        "Stripe collects that much {}, counted)", pl.col("closing_invoice_id").fill_null("?"), adjustments.abs(),
+        pl.when(adjustments < 0).then(pl.lit("less than")).otherwise(pl.lit("more than")),
+        pl.when(adjustments < 0).then(pl.lit("less")).otherwise(pl.lit("more")))).otherwise(pl.lit(""))
+
+
 def _residual_note() -> pl.Expr:
     """The end of an unexplained invoice row's reason: how much of its difference is on no meter row."""
     residual, usage_diff = pl.col("residual_minor"), pl.col("usage_diff_minor")
-    what = pl.when(residual.abs() > pl.col("tolerance_minor")).then(pl.lit("flat fees, other lines")).otherwise(
-        pl.lit("within tolerance"))
+    what = (pl.when(residual.abs() > pl.col("residual_tolerance_minor")).then(pl.lit("flat fees, other lines"))
+            .otherwise(pl.lit("within tolerance")))
+    nothing = (pl.col("amount_diff_minor") == 0) & (residual == 0)   # a row flagged for its discount alone
     return (
-        pl.when(pl.col("status").is_in(list(INVOICE_EXPLAINED_STATUSES))).then(pl.lit(""))
+        pl.when(pl.col("status").is_in(list(INVOICE_EXPLAINED_STATUSES)) | nothing).then(pl.lit(""))
         .when(residual == 0).then(pl.lit("; all of it on the meter rows"))
         # of opposite signs, the two parts are not parts "of" the difference: name both
         .when(residual.sign() * usage_diff.sign() < 0)
@@ -519,13 +624,24 @@ def invoice_residuals(usage: pl.DataFrame, invoices: pl.DataFrame) -> pl.DataFra
     row's money is accounted for by its reason, an unexplained row's is counted by that row), so
     `residual_minor` = invoice difference - usage_diff_minor is what only the invoice shows: flat fees,
     licensed seats, any line without a meter. `unexplained_minor` is |residual_minor| when it exceeds
-    the row's tolerance, whatever the row's status but `pending` (Stripe may still change the invoice):
-    an explained usage difference must not hide a fee's by offsetting it in the total.
+    the residual's tolerance (the lines on no meter that carry an amount), plus |stripe_adjustments_minor|
+    (the closing invoice's total less its lines: a discount never rounds), whatever the row's status but
+    `pending` (Stripe may still change the invoice): an explained usage difference must not hide a fee's
+    by offsetting it in the total.
     """
     residual = pl.col("residual_minor").abs()
-    counted = (pl.col("status") != "pending") & (residual > pl.col("tolerance_minor"))
-    return _with_residuals(invoices, usage).with_columns(
-        unexplained_minor=pl.when(counted).then(residual).otherwise(pl.lit(0, dtype=pl.Int64)).cast(pl.Int64))
+    # rows stored before the residual had a tolerance of its own, or a discount column, have NULL there
+    tolerance = pl.coalesce(_column(invoices, "residual_tolerance_minor"), pl.col("tolerance_minor"))
+    adjustments = _column(invoices, "stripe_adjustments_minor").fill_null(0).abs()
+    settled = pl.col("status") != "pending"
+    return _with_residuals(invoices, usage).with_columns(unexplained_minor=(
+        pl.when(settled & (residual > tolerance)).then(residual).otherwise(0)
+        + pl.when(settled).then(adjustments).otherwise(0)).cast(pl.Int64))
+
+
+def _column(frame: pl.DataFrame, name: str) -> pl.Expr:
+    """`name` of `frame`, or NULL when `frame` has no such column."""
+    return pl.col(name) if name in frame.columns else pl.lit(None, dtype=pl.Int64)
 
 
 def unexplained_by_currency(usage: pl.DataFrame, invoices: pl.DataFrame | None = None) -> dict[str, int]:
@@ -535,7 +651,8 @@ def unexplained_by_currency(usage: pl.DataFrame, invoices: pl.DataFrame | None =
     invoice row's |residual| above its tolerance, the part of its difference no usage row carries
     (`invoice_residuals`), whatever its status but `pending`: a flat fee Stripe charged differently
     fails the check even when a usage row's difference offsets it in the total, and money a usage
-    row counts is not counted again.
+    row counts is not counted again. Plus what the closing invoice's total differs from its lines
+    (discounts, credits, taxes on the invoice: `stripe_adjustments_minor`).
     """
     cur = pl.col("currency").fill_null("?").alias("currency")
     parts = [usage.filter(~pl.col("explained"))

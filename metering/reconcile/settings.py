@@ -4,8 +4,9 @@ Everything is explicit and printed in the report. Defaults can be overridden by 
 
 - `METERING_RECON_TOLERANCE`: per-currency tolerance in minor units *per invoice line*, e.g.
   `usd=1,jpy=1` (default: 1 minor unit per line for every currency).
-- `METERING_STRIPE_SETTLE_SECONDS`: how long after the last acknowledged push Stripe's meter
-  summaries are trusted (default 900 s; Stripe documents summaries as eventually consistent).
+- `METERING_STRIPE_SETTLE_SECONDS`: how long after the last acknowledged push of a window in a
+  period Stripe's meter summary of that period is trusted (default 900 s; Stripe documents summaries
+  as eventually consistent).
 - `METERING_STRIPE_INVOICE_GRACE_SECONDS`: how long after a period's end Stripe may still create
   its invoice (default 3600 s, the 1 h grace before Stripe finalizes a period-end invoice). Until the
   period's end + this grace + the settle delay, a period without an invoice is `pending`; after it,

@@ -23,6 +23,7 @@ STATUS_COLORS = {
     "extra_in_stripe": "#c2185b",
     "quantity_mismatch": "#e57373",
     "amount_mismatch": "#a83232",
+    "currency_mismatch": "#6d1b7b",
 }
 
 

@@ -20,7 +20,7 @@ SELECT
     amount_diff_minor,
     tolerance_minor,
     status,                       -- matched | within_tolerance | not_pushed | not_invoiced | missing_in_stripe
-                                  -- | extra_in_stripe | quantity_mismatch | amount_mismatch
+                                  -- | extra_in_stripe | quantity_mismatch | amount_mismatch | currency_mismatch
                                   -- | late_after_finalization | pending
     reason,
     explained,                    -- false: counts against the blocking check's threshold
@@ -46,13 +46,15 @@ SELECT
     stripe_total_minor,           -- every Stripe line of the period (the engine's invoice items included)
     amount_diff_minor,            -- (stripe_total_minor - engine_items_minor) - (our_total_minor - not_in_stripe_minor)
     tolerance_minor,
+    residual_tolerance_minor,     -- of the part no usage row carries (lines on no meter that carry an amount)
+    stripe_adjustments_minor,     -- the closing invoice's total less its lines: discounts, credits, taxes (counted)
     invoice_ids,
     invoice_status,               -- of the invoice that closed the period
     amount_due,
     amount_paid,
     amount_remaining,
-    status,                       -- matched | within_tolerance | amount_mismatch | missing_in_stripe
-                                  -- | extra_in_stripe | not_invoiced | pending
+    status,                       -- matched | within_tolerance | amount_mismatch | currency_mismatch
+                                  -- | missing_in_stripe | extra_in_stripe | not_invoiced | pending
     reason,
     reconciled_at
 FROM main.invoice_reconciliation;

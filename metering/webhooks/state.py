@@ -43,7 +43,8 @@ PAYMENT_OUTCOMES = {
 INVOICE_SHAPE = {
     "id": "VARCHAR", "status": "VARCHAR", "customer": "JSON", "currency": "VARCHAR",
     "amount_due": "BIGINT", "amount_paid": "BIGINT", "amount_remaining": "BIGINT", "total": "BIGINT",
-    "subtotal": "BIGINT", "attempt_count": "BIGINT", "next_payment_attempt": "BIGINT",
+    "total_excluding_tax": "BIGINT", "subtotal": "BIGINT", "attempt_count": "BIGINT",
+    "next_payment_attempt": "BIGINT",
     "period_start": "BIGINT", "period_end": "BIGINT", "created": "BIGINT",
     "status_transitions": {"finalized_at": "BIGINT", "paid_at": "BIGINT",
                            "marked_uncollectible_at": "BIGINT", "voided_at": "BIGINT"},
@@ -136,6 +137,7 @@ _INVOICE_SELECT = f"""
         o.amount_paid AS amount_paid,
         o.amount_remaining AS amount_remaining,
         o.total AS total,
+        o.total_excluding_tax AS total_excluding_tax,
         o.subtotal AS subtotal,
         o.attempt_count AS attempt_count,
         {_ts('o.next_payment_attempt')} AS next_payment_attempt,
@@ -160,7 +162,8 @@ _INVOICE_SELECT = f"""
 
 _INVOICE_COLUMNS = """
     invoice_id, customer, customer_id, subscription_id, status, currency, amount_due, amount_paid,
-    amount_remaining, total, subtotal, attempt_count, next_payment_attempt, period_start, period_end,
+    amount_remaining, total, total_excluding_tax, subtotal, attempt_count, next_payment_attempt, period_start,
+    period_end,
     created, finalized_at, paid_at, marked_uncollectible_at, voided_at, billing_reason,
     collection_method, livemode, lines_complete, metadata, state_event_created, state_event_id, state_events
 """

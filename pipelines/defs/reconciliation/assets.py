@@ -72,7 +72,8 @@ def stripe_meter_summaries(
 ) -> dg.MaterializeResult:
     """One row per customer x meter x billing period x day (grain 'day') plus one 'period' row: what
     Stripe's meters hold. Source: Stripe's meter event summaries API (value_grouping_window=day),
-    pulled only once the last acknowledged push is older than the settle delay, else a 'pending' row."""
+    pulled only once the last acknowledged push of a window in that period is older than the settle delay,
+    else a 'pending' row."""
     month = _month(context)
     with warehouse.get_connection() as con:
         result = pull_summaries_into_warehouse(

@@ -197,13 +197,22 @@ def ledger_item(con: duckdb.DuckDBPyConnection, item_id: str, invoice_id: str | 
 def pulled_item_line(con: duckdb.DuckDBPyConnection, invoice_id: str, line_id: str, item_id: str, amount: int,
                      metering_item: str | None = None) -> None:
     """An invoice item's line on an API-pulled invoice of cus_m: no price meter, the item's period (October),
-    and the item's metadata[metering_item] when it is one of the engine's."""
+    and the item's metadata[metering_item] when it is one of the engine's. The invoice's total grows by
+    it (Stripe's total is the sum of its lines, before discounts)."""
     con.execute("""INSERT INTO stripe_invoice_lines_api (billing_month, invoice_id, line_id, customer_id, meter,
                    quantity_decimal, amount, currency, period_start, period_end, invoice_item, metering_item,
                    pulled_at)
                    VALUES (?, ?, ?, 'cus_m', NULL, 1, ?, 'usd', TIMESTAMPTZ '2026-10-01 00:00:00+00',
                    TIMESTAMPTZ '2026-11-01 00:00:00+00', ?, ?, ?)""",
                 [MONTH, invoice_id, line_id, amount, item_id, metering_item, PULLED])
+    invoice_total_is_its_lines(con, invoice_id)
+
+
+def invoice_total_is_its_lines(con: duckdb.DuckDBPyConnection, invoice_id: str) -> None:
+    """Set the API-pulled invoice's total to the sum of its lines, as Stripe's is without discounts or taxes."""
+    con.execute("""UPDATE stripe_invoices_api i SET total = (SELECT sum(amount) FROM stripe_invoice_lines_api l
+                   WHERE l.invoice_id = i.invoice_id AND l.pulled_at = i.pulled_at) WHERE invoice_id = ?""",
+                [invoice_id])
 
 
 def _unix(day: dt.date) -> int:

@@ -219,3 +219,92 @@ def test_pagination_gives_the_same_rows_as_one_page(stripe_sandbox, isolated_env
     for a, b in ((big.summaries, small.summaries), (big.invoices, small.invoices), (big.lines, small.lines)):
         assert a.sort(pl.all()).equals(b.sort(pl.all()))
     assert big.summaries.filter(grain="day").height >= 2 and big.invoices.height == 2  # several pages each
+
+
+def _acknowledged(con, day: str, value: int, at: dt.datetime) -> None:
+    """cus_1's api_calls day window `day` pushed with `value`, acknowledged by Stripe at `at`."""
+    start = dt.datetime.fromisoformat(day).replace(tzinfo=dt.UTC)
+    con.execute(
+        """INSERT INTO stripe_push_ledger (customer_id, meter, window_start, window_end, revision, value, identifier,
+           idempotency_key, status, attempts, last_attempt_at, created_at, window_kind, event_date, event_name,
+           event_timestamp, updated_at)
+           VALUES ('cus_1', 'api_calls', ?, ?, 1, ?, ?, ?, 'acknowledged', 1, ?, ?, 'day', ?, 'metering_api_calls',
+           ?, ?)""",
+        [start, start + dt.timedelta(days=1), value, f"i-{day}", f"k-{day}", at, at, start.date(), start, at])
+
+
+def test_a_push_of_another_period_leaves_this_periods_summary_settled(stripe_sandbox, isolated_env):
+    """October is reconciled on Nov 2 at 12:00 while November is being pushed: every October window was
+    acknowledged on Oct 2, a November window 5 minutes ago. October's summary is read (1500 calls). Once,
+    the November push made October's rows `pending` (explained) whatever Stripe had billed."""
+    client = stripe_sandbox.client()
+    _stripe_month(client)
+    now = dt.datetime(2026, 11, 2, 12, 0, tzinfo=dt.UTC)
+    with warehouse.open_warehouse() as con:
+        _periods(con)
+        _acknowledged(con, "2026-10-01", 1000, dt.datetime(2026, 10, 2, 11, tzinfo=dt.UTC))
+        _acknowledged(con, "2026-10-02", 500, dt.datetime(2026, 10, 2, 11, tzinfo=dt.UTC))
+        _acknowledged(con, "2026-11-02", 42, now - dt.timedelta(minutes=5))
+        result = pull_stripe_state(con, client, MONTH, meters=["api_calls", "seats"],
+                                   settings=ReconcileSettings(settle_seconds=900), now=now)
+    assert result.pending == 0
+    period = {r["meter"]: r["aggregated_value"] for r in result.summaries.filter(grain="period").iter_rows(named=True)}
+    assert period == {"api_calls": D(1500), "seats": D(7)}
+
+
+def test_the_final_invoice_of_a_cancelled_subscription_closes_its_period(stripe_sandbox, isolated_env, rules_dir):
+    """cus_1 (test clock) used 1500 calls at 0.2 c on Oct 1-2, and its subscription was cancelled on Oct
+    20 with invoice_now: Stripe's final invoice bills Oct 1 .. Oct 20, 300 cents, paid. Our period runs
+    to Nov 1. The pull reads when the subscription ended, and that invoice closes the period: matched,
+    paid 300. Once, the invoice row was `pending` for ever on the test clock, its status and paid blank."""
+    from metering.reconcile.run import reconcile_period
+    from metering.rules.meters import load_meters
+
+    client = stripe_sandbox.client()
+    clock = client.v1.test_helpers.test_clocks.create({"frozen_time": _ts("2026-10-01T00:00:00")})
+    customer = client.v1.customers.create({"metadata": {"customer_id": "cus_1"}, "test_clock": clock.id})
+    meter = client.v1.billing.meters.create({
+        "display_name": "api_calls", "event_name": "metering_api_calls", "default_aggregation": {"formula": "sum"},
+        "customer_mapping": {"type": "by_id", "event_payload_key": "stripe_customer_id"},
+        "value_settings": {"event_payload_key": "value"}, "event_time_window": "day"})
+    price = client.v1.prices.create({"currency": "usd", "product": client.v1.products.create({"name": "api"}).id,
+                                     "unit_amount_decimal": "0.2",
+                                     "recurring": {"interval": "month", "usage_type": "metered", "meter": meter.id}})
+    sub = client.v1.subscriptions.create({"customer": customer.id, "items": [{"price": price.id}],
+                                          "metadata": {"customer_id": "cus_1"},
+                                          "billing_cycle_anchor": _ts("2026-11-01T00:00:00")})
+    client.v1.test_helpers.test_clocks.advance(clock.id, {"frozen_time": _ts("2026-10-06T00:00:00")})
+    for value, when in (("1000", "2026-10-01T10:00:00"), ("500", "2026-10-02T10:00:00")):
+        client.v1.billing.meter_events.create({"event_name": "metering_api_calls", "timestamp": _ts(when),
+                                               "payload": {"stripe_customer_id": customer.id, "value": value},
+                                               "identifier": when})
+    client.v1.test_helpers.test_clocks.advance(clock.id, {"frozen_time": _ts("2026-10-20T00:00:00")})
+    client.v1.subscriptions.cancel(sub.id, {"invoice_now": True})
+    client.v1.test_helpers.test_clocks.advance(clock.id, {"frozen_time": _ts("2026-10-21T00:00:00")})
+    now = dt.datetime(2026, 11, 2, 12, tzinfo=dt.UTC)
+    settings = ReconcileSettings(settle_seconds=0, pull_rate=0)
+    with warehouse.open_warehouse() as con:
+        con.execute("""INSERT INTO rated_usage (customer_id, period_start, period_end, segment_start, segment_end, plan,
+                       plan_version, rules_hash, charge_id, charge, model, meter, quantity, billable_quantity,
+                       amount_minor, currency, rounding, rated_at) VALUES ('cus_1', DATE '2026-10-01',
+                       DATE '2026-11-01', DATE '2026-10-01', DATE '2026-11-01', 'pro', '2026-01', 'h', 0, 'api calls',
+                       'per_unit', 'api_calls', 1500, 1500, 300, 'usd', 'half_up', ?)""", [now])
+        con.execute("INSERT INTO invoice_previews VALUES ('cus_1', DATE '2026-10-01', DATE '2026-11-01', 'usd', 300, "
+                    "3.00, 1, ?)", [now])
+        con.execute("INSERT INTO stripe_customer_map (customer_id, stripe_customer_id, test_clock_id, synced_at) "
+                    "VALUES ('cus_1', ?, ?, ?)", [customer.id, clock.id, now])
+        for day, value in (("2026-10-01", 1000), ("2026-10-02", 500)):
+            _acknowledged(con, day, value, dt.datetime(2026, 10, 6, tzinfo=dt.UTC))
+            start = dt.datetime.fromisoformat(day).replace(hour=10, tzinfo=dt.UTC)
+            con.execute("INSERT INTO usage_aggregates (customer_id, meter, dimensions, hour, event_date, quantity, "
+                        "event_count, last_event_time, last_event_id) VALUES ('cus_1', 'api_calls', '{}', ?, ?, ?, ?, "
+                        "?, ?)", [start, start.date(), value, value, start, day])
+        pulled = pull_stripe_state(con, client, MONTH, meters=["api_calls"], settings=settings, now=now)
+        result = reconcile_period(con, MONTH, settings=settings, meters=load_meters(rules_dir), now=now)
+    assert result.usage.select("meter", "status", "amount_diff_minor").rows() == [("api_calls", "matched", 0)]
+    inv = result.invoices.row(0, named=True)
+    assert (inv["status"], inv["amount_diff_minor"], inv["invoice_status"], inv["amount_paid"]) == (
+        "matched", 0, "paid", 300)
+    assert result.check_passed()
+    final = pulled.invoices.filter(pl.col("total") == 300).row(0, named=True)
+    assert (final["period_end"], final["subscription_ended_at"]) == (dt.datetime(2026, 10, 20, tzinfo=dt.UTC),) * 2

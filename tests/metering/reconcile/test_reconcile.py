@@ -25,15 +25,17 @@ S = ReconcileSettings()
 
 def _one(our_q=None, our_amt=None, pushed_q=None, stripe_q=None, inv_q=None, inv_amt=None, *, meter_status="settled",
          late=0, late_q="0", acked=0, acked_q="0", unacked=0, finalized=True, currency="usd", lines=1, settings_=S,
-         charges=None):
+         charges=None, not_in_stripe=None, stripe_currency=None):
     """One usage row. late / late_q: windows the push marked `late` (never sent) and what they would add to
     the pushed quantity; acked / acked_q: windows Stripe acknowledged after the invoice was finalized and
     how much of the pushed quantity that is (both as `inputs.load_pushed` reads them from the ledger);
-    charges=0: Stripe prices none of the meter's charges (no invoice line to expect)."""
+    charges=0: Stripe prices none of the meter's charges (no invoice line to expect), not_in_stripe: the
+    part of our amount on them; stripe_currency: the lines' currency when not ours."""
     ours = None if our_q is None else pl.DataFrame([dict(
         customer_id="c1", meter="api_calls", period_start=PS, period_end=PE, currency=currency, plan="pro",
-        plan_version="2026-01", our_quantity=D(our_q), our_amount_minor=our_amt, stripe_charges=charges)],
-        schema_overrides={"stripe_charges": pl.Int64})
+        plan_version="2026-01", our_quantity=D(our_q), our_amount_minor=our_amt, stripe_charges=charges,
+        not_in_stripe_minor=not_in_stripe)],
+        schema_overrides={"stripe_charges": pl.Int64, "not_in_stripe_minor": pl.Int64})
     pushed = None if pushed_q is None else pl.DataFrame([dict(
         customer_id="c1", meter="api_calls", period_start=PS, pushed_quantity=D(pushed_q),
         unacked_windows=unacked, late_windows=late, late_quantity=D(late_q),
@@ -43,7 +45,7 @@ def _one(our_q=None, our_amt=None, pushed_q=None, stripe_q=None, inv_q=None, inv
         stripe_quantity=None if stripe_q is None else D(stripe_q), meter_status=meter_status,
         pending_reason="last acknowledged push 5 s ago < settle delay 900 s" if meter_status == "pending" else None)])
     inv = None if inv_q is None else pl.DataFrame([dict(
-        customer_id="c1", meter="api_calls", period_start=PS, period_end=PE, currency=currency,
+        customer_id="c1", meter="api_calls", period_start=PS, period_end=PE, currency=stripe_currency or currency,
         invoiced_quantity=D(inv_q), stripe_amount_minor=inv_amt, line_count=lines, invoice_ids="in_1",
         finalized=finalized)])
     out = reconcile_usage(ours, pushed, meter, inv, billing_month=PS, settings=settings_, reconciled_at=NOW)
@@ -124,15 +126,17 @@ def test_an_invoice_short_of_what_stripe_held_before_finalization_is_not_late():
     result = ReconcileResult(PS, pl.DataFrame([r]), pl.DataFrame(), S)
     assert result.unexplained_minor() == {"usd": 400}      # |100 - 500|
     assert not result.check_passed()
-    # 8,000 of it acknowledged after finalization (two windows): exactly what the invoice misses
-    r = _one("20000", 500, "20000", "20000", "12000", 100, acked=2, acked_q="8000")
+    # 8,000 of it acknowledged after finalization (two windows): exactly what the invoice misses, and
+    # the 12,000 billed at our price (500 x 12000 / 20000 = 300)
+    r = _one("20000", 500, "20000", "20000", "12000", 300, acked=2, acked_q="8000")
     assert (r["status"], r["explained"]) == ("late_after_finalization", True)
     assert unexplained_by_currency(pl.DataFrame([r])) == {}
     # only 5,000 acknowledged late: the other 3,000 stay unexplained, and the row's whole 400 with them
     r = _one("20000", 500, "20000", "20000", "12000", 100, acked=1, acked_q="5000")
     assert (r["status"], r["explained"], r["amount_diff_minor"]) == ("quantity_mismatch", False, -400)
-    assert r["reason"].endswith("; late windows cover at most 5000 of the shortfall (1 late window(s): 1 acknowledged "
-                                "by Stripe after the invoice was finalized, 5000 not on it)")
+    assert r["reason"].endswith("; late windows cover at most 5000 of the shortfall, worth at most 125 at our price "
+                                "(1 late window(s): 1 acknowledged by Stripe after the invoice was finalized, 5000 not "
+                                "on it)")
     assert unexplained_by_currency(pl.DataFrame([r])) == {"usd": 400}
 
 
@@ -181,7 +185,7 @@ def test_lateness_explains_exactly_what_the_ledger_proves(acked, acked_late, nev
     r = _one(str(ours), 10 * ours, str(pushed), str(stripe), str(invoiced) if priced else None,
              10 * invoiced if priced else None, late=int(never_sent > 0), late_q=str(never_sent),
              acked=int(acked_late > 0), acked_q=str(acked_late), unacked=int(failed > 0), finalized=finalized,
-             charges=None if priced else 0)
+             charges=None if priced else 0, not_in_stripe=None if priced else 10 * ours)
     if priced:
         covered = invoiced == acked and (acked_late == 0 or finalized) and acked_late + never_sent > 0
     else:
@@ -476,3 +480,114 @@ def test_a_usage_shortfall_never_hides_a_flat_fee_overcharge():
     assert (inv["status"], inv["amount_diff_minor"]) == ("amount_mismatch", 0)
     assert inv["reason"].endswith("; 20 on no meter row (flat fees, other lines), offset by -20 on the meter rows")
     assert r.unexplained_minor() == {"usd": 40}
+
+
+def test_lateness_never_explains_a_price_difference():
+    """One window of 10 calls was marked late (never sent); we rated 1510 calls for 102 cents. The late
+    quantity is worth at most ceil(102 x 10 / 1510) = 1 cent at our price (+1 of rounding tolerance).
+    Once, any price passed as late_after_finalization, explained, as long as the quantities fitted."""
+    # Stripe billed the other 1500 calls at its own price: 250 where our rule says 100, +148 on the row
+    over = _one("1510", 102, "1500", "1500", "1500", 250, late=1, late_q="10")
+    assert (over["status"], over["explained"], over["amount_diff_minor"]) == ("not_pushed", False, 148)
+    assert over["reason"].endswith("; late windows cover at most 10 of the shortfall, worth at most 1 at our price "
+                                   "(1 late window(s))")
+    # short by more than the late calls are worth: 1510 calls at 0.2 c = 302, 10 of them 2 cents; Stripe 200
+    short = _one("1510", 302, "1500", "1500", "1500", 200, late=1, late_q="10")
+    assert (short["status"], short["explained"], short["amount_diff_minor"]) == ("not_pushed", False, -102)
+    # the late 10 calls' 2 cents (+1 of rounding) explain a shortfall of 3, not of 4
+    assert _one("1510", 302, "1500", "1500", "1500", 299, late=1, late_q="10")["status"] == "late_after_finalization"
+    assert _one("1510", 302, "1500", "1500", "1500", 298, late=1, late_q="10")["status"] == "not_pushed"
+    # the same for windows Stripe acknowledged after finalization: 8000 of 20000 calls at 500 are worth 200
+    assert _one("20000", 500, "20000", "20000", "12000", 299, acked=2, acked_q="8000")["status"] == \
+        "late_after_finalization"
+    assert _one("20000", 500, "20000", "20000", "12000", 298, acked=2, acked_q="8000")["status"] == \
+        "quantity_mismatch"
+    # at invoice level the usage row counts the 148 (nothing of it is on no meter row): counted once
+    result = _result([over], [_invoice("c1", 5002, 5150, lines=2, our_lines=2)])
+    assert (result.invoices["status"][0], result.invoices["amount_diff_minor"][0]) == ("amount_mismatch", 148)
+    assert result.unexplained_minor() == {"usd": 148} and not result.check_passed()
+
+
+def test_value_up_is_exact():
+    from metering.reconcile.reconcile import value_up
+
+    assert value_up(302, D(10), D(1510)) == 2
+    assert value_up(102, D(10), D(1510)) == 1                  # 0.675...
+    assert value_up(10**12, D("0.000000000001"), D(10**9)) == 1
+    assert value_up(300, D(20), D(10)) == 300                  # at most the whole amount
+    assert (value_up(None, D(1), D(1)), value_up(5, D(0), D(1)), value_up(5, D(1), D(0))) == (0, 0, 0)
+
+
+def test_a_currency_difference_is_never_matched():
+    """We rated 1500 calls 22500 JPY; Stripe's invoice bills them 22500 USD cents. The same number of
+    minor units in two currencies once made both rows `matched`, and the report put $225 into JPY."""
+    r = _one("1500", 22500, "1500", "1500", "1500", 22500, currency="jpy", stripe_currency="usd")
+    assert (r["status"], r["explained"], r["currency"]) == ("currency_mismatch", False, "jpy")
+    # Stripe billed nothing in yen: all of ours counts, and Stripe's dollars are in no yen column
+    assert (r["amount_diff_minor"], r["stripe_amount_minor"], r["invoiced_quantity"]) == (-22500, None, D(1500))
+    assert r["reason"].startswith("Stripe invoiced 22500 usd minor units, we rated 22500 jpy minor units: two "
+                                  "currencies are not compared")
+    ours = pl.DataFrame([dict(customer_id="c1", period_start=PS, period_end=PE, currency="jpy", our_total_minor=22500,
+                              our_lines=1)])
+    stripe = pl.DataFrame([dict(customer_id="c1", period_start=PS, period_end=PE, currency="usd",
+                                stripe_total_minor=22500, line_count=1, invoice_ids="in_1", invoice_status="paid",
+                                amount_due=22500, amount_paid=22500, amount_remaining=0)])
+    inv = reconcile_invoices(ours, stripe, billing_month=PS, settings=S, reconciled_at=NOW,
+                             usage=pl.DataFrame([r])).row(0, named=True)
+    assert (inv["status"], inv["currency"], inv["amount_diff_minor"]) == ("currency_mismatch", "jpy", -22500)
+    assert (inv["stripe_total_minor"], inv["amount_paid"], inv["amount_due"], inv["invoice_status"]) == (
+        None, None, None, "paid")
+    assert inv["reason"].startswith("Stripe billed this period in usd: 22500 minor units (invoice in_1 paid, paid "
+                                    "22500), we rated 22500 jpy minor units")
+    result = ReconcileResult(PS, pl.DataFrame([r]), pl.DataFrame([inv]), S)
+    assert result.unexplained_minor() == {"jpy": 22500} and not result.check_passed()
+    # the same currency, written in capitals by one side, is one currency
+    assert _one("1500", 300, "1500", "1500", "1500", 300, currency="usd", stripe_currency="USD")["status"] == "matched"
+
+
+def _fee_invoice(stripe_fee: int, *, adjustments: int | None = None, status: str = "paid") -> ReconcileResult:
+    """c1: api calls 100 (matched) + a flat fee 4900 of ours, tokens 50 Stripe cannot price (5050 in 3
+    lines); Stripe's lines: the calls, the fee at `stripe_fee` and three zero-amount metered lines."""
+    usage = [_one("1500", 100, "1500", "1500", "1500", 100)]
+    ours = pl.DataFrame([dict(customer_id="c1", period_start=PS, period_end=PE, currency="usd", our_total_minor=5050,
+                              not_in_stripe_minor=50, our_lines=2, our_unmetered_lines=1)])
+    total = 100 + stripe_fee
+    stripe = pl.DataFrame([dict(customer_id="c1", period_start=PS, period_end=PE, currency="usd",
+                                stripe_total_minor=total, line_count=5, rounded_lines=2, unmetered_lines=1,
+                                invoice_ids="in_0,in_1", closing_invoice_id="in_1", adjustments_minor=adjustments,
+                                invoice_status=status, amount_due=total, amount_paid=total, amount_remaining=0)])
+    invoices = reconcile_invoices(ours, stripe, billing_month=PS, settings=S, reconciled_at=NOW,
+                                  usage=pl.DataFrame(usage))
+    return ReconcileResult(PS, pl.DataFrame(usage), invoices, S)
+
+
+def test_a_fee_is_judged_by_the_tolerance_of_the_lines_on_no_meter():
+    """Only lines that carry an amount and are compared round: Stripe's 2 (its zero-amount metered
+    lines do not round), ours 2 (tokens is not compared): 2 cents for the invoice. The fee's own
+    difference is on one line each side: 1 cent. Once, Stripe's 5 lines made it 5 and a fee 4 over passed."""
+    four = _fee_invoice(4904)
+    assert four.unexplained_minor() == {"usd": 4}
+    inv = four.invoices.row(0, named=True)
+    assert (inv["status"], inv["amount_diff_minor"], inv["tolerance_minor"], inv["residual_tolerance_minor"]) == (
+        "amount_mismatch", 4, 2, 1)
+    # +2: within the invoice's 2, beyond the fee line's 1 (our not-priceable line once made it 3)
+    two = _fee_invoice(4902)
+    assert (two.invoices["status"][0], two.unexplained_minor()) == ("amount_mismatch", {"usd": 2})
+    # +1 is a fee line's rounding
+    one = _fee_invoice(4901)
+    assert (one.invoices["status"][0], one.unexplained_minor()) == ("within_tolerance", {})
+
+
+def test_an_invoice_total_below_its_lines_is_flagged():
+    """A 100% coupon on in_1: Stripe's total (after discounts) is 100 below its lines, whose amounts are
+    before discounts: Stripe collects 100 less than the lines say. Once, the row was `matched`."""
+    result = _fee_invoice(4900, adjustments=-100)
+    assert (result.invoices["status"][0], result.unexplained_minor()) == ("amount_mismatch", {"usd": 100})
+    inv = result.invoices.row(0, named=True)
+    assert (inv["amount_diff_minor"], inv["stripe_adjustments_minor"]) == (0, -100)
+    assert inv["reason"].endswith("; Stripe's invoice in_1 totals 100 less than its lines (a discount, credit or tax "
+                                  "on the invoice, on no line: Stripe collects that much less, counted)")
+    assert result.unexplained_minor() == {"usd": 100} and not result.check_passed()
+    # a draft may still change: pending, not counted
+    assert _fee_invoice(4900, adjustments=-100, status="draft").unexplained_minor() == {}
+    assert _fee_invoice(4900, adjustments=0).invoices["status"][0] == "matched"

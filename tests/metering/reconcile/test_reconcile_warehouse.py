@@ -7,7 +7,15 @@ from decimal import Decimal as D
 
 import polars as pl
 import pytest
-from recon_scenario import EXPECTED, EXPECTED_INVOICES, MONTH, PULLED, known_only_from_webhooks, write_scenario
+from recon_scenario import (
+    EXPECTED,
+    EXPECTED_INVOICES,
+    MONTH,
+    PULLED,
+    invoice_total_is_its_lines,
+    known_only_from_webhooks,
+    write_scenario,
+)
 
 from metering import warehouse
 from metering.reconcile.run import ReconcileResult, reconcile_period
@@ -129,6 +137,7 @@ def _acknowledged_at(con, customer: str, day: int, at: dt.datetime) -> None:
 def _stripe_billed(con, customer: str, quantity: int, amount: int) -> None:
     con.execute("UPDATE stripe_invoice_lines_api SET quantity_decimal = ?, amount = ? "
                 "WHERE customer_id = ? AND meter = 'api_calls'", [quantity, amount, customer])
+    invoice_total_is_its_lines(con, f"in_{customer}")
 
 
 FINALIZED = dt.datetime(2026, 11, 1, 1, tzinfo=dt.UTC)   # in_cus_a: created at 00:00, finalized after the 1 h grace
@@ -177,8 +186,9 @@ def test_late_is_only_what_the_ledger_acknowledged_after_the_invoice_was_finaliz
 
     a = partly.usage.filter(customer_id="cus_a", meter="api_calls").row(0, named=True)
     assert (a["status"], a["explained"], a["amount_diff_minor"]) == ("quantity_mismatch", False, -40)
-    assert a["reason"].endswith("late windows cover at most 500 of the shortfall (1 late window(s): 1 acknowledged "
-                                "by Stripe after the invoice was finalized, 500 not on it)")
+    assert a["reason"].endswith("late windows cover at most 500 of the shortfall, worth at most 34 at our price "
+                                "(1 late window(s): 1 acknowledged by Stripe after the invoice was finalized, 500 not "
+                                "on it)")
     assert partly.unexplained_minor() == {"usd": 125 + 40}
 
 
@@ -260,7 +270,8 @@ def test_a_failed_window_beside_a_late_one_is_not_pushed(isolated_env, rules_dir
     c = result.usage.filter(customer_id="cus_c").row(0, named=True)
     assert (c["our_quantity"], c["pushed_quantity"], c["stripe_quantity"]) == (D(1507), D(1000), D(1000))
     assert (c["status"], c["explained"], c["amount_diff_minor"]) == ("not_pushed", False, -100)
-    assert c["reason"].endswith("; late windows cover at most 7 of the shortfall (1 late window(s))")
+    assert c["reason"].endswith("; late windows cover at most 7 of the shortfall, worth at most 1 at our price "
+                                "(1 late window(s))")
     assert result.unexplained_minor() == {"usd": 125}
 
 
@@ -402,8 +413,9 @@ def test_an_explained_usage_shortfall_never_hides_a_flat_fee_overcharge(isolated
 
 
 def test_an_invoice_rows_tolerance_counts_only_lines_that_round(isolated_env, rules_dir):
-    """cus_a has 3 rated lines with an amount and Stripe 3 lines: tolerance 3 cents. Five more rated
-    lines of 0 (every charge has a line) once made it 8, and a fee 8 cents over was within tolerance."""
+    """cus_a has 2 rated lines Stripe prices with an amount (api calls, the fee; tokens is not compared)
+    and Stripe 2 lines: tolerance 2 cents. Five more rated lines of 0 (every charge has a line) once made
+    it 8, and a fee 8 cents over was within tolerance."""
     with warehouse.open_warehouse() as con:
         write_scenario(con)
         con.execute("""INSERT INTO rated_usage SELECT r.* REPLACE ('unused ' || t.i AS charge, 0 AS amount_minor)
@@ -412,5 +424,182 @@ def test_an_invoice_rows_tolerance_counts_only_lines_that_round(isolated_env, ru
         _fee_charged(con, 4908)
         result = reconcile_period(con, MONTH, settings=ReconcileSettings(), meters=load_meters(rules_dir), now=PULLED)
     a = result.invoices.filter(customer_id="cus_a").row(0, named=True)
-    assert (a["status"], a["amount_diff_minor"], a["tolerance_minor"]) == ("amount_mismatch", 8, 3)
+    assert (a["status"], a["amount_diff_minor"], a["tolerance_minor"]) == ("amount_mismatch", 8, 2)
     assert result.unexplained_minor() == {"usd": 125 + 8}
+
+
+def _reconcile(con, rules_dir, now: dt.datetime = PULLED) -> ReconcileResult:
+    return reconcile_period(con, MONTH, settings=ReconcileSettings(), meters=load_meters(rules_dir), now=now)
+
+
+def test_a_late_window_never_excuses_stripes_price(isolated_env, rules_dir):
+    """cus_a: we rated 10 more calls (1510, 102 cents) in an Oct 30 window the push marked late (its
+    invoice was finalized); Stripe's finalized invoice bills the 1500 others at its own price, 250 (ours:
+    100). Lateness explains at most 1 cent of a shortfall (10 of 1510 calls worth 102) and never Stripe
+    charging more: +148 is unexplained, counted once (the invoice's +148 is the usage row's)."""
+    with warehouse.open_warehouse() as con:
+        write_scenario(con)
+        con.execute("""INSERT INTO usage_aggregates SELECT * REPLACE (TIMESTAMPTZ '2026-10-30 10:00:00+00' AS hour,
+                       DATE '2026-10-30' AS event_date, 10 AS quantity, 10 AS event_count) FROM usage_aggregates
+                       WHERE customer_id = 'cus_a' AND meter = 'api_calls' AND event_date = DATE '2026-10-01'""")
+        con.execute("UPDATE rated_usage SET amount_minor = 102, quantity = 1510 "
+                    "WHERE customer_id = 'cus_a' AND meter = 'api_calls'")
+        con.execute("UPDATE invoice_previews SET total_minor = 5052 WHERE customer_id = 'cus_a'")
+        con.execute("""INSERT INTO stripe_push_ledger SELECT * REPLACE (TIMESTAMPTZ '2026-10-30 00:00:00+00' AS
+                       window_start, TIMESTAMPTZ '2026-10-31 00:00:00+00' AS window_end, 10 AS value,
+                       'cus_a-30' AS identifier, 'k-cus_a-30' AS idempotency_key, 'late' AS status)
+                       FROM stripe_push_ledger WHERE identifier = 'cus_a-1' AND revision = 1""")
+        con.execute("UPDATE stripe_invoices_api SET finalized_at = ? WHERE invoice_id = 'in_cus_a'", [FINALIZED])
+        _stripe_billed(con, "cus_a", 1500, 250)
+        result = _reconcile(con, rules_dir)
+    a = result.usage.filter(customer_id="cus_a", meter="api_calls").row(0, named=True)
+    assert (a["our_quantity"], a["pushed_quantity"], a["invoiced_quantity"]) == (D(1510), D(1500), D(1500))
+    assert (a["status"], a["explained"], a["amount_diff_minor"]) == ("not_pushed", False, 148)
+    a_inv = result.invoices.filter(customer_id="cus_a").row(0, named=True)
+    assert (a_inv["status"], a_inv["amount_diff_minor"]) == ("amount_mismatch", 148)
+    assert result.unexplained_minor() == {"usd": 125 + 148}
+
+
+def test_a_period_billed_in_another_currency_is_flagged_and_kept_out_of_its_totals(isolated_env, rules_dir):
+    """cus_b rated in JPY (1500 calls, 22500 yen); Stripe's invoice bills them 22500 USD cents ($225).
+    Neither row is matched; the check counts 22500 yen; the report's JPY totals hold no dollars and the
+    USD totals no yen."""
+    from metering.reports.data import load_report_data
+
+    with warehouse.open_warehouse() as con:
+        write_scenario(con)
+        con.execute("UPDATE rated_usage SET currency = 'jpy', amount_minor = 22500 WHERE customer_id = 'cus_b'")
+        con.execute("UPDATE invoice_previews SET currency = 'jpy', total_minor = 22500 WHERE customer_id = 'cus_b'")
+        con.execute("UPDATE stripe_invoices_api SET total = 22500, amount_due = 22500, amount_paid = 22500 "
+                    "WHERE invoice_id = 'in_cus_b'")
+        _stripe_billed(con, "cus_b", 1500, 22500)
+        result = _reconcile(con, rules_dir)
+        report = load_report_data(con, MONTH, settings=ReconcileSettings())
+    b = result.usage.filter(customer_id="cus_b").row(0, named=True)
+    assert (b["status"], b["currency"], b["amount_diff_minor"], b["stripe_amount_minor"]) == (
+        "currency_mismatch", "jpy", -22500, None)
+    b_inv = result.invoices.filter(customer_id="cus_b").row(0, named=True)
+    assert (b_inv["status"], b_inv["stripe_total_minor"], b_inv["amount_paid"]) == ("currency_mismatch", None, None)
+    assert result.unexplained_minor() == {"usd": 100, "jpy": 22500}
+    totals = {t.currency: t for t in report.totals}
+    assert (totals["jpy"].rated_minor, totals["jpy"].invoiced_minor, totals["jpy"].stripe_invoice_total_minor,
+            totals["jpy"].amount_paid_minor, totals["jpy"].unexplained_minor) == (22500, 0, 0, 0, 22500)
+    # usd: cus_a and cus_c only (rated 100 + 50 + 100, invoiced 100 + 0 on meter rows; their closing
+    # invoices paid 100 and 0)
+    assert (totals["usd"].rated_minor, totals["usd"].invoiced_minor, totals["usd"].amount_paid_minor) == (
+        250, 100, 100)
+    assert report.status_counts()["currency_mismatch"] == 1 and report.invoice_status_counts()["currency_mismatch"] == 1
+
+
+def _zero_lines_and_fee(con, fee: int, *, zero_lines: bool) -> None:
+    """cus_a's other charges rated 0 (storage, seats, active users: every charge has a line), Stripe's
+    period-end invoice lists them at 0 too (`zero_lines`), and Stripe charges the platform fee at `fee`."""
+    for charge, meter in (("storage", "storage_gb"), ("seats", "seats"), ("active users", "active_users")):
+        con.execute(f"""INSERT INTO rated_usage SELECT * REPLACE ('{charge}' AS charge, '{meter}' AS meter,
+                        0 AS quantity, 0 AS billable_quantity, 0 AS amount_minor)
+                        FROM rated_usage WHERE customer_id = 'cus_a' AND charge = 'api calls'""")
+        if zero_lines:
+            con.execute(f"""INSERT INTO stripe_invoice_lines_api SELECT * REPLACE ('il_{meter}' AS line_id,
+                            '{meter}' AS meter, 0 AS quantity_decimal, 0 AS amount)
+                            FROM stripe_invoice_lines_api WHERE line_id = 'il_cus_a'""")
+    _fee_charged(con, fee)
+
+
+@pytest.mark.parametrize(("fee", "zero_lines"), [(4904, True), (4902, False), (4902, True)])
+def test_a_fee_cents_over_is_not_hidden_by_lines_that_cannot_round(isolated_env, rules_dir, fee, zero_lines):
+    """cus_a's fee is the one line that differs (every metered line matches exactly). Stripe's 3 zero-
+    amount metered lines once made the invoice's tolerance 5 (a fee 4 over passed); our tokens line,
+    left out of the comparison, made it 3 (2 over passed). The fee is judged by the fee lines: 1 cent."""
+    with warehouse.open_warehouse() as con:
+        write_scenario(con)
+        _zero_lines_and_fee(con, fee, zero_lines=zero_lines)
+        result = _reconcile(con, rules_dir)
+    assert result.unexplained_minor() == {"usd": 125 + fee - 4900}
+    a_inv = result.invoices.filter(customer_id="cus_a").row(0, named=True)
+    assert (a_inv["status"], a_inv["amount_diff_minor"], a_inv["tolerance_minor"],
+            a_inv["residual_tolerance_minor"]) == ("amount_mismatch", fee - 4900, 2, 1)
+
+
+def _cancelled_on_oct_20(con, *, subscription_ended: bool) -> None:
+    """cus_a's subscription (sub_a) was cancelled on Oct 20 with invoice_now: its final invoice in_cus_a
+    bills Oct 1 .. Oct 20 (the 1500 calls, 100 cents, paid). Webhooks told us the subscription ended
+    (`subscription_ended`). Our period still ends on Nov 1."""
+    cancel = dt.datetime(2026, 10, 20, tzinfo=dt.UTC)
+    con.execute("UPDATE stripe_invoices_api SET period_end = ?, created = ?, finalized_at = ?, "
+                "subscription_id = 'sub_a' WHERE invoice_id = 'in_cus_a'", [cancel, cancel, cancel])
+    con.execute("UPDATE stripe_invoice_lines_api SET period_end = ? WHERE invoice_id = 'in_cus_a'",
+                [cancel - dt.timedelta(seconds=1)])
+    if subscription_ended:
+        con.execute("INSERT INTO stripe_subscriptions (subscription_id, customer_id, status, canceled_at, ended_at) "
+                    "VALUES ('sub_a', 'cus_a', 'canceled', ?, ?)", [cancel, cancel])
+
+
+@pytest.mark.parametrize("clock", [False, True])
+def test_the_final_invoice_of_a_cancelled_subscription_closes_the_period(isolated_env, rules_dir, clock):
+    """Stripe invoiced and was paid every cent of cus_a's period on the final invoice, which ends when
+    the subscription ended (Oct 20), not at the period's end (Nov 1). Once, no invoice 'closed' the
+    period: not_invoiced by the wall clock (status and paid blanked: the report's paid lost 100) and
+    pending for ever on a test clock."""
+    from metering.reports.data import load_report_data
+
+    with warehouse.open_warehouse() as con:
+        write_scenario(con)
+        _cancelled_on_oct_20(con, subscription_ended=True)
+        if clock:
+            con.execute("INSERT INTO stripe_customer_map (customer_id, stripe_customer_id, test_clock_id, synced_at) "
+                        "VALUES ('cus_a', 'cus_stripe_a', 'clock_1', ?)", [PULLED])
+        result = _reconcile(con, rules_dir, now=LONG_AFTER if clock else PULLED)
+        paid = {t.currency: t.amount_paid_minor for t in load_report_data(con, MONTH).totals}
+    a_inv = result.invoices.filter(customer_id="cus_a").row(0, named=True)
+    assert (a_inv["status"], a_inv["amount_diff_minor"], a_inv["invoice_status"], a_inv["amount_paid"]) == (
+        "matched", 0, "paid", 100)
+    assert result.usage.filter(customer_id="cus_a", meter="api_calls")["status"].to_list() == ["matched"]
+    assert paid == {"usd": 100 + 125 + 0}     # cus_a's final invoice, cus_b's, cus_c's
+    assert result.unexplained_minor() == {"usd": 125}
+
+
+def test_an_invoice_ending_mid_period_of_a_running_subscription_closes_nothing(isolated_env, rules_dir):
+    """The same invoice while the subscription still runs (no end known): Stripe still owes the
+    period's invoice; after the grace it is not_invoiced, as before."""
+    with warehouse.open_warehouse() as con:
+        write_scenario(con)
+        _cancelled_on_oct_20(con, subscription_ended=False)
+        result = _reconcile(con, rules_dir)
+    assert result.invoices.filter(customer_id="cus_a")["status"].to_list() == ["not_invoiced"]
+
+
+@pytest.mark.parametrize("total, before_tax, counted", [
+    (110, 100, 0),    # a 10% tax: Stripe's to compute, the engine rates none; no difference to explain
+    (99, 90, -10),    # a 10 discount under the same tax: 10 less than its lines, counted
+    (90, None, -10),  # no total_excluding_tax (an older pull): the total is what is compared
+])
+def test_an_invoices_tax_is_no_difference_but_its_discount_is(isolated_env, rules_dir, total, before_tax, counted):
+    """`total` includes tax; `total_excluding_tax` is after discounts and before tax, like nothing the
+    lines hold but the discount. Comparing the total made every taxed invoice an amount_mismatch."""
+    with warehouse.open_warehouse() as con:
+        write_scenario(con)
+        con.execute("UPDATE stripe_invoices_api SET total = ?, total_excluding_tax = ? WHERE invoice_id = 'in_cus_a'",
+                    [total, before_tax])
+        result = _reconcile(con, rules_dir)
+    a_inv = result.invoices.filter(customer_id="cus_a").row(0, named=True)
+    assert a_inv["stripe_adjustments_minor"] == counted
+    assert result.unexplained_minor() == {"usd": 125 + abs(counted)}
+
+
+def test_a_coupon_that_zeroes_the_invoice_is_counted(isolated_env, rules_dir):
+    """A 100% coupon on in_cus_a: its total and amount due are 0, its line still says 100 (line amounts
+    are before discounts). Stripe collects 100 less than we rated: amount_mismatch, 100 counted."""
+    with warehouse.open_warehouse() as con:
+        write_scenario(con)
+        con.execute("UPDATE stripe_invoices_api SET total = 0, amount_due = 0, amount_paid = 0, amount_remaining = 0 "
+                    "WHERE invoice_id = 'in_cus_a'")
+        result = _reconcile(con, rules_dir)
+        assert result.unexplained_minor() == {"usd": 125 + 100}
+        stored = con.execute("SELECT stripe_adjustments_minor FROM invoice_reconciliation "
+                             "WHERE customer_id = 'cus_a'").fetchall()
+    a_inv = result.invoices.filter(customer_id="cus_a").row(0, named=True)
+    assert (a_inv["status"], a_inv["amount_diff_minor"], a_inv["stripe_adjustments_minor"]) == (
+        "amount_mismatch", 0, -100)
+    assert "Stripe's invoice in_cus_a totals 100 less than its lines" in a_inv["reason"]
+    assert stored == [(-100,)]
+    assert result.unexplained_minor() == {"usd": 125 + 100}
