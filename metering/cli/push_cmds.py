@@ -104,9 +104,11 @@ def push(day: dt.date | None, date_from: dt.date | None, date_to: dt.date | None
         report = push_usage(con, client, meters, date_from, date_to, config)  # type: ignore[arg-type]
     click.echo(report.summary())
     if report.needs_operator:
+        held = (f"; {report.moved} held because a previous Stripe customer still holds their usage (the "
+                f"warnings above name both customers)") if report.moved else ""
         raise ExternalServiceError(
             f"{report.failed} failed and {report.unknown} unknown windows need a look "
-            "(SELECT * FROM stripe_push_ledger WHERE status IN ('failed', 'unknown', 'sent'))")
+            f"(SELECT * FROM stripe_push_ledger WHERE status IN ('failed', 'unknown', 'sent')){held}")
 
 
 @stripe.command("invoice-items")

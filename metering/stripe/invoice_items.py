@@ -20,15 +20,17 @@ rating), each such charge is billed as invoice items whose amounts sum to its ra
   holds, and its charge is planned again (a ledger restored from a snapshot does not know the items
   billed after it: this finds them instead of billing them twice). A `sent` / `unknown` row not found
   is sent again under its own Idempotency-Key while that key is young (Stripe replays a request it
-  applied), else it is `failed` and planned again.
+  applied), else it is `failed` and planned again. An item Stripe holds pending is looked up again
+  each run: on an invoice, that is recorded; pending for a subscription that has ended, the row is
+  `blocked` for an operator (never sent again while Stripe holds it); deleted at Stripe, `failed`.
 - **Send.** A row is marked `sent` with its Idempotency-Key and committed before its call. It goes
   onto the period's invoice while Stripe keeps it a draft (the hour after the period ends), else it
   stays pending at Stripe, which puts it on the subscription's next invoice; with no live
   subscription no invoice would, so the row is `blocked` for an operator instead (no call), and
   re-examined each run against the customer's subscription as mapped then. An invoice finalized
   between the look-up and the call refuses the item (400 `invoice_not_editable`, nothing stored): the
-  row is `failed` and re-planned, pending, in the same run. A 400 `idempotency_error` (the key was
-  used with other parameters, so something was applied under it) is `unknown`, for the look-up.
+  row is `failed` and re-planned, pending, in the same run. A 400 of type `idempotency_error` (the key
+  was used with other parameters, so something was applied under it) is `unknown`, for the look-up.
 
 Every row is in `stripe_invoice_items`; reconciliation compares the items on Stripe's invoices with
 the rated amounts (`metering.reconcile`).
@@ -40,7 +42,7 @@ import datetime as dt
 import hashlib
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -58,6 +60,9 @@ log = logging.getLogger(__name__)
 PERIOD_KEY = ["customer_id", "period_start"]
 CHARGE_KEY = [*PERIOD_KEY, "plan", "plan_version", "charge"]
 IN_FLIGHT = ("pending", "sent", "unknown", "blocked")
+# Stripe took the row's item and keeps it pending (acknowledged, or blocked for an operator)
+HELD_PENDING = (pl.col("status").is_in(["acknowledged", "blocked"]) & pl.col("stripe_invoice_item_id").is_not_null()
+                & pl.col("stripe_invoice_id").is_null())
 KEY_MAX_AGE = dt.timedelta(hours=20)  # under Stripe's 24 h idempotency-key retention
 MAX_ROUNDS = 5                        # plan -> look up -> send, again for the charges a round changed
 DEAD_SUBSCRIPTIONS = ("canceled", "incomplete_expired")
@@ -280,10 +285,11 @@ class InvoiceItemBiller:
         """Rows not yet acknowledged, looked up among their customer's invoice items at Stripe by
         `metadata[metering_item]` before any call. Found: `acknowledged`, with the amount Stripe holds.
         A `sent` / `unknown` row not found is sent again under its own key while the key is young
-        (Stripe replays a request it applied), else it is `failed` and planned again. Returns the
-        charges of the rows found, to plan again."""
-        rows = _ledger(self.con, billing_month).filter(pl.col("status").is_in(IN_FLIGHT))
-        found = []
+        (Stripe replays a request it applied), else it is `failed` and planned again. Items Stripe
+        holds pending are examined again (`_recheck_held`). Returns the charges to plan again."""
+        rows = _ledger(self.con, billing_month).filter(pl.col("status").is_in(IN_FLIGHT) | HELD_PENDING)
+        held = set(rows.filter(HELD_PENDING)["item_key"].to_list())
+        found, waiting = [], []
         now = self._now()
         for customer in rows["stripe_customer_id"].unique().sort().to_list():
             at_stripe = {
@@ -292,7 +298,9 @@ class InvoiceItemBiller:
             }
             for row in rows.filter(pl.col("stripe_customer_id") == customer).iter_rows(named=True):
                 item = at_stripe.get(row["item_key"])
-                if item is not None:
+                if row["item_key"] in held:
+                    self._recheck_held(row, item, now, found, waiting)
+                elif item is not None:
                     differs = int(item.amount) != row["amount_minor"]
                     self._update(row, "acknowledged", now, resolved_by="listing", stripe_invoice_item_id=item.id,
                                  stripe_invoice_id=_invoice_id(item), amount_minor=int(item.amount),
@@ -300,6 +308,9 @@ class InvoiceItemBiller:
                                              if differs else row["last_error"]))
                     report.settled_by_listing += 1
                     found.append({k: row[k] for k in CHARGE_KEY})
+                    if _invoice_id(item) is None:
+                        waiting.append(({**row, "status": "acknowledged", "stripe_invoice_item_id": item.id,
+                                         "amount_minor": int(item.amount)}, item))
                 elif row["status"] in ("pending", "blocked"):
                     continue
                 elif row["first_attempt_at"] is not None and now - row["first_attempt_at"] < KEY_MAX_AGE:
@@ -307,13 +318,49 @@ class InvoiceItemBiller:
                 else:
                     self._update(row, "failed", now, resolved_by="listing",
                                  last_error="not among the customer's invoice items at Stripe after its key expired")
+        self._block_stranded(waiting, now)
         return pl.DataFrame(found, schema=rows.select(CHARGE_KEY).schema)
+
+    def _recheck_held(self, row: dict[str, Any], item: Any, now: dt.datetime, found: list[dict[str, Any]],
+                      waiting: list[tuple[dict[str, Any], Any]]) -> None:
+        """An item Stripe took pending (for the subscription's next invoice), examined again each run:
+        on an invoice now, that invoice is recorded; gone from Stripe (deleted there), nothing bills
+        it, so the row is `failed` and its charge planned again; still pending, it waits for
+        `_block_stranded`. It is never sent a second time while Stripe holds it."""
+        if item is None:
+            self._update(row, "failed", now, resolved_by="listing", last_error=(
+                f"Stripe no longer holds item {row['stripe_invoice_item_id']} (deleted there before any invoice "
+                f"carried it): its charge is billed again"))
+            found.append({k: row[k] for k in CHARGE_KEY})
+        elif _invoice_id(item) is not None:
+            self._update(row, "acknowledged", now, stripe_invoice_id=_invoice_id(item),
+                         last_error=row["last_error"] if row["status"] == "acknowledged" else None)
+        else:
+            waiting.append((row, item))
+
+    def _block_stranded(self, waiting: list[tuple[dict[str, Any], Any]], now: dt.datetime) -> None:
+        """Rows whose item Stripe holds pending for a subscription that has ended: no scheduled invoice
+        will carry it, so the row is `blocked` for an operator (the item stays: Stripe still charges a
+        pending item on an invoice created for the customer). An item with no subscription (one made
+        by hand) waits for the customer's next invoice, whatever makes it, and is left to whoever made it."""
+        tied = [(row, sub) for row, item in waiting if (sub := _item_subscription(item)) is not None]
+        live = self._live_subscriptions(sub for _, sub in tied)
+        for row, sub in tied:
+            if sub not in live and row["status"] != "blocked":   # an ended subscription stays ended
+                self._update(row, "blocked", now, last_error=(
+                    f"Stripe holds invoice item {row['stripe_invoice_item_id']} ({row['amount_minor']} "
+                    f"{row['currency']} minor units) pending for subscription {sub}, which has ended: no scheduled "
+                    f"invoice will carry it, and it is on no invoice. It is not billed again while Stripe holds it. "
+                    f"Either create an invoice for customer {row['stripe_customer_id']} that includes its pending "
+                    f"items (Stripe charges the item there; the next run records the invoice), or delete the item "
+                    f"at Stripe (the next run bills the charge again: to a live subscription, else blocked)"))
 
     # -- send ------------------------------------------------------------------------------------
     def _send(self, billing_month: dt.date, report: InvoiceItemsReport) -> pl.DataFrame:
         """Send the pending rows; returns the charges whose item Stripe took, or an invoice refused
         (Stripe stored nothing: `invoice_not_editable`, the invoice is no longer a draft)."""
-        pending = _ledger(self.con, billing_month).filter(pl.col("status").is_in(["pending", "blocked"]))
+        pending = _ledger(self.con, billing_month).filter(pl.col("status").is_in(["pending", "blocked"])
+                                                          & pl.col("stripe_invoice_item_id").is_null())
         if pending.is_empty():
             return pending.select(CHARGE_KEY)
         # a blocked row goes to the customer's subscription as mapped now
@@ -324,7 +371,7 @@ class InvoiceItemBiller:
                    .drop("current_subscription"))
         again = []
         drafts = self._draft_invoices(pending)
-        live = self._live_subscriptions(pending)
+        live = self._live_subscriptions(pending["subscription_id"])
         for row in pending.sort(CHARGE_KEY + ["revision"]).iter_rows(named=True):
             now = self._now()
             if row["idempotency_key"] is None:  # first call: choose the destination, fixed with the key
@@ -366,10 +413,10 @@ class InvoiceItemBiller:
                     out[(customer, start.date(), end.date())] = invoice.id
         return out
 
-    def _live_subscriptions(self, pending: pl.DataFrame) -> set[str]:
-        """The pending rows' subscriptions that have not ended (a deleted one has)."""
+    def _live_subscriptions(self, subscriptions: Iterable[str | None]) -> set[str]:
+        """The subscriptions that have not ended (a deleted one has)."""
         live = set()
-        for sub in pending["subscription_id"].drop_nulls().unique().sort().to_list():
+        for sub in sorted({s for s in subscriptions if s is not None}):
             try:
                 status = self.client.v1.subscriptions.retrieve(sub).status
             except stripe.InvalidRequestError as exc:
@@ -406,7 +453,7 @@ class InvoiceItemBiller:
                 sent.item = self.client.v1.invoice_items.create(
                     params, {"idempotency_key": row["idempotency_key"], "max_network_retries": 0})
             except stripe.StripeError as exc:
-                sent.error_code = exc.code
+                sent.error_code, sent.error_type = exc.code, getattr(exc.error, "type", None)
                 raise
             return sent.item
 
@@ -419,7 +466,8 @@ class InvoiceItemBiller:
         extra: dict[str, Any] = {"attempts": (row["attempts"] or 0) + outcome.attempts, "last_error": outcome.error,
                                  "last_http_status": outcome.http_status, "stripe_request_id": outcome.request_id}
         status = outcome.status
-        if status == "failed" and sent.error_code == "idempotency_error":
+        # Stripe's error `type` says idempotency_error; its `code` is None for a key reused with other parameters
+        if status == "failed" and sent.error_type == "idempotency_error":
             # the key was used with other parameters: something was applied under it; look it up
             status = "unknown"
         if status == "acknowledged":
@@ -442,11 +490,19 @@ class InvoiceItemBiller:
 
 @dataclass
 class _Sent:
-    """One create call: its outcome, the item Stripe returned, and the last error's code."""
+    """One create call: its outcome, the item Stripe returned, and the last error's code and type."""
 
     outcome: CallOutcome = field(default_factory=lambda: CallOutcome("unknown", 0))
     item: Any = None
     error_code: str | None = None
+    error_type: str | None = None
+
+
+def _item_subscription(item: Any) -> str | None:
+    """The subscription whose invoices alone take a pending item (None: the customer's next invoice)."""
+    parent = getattr(item, "parent", None)
+    details = getattr(parent, "subscription_details", None) if parent else None
+    return getattr(details, "subscription", None) if details else None
 
 
 def _invoice_id(item: Any) -> str | None:

@@ -185,6 +185,29 @@ def _update_where_windows(con: duckdb.DuckDBPyConnection, windows: pl.DataFrame,
         con.unregister("_windows")
 
 
+def held_elsewhere(con: duckdb.DuckDBPyConnection, desired: pl.DataFrame) -> pl.DataFrame:
+    """Windows of `desired` (WINDOW_KEY + `stripe_customer_id`, the destination now) that another Stripe
+    customer may hold a non-zero value for: its newest revision there that may have reached Stripe
+    (attempted, not refused). One row per window x such customer (`held_by`, `held_value`)."""
+    con.register("_dest", desired.select(*WINDOW_KEY, "stripe_customer_id").to_arrow())
+    try:
+        return warehouse.query_frame(
+            con,
+            f"""
+            SELECT * FROM (
+                SELECT {_WINDOW_COLS}, l.window_end, l.stripe_customer_id AS held_by, l.value AS held_value
+                FROM stripe_push_ledger l JOIN _dest d USING ({_WINDOW_COLS})
+                WHERE l.first_attempt_at IS NOT NULL AND l.status <> 'failed'
+                  AND l.stripe_customer_id IS DISTINCT FROM d.stripe_customer_id
+                QUALIFY row_number() OVER (PARTITION BY {_WINDOW_COLS}, l.stripe_customer_id ORDER BY l.revision DESC) = 1
+            ) WHERE held_value <> 0
+            ORDER BY {_WINDOW_COLS}, held_by
+            """,
+        )
+    finally:
+        con.unregister("_dest")
+
+
 def open_rows(con: duckdb.DuckDBPyConnection, date_from: date, date_to: date, window_kind: str) -> pl.DataFrame:
     """Latest revisions still to be sent or confirmed (pending / sent / unknown), in the date range."""
     return latest_revisions(

@@ -6,7 +6,8 @@ A push of [date_from, date_to]:
    `usage_aggregates` (`windows.desired_values`), decide which windows are not pushable
    (`late`: older than Stripe's 35 days, with a margin, or the customer's invoice for that time is
    already finalized), and write new ledger revisions where a window's value or destination changed
-   (`ledger.plan_revisions`).
+   (`ledger.plan_revisions`). A window whose destination changed while the previous Stripe customer
+   still holds a non-zero value for it (by Stripe's summary) is held for an operator (`moved`).
 2. **Resolve stale attempts**: an open revision (pending / sent / unknown) first tried more than
    `key_max_age` (20 h, under Stripe's 24 h key retention) ago is not resent under its key. Stripe's
    meter event summary for the window is read: if it already holds the value, the row is
@@ -102,6 +103,7 @@ class PushReport:
     late: int = 0
     unmapped: int = 0
     not_yet_due: int = 0
+    moved: int = 0              # windows held: a previous Stripe customer of ours still holds their usage
     summary_checks: int = 0
     raw_events: int = 0
     seconds: float = 0.0
@@ -116,7 +118,7 @@ class PushReport:
                   reports[0].window_kind)
         # the state counts (failed, unknown, pending, late) are per run's own days, which do not overlap
         for name in ("windows_considered", "new_revisions", "calls", "retries", "rate_limited", "acknowledged",
-                     "failed", "unknown", "pending", "late", "unmapped", "not_yet_due", "summary_checks",
+                     "failed", "unknown", "pending", "late", "unmapped", "not_yet_due", "moved", "summary_checks",
                      "raw_events", "seconds"):
             setattr(out, name, sum(getattr(r, name) for r in reports))
         out.errors = [e for r in reports for e in r.errors]
@@ -128,8 +130,8 @@ class PushReport:
 
     @property
     def needs_operator(self) -> int:
-        """Windows left unknown/failed after this run: a person should look (or re-run later)."""
-        return self.unknown + self.failed
+        """Windows left unknown/failed/moved after this run: a person should look (or re-run later)."""
+        return self.unknown + self.failed + self.moved
 
     def as_dict(self) -> dict[str, Any]:
         out = asdict(self)
@@ -144,7 +146,8 @@ class PushReport:
             f"{self.calls} calls ({self.retries} retries, {self.rate_limited} rate-limited), "
             f"{self.acknowledged} acknowledged, {self.failed} failed, {self.unknown} unknown, "
             f"{self.pending} pending, {self.late} late, {self.unmapped} unmapped, "
-            f"{self.not_yet_due} not yet due, {self.summary_checks} summary checks, "
+            f"{self.not_yet_due} not yet due, {self.moved} held at a previous Stripe customer, "
+            f"{self.summary_checks} summary checks, "
             f"{self.raw_events_per_call} raw events per call, {self.seconds:.1f}s"
         )
 
@@ -195,6 +198,7 @@ class Pusher:
         desired, report.unmapped = self._attach_destinations(desired, customers)
         stripe_now = self._stripe_now(customers)
         desired, report.not_yet_due = self._guard(desired, customers, stripe_now)
+        desired = self._hold_moved(desired, report)
         planned = ledger.plan_revisions(self.con, desired, self._now(), retry_failed=self.config.retry_failed)
         report.new_revisions = planned["new_revisions"]
 
@@ -363,6 +367,53 @@ class Pusher:
     def _formula(self, meter: str) -> str:
         return windows.stripe_formula(self.meters[meter])
 
+    def _summary_values(self, meter_id: str, stripe_customer_id: str, window: dict[str, Any]) -> list[int | float]:
+        """Stripe's meter event summary values for one customer x window (none: no event in it)."""
+        self.limiter.acquire()
+        summaries = self.client.v1.billing.meters.event_summaries.list(
+            meter_id,
+            {
+                "customer": stripe_customer_id,
+                "start_time": int(_utc(window["window_start"]).timestamp()),
+                "end_time": int(_utc(window["window_end"]).timestamp()),
+                "value_grouping_window": window["window_kind"],
+            },
+        )
+        return [s.aggregated_value for s in summaries.data]
+
+    def _hold_moved(self, desired: pl.DataFrame, report: PushReport) -> pl.DataFrame:
+        """Drop the windows whose Stripe customer changed (a later sync mapped ours to another one)
+        while a previous Stripe customer still holds a non-zero value for them, by Stripe's summary.
+        Sending them would bill the usage to both. They wait for an operator (`moved`): mapping the
+        customer back, or zeroing the window at the previous customer, releases them."""
+        candidates = ledger.held_elsewhere(self.con, desired) if not desired.is_empty() else pl.DataFrame()
+        if candidates.is_empty():
+            return desired
+        meter_ids = self._meter_ids()
+        held = []
+        for row in candidates.join(desired.select(*ledger.WINDOW_KEY, "stripe_customer_id"),
+                                   on=ledger.WINDOW_KEY).iter_rows(named=True):
+            meter_id = meter_ids.get(row["meter"])
+            if meter_id is not None:
+                report.calls += 1
+                report.summary_checks += 1
+                if summary_holds(self._summary_values(meter_id, row["held_by"], row), Decimal(0)):
+                    continue
+            held.append(row)
+            message = (f"{row['customer_id']} {row['meter']} window {row['window_start']:%Y-%m-%d %H:%M}: Stripe "
+                       f"customer {row['held_by']} holds {format_value(row['held_value'])} for it, and "
+                       f"{row['customer_id']} is now mapped to Stripe customer {row['stripe_customer_id']}: not "
+                       f"pushed there, or both would bill "
+                       f"it. Fix the map (metadata[customer_id] on the Stripe customers, then sync), or send "
+                       f"{row['held_by']} a meter event of 0 for the window, then push again")
+            report.errors.append(message)
+            log.warning(message)
+        if not held:
+            return desired
+        windows_held = pl.DataFrame(held).select(ledger.WINDOW_KEY).unique()
+        report.moved = windows_held.height
+        return desired.join(windows_held, on=ledger.WINDOW_KEY, how="anti")
+
     def _resolve_stale(self, stale: pl.DataFrame, report: PushReport, then: str) -> int:
         """Settle `stale` rows by Stripe's summary: acknowledged if it holds the value, else superseded
         (the caller plans what follows: `then`, for the ledger's message)."""
@@ -372,25 +423,15 @@ class Pusher:
             meter_id = meter_ids.get(row["meter"])
             if meter_id is None:
                 continue
-            self.limiter.acquire()
-            summaries = self.client.v1.billing.meters.event_summaries.list(
-                meter_id,
-                {
-                    "customer": row["stripe_customer_id"],
-                    "start_time": int(_utc(row["window_start"]).timestamp()),
-                    "end_time": int(_utc(row["window_end"]).timestamp()),
-                    "value_grouping_window": row["window_kind"],
-                },
-            )
+            values = self._summary_values(meter_id, row["stripe_customer_id"], row)
             report.calls += 1
-            held = sum((Decimal(str(s.aggregated_value)) for s in summaries.data), Decimal(0))
             # On a `last` meter a window with no event is not a window holding 0: Stripe bills the
             # period's newest event, which is then an older window's. Only an event settles it.
-            no_event_on_last = not summaries.data and self._formula(row["meter"]) == "last"
-            if held == row["value"] and not no_event_on_last:
+            no_event_on_last = not values and self._formula(row["meter"]) == "last"
+            if summary_holds(values, row["value"]) and not no_event_on_last:
                 outcomes.append(_outcome(row["identifier"], "acknowledged", 0, None, None, None, "summary"))
             else:
-                holds = "no event" if no_event_on_last else str(held)
+                holds = "no event" if no_event_on_last else " + ".join(map(str, values)) or "0"
                 outcomes.append(_outcome(
                     row["identifier"], "superseded", 0,
                     f"Stripe's summary holds {holds}, ours {row['value']}: {then}", None, None, "summary"))
@@ -482,11 +523,20 @@ class Pusher:
             "run_id": d["run_id"], "started_at": self._now(), "finished_at": self._now(),
             "date_from": report.date_from, "date_to": report.date_to, "window_kind": report.window_kind,
             **{k: d[k] for k in ("windows_considered", "new_revisions", "calls", "retries", "rate_limited",
-                                 "acknowledged", "failed", "unknown", "pending", "late", "unmapped",
+                                 "acknowledged", "failed", "unknown", "pending", "late", "unmapped", "moved",
                                  "summary_checks", "raw_events", "seconds")},
         }])
         with warehouse.transaction(self.con):
             warehouse.insert_frame(self.con, "stripe_push_runs", frame)
+
+
+def summary_holds(aggregated_values: list[int | float], ours: Decimal) -> bool:
+    """Whether Stripe's meter event summaries for a window hold our exact value.
+
+    `aggregated_value` is a JSON number (a double), so a value with more than about 15 significant
+    digits reaches us rounded: compared exactly with the DECIMAL(38, 12) that Stripe bills, it never
+    matched. They are compared at the precision a double carries."""
+    return float(sum((Decimal(str(v)) for v in aggregated_values), Decimal(0))) == float(ours)
 
 
 def _duplicate_identifier(error: str | None) -> bool:

@@ -29,6 +29,7 @@ from .store import State, new_id
 
 FAILING_PAYMENT_METHODS = {"pm_card_chargeCustomerFail", "pm_card_chargeDeclined", "pm_card_visa_chargeDeclined"}
 PAYMENT_BEHAVIORS = ("succeeds", "fails", "fails_then_succeeds")
+ENDED_SUBSCRIPTIONS = ("canceled", "incomplete_expired")
 
 
 def _deleted(ident: str, kind: str) -> dict[str, Any]:
@@ -105,9 +106,19 @@ def update_customer(state: State, req: Request, customer: str) -> dict[str, Any]
     return public(state, obj, req.params)
 
 
+def _cancel_subscriptions(state: State, customer: str, request: dict[str, Any] | None) -> None:
+    """Stripe: deleting a customer "also immediately cancels any active subscriptions on the customer",
+    as DELETE /v1/subscriptions/{id} does (no final invoice), each with its customer.subscription.deleted."""
+    now = state.customer_now(customer)
+    for sub in state.all("subscription"):
+        if sub["customer"] == customer and sub["status"] not in ENDED_SUBSCRIPTIONS:
+            billing.cancel(state, sub, now, request)
+
+
 @route("DELETE", "/v1/customers/{customer}")
 def delete_customer(state: State, req: Request, customer: str) -> dict[str, Any]:
     obj = fetch(state, "customer", customer, "customer")
+    _cancel_subscriptions(state, customer, req.event_request())
     del state.objects["customer"][customer]
     state.deleted_customers.append(customer)
     state.dirty = True

@@ -263,6 +263,24 @@ def test_cancel_at_period_end_bills_the_last_period_then_cancels(sb, client):
     assert len([i for i in client.v1.invoices.list({"customer": customer.id}).data if i.billing_reason == "subscription_cycle"]) == 1
 
 
+def test_deleting_a_customer_cancels_its_subscriptions_at_once(sb, client):
+    """Stripe's DELETE /v1/customers/{id} "also immediately cancels any active subscriptions on the
+    customer": canceled then, with customer.subscription.deleted, and no later invoice drafted."""
+    clock, meter, _, customer, sub = _setup(client)
+    oct20 = ts("2026-10-20T00:00:00")
+    client.v1.test_helpers.test_clocks.advance(clock.id, {"frozen_time": oct20})
+    _usage(client, meter, customer, 3, OCT + 3600)
+    client.v1.customers.delete(customer.id)
+    ended = client.v1.subscriptions.retrieve(sub.id)
+    assert (ended.status, ended.canceled_at, ended.ended_at) == ("canceled", oct20, oct20)
+    events = client.v1.events.list({"limit": 2}).data
+    assert [(e.type, e.data.object.id) for e in events] == [
+        ("customer.deleted", customer.id), ("customer.subscription.deleted", sub.id)]
+    assert events[1].data.object.status == "canceled"
+    client.v1.test_helpers.test_clocks.advance(clock.id, {"frozen_time": NOV + 3600})
+    assert [i.billing_reason for i in client.v1.invoices.list({"limit": 100}).data] == ["subscription_create"]
+
+
 def test_cancel_with_invoice_now_bills_usage_so_far(sb, client):
     clock, meter, _, customer, sub = _setup(client)
     client.v1.test_helpers.test_clocks.advance(clock.id, {"frozen_time": ts("2026-10-20T00:00:00")})

@@ -52,7 +52,7 @@ def stripe_catalog(context: dg.AssetExecutionContext, warehouse: WarehouseResour
     backfill_policy=dg.BackfillPolicy.single_run(),
     deps=[dg.AssetKey("usage_aggregates"), stripe_catalog],
     check_specs=[dg.AssetCheckSpec("push_settled", asset="stripe_usage_pushes",
-                                   description="No window of the day is left pending, sent, unknown or failed.")],
+                                   description="No window of the day is left pending, sent, unknown, failed or held (moved).")],
 )
 def stripe_usage_pushes(context: dg.AssetExecutionContext, warehouse: WarehouseResource, paths: ProjectPaths,
                         stripe: StripeResource):
@@ -82,13 +82,15 @@ def stripe_usage_pushes(context: dg.AssetExecutionContext, warehouse: WarehouseR
         "windows": report.windows_considered, "new_revisions": report.new_revisions, "calls": report.calls,
         "retries": report.retries, "rate_limited": report.rate_limited, "acknowledged": report.acknowledged,
         "failed": report.failed, "unknown": report.unknown, "late": report.late, "unmapped": report.unmapped,
-        "not_yet_due": report.not_yet_due, "raw_events_per_call": float(report.raw_events_per_call),
+        "not_yet_due": report.not_yet_due, "moved": report.moved,
+        "raw_events_per_call": float(report.raw_events_per_call),
         "seconds": round(report.seconds, 3),
     })
     yield dg.AssetCheckResult(
-        check_name="push_settled", passed=open_left == 0 and counts["failed"] == 0,
+        check_name="push_settled", passed=open_left == 0 and counts["failed"] == 0 and report.moved == 0,
         severity=dg.AssetCheckSeverity.WARN,
-        metadata={**{k: v for k, v in counts.items()}, "hint": "re-run the partition; failed rows: --retry-failed"},
+        metadata={**{k: v for k, v in counts.items()}, "moved": report.moved,
+                  "hint": "re-run the partition; failed rows: --retry-failed; moved: see the run's warnings"},
     )
 
 

@@ -481,3 +481,87 @@ def test_a_customer_whose_subscription_ended_gets_a_new_one_from_the_sync(tmp_pa
         [row] = catalog.customer_map(con).rows(named=True)
         assert row["subscription_id"] not in (None, sub)
         assert client.v1.subscriptions.retrieve(row["subscription_id"]).status != "canceled"
+
+
+def _pending_true_up(sb: Any, con: Any, client: Any, clock: Any) -> None:
+    """September's invoice is final, then September closes with a 40.00 true-up: billed pending, for
+    the subscription's next invoice."""
+    sb.advance_clock(clock.id, int((OCT1 + dt.timedelta(hours=2)).timestamp()))
+    rate(con, {"minimum spend": 4000}, rated_at=OCT1 + dt.timedelta(hours=1))
+    run = biller(con, client, now=OCT1 + dt.timedelta(days=1)).run(SEPTEMBER)
+    assert (run.pending_next, run.needs_operator) == (1, 0)
+
+
+def test_an_item_pending_for_a_subscription_that_ends_is_blocked_never_sent_twice(
+        tmp_path: Path, rules_dir: Path) -> None:
+    """Fourth audit: an item acknowledged pending was never looked at again. The customer canceled in
+    October, so no invoice carried September's 40.00 true-up, yet every run was clean and the ledger
+    said acknowledged. It is blocked for an operator, the item left at Stripe and nothing sent again;
+    deleted there by the operator, the charge is billed again (blocked: no live subscription)."""
+    with customer_on_clock(tmp_path, rules_dir, CSV, start=SEP1) as (sb, con, client, clock, rules, report):
+        cus, sub = report.customers[0]["stripe_customer_id"], report.customers[0]["subscription_id"]
+        _pending_true_up(sb, con, client, clock)
+        [item] = client.v1.invoice_items.list({"customer": cus}).data
+        client.v1.subscriptions.cancel(sub)
+        sb.advance_clock(clock.id, int((NOV1 + dt.timedelta(days=40)).timestamp()))
+        later = dt.datetime(2026, 12, 12, tzinfo=dt.UTC)
+
+        for _ in range(2):   # re-examined each run, unchanged
+            run = biller(con, client, now=later).run(SEPTEMBER)
+            assert (run.blocked, run.calls, run.new_revisions, run.needs_operator) == (1, 0, 0, 1)
+            [row] = ledger(con).rows(named=True)
+            assert (row["status"], row["amount_minor"], row["stripe_invoice_item_id"], row["stripe_invoice_id"]) == (
+                "blocked", 4000, item.id, None)
+            assert f"pending for subscription {sub}, which has ended" in row["last_error"]
+            assert items_at_stripe(client, cus) == [(4000, None, row["item_key"])]
+
+        client.v1.invoice_items.delete(item.id)   # the operator's choice: bill it elsewhere
+        run = biller(con, client, now=later).run(SEPTEMBER)
+        assert (run.blocked, run.calls, run.needs_operator) == (1, 0, 1)
+        assert ledger(con).select("revision", "amount_minor", "status").rows() == [
+            (1, 4000, "failed"), (2, 4000, "blocked")]
+        assert items_at_stripe(client, cus) == []
+
+
+def test_an_item_pending_at_stripe_is_recorded_on_the_invoice_that_takes_it(tmp_path: Path, rules_dir: Path) -> None:
+    """The subscription lives on: October's invoice takes the pending item, and the next run records it."""
+    with customer_on_clock(tmp_path, rules_dir, CSV, start=SEP1) as (sb, con, client, clock, rules, report):
+        cus = report.customers[0]["stripe_customer_id"]
+        _pending_true_up(sb, con, client, clock)
+        sb.advance_clock(clock.id, int((NOV1 + dt.timedelta(minutes=5)).timestamp()))
+        october = cycle_invoice(client, cus, NOV1)
+        run = biller(con, client, now=NOV1 + dt.timedelta(hours=1)).run(SEPTEMBER)
+        assert (run.calls, run.new_revisions, run.needs_operator) == (0, 0, 0)
+        assert ledger(con).select("status", "amount_minor", "stripe_invoice_id").rows() == [
+            ("acknowledged", 4000, october.id)]
+
+
+def test_an_item_deleted_at_stripe_while_pending_is_billed_again(tmp_path: Path, rules_dir: Path) -> None:
+    """Acknowledged pending, then deleted at Stripe before any invoice took it: nothing bills it, so a
+    new revision does, pending for the live subscription."""
+    with customer_on_clock(tmp_path, rules_dir, CSV, start=SEP1) as (sb, con, client, clock, rules, report):
+        cus = report.customers[0]["stripe_customer_id"]
+        _pending_true_up(sb, con, client, clock)
+        [item] = client.v1.invoice_items.list({"customer": cus}).data
+        client.v1.invoice_items.delete(item.id)
+        run = biller(con, client, now=OCT1 + dt.timedelta(days=2)).run(SEPTEMBER)
+        assert (run.new_revisions, run.pending_next, run.billed_minor, run.needs_operator) == (1, 1, {"usd": 4000}, 0)
+        assert ledger(con).select("revision", "status").rows() == [(1, "failed"), (2, "acknowledged")]
+        assert [(a, inv) for a, inv, _ in items_at_stripe(client, cus)] == [(4000, None)]
+
+
+def test_a_key_stripe_holds_with_other_parameters_leaves_the_row_unknown(tmp_path: Path, rules_dir: Path) -> None:
+    """Stripe answers a key reused with other parameters with an error of type `idempotency_error`
+    and no code: something was applied under it, so the row is `unknown` (for the look-up), not
+    `failed` and billed again under a new key. The check read the error's code, so it never fired."""
+    with customer_on_clock(tmp_path, rules_dir, CSV, start=SEP1) as (sb, con, client, clock, rules, report):
+        cus, sub = report.customers[0]["stripe_customer_id"], report.customers[0]["subscription_id"]
+        sb.advance_clock(clock.id, int((OCT1 + dt.timedelta(hours=2)).timestamp()))   # pending for the subscription
+        rate(con, {"minimum spend": 4000}, rated_at=OCT1 + dt.timedelta(hours=1))
+        key = idempotency_key(item_key("acme", SEPTEMBER, "pro", "2026-01", "minimum spend", 1), sub)
+        client.v1.invoice_items.create({"customer": cus, "amount": 100, "currency": "usd"}, {"idempotency_key": key})
+        run = biller(con, client, now=OCT1 + dt.timedelta(hours=3)).run(SEPTEMBER)
+        assert (run.unknown, run.failed, run.acknowledged) == (1, 0, 0)
+        assert ledger(con).select("revision", "status", "last_http_status", "idempotency_key").rows() == [
+            (1, "unknown", 400, key)]
+        assert [i.amount for i in client.v1.invoice_items.list({"customer": cus}).data] == [100]   # nothing sent again

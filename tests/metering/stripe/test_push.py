@@ -122,6 +122,47 @@ def test_unmapped_customers_are_reported_not_pushed(world: World) -> None:
     assert (report.unmapped, report.calls, world.ledger().height) == (1, 0, 0)
 
 
+def test_usage_held_by_a_previous_stripe_customer_is_not_pushed_to_the_new_one(world: World, tmp_path) -> None:
+    """A later sync maps acme to another Stripe customer (a duplicate carrying metadata[customer_id]).
+    The ledger planned revisions for the new customer while the old one kept its events: both billed
+    acme's usage. The windows wait for an operator instead; zeroing one at the old customer releases it."""
+    from metering.customers import load_customers
+    from metering.stripe import catalog
+    from metering.stripe.keys import event_name
+    from push_world import CUSTOMERS_CSV
+
+    world.add_events([("acme", "tokens", t(D1, 2), "1500", {"model": "small"}),
+                      ("acme", "api_calls", t(D1, 3), None, {"region": "us"})])
+    world.pusher().push(D1, D1)
+    old = world.stripe_customer["acme"]
+    new = world.client.v1.customers.create({"name": "Acme (dup)", "metadata": {"customer_id": "acme"}}).id
+    (tmp_path / "again.csv").write_text(CUSTOMERS_CSV)
+    catalog.sync_catalog(world.con, world.client, world.rules, load_customers(tmp_path / "again.csv", world.rules),
+                         subscriptions=False)
+    assert catalog.customer_map(world.con).filter(pl.col("customer_id") == "acme")["stripe_customer_id"][0] == new
+
+    def tokens_at(customer: str) -> list:
+        return [s.aggregated_value for s in world.client.v1.billing.meters.event_summaries.list(
+            world.report.meters["tokens"], {"customer": customer, "start_time": int(t(D1, 0).timestamp()),
+                                            "end_time": int(t(D2, 0).timestamp()), "value_grouping_window": "day"}).data]
+
+    held = world.pusher().push(D1, D1)
+    assert (tokens_at(old), tokens_at(new)) == ([1500], [])
+    assert (held.moved, held.new_revisions, held.acknowledged, held.needs_operator) == (2, 0, 0, 2)
+    assert any(old in e and new in e and "tokens" in e for e in held.errors)
+    assert world.con.execute("SELECT list(moved ORDER BY started_at) FROM stripe_push_runs").fetchone()[0][-1] == 2
+    assert world.ledger().select("meter", "revision", "stripe_customer_id").rows() == [
+        ("api_calls", 1, old), ("tokens", 1, old)]
+
+    # the operator zeroes acme's tokens at the old customer: that window moves, api_calls stays held
+    world.client.v1.billing.meter_events.create({
+        "event_name": event_name("tokens"), "payload": {"stripe_customer_id": old, "value": "0"},
+        "identifier": "operator-zeroes-old-acme-tokens", "timestamp": int(t(D1, 12).timestamp())})
+    moved = world.pusher().push(D1, D1)
+    assert (moved.moved, moved.new_revisions, moved.acknowledged, moved.needs_operator) == (1, 1, 1, 1)
+    assert (tokens_at(old), tokens_at(new)) == ([0], [1500])
+
+
 def test_pushing_hour_windows_to_day_meters_is_refused(world: World) -> None:
     import pytest
 

@@ -10,11 +10,12 @@ from pathlib import Path
 from typing import Any
 
 import polars as pl
+import pytest
 
 from push_world import CSV_ON_CLOCK as CSV, FAST_RETRY, World, customer_on_clock, day_start
 from metering.customers import load_customers
 from metering.stripe import catalog
-from metering.stripe.push import PushConfig, Pusher
+from metering.stripe.push import PushConfig, Pusher, summary_holds
 
 OCT10 = dt.date(2026, 10, 10)
 
@@ -184,12 +185,29 @@ def test_the_customer_map_keeps_the_plan_version_the_subscription_carries(tmp_pa
         assert con.execute("SELECT plan, plan_version FROM stripe_customer_map").fetchall() == [("pro", "2026-01")]
 
 
+@pytest.mark.parametrize(("aggregated", "ours", "holds"), [
+    ([123456.12345678901], "123456.123456789012", True),   # the JSON double of an 18-digit value
+    ([10], "10.000000000000", True),
+    ([0.1, 0.2], "0.3", True),                              # each summary rounded, not their sum
+    ([], "0", True),
+    ([5], "10", False),
+    ([123456.12345678901], "123456.12345679", False),
+])
+def test_stripe_summaries_are_compared_at_a_doubles_precision(aggregated: list[float], ours: str, holds: bool) -> None:
+    assert summary_holds(aggregated, Decimal(ours)) is holds
+
+
+@pytest.mark.parametrize("value", ["10", "123456.123456789012"])
 def test_an_attempt_whose_response_was_lost_is_settled_by_stripe_not_called_late(
-    tmp_path: Path, rules_dir: Path
+    tmp_path: Path, rules_dir: Path, value: str
 ) -> None:
     """The response to the period's last push is lost (Stripe applied the event: `unknown`); the next
     push comes after the invoice was finalized. Stripe's summary holds the value, so the row is
-    acknowledged. It was marked `late` ("never sent: report to finance") without asking Stripe."""
+    acknowledged. It was marked `late` ("never sent: report to finance") without asking Stripe.
+
+    The summary's `aggregated_value` is a JSON double: 123456.123456789012 (18 significant digits)
+    reads back as 123456.12345678901, and compared exactly with the ledger's DECIMAL it was called
+    "not held", then `late`, although the finalized invoice bills 123456.123456789012."""
     oct31 = dt.date(2026, 10, 31)
     with customer_on_clock(tmp_path, rules_dir) as (sb, con, client, clock, rules, report):
         world = World(con, sb, client, rules, report)
@@ -199,7 +217,7 @@ def test_an_attempt_whose_response_was_lost_is_settled_by_stripe_not_called_late
             return Pusher(con, client, rules.meters, config, sleep=lambda s: None).push(oct31, oct31)
 
         sb.advance_clock(clock.id, int(dt.datetime(2026, 10, 31, 12, tzinfo=dt.timezone.utc).timestamp()))
-        world.add_events([("acme", "tokens", day_start(oct31) + dt.timedelta(hours=1), "10", {"model": "small"})])
+        world.add_events([("acme", "tokens", day_start(oct31) + dt.timedelta(hours=1), value, {"model": "small"})])
         sb.inject_fault("lost_response", path="/v1/billing/meter_events", method="POST", count=1)
         assert push(attempts=1).unknown == 1
         sb.control("DELETE", "faults")
@@ -208,7 +226,10 @@ def test_an_attempt_whose_response_was_lost_is_settled_by_stripe_not_called_late
         later = push()
         assert (later.summary_checks, later.late, later.unknown) == (1, 0, 0)
         assert world.ledger().filter(pl.col("meter") == "tokens").select("revision", "value", "status").rows() == [
-            (1, Decimal(10), "acknowledged")]
+            (1, Decimal(value), "acknowledged")]
         assert len(world.meter_event_requests()) == requests_before   # nothing sent again
-        month = (dt.datetime(2026, 10, 1, tzinfo=dt.timezone.utc), dt.datetime(2026, 11, 1, tzinfo=dt.timezone.utc))
-        assert world.stripe_total("acme", "tokens", *month) == Decimal(10)
+        invoice = next(i for i in client.v1.invoices.list({"customer": report.customers[0]["stripe_customer_id"]}).data
+                       if i.billing_reason == "subscription_cycle")
+        tokens = [line.quantity_decimal for line in client.v1.invoices.line_items.list(invoice.id, {"limit": 100}).data
+                  if client.v1.prices.retrieve(line.pricing.price_details.price).recurring.meter == report.meters["tokens"]]
+        assert (invoice.status, tokens) == ("paid", [Decimal(value)])
