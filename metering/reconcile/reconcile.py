@@ -74,6 +74,11 @@ import polars as pl
 
 from metering.reconcile.settings import ReconcileSettings
 
+DOUBLE_SLACK = 64 * 2.0 ** -53
+"""How far, relatively, Stripe's meter quantity may lie from ours and still be ours: 64 roundings of
+a double (2^-53 each), for a period summed from up to 31 daily summaries with room to spare: about
+7 parts in 10^15, finer than any difference a double holding such a quantity could show."""
+
 QTY = pl.Decimal(38, 12)
 
 STATUSES = (
@@ -265,6 +270,11 @@ def _with_invoicing(
     )
 
 
+def _as_double(stripe: pl.Expr, exact: pl.Expr) -> pl.Expr:
+    """Stripe's double-valued quantity `stripe` is the exact decimal `exact`, as far as a double shows."""
+    return (stripe.cast(pl.Float64) - exact.cast(pl.Float64)).abs() <= exact.cast(pl.Float64).abs() * DOUBLE_SLACK
+
+
 def reconcile_usage(
     ours: pl.DataFrame | None,
     pushed: pl.DataFrame | None,
@@ -298,7 +308,14 @@ def reconcile_usage(
     zero = pl.lit(Decimal(0), dtype=QTY)
     ours_q = pl.col("our_quantity").fill_null(zero)
     pushed_q = pl.col("pushed_quantity").fill_null(zero)
-    stripe_q = pl.col("stripe_quantity").fill_null(zero)
+    # Stripe's meter summaries are JSON numbers, doubles: a quantity of more than ~15 significant
+    # digits (123456.123456789012) comes back rounded to the nearest one, and a period summed from
+    # daily rows carries a few such roundings. Within DOUBLE_SLACK of what we pushed (else of ours),
+    # relatively, it is that quantity.
+    raw_stripe_q = pl.col("stripe_quantity").fill_null(zero)
+    stripe_q = (pl.when(_as_double(raw_stripe_q, pushed_q)).then(pushed_q)
+                .when(_as_double(raw_stripe_q, ours_q)).then(ours_q)
+                .otherwise(raw_stripe_q))
     inv_q = pl.col("invoiced_quantity").fill_null(zero)
     ours_amt = pl.col("our_amount_minor").fill_null(0)
     not_in_stripe = pl.col("not_in_stripe_minor").fill_null(0)

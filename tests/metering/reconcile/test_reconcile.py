@@ -206,6 +206,19 @@ def test_quantity_mismatch():
     assert (r["status"], r["amount_diff_minor"]) == ("quantity_mismatch", -20)
 
 
+def test_stripes_meter_quantity_is_ours_as_far_as_a_double_shows():
+    """123456.123456789012 tokens come back from Stripe's summary as the double 123456.123456789: a
+    quantity_mismatch of 1.2e-11 that no one billed. A difference a double does show still counts."""
+    exact, as_double = "123456.123456789012", repr(float("123456.123456789012"))
+    assert as_double == "123456.123456789"
+    r = _one(exact, 1235, exact, as_double, exact, 1235)
+    assert (r["status"], r["quantity_diff"], r["stripe_quantity"]) == ("matched", D(0), D(as_double))
+    r = _one(exact, 1235, exact, "123456.1234567", exact, 1235)
+    assert (r["status"], r["quantity_diff"]) == ("quantity_mismatch", D("123456.1234567") - D(exact))
+    r = _one("0", 0, "0", "0.000000000001", "0", 0)   # nothing of ours: any quantity at Stripe is extra
+    assert r["status"] == "extra_in_stripe"
+
+
 def test_jpy_tolerance_is_explicit():
     st_ = ReconcileSettings(tolerance_minor={"jpy": 0})
     r = _one("10", 1000, "10", "10", "10", 1001, currency="jpy", settings_=st_)
