@@ -383,7 +383,8 @@ class Pusher:
 
     def _hold_moved(self, desired: pl.DataFrame, report: PushReport) -> pl.DataFrame:
         """Drop the windows whose Stripe customer changed (a later sync mapped ours to another one)
-        while a previous Stripe customer still holds a non-zero value for them, by Stripe's summary.
+        while a previous Stripe customer may still hold a non-zero value for them: our ledger says it
+        was sent one, and Stripe's summary shows no event of 0 there.
         Sending them would bill the usage to both. They wait for an operator (`moved`): mapping the
         customer back, or zeroing the window at the previous customer, releases them."""
         candidates = ledger.held_elsewhere(self.con, desired) if not desired.is_empty() else pl.DataFrame()
@@ -397,7 +398,10 @@ class Pusher:
             if meter_id is not None:
                 report.calls += 1
                 report.summary_checks += 1
-                if summary_holds(self._summary_values(meter_id, row["held_by"], row), Decimal(0)):
+                # released only by an event Stripe shows holding 0 (the operator's): no event may be
+                # the summary lagging behind a push moments ago (eventually consistent), not an empty window
+                values = self._summary_values(meter_id, row["held_by"], row)
+                if values and summary_holds(values, Decimal(0)):
                     continue
             held.append(row)
             message = (f"{row['customer_id']} {row['meter']} window {row['window_start']:%Y-%m-%d %H:%M}: Stripe "

@@ -146,6 +146,10 @@ def test_usage_held_by_a_previous_stripe_customer_is_not_pushed_to_the_new_one(w
             world.report.meters["tokens"], {"customer": customer, "start_time": int(t(D1, 0).timestamp()),
                                             "end_time": int(t(D2, 0).timestamp()), "value_grouping_window": "day"}).data]
 
+    world.sandbox.configure(summary_lag=3600)   # Stripe's summaries lag: the old customer's usage not shown yet
+    lagging = world.pusher().push(D1, D1)
+    world.sandbox.configure(summary_lag=0)
+    assert (lagging.moved, lagging.new_revisions) == (2, 0)
     held = world.pusher().push(D1, D1)
     assert (tokens_at(old), tokens_at(new)) == ([1500], [])
     assert (held.moved, held.new_revisions, held.acknowledged, held.needs_operator) == (2, 0, 0, 2)
