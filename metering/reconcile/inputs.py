@@ -65,13 +65,20 @@ def _not_expressible_sql(con: duckdb.DuckDBPyConnection) -> str:
     return "(" + " OR ".join(parts) + ")" if parts else "false"
 
 
+# The units a rated line priced, from its `tiers`: a tier's `units`, a package's `packages x
+# package_size`. Included units are in no tier, so the late quantity's value divides by these.
+_PRICED_UNITS = ("list_sum(list_transform(CAST(tiers AS JSON[]), t -> coalesce(TRY_CAST(t->>'units' AS DECIMAL(38, 12)), "
+                 "TRY_CAST(t->>'packages' AS DECIMAL(38, 12)) * TRY_CAST(t->>'package_size' AS DECIMAL(38, 12)))))")
+
+
 def load_ours(con: duckdb.DuckDBPyConnection, billing_month: dt.date, meters: dict[str, Meter]) -> pl.DataFrame:
     """Per customer x meter x billing period: the meter's quantity over the period and the rated amount.
 
     The quantity is the meter's own aggregate over the period from `usage_aggregates` (all dimensions,
     as one Stripe meter carries them): sum for count/sum, max for max, the latest value for last, the
     exact distinct count for unique_count. The amount is the sum of the rated charges on the meter,
-    with the part on charges Stripe cannot price split out (`not_in_stripe_minor`).
+    with the part on charges Stripe cannot price split out (`not_in_stripe_minor`); `priced_quantity`
+    the units the others priced (the included ones left out).
     """
     if not table_columns(con, "rated_usage"):
         return rc.conform(None, rc.OURS_SCHEMA)
@@ -87,6 +94,7 @@ def load_ours(con: duckdb.DuckDBPyConnection, billing_month: dt.date, meters: di
                CAST(coalesce(sum(amount_minor) FILTER (WHERE {nx}), 0) AS BIGINT) AS not_in_stripe_minor,
                count(*) FILTER (WHERE NOT ({nx})) AS stripe_charges,
                count(*) FILTER (WHERE NOT ({nx}) AND amount_minor <> 0) AS our_rounded_lines,
+               CAST(sum({_PRICED_UNITS}) FILTER (WHERE NOT ({nx})) AS DECIMAL(38, 12)) AS priced_quantity,
                string_agg(DISTINCT plan || ' ' || plan_version, ' + ' ORDER BY plan || ' ' || plan_version)
                    AS rule_versions,
                count(DISTINCT segment_start) AS segments

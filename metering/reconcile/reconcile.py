@@ -107,6 +107,7 @@ OURS_SCHEMA = {
     "our_quantity": QTY, "our_amount_minor": pl.Int64, "not_in_stripe_minor": pl.Int64,
     "stripe_charges": pl.Int64,
     "our_rounded_lines": pl.Int64,   # of those charges, the ones with an amount: each was rounded once
+    "priced_quantity": QTY,   # the units those charges priced: the quantity less the included units
     "rule_versions": pl.String,   # every plan version that rated the period, e.g. 'pro 2026-01 + pro 2026-10'
     "segments": pl.Int64,         # sub-intervals (plan changes split a period)
 }
@@ -220,12 +221,16 @@ def value_up(amount: int | None, part: Decimal | None, whole: Decimal | None) ->
 
 
 def _with_late_value(frame: pl.DataFrame, amount: pl.Expr, late_quantity: pl.Expr) -> pl.DataFrame:
-    """`frame` with `late_value_minor`: the late quantity's value at the row's average price (`value_up`).
+    """`frame` with `late_value_minor`: the late quantity's value at the row's average price per priced
+    unit (`value_up`): the period's last units are the late ones, and included units are priced at 0
+    before them (30,000 calls with 10,000 included for 10.00: 5,000 late are worth 2.50, not 1.67).
 
-    Exact for a per-unit price; a late quantity in a tier dearer than the average is worth more than
-    this, so such a row is flagged rather than explained (it fails closed, its reason has the numbers).
+    Exact for a per-unit price, with or without included units; a late quantity in a tier dearer than
+    the average is worth more than this, so such a row is flagged rather than explained (it fails
+    closed, its reason has the numbers). Rows without `priced_quantity` use the whole quantity.
     """
-    parts = frame.select(amount.alias("a"), late_quantity.cast(QTY).alias("q"), pl.col("our_quantity").alias("w"))
+    priced = pl.when(pl.col("priced_quantity") > 0).then(pl.col("priced_quantity")).otherwise(pl.col("our_quantity"))
+    parts = frame.select(amount.alias("a"), late_quantity.cast(QTY).alias("q"), priced.alias("w"))
     values = [value_up(a, q, w) for a, q, w in parts.iter_rows()]
     return frame.with_columns(late_value_minor=pl.Series(values, dtype=pl.Int64))
 

@@ -25,17 +25,19 @@ S = ReconcileSettings()
 
 def _one(our_q=None, our_amt=None, pushed_q=None, stripe_q=None, inv_q=None, inv_amt=None, *, meter_status="settled",
          late=0, late_q="0", acked=0, acked_q="0", unacked=0, finalized=True, currency="usd", lines=1, settings_=S,
-         charges=None, not_in_stripe=None, stripe_currency=None):
+         charges=None, not_in_stripe=None, stripe_currency=None, priced_q=None):
     """One usage row. late / late_q: windows the push marked `late` (never sent) and what they would add to
     the pushed quantity; acked / acked_q: windows Stripe acknowledged after the invoice was finalized and
     how much of the pushed quantity that is (both as `inputs.load_pushed` reads them from the ledger);
     charges=0: Stripe prices none of the meter's charges (no invoice line to expect), not_in_stripe: the
-    part of our amount on them; stripe_currency: the lines' currency when not ours."""
+    part of our amount on them; stripe_currency: the lines' currency when not ours; priced_q: the units
+    our lines priced (the quantity less the included units)."""
     ours = None if our_q is None else pl.DataFrame([dict(
         customer_id="c1", meter="api_calls", period_start=PS, period_end=PE, currency=currency, plan="pro",
         plan_version="2026-01", our_quantity=D(our_q), our_amount_minor=our_amt, stripe_charges=charges,
-        not_in_stripe_minor=not_in_stripe)],
-        schema_overrides={"stripe_charges": pl.Int64, "not_in_stripe_minor": pl.Int64})
+        not_in_stripe_minor=not_in_stripe, priced_quantity=None if priced_q is None else D(priced_q))],
+        schema_overrides={"stripe_charges": pl.Int64, "not_in_stripe_minor": pl.Int64,
+                          "priced_quantity": pl.Decimal(38, 12)})
     pushed = None if pushed_q is None else pl.DataFrame([dict(
         customer_id="c1", meter="api_calls", period_start=PS, pushed_quantity=D(pushed_q),
         unacked_windows=unacked, late_windows=late, late_quantity=D(late_q),
@@ -193,6 +195,17 @@ def test_lateness_explains_exactly_what_the_ledger_proves(acked, acked_late, nev
     expected = covered and failed == 0 and stripe_off == 0
     assert (r["status"] == "late_after_finalization") == expected, r["reason"]
     assert r["explained"] == (r["status"] in EXPLAINED_STATUSES)
+
+
+def test_late_calls_beyond_the_included_ones_are_worth_the_unit_price():
+    """starter's api_calls: 0.0005 a call beyond 10,000 included. 30,000 calls rate 10.00 (20,000
+    priced); the last 5,000 came late, so Stripe billed 25,000 for 7.50. They are worth 5,000 x 0.0005
+    = 2.50, all of the shortfall: at the average over all 30,000 calls (1.67) real lateness was flagged."""
+    r = _one("30000", 1000, "25000", "25000", "25000", 750, late=1, late_q="5000", priced_q="20000")
+    assert (r["status"], r["amount_diff_minor"], r["explained"]) == ("late_after_finalization", -250, True)
+    # the same lateness beside a price difference (Stripe billed 5.00) is no longer explained by it
+    r = _one("30000", 1000, "25000", "25000", "25000", 500, late=1, late_q="5000", priced_q="20000")
+    assert (r["status"], r["explained"]) == ("not_pushed", False)
 
 
 def test_pending_beats_everything():

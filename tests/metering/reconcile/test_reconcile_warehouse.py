@@ -603,3 +603,21 @@ def test_a_coupon_that_zeroes_the_invoice_is_counted(isolated_env, rules_dir):
     assert "Stripe's invoice in_cus_a totals 100 less than its lines" in a_inv["reason"]
     assert stored == [(-100,)]
     assert result.unexplained_minor() == {"usd": 125 + 100}
+
+
+def test_the_units_our_lines_priced_leave_the_included_ones_out(isolated_env, rules_dir):
+    """What the late quantity's value divides by: the units in the lines' tiers (a tier's units, a
+    package's packages x size), not the meter's quantity, which counts the included units too."""
+    from metering.reconcile.inputs import load_ours
+
+    with warehouse.open_warehouse() as con:
+        write_scenario(con)
+        con.execute("""UPDATE rated_usage SET tiers = '[{"tier":1,"units":"500","unit_amount":"0.2","amount":"100"}]'
+                       WHERE customer_id = 'cus_a' AND charge = 'api calls'""")
+        con.execute("""UPDATE rated_usage SET tiers = '[{"packages":"2","package_size":"1000","amount":"1"}]'
+                       WHERE customer_id = 'cus_b' AND charge = 'api calls'""")
+        ours = load_ours(con, MONTH, load_meters(rules_dir))
+    priced = {(r["customer_id"], r["meter"]): r["priced_quantity"] for r in ours.iter_rows(named=True)}
+    # tokens large is a charge Stripe cannot price: its units are no part of what Stripe's lines bill
+    assert priced == {("cus_a", "api_calls"): D(500), ("cus_a", "tokens"): None,
+                      ("cus_b", "api_calls"): D(2000), ("cus_c", "api_calls"): None}
