@@ -352,7 +352,7 @@ def merged_invoices_sql(con: duckdb.DuckDBPyConnection) -> str:
     ends = _subscription_ends_sql(con)
     api = f"""
         SELECT a.invoice_id, a.customer_id, a.status, a.currency, a.amount_due, a.amount_paid, a.amount_remaining,
-               a.total, coalesce(a.total_excluding_tax, a.total) AS total_before_tax, a.created, a.period_start,
+               a.total, a.total_excluding_tax AS total_before_tax, a.created, a.period_start,
                a.period_end, a.finalized_at,
                coalesce(a.subscription_ended_at, e.ended_at) AS subscription_ended_at, true AS lines_complete,
                'api' AS source
@@ -368,7 +368,8 @@ def merged_invoices_sql(con: duckdb.DuckDBPyConnection) -> str:
         return f"w.{name}" if name in cols else "CAST(NULL AS TIMESTAMPTZ)"
 
     subscription = "w.subscription_id" if "subscription_id" in cols else "NULL::VARCHAR"
-    before_tax = "coalesce(w.total_excluding_tax, w.total)" if "total_excluding_tax" in cols else "w.total"
+    # unknown for rows kept before migration 032 until the state is rebuilt from the stored events
+    before_tax = "w.total_excluding_tax" if "total_excluding_tax" in cols else "NULL::BIGINT"
     complete = "coalesce(w.lines_complete, true)" if "lines_complete" in cols else "true"
     return f"""{api} UNION ALL
         SELECT w.invoice_id, w.customer_id, w.status, w.currency, w.amount_due, w.amount_paid, w.amount_remaining,
@@ -595,10 +596,11 @@ def load_stripe_invoices(con: duckdb.DuckDBPyConnection, billing_month: dt.date,
 
 
 def _invoice_adjustments(con: duckdb.DuckDBPyConnection) -> pl.DataFrame:
-    """invoice_id, adjustments_minor: each invoice's total before tax (after discounts and pre-tax
-    credits; the total where Stripe sent no `total_excluding_tax`) less the sum of its lines (whose
-    amounts are before them). Tax is Stripe's to compute: the engine rates none, and an invoice's tax
-    is no difference to explain. Invoices whose lines are not all known are left out."""
+    """invoice_id, adjustments_minor: each invoice's total before tax (`total_excluding_tax`: after
+    discounts and pre-tax credits) less the sum of its lines (whose amounts are before them). Tax is
+    Stripe's to compute: the engine rates none, and an invoice's tax is no difference to explain.
+    Invoices whose lines are not all known, or stored without `total_excluding_tax` (pulled before
+    migration 054: `total` would count their tax), are left out until pulled again."""
     return query_frame(
         con,
         f"""

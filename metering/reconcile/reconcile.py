@@ -55,7 +55,7 @@ charges Stripe cannot price) with our total less those charges; what the items d
 side has nothing, else `amount_mismatch` when the difference exceeds the tolerance, *or its residual*
 (the part no usage row of the same customer x period carries: flat fees, other lines without a
 meter) exceeds the residual's own tolerance (the lines on no meter alone), or the closing invoice's
-total differs from its lines (`stripe_adjustments_minor`: a discount, credit or tax on the invoice),
+total before tax differs from its lines (`stripe_adjustments_minor`: a discount or credit on the invoice),
 `within_tolerance` when the difference or the residual is not zero, `matched`. The residual decides
 too because equal totals can hide a fee overcharge offset by a usage row's difference.
 `unexplained_by_currency` counts |residual| above its tolerance, and |stripe_adjustments_minor|, on
@@ -600,7 +600,7 @@ def _adjustments_note() -> pl.Expr:
     """The end of a closed invoice row's reason when the closing invoice's total is not the sum of its lines."""
     adjustments = pl.col("stripe_adjustments_minor")
     return pl.when(adjustments.fill_null(0) != 0).then(pl.format(
-        "; Stripe's invoice {} totals {} {} its lines (a discount, credit or tax on the invoice, on no line: "
+        "; Stripe's invoice {} totals {} {} its lines before tax (a discount or credit on the invoice, on no line: "
         "Stripe collects that much {}, counted)", pl.col("closing_invoice_id").fill_null("?"), adjustments.abs(),
         pl.when(adjustments < 0).then(pl.lit("less than")).otherwise(pl.lit("more than")),
         pl.when(adjustments < 0).then(pl.lit("less")).otherwise(pl.lit("more")))).otherwise(pl.lit(""))

@@ -611,8 +611,8 @@ def test_an_invoice_total_below_its_lines_is_flagged():
     assert (result.invoices["status"][0], result.unexplained_minor()) == ("amount_mismatch", {"usd": 100})
     inv = result.invoices.row(0, named=True)
     assert (inv["amount_diff_minor"], inv["stripe_adjustments_minor"]) == (0, -100)
-    assert inv["reason"].endswith("; Stripe's invoice in_1 totals 100 less than its lines (a discount, credit or tax "
-                                  "on the invoice, on no line: Stripe collects that much less, counted)")
+    assert inv["reason"].endswith("; Stripe's invoice in_1 totals 100 less than its lines before tax (a discount or "
+                                  "credit on the invoice, on no line: Stripe collects that much less, counted)")
     assert result.unexplained_minor() == {"usd": 100} and not result.check_passed()
     # a draft may still change: pending, not counted
     assert _fee_invoice(4900, adjustments=-100, status="draft").unexplained_minor() == {}
