@@ -485,26 +485,32 @@ def _copy_held_file(con: duckdb.DuckDBPyConnection, database: str, tmp: Path) ->
     return _log_is_empty(Path(held)) and _copy_file(con, database, Path(held), tmp)
 
 
-def _tables(con: duckdb.DuckDBPyConnection, database: str) -> list[str]:
-    """The tables of `database`, as qualified names for SQL."""
-    return [".".join(map(sql_identifier, (database, schema, table))) for schema, table in con.execute(
-        "SELECT schema_name, table_name FROM duckdb_tables() WHERE database_name = ? ORDER BY ALL",
-        [database]).fetchall()]
+def _tables(con: duckdb.DuckDBPyConnection, database: str) -> list[tuple[str, str]]:
+    """The (schema, table) names of `database`'s tables."""
+    return con.execute("SELECT schema_name, table_name FROM duckdb_tables() WHERE database_name = ? ORDER BY ALL",
+                       [database]).fetchall()
+
+
+def _qualified(database: str, schema: str, table: str) -> str:
+    return ".".join(map(sql_identifier, (database, schema, table)))
 
 
 def _table_rows(con: duckdb.DuckDBPyConnection, database: str) -> list[int]:
-    return [con.execute(f"SELECT count(*) FROM {table}").fetchone()[0] for table in _tables(con, database)]
+    return [con.execute(f"SELECT count(*) FROM {_qualified(database, *name)}").fetchone()[0]
+            for name in _tables(con, database)]
 
 
 def _read_every_value(con: duckdb.DuckDBPyConnection, database: str) -> None:
     """Read every stored value of every table, so that DuckDB checks every data block's checksum: a
     block corrupted on disk raises here, as it did in the table copy, instead of being copied (11M
     events: ~0.7 s)."""
-    for table in _tables(con, database):
-        columns = [c for (c,) in con.execute(f"SELECT name FROM pragma_table_info('{table}')").fetchall()]
+    for schema, table in _tables(con, database):
+        columns = [c for (c,) in con.execute(
+            "SELECT column_name FROM duckdb_columns() WHERE database_name = ? AND schema_name = ? AND table_name = ? "
+            "ORDER BY column_index", [database, schema, table]).fetchall()]
         if columns:
             con.execute(f"SELECT {', '.join(f'bit_xor(hash({sql_identifier(c)}))' for c in columns)} "
-                        f"FROM {table}").fetchall()
+                        f"FROM {_qualified(database, schema, table)}").fetchall()
 
 
 def _copy_file(con: duckdb.DuckDBPyConnection, database: str, source: Path, tmp: Path) -> bool:

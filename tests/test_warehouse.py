@@ -127,6 +127,21 @@ def test_a_warehouse_whose_file_holds_every_change_is_published_by_copying_the_f
         assert source.execute("SELECT count(*) FROM duckdb_views() WHERE schema_name = 'analytics'").fetchone() == (0,)
 
 
+def test_names_with_quotes_publish_by_the_file_copy(tmp_path, caplog):
+    """DuckDB names a file's catalog after it: the copy's checks quote every name (a table name pasted
+    into pragma_table_info('...') failed on `o'brien.duckdb`)."""
+    caplog.set_level("INFO", logger="metering.warehouse")
+    wh = tmp_path / 'o\'bri"en.duckdb'
+    with warehouse.open_warehouse(wh) as con:
+        con.execute('CREATE TABLE "it\'s ""t""" AS SELECT 7 AS "n\'"')
+        warehouse.publish(snapshot=tmp_path / "sn'ap.duckdb", con=con)
+    warehouse.publish(wh, tmp_path / 'cl"o\'sed.duckdb')
+    assert _copies(caplog) == ["file", "file"]
+    for name in ("sn'ap.duckdb", 'cl"o\'sed.duckdb'):
+        with duckdb.connect(str(tmp_path / name), read_only=True) as reader:
+            assert reader.execute('SELECT "n\'" FROM "it\'s ""t"""').fetchone() == (7,)
+
+
 def test_a_warehouse_with_a_log_to_replay_is_published_table_by_table(tmp_path, caplog):
     """A writer that died before its checkpoint leaves committed rows in the write-ahead log only: the
     file's bytes lack them, so the copy is made table by table, from the warehouse as DuckDB reads it."""
