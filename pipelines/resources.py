@@ -12,7 +12,7 @@ import stripe
 
 from metering import config, warehouse
 from metering.errors import BadInputError
-from metering.stripe.client import StripeSettings, make_client, settings_from_env
+from metering.stripe.client import StripeSettings, checked_retries, checked_timeout, make_client, settings_from_env
 from metering.stripe.push import PushConfig, push_config_from_env
 
 WAREHOUSE_POOL = "duckdb_writer"
@@ -122,8 +122,9 @@ class StripeResource(dg.ConfigurableResource):
             found = StripeSettings(api_key=SANDBOX_PLACEHOLDER_KEY)
         settings = StripeSettings(
             api_key=found.api_key, api_base=found.api_base, meter_events_base=found.meter_events_base,
-            max_network_retries=self.max_network_retries, connect_timeout=self.connect_timeout,
-            read_timeout=self.read_timeout)
+            max_network_retries=checked_retries("StripeResource.max_network_retries", self.max_network_retries),
+            connect_timeout=checked_timeout("StripeResource.connect_timeout", self.connect_timeout),
+            read_timeout=checked_timeout("StripeResource.read_timeout", self.read_timeout))
         return settings.with_base(self.base_url) if self.base_url else settings
 
     def get_client(self) -> stripe.StripeClient:

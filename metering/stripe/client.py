@@ -48,9 +48,24 @@ MAX_TIMEOUT_SECONDS = 3600.0
 MAX_NETWORK_RETRIES = 20
 
 
+def checked_timeout(name: str, value: float, written: str | None = None) -> float:
+    """Seconds for a timeout: finite, above 0 and at most an hour (`nan` passed every test of `<= 0`
+    and reached the SDK as a timeout, `inf` would wait for ever). A message names `name` and the
+    value as `written`."""
+    if not (0 < value <= MAX_TIMEOUT_SECONDS):   # false for nan as well
+        raise BadInputError(f"{name}: must be > 0 and at most {MAX_TIMEOUT_SECONDS:g} seconds, "
+                            f"got {written or repr(value)}")
+    return value
+
+
+def checked_retries(name: str, value: int, written: str | None = None) -> int:
+    """A count of network retries, 0 to 20 (a huge one retried a failing call for ever)."""
+    if not 0 <= value <= MAX_NETWORK_RETRIES:
+        raise BadInputError(f"{name}: must be 0 to {MAX_NETWORK_RETRIES}, got {written or repr(value)}")
+    return value
+
+
 def _float_env(name: str, default: float) -> float:
-    """Seconds from the environment: finite, above 0 and at most an hour (`nan` passed every test of
-    `<= 0` and reached the SDK as a timeout, `inf` would wait for ever)."""
     raw = os.environ.get(name)
     if raw in (None, ""):
         return default
@@ -58,10 +73,7 @@ def _float_env(name: str, default: float) -> float:
         value = float(raw)
     except ValueError:
         raise BadInputError(f"environment variable {name}: {raw!r} is not a number") from None
-    if not (0 < value <= MAX_TIMEOUT_SECONDS):   # false for nan as well
-        raise BadInputError(f"environment variable {name}: must be > 0 and at most {MAX_TIMEOUT_SECONDS:g} seconds, "
-                            f"got {raw!r}")
-    return value
+    return checked_timeout(f"environment variable {name}", value, repr(raw))
 
 
 def _retries_env(name: str, default: int) -> int:
@@ -72,9 +84,7 @@ def _retries_env(name: str, default: int) -> int:
         value = int(raw)
     except ValueError:
         raise BadInputError(f"environment variable {name}: {raw!r} is not an integer") from None
-    if not 0 <= value <= MAX_NETWORK_RETRIES:
-        raise BadInputError(f"environment variable {name}: must be 0 to {MAX_NETWORK_RETRIES}, got {raw!r}")
-    return value
+    return checked_retries(f"environment variable {name}", value, repr(raw))
 
 
 def _url_env(name: str) -> str | None:

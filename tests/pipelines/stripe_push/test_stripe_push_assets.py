@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import re
 import sys
 from decimal import Decimal
 from pathlib import Path
@@ -145,3 +146,16 @@ def test_invoice_items_asset_bills_a_closed_period_and_checks_it_settled(tmp_pat
             rate_by_hand(again, {"minimum spend": 2500}, rated_at=OCT1 + dt.timedelta(minutes=10), customer="initech")
         [check] = run().get_asset_check_evaluations()
         assert not check.passed and check.metadata["unmapped"].value == 1
+
+
+@pytest.mark.parametrize("field, value, says", [
+    ("read_timeout", float("nan"), "StripeResource.read_timeout: must be > 0 and at most 3600 seconds, got nan"),
+    ("connect_timeout", float("inf"), "StripeResource.connect_timeout: must be > 0 and at most 3600 seconds, got inf"),
+    ("max_network_retries", 10_000, "StripeResource.max_network_retries: must be 0 to 20, got 10000"),
+])
+def test_the_stripe_resource_holds_its_settings_to_the_clients_bounds(field, value, says):
+    """The environment's timeouts and retries were bounded; the resource's own fields reached the SDK as given."""
+    from metering.errors import BadInputError
+
+    with pytest.raises(BadInputError, match=re.escape(says)):
+        StripeResource(base_url="http://127.0.0.1:9", **{field: value}).settings()
