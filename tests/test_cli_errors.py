@@ -147,7 +147,7 @@ def test_a_path_from_the_environment_is_blamed_on_its_variable_not_on_an_option(
          f"error: $METERING_PUBLISHED_DIR: cannot create the folder {blocked / 'p'}"),
         (["dunning", "run", "--rules", str(rules_dir), "--warehouse", str(tmp_path / "w.duckdb"),
           "--outbox", str(tmp_path / "o")], {"METERING_DATA_DIR": str(blocked)},
-         f"error: --published (default): cannot create the folder {blocked / 'published'}"),
+         f"error: --published (default, under $METERING_DATA_DIR): cannot create the folder {blocked / 'published'}"),
     ]
     for args, env, says in cases:
         result = invoke(*args, env=env)

@@ -77,7 +77,9 @@ from metering.reconcile.settings import ReconcileSettings
 DOUBLE_SLACK = 64 * 2.0 ** -53
 """How far, relatively, Stripe's meter quantity may lie from ours and still be ours: 64 roundings of
 a double (2^-53 each), for a period summed from up to 31 daily summaries with room to spare: about
-7 parts in 10^15, finer than any difference a double holding such a quantity could show."""
+7 parts in 10^15. A real difference that small is taken as rounding too (at 1,000,000 units, 0.000000005
+of a unit; at the largest value the contract takes, 10^15, about 7 units, where a double's own step
+is 0.125)."""
 
 QTY = pl.Decimal(38, 12)
 
