@@ -17,7 +17,9 @@ from __future__ import annotations
 
 import os
 import urllib.parse
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
+from typing import Any
 
 import stripe
 
@@ -65,26 +67,25 @@ def checked_retries(name: str, value: int, written: str | None = None) -> int:
     return value
 
 
-def _float_env(name: str, default: float) -> float:
-    raw = os.environ.get(name)
-    if raw in (None, ""):
-        return default
-    try:
-        value = float(raw)
-    except ValueError:
-        raise BadInputError(f"environment variable {name}: {raw!r} is not a number") from None
-    return checked_timeout(f"environment variable {name}", value, repr(raw))
-
-
-def _retries_env(name: str, default: int) -> int:
+def _env_number(name: str, default: float, parse: Callable[[str], float], kind: str,
+                check: Callable[[str, Any, str], Any]) -> Any:
+    """The environment variable `name` parsed (`default` when unset or empty) and held to `check`."""
     raw = os.environ.get(name, "").strip()
     if not raw:
         return default
     try:
-        value = int(raw)
+        value = parse(raw)
     except ValueError:
-        raise BadInputError(f"environment variable {name}: {raw!r} is not an integer") from None
-    return checked_retries(f"environment variable {name}", value, repr(raw))
+        raise BadInputError(f"environment variable {name}: {raw!r} is not {kind}") from None
+    return check(f"environment variable {name}", value, repr(raw))
+
+
+def _float_env(name: str, default: float) -> float:
+    return _env_number(name, default, float, "a number", checked_timeout)
+
+
+def _retries_env(name: str, default: int) -> int:
+    return _env_number(name, default, int, "an integer", checked_retries)
 
 
 def _url_env(name: str) -> str | None:
