@@ -495,9 +495,10 @@ def _qualified(database: str, schema: str, table: str) -> str:
     return ".".join(map(sql_identifier, (database, schema, table)))
 
 
-def _table_rows(con: duckdb.DuckDBPyConnection, database: str) -> list[int]:
-    return [con.execute(f"SELECT count(*) FROM {_qualified(database, *name)}").fetchone()[0]
-            for name in _tables(con, database)]
+def _table_rows(con: duckdb.DuckDBPyConnection, database: str) -> dict[tuple[str, str], int]:
+    """{(schema, table): rows} of `database`."""
+    return {name: con.execute(f"SELECT count(*) FROM {_qualified(database, *name)}").fetchone()[0]
+            for name in _tables(con, database)}
 
 
 def _read_every_value(con: duckdb.DuckDBPyConnection, database: str) -> None:
