@@ -49,6 +49,9 @@ from metering.rules.model import Rules
 SEGMENT_KEY = ["customer_id", "period_start", "segment_start", "plan", "plan_version"]
 LINE_KEY = SEGMENT_KEY + ["charge_id"]
 MINIMUM_KEY = ["customer_id", "period_start", "plan"]
+PRORATED_GAUGE_MARK = '"period_days":'
+"""In a line's `tiers`, marks a gauge segment that priced the whole period's quantity, prorated by its
+days (flat fees and minimums write `cycle_days` instead)."""
 """What a minimum commits to: a customer's period on one plan, across that plan's version changes."""
 
 SEGMENT_SCHEMA = {
@@ -214,7 +217,7 @@ def rate(segments: pl.DataFrame, quantities: pl.DataFrame, rules: Rules) -> pl.D
     lines = _prorated(lines, split_gauge, pl.col("gauge_a24"), [
         pl.col("tiers").str.strip_suffix("]"), pl.when(pl.col("tiers") == "[]").then(pl.lit("")).otherwise(pl.lit(",")),
         pl.lit('{"segment_days":'), pl.col("segment_days").cast(pl.String),
-        pl.lit(',"period_days":'), pl.col("period_len").cast(pl.String), pl.lit("}]"),
+        pl.lit("," + PRORATED_GAUGE_MARK), pl.col("period_len").cast(pl.String), pl.lit("}]"),
     ], days="period_len")
     # Flat fees: prorated by day; round the exact fraction.
     lines = _prorated(lines, pl.col("model") == "flat", pl.col("fixed_a24") * pl.col("segment_days"), [

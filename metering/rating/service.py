@@ -32,7 +32,7 @@ from metering import warehouse
 from metering.customers import CUSTOMER_PLAN_SCHEMA, billing_segments, month_bounds
 from metering.errors import BadInputError
 from metering.rating.aggregate import AGGREGATE_SCHEMA, build_aggregates, charge_quantities, unpriced_usage
-from metering.rating.pricing import LINE_KEY, RATED_COLUMNS, rate
+from metering.rating.pricing import LINE_KEY, PRORATED_GAUGE_MARK, RATED_COLUMNS, rate
 from metering.rules.meters import Meter
 from metering.rules.model import ZERO_DECIMAL, Rules
 from metering.rules.plans import RATED_METER, load_rules
@@ -368,7 +368,7 @@ def _usage_by_charge(lines: pl.DataFrame, periods: pl.DataFrame, rules: Rules) -
     usage = (lines.join(periods, on=PERIOD_KEY, how="semi").filter(pl.col("quantity").is_not_null())
              .join(_gauge_scopes(rules), on=["plan", "plan_version", "charge_id"], how="left")
              .with_columns(agg=pl.col("meter").replace_strict(aggregation, default="unique_count"),
-                           whole=pl.col("tiers").str.contains('"segment_days"', literal=True))
+                           whole=pl.col("tiers").str.contains(PRORATED_GAUGE_MARK, literal=True))
              .with_columns(pl.when(pl.col("scope").is_null()).then(pl.col(c)).alias(c)
                            for c in ("plan", "plan_version", "charge_id")))
     charge = ["meter", "scope", "plan", "plan_version", "charge_id"]
