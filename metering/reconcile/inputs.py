@@ -591,12 +591,14 @@ def load_stripe_invoices(con: duckdb.DuckDBPyConnection, billing_month: dt.date,
         pl.col("amount_paid").sort_by(closing).last(),
         pl.col("amount_remaining").sort_by(closing).last(),
     )
-    frame = frame.join(_invoice_adjustments(con), left_on="closing_invoice_id", right_on="invoice_id", how="left")
+    frame = frame.join(_invoice_adjustments(con, frame["closing_invoice_id"].drop_nulls().to_list()),
+                       left_on="closing_invoice_id", right_on="invoice_id", how="left")
     return rc.conform(frame, rc.STRIPE_INVOICES_SCHEMA)
 
 
-def _invoice_adjustments(con: duckdb.DuckDBPyConnection) -> pl.DataFrame:
-    """invoice_id, adjustments_minor: each invoice's total before tax (`total_excluding_tax`: after
+def _invoice_adjustments(con: duckdb.DuckDBPyConnection, invoice_ids: list[str]) -> pl.DataFrame:
+    """invoice_id, adjustments_minor for the invoices `invoice_ids` (the periods' closing ones, not
+    every invoice the warehouse holds): each invoice's total before tax (`total_excluding_tax`: after
     discounts and pre-tax credits) less the sum of its lines (whose amounts are before them). Tax is
     Stripe's to compute: the engine rates none, and an invoice's tax is no difference to explain.
     Invoices whose lines are not all known, or stored without `total_excluding_tax` (pulled before
@@ -608,9 +610,10 @@ def _invoice_adjustments(con: duckdb.DuckDBPyConnection) -> pl.DataFrame:
              invoices AS ({merged_invoices_sql(con)})
         SELECT i.invoice_id, CAST(any_value(i.total_before_tax) - sum(l.amount) AS BIGINT) AS adjustments_minor
         FROM invoices i JOIN lines l ON l.invoice_id = i.invoice_id
-        WHERE i.total_before_tax IS NOT NULL AND i.lines_complete
+        WHERE list_contains(?::VARCHAR[], i.invoice_id) AND i.total_before_tax IS NOT NULL AND i.lines_complete
         GROUP BY i.invoice_id
         """,
+        [invoice_ids],
     )
 
 
