@@ -38,8 +38,9 @@ the pushed quantity Stripe acknowledged only after the period's invoice was fina
 Stripe billed no more than we rated and is short of ours, the unpushed part (ours - pushed) is at
 most `late_quantity`, and (on a meter Stripe prices) the part pushed but not invoiced (pushed -
 invoiced) is at most `late_acked_quantity`; and in money, Stripe charged no more than we rate and is
-short by at most what the late quantity is worth at the row's average price (`value_up`, rounded up)
-plus the row's tolerance. Any remainder is not explained: the row takes the status it would have
+short by at most what the late quantity is worth at the row's average price per priced unit (the
+units our lines' tiers priced, included ones left out: `_with_late_value`, rounded up) plus the row's
+tolerance. Any remainder is not explained: the row takes the status it would have
 without lateness and its whole difference counts (one invoice line's money cannot be split between
 its windows). So lateness never explains Stripe holding or billing more than we pushed or rated (a
 double count), a price difference (at equal quantities or beside a late window), a failed window
@@ -153,7 +154,7 @@ STRIPE_INVOICES_SCHEMA = {
     # those of them on no meter (what only the invoice row compares)
     "rounded_lines": pl.Int64, "unmetered_lines": pl.Int64,
     "invoice_ids": pl.String,
-    # the invoice that closed the period, and its total (after discounts, credits, taxes) minus its lines
+    # the invoice that closed the period, and its total before tax (after discounts) minus its lines
     "closing_invoice_id": pl.String, "adjustments_minor": pl.Int64,
     "invoice_status": pl.String, "amount_due": pl.Int64, "amount_paid": pl.Int64, "amount_remaining": pl.Int64,
 }
