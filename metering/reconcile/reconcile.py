@@ -676,8 +676,8 @@ def unexplained_by_currency(usage: pl.DataFrame, invoices: pl.DataFrame | None =
     invoice row's |residual| above its tolerance, the part of its difference no usage row carries
     (`invoice_residuals`), whatever its status but `pending`: a flat fee Stripe charged differently
     fails the check even when a usage row's difference offsets it in the total, and money a usage
-    row counts is not counted again. Plus what the closing invoice's total differs from its lines
-    (discounts, credits, taxes on the invoice: `stripe_adjustments_minor`).
+    row counts is not counted again. Plus what the closing invoice's total before tax differs from its
+    lines (discounts and credits on the invoice: `stripe_adjustments_minor`).
     """
     cur = pl.col("currency").fill_null("?").alias("currency")
     parts = [usage.filter(~pl.col("explained"))
