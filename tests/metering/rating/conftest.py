@@ -78,3 +78,29 @@ def rate_q():
 def segment():
     """`segment(**overrides)`: one customer segment row (see `one_segment`)."""
     return one_segment
+
+
+STORAGE = "SELECT amount_minor FROM rated_usage WHERE charge = 'storage'"
+"""The storage line `bill_storage_october` rates (its amount in minor units)."""
+
+
+def bill_storage_october(con, rules: Rules, folder: Path, samples_per_day: int, closing: dt.datetime) -> Path:
+    """Customer c1 on starter stores 100 GB all October, sampled `samples_per_day` times a day (12:00,
+    then every 30 minutes); the month is aggregated and rated at `closing`: a peak of 100 x 0.25 =
+    25.00. Returns the customer list written into `folder`."""
+    from metering import warehouse
+    from metering.customers import load_customers
+    from metering.rating import service
+
+    customers = folder / "customers.csv"
+    customers.write_text("customer_id,name,email,currency,billing_anchor_day,plan,plan_effective_from,"
+                         "payment_behavior\nc1,C,c@c.test,usd,,starter,2026-01-01,succeeds\n")
+    warehouse.insert_frame(con, "customer_plans", load_customers(customers, rules))
+    con.execute("INSERT INTO usage_events SELECT 's' || i, 'c1', 'storage_gb', TIMESTAMPTZ '2026-10-01 12:00:00+00' "
+                "+ INTERVAL (i // ?) DAY + INTERVAL (i % ? * 30) MINUTE, DATE '2026-10-01' + CAST(i // ? AS INTEGER), "
+                "100, '{}', '{}', 1, i FROM range(31 * ?) t(i)", [samples_per_day] * 4)
+    for day in range(1, 32):
+        service.refresh_aggregates(con, rules.meters, dt.date(2026, 10, day))
+    month = dt.date(2026, 10, 1)
+    service.write_rated(con, month, service.rate_month(con, rules, month)[0], rules, closing)
+    return customers

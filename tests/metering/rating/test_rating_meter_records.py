@@ -9,15 +9,13 @@ import shutil
 import pytest
 
 from metering import warehouse
-from metering.customers import load_customers
 from metering.errors import BadInputError
 from metering.rating import service
 from metering.rules.plans import load_rules
-from tests.metering.rating.conftest import PROJECT_ROOT
+from tests.metering.rating.conftest import PROJECT_ROOT, STORAGE, bill_storage_october
 
 OCT = dt.date(2026, 10, 1)
 CLOSING = dt.datetime(2026, 11, 2, tzinfo=dt.timezone.utc)
-STORAGE = "SELECT amount_minor FROM rated_usage WHERE charge = 'storage'"
 
 
 def test_a_rating_that_changes_nothing_records_the_meters_of_a_warehouse_rated_before_migration_012(tmp_path):
@@ -26,17 +24,8 @@ def test_a_rating_that_changes_nothing_records_the_meters_of_a_warehouse_rated_b
     as defined now, so storage_gb edited from max to sum is refused (it re-priced the closed month
     as 31 x 100 GB = 775.00)."""
     rules = load_rules(PROJECT_ROOT / "rating_rules")
-    (tmp_path / "customers.csv").write_text(
-        "customer_id,name,email,currency,billing_anchor_day,plan,plan_effective_from,payment_behavior\n"
-        "c1,C,c@c.test,usd,,starter,2026-01-01,succeeds\n")
     with warehouse.open_warehouse(tmp_path / "wh.duckdb") as con:
-        warehouse.insert_frame(con, "customer_plans", load_customers(tmp_path / "customers.csv", rules))
-        con.execute("INSERT INTO usage_events SELECT 's' || d, 'c1', 'storage_gb', "
-                    "TIMESTAMPTZ '2026-10-01 12:00:00+00' + INTERVAL (d) DAY, DATE '2026-10-01' + CAST(d AS INTEGER), "
-                    "100, '{}', '{}', 1, d FROM range(31) t(d)")
-        for day in range(1, 32):
-            service.refresh_aggregates(con, rules.meters, dt.date(2026, 10, day))
-        service.write_rated(con, OCT, service.rate_month(con, rules, OCT)[0], rules, CLOSING)
+        bill_storage_october(con, rules, tmp_path, 1, CLOSING)
         con.execute("DELETE FROM rated_meters")   # as rated before migration 012
         assert service.write_rated(con, OCT, service.rate_month(con, rules, OCT)[0], rules,
                                    CLOSING + dt.timedelta(days=3)) == 0

@@ -11,17 +11,13 @@ import dagster as dg
 import pytest
 
 from metering import warehouse
-from metering.customers import load_customers
 from metering.errors import BadInputError
-from metering.rating import service
 from metering.rules.plans import load_rules
 from pipelines.defs.rating.assets import rated_usage, usage_aggregates
 from pipelines.resources import ProjectPaths, WarehouseResource
+from tests.metering.rating.conftest import PROJECT_ROOT, STORAGE, bill_storage_october
 
-PROJECT_ROOT = Path(__file__).resolve().parents[3]
-OCT = dt.date(2026, 10, 1)
 CLOSING = dt.datetime(2026, 11, 2, tzinfo=dt.timezone.utc)
-STORAGE = "SELECT amount_minor FROM rated_usage WHERE charge = 'storage'"
 SUM = ("storage_gb:   {aggregation: max,", "storage_gb:   {aggregation: sum,")
 
 
@@ -31,19 +27,9 @@ def billed(tmp_path: Path) -> tuple[Path, Path, dict]:
     a peak of 100 x 0.25 = 25.00; plus the rules folder (a copy) and the assets' resources."""
     root = tmp_path / "rules"
     shutil.copytree(PROJECT_ROOT / "rating_rules", root)
-    rules = load_rules(root)
-    customers = tmp_path / "customers.csv"
-    customers.write_text("customer_id,name,email,currency,billing_anchor_day,plan,plan_effective_from,"
-                         "payment_behavior\nc1,C,c@c.test,usd,,starter,2026-01-01,succeeds\n")
     db = tmp_path / "wh.duckdb"
     with warehouse.open_warehouse(db) as con:
-        warehouse.insert_frame(con, "customer_plans", load_customers(customers, rules))
-        con.execute("INSERT INTO usage_events SELECT 's' || i, 'c1', 'storage_gb', "
-                    "TIMESTAMPTZ '2026-10-01 12:00:00+00' + INTERVAL (i // 2) DAY + INTERVAL (i % 2 * 30) MINUTE, "
-                    "DATE '2026-10-01' + CAST(i // 2 AS INTEGER), 100, '{}', '{}', 1, i FROM range(62) t(i)")
-        for day in range(1, 32):
-            service.refresh_aggregates(con, rules.meters, dt.date(2026, 10, day))
-        service.write_rated(con, OCT, service.rate_month(con, rules, OCT)[0], rules, CLOSING)
+        customers = bill_storage_october(con, load_rules(root), tmp_path, 2, CLOSING)
         assert con.execute(STORAGE).fetchall() == [(2500,)]
     resources = {"warehouse": WarehouseResource(path=str(db)),
                  "paths": ProjectPaths(rules_dir=str(root), customers=str(customers))}
