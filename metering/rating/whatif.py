@@ -15,6 +15,7 @@ function the assets use.
 
 from __future__ import annotations
 
+import csv
 import datetime as dt
 from pathlib import Path
 from typing import NamedTuple
@@ -42,9 +43,29 @@ def read_usage_file(path: str | Path) -> pl.DataFrame:
     try:
         if path.suffix.lower() in (".parquet", ".pq"):
             return pl.read_parquet(path)
+        _check_csv_records(path)
         return pl.read_csv(path, infer_schema=False)
     except (pl.exceptions.PolarsError, OSError) as exc:
         raise BadInputError(f"{path}: cannot read usage file: {exc}") from None
+
+
+def _check_csv_records(path: Path) -> None:
+    """Every record closes its quotes and has the header's number of fields, else name its line.
+
+    Polars pads a short record with nulls (a dimension or `period_start` silently absent, so the
+    row is priced under another charge or date) and refuses a long one without saying where. A
+    blank line passes here; Polars reads it as a row of nulls, which the field checks then name.
+    """
+    with path.open(newline="", encoding="utf-8-sig", errors="replace") as fh:
+        reader = csv.reader(fh, strict=True)
+        try:
+            header = next(reader, None)
+            for record in reader if header is not None else ():
+                if record and len(record) != len(header):
+                    raise BadInputError(f"{path}:{reader.line_num}: (row): {len(record)} field(s) where the "
+                                        f"header has {len(header)}")
+        except csv.Error as exc:
+            raise BadInputError(f"{path}:{reader.line_num}: (row): broken quoting: {exc}") from None
 
 
 def _fail(path: str, frame: pl.DataFrame, mask: pl.Expr, field: str, what: str) -> None:

@@ -250,6 +250,21 @@ def test_rate_refuses_a_quantity_too_long_for_exact_rating(tmp_path):
     assert f"{usage}:3: quantity: not a non-negative decimal with at most 26 digits before the point" in result.output
 
 
+@pytest.mark.parametrize(("rows", "message"), [
+    # a short record: Polars padded it with nulls, so this row lost its region and was priced as
+    # another charge (or, without a period_start, refused on the wrong field)
+    ("c1,api_calls,10,pro,2026-10-20,us\nc1,api_calls,10,pro,2026-10-20\n", ":3: (row): 5 field(s) where the header has 6"),
+    # a long one: Polars' message named no line
+    ("c1,api_calls,10,pro,2026-10-20,us,x\n", ":2: (row): 7 field(s) where the header has 6"),
+    ("c1,\"api_calls,10,pro,2026-10-20,us\n", ":2: (row): broken quoting: unexpected end of data"),
+])
+def test_rate_names_the_line_of_a_ragged_record(tmp_path, rows: str, message: str):
+    usage, result = _rate_csv(tmp_path, "customer_id,meter,quantity,plan,period_start,region\n" + rows)
+    assert result.exit_code == 3
+    assert f"error: {usage}{message}" in result.output
+    assert "Traceback" not in result.output and not (tmp_path / "o.csv").exists()
+
+
 def test_rate_warns_about_rows_no_charge_prices(tmp_path):
     usage, result = _rate_csv(tmp_path, "customer_id,meter,quantity,plan,period_start,region\n"
                               "c1,api_calls,10,pro,2026-10-20,us\nc1,api_calls,10,pro,2026-10-20,\n")
