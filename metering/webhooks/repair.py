@@ -159,11 +159,45 @@ def repair_events(
         con.unregister("_wh_listed")
     objects = prices = 0
     if refetch:
+        targets = sorted({*targets, *ambiguous_objects(con)})
         objects = _snapshot(con, client, [(t, i) for t, i in targets], now)
         prices = _snapshot(con, client, [("price", p) for p in _prices_without_meter(con)], now)
     stats = RepairStats(listed.height, repaired, objects, prices)
     log.info("repaired webhook events from Stripe", extra=stats.as_dict())
     return stats
+
+
+def ambiguous_objects(con: duckdb.DuckDBPyConnection) -> list[tuple[str, str]]:
+    """(object_type, object_id) of invoices and subscriptions whose newest second holds different
+    versions of the object and no re-fetch at least that recent.
+
+    Stripe's `created` counts whole seconds, so two events of one second cannot be ordered by it, and
+    the status precedence `state` falls back on assumes statuses only move forward. A subscription
+    that goes past_due -> active within a second (a failed payment retried at once) is not: its
+    state would stay past_due. Only Stripe knows which version is the last; a snapshot read now,
+    dated at the newest event, settles it, and later events still replace it.
+    """
+    return [tuple(r) for r in con.execute(
+        """
+        WITH versions AS (
+            SELECT object_type, object_id, created, md5(CAST(raw -> '$.data.object' AS VARCHAR)) AS version,
+                   max(created) OVER (PARTITION BY object_type, object_id) AS newest
+            FROM stripe_webhook_events
+            WHERE list_contains(?, object_type) AND object_id IS NOT NULL AND NOT (type LIKE '%.deleted')
+        ), tied AS (
+            SELECT object_type, object_id, newest FROM versions WHERE created = newest
+            GROUP BY ALL HAVING count(DISTINCT version) > 1
+        )
+        SELECT object_type, object_id FROM tied t
+        WHERE NOT EXISTS (SELECT 1 FROM stripe_object_snapshots s
+                          WHERE s.object_type = t.object_type AND s.object_id = t.object_id
+                            AND s.version_created >= t.newest)
+          AND object_id NOT IN (SELECT object_id FROM stripe_webhook_events
+                                WHERE type LIKE '%.deleted' AND object_id IS NOT NULL)
+        ORDER BY 1, 2
+        """,
+        [list(REFETCHABLE)],
+    ).fetchall()]
 
 
 def _prices_without_meter(con: duckdb.DuckDBPyConnection) -> list[str]:

@@ -54,6 +54,32 @@ class ThreadedReceiver:
         self.thread.join(timeout=20)
 
 
+def _acme_on_api_calls(client, start: int) -> tuple:
+    """(clock, meter, price, customer, subscription): acme on a test clock at `start`, billed 25 cents per
+    API call (sum meter), 40 calls reported a minute after the start."""
+    clock = client.v1.test_helpers.test_clocks.create({"frozen_time": start})
+    meter = client.v1.billing.meters.create({
+        "display_name": "API calls", "event_name": "metering_api_calls",
+        "default_aggregation": {"formula": "sum"},
+        "customer_mapping": {"type": "by_id", "event_payload_key": "stripe_customer_id"},
+        "value_settings": {"event_payload_key": "value"},
+    })
+    product = client.v1.products.create({"name": "API calls"})
+    price = client.v1.prices.create({
+        "currency": "usd", "product": product.id, "unit_amount": 25,
+        "recurring": {"interval": "month", "usage_type": "metered", "meter": meter.id},
+    })
+    customer = client.v1.customers.create(
+        {"name": "Acme", "metadata": {"customer_id": "acme"}, "test_clock": clock.id})
+    sub = client.v1.subscriptions.create(
+        {"customer": customer.id, "items": [{"price": price.id}], "metadata": {"customer_id": "acme"}})
+    client.v1.billing.meter_events.create({
+        "event_name": "metering_api_calls", "timestamp": start + 60,
+        "payload": {"stripe_customer_id": customer.id, "value": "40"},
+    })
+    return clock, meter, price, customer, sub
+
+
 def test_outage_then_repair_reaches_stripes_state(tmp_path: Path):
     landing = tmp_path / "landing"
     start = ts("2026-10-01T00:00:00")
@@ -63,26 +89,7 @@ def test_outage_then_repair_reaches_stripes_state(tmp_path: Path):
         sb.create_webhook_endpoint(receiver.url)
         receiver.settings.secrets = [sb.webhook_secret.encode()]
 
-        clock = client.v1.test_helpers.test_clocks.create({"frozen_time": start})
-        meter = client.v1.billing.meters.create({
-            "display_name": "API calls", "event_name": "metering_api_calls",
-            "default_aggregation": {"formula": "sum"},
-            "customer_mapping": {"type": "by_id", "event_payload_key": "stripe_customer_id"},
-            "value_settings": {"event_payload_key": "value"},
-        })
-        product = client.v1.products.create({"name": "API calls"})
-        price = client.v1.prices.create({
-            "currency": "usd", "product": product.id, "unit_amount": 25,
-            "recurring": {"interval": "month", "usage_type": "metered", "meter": meter.id},
-        })
-        customer = client.v1.customers.create(
-            {"name": "Acme", "metadata": {"customer_id": "acme"}, "test_clock": clock.id})
-        sub = client.v1.subscriptions.create(
-            {"customer": customer.id, "items": [{"price": price.id}], "metadata": {"customer_id": "acme"}})
-        client.v1.billing.meter_events.create({
-            "event_name": "metering_api_calls", "timestamp": start + 60,
-            "payload": {"stripe_customer_id": customer.id, "value": "40"},
-        })
+        clock, meter, price, customer, sub = _acme_on_api_calls(client, start)
         sb.set_payment_behavior(customer.id, "fails")
 
         with receiver:
@@ -137,3 +144,43 @@ def test_outage_then_repair_reaches_stripes_state(tmp_path: Path):
                       "stripe_invoices", "stripe_invoice_lines", "stripe_subscriptions", "stripe_payment_attempts"):
             text = con.execute(f"SELECT coalesce(string_agg(CAST(t AS VARCHAR), ''), '') FROM {table} t").fetchone()[0]
             assert not [s for s in secrets if s in text], table
+
+
+def test_repair_refetches_an_object_whose_last_second_holds_two_versions(tmp_path: Path):
+    """A failed payment paid again at once: the subscription goes past_due -> active within one second
+    (the test clock stands still). Every event arrives, yet `created` cannot order the two versions
+    and the status precedence ranks past_due after active, so the state said past_due. Repair, with
+    no event missing, re-fetches the subscription, and the state is Stripe's."""
+    landing = tmp_path / "landing"
+    with running_sandbox() as sb, warehouse.open_warehouse(tmp_path / "w.duckdb") as con:
+        client = sb.client()
+        receiver = ThreadedReceiver(landing)
+        sb.create_webhook_endpoint(receiver.url)
+        receiver.settings.secrets = [sb.webhook_secret.encode()]
+        clock, _, _, customer, sub = _acme_on_api_calls(client, ts("2026-10-01T00:00:00"))
+        sb.set_payment_behavior(customer.id, "fails")
+        with receiver:
+            client.v1.test_helpers.test_clocks.advance(clock.id, {"frozen_time": ts("2026-11-01T02:00:00")})
+            sb.wait_for_webhooks(timeout=30)
+            [invoice] = client.v1.invoices.list({"subscription": sub.id, "status": "open"}).data
+            sb.set_payment_behavior(customer.id, "succeeds")
+            client.v1.invoices.pay(invoice.id)
+            sb.wait_for_webhooks(timeout=30)
+        land_directory(con, landing)
+        rebuild_state(con)
+        statuses = {r[0] for r in con.execute(
+            "SELECT raw ->> '$.data.object.status' FROM stripe_webhook_events WHERE object_id = ?", [sub.id]).fetchall()}
+        assert {"past_due", "active"} <= statuses
+        assert client.v1.subscriptions.retrieve(sub.id).status == "active"
+        assert con.execute("SELECT status FROM stripe_subscriptions WHERE subscription_id = ?",
+                           [sub.id]).fetchone() == ("past_due",)
+
+        stats = repair_events(con, client)
+        assert stats.events_repaired == 0 and stats.objects_refetched >= 1
+        rebuild_state(con)
+        assert con.execute("SELECT status FROM stripe_subscriptions WHERE subscription_id = ?",
+                           [sub.id]).fetchone() == ("active",)
+        assert con.execute("SELECT status, amount_paid FROM stripe_invoices WHERE invoice_id = ?",
+                           [invoice.id]).fetchone() == ("paid", 1000)
+        # the snapshot settles the tie: the next repair re-fetches nothing
+        assert repair_events(con, client).objects_refetched == 0
