@@ -72,7 +72,8 @@ def plan_revisions(
     it has none yet, when its value or destination changed, or (with `retry_failed`) when its
     latest revision failed. The new revision is `late` instead of `pending` when not pushable;
     an open latest revision of a window that became unpushable is marked `late` in place if it was
-    never attempted (an attempted one is left for the push to settle by Stripe's summary).
+    never attempted. An attempted one is kept, whatever the window's value now, for the push to
+    settle by Stripe's summary first (it plans the change after).
     Older open revisions of a window that gets a new one become `superseded`.
     Returns counts: new_revisions, newly_late.
     """
@@ -95,6 +96,13 @@ def plan_revisions(
             SELECT d.*, l.revision AS prev_revision, l.status AS prev_status,
                    CASE
                      WHEN l.revision IS NULL THEN 'new'
+                     -- attempted and open, and the window is now late: the attempt may have reached
+                     -- Stripe (a lost response) and been invoiced. The push reads Stripe's summary
+                     -- first (acknowledged or superseded), then plans the change; superseding it here
+                     -- would drop from the ledger what Stripe billed
+                     WHEN l.status IN ('pending', 'sent', 'unknown') AND d.late_reason IS NOT NULL
+                          AND l.first_attempt_at IS NOT NULL
+                       THEN 'keep'
                      WHEN l.value <> d.value
                        OR l.stripe_customer_id IS DISTINCT FROM d.stripe_customer_id THEN 'new'
                      WHEN l.status = 'failed' AND ? THEN 'new'

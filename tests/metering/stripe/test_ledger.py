@@ -1,6 +1,6 @@
 """The ledger state machine on a real DuckDB: whatever sequence of totals and call outcomes, each
 window has consecutive revisions with unique keys, at most one open revision, and its newest
-revision carries the newest total."""
+revision carries the newest total (unless an attempted open revision awaits Stripe's summary)."""
 
 from __future__ import annotations
 
@@ -37,6 +37,14 @@ def desired(values: dict[int, Decimal], late: set[int]) -> pl.DataFrame:
     return pl.DataFrame(rows).cast(ledger.PLAN_SCHEMA)
 
 
+def _attempted_open(con) -> set[int]:
+    """The windows (indexes into WINDOWS) whose newest revision was attempted and is still open."""
+    rows = con.execute(
+        "SELECT customer_id, meter, window_start FROM stripe_push_ledger "
+        "WHERE status IN ('pending', 'sent', 'unknown') AND first_attempt_at IS NOT NULL").fetchall()
+    return {WINDOWS.index((c, m, s.astimezone(dt.timezone.utc))) for c, m, s in rows}
+
+
 step = st.tuples(
     st.dictionaries(st.integers(0, 2), st.decimals(0, 1000, places=2).map(Decimal), min_size=1),
     st.sets(st.integers(0, 2), max_size=1),
@@ -50,8 +58,11 @@ def test_ledger_invariants(con, steps) -> None:
     con.execute("DELETE FROM stripe_push_ledger")
     latest_value: dict[int, Decimal] = {}
     for values, late, outcome in steps:
+        awaiting_summary = _attempted_open(con) & late
         ledger.plan_revisions(con, desired(values, late), T0)
-        latest_value.update(values)
+        # an attempted open revision of a window now late may have reached Stripe: it keeps its value
+        # until the push has read Stripe's summary (that test is in test_push_faults.py)
+        latest_value.update({i: v for i, v in values.items() if i not in awaiting_summary})
         open_rows = ledger.open_rows(con, T0.date(), (T0 + dt.timedelta(days=1)).date(), "day")
         ids = open_rows["identifier"].to_list()
         ledger.mark_sent(con, ids, T0)

@@ -13,8 +13,10 @@ import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from push_world import FAST_RETRY, NOW, World, applied_per_key, day_start, expected_total, make_world, random_usage
+from push_world import (FAST_RETRY, NOW, World, applied_per_key, customer_on_clock, day_start, expected_total,
+                        make_world, random_usage)
 from metering import warehouse
+from metering.stripe.push import PushConfig, Pusher
 from metering.stripe_sandbox.testing import running_sandbox
 
 DAYS = [dt.date(2026, 11, 16), dt.date(2026, 11, 17), dt.date(2026, 11, 18)]
@@ -221,6 +223,53 @@ def test_429s_after_a_lost_response_leave_the_window_unknown_and_its_summary_dec
     assert _window_rows(world, "acme", "tokens", NOV18) == [(1, Decimal(5), "acknowledged", "summary")]
     assert applied_per_key(world.meter_event_requests()) == {row["idempotency_key"]: 1}
     assert world.stripe_total("acme", "tokens", day_start(NOV18), day_start(NOV18) + dt.timedelta(days=1)) == 5
+
+
+@pytest.mark.parametrize("change, late_quantity", [("raise", 7), ("lower", -5)])
+def test_a_lost_response_stripe_invoiced_stays_in_the_ledger_when_the_window_changes_after(
+        tmp_path, rules_dir, change: str, late_quantity: int) -> None:
+    """Oct 31: 10 tokens acknowledged, then 15 sent with its response lost (Stripe applied it: unknown).
+    The October invoice is finalized with 15. Then the window changes again (7 more tokens, or the 5
+    withdrawn). Revision 2 was superseded blind, so the ledger said Stripe held 10, and a correction
+    back to 10 hid 5 tokens Stripe overbilled. Its summary is read first: acknowledged, as in a run
+    without the fault, and the change is a late revision: pushed 15, late by +7 or -5."""
+    from metering.rating.service import refresh_aggregates
+    from metering.reconcile.inputs import load_pushed
+
+    oct31, utc = dt.date(2026, 10, 31), dt.timezone.utc
+    with customer_on_clock(tmp_path, rules_dir) as (sb, con, client, clock, rules, report):
+        world = World(con, sb, client, rules, report)
+
+        def push(attempts: int = 8):
+            return Pusher(con, client, rules.meters, PushConfig(rate=0, retry=replace(FAST_RETRY, max_attempts=attempts)),
+                          sleep=lambda s: None).push(oct31, oct31)
+
+        sb.advance_clock(clock.id, int(dt.datetime(2026, 10, 31, 12, tzinfo=utc).timestamp()))
+        world.add_events([("acme", "tokens", day_start(oct31) + dt.timedelta(hours=1), "10", {"model": "small"})])
+        push()
+        world.add_events([("acme", "tokens", day_start(oct31) + dt.timedelta(hours=2), "5", {"model": "small"})])
+        sb.inject_fault("lost_response", path="/v1/billing/meter_events", method="POST", count=1)
+        assert push(attempts=1).unknown == 1
+        sb.advance_clock(clock.id, int(dt.datetime(2026, 11, 1, 2, tzinfo=utc).timestamp()))
+        if change == "raise":
+            world.add_events([("acme", "tokens", day_start(oct31) + dt.timedelta(hours=3), "7", {"model": "small"})])
+        else:
+            withdrawn = con.execute("SELECT event_id FROM usage_events WHERE value = 5").fetchone()[0]
+            con.execute("DELETE FROM usage_events WHERE event_id = ?", [withdrawn])
+            refresh_aggregates(con, rules.meters, oct31)
+        third = push()
+        assert (third.summary_checks, third.late, third.needs_operator) == (1, 1, 0)
+        ours = {"raise": Decimal(22), "lower": Decimal(10)}[change]
+        assert _window_rows(world, "acme", "tokens", oct31) == [
+            (1, Decimal(10), "acknowledged", "response"), (2, Decimal(15), "acknowledged", "summary"),
+            (3, ours, "late", None)]
+        october = (dt.datetime(2026, 10, 1, tzinfo=utc), dt.datetime(2026, 11, 1, tzinfo=utc))
+        assert world.stripe_total("acme", "tokens", *october) == 15
+        periods = pl.DataFrame({"customer_id": ["acme"], "period_start": [dt.date(2026, 10, 1)],
+                                "period_end": [dt.date(2026, 11, 1)]})
+        [pushed] = load_pushed(con, dt.date(2026, 10, 1), {"tokens": rules.meters["tokens"]}, periods).filter(
+            pl.col("meter") == "tokens").to_dicts()
+        assert (pushed["pushed_quantity"], pushed["late_quantity"]) == (15, late_quantity)
 
 
 def test_a_throttled_window_first_tried_over_20h_ago_is_checked_before_any_resend(world: World) -> None:
