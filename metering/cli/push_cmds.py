@@ -73,7 +73,7 @@ def sync(rules_dir: str | None, customers_path: str | None, warehouse_path: str 
 @click.option("--warehouse", "warehouse_path", type=click.Path(dir_okay=False), default=None)
 @click.option("--rate", type=click.FloatRange(min=0), default=None,
               help="Calls per second (default $STRIPE_PUSH_RATE or 20; 0 = no limit).")
-@click.option("--concurrency", type=click.IntRange(min=1), default=None, help="Parallel customer x meter pairs (default 8).")
+@click.option("--concurrency", type=click.IntRange(min=1), default=None, help="Parallel customer x meter pairs (default: $STRIPE_PUSH_CONCURRENCY or 8).")
 @click.option("--window", type=click.Choice(["day", "hour"]), default=None)
 @click.option("--retry-failed", is_flag=True, help="Give windows whose last revision failed a new revision.")
 def push(day: dt.date | None, date_from: dt.date | None, date_to: dt.date | None, rules_dir: str | None,
@@ -81,7 +81,8 @@ def push(day: dt.date | None, date_from: dt.date | None, date_to: dt.date | None
          retry_failed: bool) -> None:
     """Push each customer x meter x window total to Stripe through the outbox ledger.
 
-    Exits 5 when windows are left failed or unknown (they are listed in stripe_push_ledger).
+    Exits 5 when windows are left failed or unknown, or held as moved to another Stripe customer (they
+    are listed in stripe_push_ledger).
     """
     from metering import warehouse
     from metering.rules.meters import load_meters
