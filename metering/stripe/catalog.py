@@ -32,6 +32,7 @@ import polars as pl
 import stripe
 
 from metering import warehouse
+from metering.customers import midnight_unix, period_containing
 from metering.rules.meters import Meter
 from metering.rules.model import Charge, PlanVersion, Rules, dec_str, minor_digits
 from metering.stripe.keys import event_name
@@ -314,6 +315,24 @@ def billing_cycle_anchor(start: dt.datetime, anchor_day: int | None) -> int | No
     raise AssertionError("unreachable")
 
 
+def subscription_start(now: dt.datetime, first_day: dt.date | None, anchor_day: int | None) -> dt.datetime:
+    """When a subscription created at `now` starts: the UTC midnight our billing period starts,
+    not the instant of the sync.
+
+    Our periods are UTC days; a subscription created at 14:00 gives Stripe a period starting at 14:00,
+    before which Stripe bills none of the day's usage (the push dates a day's event at its first
+    second) and prorates the flat fee over fewer hours. So it is backdated to the start of our period
+    holding `now`, or to the customer's first plan day when that is later. Never further: a customer
+    synced months after its first plan day is not billed the months before (the push cannot send
+    usage over 35 days old either). A first plan day after `now` leaves `now`.
+    """
+    day = period_containing(now.date(), anchor_day)[0]
+    if first_day is not None:
+        day = max(day, first_day)
+    start = dt.datetime.fromtimestamp(midnight_unix(day), tz=dt.timezone.utc)
+    return min(start, now)
+
+
 def _current_assignments(customers: pl.DataFrame, on: dt.date) -> pl.DataFrame:
     """One row per customer: the plan assignment in force on `on` (else its first one)."""
     frame = customers.with_columns(pl.col("plan_effective_from").cast(pl.Date))
@@ -354,6 +373,7 @@ def sync_customers(
             continue
         existing_subs.setdefault(sub.customer, sub)
     assignments = _current_assignments(customers, now.date())
+    first_days = dict(customers.group_by("customer_id").agg(pl.col("plan_effective_from").cast(pl.Date).min()).iter_rows())
     for row in assignments.iter_rows(named=True):
         cid = str(row["customer_id"])
         anchor_day = int(row["billing_anchor_day"]) if row.get("billing_anchor_day") not in (None, "") else None
@@ -391,11 +411,14 @@ def sync_customers(
                 "metadata": {"customer_id": cid, "plan": version.plan, "plan_version": version.version},
                 "proration_behavior": "none",
             }
+            start = subscription_start(now, first_days.get(cid), anchor_day)
+            if start < now:
+                sub_params["backdate_start_date"] = int(start.timestamp())
             if anchor_day is not None:
                 # the day itself, not the first anchor instant: an anchor on the 31st first met in
                 # September falls on the 30th, and Stripe would keep the 30th for every later period
                 sub_params["billing_cycle_anchor_config"] = {"day_of_month": anchor_day}
-            elif (anchor := billing_cycle_anchor(now, anchor_day)) is not None:
+            elif (anchor := billing_cycle_anchor(start, anchor_day)) is not None:
                 sub_params["billing_cycle_anchor"] = anchor
             # a customer whose subscription ended gets a new one: another request, so another key
             sub = client.v1.subscriptions.create(

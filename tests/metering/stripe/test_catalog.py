@@ -121,3 +121,55 @@ def test_period_start_sql_matches_the_customer_periods(day, anchor) -> None:
 
 
 _DUCK = duckdb.connect()
+
+
+UTC = dt.timezone.utc
+
+
+@pytest.mark.parametrize("now, first_day, anchor, expected", [
+    # mid-day: back to our period's first midnight (calendar month)
+    (dt.datetime(2026, 10, 15, 14, tzinfo=UTC), dt.date(2026, 1, 1), None, dt.datetime(2026, 10, 1, tzinfo=UTC)),
+    # a first plan day inside the period: that day's midnight, not the period's start
+    (dt.datetime(2026, 10, 15, 14, tzinfo=UTC), dt.date(2026, 10, 15), None, dt.datetime(2026, 10, 15, tzinfo=UTC)),
+    # anchor 20: the period holding Oct 15 started Sep 20
+    (dt.datetime(2026, 10, 15, 14, tzinfo=UTC), dt.date(2026, 1, 1), 20, dt.datetime(2026, 9, 20, tzinfo=UTC)),
+    # anchor 31 in February: the period started on the 28th
+    (dt.datetime(2026, 3, 2, 9, tzinfo=UTC), dt.date(2026, 1, 1), 31, dt.datetime(2026, 2, 28, tzinfo=UTC)),
+    # at a period's first instant: nothing to backdate
+    (dt.datetime(2026, 11, 1, tzinfo=UTC), dt.date(2026, 1, 1), None, dt.datetime(2026, 11, 1, tzinfo=UTC)),
+    # a first plan day still to come: now
+    (dt.datetime(2026, 10, 15, 14, tzinfo=UTC), dt.date(2026, 10, 20), None, dt.datetime(2026, 10, 15, 14, tzinfo=UTC)),
+])
+def test_a_subscription_starts_at_the_midnight_our_period_starts(now, first_day, anchor, expected) -> None:
+    assert catalog.subscription_start(now, first_day, anchor) == expected
+
+
+def test_usage_of_the_day_a_subscription_is_created_is_invoiced(tmp_path: Path, rules_dir: Path) -> None:
+    """acme (on starter since January) is synced at 14:00 on Oct 15 and makes 12,000 API calls that
+    evening. The push dates the day's event at its first second; Stripe's period began at 14:00, so
+    its invoice billed 0 calls while the push said acknowledged. Backdated to Oct 1 00:00 (our
+    period), the invoice bills them: 2,000 over starter's 10,000 included at 0.05 cents = 100 cents."""
+    from metering.stripe.clock import advance_clock
+    from metering.stripe.push import PushConfig, Pusher
+    from push_world import FAST_RETRY, customer_on_clock, day_start
+
+    oct15 = dt.date(2026, 10, 15)
+    with customer_on_clock(tmp_path, rules_dir, start=dt.datetime(2026, 10, 15, 14, tzinfo=UTC)) as (
+            sb, con, client, clock, rules, report):
+        world = World(con, sb, client, rules, report)
+        sub = client.v1.subscriptions.retrieve(report.customers[0]["subscription_id"])
+        assert sub["items"].data[0].current_period_start == int(dt.datetime(2026, 10, 1, tzinfo=UTC).timestamp())
+        world.add_events([("acme", "api_calls", day_start(oct15) + dt.timedelta(hours=20, seconds=s), None,
+                           {"region": "us"}) for s in range(12_000)])
+        sb.advance_clock(clock.id, int(day_start(oct15 + dt.timedelta(days=1)).timestamp()))
+        pushed = Pusher(con, client, rules.meters, PushConfig(rate=0, retry=FAST_RETRY), sleep=lambda s: None).push(
+            oct15, oct15)
+        assert pushed.acknowledged == 1
+        advance_clock(client, clock.id, dt.datetime(2026, 11, 1, 2, tzinfo=UTC))
+        [october] = [i for i in client.v1.invoices.list({"customer": sub.customer}).data
+                     if i.billing_reason == "subscription_cycle"]
+        assert (october.period_start, october.period_end) == (
+            int(dt.datetime(2026, 10, 1, tzinfo=UTC).timestamp()), int(dt.datetime(2026, 11, 1, tzinfo=UTC).timestamp()))
+        billed = [(str(line.quantity_decimal), line.amount) for line in october.lines.data if line.amount]
+        assert sorted(billed) == [("1", 1900), ("12000", 100)]   # starter's 19.00 fee and the calls
+        assert october.total == 2000

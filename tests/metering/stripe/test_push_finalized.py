@@ -81,16 +81,18 @@ def test_an_anchor_on_the_31st_synced_in_september_keeps_stripes_periods_on_ours
                           dt.datetime.fromtimestamp(i.period_end, tz=dt.timezone.utc).date())
                          for i in client.v1.invoices.list({"customer": cus, "limit": 100}).data
                          if i.billing_reason == "subscription_cycle")
-        # the first period runs from the sync (Sep 5) to the first anchor; later ones are whole cycles
-        assert periods[0] == (dt.date(2026, 9, 5), dt.date(2026, 9, 30))
-        assert periods[1:] == [period_containing(start, 31) for start, _ in periods[1:]] == [
+        # the first period is ours too: the subscription starts at our period's midnight (Aug 31, the
+        # anchor in August), not at the sync (Sep 5, which left Aug 31 - Sep 5 to no Stripe period)
+        assert periods == [period_containing(start, 31) for start, _ in periods] == [
+            (dt.date(2026, 8, 31), dt.date(2026, 9, 30)),
             (dt.date(2026, 9, 30), dt.date(2026, 10, 31)), (dt.date(2026, 10, 31), dt.date(2026, 11, 30)),
             (dt.date(2026, 11, 30), dt.date(2026, 12, 31))]
 
 
 def test_pushing_day_by_day_on_the_clock_lands_usage_on_each_period_invoice(tmp_path: Path, rules_dir: Path) -> None:
-    """Anchor day 15: the first period Oct 1 - Oct 15 closes mid-range; usage of Oct 14 (pushed while
-    that invoice is a draft in its grace period) and Oct 16 land on their own periods' invoices."""
+    """Anchor day 15, synced on Oct 1: the first period is ours, Sep 15 - Oct 15, and closes mid-range;
+    usage of Oct 14 (pushed while that invoice is a draft in its grace period) and Oct 16 land on their
+    own periods' invoices."""
     from metering.stripe.clock import advance_clock, push_days_on_clock
 
     with customer_on_clock(tmp_path, rules_dir, CSV.replace("usd,,starter", "usd,15,starter")) as (
@@ -115,8 +117,8 @@ def test_pushing_day_by_day_on_the_clock_lands_usage_on_each_period_invoice(tmp_
                 if line.pricing.price_details.price == report.prices[("starter", "2026-01", "api calls")]:
                     lines[dt.datetime.fromtimestamp(line.period.start, tz=dt.timezone.utc).date()] = (
                         Decimal(str(line.quantity_decimal)), line.amount, invoice.status)
-        # Oct 1-15: 12,000 calls, 2,000 billable at 0.05 cents = 100 cents; Oct 15 - Nov 15: 3 calls, free
-        assert lines[dt.date(2026, 10, 1)][:2] == (Decimal(12000), 100)
+        # Sep 15 - Oct 15: 12,000 calls, 2,000 billable at 0.05 cents = 100 cents; Oct 15 - Nov 15: 3 calls, free
+        assert lines[dt.date(2026, 9, 15)][:2] == (Decimal(12000), 100)
         assert lines[dt.date(2026, 10, 15)][:2] == (Decimal(3), 0)
 
 
