@@ -8,12 +8,22 @@ Customers (usd, period 2026-10-01 .. 2026-11-01, one api_calls charge each, amou
 - cus_c: the 500 window failed to push: Stripe 1000, invoiced 1000 for 0 -> not_pushed -100.
 
 `add_minimum_customer` adds cus_m, whose charge Stripe cannot price is a minimum (no meter).
+
+Every invoice the fixture builds carries `total_excluding_tax` (Stripe's total after discounts, before
+tax), so reconciliation's adjustment check (`stripe_adjustments_minor` = that total less the invoice's
+lines) is on in every test. By default it is the sum of the invoice's lines as written: Stripe's, without
+discounts or credits. The fixture's helpers that change an invoice's lines derive it again from them
+(`invoice_total_is_its_lines`), so a test changing line amounts keeps its invoices consistent; a test
+that changes lines by hand calls that helper. A test gives an invoice its own value (a discount: less
+than its lines) through `write_scenario(total_excluding_tax=...)` or the helper's keyword, or None for
+"unknown": an invoice stored before the field existed, whose lines nothing is compared with.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import json
+from collections.abc import Mapping
 from decimal import Decimal as D
 from pathlib import Path
 from typing import Any
@@ -44,7 +54,26 @@ def _ts(day: int, hour: int = 0) -> dt.datetime:
     return dt.datetime(2026, 10, day, hour, tzinfo=dt.UTC)
 
 
-def write_scenario(con: duckdb.DuckDBPyConnection) -> None:
+class _FromLines:
+    """The default `total_excluding_tax`: the sum of the invoice's lines (no discount, no credit)."""
+
+    def __repr__(self) -> str:
+        return "FROM_LINES"
+
+
+FROM_LINES: Any = _FromLines()
+
+
+def _lines_total(lines: list[dict[str, Any]], invoice_id: str) -> int:
+    return sum(line["amount"] for line in lines if line["invoice_id"] == invoice_id)
+
+
+def write_scenario(con: duckdb.DuckDBPyConnection, *,
+                   total_excluding_tax: Mapping[str, int | None] | None = None) -> None:
+    """The month above. Each invoice's `total_excluding_tax` is the sum of its lines as written, unless
+    `total_excluding_tax` names the invoice: then its value (e.g. lines less a coupon), None meaning
+    unknown (stored before the field existed: the adjustment check skips the invoice)."""
+    given = dict(total_excluding_tax or {})
     agg = []
     for cus in ("cus_a", "cus_b", "cus_c"):
         agg += [
@@ -127,22 +156,32 @@ def write_scenario(con: duckdb.DuckDBPyConnection) -> None:
     lines.append(dict(billing_month=MONTH, invoice_id="in_a0", line_id="il_fee", customer_id="cus_a", meter=None,
                       quantity_decimal=D(1), amount=4900, currency="usd", period_start=T0,
                       period_end=dt.datetime(2026, 11, 1, tzinfo=dt.UTC), pulled_at=PULLED))
-    insert_frame(con, "stripe_invoices_api", pl.DataFrame(invoices))
+    unknown = set(given) - {i["invoice_id"] for i in invoices}
+    assert not unknown, f"no such invoice in the scenario: {sorted(unknown)}"
+    for invoice in invoices:   # derived from the lines as they are written, after every line is known
+        invoice_id = invoice["invoice_id"]
+        invoice["total_excluding_tax"] = given.get(invoice_id, _lines_total(lines, invoice_id))
+    insert_frame(con, "stripe_invoices_api", pl.DataFrame(invoices, schema_overrides={"total_excluding_tax": pl.Int64}))
     insert_frame(con, "stripe_invoice_lines_api", pl.DataFrame(
         lines, schema_overrides={"meter": pl.String}).with_columns(pl.col("quantity_decimal").cast(pl.Decimal(38, 12))))
 
 
 def known_only_from_webhooks(con: duckdb.DuckDBPyConnection, customer: str, status: str, amount: int, paid: int,
-                             quantity: int, created: dt.datetime, finalized_at: dt.datetime | None = None) -> None:
+                             quantity: int, created: dt.datetime, finalized_at: dt.datetime | None = None, *,
+                             total_excluding_tax: int | None = FROM_LINES) -> None:
     """`customer`'s October usage invoice (in_<customer>, one api_calls line) as only webhooks told us:
-    gone from the API pull (stripe_*_api), present in stripe_invoices and stripe_invoice_lines."""
+    gone from the API pull (stripe_*_api), present in stripe_invoices and stripe_invoice_lines. Its
+    `total_excluding_tax` is its line's `amount` unless given (None: unknown, state kept before the field).
+    A test that changes its lines afterwards calls `invoice_total_is_its_lines`."""
     invoice = f"in_{customer}"
+    before_tax = amount if total_excluding_tax is FROM_LINES else total_excluding_tax
     con.execute("DELETE FROM stripe_invoice_lines_api WHERE invoice_id = ?", [invoice])
     con.execute("DELETE FROM stripe_invoices_api WHERE invoice_id = ?", [invoice])
     con.execute("""INSERT INTO stripe_invoices (invoice_id, customer_id, status, currency, amount_due, amount_paid,
-                   amount_remaining, total, created, finalized_at, period_start, period_end) VALUES (?, ?, ?, 'usd',
-                   ?, ?, ?, ?, ?, ?, TIMESTAMPTZ '2026-10-01 00:00:00+00', TIMESTAMPTZ '2026-11-01 00:00:00+00')""",
-                [invoice, customer, status, amount, paid, amount - paid, amount, created, finalized_at])
+                   amount_remaining, total, total_excluding_tax, created, finalized_at, period_start, period_end)
+                   VALUES (?, ?, ?, 'usd', ?, ?, ?, ?, ?, ?, ?, TIMESTAMPTZ '2026-10-01 00:00:00+00',
+                   TIMESTAMPTZ '2026-11-01 00:00:00+00')""",
+                [invoice, customer, status, amount, paid, amount - paid, amount, before_tax, created, finalized_at])
     con.execute("""INSERT INTO stripe_invoice_lines (invoice_id, line_id, meter, event_name, quantity_decimal,
                    amount, currency, period_start, period_end, source) VALUES (?, ?, NULL, 'metering_api_calls',
                    ?, ?, 'usd', TIMESTAMPTZ '2026-10-01 00:00:00+00', TIMESTAMPTZ '2026-11-01 00:00:00+00',
@@ -152,11 +191,12 @@ def known_only_from_webhooks(con: duckdb.DuckDBPyConnection, customer: str, stat
 MINIMUM_TRUE_UP = 4000
 
 
-def add_minimum_customer(con: duckdb.DuckDBPyConnection) -> None:
+def add_minimum_customer(con: duckdb.DuckDBPyConnection, *, total_excluding_tax: int | None = FROM_LINES) -> None:
     """cus_m: cus_a's October api_calls usage (1500 calls, pushed, metered and invoiced alike) rated 6000
     under a $100.00 minimum, so rating adds a true-up of 4000 (charge 'minimum', no meter) that Stripe
     cannot price (catalog finding not_expressible). Our preview: 10000 in 2 lines. Stripe's invoice
-    in_cus_m (paid, created Nov 1 01:00): the usage line, 1500 for 6000. No invoice item yet."""
+    in_cus_m (paid, created Nov 1 01:00): the usage line, 1500 for 6000. No invoice item yet. Its
+    `total_excluding_tax` is its lines' 6000 unless given (None: unknown)."""
     for table, where in (("usage_aggregates", "meter = 'api_calls' AND hour < TIMESTAMPTZ '2026-11-01 00:00:00+00'"),
                          ("stripe_push_ledger", "meter = 'api_calls' AND revision = 1"),
                          ("stripe_meter_summaries", "meter = 'api_calls'")):
@@ -178,6 +218,14 @@ def add_minimum_customer(con: duckdb.DuckDBPyConnection) -> None:
     con.execute("""INSERT INTO stripe_invoice_lines_api SELECT * REPLACE ('in_cus_m' AS invoice_id, 'il_m' AS line_id,
                    'cus_m' AS customer_id, 6000 AS amount)
                    FROM stripe_invoice_lines_api WHERE invoice_id = 'in_cus_a'""")
+    # copied from in_cus_a's: derived again from in_cus_m's own lines, unless the test gives its value
+    if total_excluding_tax is FROM_LINES:
+        con.execute("""UPDATE stripe_invoices_api i SET total_excluding_tax = (SELECT sum(amount)
+                       FROM stripe_invoice_lines_api l WHERE l.invoice_id = i.invoice_id AND l.pulled_at = i.pulled_at)
+                       WHERE invoice_id = 'in_cus_m'""")
+    else:
+        con.execute("UPDATE stripe_invoices_api SET total_excluding_tax = ? WHERE invoice_id = 'in_cus_m'",
+                    [total_excluding_tax])
 
 
 def ledger_item(con: duckdb.DuckDBPyConnection, item_id: str, invoice_id: str | None,
@@ -209,9 +257,19 @@ def pulled_item_line(con: duckdb.DuckDBPyConnection, invoice_id: str, line_id: s
 
 
 def invoice_total_is_its_lines(con: duckdb.DuckDBPyConnection, invoice_id: str) -> None:
-    """Set the API-pulled invoice's total to the sum of its lines, as Stripe's is without discounts or taxes."""
-    con.execute("""UPDATE stripe_invoices_api i SET total = (SELECT sum(amount) FROM stripe_invoice_lines_api l
-                   WHERE l.invoice_id = i.invoice_id AND l.pulled_at = i.pulled_at) WHERE invoice_id = ?""",
+    """Set the invoice's total and total_excluding_tax to the sum of its lines, as Stripe's are without
+    discounts or taxes: the API-pulled copies' from the lines of the same pull, else the webhook state's
+    from its lines. One stored without total_excluding_tax (NULL: before the field existed) keeps it
+    unknown. Call it after changing an invoice's lines by hand."""
+    lines_api = """(SELECT sum(amount) FROM stripe_invoice_lines_api l
+                    WHERE l.invoice_id = i.invoice_id AND l.pulled_at = i.pulled_at)"""
+    con.execute(f"""UPDATE stripe_invoices_api i SET total = {lines_api},
+                    total_excluding_tax = CASE WHEN total_excluding_tax IS NOT NULL THEN {lines_api} END
+                    WHERE invoice_id = ?""", [invoice_id])
+    lines_webhook = "(SELECT sum(amount) FROM stripe_invoice_lines l WHERE l.invoice_id = i.invoice_id)"
+    con.execute(f"""UPDATE stripe_invoices i SET total = {lines_webhook},
+                    total_excluding_tax = CASE WHEN total_excluding_tax IS NOT NULL THEN {lines_webhook} END
+                    WHERE invoice_id = ? AND invoice_id NOT IN (SELECT invoice_id FROM stripe_invoices_api)""",
                 [invoice_id])
 
 
@@ -241,6 +299,7 @@ def next_invoice_with_item(item_id: str) -> dict[str, Any]:
     return {
         "id": "in_next", "object": "invoice", "status": "open", "customer": "cus_stripe_m", "currency": "usd",
         "amount_due": total, "amount_paid": 0, "amount_remaining": total, "total": total, "subtotal": total,
+        "total_excluding_tax": total,
         "attempt_count": 0, "created": _unix(dt.date(2026, 12, 1)), "period_start": _unix(PE),
         "period_end": _unix(dt.date(2026, 12, 1)), "billing_reason": "subscription_cycle",
         "metadata": {"customer_id": "cus_m"},

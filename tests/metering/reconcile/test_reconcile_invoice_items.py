@@ -14,6 +14,7 @@ from recon_scenario import (
     MONTH,
     PULLED,
     add_minimum_customer,
+    invoice_total_is_its_lines,
     known_only_from_webhooks,
     land_invoice_webhook,
     ledger_item,
@@ -111,6 +112,7 @@ def test_an_item_on_an_invoice_known_only_from_webhooks(isolated_env, rules_dir)
         con.execute("""INSERT INTO stripe_invoice_lines (invoice_id, line_id, amount, currency, period_start,
                        period_end, invoice_item, source) VALUES ('in_cus_m', 'il_m_min', 4000, 'usd',
                        TIMESTAMPTZ '2026-10-01 00:00:00+00', TIMESTAMPTZ '2026-11-01 00:00:00+00', 'ii_m', 'webhook')""")
+        invoice_total_is_its_lines(con, "in_cus_m")   # 6000 + 4000: the 10000 it was written with
         ledger_item(con, "ii_m", "in_cus_m")
         result = _reconcile(con, rules_dir)
     m = _cus_m(result)

@@ -12,6 +12,7 @@ from recon_scenario import (
     EXPECTED_INVOICES,
     MONTH,
     PULLED,
+    add_minimum_customer,
     invoice_total_is_its_lines,
     known_only_from_webhooks,
     write_scenario,
@@ -208,8 +209,9 @@ def test_the_finalization_time_of_an_invoice_known_from_webhooks_counts_too(isol
 def _fee_charged(con, amount: int) -> None:
     """Stripe charged cus_a's platform fee (in_a0, billed in advance) at `amount` cents; we rate 4900."""
     con.execute("UPDATE stripe_invoice_lines_api SET amount = ? WHERE line_id = 'il_fee'", [amount])
-    con.execute("UPDATE stripe_invoices_api SET total = ?, amount_due = ?, amount_paid = ? WHERE invoice_id = 'in_a0'",
-                [amount, amount, amount])
+    invoice_total_is_its_lines(con, "in_a0")   # total and total_excluding_tax: no discount on it
+    con.execute("UPDATE stripe_invoices_api SET amount_due = ?, amount_paid = ? WHERE invoice_id = 'in_a0'",
+                [amount, amount])
 
 
 def test_a_flat_fee_difference_fails_the_blocking_check(isolated_env, rules_dir):
@@ -603,6 +605,26 @@ def test_a_coupon_that_zeroes_the_invoice_is_counted(isolated_env, rules_dir):
     assert "Stripe's invoice in_cus_a totals 100 less than its lines" in a_inv["reason"]
     assert stored == [(-100,)]
     assert result.unexplained_minor() == {"usd": 125 + 100}
+
+
+def test_the_adjustment_check_is_on_for_every_invoice_the_fixture_builds(isolated_env, rules_dir):
+    """The fixture writes each invoice's total_excluding_tax (the sum of its lines unless a test gives its
+    own), so every closing invoice is compared with its lines: 0 where nothing is on the invoice (never
+    NULL, which would mean the comparison was skipped), and a 500 coupon on in_cus_m (lines 6000, total
+    before tax 5500) is found: -500, amount_mismatch although the totals agree, and counted."""
+    with warehouse.open_warehouse() as con:
+        write_scenario(con)
+        add_minimum_customer(con, total_excluding_tax=6000 - 500)
+        before_tax = dict(con.execute("SELECT invoice_id, total_excluding_tax FROM stripe_invoices_api").fetchall())
+        result = _reconcile(con, rules_dir)
+    assert before_tax == {"in_cus_a": 100, "in_cus_b": 125, "in_cus_c": 0, "in_a0": 4900, "in_cus_m": 5500}
+    adjustments = {r["customer_id"]: r["stripe_adjustments_minor"] for r in result.invoices.iter_rows(named=True)}
+    assert adjustments == {"cus_a": 0, "cus_b": 0, "cus_c": 0, "cus_m": -500}
+    inv = {r["customer_id"]: (r["status"], r["amount_diff_minor"]) for r in result.invoices.iter_rows(named=True)}
+    assert inv == {**EXPECTED_INVOICES, "cus_m": ("amount_mismatch", 0)}
+    m = result.invoices.filter(customer_id="cus_m").row(0, named=True)
+    assert "; Stripe's invoice in_cus_m totals 500 less than its lines before tax" in m["reason"]
+    assert result.unexplained_minor() == {"usd": 125 + 500}
 
 
 def test_the_units_our_lines_priced_leave_the_included_ones_out(isolated_env, rules_dir):

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import dagster as dg
-from recon_scenario import write_scenario
+from recon_scenario import invoice_total_is_its_lines, write_scenario
 
 from metering import warehouse
 from pipelines.defs.reconciliation.assets import UNEXPLAINED_CHECK, reconcile_and_report
@@ -18,6 +18,9 @@ def _run(isolated_env, max_unexplained: int, selection=None,
         write_scenario(con)
         if fee_charged is not None:  # Stripe charges cus_a's platform fee (we rate 4900) at this many cents
             con.execute("UPDATE stripe_invoice_lines_api SET amount = ? WHERE line_id = 'il_fee'", [fee_charged])
+            invoice_total_is_its_lines(con, "in_a0")   # the fee invoice's totals follow its line
+            con.execute("UPDATE stripe_invoices_api SET amount_due = ?, amount_paid = ? WHERE invoice_id = 'in_a0'",
+                        [fee_charged, fee_charged])
     with dg.instance_for_test() as instance:
         return dg.materialize(
             [reconcile_and_report],
