@@ -7,6 +7,14 @@ column per dimension (`region`, `model`, ...). `--plan` prices every row under t
 `period_start`). The period is the calendar month holding that date and the whole period is one
 segment (no anchor or plan change is known offline, so flat fees are not prorated).
 
+A customer's period is priced under exactly one plan version (I6). Rows of one customer whose dates
+fall in one month but on either side of a version change (2026-10-03 and 2026-10-20 around pro's
+Oct 15 change), or that name two plans, are refused with their lines (exit 3) rather than priced:
+each would be a whole-month segment of its own, charging the flat fee and the minimum twice, and
+picking one version silently would price rows under a version their date does not name. The
+analyst chooses: `--at DATE` prices every row under the version in force that day, or the rows
+are re-dated (or given distinct customer ids, to compare plans side by side).
+
 Rows of one customer that fall under the same charge are combined by the meter's aggregation
 across rows: count, sum and unique_count add (unique counts of different rows are taken as
 disjoint), max and last take the largest. Pricing is `metering.rating.pricing.rate`, the same
@@ -76,6 +84,43 @@ def _fail(path: str, frame: pl.DataFrame, mask: pl.Expr, field: str, what: str) 
         raise BadInputError(f"{path}:{line}: {field}: {what} ({bad.height} row(s); first value {row.get(field)!r})")
 
 
+def _one_version_per_period(path: str, frame: pl.DataFrame, *, dated: bool) -> None:
+    """Refuse a customer's period that rows put under two plan versions (or plans), naming their lines.
+
+    Offline, each distinct (customer, period, plan, version) is a whole-period segment, so two of
+    them in one period would bill that month's flat fee and minimum once per version.
+    """
+    rows = frame.with_row_index("_line", offset=2)   # CSV: header is line 1
+    mixed = (
+        rows.group_by("customer_id", "period_start", "period_end")
+        .agg(pl.struct("plan", "plan_version").n_unique().alias("_versions"), pl.col("_line").min())
+        .filter(pl.col("_versions") > 1)
+        .sort("_line")
+    )
+    if not mixed.height:
+        return
+    customer, start, end = mixed.row(0)[:3]
+    groups = (
+        rows.filter((pl.col("customer_id") == customer) & (pl.col("period_start") == start))
+        .group_by("plan", "plan_version", maintain_order=True)
+        .agg(pl.col("_line"), pl.col("on").first())
+    )
+    parts = []
+    for plan, version, lines, on in groups.iter_rows():
+        shown = ", ".join(str(n) for n in lines[:5]) + (", ..." if len(lines) > 5 else "")
+        parts.append(f"{plan} {version} (in force on {on}: line(s) {shown})")
+    line = groups["_line"][1][0]      # the first row that brings in a second version
+    two_plans = groups["plan"].n_unique() > 1
+    field = "plan" if two_plans or not dated else "period_start"
+    fix = ("give each plan its own customer id, or pass --plan" if two_plans
+           else "pass --at DATE to price every row under the version in force that day, or date the rows alike")
+    raise BadInputError(
+        f"{path}:{line}: {field}: customer {customer}'s period {start}..{end} would be priced under "
+        f"{groups.height} plan versions at once: {'; '.join(parts)}; a period is priced under one version "
+        f"(else its flat fee and minimum are charged once per version): {fix} "
+        f"({mixed.height} customer period(s))")
+
+
 class WhatIf(NamedTuple):
     rated: pl.DataFrame       # OUTPUT_COLUMNS, one row per customer x charge line
     unmatched: pl.DataFrame   # input rows no charge of the plan version prices (with their 2-based line)
@@ -125,6 +170,7 @@ def rate_usage(usage: pl.DataFrame, rules: Rules, *, plan: str | None = None, at
     versions = pl.DataFrame(rows, orient="row", schema={"plan": pl.String, "on": pl.Date, "plan_version": pl.String,
                                                          "period_start": pl.Date, "period_end": pl.Date})
     frame = frame.drop("period_start", strict=False).join(versions, on=["plan", "on"], how="left")
+    _one_version_per_period(source, frame, dated=at is None)
 
     # Dimension values from the meter's declared dimension columns.
     dim_names = sorted({d for m in rules.meters.values() for d in m.dimensions if d in frame.columns})

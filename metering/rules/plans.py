@@ -390,7 +390,9 @@ def _plan_file(file: Path, meters: Mapping[str, Meter], errors: list[str],
     versions = [_version(v, ("versions", i), plan, currency, meters, err) for i, v in enumerate(versions_spec)]
     if any(v is None for v in versions):
         return None
-    # Versions are read in file order; dates must be unique and, with explicit ends, not overlap.
+    # Versions are read in file order; dates must be unique and, with explicit ends, neither overlap
+    # nor leave a gap before the next version (I6: every instant resolves to exactly one version).
+    # Only the last version may end without a successor: the plan is retired from then on.
     seen_names: dict[str, int] = {}
     seen_dates: dict[dt.date, int] = {}
     for i, v in enumerate(versions):
@@ -407,6 +409,12 @@ def _plan_file(file: Path, meters: Mapping[str, Meter], errors: list[str],
         if va.effective_from != vb.effective_from and va.explicit_end is not None and va.explicit_end > vb.effective_from:
             err(("versions", a, "effective_to"), f"version {va.version} runs to {va.explicit_end}, overlapping version "
                 f"{vb.version} which starts {vb.effective_from}")
+        if va.explicit_end is not None and va.explicit_end < vb.effective_from:
+            last_day = vb.effective_from - dt.timedelta(days=1)
+            err(("versions", a, "effective_to"), f"version {va.version} runs to {va.explicit_end}, leaving a gap before "
+                f"version {vb.version} which starts {vb.effective_from}: {va.explicit_end} .. {last_day} "
+                f"({(vb.effective_from - va.explicit_end).days} day(s)) would be in no version and go unbilled; end "
+                f"version {va.version} on {vb.effective_from} (or drop its effective_to)")
     for gone in sorted(v for p, v in rated_hashes if p == plan and v not in seen_names):
         err(("versions",), f"version {gone} of plan {plan} has already rated usage and is missing from the file: "
             "published versions are immutable; put it back (a version ends where the next one starts)")

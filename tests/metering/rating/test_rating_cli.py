@@ -273,6 +273,63 @@ def test_rate_warns_about_rows_no_charge_prices(tmp_path):
             f"(first: {usage}:3: api_calls {{\"region\":null}} under pro 2026-10)") in result.output
 
 
+TWO_DATES = "customer_id,meter,quantity,plan,period_start\nc1,seats,1,pro,2026-10-03\nc1,seats,1,pro,2026-10-20\n"
+
+
+def test_rate_refuses_a_period_under_two_versions(tmp_path):
+    """Rows either side of pro's Oct 15 change made two whole-month segments of October: the fee
+    (49 + 59) and the minimum's 90.00 true-up charged twice, usd 488.00 for one seat (I6)."""
+    usage, result = _rate_csv(tmp_path, TWO_DATES)
+    assert result.exit_code == 3, result.output
+    assert (f"error: {usage}:3: period_start: customer c1's period 2026-10-01..2026-11-01 would be priced under "
+            "2 plan versions at once: pro 2026-01 (in force on 2026-10-03: line(s) 2); pro 2026-10 (in force on "
+            "2026-10-20: line(s) 3); a period is priced under one version (else its flat fee and minimum are "
+            "charged once per version): pass --at DATE to price every row under the version in force that day, "
+            "or date the rows alike (1 customer period(s))") in result.output
+    assert "Traceback" not in result.output and not (tmp_path / "o.csv").exists()
+    # two plans for one customer's period are refused the same way, on the plan field
+    usage, result = _rate_csv(tmp_path, TWO_DATES.replace("pro,2026-10-20", "starter,2026-10-05"))
+    assert result.exit_code == 3, result.output
+    assert f"error: {usage}:3: plan: customer c1's period 2026-10-01..2026-11-01 would be priced under 2" in result.output
+    assert "starter 2026-01 (in force on 2026-10-05: line(s) 3); " in result.output
+    assert "give each plan its own customer id, or pass --plan" in result.output
+
+
+@pytest.mark.parametrize(("at", "version", "fee", "total"), [
+    # seats is a `last` meter: the two rows take the max, 1 seat x 10.00; the flat fee is whole offline;
+    # the $100 minimum trues up 100 - 10 = 90 (the fee does not count toward it)
+    ("2026-10-01", "2026-01", "49.00", "149.00"),
+    ("2026-10-20", "2026-10", "59.00", "159.00"),
+])
+def test_rate_at_prices_the_period_under_one_version(tmp_path, at, version, fee, total):
+    usage = tmp_path / "usage.csv"
+    usage.write_text(TWO_DATES)
+    out = tmp_path / "o.csv"
+    result = run("rate", "--rules", str(RULES), "--usage", str(usage), "--out", str(out), "--at", at)
+    assert result.exit_code == 0, result.output
+    assert f"for 1 customers -> {out} (usd {total})" in result.output
+    rated = pl.read_csv(out, infer_schema=False).filter(pl.col("amount") != "0.00")
+    assert rated.select("plan_version", "charge", "period_start", "period_end", "amount").rows() == [
+        (version, "seats", "2026-10-01", "2026-11-01", "10.00"),
+        (version, "platform fee", "2026-10-01", "2026-11-01", fee),
+        (version, "minimum spend", "2026-10-01", "2026-11-01", "90.00"),
+    ]
+
+
+def test_validate_refuses_a_gap_between_versions(tmp_path):
+    root = tmp_path / "rules"
+    shutil.copytree(RULES, root)
+    pro = root / "plans" / "pro.yaml"
+    text = pro.read_text()
+    pro.write_text(text.replace("    effective_from: 2026-01-01\n", "    effective_from: 2026-01-01\n    effective_to: 2026-10-10\n"))
+    result = run("rules", "validate", str(root))
+    assert result.exit_code == 3
+    assert (f"{pro}:10: versions[0].effective_to: version 2026-01 runs to 2026-10-10, leaving a gap before version "
+            "2026-10 which starts 2026-10-15: 2026-10-10 .. 2026-10-14 (5 day(s)) would be in no version and go "
+            "unbilled; end version 2026-01 on 2026-10-15 (or drop its effective_to)") in result.output
+    assert "error: 1 problem(s) in" in result.output and "Traceback" not in result.output
+
+
 def test_bench_rate_runs_small():
     result = run("bench", "rate", "--rows", "3000", "--repeat", "1", "--rules", str(RULES))
     assert result.exit_code == 0, result.output

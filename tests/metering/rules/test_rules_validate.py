@@ -193,6 +193,49 @@ def test_overlapping_versions(tmp_path):
                             "version v2 which starts 2026-05-01")
 
 
+def test_gap_between_versions(tmp_path):
+    """v1 ending Oct 10 and v2 starting Oct 20 left Oct 10..19 in no version: no flat fee, usage unpriced (I6)."""
+    text = """
+        plan: t
+        currency: usd
+        versions:
+          - version: "v1"
+            effective_from: 2026-01-01
+            effective_to: 2026-10-10
+            charges:
+              - {model: flat, amount: "1"}
+          - version: "v2"
+            effective_from: 2026-10-20
+            charges:
+              - {model: flat, amount: "2"}
+    """
+    errs = errors_for(tmp_path, text)
+    assert len(errs) == 1
+    assert errs[0].endswith("t.yaml:6: versions[0].effective_to: version v1 runs to 2026-10-10, leaving a gap before "
+                            "version v2 which starts 2026-10-20: 2026-10-10 .. 2026-10-19 (10 day(s)) would be in no "
+                            "version and go unbilled; end version v1 on 2026-10-20 (or drop its effective_to)")
+    # ending exactly where the next version starts is no gap
+    root = rules_dir(tmp_path, textwrap.dedent(text).replace("effective_to: 2026-10-10", "effective_to: 2026-10-20"))
+    assert check_rules(root)[1] == []
+
+
+def test_the_last_version_may_end(tmp_path):
+    """A plan is retired by ending its last version: nothing follows, so nothing is left unbilled."""
+    root = rules_dir(tmp_path, plan('- {model: flat, amount: "1"}', extra_versions="""
+      - version: "v2"
+        effective_from: 2026-06-01
+        effective_to: 2026-12-01
+        charges:
+          - {model: flat, amount: "2"}
+    """))
+    rules, errs = check_rules(root)
+    assert errs == []
+    versions = rules.plans["t"].versions
+    assert [(v.version, v.effective_from.isoformat(), str(v.effective_to)) for v in versions] == [
+        ("v1", "2026-01-01", "2026-06-01"), ("v2", "2026-06-01", "2026-12-01")]
+    assert rules.plans["t"].version_at(versions[1].effective_to) is None
+
+
 def test_duplicate_version_names(tmp_path):
     errs = errors_for(tmp_path, plan('- {model: flat, amount: "1"}', extra_versions="""
       - version: "v1"
