@@ -31,9 +31,13 @@ PERIOD_OPTION = click.option("--period", "month", required=True, callback=parsed
 @click.option("--settle-seconds", type=click.IntRange(min=0, max=10**12), default=None,
               help="Trust Stripe's meter summaries only this long after the last acknowledged push "
                    "(default: $METERING_STRIPE_SETTLE_SECONDS or 900).")
+@click.option("--invoice-grace-seconds", type=click.IntRange(min=0, max=10**12), default=None,
+              help="How long after a period's end Stripe may still create its invoice before the period is "
+                   "not_invoiced (default: $METERING_STRIPE_INVOICE_GRACE_SECONDS or 3600).")
 @click.option("--fail/--no-fail", "fail", default=True, show_default=True,
               help="Exit 4 when unexplained differences exceed $METERING_RECON_MAX_UNEXPLAINED_MINOR.")
-def reconcile(month: dt.date, warehouse_path: str | None, pull: bool, settle_seconds: int | None, fail: bool) -> None:
+def reconcile(month: dt.date, warehouse_path: str | None, pull: bool, settle_seconds: int | None,
+              invoice_grace_seconds: int | None, fail: bool) -> None:
     """Reconcile a billing month: ours vs pushed vs Stripe's meters vs Stripe's invoices.
 
     The warehouse must exist. A month with nothing to compare passes, with a warning.
@@ -41,6 +45,8 @@ def reconcile(month: dt.date, warehouse_path: str | None, pull: bool, settle_sec
     settings = ReconcileSettings.from_env()
     if settle_seconds is not None:
         settings = dataclasses.replace(settings, settle_seconds=settle_seconds)
+    if invoice_grace_seconds is not None:
+        settings = dataclasses.replace(settings, invoice_grace_seconds=invoice_grace_seconds)
     client = None
     if pull:  # a missing key is told before the warehouse is opened (and waited for)
         from metering.stripe.client import make_client, settings_from_env

@@ -28,6 +28,7 @@ class ReconcileConfig(dg.Config):
     """Overrides of `ReconcileSettings.from_env()`; -1 keeps the environment's / default value."""
 
     settle_seconds: int = -1
+    invoice_grace_seconds: int = -1
     max_unexplained_minor: int = -1
     pull_rate: int = -1
 
@@ -46,6 +47,8 @@ def _settings(config: ReconcileConfig, stripe: StripeResource | None = None) -> 
     return dataclasses.replace(
         base,
         settle_seconds=base.settle_seconds if config.settle_seconds < 0 else config.settle_seconds,
+        invoice_grace_seconds=base.invoice_grace_seconds if config.invoice_grace_seconds < 0
+        else config.invoice_grace_seconds,
         max_unexplained_minor=base.max_unexplained_minor if config.max_unexplained_minor < 0
         else config.max_unexplained_minor,
         pull_rate=pull_rate,

@@ -251,6 +251,31 @@ def test_reconcile_command_exits_4_on_a_flat_fee_difference(isolated_env, rules_
     assert "unexplained 11.25 USD" in bad.output
 
 
+def test_reconcile_command_takes_the_invoice_grace(isolated_env, rules_dir, monkeypatch):
+    """cus_c's invoice never came. Today (long after Nov 1 01:15) it is not_invoiced and its -100 counts:
+    unexplained 1.25 USD. With a grace reaching past today it is pending again, and only cus_b's 25
+    counts. The environment's grace is what the option overrides."""
+    from click.testing import CliRunner
+
+    from metering.cli import cli
+
+    with warehouse.open_warehouse() as con:
+        write_scenario(con)
+        con.execute("DELETE FROM stripe_invoice_lines_api WHERE invoice_id = 'in_cus_c'")
+        con.execute("DELETE FROM stripe_invoices_api WHERE invoice_id = 'in_cus_c'")
+    monkeypatch.setenv("METERING_RECON_MAX_UNEXPLAINED_MINOR", "1000")
+    monkeypatch.setenv("METERING_STRIPE_INVOICE_GRACE_SECONDS", "3600")
+    args = ["reconcile", "--period", "2026-10", "--no-pull"]
+    default = CliRunner().invoke(cli, args)
+    assert default.exit_code == 0, default.output
+    assert "unexplained 1.25 USD" in default.output
+    century = CliRunner().invoke(cli, [*args, "--invoice-grace-seconds", str(100 * 365 * 86400)])
+    assert century.exit_code == 0, century.output
+    assert "unexplained 0.25 USD" in century.output
+    refused = CliRunner().invoke(cli, [*args, "--invoice-grace-seconds", "-1"])
+    assert refused.exit_code == 2 and "--invoice-grace-seconds" in refused.output
+
+
 def test_a_failed_window_beside_a_late_one_is_not_pushed(isolated_env, rules_dir):
     """cus_c: besides its failed Oct 2 window (500 calls), 7 calls on Oct 3 came after the invoice was
     finalized, and the push marked that window late. The late window explains its 7 calls, never the

@@ -95,3 +95,12 @@ def test_pull_rate_follows_the_stripe_resource_unless_configured(monkeypatch):
     assert _settings(ReconcileConfig(pull_rate=7), StripeResource(push_rate=0.0)).pull_rate == 7
     monkeypatch.setenv("METERING_STRIPE_PULL_RATE", "5")
     assert _settings(ReconcileConfig(), StripeResource(push_rate=0.0)).pull_rate == 5
+
+
+def test_run_config_overrides_the_invoice_grace(monkeypatch):
+    from pipelines.defs.reconciliation.assets import ReconcileConfig, _settings
+
+    monkeypatch.setenv("METERING_STRIPE_INVOICE_GRACE_SECONDS", "120")
+    assert _settings(ReconcileConfig()).invoice_grace_seconds == 120
+    assert _settings(ReconcileConfig(invoice_grace_seconds=7200)).invoice_grace_seconds == 7200
+    assert _settings(ReconcileConfig(invoice_grace_seconds=0)).invoice_grace_seconds == 0
