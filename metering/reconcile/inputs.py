@@ -591,14 +591,34 @@ def load_stripe_invoices(con: duckdb.DuckDBPyConnection, billing_month: dt.date,
         pl.col("amount_paid").sort_by(closing).last(),
         pl.col("amount_remaining").sort_by(closing).last(),
     )
-    frame = frame.join(_invoice_adjustments(con, frame["closing_invoice_id"].drop_nulls().to_list()),
-                       left_on="closing_invoice_id", right_on="invoice_id", how="left")
-    return rc.conform(frame, rc.STRIPE_INVOICES_SCHEMA)
+    return rc.conform(frame.join(_period_adjustments(con, lines), on=["customer_id", "period_start"], how="left"),
+                      rc.STRIPE_INVOICES_SCHEMA)
+
+
+def _period_adjustments(con: duckdb.DuckDBPyConnection, lines: pl.DataFrame) -> pl.DataFrame:
+    """customer_id, period_start, adjustments_minor, adjusted_invoice_ids: the adjustments of the
+    invoices with lines in each period, each invoice counted in ONE period, the one its own
+    `period_start` falls in.
+
+    Not only the closing invoice: a coupon on the invoice that bills the first period's fee in advance
+    (`subscription_create`) was never seen. Not every invoice of the period either: the invoice that
+    closes October also bills November's fee in advance, and counted in both periods its discount
+    would count twice."""
+    pairs = lines.select("customer_id", "period_start", "period_end", "invoice_id").drop_nulls("invoice_id").unique()
+    adjustments = _invoice_adjustments(con, pairs["invoice_id"].unique().sort().to_list())
+    return (
+        pairs.join(adjustments, on="invoice_id")
+        .filter(pl.col("invoice_period_start").is_between(pl.col("period_start"), pl.col("period_end"), closed="left"))
+        .group_by("customer_id", "period_start")
+        .agg(pl.col("adjustments_minor").sum(),
+             pl.col("invoice_id").filter(pl.col("adjustments_minor") != 0).sort().str.join(",")
+             .alias("adjusted_invoice_ids"))
+    )
 
 
 def _invoice_adjustments(con: duckdb.DuckDBPyConnection, invoice_ids: list[str]) -> pl.DataFrame:
-    """invoice_id, adjustments_minor for the invoices `invoice_ids` (the periods' closing ones, not
-    every invoice the warehouse holds): each invoice's total before tax (`total_excluding_tax`: after
+    """invoice_id, invoice_period_start (its UTC date), adjustments_minor for the invoices `invoice_ids`
+    (those of the periods reconciled, not every invoice the warehouse holds): each invoice's total before tax (`total_excluding_tax`: after
     discounts and pre-tax credits) less the sum of its lines (whose amounts are before them). Tax is
     Stripe's to compute: the engine rates none, and an invoice's tax is no difference to explain.
     Invoices whose lines are not all known, or stored without `total_excluding_tax` (pulled before
@@ -608,7 +628,8 @@ def _invoice_adjustments(con: duckdb.DuckDBPyConnection, invoice_ids: list[str])
         f"""
         WITH lines AS ({merged_lines_sql(con)}),
              invoices AS ({merged_invoices_sql(con)})
-        SELECT i.invoice_id, CAST(any_value(i.total_before_tax) - sum(l.amount) AS BIGINT) AS adjustments_minor
+        SELECT i.invoice_id, CAST(any_value(i.period_start) AS DATE) AS invoice_period_start,
+               CAST(any_value(i.total_before_tax) - sum(l.amount) AS BIGINT) AS adjustments_minor
         FROM invoices i JOIN lines l ON l.invoice_id = i.invoice_id
         WHERE list_contains(?::VARCHAR[], i.invoice_id) AND i.total_before_tax IS NOT NULL AND i.lines_complete
         GROUP BY i.invoice_id

@@ -55,8 +55,9 @@ charges Stripe cannot price) with our total less those charges; what the items d
 `not_invoiced` as above (or `pending` for a draft), `missing_in_stripe` / `extra_in_stripe` when one
 side has nothing, else `amount_mismatch` when the difference exceeds the tolerance, *or its residual*
 (the part no usage row of the same customer x period carries: flat fees, other lines without a
-meter) exceeds the residual's own tolerance (the lines on no meter alone), or the closing invoice's
-total before tax differs from its lines (`stripe_adjustments_minor`: a discount or credit on the invoice),
+meter) exceeds the residual's own tolerance (the lines on no meter alone), or the period's invoices'
+totals before tax differ from their lines (`stripe_adjustments_minor`: a discount or credit on an invoice,
+each invoice counted in the one period its own period starts in),
 `within_tolerance` when the difference or the residual is not zero, `matched`. The residual decides
 too because equal totals can hide a fee overcharge offset by a usage row's difference.
 `unexplained_by_currency` counts |residual| above its tolerance, and |stripe_adjustments_minor|, on
@@ -154,8 +155,9 @@ STRIPE_INVOICES_SCHEMA = {
     # those of them on no meter (what only the invoice row compares)
     "rounded_lines": pl.Int64, "unmetered_lines": pl.Int64,
     "invoice_ids": pl.String,
-    # the invoice that closed the period, and its total before tax (after discounts) minus its lines
-    "closing_invoice_id": pl.String, "adjustments_minor": pl.Int64,
+    # the invoice that closed the period; the period's invoices' totals before tax (after discounts) minus
+    # their lines, each invoice counted in the period its own period starts in, and those that differ
+    "closing_invoice_id": pl.String, "adjustments_minor": pl.Int64, "adjusted_invoice_ids": pl.String,
     "invoice_status": pl.String, "amount_due": pl.Int64, "amount_paid": pl.Int64, "amount_remaining": pl.Int64,
 }
 PENDING_ITEMS_SCHEMA = {"customer_id": pl.String, "period_start": pl.Date, "engine_items_pending_minor": pl.Int64}
@@ -513,7 +515,7 @@ def reconcile_invoices(
     frame = frame.with_columns(
         [pl.when(~unclosed).then(pl.col(c)).alias(c) for c in ("invoice_status", "closing_invoice_id")]
         + [pl.when(~unclosed & ~other_currency).then(pl.col(c)).alias(c)
-           for c in ("amount_due", "amount_paid", "amount_remaining", "adjustments_minor")]
+           for c in ("amount_due", "amount_paid", "amount_remaining", "adjustments_minor", "adjusted_invoice_ids")]
         + [pl.when(~other_currency).then(pl.col(c)).alias(c) for c in ("stripe_total_minor", "engine_items_minor")])
     ours_t = pl.col("our_total_minor")
     stripe_t = pl.col("stripe_total_minor")
@@ -600,11 +602,11 @@ def reconcile_invoices(
 
 
 def _adjustments_note() -> pl.Expr:
-    """The end of a closed invoice row's reason when the closing invoice's total is not the sum of its lines."""
+    """The end of a closed invoice row's reason when the period's invoices total other than their lines."""
     adjustments = pl.col("stripe_adjustments_minor")
     return pl.when(adjustments.fill_null(0) != 0).then(pl.format(
         "; Stripe's invoice {} totals {} {} its lines before tax (a discount or credit on the invoice, on no line: "
-        "Stripe collects that much {}, counted)", pl.col("closing_invoice_id").fill_null("?"), adjustments.abs(),
+        "Stripe collects that much {}, counted)", pl.col("adjusted_invoice_ids").fill_null("?"), adjustments.abs(),
         pl.when(adjustments < 0).then(pl.lit("less than")).otherwise(pl.lit("more than")),
         pl.when(adjustments < 0).then(pl.lit("less")).otherwise(pl.lit("more")))).otherwise(pl.lit(""))
 
@@ -650,7 +652,7 @@ def invoice_residuals(usage: pl.DataFrame, invoices: pl.DataFrame) -> pl.DataFra
     `residual_minor` = invoice difference - usage_diff_minor is what only the invoice shows: flat fees,
     licensed seats, any line without a meter. `unexplained_minor` is |residual_minor| when it exceeds
     the residual's tolerance (the lines on no meter that carry an amount), plus |stripe_adjustments_minor|
-    (the closing invoice's total less its lines: a discount never rounds), whatever the row's status but
+    (the period's invoices' totals less their lines: a discount never rounds), whatever the row's status but
     `pending` (Stripe may still change the invoice): an explained usage difference must not hide a fee's
     by offsetting it in the total.
     """
@@ -676,7 +678,7 @@ def unexplained_by_currency(usage: pl.DataFrame, invoices: pl.DataFrame | None =
     invoice row's |residual| above its tolerance, the part of its difference no usage row carries
     (`invoice_residuals`), whatever its status but `pending`: a flat fee Stripe charged differently
     fails the check even when a usage row's difference offsets it in the total, and money a usage
-    row counts is not counted again. Plus what the closing invoice's total before tax differs from its
+    row counts is not counted again. Plus what the period's invoices' totals before tax differ from their
     lines (discounts and credits on the invoice: `stripe_adjustments_minor`).
     """
     cur = pl.col("currency").fill_null("?").alias("currency")

@@ -581,6 +581,7 @@ def _fee_invoice(stripe_fee: int, *, adjustments: int | None = None, status: str
     stripe = pl.DataFrame([dict(customer_id="c1", period_start=PS, period_end=PE, currency="usd",
                                 stripe_total_minor=total, line_count=5, rounded_lines=2, unmetered_lines=1,
                                 invoice_ids="in_0,in_1", closing_invoice_id="in_1", adjustments_minor=adjustments,
+                                adjusted_invoice_ids="in_1" if adjustments else None,
                                 invoice_status=status, amount_due=total, amount_paid=total, amount_remaining=0)])
     invoices = reconcile_invoices(ours, stripe, billing_month=PS, settings=S, reconciled_at=NOW,
                                   usage=pl.DataFrame(usage))

@@ -602,9 +602,10 @@ def test_an_invoice_ending_mid_period_of_a_running_subscription_closes_nothing(i
 ])
 def test_an_invoices_tax_is_no_difference_but_its_discount_is(isolated_env, rules_dir, total, before_tax, counted):
     """`total` includes tax; `total_excluding_tax` is after discounts and before tax, like nothing the
-    lines hold but the discount. Comparing the total made every taxed invoice an amount_mismatch."""
+    lines hold but the discount. Comparing the total made every taxed invoice an amount_mismatch. In the
+    unknown case cus_a's fee invoice in_a0 was pulled before the field too (else it alone is compared: 0)."""
     with warehouse.open_warehouse() as con:
-        write_scenario(con)
+        write_scenario(con, total_excluding_tax=None if before_tax is not None else {"in_a0": None})
         con.execute("UPDATE stripe_invoices_api SET total = ?, total_excluding_tax = ? WHERE invoice_id = 'in_cus_a'",
                     [total, before_tax])
         result = _reconcile(con, rules_dir)
@@ -668,3 +669,18 @@ def test_the_units_our_lines_priced_leave_the_included_ones_out(isolated_env, ru
     # tokens large is a charge Stripe cannot price: its units are no part of what Stripe's lines bill
     assert priced == {("cus_a", "api_calls"): D(500), ("cus_a", "tokens"): None,
                       ("cus_b", "api_calls"): D(2000), ("cus_c", "api_calls"): None}
+
+
+def test_a_coupon_on_the_invoice_that_billed_the_fee_in_advance_is_counted_once(isolated_env, rules_dir):
+    """cus_a's October fee (4900) was billed in advance on in_a0, the subscription's first invoice; its
+    usage on in_cus_a, the invoice that closes October. A 500 coupon on in_a0 made Stripe collect 500
+    less than its lines, and only the closing invoice was compared: cus_a stayed matched. Each invoice
+    of a period counts in the period its own period starts in (in_a0's: Oct 1), so the coupon counts,
+    once: 125 (cus_b) + 500."""
+    with warehouse.open_warehouse() as con:
+        write_scenario(con, total_excluding_tax={"in_a0": 4900 - 500})
+        result = _reconcile(con, rules_dir)
+    a = result.invoices.filter(customer_id="cus_a").row(0, named=True)
+    assert (a["status"], a["amount_diff_minor"], a["stripe_adjustments_minor"]) == ("amount_mismatch", 0, -500)
+    assert "; Stripe's invoice in_a0 totals 500 less than its lines before tax" in a["reason"]
+    assert result.unexplained_minor() == {"usd": 125 + 500}
