@@ -12,7 +12,9 @@ How exactly-once holds across re-runs and crashes:
    for a retry, a payment event Stripe stamped with our key), records it without calling again;
    otherwise it calls again with the same key. So a declined retry is never charged again, even
    after Stripe's 24-hour idempotency window.
-4. The row is then marked `done` (or `rejected` when Stripe refuses the request for good).
+4. The row is then marked `done` (or `rejected` when Stripe refuses the request for good). A row
+   that cannot complete (an outage; a reminder that cannot be built or written) stays `pending`
+   with its error and is reported; the run goes on with the other invoices.
 
 Rules that keep the engine from doing harm (invariant I15):
 - never charge an invoice Stripe is still retrying (`next_payment_attempt` set: Stripe clears it
@@ -26,9 +28,14 @@ Rules that keep the engine from doing harm (invariant I15):
   attempt), so our steps are keyed by (invoice, step), not by attempt_count;
 - when catching up after an outage, only the latest due reminder and the latest due retry are
   performed (earlier ones are `skipped`, superseded); suspension and write-off always run, in order;
-- after a retry, the invoice's later steps wait for the next run, when its outcome is known;
+- after a retry, the invoice's later steps wait for the next run, when its outcome is known; so
+  do they while a due retry cannot be made in a Stripe outage, or while a pending Stripe call
+  cannot be read back. Without a Stripe client, a Stripe step never sent waits alone: the
+  invoice's reminders and suspension go on (nothing is in flight, and no client is a setting,
+  not an outage that passes);
 - a pending row whose invoice has left dunning is `superseded`, never performed (a pending
-  write-off whose invoice is written off is confirmed `done`: the call went through before a crash).
+  write-off whose invoice is written off is confirmed `done`: the call went through before a crash);
+  one whose step is gone from the policy is resolved (`done` if it took effect, else `skipped`).
 """
 
 from __future__ import annotations
@@ -58,6 +65,7 @@ log = logging.getLogger(__name__)
 FINAL_STATUSES = ("done", "skipped", "rejected", "superseded")
 STRIPE_ACTIONS = ("retry", "write_off")
 KEY_PREFIX = "dunning:"
+STEP_REMOVED = "step_removed_from_policy"
 
 LEDGER_SCHEMA: dict[str, pl.DataType] = {
     "idempotency_key": pl.String, "invoice_id": pl.String, "step_index": pl.Int32,
@@ -108,7 +116,9 @@ def plan_actions(
 
     decision: `perform` | `skip` | `wait` | `supersede` (a pending row whose invoice left dunning) |
     `confirm` (a pending write-off whose invoice is already written off: the call went through) |
-    `resolve` (a pending row that would now be skipped: done if its call took effect, else skipped).
+    `resolve` (a pending row that would now be skipped, or whose step is gone from the invoice's
+    schedule: done if its call took effect, else skipped). Those of a removed step come first in
+    their invoice, so a retry whose outcome is unknown holds the invoice's other steps back.
     """
     now = utc(now)
     state = conform(state, STATE_SCHEMA)
@@ -153,15 +163,27 @@ def plan_actions(
         .otherwise(pl.lit("due")),
     )
 
-    left = (
+    open_rows = (
         ledger.filter(pl.col("status") == "pending")
-        .join(state.select("invoice_id", "state"), on="invoice_id", how="left")
-        .filter(pl.col("state").fill_null("") != IN_DUNNING)
+        .join(state.select("invoice_id", "state", "policy"), on="invoice_id", how="left")
+        .with_columns(in_dunning=pl.col("state").fill_null("") == IN_DUNNING)
+    )
+    from_ledger = (
+        "invoice_id", "customer_id", "stripe_customer", "currency",
+        pl.col("amount_minor").alias("amount_remaining"), "attempt_count", "step_index",
+        "step_name", "action", "due_at", pl.col("attempts").alias("pending_attempts"),
+        pl.col("attempt_count").alias("pending_attempt_count"),
+    )
+    # a pending row of a step removed from the policy: the schedule above no longer reaches it
+    removed = (
+        open_rows.filter(pl.col("in_dunning"))
+        .join(steps.select("policy", "step_name"), on=["policy", "step_name"], how="anti")
+        .select(*from_ledger, decision=pl.lit("resolve"), reason=pl.lit(STEP_REMOVED))
+    )
+    left = (
+        open_rows.filter(~pl.col("in_dunning"))
         .select(
-            "invoice_id", "customer_id", "stripe_customer", "currency",
-            pl.col("amount_minor").alias("amount_remaining"), "attempt_count", "step_index",
-            "step_name", "action", "due_at",
-            pl.col("attempts").alias("pending_attempts"),
+            *from_ledger,
             # a write-off interrupted after Stripe accepted it: the invoice is written off -> done
             pl.when((pl.col("action") == "write_off") & (pl.col("state") == WRITTEN_OFF))
             .then(pl.lit("confirm")).otherwise(pl.lit("supersede")).alias("decision"),
@@ -176,9 +198,9 @@ def plan_actions(
         "step_index", "step_name", "action", "template", "day", "due_at", "pending_attempts",
         "pending_attempt_count", "decision", "reason",
     ]
-    planned = pl.concat([decided, left], how="diagonal_relaxed")
+    planned = pl.concat([decided, removed, left], how="diagonal_relaxed")
     return planned.select([pl.col(c) if c in planned.columns else pl.lit(None).alias(c) for c in columns]).sort(
-        "invoice_id", "step_index")
+        "invoice_id", pl.col("reason") != STEP_REMOVED, "step_index")
 
 
 # --- performing (one external side effect per row) ------------------------------------------------
@@ -363,11 +385,12 @@ def perform_actions(
     emails = read_emails(con) if not plan.is_empty() else {}
     stopped: set[str] = set()   # invoices whose later steps wait for the next run
 
-    def stop(action: str, key: str, invoice: str, status: str, error: str) -> None:
-        """The row cannot go on this run (it stays as it is); nor can its invoice's later steps."""
+    def stop(action: str, key: str, invoice: str, status: str, error: str, *, hold: bool = True) -> None:
+        """The row cannot go on this run (it stays as it is); with `hold`, nor can its invoice's later steps."""
         report.add(action, status)
         report.errors.append(f"{key}: {error}")
-        stopped.add(invoice)
+        if hold:
+            stopped.add(invoice)
 
     for row in plan.iter_rows(named=True):
         action, invoice = row["action"], row["invoice_id"]
@@ -389,8 +412,12 @@ def perform_actions(
             stopped.add(invoice)
             continue
         if action in STRIPE_ACTIONS and client is None and decision in ("resolve", "perform"):
-            # a pending call may have reached Stripe: without a client nothing can be known or done
-            stop(action, key, invoice, "no_stripe_client", "no Stripe client configured (set STRIPE_API_KEY)")
+            # A pending call may have reached Stripe (a retry may even have paid): without a client
+            # nothing can be known, so the invoice's later steps wait. A call never made has no
+            # outcome to wait for, and running without Stripe is a setting, not an outage that
+            # passes: reminders and suspension go on, and the Stripe step waits for a client.
+            stop(action, key, invoice, "no_stripe_client", "no Stripe client configured (set STRIPE_API_KEY)",
+                 hold=row["pending_attempts"] is not None)
             continue
         if decision == "resolve":
             try:
@@ -453,7 +480,9 @@ def perform_actions(
             report.add(action, status)
             if action == "retry":
                 stopped.add(invoice)
-        except stripe.StripeError as exc:        # transient: the row stays pending, retried next run
+        except (stripe.StripeError, ValueError, OSError) as exc:
+            # transient, or this row's data cannot be sent (e.g. a header the email package refuses):
+            # the row stays pending with its error, retried next run; the other invoices go on
             error = _error_text(exc)
             ledger.note_error(key, error)
             stop(action, key, invoice, "error", error)

@@ -32,7 +32,7 @@ import duckdb
 import pyarrow as pa
 
 from metering import config
-from metering.dunning.policy import Template
+from metering.dunning.policy import LINE_BREAK, Template
 from metering.errors import BadInputError
 from metering.logs import redact
 
@@ -63,22 +63,32 @@ def sender() -> str:
     return os.environ.get("METERING_SMTP_FROM") or "billing@localhost"
 
 
+def header_text(value: str) -> str:
+    """`value` on one line: each line break becomes a space.
+
+    Header values carry data from Stripe (a customer's metadata id in the subject), and a line break
+    there would start a header of its own (`Bcc: ...`); the email package refuses it outright.
+    """
+    return LINE_BREAK.sub(" ", value)
+
+
 def render(template: Template, fields: dict[str, str]) -> tuple[str, str]:
-    """Subject and body with the placeholders filled (the policy validator checked their names)."""
-    return template.subject.format(**fields).strip(), template.body.format(**fields)
+    """Subject (one line) and body with the placeholders filled (the policy validator checked their names)."""
+    return header_text(template.subject.format(**fields)).strip(), template.body.format(**fields)
 
 
 def build_message(
     msg_id: str, key: str, to_address: str | None, subject: str, body: str, now: datetime
 ) -> EmailMessage:
+    """The reminder as an email; every header value is kept on one line (`header_text`)."""
     msg = EmailMessage()
-    msg["From"] = sender()
+    msg["From"] = header_text(sender())
     if to_address:
-        msg["To"] = to_address
-    msg["Subject"] = subject
+        msg["To"] = header_text(to_address)
+    msg["Subject"] = header_text(subject)
     msg["Date"] = format_datetime(now)
     msg["Message-ID"] = f"<{msg_id}@metering.dunning>"
-    msg["X-Metering-Idempotency-Key"] = key
+    msg["X-Metering-Idempotency-Key"] = header_text(key)
     msg.set_content(body, cte="8bit")
     return msg
 

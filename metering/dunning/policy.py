@@ -29,8 +29,11 @@ DEFAULT_SCHEDULE = "default"
 TEMPLATE_FIELDS = frozenset(
     {"customer_id", "invoice_id", "amount", "currency", "days_overdue", "first_failed_date", "step"}
 )
-_NAME = re.compile(r"^[a-z][a-z0-9_]{0,62}$")
-_CURRENCY = re.compile(r"^[a-z]{3}$")
+# used with fullmatch: `$` also matches before a trailing newline, which once let "retry\n" through
+_NAME = re.compile(r"[a-z][a-z0-9_]{0,62}")
+_CURRENCY = re.compile(r"[a-z]{3}")
+# every character str.splitlines() breaks on: the email package refuses any of them in a header
+LINE_BREAK = re.compile(r"[\n\r\v\f\x1c\x1d\x1e\x85\u2028\u2029]")
 _STEP_KEYS = {"name", "day", "action", "template"}
 MAX_DAY = 3650  # ten years; the schedule's days are 32-bit, and a step further out is a typo
 _SCHEDULE_KEYS = {"steps", "minimum_amount"}
@@ -114,6 +117,8 @@ class _Checker:
         self.errors: list[str] = []
 
     def error(self, where: str, what: str) -> None:
+        # a key may hold a line break ("usd\n"): escaped, so each problem stays one line
+        where = LINE_BREAK.sub(lambda m: repr(m.group())[1:-1], where)
         self.errors.append(f"{self.path}: {where}: {what}")
 
     def unknown_keys(self, where: str, spec: dict, allowed: set[str]) -> None:
@@ -146,7 +151,7 @@ def _templates(c: _Checker, raw: Any) -> dict[str, Template]:
     out = {}
     for name, spec in raw.items():
         where = f"templates.{name}"
-        if not isinstance(name, str) or not _NAME.match(name):
+        if not isinstance(name, str) or not _NAME.fullmatch(name):
             c.error(where, "template names are lower-case letters, digits and underscores")
             continue
         if not isinstance(spec, dict):
@@ -169,6 +174,11 @@ def _templates(c: _Checker, raw: Any) -> dict[str, Template]:
                 c.error(f"{where}.{key}", f"unknown placeholder {{{bad}}} "
                         f"(allowed: {', '.join('{' + f + '}' for f in sorted(TEMPLATE_FIELDS))})")
                 ok = False
+            if key == "subject" and LINE_BREAK.search(text.strip()):
+                # the run strips the subject's ends; a break inside could never be put in the header
+                c.error(f"{where}.{key}", f"must be one line (it is the email's Subject header), got {text!r}")
+                ok = False
+                continue
             if ok:
                 # rendered as the run renders it (every field is text), so a format spec such as
                 # `{days_overdue:d}` fails here, not halfway through a run
@@ -194,7 +204,7 @@ def _minimums(c: _Checker, where: str, raw: Any) -> dict[str, int]:
     out = {}
     for cur, value in raw.items():
         at = f"{where}.{cur}"
-        if not isinstance(cur, str) or not _CURRENCY.match(cur):
+        if not isinstance(cur, str) or not _CURRENCY.fullmatch(cur):
             c.error(at, "currency must be a lower-case ISO 4217 code such as usd")
             continue
         if not isinstance(value, str):
@@ -231,7 +241,7 @@ def _steps(c: _Checker, where: str, raw: Any, templates: dict[str, Template], ra
         c.unknown_keys(at, spec, _STEP_KEYS)
         ok = True
         name = spec.get("name")
-        if not isinstance(name, str) or not _NAME.match(name):
+        if not isinstance(name, str) or not _NAME.fullmatch(name):
             hint = " (YAML reads yes/no/on/off as booleans: quote the name)" if isinstance(name, bool) else ""
             c.error(f"{at}.name", f"required, lower-case letters, digits and underscores, got {name!r}{hint}")
             ok = False

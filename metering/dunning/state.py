@@ -15,7 +15,8 @@ Inputs (all frames; `load_inputs` reads them from the warehouse):
 
 States: `not_in_dunning` (failed but below the policy's minimum), `in_dunning` (at step N, or before
 the first step), `recovered` (paid after failing: always wins, lifts any suspension), `written_off`
-(uncollectible), `void` (voided while in dunning). Order of progress: not_in_dunning < in_dunning <
+(uncollectible), `void` (voided while in dunning, or before the first run when not under the
+minimum: like paid and uncollectible). Order of progress: not_in_dunning < in_dunning <
 written_off = void < recovered; a state never goes back, nor does the step.
 """
 
@@ -36,6 +37,8 @@ NOT_IN_DUNNING, IN_DUNNING, RECOVERED, WRITTEN_OFF, VOID = (
 )
 STATE_RANK = {NOT_IN_DUNNING: 0, IN_DUNNING: 1, WRITTEN_OFF: 2, VOID: 2, RECOVERED: 3}
 OPEN_STATES = (IN_DUNNING,)
+# the `reason` of an invoice Stripe closed, and the state that closing means once it was chased
+CLOSED_BY_STRIPE = {"paid": RECOVERED, "voided": VOID, "uncollectible": WRITTEN_OFF}
 
 TS = pl.Datetime("us", "UTC")
 
@@ -194,13 +197,15 @@ def compute_state(
     never_entered = (prev_s == NOT_IN_DUNNING).fill_null(False) | (
         prev_s.is_null() & pl.col("below_minimum").fill_null(False))
     status = pl.col("status")
+    # a closed invoice that was due to be chased counts as closed, even if no run saw it open
+    chased = entered | ~never_entered
     computed = (
         pl.when(status == "paid").then(
-            pl.when(entered | ~never_entered).then(pl.lit(RECOVERED)).otherwise(pl.lit(NOT_IN_DUNNING)))
+            pl.when(chased).then(pl.lit(RECOVERED)).otherwise(pl.lit(NOT_IN_DUNNING)))
         .when(status == "void").then(
-            pl.when(entered).then(pl.lit(VOID)).otherwise(pl.lit(NOT_IN_DUNNING)))
+            pl.when(chased).then(pl.lit(VOID)).otherwise(pl.lit(NOT_IN_DUNNING)))
         .when(status == "uncollectible").then(
-            pl.when(entered | ~never_entered).then(pl.lit(WRITTEN_OFF)).otherwise(pl.lit(NOT_IN_DUNNING)))
+            pl.when(chased).then(pl.lit(WRITTEN_OFF)).otherwise(pl.lit(NOT_IN_DUNNING)))
         .when(pl.col("written_off_by_us")).then(pl.lit(WRITTEN_OFF))
         .when(pl.col("below_minimum") & ~entered).then(pl.lit(NOT_IN_DUNNING))
         .otherwise(pl.lit(IN_DUNNING))

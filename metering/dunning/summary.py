@@ -6,8 +6,11 @@ One row per currency x category (x step for invoices in dunning). Amounts are in
 - `at_risk`: all invoices in dunning together (the sum of the `in_dunning` rows);
 - `recovered`: invoices paid after a failed payment: the amount paid;
 - `written_off`: the amount remaining when the invoice was marked uncollectible;
-- `void`: voided while in dunning: the amount that was due;
-- `below_minimum`: failed but not chased (under the policy's minimum): the amount remaining.
+- `void`: voided after a failed payment: the amount that was due;
+- `below_minimum`: failed, not chased (under the policy's minimum) and still open: the amount remaining.
+
+An invoice never chased that Stripe then closed is filed by what happened to it (its `reason`:
+paid, voided, uncollectible), not under `below_minimum`, which would hide a write-off or a void.
 """
 
 from __future__ import annotations
@@ -16,7 +19,9 @@ import polars as pl
 
 from metering.dunning.money import minor_to_text_expr
 from metering.dunning.frames import conform
-from metering.dunning.state import IN_DUNNING, NOT_IN_DUNNING, RECOVERED, STATE_SCHEMA, VOID, WRITTEN_OFF
+from metering.dunning.state import (
+    CLOSED_BY_STRIPE, IN_DUNNING, NOT_IN_DUNNING, RECOVERED, STATE_SCHEMA, VOID, WRITTEN_OFF,
+)
 
 CATEGORY_ORDER = {"in_dunning": 0, "at_risk": 1, "recovered": 2, "written_off": 3, "void": 4, "below_minimum": 5}
 SUMMARY_SCHEMA: dict[str, pl.DataType] = {
@@ -28,17 +33,18 @@ SUMMARY_SCHEMA: dict[str, pl.DataType] = {
 def dunning_summary(state: pl.DataFrame) -> pl.DataFrame:
     """The finance view of a `dunning_state` frame (SUMMARY_SCHEMA), sorted by currency and category."""
     s = conform(state, STATE_SCHEMA)
+    category = (
+        pl.when(pl.col("state") == NOT_IN_DUNNING)
+        .then(pl.col("reason").replace_strict(CLOSED_BY_STRIPE, default="below_minimum", return_dtype=pl.String))
+        .otherwise(pl.col("state"))
+    )
     amount = (
-        pl.when(pl.col("state") == RECOVERED).then(pl.col("amount_paid"))
-        .when(pl.col("state") == VOID).then(pl.col("amount_due"))
+        pl.when(pl.col("category") == RECOVERED).then(pl.col("amount_paid"))
+        .when(pl.col("category") == VOID).then(pl.col("amount_due"))
         .otherwise(pl.col("amount_remaining"))
         .fill_null(0)
     )
-    category = (
-        pl.when(pl.col("state") == NOT_IN_DUNNING).then(pl.lit("below_minimum"))
-        .otherwise(pl.col("state"))
-    )
-    s = s.with_columns(category=category, amount_minor=amount)
+    s = s.with_columns(category=category).with_columns(amount_minor=amount)
     by_step = (
         s.filter(pl.col("state") == IN_DUNNING)
         .group_by("currency", "category", "step_index", "step_name")

@@ -9,10 +9,12 @@ import sys
 import textwrap
 from datetime import timedelta
 from pathlib import Path
+from types import SimpleNamespace
 
 import duckdb
 import pytest
 import polars as pl
+from click.testing import CliRunner, Result
 from dunning_helpers import (
     DAY, T0, SmtpRelay, closed_port, pay_invoice, point_smtp_at, put_invoice, write_rules,
 )
@@ -458,3 +460,239 @@ def test_a_pending_step_that_is_now_superseded_is_resolved_not_left_pending(
             ("dunning:in_1:final_reminder", "final_reminder", "reminder", "done", "rendered", 1),
         ]
     assert len(list((isolated_env / "outbox").glob("*.eml"))) == 1
+
+
+HEADER_POLICY = """
+default:
+  minimum_amount: {usd: "1.00"}
+  steps:
+    - {name: first_reminder, day: 0, action: reminder, template: failed}
+templates:
+  failed: {subject: "Payment failed for {customer_id}", body: "{amount} {currency} for invoice {invoice_id}"}
+"""
+
+
+def _two_customers_one_with_a_line_break(db: Path) -> None:
+    """in_0: a customer metadata id carrying a header of its own; in_1: a plain customer."""
+    from dunning_helpers import ensure_invoices_table
+
+    from metering import warehouse
+
+    with warehouse.open_warehouse(db) as con:
+        ensure_invoices_table(con)
+        put_invoice(con, "in_0", customer_id="acme\nBcc: x@example.com")
+        put_invoice(con, "in_1")
+
+
+def _cli_run(rules: Path, now: str) -> Result:
+    from metering.cli import cli
+
+    return CliRunner().invoke(cli, ["dunning", "run", "--rules", str(rules), "--now", now])
+
+
+def test_a_line_break_in_stripe_data_never_reaches_a_header(tmp_path: Path, isolated_env: Path) -> None:
+    """A customer id from Stripe metadata with a line break once crashed every run (the email package
+    refuses it in the Subject), stopping dunning for every customer; it must not add a header either."""
+    from email import policy as email_policy
+    from email.parser import BytesParser
+
+    from metering import warehouse
+
+    db = isolated_env / "warehouse.duckdb"
+    _two_customers_one_with_a_line_break(db)
+    rules = write_rules(tmp_path / "rules", HEADER_POLICY)
+    result = _cli_run(rules, T0.isoformat())
+    assert result.exit_code == 0, result.output
+    with warehouse.open_warehouse(db, read_only=True) as con:
+        assert ledger(con) == [
+            ("dunning:in_0:first_reminder", "first_reminder", "reminder", "done", "rendered", 1),
+            ("dunning:in_1:first_reminder", "first_reminder", "reminder", "done", "rendered", 1),
+        ]
+        rows = con.execute("SELECT invoice_id, subject, file_name FROM dunning_outbox ORDER BY invoice_id").fetchall()
+    assert [r[:2] for r in rows] == [("in_0", "Payment failed for acme Bcc: x@example.com"),
+                                     ("in_1", "Payment failed for c_in_1")]
+    with open(isolated_env / "outbox" / rows[0][2], "rb") as fh:
+        message = BytesParser(policy=email_policy.default).parse(fh)
+    assert message["Subject"] == "Payment failed for acme Bcc: x@example.com"
+    assert message["Bcc"] is None
+
+
+def test_a_reminder_that_fails_stays_pending_and_the_others_go_on(
+    tmp_path: Path, isolated_env: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """One row's failure (here its .eml cannot be written) is recorded on that row, left pending for
+    the next run, and reported with exit 5, as a Stripe outage is; the other invoices are dunned."""
+    from metering import warehouse
+    from metering.dunning import outbox
+    from metering.errors import EXIT_EXTERNAL
+
+    real_write = outbox.write_message
+
+    def disk_full_for_in_0(folder: Path, msg_id: str, message) -> str:
+        if message["X-Metering-Idempotency-Key"] == "dunning:in_0:first_reminder":
+            raise OSError(28, "No space left on device")
+        return real_write(folder, msg_id, message)
+
+    db = isolated_env / "warehouse.duckdb"
+    _two_customers_one_with_a_line_break(db)
+    rules = write_rules(tmp_path / "rules", HEADER_POLICY)
+    monkeypatch.setattr(outbox, "write_message", disk_full_for_in_0)
+    result = _cli_run(rules, T0.isoformat())
+    assert result.exit_code == EXIT_EXTERNAL, result.output
+    assert "pending: dunning:in_0:first_reminder: OSError: [Errno 28] No space left on device" in result.output
+    with warehouse.open_warehouse(db, read_only=True) as con:
+        assert con.execute(
+            "SELECT idempotency_key, status, last_error FROM dunning_actions ORDER BY invoice_id").fetchall() == [
+            ("dunning:in_0:first_reminder", "pending", "OSError: [Errno 28] No space left on device"),
+            ("dunning:in_1:first_reminder", "done", None),
+        ]
+    monkeypatch.setattr(outbox, "write_message", real_write)     # space again: the next run finishes it
+    assert _cli_run(rules, T0.isoformat()).exit_code == 0
+    with warehouse.open_warehouse(db, read_only=True) as con:
+        assert [r[3:] for r in ledger(con)] == [("done", "rendered", 2), ("done", "rendered", 1)]
+
+
+RETRY_THEN_SUSPEND = RETRY_POLICY.replace(
+    "templates:", "    - {name: suspension, day: 14, action: suspend}\ntemplates:")
+
+
+def test_without_a_stripe_client_reminders_and_suspension_go_on_while_the_retry_waits(
+    wh: duckdb.DuckDBPyConnection, tmp_path: Path, isolated_env: Path
+) -> None:
+    """No STRIPE_API_KEY: the retry was never sent, so nothing is in flight; it waits for a client and
+    is reported on every run, and the invoice's other steps keep their days (it once blocked them all)."""
+    policy = load_policy(write_rules(tmp_path / "retry_rules", RETRY_THEN_SUSPEND))
+    put_invoice(wh, "in_1")
+    waiting = "dunning:in_1:payment_retry: no Stripe client configured (set STRIPE_API_KEY)"
+    expected = {
+        0: ({"reminder:done": 1}, []),
+        3: ({"retry:no_stripe_client": 1}, [waiting]),
+        7: ({"retry:no_stripe_client": 1, "reminder:done": 1}, [waiting]),
+        14: ({"retry:no_stripe_client": 1, "suspend:done": 1}, [waiting]),
+    }
+    for day, (counts, errors) in expected.items():
+        result = run_dunning(wh, None, policy, T0 + day * DAY)
+        assert (result.report.counts, result.report.errors) == (counts, errors), day
+    assert ledger(wh) == [
+        ("dunning:in_1:first_reminder", "first_reminder", "reminder", "done", "rendered", 1),
+        ("dunning:in_1:final_reminder", "final_reminder", "reminder", "done", "rendered", 1),
+        ("dunning:in_1:suspension", "suspension", "suspend", "done", "suspended", 1),
+    ]
+    assert [s["invoice_ids"] for s in published(isolated_env)["suspended"]] == [["in_1"]]
+
+
+class _FakeInvoices:
+    """`client.v1.invoices` of a fake Stripe: `retrieve` answers with `live`, or raises `down`."""
+
+    def __init__(self, live: object = None, down: Exception | None = None) -> None:
+        self.live, self.down, self.paid = live, down, []
+
+    def retrieve(self, invoice_id: str) -> object:
+        if self.down is not None:
+            raise self.down
+        return self.live
+
+    def pay(self, invoice_id: str, options: dict) -> object:
+        self.paid.append(options["idempotency_key"])
+        return SimpleNamespace(status="open", last_response=None)
+
+
+class _FakeEvents:
+    def list(self, params: dict) -> object:
+        return SimpleNamespace(auto_paging_iter=lambda: iter([]))   # Stripe has no trace of our call
+
+
+def _fake_client(invoices: _FakeInvoices) -> object:
+    return SimpleNamespace(v1=SimpleNamespace(invoices=invoices, events=_FakeEvents()))
+
+
+def test_during_a_stripe_outage_a_due_retry_still_holds_the_later_steps(
+    wh: duckdb.DuckDBPyConnection, tmp_path: Path, isolated_env: Path
+) -> None:
+    """Unlike running without a client, an outage passes: the retry, which may recover the payment,
+    goes first once Stripe answers, and the final reminder and suspension wait for it (docs/dunning.md)."""
+    import stripe
+
+    policy = load_policy(write_rules(tmp_path / "retry_rules", RETRY_THEN_SUSPEND))
+    put_invoice(wh, "in_1")
+    run_dunning(wh, None, policy, T0)
+    down = _fake_client(_FakeInvoices(down=stripe.APIConnectionError("connection refused")))
+    result = run_dunning(wh, down, policy, T0 + 14 * DAY)
+    assert result.report.counts == {"retry:error": 1, "reminder:deferred": 1, "suspend:deferred": 1}
+    assert result.report.errors == ["dunning:in_1:payment_retry: APIConnectionError: connection refused"]
+    assert [r[1] for r in ledger(wh)] == ["first_reminder"]
+
+
+REMOVABLE = """
+default:
+  steps:
+    - {name: first_reminder, day: 0, action: reminder, template: t}
+    - {name: payment_retry, day: 3, action: retry}
+    - {name: suspension, day: 14, action: suspend}
+templates:
+  t: {subject: "s", body: "b"}
+"""
+
+
+def _crash_with_pending(con: duckdb.DuckDBPyConnection, rules: Path, client: object, now, step: str) -> None:
+    """A run killed right after `step`'s pending ledger row was committed."""
+    from metering.dunning.actions import ActionHooks
+
+    class Crash(BaseException):
+        pass
+
+    def crash(row: dict) -> None:
+        if row["step_name"] == step:
+            raise Crash
+
+    with pytest.raises(Crash):
+        run_dunning(con, client, load_policy(rules), now, hooks=ActionHooks(after_ledger_commit=crash))
+
+
+def test_a_pending_reminder_whose_step_was_removed_is_resolved(
+    wh: duckdb.DuckDBPyConnection, tmp_path: Path, isolated_env: Path
+) -> None:
+    """Crash with the first reminder pending, then the step is deleted from the policy: the row is
+    skipped with the reason and its message withdrawn, not left pending forever."""
+    rules = write_rules(tmp_path / "rules", REMOVABLE)
+    put_invoice(wh, "in_1")
+    _crash_with_pending(wh, rules, None, T0, "first_reminder")
+    write_rules(rules, REMOVABLE.replace("    - {name: first_reminder, day: 0, action: reminder, template: t}\n", ""))
+    result = run_dunning(wh, None, load_policy(rules), T0 + DAY)
+    assert (result.report.counts, result.report.errors) == ({"reminder:skipped": 1}, [])
+    assert ledger(wh) == [
+        ("dunning:in_1:first_reminder", "first_reminder", "reminder", "skipped", "step_removed_from_policy", 1)]
+    assert wh.execute("SELECT count(*) FROM dunning_outbox").fetchone()[0] == 0
+
+
+@pytest.mark.parametrize(
+    ("attempt_count", "status", "outcome"),
+    [(2, "done", "attempted"),                               # the charge went through before the crash
+     (1, "skipped", "step_removed_from_policy")],            # Stripe has no trace of it: never made
+)
+def test_a_pending_retry_whose_step_was_removed_is_read_back_from_stripe(
+    wh: duckdb.DuckDBPyConnection, tmp_path: Path, isolated_env: Path,
+    attempt_count: int, status: str, outcome: str,
+) -> None:
+    rules = write_rules(tmp_path / "rules", REMOVABLE)
+    put_invoice(wh, "in_1")
+    run_dunning(wh, None, load_policy(rules), T0)
+    before = _FakeInvoices(SimpleNamespace(status="open", attempt_count=1, next_payment_attempt=None))
+    _crash_with_pending(wh, rules, _fake_client(before), T0 + 3 * DAY, "payment_retry")
+    write_rules(rules, REMOVABLE.replace("    - {name: payment_retry, day: 3, action: retry}\n", ""))
+    edited = load_policy(rules)
+
+    # without a client the charge's fate is unknown: the row stays pending and holds the invoice
+    result = run_dunning(wh, None, edited, T0 + 14 * DAY)
+    assert result.report.counts == {"retry:no_stripe_client": 1, "suspend:deferred": 1}
+    assert result.report.errors == ["dunning:in_1:payment_retry: no Stripe client configured (set STRIPE_API_KEY)"]
+
+    after = _FakeInvoices(SimpleNamespace(status="open", attempt_count=attempt_count, next_payment_attempt=None))
+    result = run_dunning(wh, _fake_client(after), edited, T0 + 14 * DAY)
+    assert (result.report.counts, result.report.errors) == ({"retry:" + status: 1, "suspend:done": 1}, [])
+    assert after.paid == []                                  # read back, never charged again
+    assert [r[1:5] for r in ledger(wh)] == [
+        ("first_reminder", "reminder", "done", "rendered"),
+        ("payment_retry", "retry", status, outcome),
+        ("suspension", "suspend", "done", "suspended"),
+    ]

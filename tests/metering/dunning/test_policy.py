@@ -81,11 +81,42 @@ def _errors(tmp_path: Path, text: str) -> list[str]:
         ('  t: {subject: "s {invoice_id}", body: "b {amount}"}', '  t: {subject: "s {invoice_id}", body: "b {amount}"}\n  t: {subject: "x", body: "y"}', "templates.t: duplicate key 't' (line 10)"),
         # a date-shaped scalar that is no date is a value to report, not a crash in the YAML reader
         ("day: 3,", "day: 2026-02-30,", "default.steps[1].day: required, a whole number of days from 0 to 3650 after the first failure, got '2026-02-30'"),
+        # line breaks: `$` matched before a trailing one, so "retry\n" passed and then could never be
+        # sent (it is part of the Idempotency-Key header); a subject with one crashed every run
+        ("name: retry,", 'name: "retry\\n",', "default.steps[1].name: required, lower-case letters, digits and underscores, got 'retry\\n'"),
+        ('usd: "1.00"', '"usd\\n": "1.00"', "default.minimum_amount.usd\\n: currency must be a lower-case ISO 4217 code such as usd"),
+        ('subject: "s {invoice_id}"', 'subject: "s {invoice_id}\\nBcc: x@example.com"', "templates.t.subject: must be one line (it is the email's Subject header), got 's {invoice_id}\\nBcc: x@example.com'"),
+        ('subject: "s {invoice_id}"', 'subject: "s\\r{invoice_id}"', "templates.t.subject: must be one line (it is the email's Subject header), got 's\\r{invoice_id}'"),
+        ('subject: "s {invoice_id}"', 'subject: "s\\u2028{invoice_id}"', "templates.t.subject: must be one line (it is the email's Subject header), got 's\\u2028{invoice_id}'"),
     ],
 )
 def test_each_mistake_is_named_with_its_field(tmp_path: Path, old: str, new: str, expected: str) -> None:
     assert old in VALID
     assert _errors(tmp_path, VALID.replace(old, new, 1)) == [expected]
+
+
+def test_a_subject_may_end_with_a_line_break_as_block_scalars_do(tmp_path: Path) -> None:
+    """The run strips the subject's ends, so only a break inside it can never be sent."""
+    text = VALID.replace('  t: {subject: "s {invoice_id}", body: "b {amount}"}',
+                         '  t:\n    subject: >\n      s {invoice_id}\n    body: "b {amount}"')
+    assert _errors(tmp_path, text) == []
+    assert load_policy(tmp_path / "r").templates["t"].subject == "s {invoice_id}\n"
+
+
+def test_a_template_name_with_a_line_break_is_refused_on_one_line(tmp_path: Path) -> None:
+    assert _errors(tmp_path, VALID.replace("  t: {subject:", '  "t\\n": {subject:')) == [
+        "templates.t\\n: template names are lower-case letters, digits and underscores",
+        "default.steps[0].template: no template named 't' under templates",
+    ]
+
+
+def test_a_newline_in_a_step_name_fails_validate_and_run_with_exit_3(tmp_path: Path) -> None:
+    folder = write_rules(tmp_path / "r", VALID.replace("name: retry,", 'name: "retry\\n",'))
+    expected = f"error: {folder / 'dunning.yaml'}: default.steps[1].name: required, lower-case letters, " \
+        "digits and underscores, got 'retry\\n'"
+    for command in (["validate"], ["run", "--now", "2026-11-15T00:00:00Z"]):
+        result = CliRunner().invoke(cli, ["dunning", *command, "--rules", str(folder)])
+        assert (result.exit_code, result.output.strip()) == (EXIT_BAD_INPUT, expected), command
 
 
 def test_write_off_must_be_last_and_unique(tmp_path: Path) -> None:

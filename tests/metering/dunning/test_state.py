@@ -197,6 +197,26 @@ def test_voided_while_in_dunning(rules_dir: Path) -> None:
     assert (row["state"], row["reason"], row["closed_at"]) == ("void", "voided", T0 + 2 * DAY)
 
 
+def test_closed_before_the_first_run_counts_as_closed_like_paid_and_uncollectible(rules_dir: Path) -> None:
+    """Failed, then paid / marked uncollectible / voided before dunning first ran: the void one was
+    `not_in_dunning`, which the finance summary filed under below_minimum although it is 50.00."""
+    policy = load_policy(rules_dir)
+    inv = frame(
+        invoice("in_paid", status="paid", amount_paid=5000, amount_remaining=0),
+        invoice("in_unc", status="uncollectible"),
+        invoice("in_void", status="void", amount_remaining=0),
+        invoice("in_small_void", status="void", amount_due=99, amount_remaining=0),
+    )
+    fail = failures(*((i, T0) for i in ("in_paid", "in_unc", "in_void", "in_small_void")))
+    state = compute_state(inv, policy, T0 + DAY, failures=fail)
+    assert state.select("invoice_id", "state", "reason").rows() == [
+        ("in_paid", "recovered", "paid"),
+        ("in_small_void", "not_in_dunning", "voided"),          # under the 1.00 minimum: never chased
+        ("in_unc", "written_off", "uncollectible"),
+        ("in_void", "void", "voided"),
+    ]
+
+
 def test_an_invoice_missing_from_the_reconciled_table_keeps_its_state(rules_dir: Path) -> None:
     policy = load_policy(rules_dir)
     prev = compute_state(frame(invoice()), policy, T0 + DAY, failures=failures(("in_1", T0)))
