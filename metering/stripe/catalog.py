@@ -315,21 +315,27 @@ def billing_cycle_anchor(start: dt.datetime, anchor_day: int | None) -> int | No
     raise AssertionError("unreachable")
 
 
-def subscription_start(now: dt.datetime, first_day: dt.date | None, anchor_day: int | None) -> dt.datetime:
+def subscription_start(now: dt.datetime, plan_day: dt.date | None, anchor_day: int | None,
+                       previous_end: dt.datetime | None = None) -> dt.datetime:
     """When a subscription created at `now` starts: the UTC midnight our billing period starts,
     not the instant of the sync.
 
     Our periods are UTC days; a subscription created at 14:00 gives Stripe a period starting at 14:00,
     before which Stripe bills none of the day's usage (the push dates a day's event at its first
-    second) and prorates the flat fee over fewer hours. So it is backdated to the start of our period
-    holding `now`, or to the customer's first plan day when that is later. Never further: a customer
-    synced months after its first plan day is not billed the months before (the push cannot send
-    usage over 35 days old either). A first plan day after `now` leaves `now`.
+    second). So it is backdated to the start of our period holding `now`, but never before:
+    - the first day of the plan assignment in force (`plan_day`): the subscription carries that
+      plan's prices, which must not price the time of an earlier plan;
+    - the end of the customer's previous subscription (`previous_end`), which billed its own time:
+      backdated over it, the period's fee and usage would be billed twice;
+    - the period's start: a customer synced months late is not billed the months before (the push
+      cannot send usage over 35 days old either).
+    A start after `now` (a plan day still to come) leaves `now`.
     """
-    day = period_containing(now.date(), anchor_day)[0]
-    if first_day is not None:
-        day = max(day, first_day)
-    start = dt.datetime.fromtimestamp(midnight_unix(day), tz=dt.timezone.utc)
+    start = dt.datetime.fromtimestamp(midnight_unix(period_containing(now.date(), anchor_day)[0]), tz=dt.timezone.utc)
+    if plan_day is not None:
+        start = max(start, dt.datetime.fromtimestamp(midnight_unix(plan_day), tz=dt.timezone.utc))
+    if previous_end is not None:
+        start = max(start, previous_end)
     return min(start, now)
 
 
@@ -367,13 +373,16 @@ def sync_customers(
             found_customers[ours] = cus
     existing_subs: dict[str, Any] = {}
     ended: dict[str, int] = {}   # per Stripe customer, subscriptions that have ended
+    last_end: dict[str, int] = {}   # per Stripe customer, when the latest of them ended (Unix seconds)
     for sub in client.v1.subscriptions.list({"limit": 100, "status": "all"}).auto_paging_iter():
         if sub.status in ("canceled", "incomplete_expired"):
             ended[sub.customer] = ended.get(sub.customer, 0) + 1
+            end = getattr(sub, "ended_at", None) or getattr(sub, "canceled_at", None)
+            if end:
+                last_end[sub.customer] = max(last_end.get(sub.customer, 0), int(end))
             continue
         existing_subs.setdefault(sub.customer, sub)
     assignments = _current_assignments(customers, now.date())
-    first_days = dict(customers.group_by("customer_id").agg(pl.col("plan_effective_from").cast(pl.Date).min()).iter_rows())
     for row in assignments.iter_rows(named=True):
         cid = str(row["customer_id"])
         anchor_day = int(row["billing_anchor_day"]) if row.get("billing_anchor_day") not in (None, "") else None
@@ -411,14 +420,18 @@ def sync_customers(
                 "metadata": {"customer_id": cid, "plan": version.plan, "plan_version": version.version},
                 "proration_behavior": "none",
             }
-            start = subscription_start(now, first_days.get(cid), anchor_day)
+            ended_at = last_end.get(cus.id)
+            start = subscription_start(now, row["plan_effective_from"], anchor_day,
+                                       dt.datetime.fromtimestamp(ended_at, dt.timezone.utc) if ended_at else None)
             if start < now:
                 sub_params["backdate_start_date"] = int(start.timestamp())
+            # Always the next anchor after now, never left to Stripe: a backdated subscription with no
+            # anchor is anchored at its creation (14:00 on the 15th, every month after)
             if anchor_day is not None:
                 # the day itself, not the first anchor instant: an anchor on the 31st first met in
                 # September falls on the 30th, and Stripe would keep the 30th for every later period
                 sub_params["billing_cycle_anchor_config"] = {"day_of_month": anchor_day}
-            elif (anchor := billing_cycle_anchor(start, anchor_day)) is not None:
+            elif (anchor := billing_cycle_anchor(now, anchor_day)) is not None:
                 sub_params["billing_cycle_anchor"] = anchor
             # a customer whose subscription ended gets a new one: another request, so another key
             sub = client.v1.subscriptions.create(

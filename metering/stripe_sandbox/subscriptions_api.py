@@ -111,18 +111,25 @@ def create_subscription(state: State, req: Request) -> dict[str, Any]:
     if anchor_config is not None:
         anchor = first_occurrence(start, anchor_config["day_of_month"], anchor_config["hour"] or 0,
                                   anchor_config["minute"] or 0, anchor_config["second"] or 0, anchor_config["month"])
+    elif params.get("billing_cycle_anchor"):
+        anchor = as_int(params["billing_cycle_anchor"], "billing_cycle_anchor")
+    elif start < now:
+        # Stripe anchors it at the creation and invoices the backdated time as a proration at once
+        raise invalid("The sandbox does not model a backdated subscription without billing_cycle_anchor or "
+                      "billing_cycle_anchor_config (Stripe anchors it at its creation).", "backdate_start_date")
     else:
-        anchor = as_int(params["billing_cycle_anchor"], "billing_cycle_anchor") if params.get("billing_cycle_anchor") \
-            else start
+        anchor = start
     if anchor < start:
         raise invalid("billing_cycle_anchor cannot be earlier than the start of the subscription.", "billing_cycle_anchor")
-    if anchor > add_interval(start, interval[0], interval[1], 1):
+    # from the creation: a subscription backdated to Sep 1 on Oct 15 may be anchored on Nov 1
+    if anchor > add_interval(now, interval[0], interval[1], 1):
         raise invalid("billing_cycle_anchor cannot be later than the next natural billing date.", "billing_cycle_anchor")
     collection = choice(
         params.get("collection_method", "charge_automatically"), ("charge_automatically", "send_invoice"), "collection_method"
     )
-    period_end = next_boundary(anchor, interval[0], interval[1], start,
-                               anchor_config["day_of_month"] if anchor_config else None)
+    # the first period runs to the anchor (for a backdated start that may be more than one interval)
+    period_end = anchor if anchor > start else next_boundary(anchor, interval[0], interval[1], start,
+                                                             anchor_config["day_of_month"] if anchor_config else None)
     customer = state.get("customer", customer_id)
     sub: dict[str, Any] = {
         "id": new_id("sub_"),

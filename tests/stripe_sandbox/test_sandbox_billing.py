@@ -302,3 +302,30 @@ def test_pre_aggregated_windows_bill_only_the_latest_event_and_late_usage_after_
     assert (invoice.status, invoice.lines.data[0].quantity_decimal, invoice.amount_paid) == ("paid", Decimal(10), 250)
     _usage(client, meter, customer, 100, NOV - 60)  # after finalization: on no invoice
     assert client.v1.invoices.retrieve(invoice.id).amount_paid == 250
+
+
+def test_a_backdated_subscription_runs_from_its_start_to_its_anchor(client) -> None:
+    """Stripe's example: created Oct 15, backdated to Sep 1, anchored on Nov 1 (more than one interval
+    after the start, one after the creation): the first period is Sep 1 - Nov 1. Without an anchor
+    Stripe anchors at the creation and prorates at once, which the sandbox does not model: a 400."""
+    import datetime as dt
+
+    import stripe as stripe_sdk
+
+    def ts(*args: int) -> int:
+        return int(dt.datetime(*args, tzinfo=dt.timezone.utc).timestamp())
+
+    clock = client.v1.test_helpers.test_clocks.create({"frozen_time": ts(2026, 10, 15, 14)})
+    customer = client.v1.customers.create({"test_clock": clock.id})
+    product = client.v1.products.create({"name": "Seats"})
+    price = client.v1.prices.create({"currency": "usd", "product": product.id, "unit_amount": 1000,
+                                     "recurring": {"interval": "month"}})
+    sub = client.v1.subscriptions.create({"customer": customer.id, "items": [{"price": price.id}],
+                                          "backdate_start_date": ts(2026, 9, 1), "billing_cycle_anchor": ts(2026, 11, 1),
+                                          "proration_behavior": "none"})
+    assert (sub.start_date, sub["items"].data[0].current_period_start, sub["items"].data[0].current_period_end) == (
+        ts(2026, 9, 1), ts(2026, 9, 1), ts(2026, 11, 1))
+    with pytest.raises(stripe_sdk.InvalidRequestError) as refused:
+        client.v1.subscriptions.create({"customer": customer.id, "items": [{"price": price.id}],
+                                        "backdate_start_date": ts(2026, 9, 1)})
+    assert refused.value.param == "backdate_start_date"

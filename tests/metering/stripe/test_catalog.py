@@ -144,6 +144,15 @@ def test_a_subscription_starts_at_the_midnight_our_period_starts(now, first_day,
     assert catalog.subscription_start(now, first_day, anchor) == expected
 
 
+def test_a_subscription_never_starts_before_the_previous_one_ended() -> None:
+    now = dt.datetime(2026, 10, 20, 14, tzinfo=UTC)
+    ended = dt.datetime(2026, 10, 10, 9, 30, tzinfo=UTC)
+    assert catalog.subscription_start(now, dt.date(2026, 1, 1), None, ended) == ended
+    # one that ended in an earlier period leaves our period's start
+    assert catalog.subscription_start(now, dt.date(2026, 1, 1), None, dt.datetime(2026, 9, 3, tzinfo=UTC)) == (
+        dt.datetime(2026, 10, 1, tzinfo=UTC))
+
+
 def test_usage_of_the_day_a_subscription_is_created_is_invoiced(tmp_path: Path, rules_dir: Path) -> None:
     """acme (on starter since January) is synced at 14:00 on Oct 15 and makes 12,000 API calls that
     evening. The push dates the day's event at its first second; Stripe's period began at 14:00, so
@@ -173,3 +182,32 @@ def test_usage_of_the_day_a_subscription_is_created_is_invoiced(tmp_path: Path, 
         billed = [(str(line.quantity_decimal), line.amount) for line in october.lines.data if line.amount]
         assert sorted(billed) == [("1", 1900), ("12000", 100)]   # starter's 19.00 fee and the calls
         assert october.total == 2000
+
+
+def test_a_new_subscription_after_a_cancellation_bills_only_the_time_after_it(tmp_path: Path, rules_dir: Path) -> None:
+    """acme's subscription (from Oct 1) is cancelled on Oct 10; the sync on Oct 20 at 14:00 creates a
+    new one. Backdated to Oct 1, it billed October's 19.00 fee a second time: it starts when the first
+    ended, and is anchored on Nov 1 like ours."""
+    from push_world import customer_on_clock
+
+    with customer_on_clock(tmp_path, rules_dir) as (sb, con, client, clock, rules, report):
+        first = report.customers[0]["subscription_id"]
+        sb.advance_clock(clock.id, int(dt.datetime(2026, 10, 10, tzinfo=UTC).timestamp()))
+        client.v1.subscriptions.cancel(first)
+        sb.advance_clock(clock.id, int(dt.datetime(2026, 10, 20, 14, tzinfo=UTC).timestamp()))
+        again = catalog.sync_catalog(con, client, rules, _customers(tmp_path, rules),
+                                     create_customers=True, test_clock=clock.id)
+        second = client.v1.subscriptions.retrieve(again.customers[0]["subscription_id"])
+        assert second.id != first
+        assert (second.start_date, second.billing_cycle_anchor) == (
+            int(dt.datetime(2026, 10, 10, tzinfo=UTC).timestamp()), int(dt.datetime(2026, 11, 1, tzinfo=UTC).timestamp()))
+        fees = sorted((i.billing_reason, line.amount) for i in client.v1.invoices.list({"customer": second.customer}).data
+                      for line in i.lines.data if line.amount)
+        # the first subscription's whole October fee (1900), the second's Oct 10 - Nov 1: 22/31 of it
+        assert fees == [("subscription_create", 1348), ("subscription_create", 1900)]
+
+
+def _customers(tmp_path: Path, rules):
+    from metering.customers import load_customers
+
+    return load_customers(tmp_path / "c.csv", rules)
