@@ -382,6 +382,15 @@ def merged_invoices_sql(con: duckdb.DuckDBPyConnection) -> str:
     """
 
 
+_CLOSES = """i.customer_id = p.customer_id
+    AND i.period_start < CAST(p.period_end AS TIMESTAMPTZ)
+    AND (i.period_end >= CAST(p.period_end AS TIMESTAMPTZ)
+         OR (i.subscription_ended_at > CAST(p.period_start AS TIMESTAMPTZ)
+             AND i.subscription_ended_at < CAST(p.period_end AS TIMESTAMPTZ)
+             AND i.period_end >= i.subscription_ended_at))"""
+"""SQL: invoice `i` closes the customer period `p` (`load_open_periods` says when)."""
+
+
 def load_open_periods(con: duckdb.DuckDBPyConnection, periods: pl.DataFrame) -> pl.DataFrame:
     """Customer periods no known non-void Stripe invoice reaches the end of: Stripe has not billed them.
 
@@ -410,13 +419,7 @@ def load_open_periods(con: duckdb.DuckDBPyConnection, periods: pl.DataFrame) -> 
             WITH invoices AS ({merged_invoices_sql(con)}),
             closing AS (
                 SELECT p.customer_id, p.period_start, i.invoice_id, coalesce(i.status, '') = 'void' AS void
-                FROM _recon_periods p JOIN invoices i
-                  ON i.customer_id = p.customer_id
-                 AND i.period_start < CAST(p.period_end AS TIMESTAMPTZ)
-                 AND (i.period_end >= CAST(p.period_end AS TIMESTAMPTZ)
-                      OR (i.subscription_ended_at > CAST(p.period_start AS TIMESTAMPTZ)
-                          AND i.subscription_ended_at < CAST(p.period_end AS TIMESTAMPTZ)
-                          AND i.period_end >= i.subscription_ended_at))
+                FROM _recon_periods p JOIN invoices i ON {_CLOSES}
             )
             SELECT p.customer_id, p.period_start,
                    (SELECT string_agg(DISTINCT c.invoice_id, ',' ORDER BY c.invoice_id) FROM closing c
@@ -458,6 +461,10 @@ def _engine_item_sql(con: duckdb.DuckDBPyConnection, line: str) -> str:
             f"OR {line}.metering_item IN (SELECT item_key FROM stripe_invoice_items))")
 
 
+_ZERO_LENGTH_FREE = "(l.period_end <= l.period_start AND l.amount = 0)"
+"""SQL over the line alias `l`: a subscription's first invoice's zero-length, zero-amount metered line."""
+
+
 def _bucketed_lines(con: duckdb.DuckDBPyConnection, billing_month: dt.date, periods: pl.DataFrame) -> pl.DataFrame:
     """Every Stripe line that belongs to a billing period starting in the month.
 
@@ -493,7 +500,7 @@ def _bucketed_lines(con: duckdb.DuckDBPyConnection, billing_month: dt.date, peri
               AND coalesce(p.period_start, CAST(l.period_start AS DATE)) < ?
               AND coalesce(i.status, '') <> 'void'
               -- a subscription's first invoice holds zero-length, zero-amount metered lines: not a period's usage
-              AND NOT (l.period_end <= l.period_start AND l.amount = 0)
+              AND NOT {_ZERO_LENGTH_FREE}
             """,
             [lo, hi, start, end],
         )
@@ -568,13 +575,16 @@ def load_stripe_invoices(con: duckdb.DuckDBPyConnection, billing_month: dt.date,
     """Stripe's total per customer x period (all lines of the period) and the closing invoice's state.
 
     `engine_items_minor` is the part of the total on the engine's own invoice items. The closing
-    invoice is the latest one with other lines of the period: an item Stripe held pending lands on a
-    later invoice, whose state is its own period's.
+    invoice is the latest non-void invoice of the customer that closes the period (`load_open_periods`
+    says when: it reaches the period's end, or its subscription's end inside the period), whether or
+    not it has a line in the period (a subscription with only licensed prices bills the next period's
+    fee on it); none, and the state columns are NULL. It was the latest invoice with lines of the
+    period: for a period Stripe billed but nothing of ours rated, that was the invoice that billed its
+    fee in advance, the previous period's, whose payment finance's "paid" then counted twice.
     """
     lines = _bucketed_lines(con, billing_month, periods)
     if lines.is_empty():
         return rc.conform(None, rc.STRIPE_INVOICES_SCHEMA)
-    closing = [~pl.col("engine_item"), pl.col("invoice_created").fill_null(dt.datetime(1970, 1, 1, tzinfo=dt.UTC))]
     rounds = (pl.col("amount") != 0) & ~pl.col("engine_item")
     frame = lines.group_by(["customer_id", "period_start"]).agg(
         pl.col("period_end").max(),
@@ -585,30 +595,49 @@ def load_stripe_invoices(con: duckdb.DuckDBPyConnection, billing_month: dt.date,
         rounds.sum().cast(pl.Int64).alias("rounded_lines"),
         (rounds & pl.col("meter").is_null()).sum().cast(pl.Int64).alias("unmetered_lines"),
         pl.col("invoice_id").unique().sort().str.join(",").alias("invoice_ids"),
-        pl.col("invoice_id").sort_by(closing).last().alias("closing_invoice_id"),
-        pl.col("invoice_status").sort_by(closing).last(),
-        pl.col("amount_due").sort_by(closing).last(),
-        pl.col("amount_paid").sort_by(closing).last(),
-        pl.col("amount_remaining").sort_by(closing).last(),
     )
-    return rc.conform(frame.join(_period_adjustments(con, lines), on=["customer_id", "period_start"], how="left"),
-                      rc.STRIPE_INVOICES_SCHEMA)
+    frame = (frame.join(_closing_invoices(con, frame), on=["customer_id", "period_start"], how="left")
+             .join(_period_adjustments(con, lines), on=["customer_id", "period_start"], how="left"))
+    return rc.conform(frame, rc.STRIPE_INVOICES_SCHEMA)
+
+
+def _closing_invoices(con: duckdb.DuckDBPyConnection, periods: pl.DataFrame) -> pl.DataFrame:
+    """customer_id, period_start, closing_invoice_id and its invoice_status, amount_due, amount_paid,
+    amount_remaining: per customer period, the latest non-void invoice that closes it, if any."""
+    con.register("_recon_closing", periods.select("customer_id", "period_start", "period_end").to_arrow())
+    try:
+        return query_frame(
+            con,
+            f"""
+            WITH invoices AS ({merged_invoices_sql(con)})
+            SELECT p.customer_id, p.period_start, i.invoice_id AS closing_invoice_id, i.status AS invoice_status,
+                   i.amount_due, i.amount_paid, i.amount_remaining
+            FROM _recon_closing p JOIN invoices i ON {_CLOSES}
+            WHERE coalesce(i.status, '') <> 'void'
+            QUALIFY row_number() OVER (PARTITION BY p.customer_id, p.period_start
+                                       ORDER BY i.created DESC NULLS LAST, i.invoice_id DESC) = 1
+            """,
+        )
+    finally:
+        con.unregister("_recon_closing")
 
 
 def _period_adjustments(con: duckdb.DuckDBPyConnection, lines: pl.DataFrame) -> pl.DataFrame:
     """customer_id, period_start, adjustments_minor, adjusted_invoice_ids: the adjustments of the
-    invoices with lines in each period, each invoice counted in ONE period, the one its own
-    `period_start` falls in.
+    invoices with lines in each period, each invoice counted in ONE period: the one its earliest line
+    belongs to (`_invoice_adjustments`' `counted_on`), whichever month is reconciled.
 
     Not only the closing invoice: a coupon on the invoice that bills the first period's fee in advance
     (`subscription_create`) was never seen. Not every invoice of the period either: the invoice that
     closes October also bills November's fee in advance, and counted in both periods its discount
-    would count twice."""
+    would count twice. Not by the invoice's own period either: an invoice closing a period in which it
+    has no line (a subscription with only licensed prices bills November's fee on the invoice of
+    October's period) would count in no period."""
     pairs = lines.select("customer_id", "period_start", "period_end", "invoice_id").drop_nulls("invoice_id").unique()
     adjustments = _invoice_adjustments(con, pairs["invoice_id"].unique().sort().to_list())
     return (
         pairs.join(adjustments, on="invoice_id")
-        .filter(pl.col("invoice_period_start").is_between(pl.col("period_start"), pl.col("period_end"), closed="left"))
+        .filter(pl.col("counted_on").is_between(pl.col("period_start"), pl.col("period_end"), closed="left"))
         .group_by("customer_id", "period_start")
         .agg(pl.col("adjustments_minor").sum(),
              pl.col("invoice_id").filter(pl.col("adjustments_minor") != 0).sort().str.join(",")
@@ -617,18 +646,25 @@ def _period_adjustments(con: duckdb.DuckDBPyConnection, lines: pl.DataFrame) -> 
 
 
 def _invoice_adjustments(con: duckdb.DuckDBPyConnection, invoice_ids: list[str]) -> pl.DataFrame:
-    """invoice_id, invoice_period_start (its UTC date), adjustments_minor for the invoices `invoice_ids`
-    (those of the periods reconciled, not every invoice the warehouse holds): each invoice's total before tax (`total_excluding_tax`: after
+    """invoice_id, counted_on, adjustments_minor for the invoices `invoice_ids` (those of the periods
+    reconciled, not every invoice the warehouse holds). `counted_on`: the UTC date its earliest line
+    starts (the line that puts it in the earliest period; the engine's items, which carry the period
+    they bill, and a first invoice's zero-length metered lines only when it has no other). The
+    adjustments: each invoice's total before tax (`total_excluding_tax`: after
     discounts and pre-tax credits) less the sum of its lines (whose amounts are before them). Tax is
     Stripe's to compute: the engine rates none, and an invoice's tax is no difference to explain.
     Invoices whose lines are not all known, or stored without `total_excluding_tax` (pulled before
     migration 054: `total` would count their tax), are left out until pulled again."""
+    zero = _ZERO_LENGTH_FREE
+    engine = f"coalesce({_engine_item_sql(con, 'l')}, false)"
     return query_frame(
         con,
         f"""
         WITH lines AS ({merged_lines_sql(con)}),
              invoices AS ({merged_invoices_sql(con)})
-        SELECT i.invoice_id, CAST(any_value(i.period_start) AS DATE) AS invoice_period_start,
+        SELECT i.invoice_id,
+               CAST(coalesce(min(l.period_start) FILTER (WHERE NOT {zero} AND NOT {engine}),
+                             min(l.period_start) FILTER (WHERE NOT {zero}), min(l.period_start)) AS DATE) AS counted_on,
                CAST(any_value(i.total_before_tax) - sum(l.amount) AS BIGINT) AS adjustments_minor
         FROM invoices i JOIN lines l ON l.invoice_id = i.invoice_id
         WHERE list_contains(?::VARCHAR[], i.invoice_id) AND i.total_before_tax IS NOT NULL AND i.lines_complete

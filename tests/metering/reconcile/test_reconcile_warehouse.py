@@ -684,3 +684,63 @@ def test_a_coupon_on_the_invoice_that_billed_the_fee_in_advance_is_counted_once(
     assert (a["status"], a["amount_diff_minor"], a["stripe_adjustments_minor"]) == ("amount_mismatch", 0, -500)
     assert "; Stripe's invoice in_a0 totals 500 less than its lines before tax" in a["reason"]
     assert result.unexplained_minor() == {"usd": 125 + 500}
+
+
+def _flat_fee_subscription(con) -> None:
+    """cus_f on a subscription with only a licensed price (1900 a month, billed in advance): in_f0 (its
+    first invoice, Oct 1) bills October; in_f1 closes October and bills November, with a 500 coupon;
+    in_f2 closes November and bills December. Pulled Dec 1."""
+    def at(month: int, hour: int = 0) -> dt.datetime:
+        return dt.datetime(2026, month, 1, hour, tzinfo=dt.UTC)
+
+    invoices, lines = [], []
+    for month, invoice, own, billed, created, before_tax in (
+            (10, "in_f0", (at(10), at(10)), (at(10), at(11)), at(10), 1900),
+            (10, "in_f1", (at(10), at(11)), (at(11), at(12)), at(11, 1), 1900 - 500),
+            (11, "in_f2", (at(11), at(12)), (at(12), dt.datetime(2027, 1, 1, tzinfo=dt.UTC)), at(12, 1), 1900)):
+        invoices.append(dict(billing_month=dt.date(2026, month, 1), invoice_id=invoice, customer_id="cus_f", status="paid",
+                             currency="usd", amount_due=before_tax, amount_paid=before_tax, amount_remaining=0,
+                             total=before_tax, total_excluding_tax=before_tax, period_start=own[0], period_end=own[1],
+                             created=created, pulled_at=at(12, 2)))
+        lines.append(dict(billing_month=dt.date(2026, month, 1), invoice_id=invoice, line_id=f"il_{invoice}",
+                          customer_id="cus_f", meter=None, quantity_decimal=D(1), amount=1900, currency="usd",
+                          period_start=billed[0], period_end=billed[1], pulled_at=at(12, 2)))
+    warehouse.insert_frame(con, "stripe_invoices_api", pl.DataFrame(invoices, schema_overrides={"total_excluding_tax": pl.Int64}))
+    warehouse.insert_frame(con, "stripe_invoice_lines_api", pl.DataFrame(lines, schema_overrides={"meter": pl.String})
+                           .with_columns(pl.col("quantity_decimal").cast(pl.Decimal(38, 12))))
+
+
+def test_an_invoice_counts_its_discount_in_the_period_of_its_earliest_line(isolated_env):
+    """in_f1 closes October but holds only November's fee: counted by its own period (October), its
+    500 coupon fell in no period (October's run does not see the invoice at all). It counts in the
+    period of its earliest line, November, and in November only."""
+    from metering.reconcile.inputs import load_stripe_invoices
+
+    with warehouse.open_warehouse() as con:
+        _flat_fee_subscription(con)
+        runs = {}
+        for month, end in ((dt.date(2026, 10, 1), dt.date(2026, 11, 1)), (dt.date(2026, 11, 1), dt.date(2026, 12, 1))):
+            periods = pl.DataFrame({"customer_id": ["cus_f"], "period_start": [month], "period_end": [end]})
+            runs[month] = load_stripe_invoices(con, month, periods).select(
+                "invoice_ids", "stripe_total_minor", "adjustments_minor", "adjusted_invoice_ids").row(0)
+    assert runs == {dt.date(2026, 10, 1): ("in_f0", 1900, 0, ""),
+                    dt.date(2026, 11, 1): ("in_f1", 1900, -500, "in_f1")}
+
+
+def test_a_period_only_stripe_billed_shows_no_other_periods_payment(isolated_env):
+    """November is billed by Stripe (its fee, in advance, on in_f1) but none of ours is rated, and no
+    invoice closes it yet (in_f2 is not pulled). in_f1 closes October: its state and payment are
+    October's. Shown on November too, finance's "paid" counted them twice: now NULL."""
+    from metering.reconcile.inputs import load_stripe_invoices
+
+    with warehouse.open_warehouse() as con:
+        _flat_fee_subscription(con)
+        con.execute("DELETE FROM stripe_invoice_lines_api WHERE invoice_id = 'in_f2'")
+        con.execute("DELETE FROM stripe_invoices_api WHERE invoice_id = 'in_f2'")
+        november = load_stripe_invoices(con, dt.date(2026, 11, 1), pl.DataFrame(
+            schema={"customer_id": pl.String, "period_start": pl.Date, "period_end": pl.Date}))
+        october = load_stripe_invoices(con, dt.date(2026, 10, 1), pl.DataFrame(
+            {"customer_id": ["cus_f"], "period_start": [dt.date(2026, 10, 1)], "period_end": [dt.date(2026, 11, 1)]}))
+    columns = ("invoice_ids", "stripe_total_minor", "closing_invoice_id", "invoice_status", "amount_paid")
+    assert november.select(columns).rows() == [("in_f1", 1900, None, None, None)]
+    assert october.select(columns).rows() == [("in_f0", 1900, "in_f1", "paid", 1400)]
