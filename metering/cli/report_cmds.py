@@ -89,18 +89,25 @@ def reconcile(month: dt.date, warehouse_path: str | None, pull: bool, settle_sec
 def report(month: dt.date, warehouse_path: str | None, out_dir: str | None) -> None:
     """Write the finance report (HTML, XLSX, CSV) of a reconciled billing month.
 
-    Exits 3 when the warehouse does not exist or holds no reconciliation of the month.
+    Exits 3, writing nothing, when the warehouse does not exist or holds no reconciliation rows of the
+    month: it was never reconciled, or its reconciliation had nothing to compare (no rated usage, pushes
+    or Stripe invoices: `metering reconcile` warns so and exits 0).
     """
     with warehouse.open_warehouse(warehouse_path, wait_seconds=30, must_exist=True) as con:
         if not _reconciled(con, month):
-            raise BadInputError(f"{config.warehouse_path(warehouse_path)}: {month:%Y-%m} has not been reconciled "
-                                f"(run `metering reconcile --period {month:%Y-%m}` first)")
+            # no table records reconciliation runs, so "never reconciled" and "reconciled, nothing to
+            # compare" look the same here: name both and what to run for each
+            raise BadInputError(
+                f"{config.warehouse_path(warehouse_path)}: nothing reconciled for {month:%Y-%m}: either it has not "
+                f"been reconciled (run `metering reconcile --period {month:%Y-%m}` first), or it was but had "
+                f"nothing to compare: no rated usage, pushes or Stripe invoices for the month (rate its usage with "
+                f"`metering rerate --from YYYY-MM-DD --to YYYY-MM-DD`, then reconcile again)")
         files = write_report(con, month, config.ensure_dir(out_dir or default_folder(month), "--out"))
     click.echo(f"report for {month:%Y-%m} in {files.folder}")
     click.echo(f"  {files.html.name}, {files.xlsx.name}, " + ", ".join(p.name for p in files.csvs))
     for t in files.data.totals:
         click.echo(f"  {t.currency}: rated {fmt_money(t.rated_minor, t.currency)}, "
-                   f"invoiced {fmt_money(t.invoiced_minor, t.currency)}, match rate {t.match_rate}%, "
+                   f"invoiced {fmt_money(t.invoiced_minor, t.currency)}, match rate {t.match_rate_text('%')}, "
                    f"money at risk {fmt_money(t.money_at_risk_minor, t.currency)}")
 
 

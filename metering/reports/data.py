@@ -20,6 +20,7 @@ from metering.warehouse import query_frame
 CLEAN_STATUSES = ("matched", "within_tolerance")
 DUNNING_STATE_COLUMNS = ("state", "stage", "status", "dunning_status")
 DUNNING_AMOUNT_COLUMNS = ("amount_remaining", "amount_due")
+NO_MATCH_RATE = "n/a"
 
 
 @dataclass(frozen=True)
@@ -51,11 +52,17 @@ class CurrencyTotals:
     clean_rows: int             # matched + within tolerance
 
     @property
-    def match_rate(self) -> Decimal:
-        """Share of rows matched or within tolerance, in percent, 0.1 precision (half-up)."""
+    def match_rate(self) -> Decimal | None:
+        """Share of rows matched or within tolerance, in percent, 0.1 precision (half-up); None when the
+        currency has no usage row (only invoice rows: flat fees, minimums): no rate, rather than 100%."""
         if self.rows == 0:
-            return Decimal("100.0")
+            return None
         return (Decimal(100) * self.clean_rows / self.rows).quantize(Decimal("0.1"), rounding=ROUND_HALF_UP)
+
+    def match_rate_text(self, unit: str = "") -> str:
+        """The match rate as every output shows it: '33.3' + unit, or 'n/a' without usage rows."""
+        rate = self.match_rate
+        return NO_MATCH_RATE if rate is None else f"{rate}{unit}"
 
 
 @dataclass(frozen=True)
@@ -125,7 +132,7 @@ class ReportData:
                            "credit_due_minor", "our_invoice_total_minor", "stripe_invoice_total_minor",
                            "amount_paid_minor", "money_at_risk_minor", "unexplained_minor"):
                 rows.append((metric, t.currency, str(getattr(t, metric))))
-            rows.append(("match_rate_percent", t.currency, str(t.match_rate)))
+            rows.append(("match_rate_percent", t.currency, t.match_rate_text()))
         for status, n in self.status_counts().items():
             rows.append((f"rows_{status}", "", str(n)))
         for status, n in self.invoice_status_counts().items():

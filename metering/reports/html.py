@@ -96,7 +96,7 @@ def render_html(data: ReportData) -> str:
             ("Rated (ours)", fmt_money(t.rated_minor, cur), "rated"),
             ("Invoiced (Stripe)", fmt_money(t.invoiced_minor, cur), "invoiced"),
             ("Difference", fmt_money(t.difference_minor, cur), "difference"),
-            ("Match rate", f"{t.match_rate}%", "match-rate"),
+            ("Match rate", t.match_rate_text("%"), "match-rate"),
             ("Money at risk", fmt_money(t.money_at_risk_minor, cur), "at-risk"),
             ("Unexplained", fmt_money(t.unexplained_minor, cur), "unexplained"),
             ("Our invoice total", fmt_money(t.our_invoice_total_minor, cur), "our-invoice-total"),

@@ -62,8 +62,48 @@ def test_report_refuses_a_month_never_reconciled(isolated_env, tmp_path):
     result = CliRunner().invoke(cli, ["report", "--period", "2026-10", "--warehouse", str(tmp_path / "w.duckdb"),
                                       "--out", str(tmp_path / "r")])
     assert result.exit_code == 3
-    assert "2026-10 has not been reconciled (run `metering reconcile --period 2026-10` first)" in result.output
+    assert "nothing reconciled for 2026-10: either it has not been reconciled (run `metering reconcile --period " \
+           "2026-10` first)" in result.output
     assert not (tmp_path / "r").exists()
+
+
+def test_report_of_a_month_reconciled_with_nothing_to_compare_says_so(isolated_env, tmp_path):
+    """`metering reconcile` passes a month with nothing to compare and writes no row; the report then told
+    the user to run the very command just run ("has not been reconciled"): it names both cases now."""
+    from metering import warehouse
+
+    path = tmp_path / "w.duckdb"
+    warehouse.connect(path).close()
+    reconciled = CliRunner().invoke(cli, ["reconcile", "--period", "2027-03", "--no-pull", "--warehouse", str(path)])
+    assert reconciled.exit_code == 0, reconciled.output
+    result = CliRunner().invoke(cli, ["report", "--period", "2027-03", "--warehouse", str(path),
+                                      "--out", str(tmp_path / "r")])
+    assert result.exit_code == 3
+    assert result.output == (
+        f"error: {path}: nothing reconciled for 2027-03: either it has not been reconciled (run `metering reconcile "
+        "--period 2027-03` first), or it was but had nothing to compare: no rated usage, pushes or Stripe invoices "
+        "for the month (rate its usage with `metering rerate --from YYYY-MM-DD --to YYYY-MM-DD`, then reconcile "
+        "again)\n")
+    assert not (tmp_path / "r").exists()
+
+
+def test_report_help_documents_the_exit_code_of_a_month_with_nothing_reconciled():
+    result = CliRunner().invoke(cli, ["report", "--help"])
+    assert "Exits 3, writing nothing, when the warehouse does not exist or holds no" in result.output
+    assert "never reconciled, or its reconciliation had nothing to compare" in " ".join(result.output.split())
+
+
+def test_report_command_match_rate_of_a_currency_without_usage_rows_is_na(reconciled_warehouse):
+    """An invoice-only currency (a flat fee) printed "match rate 100.0%" with no usage row to match."""
+    from metering import warehouse
+
+    with warehouse.open_warehouse(reconciled_warehouse) as con:
+        con.execute("""INSERT INTO invoice_reconciliation SELECT * REPLACE ('cus_f' AS customer_id, 'eur' AS currency)
+                       FROM invoice_reconciliation WHERE customer_id = 'cus_j'""")
+    result = CliRunner().invoke(cli, ["report", "--period", "2026-10"])
+    assert result.exit_code == 0, result.output
+    assert "  eur: rated 0.00 EUR, invoiced 0.00 EUR, match rate n/a, money at risk 0.00 EUR\n" in result.output
+    assert "usd: rated 172.00 USD, invoiced 162.76 USD, match rate 33.3%, money at risk 11.15 USD" in result.output
 
 
 def test_report_out_folder_that_cannot_be_created_is_bad_input(reconciled_warehouse, tmp_path):

