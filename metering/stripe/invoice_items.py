@@ -13,8 +13,10 @@ rating), each such charge is billed as invoice items whose amounts sum to its ra
   finds Stripe can price keeps what it was billed (Stripe's meters do not bill a closed period).
   In a period with push windows marked `late` (usage its Stripe invoice never carried), differences
   that come to a credit are all held for an operator: most likely a minimum's true-up shrinking under
-  that unbilled usage. A usage charge of a plan version the Stripe subscription is not on is not
-  billed (Stripe bills that usage at the subscription's price): counted for an operator.
+  that unbilled usage. A usage charge of a plan version the Stripe subscription is not on, on a
+  meter the subscription's version has a Stripe price for, is not billed (Stripe bills that usage at
+  the subscription's price): counted for an operator. On a meter it has no price for (its charges
+  there are all filtered too, or none reads it), nothing at Stripe bills the usage: it is billed.
 - **Look up.** Before any call, every row not yet acknowledged is looked up among the customer's
   invoice items by its `metadata[metering_item]`: found, it is `acknowledged` with the amount Stripe
   holds, and its charge is planned again (a ledger restored from a snapshot does not know the items
@@ -86,7 +88,8 @@ class InvoiceItemsReport:
     unknown: int = 0            # rows left sent / unknown
     unmapped: int = 0           # charges of customers not synced to Stripe (nothing billed)
     held: int = 0               # differences held for an operator: a credit in a period with usage Stripe never billed
-    other_version: int = 0      # usage charges of a plan version the Stripe subscription is not on (not billed)
+    other_version: int = 0      # usage charges of a plan version the Stripe subscription is not on, whose
+                                # meter it prices (not billed)
     blocked: int = 0            # rows no invoice can carry (no live subscription, the period's invoice final)
     billed_minor: dict[str, int] = field(default_factory=dict)   # the run's acknowledged amounts
     seconds: float = 0.0
@@ -156,6 +159,21 @@ def _periods_with_late_usage(con: duckdb.DuckDBPyConnection, billing_month: dt.d
         """, [m0, m1])
 
 
+def _priced_meters(con: duckdb.DuckDBPyConnection) -> pl.DataFrame:
+    """Per plan version rating recorded (`rules_versions`, as `sub_plan`, `sub_version`): the meters a
+    Stripe subscription on it bills, those of its charges with a Stripe price (the latest catalog sync's
+    `stripe_objects`; a charge it found not expressible has none, and no subscription item)."""
+    return warehouse.query_frame(con, """
+        SELECT plan AS sub_plan, plan_version AS sub_version,
+               coalesce(list(DISTINCT c.meter) FILTER (WHERE c.meter IS NOT NULL AND (plan || '|' || plan_version
+                            || '|' || c.name) IN (SELECT our_key FROM stripe_objects WHERE kind = 'price')),
+                        CAST([] AS VARCHAR[])) AS priced_meters
+        FROM (SELECT plan, plan_version,
+                     unnest(from_json(definition->'charges', '[{"name": "VARCHAR", "meter": "VARCHAR"}]')) AS c
+              FROM rules_versions)
+        GROUP BY ALL""")
+
+
 def _ledger(con: duckdb.DuckDBPyConnection, billing_month: dt.date) -> pl.DataFrame:
     m0, m1 = month_bounds(billing_month)
     return warehouse.query_frame(
@@ -213,15 +231,20 @@ class InvoiceItemBiller:
         ledger = ledger.join(priced_now, on=CHARGE_KEY, how="anti")
         report.charges = max(report.charges, targets.height)
         # A usage charge of a plan version the Stripe subscription is not on (a plan or version change
-        # inside the period: the sync does not switch subscriptions) is billed by Stripe already, at the
-        # subscription's price for that meter: an item would bill the same usage twice.
+        # inside the period: the sync does not switch subscriptions) is billed by Stripe already when the
+        # subscription's version has a price on its meter: an item would bill the same usage twice. On a
+        # meter it has no price for (its charges there are all filtered too, or none reads it), nothing at
+        # Stripe bills the usage: the charge is billed as an item like any other.
         customers = customer_map(self.con)
-        subscribed = customers.select("customer_id", sub_plan="plan", sub_version="plan_version")
-        # (a subscription whose version is unknown, not created by our sync, may price the meter too)
+        subscribed = (customers.select("customer_id", sub_plan="plan", sub_version="plan_version")
+                      .join(_priced_meters(self.con), on=["sub_plan", "sub_version"], how="left"))
+        # (a subscription whose version is unknown, not created by our sync or never rated, may price the
+        # meter too)
         other_version = (targets.join(subscribed, on="customer_id", how="inner")
                          .filter(pl.col("meter").is_not_null()
                                  & ((pl.col("plan") != pl.col("sub_plan")).fill_null(True)
-                                    | (pl.col("plan_version") != pl.col("sub_version")).fill_null(True))))
+                                    | (pl.col("plan_version") != pl.col("sub_version")).fill_null(True))
+                                 & pl.col("priced_meters").list.contains(pl.col("meter")).fill_null(True)))
         if other_version.height:
             aside = _leave_for_operator(report, "other_version", other_version, "their plan version is not the "
                                         "Stripe subscription's, whose price bills the same usage")

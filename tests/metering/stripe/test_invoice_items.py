@@ -8,6 +8,7 @@ The rated lines are written by hand, so every expected amount is the sum of line
 from __future__ import annotations
 
 import datetime as dt
+import json
 from pathlib import Path
 from typing import Any
 
@@ -49,6 +50,16 @@ def cycle_invoice(client: Any, customer: str, period_end: dt.datetime) -> Any:
 
 def ledger(con: Any) -> pl.DataFrame:
     return warehouse.query_frame(con, "SELECT * FROM stripe_invoice_items ORDER BY charge, revision")
+
+
+def record_versions(con: Any, rules: Any, *versions: tuple[str, str]) -> None:
+    """Record plan versions in `rules_versions` as rating does for the versions it rates (here the lines
+    are written by hand): the biller reads there which meters a subscription's version prices."""
+    for plan, version in versions:
+        pv = rules.version(plan, version)
+        con.execute("INSERT INTO rules_versions VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    [plan, version, pv.content_hash, pv.currency, pv.effective_from,
+                     json.dumps(pv.canonical(), sort_keys=True, separators=(",", ":")), OCT1])
 
 
 def test_a_closed_periods_charges_go_onto_its_draft_invoice_once(tmp_path: Path, rules_dir: Path) -> None:
@@ -293,15 +304,19 @@ def test_an_ended_subscriptions_charge_is_blocked_for_an_operator_then_found_whe
         assert ledger(con)[["status", "resolved_by"]].rows() == [("acknowledged", "listing")]
 
 
+@pytest.mark.parametrize("recorded", [True, False], ids=["version-recorded", "version-never-rated"])
 def test_a_usage_charge_of_a_version_the_subscription_is_not_on_is_not_billed_twice(
-        tmp_path: Path, rules_dir: Path) -> None:
+        tmp_path: Path, rules_dir: Path, recorded: bool) -> None:
     """Second audit: pro's 2026-10 version (from Oct 15) prices API calls per region, which Stripe
     cannot; the Stripe subscription stays on 2026-01, whose API-calls price bills all of October's calls.
     Billing 'api calls us' as an item too billed the same calls twice. Such a usage charge is counted
-    and left to an operator; the period's minimum (no meter: Stripe prices it under no version) is billed."""
+    and left to an operator; the period's minimum (no meter: Stripe prices it under no version) is billed.
+    A subscription's version rating never recorded (its meters unknown) is taken to price the meter."""
     with customer_on_clock(tmp_path, rules_dir, CSV, start=SEP1) as (sb, con, client, clock, rules, report):
         cus = report.customers[0]["stripe_customer_id"]
         con.execute("UPDATE stripe_customer_map SET plan = 'pro', plan_version = '2026-01'")
+        if recorded:
+            record_versions(con, rules, ("pro", "2026-01"), ("pro", "2026-10"))
         rate(con, {"minimum spend": 1500}, rated_at=OCT1 + dt.timedelta(minutes=10))
         con.execute("UPDATE rated_usage SET plan_version = '2026-10'")
         con.execute("INSERT INTO rated_usage SELECT * REPLACE ('api calls us' AS charge, 'api_calls' AS meter, "
@@ -311,6 +326,41 @@ def test_a_usage_charge_of_a_version_the_subscription_is_not_on_is_not_billed_tw
         run = biller(con, client).run(SEPTEMBER)
         assert (run.other_version, run.acknowledged, run.needs_operator) == (1, 1, 1)
         assert [a for a, _, _ in items_at_stripe(client, cus)] == [1500]
+
+
+def test_a_usage_charge_of_a_version_the_subscription_is_not_on_is_billed_when_its_meter_has_no_stripe_price(
+        tmp_path: Path, rules_dir: Path) -> None:
+    """Fourth audit: acme moved from pro to scale on Sep 16; its Stripe subscription stays on pro 2026-01,
+    which has no price on the tokens meter (both its token charges are filtered: not expressible). Scale's
+    filtered token charges were set aside as `other_version` ("Stripe bills that usage at the
+    subscription's price"), and nothing billed them. They are billed as items, as pro's own are. Amounts
+    from rating_rules/plans: pro 2026-01 tokens large, per unit: 1,000,000 x 0.000002 = 2.00; scale
+    tokens large, volume (under 10,000,000: first tier): 3,000,000 x 0.0000015 = 4.50; scale tokens
+    small, per unit: 2,500,000 x 0.0000004 = 1.00."""
+    with customer_on_clock(tmp_path, rules_dir, CSV, start=SEP1) as (sb, con, client, clock, rules, report):
+        cus = report.customers[0]["stripe_customer_id"]
+        assert (report.customers[0]["plan"], report.customers[0]["plan_version"]) == ("pro", "2026-01")
+        record_versions(con, rules, ("pro", "2026-01"), ("scale", "2026-01"))
+        moved = dt.date(2026, 9, 16)
+        lines = [("pro", SEPTEMBER, moved, "tokens large", 1_000_000, 200),
+                 ("scale", moved, OCT1.date(), "tokens large", 3_000_000, 450),
+                 ("scale", moved, OCT1.date(), "tokens small", 2_500_000, 100)]
+        for n, (plan, start, end, charge, tokens, minor) in enumerate(lines):
+            con.execute(
+                "INSERT INTO rated_usage (customer_id, period_start, period_end, segment_start, segment_end, plan, "
+                "plan_version, rules_hash, charge_id, charge, model, meter, quantity, amount, amount_minor, currency, "
+                "rounding, rated_at) VALUES ('acme', ?, ?, ?, ?, ?, '2026-01', 'h', ?, ?, 'per_unit', 'tokens', ?, ?, "
+                "?, 'usd', 'half_up', ?)",
+                [SEPTEMBER, OCT1.date(), start, end, plan, n, charge, tokens, minor / 100, minor,
+                 OCT1 + dt.timedelta(minutes=10)])
+
+        run = biller(con, client).run(SEPTEMBER)
+        assert (run.other_version, run.new_revisions, run.acknowledged, run.needs_operator) == (0, 3, 3, 0)
+        assert run.billed_minor == {"usd": 200 + 450 + 100}
+        assert sorted((a, key) for a, _, key in items_at_stripe(client, cus)) == [
+            (100, item_key("acme", SEPTEMBER, "scale", "2026-01", "tokens small", 1)),
+            (200, item_key("acme", SEPTEMBER, "pro", "2026-01", "tokens large", 1)),
+            (450, item_key("acme", SEPTEMBER, "scale", "2026-01", "tokens large", 1))]
 
 
 def test_a_charge_stripe_can_price_since_is_not_credited(tmp_path: Path, rules_dir: Path) -> None:
