@@ -30,9 +30,12 @@ Rules that keep the engine from doing harm (invariant I15):
   performed (earlier ones are `skipped`, superseded); suspension and write-off always run, in order;
 - after a retry, the invoice's later steps wait for the next run, when its outcome is known; so
   do they while a due retry cannot be made in a Stripe outage, or while a pending Stripe call
-  cannot be read back. Without a Stripe client, a Stripe step never sent waits alone: the
-  invoice's reminders and suspension go on (nothing is in flight, and no client is a setting,
-  not an outage that passes);
+  cannot be read back (without a client, too: the call may have gone through). Without a Stripe
+  client, a retry never sent is reported (`no_stripe_client`) and waits for a client; the
+  invoice's reminders go on (they need no Stripe), but its suspension and write-off are
+  `deferred` until the retry has been made and its outcome seen: a customer is never suspended
+  over a payment that was never retried (it once was, on day 14, without a key). A write-off
+  never sent without a client is reported the same way;
 - a pending row whose invoice has left dunning is `superseded`, never performed (a pending
   write-off whose invoice is written off is confirmed `done`: the call went through before a crash);
   one whose step is gone from the policy is resolved (`done` if it took effect, else `skipped`).
@@ -65,6 +68,8 @@ log = logging.getLogger(__name__)
 FINAL_STATUSES = ("done", "skipped", "rejected", "superseded")
 STRIPE_ACTIONS = ("retry", "write_off")
 KEY_PREFIX = "dunning:"
+# steps that wait while the invoice's due retry, which might recover the payment, has not been made
+HELD_BY_AN_UNMADE_RETRY = ("suspend", "write_off")
 STEP_REMOVED = "step_removed_from_policy"
 
 LEDGER_SCHEMA: dict[str, pl.DataType] = {
@@ -384,6 +389,7 @@ def perform_actions(
     ledger = _Ledger(con, now)
     emails = read_emails(con) if not plan.is_empty() else {}
     stopped: set[str] = set()   # invoices whose later steps wait for the next run
+    unretried: set[str] = set()  # invoices whose due retry was not made for lack of a client
 
     def stop(action: str, key: str, invoice: str, status: str, error: str, *, hold: bool = True) -> None:
         """The row cannot go on this run (it stays as it is); with `hold`, nor can its invoice's later steps."""
@@ -404,7 +410,7 @@ def perform_actions(
             ledger.close(key, "superseded", row["reason"])
             report.add(action, "superseded")
             continue
-        if invoice in stopped:
+        if invoice in stopped or (invoice in unretried and action in HELD_BY_AN_UNMADE_RETRY):
             report.add(action, "deferred")
             continue
         if decision == "wait":
@@ -413,11 +419,16 @@ def perform_actions(
             continue
         if action in STRIPE_ACTIONS and client is None and decision in ("resolve", "perform"):
             # A pending call may have reached Stripe (a retry may even have paid): without a client
-            # nothing can be known, so the invoice's later steps wait. A call never made has no
-            # outcome to wait for, and running without Stripe is a setting, not an outage that
-            # passes: reminders and suspension go on, and the Stripe step waits for a client.
+            # nothing can be known, so all the invoice's later steps wait. A call never made has no
+            # outcome to wait for, so reminders (they need no Stripe) go on; but the retry might
+            # have recovered the payment, so the suspension and write-off wait for it (deferred,
+            # reported): suspending a customer whose payment would have gone through is the harm
+            # to avoid (docs/dunning.md).
+            in_flight = row["pending_attempts"] is not None
             stop(action, key, invoice, "no_stripe_client", "no Stripe client configured (set STRIPE_API_KEY)",
-                 hold=row["pending_attempts"] is not None)
+                 hold=in_flight)
+            if action == "retry" and not in_flight:
+                unretried.add(invoice)
             continue
         if decision == "resolve":
             try:

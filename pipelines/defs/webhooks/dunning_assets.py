@@ -5,8 +5,8 @@ Imported by `pipelines/defs/webhooks/definitions.py` through `defs` (or `DUNNING
 No `from __future__ import annotations` here: Dagster resolves config annotations at runtime.
 
 The Stripe client comes from the shared `StripeResource` (resource key `stripe`, declared once in
-`pipelines/resources.py`). Without a key or base URL, reminders and suspensions still
-run and Stripe steps wait (reported in the run's metadata).
+`pipelines/resources.py`). Without a key or base URL, reminders still run; Stripe steps wait, and
+so does a suspension or write-off behind a retry not yet made (reported in the run's metadata).
 """
 
 

@@ -556,36 +556,11 @@ RETRY_THEN_SUSPEND = RETRY_POLICY.replace(
     "templates:", "    - {name: suspension, day: 14, action: suspend}\ntemplates:")
 
 
-def test_without_a_stripe_client_reminders_and_suspension_go_on_while_the_retry_waits(
-    wh: duckdb.DuckDBPyConnection, tmp_path: Path, isolated_env: Path
-) -> None:
-    """No STRIPE_API_KEY: the retry was never sent, so nothing is in flight; it waits for a client and
-    is reported on every run, and the invoice's other steps keep their days (it once blocked them all)."""
-    policy = load_policy(write_rules(tmp_path / "retry_rules", RETRY_THEN_SUSPEND))
-    put_invoice(wh, "in_1")
-    waiting = "dunning:in_1:payment_retry: no Stripe client configured (set STRIPE_API_KEY)"
-    expected = {
-        0: ({"reminder:done": 1}, []),
-        3: ({"retry:no_stripe_client": 1}, [waiting]),
-        7: ({"retry:no_stripe_client": 1, "reminder:done": 1}, [waiting]),
-        14: ({"retry:no_stripe_client": 1, "suspend:done": 1}, [waiting]),
-    }
-    for day, (counts, errors) in expected.items():
-        result = run_dunning(wh, None, policy, T0 + day * DAY)
-        assert (result.report.counts, result.report.errors) == (counts, errors), day
-    assert ledger(wh) == [
-        ("dunning:in_1:first_reminder", "first_reminder", "reminder", "done", "rendered", 1),
-        ("dunning:in_1:final_reminder", "final_reminder", "reminder", "done", "rendered", 1),
-        ("dunning:in_1:suspension", "suspension", "suspend", "done", "suspended", 1),
-    ]
-    assert [s["invoice_ids"] for s in published(isolated_env)["suspended"]] == [["in_1"]]
-
-
 class _FakeInvoices:
     """`client.v1.invoices` of a fake Stripe: `retrieve` answers with `live`, or raises `down`."""
 
-    def __init__(self, live: object = None, down: Exception | None = None) -> None:
-        self.live, self.down, self.paid = live, down, []
+    def __init__(self, live: object = None, down: Exception | None = None, pays: str = "open") -> None:
+        self.live, self.down, self.pays, self.paid = live, down, pays, []
 
     def retrieve(self, invoice_id: str) -> object:
         if self.down is not None:
@@ -594,7 +569,7 @@ class _FakeInvoices:
 
     def pay(self, invoice_id: str, options: dict) -> object:
         self.paid.append(options["idempotency_key"])
-        return SimpleNamespace(status="open", last_response=None)
+        return SimpleNamespace(status=self.pays, last_response=None)
 
 
 class _FakeEvents:
@@ -604,6 +579,57 @@ class _FakeEvents:
 
 def _fake_client(invoices: _FakeInvoices) -> object:
     return SimpleNamespace(v1=SimpleNamespace(invoices=invoices, events=_FakeEvents()))
+
+
+@pytest.mark.parametrize(("pays", "retry_outcome", "suspended"), [
+    ("open", "status:open", True),        # the retry fails: the suspension follows, a run later
+    ("paid", "paid", False),              # the retry recovers the payment: never suspended
+])
+def test_without_a_stripe_client_reminders_go_on_but_suspension_waits_for_the_retry(
+    wh: duckdb.DuckDBPyConnection, tmp_path: Path, isolated_env: Path,
+    pays: str, retry_outcome: str, suspended: bool,
+) -> None:
+    """No STRIPE_API_KEY: the retry is never sent and is reported on every run; reminders need no
+    Stripe and keep their days, but the suspension waits (`deferred`) until the retry, which might
+    recover the payment, has been made and has failed. It once suspended on day 14 a customer whose
+    retry was never made (docs/dunning.md: the harm to avoid)."""
+    policy = load_policy(write_rules(tmp_path / "retry_rules", RETRY_THEN_SUSPEND))
+    put_invoice(wh, "in_1")
+    waiting = "dunning:in_1:payment_retry: no Stripe client configured (set STRIPE_API_KEY)"
+    expected = {
+        0: ({"reminder:done": 1}, []),
+        3: ({"retry:no_stripe_client": 1}, [waiting]),
+        7: ({"retry:no_stripe_client": 1, "reminder:done": 1}, [waiting]),
+        14: ({"retry:no_stripe_client": 1, "suspend:deferred": 1}, [waiting]),
+        15: ({"retry:no_stripe_client": 1, "suspend:deferred": 1}, [waiting]),   # and every run after
+    }
+    for day, (counts, errors) in expected.items():
+        result = run_dunning(wh, None, policy, T0 + day * DAY)
+        assert (result.report.counts, result.report.errors) == (counts, errors), day
+    assert ledger(wh) == [
+        ("dunning:in_1:first_reminder", "first_reminder", "reminder", "done", "rendered", 1),
+        ("dunning:in_1:final_reminder", "final_reminder", "reminder", "done", "rendered", 1),
+    ]
+    assert published(isolated_env)["suspended"] == []
+    assert {r["invoice_id"]: r["state"] for r in result.state.to_dicts()} == {"in_1": "in_dunning"}
+
+    # a client is configured: the retry is made first, and the suspension waits for its outcome
+    invoices = _FakeInvoices(SimpleNamespace(status="open", attempt_count=1, next_payment_attempt=None), pays=pays)
+    client = _fake_client(invoices)
+    result = run_dunning(wh, client, policy, T0 + 16 * DAY)
+    assert (result.report.counts, result.report.errors) == ({"retry:done": 1, "suspend:deferred": 1}, [])
+    assert invoices.paid == ["dunning:in_1:payment_retry"]
+    result = run_dunning(wh, client, policy, T0 + 17 * DAY)
+    assert (result.report.counts, result.report.errors) == (({"suspend:done": 1} if suspended else {}), [])
+    assert invoices.paid == ["dunning:in_1:payment_retry"]                    # charged once, ever
+    assert [r[1:5] for r in ledger(wh)] == [
+        ("first_reminder", "reminder", "done", "rendered"),
+        ("payment_retry", "retry", "done", retry_outcome),
+        ("final_reminder", "reminder", "done", "rendered"),
+    ] + ([("suspension", "suspend", "done", "suspended")] if suspended else [])
+    assert [s["invoice_ids"] for s in published(isolated_env)["suspended"]] == ([["in_1"]] if suspended else [])
+    assert {r["invoice_id"]: r["state"] for r in result.state.to_dicts()} == {
+        "in_1": "in_dunning" if suspended else "recovered"}
 
 
 def test_during_a_stripe_outage_a_due_retry_still_holds_the_later_steps(
