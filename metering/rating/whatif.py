@@ -66,14 +66,19 @@ def _check_csv_records(path: Path) -> None:
     """
     with path.open(newline="", encoding="utf-8-sig", errors="replace") as fh:
         reader = csv.reader(fh, strict=True)
+        starts = 1   # the line the next record starts on: an unclosed quote is reported at EOF otherwise
         try:
             header = next(reader, None)
-            for record in reader if header is not None else ():
+            while header is not None:
+                starts = reader.line_num + 1
+                record = next(reader, None)
+                if record is None:
+                    break
                 if record and len(record) != len(header):
-                    raise BadInputError(f"{path}:{reader.line_num}: (row): {len(record)} field(s) where the "
+                    raise BadInputError(f"{path}:{starts}: (row): {len(record)} field(s) where the "
                                         f"header has {len(header)}")
         except csv.Error as exc:
-            raise BadInputError(f"{path}:{reader.line_num}: (row): broken quoting: {exc}") from None
+            raise BadInputError(f"{path}:{starts}: (row): broken quoting: {exc}") from None
 
 
 def _fail(path: str, frame: pl.DataFrame, mask: pl.Expr, field: str, what: str) -> None:

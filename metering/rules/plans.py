@@ -413,8 +413,10 @@ def _plan_file(file: Path, meters: Mapping[str, Meter], errors: list[str],
             last_day = vb.effective_from - dt.timedelta(days=1)
             err(("versions", a, "effective_to"), f"version {va.version} runs to {va.explicit_end}, leaving a gap before "
                 f"version {vb.version} which starts {vb.effective_from}: {va.explicit_end} .. {last_day} "
-                f"({(vb.effective_from - va.explicit_end).days} day(s)) would be in no version and go unbilled; end "
-                f"version {va.version} on {vb.effective_from} (or drop its effective_to)")
+                f"({(vb.effective_from - va.explicit_end).days} day(s)) would be in no version and go unbilled; "
+                + (f"version {va.version} has rated usage and cannot change: add a version starting "
+                   f"{va.explicit_end} to cover the gap" if (plan, va.version) in rated_hashes
+                   else f"end version {va.version} on {vb.effective_from} (or drop its effective_to)"))
     for gone in sorted(v for p, v in rated_hashes if p == plan and v not in seen_names):
         err(("versions",), f"version {gone} of plan {plan} has already rated usage and is missing from the file: "
             "published versions are immutable; put it back (a version ends where the next one starts)")

@@ -257,6 +257,9 @@ def test_rate_refuses_a_quantity_too_long_for_exact_rating(tmp_path):
     # a long one: Polars' message named no line
     ("c1,api_calls,10,pro,2026-10-20,us,x\n", ":2: (row): 7 field(s) where the header has 6"),
     ("c1,\"api_calls,10,pro,2026-10-20,us\n", ":2: (row): broken quoting: unexpected end of data"),
+    # the record's first line, not the end of the file it swallowed (review)
+    ("c0,api_calls,1,pro,2026-10-20,us\nc1,\"api_calls,10,pro,2026-10-20,us\n" + "c2,api_calls,1,pro,2026-10-20,us\n" * 3,
+     ":3: (row): broken quoting: unexpected end of data"),
 ])
 def test_rate_names_the_line_of_a_ragged_record(tmp_path, rows: str, message: str):
     usage, result = _rate_csv(tmp_path, "customer_id,meter,quantity,plan,period_start,region\n" + rows)

@@ -217,6 +217,20 @@ def test_gap_between_versions(tmp_path):
     # ending exactly where the next version starts is no gap
     root = rules_dir(tmp_path, textwrap.dedent(text).replace("effective_to: 2026-10-10", "effective_to: 2026-10-20"))
     assert check_rules(root)[1] == []
+    # a rated v1 cannot change (its end is part of its content): the way out is a version in the gap,
+    # which the check then accepts (review: both fixes the message named were refused)
+    v1_alone = textwrap.dedent(text).split('  - version: "v2"')[0]
+    rated = {("t", "v1"): load_rules(rules_dir(tmp_path, v1_alone)).plans["t"].versions[0].content_hash}
+    errs = check_rules(rules_dir(tmp_path, textwrap.dedent(text)), rated_hashes=rated)[1]
+    assert len(errs) == 1 and errs[0].endswith(
+        "would be in no version and go unbilled; version v1 has rated usage and cannot change: add a version "
+        "starting 2026-10-10 to cover the gap")
+    bridged = textwrap.dedent(text).replace('  - version: "v2"', '''  - version: "v1b"
+    effective_from: 2026-10-10
+    charges:
+      - {model: flat, amount: "1"}
+  - version: "v2"''')
+    assert check_rules(rules_dir(tmp_path, bridged), rated_hashes=rated)[1] == []
 
 
 def test_the_last_version_may_end(tmp_path):
