@@ -27,10 +27,12 @@ import stripe
 
 from metering.warehouse import transaction
 from metering.webhooks.events import insert_receipts
+from metering.webhooks.state import INVOICE_STATUS_RANK, rank_case
 
 log = logging.getLogger(__name__)
 
 PAGE_SIZE = 100
+SNAPSHOT_BATCH = 100
 REFETCHABLE = ("invoice", "subscription")
 
 
@@ -83,15 +85,29 @@ def _retrieve(client: stripe.StripeClient, object_type: str, object_id: str) -> 
 def _snapshot(
     con: duckdb.DuckDBPyConnection, client: stripe.StripeClient, targets: list[tuple[str, str]], now: datetime
 ) -> int:
-    """Re-fetch (object_type, object_id) pairs into stripe_object_snapshots; returns how many."""
-    rows = []
-    for object_type, object_id in targets:
-        try:
-            obj = _retrieve(client, object_type, object_id)
-        except stripe.InvalidRequestError as exc:  # deleted since (e.g. a deleted draft invoice)
-            log.info("object no longer retrievable", extra={"object_id": object_id, "status": exc.http_status})
-            continue
-        rows.append({"object_id": object_id, "object_type": object_type, "raw": _as_json(obj)})
+    """Re-fetch (object_type, object_id) pairs into stripe_object_snapshots; returns how many.
+
+    Stored every `SNAPSHOT_BATCH` objects and before an error leaves: a run stopped by Stripe (a
+    rate limit its retries did not outlast) keeps what it read, and the next run asks for the rest.
+    """
+    stored, rows = 0, []
+    try:
+        for object_type, object_id in targets:
+            try:
+                obj = _retrieve(client, object_type, object_id)
+            except stripe.InvalidRequestError as exc:  # deleted since (e.g. a deleted draft invoice)
+                log.info("object no longer retrievable", extra={"object_id": object_id, "status": exc.http_status})
+                continue
+            rows.append({"object_id": object_id, "object_type": object_type, "raw": _as_json(obj)})
+            if len(rows) == SNAPSHOT_BATCH:
+                stored += _store_snapshots(con, rows, now)
+                rows = []
+    finally:
+        stored += _store_snapshots(con, rows, now)
+    return stored
+
+
+def _store_snapshots(con: duckdb.DuckDBPyConnection, rows: list[dict[str, str]], now: datetime) -> int:
     if not rows:
         return 0
     frame = pl.DataFrame(rows, schema={"object_id": pl.String, "object_type": pl.String, "raw": pl.String})
@@ -168,24 +184,34 @@ def repair_events(
 
 
 def ambiguous_objects(con: duckdb.DuckDBPyConnection) -> list[tuple[str, str]]:
-    """(object_type, object_id) of invoices and subscriptions whose newest second holds different
-    versions of the object and no re-fetch at least that recent.
+    """(object_type, object_id) of invoices and subscriptions whose newest second holds versions
+    `state` cannot order, and no re-fetch at least that recent.
 
-    Stripe's `created` counts whole seconds, so two events of one second cannot be ordered by it, and
-    the status precedence `state` falls back on assumes statuses only move forward. A subscription
-    that goes past_due -> active within a second (a failed payment retried at once) is not: its
-    state would stay past_due. Only Stripe knows which version is the last; a snapshot read now,
-    dated at the newest event, settles it, and later events still replace it.
+    Stripe's `created` counts whole seconds, so `state` orders the versions of one second by status
+    precedence, then (invoices) attempt count, then event id. A subscription's status is no order: it
+    goes past_due -> active when a failed payment is paid again, within one second, and its state
+    stayed past_due; so two different versions of a subscription in its newest second are ambiguous.
+    An invoice's status only moves forward: its versions are ambiguous only when two different ones
+    share the highest status and attempt count (their order would be the event ids'). Only Stripe
+    knows the last version; a snapshot read now, dated at the newest event, settles it, and later
+    events still replace it. The first invoice's created/finalized/paid events, which share a second,
+    are ordered by status and are not re-fetched.
     """
     return [tuple(r) for r in con.execute(
-        """
+        f"""
         WITH versions AS (
             SELECT object_type, object_id, created, md5(CAST(raw -> '$.data.object' AS VARCHAR)) AS version,
+                   CASE WHEN object_type = 'invoice'
+                        THEN [{rank_case("raw ->> '$.data.object.status'", INVOICE_STATUS_RANK)},
+                              coalesce(TRY_CAST(raw ->> '$.data.object.attempt_count' AS BIGINT), -1)]
+                        ELSE [0, 0] END AS rank,
                    max(created) OVER (PARTITION BY object_type, object_id) AS newest
             FROM stripe_webhook_events
             WHERE list_contains(?, object_type) AND object_id IS NOT NULL AND NOT (type LIKE '%.deleted')
+        ), last_second AS (
+            SELECT *, max(rank) OVER (PARTITION BY object_type, object_id) AS top FROM versions WHERE created = newest
         ), tied AS (
-            SELECT object_type, object_id, newest FROM versions WHERE created = newest
+            SELECT object_type, object_id, newest FROM last_second WHERE rank = top
             GROUP BY ALL HAVING count(DISTINCT version) > 1
         )
         SELECT object_type, object_id FROM tied t

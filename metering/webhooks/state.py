@@ -76,7 +76,7 @@ def _shape(shape: dict) -> str:
     return "'" + json.dumps(shape, separators=(",", ":")) + "'"
 
 
-def _rank_case(column: str, ranks: dict[str, int]) -> str:
+def rank_case(column: str, ranks: dict[str, int]) -> str:
     whens = " ".join(f"WHEN '{status}' THEN {rank}" for status, rank in ranks.items())
     return f"CASE {column} {whens} ELSE -1 END"
 
@@ -123,7 +123,7 @@ _INVOICE_SELECT = f"""
         QUALIFY row_number() OVER (
             PARTITION BY o.id
             ORDER BY version_created DESC, is_snapshot DESC,
-                     {_rank_case('o.status', INVOICE_STATUS_RANK)} DESC,
+                     {rank_case('o.status', INVOICE_STATUS_RANK)} DESC,
                      o.attempt_count DESC NULLS LAST, version_id DESC) = 1
     )
     SELECT
@@ -215,7 +215,7 @@ _SUBSCRIPTION_SELECT = f"""
         QUALIFY row_number() OVER (
             PARTITION BY o.id
             ORDER BY version_created DESC, is_snapshot DESC,
-                     {_rank_case('o.status', SUBSCRIPTION_STATUS_RANK)} DESC, version_id DESC) = 1
+                     {rank_case('o.status', SUBSCRIPTION_STATUS_RANK)} DESC, version_id DESC) = 1
     ),
     items AS (
         SELECT subscription_id,
@@ -256,7 +256,7 @@ _ATTEMPTS_SELECT = f"""
     WITH payment_events AS (
         SELECT event_id, type, created,
                json_transform(raw, {_shape({"data": {"object": INVOICE_SHAPE}})}).data.object AS o,
-               {_rank_case('type', {k: v[1] for k, v in PAYMENT_OUTCOMES.items()})} AS outcome_rank
+               {rank_case('type', {k: v[1] for k, v in PAYMENT_OUTCOMES.items()})} AS outcome_rank
         FROM stripe_webhook_events
         WHERE object_type = 'invoice' AND list_contains(?, type)
     )

@@ -184,3 +184,26 @@ def test_repair_refetches_an_object_whose_last_second_holds_two_versions(tmp_pat
                            [invoice.id]).fetchone() == ("paid", 1000)
         # the snapshot settles the tie: the next repair re-fetches nothing
         assert repair_events(con, client).objects_refetched == 0
+
+
+def test_a_refetch_stopped_by_stripe_keeps_what_it_read(tmp_path: Path):
+    """Two subscriptions to re-fetch; Stripe rate-limits the second. The first is stored before the
+    error leaves (it once waited for the whole list, so one 429 lost every snapshot, and the next
+    repair started over), and the next repair asks for the second alone."""
+    import pytest
+    import stripe
+
+    from metering.webhooks.repair import _snapshot
+
+    now = datetime(2026, 10, 1, tzinfo=timezone.utc)
+    with running_sandbox() as sb, warehouse.open_warehouse(tmp_path / "w.duckdb") as con:
+        client = sb.client()
+        _, _, _, _, first = _acme_on_api_calls(client, ts("2026-10-01T00:00:00"))
+        second = client.v1.subscriptions.create({"customer": first.customer, "items": [{"price": first["items"].data[0].price.id}]})
+        sb.inject_fault("rate_limit", path=f"/v1/subscriptions/{second.id}", method="GET", count=1)
+        with pytest.raises(stripe.RateLimitError):
+            _snapshot(con, client, [("subscription", first.id), ("subscription", second.id)], now)
+        assert con.execute("SELECT object_id FROM stripe_object_snapshots").fetchall() == [(first.id,)]
+        assert _snapshot(con, client, [("subscription", second.id)], now) == 1
+        assert sorted(r[0] for r in con.execute("SELECT object_id FROM stripe_object_snapshots").fetchall()) == sorted(
+            [first.id, second.id])

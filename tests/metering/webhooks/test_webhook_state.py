@@ -158,3 +158,26 @@ def test_any_order_with_duplicates_and_any_batching_gives_the_same_state(tmp_pat
         land(con, tmp_path, batches)
         assert snapshot(con) == expected_state
         assert con.execute("SELECT sum(receipt_count) FROM stripe_webhook_events").fetchone()[0] == len(delivered)
+
+
+def test_only_versions_the_state_cannot_order_are_refetched(con, tmp_path: Path):
+    """Repair re-fetches an object whose newest second holds versions `state` orders by guess alone.
+    An invoice created, finalized and paid within one second is ordered by its status: not re-fetched
+    (every subscription's first invoice is). Two open versions with the same attempt count (an
+    update in the second it was finalized) are ordered by event id: re-fetched. A subscription's
+    status is no order: past_due and active in one second are re-fetched."""
+    from metering.webhooks.repair import ambiguous_objects
+
+    t = START + 100
+    land(con, tmp_path, [[
+        event("evt_1", "invoice.created", t, invoice("in_ordered", status="draft")),
+        event("evt_2", "invoice.finalized", t, invoice("in_ordered", status="open")),
+        event("evt_3", "invoice.paid", t, invoice("in_ordered", status="paid")),
+        event("evt_4", "invoice.finalized", t, invoice("in_tied", status="open")),
+        event("evt_5", "invoice.updated", t, invoice("in_tied", status="open", amount_due=700)),
+        event("evt_6", "customer.subscription.updated", t, subscription("sub_1", status="past_due")),
+        event("evt_7", "customer.subscription.updated", t, subscription("sub_1", status="active")),
+        event("evt_8", "customer.subscription.updated", t - 5, subscription("sub_2", status="past_due")),
+        event("evt_9", "customer.subscription.updated", t, subscription("sub_2", status="active")),
+    ]])
+    assert ambiguous_objects(con) == [("invoice", "in_tied"), ("subscription", "sub_1")]
