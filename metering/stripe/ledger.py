@@ -73,7 +73,8 @@ def plan_revisions(
     latest revision failed. The new revision is `late` instead of `pending` when not pushable;
     an open latest revision of a window that became unpushable is marked `late` in place if it was
     never attempted. An attempted one is kept, whatever the window's value now, for the push to
-    settle by Stripe's summary first (it plans the change after).
+    settle by Stripe's summary first (it plans the change after); so is a `sent` or `unknown` one of a
+    pushable window, which the push sends again under its key before planning the change.
     Older open revisions of a window that gets a new one become `superseded`.
     Returns counts: new_revisions, newly_late.
     """
@@ -102,6 +103,11 @@ def plan_revisions(
                      -- would drop from the ledger what Stripe billed
                      WHEN l.status IN ('pending', 'sent', 'unknown') AND d.late_reason IS NOT NULL
                           AND l.first_attempt_at IS NOT NULL
+                       THEN 'keep'
+                     -- sent or unknown: it may have reached Stripe, whatever the window's value now.
+                     -- The push sends it again under its key (Stripe answers what it did) or reads
+                     -- the summary, and plans the change after
+                     WHEN l.status IN ('sent', 'unknown') AND l.first_attempt_at IS NOT NULL
                        THEN 'keep'
                      WHEN l.value <> d.value
                        OR l.stripe_customer_id IS DISTINCT FROM d.stripe_customer_id THEN 'new'
@@ -228,14 +234,20 @@ def open_rows(con: duckdb.DuckDBPyConnection, date_from: date, date_to: date, wi
 
 
 def mark_sent(con: duckdb.DuckDBPyConnection, identifiers: list[str], now: datetime) -> None:
-    """Record that an attempt is about to start, committed before the call (one transaction)."""
+    """Record that an attempt is about to start, committed before the call (one transaction).
+
+    A row an earlier attempt may have reached Stripe with (`sent`: the process died during the call;
+    `unknown`) becomes `unknown`, not `sent`: it stays so when this attempt is only throttled (429s
+    prove nothing about the earlier one), and a change to its window waits for Stripe's answer.
+    """
     if not identifiers:
         return
     with warehouse.transaction(con):
         con.execute(
             """
             UPDATE stripe_push_ledger
-            SET status = 'sent', attempts = attempts + 1,
+            SET status = CASE WHEN status IN ('sent', 'unknown') THEN 'unknown' ELSE 'sent' END,
+                attempts = attempts + 1,
                 first_attempt_at = coalesce(first_attempt_at, ?), last_attempt_at = ?, updated_at = ?
             WHERE identifier IN (SELECT unnest(?::VARCHAR[]))
             """,
@@ -265,7 +277,8 @@ def record_outcomes(con: duckdb.DuckDBPyConnection, outcomes: list[dict[str, Any
             con.execute(
                 """
                 UPDATE stripe_push_ledger AS l
-                SET status = o.status,
+                -- throttled every time: what an earlier attempt did is still unknown (`mark_sent`)
+                SET status = CASE WHEN o.status = 'pending' AND l.status = 'unknown' THEN 'unknown' ELSE o.status END,
                     attempts = l.attempts + o.extra_attempts,
                     last_error = o.last_error,
                     stripe_request_id = coalesce(o.stripe_request_id, l.stripe_request_id),

@@ -243,6 +243,13 @@ class Pusher:
             known = open_rows.filter(pl.col("identifier").is_in(self._known_identifiers))
             if not known.is_empty():
                 self._send_all(settle_by_summary(known), report)
+            # A change held behind a revision that may have reached Stripe (`sent`, `unknown`) is
+            # planned once the send has told what Stripe did; superseded unread, a lost response that
+            # Stripe applied (and may invoice) would be missing from the ledger
+            held = ledger.plan_revisions(self.con, desired, self._now(), retry_failed=self.config.retry_failed)
+            if held["new_revisions"]:
+                report.new_revisions += held["new_revisions"]
+                self._send_all(open_guarded(), report)
         finally:
             counts = ledger.status_counts(self.con, date_from, span_to, kind)
             report.unknown = counts["unknown"] + counts["sent"]

@@ -272,6 +272,59 @@ def test_a_lost_response_stripe_invoiced_stays_in_the_ledger_when_the_window_cha
         assert (pushed["pushed_quantity"], pushed["late_quantity"]) == (15, late_quantity)
 
 
+@pytest.mark.parametrize("throttled", [False, True])
+def test_a_change_behind_a_lost_response_waits_for_stripes_answer(tmp_path, rules_dir, throttled: bool) -> None:
+    """Oct 31: 10 tokens acknowledged; 15 sent and its response lost (Stripe applied it: unknown). The
+    same day 7 more come, so ours is 22. Revision 2 was superseded unread; if revision 3 then never
+    reached Stripe before the invoice was finalized, the ledger said 10 pushed while Stripe billed 15.
+    Now revision 2 is sent again under its key first, and the change follows in the same run. When
+    Stripe throttles that run (429 every time, which proves nothing about the lost attempt), revision 2
+    stays unknown and the change waits; after the invoice is finalized, Stripe's summary settles it:
+    15 pushed, 7 late, as Stripe billed."""
+    from metering.reconcile.inputs import load_pushed
+
+    oct31, utc = dt.date(2026, 10, 31), dt.timezone.utc
+    with customer_on_clock(tmp_path, rules_dir) as (sb, con, client, clock, rules, report):
+        world = World(con, sb, client, rules, report)
+
+        def push(attempts: int = 8):
+            return Pusher(con, client, rules.meters, PushConfig(rate=0, retry=replace(FAST_RETRY, max_attempts=attempts)),
+                          sleep=lambda s: None).push(oct31, oct31)
+
+        sb.advance_clock(clock.id, int(dt.datetime(2026, 10, 31, 12, tzinfo=utc).timestamp()))
+        world.add_events([("acme", "tokens", day_start(oct31) + dt.timedelta(hours=1), "10", {"model": "small"})])
+        push()
+        world.add_events([("acme", "tokens", day_start(oct31) + dt.timedelta(hours=2), "5", {"model": "small"})])
+        sb.inject_fault("lost_response", path="/v1/billing/meter_events", method="POST", count=1)
+        assert push(attempts=1).unknown == 1
+        world.add_events([("acme", "tokens", day_start(oct31) + dt.timedelta(hours=3), "7", {"model": "small"})])
+        october = (dt.datetime(2026, 10, 1, tzinfo=utc), dt.datetime(2026, 11, 1, tzinfo=utc))
+        if not throttled:
+            third = push()
+            assert (third.unknown, third.pending, third.new_revisions) == (0, 0, 1)
+            assert _window_rows(world, "acme", "tokens", oct31) == [
+                (1, Decimal(10), "acknowledged", "response"), (2, Decimal(15), "acknowledged", "response"),
+                (3, Decimal(22), "acknowledged", "response")]
+            assert world.stripe_total("acme", "tokens", *october) == 22
+            return
+        sb.inject_fault("rate_limit", path="/v1/billing/meter_events", method="POST", count=2)
+        third = push(attempts=2)
+        assert (third.unknown, third.pending, third.new_revisions) == (1, 0, 0)
+        sb.clear_faults()
+        sb.advance_clock(clock.id, int(dt.datetime(2026, 11, 1, 2, tzinfo=utc).timestamp()))
+        fourth = push()
+        assert (fourth.summary_checks, fourth.late) == (1, 1)
+        assert _window_rows(world, "acme", "tokens", oct31) == [
+            (1, Decimal(10), "acknowledged", "response"), (2, Decimal(15), "acknowledged", "summary"),
+            (3, Decimal(22), "late", None)]
+        assert world.stripe_total("acme", "tokens", *october) == 15
+        periods = pl.DataFrame({"customer_id": ["acme"], "period_start": [dt.date(2026, 10, 1)],
+                                "period_end": [dt.date(2026, 11, 1)]})
+        [pushed] = load_pushed(con, dt.date(2026, 10, 1), {"tokens": rules.meters["tokens"]}, periods).filter(
+            pl.col("meter") == "tokens").to_dicts()
+        assert (pushed["pushed_quantity"], pushed["late_quantity"]) == (15, 7)
+
+
 def test_a_throttled_window_first_tried_over_20h_ago_is_checked_before_any_resend(world: World) -> None:
     """Every attempt got 429: the row is `pending` (nothing recorded) but was attempted. 25 h later it is
     not resent under its old key: the summary (empty) decides, and revision 2 carries the value."""
