@@ -172,21 +172,26 @@ def test_duplicate_effective_dates(tmp_path):
     assert "versions[1].effective_from: duplicate effective date 2026-01-01: versions[0] starts the same day" in errs[0]
 
 
-def test_overlapping_versions(tmp_path):
-    text = """
+def _two_versions(v1_ends: str, v2_starts: str) -> str:
+    """Plan t: v1 from Jan 1 to `v1_ends`, flat 1; v2 from `v2_starts`, flat 2."""
+    return f"""
         plan: t
         currency: usd
         versions:
           - version: "v1"
             effective_from: 2026-01-01
-            effective_to: 2026-06-01
+            effective_to: {v1_ends}
             charges:
-              - {model: flat, amount: "1"}
+              - {{model: flat, amount: "1"}}
           - version: "v2"
-            effective_from: 2026-05-01
+            effective_from: {v2_starts}
             charges:
-              - {model: flat, amount: "2"}
+              - {{model: flat, amount: "2"}}
     """
+
+
+def test_overlapping_versions(tmp_path):
+    text = _two_versions("2026-06-01", "2026-05-01")
     errs = errors_for(tmp_path, text)
     assert len(errs) == 1
     assert errs[0].endswith("t.yaml:6: versions[0].effective_to: version v1 runs to 2026-06-01, overlapping "
@@ -195,20 +200,7 @@ def test_overlapping_versions(tmp_path):
 
 def test_gap_between_versions(tmp_path):
     """v1 ending Oct 10 and v2 starting Oct 20 left Oct 10..19 in no version: no flat fee, usage unpriced (I6)."""
-    text = """
-        plan: t
-        currency: usd
-        versions:
-          - version: "v1"
-            effective_from: 2026-01-01
-            effective_to: 2026-10-10
-            charges:
-              - {model: flat, amount: "1"}
-          - version: "v2"
-            effective_from: 2026-10-20
-            charges:
-              - {model: flat, amount: "2"}
-    """
+    text = _two_versions("2026-10-10", "2026-10-20")
     errs = errors_for(tmp_path, text)
     assert len(errs) == 1
     assert errs[0].endswith("t.yaml:6: versions[0].effective_to: version v1 runs to 2026-10-10, leaving a gap before "

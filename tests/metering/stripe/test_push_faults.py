@@ -5,7 +5,10 @@ from __future__ import annotations
 
 import datetime as dt
 import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import replace
+from typing import Any
 from decimal import Decimal
 
 import polars as pl
@@ -225,6 +228,47 @@ def test_429s_after_a_lost_response_leave_the_window_unknown_and_its_summary_dec
     assert world.stripe_total("acme", "tokens", day_start(NOV18), day_start(NOV18) + dt.timedelta(days=1)) == 5
 
 
+OCT31 = dt.date(2026, 10, 31)
+OCTOBER = (dt.datetime(2026, 10, 1, tzinfo=dt.timezone.utc), dt.datetime(2026, 11, 1, tzinfo=dt.timezone.utc))
+
+
+@contextmanager
+def _a_lost_response_on_oct31(tmp_path, rules_dir) -> Iterator[tuple[World, Callable[..., Any], str]]:
+    """acme on a test clock at Oct 31 12:00: 10 tokens pushed and acknowledged, then 15 sent with its
+    response lost (Stripe applied it; the ledger says unknown). Yields the world, `push(attempts)` of
+    Oct 31 and the clock's id."""
+    with customer_on_clock(tmp_path, rules_dir) as (sb, con, client, clock, rules, report):
+        world = World(con, sb, client, rules, report)
+
+        def push(attempts: int = 8):
+            return Pusher(con, client, rules.meters, PushConfig(rate=0, retry=replace(FAST_RETRY, max_attempts=attempts)),
+                          sleep=lambda s: None).push(OCT31, OCT31)
+
+        sb.advance_clock(clock.id, int(dt.datetime(2026, 10, 31, 12, tzinfo=dt.timezone.utc).timestamp()))
+        world.add_events([("acme", "tokens", day_start(OCT31) + dt.timedelta(hours=1), "10", {"model": "small"})])
+        push()
+        world.add_events([("acme", "tokens", day_start(OCT31) + dt.timedelta(hours=2), "5", {"model": "small"})])
+        sb.inject_fault("lost_response", path="/v1/billing/meter_events", method="POST", count=1)
+        assert push(attempts=1).unknown == 1
+        yield world, push, clock.id
+
+
+def _finalize_october(world: World, clock_id: str) -> None:
+    """Nov 1 02:00 on acme's clock: October's invoice is finalized (and paid)."""
+    world.sandbox.advance_clock(clock_id, int(dt.datetime(2026, 11, 1, 2, tzinfo=dt.timezone.utc).timestamp()))
+
+
+def _october_tokens_pushed(world: World) -> tuple[Decimal, Decimal]:
+    """(pushed_quantity, late_quantity) reconciliation reads from the ledger for acme's October tokens."""
+    from metering.reconcile.inputs import load_pushed
+
+    periods = pl.DataFrame({"customer_id": ["acme"], "period_start": [dt.date(2026, 10, 1)],
+                            "period_end": [dt.date(2026, 11, 1)]})
+    [pushed] = load_pushed(world.con, dt.date(2026, 10, 1), {"tokens": world.rules.meters["tokens"]}, periods).filter(
+        pl.col("meter") == "tokens").to_dicts()
+    return pushed["pushed_quantity"], pushed["late_quantity"]
+
+
 @pytest.mark.parametrize("change, late_quantity", [("raise", 7), ("lower", -5)])
 def test_a_lost_response_stripe_invoiced_stays_in_the_ledger_when_the_window_changes_after(
         tmp_path, rules_dir, change: str, late_quantity: int) -> None:
@@ -234,42 +278,23 @@ def test_a_lost_response_stripe_invoiced_stays_in_the_ledger_when_the_window_cha
     back to 10 hid 5 tokens Stripe overbilled. Its summary is read first: acknowledged, as in a run
     without the fault, and the change is a late revision: pushed 15, late by +7 or -5."""
     from metering.rating.service import refresh_aggregates
-    from metering.reconcile.inputs import load_pushed
 
-    oct31, utc = dt.date(2026, 10, 31), dt.timezone.utc
-    with customer_on_clock(tmp_path, rules_dir) as (sb, con, client, clock, rules, report):
-        world = World(con, sb, client, rules, report)
-
-        def push(attempts: int = 8):
-            return Pusher(con, client, rules.meters, PushConfig(rate=0, retry=replace(FAST_RETRY, max_attempts=attempts)),
-                          sleep=lambda s: None).push(oct31, oct31)
-
-        sb.advance_clock(clock.id, int(dt.datetime(2026, 10, 31, 12, tzinfo=utc).timestamp()))
-        world.add_events([("acme", "tokens", day_start(oct31) + dt.timedelta(hours=1), "10", {"model": "small"})])
-        push()
-        world.add_events([("acme", "tokens", day_start(oct31) + dt.timedelta(hours=2), "5", {"model": "small"})])
-        sb.inject_fault("lost_response", path="/v1/billing/meter_events", method="POST", count=1)
-        assert push(attempts=1).unknown == 1
-        sb.advance_clock(clock.id, int(dt.datetime(2026, 11, 1, 2, tzinfo=utc).timestamp()))
+    with _a_lost_response_on_oct31(tmp_path, rules_dir) as (world, push, clock_id):
+        _finalize_october(world, clock_id)
         if change == "raise":
-            world.add_events([("acme", "tokens", day_start(oct31) + dt.timedelta(hours=3), "7", {"model": "small"})])
+            world.add_events([("acme", "tokens", day_start(OCT31) + dt.timedelta(hours=3), "7", {"model": "small"})])
         else:
-            withdrawn = con.execute("SELECT event_id FROM usage_events WHERE value = 5").fetchone()[0]
-            con.execute("DELETE FROM usage_events WHERE event_id = ?", [withdrawn])
-            refresh_aggregates(con, rules.meters, oct31)
+            withdrawn = world.con.execute("SELECT event_id FROM usage_events WHERE value = 5").fetchone()[0]
+            world.con.execute("DELETE FROM usage_events WHERE event_id = ?", [withdrawn])
+            refresh_aggregates(world.con, world.rules.meters, OCT31)
         third = push()
         assert (third.summary_checks, third.late, third.needs_operator) == (1, 1, 0)
         ours = {"raise": Decimal(22), "lower": Decimal(10)}[change]
-        assert _window_rows(world, "acme", "tokens", oct31) == [
+        assert _window_rows(world, "acme", "tokens", OCT31) == [
             (1, Decimal(10), "acknowledged", "response"), (2, Decimal(15), "acknowledged", "summary"),
             (3, ours, "late", None)]
-        october = (dt.datetime(2026, 10, 1, tzinfo=utc), dt.datetime(2026, 11, 1, tzinfo=utc))
-        assert world.stripe_total("acme", "tokens", *october) == 15
-        periods = pl.DataFrame({"customer_id": ["acme"], "period_start": [dt.date(2026, 10, 1)],
-                                "period_end": [dt.date(2026, 11, 1)]})
-        [pushed] = load_pushed(con, dt.date(2026, 10, 1), {"tokens": rules.meters["tokens"]}, periods).filter(
-            pl.col("meter") == "tokens").to_dicts()
-        assert (pushed["pushed_quantity"], pushed["late_quantity"]) == (15, late_quantity)
+        assert world.stripe_total("acme", "tokens", *OCTOBER) == 15
+        assert _october_tokens_pushed(world) == (15, late_quantity)
 
 
 @pytest.mark.parametrize("throttled", [False, True])
@@ -281,48 +306,28 @@ def test_a_change_behind_a_lost_response_waits_for_stripes_answer(tmp_path, rule
     Stripe throttles that run (429 every time, which proves nothing about the lost attempt), revision 2
     stays unknown and the change waits; after the invoice is finalized, Stripe's summary settles it:
     15 pushed, 7 late, as Stripe billed."""
-    from metering.reconcile.inputs import load_pushed
-
-    oct31, utc = dt.date(2026, 10, 31), dt.timezone.utc
-    with customer_on_clock(tmp_path, rules_dir) as (sb, con, client, clock, rules, report):
-        world = World(con, sb, client, rules, report)
-
-        def push(attempts: int = 8):
-            return Pusher(con, client, rules.meters, PushConfig(rate=0, retry=replace(FAST_RETRY, max_attempts=attempts)),
-                          sleep=lambda s: None).push(oct31, oct31)
-
-        sb.advance_clock(clock.id, int(dt.datetime(2026, 10, 31, 12, tzinfo=utc).timestamp()))
-        world.add_events([("acme", "tokens", day_start(oct31) + dt.timedelta(hours=1), "10", {"model": "small"})])
-        push()
-        world.add_events([("acme", "tokens", day_start(oct31) + dt.timedelta(hours=2), "5", {"model": "small"})])
-        sb.inject_fault("lost_response", path="/v1/billing/meter_events", method="POST", count=1)
-        assert push(attempts=1).unknown == 1
-        world.add_events([("acme", "tokens", day_start(oct31) + dt.timedelta(hours=3), "7", {"model": "small"})])
-        october = (dt.datetime(2026, 10, 1, tzinfo=utc), dt.datetime(2026, 11, 1, tzinfo=utc))
+    with _a_lost_response_on_oct31(tmp_path, rules_dir) as (world, push, clock_id):
+        world.add_events([("acme", "tokens", day_start(OCT31) + dt.timedelta(hours=3), "7", {"model": "small"})])
         if not throttled:
             third = push()
             assert (third.unknown, third.pending, third.new_revisions) == (0, 0, 1)
-            assert _window_rows(world, "acme", "tokens", oct31) == [
+            assert _window_rows(world, "acme", "tokens", OCT31) == [
                 (1, Decimal(10), "acknowledged", "response"), (2, Decimal(15), "acknowledged", "response"),
                 (3, Decimal(22), "acknowledged", "response")]
-            assert world.stripe_total("acme", "tokens", *october) == 22
+            assert world.stripe_total("acme", "tokens", *OCTOBER) == 22
             return
-        sb.inject_fault("rate_limit", path="/v1/billing/meter_events", method="POST", count=2)
+        world.sandbox.inject_fault("rate_limit", path="/v1/billing/meter_events", method="POST", count=2)
         third = push(attempts=2)
         assert (third.unknown, third.pending, third.new_revisions) == (1, 0, 0)
-        sb.clear_faults()
-        sb.advance_clock(clock.id, int(dt.datetime(2026, 11, 1, 2, tzinfo=utc).timestamp()))
+        world.sandbox.clear_faults()
+        _finalize_october(world, clock_id)
         fourth = push()
         assert (fourth.summary_checks, fourth.late) == (1, 1)
-        assert _window_rows(world, "acme", "tokens", oct31) == [
+        assert _window_rows(world, "acme", "tokens", OCT31) == [
             (1, Decimal(10), "acknowledged", "response"), (2, Decimal(15), "acknowledged", "summary"),
             (3, Decimal(22), "late", None)]
-        assert world.stripe_total("acme", "tokens", *october) == 15
-        periods = pl.DataFrame({"customer_id": ["acme"], "period_start": [dt.date(2026, 10, 1)],
-                                "period_end": [dt.date(2026, 11, 1)]})
-        [pushed] = load_pushed(con, dt.date(2026, 10, 1), {"tokens": rules.meters["tokens"]}, periods).filter(
-            pl.col("meter") == "tokens").to_dicts()
-        assert (pushed["pushed_quantity"], pushed["late_quantity"]) == (15, 7)
+        assert world.stripe_total("acme", "tokens", *OCTOBER) == 15
+        assert _october_tokens_pushed(world) == (15, 7)
 
 
 def test_a_throttled_window_first_tried_over_20h_ago_is_checked_before_any_resend(world: World) -> None:
