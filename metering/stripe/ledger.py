@@ -107,7 +107,10 @@ def plan_revisions(
                      -- sent or unknown: it may have reached Stripe, whatever the window's value now.
                      -- The push sends it again under its key (Stripe answers what it did) or reads
                      -- the summary, and plans the change after
+                     -- (to the same Stripe customer: a window mapped to another one is held as `moved`
+                     -- until an operator settles the old customer, and is never sent there again)
                      WHEN l.status IN ('sent', 'unknown') AND l.first_attempt_at IS NOT NULL
+                          AND l.stripe_customer_id IS NOT DISTINCT FROM d.stripe_customer_id
                        THEN 'keep'
                      WHEN l.value <> d.value
                        OR l.stripe_customer_id IS DISTINCT FROM d.stripe_customer_id THEN 'new'

@@ -246,10 +246,12 @@ class Pusher:
             # A change held behind a revision that may have reached Stripe (`sent`, `unknown`) is
             # planned once the send has told what Stripe did; superseded unread, a lost response that
             # Stripe applied (and may invoice) would be missing from the ledger
-            held = ledger.plan_revisions(self.con, desired, self._now(), retry_failed=self.config.retry_failed)
+            held = ledger.plan_revisions(self.con, desired, self._now())
             if held["new_revisions"]:
                 report.new_revisions += held["new_revisions"]
-                self._send_all(open_guarded(), report)
+                # only the revisions just planned: the rows throttled or unanswered above wait for
+                # the next run, as they would have without a change
+                self._send_all(open_guarded().filter(pl.col("attempts") == 0), report)
         finally:
             counts = ledger.status_counts(self.con, date_from, span_to, kind)
             report.unknown = counts["unknown"] + counts["sent"]

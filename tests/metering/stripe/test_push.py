@@ -167,6 +167,43 @@ def test_usage_held_by_a_previous_stripe_customer_is_not_pushed_to_the_new_one(w
     assert (tokens_at(old), tokens_at(new)) == ([0], [1500])
 
 
+def test_a_dropped_revision_at_a_previous_stripe_customer_is_not_sent_there_again(world: World, tmp_path) -> None:
+    """acme's tokens (1500) are sent, the connection dropped (unknown), then acme is mapped to another
+    Stripe customer. Held as moved; the operator sends the old customer a 0 for the window. The
+    unknown revision, kept while Stripe's answer was unknown, was then sent again to the OLD customer
+    under its key, and its change of destination to the new one as well: both billed 1500."""
+    from dataclasses import replace
+
+    from metering.customers import load_customers
+    from metering.stripe import catalog
+    from metering.stripe.keys import event_name
+    from push_world import CUSTOMERS_CSV, FAST_RETRY
+
+    world.add_events([("acme", "tokens", t(D1, 2), "1500", {"model": "small"})])
+    world.sandbox.inject_fault("drop", path="/v1/billing/meter_events", method="POST", count=1)
+    assert world.pusher(retry=replace(FAST_RETRY, max_attempts=1)).push(D1, D1).unknown == 1
+    old = world.stripe_customer["acme"]
+    new = world.client.v1.customers.create({"name": "Acme (dup)", "metadata": {"customer_id": "acme"}}).id
+    (tmp_path / "again.csv").write_text(CUSTOMERS_CSV)
+    catalog.sync_catalog(world.con, world.client, world.rules, load_customers(tmp_path / "again.csv", world.rules),
+                         subscriptions=False)
+    assert world.pusher().push(D1, D1).moved == 1
+    world.client.v1.billing.meter_events.create({
+        "event_name": event_name("tokens"), "payload": {"stripe_customer_id": old, "value": "0"},
+        "identifier": "operator-zeroes-old-acme-tokens", "timestamp": int(t(D1, 12).timestamp())})
+    released = world.pusher().push(D1, D1)
+    assert (released.moved, released.acknowledged) == (0, 1)
+
+    def tokens_at(customer: str) -> list:
+        return [s.aggregated_value for s in world.client.v1.billing.meters.event_summaries.list(
+            world.report.meters["tokens"], {"customer": customer, "start_time": int(t(D1, 0).timestamp()),
+                                            "end_time": int(t(D2, 0).timestamp()), "value_grouping_window": "day"}).data]
+
+    assert (tokens_at(old), tokens_at(new)) == ([0], [1500])
+    assert world.ledger().select("revision", "status", "stripe_customer_id").rows() == [
+        (1, "superseded", old), (2, "acknowledged", new)]
+
+
 def test_pushing_hour_windows_to_day_meters_is_refused(world: World) -> None:
     import pytest
 

@@ -351,20 +351,25 @@ def test_a_throttled_window_first_tried_over_20h_ago_is_checked_before_any_resen
 
 
 FAULT = st.sampled_from(["lost_response", "drop", "rate_limit", "server_error"])
-RUN = st.tuples(st.lists(FAULT, max_size=3), st.sampled_from([0, 21, 25]))   # (faults in order, hours since)
+# (faults in order, hours since, whether 3 more units arrive for the window before the run)
+RUN = st.tuples(st.lists(FAULT, max_size=3), st.sampled_from([0, 21, 25]), st.booleans())
 
 
-@settings(max_examples=6, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@example(meter="tokens", value="5", runs=[(["lost_response", "rate_limit", "rate_limit"], 0), ([], 25)])
-@example(meter="seats", value="0", runs=[(["drop"], 0), ([], 21)])
+@settings(max_examples=8, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@example(meter="tokens", value="5", runs=[(["lost_response", "rate_limit", "rate_limit"], 0, False), ([], 25, False)])
+@example(meter="seats", value="0", runs=[(["drop"], 0, False), ([], 21, False)])
+# a change behind a lost response, throttled, then another change: never superseded unread
+@example(meter="tokens", value="5", runs=[(["lost_response"], 0, False), (["rate_limit"] * 3, 0, True),
+                                          (["lost_response"], 21, True)])
 @given(meter=st.sampled_from(["tokens", "seats"]), value=st.sampled_from(["0", "5"]),
        runs=st.lists(RUN, min_size=1, max_size=3))
 def test_any_fault_schedule_leaves_stripe_equal_to_ours_with_one_event_per_identifier(
         tmp_path, rules_dir, meter: str, value: str, runs: list) -> None:
     """One window (Nov 17, after a settled Nov 16 of 7) pushed through any sequence of runs, each with
-    its own faults on successive attempts (3 attempts per run) and hours of delay before it, then a
-    fault-free drain: Stripe's total equals ours, no identifier was executed twice (I8), and a `sum`
-    total never exceeded ours on the way (I8: pending may only leave Stripe lower)."""
+    its own faults on successive attempts (3 attempts per run), hours of delay before it and maybe 3
+    more units for the window (a change behind a revision whose fate is unknown), then a fault-free
+    drain: Stripe's total equals ours, no identifier was executed twice (I8), and a `sum` total never
+    exceeded ours on the way (I8: pending may only leave Stripe lower)."""
     folder = tmp_path / uuid.uuid4().hex
     folder.mkdir()
     props = {"model": "small"} if meter == "tokens" else {}
@@ -377,9 +382,12 @@ def test_any_fault_schedule_leaves_stripe_equal_to_ours_with_one_event_per_ident
         world.add_events([("acme", meter, day_start(NOV17) + dt.timedelta(hours=9), value, props)])
         ours = expected_total(world.events, "acme", meter)
         now = NOW
-        for faults, hours in runs:
+        for faults, hours, more in runs:
             now += dt.timedelta(hours=hours)
             sb.set_now(int(now.timestamp()))
+            if more:
+                world.add_events([("acme", meter, day_start(NOV17) + dt.timedelta(hours=10), "3", props)])
+                ours = expected_total(world.events, "acme", meter)
             for kind in faults:
                 sb.inject_fault(kind, path="/v1/billing/meter_events", method="POST", count=1)
             world.pusher(now=now, retry=replace(FAST_RETRY, max_attempts=3)).push(NOV16, NOV17)
