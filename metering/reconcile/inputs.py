@@ -603,19 +603,31 @@ def load_stripe_invoices(con: duckdb.DuckDBPyConnection, billing_month: dt.date,
 
 def _closing_invoices(con: duckdb.DuckDBPyConnection, periods: pl.DataFrame) -> pl.DataFrame:
     """customer_id, period_start, closing_invoice_id and its invoice_status, amount_due, amount_paid,
-    amount_remaining: per customer period, the latest non-void invoice that closes it, if any."""
+    amount_remaining: per customer period, the latest non-void invoice that closes it, if any.
+
+    An invoice closes one row at most (the longest period it closes), so its payment is shown once: a
+    line no rated period holds makes a row of its own period, which may lie inside another (an item
+    Stripe dates Oct 15 - Oct 15 beside October), or have no length.
+    """
     con.register("_recon_closing", periods.select("customer_id", "period_start", "period_end").to_arrow())
     try:
         return query_frame(
             con,
             f"""
-            WITH invoices AS ({merged_invoices_sql(con)})
-            SELECT p.customer_id, p.period_start, i.invoice_id AS closing_invoice_id, i.status AS invoice_status,
-                   i.amount_due, i.amount_paid, i.amount_remaining
-            FROM _recon_closing p JOIN invoices i ON {_CLOSES}
-            WHERE coalesce(i.status, '') <> 'void'
-            QUALIFY row_number() OVER (PARTITION BY p.customer_id, p.period_start
-                                       ORDER BY i.created DESC NULLS LAST, i.invoice_id DESC) = 1
+            WITH invoices AS ({merged_invoices_sql(con)}),
+            closing AS (
+                SELECT p.customer_id, p.period_start, i.invoice_id, i.status, i.amount_due, i.amount_paid,
+                       i.amount_remaining, i.created
+                FROM _recon_closing p JOIN invoices i ON {_CLOSES}
+                WHERE coalesce(i.status, '') <> 'void' AND p.period_end > p.period_start
+                QUALIFY row_number() OVER (PARTITION BY i.invoice_id
+                                           ORDER BY p.period_end DESC, p.period_start, p.customer_id) = 1
+            )
+            SELECT customer_id, period_start, invoice_id AS closing_invoice_id, status AS invoice_status,
+                   amount_due, amount_paid, amount_remaining
+            FROM closing
+            QUALIFY row_number() OVER (PARTITION BY customer_id, period_start
+                                       ORDER BY created DESC NULLS LAST, invoice_id DESC) = 1
             """,
         )
     finally:

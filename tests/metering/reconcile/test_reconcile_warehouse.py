@@ -744,3 +744,25 @@ def test_a_period_only_stripe_billed_shows_no_other_periods_payment(isolated_env
     columns = ("invoice_ids", "stripe_total_minor", "closing_invoice_id", "invoice_status", "amount_paid")
     assert november.select(columns).rows() == [("in_f1", 1900, None, None, None)]
     assert october.select(columns).rows() == [("in_f0", 1900, "in_f1", "paid", 1400)]
+
+
+def test_an_invoice_closes_one_row_of_a_customer_at_most(isolated_env):
+    """Nothing of ours is rated for cus_f's October. in_f1 (Nov 1) closes October and also carries a
+    one-off item Stripe dates Oct 15 - Oct 15: its line makes a row of its own. in_f1 was the closing
+    invoice of both rows, and its 1700 paid was counted twice; now of the October row alone."""
+    from metering.reconcile.inputs import load_stripe_invoices
+
+    with warehouse.open_warehouse() as con:
+        _flat_fee_subscription(con)
+        oct15 = dt.datetime(2026, 10, 15, tzinfo=dt.UTC)
+        warehouse.insert_frame(con, "stripe_invoice_lines_api", pl.DataFrame([dict(
+            billing_month=dt.date(2026, 10, 1), invoice_id="in_f1", line_id="il_item", customer_id="cus_f", meter=None,
+            quantity_decimal=D(1), amount=300, currency="usd", period_start=oct15, period_end=oct15,
+            pulled_at=dt.datetime(2026, 12, 1, 2, tzinfo=dt.UTC))], schema_overrides={"meter": pl.String})
+            .with_columns(pl.col("quantity_decimal").cast(pl.Decimal(38, 12))))
+        con.execute("UPDATE stripe_invoices_api SET total = 1700, total_excluding_tax = 1700, amount_due = 1700, "
+                    "amount_paid = 1700 WHERE invoice_id = 'in_f1'")
+        october = load_stripe_invoices(con, dt.date(2026, 10, 1), pl.DataFrame(
+            schema={"customer_id": pl.String, "period_start": pl.Date, "period_end": pl.Date}))
+    rows = october.sort("period_start").select("period_start", "invoice_ids", "closing_invoice_id", "amount_paid").rows()
+    assert rows == [(dt.date(2026, 10, 1), "in_f0", "in_f1", 1700), (dt.date(2026, 10, 15), "in_f1", None, None)]
