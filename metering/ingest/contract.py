@@ -13,7 +13,9 @@ One raw event per row (a JSON lines line, a CSV data line, a Parquet row):
 
 Any other field is kept in `usage_events.extra` (as JSON values). Text fields must not contain control
 characters (U+0000-U+001F, U+007F). A JSON number with more than 15 significant digits cannot be
-read exactly (JSON parsers go through a binary float): send such values as strings.
+read exactly (JSON parsers go through a binary float): send such values as strings. A Parquet float
+column's value is the float itself (its shortest decimal), without that digit limit. NaN and
+infinities are no JSON values: in a field kept in `extra` they make the row bad_json.
 """
 
 from __future__ import annotations
@@ -33,7 +35,8 @@ MIN_TIMESTAMP = "2000-01-01T00:00:00Z"  # earlier timestamps are treated as unpa
 # The closed set of quarantine reasons, in the order the checks run (the first failing check wins).
 REASONS: dict[str, str] = {
     "invalid_utf8": "the row's bytes are not valid UTF-8 (raw bytes kept, escaped as \\xNN)",
-    "bad_json": "a JSON lines line that is not one JSON object (syntax error, trailing text, duplicate keys, an array)",
+    "bad_json": "a JSON lines line that is not one JSON object (syntax error, trailing text, duplicate keys, an array); "
+    "in any format, NaN or an infinity in a field kept in extra (JSON has neither)",
     "bad_csv_row": "a CSV line with broken quoting or a number of fields different from the header's",
     "missing_field": "a required field is absent, null or empty (event_id, customer_id, meter, timestamp; "
     "value for sum, max and last meters; the counted property for unique_count meters)",
@@ -47,8 +50,8 @@ REASONS: dict[str, str] = {
     "non_finite_value": "value is NaN or infinite",
     "value_too_large": "value's magnitude exceeds 1e15",
     "negative_value": "value is negative",
-    "value_too_precise": "value has more than 12 decimal places, or is a JSON number with more than "
-    "15 significant digits (which JSON cannot carry exactly: send it as a string)",
+    "value_too_precise": "value has more than 12 decimal places, or is a JSON number (not a Parquet float) with "
+    "more than 15 significant digits (which JSON cannot carry exactly: send it as a string)",
     "conflicting_duplicate": "an event with the same event_id but a different payload is already clean "
     "(stored earlier, or earlier in the same file)",
 }

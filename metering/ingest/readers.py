@@ -21,6 +21,7 @@ import gzip
 import hashlib
 import json
 import logging
+import re
 import zlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -276,7 +277,13 @@ def _json_field(alias: str) -> str:
 
 
 _KNOWN_LIST = "[" + ", ".join(f"'{k}'" for k in KNOWN_FIELDS) + "]"
-_REMOVE_KNOWN = sql_string("{" + ",".join(f'"{k}":null' for k in KNOWN_FIELDS) + "}")
+# `extra`: the parsed map's unknown entries joined back into an object (a null value's JSON is SQL
+# NULL in the map). Byte for byte what `json_merge_patch(text, <known keys: null>)` gave, without its
+# recursion: a 300,000-deep array in an unknown field crashed the process there (the parse and the
+# map's values are not recursive: 20M levels pass). '{}' when no key is unknown.
+_UNKNOWN_ENTRIES = (f"'{{' || array_to_string(list_transform(list_filter(map_entries(m), "
+                    f"e -> NOT list_contains({_KNOWN_LIST}, e.key)), "
+                    f"e -> to_json(e.key) || ':' || coalesce(e.value, 'null')), ',') || '}}'")
 _LOOKUPS = ", ".join(f"m['{key}']::VARCHAR AS j_{alias}" for key, alias in _FIELDS.items())
 # A line has an unknown key only if it has more keys than known ones with a value: a cheap sum that
 # spares the lambda over the keys on the usual line (10M lines: ~0.6 s). A known key holding null
@@ -316,8 +323,7 @@ SELECT line, text,
        {_json_field('value')},
        j_properties AS properties, {_json_type('properties')} AS properties_t,
        false AS properties_canonical,
-       CASE WHEN {_MORE_KEYS_THAN_KNOWN} AND len(list_filter(map_keys(m), k -> NOT list_contains({_KNOWN_LIST}, k))) > 0
-            THEN json_merge_patch(text, {_REMOVE_KNOWN}) END AS extra,
+       CASE WHEN {_MORE_KEYS_THAN_KNOWN} THEN nullif({_UNKNOWN_ENTRIES}, '{{}}') END AS extra,
        starts_at AS byte_offset
 FROM fields
 )
@@ -360,6 +366,18 @@ class CsvLayout:
                 if c not in KNOWN_FIELDS and not c.startswith("properties.")]
 
 
+_CONTROL_CHARACTER = re.compile(r"[\x00-\x1f\x7f]")
+
+
+def _names_with_control_characters(names: list[str]) -> list[str]:
+    """`position (name)` of each name holding a control character (U+0000-U+001F, U+007F).
+
+    Column names are pasted into SQL, and DuckDB's parser ends a literal at a NUL byte; a name is no
+    field of the contract then either, so the file is refused rather than the name changed.
+    """
+    return [f"{i} ({name!r})" for i, name in enumerate(names, 1) if _CONTROL_CHARACTER.search(name)]
+
+
 def _csv_header(path: Path) -> CsvLayout:
     with open(path, "rb") as fh:
         head = fh.read(1 << 20)
@@ -372,6 +390,9 @@ def _csv_header(path: Path) -> CsvLayout:
         columns = tuple(c.strip() for c in next(csv.reader([text], strict=True)))
     except (csv.Error, StopIteration) as exc:
         raise BadInputError(f"{path}: line 1: cannot parse the CSV header: {exc}") from None
+    if bad := _names_with_control_characters(list(columns)):
+        raise BadInputError(f"{path}: line 1: CSV header column(s) {', '.join(bad)} hold a control character; "
+                            f"rename them (nothing was stored)")
     missing = [f for f in ("event_id", "customer_id", "meter", "timestamp") if f not in columns]
     if missing:
         raise BadInputError(
@@ -502,7 +523,9 @@ def _parquet_type(duck_type: str) -> str:
     if t in _NUMBER_TYPES:
         return "BIGINT"
     if t in ("FLOAT", "DOUBLE") or t.startswith("DECIMAL"):
-        return "DOUBLE" if t in ("FLOAT", "DOUBLE") else "DECIMAL"
+        # FLOAT, not JSON lines' DOUBLE: a float column's value arrives as the float itself, with no
+        # parser in between to lose digits, so the JSON numbers' digit limit does not apply
+        return "FLOAT" if t in ("FLOAT", "DOUBLE") else "DECIMAL"
     if t.startswith("TIMESTAMP"):
         return "TIMESTAMP"
     if t.startswith(("STRUCT", "MAP")) or t == "JSON":
@@ -548,7 +571,9 @@ def _parquet_field_sql(types: dict[str, str], name: str, alias: str, text: str |
     col = sql_identifier(name)
     if text is None:  # the caller may bring its own text for the column
         text = _parquet_text_sql(col, kind, types[name])
-    return f"{text} AS {alias}, CASE WHEN {col} IS NULL THEN 'NULL' ELSE '{kind}' END AS {alias}_t"
+    # a JSON column's null is JSON's own (`null`) as well as SQL's: absent, as in the other forms
+    absent = f"{col} IS NULL OR json_type({col}) = 'NULL'" if types[name].upper() == "JSON" else f"{col} IS NULL"
+    return f"{text} AS {alias}, CASE WHEN {absent} THEN 'NULL' ELSE '{kind}' END AS {alias}_t"
 
 
 NO_HIVE_PARTITIONS = "hive_partitioning = false"
@@ -583,7 +608,8 @@ def _refuse_misread_schema(path: Path) -> None:
     float, and a wrong one: 0.05 as DECIMAL(60, 2) came back as 14073748835532.8); names that occur
     twice, also only differing in case, among the columns or a struct's fields (DuckDB's names are
     case-insensitive: it renames the second, `value` to `value_1`, so the event's would be a guess);
-    and struct fields without a name (which DuckDB cannot address)."""
+    struct fields without a name (which DuckDB cannot address); and names holding a control character
+    (see `_names_with_control_characters`)."""
     import pyarrow.parquet as pq
 
     try:
@@ -598,6 +624,9 @@ def _refuse_misread_schema(path: Path) -> None:
             problems.append(f"{where} repeat(s) {', '.join(dupes)} (names differing only in case count as one)")
         if any(f.name == "" for f in fields):
             problems.append(f"{where} include(s) a field without a name")
+        if bad := _names_with_control_characters([f.name for f in fields]):
+            problems.append(f"{where} include(s) a name holding a control character, at position(s) "
+                            f"{', '.join(bad)}")
         for f in fields:
             t = f.type
             if pa.types.is_decimal(t) and t.precision > 38:
@@ -623,9 +652,7 @@ def stage_parquet(con: duckdb.DuckDBPyConnection, path: Path, fmt: str, sink: Si
     if ROW_NUMBER_COLUMN in types:   # DuckDB refuses to number the rows of such a file
         raise BadInputError(f"{path}: a column is named {ROW_NUMBER_COLUMN}, the name DuckDB's Parquet reader keeps "
                             f"for row numbers; rename that column (nothing was stored)")
-    extra_cols = [c for c in types if c not in KNOWN_FIELDS]
-    extra = (f"nullif(json_merge_patch('{{}}', to_json({_struct_sql(extra_cols)})), '{{}}')"  # null = absent
-             if extra_cols else "NULL")
+    extra = _parquet_extra_sql(types, [c for c in types if c not in KNOWN_FIELDS])
     props_canonical = "false"
     props_field = _parquet_field_sql(types, "properties", "properties")
     if "properties" in types and types["properties"].upper().startswith("STRUCT"):
@@ -634,8 +661,9 @@ def stage_parquet(con: duckdb.DuckDBPyConnection, path: Path, fmt: str, sink: Si
             props_canonical = "true"
             props_field = _parquet_field_sql(types, "properties", "properties",
                                              _struct_canonical_sql(sql_identifier("properties"), list(fields)))
-    elif types.get("properties", "").upper() == "VARCHAR":  # a JSON object written as a string
-        props_field = _json_text_sql(sql_identifier("properties"), "properties")
+    elif types.get("properties", "").upper() in ("VARCHAR", "JSON"):  # a JSON object, also written as a string
+        # typed by its JSON type, as a JSON lines field is (`null` absent, an array not an object)
+        props_field = _json_text_sql(f"{sql_identifier('properties')}::VARCHAR", "properties")
     ts_kind = _parquet_type(types["timestamp"])
     ts_native = '"timestamp"::TIMESTAMPTZ' if ts_kind == "TIMESTAMP" else "NULL::TIMESTAMPTZ"
     sql = f"""
@@ -655,6 +683,29 @@ def stage_parquet(con: duckdb.DuckDBPyConnection, path: Path, fmt: str, sink: Si
     except duckdb.Error as exc:
         raise BadInputError(f"{path}: cannot read the Parquet file: {str(exc).splitlines()[0]}") from None
     return StageInfo(rows=rows)
+
+
+def _parquet_extra_sql(types: dict[str, str], columns: list[str]) -> str:
+    """SQL: the unknown columns as one JSON object, in column order; a null column is absent, and so
+    is a struct's or a map's null field at any depth.
+
+    Column by column, so that only struct and map columns go through `json_merge_patch` (which
+    drops the nulls): it recurses without limit, and a JSON column nesting 300,000 arrays crashed
+    the process there. A struct's depth is bounded by the schema; a JSON column is written back
+    as parsed (JSON's own nulls kept, as in JSON lines; its top-level `null` is absent).
+    """
+    if not columns:
+        return "NULL"
+    entries = []
+    for name in columns:
+        col, kind = sql_identifier(name), types[name].upper()
+        present, value = f"{col} IS NOT NULL", f"to_json({col})"
+        if kind == "JSON":
+            present, value = f"{present} AND json_type({col}) <> 'NULL'", f"json({col})"
+        elif kind.startswith(("STRUCT", "MAP")) and "JSON" not in kind:
+            value = f"json_merge_patch('{{}}', {value})"
+        entries.append(f"CASE WHEN {present} THEN concat(to_json({sql_string(name)}), ':', {value}) END")
+    return f"nullif(concat('{{', concat_ws(',', {', '.join(entries)}), '}}'), '{{}}')"
 
 
 def _struct_sql(columns: list[str]) -> str:

@@ -43,20 +43,63 @@ _DIGITS = f"regexp_replace({_MANTISSA}, '[^0-9]', '', 'g')"  # the mantissa's di
 _TOO_MANY_DECIMALS = (f"(length(vtext) > {VALUE_SCALE} + 1 AND strpos(vtext, '.') > 0 AND NOT {_HAS_E} AND "
                       f"length(rtrim(vtext, '0')) - strpos(vtext, '.') > {VALUE_SCALE})")
 # a JSON number with more significant digits than a binary float keeps; zeros at either end are not
-# significant (the parser writes 1e14 back as 100000000000000.0)
+# significant (the parser writes 1e14 back as 100000000000000.0). Not a Parquet float column's value
+# (value_t FLOAT): that is the float itself, read as the shortest decimal naming it.
 _TOO_MANY_DIGITS = (f"(value_t = 'DOUBLE' AND length(vtext) > {MAX_JSON_NUMBER_DIGITS} AND "
                     f"length(trim({_DIGITS}, '0')) > {MAX_JSON_NUMBER_DIGITS})")
+_EXPONENT = "try_cast(split_part(lower(vtext), 'e', 2) AS BIGINT)"
 # exponent form: with the mantissa's digits D (the point taken out), f of them after the point, and t
 # trailing zeros, the value is D/10^t x 10^(t - f + exp): its decimals are f - t - exp. So 1e-19 is
 # refused rather than rounded to 0, and 120e-13 (0.000000000012) accepted. An exponent too long to
-# read means many decimals (a large value was refused before).
+# read means many decimals when negative (a large one is value_too_large).
 _EXPONENT_TOO_PRECISE = (f"({_HAS_E} AND regexp_matches({_MANTISSA}, '[1-9]') AND coalesce("
                          f"length(split_part({_MANTISSA}, '.', 2)) - (length({_DIGITS}) - length(rtrim({_DIGITS}, '0')))"
-                         f" - try_cast(split_part(lower(vtext), 'e', 2) AS BIGINT) > {VALUE_SCALE}, true))")
+                         f" - {_EXPONENT} > {VALUE_SCALE}, prefix(split_part(lower(vtext), 'e', 2), '-')))")
 _TOO_PRECISE = f"({_TOO_MANY_DECIMALS} OR {_TOO_MANY_DIGITS} OR {_EXPONENT_TOO_PRECISE})"
+
+
+# exponent form: where the point falls, counted in digits from the mantissa's first non-zero digit
+# (1.5e3: 4, 0.05e0: -1); NULL when the exponent is too long to read
+_POINT = (f"({_EXPONENT} + length(ltrim(split_part({_MANTISSA}, '.', 1), '+-')) - length({_DIGITS}) "
+          f"+ length(ltrim({_DIGITS}, '0')))")
+
+
+def _exact_value() -> str:
+    """SQL: the value as DECIMAL(38, 12) where `v12` is NULL, for an exponent form DuckDB's cast fails
+    on: the number written plainly, its point moved by the exponent.
+
+    DuckDB's cast reads the mantissa into the decimal before applying the exponent, so it fails on a
+    long mantissa whatever the value (`100000000000000000000000000000e-29` is 1) and on a long
+    exponent, even of a zero. The checks judge such a literal by its text (`_LITERAL_TOO_LARGE`,
+    `_TOO_PRECISE`); this is for the stored value only, once in the query: every copy of it made
+    DuckDB's planning of each batch's query slower (~30 ms for three).
+    """
+    plain = ("list_transform([{'d': ltrim(" + _DIGITS + ", '0'), 'p': " + _POINT + "}], s -> "
+             "CASE WHEN s.d = '' THEN '0' "
+             f"WHEN s.p BETWEEN -{VALUE_SCALE} AND 0 THEN '0.' || repeat('0', -s.p) || s.d "
+             "WHEN s.p BETWEEN 1 AND 27 THEN CASE WHEN s.p < length(s.d) THEN left(s.d, s.p) || '.' || "
+             "substr(s.d, s.p + 1) ELSE s.d || repeat('0', s.p - length(s.d)) END END)[1]")
+    sign = "CASE WHEN prefix(vtext, '-') THEN '-' ELSE '' END"
+    return f"CASE WHEN {_HAS_E} THEN try_cast({sign} || {plain} AS DECIMAL(38, {VALUE_SCALE})) END"
+
+
+_NOT_ZERO = f"(ltrim({_DIGITS}, '0') <> '')"
+# a number that is no DECIMAL(38, 12) (v12 NULL) is too large when it has more than 16 digits before
+# the point, or 16 and is not exactly 1e15, judged from the literal: plain decimals fail the cast only
+# there
+_LITERAL_TOO_LARGE = (f"(NOT {_HAS_E} OR ({_NOT_ZERO} AND coalesce({_POINT} + "
+                      f"(rtrim(ltrim({_DIGITS}, '0'), '0') <> '1')::INT > 16, "
+                      f"NOT prefix(split_part(lower(vtext), 'e', 2), '-'))))")
+
+
+# NaN or an infinity as a JSON token, outside strings (`"nan"` and a key `nan` are text): DuckDB's
+# JSON parser takes NaN, Infinity, inf and -nan in any case, and writes them back as read; JSON does
+# not, so text holding one may not be stored as JSON. Strings are consumed whole (an escaped quote
+# included), so a token is looked for only where a value starts.
+_NON_JSON_NUMBER = r'^(([^"]|"([^"\\]|\\.)*")*[:,\[])?-?(?i:nan|inf)'
 # a list for list_contains, not an `IN (...)` list: DuckDB turns an IN list of five constants into a
 # join against them, one hash probe per row (10M rows: the IN lists cost the classification ~0.35 s)
-_NUMBER_KINDS = "['BIGINT', 'UBIGINT', 'DOUBLE', 'DECIMAL', 'VARCHAR']"
+_NUMBER_KINDS = "['BIGINT', 'UBIGINT', 'DOUBLE', 'FLOAT', 'DECIMAL', 'VARCHAR']"
 
 CLASSIFIED_COLUMNS = """
     line BIGINT, raw VARCHAR, reason VARCHAR, detail VARCHAR,
@@ -111,6 +154,11 @@ def _checks(meters: dict[str, Meter], now: datetime) -> list[tuple[str, str, str
         ("parse_error", "parse_error IS NOT NULL",
          "CASE parse_error WHEN 'invalid_utf8' THEN 'the row is not valid UTF-8' WHEN 'bad_json' THEN "
          "'not a single JSON object' ELSE 'broken quoting or wrong number of fields' END"),
+        # before every other check, as for any other line that is not JSON. In a known field NaN is that
+        # field's own error: non_finite_value for `value`, bad_type elsewhere (not a string, not an object
+        # of strings), which the detail names
+        ("bad_json", f"extra IS NOT NULL AND regexp_matches(extra, '{_NON_JSON_NUMBER}')",
+         "'a JSON value may not be NaN or Infinity (in a field kept in extra)'"),
         ("missing_field", " OR ".join(_blank(c) for _, c in required),
          "CASE " + " ".join(f"WHEN {_blank(c)} THEN '{f} is missing or empty'" for f, c in required) + " END"),
         # an empty or blank text value is an absent one, as an empty CSV cell is
@@ -129,7 +177,9 @@ def _checks(meters: dict[str, Meter], now: datetime) -> list[tuple[str, str, str
                      "v -> v IS NULL OR prefix(v, '\"')))) OR "
                      "(cardinality(pm) > 1 AND len(list_distinct(map_keys(pm))) < cardinality(pm))",
          "CASE WHEN cardinality(pm) > 1 AND len(list_distinct(map_keys(pm))) < cardinality(pm) "
-         "THEN 'properties repeat a key' ELSE 'properties must be an object of string values' END"),
+         "THEN 'properties repeat a key' ELSE 'properties must be an object of string values' END || "
+         f"CASE WHEN regexp_matches(properties, '{_NON_JSON_NUMBER}') THEN ' (NaN and Infinity are not JSON)' "
+         "ELSE '' END"),
         ("control_characters",
          # the (costly) regex runs only where a control character may be: text whose JSON form has
          # an escape or that holds DEL; a meter that names a defined meter has none
@@ -154,9 +204,12 @@ def _checks(meters: dict[str, Meter], now: datetime) -> list[tuple[str, str, str
         ("bad_type", f"value_t <> 'NULL' AND (NOT list_contains({_NUMBER_KINDS}, value_t) OR "
                      f"(vtext IS NOT NULL AND NOT num_ok))",
          "'value must be a decimal number, got ' || coalesce(vtext, lower(value_t))"),
-        ("value_too_large", f"vtext IS NOT NULL AND (v12 IS NULL OR abs(v12) > {MAX_VALUE})",
+        ("value_too_large",
+         f"vtext IS NOT NULL AND (abs(v12) > {MAX_VALUE} OR (v12 IS NULL AND {_LITERAL_TOO_LARGE}))",
          f"'value ' || vtext || ' exceeds {MAX_VALUE}'"),
-        ("negative_value", "v12 < 0", "'value ' || vtext || ' is negative'"),
+        # (v12 NULL here: a number too precise for DECIMAL(38, 12), judged next)
+        ("negative_value", f"v12 < 0 OR (v12 IS NULL AND vtext IS NOT NULL AND prefix(vtext, '-') AND {_NOT_ZERO})",
+         "'value ' || vtext || ' is negative'"),
         # cheap guards first: most values are short integers or have a few decimals
         ("value_too_precise", _TOO_PRECISE,
          f"'value ' || vtext || CASE WHEN {_TOO_MANY_DIGITS} THEN ' has more than {MAX_JSON_NUMBER_DIGITS} "
@@ -198,6 +251,7 @@ prepared AS (
     SELECT *,
         -- DuckDB 1.5 casts text to DECIMAL(38, s) ~100x slower than to DECIMAL(18, s): take the fast
         -- path whenever the value fits (|v| < 1e6), the exact wide cast otherwise (same result)
+        -- (NULL also for an exponent form DuckDB cannot cast: see `_exact_value`)
         coalesce(try_cast(vtext AS DECIMAL(18, {VALUE_SCALE}))::DECIMAL(38, {VALUE_SCALE}),
                  try_cast(vtext AS DECIMAL(38, {VALUE_SCALE}))) AS v12,
         vtext IS NOT NULL AND regexp_full_match(vtext, '{_NUMBER}') AS num_ok,
@@ -223,9 +277,15 @@ SELECT line,
        CASE WHEN reason IS NULL THEN DATE '1970-01-01' + (epoch_us(t) // 86400000000)::INTEGER END AS event_date,
        -- a quarantined row keeps its quantity where it is one exactly (I1: the values read add up to the
        -- values stored, quarantined and dropped), not from a row that did not parse (a CSV row with a
-       -- field too many shifts its cells); CASE evaluates the second branch on those rows only
-       CASE WHEN reason IS NULL THEN v12
-            WHEN parse_error IS NULL AND num_ok AND abs(v12) <= {MAX_VALUE} AND NOT {_TOO_PRECISE} THEN v12
+       -- field too many shifts its cells, a line with NaN in a field kept in extra is not JSON). The first
+       -- branch is the rare number DuckDB's cast failed on (two null tests on the others); CASE evaluates
+       -- the last branch on quarantined rows only
+       CASE WHEN v12 IS NULL AND vtext IS NOT NULL THEN
+                CASE WHEN reason IS NULL OR (parse_error IS NULL AND reason <> 'bad_json' AND num_ok
+                     AND NOT {_LITERAL_TOO_LARGE} AND NOT {_TOO_PRECISE}) THEN {_exact_value()} END
+            WHEN reason IS NULL THEN v12
+            WHEN parse_error IS NULL AND reason <> 'bad_json' AND num_ok AND abs(v12) <= {MAX_VALUE}
+                 AND NOT {_TOO_PRECISE} THEN v12
        END AS value,
        CASE WHEN reason IS NULL THEN props END AS properties,
        extra,

@@ -229,7 +229,9 @@ def test_parquet_extra_columns_kept_without_nulls(tmp_path, con):
         ("a", '{"source":"web"}'), ("b", None)]
 
 
-_KEYS = st.text(st.characters(codec="utf-8", exclude_characters="\x00"), min_size=1, max_size=6)
+# a Parquet name holding a control character refuses the file (test_names_with_control_characters_...)
+_KEYS = st.text(st.characters(codec="utf-8", exclude_characters="".join(map(chr, [*range(0x20), 0x7F]))),
+                min_size=1, max_size=6)
 _VALUES = st.one_of(st.none(), st.text(st.characters(codec="utf-8", exclude_characters="\x00"), max_size=6))
 
 
