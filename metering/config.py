@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+from urllib.parse import urlsplit
 from collections.abc import Callable
 from pathlib import Path
 
@@ -97,3 +98,14 @@ def ensure_file_target(path: str | os.PathLike[str], what: str) -> Path:
         raise BadInputError(f"{what} {target}: is a folder, not a file")
     ensure_dir(target.parent, f"{what} {target}")
     return target
+
+
+def is_http_url(text: str) -> bool:
+    """An http(s) URL with a host and, if any, a valid port (`urlsplit` raises on a bracketed host it
+    cannot read, and on a port out of range only when asked for it)."""
+    try:
+        parts = urlsplit(text)
+        parts.port  # noqa: B018 - raises ValueError for a port out of range or not a number
+    except ValueError:
+        return False
+    return parts.scheme in ("http", "https") and bool(parts.hostname)

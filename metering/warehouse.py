@@ -170,6 +170,15 @@ def database_files(path: Path) -> tuple[Path, Path]:
     return path, path.with_name(path.name + ".wal")
 
 
+def overwrites_database(target: Path, database: Path) -> bool:
+    """Whether writing `target` would replace the DuckDB file `database` or its write-ahead log
+    (the log too: a snapshot swapped in for it lost the commits it held)."""
+    for file in database_files(database):
+        if target.resolve() == file.resolve() or (target.exists() and file.exists() and os.path.samefile(target, file)):
+            return True
+    return False
+
+
 def remove_database(path: Path) -> None:
     """Delete a DuckDB database file and its write-ahead log, where they exist."""
     for file in database_files(path):
@@ -329,10 +338,10 @@ def publish(
     held = con.execute("SELECT path FROM duckdb_databases() WHERE database_name = current_database()").fetchone()[0] \
         if con is not None else config.warehouse_path(warehouse)
     source = Path(held) if held else None   # an in-memory warehouse has no path (and is no file to overwrite)
-    if source is not None and source.exists() and dest.exists() and os.path.samefile(source, dest):
-        # the swap would replace the warehouse itself with its copy
-        raise BadInputError(f"{dest}: the snapshot cannot be the warehouse itself; choose another file "
-                            f"(the default is data/snapshot.duckdb)")
+    if source is not None and overwrites_database(dest, source):
+        # the swap would replace the warehouse itself, or its log, with the copy
+        raise BadInputError(f"{dest}: the snapshot cannot be the warehouse or its write-ahead log; choose another "
+                            f"file (the default is data/snapshot.duckdb)")
     tmp = dest.with_name(f".{dest.name}.{os.getpid()}.tmp")
     _remove_abandoned_copies(dest)
     remove_database(tmp)

@@ -248,6 +248,16 @@ def test_stripe_python_never_prints_past_the_logging_set_up() -> None:
     # `stripe sync` passed a bad window to the catalog, which raised
     (["stripe", "sync"], {"STRIPE_API_KEY": "sk_test_x", "STRIPE_METER_WINDOW": "week"}, 3,
      "window kind: 'week' is not one of day, hour"),
+    # urlsplit raised on a host it could not read; a port out of range reached the SDK (exit 5)
+    (["webhooks", "repair", "--api-base", "http://[::1"], {"STRIPE_API_KEY": "sk_test_x"}, 2,
+     "'http://[::1' is not an http(s) URL"),
+    (["stripe", "push", "--date", "2026-09-05"], {"STRIPE_API_KEY": "sk_test_x", "STRIPE_API_BASE": "http://[::1"}, 3,
+     "environment variable STRIPE_API_BASE: 'http://[::1' is not an http(s) URL"),
+    (["stripe", "push", "--date", "2026-09-05"], {"STRIPE_API_KEY": "sk_test_x",
+                                                  "STRIPE_API_BASE": "http://127.0.0.1:99999"}, 3,
+     "environment variable STRIPE_API_BASE: 'http://127.0.0.1:99999' is not an http(s) URL"),
+    (["stripe", "push", "--date", "2026-09-05"], {"STRIPE_API_KEY": "sk_test_x", "STRIPE_PUSH_CONCURRENCY": "0"}, 3,
+     "push concurrency (--concurrency, STRIPE_PUSH_CONCURRENCY) must be >= 1, got 0"),
 ])
 def test_settings_out_of_range_are_named_not_tracebacks(tmp_path: Path, args, env, code, says) -> None:
     # a real warehouse, so the commands reach the settings (nothing is sent anywhere: they stop first)
@@ -303,15 +313,18 @@ def test_an_in_memory_warehouse_still_publishes(tmp_path: Path) -> None:
     assert (tmp_path / "s.duckdb").stat().st_size > 0
 
 
-def test_publishing_onto_the_warehouse_itself_is_refused(tmp_path: Path) -> None:
-    """It printed `published` and replaced the live warehouse with its copy."""
+@pytest.mark.parametrize("snapshot", ["w.duckdb", "w.duckdb.wal"])
+def test_publishing_onto_the_warehouse_itself_is_refused(tmp_path: Path, snapshot: str) -> None:
+    """It printed `published` and replaced the live warehouse with its copy; onto its log (audit), the
+    commits the log held were lost."""
     from metering import warehouse
 
     with warehouse.open_warehouse(tmp_path / "w.duckdb") as con:
         con.execute("CREATE TABLE keep AS SELECT 1 AS x")
-    done = run_cli("publish", "--warehouse", str(tmp_path / "w.duckdb"), "--snapshot", str(tmp_path / "w.duckdb"))
+    done = run_cli("publish", "--warehouse", str(tmp_path / "w.duckdb"), "--snapshot", str(tmp_path / snapshot))
     assert done.returncode == 3, done.stderr
-    assert "the snapshot cannot be the warehouse itself" in done.stderr
+    assert "the snapshot cannot be the warehouse or its write-ahead log" in done.stderr
+    assert not (tmp_path / "w.duckdb.wal").exists()
     with warehouse.open_warehouse(tmp_path / "w.duckdb", read_only=True) as con:
         assert con.execute("SELECT count(*) FROM information_schema.schemata WHERE schema_name = 'analytics'"
                            ).fetchone()[0] == 0
@@ -380,3 +393,27 @@ def test_settings_and_paths_of_the_wrong_kind_are_bad_input(tmp_path: Path, args
                                "METERING_WAREHOUSE": str(tmp_path / "w.duckdb"), **env})
     assert done.returncode == 3, done.stderr
     assert says in done.stderr and "Traceback" not in done.stderr
+
+
+def test_the_customer_list_cannot_overwrite_the_warehouse(tmp_path: Path) -> None:
+    """`generate --customers-file <the warehouse>` replaced a 5.7 MB warehouse with an 18 KB CSV (audit)."""
+    from metering import warehouse
+
+    with warehouse.open_warehouse(tmp_path / "w.duckdb") as con:
+        con.execute("CREATE TABLE keep AS SELECT 1 AS x")
+    before = (tmp_path / "w.duckdb").read_bytes()
+    done = run_cli("generate", "--events", "10", "--customers", "2", "--out", str(tmp_path / "raw"),
+                   "--customers-file", str(tmp_path / "w.duckdb"),
+                   env={"METERING_WAREHOUSE": str(tmp_path / "w.duckdb"), "METERING_DATA_DIR": str(tmp_path / "d")})
+    assert done.returncode == 3, done.stderr
+    assert f"--customers-file {tmp_path / 'w.duckdb'}: is the warehouse" in done.stderr
+    assert (tmp_path / "w.duckdb").read_bytes() == before
+
+
+def test_stripe_sync_without_a_customer_list_needs_the_warehouse(tmp_path: Path) -> None:
+    """A mistyped --warehouse created an empty warehouse and exited 0 with no customers (audit)."""
+    done = run_cli("stripe", "sync", "--warehouse", str(tmp_path / "typo.duckdb"),
+                   env={"STRIPE_API_KEY": "sk_test_x", "STRIPE_API_BASE": "http://127.0.0.1:9",
+                        "METERING_DATA_DIR": str(tmp_path / "d")})
+    assert done.returncode == 3, done.stderr
+    assert "Traceback" not in done.stderr and not (tmp_path / "typo.duckdb").exists()

@@ -11,10 +11,9 @@ import contextlib
 import datetime as dt
 from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
-from urllib.parse import urlsplit
-
 import click
 
+from metering.config import is_http_url
 from metering.errors import BadInputError, ExternalServiceError
 
 T = TypeVar("T")
@@ -65,8 +64,7 @@ def parse_url(ctx: click.Context, param: click.Parameter, value: str | None) -> 
     """A click callback: an http(s) URL such as http://127.0.0.1:12111, or None."""
     if value is None:
         return None
-    parts = urlsplit(value)
-    if parts.scheme not in ("http", "https") or not parts.netloc:
+    if not is_http_url(value):
         raise click.BadParameter(f"{value!r} is not an http(s) URL like http://127.0.0.1:12111")
     return value
 

@@ -52,7 +52,9 @@ def sync(rules_dir: str | None, customers_path: str | None, warehouse_path: str 
 
     rules = load_rules(rules_dir)
     client = _client()
-    with stripe_errors(), warehouse.open_warehouse(warehouse_path, wait_seconds=30) as con:
+    # without --customers the list is the warehouse's: a mistyped path must not create an empty one
+    with stripe_errors(), warehouse.open_warehouse(warehouse_path, wait_seconds=30,
+                                                   must_exist=not customers_path) as con:
         customers = load_customers(customers_path, rules) if customers_path else read_customer_plans(con)
         # the push's config checks the window kind (and the env variable) as the push does
         window_kind = push_config_from_env(window_kind=window).window_kind

@@ -84,9 +84,11 @@ def _check_csv_records(path: Path) -> None:
 def _fail(path: str, frame: pl.DataFrame, mask: pl.Expr, field: str, what: str) -> None:
     bad = frame.with_row_index("_row").filter(mask)
     if bad.height:
-        row = bad.row(0, named=True)
+        # the field as text: a date Polars holds but Python cannot (year 0) made the message a traceback
+        shown = pl.col(field).cast(pl.String) if field in frame.columns else pl.lit(None, pl.String).alias(field)
+        row = bad.select("_row", shown).row(0, named=True)
         line = row["_row"] + 2   # CSV: header is line 1
-        raise BadInputError(f"{path}:{line}: {field}: {what} ({bad.height} row(s); first value {row.get(field)!r})")
+        raise BadInputError(f"{path}:{line}: {field}: {what} ({bad.height} row(s); first value {row[field]!r})")
 
 
 def _one_version_per_period(path: str, frame: pl.DataFrame, *, dated: bool) -> None:

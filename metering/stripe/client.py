@@ -16,13 +16,13 @@ The key lives only in `StripeSettings.api_key` (excluded from `repr`) and inside
 from __future__ import annotations
 
 import os
-import urllib.parse
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Any
 
 import stripe
 
+from metering.config import is_http_url
 from metering.errors import BadInputError
 
 
@@ -92,11 +92,9 @@ def _url_env(name: str) -> str | None:
     """An http(s) base address from the environment, or None when unset (a malformed one was sent
     to the SDK and came back as a connection failure, exit 5, instead of a bad setting)."""
     raw = os.environ.get(name) or None
-    if raw is not None:
-        parts = urllib.parse.urlsplit(raw)
-        if parts.scheme not in ("http", "https") or not parts.netloc:
-            raise BadInputError(f"environment variable {name}: {raw!r} is not an http(s) URL "
-                                f"(e.g. http://127.0.0.1:12111)")
+    if raw is not None and not is_http_url(raw):
+        raise BadInputError(f"environment variable {name}: {raw!r} is not an http(s) URL "
+                            f"(e.g. http://127.0.0.1:12111)")
     return raw
 
 

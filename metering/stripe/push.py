@@ -77,7 +77,8 @@ class PushConfig:
         if self.window_kind not in windows.WINDOW_KINDS:
             raise BadInputError(f"window kind: {self.window_kind!r} is not one of day, hour")
         if self.concurrency < 1:
-            raise BadInputError(f"push concurrency must be >= 1, got {self.concurrency}")
+            raise BadInputError(f"push concurrency (--concurrency, STRIPE_PUSH_CONCURRENCY) must be >= 1, "
+                                f"got {self.concurrency}")
         if not math.isfinite(self.rate) or self.rate < 0:   # nan and inf crashed the rate limiter
             raise BadInputError(f"push rate (--rate, STRIPE_PUSH_RATE): {self.rate!r} is not a number of calls per "
                                 f"second >= 0 (0: no client-side limit)")

@@ -156,6 +156,12 @@ def test_rate_bad_usage_names_the_line(tmp_path):
     result = run("rate", "--rules", str(RULES), "--usage", str(usage), "--out", str(tmp_path / "o.csv"))
     assert result.exit_code == 3   # its month has no end date (year 10000): a traceback before
     assert f"{usage}:2: period_start: outside 2000-01-01 .. 9998-12-31" in result.output
+    # year 0 Polars holds but Python cannot: the message itself was a traceback (audit)
+    usage.write_text("customer_id,meter,quantity,plan,period_start\nc1,api_calls,1,pro,0000-01-01\n")
+    result = run("rate", "--rules", str(RULES), "--usage", str(usage), "--out", str(tmp_path / "o.csv"))
+    assert result.exit_code == 3, result.output
+    assert f"{usage}:2: period_start: outside 2000-01-01 .. 9998-12-31 (1 row(s); first value '0000-01-01')" \
+        in result.output
     # empty plan and meter cells are named like unknown ones (an empty plan was a KeyError traceback)
     for row, field in (("c1,api_calls,1,,2026-10-01", "plan"), ("c1,,1,pro,2026-10-01", "meter")):
         usage.write_text(f"customer_id,meter,quantity,plan,period_start\n{row}\n")
