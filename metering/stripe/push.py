@@ -110,21 +110,6 @@ class PushReport:
     seconds: float = 0.0
     errors: list[str] = field(default_factory=list)
 
-    @classmethod
-    def combine(cls, reports: list["PushReport"]) -> "PushReport":
-        """One report for consecutive runs (e.g. day by day on a test clock): counts added up."""
-        if not reports:
-            raise ValueError("no reports to combine")
-        out = cls(reports[0].run_id, min(r.date_from for r in reports), max(r.date_to for r in reports),
-                  reports[0].window_kind)
-        # the state counts (failed, unknown, pending, late) are per run's own days, which do not overlap
-        for name in ("windows_considered", "new_revisions", "calls", "retries", "rate_limited", "acknowledged",
-                     "failed", "unknown", "pending", "late", "unmapped", "not_yet_due", "moved", "summary_checks",
-                     "raw_events", "seconds"):
-            setattr(out, name, sum(getattr(r, name) for r in reports))
-        out.errors = [e for r in reports for e in r.errors]
-        return out
-
     @property
     def raw_events_per_call(self) -> Decimal:
         return (Decimal(self.raw_events) / Decimal(self.calls)).quantize(Decimal("0.01")) if self.calls else Decimal(0)

@@ -108,12 +108,14 @@ def usage_aggregates(context: dg.AssetExecutionContext, warehouse: WarehouseReso
     with warehouse.get_connection() as con:
         rules = service.guarded_rules(con, paths.rules, dt.datetime.now(dt.timezone.utc))
         frames = [service.refresh_aggregates(con, rules.meters, day) for day in days]
-    frame = pl.concat(frames) if len(frames) > 1 else frames[0]
+    for day, frame in zip(days, frames):  # each partition reports its own day, not the run's range
+        context.add_asset_metadata(
+            {"dagster/row_count": frame.height, "event_dates": f"{day}..{day}",
+             "events": int(frame["event_count"].sum() or 0), "preview": _preview_md(frame.drop("distinct_values"))},
+            partition_key=day.isoformat())
     return dg.MaterializeResult(
-        metadata={"dagster/row_count": frame.height, "event_dates": f"{days[0]}..{days[-1]}",
-                  "events": int(frame["event_count"].sum() or 0), "preview": _preview_md(frame.drop("distinct_values"))},
         # A data version describes one partition's output: only set it when the run is one day.
-        data_version=dg.DataVersion(service.fingerprint(frame)) if len(days) == 1 else None,
+        data_version=dg.DataVersion(service.fingerprint(frames[0])) if len(days) == 1 else None,
     )
 
 

@@ -9,7 +9,7 @@ from metering.rules.plans import load_rules
 from metering.stripe import catalog, ledger
 from metering.stripe.clock import push_days_on_clock
 from metering.stripe.invoice_items import bill_invoice_items
-from metering.stripe.push import PushReport, push_usage
+from metering.stripe.push import Pusher
 from pipelines.resources import StripeResource
 from pipelines.partitions import daily_usage, monthly_billing
 from pipelines.resources import WAREHOUSE_POOL, ProjectPaths, WarehouseResource
@@ -57,7 +57,7 @@ def stripe_catalog(context: dg.AssetExecutionContext, warehouse: WarehouseResour
 def stripe_usage_pushes(context: dg.AssetExecutionContext, warehouse: WarehouseResource, paths: ProjectPaths,
                         stripe: StripeResource):
     """One ledger row per customer x meter x window x revision (stripe_push_ledger) for the day, and one
-    row per run (stripe_push_runs).
+    row per day pushed (stripe_push_runs).
 
     Source: usage_aggregates of the day (and, for last-formula meters, later windows of the same
     billing periods already pushed), stripe_customer_map; each window's total sent to Stripe as one
@@ -70,26 +70,33 @@ def stripe_usage_pushes(context: dg.AssetExecutionContext, warehouse: WarehouseR
     config = stripe.push_config()
     client = stripe.get_client()
     with warehouse.get_connection() as con:
+        meters = load_meters(paths.rules)
         if stripe.advance_test_clock and stripe.test_clock:
             # day by day: advance the clock to each day's end, then push that day (metering.stripe.clock)
-            report = PushReport.combine(push_days_on_clock(
-                con, client, load_meters(paths.rules), stripe.test_clock, first, last, config))
+            reports = push_days_on_clock(con, client, meters, stripe.test_clock, first, last, config)
         else:
-            report = push_usage(con, client, load_meters(paths.rules), first, last, config)
+            # day by day as well, so each partition reports its own push, as a run per day would; one
+            # Pusher, so the range shares one rate limit
+            pusher = Pusher(con, client, meters, config)
+            reports = [pusher.push(first + dt.timedelta(days=i), first + dt.timedelta(days=i))
+                       for i in range((last - first).days + 1)]
         counts = ledger.status_counts(con, first, last, config.window_kind)
+    for report in reports:
+        context.add_asset_metadata({
+            "windows": report.windows_considered, "new_revisions": report.new_revisions, "calls": report.calls,
+            "retries": report.retries, "rate_limited": report.rate_limited, "acknowledged": report.acknowledged,
+            "failed": report.failed, "unknown": report.unknown, "late": report.late, "unmapped": report.unmapped,
+            "not_yet_due": report.not_yet_due, "moved": report.moved,
+            "raw_events_per_call": float(report.raw_events_per_call),
+            "seconds": round(report.seconds, 3),
+        }, partition_key=report.date_from.isoformat())
+    moved = sum(report.moved for report in reports)
     open_left = counts["pending"] + counts["sent"] + counts["unknown"]
-    yield dg.MaterializeResult(metadata={
-        "windows": report.windows_considered, "new_revisions": report.new_revisions, "calls": report.calls,
-        "retries": report.retries, "rate_limited": report.rate_limited, "acknowledged": report.acknowledged,
-        "failed": report.failed, "unknown": report.unknown, "late": report.late, "unmapped": report.unmapped,
-        "not_yet_due": report.not_yet_due, "moved": report.moved,
-        "raw_events_per_call": float(report.raw_events_per_call),
-        "seconds": round(report.seconds, 3),
-    })
+    yield dg.MaterializeResult()
     yield dg.AssetCheckResult(
-        check_name="push_settled", passed=open_left == 0 and counts["failed"] == 0 and report.moved == 0,
+        check_name="push_settled", passed=open_left == 0 and counts["failed"] == 0 and moved == 0,
         severity=dg.AssetCheckSeverity.WARN,
-        metadata={**{k: v for k, v in counts.items()}, "moved": report.moved,
+        metadata={**{k: v for k, v in counts.items()}, "moved": moved,
                   "hint": "re-run the partition; failed rows: --retry-failed; moved: see the run's warnings"},
     )
 

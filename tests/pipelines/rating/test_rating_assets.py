@@ -224,3 +224,25 @@ def test_an_assignment_repeating_the_plan_in_force_changes_nothing(tmp_path):
         ("r", "api_calls", "2026-10-20 00:00:00+00", 10_000, '{"region":"us"}'),
     ])
     assert rated["r"] == [(1, "api calls", 500), (1, "platform fee", 1900)]
+
+
+def test_a_range_run_of_usage_aggregates_reports_each_day_its_own_metadata(tmp_path):
+    """A single-run backfill materializes each partition with that day's counts, as a run per day would."""
+    db = tmp_path / "wh.duckdb"
+    with warehouse.open_warehouse(db) as con:
+        add_events(con, "c_pro", "api_calls", "2026-10-05 10:00:00+00")
+        for hour in ("01", "02", "03"):
+            add_events(con, "c_pro", "api_calls", f"2026-10-06 {hour}:00:00+00")
+    resources = {"warehouse": WarehouseResource(path=str(db)),
+                 "paths": ProjectPaths(rules_dir=str(PROJECT_ROOT / "rating_rules"))}
+    with dg.instance_for_test() as instance:
+        result = dg.materialize([usage_aggregates], resources=resources, instance=instance,
+                                tags={"dagster/asset_partition_range_start": "2026-10-05",
+                                      "dagster/asset_partition_range_end": "2026-10-06"})
+    assert result.success
+    reported = {m.partition: {k: m.metadata[k].value for k in ("dagster/row_count", "events", "event_dates")}
+                for m in result.asset_materializations_for_node("usage_aggregates")}
+    assert reported == {
+        "2026-10-05": {"dagster/row_count": 1, "events": 1, "event_dates": "2026-10-05..2026-10-05"},
+        "2026-10-06": {"dagster/row_count": 3, "events": 3, "event_dates": "2026-10-06..2026-10-06"},
+    }

@@ -159,3 +159,33 @@ def test_the_stripe_resource_holds_its_settings_to_the_clients_bounds(field, val
 
     with pytest.raises(BadInputError, match=re.escape(says)):
         StripeResource(base_url="http://127.0.0.1:9", **{field: value}).settings()
+
+
+def test_a_range_run_of_usage_pushes_reports_each_day_its_own_push(tmp_path: Path, rules_dir: Path) -> None:
+    """A single-run backfill materializes each partition with that day's push, as a run per day would."""
+    db = tmp_path / "wh.duckdb"
+    (tmp_path / "customers.csv").write_text(CSV)
+    first = (dt.datetime.now(dt.timezone.utc) - dt.timedelta(days=3)).date()
+    second = first + dt.timedelta(days=1)
+    with running_sandbox() as sb, dg.instance_for_test() as instance:
+        resources = {
+            "warehouse": WarehouseResource(path=str(db)),
+            "paths": ProjectPaths(rules_dir=str(rules_dir), customers=str(tmp_path / "customers.csv")),
+            "stripe": StripeResource(base_url=sb.base_url, create_customers=True, push_rate=0),
+        }
+        assert dg.materialize([customer_plans, stripe_catalog], resources=resources, instance=instance).success
+        only_api_calls = _events(second).filter(pl.col("meter") == "api_calls").with_columns(
+            ("d2-" + pl.col("event_id")).alias("event_id"))
+        with warehouse.open_warehouse(db) as con:
+            warehouse.insert_frame(con, "usage_events", pl.concat([_events(first), only_api_calls]))
+        pushed = dg.materialize([usage_aggregates, stripe_usage_pushes], resources=resources, instance=instance,
+                                tags={"dagster/asset_partition_range_start": first.isoformat(),
+                                      "dagster/asset_partition_range_end": second.isoformat()})
+        assert pushed.success
+    reported = {m.partition: {k: m.metadata[k].value for k in ("windows", "calls", "acknowledged",
+                                                                 "raw_events_per_call")}
+                for m in pushed.asset_materializations_for_node("stripe_usage_pushes")}
+    assert reported == {
+        first.isoformat(): {"windows": 2, "calls": 2, "acknowledged": 2, "raw_events_per_call": 2.0},
+        second.isoformat(): {"windows": 1, "calls": 1, "acknowledged": 1, "raw_events_per_call": 2.0},
+    }

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import sys
 from pathlib import Path
 
@@ -56,12 +57,95 @@ def test_an_unreadable_landing_cursor_is_dropped_and_replaced(tmp_path: Path, cu
     with dg.instance_for_test() as instance:
         empty = sensor.evaluate_tick(dg.build_sensor_context(instance=instance, resources=resources(tmp_path),
                                                              cursor=cursor))
-        assert empty.run_requests == [] and json.loads(empty.cursor) == {}  # replaced even with nothing to do
+        assert empty.run_requests == []  # replaced even with nothing to do
+        assert json.loads(empty.cursor) == {"version": 2, "sizes": {}, "run_key": "", "attempt": 0}
         deliver(tmp_path, dunning_lifecycle()[:3])
         landed = sensor.evaluate_tick(dg.build_sensor_context(instance=instance, resources=resources(tmp_path),
                                                               cursor=cursor))
         assert len(landed.run_requests) == 1
-        assert all(type(size) is int and size > 0 for size in json.loads(landed.cursor).values())
+        assert all(type(size) is int and size > 0 for size in json.loads(landed.cursor)["sizes"].values())
+
+
+class _Errors(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(logging.ERROR)
+        self.messages: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.messages.append(record.getMessage())
+
+
+def _tick(sensor: dg.SensorDefinition, instance: dg.DagsterInstance, tmp_path: Path, cursor: str | None,
+          errors: _Errors | None = None) -> dg.SensorExecutionData:
+    context = dg.build_sensor_context(instance=instance, resources=resources(tmp_path), cursor=cursor)
+    if errors is not None:
+        context.log.addHandler(errors)
+    return sensor.evaluate_tick(context)
+
+
+def _fail_landing_run(instance: dg.DagsterInstance, tmp_path: Path, run_key: str) -> None:
+    """A landing run under `run_key`, as the daemon launches it, that fails: its warehouse is no DuckDB file."""
+    broken = tmp_path / "broken.duckdb"
+    broken.write_bytes(b"not duckdb" * 100)
+    result = dg.materialize(STATE_ASSETS, instance=instance, raise_on_error=False,
+                            resources={**resources(tmp_path), "warehouse": WarehouseResource(path=str(broken)),
+                                       "stripe": StripeResource()},
+                            tags={"dagster/run_key": run_key, "dagster/sensor_name": "stripe_landing_sensor"})
+    assert not result.success
+
+
+def test_a_failed_landing_run_is_requested_again_until_the_sensor_gives_up(tmp_path: Path):
+    sensor = location_defs.resolve_sensor_def("stripe_landing_sensor")
+    with dg.instance_for_test() as instance:
+        deliver(tmp_path, dunning_lifecycle()[:3])
+        first = _tick(sensor, instance, tmp_path, None)
+        [request] = first.run_requests
+        base = request.run_key
+        assert _tick(sensor, instance, tmp_path, first.cursor).run_requests == []  # not launched yet: wait
+        cursor = first.cursor
+        for attempt in (2, 3):
+            _fail_landing_run(instance, tmp_path, run_key=request.run_key)
+            tick = _tick(sensor, instance, tmp_path, cursor)
+            [request] = tick.run_requests
+            assert request.run_key == f"{base}-attempt{attempt}"
+            assert request.tags["stripe/landing_attempt"] == str(attempt)
+            assert json.loads(tick.cursor)["run_key"] == base and json.loads(tick.cursor)["attempt"] == attempt
+            cursor = tick.cursor
+        _fail_landing_run(instance, tmp_path, run_key=request.run_key)
+        errors = _Errors()
+        gave_up = _tick(sensor, instance, tmp_path, cursor, errors)
+        assert gave_up.run_requests == [] and gave_up.skip_message == "no new landed webhooks"
+        assert (json.loads(gave_up.cursor)["run_key"], json.loads(gave_up.cursor)["attempt"]) == ("", 0)
+        [error] = errors.messages
+        assert error.startswith("giving up on landing after 3 runs") and f"(run key {base}-attempt3)" in error
+        assert _tick(sensor, instance, tmp_path, gave_up.cursor).run_requests == []
+        deliver(tmp_path, dunning_lifecycle()[3:])  # a new webhook requests landing again
+        assert len(_tick(sensor, instance, tmp_path, gave_up.cursor).run_requests) == 1
+
+
+def test_a_succeeded_landing_run_is_not_requested_again(tmp_path: Path):
+    sensor = location_defs.resolve_sensor_def("stripe_landing_sensor")
+    with dg.instance_for_test() as instance:
+        deliver(tmp_path, dunning_lifecycle()[:3])
+        first = _tick(sensor, instance, tmp_path, None)
+        assert dg.materialize(STATE_ASSETS, instance=instance,
+                              resources={**resources(tmp_path), "stripe": StripeResource()},
+                              tags={"dagster/run_key": first.run_requests[0].run_key,
+                                    "dagster/sensor_name": "stripe_landing_sensor"}).success
+        done = _tick(sensor, instance, tmp_path, first.cursor)
+        assert done.run_requests == [] and json.loads(done.cursor)["run_key"] == ""
+
+
+def test_a_cursor_of_bare_sizes_from_before_the_follow_up_still_works(tmp_path: Path):
+    sensor = location_defs.resolve_sensor_def("stripe_landing_sensor")
+    with dg.instance_for_test() as instance:
+        deliver(tmp_path, dunning_lifecycle()[:3])
+        sizes = json.loads(_tick(sensor, instance, tmp_path, None).cursor)["sizes"]
+        unchanged = _tick(sensor, instance, tmp_path, json.dumps(sizes))
+        assert unchanged.run_requests == []
+        assert json.loads(unchanged.cursor) == {"version": 2, "sizes": sizes, "run_key": "", "attempt": 0}
+        deliver(tmp_path, dunning_lifecycle()[3:])
+        assert len(_tick(sensor, instance, tmp_path, json.dumps(sizes)).run_requests) == 1
 
 
 def test_assets_land_events_and_build_state(tmp_path: Path):
