@@ -19,14 +19,19 @@ Per tick:
    differs from the one handed to a run before (touching a file requests nothing). New files are
    requested only when no earlier request is outstanding: while one is queued, running, failed
    and waiting for Dagster's run retry or for the sensor's next attempt, or given up, later files
-   are held (kept in `pending`, not hashed) and the tick says so. The dedupe rule is "the first
+   are held (kept in `pending` with the tick that first saw them stable, not hashed) and the tick says
+   so. A request stays outstanding however its files look now: touching or rewriting one does not
+   release the files held behind it (a rewritten file's new content takes the earlier request's place
+   once that request's run has ended without it). The dedupe rule is "the first
    version of an event ever ingested stays clean", so ingesting a later file before an earlier
    batch is retried could make a different version the billed one (I17). A batch the sensor gave
    up on holds later files until an operator acts (an ERROR when it gives up, a WARNING naming
    the held files on every tick after): proceeding would silently change what is billed once the
-   given-up files are ingested, while holding only delays it. All new files of a tick go to one
-   run (in path order, so "first ingested wins" follows path order within a tick) with a run key
-   derived from their content hashes, for one partition: the newest event date the files carry,
+   given-up files are ingested, while holding only delays it. All new files of a tick (held ones
+   included) go to one run, in arrival order (then path order among files first seen stable on one
+   tick: the run ingests them in the order listed), with a run key of its own (a hash of their
+   content hashes and the requesting tick's time: a rescan after a deleted cursor must not reuse the
+   key of an earlier run, for which Dagster launches nothing), for one partition: the newest event date the files carry,
    clamped to the partitions that exist (the asset reports every other date it touches itself).
 4. Entries of files that no longer exist are dropped (removing a given-up file from `data/raw/`
    releases the files held behind it).
@@ -36,9 +41,11 @@ kept in the cursor and passed again with every later attempt, so that future tim
 against the same instant however late a retry runs (a retry is then classified as the fault-free
 run would have been: I17).
 
-Cursor (JSON): `{"version": 2, "files": {path: {sha256, size, mtime_ns, run_key, attempt, status, as_of}},
-"pending": {path: {size, mtime_ns}}}` (files still changing, and files held behind an earlier
-request); status is requested | done | gave_up. A cursor that cannot be read (other JSON, another
+Cursor (JSON): `{"version": 2, "tick": N, "files": {path: {sha256, size, mtime_ns, run_key, attempt, status,
+as_of}}, "pending": {path: {size, mtime_ns, arrival}}}` (files still changing, and files held behind an
+earlier request with `arrival`, the `tick` that first saw them stable); status is requested | done |
+gave_up. A cursor without `tick` or `arrival` (written before they were kept) is still read (unknown
+arrivals: path order among them, as before). A cursor that cannot be read (other JSON, another
 version, missing keys) is dropped with a warning and the folder is rescanned: every file is
 requested again, in one run in path order, which is harmless because ingestion skips content it
 already holds.
@@ -48,7 +55,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, field, replace
 from datetime import date, datetime, timezone
 from pathlib import Path
 
@@ -123,15 +130,23 @@ class _Handed:
 class _Cursor:
     files: dict[str, _Handed]
     pending: dict[str, _Stat]
+    # held files: the tick that first saw them stable (`tick` below), so that they are requested in
+    # the order they arrived; files still changing have none, and a cursor written before the sensor
+    # kept it has none for its held files either (unknown: they take the arrival of the tick that reads
+    # them, so they go in path order among themselves, as before)
+    arrivals: dict[str, int] = field(default_factory=dict)
+    tick: int = 0  # ticks evaluated since the cursor was started
 
     def dumps(self) -> str:
-        return json.dumps({"version": CURSOR_VERSION, "files": {k: asdict(v) for k, v in self.files.items()},
-                           "pending": {k: asdict(v) for k, v in self.pending.items()}}, sort_keys=True)
+        return json.dumps({"version": CURSOR_VERSION, "tick": self.tick,
+                           "files": {k: asdict(v) for k, v in self.files.items()},
+                           "pending": {k: {**asdict(v), **({"arrival": self.arrivals[k]} if k in self.arrivals else {})}
+                                       for k, v in self.pending.items()}}, sort_keys=True)
 
     @classmethod
     def loads(cls, text: str) -> _Cursor:
-        raw = require_fields(json_object(text, "a JSON object"), {"version": int, "files": dict, "pending": dict},
-                             "cursor")
+        raw = require_fields({"tick": 0, **json_object(text, "a JSON object")},
+                             {"version": int, "tick": int, "files": dict, "pending": dict}, "cursor")
         if raw["version"] != CURSOR_VERSION:
             raise ValueError(f"cursor version {raw['version']}, expected {CURSOR_VERSION}")
         files = {path: _Handed(**require_fields({"as_of": "", **entry} if isinstance(entry, dict) else entry,
@@ -140,9 +155,12 @@ class _Cursor:
                  for path, entry in raw["files"].items()}
         if bad := {p: f.status for p, f in files.items() if f.status not in (REQUESTED, DONE, GAVE_UP)}:
             raise ValueError(f"unknown file status: {bad}")
-        pending = {path: _Stat(**require_fields(entry, {"size": int, "mtime_ns": int}, path))
+        pending = {path: require_fields(entry, {"size": int, "mtime_ns": int, "arrival": int}
+                                        if isinstance(entry, dict) and "arrival" in entry
+                                        else {"size": int, "mtime_ns": int}, path)
                    for path, entry in raw["pending"].items()}
-        return cls(files, pending)
+        return cls(files, {path: _Stat(e["size"], e["mtime_ns"]) for path, e in pending.items()},
+                   {path: e["arrival"] for path, e in pending.items() if "arrival" in e}, raw["tick"])
 
 
 def run_key_for(base: str, attempt: int) -> str:
@@ -203,23 +221,32 @@ def _ingest_step_succeeded(instance: dg.DagsterInstance, run_key: str) -> bool:
 
 
 def _follow_up(context: dg.SensorEvaluationContext, handed: dict[str, _Handed], present: dict[str, Path],
-               skip: set[str]) -> list[dg.RunRequest]:
-    """Update `handed` in place from the runs of earlier requests; return requests for files to try again.
+               changing: set[str], replaced: set[str]) -> tuple[list[dg.RunRequest], set[str]]:
+    """Update `handed` in place from the runs of earlier requests; return (requests for files to try
+    again, files whose earlier request is over and whose content is gone).
 
-    Files in `skip` (changing, or with new content requested this tick) are left alone: their
-    earlier content is gone, so the earlier request must not be retried with what is there now.
+    Requests with files in `changing` (not stable yet, or touched) are looked at on a later tick.
+    Files in `replaced` (stable new content) are never retried: their earlier content is gone. Once
+    their run is over without ingesting them, they are returned (superseded); while it is in flight,
+    or once it is done or given up, they stay in it.
     """
     groups: dict[tuple[str, int], list[str]] = {}
     for key, entry in handed.items():
-        if entry.status == REQUESTED and key not in skip:
+        if entry.status == REQUESTED:
             groups.setdefault((entry.run_key, entry.attempt), []).append(key)
-    requests = []
+    requests: list[dg.RunRequest] = []
+    superseded: set[str] = set()
     for (base, attempt), keys in sorted(groups.items()):
+        if changing.intersection(keys):
+            continue
+        retry = [k for k in keys if k not in replaced]
         run_key = run_key_for(base, attempt)
         run = _latest_run(context.instance, run_key)
         as_of = handed[keys[0]].as_of  # one request, one as_of
         if run is None:
-            requests.append(_request(context, [present[k] for k in keys], base, attempt, as_of))
+            superseded.update(replaced.intersection(keys))
+            if retry:
+                requests.append(_request(context, [present[k] for k in retry], base, attempt, as_of))
         elif run.status == dg.DagsterRunStatus.SUCCESS or (
                 run.status in _RETRYABLE and _ingest_step_succeeded(context.instance, run_key)):
             handed.update({k: replace(handed[k], status=DONE) for k in keys})
@@ -232,12 +259,15 @@ def _follow_up(context: dg.SensorEvaluationContext, handed: dict[str, _Handed], 
                     + (f" (add `--as-of {as_of}` to judge future timestamps as the runs did)" if as_of else "")
                     + f". Meanwhile {RELEASE_HELD}")
                 continue
-            handed.update({k: replace(handed[k], attempt=attempt + 1) for k in keys})
+            superseded.update(replaced.intersection(keys))
+            if not retry:
+                continue
+            handed.update({k: replace(handed[k], attempt=attempt + 1) for k in retry})
             context.log.warning(f"run {run.run_id} (run key {run_key}) ended {run.status.value}; requesting its "
-                                f"{len(keys)} file(s) again")
-            requests.append(_request(context, [present[k] for k in keys], base, attempt + 1, as_of))
+                                f"{len(retry)} file(s) again")
+            requests.append(_request(context, [present[k] for k in retry], base, attempt + 1, as_of))
         # otherwise queued, running, or about to be re-executed by Dagster's run retries: wait
-    return requests
+    return requests, superseded
 
 
 def _release_ingested(context: dg.SensorEvaluationContext, handed: dict[str, _Handed],
@@ -263,11 +293,20 @@ def _release_ingested(context: dg.SensorEvaluationContext, handed: dict[str, _Ha
         context.log.info(f"released {len(released)} given-up raw file(s) now in the warehouse: {released}")
 
 
-def _outstanding(handed: dict[str, _Handed], skip: set[str]) -> tuple[list[str], list[str]]:
-    """(files of requests not done yet, files given up on), leaving out `skip` (changed since)."""
-    live = sorted(k for k, e in handed.items() if k not in skip and e.status == REQUESTED)
-    gave_up = sorted(k for k, e in handed.items() if k not in skip and e.status == GAVE_UP)
+def _outstanding(handed: dict[str, _Handed]) -> tuple[list[str], list[str]]:
+    """(files of requests not done yet, files given up on), whatever their files look like now: a file
+    touched, changing or rewritten still holds the later ones."""
+    live = sorted(k for k, e in handed.items() if e.status == REQUESTED)
+    gave_up = sorted(k for k, e in handed.items() if e.status == GAVE_UP)
     return live, gave_up
+
+
+def _run_key(digests: list[str], requested_at: datetime) -> str:
+    """A base run key of its own for every request: the files' content hashes and the time of the tick
+    that requests them (to the microsecond). Content alone would give the same key to a request of the
+    same files after a cursor was deleted, and Dagster launches no run for a key it has seen."""
+    text = "\n".join([requested_at.isoformat(), *sorted(digests)])
+    return "usage_files_" + hashlib.sha256(text.encode()).hexdigest()[:32]
 
 
 @dg.sensor(
@@ -282,6 +321,7 @@ def _outstanding(handed: dict[str, _Handed], skip: set[str]) -> tuple[list[str],
 def raw_usage_files_sensor(context: dg.SensorEvaluationContext, paths: ProjectPaths,
                            warehouse: WarehouseResource) -> dg.SensorResult:
     state = read_cursor(context, _Cursor.loads) or _Cursor({}, {})
+    tick = state.tick + 1
     raw = paths.raw
     present = {str(p): p for p in (expand_paths([raw]) if raw.exists() else [])}
     handed = {k: v for k, v in state.files.items() if k in present}  # entries of deleted files go
@@ -305,10 +345,16 @@ def raw_usage_files_sensor(context: dg.SensorEvaluationContext, paths: ProjectPa
         else:
             new[key] = (digest, stat)
     arrived = set(fresh) | set(new)
-    requests = _follow_up(context, handed, present, skip=set(pending) | arrived)
+    requests, superseded = _follow_up(context, handed, present, changing=set(pending), replaced=set(new))
+    for key in superseded:  # its earlier request ended and cannot be retried: the new content takes its place
+        del handed[key]
+    # arrival order: the tick that first saw a file stable (one already held keeps its own; new content
+    # that took an earlier request's place goes first), then path
+    arrival = {k: 0 if k in superseded else state.arrivals.get(k, tick) for k in arrived}
+    order = sorted(arrived, key=lambda k: (arrival[k], k))
     _release_ingested(context, handed, warehouse)
-    live, gave_up = _outstanding(handed, skip=set(pending) | arrived)
-    held = sorted(arrived) if live or gave_up else []
+    live, gave_up = _outstanding(handed)
+    held = order if live or gave_up else []
     if held:  # back to pending: requested once the earlier files are done (no need to settle again)
         pending.update(fresh)
         pending.update({k: stat for k, (_, stat) in new.items()})
@@ -320,13 +366,13 @@ def raw_usage_files_sensor(context: dg.SensorEvaluationContext, paths: ProjectPa
                              f"(ingestion follows arrival order)")
     elif arrived:
         new.update({key: (file_hash(present[key]), stat) for key, stat in fresh.items()})
-        digests = sorted(digest for digest, _ in new.values())
-        base = "usage_files_" + hashlib.sha256("\n".join(digests).encode()).hexdigest()[:32]
-        as_of = datetime.now(timezone.utc).replace(microsecond=0).isoformat()
+        now = datetime.now(timezone.utc)
+        base = _run_key([digest for digest, _ in new.values()], now)
+        as_of = now.replace(microsecond=0).isoformat()
         handed.update({key: _Handed(digest, stat.size, stat.mtime_ns, base, 1, REQUESTED, as_of)
                        for key, (digest, stat) in new.items()})
-        requests.append(_request(context, [p for k, p in present.items() if k in new], base, 1, as_of))  # path order
-    cursor = _Cursor(handed, pending).dumps()
+        requests.append(_request(context, [present[k] for k in order], base, 1, as_of))  # arrival order
+    cursor = _Cursor(handed, pending, {k: arrival[k] for k in held}, tick).dumps()
     if requests:
         return dg.SensorResult(run_requests=requests, cursor=cursor)
     if held:

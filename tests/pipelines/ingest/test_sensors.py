@@ -338,3 +338,106 @@ def test_a_run_that_ingested_but_failed_to_publish_counts_as_done(world):
     c = world.write_usage("c.jsonl", [("evt-Y", 5)])
     [later] = world.tick(world.tick(settled.cursor).cursor).requests
     assert _files(later) == [str(c)]
+
+
+# --- Holding survives a touch or a rewrite of the outstanding file; held files go in arrival order;
+# every request has a run key of its own.
+
+@pytest.mark.parametrize("change", ["touch", "rewrite"])
+def test_touching_or_rewriting_a_file_whose_request_is_outstanding_keeps_the_later_ones_held(world, change):
+    b = world.write_usage("b.jsonl", [("evt-X", 10)])
+    settled = world.settle()
+    [first] = settled.requests
+    run = _run_record(world, first)  # queued, not started
+    world.write_usage("c.jsonl", [("evt-X", 1000)])
+    tick = world.tick(settled.cursor)
+    if change == "touch":
+        os.utime(b, ns=(1, 1))  # same bytes, new mtime: a backup or sync tool
+    else:
+        world.write_usage("b.jsonl", [("evt-X", 10), ("evt-Y", 1)])
+    for _ in range(3):  # the changed b waits a tick, then is hashed: c stays held throughout
+        tick = world.tick(tick.cursor)
+        assert tick.requests == [] and "holding" in tick.data.skip_message
+    world.instance.report_run_canceled(world.instance.get_run_by_id(run.run_id))
+    after = _drain(world, world.tick(tick.cursor))
+    assert world.billed("evt-X") == ("10", 1)  # as fault-free: b, then c
+    assert {e["status"] for e in _cursor(after)["files"].values()} == {"done"}
+
+
+def test_touching_a_given_up_file_keeps_the_later_ones_held(world):
+    b, tick = _given_up(world)
+    world.write_usage("c.jsonl", [("evt-X", 1000)])
+    tick = world.tick(world.tick(tick.cursor).cursor)
+    os.utime(b, ns=(1, 1))
+    for _ in range(3):
+        tick = world.tick(tick.cursor)
+        assert tick.requests == [] and "wait for an operator" in tick.data.skip_message
+    assert _cursor(tick)["files"][str(b)]["status"] == "gave_up"
+
+
+def test_held_files_are_requested_in_arrival_order_not_path_order(world):
+    world.write_usage("b.jsonl", [("evt-1", 1)])
+    settled = world.settle()
+    [first] = settled.requests
+    run = _run_record(world, first)  # the earlier batch is queued
+    z = world.write_usage("z.jsonl", [("evt-X", 1000)])  # arrives first
+    tick = world.tick(world.tick(settled.cursor).cursor)
+    a = world.write_usage("a.jsonl", [("evt-X", 5)])  # arrives later
+    tick = world.tick(world.tick(tick.cursor).cursor)
+    assert tick.requests == [] and "holding 2 new raw file(s)" in tick.data.skip_message
+    pending = _cursor(tick)["pending"]
+    assert pending[str(z)]["arrival"] < pending[str(a)]["arrival"]
+    world.instance.report_run_canceled(world.instance.get_run_by_id(run.run_id))
+    [retry] = world.tick(tick.cursor).requests
+    assert world.run(retry).success
+    [released] = world.tick(world.tick(tick.cursor).cursor).requests
+    assert _files(released) == [str(z), str(a)]
+    assert world.run(released).success
+    assert world.billed("evt-X") == ("1000", 1)  # as fault-free: z, then a
+
+
+def test_held_files_of_a_cursor_written_before_arrivals_were_kept_go_in_path_order(world):
+    world.write_usage("b.jsonl", [("evt-1", 1)])
+    settled = world.settle()
+    [first] = settled.requests
+    _run_record(world, first)  # queued
+    world.write_usage("z.jsonl", [("evt-X", 1000)])
+    world.write_usage("a.jsonl", [("evt-X", 5)])
+    held = world.tick(world.tick(settled.cursor).cursor)
+    assert held.requests == [] and "holding 2 new raw file(s)" in held.data.skip_message
+    old = _cursor(held)
+    del old["tick"]
+    for entry in old["pending"].values():
+        del entry["arrival"]
+    assert world.run(first).success
+    tick = world.tick(json.dumps(old))
+    assert "unreadable sensor cursor" not in tick.logged(logging.WARNING)
+    [released] = tick.requests
+    assert _files(released) == [str(world.raw / "a.jsonl"), str(world.raw / "z.jsonl")]
+
+
+def test_a_rescan_after_the_cursor_is_deleted_gets_new_run_keys(world):
+    """The documented recovery (fix the cause, delete the cursor) must launch runs: Dagster launches
+    no run for a run key it has seen, and keys used to depend on the files' content only."""
+    b, tick = _given_up(world)
+    old_keys = {r.tags[RUN_KEY_TAG] for r in world.instance.get_runs()}
+    assert len(old_keys) == MAX_ATTEMPTS
+    [rescan] = world.settle(None).requests
+    assert _files(rescan) == [str(b)] and rescan.run_key not in old_keys
+    assert "-attempt" not in rescan.run_key
+    assert world.run(rescan).success
+    assert world.billed("evt-X") == ("10", 0)
+
+
+def test_a_rescan_after_a_successful_run_gets_a_new_run_key(world):
+    """After the warehouse is replaced and the cursor deleted, the same content is requested again
+    under a key of its own (it used to equal the successful run's: no run, file marked done)."""
+    world.write_usage("b.jsonl", [("evt-X", 10)])
+    [request] = world.settle().requests
+    assert world.run(request).success
+    world.warehouse.unlink()
+    settled = world.settle(None)
+    [again] = settled.requests
+    assert again.run_key != request.run_key
+    assert world.run(again).success
+    assert world.billed("evt-X") == ("10", 0)
