@@ -7,6 +7,7 @@ import socket
 import pytest
 from click.testing import CliRunner
 
+from metering import warehouse
 from metering.cli import cli
 
 
@@ -20,6 +21,8 @@ def test_unreachable_stripe_is_exit_5_in_one_line(monkeypatch: pytest.MonkeyPatc
     monkeypatch.setenv("STRIPE_API_KEY", "sk_test_unreachable0000")
     monkeypatch.setenv("STRIPE_API_BASE", f"http://127.0.0.1:{_closed_port()}")
     monkeypatch.setenv("STRIPE_MAX_NETWORK_RETRIES", "0")
+    with warehouse.open_warehouse():   # sync without --customers reads the warehouse's list: it must exist
+        pass
     result = CliRunner().invoke(cli, ["stripe", "sync"])
     assert result.exit_code == 5
     lines = [line for line in result.output.splitlines() if line.startswith("error:")]
