@@ -3,13 +3,14 @@
 import datetime as dt
 
 import dagster as dg
+import duckdb
 
 from metering.rating.service import read_customer_plans
 from metering.rules.plans import load_rules
 from metering.stripe import catalog, ledger
 from metering.stripe.clock import push_days_on_clock
 from metering.stripe.invoice_items import bill_invoice_items
-from metering.stripe.push import Pusher
+from metering.stripe.push import PushReport, push_usage
 from pipelines.resources import StripeResource
 from pipelines.partitions import daily_usage, monthly_billing
 from pipelines.resources import WAREHOUSE_POOL, ProjectPaths, WarehouseResource
@@ -57,7 +58,7 @@ def stripe_catalog(context: dg.AssetExecutionContext, warehouse: WarehouseResour
 def stripe_usage_pushes(context: dg.AssetExecutionContext, warehouse: WarehouseResource, paths: ProjectPaths,
                         stripe: StripeResource):
     """One ledger row per customer x meter x window x revision (stripe_push_ledger) for the day, and one
-    row per day pushed (stripe_push_runs).
+    row per push (stripe_push_runs: one for a range, one per day on a test clock).
 
     Source: usage_aggregates of the day (and, for last-formula meters, later windows of the same
     billing periods already pushed), stripe_customer_map; each window's total sent to Stripe as one
@@ -74,22 +75,20 @@ def stripe_usage_pushes(context: dg.AssetExecutionContext, warehouse: WarehouseR
         if stripe.advance_test_clock and stripe.test_clock:
             # day by day: advance the clock to each day's end, then push that day (metering.stripe.clock)
             reports = push_days_on_clock(con, client, meters, stripe.test_clock, first, last, config)
+            per_day = {r.date_from: _report_metadata(r) for r in reports}
         else:
-            # day by day as well, so each partition reports its own push, as a run per day would; one
-            # Pusher, so the range shares one rate limit
-            pusher = Pusher(con, client, meters, config)
-            reports = [pusher.push(first + dt.timedelta(days=i), first + dt.timedelta(days=i))
-                       for i in range((last - first).days + 1)]
+            # one push for a range: each push reads Stripe's clocks and invoices once, and a push per day
+            # made the main job's backfills (up to 30 days each) 2.4 times slower. Each day then reports
+            # its own windows from the ledger, and the range's calls under `range/` keys
+            reports = [push_usage(con, client, meters, first, last, config)]
+            days = [first + dt.timedelta(days=i) for i in range((last - first).days + 1)]
+            per_day = {days[0]: _report_metadata(reports[0])} if len(days) == 1 else {
+                day: {**_ledger_metadata(con, day, config.window_kind),
+                      **{f"range/{k}": v for k, v in _report_metadata(reports[0]).items()},
+                      "range": f"{first.isoformat()}..{last.isoformat()}"} for day in days}
         counts = ledger.status_counts(con, first, last, config.window_kind)
-    for report in reports:
-        context.add_asset_metadata({
-            "windows": report.windows_considered, "new_revisions": report.new_revisions, "calls": report.calls,
-            "retries": report.retries, "rate_limited": report.rate_limited, "acknowledged": report.acknowledged,
-            "failed": report.failed, "unknown": report.unknown, "late": report.late, "unmapped": report.unmapped,
-            "not_yet_due": report.not_yet_due, "moved": report.moved,
-            "raw_events_per_call": float(report.raw_events_per_call),
-            "seconds": round(report.seconds, 3),
-        }, partition_key=report.date_from.isoformat())
+    for day, metadata in per_day.items():
+        context.add_asset_metadata(metadata, partition_key=day.isoformat())
     moved = sum(report.moved for report in reports)
     open_left = counts["pending"] + counts["sent"] + counts["unknown"]
     yield dg.MaterializeResult()
@@ -137,3 +136,21 @@ def stripe_invoice_items(context: dg.AssetExecutionContext, warehouse: Warehouse
 
 
 STRIPE_PUSH_ASSETS = [stripe_catalog, stripe_usage_pushes, stripe_invoice_items]
+
+
+def _report_metadata(report: PushReport) -> dict[str, object]:
+    """A push's figures, as a partition's metadata."""
+    return {
+        "windows": report.windows_considered, "new_revisions": report.new_revisions, "calls": report.calls,
+        "retries": report.retries, "rate_limited": report.rate_limited, "acknowledged": report.acknowledged,
+        "failed": report.failed, "unknown": report.unknown, "late": report.late, "unmapped": report.unmapped,
+        "not_yet_due": report.not_yet_due, "moved": report.moved,
+        "raw_events_per_call": float(report.raw_events_per_call),
+        "seconds": round(report.seconds, 3),
+    }
+
+
+def _ledger_metadata(con: duckdb.DuckDBPyConnection, day: dt.date, window_kind: str) -> dict[str, object]:
+    """One day of a range push, from the ledger: its windows (their latest revisions) by status."""
+    counts = ledger.status_counts(con, day, day, window_kind)
+    return {"windows": sum(counts.values()), **counts}

@@ -162,7 +162,8 @@ def test_the_stripe_resource_holds_its_settings_to_the_clients_bounds(field, val
 
 
 def test_a_range_run_of_usage_pushes_reports_each_day_its_own_push(tmp_path: Path, rules_dir: Path) -> None:
-    """A single-run backfill materializes each partition with that day's push, as a run per day would."""
+    """A single-run backfill pushes the range once (a push per day made the main job 2.4 times slower)
+    and materializes each partition with its own windows, from the ledger, beside the range's calls."""
     db = tmp_path / "wh.duckdb"
     (tmp_path / "customers.csv").write_text(CSV)
     first = (dt.datetime.now(dt.timezone.utc) - dt.timedelta(days=3)).date()
@@ -182,10 +183,13 @@ def test_a_range_run_of_usage_pushes_reports_each_day_its_own_push(tmp_path: Pat
                                 tags={"dagster/asset_partition_range_start": first.isoformat(),
                                       "dagster/asset_partition_range_end": second.isoformat()})
         assert pushed.success
-    reported = {m.partition: {k: m.metadata[k].value for k in ("windows", "calls", "acknowledged",
-                                                                 "raw_events_per_call")}
+    reported = {m.partition: {k: m.metadata[k].value for k in ("windows", "acknowledged", "pending", "range/calls",
+                                                                 "range/acknowledged", "range")}
                 for m in pushed.asset_materializations_for_node("stripe_usage_pushes")}
+    both = f"{first.isoformat()}..{second.isoformat()}"
     assert reported == {
-        first.isoformat(): {"windows": 2, "calls": 2, "acknowledged": 2, "raw_events_per_call": 2.0},
-        second.isoformat(): {"windows": 1, "calls": 1, "acknowledged": 1, "raw_events_per_call": 2.0},
+        first.isoformat(): {"windows": 2, "acknowledged": 2, "pending": 0, "range/calls": 3, "range/acknowledged": 3,
+                            "range": both},
+        second.isoformat(): {"windows": 1, "acknowledged": 1, "pending": 0, "range/calls": 3, "range/acknowledged": 3,
+                             "range": both},
     }
