@@ -82,7 +82,7 @@ SENSOR_NAME_TAG = "dagster/sensor_name"
 INGEST_STEP = "usage_events"
 
 REQUESTED, DONE, GAVE_UP = "requested", "done", "gave_up"
-_RETRYABLE = (dg.DagsterRunStatus.FAILURE, dg.DagsterRunStatus.CANCELED)
+RETRYABLE = (dg.DagsterRunStatus.FAILURE, dg.DagsterRunStatus.CANCELED)
 MANUAL_INGEST = (
     "fix the cause (see that run's logs), then ingest exactly those files, in the order listed, with "
     "`metering ingest <files>` (not a whole-folder materialization, which would also take later files)"
@@ -202,9 +202,10 @@ def _request(context: dg.SensorEvaluationContext, paths: list[Path], base: str, 
     )
 
 
-def _latest_run(instance: dg.DagsterInstance, run_key: str) -> dg.DagsterRun | None:
-    # newest first: a run Dagster re-executed itself (run_retries) keeps the parent's tags
-    runs = instance.get_runs(filters=dg.RunsFilter(tags={RUN_KEY_TAG: run_key, SENSOR_NAME_TAG: SENSOR_NAME}),
+def latest_run(instance: dg.DagsterInstance, run_key: str, sensor_name: str = SENSOR_NAME) -> dg.DagsterRun | None:
+    """The newest run a sensor requested under `run_key`: a run Dagster re-executed itself
+    (run_retries) keeps the parent's tags."""
+    runs = instance.get_runs(filters=dg.RunsFilter(tags={RUN_KEY_TAG: run_key, SENSOR_NAME_TAG: sensor_name}),
                              limit=1)
     return runs[0] if runs else None
 
@@ -241,16 +242,16 @@ def _follow_up(context: dg.SensorEvaluationContext, handed: dict[str, _Handed], 
             continue
         retry = [k for k in keys if k not in replaced]
         run_key = run_key_for(base, attempt)
-        run = _latest_run(context.instance, run_key)
+        run = latest_run(context.instance, run_key)
         as_of = handed[keys[0]].as_of  # one request, one as_of
         if run is None:
             superseded.update(replaced.intersection(keys))
             if retry:
                 requests.append(_request(context, [present[k] for k in retry], base, attempt, as_of))
         elif run.status == dg.DagsterRunStatus.SUCCESS or (
-                run.status in _RETRYABLE and _ingest_step_succeeded(context.instance, run_key)):
+                run.status in RETRYABLE and _ingest_step_succeeded(context.instance, run_key)):
             handed.update({k: replace(handed[k], status=DONE) for k in keys})
-        elif run.status in _RETRYABLE and not run.is_complete_and_waiting_to_retry:
+        elif run.status in RETRYABLE and not run.is_complete_and_waiting_to_retry:
             if attempt >= MAX_ATTEMPTS:
                 handed.update({k: replace(handed[k], status=GAVE_UP) for k in keys})
                 context.log.error(

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import dagster as dg
 
 from metering.webhooks.landing import landing_sizes
-from pipelines.defs.ingest.sensors import RUN_KEY_TAG, SENSOR_NAME_TAG, run_key_for
+from pipelines.defs.ingest.sensors import RETRYABLE, latest_run, run_key_for
 from pipelines.defs.webhooks.assets import landing_folder
 from pipelines.resources import ProjectPaths
 from pipelines.sensor_cursors import json_object, read_cursor, require_fields
@@ -23,7 +23,6 @@ SENSOR_NAME = "stripe_landing_sensor"
 CURSOR_VERSION = 2
 MAX_ATTEMPTS = 3
 """Runs per request (the first and two retries) before the sensor gives up until files grow again."""
-_RETRYABLE = (dg.DagsterRunStatus.FAILURE, dg.DagsterRunStatus.CANCELED)
 
 
 def _sizes(value: object) -> dict[str, int]:
@@ -65,11 +64,8 @@ def _request(context: dg.SensorEvaluationContext, base: str, attempt: int, grown
 def _follow_up(context: dg.SensorEvaluationContext, state: _Cursor) -> tuple[_Cursor, dg.RunRequest | None]:
     """The cursor after looking up the run of the followed request, and a request to try it again."""
     key = run_key_for(state.run_key, state.attempt)
-    # newest first: a run Dagster re-executed itself (run_retries) keeps the parent's tags
-    runs = context.instance.get_runs(filters=dg.RunsFilter(tags={RUN_KEY_TAG: key, SENSOR_NAME_TAG: SENSOR_NAME}),
-                                     limit=1)
-    run = runs[0] if runs else None
-    if run is None or (run.status not in _RETRYABLE and run.status != dg.DagsterRunStatus.SUCCESS) \
+    run = latest_run(context.instance, key, SENSOR_NAME)
+    if run is None or (run.status not in RETRYABLE and run.status != dg.DagsterRunStatus.SUCCESS) \
             or run.is_complete_and_waiting_to_retry:
         return state, None  # not launched yet, queued, running, or about to be retried by Dagster: wait
     done = _Cursor(state.sizes)
