@@ -25,6 +25,8 @@ from decimal import Decimal
 
 KNOWN_FIELDS: tuple[str, ...] = ("event_id", "customer_id", "meter", "timestamp", "value", "properties")
 REQUIRED_TEXT_FIELDS: tuple[str, ...] = ("event_id", "customer_id", "meter")
+CONTROL_CHARACTERS = r"[\x00-\x1f\x7f]"
+"""A regex class of the characters no text field (nor a column name) may hold: U+0000-U+001F, U+007F."""
 
 MAX_VALUE = Decimal("1000000000000000")  # 1e15: anything larger is a unit mistake, not usage
 VALUE_SCALE = 12  # decimal places stored (DECIMAL(38, 12))

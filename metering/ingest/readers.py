@@ -35,7 +35,7 @@ import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 
 from metering.errors import BadInputError
-from metering.ingest.contract import KNOWN_FIELDS
+from metering.ingest.contract import CONTROL_CHARACTERS, KNOWN_FIELDS
 from metering.warehouse import sql_identifier, sql_string
 
 log = logging.getLogger(__name__)
@@ -366,7 +366,7 @@ class CsvLayout:
                 if c not in KNOWN_FIELDS and not c.startswith("properties.")]
 
 
-_CONTROL_CHARACTER = re.compile(r"[\x00-\x1f\x7f]")
+_CONTROL_CHARACTER = re.compile(CONTROL_CHARACTERS)
 
 
 def _names_with_control_characters(names: list[str]) -> list[str]:

@@ -18,6 +18,7 @@ import pandera.polars as pa
 import polars as pl
 
 from metering.ingest.contract import (
+    CONTROL_CHARACTERS,
     FUTURE_TOLERANCE,
     MAX_JSON_NUMBER_DIGITS,
     MAX_VALUE,
@@ -35,7 +36,6 @@ _RFC3339 = (r"\d{4}-\d{2}-\d{2}[Tt ]([01]\d|2[0-3]):[0-5]\d:[0-5]\d(\.\d{1,9})?"
 _EPOCH_MS = r"\d{1,15}"  # 15 digits reach the year 33658; more would overflow DuckDB's timestamp
 _NUMBER = r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?"
 _NON_FINITE = "['nan', '+nan', '-nan', 'inf', '+inf', '-inf', 'infinity', '+infinity', '-infinity']"
-_CONTROL = r"[\x00-\x1f\x7f]"
 _HAS_E = "(contains(vtext, 'e') OR contains(vtext, 'E'))"
 _MANTISSA = "split_part(lower(vtext), 'e', 1)"
 _DIGITS = f"regexp_replace({_MANTISSA}, '[^0-9]', '', 'g')"  # the mantissa's digits, the point taken out
@@ -118,7 +118,7 @@ def _blank(col: str) -> str:
 
 
 def _may_hold_control(text: str, json: bool = False) -> str:
-    """A cheap pre-test for `_CONTROL`: JSON escapes every character below 0x20 (as a backslash
+    """A cheap pre-test for `CONTROL_CHARACTERS`: JSON escapes every character below 0x20 (as a backslash
     sequence) and leaves only DEL (0x7f) raw. False means the text has no control character."""
     escaped = text if json else f"to_json({text})"
     return f"(contains({escaped}, '\\') OR contains({text}, chr(127)))"
@@ -186,11 +186,11 @@ def _checks(meters: dict[str, Meter], now: datetime) -> list[tuple[str, str, str
          # (each id tested alone, not their concatenation, which built and escaped a new string per
          # row: 10M Parquet rows, the checks 0.3-0.5 CPU-s faster)
          f"(({_may_hold_control('event_id')} OR {_may_hold_control('customer_id')}) AND "
-         f"regexp_matches(event_id || customer_id, '{_CONTROL}')) OR "
-         f"(NOT list_contains({_list(names)}, meter) AND regexp_matches(meter, '{_CONTROL}')) OR "
+         f"regexp_matches(event_id || customer_id, '{CONTROL_CHARACTERS}')) OR "
+         f"(NOT list_contains({_list(names)}, meter) AND regexp_matches(meter, '{CONTROL_CHARACTERS}')) OR "
          f"({_may_hold_control('props', json=True)} AND "
          f"regexp_matches(array_to_string(list_transform(map_entries(pm), e -> e.key || (e.value->>'$')), ''),"
-         f" '{_CONTROL}'))",
+         f" '{CONTROL_CHARACTERS}'))",
          "'event_id, customer_id, meter or a property contains a control character'"),
         ("unknown_meter", f"NOT list_contains({_list(names)}, meter)",
          "'meter ' || meter || ' is not defined in meters.yaml'"),
