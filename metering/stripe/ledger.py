@@ -18,7 +18,7 @@ which on a pre-aggregated meter replaces, never adds to, the window's previous e
 
 from __future__ import annotations
 
-from datetime import date, datetime
+from datetime import date, datetime, timedelta
 from typing import Any
 
 import duckdb
@@ -299,8 +299,18 @@ def record_outcomes(con: duckdb.DuckDBPyConnection, outcomes: list[dict[str, Any
 
 def status_counts(con: duckdb.DuckDBPyConnection, date_from: date, date_to: date, window_kind: str) -> dict[str, int]:
     """How many windows' latest revisions are in each status, for the date range."""
-    frame = latest_revisions(con, "event_date BETWEEN ? AND ? AND window_kind = ?", [date_from, date_to, window_kind])
     counts = {s: 0 for s in STATUSES}
-    for status, n in frame.group_by("status").len().iter_rows():
-        counts[status] = n
+    for day in status_counts_by_day(con, date_from, date_to, window_kind).values():
+        for status, n in day.items():
+            counts[status] += n
     return counts
+
+
+def status_counts_by_day(con: duckdb.DuckDBPyConnection, date_from: date, date_to: date,
+                         window_kind: str) -> dict[date, dict[str, int]]:
+    """`status_counts` per event date of the range (every date, 0 where none), in one read."""
+    frame = latest_revisions(con, "event_date BETWEEN ? AND ? AND window_kind = ?", [date_from, date_to, window_kind])
+    days = {date_from + timedelta(days=i): {s: 0 for s in STATUSES} for i in range((date_to - date_from).days + 1)}
+    for day, status, n in frame.group_by("event_date", "status").len().iter_rows():
+        days[day][status] = n
+    return days

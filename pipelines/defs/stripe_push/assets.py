@@ -3,7 +3,6 @@
 import datetime as dt
 
 import dagster as dg
-import duckdb
 
 from metering.rating.service import read_customer_plans
 from metering.rules.plans import load_rules
@@ -81,11 +80,11 @@ def stripe_usage_pushes(context: dg.AssetExecutionContext, warehouse: WarehouseR
             # made the main job's backfills (up to 30 days each) 2.4 times slower. Each day then reports
             # its own windows from the ledger, and the range's calls under `range/` keys
             reports = [push_usage(con, client, meters, first, last, config)]
-            days = [first + dt.timedelta(days=i) for i in range((last - first).days + 1)]
-            per_day = {days[0]: _report_metadata(reports[0])} if len(days) == 1 else {
-                day: {**_ledger_metadata(con, day, config.window_kind),
+            per_day = {first: _report_metadata(reports[0])} if first == last else {
+                day: {"windows": sum(day_counts.values()), **day_counts,
                       **{f"range/{k}": v for k, v in _report_metadata(reports[0]).items()},
-                      "range": f"{first.isoformat()}..{last.isoformat()}"} for day in days}
+                      "range": f"{first.isoformat()}..{last.isoformat()}"}
+                for day, day_counts in ledger.status_counts_by_day(con, first, last, config.window_kind).items()}
         counts = ledger.status_counts(con, first, last, config.window_kind)
     for day, metadata in per_day.items():
         context.add_asset_metadata(metadata, partition_key=day.isoformat())
@@ -149,8 +148,3 @@ def _report_metadata(report: PushReport) -> dict[str, object]:
         "seconds": round(report.seconds, 3),
     }
 
-
-def _ledger_metadata(con: duckdb.DuckDBPyConnection, day: dt.date, window_kind: str) -> dict[str, object]:
-    """One day of a range push, from the ledger: its windows (their latest revisions) by status."""
-    counts = ledger.status_counts(con, day, day, window_kind)
-    return {"windows": sum(counts.values()), **counts}
