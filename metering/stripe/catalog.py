@@ -418,7 +418,10 @@ def sync_customers(
                 "customer": cus.id,
                 "items": items,
                 "metadata": {"customer_id": cid, "plan": version.plan, "plan_version": version.version},
-                "proration_behavior": "none",
+                # Stripe charges the first period up to the anchor (backdated time included) prorated, as
+                # we rate it; with `none` it would be free ("doesn't charge the customer for backdated
+                # time"), and every new customer's first fee would go unbilled
+                "proration_behavior": "create_prorations",
             }
             ended_at = last_end.get(cus.id)
             start = subscription_start(now, row["plan_effective_from"], anchor_day,

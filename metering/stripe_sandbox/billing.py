@@ -109,8 +109,10 @@ def metered_lines(state: State, invoice: dict[str, Any], sub: dict[str, Any], st
     return lines
 
 
-def licensed_lines(state: State, invoice: dict[str, Any], sub: dict[str, Any], start: int, end: int) -> list[dict[str, Any]]:
-    """Licensed items billed in advance for ``[start, end)``, prorated when shorter than an interval."""
+def licensed_lines(state: State, invoice: dict[str, Any], sub: dict[str, Any], start: int, end: int,
+                   free: bool = False) -> list[dict[str, Any]]:
+    """Licensed items billed in advance for ``[start, end)``, prorated when shorter than an interval;
+    at zero when `free` (a first period up to the anchor created with `proration_behavior=none`)."""
     lines = []
     for item in _items_in(state, sub, start, end):
         if item.get("_ended") is not None:
@@ -122,10 +124,10 @@ def licensed_lines(state: State, invoice: dict[str, Any], sub: dict[str, Any], s
         full_start = previous_boundary(sub["billing_cycle_anchor"], interval, count, end, anchor_day(sub))
         quantity = Decimal(item.get("quantity") or 1)
         exact = tiers.unrounded_amount(price_for_math(price), quantity)
-        proration = start > full_start
+        proration = start > full_start and not free
         if proration:
             exact = exact * Decimal(end - start) / Decimal(end - full_start)
-        amount = int(exact.quantize(Decimal(1), rounding=ROUND_HALF_UP))
+        amount = 0 if free else int(exact.quantize(Decimal(1), rounding=ROUND_HALF_UP))
         lines.append(_line(state, invoice, sub, item, quantity, amount, start, end, proration))
     return lines
 
@@ -524,9 +526,16 @@ def cancel(state: State, sub: dict[str, Any], at: int, request: dict[str, Any] |
     state.record_event("customer.subscription.deleted", sub, previous, request)
 
 
-def create_initial_invoice(state: State, sub: dict[str, Any], at: int, request: dict[str, Any] | None) -> dict[str, Any]:
+def create_initial_invoice(state: State, sub: dict[str, Any], at: int, request: dict[str, Any] | None,
+                           proration_behavior: str = "create_prorations") -> dict[str, Any]:
     """The invoice Stripe issues when a subscription starts: licensed items for the first period
-    (prorated), metered items at zero; finalized and charged at once."""
+    (prorated), metered items at zero; finalized and charged at once.
+
+    A first period that runs up to a billing cycle anchor (a later anchor, or a backdated start) is
+    free with `proration_behavior=none`: Stripe "doesn't charge the customer for backdated time",
+    and "customers receive the initial period up to the first full invoice date for free"
+    (docs.stripe.com/billing/subscriptions/backdating, /payments/checkout/billing-cycle). Its
+    licensed lines are then at zero."""
     start, end = sub["_period_start"], sub["_period_end"]
     invoice = new_invoice(state, sub, at, start, start, "subscription_create")
     lines = []
@@ -534,7 +543,8 @@ def create_initial_invoice(state: State, sub: dict[str, Any], at: int, request: 
         price = state.get("price", item["_price"])
         if price["recurring"]["usage_type"] == "metered":
             lines.append(_line(state, invoice, sub, item, Decimal(0), 0, start, start + 1))
-    lines += licensed_lines(state, invoice, sub, start, end)
+    free = proration_behavior == "none" and sub["billing_cycle_anchor"] > start
+    lines += licensed_lines(state, invoice, sub, start, end, free=free)
     lines += pull_pending_items(state, invoice, sub["id"])
     set_lines(state, invoice, lines)
     state.add(invoice)

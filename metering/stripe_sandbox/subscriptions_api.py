@@ -21,7 +21,7 @@ from .api import (
     update_metadata,
 )
 from .apierrors import invalid
-from .periods import add_interval, first_occurrence, next_boundary
+from .periods import add_interval, first_occurrence, next_boundary, previous_boundary
 from .store import State, new_id
 
 
@@ -127,9 +127,16 @@ def create_subscription(state: State, req: Request) -> dict[str, Any]:
     collection = choice(
         params.get("collection_method", "charge_automatically"), ("charge_automatically", "send_invoice"), "collection_method"
     )
+    proration_behavior = choice(params.get("proration_behavior", "create_prorations"),
+                                ("always_invoice", "create_prorations", "none"), "proration_behavior")
     # the first period runs to the anchor (for a backdated start that may be more than one interval)
-    period_end = anchor if anchor > start else next_boundary(anchor, interval[0], interval[1], start,
-                                                             anchor_config["day_of_month"] if anchor_config else None)
+    day = anchor_config["day_of_month"] if anchor_config else None
+    period_end = anchor if anchor > start else next_boundary(anchor, interval[0], interval[1], start, day)
+    if proration_behavior != "none" and start < previous_boundary(anchor, interval[0], interval[1], period_end, day):
+        # more than one anchor cycle: Stripe charges it as one prorated line, by a rule its docs give
+        # for less than an interval only
+        raise invalid("The sandbox does not model charging a backdated first period longer than one interval; "
+                      "pass proration_behavior=none or a later backdate_start_date.", "backdate_start_date")
     customer = state.get("customer", customer_id)
     sub: dict[str, Any] = {
         "id": new_id("sub_"),
@@ -185,7 +192,7 @@ def create_subscription(state: State, req: Request) -> dict[str, Any]:
     if customer.get("currency") is None:
         customer["currency"] = sub["currency"]
     state.record_event("customer.subscription.created", sub, request=req.event_request())
-    billing.create_initial_invoice(state, sub, start, req.event_request())
+    billing.create_initial_invoice(state, sub, start, req.event_request(), proration_behavior)
     return public(state, sub, params)
 
 

@@ -325,7 +325,53 @@ def test_a_backdated_subscription_runs_from_its_start_to_its_anchor(client) -> N
                                           "proration_behavior": "none"})
     assert (sub.start_date, sub["items"].data[0].current_period_start, sub["items"].data[0].current_period_end) == (
         ts(2026, 9, 1), ts(2026, 9, 1), ts(2026, 11, 1))
-    with pytest.raises(stripe_sdk.InvalidRequestError) as refused:
-        client.v1.subscriptions.create({"customer": customer.id, "items": [{"price": price.id}],
-                                        "backdate_start_date": ts(2026, 9, 1)})
-    assert refused.value.param == "backdate_start_date"
+    # "Backdating without charging users": proration_behavior none charges nothing for the backdated time
+    first = client.v1.invoices.retrieve(sub.latest_invoice)
+    assert (first.billing_reason, first.total, [line.amount for line in first.lines.data]) == ("subscription_create", 0, [0])
+    for params in ({"backdate_start_date": ts(2026, 9, 1)},  # no anchor: Stripe anchors it at its creation
+                   # charged, over two cycles: Stripe's rule for the prorated line is given for less than one
+                   {"backdate_start_date": ts(2026, 9, 1), "billing_cycle_anchor": ts(2026, 11, 1)}):
+        with pytest.raises(stripe_sdk.InvalidRequestError) as refused:
+            client.v1.subscriptions.create({"customer": customer.id, "items": [{"price": price.id}], **params})
+        assert refused.value.param == "backdate_start_date"
+
+
+@pytest.mark.parametrize(("now", "start", "anchor", "behavior", "cents"), [
+    # docs.stripe.com/billing/subscriptions/backdating: backdated to February 15 (non-leap year), billed
+    # on the 1st: "exactly half the amount of a normal monthly charge"
+    ((2027, 2, 20), (2027, 2, 15), (2027, 3, 1), None, 500),
+    # "to January 15 ... 17 divided by 31 (or 0.548) of a normal monthly charge": 548.39 cents
+    ((2027, 1, 20), (2027, 1, 15), (2027, 2, 1), "create_prorations", 548),
+    ((2027, 1, 20), (2027, 1, 15), (2027, 2, 1), "always_invoice", 548),
+    # a whole cycle, backdated to its first day: the full fee
+    ((2027, 1, 20), (2027, 1, 1), (2027, 2, 1), None, 1000),
+    # "proration_behavior: 'none' ... doesn't charge the customer for backdated time"
+    ((2027, 2, 20), (2027, 2, 15), (2027, 3, 1), "none", 0),
+    ((2027, 1, 20), (2027, 1, 1), (2027, 2, 1), "none", 0),
+    # and with a later anchor and no backdating: "the initial period up to the first full invoice date
+    # for free" (docs.stripe.com/payments/checkout/billing-cycle); prorated otherwise (11/28 of 1000)
+    ((2027, 2, 18), None, (2027, 3, 1), "none", 0),
+    ((2027, 2, 18), None, (2027, 3, 1), None, 393),
+])
+def test_the_first_period_up_to_the_anchor_is_charged_prorated_unless_proration_behavior_is_none(
+        client, now, start, anchor, behavior, cents) -> None:
+    import datetime as dt
+
+    def ts(*args: int) -> int:
+        return int(dt.datetime(*args, tzinfo=dt.timezone.utc).timestamp())
+
+    clock = client.v1.test_helpers.test_clocks.create({"frozen_time": ts(*now)})
+    customer = client.v1.customers.create({"test_clock": clock.id})
+    product = client.v1.products.create({"name": "Seats"})
+    price = client.v1.prices.create({"currency": "usd", "product": product.id, "unit_amount": 1000,
+                                     "recurring": {"interval": "month"}})
+    params = {"customer": customer.id, "items": [{"price": price.id}], "billing_cycle_anchor": ts(*anchor)}
+    if start:
+        params["backdate_start_date"] = ts(*start)
+    if behavior:
+        params["proration_behavior"] = behavior
+    sub = client.v1.subscriptions.create(params)
+    first = client.v1.invoices.retrieve(sub.latest_invoice)
+    [line] = first.lines.data
+    assert (first.total, line.amount, line.period.start, line.period.end) == (
+        cents, cents, ts(*(start or now)), ts(*anchor) - 1)  # a line's period end is its last second

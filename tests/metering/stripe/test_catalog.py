@@ -168,6 +168,10 @@ def test_usage_of_the_day_a_subscription_is_created_is_invoiced(tmp_path: Path, 
         world = World(con, sb, client, rules, report)
         sub = client.v1.subscriptions.retrieve(report.customers[0]["subscription_id"])
         assert sub["items"].data[0].current_period_start == int(dt.datetime(2026, 10, 1, tzinfo=UTC).timestamp())
+        # October's fee, charged at once: the whole cycle from Oct 1 (with proration_behavior none, Stripe
+        # would have charged nothing for the backdated time)
+        [created] = client.v1.invoices.list({"customer": sub.customer}).data
+        assert (created.billing_reason, created.total) == ("subscription_create", 1900)
         world.add_events([("acme", "api_calls", day_start(oct15) + dt.timedelta(hours=20, seconds=s), None,
                            {"region": "us"}) for s in range(12_000)])
         sb.advance_clock(clock.id, int(day_start(oct15 + dt.timedelta(days=1)).timestamp()))
