@@ -198,6 +198,11 @@ def price_params(version: PlanVersion, charge: Charge, meter_id: str | None) -> 
     if charge.model in ("graduated", "volume"):
         if included and charge.model == "volume":
             raise NotExpressible("an included quantity on a volume price changes which tier applies")
+        if not included and charge.tiers and charge.tiers[0].flat_amount:
+            # a quantity of 0 sits in Stripe's first tier, so Stripe would bill that tier's flat amount
+            # for a period without usage, where we bill nothing: the engine's amount goes as an item
+            raise NotExpressible("the first tier has a flat amount, which Stripe bills even for zero usage while the "
+                                 "engine bills nothing for zero usage")
         tiers = []
         if included:
             tiers.append({"up_to": _int_bound(included), "unit_amount_decimal": "0"})
