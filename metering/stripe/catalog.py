@@ -50,6 +50,11 @@ def customer_map(con: duckdb.DuckDBPyConnection) -> pl.DataFrame:
         "QUALIFY row_number() OVER (PARTITION BY customer_id ORDER BY synced_at DESC) = 1")
 
 
+ROUNDING_DETAIL = ("a Stripe price has no rounding mode, and Stripe does not document how it rounds an amount that "
+                   "falls exactly on half a minor unit (the sandbox rounds half up): such a line may differ from ours "
+                   "by one minor unit, which reconciliation reports as an amount_mismatch")
+"""Why a price of a version that does not round half up is reported (finding `rounding`)."""
+
 NOT_EXPRESSIBLE_PRICE_SQL = (
     "(plan || '|' || plan_version || '|' || charge) IN (SELECT our_key FROM stripe_catalog_findings "
     "WHERE finding = 'not_expressible' AND kind = 'price')")
@@ -59,9 +64,13 @@ so the engine bills it as invoice items (metering.stripe.invoice_items)."""
 MAX_MINOR_DECIMALS = 12
 
 
+FINDINGS = ("drift", "not_expressible", "rounding")
+"""The kinds of catalog finding (`Finding.finding`)."""
+
+
 @dataclass(frozen=True)
 class Finding:
-    finding: str            # drift | not_expressible
+    finding: str            # drift | not_expressible | rounding
     kind: str               # meter | price | subscription
     our_key: str
     stripe_id: str | None = None
@@ -86,11 +95,15 @@ class CatalogReport:
         target = self.created if created else self.found
         target[what] = target.get(what, 0) + 1
 
+    def finding_counts(self) -> dict[str, int]:
+        """How many findings of each kind (drift, not_expressible, rounding), zeros included."""
+        return {kind: sum(1 for f in self.findings if f.finding == kind) for kind in FINDINGS}
+
     def summary(self) -> str:
-        drift = sum(1 for f in self.findings if f.finding == "drift")
-        nx = sum(1 for f in self.findings if f.finding == "not_expressible")
+        counts = self.finding_counts()
         return (f"stripe sync: created {dict(sorted(self.created.items()))}, found {dict(sorted(self.found.items()))}, "
-                f"{drift} drift, {nx} not expressible, {len(self.missing_customers)} customers missing in Stripe")
+                f"{counts['drift']} drift, {counts['not_expressible']} not expressible, {counts['rounding']} rounding, "
+                f"{len(self.missing_customers)} customers missing in Stripe")
 
 
 # -- meters ---------------------------------------------------------------------------------------
@@ -284,6 +297,9 @@ def sync_prices(client: stripe.StripeClient, rules: Rules, report: CatalogReport
             except NotExpressible as exc:
                 report.findings.append(Finding("not_expressible", "price", our_key, detail=str(exc)))
                 continue
+            if version.rounding != "half_up":
+                report.findings.append(Finding("rounding", "price", our_key, None, "rounding", version.rounding,
+                                               "not settable", ROUNDING_DETAIL))
             found = existing.get(params["lookup_key"])
             if found is not None:
                 report.prices[key] = found.id

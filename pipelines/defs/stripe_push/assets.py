@@ -22,7 +22,7 @@ KINDS = {"stripe", "duckdb"}
 def stripe_catalog(context: dg.AssetExecutionContext, warehouse: WarehouseResource, paths: ProjectPaths,
                    stripe: StripeResource) -> dg.MaterializeResult:
     """One row per Stripe object we map to (stripe_objects, stripe_customer_map) and one per finding
-    (stripe_catalog_findings: drift, not expressible).
+    (stripe_catalog_findings: drift, not expressible, rounding).
 
     Source: the pricing rules (meters, plan versions, charges) and customer_plans; Stripe's meters,
     prices and customers, created when missing (customers only in sandbox mode), never changed.
@@ -40,8 +40,7 @@ def stripe_catalog(context: dg.AssetExecutionContext, warehouse: WarehouseResour
     return dg.MaterializeResult(metadata={
         "meters": len(report.meters), "prices": len(report.prices), "customers": len(report.customers),
         "created": dg.MetadataValue.json(report.created), "found": dg.MetadataValue.json(report.found),
-        "drift": sum(1 for f in report.findings if f.finding == "drift"),
-        "not_expressible": sum(1 for f in report.findings if f.finding == "not_expressible"),
+        **report.finding_counts(),
         "missing_customers": len(report.missing_customers),
         "findings": dg.MetadataValue.md("| finding | kind | key | field | detail |\n|---|---|---|---|---|\n" + findings),
     })

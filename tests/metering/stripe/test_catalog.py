@@ -91,7 +91,17 @@ def test_existing_price_that_differs_is_reported_not_changed(world: World, tmp_p
     assert world.client.v1.prices.retrieve(before).unit_amount_decimal == 800   # untouched
     stored = warehouse.query_frame(world.con, "SELECT finding, count(*) AS n FROM stripe_catalog_findings GROUP BY ALL ORDER BY 1")
     # 12 before, and scale's storage now (a first-tier flat amount, which Stripe would bill at zero usage)
-    assert stored.rows() == [("drift", 1), ("not_expressible", 13)]
+    assert stored.rows() == [("drift", 1), ("not_expressible", 13), ("rounding", 4)]
+
+
+def test_prices_of_a_version_that_rounds_half_even_are_reported(world: World) -> None:
+    """pro 2026-10 rounds half_even; a Stripe price cannot say so (1000.1 GB x 0.05 = 50.005: we bill
+    50.00, the sandbox 50.01). Its four Stripe-priced charges are reported; the half_up versions' are not."""
+    rounding = sorted((f.our_key, f.ours) for f in world.report.findings if f.finding == "rounding")
+    assert rounding == [("pro|2026-10|active users", "half_even"), ("pro|2026-10|platform fee", "half_even"),
+                        ("pro|2026-10|seats", "half_even"), ("pro|2026-10|storage", "half_even")]
+    assert ("pro", "2026-10", "storage") in world.report.prices   # still a Stripe price: reported, not withheld
+    assert world.report.finding_counts()["rounding"] == 4 and "4 rounding" in world.report.summary()
 
 
 def test_a_second_sync_finds_everything(world: World) -> None:
