@@ -340,7 +340,8 @@ def period_boundaries(options: DemoOptions) -> list[dt.date]:
 
 def run_demo(options: DemoOptions, echo=print) -> DemoSummary:
     from metering.stripe_sandbox.testing import running_sandbox
-    from pipelines.demo_plants import plant_after_close, plant_before_sync, plant_extra_usage
+    from pipelines.demo_plants import (plant_after_close, plant_before_sync, plant_extra_usage,
+                                      settle_declined_first_invoices)
     from pipelines.resources import ProjectPaths, WarehouseResource, stripe_resources
 
     started = time.monotonic()
@@ -372,6 +373,8 @@ def run_demo(options: DemoOptions, echo=print) -> DemoSummary:
             if options.plant_discrepancies:
                 plant_before_sync(client, options)
             runner.materialize(["stripe_catalog"])
+            if options.plant_discrepancies:
+                settle_declined_first_invoices(client)
 
             prev = options.month
             for checkpoint in period_boundaries(options):
@@ -414,6 +417,9 @@ def run_demo(options: DemoOptions, echo=print) -> DemoSummary:
                 runner.materialize(["dunning_state", "dunning_actions"],
                                    run_config={"ops": {name: {"config": {"now": at.isoformat()}}
                                                        for name in ("dunning_state", "dunning_actions")}})
+            # the clock has passed the ends of the month's anchored periods (Oct 5, 15, 28 ...) by now:
+            # bill their charges Stripe cannot price, as the daily invoice-items schedule would
+            runner.materialize(["stripe_invoice_items"], month_key)
             runner.materialize(stripe_state)
             runner.materialize(["stripe_meter_summaries", "stripe_invoice_lines", "usage_reconciliation",
                                 "finance_report"], month_key,

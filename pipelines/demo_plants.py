@@ -8,6 +8,10 @@
   to Stripe directly (not through the engine) for a customer and day we have no usage of that meter.
 - **late usage** (`late_after_finalization`): after the period's invoices are finalized, a file
   arrives with an event dated on the month's last day; the engine rates it but may no longer push it.
+- **declined renewals** (dunning): the customers whose card declines (`payment_behavior` in the
+  customer list) settle their first invoice out of band the day it is issued, so their subscriptions
+  go on and their renewals are declined and dunned. Left unpaid, Stripe would void that first invoice
+  after 23 hours and end the subscription (`incomplete_expired`): nothing would be left to dun.
 
 Everything goes through the official SDK against the local sandbox; nothing is planted in our own
 warehouse, which only ever sees what a real deployment would see.
@@ -77,6 +81,19 @@ def plant_before_sync(client: stripe.StripeClient, options: DemoOptions) -> str 
                                         {"idempotency_key": f"metering-demo:drift:{key}"})
         return price.id
     return None
+
+
+def settle_declined_first_invoices(client: stripe.StripeClient) -> list[str]:
+    """Pay out of band the first invoice of every subscription left `incomplete` by a declined card
+    (run after the catalog sync, before the clock moves: within Stripe's 23 hours). Idempotent;
+    returns the invoices settled."""
+    settled: list[str] = []
+    for sub in client.v1.subscriptions.list({"status": "incomplete", "limit": 100}).auto_paging_iter():
+        invoice = sub.latest_invoice if isinstance(sub.latest_invoice, str) else sub.latest_invoice.id
+        client.v1.invoices.pay(invoice, {"paid_out_of_band": True},
+                               {"idempotency_key": f"metering-demo:first-invoice:{invoice}"})
+        settled.append(invoice)
+    return settled
 
 
 def plant_extra_usage(client: stripe.StripeClient, con, options: DemoOptions) -> tuple[str, str] | None:

@@ -18,6 +18,11 @@ from .apierrors import StripeAPIError
 from .periods import anchor_day, next_boundary, previous_boundary
 from .store import RENDERERS, State, new_id
 
+INCOMPLETE_EXPIRY = 23 * 3600
+"""Stripe (subscription.status): "If the first invoice is not paid within 23 hours, the subscription
+transitions to incomplete_expired." Counted from the subscription's creation on its clock."""
+ENDED_STATUSES = ("canceled", "incomplete_expired")
+
 
 # -- prices ---------------------------------------------------------------------------------------
 def price_for_math(price: dict[str, Any]) -> dict[str, Any]:
@@ -373,13 +378,29 @@ RENDERERS["subscription_item"] = render_item
 
 
 # -- lifecycle ------------------------------------------------------------------------------------
-def _set_sub_status(state: State, sub: dict[str, Any], status: str, request: dict[str, Any] | None = None) -> None:
+def _set_sub_status(state: State, sub: dict[str, Any], status: str, request: dict[str, Any] | None = None,
+                    **fields: Any) -> None:
+    """Move the subscription to `status` (and set `fields` with it): one
+    ``customer.subscription.updated`` whose ``previous_attributes`` hold the values replaced."""
     if sub["status"] == status:
         return
-    previous = {"status": sub["status"]}
+    previous = {"status": sub["status"], **{name: sub[name] for name in fields}}
     sub["status"] = status
+    sub.update(fields)
     state.dirty = True
     state.record_event("customer.subscription.updated", sub, previous, request)
+
+
+def stop_collection(state: State, invoice: dict[str, Any], request: dict[str, Any] | None = None) -> None:
+    """Turn automatic collection off (``auto_advance`` false, no payment attempt scheduled), with the
+    ``invoice.updated`` that says so."""
+    previous = {"auto_advance": invoice["auto_advance"], "next_payment_attempt": invoice["next_payment_attempt"]}
+    invoice["auto_advance"] = False
+    invoice["next_payment_attempt"] = None
+    changed = {name: value for name, value in previous.items() if invoice[name] != value}
+    if changed:
+        state.dirty = True
+        state.record_event("invoice.updated", invoice, changed, request)
 
 
 def finalize(state: State, invoice: dict[str, Any], at: int, request: dict[str, Any] | None = None) -> None:
@@ -408,6 +429,10 @@ def finalize(state: State, invoice: dict[str, Any], at: int, request: dict[str, 
         invoice["due_date"] = at + 30 * 86400
     state.dirty = True
     state.record_event("invoice.finalized", invoice, request=request)
+    if sub is not None and sub["status"] == "unpaid":
+        # Stripe: an unpaid subscription's invoices "will be created, but then immediately
+        # automatically closed" (closed: the pre-2018 name of auto_advance=false); none is attempted
+        stop_collection(state, invoice, request)
 
 
 def _is_metered_line(state: State, line: dict[str, Any]) -> bool:
@@ -419,6 +444,7 @@ def _is_metered_line(state: State, line: dict[str, Any]) -> bool:
 
 def _mark_paid(state: State, invoice: dict[str, Any], at: int, request: dict[str, Any] | None, out_of_band: bool = False) -> None:
     invoice["status"] = "paid"
+    invoice["auto_advance"] = False  # Stripe: always false on paid, void and uncollectible invoices
     if out_of_band:
         invoice["amount_paid_off_stripe"] = invoice["amount_remaining"]
     invoice["amount_paid"] = invoice["amount_due"]
@@ -436,10 +462,12 @@ def _mark_paid(state: State, invoice: dict[str, Any], at: int, request: dict[str
         )
     sub = _invoice_sub(state, invoice)
     if sub is not None and sub["status"] in ("past_due", "unpaid", "incomplete"):
+        # an unpaid subscription's closed invoices were never attempted, yet are owed all the same
         unpaid = [
             i
             for i in state.objects["invoice"].values()
-            if i["status"] == "open" and i["attempt_count"] > 0 and _invoice_sub(state, i) is sub
+            if i["status"] == "open" and (i["attempt_count"] > 0 or sub["status"] == "unpaid")
+            and _invoice_sub(state, i) is sub
         ]
         if not unpaid:
             _set_sub_status(state, sub, "active", request)
@@ -466,9 +494,14 @@ def attempt_payment(state: State, invoice: dict[str, Any], at: int, *, automatic
         _mark_paid(state, invoice, at, request)
         return True
     invoice["_failures"] += 1
+    # A subscription's first invoice is not retried: the subscription is incomplete until it is paid
+    # and expires 23 h after its creation. Nor is an invoice whose automatic collection is off.
+    first = invoice["billing_reason"] == "subscription_create"
     schedule = state.config.payment_retry_days
     retries_used = invoice["attempt_count"] - 1
-    if automatic or invoice["next_payment_attempt"] is None and retries_used < len(schedule):
+    if first or not invoice["auto_advance"]:
+        invoice["next_payment_attempt"] = None
+    elif automatic or invoice["next_payment_attempt"] is None and retries_used < len(schedule):
         invoice["next_payment_attempt"] = at + schedule[retries_used] * 86400 if retries_used < len(schedule) else None
     customer = state.get("customer", invoice["customer"])
     if customer is not None:
@@ -476,10 +509,8 @@ def attempt_payment(state: State, invoice: dict[str, Any], at: int, *, automatic
     state.dirty = True
     state.record_event("invoice.payment_failed", invoice, request=request)
     sub = _invoice_sub(state, invoice)
-    if sub is not None:
-        if invoice["billing_reason"] == "subscription_create" and sub["status"] == "incomplete":
-            pass
-        elif sub["status"] in ("active", "trialing"):
+    if sub is not None and not first:
+        if sub["status"] in ("active", "trialing"):
             _set_sub_status(state, sub, "past_due", request)
         if automatic and invoice["next_payment_attempt"] is None:
             _after_final_failure(state, invoice, sub, at)
@@ -488,6 +519,8 @@ def attempt_payment(state: State, invoice: dict[str, Any], at: int, *, automatic
 
 def _after_final_failure(state: State, invoice: dict[str, Any], sub: dict[str, Any], at: int) -> None:
     action = state.config.after_final_failure
+    if sub["status"] in ENDED_STATUSES:
+        return  # e.g. the final invoice of a canceled subscription: nothing left to end
     if action == "unpaid":
         _set_sub_status(state, sub, "unpaid")
     elif action == "canceled":
@@ -498,6 +531,7 @@ def _after_final_failure(state: State, invoice: dict[str, Any], sub: dict[str, A
 
 def mark_uncollectible(state: State, invoice: dict[str, Any], at: int, request: dict[str, Any] | None = None) -> None:
     invoice["status"] = "uncollectible"
+    invoice["auto_advance"] = False
     invoice["next_payment_attempt"] = None
     invoice["status_transitions"]["marked_uncollectible_at"] = at
     state.dirty = True
@@ -506,6 +540,7 @@ def mark_uncollectible(state: State, invoice: dict[str, Any], at: int, request: 
 
 def void(state: State, invoice: dict[str, Any], at: int, request: dict[str, Any] | None = None) -> None:
     invoice["status"] = "void"
+    invoice["auto_advance"] = False
     invoice["next_payment_attempt"] = None
     invoice["amount_remaining"] = 0
     invoice["status_transitions"]["voided_at"] = at
@@ -514,6 +549,9 @@ def void(state: State, invoice: dict[str, Any], at: int, request: dict[str, Any]
 
 
 def cancel(state: State, sub: dict[str, Any], at: int, request: dict[str, Any] | None = None) -> None:
+    """End the subscription now. Stripe: "By default, upon subscription cancellation, Stripe stops
+    automatic collection of all finalized invoices for the customer" (DELETE /v1/subscriptions/{id});
+    drafts (a final invoice of `invoice_now` or of a period end) are finalized and charged as usual."""
     previous = {"status": sub["status"]}
     sub["status"] = "canceled"
     sub["canceled_at"] = sub["canceled_at"] or at
@@ -524,6 +562,18 @@ def cancel(state: State, sub: dict[str, Any], at: int, request: dict[str, Any] |
             item["_ended"] = at
     state.dirty = True
     state.record_event("customer.subscription.deleted", sub, previous, request)
+    for invoice in list(state.objects["invoice"].values()):
+        if invoice["customer"] == sub["customer"] and invoice["status"] == "open":
+            stop_collection(state, invoice, request)
+
+
+def expire_incomplete(state: State, sub: dict[str, Any], at: int) -> None:
+    """The first invoice went unpaid for 23 h: the subscription is `incomplete_expired` (terminal,
+    no further invoices) and "the open invoice will be voided" (subscription.status)."""
+    _set_sub_status(state, sub, "incomplete_expired", ended_at=at)
+    invoice = state.get("invoice", sub["latest_invoice"]) if sub["latest_invoice"] else None
+    if invoice is not None and invoice["status"] == "open":
+        void(state, invoice, at)
 
 
 def create_initial_invoice(state: State, sub: dict[str, Any], at: int, request: dict[str, Any] | None,
@@ -552,6 +602,7 @@ def create_initial_invoice(state: State, sub: dict[str, Any], at: int, request: 
     state.record_event("invoice.created", invoice, request=request)
     finalize(state, invoice, at, request)
     if not attempt_payment(state, invoice, at, automatic=True, request=request):
+        # no customer.subscription.updated: the creation's event, recorded after this, says incomplete
         sub["status"] = "incomplete"
     return invoice
 
@@ -595,10 +646,15 @@ def _customer_ids(state: State, clock_id: str | None) -> set[str]:
 def _next_action(state: State, customers: set[str], target: int) -> tuple[int, int, str, dict[str, Any]] | None:
     best = None
     for sub in state.objects["subscription"].values():
-        if sub["customer"] in customers and sub["status"] not in ("canceled", "incomplete_expired") and sub["_period_end"] <= target:
+        if sub["customer"] not in customers or sub["status"] in ENDED_STATUSES:
+            continue
+        # an incomplete subscription closes no period: it becomes active when paid, or expires
+        if sub["status"] == "incomplete":
+            candidate = (sub["created"] + INCOMPLETE_EXPIRY, 0, "expire", sub)
+        else:
             candidate = (sub["_period_end"], 0, "period", sub)
-            if best is None or candidate[:2] < best[:2]:
-                best = candidate
+        if candidate[0] <= target and (best is None or candidate[:2] < best[:2]):
+            best = candidate
     for invoice in state.objects["invoice"].values():
         if invoice["customer"] not in customers or not invoice["auto_advance"]:
             continue
@@ -628,9 +684,11 @@ def run_until(state: State, target: int, clock_id: str | None = None) -> int:
             clock["frozen_time"] = max(clock["frozen_time"], at)
         if kind == "period":
             close_period(state, obj, at)
+        elif kind == "expire":
+            expire_incomplete(state, obj, at)
         elif kind == "finalize":
             finalize(state, obj, at)
-            if obj["collection_method"] == "charge_automatically":
+            if obj["auto_advance"] and obj["collection_method"] == "charge_automatically":
                 attempt_payment(state, obj, at, automatic=True)
         else:
             attempt_payment(state, obj, at, automatic=True)

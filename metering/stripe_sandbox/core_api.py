@@ -29,7 +29,6 @@ from .store import State, new_id
 
 FAILING_PAYMENT_METHODS = {"pm_card_chargeCustomerFail", "pm_card_chargeDeclined", "pm_card_visa_chargeDeclined"}
 PAYMENT_BEHAVIORS = ("succeeds", "fails", "fails_then_succeeds")
-ENDED_SUBSCRIPTIONS = ("canceled", "incomplete_expired")
 
 
 def _deleted(ident: str, kind: str) -> dict[str, Any]:
@@ -111,7 +110,7 @@ def _cancel_subscriptions(state: State, customer: str, request: dict[str, Any] |
     as DELETE /v1/subscriptions/{id} does (no final invoice), each with its customer.subscription.deleted."""
     now = state.customer_now(customer)
     for sub in state.all("subscription"):
-        if sub["customer"] == customer and sub["status"] not in ENDED_SUBSCRIPTIONS:
+        if sub["customer"] == customer and sub["status"] not in billing.ENDED_STATUSES:
             billing.cancel(state, sub, now, request)
 
 

@@ -191,8 +191,10 @@ def create_subscription(state: State, req: Request) -> dict[str, Any]:
     state.add(sub)
     if customer.get("currency") is None:
         customer["currency"] = sub["currency"]
-    state.record_event("customer.subscription.created", sub, request=req.event_request())
     billing.create_initial_invoice(state, sub, start, req.event_request(), proration_behavior)
+    # after the first charge, so the event shows the status the creation ends in (incomplete when it
+    # failed), as Stripe's does, and its latest_invoice
+    state.record_event("customer.subscription.created", sub, request=req.event_request())
     return public(state, sub, params)
 
 
@@ -272,7 +274,7 @@ def list_subscriptions(state: State, req: Request) -> dict[str, Any]:
         elif status:
             if sub["status"] != status:
                 return False
-        elif sub["status"] in ("canceled", "incomplete_expired"):
+        elif sub["status"] in billing.ENDED_STATUSES:
             return False
         if price and not any(state.get("subscription_item", i)["_price"] == price for i in sub["_items"]):
             return False

@@ -1,11 +1,12 @@
 """The dunning scenario end to end against the local Stripe sandbox (real SDK over loopback HTTP).
 
-Two customers on a test clock whose card declines. Stripe's own retries are off (the sandbox's
-`payment_retry_days=()`), so the policy's retry is the engine's to make. Stripe's state reaches the
-warehouse the way production gets it after an outage: the webhooks part's repair (`/v1/events`)
-and its reconciled `stripe_invoices`. As the clock advances, each step happens on its day; reruns
-and crashes (SIGKILL before and after a Stripe call) repeat nothing — checked on the sandbox's own
-request log; paying ends dunning and lifts the suspension.
+Two customers on a test clock, subscribed a year earlier, whose card declines at the yearly
+renewal (a subscription's first invoice would not do: unpaid, Stripe voids it after 23 h). Stripe's
+own retries are off (the sandbox's `payment_retry_days=()`), so the policy's retry is the engine's
+to make. Stripe's state reaches the warehouse the way production gets it after an outage: the
+webhooks part's repair (`/v1/events`) and its reconciled `stripe_invoices`. As the clock advances,
+each step happens on its day; reruns and crashes (SIGKILL before and after a Stripe call) repeat
+nothing — checked on the sandbox's own request log; paying ends dunning and lifts the suspension.
 """
 
 from __future__ import annotations
@@ -30,6 +31,10 @@ from metering.webhooks.repair import repair_events
 from metering.webhooks.state import rebuild_state
 
 START = int(datetime(2026, 10, 1, tzinfo=timezone.utc).timestamp())
+"""Day 0: the renewal invoices are finalized, charged and declined (their period ended an hour before,
+the sandbox's default grace)."""
+SUBSCRIBED = int(datetime(2025, 9, 30, 23, tzinfo=timezone.utc).timestamp())
+"""A year before the renewal's period end (START - 1 h): the yearly subscriptions start, first invoice paid."""
 DAY = 86_400
 
 CRASH_SCRIPT = textwrap.dedent("""
@@ -57,19 +62,25 @@ class Scenario:
         self.sb, self.db, self.rules, self.tmp = sb, db, rules, tmp
         self.client = sb.client()
         self.policy: DunningPolicy = load_policy(rules)
-        self.clock = self.client.v1.test_helpers.test_clocks.create({"frozen_time": START, "name": "dunning"})
+        self.clock = self.client.v1.test_helpers.test_clocks.create({"frozen_time": SUBSCRIBED, "name": "dunning"})
         product = self.client.v1.products.create({"name": "Platform"})
         self.price = self.client.v1.prices.create({
             "product": product.id, "currency": "usd", "unit_amount": 5000, "recurring": {"interval": "year"}})
-        self.t = START
+        self.t = SUBSCRIBED
 
-    def customer(self, our_id: str) -> tuple[str, str]:
-        """A customer whose card declines, subscribed: the first invoice fails at once."""
-        cus = self.client.v1.customers.create({
-            "test_clock": self.clock.id, "metadata": {"customer_id": our_id, "sandbox_payment_behavior": "fails"}})
-        sub = self.client.v1.subscriptions.create({
-            "customer": cus.id, "items": [{"price": self.price.id}], "metadata": {"customer_id": our_id}})
-        return cus.id, sub.latest_invoice if isinstance(sub.latest_invoice, str) else sub.latest_invoice.id
+    def subscribe(self, *our_ids: str) -> list[tuple[str, str]]:
+        """Customers subscribed at SUBSCRIBED with a working card (the first invoice paid), which then
+        declines; the clock moves to START (day 0), where each renewal (50.00 for the coming year) is
+        charged and declined. Returns (customer, renewal invoice) per id."""
+        subs = []
+        for our_id in our_ids:
+            cus = self.client.v1.customers.create({"test_clock": self.clock.id, "metadata": {"customer_id": our_id}})
+            sub = self.client.v1.subscriptions.create({
+                "customer": cus.id, "items": [{"price": self.price.id}], "metadata": {"customer_id": our_id}})
+            self.sb.set_payment_behavior(cus.id, "fails")
+            subs.append((cus.id, sub.id))
+        self.advance(0)
+        return [(cus, self.client.v1.subscriptions.retrieve(sub).latest_invoice) for cus, sub in subs]
 
     def advance(self, day: int) -> datetime:
         self.t = START + day * DAY
@@ -105,7 +116,7 @@ class Scenario:
     def declined_retry_then_crash(self, our_id: str) -> str:
         """Day 3 for a new customer: the engine's retry is declined at Stripe and the process is killed
         right after the call, before recording it. Returns the invoice id."""
-        _, inv = self.customer(our_id)
+        [(_, inv)] = self.subscribe(our_id)
         self.run()
         self.advance(3)
         self.crash("after_stripe_call", "payment_retry")
@@ -130,8 +141,11 @@ class Scenario:
 def test_dunning_scenario_against_the_sandbox(tmp_path: Path, rules_dir: Path) -> None:
     with running_sandbox(payment_retry_days=(), after_final_failure="past_due") as sb:
         s = Scenario(sb, tmp_path / "data" / "warehouse.duckdb", rules_dir, tmp_path)
-        cus_a, inv_a = s.customer("c_never_pays")
-        cus_b, inv_b = s.customer("c_pays_late")
+        (cus_a, inv_a), (cus_b, inv_b) = s.subscribe("c_never_pays", "c_pays_late")
+        for inv in (inv_a, inv_b):
+            renewal = s.client.v1.invoices.retrieve(inv)
+            assert (renewal.billing_reason, renewal.status, renewal.amount_remaining, renewal.attempt_count,
+                    renewal.status_transitions.finalized_at) == ("subscription_cycle", "open", 5000, 1, START)
         ledger = "SELECT invoice_id, step_name, status, outcome FROM dunning_actions ORDER BY invoice_id, step_index"
         state = "SELECT invoice_id, state, step_name FROM dunning_state ORDER BY invoice_id"
 
@@ -141,7 +155,7 @@ def test_dunning_scenario_against_the_sandbox(tmp_path: Path, rules_dir: Path) -
                 out.setdefault(r[0], []).append(r[1:])
             return out
 
-        # day 0: both invoices failed at creation -> first reminder, twice run = once done
+        # day 0: both renewals failed -> first reminder, twice run = once done
         s.run(); s.run()
         assert by_invoice(s.table(ledger)) == {
             inv_a: [("first_reminder", "done", "rendered")], inv_b: [("first_reminder", "done", "rendered")]}
@@ -218,7 +232,7 @@ def test_cli_run_survives_stripe_outages_without_repeating(
         monkeypatch.setenv("STRIPE_MAX_NETWORK_RETRIES", "0")
         db = isolated_env / "warehouse.duckdb"          # the CLI's default warehouse (conftest env)
         s = Scenario(sb, db, rules_dir, tmp_path)
-        _, inv = s.customer("c_1")
+        [(_, inv)] = s.subscribe("c_1")
 
         def run() -> object:
             with warehouse.open_warehouse(db) as con:
@@ -288,7 +302,7 @@ def test_dagster_assets_call_stripe_once_through_the_shared_resource(tmp_path: P
     with running_sandbox(payment_retry_days=()) as sb:
         db = tmp_path / "wh.duckdb"
         s = Scenario(sb, db, rules_dir, tmp_path)
-        _, inv = s.customer("c_1")
+        [(_, inv)] = s.subscribe("c_1")
         resources = {
             "warehouse": WarehouseResource(path=str(db)),
             "paths": ProjectPaths(rules_dir=str(rules_dir), data_dir=str(tmp_path / "out")),
@@ -344,7 +358,7 @@ def test_no_charge_while_stripe_smart_retries_are_scheduled(tmp_path: Path, rule
     while one is scheduled, and once the next step is due it is skipped, not made."""
     with running_sandbox() as sb:
         s = Scenario(sb, tmp_path / "data" / "warehouse.duckdb", rules_dir, tmp_path)
-        _, inv = s.customer("c_1")
+        [(_, inv)] = s.subscribe("c_1")
         for day in (0, 3, 4, 7):
             if day:
                 s.advance(day)
@@ -365,7 +379,7 @@ def test_no_charge_when_our_state_lags_and_stripe_shows_a_retry_scheduled(tmp_pa
     charge, and the charge waits: no /pay, no ledger row, no error."""
     with running_sandbox() as sb:   # Stripe retries 3, 5 and 7 days after each failure
         s = Scenario(sb, tmp_path / "data" / "warehouse.duckdb", rules_dir, tmp_path)
-        _, inv = s.customer("c_1")
+        [(_, inv)] = s.subscribe("c_1")
         s.run()
         s.advance(3)
         with warehouse.open_warehouse(s.db) as con:
