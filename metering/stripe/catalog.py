@@ -295,7 +295,17 @@ def sync_prices(client: stripe.StripeClient, rules: Rules, report: CatalogReport
             try:
                 params = price_params(version, charge, meter_id)
             except NotExpressible as exc:
-                report.findings.append(Finding("not_expressible", "price", our_key, detail=str(exc)))
+                kept = existing.get(lookup_key(version, charge))
+                if kept is not None:
+                    # a price an earlier sync created (before the rule that refuses it): subscriptions
+                    # carry it, so Stripe bills the charge; billing it as items too would bill it twice
+                    report.prices[key] = kept.id
+                    report.count("price", False)
+                    report.findings.append(Finding(
+                        "drift", "price", our_key, kept.id, "expressible", "no", "a price exists",
+                        f"kept, as subscriptions carry it and Stripe bills it: {exc}; a new plan version gets none"))
+                else:
+                    report.findings.append(Finding("not_expressible", "price", our_key, detail=str(exc)))
                 continue
             if version.rounding != "half_up":
                 report.findings.append(Finding("rounding", "price", our_key, None, "rounding", version.rounding,

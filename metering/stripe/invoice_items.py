@@ -2,8 +2,11 @@
 
 Stripe has no price for a minimum (a period true-up) or for a charge filtered by a dimension (one
 Stripe meter carries every dimension): the catalog sync reports them `not_expressible`. Their
-amounts are the engine's. Once a billing period is closed (rated at or after its end: the closing
-rating), each such charge is billed as invoice items whose amounts sum to its rated amount:
+amounts are the engine's. Once a billing period is closed, each such charge is billed as invoice
+items whose amounts sum to its rated amount. A period is closed when it has ended for the customer's
+Stripe "now" (the push's: `push.stripe_now`), which for a customer on a test clock is the clock's
+frozen time, not the wall clock; off a clock, a rating must also have run at or after its end (the
+closing rating), which `rated_at`, wall time, cannot tell on a clock:
 
 - **Plan.** Per customer x closed period x (plan, version, charge): the target is the rated amount
   (0 when the charge no longer has a line, e.g. late usage lifted the period above its minimum);
@@ -55,6 +58,7 @@ import stripe
 from metering import warehouse
 from metering.customers import midnight_unix, month_bounds
 from metering.stripe.catalog import NOT_EXPRESSIBLE_PRICE_SQL, customer_map
+from metering.stripe.push import clock_times, stripe_now
 from metering.stripe.retry import CallOutcome, RateLimiter, RetryPolicy, call_with_retries
 
 log = logging.getLogger(__name__)
@@ -121,20 +125,30 @@ def idempotency_key(key: str, destination: str | None) -> str:
     return f"{_KEY_PREFIX}{key}@{destination or 'pending'}"
 
 
-def closed_targets(con: duckdb.DuckDBPyConnection, billing_month: dt.date) -> pl.DataFrame:
+def closed_targets(con: duckdb.DuckDBPyConnection, billing_month: dt.date, now: dt.datetime,
+                   clock_now: pl.DataFrame) -> pl.DataFrame:
     """Per closed period starting in the month x charge: the rated amount, and whether Stripe cannot
-    price the charge (the latest catalog sync's finding)."""
+    price the charge (the latest catalog sync's finding).
+
+    A period is closed once it has ended for the customer's Stripe "now": `clock_now` (customer_id,
+    clock_now) for a customer on a test clock, else `now`. Off a clock, a rating must also have run at
+    or after its end (`rated_at`: the closing rating). On a clock, `rated_at` (wall time) says nothing
+    of the clock's time, behind or ahead of it, so the clock alone decides."""
     m0, m1 = month_bounds(billing_month)
-    return warehouse.query_frame(con, f"""
-        WITH closed AS (
-            SELECT customer_id, period_start FROM rated_usage
-            WHERE period_start >= ? AND period_start < ?
-            GROUP BY ALL HAVING max(rated_at) >= CAST(max(period_end) AS TIMESTAMPTZ))
+    rated = warehouse.query_frame(con, f"""
         SELECT customer_id, period_start, max(period_end) AS period_end, plan, plan_version, charge,
                any_value(currency) AS currency, CAST(sum(amount_minor) AS BIGINT) AS target_minor,
-               bool_or({NOT_EXPRESSIBLE_PRICE_SQL}) AS not_expressible, any_value(meter) AS meter
-        FROM rated_usage JOIN closed USING (customer_id, period_start)
-        GROUP BY customer_id, period_start, plan, plan_version, charge""", [m0, m1])
+               bool_or({NOT_EXPRESSIBLE_PRICE_SQL}) AS not_expressible, any_value(meter) AS meter,
+               max(max(period_end)) OVER period AS closes_on, max(max(rated_at)) OVER period AS rated_at
+        FROM rated_usage WHERE period_start >= ? AND period_start < ?
+        GROUP BY customer_id, period_start, plan, plan_version, charge
+        WINDOW period AS (PARTITION BY customer_id, period_start)""", [m0, m1])
+    ends = pl.col("closes_on").cast(pl.Datetime("us", "UTC"))
+    on_clock = pl.col("clock_now").is_not_null()
+    return (rated.join(clock_now.select("customer_id", "clock_now"), on="customer_id", how="left")
+            .filter(ends <= pl.coalesce("clock_now", pl.lit(now).cast(pl.Datetime("us", "UTC"))))
+            .filter(on_clock | (pl.col("rated_at") >= ends))
+            .drop("closes_on", "rated_at", "clock_now"))
 
 
 def _leave_for_operator(report: InvoiceItemsReport, counter: str, charges: pl.DataFrame, why: str) -> pl.DataFrame:
@@ -222,8 +236,11 @@ class InvoiceItemBiller:
     def _plan(self, billing_month: dt.date, report: InvoiceItemsReport, only: pl.DataFrame | None = None) -> None:
         """New revisions for the charges whose billed amount is not their rated one (`only`: of these
         charges alone). A charge whose latest revision failed is planned again: one attempt a run."""
-        closed = closed_targets(self.con, billing_month)
-        ledger = _ledger(self.con, billing_month)
+        customers = customer_map(self.con)
+        closed = closed_targets(self.con, billing_month, *self._stripe_now(customers))
+        # what was billed for a period not closed (yet, or any more: billed before the closing rule
+        # read the customer's clock) is left as it is: a missing target there is no credit due
+        ledger = _ledger(self.con, billing_month).join(closed.select(PERIOD_KEY).unique(), on=PERIOD_KEY, how="semi")
         # a charge billed as items that a later sync finds Stripe can price keeps what it was billed:
         # Stripe's meters do not bill a closed period after the fact, so crediting it would lose it
         targets = closed.filter(pl.col("not_expressible")).drop("not_expressible")
@@ -235,7 +252,6 @@ class InvoiceItemBiller:
         # subscription's version has a price on its meter: an item would bill the same usage twice. On a
         # meter it has no price for (its charges there are all filtered too, or none reads it), nothing at
         # Stripe bills the usage: the charge is billed as an item like any other.
-        customers = customer_map(self.con)
         subscribed = (customers.select("customer_id", sub_plan="plan", sub_version="plan_version")
                       .join(_priced_meters(self.con), on=["sub_plan", "sub_version"], how="left"))
         # (a subscription whose version is unknown, not created by our sync or never rated, may price the
@@ -302,6 +318,13 @@ class InvoiceItemBiller:
         cols = ", ".join(rows[0])
         self.con.execute(f"INSERT INTO stripe_invoice_items ({cols}) SELECT {cols} FROM frame")
         report.new_revisions += len(rows)
+
+    def _stripe_now(self, customers: pl.DataFrame) -> tuple[dt.datetime, pl.DataFrame]:
+        """Stripe's "now" as the push reads it: the wall clock, and (customer_id, clock_now) for the
+        customers on a test clock, whose "now" is the clock's frozen time."""
+        by_clock = stripe_now(self.client, customers, self._now())
+        return by_clock[None], (customers.join(clock_times(by_clock), on="test_clock_id")
+                                .select("customer_id", clock_now="stripe_now"))
 
     # -- look up ---------------------------------------------------------------------------------
     def _look_up(self, billing_month: dt.date, report: InvoiceItemsReport) -> pl.DataFrame:

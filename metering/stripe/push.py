@@ -147,6 +147,24 @@ def _utc(ts: datetime) -> datetime:
     return ts if ts.tzinfo else ts.replace(tzinfo=timezone.utc)
 
 
+def stripe_now(client: stripe.StripeClient, customers: pl.DataFrame, now: datetime) -> dict[str | None, datetime]:
+    """Stripe's "now" per test clock of `customers["test_clock_id"]` (its frozen time); key None: `now`,
+    for customers on no clock. What every check of "has this ended at Stripe" reads (the push's guards,
+    the invoice items' closed periods)."""
+    out: dict[str | None, datetime] = {None: now}
+    for clock_id in customers["test_clock_id"].drop_nulls().unique().to_list():
+        clock = client.v1.test_helpers.test_clocks.retrieve(clock_id)
+        out[clock_id] = datetime.fromtimestamp(int(clock.frozen_time), tz=timezone.utc)
+    return out
+
+
+def clock_times(now_by_clock: dict[str | None, datetime]) -> pl.DataFrame:
+    """(test_clock_id, stripe_now): the clocks of a `stripe_now` reading, as a frame to join on."""
+    return pl.DataFrame({"test_clock_id": [k for k in now_by_clock if k is not None],
+                         "stripe_now": [v for k, v in now_by_clock.items() if k is not None]},
+                        schema={"test_clock_id": pl.String, "stripe_now": pl.Datetime("us", "UTC")})
+
+
 class Pusher:
     """Pushes usage for one warehouse connection and one Stripe client. Not thread-safe itself."""
 
@@ -275,24 +293,14 @@ class Pusher:
         return mapped, unmapped.height
 
     def _stripe_now(self, customers: pl.DataFrame) -> dict[str | None, datetime]:
-        """Stripe's "now" per test clock (its frozen time); key None = real time."""
-        out: dict[str | None, datetime] = {None: self._now()}
-        for clock_id in customers["test_clock_id"].drop_nulls().unique().to_list():
-            clock = self.client.v1.test_helpers.test_clocks.retrieve(clock_id)
-            out[clock_id] = datetime.fromtimestamp(int(clock.frozen_time), tz=timezone.utc)
-        return out
+        return stripe_now(self.client, customers, self._now())
 
     def _guard(self, desired: pl.DataFrame, customers: pl.DataFrame,
                stripe_now: dict[str | None, datetime]) -> tuple[pl.DataFrame, int]:
         """Set `late_reason` for windows Stripe can no longer take; drop windows not yet due."""
         if desired.is_empty():
             return desired.with_columns(late_reason=pl.lit(None, pl.String)), 0
-        clock_now = pl.DataFrame(
-            {"test_clock_id": [k for k in stripe_now if k is not None],
-             "stripe_now": [v for k, v in stripe_now.items() if k is not None]},
-            schema={"test_clock_id": pl.String, "stripe_now": pl.Datetime("us", "UTC")},
-        )
-        frame = desired.join(clock_now, on="test_clock_id", how="left").with_columns(
+        frame = desired.join(clock_times(stripe_now), on="test_clock_id", how="left").with_columns(
             pl.col("stripe_now").fill_null(pl.lit(stripe_now[None]).cast(pl.Datetime("us", "UTC")))
         )
         finalized = self._finalized_periods(frame)

@@ -94,6 +94,29 @@ def test_existing_price_that_differs_is_reported_not_changed(world: World, tmp_p
     assert stored.rows() == [("drift", 1), ("not_expressible", 13), ("rounding", 4)]
 
 
+def test_a_price_an_earlier_sync_created_for_a_charge_now_refused_is_kept(world: World) -> None:
+    """Audit: scale's storage had a Stripe price until the sync refused first tiers with a flat amount.
+    The subscriptions created before carry it and Stripe goes on billing storage: reported not
+    expressible, the charge was also billed as invoice items (24 items, 456.01 USD, on a re-run of the
+    main job). The existing price stays mapped, so nothing bills it twice, and the finding says why."""
+    product = world.client.v1.products.create({"name": "scale (an earlier sync)"})
+    meter = world.report.meters["storage_gb"]
+    earlier = world.client.v1.prices.create({
+        "currency": "usd", "product": product.id, "lookup_key": "metering:scale:2026-01:storage",
+        "recurring": {"interval": "month", "usage_type": "metered", "meter": meter},
+        "billing_scheme": "tiered", "tiers_mode": "graduated",
+        "tiers": [{"up_to": 500, "unit_amount_decimal": "0", "flat_amount_decimal": "2000"},
+                  {"up_to": "inf", "unit_amount_decimal": "4"}]})
+    again = catalog.sync_catalog(world.con, world.client, world.rules, None)
+    assert again.prices[("scale", "2026-01", "storage")] == earlier.id
+    [kept] = [f for f in again.findings if f.our_key == "scale|2026-01|storage"]
+    assert (kept.finding, kept.stripe_id, kept.field) == ("drift", earlier.id, "expressible")
+    assert "zero usage" in kept.detail
+    # and the invoice items do not take it: the catalog's not-expressible prices are read from here
+    assert world.con.execute("SELECT count(*) FROM stripe_catalog_findings WHERE finding = 'not_expressible' "
+                             "AND our_key = 'scale|2026-01|storage'").fetchone() == (0,)
+
+
 def test_prices_of_a_version_that_rounds_half_even_are_reported(world: World) -> None:
     """pro 2026-10 rounds half_even; a Stripe price cannot say so (1000.1 GB x 0.05 = 50.005: we bill
     50.00, the sandbox 50.01). Its four Stripe-priced charges are reported; the half_up versions' are not."""

@@ -98,6 +98,93 @@ def test_an_open_period_is_not_billed(tmp_path: Path, rules_dir: Path) -> None:
         assert items_at_stripe(client, report.customers[0]["stripe_customer_id"]) == []
 
 
+def at(when: dt.datetime) -> int:
+    """A test clock's frozen time for `when`."""
+    return int(when.timestamp())
+
+
+def test_a_period_open_on_the_customers_test_clock_is_not_billed_though_the_wall_clock_is_past_it(
+        tmp_path: Path, rules_dir: Path) -> None:
+    """Audit: the main job's customers live on a test clock (about Oct 1) while the wall clock says late
+    November. Periods were called closed by their wall-clock `rated_at`, so true-ups rated from a few
+    days of usage went to Stripe, pending, for periods that had not ended for the customer. A period
+    is closed when it has ended on the customer's clock. Amounts (pro 2026-01, minimum 100.00 over the
+    usage lines; the flat fee is Stripe's): on Sep 3, 1 seat x 10.00 and 50,000 large tokens x 0.000002
+    = 0.10, true-up 100.00 - 10.10 = 89.90; on the whole month, 3 seats = 30.00 and 6,000,000 large
+    tokens = 12.00, true-up 100.00 - 42.00 = 58.00. Stripe gets 12.00 + 58.00, once."""
+    wall = dt.datetime(2026, 11, 26, tzinfo=dt.UTC)
+    with customer_on_clock(tmp_path, rules_dir, CSV, start=SEP1) as (sb, con, client, clock, rules, report):
+        cus = report.customers[0]["stripe_customer_id"]
+        sb.advance_clock(clock.id, at(dt.datetime(2026, 9, 3, tzinfo=dt.UTC)))
+        rate(con, {"platform fee": 4900, "seats": 1000, "tokens large": 10, "minimum spend": 8990},
+             rated_at=wall - dt.timedelta(hours=2))
+        early = biller(con, client, now=wall).run(SEPTEMBER)
+        assert (early.charges, early.new_revisions, early.calls) == (0, 0, 0)
+        sb.advance_clock(clock.id, at(OCT1 - dt.timedelta(minutes=10)))   # the last minutes of the period
+        last_minutes = biller(con, client, now=wall).run(SEPTEMBER)
+        assert (last_minutes.charges, last_minutes.calls) == (0, 0)
+        assert items_at_stripe(client, cus) == [] and ledger(con).is_empty()
+
+        sb.advance_clock(clock.id, at(OCT1 + dt.timedelta(minutes=15)))   # ended; its invoice a draft
+        draft = cycle_invoice(client, cus, OCT1)
+        rate(con, {"platform fee": 4900, "seats": 3000, "tokens large": 1200, "minimum spend": 5800},
+             rated_at=wall - dt.timedelta(hours=1))
+        closing = biller(con, client, now=wall).run(SEPTEMBER)
+        assert (closing.charges, closing.new_revisions, closing.on_draft_invoice) == (2, 2, 2)
+        assert closing.billed_minor == {"usd": 1200 + 5800}
+        assert items_at_stripe(client, cus) == sorted([
+            (1200, draft.id, item_key("acme", SEPTEMBER, "pro", "2026-01", "tokens large", 1)),
+            (5800, draft.id, item_key("acme", SEPTEMBER, "pro", "2026-01", "minimum spend", 1))])
+        again = biller(con, client, now=wall).run(SEPTEMBER)
+        assert (again.new_revisions, again.calls) == (0, 0)
+
+        sb.advance_clock(clock.id, at(OCT1 + dt.timedelta(hours=2)))      # past the grace hour
+        assert client.v1.invoices.retrieve(draft.id).total == draft.total + 1200 + 5800
+        assert ledger(con).select("charge", "revision", "amount_minor", "status").rows() == [
+            ("minimum spend", 1, 5800, "acknowledged"), ("tokens large", 1, 1200, "acknowledged")]
+
+
+def test_a_period_ended_on_the_customers_test_clock_is_billed_though_the_wall_clock_has_not_reached_its_end(
+        tmp_path: Path, rules_dir: Path) -> None:
+    """The other way round: a clock advanced ahead of the wall clock (a demo of a month to come). The
+    period has ended for the customer and Stripe keeps its invoice a draft; `rated_at` (wall time, Sep
+    20) is before the period's end, which said nothing was closed: the true-up never reached the draft.
+    Amounts: 4 seats x 10.00 = 40.00 of usage under pro's 100.00 minimum: a 60.00 true-up."""
+    wall = dt.datetime(2026, 9, 20, tzinfo=dt.UTC)
+    with customer_on_clock(tmp_path, rules_dir, CSV, start=SEP1) as (sb, con, client, clock, rules, report):
+        cus = report.customers[0]["stripe_customer_id"]
+        sb.advance_clock(clock.id, at(OCT1 + dt.timedelta(minutes=15)))
+        draft = cycle_invoice(client, cus, OCT1)
+        rate(con, {"platform fee": 4900, "seats": 4000, "minimum spend": 6000}, rated_at=wall - dt.timedelta(minutes=5))
+        run = biller(con, client, now=wall).run(SEPTEMBER)
+        assert (run.charges, run.new_revisions, run.on_draft_invoice, run.needs_operator) == (1, 1, 1, 0)
+        assert items_at_stripe(client, cus) == [
+            (6000, draft.id, item_key("acme", SEPTEMBER, "pro", "2026-01", "minimum spend", 1))]
+        assert biller(con, client, now=wall).run(SEPTEMBER).calls == 0
+
+
+def test_what_was_billed_for_a_period_still_open_on_the_clock_is_not_credited(tmp_path: Path, rules_dir: Path) -> None:
+    """Audit: items billed by the earlier rule (the wall clock) for periods still open on the customer's
+    clock were credited in full by the next run (the main job's data: -5,427.89 USD, to be billed again
+    once the periods close). A period not closed is left as billed: no target there is no credit due.
+    Here October's minimum (58.00) as the earlier rule billed it on Oct 1, its period open until Nov 1."""
+    wall = dt.datetime(2026, 11, 26, tzinfo=dt.UTC)
+    october = dt.date(2026, 10, 1)
+    with customer_on_clock(tmp_path, rules_dir, CSV, start=SEP1) as (sb, con, client, clock, rules, report):
+        sb.advance_clock(clock.id, at(OCT1 + dt.timedelta(minutes=15)))
+        rate(con, {"platform fee": 4900, "seats": 3000, "tokens large": 1200, "minimum spend": 5800}, rated_at=wall)
+        assert biller(con, client, now=wall).run(SEPTEMBER).new_revisions == 2
+        con.execute("""INSERT INTO stripe_invoice_items SELECT * REPLACE (
+                           DATE '2026-10-01' AS period_start, DATE '2026-11-01' AS period_end,
+                           item_key || '-october' AS item_key, idempotency_key || '-october' AS idempotency_key,
+                           stripe_invoice_item_id || '-october' AS stripe_invoice_item_id)
+                       FROM stripe_invoice_items WHERE charge = 'minimum spend'""")
+        run = biller(con, client, now=wall).run(october)
+        assert (run.new_revisions, run.calls) == (0, 0)
+        assert ledger(con).filter(pl.col("period_start") == october).select("revision", "amount_minor").rows() == [
+            (1, 5800)]
+
+
 def test_a_change_after_finalization_is_billed_as_its_difference_on_the_next_invoice(
         tmp_path: Path, rules_dir: Path) -> None:
     with customer_on_clock(tmp_path, rules_dir, CSV, start=SEP1) as (sb, con, client, clock, rules, report):
@@ -314,6 +401,7 @@ def test_a_usage_charge_of_a_version_the_subscription_is_not_on_is_not_billed_tw
     A subscription's version rating never recorded (its meters unknown) is taken to price the meter."""
     with customer_on_clock(tmp_path, rules_dir, CSV, start=SEP1) as (sb, con, client, clock, rules, report):
         cus = report.customers[0]["stripe_customer_id"]
+        sb.advance_clock(clock.id, int((OCT1 + dt.timedelta(minutes=15)).timestamp()))   # September closed
         con.execute("UPDATE stripe_customer_map SET plan = 'pro', plan_version = '2026-01'")
         if recorded:
             record_versions(con, rules, ("pro", "2026-01"), ("pro", "2026-10"))
@@ -340,6 +428,7 @@ def test_a_usage_charge_of_a_version_the_subscription_is_not_on_is_billed_when_i
     with customer_on_clock(tmp_path, rules_dir, CSV, start=SEP1) as (sb, con, client, clock, rules, report):
         cus = report.customers[0]["stripe_customer_id"]
         assert (report.customers[0]["plan"], report.customers[0]["plan_version"]) == ("pro", "2026-01")
+        sb.advance_clock(clock.id, int((OCT1 + dt.timedelta(minutes=15)).timestamp()))   # September closed
         record_versions(con, rules, ("pro", "2026-01"), ("scale", "2026-01"))
         moved = dt.date(2026, 9, 16)
         lines = [("pro", SEPTEMBER, moved, "tokens large", 1_000_000, 200),
