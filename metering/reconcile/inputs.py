@@ -29,6 +29,9 @@ from metering.stripe.catalog import NOT_EXPRESSIBLE_PRICE_SQL
 from metering.warehouse import query_frame
 
 ADDITIVE = ("count", "sum")
+# Stripe invoice statuses whose lines are paid, and billed but not collected (void lines are ignored)
+PAID_STATUSES = ("paid",)
+REMAINING_STATUSES = ("open", "uncollectible")
 
 
 def month_bounds(billing_month: dt.date) -> tuple[dt.date, dt.date]:
@@ -404,13 +407,22 @@ def load_open_periods(con: duckdb.DuckDBPyConnection, periods: pl.DataFrame) -> 
     `on_test_clock`: the customer's Stripe time is a test clock's (test mode), which the wall clock
     says nothing about (the push step's customer map; false when there is none). `later_invoice_ids`:
     invoices of a later period (starting at or after this one's end): Stripe has moved past this
-    period without closing it, whatever any clock says.
+    period without closing it, whatever any clock says. `ended_subscription_ids`: the customer's
+    subscriptions had all ended before the period's end (canceled, or `incomplete_expired`: a first
+    invoice unpaid for 23 h) as the landed Stripe state says; Stripe will invoice it no more, whatever
+    any clock says. NULL while one is live, or none is known.
     """
     if periods.is_empty():
         return rc.conform(None, rc.OPEN_PERIODS_SCHEMA)
     clocked = ("SELECT DISTINCT customer_id FROM stripe_customer_map WHERE test_clock_id IS NOT NULL"
                if {"customer_id", "test_clock_id"} <= table_columns(con, "stripe_customer_map")
                else "SELECT NULL::VARCHAR AS customer_id WHERE false")
+    ended = ("""(SELECT string_agg(DISTINCT s.subscription_id, ',' ORDER BY s.subscription_id)
+                 FROM stripe_subscriptions s WHERE s.customer_id = p.customer_id
+                 HAVING bool_and(s.status IN ('canceled', 'incomplete_expired')
+                                 AND s.ended_at <= CAST(p.period_end AS TIMESTAMPTZ)))"""
+             if {"customer_id", "status", "ended_at", "subscription_id"} <= table_columns(con, "stripe_subscriptions")
+             else "NULL::VARCHAR")
     con.register("_recon_periods", periods.to_arrow())
     try:
         frame = query_frame(
@@ -427,7 +439,8 @@ def load_open_periods(con: duckdb.DuckDBPyConnection, periods: pl.DataFrame) -> 
                    p.customer_id IN ({clocked}) AS on_test_clock,
                    (SELECT string_agg(DISTINCT i.invoice_id, ',' ORDER BY i.invoice_id) FROM invoices i
                     WHERE i.customer_id = p.customer_id
-                      AND i.period_start >= CAST(p.period_end AS TIMESTAMPTZ)) AS later_invoice_ids
+                      AND i.period_start >= CAST(p.period_end AS TIMESTAMPTZ)) AS later_invoice_ids,
+                   {ended} AS ended_subscription_ids
             FROM _recon_periods p
             WHERE NOT EXISTS (SELECT 1 FROM closing c WHERE c.customer_id = p.customer_id
                               AND c.period_start = p.period_start AND NOT c.void)
@@ -572,15 +585,17 @@ def load_our_invoices(con: duckdb.DuckDBPyConnection, billing_month: dt.date) ->
 
 
 def load_stripe_invoices(con: duckdb.DuckDBPyConnection, billing_month: dt.date, periods: pl.DataFrame) -> pl.DataFrame:
-    """Stripe's total per customer x period (all lines of the period) and the closing invoice's state.
+    """Stripe's total per customer x period (all lines of the period), what of it is paid, and the
+    closing invoice's status.
 
-    `engine_items_minor` is the part of the total on the engine's own invoice items. The closing
-    invoice is the latest non-void invoice of the customer that closes the period (`load_open_periods`
-    says when: it reaches the period's end, or its subscription's end inside the period), whether or
-    not it has a line in the period (a subscription with only licensed prices bills the next period's
-    fee on it); none, and the state columns are NULL. It was the latest invoice with lines of the
-    period: for a period Stripe billed but nothing of ours rated, that was the invoice that billed its
-    fee in advance, the previous period's, whose payment finance's "paid" then counted twice.
+    `engine_items_minor` is the part of the total on the engine's own invoice items. `amount_paid`,
+    `amount_remaining` and `amount_due` are the period's own lines by their invoice's status
+    (`_line_payments`), whichever invoice carries them. The closing invoice is the latest non-void
+    invoice of the customer that closes the period (`load_open_periods` says when: it reaches the
+    period's end, or its subscription's end inside the period), whether or not it has a line in the
+    period (a subscription with only licensed prices bills the next period's fee on it); its status is
+    `invoice_status`, NULL when none closes the period. Its payment is not the period's: it carries the
+    next period's fee, billed in advance, and the period's own fee was on an earlier invoice.
     """
     lines = _bucketed_lines(con, billing_month, periods)
     if lines.is_empty():
@@ -595,19 +610,32 @@ def load_stripe_invoices(con: duckdb.DuckDBPyConnection, billing_month: dt.date,
         rounds.sum().cast(pl.Int64).alias("rounded_lines"),
         (rounds & pl.col("meter").is_null()).sum().cast(pl.Int64).alias("unmetered_lines"),
         pl.col("invoice_id").unique().sort().str.join(",").alias("invoice_ids"),
+        *_line_payments(),
     )
     frame = (frame.join(_closing_invoices(con, frame), on=["customer_id", "period_start"], how="left")
              .join(_period_adjustments(con, lines), on=["customer_id", "period_start"], how="left"))
     return rc.conform(frame, rc.STRIPE_INVOICES_SCHEMA)
 
 
-def _closing_invoices(con: duckdb.DuckDBPyConnection, periods: pl.DataFrame) -> pl.DataFrame:
-    """customer_id, period_start, closing_invoice_id and its invoice_status, amount_due, amount_paid,
-    amount_remaining: per customer period, the latest non-void invoice that closes it, if any.
+def _line_payments() -> list[pl.Expr]:
+    """Aggregations over a period's lines (`_bucketed_lines`): `amount_paid`, the lines on paid
+    invoices; `amount_remaining`, those on open or uncollectible ones (billed, not collected: written
+    off included); `amount_due`, both. Line amounts: before the invoice's discounts and tax (the
+    discounts are `stripe_adjustments_minor`). A draft's lines are in none yet: not due."""
+    status = pl.col("invoice_status")
+    paid, remaining = status.is_in(PAID_STATUSES), status.is_in(REMAINING_STATUSES)
+    return [pl.col("amount").filter(paid | remaining).sum().alias("amount_due"),
+            pl.col("amount").filter(paid).sum().alias("amount_paid"),
+            pl.col("amount").filter(remaining).sum().alias("amount_remaining")]
 
-    An invoice closes one row at most (the longest period it closes), so its payment is shown once: a
-    line no rated period holds makes a row of its own period, which may lie inside another (an item
-    Stripe dates Oct 15 - Oct 15 beside October), or have no length.
+
+def _closing_invoices(con: duckdb.DuckDBPyConnection, periods: pl.DataFrame) -> pl.DataFrame:
+    """customer_id, period_start, closing_invoice_id and its invoice_status: per customer period, the
+    latest non-void invoice that closes it, if any.
+
+    An invoice closes one row at most (the longest period it closes): a line no rated period holds
+    makes a row of its own period, which may lie inside another (an item Stripe dates Oct 15 - Oct 15
+    beside October), or have no length.
     """
     con.register("_recon_closing", periods.select("customer_id", "period_start", "period_end").to_arrow())
     try:
@@ -616,15 +644,13 @@ def _closing_invoices(con: duckdb.DuckDBPyConnection, periods: pl.DataFrame) -> 
             f"""
             WITH invoices AS ({merged_invoices_sql(con)}),
             closing AS (
-                SELECT p.customer_id, p.period_start, i.invoice_id, i.status, i.amount_due, i.amount_paid,
-                       i.amount_remaining, i.created
+                SELECT p.customer_id, p.period_start, i.invoice_id, i.status, i.created
                 FROM _recon_closing p JOIN invoices i ON {_CLOSES}
                 WHERE coalesce(i.status, '') <> 'void' AND p.period_end > p.period_start
                 QUALIFY row_number() OVER (PARTITION BY i.invoice_id
                                            ORDER BY p.period_end DESC, p.period_start, p.customer_id) = 1
             )
-            SELECT customer_id, period_start, invoice_id AS closing_invoice_id, status AS invoice_status,
-                   amount_due, amount_paid, amount_remaining
+            SELECT customer_id, period_start, invoice_id AS closing_invoice_id, status AS invoice_status
             FROM closing
             QUALIFY row_number() OVER (PARTITION BY customer_id, period_start
                                        ORDER BY created DESC NULLS LAST, invoice_id DESC) = 1

@@ -129,7 +129,8 @@ STRIPE_METER_SCHEMA = {
     "stripe_quantity": QTY, "meter_status": pl.String, "pending_reason": pl.String,
 }
 OPEN_PERIODS_SCHEMA = {"customer_id": pl.String, "period_start": pl.Date, "voided_invoice_ids": pl.String,
-                       "on_test_clock": pl.Boolean, "later_invoice_ids": pl.String}
+                       "on_test_clock": pl.Boolean, "later_invoice_ids": pl.String,
+                       "ended_subscription_ids": pl.String}
 """Customer periods no non-void Stripe invoice reaches the end of, with the void invoices that did (if any):
 `pending` while Stripe may still invoice the period, else `not_invoiced` (`_with_invoicing`)."""
 STRIPE_LINES_SCHEMA = {
@@ -158,7 +159,10 @@ STRIPE_INVOICES_SCHEMA = {
     # the invoice that closed the period; the period's invoices' totals before tax (after discounts) minus
     # their lines, each invoice counted in the period its own period starts in, and those that differ
     "closing_invoice_id": pl.String, "adjustments_minor": pl.Int64, "adjusted_invoice_ids": pl.String,
-    "invoice_status": pl.String, "amount_due": pl.Int64, "amount_paid": pl.Int64, "amount_remaining": pl.Int64,
+    "invoice_status": pl.String,   # the closing invoice's
+    # the period's own lines, whichever invoice carries them: on paid invoices, on open or uncollectible
+    # ones, and both (inputs._line_payments)
+    "amount_due": pl.Int64, "amount_paid": pl.Int64, "amount_remaining": pl.Int64,
 }
 PENDING_ITEMS_SCHEMA = {"customer_id": pl.String, "period_start": pl.Date, "engine_items_pending_minor": pl.Int64}
 """The engine's acknowledged invoice items of a period that Stripe holds for the next invoice."""
@@ -249,8 +253,9 @@ def _with_invoicing(
     those Stripe may still invoice: nothing voided, and reconciled before the period's end + the
     invoice grace + the settle delay (`pending`). `invoice_missing` marks the others, with
     `invoice_missing_reason`: the voided invoices, or the moment by which Stripe should have invoiced.
-    Stripe has also stopped when it invoiced a later period of the customer. A customer on a Stripe
-    test clock is judged by those two signs only: its Stripe time is the clock's, which may stand
+    Stripe has also stopped when it invoiced a later period of the customer, or when every subscription
+    of the customer ended before the period's end. A customer on a Stripe test clock is judged by
+    those three signs only: its Stripe time is the clock's, which may stand
     weeks behind the wall clock `reconciled_at` (the main job bills September on one).
     """
     open_ = conform(open_periods, OPEN_PERIODS_SCHEMA).unique(["customer_id", "period_start"])
@@ -258,8 +263,9 @@ def _with_invoicing(
     is_open = pl.col("is_open").fill_null(False)
     voided = pl.col("voided_invoice_ids").is_not_null()
     moved_on = pl.col("later_invoice_ids").is_not_null()
+    ended = pl.col("ended_subscription_ids").is_not_null()
     # an unknown period end cannot prove Stripe still has time: fail closed
-    overdue = voided | moved_on | (~pl.col("on_test_clock").fill_null(False)
+    overdue = voided | moved_on | ended | (~pl.col("on_test_clock").fill_null(False)
                                    & (deadline <= pl.lit(reconciled_at, dtype=pl.Datetime("us", "UTC"))).fill_null(True))
     return (
         frame.join(open_.with_columns(is_open=pl.lit(True)), on=["customer_id", "period_start"], how="left")
@@ -271,12 +277,15 @@ def _with_invoicing(
             .when(moved_on)
             .then(pl.format("Stripe invoiced a later period ({}) but no invoice closes this one",
                             pl.col("later_invoice_ids")))
+            .when(ended)
+            .then(pl.format("the customer's Stripe subscription(s) {} ended before the period's end, and no "
+                            "invoice closes it: Stripe will not invoice it", pl.col("ended_subscription_ids")))
             .otherwise(pl.format(
                 "no Stripe invoice closes this period by {} (period end + invoice grace {} s + settle delay {} s)",
                 deadline.dt.strftime("%Y-%m-%d %H:%M UTC").fill_null("?"),
                 pl.lit(settings.invoice_grace_seconds), pl.lit(settings.settle_seconds))),
         )
-        .drop("is_open", "voided_invoice_ids", "on_test_clock", "later_invoice_ids")
+        .drop("is_open", "voided_invoice_ids", "on_test_clock", "later_invoice_ids", "ended_subscription_ids")
     )
 
 
@@ -480,6 +489,11 @@ def reconcile_invoices(
     as unexplained (a period still open has no items yet). Invoice items that are not the engine's
     stay in the comparison: unexplained money on Stripe's side.
 
+    `invoice_status` is the closing invoice's (NULL while none closes the period; a draft makes the row
+    `pending`). `amount_paid`, `amount_remaining` and `amount_due` are `stripe`'s as given: the period's
+    own lines by their invoice's status (`inputs.load_stripe_invoices`), so an open period shows what of
+    its fee, billed in advance, is paid, and no invoice's payment counts in two rows.
+
     With `usage` (the period's `reconcile_usage` rows, as `reconcile_period` passes them), the status
     also weighs the part of the difference no usage row carries (`residual_minor`: what the blocking
     check counts, `invoice_residuals`), and an unexplained row's reason says how much that is. Without
@@ -509,14 +523,15 @@ def reconcile_invoices(
         pl.col("invoice_status").fill_null("none"), pl.col("amount_paid").fill_null(0),
         pl.col("our_total_minor").fill_null(0), pl.col("currency"), pl.col("currency"))))
     # A period Stripe has not closed has no closing invoice: the lines it already has (licensed
-    # fees billed in advance) sit on the previous period's invoice, whose status and payment belong to
-    # that period's row. Shown here too, a paid invoice was counted twice in the report's "paid".
+    # fees billed in advance) sit on the previous period's invoice, whose status belongs to that
+    # period's row. What is paid of those lines is this period's own (by line, never twice).
     unclosed = pl.col("awaiting_invoice") | pl.col("invoice_missing")
     frame = frame.with_columns(
         [pl.when(~unclosed).then(pl.col(c)).alias(c) for c in ("invoice_status", "closing_invoice_id")]
         + [pl.when(~unclosed & ~other_currency).then(pl.col(c)).alias(c)
-           for c in ("amount_due", "amount_paid", "amount_remaining", "adjustments_minor", "adjusted_invoice_ids")]
-        + [pl.when(~other_currency).then(pl.col(c)).alias(c) for c in ("stripe_total_minor", "engine_items_minor")])
+           for c in ("adjustments_minor", "adjusted_invoice_ids")]
+        + [pl.when(~other_currency).then(pl.col(c)).alias(c)
+           for c in ("stripe_total_minor", "engine_items_minor", "amount_due", "amount_paid", "amount_remaining")])
     ours_t = pl.col("our_total_minor")
     stripe_t = pl.col("stripe_total_minor")
     not_in_stripe = pl.col("not_in_stripe_minor").fill_null(0)
@@ -570,7 +585,8 @@ def reconcile_invoices(
             "{} unbilled: our invoice items exceed it by {}, {} to credit it", unbilled, -unbilled, pl.lit(run_items))),
     ], separator="; ", ignore_nulls=True)
     amounts = pl.format(
-        "our total {}{} vs Stripe {} {}{} (diff {}, tolerance {}); invoice {} {}, paid {}",
+        "our total {}{} vs Stripe {} {}{} (diff {}, tolerance {}); invoice {}, closing invoice {}; the "
+        "period's lines paid {}, remaining {}",
         ours_t.fill_null(0),
         pl.when((not_in_stripe != 0) | (items != 0) | (items_pending != 0))
         .then(pl.format(" of which {} not priceable in Stripe ({})", not_in_stripe, not_in_stripe_parts))
@@ -579,6 +595,7 @@ def reconcile_invoices(
         pl.when(items != 0).then(pl.format(", of which {} our invoice items", items)).otherwise(pl.lit("")),
         pl.col("amount_diff_minor"), pl.col("tolerance_minor"), pl.col("invoice_ids").fill_null("none"),
         pl.col("invoice_status").fill_null("none"), pl.col("amount_paid").fill_null(0),
+        pl.col("amount_remaining").fill_null(0),
     )
     frame = frame.with_columns(status=status)
     note = pl.concat_str(pl.lit("") if usage is None else _residual_note(), _adjustments_note())

@@ -18,9 +18,19 @@ from metering.reconcile.settings import ReconcileSettings
 from metering.warehouse import query_frame
 
 CLEAN_STATUSES = ("matched", "within_tolerance")
+PENDING = "pending"   # a row Stripe has not invoiced (or closed) yet: explained, not at risk
 DUNNING_STATE_COLUMNS = ("state", "stage", "status", "dunning_status")
 DUNNING_AMOUNT_COLUMNS = ("amount_remaining", "amount_due")
 NO_MATCH_RATE = "n/a"
+# Each invoice in dunning is reported in one billing month: the first whose reconciled periods it
+# carries lines of (its invoice rows' `invoice_ids`). The invoice closing September that bills
+# October's fee in advance is September's, so adding monthly reports counts it once.
+_MONTH_INVOICES_SQL = """
+    SELECT invoice_id
+    FROM (SELECT unnest(string_split(invoice_ids, ',')) AS invoice_id, billing_month
+          FROM invoice_reconciliation WHERE invoice_ids IS NOT NULL)
+    GROUP BY invoice_id HAVING min(billing_month) = ?
+"""
 
 
 @dataclass(frozen=True)
@@ -31,9 +41,9 @@ class CurrencyTotals:
     customers: int
     rows: int
     rated_minor: int            # sum of our rated amounts (metered lines)
+    rated_not_in_stripe_minor: int  # of which on charges Stripe cannot price: left out of the difference
     invoiced_minor: int         # sum of Stripe's invoiced amounts (metered lines)
-    difference_minor: int       # the sum of the rows' differences: invoiced - (rated - the part Stripe
-                                # cannot price)
+    difference_minor: int       # the sum of the rows' differences: invoiced - (rated - rated_not_in_stripe)
     # per customer x period (invoice rows): our charges Stripe cannot price (minimums, dimension
     # filters: billed by the engine as invoice items), and where they stand
     not_in_stripe_minor: int
@@ -43,10 +53,17 @@ class CurrencyTotals:
     # customer's excess item does not bill another's charge):
     unbilled_minor: int              # of which not billed yet: sum of the positive rows' unbilled
     credit_due_minor: int            # the engine's items beyond the charges: sum of the negative rows' |unbilled|
+    # per customer x period (invoice rows), every period of the month, and of it the periods Stripe has
+    # not closed yet (status pending)
     our_invoice_total_minor: int
     stripe_invoice_total_minor: int
-    amount_paid_minor: int
-    money_at_risk_minor: int    # sum of |difference| over rows that are not matched / within tolerance
+    pending_periods: int
+    pending_our_invoice_total_minor: int
+    pending_stripe_invoice_total_minor: int
+    amount_paid_minor: int      # the periods' own Stripe lines on paid invoices
+    amount_remaining_minor: int  # the periods' own Stripe lines on open or uncollectible invoices
+    money_at_risk_minor: int    # sum of |difference| over rows not matched / within tolerance, nor pending
+    pending_minor: int          # sum of |difference| over pending rows: Stripe has not invoiced them yet
     unexplained_minor: int      # what the blocking check counts: unexplained usage rows, and invoice
                                 # differences no usage row carries (reconcile.unexplained_by_currency)
     clean_rows: int             # matched + within tolerance
@@ -58,6 +75,12 @@ class CurrencyTotals:
         if self.rows == 0:
             return None
         return (Decimal(100) * self.clean_rows / self.rows).quantize(Decimal("0.1"), rounding=ROUND_HALF_UP)
+
+    @property
+    def not_due_minor(self) -> int:
+        """Stripe's lines of the month on no paid, open or uncollectible invoice: on drafts (or on
+        invoices whose status is unknown). Stripe invoice total = paid + remaining + this."""
+        return self.stripe_invoice_total_minor - self.amount_paid_minor - self.amount_remaining_minor
 
     def match_rate_text(self, unit: str = "") -> str:
         """The match rate as every output shows it: '33.3' + unit, or 'n/a' without usage rows."""
@@ -72,7 +95,7 @@ class ReportData:
     settings: ReconcileSettings
     lines: pl.DataFrame          # usage_reconciliation rows
     invoices: pl.DataFrame       # invoice_reconciliation rows
-    dunning: pl.DataFrame        # dunning_state rows, as stored (empty when none)
+    dunning: pl.DataFrame        # the month's dunning_state rows (`_MONTH_INVOICES_SQL`), as stored
     dunning_state_column: str | None
     totals: list[CurrencyTotals]
     dunning_finance: pl.DataFrame = field(default_factory=pl.DataFrame)  # metering.dunning.summary: currency x category (x step)
@@ -83,11 +106,14 @@ class ReportData:
 
     @property
     def discrepancies(self) -> pl.DataFrame:
-        """Rows not matched / within tolerance, largest |amount difference| first."""
+        """Rows not matched / within tolerance, per currency (in currency order, as the totals), largest
+        |amount difference| first within it: minor units of two currencies are not comparable (51,000
+        JPY is about 340 USD, not above 396.00 USD)."""
         return (
             self.lines.filter(~pl.col("status").is_in(list(CLEAN_STATUSES)))
             .with_columns(abs_diff_minor=pl.col("amount_diff_minor").abs())
-            .sort(["abs_diff_minor", "customer_id", "meter"], descending=[True, False, False])
+            .sort(["currency", "abs_diff_minor", "customer_id", "meter"], descending=[False, True, False, False],
+                  nulls_last=True)
             .drop("abs_diff_minor")
         )
 
@@ -127,10 +153,7 @@ class ReportData:
             ("settle_seconds", "", str(self.settings.settle_seconds)),
         ]
         for t in self.totals:
-            for metric in ("customers", "rows", "clean_rows", "rated_minor", "invoiced_minor", "difference_minor",
-                           "not_in_stripe_minor", "engine_items_minor", "engine_items_pending_minor", "unbilled_minor",
-                           "credit_due_minor", "our_invoice_total_minor", "stripe_invoice_total_minor",
-                           "amount_paid_minor", "money_at_risk_minor", "unexplained_minor"):
+            for metric in TOTAL_METRICS:
                 rows.append((metric, t.currency, str(getattr(t, metric))))
             rows.append(("match_rate_percent", t.currency, t.match_rate_text()))
         for status, n in self.status_counts().items():
@@ -145,18 +168,32 @@ class ReportData:
         return rows
 
 
+TOTAL_METRICS = (
+    "customers", "rows", "clean_rows", "rated_minor", "rated_not_in_stripe_minor", "invoiced_minor",
+    "difference_minor", "not_in_stripe_minor", "engine_items_minor", "engine_items_pending_minor", "unbilled_minor",
+    "credit_due_minor", "our_invoice_total_minor", "stripe_invoice_total_minor", "pending_periods",
+    "pending_our_invoice_total_minor", "pending_stripe_invoice_total_minor", "amount_paid_minor",
+    "amount_remaining_minor", "money_at_risk_minor", "pending_minor", "unexplained_minor",
+)
+"""The summary sheet's per-currency metrics, in order (CurrencyTotals' fields)."""
+
+
 def _currency_totals(lines: pl.DataFrame, invoices: pl.DataFrame) -> list[CurrencyTotals]:
     cur = pl.col("currency").fill_null("?")
     clean = pl.col("status").is_in(list(CLEAN_STATUSES))
+    pending = pl.col("status") == PENDING
     # customers: of either side (a customer with only a flat fee has no usage row)
     customers = pl.concat([lines.select(cur, "customer_id"), invoices.select(cur, "customer_id")]).group_by(
         "currency").agg(pl.col("customer_id").n_unique().alias("customers"))
+    abs_diff = pl.col("amount_diff_minor").abs()
     usage = lines.group_by(cur).agg(
         pl.len().alias("rows"),
         pl.col("our_amount_minor").fill_null(0).sum().alias("rated"),
+        pl.col("not_in_stripe_minor").fill_null(0).sum().alias("rated_nx"),
         pl.col("stripe_amount_minor").fill_null(0).sum().alias("invoiced"),
         pl.col("amount_diff_minor").fill_null(0).sum().alias("diff"),
-        pl.col("amount_diff_minor").abs().filter(~clean).sum().alias("risk"),
+        abs_diff.filter(~clean & ~pending).sum().alias("risk"),
+        abs_diff.filter(pending).sum().alias("pending"),
         clean.sum().alias("clean"),
     )
     # what the blocking check counts: usage rows, and invoice differences no usage row carries
@@ -165,10 +202,15 @@ def _currency_totals(lines: pl.DataFrame, invoices: pl.DataFrame) -> list[Curren
     unbilled = pl.coalesce("unbilled_minor", pl.col("not_in_stripe_minor").fill_null(0)
                            - pl.col("engine_items_minor").fill_null(0)
                            - pl.col("engine_items_pending_minor").fill_null(0))
+    our_total, stripe_total = pl.col("our_total_minor").fill_null(0), pl.col("stripe_total_minor").fill_null(0)
     inv = invoices.group_by(cur).agg(
-        pl.col("our_total_minor").fill_null(0).sum().alias("our_total"),
-        pl.col("stripe_total_minor").fill_null(0).sum().alias("stripe_total"),
+        our_total.sum().alias("our_total"),
+        stripe_total.sum().alias("stripe_total"),
+        pending.sum().alias("pending_periods"),
+        our_total.filter(pending).sum().alias("pending_our_total"),
+        stripe_total.filter(pending).sum().alias("pending_stripe_total"),
         pl.col("amount_paid").fill_null(0).sum().alias("paid"),
+        pl.col("amount_remaining").fill_null(0).sum().alias("remaining"),
         # a minimum has no meter: only the invoice rows see every charge Stripe cannot price
         pl.col("not_in_stripe_minor").fill_null(0).sum().alias("nx"),
         pl.col("engine_items_minor").fill_null(0).sum().alias("items"),
@@ -182,23 +224,29 @@ def _currency_totals(lines: pl.DataFrame, invoices: pl.DataFrame) -> list[Curren
     return [
         CurrencyTotals(
             currency=r["currency"], customers=int(r["customers"]), rows=int(r["rows"]),
-            rated_minor=int(r["rated"]), invoiced_minor=int(r["invoiced"]), difference_minor=int(r["diff"]),
+            rated_minor=int(r["rated"]), rated_not_in_stripe_minor=int(r["rated_nx"]),
+            invoiced_minor=int(r["invoiced"]), difference_minor=int(r["diff"]),
             not_in_stripe_minor=int(r["nx"]), engine_items_minor=int(r["items"]),
             engine_items_pending_minor=int(r["items_pending"]), unbilled_minor=int(r["unbilled"]),
             credit_due_minor=int(r["credit_due"]),
             our_invoice_total_minor=int(r["our_total"]), stripe_invoice_total_minor=int(r["stripe_total"]),
-            amount_paid_minor=int(r["paid"]), money_at_risk_minor=int(r["risk"]),
+            pending_periods=int(r["pending_periods"]), pending_our_invoice_total_minor=int(r["pending_our_total"]),
+            pending_stripe_invoice_total_minor=int(r["pending_stripe_total"]),
+            amount_paid_minor=int(r["paid"]), amount_remaining_minor=int(r["remaining"]),
+            money_at_risk_minor=int(r["risk"]), pending_minor=int(r["pending"]),
             unexplained_minor=unexplained.get(r["currency"], 0), clean_rows=int(r["clean"]),
         )
         for r in both.iter_rows(named=True)
     ]
 
 
-def _dunning(con: duckdb.DuckDBPyConnection) -> tuple[pl.DataFrame, str | None]:
+def _dunning(con: duckdb.DuckDBPyConnection, billing_month: dt.date) -> tuple[pl.DataFrame, str | None]:
+    """The month's dunning_state rows (`_MONTH_INVOICES_SQL`), and the column holding their state."""
     cols = table_columns(con, "dunning_state")
     if not cols:
         return pl.DataFrame(), None
-    frame = query_frame(con, "SELECT * FROM dunning_state ORDER BY ALL")
+    frame = query_frame(con, f"SELECT * FROM dunning_state WHERE invoice_id IN ({_MONTH_INVOICES_SQL}) ORDER BY ALL",
+                        [billing_month])
     state = next((c for c in DUNNING_STATE_COLUMNS if c in cols), None)
     return frame, state
 
@@ -210,7 +258,7 @@ def load_report_data(
     settings: ReconcileSettings | None = None,
     generated_at: dt.datetime | None = None,
 ) -> ReportData:
-    """Read the month's reconciliation (run `reconcile_period` first) and the dunning state."""
+    """Read the month's reconciliation (run `reconcile_period` first) and the dunning state of its invoices."""
     billing_month = billing_month.replace(day=1)
     settings = settings or ReconcileSettings.from_env()
     lines = query_frame(
@@ -225,7 +273,7 @@ def load_report_data(
         "ORDER BY customer_id, period_start",
         [billing_month],
     )
-    dunning, state_col = _dunning(con)
+    dunning, state_col = _dunning(con, billing_month)
     finance = pl.DataFrame()
     if dunning.height:
         from metering.dunning.summary import dunning_summary

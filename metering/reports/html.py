@@ -7,7 +7,7 @@ from html import escape
 import polars as pl
 
 from metering.reports import svg
-from metering.reports.data import ReportData
+from metering.reports.data import CurrencyTotals, ReportData
 from metering.reports.money import fmt_money, fmt_quantity
 
 CHART_CUSTOMERS = 25
@@ -74,6 +74,81 @@ def _customer_chart_rows(data: ReportData, currency: str) -> list[tuple[str, int
     return [(r["customer_id"], int(r["o"]), int(r["s"])) for r in per.iter_rows(named=True)]
 
 
+Card = tuple[str, str, str]   # (label, value, element id prefix)
+
+
+def _usage_cards(t: CurrencyTotals) -> list[Card]:
+    """The meter rows' cards (customer x meter x period): every row of the month, pending ones included."""
+    cur = t.currency
+    return [
+        ("Rated (ours, meter rows)", fmt_money(t.rated_minor, cur), "rated"),
+        ("of which Stripe cannot price (not compared)", fmt_money(t.rated_not_in_stripe_minor, cur),
+         "rated-not-in-stripe"),
+        ("Invoiced (Stripe, meter rows)", fmt_money(t.invoiced_minor, cur), "invoiced"),
+        ("Difference = invoiced − (rated − cannot price)", fmt_money(t.difference_minor, cur), "difference"),
+        ("Match rate (meter rows)", t.match_rate_text("%"), "match-rate"),
+        ("Money at risk (rows not matched, pending left out)", fmt_money(t.money_at_risk_minor, cur), "at-risk"),
+        ("Awaiting Stripe's invoice (pending rows)", fmt_money(t.pending_minor, cur), "pending"),
+        ("Unexplained (the blocking check)", fmt_money(t.unexplained_minor, cur), "unexplained"),
+    ]
+
+
+def _invoice_cards(t: CurrencyTotals) -> list[Card]:
+    """The invoice rows' cards (customer x period): every period of the month, and of it those Stripe has
+    not closed yet; paid and remaining by the periods' own lines."""
+    cur = t.currency
+    return [
+        ("Our invoice total (every period)", fmt_money(t.our_invoice_total_minor, cur), "our-invoice-total"),
+        (f"of which {t.pending_periods} period(s) Stripe has not closed",
+         fmt_money(t.pending_our_invoice_total_minor, cur), "our-invoice-total-pending"),
+        ("Stripe invoice total (every period)", fmt_money(t.stripe_invoice_total_minor, cur), "stripe-invoice-total"),
+        ("of which on periods Stripe has not closed", fmt_money(t.pending_stripe_invoice_total_minor, cur),
+         "stripe-invoice-total-pending"),
+        ("Paid (the periods' lines on paid invoices)", fmt_money(t.amount_paid_minor, cur), "paid"),
+        ("Remaining (on open or uncollectible invoices)", fmt_money(t.amount_remaining_minor, cur), "remaining"),
+    ]
+
+
+def _items_cards(t: CurrencyTotals) -> list[Card]:
+    """The charges Stripe cannot price, which the engine bills as invoice items, and where they stand."""
+    cur = t.currency
+    return [
+        ("Stripe cannot price (ours)", fmt_money(t.not_in_stripe_minor, cur), "not-in-stripe"),
+        ("of which on Stripe invoices as invoice items", fmt_money(t.engine_items_minor, cur), "engine-items"),
+        ("of which pending at Stripe for the next invoice", fmt_money(t.engine_items_pending_minor, cur),
+         "engine-items-pending"),
+        ("of which unbilled", fmt_money(t.unbilled_minor, cur), "unbilled"),
+        # per customer x period, not netted against the unbilled above
+        ("our items beyond it (credit due)", fmt_money(t.credit_due_minor, cur), "credit-due"),
+    ]
+
+
+def _cards(cards: list[Card], cur: str) -> str:
+    """One row of cards, each with the id `<prefix>-<currency>`."""
+    return '<div class="cards">' + "".join(
+        f'<div class="card" id="{key}-{escape(cur)}"><div class="k">{escape(k)}</div>'
+        f'<div class="v">{escape(v)}</div></div>' for k, v, key in cards) + "</div>"
+
+
+def _arithmetic_note(t: CurrencyTotals) -> str:
+    """How the cards add up, in words with this currency's figures."""
+    cur = t.currency
+
+    def m(minor: int) -> str:
+        return escape(fmt_money(minor, cur))
+
+    return (
+        f'<p class="muted" id="arithmetic-{escape(cur)}">Meter rows: difference {m(t.difference_minor)} = invoiced '
+        f"{m(t.invoiced_minor)} − (rated {m(t.rated_minor)} − {m(t.rated_not_in_stripe_minor)} Stripe cannot price, "
+        f"which the engine bills as invoice items); money at risk + awaiting Stripe's invoice = the |difference| "
+        f"of the rows not matched or within tolerance. Unexplained is what the blocking check counts: the "
+        f"unexplained meter rows, the invoice differences no meter row carries, and invoice discounts and credits. "
+        f"Invoices: Stripe invoice total {m(t.stripe_invoice_total_minor)} = paid {m(t.amount_paid_minor)} + "
+        f"remaining {m(t.amount_remaining_minor)} + {m(t.not_due_minor)} on invoices not finalized; paid and "
+        f"remaining are line amounts, before an invoice's discounts and tax.</p>"
+    )
+
+
 def render_html(data: ReportData) -> str:
     """The report page. Every number shown comes from `data` (the warehouse's reconciliation rows)."""
     out: list[str] = [
@@ -92,32 +167,9 @@ def render_html(data: ReportData) -> str:
         out.append("<p>No reconciliation rows for this period.</p>")
     for t in data.totals:
         cur = t.currency
-        cards = [
-            ("Rated (ours)", fmt_money(t.rated_minor, cur), "rated"),
-            ("Invoiced (Stripe)", fmt_money(t.invoiced_minor, cur), "invoiced"),
-            ("Difference", fmt_money(t.difference_minor, cur), "difference"),
-            ("Match rate", t.match_rate_text("%"), "match-rate"),
-            ("Money at risk", fmt_money(t.money_at_risk_minor, cur), "at-risk"),
-            ("Unexplained", fmt_money(t.unexplained_minor, cur), "unexplained"),
-            ("Our invoice total", fmt_money(t.our_invoice_total_minor, cur), "our-invoice-total"),
-            ("Stripe invoice total", fmt_money(t.stripe_invoice_total_minor, cur), "stripe-invoice-total"),
-            ("Paid", fmt_money(t.amount_paid_minor, cur), "paid"),
-        ]
-        # the charges Stripe cannot price, which the engine bills as invoice items, and where they stand
-        items_cards = [
-            ("Stripe cannot price (ours)", fmt_money(t.not_in_stripe_minor, cur), "not-in-stripe"),
-            ("of which on Stripe invoices as invoice items", fmt_money(t.engine_items_minor, cur), "engine-items"),
-            ("of which pending at Stripe for the next invoice", fmt_money(t.engine_items_pending_minor, cur),
-             "engine-items-pending"),
-            ("of which unbilled", fmt_money(t.unbilled_minor, cur), "unbilled"),
-            # per customer x period, not netted against the unbilled above
-            ("our items beyond it (credit due)", fmt_money(t.credit_due_minor, cur), "credit-due"),
-        ]
         out.append(f"<h3>{escape(cur.upper())} — {t.customers} customer(s), {t.rows} customer × meter row(s)</h3>")
-        for group in (cards, items_cards):
-            out.append('<div class="cards">' + "".join(
-                f'<div class="card" id="{key}-{escape(cur)}"><div class="k">{escape(k)}</div>'
-                f'<div class="v">{escape(v)}</div></div>' for k, v, key in group) + "</div>")
+        out.extend(_cards(group(t), cur) for group in (_usage_cards, _invoice_cards, _items_cards))
+        out.append(_arithmetic_note(t))
         if t.unbilled_minor > 0:
             out.append(f'<p class="bad" id="unbilled-note-{escape(cur)}">{escape(fmt_money(t.unbilled_minor, cur))} of '
                        f"the charges Stripe cannot price (minimums, charges filtered by a dimension) is not billed: "
@@ -146,7 +198,7 @@ def render_html(data: ReportData) -> str:
     out.append(f'<p>Invoices (customer &times; period) by status: {invoice_counts or "none"}.</p>')
 
     disc = data.discrepancies
-    out.append(f"<h2>Discrepancies ({disc.height}), largest amount first</h2>")
+    out.append(f"<h2>Discrepancies ({disc.height}), per currency, largest amount first</h2>")
     out.append(_table(LINE_HEADERS, _line_rows(disc), LINE_NUMERIC) if disc.height else "<p>None.</p>")
 
     out.append("<h2>Invoices</h2>")
@@ -164,13 +216,18 @@ def render_html(data: ReportData) -> str:
         for r in data.invoices.iter_rows(named=True)
     ]
     # "difference" = (Stripe total - our invoice items) - (our total - not priceable in Stripe)
-    out.append(_table(["customer", "period start", "status", "invoices", "invoice status", "our total",
+    # "closing invoice status": of the invoice that closed the period; "paid" / "remaining": the period's
+    # own lines on paid / open or uncollectible invoices, whichever invoice carries them
+    out.append(_table(["customer", "period start", "status", "invoices", "closing invoice status", "our total",
                        "not priceable in Stripe", "as invoice items", "items pending at Stripe", "unbilled",
                        "Stripe total", "difference", "paid", "remaining", "reason"],
                       inv_rows, set(range(5, 14)))
                if inv_rows else "<p>No invoices.</p>")
 
     out.append("<h2>Dunning</h2>")
+    out.append('<p class="muted">The invoices of this month\'s periods, each in one month only: the first whose '
+               "periods it has lines of (an invoice billing September's usage and October's fee in advance is "
+               "September's).</p>")
     fin = data.dunning_finance
     if fin.height:
         out.append(_table(

@@ -1,4 +1,5 @@
--- analytics.rating_adjustments: one row per change rating made to a closed billing period's charge (I19).
+-- analytics.rating_adjustments: one row per change rating made to a closed billing period's charge (I19), from
+-- rating_adjustments.
 CREATE OR REPLACE VIEW analytics.rating_adjustments AS
 SELECT
     customer_id,
@@ -11,6 +12,6 @@ SELECT
     delta_minor,                  -- after - before: what the period's total moved by
     reason,                       -- 'late_usage', or the operator's reason (metering rerate --adjust-closed)
     link,                         -- JSON: the late files ({"files": [...]}) or the customer list (path, sha256)
-    adjusted_at
+    timezone('UTC', adjusted_at) AS adjusted_at   -- UTC, no time zone
 FROM main.rating_adjustments;
-COMMENT ON VIEW analytics.rating_adjustments IS 'One row per change to a closed billing period''s charge (invariant I19): amounts before and after (integer minor units), reason and link. A closed period changes only through these rows. Source: rating_adjustments.';
+COMMENT ON VIEW analytics.rating_adjustments IS 'One row per change to a closed billing period''s charge (invariant I19): amounts before and after (integer minor units), reason and link (adjusted_at UTC without a time zone). A closed period changes only through these rows. Source: rating_adjustments.';

@@ -1,4 +1,5 @@
--- analytics.reconciliation: one row per customer x meter x billing period (the finance report's lines).
+-- analytics.reconciliation: one row per customer x meter x billing period (the finance report's lines), from
+-- usage_reconciliation.
 CREATE OR REPLACE VIEW analytics.reconciliation AS
 SELECT
     billing_month,
@@ -25,11 +26,11 @@ SELECT
     reason,
     explained,                    -- false: counts against the blocking check's threshold
     invoice_ids,
-    reconciled_at
+    timezone('UTC', reconciled_at) AS reconciled_at  -- UTC, no time zone
 FROM main.usage_reconciliation;
 COMMENT ON VIEW analytics.reconciliation IS 'One row per customer x meter x billing period: ours vs pushed vs Stripe meter vs Stripe invoice, amount difference, status and reason. Source: usage_reconciliation.';
 
--- analytics.invoice_reconciliation: one row per customer x billing period (invoice level).
+-- analytics.invoice_reconciliation: one row per customer x billing period (invoice level), from invoice_reconciliation.
 CREATE OR REPLACE VIEW analytics.invoice_reconciliation AS
 SELECT
     billing_month,
@@ -47,7 +48,7 @@ SELECT
     amount_diff_minor,            -- (stripe_total_minor - engine_items_minor) - (our_total_minor - not_in_stripe_minor)
     tolerance_minor,
     residual_tolerance_minor,     -- of the part no usage row carries (lines on no meter that carry an amount)
-    stripe_adjustments_minor,     -- the closing invoice's total less its lines: discounts, credits, taxes (counted)
+    stripe_adjustments_minor,     -- invoice totals less their lines (discounts, credits, taxes), each invoice counted in the period of its earliest line
     invoice_ids,
     invoice_status,               -- of the invoice that closed the period
     amount_due,
@@ -56,6 +57,6 @@ SELECT
     status,                       -- matched | within_tolerance | amount_mismatch | currency_mismatch
                                   -- | missing_in_stripe | extra_in_stripe | not_invoiced | pending
     reason,
-    reconciled_at
+    timezone('UTC', reconciled_at) AS reconciled_at  -- UTC, no time zone
 FROM main.invoice_reconciliation;
 COMMENT ON VIEW analytics.invoice_reconciliation IS 'One row per customer x billing period: our total vs Stripe total (all lines of the period), the charges Stripe cannot price and the engine''s invoice items billing them (on Stripe''s invoices, pending at Stripe, unbilled), invoice status, amount paid, status and reason. Source: invoice_reconciliation.';

@@ -36,19 +36,19 @@ ORDER BY event_date""",
         [(dt.date(2026, 10, 1), 1000, D(1000)), (dt.date(2026, 10, 2), 500, D(500)),
          (dt.date(2026, 11, 1), 7, D(7))],
     ),
-    "rated amount by rule version": (
-        """SELECT plan, plan_version, currency, sum(amount_minor) AS amount_minor
-FROM analytics.rated_lines
-WHERE period_start = DATE '2026-10-01'
+    "rated amount by rule version (each segment of a split period under its own version)": (
+        """SELECT seg.plan, seg.plan_version, currency, sum(seg.amount_minor) AS amount_minor
+FROM (SELECT currency, unnest(segments) AS seg FROM analytics.rated_lines
+      WHERE period_start = DATE '2026-10-01')
 GROUP BY ALL ORDER BY ALL""",
         [("pro", "2026-01", "usd", D(5250))],
     ),
-    "discrepancies needing attention": (
-        """SELECT customer_id, meter, status, amount_diff_minor
+    "discrepancies needing attention, largest first in each currency": (
+        """SELECT customer_id, meter, status, currency, amount_diff_minor
 FROM analytics.reconciliation
 WHERE billing_month = DATE '2026-10-01' AND NOT explained
-ORDER BY abs(amount_diff_minor) DESC""",
-        [("cus_c", "api_calls", "not_pushed", -100), ("cus_b", "api_calls", "amount_mismatch", 25)],
+ORDER BY currency, abs(amount_diff_minor) DESC""",
+        [("cus_c", "api_calls", "not_pushed", "usd", -100), ("cus_b", "api_calls", "amount_mismatch", "usd", 25)],
     ),
     "match rate per currency": (
         """SELECT currency,
@@ -75,7 +75,7 @@ GROUP BY source, currency""",
     "dunning queue": (
         """SELECT invoice_id, customer_id, amount_remaining, next_step_name, next_step_at
 FROM analytics.dunning_queue""",
-        [("in_late", "cus_c", 100, "reminder_2", dt.datetime(2026, 11, 9, tzinfo=dt.UTC))],
+        [("in_late", "cus_c", 100, "reminder_2", dt.datetime(2026, 11, 9))],   # UTC, without a time zone
     ),
 }
 

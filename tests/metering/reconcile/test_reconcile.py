@@ -431,16 +431,17 @@ def test_charges_stripe_cannot_price_are_split_out_not_flagged():
 
 def test_an_open_period_shows_no_closing_invoice_of_its_own():
     """Next period's fee, billed in advance, sits on this period's paid invoice in_1. The open period's
-    row once showed in_1 as its own closing invoice, paid: the report's "paid" counted it twice."""
+    row once showed in_1 as its own closing invoice, paid 4800: the report's "paid" counted it twice. It
+    shows no closing invoice, and the payment of its own line, the fee (1900), as the loader gives it."""
     ours = pl.DataFrame([dict(customer_id="c1", period_start=PE, period_end=dt.date(2026, 12, 1), currency="usd",
                               our_total_minor=2900, our_lines=2)])
     stripe = pl.DataFrame([dict(customer_id="c1", period_start=PE, period_end=dt.date(2026, 12, 1), currency="usd",
                                 stripe_total_minor=1900, line_count=1, invoice_ids="in_1", invoice_status="paid",
-                                amount_due=4800, amount_paid=4800, amount_remaining=0)])
+                                amount_due=1900, amount_paid=1900, amount_remaining=0)])
     open_ = pl.DataFrame([dict(customer_id="c1", period_start=PE)])
     r = reconcile_invoices(ours, stripe, billing_month=PE, settings=S, reconciled_at=NOW,
                            open_periods=open_).row(0, named=True)
-    assert (r["status"], r["invoice_status"], r["amount_paid"], r["amount_due"]) == ("pending", None, None, None)
+    assert (r["status"], r["invoice_status"], r["amount_paid"], r["amount_due"]) == ("pending", None, 1900, 1900)
 
 
 def test_open_period_without_lines_is_pending():

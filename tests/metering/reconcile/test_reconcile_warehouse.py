@@ -414,6 +414,34 @@ def test_a_customer_on_a_stripe_test_clock_is_not_judged_by_the_wall_clock(isola
     assert c["reason"].startswith("Stripe invoiced a later period (in_cus_c_dec) but no invoice closes this one")
 
 
+@pytest.mark.parametrize("status", ["incomplete_expired", "canceled"])
+def test_a_period_of_a_customer_whose_subscriptions_all_ended_is_not_invoiced_clock_or_not(
+        isolated_env, rules_dir, status):
+    """Audit: 13 subscriptions of the main job expired (a first invoice unpaid for 23 h); their periods
+    stayed pending, explained, for good: on a test clock only a void or a later invoice counted, and an
+    ended subscription leaves neither. Every subscription of the customer ended before the period's end
+    (Oct 2 here), no invoice closes it: not_invoiced, its -100 unexplained. A live one keeps it pending."""
+    settings = ReconcileSettings()
+    later = dt.datetime(2027, 3, 1, tzinfo=dt.UTC)
+    with warehouse.open_warehouse() as con:
+        write_scenario(con)
+        con.execute("DELETE FROM stripe_invoice_lines_api WHERE invoice_id = 'in_cus_c'")
+        con.execute("DELETE FROM stripe_invoices_api WHERE invoice_id = 'in_cus_c'")
+        con.execute("INSERT INTO stripe_customer_map (customer_id, stripe_customer_id, test_clock_id, synced_at) "
+                    "VALUES ('cus_c', 'cus_c', 'clock_1', now())")
+        con.execute("INSERT INTO stripe_subscriptions (subscription_id, customer, customer_id, status, ended_at) "
+                    "VALUES ('sub_c1', 'cus_c', 'cus_c', ?, TIMESTAMPTZ '2026-10-02 00:00:00+00')", [status])
+        ended = reconcile_period(con, MONTH, settings=settings, meters=load_meters(rules_dir), now=later)
+        con.execute("INSERT INTO stripe_subscriptions (subscription_id, customer, customer_id, status) "
+                    "VALUES ('sub_c2', 'cus_c', 'cus_c', 'active')")
+        live = reconcile_period(con, MONTH, settings=settings, meters=load_meters(rules_dir), now=later)
+    c = ended.usage.filter(customer_id="cus_c").row(0, named=True)
+    assert (c["status"], c["explained"], c["amount_diff_minor"]) == ("not_invoiced", False, -100)
+    assert c["reason"].startswith("the customer's Stripe subscription(s) sub_c1 ended before the period's end")
+    assert ended.unexplained_minor() == {"usd": 125}
+    assert live.usage.filter(customer_id="cus_c").select("status", "explained").row(0) == ("pending", True)
+
+
 @pytest.mark.parametrize(("fee", "inv_diff", "unexplained"), [
     (4900, -33, 125),          # the fee is right: the invoice's -33 is the late usage row's, explained
     (4933, 0, 125 + 33),       # +33 on the fee offsets the late -33: the totals agree, the fee does not
@@ -511,10 +539,10 @@ def test_a_period_billed_in_another_currency_is_flagged_and_kept_out_of_its_tota
     totals = {t.currency: t for t in report.totals}
     assert (totals["jpy"].rated_minor, totals["jpy"].invoiced_minor, totals["jpy"].stripe_invoice_total_minor,
             totals["jpy"].amount_paid_minor, totals["jpy"].unexplained_minor) == (22500, 0, 0, 0, 22500)
-    # usd: cus_a and cus_c only (rated 100 + 50 + 100, invoiced 100 + 0 on meter rows; their closing
-    # invoices paid 100 and 0)
+    # usd: cus_a and cus_c only (rated 100 + 50 + 100, invoiced 100 + 0 on meter rows; their periods'
+    # lines on paid invoices: cus_a's usage 100 and fee 4900 (in_a0), cus_c's 0)
     assert (totals["usd"].rated_minor, totals["usd"].invoiced_minor, totals["usd"].amount_paid_minor) == (
-        250, 100, 100)
+        250, 100, 100 + 4900)
     assert report.status_counts()["currency_mismatch"] == 1 and report.invoice_status_counts()["currency_mismatch"] == 1
 
 
@@ -579,9 +607,9 @@ def test_the_final_invoice_of_a_cancelled_subscription_closes_the_period(isolate
         paid = {t.currency: t.amount_paid_minor for t in load_report_data(con, MONTH).totals}
     a_inv = result.invoices.filter(customer_id="cus_a").row(0, named=True)
     assert (a_inv["status"], a_inv["amount_diff_minor"], a_inv["invoice_status"], a_inv["amount_paid"]) == (
-        "matched", 0, "paid", 100)
+        "matched", 0, "paid", 100 + 4900)
     assert result.usage.filter(customer_id="cus_a", meter="api_calls")["status"].to_list() == ["matched"]
-    assert paid == {"usd": 100 + 125 + 0}     # cus_a's final invoice, cus_b's, cus_c's
+    assert paid == {"usd": 100 + 4900 + 125 + 0}     # cus_a's usage (final invoice) and fee (in_a0), cus_b's, cus_c's
     assert result.unexplained_minor() == {"usd": 125}
 
 
@@ -729,8 +757,10 @@ def test_an_invoice_counts_its_discount_in_the_period_of_its_earliest_line(isola
 
 def test_a_period_only_stripe_billed_shows_no_other_periods_payment(isolated_env):
     """November is billed by Stripe (its fee, in advance, on in_f1) but none of ours is rated, and no
-    invoice closes it yet (in_f2 is not pulled). in_f1 closes October: its state and payment are
-    October's. Shown on November too, finance's "paid" counted them twice: now NULL."""
+    invoice closes it yet (in_f2 is not pulled). in_f1 closes October: its status is October's. Its
+    payment once was too, on both rows (finance's "paid" counted it twice), then on October's alone,
+    where it paid November's fee, not October's. Each row now shows its own lines: October's fee paid on
+    in_f0 (1900), November's on in_f1 (1900, before in_f1's 500 coupon: November's adjustment)."""
     from metering.reconcile.inputs import load_stripe_invoices
 
     with warehouse.open_warehouse() as con:
@@ -742,14 +772,15 @@ def test_a_period_only_stripe_billed_shows_no_other_periods_payment(isolated_env
         october = load_stripe_invoices(con, dt.date(2026, 10, 1), pl.DataFrame(
             {"customer_id": ["cus_f"], "period_start": [dt.date(2026, 10, 1)], "period_end": [dt.date(2026, 11, 1)]}))
     columns = ("invoice_ids", "stripe_total_minor", "closing_invoice_id", "invoice_status", "amount_paid")
-    assert november.select(columns).rows() == [("in_f1", 1900, None, None, None)]
-    assert october.select(columns).rows() == [("in_f0", 1900, "in_f1", "paid", 1400)]
+    assert november.select(columns).rows() == [("in_f1", 1900, None, None, 1900)]
+    assert october.select(columns).rows() == [("in_f0", 1900, "in_f1", "paid", 1900)]
 
 
 def test_an_invoice_closes_one_row_of_a_customer_at_most(isolated_env):
     """Nothing of ours is rated for cus_f's October. in_f1 (Nov 1) closes October and also carries a
     one-off item Stripe dates Oct 15 - Oct 15: its line makes a row of its own. in_f1 was the closing
-    invoice of both rows, and its 1700 paid was counted twice; now of the October row alone."""
+    invoice of both rows, and its 1700 paid was counted twice; now it closes the October row alone, and
+    each row shows what is paid of its own lines: October's fee (in_f0, 1900), the item (in_f1, 300)."""
     from metering.reconcile.inputs import load_stripe_invoices
 
     with warehouse.open_warehouse() as con:
@@ -765,4 +796,4 @@ def test_an_invoice_closes_one_row_of_a_customer_at_most(isolated_env):
         october = load_stripe_invoices(con, dt.date(2026, 10, 1), pl.DataFrame(
             schema={"customer_id": pl.String, "period_start": pl.Date, "period_end": pl.Date}))
     rows = october.sort("period_start").select("period_start", "invoice_ids", "closing_invoice_id", "amount_paid").rows()
-    assert rows == [(dt.date(2026, 10, 1), "in_f0", "in_f1", 1700), (dt.date(2026, 10, 15), "in_f1", None, None)]
+    assert rows == [(dt.date(2026, 10, 1), "in_f0", "in_f1", 1900), (dt.date(2026, 10, 15), "in_f1", None, 300)]

@@ -26,7 +26,7 @@ def _warehouse_totals(path: Path) -> dict[str, dict[str, int]]:
         rows = con.execute(
             """
             SELECT currency, count(DISTINCT customer_id), count(*), sum(our_amount_minor), sum(stripe_amount_minor),
-                   sum(abs(amount_diff_minor)) FILTER (WHERE status NOT IN ('matched', 'within_tolerance')),
+                   sum(abs(amount_diff_minor)) FILTER (WHERE status NOT IN ('matched', 'within_tolerance', 'pending')),
                    sum(abs(amount_diff_minor)) FILTER (WHERE NOT explained),
                    count(*) FILTER (WHERE status IN ('matched', 'within_tolerance'))
             FROM usage_reconciliation WHERE billing_month = ? GROUP BY currency
