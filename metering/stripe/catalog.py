@@ -298,12 +298,15 @@ def sync_prices(client: stripe.StripeClient, rules: Rules, report: CatalogReport
                 kept = existing.get(lookup_key(version, charge))
                 if kept is not None:
                     # a price an earlier sync created (before the rule that refuses it): subscriptions
-                    # carry it, so Stripe bills the charge; billing it as items too would bill it twice
+                    # carry it, so Stripe bills the charge; billing it as items too would bill it twice.
+                    # New subscriptions of the version get it too: one rule bills the whole version
                     report.prices[key] = kept.id
                     report.count("price", False)
                     report.findings.append(Finding(
                         "drift", "price", our_key, kept.id, "expressible", "no", "a price exists",
-                        f"kept, as subscriptions carry it and Stripe bills it: {exc}; a new plan version gets none"))
+                        f"kept for every subscription of this version, and Stripe bills the charge its own way, "
+                        f"which reconciliation reports where it differs: {exc}; a new plan version bills it as "
+                        f"invoice items"))
                 else:
                     report.findings.append(Finding("not_expressible", "price", our_key, detail=str(exc)))
                 continue
@@ -346,6 +349,23 @@ def billing_cycle_anchor(start: dt.datetime, anchor_day: int | None) -> int | No
     raise AssertionError("unreachable")
 
 
+def period_start_at(now: dt.datetime, anchor_day: int | None) -> dt.datetime:
+    """The UTC midnight our billing period holding `now` starts."""
+    return dt.datetime.fromtimestamp(midnight_unix(period_containing(now.date(), anchor_day)[0]), tz=dt.timezone.utc)
+
+
+def proration_behavior(start: dt.datetime, period_start: dt.datetime, previous_end: dt.datetime | None) -> str:
+    """How a new subscription starting at `start` is created: Stripe charges its first period up to the
+    anchor (backdated time included) prorated, as we rate it (`create_prorations`), unless that time is
+    paid already: a subscription canceled inside our period (at `previous_end`, where the new one
+    starts) had billed the period's fee in advance, and a cancellation credits nothing. Then `none`:
+    "doesn't charge the customer for backdated time" (docs.stripe.com/billing/subscriptions/backdating);
+    with `create_prorations` the rest of the period's fee was billed twice (Oct 10 - 31: 1348 on top
+    of October's 1900)."""
+    paid_ahead = previous_end is not None and start == previous_end and start > period_start
+    return "none" if paid_ahead else "create_prorations"
+
+
 def subscription_start(now: dt.datetime, plan_day: dt.date | None, anchor_day: int | None,
                        previous_end: dt.datetime | None = None) -> dt.datetime:
     """When a subscription created at `now` starts: the UTC midnight our billing period starts,
@@ -362,7 +382,7 @@ def subscription_start(now: dt.datetime, plan_day: dt.date | None, anchor_day: i
       cannot send usage over 35 days old either).
     A start after `now` (a plan day still to come) leaves `now`.
     """
-    start = dt.datetime.fromtimestamp(midnight_unix(period_containing(now.date(), anchor_day)[0]), tz=dt.timezone.utc)
+    start = period_start_at(now, anchor_day)
     if plan_day is not None:
         start = max(start, dt.datetime.fromtimestamp(midnight_unix(plan_day), tz=dt.timezone.utc))
     if previous_end is not None:
@@ -409,7 +429,8 @@ def sync_customers(
         if sub.status in ("canceled", "incomplete_expired"):
             ended[sub.customer] = ended.get(sub.customer, 0) + 1
             end = getattr(sub, "ended_at", None) or getattr(sub, "canceled_at", None)
-            if end:
+            # an incomplete_expired one billed nothing (its first invoice is voided): its time is free
+            if end and sub.status == "canceled":
                 last_end[sub.customer] = max(last_end.get(sub.customer, 0), int(end))
             continue
         existing_subs.setdefault(sub.customer, sub)
@@ -449,14 +470,10 @@ def sync_customers(
                 "customer": cus.id,
                 "items": items,
                 "metadata": {"customer_id": cid, "plan": version.plan, "plan_version": version.version},
-                # Stripe charges the first period up to the anchor (backdated time included) prorated, as
-                # we rate it; with `none` it would be free ("doesn't charge the customer for backdated
-                # time"), and every new customer's first fee would go unbilled
-                "proration_behavior": "create_prorations",
             }
-            ended_at = last_end.get(cus.id)
-            start = subscription_start(now, row["plan_effective_from"], anchor_day,
-                                       dt.datetime.fromtimestamp(ended_at, dt.timezone.utc) if ended_at else None)
+            ended_at = dt.datetime.fromtimestamp(last_end[cus.id], dt.timezone.utc) if cus.id in last_end else None
+            start = subscription_start(now, row["plan_effective_from"], anchor_day, ended_at)
+            sub_params["proration_behavior"] = proration_behavior(start, period_start_at(now, anchor_day), ended_at)
             if start < now:
                 sub_params["backdate_start_date"] = int(start.timestamp())
             # Always the next anchor after now, never left to Stripe: a backdated subscription with no

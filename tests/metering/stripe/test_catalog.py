@@ -229,7 +229,10 @@ def test_usage_of_the_day_a_subscription_is_created_is_invoiced(tmp_path: Path, 
 def test_a_new_subscription_after_a_cancellation_bills_only_the_time_after_it(tmp_path: Path, rules_dir: Path) -> None:
     """acme's subscription (from Oct 1) is cancelled on Oct 10; the sync on Oct 20 at 14:00 creates a
     new one. Backdated to Oct 1, it billed October's 19.00 fee a second time: it starts when the first
-    ended, and is anchored on Nov 1 like ours."""
+    ended, and is anchored on Nov 1 like ours. The first had billed all of October's fee in advance and
+    a cancellation credits nothing, so the new one charges nothing up to its anchor (proration_behavior
+    none); charged prorated, Oct 10 - Nov 1 was billed twice (1348 on top of the 1900), where we rate
+    October's fee once."""
     from push_world import customer_on_clock
 
     with customer_on_clock(tmp_path, rules_dir) as (sb, con, client, clock, rules, report):
@@ -245,8 +248,36 @@ def test_a_new_subscription_after_a_cancellation_bills_only_the_time_after_it(tm
             int(dt.datetime(2026, 10, 10, tzinfo=UTC).timestamp()), int(dt.datetime(2026, 11, 1, tzinfo=UTC).timestamp()))
         fees = sorted((i.billing_reason, line.amount) for i in client.v1.invoices.list({"customer": second.customer}).data
                       for line in i.lines.data if line.amount)
-        # the first subscription's whole October fee (1900), the second's Oct 10 - Nov 1: 22/31 of it
-        assert fees == [("subscription_create", 1348), ("subscription_create", 1900)]
+        # the first subscription's whole October fee (1900), and nothing more
+        assert fees == [("subscription_create", 1900)]
+
+
+def test_a_subscription_after_one_that_expired_unpaid_bills_the_period_from_its_start(
+        tmp_path: Path, rules_dir: Path) -> None:
+    """acme's card declines: its first subscription (Oct 1) stays incomplete and expires 23 h later,
+    its first invoice voided, so it billed nothing. The sync on Oct 20, the card fixed, backdates the
+    new one to Oct 1 (not to the expiry, Oct 1 23:00, which would leave that day's usage unbilled) and
+    charges October's whole fee, 1900."""
+    from push_world import customer_on_clock
+
+    with customer_on_clock(tmp_path, rules_dir) as (sb, con, client, clock, rules, report):
+        [failing] = client.v1.customers.list({"limit": 100}).data
+        sb.set_payment_behavior(failing.id, "fails")
+        client.v1.subscriptions.cancel(report.customers[0]["subscription_id"])
+        retry = catalog.sync_catalog(con, client, rules, _customers(tmp_path, rules), create_customers=True,
+                                     test_clock=clock.id)
+        first = client.v1.subscriptions.retrieve(retry.customers[0]["subscription_id"])
+        assert first.status == "incomplete"
+        sb.advance_clock(clock.id, int(dt.datetime(2026, 10, 20, 14, tzinfo=UTC).timestamp()))
+        assert client.v1.subscriptions.retrieve(first.id).status == "incomplete_expired"
+        sb.set_payment_behavior(failing.id, "succeeds")
+        again = catalog.sync_catalog(con, client, rules, _customers(tmp_path, rules), create_customers=True,
+                                     test_clock=clock.id)
+        second = client.v1.subscriptions.retrieve(again.customers[0]["subscription_id"])
+        assert second.id not in (first.id, report.customers[0]["subscription_id"])
+        assert second.start_date == int(dt.datetime(2026, 10, 1, tzinfo=UTC).timestamp())
+        created = client.v1.invoices.retrieve(second.latest_invoice)
+        assert (created.status, created.total) == ("paid", 1900)
 
 
 def _customers(tmp_path: Path, rules):
