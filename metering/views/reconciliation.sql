@@ -48,7 +48,7 @@ SELECT
     amount_diff_minor,            -- (stripe_total_minor - engine_items_minor) - (our_total_minor - not_in_stripe_minor)
     tolerance_minor,
     residual_tolerance_minor,     -- of the part no usage row carries (lines on no meter that carry an amount)
-    stripe_adjustments_minor,     -- invoice totals less their lines (discounts, credits, taxes), each invoice counted in the period of its earliest line
+    stripe_adjustments_minor,     -- invoice totals before tax less their lines (discounts, credits), each invoice counted in the period of its earliest line
     invoice_ids,
     invoice_status,               -- of the invoice that closed the period
     amount_due,

@@ -61,9 +61,7 @@ def test_periods_stripe_has_not_invoiced_yet_are_pending(isolated_env, rules_dir
     """Reconciling before the period's invoice exists (half an hour after the period's end, within the
     grace): pending, not a mismatch."""
     with warehouse.open_warehouse() as con:
-        write_scenario(con)
-        con.execute("DELETE FROM stripe_invoice_lines_api WHERE invoice_id = 'in_cus_c'")
-        con.execute("DELETE FROM stripe_invoices_api WHERE invoice_id = 'in_cus_c'")
+        _without_cus_c_invoice(con)
         result = reconcile_period(con, MONTH, settings=ReconcileSettings(), meters=load_meters(rules_dir),
                                   now=dt.datetime(2026, 11, 1, 0, 30, tzinfo=dt.UTC))
     c = result.usage.filter(customer_id="cus_c").row(0, named=True)
@@ -260,9 +258,7 @@ def test_reconcile_command_takes_the_invoice_grace(isolated_env, rules_dir, monk
     from metering.cli import cli
 
     with warehouse.open_warehouse() as con:
-        write_scenario(con)
-        con.execute("DELETE FROM stripe_invoice_lines_api WHERE invoice_id = 'in_cus_c'")
-        con.execute("DELETE FROM stripe_invoices_api WHERE invoice_id = 'in_cus_c'")
+        _without_cus_c_invoice(con)
     monkeypatch.setenv("METERING_RECON_MAX_UNEXPLAINED_MINOR", "1000")
     monkeypatch.setenv("METERING_STRIPE_INVOICE_GRACE_SECONDS", "3600")
     args = ["reconcile", "--period", "2026-10", "--no-pull"]
@@ -363,15 +359,24 @@ def test_a_voided_invoice_is_money_stripe_will_never_collect(isolated_env, rules
                                ReconcileSettings(max_unexplained_minor=224)).check_passed()
 
 
+def _without_cus_c_invoice(con, on_clock: bool = False) -> None:
+    """The scenario with cus_c's invoice never come (no invoice closes its October); cus_c on a Stripe
+    test clock when `on_clock`."""
+    write_scenario(con)
+    con.execute("DELETE FROM stripe_invoice_lines_api WHERE invoice_id = 'in_cus_c'")
+    con.execute("DELETE FROM stripe_invoices_api WHERE invoice_id = 'in_cus_c'")
+    if on_clock:
+        con.execute("INSERT INTO stripe_customer_map (customer_id, stripe_customer_id, test_clock_id, synced_at) "
+                    "VALUES ('cus_c', 'cus_c', 'clock_1', now())")
+
+
 def test_a_period_stripe_never_invoiced_is_pending_only_until_the_grace_has_passed(isolated_env, rules_dir):
     """cus_c's invoice never came. Stripe could still create it until the period's end (Nov 1 00:00) plus
     the invoice grace (1 h) plus the settle delay (900 s): 01:15. Until then pending; from then on
     not_invoiced, its -100 unexplained (25 + 100 = 125; the invoice row, -100 too, adds nothing)."""
     settings = ReconcileSettings()
     with warehouse.open_warehouse() as con:
-        write_scenario(con)
-        con.execute("DELETE FROM stripe_invoice_lines_api WHERE invoice_id = 'in_cus_c'")
-        con.execute("DELETE FROM stripe_invoices_api WHERE invoice_id = 'in_cus_c'")
+        _without_cus_c_invoice(con)
         runs = {at: reconcile_period(con, MONTH, settings=settings, meters=load_meters(rules_dir),
                                      now=dt.datetime(2026, 11, 1, 1, *at, tzinfo=dt.UTC))
                 for at in ((14, 59), (15, 0))}
@@ -394,11 +399,7 @@ def test_a_customer_on_a_stripe_test_clock_is_not_judged_by_the_wall_clock(isola
     settings = ReconcileSettings()
     later = dt.datetime(2027, 3, 1, tzinfo=dt.UTC)
     with warehouse.open_warehouse() as con:
-        write_scenario(con)
-        con.execute("DELETE FROM stripe_invoice_lines_api WHERE invoice_id = 'in_cus_c'")
-        con.execute("DELETE FROM stripe_invoices_api WHERE invoice_id = 'in_cus_c'")
-        con.execute("INSERT INTO stripe_customer_map (customer_id, stripe_customer_id, test_clock_id, synced_at) "
-                    "VALUES ('cus_c', 'cus_c', 'clock_1', now())")
+        _without_cus_c_invoice(con, on_clock=True)
         result = reconcile_period(con, MONTH, settings=settings, meters=load_meters(rules_dir), now=later)
         # once Stripe invoices a later period (the clock moved on), it will not close this one
         con.execute("INSERT INTO stripe_invoices_api SELECT * REPLACE ('in_cus_c_dec' AS invoice_id, "
@@ -424,11 +425,7 @@ def test_a_period_of_a_customer_whose_subscriptions_all_ended_is_not_invoiced_cl
     settings = ReconcileSettings()
     later = dt.datetime(2027, 3, 1, tzinfo=dt.UTC)
     with warehouse.open_warehouse() as con:
-        write_scenario(con)
-        con.execute("DELETE FROM stripe_invoice_lines_api WHERE invoice_id = 'in_cus_c'")
-        con.execute("DELETE FROM stripe_invoices_api WHERE invoice_id = 'in_cus_c'")
-        con.execute("INSERT INTO stripe_customer_map (customer_id, stripe_customer_id, test_clock_id, synced_at) "
-                    "VALUES ('cus_c', 'cus_c', 'clock_1', now())")
+        _without_cus_c_invoice(con, on_clock=True)
         con.execute("INSERT INTO stripe_subscriptions (subscription_id, customer, customer_id, status, ended_at) "
                     "VALUES ('sub_c1', 'cus_c', 'cus_c', ?, TIMESTAMPTZ '2026-10-02 00:00:00+00')", [status])
         ended = reconcile_period(con, MONTH, settings=settings, meters=load_meters(rules_dir), now=later)
