@@ -429,10 +429,6 @@ def finalize(state: State, invoice: dict[str, Any], at: int, request: dict[str, 
         invoice["due_date"] = at + 30 * 86400
     state.dirty = True
     state.record_event("invoice.finalized", invoice, request=request)
-    if sub is not None and sub["status"] == "unpaid":
-        # Stripe: an unpaid subscription's invoices "will be created, but then immediately
-        # automatically closed" (closed: the pre-2018 name of auto_advance=false); none is attempted
-        stop_collection(state, invoice, request)
 
 
 def _is_metered_line(state: State, line: dict[str, Any]) -> bool:
@@ -461,13 +457,16 @@ def _mark_paid(state: State, invoice: dict[str, Any], at: int, request: dict[str
             for i in state.objects["invoice"].values()
         )
     sub = _invoice_sub(state, invoice)
-    if sub is not None and sub["status"] in ("past_due", "unpaid", "incomplete"):
-        # an unpaid subscription's closed invoices were never attempted, yet are owed all the same
+    if sub is not None and sub["status"] == "unpaid":
+        # Stripe: "pay the most recent invoice before its due date to update the subscription's
+        # status to active" (subscriptions overview, unpaid subscriptions)
+        if invoice["id"] == sub["latest_invoice"]:
+            _set_sub_status(state, sub, "active", request)
+    elif sub is not None and sub["status"] in ("past_due", "incomplete"):
         unpaid = [
             i
             for i in state.objects["invoice"].values()
-            if i["status"] == "open" and (i["attempt_count"] > 0 or sub["status"] == "unpaid")
-            and _invoice_sub(state, i) is sub
+            if i["status"] == "open" and i["attempt_count"] > 0 and _invoice_sub(state, i) is sub
         ]
         if not unpaid:
             _set_sub_status(state, sub, "active", request)
@@ -621,6 +620,11 @@ def close_period(state: State, sub: dict[str, Any], at: int) -> dict[str, Any]:
     set_lines(state, invoice, lines)
     invoice["_metered"] = (start, end)
     invoice["automatically_finalizes_at"] = at + state.config.grace_period
+    if sub["status"] == "unpaid":
+        # Stripe: an unpaid subscription's invoices "continue to be generated each billing cycle and
+        # remain in draft state" (subscriptions overview): not finalized, never attempted
+        invoice["auto_advance"] = False
+        invoice["automatically_finalizes_at"] = None
     state.add(invoice)
     previous = {"latest_invoice": sub["latest_invoice"]}
     sub["latest_invoice"] = invoice["id"]

@@ -138,12 +138,12 @@ def test_canceling_stops_automatic_collection_of_the_customers_finalized_invoice
 
 
 # -- unpaid ---------------------------------------------------------------------------------------
-def test_an_unpaid_subscriptions_new_invoices_are_closed_and_never_attempted(sb, client):
-    """Retries exhausted -> unpaid; then "no subsequent invoices will be attempted (invoices will be
-    created, but then immediately automatically closed)". The sandbox's model: the DEC invoice is
-    drafted and finalized as usual (DEC + 1 h), then closed (auto_advance false, invoice.updated) and
-    never charged, although the card now works. Closed invoices can still be paid ("you may choose
-    to reopen and pay their closed invoices"); with both paid the subscription is active again."""
+def test_an_unpaid_subscriptions_new_invoices_stay_drafts_and_paying_the_latest_reactivates_it(sb, client):
+    """Retries exhausted -> unpaid; then "no subsequent invoices will be attempted", and (Stripe's
+    subscriptions overview) "the latest invoice remains open but payments aren't attempted. Invoices
+    continue to be generated each billing cycle and remain in draft state"; to reactivate, finalize
+    and pay the drafts, "make sure to pay the most recent invoice ... to update the subscription's
+    status to active". The DEC invoice stays a draft (auto_advance false) although the card now works."""
     sb.configure(payment_retry_days=[], after_final_failure="unpaid")
     clock, customer, sub = _subscribe(client, "succeeds")
     sb.set_payment_behavior(customer.id, "fails")
@@ -153,15 +153,16 @@ def test_an_unpaid_subscriptions_new_invoices_are_closed_and_never_attempted(sb,
     sb.set_payment_behavior(customer.id, "succeeds")
     client.v1.test_helpers.test_clocks.advance(clock.id, {"frozen_time": DEC + 2 * HOUR})
     invoices = _invoices(client, customer)
-    closed = invoices[("subscription_cycle", DEC)]
-    assert (closed.status, closed.status_transitions.finalized_at, closed.auto_advance, closed.attempted,
-            closed.attempt_count, closed.next_payment_attempt, closed.amount_paid) == (
-        "open", DEC + HOUR, False, False, 0, None, 0)
-    assert _events(client, "invoice", closed.id) == [
-        ("invoice.created", "draft", None), ("invoice.finalized", "open", None),
-        ("invoice.updated", "open", {"auto_advance": True})]
-    assert client.v1.subscriptions.retrieve(sub.id).status == "unpaid"
+    draft = invoices[("subscription_cycle", DEC)]
+    assert (draft.status, draft.status_transitions.finalized_at, draft.auto_advance, draft.attempted,
+            draft.attempt_count, draft.next_payment_attempt, draft.amount_paid) == (
+        "draft", None, False, False, 0, None, 0)
+    assert _events(client, "invoice", draft.id) == [("invoice.created", "draft", None)]
+    november = invoices[("subscription_cycle", NOV)]
+    assert client.v1.invoices.retrieve(november.id).status == "open"   # the one that failed, not retried
+    assert client.v1.invoices.pay(november.id).status == "paid"
+    assert client.v1.subscriptions.retrieve(sub.id).status == "unpaid"   # not the most recent invoice
 
-    for invoice in (invoices[("subscription_cycle", NOV)], closed):
-        assert client.v1.invoices.pay(invoice.id).status == "paid"
+    client.v1.invoices.finalize_invoice(draft.id)
+    assert client.v1.invoices.pay(draft.id).status == "paid"
     assert client.v1.subscriptions.retrieve(sub.id).status == "active"
