@@ -10,7 +10,7 @@ from decimal import ROUND_HALF_UP, Decimal
 import duckdb
 import polars as pl
 
-from metering.reconcile.inputs import table_columns
+from metering.reconcile.inputs import merged_invoices_sql, table_columns
 from metering.reconcile.reconcile import (
     INVOICE_COLUMNS, INVOICE_STATUSES, STATUSES, USAGE_COLUMNS, unexplained_by_currency,
 )
@@ -19,18 +19,31 @@ from metering.warehouse import query_frame
 
 CLEAN_STATUSES = ("matched", "within_tolerance")
 PENDING = "pending"   # a row Stripe has not invoiced (or closed) yet: explained, not at risk
-DUNNING_STATE_COLUMNS = ("state", "stage", "status", "dunning_status")
-DUNNING_AMOUNT_COLUMNS = ("amount_remaining", "amount_due")
 NO_MATCH_RATE = "n/a"
-# Each invoice in dunning is reported in one billing month: the first whose reconciled periods it
-# carries lines of (its invoice rows' `invoice_ids`). The invoice closing September that bills
-# October's fee in advance is September's, so adding monthly reports counts it once.
-_MONTH_INVOICES_SQL = """
-    SELECT invoice_id
-    FROM (SELECT unnest(string_split(invoice_ids, ',')) AS invoice_id, billing_month
-          FROM invoice_reconciliation WHERE invoice_ids IS NOT NULL)
-    GROUP BY invoice_id HAVING min(billing_month) = ?
-"""
+
+
+def _month_invoices_sql(con: duckdb.DuckDBPyConnection) -> str:
+    """The invoice ids of one billing month (the single parameter): each known invoice is in exactly one.
+
+    The rule: an invoice is the month of the first reconciled invoice row listing it (`invoice_ids`: it
+    has lines of that month's periods). The invoice closing September that bills October's fee in
+    advance is September's, so adding monthly reports counts it once. An invoice no reconciled month
+    lists (reconciliation ignores a void invoice's lines, so a voided one never is) is the month of its
+    own period start, in UTC, from the Stripe invoice headers; one unknown there is in no month.
+    """
+    return f"""
+        WITH listed AS (
+            SELECT invoice_id, min(billing_month) AS billing_month
+            FROM (SELECT unnest(string_split(invoice_ids, ',')) AS invoice_id, billing_month
+                  FROM invoice_reconciliation WHERE invoice_ids IS NOT NULL)
+            GROUP BY invoice_id),
+        own AS (
+            SELECT invoice_id, CAST(date_trunc('month', timezone('UTC', min(period_start))) AS DATE) AS billing_month
+            FROM ({merged_invoices_sql(con)}) GROUP BY invoice_id)
+        SELECT coalesce(l.invoice_id, o.invoice_id) AS invoice_id
+        FROM listed l FULL JOIN own o ON o.invoice_id = l.invoice_id
+        WHERE coalesce(l.billing_month, o.billing_month) = ?
+    """
 
 
 @dataclass(frozen=True)
@@ -50,8 +63,10 @@ class CurrencyTotals:
     engine_items_minor: int          # of which on Stripe's invoices as the engine's invoice items
     engine_items_pending_minor: int  # of which in the engine's items Stripe holds for the next invoice
     # per customer x period, unbilled = not_in_stripe - items - pending; never netted across rows (one
-    # customer's excess item does not bill another's charge):
-    unbilled_minor: int              # of which not billed yet: sum of the positive rows' unbilled
+    # customer's excess item does not bill another's charge). The engine bills a period's items once
+    # it has ended, so a pending period's unbilled is not missing yet:
+    unbilled_minor: int              # of which not billed: the positive rows' unbilled, periods not pending
+    unbilled_pending_minor: int      # of which awaiting the period's end: the positive pending rows' unbilled
     credit_due_minor: int            # the engine's items beyond the charges: sum of the negative rows' |unbilled|
     # per customer x period (invoice rows), every period of the month, and of it the periods Stripe has
     # not closed yet (status pending)
@@ -95,8 +110,7 @@ class ReportData:
     settings: ReconcileSettings
     lines: pl.DataFrame          # usage_reconciliation rows
     invoices: pl.DataFrame       # invoice_reconciliation rows
-    dunning: pl.DataFrame        # the month's dunning_state rows (`_MONTH_INVOICES_SQL`), as stored
-    dunning_state_column: str | None
+    dunning: pl.DataFrame        # the month's dunning_state rows (`_month_invoices_sql`), as stored
     totals: list[CurrencyTotals]
     dunning_finance: pl.DataFrame = field(default_factory=pl.DataFrame)  # metering.dunning.summary: currency x category (x step)
 
@@ -138,9 +152,13 @@ class ReportData:
         return out
 
     def dunning_summary(self) -> list[tuple[str, int]]:
-        if self.dunning.is_empty() or not self.dunning_state_column:
+        """(category, invoices) over every currency, in metering.dunning.summary's categories and order,
+        so the counts are those of the amounts beside them (an invoice never chased that Stripe saw paid
+        is `recovered` there, not `not_in_dunning`); `at_risk` repeats `in_dunning`, so it is left out."""
+        if not self.dunning_finance.height:
             return []
-        counts = self.dunning.group_by(self.dunning_state_column).len().sort(self.dunning_state_column)
+        counts = (self.dunning_finance.filter(pl.col("category") != "at_risk")
+                  .group_by("category", maintain_order=True).agg(pl.col("invoices").sum()))
         return [(str(k), int(v)) for k, v in counts.iter_rows()]
 
     def summary_rows(self) -> list[tuple[str, str, str]]:
@@ -171,8 +189,8 @@ class ReportData:
 TOTAL_METRICS = (
     "customers", "rows", "clean_rows", "rated_minor", "rated_not_in_stripe_minor", "invoiced_minor",
     "difference_minor", "not_in_stripe_minor", "engine_items_minor", "engine_items_pending_minor", "unbilled_minor",
-    "credit_due_minor", "our_invoice_total_minor", "stripe_invoice_total_minor", "pending_periods",
-    "pending_our_invoice_total_minor", "pending_stripe_invoice_total_minor", "amount_paid_minor",
+    "unbilled_pending_minor", "credit_due_minor", "our_invoice_total_minor", "stripe_invoice_total_minor",
+    "pending_periods", "pending_our_invoice_total_minor", "pending_stripe_invoice_total_minor", "amount_paid_minor",
     "amount_remaining_minor", "money_at_risk_minor", "pending_minor", "unexplained_minor",
 )
 """The summary sheet's per-currency metrics, in order (CurrencyTotals' fields)."""
@@ -216,7 +234,8 @@ def _currency_totals(lines: pl.DataFrame, invoices: pl.DataFrame) -> list[Curren
         pl.col("engine_items_minor").fill_null(0).sum().alias("items"),
         pl.col("engine_items_pending_minor").fill_null(0).sum().alias("items_pending"),
         # not netted: one customer's unbilled charge and another's excess item are two separate amounts
-        unbilled.clip(lower_bound=0).sum().alias("unbilled"),
+        unbilled.clip(lower_bound=0).filter(~pending).sum().alias("unbilled"),
+        unbilled.clip(lower_bound=0).filter(pending).sum().alias("unbilled_pending"),
         (-unbilled).clip(lower_bound=0).sum().alias("credit_due"),
     )
     both = (usage.join(inv, on="currency", how="full", coalesce=True).join(customers, on="currency", how="left")
@@ -228,7 +247,7 @@ def _currency_totals(lines: pl.DataFrame, invoices: pl.DataFrame) -> list[Curren
             invoiced_minor=int(r["invoiced"]), difference_minor=int(r["diff"]),
             not_in_stripe_minor=int(r["nx"]), engine_items_minor=int(r["items"]),
             engine_items_pending_minor=int(r["items_pending"]), unbilled_minor=int(r["unbilled"]),
-            credit_due_minor=int(r["credit_due"]),
+            unbilled_pending_minor=int(r["unbilled_pending"]), credit_due_minor=int(r["credit_due"]),
             our_invoice_total_minor=int(r["our_total"]), stripe_invoice_total_minor=int(r["stripe_total"]),
             pending_periods=int(r["pending_periods"]), pending_our_invoice_total_minor=int(r["pending_our_total"]),
             pending_stripe_invoice_total_minor=int(r["pending_stripe_total"]),
@@ -240,15 +259,13 @@ def _currency_totals(lines: pl.DataFrame, invoices: pl.DataFrame) -> list[Curren
     ]
 
 
-def _dunning(con: duckdb.DuckDBPyConnection, billing_month: dt.date) -> tuple[pl.DataFrame, str | None]:
-    """The month's dunning_state rows (`_MONTH_INVOICES_SQL`), and the column holding their state."""
-    cols = table_columns(con, "dunning_state")
-    if not cols:
-        return pl.DataFrame(), None
-    frame = query_frame(con, f"SELECT * FROM dunning_state WHERE invoice_id IN ({_MONTH_INVOICES_SQL}) ORDER BY ALL",
-                        [billing_month])
-    state = next((c for c in DUNNING_STATE_COLUMNS if c in cols), None)
-    return frame, state
+def _dunning(con: duckdb.DuckDBPyConnection, billing_month: dt.date) -> pl.DataFrame:
+    """The month's dunning_state rows (`_month_invoices_sql`)."""
+    if not table_columns(con, "dunning_state"):
+        return pl.DataFrame()
+    return query_frame(
+        con, f"SELECT * FROM dunning_state WHERE invoice_id IN ({_month_invoices_sql(con)}) ORDER BY ALL",
+        [billing_month])
 
 
 def load_report_data(
@@ -273,7 +290,7 @@ def load_report_data(
         "ORDER BY customer_id, period_start",
         [billing_month],
     )
-    dunning, state_col = _dunning(con, billing_month)
+    dunning = _dunning(con, billing_month)
     finance = pl.DataFrame()
     if dunning.height:
         from metering.dunning.summary import dunning_summary
@@ -286,7 +303,6 @@ def load_report_data(
         lines=lines,
         invoices=invoices,
         dunning=dunning,
-        dunning_state_column=state_col,
         totals=_currency_totals(lines, invoices),
         dunning_finance=finance,
     )

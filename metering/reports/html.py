@@ -117,7 +117,10 @@ def _items_cards(t: CurrencyTotals) -> list[Card]:
         ("of which on Stripe invoices as invoice items", fmt_money(t.engine_items_minor, cur), "engine-items"),
         ("of which pending at Stripe for the next invoice", fmt_money(t.engine_items_pending_minor, cur),
          "engine-items-pending"),
-        ("of which unbilled", fmt_money(t.unbilled_minor, cur), "unbilled"),
+        ("of which unbilled (periods ended)", fmt_money(t.unbilled_minor, cur), "unbilled"),
+        # the engine bills a period's items once it has ended: not missing yet
+        ("of which awaiting the period's end (pending periods)", fmt_money(t.unbilled_pending_minor, cur),
+         "unbilled-pending"),
         # per customer x period, not netted against the unbilled above
         ("our items beyond it (credit due)", fmt_money(t.credit_due_minor, cur), "credit-due"),
     ]
@@ -172,9 +175,9 @@ def render_html(data: ReportData) -> str:
         out.append(_arithmetic_note(t))
         if t.unbilled_minor > 0:
             out.append(f'<p class="bad" id="unbilled-note-{escape(cur)}">{escape(fmt_money(t.unbilled_minor, cur))} of '
-                       f"the charges Stripe cannot price (minimums, charges filtered by a dimension) is not billed: "
-                       f"no invoice item of the engine carries it. Run <code>metering stripe invoice-items --period "
-                       f"{escape(data.period_label)}</code> once the periods are closed: what it cannot bill it "
+                       f"the charges Stripe cannot price (minimums, charges filtered by a dimension) on periods that "
+                       f"have ended is not billed: no invoice item of the engine carries it. Run <code>metering "
+                       f"stripe invoice-items --period {escape(data.period_label)}</code>: what it cannot bill it "
                        f"names (blocked, held, of another plan version); the invoices table lists it per customer.</p>")
         if t.credit_due_minor > 0:
             out.append(f'<p class="bad" id="credit-due-note-{escape(cur)}">The engine\'s invoice items exceed the '
@@ -227,7 +230,8 @@ def render_html(data: ReportData) -> str:
     out.append("<h2>Dunning</h2>")
     out.append('<p class="muted">The invoices of this month\'s periods, each in one month only: the first whose '
                "periods it has lines of (an invoice billing September's usage and October's fee in advance is "
-               "September's).</p>")
+               "September's); one no month lists (a void invoice's lines are ignored) is the month its own "
+               "period starts in, UTC.</p>")
     fin = data.dunning_finance
     if fin.height:
         out.append(_table(

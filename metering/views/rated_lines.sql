@@ -9,16 +9,22 @@ WITH segment_lines AS (
            -- a gauge's (max, last, unique_count) segment of a cut period priced the whole period's
            -- quantity, prorated by its days, and says so in its tiers (pricing.PRORATED_GAUGE_MARK);
            -- a count / sum charge's segment priced its own hours' usage (the segments add up)
-           contains(CAST(tiers AS VARCHAR), '"period_days":') AS priced_period_quantity
+           contains(CAST(tiers AS VARCHAR), '"period_days":') AS priced_period_quantity,
+           -- the plan version of the period's last segment, over all the period's charges: a charge
+           -- only an earlier segment's plan has (dropped or renamed since) is still of the period's end
+           arg_max(plan, segment_start) OVER period          AS plan_at_end,
+           arg_max(plan_version, segment_start) OVER period  AS plan_version_at_end,
+           arg_max(rules_hash, segment_start) OVER period    AS rules_hash_at_end
     FROM main.rated_usage
+    WINDOW period AS (PARTITION BY customer_id, period_start, period_end)
 )
 SELECT
     customer_id,
     period_start,                 -- billing period [period_start, period_end), UTC dates
     period_end,
-    arg_max(plan, segment_start)          AS plan,           -- in force at the period's end (as in
-    arg_max(plan_version, segment_start)  AS plan_version,   -- analytics.reconciliation); each segment's
-    arg_max(rules_hash, segment_start)    AS rules_hash,     -- own in `segments`
+    any_value(plan_at_end)                AS plan,           -- in force at the period's end (as in
+    any_value(plan_version_at_end)        AS plan_version,   -- analytics.reconciliation); each segment's
+    any_value(rules_hash_at_end)          AS rules_hash,     -- own in `segments`
     charge,
     arg_max(model, segment_start)         AS model,
     arg_max(meter, segment_start)         AS meter,          -- NULL for flat fees and minimums

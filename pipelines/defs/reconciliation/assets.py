@@ -186,9 +186,12 @@ def reconcile_and_report(
                                    "dagster/row_count": files.data.lines.height}
         for t in files.data.totals:
             meta[f"{t.currency}/match_rate_percent"] = str(t.match_rate)
-            meta[f"{t.currency}/money_at_risk_minor"] = t.money_at_risk_minor
-            # charges Stripe cannot price that no invoice item bills yet: shown, not part of the check
+            meta[f"{t.currency}/money_at_risk_minor"] = t.money_at_risk_minor   # pending rows excluded
+            meta[f"{t.currency}/pending_minor"] = t.pending_minor
+            # charges Stripe cannot price that no invoice item bills yet, of closed periods and of periods
+            # not ended (which the engine cannot bill yet): shown, not part of the check
             meta[f"{t.currency}/unbilled_minor"] = t.unbilled_minor
+            meta[f"{t.currency}/unbilled_pending_minor"] = t.unbilled_pending_minor
             # the engine's items beyond those charges (a credit is due), per customer x period, not netted
             meta[f"{t.currency}/credit_due_minor"] = t.credit_due_minor
         yield dg.MaterializeResult(asset_key="finance_report", metadata=meta)

@@ -225,3 +225,16 @@ def test_a_line_adds_up_its_segments_and_lists_them(split):
         ("pro", "2026-10", D(3000), ["2026-01", "2026-10"], [dt.date(2026, 10, 1), dt.date(2026, 10, 15)],
          [D(1000), D(2000)], True),   # a sum: each segment its own usage
     ]
+
+
+def test_every_line_carries_the_plan_version_in_force_at_the_periods_end(split):
+    """Version 2026-10 replaced `api calls` by `api calls us` / `api calls eu` on Oct 15: `api calls` has
+    a segment of 2026-01 only, yet October ends on 2026-10, as do all of c1's lines (and its rules_hash,
+    the Oct 15 segment's). Taken per charge, `api calls` once said 2026-01 and its hash."""
+    [(end_hash,)] = _query(split, "SELECT DISTINCT rules_hash FROM rated_usage WHERE segment_start = DATE '2026-10-15'")
+    lines = _query(split, """SELECT charge, plan, plan_version, rules_hash, [s.plan_version FOR s IN segments]
+                             FROM analytics.rated_lines WHERE customer_id = 'c1' ORDER BY charge""")
+    assert [(c, v) for c, _p, _v, _h, v in lines if len(v) == 1] == [
+        ("api calls", ["2026-01"]), ("api calls eu", ["2026-10"]), ("api calls us", ["2026-10"])]
+    assert {(p, v, h) for _c, p, v, h, _s in lines} == {("pro", "2026-10", end_hash)}
+    assert len(lines) == 10

@@ -227,6 +227,43 @@ def test_no_red_paragraph_when_every_charge_stripe_cannot_price_is_billed(reconc
     assert "unbilled-note-" not in files.html.read_text() and "credit-due-note-" not in files.html.read_text()
 
 
+def test_unbilled_of_a_period_not_ended_awaits_its_end(reconciled_warehouse, tmp_path):
+    """cus_a's period has not ended (pending): its 40.00 minimum cannot be billed yet, and is "awaiting
+    the period's end"; cus_b's ended period has 15.00 Stripe cannot price, 5.00 of it pending at Stripe:
+    10.00 unbilled, the only red paragraph's amount. Both once made 50.00 USD "not billed"."""
+    with warehouse.open_warehouse(reconciled_warehouse) as con:
+        _items(con, "cus_a", 4000, 0, 0)
+        _items(con, "cus_b", 1500, 0, 500)
+        con.execute("UPDATE invoice_reconciliation SET status = 'pending' WHERE customer_id = 'cus_a'")
+        files = write_report(con, MONTH, tmp_path / "out", generated_at=NOW)
+    usd = files.data.totals[1]
+    assert (usd.currency, usd.not_in_stripe_minor, usd.unbilled_minor, usd.unbilled_pending_minor) == (
+        "usd", 5500, 1000, 4000)
+    with open(files.folder / "summary.csv", newline="") as fh:
+        rows = list(csv.reader(fh))
+    assert [r for r in rows if r[0].startswith("unbilled")] == [
+        ["unbilled_minor", "jpy", "0"], ["unbilled_pending_minor", "jpy", "0"],
+        ["unbilled_minor", "usd", "1000"], ["unbilled_pending_minor", "usd", "4000"]]
+    html = files.html.read_text()
+    values = dict(re.findall(r'<div class="card" id="([a-z-]+-usd)"><div class="k">[^<]*</div>'
+                             r'<div class="v">([^<]*)<', html))
+    assert (values["unbilled-usd"], values["unbilled-pending-usd"]) == ("10.00 USD", "40.00 USD")
+    notes = re.findall(r'<p class="bad" id="unbilled-note-(\w+)">(.*?)</p>', html)
+    assert [cur for cur, _ in notes] == ["usd"]
+    assert notes[0][1].startswith("10.00 USD of the charges Stripe cannot price")
+
+
+def test_no_red_paragraph_when_only_periods_not_ended_are_unbilled(reconciled_warehouse, tmp_path):
+    """cus_a's 40.00 minimum on its pending period is all there is: awaiting the period's end, not red."""
+    with warehouse.open_warehouse(reconciled_warehouse) as con:
+        _items(con, "cus_a", 4000, 0, 0)
+        con.execute("UPDATE invoice_reconciliation SET status = 'pending' WHERE customer_id = 'cus_a'")
+        files = write_report(con, MONTH, tmp_path / "out", generated_at=NOW)
+    usd = files.data.totals[1]
+    assert (usd.unbilled_minor, usd.unbilled_pending_minor) == (0, 4000)
+    assert "unbilled-note-" not in files.html.read_text()
+
+
 def test_unbilled_and_credit_due_are_not_netted_across_customers(reconciled_warehouse, tmp_path):
     """The auditor's case: one customer's minimum never billed (+4000, cus_b here), another's items 4000
     beyond its charges (-4000: re-rated lower since billed, cus_d here), cus_a's 50 unbilled. Summed with

@@ -80,7 +80,8 @@ def test_every_card_says_what_it_covers_and_the_cards_add_up(reconciled_warehous
         "unexplained": "1.15 USD", "our-invoice-total": "216.00 USD", "our-invoice-total-pending": "44.00 USD",
         "stripe-invoice-total": "181.76 USD", "stripe-invoice-total-pending": "19.00 USD", "paid": "178.96 USD",
         "remaining": "2.80 USD", "not-in-stripe": "0.00 USD", "engine-items": "0.00 USD",
-        "engine-items-pending": "0.00 USD", "unbilled": "0.00 USD", "credit-due": "0.00 USD"}
+        "engine-items-pending": "0.00 USD", "unbilled": "0.00 USD", "unbilled-pending": "0.00 USD",
+        "credit-due": "0.00 USD"}
     labels = dict(re.findall(r'<div class="card" id="([a-z-]+)-usd"><div class="k">([^<]*)</div>', html))
     assert labels["our-invoice-total-pending"] == "of which 1 period(s) Stripe has not closed"
     assert labels["difference"] == "Difference = invoiced − (rated − cannot price)"
@@ -89,12 +90,21 @@ def test_every_card_says_what_it_covers_and_the_cards_add_up(reconciled_warehous
     assert "Stripe invoice total 181.76 USD = paid 178.96 USD + remaining 2.80 USD + 0.00 USD on invoices not" in note
 
 
-def _dunning(con, invoice: str, customer: str, state: str, remaining: int, paid: int) -> None:
+def _dunning(con, invoice: str, customer: str, state: str, remaining: int, paid: int, reason: str = "r") -> None:
     con.execute("""INSERT INTO dunning_state (invoice_id, customer_id, policy, currency, amount_due, amount_paid,
                    amount_remaining, invoice_status, attempt_count, first_failed_at, state, reason, evaluated_at,
                    policy_hash) VALUES (?, ?, 'default', 'usd', ?, ?, ?, 'open', 1,
-                   TIMESTAMPTZ '2026-10-01 02:00:00+00', ?, 'r', TIMESTAMPTZ '2026-11-02 09:30:00+00', 'h')""",
-                [invoice, customer, remaining + paid, paid, remaining, state])
+                   TIMESTAMPTZ '2026-10-01 02:00:00+00', ?, ?, TIMESTAMPTZ '2026-11-02 09:30:00+00', 'h')""",
+                [invoice, customer, remaining + paid, paid, remaining, state, reason])
+
+
+def _stripe_invoice(con, invoice: str, customer: str, status: str, period_start: str, due: int) -> None:
+    """A Stripe invoice header (webhook state) whose own period starts at `period_start` (UTC)."""
+    con.execute("""INSERT INTO stripe_invoices (invoice_id, customer_id, status, currency, amount_due, amount_paid,
+                   amount_remaining, total, period_start, period_end, created)
+                   VALUES (?, ?, ?, 'usd', ?, 0, 0, ?, CAST(? AS TIMESTAMPTZ),
+                           CAST(? AS TIMESTAMPTZ) + INTERVAL 1 MONTH, CAST(? AS TIMESTAMPTZ) + INTERVAL 1 MONTH)""",
+                [invoice, customer, status, due, due, period_start, period_start, period_start])
 
 
 def _dunning_metrics(data) -> dict[str, str]:
@@ -119,6 +129,47 @@ def test_the_dunning_section_is_the_months_own(reconciled_warehouse):
     assert sorted(september.dunning["invoice_id"].to_list()) == ["in_cus_b", "in_sep"]
     assert _dunning_metrics(september) == {"dunning_invoices_recovered": "1", "dunning_invoices_written_off": "1",
                                            "dunning_recovered_minor": "375", "dunning_written_off_minor": "1900"}
+
+
+def test_a_void_invoice_is_in_the_month_of_its_own_period_start(reconciled_warehouse):
+    """Reconciliation ignores a void invoice's lines, so no month's invoice rows list one: a voided
+    invoice in dunning was in no report, and the summary's `void` category in none either. Listed
+    nowhere, an invoice is the month of its own period's start in UTC: in_void_oct (50.00 due, from
+    2026-10-01 00:00 UTC) is October's; in_void_sep, from 2026-09-30 22:00 UTC (already October 1 in
+    the session's Tokyo time), September's. in_cus_c, whose own period starts 2026-09-15, is still
+    listed by October's rows only: October's, and not September's too."""
+    with warehouse.open_warehouse(reconciled_warehouse) as con:
+        _stripe_invoice(con, "in_void_oct", "cus_v", "void", "2026-10-01 00:00:00+00", 5000)
+        _stripe_invoice(con, "in_void_sep", "cus_v", "void", "2026-09-30 22:00:00+00", 700)
+        _stripe_invoice(con, "in_cus_c", "cus_c", "open", "2026-09-15 00:00:00+00", 280)
+        _dunning(con, "in_void_oct", "cus_v", "void", 5000, 0)
+        _dunning(con, "in_void_sep", "cus_v", "void", 700, 0)
+        con.execute("SET TimeZone = 'Asia/Tokyo'")
+        october, september = (load_report_data(con, month, generated_at=NOW) for month in (MONTH, SEPTEMBER))
+    assert sorted(october.dunning["invoice_id"].to_list()) == ["in_cus_b", "in_cus_c", "in_void_oct"]
+    assert _dunning_metrics(october) == {
+        "dunning_invoices_in_dunning": "1", "dunning_invoices_recovered": "1", "dunning_invoices_void": "1",
+        "dunning_at_risk_minor": "280", "dunning_recovered_minor": "375", "dunning_void_minor": "5000"}
+    assert september.dunning["invoice_id"].to_list() == ["in_void_sep"]
+    assert _dunning_metrics(september) == {"dunning_invoices_void": "1", "dunning_void_minor": "700"}
+
+
+def test_dunning_invoice_counts_are_the_summarys_categories(reconciled_warehouse, tmp_path):
+    """in_cus_a was never chased and Stripe saw it paid (not_in_dunning, reason paid): the finance summary
+    files it under `recovered` (3.00 paid) beside in_cus_b (3.75); in_cus_d, never chased and still
+    open (below the minimum, 3.20), is `below_minimum`. The invoice counts once went by dunning_state's
+    state: 1 recovered and 2 not_in_dunning beside 6.75 recovered, and dunning.csv's 2 recovered."""
+    with warehouse.open_warehouse(reconciled_warehouse) as con:
+        _dunning(con, "in_cus_a", "cus_a", "not_in_dunning", 0, 300, reason="paid")
+        _dunning(con, "in_cus_d", "cus_d", "not_in_dunning", 320, 0, reason="below_minimum")
+        files = write_report(con, MONTH, tmp_path / "out", generated_at=NOW)
+    summary = _summary(files.folder)
+    assert {m: v for (m, _c), v in summary.items() if m.startswith("dunning_")} == {
+        "dunning_invoices_in_dunning": "1", "dunning_invoices_recovered": "2", "dunning_invoices_below_minimum": "1",
+        "dunning_at_risk_minor": "280", "dunning_recovered_minor": "675", "dunning_below_minimum_minor": "320"}
+    with open(files.folder / "dunning.csv", newline="") as fh:
+        counts = {r["category"]: r["invoices"] for r in csv.DictReader(fh)}
+    assert counts == {"in_dunning": "1", "at_risk": "1", "recovered": "2", "below_minimum": "1"}
 
 
 def test_discrepancies_are_sorted_within_their_currency(reconciled_warehouse, tmp_path):
