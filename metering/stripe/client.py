@@ -24,6 +24,7 @@ import stripe
 
 from metering.config import is_http_url
 from metering.errors import BadInputError
+from metering.logs import redact
 
 
 @dataclass(frozen=True)
@@ -120,6 +121,25 @@ def settings_from_env(*, required: bool = True) -> StripeSettings | None:
     )
 
 
+class RedactingRequestsClient(stripe.RequestsClient):
+    """The SDK's requests client, with secrets masked in every error response before the SDK reads it.
+
+    Stripe answers a refused key with "Invalid API Key provided: sk_test_********3456", the key's
+    last characters. The SDK puts that text into the exception it raises and into its own debug log
+    of the body; a Dagster run stores an asset's exception text in its event log and compute logs,
+    where the CLI's log redaction never reaches. Masked here, it is nowhere.
+    """
+
+    def request(self, method: str, url: str, headers: Any, post_data: Any = None) -> tuple[bytes, int, Any]:
+        content, status, response_headers = super().request(method, url, headers, post_data)
+        if status >= 400:
+            text = content.decode("utf-8", "replace") if isinstance(content, bytes) else str(content)
+            masked = redact(text)
+            if masked != text:
+                content = masked.encode("utf-8")
+        return content, status, response_headers
+
+
 def make_client(settings: StripeSettings, *, max_network_retries: int | None = None) -> stripe.StripeClient:
     """A `StripeClient` with explicit retries and timeouts (the SDK defaults to 0 retries, 80 s)."""
     bases: dict[str, str] = {}
@@ -133,5 +153,5 @@ def make_client(settings: StripeSettings, *, max_network_retries: int | None = N
         max_network_retries=(
             settings.max_network_retries if max_network_retries is None else max_network_retries
         ),
-        http_client=stripe.RequestsClient(timeout=(settings.connect_timeout, settings.read_timeout)),
+        http_client=RedactingRequestsClient(timeout=(settings.connect_timeout, settings.read_timeout)),
     )

@@ -62,3 +62,28 @@ def test_the_key_never_leaks(tmp_path: Path, rules_dir: Path, monkeypatch: pytes
     assert CANARY_TAIL not in logged
     assert all(CANARY_TAIL not in out for out in outputs)
     assert _scan_tables(db) == []
+
+
+def test_a_refused_keys_masked_tail_is_in_no_sdk_error_or_log(caplog: pytest.LogCaptureFixture) -> None:
+    """Stripe answers a refused key with "Invalid API Key provided: sk_test_********…", the key's last
+    characters. A Dagster run stores an asset's exception text as raised (event log, compute logs),
+    outside the CLI's log redaction (audit: 'sk_test_********3456' in a run's event log). The client
+    masks secrets in error responses before the SDK reads them: its exception and its own debug log of
+    the body carry no key shape."""
+    import stripe
+
+    from metering.stripe.client import StripeSettings, make_client
+
+    caplog.set_level(logging.DEBUG)
+    logging.getLogger("stripe").setLevel(logging.DEBUG)
+    with running_sandbox(api_key=CANARY, now=int(NOW.timestamp())) as sb:
+        client = make_client(StripeSettings(api_key=CANARY + "wrong", api_base=sb.base_url,
+                                            meter_events_base=sb.base_url, max_network_retries=0))
+        with pytest.raises(stripe.AuthenticationError) as refused:
+            client.v1.customers.list({"limit": 1})
+    text = f"{refused.value} {refused.value.user_message} {refused.value.json_body}"
+    assert "Invalid API Key provided: [REDACTED]" in text
+    assert "sk_test_" not in text and "rong" not in text    # "…wrong": the masked key's tail
+    logged = " ".join(r.getMessage() for r in caplog.records if r.name.startswith("stripe"))
+    assert "error_message='Invalid API Key provided: [REDACTED]'" in logged   # stripe-python's debug log of it
+    assert "sk_test_" not in logged and "rong" not in logged
