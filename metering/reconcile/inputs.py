@@ -25,10 +25,11 @@ import polars as pl
 
 from metering.reconcile import reconcile as rc
 from metering.rules.meters import Meter
-from metering.stripe.catalog import NOT_EXPRESSIBLE_PRICE_SQL
-from metering.warehouse import query_frame
+from metering.stripe.catalog import ENDED_SUBSCRIPTIONS, NOT_EXPRESSIBLE_PRICE_SQL
+from metering.warehouse import query_frame, sql_string
 
 ADDITIVE = ("count", "sum")
+_ENDED = "[" + ", ".join(sql_string(s) for s in ENDED_SUBSCRIPTIONS) + "]"   # SQL list of ENDED_SUBSCRIPTIONS
 # Stripe invoice statuses whose lines are paid, and billed but not collected (void lines are ignored)
 PAID_STATUSES = ("paid",)
 REMAINING_STATUSES = ("open", "uncollectible")
@@ -417,9 +418,9 @@ def load_open_periods(con: duckdb.DuckDBPyConnection, periods: pl.DataFrame) -> 
     clocked = ("SELECT DISTINCT customer_id FROM stripe_customer_map WHERE test_clock_id IS NOT NULL"
                if {"customer_id", "test_clock_id"} <= table_columns(con, "stripe_customer_map")
                else "SELECT NULL::VARCHAR AS customer_id WHERE false")
-    ended = ("""(SELECT string_agg(DISTINCT s.subscription_id, ',' ORDER BY s.subscription_id)
+    ended = (f"""(SELECT string_agg(DISTINCT s.subscription_id, ',' ORDER BY s.subscription_id)
                  FROM stripe_subscriptions s WHERE s.customer_id = p.customer_id
-                 HAVING bool_and(s.status IN ('canceled', 'incomplete_expired')
+                 HAVING bool_and(list_contains({_ENDED}, s.status)
                                  AND s.ended_at <= CAST(p.period_end AS TIMESTAMPTZ)))"""
              if {"customer_id", "status", "ended_at", "subscription_id"} <= table_columns(con, "stripe_subscriptions")
              else "NULL::VARCHAR")

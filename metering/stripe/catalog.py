@@ -64,6 +64,9 @@ so the engine bills it as invoice items (metering.stripe.invoice_items)."""
 MAX_MINOR_DECIMALS = 12
 
 
+ENDED_SUBSCRIPTIONS = ("canceled", "incomplete_expired")
+"""Stripe subscription statuses that end it for good: it bills nothing more."""
+
 FINDINGS = ("drift", "not_expressible", "rounding")
 """The kinds of catalog finding (`Finding.finding`)."""
 
@@ -426,7 +429,7 @@ def sync_customers(
     ended: dict[str, int] = {}   # per Stripe customer, subscriptions that have ended
     last_end: dict[str, int] = {}   # per Stripe customer, when the latest of them ended (Unix seconds)
     for sub in client.v1.subscriptions.list({"limit": 100, "status": "all"}).auto_paging_iter():
-        if sub.status in ("canceled", "incomplete_expired"):
+        if sub.status in ENDED_SUBSCRIPTIONS:
             ended[sub.customer] = ended.get(sub.customer, 0) + 1
             end = getattr(sub, "ended_at", None) or getattr(sub, "canceled_at", None)
             # an incomplete_expired one billed nothing (its first invoice is voided): its time is free

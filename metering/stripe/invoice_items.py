@@ -57,7 +57,7 @@ import stripe
 
 from metering import warehouse
 from metering.customers import midnight_unix, month_bounds
-from metering.stripe.catalog import NOT_EXPRESSIBLE_PRICE_SQL, customer_map
+from metering.stripe.catalog import ENDED_SUBSCRIPTIONS, NOT_EXPRESSIBLE_PRICE_SQL, customer_map
 from metering.stripe.push import clock_times, stripe_now
 from metering.stripe.retry import CallOutcome, RateLimiter, RetryPolicy, call_with_retries
 
@@ -71,7 +71,6 @@ HELD_PENDING = (pl.col("status").is_in(["acknowledged", "blocked"]) & pl.col("st
                 & pl.col("stripe_invoice_id").is_null())
 KEY_MAX_AGE = dt.timedelta(hours=20)  # under Stripe's 24 h idempotency-key retention
 MAX_ROUNDS = 5                        # plan -> look up -> send, again for the charges a round changed
-DEAD_SUBSCRIPTIONS = ("canceled", "incomplete_expired")
 _KEY_PREFIX = "metering-item:"
 _ITEM_KEY_MAX = 200                   # metadata values may hold 500 characters
 
@@ -469,7 +468,7 @@ class InvoiceItemBiller:
                 if exc.http_status != 404:
                     raise
                 continue
-            if status not in DEAD_SUBSCRIPTIONS:
+            if status not in ENDED_SUBSCRIPTIONS:
                 live.add(sub)
         return live
 
