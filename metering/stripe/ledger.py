@@ -299,8 +299,13 @@ def record_outcomes(con: duckdb.DuckDBPyConnection, outcomes: list[dict[str, Any
 
 def status_counts(con: duckdb.DuckDBPyConnection, date_from: date, date_to: date, window_kind: str) -> dict[str, int]:
     """How many windows' latest revisions are in each status, for the date range."""
+    return summed_counts(status_counts_by_day(con, date_from, date_to, window_kind))
+
+
+def summed_counts(by_day: dict[date, dict[str, int]]) -> dict[str, int]:
+    """`status_counts_by_day`'s counts added up over the days."""
     counts = {s: 0 for s in STATUSES}
-    for day in status_counts_by_day(con, date_from, date_to, window_kind).values():
+    for day in by_day.values():
         for status, n in day.items():
             counts[status] += n
     return counts

@@ -70,21 +70,24 @@ def stripe_usage_pushes(context: dg.AssetExecutionContext, warehouse: WarehouseR
     client = stripe.get_client()
     with warehouse.get_connection() as con:
         meters = load_meters(paths.rules)
-        if stripe.advance_test_clock and stripe.test_clock:
-            # day by day: advance the clock to each day's end, then push that day (metering.stripe.clock)
+        day_by_day = bool(stripe.advance_test_clock and stripe.test_clock)
+        if day_by_day:
+            # advance the clock to each day's end, then push that day (metering.stripe.clock)
             reports = push_days_on_clock(con, client, meters, stripe.test_clock, first, last, config)
-            per_day = {r.date_from: _report_metadata(r) for r in reports}
         else:
             # one push for a range: each push reads Stripe's clocks and invoices once, and a push per day
-            # made the main job's backfills (up to 30 days each) 2.4 times slower. Each day then reports
-            # its own windows from the ledger, and the range's calls under `range/` keys
+            # made the main job's backfills (up to 30 days each) 2.4 times slower
             reports = [push_usage(con, client, meters, first, last, config)]
-            per_day = {first: _report_metadata(reports[0])} if first == last else {
-                day: {"windows": sum(day_counts.values()), **day_counts,
-                      **{f"range/{k}": v for k, v in _report_metadata(reports[0]).items()},
-                      "range": f"{first.isoformat()}..{last.isoformat()}"}
-                for day, day_counts in ledger.status_counts_by_day(con, first, last, config.window_kind).items()}
-        counts = ledger.status_counts(con, first, last, config.window_kind)
+        by_day = ledger.status_counts_by_day(con, first, last, config.window_kind)
+    if day_by_day or first == last:
+        per_day = {r.date_from: _report_metadata(r) for r in reports}
+    else:
+        # each day reports its own windows from the ledger, and the range's calls under `range/` keys
+        per_day = {day: {"windows": sum(day_counts.values()), **day_counts,
+                         **{f"range/{k}": v for k, v in _report_metadata(reports[0]).items()},
+                         "range": f"{first.isoformat()}..{last.isoformat()}"}
+                   for day, day_counts in by_day.items()}
+    counts = ledger.summed_counts(by_day)
     for day, metadata in per_day.items():
         context.add_asset_metadata(metadata, partition_key=day.isoformat())
     moved = sum(report.moved for report in reports)
@@ -146,4 +149,3 @@ def _report_metadata(report: PushReport) -> dict[str, object]:
         "raw_events_per_call": float(report.raw_events_per_call),
         "seconds": round(report.seconds, 3),
     }
-
