@@ -48,13 +48,14 @@ _TOO_MANY_DECIMALS = (f"(length(vtext) > {VALUE_SCALE} + 1 AND strpos(vtext, '.'
 _TOO_MANY_DIGITS = (f"(value_t = 'DOUBLE' AND length(vtext) > {MAX_JSON_NUMBER_DIGITS} AND "
                     f"length(trim({_DIGITS}, '0')) > {MAX_JSON_NUMBER_DIGITS})")
 _EXPONENT = "try_cast(split_part(lower(vtext), 'e', 2) AS BIGINT)"
+_NEGATIVE_EXPONENT = "prefix(split_part(lower(vtext), 'e', 2), '-')"  # also when too long to read
 # exponent form: with the mantissa's digits D (the point taken out), f of them after the point, and t
 # trailing zeros, the value is D/10^t x 10^(t - f + exp): its decimals are f - t - exp. So 1e-19 is
 # refused rather than rounded to 0, and 120e-13 (0.000000000012) accepted. An exponent too long to
 # read means many decimals when negative (a large one is value_too_large).
 _EXPONENT_TOO_PRECISE = (f"({_HAS_E} AND regexp_matches({_MANTISSA}, '[1-9]') AND coalesce("
                          f"length(split_part({_MANTISSA}, '.', 2)) - (length({_DIGITS}) - length(rtrim({_DIGITS}, '0')))"
-                         f" - {_EXPONENT} > {VALUE_SCALE}, prefix(split_part(lower(vtext), 'e', 2), '-')))")
+                         f" - {_EXPONENT} > {VALUE_SCALE}, {_NEGATIVE_EXPONENT}))")
 _TOO_PRECISE = f"({_TOO_MANY_DECIMALS} OR {_TOO_MANY_DIGITS} OR {_EXPONENT_TOO_PRECISE})"
 
 
@@ -89,7 +90,7 @@ _NOT_ZERO = f"(ltrim({_DIGITS}, '0') <> '')"
 # there
 _LITERAL_TOO_LARGE = (f"(NOT {_HAS_E} OR ({_NOT_ZERO} AND coalesce({_POINT} + "
                       f"(rtrim(ltrim({_DIGITS}, '0'), '0') <> '1')::INT > 16, "
-                      f"NOT prefix(split_part(lower(vtext), 'e', 2), '-'))))")
+                      f"NOT {_NEGATIVE_EXPONENT})))")
 
 
 # NaN or an infinity as a JSON token, outside strings (`"nan"` and a key `nan` are text): DuckDB's
