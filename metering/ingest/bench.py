@@ -23,12 +23,12 @@ from pathlib import Path
 
 from metering import config
 from metering.errors import BadInputError
-from metering.ingest.readers import parquet_scan
+from metering.ingest.readers import literal_glob, parquet_scan
 from metering.warehouse import database_files, remove_database, sql_string
 
 
 def _floor_sql(path: Path, fmt: str) -> str:
-    p = sql_string(str(path))
+    p = sql_string(literal_glob(str(path)))
     cols = "{'event_id': 'VARCHAR', 'customer_id': 'VARCHAR', 'meter': 'VARCHAR', 'timestamp': 'VARCHAR'}"
     source = {
         "parquet": f"SELECT event_id, customer_id, meter, timestamp FROM {parquet_scan(path)}",

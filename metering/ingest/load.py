@@ -18,7 +18,7 @@ from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
-from decimal import Decimal
+from decimal import Context, Decimal, localcontext
 from pathlib import Path
 
 import duckdb
@@ -73,7 +73,7 @@ class IngestResult:
     @property
     def conserved(self) -> bool:
         return (self.rows_read == self.rows_accepted + self.rows_quarantined + self.duplicates_dropped
-                and self.value_read == self.value_accepted + self.value_quarantined + self.value_dropped)
+                and self.value_read == sum_values((self.value_accepted, self.value_quarantined, self.value_dropped)))
 
     def as_dict(self) -> dict:
         """JSON-ready: the value sums as decimal text."""
@@ -84,9 +84,21 @@ VALUE_SUMS = ("value_read", "value_accepted", "value_quarantined", "value_droppe
 """`IngestResult`'s value sums, in the order of the conservation equation."""
 
 
+_EXACT = Context(prec=80)
+"""Python's default 28 digits round a sum of values (DECIMAL(38, 12): up to 38 digits each, 11 rows of
+999999999999999.999999999999 make 29), which once refused a valid file as not conserved."""
+
+
+def sum_values(values: Iterable[Decimal]) -> Decimal:
+    """The exact sum of value sums (no rounding to Python's default precision)."""
+    with localcontext(_EXACT):
+        return sum(values, Decimal(0))
+
+
 def decimal_text(value: Decimal) -> str:
     """Exact decimal text without trailing zeros or an exponent: 1.500000000000 -> 1.5, 1E+1 -> 10."""
-    return format(value.normalize(), "f")
+    with localcontext(_EXACT):
+        return format(value.normalize(), "f")
 
 
 class _EventsSink:

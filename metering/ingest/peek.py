@@ -12,7 +12,7 @@ from pathlib import Path
 import duckdb
 
 from metering.ingest.readers import (
-    NO_HIVE_PARTITIONS, detect_format, parquet_columns, parquet_field_text, parquet_scan,
+    NO_HIVE_PARTITIONS, detect_format, literal_glob, parquet_columns, parquet_field_text, parquet_scan,
 )
 from metering.ingest.validate import timestamp_sql
 from metering.warehouse import sql_string
@@ -23,7 +23,7 @@ _TS = timestamp_sql("ts")
 def event_date_range(path: Path) -> tuple[date, date] | None:
     """(first, last) UTC event date of the parsable timestamps in the file, or None if there are none."""
     fmt = detect_format(path)
-    p = sql_string(str(path))
+    p = sql_string(literal_glob(str(path)))
     con = duckdb.connect()
     try:
         con.execute("SET TimeZone = 'UTC'")

@@ -458,11 +458,19 @@ FROM __FIELDS__
 """
 
 
+_RFC4180_FIELD = r'(?:"(?:[^"]|"")*"|[^",]*)'
+_RFC4180_RECORD = re.compile(f"{_RFC4180_FIELD}(?:,{_RFC4180_FIELD})*")
+"""A record whose fields are each quoted whole (a quote inside doubled) or hold no quote at all:
+Python's csv module, even strict, reads `x"y` as the text x"y, where RFC 4180 has broken quoting."""
+
+
 def _split_quoted(texts: list[tuple[int, str]]) -> pa.Table:
     """Lines with quotes are split by Python's csv module (few: only fields holding , or ")."""
     lines, fields, errors = [], [], []
     for line, text in texts:
         try:
+            if not _RFC4180_RECORD.fullmatch(text):
+                raise csv.Error("a quote inside an unquoted field")
             rows = list(csv.reader([text], strict=True))
             lines.append(line)
             fields.append(rows[0] if len(rows) == 1 else [])
@@ -584,10 +592,17 @@ columns that REPLACE the file's own (a file under `raw/value=999/` had every val
 ROW_NUMBER_COLUMN = "file_row_number"
 
 
+def literal_glob(path: str) -> str:
+    """`path` as a DuckDB glob pattern matching that path alone. DuckDB's file readers take `*`, `?`
+    and `[` in a path as a pattern (`usage[1].parquet` read `usage1.parquet`); each becomes a
+    one-character class (`[[]`), which has no backslash escape to go wrong."""
+    return "".join(f"[{c}]" if c in "*?[" else c for c in path)
+
+
 def parquet_scan(path: Path, *, row_numbers: bool = False) -> str:
     """SQL reading the Parquet file `path` as it is: its own columns only (plus `file_row_number`)."""
     numbered = f", {ROW_NUMBER_COLUMN} = true" if row_numbers else ""
-    return f"read_parquet({sql_string(str(path))}, {NO_HIVE_PARTITIONS}{numbered})"
+    return f"read_parquet({sql_string(literal_glob(str(path)))}, {NO_HIVE_PARTITIONS}{numbered})"
 
 
 def parquet_columns(con: duckdb.DuckDBPyConnection, path: Path) -> dict[str, str]:

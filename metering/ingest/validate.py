@@ -181,6 +181,10 @@ def _checks(meters: dict[str, Meter], now: datetime) -> list[tuple[str, str, str
          "THEN 'properties repeat a key' ELSE 'properties must be an object of string values' END || "
          f"CASE WHEN regexp_matches(properties, '{_NON_JSON_NUMBER}') THEN ' (NaN and Infinity are not JSON)' "
          "ELSE '' END"),
+        # (NaN or an infinity is not a number either, but its own reason, later in the order)
+        ("bad_type", f"value_t <> 'NULL' AND (NOT list_contains({_NUMBER_KINDS}, value_t) OR "
+                     f"(vtext IS NOT NULL AND NOT num_ok AND NOT list_contains({_NON_FINITE}, lower(vtext))))",
+         "'value must be a decimal number, got ' || coalesce(vtext, lower(value_t))"),
         ("control_characters",
          # the (costly) regex runs only where a control character may be: text whose JSON form has
          # an escape or that holds DEL; a meter that names a defined meter has none
@@ -202,14 +206,13 @@ def _checks(meters: dict[str, Meter], now: datetime) -> list[tuple[str, str, str
          + " || ')'"),
         ("non_finite_value", f"NOT num_ok AND list_contains({_NON_FINITE}, lower(vtext))",
          "'value ' || vtext || ' is not finite'"),
-        ("bad_type", f"value_t <> 'NULL' AND (NOT list_contains({_NUMBER_KINDS}, value_t) OR "
-                     f"(vtext IS NOT NULL AND NOT num_ok))",
-         "'value must be a decimal number, got ' || coalesce(vtext, lower(value_t))"),
         ("value_too_large",
          f"vtext IS NOT NULL AND (abs(v12) > {MAX_VALUE} OR (v12 IS NULL AND {_LITERAL_TOO_LARGE}))",
          f"'value ' || vtext || ' exceeds {MAX_VALUE}'"),
-        # (v12 NULL here: a number too precise for DECIMAL(38, 12), judged next)
-        ("negative_value", f"v12 < 0 OR (v12 IS NULL AND vtext IS NOT NULL AND prefix(vtext, '-') AND {_NOT_ZERO})",
+        # v12 NULL here: a number too precise for DECIMAL(38, 12), judged next; v12 0: one below the
+        # 12th decimal, rounded (-1e-13), which is negative before it is too precise
+        ("negative_value", f"v12 < 0 OR (coalesce(v12, 0) = 0 AND vtext IS NOT NULL AND prefix(vtext, '-') "
+                           f"AND {_NOT_ZERO})",
          "'value ' || vtext || ' is negative'"),
         # cheap guards first: most values are short integers or have a few decimals
         ("value_too_precise", _TOO_PRECISE,
@@ -251,10 +254,14 @@ prepared AS (
 ), typed AS (
     SELECT *,
         -- DuckDB 1.5 casts text to DECIMAL(38, s) ~100x slower than to DECIMAL(18, s): take the fast
-        -- path whenever the value fits (|v| < 1e6), the exact wide cast otherwise (same result)
-        -- (NULL also for an exponent form DuckDB cannot cast: see `_exact_value`)
-        coalesce(try_cast(vtext AS DECIMAL(18, {VALUE_SCALE}))::DECIMAL(38, {VALUE_SCALE}),
-                 try_cast(vtext AS DECIMAL(38, {VALUE_SCALE}))) AS v12,
+        -- path whenever a plain decimal fits (|v| < 1e6), the exact wide cast otherwise (same result).
+        -- Not for an exponent form: the narrow cast keeps 18 of the mantissa's digits and its scale's
+        -- decimals before applying the exponent (1.000000000000000001e6 -> 1000000, outside its own
+        -- range; 0.0000000000000000001057e18 -> 0), where the wide one is exact (NULL also for an
+        -- exponent form DuckDB cannot cast: see `_exact_value`)
+        CASE WHEN {_HAS_E} THEN try_cast(vtext AS DECIMAL(38, {VALUE_SCALE}))
+             ELSE coalesce(try_cast(vtext AS DECIMAL(18, {VALUE_SCALE}))::DECIMAL(38, {VALUE_SCALE}),
+                           try_cast(vtext AS DECIMAL(38, {VALUE_SCALE}))) END AS v12,
         vtext IS NOT NULL AND regexp_full_match(vtext, '{_NUMBER}') AS num_ok,
         CASE WHEN properties_canonical AND properties_t = 'OBJECT' THEN properties
              WHEN pm IS NULL OR cardinality(pm) = 0 THEN '{{}}'

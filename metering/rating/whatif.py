@@ -50,9 +50,9 @@ def read_usage_file(path: str | Path) -> pl.DataFrame:
         raise BadInputError(f"{path}: file not found")
     try:
         if path.suffix.lower() in (".parquet", ".pq"):
-            return pl.read_parquet(path)
+            return pl.read_parquet(path, glob=False)  # `usage[1].parquet` is a name, not a pattern
         _check_csv_records(path)
-        return pl.read_csv(path, infer_schema=False)
+        return pl.read_csv(path, infer_schema=False, glob=False)
     except (pl.exceptions.PolarsError, OSError) as exc:
         raise BadInputError(f"{path}: cannot read usage file: {exc}") from None
 

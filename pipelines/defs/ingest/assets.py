@@ -24,7 +24,6 @@ re-report every date it ever saw.
 """
 
 from datetime import datetime, timezone
-from decimal import Decimal
 
 import dagster as dg
 import duckdb
@@ -32,7 +31,7 @@ import duckdb
 from metering.errors import BadInputError
 from metering.ingest import REASONS, IngestResult, expand_paths, ingest_file
 from metering.ingest import checks as ingest_checks
-from metering.ingest.load import VALUE_SUMS, decimal_text, ingested_dates
+from metering.ingest.load import VALUE_SUMS, decimal_text, ingested_dates, sum_values
 from metering.rules.meters import load_meters
 from pipelines.partitions import START_DATE, daily_usage
 from pipelines.resources import WAREHOUSE_POOL, ProjectPaths, WarehouseResource
@@ -181,7 +180,7 @@ def usage_events(
             "duplicates_dropped": sum(r.duplicates_dropped for r in done),
             "conflicting_duplicates": sum(r.conflicting_duplicates for r in done),
             # exact decimal text: read = accepted + quarantined + dropped
-            **{k: decimal_text(sum((getattr(r, k) for r in done), Decimal(0))) for k in VALUE_SUMS},
+            **{k: decimal_text(sum_values(getattr(r, k) for r in done)) for k in VALUE_SUMS},
             "event_dates_touched": dg.MetadataValue.json(touched),
             "event_dates_of_skipped_files": dg.MetadataValue.json(earlier),
             "event_dates_outside_run": dg.MetadataValue.json(outside),

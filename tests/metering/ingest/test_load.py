@@ -6,6 +6,7 @@ import gzip
 import hashlib
 import json
 import shutil
+from datetime import date
 from decimal import Decimal
 
 import polars as pl
@@ -174,6 +175,35 @@ def _unreadable(tmp_path):
     }
 
 
+@pytest.mark.parametrize("name", ["usage[1]", "a?", "a*", "[ab]c"])
+def test_a_file_name_is_never_a_pattern(name, tmp_path, con):
+    """DuckDB's readers take `*`, `?` and `[` in a path as a glob: `usage[1].parquet` was read as
+    `usage1.parquet`, its own rows lost and the neighbour's stored under its hash."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from metering.ingest.peek import event_date_range
+    from metering.rating.whatif import read_usage_file
+
+    folder = tmp_path / "raw[1]"   # the folder's name too
+    folder.mkdir()
+    for decoy in ("usage1", "a1", "ab", "ac", "a", "bc"):
+        pq.write_table(pa.table({"event_id": [f"decoy-{decoy}"], "customer_id": ["c"], "meter": ["tokens"],
+                                 "timestamp": ["2026-10-01T00:00:00Z"], "value": ["1"]}), folder / f"{decoy}.parquet")
+        write_lines(folder / f"{decoy}.jsonl", [event(f"decoy-{decoy}", timestamp="2026-10-01T00:00:00Z")])
+    own = {"event_id": [f"own-{name}"], "customer_id": ["c"], "meter": ["tokens"],
+           "timestamp": ["2026-10-09T00:00:00Z"], "value": ["7"]}
+    pq.write_table(pa.table(own), folder / f"{name}.parquet")
+    write_lines(folder / f"{name}.jsonl", [event(f"own-{name}", timestamp="2026-10-09T00:00:00Z", value=7)])
+    for suffix in (".parquet", ".jsonl"):
+        path = folder / f"{name}{suffix}"
+        r = ingest_file(con, path, now=NOW)
+        assert (r.rows_read, r.rows_accepted, r.duplicates_dropped) == (1, 1, 0) if suffix == ".parquet" else (1, 0, 1)
+        assert event_date_range(path) == (date(2026, 10, 9), date(2026, 10, 9))
+    assert con.execute("SELECT event_id, value::VARCHAR FROM usage_events").fetchall() == [(f"own-{name}", "7.000000000000")]
+    assert read_usage_file(folder / f"{name}.parquet")["event_id"].to_list() == [f"own-{name}"]
+
+
 def test_unreadable_files_fail_clearly_and_change_nothing(tmp_path, con):
     ingest_file(con, write_lines(tmp_path / "ok.jsonl", [event("first")]), now=NOW)
     before = _digests(con)
@@ -231,6 +261,20 @@ def test_values_read_add_up_to_values_stored_quarantined_and_dropped(tmp_path, c
     assert dict(con.execute("SELECT event_id, value FROM usage_quarantine").fetchall()) == {
         "a": Decimal("2.25"), "b": Decimal(-3), "c": Decimal(4), "d": Decimal("0.000000000001"),
         "e": None, "f": None, "g": None, None: None}  # the broken line has no id
+    assert checks.conservation(con).passed
+
+
+def test_values_add_up_beyond_pythons_default_28_digits(tmp_path, con):
+    """11 of the largest valid values sum to 29 digits: Python's default decimal context rounded the
+    sum, and a valid file was refused as not conserved (exit 4)."""
+    big = "999999999999999.999999999999"
+    lines = [event(f"big{i}", value=big) for i in range(11)] + [event("big0", value=big), event("n", value="-" + big)]
+    r = ingest_file(con, write_lines(tmp_path / "f.jsonl", lines), now=NOW)
+    assert (r.rows_accepted, r.duplicates_dropped, r.rows_quarantined) == (11, 1, 1) and r.conserved
+    # 12 x big - big, by hand: 11 accepted, 1 dropped, -1 quarantined (negative_value)
+    assert {k: r.as_dict()[k] for k in ("value_read", "value_accepted", "value_dropped", "value_quarantined")} == {
+        "value_read": "10999999999999999.999999999989", "value_accepted": "10999999999999999.999999999989",
+        "value_dropped": big, "value_quarantined": "-" + big}
     assert checks.conservation(con).passed
 
 

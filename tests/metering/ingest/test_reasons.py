@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import itertools
 import json
+from decimal import Decimal
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from metering.ingest import REASONS, ingest_file
 from tests.metering.ingest.conftest import NOW, event, write_lines
@@ -91,6 +95,23 @@ def test_a_row_breaking_several_rules_gets_the_first_in_the_documented_order(tmp
          "timestamp yesterday is not RFC 3339 with an offset or epoch milliseconds after 2000")]
 
 
+def test_a_value_that_is_no_number_is_bad_type_before_the_later_checks(tmp_path, con):
+    """bad_type precedes control_characters, unknown_meter, the timestamps and the value's own checks: a
+    value that is no number once came after all of them. NaN is not a number either, but has its own,
+    later reason; a negative value below the 12th decimal is negative before it is too precise (it once
+    rounded to 0 and was only too precise)."""
+    lines = [event("o1", meter="nope", value="twelve"), event("o2", timestamp="yesterday", value="twelve"),
+             event("o3", timestamp="2030-01-01T00:00:00Z", value=True), event("o4\u0001", value={}),
+             event("o5", value="-1e-13"), event("o6", value="-0.0000000000001"), event("o7", meter="nope", value="NaN"),
+             event("o8", value="NaN", timestamp="yesterday"), event("o9", value="-0e-13")]
+    result = ingest_file(con, write_lines(tmp_path / "f.jsonl", lines), now=NOW)
+    assert con.execute("SELECT event_id, reason FROM usage_quarantine ORDER BY 1").fetchall() == [
+        ("o1", "bad_type"), ("o2", "bad_type"), ("o3", "bad_type"), ("o4\u0001", "bad_type"),
+        ("o5", "negative_value"), ("o6", "negative_value"), ("o7", "unknown_meter"), ("o8", "bad_timestamp")]
+    assert con.execute("SELECT event_id, value::VARCHAR FROM usage_events").fetchall() == [("o9", "0.000000000000")]
+    assert result.conserved
+
+
 def test_a_json_lines_byte_order_mark_is_read_alike_by_every_line_reader(tmp_path, con):
     """A file holding all four separator bytes is split in Python, which kept a leading BOM (line 1
     then bad_json) where Arrow's reader drops it: the first row's fate hung on bytes elsewhere."""
@@ -115,14 +136,20 @@ def test_bad_csv_rows(tmp_path, con):
                      b"short,c1,tokens\n"
                      b'"unclosed,c1,tokens,2026-10-05T00:00:00Z,3,small\n'
                      b"long,c1,tokens,2026-10-05T00:00:00Z,3,small,extra\n"
-                     b"bad\xff,c1,tokens,2026-10-05T00:00:00Z,3,small\n")
+                     b"bad\xff,c1,tokens,2026-10-05T00:00:00Z,3,small\n"
+                     # RFC 4180: a quote only in a field quoted whole (Python's csv module, even strict,
+                     # read x"y as the text x"y)
+                     b'x"y,c1,tokens,2026-10-05T00:00:00Z,3,small\n'
+                     b'"q"r,c1,tokens,2026-10-05T00:00:00Z,3,small\n'
+                     b'"q""r",c1,tokens,2026-10-05T00:00:00Z,3,"sm,all"\n')
     result = ingest_file(con, path, now=NOW)
-    assert result.rows_accepted == 1
+    assert con.execute("SELECT event_id FROM usage_events ORDER BY 1").fetchall() == [("good",), ('q"r',)]
     assert con.execute("SELECT source_line, reason FROM usage_quarantine ORDER BY 1").fetchall() == [
-        (3, "bad_csv_row"), (4, "bad_csv_row"), (5, "bad_csv_row"), (6, "invalid_utf8")]
+        (3, "bad_csv_row"), (4, "bad_csv_row"), (5, "bad_csv_row"), (6, "invalid_utf8"), (7, "bad_csv_row"),
+        (8, "bad_csv_row")]
     # a row that did not parse has no quantity (its cells may be shifted): in no value sum
     assert con.execute("SELECT count(*) FROM usage_quarantine WHERE value IS NOT NULL").fetchone()[0] == 0
-    assert (result.value_read, result.value_quarantined) == (3, 0) and result.conserved
+    assert (result.value_read, result.value_quarantined) == (6, 0) and result.conserved
 
 
 def test_precise_values_are_exact(tmp_path, con):
@@ -132,6 +159,31 @@ def test_precise_values_are_exact(tmp_path, con):
     got = [r[0] for r in con.execute("SELECT value::VARCHAR FROM usage_events ORDER BY event_id").fetchall()]
     assert got == ["0.000000000001", "999999999999999.999999999999", "123456789012345.000000000000",
                    "1500.000000000000", "7.000000000000", "0.100000000000"]
+
+
+_RUNS = itertools.count()
+_VALUES = st.integers(0, 10**27).map(lambda n: Decimal(n).scaleb(-12))   # every valid value: <= 1e15, 12 decimals
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(cases=st.lists(st.tuples(_VALUES, st.integers(-25, 25), st.integers(0, 12), st.integers(0, 12),
+                                st.sampled_from(["e", "E"]), st.sampled_from(["", "+"])), min_size=1, max_size=25))
+def test_exponent_forms_are_stored_exactly(cases, tmp_path, con):
+    """Any valid value written as mantissa x 10^e, with zeros before and after, is stored as that value
+    (checked against Python's Decimal). DuckDB's fast narrow cast kept 18 of the mantissa's digits
+    (1.000000000000000001e6 was stored as 1000000) or its scale's decimals before the exponent
+    (0.0000000000000000001057e18 as 0)."""
+    literals = []
+    for value, e, lead, trail, mark, sign in cases:
+        mantissa = format(value.scaleb(-e), "f")
+        mantissa = "0" * lead + mantissa + ("" if "." in mantissa or not trail else ".") + "0" * trail
+        literals.append(f"{sign}{mantissa}{mark}{e}")
+    run = next(_RUNS)   # one warehouse for every example: ids and files of their own
+    path = write_lines(tmp_path / f"f{run}.jsonl", [event(f"{run}-{i}", value=lit) for i, lit in enumerate(literals)])
+    result = ingest_file(con, path, now=NOW)
+    assert result.rows_quarantined == 0, con.execute("SELECT detail FROM usage_quarantine").fetchall()
+    got = dict(con.execute("SELECT event_id, value FROM usage_events WHERE file_id = ?", [result.file_id]).fetchall())
+    assert got == {f"{run}-{i}": Decimal(lit) for i, lit in enumerate(literals)}, literals
 
 
 def test_exact_values_at_the_edges_are_accepted(tmp_path, con):
@@ -186,6 +238,18 @@ def test_rfc3339_lower_case_t_and_z_are_accepted(tmp_path, con):
     assert ingest_file(con, path, now=NOW).rows_accepted == 2
     assert con.execute("SELECT event_id, epoch_ms(event_time), event_date::VARCHAR FROM usage_events ORDER BY 1"
                        ).fetchall() == [("t1", 1791201600000, "2026-10-05"), ("t2", 1791246600500, "2026-10-06")]
+
+
+def test_timestamps_are_cut_to_the_microsecond_not_rounded(tmp_path, con):
+    """DuckDB holds microseconds: the further digits RFC 3339 allows are cut (the documented rule), so the
+    last nanoseconds of a day stay on it, and two timestamps within one microsecond are one instant."""
+    path = write_lines(tmp_path / "f.jsonl", [event("d", timestamp="2026-10-05T23:59:59.999999999Z"),
+                                              event("n", timestamp="2026-10-05T12:00:00.000000100Z"),
+                                              event("n", timestamp="2026-10-05T12:00:00.000000900Z")])
+    result = ingest_file(con, path, now=NOW)
+    assert (result.rows_accepted, result.duplicates_dropped) == (2, 1)
+    assert con.execute("SELECT event_id, epoch_us(event_time), event_date::VARCHAR FROM usage_events ORDER BY 1"
+                       ).fetchall() == [("d", 1791244799999999, "2026-10-05"), ("n", 1791201600000000, "2026-10-05")]
 
 
 def test_reasons_are_documented_in_order():
