@@ -34,6 +34,11 @@ class BadInputError(MeteringError):
     exit_code = EXIT_BAD_INPUT
 
 
+class FileChangedError(BadInputError):
+    """A raw file changed while it was read: nothing of it was stored, and reading it again once it is
+    still will do (a transient state, unlike a file that cannot be read at all)."""
+
+
 class CheckFailedError(MeteringError):
     """An invariant or a configured threshold does not hold."""
 

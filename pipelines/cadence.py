@@ -1,7 +1,7 @@
 """Whether schedules and the raw-file sensor start running: only in production.
 
-Everything ships stopped (turn it on in the UI, or with `dagster schedule start` / `dagster sensor
-start`) unless `METERING_ENV=production`, where every schedule and `raw_usage_files_sensor` start
+Everything ships stopped (turn it on in the UI, or with `DAGSTER_HOME=$PWD dagster schedule start` /
+`dagster sensor start` from the repo root) unless `METERING_ENV=production`, where every schedule and `raw_usage_files_sensor` start
 RUNNING. The webhook landing sensor always runs: it only moves what the receiver already stored.
 """
 

@@ -25,7 +25,7 @@ import duckdb
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from metering.errors import BadInputError, CheckFailedError
+from metering.errors import BadInputError, CheckFailedError, FileChangedError
 from metering.ingest import dedupe, readers, validate
 from metering.rules.meters import Meter, load_meters
 
@@ -331,7 +331,7 @@ def ingest_file(
         if _identity(path) != before:
             # the hash and the rows may then describe different bytes: a manifest entry for content
             # not read would skip the complete file for ever as already ingested
-            raise BadInputError(f"{path}: the file changed while it was being read (a writer still appending?); "
+            raise FileChangedError(f"{path}: the file changed while it was being read (a writer still appending?); "
                                 f"nothing was stored: write raw files elsewhere and move them into place when "
                                 f"complete, then ingest again")
     except BaseException:

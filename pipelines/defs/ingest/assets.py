@@ -28,7 +28,7 @@ from datetime import datetime, timezone
 import dagster as dg
 import duckdb
 
-from metering.errors import BadInputError
+from metering.errors import BadInputError, FileChangedError
 from metering.ingest import REASONS, IngestResult, expand_paths, ingest_file
 from metering.ingest import checks as ingest_checks
 from metering.ingest.load import VALUE_SUMS, decimal_text, ingested_dates, sum_values
@@ -135,6 +135,11 @@ def usage_events(
         for path in files:
             try:
                 r = ingest_file(con, path, meters=meters, now=now)
+            except FileChangedError:
+                # not unreadable, only not still: the run fails (the files before it are committed) and
+                # the sensor requests the batch again once the file is still. Skipped like an unreadable
+                # file, the run succeeded and the sensor took the file as done: it was never ingested
+                raise
             except BadInputError as exc:  # this file changes nothing; the others still load
                 unreadable[str(path)] = str(exc)
                 context.log.error(str(exc))

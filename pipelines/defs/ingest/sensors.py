@@ -91,7 +91,8 @@ RELEASE_HELD = (
     "later raw files wait for an operator (ingesting them first could change which version of a conflicting "
     "event is billed): once the given-up files are in the warehouse, the sensor releases the later ones by "
     "itself on its next tick; or remove the given-up files from data/raw/ to let the later ones go without them "
-    f"(`dagster sensor cursor {SENSOR_NAME} --delete` makes it rescan data/raw/ in path order)"
+    f"(`DAGSTER_HOME=$PWD dagster sensor cursor {SENSOR_NAME} --delete`, from the repo root, makes it rescan "
+    "data/raw/ in path order)"
 )
 
 
@@ -302,6 +303,15 @@ def _outstanding(handed: dict[str, _Handed]) -> tuple[list[str], list[str]]:
     return live, gave_up
 
 
+def _hash_or_note(path: Path, unreadable: dict[str, str]) -> str | None:
+    """The file's content hash, or None with the reason noted in `unreadable` (no permission, an I/O error)."""
+    try:
+        return file_hash(path)
+    except OSError as exc:
+        unreadable[str(path)] = str(exc)
+        return None
+
+
 def _run_key(digests: list[str], requested_at: datetime) -> str:
     """A base run key of its own for every request: the files' content hashes and the time of the tick
     that requests them (to the microsecond). Content alone would give the same key to a request of the
@@ -329,8 +339,13 @@ def raw_usage_files_sensor(context: dg.SensorEvaluationContext, paths: ProjectPa
     pending: dict[str, _Stat] = {}
     fresh: dict[str, _Stat] = {}  # stable, never handed: hashed only once it can be requested
     new: dict[str, tuple[str, _Stat]] = {}
+    unreadable: dict[str, str] = {}
     for key, path in present.items():
-        stat = _Stat.of(path)
+        try:
+            stat = _Stat.of(path)
+        except OSError as exc:  # gone since the listing, a dangling link: nothing to do with it now
+            unreadable[key] = str(exc)
+            continue
         entry = handed.get(key)
         if entry and entry.stat == stat:
             continue
@@ -340,7 +355,9 @@ def raw_usage_files_sensor(context: dg.SensorEvaluationContext, paths: ProjectPa
         if entry is None:
             fresh[key] = stat
             continue
-        digest = file_hash(path)
+        digest = _hash_or_note(path, unreadable)
+        if digest is None:
+            continue
         if entry.sha256 == digest:  # touched, same content
             handed[key] = replace(entry, size=stat.size, mtime_ns=stat.mtime_ns)
         else:
@@ -366,13 +383,21 @@ def raw_usage_files_sensor(context: dg.SensorEvaluationContext, paths: ProjectPa
             context.log.info(f"holding {len(held)} new raw file(s) until the earlier request of {live} is done "
                              f"(ingestion follows arrival order)")
     elif arrived:
-        new.update({key: (file_hash(present[key]), stat) for key, stat in fresh.items()})
+        # a file the sensor cannot read (permissions, an I/O error) is left out, and tried again once it
+        # settles anew: failing the tick instead stalled every other file
+        hashed = {key: (_hash_or_note(present[key], unreadable), stat) for key, stat in fresh.items()}
+        new.update({key: found for key, found in hashed.items() if found[0] is not None})
+        order = [key for key in order if key in new]
+    if order and not held:
         now = datetime.now(timezone.utc)
         base = _run_key([digest for digest, _ in new.values()], now)
         as_of = now.replace(microsecond=0).isoformat()
         handed.update({key: _Handed(digest, stat.size, stat.mtime_ns, base, 1, REQUESTED, as_of)
                        for key, (digest, stat) in new.items()})
         requests.append(_request(context, [present[k] for k in order], base, 1, as_of))  # arrival order
+    if unreadable:
+        context.log.warning(f"cannot read {len(unreadable)} raw file(s), left out until they can be read "
+                            f"(the other files go on): {unreadable}")
     cursor = _Cursor(handed, pending, {k: arrival[k] for k in held}, tick).dumps()
     if requests:
         return dg.SensorResult(run_requests=requests, cursor=cursor)

@@ -172,6 +172,52 @@ def test_a_failed_run_is_requested_again_and_then_the_files_are_done(world):
     assert world.clean_rows() == {"2026-10-05": 1}
 
 
+def test_a_file_touched_while_its_run_reads_it_is_requested_again(world, monkeypatch):
+    """A backup tool touching a file (same bytes) while the run reads it: the run stores nothing of it.
+    The asset once skipped it as unreadable and succeeded, the sensor took the file as done, and its
+    events were never ingested. The run now fails, and the sensor's retry ingests the file."""
+    from metering.ingest import readers
+
+    path = world.write_events("a.jsonl", ["2026-10-05T10:00:00Z"])
+    settled = world.settle()
+    [request] = settled.requests
+    real_hash = readers.file_hash
+
+    def hash_while_touched(target):
+        later = path.stat().st_mtime_ns + 1_000_000_000
+        os.utime(target, ns=(later, later))
+        return real_hash(target)
+
+    monkeypatch.setattr(readers, "file_hash", hash_while_touched)
+    first = world.run(request)
+    monkeypatch.setattr(readers, "file_hash", real_hash)
+    assert not first.success and world.clean_rows() == {}
+    changing = world.tick(settled.cursor)   # its mtime moved: looked at once it is still
+    assert changing.requests == []
+    [retry] = world.tick(changing.cursor).requests
+    assert retry.run_key == f"{request.run_key}-attempt2" and _files(retry) == [str(path)]
+    assert world.run(retry).success
+    assert world.clean_rows() == {"2026-10-05": 1}
+
+
+def test_a_file_the_sensor_cannot_read_is_left_out_and_the_others_go_on(world):
+    """A file whose bytes cannot be read (here a link to this process's /proc/self/mem: reading its
+    first page fails with EIO; a file without read permission under a non-root daemon alike) once
+    failed every tick, so no other file was ever requested."""
+    good = world.write_events("good.jsonl", ["2026-10-05T10:00:00Z"])
+    world.raw.joinpath("mem.jsonl").symlink_to("/proc/self/mem")
+    settled = world.settle()
+    [request] = settled.requests
+    assert _files(request) == [str(good)]
+    assert "cannot read 1 raw file(s)" in settled.logged(logging.WARNING)
+    assert str(world.raw / "mem.jsonl") in settled.logged(logging.WARNING)
+    assert world.run(request).success and world.clean_rows() == {"2026-10-05": 1}
+    again = world.tick(settled.cursor)   # tried again once it settles anew: still left out, nothing requested
+    later = world.tick(again.cursor)
+    assert again.requests == later.requests == []
+    assert "cannot read 1 raw file(s)" in again.logged(logging.WARNING) + later.logged(logging.WARNING)
+
+
 def test_a_file_that_changes_after_a_failed_run_is_requested_anew_not_retried_half_written(world):
     world.write_events("a.jsonl", ["2026-10-05T10:00:00Z"])
     settled = world.settle()
