@@ -14,6 +14,8 @@ period that *starts* in that month (periods follow each customer's billing ancho
   invoices the API pull did not see (the API read wins: it is the later, direct read). Lines that
   are the engine's own invoice items (their item id is in `stripe_invoice_items`) bill the charges
   Stripe cannot price; the ledger also says which acknowledged items Stripe still holds pending.
+  Each line's price id is joined to the catalog sync's `drift` findings on amount fields
+  (`price_drift`): a difference on a line a drifted price priced is that price, never rounding.
 """
 
 from __future__ import annotations
@@ -316,7 +318,7 @@ def _webhook_lines_sql(con: duckdb.DuckDBPyConnection) -> str | None:
         joins.append("LEFT JOIN stripe_invoices i ON i.invoice_id = w.invoice_id")
     return f"""
         SELECT w.invoice_id, w.line_id, {customer_id} AS customer_id, nullif({meter}, '') AS meter,
-               {c('quantity_decimal', 'DECIMAL(38, 12)')} AS quantity_decimal,
+               {c('price_id')} AS price_id, {c('quantity_decimal', 'DECIMAL(38, 12)')} AS quantity_decimal,
                CAST(w.amount AS BIGINT) AS amount, {c('currency')} AS currency,
                {c('period_start', 'TIMESTAMPTZ')} AS period_start, {c('period_end', 'TIMESTAMPTZ')} AS period_end,
                {c('invoice_item')} AS invoice_item, {c('metering_item')} AS metering_item, 'webhook' AS source
@@ -331,7 +333,7 @@ def merged_lines_sql(con: duckdb.DuckDBPyConnection) -> str:
     An invoice whose period touches two months is pulled with each: its lines are those of its latest pull.
     """
     api = """
-        SELECT invoice_id, line_id, customer_id, meter, quantity_decimal, amount, currency,
+        SELECT invoice_id, line_id, customer_id, meter, price_id, quantity_decimal, amount, currency,
                period_start, period_end, invoice_item, metering_item, 'api' AS source
         FROM stripe_invoice_lines_api
         QUALIFY dense_rank() OVER (PARTITION BY invoice_id ORDER BY pulled_at DESC, billing_month DESC) = 1
@@ -475,6 +477,57 @@ def _engine_item_sql(con: duckdb.DuckDBPyConnection, line: str) -> str:
             f"OR {line}.metering_item IN (SELECT item_key FROM stripe_invoice_items))")
 
 
+PRICE_AMOUNT_FIELDS = ("unit_amount_decimal", "transform_quantity", "billing_scheme", "tiers_mode", "tiers",
+                      "expressible")
+"""The fields of a catalog `drift` finding on a price (`metering.stripe.catalog.price_drift`) that change
+what Stripe charges for a quantity: unit amount, package (transform_quantity), tiers (their unit and
+flat amounts, bounds and mode) and the billing scheme, and a price kept for a charge Stripe cannot express
+(`expressible`: Stripe bills the charge its own way). Not the currency (`currency_mismatch` says that), the
+meter or the interval, nor a `rounding` finding: a half-even version's half-cent lines are rounding."""
+
+
+def _price_drift_sql(con: duckdb.DuckDBPyConnection) -> str:
+    """SELECT price_id, our_key, drift: per Stripe price the latest catalog sync found drifted from our
+    rules in a field of PRICE_AMOUNT_FIELDS, what differs ('price_x (pro|2026-01|api calls)
+    unit_amount_decimal: ours 0.15, Stripe 0.165'). No rows without the findings table."""
+    if not {"finding", "kind", "our_key", "stripe_id", "field", "ours", "theirs"} <= table_columns(
+            con, "stripe_catalog_findings"):
+        return "SELECT NULL::VARCHAR AS price_id, NULL::VARCHAR AS our_key, NULL::VARCHAR AS drift WHERE false"
+    fields = "[" + ", ".join(sql_string(f) for f in PRICE_AMOUNT_FIELDS) + "]"
+    return f"""
+        SELECT stripe_id AS price_id, our_key,
+               string_agg(DISTINCT coalesce(stripe_id, 'no price') || ' (' || our_key || ') ' || field || ': ours '
+                          || coalesce(ours, 'none') || ', Stripe ' || coalesce(theirs, 'none'), '; ') AS drift
+        FROM stripe_catalog_findings
+        WHERE finding = 'drift' AND kind = 'price' AND list_contains({fields}, field)
+        GROUP BY ALL
+    """
+
+
+def _line_drift_sql(con: duckdb.DuckDBPyConnection) -> tuple[str, str]:
+    """(JOIN clauses, SQL expression) over the line alias `l` and its period `p` in `_bucketed_lines`: the
+    drift of the Stripe price that priced the line (`_price_drift_sql`), NULL when there is none.
+
+    By the line's own price id, the most precise signal: the price Stripe actually billed with, whichever
+    plan version we rated. Only a metered line without a price id (a webhook line whose price was not
+    known) falls back to the drifted prices of the charges we rated on its meter in its period (plan x
+    plan version x meter, from `rated_usage`)."""
+    joins = f"LEFT JOIN ({_price_drift_sql(con)}) dp ON dp.price_id = l.price_id"
+    rated = {"customer_id", "period_start", "meter", "plan", "plan_version", "charge"}
+    if not rated <= table_columns(con, "rated_usage"):
+        return joins, "dp.drift"
+    joins += f"""
+            LEFT JOIN (SELECT r.customer_id, r.period_start, r.meter, string_agg(DISTINCT d.drift, '; ') AS drift
+                       FROM (SELECT DISTINCT customer_id, period_start, meter, plan, plan_version, charge
+                             FROM rated_usage WHERE meter IS NOT NULL) r
+                       JOIN ({_price_drift_sql(con)}) d
+                         ON d.our_key = r.plan || '|' || r.plan_version || '|' || r.charge
+                       GROUP BY ALL) dr
+              ON l.price_id IS NULL AND dr.customer_id = l.customer_id AND dr.meter = l.meter
+             AND dr.period_start = coalesce(p.period_start, CAST(l.period_start AS DATE))"""
+    return joins, "coalesce(dp.drift, dr.drift)"
+
+
 _ZERO_LENGTH_FREE = "(l.period_end <= l.period_start AND l.amount = 0)"
 """SQL over the line alias `l`: a subscription's first invoice's zero-length, zero-amount metered line."""
 
@@ -486,8 +539,11 @@ def _bucketed_lines(con: duckdb.DuckDBPyConnection, billing_month: dt.date, peri
     mid-period, e.g. after a price change, even in the next month); a line no rated period contains
     belongs to the month its own period starts in. An invoice item's line has the item's period, so
     the engine's items (`engine_item`) belong to the period they bill, whichever invoice carries them.
+    `price_drift`: how the Stripe price that priced the line differs from our rules in what it charges
+    (`_line_drift_sql`), NULL when it does not (or the line has no price: the engine's items).
     """
     start, end = month_bounds(billing_month)
+    drift_joins, drift = _line_drift_sql(con)
     lo, hi = start - dt.timedelta(days=45), end + dt.timedelta(days=45)
     known = pl.concat([periods.select("customer_id", "period_start", "period_end"), _known_periods(con, lo, hi)]).unique()
     con.register("_recon_known_periods", known.to_arrow())
@@ -497,8 +553,9 @@ def _bucketed_lines(con: duckdb.DuckDBPyConnection, billing_month: dt.date, peri
             f"""
             WITH lines AS ({merged_lines_sql(con)}),
                  invoices AS ({merged_invoices_sql(con)})
-            SELECT l.customer_id, l.meter, l.invoice_id, l.quantity_decimal, l.amount,
+            SELECT l.customer_id, l.meter, l.invoice_id, l.price_id, l.quantity_decimal, l.amount,
                    coalesce({_engine_item_sql(con, 'l')}, false) AS engine_item,
+                   CASE WHEN NOT coalesce({_engine_item_sql(con, 'l')}, false) THEN {drift} END AS price_drift,
                    coalesce(l.currency, i.currency) AS currency,
                    coalesce(p.period_start, CAST(l.period_start AS DATE)) AS period_start,
                    coalesce(p.period_end, CAST(l.period_end AS DATE)) AS period_end,
@@ -509,6 +566,7 @@ def _bucketed_lines(con: duckdb.DuckDBPyConnection, billing_month: dt.date, peri
             LEFT JOIN _recon_known_periods p
               ON p.customer_id = l.customer_id
              AND CAST(l.period_start AS DATE) >= p.period_start AND CAST(l.period_start AS DATE) < p.period_end
+            {drift_joins}
             WHERE CAST(l.period_start AS DATE) >= ? AND CAST(l.period_start AS DATE) < ?
               AND coalesce(p.period_start, CAST(l.period_start AS DATE)) >= ?
               AND coalesce(p.period_start, CAST(l.period_start AS DATE)) < ?
@@ -528,7 +586,8 @@ def _currencies() -> pl.Expr:
 
 
 def load_stripe_lines(con: duckdb.DuckDBPyConnection, billing_month: dt.date, periods: pl.DataFrame) -> pl.DataFrame:
-    """Invoiced quantity and amount per customer x meter x period (metered lines only)."""
+    """Invoiced quantity and amount per customer x meter x period (metered lines only), and the drift of
+    the Stripe prices that priced them (`price_drift`, from the catalog sync's findings)."""
     lines = _bucketed_lines(con, billing_month, periods).filter(pl.col("meter").is_not_null())
     frame = lines.group_by(["customer_id", "meter", "period_start"]).agg(
         pl.col("period_end").max(),
@@ -540,8 +599,16 @@ def load_stripe_lines(con: duckdb.DuckDBPyConnection, billing_month: dt.date, pe
         pl.col("invoice_id").unique().sort().str.join(",").alias("invoice_ids"),
         (pl.col("invoice_status").is_not_null() & (pl.col("invoice_status") != "draft")).all().alias("finalized"),
         pl.col("invoice_finalized_at").max().alias("finalized_at"),
+        _drifts(),
     )
     return rc.conform(frame, rc.STRIPE_LINES_SCHEMA)
+
+
+def _drifts() -> pl.Expr:
+    """`price_drift` of a group's lines: every drifted price that priced one of them, NULL when none."""
+    return (pl.col("price_drift").drop_nulls().str.split("; ").list.explode(keep_nulls=False, empty_as_null=False)
+            .unique().sort().str.join("; ")
+            .replace("", None).alias("price_drift"))
 
 
 def load_our_invoices(con: duckdb.DuckDBPyConnection, billing_month: dt.date) -> pl.DataFrame:
@@ -591,7 +658,9 @@ def load_stripe_invoices(con: duckdb.DuckDBPyConnection, billing_month: dt.date,
 
     `engine_items_minor` is the part of the total on the engine's own invoice items. `amount_paid`,
     `amount_remaining` and `amount_due` are the period's own lines by their invoice's status
-    (`_line_payments`), whichever invoice carries them. The closing invoice is the latest non-void
+    (`_line_payments`), whichever invoice carries them. `price_drift`, `drifted_meters` and
+    `drifted_unmetered` say which lines a Stripe price drifted from our rules priced (`_line_drift_sql`).
+    The closing invoice is the latest non-void
     invoice of the customer that closes the period (`load_open_periods` says when: it reaches the
     period's end, or its subscription's end inside the period), whether or not it has a line in the
     period (a subscription with only licensed prices bills the next period's fee on it); its status is
@@ -612,6 +681,12 @@ def load_stripe_invoices(con: duckdb.DuckDBPyConnection, billing_month: dt.date,
         (rounds & pl.col("meter").is_null()).sum().cast(pl.Int64).alias("unmetered_lines"),
         pl.col("invoice_id").unique().sort().str.join(",").alias("invoice_ids"),
         *_line_payments(),
+        _drifts(),
+        # where a drifted price priced a line: its meters (their usage rows carry the money), and whether
+        # a line on no meter (a fee: the residual carries it)
+        pl.col("meter").filter(pl.col("price_drift").is_not_null()).drop_nulls()
+        .unique().sort().str.join(",").replace("", None).alias("drifted_meters"),
+        (pl.col("price_drift").is_not_null() & pl.col("meter").is_null()).any().alias("drifted_unmetered"),
     )
     frame = (frame.join(_closing_invoices(con, frame), on=["customer_id", "period_start"], how="left")
              .join(_period_adjustments(con, lines), on=["customer_id", "period_start"], how="left"))

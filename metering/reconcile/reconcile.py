@@ -26,9 +26,14 @@ Status of a usage row, first rule that applies wins:
 | `missing_in_stripe` | pushed, but Stripe has neither meter usage nor an invoice line for it |
 | `extra_in_stripe` | Stripe metered or invoiced more than we pushed, or something we never rated |
 | `quantity_mismatch` | Stripe's metered or invoiced quantity differs from ours for any other reason |
-| `amount_mismatch` | quantities agree but the invoiced amount differs by more than the tolerance (e.g. Stripe's price is not our rule version's) |
-| `within_tolerance` | amounts differ by at least one and at most the tolerance |
+| `amount_mismatch` | quantities agree but the invoiced amount differs by more than the tolerance (e.g. Stripe's price is not our rule version's), or differs at all while a drifted Stripe price priced the lines (below) |
+| `within_tolerance` | amounts differ by at least one and at most the tolerance, and no drifted price priced the lines: rounding |
 | `matched` | quantities and amounts equal |
+
+The tolerance is for rounding only. `price_drift` (Stripe's lines, `inputs.load_stripe_lines`) names the
+Stripe prices that priced the row's lines and differ from our rule version's in what they charge (the
+catalog sync's `drift` findings on amount fields, `inputs.PRICE_AMOUNT_FIELDS`, joined by the line's
+price id; a `rounding` finding is not one): any difference at equal quantities is then that price.
 
 Lateness explains only what the push ledger proves (`metering.reconcile.inputs.load_pushed`):
 `late_quantity`, what the windows the push marked `late` (never sent: 35 days old, or their
@@ -58,8 +63,10 @@ side has nothing, else `amount_mismatch` when the difference exceeds the toleran
 meter) exceeds the residual's own tolerance (the lines on no meter alone), or the period's invoices'
 totals before tax differ from their lines (`stripe_adjustments_minor`: a discount or credit on an invoice,
 each invoice counted in the one period its own period starts in),
-`within_tolerance` when the difference or the residual is not zero, `matched`. The residual decides
-too because equal totals can hide a fee overcharge offset by a usage row's difference.
+else `amount_mismatch` too when a line a drifted Stripe price priced carries money that differs (a usage
+row of one of `drifted_meters` has a difference, or a drifted fee leaves a residual, whose tolerance is
+then 0: `_with_drift`), `within_tolerance` when the difference or the residual is not zero, `matched`.
+The residual decides too because equal totals can hide a fee overcharge offset by a usage row's difference.
 `unexplained_by_currency` counts |residual| above its tolerance, and |stripe_adjustments_minor|, on
 every row but a pending one, so money a usage row already counts, or explains, is never counted
 twice, and never hides a fee's.
@@ -140,6 +147,9 @@ STRIPE_LINES_SCHEMA = {
     "rounded_lines": pl.Int64,   # of line_count, those with an amount (a zero line has nothing to round)
     "invoice_ids": pl.String, "finalized": pl.Boolean,
     "finalized_at": pl.Datetime("us", "UTC"),   # the latest finalization among the lines' invoices
+    # how the Stripe prices that priced the lines differ from our rules in what they charge (catalog
+    # sync `drift` findings, inputs.PRICE_AMOUNT_FIELDS), NULL when none does
+    "price_drift": pl.String,
 }
 OUR_INVOICES_SCHEMA = {
     "customer_id": pl.String, "period_start": pl.Date, "period_end": pl.Date, "currency": pl.String,
@@ -163,6 +173,9 @@ STRIPE_INVOICES_SCHEMA = {
     # the period's own lines, whichever invoice carries them: on paid invoices, on open or uncollectible
     # ones, and both (inputs._line_payments)
     "amount_due": pl.Int64, "amount_paid": pl.Int64, "amount_remaining": pl.Int64,
+    # as STRIPE_LINES_SCHEMA's, over the period's lines; the meters of the lines a drifted price priced
+    # ('api_calls,storage_gb'), and whether one of them is on no meter (a fee)
+    "price_drift": pl.String, "drifted_meters": pl.String, "drifted_unmetered": pl.Boolean,
 }
 PENDING_ITEMS_SCHEMA = {"customer_id": pl.String, "period_start": pl.Date, "engine_items_pending_minor": pl.Int64}
 """The engine's acknowledged invoice items of a period that Stripe holds for the next invoice."""
@@ -377,6 +390,9 @@ def reconcile_usage(
         & (diff <= 0) & (-diff <= pl.col("late_value_minor") + pl.col("tolerance_minor"))
     )
     no_line = pl.col("line_count").is_null()
+    # Stripe priced the lines with a price that differs from our rule version's in what it charges: a
+    # difference at equal quantities is that price, not rounding, however small
+    drift = pl.col("price_drift").is_not_null() & ~other_currency
     status = (
         pl.when(other_currency).then(pl.lit("currency_mismatch"))
         .when(pl.col("meter_status") == "pending").then(pl.lit("pending"))
@@ -394,6 +410,7 @@ def reconcile_usage(
         .when(~has_ours & stripe_has).then(pl.lit("extra_in_stripe"))
         .when((stripe_q > pushed_q) | (priced & (inv_q > pushed_q))).then(pl.lit("extra_in_stripe"))
         .when((stripe_q != ours_q) | (priced & (inv_q != ours_q))).then(pl.lit("quantity_mismatch"))
+        .when(drift & (abs_diff > 0)).then(pl.lit("amount_mismatch"))
         .when(abs_diff > pl.col("tolerance_minor")).then(pl.lit("amount_mismatch"))
         .when(abs_diff > 0).then(pl.lit("within_tolerance"))
         .otherwise(pl.lit("matched"))
@@ -414,6 +431,10 @@ def reconcile_usage(
         _num("our_quantity"), _num("pushed_quantity"), _num("stripe_quantity"), _num("invoiced_quantity"),
     )
     s = pl.col("status")
+    rule_versions = pl.coalesce("rule_versions", pl.format("rule version {}", pl.col("plan_version").fill_null("?")))
+    segments = (pl.when(pl.col("segments").fill_null(1) > 1)
+                .then(pl.format(" ({} segments: a plan change splits the period)", pl.col("segments")))
+                .otherwise(pl.lit("")))
     late_windows = pl.format(
         "{} late window(s){}", late_n + late_acked_n,
         pl.when(late_acked_n > 0).then(pl.format(
@@ -444,14 +465,13 @@ def reconcile_usage(
         .when(s == "missing_in_stripe").then(pl.format("pushed but Stripe has no usage or line; {}; {}", qty, amounts))
         .when(s == "extra_in_stripe").then(pl.format("Stripe has more than we pushed; {}; {}", qty, amounts))
         .when(s == "quantity_mismatch").then(pl.format("quantities differ; {}; {}", qty, amounts))
+        .when((s == "amount_mismatch") & drift).then(pl.format(
+            "same quantity {}, Stripe's price differs from ours ({}): invoiced amount differs from our rating under "
+            "{}{}: {}, a price difference, not rounding (tolerance {} is for rounding)",
+            _num("our_quantity"), pl.col("price_drift"), rule_versions, segments, amounts, pl.col("tolerance_minor")))
         .when(s == "amount_mismatch").then(pl.format(
             "same quantity {}, invoiced amount differs from our rating under {}{}: {} beyond tolerance {}",
-            _num("our_quantity"),
-            pl.coalesce("rule_versions", pl.format("rule version {}", pl.col("plan_version").fill_null("?"))),
-            pl.when(pl.col("segments").fill_null(1) > 1)
-            .then(pl.format(" ({} segments: a plan change splits the period)", pl.col("segments")))
-            .otherwise(pl.lit("")),
-            amounts, pl.col("tolerance_minor")))
+            _num("our_quantity"), rule_versions, segments, amounts, pl.col("tolerance_minor")))
         .when(s == "within_tolerance").then(pl.format("rounding: {} within tolerance {}", amounts, pl.col("tolerance_minor")))
         .otherwise(pl.format("{}; {}", qty, amounts))
     )
@@ -553,8 +573,8 @@ def reconcile_invoices(
         else pl.lit(None, dtype=pl.Int64),
         stripe_adjustments_minor=pl.col("adjustments_minor").cast(pl.Int64),
     )
-    frame = _with_residuals(frame, usage).with_columns(
-        residual_tolerance_minor=pl.coalesce("residual_tolerance_minor", "tolerance_minor"))
+    frame = _with_drift(_with_residuals(frame, usage).with_columns(
+        residual_tolerance_minor=pl.coalesce("residual_tolerance_minor", "tolerance_minor")), usage)
     tolerance, residual_tolerance = pl.col("tolerance_minor"), pl.col("residual_tolerance_minor")
     diff, residual = pl.col("amount_diff_minor"), pl.col("residual_minor")
     adjustments = pl.col("stripe_adjustments_minor").fill_null(0)
@@ -568,6 +588,8 @@ def reconcile_invoices(
         # equal totals say nothing when a meter row's difference offsets one on no meter row (a fee)
         .when((diff.abs() > tolerance) | (residual.abs() > residual_tolerance) | (adjustments != 0))
         .then(pl.lit("amount_mismatch"))
+        # a difference within tolerance on a line a drifted Stripe price priced is that price, not rounding
+        .when(pl.col("price_drift_differs")).then(pl.lit("amount_mismatch"))
         .when((diff != 0) | (residual != 0)).then(pl.lit("within_tolerance"))
         .otherwise(pl.lit("matched"))
     )
@@ -598,7 +620,7 @@ def reconcile_invoices(
         pl.col("amount_remaining").fill_null(0),
     )
     frame = frame.with_columns(status=status)
-    note = pl.concat_str(pl.lit("") if usage is None else _residual_note(), _adjustments_note())
+    note = pl.concat_str(pl.lit("") if usage is None else _residual_note(), _adjustments_note(), _drift_note())
     return (
         frame.with_columns(
             reason=pl.when(pl.col("status") == "currency_mismatch")
@@ -616,6 +638,38 @@ def reconcile_invoices(
         .select(INVOICE_COLUMNS)
         .sort(["customer_id", "period_start"])
     )
+
+
+def _with_drift(invoices: pl.DataFrame, usage: pl.DataFrame | None) -> pl.DataFrame:
+    """Invoice rows with `price_drift_differs`: money differs on a line a drifted Stripe price priced.
+
+    With `usage`, on a meter: a usage row of the period on one of `drifted_meters` has a difference; on no
+    meter (a fee, `drifted_unmetered`): the residual (`_with_residuals`) is not zero, and its tolerance is 0,
+    since a drifted fee's difference is no rounding. Without `usage`: the row has a difference at all.
+    """
+    key = ["customer_id", "period_start"]
+    if usage is None:
+        return invoices.with_columns(price_drift_differs=(
+            pl.col("price_drift").is_not_null() & (pl.col("amount_diff_minor").fill_null(0) != 0)))
+    differing = (usage.filter(pl.col("amount_diff_minor").fill_null(0) != 0).group_by(key)
+                 .agg(pl.col("meter").drop_nulls().unique().alias("differing_meters")))
+    on_meter = (pl.col("drifted_meters").str.split(",").list.set_intersection(pl.col("differing_meters"))
+                .list.len() > 0).fill_null(False)
+    on_fee = pl.col("drifted_unmetered").fill_null(False)
+    return (
+        invoices.join(differing.cast({"period_start": pl.Date}), on=key, how="left")
+        .with_columns(residual_tolerance_minor=pl.when(on_fee).then(pl.lit(0, dtype=pl.Int64))
+                      .otherwise(pl.col("residual_tolerance_minor")))
+        .with_columns(price_drift_differs=on_meter | (on_fee & (pl.col("residual_minor").fill_null(0) != 0)))
+        .drop("differing_meters")
+    )
+
+
+def _drift_note() -> pl.Expr:
+    """The end of an invoice row's reason when its difference is on a line a drifted Stripe price priced."""
+    return pl.when((pl.col("status") == "amount_mismatch") & pl.col("price_drift_differs")).then(pl.format(
+        "; Stripe's price differs from ours ({}): a price difference, not rounding", pl.col("price_drift"))
+    ).otherwise(pl.lit(""))
 
 
 def _adjustments_note() -> pl.Expr:

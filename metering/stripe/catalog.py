@@ -52,7 +52,7 @@ def customer_map(con: duckdb.DuckDBPyConnection) -> pl.DataFrame:
 
 ROUNDING_DETAIL = ("a Stripe price has no rounding mode, and Stripe does not document how it rounds an amount that "
                    "falls exactly on half a minor unit (the sandbox rounds half up): such a line may differ from ours "
-                   "by one minor unit, which reconciliation reports as an amount_mismatch")
+                   "by one minor unit, which reconciliation reports as within_tolerance (rounding)")
 """Why a price of a version that does not round half up is reported (finding `rounding`)."""
 
 NOT_EXPRESSIBLE_PRICE_SQL = (
