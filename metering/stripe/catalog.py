@@ -493,12 +493,12 @@ def sync_customers(
             report.count("subscription", True)
         elif sub is not None:
             report.count("subscription", False)
-        if sub is not None and version is not None:
-            _report_future_changes(report, customers, rules, cid, version, now.date())
         # the plan version the subscription carries (its prices), which is not the one in force today
         # once a later version has started: the sync never switches a subscription's prices. A
         # subscription without our metadata (not created by this sync) has an unknown one: NULL
         subscribed = getattr(sub, "metadata", None) if sub is not None else None
+        if sub is not None and version is not None:
+            _report_unswitched_changes(report, customers, rules, cid, version, now.date(), subscribed, row)
         report.customers.append({
             "customer_id": cid,
             "stripe_customer_id": cus.id,
@@ -512,20 +512,37 @@ def sync_customers(
         })
 
 
-def _report_future_changes(report: CatalogReport, customers: pl.DataFrame, rules: Rules, cid: str,
-                           version: PlanVersion, today: dt.date) -> None:
-    """A later plan assignment or plan version is not switched on the Stripe subscription (that needs a
-    subscription schedule): report it, so finance knows Stripe keeps billing the current prices."""
+_NOT_SWITCHED = "not switched on the Stripe subscription (needs a subscription schedule); Stripe keeps the current prices"
+
+
+def _report_unswitched_changes(report: CatalogReport, customers: pl.DataFrame, rules: Rules, cid: str,
+                               version: PlanVersion, today: dt.date, subscribed: Any, assignment: dict) -> None:
+    """A plan assignment or plan version other than the subscription's is not switched on the Stripe
+    subscription (that needs a subscription schedule): report it, so finance knows Stripe keeps billing
+    the subscription's prices. A later one is reported before it starts; once it is in force, it is
+    still reported (with the same `ours`), for as long as the subscription carries another version: the
+    finding once vanished on the day the change took effect, while Stripe went on billing the old prices."""
     later = customers.filter((pl.col("customer_id") == cid) & (pl.col("plan_effective_from").cast(pl.Date) > today))
     changes = [(str(r["plan"]), r["plan_effective_from"]) for r in later.iter_rows(named=True)]
     plan = rules.plans.get(version.plan)
     if plan is not None:
         changes += [(f"{v.plan} {v.version}", v.effective_from) for v in plan.versions if v.effective_from > today]
+    carried = (getattr(subscribed, "plan", None), getattr(subscribed, "plan_version", None))
+    if carried[0] is None or carried[1] is None:   # not this sync's subscription: what it bills is unknown
+        carried = (version.plan, version.version)
+    theirs = f"{carried[0]} {carried[1]}"
     for what, when in changes:
-        report.findings.append(Finding(
-            "not_expressible", "subscription", cid, None, "plan", f"{what} from {when}",
-            f"{version.plan} {version.version}",
-            "not switched on the Stripe subscription (needs a subscription schedule); Stripe keeps the current prices"))
+        report.findings.append(Finding("not_expressible", "subscription", cid, None, "plan", f"{what} from {when}",
+                                       theirs, _NOT_SWITCHED))
+    if carried != (version.plan, version.version):
+        # in force today: the later of the assignment's start and the version's (the key a future change had)
+        assigned = assignment["plan_effective_from"]
+        if carried[0] != version.plan:
+            what, when = str(assignment["plan"]), assigned
+        else:
+            what, when = f"{version.plan} {version.version}", version.effective_from
+        report.findings.append(Finding("not_expressible", "subscription", cid, None, "plan", f"{what} from {when}",
+                                       theirs, f"in force, {_NOT_SWITCHED}"))
 
 
 def _metadata(obj: Any) -> dict[str, str]:

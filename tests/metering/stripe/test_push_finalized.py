@@ -62,6 +62,28 @@ def test_a_later_plan_version_is_reported_for_the_subscription(tmp_path: Path, r
     assert found == [("subscription", "acme", "pro 2026-10 from 2026-10-15", "pro 2026-01")]
 
 
+@pytest.mark.parametrize(("csv", "change"), [
+    (CSV.replace("acme,Acme,billing@acme.test,usd,,starter", "acme,Acme,billing@acme.test,usd,,pro"),
+     "pro 2026-10 from 2026-10-15"),
+    (CSV + "acme,Acme,billing@acme.test,usd,,pro,2026-10-10,succeeds\n", "pro from 2026-10-10"),
+])
+def test_a_change_not_switched_is_still_reported_once_in_force(tmp_path: Path, rules_dir: Path, csv: str,
+                                                                change: str) -> None:
+    """A later plan version (or plan) is reported before it starts; once in force the subscription still
+    carries the old prices, and the finding once vanished (the main job's re-run: 97 findings -> 18). It
+    stays, with the same key, saying it is in force."""
+    with customer_on_clock(tmp_path, rules_dir, csv) as (sb, con, client, clock, rules, report):
+        carried = f"{report.customers[0]['plan']} {report.customers[0]['plan_version']}"
+        before = [(f.our_key, f.ours, f.theirs) for f in report.findings if f.kind == "subscription"]
+        assert before == [("acme", change, carried)]
+        sb.advance_clock(clock.id, int(dt.datetime(2026, 10, 20, tzinfo=dt.timezone.utc).timestamp()))
+        customers = load_customers(tmp_path / "c.csv", rules)
+        again = catalog.sync_catalog(con, client, rules, customers, create_customers=True, test_clock=clock.id)
+        after = [(f.our_key, f.ours, f.theirs, f.detail) for f in again.findings if f.kind == "subscription"]
+        assert after == [("acme", change, carried, f"in force, {catalog._NOT_SWITCHED}")]
+        assert again.customers[0]["plan_version"] == report.customers[0]["plan_version"]   # never switched
+
+
 def test_an_anchor_on_the_31st_synced_in_september_keeps_stripes_periods_on_ours(tmp_path: Path,
                                                                                    rules_dir: Path) -> None:
     """The sync once sent the first anchor instant (Sep 30) as billing_cycle_anchor, and Stripe then
