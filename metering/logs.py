@@ -6,6 +6,7 @@ environment variables) in every record, so a stray f-string can never leak a key
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
@@ -23,13 +24,32 @@ _STANDARD_ATTRS = set(vars(logging.makeLogRecord({}))) | {"message", "asctime", 
 
 
 def redact(text: str) -> str:
-    """Mask Stripe key shapes and the current values of the secret environment variables."""
+    """Mask Stripe key shapes and the current values of the secret environment variables, whole or as
+    Stripe echoes a refused key (`weird-se********-777`: its start and end around asterisks)."""
     for name in SECRET_ENV_VARS:
         for value in (os.environ.get(name) or "").split(","):
             value = value.strip()
             if len(value) >= 6:
-                text = text.replace(value, "[REDACTED]")
+                text = _masked_form(value).sub(_redact_masked, text).replace(value, "[REDACTED]")
     return _SECRET_PATTERN.sub("[REDACTED]", text)
+
+
+# a masked form shows at least this many of the secret's characters (a bare `a***` names nothing)
+_MASKED_SHOWS = 4
+
+
+@functools.lru_cache(maxsize=32)
+def _masked_form(value: str) -> re.Pattern[str]:
+    """A start of `value` (longest first, possibly none), asterisks, and an end of it (possibly none).
+    The key shape `_SECRET_PATTERN` knows covers `sk_test_****`; this covers a secret of any shape."""
+    starts = "|".join(re.escape(value[:n]) for n in range(len(value), 0, -1))
+    ends = "|".join(re.escape(value[-n:]) for n in range(len(value), 0, -1))
+    return re.compile(rf"(?P<start>{starts}|)\*+(?P<end>{ends}|)")
+
+
+def _redact_masked(match: re.Match[str]) -> str:
+    shown = len(match["start"]) + len(match["end"])
+    return "[REDACTED]" if shown >= _MASKED_SHOWS else match[0]
 
 
 class RedactingFilter(logging.Filter):
@@ -47,17 +67,40 @@ class JsonFormatter(logging.Formatter):
             "logger": record.name,
             "message": record.getMessage(),
         }
-        for key, value in vars(record).items():
-            if key not in _STANDARD_ATTRS and not key.startswith("_"):
-                payload[key] = value
+        payload.update(extra_fields(record))
         if record.exc_info:
             payload["exc"] = redact(self.formatException(record.exc_info))
         return redact(json.dumps(payload, default=str))
 
 
+def extra_fields(record: logging.LogRecord) -> dict[str, object]:
+    """The structured fields a call passed with `extra=` (the same in JSON and on a terminal)."""
+    return {key: value for key, value in vars(record).items()
+            if key not in _STANDARD_ATTRS and not key.startswith("_")}
+
+
+def _compact(value: object) -> str:
+    """A field value for a terminal line: bare when it is one plain word, else as JSON."""
+    if isinstance(value, str) and value and not any(c.isspace() or c in "=\"'" for c in value):
+        return value
+    return json.dumps(value, default=str, ensure_ascii=False, separators=(",", ":"))
+
+
 class TerminalFormatter(logging.Formatter):
+    """`12:00:00 WARNING logger: message key=value ...`: the record's extra fields follow the message
+    (they were dropped, and with them the file names of a warning), and the whole line, traceback
+    included, passes the redaction."""
+
     def __init__(self) -> None:
         super().__init__("%(asctime)s %(levelname)-7s %(name)s: %(message)s", "%H:%M:%S")
+
+    def formatMessage(self, record: logging.LogRecord) -> str:  # noqa: N802 - logging's name
+        line = super().formatMessage(record)
+        fields = " ".join(f"{key}={_compact(value)}" for key, value in extra_fields(record).items())
+        return f"{line} {fields}" if fields else line
+
+    def format(self, record: logging.LogRecord) -> str:
+        return redact(super().format(record))
 
 
 def parse_log_level(text: str, where: str = "--log-level") -> str:

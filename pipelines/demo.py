@@ -50,6 +50,7 @@ import click
 import dagster as dg
 
 from metering import config, warehouse
+from metering.cli.options import UserPath
 from metering.errors import BadInputError, CheckFailedError, ExternalServiceError
 from metering.reports.money import fmt_money
 
@@ -487,15 +488,28 @@ def read_figures(options: DemoOptions, stripe_calls: int) -> dict[str, object]:
     }
 
 
-def demo_month(ctx: click.Context, param: click.Parameter, value: dt.datetime) -> dt.datetime:
-    """A click callback: a month the Dagster partitions hold (they start in 2026-01) and whose end
-    is a date (the commands' `LAST_DATE`)."""
+def demo_months(today: dt.date | None = None) -> tuple[dt.date, dt.date]:
+    """The first and last month `metering demo` can run: from the partitions' start to the last month
+    that has ended (UTC). The demo materializes every day of the month and closes its billing periods;
+    a later month has days that are not partitions yet (Dagster: unknown partition key) and meter
+    events Stripe refuses as in the future."""
     from metering.customers import LAST_DATE
     from pipelines.partitions import START_DATE
 
-    if not (dt.date.fromisoformat(START_DATE) <= value.date() <= LAST_DATE):
-        raise click.BadParameter(f"{value.date().isoformat()[:7]} is outside {START_DATE[:7]} .. {LAST_DATE:%Y-%m} "
-                                 f"(the Dagster partitions start in {START_DATE[:7]})")
+    today = today or dt.datetime.now(dt.timezone.utc).date()
+    last = (today.replace(day=1) - dt.timedelta(days=1)).replace(day=1)
+    return dt.date.fromisoformat(START_DATE), min(last, LAST_DATE.replace(day=1))
+
+
+def demo_month(ctx: click.Context, param: click.Parameter, value: dt.datetime) -> dt.datetime:
+    """A click callback: a month `demo_months` allows, checked before any work (a month too late
+    failed after ~30 s with a Dagster or Stripe traceback)."""
+    first, last = demo_months()
+    if not first <= value.date() <= last:
+        today = dt.datetime.now(dt.timezone.utc).date()
+        raise click.BadParameter(
+            f"{value.date().isoformat()[:7]} is outside {first:%Y-%m} .. {last:%Y-%m}: the demo runs a month that "
+            f"has ended (today is {today}, UTC) and the Dagster partitions start in {first:%Y-%m}")
     return value
 
 
@@ -504,8 +518,9 @@ def demo_month(ctx: click.Context, param: click.Parameter, value: dt.datetime) -
 @click.option("--events", type=click.IntRange(1, None), default=150_000, show_default=True)
 @click.option("--seed", type=int, default=7, show_default=True)
 @click.option("--month", type=click.DateTime(["%Y-%m"]), default=DEMO_MONTH.strftime("%Y-%m"), show_default=True,
-              callback=demo_month, help="The billing month to simulate (2026-01 or later: the partitions' start).")
-@click.option("--data-dir", type=click.Path(file_okay=False), default=None,
+              callback=demo_month,
+              help="The billing month to simulate: one that has ended, 2026-01 (the partitions' start) or later.")
+@click.option("--data-dir", type=UserPath(file_okay=False), default=None,
               help="Where everything is written (default: $METERING_DATA_DIR or data/).")
 @click.option("--fresh", is_flag=True, help="Start from empty state instead of resuming the previous run's.")
 @click.option("--no-plants", is_flag=True, help="Do not plant the deliberate discrepancies.")

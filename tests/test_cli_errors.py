@@ -361,7 +361,8 @@ def test_a_rules_file_with_a_self_referencing_alias_is_named(tmp_path: Path) -> 
     (["rerate", "--from", "9999-12-01", "--to", "9999-12-31"], "'--from': '9999-12-01' is outside"),
     (["generate", "--start", "0001-01-01", "--end", "0001-01-02"], "'--start': '0001-01-01' is outside"),
     (["rate", "--usage", "u.csv", "--out", "o.csv", "--at", "9999-12-31"], "'--at': '9999-12-31' is outside"),
-    (["demo", "--month", "0001-01"], "'--month': 0001-01 is outside 2026-01 .. 9998-12"),
+    (["demo", "--month", "0001-01"], "'--month': 0001-01 is outside 2026-01 .. "),
+    (["demo", "--month", "9998-12"], "'--month': 9998-12 is outside 2026-01 .. "),
 ])
 def test_dates_far_outside_billing_are_usage_errors(tmp_path: Path, args: list[str], says: str) -> None:
     (tmp_path / "u.csv").write_text("customer_id,meter,quantity,plan\nc1,api_calls,1,pro\n")

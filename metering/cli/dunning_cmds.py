@@ -10,15 +10,15 @@ import click
 import stripe
 
 from metering import config, warehouse
-from metering.cli.options import parsed_by
+from metering.cli.options import UserPath, parsed_by
 from metering.dunning.state import parse_clock
 from metering.errors import EXIT_BAD_INPUT, BadInputError, ExternalServiceError
 
 _WAREHOUSE = click.option(
-    "--warehouse", "warehouse_path", type=click.Path(dir_okay=False), default=None,
+    "--warehouse", "warehouse_path", type=UserPath(dir_okay=False), default=None,
     help="Warehouse file (default: $METERING_WAREHOUSE or data/warehouse.duckdb).")
 _RULES = click.option(
-    "--rules", "rules_dir", type=click.Path(file_okay=False), default=None,
+    "--rules", "rules_dir", type=UserPath(file_okay=False), default=None,
     help="Rules folder holding dunning.yaml (default: $METERING_RULES or rating_rules/).")
 
 
@@ -61,9 +61,9 @@ def validate(rules_dir: str | None) -> None:
               help="The dunning clock, ISO 8601 (default: now, UTC).")
 @_RULES
 @_WAREHOUSE
-@click.option("--outbox", "outbox_dir", type=click.Path(file_okay=False), default=None,
+@click.option("--outbox", "outbox_dir", type=UserPath(file_okay=False), default=None,
               help="Folder for reminder messages (default: $METERING_OUTBOX_DIR or data/outbox/).")
-@click.option("--published", "published_dir", type=click.Path(file_okay=False), default=None,
+@click.option("--published", "published_dir", type=UserPath(file_okay=False), default=None,
               help="Folder for suspensions.csv/.json (default: $METERING_PUBLISHED_DIR or data/published/).")
 def run(now: dt.datetime | None, rules_dir: str | None, warehouse_path: str | None,
         outbox_dir: str | None, published_dir: str | None) -> None:

@@ -10,7 +10,7 @@ from pathlib import Path
 import click
 
 from metering import config, warehouse
-from metering.cli.options import check_order, date_in_range
+from metering.cli.options import UserPath, check_order, date_in_range
 from metering.errors import BadInputError
 from metering.ingest.generate import DEMO_END, DEMO_START, FORMAT_SUFFIX, GenerateConfig
 
@@ -48,9 +48,9 @@ def _share(ctx: click.Context, param: click.Parameter, value: float) -> float:
               callback=date_in_range, help="Last event date (inclusive).")
 @click.option("--formats", default="jsonl,jsonl.gz,csv,parquet", show_default=True,
               help="Formats the daily files take in turn.")
-@click.option("--out", type=click.Path(file_okay=False), default=None,
+@click.option("--out", type=UserPath(file_okay=False), default=None,
               help="Folder for the raw files (default: $METERING_RAW_DIR or data/raw/).")
-@click.option("--customers-file", type=click.Path(dir_okay=False), default=None,
+@click.option("--customers-file", type=UserPath(dir_okay=False), default=None,
               help="Customer list to write (default: $METERING_CUSTOMERS or data/customers.csv).")
 @click.option("--single-file", is_flag=True, help="One file for the whole range instead of one per day.")
 @click.option("--duplicate-share", type=float, default=0.005, show_default=True, callback=_share)
@@ -90,10 +90,10 @@ def generate(seed: int, customers: int, events: int, start: datetime, end: datet
 
 
 @click.command()
-@click.argument("paths", nargs=-1, required=True, type=click.Path(exists=True))
-@click.option("--warehouse", "warehouse_path", type=click.Path(dir_okay=False), default=None,
+@click.argument("paths", nargs=-1, required=True, type=UserPath(exists=True))
+@click.option("--warehouse", "warehouse_path", type=UserPath(dir_okay=False), default=None,
               help="Warehouse file (default: $METERING_WAREHOUSE or data/warehouse.duckdb).")
-@click.option("--rules", "rules_dir", type=click.Path(file_okay=False), default=None,
+@click.option("--rules", "rules_dir", type=UserPath(file_okay=False), default=None,
               help="Rules folder with meters.yaml (default: $METERING_RULES or rating_rules/).")
 @click.option("--as-of", type=click.DateTime(["%Y-%m-%dT%H:%M:%S%z", "%Y-%m-%d"]), default=None,
               help="Ingestion time used to reject future timestamps (default: now).")
@@ -145,7 +145,7 @@ def ingest(paths: tuple[str, ...], warehouse_path: str | None, rules_dir: str | 
               help="Then time adding a further file of this many events to the loaded warehouse (0: skip).")
 @click.option("--memory-limit", default="2GB", show_default=True, callback=_memory,
               help="DuckDB memory_limit for the ingest.")
-@click.option("--workdir", type=click.Path(file_okay=False), default=None,
+@click.option("--workdir", type=UserPath(file_okay=False), default=None,
               help="Where the generated files and the warehouse go (default: a temp folder under data/).")
 @click.option("--keep", is_flag=True, help="Keep the generated files and warehouse.")
 @click.option("--repeat", type=click.IntRange(1), default=1, show_default=True,

@@ -9,8 +9,11 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import os
+import socket
 from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
+
 import click
 
 from metering.config import is_http_url
@@ -58,6 +61,46 @@ def parsed_by(parse: Callable[[str], T]) -> Callable[[click.Context, click.Param
                 text = text.removeprefix(f"{name}: ")
             raise click.BadParameter(text) from None
     return callback
+
+
+class UserPath(click.Path):
+    """`click.Path` whose file-for-a-folder (or folder-for-a-file) mistake is bad input (exit 3) naming
+    the option and path, as the same path from an environment variable is; click made it a usage error
+    (exit 2, "Invalid value ... is a directory"). Every path option and argument of the CLI uses it.
+    A path that must exist and does not stays click's usage error."""
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        text = os.fsdecode(value) if isinstance(value, (str, bytes, os.PathLike)) else None
+        if text and not (self.allow_dash and text == "-"):
+            where = f"{param.opts[0]} " if isinstance(param, click.Option) and param.opts else ""
+            if not self.dir_okay and os.path.isdir(text):
+                raise BadInputError(f"{where}{text}: is a folder, not a file")
+            if not self.file_okay and os.path.exists(text) and not os.path.isdir(text):
+                raise BadInputError(f"{where}{text}: is a file, not a folder")
+        return super().convert(value, param, ctx)
+
+
+def listening_socket(host: str, port: int) -> socket.socket:
+    """A TCP socket bound to host:port and listening, so a server can announce its address only once
+    it holds it. A port in use (or a host that is not this machine's) is bad input naming both."""
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+        sock = socket.socket(family, kind, proto)
+    except OSError as exc:
+        raise cannot_listen(host, port, exc) from None
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)   # as uvicorn and http.server do
+        sock.bind(address)
+        sock.listen(2048)
+    except OSError as exc:
+        sock.close()
+        raise cannot_listen(host, port, exc) from None
+    return sock
+
+
+def cannot_listen(host: str, port: int, exc: OSError) -> BadInputError:
+    """The one message for a server that cannot bind (`stripe-sandbox`, `webhooks serve`)."""
+    return BadInputError(f"cannot listen on {host}:{port}: {exc.strerror or exc}")
 
 
 def parse_url(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import click
 
-from metering.cli.options import check_order, parse_date, parsed_by, stripe_errors
+from metering.cli.options import UserPath, check_order, parse_date, parsed_by, stripe_errors
 from metering.reconcile.run import parse_period
 from metering.errors import ExternalServiceError
 
@@ -30,11 +30,11 @@ def stripe() -> None:
 
 
 @stripe.command()
-@click.option("--rules", "rules_dir", type=click.Path(file_okay=False), default=None,
+@click.option("--rules", "rules_dir", type=UserPath(file_okay=False), default=None,
               help="Rules folder (default: $METERING_RULES or rating_rules/).")
-@click.option("--customers", "customers_path", type=click.Path(dir_okay=False), default=None,
+@click.option("--customers", "customers_path", type=UserPath(dir_okay=False), default=None,
               help="Customer list CSV (default: the warehouse's customer_plans table).")
-@click.option("--warehouse", "warehouse_path", type=click.Path(dir_okay=False), default=None)
+@click.option("--warehouse", "warehouse_path", type=UserPath(dir_okay=False), default=None)
 @click.option("--window", type=click.Choice(["day", "hour"]), default=None,
               help="Meter event_time_window for new meters (default: $STRIPE_METER_WINDOW or day).")
 @click.option("--create-customers/--no-create-customers", default=False,
@@ -71,8 +71,8 @@ def sync(rules_dir: str | None, customers_path: str | None, warehouse_path: str 
 @click.option("--date", "day", callback=parse_date, default=None, help="One UTC day (YYYY-MM-DD).")
 @click.option("--from", "date_from", callback=parse_date, default=None, help="First UTC day of a range.")
 @click.option("--to", "date_to", callback=parse_date, default=None, help="Last UTC day of a range (inclusive).")
-@click.option("--rules", "rules_dir", type=click.Path(file_okay=False), default=None)
-@click.option("--warehouse", "warehouse_path", type=click.Path(dir_okay=False), default=None)
+@click.option("--rules", "rules_dir", type=UserPath(file_okay=False), default=None)
+@click.option("--warehouse", "warehouse_path", type=UserPath(dir_okay=False), default=None)
 @click.option("--rate", type=click.FloatRange(min=0), default=None,
               help="Calls per second (default $STRIPE_PUSH_RATE or 20; 0 = no limit).")
 @click.option("--concurrency", type=click.IntRange(min=1), default=None, help="Parallel customer x meter pairs (default: $STRIPE_PUSH_CONCURRENCY or 8).")
@@ -117,7 +117,7 @@ def push(day: dt.date | None, date_from: dt.date | None, date_to: dt.date | None
 @stripe.command("invoice-items")
 @click.option("--period", "month", required=True, callback=parsed_by(parse_period),
               help="Billing month whose periods (those starting in it) are billed, e.g. 2026-10.")
-@click.option("--warehouse", "warehouse_path", type=click.Path(dir_okay=False), default=None)
+@click.option("--warehouse", "warehouse_path", type=UserPath(dir_okay=False), default=None)
 @click.option("--rate", type=click.FloatRange(min=0), default=None,
               help="Calls per second (default $STRIPE_PUSH_RATE or 20; 0 = no limit).")
 def invoice_items(month: dt.date, warehouse_path: str | None, rate: float | None) -> None:
@@ -160,7 +160,7 @@ def invoice_items(month: dt.date, warehouse_path: str | None, rate: float | None
 @click.option("--concurrency", type=click.IntRange(min=1), default=8, show_default=True)
 @click.option("--rate", type=click.FloatRange(min=0), default=0.0, show_default=True,
               help="Client-side calls/s limit (0 = none: the sandbox).")
-@click.option("--rules", "rules_dir", type=click.Path(file_okay=False), default=None)
+@click.option("--rules", "rules_dir", type=UserPath(file_okay=False), default=None)
 def bench_push(customers: int, concurrency: int, rate: float, rules_dir: str | None) -> None:
     """Push one day for CUSTOMERS customers x 5 meters to a local sandbox; print time, calls, retries."""
     from metering.rules.plans import load_rules

@@ -10,8 +10,8 @@ import click
 import polars as pl
 
 from metering import config
-from metering.cli.options import check_order, parse_date
-from metering.errors import BadInputError
+from metering.cli.options import UserPath, check_order, parse_date
+from metering.errors import BadInputError, CheckFailedError
 
 OUTPUT_SUFFIXES = (".csv", ".parquet", ".pq")
 
@@ -64,8 +64,8 @@ def rules() -> None:
 
 
 @rules.command()
-@click.argument("rules_dir", required=False, type=click.Path(file_okay=False))
-@click.option("--warehouse", "warehouse_path", type=click.Path(dir_okay=False), default=None,
+@click.argument("rules_dir", required=False, type=UserPath(file_okay=False))
+@click.option("--warehouse", "warehouse_path", type=UserPath(dir_okay=False), default=None,
               help="Warehouse whose rated versions must stay unchanged (default: $METERING_WAREHOUSE; "
                    "skipped when the file does not exist).")
 def validate(rules_dir: str | None, warehouse_path: str | None) -> None:
@@ -90,11 +90,11 @@ def validate(rules_dir: str | None, warehouse_path: str | None) -> None:
 
 
 @click.command()
-@click.option("--rules", "rules_dir", type=click.Path(file_okay=False), default=None,
+@click.option("--rules", "rules_dir", type=UserPath(file_okay=False), default=None,
               help="Rules folder (default: $METERING_RULES or rating_rules/).")
-@click.option("--usage", "usage_file", required=True, type=click.Path(dir_okay=False),
+@click.option("--usage", "usage_file", required=True, type=UserPath(dir_okay=False),
               help="Aggregated usage, CSV or Parquet: customer_id, meter, quantity [, plan, period_start, dimensions].")
-@click.option("--out", "out_file", required=True, type=click.Path(dir_okay=False), callback=_output_file,
+@click.option("--out", "out_file", required=True, type=UserPath(dir_okay=False), callback=_output_file,
               help="Where to write the rated lines (.csv or .parquet).")
 @click.option("--plan", default=None, help="Price every row under this plan (what-if).")
 @click.option("--at", "at", default=None, callback=parse_date, help="Use the plan version in force on this date.")
@@ -122,11 +122,11 @@ def rate(rules_dir: str | None, usage_file: str, out_file: str, plan: str | None
 @click.command()
 @click.option("--from", "first", required=True, callback=parse_date, help="First event date (YYYY-MM-DD, UTC).")
 @click.option("--to", "last", required=True, callback=parse_date, help="Last event date, inclusive.")
-@click.option("--warehouse", "warehouse_path", type=click.Path(dir_okay=False), default=None,
+@click.option("--warehouse", "warehouse_path", type=UserPath(dir_okay=False), default=None,
               help="Warehouse file (default: $METERING_WAREHOUSE or data/warehouse.duckdb).")
-@click.option("--rules", "rules_dir", type=click.Path(file_okay=False), default=None,
+@click.option("--rules", "rules_dir", type=UserPath(file_okay=False), default=None,
               help="Rules folder (default: $METERING_RULES or rating_rules/).")
-@click.option("--customers", "customers_file", type=click.Path(dir_okay=False), default=None,
+@click.option("--customers", "customers_file", type=UserPath(dir_okay=False), default=None,
               help="Reload the customer list from this CSV first (default: keep the warehouse's customer_plans).")
 @click.option("--adjust-closed", "adjust_reason", default=None, metavar="REASON",
               help="Let the customer list re-price closed (ended) periods, recording every change in "
@@ -137,7 +137,8 @@ def rerate(first: dt.date, last: dt.date, warehouse_path: str | None, rules_dir:
 
     Same code as the Dagster assets; re-running with unchanged inputs gives identical lines. A closed
     period changes only with late usage, or with --adjust-closed; each change is recorded in
-    rating_adjustments.
+    rating_adjustments. Usage no line covers (an unknown customer, no plan in force, no matching
+    charge) is listed on stderr and in the summary, and exits 4 (check failed) with the lines stored.
     """
     import hashlib
     from pathlib import Path
@@ -173,24 +174,52 @@ def rerate(first: dt.date, last: dt.date, warehouse_path: str | None, rules_dir:
                 if previous is not None:   # a refused list does not stay behind for the next run to trip on
                     warehouse.replace_rows(con, "customer_plans", "TRUE", [], previous)
                 raise
+        unpriced_frames = {s["month"]: s["unpriced"] for s in summaries}   # what the check all_usage_priced lists
         done = {s["month"] for s in summaries}
         stale = [m for (m,) in con.execute(
             "SELECT DISTINCT date_trunc('month', period_start)::DATE FROM rated_usage ORDER BY 1").fetchall()
             if m not in done] if customers_file else []
+    unpriced = {month: _unpriced_summary(frame) for month, frame in unpriced_frames.items() if frame.height}
     for s in summaries:
         totals = ", ".join(f"{c} {format_minor(t, c)}" for c, t in s["totals"].items()) or "no lines"
         state = "changed" if s["changed"] else "unchanged"
-        click.echo(f"{s['month']:%Y-%m}: {s['lines']} lines, {state} ({totals})")
+        line = f"{s['month']:%Y-%m}: {s['lines']} lines, {state} ({totals})"
+        click.echo(line + (f"; not priced: {unpriced[s['month']]}" if s["month"] in unpriced else ""))
     if stale:   # the new customer list applies only to what was re-rated
         click.echo(f"warning: the customer list changed; {', '.join(f'{m:%Y-%m}' for m in stale)} "
                    f"stay rated with the previous one until re-rated (metering rerate over their dates)", err=True)
+    if unpriced:
+        for month, text in unpriced.items():
+            click.echo(f"warning: {month:%Y-%m}: usage no rated line covers, so it is not billed: {text}", err=True)
+        events = sum(int(frame["events"].sum()) for frame in unpriced_frames.values())
+        raise CheckFailedError(
+            f"{events} usage event(s) not priced in {', '.join(f'{m:%Y-%m}' for m in unpriced)} (the check "
+            f"all_usage_priced; listed above). The rated lines are stored: load the customers (--customers) "
+            f"or fix the rules, then re-rate")
+
+
+def _unpriced_summary(unpriced: pl.DataFrame) -> str:
+    """`aggregate.unpriced_usage` rows as one line: events and customers per reason, and the first."""
+    parts = []
+    for reason, frame in unpriced.group_by("reason", maintain_order=True):
+        customers = sorted(frame["customer_id"].unique().to_list())
+        shown = ", ".join(customers[:3]) + (", ..." if len(customers) > 3 else "")
+        parts.append(f"{int(frame['events'].sum())} event(s) of {len(customers)} customer(s) "
+                     f"{REASONS.get(reason[0], reason[0])} ({shown})")
+    return "; ".join(parts)
+
+
+# the reasons of `aggregate.unpriced_usage`, said for a person
+REASONS = {"unknown_customer": "not in the customer list (unknown_customer)",
+           "no_plan_in_force": "with no plan in force (no_plan_in_force)",
+           "no_matching_charge": "that no charge of their plan prices (no_matching_charge)"}
 
 
 @click.command("rate")
 @click.option("--rows", type=click.IntRange(min=1), default=1_000_000, show_default=True, help="Aggregated rows to rate.")
 @click.option("--repeat", type=click.IntRange(min=1), default=3, show_default=True,
               help="Repetitions on the same input (median reported).")
-@click.option("--rules", "rules_dir", type=click.Path(file_okay=False), default=None)
+@click.option("--rules", "rules_dir", type=UserPath(file_okay=False), default=None)
 def bench_rate(rows: int, repeat: int, rules_dir: str | None) -> None:
     """Rate ROWS aggregated rows (customer x meter x day, every model); print time and peak memory."""
     from metering.rating import bench

@@ -9,7 +9,7 @@ import click
 import duckdb
 
 from metering import config, warehouse
-from metering.cli.options import parsed_by, stripe_errors
+from metering.cli.options import UserPath, parsed_by, stripe_errors
 from metering.errors import BadInputError, CheckFailedError
 from metering.reconcile.run import parse_period, reconcile_period
 from metering.reconcile.settings import ReconcileSettings
@@ -17,7 +17,7 @@ from metering.reports import default_folder, write_report
 from metering.reports.money import fmt_money
 
 WAREHOUSE_OPTION = click.option(
-    "--warehouse", "warehouse_path", type=click.Path(dir_okay=False), default=None,
+    "--warehouse", "warehouse_path", type=UserPath(dir_okay=False), default=None,
     help="Warehouse file (default: $METERING_WAREHOUSE or data/warehouse.duckdb).")
 PERIOD_OPTION = click.option("--period", "month", required=True, callback=parsed_by(parse_period),
                              help="Billing month, e.g. 2026-10.")
@@ -84,7 +84,7 @@ def reconcile(month: dt.date, warehouse_path: str | None, pull: bool, settle_sec
 @click.command()
 @PERIOD_OPTION
 @WAREHOUSE_OPTION
-@click.option("--out", "out_dir", type=click.Path(file_okay=False), default=None,
+@click.option("--out", "out_dir", type=UserPath(file_okay=False), default=None,
               help="Folder for the files (default: data/reports/<period>/).")
 def report(month: dt.date, warehouse_path: str | None, out_dir: str | None) -> None:
     """Write the finance report (HTML, XLSX, CSV) of a reconciled billing month.

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import click
 
+from metering.cli.options import UserPath, cannot_listen
 from metering.errors import BadInputError
 
 
@@ -36,7 +37,7 @@ def _fault(value: str) -> dict:
 @click.option("--host", default="127.0.0.1", show_default=True, help="Interface to bind (keep it on loopback).")
 @click.option("--api-key", envvar="STRIPE_SANDBOX_API_KEY", default=None,
               help="Accept only this key (default: any key starting sk_test_). Env: STRIPE_SANDBOX_API_KEY.")
-@click.option("--state", "state_file", type=click.Path(dir_okay=False), default=None,
+@click.option("--state", "state_file", type=UserPath(dir_okay=False), default=None,
               help="Persist state to this JSON file (loaded at start, saved every 5 s and on exit).")
 @click.option("--grace-period", type=click.IntRange(min=0), default=3600, show_default=True,
               help="Seconds a period-end invoice stays draft before it is finalized.")
@@ -97,7 +98,7 @@ def stripe_sandbox(
     try:
         sandbox.start(host, port)
     except OSError as exc:
-        raise BadInputError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
+        raise cannot_listen(host, port, exc) from None
     click.echo(f"stripe sandbox listening on {sandbox.base_url} (Ctrl-C to stop)", err=True)
 
     def _terminate(signum: int, frame: object) -> None:  # SIGTERM: stop and save like Ctrl-C

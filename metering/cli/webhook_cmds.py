@@ -7,8 +7,8 @@ import os
 
 import click
 
-from metering.cli.options import parse_url, stripe_errors
-from metering.errors import BadInputError
+from metering.cli.options import UserPath, listening_socket, parse_url, stripe_errors
+from metering.errors import BadInputError, MeteringError
 
 SECRET_ENV = "STRIPE_WEBHOOK_SECRET"
 
@@ -21,7 +21,7 @@ def webhooks() -> None:
 @webhooks.command()
 @click.option("--port", type=click.IntRange(0, 65535), required=True, help="TCP port to listen on.")
 @click.option("--host", default="127.0.0.1", show_default=True, help="Interface to bind.")
-@click.option("--landing", type=click.Path(file_okay=False), default=None,
+@click.option("--landing", type=UserPath(file_okay=False), default=None,
               help="Landing folder (default: $METERING_STRIPE_LANDING or data/landing/stripe/).")
 @click.option("--tolerance", type=click.IntRange(1, None), default=300, show_default=True,
               help="Accepted clock difference, in seconds, for the signature timestamp (both directions).")
@@ -48,14 +48,23 @@ def serve(port: int, host: str, landing: str | None, tolerance: int, max_body_by
         tolerance_seconds=tolerance, max_body_bytes=max_body_bytes,
     )
     app = create_app(settings)
+    # bound here, before announcing: uvicorn only logged a busy port and exited 3 itself, after our
+    # "listening on" line and with no `error:` line (stripe-sandbox's message and code, shared)
+    sock = listening_socket(host, port)
+    port = sock.getsockname()[1]   # --port 0: the port the system chose
     click.echo(f"listening on http://{host}:{port}/webhooks/stripe, landing in {settings.landing_dir}", err=True)
-    uvicorn.run(app, host=host, port=port, log_config=None, access_log=False, server_header=False)
+    server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_config=None, access_log=False,
+                                           server_header=False))
+    with sock:
+        server.run(sockets=[sock])
+    if not server.started:   # as uvicorn.run: the app's start-up failed (logged above)
+        raise MeteringError("the webhook receiver did not start (see the log above)")
 
 
 @webhooks.command()
-@click.option("--landing", type=click.Path(file_okay=False), default=None,
+@click.option("--landing", type=UserPath(file_okay=False), default=None,
               help="Landing folder (default: $METERING_STRIPE_LANDING or data/landing/stripe/).")
-@click.option("--warehouse", "warehouse_path", type=click.Path(dir_okay=False), default=None,
+@click.option("--warehouse", "warehouse_path", type=UserPath(dir_okay=False), default=None,
               help="Warehouse file (default: $METERING_WAREHOUSE or data/warehouse.duckdb).")
 @click.option("--state/--no-state", default=True, show_default=True,
               help="Also rebuild stripe_invoices / stripe_subscriptions / stripe_payment_attempts.")
@@ -81,7 +90,7 @@ def land(landing: str | None, warehouse_path: str | None, state: bool) -> None:
 
 
 @webhooks.command()
-@click.option("--warehouse", "warehouse_path", type=click.Path(dir_okay=False), default=None,
+@click.option("--warehouse", "warehouse_path", type=UserPath(dir_okay=False), default=None,
               help="Warehouse file (default: $METERING_WAREHOUSE or data/warehouse.duckdb).")
 @click.option("--api-base", default=None, callback=parse_url,
               help="Stripe API base URL (default: $STRIPE_API_BASE or api.stripe.com).")

@@ -552,7 +552,8 @@ def rerate_range(con: duckdb.DuckDBPyConnection, rules: Rules, first: dt.date, l
                  adjust: Adjustment | None = None) -> list[dict]:
     """Recompute aggregates for event dates first..last and re-rate every month touching them.
 
-    Returns one summary per month: lines, totals per currency (minor units) and whether the output changed.
+    Returns one summary per month: lines, totals per currency (minor units), whether the output changed,
+    and the usage no line covers (`unpriced`: what the Dagster check all_usage_priced lists).
     `progress(done, total)` is told after each day and each month.
     """
     months = months_touching(first, last)
@@ -567,19 +568,19 @@ def rerate_range(con: duckdb.DuckDBPyConnection, rules: Rules, first: dt.date, l
             progress(done, total)
     ratings = []
     for month in months:
-        ratings.append((month, fingerprint(read_rated(con, month)), rate_month(con, rules, month)[0]))
+        ratings.append((month, fingerprint(read_rated(con, month)), rate_month_full(con, rules, month)))
         done += 1
         if progress:
             progress(done, total)
     out = []
     # every month in one transaction: a month refused (a closed period re-priced) leaves none written
     with warehouse.transaction(con):
-        for month, before, rated in ratings:
-            write_rated(con, month, rated, rules, rated_at, adjust, in_transaction=True)
+        for month, before, rating in ratings:
+            write_rated(con, month, rating.rated, rules, rated_at, adjust, in_transaction=True)
             stored = read_rated(con, month)   # billed periods without new usage keep their lines
             previews = invoice_previews(stored)
             write_previews(con, month, previews, rated_at, in_transaction=True)
             totals = previews.group_by("currency").agg(pl.col("total_minor").sum()).sort("currency")
             out.append({"month": month, "lines": stored.height, "changed": before != fingerprint(stored),
-                        "totals": {c: t for c, t in totals.iter_rows()}})
+                        "totals": {c: t for c, t in totals.iter_rows()}, "unpriced": rating.unpriced})
     return out
