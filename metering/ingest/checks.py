@@ -5,6 +5,10 @@
   file, and their values, equal the manifest's. Files ingested before the manifest recorded values
   (migration 005) are checked by rows only.
 - Uniqueness: no event_id appears twice among clean events.
+
+`require_sound_events` runs both and raises when either fails: whatever reads usage_events to bill
+(the `usage_aggregates` asset) calls it first, so rows that break them are never aggregated or pushed,
+whatever Dagster recorded about the ingest runs (blocking checks only stop their own run).
 """
 
 from __future__ import annotations
@@ -12,6 +16,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import duckdb
+
+from metering.errors import CheckFailedError
+
+CONSERVATION = "conservation"
+UNIQUE_EVENT_ID = "unique_event_id"
 
 
 @dataclass
@@ -64,3 +73,42 @@ def rows_by_date(con: duckdb.DuckDBPyConnection, dates: list[str]) -> dict[str, 
     counted = dict(con.execute("SELECT event_date::VARCHAR, count(*) FROM usage_events "
                                "WHERE list_contains(?::DATE[], event_date) GROUP BY 1", [dates]).fetchall())
     return {d: counted.get(d, 0) for d in dates}
+
+
+_WHAT_BROKE = {
+    CONSERVATION: "conservation (per file: rows read = accepted + quarantined + duplicates dropped, and the "
+                  "rows stored equal the file's manifest entry in ingested_files)",
+    UNIQUE_EVENT_ID: "event_id uniqueness (no event_id twice in usage_events)",
+}
+_FINDINGS = ("unbalanced_files", "files_with_count_mismatch", "rows_without_manifest", "duplicate_event_ids")
+
+
+class UnsoundEventsError(CheckFailedError):
+    """usage_events break conservation or event_id uniqueness; `failed` holds each failed check's outcome."""
+
+    def __init__(self, message: str, failed: dict[str, CheckOutcome]) -> None:
+        super().__init__(message)
+        self.failed = failed
+
+
+def require_sound_events(con: duckdb.DuckDBPyConnection) -> dict[str, CheckOutcome]:
+    """Run `conservation` and `unique_event_ids` over the whole warehouse; raise `UnsoundEventsError`
+    naming each failed invariant, its findings and what to do, else return both outcomes.
+
+    Whole warehouse, not one day's rows: a file's rows span several dates, and a duplicate elsewhere is
+    the same fault. Cost: about one scan of usage_events per check (see docs/rating.md).
+    """
+    outcomes = {CONSERVATION: conservation(con), UNIQUE_EVENT_ID: unique_event_ids(con)}
+    failed = {name: o for name, o in outcomes.items() if not o.passed}
+    if not failed:
+        return outcomes
+    broken = "; ".join(
+        f"{_WHAT_BROKE[name]}: " + ", ".join(f"{k}={o.metadata[k]}" for k in _FINDINGS if o.metadata.get(k))
+        for name, o in failed.items())
+    raise UnsoundEventsError(
+        f"usage_events fail the ingest invariant(s) {', '.join(failed)}, so nothing is aggregated (and nothing "
+        f"pushed or rated from it): {broken}. Rows were written or removed outside ingestion, or an ingestion "
+        f"was interrupted. Find them (SELECT event_id, count(*) FROM usage_events GROUP BY 1 HAVING count(*) > 1; "
+        f"per file, compare usage_events grouped by file_id with ingested_files), restore the warehouse from "
+        f"a backup or delete the stray rows so each file matches its manifest entry, then run again.",
+        failed)

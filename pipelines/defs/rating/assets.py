@@ -27,6 +27,7 @@ import polars as pl
 from metering import config
 from metering.customers import load_customers
 from metering.errors import BadInputError
+from metering.ingest import checks as ingest_checks
 from metering.rating import service
 from metering.rules.plans import load_rules
 from metering.warehouse import replace_rows
@@ -102,10 +103,19 @@ def usage_aggregates(context: dg.AssetExecutionContext, warehouse: WarehouseReso
     hours exactly needs: last value with its event time and id, the hour's distinct values.
     Refused, as rating is, when the rules change a meter that priced rated lines: hours rebuilt by
     an edited meter would be priced once the edit is reverted (`service.guarded_rules`).
+    Refused too while usage_events break the ingest invariants (conservation, event_id uniqueness),
+    checked in the warehouse itself: `usage_events`' blocking checks only stop their own run, and the
+    hourly job runs this asset and the Stripe push without ingesting.
     """
     window = context.partition_time_window  # one day, or a range in a single-run backfill
     days = [window.start.date() + dt.timedelta(days=i) for i in range((window.end - window.start).days)]
     with warehouse.get_connection() as con:
+        try:
+            ingest_checks.require_sound_events(con)
+        except ingest_checks.UnsoundEventsError as exc:  # fails the step: the push after it does not run
+            raise dg.Failure(description=str(exc), metadata={
+                f"{name}.{key}": value for name, o in exc.failed.items() for key, value in o.metadata.items()
+            }) from exc
         rules = service.guarded_rules(con, paths.rules, dt.datetime.now(dt.timezone.utc))
         frames = [service.refresh_aggregates(con, rules.meters, day) for day in days]
     for day, frame in zip(days, frames):  # each partition reports its own day, not the run's range

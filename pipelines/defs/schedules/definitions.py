@@ -2,7 +2,7 @@
 
 | schedule | cron (UTC) | what it runs |
 | --- | --- | --- |
-| `hourly_usage_schedule` | `10 * * * *` | `hourly_usage_job` for today and yesterday: re-aggregate, push to Stripe (the ledger makes repeats free); `raw_usage_files_sensor` ingests |
+| `hourly_usage_schedule` | `10 * * * *` | `hourly_usage_job` for today and yesterday, and for every older day whose newest `usage_events` materialization (late events, within the last 62 days) is newer than its newest `usage_aggregates` one: re-aggregate, push to Stripe (the ledger makes repeats free); `raw_usage_files_sensor` ingests |
 | `daily_rating_schedule` | `30 2 * * *` | `billing_job` for this month (live invoice previews), last month and the month before (late events, also in anchored periods that ended last month) |
 | `invoice_items_schedule` | `45 2 * * *` | `invoice_items_job` for this month, last month and the month before: the periods the rating just closed get their charges Stripe cannot price as invoice items (after the period's invoice left draft, they go onto the next invoice) |
 | `period_close_schedule` | `0 4 * * *` | `reconciliation_job` for last month: pulls Stripe's meters and invoices once Stripe's 1 h grace period has long passed, reconciles, writes the finance report |
@@ -41,13 +41,58 @@ def _month_key(day: dt.date) -> str:
     return day.replace(day=1).isoformat()
 
 
+LATE_USAGE_LOOKBACK = dt.timedelta(days=62)
+"""How far back the hourly schedule looks for usage_events materializations not yet re-aggregated."""
+
+USAGE_EVENTS = dg.AssetKey("usage_events")
+USAGE_AGGREGATES = dg.AssetKey("usage_aggregates")
+
+
+def _newest_materializations(instance: dg.DagsterInstance, key: dg.AssetKey, partitions: set[str] | None = None,
+                             after: float | None = None) -> dict[str, float]:
+    """{partition: timestamp of its newest materialization of `key`}, for `partitions` (None: all),
+    leaving out partitions whose newest one is not after `after`. Two queries of the event log, however
+    many materializations each partition has (not one record per materialization of the look-back)."""
+    latest = instance.get_latest_storage_id_by_partition(key, dg.DagsterEventType.ASSET_MATERIALIZATION,
+                                                         partitions=partitions)
+    if not latest:
+        return {}
+    records = instance.fetch_materializations(
+        dg.AssetRecordsFilter(asset_key=key, storage_ids=list(latest.values()), after_timestamp=after),
+        limit=len(latest)).records
+    return {r.partition_key: r.timestamp for r in records if r.partition_key}
+
+
+def not_reaggregated(instance: dg.DagsterInstance, now: dt.datetime) -> list[str]:
+    """Daily partitions whose newest usage_events materialization (made since `now` - the look-back) is
+    newer than their newest usage_aggregates materialization, or that have none: late events the
+    ingestion reported on their own event date and nothing has aggregated since."""
+    events = _newest_materializations(instance, USAGE_EVENTS, after=(now - LATE_USAGE_LOOKBACK).timestamp())
+    if not events:
+        return []
+    aggregated = _newest_materializations(instance, USAGE_AGGREGATES, partitions=set(events))
+    return sorted(p for p, at in events.items() if at > aggregated.get(p, float("-inf")))
+
+
 @dg.schedule(job=hourly_usage_job, cron_schedule="10 * * * *", execution_timezone="UTC",
              default_status=SCHEDULE_STATUS)
 def hourly_usage_schedule(context: dg.ScheduleEvaluationContext):
-    """Today's and yesterday's usage partitions, once an hour (run keys per hour and day)."""
+    """Today's and yesterday's usage partitions, once an hour, plus every day with late events not yet
+    re-aggregated (run keys per hour and day: a tick evaluated twice requests nothing new).
+
+    The rule for older days: a daily partition is requested when its newest `usage_events`
+    materialization is newer than its newest `usage_aggregates` materialization. The ingest asset
+    reports late events as a materialization of their own event date, so this re-aggregates (and
+    pushes) them at the next tick, and the daily rating then bills the new numbers. Only
+    materializations of usage_events from the last 62 days (`LATE_USAGE_LOOKBACK`) are considered
+    (the daily rating re-rates at most the month before last). A day whose run fails stays requested
+    every hour until one succeeds.
+    """
     now = context.scheduled_execution_time.astimezone(dt.UTC)
-    for day in (now.date() - dt.timedelta(days=1), now.date()):
-        yield dg.RunRequest(run_key=f"{now:%Y-%m-%dT%H}:{day}", partition_key=day.isoformat())
+    recent = [(now.date() - dt.timedelta(days=1)).isoformat(), now.date().isoformat()]
+    late = [day for day in not_reaggregated(context.instance, now) if day < recent[0]]  # older days only
+    for day in [*late, *recent]:
+        yield dg.RunRequest(run_key=f"{now:%Y-%m-%dT%H}:{day}", partition_key=day)
 
 
 @dg.schedule(job_name="billing_job", cron_schedule="30 2 * * *", execution_timezone="UTC",

@@ -16,6 +16,7 @@ from metering.rules.plans import load_rules
 from pipelines.defs.rating.assets import rated_usage, usage_aggregates
 from pipelines.resources import ProjectPaths, WarehouseResource
 from tests.metering.rating.conftest import PROJECT_ROOT, STORAGE, bill_storage_october
+from tests.pipelines.manifest import record_manifest
 
 CLOSING = dt.datetime(2026, 11, 2, tzinfo=dt.timezone.utc)
 SUM = ("storage_gb:   {aggregation: max,", "storage_gb:   {aggregation: sum,")
@@ -30,6 +31,7 @@ def billed(tmp_path: Path) -> tuple[Path, Path, dict]:
     db = tmp_path / "wh.duckdb"
     with warehouse.open_warehouse(db) as con:
         customers = bill_storage_october(con, load_rules(root), tmp_path, 2, CLOSING)
+        record_manifest(con)  # as ingestion would: usage_aggregates refuses rows of no ingested file
         assert con.execute(STORAGE).fetchall() == [(2500,)]
     resources = {"warehouse": WarehouseResource(path=str(db)),
                  "paths": ProjectPaths(rules_dir=str(root), customers=str(customers))}
@@ -53,6 +55,7 @@ def test_aggregation_refuses_a_meter_edit_that_rating_refuses(billed):
     with warehouse.open_warehouse(db) as con:
         con.execute("INSERT INTO usage_events VALUES ('late', 'c1', 'api_calls', TIMESTAMPTZ '2026-10-20 09:00:00+00', "
                     "DATE '2026-10-20', NULL, '{\"region\":\"us\"}', '{}', 1, 1)")
+        record_manifest(con)
     with dg.instance_for_test() as instance:
         with pytest.raises(BadInputError, match=rf"{meters}: meters\.storage_gb: has already priced rated usage"):
             dg.materialize([usage_aggregates], partition_key="2026-10-20", resources=resources, instance=instance)

@@ -20,6 +20,7 @@ from pipelines.defs.rating.assets import customer_plans, usage_aggregates
 from pipelines.defs.stripe_push.assets import stripe_catalog, stripe_invoice_items, stripe_usage_pushes
 from pipelines.resources import StripeResource
 from pipelines.resources import ProjectPaths, WarehouseResource
+from tests.pipelines.manifest import record_manifest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "metering" / "stripe"))
 from push_world import OCT1, SEP1, customer_on_clock, rate_by_hand  # noqa: E402  (the push tests' helpers)
@@ -63,6 +64,7 @@ def test_catalog_then_daily_push(tmp_path: Path, rules_dir: Path, monkeypatch: p
         assert catalog_meta["meters"].value == 5 and catalog_meta["customers"].value == 1
         with warehouse.open_warehouse(db) as con:
             warehouse.insert_frame(con, "usage_events", _events(day))
+            record_manifest(con)  # as ingestion would (usage_aggregates checks it)
         pushed = dg.materialize([usage_aggregates, stripe_usage_pushes], resources=resources, instance=instance,
                                 partition_key=day.isoformat(),
                                 selection=[usage_aggregates, stripe_usage_pushes])
@@ -107,6 +109,7 @@ def test_push_on_a_test_clock_advances_it_to_the_day_end(tmp_path: Path, rules_d
         assert dg.materialize([customer_plans, stripe_catalog], resources=resources, instance=instance).success
         with warehouse.open_warehouse(db) as con:
             warehouse.insert_frame(con, "usage_events", _events(day))
+            record_manifest(con)  # as ingestion would (usage_aggregates checks it)
         pushed = dg.materialize([usage_aggregates, stripe_usage_pushes], resources=resources, instance=instance,
                                 partition_key=day.isoformat())
         meta = pushed.asset_materializations_for_node("stripe_usage_pushes")[0].metadata
@@ -179,6 +182,7 @@ def test_a_range_run_of_usage_pushes_reports_each_day_its_own_push(tmp_path: Pat
             ("d2-" + pl.col("event_id")).alias("event_id"))
         with warehouse.open_warehouse(db) as con:
             warehouse.insert_frame(con, "usage_events", pl.concat([_events(first), only_api_calls]))
+            record_manifest(con)  # as ingestion would (usage_aggregates checks it)
         pushed = dg.materialize([usage_aggregates, stripe_usage_pushes], resources=resources, instance=instance,
                                 tags={"dagster/asset_partition_range_start": first.isoformat(),
                                       "dagster/asset_partition_range_end": second.isoformat()})
