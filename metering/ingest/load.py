@@ -274,6 +274,20 @@ def _may_be_ingested(con: duckdb.DuckDBPyConnection, size: int) -> bool:
                        [size]).fetchone()[0] > 0
 
 
+def _file_changed(path: Path) -> FileChangedError:
+    return FileChangedError(f"{path}: the file changed while it was being read (a writer still appending?); "
+                            f"nothing was stored: write raw files elsewhere and move them into place when "
+                            f"complete, then ingest again")
+
+
+def _changed_since(path: Path, before: tuple) -> bool:
+    """Whether the file is no longer the one `_identity` described as `before` (also: gone)."""
+    try:
+        return _identity(path) != before
+    except OSError:
+        return True
+
+
 def _identity(path: Path) -> tuple[int, int, int, int]:
     """Size, modification time, inode and device: equal before and after the read and the hash, the
     two saw the same bytes (a writer appending or rewriting changes the size or the time)."""
@@ -328,12 +342,17 @@ def ingest_file(
     try:
         info = readers.READERS[fmt](con, path, fmt, sink)
         digest = wait_for_digest()
-        if _identity(path) != before:
+        if _changed_since(path, before):
             # the hash and the rows may then describe different bytes: a manifest entry for content
             # not read would skip the complete file for ever as already ingested
-            raise FileChangedError(f"{path}: the file changed while it was being read (a writer still appending?); "
-                                f"nothing was stored: write raw files elsewhere and move them into place when "
-                                f"complete, then ingest again")
+            raise _file_changed(path)
+    except BadInputError as exc:
+        _drop_temp(con)
+        if not isinstance(exc, FileChangedError) and _changed_since(path, before):
+            # a file rewritten while it was read (cp, rsync --inplace) can look corrupt half-way: that is
+            # no unreadable file, and the Dagster asset skips unreadable ones for good
+            raise _file_changed(path) from None
+        raise
     except BaseException:
         _drop_temp(con)
         raise

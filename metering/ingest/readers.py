@@ -592,11 +592,19 @@ columns that REPLACE the file's own (a file under `raw/value=999/` had every val
 ROW_NUMBER_COLUMN = "file_row_number"
 
 
+_GLOB_CHARACTERS = "*?["
+
+
 def literal_glob(path: str) -> str:
     """`path` as a DuckDB glob pattern matching that path alone. DuckDB's file readers take `*`, `?`
     and `[` in a path as a pattern (`usage[1].parquet` read `usage1.parquet`); each becomes a
-    one-character class (`[[]`), which has no backslash escape to go wrong."""
-    return "".join(f"[{c}]" if c in "*?[" else c for c in path)
+    one-character class (`[[]`). A backslash next to them is read by DuckDB's matcher in ways no
+    escape undoes (`u\\[[]1]` matches nothing, however written), so such a name is refused, naming the
+    file, rather than read as a pattern that may name another file."""
+    if "\\" in path and any(c in path for c in _GLOB_CHARACTERS):
+        raise BadInputError(f"{path}: cannot be read: its path holds a backslash and one of * ? [, which DuckDB's "
+                            f"file readers take as a pattern (rename the file or its folder)")
+    return "".join(f"[{c}]" if c in _GLOB_CHARACTERS else c for c in path)
 
 
 def parquet_scan(path: Path, *, row_numbers: bool = False) -> str:

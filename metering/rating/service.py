@@ -31,6 +31,7 @@ import polars as pl
 from metering import warehouse
 from metering.customers import CUSTOMER_PLAN_SCHEMA, billing_segments, month_bounds
 from metering.errors import BadInputError
+from metering.ingest.checks import require_sound_events
 from metering.rating.aggregate import AGGREGATE_SCHEMA, build_aggregates, charge_quantities, unpriced_usage
 from metering.rating.pricing import LINE_KEY, PRORATED_GAUGE_MARK, RATED_COLUMNS, rate
 from metering.rules.meters import Meter
@@ -552,10 +553,12 @@ def rerate_range(con: duckdb.DuckDBPyConnection, rules: Rules, first: dt.date, l
                  adjust: Adjustment | None = None) -> list[dict]:
     """Recompute aggregates for event dates first..last and re-rate every month touching them.
 
-    Returns one summary per month: lines, totals per currency (minor units), whether the output changed,
+    Refused (`checks.UnsoundEventsError`, exit 4) while usage_events break conservation or event_id
+    uniqueness. Returns one summary per month: lines, totals per currency (minor units), whether the output changed,
     and the usage no line covers (`unpriced`: what the Dagster check all_usage_priced lists).
     `progress(done, total)` is told after each day and each month.
     """
+    require_sound_events(con)   # as the usage_aggregates asset: unsound usage is never aggregated
     months = months_touching(first, last)
     total = (last - first).days + 1 + len(months)
     done = 0

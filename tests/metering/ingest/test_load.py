@@ -90,6 +90,32 @@ def test_a_file_that_changes_while_it_is_read_is_refused(tmp_path, con, monkeypa
     assert again.file_hash == hashlib.sha256(path.read_bytes()).hexdigest()
 
 
+def test_a_file_rewritten_while_read_is_changed_not_unreadable(tmp_path, con, monkeypatch):
+    """A writer rewriting a gzip file in place (cp, rsync --inplace) while it is read: half-written, it
+    reads as corrupt. That was an unreadable file (BadInputError), which the Dagster asset skips for
+    good; it is a changed one (FileChangedError, which fails the run for the sensor to retry)."""
+    from metering.errors import FileChangedError
+    from metering.ingest import readers
+
+    full = gzip.compress(b"".join(json.dumps(event(f"e{i}")).encode() + b"\n" for i in range(2000)), mtime=0)
+    path = tmp_path / "a.jsonl.gz"
+    path.write_bytes(full)
+    real = readers.READERS["jsonl.gz"]
+
+    def rewritten_during_read(con, target, fmt, sink):
+        target.write_bytes(full[: len(full) // 2])
+        return real(con, target, fmt, sink)
+
+    monkeypatch.setitem(readers.READERS, "jsonl.gz", rewritten_during_read)
+    before = _digests(con)
+    with pytest.raises(FileChangedError, match="a.jsonl.gz: the file changed while it was being read"):
+        ingest_file(con, path, now=NOW)
+    assert _digests(con) == before
+    monkeypatch.setitem(readers.READERS, "jsonl.gz", real)
+    path.write_bytes(full)
+    assert ingest_file(con, path, now=NOW).rows_accepted == 2000
+
+
 def test_late_events_land_on_their_own_date(tmp_path, con):
     ingest_file(con, write_lines(tmp_path / "d1.jsonl", [event("a", timestamp="2026-10-05T10:00:00Z")]), now=NOW)
     late = write_lines(tmp_path / "d2.jsonl", [event("b", timestamp="2026-10-09T10:00:00Z"),
@@ -202,6 +228,22 @@ def test_a_file_name_is_never_a_pattern(name, tmp_path, con):
         assert event_date_range(path) == (date(2026, 10, 9), date(2026, 10, 9))
     assert con.execute("SELECT event_id, value::VARCHAR FROM usage_events").fetchall() == [(f"own-{name}", "7.000000000000")]
     assert read_usage_file(folder / f"{name}.parquet")["event_id"].to_list() == [f"own-{name}"]
+
+
+def test_a_parquet_name_holding_a_backslash_and_a_pattern_character_is_refused_by_name(tmp_path, con):
+    """No escape makes DuckDB's matcher take `u\\[1].parquet` literally once `[` is escaped: refused,
+    naming the file (exit 3 on the command line), never read as another file's pattern. A backslash
+    alone is an ordinary character."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    row = {"event_id": ["b"], "customer_id": ["c"], "meter": ["tokens"], "timestamp": ["2026-10-09T00:00:00Z"],
+           "value": ["7"]}
+    pq.write_table(pa.table(row), tmp_path / "u\\[1].parquet")
+    pq.write_table(pa.table(row), tmp_path / "v\\x.parquet")
+    with pytest.raises(BadInputError, match=r"u\\\[1\]\.parquet: cannot be read: its path holds a backslash"):
+        ingest_file(con, tmp_path / "u\\[1].parquet", now=NOW)
+    assert ingest_file(con, tmp_path / "v\\x.parquet", now=NOW).rows_accepted == 1
 
 
 def test_unreadable_files_fail_clearly_and_change_nothing(tmp_path, con):

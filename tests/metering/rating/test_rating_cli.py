@@ -15,6 +15,7 @@ from click.testing import CliRunner
 
 from metering import warehouse
 from metering.cli import cli
+from tests.pipelines.manifest import record_manifest
 
 PROJECT_ROOT = Path(__file__).resolve().parents[3]
 RULES = PROJECT_ROOT / "rating_rules"
@@ -170,6 +171,26 @@ def test_rate_bad_usage_names_the_line(tmp_path):
         assert f"{usage}:2: {field}: unknown {field} (1 row(s); first value None)" in result.output
 
 
+def test_rerate_refuses_usage_events_that_break_the_ingest_invariants(tmp_path):
+    """As the usage_aggregates asset: a row written outside ingestion (a duplicate event_id) is never
+    aggregated, so never rated (rerate aggregated 7 events for 6 distinct ids). Exit 4, aggregates as they were."""
+    db = tmp_path / "wh.duckdb"
+    with warehouse.open_warehouse(db) as con:
+        con.execute("""INSERT INTO usage_events SELECT 'e' || i, 'c1', 'api_calls',
+                       TIMESTAMPTZ '2026-10-05 00:00:00+00' + INTERVAL (i) SECOND, DATE '2026-10-05', NULL,
+                       '{"region":"us"}', '{}', 1, i FROM range(6) t(i)""")
+        record_manifest(con)
+    args = ["rerate", "--from", "2026-10-05", "--to", "2026-10-05", "--warehouse", str(db), "--rules", str(RULES)]
+    assert run(*args).exit_code == 4   # unpriced (no customers), but aggregated: 6 events
+    with warehouse.open_warehouse(db) as con:
+        before = con.execute("SELECT sum(event_count) FROM usage_aggregates").fetchone()
+        con.execute("INSERT INTO usage_events SELECT * FROM usage_events LIMIT 1")
+    refused = run(*args)
+    assert refused.exit_code == 4 and "unique_event_id" in refused.output and "nothing is aggregated" in refused.output
+    with warehouse.open_warehouse(db, read_only=True) as con:
+        assert con.execute("SELECT sum(event_count) FROM usage_aggregates").fetchone() == before == (6,)
+
+
 def test_rerate_range_is_repeatable(tmp_path):
     db = tmp_path / "wh.duckdb"
     customers = tmp_path / "customers.csv"
@@ -179,6 +200,7 @@ def test_rerate_range_is_repeatable(tmp_path):
         con.execute("""INSERT INTO usage_events SELECT 'e' || i, 'c1', 'api_calls',
                        TIMESTAMPTZ '2026-10-03 00:00:00+00' + INTERVAL (i) SECOND, DATE '2026-10-03', NULL,
                        '{"region":"us"}', '{}', 1, i FROM range(30000) t(i)""")
+        record_manifest(con)   # as ingestion would have: rerate refuses usage that breaks conservation
     args = ["rerate", "--from", "2026-10-01", "--to", "2026-10-31", "--warehouse", str(db), "--rules", str(RULES)]
     first = run(*args, "--customers", str(customers))
     assert first.exit_code == 0, first.output

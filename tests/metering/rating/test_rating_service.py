@@ -16,6 +16,7 @@ from metering.customers import load_customers
 from metering.errors import BadInputError
 from metering.rating import service
 from metering.rules.plans import load_rules
+from tests.pipelines.manifest import record_manifest
 
 PROJECT_ROOT = Path(__file__).resolve().parents[3]
 OCT = dt.date(2026, 10, 1)
@@ -346,6 +347,7 @@ def test_a_rerate_refused_in_one_month_writes_no_month(tmp_path):
         service.rerate_range(con, rules, sep, dt.date(2026, 10, 31), NOW)
         before = con.execute("SELECT * FROM rated_usage ORDER BY ALL").fetchall()
         _late_calls(con, rules, "a", "2026-09-15", 12_000)   # would be a September adjustment of 1.00
+        record_manifest(con)   # as ingestion would have: rerate refuses usage that breaks conservation
         csv.write_text(header + "a,A,a@a.test,usd,,starter,2026-01-01,succeeds\n"
                                 "a,A,a@a.test,usd,,pro,2026-10-10,succeeds\n")
         warehouse.replace_rows(con, "customer_plans", "TRUE", [], load_customers(csv, rules))
