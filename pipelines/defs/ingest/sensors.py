@@ -383,12 +383,23 @@ def raw_usage_files_sensor(context: dg.SensorEvaluationContext, paths: ProjectPa
             context.log.info(f"holding {len(held)} new raw file(s) until the earlier request of {live} is done "
                              f"(ingestion follows arrival order)")
     elif arrived:
-        # a file the sensor cannot read (permissions, an I/O error) is left out, and tried again once it
-        # settles anew: failing the tick instead stalled every other file
-        hashed = {key: (_hash_or_note(present[key], unreadable), stat) for key, stat in fresh.items()}
-        new.update({key: found for key, found in hashed.items() if found[0] is not None})
-        order = [key for key in order if key in new]
-    if order and not held:
+        # hashed in arrival order. A file the sensor cannot read (permissions, an I/O error) holds itself
+        # and every later file, with a warning each tick, as a batch given up on does: a later file
+        # ingested first could change which version of a conflicting event is billed. The earlier files
+        # go. (Failing the tick instead stalled every file; leaving the file out let later ones pass it.)
+        for i, key in enumerate(order):
+            digest = new[key][0] if key in new else _hash_or_note(present[key], unreadable)
+            if digest is None:
+                order, held = order[:i], order[i:]
+                break
+            new[key] = (digest, fresh.get(key) or new[key][1])
+        for key in held:
+            pending[key] = new.pop(key)[1] if key in new else fresh[key]
+        if held:
+            context.log.warning(f"holding {len(held)} new raw file(s) {held} in arrival order behind one the sensor "
+                                f"cannot read, {held[0]} ({unreadable.get(held[0])}): make it readable, or remove it "
+                                f"from data/raw/ to let the later ones go without it")
+    if order and not (live or gave_up):
         now = datetime.now(timezone.utc)
         base = _run_key([digest for digest, _ in new.values()], now)
         as_of = now.replace(microsecond=0).isoformat()
@@ -396,14 +407,14 @@ def raw_usage_files_sensor(context: dg.SensorEvaluationContext, paths: ProjectPa
                        for key, (digest, stat) in new.items()})
         requests.append(_request(context, [present[k] for k in order], base, 1, as_of))  # arrival order
     if unreadable:
-        context.log.warning(f"cannot read {len(unreadable)} raw file(s), left out until they can be read "
-                            f"(the other files go on): {unreadable}")
+        context.log.warning(f"cannot read {len(unreadable)} raw file(s): {unreadable}")
     cursor = _Cursor(handed, pending, {k: arrival[k] for k in held}, tick).dumps()
     if requests:
         return dg.SensorResult(run_requests=requests, cursor=cursor)
     if held:
         why = (f"the sensor gave up on {len(gave_up)} earlier file(s), so these wait for an operator (see the "
-               f"warning)" if gave_up else f"an earlier request of {len(live)} file(s) is not done yet")
+               f"warning)" if gave_up else f"an earlier request of {len(live)} file(s) is not done yet" if live
+               else f"the sensor cannot read {held[0]}, which came first (see the warning)")
         return dg.SensorResult(skip_reason=dg.SkipReason(f"holding {len(held)} new raw file(s): {why}"),
                                cursor=cursor)
     waiting = f"; waiting for {len(pending)} file(s) to stop changing" if pending else ""

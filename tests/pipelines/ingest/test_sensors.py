@@ -200,22 +200,52 @@ def test_a_file_touched_while_its_run_reads_it_is_requested_again(world, monkeyp
     assert world.clean_rows() == {"2026-10-05": 1}
 
 
-def test_a_file_the_sensor_cannot_read_is_left_out_and_the_others_go_on(world):
+def test_a_file_the_sensor_cannot_read_holds_the_later_ones_and_the_earlier_go(world):
     """A file whose bytes cannot be read (here a link to this process's /proc/self/mem: reading its
     first page fails with EIO; a file without read permission under a non-root daemon alike) once
-    failed every tick, so no other file was ever requested."""
+    failed every tick, so no file at all was ever requested. The files that arrived before it go; it
+    and the later ones wait, with a warning each tick naming it."""
     good = world.write_events("good.jsonl", ["2026-10-05T10:00:00Z"])
     world.raw.joinpath("mem.jsonl").symlink_to("/proc/self/mem")
+    late = world.write_events("zz-later.jsonl", ["2026-10-05T11:00:00Z"])
     settled = world.settle()
     [request] = settled.requests
-    assert _files(request) == [str(good)]
-    assert "cannot read 1 raw file(s)" in settled.logged(logging.WARNING)
-    assert str(world.raw / "mem.jsonl") in settled.logged(logging.WARNING)
+    assert _files(request) == [str(good)]   # path order within a tick: good, mem, zz-later
+    warning = settled.logged(logging.WARNING)
+    assert f"behind one the sensor cannot read, {world.raw / 'mem.jsonl'}" in warning and str(late) in warning
     assert world.run(request).success and world.clean_rows() == {"2026-10-05": 1}
-    again = world.tick(settled.cursor)   # tried again once it settles anew: still left out, nothing requested
-    later = world.tick(again.cursor)
-    assert again.requests == later.requests == []
-    assert "cannot read 1 raw file(s)" in again.logged(logging.WARNING) + later.logged(logging.WARNING)
+    again = world.tick(settled.cursor)
+    assert again.requests == [] and "cannot read 1 raw file(s)" in again.logged(logging.WARNING)
+    world.raw.joinpath("mem.jsonl").unlink()   # removed: the later file goes
+    [after] = world.tick(again.cursor).requests
+    assert _files(after) == [str(late)]
+
+
+def test_a_file_unreadable_for_a_moment_keeps_its_place_in_arrival_order(world, monkeypatch):
+    """a arrives first and b, a conflicting version of its event, a tick later; when the sensor cannot
+    read a just then, b once went ahead and b's version was billed (I17). b now waits for a."""
+    from pipelines.defs.ingest import sensors
+
+    world.write_usage("a.jsonl", [("e1", 1)])
+    first = world.tick()
+    real = sensors.file_hash
+
+    def denied_for_a(path):
+        if path.name == "a.jsonl":
+            raise PermissionError(13, "Permission denied", str(path))
+        return real(path)
+
+    monkeypatch.setattr(sensors, "file_hash", denied_for_a)
+    world.write_usage("b.jsonl", [("e1", 2)])
+    blocked = world.tick(first.cursor)
+    assert blocked.requests == []
+    monkeypatch.setattr(sensors, "file_hash", real)
+    tick = world.tick(blocked.cursor)
+    for _ in range(4):
+        for request in tick.requests:
+            assert world.run(request).success
+        tick = world.tick(tick.cursor)
+    assert world.billed("e1") == ("1", 1)   # a's version clean, b's quarantined as a conflict
 
 
 def test_a_file_that_changes_after_a_failed_run_is_requested_anew_not_retried_half_written(world):
