@@ -30,26 +30,24 @@ def redact(text: str) -> str:
         for value in (os.environ.get(name) or "").split(","):
             value = value.strip()
             if len(value) >= 6:
-                text = _masked_form(value).sub(_redact_masked, text).replace(value, "[REDACTED]")
+                text = _masked_form(value).sub("[REDACTED]", text).replace(value, "[REDACTED]")
     return _SECRET_PATTERN.sub("[REDACTED]", text)
 
 
-# a masked form shows at least this many of the secret's characters (a bare `a***` names nothing)
-_MASKED_SHOWS = 4
+_MASK_START = (4, 8)   # Stripe echoes a refused key as its first 8 characters (fewer of a short key) ...
+_MASK_END = 4         # ... asterisks, and its last 4: `weird-se********-777`
 
 
 @functools.lru_cache(maxsize=32)
 def _masked_form(value: str) -> re.Pattern[str]:
-    """A start of `value` (longest first, possibly none), asterisks, and an end of it (possibly none).
-    The key shape `_SECRET_PATTERN` knows covers `sk_test_****`; this covers a secret of any shape."""
-    starts = "|".join(re.escape(value[:n]) for n in range(len(value), 0, -1))
-    ends = "|".join(re.escape(value[-n:]) for n in range(len(value), 0, -1))
-    return re.compile(rf"(?P<start>{starts}|)\*+(?P<end>{ends}|)")
-
-
-def _redact_masked(match: re.Match[str]) -> str:
-    shown = len(match["start"]) + len(match["end"])
-    return "[REDACTED]" if shown >= _MASKED_SHOWS else match[0]
+    """`value` as Stripe masks it: a start of it (4 to 8 characters), asterisks, its last 4 characters.
+    Anything less specific (asterisks beside a few characters that merely occur in the secret, such as
+    `card ****2024`) is not it; the key shape `_SECRET_PATTERN` covers `sk_test_****`."""
+    lo, hi = _MASK_START
+    starts = "|".join(re.escape(value[:n]) for n in range(min(hi, len(value)), lo - 1, -1))
+    if len(value) < _MASK_END or not starts:
+        return re.compile(r"(?!)")   # too short to have a masked form worth matching (whole, it is replaced)
+    return re.compile(rf"(?:{starts})\*+{re.escape(value[-_MASK_END:])}")
 
 
 class RedactingFilter(logging.Filter):

@@ -235,7 +235,7 @@ def test_the_cli_prints_the_fields_on_a_terminal(tmp_path: Path) -> None:
     ("STRIPE_API_KEY", "weird-secret-value-777", "weird-se********-777"),            # the sandbox's form
     ("STRIPE_API_KEY", "rk_custom_key_123456789", "rk_custo********6789"),
     ("STRIPE_WEBHOOK_SECRET", "abcdef", "abcdef********cdef"),                      # shorter than 8 + 4
-    ("METERING_SMTP_PASSWORD", "hunter2hunter2", "hunt*****er2"),
+    ("METERING_SMTP_PASSWORD", "hunter2hunter2", "hunt*****ter2"),
 ])
 def test_a_secret_of_any_shape_is_redacted_as_stripe_masks_it(monkeypatch, name, secret, masked) -> None:
     from metering.logs import redact
@@ -243,8 +243,11 @@ def test_a_secret_of_any_shape_is_redacted_as_stripe_masks_it(monkeypatch, name,
     monkeypatch.setenv(name, secret)
     assert redact(f"Invalid API Key provided: {masked}") == "Invalid API Key provided: [REDACTED]"
     assert redact(f"key '{masked}'.") == "key '[REDACTED]'."
-    # asterisks next to a little of it, or none of it, are not a secret
+    # asterisks next to a little of it, or none of it, are not a secret (the review's cases: a card's last
+    # digits, a start or an end of the secret alone)
     assert redact("rows **** total, a** b") == "rows **** total, a** b"
+    for innocent in (f"card ****{secret[-4:]} declined", f"**{secret[-4:]}** totals", f"{secret[:4]}**** is the mask"):
+        assert redact(innocent) == innocent
 
 
 def test_stripe_sync_with_a_refused_key_of_any_shape_never_prints_its_masked_echo(
@@ -259,3 +262,15 @@ def test_stripe_sync_with_a_refused_key_of_any_shape_never_prints_its_masked_ech
     assert done.returncode == 5, done.stderr
     assert "Invalid API Key provided: [REDACTED]" in done.stderr
     assert "-777" not in done.stderr + done.stdout and "weird-se" not in done.stderr + done.stdout
+
+
+def test_a_host_name_listens_on_ipv4_first_as_uvicorn_did() -> None:
+    """`localhost` resolved ::1 first (Debian's /etc/hosts) bound ::1 alone: 127.0.0.1 was refused."""
+    import socket
+
+    from metering.cli.options import preferred_address
+
+    v6 = (socket.AF_INET6, socket.SOCK_STREAM, 6, "", ("::1", 80, 0, 0))
+    v4 = (socket.AF_INET, socket.SOCK_STREAM, 6, "", ("127.0.0.1", 80))
+    assert preferred_address([v6, v4]) == v4 and preferred_address([v4, v6]) == v4
+    assert preferred_address([v6]) == v6

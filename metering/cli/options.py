@@ -84,7 +84,7 @@ def listening_socket(host: str, port: int) -> socket.socket:
     """A TCP socket bound to host:port and listening, so a server can announce its address only once
     it holds it. A port in use (or a host that is not this machine's) is bad input naming both."""
     try:
-        family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+        family, kind, proto, _, address = preferred_address(socket.getaddrinfo(host, port, type=socket.SOCK_STREAM))
         sock = socket.socket(family, kind, proto)
     except OSError as exc:
         raise cannot_listen(host, port, exc) from None
@@ -96,6 +96,13 @@ def listening_socket(host: str, port: int) -> socket.socket:
         sock.close()
         raise cannot_listen(host, port, exc) from None
     return sock
+
+
+def preferred_address(found: list[tuple]) -> tuple:
+    """Of `getaddrinfo`'s answers, the first IPv4 one, else the first: as uvicorn binds a name.
+    `localhost` listed as ::1 first in /etc/hosts (Debian's default) would otherwise listen on ::1
+    alone and refuse the deliveries sent to 127.0.0.1."""
+    return min(found, key=lambda answer: answer[0] != socket.AF_INET)
 
 
 def cannot_listen(host: str, port: int, exc: OSError) -> BadInputError:

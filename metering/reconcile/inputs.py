@@ -477,13 +477,16 @@ def _engine_item_sql(con: duckdb.DuckDBPyConnection, line: str) -> str:
             f"OR {line}.metering_item IN (SELECT item_key FROM stripe_invoice_items))")
 
 
-PRICE_AMOUNT_FIELDS = ("unit_amount_decimal", "transform_quantity", "billing_scheme", "tiers_mode", "tiers",
-                      "expressible")
+PRICE_AMOUNT_FIELDS = ("unit_amount_decimal", "transform_quantity", "billing_scheme", "tiers_mode", "tiers")
 """The fields of a catalog `drift` finding on a price (`metering.stripe.catalog.price_drift`) that change
 what Stripe charges for a quantity: unit amount, package (transform_quantity), tiers (their unit and
-flat amounts, bounds and mode) and the billing scheme, and a price kept for a charge Stripe cannot express
-(`expressible`: Stripe bills the charge its own way). Not the currency (`currency_mismatch` says that), the
-meter or the interval, nor a `rounding` finding: a half-even version's half-cent lines are rounding."""
+flat amounts, bounds and mode) and the billing scheme. Not the currency (`currency_mismatch` says that),
+the meter or the interval, nor a `rounding` finding: a half-even version's half-cent lines are rounding.
+Nor `expressible` (a price kept for a first tier with a flat amount): its amounts are ours, and it
+differs only at a quantity of 0 (the flat amount, far beyond any tolerance), so a cent on a line it
+priced is rounding. A drift in a tier the line's quantity never reaches still marks the line: the
+finding says what differs, not at which quantities, so the line is flagged for review rather than
+explained away."""
 
 
 def _price_drift_sql(con: duckdb.DuckDBPyConnection) -> str:

@@ -113,12 +113,14 @@ def test_without_a_drift_the_same_cent_stays_rounding(isolated_env, rules_dir):
 def test_a_rounding_finding_stays_within_tolerance(isolated_env, rules_dir):
     """A half-even version's price (catalog finding `rounding`): 30 x 0.15c = 4.5c, 4 for us (half even), 5 for
     Stripe (half up). Same price, a half-cent rounded two ways: explained. A drift on a field that does not
-    price (the meter) does not make it a price difference either."""
+    price (the meter) does not make it a price difference either, nor does a price kept for a first tier
+    with a flat amount (`expressible`: its amounts are ours; the review found its cent made unexplained)."""
     with warehouse.open_warehouse() as con:
         write_scenario(con)
         _cus_b_calls(con, 20, 10, ours=4, stripe=5)
         _finding(con, "rounding", API_CALLS, None, "rounding", "half_even", "not settable")
         _finding(con, "drift", API_CALLS, PRICE, "recurring.meter", "mtr_ours", "mtr_theirs")
+        _finding(con, "drift", API_CALLS, PRICE, "expressible", "no", "a price exists")
         result = _reconcile(con, rules_dir)
     b = _row(result.usage, customer_id="cus_b", meter="api_calls")
     assert (b["our_quantity"], b["status"], b["explained"], b["amount_diff_minor"]) == (
