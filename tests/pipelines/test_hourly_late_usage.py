@@ -59,6 +59,11 @@ def test_late_events_five_days_back_are_requested_until_aggregated(tmp_path: Pat
 
         assert dg.materialize([usage_aggregates], partition_key=late.isoformat(), resources=resources,
                               instance=instance).success
+        # aggregated, but its push failed (or did not run): still requested, or Stripe never gets the usage
+        pushless = _tick(instance, now + dt.timedelta(hours=1))
+        assert [r.partition_key for r in pushless][0] == late.isoformat()
+        instance.report_runless_asset_event(dg.AssetMaterialization(asset_key="stripe_usage_pushes",
+                                                                    partition=late.isoformat()))
         after = _tick(instance, now + dt.timedelta(hours=1))
         assert [r.partition_key for r in after] == [yesterday.isoformat(), today.isoformat()]
 

@@ -2,7 +2,7 @@
 
 | schedule | cron (UTC) | what it runs |
 | --- | --- | --- |
-| `hourly_usage_schedule` | `10 * * * *` | `hourly_usage_job` for today and yesterday, and for every older day whose newest `usage_events` materialization (late events, within the last 62 days) is newer than its newest `usage_aggregates` one: re-aggregate, push to Stripe (the ledger makes repeats free); `raw_usage_files_sensor` ingests |
+| `hourly_usage_schedule` | `10 * * * *` | `hourly_usage_job` for today and yesterday, and for every older day whose newest `usage_events` materialization (late events, within the last 62 days) is newer than its newest `usage_aggregates` or `stripe_usage_pushes` one: re-aggregate, push to Stripe (the ledger makes repeats free); `raw_usage_files_sensor` ingests |
 | `daily_rating_schedule` | `30 2 * * *` | `billing_job` for this month (live invoice previews), last month and the month before (late events, also in anchored periods that ended last month) |
 | `invoice_items_schedule` | `45 2 * * *` | `invoice_items_job` for this month, last month and the month before: the periods the rating just closed get their charges Stripe cannot price as invoice items (after the period's invoice left draft, they go onto the next invoice) |
 | `period_close_schedule` | `0 4 * * *` | `reconciliation_job` for last month: pulls Stripe's meters and invoices once Stripe's 1 h grace period has long passed, reconciles, writes the finance report |
@@ -46,6 +46,7 @@ LATE_USAGE_LOOKBACK = dt.timedelta(days=62)
 
 USAGE_EVENTS = dg.AssetKey("usage_events")
 USAGE_AGGREGATES = dg.AssetKey("usage_aggregates")
+USAGE_PUSHES = dg.AssetKey("stripe_usage_pushes")
 
 
 def _newest_materializations(instance: dg.DagsterInstance, key: dg.AssetKey, partitions: set[str] | None = None,
@@ -65,13 +66,14 @@ def _newest_materializations(instance: dg.DagsterInstance, key: dg.AssetKey, par
 
 def not_reaggregated(instance: dg.DagsterInstance, now: dt.datetime) -> list[str]:
     """Daily partitions whose newest usage_events materialization (made since `now` - the look-back) is
-    newer than their newest usage_aggregates materialization, or that have none: late events the
-    ingestion reported on their own event date and nothing has aggregated since."""
+    newer than their newest usage_aggregates or stripe_usage_pushes materialization, or that have none:
+    late events the ingestion reported on their own event date and nothing has aggregated and pushed
+    since (a run whose aggregation succeeded and whose push failed leaves the day requested)."""
     events = _newest_materializations(instance, USAGE_EVENTS, after=(now - LATE_USAGE_LOOKBACK).timestamp())
     if not events:
         return []
-    aggregated = _newest_materializations(instance, USAGE_AGGREGATES, partitions=set(events))
-    return sorted(p for p, at in events.items() if at > aggregated.get(p, float("-inf")))
+    done = [_newest_materializations(instance, key, partitions=set(events)) for key in (USAGE_AGGREGATES, USAGE_PUSHES)]
+    return sorted(p for p, at in events.items() if at > min(d.get(p, float("-inf")) for d in done))
 
 
 @dg.schedule(job=hourly_usage_job, cron_schedule="10 * * * *", execution_timezone="UTC",
@@ -81,7 +83,7 @@ def hourly_usage_schedule(context: dg.ScheduleEvaluationContext):
     re-aggregated (run keys per hour and day: a tick evaluated twice requests nothing new).
 
     The rule for older days: a daily partition is requested when its newest `usage_events`
-    materialization is newer than its newest `usage_aggregates` materialization. The ingest asset
+    materialization is newer than its newest `usage_aggregates` or `stripe_usage_pushes` one. The ingest asset
     reports late events as a materialization of their own event date, so this re-aggregates (and
     pushes) them at the next tick, and the daily rating then bills the new numbers. Only
     materializations of usage_events from the last 62 days (`LATE_USAGE_LOOKBACK`) are considered
