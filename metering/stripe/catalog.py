@@ -498,7 +498,7 @@ def sync_customers(
         # subscription without our metadata (not created by this sync) has an unknown one: NULL
         subscribed = getattr(sub, "metadata", None) if sub is not None else None
         if sub is not None and version is not None:
-            _report_unswitched_changes(report, customers, rules, cid, version, now.date(), subscribed, row)
+            _report_unswitched_changes(report, customers, rules, cid, version, now.date(), _carried_version(sub), row)
         report.customers.append({
             "customer_id": cid,
             "stripe_customer_id": cus.id,
@@ -515,8 +515,27 @@ def sync_customers(
 _NOT_SWITCHED = "not switched on the Stripe subscription (needs a subscription schedule); Stripe keeps the current prices"
 
 
+def _carried_version(sub: Any) -> tuple[str | None, str | None]:
+    """(plan, plan version) a subscription bills: its metadata (the sync writes it), else its items'
+    prices' lookup keys (`metering:<plan>:<version>:<charge>`), else (None, None)."""
+    meta = _metadata(sub)
+    if meta.get("plan") and meta.get("plan_version"):
+        return meta["plan"], meta["plan_version"]
+    try:
+        items = sub["items"].data or []   # `sub.items` is the mapping method of the SDK's objects
+    except (KeyError, AttributeError, TypeError):
+        items = []
+    for item in items:
+        key = getattr(getattr(item, "price", None), "lookup_key", None)
+        parts = key.split(":", 3) if isinstance(key, str) else []
+        if len(parts) == 4 and parts[0] == "metering":
+            return parts[1], parts[2]
+    return None, None
+
+
 def _report_unswitched_changes(report: CatalogReport, customers: pl.DataFrame, rules: Rules, cid: str,
-                               version: PlanVersion, today: dt.date, subscribed: Any, assignment: dict) -> None:
+                               version: PlanVersion, today: dt.date, carried: tuple[str | None, str | None],
+                               assignment: dict) -> None:
     """A plan assignment or plan version other than the subscription's is not switched on the Stripe
     subscription (that needs a subscription schedule): report it, so finance knows Stripe keeps billing
     the subscription's prices. A later one is reported before it starts; once it is in force, it is
@@ -527,8 +546,7 @@ def _report_unswitched_changes(report: CatalogReport, customers: pl.DataFrame, r
     plan = rules.plans.get(version.plan)
     if plan is not None:
         changes += [(f"{v.plan} {v.version}", v.effective_from) for v in plan.versions if v.effective_from > today]
-    carried = (getattr(subscribed, "plan", None), getattr(subscribed, "plan_version", None))
-    if carried[0] is None or carried[1] is None:   # not this sync's subscription: what it bills is unknown
+    if carried[0] is None or carried[1] is None:   # neither our metadata nor our prices: what it bills is unknown
         carried = (version.plan, version.version)
     theirs = f"{carried[0]} {carried[1]}"
     for what, when in changes:

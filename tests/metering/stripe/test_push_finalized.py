@@ -84,6 +84,22 @@ def test_a_change_not_switched_is_still_reported_once_in_force(tmp_path: Path, r
         assert again.customers[0]["plan_version"] == report.customers[0]["plan_version"]   # never switched
 
 
+def test_the_in_force_finding_reads_the_carried_version_from_the_prices_without_metadata(
+        tmp_path: Path, rules_dir: Path) -> None:
+    """A subscription whose plan metadata was cleared (or made by hand with our prices): the version it
+    carries is read from its prices' lookup keys, so the finding stays once the change is in force
+    (it vanished, the review found, while the subscription still billed pro 2026-01's prices)."""
+    csv = CSV.replace("acme,Acme,billing@acme.test,usd,,starter", "acme,Acme,billing@acme.test,usd,,pro")
+    with customer_on_clock(tmp_path, rules_dir, csv) as (sb, con, client, clock, rules, report):
+        sub = report.customers[0]["subscription_id"]
+        client.v1.subscriptions.update(sub, {"metadata": {"plan": "", "plan_version": ""}})
+        sb.advance_clock(clock.id, int(dt.datetime(2026, 10, 20, tzinfo=dt.timezone.utc).timestamp()))
+        again = catalog.sync_catalog(con, client, rules, load_customers(tmp_path / "c.csv", rules),
+                                     create_customers=True, test_clock=clock.id)
+        found = [(f.our_key, f.ours, f.theirs) for f in again.findings if f.kind == "subscription"]
+        assert found == [("acme", "pro 2026-10 from 2026-10-15", "pro 2026-01")]
+
+
 def test_an_anchor_on_the_31st_synced_in_september_keeps_stripes_periods_on_ours(tmp_path: Path,
                                                                                    rules_dir: Path) -> None:
     """The sync once sent the first anchor instant (Sep 30) as billing_cycle_anchor, and Stripe then
