@@ -340,6 +340,7 @@ def raw_usage_files_sensor(context: dg.SensorEvaluationContext, paths: ProjectPa
     fresh: dict[str, _Stat] = {}  # stable, never handed: hashed only once it can be requested
     new: dict[str, tuple[str, _Stat]] = {}
     unreadable: dict[str, str] = {}
+    settling_held: dict[str, int] = {}   # held files changing again (a touch, a copy over): their arrivals
     for key, path in present.items():
         try:
             stat = _Stat.of(path)
@@ -351,12 +352,15 @@ def raw_usage_files_sensor(context: dg.SensorEvaluationContext, paths: ProjectPa
             continue
         if state.pending.get(key) != stat:  # first seen like this: wait one tick for it to settle
             pending[key] = stat
+            if key in state.arrivals:   # held before: it keeps its place, and the files after it wait
+                settling_held[key] = state.arrivals[key]
             continue
         if entry is None:
             fresh[key] = stat
             continue
         digest = _hash_or_note(path, unreadable)
-        if digest is None:
+        if digest is None:   # changed, content unknown: new content the sensor cannot read, held in order
+            fresh[key] = stat
             continue
         if entry.sha256 == digest:  # touched, same content
             handed[key] = replace(entry, size=stat.size, mtime_ns=stat.mtime_ns)
@@ -387,18 +391,28 @@ def raw_usage_files_sensor(context: dg.SensorEvaluationContext, paths: ProjectPa
         # and every later file, with a warning each tick, as a batch given up on does: a later file
         # ingested first could change which version of a conflicting event is billed. The earlier files
         # go. (Failing the tick instead stalled every file; leaving the file out let later ones pass it.)
+        # a held file changing again (an operator copying a readable version over it) keeps its place:
+        # the files that arrived after it wait until it has settled and gone
+        first_changing = min(settling_held.values(), default=None)
         for i, key in enumerate(order):
-            digest = new[key][0] if key in new else _hash_or_note(present[key], unreadable)
+            if first_changing is not None and arrival[key] > first_changing:
+                order, held = order[:i], order[i:]
+                break
+            digest = (new[key][0] if key in new else None if key in unreadable
+                      else _hash_or_note(present[key], unreadable))
             if digest is None:
                 order, held = order[:i], order[i:]
                 break
             new[key] = (digest, fresh.get(key) or new[key][1])
         for key in held:
             pending[key] = new.pop(key)[1] if key in new else fresh[key]
-        if held:
+        if held and held[0] in unreadable:
             context.log.warning(f"holding {len(held)} new raw file(s) {held} in arrival order behind one the sensor "
-                                f"cannot read, {held[0]} ({unreadable.get(held[0])}): make it readable, or remove it "
+                                f"cannot read, {held[0]} ({unreadable[held[0]]}): make it readable, or remove it "
                                 f"from data/raw/ to let the later ones go without it")
+        elif held:
+            context.log.info(f"holding {len(held)} new raw file(s) {held} behind earlier held file(s) changing "
+                             f"again {sorted(settling_held)} (ingestion follows arrival order)")
     if order and not (live or gave_up):
         now = datetime.now(timezone.utc)
         base = _run_key([digest for digest, _ in new.values()], now)
@@ -408,13 +422,14 @@ def raw_usage_files_sensor(context: dg.SensorEvaluationContext, paths: ProjectPa
         requests.append(_request(context, [present[k] for k in order], base, 1, as_of))  # arrival order
     if unreadable:
         context.log.warning(f"cannot read {len(unreadable)} raw file(s): {unreadable}")
-    cursor = _Cursor(handed, pending, {k: arrival[k] for k in held}, tick).dumps()
+    cursor = _Cursor(handed, pending, {**settling_held, **{k: arrival[k] for k in held}}, tick).dumps()
     if requests:
         return dg.SensorResult(run_requests=requests, cursor=cursor)
     if held:
         why = (f"the sensor gave up on {len(gave_up)} earlier file(s), so these wait for an operator (see the "
                f"warning)" if gave_up else f"an earlier request of {len(live)} file(s) is not done yet" if live
-               else f"the sensor cannot read {held[0]}, which came first (see the warning)")
+               else f"the sensor cannot read {held[0]}, which came first (see the warning)" if held[0] in unreadable
+               else f"earlier held file(s) {sorted(settling_held)} are changing again")
         return dg.SensorResult(skip_reason=dg.SkipReason(f"holding {len(held)} new raw file(s): {why}"),
                                cursor=cursor)
     waiting = f"; waiting for {len(pending)} file(s) to stop changing" if pending else ""

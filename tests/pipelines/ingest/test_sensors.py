@@ -248,6 +248,68 @@ def test_a_file_unreadable_for_a_moment_keeps_its_place_in_arrival_order(world, 
     assert world.billed("e1") == ("1", 1)   # a's version clean, b's quarantined as a conflict
 
 
+def _deny_reading(monkeypatch, name: str):
+    """The sensor cannot read `name` (a PermissionError from its hash); returns the real hash."""
+    from pipelines.defs.ingest import sensors
+
+    real = sensors.file_hash
+
+    def denied(path):
+        if path.name == name:
+            raise PermissionError(13, "Permission denied", str(path))
+        return real(path)
+
+    monkeypatch.setattr(sensors, "file_hash", denied)
+    return real
+
+
+def test_a_rewritten_file_the_sensor_cannot_read_holds_the_later_ones_too(world, monkeypatch):
+    """a, ingested, is rewritten with e1 = 1 while the sensor cannot read it; b, with e1 = 2, arrives
+    after. The rewritten file was left out (only never-handed files were held), b went first, and b's
+    version was billed (the review's repro). b now waits for a's new content."""
+    from pipelines.defs.ingest import sensors
+
+    world.write_usage("a.jsonl", [("e0", 1)])
+    settled = world.settle()
+    [first] = settled.requests
+    assert world.run(first).success
+    tick = world.tick(settled.cursor)
+    world.write_usage("a.jsonl", [("e0", 1), ("e1", 1)])
+    real = _deny_reading(monkeypatch, "a.jsonl")
+    tick = world.tick(world.tick(tick.cursor).cursor)
+    world.write_usage("b.jsonl", [("e1", 2)])
+    tick = world.tick(world.tick(tick.cursor).cursor)
+    assert tick.requests == [] and "behind one the sensor cannot read" in tick.logged(logging.WARNING)
+    monkeypatch.setattr(sensors, "file_hash", real)
+    for _ in range(4):
+        tick = world.tick(tick.cursor)
+        for request in tick.requests:
+            assert world.run(request).success
+    assert world.billed("e1") == ("1", 1)
+
+
+def test_a_held_file_that_changes_again_keeps_its_place(world, monkeypatch):
+    """The operator fixes the unreadable a by copying a version over it (a new mtime): a went back to
+    settling with no place, and b, held behind it, was requested at once (the review's repro)."""
+    from pipelines.defs.ingest import sensors
+
+    world.write_usage("a.jsonl", [("e1", 1)])
+    first = world.tick()
+    real = _deny_reading(monkeypatch, "a.jsonl")
+    world.write_usage("b.jsonl", [("e1", 2)])
+    blocked = world.tick(world.tick(first.cursor).cursor)
+    assert blocked.requests == []
+    path = world.raw / "a.jsonl"
+    later = path.stat().st_mtime_ns + 1_000_000_000
+    os.utime(path, ns=(later, later))
+    monkeypatch.setattr(sensors, "file_hash", real)
+    changing = world.tick(blocked.cursor)
+    assert changing.requests == []   # b still waits while a settles
+    [request] = world.tick(changing.cursor).requests
+    assert _files(request) == [str(path), str(world.raw / "b.jsonl")]   # a first, in one batch
+    assert world.run(request).success and world.billed("e1") == ("1", 1)
+
+
 def test_a_file_that_changes_after_a_failed_run_is_requested_anew_not_retried_half_written(world):
     world.write_events("a.jsonl", ["2026-10-05T10:00:00Z"])
     settled = world.settle()
