@@ -323,10 +323,15 @@ def ingest_file(
     if not path.is_file():
         raise BadInputError(f"{path}: {'not a regular file' if path.exists() else 'no such file'}")
     fmt = readers.detect_format(path)
-    readers.check_magic(path, fmt)
+    before = _identity(path)
+    try:
+        readers.check_magic(path, fmt)
+    except BadInputError:
+        if _changed_since(path, before):   # rewritten in place just as it was opened: changed, not unreadable
+            raise _file_changed(path) from None
+        raise
     meters = meters if meters is not None else load_meters()
     now = now or datetime.now(timezone.utc)
-    before = _identity(path)
     size = before[0]
     if _may_be_ingested(con, size):
         digest = readers.file_hash(path)

@@ -116,6 +116,29 @@ def test_a_file_rewritten_while_read_is_changed_not_unreadable(tmp_path, con, mo
     assert ingest_file(con, path, now=NOW).rows_accepted == 2000
 
 
+def test_a_file_rewritten_as_it_is_opened_is_changed_not_unreadable(tmp_path, con, monkeypatch):
+    """The magic-byte check once ran before the file's identity was taken: a gzip file truncated by a
+    writer just then failed as "not gzip", an unreadable file the Dagster asset skips for good."""
+    from metering.errors import FileChangedError
+    from metering.ingest import readers
+
+    full = gzip.compress(b"".join(json.dumps(event(f"e{i}")).encode() + b"\n" for i in range(3)), mtime=0)
+    path = tmp_path / "a.jsonl.gz"
+    path.write_bytes(full)
+    real = readers.check_magic
+
+    def truncated_as_opened(target, fmt):
+        target.write_bytes(b"")
+        return real(target, fmt)
+
+    monkeypatch.setattr(readers, "check_magic", truncated_as_opened)
+    with pytest.raises(FileChangedError, match="a.jsonl.gz: the file changed while it was being read"):
+        ingest_file(con, path, now=NOW)
+    monkeypatch.setattr(readers, "check_magic", real)
+    path.write_bytes(full)
+    assert ingest_file(con, path, now=NOW).rows_accepted == 3
+
+
 def test_late_events_land_on_their_own_date(tmp_path, con):
     ingest_file(con, write_lines(tmp_path / "d1.jsonl", [event("a", timestamp="2026-10-05T10:00:00Z")]), now=NOW)
     late = write_lines(tmp_path / "d2.jsonl", [event("b", timestamp="2026-10-09T10:00:00Z"),
