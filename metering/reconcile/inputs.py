@@ -515,7 +515,8 @@ def _line_drift_sql(con: duckdb.DuckDBPyConnection) -> tuple[str, str]:
     plan version we rated. Only a metered line without a price id (a webhook line whose price was not
     known) falls back to the drifted prices of the charges we rated on its meter in its period (plan x
     plan version x meter, from `rated_usage`)."""
-    joins = f"LEFT JOIN ({_price_drift_sql(con)}) dp ON dp.price_id = l.price_id"
+    drifted = _price_drift_sql(con)   # one catalog lookup for both joins
+    joins = f"LEFT JOIN ({drifted}) dp ON dp.price_id = l.price_id"
     rated = {"customer_id", "period_start", "meter", "plan", "plan_version", "charge"}
     if not rated <= table_columns(con, "rated_usage"):
         return joins, "dp.drift"
@@ -523,7 +524,7 @@ def _line_drift_sql(con: duckdb.DuckDBPyConnection) -> tuple[str, str]:
             LEFT JOIN (SELECT r.customer_id, r.period_start, r.meter, string_agg(DISTINCT d.drift, '; ') AS drift
                        FROM (SELECT DISTINCT customer_id, period_start, meter, plan, plan_version, charge
                              FROM rated_usage WHERE meter IS NOT NULL) r
-                       JOIN ({_price_drift_sql(con)}) d
+                       JOIN ({drifted}) d
                          ON d.our_key = r.plan || '|' || r.plan_version || '|' || r.charge
                        GROUP BY ALL) dr
               ON l.price_id IS NULL AND dr.customer_id = l.customer_id AND dr.meter = l.meter
@@ -547,6 +548,7 @@ def _bucketed_lines(con: duckdb.DuckDBPyConnection, billing_month: dt.date, peri
     """
     start, end = month_bounds(billing_month)
     drift_joins, drift = _line_drift_sql(con)
+    engine_item = f"coalesce({_engine_item_sql(con, 'l')}, false)"   # the column and the drift's condition
     lo, hi = start - dt.timedelta(days=45), end + dt.timedelta(days=45)
     known = pl.concat([periods.select("customer_id", "period_start", "period_end"), _known_periods(con, lo, hi)]).unique()
     con.register("_recon_known_periods", known.to_arrow())
@@ -557,8 +559,8 @@ def _bucketed_lines(con: duckdb.DuckDBPyConnection, billing_month: dt.date, peri
             WITH lines AS ({merged_lines_sql(con)}),
                  invoices AS ({merged_invoices_sql(con)})
             SELECT l.customer_id, l.meter, l.invoice_id, l.price_id, l.quantity_decimal, l.amount,
-                   coalesce({_engine_item_sql(con, 'l')}, false) AS engine_item,
-                   CASE WHEN NOT coalesce({_engine_item_sql(con, 'l')}, false) THEN {drift} END AS price_drift,
+                   {engine_item} AS engine_item,
+                   CASE WHEN NOT {engine_item} THEN {drift} END AS price_drift,
                    coalesce(l.currency, i.currency) AS currency,
                    coalesce(p.period_start, CAST(l.period_start AS DATE)) AS period_start,
                    coalesce(p.period_end, CAST(l.period_end AS DATE)) AS period_end,
