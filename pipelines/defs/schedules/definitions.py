@@ -2,7 +2,7 @@
 
 | schedule | cron (UTC) | what it runs |
 | --- | --- | --- |
-| `hourly_usage_schedule` | `10 * * * *` | `hourly_usage_job` for today and yesterday, and for every older day whose newest `usage_events` materialization (late events, within the last 62 days) is newer than its newest `usage_aggregates` or `stripe_usage_pushes` one: re-aggregate, push to Stripe (the ledger makes repeats free); `raw_usage_files_sensor` ingests |
+| `hourly_usage_schedule` | `10 * * * *` | `hourly_usage_job` for today and yesterday, and for every older day whose newest `usage_events` materialization (late events, within the last 62 days) is newer than its newest `usage_aggregates` or `stripe_usage_pushes` one, or whose newest push left windows open: re-aggregate, push to Stripe (the ledger makes repeats free); `raw_usage_files_sensor` ingests |
 | `daily_rating_schedule` | `30 2 * * *` | `billing_job` for this month (live invoice previews), last month and the month before (late events, also in anchored periods that ended last month) |
 | `invoice_items_schedule` | `45 2 * * *` | `invoice_items_job` for this month, last month and the month before: the periods the rating just closed get their charges Stripe cannot price as invoice items (after the period's invoice left draft, they go onto the next invoice) |
 | `period_close_schedule` | `0 4 * * *` | `reconciliation_job` for last month: pulls Stripe's meters and invoices once Stripe's 1 h grace period has long passed, reconciles, writes the finance report |
@@ -50,10 +50,10 @@ USAGE_PUSHES = dg.AssetKey("stripe_usage_pushes")
 
 
 def _newest_materializations(instance: dg.DagsterInstance, key: dg.AssetKey, partitions: set[str] | None = None,
-                             after: float | None = None) -> dict[str, float]:
-    """{partition: timestamp of its newest materialization of `key`}, for `partitions` (None: all),
-    leaving out partitions whose newest one is not after `after`. Two queries of the event log, however
-    many materializations each partition has (not one record per materialization of the look-back)."""
+                             after: float | None = None) -> dict[str, dg.EventLogRecord]:
+    """{partition: its newest materialization of `key`}, for `partitions` (None: all), leaving out
+    partitions whose newest one is not after `after`. Two queries of the event log, however many
+    materializations each partition has (not one record per materialization of the look-back)."""
     latest = instance.get_latest_storage_id_by_partition(key, dg.DagsterEventType.ASSET_MATERIALIZATION,
                                                          partitions=partitions)
     if not latest:
@@ -61,7 +61,7 @@ def _newest_materializations(instance: dg.DagsterInstance, key: dg.AssetKey, par
     records = instance.fetch_materializations(
         dg.AssetRecordsFilter(asset_key=key, storage_ids=list(latest.values()), after_timestamp=after),
         limit=len(latest)).records
-    return {r.partition_key: r.timestamp for r in records if r.partition_key}
+    return {r.partition_key: r for r in records if r.partition_key}
 
 
 def not_reaggregated(instance: dg.DagsterInstance, now: dt.datetime) -> list[str]:
@@ -73,7 +73,22 @@ def not_reaggregated(instance: dg.DagsterInstance, now: dt.datetime) -> list[str
     if not events:
         return []
     done = [_newest_materializations(instance, key, partitions=set(events)) for key in (USAGE_AGGREGATES, USAGE_PUSHES)]
-    return sorted(p for p, at in events.items() if at > min(d.get(p, float("-inf")) for d in done))
+    return sorted(p for p, record in events.items()
+                  if record.timestamp > min(d[p].timestamp if p in d else float("-inf") for d in done))
+
+
+def unsettled_pushes(instance: dg.DagsterInstance, now: dt.datetime) -> list[str]:
+    """Daily partitions whose newest stripe_usage_pushes materialization (made since `now` - the
+    look-back) left windows open (`open_windows` > 0: pending, sent or unknown, e.g. a Stripe outage or
+    throttling): the push materializes all the same, and only a later push of the day sends them."""
+    pushes = _newest_materializations(instance, USAGE_PUSHES, after=(now - LATE_USAGE_LOOKBACK).timestamp())
+    return sorted(p for p, record in pushes.items() if _open_windows(record) > 0)
+
+
+def _open_windows(record: dg.EventLogRecord) -> int:
+    materialization = record.asset_materialization
+    entry = materialization.metadata.get("open_windows") if materialization else None
+    return int(entry.value) if entry is not None else 0
 
 
 @dg.schedule(job=hourly_usage_job, cron_schedule="10 * * * *", execution_timezone="UTC",
@@ -85,14 +100,16 @@ def hourly_usage_schedule(context: dg.ScheduleEvaluationContext):
     The rule for older days: a daily partition is requested when its newest `usage_events`
     materialization is newer than its newest `usage_aggregates` or `stripe_usage_pushes` one. The ingest asset
     reports late events as a materialization of their own event date, so this re-aggregates (and
-    pushes) them at the next tick, and the daily rating then bills the new numbers. Only
+    pushes) them at the next tick, and the daily rating then bills the new numbers. A day whose newest
+    push left windows open (a Stripe outage, throttling) is requested too, until a push settles them. Only
     materializations of usage_events from the last 62 days (`LATE_USAGE_LOOKBACK`) are considered
     (the daily rating re-rates at most the month before last). A day whose run fails stays requested
     every hour until one succeeds.
     """
     now = context.scheduled_execution_time.astimezone(dt.UTC)
     recent = [(now.date() - dt.timedelta(days=1)).isoformat(), now.date().isoformat()]
-    late = [day for day in not_reaggregated(context.instance, now) if day < recent[0]]  # older days only
+    older = set(not_reaggregated(context.instance, now)) | set(unsettled_pushes(context.instance, now))
+    late = sorted(day for day in older if day < recent[0])
     for day in [*late, *recent]:
         yield dg.RunRequest(run_key=f"{now:%Y-%m-%dT%H}:{day}", partition_key=day)
 

@@ -89,7 +89,9 @@ def stripe_usage_pushes(context: dg.AssetExecutionContext, warehouse: WarehouseR
                    for day, day_counts in by_day.items()}
     counts = ledger.summed_counts(by_day)
     for day, metadata in per_day.items():
-        context.add_asset_metadata(metadata, partition_key=day.isoformat())
+        # the hourly schedule re-requests a day whose newest push left windows open (unsettled_pushes)
+        open_windows = sum(by_day.get(day, {}).get(status, 0) for status in ledger.OPEN_STATUSES)
+        context.add_asset_metadata({**metadata, "open_windows": open_windows}, partition_key=day.isoformat())
     moved = sum(report.moved for report in reports)
     open_left = counts["pending"] + counts["sent"] + counts["unknown"]
     yield dg.MaterializeResult()

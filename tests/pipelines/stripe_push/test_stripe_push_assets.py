@@ -197,3 +197,51 @@ def test_a_range_run_of_usage_pushes_reports_each_day_its_own_push(tmp_path: Pat
         second.isoformat(): {"windows": 1, "acknowledged": 1, "pending": 0, "range/calls": 3, "range/acknowledged": 3,
                              "range": both},
     }
+
+
+def test_a_day_whose_push_left_windows_open_is_requested_hourly_until_settled(tmp_path: Path, rules_dir: Path) -> None:
+    """Stripe throttles every meter event: the push still materializes (its check warns), with the
+    day's windows `pending`. The hourly schedule asks for that day (three days old, no new events)
+    every hour until a push settles it; before, only today and yesterday were pushed again, and the
+    day's usage never reached Stripe."""
+    from pipelines.definitions import defs as location_defs
+
+    def hourly_days(at: dt.datetime) -> list[str]:
+        context = dg.build_schedule_context(instance=instance, scheduled_execution_time=at,
+                                             repository_def=location_defs.get_repository_def())
+        result = location_defs.resolve_schedule_def("hourly_usage_schedule").evaluate_tick(context)
+        return [r.partition_key for r in result.run_requests or []]
+
+    db = tmp_path / "wh.duckdb"
+    (tmp_path / "customers.csv").write_text(CSV)
+    now = dt.datetime.now(dt.timezone.utc).replace(minute=10, second=0, microsecond=0)
+    day = now.date() - dt.timedelta(days=3)
+    recent = [(now.date() - dt.timedelta(days=1)).isoformat(), now.date().isoformat()]
+    with running_sandbox() as sb, dg.instance_for_test() as instance:
+        resources = {
+            "warehouse": WarehouseResource(path=str(db)),
+            "paths": ProjectPaths(rules_dir=str(rules_dir), customers=str(tmp_path / "customers.csv")),
+            "stripe": StripeResource(base_url=sb.base_url, create_customers=True, push_rate=0),
+        }
+        assert dg.materialize([customer_plans, stripe_catalog], resources=resources, instance=instance).success
+        with warehouse.open_warehouse(db) as con:
+            warehouse.insert_frame(con, "usage_events", _events(day))
+            record_manifest(con)
+        assert dg.materialize([usage_aggregates], resources=resources, instance=instance,
+                              partition_key=day.isoformat()).success
+        sb.sandbox.faults.add({"kind": "rate_limit", "method": "POST", "path": "/v1/billing/meter_events"})
+        throttled = dg.materialize([stripe_usage_pushes], resources=resources, instance=instance,
+                                   partition_key=day.isoformat())
+        assert throttled.success
+        meta = throttled.asset_materializations_for_node("stripe_usage_pushes")[0].metadata
+        assert (meta["open_windows"].value, meta["acknowledged"].value) == (2, 0)
+        assert [c.passed for c in throttled.get_asset_check_evaluations()] == [False]
+        assert hourly_days(now) == [day.isoformat(), *recent]
+        assert hourly_days(now + dt.timedelta(hours=1)) == [day.isoformat(), *recent]
+
+        sb.sandbox.faults.clear()
+        settled = dg.materialize([stripe_usage_pushes], resources=resources, instance=instance,
+                                 partition_key=day.isoformat())
+        meta = settled.asset_materializations_for_node("stripe_usage_pushes")[0].metadata
+        assert (meta["open_windows"].value, meta["acknowledged"].value) == (0, 2)
+        assert hourly_days(now + dt.timedelta(hours=2)) == recent
