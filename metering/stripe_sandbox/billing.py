@@ -700,10 +700,13 @@ def run_until(state: State, target: int, clock_id: str | None = None) -> int:
 
 
 def pay_manually(state: State, invoice: dict[str, Any], at: int, params: dict[str, Any], request: dict[str, Any]) -> None:
-    """``POST /v1/invoices/{id}/pay``: finalize a draft, then charge (402 card_error when declined)."""
+    """``POST /v1/invoices/{id}/pay``: finalize a draft, then charge (402 card_error when declined).
+
+    An uncollectible invoice can still be paid (Stripe's invoice states: its status "can only be
+    changed to void or paid"); a declined charge leaves it uncollectible."""
     if invoice["status"] == "draft":
         finalize(state, invoice, at, request)
-    if invoice["status"] != "open":
+    if invoice["status"] not in ("open", "uncollectible"):
         raise StripeAPIError(400, f"Invoice is already {invoice['status']}.", code="invoice_not_open" if invoice["status"] != "paid" else "invoice_already_paid")
     if str(params.get("paid_out_of_band")) == "true":
         _mark_paid(state, invoice, at, request, out_of_band=True)

@@ -140,6 +140,28 @@ def test_a_failing_card_drives_dunning(sb, client):
     assert client.v1.subscriptions.retrieve(sub.id).status == "active"
 
 
+def test_an_invoice_written_off_can_still_be_paid(sb, client):
+    """Stripe's invoice states: an uncollectible invoice's status "can only be changed to void or
+    paid". A declined charge leaves it uncollectible; a good card pays it in full."""
+    clock, meter, _, customer, sub = _setup(client, behavior="fails", sb=sb)
+    client.v1.test_helpers.test_clocks.advance(clock.id, {"frozen_time": OCT + 86400})
+    _usage(client, meter, customer, 4, OCT + 3600)
+    client.v1.test_helpers.test_clocks.advance(clock.id, {"frozen_time": NOV + 3600})
+    invoice = _cycle_invoice(client, customer)
+    written_off = client.v1.invoices.mark_uncollectible(invoice.id)
+    assert (written_off.status, written_off.amount_remaining) == ("uncollectible", 4 * 25)
+    with pytest.raises(stripe.CardError):
+        client.v1.invoices.pay(invoice.id)
+    assert client.v1.invoices.retrieve(invoice.id).status == "uncollectible"
+    sb.set_payment_behavior(customer.id, "succeeds")
+    paid = client.v1.invoices.pay(invoice.id)
+    assert (paid.status, paid.amount_paid, paid.amount_remaining) == ("paid", 4 * 25, 0)
+    assert paid.status_transitions.marked_uncollectible_at is not None and paid.status_transitions.paid_at is not None
+    assert client.v1.events.list({"type": "invoice.paid"}).data[0].data.object.id == invoice.id
+    with pytest.raises(stripe.InvalidRequestError, match="already paid"):
+        client.v1.invoices.pay(invoice.id)
+
+
 def test_fails_then_succeeds_pays_on_the_first_automatic_retry(sb, client):
     clock, meter, _, customer, sub = _setup(client, behavior="fails_then_succeeds", sb=sb)
     client.v1.test_helpers.test_clocks.advance(clock.id, {"frozen_time": OCT + 86400})
