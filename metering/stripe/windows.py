@@ -28,6 +28,7 @@ customer list); `period_start_sql` is checked against `metering.customers.period
 from __future__ import annotations
 
 from datetime import date
+from decimal import ROUND_HALF_EVEN, Decimal
 
 import duckdb
 import polars as pl
@@ -37,6 +38,35 @@ from metering.rules.meters import Meter
 
 STRIPE_FORMULA = {"sum": "sum", "count": "sum", "last": "last", "max": "last", "unique_count": "last"}
 WINDOW_KINDS = ("day", "hour")
+STRIPE_VALUE_DIGITS = 15
+"""Stripe refuses a meter event value of more than 15 significant digits (400, API 2026-04-22.dahlia
+on: "billing meter event values validation"); it aggregates in doubles, which hold no more."""
+
+
+def stripe_value(value: Decimal) -> Decimal:
+    """`value` rounded half-even to Stripe's 15 significant digits (unchanged when it has no more).
+
+    A window's value has 12 decimals at most, so only values of 1000 or more can have more than 15
+    digits; the rounding moves a value by less than 5 parts in 10^15 of itself, less than the
+    double rounding the reconciliation already allows for a meter quantity."""
+    if not value:
+        return value
+    quantum = value.adjusted() - STRIPE_VALUE_DIGITS + 1  # the exponent of the 15th significant digit
+    if quantum <= value.as_tuple().exponent:
+        return value
+    return value.quantize(Decimal(1).scaleb(quantum), rounding=ROUND_HALF_EVEN)
+
+
+def to_stripe_digits(frame: pl.DataFrame) -> pl.DataFrame:
+    """`frame` with its `value` column rounded by `stripe_value`. Only the distinct values of 1000 or
+    more go through Python (a value below has 15 significant digits at most)."""
+    big = frame.filter(pl.col("value").abs() >= 1000)["value"].unique()
+    if big.is_empty():
+        return frame
+    dtype = frame.schema["value"]
+    rounded = pl.DataFrame({"value": big, "_stripe": pl.Series([stripe_value(v) for v in big], dtype=dtype)})
+    return (frame.join(rounded, on="value", how="left", nulls_equal=False)
+            .with_columns(value=pl.coalesce("_stripe", "value")).drop("_stripe"))
 
 
 def stripe_formula(meter: Meter) -> str:
@@ -80,8 +110,8 @@ def desired_values(
     """One row per customer x meter x window whose value must be (re)checked for [date_from, date_to].
 
     Columns: customer_id, meter, window_kind, window_start, window_end, event_date, value
-    (DECIMAL(38,12)), raw_events. Includes windows the ledger already holds for which usage
-    disappeared (for `sum`-formula meters value 0, for `last`-formula meters the period-to-date
+    (DECIMAL(38,12), as Stripe will hold it: `stripe_value`), raw_events. Includes windows the ledger
+    already holds for which usage disappeared (for `sum`-formula meters value 0, for `last`-formula meters the period-to-date
     value), and for `last`-formula meters every window the ledger holds after date_to as well (the
     push widens its span to them and guards them like the others).
     """
@@ -125,7 +155,7 @@ def desired_values(
     out = pl.concat([f.select("customer_id", "meter", "window_start", "value", "raw_events") for f in frames])
     out = out.with_columns(pl.col("window_start").cast(pl.Datetime("us", "UTC")))
     delta = pl.duration(days=1) if window_kind == "day" else pl.duration(hours=1)
-    return out.with_columns(
+    return to_stripe_digits(out).with_columns(
         window_kind=pl.lit(window_kind),
         window_end=pl.col("window_start") + delta,
         event_date=pl.col("window_start").dt.date(),

@@ -31,6 +31,7 @@ from .apierrors import StripeAPIError, invalid, not_found
 from .store import State, new_id
 
 MAX_PAST = 35 * 24 * 3600
+MAX_VALUE_DIGITS = 15  # significant digits (API 2026-04-22.dahlia on: "billing meter event values validation")
 MAX_FUTURE = 5 * 60
 WINDOW_SECONDS = {"hour": 3600, "day": 86400}
 
@@ -164,6 +165,9 @@ def create_meter_event(state: State, req: Request) -> dict[str, Any]:
         raise invalid(f"Missing required payload key: {value_key}.", f"payload[{value_key}]", code="parameter_missing")
     else:
         value = as_decimal(raw_value, f"payload[{value_key}]")
+        if len(value.normalize().as_tuple().digits) > MAX_VALUE_DIGITS:
+            raise invalid(f"The value in the event payload can have at most {MAX_VALUE_DIGITS} digits. Received {raw_value}.",
+                          f"payload[{value_key}]", code="meter_event_value_too_many_digits")
     now = state.customer_now(customer_id if state.get("customer", customer_id) else None)
     timestamp = as_int(params["timestamp"], "timestamp") if params.get("timestamp") not in (None, "") else now
     if timestamp < now - MAX_PAST:

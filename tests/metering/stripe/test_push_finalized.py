@@ -16,6 +16,7 @@ from push_world import CSV_ON_CLOCK as CSV, FAST_RETRY, World, customer_on_clock
 from metering.customers import load_customers
 from metering.stripe import catalog
 from metering.stripe.push import PushConfig, Pusher, summary_holds
+from metering.stripe.windows import stripe_value
 
 OCT10 = dt.date(2026, 10, 10)
 
@@ -245,9 +246,9 @@ def test_an_attempt_whose_response_was_lost_is_settled_by_stripe_not_called_late
     push comes after the invoice was finalized. Stripe's summary holds the value, so the row is
     acknowledged. It was marked `late` ("never sent: report to finance") without asking Stripe.
 
-    The summary's `aggregated_value` is a JSON double: 123456.123456789012 (18 significant digits)
-    reads back as 123456.12345678901, and compared exactly with the ledger's DECIMAL it was called
-    "not held", then `late`, although the finalized invoice bills 123456.123456789012."""
+    A usage of 123456.123456789012 (18 significant digits) is pushed as 123456.123456789 (Stripe takes
+    15: `stripe_value`); the summary's `aggregated_value` is a JSON double, compared at a double's
+    precision (`summary_holds`), and the finalized invoice bills the 15 digits the ledger holds."""
     oct31 = dt.date(2026, 10, 31)
     with customer_on_clock(tmp_path, rules_dir) as (sb, con, client, clock, rules, report):
         world = World(con, sb, client, rules, report)
@@ -265,11 +266,12 @@ def test_an_attempt_whose_response_was_lost_is_settled_by_stripe_not_called_late
         requests_before = len(world.meter_event_requests())
         later = push()
         assert (later.summary_checks, later.late, later.unknown) == (1, 0, 0)
+        pushed = stripe_value(Decimal(value))
         assert world.ledger().filter(pl.col("meter") == "tokens").select("revision", "value", "status").rows() == [
-            (1, Decimal(value), "acknowledged")]
+            (1, pushed, "acknowledged")]
         assert len(world.meter_event_requests()) == requests_before   # nothing sent again
         invoice = next(i for i in client.v1.invoices.list({"customer": report.customers[0]["stripe_customer_id"]}).data
                        if i.billing_reason == "subscription_cycle")
         tokens = [line.quantity_decimal for line in client.v1.invoices.line_items.list(invoice.id, {"limit": 100}).data
                   if client.v1.prices.retrieve(line.pricing.price_details.price).recurring.meter == report.meters["tokens"]]
-        assert (invoice.status, tokens) == ("paid", [Decimal(value)])
+        assert (invoice.status, tokens) == ("paid", [pushed])
