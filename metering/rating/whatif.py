@@ -4,8 +4,11 @@ The file (CSV or Parquet) has one row per customer x meter (x dimension values) 
 quantity: `customer_id, meter, quantity`, optionally `plan`, `period_start` (YYYY-MM-DD) and one
 column per dimension (`region`, `model`, ...). `--plan` prices every row under that plan instead;
 `--at` picks the plan version in force on that date (else the version in force on each row's
-`period_start`). The period is the calendar month holding that date and the whole period is one
-segment (no anchor or plan change is known offline, so flat fees are not prorated).
+`period_start`). A row's period is the calendar month holding its `period_start` (with `--at` and
+no `period_start` column: the month holding that date), and the whole period is one segment (no
+anchor or plan change is known offline, so flat fees are not prorated). `--at` never moves a row
+to another period: rows of October and November priced `--at 2026-10-01` are two periods, each
+with its own fee, minimum and tiers.
 
 A customer's period is priced under exactly one plan version (I6). Rows of one customer whose dates
 fall in one month but on either side of a version change (2026-10-03 and 2026-10-20 around pro's
@@ -157,26 +160,29 @@ def rate_usage(usage: pl.DataFrame, rules: Rules, *, plan: str | None = None, at
     _fail(source, frame, ~pl.col("meter").is_in(list(rules.meters)).fill_null(False), "meter", "unknown meter")
     frame = frame.with_columns(plan=pl.lit(plan) if plan else pl.col("plan").cast(pl.String))
     _fail(source, frame, ~pl.col("plan").is_in(list(rules.plans)).fill_null(False), "plan", "unknown plan")
-    if at is not None:
-        frame = frame.with_columns(on=pl.lit(at))
-    else:
-        frame = frame.with_columns(on=pl.col("period_start").cast(pl.String).str.to_date("%Y-%m-%d", strict=False))
-        _fail(source, frame, pl.col("on").is_null(), "period_start", "not a date (YYYY-MM-DD)")
-        _fail(source, frame, ~pl.col("on").is_between(FIRST_DATE, LAST_DATE), "period_start",
+    # `dated`: the row's own date, which names its period (calendar month); `on`: the date whose plan
+    # version prices it (--at, else the row's date)
+    if "period_start" in frame.columns:
+        frame = frame.with_columns(dated=pl.col("period_start").cast(pl.String).str.to_date("%Y-%m-%d", strict=False))
+        _fail(source, frame, pl.col("dated").is_null(), "period_start", "not a date (YYYY-MM-DD)")
+        _fail(source, frame, ~pl.col("dated").is_between(FIRST_DATE, LAST_DATE), "period_start",
               f"outside {FIRST_DATE} .. {LAST_DATE}")
+    else:
+        frame = frame.with_columns(dated=pl.lit(at))
+    frame = frame.with_columns(on=pl.lit(at) if at is not None else pl.col("dated"))
 
-    # Plan version and calendar-month period per distinct (plan, date): a handful of Python calls.
-    keys = frame.select("plan", "on").unique().sort("plan", "on")
+    # Plan version per distinct (plan, date) and period per distinct date: a handful of Python calls.
     rows = []
-    for p, on in keys.iter_rows():
+    for p, on in frame.select("plan", "on").unique().sort("plan", "on").iter_rows():
         version = rules.plans[p].version_at(on)
         if version is None:
             raise BadInputError(f"{source}: plan: plan {p} has no version in force on {on}")
-        start, end = month_bounds(on)
-        rows.append((p, on, version.version, start, end))
-    versions = pl.DataFrame(rows, orient="row", schema={"plan": pl.String, "on": pl.Date, "plan_version": pl.String,
-                                                         "period_start": pl.Date, "period_end": pl.Date})
-    frame = frame.drop("period_start", strict=False).join(versions, on=["plan", "on"], how="left")
+        rows.append((p, on, version.version))
+    versions = pl.DataFrame(rows, orient="row", schema={"plan": pl.String, "on": pl.Date, "plan_version": pl.String})
+    periods = pl.DataFrame([(d, *month_bounds(d)) for d in frame["dated"].unique().sort()], orient="row",
+                           schema={"dated": pl.Date, "period_start": pl.Date, "period_end": pl.Date})
+    frame = (frame.drop("period_start", strict=False).join(versions, on=["plan", "on"], how="left")
+             .join(periods, on="dated", how="left"))
     _one_version_per_period(source, frame, dated=at is None)
 
     # Dimension values from the meter's declared dimension columns.

@@ -347,6 +347,24 @@ def test_rate_at_prices_the_period_under_one_version(tmp_path, at, version, fee,
     ]
 
 
+def test_rate_at_picks_the_version_and_keeps_each_row_in_its_own_month(tmp_path):
+    """`--at` names the version, not the period: October's and November's rows priced --at 2026-10-01
+    are two periods, each with its own tiers, fee and minimum. By hand (pro 2026-01): 6000 calls,
+    the first 1000 free, 5000 x 0.002 = 10.00; fee 49.00; minimum 100 - 10 = 90.00 true-up; 149.00
+    a month, 298.00 for both. They were folded into October: 12000 calls, one fee, 149.00."""
+    usage = tmp_path / "usage.csv"
+    usage.write_text("customer_id,plan,meter,region,quantity,period_start\n"
+                     "c1,pro,api_calls,us,6000,2026-10-01\nc1,pro,api_calls,us,6000,2026-11-01\n")
+    out = tmp_path / "o.csv"
+    result = run("rate", "--rules", str(RULES), "--usage", str(usage), "--out", str(out), "--at", "2026-10-01")
+    assert result.exit_code == 0, result.output
+    assert f"for 1 customers -> {out} (usd 298.00)" in result.output
+    rated = pl.read_csv(out, infer_schema=False).filter(pl.col("amount") != "0.00")
+    month = [("2026-01", "api calls", "10.00"), ("2026-01", "platform fee", "49.00"), ("2026-01", "minimum spend", "90.00")]
+    assert sorted(rated.select("period_start", "period_end", "plan_version", "charge", "amount").rows()) == sorted(
+        [("2026-10-01", "2026-11-01", *line) for line in month] + [("2026-11-01", "2026-12-01", *line) for line in month])
+
+
 def test_validate_refuses_a_gap_between_versions(tmp_path):
     root = tmp_path / "rules"
     shutil.copytree(RULES, root)
