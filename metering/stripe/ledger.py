@@ -2,7 +2,9 @@
 
     pending ──mark_sent──► sent ──outcome──► acknowledged
        ▲                    │                failed      (Stripe said no: nothing recorded)
-       │ (every attempt 429)└──────────────► unknown     (an attempt got no answer, a 409 or a 5xx)
+       │ (every attempt 429)└──────────────► unknown     (an attempt got no answer, a 409 or a 5xx,
+       │                                                   or its key holds another request: a 400
+       │                                                   idempotency_error)
        │
     a newer revision of the same window ──► superseded   (older pending / sent / unknown / failed / late)
     window not pushable (35 days, finalized invoice)    ──► late (for finance; never sent)
@@ -18,6 +20,7 @@ which on a pre-aggregated meter replaces, never adds to, the window's previous e
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from datetime import date, datetime, timedelta
 from typing import Any
 
@@ -26,6 +29,7 @@ import polars as pl
 
 from metering import warehouse
 from metering.stripe.keys import idempotency_key, meter_event_identifier
+from metering.stripe.windows import period_start_sql
 
 OPEN_STATUSES = ("pending", "sent", "unknown")
 STATUSES = ("pending", "sent", "acknowledged", "failed", "unknown", "late", "superseded")
@@ -202,24 +206,58 @@ def _update_where_windows(con: duckdb.DuckDBPyConnection, windows: pl.DataFrame,
         con.unregister("_windows")
 
 
-def held_elsewhere(con: duckdb.DuckDBPyConnection, desired: pl.DataFrame) -> pl.DataFrame:
-    """Windows of `desired` (WINDOW_KEY + `stripe_customer_id`, the destination now) that another Stripe
-    customer may hold a non-zero value for: its newest revision there that may have reached Stripe
-    (attempted, not refused). One row per window x such customer (`held_by`, `held_value`)."""
-    con.register("_dest", desired.select(*WINDOW_KEY, "stripe_customer_id").to_arrow())
+def held_elsewhere(con: duckdb.DuckDBPyConnection, desired: pl.DataFrame,
+                   whole_period_meters: Collection[str] = ()) -> pl.DataFrame:
+    """Windows of `desired` (WINDOW_KEY, `window_end`, `event_date`, `stripe_customer_id`: the destination now) that
+    another Stripe customer may hold a non-zero value for: its newest revision there that may have
+    reached Stripe (attempted, not refused) is non-zero.
+
+    For the meters in `whole_period_meters` (Stripe's `last` formula: every window carries the
+    billing period's value so far, and Stripe bills the period's newest event) such a revision in
+    any window of the same billing period (the customer's `billing_anchor_day`, as `windows` computes
+    the values) holds every window of that period: a later window sent to the new Stripe customer
+    would make both bill the period's value. Other meters' windows are held by their own window only.
+
+    One row per window x such customer: `held_by`, `held_value` and `held_window` (that customer's
+    newest such window: the window itself, or one of its period), `period_start` and `anchor_day` (the
+    billing period, for whole-period meters; NULL for the others)."""
+    con.register("_dest", desired.select(*WINDOW_KEY, "window_end", "event_date", "stripe_customer_id").to_arrow())
+    anchor = "(SELECT max(c.billing_anchor_day) FROM customer_plans c WHERE c.customer_id = {}.customer_id)"
     try:
         return warehouse.query_frame(
             con,
             f"""
-            SELECT * FROM (
-                SELECT {_WINDOW_COLS}, l.window_end, l.stripe_customer_id AS held_by, l.value AS held_value
-                FROM stripe_push_ledger l JOIN _dest d USING ({_WINDOW_COLS})
+            WITH dest AS (
+                SELECT d.*, d.meter IN (SELECT unnest(?::VARCHAR[])) AS whole_period,
+                       {anchor.format("d")} AS anchor_day,
+                       {period_start_sql("d.event_date", anchor.format("d"))} AS period_start
+                FROM _dest d
+            ), elsewhere AS (
+                -- per window and Stripe customer other than the destination now, the newest revision
+                -- that may have reached Stripe
+                SELECT {_WINDOW_COLS}, l.event_date, l.stripe_customer_id AS held_by, l.value AS held_value
+                FROM stripe_push_ledger l
                 WHERE l.first_attempt_at IS NOT NULL AND l.status <> 'failed'
-                  AND l.stripe_customer_id IS DISTINCT FROM d.stripe_customer_id
+                  AND EXISTS (SELECT 1 FROM _dest d
+                              WHERE d.customer_id = l.customer_id AND d.meter = l.meter
+                                AND d.window_kind = l.window_kind
+                                AND d.stripe_customer_id IS DISTINCT FROM l.stripe_customer_id)
                 QUALIFY row_number() OVER (PARTITION BY {_WINDOW_COLS}, l.stripe_customer_id ORDER BY l.revision DESC) = 1
-            ) WHERE held_value <> 0
+            )
+            SELECT d.customer_id, d.meter, d.window_kind, d.window_start, d.window_end, e.held_by,
+                   arg_max(e.held_value, e.window_start) AS held_value, max(e.window_start) AS held_window,
+                   CASE WHEN d.whole_period THEN d.period_start END AS period_start,
+                   CASE WHEN d.whole_period THEN d.anchor_day END AS anchor_day
+            FROM dest d JOIN elsewhere e
+              ON e.customer_id = d.customer_id AND e.meter = d.meter AND e.window_kind = d.window_kind
+             AND e.held_by IS DISTINCT FROM d.stripe_customer_id
+             AND (e.window_start = d.window_start
+                  OR (d.whole_period AND {period_start_sql("e.event_date", anchor.format("e"))} = d.period_start))
+            WHERE e.held_value <> 0
+            GROUP BY ALL
             ORDER BY {_WINDOW_COLS}, held_by
             """,
+            [list(whole_period_meters)],
         )
     finally:
         con.unregister("_dest")

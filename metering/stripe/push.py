@@ -7,7 +7,8 @@ A push of [date_from, date_to]:
    (`late`: older than Stripe's 35 days, with a margin, or the customer's invoice for that time is
    already finalized), and write new ledger revisions where a window's value or destination changed
    (`ledger.plan_revisions`). A window whose destination changed while the previous Stripe customer
-   still holds a non-zero value for it (by Stripe's summary) is held for an operator (`moved`).
+   still holds a non-zero value for it (by Stripe's summary; on a `last`-formula meter, for any
+   window of its billing period) is held for an operator (`moved`).
 2. **Resolve stale attempts**: an open revision (pending / sent / unknown) first tried more than
    `key_max_age` (20 h, under Stripe's 24 h key retention) ago is not resent under its key. Stripe's
    meter event summary for the window is read: if it already holds the value, the row is
@@ -15,13 +16,19 @@ A push of [date_from, date_to]:
    same value) is sent, which on a pre-aggregated meter replaces whatever the window held. On a
    `last`-formula meter an empty summary never acknowledges (not even a value of 0): Stripe bills
    the period's newest event, and a window without one leaves an older window's value billed.
+   An attempted open revision of a window Stripe no longer takes (late) is settled the same way
+   first, but nothing is sent: a summary without the value decides only once it can show the
+   revision's last attempt (summaries lag, `PushConfig.summary_lag`); until then the row stays
+   `unknown`, after it the row is superseded and the value gets a `late` revision.
 3. **Send**: the open revisions of the windows planned in step 1 (so every one passed its guards;
    other open rows in the dates, e.g. another meter's after --to, wait for a push covering them), in
    batches: a batch is marked `sent` (committed) before its calls; calls run concurrently across
    customer x meter pairs, never two at once for one pair; each call carries the revision's
    identifier and Idempotency-Key and is retried with backoff (`retry.call_with_retries`); if any
    attempt may have been applied (no response, 409, 5xx), the call ends `unknown`, whatever the
-   later attempts answered; outcomes are committed per batch.
+   later attempts answered; outcomes are committed per batch. A call refused because Stripe holds
+   something else under its identifier (a duplicate) or its key (a 400 `idempotency_error`: first
+   used with another value) ends `unknown` too, and Stripe's summary settles it in the same run.
 4. **Report**: calls, retries, 429s, outcomes, late and unmapped windows, raw events per call.
 
 A process killed at any point leaves rows `pending` or `sent`; the next push resends them under
@@ -48,8 +55,10 @@ import polars as pl
 import stripe
 
 from metering import warehouse
+from metering.customers import midnight_unix, period_containing
 from metering.errors import BadInputError, ExternalServiceError
 from metering.logs import redact
+from metering.reconcile.settings import DEFAULT_SETTLE_SECONDS, MAX_SETTING
 from metering.rules.meters import Meter
 from metering.stripe import catalog, ledger, windows
 from metering.stripe.keys import event_name
@@ -72,6 +81,9 @@ class PushConfig:
     late_margin: timedelta = timedelta(hours=1)   # stay this far inside Stripe's 35 days
     batch_size: int = 500
     retry_failed: bool = False
+    # Stripe's meter event summaries are eventually consistent: an attempt younger than this may not
+    # show in them yet. The same setting as reconciliation's settle delay (METERING_STRIPE_SETTLE_SECONDS)
+    summary_lag: timedelta = timedelta(seconds=DEFAULT_SETTLE_SECONDS)
 
     def __post_init__(self) -> None:
         if self.window_kind not in windows.WINDOW_KINDS:
@@ -84,6 +96,9 @@ class PushConfig:
                                 f"second >= 0 (0: no client-side limit)")
         if self.key_max_age >= timedelta(hours=24):
             raise BadInputError("key_max_age must stay under Stripe's 24 h idempotency window")
+        if self.summary_lag < timedelta(0):
+            raise BadInputError(f"summary lag (METERING_STRIPE_SETTLE_SECONDS) must not be negative, "
+                                f"got {self.summary_lag}")
 
 
 @dataclass
@@ -185,7 +200,9 @@ class Pusher:
         self._now = now or (lambda: datetime.now(timezone.utc))
         self._sleep = sleep
         self.limiter = RateLimiter(self.config.rate, burst=max(1, int(self.config.rate) or 1))
-        self._known_identifiers: list[str] = []  # refused as duplicates: Stripe holds an event under them
+        # refused as duplicate identifiers, or their key reused with other parameters: Stripe holds
+        # something under them, which its summary settles in the same run
+        self._known_identifiers: list[str] = []
 
     # -- the whole run ---------------------------------------------------------------------------
     def push(self, date_from: date, date_to: date) -> PushReport:
@@ -219,22 +236,23 @@ class Pusher:
 
         open_rows = open_guarded()
 
-        def settle_by_summary(rows: pl.DataFrame, then: str = "resent as a new revision") -> pl.DataFrame:
+        def settle_by_summary(rows: pl.DataFrame, then: str = "resent as a new revision",
+                              resent: bool = True) -> pl.DataFrame:
             """Rows whose outcome Stripe's summary decides: acknowledged if it holds the value, else
             superseded and given a fresh revision (same value, new key; `late` for a window Stripe
-            no longer takes). Returns the open rows then."""
-            report.summary_checks += self._resolve_stale(rows, report, then)
+            no longer takes: not `resent`). Returns the open rows then."""
+            report.summary_checks += self._resolve_stale(rows, report, then, resent=resent)
             replan = desired.join(rows.select(ledger.WINDOW_KEY), on=ledger.WINDOW_KEY)
             report.new_revisions += ledger.plan_revisions(self.con, replan, self._now())["new_revisions"]
             return open_guarded()
 
         # An attempted row of a window Stripe no longer takes (35 days, finalized invoice) may have
-        # reached Stripe (a lost response): its summary says whether, before it is called late. No
-        # such window is ever sent.
+        # reached Stripe (a lost response): its summary says whether, before it is called late (once
+        # the summary can show the attempt: it lags). No such window is ever sent.
         late = desired.filter(pl.col("late_reason").is_not_null()).select(ledger.WINDOW_KEY)
         attempted_late = open_rows.join(late, on=ledger.WINDOW_KEY, how="semi")
         if not attempted_late.is_empty():
-            open_rows = settle_by_summary(attempted_late, "not sent again, the window is late")
+            open_rows = settle_by_summary(attempted_late, "not sent again, the window is late", resent=False)
         open_rows = open_rows.join(late, on=ledger.WINDOW_KEY, how="anti")
 
         stale = self._stale(open_rows)
@@ -242,8 +260,10 @@ class Pusher:
             open_rows = settle_by_summary(stale, f"key older than {self.config.key_max_age}: resent as a new revision")
         try:
             self._send_all(open_rows, report)
-            # Stripe refused an identifier it already holds (the key it came with was lost, e.g. the
-            # response to a killed push, and Stripe pruned the key early): it decides as a stale row does
+            # Stripe holds something else under a row's identifier (the key it came with was lost, e.g.
+            # the response to a killed push, and Stripe pruned the key early) or under its key (first
+            # used with another value, e.g. by the pushes after a warehouse snapshot that was restored):
+            # its summary decides, as for a stale row
             known = open_rows.filter(pl.col("identifier").is_in(self._known_identifiers))
             if not known.is_empty():
                 self._send_all(settle_by_summary(known), report)
@@ -389,41 +409,84 @@ class Pusher:
         while a previous Stripe customer may still hold a non-zero value for them: our ledger says it
         was sent one, and Stripe's summary shows no event of 0 there.
         Sending them would bill the usage to both. They wait for an operator (`moved`): mapping the
-        customer back, or zeroing the window at the previous customer, releases them."""
-        candidates = ledger.held_elsewhere(self.con, desired) if not desired.is_empty() else pl.DataFrame()
+        customer back, or zeroing the window at the previous customer, releases them.
+
+        On a `last`-formula meter the previous customer holds the whole billing period: every window
+        carries the period's value so far and Stripe bills the period's newest event, so a later
+        window of the period sent to the new customer would bill the period twice. Every window of a
+        period in which the previous customer was sent a non-zero value is held, until Stripe's
+        newest event of the period there holds 0."""
+        last_meters = [m for m in self.meters if self._formula(m) == "last"]
+        candidates = (ledger.held_elsewhere(self.con, desired, last_meters) if not desired.is_empty()
+                      else pl.DataFrame())
         if candidates.is_empty():
             return desired
         meter_ids = self._meter_ids()
         held = []
+        released: dict[tuple[Any, ...], bool] = {}   # one summary read per previous customer x window or period
+        messages: set[str] = set()
         for row in candidates.join(desired.select(*ledger.WINDOW_KEY, "stripe_customer_id"),
                                    on=ledger.WINDOW_KEY).iter_rows(named=True):
             meter_id = meter_ids.get(row["meter"])
-            if meter_id is not None:
-                report.calls += 1
-                report.summary_checks += 1
-                # released only by an event Stripe shows holding 0 (the operator's): no event may be
-                # the summary lagging behind a push moments ago (eventually consistent), not an empty window
-                values = self._summary_values(meter_id, row["held_by"], row)
-                if values and summary_holds(values, Decimal(0)):
-                    continue
+            if row["period_start"] is not None:
+                start, end = period_containing(row["period_start"], row["anchor_day"])
+                span = (start, end)
+                where = f"its billing period {start}..{end} (its newest window there: {row['held_window']:%Y-%m-%d %H:%M})"
+            else:
+                span = (row["window_start"], row["window_end"])
+                where = f"window {row['window_start']:%Y-%m-%d %H:%M}"
+            key = (row["meter"], row["held_by"], *span)
+            if key not in released:
+                released[key] = False
+                if meter_id is not None:
+                    report.calls += 1
+                    report.summary_checks += 1
+                    # released only by an event Stripe shows holding 0 (the operator's): no event may be
+                    # the summary lagging behind a push moments ago (eventually consistent), not an empty window
+                    values = (self._period_last_value(meter_id, row["held_by"], *span) if row["period_start"] is not None
+                              else self._summary_values(meter_id, row["held_by"], row))
+                    released[key] = bool(values) and summary_holds(values, Decimal(0))
+            if released[key]:
+                continue
             held.append(row)
-            message = (f"{row['customer_id']} {row['meter']} window {row['window_start']:%Y-%m-%d %H:%M}: Stripe "
-                       f"customer {row['held_by']} holds {format_value(row['held_value'])} for it, and "
-                       f"{row['customer_id']} is now mapped to Stripe customer {row['stripe_customer_id']}: not "
-                       f"pushed there, or both would bill "
-                       f"it. Fix the map (metadata[customer_id] on the Stripe customers, then sync), or send "
-                       f"{row['held_by']} a meter event of 0 for the window, then push again")
-            report.errors.append(message)
-            log.warning(message)
+            message = (f"{row['customer_id']} {row['meter']} {where}: Stripe customer {row['held_by']} holds "
+                       f"{format_value(row['held_value'])} for it, and {row['customer_id']} is now mapped to Stripe "
+                       f"customer {row['stripe_customer_id']}: not pushed there, or both would bill it. Fix the map "
+                       f"(metadata[customer_id] on the Stripe customers, then sync), or send {row['held_by']} a meter "
+                       f"event of 0 for the " + ("newest window of the period (Stripe bills its newest event)"
+                                                 if row["period_start"] is not None else "window") + ", then push again")
+            if message not in messages:
+                messages.add(message)
+                report.errors.append(message)
+                log.warning(message)
         if not held:
             return desired
         windows_held = pl.DataFrame(held).select(ledger.WINDOW_KEY).unique()
         report.moved = windows_held.height
         return desired.join(windows_held, on=ledger.WINDOW_KEY, how="anti")
 
-    def _resolve_stale(self, stale: pl.DataFrame, report: PushReport, then: str) -> int:
+    def _period_last_value(self, meter_id: str, stripe_customer_id: str, start: date, end: date) -> list[int | float]:
+        """What a `last`-formula meter bills `stripe_customer_id` for the billing period [start, end):
+        the value of its newest day with an event (none: no event in the period). Grouped by day,
+        since an ungrouped summary reads 0 for a period without events."""
+        self.limiter.acquire()
+        summaries = self.client.v1.billing.meters.event_summaries.list(
+            meter_id,
+            {"customer": stripe_customer_id, "start_time": midnight_unix(start), "end_time": midnight_unix(end),
+             "value_grouping_window": "day", "limit": 100},
+        )
+        days = list(summaries.auto_paging_iter())
+        return [max(days, key=lambda s: s.start_time).aggregated_value] if days else []
+
+    def _resolve_stale(self, stale: pl.DataFrame, report: PushReport, then: str, *, resent: bool = True) -> int:
         """Settle `stale` rows by Stripe's summary: acknowledged if it holds the value, else superseded
-        (the caller plans what follows: `then`, for the ledger's message)."""
+        (the caller plans what follows: `then`, for the ledger's message).
+
+        When nothing is `resent` after (a late window), a summary without the value is not taken as
+        final while it may lag behind the row's last attempt (`_summary_may_lag`): superseded, then
+        `late`, a revision Stripe applied would be reported to finance as never sent. The row stays
+        `unknown`, and a push after the lag decides. A resent value needs no wait: its new revision
+        replaces whatever the window holds."""
         meter_ids = self._meter_ids()
         outcomes = []
         for row in stale.iter_rows(named=True):
@@ -435,15 +498,27 @@ class Pusher:
             # On a `last` meter a window with no event is not a window holding 0: Stripe bills the
             # period's newest event, which is then an older window's. Only an event settles it.
             no_event_on_last = not values and self._formula(row["meter"]) == "last"
+            holds = "no event" if no_event_on_last else " + ".join(map(str, values)) or "0"
             if summary_holds(values, row["value"]) and not no_event_on_last:
                 outcomes.append(_outcome(row["identifier"], "acknowledged", 0, None, None, None, "summary"))
+            elif not resent and row["status"] in ("sent", "unknown") and self._summary_may_lag(row["last_attempt_at"]):
+                after = _utc(row["last_attempt_at"]) + self.config.summary_lag
+                outcomes.append(_outcome(
+                    row["identifier"], "unknown", 0,
+                    f"Stripe's summary holds {holds}, ours {row['value']}, but it may not show the attempt of "
+                    f"{_utc(row['last_attempt_at']):%Y-%m-%d %H:%M:%S} UTC yet (summaries lag up to "
+                    f"{self.config.summary_lag}): a push after {after:%Y-%m-%d %H:%M:%S} UTC decides", None, None, None))
             else:
-                holds = "no event" if no_event_on_last else " + ".join(map(str, values)) or "0"
                 outcomes.append(_outcome(
                     row["identifier"], "superseded", 0,
                     f"Stripe's summary holds {holds}, ours {row['value']}: {then}", None, None, "summary"))
         ledger.record_outcomes(self.con, outcomes, self._now())
         return len(outcomes)
+
+    def _summary_may_lag(self, attempted_at: datetime | None) -> bool:
+        """Whether Stripe's meter event summaries may not show an attempt made at `attempted_at` yet:
+        they are eventually consistent (`PushConfig.summary_lag`, reconciliation's settle delay)."""
+        return attempted_at is not None and self._now() - _utc(attempted_at) < self.config.summary_lag
 
     # -- sending ---------------------------------------------------------------------------------
     def _send_all(self, open_rows: pl.DataFrame, report: PushReport) -> None:
@@ -507,6 +582,10 @@ class Pusher:
             status = "pending"  # throttled every time: nothing recorded, try again next run
         if status == "failed" and result.http_status == 400 and _duplicate_identifier(result.error):
             status = "unknown"  # Stripe holds an event under this identifier: not "nothing recorded"
+            self._known_identifiers.append(row["identifier"])
+        if status == "unknown" and result.http_status == 400 and result.error_type == "idempotency_error":
+            # Stripe holds this key's first request, made with another value: resending under the key
+            # only gets the same answer, so its summary decides now (acknowledged, or a new revision)
             self._known_identifiers.append(row["identifier"])
         out = _outcome(row["identifier"], status, result.attempts - 1, result.error, result.request_id,
                        result.http_status, "response" if status in ("acknowledged", "failed") else None)
@@ -576,7 +655,9 @@ def push_usage(
 
 def push_config_from_env(**overrides: Any) -> PushConfig:
     """`PushConfig` from `STRIPE_PUSH_RATE` (calls/s, 0 = no client-side limit),
-    `STRIPE_PUSH_CONCURRENCY`, `STRIPE_METER_WINDOW` (day | hour); explicit overrides win."""
+    `STRIPE_PUSH_CONCURRENCY`, `STRIPE_METER_WINDOW` (day | hour) and `METERING_STRIPE_SETTLE_SECONDS`
+    (how long Stripe's summaries may lag, shared with reconciliation; default 900); explicit
+    overrides win."""
     def num(name: str, cast: Callable[[str], Any], default: Any) -> Any:
         raw = os.environ.get(name)
         if raw in (None, ""):
@@ -586,10 +667,15 @@ def push_config_from_env(**overrides: Any) -> PushConfig:
         except ValueError:
             raise BadInputError(f"environment variable {name}: {raw!r} is not a number") from None
 
+    settle = num("METERING_STRIPE_SETTLE_SECONDS", int, DEFAULT_SETTLE_SECONDS)
+    if not 0 <= settle <= MAX_SETTING:
+        raise BadInputError(f"environment variable METERING_STRIPE_SETTLE_SECONDS: {settle} is not a number of "
+                            f"seconds from 0 to {MAX_SETTING}")
     values: dict[str, Any] = {
         "rate": num("STRIPE_PUSH_RATE", float, DEFAULT_RATE),
         "concurrency": num("STRIPE_PUSH_CONCURRENCY", int, 8),
         "window_kind": os.environ.get("STRIPE_METER_WINDOW") or "day",
+        "summary_lag": timedelta(seconds=settle),
     }
     values.update({k: v for k, v in overrides.items() if v is not None})
     return PushConfig(**values)

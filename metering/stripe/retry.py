@@ -13,6 +13,7 @@ Decision table for one attempt:
 | 409 (key in use), 429, >= 500 | absent or `true` | retry; when attempts run out: `unknown`, except `failed` when every attempt was a 429 |
 | any status | `false` | no retry: 5xx -> `unknown` (Stripe stored it; outcome unclear); 429 -> as when attempts run out; else `failed` |
 | 401 / 403 | - | abort the whole push (`AuthenticationError`): a configuration problem |
+| 400 of type `idempotency_error` | - | no retry: `unknown` (the key was first used with other parameters: Stripe holds that request) |
 | other 4xx | - | `failed` (Stripe rejected it: nothing was recorded) |
 
 The final status is decided by every attempt, not only the last: an attempt that ended with no
@@ -22,6 +23,13 @@ key). So such a call ends `unknown`, never `failed` ("nothing recorded"), which 
 otherwise resend as if nothing had happened. A definite refusal (any other 4xx) after such an
 attempt stays `failed`: had an earlier attempt been applied, Stripe would have replayed its stored
 result under the same key instead.
+
+A 400 of type `idempotency_error` is not such a refusal: the key was first used with other
+parameters (another process, or a ledger restored from a snapshot re-planning a revision Stripe
+already took with another value), and Stripe keeps that first request, which may have been applied,
+under it. Nothing about this request was recorded, but something was under its key: `unknown`, for
+the caller to settle from Stripe's state (`CallOutcome.error_type` says why). Retrying gets the
+same answer, so it is not retried.
 """
 
 from __future__ import annotations
@@ -94,6 +102,7 @@ class CallOutcome:
     request_id: str | None = None
     http_status: int | None = None
     rate_limited: int = 0              # how many attempts got a 429
+    error_type: str | None = None      # the last Stripe error's `type` (e.g. idempotency_error)
 
 
 class AuthError(Exception):
@@ -106,6 +115,14 @@ def _header(error: stripe.StripeError, name: str) -> str | None:
         if key.lower() == name:
             return value
     return None
+
+
+def _error_type(error: stripe.StripeError) -> str | None:
+    """The error's `type` (`invalid_request_error`, `idempotency_error`, ...): Stripe gives a key reused
+    with other parameters no `code`."""
+    if error.error is not None and getattr(error.error, "type", None):
+        return error.error.type
+    return "idempotency_error" if isinstance(error, stripe.IdempotencyError) else None
 
 
 def _describe(error: BaseException) -> str:
@@ -155,23 +172,29 @@ def call_with_retries(
             should_retry = (_header(exc, "stripe-should-retry") or "").lower()
             if status in (401, 403):
                 raise AuthError(_describe(exc)) from None
+            error_type = _error_type(exc)
+            if status == 400 and error_type == "idempotency_error":
+                # Stripe holds this key's first request, made with other parameters: it may have been
+                # applied, and asking again gets the same answer
+                return CallOutcome("unknown", attempts, _describe(exc), request_id, status, rate_limited, error_type)
             if status == 429:
                 rate_limited += 1
             if status == 409 or status >= 500:
                 maybe_applied = True
             if should_retry == "false":
                 final = "unknown" if status >= 500 or (status == 429 and maybe_applied) else "failed"
-                return CallOutcome(final, attempts, _describe(exc), request_id, status, rate_limited)
+                return CallOutcome(final, attempts, _describe(exc), request_id, status, rate_limited, error_type)
             if should_retry == "true" or status in (409, 429) or status >= 500:
                 continue
-            return CallOutcome("failed", attempts, _describe(exc), request_id, status, rate_limited)
+            return CallOutcome("failed", attempts, _describe(exc), request_id, status, rate_limited, error_type)
         last_response = getattr(response, "last_response", None)
         rid = getattr(last_response, "request_id", None) if last_response is not None else None
         return CallOutcome("acknowledged", attempts, None, rid, 200, rate_limited)
     assert last_error is not None
     # attempts ran out: `failed` (nothing recorded) only when no attempt may have been applied
     final = "unknown" if maybe_applied or last_status != 429 else "failed"
-    return CallOutcome(final, attempts, _describe(last_error), request_id, last_status, rate_limited)
+    last_type = _error_type(last_error) if isinstance(last_error, stripe.StripeError) else None
+    return CallOutcome(final, attempts, _describe(last_error), request_id, last_status, rate_limited, last_type)
 
 
 def _retry_delay(error: BaseException | None, attempts: int, policy: RetryPolicy,

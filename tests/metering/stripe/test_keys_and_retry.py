@@ -98,6 +98,10 @@ def run(script, policy=FAST):
         # a definite refusal (4xx other than 409 / 429) after a lost attempt: Stripe would have replayed
         # the stored result of an applied attempt under the same key, so nothing was recorded
         ([stripe.APIConnectionError("reset"), _error(stripe.InvalidRequestError, 400)], "failed", 2),
+        # the key was first used with other parameters: Stripe holds that request, so something may
+        # have been recorded under it (not "nothing recorded"), and asking again gets the same answer
+        ([stripe.IdempotencyError("Keys for idempotent requests can only be used with the same parameters", None,
+                                  http_status=400, json_body={"error": {"type": "idempotency_error"}})], "unknown", 1),
     ],
 )
 def test_retry_decision_table(results, status, attempts) -> None:

@@ -166,14 +166,17 @@ def test_a_push_sends_only_windows_that_passed_its_guards(tmp_path: Path, rules_
     (a later window of the same period is recomputed). Another meter's open row on Oct 31 (tokens,
     revision 2 = 15, its call dropped: unknown) is outside the push's range and never went through
     its guards; October's invoice is finalized by then, so it must not be sent by that push, and the
-    push of Oct 31 marks it late. Stripe keeps October's tokens at 10 + 10 = 20, what it invoiced."""
+    push of Oct 31 marks it late, once Stripe's summary can show the attempt (summaries lag: a push
+    right after it leaves it `unknown`). Stripe keeps October's tokens at 10 + 10 = 20, what it invoiced."""
     oct30, oct31 = dt.date(2026, 10, 30), dt.date(2026, 10, 31)
     with customer_on_clock(tmp_path, rules_dir) as (sb, con, client, clock, rules, report):
         world = World(con, sb, client, rules, report)
 
-        def push(day_from: dt.date, day_to: dt.date, attempts: int = 8) -> Any:
+        def push(day_from: dt.date, day_to: dt.date, attempts: int = 8,
+                 later: dt.timedelta = dt.timedelta(0)) -> Any:
             config = PushConfig(rate=0, retry=replace(FAST_RETRY, max_attempts=attempts))
-            return Pusher(con, client, rules.meters, config, sleep=lambda s: None).push(day_from, day_to)
+            return Pusher(con, client, rules.meters, config, sleep=lambda s: None,
+                          now=lambda: dt.datetime.now(dt.timezone.utc) + later).push(day_from, day_to)
 
         sb.advance_clock(clock.id, int(dt.datetime(2026, 10, 31, 12, tzinfo=dt.timezone.utc).timestamp()))
         world.add_events([("acme", "seats", day_start(d) + dt.timedelta(hours=1), "3", {}) for d in (oct30, oct31)]
@@ -200,10 +203,14 @@ def test_a_push_sends_only_windows_that_passed_its_guards(tmp_path: Path, rules_
         assert tokens_oct31() == [(1, Decimal(10), "acknowledged"), (2, Decimal(15), "unknown")]
 
         # the control: its own push guards it. The row was attempted (its call may have reached Stripe),
-        # so Stripe's summary is read first (one call, no meter event): it holds 10, not 15, so the
-        # attempt is superseded and the window's value is late
+        # so Stripe's summary is read first (one call, no meter event). Right after the attempt it may
+        # lag (it holds 10, not 15): the row stays unknown
         second = push(oct31, oct31)
-        assert (second.calls, second.summary_checks, second.late) == (1, 1, 1)
+        assert (second.calls, second.summary_checks, second.late, second.unknown) == (1, 1, 0, 1)
+        assert tokens_oct31() == [(1, Decimal(10), "acknowledged"), (2, Decimal(15), "unknown")]
+        # past the summary's lag, it still holds 10: the attempt is superseded and the window's value is late
+        third = push(oct31, oct31, later=PushConfig().summary_lag + dt.timedelta(minutes=1))
+        assert (third.calls, third.summary_checks, third.late, third.unknown) == (1, 1, 1, 0)
         assert tokens_oct31() == [(1, Decimal(10), "acknowledged"), (2, Decimal(15), "superseded"),
                                   (3, Decimal(15), "late")]
         assert len(world.meter_event_requests()) == requests_before
