@@ -126,6 +126,13 @@ def connect(
         try:
             con = duckdb.connect(str(target), read_only=read_only)
             break
+        except (duckdb.InternalException, duckdb.FatalException) as exc:
+            if "WAL" not in str(exc):
+                raise
+            log_file = database_files(target)[1]
+            raise BadInputError(f"{target}: its write-ahead log {log_file} cannot be replayed onto it: "
+                                f"{str(exc).splitlines()[0]} (a log left beside a file restored from a snapshot "
+                                "belongs to the file it replaced: move it aside; see docs/durability.md)") from None
         except duckdb.IOException as exc:
             if not _is_lock_conflict(str(exc)) or time.monotonic() >= deadline:
                 raise _open_failure(target, exc, "the warehouse is held by another writing process{holder}; "
@@ -151,8 +158,8 @@ def connect(
 
 def _failure_in_use(path: Path, exc: duckdb.Error, memory_limit: str | None = None) -> MeteringError | None:
     """A DuckDB error met while working on an open warehouse that is about the file or the settings, not
-    a bug: corruption found in a block read late (exit 3, like corruption found at open), or a
-    memory_limit too small for the work. None for anything else."""
+    a bug: corruption found in a block read late (exit 3, like corruption found at open), a write the
+    disk refused (full), or a memory_limit too small for the work. None for anything else."""
     message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
     if "Corrupt database file" in message:
         return BadInputError(f"{path}: the warehouse file is corrupt: {message} (restore it from the last "
@@ -160,6 +167,9 @@ def _failure_in_use(path: Path, exc: duckdb.Error, memory_limit: str | None = No
     if "database has been invalidated" in message:  # what every statement says after a fatal error
         return BadInputError(f"{path}: DuckDB stopped working on the warehouse after a fatal error: {message} "
                              "(if it will not reopen, see docs/durability.md)")
+    if any(sign in message for sign in ("No space left on device", "File too large", "Disk quota exceeded")):
+        return BadInputError(f"{path}: DuckDB could not write the warehouse: {message} (free space on its disk and "
+                             "run the command again: the failed transaction left nothing behind)")
     if memory_limit and isinstance(exc, duckdb.OutOfMemoryException):
         return BadInputError(f"memory limit {memory_limit} is too small for this work: {message}")
     return None
@@ -349,6 +359,9 @@ def publish(
         copied = _write_snapshot(tmp, warehouse, con)
         with open(tmp, "rb") as fh:
             os.fsync(fh.fileno())
+        # a log beside the old snapshot (a session that opened it read-write and was killed) would be
+        # replayed onto the new one by its next reader
+        database_files(dest)[1].unlink(missing_ok=True)
         os.replace(tmp, dest)
     except BaseException:
         remove_database(tmp)   # a failed publish leaves the old snapshot, and nothing else

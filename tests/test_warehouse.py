@@ -1,4 +1,5 @@
 import contextlib
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -10,7 +11,7 @@ import polars as pl
 import pytest
 
 from metering import warehouse
-from metering.errors import WarehouseLockedError
+from metering.errors import BadInputError, WarehouseLockedError
 
 
 @contextlib.contextmanager
@@ -486,3 +487,81 @@ def test_rules_validate_reads_a_warehouse_older_than_the_meter_records(tmp_path)
     result = CliRunner().invoke(cli, ["rules", "validate", "--warehouse", str(tmp_path / "old.duckdb")])
     assert result.exit_code == 0, result.output
     assert "Traceback" not in result.output
+
+
+def _killed_writer(path, statements: str) -> None:
+    """A process that commits `statements` to the DuckDB file `path` with no checkpoint (the commits stay
+    in its write-ahead log) and is SIGKILLed."""
+    subprocess.run([sys.executable, "-c", textwrap.dedent(f"""
+        import os, signal
+        import duckdb
+        con = duckdb.connect({str(path)!r})
+        con.execute("SET checkpoint_threshold = '1TB'")
+        con.execute({statements!r})
+        os.kill(os.getpid(), signal.SIGKILL)
+    """)])
+    assert warehouse.database_files(path)[1].stat().st_size > 0
+
+
+def test_publish_removes_a_log_left_beside_the_old_snapshot(tmp_path):
+    """A session that opened the snapshot read-write, deleted rows and was killed left a log beside it:
+    the next reader of the new snapshot replayed it, and saw 0 of the 3 events the warehouse holds."""
+    wh, snap = tmp_path / "w.duckdb", tmp_path / "s.duckdb"
+    with warehouse.open_warehouse(wh) as con:
+        con.execute("CREATE TABLE kept AS SELECT range AS n FROM range(3)")
+    warehouse.publish(wh, snap)
+    _killed_writer(snap, "DELETE FROM kept")
+    warehouse.publish(wh, snap)
+    assert not warehouse.database_files(snap)[1].exists()
+    with duckdb.connect(str(snap), read_only=True) as reader:
+        assert reader.execute("SELECT count(*) FROM kept").fetchone() == (3,)
+
+
+def test_a_log_that_cannot_be_replayed_onto_the_warehouse_is_bad_input_naming_it(tmp_path):
+    """docs/durability.md's restore with the killed writer's log left in place: the snapshot copied in
+    is older than the log, whose replay fails inside DuckDB. It was a traceback (exit 1); it names the log."""
+    wh, snap = tmp_path / "w.duckdb", tmp_path / "s.duckdb"
+    con = duckdb.connect(str(wh))
+    con.execute("CREATE TABLE ledger AS SELECT range AS id, 'pending' AS status FROM range(100)")
+    con.close()
+    shutil.copyfile(wh, snap)                                   # the published snapshot
+    con = duckdb.connect(str(wh))
+    con.execute("INSERT INTO ledger SELECT range, 'pending' FROM range(100, 200)")
+    con.close()                                                 # checkpointed
+    _killed_writer(wh, "UPDATE ledger SET status = 'acknowledged' WHERE id >= 150")
+    wh.rename(tmp_path / "w.corrupt")
+    shutil.copyfile(snap, wh)                                   # the log stays beside it
+    log = warehouse.database_files(wh)[1]
+    with pytest.raises(BadInputError, match=f"{log} cannot be replayed onto it.*move it aside"):
+        warehouse.connect(wh)
+    result = subprocess.run([sys.executable, "-m", "metering.cli", "rules", "validate", "--warehouse", str(wh)],
+                            capture_output=True, text=True)
+    assert result.returncode == 3 and "Traceback" not in result.stderr and str(log) in result.stderr
+
+
+def test_a_full_disk_is_bad_input_naming_the_warehouse_and_keeps_nothing(tmp_path):
+    """A full disk, simulated by a file-size limit (writes fail with EFBIG): the ingest's COMMIT fails,
+    and the ROLLBACK after it raised "no transaction is active", a traceback (exit 1). Now exit 3 naming
+    the warehouse; lifting the limit, the same command ingests the whole file."""
+    wh, raw = tmp_path / "w.duckdb", tmp_path / "usage.jsonl"
+    warehouse.connect(wh).close()
+    raw.write_text("".join(f'{{"event_id":"e{i}","customer_id":"c{i % 97}","meter":"api_calls",'
+                           f'"timestamp":"2026-10-01T00:00:00Z","properties":{{"region":"r{i}"}}}}\n'
+                           for i in range(80_000)))
+    limit = wh.stat().st_size + 256 * 1024
+
+    def full_disk() -> None:
+        import resource
+        import signal
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+
+    command = [sys.executable, "-m", "metering.cli", "ingest", "--warehouse", str(wh), str(raw)]
+    result = subprocess.run(command, capture_output=True, text=True, preexec_fn=full_disk)
+    assert result.returncode == 3, result.stderr[-2000:]
+    assert "Traceback" not in result.stderr
+    assert f"{wh}: DuckDB could not write the warehouse" in result.stderr and "File too large" in result.stderr
+    assert subprocess.run(command, capture_output=True, text=True).returncode == 0
+    with duckdb.connect(str(wh), read_only=True) as reader:
+        assert reader.execute("SELECT count(*) FROM usage_events").fetchone() == (80_000,)
+        assert reader.execute("SELECT count(*) FROM ingested_files").fetchone() == (1,)

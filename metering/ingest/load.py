@@ -10,6 +10,7 @@ whole file back: never rows without their manifest entry, never an entry without
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import re
@@ -425,7 +426,10 @@ def ingest_file(
         )
         con.execute("COMMIT")
     except BaseException:
-        con.execute("ROLLBACK")
+        # after a failed COMMIT (a full disk) DuckDB has no transaction left to roll back: the first
+        # error says why
+        with contextlib.suppress(duckdb.Error):
+            con.execute("ROLLBACK")
         raise
     finally:
         _drop_temp(con)
