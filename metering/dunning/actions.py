@@ -36,9 +36,13 @@ Rules that keep the engine from doing harm (invariant I15):
   `deferred` until the retry has been made and its outcome seen: a customer is never suspended
   over a payment that was never retried (it once was, on day 14, without a key). A write-off
   never sent without a client is reported the same way;
-- a pending row whose invoice has left dunning is `superseded`, never performed (a pending
-  write-off whose invoice is written off is confirmed `done`: the call went through before a crash);
-  one whose step is gone from the policy is resolved (`done` if it took effect, else `skipped`).
+- only steps due at the run's clock are acted on, whatever step the state records;
+- a pending row whose invoice has left dunning is never performed. A retry or write-off is read back
+  from Stripe's event log: `done` if an event stamped with our key shows the call went through (a
+  retry that paid the invoice before a crash), else `superseded`; a reminder or suspension is
+  `superseded`; a pending write-off whose invoice is written off is confirmed `done` (the call went
+  through before a crash). One whose step is gone from the policy is resolved (`done` if it took
+  effect, else `skipped`).
 """
 
 from __future__ import annotations
@@ -71,6 +75,7 @@ KEY_PREFIX = "dunning:"
 # steps that wait while the invoice's due retry, which might recover the payment, has not been made
 HELD_BY_AN_UNMADE_RETRY = ("suspend", "write_off")
 STEP_REMOVED = "step_removed_from_policy"
+LEFT_DUNNING = "left_dunning:"   # + the state: the reason of a pending row whose invoice left dunning
 
 LEDGER_SCHEMA: dict[str, pl.DataType] = {
     "idempotency_key": pl.String, "invoice_id": pl.String, "step_index": pl.Int32,
@@ -119,11 +124,15 @@ def plan_actions(
 ) -> pl.DataFrame:
     """One row per (invoice, step) that needs attention now, with `decision` and `reason`.
 
-    decision: `perform` | `skip` | `wait` | `supersede` (a pending row whose invoice left dunning) |
-    `confirm` (a pending write-off whose invoice is already written off: the call went through) |
-    `resolve` (a pending row that would now be skipped, or whose step is gone from the invoice's
-    schedule: done if its call took effect, else skipped). Those of a removed step come first in
-    their invoice, so a retry whose outcome is unknown holds the invoice's other steps back.
+    Only steps due at `now` (`due_at <= now`) are considered, whatever step the state records.
+
+    decision: `perform` | `skip` | `wait` | `supersede` (a pending reminder or suspension whose
+    invoice left dunning) | `confirm` (a pending write-off whose invoice is already written off: the
+    call went through) | `resolve` (a pending row that would now be skipped, or whose step is gone
+    from the invoice's schedule: done if its call took effect, else skipped; or a pending retry or
+    write-off whose invoice left dunning, reason `left_dunning:<state>`: done if Stripe's event log
+    shows our key's call, else superseded). Those of a removed step come first in their invoice, so
+    a retry whose outcome is unknown holds the invoice's other steps back.
     """
     now = utc(now)
     state = conform(state, STATE_SCHEMA)
@@ -141,10 +150,14 @@ def plan_actions(
     )
     reached = (
         active.join(steps, on="policy", how="inner")
-        .filter(pl.col("step_index") <= pl.col("current_step"))
+        .with_columns(due_at=pl.col("first_failed_at") + pl.duration(days=pl.col("day")))
+        # A step is acted on only once it is due at this run's clock, whatever step the state
+        # records (a state computed under a later clock once had the write-off made weeks early);
+        # `current_step` is then the latest step due, so "a later step is due" means just that.
+        .filter((pl.col("step_index") <= pl.col("current_step")) & (pl.col("due_at") <= pl.lit(now, dtype=TS)))
         .with_columns(
+            current_step=pl.col("step_index").max().over("invoice_id"),
             latest_of_action=pl.col("step_index").max().over("invoice_id", "action"),
-            due_at=pl.col("first_failed_at") + pl.duration(days=pl.col("day")),
         )
         .join(final, on=["invoice_id", "step_name"], how="anti")
         .join(pending, on=["invoice_id", "step_name"], how="left")
@@ -185,16 +198,19 @@ def plan_actions(
         .join(steps.select("policy", "step_name"), on=["policy", "step_name"], how="anti")
         .select(*from_ledger, decision=pl.lit("resolve"), reason=pl.lit(STEP_REMOVED))
     )
+    confirmed = (pl.col("action") == "write_off") & (pl.col("state") == WRITTEN_OFF)
     left = (
         open_rows.filter(~pl.col("in_dunning"))
         .select(
             *from_ledger,
-            # a write-off interrupted after Stripe accepted it: the invoice is written off -> done
-            pl.when((pl.col("action") == "write_off") & (pl.col("state") == WRITTEN_OFF))
-            .then(pl.lit("confirm")).otherwise(pl.lit("supersede")).alias("decision"),
-            pl.when((pl.col("action") == "write_off") & (pl.col("state") == WRITTEN_OFF))
-            .then(pl.lit("uncollectible"))
-            .otherwise(pl.lit("left_dunning:") + pl.col("state").fill_null("unknown")).alias("reason"),
+            # a write-off interrupted after Stripe accepted it: the invoice is written off -> done;
+            # another Stripe call may have gone through before the invoice left dunning (a retry that
+            # paid it): it is read back from Stripe; a reminder or suspension never left the process
+            pl.when(confirmed).then(pl.lit("confirm"))
+            .when(pl.col("action").is_in(STRIPE_ACTIONS)).then(pl.lit("resolve"))
+            .otherwise(pl.lit("supersede")).alias("decision"),
+            pl.when(confirmed).then(pl.lit("uncollectible"))
+            .otherwise(pl.lit(LEFT_DUNNING) + pl.col("state").fill_null("unknown")).alias("reason"),
         )
     )
     columns = [
@@ -269,17 +285,23 @@ def _error_text(exc: Exception) -> str:
 PAYMENT_ATTEMPT_EVENTS = (
     "invoice.payment_failed", "invoice.payment_action_required", "invoice.payment_succeeded", "invoice.paid",
 )
+PAID_EVENTS = ("invoice.payment_succeeded", "invoice.paid")
+# The event of each Stripe action we make, whatever its result.
+ACTION_EVENTS = {"retry": PAYMENT_ATTEMPT_EVENTS, "write_off": ("invoice.marked_uncollectible",)}
 
 
-def _attempt_event(client: stripe.StripeClient, invoice_id: str, key: str) -> str | None:
-    """The type of a payment event on `invoice_id` caused by our request with `key`, if Stripe has one.
+def _attempt_event(
+    client: stripe.StripeClient, invoice_id: str, key: str, types: tuple[str, ...] = PAYMENT_ATTEMPT_EVENTS
+) -> str | None:
+    """The type of an event of `types` (by default, a payment event) on `invoice_id` caused by our
+    request with `key`, if Stripe has one.
 
     Stripe stamps every event with the request (and its Idempotency-Key) that caused it, and keeps
     events for 30 days. A manual charge that was declined moves neither the invoice's status nor its
     attempt_count, so this is the only trace Stripe keeps of it once its 24-hour idempotency window
     has passed.
     """
-    page = client.v1.events.list({"types": list(PAYMENT_ATTEMPT_EVENTS), "limit": 100})
+    page = client.v1.events.list({"types": list(types), "limit": 100})
     for event in page.auto_paging_iter():
         request = getattr(event, "request", None)
         obj = getattr(getattr(event, "data", None), "object", None)
@@ -304,6 +326,24 @@ def _recover_pending(client: stripe.StripeClient, row: dict[str, Any], invoice: 
     if status == "uncollectible":
         return "uncollectible"
     return None
+
+
+def _settle_left_dunning(client: stripe.StripeClient, row: dict[str, Any]) -> str | None:
+    """A pending retry or write-off whose invoice has left dunning: did the earlier call take effect?
+    Returns its outcome (`paid`, `attempted:<event type>`, `uncollectible`), or None.
+
+    Only an event Stripe stamped with our key can say: the invoice's status is no evidence here, as
+    it may be another's doing (the customer paid, Stripe wrote it off), and the call is never made
+    again (a retry of a written-off invoice would charge it). As for any pending row, this relies on
+    Stripe keeping events for 30 days.
+    """
+    key = idempotency_key(row["invoice_id"], row["step_name"])
+    seen = _attempt_event(client, row["invoice_id"], key, ACTION_EVENTS[row["action"]])
+    if seen is None:
+        return None
+    if row["action"] == "write_off":
+        return "uncollectible"
+    return "paid" if seen in PAID_EVENTS else f"attempted:{seen}"
 
 
 def _call_stripe(client: stripe.StripeClient, row: dict[str, Any], key: str) -> tuple[str, str, str | None]:
@@ -431,14 +471,21 @@ def perform_actions(
                 unretried.add(invoice)
             continue
         if decision == "resolve":
+            left_dunning = row["reason"].startswith(LEFT_DUNNING)
             try:
-                took_effect = _recover_pending(client, row) if action in STRIPE_ACTIONS else None
+                if left_dunning:
+                    took_effect = _settle_left_dunning(client, row)
+                else:
+                    took_effect = _recover_pending(client, row) if action in STRIPE_ACTIONS else None
             except stripe.StripeError as exc:
                 stop(action, key, invoice, "error", _error_text(exc))
                 continue
             if took_effect:
                 ledger.close(key, "done", took_effect)
                 report.add(action, "done")
+            elif left_dunning:   # Stripe has no trace of the call: it never happened
+                ledger.close(key, "superseded", row["reason"])
+                report.add(action, "superseded")
             else:
                 if action == "reminder":   # a message rendered before a crash is withdrawn
                     outbox.withdraw(con, folder, outbox.message_id(key), row["reason"])

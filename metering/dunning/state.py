@@ -7,17 +7,23 @@ Inputs (all frames; `load_inputs` reads them from the warehouse):
   `stripe_webhook_events`): day 0 of the schedule when it lies between the invoice's finalization
   and now, else the invoice's `finalized_at` (test-clock objects live in the clock's time while
   events carry real time), else the reconciled row's `state_event_created`;
-- the previous `dunning_state` (so that state only moves forward and day 0 never moves);
+- the status of each invoice's subscription (`stripe_subscriptions`), with the invoice's
+  `billing_reason`: a new subscription's declined first invoice is not chased (below);
+- the previous `dunning_state` (so that state only moves forward and day 0 never moves; its step
+  counts only when it was evaluated at or before `now`, see `compute_state`);
 - the actions already performed (`dunning_actions`), so a step taken counts even before Stripe's
   webhooks report its effect (our own write-off makes the invoice written off at once);
 - optionally each customer's plan (selects a per-plan schedule);
 - the clock `now` (UTC), which tests control.
 
-States: `not_in_dunning` (failed but below the policy's minimum), `in_dunning` (at step N, or before
-the first step), `recovered` (paid after failing: always wins, lifts any suspension), `written_off`
-(uncollectible), `void` (voided while in dunning, or before the first run when not under the
-minimum: like paid and uncollectible). Order of progress: not_in_dunning < in_dunning <
-written_off = void < recovered; a state never goes back, nor does the step.
+States: `not_in_dunning` (failed but below the policy's minimum, or a new subscription's first
+invoice while the subscription is `incomplete`: Stripe voids it 23 hours after creation unless it is
+paid, so dunning is for renewals), `in_dunning` (at step N, or before the first step), `recovered`
+(paid after failing: always wins, lifts any suspension), `written_off` (uncollectible), `void`
+(voided while in dunning, or before the first run when it was to be chased: like paid and
+uncollectible). Order of progress: not_in_dunning < in_dunning < written_off = void < recovered; a
+state never goes back. Nor does a step taken (the ledger) or reached at an earlier clock; a step
+recorded under a later clock (a what-if run with a future `now`) does not carry over.
 """
 
 from __future__ import annotations
@@ -35,6 +41,11 @@ from metering.warehouse import replace_rows
 NOT_IN_DUNNING, IN_DUNNING, RECOVERED, WRITTEN_OFF, VOID = (
     "not_in_dunning", "in_dunning", "recovered", "written_off", "void",
 )
+# the `reason` of a new subscription's declined first invoice, not chased (see compute_state)
+SUBSCRIPTION_INCOMPLETE = "subscription_incomplete"
+# Stripe: a subscription whose first invoice is unpaid is `incomplete`, and `incomplete_expired` once
+# Stripe voided that invoice 23 hours after the subscription's creation
+INCOMPLETE_SUBSCRIPTION_STATUSES = ("incomplete", "incomplete_expired")
 STATE_RANK = {NOT_IN_DUNNING: 0, IN_DUNNING: 1, WRITTEN_OFF: 2, VOID: 2, RECOVERED: 3}
 OPEN_STATES = (IN_DUNNING,)
 # the `reason` of an invoice Stripe closed, and the state that closing means once it was chased
@@ -47,8 +58,9 @@ INVOICE_SCHEMA: dict[str, pl.DataType] = {
     "subscription_id": pl.String, "status": pl.String, "currency": pl.String,
     "amount_due": pl.Int64, "amount_paid": pl.Int64, "amount_remaining": pl.Int64,
     "attempt_count": pl.Int64, "next_payment_attempt": TS, "finalized_at": TS, "paid_at": TS,
-    "state_event_created": TS,
+    "state_event_created": TS, "billing_reason": pl.String,
 }
+SUBSCRIPTION_SCHEMA = {"subscription_id": pl.String, "subscription_status": pl.String}
 FAILURE_SCHEMA = {"invoice_id": pl.String, "first_failed_at": TS}
 PLAN_SCHEMA = {"customer_id": pl.String, "plan": pl.String}
 PERFORMED_SCHEMA = {
@@ -98,16 +110,34 @@ def compute_state(
     previous: pl.DataFrame | None = None,
     performed: pl.DataFrame | None = None,
     plans: pl.DataFrame | None = None,
+    subscriptions: pl.DataFrame | None = None,
 ) -> pl.DataFrame:
-    """One row per invoice that failed a payment (STATE_SCHEMA), as of `now`."""
+    """One row per invoice that failed a payment (STATE_SCHEMA), as of `now`.
+
+    The step is recomputed on every call: the latest step due at `now` under the invoice's schedule,
+    or a later step the ledger (`performed`) shows taken, or the step of a `previous` row evaluated
+    at or before `now`. A previous row evaluated under a later clock (a what-if `dunning_state` with a
+    future `now`, or a clock set back) is a projection: its step is not carried over, or the next
+    run at the real clock would act on steps that are not due (it once wrote off and suspended weeks
+    early). Its state, day 0 and schedule still carry over: they do not depend on the clock.
+
+    `subscriptions` (subscription_id, subscription_status): a new subscription's first invoice
+    (`billing_reason` `subscription_create`) whose subscription is `incomplete` or
+    `incomplete_expired` (or not known yet) is `not_in_dunning` (reason `subscription_incomplete`):
+    Stripe voids it 23 hours after the subscription's creation unless it is paid, and never retries
+    it. Closed, it is filed by what happened to it (voided, paid), as an invoice under the minimum is.
+    """
     now = utc(now)
+    now_lit = pl.lit(now, dtype=TS)
     inv = conform(invoices, INVOICE_SCHEMA)
     failures = conform(failures, FAILURE_SCHEMA).group_by("invoice_id").agg(
         pl.col("first_failed_at").min().alias("event_failed_at"))
     prev = conform(previous, STATE_SCHEMA).select(
         "invoice_id",
         pl.col("state").alias("prev_state"),
-        pl.col("step_name").alias("prev_step_name"),
+        # a step recorded under a later clock was never reached at this one (see the docstring)
+        pl.when(pl.col("evaluated_at").is_null() | (pl.col("evaluated_at") <= now_lit))
+        .then(pl.col("step_name")).alias("prev_step_name"),
         pl.col("first_failed_at").alias("prev_first_failed_at"),
         pl.col("policy").alias("prev_policy"),
         pl.col("entered_at").alias("prev_entered_at"),
@@ -120,6 +150,8 @@ def compute_state(
         .any().alias("paid_by_us"),
     )
     plan_of = conform(plans, PLAN_SCHEMA).unique("customer_id", keep="last")
+    subscription_of = conform(subscriptions, SUBSCRIPTION_SCHEMA).filter(
+        pl.col("subscription_id").is_not_null()).unique("subscription_id", keep="last")
     override_names = list(policy.plans)
 
     df = (
@@ -127,6 +159,7 @@ def compute_state(
         .join(prev, on="invoice_id", how="left")
         .join(done, on="invoice_id", how="left")
         .join(plan_of, on="customer_id", how="left")
+        .join(subscription_of, on="subscription_id", how="left")
     )
     open_failed = (pl.col("status") == "open") & (pl.col("attempt_count").fill_null(0) >= 1)
     df = df.filter(
@@ -187,15 +220,21 @@ def compute_state(
     df = df.join(reached, on="invoice_id", how="left")
 
     minimums = policy.minimums_frame()
+    subscription_status = pl.col("subscription_status")
     df = df.join(minimums, on=["policy", "currency"], how="left").with_columns(
         below_minimum=pl.when(pl.col("status") == "open").then(pl.col("amount_remaining"))
-        .otherwise(pl.col("amount_due")).fill_null(0) < pl.col("minimum_minor").fill_null(0)
+        .otherwise(pl.col("amount_due")).fill_null(0) < pl.col("minimum_minor").fill_null(0),
+        # a new subscription's declined first invoice: Stripe voids it after 23 h, dunning is for renewals
+        first_invoice=(
+            (pl.col("billing_reason") == "subscription_create")
+            & (subscription_status.is_null() | subscription_status.is_in(INCOMPLETE_SUBSCRIPTION_STATUSES))
+        ).fill_null(False),
     )
 
     prev_s = pl.col("prev_state")
     entered = prev_s.is_in([IN_DUNNING, WRITTEN_OFF, VOID, RECOVERED]).fill_null(False)
     never_entered = (prev_s == NOT_IN_DUNNING).fill_null(False) | (
-        prev_s.is_null() & pl.col("below_minimum").fill_null(False))
+        prev_s.is_null() & (pl.col("below_minimum").fill_null(False) | pl.col("first_invoice")))
     status = pl.col("status")
     # a closed invoice that was due to be chased counts as closed, even if no run saw it open
     chased = entered | ~never_entered
@@ -208,6 +247,7 @@ def compute_state(
             pl.when(chased).then(pl.lit(WRITTEN_OFF)).otherwise(pl.lit(NOT_IN_DUNNING)))
         .when(pl.col("written_off_by_us")).then(pl.lit(WRITTEN_OFF))
         .when(pl.col("below_minimum") & ~entered).then(pl.lit(NOT_IN_DUNNING))
+        .when(pl.col("first_invoice") & ~entered).then(pl.lit(NOT_IN_DUNNING))
         .otherwise(pl.lit(IN_DUNNING))
     )
     reason = (
@@ -216,6 +256,7 @@ def compute_state(
         .when(status == "uncollectible").then(pl.lit("uncollectible"))
         .when(pl.col("written_off_by_us")).then(pl.lit("written_off_by_dunning"))
         .when(pl.col("below_minimum")).then(pl.lit("below_minimum"))
+        .when(pl.col("first_invoice")).then(pl.lit(SUBSCRIPTION_INCOMPLETE))
         .otherwise(pl.lit("payment_failed"))
     )
     rank = {k: v for k, v in STATE_RANK.items()}
@@ -253,7 +294,6 @@ def compute_state(
             (pl.col("first_failed_at") + pl.duration(days=pl.col("day"))).alias("next_step_at"),
         )
     )
-    now_lit = pl.lit(now, dtype=TS)
     terminal = pl.col("state").is_in([RECOVERED, WRITTEN_OFF, VOID])
     df = (
         df.join(named, on=["policy", "step_index"], how="left")
@@ -315,6 +355,15 @@ def read_failures(con: duckdb.DuckDBPyConnection) -> pl.DataFrame:
     return frame.group_by("invoice_id").agg(pl.col("first_failed_at").min())
 
 
+def read_subscriptions(con: duckdb.DuckDBPyConnection) -> pl.DataFrame:
+    """Each subscription's status, from the webhooks part's reconciled `stripe_subscriptions` (empty
+    when there is no such table)."""
+    if not {"subscription_id", "status"} <= table_columns(con, "stripe_subscriptions"):
+        return pl.DataFrame(schema=SUBSCRIPTION_SCHEMA)
+    return conform(read_frame(
+        con, "SELECT subscription_id, status AS subscription_status FROM stripe_subscriptions"), SUBSCRIPTION_SCHEMA)
+
+
 def read_plans(con: duckdb.DuckDBPyConnection, now: datetime) -> pl.DataFrame | None:
     """Each customer's plan in force at `now`, from the rating part's `customer_plans` table, if any.
 
@@ -351,7 +400,7 @@ def current_state(con: duckdb.DuckDBPyConnection, policy: DunningPolicy, now: da
     return compute_state(
         read_invoices(con), policy, now,
         failures=read_failures(con), previous=read_previous(con),
-        performed=read_performed(con), plans=read_plans(con, now),
+        performed=read_performed(con), plans=read_plans(con, now), subscriptions=read_subscriptions(con),
     )
 
 

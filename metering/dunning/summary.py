@@ -7,7 +7,9 @@ One row per currency x category (x step for invoices in dunning). Amounts are in
 - `recovered`: invoices paid after a failed payment: the amount paid;
 - `written_off`: the amount remaining when the invoice was marked uncollectible;
 - `void`: voided after a failed payment: the amount that was due;
-- `below_minimum`: failed, not chased (under the policy's minimum) and still open: the amount remaining.
+- `below_minimum`: failed, not chased (under the policy's minimum) and still open: the amount remaining;
+- `subscription_incomplete`: a new subscription's declined first invoice, not chased and still open
+  (Stripe voids it 23 hours after the subscription's creation unless it is paid): the amount remaining.
 
 An invoice never chased that Stripe then closed is filed by what happened to it (its `reason`:
 paid, voided, uncollectible), not under `below_minimum`, which would hide a write-off or a void.
@@ -20,10 +22,16 @@ import polars as pl
 from metering.dunning.money import minor_to_text_expr
 from metering.dunning.frames import conform
 from metering.dunning.state import (
-    CLOSED_BY_STRIPE, IN_DUNNING, NOT_IN_DUNNING, RECOVERED, STATE_SCHEMA, VOID, WRITTEN_OFF,
+    CLOSED_BY_STRIPE, IN_DUNNING, NOT_IN_DUNNING, RECOVERED, STATE_SCHEMA, SUBSCRIPTION_INCOMPLETE, VOID,
+    WRITTEN_OFF,
 )
 
-CATEGORY_ORDER = {"in_dunning": 0, "at_risk": 1, "recovered": 2, "written_off": 3, "void": 4, "below_minimum": 5}
+CATEGORY_ORDER = {
+    "in_dunning": 0, "at_risk": 1, "recovered": 2, "written_off": 3, "void": 4, "below_minimum": 5,
+    SUBSCRIPTION_INCOMPLETE: 6,
+}
+# the category of an invoice never chased, by its `reason`; any other reason is `below_minimum`
+NOT_CHASED = {**CLOSED_BY_STRIPE, SUBSCRIPTION_INCOMPLETE: SUBSCRIPTION_INCOMPLETE}
 SUMMARY_SCHEMA: dict[str, pl.DataType] = {
     "currency": pl.String, "category": pl.String, "step_index": pl.Int32, "step_name": pl.String,
     "invoices": pl.Int64, "amount_minor": pl.Int64, "amount": pl.String,
@@ -35,7 +43,7 @@ def dunning_summary(state: pl.DataFrame) -> pl.DataFrame:
     s = conform(state, STATE_SCHEMA)
     category = (
         pl.when(pl.col("state") == NOT_IN_DUNNING)
-        .then(pl.col("reason").replace_strict(CLOSED_BY_STRIPE, default="below_minimum", return_dtype=pl.String))
+        .then(pl.col("reason").replace_strict(NOT_CHASED, default="below_minimum", return_dtype=pl.String))
         .otherwise(pl.col("state"))
     )
     amount = (

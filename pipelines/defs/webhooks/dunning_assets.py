@@ -18,8 +18,8 @@ import polars as pl
 
 from metering.dunning.actions import read_ledger
 from metering.dunning.policy import load_policy
-from metering.dunning.run import act_and_publish
-from metering.dunning.state import parse_clock, read_previous, refresh_state
+from metering.dunning.run import run_dunning
+from metering.dunning.state import parse_clock, refresh_state
 from metering.dunning.summary import dunning_summary
 from metering.errors import BadInputError
 from pipelines.cadence import SCHEDULE_STATUS
@@ -58,7 +58,8 @@ def _md(frame: pl.DataFrame) -> dg.MetadataValue:
     group_name=GROUP,
     pool=WAREHOUSE_POOL,
     kinds={"duckdb", "polars"},
-    deps=[dg.AssetKey("stripe_invoices"), dg.AssetKey("stripe_payment_attempts"), dg.AssetKey("customer_plans")],
+    deps=[dg.AssetKey("stripe_invoices"), dg.AssetKey("stripe_subscriptions"), dg.AssetKey("stripe_payment_attempts"),
+          dg.AssetKey("customer_plans")],
 )
 def dunning_state(
     context: dg.AssetExecutionContext,
@@ -70,8 +71,11 @@ def dunning_state(
     written_off / void, with day 0, the step reached and the next one.
 
     Source: `stripe_invoices` (+ first failures from `stripe_payment_attempts` / `stripe_webhook_events`,
-    the customer's plan from `customer_plans` when present, the actions already performed), the policy
-    in `rating_rules/dunning.yaml`, and the clock (config `now`). State only moves forward.
+    subscription statuses from `stripe_subscriptions`, the customer's plan from `customer_plans` when
+    present, the actions already performed), the policy
+    in `rating_rules/dunning.yaml`, and the clock (config `now`). State only moves forward. A `now`
+    in the future is a what-if: the steps it shows are a projection, which the next run at the real
+    clock does not carry over (nor does `dunning_actions` act on this table: it recomputes the state).
     """
     policy = load_policy(paths.rules)
     now = _now(config)
@@ -113,7 +117,10 @@ def dunning_actions(
     the call, the key as Stripe's Idempotency-Key). Also replaces `dunning_outbox` rows it renders,
     the `suspensions` table and data/published/suspensions.csv/.json.
 
-    Source: `dunning_state` (this run's clock), the policy, the ledger itself.
+    Source: the dunning state recomputed here, at this run's clock, from the same inputs as
+    `dunning_state` (a payment landed since that step is seen: no reminder for a paid invoice), the
+    policy, the ledger itself. It runs `metering dunning run`'s code (`run_dunning`), which also
+    leaves `dunning_state` as it stands after the actions.
     """
     policy = load_policy(paths.rules)
     now = _now(config)
@@ -123,14 +130,15 @@ def dunning_actions(
         context.log.warning(f"no Stripe client, payment retries and write-offs wait: {exc}")
         client = None
     with warehouse.get_connection() as con:
-        state = read_previous(con)
-        report, suspensions, sent = act_and_publish(
-            con, client, policy, state, now,
+        # Acting on the table `dunning_state` wrote would act on a state that may be stale by now (a
+        # stripe_state_job run can land a payment between the two steps: a paid customer once got the
+        # final notice). `run_dunning` recomputes the state just before acting, as the CLI does, and
+        # again after the actions (a write-off just done is not shown in dunning with the write-off next).
+        result = run_dunning(
+            con, client, policy, now,
             outbox_folder=_folder(paths, "outbox"), published_folder=_folder(paths, "published"),
         )
-        # as `metering dunning run` does: the state after this run's actions (a write-off just done is
-        # no longer shown in dunning with the write-off next), not the one they started from
-        refresh_state(con, policy, now)
+        report, suspensions, sent = result.report, result.suspensions, result.reminders_sent
         ledger = read_ledger(con)
     duplicates = ledger.group_by("idempotency_key").len().filter(pl.col("len") > 1).height
     pending = ledger.filter(pl.col("status") == "pending").height

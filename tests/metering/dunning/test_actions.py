@@ -117,6 +117,27 @@ def test_below_minimum_is_never_chased(
     assert published(isolated_env)["suspended"] == []
 
 
+def test_only_steps_due_at_the_runs_clock_are_acted_on(
+    wh: duckdb.DuckDBPyConnection, no_stripe_policy: DunningPolicy, isolated_env: Path
+) -> None:
+    """Whatever step the state records: a state computed under a later clock (day 20, suspension
+    reached) handed to the actions on day 1 sends the day-0 reminder and nothing else. The actions
+    once took every step up to the recorded one, due or not: final reminder and suspension on day 1."""
+    from metering.dunning.run import act_and_publish
+    from metering.dunning.state import current_state
+
+    put_invoice(wh, "in_1")
+    ahead = current_state(wh, no_stripe_policy, T0 + 20 * DAY)
+    assert ahead.select("state", "step_name").rows() == [("in_dunning", "suspension")]
+    report, suspensions, _ = act_and_publish(wh, None, no_stripe_policy, ahead, T0 + DAY)
+    assert (report.counts, report.errors) == ({"reminder:done": 1}, [])
+    assert ledger(wh) == [("dunning:in_1:first_reminder", "first_reminder", "reminder", "done", "rendered", 1)]
+    assert wh.execute("SELECT body FROM dunning_outbox").fetchall() == [
+        ("50.00 USD unpaid for 1 days (first_reminder, since 2026-11-02)",)]
+    assert suspensions.is_empty() and published(isolated_env)["suspended"] == []
+    assert len(list((isolated_env / "outbox").glob("*.eml"))) == 1
+
+
 CRASH_SCRIPT = textwrap.dedent("""
     import os, signal, sys
     from datetime import datetime

@@ -425,3 +425,190 @@ def test_a_pending_retry_without_a_stripe_client_stays_pending_and_says_so(tmp_p
             ("first_reminder", "done", "rendered"), ("payment_retry", "done", "attempted:invoice.payment_failed"),
             ("final_reminder", "done", "rendered")]
         assert len(s.ours("/pay")) == 1
+
+
+def _dagster(s: Scenario, tmp_path: Path, rules_dir: Path):
+    """Materialize dunning assets with real Dagster against the scenario's warehouse and sandbox."""
+    import dagster as dg
+
+    from pipelines.defs.webhooks.dunning_assets import DUNNING_ASSETS
+    from pipelines.resources import ProjectPaths, StripeResource, WarehouseResource
+
+    resources = {
+        "warehouse": WarehouseResource(path=str(s.db)),
+        "paths": ProjectPaths(rules_dir=str(rules_dir), data_dir=str(tmp_path / "out")),
+        "stripe": StripeResource(base_url=s.sb.base_url, max_network_retries=0),
+    }
+
+    def materialize(selection: list[str], now: datetime) -> None:
+        config = {"config": {"now": now.isoformat()}}
+        result = dg.materialize(DUNNING_ASSETS, selection=selection, resources=resources,
+                                run_config={"ops": {name: config for name in selection}})
+        assert result.success
+
+    return materialize
+
+
+@pytest.mark.slow
+def test_a_what_if_dunning_state_with_a_future_clock_makes_no_step_early(tmp_path: Path, rules_dir: Path) -> None:
+    """Someone materializes only `dunning_state` with now = day 30 (where will this invoice be?).
+    The scheduled job then runs on days 3 and 4 with the real clock: only the day-3 retry is due.
+    The state once kept the write-off reached under the future clock and the actions took every step
+    up to it: Stripe's invoice was marked uncollectible and the customer suspended on day 3."""
+    with running_sandbox(payment_retry_days=(), after_final_failure="past_due") as sb:
+        s = Scenario(sb, tmp_path / "wh.duckdb", rules_dir, tmp_path)
+        [(_, inv)] = s.subscribe("c_1")
+        materialize = _dagster(s, tmp_path, rules_dir)
+        both = ["dunning_state", "dunning_actions"]
+        with warehouse.open_warehouse(s.db) as con:
+            s.sync(con)
+        materialize(both, s.now)                                        # day 0
+        materialize(["dunning_state"], s.now + timedelta(days=30))      # the what-if
+        assert s.table("SELECT state, step_name FROM dunning_state") == [("in_dunning", "write_off")]
+        for day in (3, 4):
+            s.advance(day)
+            with warehouse.open_warehouse(s.db) as con:
+                s.sync(con)
+            materialize(both, s.now)
+        assert s.table("SELECT step_name, status, outcome, completed_at FROM dunning_actions ORDER BY step_index") == [
+            ("first_reminder", "done", "rendered", s.now - timedelta(days=4)),
+            ("payment_retry", "done", "card_declined:card_declined", s.now - timedelta(days=1)),
+        ]
+        assert s.ours() == [(f"/v1/invoices/{inv}/pay", f"dunning:{inv}:payment_retry", 402)]
+        assert s.client.v1.invoices.retrieve(inv).status == "open"
+        assert s.table("SELECT count(*) FROM suspensions") == [(0,)]
+        assert json.loads((tmp_path / "out" / "published" / "suspensions.json").read_text())["suspended"] == []
+        assert len(list((tmp_path / "out" / "outbox").glob("*.eml"))) == 1
+        assert s.table("SELECT state, step_name, next_step_name, next_step_at FROM dunning_state") == [
+            ("in_dunning", "payment_retry", "final_reminder", s.now + timedelta(days=3))]
+
+
+@pytest.mark.slow
+def test_dagster_actions_see_a_payment_landed_after_the_state_step(tmp_path: Path, rules_dir: Path) -> None:
+    """`dunning_job` materializes `dunning_state`, then `dunning_actions`; a `stripe_state_job` run
+    between the two lands the customer's payment. The actions once acted on the stored state: the
+    paid customer got the day-7 final notice (.eml written, no SMTP: the file is the delivery)."""
+    with running_sandbox(payment_retry_days=(), after_final_failure="past_due") as sb:
+        s = Scenario(sb, tmp_path / "wh.duckdb", rules_dir, tmp_path)
+        [(cus, inv)] = s.subscribe("c_1")
+        materialize = _dagster(s, tmp_path, rules_dir)
+        both = ["dunning_state", "dunning_actions"]
+        for day in (0, 3, 7):
+            if day:
+                s.advance(day)
+            with warehouse.open_warehouse(s.db) as con:
+                s.sync(con)
+            materialize(["dunning_state"] if day == 7 else both, s.now)
+        assert s.table("SELECT state, step_name FROM dunning_state") == [("in_dunning", "final_reminder")]
+        sb.set_payment_behavior(cus, "succeeds")
+        assert s.client.v1.invoices.pay(inv).status == "paid"               # the customer pays
+        with warehouse.open_warehouse(s.db) as con:
+            s.sync(con)
+        materialize(["dunning_actions"], s.now)
+        assert s.table("SELECT step_name, status, outcome FROM dunning_actions ORDER BY step_index") == [
+            ("first_reminder", "done", "rendered"), ("payment_retry", "done", "card_declined:card_declined")]
+        assert s.table("SELECT subject, status FROM dunning_outbox") == [
+            (f"Payment failed for invoice {inv}", "rendered")]
+        assert len(list((tmp_path / "out" / "outbox").glob("*.eml"))) == 1
+        assert s.table("SELECT state, reason FROM dunning_state") == [("recovered", "paid")]
+        assert json.loads((tmp_path / "out" / "published" / "suspensions.json").read_text())["suspended"] == []
+
+
+@pytest.mark.slow
+def test_a_pending_call_whose_invoice_left_dunning_is_read_back_from_stripe(tmp_path: Path, rules_dir: Path) -> None:
+    """A pending retry or write-off whose invoice has since left dunning is `done` when Stripe's event
+    log shows our key's call went through, `superseded` only when it never did. Such rows were all
+    `superseded` unread: the ledger said our retry never happened although it had collected the money."""
+    retry = "SELECT status, outcome FROM dunning_actions WHERE step_name = 'payment_retry'"
+    # 1. the day-3 retry pays the invoice; the process is killed right after Stripe's answer
+    with running_sandbox(payment_retry_days=(), after_final_failure="past_due") as sb:
+        s = Scenario(sb, tmp_path / "a" / "warehouse.duckdb", rules_dir, tmp_path)
+        [(cus, inv)] = s.subscribe("c_1")
+        s.run()
+        s.advance(3)
+        sb.set_payment_behavior(cus, "succeeds")
+        s.crash("after_stripe_call", "payment_retry")
+        assert s.table(retry) == [("pending", None)]
+        s.run(); s.run()
+        assert s.table(retry) == [("done", "paid")]
+        assert s.ours("/pay") == [(f"/v1/invoices/{inv}/pay", f"dunning:{inv}:payment_retry", 200)]
+        assert s.table("SELECT state, reason FROM dunning_state") == [("recovered", "paid")]
+
+    # 2. killed before the retry left the process; the customer then pays: our call never happened
+    with running_sandbox(payment_retry_days=(), after_final_failure="past_due") as sb:
+        s = Scenario(sb, tmp_path / "b" / "warehouse.duckdb", rules_dir, tmp_path)
+        [(cus, inv)] = s.subscribe("c_1")
+        s.run()
+        s.advance(3)
+        s.crash("after_ledger_commit", "payment_retry")
+        sb.set_payment_behavior(cus, "succeeds")
+        assert s.client.v1.invoices.pay(inv).status == "paid"
+        s.run(); s.run()
+        assert s.table(retry) == [("superseded", "left_dunning:recovered")]
+        assert s.ours("/pay") == []
+
+    # 3. the day-30 write-off is accepted and the process killed; the customer then pays the
+    #    uncollectible invoice (payment always wins): the write-off did happen
+    with running_sandbox(payment_retry_days=(), after_final_failure="past_due") as sb:
+        s = Scenario(sb, tmp_path / "c" / "warehouse.duckdb", rules_dir, tmp_path)
+        [(cus, inv)] = s.subscribe("c_1")
+        s.run()
+        for day in (3, 7, 14):
+            s.advance(day)
+            s.run()
+        s.advance(30)
+        s.crash("after_stripe_call", "write_off")
+        assert s.client.v1.invoices.retrieve(inv).status == "uncollectible"
+        sb.set_payment_behavior(cus, "succeeds")
+        assert s.client.v1.invoices.pay(inv).status == "paid"
+        s.run(); s.run()
+        assert s.table("SELECT status, outcome FROM dunning_actions WHERE step_name = 'write_off'") == [
+            ("done", "uncollectible")]
+        assert s.ours("/mark_uncollectible") == [
+            (f"/v1/invoices/{inv}/mark_uncollectible", f"dunning:{inv}:write_off", 200)]
+        assert s.table("SELECT state, reason FROM dunning_state") == [("recovered", "paid")]
+        assert s.suspended() == []                           # as this last run published it
+        assert s.table("SELECT count(*) FROM suspensions") == [(0,)]
+
+
+@pytest.mark.slow
+def test_a_new_subscriptions_declined_first_invoice_is_not_dunned(tmp_path: Path, rules_dir: Path) -> None:
+    """A new customer's first charge is declined: the subscription is `incomplete` and Stripe voids
+    the invoice 23 hours later. A run 6 hours in once sent "payment failed, we will try again in a
+    few days" for an invoice nothing would retry."""
+    from metering.dunning.summary import dunning_summary
+
+    with running_sandbox() as sb:
+        s = Scenario(sb, tmp_path / "data" / "warehouse.duckdb", rules_dir, tmp_path)
+        cus = s.client.v1.customers.create({"test_clock": s.clock.id, "metadata": {"customer_id": "c_new"}})
+        sb.set_payment_behavior(cus.id, "fails")
+        sub = s.client.v1.subscriptions.create({
+            "customer": cus.id, "items": [{"price": s.price.id}], "metadata": {"customer_id": "c_new"}})
+        first = s.client.v1.invoices.retrieve(sub.latest_invoice)
+        assert (sub.status, first.billing_reason, first.status, first.attempt_count) == (
+            "incomplete", "subscription_create", "open", 1)
+
+        def run_at(hours: int) -> object:
+            s.t = SUBSCRIBED + hours * 3600
+            sb.advance_clock(s.clock.id, s.t)
+            with warehouse.open_warehouse(s.db) as con:
+                s.sync(con)
+                return run_dunning(con, s.client, s.policy, s.now)
+
+        result = run_at(6)
+        assert (result.report.counts, result.report.errors) == ({}, [])
+        assert s.table("SELECT invoice_id, state, reason, step_name FROM dunning_state") == [
+            (first.id, "not_in_dunning", "subscription_incomplete", None)]
+        assert dunning_summary(result.state).select("category", "invoices", "amount").rows() == [
+            ("subscription_incomplete", 1, "50.00")]
+
+        result = run_at(30)                                    # Stripe voided it at 23 h
+        assert (s.client.v1.subscriptions.retrieve(sub.id).status, s.client.v1.invoices.retrieve(first.id).status) == (
+            "incomplete_expired", "void")
+        assert s.table("SELECT invoice_id, state, reason FROM dunning_state") == [
+            (first.id, "not_in_dunning", "voided")]
+        assert dunning_summary(result.state).select("category", "invoices", "amount").rows() == [("void", 1, "50.00")]
+        assert s.table("SELECT count(*) FROM dunning_actions") == [(0,)]
+        assert s.table("SELECT count(*) FROM dunning_outbox") == [(0,)]
+        assert not (tmp_path / "data" / "outbox").exists() or list((tmp_path / "data" / "outbox").iterdir()) == []
+        assert s.ours() == []

@@ -163,9 +163,14 @@ def test_state_never_moves_back(rules_dir: Path) -> None:
     policy = load_policy(rules_dir)
     fail = failures(("in_1", T0))
     at_day_15 = compute_state(frame(invoice()), policy, T0 + 15 * DAY, failures=fail)
-    # the clock is set back: the step stays
+    # the clock is set back: the state stays, and so does a step the ledger shows taken...
+    taken = pl.DataFrame({"invoice_id": ["in_1"], "step_name": ["suspension"], "action": ["suspend"],
+                          "status": ["done"], "outcome": ["suspended"]})
+    kept = compute_state(frame(invoice()), policy, T0 + DAY, failures=fail, previous=at_day_15, performed=taken)
+    assert (one(kept)["state"], one(kept)["step_name"]) == ("in_dunning", "suspension")
+    # ...but a step only recorded under the later clock is not carried over: it is not due at this one
     back = compute_state(frame(invoice()), policy, T0 + DAY, failures=fail, previous=at_day_15)
-    assert one(back)["step_name"] == "suspension"
+    assert (one(back)["state"], one(back)["step_name"]) == ("in_dunning", "first_reminder")
     # written off (by Stripe), then a stale reconciled row says open again: still written off
     off = compute_state(frame(invoice(status="uncollectible")), policy, T0 + 31 * DAY, failures=fail, previous=back)
     assert one(off)["state"] == "written_off"
@@ -217,6 +222,51 @@ def test_closed_before_the_first_run_counts_as_closed_like_paid_and_uncollectibl
     ]
 
 
+def test_a_new_subscriptions_declined_first_invoice_is_not_chased(rules_dir: Path) -> None:
+    """A subscription whose first invoice is unpaid is `incomplete`; Stripe voids that invoice 23 h
+    after the subscription's creation and never retries it. Such an invoice was chased like a
+    renewal. A first invoice whose subscription did start (sent for payment, say) still is."""
+    from metering.dunning.summary import dunning_summary
+
+    policy = load_policy(rules_dir)
+
+    def subs(**status: str) -> pl.DataFrame:
+        return pl.DataFrame({"subscription_id": list(status), "subscription_status": list(status.values())})
+
+    def inv(invoice_id: str, sub: str, reason: str, status: str = "open") -> dict:
+        return invoice(invoice_id, subscription_id=sub, billing_reason=reason, status=status,
+                       amount_remaining=0 if status == "void" else 5000)
+
+    ids = ("in_new", "in_unknown", "in_started", "in_renewal", "in_late")
+    fail = failures(*((i, T0) for i in ids))
+    six_hours = compute_state(
+        frame(inv("in_new", "sub_new", "subscription_create"),
+              inv("in_unknown", "sub_unknown", "subscription_create"),   # no subscription row yet
+              inv("in_started", "sub_started", "subscription_create"),
+              inv("in_renewal", "sub_renewal", "subscription_cycle")),
+        policy, T0 + timedelta(hours=6), failures=fail,
+        subscriptions=subs(sub_new="incomplete", sub_started="active", sub_renewal="past_due"))
+    assert six_hours.select("invoice_id", "state", "reason", "step_name").rows() == [
+        ("in_new", "not_in_dunning", "subscription_incomplete", None),
+        ("in_renewal", "in_dunning", "payment_failed", "first_reminder"),
+        ("in_started", "in_dunning", "payment_failed", "first_reminder"),
+        ("in_unknown", "not_in_dunning", "subscription_incomplete", None),
+    ]
+    assert dunning_summary(six_hours).select("category", "invoices").rows() == [
+        ("in_dunning", 2), ("at_risk", 2), ("subscription_incomplete", 2)]
+
+    # a day later Stripe has voided them: filed as voided, never chased, whether or not a run saw
+    # the invoice open (in_late is first seen void)
+    voided = compute_state(
+        frame(inv("in_new", "sub_new", "subscription_create", "void"),
+              inv("in_late", "sub_late", "subscription_create", "void")),
+        policy, T0 + DAY, failures=fail, previous=six_hours.filter(pl.col("invoice_id") == "in_new"),
+        subscriptions=subs(sub_new="incomplete_expired", sub_late="incomplete_expired"))
+    assert voided.select("invoice_id", "state", "reason", "entered_at").rows() == [
+        ("in_late", "not_in_dunning", "voided", None), ("in_new", "not_in_dunning", "voided", None)]
+    assert dunning_summary(voided).select("category", "invoices", "amount_minor").rows() == [("void", 2, 10000)]
+
+
 def test_an_invoice_missing_from_the_reconciled_table_keeps_its_state(rules_dir: Path) -> None:
     policy = load_policy(rules_dir)
     prev = compute_state(frame(invoice()), policy, T0 + DAY, failures=failures(("in_1", T0)))
@@ -230,11 +280,15 @@ STATUS = st.sampled_from(["open", "open", "paid", "uncollectible", "void"])
 @settings(max_examples=60, deadline=None)
 @given(steps=st.lists(st.tuples(st.integers(min_value=-2, max_value=50), STATUS), min_size=1, max_size=8))
 def test_state_and_step_only_move_forward(steps: list[tuple[int, str]]) -> None:
+    """The state never goes back, whatever the clock does; the step goes forward with the clock and
+    is never one not due at the run's clock (nothing was performed here, so a step recorded under a
+    later clock does not carry over when the clock goes back)."""
     from metering import config
 
     policy: DunningPolicy = load_policy(config.PROJECT_ROOT / "rating_rules")
+    step_day = {st_.name: st_.day for st_ in policy.default.steps}
     previous = None
-    last_rank, last_step, day_zero = -1, -1, None
+    last_rank, last_step, last_day, day_zero = -1, -1, None, None
     for day, status in steps:
         paid = status == "paid"
         inv = frame(invoice(status=status, amount_paid=5000 if paid else 0,
@@ -242,7 +296,11 @@ def test_state_and_step_only_move_forward(steps: list[tuple[int, str]]) -> None:
         previous = compute_state(inv, policy, T0 + day * DAY, failures=failures(("in_1", T0)), previous=previous)
         row = one(previous)
         rank, step = STATE_RANK[row["state"]], row["step_index"] if row["step_index"] is not None else -1
-        assert rank >= last_rank and step >= last_step, (steps, row)
-        last_rank, last_step = rank, step
+        assert rank >= last_rank, (steps, row)
+        if last_day is not None and day >= last_day:
+            assert step >= last_step, (steps, row)
+        if row["step_name"] is not None:
+            assert step_day[row["step_name"]] <= day, (steps, row)
+        last_rank, last_step, last_day = rank, step, day
         day_zero = day_zero or row["first_failed_at"]
         assert row["first_failed_at"] == day_zero          # day 0 never moves once seen
