@@ -354,11 +354,17 @@ def merged_invoices_sql(con: duckdb.DuckDBPyConnection) -> str:
 
     `subscription_ended_at`: when the invoice's subscription ended (the pull's read of it, else the
     webhook state), NULL while it runs. `lines_complete`: every line of the invoice is known.
+    `pre_payment_credit_notes`: Stripe's `pre_payment_credit_notes_amount`, NULL when unknown (pulled
+    before migration 055, or known from webhooks only: the webhook state does not keep it).
     """
     ends = _subscription_ends_sql(con)
+    # unknown (NULL) for invoices pulled before migration 055, until pulled again
+    api_credit = ("a.pre_payment_credit_notes_amount" if "pre_payment_credit_notes_amount"
+                  in table_columns(con, "stripe_invoices_api") else "NULL::BIGINT")
     api = f"""
         SELECT a.invoice_id, a.customer_id, a.status, a.currency, a.amount_due, a.amount_paid, a.amount_remaining,
-               a.total, a.total_excluding_tax AS total_before_tax, a.created, a.period_start,
+               a.total, a.total_excluding_tax AS total_before_tax,
+               CAST({api_credit} AS BIGINT) AS pre_payment_credit_notes, a.created, a.period_start,
                a.period_end, a.finalized_at,
                coalesce(a.subscription_ended_at, e.ended_at) AS subscription_ended_at, true AS lines_complete,
                'api' AS source
@@ -377,9 +383,13 @@ def merged_invoices_sql(con: duckdb.DuckDBPyConnection) -> str:
     # unknown for rows kept before migration 032 until the state is rebuilt from the stored events
     before_tax = "w.total_excluding_tax" if "total_excluding_tax" in cols else "NULL::BIGINT"
     complete = "coalesce(w.lines_complete, true)" if "lines_complete" in cols else "true"
+    # the webhook state keeps no credit notes (unknown, NULL) unless its table has the column
+    credit = ("w.pre_payment_credit_notes_amount" if "pre_payment_credit_notes_amount" in cols
+              else "NULL::BIGINT")
     return f"""{api} UNION ALL
         SELECT w.invoice_id, w.customer_id, w.status, w.currency, w.amount_due, w.amount_paid, w.amount_remaining,
-               w.total, {before_tax} AS total_before_tax, {ts('created')} AS created,
+               w.total, {before_tax} AS total_before_tax, CAST({credit} AS BIGINT) AS pre_payment_credit_notes,
+               {ts('created')} AS created,
                {ts('period_start')} AS period_start,
                {ts('period_end')} AS period_end, {ts('finalized_at')} AS finalized_at,
                e.ended_at AS subscription_ended_at, {complete} AS lines_complete, 'webhook' AS source
@@ -663,7 +673,11 @@ def load_stripe_invoices(con: duckdb.DuckDBPyConnection, billing_month: dt.date,
 
     `engine_items_minor` is the part of the total on the engine's own invoice items. `amount_paid`,
     `amount_remaining` and `amount_due` are the period's own lines by their invoice's status
-    (`_line_payments`), whichever invoice carries them. `price_drift`, `drifted_meters` and
+    (`_line_payments`), whichever invoice carries them, less `credit_notes_minor`: the credit notes
+    Stripe issued before payment on the invoices counted in the period (`_period_adjustments`), off
+    `amount_paid` for a paid invoice, off `amount_remaining` for an open or uncollectible one, and off
+    `amount_due` either way. So `stripe_total_minor` = `amount_paid` + `amount_remaining` +
+    `credit_notes_minor` + the lines on drafts. `price_drift`, `drifted_meters` and
     `drifted_unmetered` say which lines a Stripe price drifted from our rules priced (`_line_drift_sql`).
     The closing invoice is the latest non-void
     invoice of the customer that closes the period (`load_open_periods` says when: it reaches the
@@ -695,6 +709,16 @@ def load_stripe_invoices(con: duckdb.DuckDBPyConnection, billing_month: dt.date,
     )
     frame = (frame.join(_closing_invoices(con, frame), on=["customer_id", "period_start"], how="left")
              .join(_period_adjustments(con, lines), on=["customer_id", "period_start"], how="left"))
+    # credit notes issued before payment: Stripe collects that much less than the lines on the invoice
+    # say, off what is paid (a paid invoice) or remaining (an open or uncollectible one)
+    credit_paid = pl.col("credit_notes_paid_minor").fill_null(0)
+    credit_remaining = pl.col("credit_notes_remaining_minor").fill_null(0)
+    frame = frame.with_columns(
+        credit_notes_minor=pl.col("credit_notes_minor").fill_null(0),
+        amount_due=pl.col("amount_due") - credit_paid - credit_remaining,
+        amount_paid=pl.col("amount_paid") - credit_paid,
+        amount_remaining=pl.col("amount_remaining") - credit_remaining,
+    )
     return rc.conform(frame, rc.STRIPE_INVOICES_SCHEMA)
 
 
@@ -702,7 +726,8 @@ def _line_payments() -> list[pl.Expr]:
     """Aggregations over a period's lines (`_bucketed_lines`): `amount_paid`, the lines on paid
     invoices; `amount_remaining`, those on open or uncollectible ones (billed, not collected: written
     off included); `amount_due`, both. Line amounts: before the invoice's discounts and tax (the
-    discounts are `stripe_adjustments_minor`). A draft's lines are in none yet: not due."""
+    discounts are `stripe_adjustments_minor`) and before its pre-payment credit notes (which
+    `load_stripe_invoices` then takes off). A draft's lines are in none yet: not due."""
     status = pl.col("invoice_status")
     paid, remaining = status.is_in(PAID_STATUSES), status.is_in(REMAINING_STATUSES)
     return [pl.col("amount").filter(paid | remaining).sum().alias("amount_due"),
@@ -742,38 +767,52 @@ def _closing_invoices(con: duckdb.DuckDBPyConnection, periods: pl.DataFrame) -> 
 
 
 def _period_adjustments(con: duckdb.DuckDBPyConnection, lines: pl.DataFrame) -> pl.DataFrame:
-    """customer_id, period_start, adjustments_minor, adjusted_invoice_ids: the adjustments of the
-    invoices with lines in each period, each invoice counted in ONE period: the one its earliest line
-    belongs to (`_invoice_adjustments`' `counted_on`), whichever month is reconciled.
+    """customer_id, period_start, adjustments_minor, adjusted_invoice_ids, and the pre-payment credit
+    notes (credit_notes_minor, credited_invoice_ids; of them credit_notes_paid_minor on paid invoices and
+    credit_notes_remaining_minor on open or uncollectible ones) of the invoices with lines in each
+    period, each invoice counted in ONE period: the one its earliest line belongs to
+    (`_invoice_adjustments`' `counted_on`), whichever month is reconciled.
 
     Not only the closing invoice: a coupon on the invoice that bills the first period's fee in advance
     (`subscription_create`) was never seen. Not every invoice of the period either: the invoice that
     closes October also bills November's fee in advance, and counted in both periods its discount
     would count twice. Not by the invoice's own period either: an invoice closing a period in which it
     has no line (a subscription with only licensed prices bills November's fee on the invoice of
-    October's period) would count in no period."""
+    October's period) would count in no period.
+
+    `adjustments_minor` is NULL when no invoice counted in the period has a known total before tax;
+    a credit note unknown (NULL: `merged_invoices_sql`) counts as 0."""
     pairs = lines.select("customer_id", "period_start", "period_end", "invoice_id").drop_nulls("invoice_id").unique()
     adjustments = _invoice_adjustments(con, pairs["invoice_id"].unique().sort().to_list())
+    credit = pl.col("credit_notes_minor")
+    status = pl.col("invoice_status")
     return (
         pairs.join(adjustments, on="invoice_id")
         .filter(pl.col("counted_on").is_between(pl.col("period_start"), pl.col("period_end"), closed="left"))
         .group_by("customer_id", "period_start")
-        .agg(pl.col("adjustments_minor").sum(),
-             pl.col("invoice_id").filter(pl.col("adjustments_minor") != 0).sort().str.join(",")
-             .alias("adjusted_invoice_ids"))
+        .agg(pl.when(pl.col("adjustments_minor").is_not_null().any())
+             .then(pl.col("adjustments_minor").sum()).alias("adjustments_minor"),
+             pl.col("invoice_id").filter(pl.col("adjustments_minor").fill_null(0) != 0).sort().str.join(",")
+             .alias("adjusted_invoice_ids"),
+             credit.sum().alias("credit_notes_minor"),
+             pl.col("invoice_id").filter(credit != 0).sort().str.join(",").alias("credited_invoice_ids"),
+             credit.filter(status.is_in(PAID_STATUSES)).sum().alias("credit_notes_paid_minor"),
+             credit.filter(status.is_in(REMAINING_STATUSES)).sum().alias("credit_notes_remaining_minor"))
     )
 
 
 def _invoice_adjustments(con: duckdb.DuckDBPyConnection, invoice_ids: list[str]) -> pl.DataFrame:
-    """invoice_id, counted_on, adjustments_minor for the invoices `invoice_ids` (those of the periods
-    reconciled, not every invoice the warehouse holds). `counted_on`: the UTC date its earliest line
-    starts (the line that puts it in the earliest period; the engine's items, which carry the period
-    they bill, and a first invoice's zero-length metered lines only when it has no other). The
-    adjustments: each invoice's total before tax (`total_excluding_tax`: after
+    """invoice_id, counted_on, adjustments_minor, credit_notes_minor, invoice_status for the invoices
+    `invoice_ids` (those of the periods reconciled, not every invoice the warehouse holds). `counted_on`:
+    the UTC date its earliest line starts (the line that puts it in the earliest period; the engine's
+    items, which carry the period they bill, and a first invoice's zero-length metered lines only when
+    it has no other). The adjustments: each invoice's total before tax (`total_excluding_tax`: after
     discounts and pre-tax credits) less the sum of its lines (whose amounts are before them). Tax is
     Stripe's to compute: the engine rates none, and an invoice's tax is no difference to explain.
-    Invoices whose lines are not all known, or stored without `total_excluding_tax` (pulled before
-    migration 054: `total` would count their tax), are left out until pulled again."""
+    NULL for invoices whose lines are not all known, or stored without `total_excluding_tax` (pulled
+    before migration 054: `total` would count their tax), until pulled again. `credit_notes_minor`:
+    the invoice's `pre_payment_credit_notes_amount` (which leaves its total as it was), 0 when unknown
+    (pulled before migration 055, or known only from webhooks)."""
     zero = _ZERO_LENGTH_FREE
     engine = f"coalesce({_engine_item_sql(con, 'l')}, false)"
     return query_frame(
@@ -784,9 +823,12 @@ def _invoice_adjustments(con: duckdb.DuckDBPyConnection, invoice_ids: list[str])
         SELECT i.invoice_id,
                CAST(coalesce(min(l.period_start) FILTER (WHERE NOT {zero} AND NOT {engine}),
                              min(l.period_start) FILTER (WHERE NOT {zero}), min(l.period_start)) AS DATE) AS counted_on,
-               CAST(any_value(i.total_before_tax) - sum(l.amount) AS BIGINT) AS adjustments_minor
+               CAST(CASE WHEN any_value(i.total_before_tax) IS NOT NULL AND bool_and(i.lines_complete)
+                         THEN any_value(i.total_before_tax) - sum(l.amount) END AS BIGINT) AS adjustments_minor,
+               CAST(coalesce(any_value(i.pre_payment_credit_notes), 0) AS BIGINT) AS credit_notes_minor,
+               any_value(i.status) AS invoice_status
         FROM invoices i JOIN lines l ON l.invoice_id = i.invoice_id
-        WHERE list_contains(?::VARCHAR[], i.invoice_id) AND i.total_before_tax IS NOT NULL AND i.lines_complete
+        WHERE list_contains(?::VARCHAR[], i.invoice_id)
         GROUP BY i.invoice_id
         """,
         [invoice_ids],

@@ -11,13 +11,16 @@
   it as `pending`. Pushes of other periods (the current month's, while a closed one is reconciled)
   say nothing about this period's summary.
 - Invoices (`GET /v1/invoices`, paginated) of our customers whose period touches the month, and
-  their lines: the invoice's embedded `lines` when complete, else `GET /v1/invoices/{id}/lines`. A line's meter comes from its price's
+  those carrying the engine's invoice items of the month's periods (a later invoice, when Stripe
+  held the items pending: `pull_invoices`), and their lines: the invoice's embedded `lines` when
+  complete, else `GET /v1/invoices/{id}/lines`. A line's meter comes from its price's
   `recurring.meter` (one `GET /v1/prices/{id}` per distinct price) and that meter's `event_name`
   (`metering_<our meter>`); an invoice item's line keeps its item id (`invoice_item`) and the
   engine's key (`metering_item`, the item's metadata copied onto its line), by which reconciliation
   tells the engine's own items (`stripe_invoice_items`) from Stripe's pricing. Each invoice keeps when
   its subscription ended (`GET /v1/subscriptions?status=all`, one paginated list): the final invoice
-  of a subscription cancelled mid-period closes that period.
+  of a subscription cancelled mid-period closes that period. Each invoice keeps its
+  `pre_payment_credit_notes_amount` (credit notes before payment: they lower `amount_due`, not `total`).
 - Our customer id -> Stripe customer: the push step's `stripe_customer_map`, else the Stripe
   customers' `metadata[customer_id]`.
 - Numbers are read from the raw response body with `parse_float=Decimal`: `aggregated_value` is a
@@ -65,7 +68,7 @@ INVOICE_SCHEMA = {
     "billing_month": pl.Date, "invoice_id": pl.String, "customer": pl.String, "customer_id": pl.String,
     "subscription_id": pl.String, "status": pl.String, "currency": pl.String, "amount_due": pl.Int64,
     "amount_paid": pl.Int64, "amount_remaining": pl.Int64, "total": pl.Int64, "total_excluding_tax": pl.Int64,
-    "subtotal": pl.Int64,
+    "subtotal": pl.Int64, "pre_payment_credit_notes_amount": pl.Int64,
     "attempt_count": pl.Int64, "period_start": pl.Datetime("us", "UTC"), "period_end": pl.Datetime("us", "UTC"),
     "created": pl.Datetime("us", "UTC"), "finalized_at": pl.Datetime("us", "UTC"),
     "subscription_ended_at": pl.Datetime("us", "UTC"), "pulled_at": pl.Datetime("us", "UTC"),
@@ -251,18 +254,60 @@ def pull_meter_summaries(
     return rows, stripe_meters
 
 
+@dataclass(frozen=True)
+class MonthItems:
+    """The engine's invoice items of the periods starting in a month, as its ledger `stripe_invoice_items`
+    knows them: the invoices Stripe put them on (`stripe_invoice_id`), their keys (`item_key`, the
+    `metadata[metering_item]` Stripe copies onto their lines), and our customers with an item the ledger
+    places on no invoice yet (Stripe holds it pending, or a lost response left it unsettled)."""
+
+    invoice_ids: frozenset[str] = frozenset()
+    item_keys: frozenset[str] = frozenset()
+    unplaced_customers: frozenset[str] = frozenset()
+
+
+def month_items(con: duckdb.DuckDBPyConnection, billing_month: dt.date) -> MonthItems:
+    """`MonthItems` of the periods starting in `billing_month` (empty without the ledger)."""
+    if not {"customer_id", "period_start", "item_key", "stripe_invoice_id", "status"} <= inputs.table_columns(
+            con, "stripe_invoice_items"):
+        return MonthItems()
+    start, end = inputs.month_bounds(billing_month)
+    rows = con.execute(
+        """SELECT list(DISTINCT stripe_invoice_id) FILTER (WHERE stripe_invoice_id IS NOT NULL),
+                  list(DISTINCT item_key) FILTER (WHERE item_key IS NOT NULL),
+                  -- an item Stripe may hold on no invoice the ledger knows: not a row never sent
+                  -- (pending) or refused (failed)
+                  list(DISTINCT customer_id) FILTER (WHERE stripe_invoice_id IS NULL
+                                                     AND status NOT IN ('pending', 'failed'))
+           FROM stripe_invoice_items WHERE period_start >= ? AND period_start < ?""", [start, end]).fetchone()
+    invoice_ids, item_keys, unplaced = (frozenset(v or ()) for v in rows)
+    return MonthItems(invoice_ids=invoice_ids, item_keys=item_keys, unplaced_customers=unplaced)
+
+
 def pull_invoices(
     reader: _Reader,
     billing_month: dt.date,
     by_ours: dict[str, str],
     stripe_meters: dict[str, dict[str, Any]],
     now: dt.datetime,
+    items: MonthItems | None = None,
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """Invoices of our customers whose period touches the month, and every line of them.
+
+    Also the invoices that carry the engine's invoice items of the month's periods (`items`): Stripe
+    puts an item it holds pending on the subscription's next invoice, whose own period is a later
+    month's, and reconciliation counts the item's line with the period it bills. Such an invoice is
+    the one the ledger records (`stripe_invoice_id`), or a later one with a line whose
+    `metadata[metering_item]` is one of the month's item keys (its lines are read for that only when
+    the invoice lists them all inline, or when the ledger places an item of that customer on no
+    invoice yet). It is pulled whole; each month's pull stores its own copy, and reconciliation reads
+    an invoice's latest pull only (`inputs.merged_lines_sql`), so each line counts once, in the
+    period that contains it.
 
     Each invoice carries `subscription_ended_at`, when its subscription ended (NULL while it runs).
     """
     client = reader.client
+    items = items or MonthItems()
     ours_by_stripe = {v: k for k, v in by_ours.items()}
     month_start, month_end = inputs.month_bounds(billing_month)
     lo, hi = midnight_unix(month_start), midnight_unix(month_end)
@@ -270,22 +315,42 @@ def pull_invoices(
     price_meter: dict[str, str | None] = {}
     invoices: list[dict[str, Any]] = []
     lines: list[dict[str, Any]] = []
+
+    def all_lines(inv: dict[str, Any]) -> list[dict[str, Any]]:
+        inline = inv.get("lines") or {}
+        if inline.get("data") is not None and not inline.get("has_more"):
+            return inline["data"]
+        return list(reader.pages(lambda p, iid=inv["id"]: client.v1.invoices.line_items.list(iid, p), {}))
+
+    def carries_an_item(inv: dict[str, Any], customer_id: str) -> list[dict[str, Any]] | None:
+        """The lines of a later invoice when one of them is an engine item of the month, else None."""
+        inline = inv.get("lines") or {}
+        complete = inline.get("data") is not None and not inline.get("has_more")
+        if not items.item_keys or not (complete or customer_id in items.unplaced_customers):
+            return None
+        inv_lines = all_lines(inv)
+        keys = {(line.get("metadata") or {}).get("metering_item") for line in inv_lines}
+        return inv_lines if keys & items.item_keys else None
+
     for inv in reader.pages(lambda p: client.v1.invoices.list(p), {}):
         cus = inv.get("customer")
         if isinstance(cus, dict):
             cus = cus.get("id")
         if cus not in ours_by_stripe:
             continue
-        if int(inv.get("period_end") or 0) < lo or int(inv.get("period_start") or 0) >= hi:
-            continue
         customer_id = (inv.get("metadata") or {}).get("customer_id") or ours_by_stripe[cus]
+        inv_lines: list[dict[str, Any]] | None = None
+        if int(inv.get("period_end") or 0) < lo or int(inv.get("period_start") or 0) >= hi:
+            # not the month's own invoice: pulled only when it carries the engine's items of the month,
+            # which a later invoice alone can (they are billed once the period has ended)
+            if inv["id"] not in items.invoice_ids:
+                if int(inv.get("period_start") or 0) < hi:
+                    continue
+                inv_lines = carries_an_item(inv, customer_id)
+                if inv_lines is None:
+                    continue
         invoices.append(_invoice(inv, billing_month, customer_id, now))
-        inline = inv.get("lines") or {}
-        if inline.get("data") is not None and not inline.get("has_more"):
-            inv_lines = inline["data"]
-        else:
-            inv_lines = list(reader.pages(lambda p, iid=inv["id"]: client.v1.invoices.line_items.list(iid, p), {}))
-        for line in inv_lines:
+        for line in inv_lines if inv_lines is not None else all_lines(inv):
             price_id = _line_price(line)
             if price_id and price_id not in price_meter:
                 price = reader.retrieve(client.v1.prices.retrieve, price_id)
@@ -355,14 +420,16 @@ def pull_invoices_into_warehouse(
     settings: ReconcileSettings | None = None,
     now: dt.datetime | None = None,
 ) -> PullResult:
-    """Pull the month's invoices and lines and replace `stripe_invoices_api` / `stripe_invoice_lines_api`."""
+    """Pull the month's invoices and lines (with the later invoices carrying the engine's invoice items
+    of the month's periods: `pull_invoices`) and replace `stripe_invoices_api` / `stripe_invoice_lines_api`."""
     now = now or dt.datetime.now(dt.UTC)
     settings = settings or ReconcileSettings.from_env()
     billing_month = billing_month.replace(day=1)
     reader = _Reader(client, settings.pull_rate, settings.page_size)
     by_ours = _customer_map(con, reader)
     stripe_meters = {m["event_name"]: m for m in reader.pages(lambda p: client.v1.billing.meters.list(p), {})}
-    invoices, lines = pull_invoices(reader, billing_month, by_ours, stripe_meters, now)
+    invoices, lines = pull_invoices(reader, billing_month, by_ours, stripe_meters, now,
+                                    month_items(con, billing_month))
     result = PullResult(billing_month, pl.DataFrame(schema=SUMMARY_SCHEMA),
                         pl.DataFrame(invoices, schema=INVOICE_SCHEMA), pl.DataFrame(lines, schema=LINE_SCHEMA),
                         reader.calls)
@@ -428,7 +495,7 @@ def _invoice(inv: dict[str, Any], billing_month: dt.date, customer_id: str | Non
         "status": inv.get("status"), "currency": inv.get("currency"),
         **{k: None if inv.get(k) is None else int(inv[k])
            for k in ("amount_due", "amount_paid", "amount_remaining", "total", "total_excluding_tax", "subtotal",
-                     "attempt_count")},
+                     "pre_payment_credit_notes_amount", "attempt_count")},
         "period_start": _ts(inv.get("period_start")), "period_end": _ts(inv.get("period_end")),
         "created": _ts(inv.get("created")), "finalized_at": _ts(transitions.get("finalized_at")),
         "pulled_at": now,

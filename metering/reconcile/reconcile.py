@@ -69,7 +69,9 @@ then 0: `_with_drift`), `within_tolerance` when the difference or the residual i
 The residual decides too because equal totals can hide a fee overcharge offset by a usage row's difference.
 `unexplained_by_currency` counts |residual| above its tolerance, and |stripe_adjustments_minor|, on
 every row but a pending one, so money a usage row already counts, or explains, is never counted
-twice, and never hides a fee's.
+twice, and never hides a fee's. Credit notes issued before payment (`credit_notes_minor`: they lower
+what Stripe collects, not the invoice's total) are a finance decision: shown in the reason and taken
+off the row's paid / remaining, never counted.
 """
 
 from __future__ import annotations
@@ -171,8 +173,12 @@ STRIPE_INVOICES_SCHEMA = {
     "closing_invoice_id": pl.String, "adjustments_minor": pl.Int64, "adjusted_invoice_ids": pl.String,
     "invoice_status": pl.String,   # the closing invoice's
     # the period's own lines, whichever invoice carries them: on paid invoices, on open or uncollectible
-    # ones, and both (inputs._line_payments)
+    # ones, and both (inputs._line_payments), less the pre-payment credit notes of the invoices counted in
+    # the period (each invoice in one period, as adjustments_minor): off paid on a paid invoice, off
+    # remaining on an open or uncollectible one; credit_notes_minor is their sum, credited_invoice_ids
+    # the invoices that have one
     "amount_due": pl.Int64, "amount_paid": pl.Int64, "amount_remaining": pl.Int64,
+    "credit_notes_minor": pl.Int64, "credited_invoice_ids": pl.String,
     # as STRIPE_LINES_SCHEMA's, over the period's lines; the meters of the lines a drifted price priced
     # ('api_calls,storage_gb'), and whether one of them is on no meter (a fee)
     "price_drift": pl.String, "drifted_meters": pl.String, "drifted_unmetered": pl.Boolean,
@@ -191,7 +197,7 @@ INVOICE_COLUMNS = [
     "not_in_stripe_minor", "engine_items_minor", "engine_items_pending_minor", "unbilled_minor",
     "stripe_total_minor", "amount_diff_minor", "tolerance_minor", "residual_tolerance_minor",
     "stripe_adjustments_minor", "invoice_ids", "invoice_status", "amount_due", "amount_paid", "amount_remaining",
-    "status", "reason", "reconciled_at",
+    "credit_notes_minor", "status", "reason", "reconciled_at",
 ]
 
 
@@ -512,7 +518,11 @@ def reconcile_invoices(
     `invoice_status` is the closing invoice's (NULL while none closes the period; a draft makes the row
     `pending`). `amount_paid`, `amount_remaining` and `amount_due` are `stripe`'s as given: the period's
     own lines by their invoice's status (`inputs.load_stripe_invoices`), so an open period shows what of
-    its fee, billed in advance, is paid, and no invoice's payment counts in two rows.
+    its fee, billed in advance, is paid, and no invoice's payment counts in two rows; less
+    `credit_notes_minor`, the credit notes Stripe issued before payment on the invoices counted in the
+    period. A credit note is a finance decision, not a rating difference: it changes no status and is
+    not counted by the blocking check, and the reason names it (`…, credited 60 (credit notes issued
+    before payment on in_…`).
 
     With `usage` (the period's `reconcile_usage` rows, as `reconcile_period` passes them), the status
     also weighs the part of the difference no usage row carries (`residual_minor`: what the blocking
@@ -551,7 +561,8 @@ def reconcile_invoices(
         + [pl.when(~unclosed & ~other_currency).then(pl.col(c)).alias(c)
            for c in ("adjustments_minor", "adjusted_invoice_ids")]
         + [pl.when(~other_currency).then(pl.col(c)).alias(c)
-           for c in ("stripe_total_minor", "engine_items_minor", "amount_due", "amount_paid", "amount_remaining")])
+           for c in ("stripe_total_minor", "engine_items_minor", "amount_due", "amount_paid", "amount_remaining",
+                     "credit_notes_minor")])
     ours_t = pl.col("our_total_minor")
     stripe_t = pl.col("stripe_total_minor")
     not_in_stripe = pl.col("not_in_stripe_minor").fill_null(0)
@@ -606,9 +617,10 @@ def reconcile_invoices(
         .when(unbilled < 0).then(pl.format(
             "{} unbilled: our invoice items exceed it by {}, {} to credit it", unbilled, -unbilled, pl.lit(run_items))),
     ], separator="; ", ignore_nulls=True)
+    credited = pl.col("credit_notes_minor").fill_null(0)
     amounts = pl.format(
         "our total {}{} vs Stripe {} {}{} (diff {}, tolerance {}); invoice {}, closing invoice {}; the "
-        "period's lines paid {}, remaining {}",
+        "period's lines paid {}, remaining {}{}",
         ours_t.fill_null(0),
         pl.when((not_in_stripe != 0) | (items != 0) | (items_pending != 0))
         .then(pl.format(" of which {} not priceable in Stripe ({})", not_in_stripe, not_in_stripe_parts))
@@ -618,6 +630,11 @@ def reconcile_invoices(
         pl.col("amount_diff_minor"), pl.col("tolerance_minor"), pl.col("invoice_ids").fill_null("none"),
         pl.col("invoice_status").fill_null("none"), pl.col("amount_paid").fill_null(0),
         pl.col("amount_remaining").fill_null(0),
+        # a credit note before payment leaves the invoice's total as it was: Stripe collects less than its lines
+        pl.when(credited != 0).then(pl.format(
+            ", credited {} (credit notes issued before payment on {}: Stripe collects that much less than its "
+            "lines; a finance decision, shown, not counted by the check)",
+            credited, pl.col("credited_invoice_ids").fill_null("?"))).otherwise(pl.lit("")),
     )
     frame = frame.with_columns(status=status)
     note = pl.concat_str(pl.lit("") if usage is None else _residual_note(), _adjustments_note(), _drift_note())

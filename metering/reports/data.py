@@ -75,8 +75,9 @@ class CurrencyTotals:
     pending_periods: int
     pending_our_invoice_total_minor: int
     pending_stripe_invoice_total_minor: int
-    amount_paid_minor: int      # the periods' own Stripe lines on paid invoices
-    amount_remaining_minor: int  # the periods' own Stripe lines on open or uncollectible invoices
+    amount_paid_minor: int      # the periods' own Stripe lines on paid invoices, less their credit notes
+    amount_remaining_minor: int  # the periods' own Stripe lines on open or uncollectible invoices, less theirs
+    credit_notes_minor: int     # credit notes Stripe issued before payment (the invoice rows' credit_notes_minor)
     money_at_risk_minor: int    # sum of |difference| over rows not matched / within tolerance, nor pending
     pending_minor: int          # sum of |difference| over pending rows: Stripe has not invoiced them yet
     unexplained_minor: int      # what the blocking check counts: unexplained usage rows, and invoice
@@ -94,8 +95,10 @@ class CurrencyTotals:
     @property
     def not_due_minor(self) -> int:
         """Stripe's lines of the month on no paid, open or uncollectible invoice: on drafts (or on
-        invoices whose status is unknown). Stripe invoice total = paid + remaining + this."""
-        return self.stripe_invoice_total_minor - self.amount_paid_minor - self.amount_remaining_minor
+        invoices whose status is unknown). Stripe invoice total = paid + remaining + credited (credit
+        notes before payment) + this."""
+        return (self.stripe_invoice_total_minor - self.amount_paid_minor - self.amount_remaining_minor
+                - self.credit_notes_minor)
 
     def match_rate_text(self, unit: str = "") -> str:
         """The match rate as every output shows it: '33.3' + unit, or 'n/a' without usage rows."""
@@ -191,7 +194,7 @@ TOTAL_METRICS = (
     "difference_minor", "not_in_stripe_minor", "engine_items_minor", "engine_items_pending_minor", "unbilled_minor",
     "unbilled_pending_minor", "credit_due_minor", "our_invoice_total_minor", "stripe_invoice_total_minor",
     "pending_periods", "pending_our_invoice_total_minor", "pending_stripe_invoice_total_minor", "amount_paid_minor",
-    "amount_remaining_minor", "money_at_risk_minor", "pending_minor", "unexplained_minor",
+    "amount_remaining_minor", "credit_notes_minor", "money_at_risk_minor", "pending_minor", "unexplained_minor",
 )
 """The summary sheet's per-currency metrics, in order (CurrencyTotals' fields)."""
 
@@ -229,6 +232,8 @@ def _currency_totals(lines: pl.DataFrame, invoices: pl.DataFrame) -> list[Curren
         stripe_total.filter(pending).sum().alias("pending_stripe_total"),
         pl.col("amount_paid").fill_null(0).sum().alias("paid"),
         pl.col("amount_remaining").fill_null(0).sum().alias("remaining"),
+        # rows reconciled before migration 055 have none (NULL): 0, as their paid / remaining are gross
+        pl.col("credit_notes_minor").fill_null(0).sum().alias("credited"),
         # a minimum has no meter: only the invoice rows see every charge Stripe cannot price
         pl.col("not_in_stripe_minor").fill_null(0).sum().alias("nx"),
         pl.col("engine_items_minor").fill_null(0).sum().alias("items"),
@@ -252,6 +257,7 @@ def _currency_totals(lines: pl.DataFrame, invoices: pl.DataFrame) -> list[Curren
             pending_periods=int(r["pending_periods"]), pending_our_invoice_total_minor=int(r["pending_our_total"]),
             pending_stripe_invoice_total_minor=int(r["pending_stripe_total"]),
             amount_paid_minor=int(r["paid"]), amount_remaining_minor=int(r["remaining"]),
+            credit_notes_minor=int(r["credited"]),
             money_at_risk_minor=int(r["risk"]), pending_minor=int(r["pending"]),
             unexplained_minor=unexplained.get(r["currency"], 0), clean_rows=int(r["clean"]),
         )

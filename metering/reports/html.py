@@ -106,6 +106,8 @@ def _invoice_cards(t: CurrencyTotals) -> list[Card]:
          "stripe-invoice-total-pending"),
         ("Paid (the periods' lines on paid invoices)", fmt_money(t.amount_paid_minor, cur), "paid"),
         ("Remaining (on open or uncollectible invoices)", fmt_money(t.amount_remaining_minor, cur), "remaining"),
+        # a finance decision: off paid / remaining, never counted by the blocking check
+        ("Credited before payment (credit notes, not counted)", fmt_money(t.credit_notes_minor, cur), "credited"),
     ]
 
 
@@ -147,8 +149,10 @@ def _arithmetic_note(t: CurrencyTotals) -> str:
         f"of the rows not matched or within tolerance. Unexplained is what the blocking check counts: the "
         f"unexplained meter rows, the invoice differences no meter row carries, and invoice discounts and credits. "
         f"Invoices: Stripe invoice total {m(t.stripe_invoice_total_minor)} = paid {m(t.amount_paid_minor)} + "
-        f"remaining {m(t.amount_remaining_minor)} + {m(t.not_due_minor)} on invoices not finalized; paid and "
-        f"remaining are line amounts, before an invoice's discounts and tax.</p>"
+        f"remaining {m(t.amount_remaining_minor)} + {m(t.not_due_minor)} on invoices not finalized + credited "
+        f"{m(t.credit_notes_minor)} by credit notes issued before payment (Stripe collects that much less; a "
+        f"finance decision, not counted by the blocking check); paid and remaining are line amounts less those "
+        f"credit notes, before an invoice's discounts and tax.</p>"
     )
 
 
@@ -215,16 +219,18 @@ def render_html(data: ReportData) -> str:
          escape(fmt_money(r["unbilled_minor"], r["currency"])),
          escape(fmt_money(r["stripe_total_minor"], r["currency"])),
          escape(fmt_money(r["amount_diff_minor"], r["currency"])), escape(fmt_money(r["amount_paid"], r["currency"])),
-         escape(fmt_money(r["amount_remaining"], r["currency"])), escape(r["reason"])]
+         escape(fmt_money(r["amount_remaining"], r["currency"])),
+         escape(fmt_money(r["credit_notes_minor"], r["currency"])), escape(r["reason"])]
         for r in data.invoices.iter_rows(named=True)
     ]
     # "difference" = (Stripe total - our invoice items) - (our total - not priceable in Stripe)
     # "closing invoice status": of the invoice that closed the period; "paid" / "remaining": the period's
-    # own lines on paid / open or uncollectible invoices, whichever invoice carries them
+    # own lines on paid / open or uncollectible invoices, whichever invoice carries them, less the credit
+    # notes issued before payment ("credited") of the invoices counted in the period
     out.append(_table(["customer", "period start", "status", "invoices", "closing invoice status", "our total",
                        "not priceable in Stripe", "as invoice items", "items pending at Stripe", "unbilled",
-                       "Stripe total", "difference", "paid", "remaining", "reason"],
-                      inv_rows, set(range(5, 14)))
+                       "Stripe total", "difference", "paid", "remaining", "credited", "reason"],
+                      inv_rows, set(range(5, 15)))
                if inv_rows else "<p>No invoices.</p>")
 
     out.append("<h2>Dunning</h2>")

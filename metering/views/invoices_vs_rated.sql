@@ -22,9 +22,11 @@ SELECT
                                       -- carries them (its fee may be on an earlier one; the closing invoice
                                       -- bills the next period's fee in advance, which is that period's)
     r.amount_remaining,               -- the period's own Stripe lines on open or uncollectible invoices
+                                      -- (both less the credit notes issued before payment on those invoices)
+    r.credit_notes_minor,             -- those credit notes: Stripe collects that much less than its lines
     timezone('UTC', r.reconciled_at) AS reconciled_at   -- UTC, without a zone: the same in any session
 FROM main.invoice_previews p
 -- FULL: a period only Stripe invoiced (extra_in_stripe, no preview of ours) is a row too
 FULL JOIN main.invoice_reconciliation r
   ON r.customer_id = p.customer_id AND r.period_start = p.period_start;
-COMMENT ON VIEW analytics.invoices_vs_rated IS 'One row per customer x billing period: our invoice preview total vs the Stripe invoice lines of the period, with the reconciliation status, the status of the invoice that closed the period, and what of the period''s own Stripe lines is paid (amount_paid: on paid invoices) and remaining (amount_remaining: on open or uncollectible invoices), NULL until reconciled; a period only Stripe invoiced has no total of ours (NULL). Our charges Stripe cannot price (not_in_stripe_minor) are billed by the engine as Stripe invoice items: engine_items_minor on Stripe''s invoices, engine_items_pending_minor pending at Stripe, unbilled_minor not billed yet. Source: invoice_previews, invoice_reconciliation.';
+COMMENT ON VIEW analytics.invoices_vs_rated IS 'One row per customer x billing period: our invoice preview total vs the Stripe invoice lines of the period, with the reconciliation status, the status of the invoice that closed the period, and what of the period''s own Stripe lines is paid (amount_paid: on paid invoices) and remaining (amount_remaining: on open or uncollectible invoices), both less the credit notes issued before payment (credit_notes_minor), NULL until reconciled; a period only Stripe invoiced has no total of ours (NULL). Our charges Stripe cannot price (not_in_stripe_minor) are billed by the engine as Stripe invoice items: engine_items_minor on Stripe''s invoices, engine_items_pending_minor pending at Stripe, unbilled_minor not billed yet. Source: invoice_previews, invoice_reconciliation.';

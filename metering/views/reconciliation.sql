@@ -51,12 +51,15 @@ SELECT
     stripe_adjustments_minor,     -- invoice totals before tax less their lines (discounts, credits), each invoice counted in the period of its earliest line
     invoice_ids,
     invoice_status,               -- of the invoice that closed the period
-    amount_due,
-    amount_paid,
-    amount_remaining,
+    amount_due,                   -- the period's own lines on paid, open or uncollectible invoices, less credit_notes_minor
+    amount_paid,                  -- those on paid invoices, less the credit notes issued before payment on them
+    amount_remaining,             -- those on open or uncollectible invoices, less theirs
+    credit_notes_minor,           -- credit notes issued before payment on the invoices counted in the period
+                                  -- (each in one period): a finance decision, not counted by the blocking check;
+                                  -- stripe_total_minor = amount_paid + amount_remaining + credit_notes_minor + drafts
     status,                       -- matched | within_tolerance | amount_mismatch | currency_mismatch
                                   -- | missing_in_stripe | extra_in_stripe | not_invoiced | pending
     reason,
     timezone('UTC', reconciled_at) AS reconciled_at  -- UTC, no time zone
 FROM main.invoice_reconciliation;
-COMMENT ON VIEW analytics.invoice_reconciliation IS 'One row per customer x billing period: our total vs Stripe total (all lines of the period), the charges Stripe cannot price and the engine''s invoice items billing them (on Stripe''s invoices, pending at Stripe, unbilled), invoice status, amount paid, status and reason. Source: invoice_reconciliation.';
+COMMENT ON VIEW analytics.invoice_reconciliation IS 'One row per customer x billing period: our total vs Stripe total (all lines of the period), the charges Stripe cannot price and the engine''s invoice items billing them (on Stripe''s invoices, pending at Stripe, unbilled), invoice status, amount paid and remaining (less the credit notes issued before payment, credit_notes_minor), status and reason. Source: invoice_reconciliation.';

@@ -79,7 +79,7 @@ def test_every_card_says_what_it_covers_and_the_cards_add_up(reconciled_warehous
         "difference": "-34.24 USD", "match-rate": "37.5%", "at-risk": "11.15 USD", "pending": "25.00 USD",
         "unexplained": "1.15 USD", "our-invoice-total": "216.00 USD", "our-invoice-total-pending": "44.00 USD",
         "stripe-invoice-total": "181.76 USD", "stripe-invoice-total-pending": "19.00 USD", "paid": "178.96 USD",
-        "remaining": "2.80 USD", "not-in-stripe": "0.00 USD", "engine-items": "0.00 USD",
+        "remaining": "2.80 USD", "credited": "0.00 USD", "not-in-stripe": "0.00 USD", "engine-items": "0.00 USD",
         "engine-items-pending": "0.00 USD", "unbilled": "0.00 USD", "unbilled-pending": "0.00 USD",
         "credit-due": "0.00 USD"}
     labels = dict(re.findall(r'<div class="card" id="([a-z-]+)-usd"><div class="k">([^<]*)</div>', html))
