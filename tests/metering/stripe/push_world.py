@@ -91,6 +91,17 @@ class World:
     def ledger(self) -> pl.DataFrame:
         return warehouse.query_frame(self.con, "SELECT * FROM stripe_push_ledger ORDER BY customer_id, meter, window_start, revision")
 
+    def remap_to_a_duplicate(self, tmp_path: Path, customer: str = "acme") -> tuple[str, str]:
+        """A second Stripe customer with `customer`'s metadata, which a new sync maps it to (the newest);
+        returns the (old, new) Stripe customer ids."""
+        old = self.stripe_customer[customer]
+        new = self.client.v1.customers.create({"name": f"{customer} (dup)", "metadata": {"customer_id": customer}}).id
+        (tmp_path / "again.csv").write_text(CUSTOMERS_CSV)
+        catalog.sync_catalog(self.con, self.client, self.rules, load_customers(tmp_path / "again.csv", self.rules),
+                             subscriptions=False)
+        assert catalog.customer_map(self.con).filter(pl.col("customer_id") == customer)["stripe_customer_id"][0] == new
+        return old, new
+
     def meter_event_requests(self) -> list[dict[str, Any]]:
         return self.sandbox.requests_log(path="/v1/billing/meter_events", method="POST")
 

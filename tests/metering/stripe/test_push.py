@@ -126,20 +126,12 @@ def test_usage_held_by_a_previous_stripe_customer_is_not_pushed_to_the_new_one(w
     """A later sync maps acme to another Stripe customer (a duplicate carrying metadata[customer_id]).
     The ledger planned revisions for the new customer while the old one kept its events: both billed
     acme's usage. The windows wait for an operator instead; zeroing one at the old customer releases it."""
-    from metering.customers import load_customers
-    from metering.stripe import catalog
     from metering.stripe.keys import event_name
-    from push_world import CUSTOMERS_CSV
 
     world.add_events([("acme", "tokens", t(D1, 2), "1500", {"model": "small"}),
                       ("acme", "api_calls", t(D1, 3), None, {"region": "us"})])
     world.pusher().push(D1, D1)
-    old = world.stripe_customer["acme"]
-    new = world.client.v1.customers.create({"name": "Acme (dup)", "metadata": {"customer_id": "acme"}}).id
-    (tmp_path / "again.csv").write_text(CUSTOMERS_CSV)
-    catalog.sync_catalog(world.con, world.client, world.rules, load_customers(tmp_path / "again.csv", world.rules),
-                         subscriptions=False)
-    assert catalog.customer_map(world.con).filter(pl.col("customer_id") == "acme")["stripe_customer_id"][0] == new
+    old, new = world.remap_to_a_duplicate(tmp_path)
 
     def tokens_at(customer: str) -> list:
         return [s.aggregated_value for s in world.client.v1.billing.meters.event_summaries.list(

@@ -18,11 +18,9 @@ from typing import Any
 
 import polars as pl
 
-from metering.customers import load_customers
-from metering.stripe import catalog
 from metering.stripe.keys import event_name
 from metering.stripe.push import PushConfig, Pusher
-from push_world import (CUSTOMERS_CSV, FAST_RETRY, NOW, World, applied_per_key, customer_on_clock, day_start,
+from push_world import (FAST_RETRY, NOW, World, applied_per_key, customer_on_clock, day_start,
                         expected_total)
 
 D1, D2 = dt.date(2026, 11, 17), dt.date(2026, 11, 18)
@@ -54,12 +52,7 @@ def test_a_remapped_customer_s_last_formula_period_is_billed_once(world: World, 
     world.add_events([("acme", "seats", t(D1, 9), "7", {}), ("acme", "storage_gb", t(D1, 9), "50", {}),
                       ("acme", "tokens", t(D1, 9), "1500", {"model": "small"})])
     assert world.pusher().push(D1, D1).acknowledged == 3
-    old = world.stripe_customer["acme"]
-    new = world.client.v1.customers.create({"name": "Acme (dup)", "metadata": {"customer_id": "acme"}}).id
-    (tmp_path / "again.csv").write_text(CUSTOMERS_CSV)
-    catalog.sync_catalog(world.con, world.client, world.rules, load_customers(tmp_path / "again.csv", world.rules),
-                         subscriptions=False)
-    assert catalog.customer_map(world.con).filter(pl.col("customer_id") == "acme")["stripe_customer_id"][0] == new
+    old, new = world.remap_to_a_duplicate(tmp_path)
     world.add_events([("acme", "seats", t(D2, 9), "7", {}), ("acme", "storage_gb", t(D2, 9), "10", {}),
                       ("acme", "tokens", t(D2, 9), "200", {"model": "small"})])
     assert [expected_total(world.events, "acme", m) for m in ("seats", "storage_gb", "tokens")] == [

@@ -9,6 +9,7 @@ import re
 import sys
 from decimal import Decimal
 from pathlib import Path
+from typing import Any
 
 import dagster as dg
 import polars as pl
@@ -45,6 +46,15 @@ def _events(day: dt.date) -> pl.DataFrame:
     return pl.DataFrame(rows, schema_overrides={"value": pl.Decimal(38, 12)})
 
 
+def _resources(tmp_path: Path, rules_dir: Path, base_url: str, **stripe: Any) -> dict[str, Any]:
+    """The assets' resources: a warehouse and the customer list in `tmp_path`, the sandbox at `base_url`."""
+    return {
+        "warehouse": WarehouseResource(path=str(tmp_path / "wh.duckdb")),
+        "paths": ProjectPaths(rules_dir=str(rules_dir), customers=str(tmp_path / "customers.csv")),
+        "stripe": StripeResource(base_url=base_url, create_customers=True, push_rate=0, **stripe),
+    }
+
+
 @pytest.mark.parametrize("with_key", [False, True], ids=["no-key-sandbox-base-url", "canary-key"])
 def test_catalog_then_daily_push(tmp_path: Path, rules_dir: Path, monkeypatch: pytest.MonkeyPatch, with_key: bool) -> None:
     db = tmp_path / "wh.duckdb"
@@ -53,11 +63,7 @@ def test_catalog_then_daily_push(tmp_path: Path, rules_dir: Path, monkeypatch: p
     if with_key:
         monkeypatch.setenv("STRIPE_API_KEY", CANARY)
     with running_sandbox(api_key=CANARY if with_key else None) as sb, dg.instance_for_test() as instance:
-        resources = {
-            "warehouse": WarehouseResource(path=str(db)),
-            "paths": ProjectPaths(rules_dir=str(rules_dir), customers=str(tmp_path / "customers.csv")),
-            "stripe": StripeResource(base_url=sb.base_url, create_customers=True, push_rate=0),
-        }
+        resources = _resources(tmp_path, rules_dir, sb.base_url)
         first = dg.materialize([customer_plans, stripe_catalog], resources=resources, instance=instance)
         assert first.success
         catalog_meta = first.asset_materializations_for_node("stripe_catalog")[0].metadata
@@ -100,12 +106,7 @@ def test_push_on_a_test_clock_advances_it_to_the_day_end(tmp_path: Path, rules_d
     with running_sandbox() as sb, dg.instance_for_test() as instance:
         clock = sb.client().v1.test_helpers.test_clocks.create(
             {"frozen_time": int(dt.datetime(2026, 10, 1, tzinfo=dt.timezone.utc).timestamp())})
-        resources = {
-            "warehouse": WarehouseResource(path=str(db)),
-            "paths": ProjectPaths(rules_dir=str(rules_dir), customers=str(tmp_path / "customers.csv")),
-            "stripe": StripeResource(base_url=sb.base_url, create_customers=True, push_rate=0,
-                                     test_clock=clock.id, advance_test_clock=True),
-        }
+        resources = _resources(tmp_path, rules_dir, sb.base_url, test_clock=clock.id, advance_test_clock=True)
         assert dg.materialize([customer_plans, stripe_catalog], resources=resources, instance=instance).success
         with warehouse.open_warehouse(db) as con:
             warehouse.insert_frame(con, "usage_events", _events(day))
@@ -172,11 +173,7 @@ def test_a_range_run_of_usage_pushes_reports_each_day_its_own_push(tmp_path: Pat
     first = (dt.datetime.now(dt.timezone.utc) - dt.timedelta(days=3)).date()
     second = first + dt.timedelta(days=1)
     with running_sandbox() as sb, dg.instance_for_test() as instance:
-        resources = {
-            "warehouse": WarehouseResource(path=str(db)),
-            "paths": ProjectPaths(rules_dir=str(rules_dir), customers=str(tmp_path / "customers.csv")),
-            "stripe": StripeResource(base_url=sb.base_url, create_customers=True, push_rate=0),
-        }
+        resources = _resources(tmp_path, rules_dir, sb.base_url)
         assert dg.materialize([customer_plans, stripe_catalog], resources=resources, instance=instance).success
         only_api_calls = _events(second).filter(pl.col("meter") == "api_calls").with_columns(
             ("d2-" + pl.col("event_id")).alias("event_id"))
@@ -218,11 +215,7 @@ def test_a_day_whose_push_left_windows_open_is_requested_hourly_until_settled(tm
     day = now.date() - dt.timedelta(days=3)
     recent = [(now.date() - dt.timedelta(days=1)).isoformat(), now.date().isoformat()]
     with running_sandbox() as sb, dg.instance_for_test() as instance:
-        resources = {
-            "warehouse": WarehouseResource(path=str(db)),
-            "paths": ProjectPaths(rules_dir=str(rules_dir), customers=str(tmp_path / "customers.csv")),
-            "stripe": StripeResource(base_url=sb.base_url, create_customers=True, push_rate=0),
-        }
+        resources = _resources(tmp_path, rules_dir, sb.base_url)
         assert dg.materialize([customer_plans, stripe_catalog], resources=resources, instance=instance).success
         with warehouse.open_warehouse(db) as con:
             warehouse.insert_frame(con, "usage_events", _events(day))
