@@ -88,11 +88,16 @@ def settle_declined_first_invoices(client: stripe.StripeClient) -> list[str]:
     (run after the catalog sync, before the clock moves: within Stripe's 23 hours). Idempotent;
     returns the invoices settled."""
     settled: list[str] = []
-    for sub in client.v1.subscriptions.list({"status": "incomplete", "limit": 100}).auto_paging_iter():
-        invoice = sub.latest_invoice if isinstance(sub.latest_invoice, str) else sub.latest_invoice.id
-        client.v1.invoices.pay(invoice, {"paid_out_of_band": True},
-                               {"idempotency_key": f"metering-demo:first-invoice:{invoice}"})
-        settled.append(invoice)
+    # Stripe lists a subscription on a test clock only with `test_clock` (or `customer`), and the
+    # demo's customers are on its clock: every clock's, and those on none
+    clocks = client.v1.test_helpers.test_clocks.list({"limit": 100}).auto_paging_iter()
+    scopes: list[dict[str, Any]] = [{}] + [{"test_clock": c.id} for c in clocks]
+    for scope in scopes:
+        for sub in client.v1.subscriptions.list({"status": "incomplete", "limit": 100, **scope}).auto_paging_iter():
+            invoice = sub.latest_invoice if isinstance(sub.latest_invoice, str) else sub.latest_invoice.id
+            client.v1.invoices.pay(invoice, {"paid_out_of_band": True},
+                                   {"idempotency_key": f"metering-demo:first-invoice:{invoice}"})
+            settled.append(invoice)
     return settled
 
 

@@ -185,11 +185,22 @@ def _customer_map(con: duckdb.DuckDBPyConnection, reader: _Reader) -> dict[str, 
         if rows:
             return dict(rows)
     found = {}
-    for c in reader.pages(lambda p: reader.client.v1.customers.list(p), {}):
-        ours = (c.get("metadata") or {}).get("customer_id")
-        if ours:
-            found[ours] = c["id"]
+    for scope in [{}, *({"test_clock": clock} for clock in _test_clocks(reader))]:
+        for c in reader.pages(lambda p: reader.client.v1.customers.list(p), scope):
+            ours = (c.get("metadata") or {}).get("customer_id")
+            if ours:
+                found[ours] = c["id"]
     return found
+
+
+def _test_clocks(reader: _Reader) -> list[str]:
+    """The account's test clocks: Stripe leaves customers on a test clock out of GET /v1/customers
+    unless `test_clock` names the clock ("The response will not include customers with test clocks if
+    this parameter is not set"). None where test clocks cannot be listed (live mode has none)."""
+    try:
+        return [c["id"] for c in reader.pages(lambda p: reader.client.v1.test_helpers.test_clocks.list(p), {})]
+    except ExternalServiceError:
+        return []
 
 
 def pull_meter_summaries(
@@ -315,6 +326,7 @@ def pull_invoices(
     price_meter: dict[str, str | None] = {}
     invoices: list[dict[str, Any]] = []
     lines: list[dict[str, Any]] = []
+    clocks: set[str] = set()   # the test clocks of the invoices pulled (their subscriptions are listed per clock)
 
     def all_lines(inv: dict[str, Any]) -> list[dict[str, Any]]:
         inline = inv.get("lines") or {}
@@ -350,6 +362,8 @@ def pull_invoices(
                 if inv_lines is None:
                     continue
         invoices.append(_invoice(inv, billing_month, customer_id, now))
+        if inv.get("test_clock"):
+            clocks.add(inv["test_clock"])
         for line in inv_lines if inv_lines is not None else all_lines(inv):
             price_id = _line_price(line)
             if price_id and price_id not in price_meter:
@@ -369,20 +383,26 @@ def pull_invoices(
                 "invoice_item": _line_invoice_item(line),
                 "metering_item": (line.get("metadata") or {}).get("metering_item"), "pulled_at": now,
             })
-    ended = _subscription_ends(reader, {i["subscription_id"] for i in invoices} - {None})
+    ended = _subscription_ends(reader, {i["subscription_id"] for i in invoices} - {None}, clocks)
     return [{**i, "subscription_ended_at": ended.get(i["subscription_id"])} for i in invoices], lines
 
 
-def _subscription_ends(reader: _Reader, wanted: set[str]) -> dict[str, dt.datetime | None]:
+def _subscription_ends(reader: _Reader, wanted: set[str], clocks: set[str] = frozenset()) -> dict[str, dt.datetime | None]:
     """Subscription id -> when it ended (NULL while it runs), for the subscriptions in `wanted`.
 
     One paginated list with status=all (the default list leaves cancelled subscriptions out), as the
-    invoices are one list: a call per subscription would be one per customer.
+    invoices are one list: a call per subscription would be one per customer. Stripe's list leaves
+    out subscriptions on a test clock unless asked for that clock ("The response will not include
+    subscriptions with test clocks if this and the customer parameter is not set"): one more list per
+    test clock in `clocks`.
     """
     if not wanted:
         return {}
-    found = reader.pages(lambda p: reader.client.v1.subscriptions.list(p), {"status": "all"})
-    return {s["id"]: _ts(s.get("ended_at")) for s in found if s["id"] in wanted}
+    ended: dict[str, dt.datetime | None] = {}
+    for scope in [{}, *({"test_clock": clock} for clock in sorted(clocks))]:
+        found = reader.pages(lambda p: reader.client.v1.subscriptions.list(p), {"status": "all", **scope})
+        ended.update({s["id"]: _ts(s.get("ended_at")) for s in found if s["id"] in wanted})
+    return ended
 
 
 def _replace(con: duckdb.DuckDBPyConnection, billing_month: dt.date, frames: dict[str, pl.DataFrame]) -> None:

@@ -65,6 +65,15 @@ REQUIRED_FIELDS: dict[str, tuple[str, ...]] = {
     "minimum": ("amount",),
 }
 TIER_KEYS = ("up_to", "unit_amount", "flat_amount")
+LOOKUP_KEY_MAX = 200       # Stripe's `lookup_key` (spec: POST /v1/prices, maxLength 200)
+
+
+def stripe_lookup_key(plan: str, version: str, charge: str) -> str:
+    """The `lookup_key` of a charge's Stripe price (metering.stripe.catalog finds prices by it).
+
+    Unambiguous because neither a plan name (`_NAME_RE`) nor a version name may hold ':' (a charge
+    name may: it is the key's last part)."""
+    return f"metering:{plan}:{version}:{charge}"
 
 
 class _FileErrors:
@@ -314,6 +323,11 @@ def _version(spec: Any, path: tuple, plan: str, currency: str, meters: Mapping[s
     version = spec["version"]
     if not isinstance(version, str) or not version.strip():
         err(path + ("version",), f"{version!r}: write the version as a quoted string, e.g. \"2026-01\"")
+    elif ":" in version:
+        # version "2026:seats" with charge "eu" and version "2026" with charge "seats:eu" had one key
+        err(path + ("version",), f"{version!r}: a version name may not contain ':', which separates the parts "
+            f"of its Stripe prices' lookup key ({stripe_lookup_key(plan, '<version>', '<charge>')}): two "
+            "versions' charges could get one key, and one price")
     start = _date(spec["effective_from"], path + ("effective_from",), err)
     end = _date(spec["effective_to"], path + ("effective_to",), err) if spec.get("effective_to") is not None else None
     if start and end and end <= start:
@@ -345,6 +359,14 @@ def _version(spec: Any, path: tuple, plan: str, currency: str, meters: Mapping[s
                 err(path + ("charges", i), f"prices the same units as charges[{j}] ({other.name}): both charge "
                     f"meter {charge.meter} for {_describe(charge.filters)} vs {_describe(other.filters)}; "
                     "make their filters disjoint")
+    for i, charge in enumerate(good):
+        key = stripe_lookup_key(plan, version.strip(), charge.name)
+        if len(key) > LOOKUP_KEY_MAX:
+            room = LOOKUP_KEY_MAX - (len(key) - len(charge.name))
+            where = path + ("charges", i) + (("name",) if "name" in charges_spec[i] else ())
+            err(where, f"the Stripe lookup key of this charge's price ({key[:40]}...) would be {len(key)} "
+                f"characters; Stripe allows {LOOKUP_KEY_MAX}: shorten the charge name to at most {max(room, 0)} "
+                "characters (or the plan or version name)")
     if err.count > before:
         return None
     pv = PlanVersion(plan=plan, currency=currency, version=version.strip(), effective_from=start,

@@ -14,8 +14,12 @@ subscriptions. Create what is missing, find what exists, never change what diffe
   left alone: Stripe prices are immutable, a new rule version gets new prices.
 - **Customers / subscriptions**: looked up by `metadata[customer_id]`; created when missing only
   when asked (`create_customers`, the sandbox), with `billing_cycle_anchor_config[day_of_month]` from
-  `billing_anchor_day` and an optional test clock. The subscription carries the prices of the plan
-  version in force at its start.
+  `billing_anchor_day` and an optional test clock (whose customers and subscriptions are then the
+  ones listed: Stripe lists objects on a test clock only when asked). The subscription carries the
+  prices of the plan version in force at its (backdated) start; none is created before the
+  customer's first plan starts (`not_subscribed`). A live subscription our rules do not rate (its
+  customer left the list, its plan is retired or has no version in force) is reported (`orphan`),
+  never cancelled.
 """
 
 from __future__ import annotations
@@ -35,6 +39,7 @@ from metering import warehouse
 from metering.customers import midnight_unix, period_containing
 from metering.rules.meters import Meter
 from metering.rules.model import Charge, PlanVersion, Rules, dec_str, minor_digits
+from metering.rules.plans import stripe_lookup_key
 from metering.stripe.keys import event_name
 from metering.stripe.windows import WINDOW_KINDS, stripe_formula
 
@@ -67,13 +72,16 @@ MAX_MINOR_DECIMALS = 12
 ENDED_SUBSCRIPTIONS = ("canceled", "incomplete_expired")
 """Stripe subscription statuses that end it for good: it bills nothing more."""
 
-FINDINGS = ("drift", "not_expressible", "rounding")
-"""The kinds of catalog finding (`Finding.finding`)."""
+FINDINGS = ("drift", "not_expressible", "rounding", "not_subscribed", "orphan")
+"""The kinds of catalog finding (`Finding.finding`). `not_subscribed`: a customer whose first plan
+starts later gets no subscription yet (Stripe would bill the days before it). `orphan`: a live Stripe
+subscription bills time our rules do not rate (its customer left our list, its plan has no version in
+force, or the customer's first plan has not started); reported, never cancelled."""
 
 
 @dataclass(frozen=True)
 class Finding:
-    finding: str            # drift | not_expressible | rounding
+    finding: str            # drift | not_expressible | rounding | not_subscribed | orphan
     kind: str               # meter | price | subscription
     our_key: str
     stripe_id: str | None = None
@@ -106,7 +114,8 @@ class CatalogReport:
         counts = self.finding_counts()
         return (f"stripe sync: created {dict(sorted(self.created.items()))}, found {dict(sorted(self.found.items()))}, "
                 f"{counts['drift']} drift, {counts['not_expressible']} not expressible, {counts['rounding']} rounding, "
-                f"{len(self.missing_customers)} customers missing in Stripe")
+                f"{len(self.missing_customers)} customers missing in Stripe, "
+                f"{counts['not_subscribed']} not yet subscribed, {counts['orphan']} orphan subscriptions")
 
 
 # -- meters ---------------------------------------------------------------------------------------
@@ -157,7 +166,9 @@ class NotExpressible(Exception):
 
 
 def lookup_key(version: PlanVersion, charge: Charge) -> str:
-    return f"metering:{version.plan}:{version.version}:{charge.name}"
+    """`metering:<plan>:<version>:<charge>`: unique per charge and at most 200 characters, which the
+    rules validator ensures (no ':' in a version name; `metering.rules.plans.stripe_lookup_key`)."""
+    return stripe_lookup_key(version.plan, version.version, charge.name)
 
 
 def _minor(amount: Decimal, currency: str) -> str:
@@ -420,15 +431,26 @@ def sync_customers(
         clock_now = dt.datetime.fromtimestamp(int(client.v1.test_helpers.test_clocks.retrieve(test_clock).frozen_time),
                                               tz=dt.timezone.utc)
     now = clock_now or dt.datetime.now(dt.timezone.utc)
+    # On a test clock, list that clock's customers and subscriptions: Stripe leaves objects on test
+    # clocks out of both lists unless `test_clock` is set ("The response will not include customers
+    # with test clocks if this parameter is not set"; subscriptions: "... if this and the customer
+    # parameter is not set"). Listed without it, a second sync on the clock found none of its own and
+    # created a second customer and subscription (the fee billed twice). Without a clock, the lists
+    # hold the objects on no clock, as the sync creates them then
+    scope: dict[str, Any] = {"test_clock": test_clock} if test_clock else {}
     found_customers: dict[str, Any] = {}
-    for cus in client.v1.customers.list({"limit": 100}).auto_paging_iter():
+    all_ours: list[tuple[str, Any]] = []   # every Stripe customer with our metadata (duplicates too)
+    for cus in client.v1.customers.list({"limit": 100, **scope}).auto_paging_iter():
         ours = _metadata(cus).get("customer_id")
+        if ours:
+            all_ours.append((ours, cus))
         if ours and ours not in found_customers:
             found_customers[ours] = cus
     existing_subs: dict[str, Any] = {}
+    live_subs: dict[str, list[Any]] = {}   # per Stripe customer, every subscription not ended
     ended: dict[str, int] = {}   # per Stripe customer, subscriptions that have ended
     last_end: dict[str, int] = {}   # per Stripe customer, when the latest of them ended (Unix seconds)
-    for sub in client.v1.subscriptions.list({"limit": 100, "status": "all"}).auto_paging_iter():
+    for sub in client.v1.subscriptions.list({"limit": 100, "status": "all", **scope}).auto_paging_iter():
         if sub.status in ENDED_SUBSCRIPTIONS:
             ended[sub.customer] = ended.get(sub.customer, 0) + 1
             end = getattr(sub, "ended_at", None) or getattr(sub, "canceled_at", None)
@@ -437,6 +459,7 @@ def sync_customers(
                 last_end[sub.customer] = max(last_end.get(sub.customer, 0), int(end))
             continue
         existing_subs.setdefault(sub.customer, sub)
+        live_subs.setdefault(sub.customer, []).append(sub)
     assignments = _current_assignments(customers, now.date())
     for row in assignments.iter_rows(named=True):
         cid = str(row["customer_id"])
@@ -459,23 +482,44 @@ def sync_customers(
             report.count("customer", True)
         else:
             report.count("customer", False)
-        version = rules.plans[row["plan"]].version_at(max(now.date(), row["plan_effective_from"])) \
-            if row["plan"] in rules.plans else None
+        # the version in force today (or on the first day of a plan still to come): what the
+        # subscription should bill now (findings compare with it)
+        plan_day = row["plan_effective_from"]
+        on = max(now.date(), plan_day)
+        version = rules.plans[row["plan"]].version_at(on) if row["plan"] in rules.plans else None
         sub = existing_subs.get(cus.id)
-        if sub is None and create and subscriptions and version is not None:
-            items = [{"price": report.prices[(version.plan, version.version, c.name)]}
-                     for c in version.charges if (version.plan, version.version, c.name) in report.prices]
-            for item, charge in zip(items, [c for c in version.charges
-                                            if (version.plan, version.version, c.name) in report.prices]):
+        if sub is None and create and subscriptions and plan_day > now.date():
+            # the customer's first plan starts later: subscribed now, Stripe would bill the days before
+            # it (from the sync's instant, prorated), which we do not rate ("days before a customer's
+            # first assignment are not billed"). Not created yet: a sync on or after that day creates
+            # it, backdated to that day's midnight (Stripe cannot start one in the future without a
+            # subscription schedule)
+            report.findings.append(Finding(
+                "not_subscribed", "subscription", cid, None, "plan", f"{row['plan']} from {plan_day}", None,
+                f"not yet subscribed: the plan starts {plan_day}; a sync on or after that day subscribes it"))
+        elif sub is None and create and subscriptions and version is not None:
+            ended_at = dt.datetime.fromtimestamp(last_end[cus.id], dt.timezone.utc) if cus.id in last_end else None
+            start = subscription_start(now, row["plan_effective_from"], anchor_day, ended_at)
+            # the prices of the version in force at the (backdated) start, not today's: backdated to
+            # Oct 1 with pro 2026-10's prices (in force from Oct 15), Stripe billed Oct 1 - 14 at them,
+            # unreported. A later version in force today is then reported as not switched, as for an
+            # older subscription. A start before the plan's first version (a plan starting mid-period)
+            # waits for that version: no price covers the time before it
+            carried = rules.plans[version.plan].version_at(start.date())
+            if carried is None:
+                carried = version
+                start = min(max(start, dt.datetime.fromtimestamp(midnight_unix(version.effective_from),
+                                                                 tz=dt.timezone.utc)), now)
+            priced = [c for c in carried.charges if (carried.plan, carried.version, c.name) in report.prices]
+            items = [{"price": report.prices[(carried.plan, carried.version, c.name)]} for c in priced]
+            for item, charge in zip(items, priced):
                 if charge.model == "flat":
                     item["quantity"] = 1
             sub_params: dict[str, Any] = {
                 "customer": cus.id,
                 "items": items,
-                "metadata": {"customer_id": cid, "plan": version.plan, "plan_version": version.version},
+                "metadata": {"customer_id": cid, "plan": carried.plan, "plan_version": carried.version},
             }
-            ended_at = dt.datetime.fromtimestamp(last_end[cus.id], dt.timezone.utc) if cus.id in last_end else None
-            start = subscription_start(now, row["plan_effective_from"], anchor_day, ended_at)
             sub_params["proration_behavior"] = proration_behavior(start, period_start_at(now, anchor_day), ended_at)
             if start < now:
                 sub_params["backdate_start_date"] = int(start.timestamp())
@@ -497,8 +541,19 @@ def sync_customers(
         # once a later version has started: the sync never switches a subscription's prices. A
         # subscription without our metadata (not created by this sync) has an unknown one: NULL
         subscribed = getattr(sub, "metadata", None) if sub is not None else None
+        if sub is not None and plan_day > now.date():
+            carried = _carried_version(sub)
+            report.findings.append(Finding(
+                "orphan", "subscription", cid, sub.id, "plan", f"{row['plan']} from {plan_day}",
+                f"{carried[0]} {carried[1]}" if carried[0] else None,
+                f"a live Stripe subscription before the customer's first plan starts: Stripe bills the days before "
+                f"{plan_day}, which we do not rate (days before a customer's first assignment are not billed); "
+                f"{_LEFT_AS_IS}"))
+        if sub is not None:
+            _report_unrated_time(report, rules, cid, sub, row["plan"], on, version)
         if sub is not None and version is not None:
-            _report_unswitched_changes(report, customers, rules, cid, version, now.date(), _carried_version(sub), row)
+            # changes after the plan's first day only, for a plan still to come (its own start is above)
+            _report_unswitched_changes(report, customers, rules, cid, version, on, _carried_version(sub), row)
         report.customers.append({
             "customer_id": cid,
             "stripe_customer_id": cus.id,
@@ -510,9 +565,45 @@ def sync_customers(
                              else (version.version if version else None)),
             "billing_anchor_day": anchor_day,
         })
+    # Stripe customers of ours no longer in the customer list: their live subscriptions go on billing
+    listed = set(customers["customer_id"].cast(pl.String).to_list())
+    for ours, cus in all_ours:
+        if ours in listed:
+            continue
+        for gone in live_subs.get(cus.id, []):
+            carried = _carried_version(gone)
+            report.findings.append(Finding(
+                "orphan", "subscription", ours, gone.id, "customer_id", "not in the customer list",
+                f"{carried[0]} {carried[1]}" if carried[0] else None,
+                f"Stripe customer {cus.id} ({ours}) is not in our customer list, and its live subscription goes on "
+                f"billing (its status: {gone.status}), which we do not rate; {_LEFT_AS_IS}"))
 
+
+_LEFT_AS_IS = "the sync changes and cancels nothing at Stripe: cancel or fix the subscription there, or the rules"
 
 _NOT_SWITCHED = "not switched on the Stripe subscription (needs a subscription schedule); Stripe keeps the current prices"
+
+
+def _report_unrated_time(report: CatalogReport, rules: Rules, cid: str, sub: Any, plan_name: str, on: dt.date,
+                         version: PlanVersion | None) -> None:
+    """A live subscription that bills time no plan version prices (I14: reported, nothing corrected):
+    the customer's plan is retired (its last version ends, `effective_to`), reported before the end
+    as after it, with the same `ours`, as the not-switched changes are; or the plan has no version in
+    force on `on` for another reason (not in the rules, not started)."""
+    carried = _carried_version(sub)
+    theirs = f"{carried[0]} {carried[1]}" if carried[0] else None
+    plan = rules.plans.get(plan_name)
+    retired_on = plan.versions[-1].effective_to if plan is not None and plan.versions else None
+    if retired_on is not None:
+        when = (f"in force: no version of {plan_name} is in force since {retired_on}" if on >= retired_on
+                else f"the plan is retired from {retired_on} (its last version ends)")
+        report.findings.append(Finding(
+            "orphan", "subscription", cid, sub.id, "plan", f"{plan_name} ends {retired_on}", theirs,
+            f"{when}: Stripe keeps billing the subscription after it, time we do not rate; {_LEFT_AS_IS}"))
+    elif version is None:
+        report.findings.append(Finding(
+            "orphan", "subscription", cid, sub.id, "plan", f"{plan_name}: no version in force on {on}", theirs,
+            f"Stripe bills the live subscription for time we do not rate; {_LEFT_AS_IS}"))
 
 
 def _carried_version(sub: Any) -> tuple[str | None, str | None]:

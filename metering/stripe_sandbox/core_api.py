@@ -129,11 +129,15 @@ def delete_customer(state: State, req: Request, customer: str) -> dict[str, Any]
 def list_customers(state: State, req: Request) -> dict[str, Any]:
     accept = created_filter(req.params)
     email = req.params.get("email")
-    clock = req.params.get("test_clock")
+    # spec, GET /v1/customers `test_clock`: "Provides a list of customers that are associated with the
+    # specified test clock. The response will not include customers with test clocks if this parameter
+    # is not set." Without it, only customers on no clock (the sandbox listed them all, so a caller
+    # that forgot the parameter found customers real Stripe would not show it)
+    clock = req.params.get("test_clock") or None
     items = [
         c
         for c in state.all("customer")
-        if accept(c["created"]) and (not email or c["email"] == email) and (not clock or c["test_clock"] == clock)
+        if accept(c["created"]) and (not email or c["email"] == email) and c.get("test_clock") == clock
     ]
     return public_list(state, items, req.params, "/v1/customers")
 

@@ -265,9 +265,17 @@ def list_subscriptions(state: State, req: Request) -> dict[str, Any]:
     customer = params.get("customer")
     status = params.get("status")
     price = params.get("price")
+    # spec, GET /v1/subscriptions `test_clock`: "Filter for subscriptions that are associated with the
+    # specified test clock. The response will not include subscriptions with test clocks if this and
+    # the customer parameter is not set." (the sandbox ignored the parameter and listed them all)
+    clock = params.get("test_clock") or None
 
     def keep(sub: dict[str, Any]) -> bool:
         if customer and sub["customer"] != customer:
+            return False
+        if clock and sub.get("test_clock") != clock:
+            return False
+        if not clock and not customer and sub.get("test_clock"):
             return False
         if status == "all":
             pass

@@ -61,7 +61,8 @@ def test_every_endpoint_through_the_sdk(sb, client):
     assert customer.id.startswith("cus_") and customer.test_clock == clock.id and customer.created == start
     client.v1.customers.update(customer.id, {"metadata": {"tier": "gold"}})
     assert client.v1.customers.retrieve(customer.id).metadata.to_dict() == {"customer_id": "c-1", "tier": "gold"}
-    assert client.v1.customers.list({"limit": 1}).data[0].id == customer.id
+    # a customer on a test clock is listed only with `test_clock` (test_sandbox_lists_and_test_clocks.py)
+    assert client.v1.customers.list({"limit": 1, "test_clock": clock.id}).data[0].id == customer.id
 
     meter, product, price = _catalog(client)
     assert meter.id.startswith("mtr_") and price.id.startswith("price_") and product.id.startswith("prod_")

@@ -261,7 +261,7 @@ def test_a_subscription_after_one_that_expired_unpaid_bills_the_period_from_its_
     from push_world import customer_on_clock
 
     with customer_on_clock(tmp_path, rules_dir) as (sb, con, client, clock, rules, report):
-        [failing] = client.v1.customers.list({"limit": 100}).data
+        [failing] = client.v1.customers.list({"limit": 100, "test_clock": clock.id}).data
         sb.set_payment_behavior(failing.id, "fails")
         client.v1.subscriptions.cancel(report.customers[0]["subscription_id"])
         retry = catalog.sync_catalog(con, client, rules, _customers(tmp_path, rules), create_customers=True,
