@@ -165,6 +165,20 @@ def make_world(con: duckdb.DuckDBPyConnection, sb: SandboxHandle, rules_dir: Pat
     return World(con, sb, client, rules, report, now)
 
 
+def push_then_bill_october(con: duckdb.DuckDBPyConnection, client: stripe.StripeClient, rules: Rules, clock: Any,
+                           day: dt.date, stripe_customer: str) -> Any:
+    """Push `day` (one window, acknowledged), then advance the test clock past Nov 1 and return the
+    customer's October cycle invoice (finalized by the 1 h grace period)."""
+    from metering.stripe.clock import advance_clock
+
+    pushed = Pusher(con, client, rules.meters, PushConfig(rate=0, retry=FAST_RETRY), sleep=lambda s: None).push(day, day)
+    assert pushed.acknowledged == 1
+    advance_clock(client, clock.id, dt.datetime(2026, 11, 1, 2, tzinfo=dt.timezone.utc))
+    [october] = [i for i in client.v1.invoices.list({"customer": stripe_customer}).data
+                 if i.billing_reason == "subscription_cycle"]
+    return october
+
+
 def random_usage(world: World, customers: list[str], days: list[dt.date], seed: int, per_day: int = 4) -> None:
     """Seeded random events for every customer x meter x day."""
     import random

@@ -196,9 +196,7 @@ def test_usage_of_the_day_a_subscription_is_created_is_invoiced(tmp_path: Path, 
     evening. The push dates the day's event at its first second; Stripe's period began at 14:00, so
     its invoice billed 0 calls while the push said acknowledged. Backdated to Oct 1 00:00 (our
     period), the invoice bills them: 2,000 over starter's 10,000 included at 0.05 cents = 100 cents."""
-    from metering.stripe.clock import advance_clock
-    from metering.stripe.push import PushConfig, Pusher
-    from push_world import FAST_RETRY, customer_on_clock, day_start
+    from push_world import customer_on_clock, day_start, push_then_bill_october
 
     oct15 = dt.date(2026, 10, 15)
     with customer_on_clock(tmp_path, rules_dir, start=dt.datetime(2026, 10, 15, 14, tzinfo=UTC)) as (
@@ -213,12 +211,7 @@ def test_usage_of_the_day_a_subscription_is_created_is_invoiced(tmp_path: Path, 
         world.add_events([("acme", "api_calls", day_start(oct15) + dt.timedelta(hours=20, seconds=s), None,
                            {"region": "us"}) for s in range(12_000)])
         sb.advance_clock(clock.id, int(day_start(oct15 + dt.timedelta(days=1)).timestamp()))
-        pushed = Pusher(con, client, rules.meters, PushConfig(rate=0, retry=FAST_RETRY), sleep=lambda s: None).push(
-            oct15, oct15)
-        assert pushed.acknowledged == 1
-        advance_clock(client, clock.id, dt.datetime(2026, 11, 1, 2, tzinfo=UTC))
-        [october] = [i for i in client.v1.invoices.list({"customer": sub.customer}).data
-                     if i.billing_reason == "subscription_cycle"]
+        october = push_then_bill_october(con, client, rules, clock, oct15, sub.customer)
         assert (october.period_start, october.period_end) == (
             int(dt.datetime(2026, 10, 1, tzinfo=UTC).timestamp()), int(dt.datetime(2026, 11, 1, tzinfo=UTC).timestamp()))
         billed = [(str(line.quantity_decimal), line.amount) for line in october.lines.data if line.amount]

@@ -15,9 +15,7 @@ import polars as pl
 
 from metering.customers import load_customers
 from metering.stripe import catalog
-from metering.stripe.clock import advance_clock
-from metering.stripe.push import PushConfig, Pusher
-from push_world import FAST_RETRY, World, customer_on_clock, day_start
+from push_world import World, customer_on_clock, day_start, push_then_bill_october
 
 UTC = dt.timezone.utc
 
@@ -79,12 +77,7 @@ def test_a_backdated_subscription_carries_the_version_in_force_at_its_start(tmp_
         oct20 = dt.date(2026, 10, 20)
         world.add_events([("acme", "storage_gb", day_start(oct20) + dt.timedelta(hours=15), "500", {})])
         sb.advance_clock(clock.id, _ts(2026, 10, 21))
-        pushed = Pusher(con, client, rules.meters, PushConfig(rate=0, retry=FAST_RETRY), sleep=lambda s: None).push(
-            oct20, oct20)
-        assert pushed.acknowledged == 1
-        advance_clock(client, clock.id, dt.datetime(2026, 11, 1, 2, tzinfo=UTC))
-        [october] = [i for i in client.v1.invoices.list({"customer": sub.customer}).data
-                     if i.billing_reason == "subscription_cycle"]
+        october = push_then_bill_october(con, client, rules, clock, oct20, sub.customer)
         billed = sorted((str(line.quantity_decimal), line.amount) for line in october.lines.data if line.amount)
         # November's fee in advance (49.00) and October's storage
         assert billed == [("1", 4900), ("500", 4000)]
