@@ -22,8 +22,9 @@ paid, so dunning is for renewals), `in_dunning` (at step N, or before the first 
 (paid after failing: always wins, lifts any suspension), `written_off` (uncollectible), `void`
 (voided while in dunning, or before the first run when it was to be chased: like paid and
 uncollectible). Order of progress: not_in_dunning < in_dunning < written_off = void < recovered; a
-state never goes back. Nor does a step taken (the ledger) or reached at an earlier clock; a step
-recorded under a later clock (a what-if run with a future `now`) does not carry over.
+state never goes back. Nor does a step taken (the ledger) or reached at an earlier clock; of a row
+evaluated under a later clock (a what-if run with a future `now`) only a paid, written-off or void
+state and day 0 carry over.
 """
 
 from __future__ import annotations
@@ -117,9 +118,11 @@ def compute_state(
     The step is recomputed on every call: the latest step due at `now` under the invoice's schedule,
     or a later step the ledger (`performed`) shows taken, or the step of a `previous` row evaluated
     at or before `now`. A previous row evaluated under a later clock (a what-if `dunning_state` with a
-    future `now`, or a clock set back) is a projection: its step is not carried over, or the next
-    run at the real clock would act on steps that are not due (it once wrote off and suspended weeks
-    early). Its state, day 0 and schedule still carry over: they do not depend on the clock.
+    future `now`, or a clock set back) is a projection: only a state Stripe decided (paid, written
+    off, void) and day 0 carry over from it. Its step would make the next run at the real clock act on
+    steps that are not due (it once wrote off and suspended weeks early); its schedule and its entry
+    into dunning follow the plan in force at its clock (a customer under the real plan's minimum
+    would be chased).
 
     `subscriptions` (subscription_id, subscription_status): a new subscription's first invoice
     (`billing_reason` `subscription_create`) whose subscription is `incomplete` or
@@ -132,15 +135,16 @@ def compute_state(
     inv = conform(invoices, INVOICE_SCHEMA)
     failures = conform(failures, FAILURE_SCHEMA).group_by("invoice_id").agg(
         pl.col("first_failed_at").min().alias("event_failed_at"))
+    # a row evaluated under a later clock is a projection, never reached at this one (see the docstring):
+    # only what Stripe decided (paid, written off, void) and day 0 carry over from it
+    seen = pl.col("evaluated_at").is_null() | (pl.col("evaluated_at") <= now_lit)
     prev = conform(previous, STATE_SCHEMA).select(
         "invoice_id",
-        pl.col("state").alias("prev_state"),
-        # a step recorded under a later clock was never reached at this one (see the docstring)
-        pl.when(pl.col("evaluated_at").is_null() | (pl.col("evaluated_at") <= now_lit))
-        .then(pl.col("step_name")).alias("prev_step_name"),
+        pl.when(seen | pl.col("state").is_in([RECOVERED, WRITTEN_OFF, VOID])).then(pl.col("state")).alias("prev_state"),
+        pl.when(seen).then(pl.col("step_name")).alias("prev_step_name"),
         pl.col("first_failed_at").alias("prev_first_failed_at"),
-        pl.col("policy").alias("prev_policy"),
-        pl.col("entered_at").alias("prev_entered_at"),
+        pl.when(seen).then(pl.col("policy")).alias("prev_policy"),
+        pl.when(seen).then(pl.col("entered_at")).alias("prev_entered_at"),
         pl.col("closed_at").alias("prev_closed_at"),
     )
     taken = conform(performed, PERFORMED_SCHEMA).filter(pl.col("status").is_in(["done", "skipped"]))

@@ -304,3 +304,27 @@ def test_state_and_step_only_move_forward(steps: list[tuple[int, str]]) -> None:
         last_rank, last_step, last_day = rank, step, day
         day_zero = day_zero or row["first_failed_at"]
         assert row["first_failed_at"] == day_zero          # day 0 never moves once seen
+
+
+def test_a_what_if_state_leaves_no_schedule_or_entry_behind(rules_dir: Path) -> None:
+    """A what-if `dunning_state` 30 days ahead reads the plan in force then. Its schedule and its entry
+    into dunning carried over to the next run at the real clock: the scale schedule stayed on a
+    starter customer's invoice, and a 49.99 invoice of a scale customer (under scale's 50.00
+    minimum: never chased) was chased because the what-if had read starter's minimum."""
+    policy = load_policy(rules_dir)
+    plans = {name: pl.DataFrame({"customer_id": ["c1", "c2"], "plan": [name, name]}) for name in ("starter", "scale")}
+    rows = frame(invoice("in_1", customer_id="c1"))
+    what_if = compute_state(rows, policy, T0 + 30 * DAY, plans=plans["scale"], failures=failures(("in_1", T0)))
+    assert one(what_if)["policy"] == "scale"
+    real = compute_state(rows, policy, T0 + DAY, plans=plans["starter"], failures=failures(("in_1", T0)),
+                         previous=what_if)
+    alone = compute_state(rows, policy, T0 + DAY, plans=plans["starter"], failures=failures(("in_1", T0)))
+    assert (one(real)["policy"], one(real)["step_name"]) == (one(alone)["policy"], one(alone)["step_name"])
+    assert one(real)["policy"] != "scale"
+
+    small = frame(invoice("in_2", customer_id="c2", amount_due=4999, amount_remaining=4999))
+    what_if = compute_state(small, policy, T0 + 30 * DAY, plans=plans["starter"], failures=failures(("in_2", T0)))
+    assert one(what_if, "in_2")["state"] == "in_dunning"
+    real = compute_state(small, policy, T0 + DAY, plans=plans["scale"], failures=failures(("in_2", T0)),
+                         previous=what_if)
+    assert (one(real, "in_2")["state"], one(real, "in_2")["reason"]) == ("not_in_dunning", "below_minimum")
