@@ -196,11 +196,15 @@ def _customer_map(con: duckdb.DuckDBPyConnection, reader: _Reader) -> dict[str, 
 def _test_clocks(reader: _Reader) -> list[str]:
     """The account's test clocks: Stripe leaves customers on a test clock out of GET /v1/customers
     unless `test_clock` names the clock ("The response will not include customers with test clocks if
-    this parameter is not set"). None where test clocks cannot be listed (live mode has none)."""
+    this parameter is not set"). None where Stripe refuses to list them (a 4xx: live mode has none);
+    any other failure (a 5xx, throttling, no answer) fails the pull, which would otherwise leave every
+    customer on a clock out of the reconciliation."""
     try:
         return [c["id"] for c in reader.pages(lambda p: reader.client.v1.test_helpers.test_clocks.list(p), {})]
-    except ExternalServiceError:
-        return []
+    except ExternalServiceError as exc:
+        if any(f": {kind}:" in str(exc) for kind in ("InvalidRequestError", "PermissionError", "AuthenticationError")):
+            return []
+        raise
 
 
 def pull_meter_summaries(

@@ -565,18 +565,24 @@ def sync_customers(
                              else (version.version if version else None)),
             "billing_anchor_day": anchor_day,
         })
-    # Stripe customers of ours no longer in the customer list: their live subscriptions go on billing
+    # Stripe customers of ours the map does not name (no longer in the customer list, or a duplicate
+    # carrying the same metadata[customer_id]): their live subscriptions go on billing
     listed = set(customers["customer_id"].cast(pl.String).to_list())
+    mapped = {c["customer_id"]: c["stripe_customer_id"] for c in report.customers}
     for ours, cus in all_ours:
-        if ours in listed:
+        if mapped.get(ours) == cus.id:
             continue
+        why = ("is not in our customer list" if ours not in listed
+               else f"is not the Stripe customer {ours} is mapped to ({mapped[ours]}): a duplicate" if ours in mapped
+               else "has no plan in force")
         for gone in live_subs.get(cus.id, []):
             carried = _carried_version(gone)
             report.findings.append(Finding(
-                "orphan", "subscription", ours, gone.id, "customer_id", "not in the customer list",
+                "orphan", "subscription", ours, gone.id, "customer_id",
+                "not in the customer list" if ours not in listed else f"mapped to {mapped.get(ours)}",
                 f"{carried[0]} {carried[1]}" if carried[0] else None,
-                f"Stripe customer {cus.id} ({ours}) is not in our customer list, and its live subscription goes on "
-                f"billing (its status: {gone.status}), which we do not rate; {_LEFT_AS_IS}"))
+                f"Stripe customer {cus.id} ({ours}) {why}, and its live subscription goes on billing (its status: "
+                f"{gone.status}), which we do not rate; {_LEFT_AS_IS}"))
 
 
 _LEFT_AS_IS = "the sync changes and cancels nothing at Stripe: cancel or fix the subscription there, or the rules"

@@ -78,3 +78,17 @@ def test_materializations_older_than_the_look_back_are_not_requested(tmp_path: P
         much_later = now + dt.timedelta(days=63)
         assert [r.partition_key for r in _tick(instance, much_later)] == [
             (much_later.date() - dt.timedelta(days=1)).isoformat(), much_later.date().isoformat()]
+
+
+def test_a_push_that_left_windows_open_is_requested_within_stripes_35_days_only():
+    """A day whose newest push left windows open is requested every hour; past Stripe's 35 days no push
+    can send them (a push marks them late, or they belong to a customer no longer mapped), so the day
+    is no longer requested, however recent its push."""
+    now = dt.datetime.now(dt.UTC).replace(minute=10, second=0, microsecond=0)
+    recent, old = ((now.date() - dt.timedelta(days=n)).isoformat() for n in (5, 40))
+    with dg.instance_for_test() as instance:
+        for day in (recent, old):
+            instance.report_runless_asset_event(dg.AssetMaterialization(
+                asset_key="stripe_usage_pushes", partition=day, metadata={"open_windows": 2}))
+        assert [r.partition_key for r in _tick(instance, now)][0] == recent
+        assert old not in [r.partition_key for r in _tick(instance, now)]

@@ -2,7 +2,7 @@
 
 | schedule | cron (UTC) | what it runs |
 | --- | --- | --- |
-| `hourly_usage_schedule` | `10 * * * *` | `hourly_usage_job` for today and yesterday, and for every older day whose newest `usage_events` materialization (late events, within the last 62 days) is newer than its newest `usage_aggregates` or `stripe_usage_pushes` one, or whose newest push left windows open: re-aggregate, push to Stripe (the ledger makes repeats free); `raw_usage_files_sensor` ingests |
+| `hourly_usage_schedule` | `10 * * * *` | `hourly_usage_job` for today and yesterday, and for every older day whose newest `usage_events` materialization (late events, within the last 62 days) is newer than its newest `usage_aggregates` or `stripe_usage_pushes` one, or (within the last 35 days) whose newest push left windows open: re-aggregate, push to Stripe (the ledger makes repeats free); `raw_usage_files_sensor` ingests |
 | `daily_rating_schedule` | `30 2 * * *` | `billing_job` for this month (live invoice previews), last month and the month before (late events, also in anchored periods that ended last month) |
 | `invoice_items_schedule` | `45 2 * * *` | `invoice_items_job` for this month, last month and the month before: the periods the rating just closed get their charges Stripe cannot price as invoice items (after the period's invoice left draft, they go onto the next invoice) |
 | `period_close_schedule` | `0 4 * * *` | `reconciliation_job` for last month: pulls Stripe's meters and invoices once Stripe's 1 h grace period has long passed, reconciles, writes the finance report |
@@ -44,6 +44,9 @@ def _month_key(day: dt.date) -> str:
 LATE_USAGE_LOOKBACK = dt.timedelta(days=62)
 """How far back the hourly schedule looks for usage_events materializations not yet re-aggregated."""
 
+STRIPE_WINDOW_LIMIT = dt.timedelta(days=35)
+"""How far back Stripe takes meter events: the hourly schedule re-pushes open windows within it only."""
+
 USAGE_EVENTS = dg.AssetKey("usage_events")
 USAGE_AGGREGATES = dg.AssetKey("usage_aggregates")
 USAGE_PUSHES = dg.AssetKey("stripe_usage_pushes")
@@ -78,11 +81,15 @@ def not_reaggregated(instance: dg.DagsterInstance, now: dt.datetime) -> list[str
 
 
 def unsettled_pushes(instance: dg.DagsterInstance, now: dt.datetime) -> list[str]:
-    """Daily partitions whose newest stripe_usage_pushes materialization (made since `now` - the
-    look-back) left windows open (`open_windows` > 0: pending, sent or unknown, e.g. a Stripe outage or
-    throttling): the push materializes all the same, and only a later push of the day sends them."""
+    """Daily partitions of the last 35 days (what Stripe still takes) whose newest stripe_usage_pushes
+    materialization left windows open (`open_windows` > 0: pending, sent or unknown, e.g. a Stripe
+    outage or throttling): the push materializes all the same, and only a later push of the day sends
+    them."""
     pushes = _newest_materializations(instance, USAGE_PUSHES, after=(now - LATE_USAGE_LOOKBACK).timestamp())
-    return sorted(p for p, record in pushes.items() if _open_windows(record) > 0)
+    # Stripe takes no window more than 35 days old, and a push marks such windows late (settled); a
+    # row no push of the day sends (its customer left the customer map) would be requested forever
+    oldest = (now - STRIPE_WINDOW_LIMIT).date().isoformat()
+    return sorted(p for p, record in pushes.items() if p >= oldest and _open_windows(record) > 0)
 
 
 def _open_windows(record: dg.EventLogRecord) -> int:
@@ -101,7 +108,8 @@ def hourly_usage_schedule(context: dg.ScheduleEvaluationContext):
     materialization is newer than its newest `usage_aggregates` or `stripe_usage_pushes` one. The ingest asset
     reports late events as a materialization of their own event date, so this re-aggregates (and
     pushes) them at the next tick, and the daily rating then bills the new numbers. A day whose newest
-    push left windows open (a Stripe outage, throttling) is requested too, until a push settles them. Only
+    push left windows open (a Stripe outage, throttling) is requested too, until a push settles them
+    (within the 35 days Stripe takes: a row no push sends, its customer unmapped, stops there). Only
     materializations of usage_events from the last 62 days (`LATE_USAGE_LOOKBACK`) are considered
     (the daily rating re-rates at most the month before last). A day whose run fails stays requested
     every hour until one succeeds.

@@ -308,3 +308,25 @@ def test_the_final_invoice_of_a_cancelled_subscription_closes_its_period(stripe_
     assert result.check_passed()
     final = pulled.invoices.filter(pl.col("total") == 300).row(0, named=True)
     assert (final["period_end"], final["subscription_ended_at"]) == (dt.datetime(2026, 10, 20, tzinfo=dt.UTC),) * 2
+
+
+def test_customers_on_a_test_clock_are_found_or_the_pull_fails(tmp_path):
+    """With no customer map, the pull finds our customers by metadata: Stripe lists those on a test clock
+    only per clock, so the clocks are listed first. A 500 on that list left every customer on a clock
+    out, silently (an empty map, no invoice pulled); it fails the pull, naming the request."""
+    import pytest
+
+    from metering.errors import ExternalServiceError
+    from metering.reconcile import pulls
+    from metering.stripe_sandbox.testing import running_sandbox
+
+    with running_sandbox() as sb, warehouse.open_warehouse(tmp_path / "wh.duckdb") as con:
+        client = sb.client(max_network_retries=0)
+        clock = client.v1.test_helpers.test_clocks.create({"frozen_time": _ts("2026-10-01T00:00:00")})
+        on_clock = client.v1.customers.create({"name": "Acme", "metadata": {"customer_id": "acme"}, "test_clock": clock.id})
+        plain = client.v1.customers.create({"name": "Globex", "metadata": {"customer_id": "globex"}})
+        reader = pulls._Reader(client, 0, 100)
+        assert pulls._customer_map(con, reader) == {"acme": on_clock.id, "globex": plain.id}
+        sb.inject_fault("server_error", path="/v1/test_helpers/test_clocks", method="GET", count=1)
+        with pytest.raises(ExternalServiceError, match="Stripe list request failed"):
+            pulls._customer_map(con, reader)

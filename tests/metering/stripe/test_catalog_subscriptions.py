@@ -187,6 +187,23 @@ def test_a_live_subscription_of_a_customer_removed_from_the_list_is_reported(tmp
         assert client.v1.subscriptions.retrieve(subs["acme"]).status == "active" and _cancellations(sb) == []
 
 
+def test_a_live_subscription_of_a_duplicate_stripe_customer_is_reported(tmp_path: Path, rules_dir: Path) -> None:
+    """A second Stripe customer carrying acme's metadata appears on the clock; the next sync maps acme
+    to it and subscribes it, while the first customer's subscription goes on billing the fee. The
+    sync said "0 orphan subscriptions"; it now reports the one the map no longer names."""
+    with customer_on_clock(tmp_path, rules_dir, STARTER_SINCE_JANUARY) as (sb, con, client, clock, rules, report):
+        first = {c["customer_id"]: (c["stripe_customer_id"], c["subscription_id"]) for c in report.customers}
+        client.v1.customers.create({"name": "Acme (dup)", "metadata": {"customer_id": "acme"}, "test_clock": clock.id})
+        again = _sync(con, client, rules, _customers(tmp_path, rules, STARTER_SINCE_JANUARY), clock)
+        mapped = {c["customer_id"]: c["stripe_customer_id"] for c in again.customers}
+        assert mapped["acme"] != first["acme"][0]
+        assert _findings(again, "acme") == [
+            ("orphan", "subscription", "customer_id", f"mapped to {mapped['acme']}", "starter 2026-01")]
+        [dup] = [f for f in again.findings if f.our_key == "acme"]
+        assert dup.stripe_id == first["acme"][1] and "a duplicate" in dup.detail
+        assert _findings(again, "globex") == [] and "1 orphan subscriptions" in again.summary()
+
+
 def test_a_subscription_made_before_the_first_plan_starts_is_reported(tmp_path: Path, rules_dir: Path) -> None:
     """newco's plan starts Nov 1, and someone subscribed it at Stripe on Oct 20 (starter's prices): Stripe
     bills Oct 20 - 31, which we do not rate. The finding said the plan change was 'not switched', though
