@@ -4,9 +4,10 @@ The file (CSV or Parquet) has one row per customer x meter (x dimension values) 
 quantity: `customer_id, meter, quantity`, optionally `plan`, `period_start` (YYYY-MM-DD) and one
 column per dimension (`region`, `model`, ...). `--plan` prices every row under that plan instead;
 `--at` picks the plan version in force on that date (else the version in force on each row's
-`period_start`). A row's period is the calendar month holding its `period_start` (with `--at` and
-no `period_start` column: the month holding that date), and the whole period is one segment (no
-anchor or plan change is known offline, so flat fees are not prorated). `--at` never moves a row
+`period_start`). A row's period is the calendar month holding its `period_start` (with `--at`, for
+a file without the column or a row that leaves it blank: the month holding that date), and the
+whole period is one segment (no anchor or plan change is known offline, so flat fees are not
+prorated). `--at` never moves a row
 to another period: rows of October and November priced `--at 2026-10-01` are two periods, each
 with its own fee, minimum and tiers.
 
@@ -163,8 +164,12 @@ def rate_usage(usage: pl.DataFrame, rules: Rules, *, plan: str | None = None, at
     # `dated`: the row's own date, which names its period (calendar month); `on`: the date whose plan
     # version prices it (--at, else the row's date)
     if "period_start" in frame.columns:
-        frame = frame.with_columns(dated=pl.col("period_start").cast(pl.String).str.to_date("%Y-%m-%d", strict=False))
-        _fail(source, frame, pl.col("dated").is_null(), "period_start", "not a date (YYYY-MM-DD)")
+        text = pl.col("period_start").cast(pl.String).str.strip_chars()
+        frame = frame.with_columns(dated=text.str.to_date("%Y-%m-%d", strict=False))
+        # with --at, a row left undated is dated by it (as a file with no period_start column is)
+        blank = (text.fill_null("") == "") if at is not None else pl.lit(False)
+        _fail(source, frame, pl.col("dated").is_null() & ~blank, "period_start", "not a date (YYYY-MM-DD)")
+        frame = frame.with_columns(dated=pl.col("dated").fill_null(pl.lit(at)))
         _fail(source, frame, ~pl.col("dated").is_between(FIRST_DATE, LAST_DATE), "period_start",
               f"outside {FIRST_DATE} .. {LAST_DATE}")
     else:

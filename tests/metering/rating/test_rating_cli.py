@@ -365,6 +365,20 @@ def test_rate_at_picks_the_version_and_keeps_each_row_in_its_own_month(tmp_path)
         [("2026-10-01", "2026-11-01", *line) for line in month] + [("2026-11-01", "2026-12-01", *line) for line in month])
 
 
+def test_rate_at_dates_a_row_left_undated_and_refuses_a_wrong_date(tmp_path):
+    """With --at, a blank period_start is dated by it (as a file without the column is); a value that
+    is no date is still refused with its line."""
+    usage = tmp_path / "usage.csv"
+    usage.write_text("customer_id,plan,meter,region,quantity,period_start\nc1,pro,api_calls,us,6000,\n")
+    out = tmp_path / "o.csv"
+    result = run("rate", "--rules", str(RULES), "--usage", str(usage), "--out", str(out), "--at", "2026-10-01")
+    assert result.exit_code == 0, result.output
+    assert f"for 1 customers -> {out} (usd 149.00)" in result.output
+    usage.write_text("customer_id,plan,meter,region,quantity,period_start\nc1,pro,api_calls,us,6000,Oct 1\n")
+    result = run("rate", "--rules", str(RULES), "--usage", str(usage), "--out", str(out), "--at", "2026-10-01")
+    assert result.exit_code == 3 and "usage.csv:2: period_start: not a date (YYYY-MM-DD)" in result.output
+
+
 def test_validate_refuses_a_gap_between_versions(tmp_path):
     root = tmp_path / "rules"
     shutil.copytree(RULES, root)
