@@ -568,7 +568,7 @@ def _bucketed_lines(con: duckdb.DuckDBPyConnection, billing_month: dt.date, peri
             f"""
             WITH lines AS ({merged_lines_sql(con)}),
                  invoices AS ({merged_invoices_sql(con)})
-            SELECT l.customer_id, l.meter, l.invoice_id, l.price_id, l.quantity_decimal, l.amount,
+            SELECT l.customer_id, l.meter, l.invoice_id, l.line_id, l.price_id, l.quantity_decimal, l.amount,
                    {engine_item} AS engine_item,
                    CASE WHEN NOT {engine_item} THEN {drift} END AS price_drift,
                    coalesce(l.currency, i.currency) AS currency,
@@ -770,34 +770,76 @@ def _period_adjustments(con: duckdb.DuckDBPyConnection, lines: pl.DataFrame) -> 
     """customer_id, period_start, adjustments_minor, adjusted_invoice_ids, and the pre-payment credit
     notes (credit_notes_minor, credited_invoice_ids; of them credit_notes_paid_minor on paid invoices and
     credit_notes_remaining_minor on open or uncollectible ones) of the invoices with lines in each
-    period, each invoice counted in ONE period: the one its earliest line belongs to
-    (`_invoice_adjustments`' `counted_on`), whichever month is reconciled.
+    period.
 
-    Not only the closing invoice: a coupon on the invoice that bills the first period's fee in advance
+    Adjustments: each invoice counted in ONE period, the one its earliest line belongs to
+    (`_invoice_adjustments`' `counted_on`), whichever month is reconciled. Not only the closing
+    invoice: a coupon on the invoice that bills the first period's fee in advance
     (`subscription_create`) was never seen. Not every invoice of the period either: the invoice that
     closes October also bills November's fee in advance, and counted in both periods its discount
     would count twice. Not by the invoice's own period either: an invoice closing a period in which it
     has no line (a subscription with only licensed prices bills November's fee on the invoice of
     October's period) would count in no period.
 
+    Credit notes: each invoice's credit is spread over its lines (`_line_credits`), so each period is
+    credited at most what the invoice bills in it: a credit larger than October's lines of the invoice
+    that closes October covers its November fee too (put all in October, October's remaining went
+    negative and November's showed the fee still owed).
+
     `adjustments_minor` is NULL when no invoice counted in the period has a known total before tax;
     a credit note unknown (NULL: `merged_invoices_sql`) counts as 0."""
     pairs = lines.select("customer_id", "period_start", "period_end", "invoice_id").drop_nulls("invoice_id").unique()
-    adjustments = _invoice_adjustments(con, pairs["invoice_id"].unique().sort().to_list())
-    credit = pl.col("credit_notes_minor")
-    status = pl.col("invoice_status")
-    return (
-        pairs.join(adjustments, on="invoice_id")
+    invoice_ids = pairs["invoice_id"].unique().sort().to_list()
+    adjustments = (
+        pairs.join(_invoice_adjustments(con, invoice_ids), on="invoice_id")
         .filter(pl.col("counted_on").is_between(pl.col("period_start"), pl.col("period_end"), closed="left"))
         .group_by("customer_id", "period_start")
         .agg(pl.when(pl.col("adjustments_minor").is_not_null().any())
              .then(pl.col("adjustments_minor").sum()).alias("adjustments_minor"),
              pl.col("invoice_id").filter(pl.col("adjustments_minor").fill_null(0) != 0).sort().str.join(",")
-             .alias("adjusted_invoice_ids"),
-             credit.sum().alias("credit_notes_minor"),
-             pl.col("invoice_id").filter(credit != 0).sort().str.join(",").alias("credited_invoice_ids"),
+             .alias("adjusted_invoice_ids"))
+    )
+    credit = pl.col("credit_minor")
+    status = pl.col("invoice_status")
+    credits = (
+        lines.select("customer_id", "period_start", "invoice_id", "line_id", "invoice_status")
+        .join(_line_credits(con, invoice_ids), on=["invoice_id", "line_id"])
+        .group_by("customer_id", "period_start")
+        .agg(credit.sum().alias("credit_notes_minor"),
+             pl.col("invoice_id").filter(credit != 0).unique().sort().str.join(",").alias("credited_invoice_ids"),
              credit.filter(status.is_in(PAID_STATUSES)).sum().alias("credit_notes_paid_minor"),
              credit.filter(status.is_in(REMAINING_STATUSES)).sum().alias("credit_notes_remaining_minor"))
+    )
+    return adjustments.join(credits, on=["customer_id", "period_start"], how="full", coalesce=True)
+
+
+def _line_credits(con: duckdb.DuckDBPyConnection, invoice_ids: list[str]) -> pl.DataFrame:
+    """invoice_id, line_id, credit_minor: each credited invoice's `pre_payment_credit_notes_amount` spread
+    over its lines in the order they bill (line period start, then line id), each line taking at most
+    its own amount; a credit beyond the invoice's lines stays on its first billing line. Lines of all
+    periods count, whichever month is reconciled, so every month spreads an invoice alike."""
+    return query_frame(
+        con,
+        f"""
+        WITH lines AS ({merged_lines_sql(con)}),
+             invoices AS ({merged_invoices_sql(con)}),
+             credited AS (
+                SELECT l.invoice_id, l.line_id, greatest(l.amount, 0) AS owed,
+                       CAST(i.pre_payment_credit_notes AS BIGINT) AS credit,
+                       sum(greatest(l.amount, 0)) OVER (PARTITION BY l.invoice_id ORDER BY l.period_start, l.line_id
+                                                        ROWS UNBOUNDED PRECEDING) - greatest(l.amount, 0) AS before,
+                       sum(greatest(l.amount, 0)) OVER (PARTITION BY l.invoice_id) AS billed,
+                       row_number() OVER (PARTITION BY l.invoice_id
+                                          ORDER BY l.amount <= 0, l.period_start, l.line_id) AS rank
+                FROM lines l JOIN invoices i ON i.invoice_id = l.invoice_id
+                WHERE list_contains(?::VARCHAR[], l.invoice_id) AND coalesce(i.pre_payment_credit_notes, 0) <> 0
+             )
+        SELECT invoice_id, line_id,
+               CAST(greatest(least(owed, credit - before), 0)
+                    + CASE WHEN rank = 1 THEN greatest(credit - billed, 0) ELSE 0 END AS BIGINT) AS credit_minor
+        FROM credited
+        """,
+        [invoice_ids],
     )
 
 

@@ -128,8 +128,8 @@ def test_a_credit_note_on_a_paid_invoice_lowers_what_is_paid(isolated_env, rules
 
 def test_a_credit_note_counts_once_in_the_period_of_the_invoices_earliest_line(isolated_env, rules_dir):
     """in_cus_a closes October (usage 100) and bills November's fee in advance (4900): a 60-cent credit note
-    on it, paid (Stripe collected 4940). It counts in October, the period of its earliest line, as its
-    discounts do; not in November, whose fee line on the same invoice shows paid 4900 and nothing credited."""
+    on it, paid (Stripe collected 4940). It counts in October, whose lines of the invoice (100) cover it;
+    not in November, whose fee line on the same invoice shows paid 4900 and nothing credited."""
     with warehouse.open_warehouse() as con:
         write_scenario(con)
         con.execute("""INSERT INTO stripe_invoice_lines_api SELECT * REPLACE ('il_nov_fee' AS line_id,
@@ -144,6 +144,25 @@ def test_a_credit_note_counts_once_in_the_period_of_the_invoices_earliest_line(i
     assert (november["stripe_total_minor"], november["amount_paid"], november["credit_notes_minor"]) == (4900, 4900, 0)
     # every line once, the credit note once: Stripe collected 4900 (in_a0) + 4940 (in_cus_a)
     assert october["amount_paid"] + november["amount_paid"] == 4900 + 4940
+
+
+def test_a_credit_note_larger_than_a_periods_lines_is_spread_over_the_invoices_periods(isolated_env, rules_dir):
+    """The same invoice, open, with a 4950 credit note (Stripe will collect 50). All of it was taken off
+    October, whose lines of it are 100: October remaining -4850, and November's 4900 fee shown still
+    owed. Spread over the lines in the order they bill: October is credited its 100 (nothing left to
+    collect), November 4850 of its 4900 (50 remaining); 50 in all, what Stripe will collect."""
+    with warehouse.open_warehouse() as con:
+        write_scenario(con)
+        con.execute("""INSERT INTO stripe_invoice_lines_api SELECT * REPLACE ('il_nov_fee' AS line_id,
+                       'in_cus_a' AS invoice_id, ? AS period_start, ? AS period_end)
+                       FROM stripe_invoice_lines_api WHERE line_id = 'il_fee'""", [NOV, DEC])
+        invoice_total_is_its_lines(con, "in_cus_a")
+        _credit_note(con, "in_cus_a", status="open", total=5000, credit=4950)
+        october = _row(_reconcile(con, rules_dir), "cus_a")
+        november = _row(_reconcile(con, rules_dir, dt.date(2026, 11, 1)), "cus_a")
+    assert (october["amount_remaining"], october["credit_notes_minor"]) == (0, 100)
+    assert (november["amount_remaining"], november["credit_notes_minor"]) == (50, 4850)
+    assert october["credit_notes_minor"] + november["credit_notes_minor"] == 4950
 
 
 def test_an_invoice_pulled_before_its_credit_notes_were_read_counts_none(isolated_env, rules_dir):
