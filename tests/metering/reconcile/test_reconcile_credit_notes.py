@@ -40,6 +40,19 @@ def _credit_note(con, invoice: str, *, status: str, total: int, credit: int) -> 
                 [status, due, paid, due - paid, credit, invoice])
 
 
+def _october_and_november(rules_dir, *, status: str, credit: int) -> tuple[dict, dict]:
+    """cus_a's October and November rows when in_cus_a closes October (usage 100) and bills November's
+    fee (4900) in advance, with a credit note of `credit` before payment, the invoice `status`."""
+    with warehouse.open_warehouse() as con:
+        write_scenario(con)
+        con.execute("""INSERT INTO stripe_invoice_lines_api SELECT * REPLACE ('il_nov_fee' AS line_id,
+                       'in_cus_a' AS invoice_id, ? AS period_start, ? AS period_end)
+                       FROM stripe_invoice_lines_api WHERE line_id = 'il_fee'""", [NOV, DEC])
+        invoice_total_is_its_lines(con, "in_cus_a")
+        _credit_note(con, "in_cus_a", status=status, total=5000, credit=credit)
+        return _row(_reconcile(con, rules_dir), "cus_a"), _row(_reconcile(con, rules_dir, dt.date(2026, 11, 1)), "cus_a")
+
+
 def _reconcile(con, rules_dir, month: dt.date = MONTH):
     return reconcile_period(con, month, settings=ReconcileSettings(), meters=load_meters(rules_dir), now=PULLED)
 
@@ -130,15 +143,7 @@ def test_a_credit_note_counts_once_in_the_period_of_the_invoices_earliest_line(i
     """in_cus_a closes October (usage 100) and bills November's fee in advance (4900): a 60-cent credit note
     on it, paid (Stripe collected 4940). It counts in October, whose lines of the invoice (100) cover it;
     not in November, whose fee line on the same invoice shows paid 4900 and nothing credited."""
-    with warehouse.open_warehouse() as con:
-        write_scenario(con)
-        con.execute("""INSERT INTO stripe_invoice_lines_api SELECT * REPLACE ('il_nov_fee' AS line_id,
-                       'in_cus_a' AS invoice_id, ? AS period_start, ? AS period_end)
-                       FROM stripe_invoice_lines_api WHERE line_id = 'il_fee'""", [NOV, DEC])
-        invoice_total_is_its_lines(con, "in_cus_a")
-        _credit_note(con, "in_cus_a", status="paid", total=5000, credit=60)
-        october = _row(_reconcile(con, rules_dir), "cus_a")
-        november = _row(_reconcile(con, rules_dir, dt.date(2026, 11, 1)), "cus_a")
+    october, november = _october_and_november(rules_dir, status="paid", credit=60)
     assert (october["amount_paid"], november["amount_paid"]) == (4940, 4900)
     assert tuple(october[c] for c in ROW) == (5000, 4940, 4940, 0, 60, 0, 0, "matched")
     assert (november["stripe_total_minor"], november["amount_paid"], november["credit_notes_minor"]) == (4900, 4900, 0)
@@ -151,15 +156,7 @@ def test_a_credit_note_larger_than_a_periods_lines_is_spread_over_the_invoices_p
     October, whose lines of it are 100: October remaining -4850, and November's 4900 fee shown still
     owed. Spread over the lines in the order they bill: October is credited its 100 (nothing left to
     collect), November 4850 of its 4900 (50 remaining); 50 in all, what Stripe will collect."""
-    with warehouse.open_warehouse() as con:
-        write_scenario(con)
-        con.execute("""INSERT INTO stripe_invoice_lines_api SELECT * REPLACE ('il_nov_fee' AS line_id,
-                       'in_cus_a' AS invoice_id, ? AS period_start, ? AS period_end)
-                       FROM stripe_invoice_lines_api WHERE line_id = 'il_fee'""", [NOV, DEC])
-        invoice_total_is_its_lines(con, "in_cus_a")
-        _credit_note(con, "in_cus_a", status="open", total=5000, credit=4950)
-        october = _row(_reconcile(con, rules_dir), "cus_a")
-        november = _row(_reconcile(con, rules_dir, dt.date(2026, 11, 1)), "cus_a")
+    october, november = _october_and_november(rules_dir, status="open", credit=4950)
     assert (october["amount_remaining"], october["credit_notes_minor"]) == (0, 100)
     assert (november["amount_remaining"], november["credit_notes_minor"]) == (50, 4850)
     assert october["credit_notes_minor"] + november["credit_notes_minor"] == 4950
