@@ -74,7 +74,8 @@ ENDED_SUBSCRIPTIONS = ("canceled", "incomplete_expired")
 
 FINDINGS = ("drift", "not_expressible", "rounding", "not_subscribed", "orphan")
 """The kinds of catalog finding (`Finding.finding`). `not_subscribed`: a customer whose first plan
-starts later gets no subscription yet (Stripe would bill the days before it). `orphan`: a live Stripe
+starts later gets no subscription yet (Stripe would bill the days before it), or a customer with no
+live subscription of ours at Stripe that the sync may not create (Stripe bills it nothing). `orphan`: a live Stripe
 subscription bills time our rules do not rate (its customer left our list, its plan has no version in
 force, or the customer's first plan has not started); reported, never cancelled."""
 
@@ -458,8 +459,11 @@ def sync_customers(
             if end and sub.status == "canceled":
                 last_end[sub.customer] = max(last_end.get(sub.customer, 0), int(end))
             continue
-        existing_subs.setdefault(sub.customer, sub)
         live_subs.setdefault(sub.customer, []).append(sub)
+        # ours: our metadata, or our prices' lookup keys; a subscription to another product of the
+        # account (support, say) bills none of our usage or fees, and is never taken for ours
+        if _carried_version(sub) != (None, None):
+            existing_subs.setdefault(sub.customer, sub)
     assignments = _current_assignments(customers, now.date())
     for row in assignments.iter_rows(named=True):
         cid = str(row["customer_id"])
@@ -537,6 +541,16 @@ def sync_customers(
             report.count("subscription", True)
         elif sub is not None:
             report.count("subscription", False)
+        elif subscriptions and version is not None and plan_day <= now.date():
+            # nothing at Stripe bills this customer's usage or fees, and the sync may not create it
+            others = [other.id for other in live_subs.get(cus.id, [])]
+            report.findings.append(Finding(
+                "not_subscribed", "subscription", cid, others[0] if others else None, "plan",
+                f"{version.plan} {version.version}", None,
+                f"no live Stripe subscription of ours (Stripe customer {cus.id}"
+                + (f"; its live subscription(s) {', '.join(others)} carry none of our prices" if others else "")
+                + "): Stripe bills none of its usage or fees; create the subscription (or sync with "
+                  "--create-customers in test mode)"))
         # the plan version the subscription carries (its prices), which is not the one in force today
         # once a later version has started: the sync never switches a subscription's prices. A
         # subscription without our metadata (not created by this sync) has an unknown one: NULL

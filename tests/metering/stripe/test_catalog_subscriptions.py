@@ -262,3 +262,36 @@ def test_a_sync_on_a_test_clock_finds_its_own_customers_and_subscriptions_only(t
         # October's fee once on this clock's customer
         assert [(i.billing_reason, i.total) for i in client.v1.invoices.list({"customer": row["stripe_customer_id"]}).data] == [
             ("subscription_create", 1900)]
+
+
+def test_a_subscription_to_another_product_is_not_taken_for_ours(tmp_path: Path, rules_dir: Path) -> None:
+    """acme already has a live subscription at Stripe to another product (support, 50.00 a month: no
+    metadata of ours, none of our prices). The sync took it for ours, created none and said nothing:
+    Stripe billed none of acme's usage or fees. It now subscribes acme to its plan (test mode); and a
+    sync that may not create (production) reports a customer left with no subscription of ours."""
+    with customer_on_clock(tmp_path, rules_dir, STARTER_SINCE_JANUARY) as (sb, con, client, clock, rules, report):
+        subs = {c["customer_id"]: c["subscription_id"] for c in report.customers}
+        newco = client.v1.customers.create({"name": "Newco", "metadata": {"customer_id": "newco"},
+                                            "test_clock": clock.id})
+        support = client.v1.prices.create({"currency": "usd", "unit_amount": 5000,
+                                           "product": client.v1.products.create({"name": "Premium support"}).id,
+                                           "recurring": {"interval": "month", "usage_type": "licensed"}})
+        foreign = client.v1.subscriptions.create({"customer": newco.id, "items": [{"price": support.id, "quantity": 1}]})
+        with_newco = STARTER_SINCE_JANUARY + "newco,Newco,ap@newco.test,usd,,starter,2026-01-01,succeeds\n"
+        production = catalog.sync_catalog(con, client, rules, _customers(tmp_path, rules, with_newco),
+                                          create_customers=False, test_clock=clock.id)
+        assert _findings(production, "newco") == [("not_subscribed", "subscription", "plan", "starter 2026-01", None)]
+        [missing] = [f for f in production.findings if f.our_key == "newco"]
+        assert foreign.id in missing.detail and "carry none of our prices" in missing.detail
+        assert _findings(production, "acme") == [] and "1 not yet subscribed" in production.summary()
+
+        created = _sync(con, client, rules, _customers(tmp_path, rules, with_newco), clock)
+        ours = {c["customer_id"]: c["subscription_id"] for c in created.customers}
+        assert ours["newco"] not in (None, foreign.id) and created.created == {"subscription": 1}
+        assert _carried(client.v1.subscriptions.retrieve(ours["newco"])) == ("starter", "2026-01")
+        assert (ours["acme"], ours["globex"]) == (subs["acme"], subs["globex"])
+        assert _findings(created, "newco") == []
+
+
+def _carried(sub) -> tuple:
+    return sub.metadata.to_dict().get("plan"), sub.metadata.to_dict().get("plan_version")
