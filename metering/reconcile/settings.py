@@ -80,6 +80,12 @@ def _int_env(name: str, default: int) -> int:
     return value
 
 
+def settle_seconds_from_env() -> int:
+    """`METERING_STRIPE_SETTLE_SECONDS`: how long Stripe's meter event summaries may lag behind a push
+    (default 900). Read by the reconciliation's settle guard and by the push's late path."""
+    return _int_env("METERING_STRIPE_SETTLE_SECONDS", DEFAULT_SETTLE_SECONDS)
+
+
 @dataclass(frozen=True)
 class ReconcileSettings:
     """The knobs of a reconciliation run (all money in integer minor units)."""
@@ -113,7 +119,7 @@ class ReconcileSettings:
         raw = os.environ.get("METERING_RECON_TOLERANCE", "")
         return cls(
             tolerance_minor=_parse_tolerances(raw, "$METERING_RECON_TOLERANCE"),
-            settle_seconds=_int_env("METERING_STRIPE_SETTLE_SECONDS", DEFAULT_SETTLE_SECONDS),
+            settle_seconds=settle_seconds_from_env(),
             invoice_grace_seconds=_int_env("METERING_STRIPE_INVOICE_GRACE_SECONDS", DEFAULT_INVOICE_GRACE_SECONDS),
             max_unexplained_minor=_int_env("METERING_RECON_MAX_UNEXPLAINED_MINOR", DEFAULT_MAX_UNEXPLAINED_MINOR),
             pull_rate=_rate_env("METERING_STRIPE_PULL_RATE", DEFAULT_PULL_RATE),

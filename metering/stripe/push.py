@@ -58,7 +58,7 @@ from metering import warehouse
 from metering.customers import midnight_unix, period_containing
 from metering.errors import BadInputError, ExternalServiceError
 from metering.logs import redact
-from metering.reconcile.settings import DEFAULT_SETTLE_SECONDS, MAX_SETTING
+from metering.reconcile.settings import DEFAULT_SETTLE_SECONDS, settle_seconds_from_env
 from metering.rules.meters import Meter
 from metering.stripe import catalog, ledger, windows
 from metering.stripe.keys import event_name
@@ -390,19 +390,20 @@ class Pusher:
     def _formula(self, meter: str) -> str:
         return windows.stripe_formula(self.meters[meter])
 
-    def _summary_values(self, meter_id: str, stripe_customer_id: str, window: dict[str, Any]) -> list[int | float]:
-        """Stripe's meter event summary values for one customer x window (none: no event in it)."""
+    def _summaries(self, meter_id: str, stripe_customer_id: str, start: int, end: int, grouping: str) -> list[Any]:
+        """Stripe's meter event summaries for one customer over [start, end) (Unix seconds), grouped by
+        `grouping` (hour or day): one per window with an event."""
         self.limiter.acquire()
         summaries = self.client.v1.billing.meters.event_summaries.list(
-            meter_id,
-            {
-                "customer": stripe_customer_id,
-                "start_time": int(_utc(window["window_start"]).timestamp()),
-                "end_time": int(_utc(window["window_end"]).timestamp()),
-                "value_grouping_window": window["window_kind"],
-            },
-        )
-        return [s.aggregated_value for s in summaries.data]
+            meter_id, {"customer": stripe_customer_id, "start_time": start, "end_time": end,
+                       "value_grouping_window": grouping, "limit": 100})
+        return list(summaries.auto_paging_iter())
+
+    def _summary_values(self, meter_id: str, stripe_customer_id: str, window: dict[str, Any]) -> list[int | float]:
+        """Stripe's meter event summary values for one customer x window (none: no event in it)."""
+        return [s.aggregated_value for s in self._summaries(
+            meter_id, stripe_customer_id, int(_utc(window["window_start"]).timestamp()),
+            int(_utc(window["window_end"]).timestamp()), window["window_kind"])]
 
     def _hold_moved(self, desired: pl.DataFrame, report: PushReport) -> pl.DataFrame:
         """Drop the windows whose Stripe customer changed (a later sync mapped ours to another one)
@@ -469,13 +470,7 @@ class Pusher:
         """What a `last`-formula meter bills `stripe_customer_id` for the billing period [start, end):
         the value of its newest day with an event (none: no event in the period). Grouped by day,
         since an ungrouped summary reads 0 for a period without events."""
-        self.limiter.acquire()
-        summaries = self.client.v1.billing.meters.event_summaries.list(
-            meter_id,
-            {"customer": stripe_customer_id, "start_time": midnight_unix(start), "end_time": midnight_unix(end),
-             "value_grouping_window": "day", "limit": 100},
-        )
-        days = list(summaries.auto_paging_iter())
+        days = self._summaries(meter_id, stripe_customer_id, midnight_unix(start), midnight_unix(end), "day")
         return [max(days, key=lambda s: s.start_time).aggregated_value] if days else []
 
     def _resolve_stale(self, stale: pl.DataFrame, report: PushReport, then: str, *, resent: bool = True) -> int:
@@ -667,15 +662,11 @@ def push_config_from_env(**overrides: Any) -> PushConfig:
         except ValueError:
             raise BadInputError(f"environment variable {name}: {raw!r} is not a number") from None
 
-    settle = num("METERING_STRIPE_SETTLE_SECONDS", int, DEFAULT_SETTLE_SECONDS)
-    if not 0 <= settle <= MAX_SETTING:
-        raise BadInputError(f"environment variable METERING_STRIPE_SETTLE_SECONDS: {settle} is not a number of "
-                            f"seconds from 0 to {MAX_SETTING}")
     values: dict[str, Any] = {
         "rate": num("STRIPE_PUSH_RATE", float, DEFAULT_RATE),
         "concurrency": num("STRIPE_PUSH_CONCURRENCY", int, 8),
         "window_kind": os.environ.get("STRIPE_METER_WINDOW") or "day",
-        "summary_lag": timedelta(seconds=settle),
+        "summary_lag": timedelta(seconds=settle_seconds_from_env()),
     }
     values.update({k: v for k, v in overrides.items() if v is not None})
     return PushConfig(**values)
