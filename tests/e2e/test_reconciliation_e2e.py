@@ -29,6 +29,7 @@ import polars as pl
 import pytest
 
 from metering import warehouse
+from tests.metering.reconcile.recon_scenario import rate_days
 
 pytestmark = pytest.mark.slow
 
@@ -77,17 +78,6 @@ def rules(tmp_path: Path) -> Path:
     shutil.copy(PROJECT / "rating_rules" / "meters.yaml", folder / "meters.yaml")
     (folder / "plans" / "basic.yaml").write_text(PLAN.format(name="basic"))
     return folder
-
-
-def _rate(con, rules_obj, days: list[dt.date]) -> None:
-    from metering.rating import service
-
-    for day in days:
-        service.refresh_aggregates(con, rules_obj.meters, day)
-    rated, previews = service.rate_month(con, rules_obj, MONTH)
-    now = dt.datetime.now(dt.UTC)
-    service.write_rated(con, MONTH, rated, rules_obj, now)
-    service.write_previews(con, MONTH, previews, now)
 
 
 def _plant_price(client, stripe_customer: str) -> None:
@@ -144,7 +134,7 @@ def test_planted_discrepancies_are_reported_exactly(stripe_sandbox, tmp_path, ru
     with warehouse.open_warehouse() as con:
         ingest_files(con, [first], rules_dir=rules)
         replace_rows(con, "customer_plans", "TRUE", [], load_customers(customers_csv, rules_obj))
-        _rate(con, rules_obj, days)
+        rate_days(con, rules_obj, MONTH, days)
 
         clock = client.v1.test_helpers.test_clocks.create({"frozen_time": _ts("2026-10-01T00:00:00")})
         sync_catalog(con, client, rules_obj, load_customers(customers_csv, rules_obj),
@@ -162,7 +152,7 @@ def test_planted_discrepancies_are_reported_exactly(stripe_sandbox, tmp_path, ru
         # planted: a window rated but never pushed
         ingest_files(con, [_events(raw / "usage-2.jsonl", [("c_notpushed", "api_calls", "2026-10-02T09:00:00", 30, None)])],
                      rules_dir=rules)
-        _rate(con, rules_obj, [dt.date(2026, 10, 2)])
+        rate_days(con, rules_obj, MONTH, [dt.date(2026, 10, 2)])
 
         # close the period: invoices created at Nov 1, finalized after the 1 h grace, paid
         client.v1.test_helpers.test_clocks.advance(clock.id, {"frozen_time": _ts("2026-11-01T02:00:00")})
@@ -170,7 +160,7 @@ def test_planted_discrepancies_are_reported_exactly(stripe_sandbox, tmp_path, ru
         # planted: a late event for Oct 31 arrives after the invoice was finalized; rated and pushed
         ingest_files(con, [_events(raw / "usage-3.jsonl", [("c_late", "api_calls", "2026-10-31T20:00:00", 10, None)])],
                      rules_dir=rules)
-        _rate(con, rules_obj, [dt.date(2026, 10, 31)])
+        rate_days(con, rules_obj, MONTH, [dt.date(2026, 10, 31)])
         push_usage(con, client, rules_obj.meters, days[-1], days[-1], PushConfig(rate=0))
 
         pulled = pull_stripe_state(con, client, MONTH, meters=list(rules_obj.meters),
@@ -265,7 +255,7 @@ def test_usage_acknowledged_after_finalization_is_late_and_nothing_else(stripe_s
         ingest_files(con, [_events(raw / "usage-1.jsonl", [("c_race", "api_calls", "2026-10-01T09:00:00", 40, None)])],
                      rules_dir=rules)
         replace_rows(con, "customer_plans", "TRUE", [], load_customers(customers_csv, rules_obj))
-        _rate(con, rules_obj, days)
+        rate_days(con, rules_obj, MONTH, days)
         sync_catalog(con, client, rules_obj, load_customers(customers_csv, rules_obj),
                      create_customers=True, test_clock=clock_id, sandbox_payment_behavior=True)
         client.v1.test_helpers.test_clocks.advance(clock_id, {"frozen_time": _ts("2026-10-31T12:00:00")})
@@ -275,7 +265,7 @@ def test_usage_acknowledged_after_finalization_is_late_and_nothing_else(stripe_s
         client.v1.test_helpers.test_clocks.advance(clock_id, {"frozen_time": _ts("2026-11-01T00:30:00")})
         ingest_files(con, [_events(raw / "usage-2.jsonl", [("c_race", "api_calls", "2026-10-31T20:00:00", 10, None)])],
                      rules_dir=rules)
-        _rate(con, rules_obj, [days[-1]])
+        rate_days(con, rules_obj, MONTH, [days[-1]])
         stripe_sandbox.inject_fault("slow", path="/v1/billing/meter_events", count=1, delay=60)
         pusher = threading.Thread(target=push_usage, args=(con, stripe_sandbox.client(max_network_retries=2),
                                                            rules_obj.meters, days[-1], days[-1], PushConfig(rate=0)),

@@ -320,3 +320,15 @@ def land_invoice_webhook(con: duckdb.DuckDBPyConnection, landing: Path, invoice:
     writer.close()
     land_directory(con, landing)
     rebuild_invoices(con)
+
+
+def rate_days(con: duckdb.DuckDBPyConnection, rules: Any, month: dt.date, days: list[dt.date]) -> None:
+    """Aggregate `days` and rate `month` as the assets do, storing the rated lines and the previews."""
+    from metering.rating import service
+
+    for day in days:
+        service.refresh_aggregates(con, rules.meters, day)
+    rated, previews = service.rate_month(con, rules, month)
+    now = dt.datetime.now(dt.UTC)
+    service.write_rated(con, month, rated, rules, now)
+    service.write_previews(con, month, previews, now)

@@ -27,7 +27,7 @@ import polars as pl
 from metering import warehouse
 from metering.customers import load_customers
 from metering.ingest.load import ingest_files
-from metering.rating import service
+from recon_scenario import rate_days
 from metering.reconcile.pulls import pull_stripe_state
 from metering.reconcile.run import reconcile_period
 from metering.reconcile.settings import ReconcileSettings
@@ -68,15 +68,6 @@ def _events(path: Path) -> Path:
     return path
 
 
-def _rate(con, rules, days) -> None:
-    for day in days:
-        service.refresh_aggregates(con, rules.meters, day)
-    rated, previews = service.rate_month(con, rules, SEP)
-    now = dt.datetime.now(dt.UTC)
-    service.write_rated(con, SEP, rated, rules, now)
-    service.write_previews(con, SEP, previews, now)
-
-
 def _september(con, client) -> dict:
     pull_stripe_state(con, client, SEP, meters=["api_calls", "seats", "tokens"], settings=SETTINGS)
     result = reconcile_period(con, SEP, settings=SETTINGS)
@@ -95,7 +86,7 @@ def test_items_billed_on_a_later_invoice_count_with_the_month_they_bill(stripe_s
         ingest_files(con, [_events(tmp_path / "raw" / "usage.jsonl")], rules_dir=rules_dir)
         customers = load_customers(tmp_path / "customers.csv", rules)
         warehouse.replace_rows(con, "customer_plans", "TRUE", [], customers)
-        _rate(con, rules, days)
+        rate_days(con, rules, SEP, days)
         clock = client.v1.test_helpers.test_clocks.create({"frozen_time": _ts("2026-09-01T00:00:00")})
         sync_catalog(con, client, rules, customers, create_customers=True, test_clock=clock.id,
                      sandbox_payment_behavior=True)
@@ -105,7 +96,7 @@ def test_items_billed_on_a_later_invoice_count_with_the_month_they_bill(stripe_s
 
         push_days_on_clock(con, client, rules.meters, clock.id, days[0], days[-1], PushConfig(rate=0), now=clock_now)
         client.v1.test_helpers.test_clocks.advance(clock.id, {"frozen_time": _ts("2026-10-01T02:30:00")})
-        _rate(con, rules, [])
+        rate_days(con, rules, SEP, [])
         first = bill_invoice_items(con, client, SEP, rate=0)
         assert (first.acknowledged, first.pending_next, first.billed_minor) == (2, 2, {"usd": ITEMS})
         # Oct 1: Stripe holds the items pending; the ledger knows it
