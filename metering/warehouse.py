@@ -222,8 +222,37 @@ def pending_migrations(done: set[str]) -> list[str]:
     return [file.stem for file in migration_files() if file.stem not in done]
 
 
+def migration_checksum(sql: str) -> str:
+    """What `schema_migrations.checksum` records of a migration's text: SHA-256, line ends as `\n` (a
+    checkout that turns them into `\r\n` is the same migration)."""
+    return hashlib.sha256(sql.replace("\r\n", "\n").encode()).hexdigest()
+
+
+def _refuse_other_migrations(recorded: dict[str, str], where: Path | None) -> None:
+    """Refuse a warehouse whose recorded migrations are not this metering's: one with no file here (the
+    warehouse was built by a newer version), or one whose text has changed since it was applied (the
+    schema it made is not the one this code expects). Either way, working on it would fail late, with a
+    DuckDB error in the middle of a job, or write rows of another layout."""
+    files = {file.stem: file for file in migration_files()}
+    unknown = sorted(set(recorded) - set(files))
+    if unknown:
+        raise BadInputError(
+            f"{where or 'the warehouse'}: its schema was made by a newer version of metering (migration(s) "
+            f"{', '.join(unknown)} unknown here); use that version, or ingest the raw files into a new warehouse")
+    changed = sorted(v for v, checksum in recorded.items() if checksum != migration_checksum(files[v].read_text()))
+    if changed:
+        raise BadInputError(
+            f"{where or 'the warehouse'}: migration(s) {', '.join(changed)} were applied from another text than "
+            f"metering/migrations/<name>.sql holds now (edited after they ran), so its schema is not the one this "
+            f"version of metering expects; use the version that made it, or ingest the raw files into a new "
+            f"warehouse")
+
+
 def apply_migrations(con: duckdb.DuckDBPyConnection, where: Path | None = None) -> list[str]:
     """Apply every migration not yet recorded, each in its own transaction. Returns those applied.
+
+    A warehouse that recorded a migration this version does not have, or one whose text has changed
+    since, is refused (`BadInputError`, naming them) before anything is applied.
 
     A migration the stored data does not allow (say, 003 meeting an event whose file has no manifest
     entry) is rolled back and raises `BadInputError` naming it and `where` (the warehouse file).
@@ -232,16 +261,17 @@ def apply_migrations(con: duckdb.DuckDBPyConnection, where: Path | None = None) 
         "CREATE TABLE IF NOT EXISTS schema_migrations ("
         " version VARCHAR NOT NULL, checksum VARCHAR NOT NULL, applied_at TIMESTAMPTZ NOT NULL)"
     )
-    done = {row[0] for row in con.execute("SELECT version FROM schema_migrations").fetchall()}
+    recorded = dict(con.execute("SELECT version, checksum FROM schema_migrations").fetchall())
+    _refuse_other_migrations(recorded, where)
     applied = []
-    for version in pending_migrations(done):
+    for version in pending_migrations(set(recorded)):
         sql = (MIGRATIONS_DIR / f"{version}.sql").read_text()
         try:
             with transaction(con):
                 con.execute(sql)
                 con.execute(
                     "INSERT INTO schema_migrations VALUES (?, ?, now())",
-                    [version, hashlib.sha256(sql.encode()).hexdigest()],
+                    [version, migration_checksum(sql)],
                 )
         except duckdb.Error as exc:
             if (failure := _failure_in_use(where or Path("warehouse"), exc)) is not None:
@@ -389,10 +419,11 @@ def _refuse_schema_behind(target: duckdb.DuckDBPyConnection, source: Path) -> No
     """Refuse to publish a warehouse that has migrations to apply (restored from a backup, or not yet
     opened by a writer since an upgrade): the analyst views are written for the current schema."""
     try:
-        done = {r[0] for r in target.execute("SELECT version FROM snapshot_source.schema_migrations").fetchall()}
+        recorded = dict(target.execute("SELECT version, checksum FROM snapshot_source.schema_migrations").fetchall())
     except duckdb.CatalogException:
         raise BadInputError(f"{source}: not a metering warehouse (it has no schema_migrations table)") from None
-    if pending := pending_migrations(done):
+    _refuse_other_migrations(recorded, source)
+    if pending := pending_migrations(set(recorded)):
         raise BadInputError(
             f"{source}: the warehouse's schema is behind this version of metering (not yet applied: "
             f"{', '.join(pending)}); any writing command applies them (e.g. `metering ingest` of a folder "

@@ -1,4 +1,5 @@
 import contextlib
+import hashlib
 import shutil
 import subprocess
 import sys
@@ -220,7 +221,8 @@ def test_events_of_an_older_warehouse_get_their_file_id(tmp_path):
     for file in warehouse.migration_files()[:2]:  # the schema as 001 and 002 left it
         assert file.stem < "003"
         con.execute(file.read_text())
-        con.execute("INSERT INTO schema_migrations VALUES (?, 'x', now())", [file.stem])
+        con.execute("INSERT INTO schema_migrations VALUES (?, ?, now())",
+                    [file.stem, warehouse.migration_checksum(file.read_text())])
     for n, (fh, at) in enumerate([("hash-b", "2026-10-02 00:00:00+00"), ("hash-a", "2026-10-01 00:00:00+00")]):
         con.execute("INSERT INTO ingested_files (file_hash, path, format, rows_read, rows_accepted, rows_quarantined, "
                     "duplicates_dropped, ingested_at) VALUES (?, ?, 'jsonl', 2, 2, 0, 0, ?)", [fh, f"f{n}", at])
@@ -392,7 +394,8 @@ def _warehouse_before(path, version: str) -> None:
         if file.stem > version:
             break
         con.execute(file.read_text())
-        con.execute("INSERT INTO schema_migrations VALUES (?, 'x', now())", [file.stem])
+        con.execute("INSERT INTO schema_migrations VALUES (?, ?, now())",
+                    [file.stem, warehouse.migration_checksum(file.read_text())])
     return con
 
 
@@ -565,3 +568,51 @@ def test_a_full_disk_is_bad_input_naming_the_warehouse_and_keeps_nothing(tmp_pat
     with duckdb.connect(str(wh), read_only=True) as reader:
         assert reader.execute("SELECT count(*) FROM usage_events").fetchone() == (80_000,)
         assert reader.execute("SELECT count(*) FROM ingested_files").fetchone() == (1,)
+
+
+def test_a_warehouse_whose_migration_text_changed_since_it_ran_is_refused_by_name(tmp_path):
+    """A migration edited after a warehouse applied it left a schema this code does not expect: the
+    first statement that met the difference failed with a DuckDB BinderException and a traceback,
+    in the middle of a job. Now every writing command refuses the warehouse at once, naming the
+    migration, and changes nothing (exit 3)."""
+    from click.testing import CliRunner
+
+    from metering.cli import cli
+
+    path = tmp_path / "w.duckdb"
+    with warehouse.open_warehouse(path) as con:
+        con.execute("UPDATE schema_migrations SET checksum = ? WHERE version = '031_stripe_state'",
+                    [warehouse.migration_checksum("-- the text as it was when this warehouse applied it\n")])
+        recorded = con.execute("SELECT version, checksum FROM schema_migrations ORDER BY 1").fetchall()
+    with pytest.raises(BadInputError, match=r"w.duckdb: migration\(s\) 031_stripe_state were applied from another "
+                                            r"text"):
+        warehouse.connect(path)
+    (tmp_path / "e.jsonl").write_text('{"event_id": "e1"}\n')
+    result = CliRunner().invoke(cli, ["ingest", "--warehouse", str(path), str(tmp_path / "e.jsonl")])
+    assert result.exit_code == 3 and "031_stripe_state" in result.output and "Traceback" not in result.output
+    result = CliRunner().invoke(cli, ["publish", "--warehouse", str(path), "--snapshot", str(tmp_path / "s.duckdb")])
+    assert result.exit_code == 3 and "031_stripe_state" in result.output, result.output
+    assert not (tmp_path / "s.duckdb").exists()
+    con = duckdb.connect(str(path), read_only=True)
+    assert con.execute("SELECT version, checksum FROM schema_migrations ORDER BY 1").fetchall() == recorded
+
+
+def test_a_warehouse_made_by_a_newer_metering_is_refused_by_name(tmp_path):
+    """A migration recorded in the warehouse that this version has no file for: the schema is newer
+    than this code (it used to be opened and written as if it were its own)."""
+    path = tmp_path / "w.duckdb"
+    with warehouse.open_warehouse(path) as con:
+        con.execute("INSERT INTO schema_migrations VALUES ('099_from_the_future', 'abc', now())")
+    with pytest.raises(BadInputError, match=r"w.duckdb: its schema was made by a newer version of metering "
+                                            r"\(migration\(s\) 099_from_the_future unknown here\)"):
+        warehouse.connect(path)
+
+
+def test_a_migration_checked_out_with_crlf_line_ends_is_the_same_migration(tmp_path):
+    """The recorded checksum ignores line ends: a checkout that writes `\\r\\n` (git's autocrlf) must not
+    make every warehouse look edited."""
+    for file in warehouse.migration_files():
+        text = file.read_text()
+        assert warehouse.migration_checksum(text.replace("\n", "\r\n")) == warehouse.migration_checksum(text)
+        # what the warehouses made so far recorded: SHA-256 of the file's text as it is in git (LF)
+        assert warehouse.migration_checksum(text) == hashlib.sha256(file.read_bytes()).hexdigest()
