@@ -6,6 +6,7 @@ the whole of their work, so each API call is atomic, as it is at Stripe.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import os
@@ -199,13 +200,17 @@ class State:
             )
 
     def save(self, path: str | os.PathLike[str]) -> None:
-        """Write the state atomically (temp file + rename)."""
+        """Write the state atomically (temp file + rename), readable by its owner only: it holds the
+        webhook endpoints' signing secrets (`whsec_...`), as Stripe's own store does."""
         with self.lock:
             text = self.dumps()
             self.dirty = False
         target = Path(path)
         tmp = target.with_name(target.name + ".tmp")
-        tmp.write_text(text)
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()  # a leftover of a killed save may have been made with looser permissions
+        with os.fdopen(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "w") as out:
+            out.write(text)
         os.replace(tmp, target)
 
     def load(self, path: str | os.PathLike[str]) -> None:

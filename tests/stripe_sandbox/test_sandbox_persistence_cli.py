@@ -30,6 +30,7 @@ def test_state_survives_a_restart(tmp_path: Path):
         )
     saved = json.loads(state.read_text())
     assert customer.id in saved["objects"]["customer"]
+    assert state.stat().st_mode & 0o777 == 0o600  # it holds the endpoints' whsec_ signing secrets
     with running_sandbox(state_file=str(state), now=T0) as sb:
         client = sb.client()
         assert client.v1.customers.retrieve(customer.id).metadata["customer_id"] == "kept"
@@ -113,3 +114,18 @@ def test_bad_options_and_state_files_are_named_before_serving(tmp_path: Path, ar
     )
     assert result.returncode == code, result.stderr
     assert says.format(tmp=tmp_path) in result.stderr and "Traceback" not in result.stderr
+
+
+def test_the_saved_state_is_readable_by_its_owner_only_even_over_a_leftover(tmp_path: Path):
+    """The state holds the webhook endpoints' signing secrets: it used to be written with the umask's
+    permissions (world-readable under the usual 022), and a temporary file left by a killed save kept
+    its own."""
+    state = tmp_path / "sandbox.json"
+    leftover = tmp_path / "sandbox.json.tmp"
+    leftover.write_text("{}")
+    leftover.chmod(0o644)
+    with running_sandbox(state_file=str(state), now=T0) as sb:
+        endpoint = sb.client().v1.webhook_endpoints.create({"url": "http://127.0.0.1:9/hook", "enabled_events": ["*"]})
+    assert endpoint.secret.startswith("whsec_") and endpoint.secret in state.read_text()
+    assert state.stat().st_mode & 0o777 == 0o600
+    assert not leftover.exists()
