@@ -196,6 +196,10 @@ def ambiguous_objects(con: duckdb.DuckDBPyConnection) -> list[tuple[str, str]]:
     knows the last version; a snapshot read now, dated at the newest event, settles it, and later
     events still replace it. The first invoice's created/finalized/paid events, which share a second,
     are ordered by status and are not re-fetched.
+
+    A snapshot settles its second only for the events known when it was read: an event of that second
+    first received after the fetch (Stripe paid the invoice in the second the fetch read it open, or a
+    webhook was merely late) makes the object ambiguous again, until a new snapshot is read.
     """
     return [tuple(r) for r in con.execute(
         f"""
@@ -213,16 +217,25 @@ def ambiguous_objects(con: duckdb.DuckDBPyConnection) -> list[tuple[str, str]]:
         ), tied AS (
             SELECT object_type, object_id, newest FROM last_second WHERE rank = top
             GROUP BY ALL HAVING count(DISTINCT version) > 1
+        ), unsettled AS (
+            SELECT object_type, object_id FROM tied t
+            WHERE NOT EXISTS (SELECT 1 FROM stripe_object_snapshots s
+                              WHERE s.object_type = t.object_type AND s.object_id = t.object_id
+                                AND s.version_created >= t.newest)
+            UNION
+            -- an event of the snapshot's own second that arrived after the fetch may be older or newer
+            -- than what the fetch read (webhooks arrive seconds late): only a new read can tell
+            SELECT s.object_type, s.object_id FROM stripe_object_snapshots s
+            JOIN stripe_webhook_events e ON e.object_type = s.object_type AND e.object_id = s.object_id
+                 AND e.created = s.version_created AND e.first_received_at > s.fetched_at
+            WHERE list_contains(?, s.object_type)
         )
-        SELECT object_type, object_id FROM tied t
-        WHERE NOT EXISTS (SELECT 1 FROM stripe_object_snapshots s
-                          WHERE s.object_type = t.object_type AND s.object_id = t.object_id
-                            AND s.version_created >= t.newest)
-          AND object_id NOT IN (SELECT object_id FROM stripe_webhook_events
+        SELECT object_type, object_id FROM unsettled
+        WHERE object_id NOT IN (SELECT object_id FROM stripe_webhook_events
                                 WHERE type LIKE '%.deleted' AND object_id IS NOT NULL)
         ORDER BY 1, 2
         """,
-        [list(REFETCHABLE)],
+        [list(REFETCHABLE), list(REFETCHABLE)],
     ).fetchall()]
 
 

@@ -12,6 +12,12 @@ events, never on delivery order or duplicates (invariant I12):
 4. `attempt_count` (a later payment attempt wins);
 5. the event id (an arbitrary but fixed tie-break).
 
+For invoices, 3 and 4 come before 2: an invoice's status and attempt count only move forward, so a
+version further on is later whenever it was sent, and an event of the snapshot's second that arrives
+after the fetch (Stripe paid the invoice in the second the fetch read it open) must win. A
+subscription's status moves both ways, so there the snapshot wins and the next repair re-fetches the
+object (`repair.ambiguous_objects`).
+
 All of it is whole-frame DuckDB SQL over `stripe_webhook_events`; each table is rebuilt in one
 delete-then-insert transaction. Each event's JSON is parsed once, into a typed struct
 (`json_transform` with the shapes below): extracting field by field would re-parse the whole event
@@ -122,9 +128,12 @@ _INVOICE_SELECT = f"""
         WHERE o.id IS NOT NULL AND o.id NOT IN (SELECT invoice_id FROM deleted)
         QUALIFY row_number() OVER (
             PARTITION BY o.id
-            ORDER BY version_created DESC, is_snapshot DESC,
+            -- an invoice's status and attempt count only move forward, so within one second a version
+            -- further on is the later one, also against a snapshot: an invoice.paid of the snapshot's
+            -- second, sent after the fetch that read the invoice open, used to lose to it for good
+            ORDER BY version_created DESC,
                      {rank_case('o.status', INVOICE_STATUS_RANK)} DESC,
-                     o.attempt_count DESC NULLS LAST, version_id DESC) = 1
+                     o.attempt_count DESC NULLS LAST, is_snapshot DESC, version_id DESC) = 1
     )
     SELECT
         o.id AS invoice_id,

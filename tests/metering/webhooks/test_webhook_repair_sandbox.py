@@ -209,3 +209,51 @@ def test_a_refetch_stopped_by_stripe_keeps_what_it_read(tmp_path: Path):
         assert _snapshot(con, client, [("subscription", second.id)], now) == 1
         assert sorted(r[0] for r in con.execute("SELECT object_id FROM stripe_object_snapshots").fetchall()) == sorted(
             [first.id, second.id])
+
+
+def test_an_event_of_a_snapshots_second_that_arrives_after_the_fetch_is_not_hidden_by_it(tmp_path: Path):
+    """Repair reads the invoice open (its payment failed) and dates the snapshot at the newest event's
+    second; in that same second (the clock stands still) the customer pays, and invoice.paid and the
+    subscription's return to active arrive as webhooks after the fetch. The snapshot beat them both for
+    good: the state said open and past_due while Stripe said paid and active, and no repair re-read them.
+    Now the invoice's forward-only status wins at once, and the next repair re-reads the subscription
+    (whose status moves both ways); the one after it has nothing left to re-read."""
+    import json
+
+    from metering.webhooks.inbox import LandingWriter
+
+    with running_sandbox(now=ts("2026-11-01T03:00:00")) as sb, warehouse.open_warehouse(tmp_path / "w.duckdb") as con:
+        client = sb.client()
+        clock, _, _, customer, sub = _acme_on_api_calls(client, ts("2026-10-01T00:00:00"))
+        sb.set_payment_behavior(customer.id, "fails")
+        client.v1.test_helpers.test_clocks.advance(clock.id, {"frozen_time": ts("2026-11-01T02:00:00")})
+        repair_events(con, client)  # the receiver was down: every event comes from repair, with snapshots
+        rebuild_state(con)
+        [(invoice_id,)] = con.execute(
+            "SELECT invoice_id FROM stripe_invoices WHERE billing_reason = 'subscription_cycle' AND status = 'open'"
+        ).fetchall()
+        assert con.execute("SELECT status FROM stripe_subscriptions").fetchall() == [("past_due",)]
+        known = {r[0] for r in con.execute("SELECT event_id FROM stripe_webhook_events").fetchall()}
+
+        sb.set_payment_behavior(customer.id, "succeeds")
+        client.v1.invoices.pay(invoice_id)
+        writer = LandingWriter(tmp_path / "landing")  # the receiver is back: what it writes for each delivery
+        late = [e for e in client.v1.events.list({"limit": 100}).auto_paging_iter() if e.id not in known]
+        for event in late:
+            writer.append(json.dumps(event.to_dict(for_json=True)), {})
+        writer.close()
+        assert {e.type for e in late} >= {"invoice.paid", "customer.subscription.updated"}
+        snapshot_second = con.execute("SELECT max(version_created) FROM stripe_object_snapshots").fetchone()[0]
+        assert {e.created for e in late} == {int(snapshot_second.timestamp())}
+        land_directory(con, tmp_path / "landing")
+        rebuild_state(con)
+        assert con.execute("SELECT status, amount_paid FROM stripe_invoices WHERE invoice_id = ?",
+                           [invoice_id]).fetchone() == ("paid", 1000)
+
+        assert repair_events(con, client).objects_refetched >= 1
+        rebuild_state(con)
+        assert client.v1.subscriptions.retrieve(sub.id).status == "active"
+        assert con.execute("SELECT status FROM stripe_subscriptions WHERE subscription_id = ?",
+                           [sub.id]).fetchone() == ("active",)
+        assert con.execute("SELECT status FROM stripe_invoices WHERE invoice_id = ?", [invoice_id]).fetchone() == ("paid",)
+        assert repair_events(con, client).objects_refetched == 0
