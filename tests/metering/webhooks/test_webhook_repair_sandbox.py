@@ -257,3 +257,52 @@ def test_an_event_of_a_snapshots_second_that_arrives_after_the_fetch_is_not_hidd
                            [sub.id]).fetchone() == ("active",)
         assert con.execute("SELECT status FROM stripe_invoices WHERE invoice_id = ?", [invoice_id]).fetchone() == ("paid",)
         assert repair_events(con, client).objects_refetched == 0
+
+
+def test_a_repair_later_than_stripes_30_days_rereads_what_can_still_change(tmp_path: Path, caplog):
+    """The receiver was down while the customer paid, and the next repair came 31 days after the
+    previous one: Stripe's event list no longer holds those events, so repair listed nothing, said
+    nothing, and the state kept the invoice open and the subscription past_due for good. Now the
+    run sees that its listing cannot reach back to the previous repair, says so, and re-reads every
+    invoice and subscription not yet final; the next run, within reach, re-reads nothing."""
+    import logging
+    from datetime import timedelta
+
+    start = ts("2026-11-01T03:00:00")
+    at = lambda seconds: datetime.fromtimestamp(seconds, timezone.utc)  # noqa: E731
+    with running_sandbox(now=start) as sb, warehouse.open_warehouse(tmp_path / "w.duckdb") as con:
+        client = sb.client()
+        clock, _, _, customer, sub = _acme_on_api_calls(client, ts("2026-10-01T00:00:00"))
+        sb.set_payment_behavior(customer.id, "fails")
+        client.v1.test_helpers.test_clocks.advance(clock.id, {"frozen_time": ts("2026-11-01T02:00:00")})
+        assert repair_events(con, client, now=at(start)).gap_refetched == 0
+        rebuild_state(con)
+        [(invoice_id,)] = con.execute(
+            "SELECT invoice_id FROM stripe_invoices WHERE billing_reason = 'subscription_cycle' AND status = 'open'"
+        ).fetchall()
+
+        sb.set_now(start + 3600)
+        sb.set_payment_behavior(customer.id, "succeeds")
+        client.v1.invoices.pay(invoice_id)   # no webhook lands: the receiver is down
+        later = start + 31 * 86400
+        sb.set_now(later)
+        with caplog.at_level(logging.WARNING, logger="metering.webhooks.repair"):
+            unread = repair_events(con, client, now=at(later), refetch=False)
+            assert "NOT re-read" in caplog.text and unread.objects_refetched == 0
+            # a gap left unread is still one for the next run
+            stats = repair_events(con, client, now=at(later))
+        assert stats.events_listed == 0   # beyond Stripe's reach: only a re-read can tell
+        assert stats.gap_refetched == stats.objects_refetched
+        open_objects = {("invoice", invoice_id), ("subscription", sub.id)}
+        assert open_objects <= {tuple(r) for r in con.execute(
+            "SELECT object_type, object_id FROM stripe_object_snapshots WHERE fetched_at = ?", [at(later)]).fetchall()}
+        assert "beyond the reach of Stripe's event list" in caplog.text
+        rebuild_state(con)
+        assert con.execute("SELECT status, amount_paid FROM stripe_invoices WHERE invoice_id = ?",
+                           [invoice_id]).fetchone() == ("paid", 1000)
+        assert con.execute("SELECT status FROM stripe_subscriptions WHERE subscription_id = ?",
+                           [sub.id]).fetchone() == (client.v1.subscriptions.retrieve(sub.id).status,) == ("active",)
+        assert con.execute("SELECT count(*) FROM stripe_repair_runs").fetchone() == (2,)
+
+        next_run = repair_events(con, client, now=at(later) + timedelta(hours=1))
+        assert (next_run.gap_refetched, next_run.objects_refetched) == (0, 0)
