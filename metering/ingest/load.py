@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import os
 import re
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -321,6 +322,7 @@ def ingest_file(
     """Ingest one raw file. Raises `BadInputError` (warehouse unchanged) if the file cannot be read."""
     started = time.perf_counter()
     path = Path(path)
+    _refuse_unencodable_name(path)
     if not path.is_file():
         raise BadInputError(f"{path}: {'not a regular file' if path.exists() else 'no such file'}")
     fmt = readers.detect_format(path)
@@ -365,8 +367,11 @@ def ingest_file(
     result = IngestResult(path=str(path), file_hash=digest, format=fmt, status="skipped")
     _readable_invalid_utf8(con)
     if info.rows > 0 and fmt in ("jsonl", "jsonl.gz", "csv"):
+        # a line that parses but breaks a JSON rule (NaN in a field kept in extra, a repeated key) is a row
+        # to quarantine, not a sign of another format: only lines that yield no object count here
         unreadable = con.execute(
-            f"SELECT count(*) FROM {EVENTS} WHERE reason IN ('invalid_utf8', 'bad_json', 'bad_csv_row')"
+            f"SELECT count(*) FROM {EVENTS} WHERE reason IN ('invalid_utf8', 'bad_csv_row') "
+            f"OR (reason = 'bad_json' AND event_id IS NULL)"
         ).fetchone()[0]
         if unreadable == info.rows and info.rows >= 1:
             _drop_temp(con)
@@ -439,6 +444,18 @@ def ingest_file(
     return result
 
 
+def _refuse_unencodable_name(path: Path) -> None:
+    """A file name that is not UTF-8 (bytes Python keeps as surrogates) cannot be handed to Arrow's or
+    DuckDB's readers, nor stored as text: refused, naming it with its bad bytes escaped (it ended in a
+    UnicodeEncodeError traceback, and under Dagster failed every run until the sensor gave up)."""
+    try:
+        str(path).encode("utf-8")
+    except UnicodeEncodeError:
+        shown = os.fsencode(path).decode("utf-8", "backslashreplace")
+        raise BadInputError(f"{shown}: the file name is not valid UTF-8, which the readers cannot open "
+                            f"(nothing was stored): rename the file") from None
+
+
 def _readable_invalid_utf8(con: duckdb.DuckDBPyConnection) -> None:
     """Rows that are not UTF-8 come out of DuckDB with every non-ASCII byte as \\xNN; keep the valid
     UTF-8 sequences as text and escape only the invalid bytes (Python's backslashreplace). Few rows."""
@@ -467,11 +484,15 @@ def _drop_temp(con: duckdb.DuckDBPyConnection) -> None:
 
 
 def expand_paths(paths: Iterable[str | Path]) -> list[Path]:
-    """Files named, plus the raw files inside any folder named (recursively, in path order)."""
+    """Files named, plus the raw files inside any folder named (recursively, in path order; hidden
+    files and folders left out)."""
     found: list[Path] = []
     for p in map(Path, paths):
         if p.is_dir():
-            found.extend(sorted(f for f in p.rglob("*") if f.is_file() and is_raw_file(f)))
+            # nor files in a hidden folder below it: a writer stages there (`raw/.incoming/`) as under a
+            # hidden name, and such a file was read half-written, its manifest naming a path soon gone
+            found.extend(sorted(f for f in p.rglob("*") if f.is_file() and is_raw_file(f)
+                                and not any(part.startswith(".") for part in f.relative_to(p).parts)))
         else:
             found.append(p)
     return found

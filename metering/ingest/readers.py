@@ -21,6 +21,7 @@ import gzip
 import hashlib
 import json
 import logging
+import os
 import re
 import zlib
 from collections.abc import Callable, Iterator
@@ -125,8 +126,15 @@ def file_hash(path: Path) -> str:
 # --------------------------------------------------------------------------- line splitting
 
 
+def local_path(path: str | os.PathLike[str]) -> str:
+    """`path` as Arrow's and DuckDB's readers must be given it: absolute. Both read a leading `~` as the
+    home folder, so a relative `~/x.parquet` (a folder named `~` here) read `$HOME/x.parquet` and stored
+    its rows under this file's hash."""
+    return os.path.abspath(path)
+
+
 def _open_stream(path: Path, fmt: str) -> pa.NativeFile:
-    return pa.input_stream(str(path), compression="gzip" if fmt == "jsonl.gz" else None)
+    return pa.input_stream(local_path(path), compression="gzip" if fmt == "jsonl.gz" else None)
 
 
 def _arrow_line_batches(path: Path, fmt: str, separator: str, batch_bytes: int) -> Iterator[pa.Array]:
@@ -317,7 +325,12 @@ WITH decoded AS (
 ), shaped AS (
 SELECT line, text,
        CASE WHEN text IS NULL THEN b::VARCHAR ELSE text END AS raw,
-       CASE WHEN text IS NULL THEN 'invalid_utf8' WHEN m IS NULL THEN 'bad_json' END AS parse_error,
+       -- a repeated key: the parser keeps both entries in the map (its error for them surfaced only when a
+       -- broken line in the same vector made try() go row by row), and a lookup took the first value,
+       -- where most JSON parsers keep the last. Only a line with more keys than known ones can repeat one
+       CASE WHEN text IS NULL THEN 'invalid_utf8' WHEN m IS NULL THEN 'bad_json'
+            WHEN {_MORE_KEYS_THAN_KNOWN} AND len(list_distinct(map_keys(m))) < cardinality(m)
+            THEN 'bad_json' END AS parse_error,
        {_json_field('event_id')}, {_json_field('customer_id')}, {_json_field('meter')}, {_json_field('ts')},
        NULL::TIMESTAMPTZ AS ts_native,
        {_json_field('value')},
@@ -600,7 +613,10 @@ def literal_glob(path: str) -> str:
     and `[` in a path as a pattern (`usage[1].parquet` read `usage1.parquet`); each becomes a
     one-character class (`[[]`). A backslash next to them is read by DuckDB's matcher in ways no
     escape undoes (`u\\[[]1]` matches nothing, however written), so such a name is refused, naming the
-    file, rather than read as a pattern that may name another file."""
+    file, rather than read as a pattern that may name another file.
+
+    The path is made absolute (`local_path`)."""
+    path = local_path(path)
     if "\\" in path and any(c in path for c in _GLOB_CHARACTERS):
         raise BadInputError(f"{path}: cannot be read: its path holds a backslash and one of * ? [, which DuckDB's "
                             f"file readers take as a pattern (rename the file or its folder)")
@@ -636,7 +652,7 @@ def _refuse_misread_schema(path: Path) -> None:
     import pyarrow.parquet as pq
 
     try:
-        schema = pq.read_schema(path)
+        schema = pq.read_schema(local_path(path))
     except (pa.ArrowException, OSError) as exc:
         raise BadInputError(f"{path}: cannot read the Parquet file: {str(exc).splitlines()[0]}") from None
     problems: list[str] = []

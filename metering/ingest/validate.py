@@ -154,7 +154,7 @@ def _checks(meters: dict[str, Meter], now: datetime) -> list[tuple[str, str, str
     checks: list[tuple[str, str, str]] = [
         ("parse_error", "parse_error IS NOT NULL",
          "CASE parse_error WHEN 'invalid_utf8' THEN 'the row is not valid UTF-8' WHEN 'bad_json' THEN "
-         "'not a single JSON object' ELSE 'broken quoting or wrong number of fields' END"),
+         "'not a single JSON object with unique keys' ELSE 'broken quoting or wrong number of fields' END"),
         # before every other check, as for any other line that is not JSON. In a known field NaN is that
         # field's own error: non_finite_value for `value`, bad_type elsewhere (not a string, not an object
         # of strings), which the detail names

@@ -253,6 +253,36 @@ def test_a_file_name_is_never_a_pattern(name, tmp_path, con):
     assert read_usage_file(folder / f"{name}.parquet")["event_id"].to_list() == [f"own-{name}"]
 
 
+def test_a_relative_path_under_a_folder_named_tilde_is_read_as_itself(tmp_path, con, monkeypatch):
+    """DuckDB reads a leading `~` as the home folder: `metering ingest ~/x.parquet` run where `~` is a
+    folder (the shell leaves a quoted `'~'` alone) read `$HOME/x.parquet`, storing the decoy's rows under
+    this file's hash."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from metering.ingest.peek import event_date_range
+
+    home = tmp_path / "home"
+    (tmp_path / "work" / "~").mkdir(parents=True)
+    home.mkdir()
+    row = {"customer_id": ["c"], "meter": ["tokens"], "value": ["7"]}
+    pq.write_table(pa.table({"event_id": ["decoy"], "timestamp": ["2026-10-01T00:00:00Z"], **row}), home / "x.parquet")
+    pq.write_table(pa.table({"event_id": ["own"], "timestamp": ["2026-10-09T00:00:00Z"], **row}),
+                   tmp_path / "work" / "~" / "x.parquet")
+    con.execute("SET home_directory = ?", [str(home)])
+    monkeypatch.chdir(tmp_path / "work")
+    result = ingest_file(con, "~/x.parquet", now=NOW)
+    assert result.file_hash == hashlib.sha256((tmp_path / "work" / "~" / "x.parquet").read_bytes()).hexdigest()
+    assert con.execute("SELECT event_id FROM usage_events").fetchall() == [("own",)]
+    assert event_date_range(tmp_path / "work" / "~" / "x.parquet") == (date(2026, 10, 9), date(2026, 10, 9))
+    # Arrow's file reader, which reads JSON lines and CSV, does the same
+    monkeypatch.setenv("HOME", str(home))
+    write_lines(home / "y.jsonl", [event("decoy-line", timestamp="2026-10-01T00:00:00Z")])
+    write_lines(tmp_path / "work" / "~" / "y.jsonl", [event("own-line", timestamp="2026-10-09T00:00:00Z")])
+    assert ingest_file(con, "~/y.jsonl", now=NOW).rows_accepted == 1
+    assert con.execute("SELECT event_id FROM usage_events ORDER BY 1").fetchall() == [("own",), ("own-line",)]
+
+
 def test_a_parquet_name_holding_a_backslash_and_a_pattern_character_is_refused_by_name(tmp_path, con):
     """No escape makes DuckDB's matcher take `u\\[1].parquet` literally once `[` is escaped: refused,
     naming the file (exit 3 on the command line), never read as another file's pattern. A backslash
@@ -387,3 +417,52 @@ def test_contract_check_catches_a_breach_in_either_half(bad_line, tmp_path, con)
     load._drop_temp(con)
     assert con.execute("SELECT count(*) FROM duckdb_databases() WHERE database_name = ?",
                        [load.STAGE_DB]).fetchone()[0] == 0
+
+
+def test_a_file_whose_every_line_breaks_a_json_rule_but_parses_is_quarantined_not_refused(tmp_path, con):
+    """Lines that parse but carry NaN in a field kept in `extra` are `bad_json` rows: a file of only such
+    lines was refused whole as "not JSON lines: none of its lines parses (wrong format?)", so under
+    Dagster it was skipped as unreadable, its rows never quarantined. A file of lines that do not parse
+    is still refused."""
+    line = ('{"event_id":"n%d","customer_id":"c","meter":"tokens","timestamp":"2026-10-05T00:00:00Z",'
+            '"value":1,"latency":NaN}')
+    result = ingest_file(con, write_lines(tmp_path / "nan.jsonl", [line % 1, line % 2]), now=NOW)
+    assert (result.status, result.rows_read, result.rows_accepted, result.rows_quarantined) == ("ingested", 2, 0, 2)
+    assert con.execute("SELECT event_id, reason FROM usage_quarantine ORDER BY 1").fetchall() == [
+        ("n1", "bad_json"), ("n2", "bad_json")]
+    with pytest.raises(BadInputError, match="none of its 2 line"):
+        ingest_file(con, write_lines(tmp_path / "broken.jsonl", ['{"event_id": "x', "[1, 2]"]), now=NOW)
+
+
+def test_files_in_a_hidden_folder_are_not_picked_up_from_a_folder(tmp_path):
+    """`raw/.incoming/` is where a writer stages files before moving them into place, as under a hidden
+    name: a folder's expansion (the CLI's and the sensor's) took them, half-written or not."""
+    from metering.ingest import expand_paths
+
+    raw = tmp_path / "raw"
+    for name in (".incoming/a.jsonl", ".incoming/deep/b.jsonl", ".c.jsonl", "day/.tmp/d.jsonl", "day/e.jsonl",
+                 "f.jsonl"):
+        write_lines(raw / name, [event("x")])
+    assert expand_paths([raw]) == [raw / "day" / "e.jsonl", raw / "f.jsonl"]
+    # a folder named on the command line is taken as given, hidden or not
+    assert expand_paths([raw / ".incoming" / "deep"]) == [raw / ".incoming" / "deep" / "b.jsonl"]
+
+
+def test_a_file_name_that_is_not_utf8_is_refused_by_name_not_a_traceback(tmp_path, con):
+    """Arrow and DuckDB cannot open a name Python holds with surrogates: `metering ingest` ended in a
+    UnicodeEncodeError traceback (exit 1), and the Dagster asset failed every run until the sensor gave up
+    on the files after it too. Now bad input (exit 3), its bad bytes shown escaped, nothing stored."""
+    import os
+
+    from click.testing import CliRunner
+
+    from metering.cli import cli
+
+    bad = tmp_path / os.fsdecode(b"usage-\xff.jsonl")
+    bad.write_bytes(json.dumps(event("x")).encode() + b"\n")
+    with pytest.raises(BadInputError, match=r"usage-\\xff\.jsonl: the file name is not valid UTF-8"):
+        ingest_file(con, bad, now=NOW)
+    assert con.execute("SELECT count(*) FROM ingested_files").fetchone() == (0,)
+    result = CliRunner().invoke(cli, ["ingest", "--warehouse", str(tmp_path / "w.duckdb"), str(tmp_path)])
+    assert result.exit_code == 3, result.output
+    assert "the file name is not valid UTF-8" in result.output and "Traceback" not in result.output

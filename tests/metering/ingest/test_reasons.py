@@ -56,6 +56,27 @@ CASES: dict[str, list[bytes | str | dict]] = {
 }
 
 
+@pytest.mark.parametrize("line", [
+    '{"event_id":"k1","customer_id":"c","meter":"tokens","timestamp":"2026-10-05T00:00:00Z","value":1000,"value":1}',
+    '{"event_id":"k2","customer_id":"c","meter":"tokens","timestamp":"2026-10-05T00:00:00Z","value":5,"value":null}',
+    '{"event_id":"k3","event_id":"k3b","customer_id":"c","meter":"tokens","timestamp":"2026-10-05T00:00:00Z","value":1}',
+    '{"event_id":"k4","customer_id":"c","meter":"tokens","timestamp":"2026-10-05T00:00:00Z","value":1,"junk":1,"junk":2}',
+    # the same key spelled with an escape
+    '{"event_id":"k5","customer_id":"c","meter":"tokens","timestamp":"2026-10-05T00:00:00Z","valu\\u0065":7,"value":8}',
+])
+def test_a_repeated_key_is_bad_json_also_with_no_broken_line_beside_it(line, tmp_path, con):
+    """The CASES line `{"a": 1, "a": 2}` was quarantined only because broken lines sat in its batch: DuckDB's
+    parser keeps both entries of a repeated key in the map and its error surfaced only when another line's
+    failure sent try() row by row. Alone, or beside valid lines, the line was stored with the first value
+    (1000 billed where most JSON parsers read 1)."""
+    path = write_lines(tmp_path / "f.jsonl", [event("good", value="12.5"), line, event("good2", value="1")])
+    result = ingest_file(con, path, now=NOW)
+    assert (result.rows_accepted, result.rows_quarantined) == (2, 1)
+    assert con.execute("SELECT source_line, reason, detail, raw FROM usage_quarantine").fetchall() == [
+        (2, "bad_json", "not a single JSON object with unique keys", line)]
+    assert sorted(r[0] for r in con.execute("SELECT event_id FROM usage_events").fetchall()) == ["good", "good2"]
+
+
 def test_every_reason_has_a_case_here_or_its_own_test():
     elsewhere = {"invalid_utf8", "bad_csv_row", "conflicting_duplicate"}  # tested in this file below / test_dedupe
     assert set(CASES) | elsewhere == set(REASONS)
