@@ -44,6 +44,19 @@ VIEWS_DIR = Path(__file__).parent / "views"
 
 
 _MEMORY_LIMIT = re.compile(r"\d+(\.\d+)?\s*(KB|MB|GB|TB|KiB|MiB|GiB|TiB)")
+_UNIT_BYTES = {"KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12, "KiB": 2**10, "MiB": 2**20, "GiB": 2**30,
+               "TiB": 2**40}
+MIN_MEMORY_LIMIT = 64 * 10**6
+"""Below this DuckDB cannot do the ingestion's work ("0GB" failed with an Out of Memory error)."""
+MAX_MEMORY_LIMIT = 10**12
+"""Above this DuckDB's own parser refuses the value ("Memory value out of range")."""
+
+
+def memory_limit_bytes(text: str) -> float:
+    """The bytes of a size `is_memory_limit` accepts: 2GB -> 2e9, 512MiB -> 536870912."""
+    match = _MEMORY_LIMIT.fullmatch(text)
+    assert match is not None, text
+    return float(text[:match.start(2)].strip()) * _UNIT_BYTES[match.group(2)]
 
 
 def is_memory_limit(text: str) -> bool:

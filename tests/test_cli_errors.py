@@ -247,7 +247,13 @@ def test_stripe_python_never_prints_past_the_logging_set_up() -> None:
      "push rate (--rate, STRIPE_PUSH_RATE): inf is not"),
     # `stripe sync` passed a bad window to the catalog, which raised
     (["stripe", "sync"], {"STRIPE_API_KEY": "sk_test_x", "STRIPE_METER_WINDOW": "week"}, 3,
-     "window kind: 'week' is not one of day, hour"),
+     "window kind (--window, STRIPE_METER_WINDOW): 'week' is not one of day, hour"),
+    # the push named neither the variable nor the option
+    (["stripe", "push", "--date", "2026-09-05"], {"STRIPE_API_KEY": "sk_test_x", "STRIPE_METER_WINDOW": "week"}, 3,
+     "window kind (--window, STRIPE_METER_WINDOW): 'week' is not one of day, hour"),
+    # a key the SDK cannot put in a header was a "network error" from Stripe (exit 5)
+    (["stripe", "push", "--date", "2026-09-05"], {"STRIPE_API_KEY": "sk_test_\u043a\u043b\u044e\u0447"}, 3,
+     "STRIPE_API_KEY: not a Stripe key (it holds characters other than printable ASCII)"),
     # urlsplit raised on a host it could not read; a port out of range reached the SDK (exit 5)
     (["webhooks", "repair", "--api-base", "http://[::1"], {"STRIPE_API_KEY": "sk_test_x"}, 2,
      "'http://[::1' is not an http(s) URL"),
@@ -296,12 +302,31 @@ def test_a_corrupt_sandbox_state_is_named_by_the_main_job(tmp_path: Path) -> Non
     assert "Traceback" not in done.stderr
 
 
-def test_a_memory_limit_duckdb_cannot_hold_is_bad_input(tmp_path: Path) -> None:
+@pytest.mark.parametrize(("args", "says"), [
+    # DuckDB's parser refused it (exit 3), and 0GB failed the work with an Out of Memory error (exit 3):
+    # a number out of range is a usage error (exit 2), before anything is opened
+    (["--memory-limit", "99999999TB"], "'99999999TB' is outside 64MB .. 1TB"),
+    (["--memory-limit", "0GB"], "'0GB' is outside 64MB .. 1TB"),
+    # an ingestion time in the future took events up to it as not in the future (one dated 2099 was
+    # accepted); the last day of year 9999 overflowed (a traceback)
+    (["--as-of", "2099-01-01"], "2099-01-01T00:00:00+00:00 is in the future"),
+    (["--as-of", "9999-12-31T23:59:59+00:00"], "is outside"),
+])
+def test_ingest_options_out_of_range_are_usage_errors(tmp_path: Path, args, says) -> None:
     (tmp_path / "a.jsonl").write_text("{}\n")
-    done = run_cli("ingest", "--warehouse", str(tmp_path / "w.duckdb"), "--memory-limit", "99999999TB",
+    done = run_cli("ingest", "--warehouse", str(tmp_path / "w.duckdb"), *args,
                    str(tmp_path / "a.jsonl"), env={"METERING_DATA_DIR": str(tmp_path / "data")})
-    assert done.returncode == 3, done.stderr
-    assert "memory limit: '99999999TB'" in done.stderr and "Traceback" not in done.stderr
+    assert done.returncode == 2, done.stderr
+    assert says in done.stderr and "Traceback" not in done.stderr
+    assert not (tmp_path / "w.duckdb").exists()
+
+
+def test_a_demo_seed_out_of_range_is_a_usage_error_before_any_file_is_written(tmp_path: Path) -> None:
+    """`--seed -1` was an OverflowError traceback once the sample files were half written."""
+    done = run_cli("demo", "--seed", "-1", "--data-dir", str(tmp_path / "data"),
+                   env={"METERING_DATA_DIR": str(tmp_path / "data")})
+    assert done.returncode == 2 and "Traceback" not in done.stderr and "--seed" in done.stderr
+    assert not (tmp_path / "data" / "raw").exists() and not (tmp_path / "data" / "customers.csv").exists()
 
 
 def test_an_in_memory_warehouse_still_publishes(tmp_path: Path) -> None:

@@ -27,6 +27,25 @@ def _formats(value: str) -> tuple[str, ...]:
 def _memory(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
     if value is not None and not warehouse.is_memory_limit(value):
         raise click.BadParameter("a size such as 512MB or 2GB")
+    if value is not None and not warehouse.MIN_MEMORY_LIMIT <= warehouse.memory_limit_bytes(value) <= \
+            warehouse.MAX_MEMORY_LIMIT:
+        raise click.BadParameter(f"{value!r} is outside 64MB .. 1TB")
+    return value
+
+
+def _as_of(ctx: click.Context, param: click.Parameter, value: datetime | None) -> datetime | None:
+    """The ingestion time future timestamps are judged by: a past moment (re-judging files as an earlier
+    run did), not a later one, which would take events up to it as not in the future (an event dated
+    2099 was accepted with `--as-of 2099-01-01`; `9999-12-31T23:59:59+00:00` was a traceback)."""
+    from metering.ingest.contract import FUTURE_TOLERANCE
+
+    value = date_in_range(ctx, param, value)
+    if value is None:
+        return None
+    value = value if value.tzinfo else value.replace(tzinfo=timezone.utc)
+    if value > datetime.now(timezone.utc) + FUTURE_TOLERANCE:
+        raise click.BadParameter(f"{value.isoformat()} is in the future: events dated up to it would be taken "
+                                 f"as not in the future (leave it out to judge by the time now)")
     return value
 
 
@@ -95,8 +114,8 @@ def generate(seed: int, customers: int, events: int, start: datetime, end: datet
               help="Warehouse file (default: $METERING_WAREHOUSE or data/warehouse.duckdb).")
 @click.option("--rules", "rules_dir", type=UserPath(file_okay=False), default=None,
               help="Rules folder with meters.yaml (default: $METERING_RULES or rating_rules/).")
-@click.option("--as-of", type=click.DateTime(["%Y-%m-%dT%H:%M:%S%z", "%Y-%m-%d"]), default=None,
-              help="Ingestion time used to reject future timestamps (default: now).")
+@click.option("--as-of", type=click.DateTime(["%Y-%m-%dT%H:%M:%S%z", "%Y-%m-%d"]), default=None, callback=_as_of,
+              help="Ingestion time used to reject future timestamps: now or earlier (default: now).")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object per file instead of a table.")
 @click.option("--memory-limit", default=None,
               callback=_memory, help="DuckDB memory_limit (e.g. 2GB): bounds memory, spilling to disk beyond it.")
@@ -109,7 +128,7 @@ def ingest(paths: tuple[str, ...], warehouse_path: str | None, rules_dir: str | 
     """
     from metering.ingest import expand_paths, ingest_files
 
-    now = None if as_of is None else (as_of if as_of.tzinfo else as_of.replace(tzinfo=timezone.utc))
+    now = as_of
     files = expand_paths(paths)
     if not files:
         raise BadInputError(f"no raw files (.jsonl, .jsonl.gz, .csv, .parquet) under {', '.join(paths)}")

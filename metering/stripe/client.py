@@ -109,6 +109,10 @@ def settings_from_env(*, required: bool = True) -> StripeSettings | None:
                 "sandbox (`metering stripe-sandbox`, then set STRIPE_API_BASE and its test key)"
             )
         return None
+    if not (key.isascii() and key.isprintable()):
+        # the key goes into an HTTP header, which the SDK cannot encode: it surfaced as a network error
+        # from Stripe (exit 5). Never shown: it is a secret, however malformed
+        raise BadInputError("STRIPE_API_KEY: not a Stripe key (it holds characters other than printable ASCII)")
     api_base = _url_env("STRIPE_API_BASE")
     retries = _retries_env("STRIPE_MAX_NETWORK_RETRIES", 2)
     return StripeSettings(

@@ -87,7 +87,8 @@ class PushConfig:
 
     def __post_init__(self) -> None:
         if self.window_kind not in windows.WINDOW_KINDS:
-            raise BadInputError(f"window kind: {self.window_kind!r} is not one of day, hour")
+            raise BadInputError(f"window kind (--window, STRIPE_METER_WINDOW): {self.window_kind!r} is not one of "
+                                f"day, hour")
         if self.concurrency < 1:
             raise BadInputError(f"push concurrency (--concurrency, STRIPE_PUSH_CONCURRENCY) must be >= 1, "
                                 f"got {self.concurrency}")
