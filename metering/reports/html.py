@@ -9,6 +9,7 @@ import polars as pl
 from metering.reports import svg
 from metering.reports.data import CurrencyTotals, ReportData
 from metering.reports.money import fmt_money, fmt_quantity
+from metering.reports.tables import cell_text
 
 CHART_CUSTOMERS = 25
 
@@ -44,7 +45,7 @@ def _table(headers: list[str], rows: list[list[str]], numeric: set[int] = frozen
 def _line_rows(frame: pl.DataFrame) -> list[list[str]]:
     return [
         [
-            escape(r["customer_id"]), escape(r["meter"]), escape(str(r["period_start"])), _status(r["status"]),
+            escape(r["customer_id"]), escape(r["meter"]), escape(cell_text(r["period_start"])), _status(r["status"]),
             escape(fmt_quantity(r["our_quantity"])), escape(fmt_quantity(r["pushed_quantity"])),
             escape(fmt_quantity(r["stripe_quantity"])), escape(fmt_quantity(r["invoiced_quantity"])),
             escape(fmt_money(r["our_amount_minor"], r["currency"])),
@@ -62,16 +63,28 @@ LINE_NUMERIC = {4, 5, 6, 7, 8, 9, 10}
 
 
 def _customer_chart_rows(data: ReportData, currency: str) -> list[tuple[str, int, int]]:
+    """(customer, ours, Stripe's) per customer, the amounts the report's difference compares
+    (`amount_diff_minor` = Stripe's invoiced - (our rated - what Stripe cannot price), see
+    metering.reconcile.reconcile): ours less `not_in_stripe_minor` (billed by the engine as invoice items,
+    on no meter line), Stripe's on its meter lines (none where it billed another currency). Largest
+    |summed difference| first, then the larger amount, then the customer."""
     per = (
         data.lines.filter(pl.col("currency").fill_null("?") == currency)
         .group_by("customer_id")
-        .agg(pl.col("our_amount_minor").fill_null(0).sum().alias("o"),
-             pl.col("stripe_amount_minor").fill_null(0).sum().alias("s"))
-        .with_columns(d=(pl.col("s") - pl.col("o")).abs(), m=pl.max_horizontal("o", "s"))
+        .agg((pl.col("our_amount_minor").fill_null(0) - pl.col("not_in_stripe_minor").fill_null(0)).sum().alias("o"),
+             pl.col("stripe_amount_minor").fill_null(0).sum().alias("s"),
+             pl.col("amount_diff_minor").fill_null(0).sum().abs().alias("d"))
+        .with_columns(m=pl.max_horizontal("o", "s"))
         .sort(["d", "m", "customer_id"], descending=[True, True, False])
         .head(CHART_CUSTOMERS)
     )
     return [(r["customer_id"], int(r["o"]), int(r["s"])) for r in per.iter_rows(named=True)]
+
+
+CHART_NOTE = ("Up to {n} customers per currency, largest |difference| first (the difference of the tables: "
+              "difference = Stripe − ours). The bars compare what the difference compares: ours = rated less what "
+              "Stripe cannot price (the engine bills that as invoice items), Stripe = invoiced on its meters (the "
+              "engine's invoice items left out; nothing where Stripe billed another currency).")
 
 
 Card = tuple[str, str, str]   # (label, value, element id prefix)
@@ -194,10 +207,11 @@ def render_html(data: ReportData) -> str:
                    f'{"passed" if passed else "FAILED"} (unexplained {escape(fmt_money(t.unexplained_minor, cur))}).</p>')
 
     out.append("<h2>Ours versus Stripe by customer</h2>")
-    out.append(f'<p class="muted">Up to {CHART_CUSTOMERS} customers per currency, largest difference first.</p>')
+    out.append(f'<p class="muted" id="chart-note">{escape(CHART_NOTE.format(n=CHART_CUSTOMERS))}</p>')
     for t in data.totals:
         out.append(svg.ours_vs_stripe(_customer_chart_rows(data, t.currency), t.currency,
-                                      title=f"Ours versus Stripe by customer ({t.currency.upper()})"))
+                                      title=f"Ours versus Stripe by customer ({t.currency.upper()}): ours less what "
+                                            f"Stripe cannot price, Stripe on its meters"))
 
     out.append("<h2>Discrepancy categories</h2>")
     out.append(svg.categories(data.status_counts(), data.status_money(), title="Rows by reconciliation status"))
@@ -210,7 +224,7 @@ def render_html(data: ReportData) -> str:
 
     out.append("<h2>Invoices</h2>")
     inv_rows = [
-        [escape(r["customer_id"]), escape(str(r["period_start"])), _status(r["status"]),
+        [escape(r["customer_id"]), escape(cell_text(r["period_start"])), _status(r["status"]),
          escape(r["invoice_ids"] or ""), escape(r["invoice_status"] or ""),
          escape(fmt_money(r["our_total_minor"], r["currency"])),
          escape(fmt_money(r["not_in_stripe_minor"], r["currency"])),
@@ -247,8 +261,9 @@ def render_html(data: ReportData) -> str:
             {3, 4}))
     if data.dunning.height:
         cols = data.dunning.columns
+        # the cells as the CSV / XLSX give them: times in UTC whatever the session's TimeZone read them in
         out.append("<details><summary>Invoices in the dunning state table</summary>" + _table(
-            cols, [[escape("" if v is None else str(v)) for v in row] for row in data.dunning.iter_rows()]) + "</details>")
+            cols, [[escape(cell_text(v)) for v in row] for row in data.dunning.iter_rows()]) + "</details>")
     else:
         out.append("<p>No invoices in dunning.</p>")
 

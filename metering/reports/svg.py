@@ -34,7 +34,8 @@ def _scale(value: int, maximum: int, width: int) -> int:
 
 
 def ours_vs_stripe(rows: list[tuple[str, int, int]], currency: str, *, title: str) -> str:
-    """Grouped horizontal bars: per customer, our rated amount and Stripe's invoiced amount."""
+    """Grouped horizontal bars: per customer, ours (rated, less what Stripe cannot price) and Stripe's (invoiced on
+    its meters)."""
     label_w, bar_w, right_w, row_h = 150, 420, 200, 30
     height = 40 + row_h * max(len(rows), 1) + 10
     width = label_w + bar_w + right_w
@@ -44,9 +45,10 @@ def ours_vs_stripe(rows: list[tuple[str, int, int]], currency: str, *, title: st
         f'viewBox="0 0 {width} {height}" aria-label="{escape(title)}">',
         f'<title>{escape(title)}</title>',
         f'<rect x="{label_w}" y="8" width="12" height="12" fill="{OURS_COLOR}"/>'
-        f'<text x="{label_w + 16}" y="18" font-size="12">ours (rated)</text>',
-        f'<rect x="{label_w + 120}" y="8" width="12" height="12" fill="{STRIPE_COLOR}"/>'
-        f'<text x="{label_w + 136}" y="18" font-size="12">Stripe (invoiced)</text>',
+        # the amounts the report's difference compares (html._customer_chart_rows)
+        f'<text x="{label_w + 16}" y="18" font-size="12">ours (rated, priceable in Stripe)</text>',
+        f'<rect x="{label_w + 220}" y="8" width="12" height="12" fill="{STRIPE_COLOR}"/>'
+        f'<text x="{label_w + 236}" y="18" font-size="12">Stripe (invoiced on its meters)</text>',
     ]
     if not rows:
         parts.append(f'<text x="{label_w}" y="52" font-size="12">no rows</text>')

@@ -33,6 +33,12 @@ def _cell(value: object) -> Cell:
     return str(value)
 
 
+def cell_text(value: object) -> str:
+    """`value` as the CSV and the spreadsheet write it, as text: what the HTML's table cells show (a
+    timestamp in UTC, `2026-10-16T01:00:00Z`, whatever the session's TimeZone it was read in)."""
+    return str(_cell(value))
+
+
 def frame_rows(frame: pl.DataFrame) -> tuple[list[str], list[list[Cell]]]:
     return list(frame.columns), [[_cell(v) for v in row] for row in frame.iter_rows()]
 

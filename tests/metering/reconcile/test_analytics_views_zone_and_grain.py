@@ -238,3 +238,92 @@ def test_every_line_carries_the_plan_version_in_force_at_the_periods_end(split):
         ("api calls", ["2026-01"]), ("api calls eu", ["2026-10"]), ("api calls us", ["2026-10"])]
     assert {(p, v, h) for _c, p, v, h, _s in lines} == {("pro", "2026-10", end_hash)}
     assert len(lines) == 10
+
+
+# --- daily_usage: each meter's own daily figure ------------------------------------------------------------
+
+# c1 (pro) on Oct 7 and 8, by hand. seats (last): 09:15 4, 09:45 6 | 13:00 20 | 15:00 5 (s10) and 8 (s9),
+# the same instant, the larger event_id ('s9' > 's10') last, as the rating breaks ties -> the day's last 8,
+# where quantity_sum adds the hours' last values (6 + 20 + 8 = 34) and quantity_max is the peak (20); Oct 8:
+# one event, 3. storage_gb (max): 30 | 70 | 40. active_users (unique_count): u1, u2 | u1 -> 2 users (the
+# hours' counts 2 + 1 = 3). api_calls (count): 2. tokens (sum): 1000 (large) + 500 (small).
+# distinct_values is for unique_count meters only (NULL elsewhere, where it once said 0), quantity_last for
+# `last` meters only. The file lists the events out of time order.
+DAY_EVENTS = [  # event_id, meter, timestamp, value, properties
+    ("s9", "seats", "2026-10-07T15:00:00Z", "8", {}), ("sc", "seats", "2026-10-07T13:00:00Z", "20", {}),
+    ("sb", "seats", "2026-10-07T09:45:00Z", "6", {}), ("s10", "seats", "2026-10-07T15:00:00Z", "5", {}),
+    ("sa", "seats", "2026-10-07T09:15:00Z", "4", {}), ("sd", "seats", "2026-10-08T02:00:00Z", "3", {}),
+    ("g1", "storage_gb", "2026-10-07T08:00:00Z", "30", {}), ("g3", "storage_gb", "2026-10-07T20:00:00Z", "40", {}),
+    ("g2", "storage_gb", "2026-10-07T12:00:00Z", "70", {}),
+    ("u1", "active_users", "2026-10-07T10:00:00Z", None, {"user_id": "u1"}),
+    ("u2", "active_users", "2026-10-07T10:30:00Z", None, {"user_id": "u2"}),
+    ("u1b", "active_users", "2026-10-07T14:00:00Z", None, {"user_id": "u1"}),
+    ("a1", "api_calls", "2026-10-07T10:00:00Z", None, {"region": "us"}),
+    ("a2", "api_calls", "2026-10-07T11:00:00Z", None, {"region": "eu"}),
+    ("t1", "tokens", "2026-10-07T10:00:00Z", "1000", {"model": "large"}),
+    ("t2", "tokens", "2026-10-07T10:05:00Z", "500", {"model": "small"}),
+]
+DAILY = """SELECT meter, event_date, events, quantity_sum, quantity_max, distinct_values, quantity_last
+           FROM analytics.daily_usage WHERE customer_id = 'c1' ORDER BY meter, event_date"""
+OCT_7, OCT_8 = dt.date(2026, 10, 7), dt.date(2026, 10, 8)
+DAILY_BY_HAND = [  # meter, day, events, quantity_sum, quantity_max, distinct_values, quantity_last
+    ("active_users", OCT_7, 3, D(3), D(2), 2, None),
+    ("api_calls", OCT_7, 2, D(2), D(1), None, None),
+    ("seats", OCT_7, 5, D(34), D(20), None, D(8)),
+    ("seats", OCT_8, 1, D(3), D(3), None, D(3)),
+    ("storage_gb", OCT_7, 3, D(140), D(70), None, None),
+    ("tokens", OCT_7, 2, D(1500), D(1000), None, None),
+]
+
+
+@pytest.fixture(scope="module")
+def days(data_dir: Path) -> tuple[Path, Path]:
+    """c1's Oct 7 and 8 (DAY_EVENTS) published twice: aggregated but not rated yet (rated_meters, where the
+    view reads each meter's aggregation, is empty), then rated."""
+    customers, raw = data_dir / "days_customers.csv", data_dir / "days.jsonl"
+    customers.write_text(HEADER + "c1,C,c@c.test,usd,,pro,2026-01-01,succeeds\n")
+    raw.write_text("".join(json.dumps({"event_id": eid, "customer_id": "c1", "meter": meter, "value": value,
+                                       "timestamp": ts, "properties": props}) + "\n"
+                           for eid, meter, ts, value, props in DAY_EVENTS))
+    closing = dt.datetime(2026, 11, 2, tzinfo=dt.UTC)
+    with warehouse.open_warehouse(data_dir / "days_warehouse.duckdb") as con:
+        warehouse.insert_frame(con, "customer_plans", load_customers(customers, RULES))
+        ingest_file(con, raw, meters=RULES.meters, now=closing)
+        for day in (OCT_7, OCT_8):
+            service.refresh_aggregates(con, RULES.meters, day)
+        unrated = warehouse.publish(snapshot=data_dir / "days_unrated.duckdb", con=con)
+        service.write_rated(con, MONTH, service.rate_month(con, RULES, MONTH)[0], RULES, closing)
+        return unrated, warehouse.publish(snapshot=data_dir / "days_rated.duckdb", con=con)
+
+
+@pytest.mark.parametrize("zone", ["UTC", *ZONES])
+def test_daily_usage_gives_each_meter_its_own_daily_figure(days, zone):
+    assert _query(days[1], DAILY, zone) == DAILY_BY_HAND
+
+
+@pytest.mark.parametrize("published", [0, 1], ids=["not rated yet", "rated"])
+def test_daily_usage_distinct_values_is_for_unique_count_meters_only(days, published):
+    assert _query(days[published], "SELECT meter, event_date, distinct_values FROM analytics.daily_usage "
+                                   "ORDER BY meter, event_date") == [r[:2] + r[5:6] for r in DAILY_BY_HAND]
+
+
+def test_daily_usage_of_meters_not_rated_yet(days):
+    """Before a meter rates its first line the warehouse does not record its aggregation: quantity_last is
+    NULL, and distinct_values comes from the hours' distinct values, which only unique_count meters carry."""
+    assert _query(days[0], DAILY) == [r[:6] + (None,) for r in DAILY_BY_HAND]
+
+
+def test_daily_usage_last_is_the_ratings(days):
+    """The view's day figures for seats are the rating's own `last` over the day's hours (aggregate._COMBINE)."""
+    from metering.rating.aggregate import _COMBINE
+
+    last = next(expr for aggs, _cols, expr in _COMBINE if aggs == ("last",))
+    con = duckdb.connect(str(days[1]), read_only=True)
+    try:
+        con.execute("SET TimeZone = 'UTC'")
+        hours = warehouse.query_frame(con, "SELECT event_date, quantity, last_event_time, last_event_id "
+                                           "FROM usage_aggregates WHERE meter = 'seats'")
+    finally:
+        con.close()
+    rated = dict(hours.group_by("event_date").agg(last).iter_rows())
+    assert rated == {day: q for m, day, *_r, q in DAILY_BY_HAND if m == "seats"}
