@@ -235,6 +235,21 @@ def pending_migrations(done: set[str]) -> list[str]:
     return [file.stem for file in migration_files() if file.stem not in done]
 
 
+def _refuse_foreign_database(con: duckdb.DuckDBPyConnection, where: Path | None) -> None:
+    """Refuse a DuckDB file that holds tables or views but no `schema_migrations`: another
+    application's database. It was taken over (our tables created beside its own) and the first of
+    our queries to meet a table of its that shares a name failed with a BinderException traceback."""
+    ours, theirs = con.execute(
+        "SELECT count(*) FILTER (table_name = 'schema_migrations' AND schema_name = 'main'), count(*) "
+        "FROM (SELECT schema_name, table_name FROM duckdb_tables() WHERE database_name = current_database() "
+        "      UNION ALL SELECT schema_name, view_name FROM duckdb_views() "
+        "      WHERE database_name = current_database() AND NOT internal)").fetchone()
+    if theirs and not ours:
+        raise BadInputError(f"{where or 'the warehouse'}: not a metering warehouse: it holds {theirs} table(s) or "
+                            f"view(s) but no schema_migrations (another application's database?); nothing was "
+                            f"changed: choose another --warehouse file")
+
+
 def migration_checksum(sql: str) -> str:
     """What `schema_migrations.checksum` records of a migration's text: SHA-256, line ends as `\n` (a
     checkout that turns them into `\r\n` is the same migration)."""
@@ -270,6 +285,7 @@ def apply_migrations(con: duckdb.DuckDBPyConnection, where: Path | None = None) 
     A migration the stored data does not allow (say, 003 meeting an event whose file has no manifest
     entry) is rolled back and raises `BadInputError` naming it and `where` (the warehouse file).
     """
+    _refuse_foreign_database(con, where)
     con.execute(
         "CREATE TABLE IF NOT EXISTS schema_migrations ("
         " version VARCHAR NOT NULL, checksum VARCHAR NOT NULL, applied_at TIMESTAMPTZ NOT NULL)"
@@ -388,6 +404,7 @@ def publish(
     """
     dest = config.ensure_file_target(config.snapshot_path(snapshot), "snapshot")
     _refuse_catalog_named_like_the_views(dest)
+    _refuse_overwriting_another_file(dest)
     held = con.execute("SELECT path FROM duckdb_databases() WHERE database_name = current_database()").fetchone()[0] \
         if con is not None else config.warehouse_path(warehouse)
     source = Path(held) if held else None   # an in-memory warehouse has no path (and is no file to overwrite)
@@ -415,6 +432,25 @@ def publish(
 
 ANALYST_SCHEMA = "analytics"
 """The snapshot's schema of analyst views (`metering/views/`)."""
+
+
+DUCKDB_MAGIC = b"DUCK"
+"""What a DuckDB database file holds at bytes 8-11."""
+
+
+def _refuse_overwriting_another_file(dest: Path) -> None:
+    """The swap replaces `dest`: refuse when it is a file that is not a DuckDB database (a mistyped
+    `--snapshot customers.csv` replaced the customer list with a snapshot, and printed `published`)."""
+    try:
+        with open(dest, "rb") as fh:
+            head = fh.read(12)
+    except FileNotFoundError:
+        return
+    except OSError as exc:
+        raise BadInputError(f"{dest}: cannot check the file the snapshot would replace: {exc.strerror or exc}") from None
+    if head and head[8:12] != DUCKDB_MAGIC:
+        raise BadInputError(f"{dest}: the snapshot would replace this file, which is not a DuckDB database; choose "
+                            f"another file (the default is data/snapshot.duckdb)")
 
 
 def _refuse_catalog_named_like_the_views(dest: Path) -> None:

@@ -616,3 +616,51 @@ def test_a_migration_checked_out_with_crlf_line_ends_is_the_same_migration(tmp_p
         assert warehouse.migration_checksum(text.replace("\n", "\r\n")) == warehouse.migration_checksum(text)
         # what the warehouses made so far recorded: SHA-256 of the file's text as it is in git (LF)
         assert warehouse.migration_checksum(text) == hashlib.sha256(file.read_bytes()).hexdigest()
+
+
+def test_another_applications_duckdb_file_is_refused_not_taken_over(tmp_path):
+    """A DuckDB file with tables of its own and no schema_migrations: `ingest` created our 37 tables
+    beside them (exit 0), and `rerate` then met its `customer_plans` in a BinderException traceback.
+    Now every writing command refuses it, naming it (exit 3), and the file is left as it was."""
+    from click.testing import CliRunner
+
+    from metering.cli import cli
+
+    path = tmp_path / "theirs.duckdb"
+    con = duckdb.connect(str(path))
+    con.execute("CREATE TABLE customer_plans (x INTEGER); CREATE VIEW v AS SELECT 1 AS one")
+    con.close()
+    with pytest.raises(BadInputError, match=r"theirs.duckdb: not a metering warehouse: it holds 2 table\(s\) or "
+                                            r"view\(s\) but no schema_migrations"):
+        warehouse.connect(path)
+    (tmp_path / "a.jsonl").write_text("{}\n")
+    result = CliRunner().invoke(cli, ["ingest", "--warehouse", str(path), str(tmp_path / "a.jsonl")])
+    assert result.exit_code == 3 and "not a metering warehouse" in result.output, result.output
+    con = duckdb.connect(str(path), read_only=True)
+    assert sorted(r[0] for r in con.execute("SELECT table_name FROM duckdb_tables()").fetchall()) == ["customer_plans"]
+    con.close()
+    # an empty DuckDB file (created by hand, or by a first connect that stopped) becomes a warehouse
+    duckdb.connect(str(tmp_path / "empty.duckdb")).close()
+    with warehouse.open_warehouse(tmp_path / "empty.duckdb") as con:
+        assert con.execute("SELECT count(*) FROM schema_migrations").fetchone()[0] == len(warehouse.migration_files())
+
+
+def test_publish_refuses_to_replace_a_file_that_is_not_a_duckdb_database(tmp_path):
+    """`publish --snapshot customers.csv` replaced the customer list with a snapshot and printed
+    `published` (exit 0). A snapshot (or any DuckDB file) is still replaced, and so is an empty file."""
+    from click.testing import CliRunner
+
+    from metering.cli import cli
+
+    with warehouse.open_warehouse(tmp_path / "w.duckdb"):
+        pass
+    (tmp_path / "customers.csv").write_text("customer_id,plan\nacme,pro\n")
+    result = CliRunner().invoke(cli, ["publish", "--warehouse", str(tmp_path / "w.duckdb"),
+                                       "--snapshot", str(tmp_path / "customers.csv")])
+    assert result.exit_code == 3, result.output
+    assert "customers.csv: the snapshot would replace this file, which is not a DuckDB database" in result.output
+    assert (tmp_path / "customers.csv").read_text() == "customer_id,plan\nacme,pro\n"
+    assert list(tmp_path.glob(".*")) == []
+    for name in ("s.duckdb", "s.duckdb", "empty.duckdb"):  # new, then over the snapshot, then over an empty file
+        (tmp_path / "empty.duckdb").touch()
+        assert warehouse.publish(tmp_path / "w.duckdb", tmp_path / name) == tmp_path / name
