@@ -1,7 +1,9 @@
 """The ingest asset: raw usage files -> `usage_events` (validated, de-duplicated), by UTC event date.
 
 What a run ingests: the files named in its config (the sensor passes the new files it saw), or,
-when none are named, every raw file under `data/raw/` whose content is not ingested yet. So
+when none are named, every raw file under `data/raw/` whose content is not ingested yet. A named
+file that no longer exists (moved or deleted since the run was requested) fails the run, naming it,
+before anything is ingested: it is no unreadable file to skip. So
 
     dagster asset materialize -m pipelines.definitions --select usage_events --partition 2026-10-05
 
@@ -24,6 +26,7 @@ re-report every date it ever saw.
 """
 
 from datetime import datetime, timezone
+from pathlib import Path
 
 import dagster as dg
 import duckdb
@@ -64,6 +67,13 @@ def _as_of(text: str) -> datetime:
         raise dg.Failure(description=f"config as_of: {text!r} is not an ISO 8601 time with an offset "
                                      f"(e.g. 2026-11-01T00:00:00+00:00)")
     return parsed.astimezone(timezone.utc)
+
+
+def _missing(files: list[str]) -> dg.Failure:
+    """The failure of a run whose named files no longer exist (moved or deleted after the request)."""
+    return dg.Failure(description=f"named raw file(s) no longer exist (moved or deleted since the run was "
+                                  f"requested): {files}. Nothing of them was ingested; the sensor follows up on "
+                                  f"this failed run (a file moved within data/raw/ keeps its request)")
 
 
 def _dates_not_reported_since(
@@ -129,6 +139,11 @@ def usage_events(
     run_partitions = list(context.partition_keys)  # one day, or a range in a single-run backfill
     meters = load_meters(paths.rules)
     now = _as_of(config.as_of)  # one instant for every file of the run
+    if missing := [f for f in config.files if not Path(f).exists()]:
+        # moved or deleted since the run was asked for: not an unreadable file to skip (the run would
+        # succeed and its request be done without the file's content, and the files held behind it would
+        # go ahead of a moved copy). Checked before anything is ingested: the run changes nothing
+        raise _missing(missing)
     results: list[IngestResult] = []
     unreadable: dict[str, str] = {}
     with warehouse.get_connection() as con:
@@ -141,6 +156,8 @@ def usage_events(
                 # file, the run succeeded and the sensor took the file as done: it was never ingested
                 raise
             except BadInputError as exc:  # this file changes nothing; the others still load
+                if config.files and not Path(path).exists():   # gone since the run started
+                    raise _missing([str(path)]) from exc
                 unreadable[str(path)] = str(exc)
                 context.log.error(str(exc))
                 continue

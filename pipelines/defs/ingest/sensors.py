@@ -20,9 +20,12 @@ Per tick:
    requested only when no earlier request is outstanding: while one is queued, running, failed
    and waiting for Dagster's run retry or for the sensor's next attempt, or given up, later files
    are held (kept in `pending` with the tick that first saw them stable, not hashed) and the tick says
-   so. A request stays outstanding however its files look now: touching or rewriting one does not
-   release the files held behind it (a rewritten file's new content takes the earlier request's place
-   once that request's run has ended without it). The dedupe rule is "the first
+   so. A request stays outstanding however its files look now: touching, rewriting, moving or deleting
+   one does not release the files held behind it (a rewritten file's new content takes the earlier
+   request's place once that request's run has ended without it). A file moved (renamed) within
+   `data/raw/` keeps its place in line: a new path with the content of a handed file that is gone takes
+   over its cursor entry (request, attempt, status), and one with the size and mtime of a held file
+   gone since the last tick keeps its arrival. The dedupe rule is "the first
    version of an event ever ingested stays clean", so ingesting a later file before an earlier
    batch is retried could make a different version the billed one (I17). A batch the sensor gave
    up on holds later files until an operator acts (an ERROR when it gives up, a WARNING naming
@@ -33,8 +36,9 @@ Per tick:
    content hashes and the requesting tick's time: a rescan after a deleted cursor must not reuse the
    key of an earlier run, for which Dagster launches nothing), for one partition: the newest event date the files carry,
    clamped to the partitions that exist (the asset reports every other date it touches itself).
-4. Entries of files that no longer exist are dropped (removing a given-up file from `data/raw/`
-   releases the files held behind it).
+4. Entries of files that no longer exist are dropped once no longer requested (removing a given-up
+   file from `data/raw/` releases the files held behind it): a requested file's entry stays until its
+   run has ended (the run fails naming the missing file), and is then dropped, not retried.
 
 Every request carries `as_of` in its config: the time of the tick that first requested those files,
 kept in the cursor and passed again with every later attempt, so that future timestamps are judged
@@ -228,9 +232,11 @@ def _follow_up(context: dg.SensorEvaluationContext, handed: dict[str, _Handed], 
     again, files whose earlier request is over and whose content is gone).
 
     Requests with files in `changing` (not stable yet, or touched) are looked at on a later tick.
-    Files in `replaced` (stable new content) are never retried: their earlier content is gone. Once
+    Files in `replaced` (stable new content) and files no longer in `present` (moved away or deleted
+    while their request was outstanding) are never retried: their earlier content is gone. Once
     their run is over without ingesting them, they are returned (superseded); while it is in flight,
-    or once it is done or given up, they stay in it.
+    or once it is done or given up, they stay in it (the caller drops entries of files that are gone
+    once they are no longer requested).
     """
     groups: dict[tuple[str, int], list[str]] = {}
     for key, entry in handed.items():
@@ -241,12 +247,13 @@ def _follow_up(context: dg.SensorEvaluationContext, handed: dict[str, _Handed], 
     for (base, attempt), keys in sorted(groups.items()):
         if changing.intersection(keys):
             continue
-        retry = [k for k in keys if k not in replaced]
+        retry = [k for k in keys if k not in replaced and k in present]
+        gone = replaced.union(k for k in keys if k not in present).intersection(keys)
         run_key = run_key_for(base, attempt)
         run = latest_run(context.instance, run_key)
         as_of = handed[keys[0]].as_of  # one request, one as_of
         if run is None:
-            superseded.update(replaced.intersection(keys))
+            superseded.update(gone)
             if retry:
                 requests.append(_request(context, [present[k] for k in retry], base, attempt, as_of))
         elif run.status == dg.DagsterRunStatus.SUCCESS or (
@@ -261,7 +268,7 @@ def _follow_up(context: dg.SensorEvaluationContext, handed: dict[str, _Handed], 
                     + (f" (add `--as-of {as_of}` to judge future timestamps as the runs did)" if as_of else "")
                     + f". Meanwhile {RELEASE_HELD}")
                 continue
-            superseded.update(replaced.intersection(keys))
+            superseded.update(gone)
             if not retry:
                 continue
             handed.update({k: replace(handed[k], attempt=attempt + 1) for k in retry})
@@ -312,6 +319,45 @@ def _hash_or_note(path: Path, unreadable: dict[str, str]) -> str | None:
         return None
 
 
+def _take_over_moved(context: dg.SensorEvaluationContext, handed: dict[str, _Handed], gone: dict[str, _Handed],
+                     gone_held: dict[str, tuple[_Stat, int]], fresh: dict[str, _Stat], present: dict[str, Path],
+                     unreadable: dict[str, str]) -> tuple[dict[str, str], dict[str, int]]:
+    """Files moved (renamed) within data/raw/ keep their place in line; returns (content hashes computed
+    here, {path: arrival inherited from a held file moved there}).
+
+    A stable new path (in `fresh`) with the content of a handed file that is gone (`gone`: its request
+    still outstanding, or gone since the last tick) takes over that file's entry, moved in `handed` and
+    removed from `fresh`: its request, attempt and status go with it, so a request in flight still
+    holds the later files and its retry ingests the moved file, a given-up file still holds them, and
+    a done one is not requested again. One with the size and mtime of a held file gone since the last
+    tick (held files are not hashed) keeps that file's arrival. Only new paths of the size of a gone
+    entry are hashed for this.
+    """
+    known: dict[str, str] = {}
+    inherited: dict[str, int] = {}
+    claimable = dict(gone)
+    held = dict(gone_held)
+    for key in sorted(fresh):
+        stat = fresh[key]
+        candidates = sorted((k for k, e in claimable.items() if e.size == stat.size),
+                            key=lambda k: (claimable[k].status != REQUESTED, k))
+        digest = _hash_or_note(present[key], unreadable) if candidates else None
+        if digest is not None:
+            known[key] = digest
+            if match := next((k for k in candidates if claimable[k].sha256 == digest), None):
+                entry = claimable.pop(match)
+                handed.pop(match, None)
+                handed[key] = replace(entry, size=stat.size, mtime_ns=stat.mtime_ns)
+                del fresh[key]
+                context.log.info(f"{match} moved to {key}: it keeps its place (status {entry.status}, "
+                                 f"run key {run_key_for(entry.run_key, entry.attempt)})")
+                continue
+        if match := next((k for k, (s, _) in sorted(held.items(), key=lambda kv: kv[1][1]) if s == stat), None):
+            inherited[key] = held.pop(match)[1]
+            context.log.info(f"held file {match} moved to {key}: it keeps its arrival")
+    return known, inherited
+
+
 def _run_key(digests: list[str], requested_at: datetime) -> str:
     """A base run key of its own for every request: the files' content hashes and the time of the tick
     that requests them (to the microsecond). Content alone would give the same key to a request of the
@@ -335,7 +381,15 @@ def raw_usage_files_sensor(context: dg.SensorEvaluationContext, paths: ProjectPa
     tick = state.tick + 1
     raw = paths.raw
     present = {str(p): p for p in (expand_paths([raw]) if raw.exists() else [])}
-    handed = {k: v for k, v in state.files.items() if k in present}  # entries of deleted files go
+    # entries of deleted files go, but a request stays outstanding until its run is seen to end
+    # (`_follow_up`), whatever happened to its files: it holds the later files until then
+    handed = {k: v for k, v in state.files.items() if k in present or v.status == REQUESTED}
+    # files gone since the last tick, or whose request is still outstanding: a new path may be one of
+    # them moved (renamed) within data/raw/, which keeps its place in line (below)
+    gone = {k: v for k, v in state.files.items() if k not in present}
+    gone_held = {k: (v, state.arrivals[k]) for k, v in state.pending.items()
+                 if k not in present and k in state.arrivals}
+    moved_stats = {e.stat for e in gone.values()} | {stat for stat, _ in gone_held.values()}
     pending: dict[str, _Stat] = {}
     fresh: dict[str, _Stat] = {}  # stable, never handed: hashed only once it can be requested
     new: dict[str, tuple[str, _Stat]] = {}
@@ -350,7 +404,11 @@ def raw_usage_files_sensor(context: dg.SensorEvaluationContext, paths: ProjectPa
         entry = handed.get(key)
         if entry and entry.stat == stat:
             continue
-        if state.pending.get(key) != stat:  # first seen like this: wait one tick for it to settle
+        # a new path with the size and mtime of a stable file now gone is that file moved (mv keeps
+        # both): it is not being written, and is matched below on the tick that sees the move, before
+        # the request it belongs to may be seen to end and the files held behind it go
+        moved_here = entry is None and key not in state.pending and stat in moved_stats
+        if state.pending.get(key) != stat and not moved_here:  # first seen like this: wait one tick to settle
             pending[key] = stat
             if key in state.arrivals:   # held before: it keeps its place, and the files after it wait
                 settling_held[key] = state.arrivals[key]
@@ -366,13 +424,16 @@ def raw_usage_files_sensor(context: dg.SensorEvaluationContext, paths: ProjectPa
             handed[key] = replace(entry, size=stat.size, mtime_ns=stat.mtime_ns)
         else:
             new[key] = (digest, stat)
+    known, inherited = _take_over_moved(context, handed, gone, gone_held, fresh, present, unreadable)
     arrived = set(fresh) | set(new)
     requests, superseded = _follow_up(context, handed, present, changing=set(pending), replaced=set(new))
     for key in superseded:  # its earlier request ended and cannot be retried: the new content takes its place
         del handed[key]
-    # arrival order: the tick that first saw a file stable (one already held keeps its own; new content
-    # that took an earlier request's place goes first), then path
-    arrival = {k: 0 if k in superseded else state.arrivals.get(k, tick) for k in arrived}
+    for key in [k for k, e in handed.items() if k not in present and e.status != REQUESTED]:
+        del handed[key]   # gone, and its request is over (done, or given up: that releases the later files)
+    # arrival order: the tick that first saw a file stable (one already held keeps its own, and so does one
+    # moved; new content that took an earlier request's place goes first), then path
+    arrival = {k: 0 if k in superseded else state.arrivals.get(k, inherited.get(k, tick)) for k in arrived}
     order = sorted(arrived, key=lambda k: (arrival[k], k))
     _release_ingested(context, handed, warehouse)
     live, gave_up = _outstanding(handed)
@@ -399,7 +460,7 @@ def raw_usage_files_sensor(context: dg.SensorEvaluationContext, paths: ProjectPa
                 order, held = order[:i], order[i:]
                 break
             digest = (new[key][0] if key in new else None if key in unreadable
-                      else _hash_or_note(present[key], unreadable))
+                      else known.get(key) or _hash_or_note(present[key], unreadable))
             if digest is None:
                 order, held = order[:i], order[i:]
                 break

@@ -219,3 +219,17 @@ def test_the_retry_of_a_run_killed_after_a_file_committed_reports_that_files_dat
     # Once reported, a skipped file reports nothing again (a run over data/raw/ does not re-report history).
     again = run(world.instance, world.warehouse)
     assert [m.partition for m in again.asset_materializations_for_node("usage_events")] == ["2026-10-06"]
+
+
+def test_a_named_file_that_no_longer_exists_fails_the_run(world):
+    """A file the run was asked for and that was moved or deleted since is no unreadable file to skip:
+    the run fails naming it (the sensor then follows up on its request), and ingests nothing."""
+    kept = world.write_events("b.jsonl", ["2026-10-05T10:00:00Z"])
+    gone = world.raw / "a.jsonl"
+    result = dg.materialize([usage_events], partition_key="2026-10-05", resources=world.resources(),
+                            instance=world.instance, raise_on_error=False,
+                            run_config={"ops": {"usage_events": {"config": {"files": [str(gone), str(kept)]}}}})
+    assert not result.success
+    [failure] = [e for e in result.all_events if e.event_type_value == "STEP_FAILURE"]
+    assert f"{gone}" in str(failure.event_specific_data) and "no longer exist" in str(failure.event_specific_data)
+    assert not world.warehouse.exists()   # failed before anything was ingested

@@ -579,3 +579,121 @@ def test_a_rescan_after_a_successful_run_gets_a_new_run_key(world):
     assert again.run_key != request.run_key
     assert world.run(again).success
     assert world.billed("evt-X") == ("10", 0)
+
+
+# --- A file moved or removed while its request is outstanding (I17): the request stays outstanding
+# until its run has ended, and a file moved within data/raw/ keeps its place in line.
+
+def _queued_then_conflict(world):
+    """a.jsonl (x = 10) requested and queued; c.jsonl (x = 1000, a conflicting resend) then arrives and
+    is held behind it. Returns (a, a's request, its queued run, the tick holding c)."""
+    a = world.write_usage("a.jsonl", [("x", 10)])
+    settled = world.settle()
+    [first] = settled.requests
+    queued = _run_record(world, first)
+    world.write_usage("c.jsonl", [("x", 1000)])
+    held = world.tick(world.tick(settled.cursor).cursor)
+    assert held.requests == [] and "holding 1 new raw file(s)" in held.data.skip_message
+    return a, first, queued, held
+
+
+def _run_queued(world, queued, request) -> dg.ExecuteInProcessResult:
+    """The queued run starts now (the placeholder record makes way for the real run)."""
+    world.instance.delete_run(queued.run_id)
+    return world.run(request)
+
+
+def _step_failure(result: dg.ExecuteInProcessResult) -> str:
+    [failure] = [e for e in result.all_events if e.event_type_value == "STEP_FAILURE"]
+    return str(failure.event_specific_data)
+
+
+def test_a_file_renamed_while_its_run_is_queued_keeps_its_place_so_the_first_version_stays_billed(world):
+    """The auditor's repro: a.jsonl renamed while its run was queued. Its cursor entry went with the
+    file, nothing held c any more and c was requested at once; a's run then skipped the missing file as
+    unreadable (and succeeded), a_renamed came after c, and c's 1000 was billed instead of a's 10."""
+    a, first, queued, tick = _queued_then_conflict(world)
+    renamed = a.rename(world.raw / "a_renamed.jsonl")
+    waiting = []
+    for _ in range(3):   # a's run is still queued; the daemon runs whatever the sensor requests meanwhile
+        tick = world.tick(tick.cursor)
+        waiting.append(tick)
+        for request in tick.requests:
+            assert world.run(request).success
+    moved = _cursor(tick)["files"].get(str(renamed), {})
+    failed = _run_queued(world, queued, first)   # a.jsonl is gone by the time the run starts
+    retry_tick = world.tick(tick.cursor)
+    after = _drain(world, retry_tick)
+
+    assert world.billed("x") == ("10", 1)   # as fault-free: a, then c
+    # everything waited for a's run, the renamed file included, which took a's cursor entry
+    assert all(t.requests == [] and "holding" in t.data.skip_message for t in waiting)
+    assert moved.get("run_key") == first.run_key
+    # a's run failed on the missing file, naming it, and its retry took the renamed file, ahead of c
+    assert not failed.success and f"{a}" in _step_failure(failed)
+    [retry] = retry_tick.requests
+    assert retry.run_key == f"{first.run_key}-attempt2" and _files(retry) == [str(renamed)]
+    assert set(_cursor(after)["files"]) == {str(renamed), str(world.raw / "c.jsonl")}
+    assert {e["status"] for e in _cursor(after)["files"].values()} == {"done"}
+
+
+def test_a_file_renamed_after_its_run_failed_on_it_still_goes_before_the_later_files(world):
+    """The tick that first sees the rename also sees the run that failed on the missing file: the
+    renamed file (same size and mtime) is taken at once as the moved file, not left to settle while
+    the files held behind it go."""
+    a, first, queued, tick = _queued_then_conflict(world)
+    renamed = a.rename(world.raw / "a_renamed.jsonl")
+    assert not _run_queued(world, queued, first).success
+    retry_tick = world.tick(tick.cursor)
+    assert [_files(r) for r in retry_tick.requests] == [[str(renamed)]]
+    _drain(world, retry_tick)
+    assert world.billed("x") == ("10", 1)
+
+
+def test_a_file_removed_while_its_run_is_queued_holds_the_later_ones_until_the_run_has_ended(world):
+    """Its entry stays until its run has ended (the run fails, naming the missing file), then goes: the
+    later files are released, and the cursor does not keep the entry for ever."""
+    a, first, queued, tick = _queued_then_conflict(world)
+    a.unlink()
+    for _ in range(2):
+        tick = world.tick(tick.cursor)
+        assert tick.requests == [] and "holding 1 new raw file(s)" in tick.data.skip_message
+        assert _cursor(tick)["files"][str(a)]["status"] == "requested"
+    failed = _run_queued(world, queued, first)
+    assert not failed.success and f"{a}" in _step_failure(failed)
+    released = world.tick(tick.cursor)
+    [later] = released.requests
+    assert _files(later) == [str(world.raw / "c.jsonl")]   # not a retry of the missing file
+    assert str(a) not in _cursor(released)["files"]
+    assert world.run(later).success and world.billed("x") == ("1000", 0)
+
+
+def test_a_held_file_renamed_keeps_its_arrival(world):
+    world.write_usage("b.jsonl", [("evt-1", 1)])
+    settled = world.settle()
+    [first] = settled.requests
+    queued = _run_record(world, first)
+    z = world.write_usage("z.jsonl", [("evt-X", 1000)])   # arrives first
+    tick = world.tick(world.tick(settled.cursor).cursor)
+    world.write_usage("a.jsonl", [("evt-X", 5)])   # arrives later
+    tick = world.tick(world.tick(tick.cursor).cursor)
+    m = z.rename(world.raw / "m.jsonl")   # sorts after a.jsonl, and still goes first
+    tick = world.tick(tick.cursor)
+    assert tick.requests == []
+    pending = _cursor(tick)["pending"]
+    assert pending[str(m)]["arrival"] < pending[str(world.raw / "a.jsonl")]["arrival"]
+    assert _run_queued(world, queued, first).success
+    [released] = world.tick(tick.cursor).requests
+    assert _files(released) == [str(m), str(world.raw / "a.jsonl")]
+    assert world.run(released).success and world.billed("evt-X") == ("1000", 1)
+
+
+def test_a_given_up_file_renamed_still_holds_the_later_ones(world):
+    b, tick = _given_up(world)
+    world.write_usage("c.jsonl", [("evt-X", 1000)])
+    tick = world.tick(world.tick(tick.cursor).cursor)
+    moved = b.rename(world.raw / "b2.jsonl")
+    for _ in range(2):
+        tick = world.tick(tick.cursor)
+        assert tick.requests == [] and "wait for an operator" in tick.data.skip_message
+    assert _cursor(tick)["files"][str(moved)]["status"] == "gave_up"
