@@ -24,6 +24,7 @@ import logging
 import os
 import re
 import shutil
+import stat
 import sys
 import time
 from collections.abc import Iterator, Sequence
@@ -48,8 +49,9 @@ _UNIT_BYTES = {"KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12, "KiB": 2**10
                "TiB": 2**40}
 MIN_MEMORY_LIMIT = 64 * 10**6
 """Below this DuckDB cannot do the ingestion's work ("0GB" failed with an Out of Memory error)."""
-MAX_MEMORY_LIMIT = 10**12
-"""Above this DuckDB's own parser refuses the value ("Memory value out of range")."""
+MAX_MEMORY_LIMIT = 10**15
+"""1PB: no machine has more; DuckDB's own parser refuses values above 2^63 bytes ("Memory value out of
+range", which surfaced as a bad input naming DuckDB's parser)."""
 
 
 def memory_limit_bytes(text: str) -> float:
@@ -62,6 +64,15 @@ def memory_limit_bytes(text: str) -> float:
 def is_memory_limit(text: str) -> bool:
     """A DuckDB memory_limit written as a size such as 2GB or 512MiB (nothing else reaches SQL)."""
     return _MEMORY_LIMIT.fullmatch(text) is not None
+
+
+def memory_limit_problem(text: str) -> str | None:
+    """What is wrong with a memory_limit, or None: not a size, or a size outside 64MB .. 1PB."""
+    if not is_memory_limit(text):
+        return f"{text!r} is not a size like 2GB or 512MiB"
+    if not MIN_MEMORY_LIMIT <= memory_limit_bytes(text) <= MAX_MEMORY_LIMIT:
+        return f"{text!r} is outside 64MB .. 1PB"
+    return None
 
 
 def _on_a_terminal() -> bool:
@@ -78,8 +89,8 @@ def _configure(con: duckdb.DuckDBPyConnection, memory_limit: str | None, threads
     if not _on_a_terminal():
         con.execute("SET enable_progress_bar = false")
     if memory_limit:
-        if not is_memory_limit(memory_limit.strip()):
-            raise BadInputError(f"memory limit: {memory_limit!r} is not a size like 2GB or 512MiB")
+        if problem := memory_limit_problem(memory_limit.strip()):
+            raise BadInputError(f"memory limit: {problem}")
         try:
             con.execute(f"SET memory_limit = '{memory_limit.strip()}'")  # SET takes no parameters; checked above
         except duckdb.Error as exc:   # a size DuckDB cannot hold (99999999TB)
@@ -442,6 +453,9 @@ def _refuse_overwriting_another_file(dest: Path) -> None:
     """The swap replaces `dest`: refuse when it is a file that is not a DuckDB database (a mistyped
     `--snapshot customers.csv` replaced the customer list with a snapshot, and printed `published`)."""
     try:
+        if not stat.S_ISREG(os.stat(dest).st_mode):   # a FIFO would block the read below, a device worse
+            raise BadInputError(f"{dest}: the snapshot would replace this, which is not a regular file; choose "
+                                f"another file (the default is data/snapshot.duckdb)")
         with open(dest, "rb") as fh:
             head = fh.read(12)
     except FileNotFoundError:

@@ -305,8 +305,8 @@ def test_a_corrupt_sandbox_state_is_named_by_the_main_job(tmp_path: Path) -> Non
 @pytest.mark.parametrize(("args", "says"), [
     # DuckDB's parser refused it (exit 3), and 0GB failed the work with an Out of Memory error (exit 3):
     # a number out of range is a usage error (exit 2), before anything is opened
-    (["--memory-limit", "99999999TB"], "'99999999TB' is outside 64MB .. 1TB"),
-    (["--memory-limit", "0GB"], "'0GB' is outside 64MB .. 1TB"),
+    (["--memory-limit", "99999999TB"], "'99999999TB' is outside 64MB .. 1PB"),
+    (["--memory-limit", "0GB"], "'0GB' is outside 64MB .. 1PB"),
     # an ingestion time in the future took events up to it as not in the future (one dated 2099 was
     # accepted); the last day of year 9999 overflowed (a traceback)
     (["--as-of", "2099-01-01"], "2099-01-01T00:00:00+00:00 is in the future"),

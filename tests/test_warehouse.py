@@ -1,5 +1,6 @@
 import contextlib
 import hashlib
+import re
 import shutil
 import subprocess
 import sys
@@ -463,11 +464,21 @@ def test_must_exist_refuses_instead_of_creating(tmp_path):
     assert not (tmp_path / "typo.duckdb").exists()
 
 
-def test_a_memory_limit_too_small_is_bad_input(tmp_path):
+@pytest.mark.parametrize(("limit", "says"), [
+    # DuckDB took 1KB and then failed the migrations with an Out of Memory error; 99999999TB was its
+    # parser's error. Every caller (the CLI, the Dagster resource) now gets one check, before DuckDB
+    ("1KB", "memory limit: '1KB' is outside 64MB .. 1PB"),
+    ("0GB", "memory limit: '0GB' is outside 64MB .. 1PB"),
+    ("99999999TB", "memory limit: '99999999TB' is outside 64MB .. 1PB"),
+    ("lots", "memory limit: 'lots' is not a size like 2GB or 512MiB"),
+])
+def test_a_memory_limit_out_of_range_is_bad_input(tmp_path, limit, says):
     from metering.errors import BadInputError
 
-    with pytest.raises(BadInputError, match="memory limit 1KB is too small"):
-        warehouse.connect(tmp_path / "w.duckdb", memory_limit="1KB")
+    with pytest.raises(BadInputError, match=re.escape(says)):
+        warehouse.connect(tmp_path / "w.duckdb", memory_limit=limit)
+    with warehouse.open_warehouse(tmp_path / "w.duckdb", memory_limit="1TiB") as con:   # DuckDB takes it
+        assert con.execute("SELECT current_setting('memory_limit')").fetchone()[0] == "1.0 TiB"
 
 
 def test_a_writer_that_waits_for_the_lock_says_for_whom(tmp_path, caplog):
@@ -661,6 +672,11 @@ def test_publish_refuses_to_replace_a_file_that_is_not_a_duckdb_database(tmp_pat
     assert "customers.csv: the snapshot would replace this file, which is not a DuckDB database" in result.output
     assert (tmp_path / "customers.csv").read_text() == "customer_id,plan\nacme,pro\n"
     assert list(tmp_path.glob(".*")) == []
+    import os
+
+    os.mkfifo(tmp_path / "fifo")   # the check must not block reading it
+    with pytest.raises(BadInputError, match="fifo: the snapshot would replace this, which is not a regular file"):
+        warehouse.publish(tmp_path / "w.duckdb", tmp_path / "fifo")
     for name in ("s.duckdb", "s.duckdb", "empty.duckdb"):  # new, then over the snapshot, then over an empty file
         (tmp_path / "empty.duckdb").touch()
         assert warehouse.publish(tmp_path / "w.duckdb", tmp_path / name) == tmp_path / name

@@ -25,11 +25,8 @@ def _formats(value: str) -> tuple[str, ...]:
 
 
 def _memory(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
-    if value is not None and not warehouse.is_memory_limit(value):
-        raise click.BadParameter("a size such as 512MB or 2GB")
-    if value is not None and not warehouse.MIN_MEMORY_LIMIT <= warehouse.memory_limit_bytes(value) <= \
-            warehouse.MAX_MEMORY_LIMIT:
-        raise click.BadParameter(f"{value!r} is outside 64MB .. 1TB")
+    if value is not None and (problem := warehouse.memory_limit_problem(value)):
+        raise click.BadParameter(problem)
     return value
 
 

@@ -371,7 +371,7 @@ def ingest_file(
         # to quarantine, not a sign of another format: only lines that yield no object count here
         unreadable = con.execute(
             f"SELECT count(*) FROM {EVENTS} WHERE reason IN ('invalid_utf8', 'bad_csv_row') "
-            f"OR (reason = 'bad_json' AND event_id IS NULL)"
+            f"OR (reason = 'bad_json' AND detail = ?)", [validate.NOT_AN_OBJECT]
         ).fetchone()[0]
         if unreadable == info.rows and info.rows >= 1:
             _drop_temp(con)

@@ -129,8 +129,9 @@ def file_hash(path: Path) -> str:
 def local_path(path: str | os.PathLike[str]) -> str:
     """`path` as Arrow's and DuckDB's readers must be given it: absolute. Both read a leading `~` as the
     home folder, so a relative `~/x.parquet` (a folder named `~` here) read `$HOME/x.parquet` and stored
-    its rows under this file's hash."""
-    return os.path.abspath(path)
+    its rows under this file's hash. Joined, not normalised: `os.path.abspath` folds `link/..` as text,
+    which names another file than the one the system opens when `link` is a symbolic link."""
+    return os.path.join(os.getcwd(), os.fspath(path))
 
 
 def _open_stream(path: Path, fmt: str) -> pa.NativeFile:
@@ -322,6 +323,8 @@ WITH decoded AS (
     WHERE {NOT_BLANK}
 ), fields AS (
     SELECT *, {_LOOKUPS} FROM parsed  -- each key looked up once
+), counted AS (
+    SELECT *, {_MORE_KEYS_THAN_KNOWN} AS more_keys FROM fields
 ), shaped AS (
 SELECT line, text,
        CASE WHEN text IS NULL THEN b::VARCHAR ELSE text END AS raw,
@@ -329,16 +332,16 @@ SELECT line, text,
        -- broken line in the same vector made try() go row by row), and a lookup took the first value,
        -- where most JSON parsers keep the last. Only a line with more keys than known ones can repeat one
        CASE WHEN text IS NULL THEN 'invalid_utf8' WHEN m IS NULL THEN 'bad_json'
-            WHEN {_MORE_KEYS_THAN_KNOWN} AND len(list_distinct(map_keys(m))) < cardinality(m)
-            THEN 'bad_json' END AS parse_error,
+            WHEN more_keys AND len(list_distinct(map_keys(m))) < cardinality(m)
+            THEN 'repeated_key' END AS parse_error,
        {_json_field('event_id')}, {_json_field('customer_id')}, {_json_field('meter')}, {_json_field('ts')},
        NULL::TIMESTAMPTZ AS ts_native,
        {_json_field('value')},
        j_properties AS properties, {_json_type('properties')} AS properties_t,
        false AS properties_canonical,
-       CASE WHEN {_MORE_KEYS_THAN_KNOWN} THEN nullif({_UNKNOWN_ENTRIES}, '{{}}') END AS extra,
+       CASE WHEN more_keys THEN nullif({_UNKNOWN_ENTRIES}, '{{}}') END AS extra,
        starts_at AS byte_offset
-FROM fields
+FROM counted
 )
 SELECT * EXCLUDE (text) REPLACE ({_VALUE_AS_WRITTEN} AS value) FROM shaped
 """

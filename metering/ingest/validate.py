@@ -102,6 +102,12 @@ _NON_JSON_NUMBER = r'^(([^"]|"([^"\\]|\\.)*")*[:,\[])?-?(?i:nan|inf)'
 # join against them, one hash probe per row (10M rows: the IN lists cost the classification ~0.35 s)
 _NUMBER_KINDS = "['BIGINT', 'UBIGINT', 'DOUBLE', 'FLOAT', 'DECIMAL', 'VARCHAR']"
 
+NOT_AN_OBJECT = "not a single JSON object"
+"""The detail of a JSON line that yields no object (a syntax error, an array, trailing text)."""
+REPEATED_KEY = "the object repeats a key (JSON parsers differ on which of its values counts)"
+"""The detail of a JSON line that parses but names a key twice (`bad_json` too)."""
+_PARSE_REASON = "CASE WHEN parse_error = 'repeated_key' THEN 'bad_json' ELSE parse_error END"
+
 CLASSIFIED_COLUMNS = """
     line BIGINT, raw VARCHAR, reason VARCHAR, detail VARCHAR,
     event_id VARCHAR, customer_id VARCHAR, meter VARCHAR, event_time TIMESTAMPTZ, event_date DATE,
@@ -153,8 +159,9 @@ def _checks(meters: dict[str, Meter], now: datetime) -> list[tuple[str, str, str
     typed_fields = ("event_id", "customer_id", "meter")
     checks: list[tuple[str, str, str]] = [
         ("parse_error", "parse_error IS NOT NULL",
-         "CASE parse_error WHEN 'invalid_utf8' THEN 'the row is not valid UTF-8' WHEN 'bad_json' THEN "
-         "'not a single JSON object with unique keys' ELSE 'broken quoting or wrong number of fields' END"),
+         f"CASE parse_error WHEN 'invalid_utf8' THEN 'the row is not valid UTF-8' WHEN 'bad_json' THEN "
+         f"'{NOT_AN_OBJECT}' WHEN 'repeated_key' THEN '{REPEATED_KEY}' "
+         f"ELSE 'broken quoting or wrong number of fields' END"),
         # before every other check, as for any other line that is not JSON. In a known field NaN is that
         # field's own error: non_finite_value for `value`, bad_type elsewhere (not a string, not an object
         # of strings), which the detail names
@@ -237,7 +244,8 @@ def timestamp_sql(text: str) -> str:
 def classify_select(source_sql: str, meters: dict[str, Meter], now: datetime) -> str:
     """SQL turning staged rows (see `readers.STAGE_COLUMNS`) into `CLASSIFIED_COLUMNS`."""
     checks = _checks(meters, now)
-    label = lambda r: r if r == "parse_error" else f"'{r}'"  # noqa: E731  (parse_error holds its own reason)
+    # parse_error holds its own reason, but for a repeated key, which is bad_json with its own detail
+    label = lambda r: _PARSE_REASON if r == "parse_error" else f"'{r}'"  # noqa: E731
     reason = "CASE " + " ".join(f"WHEN {c} THEN {label(r)}" for r, c, _ in checks) + " END"
     detail = "CASE " + " ".join(f"WHEN {c} THEN {d}" for _, c, d in checks) + " END"
     return f"""

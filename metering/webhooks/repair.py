@@ -220,15 +220,21 @@ def _unreached_objects(con: duckdb.DuckDBPyConnection, listed_from: datetime) ->
             return None  # nothing landed yet: the listing is all there is to know
     if previous >= listed_from:
         return None
+    # an object read again since `listed_from` is Stripe's as of then, and what changed it later is within
+    # the listing's reach: a gap re-read stopped part-way (a rate limit) goes on where it stopped
     return [tuple(r) for r in con.execute(
         f"""
-        SELECT 'invoice', invoice_id FROM stripe_invoices
-        WHERE NOT list_contains({list(FINAL_INVOICE_STATUSES)}, coalesce(status, ''))
-        UNION
-        SELECT 'subscription', subscription_id FROM stripe_subscriptions
-        WHERE NOT list_contains({list(FINAL_SUBSCRIPTION_STATUSES)}, coalesce(status, ''))
+        SELECT * FROM (
+            SELECT 'invoice' AS object_type, invoice_id AS object_id FROM stripe_invoices
+            WHERE NOT list_contains({list(FINAL_INVOICE_STATUSES)}, coalesce(status, ''))
+            UNION
+            SELECT 'subscription', subscription_id FROM stripe_subscriptions
+            WHERE NOT list_contains({list(FINAL_SUBSCRIPTION_STATUSES)}, coalesce(status, ''))
+        ) o
+        WHERE NOT EXISTS (SELECT 1 FROM stripe_object_snapshots s WHERE s.object_type = o.object_type
+                          AND s.object_id = o.object_id AND s.fetched_at >= ?)
         ORDER BY 1, 2
-        """).fetchall()]
+        """, [listed_from]).fetchall()]
 
 
 def ambiguous_objects(con: duckdb.DuckDBPyConnection) -> list[tuple[str, str]]:

@@ -69,11 +69,12 @@ def _as_of(text: str) -> datetime:
     return parsed.astimezone(timezone.utc)
 
 
-def _missing(files: list[str]) -> dg.Failure:
-    """The failure of a run whose named files no longer exist (moved or deleted after the request)."""
-    return dg.Failure(description=f"named raw file(s) no longer exist (moved or deleted since the run was "
-                                  f"requested): {files}. Nothing of them was ingested; the sensor follows up on "
-                                  f"this failed run (a file moved within data/raw/ keeps its request)")
+def _fail_if_missing(files: list[str]) -> None:
+    """Fail a run whose named files no longer exist (moved or deleted since the request)."""
+    if missing := [f for f in files if not Path(f).exists()]:
+        raise dg.Failure(description=f"named raw file(s) no longer exist (moved or deleted since the run was "
+                                     f"requested): {missing}. Nothing of them was ingested; the sensor follows up "
+                                     f"on this failed run (a file moved within data/raw/ keeps its request)")
 
 
 def _dates_not_reported_since(
@@ -139,11 +140,10 @@ def usage_events(
     run_partitions = list(context.partition_keys)  # one day, or a range in a single-run backfill
     meters = load_meters(paths.rules)
     now = _as_of(config.as_of)  # one instant for every file of the run
-    if missing := [f for f in config.files if not Path(f).exists()]:
-        # moved or deleted since the run was asked for: not an unreadable file to skip (the run would
-        # succeed and its request be done without the file's content, and the files held behind it would
-        # go ahead of a moved copy). Checked before anything is ingested: the run changes nothing
-        raise _missing(missing)
+    # moved or deleted since the run was asked for: not an unreadable file to skip (the run would succeed
+    # and its request be done without the file's content, and the files held behind it would go ahead of
+    # a moved copy). Checked before anything is ingested: the run changes nothing
+    _fail_if_missing(list(config.files))
     results: list[IngestResult] = []
     unreadable: dict[str, str] = {}
     with warehouse.get_connection() as con:
@@ -156,8 +156,8 @@ def usage_events(
                 # file, the run succeeded and the sensor took the file as done: it was never ingested
                 raise
             except BadInputError as exc:  # this file changes nothing; the others still load
-                if config.files and not Path(path).exists():   # gone since the run started
-                    raise _missing([str(path)]) from exc
+                if config.files:   # gone since the run started?
+                    _fail_if_missing([str(path)])
                 unreadable[str(path)] = str(exc)
                 context.log.error(str(exc))
                 continue

@@ -281,6 +281,14 @@ def test_a_relative_path_under_a_folder_named_tilde_is_read_as_itself(tmp_path, 
     write_lines(tmp_path / "work" / "~" / "y.jsonl", [event("own-line", timestamp="2026-10-09T00:00:00Z")])
     assert ingest_file(con, "~/y.jsonl", now=NOW).rows_accepted == 1
     assert con.execute("SELECT event_id FROM usage_events ORDER BY 1").fetchall() == [("own",), ("own-line",)]
+    # made absolute without folding `link/..` as text: through a link, `..` is the link target's parent
+    (tmp_path / "elsewhere" / "sub").mkdir(parents=True)
+    (tmp_path / "work" / "link").symlink_to(tmp_path / "elsewhere" / "sub")
+    write_lines(tmp_path / "elsewhere" / "z.jsonl", [event("through-the-link", timestamp="2026-10-09T00:00:00Z")])
+    write_lines(tmp_path / "work" / "z.jsonl", [event("beside-the-link", timestamp="2026-10-09T00:00:00Z")])
+    result = ingest_file(con, "link/../z.jsonl", now=NOW)
+    assert result.file_hash == hashlib.sha256((tmp_path / "elsewhere" / "z.jsonl").read_bytes()).hexdigest()
+    assert con.execute("SELECT count(*) FROM usage_events WHERE event_id = 'through-the-link'").fetchone() == (1,)
 
 
 def test_a_parquet_name_holding_a_backslash_and_a_pattern_character_is_refused_by_name(tmp_path, con):
@@ -430,6 +438,10 @@ def test_a_file_whose_every_line_breaks_a_json_rule_but_parses_is_quarantined_no
     assert (result.status, result.rows_read, result.rows_accepted, result.rows_quarantined) == ("ingested", 2, 0, 2)
     assert con.execute("SELECT event_id, reason FROM usage_quarantine ORDER BY 1").fetchall() == [
         ("n1", "bad_json"), ("n2", "bad_json")]
+    # nor is a file of objects that name a key twice, with no event_id to read (the first fix of the
+    # above took a missing event_id for a line that does not parse)
+    result = ingest_file(con, write_lines(tmp_path / "rep.jsonl", ['{"a": 1, "a": 2}']), now=NOW)
+    assert (result.status, result.rows_quarantined, result.reasons) == ("ingested", 1, {"bad_json": 1})
     with pytest.raises(BadInputError, match="none of its 2 line"):
         ingest_file(con, write_lines(tmp_path / "broken.jsonl", ['{"event_id": "x', "[1, 2]"]), now=NOW)
 

@@ -306,3 +306,35 @@ def test_a_repair_later_than_stripes_30_days_rereads_what_can_still_change(tmp_p
 
         next_run = repair_events(con, client, now=at(later) + timedelta(hours=1))
         assert (next_run.gap_refetched, next_run.objects_refetched) == (0, 0)
+
+
+def test_a_gap_reread_stopped_part_way_goes_on_where_it_stopped(tmp_path: Path):
+    """A repair beyond the list's reach re-reads every object not yet final; Stripe rate-limits the
+    subscription's read. The next run used to read everything again (no run was recorded), and a
+    failure on one object kept the gap open for ever: it now reads only what was not read since."""
+    import pytest
+    import stripe
+
+    start = ts("2026-11-01T03:00:00")
+    at = lambda seconds: datetime.fromtimestamp(seconds, timezone.utc)  # noqa: E731
+    with running_sandbox(now=start) as sb, warehouse.open_warehouse(tmp_path / "w.duckdb") as con:
+        client = sb.client()
+        clock, _, _, customer, sub = _acme_on_api_calls(client, ts("2026-10-01T00:00:00"))
+        sb.set_payment_behavior(customer.id, "fails")
+        client.v1.test_helpers.test_clocks.advance(clock.id, {"frozen_time": ts("2026-11-01T02:00:00")})
+        repair_events(con, client, now=at(start))
+        rebuild_state(con)
+        later = start + 31 * 86400
+        sb.set_now(later)
+        sb.inject_fault("rate_limit", path=f"/v1/subscriptions/{sub.id}", method="GET", count=1)
+        with pytest.raises(stripe.RateLimitError):
+            repair_events(con, client, now=at(later))
+        read_first = {tuple(r) for r in con.execute(
+            "SELECT object_type, object_id FROM stripe_object_snapshots WHERE fetched_at = ?", [at(later)]).fetchall()}
+        assert read_first and ("subscription", sub.id) not in read_first
+        assert con.execute("SELECT count(*) FROM stripe_repair_runs").fetchone() == (1,)   # the stopped run is none
+        second = repair_events(con, client, now=at(later + 60))
+        assert {tuple(r) for r in con.execute("SELECT object_type, object_id FROM stripe_object_snapshots "
+                                              "WHERE fetched_at = ?", [at(later + 60)]).fetchall()} == {
+            ("subscription", sub.id)}
+        assert second.gap_refetched == 1
