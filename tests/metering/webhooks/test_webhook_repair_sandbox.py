@@ -80,6 +80,19 @@ def _acme_on_api_calls(client, start: int) -> tuple:
     return clock, meter, price, customer, sub
 
 
+def _first_cycle_payment_failed(sb, client) -> tuple:
+    """(customer, subscription): acme on its test clock, whose first cycle's invoice (closing October,
+    at 2026-11-01) fails its payment: the invoice open, the subscription past_due."""
+    clock, _, _, customer, sub = _acme_on_api_calls(client, ts("2026-10-01T00:00:00"))
+    sb.set_payment_behavior(customer.id, "fails")
+    client.v1.test_helpers.test_clocks.advance(clock.id, {"frozen_time": ts("2026-11-01T02:00:00")})
+    return customer, sub
+
+
+def _at(seconds: int) -> datetime:
+    return datetime.fromtimestamp(seconds, timezone.utc)
+
+
 def test_outage_then_repair_reaches_stripes_state(tmp_path: Path):
     landing = tmp_path / "landing"
     start = ts("2026-10-01T00:00:00")
@@ -224,9 +237,7 @@ def test_an_event_of_a_snapshots_second_that_arrives_after_the_fetch_is_not_hidd
 
     with running_sandbox(now=ts("2026-11-01T03:00:00")) as sb, warehouse.open_warehouse(tmp_path / "w.duckdb") as con:
         client = sb.client()
-        clock, _, _, customer, sub = _acme_on_api_calls(client, ts("2026-10-01T00:00:00"))
-        sb.set_payment_behavior(customer.id, "fails")
-        client.v1.test_helpers.test_clocks.advance(clock.id, {"frozen_time": ts("2026-11-01T02:00:00")})
+        customer, sub = _first_cycle_payment_failed(sb, client)
         repair_events(con, client)  # the receiver was down: every event comes from repair, with snapshots
         rebuild_state(con)
         [(invoice_id,)] = con.execute(
@@ -269,13 +280,10 @@ def test_a_repair_later_than_stripes_30_days_rereads_what_can_still_change(tmp_p
     from datetime import timedelta
 
     start = ts("2026-11-01T03:00:00")
-    at = lambda seconds: datetime.fromtimestamp(seconds, timezone.utc)  # noqa: E731
     with running_sandbox(now=start) as sb, warehouse.open_warehouse(tmp_path / "w.duckdb") as con:
         client = sb.client()
-        clock, _, _, customer, sub = _acme_on_api_calls(client, ts("2026-10-01T00:00:00"))
-        sb.set_payment_behavior(customer.id, "fails")
-        client.v1.test_helpers.test_clocks.advance(clock.id, {"frozen_time": ts("2026-11-01T02:00:00")})
-        assert repair_events(con, client, now=at(start)).gap_refetched == 0
+        customer, sub = _first_cycle_payment_failed(sb, client)
+        assert repair_events(con, client, now=_at(start)).gap_refetched == 0
         rebuild_state(con)
         [(invoice_id,)] = con.execute(
             "SELECT invoice_id FROM stripe_invoices WHERE billing_reason = 'subscription_cycle' AND status = 'open'"
@@ -287,15 +295,15 @@ def test_a_repair_later_than_stripes_30_days_rereads_what_can_still_change(tmp_p
         later = start + 31 * 86400
         sb.set_now(later)
         with caplog.at_level(logging.WARNING, logger="metering.webhooks.repair"):
-            unread = repair_events(con, client, now=at(later), refetch=False)
+            unread = repair_events(con, client, now=_at(later), refetch=False)
             assert "NOT re-read" in caplog.text and unread.objects_refetched == 0
             # a gap left unread is still one for the next run
-            stats = repair_events(con, client, now=at(later))
+            stats = repair_events(con, client, now=_at(later))
         assert stats.events_listed == 0   # beyond Stripe's reach: only a re-read can tell
         assert stats.gap_refetched == stats.objects_refetched
         open_objects = {("invoice", invoice_id), ("subscription", sub.id)}
         assert open_objects <= {tuple(r) for r in con.execute(
-            "SELECT object_type, object_id FROM stripe_object_snapshots WHERE fetched_at = ?", [at(later)]).fetchall()}
+            "SELECT object_type, object_id FROM stripe_object_snapshots WHERE fetched_at = ?", [_at(later)]).fetchall()}
         assert "beyond the reach of Stripe's event list" in caplog.text
         rebuild_state(con)
         assert con.execute("SELECT status, amount_paid FROM stripe_invoices WHERE invoice_id = ?",
@@ -304,7 +312,7 @@ def test_a_repair_later_than_stripes_30_days_rereads_what_can_still_change(tmp_p
                            [sub.id]).fetchone() == (client.v1.subscriptions.retrieve(sub.id).status,) == ("active",)
         assert con.execute("SELECT count(*) FROM stripe_repair_runs").fetchone() == (2,)
 
-        next_run = repair_events(con, client, now=at(later) + timedelta(hours=1))
+        next_run = repair_events(con, client, now=_at(later) + timedelta(hours=1))
         assert (next_run.gap_refetched, next_run.objects_refetched) == (0, 0)
 
 
@@ -316,25 +324,22 @@ def test_a_gap_reread_stopped_part_way_goes_on_where_it_stopped(tmp_path: Path):
     import stripe
 
     start = ts("2026-11-01T03:00:00")
-    at = lambda seconds: datetime.fromtimestamp(seconds, timezone.utc)  # noqa: E731
     with running_sandbox(now=start) as sb, warehouse.open_warehouse(tmp_path / "w.duckdb") as con:
         client = sb.client()
-        clock, _, _, customer, sub = _acme_on_api_calls(client, ts("2026-10-01T00:00:00"))
-        sb.set_payment_behavior(customer.id, "fails")
-        client.v1.test_helpers.test_clocks.advance(clock.id, {"frozen_time": ts("2026-11-01T02:00:00")})
-        repair_events(con, client, now=at(start))
+        customer, sub = _first_cycle_payment_failed(sb, client)
+        repair_events(con, client, now=_at(start))
         rebuild_state(con)
         later = start + 31 * 86400
         sb.set_now(later)
         sb.inject_fault("rate_limit", path=f"/v1/subscriptions/{sub.id}", method="GET", count=1)
         with pytest.raises(stripe.RateLimitError):
-            repair_events(con, client, now=at(later))
+            repair_events(con, client, now=_at(later))
         read_first = {tuple(r) for r in con.execute(
-            "SELECT object_type, object_id FROM stripe_object_snapshots WHERE fetched_at = ?", [at(later)]).fetchall()}
+            "SELECT object_type, object_id FROM stripe_object_snapshots WHERE fetched_at = ?", [_at(later)]).fetchall()}
         assert read_first and ("subscription", sub.id) not in read_first
         assert con.execute("SELECT count(*) FROM stripe_repair_runs").fetchone() == (1,)   # the stopped run is none
-        second = repair_events(con, client, now=at(later + 60))
+        second = repair_events(con, client, now=_at(later + 60))
         assert {tuple(r) for r in con.execute("SELECT object_type, object_id FROM stripe_object_snapshots "
-                                              "WHERE fetched_at = ?", [at(later + 60)]).fetchall()} == {
+                                              "WHERE fetched_at = ?", [_at(later + 60)]).fetchall()} == {
             ("subscription", sub.id)}
         assert second.gap_refetched == 1
