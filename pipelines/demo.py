@@ -50,7 +50,7 @@ import click
 import dagster as dg
 
 from metering import config, warehouse
-from metering.cli.options import UserPath
+from metering.cli.options import SEED, UserPath
 from metering.errors import BadInputError, CheckFailedError, ExternalServiceError
 from metering.reports.money import fmt_money
 
@@ -516,7 +516,7 @@ def demo_month(ctx: click.Context, param: click.Parameter, value: dt.datetime) -
 @click.command()
 @click.option("--customers", type=click.IntRange(1, None), default=200, show_default=True)
 @click.option("--events", type=click.IntRange(1, None), default=150_000, show_default=True)
-@click.option("--seed", type=click.IntRange(0, 2**32 - 1), default=7, show_default=True,
+@click.option("--seed", type=SEED, default=7, show_default=True,
               help="Same seed, same sample files (0 to 4294967295).")
 @click.option("--month", type=click.DateTime(["%Y-%m"]), default=DEMO_MONTH.strftime("%Y-%m"), show_default=True,
               callback=demo_month,

@@ -10,7 +10,7 @@ from pathlib import Path
 import click
 
 from metering import config, warehouse
-from metering.cli.options import UserPath, check_order, date_in_range
+from metering.cli.options import SEED, UserPath, check_order, date_in_range
 from metering.errors import BadInputError
 from metering.ingest.generate import DEMO_END, DEMO_START, FORMAT_SUFFIX, GenerateConfig
 
@@ -53,7 +53,7 @@ def _share(ctx: click.Context, param: click.Parameter, value: float) -> float:
 
 
 @click.command()
-@click.option("--seed", type=click.IntRange(0, 2**32 - 1), default=42, show_default=True,
+@click.option("--seed", type=SEED, default=42, show_default=True,
               help="Same seed and options, same files (0 to 4294967295).")
 @click.option("--customers", type=click.IntRange(1), default=200, show_default=True)
 @click.option("--events", type=click.IntRange(1), default=100_000, show_default=True,
@@ -125,7 +125,6 @@ def ingest(paths: tuple[str, ...], warehouse_path: str | None, rules_dir: str | 
     """
     from metering.ingest import expand_paths, ingest_files
 
-    now = as_of
     files = expand_paths(paths)
     if not files:
         raise BadInputError(f"no raw files (.jsonl, .jsonl.gz, .csv, .parquet) under {', '.join(paths)}")
@@ -142,7 +141,7 @@ def ingest(paths: tuple[str, ...], warehouse_path: str | None, rules_dir: str | 
                    f"{r.rows_quarantined:>9} {r.duplicates_dropped:>7} {r.conflicting_duplicates:>9}  {dates}")
 
     with warehouse.open_warehouse(warehouse_path, memory_limit=memory_limit) as con:
-        results = ingest_files(con, files, rules_dir=rules_dir, now=now, on_file=show)
+        results = ingest_files(con, files, rules_dir=rules_dir, now=as_of, on_file=show)
     if not as_json:
         done = [r for r in results if r.status == "ingested"]
         touched = sorted({d for r in done for d in r.event_dates})

@@ -21,6 +21,10 @@ from metering.errors import BadInputError, ExternalServiceError
 
 T = TypeVar("T")
 
+SEED = click.IntRange(0, 2**32 - 1)
+"""A sample-data seed (`generate`, `demo`): the generator's random streams take 32 bits (-1 was an
+OverflowError traceback once files were half written)."""
+
 
 def parse_date(ctx: click.Context, param: click.Parameter, value: str | None) -> dt.date | None:
     """A click callback: `YYYY-MM-DD` (UTC calendar date) or None; anything else is a usage error."""
