@@ -84,7 +84,7 @@ def push(day: dt.date | None, date_from: dt.date | None, date_to: dt.date | None
     """Push each customer x meter x window total to Stripe through the outbox ledger.
 
     Exits 5 when windows are left failed or unknown, or held as moved to another Stripe customer (they
-    are listed in stripe_push_ledger).
+    are listed in stripe_push_ledger), or are not pushed because their customer is not synced to Stripe.
     """
     from metering import warehouse
     from metering.rules.meters import load_meters
@@ -107,11 +107,15 @@ def push(day: dt.date | None, date_from: dt.date | None, date_to: dt.date | None
         report = push_usage(con, client, meters, date_from, date_to, config)  # type: ignore[arg-type]
     click.echo(report.summary())
     if report.needs_operator:
-        held = (f"; {report.moved} held because a previous Stripe customer still holds their usage (the "
-                f"warnings above name both customers)") if report.moved else ""
-        raise ExternalServiceError(
-            f"{report.failed} failed and {report.unknown} unknown windows need a look "
-            f"(SELECT * FROM stripe_push_ledger WHERE status IN ('failed', 'unknown', 'sent')){held}")
+        parts = [f"{report.failed} failed and {report.unknown} unknown windows need a look (SELECT * FROM "
+                 "stripe_push_ledger WHERE status IN ('failed', 'unknown', 'sent'))"] if report.failed + report.unknown else []
+        if report.moved:
+            parts.append(f"{report.moved} held because a previous Stripe customer still holds their usage (the "
+                         "warnings above name both customers)")
+        if report.unmapped:
+            parts.append(f"{report.unmapped} window(s) of customers not synced to Stripe, not pushed: run "
+                         "`metering stripe sync`")
+        raise ExternalServiceError("; ".join(parts))
 
 
 @stripe.command("invoice-items")

@@ -22,20 +22,38 @@ def _delays(ctx: click.Context, param: click.Parameter, value: str) -> tuple[flo
     return delays
 
 
-def _fault(value: str) -> dict:
-    try:
-        rule = json.loads(value)
-    except ValueError as exc:
-        raise BadInputError(f"--fault {value!r}: not JSON ({exc})") from None
-    if not isinstance(rule, dict):
-        raise BadInputError(f"--fault {value!r}: must be a JSON object like '{{\"kind\": \"rate_limit\", \"rate\": 0.1}}'")
-    return rule
+def _faults(ctx: click.Context, param: click.Parameter, values: tuple[str, ...]) -> list[dict]:
+    """Each --fault as a JSON object the sandbox accepts; a mistake is a usage error naming it."""
+    from metering.stripe_sandbox.faults import Faults
+
+    rules = []
+    for value in values:
+        try:
+            rule = json.loads(value)
+        except ValueError as exc:
+            raise click.BadParameter(f"{value!r}: not JSON ({exc})") from None
+        if not isinstance(rule, dict):
+            raise click.BadParameter(f"{value!r}: must be a JSON object like '{{\"kind\": \"rate_limit\", \"rate\": 0.1}}'")
+        try:
+            Faults(None).add(dict(rule))  # checked here, so the option is named and nothing has started
+        except (ValueError, TypeError) as exc:
+            raise click.BadParameter(f"{value!r}: {exc}") from None
+        rules.append(rule)
+    return rules
+
+
+def _test_mode_key(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    if value is not None and not value.startswith("sk_test_"):
+        source = ctx.get_parameter_source(param.name or "")
+        where = " (from STRIPE_SANDBOX_API_KEY)" if source is click.core.ParameterSource.ENVIRONMENT else ""
+        raise click.BadParameter(f"the sandbox only accepts test-mode keys (sk_test_...){where}")
+    return value
 
 
 @click.command("stripe-sandbox")
 @click.option("--port", type=click.IntRange(0, 65535), default=12111, show_default=True, help="TCP port to listen on (0: any free port).")
 @click.option("--host", default="127.0.0.1", show_default=True, help="Interface to bind (keep it on loopback).")
-@click.option("--api-key", envvar="STRIPE_SANDBOX_API_KEY", default=None,
+@click.option("--api-key", envvar="STRIPE_SANDBOX_API_KEY", default=None, callback=_test_mode_key,
               help="Accept only this key (default: any key starting sk_test_). Env: STRIPE_SANDBOX_API_KEY.")
 @click.option("--state", "state_file", type=UserPath(dir_okay=False), default=None,
               help="Persist state to this JSON file (loaded at start, saved every 5 s and on exit).")
@@ -43,7 +61,7 @@ def _fault(value: str) -> dict:
               help="Seconds a period-end invoice stays draft before it is finalized.")
 @click.option("--webhook-retry-delays", "delays", default="5,30,120", show_default=True, callback=_delays,
               help="Comma-separated seconds between webhook delivery attempts (bounded retries).")
-@click.option("--fault", "faults", multiple=True,
+@click.option("--fault", "faults", multiple=True, callback=_faults,
               help='A fault rule as JSON, e.g. \'{"kind": "rate_limit", "path": "/v1/billing/meter_events", "rate": 0.1}\'. Repeatable.')
 @click.option("--seed", type=int, default=None, help="Seed for fault rates (reproducible runs).")
 @click.option("--now", type=click.IntRange(min=0), default=None, help="Freeze the sandbox clock at this unix time.")
@@ -54,7 +72,7 @@ def stripe_sandbox(
     state_file: str | None,
     grace_period: int,
     delays: tuple[float, ...],
-    faults: tuple[str, ...],
+    faults: list[dict],
     seed: int | None,
     now: int | None,
 ) -> None:
@@ -69,8 +87,6 @@ def stripe_sandbox(
     from metering import config as paths
     from metering.stripe_sandbox import SandboxConfig, StripeSandbox
 
-    if api_key is not None and not api_key.startswith("sk_test_"):
-        raise BadInputError("--api-key: the sandbox only accepts test-mode keys (sk_test_...)")
     if state_file:
         # it is saved every 5 s and at exit: a path that cannot be written must fail now, not at Ctrl-C
         paths.ensure_file_target(state_file, "--state")
@@ -78,7 +94,7 @@ def stripe_sandbox(
         api_key=api_key,
         grace_period=grace_period,
         webhook_retry_delays=delays,
-        faults=[_fault(f) for f in faults],
+        faults=faults,
         seed=seed,
         now=now,
     )

@@ -132,8 +132,9 @@ class PushReport:
 
     @property
     def needs_operator(self) -> int:
-        """Windows left unknown/failed/moved after this run: a person should look (or re-run later)."""
-        return self.unknown + self.failed + self.moved
+        """Windows left unknown/failed/moved, or not sent as their customer is not synced to Stripe
+        (unmapped: that usage is not billed), after this run: a person should look (or re-run later)."""
+        return self.unknown + self.failed + self.moved + self.unmapped
 
     def as_dict(self) -> dict[str, Any]:
         out = asdict(self)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import signal
 import socket
 import subprocess
@@ -81,14 +82,27 @@ def test_the_cli_serves_the_sdk_and_saves_state_when_terminated(tmp_path: Path):
     assert customer.id in json.loads(state.read_text())["objects"]["customer"]
 
 
-def test_the_cli_rejects_a_live_key_with_exit_code_3(tmp_path: Path):
+@pytest.mark.parametrize(("args", "env", "says"), [
+    (["--api-key", "sk_live_x"], {}, "Invalid value for '--api-key': the sandbox only accepts test-mode keys"),
+    ([], {"STRIPE_SANDBOX_API_KEY": "rk_live_x"}, "test-mode keys (sk_test_...) (from STRIPE_SANDBOX_API_KEY)"),
+    # a wrong type was accepted, then failed on every request (or with a TypeError traceback)
+    (["--fault", '{"kind": "rate_limit", "rate": "x"}'], {},
+     "Invalid value for '--fault': '{\"kind\": \"rate_limit\", \"rate\": \"x\"}': fault field rate: 'x' has the wrong type"),
+    (["--fault", "{kind: 1}"], {}, "Invalid value for '--fault': '{kind: 1}': not JSON"),
+    (["--fault", "[]"], {}, "'[]': must be a JSON object"),
+    (["--fault", '{"kind": "nope"}'], {}, "fault kind must be one of rate_limit"),
+    (["--fault", '{"kind": "slow", "rate": 2}'], {}, "rate must be between 0 and 1"),
+])
+def test_option_values_the_sandbox_cannot_take_are_usage_errors(args: list[str], env: dict, says: str) -> None:
+    """Exit 2 as for every other option value (they were exit 3, which means bad input files)."""
     result = subprocess.run(
-        [sys.executable, "-c", "from metering.cli import main; main()", "stripe-sandbox", "--port", "0", "--api-key", "sk_live_x"],
-        capture_output=True,
-        text=True,
-        timeout=60,
+        [sys.executable, "-c", "from metering.cli import main; main()", "stripe-sandbox", "--port", "0", *args],
+        capture_output=True, text=True, timeout=60,
+        env={**{k: v for k, v in os.environ.items() if k != "STRIPE_SANDBOX_API_KEY"}, **env},
     )
-    assert result.returncode == 3 and "test-mode keys" in result.stderr
+    assert result.returncode == 2, result.stderr
+    assert says in result.stderr and "Traceback" not in result.stderr
+    assert "listening" not in result.stderr
 
 
 @pytest.mark.parametrize(("args", "code", "says"), [

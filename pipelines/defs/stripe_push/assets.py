@@ -51,7 +51,8 @@ def stripe_catalog(context: dg.AssetExecutionContext, warehouse: WarehouseResour
     backfill_policy=dg.BackfillPolicy.single_run(),
     deps=[dg.AssetKey("usage_aggregates"), stripe_catalog],
     check_specs=[dg.AssetCheckSpec("push_settled", asset="stripe_usage_pushes",
-                                   description="No window of the day is left pending, sent, unknown, failed or held (moved).")],
+                                   description="No window of the day is left pending, sent, unknown, failed or held (moved), "
+                                               "and none is unmapped (its customer not synced to Stripe).")],
 )
 def stripe_usage_pushes(context: dg.AssetExecutionContext, warehouse: WarehouseResource, paths: ProjectPaths,
                         stripe: StripeResource):
@@ -93,13 +94,15 @@ def stripe_usage_pushes(context: dg.AssetExecutionContext, warehouse: WarehouseR
         open_windows = sum(by_day.get(day, {}).get(status, 0) for status in ledger.OPEN_STATUSES)
         context.add_asset_metadata({**metadata, "open_windows": open_windows}, partition_key=day.isoformat())
     moved = sum(report.moved for report in reports)
+    unmapped = sum(report.unmapped for report in reports)  # never in the ledger: nothing was planned
     open_left = counts["pending"] + counts["sent"] + counts["unknown"]
     yield dg.MaterializeResult()
     yield dg.AssetCheckResult(
-        check_name="push_settled", passed=open_left == 0 and counts["failed"] == 0 and moved == 0,
+        check_name="push_settled", passed=open_left == 0 and counts["failed"] == 0 and moved == 0 and unmapped == 0,
         severity=dg.AssetCheckSeverity.WARN,
-        metadata={**{k: v for k, v in counts.items()}, "moved": moved,
-                  "hint": "re-run the partition; failed rows: --retry-failed; moved: see the run's warnings"},
+        metadata={**{k: v for k, v in counts.items()}, "moved": moved, "unmapped": unmapped,
+                  "hint": "re-run the partition; failed rows: --retry-failed; moved: see the run's warnings; "
+                          "unmapped: materialize stripe_catalog (metering stripe sync)"},
     )
 
 

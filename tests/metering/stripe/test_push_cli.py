@@ -50,3 +50,29 @@ def test_bad_push_options(monkeypatch: pytest.MonkeyPatch, args, code, text) -> 
 def test_missing_key_is_bad_input() -> None:
     result = CliRunner().invoke(cli, ["stripe", "push", "--date", "2026-11-01"])
     assert result.exit_code == 3 and "STRIPE_API_KEY is not set" in result.output
+
+
+def test_a_push_that_leaves_a_customer_unsynced_is_exit_5(tmp_path, rules_dir, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Usage of a customer never synced to Stripe is not pushed, so not billed: the push said so in a
+    warning and exited 0, where `stripe invoice-items` exits 5 for the same customer (audit)."""
+    import datetime as dt
+
+    from push_world import CUSTOMERS_CSV, NOW, day_start, make_world
+    from metering.stripe_sandbox.testing import running_sandbox
+
+    db = tmp_path / "wh.duckdb"
+    day = dt.date(2026, 11, 18)
+    with running_sandbox(now=int(NOW.timestamp())) as sb:
+        monkeypatch.setenv("STRIPE_API_KEY", sb.api_key)
+        monkeypatch.setenv("STRIPE_API_BASE", sb.base_url)
+        with warehouse.open_warehouse(db) as con:
+            world = make_world(con, sb, rules_dir, tmp_path, CUSTOMERS_CSV)
+            world.add_events([("acme", "api_calls", day_start(day) + dt.timedelta(hours=2), None, {"region": "us"}),
+                              ("stranger", "api_calls", day_start(day) + dt.timedelta(hours=3), None, {"region": "us"})])
+        result = CliRunner().invoke(cli, ["stripe", "push", "--date", "2026-11-18", "--warehouse", str(db), "--rate", "0"])
+        assert result.exit_code == 5, result.output
+        error = result.output.split("error:")[-1]
+        assert "1 window(s) of customers not synced to Stripe, not pushed: run `metering stripe sync`" in error
+        assert "failed" not in error and "held" not in error
+        with warehouse.open_warehouse(db, read_only=True) as con:   # the synced customer's window went out
+            assert con.execute("SELECT customer_id, status FROM stripe_push_ledger").fetchall() == [("acme", "acknowledged")]
