@@ -60,14 +60,24 @@ def int_to_decimal(series: pl.Series, scale: int) -> pl.Series:
     return pl.Series(series.name, pl.from_arrow(arrow.view(pa.decimal128(38, scale))))
 
 
+TOO_LARGE = "an amount exceeds 10^14 major units in one line (quantity x price too large to rate exactly)"
+
+
+class AmountTooLargeError(BadInputError):
+    """A product beyond what a line's amount holds; `rows` are the offending rows of the frame, so a
+    caller can name the line (its customer, charge and quantity) and where that quantity came from."""
+
+    def __init__(self, what: str, rows: pl.DataFrame, where: str | None = None) -> None:
+        super().__init__(f"{what}: {TOO_LARGE}; {where or f'first offending row: {rows.row(0, named=True)}'}")
+        self.what = what
+        self.rows = rows
+
+
 def checked_mul(frame: pl.DataFrame, a: str, b: str, out: str, what: str) -> pl.DataFrame:
     """`out = a * b` for non-negative Int128 columns, refusing any product beyond DECIMAL(38)."""
     too_big = frame.filter((pl.col(b) > 0) & (pl.col(a) > lit(LIMIT) // pl.col(b)))
     if too_big.height:
-        raise BadInputError(
-            f"{what}: an amount exceeds 10^14 major units in one line (quantity x price too large to rate "
-            f"exactly); first offending row: {too_big.row(0, named=True)}"
-        )
+        raise AmountTooLargeError(what, too_big)
     return frame.with_columns((pl.col(a) * pl.col(b)).alias(out))
 
 

@@ -91,9 +91,7 @@ def _tiered(lines: pl.DataFrame, tiers: pl.DataFrame) -> pl.DataFrame:
                                         major=(pl.col("tier_a24") // lit(10**money.AMOUNT_SCALE)).sum())
     beyond = amounts.filter(pl.col("major") > lit(money.LIMIT // 10**money.AMOUNT_SCALE))
     if beyond.height:
-        line = lines.filter(pl.col("line_id") == beyond["line_id"][0]).row(0, named=True)
-        raise BadInputError(f"tier amount: an amount exceeds 10^14 major units in one line (the tiers together); "
-                            f"customer {line['customer_id']}, charge {line['charge']!r}, quantity {line['quantity']}")
+        raise money.AmountTooLargeError("tier amount (the tiers together)", beyond)
     amounts = amounts.drop("major")
     # The audit JSON, built only for tiers the quantity reached (vectorised, then concatenated per line).
     reached = money.with_decimal_strings(
@@ -163,6 +161,39 @@ def _prorated(lines: pl.DataFrame, mask: pl.Expr, numerator: pl.Expr, audit: lis
     )
 
 
+def _named(exc: money.AmountTooLargeError, lines: pl.DataFrame) -> money.AmountTooLargeError:
+    """The overflow with the lines it happened on: customer, period, charge and quantity, by line_id."""
+    named = lines.join(exc.rows.select("line_id").unique(), on="line_id", how="semi").sort("line_id")
+    first = named.row(0, named=True)
+    where = (f"customer {first['customer_id']}, period {first['period_start']}, charge {first['charge']!r}, "
+             f"quantity {first['quantity']}" + (f" ({named.height} lines)" if named.height > 1 else ""))
+    return money.AmountTooLargeError(exc.what, named, where)
+
+
+def _priced(lines: pl.DataFrame, usage: pl.Expr, rules: Rules) -> pl.DataFrame:
+    """Usage lines' exact amounts (tiers, packages), rounded once; split gauges prorated by their days."""
+    priced = pl.concat([_tiered(lines, tiers_frame(rules)), _package(lines)])
+    lines = lines.join(priced, on="line_id", how="left")
+    gauges = sorted(name for name, meter in rules.meters.items() if meter.is_gauge())
+    # Usage lines: round the exact amount once.
+    lines = lines.with_columns(
+        minor=pl.when(usage).then(money.round_ratio(pl.col("amount_a24"), pl.col("divisor"), pl.col("rounding"))),
+        unrounded_a24=pl.when(usage).then(pl.col("amount_a24")),
+    )
+    # A gauge's segment of a split period priced the whole period's quantity: prorated by its days
+    # (of the period itself, not the cycle: a gauge is not prorated for a first, partial period).
+    split_gauge = usage & pl.col("meter").is_in(gauges) & (pl.col("segment_days") < pl.col("period_len"))
+    lines = money.checked_mul(lines.with_columns(gauge_days=pl.when(split_gauge).then(pl.col("segment_days"))
+                                                 .otherwise(lit(1))),
+                              "amount_a24", "gauge_days", "gauge_a24", "gauge amount")
+    lines = _prorated(lines, split_gauge, pl.col("gauge_a24"), [
+        pl.col("tiers").str.strip_suffix("]"), pl.when(pl.col("tiers") == "[]").then(pl.lit("")).otherwise(pl.lit(",")),
+        pl.lit('{"segment_days":'), pl.col("segment_days").cast(pl.String),
+        pl.lit("," + PRORATED_GAUGE_MARK), pl.col("period_len").cast(pl.String), pl.lit("}]"),
+    ], days="period_len")
+    return lines
+
+
 def rate(segments: pl.DataFrame, quantities: pl.DataFrame, rules: Rules) -> pl.DataFrame:
     """Rate every charge of every segment (see the module docstring). Pure: no I/O, no clock."""
     if segments.height == 0:
@@ -181,7 +212,6 @@ def rate(segments: pl.DataFrame, quantities: pl.DataFrame, rules: Rules) -> pl.D
         .with_row_index("line_id")
     )
     usage = pl.col("model").is_in(["per_unit", "graduated", "volume", "package"])
-    gauges = sorted(name for name, meter in rules.meters.items() if meter.is_gauge())
     lines = lines.with_columns(
         quantity=pl.when(usage).then(pl.col("quantity").fill_null(0)).otherwise(pl.lit(None)),
         period_days=pl.col("cycle_days").cast(I128),
@@ -200,25 +230,11 @@ def rate(segments: pl.DataFrame, quantities: pl.DataFrame, rules: Rules) -> pl.D
         .otherwise(lit(0))
     )
 
-    priced = pl.concat([_tiered(lines, tiers_frame(rules)), _package(lines)])
-    lines = lines.join(priced, on="line_id", how="left")
+    try:
+        lines = _priced(lines, usage, rules)
+    except money.AmountTooLargeError as exc:
+        raise _named(exc, lines) from None
 
-    # Usage lines: round the exact amount once.
-    lines = lines.with_columns(
-        minor=pl.when(usage).then(money.round_ratio(pl.col("amount_a24"), pl.col("divisor"), pl.col("rounding"))),
-        unrounded_a24=pl.when(usage).then(pl.col("amount_a24")),
-    )
-    # A gauge's segment of a split period priced the whole period's quantity: prorated by its days
-    # (of the period itself, not the cycle: a gauge is not prorated for a first, partial period).
-    split_gauge = usage & pl.col("meter").is_in(gauges) & (pl.col("segment_days") < pl.col("period_len"))
-    lines = money.checked_mul(lines.with_columns(gauge_days=pl.when(split_gauge).then(pl.col("segment_days"))
-                                                 .otherwise(lit(1))),
-                              "amount_a24", "gauge_days", "gauge_a24", "gauge amount")
-    lines = _prorated(lines, split_gauge, pl.col("gauge_a24"), [
-        pl.col("tiers").str.strip_suffix("]"), pl.when(pl.col("tiers") == "[]").then(pl.lit("")).otherwise(pl.lit(",")),
-        pl.lit('{"segment_days":'), pl.col("segment_days").cast(pl.String),
-        pl.lit("," + PRORATED_GAUGE_MARK), pl.col("period_len").cast(pl.String), pl.lit("}]"),
-    ], days="period_len")
     # Flat fees: prorated by day; round the exact fraction.
     lines = _prorated(lines, pl.col("model") == "flat", pl.col("fixed_a24") * pl.col("segment_days"), [
         pl.lit('[{"amount":"'), money.to_decimal_string(pl.col("fixed_a24"), money.AMOUNT_SCALE),
@@ -263,7 +279,7 @@ def rate(segments: pl.DataFrame, quantities: pl.DataFrame, rules: Rules) -> pl.D
     ])
     bad = lines.filter((pl.col("unrounded_a24") < lit(0)) | (pl.col("unrounded_a24") > lit(money.LIMIT)))
     if bad.height:
-        raise BadInputError(f"amount out of range for exact rating: {bad.row(0, named=True)}")
+        raise _named(money.AmountTooLargeError("amount", bad), lines)
 
     return lines.with_columns(
         quantity=pl.when(usage).then(pl.col("quantity")).otherwise(pl.lit(None)).cast(money.QUANTITY_DTYPE),

@@ -96,14 +96,14 @@ def _fail(path: str, frame: pl.DataFrame, mask: pl.Expr, field: str, what: str) 
 
 
 def _one_version_per_period(path: str, frame: pl.DataFrame, *, dated: bool) -> None:
-    """Refuse a customer's period that rows put under two plan versions (or plans), naming their lines.
+    """Refuse a customer's period that rows put under two plan versions (or plans), naming their lines
+    (`_line`).
 
     Offline, each distinct (customer, period, plan, version) is a whole-period segment, so two of
     them in one period would bill that month's flat fee and minimum once per version.
     """
-    rows = frame.with_row_index("_line", offset=2)   # CSV: header is line 1
     mixed = (
-        rows.group_by("customer_id", "period_start", "period_end")
+        frame.group_by("customer_id", "period_start", "period_end")
         .agg(pl.struct("plan", "plan_version").n_unique().alias("_versions"), pl.col("_line").min())
         .filter(pl.col("_versions") > 1)
         .sort("_line")
@@ -112,7 +112,7 @@ def _one_version_per_period(path: str, frame: pl.DataFrame, *, dated: bool) -> N
         return
     customer, start, end = mixed.row(0)[:3]
     groups = (
-        rows.filter((pl.col("customer_id") == customer) & (pl.col("period_start") == start))
+        frame.filter((pl.col("customer_id") == customer) & (pl.col("period_start") == start))
         .group_by("plan", "plan_version", maintain_order=True)
         .agg(pl.col("_line"), pl.col("on").first())
     )
@@ -150,7 +150,8 @@ def rate_usage(usage: pl.DataFrame, rules: Rules, *, plan: str | None = None, at
     if usage.schema["quantity"].is_float():
         raise BadInputError(f"{source}: quantity: a floating-point column is inexact; store quantities as "
                             "decimal or integer (or text) columns")
-    frame = usage.with_columns(pl.col("customer_id").cast(pl.String), pl.col("meter").cast(pl.String))
+    frame = usage.with_columns(pl.col("customer_id").cast(pl.String), pl.col("meter").cast(pl.String)) \
+        .with_row_index("_line", offset=2)   # CSV: header is line 1; carried through the joins below
     _fail(source, frame, pl.col("customer_id").str.strip_chars().fill_null("") == "", "customer_id", "empty")
     quantity = pl.col("quantity").cast(pl.String).str.strip_chars()
     frame = frame.with_columns(quantity_text=quantity)
@@ -204,8 +205,8 @@ def rate_usage(usage: pl.DataFrame, rules: Rules, *, plan: str | None = None, at
     mapping = charge_map(frame.select("plan", "plan_version", "meter", "dimensions"), rules)
     route = ["plan", "plan_version", "meter", "dimensions"]
     unmatched = (
-        frame.with_row_index("line", offset=2).join(mapping, on=route, how="anti")
-        .select("line", "customer_id", "meter", "dimensions", "plan", "plan_version", "quantity")
+        frame.join(mapping, on=route, how="anti")
+        .select(pl.col("_line").alias("line"), "customer_id", "meter", "dimensions", "plan", "plan_version", "quantity")
     )
     priced = frame.join(mapping, on=route, how="inner")
     kinds = pl.DataFrame({"meter": list(rules.meters), "aggregation": [m.aggregation for m in rules.meters.values()]})
@@ -220,8 +221,20 @@ def rate_usage(usage: pl.DataFrame, rules: Rules, *, plan: str | None = None, at
         frame.select("customer_id", "period_start", "period_end", "plan", "plan_version").unique()
         .with_columns(segment_start=pl.col("period_start"), segment_end=pl.col("period_end"))
     )
-    rated = rate(segments, quantities, rules)
+    try:
+        rated = rate(segments, quantities, rules)
+    except money.AmountTooLargeError as exc:
+        raise _too_large(source, priced, exc) from None
     return WhatIf(rated.select(OUTPUT_COLUMNS), unmatched)
+
+
+def _too_large(source: str, priced: pl.DataFrame, exc: money.AmountTooLargeError) -> BadInputError:
+    """An amount beyond exact rating, named by the file's lines whose quantities add up to it."""
+    key = ["customer_id", "period_start", "plan", "plan_version", "charge_id"]
+    first = exc.rows.sort("line_id").head(1).select(key)
+    lines = priced.join(first, on=key, how="semi")["_line"].sort().to_list()
+    shown = ", ".join(str(n) for n in lines[:5]) + (", ..." if len(lines) > 5 else "")
+    return BadInputError(f"{source}:{lines[0]}: quantity: {exc} (the quantity of line(s) {shown})")
 
 
 def write_output(frame: pl.DataFrame, path: str | Path) -> None:

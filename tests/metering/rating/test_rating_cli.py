@@ -278,6 +278,28 @@ def test_rate_refuses_a_quantity_too_long_for_exact_rating(tmp_path):
     assert f"{usage}:3: quantity: not a non-negative decimal with at most 26 digits before the point" in result.output
 
 
+def test_rate_names_the_lines_whose_quantities_add_up_past_exact_rating(tmp_path):
+    """Each of lines 3 and 5 is 9e16 API calls, 9e13 USD at 0.001 each; together 1.8e17 calls are
+    1.8e14 USD, past the 10^14 a line holds. The message named neither the file nor a line, only
+    internal scaled integers (`billable_q12`, `unit_p12`)."""
+    usage, result = _rate_csv(tmp_path, "customer_id,meter,quantity,plan,period_start\n"
+                              "c1,seats,3,pro,2026-09-01\n"
+                              "c1,api_calls,90000000000000000,pro,2026-09-01\n"
+                              "c2,api_calls,90000000000000000,pro,2026-09-01\n"
+                              "c1,api_calls,90000000000000000,pro,2026-09-01\n")
+    assert result.exit_code == 3
+    assert (f"error: {usage}:3: quantity: tier amount: an amount exceeds 10^14 major units in one line (quantity "
+            f"x price too large to rate exactly); customer c1, period 2026-09-01, charge 'api calls', quantity "
+            f"180000000000000000.000000000000 (the quantity of line(s) 3, 5)") in result.output
+    assert "_q12" not in result.output and not (tmp_path / "o.csv").exists()
+    _, alone = _rate_csv(tmp_path, "customer_id,meter,quantity,plan,period_start\n"
+                         "c2,api_calls,90000000000000000,pro,2026-09-01\n")
+    assert alone.exit_code == 0, alone.output
+    # by hand: api calls 9000 x 0.002 + (9e16 - 10000) x 0.001 + 5.00 flat = 18 + 89,999,999,999,990 + 5,
+    # plus the 49.00 platform fee (the minimum is met): 90,000,000,000,062.00
+    assert "(usd 90000000000062.00)" in alone.output
+
+
 @pytest.mark.parametrize(("rows", "message"), [
     # a short record: Polars padded it with nulls, so this row lost its region and was priced as
     # another charge (or, without a period_start, refused on the wrong field)

@@ -204,7 +204,8 @@ def test_tiers_summing_past_the_exact_range_are_refused(make_rules, rate_q):
             - {up_to: "30000000000000", unit_amount: "9"}
             - {up_to: null, unit_amount: "9"}
     """)
-    with pytest.raises(BadInputError, match="exceeds 10\\^14 major units in one line \\(the tiers together\\)"):
+    with pytest.raises(BadInputError, match="^tier amount \\(the tiers together\\): an amount exceeds 10\\^14 major "
+                       "units in one line .*; customer c1, period 2026-10-01, charge 'api_calls', quantity 4"):
         rate_q(rules, {0: 40_000_000_000_000})
     assert _amount(rate_q(rules, {0: 11_000_000_000_000})) == Decimal("99000000000000.00")   # 9 x 1.1e13
 
