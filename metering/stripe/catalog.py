@@ -102,6 +102,7 @@ class CatalogReport:
     findings: list[Finding] = field(default_factory=list)
     customers: list[dict[str, Any]] = field(default_factory=list)    # stripe_customer_map rows
     missing_customers: list[str] = field(default_factory=list)
+    archived_prices: set[str] = field(default_factory=set)  # mapped price ids Stripe holds inactive
 
     def count(self, what: str, created: bool) -> None:
         target = self.created if created else self.found
@@ -336,6 +337,12 @@ def sync_prices(client: stripe.StripeClient, rules: Rules, report: CatalogReport
                     report.findings.append(Finding(
                         "drift", "price", our_key, found.id, fld, ours, theirs,
                         "left unchanged (prices are immutable): publish a new plan version"))
+                if getattr(found, "active", True) is False:
+                    # still ours (the subscriptions that carry it go on billing it), but Stripe refuses
+                    # an archived price on a new subscription: one with it failed the whole sync
+                    report.archived_prices.add(found.id)
+                    report.findings.append(Finding(
+                        "drift", "price", our_key, found.id, "active", "true", "false", ARCHIVED_DETAIL))
                 continue
             created = client.v1.prices.create(
                 {**params, "product": product.id},
@@ -516,6 +523,14 @@ def sync_customers(
                                                                  tz=dt.timezone.utc)), now)
             priced = [c for c in carried.charges if (carried.plan, carried.version, c.name) in report.prices]
             items = [{"price": report.prices[(carried.plan, carried.version, c.name)]} for c in priced]
+            archived = sorted(i["price"] for i in items if i["price"] in report.archived_prices)
+            if archived:
+                report.findings.append(Finding(
+                    "not_subscribed", "subscription", cid, None, "plan", f"{carried.plan} {carried.version}", None,
+                    f"not subscribed: Stripe refuses archived prices on a new subscription ({', '.join(archived)}); "
+                    f"Stripe bills none of its usage or fees until the prices are reactivated in Stripe"))
+                report.customers.append(_customer_row(cid, cus, None, carried.plan, carried.version, anchor_day))
+                continue
             for item, charge in zip(items, priced):
                 if charge.model == "flat":
                     item["quantity"] = 1
@@ -568,17 +583,11 @@ def sync_customers(
         if sub is not None and version is not None:
             # changes after the plan's first day only, for a plan still to come (its own start is above)
             _report_unswitched_changes(report, customers, rules, cid, version, on, _carried_version(sub), row)
-        report.customers.append({
-            "customer_id": cid,
-            "stripe_customer_id": cus.id,
-            "subscription_id": sub.id if sub is not None else None,
-            "test_clock_id": _id_of(getattr(cus, "test_clock", None)),
-            "plan": (getattr(subscribed, "plan", None) if sub is not None
-                     else (version.plan if version else row["plan"])),
-            "plan_version": (getattr(subscribed, "plan_version", None) if sub is not None
-                             else (version.version if version else None)),
-            "billing_anchor_day": anchor_day,
-        })
+        report.customers.append(_customer_row(
+            cid, cus, sub,
+            getattr(subscribed, "plan", None) if sub is not None else (version.plan if version else row["plan"]),
+            getattr(subscribed, "plan_version", None) if sub is not None else (version.version if version else None),
+            anchor_day))
     # Stripe customers of ours the map does not name (no longer in the customer list, or a duplicate
     # carrying the same metadata[customer_id]): their live subscriptions go on billing
     listed = set(customers["customer_id"].cast(pl.String).to_list())
@@ -598,6 +607,18 @@ def sync_customers(
                 f"Stripe customer {cus.id} ({ours}) {why}, and its live subscription goes on billing (its status: "
                 f"{gone.status}), which we do not rate; {_LEFT_AS_IS}"))
 
+
+def _customer_row(cid: str, cus: Any, sub: Any, plan: str | None, plan_version: str | None,
+                  anchor_day: int | None) -> dict[str, Any]:
+    """A `stripe_customer_map` row."""
+    return {"customer_id": cid, "stripe_customer_id": cus.id, "subscription_id": sub.id if sub is not None else None,
+            "test_clock_id": _id_of(getattr(cus, "test_clock", None)), "plan": plan, "plan_version": plan_version,
+            "billing_anchor_day": anchor_day}
+
+
+ARCHIVED_DETAIL = ("archived in Stripe: the subscriptions that carry it go on billing it, but Stripe refuses it on a "
+                   "new subscription, so the sync subscribes no new customer to this version; reactivate it in "
+                   "Stripe (the sync changes no price) or publish a new plan version")
 
 _LEFT_AS_IS = "the sync changes and cancels nothing at Stripe: cancel or fix the subscription there, or the rules"
 

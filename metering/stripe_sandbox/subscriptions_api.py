@@ -25,18 +25,28 @@ from .periods import add_interval, first_occurrence, next_boundary, previous_bou
 from .store import State, new_id
 
 
-def _new_item(state: State, sub: dict[str, Any], spec: dict[str, Any], at: int, index: int) -> dict[str, Any]:
+def _item_price(state: State, spec: dict[str, Any], index: int, currency: str | None,
+                interval: tuple[str, int] | None) -> dict[str, Any]:
+    """The item's price, refused as Stripe refuses it (a subscription's first price sets the currency
+    and interval the others must share)."""
     price_id = spec.get("price")
     if not price_id:
         raise invalid("Missing required param: items[0][price].", f"items[{index}][price]", code="parameter_missing")
     price = fetch(state, "price", price_id, "price", f"items[{index}][price]")
+    if not price["active"]:
+        raise invalid("The price specified is inactive. This field only accepts active prices.", f"items[{index}][price]")
     if price["type"] != "recurring":
         raise invalid("The price specified is not a recurring price.", f"items[{index}][price]")
-    if price["currency"] != sub["currency"]:
+    if currency is not None and price["currency"] != currency:
         raise invalid("All prices on a subscription must have the same currency.", f"items[{index}][price]")
-    interval = (price["recurring"]["interval"], price["recurring"]["interval_count"])
-    if interval != tuple(sub["_interval"]):
+    if interval is not None and (price["recurring"]["interval"], price["recurring"]["interval_count"]) != interval:
         raise invalid("All prices on a subscription must have the same recurring interval.", f"items[{index}][price]")
+    return price
+
+
+def _new_item(state: State, sub: dict[str, Any], spec: dict[str, Any], at: int, index: int) -> dict[str, Any]:
+    price = _item_price(state, spec, index, sub["currency"], tuple(sub["_interval"]))
+    price_id = price["id"]
     metered = price["recurring"]["usage_type"] == "metered"
     if metered and spec.get("quantity") not in (None, ""):
         raise invalid("You cannot set the quantity for metered prices.", f"items[{index}][quantity]")
@@ -101,9 +111,9 @@ def create_subscription(state: State, req: Request) -> dict[str, Any]:
     specs = [as_dict(s, "items") for s in as_list(require(params, "items"), "items")]
     if not specs:
         raise invalid("Missing required param: items.", "items", code="parameter_missing")
-    first = fetch(state, "price", specs[0].get("price") or "", "price", "items[0][price]")
-    if first["type"] != "recurring":
-        raise invalid("The price specified is not a recurring price.", "items[0][price]")
+    first = _item_price(state, specs[0], 0, None, None)
+    for i, spec in enumerate(specs[1:], 1):   # every item before anything is created: no half-made subscription
+        _item_price(state, spec, i, first["currency"], (first["recurring"]["interval"], first["recurring"]["interval_count"]))
     now = state.customer_now(customer_id)
     start = as_int(params["backdate_start_date"], "backdate_start_date") if params.get("backdate_start_date") else now
     interval = (first["recurring"]["interval"], first["recurring"]["interval_count"])

@@ -12,6 +12,7 @@ import shutil
 from pathlib import Path
 
 import polars as pl
+import pytest
 
 from metering.customers import load_customers
 from metering.stripe import catalog
@@ -295,3 +296,40 @@ def test_a_subscription_to_another_product_is_not_taken_for_ours(tmp_path: Path,
 
 def _carried(sub) -> tuple:
     return sub.metadata.to_dict().get("plan"), sub.metadata.to_dict().get("plan_version")
+
+
+def test_an_archived_price_is_reported_and_no_subscription_is_made_on_it(tmp_path: Path, rules_dir: Path) -> None:
+    """Someone archives starter 2026-01's seats price in Stripe. The sync reused it without a word, and
+    the new subscription it then asked for was refused ("The price specified is inactive"): the whole
+    sync failed, for every customer after newco too. Now the price is reported (drift, `active`),
+    newco is reported not subscribed, and the sync goes on; once the price is active again, a sync
+    subscribes newco."""
+    import stripe
+
+    with customer_on_clock(tmp_path, rules_dir, STARTER_FROM_NOVEMBER,
+                           start=dt.datetime(2026, 10, 20, 14, tzinfo=UTC)) as (sb, con, client, clock, rules, report):
+        seats = report.prices[("starter", "2026-01", "seats")]
+        client.v1.prices.update(seats, {"active": False})
+        stripe_customer = report.customers[0]["stripe_customer_id"]
+        # the sandbox refuses it as Stripe does, and makes nothing
+        with pytest.raises(stripe.InvalidRequestError, match="The price specified is inactive") as refused:
+            client.v1.subscriptions.create({"customer": stripe_customer, "items": [
+                {"price": report.prices[("starter", "2026-01", "platform fee")], "quantity": 1}, {"price": seats}]})
+        assert refused.value.param == "items[1][price]"
+        assert client.v1.subscriptions.list({"customer": stripe_customer, "status": "all"}).data == []
+
+        sb.advance_clock(clock.id, _ts(2026, 11, 3, 10))
+        later = _sync(con, client, rules, _customers(tmp_path, rules), clock)
+        [archived] = [f for f in later.findings if f.stripe_id == seats]
+        assert (archived.finding, archived.our_key, archived.field, archived.ours, archived.theirs) == (
+            "drift", "starter|2026-01|seats", "active", "true", "false")
+        assert _findings(later, "newco") == [("not_subscribed", "subscription", "plan", "starter 2026-01", None)]
+        [unsubscribed] = [f for f in later.findings if f.our_key == "newco"]
+        assert f"Stripe refuses archived prices on a new subscription ({seats})" in unsubscribed.detail
+        assert later.customers[0]["subscription_id"] is None and later.created == {}
+        assert client.v1.subscriptions.list({"customer": stripe_customer, "status": "all"}).data == []
+        assert con.execute("SELECT count(*) FROM stripe_catalog_findings WHERE field = 'active'").fetchone() == (1,)
+
+        client.v1.prices.update(seats, {"active": True})
+        again = _sync(con, client, rules, _customers(tmp_path, rules), clock)
+        assert again.created == {"subscription": 1} and _findings(again, "newco") == []
