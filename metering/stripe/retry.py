@@ -11,7 +11,7 @@ Decision table for one attempt:
 | 2xx | - | `acknowledged` |
 | connection error / timeout (no response) | - | retry; when attempts run out: `unknown` |
 | 409 (key in use), 429, >= 500 | absent or `true` | retry; when attempts run out: `unknown`, except `failed` when every attempt was a 429 |
-| any status | `false` | no retry: 5xx -> `unknown` (Stripe stored it; outcome unclear); 429 -> as when attempts run out; else `failed` |
+| any status | `false` | no retry: 5xx -> `unknown` (Stripe stored it; outcome unclear); 409 -> `unknown` (another request under the key is still running, and may apply); 429 -> as when attempts run out; else `failed` |
 | 401 / 403 | - | abort the whole push (`AuthenticationError`): a configuration problem |
 | 400 of type `idempotency_error` | - | no retry: `unknown` (the key was first used with other parameters: Stripe holds that request) |
 | other 4xx | - | `failed` (Stripe rejected it: nothing was recorded) |
@@ -182,7 +182,7 @@ def call_with_retries(
             if status == 409 or status >= 500:
                 maybe_applied = True
             if should_retry == "false":
-                final = "unknown" if status >= 500 or (status == 429 and maybe_applied) else "failed"
+                final = "unknown" if status >= 500 or status == 409 or (status == 429 and maybe_applied) else "failed"
                 return CallOutcome(final, attempts, _describe(exc), request_id, status, rate_limited, error_type)
             if should_retry == "true" or status in (409, 429) or status >= 500:
                 continue

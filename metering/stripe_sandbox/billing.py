@@ -109,6 +109,9 @@ def metered_lines(state: State, invoice: dict[str, Any], sub: dict[str, Any], st
         lo = max(start, item["_started"])
         hi = min(end, item["_ended"]) if item.get("_ended") is not None else end
         quantity = meters_api.usage(state, price["recurring"]["meter"], sub["customer"], lo, hi) if hi > lo else Decimal(0)
+        # Stripe: "If the overall cycle usage is negative, Stripe reports the invoice line item usage
+        # quantity as 0" (the summaries still show it)
+        quantity = max(quantity, Decimal(0))
         amount = tiers.amount_minor(price_for_math(price), quantity)
         lines.append(_line(state, invoice, sub, item, quantity, amount, lo, hi))
     return lines

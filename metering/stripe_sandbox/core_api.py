@@ -267,6 +267,24 @@ def _tiers(params: dict[str, Any]) -> list[dict[str, Any]]:
     return tiers
 
 
+def _lookup_key_holder(state: State, params: dict[str, Any], own_id: str | None) -> dict[str, Any] | None:
+    """The other price holding the lookup key asked for, when ``transfer_lookup_key`` moves it here;
+    refused as Stripe refuses it otherwise (a lookup key names one price)."""
+    key = params.get("lookup_key") or None
+    holder = next((p for p in state.all("price") if key and p["lookup_key"] == key and p["id"] != own_id), None)
+    if holder is not None and not as_bool(params.get("transfer_lookup_key", False), "transfer_lookup_key"):
+        raise invalid(f"A price (`{holder['id']}`) already uses that lookup key.", "lookup_key")
+    return holder
+
+
+def _take_lookup_key(state: State, holder: dict[str, Any] | None, req: Request) -> None:
+    """Remove the lookup key from the price that held it (``transfer_lookup_key``)."""
+    if holder is not None:
+        previous = {"lookup_key": holder["lookup_key"]}
+        holder["lookup_key"] = None
+        state.record_event("price.updated", holder, previous, req.event_request())
+
+
 @route("POST", "/v1/prices")
 def create_price(state: State, req: Request) -> dict[str, Any]:
     params = req.params
@@ -277,6 +295,7 @@ def create_price(state: State, req: Request) -> dict[str, Any]:
     if not product_id:
         raise StripeAPIError(400, "Missing required param: product.", code="parameter_missing", param="product", store=False)
     fetch(state, "product", product_id, "product", "product")
+    holder = _lookup_key_holder(state, params, None)
     scheme = choice(params.get("billing_scheme", "per_unit"), ("per_unit", "tiered"), "billing_scheme")
     recurring = None
     if params.get("recurring"):
@@ -332,6 +351,7 @@ def create_price(state: State, req: Request) -> dict[str, Any]:
                 "divide_by": as_int(require(spec, "divide_by"), "transform_quantity[divide_by]"),
                 "round": choice(require(spec, "round"), ("up", "down"), "transform_quantity[round]"),
             }
+    _take_lookup_key(state, holder, req)
     state.add(price)
     state.record_event("price.created", price, request=req.event_request())
     return public(state, price, params)
@@ -346,8 +366,10 @@ def retrieve_price(state: State, req: Request, price: str) -> dict[str, Any]:
 def update_price(state: State, req: Request, price: str) -> dict[str, Any]:
     obj = fetch(state, "price", price, "price")
     params = req.params
-    if "active" in params:
-        obj["active"] = as_bool(params["active"], "active")
+    holder = _lookup_key_holder(state, params, obj["id"]) if "lookup_key" in params else None
+    active = as_bool(params["active"], "active") if "active" in params else obj["active"]
+    _take_lookup_key(state, holder, req)
+    obj["active"] = active
     for name in ("nickname", "lookup_key"):
         if name in params:
             obj[name] = params[name] or None

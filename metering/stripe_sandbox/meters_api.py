@@ -248,12 +248,14 @@ def create_meter_event_adjustment(state: State, req: Request) -> dict[str, Any]:
 
 
 # -- aggregation ----------------------------------------------------------------------------------
-def counted_events(state: State, meter: dict[str, Any], customer: str, start: int, end: int) -> list[dict[str, Any]]:
-    """The events that count for ``customer`` in ``[start, end)`` after cancellations and window overwrite."""
+def counted_events(state: State, meter: dict[str, Any], customer: str, start: int, end: int,
+                   received_by: int | None = None) -> list[dict[str, Any]]:
+    """The events that count for ``customer`` in ``[start, end)`` after cancellations and window overwrite;
+    with ``received_by``, as they stood then (an event received later neither counts nor overwrites)."""
     records = [
         r
         for r in state.meter_events.get(meter["event_name"], {}).get(customer, ())
-        if not r["canceled"] and start <= r["timestamp"] < end
+        if not r["canceled"] and start <= r["timestamp"] < end and (received_by is None or r["received"] <= received_by)
     ]
     window = meter.get("event_time_window")
     if window:
@@ -312,11 +314,11 @@ def list_event_summaries(state: State, req: Request, id: str) -> dict[str, Any]:
         windows = [(t, min(t + size, end)) for t in range(start, end, size)]
     else:
         windows = [(start, end)]
-    records = counted_events(state, meter, customer, start, end)
-    if state.config.summary_lag:
-        # eventual consistency: recent events are not in summaries yet (invoices see them all)
-        visible_before = state.now() - state.config.summary_lag
-        records = [r for r in records if r["received"] <= visible_before]
+    # eventual consistency: recent events are not in summaries yet (invoices see them all), and an
+    # event not yet visible does not overwrite its window's earlier one either: the summary shows the
+    # window as it stood, never a state that did not exist
+    lag = state.config.summary_lag
+    records = counted_events(state, meter, customer, start, end, state.now() - lag if lag else None)
     summaries = []
     for lo, hi in windows:
         inside = [r for r in records if lo <= r["timestamp"] < hi]

@@ -326,6 +326,23 @@ def test_pre_aggregated_windows_bill_only_the_latest_event_and_late_usage_after_
     assert client.v1.invoices.retrieve(invoice.id).amount_paid == 250
 
 
+def test_negative_cycle_usage_is_billed_as_zero_not_credited(sb, client):
+    """docs.stripe.com/billing/subscriptions/usage-based/recording-usage: "If the overall cycle usage is
+    negative, Stripe reports the invoice line item usage quantity as 0". The sandbox billed 3 - 8 = -5
+    units at 25 cents as a -125 line (audit); the summary still shows -5."""
+    clock, meter, _, customer, _ = _setup(client)
+    client.v1.test_helpers.test_clocks.advance(clock.id, {"frozen_time": OCT + 86400})
+    _usage(client, meter, customer, 3, OCT + 3600)
+    _usage(client, meter, customer, -8, OCT + 7200)
+    summary = client.v1.billing.meters.event_summaries.list(meter.id, {"customer": customer.id, "start_time": OCT,
+                                                                      "end_time": OCT + 86400})
+    assert [s.aggregated_value for s in summary.data] == [-5]
+    client.v1.test_helpers.test_clocks.advance(clock.id, {"frozen_time": NOV + 3600})
+    invoice = _cycle_invoice(client, customer)
+    assert [(line.quantity_decimal, line.amount) for line in invoice.lines.data] == [(Decimal(0), 0)]
+    assert invoice.total == 0
+
+
 def test_a_backdated_subscription_runs_from_its_start_to_its_anchor(client) -> None:
     """Stripe's example: created Oct 15, backdated to Sep 1, anchored on Nov 1 (more than one interval
     after the start, one after the creation): the first period is Sep 1 - Nov 1. Without an anchor

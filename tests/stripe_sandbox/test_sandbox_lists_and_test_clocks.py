@@ -64,3 +64,29 @@ def test_objects_on_test_clocks_are_listed_only_with_their_clock_or_customer(sb,
     assert subscriptions(test_clock=october.id) == []
     assert subscriptions(test_clock=october.id, status="all") == [subs[on_october.id]]
     assert subscriptions(status="all") == [subs[plain.id]]
+
+
+def test_a_lookup_key_names_one_price_and_moves_only_when_transferred(sb, client) -> None:
+    """Stripe keeps lookup keys unique ("A price (`price_…`) already uses that lookup key.") and moves one
+    atomically with `transfer_lookup_key`. The sandbox accepted three prices under one key and ignored
+    the flag (audit), so a catalog bug that created duplicates would have passed here."""
+    import pytest
+    import stripe
+
+    product = client.v1.products.create({"name": "P"})
+    base = {"currency": "usd", "product": product.id, "unit_amount": 100, "lookup_key": "lk1"}
+    first = client.v1.prices.create(base)
+    with pytest.raises(stripe.InvalidRequestError, match=f"A price \\(`{first.id}`\\) already uses that lookup key") as info:
+        client.v1.prices.create(base)
+    assert info.value.param == "lookup_key"
+    other = client.v1.prices.create({**base, "lookup_key": "lk2"})
+    with pytest.raises(stripe.InvalidRequestError, match="already uses that lookup key"):
+        client.v1.prices.update(other.id, {"lookup_key": "lk1"})
+    assert [p.id for p in client.v1.prices.list({"lookup_keys": ["lk1"]}).data] == [first.id]
+
+    moved = client.v1.prices.create({**base, "transfer_lookup_key": True})
+    assert [p.id for p in client.v1.prices.list({"lookup_keys": ["lk1"]}).data] == [moved.id]
+    assert client.v1.prices.retrieve(first.id).lookup_key is None
+    client.v1.prices.update(other.id, {"lookup_key": "lk1", "transfer_lookup_key": True})
+    assert client.v1.prices.retrieve(moved.id).lookup_key is None
+    assert client.v1.prices.update(other.id, {"lookup_key": "lk1"}).lookup_key == "lk1"   # its own key: no conflict

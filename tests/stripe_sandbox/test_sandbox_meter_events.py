@@ -168,6 +168,23 @@ def test_meter_event_form_encoding_over_raw_http(sb, client):
     assert _summary(client, meter, customer, T0, T0 + 60) == [(T0, T0 + 60, 2.5)]
 
 
+def test_a_lagging_summary_shows_a_window_as_it_stood_before_its_newest_event(sb, client):
+    """A pre-aggregated day window holds 5; a 0 sent for it is not visible yet. The summary showed the
+    window empty (the 0 overwrote the 5, then was hidden itself), a state that never existed, which the
+    push reads as "Stripe holds 0" (audit). It shows 5 until the 0 is visible."""
+    sb.set_now(T0 + 86400)
+    sb.configure(summary_lag=600)
+    meter, _ = metered_price(client, window="day")
+    customer = client.v1.customers.create({"name": "A"}).id
+    _event(client, meter, customer, 5, T0 + 1)
+    sb.set_now(T0 + 86400 + 700)
+    assert _summary(client, meter, customer, T0, T0 + 86400, "day") == [(T0, T0 + 86400, 5)]
+    _event(client, meter, customer, 0, T0 + 2)
+    assert _summary(client, meter, customer, T0, T0 + 86400, "day") == [(T0, T0 + 86400, 5)]
+    sb.set_now(T0 + 86400 + 1300)
+    assert _summary(client, meter, customer, T0, T0 + 86400, "day") == [(T0, T0 + 86400, 0)]
+
+
 def test_summaries_can_lag_like_stripes_eventually_consistent_ones(sb, client):
     sb.set_now(T0)
     sb.configure(summary_lag=120)

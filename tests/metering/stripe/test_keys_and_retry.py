@@ -95,6 +95,10 @@ def run(script, policy=FAST):
         ([stripe.APIConnectionError("reset"), _error(stripe.RateLimitError, 429, {"Stripe-Should-Retry": "false"})],
          "unknown", 2),
         ([_error(stripe.RateLimitError, 429, {"Stripe-Should-Retry": "false"})], "failed", 1),
+        # another request under the key is still running and may apply: not "nothing recorded" (audit:
+        # `failed`, so --retry-failed sent a new revision beside it)
+        ([_error(stripe.IdempotencyError, 409, {"Stripe-Should-Retry": "false"}, code="idempotency_key_in_use")],
+         "unknown", 1),
         # a definite refusal (4xx other than 409 / 429) after a lost attempt: Stripe would have replayed
         # the stored result of an applied attempt under the same key, so nothing was recorded
         ([stripe.APIConnectionError("reset"), _error(stripe.InvalidRequestError, 400)], "failed", 2),
