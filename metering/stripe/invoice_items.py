@@ -363,6 +363,7 @@ class InvoiceItemBiller:
                 else:
                     self._update(row, "failed", now, resolved_by="listing",
                                  last_error="not among the customer's invoice items at Stripe after its key expired")
+                    found.append({k: row[k] for k in CHARGE_KEY})   # nothing bills it: planned again now
         self._block_stranded(waiting, now)
         return pl.DataFrame(found, schema=rows.select(CHARGE_KEY).schema)
 

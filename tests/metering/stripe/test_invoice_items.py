@@ -239,6 +239,24 @@ def test_a_lost_response_is_settled_by_listing_not_billed_twice(tmp_path: Path, 
         assert ledger(con)[["status", "resolved_by"]].rows() == [("acknowledged", "listing")]
 
 
+def test_a_row_whose_key_expired_unseen_is_billed_again_in_the_same_run(tmp_path: Path, rules_dir: Path) -> None:
+    """Every call was dropped (nothing applied) and the row left `unknown`; the next run comes a day
+    later, past the key's 20 h, and Stripe holds no such item. The row became `failed` but its charge
+    was not planned again until yet another run: that run billed nothing and exited 5 (audit)."""
+    with customer_on_clock(tmp_path, rules_dir, CSV, start=SEP1) as (sb, con, client, clock, rules, report):
+        cus = report.customers[0]["stripe_customer_id"]
+        sb.advance_clock(clock.id, int((OCT1 + dt.timedelta(minutes=15)).timestamp()))
+        rate(con, {"minimum spend": 4000}, rated_at=OCT1 + dt.timedelta(minutes=10))
+        sb.inject_fault("drop", path="/v1/invoiceitems", method="POST", count=50)
+        assert biller(con, client).run(SEPTEMBER).unknown == 1
+        sb.clear_faults()
+
+        later = biller(con, client, now=dt.datetime(2026, 11, 27, 1, tzinfo=dt.UTC)).run(SEPTEMBER)
+        assert (later.failed, later.unknown, later.new_revisions, later.acknowledged, later.needs_operator) == (0, 0, 1, 1, 0)
+        assert ledger(con)[["revision", "status"]].rows() == [(1, "failed"), (2, "acknowledged")]
+        assert [a for a, _, _ in items_at_stripe(client, cus)] == [4000]
+
+
 def test_an_item_refused_by_a_finalized_invoice_goes_to_the_next_one(tmp_path: Path, rules_dir: Path) -> None:
     """The draft was chosen, the call's outcome was lost (nothing applied), and the invoice was
     finalized before the retry: Stripe refuses the item there; it is billed once, pending."""
