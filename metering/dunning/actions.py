@@ -504,6 +504,13 @@ def perform_actions(
             except stripe.StripeError as exc:
                 stop(action, key, invoice, "error", _error_text(exc))
                 continue
+            live_status = getattr(live, "status", None)
+            if recovered is None and live_status != "open":
+                # Stripe has taken the invoice out of dunning (paid, void or written off) and our state
+                # lags: a retry would charge a written-off invoice, a write-off would be refused
+                ledger.open(row, key, status="skipped", outcome=f"stripe_{live_status}")
+                report.add(action, "skipped")
+                continue
             if action == "retry" and recovered is None and getattr(live, "next_payment_attempt", None) is not None:
                 # Stripe's own schedule runs (our state lagged): as planned for a scheduled retry, ours
                 # waits, or is skipped once a later step is due, so it never blocks that step
@@ -514,6 +521,10 @@ def perform_actions(
                     report.add(action, "wait:stripe_retrying")
                     stopped.add(invoice)
                 continue
+        if action in STRIPE_ACTIONS:
+            # the attempt count Stripe has now, not our lagging state's: after a crash, a higher count
+            # proves our call was made (`_recover_pending`), so a stale one would pass a call never made
+            row = {**row, "attempt_count": getattr(live, "attempt_count", None)}
         ledger.open(row, key)                       # committed before anything leaves the process
         if hooks.after_ledger_commit:
             hooks.after_ledger_commit(row)

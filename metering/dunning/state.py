@@ -59,7 +59,7 @@ INVOICE_SCHEMA: dict[str, pl.DataType] = {
     "subscription_id": pl.String, "status": pl.String, "currency": pl.String,
     "amount_due": pl.Int64, "amount_paid": pl.Int64, "amount_remaining": pl.Int64,
     "attempt_count": pl.Int64, "next_payment_attempt": TS, "finalized_at": TS, "paid_at": TS,
-    "state_event_created": TS, "billing_reason": pl.String,
+    "state_event_created": TS, "billing_reason": pl.String, "voided_at": TS, "marked_uncollectible_at": TS,
 }
 SUBSCRIPTION_SCHEMA = {"subscription_id": pl.String, "subscription_status": pl.String}
 FAILURE_SCHEMA = {"invoice_id": pl.String, "first_failed_at": TS}
@@ -145,7 +145,8 @@ def compute_state(
         pl.col("first_failed_at").alias("prev_first_failed_at"),
         pl.when(seen).then(pl.col("policy")).alias("prev_policy"),
         pl.when(seen).then(pl.col("entered_at")).alias("prev_entered_at"),
-        pl.col("closed_at").alias("prev_closed_at"),
+        # a close seen by a run at a later clock (a what-if) is not this run's
+        pl.when(pl.col("closed_at") <= now_lit).then(pl.col("closed_at")).alias("prev_closed_at"),
     )
     taken = conform(performed, PERFORMED_SCHEMA).filter(pl.col("status").is_in(["done", "skipped"]))
     done = taken.group_by("invoice_id").agg(
@@ -166,6 +167,7 @@ def compute_state(
         .join(subscription_of, on="subscription_id", how="left")
     )
     open_failed = (pl.col("status") == "open") & (pl.col("attempt_count").fill_null(0) >= 1)
+    paid_by_us_early = pl.col("paid_by_us").fill_null(False) & (pl.col("status") != "paid")
     df = df.filter(
         pl.col("event_failed_at").is_not_null() | pl.col("prev_state").is_not_null() | open_failed
     ).with_columns(
@@ -190,8 +192,12 @@ def compute_state(
         ),
         written_off_by_us=pl.col("written_off_by_us").fill_null(False),
         stripe_status=pl.col("status"),
-        # our own retry's response said paid: recovered now, before the webhook confirms it
-        status=pl.when(pl.col("paid_by_us").fill_null(False)).then(pl.lit("paid")).otherwise("status"),
+        # our own retry's response said paid: recovered now, before the webhook confirms it, and what
+        # was remaining is paid (the summary counts a recovered invoice by its amount paid)
+        status=pl.when(paid_by_us_early).then(pl.lit("paid")).otherwise("status"),
+        amount_paid=pl.when(paid_by_us_early)
+        .then(pl.col("amount_paid").fill_null(0) + pl.col("amount_remaining").fill_null(0)).otherwise("amount_paid"),
+        amount_remaining=pl.when(paid_by_us_early).then(pl.lit(0, pl.Int64)).otherwise("amount_remaining"),
     )
     elapsed_days = ((pl.lit(now, dtype=TS) - pl.col("first_failed_at")).dt.total_microseconds() // DAY_US)
     df = df.with_columns(elapsed_days=elapsed_days.cast(pl.Int64))
@@ -312,6 +318,8 @@ def compute_state(
             closed_at=pl.when(terminal).then(pl.coalesce(
                 "prev_closed_at",
                 pl.when(pl.col("state") == RECOVERED).then(pl.col("paid_at")),
+                pl.when(pl.col("state") == VOID).then(pl.col("voided_at")),
+                pl.when(pl.col("state") == WRITTEN_OFF).then(pl.col("marked_uncollectible_at")),
                 now_lit,
             )),
             evaluated_at=now_lit,

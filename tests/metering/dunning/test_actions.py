@@ -743,3 +743,39 @@ def test_a_pending_retry_whose_step_was_removed_is_read_back_from_stripe(
         ("payment_retry", "retry", status, outcome),
         ("suspension", "suspend", "done", "suspended"),
     ]
+
+
+def test_a_retry_cut_short_by_a_crash_is_made_when_our_state_lagged_stripes_attempts(
+    wh: duckdb.DuckDBPyConnection, tmp_path: Path, isolated_env: Path
+) -> None:
+    """Our state says 1 attempt; Stripe has made 2 and its schedule has ended. The run crashed after
+    the ledger row, before the charge. The row stored the state's count (1), so the rerun read Stripe's
+    2 as proof that our charge was made: `done`, `attempted`, and the card was never charged (audit).
+    The row stores Stripe's count, and the charge is made, once."""
+    rules = write_rules(tmp_path / "rules", REMOVABLE)
+    put_invoice(wh, "in_1")
+    run_dunning(wh, None, load_policy(rules), T0)
+    invoices = _FakeInvoices(SimpleNamespace(status="open", attempt_count=2, next_payment_attempt=None))
+    _crash_with_pending(wh, rules, _fake_client(invoices), T0 + 3 * DAY, "payment_retry")
+    assert invoices.paid == []
+    result = run_dunning(wh, _fake_client(invoices), load_policy(rules), T0 + 3 * DAY + timedelta(hours=1))
+    assert invoices.paid == ["dunning:in_1:payment_retry"]
+    assert result.report.counts == {"retry:done": 1}
+    assert [r[1:5] for r in ledger(wh)][1] == ("payment_retry", "retry", "done", "status:open")
+
+
+@pytest.mark.parametrize("stripe_status", ["uncollectible", "paid", "void"])
+def test_a_due_retry_never_charges_an_invoice_stripe_has_taken_out_of_dunning(
+    wh: duckdb.DuckDBPyConnection, tmp_path: Path, isolated_env: Path, stripe_status: str
+) -> None:
+    """Our state still says open (the webhook has not landed); Stripe has written the invoice off. The
+    retry charged it anyway and counted it recovered (audit). It is skipped, naming Stripe's status."""
+    rules = write_rules(tmp_path / "rules", REMOVABLE)
+    put_invoice(wh, "in_1")
+    run_dunning(wh, None, load_policy(rules), T0)
+    invoices = _FakeInvoices(SimpleNamespace(status=stripe_status, attempt_count=1, next_payment_attempt=None),
+                             pays="paid")
+    result = run_dunning(wh, _fake_client(invoices), load_policy(rules), T0 + 3 * DAY)
+    assert invoices.paid == []
+    assert result.report.counts == {"retry:skipped": 1}
+    assert [r[1:5] for r in ledger(wh)][1] == ("payment_retry", "retry", "skipped", f"stripe_{stripe_status}")

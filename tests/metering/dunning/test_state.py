@@ -193,6 +193,13 @@ def test_our_own_write_off_and_paid_retry_count_before_webhooks(rules_dir: Path)
     one_, two = one(state, "in_1"), one(state, "in_2")
     assert (one_["state"], one_["reason"], one_["invoice_status"]) == ("written_off", "written_off_by_dunning", "open")
     assert (two["state"], two["invoice_status"]) == ("recovered", "open")
+    # what was remaining is paid: the finance summary counts a recovered invoice by its amount paid
+    # (audit: 17 invoices recovered, the 17th counted as 0.00 until its webhook landed)
+    assert (two["amount_paid"], two["amount_remaining"]) == (5000, 0)
+    assert (one_["amount_paid"], one_["amount_remaining"]) == (0, 5000)
+    from metering.dunning.summary import dunning_summary
+    recovered = dunning_summary(state).filter(pl.col("category") == "recovered").to_dicts()
+    assert [(r["invoices"], r["amount_minor"]) for r in recovered] == [(1, 5000)]
 
 
 def test_voided_while_in_dunning(rules_dir: Path) -> None:
@@ -200,6 +207,22 @@ def test_voided_while_in_dunning(rules_dir: Path) -> None:
     prev = compute_state(frame(invoice()), policy, T0 + DAY, failures=failures(("in_1", T0)))
     row = one(compute_state(frame(invoice(status="void", amount_remaining=0)), policy, T0 + 2 * DAY, previous=prev))
     assert (row["state"], row["reason"], row["closed_at"]) == ("void", "voided", T0 + 2 * DAY)
+
+
+def test_a_what_if_at_a_later_clock_leaves_no_close_in_the_future(rules_dir: Path) -> None:
+    """A run evaluated at a later clock (a what-if) closed a voided invoice then; a run back at today's
+    clock kept that future closed_at for good (audit). The close is the one Stripe stamped, when known."""
+    policy = load_policy(rules_dir)
+    prev = compute_state(frame(invoice()), policy, T0 + DAY, failures=failures(("in_1", T0)))
+    voided = frame(invoice(status="void", amount_remaining=0))
+    ahead = one(compute_state(voided, policy, T0 + 120 * DAY, previous=prev))
+    assert ahead["closed_at"] == T0 + 120 * DAY
+    back = one(compute_state(voided, policy, T0 + 2 * DAY, previous=compute_state(voided, policy, T0 + 120 * DAY,
+                                                                                    previous=prev)))
+    assert back["closed_at"] == T0 + 2 * DAY
+    stamped = frame(invoice(status="void", amount_remaining=0, voided_at=T0 + DAY + timedelta(hours=3)))
+    assert one(compute_state(stamped.cast({"voided_at": pl.Datetime("us", "UTC")}), policy, T0 + 2 * DAY,
+                             previous=prev))["closed_at"] == T0 + DAY + timedelta(hours=3)
 
 
 def test_closed_before_the_first_run_counts_as_closed_like_paid_and_uncollectible(rules_dir: Path) -> None:
