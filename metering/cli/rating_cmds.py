@@ -170,8 +170,10 @@ def rerate(first: dt.date, last: dt.date, warehouse_path: str | None, rules_dir:
             try:
                 summaries = rerate_range(con, rules_obj, first, last, dt.datetime.now(dt.timezone.utc), progress,
                                          adjust)
-            except BadInputError:
-                if previous is not None:   # a refused list does not stay behind for the next run to trip on
+            except BaseException:
+                # nothing was rated (every month is written in one transaction): a refused list (bad input,
+                # unsound events, an interrupt) does not stay behind for the next run to price with
+                if previous is not None:
                     warehouse.replace_rows(con, "customer_plans", "TRUE", [], previous)
                 raise
         unpriced_frames = {s["month"]: s["unpriced"] for s in summaries}   # what the check all_usage_priced lists

@@ -189,6 +189,15 @@ def test_rerate_refuses_usage_events_that_break_the_ingest_invariants(tmp_path):
     assert refused.exit_code == 4 and "unique_event_id" in refused.output and "nothing is aggregated" in refused.output
     with warehouse.open_warehouse(db, read_only=True) as con:
         assert con.execute("SELECT sum(event_count) FROM usage_aggregates").fetchone() == before == (6,)
+    # a customer list given with the refused run does not stay behind either: "nothing rated" held, but
+    # the next scheduled run priced with the list (audit)
+    customers = tmp_path / "customers.csv"
+    customers.write_text("customer_id,name,email,currency,billing_anchor_day,plan,plan_effective_from,payment_behavior\n"
+                         "c1,A,a@a.test,usd,,pro,2026-10-10,succeeds\n")
+    refused = run(*args, "--customers", str(customers))
+    assert refused.exit_code == 4 and "nothing is aggregated" in refused.output
+    with warehouse.open_warehouse(db, read_only=True) as con:
+        assert con.execute("SELECT count(*) FROM customer_plans").fetchone() == (0,)
 
 
 def test_rerate_range_is_repeatable(tmp_path):
