@@ -37,17 +37,24 @@ def _case(meters: Mapping[str, Meter], expr_for) -> str:
     return f"CASE meter {whens} END"
 
 
+def json_pointer(key: str) -> str:
+    """The JSON Pointer (RFC 6901) of a top-level key: any property name, read literally. As a JSONPath
+    (`$.` + name), `user[id]` failed the whole aggregation and `a.b` read a nested `a` object."""
+    return "/" + key.replace("~", "~0").replace("/", "~1")
+
+
 def hourly_aggregates_sql(meters: Mapping[str, Meter]) -> str:
     """SQL with two parameters (first event_date, end event_date exclusive) producing AGGREGATE_SCHEMA rows."""
     def dims(m: Meter) -> str:
         if not m.dimensions:
             return "'{}'"
-        pairs = ", ".join(f"{sql_string(d)}, json_extract_string(properties, {sql_string('$.' + d)})"
+        pairs = ", ".join(f"{sql_string(d)}, json_extract_string(properties, {sql_string(json_pointer(d))})"
                           for d in m.dimensions)
         return f"CAST(json_object({pairs}) AS VARCHAR)"
 
     def distinct_value(m: Meter) -> str:
-        return f"json_extract_string(properties, {sql_string('$.' + m.property)})" if m.aggregation == "unique_count" else "NULL"
+        return (f"json_extract_string(properties, {sql_string(json_pointer(m.property or ''))})"
+                if m.aggregation == "unique_count" else "NULL")
 
     quantity = {
         "count": "CAST(count(*) AS DECIMAL(38, 12))",

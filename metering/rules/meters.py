@@ -69,6 +69,10 @@ def check_meters(rules_dir: str | Path | None = None) -> tuple[dict[str, Meter],
     meters: dict[str, Meter] = {}
     for name, spec in doc["meters"].items():
         where = ("meters", name)
+        if not isinstance(name, str) or not name:
+            # YAML reads `12345:` as a number: it failed rating with a TypeError, after validate said ok
+            err(where, f"{name!r}: a meter's name is text (quote it: \"{name}\")")
+            continue
         if not isinstance(spec, dict):
             err(where, "expected a mapping")
             continue
@@ -89,6 +93,9 @@ def check_meters(rules_dir: str | Path | None = None) -> tuple[dict[str, Meter],
             bad = True
         if agg == "unique_count" and not spec.get("property"):
             err(where + ("property",), "unique_count needs the property whose values it counts")
+            bad = True
+        elif "property" in spec and not (isinstance(spec["property"], str) and spec["property"]):
+            err(where + ("property",), f"{spec['property']!r}: expected a property name (text)")
             bad = True
         dims = spec.get("dimensions") or []
         if not isinstance(dims, list) or not all(isinstance(d, str) and d for d in dims):

@@ -102,6 +102,27 @@ def test_filters_route_dimension_values_to_their_charge(make_rules):
     assert q.select("charge_id", "quantity").rows() == [(0, Decimal(3)), (1, Decimal(2)), (2, Decimal(10))]
 
 
+def test_any_property_name_is_read_literally():
+    """Dimension and property names went into a JSONPath (`$.` + name): `user[id]` failed the whole
+    aggregation (a BinderException traceback, exit 1, after `rules validate` said ok), and the flat key
+    `a.b` was read as a nested `a` object, so its usage got a null dimension (audit)."""
+    from metering.rules.model import Meter
+
+    meters = {"api_calls": Meter(name="api_calls", aggregation="count", unit="", value="value", property=None,
+                                 dimensions=("a.b", "user[id]")),
+              "active_users": Meter(name="active_users", aggregation="unique_count", unit="", value="value",
+                                    property="it's/~x", dimensions=())}
+    t = dt.datetime(2026, 10, 20, 3, tzinfo=UTC)
+    props = '{"a.b":"flat","user[id]":"u1","it\'s/~x":"v1"}'
+    with warehouse.open_warehouse(":memory:") as con:
+        insert(con, [("e1", "api_calls", t, None, props), ("e2", "active_users", t, None, props),
+                     ("e3", "active_users", t, None, props.replace("v1", "v2"))])
+        partials = build_aggregates(con, meters, dt.date(2026, 10, 1), dt.date(2026, 11, 1))
+    rows = {r["meter"]: r for r in partials.to_dicts()}
+    assert rows["api_calls"]["dimensions"] == '{"a.b":"flat","user[id]":"u1"}'
+    assert rows["active_users"]["quantity"] == Decimal(2)
+
+
 def test_usage_outside_the_segment_is_not_counted(make_rules):
     rules = make_rules(CHARGES)
     events = [("e1", "api_calls", dt.datetime(2026, 9, 30, 23, 59, tzinfo=UTC), None, '{"region":"us"}'),

@@ -46,6 +46,20 @@ def test_validate_lists_every_error_and_exits_3(tmp_path):
     assert "error: 3 problem(s) in" in result.output
 
 
+def test_validate_refuses_meter_names_and_properties_that_are_not_text(tmp_path):
+    """`12345:` (a YAML number) and `property: 5` passed validation, then rating failed with a TypeError
+    traceback (exit 1) (audit)."""
+    root = tmp_path / "rules"
+    shutil.copytree(RULES, root)
+    meters = root / "meters.yaml"
+    meters.write_text(meters.read_text().replace("property: user_id", "property: 5")
+                      + "  12345: {aggregation: count}\n")
+    result = run("rules", "validate", str(root))
+    assert result.exit_code == 3
+    assert f"{meters}:8: meters.active_users.property: 5: expected a property name (text)" in result.output
+    assert f"{meters}:9: meters[12345]: 12345: a meter's name is text (quote it: \"12345\")" in result.output
+
+
 @pytest.mark.parametrize("written", ["2026-02-30", "2026-13-01", "2026-01-01T25:00:00"])
 def test_an_impossible_date_is_reported_on_its_line_by_every_command(tmp_path, written):
     root = tmp_path / "rules"
