@@ -245,8 +245,8 @@ def _refuse_repriced_past(stored: pl.DataFrame, rated: pl.DataFrame, today: dt.d
     billed, still go through."""
     if stored.height == 0:
         return
-    if adjust is None and billed is not None and billed.height:
-        _refuse_resegmented_billed(stored, rated, billed)
+    # the rules first: a version backdated into rated time re-segments billed periods too, and was
+    # blamed on the customer list, with advice (--adjust-closed) that could not help
     changed = _versions_by_day(stored, today).join(_versions_by_day(rated, today), on=["customer_id", "plan", "day"],
                                                     suffix="_new").filter(pl.col("plan_version") != pl.col("plan_version_new"))
     if changed.height:
@@ -256,6 +256,8 @@ def _refuse_repriced_past(stored: pl.DataFrame, rated: pl.DataFrame, today: dt.d
             f"{first['plan_version_new']} instead of {first['plan_version']}, for {changed['customer_id'].n_unique()} "
             f"customer(s): published versions are immutable, their dates included; start new versions today or "
             f"later, keep rated versions in their files, and correct a past period with an adjustment")
+    if adjust is None and billed is not None and billed.height:
+        _refuse_resegmented_billed(stored, rated, billed)
 
 
 PERIOD_KEY = ["customer_id", "period_start"]
@@ -401,6 +403,10 @@ def _keep_billed_without_new_usage(stored: pl.DataFrame, rated: pl.DataFrame, bi
     both = billed.join(before, on=PERIOD_KEY, how="left").join(after, on=PERIOD_KEY, how="left", suffix="_new")
     same = both.filter((pl.col("usage").is_null() & pl.col("usage_new").is_null())
                        | (pl.col("usage") == pl.col("usage_new"))).select(PERIOD_KEY)
+    # a period whose days the new lines put under other plans or versions is not kept: that is a
+    # customer list (or rules) change, which is refused or adjusted on purpose. Kept, a plan change
+    # moved by a day inside a closed period was neither refused nor applied, even with --adjust-closed
+    same = same.join(_resegmented(stored, rated, billed).select(PERIOD_KEY).unique(), on=PERIOD_KEY, how="anti")
     if same.height == 0:
         return rated
     kept = stored.join(same, on=PERIOD_KEY, how="semi")

@@ -334,6 +334,58 @@ def test_a_periods_first_rating_after_its_end_is_its_closing_not_an_adjustment(t
             ("api calls", 200)]
 
 
+def test_a_plan_change_moved_inside_a_closed_period_is_refused_or_adjusted(tmp_path):
+    """a's closed October: starter, then pro from Oct 28; its only usage is on Oct 20. A list moving pro's
+    start to Oct 29 changes no charge's usage, so the stored lines were kept: the move was neither refused
+    nor applied, even on purpose (audit). It is refused; with a reason it re-prices the fees by their
+    days, by hand: starter 19.00 x 27/31 = 16.55 and pro 59.00 x 4/31 = 7.61 (2416) become 19.00 x 28/31
+    = 17.16 and 59.00 x 3/31 = 5.71 (2287)."""
+    rules = load_rules(PROJECT_ROOT / "rating_rules")
+    header = "customer_id,name,email,currency,billing_anchor_day,plan,plan_effective_from,payment_behavior\n"
+    csv = tmp_path / "customers.csv"
+    csv.write_text(header + "a,A,a@a.test,usd,,starter,2026-01-01,succeeds\na,A,a@a.test,usd,,pro,2026-10-28,succeeds\n")
+    closing = dt.datetime(2026, 11, 1, 2, 30, tzinfo=dt.timezone.utc)
+    with warehouse.open_warehouse(tmp_path / "wh.duckdb") as con:
+        warehouse.insert_frame(con, "customer_plans", load_customers(csv, rules))
+        _late_calls(con, rules, "a", "2026-10-20", 10)
+        service.write_rated(con, OCT, service.rate_month(con, rules, OCT)[0], rules, closing)
+        before = con.execute("SELECT * FROM rated_usage ORDER BY ALL").fetchall()
+        csv.write_text(csv.read_text().replace("2026-10-28", "2026-10-29"))
+        moved = load_customers(csv, rules)
+        with pytest.raises(BadInputError, match="would re-price customer a's closed period 2026-10-01..2026-11-01"):
+            service.write_rated(con, OCT, service.rate_month(con, rules, OCT, moved)[0], rules,
+                                closing + dt.timedelta(days=1))
+        assert con.execute("SELECT * FROM rated_usage ORDER BY ALL").fetchall() == before
+        reason = service.Adjustment("pro started a day later", {"customers": "moved"})
+        service.write_rated(con, OCT, service.rate_month(con, rules, OCT, moved)[0], rules,
+                            closing + dt.timedelta(days=1), reason)
+        assert con.execute("SELECT before_minor, after_minor, reason FROM rating_adjustments "
+                           "WHERE charge = 'platform fee'").fetchall() == [(2416, 2287, "pro started a day later")]
+
+
+def test_a_version_backdated_into_a_closed_period_is_blamed_on_the_rules(tmp_path):
+    """A pro version from Oct 20 added after October closed: the refusal blamed the customer list (none
+    was given) and advised --adjust-closed, which was then refused for the real reason (audit)."""
+    root = tmp_path / "rules"
+    shutil.copytree(PROJECT_ROOT / "rating_rules", root)
+    header = "customer_id,name,email,currency,billing_anchor_day,plan,plan_effective_from,payment_behavior\n"
+    csv = tmp_path / "customers.csv"
+    csv.write_text(header + "a,A,a@a.test,usd,,pro,2026-01-01,succeeds\n")
+    closing = dt.datetime(2026, 11, 1, 2, 30, tzinfo=dt.timezone.utc)
+    with warehouse.open_warehouse(tmp_path / "wh.duckdb") as con:
+        rules = load_rules(root)
+        warehouse.insert_frame(con, "customer_plans", load_customers(csv, rules))
+        _late_calls(con, rules, "a", "2026-10-20", 10)
+        service.write_rated(con, OCT, service.rate_month(con, rules, OCT)[0], rules, closing)
+        pro = root / "plans" / "pro.yaml"
+        pro.write_text(pro.read_text() + '  - version: "2026-11"\n    effective_from: 2026-10-20\n'
+                       '    charges:\n      - {name: platform fee, model: flat, amount: "69.00"}\n')
+        backdated = load_rules(root)
+        with pytest.raises(BadInputError, match="^rules: plan pro would re-price 2026-10-20 .* under version 2026-11"):
+            service.write_rated(con, OCT, service.rate_month(con, backdated, OCT)[0], backdated,
+                                closing + dt.timedelta(days=1))
+
+
 def test_a_rerate_refused_in_one_month_writes_no_month(tmp_path):
     """rerate_range writes its months in one transaction: October refused (a billed period re-priced by
     the list) leaves September's late-usage re-rating and its adjustment unwritten too."""
