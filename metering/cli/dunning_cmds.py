@@ -40,7 +40,8 @@ def dunning() -> None:
 def validate(rules_dir: str | None) -> None:
     """Check dunning.yaml: every problem as `file: field: what is wrong` (exit 3 if any).
 
-    A rules folder without dunning.yaml is valid (dunning is off); a folder that does not exist is not.
+    A rules folder without dunning.yaml is valid for rating, but `dunning run` and the dunning assets
+    refuse it (exit 3), which the message says; a folder that does not exist is not valid.
     """
     from metering.dunning.policy import policy_path, validate_dunning
 
@@ -53,7 +54,9 @@ def validate(rules_dir: str | None) -> None:
             click.echo(f"error: {line}", err=True)
         sys.exit(EXIT_BAD_INPUT)
     path = policy_path(rules_dir)
-    click.echo(f"ok: {path}" if path.exists() else f"ok: no {path.name} (dunning is off)")
+    click.echo(f"ok: {path}" if path.exists() else
+               f"ok: no {path.name}: rating needs none, but `metering dunning run` and the dunning assets refuse "
+               f"to run without one (exit 3)")
 
 
 @dunning.command()

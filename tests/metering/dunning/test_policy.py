@@ -160,6 +160,15 @@ def test_validate_refuses_a_rules_folder_that_does_not_exist(tmp_path: Path) -> 
     assert f"error: {tmp_path / 'nodir'}: the rules folder does not exist" in result.output
 
 
+def test_validate_without_a_policy_says_that_dunning_cannot_run(tmp_path: Path) -> None:
+    """It said "dunning is off" while `dunning run` and both dunning assets fail without the file (audit)."""
+    (tmp_path / "rules").mkdir()
+    result = CliRunner().invoke(cli, ["dunning", "validate", "--rules", str(tmp_path / "rules")])
+    assert result.exit_code == 0
+    assert "ok: no dunning.yaml: rating needs none, but `metering dunning run`" in result.output
+    assert "dunning is off" not in result.output
+
+
 def test_a_bad_smtp_port_is_named_before_any_step_runs(tmp_path: Path, rules_dir: Path, monkeypatch) -> None:
     from metering import warehouse
 
