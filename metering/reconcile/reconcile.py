@@ -558,7 +558,9 @@ def reconcile_invoices(
     unclosed = pl.col("awaiting_invoice") | pl.col("invoice_missing")
     frame = frame.with_columns(
         [pl.when(~unclosed).then(pl.col(c)).alias(c) for c in ("invoice_status", "closing_invoice_id")]
-        + [pl.when(~unclosed & ~other_currency).then(pl.col(c)).alias(c)
+        # the period's other invoices are final once Stripe will not close it (not_invoiced): a coupon
+        # on the invoice that billed the fee in advance is still money Stripe did not collect
+        + [pl.when(~pl.col("awaiting_invoice") & ~other_currency).then(pl.col(c)).alias(c)
            for c in ("adjustments_minor", "adjusted_invoice_ids")]
         + [pl.when(~other_currency).then(pl.col(c)).alias(c)
            for c in ("stripe_total_minor", "engine_items_minor", "amount_due", "amount_paid", "amount_remaining",

@@ -711,6 +711,21 @@ def test_a_coupon_on_the_invoice_that_billed_the_fee_in_advance_is_counted_once(
     assert result.unexplained_minor() == {"usd": 125 + 500}
 
 
+def test_a_coupon_still_counts_when_stripe_voids_the_closing_invoice(isolated_env, rules_dir):
+    """The same 500 coupon on in_a0, and Stripe voids in_cus_a, which closed October: not_invoiced. The
+    coupon vanished from the row (NULL) and from the blocking check, as for a period still to be
+    invoiced, though in_a0 is final and Stripe collected 500 less (audit). By hand: cus_b's 125, cus_a's
+    usage 100 (never invoiced) and the coupon's 500."""
+    with warehouse.open_warehouse() as con:
+        write_scenario(con, total_excluding_tax={"in_a0": 4900 - 500})
+        con.execute("UPDATE stripe_invoices_api SET status = 'void' WHERE invoice_id = 'in_cus_a'")
+        result = _reconcile(con, rules_dir, now=LONG_AFTER)
+    a = result.invoices.filter(customer_id="cus_a").row(0, named=True)
+    assert (a["status"], a["stripe_adjustments_minor"]) == ("not_invoiced", -500)
+    assert "; Stripe's invoice in_a0 totals 500 less than its lines before tax" in a["reason"]
+    assert result.unexplained_minor() == {"usd": 125 + 100 + 500}
+
+
 def _flat_fee_subscription(con) -> None:
     """cus_f on a subscription with only a licensed price (1900 a month, billed in advance): in_f0 (its
     first invoice, Oct 1) bills October; in_f1 closes October and bills November, with a 500 coupon;
