@@ -11,7 +11,8 @@ period that *starts* in that month (periods follow each customer's billing ancho
   plus what the ledger proves came too late for the period's finalized invoice (see `load_pushed`).
 - Stripe's meter: `stripe_meter_summaries` grain 'period' rows (Stripe's own aggregate), or pending.
 - Stripe's lines: `stripe_invoice_lines_api`, plus webhook-derived `stripe_invoice_lines` for
-  invoices the API pull did not see (the API read wins: it is the later, direct read). Lines that
+  invoices the API pull did not see, or whose webhook state is newer than their latest pull (an event
+  created after it: the invoice voided or paid since; `newer_in_state_sql`). Lines that
   are the engine's own invoice items (their item id is in `stripe_invoice_items`) bill the charges
   Stripe cannot price; the ledger also says which acknowledged items Stripe still holds pending.
   Each line's price id is joined to the catalog sync's `drift` findings on amount fields
@@ -298,6 +299,23 @@ def load_stripe_meter(con: duckdb.DuckDBPyConnection, billing_month: dt.date) ->
     return rc.conform(frame, rc.STRIPE_METER_SCHEMA)
 
 
+def newer_in_state_sql(con: duckdb.DuckDBPyConnection, complete_lines: bool = False) -> str | None:
+    """SELECT invoice_id of the pulled invoices whose webhook state comes from an event created after
+    their latest pull: that state is the later read (re-reconciling with --no-pull once the invoice was
+    voided or paid kept the pull's `open`). With `complete_lines`, only those whose state holds every
+    line. None when the warehouse has no webhook state to compare."""
+    cols = table_columns(con, "stripe_invoices")
+    if not {"invoice_id", "state_event_created"} <= cols:
+        return None
+    complete = " AND coalesce(w.lines_complete, true)" if complete_lines and "lines_complete" in cols else ""
+    return f"""
+        SELECT w.invoice_id FROM stripe_invoices w
+        JOIN (SELECT invoice_id, max(pulled_at) AS pulled_at FROM stripe_invoices_api GROUP BY invoice_id) a
+          ON a.invoice_id = w.invoice_id
+        WHERE w.state_event_created > a.pulled_at{complete}
+    """
+
+
 def _webhook_lines_sql(con: duckdb.DuckDBPyConnection) -> str | None:
     """SELECT over the webhook-derived stripe_invoice_lines in the API table's shape, if that table exists."""
     cols = table_columns(con, "stripe_invoice_lines")
@@ -323,8 +341,18 @@ def _webhook_lines_sql(con: duckdb.DuckDBPyConnection) -> str | None:
                {c('period_start', 'TIMESTAMPTZ')} AS period_start, {c('period_end', 'TIMESTAMPTZ')} AS period_end,
                {c('invoice_item')} AS invoice_item, {c('metering_item')} AS metering_item, 'webhook' AS source
         FROM stripe_invoice_lines w {' '.join(joins)}
-        WHERE w.invoice_id NOT IN (SELECT invoice_id FROM stripe_invoice_lines_api)
+        WHERE w.invoice_id NOT IN (SELECT invoice_id FROM stripe_invoice_lines_api){_or_newer(con, "w", True)}
     """
+
+
+def _or_newer(con: duckdb.DuckDBPyConnection, alias: str, complete_lines: bool) -> str:
+    newer = newer_in_state_sql(con, complete_lines)
+    return f" OR {alias}.invoice_id IN ({newer})" if newer else ""
+
+
+def _not_newer(con: duckdb.DuckDBPyConnection, complete_lines: bool) -> str:
+    newer = newer_in_state_sql(con, complete_lines)
+    return f"WHERE invoice_id NOT IN ({newer})" if newer else ""
 
 
 def merged_lines_sql(con: duckdb.DuckDBPyConnection) -> str:
@@ -332,13 +360,13 @@ def merged_lines_sql(con: duckdb.DuckDBPyConnection) -> str:
 
     An invoice whose period touches two months is pulled with each: its lines are those of its latest pull.
     """
-    api = """
+    webhook = _webhook_lines_sql(con)
+    api = f"""
         SELECT invoice_id, line_id, customer_id, meter, price_id, quantity_decimal, amount, currency,
                period_start, period_end, invoice_item, metering_item, 'api' AS source
-        FROM stripe_invoice_lines_api
+        FROM stripe_invoice_lines_api {_not_newer(con, True) if webhook else ""}
         QUALIFY dense_rank() OVER (PARTITION BY invoice_id ORDER BY pulled_at DESC, billing_month DESC) = 1
     """
-    webhook = _webhook_lines_sql(con)
     return api if webhook is None else f"{api} UNION ALL {webhook}"
 
 
@@ -361,7 +389,7 @@ def merged_invoices_sql(con: duckdb.DuckDBPyConnection) -> str:
     # unknown (NULL) for invoices pulled before migration 055, until pulled again
     api_credit = ("a.pre_payment_credit_notes_amount" if "pre_payment_credit_notes_amount"
                   in table_columns(con, "stripe_invoices_api") else "NULL::BIGINT")
-    api = f"""
+    latest_pull = f"""
         SELECT a.invoice_id, a.customer_id, a.status, a.currency, a.amount_due, a.amount_paid, a.amount_remaining,
                a.total, a.total_excluding_tax AS total_before_tax,
                CAST({api_credit} AS BIGINT) AS pre_payment_credit_notes, a.created, a.period_start,
@@ -374,7 +402,9 @@ def merged_invoices_sql(con: duckdb.DuckDBPyConnection) -> str:
     cols = table_columns(con, "stripe_invoices")
     need = {"invoice_id", "customer_id", "status", "currency", "amount_due", "amount_paid", "amount_remaining", "total"}
     if not need <= cols:
-        return api
+        return latest_pull
+    newer = newer_in_state_sql(con)
+    api = f"SELECT * FROM ({latest_pull}) WHERE invoice_id NOT IN ({newer})" if newer else latest_pull
 
     def ts(name: str) -> str:
         return f"w.{name}" if name in cols else "CAST(NULL AS TIMESTAMPTZ)"
@@ -386,15 +416,21 @@ def merged_invoices_sql(con: duckdb.DuckDBPyConnection) -> str:
     # the webhook state keeps no credit notes (unknown, NULL) unless its table has the column
     credit = ("w.pre_payment_credit_notes_amount" if "pre_payment_credit_notes_amount" in cols
               else "NULL::BIGINT")
+    # a newer state takes over from its pull: what the state does not keep (credit notes, the amount
+    # before tax of rows kept before migration 032, the subscription's end) stays the pull's
     return f"""{api} UNION ALL
         SELECT w.invoice_id, w.customer_id, w.status, w.currency, w.amount_due, w.amount_paid, w.amount_remaining,
-               w.total, {before_tax} AS total_before_tax, CAST({credit} AS BIGINT) AS pre_payment_credit_notes,
+               w.total, coalesce({before_tax}, p.total_before_tax) AS total_before_tax,
+               CAST(coalesce({credit}, p.pre_payment_credit_notes) AS BIGINT) AS pre_payment_credit_notes,
                {ts('created')} AS created,
                {ts('period_start')} AS period_start,
                {ts('period_end')} AS period_end, {ts('finalized_at')} AS finalized_at,
-               e.ended_at AS subscription_ended_at, {complete} AS lines_complete, 'webhook' AS source
+               coalesce(e.ended_at, p.subscription_ended_at) AS subscription_ended_at,
+               ({complete}) OR p.invoice_id IS NOT NULL AS lines_complete,   -- else the pull's lines stand
+               'webhook' AS source
         FROM stripe_invoices w LEFT JOIN ({ends}) e ON e.subscription_id = {subscription}
-        WHERE w.invoice_id NOT IN (SELECT invoice_id FROM stripe_invoices_api)
+        LEFT JOIN ({latest_pull}) p ON p.invoice_id = w.invoice_id
+        WHERE w.invoice_id NOT IN (SELECT invoice_id FROM stripe_invoices_api){_or_newer(con, "w", False)}
     """
 
 

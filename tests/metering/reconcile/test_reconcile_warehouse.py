@@ -726,6 +726,36 @@ def test_a_coupon_still_counts_when_stripe_voids_the_closing_invoice(isolated_en
     assert result.unexplained_minor() == {"usd": 125 + 100 + 500}
 
 
+@pytest.mark.parametrize("event_after_pull, status", [(True, "not_invoiced"), (False, "matched")])
+def test_webhook_state_newer_than_the_pull_is_the_invoices_state(isolated_env, rules_dir, event_after_pull, status):
+    """Stripe voids in_cus_a (which closed cus_a's October) after the month's pull; the webhook lands. A
+    reconciliation without a new pull (--no-pull, or the asset alone) kept the pull's `paid`: matched,
+    while dunning, which reads the webhook state, said void (audit). The state is the later read when
+    its event was created after the pull; an older event leaves the pull's read standing."""
+    from recon_scenario import PULLED
+
+    with warehouse.open_warehouse() as con:
+        write_scenario(con)
+        event_at = PULLED + (dt.timedelta(hours=3) if event_after_pull else -dt.timedelta(hours=3))
+        con.execute("""INSERT INTO stripe_invoices (invoice_id, customer_id, status, currency, amount_due, amount_paid,
+                       amount_remaining, total, total_excluding_tax, created, finalized_at, period_start, period_end,
+                       state_event_created, lines_complete)
+                       VALUES ('in_cus_a', 'cus_a', 'void', 'usd', 100, 0, 0, 100, 100,
+                       TIMESTAMPTZ '2026-11-01 01:00:00+00', TIMESTAMPTZ '2026-11-01 01:00:00+00',
+                       TIMESTAMPTZ '2026-10-01 00:00:00+00', TIMESTAMPTZ '2026-11-01 00:00:00+00', ?, true)""",
+                    [event_at])
+        con.execute("""INSERT INTO stripe_invoice_lines (invoice_id, line_id, meter, event_name, quantity_decimal,
+                       amount, currency, period_start, period_end, source) SELECT invoice_id, line_id, meter,
+                       'metering_' || meter, quantity_decimal, amount, currency, period_start, period_end, 'webhook'
+                       FROM stripe_invoice_lines_api WHERE invoice_id = 'in_cus_a'""")
+        result = _reconcile(con, rules_dir, now=LONG_AFTER)
+    a = result.invoices.filter(customer_id="cus_a").row(0, named=True)
+    assert a["status"] == status
+    if event_after_pull:
+        assert "Stripe voided in_cus_a" in a["reason"]
+        assert result.usage.filter(customer_id="cus_a", meter="api_calls")["status"].to_list() == ["not_invoiced"]
+
+
 def _flat_fee_subscription(con) -> None:
     """cus_f on a subscription with only a licensed price (1900 a month, billed in advance): in_f0 (its
     first invoice, Oct 1) bills October; in_f1 closes October and bills November, with a 500 coupon;
