@@ -11,8 +11,8 @@ period that *starts* in that month (periods follow each customer's billing ancho
   plus what the ledger proves came too late for the period's finalized invoice (see `load_pushed`).
 - Stripe's meter: `stripe_meter_summaries` grain 'period' rows (Stripe's own aggregate), or pending.
 - Stripe's lines: `stripe_invoice_lines_api`, plus webhook-derived `stripe_invoice_lines` for
-  invoices the API pull did not see, or whose webhook state is newer than their latest pull (an event
-  created after it: the invoice voided or paid since; `newer_in_state_sql`). Lines that
+  invoices the API pull did not see. An invoice's header (status, amounts) is the webhook state's when
+  that state has moved further than the pull (voided or paid since: `further_in_state_sql`). Lines that
   are the engine's own invoice items (their item id is in `stripe_invoice_items`) bill the charges
   Stripe cannot price; the ledger also says which acknowledged items Stripe still holds pending.
   Each line's price id is joined to the catalog sync's `drift` findings on amount fields
@@ -30,6 +30,7 @@ from metering.reconcile import reconcile as rc
 from metering.rules.meters import Meter
 from metering.stripe.catalog import ENDED_SUBSCRIPTIONS, NOT_EXPRESSIBLE_PRICE_SQL
 from metering.warehouse import query_frame, sql_string
+from metering.webhooks.state import INVOICE_STATUS_RANK, rank_case
 
 ADDITIVE = ("count", "sum")
 _ENDED = "[" + ", ".join(sql_string(s) for s in ENDED_SUBSCRIPTIONS) + "]"   # SQL list of ENDED_SUBSCRIPTIONS
@@ -299,20 +300,19 @@ def load_stripe_meter(con: duckdb.DuckDBPyConnection, billing_month: dt.date) ->
     return rc.conform(frame, rc.STRIPE_METER_SCHEMA)
 
 
-def newer_in_state_sql(con: duckdb.DuckDBPyConnection, complete_lines: bool = False) -> str | None:
-    """SELECT invoice_id of the pulled invoices whose webhook state comes from an event created after
-    their latest pull: that state is the later read (re-reconciling with --no-pull once the invoice was
-    voided or paid kept the pull's `open`). With `complete_lines`, only those whose state holds every
-    line. None when the warehouse has no webhook state to compare."""
-    cols = table_columns(con, "stripe_invoices")
-    if not {"invoice_id", "state_event_created"} <= cols:
+def further_in_state_sql(con: duckdb.DuckDBPyConnection) -> str | None:
+    """SELECT invoice_id of the pulled invoices whose webhook state has moved further than their latest
+    pull (draft -> open -> uncollectible -> void / paid, as the state itself ranks them): Stripe voided
+    or paid the invoice since, which re-reconciling with --no-pull (or the asset alone) took from the
+    pull as it stood. A status only moves forward, so no clock is compared (a pull's time may be a test
+    clock's). None when the warehouse has no webhook state."""
+    if not {"invoice_id", "status"} <= table_columns(con, "stripe_invoices"):
         return None
-    complete = " AND coalesce(w.lines_complete, true)" if complete_lines and "lines_complete" in cols else ""
     return f"""
         SELECT w.invoice_id FROM stripe_invoices w
-        JOIN (SELECT invoice_id, max(pulled_at) AS pulled_at FROM stripe_invoices_api GROUP BY invoice_id) a
+        JOIN (SELECT invoice_id, arg_max(status, pulled_at) AS status FROM stripe_invoices_api GROUP BY invoice_id) a
           ON a.invoice_id = w.invoice_id
-        WHERE w.state_event_created > a.pulled_at{complete}
+        WHERE {rank_case("w.status", INVOICE_STATUS_RANK)} > {rank_case("a.status", INVOICE_STATUS_RANK)}
     """
 
 
@@ -341,18 +341,8 @@ def _webhook_lines_sql(con: duckdb.DuckDBPyConnection) -> str | None:
                {c('period_start', 'TIMESTAMPTZ')} AS period_start, {c('period_end', 'TIMESTAMPTZ')} AS period_end,
                {c('invoice_item')} AS invoice_item, {c('metering_item')} AS metering_item, 'webhook' AS source
         FROM stripe_invoice_lines w {' '.join(joins)}
-        WHERE w.invoice_id NOT IN (SELECT invoice_id FROM stripe_invoice_lines_api){_or_newer(con, "w", True)}
+        WHERE w.invoice_id NOT IN (SELECT invoice_id FROM stripe_invoice_lines_api)
     """
-
-
-def _or_newer(con: duckdb.DuckDBPyConnection, alias: str, complete_lines: bool) -> str:
-    newer = newer_in_state_sql(con, complete_lines)
-    return f" OR {alias}.invoice_id IN ({newer})" if newer else ""
-
-
-def _not_newer(con: duckdb.DuckDBPyConnection, complete_lines: bool) -> str:
-    newer = newer_in_state_sql(con, complete_lines)
-    return f"WHERE invoice_id NOT IN ({newer})" if newer else ""
 
 
 def merged_lines_sql(con: duckdb.DuckDBPyConnection) -> str:
@@ -360,13 +350,13 @@ def merged_lines_sql(con: duckdb.DuckDBPyConnection) -> str:
 
     An invoice whose period touches two months is pulled with each: its lines are those of its latest pull.
     """
-    webhook = _webhook_lines_sql(con)
-    api = f"""
+    api = """
         SELECT invoice_id, line_id, customer_id, meter, price_id, quantity_decimal, amount, currency,
                period_start, period_end, invoice_item, metering_item, 'api' AS source
-        FROM stripe_invoice_lines_api {_not_newer(con, True) if webhook else ""}
+        FROM stripe_invoice_lines_api
         QUALIFY dense_rank() OVER (PARTITION BY invoice_id ORDER BY pulled_at DESC, billing_month DESC) = 1
     """
+    webhook = _webhook_lines_sql(con)
     return api if webhook is None else f"{api} UNION ALL {webhook}"
 
 
@@ -387,15 +377,16 @@ def merged_invoices_sql(con: duckdb.DuckDBPyConnection) -> str:
     """
     ends = _subscription_ends_sql(con)
     # unknown (NULL) for invoices pulled before migration 055, until pulled again
-    api_credit = ("a.pre_payment_credit_notes_amount" if "pre_payment_credit_notes_amount"
-                  in table_columns(con, "stripe_invoices_api") else "NULL::BIGINT")
+    api_cols = table_columns(con, "stripe_invoices_api")
+    api_credit = "a.pre_payment_credit_notes_amount" if "pre_payment_credit_notes_amount" in api_cols else "NULL::BIGINT"
+    api_advance = "a.auto_advance" if "auto_advance" in api_cols else "NULL::BOOLEAN"
     latest_pull = f"""
         SELECT a.invoice_id, a.customer_id, a.status, a.currency, a.amount_due, a.amount_paid, a.amount_remaining,
                a.total, a.total_excluding_tax AS total_before_tax,
                CAST({api_credit} AS BIGINT) AS pre_payment_credit_notes, a.created, a.period_start,
                a.period_end, a.finalized_at,
                coalesce(a.subscription_ended_at, e.ended_at) AS subscription_ended_at, true AS lines_complete,
-               'api' AS source
+               CAST({api_advance} AS BOOLEAN) AS auto_advance, 'api' AS source
         FROM stripe_invoices_api a LEFT JOIN ({ends}) e ON e.subscription_id = a.subscription_id
         QUALIFY row_number() OVER (PARTITION BY a.invoice_id ORDER BY a.pulled_at DESC, a.billing_month DESC) = 1
     """
@@ -403,8 +394,8 @@ def merged_invoices_sql(con: duckdb.DuckDBPyConnection) -> str:
     need = {"invoice_id", "customer_id", "status", "currency", "amount_due", "amount_paid", "amount_remaining", "total"}
     if not need <= cols:
         return latest_pull
-    newer = newer_in_state_sql(con)
-    api = f"SELECT * FROM ({latest_pull}) WHERE invoice_id NOT IN ({newer})" if newer else latest_pull
+    further = further_in_state_sql(con)
+    api = f"SELECT * FROM ({latest_pull}) WHERE invoice_id NOT IN ({further})" if further else latest_pull
 
     def ts(name: str) -> str:
         return f"w.{name}" if name in cols else "CAST(NULL AS TIMESTAMPTZ)"
@@ -416,23 +407,36 @@ def merged_invoices_sql(con: duckdb.DuckDBPyConnection) -> str:
     # the webhook state keeps no credit notes (unknown, NULL) unless its table has the column
     credit = ("w.pre_payment_credit_notes_amount" if "pre_payment_credit_notes_amount" in cols
               else "NULL::BIGINT")
-    # a newer state takes over from its pull: what the state does not keep (credit notes, the amount
-    # before tax of rows kept before migration 032, the subscription's end) stays the pull's
+    advance = "w.auto_advance" if "auto_advance" in cols else "NULL::BOOLEAN"
+    # A state further than its pull gives the invoice's status and amounts; the rest stays the pull's:
+    # its customer (mapped through the Stripe customer; the state's comes from metadata only), its
+    # lines (`merged_lines_sql`: a finalized invoice's lines do not change, and the state's carry no
+    # meter without a price snapshot), what the state does not keep (credit notes before payment).
     return f"""{api} UNION ALL
-        SELECT w.invoice_id, w.customer_id, w.status, w.currency, w.amount_due, w.amount_paid, w.amount_remaining,
+        SELECT w.invoice_id, coalesce(p.customer_id, w.customer_id) AS customer_id, w.status,
+               coalesce(p.currency, w.currency) AS currency, w.amount_due, w.amount_paid, w.amount_remaining,
                w.total, coalesce({before_tax}, p.total_before_tax) AS total_before_tax,
                CAST(coalesce({credit}, p.pre_payment_credit_notes) AS BIGINT) AS pre_payment_credit_notes,
-               {ts('created')} AS created,
-               {ts('period_start')} AS period_start,
-               {ts('period_end')} AS period_end, {ts('finalized_at')} AS finalized_at,
-               coalesce(e.ended_at, p.subscription_ended_at) AS subscription_ended_at,
-               ({complete}) OR p.invoice_id IS NOT NULL AS lines_complete,   -- else the pull's lines stand
-               'webhook' AS source
+               coalesce(p.created, {ts('created')}) AS created,
+               coalesce(p.period_start, {ts('period_start')}) AS period_start,
+               coalesce(p.period_end, {ts('period_end')}) AS period_end,
+               coalesce({ts('finalized_at')}, p.finalized_at) AS finalized_at,
+               coalesce(p.subscription_ended_at, e.ended_at) AS subscription_ended_at,
+               p.invoice_id IS NOT NULL OR {complete} AS lines_complete,
+               CAST(coalesce({advance}, p.auto_advance) AS BOOLEAN) AS auto_advance, 'webhook' AS source
         FROM stripe_invoices w LEFT JOIN ({ends}) e ON e.subscription_id = {subscription}
         LEFT JOIN ({latest_pull}) p ON p.invoice_id = w.invoice_id
-        WHERE w.invoice_id NOT IN (SELECT invoice_id FROM stripe_invoices_api){_or_newer(con, "w", False)}
+        WHERE w.invoice_id NOT IN (SELECT invoice_id FROM stripe_invoices_api)
+           {f"OR w.invoice_id IN ({further})" if further else ""}
     """
 
+
+HELD_DRAFT = "(coalesce(i.status, '') = 'draft' AND NOT coalesce(i.auto_advance, true))"
+"""SQL over the invoice alias `i`: a draft Stripe will not finalize on its own (auto_advance false: an unpaid
+subscription's invoices, or automatic collection turned off by hand). Like a void invoice, it bills
+nothing until a person finalizes it: it closes no period and its lines count nowhere."""
+NOT_BILLING = f"(coalesce(i.status, '') = 'void' OR {HELD_DRAFT})"
+"""SQL over `i`: an invoice that closes no period and whose lines are ignored (void, or a held draft)."""
 
 _CLOSES = """i.customer_id = p.customer_id
     AND i.period_start < CAST(p.period_end AS TIMESTAMPTZ)
@@ -452,7 +456,8 @@ def load_open_periods(con: duckdb.DuckDBPyConnection, periods: pl.DataFrame) -> 
     ever reach the period's end.
 
     `voided_invoice_ids` names the void invoices that did reach it (Stripe billed the period, then
-    voided that invoice: the money will not be collected), NULL when there are none.
+    voided that invoice: the money will not be collected), NULL when there are none; `held_invoice_ids`
+    the drafts that did, which Stripe will not finalize (`HELD_DRAFT`): they bill nothing either.
     `on_test_clock`: the customer's Stripe time is a test clock's (test mode), which the wall clock
     says nothing about (the push step's customer map; false when there is none). `later_invoice_ids`:
     invoices of a later period (starting at or after this one's end): Stripe has moved past this
@@ -479,12 +484,17 @@ def load_open_periods(con: duckdb.DuckDBPyConnection, periods: pl.DataFrame) -> 
             f"""
             WITH invoices AS ({merged_invoices_sql(con)}),
             closing AS (
-                SELECT p.customer_id, p.period_start, i.invoice_id, coalesce(i.status, '') = 'void' AS void
+                SELECT p.customer_id, p.period_start, i.invoice_id, coalesce(i.status, '') = 'void' AS void,
+                       {HELD_DRAFT} AS held
                 FROM _recon_periods p JOIN invoices i ON {_CLOSES}
             )
             SELECT p.customer_id, p.period_start,
                    (SELECT string_agg(DISTINCT c.invoice_id, ',' ORDER BY c.invoice_id) FROM closing c
-                    WHERE c.customer_id = p.customer_id AND c.period_start = p.period_start) AS voided_invoice_ids,
+                    WHERE c.customer_id = p.customer_id AND c.period_start = p.period_start AND c.void)
+                     AS voided_invoice_ids,
+                   (SELECT string_agg(DISTINCT c.invoice_id, ',' ORDER BY c.invoice_id) FROM closing c
+                    WHERE c.customer_id = p.customer_id AND c.period_start = p.period_start AND c.held)
+                     AS held_invoice_ids,
                    p.customer_id IN ({clocked}) AS on_test_clock,
                    (SELECT string_agg(DISTINCT i.invoice_id, ',' ORDER BY i.invoice_id) FROM invoices i
                     WHERE i.customer_id = p.customer_id
@@ -492,7 +502,7 @@ def load_open_periods(con: duckdb.DuckDBPyConnection, periods: pl.DataFrame) -> 
                    {ended} AS ended_subscription_ids
             FROM _recon_periods p
             WHERE NOT EXISTS (SELECT 1 FROM closing c WHERE c.customer_id = p.customer_id
-                              AND c.period_start = p.period_start AND NOT c.void)
+                              AND c.period_start = p.period_start AND NOT c.void AND NOT c.held)
             """,
         )
     finally:
@@ -621,7 +631,7 @@ def _bucketed_lines(con: duckdb.DuckDBPyConnection, billing_month: dt.date, peri
             WHERE CAST(l.period_start AS DATE) >= ? AND CAST(l.period_start AS DATE) < ?
               AND coalesce(p.period_start, CAST(l.period_start AS DATE)) >= ?
               AND coalesce(p.period_start, CAST(l.period_start AS DATE)) < ?
-              AND coalesce(i.status, '') <> 'void'
+              AND NOT {NOT_BILLING}
               -- a subscription's first invoice holds zero-length, zero-amount metered lines: not a period's usage
               AND NOT {_ZERO_LENGTH_FREE}
             """,
@@ -788,7 +798,7 @@ def _closing_invoices(con: duckdb.DuckDBPyConnection, periods: pl.DataFrame) -> 
             closing AS (
                 SELECT p.customer_id, p.period_start, i.invoice_id, i.status, i.created
                 FROM _recon_closing p JOIN invoices i ON {_CLOSES}
-                WHERE coalesce(i.status, '') <> 'void' AND p.period_end > p.period_start
+                WHERE NOT {NOT_BILLING} AND p.period_end > p.period_start
                 QUALIFY row_number() OVER (PARTITION BY i.invoice_id
                                            ORDER BY p.period_end DESC, p.period_start, p.customer_id) = 1
             )

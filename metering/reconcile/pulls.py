@@ -71,7 +71,7 @@ INVOICE_SCHEMA = {
     "subtotal": pl.Int64, "pre_payment_credit_notes_amount": pl.Int64,
     "attempt_count": pl.Int64, "period_start": pl.Datetime("us", "UTC"), "period_end": pl.Datetime("us", "UTC"),
     "created": pl.Datetime("us", "UTC"), "finalized_at": pl.Datetime("us", "UTC"),
-    "subscription_ended_at": pl.Datetime("us", "UTC"), "pulled_at": pl.Datetime("us", "UTC"),
+    "subscription_ended_at": pl.Datetime("us", "UTC"), "auto_advance": pl.Boolean, "pulled_at": pl.Datetime("us", "UTC"),
 }
 LINE_SCHEMA = {
     "billing_month": pl.Date, "invoice_id": pl.String, "line_id": pl.String, "customer": pl.String,
@@ -522,7 +522,7 @@ def _invoice(inv: dict[str, Any], billing_month: dt.date, customer_id: str | Non
                      "pre_payment_credit_notes_amount", "attempt_count")},
         "period_start": _ts(inv.get("period_start")), "period_end": _ts(inv.get("period_end")),
         "created": _ts(inv.get("created")), "finalized_at": _ts(transitions.get("finalized_at")),
-        "pulled_at": now,
+        "auto_advance": inv.get("auto_advance"), "pulled_at": now,
     }
 
 

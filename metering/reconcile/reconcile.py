@@ -138,10 +138,11 @@ STRIPE_METER_SCHEMA = {
     "stripe_quantity": QTY, "meter_status": pl.String, "pending_reason": pl.String,
 }
 OPEN_PERIODS_SCHEMA = {"customer_id": pl.String, "period_start": pl.Date, "voided_invoice_ids": pl.String,
-                       "on_test_clock": pl.Boolean, "later_invoice_ids": pl.String,
+                       "held_invoice_ids": pl.String, "on_test_clock": pl.Boolean, "later_invoice_ids": pl.String,
                        "ended_subscription_ids": pl.String}
-"""Customer periods no non-void Stripe invoice reaches the end of, with the void invoices that did (if any):
-`pending` while Stripe may still invoice the period, else `not_invoiced` (`_with_invoicing`)."""
+"""Customer periods no billing Stripe invoice reaches the end of, with the void invoices and the drafts
+Stripe will not finalize (held: auto_advance false) that did (if any): `pending` while Stripe may still
+invoice the period, else `not_invoiced` (`_with_invoicing`)."""
 STRIPE_LINES_SCHEMA = {
     "customer_id": pl.String, "meter": pl.String, "period_start": pl.Date, "period_end": pl.Date,
     "currency": pl.String, "invoiced_quantity": QTY, "stripe_amount_minor": pl.Int64,
@@ -281,10 +282,11 @@ def _with_invoicing(
     deadline = pl.col("period_end").cast(pl.Datetime("us", "UTC")) + settings.invoice_wait
     is_open = pl.col("is_open").fill_null(False)
     voided = pl.col("voided_invoice_ids").is_not_null()
+    held = pl.col("held_invoice_ids").is_not_null()
     moved_on = pl.col("later_invoice_ids").is_not_null()
     ended = pl.col("ended_subscription_ids").is_not_null()
     # an unknown period end cannot prove Stripe still has time: fail closed
-    overdue = voided | moved_on | ended | (~pl.col("on_test_clock").fill_null(False)
+    overdue = voided | held | moved_on | ended | (~pl.col("on_test_clock").fill_null(False)
                                    & (deadline <= pl.lit(reconciled_at, dtype=pl.Datetime("us", "UTC"))).fill_null(True))
     return (
         frame.join(open_.with_columns(is_open=pl.lit(True)), on=["customer_id", "period_start"], how="left")
@@ -293,6 +295,10 @@ def _with_invoicing(
             invoice_missing=is_open & overdue,
             invoice_missing_reason=pl.when(voided)
             .then(pl.format("Stripe voided {} and has no other invoice for this period", pl.col("voided_invoice_ids")))
+            .when(held)
+            .then(pl.format("Stripe holds {} as a draft it will not finalize (auto_advance false: an unpaid "
+                            "subscription's invoices stay drafts, or automatic collection was turned off): it bills "
+                            "nothing until it is finalized or voided in Stripe", pl.col("held_invoice_ids")))
             .when(moved_on)
             .then(pl.format("Stripe invoiced a later period ({}) but no invoice closes this one",
                             pl.col("later_invoice_ids")))
@@ -304,7 +310,8 @@ def _with_invoicing(
                 deadline.dt.strftime("%Y-%m-%d %H:%M UTC").fill_null("?"),
                 pl.lit(settings.invoice_grace_seconds), pl.lit(settings.settle_seconds))),
         )
-        .drop("is_open", "voided_invoice_ids", "on_test_clock", "later_invoice_ids", "ended_subscription_ids")
+        .drop("is_open", "voided_invoice_ids", "held_invoice_ids", "on_test_clock", "later_invoice_ids",
+              "ended_subscription_ids")
     )
 
 

@@ -54,7 +54,7 @@ INVOICE_SHAPE = {
     "period_start": "BIGINT", "period_end": "BIGINT", "created": "BIGINT",
     "status_transitions": {"finalized_at": "BIGINT", "paid_at": "BIGINT",
                            "marked_uncollectible_at": "BIGINT", "voided_at": "BIGINT"},
-    "billing_reason": "VARCHAR", "collection_method": "VARCHAR", "livemode": "BOOLEAN",
+    "billing_reason": "VARCHAR", "collection_method": "VARCHAR", "livemode": "BOOLEAN", "auto_advance": "BOOLEAN",
     "metadata": "JSON",
     "parent": {"subscription_details": {"subscription": "JSON", "metadata": "JSON"}},
     "lines": {"has_more": "BOOLEAN", "data": ["JSON"]},
@@ -160,6 +160,7 @@ _INVOICE_SELECT = f"""
         o.billing_reason AS billing_reason,
         o.collection_method AS collection_method,
         o.livemode AS livemode,
+        o.auto_advance AS auto_advance,
         NOT coalesce(o.lines.has_more, false) AS lines_complete,
         o.metadata AS metadata,
         version_created AS state_event_created,
@@ -174,7 +175,8 @@ _INVOICE_COLUMNS = """
     amount_remaining, total, total_excluding_tax, subtotal, attempt_count, next_payment_attempt, period_start,
     period_end,
     created, finalized_at, paid_at, marked_uncollectible_at, voided_at, billing_reason,
-    collection_method, livemode, lines_complete, metadata, state_event_created, state_event_id, state_events
+    collection_method, livemode, auto_advance, lines_complete, metadata, state_event_created, state_event_id,
+    state_events
 """
 
 _LINES_SELECT = f"""

@@ -85,6 +85,8 @@ def test_pull_summaries_invoices_and_lines(stripe_sandbox, isolated_env):
     assert set(cycle["customer_id"]) == {"cus_1"}
     closing = result.invoices.filter(pl.col("invoice_id") == cycle["invoice_id"][0]).row(0, named=True)
     assert (closing["customer_id"], closing["total"], closing["status"] in ("open", "paid")) == ("cus_1", 7300, True)
+    # Stripe sets auto_advance false once an invoice is paid, void or uncollectible; an open one keeps it
+    assert closing["auto_advance"] is (closing["status"] == "open")
     # a second pull replaces the month, never duplicates
     assert stored == s.height == again.summaries.height
     assert result.api_calls > 0

@@ -726,34 +726,70 @@ def test_a_coupon_still_counts_when_stripe_voids_the_closing_invoice(isolated_en
     assert result.unexplained_minor() == {"usd": 125 + 100 + 500}
 
 
-@pytest.mark.parametrize("event_after_pull, status", [(True, "not_invoiced"), (False, "matched")])
-def test_webhook_state_newer_than_the_pull_is_the_invoices_state(isolated_env, rules_dir, event_after_pull, status):
-    """Stripe voids in_cus_a (which closed cus_a's October) after the month's pull; the webhook lands. A
-    reconciliation without a new pull (--no-pull, or the asset alone) kept the pull's `paid`: matched,
-    while dunning, which reads the webhook state, said void (audit). The state is the later read when
-    its event was created after the pull; an older event leaves the pull's read standing."""
-    from recon_scenario import PULLED
-
+@pytest.mark.parametrize("state_status, status, paid, remaining", [
+    # the period's lines: October's fee 4900 (paid, on in_a0) and the usage 100 on in_cus_a
+    ("void", "not_invoiced", 4900, 0),   # voided after the pull: the period is not invoiced, counted
+    ("paid", "matched", 4900 + 100, 0),  # paid after the pull: the usage line is paid
+    ("open", "matched", 4900, 100),      # no further than the pull: the pull's read stands
+    ("draft", "matched", 4900, 100),     # behind the pull (an old event): the pull's read stands
+])
+def test_webhook_state_further_than_the_pull_gives_the_invoices_status(
+        isolated_env, rules_dir, state_status, status, paid, remaining):
+    """The month's pull saw in_cus_a (which closes cus_a's October) open; Stripe then voided or paid it
+    and the webhook landed. A reconciliation without a new pull (--no-pull, or the asset alone) kept the
+    pull's `open`, while dunning, which reads the webhook state, said void (audit). The state wins when
+    its status is further along; the pull keeps its lines (the state's carry no meter without a price
+    snapshot) and its customer (the state's has none here: it comes from metadata only)."""
     with warehouse.open_warehouse() as con:
         write_scenario(con)
-        event_at = PULLED + (dt.timedelta(hours=3) if event_after_pull else -dt.timedelta(hours=3))
+        con.execute("UPDATE stripe_invoices_api SET status = 'open', amount_paid = 0, amount_remaining = 100 "
+                    "WHERE invoice_id = 'in_cus_a'")
         con.execute("""INSERT INTO stripe_invoices (invoice_id, customer_id, status, currency, amount_due, amount_paid,
                        amount_remaining, total, total_excluding_tax, created, finalized_at, period_start, period_end,
                        state_event_created, lines_complete)
-                       VALUES ('in_cus_a', 'cus_a', 'void', 'usd', 100, 0, 0, 100, 100,
+                       VALUES ('in_cus_a', NULL, ?, 'usd', 100, ?, ?, 100, 100,
                        TIMESTAMPTZ '2026-11-01 01:00:00+00', TIMESTAMPTZ '2026-11-01 01:00:00+00',
-                       TIMESTAMPTZ '2026-10-01 00:00:00+00', TIMESTAMPTZ '2026-11-01 00:00:00+00', ?, true)""",
-                    [event_at])
+                       TIMESTAMPTZ '2026-10-01 00:00:00+00', TIMESTAMPTZ '2026-11-01 00:00:00+00',
+                       TIMESTAMPTZ '2020-01-01 00:00:00+00', true)""",
+                    [state_status, 100 if state_status == "paid" else 0, 0 if state_status in ("paid", "void") else 100])
         con.execute("""INSERT INTO stripe_invoice_lines (invoice_id, line_id, meter, event_name, quantity_decimal,
-                       amount, currency, period_start, period_end, source) SELECT invoice_id, line_id, meter,
-                       'metering_' || meter, quantity_decimal, amount, currency, period_start, period_end, 'webhook'
+                       amount, currency, period_start, period_end, source) SELECT invoice_id, line_id, NULL, NULL,
+                       quantity_decimal, amount, currency, period_start, period_end, 'webhook'
                        FROM stripe_invoice_lines_api WHERE invoice_id = 'in_cus_a'""")
         result = _reconcile(con, rules_dir, now=LONG_AFTER)
     a = result.invoices.filter(customer_id="cus_a").row(0, named=True)
-    assert a["status"] == status
-    if event_after_pull:
+    assert (a["status"], a["amount_paid"], a["amount_remaining"]) == (status, paid, remaining)
+    usage = result.usage.filter(customer_id="cus_a", meter="api_calls").row(0, named=True)
+    if state_status == "void":
         assert "Stripe voided in_cus_a" in a["reason"]
-        assert result.usage.filter(customer_id="cus_a", meter="api_calls")["status"].to_list() == ["not_invoiced"]
+        assert usage["status"] == "not_invoiced"
+        assert result.unexplained_minor() == {"usd": 125 + 100}
+    else:
+        assert (usage["status"], usage["invoiced_quantity"]) == ("matched", D(1500))
+        assert result.unexplained_minor() == {"usd": 125}
+
+
+@pytest.mark.parametrize("auto_advance, status", [(False, "not_invoiced"), (True, "pending"), (None, "pending")])
+def test_a_draft_stripe_will_not_finalize_bills_nothing(isolated_env, rules_dir, auto_advance, status):
+    """in_cus_a, which closes cus_a's October, is a draft with auto_advance false (an unpaid subscription's
+    invoices stay drafts): Stripe will never finalize or collect it. It stayed `pending` for good, counted
+    nowhere. Like a void invoice it now closes nothing: not_invoiced, its 100 counted. A draft Stripe will
+    finalize (or one whose auto_advance is unknown: pulled before migration 056) is still pending."""
+    with warehouse.open_warehouse() as con:
+        write_scenario(con)
+        con.execute("UPDATE stripe_invoices_api SET status = 'draft', auto_advance = ?, amount_paid = 0, "
+                    "amount_remaining = 100 WHERE invoice_id = 'in_cus_a'", [auto_advance])
+        result = _reconcile(con, rules_dir, now=LONG_AFTER)
+    a = result.invoices.filter(customer_id="cus_a").row(0, named=True)
+    assert a["status"] == status
+    usage = result.usage.filter(customer_id="cus_a", meter="api_calls").row(0, named=True)
+    if auto_advance is False:
+        assert a["reason"].startswith("Stripe holds in_cus_a as a draft it will not finalize (auto_advance false")
+        assert usage["status"] == "not_invoiced"
+        assert result.unexplained_minor() == {"usd": 125 + 100}
+    else:
+        assert a["reason"].startswith("invoice still draft")
+        assert result.unexplained_minor() == {"usd": 125}
 
 
 def _flat_fee_subscription(con) -> None:

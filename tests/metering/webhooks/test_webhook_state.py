@@ -93,6 +93,15 @@ def test_ties_in_the_same_second_resolve_by_status_then_attempt(con, tmp_path: P
         ("open", 1, "evt_004")]
 
 
+def test_the_state_keeps_whether_stripe_will_finalize_a_draft(con, tmp_path: Path):
+    """auto_advance false (an unpaid subscription's invoices stay drafts): reconciliation treats such a
+    draft as billing nothing (migration 056)."""
+    land(con, tmp_path, [[event("evt_h1", "invoice.created", START, invoice("in_H", status="draft", auto_advance=False)),
+                          event("evt_a1", "invoice.created", START, invoice("in_A", status="draft"))]])
+    assert con.execute("SELECT invoice_id, auto_advance FROM stripe_invoices ORDER BY 1").fetchall() == [
+        ("in_A", True), ("in_H", False)]
+
+
 def test_a_deleted_draft_leaves_the_state(con, tmp_path: Path):
     draft = invoice("in_D", status="draft")
     land(con, tmp_path, [[event("evt_d2", "invoice.deleted", START + 5, draft), event("evt_d1", "invoice.created", START, draft)]])

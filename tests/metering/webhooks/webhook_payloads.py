@@ -26,6 +26,7 @@ def invoice(
     lines: list[dict[str, Any]] | None = None,
     next_payment_attempt: int | None = None,
     created: int = 1_790_000_000,
+    auto_advance: bool = True,
 ) -> dict[str, Any]:
     parent = None
     if subscription:
@@ -47,6 +48,7 @@ def invoice(
         "subtotal": amount_due,
         "attempt_count": attempt_count,
         "next_payment_attempt": next_payment_attempt,
+        "auto_advance": auto_advance,
         "created": created,
         "period_start": 1_790_000_000,
         "period_end": 1_792_592_000,
