@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import datetime as dt
+import logging
 import sys
 from pathlib import Path
+from typing import Any
 
 import click
 import polars as pl
@@ -12,6 +14,8 @@ import polars as pl
 from metering import config
 from metering.cli.options import UserPath, check_order, parse_date
 from metering.errors import BadInputError, CheckFailedError
+
+log = logging.getLogger(__name__)
 
 OUTPUT_SUFFIXES = (".csv", ".parquet", ".pq")
 
@@ -171,10 +175,11 @@ def rerate(first: dt.date, last: dt.date, warehouse_path: str | None, rules_dir:
                 summaries = rerate_range(con, rules_obj, first, last, dt.datetime.now(dt.timezone.utc), progress,
                                          adjust)
             except BaseException:
-                # nothing was rated (every month is written in one transaction): a refused list (bad input,
-                # unsound events, an interrupt) does not stay behind for the next run to price with
+                # no month was rated (they are written in one transaction; the hourly aggregates it may have
+                # refreshed do not depend on the list): a refused list (bad input, unsound events, an
+                # interrupt) does not stay behind for the next run to price with
                 if previous is not None:
-                    warehouse.replace_rows(con, "customer_plans", "TRUE", [], previous)
+                    _put_back(con, previous)
                 raise
         unpriced_frames = {s["month"]: s["unpriced"] for s in summaries}   # what the check all_usage_priced lists
         done = {s["month"] for s in summaries}
@@ -198,6 +203,17 @@ def rerate(first: dt.date, last: dt.date, warehouse_path: str | None, rules_dir:
             f"{events} usage event(s) not priced in {', '.join(f'{m:%Y-%m}' for m in unpriced)} (the check "
             f"all_usage_priced; listed above). The rated lines are stored: load the customers (--customers) "
             f"or fix the rules, then re-rate")
+
+
+def _put_back(con: Any, previous: pl.DataFrame) -> None:
+    """Restore the customer list a failed rerate replaced; if that fails too (the connection is broken),
+    say so and let the original error stand."""
+    from metering import warehouse
+
+    try:
+        warehouse.replace_rows(con, "customer_plans", "TRUE", [], previous)
+    except Exception as exc:   # the first error is the one to report
+        log.error("could not put back the previous customer list (%s): customer_plans holds the new one", exc)
 
 
 def _unpriced_summary(unpriced: pl.DataFrame) -> str:

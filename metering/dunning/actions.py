@@ -8,9 +8,9 @@ How exactly-once holds across re-runs and crashes:
    the deterministic key `dunning:<invoice>:<step>`.
 3. The Stripe call carries that key as its `Idempotency-Key`. A crash after the call but before
    the row is marked `done` leaves it `pending`; the next run first re-reads the invoice from
-   Stripe (GET) and, if the earlier call took effect (paid / attempt_count moved / uncollectible /
-   for a retry, a payment event Stripe stamped with our key), records it without calling again;
-   otherwise it calls again with the same key. So a declined retry is never charged again, even
+   Stripe (GET) and, if the earlier call took effect (paid or uncollectible; for a retry, a payment
+   event Stripe stamped with our key: never attempt_count, which our charge does not move), records
+   it without calling again; otherwise it calls again with the same key. So a declined retry is never charged again, even
    after Stripe's 24-hour idempotency window.
 4. The row is then marked `done` (or `rejected` when Stripe refuses the request for good). A row
    that cannot complete (an outage; a reminder that cannot be built or written) stays `pending`
@@ -140,7 +140,6 @@ def plan_actions(
     final = ledger.filter(pl.col("status").is_in(FINAL_STATUSES)).select("invoice_id", "step_name")
     pending = ledger.filter(pl.col("status") == "pending").select(
         "invoice_id", "step_name", pl.col("attempts").alias("pending_attempts"),
-        pl.col("attempt_count").alias("pending_attempt_count"),
     )
     steps = policy.steps_frame()
     active = state.filter(pl.col("state") == IN_DUNNING).select(
@@ -190,7 +189,6 @@ def plan_actions(
         "invoice_id", "customer_id", "stripe_customer", "currency",
         pl.col("amount_minor").alias("amount_remaining"), "attempt_count", "step_index",
         "step_name", "action", "due_at", pl.col("attempts").alias("pending_attempts"),
-        pl.col("attempt_count").alias("pending_attempt_count"),
     )
     # a pending row of a step removed from the policy: the schedule above no longer reaches it
     removed = (
@@ -217,7 +215,7 @@ def plan_actions(
         "invoice_id", "customer_id", "stripe_customer", "currency", "amount_remaining",
         "attempt_count", "next_payment_attempt", "first_failed_at", "policy", "current_step",
         "step_index", "step_name", "action", "template", "day", "due_at", "pending_attempts",
-        "pending_attempt_count", "decision", "reason",
+        "decision", "reason",
     ]
     planned = pl.concat([decided, removed, left], how="diagonal_relaxed")
     return planned.select([pl.col(c) if c in planned.columns else pl.lit(None).alias(c) for c in columns]).sort(
@@ -318,9 +316,8 @@ def _recover_pending(client: stripe.StripeClient, row: dict[str, Any], invoice: 
     if row["action"] == "retry":
         if status == "paid":
             return "paid"
-        previous = row.get("pending_attempt_count")
-        if previous is not None and (getattr(invoice, "attempt_count", None) or 0) > previous:
-            return "attempted"
+        # not attempt_count: a manual charge after the first attempt does not move it (only Stripe's
+        # automatic retries do), so a higher count proves some retry of Stripe's, never ours
         seen = _attempt_event(client, row["invoice_id"], idempotency_key(row["invoice_id"], row["step_name"]))
         return f"attempted:{seen}" if seen else None
     if status == "uncollectible":
@@ -522,8 +519,8 @@ def perform_actions(
                     stopped.add(invoice)
                 continue
         if action in STRIPE_ACTIONS:
-            # the attempt count Stripe has now, not our lagging state's: after a crash, a higher count
-            # proves our call was made (`_recover_pending`), so a stale one would pass a call never made
+            # the audit trail records the attempt count Stripe had when the action was decided, not our
+            # lagging state's
             row = {**row, "attempt_count": getattr(live, "attempt_count", None)}
         ledger.open(row, key)                       # committed before anything leaves the process
         if hooks.after_ledger_commit:

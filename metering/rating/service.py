@@ -337,7 +337,7 @@ def _refuse_resegmented_billed(stored: pl.DataFrame, rated: pl.DataFrame, billed
             or "no lines"
 
     raise BadInputError(
-        f"customers: the customer list would re-price customer {first['customer_id']}'s closed period "
+        f"customers: the customer list (customer_plans) would re-price customer {first['customer_id']}'s closed period "
         f"{first['period_start']}..{first['period_end']} (already ended and rated): {plans(stored)} -> "
         f"{plans(rated)}, for {changed['customer_id'].n_unique()} customer(s). A closed period changes only "
         f"through adjustments with a reason (I19): date plan changes in the open period or later, or re-rate "

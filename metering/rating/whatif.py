@@ -143,6 +143,8 @@ def rate_usage(usage: pl.DataFrame, rules: Rules, *, plan: str | None = None, at
     for col in ("customer_id", "meter", "quantity"):
         if col not in usage.columns:
             raise BadInputError(f"{source}: (header): missing column {col!r}")
+    if "_line" in usage.columns:   # the rows' own line numbers travel under that name
+        raise BadInputError(f"{source}: (header): column '_line' is reserved; rename it")
     if plan is None and "plan" not in usage.columns:
         raise BadInputError(f"{source}: (header): no plan column; pass --plan")
     if at is None and "period_start" not in usage.columns:

@@ -119,6 +119,7 @@ class PushReport:
     pending: int = 0
     late: int = 0
     unmapped: int = 0
+    unlisted: int = 0          # windows of customers not in the customer list: all_usage_priced names them
     not_yet_due: int = 0
     moved: int = 0              # windows held: a previous Stripe customer of ours still holds their usage
     summary_checks: int = 0
@@ -148,7 +149,7 @@ class PushReport:
             f"{self.windows_considered} windows, {self.new_revisions} new revisions, "
             f"{self.calls} calls ({self.retries} retries, {self.rate_limited} rate-limited), "
             f"{self.acknowledged} acknowledged, {self.failed} failed, {self.unknown} unknown, "
-            f"{self.pending} pending, {self.late} late, {self.unmapped} unmapped, "
+            f"{self.pending} pending, {self.late} late, {self.unmapped} unmapped, {self.unlisted} unlisted, "
             f"{self.not_yet_due} not yet due, {self.moved} held at a previous Stripe customer, "
             f"{self.summary_checks} summary checks, "
             f"{self.raw_events_per_call} raw events per call, {self.seconds:.1f}s"
@@ -218,7 +219,7 @@ class Pusher:
         customers = catalog.customer_map(self.con).select("customer_id", "stripe_customer_id", "test_clock_id")
         desired = windows.desired_values(self.con, self.meters, date_from, date_to, kind)
         report.windows_considered = desired.height
-        desired, report.unmapped = self._attach_destinations(desired, customers)
+        desired, report.unmapped, report.unlisted = self._attach_destinations(desired, customers)
         stripe_now = self._stripe_now(customers)
         desired, report.not_yet_due = self._guard(desired, customers, stripe_now)
         desired = self._hold_moved(desired, report)
@@ -302,17 +303,25 @@ class Pusher:
                 f"{', '.join(sorted(wrong))}; set STRIPE_METER_WINDOW to match the meters (or create new meters)")
 
     # -- planning helpers ------------------------------------------------------------------------
-    def _attach_destinations(self, desired: pl.DataFrame, customers: pl.DataFrame) -> tuple[pl.DataFrame, int]:
+    def _attach_destinations(self, desired: pl.DataFrame,
+                             customers: pl.DataFrame) -> tuple[pl.DataFrame, int, int]:
+        """The windows with their Stripe customer; and how many have none: of customers in the customer
+        list (unmapped: a sync would map them) and of customers not in it (unlisted: no sync can, and
+        the rating's check all_usage_priced already names them)."""
         joined = desired.join(customers, on="customer_id", how="left")
-        unmapped = joined.filter(pl.col("stripe_customer_id").is_null())
-        if unmapped.height:
-            sample = ", ".join(sorted(set(unmapped["customer_id"].head(5).to_list())))
-            log.warning("%d windows skipped: customers not synced to Stripe (e.g. %s); run `metering stripe sync`",
-                        unmapped.height, sample)
+        missing = joined.filter(pl.col("stripe_customer_id").is_null())
+        listed = warehouse.query_frame(self.con, "SELECT DISTINCT customer_id FROM customer_plans")
+        unmapped = missing.join(listed, on="customer_id", how="semi")
+        unlisted = missing.join(listed, on="customer_id", how="anti")
+        for frame, why in ((unmapped, "customers not synced to Stripe (e.g. %s); run `metering stripe sync`"),
+                           (unlisted, "customers not in the customer list (e.g. %s): no Stripe customer bills them")):
+            if frame.height:
+                log.warning("%d windows skipped: " + why, frame.height,
+                            ", ".join(sorted(set(frame["customer_id"].head(5).to_list()))))
         mapped = joined.filter(pl.col("stripe_customer_id").is_not_null()).with_columns(
             event_name=pl.col("meter").map_elements(event_name, return_dtype=pl.String)
         )
-        return mapped, unmapped.height
+        return mapped, unmapped.height, unlisted.height
 
     def _stripe_now(self, customers: pl.DataFrame) -> dict[str | None, datetime]:
         return stripe_now(self.client, customers, self._now())

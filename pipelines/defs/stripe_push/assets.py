@@ -150,7 +150,7 @@ def _report_metadata(report: PushReport) -> dict[str, object]:
         "windows": report.windows_considered, "new_revisions": report.new_revisions, "calls": report.calls,
         "retries": report.retries, "rate_limited": report.rate_limited, "acknowledged": report.acknowledged,
         "failed": report.failed, "unknown": report.unknown, "late": report.late, "unmapped": report.unmapped,
-        "not_yet_due": report.not_yet_due, "moved": report.moved,
+        "unlisted": report.unlisted, "not_yet_due": report.not_yet_due, "moved": report.moved,
         "raw_events_per_call": float(report.raw_events_per_call),
         "seconds": round(report.seconds, 3),
     }

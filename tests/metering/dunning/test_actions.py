@@ -594,12 +594,23 @@ class _FakeInvoices:
 
 
 class _FakeEvents:
+    """`client.v1.events`: no trace of our call, unless `events` are given."""
+
+    def __init__(self, events: list | None = None) -> None:
+        self.events = events or []
+
     def list(self, params: dict) -> object:
-        return SimpleNamespace(auto_paging_iter=lambda: iter([]))   # Stripe has no trace of our call
+        return SimpleNamespace(auto_paging_iter=lambda: iter(self.events))
 
 
-def _fake_client(invoices: _FakeInvoices) -> object:
-    return SimpleNamespace(v1=SimpleNamespace(invoices=invoices, events=_FakeEvents()))
+def _charge_event(invoice_id: str, key: str) -> object:
+    """The event Stripe stamps with the request (and its Idempotency-Key) that charged the invoice."""
+    return SimpleNamespace(type="invoice.payment_failed", request=SimpleNamespace(idempotency_key=key),
+                           data=SimpleNamespace(object=SimpleNamespace(id=invoice_id)))
+
+
+def _fake_client(invoices: _FakeInvoices, events: list | None = None) -> object:
+    return SimpleNamespace(v1=SimpleNamespace(invoices=invoices, events=_FakeEvents(events)))
 
 
 @pytest.mark.parametrize(("pays", "retry_outcome", "suspended"), [
@@ -713,13 +724,15 @@ def test_a_pending_reminder_whose_step_was_removed_is_resolved(
 
 
 @pytest.mark.parametrize(
-    ("attempt_count", "status", "outcome"),
-    [(2, "done", "attempted"),                               # the charge went through before the crash
-     (1, "skipped", "step_removed_from_policy")],            # Stripe has no trace of it: never made
+    ("charged", "attempt_count", "status", "outcome"),
+    [(True, 1, "done", "attempted:invoice.payment_failed"),   # the charge went through before the crash
+     (False, 1, "skipped", "step_removed_from_policy"),       # Stripe has no trace of it: never made
+     # a higher count is one of Stripe's automatic retries: a manual charge does not move it (review)
+     (False, 2, "skipped", "step_removed_from_policy")],
 )
 def test_a_pending_retry_whose_step_was_removed_is_read_back_from_stripe(
     wh: duckdb.DuckDBPyConnection, tmp_path: Path, isolated_env: Path,
-    attempt_count: int, status: str, outcome: str,
+    charged: bool, attempt_count: int, status: str, outcome: str,
 ) -> None:
     rules = write_rules(tmp_path / "rules", REMOVABLE)
     put_invoice(wh, "in_1")
@@ -735,7 +748,8 @@ def test_a_pending_retry_whose_step_was_removed_is_read_back_from_stripe(
     assert result.report.errors == ["dunning:in_1:payment_retry: no Stripe client configured (set STRIPE_API_KEY)"]
 
     after = _FakeInvoices(SimpleNamespace(status="open", attempt_count=attempt_count, next_payment_attempt=None))
-    result = run_dunning(wh, _fake_client(after), edited, T0 + 14 * DAY)
+    events = [_charge_event("in_1", "dunning:in_1:payment_retry")] if charged else []
+    result = run_dunning(wh, _fake_client(after, events), edited, T0 + 14 * DAY)
     assert (result.report.counts, result.report.errors) == ({"retry:" + status: 1, "suspend:done": 1}, [])
     assert after.paid == []                                  # read back, never charged again
     assert [r[1:5] for r in ledger(wh)] == [
@@ -751,7 +765,7 @@ def test_a_retry_cut_short_by_a_crash_is_made_when_our_state_lagged_stripes_atte
     """Our state says 1 attempt; Stripe has made 2 and its schedule has ended. The run crashed after
     the ledger row, before the charge. The row stored the state's count (1), so the rerun read Stripe's
     2 as proof that our charge was made: `done`, `attempted`, and the card was never charged (audit).
-    The row stores Stripe's count, and the charge is made, once."""
+    A count is no proof of our charge (a manual one does not move it); the charge is made, once."""
     rules = write_rules(tmp_path / "rules", REMOVABLE)
     put_invoice(wh, "in_1")
     run_dunning(wh, None, load_policy(rules), T0)

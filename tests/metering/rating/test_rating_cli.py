@@ -245,7 +245,7 @@ def test_rerate_range_is_repeatable(tmp_path):
     customers.write_text(customers.read_text().replace("starter", "pro"))
     backdated = run(*args, "--customers", str(customers))
     assert backdated.exit_code == 3, backdated.output
-    assert ("customers: the customer list would re-price customer c1's closed period 2026-09-01..2026-10-01 "
+    assert ("customers: the customer list (customer_plans) would re-price customer c1's closed period 2026-09-01..2026-10-01 "
             "(already ended and rated): starter 2026-01 from 2026-09-01 -> pro 2026-01 from 2026-09-01, "
             "for 1 customer(s)") in backdated.output
     assert "Traceback" not in backdated.output
@@ -321,6 +321,14 @@ def test_rate_names_the_lines_whose_quantities_add_up_past_exact_rating(tmp_path
     # by hand: api calls 9000 x 0.002 + (9e16 - 10000) x 0.001 + 5.00 flat = 18 + 89,999,999,999,990 + 5,
     # plus the 49.00 platform fee (the minimum is met): 90,000,000,000,062.00
     assert "(usd 90000000000062.00)" in alone.output
+
+
+def test_rate_refuses_an_input_column_it_reserves(tmp_path):
+    """`_line` carries each row's file line through the joins: an input column of that name was a
+    Polars duplicate-column traceback (review)."""
+    usage, result = _rate_csv(tmp_path, "customer_id,meter,quantity,plan,period_start,_line\nc1,seats,1,pro,2026-10-01,x\n")
+    assert result.exit_code == 3
+    assert f"error: {usage}: (header): column '_line' is reserved; rename it" in result.output
 
 
 @pytest.mark.parametrize(("rows", "message"), [

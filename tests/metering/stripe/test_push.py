@@ -117,9 +117,14 @@ def test_windows_in_the_future_wait(world: World) -> None:
 
 
 def test_unmapped_customers_are_reported_not_pushed(world: World) -> None:
-    world.add_events([("stranger", "api_calls", t(D1, 5), None, {"region": "us"})])
+    """globex is listed but not synced (unmapped: exit 5 from the CLI); stranger is not listed (unlisted:
+    the rating's all_usage_priced names it). Neither is pushed."""
+    world.con.execute("DELETE FROM stripe_customer_map WHERE customer_id = 'globex'")
+    world.add_events([("stranger", "api_calls", t(D1, 5), None, {"region": "us"}),
+                      ("globex", "api_calls", t(D1, 6), None, {"region": "us"})])
     report = world.pusher().push(D1, D1)
-    assert (report.unmapped, report.calls, world.ledger().height) == (1, 0, 0)
+    assert (report.unmapped, report.unlisted, report.calls, world.ledger().height) == (1, 1, 0, 0)
+    assert report.needs_operator == 1
 
 
 def test_usage_held_by_a_previous_stripe_customer_is_not_pushed_to_the_new_one(world: World, tmp_path) -> None:

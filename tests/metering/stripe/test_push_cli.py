@@ -53,8 +53,10 @@ def test_missing_key_is_bad_input() -> None:
 
 
 def test_a_push_that_leaves_a_customer_unsynced_is_exit_5(tmp_path, rules_dir, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Usage of a customer never synced to Stripe is not pushed, so not billed: the push said so in a
-    warning and exited 0, where `stripe invoice-items` exits 5 for the same customer (audit)."""
+    """Usage of a listed customer not synced to Stripe (globex, its map row gone) is not pushed, so not
+    billed: the push said so in a warning and exited 0, where `stripe invoice-items` exits 5 for the same
+    customer (audit). A customer not in the list (stranger) is no sync's to fix, and the rating's check
+    all_usage_priced names it: counted apart (unlisted), not exit 5 (review)."""
     import datetime as dt
 
     from push_world import CUSTOMERS_CSV, NOW, day_start, make_world
@@ -69,7 +71,15 @@ def test_a_push_that_leaves_a_customer_unsynced_is_exit_5(tmp_path, rules_dir, m
             world = make_world(con, sb, rules_dir, tmp_path, CUSTOMERS_CSV)
             world.add_events([("acme", "api_calls", day_start(day) + dt.timedelta(hours=2), None, {"region": "us"}),
                               ("stranger", "api_calls", day_start(day) + dt.timedelta(hours=3), None, {"region": "us"})])
-        result = CliRunner().invoke(cli, ["stripe", "push", "--date", "2026-11-18", "--warehouse", str(db), "--rate", "0"])
+        args = ["stripe", "push", "--date", "2026-11-18", "--warehouse", str(db), "--rate", "0"]
+        unlisted = CliRunner().invoke(cli, args)
+        assert unlisted.exit_code == 0, unlisted.output
+        assert "0 unmapped, 1 unlisted" in unlisted.output
+        with warehouse.open_warehouse(db) as con:
+            world.con = con
+            world.add_events([("globex", "api_calls", day_start(day) + dt.timedelta(hours=4), None, {"region": "eu"})])
+            con.execute("DELETE FROM stripe_customer_map WHERE customer_id = 'globex'")
+        result = CliRunner().invoke(cli, args)
         assert result.exit_code == 5, result.output
         error = result.output.split("error:")[-1]
         assert "1 window(s) of customers not synced to Stripe, not pushed: run `metering stripe sync`" in error

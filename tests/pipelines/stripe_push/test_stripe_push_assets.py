@@ -82,14 +82,26 @@ def test_catalog_then_daily_push(tmp_path: Path, rules_dir: Path, monkeypatch: p
         again = dg.materialize([stripe_usage_pushes], resources=resources, instance=instance,
                                partition_key=day.isoformat())
         assert again.asset_materializations_for_node("stripe_usage_pushes")[0].metadata["calls"].value == 0
-        with warehouse.open_warehouse(db) as con:   # usage of a customer the catalog never synced: not billed
+        with warehouse.open_warehouse(db) as con:   # usage of a customer not in the list: the rating names it
             warehouse.insert_frame(con, "usage_events", _events(day).with_columns(
                 customer_id=pl.lit("stranger"), event_id=pl.col("event_id") + "-s"))
+            record_manifest(con)
+        unlisted = dg.materialize([usage_aggregates, stripe_usage_pushes], resources=resources, instance=instance,
+                                  partition_key=day.isoformat())
+        [check] = unlisted.get_asset_check_evaluations()
+        assert check.passed
+        assert unlisted.asset_materializations_for_node("stripe_usage_pushes")[0].metadata["unlisted"].value == 2
+        with warehouse.open_warehouse(db) as con:   # a listed customer the catalog has not synced: not billed
+            con.execute("CREATE TABLE map_saved AS SELECT * FROM stripe_customer_map")
+            con.execute("DELETE FROM stripe_customer_map")
+            warehouse.insert_frame(con, "usage_events", _events(day).with_columns(event_id=pl.col("event_id") + "-a"))
             record_manifest(con)
         unsynced = dg.materialize([usage_aggregates, stripe_usage_pushes], resources=resources, instance=instance,
                                   partition_key=day.isoformat())
         [check] = unsynced.get_asset_check_evaluations()
         assert not check.passed and check.metadata["unmapped"].value == 2  # api_calls and tokens
+        with warehouse.open_warehouse(db) as con:
+            con.execute("INSERT INTO stripe_customer_map SELECT * FROM map_saved")
 
         client = sb.client()
         with warehouse.open_warehouse(db, read_only=True) as con:
