@@ -107,15 +107,18 @@ def push(day: dt.date | None, date_from: dt.date | None, date_to: dt.date | None
         report = push_usage(con, client, meters, date_from, date_to, config)  # type: ignore[arg-type]
     click.echo(report.summary())
     if report.needs_operator:
-        parts = [f"{report.failed} failed and {report.unknown} unknown windows need a look (SELECT * FROM "
-                 "stripe_push_ledger WHERE status IN ('failed', 'unknown', 'sent'))"] if report.failed + report.unknown else []
-        if report.moved:
-            parts.append(f"{report.moved} held because a previous Stripe customer still holds their usage (the "
-                         "warnings above name both customers)")
-        if report.unmapped:
-            parts.append(f"{report.unmapped} window(s) of customers not synced to Stripe, not pushed: run "
-                         "`metering stripe sync`")
-        raise ExternalServiceError("; ".join(parts))
+        raise _needs_a_look(report.failed, report.unknown, "windows", "stripe_push_ledger", [
+            (report.moved, "held because a previous Stripe customer still holds their usage (the warnings above "
+                           "name both customers)"),
+            (report.unmapped, "window(s) of customers not synced to Stripe, not pushed: run `metering stripe sync`")])
+
+
+def _needs_a_look(failed: int, unknown: int, what: str, table: str,
+                  notes: list[tuple[int, str]]) -> ExternalServiceError:
+    """The exit-5 error of a push: the rows left failed or unknown in `table`, then each note whose count is not 0."""
+    parts = [f"{failed} failed and {unknown} unknown {what} need a look (SELECT * FROM {table} WHERE status IN "
+             "('failed', 'unknown', 'sent'))"] if failed + unknown else []
+    return ExternalServiceError("; ".join(parts + [f"{count} {text}" for count, text in notes if count]))
 
 
 @stripe.command("invoice-items")
@@ -143,20 +146,14 @@ def invoice_items(month: dt.date, warehouse_path: str | None, rate: float | None
         report = bill_invoice_items(con, client, month, rate=config.rate, retry=config.retry)
     click.echo(report.summary())
     if report.needs_operator:
-        parts = [f"{report.failed} failed and {report.unknown} unknown invoice items need a look (SELECT * FROM "
-                 "stripe_invoice_items WHERE status IN ('failed', 'unknown', 'sent'))"] if report.failed + report.unknown else []
-        if report.unmapped:
-            parts.append(f"{report.unmapped} charge(s) of customers not synced to Stripe: run `metering stripe sync`")
-        if report.blocked:
-            parts.append(f"{report.blocked} item(s) blocked: no live subscription and the period's invoice is final "
-                         "(stripe_invoice_items WHERE status = 'blocked' says how to invoice them by hand)")
-        if report.held:
-            parts.append(f"{report.held} difference(s) held: they come to a credit in periods with usage Stripe "
-                         "never billed (late windows in stripe_push_ledger); credit or bill them by hand")
-        if report.other_version:
-            parts.append(f"{report.other_version} usage charge(s) of a plan version the Stripe subscription is not "
-                         "on: Stripe bills that usage at the subscription's price (reconciliation shows the difference)")
-        raise ExternalServiceError("; ".join(parts))
+        raise _needs_a_look(report.failed, report.unknown, "invoice items", "stripe_invoice_items", [
+            (report.unmapped, "charge(s) of customers not synced to Stripe: run `metering stripe sync`"),
+            (report.blocked, "item(s) blocked: no live subscription and the period's invoice is final "
+                             "(stripe_invoice_items WHERE status = 'blocked' says how to invoice them by hand)"),
+            (report.held, "difference(s) held: they come to a credit in periods with usage Stripe never billed "
+                          "(late windows in stripe_push_ledger); credit or bill them by hand"),
+            (report.other_version, "usage charge(s) of a plan version the Stripe subscription is not on: Stripe "
+                                   "bills that usage at the subscription's price (reconciliation shows the difference)")])
 
 
 @click.command("push")
