@@ -10,8 +10,8 @@ How exactly-once holds across re-runs and crashes:
    the row is marked `done` leaves it `pending`; the next run first re-reads the invoice from
    Stripe (GET) and, if the earlier call took effect (paid or uncollectible; for a retry, a payment
    event Stripe stamped with our key: never attempt_count, which our charge does not move), records
-   it without calling again; otherwise it calls again with the same key. So a declined retry is never charged again, even
-   after Stripe's 24-hour idempotency window.
+   it without calling again; otherwise it calls again with the same key. So a declined retry is
+   never charged again, even after Stripe's 24-hour idempotency window.
 4. The row is then marked `done` (or `rejected` when Stripe refuses the request for good). A row
    that cannot complete (an outage; a reminder that cannot be built or written) stays `pending`
    with its error and is reported; the run goes on with the other invoices.
