@@ -1,8 +1,5 @@
-"""Exact conversion between a currency's major unit (decimal text) and Stripe's integer minor units.
-
-Stripe's list of zero-decimal and three-decimal currencies
-(docs: currencies#zero-decimal, currencies#three-decimal); every other currency has two places.
-"""
+"""Exact conversion between a currency's major unit (decimal text) and Stripe's integer minor units
+(the digits of each currency: `metering.currency`)."""
 
 from __future__ import annotations
 
@@ -10,22 +7,10 @@ from decimal import Decimal, InvalidOperation
 
 import polars as pl
 
-ZERO_DECIMAL = frozenset(
-    "bif clp djf gnf jpy kmf krw mga pyg rwf ugx vnd vuv xaf xof xpf".split()
-)
-THREE_DECIMAL = frozenset("bhd jod kwd omr tnd".split())
+from metering.currency import DIGITS as _DIGITS
+from metering.currency import minor_digits
 
-_DIGITS = {code: 0 for code in ZERO_DECIMAL} | {code: 3 for code in THREE_DECIMAL}
-
-
-def minor_digits(currency: str) -> int:
-    """Number of decimal places of the currency's minor unit (0, 2 or 3)."""
-    code = currency.lower()
-    if code in ZERO_DECIMAL:
-        return 0
-    if code in THREE_DECIMAL:
-        return 3
-    return 2
+__all__ = ["format_minor", "minor_digits", "minor_to_text_expr", "parse_major"]
 
 
 def parse_major(text: str, currency: str) -> int:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import json
 from dataclasses import dataclass
 
 import duckdb
@@ -89,4 +90,14 @@ def reconcile_period(
     with transaction(con):
         replace_rows(con, "usage_reconciliation", "billing_month = ?", [billing_month], usage, in_transaction=True)
         replace_rows(con, "invoice_reconciliation", "billing_month = ?", [billing_month], invoices, in_transaction=True)
+        # the settings that judged these rows, for the report's verdict (not the report writer's environment)
+        con.execute("INSERT OR REPLACE INTO reconciliation_runs VALUES (?, ?, ?)",
+                    [billing_month, now, json.dumps(settings.to_record(), sort_keys=True)])
     return ReconcileResult(billing_month, usage, invoices, settings)
+
+
+def stored_settings(con: duckdb.DuckDBPyConnection, billing_month: dt.date) -> ReconcileSettings | None:
+    """The settings the month's latest reconciliation ran with, None when it ran before migration 057."""
+    row = con.execute("SELECT settings FROM reconciliation_runs WHERE billing_month = ?",
+                      [billing_month.replace(day=1)]).fetchone()
+    return ReconcileSettings.from_record(json.loads(row[0])) if row else None

@@ -114,6 +114,19 @@ class ReconcileSettings:
             return f"{self.default_tolerance_minor} minor unit(s) per line, every currency"
         return "; ".join(f"{c}: {self.tolerance_for(c)} minor unit(s) per line" for c in names)
 
+    def to_record(self) -> dict[str, object]:
+        """What judges a reconciliation's rows (`reconciliation_runs.settings`); the pull's knobs aside."""
+        return {"tolerance_minor": dict(sorted(self.tolerance_minor.items())),
+                "default_tolerance_minor": self.default_tolerance_minor, "settle_seconds": self.settle_seconds,
+                "invoice_grace_seconds": self.invoice_grace_seconds,
+                "max_unexplained_minor": self.max_unexplained_minor}
+
+    @classmethod
+    def from_record(cls, record: dict[str, object]) -> ReconcileSettings:
+        """The settings `to_record` stored (the pull's knobs at their defaults)."""
+        return cls(**{k: record[k] for k in ("tolerance_minor", "default_tolerance_minor", "settle_seconds",
+                                             "invoice_grace_seconds", "max_unexplained_minor") if k in record})  # type: ignore[arg-type]
+
     @classmethod
     def from_env(cls) -> ReconcileSettings:
         raw = os.environ.get("METERING_RECON_TOLERANCE", "")

@@ -283,7 +283,12 @@ def load_report_data(
 ) -> ReportData:
     """Read the month's reconciliation (run `reconcile_period` first) and the dunning state of its invoices."""
     billing_month = billing_month.replace(day=1)
-    settings = settings or ReconcileSettings.from_env()
+    if settings is None:
+        # the settings that produced the rows: a report written later, or by someone else, gives the
+        # same verdict as the check did (it re-judged them by the writer's environment)
+        from metering.reconcile.run import stored_settings
+
+        settings = stored_settings(con, billing_month) or ReconcileSettings.from_env()
     lines = query_frame(
         con,
         f"SELECT {', '.join(USAGE_COLUMNS)} FROM usage_reconciliation WHERE billing_month = ? "
@@ -304,7 +309,7 @@ def load_report_data(
         finance = dunning_summary(dunning)
     return ReportData(
         billing_month=billing_month,
-        generated_at=generated_at or dt.datetime.now(dt.UTC),
+        generated_at=(generated_at or dt.datetime.now(dt.UTC)).astimezone(dt.UTC),   # shown with a Z
         settings=settings,
         lines=lines,
         invoices=invoices,

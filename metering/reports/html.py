@@ -261,9 +261,13 @@ def render_html(data: ReportData) -> str:
             {3, 4}))
     if data.dunning.height:
         cols = data.dunning.columns
-        # the cells as the CSV / XLSX give them: times in UTC whatever the session's TimeZone read them in
+        # the cells as the CSV / XLSX give them (times in UTC whatever the session's TimeZone read them
+        # in), but money in the invoice's currency: raw minor units beside the table above read 100x off
+        money = {"amount_due", "amount_paid", "amount_remaining"}
         out.append("<details><summary>Invoices in the dunning state table</summary>" + _table(
-            cols, [[escape(cell_text(v)) for v in row] for row in data.dunning.iter_rows()]) + "</details>")
+            cols, [[escape(fmt_money(v, r["currency"]) if c in money else cell_text(v)) for c, v in r.items()]
+                   for r in data.dunning.iter_rows(named=True)],
+            {i for i, c in enumerate(cols) if c in money}) + "</details>")
     else:
         out.append("<p>No invoices in dunning.</p>")
 

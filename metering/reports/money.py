@@ -4,14 +4,7 @@ from __future__ import annotations
 
 from decimal import Decimal
 
-# Stripe's zero-decimal currencies (docs: currencies#zero-decimal).
-ZERO_DECIMAL = frozenset(
-    "bif clp djf gnf jpy kmf krw mga pyg rwf ugx vnd vuv xaf xof xpf".split()
-)
-
-
-def minor_digits(currency: str | None) -> int:
-    return 0 if (currency or "").lower() in ZERO_DECIMAL else 2
+from metering.currency import minor_digits   # three-decimal ones too: the dunning figures' digits
 
 
 def to_major(minor: int | None, currency: str | None) -> Decimal | None:

@@ -8,6 +8,7 @@ import json
 from dataclasses import dataclass, field
 from decimal import Decimal
 
+from metering import currency
 from metering.rules.meters import Meter
 
 USAGE_MODELS = ("per_unit", "graduated", "volume", "package")
@@ -17,8 +18,7 @@ ROUNDING_MODES = ("half_up", "half_even")
 
 # ISO 4217 codes Stripe charges in, by number of minor-unit digits. Three-decimal currencies
 # (BHD, KWD, ...) are left out on purpose: `rated_usage.amount` is DECIMAL(38, 2).
-ZERO_DECIMAL = ("bif", "clp", "djf", "gnf", "jpy", "kmf", "krw", "mga", "pyg", "rwf", "ugx", "vnd", "vuv",
-                "xaf", "xof", "xpf")
+ZERO_DECIMAL = tuple(sorted(currency.ZERO_DECIMAL))
 TWO_DECIMAL = ("usd", "eur", "gbp", "chf", "cad", "aud", "nzd", "sek", "nok", "dkk", "pln", "czk", "huf",
                "ron", "bgn", "brl", "mxn", "inr", "sgd", "hkd", "cny", "zar", "ils", "try", "thb", "myr",
                "php", "idr", "twd", "aed", "sar")

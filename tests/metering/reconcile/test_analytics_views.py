@@ -209,3 +209,28 @@ def test_invoice_lines_carry_their_invoices_status(isolated_env, rules_dir):
         con.close()
     assert statuses["in_cus_a"] == "void" and {s for i, s in statuses.items() if i != "in_cus_a"} == {"paid"}
     assert billed == totals
+
+
+def test_invoice_lines_show_a_void_the_webhooks_told_after_the_pull(isolated_env, rules_dir):
+    """The pull saw in_cus_a open; Stripe voided it later and the webhook state says so. The view kept
+    the pull's `open`, so `WHERE invoice_status <> 'void'` added up 100 that reconciliation leaves out
+    (audit). The state's status wins when it has moved further, as in reconciliation."""
+    with warehouse.open_warehouse() as con:
+        write_scenario(con)
+        con.execute("UPDATE stripe_invoices_api SET status = 'open' WHERE invoice_id IN ('in_cus_a', 'in_cus_b')")
+        con.execute("INSERT INTO stripe_invoices (invoice_id, customer_id, status, currency, amount_due, amount_paid, "
+                    "amount_remaining, total) VALUES ('in_cus_a', 'cus_a', 'void', 'usd', 100, 0, 0, 100), "
+                    "('in_cus_b', 'cus_b', 'draft', 'usd', 125, 0, 125, 125)")   # behind its pull: the pull's stands
+        reconcile_period(con, MONTH, settings=ReconcileSettings(), meters=load_meters(rules_dir), now=PULLED)
+        snapshot = warehouse.publish(con=con)
+    con = duckdb.connect(str(snapshot), read_only=True)
+    try:
+        statuses = dict(con.execute("SELECT invoice_id, any_value(invoice_status) FROM analytics.stripe_invoice_lines "
+                                    "GROUP BY 1").fetchall())
+        billed = con.execute("SELECT sum(amount) FROM analytics.stripe_invoice_lines "
+                             "WHERE invoice_status <> 'void'").fetchone()[0]
+        totals = con.execute("SELECT sum(stripe_total_minor) FROM analytics.invoice_reconciliation").fetchone()[0]
+    finally:
+        con.close()
+    assert (statuses["in_cus_a"], statuses["in_cus_b"]) == ("void", "open")
+    assert billed == totals

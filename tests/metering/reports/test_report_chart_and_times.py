@@ -106,7 +106,9 @@ def _dunning_html_rows(page: str) -> list[list[str]]:
 
 @pytest.mark.parametrize("zone", ["America/Los_Angeles", "Asia/Tokyo"])
 def test_dunning_times_are_utc_in_any_session_zone(reconciled_warehouse, tmp_path, zone):
-    """The HTML's dunning cells are the CSV's, cell for cell: UTC `...Z`, whatever the session's TimeZone."""
+    """The HTML's dunning cells are the CSV's, cell for cell: UTC `...Z`, whatever the session's TimeZone;
+    but money in the invoice's currency (raw minor units, 280 for 2.80 USD, sat beside the formatted
+    table above them: audit)."""
     with warehouse.open_warehouse(reconciled_warehouse) as con:
         con.execute("UPDATE dunning_state SET next_payment_attempt = ? WHERE invoice_id = 'in_cus_c'", [NEXT_ATTEMPT])
         con.execute(f"SET TimeZone = '{zone}'")
@@ -116,5 +118,11 @@ def test_dunning_times_are_utc_in_any_session_zone(reconciled_warehouse, tmp_pat
     assert cus_c[header.index("next_payment_attempt")] == "2026-10-16T01:00:00Z"
     assert cus_c[header.index("first_failed_at")] == "2026-11-01T02:00:00Z"
     assert cus_c[header.index("evaluated_at")] == "2026-11-02T09:30:00Z"
+    assert [cus_c[header.index(c)] for c in ("amount_due", "amount_paid", "amount_remaining")] == [
+        "2.80 USD", "0.00 USD", "2.80 USD"]
     with open(files.folder / "dunning_invoices.csv", newline="") as fh:
-        assert rows == list(csv.reader(fh))
+        written = list(csv.reader(fh))
+    money = [header.index(c) for c in ("amount_due", "amount_paid", "amount_remaining")]
+    assert [[c for i, c in enumerate(r) if i not in money] for r in rows] == [
+        [c for i, c in enumerate(r) if i not in money] for r in written]
+    assert next(r for r in written[1:] if r[0] == "in_cus_c")[money[0]] == "280"   # the CSV keeps minor units

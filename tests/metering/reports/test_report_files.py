@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import datetime as dt
 import re
 from pathlib import Path
 
@@ -168,6 +169,51 @@ def test_the_reports_verdict_is_the_blocking_checks(reconciled_warehouse, tmp_pa
     assert summary[("unexplained_minor", "usd")] == 115 + 1000
     html = files.html.read_text()
     assert re.findall(r"Blocking check for USD: [^<]*", html) == ["Blocking check for USD: FAILED (unexplained 11.15 USD)."]
+
+
+def test_a_report_written_later_judges_by_the_settings_the_rows_were_reconciled_with(isolated_env, tmp_path,
+                                                                                      monkeypatch):
+    """The demo reconciles with a threshold of 10^15 (passed); `metering report` run afterwards judged the
+    same rows by the writer's environment (threshold 0): FAILED, and it printed settings the check never
+    used (audit). The report reads the settings the month's reconciliation stored."""
+    import sys
+
+    from metering.reconcile.run import reconcile_period
+    from metering.reconcile.settings import ReconcileSettings
+    from metering.rules.meters import load_meters
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "reconcile"))   # the reconcile tests' scenario
+    from recon_scenario import MONTH as SCENARIO_MONTH, PULLED, write_scenario
+
+    with warehouse.open_warehouse() as con:
+        write_scenario(con)
+        reconcile_period(con, SCENARIO_MONTH, meters=load_meters(),
+                         settings=ReconcileSettings(max_unexplained_minor=10**15, settle_seconds=0), now=PULLED)
+        monkeypatch.setenv("METERING_RECON_MAX_UNEXPLAINED_MINOR", "0")
+        files = write_report(con, SCENARIO_MONTH, tmp_path / "out", generated_at=NOW)
+    html = files.html.read_text()
+    assert re.findall(r"Blocking check for USD: [^<(]*", html) == ["Blocking check for USD: passed "]
+    summary = dict(((m, c), v) for m, c, v in list(openpyxl.load_workbook(files.xlsx, read_only=True)["summary"]
+                                                      .iter_rows(values_only=True))[1:])
+    assert (summary[("max_unexplained_minor", None)], summary[("settle_seconds", None)]) == (10**15, 0)
+
+
+def test_the_generation_time_is_shown_in_utc(reconciled_warehouse, tmp_path):
+    """A time given in another zone was printed as if it were UTC (its wall time with a Z)."""
+    tokyo = dt.timezone(dt.timedelta(hours=9))
+    with warehouse.open_warehouse(reconciled_warehouse) as con:
+        files = write_report(con, MONTH, tmp_path / "out", generated_at=NOW.astimezone(tokyo))
+    assert NOW.strftime("Generated %Y-%m-%d %H:%M:%S UTC") in files.html.read_text()
+
+
+@pytest.mark.parametrize("currency, minor, text", [("kwd", 1234, "1.234 KWD"), ("jpy", 1234, "1,234 JPY")])
+def test_the_report_and_dunning_agree_on_a_currencys_digits(currency, minor, text):
+    """Kuwaiti dinar has three decimal places: the report showed 12.34 KWD where dunning wrote 1.234 (audit)."""
+    from metering.dunning.money import format_minor
+    from metering.reports.money import fmt_money
+
+    assert fmt_money(minor, currency) == text
+    assert format_minor(minor, currency) == text.split(" ")[0].replace(",", "")
 
 
 def _items(con, customer: str, not_in_stripe: int, items: int, pending: int) -> None:
