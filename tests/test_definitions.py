@@ -98,3 +98,17 @@ def test_every_warehouse_job_publishes_the_analyst_snapshot_last():
     assert {job.name for job in jobs} >= {"ingest_job", "hourly_usage_job", "billing_job", "reconciliation_job",
                                           "stripe_state_job", "dunning_job"}
     assert missing == set()
+
+
+def test_the_instance_ends_a_run_whose_worker_died(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A run whose worker was killed stays STARTED (the default launcher cannot check a worker): with
+    no runtime limit it held the one writer slot for ever (audit). The shipped dagster.yaml sets one,
+    and frees a slot 300 s after a run ends."""
+    import shutil
+
+    shutil.copy(Path(__file__).resolve().parents[1] / "dagster.yaml", tmp_path / "dagster.yaml")
+    monkeypatch.chdir(tmp_path)   # its storage paths are relative to the repo root
+    with dg.DagsterInstance.from_config(str(tmp_path)) as instance:
+        assert instance.run_monitoring_enabled
+        assert 0 < instance.run_monitoring_max_runtime_seconds <= 24 * 3600
+        assert instance.run_monitoring_settings["free_slots_after_run_end_seconds"] == 300
