@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+from pathlib import Path
 from datetime import datetime, timedelta, timezone
 
 import dagster as dg
@@ -697,3 +698,23 @@ def test_a_given_up_file_renamed_still_holds_the_later_ones(world):
         tick = world.tick(tick.cursor)
         assert tick.requests == [] and "wait for an operator" in tick.data.skip_message
     assert _cursor(tick)["files"][str(moved)]["status"] == "gave_up"
+
+
+def test_a_large_backlog_is_requested_in_capped_batches_in_arrival_order(world, monkeypatch):
+    """A tick hashes and peeks every file it requests: 14 files of 3M gzip events took 117 s, past
+    Dagster's 60 s sensor timeout, and a timed-out tick saves no cursor, so every tick timed out again
+    (audit). A request takes at most MAX_REQUEST_BYTES (one file at least); the rest wait their turn."""
+    from pipelines.defs.ingest import sensors
+
+    paths = [world.write_usage(f"{name}.jsonl", [(f"evt-{name}-{i}", 1) for i in range(3)]) for name in "abcde"]
+    monkeypatch.setattr(sensors, "MAX_REQUEST_BYTES", 2 * paths[0].stat().st_size)
+    tick = world.settle()
+    batches = []
+    for _ in range(8):
+        for request in tick.requests:
+            batches.append([Path(f).name for f in _files(request)])
+            assert world.run(request).success
+        tick = world.tick(tick.cursor)
+    assert batches == [["a.jsonl", "b.jsonl"], ["c.jsonl", "d.jsonl"], ["e.jsonl"]]
+    assert {e["status"] for e in _cursor(tick)["files"].values()} == {"done"}
+    assert world.billed("evt-e-2") == ("1", 0)
