@@ -136,7 +136,12 @@ def usage_events(
     Source: raw usage log files (JSON lines, gzip JSON lines, CSV, Parquet) dropped into `data/raw/`.
     Rejected rows go to `usage_quarantine` with a reason; each file is recorded in `ingested_files`.
     """
-    files = config.files or (expand_paths([paths.raw]) if paths.raw.exists() else [])
+    if not config.files and not paths.raw.is_dir():
+        # a mistyped ProjectPaths.raw_dir read as an empty folder: a green run, the partition marked
+        # materialized, nothing ingested
+        raise dg.Failure(description=f"the raw folder {paths.raw} does not exist or is not a folder "
+                                     f"(ProjectPaths.raw_dir): nothing to ingest")
+    files = config.files or expand_paths([paths.raw])
     run_partitions = list(context.partition_keys)  # one day, or a range in a single-run backfill
     meters = load_meters(paths.rules)
     now = _as_of(config.as_of)  # one instant for every file of the run

@@ -510,4 +510,5 @@ def raw_usage_files_sensor(context: dg.SensorEvaluationContext, paths: ProjectPa
         return dg.SensorResult(skip_reason=dg.SkipReason(f"holding {len(held)} new raw file(s): {why}"),
                                cursor=cursor)
     waiting = f"; waiting for {len(pending)} file(s) to stop changing" if pending else ""
-    return dg.SensorResult(skip_reason=dg.SkipReason(f"no new raw files in {raw}{waiting}"), cursor=cursor)
+    missing = "" if raw.is_dir() else " (the folder does not exist: check ProjectPaths.raw_dir)"
+    return dg.SensorResult(skip_reason=dg.SkipReason(f"no new raw files in {raw}{missing}{waiting}"), cursor=cursor)

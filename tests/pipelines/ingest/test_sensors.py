@@ -13,6 +13,7 @@ import dagster as dg
 import pytest
 
 from metering import warehouse as metering_warehouse
+from pipelines.defs.ingest.assets import usage_events
 from pipelines.defs.ingest.sensors import MAX_ATTEMPTS, RUN_KEY_TAG, SENSOR_NAME, SENSOR_NAME_TAG
 from pipelines.partitions import daily_usage
 
@@ -373,6 +374,13 @@ def test_sensor_skips_when_the_folder_is_missing(world):
     assert not world.raw.exists()
     tick = world.tick()
     assert tick.requests == [] and tick.data.skip_message.startswith("no new raw files")
+    assert "(the folder does not exist: check ProjectPaths.raw_dir)" in tick.data.skip_message
+    # materialized by hand, the asset fails (a green run marked the partition materialized: audit)
+    result = dg.materialize([usage_events], partition_key="2026-10-05", resources=world.resources(),
+                            instance=world.instance, raise_on_error=False)
+    assert not result.success
+    [failure] = [e for e in result.all_events if e.event_type_value == "STEP_FAILURE"]
+    assert f"the raw folder {world.raw} does not exist or is not a folder" in str(failure.event_specific_data)
 
 
 # --- Arrival order after a fault (I17): "the first version of an event ever ingested stays clean", so
