@@ -28,9 +28,31 @@ def test_daily_rating_rates_this_month_and_the_two_before():
     assert [r.partition_key for r in january] == ["2026-11-01", "2026-12-01", "2027-01-01"]
 
 
-def test_period_close_reconciles_the_previous_month_in_january_too():
+def test_period_close_reconciles_the_two_months_the_rating_still_changes_in_january_too():
+    """The daily rating and invoice items change the month before last too (late usage, anchored periods
+    that ended last month); reconciling last month only left those changes out of any report (audit)."""
     requests = _tick("period_close_schedule", dt.datetime(2027, 1, 2, 4, 0, tzinfo=dt.UTC))
-    assert [r.partition_key for r in requests] == ["2026-12-01"]
+    assert [r.partition_key for r in requests] == ["2026-11-01", "2026-12-01"]
+    assert len({r.run_key for r in requests}) == 2
+
+
+def test_hourly_usage_does_not_ask_again_for_a_day_whose_run_is_still_in_flight():
+    """Each hourly tick added runs of the same days while the earlier ones waited for the writer slot:
+    2, 4, 6 in-flight runs over three hours (audit). A day with a run queued or running is left out."""
+    schedule = defs.resolve_schedule_def("hourly_usage_schedule")
+    with dg.instance_for_test() as instance:
+        def tick(hour: int) -> list[str]:
+            context = dg.build_schedule_context(instance=instance, repository_def=defs.get_repository_def(),
+                                                 scheduled_execution_time=dt.datetime(2026, 11, 1, hour, 10,
+                                                                                      tzinfo=dt.UTC))
+            return [r.partition_key for r in schedule.evaluate_tick(context).run_requests or []]
+
+        assert tick(0) == ["2026-10-31", "2026-11-01"]
+        queued = instance.create_run_for_job(job_def=defs.resolve_job_def("hourly_usage_job"),
+                                             tags={"dagster/partition": "2026-11-01"})   # launched, not started
+        assert tick(1) == ["2026-10-31"]
+        instance.report_run_canceled(queued)
+        assert tick(2) == ["2026-10-31", "2026-11-01"]
 
 
 def test_invoice_items_bill_the_months_the_rating_closes_in_january_too():

@@ -118,8 +118,22 @@ def hourly_usage_schedule(context: dg.ScheduleEvaluationContext):
     recent = [(now.date() - dt.timedelta(days=1)).isoformat(), now.date().isoformat()]
     older = set(not_reaggregated(context.instance, now)) | set(unsettled_pushes(context.instance, now))
     late = sorted(day for day in older if day < recent[0])
+    # a day whose run is still queued or running is not asked for again: the hour in the run key made
+    # each tick add runs of the same days behind the one writer slot, without end while runs were slow
+    busy = in_flight_partitions(context.instance, hourly_usage_job.name)
     for day in [*late, *recent]:
-        yield dg.RunRequest(run_key=f"{now:%Y-%m-%dT%H}:{day}", partition_key=day)
+        if day not in busy:
+            yield dg.RunRequest(run_key=f"{now:%Y-%m-%dT%H}:{day}", partition_key=day)
+
+
+def in_flight_partitions(instance: dg.DagsterInstance, job_name: str) -> set[str]:
+    """The partition keys of `job_name`'s runs not yet finished (queued, starting, running, canceling)."""
+    runs = instance.get_runs(filters=dg.RunsFilter(job_name=job_name, statuses=IN_FLIGHT))
+    return {key for run in runs if (key := run.tags.get("dagster/partition"))}
+
+
+IN_FLIGHT = [dg.DagsterRunStatus.QUEUED, dg.DagsterRunStatus.NOT_STARTED, dg.DagsterRunStatus.STARTING,
+             dg.DagsterRunStatus.STARTED, dg.DagsterRunStatus.CANCELING]
 
 
 @dg.schedule(job_name="billing_job", cron_schedule="30 2 * * *", execution_timezone="UTC",
@@ -155,10 +169,14 @@ def invoice_items_schedule(context: dg.ScheduleEvaluationContext):
 @dg.schedule(job_name="reconciliation_job", cron_schedule="0 4 * * *", execution_timezone="UTC",
              default_status=SCHEDULE_STATUS)
 def period_close_schedule(context: dg.ScheduleEvaluationContext):
-    """Reconcile last month's billing periods against Stripe, after its grace period."""
+    """Reconcile last month's billing periods, and the month before's, against Stripe, after the
+    rating and the invoice items of the day: the daily rating and invoice items still change the month
+    before last (late usage, anchored periods that ended last month), and reconciling last month only
+    left those changes out of its finance report for good (I14)."""
     today = context.scheduled_execution_time.astimezone(dt.UTC).date()
-    month = _month_key(today.replace(day=1) - dt.timedelta(days=1))
-    return dg.RunRequest(run_key=f"{today}:{month}", partition_key=month)
+    last_month = today.replace(day=1) - dt.timedelta(days=1)
+    for month in (_month_key(last_month.replace(day=1) - dt.timedelta(days=1)), _month_key(last_month)):
+        yield dg.RunRequest(run_key=f"{today}:{month}", partition_key=month)
 
 
 defs = dg.Definitions(

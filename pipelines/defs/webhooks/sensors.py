@@ -82,6 +82,16 @@ def _follow_up(context: dg.SensorEvaluationContext, state: _Cursor) -> tuple[_Cu
     return retry, _request(context, state.run_key, retry.attempt, grown=0)
 
 
+def _in_flight(context: dg.SensorEvaluationContext, state: _Cursor) -> dg.DagsterRun | None:
+    """The run of the followed request if it exists and has not finished (or Dagster will retry it)."""
+    if not state.run_key:
+        return None
+    run = latest_run(context.instance, run_key_for(state.run_key, state.attempt), SENSOR_NAME)
+    if run is None or (run.is_finished and not run.is_complete_and_waiting_to_retry):
+        return None
+    return run
+
+
 def build_landing_sensor(job: dg.UnresolvedAssetJobDefinition) -> dg.SensorDefinition:
     @dg.sensor(
         name=SENSOR_NAME,
@@ -98,6 +108,11 @@ def build_landing_sensor(job: dg.UnresolvedAssetJobDefinition) -> dg.SensorDefin
         state = read_cursor(context, _Cursor.loads) or _Cursor({})
         sizes = landing_sizes(landing_folder(paths))  # files removed from the folder drop out of the cursor
         grown = {name: size for name, size in sizes.items() if size > state.sizes.get(name, 0)}
+        if grown and (busy := _in_flight(context, state)):
+            # the run asked for is queued or running: another would pile up behind the writer slot (each
+            # also rebuilds the snapshot). The cursor keeps the old sizes, so the growth is asked for once
+            # that run has ended, and it lands everything new, as it reads from the stored offsets
+            return dg.SkipReason(f"landing files grew; waiting for landing run {busy.run_id} ({busy.status.value})")
         if grown:
             base = hashlib.sha256(json.dumps(sizes, sort_keys=True).encode()).hexdigest()[:16]
             context.update_cursor(_Cursor(sizes, base, 1).dumps())

@@ -123,6 +123,28 @@ def test_a_failed_landing_run_is_requested_again_until_the_sensor_gives_up(tmp_p
         assert len(_tick(sensor, instance, tmp_path, gave_up.cursor).run_requests) == 1
 
 
+def test_growth_while_the_landing_run_is_in_flight_waits_for_it(tmp_path: Path):
+    """A webhook between ticks requested another landing run while the first was still queued: 3 ticks,
+    3 runs in flight, each rebuilding the snapshot behind the one writer slot (audit). The sensor waits
+    for the run in flight, then asks once for what came meanwhile."""
+    sensor = location_defs.resolve_sensor_def("stripe_landing_sensor")
+    with dg.instance_for_test() as instance:
+        deliver(tmp_path, dunning_lifecycle()[:3])
+        first = _tick(sensor, instance, tmp_path, None)
+        [request] = first.run_requests
+        queued = instance.create_run_for_job(job_def=location_defs.resolve_job_def("stripe_state_job"),
+                                             tags={"dagster/run_key": request.run_key,
+                                                   "dagster/sensor_name": "stripe_landing_sensor"})
+        deliver(tmp_path, dunning_lifecycle()[3:5])
+        waiting = _tick(sensor, instance, tmp_path, first.cursor)
+        assert waiting.run_requests == [] and f"waiting for landing run {queued.run_id}" in waiting.skip_message
+        deliver(tmp_path, dunning_lifecycle()[5:])
+        assert _tick(sensor, instance, tmp_path, first.cursor).run_requests == []
+        instance.report_run_canceled(queued)
+        [after] = _tick(sensor, instance, tmp_path, first.cursor).run_requests
+        assert after.run_key != request.run_key
+
+
 def test_a_succeeded_landing_run_is_not_requested_again(tmp_path: Path):
     sensor = location_defs.resolve_sensor_def("stripe_landing_sensor")
     with dg.instance_for_test() as instance:
