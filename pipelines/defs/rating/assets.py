@@ -11,7 +11,11 @@ usage by time range. Late events for 2026-11-03 therefore mark both the 2026-10 
 still open) and the 2026-11 partition as changed.
 
 Versions: `code_version` of the rating assets includes the hash of the rules folder, so a price
-change marks every partition stale; each materialisation reports a `data_version` that hashes its
+change marks every partition stale. Dagster fixes a code version when the code location loads: it is
+the folder the location reads then ($METERING_RULES, else rating_rules/), so an edit shows after a
+reload, and a resource pointed at another folder (`ProjectPaths.rules_dir`, as `demo --rules` does)
+is not what it describes: each rated_usage materialization records the hash of the rules it rated
+with as `rules_hash` (the truth for that run), and every rated line carries its version's hash; each materialisation reports a `data_version` that hashes its
 output rows (minus `rated_at`), so unchanged inputs reproduce the same data version and identical
 rows, and changed inputs show up downstream.
 """
