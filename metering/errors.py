@@ -13,6 +13,8 @@
 
 from __future__ import annotations
 
+import errno
+
 EXIT_OK = 0
 EXIT_INTERNAL = 1
 EXIT_USAGE = 2
@@ -57,12 +59,19 @@ class WarehouseLockedError(MeteringError):
     exit_code = EXIT_LOCKED
 
 
+FULL_DISK = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
+
+
 def user_path_error(exc: OSError) -> BadInputError | None:
     """An OSError about a path the user chose (cannot create, not a folder, permission, read-only, full
-    disk) as bad input naming that path; None when the error names no path (a socket, say)."""
-    if exc.filename is None:
-        return None
+    disk) as bad input naming that path; a full disk even when the error names no path (a write or close
+    fails without one); None for anything else that names no path (a socket, say)."""
     why = exc.strerror or str(exc)
-    if exc.filename2 is not None:
-        return BadInputError(f"{exc.filename2}: cannot move {exc.filename} there: {why}")
+    if exc.filename is None:
+        if exc.errno in FULL_DISK:
+            return BadInputError(f"a file could not be written: {why} (free space on its disk and run the command "
+                                 "again: what was being written was not put in place)")
+        return None
+    if exc.filename2 is not None:   # a copy or a move (shutil, os.replace): the second path is the target
+        return BadInputError(f"{exc.filename2}: cannot write {exc.filename} there: {why}")
     return BadInputError(f"{exc.filename}: {why}")

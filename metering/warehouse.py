@@ -575,6 +575,11 @@ def _write_snapshot(tmp: Path, warehouse: str | os.PathLike[str] | None, con: du
             for file in views:
                 snap.execute(file.read_text())
             snap.execute("CHECKPOINT")
+        except duckdb.Error as exc:   # the copy's disk filling up as the views are written, say
+            failure = _failure_in_use(tmp, exc)
+            if failure is None:
+                raise
+            raise failure from exc
         finally:
             snap.close()
     return copied

@@ -25,7 +25,10 @@ production, with resources pointed at local services):
 
 Running it again is safe: the same seed writes the same files (ingest skips them by content hash),
 the push ledger sends nothing twice, the sandbox resumes from its state file, and every asset
-write is delete-then-insert. `--fresh` starts from empty state instead.
+write is delete-then-insert. `--fresh` starts from empty state instead. Except after a demo killed
+(SIGKILL, a power cut) rather than stopped: the local sandbox saves its state every 5 s, not before each
+answer, so it may have forgotten calls it acknowledged in its last seconds, which real Stripe never
+does; the re-run then reconciles those as differences. Start such a demo again with `--fresh`.
 
 This module lives in `pipelines/` (not `metering/`) because it drives Dagster.
 """

@@ -34,6 +34,7 @@ import pyarrow as pa
 from metering import config
 from metering.dunning.policy import LINE_BREAK, Template
 from metering.errors import BadInputError
+from metering.files import write_atomically
 from metering.logs import redact
 
 log = logging.getLogger(__name__)
@@ -95,14 +96,8 @@ def build_message(
 
 def write_message(folder: Path, msg_id: str, message: EmailMessage) -> str:
     """Write `<msg_id>.eml` atomically (temp file, fsync, rename). Returns the file name."""
-    folder.mkdir(parents=True, exist_ok=True)
     name = f"{msg_id}.eml"
-    tmp = folder / f".{name}.{os.getpid()}.tmp"
-    with open(tmp, "wb") as fh:
-        fh.write(message.as_bytes())
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, folder / name)
+    write_atomically(folder / name, message.as_bytes())
     return name
 
 

@@ -21,7 +21,8 @@ from metering import config
 from metering.dunning.money import minor_to_text_expr
 from metering.dunning.frames import conform
 from metering.dunning.state import IN_DUNNING, STATE_SCHEMA, TS, WRITTEN_OFF, utc
-from metering.warehouse import replace_rows
+from metering.files import replacing
+from metering.warehouse import replace_rows, transaction
 
 SUSPENDED_STATES = (IN_DUNNING, WRITTEN_OFF)
 SUSPENSION_SCHEMA: dict[str, pl.DataType] = {
@@ -67,16 +68,6 @@ def compute_suspensions(state: pl.DataFrame, ledger: pl.DataFrame, now: datetime
     return conform(out, SUSPENSION_SCHEMA).sort("stripe_customer", "currency")
 
 
-def _replace_file(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "wb") as fh:
-        fh.write(data)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
-
-
 def _iso(value: datetime | None) -> str | None:
     return value.isoformat().replace("+00:00", "Z") if value is not None else None
 
@@ -85,13 +76,13 @@ def publish_suspensions(
     con: duckdb.DuckDBPyConnection, suspensions: pl.DataFrame, now: datetime,
     folder: str | os.PathLike[str] | None = None,
 ) -> Path:
-    """Replace the `suspensions` table and the CSV/JSON files. Returns the folder written."""
-    replace_rows(con, "suspensions", "TRUE", [], suspensions)
+    """Replace the `suspensions` table and the CSV/JSON files, together: the files are written beside
+    theirs first and put in place, and the table replaced, only once both are written (a full disk once
+    left the table updated and the files, which the product reads, on the old list). Returns the folder."""
     target = published_dir(folder)
     text = suspensions.with_columns(
         pl.col("suspended_since", "published_at").dt.strftime("%Y-%m-%dT%H:%M:%S%.fZ")
     )
-    _replace_file(target / "suspensions.csv", text.write_csv().encode("utf-8"))
     document = {
         "published_at": _iso(utc(now)),
         "suspended": [
@@ -107,6 +98,9 @@ def publish_suspensions(
             for row in suspensions.iter_rows(named=True)
         ],
     }
-    _replace_file(target / "suspensions.json",
-                  (json.dumps(document, indent=2, sort_keys=True) + "\n").encode("utf-8"))
+    with transaction(con):
+        replace_rows(con, "suspensions", "TRUE", [], suspensions, in_transaction=True)
+        with replacing(target / "suspensions.csv") as csv_tmp, replacing(target / "suspensions.json") as json_tmp:
+            csv_tmp.write_bytes(text.write_csv().encode("utf-8"))
+            json_tmp.write_text(json.dumps(document, indent=2, sort_keys=True) + "\n", encoding="utf-8")
     return target

@@ -8,6 +8,8 @@ Entry point: `write_report(con, billing_month, out_dir=None)`; default folder
 from __future__ import annotations
 
 import datetime as dt
+import os
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -40,17 +42,24 @@ def write_report(
     settings: ReconcileSettings | None = None,
     generated_at: dt.datetime | None = None,
 ) -> ReportFiles:
-    """Write report.html, report.xlsx and <table>.csv for the month; returns their paths."""
+    """Write report.html, report.xlsx and <table>.csv for the month; returns their paths.
+
+    All of them or none: they are written into a staging folder inside the report folder, then moved
+    in (a full disk half way once left a new report.html beside the previous run's CSVs)."""
     data = load_report_data(con, billing_month, settings=settings, generated_at=generated_at)
     folder = Path(out_dir) if out_dir else default_folder(data.billing_month)
     folder.mkdir(parents=True, exist_ok=True)
-    return ReportFiles(
-        folder=folder,
-        html=write_html(data, folder / "report.html"),
-        xlsx=write_xlsx(data, folder / "report.xlsx"),
-        csvs=write_csvs(data, folder),
-        data=data,
-    )
+    staging = folder / f".staging.{os.getpid()}"
+    staging.mkdir(exist_ok=True)
+    try:
+        written = [write_html(data, staging / "report.html"), write_xlsx(data, staging / "report.xlsx"),
+                   *write_csvs(data, staging)]
+        for path in written:   # renames within one folder: they need no space
+            os.replace(path, folder / path.name)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    html, xlsx, *csvs = [folder / path.name for path in written]
+    return ReportFiles(folder=folder, html=html, xlsx=xlsx, csvs=csvs, data=data)
 
 
 __all__ = ["ReportFiles", "ReportData", "default_folder", "load_report_data", "write_report"]

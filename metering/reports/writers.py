@@ -4,26 +4,19 @@ from __future__ import annotations
 
 import csv
 import datetime as dt
-import os
 import re
 from pathlib import Path
 
 import xlsxwriter
 
+from metering.files import replacing, write_atomically
 from metering.reports.data import ReportData
 from metering.reports.html import render_html
 from metering.reports.tables import Cell, report_tables
 
 
-def _atomic_write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
-
-
 def write_html(data: ReportData, path: Path) -> Path:
-    _atomic_write_text(path, render_html(data))
-    return path
+    return write_atomically(path, render_html(data))
 
 
 def write_xlsx(data: ReportData, path: Path) -> Path:
@@ -33,24 +26,23 @@ def write_xlsx(data: ReportData, path: Path) -> Path:
     `generated_at` (not the wall clock), and the zip entries carry xlsxwriter's fixed 1980-01-01 stamp
     (in_memory: no temporary files whose mtime or local time zone could leak in).
     """
-    tmp = path.with_name(f".{path.name}.tmp")
-    book = xlsxwriter.Workbook(str(tmp), {"strings_to_numbers": False, "strings_to_formulas": False,
-                                          "strings_to_urls": False, "in_memory": True})
-    book.set_properties({"created": _naive_utc(data.generated_at)})
-    try:
-        bold = book.add_format({"bold": True, "bg_color": "#EEF2F6"})
-        for name, (header, rows) in report_tables(data).items():
-            sheet = book.add_worksheet(name)
-            sheet.write_row(0, 0, header, bold)
-            for i, row in enumerate(rows, start=1):
-                sheet.write_row(i, 0, [_summary_value(v) for v in row] if name == "summary" else row)
-            sheet.freeze_panes(1, 0)
-            for col, title in enumerate(header):
-                width = max([len(str(title))] + [len(str(r[col])) for r in rows[:200]])
-                sheet.set_column(col, col, min(max(width + 2, 8), 60))
-    finally:
-        book.close()
-    os.replace(tmp, path)
+    with replacing(path) as tmp:
+        book = xlsxwriter.Workbook(str(tmp), {"strings_to_numbers": False, "strings_to_formulas": False,
+                                              "strings_to_urls": False, "in_memory": True})
+        book.set_properties({"created": _naive_utc(data.generated_at)})
+        try:
+            bold = book.add_format({"bold": True, "bg_color": "#EEF2F6"})
+            for name, (header, rows) in report_tables(data).items():
+                sheet = book.add_worksheet(name)
+                sheet.write_row(0, 0, header, bold)
+                for i, row in enumerate(rows, start=1):
+                    sheet.write_row(i, 0, [_summary_value(v) for v in row] if name == "summary" else row)
+                sheet.freeze_panes(1, 0)
+                for col, title in enumerate(header):
+                    width = max([len(str(title))] + [len(str(r[col])) for r in rows[:200]])
+                    sheet.set_column(col, col, min(max(width + 2, 8), 60))
+        finally:
+            book.close()
     return path
 
 
@@ -95,11 +87,9 @@ def write_csvs(data: ReportData, folder: Path) -> list[Path]:
     paths = []
     for name, (header, rows) in report_tables(data).items():
         path = folder / f"{name}.csv"
-        tmp = path.with_name(f".{path.name}.tmp")
-        with open(tmp, "w", newline="", encoding="utf-8") as fh:
+        with replacing(path) as tmp, open(tmp, "w", newline="", encoding="utf-8") as fh:
             writer = csv.writer(fh)
             writer.writerow(header)
             writer.writerows([_csv_cell(c) for c in row] for row in rows)
-        os.replace(tmp, path)
         paths.append(path)
     return paths

@@ -69,6 +69,27 @@ def test_each_step_once_on_schedule_and_reruns_repeat_nothing(
     assert wh.execute("SELECT stripe_customer, invoice_ids FROM suspensions").fetchall() == [("cus_in_1", "in_1")]
 
 
+def test_the_suspension_list_and_its_files_change_together_or_not_at_all(
+    wh: duckdb.DuckDBPyConnection, no_stripe_policy: DunningPolicy, isolated_env: Path
+) -> None:
+    """The table was committed first, then the files written: a full disk left the `suspensions` table
+    on the new list and the files, which the product reads, on the old one, with a temporary file beside
+    them (audit). When one file cannot be put in place, neither is, nor is the table."""
+    from metering.dunning.run import run_dunning as run
+
+    put_invoice(wh, "in_1")
+    run(wh, None, no_stripe_policy, T0)
+    published_dir = isolated_env / "published"
+    before = {p.name: p.read_bytes() for p in published_dir.iterdir()}
+    (published_dir / "suspensions.json").unlink()
+    (published_dir / "suspensions.json").mkdir()          # the JSON cannot be put in place
+    with pytest.raises(OSError):
+        run(wh, None, no_stripe_policy, T0 + 14 * DAY)    # the suspension is due
+    assert wh.execute("SELECT count(*) FROM suspensions").fetchone() == (0,)
+    assert (published_dir / "suspensions.csv").read_bytes() == before["suspensions.csv"]
+    assert sorted(p.name for p in published_dir.iterdir()) == ["suspensions.csv", "suspensions.json"]
+
+
 def test_paying_ends_dunning_and_lifts_the_suspension(
     wh: duckdb.DuckDBPyConnection, no_stripe_policy: DunningPolicy, isolated_env: Path
 ) -> None:

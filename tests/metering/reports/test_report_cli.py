@@ -117,3 +117,35 @@ def test_reconcile_pull_without_key_is_bad_input(isolated_env):
     result = CliRunner().invoke(cli, ["reconcile", "--period", "2026-10"])
     assert result.exit_code == 3
     assert "STRIPE_API_KEY is not set" in result.output
+
+
+def _file_size_limit(limit: int):
+    """For a child process: files may not grow past `limit` bytes (a write past it fails with EFBIG, as a
+    full disk fails with ENOSPC), with the signal that would kill the process ignored."""
+    def set_limit() -> None:
+        import resource
+        import signal
+
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+    return set_limit
+
+
+def test_a_full_disk_leaves_the_previous_report_whole_and_says_so(reconciled_warehouse, tmp_path):
+    """A disk that filled up half way: a traceback (exit 1), a new report.html beside the previous run's
+    CSVs, and temporary files left behind (audit). Now exit 3 saying so, and the folder as it was."""
+    import os
+    import subprocess
+    import sys
+
+    out = tmp_path / "r"
+    assert CliRunner().invoke(cli, ["report", "--period", "2026-10", "--out", str(out)]).exit_code == 0
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    biggest = max(len(b) for b in before.values())
+    done = subprocess.run([sys.executable, "-c", "from metering.cli import main; main()", "report", "--period",
+                           "2026-10", "--out", str(out)], capture_output=True, text=True, timeout=120,
+                          env=os.environ.copy(), preexec_fn=_file_size_limit(biggest // 2))
+    assert done.returncode == 3, done.stderr
+    assert "error: a file could not be written: File too large (free space on its disk" in done.stderr
+    assert "Traceback" not in done.stderr
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before   # no temporary file, nothing replaced

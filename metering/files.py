@@ -1,0 +1,37 @@
+"""Plain files written whole or not at all: a temporary file beside the target, fsynced, then renamed
+over it; on any failure (a full disk, an interrupt) the temporary file is removed and the target is as
+it was. The one way the engine writes a file other code or people read (suspension lists, outbox
+messages, report files)."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+
+@contextmanager
+def replacing(path: Path) -> Iterator[Path]:
+    """Yield a temporary path beside `path` to write; once the block ends, it is fsynced and renamed over
+    `path`. If the block (or the sync) fails, the temporary file is removed and `path` is untouched."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        yield tmp
+        fd = os.open(tmp, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def write_atomically(path: Path, data: bytes | str) -> Path:
+    """Write `data` (text as UTF-8) to `path` whole or not at all; returns `path`."""
+    with replacing(path) as tmp:
+        tmp.write_bytes(data.encode("utf-8") if isinstance(data, str) else data)
+    return path
