@@ -96,20 +96,39 @@ class LandingWriter:
         with self._lock:
             received_at = self._clock()
             data = encode_record(body, headers, received_at)
+            start: int | None = None
             try:
                 fd = self._open_for(received_at.strftime("%Y%m%dT%H"))
+                start = os.fstat(fd).st_size
                 view = memoryview(data)
                 while view:  # a regular-file write is whole unless the disk is full or a signal hits
                     written = os.write(fd, view)
                     view = view[written:]
                 os.fsync(fd)
             except BaseException:
-                # The file may now end in a partial record: never append to it again.
-                self.close()
-                self._stem = self._stem.rsplit("-", 1)[0] + "-" + _secrets.token_hex(4)
+                self._cut_back(start)
                 raise
             assert self.current_path is not None
             return self.current_path, received_at
+
+    def _cut_back(self, start: int | None) -> None:
+        """After a failed append: cut the file back to `start` (its last whole record) so it can go on
+        being used, and remove it if that leaves it empty (a full disk used to leave one empty file per
+        failed delivery). If that fails too, the file may end in a partial record: it is never appended
+        to again (a new file name)."""
+        path, fd = self.current_path, self._fd
+        try:
+            if fd is None or start is None:
+                raise OSError("nothing to cut back")
+            os.ftruncate(fd, start)
+            os.fsync(fd)
+            if start == 0 and path is not None:
+                self.close()
+                path.unlink(missing_ok=True)
+                _fsync_dir(self.directory)
+        except OSError:
+            self.close()
+            self._stem = self._stem.rsplit("-", 1)[0] + "-" + _secrets.token_hex(4)
 
     def close(self) -> None:
         if self._fd is not None:

@@ -165,3 +165,40 @@ def test_a_writer_that_failed_mid_write_moves_to_a_new_file(tmp_path: Path):
         write(writer, body_of(event("evt_2", "invoice.created", 2, invoice("in_2"))))
     write(writer, body_of(event("evt_3", "invoice.created", 3, invoice("in_3"))))
     assert writer.current_path != first
+
+
+def test_a_full_disk_leaves_whole_records_and_no_empty_files(tmp_path: Path, con):
+    """A disk full (here files may not grow past a limit: writes fail with EFBIG as with ENOSPC): every
+    failed delivery used to leave a new empty landing file (20 deliveries, 20 files), and the file that
+    failed could end in a partial record. The failed append is cut back and an empty file removed."""
+    import subprocess
+    import sys
+
+    landing = tmp_path / "landing"
+    script = f"""
+import resource, signal, sys
+sys.path.insert(0, {str(Path(__file__).parent)!r})
+from webhook_payloads import body_of, event, invoice
+from metering.webhooks.inbox import LandingWriter
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+writer = LandingWriter({str(landing)!r})
+body = body_of(event("evt_0", "invoice.created", 1, invoice("in_0")))
+writer.append(body, {{}})
+resource.setrlimit(resource.RLIMIT_FSIZE, (len(body) * 5 // 2, len(body) * 5 // 2))
+results = []
+for i in range(1, 25):
+    try:
+        writer.append(body_of(event(f"evt_{{i}}", "invoice.created", i, invoice(f"in_{{i}}"))), {{}})
+        results.append("ok")
+    except OSError as exc:
+        results.append(exc.errno)
+print(results.count("ok"), len(results) - results.count("ok"))
+"""
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    appended, failed = map(int, done.stdout.split())
+    assert appended >= 1 and failed >= 20
+    files = landing_files(landing)
+    assert len(files) == 1 and all(f.stat().st_size > 0 for f in files)
+    stats = land_directory(con, landing)
+    assert (stats.records_read, stats.torn_files, stats.bad_records) == (1 + appended, 0, 0)
