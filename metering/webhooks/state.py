@@ -26,6 +26,8 @@ for every field. Money stays in integer minor units exactly as Stripe sends it.
 
 from __future__ import annotations
 
+import contextlib
+
 import json
 
 import duckdb
@@ -304,9 +306,10 @@ def _meter_map_table(con: duckdb.DuckDBPyConnection) -> str:
     return "(SELECT CAST(NULL AS VARCHAR) AS kind, CAST(NULL AS VARCHAR) AS our_key, CAST(NULL AS VARCHAR) AS stripe_id)"
 
 
-def rebuild_invoices(con: duckdb.DuckDBPyConnection) -> dict[str, int]:
-    """Rebuild `stripe_invoices` and the webhook-sourced rows of `stripe_invoice_lines`."""
-    with transaction(con):
+def rebuild_invoices(con: duckdb.DuckDBPyConnection, in_transaction: bool = False) -> dict[str, int]:
+    """Rebuild `stripe_invoices` and the webhook-sourced rows of `stripe_invoice_lines` (in the caller's
+    transaction with `in_transaction`)."""
+    with contextlib.nullcontext() if in_transaction else transaction(con):
         con.execute(f"CREATE OR REPLACE TEMP TABLE _wh_invoices AS {_INVOICE_SELECT}")
         con.execute("DELETE FROM stripe_invoices")
         invoices = con.execute(
@@ -319,17 +322,17 @@ def rebuild_invoices(con: duckdb.DuckDBPyConnection) -> dict[str, int]:
     return {"invoices": invoices, "invoice_lines": lines}
 
 
-def rebuild_subscriptions(con: duckdb.DuckDBPyConnection) -> dict[str, int]:
+def rebuild_subscriptions(con: duckdb.DuckDBPyConnection, in_transaction: bool = False) -> dict[str, int]:
     """Rebuild `stripe_subscriptions`."""
-    with transaction(con):
+    with contextlib.nullcontext() if in_transaction else transaction(con):
         con.execute("DELETE FROM stripe_subscriptions")
         rows = con.execute(f"INSERT INTO stripe_subscriptions BY NAME {_SUBSCRIPTION_SELECT}").fetchone()[0]
     return {"subscriptions": rows}
 
 
-def rebuild_payment_attempts(con: duckdb.DuckDBPyConnection) -> dict[str, int]:
+def rebuild_payment_attempts(con: duckdb.DuckDBPyConnection, in_transaction: bool = False) -> dict[str, int]:
     """Rebuild `stripe_payment_attempts`."""
-    with transaction(con):
+    with contextlib.nullcontext() if in_transaction else transaction(con):
         con.execute("DELETE FROM stripe_payment_attempts")
         rows = con.execute(
             f"INSERT INTO stripe_payment_attempts BY NAME {_ATTEMPTS_SELECT}", [list(PAYMENT_OUTCOMES)]
@@ -338,5 +341,8 @@ def rebuild_payment_attempts(con: duckdb.DuckDBPyConnection) -> dict[str, int]:
 
 
 def rebuild_state(con: duckdb.DuckDBPyConnection) -> dict[str, int]:
-    """Rebuild every state table; returns row counts."""
-    return {**rebuild_invoices(con), **rebuild_subscriptions(con), **rebuild_payment_attempts(con)}
+    """Rebuild every state table, in one transaction (a process killed between them left the tables
+    built from different landings for whatever read them next); returns row counts."""
+    with transaction(con):
+        return {**rebuild_invoices(con, True), **rebuild_subscriptions(con, True),
+                **rebuild_payment_attempts(con, True)}

@@ -102,6 +102,25 @@ def test_the_state_keeps_whether_stripe_will_finalize_a_draft(con, tmp_path: Pat
         ("in_A", True), ("in_H", False)]
 
 
+def test_the_state_tables_are_rebuilt_together_or_not_at_all(con, tmp_path: Path):
+    """Three transactions: a failure (a kill) after the invoices left them rebuilt from newer landings
+    than the subscriptions and payment attempts (audit). One transaction now."""
+    import duckdb
+
+    land(con, tmp_path, [dunning_lifecycle()[:4]])
+    before = con.execute("SELECT * FROM stripe_invoices ORDER BY ALL").fetchall()
+    land_more = tmp_path / "more"
+    writer = LandingWriter(land_more)
+    for payload in dunning_lifecycle()[4:]:
+        writer.append(body_of(payload), {})
+    writer.close()
+    land_directory(con, land_more)
+    con.execute("ALTER TABLE stripe_payment_attempts RENAME TO attempts_aside")   # the last rebuild fails
+    with pytest.raises(duckdb.Error):
+        rebuild_state(con)
+    assert con.execute("SELECT * FROM stripe_invoices ORDER BY ALL").fetchall() == before
+
+
 def test_a_deleted_draft_leaves_the_state(con, tmp_path: Path):
     draft = invoice("in_D", status="draft")
     land(con, tmp_path, [[event("evt_d2", "invoice.deleted", START + 5, draft), event("evt_d1", "invoice.created", START, draft)]])
