@@ -97,25 +97,28 @@ class LandingWriter:
             received_at = self._clock()
             data = encode_record(body, headers, received_at)
             start: int | None = None
+            view = memoryview(data)
             try:
                 fd = self._open_for(received_at.strftime("%Y%m%dT%H"))
                 start = os.fstat(fd).st_size
-                view = memoryview(data)
                 while view:  # a regular-file write is whole unless the disk is full or a signal hits
                     written = os.write(fd, view)
                     view = view[written:]
                 os.fsync(fd)
             except BaseException:
-                self._cut_back(start)
+                # only a record that never reached the file whole is cut off: a whole one (its fsync
+                # failed) may already have been read by a landing run, whose stored offset is past it
+                self._cut_back(start if view else None)
                 raise
             assert self.current_path is not None
             return self.current_path, received_at
 
     def _cut_back(self, start: int | None) -> None:
-        """After a failed append: cut the file back to `start` (its last whole record) so it can go on
+        """After a failed append that left at most part of its record: cut the file back to `start` (its
+        last whole record; no reader is past it, as a partial record has no line end) so it can go on
         being used, and remove it if that leaves it empty (a full disk used to leave one empty file per
-        failed delivery). If that fails too, the file may end in a partial record: it is never appended
-        to again (a new file name)."""
+        failed delivery). Otherwise (`start` None: the record is whole, or the cut fails) the file is
+        never appended to again (a new file name), as a reader may have read up to its end."""
         path, fd = self.current_path, self._fd
         try:
             if fd is None or start is None:

@@ -202,3 +202,36 @@ print(results.count("ok"), len(results) - results.count("ok"))
     assert len(files) == 1 and all(f.stat().st_size > 0 for f in files)
     stats = land_directory(con, landing)
     assert (stats.records_read, stats.torn_files, stats.bad_records) == (1 + appended, 0, 0)
+
+
+def test_a_whole_record_whose_fsync_failed_is_never_cut_off_under_a_reader(tmp_path: Path, con, monkeypatch):
+    """Review: the record reached the file whole and only its fsync failed; a landing run read it
+    meanwhile and stored an offset past it. Cutting the file back put the next records below that
+    offset, and they were never landed. Such a file is left as it is and the writer moves on."""
+    import os
+
+    from metering.webhooks import inbox
+
+    landing = tmp_path / "landing"
+    writer = LandingWriter(landing)
+    write(writer, body_of(event("evt_a", "invoice.created", 1, invoice("in_a"))))
+    real_fsync = os.fsync
+
+    calls = []
+
+    def land_then_fail(fd: int) -> None:   # a landing run reads the file before the fsync fails, once
+        calls.append(fd)
+        if len(calls) > 1:
+            return real_fsync(fd)
+        land_directory(con, landing)
+        raise OSError(5, "Input/output error")
+
+    monkeypatch.setattr(inbox.os, "fsync", land_then_fail)
+    with pytest.raises(OSError):
+        write(writer, body_of(event("evt_b", "invoice.created", 2, invoice("in_b"))))
+    monkeypatch.setattr(inbox.os, "fsync", real_fsync)
+    write(writer, body_of(event("evt_c", "invoice.created", 3, invoice("in_c"))),
+          body_of(event("evt_d", "invoice.created", 4, invoice("in_d"))))
+    land_directory(con, landing)
+    landed = con.execute("SELECT list(event_id ORDER BY event_id) FROM stripe_webhook_events").fetchone()[0]
+    assert landed == ["evt_a", "evt_b", "evt_c", "evt_d"]
