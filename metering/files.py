@@ -15,18 +15,32 @@ from pathlib import Path
 def replacing(path: Path) -> Iterator[Path]:
     """Yield a temporary path beside `path` to write; once the block ends, it is fsynced and renamed over
     `path`. If the block (or the sync) fails, the temporary file is removed and `path` is untouched."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
+    with replacing_all([path]) as (tmp,):
         yield tmp
-        fd = os.open(tmp, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(tmp, path)
+
+
+@contextmanager
+def replacing_all(paths: list[Path]) -> Iterator[tuple[Path, ...]]:
+    """`replacing` for several files that change together: all are written and fsynced before any is
+    renamed, and the renames (which need no space) come only once the block has ended without error, so
+    work the block does after writing them (a commit) decides whether any is put in place."""
+    temps = []
+    try:
+        for path in paths:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            temps.append(path.with_name(f".{path.name}.{os.getpid()}.tmp"))
+        yield tuple(temps)
+        for tmp in temps:
+            fd = os.open(tmp, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        for tmp, path in zip(temps, paths):
+            os.replace(tmp, path)
     except BaseException:
-        tmp.unlink(missing_ok=True)
+        for tmp in temps:
+            tmp.unlink(missing_ok=True)
         raise
 
 

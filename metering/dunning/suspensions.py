@@ -21,8 +21,8 @@ from metering import config
 from metering.dunning.money import minor_to_text_expr
 from metering.dunning.frames import conform
 from metering.dunning.state import IN_DUNNING, STATE_SCHEMA, TS, WRITTEN_OFF, utc
-from metering.files import replacing
-from metering.warehouse import replace_rows, transaction
+from metering.files import replacing_all
+from metering.warehouse import replace_rows
 
 SUSPENDED_STATES = (IN_DUNNING, WRITTEN_OFF)
 SUSPENSION_SCHEMA: dict[str, pl.DataType] = {
@@ -77,8 +77,8 @@ def publish_suspensions(
     folder: str | os.PathLike[str] | None = None,
 ) -> Path:
     """Replace the `suspensions` table and the CSV/JSON files, together: the files are written beside
-    theirs first and put in place, and the table replaced, only once both are written (a full disk once
-    left the table updated and the files, which the product reads, on the old list). Returns the folder."""
+    theirs, then the table committed, then the files put in place (a full disk once left the table
+    updated and the files, which the product reads, on the old list). Returns the folder."""
     target = published_dir(folder)
     text = suspensions.with_columns(
         pl.col("suspended_since", "published_at").dt.strftime("%Y-%m-%dT%H:%M:%S%.fZ")
@@ -98,9 +98,10 @@ def publish_suspensions(
             for row in suspensions.iter_rows(named=True)
         ],
     }
-    with transaction(con):
-        replace_rows(con, "suspensions", "TRUE", [], suspensions, in_transaction=True)
-        with replacing(target / "suspensions.csv") as csv_tmp, replacing(target / "suspensions.json") as json_tmp:
-            csv_tmp.write_bytes(text.write_csv().encode("utf-8"))
-            json_tmp.write_text(json.dumps(document, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    # both files written first, the table committed, and only then the files put in place: a commit
+    # that fails (a full disk meets the log there first) leaves the files as they were too
+    with replacing_all([target / "suspensions.csv", target / "suspensions.json"]) as (csv_tmp, json_tmp):
+        csv_tmp.write_bytes(text.write_csv().encode("utf-8"))
+        json_tmp.write_text(json.dumps(document, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+        replace_rows(con, "suspensions", "TRUE", [], suspensions)
     return target

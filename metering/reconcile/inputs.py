@@ -305,7 +305,9 @@ def further_in_state_sql(con: duckdb.DuckDBPyConnection) -> str | None:
     pull (draft -> open -> uncollectible -> void / paid, as the state itself ranks them): Stripe voided
     or paid the invoice since, which re-reconciling with --no-pull (or the asset alone) took from the
     pull as it stood. A status only moves forward, so no clock is compared (a pull's time may be a test
-    clock's). None when the warehouse has no webhook state."""
+    clock's). Not when the pull saw a draft: a draft's lines still change (late usage lands on it), and
+    the lines are the pull's, so the invoice stays a draft (pending) until it is pulled again. None when
+    the warehouse has no webhook state."""
     if not {"invoice_id", "status"} <= table_columns(con, "stripe_invoices"):
         return None
     return f"""
@@ -313,6 +315,7 @@ def further_in_state_sql(con: duckdb.DuckDBPyConnection) -> str | None:
         JOIN (SELECT invoice_id, arg_max(status, pulled_at) AS status FROM stripe_invoices_api GROUP BY invoice_id) a
           ON a.invoice_id = w.invoice_id
         WHERE {rank_case("w.status", INVOICE_STATUS_RANK)} > {rank_case("a.status", INVOICE_STATUS_RANK)}
+          AND a.status <> 'draft'
     """
 
 

@@ -5,16 +5,19 @@
 -- invoice_status: of the invoice (draft | open | paid | uncollectible | void), from the same source,
 -- except that the webhook state's wins when it has moved further than the pull (voided or paid since:
 -- draft < open < uncollectible < void < paid, metering.webhooks.state.INVOICE_STATUS_RANK), as in
--- reconciliation: a void invoice's lines are listed but bill nothing (reconciliation leaves them out;
--- filter them with `WHERE invoice_status <> 'void'` to add up what Stripe bills). period_start / period_end: UTC,
+-- reconciliation (not over a pulled draft, whose lines may have changed since): a void invoice's lines
+-- are listed but bill nothing (reconciliation leaves them out, and a draft Stripe will not finalize:
+-- auto_advance false in stripe_invoices_api / stripe_invoices; filter them with
+-- `WHERE invoice_status <> 'void'` to add up what Stripe bills). period_start / period_end: UTC,
 -- without a time zone (Stripe's instants, converted explicitly), so they cast to the UTC date and compare
 -- with the DATE periods of the other views in any session time zone.
 CREATE OR REPLACE VIEW analytics.stripe_invoice_lines AS
 WITH lines AS (
     SELECT l.invoice_id, l.line_id, l.customer_id, l.meter, l.price_id, l.quantity_decimal, l.amount, l.currency,
            l.period_start, l.period_end, l.invoice_item, l.metering_item, 'api' AS source,
-           (SELECT CASE WHEN list_position(['draft', 'open', 'uncollectible', 'void', 'paid'], w.status)
-                             > list_position(['draft', 'open', 'uncollectible', 'void', 'paid'], h.status)
+           (SELECT CASE WHEN h.status <> 'draft'
+                             AND list_position(['draft', 'open', 'uncollectible', 'void', 'paid'], w.status)
+                                 > list_position(['draft', 'open', 'uncollectible', 'void', 'paid'], h.status)
                         THEN w.status ELSE h.status END
             FROM main.stripe_invoices_api h LEFT JOIN main.stripe_invoices w ON w.invoice_id = h.invoice_id
             WHERE h.invoice_id = l.invoice_id ORDER BY h.pulled_at DESC LIMIT 1) AS invoice_status

@@ -4,6 +4,7 @@ lifted, catch-up after an outage, and a crash (SIGKILL) between the ledger write
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import textwrap
@@ -74,20 +75,29 @@ def test_the_suspension_list_and_its_files_change_together_or_not_at_all(
 ) -> None:
     """The table was committed first, then the files written: a full disk left the `suspensions` table
     on the new list and the files, which the product reads, on the old one, with a temporary file beside
-    them (audit). When one file cannot be put in place, neither is, nor is the table."""
+    them (audit). The files are written first, the table committed, then the files put in place: a
+    table write that fails (a full disk meets DuckDB's log at the commit) leaves the files as they were,
+    and a file that cannot be written leaves the table as it was."""
+    import duckdb as ddb
+
     from metering.dunning.run import run_dunning as run
 
     put_invoice(wh, "in_1")
     run(wh, None, no_stripe_policy, T0)
     published_dir = isolated_env / "published"
     before = {p.name: p.read_bytes() for p in published_dir.iterdir()}
-    (published_dir / "suspensions.json").unlink()
-    (published_dir / "suspensions.json").mkdir()          # the JSON cannot be put in place
-    with pytest.raises(OSError):
+    wh.execute("ALTER TABLE suspensions RENAME TO suspensions_aside")   # the table write fails
+    with pytest.raises(ddb.Error):
         run(wh, None, no_stripe_policy, T0 + 14 * DAY)    # the suspension is due
+    assert {p.name: p.read_bytes() for p in published_dir.iterdir()} == before   # no temporary file either
+    wh.execute("ALTER TABLE suspensions_aside RENAME TO suspensions")
+    blocker = published_dir / f".suspensions.json.{os.getpid()}.tmp"
+    blocker.mkdir()                                       # the JSON cannot be written
+    with pytest.raises(OSError):
+        run(wh, None, no_stripe_policy, T0 + 15 * DAY)
+    blocker.rmdir()
     assert wh.execute("SELECT count(*) FROM suspensions").fetchone() == (0,)
-    assert (published_dir / "suspensions.csv").read_bytes() == before["suspensions.csv"]
-    assert sorted(p.name for p in published_dir.iterdir()) == ["suspensions.csv", "suspensions.json"]
+    assert {p.name: p.read_bytes() for p in published_dir.iterdir()} == before
 
 
 def test_paying_ends_dunning_and_lifts_the_suspension(

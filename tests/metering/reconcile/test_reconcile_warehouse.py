@@ -769,6 +769,23 @@ def test_webhook_state_further_than_the_pull_gives_the_invoices_status(
         assert result.unexplained_minor() == {"usd": 125}
 
 
+def test_a_pulled_draft_stays_a_draft_until_pulled_again_whatever_the_state_says(isolated_env, rules_dir):
+    """Review: the pull saw in_cus_a a draft with 1500 calls; late usage then landed on it (2000 calls) and
+    Stripe finalized and paid it. The state's `paid` with the pull's stale lines made the usage row
+    matched at 1500 and blamed the 50 on a discount. A pulled draft stands: pending until re-pulled."""
+    with warehouse.open_warehouse() as con:
+        write_scenario(con)
+        con.execute("UPDATE stripe_invoices_api SET status = 'draft', auto_advance = true WHERE invoice_id = 'in_cus_a'")
+        con.execute("""INSERT INTO stripe_invoices (invoice_id, customer_id, status, currency, amount_due, amount_paid,
+                       amount_remaining, total, total_excluding_tax, period_start, period_end, lines_complete)
+                       VALUES ('in_cus_a', 'cus_a', 'paid', 'usd', 150, 150, 0, 150, 150,
+                       TIMESTAMPTZ '2026-10-01 00:00:00+00', TIMESTAMPTZ '2026-11-01 00:00:00+00', true)""")
+        result = _reconcile(con, rules_dir, now=LONG_AFTER)
+    a = result.invoices.filter(customer_id="cus_a").row(0, named=True)
+    assert (a["status"], a["stripe_adjustments_minor"]) == ("pending", 0)   # no 50 blamed on a discount
+    assert a["reason"].startswith("invoice still draft")
+
+
 @pytest.mark.parametrize("auto_advance, status", [(False, "not_invoiced"), (True, "pending"), (None, "pending")])
 def test_a_draft_stripe_will_not_finalize_bills_nothing(isolated_env, rules_dir, auto_advance, status):
     """in_cus_a, which closes cus_a's October, is a draft with auto_advance false (an unpaid subscription's
