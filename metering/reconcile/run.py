@@ -91,8 +91,9 @@ def reconcile_period(
         replace_rows(con, "usage_reconciliation", "billing_month = ?", [billing_month], usage, in_transaction=True)
         replace_rows(con, "invoice_reconciliation", "billing_month = ?", [billing_month], invoices, in_transaction=True)
         # the settings that judged these rows, for the report's verdict (not the report writer's environment)
-        con.execute("INSERT OR REPLACE INTO reconciliation_runs VALUES (?, ?, ?)",
-                    [billing_month, now, json.dumps(settings.to_record(), sort_keys=True)])
+        replace_rows(con, "reconciliation_runs", "billing_month = ?", [billing_month], pl.DataFrame(
+            {"billing_month": [billing_month], "reconciled_at": [now],
+             "settings": [json.dumps(settings.to_record(), sort_keys=True)]}), in_transaction=True)
     return ReconcileResult(billing_month, usage, invoices, settings)
 
 

@@ -99,3 +99,11 @@ def test_only_the_raw_file_sensor_ingests():
             if not j.name.startswith("__") and dg.AssetKey("usage_events") in j.asset_layer.executable_asset_keys]
     assert sorted(j.name for j in jobs) == ["ingest_job"]
     assert defs.resolve_sensor_def("raw_usage_files_sensor").job_name == "ingest_job"
+
+
+def test_months_before_the_partitions_start_are_left_out_not_a_failed_tick():
+    """On 2026-02-01 the month before last is 2025-12, which has no partition: the tick failed with
+    DagsterUnknownPartitionError, dropping last month's request too (review)."""
+    for name in ("period_close_schedule", "daily_rating_schedule", "invoice_items_schedule"):
+        requests = _tick(name, dt.datetime(2026, 2, 1, 4, 0, tzinfo=dt.UTC))
+        assert [r.partition_key for r in requests][0] == "2026-01-01", name

@@ -12,7 +12,7 @@ import os
 import dagster as dg
 
 from metering.reconcile.pulls import pull_invoices_into_warehouse, pull_summaries_into_warehouse
-from metering.reconcile.run import reconcile_period
+from metering.reconcile.run import reconcile_period, stored_settings
 from metering.reconcile.settings import ReconcileSettings
 from metering.reports import write_report
 from metering.rules.meters import load_meters
@@ -179,9 +179,11 @@ def reconcile_and_report(
         )
     if "finance_report" in selected:
         with warehouse.get_connection(read_only=True) as con:
-            # the run's settings: the report's threshold, settle delay and verdict are the check's
+            # the settings the month's rows were reconciled with (this step's, or an earlier run's when
+            # the report is materialized alone): the report's threshold, settle delay and verdict are
+            # the check's; the run's config only for rows reconciled before they were stored
             files = write_report(con, month, paths.data / "reports" / month.strftime("%Y-%m"),
-                                 settings=_settings(config))
+                                 settings=stored_settings(con, month) or _settings(config))
         meta: dict[str, object] = {"folder": str(files.folder), "html": dg.MetadataValue.path(str(files.html)),
                                    "dagster/row_count": files.data.lines.height}
         for t in files.data.totals:

@@ -5,7 +5,7 @@
 | `hourly_usage_schedule` | `10 * * * *` | `hourly_usage_job` for today and yesterday, and for every older day whose newest `usage_events` materialization (late events, within the last 62 days) is newer than its newest `usage_aggregates` or `stripe_usage_pushes` one, or (within the last 35 days) whose newest push left windows open: re-aggregate, push to Stripe (the ledger makes repeats free); `raw_usage_files_sensor` ingests |
 | `daily_rating_schedule` | `30 2 * * *` | `billing_job` for this month (live invoice previews), last month and the month before (late events, also in anchored periods that ended last month) |
 | `invoice_items_schedule` | `45 2 * * *` | `invoice_items_job` for this month, last month and the month before: the periods the rating just closed get their charges Stripe cannot price as invoice items (after the period's invoice left draft, they go onto the next invoice) |
-| `period_close_schedule` | `0 4 * * *` | `reconciliation_job` for last month: pulls Stripe's meters and invoices once Stripe's 1 h grace period has long passed, reconciles, writes the finance report |
+| `period_close_schedule` | `0 4 * * *` | `reconciliation_job` for last month and the month before (which the rating and invoice items still change): pulls Stripe's meters and invoices once Stripe's 1 h grace period has long passed, reconciles, writes the finance reports |
 
 Sensors (defined by their domains): `raw_usage_files_sensor` (new raw files -> `usage_events`),
 `stripe_landing_sensor` (landed webhooks -> Stripe state). Other schedules: `stripe_repair_schedule`
@@ -24,6 +24,7 @@ import datetime as dt
 import dagster as dg
 
 from pipelines.cadence import SCHEDULE_STATUS
+from pipelines.partitions import START_DATE
 from pipelines.defs.publish.assets import with_snapshot
 
 hourly_usage_job = dg.define_asset_job(
@@ -39,6 +40,12 @@ hourly_usage_job = dg.define_asset_job(
 
 def _month_key(day: dt.date) -> str:
     return day.replace(day=1).isoformat()
+
+
+def _months(*days: dt.date) -> list[str]:
+    """The monthly partition keys of `days` that exist (a month before the partitions start has none:
+    asking for it failed the whole tick, the months that do exist included)."""
+    return [key for key in map(_month_key, days) if key >= _month_key(dt.date.fromisoformat(START_DATE))]
 
 
 LATE_USAGE_LOOKBACK = dt.timedelta(days=62)
@@ -149,7 +156,7 @@ def daily_rating_schedule(context: dg.ScheduleEvaluationContext):
     today = context.scheduled_execution_time.astimezone(dt.UTC).date()
     last_month = today.replace(day=1) - dt.timedelta(days=1)
     before_last = last_month.replace(day=1) - dt.timedelta(days=1)
-    for month in (_month_key(before_last), _month_key(last_month), _month_key(today)):
+    for month in _months(before_last, last_month, today):
         yield dg.RunRequest(run_key=f"{today}:{month}", partition_key=month)
 
 
@@ -161,8 +168,7 @@ def invoice_items_schedule(context: dg.ScheduleEvaluationContext):
     and end within this month (Oct 1 - 15 for an anchor on the 15th)."""
     today = context.scheduled_execution_time.astimezone(dt.UTC).date()
     last_month = today.replace(day=1) - dt.timedelta(days=1)
-    for month in (_month_key(last_month.replace(day=1) - dt.timedelta(days=1)), _month_key(last_month),
-                  _month_key(today)):
+    for month in _months(last_month.replace(day=1) - dt.timedelta(days=1), last_month, today):
         yield dg.RunRequest(run_key=f"{today}:{month}", partition_key=month)
 
 
@@ -175,7 +181,7 @@ def period_close_schedule(context: dg.ScheduleEvaluationContext):
     left those changes out of its finance report for good (I14)."""
     today = context.scheduled_execution_time.astimezone(dt.UTC).date()
     last_month = today.replace(day=1) - dt.timedelta(days=1)
-    for month in (_month_key(last_month.replace(day=1) - dt.timedelta(days=1)), _month_key(last_month)):
+    for month in _months(last_month.replace(day=1) - dt.timedelta(days=1), last_month):
         yield dg.RunRequest(run_key=f"{today}:{month}", partition_key=month)
 
 

@@ -54,6 +54,21 @@ def test_report_alone_is_rendered_from_the_stored_reconciliation(isolated_env):
     assert _materialized(result) == {"finance_report"}
 
 
+def test_the_report_alone_judges_by_the_settings_the_rows_were_reconciled_with(isolated_env):
+    """Review: materialized alone, finance_report judged the rows by its own run config (threshold 0:
+    FAILED) where the reconciliation that wrote them passed at 125."""
+    assert _run(isolated_env, max_unexplained=125).success
+    with dg.instance_for_test() as instance:
+        alone = dg.materialize([reconcile_and_report], selection=["finance_report"], partition_key=PARTITION,
+                               instance=instance, raise_on_error=False,
+                               resources={"warehouse": WarehouseResource(),
+                                          "paths": ProjectPaths(data_dir=str(isolated_env))},
+                               run_config={"ops": {"usage_reconciliation": {"config": {"max_unexplained_minor": 0}}}})
+    assert alone.success
+    html = (isolated_env / "reports" / "2026-10" / "report.html").read_text()
+    assert "Blocking check for USD: passed" in html and "threshold: 125 minor unit(s)" in html
+
+
 def test_report_written_when_within_threshold(isolated_env):
     result = _run(isolated_env, max_unexplained=125)
     assert result.success
