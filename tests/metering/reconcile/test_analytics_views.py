@@ -190,14 +190,9 @@ def test_invoice_items_in_the_views(isolated_env, rules_dir, tmp_path):
     assert same == [(4000, 0, 0)]
 
 
-def test_invoice_lines_carry_their_invoices_status(isolated_env, rules_dir):
-    """A void invoice's lines bill nothing: the view lists them with invoice_status, so its lines minus
-    the void ones add up to Stripe's totals in invoice_reconciliation (5125 against 5025 without it)."""
-    with warehouse.open_warehouse() as con:
-        write_scenario(con)
-        con.execute("UPDATE stripe_invoices_api SET status = 'void' WHERE invoice_id = 'in_cus_a'")
-        reconcile_period(con, MONTH, settings=ReconcileSettings(), meters=load_meters(rules_dir), now=PULLED)
-        snapshot = warehouse.publish(con=con)
+def _line_statuses_and_totals(snapshot) -> tuple[dict[str, str], int, int]:
+    """From the snapshot: each invoice's status in analytics.stripe_invoice_lines, what its lines bill
+    leaving out void invoices, and Stripe's totals in analytics.invoice_reconciliation."""
     con = duckdb.connect(str(snapshot), read_only=True)
     try:
         statuses = dict(con.execute("SELECT invoice_id, any_value(invoice_status) FROM analytics.stripe_invoice_lines "
@@ -207,6 +202,18 @@ def test_invoice_lines_carry_their_invoices_status(isolated_env, rules_dir):
         totals = con.execute("SELECT sum(stripe_total_minor) FROM analytics.invoice_reconciliation").fetchone()[0]
     finally:
         con.close()
+    return statuses, billed, totals
+
+
+def test_invoice_lines_carry_their_invoices_status(isolated_env, rules_dir):
+    """A void invoice's lines bill nothing: the view lists them with invoice_status, so its lines minus
+    the void ones add up to Stripe's totals in invoice_reconciliation (5125 against 5025 without it)."""
+    with warehouse.open_warehouse() as con:
+        write_scenario(con)
+        con.execute("UPDATE stripe_invoices_api SET status = 'void' WHERE invoice_id = 'in_cus_a'")
+        reconcile_period(con, MONTH, settings=ReconcileSettings(), meters=load_meters(rules_dir), now=PULLED)
+        snapshot = warehouse.publish(con=con)
+    statuses, billed, totals = _line_statuses_and_totals(snapshot)
     assert statuses["in_cus_a"] == "void" and {s for i, s in statuses.items() if i != "in_cus_a"} == {"paid"}
     assert billed == totals
 
@@ -223,14 +230,6 @@ def test_invoice_lines_show_a_void_the_webhooks_told_after_the_pull(isolated_env
                     "('in_cus_b', 'cus_b', 'draft', 'usd', 125, 0, 125, 125)")   # behind its pull: the pull's stands
         reconcile_period(con, MONTH, settings=ReconcileSettings(), meters=load_meters(rules_dir), now=PULLED)
         snapshot = warehouse.publish(con=con)
-    con = duckdb.connect(str(snapshot), read_only=True)
-    try:
-        statuses = dict(con.execute("SELECT invoice_id, any_value(invoice_status) FROM analytics.stripe_invoice_lines "
-                                    "GROUP BY 1").fetchall())
-        billed = con.execute("SELECT sum(amount) FROM analytics.stripe_invoice_lines "
-                             "WHERE invoice_status <> 'void'").fetchone()[0]
-        totals = con.execute("SELECT sum(stripe_total_minor) FROM analytics.invoice_reconciliation").fetchone()[0]
-    finally:
-        con.close()
+    statuses, billed, totals = _line_statuses_and_totals(snapshot)
     assert (statuses["in_cus_a"], statuses["in_cus_b"]) == ("void", "open")
     assert billed == totals
