@@ -70,8 +70,8 @@ def rules() -> None:
 @rules.command()
 @click.argument("rules_dir", required=False, type=UserPath(file_okay=False))
 @click.option("--warehouse", "warehouse_path", type=UserPath(dir_okay=False), default=None,
-              help="Warehouse whose rated versions must stay unchanged (default: $METERING_WAREHOUSE; "
-                   "skipped when the file does not exist).")
+              help="Warehouse whose rated versions must stay unchanged (default: $METERING_WAREHOUSE or "
+                   "data/warehouse.duckdb; skipped when the file does not exist).")
 def validate(rules_dir: str | None, warehouse_path: str | None) -> None:
     """Check every meter, plan and version; list every problem as `file:line: field: what is wrong`.
 
