@@ -112,11 +112,11 @@ def create_subscription(state: State, req: Request) -> dict[str, Any]:
     if not specs:
         raise invalid("Missing required param: items.", "items", code="parameter_missing")
     first = _item_price(state, specs[0], 0, None, None)
+    interval = (first["recurring"]["interval"], first["recurring"]["interval_count"])
     for i, spec in enumerate(specs[1:], 1):   # every item before anything is created: no half-made subscription
-        _item_price(state, spec, i, first["currency"], (first["recurring"]["interval"], first["recurring"]["interval_count"]))
+        _item_price(state, spec, i, first["currency"], interval)
     now = state.customer_now(customer_id)
     start = as_int(params["backdate_start_date"], "backdate_start_date") if params.get("backdate_start_date") else now
-    interval = (first["recurring"]["interval"], first["recurring"]["interval_count"])
     anchor_config = _anchor_config(params, interval[0])
     if anchor_config is not None:
         anchor = first_occurrence(start, anchor_config["day_of_month"], anchor_config["hour"] or 0,
