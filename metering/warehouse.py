@@ -327,8 +327,12 @@ def apply_migrations(con: duckdb.DuckDBPyConnection, where: Path | None = None) 
 
 
 @contextlib.contextmanager
-def transaction(con: duckdb.DuckDBPyConnection) -> Iterator[duckdb.DuckDBPyConnection]:
-    """BEGIN … COMMIT, rolling back on any exception."""
+def transaction(con: duckdb.DuckDBPyConnection, *, within: bool = False) -> Iterator[duckdb.DuckDBPyConnection]:
+    """BEGIN … COMMIT, rolling back on any exception; with `within`, nothing: the caller has opened the
+    transaction these writes belong to."""
+    if within:
+        yield con
+        return
     con.execute("BEGIN TRANSACTION")
     try:
         yield con
@@ -376,14 +380,9 @@ def replace_rows(
     `where_sql` uses `?` placeholders bound to `params` (never string formatting of values). Pass
     `in_transaction=True` when the caller already opened a transaction that spans more writes.
     """
-    def _do() -> int:
+    with transaction(con, within=in_transaction):
         con.execute(f"DELETE FROM {table} WHERE {where_sql}", list(params))
         return insert_frame(con, table, frame)
-
-    if in_transaction:
-        return _do()
-    with transaction(con):
-        return _do()
 
 
 def sql_string(value: str) -> str:

@@ -17,7 +17,6 @@ All writes are delete-then-insert of exactly the partition's rows, so re-running
 
 from __future__ import annotations
 
-import contextlib
 import datetime as dt
 import hashlib
 import json
@@ -160,7 +159,7 @@ def write_rated(con: duckdb.DuckDBPyConnection, month: dt.date, rated: pl.DataFr
     m0, m1 = month_bounds(month)
     used = rated.select("plan", "plan_version").unique().sort("plan", "plan_version")
     today = rated_at.astimezone(dt.timezone.utc).date()
-    with contextlib.nullcontext() if in_transaction else warehouse.transaction(con):
+    with warehouse.transaction(con, within=in_transaction):
         stored = read_rated(con, month)
         stamps = _period_stamps(con, month)
         billed = _billed(stored, stamps)

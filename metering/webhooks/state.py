@@ -26,8 +26,6 @@ for every field. Money stays in integer minor units exactly as Stripe sends it.
 
 from __future__ import annotations
 
-import contextlib
-
 import json
 
 import duckdb
@@ -309,7 +307,7 @@ def _meter_map_table(con: duckdb.DuckDBPyConnection) -> str:
 def rebuild_invoices(con: duckdb.DuckDBPyConnection, in_transaction: bool = False) -> dict[str, int]:
     """Rebuild `stripe_invoices` and the webhook-sourced rows of `stripe_invoice_lines` (in the caller's
     transaction with `in_transaction`)."""
-    with contextlib.nullcontext() if in_transaction else transaction(con):
+    with transaction(con, within=in_transaction):
         con.execute(f"CREATE OR REPLACE TEMP TABLE _wh_invoices AS {_INVOICE_SELECT}")
         con.execute("DELETE FROM stripe_invoices")
         invoices = con.execute(
@@ -324,7 +322,7 @@ def rebuild_invoices(con: duckdb.DuckDBPyConnection, in_transaction: bool = Fals
 
 def rebuild_subscriptions(con: duckdb.DuckDBPyConnection, in_transaction: bool = False) -> dict[str, int]:
     """Rebuild `stripe_subscriptions`."""
-    with contextlib.nullcontext() if in_transaction else transaction(con):
+    with transaction(con, within=in_transaction):
         con.execute("DELETE FROM stripe_subscriptions")
         rows = con.execute(f"INSERT INTO stripe_subscriptions BY NAME {_SUBSCRIPTION_SELECT}").fetchone()[0]
     return {"subscriptions": rows}
@@ -332,7 +330,7 @@ def rebuild_subscriptions(con: duckdb.DuckDBPyConnection, in_transaction: bool =
 
 def rebuild_payment_attempts(con: duckdb.DuckDBPyConnection, in_transaction: bool = False) -> dict[str, int]:
     """Rebuild `stripe_payment_attempts`."""
-    with contextlib.nullcontext() if in_transaction else transaction(con):
+    with transaction(con, within=in_transaction):
         con.execute("DELETE FROM stripe_payment_attempts")
         rows = con.execute(
             f"INSERT INTO stripe_payment_attempts BY NAME {_ATTEMPTS_SELECT}", [list(PAYMENT_OUTCOMES)]
