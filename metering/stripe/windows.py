@@ -169,7 +169,11 @@ def _last_formula_sql(meter: Meter, ws: str) -> str:
     """Windows to evaluate and their period-to-date value (last / max / unique_count): what rating
     (`metering.rating.aggregate`) bills for [period start, window end)."""
     anchor = "(SELECT max(c.billing_anchor_day) FROM customer_plans c WHERE c.customer_id = w.customer_id)"
-    pstart = period_start_sql("w.window_start::DATE", anchor)
+    # the subscription starts at the customer's first plan (`metering.customers`): its first period runs
+    # from there, and nothing before it is in that period, for rating nor for Stripe's `last` formula
+    subscribed = "(SELECT min(c.plan_effective_from) FROM customer_plans c WHERE c.customer_id = w.customer_id)"
+    anchored = period_start_sql("w.window_start::DATE", anchor)
+    pstart = f"greatest({anchored}, coalesce({subscribed}, {anchored}))"
     if meter.aggregation == "last":
         # the latest event by (event time, event id), as rating orders them
         value_sql = f"""

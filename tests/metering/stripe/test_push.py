@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 from metering import warehouse
 from metering.rating.service import refresh_aggregates
 from metering.stripe_sandbox.testing import running_sandbox
-from push_world import NOW, World, day_start, expected_total, make_world
+from push_world import CUSTOMERS_CSV, NOW, World, day_start, expected_total, make_world
 
 D1, D2, D3 = dt.date(2026, 11, 17), dt.date(2026, 11, 18), dt.date(2026, 11, 19)
 
@@ -314,3 +314,28 @@ def test_last_formula_meters_carry_what_rating_bills_after_any_changes(tmp_path,
                 ours = expected_total(world.events, "acme", meter)
                 assert world.stripe_total("acme", meter, day_start(dt.date(2026, 11, 1)), day_start(D3)) == ours, \
                     (meter, day, what)
+
+
+def test_a_gauge_carries_nothing_from_before_the_subscription_started(tmp_path, rules_dir) -> None:
+    """`late` subscribes on Nov 10 (calendar months), so its first period is Nov 10 - Dec 1, as rating
+    bills it and as Stripe's subscription (started at its first plan) counts its `last` formula. 50 GB
+    on Nov 5 (before it) and 5 GB on Nov 12: rating bills max 5, so Nov 12's window must carry 5. It
+    carried 50, the maximum since Nov 1, the anchor's period start: Stripe would have billed 50."""
+    csv = CUSTOMERS_CSV + "late,Late,ap@late.test,usd,,starter,2026-11-10,succeeds\n"
+    nov5, nov12 = dt.date(2026, 11, 5), dt.date(2026, 11, 12)
+    with running_sandbox(now=int(NOW.timestamp()), seed=7) as sb, \
+            warehouse.open_warehouse(tmp_path / "wh.duckdb") as con:
+        world = make_world(con, sb, rules_dir, tmp_path, csv_text=csv)
+        world.add_events([("late", "storage_gb", t(nov5, 9), "50", {}), ("late", "storage_gb", t(nov12, 9), "5", {}),
+                          ("late", "seats", t(nov5, 9), "40", {}),
+                          ("late", "active_users", t(nov5, 9), None, {"user_id": "u1"}),
+                          ("late", "active_users", t(nov12, 9), None, {"user_id": "u2"})])
+        world.pusher().push(nov5, nov12)
+        values = {(m, d): v for m, d, v in world.ledger().filter(pl.col("customer_id") == "late")
+                  .select("meter", "event_date", "value").rows()}
+        assert values[("storage_gb", nov12)] == Decimal(5)
+        assert values[("active_users", nov12)] == Decimal(1)      # u2 alone: u1 came before the subscription
+        assert values[("storage_gb", nov5)] == values[("seats", nov5)] == Decimal(0)
+        first_period = (day_start(dt.date(2026, 11, 10)), day_start(dt.date(2026, 12, 1)))
+        assert world.stripe_total("late", "storage_gb", *first_period) == Decimal(5)
+        assert world.stripe_total("late", "active_users", *first_period) == Decimal(1)
