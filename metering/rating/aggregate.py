@@ -205,7 +205,10 @@ def unpriced_usage(partials: pl.DataFrame, segments: pl.DataFrame, rules: Rules,
     """
     key = ["customer_id", "meter", "dimensions", "hour"]
     utc = pl.Datetime("us", "UTC")
-    known = segments.select("customer_id").unique()
+    # listed customers: those with a period this month, and (`starts`) those whose subscription has not
+    # begun yet, whose usage is `no_plan_in_force` below, not also `unknown_customer`
+    listed = [segments.select("customer_id")] + ([starts.select("customer_id")] if starts is not None else [])
+    known = pl.concat(listed).unique()
     m0, m1 = (pl.lit(d).cast(utc) for d in (month_start, month_end))
     unknown = partials.join(known, on="customer_id", how="anti").filter(
         (pl.col("hour") >= m0) & (pl.col("hour") < m1)

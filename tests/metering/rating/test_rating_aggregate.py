@@ -180,6 +180,25 @@ def test_usage_before_the_subscription_began_is_listed_not_lost(make_rules):
         ("c1", "api_calls", "no_plan_in_force", 1)]
 
 
+def test_usage_of_a_customer_whose_subscription_begins_in_a_later_month_is_counted_once(make_rules):
+    """c1 is listed, subscribing on Nov 10; it sends one event on Oct 2. October has no period of its,
+    so no segment: the event was reported twice, as `no_plan_in_force` and as `unknown_customer` ("not
+    in the customer list", which it is), and the month's unpriced count was inflated (the audit's
+    4,800-event sample: 1,009 reported where 644 were unpriced)."""
+    rules = make_rules("""
+        - {meter: api_calls, model: per_unit, unit_amount: "1", filters: {region: us}}
+    """)
+    events = [("a", "api_calls", dt.datetime(2026, 10, 2, 5, tzinfo=UTC), None, '{"region":"us"}')]
+    with warehouse.open_warehouse(":memory:") as con:
+        insert(con, events)
+        partials = build_aggregates(con, rules.meters, dt.date(2026, 10, 1), dt.date(2026, 11, 1))
+    no_segments = segments_oct().clear()
+    starts = pl.DataFrame({"customer_id": ["c1"], "starts_on": [dt.date(2026, 11, 10)]})
+    out = unpriced_usage(partials, no_segments, rules, dt.date(2026, 10, 1), dt.date(2026, 11, 1), starts)
+    assert out.select("customer_id", "meter", "reason", "events").rows() == [
+        ("c1", "api_calls", "no_plan_in_force", 1)]
+
+
 @settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(raw=event_strategy, split=st.integers(2, 30))
 def test_sub_interval_quantities_sum_to_the_period_total(make_rules, raw, split):
