@@ -20,6 +20,7 @@ Layout and record format (the contract between the receiver and `metering.webhoo
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import secrets as _secrets
@@ -86,8 +87,17 @@ class LandingWriter:
         self.directory.mkdir(parents=True, exist_ok=True)
         path = self.directory / f"{FILE_PREFIX}{hour}-{self._stem}{FILE_SUFFIX}"
         fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o640)
-        os.fsync(fd)
-        _fsync_dir(self.directory)
+        try:
+            os.fsync(fd)
+            _fsync_dir(self.directory)
+        except BaseException:
+            # not yet ours to cut back: release it here (a failed fsync on every delivery leaked one
+            # descriptor each until accept() failed), and remove it if it holds no record
+            with contextlib.suppress(OSError):
+                if os.fstat(fd).st_size == 0:
+                    path.unlink(missing_ok=True)
+            os.close(fd)
+            raise
         self._fd, self._hour, self.current_path = fd, hour, path
         return fd
 

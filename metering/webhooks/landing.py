@@ -57,9 +57,12 @@ def read_new_records(directory: Path, positions: Mapping[str, FilePosition]) -> 
     torn: dict[str, int] = {}
     for path in landing_files(directory):
         start = positions.get(path.name, FilePosition())
-        with open(path, "rb") as fh:
-            fh.seek(start.offset)
-            chunk = fh.read()
+        try:
+            with open(path, "rb") as fh:
+                fh.seek(start.offset)
+                chunk = fh.read()
+        except FileNotFoundError:  # a file the receiver removed as empty after a failed delivery
+            continue
         end = chunk.rfind(b"\n") + 1
         if len(chunk) > end:
             torn[path.name] = len(chunk) - end
@@ -80,4 +83,10 @@ def read_new_records(directory: Path, positions: Mapping[str, FilePosition]) -> 
 
 def landing_sizes(directory: Path) -> dict[str, int]:
     """File name -> current size: what a sensor compares with its cursor (cheap: stat only)."""
-    return {p.name: p.stat().st_size for p in landing_files(directory)}
+    sizes = {}
+    for p in landing_files(directory):
+        try:
+            sizes[p.name] = p.stat().st_size
+        except FileNotFoundError:  # removed since listed: an empty file of a failed delivery
+            continue
+    return sizes

@@ -235,3 +235,45 @@ def test_a_whole_record_whose_fsync_failed_is_never_cut_off_under_a_reader(tmp_p
     land_directory(con, landing)
     landed = con.execute("SELECT list(event_id ORDER BY event_id) FROM stripe_webhook_events").fetchone()[0]
     assert landed == ["evt_a", "evt_b", "evt_c", "evt_d"]
+
+
+def test_a_failed_fsync_of_a_new_file_leaks_no_descriptor_and_leaves_no_file(tmp_path: Path, con, monkeypatch):
+    """The sync after creating an hour's landing file fails (EIO) on every delivery: each one left its
+    descriptor open and an empty file behind (50 deliveries: 50 descriptors, until accept() failed).
+    Once the disk recovers, the next delivery lands as usual."""
+    import os
+
+    from metering.webhooks import inbox
+
+    landing = tmp_path / "landing"
+    writer = LandingWriter(landing)
+    real_fsync = os.fsync
+
+    def broken(fd: int) -> None:
+        raise OSError(5, "Input/output error")
+
+    descriptors = len(os.listdir("/proc/self/fd"))
+    monkeypatch.setattr(inbox.os, "fsync", broken)
+    for n in range(20):
+        with pytest.raises(OSError):
+            write(writer, body_of(event(f"evt_{n}", "invoice.created", n, invoice(f"in_{n}"))))
+    monkeypatch.setattr(inbox.os, "fsync", real_fsync)
+    assert len(os.listdir("/proc/self/fd")) == descriptors
+    assert landing_files(landing) == []
+    write(writer, body_of(event("evt_ok", "invoice.created", 99, invoice("in_ok"))))
+    assert land_directory(con, landing).records_read == 1
+
+
+def test_a_landing_file_removed_while_listed_is_skipped(tmp_path: Path, con, monkeypatch):
+    """The receiver removes an empty landing file after a failed delivery (a full disk), which can
+    happen between a landing run's listing and its reading of the folder: the run (and the sensor's
+    size check) failed with FileNotFoundError instead of skipping the file."""
+    from metering.webhooks import landing as landing_module
+
+    landing = tmp_path / "landing"
+    write(LandingWriter(landing), body_of(event("evt_1", "invoice.created", 1, invoice("in_1"))))
+    gone = landing / "stripe-20260101T00-gone-0000.jsonl"
+    listed = landing_files(landing)
+    monkeypatch.setattr(landing_module, "landing_files", lambda directory: [gone, *listed])
+    assert landing_module.landing_sizes(landing) == {p.name: p.stat().st_size for p in listed}
+    assert landing_module.read_new_records(landing, {}).records.height == 1
