@@ -53,8 +53,10 @@ def serve(port: int, host: str, landing: str | None, tolerance: int, max_body_by
     sock = listening_socket(host, port)
     port = sock.getsockname()[1]   # --port 0: the port the system chose
     click.echo(f"listening on http://{host}:{port}/webhooks/stripe, landing in {settings.landing_dir}", err=True)
+    # h11, not httptools: h11 refuses a request head over 16 KiB, where httptools buffered any size
+    # (64 MiB of one header was read whole before its 400)
     server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_config=None, access_log=False,
-                                           server_header=False))
+                                           server_header=False, http="h11"))
     with sock:
         server.run(sockets=[sock])
     if not server.started:   # as uvicorn.run: the app's start-up failed (logged above)

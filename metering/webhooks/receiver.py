@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import anyio
 import anyio.to_thread
 from starlette.applications import Starlette
 from starlette.requests import ClientDisconnect, Request
@@ -44,6 +45,9 @@ log = logging.getLogger(__name__)
 
 DEFAULT_TOLERANCE_SECONDS = 300
 DEFAULT_MAX_BODY_BYTES = 1024 * 1024
+DEFAULT_BODY_SECONDS = 10.0
+"""How long a request's body may take to arrive: Stripe sends a whole event at once, and a sender that
+trickles (or stops half-way) held its connection, and the memory behind it, for ever."""
 
 
 @dataclass
@@ -54,6 +58,7 @@ class ReceiverSettings:
     landing_dir: Path
     tolerance_seconds: float = DEFAULT_TOLERANCE_SECONDS
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
+    body_seconds: float = DEFAULT_BODY_SECONDS
     clock: Callable[[], float] = field(default=time.time)
 
     def __repr__(self) -> str:  # keep secrets out of any accidental repr
@@ -162,7 +167,10 @@ class Receiver:
         settings = self.settings
         body: bytes | None = None
         try:
-            body = await _read_body(request, settings.max_body_bytes)
+            with anyio.move_on_after(settings.body_seconds) as deadline:
+                body = await _read_body(request, settings.max_body_bytes)
+            if deadline.cancelled_caught:
+                raise Rejected(408, "body_timeout")
             verify(
                 body,
                 request.headers.get("stripe-signature"),
