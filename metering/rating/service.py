@@ -174,6 +174,8 @@ def write_rated(con: duckdb.DuckDBPyConnection, month: dt.date, rated: pl.DataFr
         _record_adjustments(con, stored, rated, billed, stamps, rated_at, adjust)
         n = warehouse.replace_rows(con, "rated_usage", "period_start >= ? AND period_start < ?", [m0, m1],
                                    _stamped(stored, stamps, rated, rated_at, closing), in_transaction=True)
+        if not in_transaction:   # a caller's transaction may write the months it overlaps next: it checks
+            _refuse_overlapping_periods(con, m0, m1)
         known = {(p, v) for p, v in con.execute("SELECT plan, plan_version FROM rules_versions").fetchall()}
         for plan, version in used.iter_rows():   # a handful of plan versions, not rows
             if (plan, version) in known:
@@ -342,6 +344,32 @@ def _refuse_resegmented_billed(stored: pl.DataFrame, rated: pl.DataFrame, billed
         f"through adjustments with a reason (I19): date plan changes in the open period or later, or re-rate "
         f"on purpose with `metering rerate --adjust-closed REASON`, which records each change in "
         f"rating_adjustments (and correct what Stripe billed with a credit note or an invoice item)")
+
+
+def _refuse_overlapping_periods(con: duckdb.DuckDBPyConnection, first: dt.date, end: dt.date) -> None:
+    """I7 across months: the periods starting in [first, end) may not overlap another stored period of
+    the same customer. A customer list that moves a period's start into an earlier month (its first plan
+    dated back) rates the new period there while the later month keeps the old one until re-rated: both
+    stood, billing the same days twice (a billed one neither refused nor adjusted)."""
+    overlaps = con.execute("""
+        WITH p AS (SELECT DISTINCT customer_id, period_start, period_end FROM rated_usage)
+        SELECT a.customer_id, a.period_start, a.period_end, b.period_start, b.period_end
+        FROM p a JOIN p b ON a.customer_id = b.customer_id
+             AND a.period_start < b.period_end AND b.period_start < a.period_end
+             AND NOT (a.period_start = b.period_start AND a.period_end = b.period_end)
+        WHERE a.period_start >= ? AND a.period_start < ?
+        ORDER BY a.customer_id, a.period_start, b.period_start""", [first, end]).fetchall()
+    if not overlaps:
+        return
+    customer, start, stop, other_start, other_stop = overlaps[0]
+    since = min(min(r[1], r[3]) for r in overlaps)
+    through = max(max(r[2], r[4]) for r in overlaps) - dt.timedelta(days=1)
+    raise BadInputError(
+        f"customers: the customer list (customer_plans) gives customer {customer} the period {start}..{stop}, "
+        f"which overlaps its period {other_start}..{other_stop} still stored from the previous list "
+        f"({len({r[0] for r in overlaps})} customer(s)); nothing was written. Rate every month the change "
+        f"touches together: `metering rerate --from {since} --to {through}` "
+        f"with the same customer list")
 
 
 def _gauge_scopes(rules: Rules) -> pl.DataFrame:
@@ -591,4 +619,5 @@ def rerate_range(con: duckdb.DuckDBPyConnection, rules: Rules, first: dt.date, l
             totals = previews.group_by("currency").agg(pl.col("total_minor").sum()).sort("currency")
             out.append({"month": month, "lines": stored.height, "changed": before != fingerprint(stored),
                         "totals": {c: t for c, t in totals.iter_rows()}, "unpriced": rating.unpriced})
+        _refuse_overlapping_periods(con, months[0], month_bounds(months[-1])[1])
     return out

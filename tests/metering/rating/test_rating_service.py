@@ -363,6 +363,36 @@ def test_a_plan_change_moved_inside_a_closed_period_is_refused_or_adjusted(tmp_p
                            "WHERE charge = 'platform fee'").fetchall() == [(2416, 2287, "pro started a day later")]
 
 
+def test_a_list_giving_an_earlier_month_a_period_over_a_stored_one_is_refused(tmp_path):
+    """a (anchor 31) subscribed on Oct 10: its billed period Oct 10..Oct 31 is stored with October. A list
+    dating the start back to Sep 30 (September's anchor date: Sep 30..Oct 31), re-rated over September
+    alone, stored the new period with September beside the old one: Oct 10..31 billed twice, the
+    billed period neither refused nor adjusted (audit). Refused, nothing written; over both months the
+    billed period's own refusal speaks."""
+    rules = load_rules(PROJECT_ROOT / "rating_rules")
+    header = "customer_id,name,email,currency,billing_anchor_day,plan,plan_effective_from,payment_behavior\n"
+    csv = tmp_path / "customers.csv"
+    csv.write_text(header + "a,A,a@a.test,usd,31,starter,2026-10-10,succeeds\n")
+    with warehouse.open_warehouse(tmp_path / "wh.duckdb") as con:
+        warehouse.insert_frame(con, "customer_plans", load_customers(csv, rules))
+        _late_calls(con, rules, "a", "2026-10-12", 10)
+        record_manifest(con)   # as ingestion would have: rerate refuses usage that breaks conservation
+        service.rerate_range(con, rules, dt.date(2026, 10, 1), dt.date(2026, 10, 31), NOW)
+        assert con.execute("SELECT DISTINCT period_start, period_end FROM rated_usage ORDER BY 1").fetchall() == [
+            (dt.date(2026, 10, 10), dt.date(2026, 10, 31)), (dt.date(2026, 10, 31), dt.date(2026, 11, 30))]
+        before = con.execute("SELECT * FROM rated_usage ORDER BY ALL").fetchall()
+        csv.write_text(header + "a,A,a@a.test,usd,31,starter,2026-09-30,succeeds\n")
+        warehouse.replace_rows(con, "customer_plans", "TRUE", [], load_customers(csv, rules))
+        later = NOW + dt.timedelta(days=1)
+        with pytest.raises(BadInputError, match=r"gives customer a the period 2026-09-30\.\.2026-10-31, which overlaps "
+                                                r"its period 2026-10-10\.\.2026-10-31 .*--from 2026-09-30 --to 2026-10-30"):
+            service.rerate_range(con, rules, dt.date(2026, 9, 1), dt.date(2026, 9, 30), later)
+        assert con.execute("SELECT * FROM rated_usage ORDER BY ALL").fetchall() == before
+        with pytest.raises(BadInputError, match="would re-price customer a's closed period 2026-10-10..2026-10-31"):
+            service.rerate_range(con, rules, dt.date(2026, 9, 30), dt.date(2026, 10, 30), later)
+        assert con.execute("SELECT * FROM rated_usage ORDER BY ALL").fetchall() == before
+
+
 def test_a_version_backdated_into_a_closed_period_is_blamed_on_the_rules(tmp_path):
     """A pro version from Oct 20 added after October closed: the refusal blamed the customer list (none
     was given) and advised --adjust-closed, which was then refused for the real reason (audit)."""
