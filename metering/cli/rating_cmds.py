@@ -35,14 +35,15 @@ def format_minor(minor: int, currency: str) -> str:
     return str(Decimal(minor).scaleb(-minor_digits(currency)))
 
 
-def _rated_hashes(warehouse_path: str | None) -> dict | None:
-    """Hashes of versions that already rated, read-only from the warehouse if it exists.
+def _rated_versions(warehouse_path: str | None) -> tuple[dict, dict] | None:
+    """Hashes of versions (and meters) that already rated, and the time each version rated before today
+    (`service.rated_until`), read-only from the warehouse if it exists.
 
     When a running job holds the warehouse, the published snapshot (a copy) is read instead.
     """
     from metering import warehouse
     from metering.errors import WarehouseLockedError
-    from metering.rating.service import rated_hashes
+    from metering.rating.service import rated_hashes, rated_until
 
     path = config.warehouse_path(warehouse_path)
     if not path.exists():
@@ -55,8 +56,8 @@ def _rated_hashes(warehouse_path: str | None) -> dict | None:
             with warehouse.open_warehouse(candidate, read_only=True) as con:
                 tables = {r[0] for r in con.execute("SELECT table_name FROM information_schema.tables").fetchall()}
                 if not {"rules_versions", "rated_usage"} <= tables:
-                    return {}
-                return rated_hashes(con)
+                    return {}, {}
+                return rated_hashes(con), rated_until(con, dt.datetime.now(dt.timezone.utc).date())
         except WarehouseLockedError:
             click.echo(f"note: {candidate} is held by a running job; trying the published snapshot", err=True)
     raise WarehouseLockedError(f"{path}: held by another process and no published snapshot to read rated versions from")
@@ -80,8 +81,9 @@ def validate(rules_dir: str | None, warehouse_path: str | None) -> None:
     from metering.dunning.policy import validate_dunning
     from metering.rules.plans import check_rules
 
-    hashes = _rated_hashes(warehouse_path)
-    found, errors = check_rules(rules_dir, rated_hashes=hashes)
+    rated = _rated_versions(warehouse_path)
+    hashes, until = rated if rated is not None else (None, None)
+    found, errors = check_rules(rules_dir, rated_hashes=hashes, rated_until=until)
     errors = [*errors, *validate_dunning(config.rules_dir(rules_dir))]  # the policy lives beside the plans
     for line in errors:
         click.echo(line)

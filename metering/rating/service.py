@@ -137,6 +137,14 @@ def rated_hashes(con: duckdb.DuckDBPyConnection) -> dict[tuple[str, str], str]:
     return {(p, v): h for p, v, h in rows}
 
 
+def rated_until(con: duckdb.DuckDBPyConnection, today: dt.date) -> dict[tuple[str, str], dt.date]:
+    """{(plan, version): the day after the last day before `today` its rated lines price}: the time a
+    new version of the plan may no longer start in (`metering.rules.plans.check_rules`)."""
+    rows = con.execute("SELECT plan, plan_version, least(max(segment_end), ?::DATE) FROM rated_usage "
+                       "WHERE segment_start < ?::DATE GROUP BY ALL", [today, today]).fetchall()
+    return {(p, v): until for p, v, until in rows}
+
+
 def write_rated(con: duckdb.DuckDBPyConnection, month: dt.date, rated: pl.DataFrame, rules: Rules,
                 rated_at: dt.datetime, adjust: Adjustment | None = None, in_transaction: bool = False) -> int:
     """Replace the rated_usage rows of periods starting in `month`; record the plan versions used.

@@ -10,6 +10,9 @@ rated lines, from the warehouse's `rules_versions` table) and a version whose co
 since is an error: published prices are changed by adding a version, never by editing one. The
 same holds for the meters that priced those lines (entries `(RATED_METER, meter)`: definition
 hash, from `rated_meters`): their aggregation, counted property and dimensions decide quantities.
+`rated_until` ({(plan, version): the day after the last past day it priced}) also refuses a new
+version starting inside that time, which would cut a rated version's range short (its hash holds
+its start, not the end its successor implies).
 """
 
 from __future__ import annotations
@@ -375,7 +378,8 @@ def _version(spec: Any, path: tuple, plan: str, currency: str, meters: Mapping[s
 
 
 def _plan_file(file: Path, meters: Mapping[str, Meter], errors: list[str],
-               rated_hashes: Mapping[tuple[str, str], str]) -> Plan | None:
+               rated_hashes: Mapping[tuple[str, str], str],
+               rated_until: Mapping[tuple[str, str], dt.date]) -> Plan | None:
     try:
         doc, marks = load_yaml(file)
     except BadInputError as exc:
@@ -448,6 +452,16 @@ def _plan_file(file: Path, meters: Mapping[str, Meter], errors: list[str],
             err(("versions", i), f"version {v.version} of plan {v.plan} has already rated usage and its content "
                 f"changed (hash {old[:12]} -> {v.content_hash[:12]}): published versions are immutable, add a new "
                 "version with a later effective_from instead")
+    for i, v in enumerate(versions):
+        if (plan, v.version) in rated_hashes:
+            continue
+        cut = [(until, va) for va in versions if va.effective_from < v.effective_from
+               and (until := rated_until.get((plan, va.version))) is not None and until > v.effective_from]
+        if cut:
+            until, va = max(cut, key=lambda c: c[0])
+            err(("versions", i, "effective_from"), f"version {v.version} starts {v.effective_from}, inside the "
+                f"time version {va.version} has already rated (through {until - dt.timedelta(days=1)}): published "
+                f"versions are immutable, their dates included; start it on {until} or later")
     if err.count:
         return None
     ordered = [versions[i] for i in order]
@@ -469,7 +483,8 @@ RATED_METER = "(meter)"
 
 
 def check_rules(rules_dir: str | Path | None = None,
-                rated_hashes: Mapping[tuple[str, str], str] | None = None) -> tuple[Rules, list[str]]:
+                rated_hashes: Mapping[tuple[str, str], str] | None = None,
+                rated_until: Mapping[tuple[str, str], dt.date] | None = None) -> tuple[Rules, list[str]]:
     """Read meters and plans, returning the usable rules and every problem found (empty = valid)."""
     root = config.rules_dir(rules_dir)
     if not root.is_dir():
@@ -483,7 +498,7 @@ def check_rules(rules_dir: str | Path | None = None,
     if not files:
         errors.append(f"{root / 'plans'}: (document): no plan files (plans/<plan>.yaml)")
     for file in files:
-        plan = _plan_file(file, meters, errors, rated_hashes or {})
+        plan = _plan_file(file, meters, errors, rated_hashes or {}, rated_until or {})
         if plan is not None:
             if plan.name in plans:
                 errors.append(f"{file}: plan: plan {plan.name!r} is defined in two files")

@@ -107,6 +107,38 @@ def test_validate_refuses_a_changed_rated_version(tmp_path):
     assert "add a new version with a later effective_from instead" in result.output
 
 
+def test_validate_refuses_a_new_version_starting_inside_rated_time(tmp_path):
+    """starter 2026-01 rated October 2026; a new version from Oct 15 would cut that rated time short.
+    `rules validate --warehouse` said ok (its hash check cannot see the end a successor implies) and
+    only the next rerate refused it (audit). Now validate names the line; from Nov 1 it is fine."""
+    root = tmp_path / "rules"
+    shutil.copytree(RULES, root)
+    db = tmp_path / "wh.duckdb"
+    customers = tmp_path / "customers.csv"
+    customers.write_text("customer_id,name,email,currency,billing_anchor_day,plan,plan_effective_from,payment_behavior\n"
+                         "c1,A,a@a.test,usd,,starter,2026-01-01,succeeds\n")
+    with warehouse.open_warehouse(db) as con:
+        con.execute("""INSERT INTO usage_events SELECT 'e' || i, 'c1', 'api_calls',
+                       TIMESTAMPTZ '2026-10-03 00:00:00+00' + INTERVAL (i) SECOND, DATE '2026-10-03', NULL,
+                       '{"region":"us"}', '{}', 1, i FROM range(3) t(i)""")
+        record_manifest(con)
+    rated = run("rerate", "--from", "2026-10-01", "--to", "2026-10-31", "--warehouse", str(db), "--rules", str(root),
+                "--customers", str(customers))
+    assert rated.exit_code == 0, rated.output
+    starter = root / "plans" / "starter.yaml"
+    text = starter.read_text()
+    version = text[text.index('  - version: "2026-01"'):]
+    starter.write_text(text + version.replace('"2026-01"', '"2026-10b"').replace("2026-01-01", "2026-10-15"))
+    result = run("rules", "validate", str(root), "--warehouse", str(db))
+    assert result.exit_code == 3, result.output
+    line = 1 + len(text.splitlines()) + 1   # the new version's effective_from
+    assert (f"{starter}:{line}: versions[1].effective_from: version 2026-10b starts 2026-10-15, inside the time version "
+            f"2026-01 has already rated (through 2026-10-31): published versions are immutable, their dates "
+            f"included; start it on 2026-11-01 or later") in result.output
+    starter.write_text(text + version.replace('"2026-01"', '"2026-11"').replace("2026-01-01", "2026-11-01"))
+    assert run("rules", "validate", str(root), "--warehouse", str(db)).exit_code == 0
+
+
 USAGE = (
     "customer_id,meter,quantity,plan,period_start,region,model\n"
     "c1,api_calls,1500,pro,2026-10-20,us,\n"
