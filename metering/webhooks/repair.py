@@ -266,6 +266,7 @@ def ambiguous_objects(con: duckdb.DuckDBPyConnection) -> list[tuple[str, str]]:
                    max(created) OVER (PARTITION BY object_type, object_id) AS newest
             FROM stripe_webhook_events
             WHERE list_contains(?, object_type) AND object_id IS NOT NULL AND NOT (type LIKE '%.deleted')
+              AND type <> 'invoice.upcoming'   -- a preview: no invoice to fetch
         ), last_second AS (
             SELECT *, max(rank) OVER (PARTITION BY object_type, object_id) AS top FROM versions WHERE created = newest
         ), tied AS (

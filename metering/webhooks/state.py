@@ -125,7 +125,8 @@ _INVOICE_SELECT = f"""
     ranked AS (
         SELECT *, count(*) OVER (PARTITION BY o.id) AS state_events
         FROM versions
-        WHERE o.id IS NOT NULL AND o.id NOT IN (SELECT invoice_id FROM deleted)
+        -- invoice.upcoming previews an invoice Stripe has not created (the preview API gives it an id)
+        WHERE o.id IS NOT NULL AND o.id NOT IN (SELECT invoice_id FROM deleted) AND event_type <> 'invoice.upcoming'
         QUALIFY row_number() OVER (
             PARTITION BY o.id
             -- an invoice's status and attempt count only move forward, so within one second a version

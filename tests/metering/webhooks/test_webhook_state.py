@@ -135,6 +135,14 @@ def test_a_deleted_event_without_an_object_id_removes_nothing(con, tmp_path: Pat
     assert con.execute("SELECT invoice_id FROM stripe_invoices").fetchall() == [("in_A",)]
 
 
+def test_an_upcoming_invoice_is_no_invoice(con, tmp_path: Path):
+    """`invoice.upcoming` carries a preview of the next invoice, which Stripe has not created: with the
+    preview API's `upcoming_...` id it became a draft in stripe_invoices that never goes away."""
+    preview = invoice("upcoming_in_P", status="draft", amount_due=4200)
+    land(con, tmp_path, [dunning_lifecycle("in_A"), [event("evt_up", "invoice.upcoming", START + 9, preview)]])
+    assert con.execute("SELECT invoice_id FROM stripe_invoices").fetchall() == [("in_A",)]
+
+
 def test_expanded_subscription_and_zero_decimal_currency(con, tmp_path: Path):
     inv = invoice("in_J", currency="jpy", amount_due=1500, subscription=None, customer_id=None)
     inv["parent"] = {"type": "subscription_details",
