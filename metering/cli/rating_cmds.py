@@ -6,7 +6,6 @@ import datetime as dt
 import logging
 import sys
 from pathlib import Path
-from typing import Any
 
 import click
 import polars as pl
@@ -151,8 +150,7 @@ def rerate(first: dt.date, last: dt.date, warehouse_path: str | None, rules_dir:
 
     from metering import warehouse
     from metering.customers import load_customers
-    from metering.errors import BadInputError
-    from metering.rating.service import Adjustment, guarded_rules, read_customer_plans, rerate_range
+    from metering.rating.service import Adjustment, guarded_rules, rerate_range
 
     check_order(first, last, "--from", "--to")
     if adjust_reason is not None and not adjust_reason.strip():
@@ -160,11 +158,9 @@ def rerate(first: dt.date, last: dt.date, warehouse_path: str | None, rules_dir:
     with warehouse.open_warehouse(warehouse_path, wait_seconds=5, must_exist=True) as con:
         rules_obj = guarded_rules(con, config.rules_dir(rules_dir), dt.datetime.now(dt.timezone.utc))
         link: dict = {"customers": "customer_plans, as stored"}
-        previous = None
+        frame = None
         if customers_file:
-            previous = read_customer_plans(con)   # put back if the new list is refused
             frame = load_customers(customers_file, rules_obj)
-            warehouse.replace_rows(con, "customer_plans", "TRUE", [], frame)
             link = {"customers": str(Path(customers_file).resolve()),
                     "sha256": hashlib.sha256(Path(customers_file).read_bytes()).hexdigest()}
         adjust = Adjustment(adjust_reason.strip(), link) if adjust_reason else None
@@ -173,16 +169,10 @@ def rerate(first: dt.date, last: dt.date, warehouse_path: str | None, rules_dir:
                 bar.length = total
                 bar.update(done - bar.pos)
 
-            try:
-                summaries = rerate_range(con, rules_obj, first, last, dt.datetime.now(dt.timezone.utc), progress,
-                                         adjust)
-            except BaseException:
-                # no month was rated (they are written in one transaction; the hourly aggregates it may have
-                # refreshed do not depend on the list): a refused list (bad input, unsound events, an
-                # interrupt) does not stay behind for the next run to price with
-                if previous is not None:
-                    _put_back(con, previous)
-                raise
+            # the list is stored in the transaction that writes the months: a refused list (bad input,
+            # unsound events, an interrupt) never stays behind for the next run to price with
+            summaries = rerate_range(con, rules_obj, first, last, dt.datetime.now(dt.timezone.utc), progress,
+                                     adjust, customers=frame)
         unpriced_frames = {s["month"]: s["unpriced"] for s in summaries}   # what the check all_usage_priced lists
         done = {s["month"] for s in summaries}
         stale = [m for (m,) in con.execute(
@@ -205,17 +195,6 @@ def rerate(first: dt.date, last: dt.date, warehouse_path: str | None, rules_dir:
             f"{events} usage event(s) not priced in {', '.join(f'{m:%Y-%m}' for m in unpriced)} (the check "
             f"all_usage_priced; listed above). The rated lines are stored: load the customers (--customers) "
             f"or fix the rules, then re-rate")
-
-
-def _put_back(con: Any, previous: pl.DataFrame) -> None:
-    """Restore the customer list a failed rerate replaced; if that fails too (the connection is broken),
-    say so and let the original error stand."""
-    from metering import warehouse
-
-    try:
-        warehouse.replace_rows(con, "customer_plans", "TRUE", [], previous)
-    except Exception as exc:   # the first error is the one to report
-        log.error("could not put back the previous customer list (%s): customer_plans holds the new one", exc)
 
 
 def _unpriced_summary(unpriced: pl.DataFrame) -> str:

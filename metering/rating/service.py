@@ -591,8 +591,11 @@ def months_touching(first: dt.date, last: dt.date) -> list[dt.date]:
 
 def rerate_range(con: duckdb.DuckDBPyConnection, rules: Rules, first: dt.date, last: dt.date,
                  rated_at: dt.datetime, progress: Callable[[int, int], None] | None = None,
-                 adjust: Adjustment | None = None) -> list[dict]:
+                 adjust: Adjustment | None = None, customers: pl.DataFrame | None = None) -> list[dict]:
     """Recompute aggregates for event dates first..last and re-rate every month touching them.
+
+    `customers` (a loaded customer list) rates the months and replaces `customer_plans` in the same
+    transaction as their lines: a refused or interrupted run leaves the stored list as it was.
 
     Refused (`checks.UnsoundEventsError`, exit 4) while usage_events break conservation or event_id
     uniqueness. Returns one summary per month: lines, totals per currency (minor units), whether the output changed,
@@ -612,13 +615,15 @@ def rerate_range(con: duckdb.DuckDBPyConnection, rules: Rules, first: dt.date, l
             progress(done, total)
     ratings = []
     for month in months:
-        ratings.append((month, fingerprint(read_rated(con, month)), rate_month_full(con, rules, month)))
+        ratings.append((month, fingerprint(read_rated(con, month)), rate_month_full(con, rules, month, customers)))
         done += 1
         if progress:
             progress(done, total)
     out = []
     # every month in one transaction: a month refused (a closed period re-priced) leaves none written
     with warehouse.transaction(con):
+        if customers is not None:
+            warehouse.replace_rows(con, "customer_plans", "TRUE", [], customers, in_transaction=True)
         for month, before, rating in ratings:
             write_rated(con, month, rating.rated, rules, rated_at, adjust, in_transaction=True)
             stored = read_rated(con, month)   # billed periods without new usage keep their lines
