@@ -144,6 +144,7 @@ def connect(
                             "`metering ingest` creates one)")
     if not read_only:
         config.ensure_file_target(target, "warehouse")
+    _refuse_other_formats(target)
     deadline = time.monotonic() + wait_seconds
     told = False
     while True:
@@ -448,6 +449,23 @@ DUCKDB_MAGIC = b"DUCK"
 """What a DuckDB database file holds at bytes 8-11."""
 
 
+def _refuse_other_formats(path: Path) -> None:
+    """Refuse a file that is not a DuckDB database before DuckDB opens it: DuckDB opens a `.csv`,
+    `.parquet` or `.json` file as an in-memory database with a view over it, which a read-only open
+    met as a CatalogException traceback ("Cannot launch in-memory database in read-only mode")."""
+    try:
+        if not stat.S_ISREG(os.stat(path).st_mode):
+            return
+        with open(path, "rb") as fh:
+            head = fh.read(12)
+    except OSError:   # missing or unreadable: DuckDB's own open says which
+        return
+    if head and head[8:12] != DUCKDB_MAGIC:
+        raise BadInputError(f"{path}: cannot open the warehouse: not a valid DuckDB database file (its first bytes "
+                            f"are no DuckDB header: a CSV, JSON or Parquet file? check --warehouse or "
+                            f"$METERING_WAREHOUSE)")
+
+
 def _refuse_overwriting_another_file(dest: Path) -> None:
     """The swap replaces `dest`: refuse when it is a file that is not a DuckDB database (a mistyped
     `--snapshot customers.csv` replaced the customer list with a snapshot, and printed `published`)."""
@@ -544,6 +562,7 @@ def _write_snapshot(tmp: Path, warehouse: str | os.PathLike[str] | None, con: du
             raise BadInputError(f"{source}: no warehouse there (check --warehouse or $METERING_WAREHOUSE)")
         # Copy from a read-only attachment, which also keeps writers out until the copy is done (a
         # read-only connection could not attach the target for writing).
+        _refuse_other_formats(source)
         reader = duckdb.connect()
         try:
             try:

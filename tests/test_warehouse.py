@@ -309,6 +309,28 @@ def test_an_unreadable_warehouse_is_named_as_such_never_as_locked(tmp_path, kind
     assert result.exit_code == 3 and f"{path}: cannot open the warehouse" in result.output
 
 
+@pytest.mark.parametrize("name", ["customers.csv", "events.parquet", "events.json"])
+def test_a_data_file_given_as_the_warehouse_is_bad_input_for_readers_too(tmp_path, name):
+    """DuckDB opens an existing .csv, .parquet or .json file as an in-memory database with a view over
+    it: a read-only open (dunning summary, rules validate, publish) ended in a CatalogException traceback
+    (exit 1). Every open now refuses it first, naming the file (exit 3), and leaves it as it was."""
+    from click.testing import CliRunner
+
+    from metering.cli import cli
+
+    path = tmp_path / name
+    duckdb.sql(f"COPY (SELECT 'c1' AS customer_id, 1 AS n) TO '{path}'")
+    before = path.read_bytes()
+    for args in (["dunning", "summary", "--warehouse", str(path)],
+                 ["rules", "validate", "--warehouse", str(path)],
+                 ["publish", "--warehouse", str(path), "--snapshot", str(tmp_path / "snap.duckdb")],
+                 ["rerate", "--from", "2026-10-01", "--to", "2026-10-01", "--warehouse", str(path)]):
+        result = CliRunner().invoke(cli, args)
+        assert result.exit_code == 3, (args, result.output)
+        assert f"{path}: cannot open the warehouse: not a valid DuckDB database file" in result.output, result.output
+    assert path.read_bytes() == before
+
+
 def _corrupt_after_open(tmp_path):
     """A real warehouse that opens (catalog intact) but whose usage_events data block has flipped bytes:
     DuckDB finds the corruption only when a command reads the events, after the warehouse is open."""
