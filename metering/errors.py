@@ -9,6 +9,7 @@
 | 4 | a check failed: data was processed but an invariant or threshold does not hold |
 | 5 | an external service (Stripe) failed or could not be reached |
 | 6 | the warehouse is locked by another writer |
+| 130 | interrupted (Ctrl-C) |
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ EXIT_BAD_INPUT = 3
 EXIT_CHECK_FAILED = 4
 EXIT_EXTERNAL = 5
 EXIT_LOCKED = 6
+EXIT_INTERRUPTED = 130   # as a shell reports a command that SIGINT ended
 
 
 class MeteringError(Exception):

@@ -440,3 +440,39 @@ def test_stripe_sync_without_a_customer_list_needs_the_warehouse(tmp_path: Path)
                         "METERING_DATA_DIR": str(tmp_path / "d")})
     assert done.returncode == 3, done.stderr
     assert "Traceback" not in done.stderr and not (tmp_path / "typo.duckdb").exists()
+
+
+def test_ctrl_c_is_one_line_and_exit_130_and_stores_nothing(tmp_path: Path) -> None:
+    """SIGINT during `metering ingest`: click's standalone mode printed "Aborted!" and exited 1 (a bug, by
+    the exit codes), or DuckDB's form of the interrupt ("Query interrupted") was a traceback. Now it is
+    `interrupted` and 130, and the file's transaction left nothing: the warehouse holds no event."""
+    import os
+    import signal
+    import time
+
+    import duckdb
+
+    raw = tmp_path / "raw"
+    generated = run_cli("generate", "--events", "400000", "--customers", "50", "--formats", "jsonl", "--single-file",
+                        "--out", str(raw), "--customers-file", str(tmp_path / "c.csv"))
+    assert generated.returncode == 0, generated.stderr
+    db = tmp_path / "wh.duckdb"
+    proc = subprocess.Popen([sys.executable, "-c", "from metering.cli import main; main()", "--log-json", "ingest",
+                             str(raw), "--warehouse", str(db)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            text=True, env={**os.environ, "METERING_DATA_DIR": str(tmp_path / "data")},
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    assert proc.stderr is not None
+    seen = []
+    for line in proc.stderr:   # the file is being read: DuckDB is at work
+        seen.append(line)
+        if '"reading ' in line:
+            break
+    time.sleep(0.3)
+    proc.send_signal(signal.SIGINT)
+    rest = proc.stderr.read()
+    assert proc.wait(timeout=60) == 130, "".join(seen) + rest
+    assert "Traceback" not in rest and "Aborted!" not in rest
+    assert rest.strip().splitlines()[-1] == "interrupted"
+    with duckdb.connect(str(db), read_only=True) as con:
+        assert con.execute("SELECT count(*) FROM usage_events").fetchone() == (0,)
+        assert con.execute("SELECT count(*) FROM ingested_files").fetchone() == (0,)

@@ -13,7 +13,7 @@ from typing import NamedTuple
 
 import click
 
-from metering.errors import EXIT_INTERNAL, MeteringError, user_path_error
+from metering.errors import EXIT_INTERNAL, EXIT_INTERRUPTED, MeteringError, user_path_error
 from metering.logs import LOG_LEVELS, env_log_json, env_log_level, redact, setup_logging
 
 
@@ -118,6 +118,14 @@ class LazyGroup(click.Group):
             return super().invoke(ctx)
         except MeteringError as exc:
             _fail(ctx, exc)
+        except KeyboardInterrupt:
+            _interrupted(ctx)
+        except (RuntimeError, duckdb_interrupt()) as exc:
+            # DuckDB ends a query that Ctrl-C interrupted with an error of its own, the
+            # KeyboardInterrupt as its cause
+            if not (isinstance(exc.__cause__ or exc.__context__, KeyboardInterrupt) or "interrupted" in str(exc)):
+                raise
+            _interrupted(ctx)
         except OSError as exc:
             # The one place a path the user chose (an --out folder under /proc, a file where a folder
             # should be, a read-only mount) turns into exit 3 naming the path, whichever command wrote it
@@ -130,6 +138,20 @@ class LazyGroup(click.Group):
 def _end(args: list[str]) -> int:
     """Where options end: `--` makes the rest arguments (a file called --help)."""
     return args.index("--") if "--" in args else len(args)
+
+
+def duckdb_interrupt() -> type[BaseException]:
+    """DuckDB's error for an interrupted query, imported only where a command already loaded DuckDB
+    (`--help` and the lazy listing stay free of it)."""
+    duckdb = sys.modules.get("duckdb")
+    return getattr(duckdb, "InterruptException", RuntimeError) if duckdb is not None else RuntimeError
+
+
+def _interrupted(ctx: click.Context) -> None:
+    """Ctrl-C: one line and exit 130. Click's standalone mode made it "Aborted!" and exit 1 (a bug, by
+    the exit codes), and DuckDB's form of it a RuntimeError traceback."""
+    click.echo("interrupted", err=True)
+    ctx.exit(EXIT_INTERRUPTED)
 
 
 def _fail(ctx: click.Context, exc: MeteringError) -> None:
@@ -159,7 +181,7 @@ def cli(log_level: str | None, log_json: bool | None) -> None:
     """Usage metering and rating engine: raw logs -> DuckDB -> exact rating -> Stripe, reconciled.
 
     Exit codes: 0 ok, 1 internal error, 2 usage error, 3 bad input, 4 check failed,
-    5 Stripe/external failure, 6 warehouse locked by another writer.
+    5 Stripe/external failure, 6 warehouse locked by another writer, 130 interrupted.
     """
     setup_logging(*_log_settings(log_level, log_json))
 
@@ -178,7 +200,7 @@ def main() -> None:
         sys.exit(exc.exit_code)
     except KeyboardInterrupt:
         click.echo("interrupted", err=True)
-        sys.exit(130)
+        sys.exit(EXIT_INTERRUPTED)
     except Exception:  # a bug: keep the traceback, but redacted
         import traceback
 
