@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
 from typing import Any, Callable
 
-from .apierrors import StripeAPIError, invalid, missing_param, not_found
+from .apierrors import StripeAPIError, invalid, missing_param, not_found, not_modelled
 from .spec import operation_key
 from .store import State
 
@@ -41,13 +41,30 @@ def route(method: str, pattern: str) -> Callable[[Handler], Handler]:
     return register
 
 
+def _specificity(template: str) -> int:
+    """How many path segments a template leaves to parameters: the fewer, the more specific."""
+    return template.count("{")
+
+
 def resolve(method: str, path: str) -> tuple[Handler, dict[str, str], str] | None:
-    """(handler, path parameters, route template) for a request, or None."""
-    for m, regex, fn, template in ROUTES:
-        match = regex.match(path)
-        if match and m == method:
-            return fn, match.groupdict(), template
-    return None
+    """(handler, path parameters, route template) for a request, or None (an unknown URL).
+
+    As at Stripe, a literal segment beats a path parameter: ``/v1/customers/search`` is the search
+    operation, not the customer ``search``. An operation of the spec the sandbox has no handler for
+    (``request_schemas.SCHEMAS`` lists them all), or one more specific than the route that would
+    otherwise answer, is refused with :func:`not_modelled` rather than routed to another one."""
+    from .request_schemas import SCHEMAS
+
+    found = [(fn, match.groupdict(), template) for m, regex, fn, template in ROUTES
+             if m == method and (match := regex.match(path))]
+    best = min(found, key=lambda f: _specificity(f[2]), default=None)
+    prefix = f"{method} "
+    operations = [key[len(prefix):] for key in SCHEMAS if key.startswith(prefix)]
+    spec_match = [t for t in operations if re.fullmatch(re.escape(t).replace(r"\{\}", "[^/]+"), path)]
+    operation = min(spec_match, key=_specificity, default=None)
+    if operation is not None and (best is None or _specificity(operation) < _specificity(best[2])):
+        raise not_modelled(f"{method} {operation}")
+    return best
 
 
 def check_params(method: str, template: str, params: dict[str, Any]) -> None:
@@ -260,8 +277,13 @@ def fetch(state: State, kind: str, ident: str, label: str, param: str = "id") ->
 
 
 # -- lists ----------------------------------------------------------------------------------------
-def paginate(items: list[dict[str, Any]], params: dict[str, Any], url: str) -> dict[str, Any]:
-    """Stripe's list envelope over already-ordered public objects."""
+def paginate(items: list[dict[str, Any]], params: dict[str, Any], url: str,
+             rank: Callable[[str], Callable[[str], int] | None] | None = None) -> dict[str, Any]:
+    """Stripe's list envelope over already-ordered public objects.
+
+    A cursor is a position, not a member of the page: one that has since left the filter (a draft
+    finalized while listing drafts) still marks where the next page starts. ``rank(cursor)`` gives the
+    position of each id among all objects of the cursor's kind (None: no such object, 400)."""
     limit = as_int(params.get("limit", 10), "limit")
     if not 1 <= limit <= 100:
         raise invalid("Invalid limit: must be between 1 and 100", "limit")
@@ -269,16 +291,23 @@ def paginate(items: list[dict[str, Any]], params: dict[str, Any], url: str) -> d
     if after and before:
         raise invalid("You may only specify one of these parameters: ending_before, starting_after.", "starting_after")
     ids = [item["id"] for item in items]
+
+    def before_cursor(cursor: str, param: str) -> int:
+        """How many items come before the cursor (itself excluded)."""
+        if cursor in ids:
+            return ids.index(cursor)
+        position = rank(cursor) if rank is not None else None
+        if position is None:
+            raise invalid(f"Invalid {param} id: {cursor}", param, code="resource_missing")
+        mark = position(cursor)
+        return sum(1 for ident in ids if position(ident) < mark)
+
     if after:
-        if after not in ids:
-            raise invalid(f"Invalid starting_after id: {after}", "starting_after", code="resource_missing")
-        start = ids.index(after) + 1
+        start = before_cursor(after, "starting_after") + (after in ids)
         page = items[start : start + limit]
         has_more = start + limit < len(items)
     elif before:
-        if before not in ids:
-            raise invalid(f"Invalid ending_before id: {before}", "ending_before", code="resource_missing")
-        end = ids.index(before)
+        end = before_cursor(before, "ending_before")
         page = items[max(0, end - limit) : end]
         has_more = end - limit > 0
     else:
@@ -317,18 +346,31 @@ def expand(state: State, body: dict[str, Any], paths: Any) -> dict[str, Any]:
     for path in as_list(paths, "expand"):
         if not isinstance(path, str) or path.count(".") > 3:
             raise invalid(f"Invalid expand path: {path}", "expand")
-        _expand_path(state, body, path.split("."), path)
+        _expand_path(state, body, path.split("."), path, None)
     return body
 
 
-def _expand_path(state: State, node: Any, parts: list[str], full: str) -> None:
+def _expand_path(state: State, node: Any, parts: list[str], full: str, schema: str | None) -> None:
+    """Expand ``parts`` in ``node`` (of component ``schema`` when it names no ``object`` itself).
+    Every step must be one of the component's ``x-expandableFields`` (Stripe answers 400 "This
+    property cannot be expanded" otherwise, even where the field holds an id)."""
+    from .request_schemas import EXPANDABLE
+
     if isinstance(node, list):
         for item in node:
-            _expand_path(state, item, parts, full)
+            _expand_path(state, item, parts, full, schema)
         return
     if not isinstance(node, dict) or not parts:
         return
     key, rest = parts[0], parts[1:]
+    if node.get("object") == "list":  # a list object (subscription items): its data are of `schema`
+        if key != "data":
+            raise invalid(f"This property cannot be expanded ({full}).", "expand")
+        _expand_path(state, node["data"], rest, full, schema)
+        return
+    component = EXPANDABLE.get(node.get("object") or schema or "")
+    if component is None or key not in component["fields"]:
+        raise invalid(f"This property cannot be expanded ({full}).", "expand")
     if key == "tiers" and not rest and node.get("object") == "price":
         # `tiers` is not in a price by default: Stripe includes it only when expanded
         stored = state.get("price", node["id"])
@@ -339,7 +381,10 @@ def _expand_path(state: State, node: Any, parts: list[str], full: str) -> None:
         raise invalid(f"This property cannot be expanded ({full}).", "expand")
     value = node[key]
     if rest:
-        _expand_path(state, value, rest, full)
+        if isinstance(value, str) and state.find(value) is not None:
+            # `latest_invoice.customer` expands the invoice, then its customer
+            node[key] = value = state.render(state.find(value))
+        _expand_path(state, value, rest, full, component["refs"].get(key))
         return
     if isinstance(value, str):
         target = state.find(value)
@@ -355,12 +400,47 @@ def public(state: State, obj: dict[str, Any], params: dict[str, Any]) -> dict[st
     return expand(state, state.render(obj), params.get("expand"))
 
 
+def _ranking(state: State, objs: list[dict[str, Any]]) -> Callable[[str], Callable[[str], int] | None]:
+    """For a cursor id: each id's position in the list order (newest first) of all objects of the
+    cursor's kind, or None when there is no such object or it is of another kind than the list's."""
+
+    def rank(cursor: str) -> Callable[[str], int] | None:
+        obj = state.find(cursor)
+        if obj is None or (objs and obj.get("object") != objs[0].get("object")):
+            return None
+        order = {o["id"]: i for i, o in enumerate(state.all(obj["object"]))}
+        return lambda ident: order.get(ident, -1)
+
+    return rank
+
+
 def public_list(state: State, objs: list[dict[str, Any]], params: dict[str, Any], url: str) -> dict[str, Any]:
-    page = paginate([state.render(o) for o in objs], params, url)
+    page = paginate([state.render(o) for o in objs], params, url, _ranking(state, objs))
     paths = [p[5:] if p.startswith("data.") else p for p in as_list(params.get("expand"), "expand")]
     for item in page["data"]:
         expand(state, item, [p for p in paths if p != "total_count"])
     return page
+
+
+def reject_unmodelled(params: dict[str, Any], names: tuple[str, ...] | list[str],
+                      message: str = "The sandbox does not model the parameter {name}; it is refused rather than ignored.",
+                      within: str = "") -> None:
+    """400 for a documented parameter the sandbox would otherwise accept and silently drop (a list
+    filter that would return unfiltered data, an update it would not apply). Empty values are absent.
+    ``within`` names the enclosing parameter of nested ones (``items[0]``)."""
+    for name in names:
+        if params.get(name) not in (None, ""):
+            param = _child(within, name)
+            raise invalid(message.format(name=param), param)
+
+
+def reject_all_but(params: dict[str, Any], modelled: set[str], within: str = "") -> None:
+    """:func:`reject_unmodelled` for every parameter but ``modelled`` (and ``expand``): for updates,
+    whose every other documented parameter would be dropped."""
+    reject_unmodelled(params, [name for name in params if name not in modelled and name != "expand"], within=within)
+
+
+UNMODELLED_FILTER = "The sandbox does not model the list filter {name}: it is refused rather than ignored, as the list would not be filtered."
 
 
 def reject_unknown(params: dict[str, Any], allowed: set[str]) -> None:

@@ -77,3 +77,11 @@ def rate_limited(reason: str, message: str | None = None) -> StripeAPIError:
         headers={"Stripe-Rate-Limited-Reason": reason},
         store=False,
     )
+
+
+def not_modelled(operation: str) -> StripeAPIError:
+    """400 for an operation of Stripe's API the sandbox does not implement: named, so a caller is not
+    misled by an answer from another operation (retrieve for ``/search``, update for ``/create_preview``)."""
+    return StripeAPIError(
+        400, f"The Stripe sandbox does not model {operation}: this operation is not modelled by the sandbox.", store=False
+    )

@@ -22,6 +22,7 @@ INCOMPLETE_EXPIRY = 23 * 3600
 """Stripe (subscription.status): "If the first invoice is not paid within 23 hours, the subscription
 transitions to incomplete_expired." Counted from the subscription's creation on its clock."""
 ENDED_STATUSES = ("canceled", "incomplete_expired")
+DEFAULT_DAYS_UNTIL_DUE = 30
 
 
 # -- prices ---------------------------------------------------------------------------------------
@@ -429,7 +430,10 @@ def finalize(state: State, invoice: dict[str, Any], at: int, request: dict[str, 
     invoice["hosted_invoice_url"] = f"https://invoice.stripe.com/i/sandbox/{invoice['id']}"
     invoice["invoice_pdf"] = f"https://pay.stripe.com/invoice/sandbox/{invoice['id']}/pdf"
     if invoice["collection_method"] == "send_invoice":
-        invoice["due_date"] = at + 30 * 86400
+        # the subscription's `days_until_due` ("Number of days a customer has to pay invoices generated
+        # by this subscription", spec); 30 when it sets none
+        sub_days = sub.get("days_until_due") if sub is not None else None
+        invoice["due_date"] = at + (DEFAULT_DAYS_UNTIL_DUE if sub_days is None else sub_days) * 86400
     state.dirty = True
     state.record_event("invoice.finalized", invoice, request=request)
 
@@ -603,6 +607,8 @@ def create_initial_invoice(state: State, sub: dict[str, Any], at: int, request: 
     sub["latest_invoice"] = invoice["id"]
     state.record_event("invoice.created", invoice, request=request)
     finalize(state, invoice, at, request)
+    if sub["collection_method"] != "charge_automatically":
+        return invoice  # send_invoice: the customer is sent the invoice and pays it by its due date
     if not attempt_payment(state, invoice, at, automatic=True, request=request):
         # no customer.subscription.updated: the creation's event, recorded after this, says incomplete
         sub["status"] = "incomplete"

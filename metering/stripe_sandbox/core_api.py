@@ -8,6 +8,7 @@ from typing import Any, Callable
 
 from . import billing
 from .api import (
+    UNMODELLED_FILTER,
     Request,
     as_bool,
     as_decimal,
@@ -20,6 +21,7 @@ from .api import (
     fetch,
     public,
     public_list,
+    reject_unmodelled,
     require,
     route,
     update_metadata,
@@ -29,6 +31,7 @@ from .store import State, new_id
 
 FAILING_PAYMENT_METHODS = {"pm_card_chargeCustomerFail", "pm_card_chargeDeclined", "pm_card_visa_chargeDeclined"}
 PAYMENT_BEHAVIORS = ("succeeds", "fails", "fails_then_succeeds")
+MAX_EVENT_TYPES = 20
 
 
 def _deleted(ident: str, kind: str) -> dict[str, Any]:
@@ -211,9 +214,23 @@ def update_product(state: State, req: Request, id: str) -> dict[str, Any]:
 
 @route("GET", "/v1/products")
 def list_products(state: State, req: Request) -> dict[str, Any]:
-    active = req.params.get("active")
-    items = [p for p in state.all("product") if active is None or p["active"] == as_bool(active, "active")]
-    return public_list(state, items, req.params, "/v1/products")
+    params = req.params
+    # products are created without shipping or a url (create_product does not model them)
+    reject_unmodelled(params, ("shippable", "url"), UNMODELLED_FILTER)
+    active = params.get("active")
+    accept = created_filter(params)
+    ids = as_list(params.get("ids"), "ids")
+    if ids and (params.get("starting_after") or params.get("ending_before")):
+        # spec, GET /v1/products `ids`: "Cannot be used with starting_after or ending_before."
+        raise invalid("You may not use ids with starting_after or ending_before.", "ids")
+    items = [
+        p
+        for p in state.all("product")
+        if (active is None or p["active"] == as_bool(active, "active"))
+        and (not ids or p["id"] in ids)
+        and accept(p["created"])
+    ]
+    return public_list(state, items, params, "/v1/products")
 
 
 # -- prices ---------------------------------------------------------------------------------------
@@ -307,7 +324,8 @@ def create_price(state: State, req: Request) -> dict[str, Any]:
                 raise invalid(
                     "Metered prices must be backed by a meter: pass recurring[meter].", "recurring[meter]", code="parameter_missing"
                 )
-            fetch(state, "billing.meter", meter, "billing meter", "recurring[meter]")
+            if fetch(state, "billing.meter", meter, "billing meter", "recurring[meter]")["status"] != "active":
+                raise invalid("You can't attach a deactivated meter to a price.", "recurring[meter]")
         recurring = {
             "interval": choice(require(spec, "interval"), ("day", "week", "month", "year"), "recurring[interval]"),
             "interval_count": as_int(spec.get("interval_count", 1), "recurring[interval_count]"),
@@ -382,7 +400,10 @@ def update_price(state: State, req: Request, price: str) -> dict[str, Any]:
 @route("GET", "/v1/prices")
 def list_prices(state: State, req: Request) -> dict[str, Any]:
     params = dict(req.params)
+    reject_unmodelled(params, ("recurring",), UNMODELLED_FILTER)
     product, active = params.get("product"), params.get("active")
+    kind, currency = params.get("type"), str(params.get("currency") or "").lower()
+    accept = created_filter(params)
     lookup_keys = as_list(params.get("lookup_keys"), "lookup_keys")
     items = [
         p
@@ -390,6 +411,9 @@ def list_prices(state: State, req: Request) -> dict[str, Any]:
         if (not product or p["product"] == product)
         and (active is None or p["active"] == as_bool(active, "active"))
         and (not lookup_keys or p["lookup_key"] in lookup_keys)
+        and (not kind or p["type"] == kind)
+        and (not currency or p["currency"] == currency)
+        and accept(p["created"])
     ]
     return public_list(state, items, params, "/v1/prices")
 
@@ -462,6 +486,9 @@ def _type_matcher(params: dict[str, Any]) -> Callable[[str], bool]:
     types = as_list(params.get("types"), "types")
     if single and types:
         raise invalid("You may only specify one of these parameters: type, types.", "type")
+    if len(types) > MAX_EVENT_TYPES:
+        # spec, GET /v1/events `types`: "An array of up to 20 strings containing specific event names."
+        raise invalid(f"Invalid array: types must have at most {MAX_EVENT_TYPES} elements.", "types")
 
     def match_one(pattern: str, value: str) -> bool:
         if pattern.endswith(".*"):
@@ -477,6 +504,8 @@ def _type_matcher(params: dict[str, Any]) -> Callable[[str], bool]:
 
 @route("GET", "/v1/events")
 def list_events(state: State, req: Request) -> dict[str, Any]:
+    # webhook deliveries are not tracked per event: a filter on them would return unfiltered data
+    reject_unmodelled(req.params, ("delivery_success",), UNMODELLED_FILTER)
     accept = created_filter(req.params)
     match = _type_matcher(req.params)
     oldest = state.now() - state.config.events_window

@@ -21,6 +21,7 @@ from .api import (
     fetch,
     public,
     public_list,
+    reject_unmodelled,
     require,
     route,
     update_metadata,
@@ -44,9 +45,7 @@ def _not_editable(param: str | None = None) -> StripeAPIError:
 
 
 def _reject_unmodelled(params: dict[str, Any], names: tuple[str, ...]) -> None:
-    for name in names:
-        if params.get(name) not in (None, ""):
-            raise invalid(f"The sandbox prices invoice items by amount only and does not model {name}.", name)
+    reject_unmodelled(params, names, "The sandbox prices invoice items by amount only and does not model {name}.")
 
 
 def _period(value: Any, now: int) -> dict[str, int]:

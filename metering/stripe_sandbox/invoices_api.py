@@ -6,6 +6,7 @@ from typing import Any
 
 from . import billing
 from .api import (
+    UNMODELLED_FILTER,
     Request,
     as_bool,
     created_filter,
@@ -13,11 +14,19 @@ from .api import (
     paginate,
     public,
     public_list,
+    reject_all_but,
+    reject_unmodelled,
     route,
     update_metadata,
 )
-from .apierrors import StripeAPIError
+from .apierrors import StripeAPIError, invalid
 from .store import State
+
+
+# editable on a draft only (spec, POST /v1/invoices/{invoice}): the monetary fields and collection_method
+FINALIZED_LOCKED = (
+    "collection_method", "application_fee_amount", "automatic_tax", "default_tax_rates", "discounts", "shipping_cost",
+)
 
 
 def _invoice(state: State, ident: str) -> dict[str, Any]:
@@ -31,14 +40,17 @@ def _now(state: State, invoice: dict[str, Any]) -> int:
 @route("GET", "/v1/invoices")
 def list_invoices(state: State, req: Request) -> dict[str, Any]:
     params = req.params
+    reject_unmodelled(params, ("customer_account", "due_date"), UNMODELLED_FILTER)
     accept = created_filter(params)
     customer, status, subscription = params.get("customer"), params.get("status"), params.get("subscription")
+    collection = params.get("collection_method")
 
     def keep(inv: dict[str, Any]) -> bool:
         sub = ((inv.get("parent") or {}).get("subscription_details") or {}).get("subscription")
         return (
             (not customer or inv["customer"] == customer)
             and (not status or inv["status"] == status)
+            and (not collection or inv["collection_method"] == collection)
             and (not subscription or sub == subscription)
             and accept(inv["created"])
         )
@@ -53,23 +65,45 @@ def retrieve_invoice(state: State, req: Request, invoice: str) -> dict[str, Any]
 
 @route("POST", "/v1/invoices/{invoice}")
 def update_invoice(state: State, req: Request, invoice: str) -> dict[str, Any]:
+    """Spec: "Draft invoices are fully editable. Once an invoice is finalized, monetary values, as well
+    as collection_method, become uneditable." and "pass auto_advance=false" to stop "automatically
+    finalizing, reattempting payments on" it. The sandbox applies metadata, description and
+    auto_advance; any other parameter is refused (400) rather than dropped."""
     obj = _invoice(state, invoice)
     params = req.params
-    if obj["status"] != "draft" and set(params) - {"metadata", "expand"}:
-        raise StripeAPIError(400, "Only metadata can be updated on a finalized invoice.", code="invoice_not_editable")
+    if obj["status"] != "draft":
+        locked = [name for name in FINALIZED_LOCKED if params.get(name) not in (None, "")]
+        if locked:
+            raise StripeAPIError(400, f"You can't change {locked[0]} of a finalized invoice: once an invoice is "
+                                 "finalized, monetary values and collection_method become uneditable.",
+                                 code="invoice_not_editable", param=locked[0])
+    reject_all_but(params, {"metadata", "description", "auto_advance"})
+    advance = as_bool(params["auto_advance"], "auto_advance") if params.get("auto_advance") not in (None, "") else None
+    if advance is not None and advance != obj["auto_advance"]:
+        if obj["status"] not in ("draft", "open"):
+            raise StripeAPIError(400, f"You can't change auto_advance of a {obj['status']} invoice.",
+                                 code="invoice_not_editable", param="auto_advance")
+        if advance and obj["status"] == "open":
+            raise invalid("The sandbox does not model resuming automatic collection of an open invoice "
+                          "(auto_advance=true).", "auto_advance")
     previous = {}
     if "metadata" in params:
         previous["metadata"] = dict(obj["metadata"])
         obj["metadata"] = update_metadata(obj["metadata"], params["metadata"])
-    if "auto_advance" in params:
+    if advance is not None:
         previous["auto_advance"] = obj["auto_advance"]
-        obj["auto_advance"] = as_bool(params["auto_advance"], "auto_advance")
-        if not obj["auto_advance"]:
+        obj["auto_advance"] = advance
+        if not advance:
+            # no automatic finalization of a draft, no further payment attempt on an open invoice
+            previous["automatically_finalizes_at"] = obj["automatically_finalizes_at"]
+            previous["next_payment_attempt"] = obj["next_payment_attempt"]
             obj["automatically_finalizes_at"] = None
+            obj["next_payment_attempt"] = None
     if "description" in params:
         previous["description"] = obj["description"]
         obj["description"] = params["description"] or None
     state.dirty = True
+    previous = {name: value for name, value in previous.items() if obj[name] != value}
     state.record_event("invoice.updated", obj, previous, req.event_request())
     return public(state, obj, params)
 

@@ -6,6 +6,7 @@ from typing import Any
 
 from . import billing
 from .api import (
+    UNMODELLED_FILTER,
     Request,
     as_bool,
     as_dict,
@@ -16,6 +17,8 @@ from .api import (
     fetch,
     public,
     public_list,
+    reject_all_but,
+    reject_unmodelled,
     require,
     route,
     update_metadata,
@@ -42,6 +45,41 @@ def _item_price(state: State, spec: dict[str, Any], index: int, currency: str | 
     if interval is not None and (price["recurring"]["interval"], price["recurring"]["interval_count"]) != interval:
         raise invalid("All prices on a subscription must have the same recurring interval.", f"items[{index}][price]")
     return price
+
+
+# What an update applies; any other documented parameter is refused (400), not dropped. The sandbox
+# prorates no change, so `proration_behavior` is taken only as `none`, which is what it does.
+SUBSCRIPTION_UPDATE = {"metadata", "cancel_at_period_end", "description", "items", "proration_behavior"}
+ITEM_UPDATE = {"id", "deleted", "price", "quantity", "metadata"}
+ITEM_CHANGE = {"metadata", "quantity", "proration_behavior"}  # POST /v1/subscription_items/{item}
+ITEM_CREATE = ITEM_CHANGE | {"subscription", "price"}
+
+
+def _no_proration(params: dict[str, Any], licensed_change: bool = False) -> None:
+    """Refuse a proration the sandbox would not make: an explicit ``proration_behavior`` other than
+    ``none``, or Stripe's default (``create_prorations``) on a change to licensed items (their
+    quantity, price, addition or removal; metered usage is billed in arrears and never prorated)."""
+    behavior = params.get("proration_behavior") or ("create_prorations" if licensed_change else "none")
+    if behavior != "none":
+        raise invalid(f"The sandbox does not prorate changes to a subscription and does not model "
+                      f"proration_behavior={behavior} (Stripe's default); pass proration_behavior=none.",
+                      "proration_behavior")
+
+
+def _licensed(state: State, price_id: Any) -> bool:
+    price = state.get("price", price_id) if isinstance(price_id, str) else None
+    return bool(price and price["recurring"] and price["recurring"]["usage_type"] == "licensed")
+
+
+def _changes_licensed(state: State, item: dict[str, Any] | None, spec: dict[str, Any]) -> bool:
+    """Whether applying ``spec`` to ``item`` (None: a new item) changes what licensed items charge."""
+    if item is None:
+        return _licensed(state, spec.get("price"))
+    deleted = str(spec.get("deleted")) in ("true", "True", "1")
+    new_price = spec.get("price") not in (None, "", item["_price"])
+    new_quantity = spec.get("quantity") not in (None, "") and str(spec["quantity"]) != str(item.get("quantity"))
+    return _licensed(state, item["_price"]) and (deleted or new_price or new_quantity) or (
+        new_price and _licensed(state, spec["price"]))
 
 
 def _new_item(state: State, sub: dict[str, Any], spec: dict[str, Any], at: int, index: int) -> dict[str, Any]:
@@ -219,6 +257,13 @@ def update_subscription(state: State, req: Request, subscription_exposed_id: str
     params = req.params
     if sub["status"] == "canceled":
         raise invalid("A canceled subscription can only update its cancellation_details and metadata.", None)
+    reject_all_but(params, SUBSCRIPTION_UPDATE)
+    specs = [as_dict(spec, f"items[{i}]") for i, spec in enumerate(as_list(params.get("items"), "items"))]
+    for i, spec in enumerate(specs):
+        reject_all_but(spec, ITEM_UPDATE, within=f"items[{i}]")
+    current = [state.get("subscription_item", spec["id"]) if spec.get("id") else None for spec in specs]
+    _no_proration(params, any(_changes_licensed(state, item, spec) for item, spec in zip(current, specs)
+                              if item is not None or not spec.get("id")))
     before = state.render(sub)
     now = state.customer_now(sub["customer"])
     sub["metadata"] = update_metadata(sub["metadata"], params.get("metadata"))
@@ -227,8 +272,7 @@ def update_subscription(state: State, req: Request, subscription_exposed_id: str
         sub["canceled_at"] = now if sub["cancel_at_period_end"] else None
     if "description" in params:
         sub["description"] = params["description"] or None
-    for i, spec in enumerate(as_list(params.get("items"), "items")):
-        spec = as_dict(spec, f"items[{i}]")
+    for i, spec in enumerate(specs):
         if spec.get("id"):
             item = fetch(state, "subscription_item", spec["id"], "subscription item", f"items[{i}][id]")
             if item["subscription"] != sub["id"]:
@@ -271,10 +315,15 @@ def cancel_subscription(state: State, req: Request, subscription_exposed_id: str
 @route("GET", "/v1/subscriptions")
 def list_subscriptions(state: State, req: Request) -> dict[str, Any]:
     params = req.params
+    # since basil a subscription's periods live on its items (see billing.render_item): not modelled here
+    reject_unmodelled(params, ("current_period_end", "current_period_start", "customer_account"), UNMODELLED_FILTER)
     accept = created_filter(params)
     customer = params.get("customer")
     status = params.get("status")
     price = params.get("price")
+    collection = params.get("collection_method")
+    automatic_tax = as_dict(params.get("automatic_tax"), "automatic_tax")
+    tax_enabled = as_bool(automatic_tax["enabled"], "automatic_tax[enabled]") if "enabled" in automatic_tax else None
     # spec, GET /v1/subscriptions `test_clock`: "Filter for subscriptions that are associated with the
     # specified test clock. The response will not include subscriptions with test clocks if this and
     # the customer parameter is not set." (the sandbox ignored the parameter and listed them all)
@@ -289,10 +338,19 @@ def list_subscriptions(state: State, req: Request) -> dict[str, Any]:
             return False
         if status == "all":
             pass
+        elif status == "ended":
+            # spec, GET /v1/subscriptions `status`: "Pass `ended` to find subscriptions that are canceled
+            # and subscriptions that are expired due to incomplete payment"
+            if sub["status"] not in billing.ENDED_STATUSES:
+                return False
         elif status:
             if sub["status"] != status:
                 return False
         elif sub["status"] in billing.ENDED_STATUSES:
+            return False
+        if collection and sub["collection_method"] != collection:
+            return False
+        if tax_enabled is not None and sub["automatic_tax"]["enabled"] != tax_enabled:
             return False
         if price and not any(state.get("subscription_item", i)["_price"] == price for i in sub["_items"]):
             return False
@@ -319,6 +377,8 @@ def retrieve_subscription_item(state: State, req: Request, item: str) -> dict[st
 
 @route("POST", "/v1/subscription_items")
 def create_subscription_item(state: State, req: Request) -> dict[str, Any]:
+    reject_all_but(req.params, ITEM_CREATE)
+    _no_proration(req.params, _changes_licensed(state, None, req.params))
     sub = fetch(state, "subscription", require(req.params, "subscription"), "subscription", "subscription")
     now = state.customer_now(sub["customer"])
     item = _new_item(state, sub, req.params, now, 0)
@@ -329,6 +389,8 @@ def create_subscription_item(state: State, req: Request) -> dict[str, Any]:
 @route("POST", "/v1/subscription_items/{item}")
 def update_subscription_item(state: State, req: Request, item: str) -> dict[str, Any]:
     obj = fetch(state, "subscription_item", item, "subscription item")
+    reject_all_but(req.params, ITEM_CHANGE)
+    _no_proration(req.params, _changes_licensed(state, obj, req.params))
     obj["metadata"] = update_metadata(obj["metadata"], req.params.get("metadata"))
     if req.params.get("quantity") not in (None, ""):
         obj["quantity"] = as_int(req.params["quantity"], "quantity")
@@ -339,6 +401,8 @@ def update_subscription_item(state: State, req: Request, item: str) -> dict[str,
 @route("DELETE", "/v1/subscription_items/{item}")
 def delete_subscription_item(state: State, req: Request, item: str) -> dict[str, Any]:
     obj = fetch(state, "subscription_item", item, "subscription item")
+    reject_all_but(req.params, {"proration_behavior"})
+    _no_proration(req.params, _changes_licensed(state, obj, {"deleted": "true"}))
     sub = state.get("subscription", obj["subscription"])
     obj["_ended"] = state.customer_now(sub["customer"]) if sub else state.now()
     state.dirty = True

@@ -347,9 +347,11 @@ def test_every_endpoint_over_raw_http(sb):
         ok("GET", f"/v1/subscriptions/{sub['id']}")
         ok("POST", f"/v1/subscriptions/{sub['id']}", data={"metadata[customer_id]": "raw"})
         ok("GET", "/v1/subscriptions", params={"status": "all"})
-        item = ok("POST", "/v1/subscription_items", data={"subscription": sub["id"], "price": fee["id"], "quantity": "2"})
+        # the sandbox prorates no change to licensed items: it asks for proration_behavior=none
+        item = ok("POST", "/v1/subscription_items", data={
+            "subscription": sub["id"], "price": fee["id"], "quantity": "2", "proration_behavior": "none"})
         ok("GET", f"/v1/subscription_items/{item['id']}")
-        ok("POST", f"/v1/subscription_items/{item['id']}", data={"quantity": "3"})
+        ok("POST", f"/v1/subscription_items/{item['id']}", data={"quantity": "3", "proration_behavior": "none"})
         ok("GET", "/v1/subscription_items", params={"subscription": sub["id"]})
         ok("POST", "/v1/billing/meter_events", data={
             "event_name": "metering_storage_gb", "payload[stripe_customer_id]": customer["id"], "payload[value]": "7.25", "identifier": "raw-1"})
@@ -391,7 +393,7 @@ def test_every_endpoint_over_raw_http(sb):
         ok("GET", f"/v1/events/{events[0]['id']}")
         ok("POST", f"/v1/billing/meters/{meter['id']}/deactivate")
         ok("POST", f"/v1/billing/meters/{meter['id']}/reactivate")
-        ok("DELETE", f"/v1/subscription_items/{item['id']}")
+        ok("DELETE", f"/v1/subscription_items/{item['id']}", params={"proration_behavior": "none"})
         ok("DELETE", f"/v1/subscriptions/{sub['id']}")
         ok("DELETE", f"/v1/webhook_endpoints/{hook['id']}")
         ok("DELETE", f"/v1/customers/{customer['id']}")
