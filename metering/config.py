@@ -17,10 +17,26 @@ from metering.errors import BadInputError
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
 
+def refuse_non_utf8(path: str | os.PathLike[str], where: str = "") -> None:
+    """A path that is not UTF-8 (bytes Python keeps as surrogates) cannot be handed to DuckDB, Arrow or
+    Polars, nor stored as text: refused, its bad bytes shown escaped (such names ended in a
+    UnicodeEncodeError or TypeError traceback, and `generate` left half its files behind)."""
+    text = os.fspath(path)
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        shown = os.fsencode(text).decode("utf-8", "backslashreplace")
+        raise BadInputError(f"{where}{shown}: the file name is not valid UTF-8, which DuckDB, Arrow and Polars "
+                            f"cannot use (nothing was done): rename it, or choose another") from None
+
+
 def data_dir() -> Path:
     """The folder for generated and runtime files (`METERING_DATA_DIR`, default `data/`; empty = unset,
     like every other path variable, rather than the current directory)."""
-    return Path(os.environ.get("METERING_DATA_DIR") or PROJECT_ROOT / "data")
+    env = os.environ.get("METERING_DATA_DIR")
+    if env:
+        refuse_non_utf8(env, "$METERING_DATA_DIR: ")
+    return Path(env or PROJECT_ROOT / "data")
 
 
 def resolve_path(explicit: str | os.PathLike[str] | None, env_var: str, default: Callable[[], Path]) -> Path:
@@ -28,6 +44,8 @@ def resolve_path(explicit: str | os.PathLike[str] | None, env_var: str, default:
     if explicit:
         return Path(explicit)
     env = os.environ.get(env_var)
+    if env:
+        refuse_non_utf8(env, f"${env_var}: ")
     return Path(env) if env else default()
 
 

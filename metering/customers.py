@@ -25,6 +25,7 @@ import calendar
 import csv
 import io
 import datetime as dt
+import os
 import re
 from pathlib import Path
 
@@ -115,11 +116,14 @@ def load_customers(path: str | Path | None = None, rules: Rules | None = None) -
     Raises `BadInputError` listing every problem (up to 50) as `file:line: field: what is wrong`.
     With `rules`, plans must exist and the currency must be the plan's.
     """
+    # named where it came from: "see METERING_CUSTOMERS" sent a user who passed --customers astray
+    origin = ("" if path else ", from $METERING_CUSTOMERS" if os.environ.get("METERING_CUSTOMERS")
+              else ", by default (pass the file, or set METERING_CUSTOMERS)")
     path = config.customers_path(path)
     try:
         text = path.read_text(encoding="utf-8-sig")
     except FileNotFoundError:
-        raise BadInputError(f"{path}: file not found (the customer list, see METERING_CUSTOMERS)") from None
+        raise BadInputError(f"{path}: file not found (the customer list{origin})") from None
     except UnicodeDecodeError as exc:
         raise BadInputError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
     reader = csv.DictReader(io.StringIO(text, newline=""))

@@ -476,3 +476,52 @@ def test_ctrl_c_is_one_line_and_exit_130_and_stores_nothing(tmp_path: Path) -> N
     with duckdb.connect(str(db), read_only=True) as con:
         assert con.execute("SELECT count(*) FROM usage_events").fetchone() == (0,)
         assert con.execute("SELECT count(*) FROM ingested_files").fetchone() == (0,)
+
+
+def test_an_output_path_that_is_not_utf8_is_bad_input_naming_it(tmp_path: Path) -> None:
+    """A warehouse, snapshot or output name that is not UTF-8 ended in a UnicodeEncodeError (DuckDB) or
+    TypeError (Polars' sink) traceback, exit 1, and `generate` left the files it had written. Now exit 3
+    naming the option and the name (bad bytes escaped), before anything is written."""
+    import os
+
+    bad = os.fsdecode(b"w\xff")
+    usage = tmp_path / "usage.csv"
+    usage.write_text("customer_id,meter,quantity,plan\nc1,api_calls,10,pro\n")
+    cases = [
+        (["ingest", str(usage), "--warehouse", str(tmp_path / f"{bad}.duckdb")], "--warehouse"),
+        (["publish", "--snapshot", str(tmp_path / f"{bad}.duckdb")], "--snapshot"),
+        (["rate", "--usage", str(usage), "--out", str(tmp_path / f"{bad}.csv")], "--out"),
+        (["generate", "--events", "100", "--out", str(tmp_path / bad)], "--out"),
+    ]
+    for args, option in cases:
+        result = invoke(*args)
+        assert result.exit_code == 3, (args, result.output)
+        assert f"{option} {tmp_path}/w\\xff" in result.output and "is not valid UTF-8" in result.output, result.output
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["data", "usage.csv"]
+    assert list((tmp_path / "data").iterdir()) == []
+    result = invoke("rules", "validate", env={"METERING_WAREHOUSE": str(tmp_path / f"{bad}.duckdb")})
+    assert result.exit_code == 3 and f"$METERING_WAREHOUSE: {tmp_path}/w\\xff.duckdb" in result.output, result.output
+
+
+def test_rate_will_not_write_its_lines_over_the_usage_it_prices(tmp_path: Path) -> None:
+    """`rate --usage usage.csv --out usage.csv` replaced the input with the rated lines, exit 0."""
+    usage = tmp_path / "usage.csv"
+    usage.write_text("customer_id,meter,quantity,plan\nc1,api_calls,10,pro\n")
+    before = usage.read_bytes()
+    result = invoke("rate", "--usage", str(usage), "--out", str(tmp_path / "." / "usage.csv"))
+    assert result.exit_code == 3, result.output
+    assert "is the --usage file" in result.output
+    assert usage.read_bytes() == before
+
+
+def test_a_missing_customer_list_is_named_by_where_it_came_from(tmp_path: Path) -> None:
+    """`rerate --customers X` said "(the customer list, see METERING_CUSTOMERS)", a variable never used."""
+    from metering import warehouse
+
+    db = tmp_path / "wh.duckdb"
+    warehouse.connect(db).close()
+    result = invoke("rerate", "--from", "2026-10-01", "--to", "2026-10-01", "--warehouse", str(db),
+                    "--customers", str(tmp_path / "nope.csv"))
+    assert result.exit_code == 3, result.output
+    assert f"{tmp_path / 'nope.csv'}: file not found (the customer list)" in result.output
+    assert "METERING_CUSTOMERS" not in result.output

@@ -100,9 +100,13 @@ def test_a_path_of_the_wrong_kind_given_as_an_option_is_bad_input_as_from_the_en
     assert done.returncode == 3 and f"warehouse {a_folder}: is a folder, not a file" in done.stderr, done.stderr
 
 
-def test_a_missing_path_that_must_exist_stays_a_usage_error(tmp_path: Path) -> None:
-    result = CliRunner().invoke(cli, ["ingest", str(tmp_path / "missing.jsonl")])
-    assert result.exit_code == 2 and "does not exist" in result.output
+def test_a_missing_input_file_is_bad_input_as_for_every_command(tmp_path: Path) -> None:
+    """`ingest` alone made it click's usage error (exit 2); `rate --usage`, `rerate --customers` and
+    `rules validate` name it as bad input (exit 3), as the README's exit codes say."""
+    for args in (["ingest", str(tmp_path / "missing.jsonl")],
+                 ["rate", "--usage", str(tmp_path / "missing.csv"), "--out", str(tmp_path / "o.csv")]):
+        result = CliRunner().invoke(cli, args)
+        assert result.exit_code == 3 and "missing." in result.output, (args, result.output)
 
 
 # --- 3. rerate and usage nothing prices -----------------------------------------------------------

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 from datetime import datetime, timezone
 from pathlib import Path
@@ -106,7 +107,7 @@ def generate(seed: int, customers: int, events: int, start: datetime, end: datet
 
 
 @click.command()
-@click.argument("paths", nargs=-1, required=True, type=UserPath(exists=True))
+@click.argument("paths", nargs=-1, required=True, type=UserPath())
 @click.option("--warehouse", "warehouse_path", type=UserPath(dir_okay=False), default=None,
               help="Warehouse file (default: $METERING_WAREHOUSE or data/warehouse.duckdb).")
 @click.option("--rules", "rules_dir", type=UserPath(file_okay=False), default=None,
@@ -125,6 +126,9 @@ def ingest(paths: tuple[str, ...], warehouse_path: str | None, rules_dir: str | 
     """
     from metering.ingest import expand_paths, ingest_files
 
+    for path in paths:   # all of them before the first file is read
+        if not os.path.lexists(path):
+            raise BadInputError(f"{path}: no such file or folder")
     files = expand_paths(paths)
     if not files:
         raise BadInputError(f"no raw files (.jsonl, .jsonl.gz, .csv, .parquet) under {', '.join(paths)}")

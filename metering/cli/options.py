@@ -16,7 +16,7 @@ from typing import Any, TypeVar
 
 import click
 
-from metering.config import is_http_url
+from metering.config import is_http_url, refuse_non_utf8
 from metering.errors import BadInputError, ExternalServiceError
 
 T = TypeVar("T")
@@ -71,12 +71,13 @@ class UserPath(click.Path):
     """`click.Path` whose file-for-a-folder (or folder-for-a-file) mistake is bad input (exit 3) naming
     the option and path, as the same path from an environment variable is; click made it a usage error
     (exit 2, "Invalid value ... is a directory"). Every path option and argument of the CLI uses it.
-    A path that must exist and does not stays click's usage error."""
+    A name that is not UTF-8 is refused the same way (`config.refuse_non_utf8`)."""
 
     def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
         text = os.fsdecode(value) if isinstance(value, (str, bytes, os.PathLike)) else None
         if text and not (self.allow_dash and text == "-"):
             where = f"{param.opts[0]} " if isinstance(param, click.Option) and param.opts else ""
+            refuse_non_utf8(text, where)
             if not self.dir_okay and os.path.isdir(text):
                 raise BadInputError(f"{where}{text}: is a folder, not a file")
             if not self.file_okay and os.path.exists(text) and not os.path.isdir(text):

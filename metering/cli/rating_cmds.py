@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -109,6 +110,9 @@ def rate(rules_dir: str | None, usage_file: str, out_file: str, plan: str | None
     from metering.rules.plans import load_rules
 
     config.ensure_file_target(out_file, "--out")
+    if os.path.exists(out_file) and os.path.exists(usage_file) and os.path.samefile(out_file, usage_file):
+        raise BadInputError(f"--out {out_file}: is the --usage file; the rated lines would replace the usage they "
+                            f"price: choose another file")
     rules_obj = load_rules(rules_dir)
     if plan is not None and plan not in rules_obj.plans:
         raise BadInputError(f"--plan: unknown plan {plan!r} (plans: {', '.join(sorted(rules_obj.plans))})")

@@ -13,7 +13,6 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import os
 import re
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -27,6 +26,7 @@ import duckdb
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from metering.config import refuse_non_utf8
 from metering.errors import BadInputError, CheckFailedError, FileChangedError
 from metering.ingest import dedupe, readers, validate
 from metering.rules.meters import Meter, load_meters
@@ -322,7 +322,7 @@ def ingest_file(
     """Ingest one raw file. Raises `BadInputError` (warehouse unchanged) if the file cannot be read."""
     started = time.perf_counter()
     path = Path(path)
-    _refuse_unencodable_name(path)
+    refuse_non_utf8(path)   # Arrow's and DuckDB's readers cannot open it
     if not path.is_file():
         raise BadInputError(f"{path}: {'not a regular file' if path.exists() else 'no such file'}")
     fmt = readers.detect_format(path)
@@ -442,18 +442,6 @@ def ingest_file(
     log.info("ingested %s: %d read, %d accepted, %d quarantined, %d duplicates dropped", path,
              result.rows_read, result.rows_accepted, result.rows_quarantined, result.duplicates_dropped)
     return result
-
-
-def _refuse_unencodable_name(path: Path) -> None:
-    """A file name that is not UTF-8 (bytes Python keeps as surrogates) cannot be handed to Arrow's or
-    DuckDB's readers, nor stored as text: refused, naming it with its bad bytes escaped (it ended in a
-    UnicodeEncodeError traceback, and under Dagster failed every run until the sensor gave up)."""
-    try:
-        str(path).encode("utf-8")
-    except UnicodeEncodeError:
-        shown = os.fsencode(path).decode("utf-8", "backslashreplace")
-        raise BadInputError(f"{shown}: the file name is not valid UTF-8, which the readers cannot open "
-                            f"(nothing was stored): rename the file") from None
 
 
 def _readable_invalid_utf8(con: duckdb.DuckDBPyConnection) -> None:

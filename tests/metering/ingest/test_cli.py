@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import json
 
 from click.testing import CliRunner
 
@@ -39,10 +40,23 @@ def test_unreadable_file_exit_code_3(tmp_path):
     assert f"error: {path}: cannot decompress (truncated or corrupt gzip)" in result.output
 
 
+def test_a_missing_file_is_bad_input_and_nothing_before_it_is_ingested(tmp_path):
+    """A file that does not exist was click's usage error (exit 2) for `ingest` alone: `rate --usage`,
+    `rerate --customers` and `rules validate` make it bad input (exit 3) naming the file. Every path is
+    checked before the first file is read, so none of them is ingested."""
+    present = tmp_path / "a.jsonl"
+    present.write_text(json.dumps({"event_id": "e1", "customer_id": "c", "meter": "api_calls",
+                                   "timestamp": "2026-10-01T00:00:00Z"}) + "\n")
+    db = tmp_path / "w.duckdb"
+    result = CliRunner().invoke(cli, ["ingest", "--warehouse", str(db), str(present), str(tmp_path / "missing.jsonl")])
+    assert result.exit_code == 3, result.output
+    assert f"error: {tmp_path / 'missing.jsonl'}: no such file or folder" in result.output
+    assert not db.exists()
+
+
 def test_usage_errors_exit_code_2(tmp_path):
     runner = CliRunner()
     assert runner.invoke(cli, ["ingest"]).exit_code == 2
-    assert runner.invoke(cli, ["ingest", str(tmp_path / "missing.jsonl")]).exit_code == 2
     assert runner.invoke(cli, ["generate", "--formats", "xml"]).exit_code == 2
     for args in (["generate", "--help"], ["ingest", "--help"], ["bench", "ingest", "--help"]):
         assert runner.invoke(cli, args).exit_code == 0
