@@ -24,6 +24,7 @@ subscriptions. Create what is missing, find what exists, never change what diffe
 
 from __future__ import annotations
 
+import calendar
 import datetime as dt
 import json
 import logging
@@ -44,6 +45,22 @@ from metering.stripe.keys import event_name
 from metering.stripe.windows import WINDOW_KINDS, stripe_formula
 
 log = logging.getLogger(__name__)
+
+def our_subscriptions(con: duckdb.DuckDBPyConnection) -> set[str]:
+    """Every Stripe subscription a sync of ours created or took, the latest and earlier ones: a Stripe
+    customer may hold others (another product's), whose invoices carry none of our usage."""
+    return {s for (s,) in con.execute("SELECT DISTINCT subscription_id FROM stripe_customer_map "
+                                      "WHERE subscription_id IS NOT NULL").fetchall()}
+
+
+def parent_subscription(obj: Any) -> str | None:
+    """The subscription an invoice (or a pending invoice item) belongs to, from its `parent` (None:
+    none, such as a one-off invoice or an item for the customer's next invoice)."""
+    parent = getattr(obj, "parent", None)
+    details = getattr(parent, "subscription_details", None) if parent else None
+    subscription = getattr(details, "subscription", None) if details else None
+    return subscription if isinstance(subscription, str) or subscription is None else subscription.id
+
 
 def customer_map(con: duckdb.DuckDBPyConnection) -> pl.DataFrame:
     """Per customer of ours, the latest sync's Stripe customer, subscription (and the plan version it
@@ -580,6 +597,13 @@ def sync_customers(
                 f"{_LEFT_AS_IS}"))
         if sub is not None:
             _report_unrated_time(report, rules, cid, sub, row["plan"], on, version)
+            # (a subscription made before the plan starts is an orphan above, whatever its anchor)
+            if plan_day <= now.date() and (theirs := _other_anchor_day(sub, anchor_day)) is not None:
+                report.findings.append(Finding(
+                    "drift", "subscription", cid, sub.id, "billing_anchor_day", str(anchor_day or 1), str(theirs),
+                    f"the subscription bills from day {theirs} of each month, where the customer list anchors its "
+                    f"periods on day {anchor_day or 1}: every period differs from ours (our usage between the two "
+                    f"days is in another Stripe period); {_LEFT_AS_IS}"))
         if sub is not None and version is not None:
             # changes after the plan's first day only, for a plan still to come (its own start is above)
             _report_unswitched_changes(report, customers, rules, cid, version, on, _carried_version(sub), row)
@@ -606,6 +630,22 @@ def sync_customers(
                 f"{carried[0]} {carried[1]}" if carried[0] else None,
                 f"Stripe customer {cus.id} ({ours}) {why}, and its live subscription goes on billing (its status: "
                 f"{gone.status}), which we do not rate; {_LEFT_AS_IS}"))
+
+
+def _other_anchor_day(sub: Any, anchor_day: int | None) -> int | None:
+    """The day of month a live subscription bills from when it is not the customer list's anchor (None:
+    the same). A list whose anchor changed after the subscription was made was accepted silently: Stripe
+    kept billing from the old day while rating moved, and usage between the two days was in no rated
+    period (audit)."""
+    config = getattr(sub, "billing_cycle_anchor_config", None)
+    stamp = getattr(sub, "billing_cycle_anchor", None)
+    if config is not None and getattr(config, "day_of_month", None):
+        return None if config.day_of_month == (anchor_day or 1) else int(config.day_of_month)
+    if not stamp:
+        return None
+    day = dt.datetime.fromtimestamp(int(stamp), dt.timezone.utc).date()
+    last = calendar.monthrange(day.year, day.month)[1]
+    return None if day.day == min(anchor_day or 1, last) else day.day
 
 
 def _customer_row(cid: str, cus: Any, sub: Any, plan: str | None, plan_version: str | None,

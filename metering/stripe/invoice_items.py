@@ -57,7 +57,9 @@ import stripe
 
 from metering import warehouse
 from metering.customers import midnight_unix, month_bounds
-from metering.stripe.catalog import ENDED_SUBSCRIPTIONS, NOT_EXPRESSIBLE_PRICE_SQL, customer_map
+from metering.stripe.catalog import (
+    ENDED_SUBSCRIPTIONS, NOT_EXPRESSIBLE_PRICE_SQL, customer_map, our_subscriptions, parent_subscription,
+)
 from metering.stripe.push import clock_times, stripe_now
 from metering.stripe.retry import CallOutcome, RateLimiter, RetryPolicy, call_with_retries
 
@@ -389,7 +391,7 @@ class InvoiceItemBiller:
         will carry it, so the row is `blocked` for an operator (the item stays: Stripe still charges a
         pending item on an invoice created for the customer). An item with no subscription (one made
         by hand) waits for the customer's next invoice, whatever makes it, and is left to whoever made it."""
-        tied = [(row, sub) for row, item in waiting if (sub := _item_subscription(item)) is not None]
+        tied = [(row, sub) for row, item in waiting if (sub := parent_subscription(item)) is not None]
         live = self._live_subscriptions(sub for _, sub in tied)
         for row, sub in tied:
             if sub not in live and row["status"] != "blocked":   # an ended subscription stays ended
@@ -447,12 +449,14 @@ class InvoiceItemBiller:
         return pl.DataFrame(again, schema=pending.select(CHARGE_KEY).schema)
 
     def _draft_invoices(self, pending: pl.DataFrame) -> dict[tuple[str, dt.date, dt.date], str]:
-        """(Stripe customer, period) -> the id of the period's invoice while Stripe keeps it a draft."""
+        """(Stripe customer, period) -> the id of the period's invoice of our subscription while Stripe keeps
+        it a draft (not another product's invoice of the same period)."""
         out: dict[tuple[str, dt.date, dt.date], str] = {}
+        ours = our_subscriptions(self.con)
         for customer in pending["stripe_customer_id"].unique().sort().to_list():
             for invoice in self.client.v1.invoices.list(
                     {"customer": customer, "status": "draft", "limit": 100}).auto_paging_iter():
-                if invoice.billing_reason != "subscription_cycle":
+                if invoice.billing_reason != "subscription_cycle" or parent_subscription(invoice) not in ours:
                     continue
                 start, end = (dt.datetime.fromtimestamp(int(t), dt.UTC) for t in (invoice.period_start, invoice.period_end))
                 if start.time() == dt.time(0) and end.time() == dt.time(0):
@@ -542,13 +546,6 @@ class _Sent:
     item: Any = None
     error_code: str | None = None
     error_type: str | None = None
-
-
-def _item_subscription(item: Any) -> str | None:
-    """The subscription whose invoices alone take a pending item (None: the customer's next invoice)."""
-    parent = getattr(item, "parent", None)
-    details = getattr(parent, "subscription_details", None) if parent else None
-    return getattr(details, "subscription", None) if details else None
 
 
 def _invoice_id(item: Any) -> str | None:

@@ -355,10 +355,14 @@ class Pusher:
         return due.drop("stripe_now", "finalized", "test_clock_id"), frame.height - due.height
 
     def _finalized_periods(self, frame: pl.DataFrame) -> pl.DataFrame:
-        """Per Stripe customer, the usage periods [period_start, period_end) of invoices that left `draft`.
+        """Per Stripe customer, the usage periods [period_start, period_end) of our subscriptions'
+        invoices that left `draft`.
 
         Usage timestamped inside such a period can no longer reach that invoice. Zero-length
-        periods (the invoice issued when a subscription starts) cover no usage. One paginated list.
+        periods (the invoice issued when a subscription starts) cover no usage, and neither do the
+        invoices of a subscription not ours (another product's on the same Stripe customer, whose
+        mid-month invoice made our usage of those days `late`: never sent, and explained away by
+        reconciliation as late). One paginated list.
         """
         schema = {"stripe_customer_id": pl.String, "period_start": pl.Datetime("us", "UTC"),
                   "period_end": pl.Datetime("us", "UTC")}
@@ -367,9 +371,10 @@ class Pusher:
             return pl.DataFrame(schema=schema)
         wanted = set(frame["stripe_customer_id"].unique().to_list())
         created_gte = int((_utc(earliest) - timedelta(days=40)).timestamp())
+        ours = catalog.our_subscriptions(self.con)
         rows = []
         for invoice in self.client.v1.invoices.list({"limit": 100, "created": {"gte": created_gte}}).auto_paging_iter():
-            if invoice.status == "draft" or invoice.customer not in wanted:
+            if invoice.status == "draft" or invoice.customer not in wanted or catalog.parent_subscription(invoice) not in ours:
                 continue
             start, end = int(invoice.period_start or 0), int(invoice.period_end or 0)
             if end > start:

@@ -333,3 +333,30 @@ def test_an_archived_price_is_reported_and_no_subscription_is_made_on_it(tmp_pat
         client.v1.prices.update(seats, {"active": True})
         again = _sync(con, client, rules, _customers(tmp_path, rules), clock)
         assert again.created == {"subscription": 1} and _findings(again, "newco") == []
+
+
+def test_a_changed_anchor_is_drift_of_the_live_subscription(tmp_path: Path, rules_dir: Path) -> None:
+    """acme's subscription bills calendar months; the list then anchors acme on the 15th. The sync said
+    nothing (0 drift) and kept the subscription on the 1st, while rating moved to the 15th: Nov 1 - 14's
+    usage was in no rated period, and Stripe's invoice in no period of ours (audit). It is a `drift`
+    finding on the subscription, and the sync changes nothing at Stripe."""
+    with customer_on_clock(tmp_path, rules_dir) as (sb, con, client, clock, rules, report):
+        assert _findings(report, "acme") == []
+        moved = (tmp_path / "c.csv").read_text().replace("usd,,starter", "usd,15,starter")
+        again = _sync(con, client, rules, _customers(tmp_path, rules, moved), clock)
+        assert _findings(again, "acme") == [("drift", "subscription", "billing_anchor_day", "15", "1")]
+        [drift] = [f for f in again.findings if f.our_key == "acme"]
+        assert drift.stripe_id == report.customers[0]["subscription_id"]
+        assert "bills from day 1 of each month, where the customer list anchors its periods on day 15" in drift.detail
+        assert again.created == {} and _cancellations(sb) == []
+
+
+def test_an_anchor_on_the_31st_is_no_drift_in_a_short_month(tmp_path: Path, rules_dir: Path) -> None:
+    """Stripe keeps `day_of_month` 31 in the subscription's anchor config, though its anchor instant falls
+    on Sep 30: the same anchor as ours, reported as nothing."""
+    csv = "customer_id,name,email,currency,billing_anchor_day,plan,plan_effective_from,payment_behavior\n" \
+          "acme,Acme,billing@acme.test,usd,31,starter,2026-01-01,succeeds\n"
+    with customer_on_clock(tmp_path, rules_dir, csv, start=dt.datetime(2026, 9, 5, tzinfo=UTC)) as (
+            sb, con, client, clock, rules, report):
+        again = _sync(con, client, rules, _customers(tmp_path, rules), clock)
+        assert _findings(again, "acme") == []

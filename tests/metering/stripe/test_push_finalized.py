@@ -54,6 +54,32 @@ def test_usage_for_a_finalized_invoice_is_late_not_pushed(tmp_path: Path, rules_
         assert "finalized" in world.ledger().filter(pl.col("revision") == 2)["last_error"][0]
 
 
+def test_another_products_invoice_does_not_make_our_usage_late(tmp_path: Path, rules_dir: Path) -> None:
+    """acme's Stripe customer also holds a support subscription of another product, anchored on the
+    15th: its invoice for Oct 1 - 15 is finalized on Oct 15. Our October invoice is weeks from it, yet
+    the push took that invoice's period as ours and marked Oct 14's usage `late`: never sent, billed
+    nowhere, and explained by reconciliation as late (audit: 11,000 cents under-billed). Only our
+    subscriptions' invoices close our usage."""
+    with customer_on_clock(tmp_path, rules_dir) as (sb, con, client, clock, rules, report):
+        stripe_customer = report.customers[0]["stripe_customer_id"]
+        product = client.v1.products.create({"name": "support"})
+        price = client.v1.prices.create({"currency": "usd", "product": product.id, "unit_amount": 5000,
+                                         "recurring": {"interval": "month"}})
+        support = client.v1.subscriptions.create({"customer": stripe_customer, "items": [{"price": price.id}],
+                                                  "billing_cycle_anchor_config": {"day_of_month": 15}})
+        world = World(con, sb, client, rules, report)
+        oct14 = dt.date(2026, 10, 14)
+        world.add_events([("acme", "api_calls", day_start(oct14) + dt.timedelta(hours=10), None, {"region": "us"})])
+        sb.advance_clock(clock.id, int(dt.datetime(2026, 10, 15, 6, tzinfo=dt.timezone.utc).timestamp()))
+        finalized = [i for i in client.v1.invoices.list({"customer": stripe_customer}).data
+                     if i.parent.subscription_details.subscription == support.id and i.status != "draft" and i.period_end > i.period_start]
+        assert finalized, "the support subscription's Oct 1 - 15 invoice is finalized"
+        pushed = Pusher(con, client, rules.meters, PushConfig(rate=0, retry=FAST_RETRY),
+                        sleep=lambda s: None).push(oct14, oct14)
+        assert (pushed.acknowledged, pushed.late) == (1, 0)
+        assert world.ledger().select("status").rows() == [("acknowledged",)]
+
+
 def test_a_later_plan_version_is_reported_for_the_subscription(tmp_path: Path, rules_dir: Path) -> None:
     pro = CSV.replace("acme,Acme,billing@acme.test,usd,,starter", "acme,Acme,billing@acme.test,usd,,pro")
     with customer_on_clock(tmp_path, rules_dir, pro) as synced:
