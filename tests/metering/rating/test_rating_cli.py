@@ -113,15 +113,7 @@ def test_validate_refuses_a_new_version_starting_inside_rated_time(tmp_path):
     only the next rerate refused it (audit). Now validate names the line; from Nov 1 it is fine."""
     root = tmp_path / "rules"
     shutil.copytree(RULES, root)
-    db = tmp_path / "wh.duckdb"
-    customers = tmp_path / "customers.csv"
-    customers.write_text("customer_id,name,email,currency,billing_anchor_day,plan,plan_effective_from,payment_behavior\n"
-                         "c1,A,a@a.test,usd,,starter,2026-01-01,succeeds\n")
-    with warehouse.open_warehouse(db) as con:
-        con.execute("""INSERT INTO usage_events SELECT 'e' || i, 'c1', 'api_calls',
-                       TIMESTAMPTZ '2026-10-03 00:00:00+00' + INTERVAL (i) SECOND, DATE '2026-10-03', NULL,
-                       '{"region":"us"}', '{}', 1, i FROM range(3) t(i)""")
-        record_manifest(con)
+    db, customers = _starter_calls_on_october_3(tmp_path, 3)
     rated = run("rerate", "--from", "2026-10-01", "--to", "2026-10-31", "--warehouse", str(db), "--rules", str(root),
                 "--customers", str(customers))
     assert rated.exit_code == 0, rated.output
@@ -246,7 +238,8 @@ def test_rerate_refuses_usage_events_that_break_the_ingest_invariants(tmp_path):
         assert con.execute("SELECT count(*) FROM customer_plans").fetchone() == (0,)
 
 
-def test_rerate_range_is_repeatable(tmp_path):
+def _starter_calls_on_october_3(tmp_path, calls: int):
+    """A warehouse holding `calls` api calls of c1 on Oct 3, 2026, and a customer list with c1 on starter."""
     db = tmp_path / "wh.duckdb"
     customers = tmp_path / "customers.csv"
     customers.write_text("customer_id,name,email,currency,billing_anchor_day,plan,plan_effective_from,payment_behavior\n"
@@ -254,8 +247,13 @@ def test_rerate_range_is_repeatable(tmp_path):
     with warehouse.open_warehouse(db) as con:
         con.execute("""INSERT INTO usage_events SELECT 'e' || i, 'c1', 'api_calls',
                        TIMESTAMPTZ '2026-10-03 00:00:00+00' + INTERVAL (i) SECOND, DATE '2026-10-03', NULL,
-                       '{"region":"us"}', '{}', 1, i FROM range(30000) t(i)""")
+                       '{"region":"us"}', '{}', 1, i FROM range(?) t(i)""", [calls])
         record_manifest(con)   # as ingestion would have: rerate refuses usage that breaks conservation
+    return db, customers
+
+
+def test_rerate_range_is_repeatable(tmp_path):
+    db, customers = _starter_calls_on_october_3(tmp_path, 30000)
     args = ["rerate", "--from", "2026-10-01", "--to", "2026-10-31", "--warehouse", str(db), "--rules", str(RULES)]
     first = run(*args, "--customers", str(customers))
     assert first.exit_code == 0, first.output
