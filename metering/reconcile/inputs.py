@@ -389,7 +389,7 @@ def merged_invoices_sql(con: duckdb.DuckDBPyConnection) -> str:
                CAST({api_credit} AS BIGINT) AS pre_payment_credit_notes, a.created, a.period_start,
                a.period_end, a.finalized_at,
                coalesce(a.subscription_ended_at, e.ended_at) AS subscription_ended_at, true AS lines_complete,
-               CAST({api_advance} AS BOOLEAN) AS auto_advance, 'api' AS source
+               CAST({api_advance} AS BOOLEAN) AS auto_advance, 'api' AS source, a.subscription_id
         FROM stripe_invoices_api a LEFT JOIN ({ends}) e ON e.subscription_id = a.subscription_id
         QUALIFY row_number() OVER (PARTITION BY a.invoice_id ORDER BY a.pulled_at DESC, a.billing_month DESC) = 1
     """
@@ -426,7 +426,8 @@ def merged_invoices_sql(con: duckdb.DuckDBPyConnection) -> str:
                coalesce({ts('finalized_at')}, p.finalized_at) AS finalized_at,
                coalesce(p.subscription_ended_at, e.ended_at) AS subscription_ended_at,
                p.invoice_id IS NOT NULL OR {complete} AS lines_complete,
-               CAST(coalesce({advance}, p.auto_advance) AS BOOLEAN) AS auto_advance, 'webhook' AS source
+               CAST(coalesce({advance}, p.auto_advance) AS BOOLEAN) AS auto_advance, 'webhook' AS source,
+               coalesce(p.subscription_id, {subscription}) AS subscription_id
         FROM stripe_invoices w LEFT JOIN ({ends}) e ON e.subscription_id = {subscription}
         LEFT JOIN ({latest_pull}) p ON p.invoice_id = w.invoice_id
         WHERE w.invoice_id NOT IN (SELECT invoice_id FROM stripe_invoices_api)
@@ -448,6 +449,26 @@ _CLOSES = """i.customer_id = p.customer_id
              AND i.subscription_ended_at < CAST(p.period_end AS TIMESTAMPTZ)
              AND i.period_end >= i.subscription_ended_at))"""
 """SQL: invoice `i` closes the customer period `p` (`load_open_periods` says when)."""
+
+
+def _foreign_invoice_sql(con: duckdb.DuckDBPyConnection, invoice: str) -> str:
+    """Boolean SQL over the invoice alias `invoice`: an invoice of another product's subscription on the
+    customer's Stripe customer (a support contract, say). Its subscription is none the catalog sync
+    mapped the customer to (`stripe_customer_map` keeps every one, earlier ones too), the customer has
+    one that is, and no line of it is priced by a price of ours or is one of the engine's invoice items.
+    It bills nothing we rate: its lines counted as the period's (a 5000 support fee made the customer's
+    invoice an amount_mismatch) and it could close our period. False where the map is unknown."""
+    if not {"customer_id", "subscription_id"} <= table_columns(con, "stripe_customer_map"):
+        return "false"
+    ours = ("fl.price_id IN (SELECT stripe_id FROM stripe_objects WHERE kind = 'price')"
+            if {"kind", "stripe_id"} <= table_columns(con, "stripe_objects") else "false")
+    return f"""({invoice}.subscription_id IS NOT NULL
+        AND {invoice}.subscription_id NOT IN (SELECT subscription_id FROM stripe_customer_map
+                                              WHERE subscription_id IS NOT NULL)
+        AND {invoice}.customer_id IN (SELECT customer_id FROM stripe_customer_map WHERE subscription_id IS NOT NULL)
+        AND {invoice}.invoice_id NOT IN (
+            SELECT fl.invoice_id FROM ({merged_lines_sql(con)}) fl
+            WHERE fl.invoice_id IS NOT NULL AND ({ours} OR coalesce({_engine_item_sql(con, 'fl')}, false))))"""
 
 
 def load_open_periods(con: duckdb.DuckDBPyConnection, periods: pl.DataFrame) -> pl.DataFrame:
@@ -489,7 +510,7 @@ def load_open_periods(con: duckdb.DuckDBPyConnection, periods: pl.DataFrame) -> 
             closing AS (
                 SELECT p.customer_id, p.period_start, i.invoice_id, coalesce(i.status, '') = 'void' AS void,
                        {HELD_DRAFT} AS held
-                FROM _recon_periods p JOIN invoices i ON {_CLOSES}
+                FROM _recon_periods p JOIN invoices i ON {_CLOSES} AND NOT {_foreign_invoice_sql(con, 'i')}
             )
             SELECT p.customer_id, p.period_start,
                    (SELECT string_agg(DISTINCT c.invoice_id, ',' ORDER BY c.invoice_id) FROM closing c
@@ -637,6 +658,7 @@ def _bucketed_lines(con: duckdb.DuckDBPyConnection, billing_month: dt.date, peri
               AND NOT {NOT_BILLING}
               -- a subscription's first invoice holds zero-length, zero-amount metered lines: not a period's usage
               AND NOT {_ZERO_LENGTH_FREE}
+              AND NOT coalesce({_foreign_invoice_sql(con, 'i')}, false)
             """,
             [lo, hi, start, end],
         )
@@ -800,7 +822,7 @@ def _closing_invoices(con: duckdb.DuckDBPyConnection, periods: pl.DataFrame) -> 
             WITH invoices AS ({merged_invoices_sql(con)}),
             closing AS (
                 SELECT p.customer_id, p.period_start, i.invoice_id, i.status, i.created
-                FROM _recon_closing p JOIN invoices i ON {_CLOSES}
+                FROM _recon_closing p JOIN invoices i ON {_CLOSES} AND NOT {_foreign_invoice_sql(con, 'i')}
                 WHERE NOT {NOT_BILLING} AND p.period_end > p.period_start
                 QUALIFY row_number() OVER (PARTITION BY i.invoice_id
                                            ORDER BY p.period_end DESC, p.period_start, p.customer_id) = 1

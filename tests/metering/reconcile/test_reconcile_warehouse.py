@@ -892,3 +892,36 @@ def test_an_invoice_closes_one_row_of_a_customer_at_most(isolated_env):
             schema={"customer_id": pl.String, "period_start": pl.Date, "period_end": pl.Date}))
     rows = october.sort("period_start").select("period_start", "invoice_ids", "closing_invoice_id", "amount_paid").rows()
     assert rows == [(dt.date(2026, 10, 1), "in_f0", "in_f1", 1900), (dt.date(2026, 10, 15), "in_f1", None, 300)]
+
+
+def test_another_products_invoice_is_not_the_periods(isolated_env, rules_dir):
+    """cus_a's Stripe customer also pays a support contract (subscription sub_support, another product):
+    its Oct 1 - 15 invoice, one 5000 line priced by no price of ours. Its line was counted as the
+    period's: cus_a's invoice row became amount_mismatch +5000 (the audit's false positive, which also
+    netted against a real shortfall). Invoices of a subscription the sync never mapped the customer to,
+    carrying none of our prices or items, bill nothing we rate: the month reconciles as without it."""
+    with warehouse.open_warehouse() as con:
+        write_scenario(con)
+        con.execute("UPDATE stripe_invoices_api SET subscription_id = 'sub_' || customer_id")
+        for customer in ("cus_a", "cus_b", "cus_c"):
+            con.execute("INSERT INTO stripe_customer_map (customer_id, stripe_customer_id, subscription_id, synced_at) "
+                        "VALUES (?, ?, ?, ?)", [customer, f"stripe_{customer}", f"sub_{customer}", PULLED])
+        support_end = dt.datetime(2026, 10, 15, tzinfo=dt.UTC)
+        con.execute("""INSERT INTO stripe_invoices_api (billing_month, invoice_id, customer_id, status, currency,
+                       amount_due, amount_paid, amount_remaining, total, total_excluding_tax, period_start, period_end,
+                       created, pulled_at, subscription_id)
+                       VALUES (?, 'in_support', 'cus_a', 'paid', 'usd', 5000, 5000, 0, 5000, 5000,
+                               TIMESTAMPTZ '2026-10-01 00:00:00+00', ?, ?, ?, 'sub_support')""",
+                    [MONTH, support_end, support_end, PULLED])
+        con.execute("""INSERT INTO stripe_invoice_lines_api (billing_month, invoice_id, line_id, customer_id, meter,
+                       price_id, quantity_decimal, amount, currency, period_start, period_end, pulled_at)
+                       VALUES (?, 'in_support', 'il_support', 'cus_a', NULL, 'price_support', 1, 5000, 'usd',
+                               TIMESTAMPTZ '2026-10-01 00:00:00+00', ?, ?)""", [MONTH, support_end, PULLED])
+        result = reconcile_period(con, MONTH, settings=ReconcileSettings(), meters=load_meters(rules_dir), now=PULLED)
+    got = {(r["customer_id"], r["meter"]): (r["status"], r["amount_diff_minor"]) for r in result.usage.iter_rows(named=True)}
+    assert got == EXPECTED
+    inv = {r["customer_id"]: (r["status"], r["amount_diff_minor"]) for r in result.invoices.iter_rows(named=True)}
+    assert inv == EXPECTED_INVOICES
+    a_inv = result.invoices.filter(customer_id="cus_a").row(0, named=True)
+    assert (a_inv["stripe_total_minor"], a_inv["invoice_ids"]) == (5000, "in_a0,in_cus_a")
+    assert result.unexplained_minor() == {"usd": 125}
