@@ -564,7 +564,10 @@ def sync_customers(
             if anchor_day is not None:
                 # the day itself, not the first anchor instant: an anchor on the 31st first met in
                 # September falls on the 30th, and Stripe would keep the 30th for every later period
-                sub_params["billing_cycle_anchor_config"] = {"day_of_month": anchor_day}
+                # at midnight UTC, as our periods start: the time of day is said, not left to a default
+                # (the spec does not give one; creation's time of day would put every period off ours)
+                sub_params["billing_cycle_anchor_config"] = {"day_of_month": anchor_day, "hour": 0, "minute": 0,
+                                                             "second": 0}
             elif (anchor := billing_cycle_anchor(now, anchor_day)) is not None:
                 sub_params["billing_cycle_anchor"] = anchor
             # a customer whose subscription ended gets a new one: another request, so another key

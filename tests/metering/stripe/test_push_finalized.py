@@ -141,6 +141,9 @@ def test_an_anchor_on_the_31st_synced_in_september_keeps_stripes_periods_on_ours
         cus = report.customers[0]["stripe_customer_id"]
         [sub] = client.v1.subscriptions.list({"customer": cus}).data
         assert sub.billing_cycle_anchor_config.day_of_month == 31
+        # midnight UTC said outright: Stripe's default time of day is not documented
+        config = sub.billing_cycle_anchor_config
+        assert (config.hour, config.minute, config.second) == (0, 0, 0)
         advance_clock(client, clock.id, dt.datetime(2027, 1, 2, tzinfo=dt.timezone.utc))
         periods = sorted((dt.datetime.fromtimestamp(i.period_start, tz=dt.timezone.utc).date(),
                           dt.datetime.fromtimestamp(i.period_end, tz=dt.timezone.utc).date())
