@@ -449,18 +449,26 @@ DUCKDB_MAGIC = b"DUCK"
 """What a DuckDB database file holds at bytes 8-11."""
 
 
+def _holds_duckdb(path: Path) -> bool | None:
+    """Whether the regular file at `path` begins as a DuckDB database does (an empty one counts: DuckDB
+    makes it one); None for something other than a regular file (a FIFO would block the read, a device
+    worse). Raises OSError when there is nothing there or it cannot be read."""
+    if not stat.S_ISREG(os.stat(path).st_mode):
+        return None
+    with open(path, "rb") as fh:
+        head = fh.read(12)
+    return not head or head[8:12] == DUCKDB_MAGIC
+
+
 def _refuse_other_formats(path: Path) -> None:
     """Refuse a file that is not a DuckDB database before DuckDB opens it: DuckDB opens a `.csv`,
     `.parquet` or `.json` file as an in-memory database with a view over it, which a read-only open
     met as a CatalogException traceback ("Cannot launch in-memory database in read-only mode")."""
     try:
-        if not stat.S_ISREG(os.stat(path).st_mode):
-            return
-        with open(path, "rb") as fh:
-            head = fh.read(12)
+        holds = _holds_duckdb(path)
     except OSError:   # missing or unreadable: DuckDB's own open says which
         return
-    if head and head[8:12] != DUCKDB_MAGIC:
+    if holds is False:
         raise BadInputError(f"{path}: cannot open the warehouse: not a valid DuckDB database file (its first bytes "
                             f"are no DuckDB header: a CSV, JSON or Parquet file? check --warehouse or "
                             f"$METERING_WAREHOUSE)")
@@ -470,16 +478,15 @@ def _refuse_overwriting_another_file(dest: Path) -> None:
     """The swap replaces `dest`: refuse when it is a file that is not a DuckDB database (a mistyped
     `--snapshot customers.csv` replaced the customer list with a snapshot, and printed `published`)."""
     try:
-        if not stat.S_ISREG(os.stat(dest).st_mode):   # a FIFO would block the read below, a device worse
-            raise BadInputError(f"{dest}: the snapshot would replace this, which is not a regular file; choose "
-                                f"another file (the default is data/snapshot.duckdb)")
-        with open(dest, "rb") as fh:
-            head = fh.read(12)
+        holds = _holds_duckdb(dest)
     except FileNotFoundError:
         return
     except OSError as exc:
         raise BadInputError(f"{dest}: cannot check the file the snapshot would replace: {exc.strerror or exc}") from None
-    if head and head[8:12] != DUCKDB_MAGIC:
+    if holds is None:
+        raise BadInputError(f"{dest}: the snapshot would replace this, which is not a regular file; choose "
+                            f"another file (the default is data/snapshot.duckdb)")
+    if not holds:
         raise BadInputError(f"{dest}: the snapshot would replace this file, which is not a DuckDB database; choose "
                             f"another file (the default is data/snapshot.duckdb)")
 
