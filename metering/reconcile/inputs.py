@@ -28,7 +28,7 @@ import polars as pl
 
 from metering.reconcile import reconcile as rc
 from metering.rules.meters import Meter
-from metering.stripe.catalog import ENDED_SUBSCRIPTIONS, NOT_EXPRESSIBLE_PRICE_SQL
+from metering.stripe.catalog import ENDED_SUBSCRIPTIONS, NOT_EXPRESSIBLE_PRICE_SQL, OUR_SUBSCRIPTIONS_SQL
 from metering.warehouse import query_frame, sql_string
 from metering.webhooks.state import INVOICE_STATUS_RANK, rank_case
 
@@ -448,26 +448,31 @@ _CLOSES = """i.customer_id = p.customer_id
          OR (i.subscription_ended_at > CAST(p.period_start AS TIMESTAMPTZ)
              AND i.subscription_ended_at < CAST(p.period_end AS TIMESTAMPTZ)
              AND i.period_end >= i.subscription_ended_at))"""
-"""SQL: invoice `i` closes the customer period `p` (`load_open_periods` says when)."""
 
 
-def _foreign_invoice_sql(con: duckdb.DuckDBPyConnection, invoice: str) -> str:
+def _closes_sql(con: duckdb.DuckDBPyConnection) -> str:
+    """SQL: invoice `i` closes the customer period `p` (`load_open_periods` says when); another product's
+    invoice (`_foreign_invoice_sql`) closes none."""
+    return f"{_CLOSES} AND NOT {_foreign_invoice_sql(con, 'i', f'({merged_lines_sql(con)})')}"
+
+
+def _foreign_invoice_sql(con: duckdb.DuckDBPyConnection, invoice: str, lines: str) -> str:
     """Boolean SQL over the invoice alias `invoice`: an invoice of another product's subscription on the
     customer's Stripe customer (a support contract, say). Its subscription is none the catalog sync
     mapped the customer to (`stripe_customer_map` keeps every one, earlier ones too), the customer has
-    one that is, and no line of it is priced by a price of ours or is one of the engine's invoice items.
-    It bills nothing we rate: its lines counted as the period's (a 5000 support fee made the customer's
-    invoice an amount_mismatch) and it could close our period. False where the map is unknown."""
+    one that is, and no line of it (among `lines`, a CTE name or a subquery of `merged_lines_sql`) is
+    priced by a price of ours or is one of the engine's invoice items. It bills nothing we rate: its
+    lines counted as the period's (a 5000 support fee made the customer's invoice an amount_mismatch)
+    and it could close our period. False where the map is unknown."""
     if not {"customer_id", "subscription_id"} <= table_columns(con, "stripe_customer_map"):
         return "false"
     ours = ("fl.price_id IN (SELECT stripe_id FROM stripe_objects WHERE kind = 'price')"
             if {"kind", "stripe_id"} <= table_columns(con, "stripe_objects") else "false")
     return f"""({invoice}.subscription_id IS NOT NULL
-        AND {invoice}.subscription_id NOT IN (SELECT subscription_id FROM stripe_customer_map
-                                              WHERE subscription_id IS NOT NULL)
+        AND {invoice}.subscription_id NOT IN ({OUR_SUBSCRIPTIONS_SQL})
         AND {invoice}.customer_id IN (SELECT customer_id FROM stripe_customer_map WHERE subscription_id IS NOT NULL)
         AND {invoice}.invoice_id NOT IN (
-            SELECT fl.invoice_id FROM ({merged_lines_sql(con)}) fl
+            SELECT fl.invoice_id FROM {lines} fl
             WHERE fl.invoice_id IS NOT NULL AND ({ours} OR coalesce({_engine_item_sql(con, 'fl')}, false))))"""
 
 
@@ -510,7 +515,7 @@ def load_open_periods(con: duckdb.DuckDBPyConnection, periods: pl.DataFrame) -> 
             closing AS (
                 SELECT p.customer_id, p.period_start, i.invoice_id, coalesce(i.status, '') = 'void' AS void,
                        {HELD_DRAFT} AS held
-                FROM _recon_periods p JOIN invoices i ON {_CLOSES} AND NOT {_foreign_invoice_sql(con, 'i')}
+                FROM _recon_periods p JOIN invoices i ON {_closes_sql(con)}
             )
             SELECT p.customer_id, p.period_start,
                    (SELECT string_agg(DISTINCT c.invoice_id, ',' ORDER BY c.invoice_id) FROM closing c
@@ -658,7 +663,7 @@ def _bucketed_lines(con: duckdb.DuckDBPyConnection, billing_month: dt.date, peri
               AND NOT {NOT_BILLING}
               -- a subscription's first invoice holds zero-length, zero-amount metered lines: not a period's usage
               AND NOT {_ZERO_LENGTH_FREE}
-              AND NOT coalesce({_foreign_invoice_sql(con, 'i')}, false)
+              AND NOT coalesce({_foreign_invoice_sql(con, 'i', 'lines')}, false)   -- the lines CTE above
             """,
             [lo, hi, start, end],
         )
@@ -822,7 +827,7 @@ def _closing_invoices(con: duckdb.DuckDBPyConnection, periods: pl.DataFrame) -> 
             WITH invoices AS ({merged_invoices_sql(con)}),
             closing AS (
                 SELECT p.customer_id, p.period_start, i.invoice_id, i.status, i.created
-                FROM _recon_closing p JOIN invoices i ON {_CLOSES} AND NOT {_foreign_invoice_sql(con, 'i')}
+                FROM _recon_closing p JOIN invoices i ON {_closes_sql(con)}
                 WHERE NOT {NOT_BILLING} AND p.period_end > p.period_start
                 QUALIFY row_number() OVER (PARTITION BY i.invoice_id
                                            ORDER BY p.period_end DESC, p.period_start, p.customer_id) = 1

@@ -46,11 +46,14 @@ from metering.stripe.windows import WINDOW_KINDS, stripe_formula
 
 log = logging.getLogger(__name__)
 
+OUR_SUBSCRIPTIONS_SQL = "SELECT DISTINCT subscription_id FROM stripe_customer_map WHERE subscription_id IS NOT NULL"
+"""Every Stripe subscription a sync of ours created or took, the latest and earlier ones: a Stripe
+customer may hold others (another product's), whose invoices carry none of our usage."""
+
+
 def our_subscriptions(con: duckdb.DuckDBPyConnection) -> set[str]:
-    """Every Stripe subscription a sync of ours created or took, the latest and earlier ones: a Stripe
-    customer may hold others (another product's), whose invoices carry none of our usage."""
-    return {s for (s,) in con.execute("SELECT DISTINCT subscription_id FROM stripe_customer_map "
-                                      "WHERE subscription_id IS NOT NULL").fetchall()}
+    """`OUR_SUBSCRIPTIONS_SQL` as a set."""
+    return {s for (s,) in con.execute(OUR_SUBSCRIPTIONS_SQL).fetchall()}
 
 
 def parent_subscription(obj: Any) -> str | None:
