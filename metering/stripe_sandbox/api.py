@@ -3,6 +3,7 @@ list pagination, expansion and metadata updates, all as Stripe does them."""
 
 from __future__ import annotations
 
+import functools
 import re
 from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
@@ -46,6 +47,17 @@ def _specificity(template: str) -> int:
     return template.count("{")
 
 
+@functools.cache
+def _spec_operations(method: str) -> tuple[tuple[str, re.Pattern[str]], ...]:
+    """The spec's path templates of `method` (``/v1/customers/{}``) with the pattern each matches,
+    compiled once: `resolve` tests them on every request."""
+    from .request_schemas import SCHEMAS
+
+    prefix = f"{method} "
+    templates = [key[len(prefix):] for key in SCHEMAS if key.startswith(prefix)]
+    return tuple((t, re.compile(re.escape(t).replace(r"\{\}", "[^/]+"))) for t in templates)
+
+
 def resolve(method: str, path: str) -> tuple[Handler, dict[str, str], str] | None:
     """(handler, path parameters, route template) for a request, or None (an unknown URL).
 
@@ -53,14 +65,10 @@ def resolve(method: str, path: str) -> tuple[Handler, dict[str, str], str] | Non
     operation, not the customer ``search``. An operation of the spec the sandbox has no handler for
     (``request_schemas.SCHEMAS`` lists them all), or one more specific than the route that would
     otherwise answer, is refused with :func:`not_modelled` rather than routed to another one."""
-    from .request_schemas import SCHEMAS
-
     found = [(fn, match.groupdict(), template) for m, regex, fn, template in ROUTES
              if m == method and (match := regex.match(path))]
     best = min(found, key=lambda f: _specificity(f[2]), default=None)
-    prefix = f"{method} "
-    operations = [key[len(prefix):] for key in SCHEMAS if key.startswith(prefix)]
-    spec_match = [t for t in operations if re.fullmatch(re.escape(t).replace(r"\{\}", "[^/]+"), path)]
+    spec_match = [template for template, regex in _spec_operations(method) if regex.fullmatch(path)]
     operation = min(spec_match, key=_specificity, default=None)
     if operation is not None and (best is None or _specificity(operation) < _specificity(best[2])):
         raise not_modelled(f"{method} {operation}")
