@@ -12,18 +12,11 @@ from pathlib import Path
 
 
 @contextmanager
-def replacing(path: Path) -> Iterator[Path]:
-    """Yield a temporary path beside `path` to write; once the block ends, it is fsynced and renamed over
-    `path`. If the block (or the sync) fails, the temporary file is removed and `path` is untouched."""
-    with replacing_all([path]) as (tmp,):
-        yield tmp
-
-
-@contextmanager
 def replacing_all(paths: list[Path]) -> Iterator[tuple[Path, ...]]:
-    """`replacing` for several files that change together: all are written and fsynced before any is
-    renamed, and the renames (which need no space) come only once the block has ended without error, so
-    work the block does after writing them (a commit) decides whether any is put in place."""
+    """Yield a temporary path beside each of `paths` to write; once the block ends, all are fsynced, then
+    renamed over their targets. The renames (which need no space) come only once the block has ended
+    without error, so work the block does after writing them (a commit) decides whether any is put in
+    place. If the block (or a sync) fails, the temporary files are removed and the targets untouched."""
     temps = []
     try:
         for path in paths:
@@ -46,6 +39,6 @@ def replacing_all(paths: list[Path]) -> Iterator[tuple[Path, ...]]:
 
 def write_atomically(path: Path, data: bytes | str) -> Path:
     """Write `data` (text as UTF-8) to `path` whole or not at all; returns `path`."""
-    with replacing(path) as tmp:
+    with replacing_all([path]) as (tmp,):
         tmp.write_bytes(data.encode("utf-8") if isinstance(data, str) else data)
     return path

@@ -8,17 +8,17 @@ Entry point: `write_report(con, billing_month, out_dir=None)`; default folder
 from __future__ import annotations
 
 import datetime as dt
-import os
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
 import duckdb
 
 from metering import config
+from metering.files import replacing_all
 from metering.reconcile.settings import ReconcileSettings
 from metering.reports.data import ReportData, load_report_data
-from metering.reports.writers import write_csvs, write_html, write_xlsx
+from metering.reports.tables import report_tables
+from metering.reports.writers import write_csv, write_html, write_xlsx
 
 
 @dataclass(frozen=True)
@@ -44,21 +44,19 @@ def write_report(
 ) -> ReportFiles:
     """Write report.html, report.xlsx and <table>.csv for the month; returns their paths.
 
-    All of them or none: they are written into a staging folder inside the report folder, then moved
-    in (a full disk half way once left a new report.html beside the previous run's CSVs)."""
+    All of them or none (`files.replacing_all`): each is written and synced beside its target, and all
+    are put in place once every one is written (a full disk half way once left a new report.html beside
+    the previous run's CSVs)."""
     data = load_report_data(con, billing_month, settings=settings, generated_at=generated_at)
     folder = Path(out_dir) if out_dir else default_folder(data.billing_month)
-    folder.mkdir(parents=True, exist_ok=True)
-    staging = folder / f".staging.{os.getpid()}"
-    staging.mkdir(exist_ok=True)
-    try:
-        written = [write_html(data, staging / "report.html"), write_xlsx(data, staging / "report.xlsx"),
-                   *write_csvs(data, staging)]
-        for path in written:   # renames within one folder: they need no space
-            os.replace(path, folder / path.name)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-    html, xlsx, *csvs = [folder / path.name for path in written]
+    tables = report_tables(data)
+    html, xlsx = folder / "report.html", folder / "report.xlsx"
+    csvs = [folder / f"{name}.csv" for name in tables]
+    with replacing_all([html, xlsx, *csvs]) as (html_tmp, xlsx_tmp, *csv_tmps):
+        write_html(data, html_tmp)
+        write_xlsx(data, tables, xlsx_tmp)
+        for table, tmp in zip(tables.values(), csv_tmps):
+            write_csv(table, tmp)
     return ReportFiles(folder=folder, html=html, xlsx=xlsx, csvs=csvs, data=data)
 
 

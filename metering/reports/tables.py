@@ -15,6 +15,8 @@ from metering.reports.data import ReportData
 from metering.reports.money import fmt_quantity
 
 Cell = int | str
+Table = tuple[list[str], list[list[Cell]]]
+"""A report table: its header and its rows."""
 
 
 def _cell(value: object) -> Cell:
@@ -39,11 +41,11 @@ def cell_text(value: object) -> str:
     return str(_cell(value))
 
 
-def frame_rows(frame: pl.DataFrame) -> tuple[list[str], list[list[Cell]]]:
+def frame_rows(frame: pl.DataFrame) -> Table:
     return list(frame.columns), [[_cell(v) for v in row] for row in frame.iter_rows()]
 
 
-def report_tables(data: ReportData) -> dict[str, tuple[list[str], list[list[Cell]]]]:
+def report_tables(data: ReportData) -> dict[str, Table]:
     """sheet/CSV name -> (header, rows), in report order."""
     summary = (["metric", "currency", "value"], [list(r) for r in data.summary_rows()])
     from metering.dunning.summary import SUMMARY_SCHEMA

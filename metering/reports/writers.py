@@ -1,4 +1,5 @@
-"""Write the report's files: report.html, report.xlsx (xlsxwriter) and one CSV per table."""
+"""Write the report's files: report.html, report.xlsx (xlsxwriter) and one CSV per table, each to the
+path it is given (`metering.reports.write_report` gives temporary ones and puts them in place together)."""
 
 from __future__ import annotations
 
@@ -9,41 +10,38 @@ from pathlib import Path
 
 import xlsxwriter
 
-from metering.files import replacing, write_atomically
 from metering.reports.data import ReportData
 from metering.reports.html import render_html
-from metering.reports.tables import Cell, report_tables
+from metering.reports.tables import Cell, Table
 
 
-def write_html(data: ReportData, path: Path) -> Path:
-    return write_atomically(path, render_html(data))
+def write_html(data: ReportData, path: Path) -> None:
+    path.write_text(render_html(data), encoding="utf-8")
 
 
-def write_xlsx(data: ReportData, path: Path) -> Path:
+def write_xlsx(data: ReportData, tables: dict[str, Table], path: Path) -> None:
     """Sheets summary, lines, discrepancies, invoices, dunning (money as integer minor units).
 
     Byte-identical for the same data and `generated_at`: the document's created/modified dates are
     `generated_at` (not the wall clock), and the zip entries carry xlsxwriter's fixed 1980-01-01 stamp
     (in_memory: no temporary files whose mtime or local time zone could leak in).
     """
-    with replacing(path) as tmp:
-        book = xlsxwriter.Workbook(str(tmp), {"strings_to_numbers": False, "strings_to_formulas": False,
-                                              "strings_to_urls": False, "in_memory": True})
-        book.set_properties({"created": _naive_utc(data.generated_at)})
-        try:
-            bold = book.add_format({"bold": True, "bg_color": "#EEF2F6"})
-            for name, (header, rows) in report_tables(data).items():
-                sheet = book.add_worksheet(name)
-                sheet.write_row(0, 0, header, bold)
-                for i, row in enumerate(rows, start=1):
-                    sheet.write_row(i, 0, [_summary_value(v) for v in row] if name == "summary" else row)
-                sheet.freeze_panes(1, 0)
-                for col, title in enumerate(header):
-                    width = max([len(str(title))] + [len(str(r[col])) for r in rows[:200]])
-                    sheet.set_column(col, col, min(max(width + 2, 8), 60))
-        finally:
-            book.close()
-    return path
+    book = xlsxwriter.Workbook(str(path), {"strings_to_numbers": False, "strings_to_formulas": False,
+                                           "strings_to_urls": False, "in_memory": True})
+    book.set_properties({"created": _naive_utc(data.generated_at)})
+    try:
+        bold = book.add_format({"bold": True, "bg_color": "#EEF2F6"})
+        for name, (header, rows) in tables.items():
+            sheet = book.add_worksheet(name)
+            sheet.write_row(0, 0, header, bold)
+            for i, row in enumerate(rows, start=1):
+                sheet.write_row(i, 0, [_summary_value(v) for v in row] if name == "summary" else row)
+            sheet.freeze_panes(1, 0)
+            for col, title in enumerate(header):
+                width = max([len(str(title))] + [len(str(r[col])) for r in rows[:200]])
+                sheet.set_column(col, col, min(max(width + 2, 8), 60))
+    finally:
+        book.close()
 
 
 def _naive_utc(moment: dt.datetime) -> dt.datetime:
@@ -75,8 +73,8 @@ def _csv_cell(cell: Cell) -> Cell:
     return cell
 
 
-def write_csvs(data: ReportData, folder: Path) -> list[Path]:
-    """One <table>.csv per report table, cells as `report_tables` gives them (ints, text).
+def write_csv(table: Table, path: Path) -> None:
+    """One report table as CSV, cells as `report_tables` gives them (ints, text).
 
     Formula injection: a text cell that a spreadsheet would read as a formula (first character
     = + - @ TAB or CR; a customer id like '=HYPERLINK(...)', say) is written with a leading apostrophe.
@@ -84,12 +82,8 @@ def write_csvs(data: ReportData, folder: Path) -> list[Path]:
     negative quantity or amount), so they still read as numbers. The spreadsheet sets
     strings_to_formulas=False instead, so it needs no escaping.
     """
-    paths = []
-    for name, (header, rows) in report_tables(data).items():
-        path = folder / f"{name}.csv"
-        with replacing(path) as tmp, open(tmp, "w", newline="", encoding="utf-8") as fh:
-            writer = csv.writer(fh)
-            writer.writerow(header)
-            writer.writerows([_csv_cell(c) for c in row] for row in rows)
-        paths.append(path)
-    return paths
+    header, rows = table
+    with open(path, "w", newline="", encoding="utf-8") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(header)
+        writer.writerows([_csv_cell(c) for c in row] for row in rows)
