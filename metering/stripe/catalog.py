@@ -24,7 +24,6 @@ subscriptions. Create what is missing, find what exists, never change what diffe
 
 from __future__ import annotations
 
-import calendar
 import datetime as dt
 import json
 import logging
@@ -37,7 +36,7 @@ import polars as pl
 import stripe
 
 from metering import warehouse
-from metering.customers import midnight_unix, period_containing
+from metering.customers import anchor_date, midnight_unix, period_containing
 from metering.rules.meters import Meter
 from metering.rules.model import Charge, PlanVersion, Rules, dec_str, minor_digits
 from metering.rules.plans import stripe_lookup_key
@@ -377,13 +376,11 @@ def billing_cycle_anchor(start: dt.datetime, anchor_day: int | None) -> int | No
 
     `anchor_day` beyond a month's length means that month's last day; None = the 1st.
     """
-    day = anchor_day or 1
     d = start.date()
     for months_ahead in range(0, 3):
         year = d.year + (d.month - 1 + months_ahead) // 12
         month = (d.month - 1 + months_ahead) % 12 + 1
-        last = (dt.date(year + month // 12, month % 12 + 1, 1) - dt.timedelta(days=1)).day
-        candidate = dt.datetime(year, month, min(day, last), tzinfo=dt.timezone.utc)
+        candidate = dt.datetime.combine(anchor_date(year, month, anchor_day), dt.time(), tzinfo=dt.timezone.utc)
         if candidate == start:
             return None
         if candidate > start:
@@ -650,8 +647,7 @@ def _other_anchor_day(sub: Any, anchor_day: int | None) -> int | None:
     if not stamp:
         return None
     day = dt.datetime.fromtimestamp(int(stamp), dt.timezone.utc).date()
-    last = calendar.monthrange(day.year, day.month)[1]
-    return None if day.day == min(anchor_day or 1, last) else day.day
+    return None if day == anchor_date(day.year, day.month, anchor_day) else day.day
 
 
 def _customer_row(cid: str, cus: Any, sub: Any, plan: str | None, plan_version: str | None,
