@@ -356,9 +356,22 @@ def _refuse_resegmented_billed(stored: pl.DataFrame, rated: pl.DataFrame, billed
 
 def _refuse_overlapping_periods(con: duckdb.DuckDBPyConnection, first: dt.date, end: dt.date) -> None:
     """I7 across months: the periods starting in [first, end) may not overlap another stored period of
-    the same customer. A customer list that moves a period's start into an earlier month (its first plan
-    dated back) rates the new period there while the later month keeps the old one until re-rated: both
-    stood, billing the same days twice (a billed one neither refused nor adjusted)."""
+    the same customer, nor leave days between them and its stored periods before or after. A customer
+    list that moves a period's start into an earlier month (its first plan dated back) rates the new
+    period there while the later month keeps the old one until re-rated: both stood, billing the same
+    days twice (a billed one neither refused nor adjusted). A list whose anchor day changed cut the
+    next month's period from the new anchor: the days from the old period's end to it were in no
+    period, billed by nobody and listed as unpriced by nothing."""
+    _refuse_overlaps(con, first, end)
+    _refuse_gaps(con, first, end)
+
+
+def _rerate_advice(since: dt.date, through: dt.date) -> str:
+    return (f"Rate every month the change touches together: `metering rerate --from {since} --to {through}` "
+            f"with the same customer list")
+
+
+def _refuse_overlaps(con: duckdb.DuckDBPyConnection, first: dt.date, end: dt.date) -> None:
     overlaps = con.execute("""
         WITH p AS (SELECT DISTINCT customer_id, period_start, period_end FROM rated_usage)
         SELECT a.customer_id, a.period_start, a.period_end, b.period_start, b.period_end
@@ -375,9 +388,35 @@ def _refuse_overlapping_periods(con: duckdb.DuckDBPyConnection, first: dt.date, 
     raise BadInputError(
         f"customers: the customer list (customer_plans) gives customer {customer} the period {start}..{stop}, "
         f"which overlaps its period {other_start}..{other_stop} still stored from the previous list "
-        f"({len({r[0] for r in overlaps})} customer(s)); nothing was written. Rate every month the change "
-        f"touches together: `metering rerate --from {since} --to {through}` "
-        f"with the same customer list")
+        f"({len({r[0] for r in overlaps})} customer(s)); nothing was written. " + _rerate_advice(since, through))
+
+
+def _refuse_gaps(con: duckdb.DuckDBPyConnection, first: dt.date, end: dt.date) -> None:
+    """A customer's plans never end (a customer leaves the list instead), so its stored periods, from
+    its first on, follow each other without a day between."""
+    gaps = con.execute("""
+        WITH p AS (SELECT DISTINCT customer_id, period_start, period_end FROM rated_usage),
+        s AS (SELECT customer_id, period_start, period_end,
+                     lag(period_start) OVER w AS before_start, lag(period_end) OVER w AS before_end,
+                     lead(period_start) OVER w AS after_start, lead(period_end) OVER w AS after_end
+              FROM p WINDOW w AS (PARTITION BY customer_id ORDER BY period_start, period_end))
+        SELECT customer_id, before_start, before_end, period_start, period_end FROM s
+        WHERE period_start >= ? AND period_start < ? AND before_end < period_start
+        UNION ALL
+        SELECT customer_id, period_start, period_end, after_start, after_end FROM s
+        WHERE period_start >= ? AND period_start < ? AND after_start > period_end
+        ORDER BY 1, 2""", [first, end, first, end]).fetchall()
+    if not gaps:
+        return
+    customer, start, stop, next_start, next_stop = gaps[0]
+    raise BadInputError(
+        f"customers: the customer list (customer_plans) leaves customer {customer}'s days "
+        f"{stop}..{next_start - dt.timedelta(days=1)} in no billing period, between its periods {start}..{stop} "
+        f"and {next_start}..{next_stop} ({len({r[0] for r in gaps})} customer(s)); nothing was written: their "
+        f"usage would be billed by no period. A first plan dated later: "
+        + _rerate_advice(min(r[1] for r in gaps), max(r[4] for r in gaps) - dt.timedelta(days=1))
+        + ". A changed billing_anchor_day: keep the one the periods were rated with (Stripe's subscription "
+        f"keeps its anchor too; `metering stripe sync` reports the drift)")
 
 
 def _gauge_scopes(rules: Rules) -> pl.DataFrame:

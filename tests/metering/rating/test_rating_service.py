@@ -393,6 +393,60 @@ def test_a_list_giving_an_earlier_month_a_period_over_a_stored_one_is_refused(tm
         assert con.execute("SELECT * FROM rated_usage ORDER BY ALL").fetchall() == before
 
 
+def test_a_changed_anchor_leaving_days_in_no_period_is_refused(tmp_path):
+    """a (calendar months) has October 1..November 1 stored. A list moving its anchor to the 20th rated
+    November's period from Nov 20 (Nov 20..Dec 20): Nov 1..19 fell in no period, billed by nobody, and
+    all_usage_priced listed nothing (audit). Refused, nothing written, the days named."""
+    rules = load_rules(PROJECT_ROOT / "rating_rules")
+    header = "customer_id,name,email,currency,billing_anchor_day,plan,plan_effective_from,payment_behavior\n"
+    csv = tmp_path / "customers.csv"
+    csv.write_text(header + "a,A,a@a.test,usd,,starter,2026-01-01,succeeds\n")
+    with warehouse.open_warehouse(tmp_path / "wh.duckdb") as con:
+        warehouse.insert_frame(con, "customer_plans", load_customers(csv, rules))
+        service.write_rated(con, OCT, service.rate_month(con, rules, OCT)[0], rules, NOW)
+        before = con.execute("SELECT * FROM rated_usage ORDER BY ALL").fetchall()
+        csv.write_text(header + "a,A,a@a.test,usd,20,starter,2026-01-01,succeeds\n")
+        moved = load_customers(csv, rules)
+        nov = dt.date(2026, 11, 1)
+        rated = service.rate_month(con, rules, nov, moved)[0]
+        assert rated["period_start"].unique().to_list() == [dt.date(2026, 11, 20)]
+        with pytest.raises(BadInputError, match=r"leaves customer a's days 2026-11-01\.\.2026-11-19 in no billing "
+                                                r"period, between its periods 2026-10-01\.\.2026-11-01 and "
+                                                r"2026-11-20\.\.2026-12-20 \(1 customer\(s\)\)"):
+            service.write_rated(con, nov, rated, rules, NOW)
+        assert con.execute("SELECT * FROM rated_usage ORDER BY ALL").fetchall() == before
+
+
+def test_a_month_re_rated_away_from_the_stored_period_after_it_is_refused(tmp_path):
+    """a subscribed on Oct 1 with anchor 20: Oct 1..20 and Oct 20..Nov 20 start in October, Nov 20..Dec 20
+    in November. A list dropping the anchor re-rates October alone as Oct 1..Nov 1, which leaves
+    Nov 1..19 between it and the stored November period: the gap after is refused as the one before."""
+    rules = load_rules(PROJECT_ROOT / "rating_rules")
+    header = "customer_id,name,email,currency,billing_anchor_day,plan,plan_effective_from,payment_behavior\n"
+    csv = tmp_path / "customers.csv"
+    csv.write_text(header + "a,A,a@a.test,usd,20,starter,2026-10-01,succeeds\n")
+    with warehouse.open_warehouse(tmp_path / "wh.duckdb") as con:
+        warehouse.insert_frame(con, "customer_plans", load_customers(csv, rules))
+        record_manifest(con)   # as ingestion would have: rerate refuses usage that breaks conservation
+        service.rerate_range(con, rules, OCT, dt.date(2026, 11, 30), dt.datetime(2026, 10, 5, tzinfo=dt.UTC))
+        assert con.execute("SELECT DISTINCT period_start, period_end FROM rated_usage ORDER BY 1").fetchall() == [
+            (dt.date(2026, 10, 1), dt.date(2026, 10, 20)), (dt.date(2026, 10, 20), dt.date(2026, 11, 20)),
+            (dt.date(2026, 11, 20), dt.date(2026, 12, 20))]
+        before = con.execute("SELECT * FROM rated_usage ORDER BY ALL").fetchall()
+        csv.write_text(header + "a,A,a@a.test,usd,,starter,2026-10-01,succeeds\n")
+        calendar = load_customers(csv, rules)
+        with pytest.raises(BadInputError, match=r"days 2026-11-01\.\.2026-11-19 in no billing period, between its "
+                                                r"periods 2026-10-01\.\.2026-11-01 and 2026-11-20\.\.2026-12-20"):
+            service.rerate_range(con, rules, OCT, dt.date(2026, 10, 31), dt.datetime(2026, 10, 6, tzinfo=dt.UTC),
+                                 customers=calendar)
+        assert con.execute("SELECT * FROM rated_usage ORDER BY ALL").fetchall() == before
+        # the months together re-cut both periods: Oct 1..Nov 1 and Nov 1..Dec 1, contiguous
+        service.rerate_range(con, rules, OCT, dt.date(2026, 11, 30), dt.datetime(2026, 10, 6, tzinfo=dt.UTC),
+                             customers=calendar)
+        assert con.execute("SELECT DISTINCT period_start, period_end FROM rated_usage ORDER BY 1").fetchall() == [
+            (dt.date(2026, 10, 1), dt.date(2026, 11, 1)), (dt.date(2026, 11, 1), dt.date(2026, 12, 1))]
+
+
 def test_a_version_backdated_into_a_closed_period_is_blamed_on_the_rules(tmp_path):
     """A pro version from Oct 20 added after October closed: the refusal blamed the customer list (none
     was given) and advised --adjust-closed, which was then refused for the real reason (audit)."""
