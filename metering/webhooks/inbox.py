@@ -15,7 +15,8 @@ Layout and record format (the contract between the receiver and `metering.webhoo
   `stripe-signature` (so a record can be re-verified later) and `content-type`.
 - A record without its trailing newline is a torn write from a crash: it was never acknowledged,
   and readers skip it.
-- When a file is created, its directory is fsync'd too, so the new name survives a power cut.
+- When a file is created, its directory is fsync'd too, so the new name survives a power cut
+  (and so is each folder made for it, into its parent).
 """
 
 from __future__ import annotations
@@ -43,6 +44,13 @@ KEPT_HEADERS = ("stripe-signature", "content-type")
 MAX_CREATED = 253_402_300_799
 
 
+def epoch_sql(expr: str) -> str:
+    """SQL for the timestamp of `expr` (BIGINT epoch seconds), NULL outside [0, MAX_CREATED]: a time
+    nested in an object is read as any field that does not fit its type, where one out of DuckDB's
+    range (`next_payment_attempt` 10^15) failed the whole state rebuild."""
+    return f"CASE WHEN {expr} BETWEEN 0 AND {MAX_CREATED} THEN to_timestamp({expr}) END"
+
+
 def landing_dir(explicit: str | os.PathLike[str] | None = None) -> Path:
     """The landing folder: explicit, else `METERING_STRIPE_LANDING`, else `data/landing/stripe/`."""
     return config.resolve_path(explicit, LANDING_ENV, lambda: config.data_dir() / "landing" / "stripe")
@@ -67,6 +75,18 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+def _make_dir(path: Path) -> None:
+    """`mkdir -p` whose new folders survive a power cut: each is fsync'd into its parent, as a new
+    landing file is into its folder (the file's own fsync does not make its folder's name durable)."""
+    missing = []
+    while not path.exists() and path != path.parent:
+        missing.append(path)
+        path = path.parent
+    for folder in reversed(missing):
+        folder.mkdir(exist_ok=True)
+        _fsync_dir(folder.parent)
+
+
 class LandingWriter:
     """Appends records to this process's landing file for the current hour; thread-safe."""
 
@@ -84,7 +104,7 @@ class LandingWriter:
         if self._fd is not None and self._hour == hour:
             return self._fd
         self.close()
-        self.directory.mkdir(parents=True, exist_ok=True)
+        _make_dir(self.directory)
         path = self.directory / f"{FILE_PREFIX}{hour}-{self._stem}{FILE_SUFFIX}"
         fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o640)
         try:

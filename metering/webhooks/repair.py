@@ -27,6 +27,7 @@ import stripe
 
 from metering.warehouse import transaction
 from metering.webhooks.events import insert_receipts
+from metering.webhooks.inbox import epoch_sql
 from metering.webhooks.state import INVOICE_STATUS_RANK, rank_case
 
 log = logging.getLogger(__name__)
@@ -126,11 +127,12 @@ def _store_snapshots(con: duckdb.DuckDBPyConnection, rows: list[dict[str, str]],
                 "DELETE FROM stripe_object_snapshots WHERE (object_type, object_id) IN"
                 " (SELECT (object_type, object_id) FROM _wh_snap)"
             )
+            created = epoch_sql("TRY_CAST(CAST(s.raw AS JSON) ->> '$.created' AS BIGINT)")
             con.execute(
-                """
+                f"""
                 INSERT INTO stripe_object_snapshots
                 SELECT s.object_id, s.object_type,
-                       coalesce(e.newest, to_timestamp(CAST(CAST(s.raw AS JSON) ->> '$.created' AS BIGINT)), ?),
+                       coalesce(e.newest, {created}, ?),
                        ?, CAST(s.raw AS JSON)
                 FROM _wh_snap s
                 LEFT JOIN (SELECT object_id, max(created) AS newest FROM stripe_webhook_events GROUP BY object_id) e

@@ -31,6 +31,7 @@ import json
 import duckdb
 
 from metering.warehouse import transaction
+from metering.webhooks.inbox import epoch_sql
 
 INVOICE_STATUS_RANK = {"draft": 0, "open": 1, "uncollectible": 2, "void": 3, "paid": 4}
 SUBSCRIPTION_STATUS_RANK = {
@@ -88,7 +89,7 @@ def rank_case(column: str, ranks: dict[str, int]) -> str:
 
 
 def _ts(expr: str) -> str:
-    return f"to_timestamp({expr})"
+    return epoch_sql(expr)
 
 
 def _id(expr: str) -> str:

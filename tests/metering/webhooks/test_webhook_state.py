@@ -15,7 +15,7 @@ from metering import warehouse
 from metering.webhooks.events import land_directory
 from metering.webhooks.inbox import LandingWriter
 from metering.webhooks.state import rebuild_state
-from webhook_payloads import body_of, dunning_lifecycle, event, invoice, subscription
+from webhook_payloads import body_of, dunning_lifecycle, event, invoice, line, subscription
 
 START = 1_790_000_000
 UTC = timezone.utc
@@ -141,6 +141,25 @@ def test_an_upcoming_invoice_is_no_invoice(con, tmp_path: Path):
     preview = invoice("upcoming_in_P", status="draft", amount_due=4200)
     land(con, tmp_path, [dunning_lifecycle("in_A"), [event("evt_up", "invoice.upcoming", START + 9, preview)]])
     assert con.execute("SELECT invoice_id FROM stripe_invoices").fetchall() == [("in_A",)]
+
+
+def test_a_time_out_of_range_inside_an_object_is_null_not_a_failed_rebuild(con, tmp_path: Path):
+    """The event's own `created` is held to [0, end of 9999] at the door, the times nested in its object
+    were not: one `next_payment_attempt` of 10^15 s failed every later state rebuild ("Epoch seconds
+    out of range"), so no invoice's state moved again. Read as any field that does not fit its type:
+    NULL, the other fields and invoices as sent. Year 9999's last second still fits."""
+    odd = invoice("in_B", next_payment_attempt=10**15, created=-1)
+    odd["period_end"] = 253_402_300_799
+    odd["lines"]["data"] = [line("il_B", price="price_api", quantity_decimal="2", amount=20, start=1_790_000_000,
+                                 end=253_402_300_800)]
+    land(con, tmp_path, [dunning_lifecycle("in_A"), [event("evt_odd", "invoice.finalized", START + 9, odd)]])
+    assert con.execute("SELECT invoice_id, status, amount_due, next_payment_attempt, created, period_end "
+                       "FROM stripe_invoices ORDER BY 1").fetchall() == [
+        ("in_A", "paid", 1235, None, datetime.fromtimestamp(START, UTC), datetime.fromtimestamp(1_792_592_000, UTC)),
+        ("in_B", "open", 1000, None, None, datetime(9999, 12, 31, 23, 59, 59, tzinfo=UTC))]
+    assert con.execute("SELECT line_id, amount, period_start, period_end FROM stripe_invoice_lines "
+                       "WHERE invoice_id = 'in_B'").fetchall() == [
+        ("il_B", 20, datetime.fromtimestamp(1_790_000_000, UTC), None)]
 
 
 def test_expanded_subscription_and_zero_decimal_currency(con, tmp_path: Path):
