@@ -92,6 +92,26 @@ def test_pull_summaries_invoices_and_lines(stripe_sandbox, isolated_env):
     assert result.api_calls > 0
 
 
+def test_the_next_periods_first_hour_is_not_in_this_periods_summary(stripe_sandbox, isolated_env):
+    """Summaries are read over [period start, period end): usage at Nov 1 00:30 (99 calls, 9 seats) is
+    November's. A pull reading a day past the end (a mutation audit's survivor) counted it in October:
+    api_calls 1599 and seats 9 against the 1500 and 7 Stripe invoices for October."""
+    client = stripe_sandbox.client()
+    cus, _ = _stripe_month(client)
+    for event_name, value in (("metering_api_calls", "99"), ("metering_seats", "9")):
+        client.v1.billing.meter_events.create({"event_name": event_name, "timestamp": _ts("2026-11-01T00:30:00"),
+                                               "payload": {"stripe_customer_id": cus, "value": value},
+                                               "identifier": f"{event_name}-november"})
+    with warehouse.open_warehouse() as con:
+        _periods(con)
+        result = pull_stripe_state(con, client, MONTH, meters=["api_calls", "seats"],
+                                   settings=ReconcileSettings(settle_seconds=0))
+    period = result.summaries.filter(grain="period")
+    assert {r["meter"]: r["aggregated_value"] for r in period.iter_rows(named=True)} == {
+        "api_calls": D(1500), "seats": D(7)}
+    assert set(period["window_end"]) == {dt.datetime(2026, 11, 1, tzinfo=dt.UTC)}
+
+
 def test_an_invoice_item_line_keeps_its_item_id(stripe_sandbox, isolated_env):
     """An invoice item put on the October cycle invoice while Stripe keeps it a draft: its line has no
     price meter and the item's period, and the pull keeps its item id (parent.invoice_item_details) and
