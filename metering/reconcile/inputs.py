@@ -812,8 +812,8 @@ def _line_payments() -> list[pl.Expr]:
 
 
 def _closing_invoices(con: duckdb.DuckDBPyConnection, periods: pl.DataFrame) -> pl.DataFrame:
-    """customer_id, period_start, closing_invoice_id and its invoice_status: per customer period, the
-    latest non-void invoice that closes it, if any.
+    """customer_id, period_start, closing_invoice_id and its invoice_status and creation time
+    (closing_invoice_created): per customer period, the latest non-void invoice that closes it, if any.
 
     An invoice closes one row at most (the longest period it closes): a line no rated period holds
     makes a row of its own period, which may lie inside another (an item Stripe dates Oct 15 - Oct 15
@@ -832,7 +832,8 @@ def _closing_invoices(con: duckdb.DuckDBPyConnection, periods: pl.DataFrame) -> 
                 QUALIFY row_number() OVER (PARTITION BY i.invoice_id
                                            ORDER BY p.period_end DESC, p.period_start, p.customer_id) = 1
             )
-            SELECT customer_id, period_start, invoice_id AS closing_invoice_id, status AS invoice_status
+            SELECT customer_id, period_start, invoice_id AS closing_invoice_id, status AS invoice_status,
+                   created AS closing_invoice_created
             FROM closing
             QUALIFY row_number() OVER (PARTITION BY customer_id, period_start
                                        ORDER BY created DESC NULLS LAST, invoice_id DESC) = 1

@@ -173,6 +173,7 @@ STRIPE_INVOICES_SCHEMA = {
     # their lines, each invoice counted in the period its own period starts in, and those that differ
     "closing_invoice_id": pl.String, "adjustments_minor": pl.Int64, "adjusted_invoice_ids": pl.String,
     "invoice_status": pl.String,   # the closing invoice's
+    "closing_invoice_created": pl.Datetime("us", "UTC"),
     # the period's own lines, whichever invoice carries them: on paid invoices, on open or uncollectible
     # ones, and both (inputs._line_payments), less the pre-payment credit notes of the invoices counted in
     # the period (each invoice in one period, as adjustments_minor): off paid on a paid invoice, off
@@ -654,7 +655,7 @@ def reconcile_invoices(
                             pl.col("amount_diff_minor"), note))
             .when(pl.col("awaiting_invoice"))
             .then(pl.format("Stripe has not invoiced this period yet; {}", amounts))
-            .when(pl.col("status") == "pending").then(pl.format("invoice still draft; {}", amounts))
+            .when(pl.col("status") == "pending").then(pl.format("invoice still draft{}; {}", _overdue_draft(reconciled_at), amounts))
             .when(pl.col("status") == "not_invoiced")
             .then(pl.concat_str(pl.col("invoice_missing_reason"), pl.lit("; "), amounts, note))
             .otherwise(pl.concat_str(amounts, note)),
@@ -664,6 +665,23 @@ def reconcile_invoices(
         .select(INVOICE_COLUMNS)
         .sort(["customer_id", "period_start"])
     )
+
+
+DRAFT_FINALIZES_WITHIN = dt.timedelta(hours=72)
+"""Stripe finalizes a period's draft after its grace period (1 h by default), or up to 72 h later when
+the `invoice.created` webhook goes unacknowledged (stripe-facts.md)."""
+
+
+def _overdue_draft(reconciled_at: dt.datetime) -> pl.Expr:
+    """', draft for N h (...)' when the closing draft is older than Stripe lets a draft it will finalize
+    stay one: a row `pending` for good otherwise, nothing saying something stopped at Stripe."""
+    age = pl.lit(reconciled_at, dtype=pl.Datetime("us", "UTC")) - pl.col("closing_invoice_created")
+    return (pl.when(age > DRAFT_FINALIZES_WITHIN)
+            .then(pl.format(" for {} h since Stripe created {}: Stripe finalizes a draft with auto_advance on "
+                            "within {} h, so something holds it: look at the invoice and the webhook endpoint in Stripe",
+                            age.dt.total_hours(), pl.col("closing_invoice_id"),
+                            pl.lit(int(DRAFT_FINALIZES_WITHIN.total_seconds() // 3600))))
+            .otherwise(pl.lit("")))
 
 
 def _with_drift(invoices: pl.DataFrame, usage: pl.DataFrame | None) -> pl.DataFrame:

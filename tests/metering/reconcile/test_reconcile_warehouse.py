@@ -809,6 +809,27 @@ def test_a_draft_stripe_will_not_finalize_bills_nothing(isolated_env, rules_dir,
         assert result.unexplained_minor() == {"usd": 125}
 
 
+@pytest.mark.parametrize("now, note", [
+    (dt.datetime(2026, 11, 4, 1, tzinfo=dt.UTC), ""),   # 72 h after Nov 1 01:00: not past it yet
+    (dt.datetime(2026, 11, 5, 2, 30, tzinfo=dt.UTC),    # 97.5 h, in whole hours
+     " for 97 h since Stripe created in_cus_a: Stripe finalizes a draft with auto_advance on within 72 h, so "
+     "something holds it: look at the invoice and the webhook endpoint in Stripe")])
+def test_a_draft_older_than_stripe_keeps_drafts_says_so(isolated_env, rules_dir, now, note):
+    """in_cus_a (created Nov 1 01:00) closes cus_a's October and is still a draft Stripe will finalize.
+    Stripe finalizes such a draft an hour after it is created, or within 72 h when its invoice.created
+    webhook goes unacknowledged: a draft older than that was `pending` for good with a reason no
+    different from an hour-old one's. The row stays pending (Stripe has not billed it), its reason says
+    how long and where to look."""
+    with warehouse.open_warehouse() as con:
+        write_scenario(con)
+        con.execute("UPDATE stripe_invoices_api SET status = 'draft', auto_advance = true, amount_paid = 0, "
+                    "amount_remaining = 100 WHERE invoice_id = 'in_cus_a'")
+        result = _reconcile(con, rules_dir, now=now)
+    a = result.invoices.filter(customer_id="cus_a").row(0, named=True)
+    assert a["status"] == "pending"
+    assert a["reason"].startswith(f"invoice still draft{note}; our total ")
+
+
 def _flat_fee_subscription(con) -> None:
     """cus_f on a subscription with only a licensed price (1900 a month, billed in advance): in_f0 (its
     first invoice, Oct 1) bills October; in_f1 closes October and bills November, with a 500 coupon;
