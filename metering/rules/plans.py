@@ -350,7 +350,7 @@ def _version(spec: Any, path: tuple, plan: str, currency: str, meters: Mapping[s
     for i, charge in enumerate(good):
         if charge.name in names:
             err(path + ("charges", i, "name"), f"charge name {charge.name!r} is used twice in this version "
-                f"(also charges[{names[charge.name]}]); give one a name:")
+                f"(also charges[{names[charge.name]}]); give each its own `name`")
         names.setdefault(charge.name, i)
         if charge.model == "minimum" and any(c.model == "minimum" for c in good[:i]):
             err(path + ("charges", i), "a version may have only one minimum")
