@@ -14,12 +14,10 @@ import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from metering import warehouse
 from metering.rating import money
-from metering.rating.aggregate import build_aggregates, charge_map, charge_quantities, unpriced_usage
+from metering.rating.aggregate import charge_map
 from metering.rules.plans import load_rules
 from tests.metering.rating.conftest import PROJECT_ROOT, plan_yaml
-from tests.metering.rating.test_rating_aggregate import UTC, insert, segments_oct
 
 NOV = (dt.date(2026, 11, 1), dt.date(2026, 12, 1))   # a 30-day billing period (and cycle)
 
@@ -79,28 +77,6 @@ def test_checked_mul_accepts_a_product_exactly_at_the_limit():
     assert money.checked_mul(frame, "a", "b", "out", "test")["out"].to_list() == [a * 7]
     with pytest.raises(money.AmountTooLargeError, match="^test: an amount exceeds 10\\^14"):
         money.checked_mul(frame.with_columns(a=pl.col("a") + money.lit(1)), "a", "b", "out", "test")
-
-
-def test_usage_in_the_first_hour_of_a_subscription_is_priced_not_reported_unpriced(make_rules):
-    """Kills `hour < starts_on` -> `<=` in `unpriced_usage`: an event at 00:30 on the day c1 subscribes
-    (Oct 10) is in c1's first period and billed; only the Oct 2 event is before the subscription."""
-    rules = make_rules("""
-        - {meter: api_calls, model: per_unit, unit_amount: "1", filters: {region: us}}
-    """)
-    events = [("a", "api_calls", dt.datetime(2026, 10, 2, 5, tzinfo=UTC), None, '{"region":"us"}'),
-              ("b", "api_calls", dt.datetime(2026, 10, 10, 0, 30, tzinfo=UTC), None, '{"region":"us"}')]
-    with warehouse.open_warehouse(":memory:") as con:
-        insert(con, events)
-        partials = build_aggregates(con, rules.meters, dt.date(2026, 10, 1), dt.date(2026, 11, 1))
-    segments = segments_oct().with_columns(period_start=pl.lit(dt.date(2026, 10, 10)),
-                                           segment_start=pl.lit(dt.date(2026, 10, 10)))
-    starts = pl.DataFrame({"customer_id": ["c1"], "starts_on": [dt.date(2026, 10, 10)]})
-    out = unpriced_usage(partials, segments, rules, dt.date(2026, 10, 1), dt.date(2026, 11, 1), starts)
-    assert out.select("customer_id", "meter", "reason", "events").rows() == [
-        ("c1", "api_calls", "no_plan_in_force", 1)]
-    # and the 00:30 event is the one priced: 1 call in the period
-    priced = charge_quantities(partials, segments, rules)
-    assert priced.select("charge_id", "quantity").rows() == [(0, 1)]
 
 
 def test_a_charge_with_two_filters_prices_only_units_matching_both(tmp_path):

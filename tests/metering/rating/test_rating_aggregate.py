@@ -163,12 +163,13 @@ def test_unpriced_usage_is_reported_with_a_reason(make_rules):
 
 def test_usage_before_the_subscription_began_is_listed_not_lost(make_rules):
     """c1 subscribes on Oct 10, so its first period starts then: an Oct 2 event lies in no period. It
-    once vanished from every list (not billed, rightly, but not reported either)."""
+    once vanished from every list (not billed, rightly, but not reported either). An event at 00:30 on
+    the day c1 subscribes is in the period, billed, not listed (`hour <= starts_on` would list it)."""
     rules = make_rules("""
         - {meter: api_calls, model: per_unit, unit_amount: "1", filters: {region: us}}
     """)
     events = [("a", "api_calls", dt.datetime(2026, 10, 2, 5, tzinfo=UTC), None, '{"region":"us"}'),
-              ("b", "api_calls", dt.datetime(2026, 10, 12, 5, tzinfo=UTC), None, '{"region":"us"}')]
+              ("b", "api_calls", dt.datetime(2026, 10, 10, 0, 30, tzinfo=UTC), None, '{"region":"us"}')]
     with warehouse.open_warehouse(":memory:") as con:
         insert(con, events)
         partials = build_aggregates(con, rules.meters, dt.date(2026, 10, 1), dt.date(2026, 11, 1))
@@ -178,6 +179,7 @@ def test_usage_before_the_subscription_began_is_listed_not_lost(make_rules):
     out = unpriced_usage(partials, segments, rules, dt.date(2026, 10, 1), dt.date(2026, 11, 1), starts)
     assert out.select("customer_id", "meter", "reason", "events").rows() == [
         ("c1", "api_calls", "no_plan_in_force", 1)]
+    assert charge_quantities(partials, segments, rules).select("charge_id", "quantity").rows() == [(0, 1)]
 
 
 def test_usage_of_a_customer_whose_subscription_begins_in_a_later_month_is_counted_once(make_rules):

@@ -168,6 +168,14 @@ def test_months_touching_a_range():
         dt.date(2025, 12, 1), dt.date(2026, 1, 1), dt.date(2026, 2, 1)]
 
 
+CUSTOMERS_HEADER = "customer_id,name,email,currency,billing_anchor_day,plan,plan_effective_from,payment_behavior\n"
+
+
+def _list_of_a(csv: Path, *assignments: str) -> None:
+    """Write customer a's list (usd, succeeds), one row per `billing_anchor_day,plan,plan_effective_from`."""
+    csv.write_text(CUSTOMERS_HEADER + "".join(f"a,A,a@a.test,usd,{a},succeeds\n" for a in assignments))
+
+
 def _late_calls(con, rules, customer: str, day: str, n: int) -> None:
     con.execute("INSERT INTO usage_events SELECT 'late-' || i, ?, 'api_calls', CAST(? AS TIMESTAMPTZ) + INTERVAL (i) "
                 "SECOND, CAST(? AS DATE), NULL, '{\"region\":\"us\"}', '{}', 1, i FROM range(?) t(i)",
@@ -306,9 +314,8 @@ def test_a_periods_first_rating_after_its_end_is_its_closing_not_an_adjustment(t
     Nov 1 is October's closing rating, neither refused nor an adjustment. Calls arriving after that are
     (12,000 starter calls: 10,000 included, 2,000 x 0.0005 = 1.00 before; pro from Oct 28 prices them)."""
     rules = load_rules(PROJECT_ROOT / "rating_rules")
-    header = "customer_id,name,email,currency,billing_anchor_day,plan,plan_effective_from,payment_behavior\n"
     csv = tmp_path / "customers.csv"
-    csv.write_text(header + "a,A,a@a.test,usd,,starter,2026-01-01,succeeds\n")
+    _list_of_a(csv, ",starter,2026-01-01")
     open_rating = dt.datetime(2026, 10, 31, 2, 30, tzinfo=dt.timezone.utc)
     closing = dt.datetime(2026, 11, 1, 2, 30, tzinfo=dt.timezone.utc)
     with warehouse.open_warehouse(tmp_path / "wh.duckdb") as con:
@@ -316,14 +323,13 @@ def test_a_periods_first_rating_after_its_end_is_its_closing_not_an_adjustment(t
         _late_calls(con, rules, "a", "2026-10-20", 12_000)
         service.write_rated(con, OCT, service.rate_month(con, rules, OCT)[0], rules, open_rating)
         _late_calls(con, rules, "a", "2026-10-31", 3)   # on time: the period is open
-        csv.write_text(header + "a,A,a@a.test,usd,,starter,2026-01-01,succeeds\n"
-                                "a,A,a@a.test,usd,,pro,2026-10-28,succeeds\n")
+        _list_of_a(csv, ",starter,2026-01-01", ",pro,2026-10-28")
         warehouse.replace_rows(con, "customer_plans", "TRUE", [], load_customers(csv, rules))
         service.write_rated(con, OCT, service.rate_month(con, rules, OCT)[0], rules, closing)
         assert con.execute("SELECT count(*) FROM rating_adjustments").fetchone() == (0,)
         assert con.execute("SELECT DISTINCT plan FROM rated_usage ORDER BY 1").fetchall() == [("pro",), ("starter",)]
         # now billed: a changed list is refused, late calls are an adjustment
-        csv.write_text(header + "a,A,a@a.test,usd,,starter,2026-01-01,succeeds\n")
+        _list_of_a(csv, ",starter,2026-01-01")
         with pytest.raises(BadInputError, match="would re-price customer a's closed period 2026-10-01..2026-11-01"):
             service.write_rated(con, OCT, service.rate_month(con, rules, OCT, load_customers(csv, rules))[0],
                                 rules, closing + dt.timedelta(days=1))
@@ -341,9 +347,8 @@ def test_a_plan_change_moved_inside_a_closed_period_is_refused_or_adjusted(tmp_p
     days, by hand: starter 19.00 x 27/31 = 16.55 and pro 59.00 x 4/31 = 7.61 (2416) become 19.00 x 28/31
     = 17.16 and 59.00 x 3/31 = 5.71 (2287)."""
     rules = load_rules(PROJECT_ROOT / "rating_rules")
-    header = "customer_id,name,email,currency,billing_anchor_day,plan,plan_effective_from,payment_behavior\n"
     csv = tmp_path / "customers.csv"
-    csv.write_text(header + "a,A,a@a.test,usd,,starter,2026-01-01,succeeds\na,A,a@a.test,usd,,pro,2026-10-28,succeeds\n")
+    _list_of_a(csv, ",starter,2026-01-01", ",pro,2026-10-28")
     closing = dt.datetime(2026, 11, 1, 2, 30, tzinfo=dt.timezone.utc)
     with warehouse.open_warehouse(tmp_path / "wh.duckdb") as con:
         warehouse.insert_frame(con, "customer_plans", load_customers(csv, rules))
@@ -370,9 +375,8 @@ def test_a_list_giving_an_earlier_month_a_period_over_a_stored_one_is_refused(tm
     billed period neither refused nor adjusted (audit). Refused, nothing written; over both months the
     billed period's own refusal speaks."""
     rules = load_rules(PROJECT_ROOT / "rating_rules")
-    header = "customer_id,name,email,currency,billing_anchor_day,plan,plan_effective_from,payment_behavior\n"
     csv = tmp_path / "customers.csv"
-    csv.write_text(header + "a,A,a@a.test,usd,31,starter,2026-10-10,succeeds\n")
+    _list_of_a(csv, "31,starter,2026-10-10")
     with warehouse.open_warehouse(tmp_path / "wh.duckdb") as con:
         warehouse.insert_frame(con, "customer_plans", load_customers(csv, rules))
         _late_calls(con, rules, "a", "2026-10-12", 10)
@@ -381,7 +385,7 @@ def test_a_list_giving_an_earlier_month_a_period_over_a_stored_one_is_refused(tm
         assert con.execute("SELECT DISTINCT period_start, period_end FROM rated_usage ORDER BY 1").fetchall() == [
             (dt.date(2026, 10, 10), dt.date(2026, 10, 31)), (dt.date(2026, 10, 31), dt.date(2026, 11, 30))]
         before = con.execute("SELECT * FROM rated_usage ORDER BY ALL").fetchall()
-        csv.write_text(header + "a,A,a@a.test,usd,31,starter,2026-09-30,succeeds\n")
+        _list_of_a(csv, "31,starter,2026-09-30")
         warehouse.replace_rows(con, "customer_plans", "TRUE", [], load_customers(csv, rules))
         later = NOW + dt.timedelta(days=1)
         with pytest.raises(BadInputError, match=r"gives customer a the period 2026-09-30\.\.2026-10-31, which overlaps "
@@ -398,14 +402,13 @@ def test_a_changed_anchor_leaving_days_in_no_period_is_refused(tmp_path):
     November's period from Nov 20 (Nov 20..Dec 20): Nov 1..19 fell in no period, billed by nobody, and
     all_usage_priced listed nothing (audit). Refused, nothing written, the days named."""
     rules = load_rules(PROJECT_ROOT / "rating_rules")
-    header = "customer_id,name,email,currency,billing_anchor_day,plan,plan_effective_from,payment_behavior\n"
     csv = tmp_path / "customers.csv"
-    csv.write_text(header + "a,A,a@a.test,usd,,starter,2026-01-01,succeeds\n")
+    _list_of_a(csv, ",starter,2026-01-01")
     with warehouse.open_warehouse(tmp_path / "wh.duckdb") as con:
         warehouse.insert_frame(con, "customer_plans", load_customers(csv, rules))
         service.write_rated(con, OCT, service.rate_month(con, rules, OCT)[0], rules, NOW)
         before = con.execute("SELECT * FROM rated_usage ORDER BY ALL").fetchall()
-        csv.write_text(header + "a,A,a@a.test,usd,20,starter,2026-01-01,succeeds\n")
+        _list_of_a(csv, "20,starter,2026-01-01")
         moved = load_customers(csv, rules)
         nov = dt.date(2026, 11, 1)
         rated = service.rate_month(con, rules, nov, moved)[0]
@@ -422,9 +425,8 @@ def test_a_month_re_rated_away_from_the_stored_period_after_it_is_refused(tmp_pa
     in November. A list dropping the anchor re-rates October alone as Oct 1..Nov 1, which leaves
     Nov 1..19 between it and the stored November period: the gap after is refused as the one before."""
     rules = load_rules(PROJECT_ROOT / "rating_rules")
-    header = "customer_id,name,email,currency,billing_anchor_day,plan,plan_effective_from,payment_behavior\n"
     csv = tmp_path / "customers.csv"
-    csv.write_text(header + "a,A,a@a.test,usd,20,starter,2026-10-01,succeeds\n")
+    _list_of_a(csv, "20,starter,2026-10-01")
     with warehouse.open_warehouse(tmp_path / "wh.duckdb") as con:
         warehouse.insert_frame(con, "customer_plans", load_customers(csv, rules))
         record_manifest(con)   # as ingestion would have: rerate refuses usage that breaks conservation
@@ -433,7 +435,7 @@ def test_a_month_re_rated_away_from_the_stored_period_after_it_is_refused(tmp_pa
             (dt.date(2026, 10, 1), dt.date(2026, 10, 20)), (dt.date(2026, 10, 20), dt.date(2026, 11, 20)),
             (dt.date(2026, 11, 20), dt.date(2026, 12, 20))]
         before = con.execute("SELECT * FROM rated_usage ORDER BY ALL").fetchall()
-        csv.write_text(header + "a,A,a@a.test,usd,,starter,2026-10-01,succeeds\n")
+        _list_of_a(csv, ",starter,2026-10-01")
         calendar = load_customers(csv, rules)
         with pytest.raises(BadInputError, match=r"days 2026-11-01\.\.2026-11-19 in no billing period, between its "
                                                 r"periods 2026-10-01\.\.2026-11-01 and 2026-11-20\.\.2026-12-20"):
@@ -452,9 +454,8 @@ def test_a_version_backdated_into_a_closed_period_is_blamed_on_the_rules(tmp_pat
     was given) and advised --adjust-closed, which was then refused for the real reason (audit)."""
     root = tmp_path / "rules"
     shutil.copytree(PROJECT_ROOT / "rating_rules", root)
-    header = "customer_id,name,email,currency,billing_anchor_day,plan,plan_effective_from,payment_behavior\n"
     csv = tmp_path / "customers.csv"
-    csv.write_text(header + "a,A,a@a.test,usd,,pro,2026-01-01,succeeds\n")
+    _list_of_a(csv, ",pro,2026-01-01")
     closing = dt.datetime(2026, 11, 1, 2, 30, tzinfo=dt.timezone.utc)
     with warehouse.open_warehouse(tmp_path / "wh.duckdb") as con:
         rules = load_rules(root)
@@ -474,9 +475,8 @@ def test_a_rerate_refused_in_one_month_writes_no_month(tmp_path):
     """rerate_range writes its months in one transaction: October refused (a billed period re-priced by
     the list) leaves September's late-usage re-rating and its adjustment unwritten too."""
     rules = load_rules(PROJECT_ROOT / "rating_rules")
-    header = "customer_id,name,email,currency,billing_anchor_day,plan,plan_effective_from,payment_behavior\n"
     csv = tmp_path / "customers.csv"
-    csv.write_text(header + "a,A,a@a.test,usd,,starter,2026-01-01,succeeds\n")
+    _list_of_a(csv, ",starter,2026-01-01")
     sep = dt.date(2026, 9, 1)
     with warehouse.open_warehouse(tmp_path / "wh.duckdb") as con:
         warehouse.insert_frame(con, "customer_plans", load_customers(csv, rules))
@@ -484,8 +484,7 @@ def test_a_rerate_refused_in_one_month_writes_no_month(tmp_path):
         before = con.execute("SELECT * FROM rated_usage ORDER BY ALL").fetchall()
         _late_calls(con, rules, "a", "2026-09-15", 12_000)   # would be a September adjustment of 1.00
         record_manifest(con)   # as ingestion would have: rerate refuses usage that breaks conservation
-        csv.write_text(header + "a,A,a@a.test,usd,,starter,2026-01-01,succeeds\n"
-                                "a,A,a@a.test,usd,,pro,2026-10-10,succeeds\n")
+        _list_of_a(csv, ",starter,2026-01-01", ",pro,2026-10-10")
         warehouse.replace_rows(con, "customer_plans", "TRUE", [], load_customers(csv, rules))
         with pytest.raises(BadInputError, match="closed period 2026-10-01..2026-11-01"):
             service.rerate_range(con, rules, sep, dt.date(2026, 10, 31), NOW + dt.timedelta(days=1))

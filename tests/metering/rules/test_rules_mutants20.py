@@ -7,81 +7,59 @@ from __future__ import annotations
 
 import datetime as dt
 
+import pytest
+
 from metering.rules.plans import check_rules
 from tests.metering.rules.test_rules_validate import errors_for, plan, rules_dir
 
 
-def test_tiers_with_equal_up_to_are_refused(tmp_path):
-    """Kills `tier.up_to <= previous` -> `<`: a second tier up to 5 after one up to 5 has no units at all."""
-    errs = errors_for(tmp_path, plan("""
-        - meter: seats
-          model: graduated
-          tiers:
-            - {up_to: 5, unit_amount: "7"}
-            - {up_to: 5, unit_amount: "6"}
-            - {up_to: null, unit_amount: "5"}
-    """))
-    assert len(errs) == 1
-    assert errs[0].endswith("t.yaml:11: versions[0].charges[0].tiers[1].up_to: tiers must ascend: up_to 5 is not "
-                            "above the previous tier's 5")
+_EFFECTIVE_FROM = "    effective_from: 2026-01-01\n"
 
-
-def test_a_tier_up_to_zero_is_refused(tmp_path):
-    """Kills dropping `positive=True` for `up_to`: a tier up to 0 prices nothing."""
-    errs = errors_for(tmp_path, plan("""
+# (charges, the one error's ending); each case kills the mutant its comment names
+REFUSALS = {
+    # dropping `positive=True` for `up_to`: a tier up to 0 prices nothing
+    "a tier up to zero": ("""
         - meter: seats
           model: volume
           tiers:
             - {up_to: 0, unit_amount: "7"}
             - {up_to: null, unit_amount: "5"}
-    """))
+    """, "t.yaml:10: versions[0].charges[0].tiers[0].up_to: must be greater than zero"),
+    # a `_DECIMAL_RE` that accepts a sign: a negative unit price would credit usage
+    "a negative amount": ('- {meter: api_calls, model: per_unit, unit_amount: "-0.01"}',
+                          "t.yaml:7: versions[0].charges[0].unit_amount: '-0.01' is not a non-negative decimal "
+                          "amount (digits, optionally a point and decimals)"),
+    # `value < 0` -> `value < -1` in `_quantity`: `included: -1` would bill one unit more than used
+    "a negative allowance": ('- {meter: api_calls, model: per_unit, unit_amount: "0.01", included: -1}',
+                             "t.yaml:7: versions[0].charges[0].included: -1 is negative"),
+    # removing the one-minimum check: two commitments per period and plan have no defined true-up
+    "a second minimum": ("""
+        - {name: m1, model: minimum, amount: "10"}
+        - {name: m2, model: minimum, amount: "20"}
+    """, "t.yaml:8: versions[0].charges[1]: a version may have only one minimum"),
+    # removing the duplicate-name check: two charges named alike share one Stripe lookup key
+    "a charge name used twice": ("""
+        - {name: calls, meter: api_calls, model: per_unit, unit_amount: "0.01", filters: {region: eu}}
+        - {name: calls, meter: api_calls, model: per_unit, unit_amount: "0.02", filters: {region: us}}
+    """, "t.yaml:8: versions[0].charges[1].name: charge name 'calls' is used twice in this version (also "
+         "charges[0]); give each its own `name`"),
+}
+
+
+@pytest.mark.parametrize("case", list(REFUSALS))
+def test_each_refusal_names_its_field(tmp_path, case):
+    charges, ending = REFUSALS[case]
+    errs = errors_for(tmp_path, plan(charges))
     assert len(errs) == 1
-    assert errs[0].endswith("t.yaml:10: versions[0].charges[0].tiers[0].up_to: must be greater than zero")
+    assert errs[0].endswith(ending)
 
 
 def test_an_effective_to_equal_to_effective_from_is_refused(tmp_path):
     """Kills `end <= start` -> `end < start`: a version ending the day it starts is in force at no instant."""
-    text = plan('- {model: flat, amount: "1"}').replace("    effective_from: 2026-01-01\n",
-                                                        "    effective_from: 2026-01-01\n    effective_to: 2026-01-01\n")
+    text = plan('- {model: flat, amount: "1"}').replace(_EFFECTIVE_FROM, _EFFECTIVE_FROM + "    effective_to: 2026-01-01\n")
     errs = errors_for(tmp_path, text)
     assert len(errs) == 1
     assert errs[0].endswith("t.yaml:6: versions[0].effective_to: 2026-01-01 is not after effective_from 2026-01-01")
-
-
-def test_a_negative_amount_is_refused(tmp_path):
-    """Kills a `_DECIMAL_RE` that accepts a sign: a negative unit price would credit usage."""
-    errs = errors_for(tmp_path, plan('- {meter: api_calls, model: per_unit, unit_amount: "-0.01"}'))
-    assert len(errs) == 1
-    assert errs[0].endswith("t.yaml:7: versions[0].charges[0].unit_amount: '-0.01' is not a non-negative decimal "
-                            "amount (digits, optionally a point and decimals)")
-
-
-def test_a_negative_integer_allowance_is_refused(tmp_path):
-    """Kills `value < 0` -> `value < -1` in `_quantity`: `included: -1` would bill one unit more than used."""
-    errs = errors_for(tmp_path, plan('- {meter: api_calls, model: per_unit, unit_amount: "0.01", included: -1}'))
-    assert len(errs) == 1
-    assert errs[0].endswith("t.yaml:7: versions[0].charges[0].included: -1 is negative")
-
-
-def test_a_second_minimum_in_one_version_is_refused(tmp_path):
-    """Kills removing the one-minimum check: two commitments per period and plan have no defined true-up."""
-    errs = errors_for(tmp_path, plan("""
-        - {name: m1, model: minimum, amount: "10"}
-        - {name: m2, model: minimum, amount: "20"}
-    """))
-    assert len(errs) == 1
-    assert errs[0].endswith("t.yaml:8: versions[0].charges[1]: a version may have only one minimum")
-
-
-def test_a_charge_name_used_twice_is_refused(tmp_path):
-    """Kills removing the duplicate-name check: two charges named alike share one Stripe lookup key."""
-    errs = errors_for(tmp_path, plan("""
-        - {name: calls, meter: api_calls, model: per_unit, unit_amount: "0.01", filters: {region: eu}}
-        - {name: calls, meter: api_calls, model: per_unit, unit_amount: "0.02", filters: {region: us}}
-    """))
-    assert len(errs) == 1
-    assert errs[0].endswith("t.yaml:8: versions[0].charges[1].name: charge name 'calls' is used twice in this "
-                            "version (also charges[0]); give each its own `name`")
 
 
 def test_rounding_defaults_to_half_up(tmp_path):

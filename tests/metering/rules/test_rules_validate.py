@@ -71,18 +71,19 @@ def test_unknown_model(tmp_path):
                             "(one of: per_unit, graduated, volume, package, flat, minimum)")
 
 
-def test_tiers_not_ascending(tmp_path):
-    errs = errors_for(tmp_path, plan("""
+@pytest.mark.parametrize("first", [10, 5])   # 5 then 5: the second tier holds no unit at all
+def test_tiers_not_ascending(tmp_path, first):
+    errs = errors_for(tmp_path, plan(f"""
         - meter: seats
           model: graduated
           tiers:
-            - {up_to: 10, unit_amount: "7"}
-            - {up_to: 5, unit_amount: "6"}
-            - {up_to: null, unit_amount: "5"}
+            - {{up_to: {first}, unit_amount: "7"}}
+            - {{up_to: 5, unit_amount: "6"}}
+            - {{up_to: null, unit_amount: "5"}}
     """))
     assert len(errs) == 1
     assert errs[0].endswith("t.yaml:11: versions[0].charges[0].tiers[1].up_to: tiers must ascend: up_to 5 is not "
-                            "above the previous tier's 10")
+                            f"above the previous tier's {first}")
 
 
 def test_bounded_last_tier(tmp_path):
