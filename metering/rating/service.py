@@ -416,7 +416,7 @@ def _refuse_gaps(con: duckdb.DuckDBPyConnection, first: dt.date, end: dt.date) -
         f"usage would be billed by no period. A first plan dated later: "
         + _rerate_advice(min(r[1] for r in gaps), max(r[4] for r in gaps) - dt.timedelta(days=1))
         + ". A changed billing_anchor_day: keep the one the periods were rated with (Stripe's subscription "
-        f"keeps its anchor too; `metering stripe sync` reports the drift)")
+        "keeps its anchor too; `metering stripe sync` reports the drift)")
 
 
 def _gauge_scopes(rules: Rules) -> pl.DataFrame:

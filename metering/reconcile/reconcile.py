@@ -655,7 +655,8 @@ def reconcile_invoices(
                             pl.col("amount_diff_minor"), note))
             .when(pl.col("awaiting_invoice"))
             .then(pl.format("Stripe has not invoiced this period yet; {}", amounts))
-            .when(pl.col("status") == "pending").then(pl.format("invoice still draft{}; {}", _overdue_draft(reconciled_at), amounts))
+            .when(pl.col("status") == "pending")
+            .then(pl.format("invoice still draft{}; {}", _overdue_draft(reconciled_at), amounts))
             .when(pl.col("status") == "not_invoiced")
             .then(pl.concat_str(pl.col("invoice_missing_reason"), pl.lit("; "), amounts, note))
             .otherwise(pl.concat_str(amounts, note)),
@@ -673,12 +674,14 @@ the `invoice.created` webhook goes unacknowledged (stripe-facts.md)."""
 
 
 def _overdue_draft(reconciled_at: dt.datetime) -> pl.Expr:
-    """', draft for N h (...)' when the closing draft is older than Stripe lets a draft it will finalize
-    stay one: a row `pending` for good otherwise, nothing saying something stopped at Stripe."""
+    """' for N h since Stripe created in_...: ...' when the closing draft is older than Stripe lets a draft
+    it will finalize stay one; '' otherwise. Such a row was `pending` for good, its reason no different
+    from an hour-old draft's."""
     age = pl.lit(reconciled_at, dtype=pl.Datetime("us", "UTC")) - pl.col("closing_invoice_created")
     return (pl.when(age > DRAFT_FINALIZES_WITHIN)
             .then(pl.format(" for {} h since Stripe created {}: Stripe finalizes a draft with auto_advance on "
-                            "within {} h, so something holds it: look at the invoice and the webhook endpoint in Stripe",
+                            "within {} h, so something holds it: look at the invoice and the webhook endpoint "
+                            "in Stripe",
                             age.dt.total_hours(), pl.col("closing_invoice_id"),
                             pl.lit(int(DRAFT_FINALIZES_WITHIN.total_seconds() // 3600))))
             .otherwise(pl.lit("")))
