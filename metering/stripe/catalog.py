@@ -639,15 +639,14 @@ def _other_anchor_day(sub: Any, anchor_day: int | None) -> int | None:
     """The day of month a live subscription bills from when it is not the customer list's anchor (None:
     the same). A list whose anchor changed after the subscription was made was accepted silently: Stripe
     kept billing from the old day while rating moved, and usage between the two days was in no rated
-    period (audit)."""
+    period (audit). An anchor instant bills on its own day of month for good (Sep 30 bills on the 30th,
+    not on a list's 31st), so its day must be the list's, short months or not: clamped to the month,
+    a Sep 30 instant passed for anchor 31 while Stripe billed Oct 30 - Nov 30 (audit)."""
     config = getattr(sub, "billing_cycle_anchor_config", None)
     stamp = getattr(sub, "billing_cycle_anchor", None)
-    if config is not None and getattr(config, "day_of_month", None):
-        return None if config.day_of_month == (anchor_day or 1) else int(config.day_of_month)
-    if not stamp:
-        return None
-    day = dt.datetime.fromtimestamp(int(stamp), dt.timezone.utc).date()
-    return None if day == anchor_date(day.year, day.month, anchor_day) else day.day
+    day = int(config.day_of_month) if config is not None and getattr(config, "day_of_month", None) else (
+        dt.datetime.fromtimestamp(int(stamp), dt.timezone.utc).day if stamp else None)
+    return None if day is None or day == (anchor_day or 1) else day
 
 
 def _customer_row(cid: str, cus: Any, sub: Any, plan: str | None, plan_version: str | None,

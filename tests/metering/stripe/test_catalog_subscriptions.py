@@ -15,6 +15,7 @@ import polars as pl
 import pytest
 
 from metering.customers import load_customers
+from metering.rules.plans import load_rules
 from metering.stripe import catalog
 from push_world import World, customer_on_clock, day_start, push_then_bill_october
 
@@ -333,6 +334,33 @@ def test_an_archived_price_is_reported_and_no_subscription_is_made_on_it(tmp_pat
         client.v1.prices.update(seats, {"active": True})
         again = _sync(con, client, rules, _customers(tmp_path, rules), clock)
         assert again.created == {"subscription": 1} and _findings(again, "newco") == []
+
+
+def test_a_subscription_anchored_by_an_instant_bills_on_that_instants_day(tmp_path: Path, rules_dir: Path) -> None:
+    """acme's list anchors it on the 31st; its live subscription (made by hand, or by an older sync) was
+    anchored by the instant Sep 30 00:00, not by `billing_cycle_anchor_config`. Stripe keeps that
+    instant's day, the 30th, for good: it bills Oct 30 - Nov 30 where we rate Oct 31 - Nov 30. The sync
+    took Sep 30 for the 31st clamped to September and said nothing (audit). It is drift: 31 vs 30."""
+    from metering import warehouse
+    from metering.stripe_sandbox.testing import running_sandbox
+
+    rules = load_rules(rules_dir)
+    customers = _customers(tmp_path, rules, PRO_SINCE_JANUARY.replace(",,pro,", ",31,starter,"))
+    with running_sandbox() as sb, warehouse.open_warehouse(tmp_path / "wh.duckdb") as con:
+        client = sb.client()
+        clock = client.v1.test_helpers.test_clocks.create({"frozen_time": _ts(2026, 9, 5)})
+        first = catalog.sync_catalog(con, client, rules, customers, create_customers=True, test_clock=clock.id,
+                                     subscriptions=False)
+        items = [{"price": first.prices[("starter", "2026-01", c.name)], **({"quantity": 1} if c.model == "flat" else {})}
+                 for c in rules.version("starter", "2026-01").charges if ("starter", "2026-01", c.name) in first.prices]
+        sub = client.v1.subscriptions.create({
+            "customer": first.customers[0]["stripe_customer_id"], "items": items, "billing_cycle_anchor": _ts(2026, 9, 30),
+            "metadata": {"customer_id": "acme", "plan": "starter", "plan_version": "2026-01"}})
+        again = _sync(con, client, rules, customers, clock)
+        assert _findings(again, "acme") == [("drift", "subscription", "billing_anchor_day", "31", "30")]
+        sb.advance_clock(clock.id, _ts(2026, 10, 31, 12))
+        item = client.v1.subscriptions.retrieve(sub.id)["items"].data[0]
+        assert (item.current_period_start, item.current_period_end) == (_ts(2026, 10, 30), _ts(2026, 11, 30))
 
 
 def test_a_changed_anchor_is_drift_of_the_live_subscription(tmp_path: Path, rules_dir: Path) -> None:
