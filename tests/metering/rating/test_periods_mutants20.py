@@ -22,23 +22,10 @@ from metering.customers import (
     with_effective_to,
 )
 from metering.errors import BadInputError
-from metering.rules.plans import load_rules
 
-PROJECT_ROOT = Path(__file__).resolve().parents[3]
-HEADER = "customer_id,name,email,currency,billing_anchor_day,plan,plan_effective_from,payment_behavior\n"
+# shipped_rules: pro 2026-01, then 2026-10 from Oct 15; starter 2026-01 only
+from tests.metering.rating.test_rating_customers import shipped_rules, write  # noqa: F401  (a fixture)
 D = dt.date
-
-
-@pytest.fixture(scope="module")
-def shipped_rules():
-    # pro: 2026-01, then 2026-10 from Oct 15; starter: 2026-01 only
-    return load_rules(PROJECT_ROOT / "rating_rules")
-
-
-def write(tmp_path: Path, body: str) -> Path:
-    path = tmp_path / "customers.csv"
-    path.write_text(HEADER + body)
-    return path
 
 
 def problems(path: Path, rules) -> list[str]:
@@ -158,32 +145,32 @@ def test_segments_partition_each_period_from_the_subscription_start(shipped_rule
 
 # --- the customer list: refusals and what is accepted -------------------------------------------------
 
-def test_an_email_that_differs_between_rows_of_a_customer_is_named(tmp_path, shipped_rules) -> None:
-    path = write(tmp_path, "c1,A,a@a.test,usd,,starter,2026-01-01,succeeds\n"
-                           "c1,A,b@a.test,usd,,pro,2026-06-01,succeeds\n")
-    assert problems(path, shipped_rules) == [
-        "1 problem(s) in the customer list:",
-        f"{path}:3: email: 'b@a.test' differs from line 2 ('a@a.test') for customer c1"]
+LIST_PROBLEMS = {
+    # the e-mail compared between a customer's rows like the name, currency and payment behaviour
+    "an e-mail differing between rows": ("c1,A,a@a.test,usd,,starter,2026-01-01,succeeds\n"
+                                         "c1,A,b@a.test,usd,,pro,2026-06-01,succeeds\n",
+                                         ["{path}:3: email: 'b@a.test' differs from line 2 ('a@a.test') for customer c1"]),
+    # a third assignment on one day names the first line holding it, not the second
+    "a third assignment on one day": ("c1,A,a@a.test,usd,,starter,2026-01-01,succeeds\n"
+                                      "c1,A,a@a.test,usd,,pro,2026-01-01,succeeds\n"
+                                      "c1,A,a@a.test,usd,,starter,2026-01-01,succeeds\n",
+                                      ["{path}:3: plan_effective_from: customer c1 already has an assignment starting "
+                                       "2026-01-01 (line 2)",
+                                       "{path}:4: plan_effective_from: customer c1 already has an assignment starting "
+                                       "2026-01-01 (line 2)"]),
+    # line 2 refused (its e-mail): line 3 is then the customer's first row, compared with nothing
+    "a refused row is no reference row": ("c1,A,not-an-email,usd,,starter,2026-01-01,succeeds\n"
+                                          "c1,A,a@a.test,usd,,pro,2026-06-01,succeeds\n",
+                                          ["{path}:2: email: 'not-an-email' is not an e-mail address"]),
+}
 
 
-def test_a_third_assignment_on_the_same_day_names_the_first_line(tmp_path, shipped_rules) -> None:
-    path = write(tmp_path, "c1,A,a@a.test,usd,,starter,2026-01-01,succeeds\n"
-                           "c1,A,a@a.test,usd,,pro,2026-01-01,succeeds\n"
-                           "c1,A,a@a.test,usd,,starter,2026-01-01,succeeds\n")
-    assert problems(path, shipped_rules) == [
-        "2 problem(s) in the customer list:",
-        f"{path}:3: plan_effective_from: customer c1 already has an assignment starting 2026-01-01 (line 2)",
-        f"{path}:4: plan_effective_from: customer c1 already has an assignment starting 2026-01-01 (line 2)"]
-
-
-def test_a_refused_row_is_not_the_customer_s_reference_row(tmp_path, shipped_rules) -> None:
-    """Line 2 is refused (its e-mail); line 3 is then the customer's first row, compared with nothing:
-    one problem, not a second 'differs from line 2' about a row already refused."""
-    path = write(tmp_path, "c1,A,not-an-email,usd,,starter,2026-01-01,succeeds\n"
-                           "c1,A,a@a.test,usd,,pro,2026-06-01,succeeds\n")
-    assert problems(path, shipped_rules) == [
-        "1 problem(s) in the customer list:",
-        f"{path}:2: email: 'not-an-email' is not an e-mail address"]
+@pytest.mark.parametrize("case", list(LIST_PROBLEMS))
+def test_each_list_problem_is_named_once(tmp_path, shipped_rules, case) -> None:
+    rows, expected = LIST_PROBLEMS[case]
+    path = write(tmp_path, rows)
+    assert problems(path, shipped_rules) == [f"{len(expected)} problem(s) in the customer list:"] + [
+        line.format(path=path) for line in expected]
 
 
 def test_an_upper_case_currency_is_accepted_as_its_code(tmp_path, shipped_rules) -> None:

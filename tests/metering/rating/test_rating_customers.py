@@ -28,8 +28,9 @@ PROJECT_ROOT = Path(__file__).resolve().parents[3]
 HEADER = "customer_id,name,email,currency,billing_anchor_day,plan,plan_effective_from,payment_behavior\n"
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def shipped_rules():
+    """The shipped rules, read once (no test changes them)."""
     return load_rules(PROJECT_ROOT / "rating_rules")
 
 
