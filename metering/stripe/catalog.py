@@ -122,6 +122,7 @@ class CatalogReport:
     customers: list[dict[str, Any]] = field(default_factory=list)    # stripe_customer_map rows
     missing_customers: list[str] = field(default_factory=list)
     archived_prices: set[str] = field(default_factory=set)  # mapped price ids Stripe holds inactive
+    inactive_meters: set[str] = field(default_factory=set)  # mapped meter ids Stripe holds deactivated
 
     def count(self, what: str, created: bool) -> None:
         target = self.created if created else self.found
@@ -155,11 +156,19 @@ def meter_params(meter: Meter, window_kind: str) -> dict[str, Any]:
 
 def sync_meters(client: stripe.StripeClient, meters: dict[str, Meter], window_kind: str,
                 report: CatalogReport) -> None:
-    existing = {m.event_name: m for m in client.v1.billing.meters.list({"limit": 100}).auto_paging_iter()
-                if m.status == "active"}
+    listed = list(client.v1.billing.meters.list({"limit": 100}).auto_paging_iter())
+    existing = {m.event_name: m for m in listed if m.status == "active"}
+    # a deactivated meter keeps its event name: created again under the same idempotency key, Stripe
+    # answered with that inactive meter (within 24 h), and the sync mapped it as if it were new
+    inactive = {m.event_name: m for m in listed if m.status != "active" and m.event_name not in existing}
     for meter in meters.values():
         params = meter_params(meter, window_kind)
         found = existing.get(params["event_name"])
+        if found is None and params["event_name"] in inactive:
+            found = inactive[params["event_name"]]
+            report.inactive_meters.add(found.id)
+            report.findings.append(Finding("drift", "meter", meter.name, found.id, "status", "active", found.status,
+                                           INACTIVE_METER_DETAIL))
         if found is None:
             created = client.v1.billing.meters.create(
                 params, {"idempotency_key": f"metering-catalog:meter:{params['event_name']}:{window_kind}"})
@@ -349,6 +358,10 @@ def sync_prices(client: stripe.StripeClient, rules: Rules, report: CatalogReport
                 report.findings.append(Finding("rounding", "price", our_key, None, "rounding", version.rounding,
                                                "not settable", ROUNDING_DETAIL))
             found = existing.get(params["lookup_key"])
+            if found is None and meter_id in report.inactive_meters:
+                report.findings.append(Finding("drift", "price", our_key, None, "recurring.meter", meter_id,
+                                               "inactive", INACTIVE_METER_DETAIL))
+                continue
             if found is not None:
                 report.prices[key] = found.id
                 report.count("price", False)
@@ -656,6 +669,10 @@ def _customer_row(cid: str, cus: Any, sub: Any, plan: str | None, plan_version: 
             "test_clock_id": _id_of(getattr(cus, "test_clock", None)), "plan": plan, "plan_version": plan_version,
             "billing_anchor_day": anchor_day}
 
+
+INACTIVE_METER_DETAIL = ("deactivated in Stripe: it accepts no meter events (pushes to it fail) and attaches to no new "
+                         "price; reactivate it in Stripe (the sync creates no second meter for the event name, and "
+                         "changes none)")
 
 ARCHIVED_DETAIL = ("archived in Stripe: the subscriptions that carry it go on billing it, but Stripe refuses it on a "
                    "new subscription, so the sync subscribes no new customer to this version; reactivate it in "

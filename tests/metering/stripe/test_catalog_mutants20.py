@@ -219,3 +219,33 @@ def test_an_anchor_day_1_written_out_is_the_calendar_month(tmp_path: Path, rules
         again = catalog.sync_catalog(con, client, rules, load_customers(tmp_path / "c.csv", rules),
                                      create_customers=True, test_clock=clk.id)
         assert [f for f in again.findings if f.our_key == "acme"] == [] and again.created == {}
+
+
+# --- a meter deactivated in Stripe ------------------------------------------------------------------------
+
+def test_a_deactivated_meter_is_drift_and_gets_no_second_meter_nor_new_price(world: World, rules_dir: Path) -> None:
+    """api_calls' meter is deactivated in Stripe after the first sync. The next sync found no active meter
+    for the event name and created one under the first sync's idempotency key: within 24 h Stripe answers
+    with the same, now inactive, meter, which the sync mapped as if new (a helper's reading, shown on the
+    sandbox). It is mapped as found, a `drift` on its status; no second meter is made; and a new version's
+    price on it is not created ("You can't attach a deactivated meter to a price": the sync would fail)."""
+    from metering.rules.plans import load_rules
+
+    meter_id = world.report.meters["api_calls"]
+    world.client.v1.billing.meters.deactivate(meter_id)
+    with (rules_dir / "plans" / "extra.yaml").open("a") as f:
+        f.write('  - version: "v2"\n    effective_from: 2027-01-01\n    rounding: half_up\n    charges:\n'
+                '      - {name: calls, meter: api_calls, model: per_unit, unit_amount: "0.002"}\n')
+    rules = load_rules(rules_dir)
+    report = catalog.CatalogReport()
+    catalog.sync_meters(world.client, rules.meters, "day", report)
+    catalog.sync_prices(world.client, rules, report)
+    assert report.meters["api_calls"] == meter_id and report.created.get("meter", 0) == 0
+    named = [m for m in world.client.v1.billing.meters.list({"limit": 100}).auto_paging_iter()
+             if m.event_name == event_name("api_calls")]
+    assert [(m.id, m.status) for m in named] == [(meter_id, "inactive")]
+    assert [(f.finding, f.kind, f.our_key, f.field, f.ours, f.theirs) for f in report.findings
+            if f.field in ("status", "recurring.meter")] == [
+        ("drift", "meter", "api_calls", "status", "active", "inactive"),
+        ("drift", "price", "extra|v2|calls", "recurring.meter", meter_id, "inactive")]
+    assert ("extra", "v2", "calls") not in report.prices and ("extra", "v1", "calls") in report.prices
