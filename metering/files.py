@@ -11,6 +11,27 @@ from contextlib import contextmanager
 from pathlib import Path
 
 
+def sync(path: Path) -> None:
+    """fsync a file, or a folder (which makes the names in it durable), by its path."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def make_dirs(path: Path) -> None:
+    """`mkdir -p` whose new folders survive a power cut: each is synced into its parent (a file's own
+    fsync does not make its folder's name durable)."""
+    missing = []
+    while not path.exists() and path != path.parent:
+        missing.append(path)
+        path = path.parent
+    for folder in reversed(missing):
+        folder.mkdir(exist_ok=True)
+        sync(folder.parent)
+
+
 @contextmanager
 def replacing_all(paths: list[Path]) -> Iterator[tuple[Path, ...]]:
     """Yield a temporary path beside each of `paths` to write; once the block ends, all are fsynced, then
@@ -24,11 +45,7 @@ def replacing_all(paths: list[Path]) -> Iterator[tuple[Path, ...]]:
             temps.append(path.with_name(f".{path.name}.{os.getpid()}.tmp"))
         yield tuple(temps)
         for tmp in temps:
-            fd = os.open(tmp, os.O_RDONLY)
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
+            sync(tmp)
         for tmp, path in zip(temps, paths):
             os.replace(tmp, path)
     except BaseException:

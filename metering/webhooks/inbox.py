@@ -31,7 +31,7 @@ from collections.abc import Callable, Mapping
 from datetime import datetime, timezone
 from pathlib import Path
 
-from metering import config
+from metering import config, files
 
 LANDING_ENV = "METERING_STRIPE_LANDING"
 FILE_PREFIX = "stripe-"
@@ -67,26 +67,6 @@ def encode_record(body: str, headers: Mapping[str, str], received_at: datetime) 
     return (json.dumps(record, ensure_ascii=True, separators=(",", ":")) + "\n").encode("ascii")
 
 
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _make_dir(path: Path) -> None:
-    """`mkdir -p` whose new folders survive a power cut: each is fsync'd into its parent, as a new
-    landing file is into its folder (the file's own fsync does not make its folder's name durable)."""
-    missing = []
-    while not path.exists() and path != path.parent:
-        missing.append(path)
-        path = path.parent
-    for folder in reversed(missing):
-        folder.mkdir(exist_ok=True)
-        _fsync_dir(folder.parent)
-
-
 class LandingWriter:
     """Appends records to this process's landing file for the current hour; thread-safe."""
 
@@ -104,12 +84,12 @@ class LandingWriter:
         if self._fd is not None and self._hour == hour:
             return self._fd
         self.close()
-        _make_dir(self.directory)
+        files.make_dirs(self.directory)
         path = self.directory / f"{FILE_PREFIX}{hour}-{self._stem}{FILE_SUFFIX}"
         fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o640)
         try:
             os.fsync(fd)
-            _fsync_dir(self.directory)
+            files.sync(self.directory)
         except BaseException:
             # not yet ours to cut back: release it here (a failed fsync on every delivery leaked one
             # descriptor each until accept() failed), and remove it if it holds no record
@@ -158,7 +138,7 @@ class LandingWriter:
             if start == 0 and path is not None:
                 self.close()
                 path.unlink(missing_ok=True)
-                _fsync_dir(self.directory)
+                files.sync(self.directory)
         except OSError:
             self.close()
             self._stem = self._stem.rsplit("-", 1)[0] + "-" + _secrets.token_hex(4)
