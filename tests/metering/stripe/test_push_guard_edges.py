@@ -83,20 +83,24 @@ def test_a_row_first_tried_21h_ago_and_last_tried_1h_ago_is_stale(world: World) 
 
 # -- S13: a finalized invoice's period is half-open [start, end) ------------------------------------
 
-def test_the_day_a_finalized_period_ends_on_is_the_next_periods_and_is_pushed(tmp_path: Path,
-                                                                             rules_dir: Path) -> None:
+@pytest.mark.parametrize("late_day", [dt.date(2026, 10, 1), dt.date(2026, 10, 31)])
+def test_a_finalized_period_is_its_days_from_the_first_to_before_its_end(tmp_path: Path, rules_dir: Path,
+                                                                         late_day: dt.date) -> None:
     """acme (calendar months) on a test clock advanced to Nov 2 00:00: the October invoice, period
-    [Oct 1, Nov 1), is finalized (1 h grace after Nov 1). Tokens: 3 on Oct 31, 5 on Nov 1.
-    Oct 31 (window start Oct 31 00:00 < Nov 1) lies inside the finalized period: late, not sent.
-    Nov 1 (window start = Nov 1 00:00 = the period's end) belongs to November's open period: pushed
-    and acknowledged, Stripe's Nov 1 total 5.
+    [Oct 1, Nov 1), is finalized (1 h grace after Nov 1). Tokens: 3 on `late_day`, 5 on Nov 1.
+    Oct 1 (window start = the period's start) and Oct 31 (window start Oct 31 00:00 < Nov 1) lie inside
+    the finalized period: late, not sent (35 days is not the reason: oldest = Nov 2 00:00 - 35 d + 1 h
+    = Sep 28 01:00 < Oct 1). Nov 1 (window start = Nov 1 00:00 = the period's end) belongs to
+    November's open period: pushed and acknowledged, Stripe's Nov 1 total 5, October's 0.
 
-    Wrong implementation: the period taken as closed [Oct 1, Nov 1] (`window_start <= period_end`)
-    makes Nov 1 late too: 2 late, 0 acknowledged, nothing sent, November under-billed by 5."""
-    oct31, nov1 = dt.date(2026, 10, 31), dt.date(2026, 11, 1)
+    Wrong implementations: the period taken as closed [Oct 1, Nov 1] (`window_start <= period_end`)
+    makes Nov 1 late too: 2 late, 0 acknowledged, nothing sent, November under-billed by 5; taken as
+    (Oct 1, Nov 1) (`window_start > period_start`, a mutation audit's survivor) pushes Oct 1's 3 into
+    an invoice Stripe has finalized."""
+    nov1 = dt.date(2026, 11, 1)
     with customer_on_clock(tmp_path, rules_dir) as (sb, con, client, clock, rules, report):
         world = World(con, sb, client, rules, report)
-        world.add_events([("acme", "tokens", day_start(oct31) + dt.timedelta(hours=4), "3", {"model": "small"}),
+        world.add_events([("acme", "tokens", day_start(late_day) + dt.timedelta(hours=4), "3", {"model": "small"}),
                           ("acme", "tokens", day_start(nov1) + dt.timedelta(hours=4), "5", {"model": "small"})])
         sb.advance_clock(clock.id, int(dt.datetime(2026, 11, 2, tzinfo=UTC).timestamp()))
         october = [i for i in client.v1.invoices.list({"customer": report.customers[0]["stripe_customer_id"]}).data
@@ -105,12 +109,14 @@ def test_the_day_a_finalized_period_ends_on_is_the_next_periods_and_is_pushed(tm
             (int(dt.datetime(2026, 10, 1, tzinfo=UTC).timestamp()), int(dt.datetime(2026, 11, 1, tzinfo=UTC).timestamp()))]
 
         pushed = Pusher(con, client, rules.meters, PushConfig(rate=0, retry=FAST_RETRY),
-                        sleep=lambda s: None).push(oct31, nov1)
-        assert (pushed.acknowledged, pushed.late, pushed.calls) == (1, 1, 1)
-        assert _rows(world) == [(oct31, 1, Decimal(3), "late"), (nov1, 1, Decimal(5), "acknowledged")]
-        assert "finalized" in world.ledger().filter(pl.col("event_date") == oct31)["last_error"][0]
+                        sleep=lambda s: None).push(late_day, nov1)
+        assert (pushed.acknowledged, pushed.late, pushed.calls, pushed.failed, pushed.unknown) == (1, 1, 1, 0, 0)
+        assert _rows(world) == [(late_day, 1, Decimal(3), "late"), (nov1, 1, Decimal(5), "acknowledged")]
+        assert world.ledger().filter(pl.col("event_date") == late_day)["last_error"][0] == (
+            "the invoice for this period is already finalized: report to finance")
+        assert len(world.meter_event_requests()) == 1
         assert world.stripe_total("acme", "tokens", day_start(nov1), day_start(dt.date(2026, 11, 2))) == 5
-        assert world.stripe_total("acme", "tokens", day_start(oct31), day_start(nov1)) == 0
+        assert world.stripe_total("acme", "tokens", day_start(late_day), day_start(nov1)) == 0
 
 
 # -- S6 / S7: 35 days, with the 1 h margin, strict ---------------------------------------------------
