@@ -166,6 +166,19 @@ def write_scenario(con: duckdb.DuckDBPyConnection, *,
         lines, schema_overrides={"meter": pl.String}).with_columns(pl.col("quantity_decimal").cast(pl.Decimal(38, 12))))
 
 
+def insert_windows(con: duckdb.DuckDBPyConnection, customer: str, meter: str, span: dt.timedelta,
+                   windows: list[tuple[dt.datetime, int, str, dt.datetime]]) -> None:
+    """Push-ledger rows (revision 1) of one customer's meter, windows `span` long (an hour or a day):
+    (window_start, value, status, updated_at) each."""
+    kind = "hour" if span == dt.timedelta(hours=1) else "day"
+    rows = [dict(customer_id=customer, meter=meter, window_start=start, window_end=start + span, revision=1,
+                 value=D(value), identifier=f"{meter}-{start:%m%d%H}", idempotency_key=f"k-{meter}-{start:%m%d%H}",
+                 status=status, attempts=1, created_at=PULLED, window_kind=kind, event_date=start.date(),
+                 event_name=f"metering_{meter}", event_timestamp=start, updated_at=updated_at)
+            for start, value, status, updated_at in windows]
+    insert_frame(con, "stripe_push_ledger", pl.DataFrame(rows).with_columns(pl.col("value").cast(pl.Decimal(38, 12))))
+
+
 def known_only_from_webhooks(con: duckdb.DuckDBPyConnection, customer: str, status: str, amount: int, paid: int,
                              quantity: int, created: dt.datetime, finalized_at: dt.datetime | None = None, *,
                              total_excluding_tax: int | None = FROM_LINES) -> None:

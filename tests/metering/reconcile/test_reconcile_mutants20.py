@@ -6,7 +6,7 @@ import datetime as dt
 from decimal import Decimal as D
 
 import polars as pl
-from recon_scenario import MONTH, PULLED
+from recon_scenario import MONTH, PULLED, insert_windows
 
 from metering import warehouse
 from metering.reconcile import inputs
@@ -19,16 +19,9 @@ def test_a_window_starting_at_the_period_end_belongs_to_the_next_period(isolated
     the November period 100. Kills: the join's `window_start < period_end` as `<=` (103 for October: the
     next period's first window pushed twice into reconciliation)."""
     with warehouse.open_warehouse() as con:
-        rows = []
-        for start, value in ((dt.datetime(2026, 10, 31, 23, tzinfo=dt.UTC), 3),
-                             (dt.datetime(2026, 11, 1, 0, tzinfo=dt.UTC), 100)):
-            rows.append(f"""('cus_a', 'api_calls', TIMESTAMPTZ '{start.isoformat()}', TIMESTAMPTZ '{start.isoformat()}'
-                         + INTERVAL 1 HOUR, 1, {value}, 'i{start:%d%H}', 'k{start:%d%H}', 'acknowledged', 1,
-                         TIMESTAMPTZ '{PULLED.isoformat()}', 'hour', DATE '{start.date()}', 'metering_api_calls',
-                         TIMESTAMPTZ '{start.isoformat()}', TIMESTAMPTZ '{PULLED.isoformat()}')""")
-        con.execute("""INSERT INTO stripe_push_ledger (customer_id, meter, window_start, window_end, revision, value,
-                       identifier, idempotency_key, status, attempts, created_at, window_kind, event_date, event_name,
-                       event_timestamp, updated_at) VALUES """ + ", ".join(rows))
+        insert_windows(con, "cus_a", "api_calls", dt.timedelta(hours=1), [
+            (dt.datetime(2026, 10, 31, 23, tzinfo=dt.UTC), 3, "acknowledged", PULLED),
+            (dt.datetime(2026, 11, 1, 0, tzinfo=dt.UTC), 100, "acknowledged", PULLED)])
         meters = load_meters(rules_dir)
         periods = pl.DataFrame([dict(customer_id="cus_a", period_start=MONTH, period_end=dt.date(2026, 11, 1)),
                                 dict(customer_id="cus_a", period_start=dt.date(2026, 11, 1),

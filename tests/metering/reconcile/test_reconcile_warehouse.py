@@ -13,6 +13,7 @@ from recon_scenario import (
     MONTH,
     PULLED,
     add_minimum_customer,
+    insert_windows,
     invoice_total_is_its_lines,
     known_only_from_webhooks,
     write_scenario,
@@ -306,18 +307,10 @@ def test_ledger_lateness_of_a_last_meter_is_its_last_window(isolated_env):
     from metering.rules.meters import Meter
 
     with warehouse.open_warehouse() as con:
-        rows = []
-        for day, value, status, acked_at in ((3, 5, "acknowledged", dt.datetime(2026, 10, 3, 1, tzinfo=dt.UTC)),
-                                             (5, 7, "acknowledged", dt.datetime(2026, 11, 1, 1, 30, tzinfo=dt.UTC)),
-                                             (6, 9, "late", PULLED)):
-            start = dt.datetime(2026, 10, day, tzinfo=dt.UTC)
-            rows.append(f"""('cus_a', 'seats', TIMESTAMPTZ '{start.isoformat()}', TIMESTAMPTZ '{start.isoformat()}'
-                         + INTERVAL 1 DAY, 1, {value}, 's{day}', 'k{day}', '{status}', 1,
-                         TIMESTAMPTZ '{PULLED.isoformat()}', 'day', DATE '{start.date()}', 'metering_seats',
-                         TIMESTAMPTZ '{start.isoformat()}', TIMESTAMPTZ '{acked_at.isoformat()}')""")
-        con.execute("""INSERT INTO stripe_push_ledger (customer_id, meter, window_start, window_end, revision, value,
-                       identifier, idempotency_key, status, attempts, created_at, window_kind, event_date, event_name,
-                       event_timestamp, updated_at) VALUES """ + ", ".join(rows))
+        insert_windows(con, "cus_a", "seats", dt.timedelta(days=1), [
+            (dt.datetime(2026, 10, 3, tzinfo=dt.UTC), 5, "acknowledged", dt.datetime(2026, 10, 3, 1, tzinfo=dt.UTC)),
+            (dt.datetime(2026, 10, 5, tzinfo=dt.UTC), 7, "acknowledged", dt.datetime(2026, 11, 1, 1, 30, tzinfo=dt.UTC)),
+            (dt.datetime(2026, 10, 6, tzinfo=dt.UTC), 9, "late", PULLED)])
         periods = pl.DataFrame([dict(customer_id="cus_a", period_start=MONTH, period_end=dt.date(2026, 11, 1))])
         finalized = pl.DataFrame([dict(customer_id="cus_a", meter="seats", period_start=MONTH, finalized=True,
                                        finalized_at=FINALIZED)])
