@@ -121,16 +121,20 @@ def test_a_quarantined_row_keeps_a_quantity_of_exactly_1e15(tmp_path, con):
         Decimal("1000000000000012.5"), Decimal("12.5"), Decimal("1000000000000000"), 0)
 
 
+def _failed_conservation(con) -> dict:
+    """The conservation check, which must fail: its counts of unbalanced and mismatched files."""
+    outcome = checks.conservation(con)
+    assert not outcome.passed
+    return {k: outcome.metadata[k] for k in ("unbalanced_files", "files_with_count_mismatch", "rows_without_manifest")}
+
+
 def test_the_conservation_check_sees_a_lost_quarantine_row_without_a_quantity(tmp_path, con):
     """A quarantined row with no value (bad_json) deleted outside ingestion changes no value sum: only the
     per-file quarantine count catches it."""
     ingest_file(con, write_lines(tmp_path / "f.jsonl", [event("a"), "{"]), now=NOW)
     assert checks.conservation(con).passed
     con.execute("DELETE FROM usage_quarantine")
-    outcome = checks.conservation(con)
-    assert not outcome.passed
-    assert {k: outcome.metadata[k] for k in ("unbalanced_files", "files_with_count_mismatch",
-                                             "rows_without_manifest")} == {
+    assert _failed_conservation(con) == {
         "unbalanced_files": 0, "files_with_count_mismatch": 1, "rows_without_manifest": 0}
 
 
@@ -141,8 +145,5 @@ def test_the_conservation_check_sees_a_manifest_whose_values_do_not_add_up(tmp_p
     assert con.execute("SELECT value_read, value_accepted, value_quarantined, value_dropped FROM ingested_files"
                        ).fetchone() == (10, 5, 0, 5)
     con.execute("UPDATE ingested_files SET value_read = value_read + 0.000000000001")
-    outcome = checks.conservation(con)
-    assert not outcome.passed
-    assert {k: outcome.metadata[k] for k in ("unbalanced_files", "files_with_count_mismatch",
-                                             "rows_without_manifest")} == {
+    assert _failed_conservation(con) == {
         "unbalanced_files": 1, "files_with_count_mismatch": 0, "rows_without_manifest": 0}
