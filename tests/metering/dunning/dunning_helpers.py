@@ -8,7 +8,7 @@ import threading
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import duckdb
 import pytest
@@ -76,10 +76,12 @@ def write_rules(folder: Path, policy_text: str) -> Path:
 
 @dataclass
 class SmtpRelay:
-    """A minimal SMTP relay on loopback: every message it accepts, as raw bytes."""
+    """A minimal SMTP relay on loopback: every message it accepts, as raw bytes. `on_accept`, when set,
+    runs after a message's last line and before the relay answers that it accepted it."""
 
     port: int
     received: list[bytes] = field(default_factory=list)
+    on_accept: Callable[[], None] | None = None
 
 
 def start_smtp_relay() -> tuple[SmtpRelay, socketserver.ThreadingTCPServer]:
@@ -94,6 +96,8 @@ def start_smtp_relay() -> tuple[SmtpRelay, socketserver.ThreadingTCPServer]:
                     if line == b".\r\n":
                         relay.received.append(b"".join(data))
                         data = None
+                        if relay.on_accept is not None:
+                            relay.on_accept()
                         self.wfile.write(b"250 queued\r\n")
                     else:
                         data.append(line)

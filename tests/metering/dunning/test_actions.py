@@ -265,6 +265,23 @@ def test_reminders_go_through_smtp_when_configured(
         ("in_1", "sent", T0), ("in_2", "rendered", None)]
 
 
+def test_a_reminder_is_marked_sent_only_after_the_relay_has_accepted_it(
+    wh: duckdb.DuckDBPyConnection, no_stripe_policy: DunningPolicy, isolated_env: Path,
+    monkeypatch: pytest.MonkeyPatch, smtp_relay: SmtpRelay,
+) -> None:
+    """While the relay takes the message in, the outbox row still says `rendered`: a process killed
+    before the relay's answer sends the reminder again on the next run, and never loses it."""
+    point_smtp_at(monkeypatch, smtp_relay.port)
+    _with_email(wh, "c_in_1", "pay@one.example")
+    put_invoice(wh, "in_1")
+    reader = wh.cursor()
+    seen: list = []
+    smtp_relay.on_accept = lambda: seen.append(reader.execute("SELECT status FROM dunning_outbox").fetchall())
+    assert run_dunning(wh, None, no_stripe_policy, T0).reminders_sent == 1
+    assert seen == [[("rendered",)]]
+    assert wh.execute("SELECT status FROM dunning_outbox").fetchall() == [("sent",)]
+
+
 def _with_email(con: duckdb.DuckDBPyConnection, customer_id: str, email: str) -> None:
     con.execute(
         "INSERT INTO customer_plans (customer_id, email, currency, plan, plan_effective_from, payment_behavior,"
