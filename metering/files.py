@@ -37,17 +37,23 @@ def replacing_all(paths: list[Path]) -> Iterator[tuple[Path, ...]]:
     """Yield a temporary path beside each of `paths` to write; once the block ends, all are fsynced, then
     renamed over their targets. The renames (which need no space) come only once the block has ended
     without error, so work the block does after writing them (a commit) decides whether any is put in
-    place. If the block (or a sync) fails, the temporary files are removed and the targets untouched."""
+    place. If the block (or a sync) fails, the temporary files are removed and the targets untouched.
+
+    Durable once it returns: new folders are synced into their parents, and each target's folder after
+    the renames (a rename lives in the folder, not in the file: without that sync a power cut could bring
+    back the old file under a commit that already counts the new one)."""
     temps = []
     try:
         for path in paths:
-            path.parent.mkdir(parents=True, exist_ok=True)
+            make_dirs(path.parent)
             temps.append(path.with_name(f".{path.name}.{os.getpid()}.tmp"))
         yield tuple(temps)
         for tmp in temps:
             sync(tmp)
         for tmp, path in zip(temps, paths):
             os.replace(tmp, path)
+        for folder in dict.fromkeys(path.parent for path in paths):
+            sync(folder)
     except BaseException:
         for tmp in temps:
             tmp.unlink(missing_ok=True)

@@ -30,3 +30,17 @@ def isolated_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 def rules_dir() -> Path:
     """The shipped example rules (read-only: copy before modifying)."""
     return PROJECT_ROOT / "rating_rules"
+
+
+@pytest.fixture
+def synced_paths(monkeypatch: pytest.MonkeyPatch) -> list[Path]:
+    """Every path `os.fsync` is called on during the test, in order (the real fsync still runs)."""
+    real_fsync = os.fsync
+    synced: list[Path] = []
+
+    def recording(fd: int) -> None:
+        synced.append(Path(os.readlink(f"/proc/self/fd/{fd}")))
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", recording)
+    return synced

@@ -264,31 +264,19 @@ def test_a_failed_fsync_of_a_new_file_leaks_no_descriptor_and_leaves_no_file(tmp
     assert land_directory(con, landing).records_read == 1
 
 
-def test_folders_made_for_the_landing_file_are_synced_into_their_parents(tmp_path: Path, monkeypatch):
+def test_folders_made_for_the_landing_file_are_synced_into_their_parents(tmp_path: Path, synced_paths):
     """The first delivery makes the landing folder (and any missing above it): its file and the folder's
     entry for it were fsync'd, the folder's own entry in its parent was not, so a power cut could lose
     the folder with every acknowledged record in it. Each new folder is synced into its parent now;
     one that exists already is not synced again."""
-    import os
-
-    from metering.webhooks import inbox
-
-    real_fsync = os.fsync
-    synced: list[str] = []
-
-    def recording(fd: int) -> None:
-        synced.append(os.readlink(f"/proc/self/fd/{fd}"))
-        real_fsync(fd)
-
-    monkeypatch.setattr(inbox.os, "fsync", recording)
     landing = tmp_path / "spool" / "landing" / "stripe"
     write(LandingWriter(landing), body_of(event("evt_1", "invoice.created", 1, invoice("in_1"))))
-    folders = [Path(p) for p in synced if Path(p).is_dir()]
+    folders = [p for p in synced_paths if p.is_dir()]
     assert folders[:3] == [tmp_path, tmp_path / "spool", tmp_path / "spool" / "landing"]
     assert set(folders[3:]) == {landing}   # the new file's entry, in its folder
-    synced.clear()
+    synced_paths.clear()
     write(LandingWriter(landing), body_of(event("evt_2", "invoice.created", 2, invoice("in_2"))))
-    assert {Path(p) for p in synced if Path(p).is_dir()} == {landing}
+    assert {p for p in synced_paths if p.is_dir()} == {landing}
 
 
 def test_a_landing_file_removed_while_listed_is_skipped(tmp_path: Path, con, monkeypatch):
