@@ -389,16 +389,10 @@ def billing_cycle_anchor(start: dt.datetime, anchor_day: int | None) -> int | No
 
     `anchor_day` beyond a month's length means that month's last day; None = the 1st.
     """
-    d = start.date()
-    for months_ahead in range(0, 3):
-        year = d.year + (d.month - 1 + months_ahead) // 12
-        month = (d.month - 1 + months_ahead) % 12 + 1
-        candidate = dt.datetime.combine(anchor_date(year, month, anchor_day), dt.time(), tzinfo=dt.timezone.utc)
-        if candidate == start:
-            return None
-        if candidate > start:
-            return int(candidate.timestamp())
-    raise AssertionError("unreachable")
+    first_day, next_day = period_containing(start.date(), anchor_day)
+    if start == dt.datetime.combine(first_day, dt.time(), tzinfo=dt.timezone.utc):
+        return None
+    return midnight_unix(next_day)
 
 
 def period_start_at(now: dt.datetime, anchor_day: int | None) -> dt.datetime:

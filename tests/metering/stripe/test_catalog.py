@@ -150,6 +150,24 @@ def test_billing_cycle_anchor(start, anchor, expected) -> None:
     assert got == (int(expected.timestamp()) if expected else None)
 
 
+@given(start=st.datetimes(dt.datetime(2025, 1, 1), dt.datetime(2028, 12, 31), timezones=st.just(dt.timezone.utc)),
+       anchor=st.one_of(st.none(), st.integers(1, 31)))
+def test_billing_cycle_anchor_is_the_first_anchor_midnight_after_the_start(start, anchor) -> None:
+    """Walked day by day: a day is an anchor when it is its month's `anchor` (the month's last day
+    when the month is shorter; the 1st for None); the start itself, at midnight, is no later anchor."""
+    def is_anchor(day: dt.date) -> bool:
+        last = ((day.replace(day=28) + dt.timedelta(days=4)).replace(day=1) - dt.timedelta(days=1)).day
+        return day.day == min(anchor or 1, last)
+
+    midnight = start.replace(hour=0, minute=0, second=0, microsecond=0)
+    day = start.date() + dt.timedelta(days=1)
+    while not is_anchor(day):
+        day += dt.timedelta(days=1)
+    expected = None if start == midnight and is_anchor(start.date()) else \
+        int(dt.datetime.combine(day, dt.time(), dt.timezone.utc).timestamp())
+    assert catalog.billing_cycle_anchor(start, anchor) == expected
+
+
 @settings(deadline=None)  # a DuckDB query per example: over 200 ms now and then on a loaded 2-core machine
 @given(day=st.dates(dt.date(2025, 1, 1), dt.date(2028, 12, 31)), anchor=st.one_of(st.none(), st.integers(1, 31)))
 def test_period_start_sql_matches_the_customer_periods(day, anchor) -> None:
