@@ -27,7 +27,10 @@ def webhooks() -> None:
               help="Accepted clock difference, in seconds, for the signature timestamp (both directions).")
 @click.option("--max-body-bytes", type=click.IntRange(1, None), default=1024 * 1024, show_default=True,
               help="Larger requests get 413.")
-def serve(port: int, host: str, landing: str | None, tolerance: int, max_body_bytes: int) -> None:
+@click.option("--max-connections", type=click.IntRange(1, 100_000), default=256, show_default=True,
+              help="Connections served at once; a request on one more gets 503, which Stripe retries.")
+def serve(port: int, host: str, landing: str | None, tolerance: int, max_body_bytes: int,
+          max_connections: int) -> None:
     """Receive Stripe webhooks on POST /webhooks/stripe (GET /healthz for checks).
 
     Signing secrets come from $STRIPE_WEBHOOK_SECRET (comma-separated during rotation).
@@ -54,9 +57,11 @@ def serve(port: int, host: str, landing: str | None, tolerance: int, max_body_by
     port = sock.getsockname()[1]   # --port 0: the port the system chose
     click.echo(f"listening on http://{host}:{port}/webhooks/stripe, landing in {settings.landing_dir}", err=True)
     # h11, not httptools: h11 refuses a request head over 16 KiB, where httptools buffered any size
-    # (64 MiB of one header was read whole before its 400)
+    # (64 MiB of one header was read whole before its 400). uvicorn answers 503 once the open
+    # connections, the asking one included, reach `limit_concurrency`: hence the + 1.
     server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_config=None, access_log=False,
-                                           server_header=False, http="h11"))
+                                           server_header=False, http="h11",
+                                           limit_concurrency=max_connections + 1))
     with sock:
         server.run(sockets=[sock])
     if not server.started:   # as uvicorn.run: the app's start-up failed (logged above)

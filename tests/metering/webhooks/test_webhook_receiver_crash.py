@@ -9,6 +9,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import httpx
@@ -24,11 +25,11 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def start_receiver(landing: Path, port: int, env: dict[str, str], log: Path) -> subprocess.Popen:
+def start_receiver(landing: Path, port: int, env: dict[str, str], log: Path, *options: str) -> subprocess.Popen:
     with open(log, "ab") as log_file:  # a file, not a pipe: a full pipe would block the server
         proc = subprocess.Popen(
             [sys.executable, "-c", "from metering.cli import main; main()", "--log-json", "webhooks", "serve",
-             "--port", str(port), "--landing", str(landing)],
+             "--port", str(port), "--landing", str(landing), *options],
             env=env, stdout=log_file, stderr=log_file,
         )
     deadline = time.monotonic() + 30
@@ -115,3 +116,37 @@ def test_sigkill_mid_stream_loses_no_acknowledged_event(tmp_path: Path):
     log_text = "".join((tmp_path / f"receiver{n}.log").read_text() for n in ("1", "2", "_other"))
     assert '"message": "webhook landed"' in log_text
     assert "whsec_" not in log_text and "v1=" not in log_text
+
+
+def _once_released(ask: Callable[[], httpx.Response]) -> httpx.Response:
+    """`ask()`, again while it answers 503: the server notices a closed connection a moment after it
+    closes (as Stripe's retries would find)."""
+    deadline = time.monotonic() + 10
+    while (response := ask()).status_code == 503:
+        assert time.monotonic() < deadline, "connections never released"
+        time.sleep(0.05)
+    return response
+
+
+def test_a_request_beyond_the_connection_cap_gets_503_and_is_served_once_one_closes(tmp_path: Path):
+    """Without a cap every sender's connection was served at once, however many: a flood held memory
+    for each. Beyond `--max-connections` a request gets 503, which Stripe retries, and nothing lands."""
+    port = free_port()
+    env = {**os.environ, "STRIPE_WEBHOOK_SECRET": SECRET}
+    proc = start_receiver(tmp_path / "landing", port, env, tmp_path / "receiver.log", "--max-connections", "2")
+    body = body_of(event("evt_capped", "invoice.updated", 1_790_000_000, invoice("in_capped")))
+    headers = {"stripe-signature": signature(body), "content-type": "application/json"}
+    url = f"http://127.0.0.1:{port}"
+    try:
+        with httpx.Client(timeout=5) as first, httpx.Client(timeout=5) as second:
+            # two kept-alive connections: the cap's two
+            assert _once_released(lambda: first.get(f"{url}/healthz")).status_code == 200
+            assert _once_released(lambda: second.get(f"{url}/healthz")).status_code == 200
+            with httpx.Client(timeout=5) as third:
+                assert third.post(f"{url}/webhooks/stripe", content=body, headers=headers).status_code == 503
+        health = _once_released(lambda: httpx.get(f"{url}/healthz", timeout=5)).json()
+        assert health["accepted"] == 0    # the refused request landed nothing
+        assert httpx.post(f"{url}/webhooks/stripe", content=body, headers=headers, timeout=5).status_code == 200
+    finally:
+        proc.kill()
+        proc.wait()
