@@ -44,6 +44,38 @@ def test_a_warehouse_that_does_not_exist_is_refused_not_created(isolated_env, tm
     assert not typo.exists()
 
 
+def test_report_reads_the_warehouse_without_writing_it(reconciled_warehouse, tmp_path):
+    """It opened the warehouse read-write: it applied pending migrations, and could not run beside another
+    process reading the file (an analyst's read-only session, the sensor's manifest check). Read-only now:
+    it runs beside such a reader, and a warehouse last written by an older metering is refused, named,
+    and left as it was."""
+    import subprocess
+    import sys
+
+    import duckdb
+
+    reader = subprocess.Popen(
+        [sys.executable, "-c", "import duckdb, sys; con = duckdb.connect(sys.argv[1], read_only=True); "
+         "print('open', flush=True); sys.stdin.read()", str(reconciled_warehouse)],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert reader.stdout is not None and reader.stdout.readline() == "open\n"
+        written = CliRunner().invoke(cli, ["report", "--period", "2026-10", "--out", str(tmp_path / "r")])
+    finally:
+        reader.communicate("")
+    assert written.exit_code == 0, written.output
+    with duckdb.connect(str(reconciled_warehouse)) as con:
+        newest = con.execute("SELECT max(version) FROM schema_migrations").fetchone()[0]
+        con.execute("DELETE FROM schema_migrations WHERE version = ?", [newest])
+    refused = CliRunner().invoke(cli, ["report", "--period", "2026-10", "--out", str(tmp_path / "r2")])
+    assert refused.exit_code == 3
+    assert (f"error: {reconciled_warehouse}: the warehouse was last written by an older metering (1 migration(s) "
+            f"not applied yet, the first {newest})") in refused.output
+    assert not (tmp_path / "r2").exists()
+    with duckdb.connect(str(reconciled_warehouse), read_only=True) as con:
+        assert con.execute("SELECT count(*) FROM schema_migrations WHERE version = ?", [newest]).fetchone() == (0,)
+
+
 def test_reconcile_without_stripe_on_empty_warehouse_warns(isolated_env, tmp_path):
     from metering import warehouse
 
