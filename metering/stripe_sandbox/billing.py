@@ -457,12 +457,9 @@ def _mark_paid(state: State, invoice: dict[str, Any], at: int, request: dict[str
     state.dirty = True
     state.record_event("invoice.paid", invoice, request=request)
     state.record_event("invoice.payment_succeeded", invoice, request=request)
-    customer = state.get("customer", invoice["customer"])
-    if customer is not None:
-        customer["delinquent"] = any(
-            i["status"] == "open" and i["attempt_count"] > 0 and i["customer"] == customer["id"]
-            for i in state.objects["invoice"].values()
-        )
+    # spec, customer.delinquent: "Paying or marking uncollectible any customer invoice regardless of
+    # whether it is the latest invoice for a subscription will always set this field to false"
+    set_not_delinquent(state, invoice)
     sub = _invoice_sub(state, invoice)
     if sub is not None and sub["status"] == "unpaid":
         # Stripe: "pay the most recent invoice before its due date to update the subscription's
@@ -477,6 +474,12 @@ def _mark_paid(state: State, invoice: dict[str, Any], at: int, request: dict[str
         ]
         if not unpaid:
             _set_sub_status(state, sub, "active", request)
+
+
+def set_not_delinquent(state: State, invoice: dict[str, Any]) -> None:
+    customer = state.get("customer", invoice["customer"])
+    if customer is not None:
+        customer["delinquent"] = False
 
 
 def _invoice_sub(state: State, invoice: dict[str, Any]) -> dict[str, Any] | None:
@@ -501,11 +504,13 @@ def attempt_payment(state: State, invoice: dict[str, Any], at: int, *, automatic
         return True
     invoice["_failures"] += 1
     # A subscription's first invoice is not retried: the subscription is incomplete until it is paid
-    # and expires 23 h after its creation. Nor is an invoice whose automatic collection is off.
+    # and expires 23 h after its creation. Nor is an invoice whose automatic collection is off, nor one
+    # the customer is sent to pay (spec, next_payment_attempt: "null for invoices where
+    # collection_method=send_invoice").
     first = invoice["billing_reason"] == "subscription_create"
     schedule = state.config.payment_retry_days
     retries_used = invoice["attempt_count"] - 1
-    if first or not invoice["auto_advance"]:
+    if first or not invoice["auto_advance"] or invoice["collection_method"] != "charge_automatically":
         invoice["next_payment_attempt"] = None
     elif automatic or invoice["next_payment_attempt"] is None and retries_used < len(schedule):
         invoice["next_payment_attempt"] = at + schedule[retries_used] * 86400 if retries_used < len(schedule) else None
@@ -516,7 +521,9 @@ def attempt_payment(state: State, invoice: dict[str, Any], at: int, *, automatic
     state.record_event("invoice.payment_failed", invoice, request=request)
     sub = _invoice_sub(state, invoice)
     if sub is not None and not first:
-        if sub["status"] in ("active", "trialing"):
+        # past_due "when payment is required but cannot be paid" is charge_automatically's rule; a sent
+        # invoice makes its subscription past_due by its due date, not by a declined card
+        if sub["status"] in ("active", "trialing") and sub["collection_method"] == "charge_automatically":
             _set_sub_status(state, sub, "past_due", request)
         if automatic and invoice["next_payment_attempt"] is None:
             _after_final_failure(state, invoice, sub, at)

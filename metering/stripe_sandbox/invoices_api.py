@@ -156,6 +156,7 @@ def mark_uncollectible_invoice(state: State, req: Request, invoice: str) -> dict
     if obj["status"] != "open":
         raise StripeAPIError(400, f"You can only mark open invoices as uncollectible; this one is {obj['status']}.", code="invoice_not_open")
     billing.mark_uncollectible(state, obj, _now(state, obj), req.event_request())
+    billing.set_not_delinquent(state, obj)   # through the API only: dunning's write-off leaves it (spec)
     return public(state, obj, req.params)
 
 

@@ -175,6 +175,9 @@ def create_subscription(state: State, req: Request) -> dict[str, Any]:
     collection = choice(
         params.get("collection_method", "charge_automatically"), ("charge_automatically", "send_invoice"), "collection_method"
     )
+    if params.get("days_until_due") and collection != "send_invoice":
+        # spec: "Valid only for subscriptions where collection_method is set to send_invoice"
+        raise invalid("days_until_due is only valid with collection_method=send_invoice.", "days_until_due")
     proration_behavior = choice(params.get("proration_behavior", "create_prorations"),
                                 ("always_invoice", "create_prorations", "none"), "proration_behavior")
     # the first period runs to the anchor (for a backdated start that may be more than one interval)
@@ -257,6 +260,10 @@ def update_subscription(state: State, req: Request, subscription_exposed_id: str
     params = req.params
     if sub["status"] == "canceled":
         raise invalid("A canceled subscription can only update its cancellation_details and metadata.", None)
+    if sub["status"] == "incomplete" and set(params) - {"metadata", "expand"}:
+        # spec, subscription.status: "A subscription in this status can only have metadata and
+        # default_source updated" (the sandbox takes no default_source at all)
+        raise invalid("A subscription in status incomplete can only have metadata and default_source updated.", None)
     reject_all_but(params, SUBSCRIPTION_UPDATE)
     specs = [as_dict(spec, f"items[{i}]") for i, spec in enumerate(as_list(params.get("items"), "items"))]
     for i, spec in enumerate(specs):
