@@ -335,6 +335,7 @@ def list_event_summaries(state: State, req: Request, id: str) -> dict[str, Any]:
                 "start_time": lo,
             }
         )
-    # Oldest window first. Stripe's documented example lists the newest window first; other parts'
-    # tests still rely on this order, so flipping it (summaries.reverse()) is left to the lead.
+    # Newest window first, as Stripe's documented example lists them (the hourly example puts the
+    # later hour first); until the twenty-first session the sandbox listed the oldest first.
+    summaries.reverse()
     return paginate(summaries, params, f"/v1/billing/meters/{id}/event_summaries")

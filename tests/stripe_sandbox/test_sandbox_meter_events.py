@@ -52,15 +52,31 @@ def test_a_newer_event_in_the_same_window_replaces_the_older_one(sb, client):
     _event(client, meter, customer, 10, T0 + 3600 + 60)  # 01:01
     _event(client, meter, customer, 4, T0 + 3600)  # 01:00, received later: replaces 10
     _event(client, meter, customer, 3, T0 + 2 * 3600 + 59 * 60)  # 02:59, another window
-    assert _summary(client, meter, customer, T0, T0 + 4 * 3600, "hour") == [
-        (T0 + 3600, T0 + 2 * 3600, 4),
+    assert _summary(client, meter, customer, T0, T0 + 4 * 3600, "hour") == [   # newest window first
         (T0 + 2 * 3600, T0 + 3 * 3600, 3),
+        (T0 + 3600, T0 + 2 * 3600, 4),
     ]
     assert _summary(client, meter, customer, T0, T0 + 4 * 3600) == [(T0, T0 + 4 * 3600, 7)]
     raw, _ = metered_price(client, event_name="metering_raw")
     for value in (10, 4):
         _event(client, raw, customer, value, T0 + 3600)
     assert _summary(client, raw, customer, T0, T0 + 4 * 3600) == [(T0, T0 + 4 * 3600, 14)]
+
+
+def test_grouped_summaries_are_listed_newest_window_first(sb, client):
+    """Stripe's documented example (GET /v1/billing/meters/{id}/event_summaries, hourly) lists the later
+    hour first; the sandbox listed the oldest first, so `limit=1` or `data[0]` gave another window."""
+    sb.set_now(T0 + 3 * 3600)
+    meter, _ = metered_price(client)
+    customer = client.v1.customers.create({"name": "A"}).id
+    _event(client, meter, customer, 10, T0 + 60)
+    _event(client, meter, customer, 15, T0 + 3600 + 60)
+    assert _summary(client, meter, customer, T0, T0 + 2 * 3600, "hour") == [
+        (T0 + 3600, T0 + 7200, 15), (T0, T0 + 3600, 10)]
+    first_page = client.v1.billing.meters.event_summaries.list(
+        meter.id, {"customer": customer, "start_time": T0, "end_time": T0 + 7200, "value_grouping_window": "hour",
+                   "limit": 1})
+    assert ([s.aggregated_value for s in first_page.data], first_page.has_more) == ([15], True)
 
 
 def test_day_windows_and_day_grouping_need_midnight_bounds(sb, client):
@@ -70,7 +86,7 @@ def test_day_windows_and_day_grouping_need_midnight_bounds(sb, client):
     _event(client, meter, customer, 100, T0 + 3600)
     _event(client, meter, customer, 120, T0 + 20 * 3600)  # same day: replaces
     _event(client, meter, customer, 7, T0 + 86400 + 5)
-    assert _summary(client, meter, customer, T0, T0 + 2 * 86400, "day") == [(T0, T0 + 86400, 120), (T0 + 86400, T0 + 2 * 86400, 7)]
+    assert _summary(client, meter, customer, T0, T0 + 2 * 86400, "day") == [(T0 + 86400, T0 + 2 * 86400, 7), (T0, T0 + 86400, 120)]
     with pytest.raises(stripe.InvalidRequestError):
         _summary(client, meter, customer, T0 + 3600, T0 + 86400, "day")
 
