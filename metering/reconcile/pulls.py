@@ -430,7 +430,10 @@ def pull_summaries_into_warehouse(
     billing_month = billing_month.replace(day=1)
     reader = _Reader(client, settings.pull_rate, settings.page_size)
     rows, _ = pull_meter_summaries(con, reader, billing_month, meters, _customer_map(con, reader), settings, now)
-    result = PullResult(billing_month, pl.DataFrame(rows, schema=SUMMARY_SCHEMA),
+    # in time order, whatever order Stripe lists windows in (newest first)
+    summaries = pl.DataFrame(rows, schema=SUMMARY_SCHEMA).sort(
+        "customer_id", "meter", "period_start", "grain", "window_start", nulls_last=True)
+    result = PullResult(billing_month, summaries,
                         pl.DataFrame(schema=INVOICE_SCHEMA), pl.DataFrame(schema=LINE_SCHEMA), reader.calls)
     _replace(con, billing_month, {"stripe_meter_summaries": result.summaries})
     return result
