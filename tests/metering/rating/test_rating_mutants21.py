@@ -17,7 +17,7 @@ from metering.rules.plans import load_rules
 from tests.metering.rating.conftest import PROJECT_ROOT, plan_yaml, write_rules
 from tests.metering.rating.test_rating_aggregate import insert, segments_oct
 from tests.metering.rating.test_rating_cli import _rate_csv
-from tests.metering.rating.test_rating_service import NOW, OCT, _late_calls, _list_of_a, rated_db  # noqa: F401  (a fixture)
+from tests.metering.rating.test_rating_service import NOW, OCT, _late_calls, _list_of_a, _listed, rated_db  # noqa: F401  (a fixture)
 
 UTC = dt.timezone.utc
 
@@ -262,11 +262,8 @@ def test_a_yen_preview_equal_to_its_lines_is_no_mismatch(tmp_path):
     check must not scale by 100. By hand (pro_jpy, no usage): platform fee 7,500 + the 15,000 minimum's
     true-up 15,000 = 22,500."""
     rules = load_rules(PROJECT_ROOT / "rating_rules")
-    csv = tmp_path / "customers.csv"
-    csv.write_text("customer_id,name,email,currency,billing_anchor_day,plan,plan_effective_from,payment_behavior\n"
-                   "j,J,j@j.test,jpy,,pro_jpy,2026-01-01,succeeds\n")
     with warehouse.open_warehouse(tmp_path / "wh.duckdb") as con:
-        warehouse.insert_frame(con, "customer_plans", load_customers(csv, rules))
+        _listed(con, tmp_path / "customers.csv", rules, "j,J,j@j.test,jpy,,pro_jpy,2026-01-01,succeeds")
         rated, previews = service.rate_month(con, rules, OCT)
         service.write_rated(con, OCT, rated, rules, NOW)
         service.write_previews(con, OCT, previews, NOW)
@@ -298,26 +295,6 @@ def test_a_period_running_into_the_next_month_is_rated_with_that_months_usage(ra
     assert line.select("period_start", "quantity", "amount_minor").rows() == [(dt.date(2026, 10, 31), Decimal(1000), 150)]
 
 
-# --- periods across months: a gap of a single day ---------------------------------------------------------------
-
-def test_a_changed_anchor_leaving_a_single_day_in_no_period_is_refused(tmp_path):
-    """a (calendar months) has Oct 1..Nov 1 stored. A list moving its anchor to the 2nd rates November's
-    period from Nov 2 (Nov 2..Dec 2): Nov 1 alone falls in no period, and is refused as a longer gap is."""
-    rules = load_rules(PROJECT_ROOT / "rating_rules")
-    csv = tmp_path / "customers.csv"
-    _list_of_a(csv, ",starter,2026-01-01")
-    with warehouse.open_warehouse(tmp_path / "wh.duckdb") as con:
-        warehouse.insert_frame(con, "customer_plans", load_customers(csv, rules))
-        service.write_rated(con, OCT, service.rate_month(con, rules, OCT)[0], rules, NOW)
-        _list_of_a(csv, "2,starter,2026-01-01")
-        nov = dt.date(2026, 11, 1)
-        rated = service.rate_month(con, rules, nov, load_customers(csv, rules))[0]
-        assert rated["period_start"].unique().to_list() == [dt.date(2026, 11, 2)]
-        with pytest.raises(BadInputError, match=r"leaves customer a's days 2026-11-01\.\.2026-11-01 in no billing "
-                                                r"period, between its periods 2026-10-01\.\.2026-11-01 and 2026-11-02"):
-            service.write_rated(con, nov, rated, rules, NOW)
-
-
 # --- what a rating records beside its lines: previews, rules_versions, rated time ----------------------------
 
 def test_re_rating_unchanged_usage_of_many_customers_leaves_the_previews_as_they_were(tmp_path):
@@ -325,11 +302,9 @@ def test_re_rating_unchanged_usage_of_many_customers_leaves_the_previews_as_they
     from the same lines and writing them a day later writes nothing (their rated_at stays): the previews
     come out in one order whatever order grouping produced them in."""
     rules = load_rules(PROJECT_ROOT / "rating_rules")
-    csv = tmp_path / "customers.csv"
-    csv.write_text("customer_id,name,email,currency,billing_anchor_day,plan,plan_effective_from,payment_behavior\n"
-                   + "".join(f"c{i:02d},C,c@c.test,usd,,starter,2026-01-01,succeeds\n" for i in range(20)))
     with warehouse.open_warehouse(tmp_path / "wh.duckdb") as con:
-        warehouse.insert_frame(con, "customer_plans", load_customers(csv, rules))
+        _listed(con, tmp_path / "customers.csv", rules,
+                *(f"c{i:02d},C,c@c.test,usd,,starter,2026-01-01,succeeds" for i in range(20)))
         rated, previews = service.rate_month(con, rules, OCT)
         service.write_rated(con, OCT, rated, rules, NOW)
         assert service.write_previews(con, OCT, previews, NOW) == 20

@@ -176,6 +176,12 @@ def _list_of_a(csv: Path, *assignments: str) -> None:
     csv.write_text(CUSTOMERS_HEADER + "".join(f"a,A,a@a.test,usd,{a},succeeds\n" for a in assignments))
 
 
+def _listed(con, csv: Path, rules, *rows: str) -> None:
+    """Write a customer list of `rows` (each a line after the header) to `csv`; load it into customer_plans."""
+    csv.write_text(CUSTOMERS_HEADER + "".join(f"{row}\n" for row in rows))
+    warehouse.insert_frame(con, "customer_plans", load_customers(csv, rules))
+
+
 def _late_calls(con, rules, customer: str, day: str, n: int) -> None:
     con.execute("INSERT INTO usage_events SELECT 'late-' || i, ?, 'api_calls', CAST(? AS TIMESTAMPTZ) + INTERVAL (i) "
                 "SECOND, CAST(? AS DATE), NULL, '{\"region\":\"us\"}', '{}', 1, i FROM range(?) t(i)",
@@ -397,10 +403,12 @@ def test_a_list_giving_an_earlier_month_a_period_over_a_stored_one_is_refused(tm
         assert con.execute("SELECT * FROM rated_usage ORDER BY ALL").fetchall() == before
 
 
-def test_a_changed_anchor_leaving_days_in_no_period_is_refused(tmp_path):
+@pytest.mark.parametrize("anchor, last_day_between", [(20, 19), (2, 1)])   # (2, 1): a single day
+def test_a_changed_anchor_leaving_days_in_no_period_is_refused(tmp_path, anchor, last_day_between):
     """a (calendar months) has October 1..November 1 stored. A list moving its anchor to the 20th rated
     November's period from Nov 20 (Nov 20..Dec 20): Nov 1..19 fell in no period, billed by nobody, and
-    all_usage_priced listed nothing (audit). Refused, nothing written, the days named."""
+    all_usage_priced listed nothing (audit). Refused, nothing written, the days named; to the 2nd, Nov 1
+    alone falls between, and is refused as a longer gap is."""
     rules = load_rules(PROJECT_ROOT / "rating_rules")
     csv = tmp_path / "customers.csv"
     _list_of_a(csv, ",starter,2026-01-01")
@@ -408,14 +416,14 @@ def test_a_changed_anchor_leaving_days_in_no_period_is_refused(tmp_path):
         warehouse.insert_frame(con, "customer_plans", load_customers(csv, rules))
         service.write_rated(con, OCT, service.rate_month(con, rules, OCT)[0], rules, NOW)
         before = con.execute("SELECT * FROM rated_usage ORDER BY ALL").fetchall()
-        _list_of_a(csv, "20,starter,2026-01-01")
+        _list_of_a(csv, f"{anchor},starter,2026-01-01")
         moved = load_customers(csv, rules)
         nov = dt.date(2026, 11, 1)
         rated = service.rate_month(con, rules, nov, moved)[0]
-        assert rated["period_start"].unique().to_list() == [dt.date(2026, 11, 20)]
-        with pytest.raises(BadInputError, match=r"leaves customer a's days 2026-11-01\.\.2026-11-19 in no billing "
-                                                r"period, between its periods 2026-10-01\.\.2026-11-01 and "
-                                                r"2026-11-20\.\.2026-12-20 \(1 customer\(s\)\)"):
+        assert rated["period_start"].unique().to_list() == [dt.date(2026, 11, anchor)]
+        with pytest.raises(BadInputError, match=rf"leaves customer a's days 2026-11-01\.\.2026-11-{last_day_between:02d} "
+                                                rf"in no billing period, between its periods 2026-10-01\.\.2026-11-01 "
+                                                rf"and 2026-11-{anchor:02d}\.\.2026-12-{anchor:02d} \(1 customer\(s\)\)"):
             service.write_rated(con, nov, rated, rules, NOW)
         assert con.execute("SELECT * FROM rated_usage ORDER BY ALL").fetchall() == before
 
@@ -569,11 +577,8 @@ def test_a_gauge_is_billed_once_per_period_across_a_version_change(tmp_path):
     storage 500 x 0.08 = 40.00 x 14/31 = 18.06, 500 x 0.07 = 35.00 x 17/31 = 19.19;
     users (8 - 5 included) x 1.50 = 4.50 x 14/31 = 2.03, x 17/31 = 2.47."""
     rules = load_rules(PROJECT_ROOT / "rating_rules")
-    csv = tmp_path / "customers.csv"
-    csv.write_text("customer_id,name,email,currency,billing_anchor_day,plan,plan_effective_from,payment_behavior\n"
-                   "p,P,p@p.test,usd,,pro,2026-01-01,succeeds\n")
     with warehouse.open_warehouse(tmp_path / "wh.duckdb") as con:
-        warehouse.insert_frame(con, "customer_plans", load_customers(csv, rules))
+        _listed(con, tmp_path / "customers.csv", rules, "p,P,p@p.test,usd,,pro,2026-01-01,succeeds")
         for day in range(1, 32):
             ts = f"2026-10-{day:02d} 12:00:00+00"
             for meter, value, props in (("seats", "10", "{}"), ("storage_gb", "500", "{}"),

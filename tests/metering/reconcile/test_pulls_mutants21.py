@@ -177,18 +177,24 @@ def test_month_items_are_the_months_periods_and_unplaced_only_when_they_may_be_a
     assert items.unplaced_customers == {"sent", "unknown"}
 
 
+def _seat_subscription(client, frozen: str, anchor: str):
+    """cus_1 on a test clock frozen at `frozen`, subscribed to a 10.00 monthly seat anchored at `anchor`:
+    (clock, customer, subscription)."""
+    clock = client.v1.test_helpers.test_clocks.create({"frozen_time": _ts(frozen)})
+    customer = client.v1.customers.create({"metadata": {"customer_id": "cus_1"}, "test_clock": clock.id})
+    price = client.v1.prices.create({"currency": "usd", "product": client.v1.products.create({"name": "seat"}).id,
+                                     "unit_amount": 1000, "recurring": {"interval": "month"}})
+    sub = client.v1.subscriptions.create({"customer": customer.id, "items": [{"price": price.id}],
+                                          "metadata": {"customer_id": "cus_1"}, "billing_cycle_anchor": _ts(anchor)})
+    return clock, customer, sub
+
+
 def test_an_invoice_with_more_lines_than_stripe_embeds_is_read_whole(stripe_sandbox, isolated_env):
     """Stripe embeds 10 lines in an invoice and says has_more: the October cycle invoice with the 10.00
     fee and 10 invoice items of 1.00 has 11 lines, 1000 + 10 x 100 = 2000 cents, all of them pulled.
     (The fee is November's, in advance: the invoice closing October is the one created on Nov 1.)"""
     client = stripe_sandbox.client()
-    clock = client.v1.test_helpers.test_clocks.create({"frozen_time": _ts("2026-10-01T00:00:00")})
-    customer = client.v1.customers.create({"metadata": {"customer_id": "cus_1"}, "test_clock": clock.id})
-    price = client.v1.prices.create({"currency": "usd", "product": client.v1.products.create({"name": "seat"}).id,
-                                     "unit_amount": 1000, "recurring": {"interval": "month"}})
-    client.v1.subscriptions.create({"customer": customer.id, "items": [{"price": price.id}],
-                                    "metadata": {"customer_id": "cus_1"},
-                                    "billing_cycle_anchor": _ts("2026-11-01T00:00:00")})
+    clock, customer, _ = _seat_subscription(client, "2026-10-01T00:00:00", "2026-11-01T00:00:00")
     client.v1.test_helpers.test_clocks.advance(clock.id, {"frozen_time": _ts("2026-11-01T00:30:00")})
     draft = next(client.v1.invoices.list({"customer": customer.id, "status": "draft"}).auto_paging_iter())
     for i in range(10):
@@ -224,13 +230,7 @@ def test_a_subscription_set_to_cancel_at_period_end_has_not_ended(stripe_sandbox
     """cancel_at_period_end on Oct 10 sets Stripe's canceled_at (the request) but the subscription runs
     to Nov 1: on Oct 20 its invoices carry no subscription_ended_at, so none closes October early."""
     client = stripe_sandbox.client()
-    clock = client.v1.test_helpers.test_clocks.create({"frozen_time": _ts("2026-10-01T00:00:00")})
-    customer = client.v1.customers.create({"metadata": {"customer_id": "cus_1"}, "test_clock": clock.id})
-    price = client.v1.prices.create({"currency": "usd", "product": client.v1.products.create({"name": "seat"}).id,
-                                     "unit_amount": 1000, "recurring": {"interval": "month"}})
-    sub = client.v1.subscriptions.create({"customer": customer.id, "items": [{"price": price.id}],
-                                          "metadata": {"customer_id": "cus_1"},
-                                          "billing_cycle_anchor": _ts("2026-11-01T00:00:00")})
+    clock, customer, sub = _seat_subscription(client, "2026-10-01T00:00:00", "2026-11-01T00:00:00")
     client.v1.test_helpers.test_clocks.advance(clock.id, {"frozen_time": _ts("2026-10-10T00:00:00")})
     assert client.v1.subscriptions.update(sub.id, {"cancel_at_period_end": True}).canceled_at is not None
     client.v1.test_helpers.test_clocks.advance(clock.id, {"frozen_time": _ts("2026-10-20T00:00:00")})
@@ -308,13 +308,7 @@ def test_a_later_invoice_is_pulled_for_a_months_item_only_when_it_carries_one(st
     whether the ledger names it or (Stripe held the item pending) names none; the invoice closing
     November carries no September item and is not pulled."""
     client = stripe_sandbox.client()
-    clock = client.v1.test_helpers.test_clocks.create({"frozen_time": _ts("2026-09-01T00:00:00")})
-    customer = client.v1.customers.create({"metadata": {"customer_id": "cus_1"}, "test_clock": clock.id})
-    price = client.v1.prices.create({"currency": "usd", "product": client.v1.products.create({"name": "seat"}).id,
-                                     "unit_amount": 1000, "recurring": {"interval": "month"}})
-    client.v1.subscriptions.create({"customer": customer.id, "items": [{"price": price.id}],
-                                    "metadata": {"customer_id": "cus_1"},
-                                    "billing_cycle_anchor": _ts("2026-10-01T00:00:00")})
+    clock, customer, _ = _seat_subscription(client, "2026-09-01T00:00:00", "2026-10-01T00:00:00")
     client.v1.test_helpers.test_clocks.advance(clock.id, {"frozen_time": _ts("2026-10-01T02:00:00")})
     for i in range(11):
         client.v1.invoice_items.create({"customer": customer.id, "amount": 100, "currency": "usd",
