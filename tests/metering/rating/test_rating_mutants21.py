@@ -10,7 +10,6 @@ import pytest
 
 from metering import warehouse
 from metering.customers import load_customers
-from metering.errors import BadInputError
 from metering.rating import service
 from metering.rating.aggregate import build_aggregates, charge_quantities, unpriced_usage
 from metering.rules.plans import load_rules
