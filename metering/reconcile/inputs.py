@@ -490,7 +490,8 @@ def load_open_periods(con: duckdb.DuckDBPyConnection, periods: pl.DataFrame) -> 
     `on_test_clock`: the customer's Stripe time is a test clock's (test mode), which the wall clock
     says nothing about (the push step's customer map; false when there is none). `later_invoice_ids`:
     invoices of a later period (starting at or after this one's end): Stripe has moved past this
-    period without closing it, whatever any clock says. `ended_subscription_ids`: the customer's
+    period without closing it, whatever any clock says. Another product's invoice (a support contract
+    started just after the period's end) is none of them: it says nothing about our subscription. `ended_subscription_ids`: the customer's
     subscriptions had all ended before the period's end (canceled, or `incomplete_expired`: a first
     invoice unpaid for 23 h) as the landed Stripe state says; Stripe will invoice it no more, whatever
     any clock says. NULL while one is live, or none is known.
@@ -527,7 +528,8 @@ def load_open_periods(con: duckdb.DuckDBPyConnection, periods: pl.DataFrame) -> 
                    p.customer_id IN ({clocked}) AS on_test_clock,
                    (SELECT string_agg(DISTINCT i.invoice_id, ',' ORDER BY i.invoice_id) FROM invoices i
                     WHERE i.customer_id = p.customer_id
-                      AND i.period_start >= CAST(p.period_end AS TIMESTAMPTZ)) AS later_invoice_ids,
+                      AND i.period_start >= CAST(p.period_end AS TIMESTAMPTZ)
+                      AND NOT {_foreign_invoice_sql(con, 'i', f'({merged_lines_sql(con)})')}) AS later_invoice_ids,
                    {ended} AS ended_subscription_ids
             FROM _recon_periods p
             WHERE NOT EXISTS (SELECT 1 FROM closing c WHERE c.customer_id = p.customer_id

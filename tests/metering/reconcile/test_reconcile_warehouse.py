@@ -386,6 +386,33 @@ def test_a_period_stripe_never_invoiced_is_pending_only_until_the_grace_has_pass
     assert before.unexplained_minor() == {"usd": 25}
 
 
+def test_another_products_new_subscription_does_not_end_the_wait_for_our_invoice(isolated_env, rules_dir):
+    """cus_c's invoice has not come yet at 00:30 (Stripe may still create it until 01:15), but a support
+    contract of another product started on its Stripe customer at 00:10, whose first invoice starts after
+    our period's end. That invoice closes none of our periods, and it said "Stripe has moved past this
+    period" too: the period was not_invoiced and unexplained at once (audit). It waits, pending."""
+    with warehouse.open_warehouse() as con:
+        _without_cus_c_invoice(con)
+        con.execute("UPDATE stripe_invoices_api SET subscription_id = 'sub_' || customer_id")
+        for c in ("cus_a", "cus_b", "cus_c"):
+            con.execute("INSERT INTO stripe_customer_map (customer_id, stripe_customer_id, subscription_id, synced_at) "
+                        "VALUES (?, ?, ?, ?)", [c, f"stripe_{c}", f"sub_{c}", PULLED])
+        t = dt.datetime(2026, 11, 1, 0, 10, tzinfo=dt.UTC)
+        con.execute("""INSERT INTO stripe_invoices_api (billing_month, invoice_id, customer_id, status, currency,
+                       amount_due, amount_paid, amount_remaining, total, total_excluding_tax, period_start, period_end,
+                       created, pulled_at, subscription_id) VALUES (?, 'in_support', 'cus_c', 'paid', 'usd', 5000, 5000,
+                       0, 5000, 5000, ?, ?, ?, ?, 'sub_support')""", [MONTH, t, t, t, PULLED])
+        con.execute("""INSERT INTO stripe_invoice_lines_api (billing_month, invoice_id, line_id, customer_id, meter,
+                       price_id, quantity_decimal, amount, currency, period_start, period_end, pulled_at) VALUES (?,
+                       'in_support', 'il_support', 'cus_c', NULL, 'price_support', 1, 5000, 'usd', ?, ?, ?)""",
+                    [MONTH, t, dt.datetime(2026, 12, 1, 0, 10, tzinfo=dt.UTC), PULLED])
+        result = reconcile_period(con, MONTH, settings=ReconcileSettings(), meters=load_meters(rules_dir),
+                                  now=dt.datetime(2026, 11, 1, 0, 30, tzinfo=dt.UTC))
+    c = result.usage.filter(customer_id="cus_c").row(0, named=True)
+    assert (c["status"], c["explained"]) == ("pending", True)
+    assert result.invoices.filter(customer_id="cus_c")["status"].to_list() == ["pending"]
+
+
 def test_a_customer_on_a_stripe_test_clock_is_not_judged_by_the_wall_clock(isolated_env, rules_dir):
     """Its Stripe time is the clock's (the main job bills September while the wall clock says
     November): a period past its deadline by the wall clock stays pending; a void still counts."""
