@@ -450,9 +450,10 @@ DUCKDB_MAGIC = b"DUCK"
 
 
 def _holds_duckdb(path: Path) -> bool | None:
-    """Whether the regular file at `path` begins as a DuckDB database does (an empty one counts: DuckDB
-    makes it one); None for something other than a regular file (a FIFO would block the read, a device
-    worse). Raises OSError when there is nothing there or it cannot be read."""
+    """Whether the regular file at `path` begins as a DuckDB database does (an empty one counts: publish
+    may replace it, and DuckDB 1.5's own open refuses it as a warehouse, which `connect` reports as bad
+    input); None for something other than a regular file (a FIFO would block the read, a device worse).
+    Raises OSError when there is nothing there or it cannot be read."""
     if not stat.S_ISREG(os.stat(path).st_mode):
         return None
     with open(path, "rb") as fh:
