@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+from pathlib import Path
 
 import click
 import duckdb
@@ -113,7 +114,7 @@ def report(month: dt.date, warehouse_path: str | None, out_dir: str | None) -> N
                    f"money at risk {fmt_money(t.money_at_risk_minor, t.currency)}")
 
 
-def _refuse_older_schema(con: duckdb.DuckDBPyConnection, path: object) -> None:
+def _refuse_older_schema(con: duckdb.DuckDBPyConnection, path: Path) -> None:
     """A read-only connection does not migrate: a warehouse last written by an older metering lacks
     columns the report reads (a DuckDB binder error, a traceback). Say so, and what brings it up to date."""
     tables = {r[0] for r in con.execute("SELECT table_name FROM information_schema.tables").fetchall()}

@@ -491,10 +491,10 @@ def load_open_periods(con: duckdb.DuckDBPyConnection, periods: pl.DataFrame) -> 
     says nothing about (the push step's customer map; false when there is none). `later_invoice_ids`:
     invoices of a later period (starting at or after this one's end): Stripe has moved past this
     period without closing it, whatever any clock says. Another product's invoice (a support contract
-    started just after the period's end) is none of them: it says nothing about our subscription. `ended_subscription_ids`: the customer's
-    subscriptions had all ended before the period's end (canceled, or `incomplete_expired`: a first
-    invoice unpaid for 23 h) as the landed Stripe state says; Stripe will invoice it no more, whatever
-    any clock says. NULL while one is live, or none is known.
+    started just after the period's end) is none of them: it says nothing about our subscription.
+    `ended_subscription_ids`: the customer's subscriptions had all ended before the period's end
+    (canceled, or `incomplete_expired`: a first invoice unpaid for 23 h) as the landed Stripe state says;
+    Stripe will invoice it no more, whatever any clock says. NULL while one is live, or none is known.
     """
     if periods.is_empty():
         return rc.conform(None, rc.OPEN_PERIODS_SCHEMA)

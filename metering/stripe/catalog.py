@@ -36,7 +36,7 @@ import polars as pl
 import stripe
 
 from metering import warehouse
-from metering.customers import anchor_date, midnight_unix, period_containing
+from metering.customers import midnight_unix, period_containing
 from metering.rules.meters import Meter
 from metering.rules.model import Charge, PlanVersion, Rules, dec_str, minor_digits
 from metering.rules.plans import stripe_lookup_key
