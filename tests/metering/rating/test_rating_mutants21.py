@@ -6,7 +6,6 @@ import datetime as dt
 from decimal import Decimal
 
 import polars as pl
-import pytest
 
 from metering import warehouse
 from metering.customers import load_customers
