@@ -150,7 +150,6 @@ def rerate(first: dt.date, last: dt.date, warehouse_path: str | None, rules_dir:
     charge) is listed on stderr and in the summary, and exits 4 (check failed) with the lines stored.
     """
     import hashlib
-    from pathlib import Path
 
     from metering import warehouse
     from metering.customers import load_customers

@@ -185,7 +185,7 @@ def create_product(state: State, req: Request) -> dict[str, Any]:
         "url": None,
     }
     if state.get("product", product["id"]):
-        raise invalid(f"Product already exists.", "id", code="resource_already_exists")
+        raise invalid("Product already exists.", "id", code="resource_already_exists")
     state.add(product)
     state.record_event("product.created", product, request=req.event_request())
     return public(state, product, params)
