@@ -450,10 +450,11 @@ _CLOSES = """i.customer_id = p.customer_id
              AND i.period_end >= i.subscription_ended_at))"""
 
 
-def _closes_sql(con: duckdb.DuckDBPyConnection) -> str:
+def _closes_sql(con: duckdb.DuckDBPyConnection, lines: str) -> str:
     """SQL: invoice `i` closes the customer period `p` (`load_open_periods` says when); another product's
-    invoice (`_foreign_invoice_sql`) closes none."""
-    return f"{_CLOSES} AND NOT {_foreign_invoice_sql(con, 'i', f'({merged_lines_sql(con)})')}"
+    invoice (`_foreign_invoice_sql`, judged by `lines`: a CTE name or a subquery of `merged_lines_sql`)
+    closes none."""
+    return f"{_CLOSES} AND NOT {_foreign_invoice_sql(con, 'i', lines)}"
 
 
 def _foreign_invoice_sql(con: duckdb.DuckDBPyConnection, invoice: str, lines: str) -> str:
@@ -513,10 +514,11 @@ def load_open_periods(con: duckdb.DuckDBPyConnection, periods: pl.DataFrame) -> 
             con,
             f"""
             WITH invoices AS ({merged_invoices_sql(con)}),
+            lines AS ({merged_lines_sql(con)}),
             closing AS (
                 SELECT p.customer_id, p.period_start, i.invoice_id, coalesce(i.status, '') = 'void' AS void,
                        {HELD_DRAFT} AS held
-                FROM _recon_periods p JOIN invoices i ON {_closes_sql(con)}
+                FROM _recon_periods p JOIN invoices i ON {_closes_sql(con, 'lines')}
             )
             SELECT p.customer_id, p.period_start,
                    (SELECT string_agg(DISTINCT c.invoice_id, ',' ORDER BY c.invoice_id) FROM closing c
@@ -529,7 +531,7 @@ def load_open_periods(con: duckdb.DuckDBPyConnection, periods: pl.DataFrame) -> 
                    (SELECT string_agg(DISTINCT i.invoice_id, ',' ORDER BY i.invoice_id) FROM invoices i
                     WHERE i.customer_id = p.customer_id
                       AND i.period_start >= CAST(p.period_end AS TIMESTAMPTZ)
-                      AND NOT {_foreign_invoice_sql(con, 'i', f'({merged_lines_sql(con)})')}) AS later_invoice_ids,
+                      AND NOT {_foreign_invoice_sql(con, 'i', 'lines')}) AS later_invoice_ids,
                    {ended} AS ended_subscription_ids
             FROM _recon_periods p
             WHERE NOT EXISTS (SELECT 1 FROM closing c WHERE c.customer_id = p.customer_id
@@ -829,7 +831,7 @@ def _closing_invoices(con: duckdb.DuckDBPyConnection, periods: pl.DataFrame) -> 
             WITH invoices AS ({merged_invoices_sql(con)}),
             closing AS (
                 SELECT p.customer_id, p.period_start, i.invoice_id, i.status, i.created
-                FROM _recon_closing p JOIN invoices i ON {_closes_sql(con)}
+                FROM _recon_closing p JOIN invoices i ON {_closes_sql(con, f'({merged_lines_sql(con)})')}
                 WHERE NOT {NOT_BILLING} AND p.period_end > p.period_start
                 QUALIFY row_number() OVER (PARTITION BY i.invoice_id
                                            ORDER BY p.period_end DESC, p.period_start, p.customer_id) = 1
