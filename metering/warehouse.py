@@ -503,19 +503,20 @@ def _refuse_catalog_named_like_the_views(dest: Path) -> None:
             f"every `{ANALYST_SCHEMA}.<view>` ambiguous; choose another name (the default is data/snapshot.duckdb)")
 
 
-def _refuse_schema_behind(target: duckdb.DuckDBPyConnection, source: Path) -> None:
-    """Refuse to publish a warehouse that has migrations to apply (restored from a backup, or not yet
-    opened by a writer since an upgrade): the analyst views are written for the current schema."""
+def refuse_schema_behind(con: duckdb.DuckDBPyConnection, source: Path, *, then: str, catalog: str = "main") -> None:
+    """Refuse a warehouse (attached as `catalog`) that has migrations to apply (restored from a backup, or
+    not yet opened by a writer since an upgrade), or whose recorded migrations are not this metering's:
+    for work that only reads it (a read-only connection does not migrate), written for the current
+    schema. `then` tells the user what to do (the message ends with it)."""
     try:
-        recorded = dict(target.execute("SELECT version, checksum FROM snapshot_source.schema_migrations").fetchall())
+        recorded = dict(con.execute(f"SELECT version, checksum FROM {catalog}.schema_migrations").fetchall())
     except duckdb.CatalogException:
         raise BadInputError(f"{source}: not a metering warehouse (it has no schema_migrations table)") from None
     _refuse_other_migrations(recorded, source)
     if pending := pending_migrations(set(recorded)):
         raise BadInputError(
             f"{source}: the warehouse's schema is behind this version of metering (not yet applied: "
-            f"{', '.join(pending)}); any writing command applies them (e.g. `metering ingest` of a folder "
-            f"already ingested), then publish again")
+            f"{', '.join(pending)}); {then}")
 
 
 def _remove_abandoned_copies(dest: Path) -> None:
@@ -578,7 +579,10 @@ def _write_snapshot(tmp: Path, warehouse: str | os.PathLike[str] | None, con: du
             except duckdb.IOException as exc:
                 raise _open_failure(source, exc, "a running job holds the warehouse{holder}; publish from that "
                                     "job, or retry when it ends") from None
-            _refuse_schema_behind(reader, source)
+            # the analyst views are written for the current schema
+            refuse_schema_behind(reader, source, catalog="snapshot_source",
+                                 then="any writing command applies them (e.g. `metering ingest` of a folder "
+                                      "already ingested), then publish again")
             if not (_log_is_empty(source) and _copy_file(reader, "snapshot_source", source, tmp)):
                 copied = TABLE_COPY
                 reader.execute(f"ATTACH {sql_string(str(tmp))} AS snapshot_target")

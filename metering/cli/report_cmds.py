@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
-from pathlib import Path
 
 import click
 import duckdb
@@ -96,7 +95,11 @@ def report(month: dt.date, warehouse_path: str | None, out_dir: str | None) -> N
     """
     # read-only: the report only reads, so it never migrates, locks out or changes what it reports on
     with warehouse.open_warehouse(warehouse_path, read_only=True, wait_seconds=30) as con:
-        _refuse_older_schema(con, config.warehouse_path(warehouse_path))
+        # a read-only connection does not migrate: a schema behind this code's would fail in a query
+        warehouse.refuse_schema_behind(
+            con, config.warehouse_path(warehouse_path),
+            then="the report only reads the warehouse, so it does not bring it up to date: reconcile the month "
+                 "again (`metering reconcile --period YYYY-MM`, which does), then write the report")
         if not _reconciled(con, month):
             # no table records reconciliation runs, so "never reconciled" and "reconciled, nothing to
             # compare" look the same here: name both and what to run for each
@@ -112,19 +115,6 @@ def report(month: dt.date, warehouse_path: str | None, out_dir: str | None) -> N
         click.echo(f"  {t.currency}: rated {fmt_money(t.rated_minor, t.currency)}, "
                    f"invoiced {fmt_money(t.invoiced_minor, t.currency)}, match rate {t.match_rate_text('%')}, "
                    f"money at risk {fmt_money(t.money_at_risk_minor, t.currency)}")
-
-
-def _refuse_older_schema(con: duckdb.DuckDBPyConnection, path: Path) -> None:
-    """A read-only connection does not migrate: a warehouse last written by an older metering lacks
-    columns the report reads (a DuckDB binder error, a traceback). Say so, and what brings it up to date."""
-    tables = {r[0] for r in con.execute("SELECT table_name FROM information_schema.tables").fetchall()}
-    done = {r[0] for r in con.execute("SELECT version FROM schema_migrations").fetchall()} \
-        if "schema_migrations" in tables else set()
-    if pending := warehouse.pending_migrations(done):
-        raise BadInputError(
-            f"{path}: the warehouse was last written by an older metering ({len(pending)} migration(s) not applied "
-            f"yet, the first {pending[0]}); the report only reads it, so it does not bring it up to date: reconcile "
-            f"the month again (`metering reconcile --period YYYY-MM`, which does), then write the report")
 
 
 def _reconciled(con: duckdb.DuckDBPyConnection, month: dt.date) -> bool:

@@ -69,8 +69,9 @@ def test_report_reads_the_warehouse_without_writing_it(reconciled_warehouse, tmp
         con.execute("DELETE FROM schema_migrations WHERE version = ?", [newest])
     refused = CliRunner().invoke(cli, ["report", "--period", "2026-10", "--out", str(tmp_path / "r2")])
     assert refused.exit_code == 3
-    assert (f"error: {reconciled_warehouse}: the warehouse was last written by an older metering (1 migration(s) "
-            f"not applied yet, the first {newest})") in refused.output
+    assert (f"error: {reconciled_warehouse}: the warehouse's schema is behind this version of metering (not yet "
+            f"applied: {newest}); the report only reads the warehouse, so it does not bring it up to date: reconcile "
+            f"the month again") in refused.output
     assert not (tmp_path / "r2").exists()
     with duckdb.connect(str(reconciled_warehouse), read_only=True) as con:
         assert con.execute("SELECT count(*) FROM schema_migrations WHERE version = ?", [newest]).fetchone() == (0,)
