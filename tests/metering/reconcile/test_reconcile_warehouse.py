@@ -386,6 +386,25 @@ def test_a_period_stripe_never_invoiced_is_pending_only_until_the_grace_has_pass
     assert before.unexplained_minor() == {"usd": 25}
 
 
+def _with_support_contract(con, customer: str, start: dt.datetime, end: dt.datetime, line_end: dt.datetime) -> None:
+    """Each scenario customer mapped to its own subscription `sub_<id>`, and `customer`'s Stripe customer
+    also paying a support contract of another product (subscription sub_support): invoice in_support
+    (paid, its period [start, end), created at `end`) with one 5000 line, [start, line_end), priced by no
+    price of ours."""
+    con.execute("UPDATE stripe_invoices_api SET subscription_id = 'sub_' || customer_id")
+    for c in ("cus_a", "cus_b", "cus_c"):
+        con.execute("INSERT INTO stripe_customer_map (customer_id, stripe_customer_id, subscription_id, synced_at) "
+                    "VALUES (?, ?, ?, ?)", [c, f"stripe_{c}", f"sub_{c}", PULLED])
+    con.execute("""INSERT INTO stripe_invoices_api (billing_month, invoice_id, customer_id, status, currency,
+                   amount_due, amount_paid, amount_remaining, total, total_excluding_tax, period_start, period_end,
+                   created, pulled_at, subscription_id) VALUES (?, 'in_support', ?, 'paid', 'usd', 5000, 5000,
+                   0, 5000, 5000, ?, ?, ?, ?, 'sub_support')""", [MONTH, customer, start, end, end, PULLED])
+    con.execute("""INSERT INTO stripe_invoice_lines_api (billing_month, invoice_id, line_id, customer_id, meter,
+                   price_id, quantity_decimal, amount, currency, period_start, period_end, pulled_at) VALUES (?,
+                   'in_support', 'il_support', ?, NULL, 'price_support', 1, 5000, 'usd', ?, ?, ?)""",
+                [MONTH, customer, start, line_end, PULLED])
+
+
 def test_another_products_new_subscription_does_not_end_the_wait_for_our_invoice(isolated_env, rules_dir):
     """cus_c's invoice has not come yet at 00:30 (Stripe may still create it until 01:15), but a support
     contract of another product started on its Stripe customer at 00:10, whose first invoice starts after
@@ -393,19 +412,8 @@ def test_another_products_new_subscription_does_not_end_the_wait_for_our_invoice
     period" too: the period was not_invoiced and unexplained at once (audit). It waits, pending."""
     with warehouse.open_warehouse() as con:
         _without_cus_c_invoice(con)
-        con.execute("UPDATE stripe_invoices_api SET subscription_id = 'sub_' || customer_id")
-        for c in ("cus_a", "cus_b", "cus_c"):
-            con.execute("INSERT INTO stripe_customer_map (customer_id, stripe_customer_id, subscription_id, synced_at) "
-                        "VALUES (?, ?, ?, ?)", [c, f"stripe_{c}", f"sub_{c}", PULLED])
         t = dt.datetime(2026, 11, 1, 0, 10, tzinfo=dt.UTC)
-        con.execute("""INSERT INTO stripe_invoices_api (billing_month, invoice_id, customer_id, status, currency,
-                       amount_due, amount_paid, amount_remaining, total, total_excluding_tax, period_start, period_end,
-                       created, pulled_at, subscription_id) VALUES (?, 'in_support', 'cus_c', 'paid', 'usd', 5000, 5000,
-                       0, 5000, 5000, ?, ?, ?, ?, 'sub_support')""", [MONTH, t, t, t, PULLED])
-        con.execute("""INSERT INTO stripe_invoice_lines_api (billing_month, invoice_id, line_id, customer_id, meter,
-                       price_id, quantity_decimal, amount, currency, period_start, period_end, pulled_at) VALUES (?,
-                       'in_support', 'il_support', 'cus_c', NULL, 'price_support', 1, 5000, 'usd', ?, ?, ?)""",
-                    [MONTH, t, dt.datetime(2026, 12, 1, 0, 10, tzinfo=dt.UTC), PULLED])
+        _with_support_contract(con, "cus_c", t, t, dt.datetime(2026, 12, 1, 0, 10, tzinfo=dt.UTC))
         result = reconcile_period(con, MONTH, settings=ReconcileSettings(), meters=load_meters(rules_dir),
                                   now=dt.datetime(2026, 11, 1, 0, 30, tzinfo=dt.UTC))
     c = result.usage.filter(customer_id="cus_c").row(0, named=True)
@@ -943,21 +951,8 @@ def test_another_products_invoice_is_not_the_periods(isolated_env, rules_dir):
     carrying none of our prices or items, bill nothing we rate: the month reconciles as without it."""
     with warehouse.open_warehouse() as con:
         write_scenario(con)
-        con.execute("UPDATE stripe_invoices_api SET subscription_id = 'sub_' || customer_id")
-        for customer in ("cus_a", "cus_b", "cus_c"):
-            con.execute("INSERT INTO stripe_customer_map (customer_id, stripe_customer_id, subscription_id, synced_at) "
-                        "VALUES (?, ?, ?, ?)", [customer, f"stripe_{customer}", f"sub_{customer}", PULLED])
         support_end = dt.datetime(2026, 10, 15, tzinfo=dt.UTC)
-        con.execute("""INSERT INTO stripe_invoices_api (billing_month, invoice_id, customer_id, status, currency,
-                       amount_due, amount_paid, amount_remaining, total, total_excluding_tax, period_start, period_end,
-                       created, pulled_at, subscription_id)
-                       VALUES (?, 'in_support', 'cus_a', 'paid', 'usd', 5000, 5000, 0, 5000, 5000,
-                               TIMESTAMPTZ '2026-10-01 00:00:00+00', ?, ?, ?, 'sub_support')""",
-                    [MONTH, support_end, support_end, PULLED])
-        con.execute("""INSERT INTO stripe_invoice_lines_api (billing_month, invoice_id, line_id, customer_id, meter,
-                       price_id, quantity_decimal, amount, currency, period_start, period_end, pulled_at)
-                       VALUES (?, 'in_support', 'il_support', 'cus_a', NULL, 'price_support', 1, 5000, 'usd',
-                               TIMESTAMPTZ '2026-10-01 00:00:00+00', ?, ?)""", [MONTH, support_end, PULLED])
+        _with_support_contract(con, "cus_a", dt.datetime(2026, 10, 1, tzinfo=dt.UTC), support_end, support_end)
         result = reconcile_period(con, MONTH, settings=ReconcileSettings(), meters=load_meters(rules_dir), now=PULLED)
     got = {(r["customer_id"], r["meter"]): (r["status"], r["amount_diff_minor"]) for r in result.usage.iter_rows(named=True)}
     assert got == EXPECTED
