@@ -6,12 +6,7 @@ from __future__ import annotations
 import pytest
 import stripe
 
-from test_sandbox_lifecycle import DAY, HOUR, NOV, _invoices, _subscribe
-
-
-def _second_subscription(client, customer, sub, **params):
-    return client.v1.subscriptions.create(
-        {"customer": customer.id, "items": [{"price": sub["items"].data[0].price.id}], **params})
+from test_sandbox_lifecycle import DAY, HOUR, NOV, _invoices, _subscribe, _subscribe_again
 
 
 def test_a_sent_invoice_is_never_retried_nor_charged_by_stripe(sb, client):
@@ -19,8 +14,8 @@ def test_a_sent_invoice_is_never_retried_nor_charged_by_stripe(sb, client):
     sandbox scheduled Stripe's retries for it after a declined manual payment, charged it on the retry,
     and made its subscription past_due (charge_automatically's rule)."""
     clock, customer, sub = _subscribe(client, "succeeds")
-    sent = _second_subscription(client, customer, sub, collection_method="send_invoice", days_until_due=30,
-                                billing_cycle_anchor=NOV, proration_behavior="none")
+    sent = _subscribe_again(client, customer, sub, {"collection_method": "send_invoice", "days_until_due": 30,
+                                                    "billing_cycle_anchor": NOV, "proration_behavior": "none"})
     client.v1.test_helpers.test_clocks.advance(clock.id, {"frozen_time": NOV + 2 * HOUR})
     renewal = client.v1.invoices.retrieve(client.v1.subscriptions.retrieve(sent.id).latest_invoice)
     assert (renewal.collection_method, renewal.status, renewal.attempt_count) == ("send_invoice", "open", 0)
@@ -39,7 +34,7 @@ def test_days_until_due_is_refused_for_a_charged_subscription_and_nothing_is_cre
     is set to send_invoice". The sandbox took it and showed it on a charge_automatically subscription."""
     _, customer, sub = _subscribe(client, "succeeds")
     with pytest.raises(stripe.InvalidRequestError) as refused:
-        _second_subscription(client, customer, sub, days_until_due=7)
+        _subscribe_again(client, customer, sub, {"days_until_due": 7})
     assert refused.value.param == "days_until_due"
     assert [s.id for s in client.v1.subscriptions.list({"customer": customer.id}).data] == [sub.id]
 
@@ -58,7 +53,7 @@ def test_marking_an_invoice_uncollectible_through_the_api_clears_delinquent(sb, 
 def test_paying_one_of_two_failed_invoices_clears_delinquent(sb, client):
     """The same sentence: the sandbox kept it true while any other failed invoice stayed open."""
     clock, customer, sub = _subscribe(client, "succeeds")
-    _second_subscription(client, customer, sub)
+    _subscribe_again(client, customer, sub)
     sb.set_payment_behavior(customer.id, "fails")
     client.v1.test_helpers.test_clocks.advance(clock.id, {"frozen_time": NOV + 2 * HOUR})
     failed = [i for i in client.v1.invoices.list({"customer": customer.id}).data

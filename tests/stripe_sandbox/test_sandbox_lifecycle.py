@@ -34,6 +34,12 @@ def _subscribe(client, behavior: str) -> tuple[Any, Any, Any]:
     return clock, customer, sub
 
 
+def _subscribe_again(client, customer, sub, params: dict | None = None) -> Any:
+    """Subscribe `customer` once more to the price of `sub`'s (first) item, with `params` besides."""
+    return client.v1.subscriptions.create(
+        {"customer": customer.id, "items": [{"price": sub["items"].data[0].price.id}], **(params or {})})
+
+
 def _events(client, prefix: str, object_id: str) -> list[tuple[str, str | None, dict[str, Any] | None]]:
     """(type, object status, previous_attributes) of the events on one object, oldest first."""
     found = []

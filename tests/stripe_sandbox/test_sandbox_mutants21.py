@@ -8,7 +8,7 @@ import stripe
 
 from conftest import metered_price, ts, usage as _usage
 from test_sandbox_billing import NOV, OCT, _setup
-from test_sandbox_lifecycle import FEE, _invoices, _subscribe
+from test_sandbox_lifecycle import FEE, _invoices, _subscribe, _subscribe_again
 from test_sandbox_meter_events import T0, _event, _summary
 
 DEC = ts("2026-12-01T00:00:00")
@@ -19,11 +19,6 @@ def _cycle(client, customer, period_start):
     [invoice] = [i for i in client.v1.invoices.list({"customer": customer.id, "limit": 100}).data
                  if i.billing_reason == "subscription_cycle" and i.period_start == period_start]
     return invoice
-
-
-def _price_of(sub):
-    """The price of the subscription's (first) item, to subscribe its customer again."""
-    return sub["items"].data[0].price.id
 
 
 def test_an_item_replaced_exactly_at_a_renewal_is_not_on_the_next_periods_invoice(sb, client):
@@ -79,8 +74,7 @@ def test_a_send_invoice_subscription_with_zero_days_until_due_is_due_at_finaliza
     """days_until_due=0 is a value, not "unset": the first invoice is due when it is finalized
     (finalized_at + 0 x 86400), not after the 30-day default."""
     _, customer, licensed = _subscribe(client, "succeeds")
-    sub = client.v1.subscriptions.create({"customer": customer.id, "items": [{"price": _price_of(licensed)}],
-                                          "collection_method": "send_invoice", "days_until_due": 0})
+    sub = _subscribe_again(client, customer, licensed, {"collection_method": "send_invoice", "days_until_due": 0})
     first = client.v1.invoices.retrieve(sub.latest_invoice)
     assert (sub.days_until_due, first.status, first.status_transitions.finalized_at) == (0, "open", OCT)
     assert first.due_date == OCT
@@ -90,8 +84,7 @@ def test_paying_the_failed_invoice_clears_delinquent_although_a_sent_invoice_is_
     """Spec, customer.delinquent: paying an invoice sets it to false. The customer's send_invoice
     invoice is open but was never attempted (it is not overdue): it does not keep them delinquent."""
     _, customer, failed_sub = _subscribe(client, "fails")
-    sent = client.v1.subscriptions.create({"customer": customer.id, "items": [{"price": _price_of(failed_sub)}],
-                                           "collection_method": "send_invoice", "days_until_due": 30})
+    sent = _subscribe_again(client, customer, failed_sub, {"collection_method": "send_invoice", "days_until_due": 30})
     assert client.v1.invoices.retrieve(sent.latest_invoice).status == "open"
     assert client.v1.customers.retrieve(customer.id).delinquent is True  # the failed first charge
     sb.set_payment_behavior(customer.id, "succeeds")
@@ -103,8 +96,7 @@ def test_a_manual_first_payment_counts_as_the_first_attempt(sb, client):
     """Spec, invoice.attempt_count: "Any payment attempt counts as the first attempt". A send_invoice
     invoice is never charged automatically; paying it by card is attempt 1."""
     _, customer, sub = _subscribe(client, "succeeds")
-    sent = client.v1.subscriptions.create({"customer": customer.id, "items": [{"price": _price_of(sub)}],
-                                           "collection_method": "send_invoice"})
+    sent = _subscribe_again(client, customer, sub, {"collection_method": "send_invoice"})
     invoice = client.v1.invoices.retrieve(sent.latest_invoice)
     assert (invoice.attempted, invoice.attempt_count) == (False, 0)
     paid = client.v1.invoices.pay(invoice.id)
@@ -131,8 +123,7 @@ def test_proration_behavior_none_still_charges_a_first_period_that_starts_on_its
     """proration_behavior=none makes only time before the anchor free; subscribed at OCT without a
     later anchor, the first period OCT-NOV is a whole one and is charged in full (FEE)."""
     _, customer, sub = _subscribe(client, "succeeds")
-    again = client.v1.subscriptions.create({"customer": customer.id, "items": [{"price": _price_of(sub)}],
-                                            "proration_behavior": "none"})
+    again = _subscribe_again(client, customer, sub, {"proration_behavior": "none"})
     first = client.v1.invoices.retrieve(again.latest_invoice)
     assert (again.billing_cycle_anchor, first.total, first.amount_paid, first.status) == (OCT, FEE, FEE, "paid")
 
@@ -157,8 +148,7 @@ def test_an_invoice_paid_out_of_band_records_the_amount_paid_off_stripe(sb, clie
     """POST /v1/invoices/{id}/pay with paid_out_of_band=true charges nothing and marks the invoice
     paid: the whole FEE is amount_paid and amount_paid_off_stripe, nothing remains, no attempt made."""
     _, customer, sub = _subscribe(client, "fails")  # a card that would be declined is not charged
-    sent = client.v1.subscriptions.create({"customer": customer.id, "items": [{"price": _price_of(sub)}],
-                                           "collection_method": "send_invoice"})
+    sent = _subscribe_again(client, customer, sub, {"collection_method": "send_invoice"})
     paid = client.v1.invoices.pay(sent.latest_invoice, {"paid_out_of_band": True})
     assert (paid.status, paid.amount_paid, paid.amount_paid_off_stripe, paid.amount_remaining, paid.attempt_count) == (
         "paid", FEE, FEE, 0, 0)
@@ -181,8 +171,7 @@ def test_a_billing_cycle_anchor_before_the_start_is_refused_and_nothing_is_creat
     customer has no new subscription or invoice."""
     _, customer, sub = _subscribe(client, "succeeds")
     with pytest.raises(stripe.InvalidRequestError) as refused:
-        client.v1.subscriptions.create({"customer": customer.id, "items": [{"price": _price_of(sub)}],
-                                        "billing_cycle_anchor": OCT - 86400})
+        _subscribe_again(client, customer, sub, {"billing_cycle_anchor": OCT - 86400})
     assert (refused.value.http_status, refused.value.param) == (400, "billing_cycle_anchor")
     assert [s.id for s in client.v1.subscriptions.list({"customer": customer.id}).data] == [sub.id]
     assert len(client.v1.invoices.list({"customer": customer.id}).data) == 1
@@ -226,7 +215,7 @@ def test_a_replaced_item_is_no_longer_listed_among_the_subscriptions_items(sb, c
 
 def test_an_update_naming_another_subscriptions_item_is_refused_and_changes_nothing(sb, client):
     _, customer, first = _subscribe(client, "succeeds")
-    second = client.v1.subscriptions.create({"customer": customer.id, "items": [{"price": _price_of(first)}]})
+    second = _subscribe_again(client, customer, first)
     foreign = second["items"].data[0].id
     with pytest.raises(stripe.InvalidRequestError) as refused:
         client.v1.subscriptions.update(first.id, {"items": [{"id": foreign, "metadata": {"moved": "yes"}}]})
@@ -252,7 +241,7 @@ def test_a_paid_invoice_refuses_auto_advance_and_being_marked_uncollectible(sb, 
 
 def test_invoices_listed_by_subscription_are_that_subscriptions_only(sb, client):
     _, customer, first = _subscribe(client, "succeeds")
-    second = client.v1.subscriptions.create({"customer": customer.id, "items": [{"price": _price_of(first)}]})
+    second = _subscribe_again(client, customer, first)
     listed = client.v1.invoices.list({"subscription": second.id}).data
     assert [i.id for i in listed] == [second.latest_invoice]
 
@@ -367,7 +356,7 @@ def test_an_invoice_embeds_at_most_ten_lines_and_says_when_there_are_more(sb, cl
     _, customer, sub = _subscribe(client, "succeeds")
     for n in range(pending):
         client.v1.invoice_items.create({"customer": customer.id, "amount": 100 + n, "currency": "usd"})
-    again = client.v1.subscriptions.create({"customer": customer.id, "items": [{"price": _price_of(sub)}]})
+    again = _subscribe_again(client, customer, sub)
     first = client.v1.invoices.retrieve(again.latest_invoice)
     assert (len(first.lines.data), first.lines.has_more) == (shown, has_more)
     assert len(client.v1.invoices.line_items.list(first.id, {"limit": 100}).data) == pending + 1
