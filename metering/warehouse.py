@@ -112,6 +112,18 @@ def _lock_holder(message: str) -> str:
     return f" (PID {found.group(2)}, {found.group(1)})" if found else ""
 
 
+def _held_by_reader(message: str) -> bool:
+    """DuckDB's lock error says the file could still be opened read-only: the holder is a read-only
+    connection (a shared lock), not a writer."""
+    return "would be able to open this database in read-only mode" in message
+
+
+_HELD_BY_WRITER = ("the warehouse is held by another writing process{holder}; wait for the running job to "
+                   "finish, or read the published snapshot instead")
+_HELD_BY_READER = ("the warehouse is open read-only in another process{holder}, which keeps every writer out: "
+                   "close that connection (analysts query the published snapshot, which keeps no job waiting)")
+
+
 def _open_failure(path: Path, exc: duckdb.Error, when_locked: str) -> MeteringError:
     """Why DuckDB would not open the warehouse at `path`, told in one place for every opener:
     `when_locked` (its `{holder}` names the holding process) if another process holds the file,
@@ -159,13 +171,14 @@ def connect(
                                 f"{str(exc).splitlines()[0]} (a log left beside a file restored from a snapshot "
                                 "belongs to the file it replaced: move it aside; see docs/durability.md)") from None
         except duckdb.IOException as exc:
+            reader = _held_by_reader(str(exc))
             if not _is_lock_conflict(str(exc)) or time.monotonic() >= deadline:
-                raise _open_failure(target, exc, "the warehouse is held by another writing process{holder}; "
-                                    "wait for the running job to finish, or read the published snapshot instead"
-                                    ) from None
+                raise _open_failure(target, exc, _HELD_BY_READER if reader else _HELD_BY_WRITER) from None
             if not told:
-                log.warning(f"{target}: held by another writing process{_lock_holder(str(exc))}; waiting up to "
-                            f"{wait_seconds:g} s for it to finish")
+                holder, until = (("open read-only in another process", "close") if reader
+                                 else ("held by another writing process", "finish"))
+                log.warning(f"{target}: {holder}{_lock_holder(str(exc))}; waiting up to {wait_seconds:g} s for it "
+                            f"to {until}")
                 told = True
             time.sleep(0.2)
     try:

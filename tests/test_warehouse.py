@@ -1,5 +1,6 @@
 import contextlib
 import hashlib
+import os
 import re
 import shutil
 import subprocess
@@ -17,12 +18,13 @@ from metering.errors import BadInputError, WarehouseLockedError
 
 
 @contextlib.contextmanager
-def _held(path):
-    """Another process holding `path` as the warehouse's writer until the block ends; yields it."""
+def _held(path, read_only=False):
+    """Another process holding `path` as the warehouse's writer (or a read-only reader) until the block
+    ends; yields it."""
     holder = subprocess.Popen([sys.executable, "-c", textwrap.dedent(f"""
         import sys
         from metering import warehouse
-        con = warehouse.connect({str(path)!r})
+        con = warehouse.connect({str(path)!r}, read_only={read_only!r})
         print("ready", flush=True)
         sys.stdin.readline()
     """)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
@@ -70,9 +72,29 @@ def test_second_writer_process_fails_fast_with_clear_error(tmp_path):
     with _held(path) as holder:
         with pytest.raises(WarehouseLockedError, match="held by another writing process") as raised:
             warehouse.connect(path)
+        assert "read-only" not in str(raised.value)
         assert f"(PID {holder.pid}, " in str(raised.value)   # which process holds it, as DuckDB says
         with pytest.raises(WarehouseLockedError, match=f"a running job holds the warehouse \\(PID {holder.pid}, "):
             warehouse.publish(path, tmp_path / "a.duckdb")   # publishing reads it, which the writer's lock forbids
+
+
+def test_a_read_only_reader_holding_the_warehouse_is_named_as_a_reader(tmp_path, caplog):
+    """DuckDB lets no writer in beside a read-only connection of another process (a notebook, say): the
+    writer is told to close that reader, not to wait for a running job that does not exist."""
+    path = tmp_path / "w.duckdb"
+    warehouse.connect(path).close()
+    with _held(path, read_only=True) as holder:
+        with caplog.at_level("WARNING", logger="metering.warehouse"), pytest.raises(WarehouseLockedError) as raised:
+            warehouse.connect(path, wait_seconds=0.3)
+        program = os.path.realpath(sys.executable)   # DuckDB names the holder's executable, links resolved
+        assert str(raised.value) == (
+            f"{path}: the warehouse is open read-only in another process (PID {holder.pid}, {program}), "
+            "which keeps every writer out: close that connection (analysts query the published snapshot, which "
+            "keeps no job waiting)")
+        assert [r.getMessage() for r in caplog.records if "waiting up to" in r.getMessage()] == [
+            f"{path}: open read-only in another process (PID {holder.pid}, {program}); waiting up to 0.3 s "
+            "for it to close"]
+        warehouse.connect(path, read_only=True).close()   # readers share the file
 
 
 def test_snapshot_readable_while_writer_holds_warehouse(tmp_path):
