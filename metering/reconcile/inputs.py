@@ -680,11 +680,25 @@ def _currencies() -> pl.Expr:
     return pl.col("currency").drop_nulls().str.to_lowercase().unique().sort().str.join(",").replace("", None)
 
 
+def _amounts_by_currency(lines: pl.DataFrame, key: list[str]) -> pl.DataFrame:
+    """`stripe_amounts` of each `key` group whose lines are in several currencies: every currency's sum,
+    '22500 jpy + 100 usd' in `_currencies`' order. Minor units of two currencies are never added up, not
+    even in a reason; a group in one currency has no row."""
+    per = (lines.filter(pl.col("currency").is_not_null())
+           .group_by([*key, pl.col("currency").str.to_lowercase()]).agg(pl.col("amount").sum())
+           .sort([*key, "currency"]))
+    return (per.group_by(key, maintain_order=True)
+            .agg(pl.format("{} {}", "amount", "currency").str.join(" + ").alias("stripe_amounts"),
+                 pl.len().alias("currencies"))
+            .filter(pl.col("currencies") > 1).drop("currencies"))
+
+
 def load_stripe_lines(con: duckdb.DuckDBPyConnection, billing_month: dt.date, periods: pl.DataFrame) -> pl.DataFrame:
     """Invoiced quantity and amount per customer x meter x period (metered lines only), and the drift of
     the Stripe prices that priced them (`price_drift`, from the catalog sync's findings)."""
     lines = _bucketed_lines(con, billing_month, periods).filter(pl.col("meter").is_not_null())
-    frame = lines.group_by(["customer_id", "meter", "period_start"]).agg(
+    key = ["customer_id", "meter", "period_start"]
+    frame = lines.group_by(key).agg(
         pl.col("period_end").max(),
         _currencies(),
         pl.col("quantity_decimal").sum().cast(rc.QTY).alias("invoiced_quantity"),
@@ -695,7 +709,7 @@ def load_stripe_lines(con: duckdb.DuckDBPyConnection, billing_month: dt.date, pe
         (pl.col("invoice_status").is_not_null() & (pl.col("invoice_status") != "draft")).all().alias("finalized"),
         pl.col("invoice_finalized_at").max().alias("finalized_at"),
         _drifts(),
-    )
+    ).join(_amounts_by_currency(lines, key), on=key, how="left")
     return rc.conform(frame, rc.STRIPE_LINES_SCHEMA)
 
 
@@ -788,6 +802,8 @@ def load_stripe_invoices(con: duckdb.DuckDBPyConnection, billing_month: dt.date,
         (pl.col("price_drift").is_not_null() & pl.col("meter").is_null()).any().alias("drifted_unmetered"),
     )
     frame = (frame.join(_closing_invoices(con, frame), on=["customer_id", "period_start"], how="left")
+             .join(_amounts_by_currency(lines, ["customer_id", "period_start"]), on=["customer_id", "period_start"],
+                   how="left")
              .join(_period_adjustments(con, lines), on=["customer_id", "period_start"], how="left"))
     # credit notes issued before payment: Stripe collects that much less than the lines on the invoice
     # say, off what is paid (a paid invoice) or remaining (an open or uncollectible one)

@@ -153,6 +153,8 @@ STRIPE_LINES_SCHEMA = {
     # how the Stripe prices that priced the lines differ from our rules in what they charge (catalog
     # sync `drift` findings, inputs.PRICE_AMOUNT_FIELDS), NULL when none does
     "price_drift": pl.String,
+    # lines in several currencies: each one's amount, '22500 jpy + 100 usd' (inputs._amounts_by_currency)
+    "stripe_amounts": pl.String,
 }
 OUR_INVOICES_SCHEMA = {
     "customer_id": pl.String, "period_start": pl.Date, "period_end": pl.Date, "currency": pl.String,
@@ -184,6 +186,7 @@ STRIPE_INVOICES_SCHEMA = {
     # as STRIPE_LINES_SCHEMA's, over the period's lines; the meters of the lines a drifted price priced
     # ('api_calls,storage_gb'), and whether one of them is on no meter (a fee)
     "price_drift": pl.String, "drifted_meters": pl.String, "drifted_unmetered": pl.Boolean,
+    "stripe_amounts": pl.String,   # as STRIPE_LINES_SCHEMA's, over the period's lines
 }
 PENDING_ITEMS_SCHEMA = {"customer_id": pl.String, "period_start": pl.Date, "engine_items_pending_minor": pl.Int64}
 """The engine's acknowledged invoice items of a period that Stripe holds for the next invoice."""
@@ -240,6 +243,13 @@ def _currency_differs(ours: str, stripes: str) -> pl.Expr:
     """Both sides name a currency and they differ (Stripe's lines in several currencies, 'jpy,usd', never
     equal one of ours): minor units of two currencies are not comparable."""
     return (pl.col(ours).str.to_lowercase() != pl.col(stripes).str.to_lowercase()).fill_null(False)
+
+
+def _stripe_amounts(total: pl.Expr, currency: str | None) -> pl.Expr:
+    """Stripe's amount for a reason: each currency's ('22500 jpy + 100 usd') when its lines are in several,
+    else `total` (followed by the `currency` column, if named)."""
+    one = pl.format("{} {}", total.fill_null(0), pl.col(currency)) if currency else total.fill_null(0).cast(pl.String)
+    return pl.coalesce("stripe_amounts", one)
 
 
 def value_up(amount: int | None, part: Decimal | None, whole: Decimal | None) -> int:
@@ -463,9 +473,9 @@ def reconcile_usage(
     )
     reason = (
         pl.when(s == "currency_mismatch").then(pl.format(
-            "Stripe invoiced {} {} minor units, we rated {} {} minor units: two currencies are not compared, and "
+            "Stripe invoiced {} minor units, we rated {} {} minor units: two currencies are not compared, and "
             "Stripe's amount is in no {} total (diff {}: all of ours); {}",
-            pl.col("stripe_amount_minor").fill_null(0), pl.col("lines_currency"), ours_amt - not_in_stripe,
+            _stripe_amounts(pl.col("stripe_amount_minor"), "lines_currency"), ours_amt - not_in_stripe,
             pl.col("currency"), pl.col("currency"), pl.col("amount_diff_minor"), qty))
         .when((s == "pending") & (pl.col("meter_status") == "pending"))
         .then(pl.format("Stripe not settled: {}", pl.col("pending_reason").fill_null("")))
@@ -555,10 +565,13 @@ def reconcile_invoices(
     other_currency = _currency_differs("currency", "s_currency")
     # Stripe's money in another currency: named in the reason, in none of this currency's columns or totals
     frame = frame.with_columns(other_currency_note=pl.when(other_currency).then(pl.format(
-        "Stripe billed this period in {}: {} minor units (invoice {} {}, paid {}), we rated {} {} minor units: "
+        "Stripe billed this period in {}: {} minor units (invoice {} {}{}), we rated {} {} minor units: "
         "two currencies are not compared, and Stripe's amounts are in no {} total",
-        pl.col("s_currency"), pl.col("stripe_total_minor").fill_null(0), pl.col("invoice_ids").fill_null("none"),
-        pl.col("invoice_status").fill_null("none"), pl.col("amount_paid").fill_null(0),
+        pl.col("s_currency"), _stripe_amounts(pl.col("stripe_total_minor"), None),
+        pl.col("invoice_ids").fill_null("none"), pl.col("invoice_status").fill_null("none"),
+        # what is paid is summed over currencies too: named only when there is one
+        pl.when(pl.col("stripe_amounts").is_null()).then(pl.format(", paid {}", pl.col("amount_paid").fill_null(0)))
+        .otherwise(pl.lit("")),
         pl.col("our_total_minor").fill_null(0), pl.col("currency"), pl.col("currency"))))
     # A period Stripe has not closed has no closing invoice: the lines it already has (licensed
     # fees billed in advance) sit on the previous period's invoice, whose status belongs to that

@@ -571,6 +571,35 @@ def test_a_period_billed_in_another_currency_is_flagged_and_kept_out_of_its_tota
     assert report.status_counts()["currency_mismatch"] == 1 and report.invoice_status_counts()["currency_mismatch"] == 1
 
 
+def test_a_period_billed_in_two_currencies_names_each_currencys_amount_and_adds_none_up(isolated_env, rules_dir):
+    """cus_b rated in JPY (1500 calls, 22500 yen). Stripe billed 1000 of them on in_cus_b at 22500 USD cents
+    and 500 on a second invoice at 7500 yen. 22500 cents + 7500 yen is no amount in any currency: the reasons
+    name each currency's own sum (they once said "30000 jpy,usd minor units", paid 30000)."""
+    with warehouse.open_warehouse() as con:
+        write_scenario(con)
+        con.execute("UPDATE rated_usage SET currency = 'jpy', amount_minor = 22500 WHERE customer_id = 'cus_b'")
+        con.execute("UPDATE invoice_previews SET currency = 'jpy', total_minor = 22500 WHERE customer_id = 'cus_b'")
+        _stripe_billed(con, "cus_b", 1000, 22500)
+        con.execute("""INSERT INTO stripe_invoice_lines_api SELECT * REPLACE ('in_cus_b2' AS invoice_id,
+                       'il_b2' AS line_id, 500 AS quantity_decimal, 7500 AS amount, 'jpy' AS currency)
+                       FROM stripe_invoice_lines_api WHERE invoice_id = 'in_cus_b' AND meter = 'api_calls'""")
+        con.execute("""INSERT INTO stripe_invoices_api SELECT * REPLACE ('in_cus_b2' AS invoice_id, 'jpy' AS currency)
+                       FROM stripe_invoices_api WHERE invoice_id = 'in_cus_b'""")
+        invoice_total_is_its_lines(con, "in_cus_b2")
+        result = _reconcile(con, rules_dir)
+    b = result.usage.filter(customer_id="cus_b").row(0, named=True)
+    assert (b["status"], b["invoice_ids"], b["stripe_amount_minor"]) == ("currency_mismatch", "in_cus_b,in_cus_b2", None)
+    assert b["reason"].startswith("Stripe invoiced 7500 jpy + 22500 usd minor units, we rated 22500 jpy minor units: "
+                                  "two currencies are not compared")
+    b_inv = result.invoices.filter(customer_id="cus_b").row(0, named=True)
+    assert (b_inv["status"], b_inv["stripe_total_minor"], b_inv["amount_paid"]) == ("currency_mismatch", None, None)
+    assert b_inv["reason"].startswith(
+        "Stripe billed this period in jpy,usd: 7500 jpy + 22500 usd minor units (invoice in_cus_b,in_cus_b2 paid), "
+        "we rated 22500 jpy minor units: two currencies are not compared")
+    # still all of our 22500 yen counts, and nothing in dollars: cus_a's usd 100 as in the test above
+    assert result.unexplained_minor() == {"usd": 100, "jpy": 22500}
+
+
 def _zero_lines_and_fee(con, fee: int, *, zero_lines: bool) -> None:
     """cus_a's other charges rated 0 (storage, seats, active users: every charge has a line), Stripe's
     period-end invoice lists them at 0 too (`zero_lines`), and Stripe charges the platform fee at `fee`."""
