@@ -21,32 +21,58 @@ from .api import (
     fetch,
     public,
     public_list,
+    reject_all_but,
     reject_unmodelled,
     require,
     route,
     update_metadata,
 )
-from .apierrors import StripeAPIError, invalid, not_found
+from .apierrors import StripeAPIError, invalid, missing_param, not_found
 from .store import State, new_id
 
 FAILING_PAYMENT_METHODS = {"pm_card_chargeCustomerFail", "pm_card_chargeDeclined", "pm_card_visa_chargeDeclined"}
 PAYMENT_BEHAVIORS = ("succeeds", "fails", "fails_then_succeeds")
 MAX_EVENT_TYPES = 20
+# Stripe: "The maximum of three years interval allowed (3 years, 36 months, or 156 weeks)"
+MAX_INTERVAL_COUNT = {"day": 3 * 365, "week": 156, "month": 36, "year": 3}
 
 
 def _deleted(ident: str, kind: str) -> dict[str, Any]:
     return {"id": ident, "object": kind, "deleted": True}
 
 
+def _updated(state: State, obj: dict[str, Any], before: dict[str, Any], req: Request) -> dict[str, Any]:
+    """Record `<object>.updated` with the `previous_attributes` that changed since `before` (its render
+    before the update), and none when nothing did."""
+    after = state.render(obj)
+    previous = {k: before[k] for k in before if before[k] != after.get(k)}
+    state.dirty = True
+    if previous:
+        state.record_event(f"{obj['object']}.updated", obj, previous, req.event_request())
+    return public(state, obj, req.params)
+
+
 # -- customers ------------------------------------------------------------------------------------
-def _customer_fields(state: State, customer: dict[str, Any], params: dict[str, Any]) -> None:
+# what the sandbox models of a customer: any other documented parameter (balance, address,
+# tax_exempt...) would be dropped, and a balance dropped bills more than Stripe would
+CUSTOMER_PARAMS = {"name", "email", "description", "phone", "metadata", "payment_method", "invoice_settings",
+                   "preferred_locales", "test_clock"}
+
+
+def _customer_fields(customer: dict[str, Any], params: dict[str, Any]) -> None:
+    """Apply `params` to `customer`, every one checked first: a refused request changes nothing."""
+    reject_all_but(params, CUSTOMER_PARAMS)
+    settings = as_dict(params.get("invoice_settings"), "invoice_settings")
+    reject_all_but(settings, {"default_payment_method"}, within="invoice_settings")
+    metadata = update_metadata(customer["metadata"], params.get("metadata"))
+    locales = as_list(params["preferred_locales"], "preferred_locales") if "preferred_locales" in params else None
     for name in ("name", "email", "description", "phone"):
         if name in params:
             customer[name] = params[name] or None
-    customer["metadata"] = update_metadata(customer["metadata"], params.get("metadata"))
-    method = params.get("payment_method") or as_dict(params.get("invoice_settings"), "invoice_settings").get(
-        "default_payment_method"
-    )
+    customer["metadata"] = metadata
+    if locales is not None:
+        customer["preferred_locales"] = locales
+    method = params.get("payment_method") or settings.get("default_payment_method")
     if method:
         customer["_payment_method"] = method
 
@@ -77,12 +103,12 @@ def create_customer(state: State, req: Request) -> dict[str, Any]:
         "name": None,
         "next_invoice_sequence": 1,
         "phone": None,
-        "preferred_locales": as_list(params.get("preferred_locales"), "preferred_locales"),
+        "preferred_locales": [],
         "shipping": None,
         "tax_exempt": "none",
         "test_clock": clock_id,
     }
-    _customer_fields(state, customer, params)
+    _customer_fields(customer, params)
     state.add(customer)
     state.record_event("customer.created", customer, request=req.event_request())
     return public(state, customer, params)
@@ -99,13 +125,8 @@ def retrieve_customer(state: State, req: Request, customer: str) -> dict[str, An
 def update_customer(state: State, req: Request, customer: str) -> dict[str, Any]:
     obj = fetch(state, "customer", customer, "customer")
     before = state.render(obj)
-    _customer_fields(state, obj, req.params)
-    after = state.render(obj)
-    previous = {k: before[k] for k in before if before[k] != after.get(k)}
-    state.dirty = True
-    if previous:
-        state.record_event("customer.updated", obj, previous, req.event_request())
-    return public(state, obj, req.params)
+    _customer_fields(obj, req.params)
+    return _updated(state, obj, before, req)
 
 
 def _cancel_subscriptions(state: State, customer: str, request: dict[str, Any] | None) -> None:
@@ -200,16 +221,18 @@ def retrieve_product(state: State, req: Request, id: str) -> dict[str, Any]:
 def update_product(state: State, req: Request, id: str) -> dict[str, Any]:
     product = fetch(state, "product", id, "product")
     params = req.params
+    # the rest (default_price, images, url...) would be dropped; every parameter is checked first
+    reject_all_but(params, {"name", "description", "unit_label", "active", "metadata"})
+    active = as_bool(params["active"], "active") if "active" in params else product["active"]
+    metadata = update_metadata(product["metadata"], params.get("metadata"))
+    before = state.render(product)
     for name in ("name", "description", "unit_label"):
         if name in params:
             product[name] = params[name] or None
-    if "active" in params:
-        product["active"] = as_bool(params["active"], "active")
-    product["metadata"] = update_metadata(product["metadata"], params.get("metadata"))
-    product["updated"] = state.now()
-    state.dirty = True
-    state.record_event("product.updated", product, request=req.event_request())
-    return public(state, product, params)
+    product["active"], product["metadata"] = active, metadata
+    if state.render(product) != before:
+        product["updated"] = state.now()
+    return _updated(state, product, before, req)
 
 
 @route("GET", "/v1/products")
@@ -267,7 +290,7 @@ def _tiers(params: dict[str, Any]) -> list[dict[str, Any]]:
         last = i == len(raw) - 1
         if (up_to is None) != last:
             raise invalid("Only the last tier may have up_to=inf, and it must.", f"tiers[{i}][up_to]")
-        if up_to is not None and up_to <= previous and i > 0:
+        if up_to is not None and up_to <= previous:   # the first above 0
             raise invalid("Tiers must be in increasing order of up_to.", f"tiers[{i}][up_to]")
         previous = up_to or previous
         unit, unit_dec = _amount_pair(spec, "unit_amount", f"tiers[{i}][")
@@ -307,11 +330,14 @@ def create_price(state: State, req: Request) -> dict[str, Any]:
     params = req.params
     currency = str(require(params, "currency")).lower()
     product_id = params.get("product")
-    if not product_id and isinstance(params.get("product_data"), dict):
-        product_id = create_product(state, Request("POST", "/v1/products", params["product_data"], request_id=req.request_id))["id"]
-    if not product_id:
+    product_data = params.get("product_data") if not product_id else None
+    if not product_id and not isinstance(product_data, dict):
         raise StripeAPIError(400, "Missing required param: product.", code="parameter_missing", param="product", store=False)
-    fetch(state, "product", product_id, "product", "product")
+    if product_id:
+        fetch(state, "product", product_id, "product", "product")
+    else:
+        if product_data.get("name") in (None, ""):
+            raise missing_param("product_data[name]")
     holder = _lookup_key_holder(state, params, None)
     scheme = choice(params.get("billing_scheme", "per_unit"), ("per_unit", "tiered"), "billing_scheme")
     recurring = None
@@ -326,12 +352,12 @@ def create_price(state: State, req: Request) -> dict[str, Any]:
                 )
             if fetch(state, "billing.meter", meter, "billing meter", "recurring[meter]")["status"] != "active":
                 raise invalid("You can't attach a deactivated meter to a price.", "recurring[meter]")
-        recurring = {
-            "interval": choice(require(spec, "interval"), ("day", "week", "month", "year"), "recurring[interval]"),
-            "interval_count": as_int(spec.get("interval_count", 1), "recurring[interval_count]"),
-            "meter": meter,
-            "usage_type": usage_type,
-        }
+        interval = choice(require(spec, "interval"), tuple(MAX_INTERVAL_COUNT), "recurring[interval]")
+        count = as_int(spec.get("interval_count", 1), "recurring[interval_count]")
+        if not 1 <= count <= MAX_INTERVAL_COUNT[interval]:
+            raise invalid(f"Invalid recurring[interval_count]: between 1 and {MAX_INTERVAL_COUNT[interval]} for "
+                          f"interval={interval} (at most three years).", "recurring[interval_count]")
+        recurring = {"interval": interval, "interval_count": count, "meter": meter, "usage_type": usage_type}
     price: dict[str, Any] = {
         "id": new_id("price_", 24),
         "object": "price",
@@ -344,7 +370,7 @@ def create_price(state: State, req: Request) -> dict[str, Any]:
         "lookup_key": params.get("lookup_key") or None,
         "metadata": update_metadata({}, params.get("metadata")),
         "nickname": params.get("nickname") or None,
-        "product": product_id,
+        "product": None,
         "recurring": recurring,
         "tax_behavior": params.get("tax_behavior") or "unspecified",
         "tiers_mode": None,
@@ -359,16 +385,24 @@ def create_price(state: State, req: Request) -> dict[str, Any]:
         if params.get("transform_quantity"):
             raise invalid("transform_quantity cannot be combined with tiers.", "transform_quantity")
     else:
+        # spec, tiers: "Requires billing_scheme to be set to tiered"; they would be dropped
+        reject_unmodelled(params, ("tiers", "tiers_mode"), "{name} requires billing_scheme=tiered.")
         unit, unit_dec = _amount_pair(params, "unit_amount", "")
         if unit_dec is None:
             raise invalid("Missing required param: unit_amount.", "unit_amount", code="parameter_missing")
         price["unit_amount"], price["unit_amount_decimal"] = unit, unit_dec
         if params.get("transform_quantity"):
             spec = as_dict(params["transform_quantity"], "transform_quantity")
+            divide_by = as_int(require(spec, "divide_by"), "transform_quantity[divide_by]")
+            if divide_by < 1:
+                raise invalid("Invalid transform_quantity[divide_by]: must be at least 1.", "transform_quantity[divide_by]")
             price["transform_quantity"] = {
-                "divide_by": as_int(require(spec, "divide_by"), "transform_quantity[divide_by]"),
+                "divide_by": divide_by,
                 "round": choice(require(spec, "round"), ("up", "down"), "transform_quantity[round]"),
             }
+    # the product last: a refused price creates none (and a retry with its key none either)
+    price["product"] = product_id or create_product(
+        state, Request("POST", "/v1/products", product_data, request_id=req.request_id))["id"]
     _take_lookup_key(state, holder, req)
     state.add(price)
     state.record_event("price.created", price, request=req.event_request())
@@ -384,17 +418,18 @@ def retrieve_price(state: State, req: Request, price: str) -> dict[str, Any]:
 def update_price(state: State, req: Request, price: str) -> dict[str, Any]:
     obj = fetch(state, "price", price, "price")
     params = req.params
+    # tax_behavior and currency_options would be dropped; every parameter is checked first
+    reject_all_but(params, {"active", "nickname", "lookup_key", "transfer_lookup_key", "metadata"})
     holder = _lookup_key_holder(state, params, obj["id"]) if "lookup_key" in params else None
     active = as_bool(params["active"], "active") if "active" in params else obj["active"]
+    metadata = update_metadata(obj["metadata"], params.get("metadata"))
+    before = state.render(obj)
     _take_lookup_key(state, holder, req)
-    obj["active"] = active
+    obj["active"], obj["metadata"] = active, metadata
     for name in ("nickname", "lookup_key"):
         if name in params:
             obj[name] = params[name] or None
-    obj["metadata"] = update_metadata(obj["metadata"], params.get("metadata"))
-    state.dirty = True
-    state.record_event("price.updated", obj, request=req.event_request())
-    return public(state, obj, params)
+    return _updated(state, obj, before, req)
 
 
 @route("GET", "/v1/prices")

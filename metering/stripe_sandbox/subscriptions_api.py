@@ -153,6 +153,12 @@ def create_subscription(state: State, req: Request) -> dict[str, Any]:
     interval = (first["recurring"]["interval"], first["recurring"]["interval_count"])
     for i, spec in enumerate(specs[1:], 1):   # every item before anything is created: no half-made subscription
         _item_price(state, spec, i, first["currency"], interval)
+    other = next((s for s in state.all("subscription") if s["customer"] == customer_id
+                  and s["status"] not in billing.ENDED_STATUSES and s["currency"] != first["currency"]), None)
+    if other is not None:
+        # Stripe (multi-currency customers): "You can't have two active subscriptions with different currencies"
+        raise invalid(f"You cannot combine currencies on a single customer. This customer has an active subscription "
+                      f"({other['id']}) with currency {other['currency']}.", "currency")
     now = state.customer_now(customer_id)
     start = as_int(params["backdate_start_date"], "backdate_start_date") if params.get("backdate_start_date") else now
     anchor_config = _anchor_config(params, interval[0])
