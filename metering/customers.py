@@ -176,6 +176,7 @@ def load_customers(path: str | Path | None = None, rules: Rules | None = None) -
         if len(errors) > before:
             continue
         cid = rec["customer_id"]
+        rec = {**rec, "currency": currency}   # 'USD' on one row and 'usd' on the next are one currency
         first = first_seen.setdefault(cid, {**rec, "line": line, "anchor": anchor})
         for field in ("name", "email", "currency", "payment_behavior"):
             if rec[field] != first[field]:
