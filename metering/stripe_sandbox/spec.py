@@ -6,7 +6,8 @@ to check *requests* is extracted once into ``request_schemas.py`` by ``request_s
 Conversion: ``$ref: #/components/schemas/X`` -> ``#/definitions/X``; ``nullable: true`` -> "or
 null"; ``x-*`` keys, ``description`` and ``format`` dropped. ``strict=True`` also forbids properties
 the spec does not list (Stripe's schemas leave ``additionalProperties`` open), so an invented field
-fails. The converted definitions are cached in memory and on disk, keyed by the spec's sha256.
+fails. The converted definitions are cached in memory and on disk, keyed by the sha256 of the spec and of
+this module (the converter).
 """
 
 from __future__ import annotations
@@ -65,7 +66,8 @@ def load(strict: bool = True) -> tuple[dict[str, Any], dict[str, Any]]:
     path = spec_path()
     raw_bytes = path.read_bytes()
     spec = json.loads(raw_bytes)
-    digest = hashlib.sha256(raw_bytes).hexdigest()[:16]
+    # the converter's own source is in the key: a change to it must not be hidden by an older conversion
+    digest = hashlib.sha256(raw_bytes + Path(__file__).read_bytes()).hexdigest()[:16]
     cache_dir = Path(os.environ.get("XDG_CACHE_HOME") or Path(tempfile.gettempdir())) / "stripe-sandbox-spec"
     cache = cache_dir / f"{digest}-{'strict' if strict else 'open'}.json"
     try:

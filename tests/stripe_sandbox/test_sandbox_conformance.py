@@ -302,6 +302,24 @@ def test_spec_converter_handles_nullable_refs_and_strictness():
     json.dumps(spec.load(True)[1]["customer"])  # the cached definitions are plain JSON
 
 
+def test_a_conversion_cached_by_another_converter_is_not_read(tmp_path, monkeypatch):
+    """The disk cache was keyed by the spec alone: a change to the converter (a fix, or a mutation under
+    test) was hidden by the definitions an older one had written. Here an "older converter" wrote a
+    customer schema that takes anything, under the spec-only key."""
+    import hashlib
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    stale = tmp_path / "stripe-sandbox-spec" / f"{hashlib.sha256(spec.spec_path().read_bytes()).hexdigest()[:16]}-strict.json"
+    stale.parent.mkdir()
+    stale.write_text(json.dumps({"customer": {}}))
+    spec.load.cache_clear()
+    try:
+        assert spec.load(True)[1]["customer"] != {}
+        assert len(list(stale.parent.glob("*-strict.json"))) == 2   # its own conversion, beside the stale one
+    finally:
+        spec.load.cache_clear()
+
+
 def test_every_endpoint_over_raw_http(sb):
     """The same tour with hand-written form bodies and query strings (httpx), no SDK involved."""
     t0 = ts("2026-10-01T00:00:00")
