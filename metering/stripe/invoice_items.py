@@ -23,7 +23,12 @@ closing rating), which `rated_at`, wall time, cannot tell on a clock:
 - **Look up.** Before any call, every row not yet acknowledged is looked up among the customer's
   invoice items by its `metadata[metering_item]`: found, it is `acknowledged` with the amount Stripe
   holds, and its charge is planned again (a ledger restored from a snapshot does not know the items
-  billed after it: this finds them instead of billing them twice). A `sent` / `unknown` row not found
+  billed after it: this finds them instead of billing them twice). An item that names one of the
+  month's charges in its metadata under a key the ledger does not hold is recorded too (`acknowledged`,
+  with its revision and amount): the rows such a ledger lost may have numbered the revisions otherwise
+  (a failed revision), so a row planned since would not find it by key. The charge's rows not at Stripe
+  that it supersedes (older revisions, and rows never sent) are `failed`, and the charge is planned
+  again above it. A `sent` / `unknown` row not found
   is sent again under its own Idempotency-Key while that key is young (Stripe replays a request it
   applied), else it is `failed` and planned again. An item Stripe holds pending is looked up again
   each run: on an invoice, that is recorded; pending for a subscription that has ended, the row is
@@ -313,12 +318,16 @@ class InvoiceItemBiller:
              "status": "pending", "created_at": now, "updated_at": now}
             for r in due.filter(pl.col("stripe_customer_id").is_not_null()).iter_rows(named=True)
         ]
+        self._insert(rows)
+        report.new_revisions += len(rows)
+
+    def _insert(self, rows: list[dict[str, Any]]) -> None:
+        """Add ledger rows (all with the same keys)."""
         if not rows:
             return
         frame = pl.DataFrame(rows)  # noqa: F841 - read by DuckDB below
         cols = ", ".join(rows[0])
         self.con.execute(f"INSERT INTO stripe_invoice_items ({cols}) SELECT {cols} FROM frame")
-        report.new_revisions += len(rows)
 
     def _stripe_now(self, customers: pl.DataFrame) -> tuple[dt.datetime, pl.DataFrame]:
         """Stripe's "now" as the push reads it: the wall clock, and (customer_id, clock_now) for the
@@ -334,8 +343,10 @@ class InvoiceItemBiller:
         A `sent` / `unknown` row not found is sent again under its own key while the key is young
         (Stripe replays a request it applied), else it is `failed` and planned again. Items Stripe
         holds pending are examined again (`_recheck_held`). Returns the charges to plan again."""
-        rows = _ledger(self.con, billing_month).filter(pl.col("status").is_in(IN_FLIGHT) | HELD_PENDING)
+        ledger = _ledger(self.con, billing_month)
+        rows = ledger.filter(pl.col("status").is_in(IN_FLIGHT) | HELD_PENDING)
         held = set(rows.filter(HELD_PENDING)["item_key"].to_list())
+        known = set(ledger["item_key"].to_list())
         found, waiting = [], []
         now = self._now()
         for customer in rows["stripe_customer_id"].unique().sort().to_list():
@@ -343,9 +354,16 @@ class InvoiceItemBiller:
                 getattr(item.metadata, "metering_item", None): item
                 for item in self.client.v1.invoice_items.list({"customer": customer, "limit": 100}).auto_paging_iter()
             }
+            adopted = self._record_unknown_items(customer, at_stripe, known, billing_month, now, waiting)
+            found.extend(dict(zip(CHARGE_KEY, charge)) for charge in adopted)
             for row in rows.filter(pl.col("stripe_customer_id") == customer).iter_rows(named=True):
                 item = at_stripe.get(row["item_key"])
-                if row["item_key"] in held:
+                above = adopted.get(tuple(row[k] for k in CHARGE_KEY))
+                if item is None and above is not None and (row["revision"] < above or row["first_attempt_at"] is None):
+                    self._update(row, "failed", now, resolved_by="listing", last_error=(
+                        f"superseded: Stripe holds revision {above} of this charge, which the ledger did not know "
+                        f"(restored from a snapshot?); the charge is planned again above it"))
+                elif row["item_key"] in held:
                     self._recheck_held(row, item, now, found, waiting)
                 elif item is not None:
                     differs = int(item.amount) != row["amount_minor"]
@@ -368,6 +386,53 @@ class InvoiceItemBiller:
                     found.append({k: row[k] for k in CHARGE_KEY})   # nothing bills it: planned again now
         self._block_stranded(waiting, now)
         return pl.DataFrame(found, schema=rows.select(CHARGE_KEY).schema)
+
+    def _record_unknown_items(self, customer: str, at_stripe: dict[str | None, Any], known: set[str],
+                              billing_month: dt.date, now: dt.datetime,
+                              waiting: list[tuple[dict[str, Any], Any]]) -> dict[tuple[Any, ...], int]:
+        """The customer's items at Stripe that name a charge of the month (`metadata`) under a key the
+        ledger does not hold, recorded `acknowledged` with Stripe's amount and revision; `target_minor`
+        is what Stripe holds for the charge up to that revision. Returns charge -> the highest revision
+        recorded. Pending ones go to `waiting`, as a found row's do."""
+        m0, m1 = month_bounds(billing_month)
+        items = []
+        for key, item in at_stripe.items():
+            meta = item.metadata
+            try:
+                start = dt.date.fromisoformat(getattr(meta, "metering_period_start", None) or "")
+                revision = int(getattr(meta, "metering_revision", None) or "")
+            except ValueError:
+                continue
+            parts = (getattr(meta, "metering_charge", None) or "").split("|", 2)
+            if key is None or len(parts) != 3 or not m0 <= start < m1 or not getattr(meta, "metering_customer_id", None):
+                continue
+            items.append((meta.metering_customer_id, start, *parts, revision, key, item))
+        rows = []
+        for *charge, revision, key, item in sorted(items, key=lambda i: i[:6]):
+            if key in known:
+                continue
+            held_so_far = sum(int(i[7].amount) for i in items if list(i[:5]) == charge and i[5] <= revision)
+            rows.append({**dict(zip(CHARGE_KEY, charge)), "revision": revision,
+                         "period_end": dt.datetime.fromtimestamp(int(item.period.end) + 1, dt.UTC).date(),
+                         "currency": item.currency, "amount_minor": int(item.amount), "target_minor": held_so_far,
+                         "item_key": key, "stripe_customer_id": customer, "subscription_id": parent_subscription(item),
+                         "stripe_invoice_item_id": item.id, "stripe_invoice_id": _invoice_id(item),
+                         "status": "acknowledged", "resolved_by": "listing", "created_at": now, "updated_at": now,
+                         "last_error": "found at Stripe under a key the ledger did not hold (restored from a "
+                                       "snapshot?): recorded as Stripe holds it"})
+            known.add(key)
+            if _invoice_id(item) is None:
+                waiting.append((rows[-1], item))
+        if not rows:
+            return {}
+        self._insert(rows)
+        log.warning("%d invoice item(s) of customer %s found at Stripe under keys the ledger did not hold: recorded",
+                    len(rows), customer)
+        adopted: dict[tuple[Any, ...], int] = {}
+        for row in rows:
+            charge = tuple(row[k] for k in CHARGE_KEY)
+            adopted[charge] = max(adopted.get(charge, 0), row["revision"])
+        return adopted
 
     def _recheck_held(self, row: dict[str, Any], item: Any, now: dt.datetime, found: list[dict[str, Any]],
                       waiting: list[tuple[dict[str, Any], Any]]) -> None:

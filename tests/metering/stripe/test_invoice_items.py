@@ -378,6 +378,37 @@ def test_a_ledger_restored_from_a_snapshot_does_not_bill_twice(tmp_path: Path, r
         assert "Stripe held this item with 5100, the ledger 6000" in ledger(con)["last_error"][0]
 
 
+@pytest.mark.parametrize("restored", ["nothing", "the failed revision as sent"])
+def test_a_restored_ledger_does_not_bill_again_a_charge_whose_earlier_revision_failed(
+        tmp_path: Path, rules_dir: Path, restored: str) -> None:
+    """After the snapshot, revision 1 of the 40.00 minimum failed (every call dropped, then its key
+    expired) and revision 2 billed it. The restored ledger lost both rows (or holds revision 1 as it
+    stood when the snapshot was taken: sent, its key young again by the restored clock), so a new
+    revision 1 was planned and sent, and the customer paid 80.00 for a 40.00 charge (m22a audit). Stripe's
+    item names the charge in its metadata: it is recorded as revision 2, and nothing more is billed."""
+    with customer_on_clock(tmp_path, rules_dir, CSV, start=SEP1) as (sb, con, client, clock, rules, report):
+        cus = report.customers[0]["stripe_customer_id"]
+        sb.advance_clock(clock.id, int((OCT1 + dt.timedelta(minutes=15)).timestamp()))
+        rate(con, {"minimum spend": 4000}, rated_at=OCT1 + dt.timedelta(minutes=10))
+        sb.inject_fault("drop", path="/v1/invoiceitems", method="POST", count=50)
+        assert biller(con, client).run(SEPTEMBER).unknown == 1
+        snapshot = ledger(con)
+        sb.clear_faults()
+        biller(con, client, now=dt.datetime(2026, 11, 27, 1, tzinfo=dt.UTC)).run(SEPTEMBER)   # 25 h on
+        assert ledger(con).select("revision", "status").rows() == [(1, "failed"), (2, "acknowledged")]
+        con.execute("DELETE FROM stripe_invoice_items")                                         # the restore
+        if restored != "nothing":
+            warehouse.insert_frame(con, "stripe_invoice_items", snapshot)
+
+        run = biller(con, client, now=dt.datetime(2026, 11, 26, 1, tzinfo=dt.UTC)).run(SEPTEMBER)
+        assert [a for a, _, _ in items_at_stripe(client, cus)] == [4000]
+        assert (run.calls, run.needs_operator) == (0, 0)
+        rows = ledger(con).sort("revision").select("revision", "status", "amount_minor", "target_minor").rows()
+        assert rows == [(1, "failed", 4000, 4000), (2, "acknowledged", 4000, 4000)]
+        assert "superseded: Stripe holds revision 2" in ledger(con).sort("revision")["last_error"][0]
+        assert biller(con, client, now=dt.datetime(2026, 11, 26, 2, tzinfo=dt.UTC)).run(SEPTEMBER).calls == 0
+
+
 def test_an_ended_subscriptions_charge_is_blocked_for_an_operator_then_found_when_invoiced_by_hand(
         tmp_path: Path, rules_dir: Path) -> None:
     """A pending item for a canceled subscription would wait for an invoice that never comes, while the
