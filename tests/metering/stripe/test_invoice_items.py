@@ -33,7 +33,10 @@ acme,Acme,billing@acme.test,usd,,pro,2026-01-01,succeeds
 NOT_IN_STRIPE = ("tokens large", "minimum spend")
 
 
-def biller(con: Any, client: Any, now: dt.datetime = dt.datetime(2026, 11, 26, tzinfo=dt.UTC)) -> InvoiceItemBiller:
+NOW = dt.datetime(2026, 11, 26, tzinfo=dt.UTC)   # the biller's "now" unless a test says otherwise
+
+
+def biller(con: Any, client: Any, now: dt.datetime = NOW) -> InvoiceItemBiller:
     return InvoiceItemBiller(con, client, rate=0, retry=FAST_RETRY, now=lambda: now)
 
 
@@ -50,6 +53,27 @@ def cycle_invoice(client: Any, customer: str, period_end: dt.datetime) -> Any:
 
 def ledger(con: Any) -> pl.DataFrame:
     return warehouse.query_frame(con, "SELECT * FROM stripe_invoice_items ORDER BY charge, revision")
+
+
+def minimum_left_unknown(sb: Any, con: Any, client: Any, clock: Any, *, drops: int = 50,
+                         now: dt.datetime = NOW) -> None:
+    """September closed and its 40.00 minimum rated; every call to bill it dropped (`drops` of them, left
+    in place): revision 1 is `unknown`."""
+    sb.advance_clock(clock.id, int((OCT1 + dt.timedelta(minutes=15)).timestamp()))
+    rate(con, {"minimum spend": 4000}, rated_at=OCT1 + dt.timedelta(minutes=10))
+    sb.inject_fault("drop", path="/v1/invoiceitems", method="POST", count=drops)
+    assert biller(con, client, now).run(SEPTEMBER).unknown == 1
+
+
+def rated_on_version_2026_10(con: Any, *, filtered: bool) -> None:
+    """Every rated line moved to version 2026-10, beside a 25.00 usage charge on the api_calls meter ('api
+    calls us'), which the catalog sync found Stripe cannot price when `filtered` (a dimension filter)."""
+    con.execute("UPDATE rated_usage SET plan_version = '2026-10'")
+    con.execute("INSERT INTO rated_usage SELECT * REPLACE ('api calls us' AS charge, 'api_calls' AS meter, "
+                "2500 AS amount_minor, 25.00 AS amount) FROM rated_usage")
+    if filtered:
+        con.execute("INSERT INTO stripe_catalog_findings (finding, kind, our_key, synced_at) VALUES "
+                    "('not_expressible', 'price', 'pro|2026-10|api calls us', now())")
 
 
 def record_versions(con: Any, rules: Any, *versions: tuple[str, str]) -> None:
@@ -245,10 +269,7 @@ def test_a_row_whose_key_expired_unseen_is_billed_again_in_the_same_run(tmp_path
     was not planned again until yet another run: that run billed nothing and exited 5 (audit)."""
     with customer_on_clock(tmp_path, rules_dir, CSV, start=SEP1) as (sb, con, client, clock, rules, report):
         cus = report.customers[0]["stripe_customer_id"]
-        sb.advance_clock(clock.id, int((OCT1 + dt.timedelta(minutes=15)).timestamp()))
-        rate(con, {"minimum spend": 4000}, rated_at=OCT1 + dt.timedelta(minutes=10))
-        sb.inject_fault("drop", path="/v1/invoiceitems", method="POST", count=50)
-        assert biller(con, client).run(SEPTEMBER).unknown == 1
+        minimum_left_unknown(sb, con, client, clock)
         sb.clear_faults()
 
         later = biller(con, client, now=dt.datetime(2026, 11, 27, 1, tzinfo=dt.UTC)).run(SEPTEMBER)
@@ -388,10 +409,7 @@ def test_a_restored_ledger_does_not_bill_again_a_charge_whose_earlier_revision_f
     item names the charge in its metadata: it is recorded as revision 2, and nothing more is billed."""
     with customer_on_clock(tmp_path, rules_dir, CSV, start=SEP1) as (sb, con, client, clock, rules, report):
         cus = report.customers[0]["stripe_customer_id"]
-        sb.advance_clock(clock.id, int((OCT1 + dt.timedelta(minutes=15)).timestamp()))
-        rate(con, {"minimum spend": 4000}, rated_at=OCT1 + dt.timedelta(minutes=10))
-        sb.inject_fault("drop", path="/v1/invoiceitems", method="POST", count=50)
-        assert biller(con, client).run(SEPTEMBER).unknown == 1
+        minimum_left_unknown(sb, con, client, clock)
         snapshot = ledger(con)
         sb.clear_faults()
         biller(con, client, now=dt.datetime(2026, 11, 27, 1, tzinfo=dt.UTC)).run(SEPTEMBER)   # 25 h on
@@ -455,11 +473,7 @@ def test_a_usage_charge_of_a_version_the_subscription_is_not_on_is_not_billed_tw
         if recorded:
             record_versions(con, rules, ("pro", "2026-01"), ("pro", "2026-10"))
         rate(con, {"minimum spend": 1500}, rated_at=OCT1 + dt.timedelta(minutes=10))
-        con.execute("UPDATE rated_usage SET plan_version = '2026-10'")
-        con.execute("INSERT INTO rated_usage SELECT * REPLACE ('api calls us' AS charge, 'api_calls' AS meter, "
-                    "2500 AS amount_minor, 25.00 AS amount) FROM rated_usage")
-        con.execute("INSERT INTO stripe_catalog_findings (finding, kind, our_key, synced_at) VALUES "
-                    "('not_expressible', 'price', 'pro|2026-10|api calls us', now())")
+        rated_on_version_2026_10(con, filtered=True)
         run = biller(con, client).run(SEPTEMBER)
         assert (run.other_version, run.acknowledged, run.needs_operator) == (1, 1, 1)
         assert [a for a, _, _ in items_at_stripe(client, cus)] == [1500]
@@ -593,7 +607,6 @@ def test_a_row_planned_under_an_older_rating_is_topped_up_in_the_same_run(tmp_pa
         assert sorted(a for a, _, _ in items_at_stripe(client, cus)) == [-2000, 5000]
 
 
-NOW = dt.datetime(2026, 11, 26, tzinfo=dt.UTC)
 
 
 def test_the_hold_weighs_the_whole_periods_differences(tmp_path: Path, rules_dir: Path) -> None:
@@ -646,9 +659,7 @@ def test_a_subscription_of_unknown_version_keeps_usage_charges_for_an_operator(t
         catalog.sync_catalog(con, client, rules, load_customers(tmp_path / "c.csv", rules), test_clock=clock.id)
         assert catalog.customer_map(con).select("subscription_id", "plan_version").rows() == [(sub, None)]
         rate(con, {"minimum spend": 1500}, rated_at=OCT1 + dt.timedelta(minutes=10))
-        con.execute("UPDATE rated_usage SET plan_version = '2026-10'")
-        con.execute("INSERT INTO rated_usage SELECT * REPLACE ('api calls us' AS charge, 'api_calls' AS meter, "
-                    "2500 AS amount_minor, 25.00 AS amount) FROM rated_usage")
+        rated_on_version_2026_10(con, filtered=False)
         run = biller(con, client).run(SEPTEMBER)
         assert (run.other_version, run.acknowledged) == (1, 1)
         assert [a for a, _, _ in items_at_stripe(client, cus)] == [1500]

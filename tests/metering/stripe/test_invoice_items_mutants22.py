@@ -21,10 +21,13 @@ from metering.stripe.invoice_items import MAX_ROUNDS, _periods_with_late_usage, 
 from metering.stripe.retry import AuthError, RateLimiter, call_with_retries
 from metering.stripe_sandbox.testing import running_sandbox
 from push_world import FAST_RETRY, OCT1, SEP1, SEPTEMBER, customer_on_clock, rate_by_hand as rate
-from test_invoice_items import CSV, _late_window, biller, items_at_stripe, ledger, record_versions
+from test_invoice_items import (
+    NOW, CSV, _late_window, biller, items_at_stripe, ledger, minimum_left_unknown, rated_on_version_2026_10,
+    record_versions,
+)
 from test_keys_and_retry import Script, _error, run
 
-T0 = dt.datetime(2026, 11, 26, tzinfo=dt.UTC)   # test_invoice_items.biller's default "now"
+T0 = NOW   # test_invoice_items.biller's default "now"
 OFF_CLOCK = pl.DataFrame(schema={"customer_id": pl.String, "clock_now": pl.Datetime("us", "UTC")})
 
 
@@ -38,10 +41,7 @@ def test_a_key_is_resent_while_young_and_counts_as_old_20_hours_after_its_first_
     failed and the 40.00 billed once under revision 2's key."""
     with customer_on_clock(tmp_path, rules_dir, CSV, start=SEP1) as (sb, con, client, clock, rules, report):
         cus = report.customers[0]["stripe_customer_id"]
-        sb.advance_clock(clock.id, int((OCT1 + dt.timedelta(minutes=15)).timestamp()))
-        rate(con, {"minimum spend": 4000}, rated_at=OCT1 + dt.timedelta(minutes=10))
-        sb.inject_fault("drop", path="/v1/invoiceitems", method="POST", count=100)
-        assert biller(con, client, now=T0).run(SEPTEMBER).unknown == 1
+        minimum_left_unknown(sb, con, client, clock, drops=100)
         young = biller(con, client, now=T0 + dt.timedelta(hours=15)).run(SEPTEMBER)
         assert (young.unknown, young.new_revisions, young.calls) == (1, 0, FAST_RETRY.max_attempts)
         sb.clear_faults()
@@ -108,11 +108,7 @@ def test_what_was_billed_for_a_charge_later_found_of_another_version_stays_bille
         record_versions(con, rules, ("pro", "2026-01"), ("pro", "2026-10"))
         con.execute("UPDATE stripe_customer_map SET plan = 'pro', plan_version = '2026-10'")
         rate(con, {"minimum spend": 1500}, rated_at=OCT1 + dt.timedelta(minutes=10))
-        con.execute("UPDATE rated_usage SET plan_version = '2026-10'")
-        con.execute("INSERT INTO rated_usage SELECT * REPLACE ('api calls us' AS charge, 'api_calls' AS meter, "
-                    "2500 AS amount_minor, 25.00 AS amount) FROM rated_usage")
-        con.execute("INSERT INTO stripe_catalog_findings (finding, kind, our_key, synced_at) VALUES "
-                    "('not_expressible', 'price', 'pro|2026-10|api calls us', now())")
+        rated_on_version_2026_10(con, filtered=True)
         first = biller(con, client).run(SEPTEMBER)
         assert (first.other_version, first.acknowledged, first.billed_minor) == (0, 2, {"usd": 2500 + 1500})
 
@@ -155,10 +151,7 @@ def test_a_charge_with_a_row_in_flight_gets_no_new_revision_until_it_is_settled(
     beside it; once it goes through, the 15.00 difference follows: Stripe holds 40.00 + 15.00."""
     with customer_on_clock(tmp_path, rules_dir, CSV, start=SEP1) as (sb, con, client, clock, rules, report):
         cus = report.customers[0]["stripe_customer_id"]
-        sb.advance_clock(clock.id, int((OCT1 + dt.timedelta(minutes=15)).timestamp()))
-        rate(con, {"minimum spend": 4000}, rated_at=OCT1 + dt.timedelta(minutes=10))
-        sb.inject_fault("drop", path="/v1/invoiceitems", method="POST", count=100)
-        assert biller(con, client).run(SEPTEMBER).unknown == 1
+        minimum_left_unknown(sb, con, client, clock, drops=100)
         rate(con, {"minimum spend": 5500}, rated_at=OCT1 + dt.timedelta(days=1))
         waiting = biller(con, client).run(SEPTEMBER)
         assert (waiting.new_revisions, waiting.unknown) == (0, 1)
