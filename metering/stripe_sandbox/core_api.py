@@ -335,9 +335,8 @@ def create_price(state: State, req: Request) -> dict[str, Any]:
         raise StripeAPIError(400, "Missing required param: product.", code="parameter_missing", param="product", store=False)
     if product_id:
         fetch(state, "product", product_id, "product", "product")
-    else:
-        if product_data.get("name") in (None, ""):
-            raise missing_param("product_data[name]")
+    elif product_data.get("name") in (None, ""):
+        raise missing_param("product_data[name]")
     holder = _lookup_key_holder(state, params, None)
     scheme = choice(params.get("billing_scheme", "per_unit"), ("per_unit", "tiered"), "billing_scheme")
     recurring = None
