@@ -116,7 +116,8 @@ _MISMATCH = _Problem(StripeAPIError(400, "value of another kind"), mismatch=True
 INTEGER = re.compile(r"-?[0-9]+")
 
 
-def _child(param: str, name: str | int) -> str:
+def child_param(param: str, name: str | int) -> str:
+    """A nested parameter's name as Stripe writes it: `tiers[0]`, `tiers[0][up_to]`; `name` at the top."""
     return f"{param}[{name}]" if param else str(name)
 
 
@@ -148,11 +149,11 @@ def _check(schema: dict[str, Any], value: Any, param: str) -> _Problem | None:
             return _MISMATCH
         for name in schema.get("required", ()):
             if value.get(name) is None or value.get(name) == "":
-                return _Problem(missing_param(_child(param, name)))
+                return _Problem(missing_param(child_param(param, name)))
         properties = schema.get("properties", {})
         for name, item in value.items():
             if name in properties:
-                problem = _check(properties[name], item, _child(param, name))
+                problem = _check(properties[name], item, child_param(param, name))
                 if problem is not None and not problem.mismatch:
                     return problem
         return None
@@ -160,7 +161,7 @@ def _check(schema: dict[str, Any], value: Any, param: str) -> _Problem | None:
         if not isinstance(value, list):
             return _MISMATCH
         for index, item in enumerate(value):
-            problem = _check(schema.get("items", {}), item, _child(param, index))
+            problem = _check(schema.get("items", {}), item, child_param(param, index))
             if problem is not None and not problem.mismatch:
                 return problem
         return None
@@ -438,7 +439,7 @@ def reject_unmodelled(params: dict[str, Any], names: tuple[str, ...] | list[str]
     ``within`` names the enclosing parameter of nested ones (``items[0]``)."""
     for name in names:
         if params.get(name) not in (None, ""):
-            param = _child(within, name)
+            param = child_param(within, name)
             raise invalid(message.format(name=param), param)
 
 

@@ -15,6 +15,7 @@ from .api import (
     as_dict,
     as_int,
     as_list,
+    child_param,
     choice,
     created_filter,
     decimal_string,
@@ -257,20 +258,22 @@ def list_products(state: State, req: Request) -> dict[str, Any]:
 
 
 # -- prices ---------------------------------------------------------------------------------------
-def _amount_pair(spec: dict[str, Any], name: str, param: str) -> tuple[int | None, str | None]:
-    """``unit_amount`` / ``unit_amount_decimal`` (or flat_amount): integer and decimal forms."""
+def _amount_pair(spec: dict[str, Any], name: str, within: str) -> tuple[int | None, str | None]:
+    """``unit_amount`` / ``unit_amount_decimal`` (or flat_amount): integer and decimal forms. ``within``
+    names the enclosing parameter (``tiers[0]``), for the errors."""
     whole, dec = spec.get(name), spec.get(f"{name}_decimal")
+    param, param_dec = child_param(within, name), child_param(within, f"{name}_decimal")
     if whole not in (None, "") and dec not in (None, ""):
         raise invalid(f"You may only specify one of these parameters: {name}, {name}_decimal.", param)
     if whole not in (None, ""):
-        value = as_int(whole, f"{param}{name}")
+        value = as_int(whole, param)
         if value < 0:
-            raise invalid(f"Invalid {name}: must be non-negative", f"{param}{name}")
+            raise invalid(f"Invalid {name}: must be non-negative", param)
         return value, str(value)
     if dec not in (None, ""):
-        value = as_decimal(dec, f"{param}{name}_decimal")
+        value = as_decimal(dec, param_dec)
         if value < 0 or -value.as_tuple().exponent > 12:
-            raise invalid(f"Invalid {name}_decimal: at most 12 decimal places, non-negative", f"{param}{name}_decimal")
+            raise invalid(f"Invalid {name}_decimal: at most 12 decimal places, non-negative", param_dec)
         return (int(value) if value == value.to_integral_value() else None), decimal_string(value)
     return None, None
 
@@ -293,8 +296,8 @@ def _tiers(params: dict[str, Any]) -> list[dict[str, Any]]:
         if up_to is not None and up_to <= previous:   # the first above 0
             raise invalid("Tiers must be in increasing order of up_to.", f"tiers[{i}][up_to]")
         previous = up_to or previous
-        unit, unit_dec = _amount_pair(spec, "unit_amount", f"tiers[{i}][")
-        flat, flat_dec = _amount_pair(spec, "flat_amount", f"tiers[{i}][")
+        unit, unit_dec = _amount_pair(spec, "unit_amount", f"tiers[{i}]")
+        flat, flat_dec = _amount_pair(spec, "flat_amount", f"tiers[{i}]")
         tiers.append(
             {
                 "flat_amount": flat,

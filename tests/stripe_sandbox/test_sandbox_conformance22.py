@@ -95,6 +95,22 @@ def test_a_first_tier_must_end_above_zero(sb, client, up_to):
         "tiers[0][up_to]", "increasing order")
 
 
+def test_an_amount_given_both_whole_and_decimal_is_refused_naming_the_parameter(sb, client):
+    """The error named no parameter at the top level; in a tier, every amount error named `tiers[0][flat_amount`
+    (cut short)."""
+    product = _product(client)
+    _refused(lambda: client.v1.prices.create({"currency": "usd", "product": product.id, "unit_amount": 100,
+                                              "unit_amount_decimal": "100"}), "unit_amount", "only specify one")
+    _refused(lambda: client.v1.prices.create({
+        "currency": "usd", "product": product.id, "billing_scheme": "tiered", "tiers_mode": "graduated",
+        "tiers": [{"up_to": 5, "flat_amount": 100, "flat_amount_decimal": "100"}, {"up_to": "inf", "unit_amount": 10}]}),
+        "tiers[0][flat_amount]", "only specify one")
+    _refused(lambda: client.v1.prices.create({
+        "currency": "usd", "product": product.id, "billing_scheme": "tiered", "tiers_mode": "graduated",
+        "tiers": [{"up_to": 5, "unit_amount_decimal": "0.1234567890123"}, {"up_to": "inf", "unit_amount": 10}]}),
+        "tiers[0][unit_amount_decimal]", "at most 12 decimal places")
+
+
 def test_a_second_active_subscription_in_another_currency_is_refused(sb, client):
     """Stripe: "You can't have two active subscriptions with different currencies". Once the first has
     ended, the customer may subscribe in the other currency."""

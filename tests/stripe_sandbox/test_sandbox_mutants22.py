@@ -81,7 +81,7 @@ def test_listing_products_by_active_returns_only_that_state(sb, client):
 def test_a_price_with_both_unit_amount_and_unit_amount_decimal_is_refused(sb, client):
     product = client.v1.products.create({"name": "calls"})
     _refused(lambda: client.v1.prices.create({"currency": "usd", "product": product.id, "unit_amount": 25,
-                                              "unit_amount_decimal": "25.5"}), None, "only specify one of")
+                                              "unit_amount_decimal": "25.5"}), "unit_amount", "only specify one of")
     assert client.v1.prices.list().data == []
 
 
