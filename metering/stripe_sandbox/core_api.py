@@ -381,11 +381,15 @@ def create_price(state: State, req: Request) -> dict[str, Any]:
         "unit_amount": None,
         "unit_amount_decimal": None,
     }
+    # a price in several currencies, or one the customer names, would be dropped
+    reject_unmodelled(params, ("currency_options", "custom_unit_amount"))
     if scheme == "tiered":
         price["tiers_mode"] = choice(require(params, "tiers_mode"), ("graduated", "volume"), "tiers_mode")
         price["_tiers"] = _tiers(params)
         if params.get("transform_quantity"):
             raise invalid("transform_quantity cannot be combined with tiers.", "transform_quantity")
+        # a tiered price's amounts are its tiers': an amount beside them would be dropped
+        reject_unmodelled(params, ("unit_amount", "unit_amount_decimal"), "{name} cannot be combined with tiers.")
     else:
         # spec, tiers: "Requires billing_scheme to be set to tiered"; they would be dropped
         reject_unmodelled(params, ("tiers", "tiers_mode"), "{name} requires billing_scheme=tiered.")

@@ -155,6 +155,22 @@ def test_price_and_product_update_parameters_the_sandbox_does_not_model_are_refu
     assert client.v1.products.retrieve(product.id).default_price is None
 
 
+@pytest.mark.parametrize("param, value, words", [
+    ("currency_options", {"eur": {"unit_amount": 90}}, "does not model"),
+    ("custom_unit_amount", {"enabled": True}, "does not model"),
+    ("unit_amount", 700, "cannot be combined with tiers"),
+])
+def test_price_parameters_the_sandbox_would_drop_are_refused(sb, client, param, value, words):
+    """A price in euros too, a pay-what-you-want price, or an amount beside tiers: each was created without
+    it, a price other than the one asked for."""
+    product = _product(client)
+    tiered = {"billing_scheme": "tiered", "tiers_mode": "graduated",
+              "tiers": [{"up_to": 5, "unit_amount": 0}, {"up_to": "inf", "unit_amount": 10}]}
+    params = {"currency": "usd", "product": product.id, **(tiered if param == "unit_amount" else {"unit_amount": 100})}
+    _refused(lambda: client.v1.prices.create({**params, param: value}), param, words)
+    assert client.v1.prices.list().data == []
+
+
 def test_tiers_without_billing_scheme_tiered_are_refused(sb, client):
     """Spec, tiers: "Requires billing_scheme to be set to tiered". They were dropped: a per-unit price at
     7.00 where tiers were asked for."""
