@@ -395,7 +395,7 @@ class InvoiceItemBiller:
         is what Stripe holds for the charge up to that revision. Returns charge -> the highest revision
         recorded. Pending ones go to `waiting`, as a found row's do."""
         m0, m1 = month_bounds(billing_month)
-        items = []
+        named = []   # (charge as CHARGE_KEY's values, revision, key, item) of every item naming a month's charge
         for key, item in at_stripe.items():
             meta = item.metadata
             try:
@@ -406,12 +406,12 @@ class InvoiceItemBiller:
             parts = (getattr(meta, "metering_charge", None) or "").split("|", 2)
             if key is None or len(parts) != 3 or not m0 <= start < m1 or not getattr(meta, "metering_customer_id", None):
                 continue
-            items.append((meta.metering_customer_id, start, *parts, revision, key, item))
-        rows = []
-        for *charge, revision, key, item in sorted(items, key=lambda i: i[:6]):
+            named.append(((meta.metering_customer_id, start, *parts), revision, key, item))
+        rows, adopted = [], {}
+        for charge, revision, key, item in sorted(named, key=lambda n: n[:2]):   # each charge's revisions in order
             if key in known:
                 continue
-            held_so_far = sum(int(i[7].amount) for i in items if list(i[:5]) == charge and i[5] <= revision)
+            held_so_far = sum(int(i.amount) for c, r, _, i in named if c == charge and r <= revision)
             rows.append({**dict(zip(CHARGE_KEY, charge)), "revision": revision,
                          "period_end": dt.datetime.fromtimestamp(int(item.period.end) + 1, dt.UTC).date(),
                          "currency": item.currency, "amount_minor": int(item.amount), "target_minor": held_so_far,
@@ -421,17 +421,13 @@ class InvoiceItemBiller:
                          "last_error": "found at Stripe under a key the ledger did not hold (restored from a "
                                        "snapshot?): recorded as Stripe holds it"})
             known.add(key)
+            adopted[charge] = revision   # the highest so far: revisions come in order
             if _invoice_id(item) is None:
                 waiting.append((rows[-1], item))
-        if not rows:
-            return {}
-        self._insert(rows)
-        log.warning("%d invoice item(s) of customer %s found at Stripe under keys the ledger did not hold: recorded",
-                    len(rows), customer)
-        adopted: dict[tuple[Any, ...], int] = {}
-        for row in rows:
-            charge = tuple(row[k] for k in CHARGE_KEY)
-            adopted[charge] = max(adopted.get(charge, 0), row["revision"])
+        if rows:
+            self._insert(rows)
+            log.warning("%d invoice item(s) of customer %s found at Stripe under keys the ledger did not hold: "
+                        "recorded", len(rows), customer)
         return adopted
 
     def _recheck_held(self, row: dict[str, Any], item: Any, now: dt.datetime, found: list[dict[str, Any]],
