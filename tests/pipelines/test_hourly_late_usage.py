@@ -13,18 +13,16 @@ from pathlib import Path
 
 import dagster as dg
 
-from pipelines.definitions import defs as location_defs
 from pipelines.defs.ingest.assets import usage_events
 from pipelines.defs.rating.assets import usage_aggregates
 from pipelines.resources import ProjectPaths, WarehouseResource
+from tests.pipelines.ticks import schedule_tick, yesterday_and_today
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 
 
 def _tick(instance: dg.DagsterInstance, at: dt.datetime) -> list[dg.RunRequest]:
-    context = dg.build_schedule_context(instance=instance, scheduled_execution_time=at,
-                                         repository_def=location_defs.get_repository_def())
-    return list(location_defs.resolve_schedule_def("hourly_usage_schedule").evaluate_tick(context).run_requests or [])
+    return schedule_tick("hourly_usage_schedule", instance, at)
 
 
 def test_late_events_five_days_back_are_requested_until_aggregated(tmp_path: Path):
@@ -65,7 +63,7 @@ def test_late_events_five_days_back_are_requested_until_aggregated(tmp_path: Pat
         instance.report_runless_asset_event(dg.AssetMaterialization(asset_key="stripe_usage_pushes",
                                                                     partition=late.isoformat()))
         after = _tick(instance, now + dt.timedelta(hours=1))
-        assert [r.partition_key for r in after] == [yesterday.isoformat(), today.isoformat()]
+        assert [r.partition_key for r in after] == yesterday_and_today(now + dt.timedelta(hours=1))
 
 
 def test_materializations_older_than_the_look_back_are_not_requested(tmp_path: Path):

@@ -3,14 +3,12 @@ import datetime as dt
 import dagster as dg
 
 from pipelines.definitions import defs
+from tests.pipelines.ticks import schedule_tick
 
 
 def _tick(name: str, at: dt.datetime) -> list[dg.RunRequest]:
-    schedule = defs.resolve_schedule_def(name)
     with dg.instance_for_test() as instance:
-        context = dg.build_schedule_context(instance=instance, scheduled_execution_time=at,
-                                             repository_def=defs.get_repository_def())
-        return list(schedule.evaluate_tick(context).run_requests or [])
+        return schedule_tick(name, instance, at)
 
 
 def test_hourly_usage_runs_yesterday_and_today():
@@ -39,13 +37,10 @@ def test_period_close_reconciles_the_two_months_the_rating_still_changes_in_janu
 def test_hourly_usage_does_not_ask_again_for_a_day_whose_run_is_still_in_flight():
     """Each hourly tick added runs of the same days while the earlier ones waited for the writer slot:
     2, 4, 6 in-flight runs over three hours (audit). A day with a run queued or running is left out."""
-    schedule = defs.resolve_schedule_def("hourly_usage_schedule")
     with dg.instance_for_test() as instance:
         def tick(hour: int) -> list[str]:
-            context = dg.build_schedule_context(instance=instance, repository_def=defs.get_repository_def(),
-                                                 scheduled_execution_time=dt.datetime(2026, 11, 1, hour, 10,
-                                                                                      tzinfo=dt.UTC))
-            return [r.partition_key for r in schedule.evaluate_tick(context).run_requests or []]
+            at = dt.datetime(2026, 11, 1, hour, 10, tzinfo=dt.UTC)
+            return [r.partition_key for r in schedule_tick("hourly_usage_schedule", instance, at)]
 
         assert tick(0) == ["2026-10-31", "2026-11-01"]
         queued = instance.create_run_for_job(job_def=defs.resolve_job_def("hourly_usage_job"),

@@ -22,6 +22,7 @@ from pipelines.defs.stripe_push.assets import stripe_catalog, stripe_invoice_ite
 from pipelines.resources import StripeResource
 from pipelines.resources import ProjectPaths, WarehouseResource
 from tests.pipelines.manifest import record_manifest
+from tests.pipelines.ticks import schedule_tick, yesterday_and_today
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "metering" / "stripe"))
 from push_world import OCT1, SEP1, customer_on_clock, rate_by_hand  # noqa: E402  (the push tests' helpers)
@@ -221,23 +222,13 @@ def test_a_day_whose_push_left_windows_open_is_requested_hourly_until_settled(tm
     day's windows `pending`. The hourly schedule asks for that day (three days old, no new events)
     every hour until a push settles it; before, only today and yesterday were pushed again, and the
     day's usage never reached Stripe."""
-    from pipelines.definitions import defs as location_defs
-
     def hourly_days(at: dt.datetime) -> list[str]:
-        context = dg.build_schedule_context(instance=instance, scheduled_execution_time=at,
-                                             repository_def=location_defs.get_repository_def())
-        result = location_defs.resolve_schedule_def("hourly_usage_schedule").evaluate_tick(context)
-        return [r.partition_key for r in result.run_requests or []]
+        return [r.partition_key for r in schedule_tick("hourly_usage_schedule", instance, at)]
 
     db = tmp_path / "wh.duckdb"
     (tmp_path / "customers.csv").write_text(CSV)
     now = dt.datetime.now(dt.timezone.utc).replace(minute=10, second=0, microsecond=0)
     day = now.date() - dt.timedelta(days=3)
-
-    def recent(at: dt.datetime) -> list[str]:
-        """Yesterday and today as of the tick `at` (a tick two hours on may be tomorrow's)."""
-        return [(at.date() - dt.timedelta(days=1)).isoformat(), at.date().isoformat()]
-
     with running_sandbox() as sb, dg.instance_for_test() as instance:
         resources = _resources(tmp_path, rules_dir, sb.base_url)
         assert dg.materialize([customer_plans, stripe_catalog], resources=resources, instance=instance).success
@@ -254,11 +245,11 @@ def test_a_day_whose_push_left_windows_open_is_requested_hourly_until_settled(tm
         assert (meta["open_windows"].value, meta["acknowledged"].value) == (2, 0)
         assert [c.passed for c in throttled.get_asset_check_evaluations()] == [False]
         for later in (now, now + dt.timedelta(hours=1)):
-            assert hourly_days(later) == [day.isoformat(), *recent(later)]
+            assert hourly_days(later) == [day.isoformat(), *yesterday_and_today(later)]
 
         sb.sandbox.faults.clear()
         settled = dg.materialize([stripe_usage_pushes], resources=resources, instance=instance,
                                  partition_key=day.isoformat())
         meta = settled.asset_materializations_for_node("stripe_usage_pushes")[0].metadata
         assert (meta["open_windows"].value, meta["acknowledged"].value) == (0, 2)
-        assert hourly_days(now + dt.timedelta(hours=2)) == recent(now + dt.timedelta(hours=2))
+        assert hourly_days(now + dt.timedelta(hours=2)) == yesterday_and_today(now + dt.timedelta(hours=2))
