@@ -525,3 +525,33 @@ def test_a_missing_customer_list_is_named_by_where_it_came_from(tmp_path: Path) 
     assert result.exit_code == 3, result.output
     assert f"{tmp_path / 'nope.csv'}: file not found (the customer list)" in result.output
     assert "METERING_CUSTOMERS" not in result.output
+
+
+def test_only_ctrl_c_in_duckdbs_words_is_an_interrupt_not_any_error_that_says_interrupted() -> None:
+    """Exit 130 is for the user's Ctrl-C. DuckDB says it three ways (measured with SIGINT during a
+    query on 1.5.5: RuntimeError "Query interrupted" with the KeyboardInterrupt as its cause; and
+    `InterruptException` from `con.interrupt()`); a RuntimeError that merely says "interrupted" (a
+    connection reset mid-upload) was also taken for one, and reported as the user's doing."""
+    import threading
+
+    import duckdb
+
+    from metering.cli import is_interrupt
+
+    con = duckdb.connect()
+    timer = threading.Timer(0.2, con.interrupt)
+    timer.start()
+    with pytest.raises(duckdb.InterruptException) as raised:
+        con.execute("SELECT sum(x) FROM range(100000000000) t(x)").fetchall()
+    timer.join()
+    assert is_interrupt(raised.value)
+    assert is_interrupt(RuntimeError("Query interrupted"))
+    try:
+        try:
+            raise KeyboardInterrupt
+        except KeyboardInterrupt:
+            raise RuntimeError("any words") from None
+    except RuntimeError as during_ctrl_c:
+        assert is_interrupt(during_ctrl_c)   # raised while the KeyboardInterrupt was handled
+    assert not is_interrupt(RuntimeError("upload interrupted: connection reset by peer"))
+    assert not is_interrupt(RuntimeError("Query interrupted by the server, retry"))

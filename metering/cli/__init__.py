@@ -121,9 +121,7 @@ class LazyGroup(click.Group):
         except KeyboardInterrupt:
             _interrupted(ctx)
         except (RuntimeError, duckdb_interrupt()) as exc:
-            # DuckDB ends a query that Ctrl-C interrupted with an error of its own, the
-            # KeyboardInterrupt as its cause
-            if not (isinstance(exc.__cause__ or exc.__context__, KeyboardInterrupt) or "interrupted" in str(exc)):
+            if not is_interrupt(exc):
                 raise
             _interrupted(ctx)
         except OSError as exc:
@@ -145,6 +143,17 @@ def duckdb_interrupt() -> type[BaseException]:
     (`--help` and the lazy listing stay free of it)."""
     duckdb = sys.modules.get("duckdb")
     return getattr(duckdb, "InterruptException", RuntimeError) if duckdb is not None else RuntimeError
+
+
+def is_interrupt(exc: BaseException) -> bool:
+    """Whether an error is Ctrl-C in DuckDB's words: its `InterruptException`, the RuntimeError "Query
+    interrupted" it raises when the signal arrives while a result is fetched, or any error raised while a
+    KeyboardInterrupt was being handled. Another RuntimeError that says "interrupted" (a dropped
+    connection, say) is a failure, not the user's Ctrl-C."""
+    interrupt = duckdb_interrupt()
+    return ((interrupt is not RuntimeError and isinstance(exc, interrupt))
+            or (type(exc) is RuntimeError and str(exc) == "Query interrupted")
+            or isinstance(exc.__cause__ or exc.__context__, KeyboardInterrupt))
 
 
 def _interrupted(ctx: click.Context) -> None:
