@@ -94,7 +94,8 @@ def refresh_events(con: duckdb.DuckDBPyConnection, touched_table: str) -> None:
             FROM r GROUP BY event_id
         ), first_receipt AS (
             SELECT * FROM r
-            QUALIFY row_number() OVER (PARTITION BY event_id ORDER BY received_at, receipt_key) = 1
+            -- ties: a file's lines in the order written (the key is text, and 'f:10' < 'f:9')
+            QUALIFY row_number() OVER (PARTITION BY event_id ORDER BY received_at, landing_file, line_no, receipt_key) = 1
         )
         SELECT f.event_id, f.e.type, to_timestamp(f.e.created), f.e.data.object.id, f.e.data.object.object,
                f.e.api_version, f.e.livemode, f.raw,

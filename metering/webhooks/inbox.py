@@ -104,7 +104,7 @@ class LandingWriter:
     def append(self, body: str, headers: Mapping[str, str]) -> tuple[Path, datetime]:
         """Write one record durably; returns (file, receipt time). Raises OSError on any failure."""
         with self._lock:
-            received_at = self._clock()
+            received_at = self._clock().astimezone(timezone.utc)   # the file's hour is a UTC hour
             data = encode_record(body, headers, received_at)
             start: int | None = None
             view = memoryview(data)
