@@ -134,10 +134,10 @@ class OnClock(NamedTuple):
 
 
 @contextlib.contextmanager
-def customer_on_clock(tmp_path: Path, rules_dir: Path, csv: str = CSV_ON_CLOCK,
-                      start: dt.datetime = OCT1) -> Iterator[OnClock]:
-    """The sandbox, a warehouse holding the customer list, and the catalog synced with the customers
-    subscribed on a test clock frozen at `start` (Oct 1)."""
+def customer_on_clock(tmp_path: Path, rules_dir: Path, csv: str = CSV_ON_CLOCK, start: dt.datetime = OCT1,
+                      window_kind: str = "day", subscriptions: bool = True) -> Iterator[OnClock]:
+    """The sandbox, a warehouse holding the customer list, and the catalog (meters of `window_kind`)
+    synced with the customers on a test clock frozen at `start` (Oct 1), subscribed unless told not."""
     from metering.stripe_sandbox.testing import running_sandbox
 
     rules = load_rules(rules_dir)
@@ -147,7 +147,8 @@ def customer_on_clock(tmp_path: Path, rules_dir: Path, csv: str = CSV_ON_CLOCK,
         client = make_client(StripeSettings(api_key=sb.api_key, api_base=sb.base_url, meter_events_base=sb.base_url))
         clock = client.v1.test_helpers.test_clocks.create({"frozen_time": int(start.timestamp())})
         warehouse.replace_rows(con, "customer_plans", "TRUE", [], customers)
-        report = catalog.sync_catalog(con, client, rules, customers, create_customers=True, test_clock=clock.id)
+        report = catalog.sync_catalog(con, client, rules, customers, window_kind=window_kind, create_customers=True,
+                                      test_clock=clock.id, subscriptions=subscriptions)
         yield OnClock(sb, con, client, clock, rules, report)
 
 

@@ -28,16 +28,13 @@ import polars as pl
 import pytest
 
 from metering import warehouse
-from metering.customers import load_customers
 from metering.rules.meters import Meter
-from metering.rules.plans import load_rules
-from metering.stripe import catalog, ledger, windows
-from metering.stripe.client import StripeSettings, make_client
+from metering.stripe import ledger, windows
 from metering.stripe.clock import advance_clock, push_days_on_clock
 from metering.stripe.keys import idempotency_key, meter_event_identifier
 from metering.stripe.push import PushConfig
 from metering.stripe_sandbox.testing import running_sandbox
-from push_world import CSV_ON_CLOCK, FAST_RETRY, OCT1, World, day_start
+from push_world import FAST_RETRY, World, customer_on_clock, day_start
 from test_ledger import T0, desired
 from test_push import withdraw_day
 
@@ -244,20 +241,13 @@ def test_pushing_hour_windows_day_by_day_on_a_clock_sends_every_hour_of_the_day(
     both hour windows are due and sent (had it stopped at Oct 5 00:00, the 02:00 and 20:00 windows
     would be in Stripe's future and never pushed by this day's run). Stripe holds 1 in each."""
     oct5 = dt.date(2026, 10, 5)
-    rules = load_rules(rules_dir)
-    (tmp_path / "c.csv").write_text(CSV_ON_CLOCK)
-    customers = load_customers(tmp_path / "c.csv", rules)
-    with running_sandbox() as sb, warehouse.open_warehouse(tmp_path / "wh.duckdb") as con:
-        client = make_client(StripeSettings(api_key=sb.api_key, api_base=sb.base_url, meter_events_base=sb.base_url))
-        clock = client.v1.test_helpers.test_clocks.create({"frozen_time": int(OCT1.timestamp())})
-        warehouse.replace_rows(con, "customer_plans", "TRUE", [], customers)
-        report = catalog.sync_catalog(con, client, rules, customers, window_kind="hour", create_customers=True,
-                                      test_clock=clock.id, subscriptions=False)
-        world = World(con, sb, client, rules, report)
+    with customer_on_clock(tmp_path, rules_dir, window_kind="hour", subscriptions=False) as c:
+        con, client, clock = c.con, c.client, c.clock
+        world = World(con, c.sb, client, c.rules, c.report)
         h2, h20 = day_start(oct5) + dt.timedelta(hours=2), day_start(oct5) + dt.timedelta(hours=20)
         world.add_events([("acme", "api_calls", h2 + dt.timedelta(minutes=10), None, {"region": "us"}),
                           ("acme", "api_calls", h20 + dt.timedelta(minutes=30), None, {"region": "us"})])
-        [pushed] = push_days_on_clock(con, client, rules.meters, clock.id, oct5, oct5,
+        [pushed] = push_days_on_clock(con, client, c.rules.meters, clock.id, oct5, oct5,
                                       PushConfig(window_kind="hour", rate=0, retry=FAST_RETRY), sleep=lambda s: None)
         assert (pushed.acknowledged, pushed.not_yet_due, pushed.late) == (2, 0, 0)
         assert client.v1.test_helpers.test_clocks.retrieve(clock.id).frozen_time == int(day_start(oct5).timestamp()) + 86400
