@@ -203,8 +203,10 @@ def create_meter_event(state: State, req: Request) -> dict[str, Any]:
     }
     if meter is None:
         state.meter_errors.append({"type": "no_meter_found", "identifier": identifier, "event_name": event_name})
+        state.uncounted_events.append(record)
     elif state.get("customer", customer_id) is None:
         state.meter_errors.append({"type": "customer_not_found", "identifier": identifier, "customer": customer_id})
+        state.uncounted_events.append(record)
     else:
         state.meter_events.setdefault(event_name, {}).setdefault(customer_id, []).append(record)
     state.identifiers[identifier] = record

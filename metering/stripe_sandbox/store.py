@@ -94,6 +94,8 @@ class State:
             self.objects: dict[str, dict[str, dict[str, Any]]] = {kind: {} for kind in KINDS.values()}
             self.meter_events: dict[str, dict[str, list[dict[str, Any]]]] = {}  # event_name -> customer -> records
             self.identifiers: dict[str, dict[str, Any]] = {}  # identifier -> record
+            # events taken but counted nowhere (unknown meter or customer): their identifiers are still taken
+            self.uncounted_events: list[dict[str, Any]] = []
             self.meter_errors: list[dict[str, Any]] = []
             self.adjustments: list[dict[str, Any]] = []
             self.payment_behavior: dict[str, str] = {}  # customer id -> succeeds|fails|fails_then_succeeds
@@ -189,6 +191,7 @@ class State:
                     "objects": self.objects,
                     "meter_events": self.meter_events,
                     "meter_errors": self.meter_errors,
+                    "uncounted_events": self.uncounted_events,
                     "adjustments": self.adjustments,
                     "payment_behavior": self.payment_behavior,
                     "webhook_secrets": self.webhook_secrets,
@@ -223,14 +226,14 @@ class State:
                 self.objects.setdefault(kind, {}).update(objs)
             self.meter_events = data["meter_events"]
             self.meter_errors = data["meter_errors"]
+            self.uncounted_events = data.get("uncounted_events", [])
             self.adjustments = data["adjustments"]
             self.payment_behavior = data["payment_behavior"]
             self.webhook_secrets = data["webhook_secrets"]
             self.invoice_seq = data["invoice_seq"]
             self.deleted_customers = data.get("deleted_customers", [])
             self.sequence = data["sequence"]
-            for by_customer in self.meter_events.values():
-                for records in by_customer.values():
-                    for record in records:
-                        self.identifiers[record["identifier"]] = record
+            counted = (r for by_customer in self.meter_events.values() for rs in by_customer.values() for r in rs)
+            for record in sorted([*counted, *self.uncounted_events], key=lambda r: r["seq"]):
+                self.identifiers[record["identifier"]] = record
             self.dirty = False
