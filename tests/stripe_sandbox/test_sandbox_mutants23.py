@@ -75,16 +75,6 @@ def test_pre_aggregation_windows_are_utc_hours_whatever_the_summarys_start(sb, c
     assert _summary(client, meter, customer, T0 + 1800, T0 + 7200) == [(T0 + 1800, T0 + 7200, 14)]
 
 
-def test_the_last_formula_takes_the_later_arrival_of_two_events_at_the_same_second(sb, client):
-    """4 then 3, both stamped T0 - 60: the last value is the one received last, 3."""
-    sb.set_now(T0)
-    last, _ = metered_price(client, event_name="metering_last", formula="last")
-    customer = client.v1.customers.create({"name": "A"}).id
-    _event(client, last, customer, 4, T0 - 60)
-    _event(client, last, customer, 3, T0 - 60)
-    assert _summary(client, last, customer, T0 - 3600, T0 + 60) == [(T0 - 3600, T0 + 60, 3)]
-
-
 @pytest.mark.parametrize(("window", "start", "end"), [
     ("day", T0, T0 + 86400 + 3600),  # start at midnight, end one hour past the next one
     ("hour", T0, T0 + 3600 + 60),    # start on the hour, end a minute past the next one

@@ -330,19 +330,25 @@ def test_a_change_behind_a_lost_response_waits_for_stripes_answer(tmp_path, rule
         assert _october_tokens_pushed(world) == (15, 7)
 
 
+def throttled_then_pushed_again(world: World, attempts: int, after: dt.timedelta) -> tuple[Any, str, Any]:
+    """acme's tokens on Nov 18 (5), pushed at NOW with each of its `attempts` attempts answered 429 (the
+    row stays `pending`, but attempted); then, the faults cleared, pushed again `after` later. Returns
+    the first push's report, the row's Idempotency-Key, and the second push's report."""
+    world.add_events([("acme", "tokens", day_start(NOV18) + dt.timedelta(hours=3), "5", {"model": "small"})])
+    world.sandbox.inject_fault("rate_limit", path="/v1/billing/meter_events", method="POST", count=attempts)
+    first = world.pusher(retry=replace(FAST_RETRY, max_attempts=attempts)).push(NOV18, NOV18)
+    key = world.ledger()["idempotency_key"][0]
+    world.sandbox.clear_faults()
+    later = NOW + after
+    world.sandbox.set_now(int(later.timestamp()))
+    return first, key, world.pusher(now=later).push(NOV18, NOV18)
+
+
 def test_a_throttled_window_first_tried_over_20h_ago_is_checked_before_any_resend(world: World) -> None:
     """Every attempt got 429: the row is `pending` (nothing recorded) but was attempted. 25 h later it is
     not resent under its old key: the summary (empty) decides, and revision 2 carries the value."""
-    world.add_events([("acme", "tokens", day_start(NOV18) + dt.timedelta(hours=3), "5", {"model": "small"})])
-    world.sandbox.inject_fault("rate_limit", path="/v1/billing/meter_events", method="POST", count=3)
-    first = world.pusher(retry=replace(FAST_RETRY, max_attempts=3)).push(NOV18, NOV18)
+    first, old_key, second = throttled_then_pushed_again(world, 3, dt.timedelta(hours=25))
     assert (first.pending, first.unknown, first.needs_operator) == (1, 0, 0)
-    old_key = world.ledger()["idempotency_key"][0]
-
-    world.sandbox.clear_faults()
-    later = NOW + dt.timedelta(hours=25)
-    world.sandbox.set_now(int(later.timestamp()))
-    second = world.pusher(now=later).push(NOV18, NOV18)
     assert (second.summary_checks, second.new_revisions, second.acknowledged) == (1, 1, 1)
     assert _window_rows(world, "acme", "tokens", NOV18) == [
         (1, Decimal(5), "superseded", "summary"), (2, Decimal(5), "acknowledged", "response")]

@@ -26,8 +26,8 @@ from metering.stripe.keys import event_name
 from metering.stripe.push import PushConfig, Pusher, _outcome, push_config_from_env
 from metering.stripe.retry import CallOutcome
 from push_world import FAST_RETRY, NOW, World, applied_per_key, customer_on_clock, day_start
+from test_push_faults import NOV18, throttled_then_pushed_again
 
-NOV18 = dt.date(2026, 11, 18)
 OCT17 = dt.date(2026, 10, 17)
 ONE_ATTEMPT = replace(FAST_RETRY, max_attempts=1)
 
@@ -41,15 +41,8 @@ def test_a_row_first_tried_exactly_20h_ago_is_resent_under_its_key(world: World)
     """acme's tokens on Nov 18 (5). At T0 every attempt is throttled (429): `pending`, first attempt T0.
     At exactly T0 + 20 h the key is 20 h old, not MORE than `key_max_age` (20 h): not stale, so no
     summary is read and the row is sent under its T0 key (revision 1, acknowledged by the response)."""
-    world.add_events([("acme", "tokens", day_start(NOV18) + dt.timedelta(hours=3), "5", {"model": "small"})])
-    world.sandbox.inject_fault("rate_limit", path="/v1/billing/meter_events", method="POST", count=1)
-    assert world.pusher(retry=ONE_ATTEMPT).push(NOV18, NOV18).pending == 1
-    key = world.ledger()["idempotency_key"][0]
-
-    world.sandbox.clear_faults()
-    t20 = NOW + dt.timedelta(hours=20)
-    world.sandbox.set_now(int(t20.timestamp()))
-    second = world.pusher(now=t20).push(NOV18, NOV18)
+    first, key, second = throttled_then_pushed_again(world, 1, dt.timedelta(hours=20))
+    assert first.pending == 1
     assert (second.summary_checks, second.new_revisions, second.acknowledged) == (0, 0, 1)
     assert _rows(world) == [(1, Decimal(5), "acknowledged", "response")]
     assert applied_per_key(world.meter_event_requests()) == {key: 1}
