@@ -142,7 +142,19 @@ def licensed_lines(state: State, invoice: dict[str, Any], sub: dict[str, Any], s
 
 
 def new_invoice(state: State, sub: dict[str, Any], created: int, start: int, end: int, reason: str) -> dict[str, Any]:
-    customer = state.get("customer", sub["customer"])
+    """A draft of the subscription ``sub`` (its customer, currency and collection method)."""
+    parent = {
+        "type": "subscription_details",
+        "quote_details": None,
+        "subscription_details": {"metadata": dict(sub["metadata"]), "subscription": sub["id"]},
+    }
+    return blank_invoice(state, sub["customer"], sub["currency"], sub["collection_method"], created, start, end, reason, parent)
+
+
+def blank_invoice(state: State, customer_id: str, currency: str, collection_method: str, created: int, start: int,
+                  end: int, reason: str, parent: dict[str, Any] | None) -> dict[str, Any]:
+    """A draft with no lines: a subscription's (``parent``) or a one-off invoice (``parent`` None)."""
+    customer = state.get("customer", customer_id)
     invoice = {
         "id": new_id("in_", 24),
         "object": "invoice",
@@ -162,11 +174,11 @@ def new_invoice(state: State, sub: dict[str, Any], created: int, start: int, end
         "automatic_tax": {"disabled_reason": None, "enabled": False, "liability": None, "provider": None, "status": None},
         "automatically_finalizes_at": None,
         "billing_reason": reason,
-        "collection_method": sub["collection_method"],
+        "collection_method": collection_method,
         "created": created,
-        "currency": sub["currency"],
+        "currency": currency,
         "custom_fields": None,
-        "customer": sub["customer"],
+        "customer": customer_id,
         "customer_address": None,
         "customer_email": customer.get("email") if customer else None,
         "customer_name": customer.get("name") if customer else None,
@@ -194,11 +206,7 @@ def new_invoice(state: State, sub: dict[str, Any], created: int, start: int, end
         "next_payment_attempt": None,
         "number": None,
         "on_behalf_of": None,
-        "parent": {
-            "type": "subscription_details",
-            "quote_details": None,
-            "subscription_details": {"metadata": dict(sub["metadata"]), "subscription": sub["id"]},
-        },
+        "parent": parent,
         "payment_settings": {"default_mandate": None, "payment_method_options": None, "payment_method_types": None},
         "period_end": end,
         "period_start": start,
@@ -409,7 +417,7 @@ def stop_collection(state: State, invoice: dict[str, Any], request: dict[str, An
 
 def finalize(state: State, invoice: dict[str, Any], at: int, request: dict[str, Any] | None = None) -> None:
     """draft -> open; late usage that arrived during the grace period lands on the invoice."""
-    sub = state.get("subscription", invoice["parent"]["subscription_details"]["subscription"])
+    sub = _invoice_sub(state, invoice)
     if invoice["_metered"] and sub is not None:
         start, end = invoice["_metered"]
         # licensed lines and invoice items stay as they are; only usage can have moved
@@ -429,9 +437,10 @@ def finalize(state: State, invoice: dict[str, Any], at: int, request: dict[str, 
     invoice["ending_balance"] = 0
     invoice["hosted_invoice_url"] = f"https://invoice.stripe.com/i/sandbox/{invoice['id']}"
     invoice["invoice_pdf"] = f"https://pay.stripe.com/invoice/sandbox/{invoice['id']}/pdf"
-    if invoice["collection_method"] == "send_invoice":
+    if invoice["collection_method"] == "send_invoice" and invoice["due_date"] is None:
         # the subscription's `days_until_due` ("Number of days a customer has to pay invoices generated
-        # by this subscription", spec); 30 when it sets none
+        # by this subscription", spec); 30 when it sets none. A one-off invoice created with
+        # `days_until_due` or `due_date` has its due date already.
         sub_days = sub.get("days_until_due") if sub is not None else None
         invoice["due_date"] = at + (DEFAULT_DAYS_UNTIL_DUE if sub_days is None else sub_days) * 86400
     state.dirty = True

@@ -1,4 +1,5 @@
-"""Invoices and their lines: list, retrieve, update (drafts), finalize, pay, void, mark_uncollectible."""
+"""Invoices and their lines: create (one-off drafts), list, retrieve, update (drafts), delete (one-off
+drafts), finalize, pay, void, mark_uncollectible."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from .api import (
     UNMODELLED_FILTER,
     Request,
     as_bool,
+    as_int,
     created_filter,
     fetch,
     paginate,
@@ -16,10 +18,11 @@ from .api import (
     public_list,
     reject_all_but,
     reject_unmodelled,
+    require,
     route,
     update_metadata,
 )
-from .apierrors import StripeAPIError, invalid
+from .apierrors import StripeAPIError, invalid, missing_param
 from .store import State
 
 
@@ -35,6 +38,72 @@ def _invoice(state: State, ident: str) -> dict[str, Any]:
 
 def _now(state: State, invoice: dict[str, Any]) -> int:
     return state.customer_now(invoice["customer"])
+
+
+# POST /v1/invoices: what the sandbox models; any other parameter is refused (400), not dropped
+CREATE_MODELLED = {
+    "customer", "currency", "collection_method", "days_until_due", "due_date", "auto_advance", "description", "metadata",
+    "pending_invoice_items_behavior",
+}
+
+
+@route("POST", "/v1/invoices")
+def create_invoice(state: State, req: Request) -> dict[str, Any]:
+    """A one-off draft for a customer (``billing_reason`` ``manual``, no parent).
+
+    Spec: ``auto_advance`` "Defaults to false" (with it, Stripe finalizes the draft "after one hour",
+    docs: automatic invoice advancement: the sandbox's grace period); ``pending_invoice_items_behavior``
+    "Defaults to `exclude`" (``include`` takes the customer's pending items that belong to no
+    subscription); ``days_until_due`` and ``due_date`` are "Valid only for invoices where
+    collection_method=send_invoice" and date the invoice at once (``days_until_due`` counts "from when
+    the invoice is created"); a sent invoice with neither is due 30 days after its finalization.
+    ``subscription`` (an invoice Stripe would count as the subscription's) is not modelled."""
+    params = req.params
+    reject_all_but(params, CREATE_MODELLED)
+    customer = fetch(state, "customer", require(params, "customer"), "customer", "customer")
+    currency = str(params.get("currency") or customer["currency"] or "").lower()
+    if not currency:
+        raise missing_param("currency")
+    collection = params.get("collection_method") or "charge_automatically"   # its enum: the request schema
+    behavior = params.get("pending_invoice_items_behavior") or "exclude"
+    if behavior not in ("exclude", "include"):
+        raise invalid("Invalid pending_invoice_items_behavior: must be one of exclude or include", "pending_invoice_items_behavior")
+    now = state.customer_now(customer["id"])
+    due_date = _due_date(params, collection, now)
+    advance = as_bool(params["auto_advance"], "auto_advance") if params.get("auto_advance") not in (None, "") else False
+    invoice = billing.blank_invoice(state, customer["id"], currency, collection, now, now, now, "manual", None)
+    invoice["auto_advance"] = advance
+    invoice["automatically_finalizes_at"] = now + state.config.grace_period if advance else None
+    invoice["due_date"] = due_date
+    invoice["description"] = params.get("description") or None
+    invoice["metadata"] = update_metadata({}, params.get("metadata"))
+    lines = billing.pull_pending_items(state, invoice, None) if behavior == "include" else []
+    billing.set_lines(state, invoice, lines)
+    if customer.get("currency") is None:
+        customer["currency"] = currency
+    state.add(invoice)
+    state.record_event("invoice.created", invoice, request=req.event_request())
+    return public(state, invoice, params)
+
+
+def _due_date(params: dict[str, Any], collection: str, now: int) -> int | None:
+    days, date = params.get("days_until_due"), params.get("due_date")
+    given = [name for name, value in (("days_until_due", days), ("due_date", date)) if value not in (None, "")]
+    if not given:
+        return None
+    if collection != "send_invoice":
+        raise invalid(f"{given[0]} is valid only for invoices where collection_method=send_invoice.", given[0])
+    if len(given) == 2:
+        raise invalid("Pass either days_until_due or due_date, not both.", "due_date")
+    if given == ["due_date"]:
+        due = as_int(date, "due_date")
+        if due <= now:
+            raise invalid("The due_date must be in the future.", "due_date")
+        return due
+    count = as_int(days, "days_until_due")
+    if count < 0:
+        raise invalid("days_until_due must be 0 or more.", "days_until_due")
+    return now + count * 86400
 
 
 @route("GET", "/v1/invoices")
@@ -68,7 +137,8 @@ def update_invoice(state: State, req: Request, invoice: str) -> dict[str, Any]:
     """Spec: "Draft invoices are fully editable. Once an invoice is finalized, monetary values, as well
     as collection_method, become uneditable." and "pass auto_advance=false" to stop "automatically
     finalizing, reattempting payments on" it. The sandbox applies metadata, description and
-    auto_advance; any other parameter is refused (400) rather than dropped."""
+    auto_advance (true on a draft with no finalization scheduled: one an hour later, the grace period);
+    any other parameter is refused (400) rather than dropped."""
     obj = _invoice(state, invoice)
     params = req.params
     if obj["status"] != "draft":
@@ -93,6 +163,11 @@ def update_invoice(state: State, req: Request, invoice: str) -> dict[str, Any]:
     if advance is not None:
         previous["auto_advance"] = obj["auto_advance"]
         obj["auto_advance"] = advance
+        if advance and obj["status"] == "draft" and obj["automatically_finalizes_at"] is None:
+            # automatic advancement finalizes a draft "after one hour" (docs); counted from the change,
+            # a sandbox choice: Stripe does not say from when
+            previous["automatically_finalizes_at"] = None
+            obj["automatically_finalizes_at"] = _now(state, obj) + state.config.grace_period
         if not advance:
             # no automatic finalization of a draft, no further payment attempt on an open invoice
             previous["automatically_finalizes_at"] = obj["automatically_finalizes_at"]
@@ -113,6 +188,10 @@ def delete_invoice(state: State, req: Request, invoice: str) -> dict[str, Any]:
     obj = _invoice(state, invoice)
     if obj["status"] != "draft":
         raise StripeAPIError(400, "You can only delete draft invoices.", code="invoice_not_editable")
+    if obj["parent"] is not None:
+        # spec: "Permanently deletes a one-off invoice draft ... if an invoice is for a subscription, it
+        # must be voided"; Stripe's words for it (stripe-node#657)
+        raise StripeAPIError(400, "You can't delete invoices created by subscriptions.", code="invoice_not_editable")
     billing.release_items(state, obj)
     billing.set_lines(state, obj, [])
     del state.objects["invoice"][invoice]

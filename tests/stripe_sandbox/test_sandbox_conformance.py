@@ -157,10 +157,9 @@ def test_every_endpoint_through_the_sdk(sb, client):
     _void_and_uncollectible(sb, client)
     extra_item = client.v1.subscription_items.create({"subscription": sub.id, "price": per_unit.id})
     assert extra_item.subscription == sub.id
-    draft = client.v1.invoices.list({"status": "draft"}).data
     client.v1.test_helpers.test_clocks.advance(clock.id, {"frozen_time": ts("2026-12-01T00:10:00")})
-    draft = client.v1.invoices.list({"customer": customer.id, "status": "draft"}).data[0]
-    assert client.v1.invoices.delete(draft.id).deleted
+    one_off = client.v1.invoices.create({"customer": customer.id, "description": "One-off"})
+    assert client.v1.invoices.delete(one_off.id).deleted
     client.v1.billing.meters.deactivate(meter.id)
     client.v1.billing.meters.reactivate(meter.id)
     client.v1.subscription_items.delete(item.id)
@@ -404,8 +403,10 @@ def test_every_endpoint_over_raw_http(sb):
         [december] = ok("GET", "/v1/invoices", params={"customer": customer["id"], "status": "draft"})["data"]
         ok("POST", f"/v1/invoices/{december['id']}/pay")
         ok("POST", f"/v1/test_helpers/test_clocks/{clock['id']}/advance", data={"frozen_time": ts("2027-01-01T00:05:00")})
-        [january] = ok("GET", "/v1/invoices", params={"customer": customer["id"], "status": "draft"})["data"]
-        ok("DELETE", f"/v1/invoices/{january['id']}")
+        one_off = ok("POST", "/v1/invoices", data={
+            "customer": customer["id"], "collection_method": "send_invoice", "days_until_due": "14",
+            "pending_invoice_items_behavior": "include", "auto_advance": "false", "metadata[k]": "v"})
+        ok("DELETE", f"/v1/invoices/{one_off['id']}")
         events = ok("GET", "/v1/events", params={"types[]": ["invoice.voided", "invoice.marked_uncollectible"]})["data"]
         assert [e["type"] for e in events] == ["invoice.voided", "invoice.marked_uncollectible"]
         ok("GET", f"/v1/events/{events[0]['id']}")

@@ -226,19 +226,19 @@ def test_a_subscriptions_first_invoice_takes_pending_items_but_not_another_subsc
     assert client.v1.invoice_items.retrieve(for_second.id).invoice == drafts[second.id].id
 
 
-def test_voiding_keeps_the_items_and_deleting_a_draft_frees_them(sb, client):
+def test_voiding_keeps_the_items_and_deleting_a_one_off_draft_frees_them(sb, client):
     clock, _, customer, _ = _setup(client)
     item = client.v1.invoice_items.create({"customer": customer.id, "amount": 400})
-    client.v1.test_helpers.test_clocks.advance(clock.id, {"frozen_time": NOV + 60})
-    draft = _cycle_invoice(client, customer)
-    client.v1.invoices.delete(draft.id)
+    one_off = client.v1.invoices.create({"customer": customer.id, "pending_invoice_items_behavior": "include"})
+    assert client.v1.invoice_items.retrieve(item.id).invoice == one_off.id
+    client.v1.invoices.delete(one_off.id)
     assert client.v1.invoice_items.retrieve(item.id).invoice is None
-    client.v1.test_helpers.test_clocks.advance(clock.id, {"frozen_time": DEC + 60})
-    december = [i for i in client.v1.invoices.list({"customer": customer.id, "status": "draft"}).data][0]
-    assert december.total == 400
-    client.v1.invoices.finalize_invoice(december.id, {"auto_advance": False})
-    client.v1.invoices.void_invoice(december.id)
-    assert client.v1.invoice_items.retrieve(item.id).invoice == december.id
+    client.v1.test_helpers.test_clocks.advance(clock.id, {"frozen_time": NOV + 60})
+    november = _cycle_invoice(client, customer)
+    assert november.total == 400
+    client.v1.invoices.finalize_invoice(november.id, {"auto_advance": False})
+    client.v1.invoices.void_invoice(november.id)
+    assert client.v1.invoice_items.retrieve(item.id).invoice == november.id
     assert client.v1.invoice_items.list({"pending": True}).data == []
 
 
