@@ -377,6 +377,10 @@ def merged_invoices_sql(con: duckdb.DuckDBPyConnection) -> str:
     webhook state), NULL while it runs. `lines_complete`: every line of the invoice is known.
     `pre_payment_credit_notes`: Stripe's `pre_payment_credit_notes_amount`, NULL when unknown (pulled
     before migration 055, or known from webhooks only: the webhook state does not keep it).
+    `one_off`: an invoice of no subscription (Stripe's `billing_reason` `manual`: an operator's one-off
+    invoice). The pull reads our API version, where an invoice names its subscription in `parent`
+    only, so none there is one-off; the webhook state goes by `billing_reason`, which every API version
+    sends. NULL when unknown.
     """
     ends = _subscription_ends_sql(con)
     # unknown (NULL) for invoices pulled before migration 055, until pulled again
@@ -389,7 +393,8 @@ def merged_invoices_sql(con: duckdb.DuckDBPyConnection) -> str:
                CAST({api_credit} AS BIGINT) AS pre_payment_credit_notes, a.created, a.period_start,
                a.period_end, a.finalized_at,
                coalesce(a.subscription_ended_at, e.ended_at) AS subscription_ended_at, true AS lines_complete,
-               CAST({api_advance} AS BOOLEAN) AS auto_advance, 'api' AS source, a.subscription_id
+               CAST({api_advance} AS BOOLEAN) AS auto_advance, 'api' AS source, a.subscription_id,
+               a.subscription_id IS NULL AS one_off
         FROM stripe_invoices_api a LEFT JOIN ({ends}) e ON e.subscription_id = a.subscription_id
         QUALIFY row_number() OVER (PARTITION BY a.invoice_id ORDER BY a.pulled_at DESC, a.billing_month DESC) = 1
     """
@@ -411,6 +416,7 @@ def merged_invoices_sql(con: duckdb.DuckDBPyConnection) -> str:
     credit = ("w.pre_payment_credit_notes_amount" if "pre_payment_credit_notes_amount" in cols
               else "NULL::BIGINT")
     advance = "w.auto_advance" if "auto_advance" in cols else "NULL::BOOLEAN"
+    manual = "w.billing_reason = 'manual'" if "billing_reason" in cols else "NULL::BOOLEAN"
     # A state further than its pull gives the invoice's status and amounts; the rest stays the pull's:
     # its customer (mapped through the Stripe customer; the state's comes from metadata only), its
     # lines (`merged_lines_sql`: a finalized invoice's lines do not change, and the state's carry no
@@ -427,7 +433,8 @@ def merged_invoices_sql(con: duckdb.DuckDBPyConnection) -> str:
                coalesce(p.subscription_ended_at, e.ended_at) AS subscription_ended_at,
                p.invoice_id IS NOT NULL OR {complete} AS lines_complete,
                CAST(coalesce({advance}, p.auto_advance) AS BOOLEAN) AS auto_advance, 'webhook' AS source,
-               coalesce(p.subscription_id, {subscription}) AS subscription_id
+               coalesce(p.subscription_id, {subscription}) AS subscription_id,
+               coalesce(p.one_off, {manual}) AS one_off
         FROM stripe_invoices w LEFT JOIN ({ends}) e ON e.subscription_id = {subscription}
         LEFT JOIN ({latest_pull}) p ON p.invoice_id = w.invoice_id
         WHERE w.invoice_id NOT IN (SELECT invoice_id FROM stripe_invoices_api)
@@ -458,19 +465,20 @@ def _closes_sql(con: duckdb.DuckDBPyConnection, lines: str) -> str:
 
 
 def _foreign_invoice_sql(con: duckdb.DuckDBPyConnection, invoice: str, lines: str) -> str:
-    """Boolean SQL over the invoice alias `invoice`: an invoice of another product's subscription on the
-    customer's Stripe customer (a support contract, say). Its subscription is none the catalog sync
+    """Boolean SQL over the invoice alias `invoice` (of `merged_invoices_sql`): an invoice of another
+    product's subscription on the customer's Stripe customer (a support contract, say), or an operator's
+    one-off invoice (`one_off`: a workshop, say). Its subscription, if any, is none the catalog sync
     mapped the customer to (`stripe_customer_map` keeps every one, earlier ones too), the customer has
     one that is, and no line of it (among `lines`, a CTE name or a subquery of `merged_lines_sql`) is
     priced by a price of ours or is one of the engine's invoice items. It bills nothing we rate: its
-    lines counted as the period's (a 5000 support fee made the customer's invoice an amount_mismatch)
-    and it could close our period. False where the map is unknown."""
+    lines counted as the period's (a 5000 support fee, a 50000 workshop made the customer's invoice an
+    amount_mismatch) and it could close our period. False where the map is unknown."""
     if not {"customer_id", "subscription_id"} <= table_columns(con, "stripe_customer_map"):
         return "false"
     ours = ("fl.price_id IN (SELECT stripe_id FROM stripe_objects WHERE kind = 'price')"
             if {"kind", "stripe_id"} <= table_columns(con, "stripe_objects") else "false")
-    return f"""({invoice}.subscription_id IS NOT NULL
-        AND {invoice}.subscription_id NOT IN ({OUR_SUBSCRIPTIONS_SQL})
+    return f"""(({invoice}.subscription_id IS NOT NULL AND {invoice}.subscription_id NOT IN ({OUR_SUBSCRIPTIONS_SQL})
+             OR coalesce({invoice}.one_off, false))
         AND {invoice}.customer_id IN (SELECT customer_id FROM stripe_customer_map WHERE subscription_id IS NOT NULL)
         AND {invoice}.invoice_id NOT IN (
             SELECT fl.invoice_id FROM {lines} fl

@@ -345,3 +345,60 @@ def rate_days(con: duckdb.DuckDBPyConnection, rules: Any, month: dt.date, days: 
     now = dt.datetime.now(dt.UTC)
     service.write_rated(con, month, rated, rules, now)
     service.write_previews(con, month, previews, now)
+
+
+ACME_SEPTEMBER_CSV = """customer_id,name,email,currency,billing_anchor_day,plan,plan_effective_from,payment_behavior
+acme,Acme,a@x.test,usd,,pro,2026-09-01,succeeds
+"""
+
+
+def _acme_september_events(path: Path) -> Path:
+    """acme's September: 1,500 API calls (us), 1,000,000 large tokens, 2 seats."""
+    lines = []
+    for meter, when, count, value, props in (("api_calls", "2026-09-03T10:00:00", 1500, None, {"region": "us"}),
+                                             ("tokens", "2026-09-04T10:00:00", 1, "1000000", {"model": "large"}),
+                                             ("seats", "2026-09-05T10:00:00", 1, "2", None)):
+        for i in range(count):
+            event = {"event_id": f"acme-{meter}-{i}", "customer_id": "acme", "meter": meter, "timestamp": f"{when}Z"}
+            if props:
+                event["properties"] = props
+            if value is not None:
+                event["value"] = value
+            lines.append(json.dumps(event))
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def acme_september_on_clock(con: duckdb.DuckDBPyConnection, client: Any, rules_dir: Path, tmp_path: Path,
+                            before_push: Any = None) -> tuple[Any, Any]:
+    """acme on pro from 2026-09-01 with its September usage: ingested, rated, the catalog synced onto a new
+    test clock (frozen at Sep 1 00:00), then `before_push(clock)` (if given), then every September day
+    pushed on the clock. Returns (rules, clock)."""
+    from metering.customers import load_customers
+    from metering.ingest.load import ingest_files
+    from metering.rules.plans import load_rules
+    from metering.stripe.catalog import sync_catalog
+    from metering.stripe.clock import push_days_on_clock
+    from metering.stripe.push import PushConfig
+    from metering import warehouse
+
+    september = dt.date(2026, 9, 1)
+    rules = load_rules(rules_dir)
+    (tmp_path / "raw").mkdir()
+    (tmp_path / "customers.csv").write_text(ACME_SEPTEMBER_CSV)
+    days = [september + dt.timedelta(days=i) for i in range(30)]
+    ingest_files(con, [_acme_september_events(tmp_path / "raw" / "usage.jsonl")], rules_dir=rules_dir)
+    customers = load_customers(tmp_path / "customers.csv", rules)
+    warehouse.replace_rows(con, "customer_plans", "TRUE", [], customers)
+    rate_days(con, rules, september, days)
+    clock = client.v1.test_helpers.test_clocks.create({"frozen_time": _unix(september)})
+    sync_catalog(con, client, rules, customers, create_customers=True, test_clock=clock.id,
+                 sandbox_payment_behavior=True)
+    if before_push is not None:
+        before_push(clock)
+
+    def clock_now() -> dt.datetime:
+        return dt.datetime.fromtimestamp(client.v1.test_helpers.test_clocks.retrieve(clock.id).frozen_time, dt.UTC)
+
+    push_days_on_clock(con, client, rules.meters, clock.id, days[0], days[-1], PushConfig(rate=0), now=clock_now)
+    return rules, clock

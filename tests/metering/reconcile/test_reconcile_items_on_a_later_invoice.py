@@ -18,54 +18,27 @@ September once that invoice carried the items showed them neither on Stripe's in
 from __future__ import annotations
 
 import datetime as dt
-import json
 import re
-from pathlib import Path
 
 import polars as pl
 
 from metering import warehouse
-from metering.customers import load_customers
-from metering.ingest.load import ingest_files
-from recon_scenario import rate_days
+from recon_scenario import acme_september_on_clock, rate_days
 from metering.reconcile.pulls import pull_stripe_state
 from metering.reconcile.run import reconcile_period
 from metering.reconcile.settings import ReconcileSettings
 from metering.reports import write_report
-from metering.rules.plans import load_rules
-from metering.stripe.catalog import sync_catalog
-from metering.stripe.clock import push_days_on_clock
 from metering.stripe.invoice_items import bill_invoice_items
-from metering.stripe.push import PushConfig
 
 SEP, OCT = dt.date(2026, 9, 1), dt.date(2026, 10, 1)
 ITEMS = 200 + 7700
 ROW = ("our_total_minor", "not_in_stripe_minor", "engine_items_minor", "engine_items_pending_minor",
        "unbilled_minor", "stripe_total_minor", "amount_diff_minor", "amount_paid", "status")
-CSV = """customer_id,name,email,currency,billing_anchor_day,plan,plan_effective_from,payment_behavior
-acme,Acme,a@x.test,usd,,pro,2026-09-01,succeeds
-"""
 SETTINGS = ReconcileSettings(settle_seconds=0, pull_rate=0)
 
 
 def _ts(text: str) -> int:
     return int(dt.datetime.fromisoformat(text).replace(tzinfo=dt.UTC).timestamp())
-
-
-def _events(path: Path) -> Path:
-    lines = []
-    for meter, when, count, value, props in (("api_calls", "2026-09-03T10:00:00", 1500, None, {"region": "us"}),
-                                             ("tokens", "2026-09-04T10:00:00", 1, "1000000", {"model": "large"}),
-                                             ("seats", "2026-09-05T10:00:00", 1, "2", None)):
-        for i in range(count):
-            event = {"event_id": f"acme-{meter}-{i}", "customer_id": "acme", "meter": meter, "timestamp": f"{when}Z"}
-            if props:
-                event["properties"] = props
-            if value is not None:
-                event["value"] = value
-            lines.append(json.dumps(event))
-    path.write_text("\n".join(lines) + "\n")
-    return path
 
 
 def _september(con, client) -> dict:
@@ -78,23 +51,8 @@ def _september(con, client) -> dict:
 def test_items_billed_on_a_later_invoice_count_with_the_month_they_bill(stripe_sandbox, isolated_env, rules_dir,
                                                                        tmp_path):
     client = stripe_sandbox.client(max_network_retries=2)
-    rules = load_rules(rules_dir)
-    (tmp_path / "raw").mkdir()
-    (tmp_path / "customers.csv").write_text(CSV)
-    days = [SEP + dt.timedelta(days=i) for i in range(30)]
     with warehouse.open_warehouse() as con:
-        ingest_files(con, [_events(tmp_path / "raw" / "usage.jsonl")], rules_dir=rules_dir)
-        customers = load_customers(tmp_path / "customers.csv", rules)
-        warehouse.replace_rows(con, "customer_plans", "TRUE", [], customers)
-        rate_days(con, rules, SEP, days)
-        clock = client.v1.test_helpers.test_clocks.create({"frozen_time": _ts("2026-09-01T00:00:00")})
-        sync_catalog(con, client, rules, customers, create_customers=True, test_clock=clock.id,
-                     sandbox_payment_behavior=True)
-
-        def clock_now() -> dt.datetime:
-            return dt.datetime.fromtimestamp(client.v1.test_helpers.test_clocks.retrieve(clock.id).frozen_time, dt.UTC)
-
-        push_days_on_clock(con, client, rules.meters, clock.id, days[0], days[-1], PushConfig(rate=0), now=clock_now)
+        rules, clock = acme_september_on_clock(con, client, rules_dir, tmp_path)
         client.v1.test_helpers.test_clocks.advance(clock.id, {"frozen_time": _ts("2026-10-01T02:30:00")})
         rate_days(con, rules, SEP, [])
         first = bill_invoice_items(con, client, SEP, rate=0)

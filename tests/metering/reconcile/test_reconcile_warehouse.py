@@ -16,6 +16,7 @@ from recon_scenario import (
     insert_windows,
     invoice_total_is_its_lines,
     known_only_from_webhooks,
+    land_invoice_webhook,
     write_scenario,
 )
 
@@ -386,15 +387,20 @@ def test_a_period_stripe_never_invoiced_is_pending_only_until_the_grace_has_pass
     assert before.unexplained_minor() == {"usd": 25}
 
 
+def _map_subscriptions(con) -> None:
+    """Each scenario customer mapped to its own subscription `sub_<id>`, as the catalog sync records it."""
+    con.execute("UPDATE stripe_invoices_api SET subscription_id = 'sub_' || customer_id")
+    for c in ("cus_a", "cus_b", "cus_c"):
+        con.execute("INSERT INTO stripe_customer_map (customer_id, stripe_customer_id, subscription_id, synced_at) "
+                    "VALUES (?, ?, ?, ?)", [c, f"stripe_{c}", f"sub_{c}", PULLED])
+
+
 def _with_support_contract(con, customer: str, start: dt.datetime, end: dt.datetime, line_end: dt.datetime) -> None:
     """Each scenario customer mapped to its own subscription `sub_<id>`, and `customer`'s Stripe customer
     also paying a support contract of another product (subscription sub_support): invoice in_support
     (paid, its period [start, end), created at `end`) with one 5000 line, [start, line_end), priced by no
     price of ours."""
-    con.execute("UPDATE stripe_invoices_api SET subscription_id = 'sub_' || customer_id")
-    for c in ("cus_a", "cus_b", "cus_c"):
-        con.execute("INSERT INTO stripe_customer_map (customer_id, stripe_customer_id, subscription_id, synced_at) "
-                    "VALUES (?, ?, ?, ?)", [c, f"stripe_{c}", f"sub_{c}", PULLED])
+    _map_subscriptions(con)
     con.execute("""INSERT INTO stripe_invoices_api (billing_month, invoice_id, customer_id, status, currency,
                    amount_due, amount_paid, amount_remaining, total, total_excluding_tax, period_start, period_end,
                    created, pulled_at, subscription_id) VALUES (?, 'in_support', ?, 'paid', 'usd', 5000, 5000,
@@ -970,6 +976,48 @@ def test_an_invoice_closes_one_row_of_a_customer_at_most(isolated_env):
             schema={"customer_id": pl.String, "period_start": pl.Date, "period_end": pl.Date}))
     rows = october.sort("period_start").select("period_start", "invoice_ids", "closing_invoice_id", "amount_paid").rows()
     assert rows == [(dt.date(2026, 10, 1), "in_f0", "in_f1", 1900), (dt.date(2026, 10, 15), "in_f1", None, 300)]
+
+
+def _one_off_invoice(invoice_id: str, customer: str, amount: int, billing_reason: str, parent: dict | None) -> dict:
+    """A paid invoice of Oct 10 with one line of `amount` priced by no price of ours, as webhooks send it."""
+    oct10 = int(dt.datetime(2026, 10, 10, tzinfo=dt.UTC).timestamp())
+    line = {"id": f"il_{invoice_id}", "object": "line_item", "amount": amount, "currency": "usd", "quantity": 1,
+            "quantity_decimal": "1", "period": {"start": oct10, "end": oct10}, "pricing": None,
+            "parent": {"type": "invoice_item_details", "subscription_item_details": None,
+                       "invoice_item_details": {"invoice_item": f"ii_{invoice_id}", "proration": False,
+                                                "subscription": None}}}
+    return {"id": invoice_id, "object": "invoice", "status": "paid", "customer": f"stripe_{customer}",
+            "currency": "usd", "amount_due": amount, "amount_paid": amount, "amount_remaining": 0, "total": amount,
+            "subtotal": amount, "total_excluding_tax": amount, "attempt_count": 1, "created": oct10,
+            "period_start": oct10, "period_end": oct10, "billing_reason": billing_reason,
+            "metadata": {"customer_id": customer}, "parent": parent,
+            "status_transitions": {"finalized_at": oct10 + 3600, "paid_at": oct10 + 3600},
+            "lines": {"object": "list", "has_more": False, "data": [line]}}
+
+
+def test_a_one_off_invoice_known_from_webhooks_is_not_the_periods(isolated_env, rules_dir, tmp_path):
+    """An operator's one-off invoice (Stripe's billing_reason `manual`, no parent) of cus_a, a 50000
+    workshop, known only from webhooks (not pulled yet). It bills nothing we rate, like another product's
+    invoice: the month reconciles as without it. Stripe names no subscription on it in any API version's
+    words but `billing_reason`, so the webhook state goes by that. The same invoice under another
+    billing_reason (a subscription's invoice sent in an older API version's shape, with no `parent`) is
+    not taken for one-off: it counts, as before."""
+    with warehouse.open_warehouse() as con:
+        write_scenario(con)
+        _map_subscriptions(con)
+        land_invoice_webhook(con, tmp_path / "landing", _one_off_invoice("in_workshop", "cus_a", 50000, "manual", None))
+        result = reconcile_period(con, MONTH, settings=ReconcileSettings(), meters=load_meters(rules_dir), now=PULLED)
+        land_invoice_webhook(con, tmp_path / "landing2",
+                             _one_off_invoice("in_old_shape", "cus_b", 300, "subscription_cycle", None))
+        counted = reconcile_period(con, MONTH, settings=ReconcileSettings(), meters=load_meters(rules_dir), now=PULLED)
+    inv = {r["customer_id"]: (r["status"], r["amount_diff_minor"]) for r in result.invoices.iter_rows(named=True)}
+    assert inv == EXPECTED_INVOICES
+    a_inv = result.invoices.filter(customer_id="cus_a").row(0, named=True)
+    assert (a_inv["stripe_total_minor"], a_inv["invoice_ids"]) == (5000, "in_a0,in_cus_a")
+    assert result.unexplained_minor() == {"usd": 125}
+    b_inv = counted.invoices.filter(customer_id="cus_b").row(0, named=True)
+    assert "in_old_shape" in b_inv["invoice_ids"].split(",")
+    assert b_inv["amount_diff_minor"] == EXPECTED_INVOICES["cus_b"][1] + 300
 
 
 def test_another_products_invoice_is_not_the_periods(isolated_env, rules_dir):
