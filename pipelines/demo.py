@@ -205,10 +205,12 @@ class DemoRunner:
     ) -> dg.ExecuteInProcessResult:
         """One run of `keys` (and their checks); `partition_range` makes it a single-run backfill."""
         selection = dg.AssetSelection.assets(*keys) | dg.AssetSelection.checks_for_assets(*keys)
+        from pipelines.partitions import RANGE_END_TAG, RANGE_START_TAG
+
         tags = {"metering/source": "demo"}
         if partition_range:
-            tags["dagster/asset_partition_range_start"] = partition_range[0].isoformat()
-            tags["dagster/asset_partition_range_end"] = partition_range[1].isoformat()
+            tags[RANGE_START_TAG] = partition_range[0].isoformat()
+            tags[RANGE_END_TAG] = partition_range[1].isoformat()
         config = {**(run_config or {}), "loggers": {"console": {"config": {"log_level": "WARNING"}}}}
         result = dg.materialize(
             [*self.assets, *self.checks], selection=selection, partition_key=partition_key,

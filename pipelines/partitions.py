@@ -14,3 +14,6 @@ monthly_billing = dg.MonthlyPartitionsDefinition(start_date=START_DATE, timezone
 """One partition per calendar month (keys look like 2026-10-01), the current month included so
 invoice previews are live: rating, reconciliation, reports. A partition holds the billing periods
 that START in its month."""
+
+RANGE_START_TAG, RANGE_END_TAG = "dagster/asset_partition_range_start", "dagster/asset_partition_range_end"
+"""The tags of a single-run backfill over a partition range (a run of many keys has no `dagster/partition`)."""

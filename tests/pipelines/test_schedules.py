@@ -50,6 +50,24 @@ def test_hourly_usage_does_not_ask_again_for_a_day_whose_run_is_still_in_flight(
         assert tick(2) == ["2026-10-31", "2026-11-01"]
 
 
+def test_hourly_usage_does_not_ask_again_for_the_days_of_a_range_backfill_in_flight():
+    """A single-run backfill of hourly_usage_job over Oct 30 - Nov 1 (`dagster job backfill`, or the UI's
+    range launch) carries range tags, not `dagster/partition`: the schedule saw none of its days as busy
+    and asked for yesterday and today again behind it (a duplicate run each, waiting for the one writer
+    slot). A range that ends before yesterday keeps nothing out."""
+    job = defs.resolve_job_def("hourly_usage_job")
+    at = dt.datetime(2026, 11, 1, 1, 10, tzinfo=dt.UTC)
+    with dg.instance_for_test() as instance:
+        backfill = instance.create_run_for_job(job_def=job, tags={
+            "dagster/asset_partition_range_start": "2026-10-30", "dagster/asset_partition_range_end": "2026-11-01"})
+        assert [r.partition_key for r in schedule_tick("hourly_usage_schedule", instance, at)] == []
+        instance.report_run_canceled(backfill)
+        instance.create_run_for_job(job_def=job, tags={
+            "dagster/asset_partition_range_start": "2026-10-01", "dagster/asset_partition_range_end": "2026-10-30"})
+        assert [r.partition_key for r in schedule_tick("hourly_usage_schedule", instance, at)] == [
+            "2026-10-31", "2026-11-01"]
+
+
 def test_invoice_items_bill_the_months_the_rating_closes_in_january_too():
     """Last month's calendar periods, the anchored ones that started the month before (Oct 15 - Nov 15
     sits in October's partition and closes in November), and short first periods inside this month."""

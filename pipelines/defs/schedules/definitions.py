@@ -24,7 +24,7 @@ import datetime as dt
 import dagster as dg
 
 from pipelines.cadence import SCHEDULE_STATUS
-from pipelines.partitions import START_DATE
+from pipelines.partitions import RANGE_END_TAG, RANGE_START_TAG, START_DATE, daily_usage
 from pipelines.defs.publish.assets import with_snapshot
 
 hourly_usage_job = dg.define_asset_job(
@@ -125,18 +125,27 @@ def hourly_usage_schedule(context: dg.ScheduleEvaluationContext):
     recent = [(now.date() - dt.timedelta(days=1)).isoformat(), now.date().isoformat()]
     older = set(not_reaggregated(context.instance, now)) | set(unsettled_pushes(context.instance, now))
     late = sorted(day for day in older if day < recent[0])
-    # a day whose run is still queued or running is not asked for again: the hour in the run key made
-    # each tick add runs of the same days behind the one writer slot, without end while runs were slow
+    # a day whose run is still queued or running (alone, or in a backfill's range) is not asked for again:
+    # the hour in the run key made each tick add runs of the same days behind the one writer slot, without
+    # end while runs were slow
     busy = in_flight_partitions(context.instance, hourly_usage_job.name)
     for day in [*late, *recent]:
         if day not in busy:
             yield dg.RunRequest(run_key=f"{now:%Y-%m-%dT%H}:{day}", partition_key=day)
 
 
-def in_flight_partitions(instance: dg.DagsterInstance, job_name: str) -> set[str]:
-    """The partition keys of `job_name`'s runs not yet finished (queued, starting, running, canceling)."""
-    runs = instance.get_runs(filters=dg.RunsFilter(job_name=job_name, statuses=IN_FLIGHT))
-    return {key for run in runs if (key := run.tags.get("dagster/partition"))}
+def in_flight_partitions(instance: dg.DagsterInstance, job_name: str,
+                         partitions_def: dg.PartitionsDefinition = daily_usage) -> set[str]:
+    """The partition keys of `job_name`'s runs not yet finished (queued, starting, running, canceling):
+    a run's one partition, or every key of a single-run backfill's range (which has range tags instead)."""
+    keys: set[str] = set()
+    for run in instance.get_runs(filters=dg.RunsFilter(job_name=job_name, statuses=IN_FLIGHT)):
+        start, end = run.tags.get(RANGE_START_TAG), run.tags.get(RANGE_END_TAG)
+        if key := run.tags.get("dagster/partition"):
+            keys.add(key)
+        elif start and end:
+            keys.update(partitions_def.get_partition_keys_in_range(dg.PartitionKeyRange(start, end)))
+    return keys
 
 
 IN_FLIGHT = [dg.DagsterRunStatus.QUEUED, dg.DagsterRunStatus.NOT_STARTED, dg.DagsterRunStatus.STARTING,
