@@ -253,3 +253,42 @@ def test_a_day_whose_push_left_windows_open_is_requested_hourly_until_settled(tm
         meta = settled.asset_materializations_for_node("stripe_usage_pushes")[0].metadata
         assert (meta["open_windows"].value, meta["acknowledged"].value) == (0, 2)
         assert hourly_days(now + dt.timedelta(hours=2)) == yesterday_and_today(now + dt.timedelta(hours=2))
+
+
+def test_a_window_stripe_refused_fails_the_push_check_though_none_is_left_open(tmp_path: Path, rules_dir: Path) -> None:
+    """A window whose call Stripe refused (400: nothing recorded) is `failed`: a plain push leaves it so
+    (Stripe would refuse it again; `--retry-failed` sends a new revision). It is not open, so the hourly
+    schedule does not ask for its day again: the push_settled check is what tells the data team, and it
+    must fail while any window of the day is failed (metadata: failed 1, open_windows 0)."""
+    from metering.stripe import ledger
+    from metering.stripe.push import _outcome
+
+    db = tmp_path / "wh.duckdb"
+    (tmp_path / "customers.csv").write_text(CSV)
+    day = (dt.datetime.now(dt.timezone.utc) - dt.timedelta(days=3)).date()
+    with running_sandbox() as sb, dg.instance_for_test() as instance:
+        resources = _resources(tmp_path, rules_dir, sb.base_url)
+        assert dg.materialize([customer_plans, stripe_catalog], resources=resources, instance=instance).success
+        with warehouse.open_warehouse(db) as con:
+            warehouse.insert_frame(con, "usage_events", _events(day))
+            record_manifest(con)
+        assert dg.materialize([usage_aggregates], resources=resources, instance=instance,
+                              partition_key=day.isoformat()).success
+        sb.sandbox.faults.add({"kind": "rate_limit", "method": "POST", "path": "/v1/billing/meter_events"})
+        assert dg.materialize([stripe_usage_pushes], resources=resources, instance=instance,
+                              partition_key=day.isoformat()).success   # both windows pending (throttled)
+        sb.sandbox.faults.clear()
+        with warehouse.open_warehouse(db) as con:
+            tokens = con.execute("SELECT identifier FROM stripe_push_ledger WHERE meter = 'tokens'").fetchone()[0]
+            ledger.record_outcomes(con, [_outcome(tokens, "failed", 0, "refused", "req_1", 400, "response")],
+                                   dt.datetime.now(dt.timezone.utc))
+        pushed = dg.materialize([stripe_usage_pushes], resources=resources, instance=instance,
+                                partition_key=day.isoformat())
+        with warehouse.open_warehouse(db) as con:
+            statuses = con.execute("SELECT meter, status FROM stripe_push_ledger ORDER BY meter").fetchall()
+    assert pushed.success
+    assert statuses == [("api_calls", "acknowledged"), ("tokens", "failed")]
+    meta = pushed.asset_materializations_for_node("stripe_usage_pushes")[0].metadata
+    assert (meta["open_windows"].value, meta["acknowledged"].value, meta["failed"].value) == (0, 1, 1)
+    [check] = pushed.get_asset_check_evaluations()
+    assert (check.check_name, check.passed, check.metadata["failed"].value) == ("push_settled", False, 1)
