@@ -23,6 +23,14 @@ INCOMPLETE_EXPIRY = 23 * 3600
 transitions to incomplete_expired." Counted from the subscription's creation on its clock."""
 ENDED_STATUSES = ("canceled", "incomplete_expired")
 DEFAULT_DAYS_UNTIL_DUE = 30
+MINIMUM_CHARGE = {
+    "usd": 50, "aed": 200, "aud": 50, "bgn": 100, "brl": 50, "cad": 50, "chf": 50, "czk": 1500, "dkk": 250,
+    "eur": 50, "gbp": 30, "hkd": 400, "huf": 17500, "inr": 50, "jpy": 50, "mxn": 1000, "myr": 200, "nok": 300,
+    "nzd": 50, "pln": 200, "ron": 200, "sek": 300, "sgd": 50, "thb": 1000,
+}
+"""Stripe's minimum charge per currency, in minor units (docs.stripe.com/currencies, "Minimum and maximum
+charge amounts"); an invoice whose amount due is below it is marked paid and the amount carried to the
+customer's balance (spec, invoice). Other currencies: none. `SandboxConfig.minimum_charge` replaces it."""
 
 
 # -- prices ---------------------------------------------------------------------------------------
@@ -248,9 +256,40 @@ def set_lines(state: State, invoice: dict[str, Any], lines: list[dict[str, Any]]
     total = sum(line["amount"] for line in lines)
     for name in TOTALS:
         invoice[name] = total
-    # credits (negative invoice items) can take the total below zero; nothing is then due
-    invoice["amount_due"] = invoice["amount_remaining"] = max(total, 0)
+    # spec, starting_balance: "If the invoice has not been finalized yet, this will be the current customer
+    # balance"; amount_due takes it into account. Credits (negative items, a credit balance) can take the
+    # sum below zero: nothing is then due.
+    invoice["starting_balance"] = _customer_balance(state, invoice)[1]
+    invoice["amount_due"] = invoice["amount_remaining"] = max(total + invoice["starting_balance"], 0)
     state.dirty = True
+
+
+def _customer_balance(state: State, invoice: dict[str, Any]) -> tuple[dict[str, Any] | None, int]:
+    """The invoice's customer and its balance, when the balance applies: it is in the customer's currency
+    (spec, customer.balance: "stored on the customer in their default currency"); (None, 0) otherwise."""
+    customer = state.get("customer", invoice["customer"])
+    if customer is None or customer.get("currency") not in (None, invoice["currency"]):
+        return None, 0
+    return customer, int(customer.get("balance") or 0)
+
+
+def _apply_customer_balance(state: State, invoice: dict[str, Any]) -> None:
+    """At finalization, as the spec's invoice describes it: "Stripe applies any customer credit on the
+    account before determining the amount due ... If the amount due for the invoice is less than Stripe's
+    minimum allowed charge per currency, the invoice is automatically marked paid, and we add the amount
+    due to the customer's credit balance which is applied to the next invoice." A positive balance (owed)
+    is added to the amount due; a credit larger than the invoice stays on the balance (`ending_balance`).
+    The invoice's change to the balance is kept (`_balance_change`) for a void to take back."""
+    customer, balance = _customer_balance(state, invoice)
+    due = invoice["total"] + balance
+    minimums = MINIMUM_CHARGE if state.config.minimum_charge is None else state.config.minimum_charge
+    carried = due if customer is not None and (due < 0 or 0 < due < minimums.get(invoice["currency"], 0)) else 0
+    invoice["starting_balance"] = balance
+    invoice["ending_balance"] = carried
+    invoice["amount_due"] = invoice["amount_remaining"] = max(due - carried, 0)
+    invoice["_balance_change"] = carried - balance
+    if customer is not None:
+        customer["balance"] = carried
 
 
 def invoice_lines(state: State, invoice: dict[str, Any]) -> list[dict[str, Any]]:
@@ -434,7 +473,7 @@ def finalize(state: State, invoice: dict[str, Any], at: int, request: dict[str, 
     invoice["status_transitions"]["finalized_at"] = at
     invoice["effective_at"] = at
     invoice["automatically_finalizes_at"] = None
-    invoice["ending_balance"] = 0
+    _apply_customer_balance(state, invoice)
     invoice["hosted_invoice_url"] = f"https://invoice.stripe.com/i/sandbox/{invoice['id']}"
     invoice["invoice_pdf"] = f"https://pay.stripe.com/invoice/sandbox/{invoice['id']}/pdf"
     if invoice["collection_method"] == "send_invoice" and invoice["due_date"] is None:
@@ -445,6 +484,10 @@ def finalize(state: State, invoice: dict[str, Any], at: int, request: dict[str, 
         invoice["due_date"] = at + (DEFAULT_DAYS_UNTIL_DUE if sub_days is None else sub_days) * 86400
     state.dirty = True
     state.record_event("invoice.finalized", invoice, request=request)
+    if invoice["amount_due"] == 0:
+        # nothing to collect (a zero or credited total, or one below the minimum charge): paid at once,
+        # whichever the collection method, with no payment attempt
+        _mark_paid(state, invoice, at, request)
 
 
 def _is_metered_line(state: State, line: dict[str, Any]) -> bool:
@@ -561,6 +604,12 @@ def mark_uncollectible(state: State, invoice: dict[str, Any], at: int, request: 
 
 
 def void(state: State, invoice: dict[str, Any], at: int, request: dict[str, Any] | None = None) -> None:
+    """Void an open or uncollectible invoice; the customer balance it applied goes back to the customer
+    (Stripe's `unapplied_from_invoice` balance transaction)."""
+    customer = state.get("customer", invoice["customer"])
+    if customer is not None and invoice.get("_balance_change"):
+        customer["balance"] = int(customer.get("balance") or 0) - invoice["_balance_change"]
+        invoice["_balance_change"] = 0
     invoice["status"] = "void"
     invoice["auto_advance"] = False
     invoice["next_payment_attempt"] = None
@@ -623,7 +672,7 @@ def create_initial_invoice(state: State, sub: dict[str, Any], at: int, request: 
     sub["latest_invoice"] = invoice["id"]
     state.record_event("invoice.created", invoice, request=request)
     finalize(state, invoice, at, request)
-    if sub["collection_method"] != "charge_automatically":
+    if sub["collection_method"] != "charge_automatically" or invoice["status"] != "open":
         return invoice  # send_invoice: the customer is sent the invoice and pays it by its due date
     if not attempt_payment(state, invoice, at, automatic=True, request=request):
         # no customer.subscription.updated: the creation's event, recorded after this, says incomplete
@@ -731,6 +780,8 @@ def pay_manually(state: State, invoice: dict[str, Any], at: int, params: dict[st
     changed to void or paid"); a declined charge leaves it uncollectible."""
     if invoice["status"] == "draft":
         finalize(state, invoice, at, request)
+        if invoice["status"] == "paid":
+            return   # nothing was due: paid by its finalization
     if invoice["status"] not in ("open", "uncollectible"):
         raise StripeAPIError(400, f"Invoice is already {invoice['status']}.", code="invoice_not_open" if invoice["status"] != "paid" else "invoice_already_paid")
     if str(params.get("paid_out_of_band")) == "true":

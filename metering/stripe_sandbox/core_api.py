@@ -54,10 +54,11 @@ def _updated(state: State, obj: dict[str, Any], before: dict[str, Any], req: Req
 
 
 # -- customers ------------------------------------------------------------------------------------
-# what the sandbox models of a customer: any other documented parameter (balance, address,
-# tax_exempt...) would be dropped, and a balance dropped bills more than Stripe would
+# what the sandbox models of a customer: any other documented parameter (address, tax_exempt...) would
+# be dropped. `balance` (spec: "A negative amount represents a credit that decreases the amount due on an
+# invoice; a positive amount increases the amount due") is applied when an invoice is finalized.
 CUSTOMER_PARAMS = {"name", "email", "description", "phone", "metadata", "payment_method", "invoice_settings",
-                   "preferred_locales", "test_clock"}
+                   "preferred_locales", "test_clock", "balance"}
 
 
 def _customer_fields(customer: dict[str, Any], params: dict[str, Any]) -> None:
@@ -67,10 +68,13 @@ def _customer_fields(customer: dict[str, Any], params: dict[str, Any]) -> None:
     reject_all_but(settings, {"default_payment_method"}, within="invoice_settings")
     metadata = update_metadata(customer["metadata"], params.get("metadata"))
     locales = as_list(params["preferred_locales"], "preferred_locales") if "preferred_locales" in params else None
+    balance = as_int(params["balance"], "balance") if params.get("balance") not in (None, "") else None
     for name in ("name", "email", "description", "phone"):
         if name in params:
             customer[name] = params[name] or None
     customer["metadata"] = metadata
+    if balance is not None:
+        customer["balance"] = balance
     if locales is not None:
         customer["preferred_locales"] = locales
     method = params.get("payment_method") or settings.get("default_payment_method")

@@ -41,6 +41,7 @@ class SandboxConfig:
     faults: list[dict[str, Any]] = field(default_factory=list)
     summary_lag: int = 0  # seconds before a received meter event shows in event summaries
     save_interval: float = 5.0  # seconds between state-file saves while serving
+    minimum_charge: dict[str, int] | None = None  # currency -> minor units; None: Stripe's (billing.MINIMUM_CHARGE)
 
 
 class Clock:

@@ -189,7 +189,7 @@ def test_metadata_and_test_payment_methods_configure_the_card(sb, client):
     by_method = client.v1.customers.create({"test_clock": clock.id, "payment_method": "pm_card_chargeCustomerFail"})
     for customer in (by_metadata, by_method):
         client.v1.subscriptions.create({"customer": customer.id, "items": [{"price": price.id}], "billing_cycle_anchor": NOV})
-        _usage(client, meter, customer, 1, OCT)
+        _usage(client, meter, customer, 4, OCT)   # 4 x 25 = 100: above Stripe's 50-cent minimum charge
     client.v1.test_helpers.test_clocks.advance(clock.id, {"frozen_time": NOV + 3600})
     assert sorted(i.status for i in client.v1.invoices.list({"status": "open"}).data) == ["open", "open"]
 

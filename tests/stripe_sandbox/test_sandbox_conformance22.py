@@ -130,10 +130,10 @@ def test_a_second_active_subscription_in_another_currency_is_refused(sb, client)
 
 
 # -- parameters that were accepted and dropped ------------------------------------------------------
-@pytest.mark.parametrize("param, value", [("balance", -500), ("tax_exempt", "exempt"),
-                                          ("address", {"country": "US"})])
+@pytest.mark.parametrize("param, value", [("tax_exempt", "exempt"), ("address", {"country": "US"})])
 def test_a_customer_parameter_the_sandbox_does_not_model_is_refused_not_dropped(sb, client, param, value):
-    """A credit balance of 5.00 dropped would have the sandbox charge 5.00 more than Stripe."""
+    """A tax exemption dropped would have the sandbox charge tax Stripe would not (`balance`, refused here
+    until the twenty-fourth session, is modelled now: test_sandbox_customer_balance.py)."""
     _refused(lambda: client.v1.customers.create({"name": "C", param: value}), param)
     customer = client.v1.customers.create({"name": "C"})
     _refused(lambda: client.v1.customers.update(customer.id, {param: value}), param)

@@ -145,6 +145,8 @@ def test_a_sent_one_off_invoice_is_due_days_after_its_creation_or_on_its_date(sb
                                        "due_date": NOV})
     plain = client.v1.invoices.create({"customer": customer.id, "currency": "usd", "collection_method": "send_invoice"})
     assert (dated.due_date, plain.due_date) == (NOV, None)
+    for invoice in (week, dated, plain):   # something to pay: a $0 invoice is paid when finalized
+        client.v1.invoice_items.create({"customer": customer.id, "amount": 1000, "invoice": invoice.id})
     client.v1.test_helpers.test_clocks.advance(clock.id, {"frozen_time": OCT + 600})
     finalized = [client.v1.invoices.finalize_invoice(i.id, {"auto_advance": False}) for i in (week, dated, plain)]
     assert [i.due_date for i in finalized] == [OCT + 7 * 86400, NOV, OCT + 600 + 30 * 86400]
