@@ -103,7 +103,9 @@ def write_customers(path: Path, customers: int, seed: int, start: date, end: dat
         behaviour = "fails" if pay < 0.05 else "fails_then_succeeds" if pay < 0.08 else "succeeds"
         base = [cid, f"Customer {k} Ltd", f"billing+{cid}@example.com", currency, anchor]
         rows.append([*base, plan, start.isoformat(), behaviour])
-        if currency == "usd" and rng.random() < 0.05:  # a mid-month plan change (same currency)
+        # a mid-month plan change (same currency); the draw comes first, so a one-day range (no day after
+        # the start to change on) leaves every other range's output as it was
+        if currency == "usd" and rng.random() < 0.05 and end > start:
             new_plan = {"starter": "pro", "pro": "scale", "scale": "pro"}[plan]
             when = mid + timedelta(days=rng.randint(-5, 5))
             rows.append([*base, new_plan, min(max(when, start + timedelta(days=1)), end).isoformat(), behaviour])
@@ -203,7 +205,9 @@ def _with_defects(cfg: GenerateConfig, bulk: pl.DataFrame, days: int, summary: G
         arrival=pl.min_horizontal(pl.col("arrival") + (_u("i", s, 22) % 2).cast(pl.Int64), days - 1))
     conflicts = _pick(bulk, cfg.conflict_share, s, 31).with_columns(
         arrival=pl.min_horizontal(pl.col("arrival") + (_u("i", s, 32) % 3).cast(pl.Int64), days - 1),
-        meter=pl.lit("tokens"), value=(pl.col("i") % 997 + 7).cast(pl.String),
+        # clean tokens values are 1..5000: a conflicting version's value above them always differs, so it is
+        # never byte-identical to its original (which ingestion would drop as an exact duplicate)
+        meter=pl.lit("tokens"), value=(pl.col("i") % 997 + 5001).cast(pl.String),
         region=pl.lit(None, pl.String), model=pl.lit("large"), user_id=pl.lit(None, pl.String))
     summary.exact_duplicates, summary.conflicting_duplicates = dups.height, conflicts.height
     hostile = _pick(bulk, cfg.hostile_share, s, 41)
