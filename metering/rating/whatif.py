@@ -41,6 +41,8 @@ from metering.rating.aggregate import charge_map
 from metering.rating.pricing import rate
 from metering.rules.model import Rules
 
+FILE_LINE = "_file_line"   # read_usage_file's record start lines (a quoted value may span lines)
+
 OUTPUT_COLUMNS = [
     "customer_id", "plan", "plan_version", "charge", "meter", "quantity", "billable_quantity", "amount",
     "currency", "amount_minor", "amount_unrounded", "period_start", "period_end", "rules_hash", "tiers",
@@ -55,13 +57,16 @@ def read_usage_file(path: str | Path) -> pl.DataFrame:
     try:
         if path.suffix.lower() in (".parquet", ".pq"):
             return pl.read_parquet(path, glob=False)  # `usage[1].parquet` is a name, not a pattern
-        _check_csv_records(path)
-        return pl.read_csv(path, infer_schema=False, glob=False)
+        starts = _check_csv_records(path)
+        frame = pl.read_csv(path, infer_schema=False, glob=False)
+        if FILE_LINE not in frame.columns and frame.height == len(starts):   # a record may span lines
+            frame = frame.with_columns(pl.Series(FILE_LINE, starts, dtype=pl.UInt32))
+        return frame
     except (pl.exceptions.PolarsError, OSError) as exc:
         raise BadInputError(f"{path}: cannot read usage file: {exc}") from None
 
 
-def _check_csv_records(path: Path) -> None:
+def _check_csv_records(path: Path) -> list[int]:
     """Every record closes its quotes and has the header's number of fields, else name its line.
 
     Polars pads a short record with nulls (a dimension or `period_start` silently absent, so the
@@ -71,6 +76,7 @@ def _check_csv_records(path: Path) -> None:
     with path.open(newline="", encoding="utf-8-sig", errors="replace") as fh:
         reader = csv.reader(fh, strict=True)
         starts = 1   # the line the next record starts on: an unclosed quote is reported at EOF otherwise
+        lines: list[int] = []
         try:
             header = next(reader, None)
             while header is not None:
@@ -78,20 +84,22 @@ def _check_csv_records(path: Path) -> None:
                 record = next(reader, None)
                 if record is None:
                     break
+                lines.append(starts)
                 if record and len(record) != len(header):
                     raise BadInputError(f"{path}:{starts}: (row): {len(record)} field(s) where the "
                                         f"header has {len(header)}")
         except csv.Error as exc:
             raise BadInputError(f"{path}:{starts}: (row): broken quoting: {exc}") from None
+    return lines
 
 
 def _fail(path: str, frame: pl.DataFrame, mask: pl.Expr, field: str, what: str) -> None:
-    bad = frame.with_row_index("_row").filter(mask)
+    bad = frame.filter(mask)
     if bad.height:
         # the field as text: a date Polars holds but Python cannot (year 0) made the message a traceback
         shown = pl.col(field).cast(pl.String) if field in frame.columns else pl.lit(None, pl.String).alias(field)
-        row = bad.select("_row", shown).row(0, named=True)
-        line = row["_row"] + 2   # CSV: header is line 1
+        row = bad.select("_line", shown).row(0, named=True)
+        line = row["_line"]
         raise BadInputError(f"{path}:{line}: {field}: {what} ({bad.height} row(s); first value {row[field]!r})")
 
 
@@ -152,8 +160,11 @@ def rate_usage(usage: pl.DataFrame, rules: Rules, *, plan: str | None = None, at
     if usage.schema["quantity"].is_float():
         raise BadInputError(f"{source}: quantity: a floating-point column is inexact; store quantities as "
                             "decimal or integer (or text) columns")
-    frame = usage.with_columns(pl.col("customer_id").cast(pl.String), pl.col("meter").cast(pl.String)) \
-        .with_row_index("_line", offset=2)   # CSV: header is line 1; carried through the joins below
+    frame = usage.with_columns(pl.col("customer_id").cast(pl.String), pl.col("meter").cast(pl.String))
+    if FILE_LINE in frame.columns:   # each record's first line, as read from the CSV
+        frame = frame.rename({FILE_LINE: "_line"}).select("_line", pl.exclude("_line"))
+    else:                            # CSV: header is line 1; carried through the joins below
+        frame = frame.with_row_index("_line", offset=2)
     _fail(source, frame, pl.col("customer_id").str.strip_chars().fill_null("") == "", "customer_id", "empty")
     quantity = pl.col("quantity").cast(pl.String).str.strip_chars()
     frame = frame.with_columns(quantity_text=quantity)
