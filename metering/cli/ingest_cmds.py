@@ -127,8 +127,9 @@ def ingest(paths: tuple[str, ...], warehouse_path: str | None, rules_dir: str | 
     from metering.ingest import expand_paths, ingest_files
 
     for path in paths:   # all of them before the first file is read
-        if not os.path.lexists(path):
-            raise BadInputError(f"{path}: no such file or folder")
+        if not os.path.exists(path):   # a symbolic link to nothing too (os.path.lexists took it)
+            link = " (a symbolic link to nothing)" if os.path.islink(path) else ""
+            raise BadInputError(f"{path}: no such file or folder{link}")
     files = expand_paths(paths)
     if not files:
         raise BadInputError(f"no raw files (.jsonl, .jsonl.gz, .csv, .parquet) under {', '.join(paths)}")
