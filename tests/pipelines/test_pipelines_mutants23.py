@@ -32,7 +32,7 @@ from pipelines.resources import StripeResource
 from pipelines.resources import ProjectPaths, WarehouseResource
 from tests.pipelines.manifest import record_manifest
 from tests.pipelines.rating.test_rating_assets import HEADER, PROJECT_ROOT, add_events
-from tests.pipelines.stripe_push.test_stripe_push_assets import CSV, _events, _resources
+from tests.pipelines.stripe_push.test_stripe_push_assets import CSV, _events, _resources, day_pushed
 from tests.pipelines.ticks import schedule_tick, yesterday_and_today
 from tests.pipelines.webhooks.test_webhook_pipeline import _fail_landing_run, deliver, dunning_lifecycle
 from tests.pipelines.webhooks.test_webhook_pipeline import _tick as _sensor_tick
@@ -129,20 +129,10 @@ def test_a_pull_rate_of_zero_in_run_config_lifts_the_stripe_resources_limit(monk
 
 def _push_a_day(tmp_path, rules_dir, break_stripe) -> dg.ExecuteInProcessResult:
     """Two days ago's four events (two windows: api_calls, tokens) aggregated, then pushed after
-    `break_stripe(sandbox)` set Stripe up to misbehave; as the neighbouring push tests do."""
+    `break_stripe(sandbox)` set Stripe up to misbehave (`day_pushed`, the neighbouring push tests')."""
     day = (dt.datetime.now(dt.UTC) - dt.timedelta(days=2)).date()
-    (tmp_path / "customers.csv").write_text(CSV)
     with running_sandbox() as sb, dg.instance_for_test() as instance:
-        resources = _resources(tmp_path, rules_dir, sb.base_url)
-        assert dg.materialize([customer_plans, stripe_catalog], resources=resources, instance=instance).success
-        with warehouse.open_warehouse(tmp_path / "wh.duckdb") as con:
-            warehouse.insert_frame(con, "usage_events", _events(day))
-            record_manifest(con)
-        assert dg.materialize([usage_aggregates], resources=resources, instance=instance,
-                              partition_key=day.isoformat()).success
-        break_stripe(sb)
-        return dg.materialize([stripe_usage_pushes], resources=resources, instance=instance,
-                              partition_key=day.isoformat())
+        return day_pushed(tmp_path, rules_dir, sb, instance, day, break_stripe)[1]
 
 
 def test_a_push_whose_outcome_stripe_left_unknown_fails_the_push_settled_check(tmp_path, rules_dir):

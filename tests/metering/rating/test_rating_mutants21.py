@@ -6,6 +6,7 @@ import datetime as dt
 from decimal import Decimal
 
 import polars as pl
+import pytest
 
 from metering import warehouse
 from metering.customers import load_customers
@@ -56,14 +57,17 @@ def test_what_if_names_a_blank_line_by_the_field_it_lacks(tmp_path):
     assert f"error: {usage}:3: customer_id: empty (1 row(s); first value None)" in result.output
 
 
-def test_what_if_names_first_the_customer_period_whose_rows_start_earliest(tmp_path):
-    """c1 (lines 2 and 5) and c2 (lines 3 and 4) both straddle pro's Oct 15 change. c1's rows start first
-    (line 2 < 3), so c1 is named, at line 5, its first row under a second version. Ordering by each
-    period's last line named c2 (4 < 5)."""
-    usage, result = _rate_csv(tmp_path, HEADER + "c1,seats,1,pro,2026-10-03\nc2,seats,1,pro,2026-10-03\n"
-                              "c2,seats,1,pro,2026-10-20\nc1,seats,1,pro,2026-10-20\n")
+@pytest.mark.parametrize("first, second", [("c1", "c2"), ("c2", "c1")])
+def test_what_if_names_first_the_customer_period_whose_rows_start_earliest(tmp_path, first, second):
+    """`first` (lines 2 and 5) and `second` (lines 3 and 4) both straddle pro's Oct 15 change. `first`'s
+    rows start first (line 2 < 3), so it is named, at line 5, its first row under a second version.
+    Ordering by each period's last line named `second` (4 < 5); ordering by customer id named c1 even
+    when c2's rows start first (audit 24)."""
+    usage, result = _rate_csv(tmp_path, HEADER + f"{first},seats,1,pro,2026-10-03\n{second},seats,1,pro,2026-10-03\n"
+                              f"{second},seats,1,pro,2026-10-20\n{first},seats,1,pro,2026-10-20\n")
     assert result.exit_code == 3, result.output
-    assert f"error: {usage}:5: period_start: customer c1's period 2026-10-01..2026-11-01 would be priced" in result.output
+    assert (f"error: {usage}:5: period_start: customer {first}'s period 2026-10-01..2026-11-01 would be priced"
+            in result.output)
     assert "(2 customer period(s))" in result.output
 
 

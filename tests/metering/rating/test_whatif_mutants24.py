@@ -157,17 +157,6 @@ def test_what_if_refusal_lists_five_lines_per_version_then_an_ellipsis(tmp_path)
     assert "(3 customer period(s))" in result.output
 
 
-def test_what_if_refusal_names_the_customer_whose_rows_start_first_not_the_first_id(tmp_path):
-    """c2's rows are lines 2 and 5, c1's lines 3 and 4; both straddle pro's Oct 15 change. c2's start
-    first (line 2), so c2 is named, at line 5 (its first row under a second version), though c1 sorts
-    first by id."""
-    usage, result = _rate_csv(tmp_path, HEADER + "c2,seats,1,pro,2026-10-03\nc1,seats,1,pro,2026-10-03\n"
-                              "c1,seats,1,pro,2026-10-20\nc2,seats,1,pro,2026-10-20\n")
-    assert result.exit_code == 3, result.output
-    assert f"error: {usage}:5: period_start: customer c2's period 2026-10-01..2026-11-01 would be priced" in result.output
-    assert "(2 customer period(s))" in result.output
-
-
 def test_what_if_too_large_names_five_lines_then_an_ellipsis(tmp_path):
     """Six lines of 3e16 API calls for c1's September: 1.8e17 calls, 1.8e14 USD at 0.001, past the
     10^14 a line holds. The message lists the first five lines and `...`."""

@@ -9,7 +9,7 @@ import re
 import sys
 from decimal import Decimal
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import dagster as dg
 import polars as pl
@@ -217,6 +217,28 @@ def test_a_range_run_of_usage_pushes_reports_each_day_its_own_push(tmp_path: Pat
     }
 
 
+def day_pushed(tmp_path: Path, rules_dir: Path, sb: Any, instance: dg.DagsterInstance, day: dt.date,
+               break_stripe: Callable[[Any], None]) -> tuple[dict[str, Any], dg.ExecuteInProcessResult]:
+    """The catalog synced, `day`'s events (`_events`: an api_calls and a tokens window) aggregated, then
+    pushed after `break_stripe(sb)` set Stripe up to misbehave (its faults stay on). Returns the
+    resources and the push's result."""
+    (tmp_path / "customers.csv").write_text(CSV)
+    resources = _resources(tmp_path, rules_dir, sb.base_url)
+    assert dg.materialize([customer_plans, stripe_catalog], resources=resources, instance=instance).success
+    with warehouse.open_warehouse(tmp_path / "wh.duckdb") as con:
+        warehouse.insert_frame(con, "usage_events", _events(day))
+        record_manifest(con)
+    assert dg.materialize([usage_aggregates], resources=resources, instance=instance,
+                          partition_key=day.isoformat()).success
+    break_stripe(sb)
+    return resources, dg.materialize([stripe_usage_pushes], resources=resources, instance=instance,
+                                      partition_key=day.isoformat())
+
+
+def _throttle_every_meter_event(sb: Any) -> None:
+    sb.sandbox.faults.add({"kind": "rate_limit", "method": "POST", "path": "/v1/billing/meter_events"})
+
+
 def test_a_day_whose_push_left_windows_open_is_requested_hourly_until_settled(tmp_path: Path, rules_dir: Path) -> None:
     """Stripe throttles every meter event: the push still materializes (its check warns), with the
     day's windows `pending`. The hourly schedule asks for that day (three days old, no new events)
@@ -225,21 +247,10 @@ def test_a_day_whose_push_left_windows_open_is_requested_hourly_until_settled(tm
     def hourly_days(at: dt.datetime) -> list[str]:
         return [r.partition_key for r in schedule_tick("hourly_usage_schedule", instance, at)]
 
-    db = tmp_path / "wh.duckdb"
-    (tmp_path / "customers.csv").write_text(CSV)
     now = dt.datetime.now(dt.timezone.utc).replace(minute=10, second=0, microsecond=0)
     day = now.date() - dt.timedelta(days=3)
     with running_sandbox() as sb, dg.instance_for_test() as instance:
-        resources = _resources(tmp_path, rules_dir, sb.base_url)
-        assert dg.materialize([customer_plans, stripe_catalog], resources=resources, instance=instance).success
-        with warehouse.open_warehouse(db) as con:
-            warehouse.insert_frame(con, "usage_events", _events(day))
-            record_manifest(con)
-        assert dg.materialize([usage_aggregates], resources=resources, instance=instance,
-                              partition_key=day.isoformat()).success
-        sb.sandbox.faults.add({"kind": "rate_limit", "method": "POST", "path": "/v1/billing/meter_events"})
-        throttled = dg.materialize([stripe_usage_pushes], resources=resources, instance=instance,
-                                   partition_key=day.isoformat())
+        resources, throttled = day_pushed(tmp_path, rules_dir, sb, instance, day, _throttle_every_meter_event)
         assert throttled.success
         meta = throttled.asset_materializations_for_node("stripe_usage_pushes")[0].metadata
         assert (meta["open_windows"].value, meta["acknowledged"].value) == (2, 0)
@@ -264,19 +275,10 @@ def test_a_window_stripe_refused_fails_the_push_check_though_none_is_left_open(t
     from metering.stripe.push import _outcome
 
     db = tmp_path / "wh.duckdb"
-    (tmp_path / "customers.csv").write_text(CSV)
     day = (dt.datetime.now(dt.timezone.utc) - dt.timedelta(days=3)).date()
     with running_sandbox() as sb, dg.instance_for_test() as instance:
-        resources = _resources(tmp_path, rules_dir, sb.base_url)
-        assert dg.materialize([customer_plans, stripe_catalog], resources=resources, instance=instance).success
-        with warehouse.open_warehouse(db) as con:
-            warehouse.insert_frame(con, "usage_events", _events(day))
-            record_manifest(con)
-        assert dg.materialize([usage_aggregates], resources=resources, instance=instance,
-                              partition_key=day.isoformat()).success
-        sb.sandbox.faults.add({"kind": "rate_limit", "method": "POST", "path": "/v1/billing/meter_events"})
-        assert dg.materialize([stripe_usage_pushes], resources=resources, instance=instance,
-                              partition_key=day.isoformat()).success   # both windows pending (throttled)
+        resources, throttled = day_pushed(tmp_path, rules_dir, sb, instance, day, _throttle_every_meter_event)
+        assert throttled.success   # both windows pending
         sb.sandbox.faults.clear()
         with warehouse.open_warehouse(db) as con:
             tokens = con.execute("SELECT identifier FROM stripe_push_ledger WHERE meter = 'tokens'").fetchone()[0]
