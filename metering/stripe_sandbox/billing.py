@@ -256,12 +256,24 @@ def set_lines(state: State, invoice: dict[str, Any], lines: list[dict[str, Any]]
     total = sum(line["amount"] for line in lines)
     for name in TOTALS:
         invoice[name] = total
-    # spec, starting_balance: "If the invoice has not been finalized yet, this will be the current customer
-    # balance"; amount_due takes it into account. Credits (negative items, a credit balance) can take the
-    # sum below zero: nothing is then due.
-    invoice["starting_balance"] = _customer_balance(state, invoice)[1]
-    invoice["amount_due"] = invoice["amount_remaining"] = max(total + invoice["starting_balance"], 0)
+    _show_current_balance(state, invoice)
     state.dirty = True
+
+
+def _show_current_balance(state: State, draft: dict[str, Any]) -> None:
+    """Spec, starting_balance: "If the invoice has not been finalized yet, this will be the current customer
+    balance"; amount_due takes it into account. Credits (negative items, a credit balance) can take the sum
+    below zero: nothing is then due."""
+    draft["starting_balance"] = _customer_balance(state, draft)[1]
+    draft["amount_due"] = draft["amount_remaining"] = max(draft["total"] + draft["starting_balance"], 0)
+
+
+def refresh_draft_balances(state: State, customer_id: str) -> None:
+    """The customer's balance changed (set by hand, or applied or given back by another invoice): its drafts
+    show the balance as it is now."""
+    for invoice in state.objects["invoice"].values():
+        if invoice["customer"] == customer_id and invoice["status"] == "draft":
+            _show_current_balance(state, invoice)
 
 
 def _customer_balance(state: State, invoice: dict[str, Any]) -> tuple[dict[str, Any] | None, int]:
@@ -290,6 +302,7 @@ def _apply_customer_balance(state: State, invoice: dict[str, Any]) -> None:
     invoice["_balance_change"] = carried - balance
     if customer is not None:
         customer["balance"] = carried
+        refresh_draft_balances(state, customer["id"])
 
 
 def invoice_lines(state: State, invoice: dict[str, Any]) -> list[dict[str, Any]]:
@@ -610,6 +623,7 @@ def void(state: State, invoice: dict[str, Any], at: int, request: dict[str, Any]
     if customer is not None and invoice.get("_balance_change"):
         customer["balance"] = int(customer.get("balance") or 0) - invoice["_balance_change"]
         invoice["_balance_change"] = 0
+        refresh_draft_balances(state, customer["id"])
     invoice["status"] = "void"
     invoice["auto_advance"] = False
     invoice["next_payment_attempt"] = None
