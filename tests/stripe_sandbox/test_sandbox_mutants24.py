@@ -4,7 +4,6 @@ the mutant it kills. Amounts are worked by hand; every response matches the spec
 
 from __future__ import annotations
 
-
 from conftest import metered_price, ts
 
 OCT = ts("2026-10-01T00:00:00")
