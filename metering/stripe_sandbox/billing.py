@@ -300,7 +300,7 @@ def _apply_customer_balance(state: State, invoice: dict[str, Any]) -> None:
     invoice["ending_balance"] = carried
     invoice["amount_due"] = invoice["amount_remaining"] = max(due - carried, 0)
     invoice["_balance_change"] = carried - balance
-    if customer is not None:
+    if customer is not None and carried != balance:   # runs at every finalization: drafts change only with it
         customer["balance"] = carried
         refresh_draft_balances(state, customer["id"])
 

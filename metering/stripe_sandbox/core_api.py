@@ -131,7 +131,8 @@ def update_customer(state: State, req: Request, customer: str) -> dict[str, Any]
     obj = fetch(state, "customer", customer, "customer")
     before = state.render(obj)
     _customer_fields(obj, req.params)
-    billing.refresh_draft_balances(state, obj["id"])
+    if obj["balance"] != before["balance"]:
+        billing.refresh_draft_balances(state, obj["id"])
     return _updated(state, obj, before, req)
 
 

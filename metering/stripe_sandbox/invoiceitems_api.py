@@ -59,7 +59,9 @@ def _period(value: Any, now: int) -> dict[str, int]:
     return {"start": start, "end": end}
 
 
-def _currency(params: dict[str, Any], customer: dict[str, Any], invoice: dict[str, Any] | None) -> str:
+def charge_currency(params: dict[str, Any], customer: dict[str, Any], invoice: dict[str, Any] | None) -> str:
+    """`currency` as given (lower case), else the invoice's or the customer's; 400 when there is none, or
+    when it is not the invoice's."""
     given = params.get("currency")
     currency = str(given).lower() if given else (invoice or customer)["currency"]
     if not currency:
@@ -112,7 +114,7 @@ def create_invoice_item(state: State, req: Request) -> dict[str, Any]:
     metadata = update_metadata({}, params.get("metadata"))
     sub = _subscription(state, params, customer)
     invoice = _target_draft(state, params, customer)
-    currency = _currency(params, customer, invoice)
+    currency = charge_currency(params, customer, invoice)
     item = {
         "id": new_id("ii_", 24),
         "object": "invoiceitem",

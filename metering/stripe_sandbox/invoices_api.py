@@ -22,7 +22,8 @@ from .api import (
     route,
     update_metadata,
 )
-from .apierrors import StripeAPIError, invalid, missing_param
+from .apierrors import StripeAPIError, invalid
+from .invoiceitems_api import charge_currency
 from .store import State
 
 
@@ -61,9 +62,7 @@ def create_invoice(state: State, req: Request) -> dict[str, Any]:
     params = req.params
     reject_all_but(params, CREATE_MODELLED)
     customer = fetch(state, "customer", require(params, "customer"), "customer", "customer")
-    currency = str(params.get("currency") or customer["currency"] or "").lower()
-    if not currency:
-        raise missing_param("currency")
+    currency = charge_currency(params, customer, None)
     collection = params.get("collection_method") or "charge_automatically"   # its enum: the request schema
     behavior = params.get("pending_invoice_items_behavior") or "exclude"
     if behavior not in ("exclude", "include"):
