@@ -30,7 +30,11 @@ def redact(text: str) -> str:
         for value in (os.environ.get(name) or "").split(","):
             value = value.strip()
             if len(value) >= 6:
-                text = _masked_form(value).sub("[REDACTED]", text).replace(value, "[REDACTED]")
+                text = _masked_form(value).sub("[REDACTED]", text)
+                # whole, and as JSON writes it: extra fields are redacted in the written line, where a
+                # quote, a backslash or (ensure_ascii) a non-ASCII character is escaped
+                for form in dict.fromkeys((value, json.dumps(value)[1:-1], json.dumps(value, ensure_ascii=False)[1:-1])):
+                    text = text.replace(form, "[REDACTED]")
     return _SECRET_PATTERN.sub("[REDACTED]", text)
 
 
