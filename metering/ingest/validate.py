@@ -92,6 +92,13 @@ _LITERAL_TOO_LARGE = (f"(NOT {_HAS_E} OR ({_NOT_ZERO} AND coalesce({_POINT} + "
                       f"(rtrim(ltrim({_DIGITS}, '0'), '0') <> '1')::INT > 16, "
                       f"NOT {_NEGATIVE_EXPONENT})))")
 
+# a number above 1e15 that the cast to DECIMAL(38, 12) rounds onto 1e15 itself (1e15 + 1e-13): v12 is
+# exactly 1e15, so the literal decides: at least 16 digits before its point, and not 1e15 written with
+# zeros. (Below 1e15, 999999999999999.9999999999999 rounds onto it too: too precise, not too large.)
+_ROUNDED_ONTO_MAX = (f"(abs(v12) = {MAX_VALUE} AND rtrim(ltrim({_DIGITS}, '0'), '0') <> '1' AND "
+                     f"CASE WHEN {_HAS_E} THEN {_POINT} > 15 "
+                     f"ELSE length(ltrim(split_part(ltrim(vtext, '+-'), '.', 1), '0')) > 15 END)")
+
 
 # NaN or an infinity as a JSON token, outside strings (`"nan"` and a key `nan` are text): DuckDB's
 # JSON parser takes NaN, Infinity, inf and -nan in any case, and writes them back as read; JSON does
@@ -214,7 +221,8 @@ def _checks(meters: dict[str, Meter], now: datetime) -> list[tuple[str, str, str
         ("non_finite_value", f"NOT num_ok AND list_contains({_NON_FINITE}, lower(vtext))",
          "'value ' || vtext || ' is not finite'"),
         ("value_too_large",
-         f"vtext IS NOT NULL AND (abs(v12) > {MAX_VALUE} OR (v12 IS NULL AND {_LITERAL_TOO_LARGE}))",
+         f"vtext IS NOT NULL AND (abs(v12) > {MAX_VALUE} OR (v12 IS NULL AND {_LITERAL_TOO_LARGE}) OR "
+         f"{_ROUNDED_ONTO_MAX})",
          f"'value ' || vtext || ' exceeds {MAX_VALUE}'"),
         # v12 NULL here: a number too precise for DECIMAL(38, 12), judged next; v12 0: one below the
         # 12th decimal, rounded (-1e-13), which is negative before it is too precise
