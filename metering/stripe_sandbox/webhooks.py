@@ -127,7 +127,7 @@ class Deliverer:
             self.log.append(
                 {"event": event_id, "type": event["type"], "endpoint": endpoint_id, "attempt": attempt, "status": status, "error": error, "delivered": ok}
             )
-            if ok or not retry:
+            if ok:   # the spec: "webhooks that haven't been successfully delivered"; a given-up one stays
                 event["pending_webhooks"] = max(0, event["pending_webhooks"] - 1)
         if retry:
             with self.cond:

@@ -58,7 +58,8 @@ def test_a_concurrent_request_with_the_same_key_gets_409(sb, client):
     results = {}
     worker = threading.Thread(target=lambda: results.setdefault("first", _post(sb, "/v1/customers", {"name": "A"}, "k-4")))
     worker.start()
-    wait_until(lambda: in_flight(sb, "/v1/customers"))
+    # logged before it claims its key: wait for the claim too, or the second request could claim it first
+    wait_until(lambda: in_flight(sb, "/v1/customers") and sb.sandbox.idempotency.entries)
     second = _post(sb, "/v1/customers", {"name": "A"}, "k-4")
     sb.release_slow()
     worker.join()
