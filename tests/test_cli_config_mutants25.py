@@ -26,6 +26,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import click
 import pytest
 from click.testing import CliRunner
 
@@ -361,7 +362,7 @@ def test_a_subclass_of_runtime_error_saying_query_interrupted_is_a_bug() -> None
 
     global FAILING
 
-    @__import__("click").command()
+    @click.command()
     def fail() -> None:
         raise NotImplementedError("Query interrupted")
 

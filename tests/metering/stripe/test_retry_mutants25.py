@@ -6,8 +6,6 @@ Calls that need Stripe go to the local sandbox over loopback."""
 
 from __future__ import annotations
 
-import random
-
 import pytest
 import stripe
 
