@@ -82,9 +82,9 @@ def in_flight(handle: SandboxHandle, path: str) -> bool:
 
 class Receiver:
     """A webhook receiver on a loopback port that records raw deliveries; the first ``fail_first``
-    deliveries are answered 500."""
+    deliveries (all, with ``always_fail``) are answered 500, the others ``status``."""
 
-    def __init__(self, fail_first: int = 0, always_fail: bool = False) -> None:
+    def __init__(self, fail_first: int = 0, always_fail: bool = False, status: int = 200) -> None:
         import threading
         from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
@@ -102,9 +102,9 @@ class Receiver:
                 body = self.rfile.read(int(self.headers["Content-Length"]))
                 with receiver.lock:
                     failing = receiver.always_fail or len(receiver.received) < receiver.fail_first
-                    status = 500 if failing else 200
-                    receiver.received.append((body, self.headers["Stripe-Signature"], status))
-                self.send_response(status)
+                    answer = 500 if failing else status
+                    receiver.received.append((body, self.headers["Stripe-Signature"], answer))
+                self.send_response(answer)
                 self.send_header("Content-Length", "0")
                 self.end_headers()
 

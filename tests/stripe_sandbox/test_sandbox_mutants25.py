@@ -11,7 +11,7 @@ import httpx
 import pytest
 import stripe
 
-from conftest import in_flight, ts, wait_until
+from conftest import Receiver, in_flight, ts, wait_until
 
 T0 = ts("2026-10-01T00:00:00")
 
@@ -252,41 +252,13 @@ def test_a_first_occurrence_may_be_the_start_itself_and_falls_on_a_short_months_
 
 
 # -- webhook delivery -------------------------------------------------------------------------------
-class _StatusReceiver:
-    """A loopback webhook receiver answering every delivery with ``status`` (no body, no redirect)."""
-
-    def __init__(self, status: int) -> None:
-        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-
-        receiver = self
-        self.received: list[bytes] = []
-
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *args) -> None:
-                pass
-
-            def do_POST(self) -> None:
-                receiver.received.append(self.rfile.read(int(self.headers["Content-Length"])))
-                self.send_response(status)
-                self.send_header("Content-Length", "0")
-                self.end_headers()
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.thread = threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-        self.thread.start()
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hooks"
-
-    def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
-
-
 @pytest.fixture
 def answering():
+    """Loopback webhook receivers answering every delivery with a given status (conftest's Receiver)."""
     made = []
 
-    def make(status: int) -> _StatusReceiver:
-        made.append(_StatusReceiver(status))
+    def make(status: int) -> Receiver:
+        made.append(Receiver(status=status))
         return made[-1]
 
     yield make
@@ -394,7 +366,7 @@ def test_a_disabled_endpoint_receives_nothing_and_counts_for_no_pending_webhook(
     assert [(d["attempt"], d["delivered"]) for d in sb.wait_for_webhooks()] == [(1, True)]
     import json
 
-    assert [json.loads(b)["data"]["object"]["id"] for b in receiver.received] == [heard.id]
+    assert [json.loads(b)["data"]["object"]["id"] for b, _, _ in receiver.received] == [heard.id]
     pending = {e.data.object.id: e.pending_webhooks for e in client.v1.events.list({"type": "customer.created"}).data}
     assert pending == {quiet.id: 0, heard.id: 0}
 

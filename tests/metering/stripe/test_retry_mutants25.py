@@ -13,23 +13,9 @@ from metering.errors import BadInputError
 from metering.stripe.client import StripeSettings, checked_retries, checked_timeout, make_client, settings_from_env
 from metering.stripe.retry import AuthError, RateLimiter, RetryPolicy, call_with_retries
 from metering.stripe_sandbox.testing import running_sandbox
+from test_keys_and_retry import Script
 
 FAST = RetryPolicy(max_attempts=4, base_delay=0.0, max_delay=0.0)
-
-
-class Script:
-    """A `send` callable playing a fixed list of results (exceptions raised, values returned)."""
-
-    def __init__(self, *results):
-        self.results = list(results)
-        self.calls = 0
-
-    def __call__(self):
-        self.calls += 1
-        result = self.results.pop(0)
-        if isinstance(result, BaseException):
-            raise result
-        return result
 
 
 def _run(script, policy=FAST, slept=None):
