@@ -260,16 +260,23 @@ def retrieve_subscription(state: State, req: Request, subscription_exposed_id: s
     return public(state, fetch(state, "subscription", subscription_exposed_id, "subscription"), req.params)
 
 
+def _refuse_changes(sub: dict[str, Any] | None, beyond_metadata: bool) -> None:
+    """A canceled subscription changes nothing but its metadata; nor does an incomplete one (spec,
+    subscription.status: "A subscription in this status can only have metadata and default_source
+    updated"; the sandbox takes no default_source at all), through its own route or its items'."""
+    if sub is None:
+        return
+    if sub["status"] == "canceled":
+        raise invalid("A canceled subscription can only update its cancellation_details and metadata.", None)
+    if sub["status"] == "incomplete" and beyond_metadata:
+        raise invalid("A subscription in status incomplete can only have metadata and default_source updated.", None)
+
+
 @route("POST", "/v1/subscriptions/{subscription_exposed_id}")
 def update_subscription(state: State, req: Request, subscription_exposed_id: str) -> dict[str, Any]:
     sub = fetch(state, "subscription", subscription_exposed_id, "subscription")
     params = req.params
-    if sub["status"] == "canceled":
-        raise invalid("A canceled subscription can only update its cancellation_details and metadata.", None)
-    if sub["status"] == "incomplete" and set(params) - {"metadata", "expand"}:
-        # spec, subscription.status: "A subscription in this status can only have metadata and
-        # default_source updated" (the sandbox takes no default_source at all)
-        raise invalid("A subscription in status incomplete can only have metadata and default_source updated.", None)
+    _refuse_changes(sub, bool(set(params) - {"metadata", "expand"}))
     reject_all_but(params, SUBSCRIPTION_UPDATE)
     specs = [as_dict(spec, f"items[{i}]") for i, spec in enumerate(as_list(params.get("items"), "items"))]
     for i, spec in enumerate(specs):
@@ -393,6 +400,7 @@ def create_subscription_item(state: State, req: Request) -> dict[str, Any]:
     reject_all_but(req.params, ITEM_CREATE)
     _no_proration(req.params, _changes_licensed(state, None, req.params))
     sub = fetch(state, "subscription", require(req.params, "subscription"), "subscription", "subscription")
+    _refuse_changes(sub, True)
     now = state.customer_now(sub["customer"])
     item = _new_item(state, sub, req.params, now, 0)
     state.record_event("customer.subscription.updated", sub, {"items": {"object": "list"}}, req.event_request())
@@ -403,6 +411,7 @@ def create_subscription_item(state: State, req: Request) -> dict[str, Any]:
 def update_subscription_item(state: State, req: Request, item: str) -> dict[str, Any]:
     obj = fetch(state, "subscription_item", item, "subscription item")
     reject_all_but(req.params, ITEM_CHANGE)
+    _refuse_changes(state.get("subscription", obj["subscription"]), bool(set(req.params) - {"metadata", "expand"}))
     _no_proration(req.params, _changes_licensed(state, obj, req.params))
     obj["metadata"] = update_metadata(obj["metadata"], req.params.get("metadata"))
     if req.params.get("quantity") not in (None, ""):
@@ -415,8 +424,9 @@ def update_subscription_item(state: State, req: Request, item: str) -> dict[str,
 def delete_subscription_item(state: State, req: Request, item: str) -> dict[str, Any]:
     obj = fetch(state, "subscription_item", item, "subscription item")
     reject_all_but(req.params, {"proration_behavior"})
-    _no_proration(req.params, _changes_licensed(state, obj, {"deleted": "true"}))
     sub = state.get("subscription", obj["subscription"])
+    _refuse_changes(sub, True)
+    _no_proration(req.params, _changes_licensed(state, obj, {"deleted": "true"}))
     obj["_ended"] = state.customer_now(sub["customer"]) if sub else state.now()
     state.dirty = True
     if sub is not None:
