@@ -261,14 +261,15 @@ def retrieve_subscription(state: State, req: Request, subscription_exposed_id: s
 
 
 def _refuse_changes(sub: dict[str, Any] | None, beyond_metadata: bool) -> None:
-    """A canceled subscription changes nothing but its metadata; nor does an incomplete one (spec,
-    subscription.status: "A subscription in this status can only have metadata and default_source
-    updated"; the sandbox takes no default_source at all), through its own route or its items'."""
-    if sub is None:
+    """A canceled subscription changes nothing but its metadata (the sandbox takes no
+    cancellation_details); nor does an incomplete one (spec, subscription.status: "A subscription in this
+    status can only have metadata and default_source updated"; the sandbox takes no default_source at
+    all), through its own route or its items'."""
+    if sub is None or not beyond_metadata:
         return
     if sub["status"] == "canceled":
         raise invalid("A canceled subscription can only update its cancellation_details and metadata.", None)
-    if sub["status"] == "incomplete" and beyond_metadata:
+    if sub["status"] == "incomplete":
         raise invalid("A subscription in status incomplete can only have metadata and default_source updated.", None)
 
 

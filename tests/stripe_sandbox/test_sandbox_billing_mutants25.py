@@ -287,13 +287,17 @@ def test_an_incomplete_subscriptions_items_cannot_change(sb, client, change):
 
 
 def test_a_canceled_subscription_takes_no_new_item(sb, client):
-    """A canceled subscription "can only update its cancellation_details and metadata" (the sandbox's rule for
-    POST /v1/subscriptions/{id}, and now for its items too): adding an item to it is 400."""
+    """A canceled subscription "can only update its cancellation_details and metadata" (Stripe's message, the
+    sandbox's rule for POST /v1/subscriptions/{id}, and now for its items too): adding an item to it is 400,
+    and its metadata may still change (the sandbox refused that too until the twenty-fifth session)."""
     _, _, sub = _subscribe(client, "succeeds")
     client.v1.subscriptions.cancel(sub.id)
     with pytest.raises(stripe.InvalidRequestError, match="canceled subscription"):
         client.v1.subscription_items.create({"subscription": sub.id, "price": sub["items"].data[0].price.id,
                                              "proration_behavior": "none"})
+    # its metadata still changes, as the message says
+    assert client.v1.subscriptions.update(sub.id, {"metadata": {"note": "churned"}}).metadata.to_dict() == {
+        "note": "churned"}
 
 
 def test_replacing_an_items_price_keeps_the_items_metadata(sb, client):
