@@ -268,6 +268,13 @@ def _show_current_balance(state: State, draft: dict[str, Any]) -> None:
     draft["amount_due"] = draft["amount_remaining"] = max(draft["total"] + draft["starting_balance"], 0)
 
 
+def set_balance(state: State, customer: dict[str, Any], balance: int) -> None:
+    """The customer's balance is now `balance`; when that changes it, its drafts show it."""
+    if int(customer.get("balance") or 0) != balance:
+        customer["balance"] = balance
+        refresh_draft_balances(state, customer["id"])
+
+
 def refresh_draft_balances(state: State, customer_id: str) -> None:
     """The customer's balance changed (set by hand, or applied or given back by another invoice): its drafts
     show the balance as it is now."""
@@ -300,9 +307,8 @@ def _apply_customer_balance(state: State, invoice: dict[str, Any]) -> None:
     invoice["ending_balance"] = carried
     invoice["amount_due"] = invoice["amount_remaining"] = max(due - carried, 0)
     invoice["_balance_change"] = carried - balance
-    if customer is not None and carried != balance:   # runs at every finalization: drafts change only with it
-        customer["balance"] = carried
-        refresh_draft_balances(state, customer["id"])
+    if customer is not None:   # runs at every finalization: drafts change only with the balance
+        set_balance(state, customer, carried)
 
 
 def invoice_lines(state: State, invoice: dict[str, Any]) -> list[dict[str, Any]]:
@@ -621,9 +627,8 @@ def void(state: State, invoice: dict[str, Any], at: int, request: dict[str, Any]
     (Stripe's `unapplied_from_invoice` balance transaction)."""
     customer = state.get("customer", invoice["customer"])
     if customer is not None and invoice.get("_balance_change"):
-        customer["balance"] = int(customer.get("balance") or 0) - invoice["_balance_change"]
+        set_balance(state, customer, int(customer.get("balance") or 0) - invoice["_balance_change"])
         invoice["_balance_change"] = 0
-        refresh_draft_balances(state, customer["id"])
     invoice["status"] = "void"
     invoice["auto_advance"] = False
     invoice["next_payment_attempt"] = None

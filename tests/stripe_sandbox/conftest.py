@@ -76,6 +76,18 @@ def wait_until(predicate, timeout: float = 10.0, interval: float = 0.01):
         time.sleep(interval)
 
 
+def post_form(handle: SandboxHandle, path: str, data: Any, key: str | None = None, **headers: str) -> Any:
+    """POST to the sandbox without the SDK: `data` a dict (form-encoded) or text or bytes (sent as written),
+    an Idempotency-Key when `key` is given, and any other headers."""
+    import httpx
+
+    if key is not None:
+        headers["Idempotency-Key"] = key
+    body = {"content": data} if isinstance(data, (str, bytes)) else {"data": data}
+    return httpx.post(handle.base_url + path, **body, headers={"Authorization": f"Bearer {handle.api_key}", **headers},
+                      timeout=30)
+
+
 def in_flight(handle: SandboxHandle, path: str) -> bool:
     return any(e["status"] is None for e in handle.requests_log(path=path))
 

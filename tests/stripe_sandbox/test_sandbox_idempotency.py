@@ -4,17 +4,10 @@ from __future__ import annotations
 
 import threading
 
-import httpx
 import pytest
 import stripe
 
-from conftest import in_flight, ts, wait_until
-
-
-def _post(sb, path, data, key):
-    return httpx.post(
-        sb.base_url + path, data=data, headers={"Authorization": f"Bearer {sb.api_key}", "Idempotency-Key": key}, timeout=30
-    )
+from conftest import in_flight, post_form as _post, ts, wait_until
 
 
 def test_replay_returns_the_first_response_with_the_replayed_header(sb, client):

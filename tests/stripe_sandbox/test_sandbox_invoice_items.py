@@ -7,11 +7,10 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import httpx
 import pytest
 import stripe
 
-from conftest import Receiver, cycle_invoice as _cycle_invoice, metered_price, ts, usage as _usage
+from conftest import Receiver, cycle_invoice as _cycle_invoice, metered_price, post_form as _post, ts, usage as _usage
 from metering.stripe_sandbox import spec
 from metering.stripe_sandbox.testing import running_sandbox
 
@@ -31,11 +30,6 @@ def _setup(client, name="Acme", clock=None, price=None):
 
 def _item_lines(invoice):
     return [line for line in invoice.lines.data if line.parent.type == "invoice_item_details"]
-
-
-def _post(sb, path, data, key=None):
-    headers = {"Authorization": f"Bearer {sb.api_key}"} | ({"Idempotency-Key": key} if key else {})
-    return httpx.post(sb.base_url + path, data=data, headers=headers, timeout=30)
 
 
 def test_pending_items_join_the_period_invoice_with_exact_totals(sb, client):

@@ -12,17 +12,9 @@ import httpx
 import pytest
 import stripe
 
-from conftest import Receiver, in_flight, ts, wait_until
+from conftest import Receiver, in_flight, post_form as _post, ts, wait_until
 
 T0 = ts("2026-10-01T00:00:00")
-
-
-def _post(sb, path, data, key=None, **headers):
-    if key is not None:
-        headers["Idempotency-Key"] = key
-    body = {"content": data} if isinstance(data, (str, bytes)) else {"data": data}   # raw: sent as written
-    return httpx.post(sb.base_url + path, **body, headers={"Authorization": f"Bearer {sb.api_key}", **headers},
-                      timeout=30)
 
 
 # -- idempotency keys -------------------------------------------------------------------------------
@@ -203,18 +195,14 @@ def test_indexed_lists_beyond_ten_items_keep_numeric_order():
 
 
 # -- billing period arithmetic ----------------------------------------------------------------------
-def _t(text: str) -> int:
-    return ts(text)
-
-
 def test_an_end_of_month_anchor_configured_for_the_31st_returns_to_the_31st():
     """periods.py: months keep `day_of_month` from billing_cycle_anchor_config when the anchor fell on a
     shorter month's last day: anchor 2027-02-28 (day 31 configured) + 1 month = 2027-03-31, not 03-28.
     Kills P1 (`day_of_month or moment.day` -> `moment.day`)."""
     from metering.stripe_sandbox.periods import add_interval
 
-    assert add_interval(_t("2027-02-28T00:00:00"), "month", 1, 1, 31) == _t("2027-03-31T00:00:00")
-    assert add_interval(_t("2027-02-28T00:00:00"), "month", 1, 2, 31) == _t("2027-04-30T00:00:00")
+    assert add_interval(ts("2027-02-28T00:00:00"), "month", 1, 1, 31) == ts("2027-03-31T00:00:00")
+    assert add_interval(ts("2027-02-28T00:00:00"), "month", 1, 2, 31) == ts("2027-04-30T00:00:00")
 
 
 def test_weeks_are_seven_days_and_years_twelve_months():
@@ -222,9 +210,9 @@ def test_weeks_are_seven_days_and_years_twelve_months():
     12 months (2026-10-01 -> 2027-10-01). Kills P2 (7 -> 6) and P3 (12 -> 11)."""
     from metering.stripe_sandbox.periods import add_interval
 
-    assert add_interval(T0, "week", 1, 1) == _t("2026-10-08T00:00:00")
-    assert add_interval(T0, "week", 2, 2) == _t("2026-10-29T00:00:00")
-    assert add_interval(T0, "year", 1, 1) == _t("2027-10-01T00:00:00")
+    assert add_interval(T0, "week", 1, 1) == ts("2026-10-08T00:00:00")
+    assert add_interval(T0, "week", 2, 2) == ts("2026-10-29T00:00:00")
+    assert add_interval(T0, "year", 1, 1) == ts("2027-10-01T00:00:00")
 
 
 def test_the_next_boundary_is_strictly_after_the_given_instant():
@@ -234,7 +222,7 @@ def test_the_next_boundary_is_strictly_after_the_given_instant():
     Kills P4 (`anchor > after` -> `>=`), P5 (`at(steps - 1) > after` -> `>=`) and P6 (`<= after` -> `<`)."""
     from metering.stripe_sandbox.periods import next_boundary
 
-    nov, dec = _t("2026-11-01T00:00:00"), _t("2026-12-01T00:00:00")
+    nov, dec = ts("2026-11-01T00:00:00"), ts("2026-12-01T00:00:00")
     assert next_boundary(T0, "month", 1, T0) == nov
     assert next_boundary(T0, "month", 1, nov) == dec
     assert next_boundary(dec, "month", 1, nov) == dec
@@ -246,10 +234,10 @@ def test_a_first_occurrence_may_be_the_start_itself_and_falls_on_a_short_months_
     Kills P8 (`candidate >= moment` -> `>`) and P9 (the day clamped to 28, not to the month's length)."""
     from metering.stripe_sandbox.periods import first_occurrence
 
-    oct15 = _t("2026-10-15T00:00:00")
+    oct15 = ts("2026-10-15T00:00:00")
     assert first_occurrence(oct15, 15, 0, 0, 0, None) == oct15
-    assert first_occurrence(_t("2026-11-01T00:00:00"), 31, 0, 0, 0, None) == _t("2026-11-30T00:00:00")
-    assert first_occurrence(T0, 31, 0, 0, 0, None) == _t("2026-10-31T00:00:00")
+    assert first_occurrence(ts("2026-11-01T00:00:00"), 31, 0, 0, 0, None) == ts("2026-11-30T00:00:00")
+    assert first_occurrence(T0, 31, 0, 0, 0, None) == ts("2026-10-31T00:00:00")
 
 
 # -- webhook delivery -------------------------------------------------------------------------------
