@@ -85,17 +85,18 @@ def _exact_value() -> str:
 
 
 _NOT_ZERO = f"(ltrim({_DIGITS}, '0') <> '')"
+_NOT_A_POWER_OF_TEN = f"(rtrim(ltrim({_DIGITS}, '0'), '0') <> '1')"   # significant digits other than a lone 1
 # a number that is no DECIMAL(38, 12) (v12 NULL) is too large when it has more than 16 digits before
 # the point, or 16 and is not exactly 1e15, judged from the literal: plain decimals fail the cast only
 # there
 _LITERAL_TOO_LARGE = (f"(NOT {_HAS_E} OR ({_NOT_ZERO} AND coalesce({_POINT} + "
-                      f"(rtrim(ltrim({_DIGITS}, '0'), '0') <> '1')::INT > 16, "
+                      f"{_NOT_A_POWER_OF_TEN}::INT > 16, "
                       f"NOT {_NEGATIVE_EXPONENT})))")
 
 # a number above 1e15 that the cast to DECIMAL(38, 12) rounds onto 1e15 itself (1e15 + 1e-13): v12 is
 # exactly 1e15, so the literal decides: at least 16 digits before its point, and not 1e15 written with
 # zeros. (Below 1e15, 999999999999999.9999999999999 rounds onto it too: too precise, not too large.)
-_ROUNDED_ONTO_MAX = (f"(abs(v12) = {MAX_VALUE} AND rtrim(ltrim({_DIGITS}, '0'), '0') <> '1' AND "
+_ROUNDED_ONTO_MAX = (f"(abs(v12) = {MAX_VALUE} AND {_NOT_A_POWER_OF_TEN} AND "
                      f"CASE WHEN {_HAS_E} THEN {_POINT} > 15 "
                      f"ELSE length(ltrim(split_part(ltrim(vtext, '+-'), '.', 1), '0')) > 15 END)")
 

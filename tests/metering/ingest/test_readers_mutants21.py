@@ -81,9 +81,10 @@ def test_a_conflicting_version_on_a_crlf_line_keeps_its_raw_text_without_the_cr(
     assert con.execute("SELECT source_line, raw FROM usage_quarantine").fetchall() == [(2, second.decode())]
 
 
-def _parquet_row(**columns):
-    base = {"event_id": ["p1"], "customer_id": ["cust_00001"], "meter": ["tokens"],
-            "timestamp": ["2026-10-05T12:00:00Z"]}
+def _parquet_row(n: int = 1, **columns):
+    """n Parquet rows of tokens (event ids p1..pn), with `columns` added or replacing the base ones."""
+    base = {"event_id": [f"p{i}" for i in range(1, n + 1)], "customer_id": ["cust_00001"] * n,
+            "meter": ["tokens"] * n, "timestamp": ["2026-10-05T12:00:00Z"] * n}
     return pa.table({**base, **columns})
 
 

@@ -17,16 +17,12 @@ import pytest
 from metering.errors import BadInputError
 from metering.ingest import ingest_file, readers
 from tests.metering.ingest.conftest import NOW, event
+from tests.metering.ingest.test_readers_mutants21 import _counts, _parquet_row
 
 HEADER = "event_id,customer_id,meter,timestamp,value"
 ROW = "a,cust_00001,tokens,2026-10-05T12:00:00Z,5"
 # all four separator bytes the Arrow line reader tries: a file holding them is split in Python
 ALL_SEPARATORS = b'{"event_id": "x\x1f\x1e\x1d\x1c"}'
-
-
-def _counts(con):
-    return con.execute("SELECT (SELECT count(*) FROM usage_events), (SELECT count(*) FROM usage_quarantine), "
-                       "(SELECT count(*) FROM ingested_files)").fetchone()
 
 
 # --------------------------------------------------------------------------- names and magic bytes
@@ -151,12 +147,6 @@ def test_a_csv_row_whose_extra_cells_are_all_empty_has_no_extra(tmp_path, con):
 
 
 # --------------------------------------------------------------------------- Parquet
-
-
-def _parquet_row(n: int = 1, **columns):
-    base = {"event_id": [f"p{i}" for i in range(1, n + 1)], "customer_id": ["cust_00001"] * n,
-            "meter": ["tokens"] * n, "timestamp": ["2026-10-05T12:00:00Z"] * n}
-    return pa.table({**base, **columns})
 
 
 
