@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import socket
 import socketserver
 import threading
@@ -82,6 +83,11 @@ class SmtpRelay:
     port: int
     received: list[bytes] = field(default_factory=list)
     on_accept: Callable[[], None] | None = None
+
+
+def published_suspensions(data: Path) -> list[dict]:
+    """The suspended customers in the published suspensions.json under the data folder `data`."""
+    return json.loads((data / "published" / "suspensions.json").read_text())["suspended"]
 
 
 def start_smtp_relay() -> tuple[SmtpRelay, socketserver.ThreadingTCPServer]:

@@ -5,22 +5,17 @@ it returns and stores."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import duckdb
 import pytest
 import test_sandbox_scenario as scenario
-from dunning_helpers import DAY, T0, SmtpRelay, point_smtp_at, put_invoice
+from dunning_helpers import DAY, T0, SmtpRelay, point_smtp_at, published_suspensions, put_invoice
 
 from metering import warehouse
 from metering.dunning.policy import DunningPolicy
 from metering.dunning.run import run_dunning
 from metering.stripe_sandbox.testing import running_sandbox
-
-
-def _published(data: Path) -> list[dict]:
-    return json.loads((data / "published" / "suspensions.json").read_text())["suspended"]
 
 
 def test_a_written_off_invoice_then_voided_is_void_and_lifts_the_suspension(
@@ -32,17 +27,17 @@ def test_a_written_off_invoice_then_voided_is_void_and_lifts_the_suspension(
     and a void invoice no longer suspends its customer (suspended only in_dunning or written_off)."""
     put_invoice(wh, "in_1")
     run_dunning(wh, None, no_stripe_policy, T0 + 14 * DAY)
-    assert [r["invoice_ids"] for r in _published(isolated_env)] == [["in_1"]]
+    assert [r["invoice_ids"] for r in published_suspensions(isolated_env)] == [["in_1"]]
     put_invoice(wh, "in_1", status="uncollectible", state_event_created=T0 + 15 * DAY)
     written_off = run_dunning(wh, None, no_stripe_policy, T0 + 15 * DAY)
     assert written_off.state.select("invoice_id", "state", "reason").rows() == [("in_1", "written_off", "uncollectible")]
-    assert [r["invoice_ids"] for r in _published(isolated_env)] == [["in_1"]]
+    assert [r["invoice_ids"] for r in published_suspensions(isolated_env)] == [["in_1"]]
     put_invoice(wh, "in_1", status="void", state_event_created=T0 + 16 * DAY)
     voided = run_dunning(wh, None, no_stripe_policy, T0 + 16 * DAY)
     # closed_at stays the first close, Stripe's write-off seen on day 15 (2026-11-17 09:30)
     assert voided.state.select("invoice_id", "state", "reason", "closed_at").rows() == [
         ("in_1", "void", "voided", T0 + 15 * DAY)]
-    assert _published(isolated_env) == []
+    assert published_suspensions(isolated_env) == []
     assert wh.execute("SELECT count(*) FROM suspensions").fetchone() == (0,)
     assert wh.execute("SELECT invoice_id, state FROM dunning_state").fetchall() == [("in_1", "void")]
 

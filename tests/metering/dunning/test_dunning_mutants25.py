@@ -10,7 +10,6 @@ Each test names, in its docstring, the mutant it was written against (ids of the
 
 from __future__ import annotations
 
-import json
 from datetime import timedelta
 from pathlib import Path
 from types import SimpleNamespace
@@ -20,7 +19,7 @@ import polars as pl
 import pytest
 import stripe
 from dunning_helpers import (
-    DAY, NO_STRIPE_POLICY, T0, SmtpRelay, pay_invoice, point_smtp_at, put_invoice, write_rules,
+    DAY, NO_STRIPE_POLICY, T0, SmtpRelay, pay_invoice, point_smtp_at, published_suspensions, put_invoice, write_rules,
 )
 from test_actions import REMOVABLE, _crash_with_pending, _fake_client, _FakeInvoices
 from test_state import failures, frame, invoice, one
@@ -130,7 +129,7 @@ def test_minor_units_render_with_their_leading_zeros_and_no_negative_zero() -> N
 
 
 def _policy_errors(tmp_path: Path, text: str) -> list[str]:
-
+    """validate_dunning's messages for the policy `text`, without the file's path in front."""
     folder = write_rules(tmp_path / "r", text)
     prefix = f"{folder / 'dunning.yaml'}: "
     return [e.removeprefix(prefix) for e in validate_dunning(folder)]
@@ -157,10 +156,6 @@ def test_the_policy_limits_are_inclusive(tmp_path: Path) -> None:
     ]
 
 
-def _published(data: Path) -> list[dict]:
-    return json.loads((data / "published" / "suspensions.json").read_text())["suspended"]
-
-
 def test_customers_known_only_by_our_id_are_suspended_apart(
     wh: duckdb.DuckDBPyConnection, no_stripe_policy: DunningPolicy, isolated_env: Path
 ) -> None:
@@ -171,7 +166,7 @@ def test_customers_known_only_by_our_id_are_suspended_apart(
     put_invoice(wh, "in_b", customer=None, customer_id="c_b", amount_due=250, amount_remaining=250)
     run_dunning(wh, None, no_stripe_policy, T0 + 14 * DAY)
     assert [(r["customer_id"], r["stripe_customer"], r["invoice_ids"], r["amount_remaining"])
-            for r in _published(isolated_env)] == [("c_a", "c_a", ["in_a"], "50.00"), ("c_b", "c_b", ["in_b"], "2.50")]
+            for r in published_suspensions(isolated_env)] == [("c_a", "c_a", ["in_a"], "50.00"), ("c_b", "c_b", ["in_b"], "2.50")]
 
 
 def test_a_suspended_customer_row_names_our_customer_id_when_one_invoice_lacks_it(
@@ -184,7 +179,7 @@ def test_a_suspended_customer_row_names_our_customer_id_when_one_invoice_lacks_i
     put_invoice(wh, "in_2", customer="cus_x", customer_id="c_x", amount_due=250, amount_remaining=250)
     run_dunning(wh, None, no_stripe_policy, T0 + 14 * DAY)
     assert [(r["customer_id"], r["stripe_customer"], r["invoice_ids"], r["amount_remaining_minor"])
-            for r in _published(isolated_env)] == [("c_x", "cus_x", ["in_1", "in_2"], 5250)]
+            for r in published_suspensions(isolated_env)] == [("c_x", "cus_x", ["in_1", "in_2"], 5250)]
 
 
 def test_a_suspension_that_never_completed_does_not_suspend(
@@ -208,7 +203,7 @@ def test_a_suspension_that_never_completed_does_not_suspend(
     assert result.state.select("invoice_id", "state").rows() == [("in_1", "written_off")]
     assert wh.execute("SELECT status, outcome FROM dunning_actions WHERE action = 'suspend'").fetchall() == [
         ("superseded", "left_dunning:written_off")]
-    assert _published(isolated_env) == []
+    assert published_suspensions(isolated_env) == []
 
 
 def test_the_minimum_is_measured_on_what_remains_of_an_open_invoice(rules_dir: Path) -> None:
@@ -385,7 +380,7 @@ def test_a_removed_pending_retry_holds_a_step_now_earlier_in_the_schedule(
     assert [(s.index, s.name) for s in policy.default.steps] == [(0, "suspension")]
     result = run_dunning(wh, None, policy, T0 + 14 * DAY)
     assert result.report.counts == {"retry:no_stripe_client": 1, "suspend:deferred": 1}
-    assert _published(isolated_env) == []
+    assert published_suspensions(isolated_env) == []
     assert wh.execute("SELECT step_name, status FROM dunning_actions ORDER BY step_index").fetchall() == [
         ("first_reminder", "done"), ("payment_retry", "pending")]
 
