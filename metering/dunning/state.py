@@ -265,8 +265,9 @@ def compute_state(
         .when(status == "void").then(pl.lit("voided"))
         .when(status == "uncollectible").then(pl.lit("uncollectible"))
         .when(pl.col("written_off_by_us")).then(pl.lit("written_off_by_dunning"))
-        .when(pl.col("below_minimum")).then(pl.lit("below_minimum"))
-        .when(pl.col("first_invoice")).then(pl.lit(SUBSCRIPTION_INCOMPLETE))
+        # as `computed`: an invoice already chased stays chased when what remains falls under the minimum
+        .when(pl.col("below_minimum") & ~entered).then(pl.lit("below_minimum"))
+        .when(pl.col("first_invoice") & ~entered).then(pl.lit(SUBSCRIPTION_INCOMPLETE))
         .otherwise(pl.lit("payment_failed"))
     )
     rank = {k: v for k, v in STATE_RANK.items()}

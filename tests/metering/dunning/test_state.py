@@ -351,3 +351,18 @@ def test_a_what_if_state_leaves_no_schedule_or_entry_behind(rules_dir: Path) -> 
     real = compute_state(small, policy, T0 + DAY, plans=plans["scale"], failures=failures(("in_2", T0)),
                          previous=what_if)
     assert (one(real, "in_2")["state"], one(real, "in_2")["reason"]) == ("not_in_dunning", "below_minimum")
+
+
+def test_an_invoice_chased_stays_labelled_payment_failed_when_what_remains_falls_under_the_minimum(
+        rules_dir: Path) -> None:
+    """50.00 USD failed on day 0 and is chased (50.00 >= the shipped 1.00 minimum). By day 1, 49.50 of it
+    is paid: 0.50 remains, under the minimum, but an invoice once chased stays chased (states only move
+    forward). Its reason stays `payment_failed`; it was `below_minimum`, the label of an invoice never
+    chased, beside the state `in_dunning`."""
+    policy = load_policy(rules_dir)
+    first = compute_state(frame(invoice("in_1")), policy, T0 + DAY, failures=failures(("in_1", T0)))
+    assert (one(first)["state"], one(first)["reason"]) == ("in_dunning", "payment_failed")
+    later = compute_state(frame(invoice("in_1", amount_paid=4950, amount_remaining=50)), policy, T0 + 2 * DAY,
+                          failures=failures(("in_1", T0)), previous=first)
+    assert (one(later)["state"], one(later)["reason"], one(later)["amount_remaining"]) == (
+        "in_dunning", "payment_failed", 50)
