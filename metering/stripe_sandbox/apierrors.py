@@ -68,13 +68,15 @@ def authentication(message: str) -> StripeAPIError:
     return StripeAPIError(401, message, store=False)
 
 
-def rate_limited(reason: str, message: str | None = None) -> StripeAPIError:
+def rate_limited(reason: str, message: str | None = None, headers: dict[str, str] | None = None) -> StripeAPIError:
+    """429 with Stripe's `Stripe-Rate-Limited-Reason` header (and any further `headers`); never stored
+    under an idempotency key, since a retry with the same key must be tried again."""
     return StripeAPIError(
         429,
         message
         or "Request rate limit exceeded. Learn more about rate limits here https://stripe.com/docs/rate-limits.",
         code="rate_limit",
-        headers={"Stripe-Rate-Limited-Reason": reason},
+        headers={"Stripe-Rate-Limited-Reason": reason, **(headers or {})},
         store=False,
     )
 

@@ -20,7 +20,7 @@ from urllib.parse import urlsplit
 from . import core_api, invoiceitems_api, invoices_api, meters_api, subscriptions_api  # noqa: F401  (register routes)
 from . import billing
 from .api import Request, check_params, resolve
-from .apierrors import StripeAPIError, authentication, unrecognized_url
+from .apierrors import StripeAPIError, authentication, rate_limited, unrecognized_url
 from .faults import Faults
 from .forms import FormError, parse_form
 from .idempotency import IdempotencyStore, fingerprint
@@ -253,13 +253,7 @@ class SandboxHandler(BaseHTTPRequestHandler):
                 entry["fault"] = rule.kind
                 extra = {} if rule.should_retry is None else {"Stripe-Should-Retry": str(rule.should_retry).lower()}
                 if rule.kind == "rate_limit":
-                    error = StripeAPIError(
-                        429,
-                        "Request rate limit exceeded. Learn more about rate limits here https://stripe.com/docs/rate-limits.",
-                        code="rate_limit",
-                        headers={"Stripe-Rate-Limited-Reason": rule.reason, **extra},
-                    )
-                    raise error
+                    raise rate_limited(rule.reason, headers=extra)
                 if rule.kind == "server_error":
                     raise StripeAPIError(500, "An unknown error occurred", type="api_error", headers=extra)
                 if rule.kind == "drop":
@@ -286,13 +280,10 @@ class SandboxHandler(BaseHTTPRequestHandler):
                     slot = meters_api.concurrency_key(sandbox.state, params)
                 if slot is not None and not sandbox.take_slot(slot):
                     slot = None
-                    raise StripeAPIError(
-                        429,
+                    raise rate_limited(
+                        "resource-specific",
                         "Too many concurrent requests for this customer and meter: only one meter event call per "
                         "customer and meter may be in flight. Retry after the previous call completes.",
-                        code="rate_limit",
-                        headers={"Stripe-Rate-Limited-Reason": "resource-specific"},
-                        store=False,
                     )
             if rule is not None and rule.kind == "slow":
                 sandbox.faults.sleep(rule.delay)
