@@ -337,10 +337,15 @@ def _build(path: Path, doc: Any, known_plans: set[str]) -> tuple[DunningPolicy |
 def _read(path: Path) -> tuple[Any, list[str]]:
     try:
         text = path.read_text(encoding="utf-8")
-        doc = yaml.load(text, Loader=SafeLoader)
+        try:
+            doc = yaml.load(text, Loader=SafeLoader)
+        except (ValueError, KeyError, AttributeError, TypeError):
+            doc = None  # a value that does not fit its explicit tag (`day: !!int abc`): parse_yaml names its line
         # a repeated key (two `final_notice` templates) is a mistake: plain YAML keeps the last silently
         _, marks = parse_yaml(text, str(path))
         return doc, [f"{path}: {render_path(where)}: {what}" for where, what in marks.problems]
+    except BadInputError as exc:
+        return None, [str(exc)]
     except UnicodeDecodeError:
         return None, [f"{path}: (file): not UTF-8 text"]
     except yaml.YAMLError as exc:

@@ -160,7 +160,8 @@ def _date(value: Any, path: tuple, err: _FileErrors) -> dt.date | None:
         return None
     if isinstance(value, dt.date):
         return value
-    if isinstance(value, str):
+    # YYYY-MM-DD only: Python's fromisoformat also takes `20260101` and the week date `2026-W01-1`
+    if isinstance(value, str) and re.fullmatch(r"[0-9]{4}-[0-9]{2}-[0-9]{2}", value):
         try:
             return dt.date.fromisoformat(value)
         except ValueError:

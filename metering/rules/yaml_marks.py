@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from yaml.constructor import SafeConstructor
+from yaml.constructor import ConstructorError, SafeConstructor
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
 from metering.errors import BadInputError
@@ -101,7 +101,7 @@ def _build(node: Node, path: PathKey, marks: Marks, constructor: SafeConstructor
     if isinstance(node, MappingNode):
         out: dict[Any, Any] = {}
         for key_node, value_node in node.value:
-            key = constructor.construct_object(key_node, deep=True) if isinstance(key_node, ScalarNode) else None
+            key = _construct(constructor, key_node) if isinstance(key_node, ScalarNode) else None
             if not isinstance(key, (str, int)) or isinstance(key, bool):
                 marks.problems.append((path, f"line {key_node.start_mark.line + 1}: mapping keys must be plain names"))
                 continue
@@ -113,7 +113,18 @@ def _build(node: Node, path: PathKey, marks: Marks, constructor: SafeConstructor
     if isinstance(node, SequenceNode):
         return [_build(item, path + (i,), marks, constructor, ancestors) for i, item in enumerate(node.value)]
     marks.raw[path] = node.value
-    return constructor.construct_object(node, deep=True)
+    return _construct(constructor, node)
+
+
+def _construct(constructor: SafeConstructor, node: Node) -> Any:
+    """A scalar's value; one that does not fit its explicit tag (`!!int abc`, `!!bool maybe`) is a
+    ConstructorError on its line, as PyYAML's int, float, bool and timestamp constructors raise
+    ValueError, KeyError or AttributeError instead."""
+    try:
+        return constructor.construct_object(node, deep=True)
+    except (ValueError, KeyError, AttributeError, TypeError):
+        raise ConstructorError(None, None, f"{node.value!r} is not a valid {node.tag.rsplit(':', 1)[-1]}",
+                               node.start_mark) from None
 
 
 def parse_yaml(text: str, source: str) -> tuple[Any, Marks]:

@@ -212,6 +212,18 @@ def test_cli_validate_prints_every_error_and_exits_3(tmp_path: Path) -> None:
     assert ok.output.startswith("ok: ")
 
 
+@pytest.mark.parametrize("tag", ["int", "float", "bool", "timestamp"])
+def test_a_value_that_does_not_fit_its_explicit_tag_is_named_with_its_line(tmp_path: Path, tag: str) -> None:
+    """`day: !!int abc` (line 6 of VALID: the retry step) made PyYAML's constructors raise ValueError,
+    KeyError or AttributeError, not a YAML error: `dunning validate` (and `rules validate`, which checks
+    the policy too) ended in a traceback with exit 1. It is bad input, named by file and line, exit 3."""
+    folder = write_rules(tmp_path / "r", VALID.replace("day: 3,", f"day: !!{tag} abc,"))
+    assert validate_dunning(folder) == [f"{folder / 'dunning.yaml'}:6: (document): 'abc' is not a valid {tag}"]
+    result = CliRunner().invoke(cli, ["dunning", "validate", "--rules", str(folder)])
+    assert (result.exit_code, result.output.strip()) == (
+        EXIT_BAD_INPUT, f"error: {folder / 'dunning.yaml'}:6: (document): 'abc' is not a valid {tag}")
+
+
 @given(amount=st.integers(min_value=-10**15, max_value=10**15),
        currency=st.sampled_from(["usd", "jpy", "kwd", "eur", "krw"]))
 def test_minor_units_round_trip_exactly(amount: int, currency: str) -> None:
