@@ -25,7 +25,7 @@ import os
 import re
 import zlib
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol
 from pathlib import Path
 
@@ -729,12 +729,11 @@ def stage_parquet(con: duckdb.DuckDBPyConnection, path: Path, fmt: str, sink: Si
 
 def _parquet_extra_sql(types: dict[str, str], columns: list[str]) -> str:
     """SQL: the unknown columns as one JSON object, in column order; a null column is absent, and so
-    is a struct's or a map's null field at any depth.
+    is a struct's or a map's null field at any depth, also inside a list and beside a JSON field.
 
-    Column by column, so that only struct and map columns go through `json_merge_patch` (which
-    drops the nulls): it recurses without limit, and a JSON column nesting 300,000 arrays crashed
-    the process there. A struct's depth is bounded by the schema; a JSON column is written back
-    as parsed (JSON's own nulls kept, as in JSON lines; its top-level `null` is absent).
+    Column by column. A flat column is written by `to_json` (a JSON column by `json`: written back as
+    parsed, its own nulls kept, as in JSON lines; its top-level `null` is absent); a struct, map or
+    list column by `_nested_json_sql`, from its type: one SQL expression, no per-row Python.
     """
     if not columns:
         return "NULL"
@@ -744,10 +743,154 @@ def _parquet_extra_sql(types: dict[str, str], columns: list[str]) -> str:
         present, value = f"{col} IS NOT NULL", f"to_json({col})"
         if kind == "JSON":
             present, value = f"{present} AND json_type({col}) <> 'NULL'", f"json({col})"
-        elif kind.startswith(("STRUCT", "MAP")) and "JSON" not in kind:
-            value = f"json_merge_patch('{{}}', {value})"
+        elif kind.startswith(("STRUCT", "MAP")) or kind.endswith("]"):
+            value = _nested_json_sql(col, _parse_duckdb_type(types[name]))
         entries.append(f"CASE WHEN {present} THEN concat(to_json({sql_string(name)}), ':', {value}) END")
     return f"nullif(concat('{{', concat_ws(',', {', '.join(entries)}), '}}'), '{{}}')"
+
+
+@dataclass(frozen=True)
+class _DuckType:
+    """A DuckDB type as far as `_nested_json_sql` needs it: `kind` is struct, map, list, json or leaf;
+    `children` are a struct's (name, type) fields, a map's key and value, a list's element."""
+    kind: str
+    children: tuple[tuple[str, _DuckType], ...] = ()
+    objects: bool = field(init=False, compare=False)  # a struct or a map is in it
+    depth: int = field(init=False, compare=False)     # levels of structs, maps and lists
+
+    def __post_init__(self) -> None:
+        kids = [t for _, t in self.children]
+        object.__setattr__(self, "objects", self.kind in ("struct", "map") or any(t.objects for t in kids))
+        object.__setattr__(self, "depth", 1 + max(t.depth for t in kids) if kids else 0)
+
+
+def _parse_duckdb_type(text: str) -> _DuckType:
+    """Read a type as DuckDB spells it (`STRUCT(a VARCHAR, "b ""c" INTEGER[])`, `MAP(VARCHAR, JSON)`,
+    `STRUCT(x BIGINT)[]`): a field's name is bare or in double quotes (a quote doubled); any other
+    type (`DECIMAL(18,3)`, `TIMESTAMP WITH TIME ZONE`, ...) is a leaf."""
+    parsed, end = _parse_type_at(text, 0)
+    if text[end:].strip():
+        raise ValueError(f"cannot read the DuckDB type {text!r} at {end}")
+    return parsed
+
+
+def _skip_spaces(text: str, i: int) -> int:
+    while i < len(text) and text[i] == " ":
+        i += 1
+    return i
+
+
+def _expect(text: str, i: int, char: str) -> int:
+    i = _skip_spaces(text, i)
+    if text[i:i + 1] != char:
+        raise ValueError(f"cannot read the DuckDB type {text!r}: {char!r} expected at {i}")
+    return i + 1
+
+
+def _parse_type_at(text: str, i: int) -> tuple[_DuckType, int]:
+    i = _skip_spaces(text, i)
+    head = text[i:i + 7].upper()
+    if head == "STRUCT(":
+        fields, i = _parse_fields(text, i + 7)
+        parsed = _DuckType("struct", fields)
+    elif head.startswith("MAP("):
+        key, i = _parse_type_at(text, i + 4)
+        value, i = _parse_type_at(text, _expect(text, i, ","))
+        parsed, i = _DuckType("map", (("key", key), ("value", value))), _expect(text, i, ")")
+    else:   # a leaf: up to a `,` `)` or `[` outside its own parentheses and quotes
+        start, depth = i, 0
+        while i < len(text):
+            c = text[i]
+            if c in "'\"":
+                i = text.index(c, i + 1)   # a doubled quote is two strings in a row: the same end
+            elif c == "(":
+                depth += 1
+            elif c == ")" and depth:
+                depth -= 1
+            elif c in ",)[" and not depth:
+                break
+            i += 1
+        leaf = text[start:i].strip()
+        if not leaf:
+            raise ValueError(f"cannot read the DuckDB type {text!r}: a type expected at {start}")
+        parsed = _DuckType("json" if leaf.upper() == "JSON" else "leaf")
+    while (i := _skip_spaces(text, i)) < len(text) and text[i] == "[":   # T[] and T[3]: a list
+        i = text.index("]", i) + 1
+        parsed = _DuckType("list", (("element", parsed),))
+    return parsed, i
+
+
+def _parse_fields(text: str, i: int) -> tuple[tuple[tuple[str, _DuckType], ...], int]:
+    fields: list[tuple[str, _DuckType]] = []
+    if text[_skip_spaces(text, i):].startswith(")"):
+        return (), _skip_spaces(text, i) + 1
+    while True:
+        i = _skip_spaces(text, i)
+        if text[i:i + 1] == '"':
+            name, i = "", i + 1
+            while True:
+                end = text.index('"', i)
+                name += text[i:end]
+                if text[end + 1:end + 2] != '"':
+                    i = end + 1
+                    break
+                name, i = name + '"', end + 2
+        else:
+            end = text.index(" ", i)
+            name, i = text[i:end], end
+        field_type, i = _parse_type_at(text, i)
+        fields.append((name, field_type))
+        i = _skip_spaces(text, i)
+        if text[i:i + 1] == ")":
+            return tuple(fields), i + 1
+        i = _expect(text, i, ",")
+
+
+_NESTED_LEVELS = 12
+"""The deepest type (levels of structs, maps and lists) `_nested_json_sql` writes out level by level,
+with at most `_NESTED_LISTS` lists one in another; a deeper one is written by `to_json`, as it is.
+DuckDB's cost grows faster than the depth: 12 list_transforms one in another took 70 s for 10,000
+rows; a struct nesting 250 levels (DuckDB reads at most about 255), 37 s for 1,000 rows where
+`to_json` took 2.6 s; at 150 levels the SQL passed DuckDB's expression depth limit."""
+_NESTED_LISTS = 3
+
+
+def _nested_json_sql(expr: str, typ: _DuckType, levels: int = 0, lists: int = 0) -> str:
+    """SQL writing the value `expr` of type `typ` as JSON text (NULL when it is NULL): a struct as an
+    object of its fields in order, a null field absent (all null: `{}`); a map as an object, keys as
+    `to_json` spells them (their text), a null value absent; a list as an array of its elements, a
+    null element `null`; a JSON value by `json` (its own nulls kept; as a field or map value, a JSON
+    `null` is absent, as a JSON column holding `null` is); anything else by `to_json`, which writes
+    numbers exactly (`json_merge_patch`, which once dropped the nulls, read them back as doubles).
+
+    A part holding no struct or map is written by `to_json` whole; the rest level by level, lambda
+    parameters named by depth (`x0`, `x1`, ...) so an inner one never hides an outer one. A type
+    nesting more than `_NESTED_LEVELS` levels, or a list or map inside `_NESTED_LISTS` lists, is
+    written by `to_json` whole: exact, its null fields kept as `null`."""
+    if typ.kind == "json":
+        return f"json({expr})"
+    if not typ.objects or typ.depth > _NESTED_LEVELS or (lists >= _NESTED_LISTS and typ.kind != "struct"):
+        return f"to_json({expr})"
+    if typ.kind == "list":
+        x = f"x{levels}"
+        element = _nested_json_sql(x, typ.children[0][1], levels + 1, lists + 1)
+        body = f"concat('[', array_to_string(list_transform({expr}, lambda {x}: coalesce({element}, 'null')), ','), ']')"
+    elif typ.kind == "struct":
+        members = [_member_json_sql(f"to_json({sql_string(name)})", f"struct_extract({expr}, {sql_string(name)})",
+                                    field_type, levels + 1, lists) for name, field_type in typ.children]
+        body = f"concat('{{', concat_ws(',', {', '.join(members)}), '}}')"
+    else:   # a map: its entries are structs (key, value)
+        x = f"x{levels}"
+        member = _member_json_sql(f"to_json(CAST(struct_extract({x}, 'key') AS VARCHAR))",
+                                  f"struct_extract({x}, 'value')", typ.children[1][1], levels + 1, lists + 1)
+        body = f"concat('{{', array_to_string(list_transform(map_entries({expr}), lambda {x}: {member}), ','), '}}')"
+    return f"CASE WHEN {expr} IS NOT NULL THEN {body} END"
+
+
+def _member_json_sql(key: str, value: str, typ: _DuckType, levels: int, lists: int) -> str:
+    """SQL: `key:value` of an object, NULL (absent) when the value is null or a JSON `null`."""
+    present = f"{value} IS NOT NULL" + (f" AND json_type({value}) <> 'NULL'" if typ.kind == "json" else "")
+    return f"CASE WHEN {present} THEN concat({key}, ':', {_nested_json_sql(value, typ, levels, lists)}) END"
 
 
 def _struct_sql(columns: list[str]) -> str:

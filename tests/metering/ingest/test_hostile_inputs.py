@@ -94,8 +94,9 @@ def test_json_lines_extra_is_what_json_merge_patch_gave(lines, ascii_only):
 
 
 def test_parquet_extra_columns_are_written_as_before(tmp_path, con):
-    """Column by column now (only structs and maps merge-patched): the same text as the one merge
-    patch of them all, nulls of structs and maps dropped at any depth, a list's kept."""
+    """Column by column now: the same text as the one merge patch of them all gave, nulls of structs and
+    maps dropped at any depth, now also inside a list (the merge patch kept `"l":[{"a":null}]`: it
+    replaced arrays whole); an empty list stays `[]`."""
     table = pa.table({**_rows(2), "value": [5, 5], "é\"x": [1.5, None], "s": ["x\x7f/é", None],
                       "st": pa.array([{"a": None, "b": {"c": None, "d": 1}}, None]),
                       "l": pa.array([[{"a": None}], []]),
@@ -103,7 +104,7 @@ def test_parquet_extra_columns_are_written_as_before(tmp_path, con):
     pq.write_table(table, tmp_path / "x.parquet")
     ingest_file(con, tmp_path / "x.parquet", now=NOW)
     assert con.execute("SELECT extra FROM usage_events ORDER BY event_id").fetchall() == [
-        ('{"é\\"x":1.5,"s":"x\x7f/é","st":{"b":{"d":1}},"l":[{"a":null}],"m":{"z":"v"}}',), ('{"l":[]}',)]
+        ('{"é\\"x":1.5,"s":"x\x7f/é","st":{"b":{"d":1}},"l":[{}],"m":{"z":"v"}}',), ('{"l":[]}',)]
 
 
 def test_names_with_control_characters_refuse_the_file(tmp_path, con):

@@ -3,7 +3,7 @@ found untested: extensions in upper case and refusals that name the file, magic 
 gzip or Parquet, the Python line splitter's lone `\\r` and final line end, a value key spelled with a `\\u`
 escape, CSV header rules (byte order mark, spaces, strict quoting, an empty header), empty CSV cells,
 Parquet timestamp units and fractions, list and JSON columns' kinds, JSON fields inside an unknown struct
-(one strict xfail shows a defect there), and a line longer than a read batch."""
+(a struct's own null field absent beside them), and a line longer than a read batch."""
 
 from __future__ import annotations
 
@@ -160,9 +160,6 @@ def test_a_json_field_inside_an_unknown_parquet_struct_keeps_its_own_nulls(tmp_p
     assert con.execute("SELECT extra FROM usage_events").fetchone() == ('{"st":{"j":{"a":null},"s":"x"}}',)
 
 
-@pytest.mark.xfail(strict=True, reason="known limit, written in docs/ingest.md (the raw event contract, extra): a "
-                                       "struct holding a JSON field keeps its own null fields as null, since "
-                                       "json_merge_patch would drop the JSON field's own nulls too")
 def test_a_null_field_of_an_unknown_parquet_struct_that_also_holds_json_is_absent(tmp_path, con):
     # the struct's own null field `n` is absent, as it is in a struct without a JSON field; the JSON
     # field's inner null is JSON's own and kept: {"st":{"j":{"a":null}}}
