@@ -32,7 +32,6 @@ from metering.rules.model import (
     CURRENCY_DIGITS,
     MODELS,
     ROUNDING_MODES,
-    USAGE_MODELS,
     Charge,
     Plan,
     PlanVersion,

@@ -11,7 +11,6 @@ docs/ingest.md (NOW is 2026-11-01T00:00:00Z; the default event is 5 tokens on 20
 from __future__ import annotations
 
 import gzip
-import json
 import shutil
 from datetime import datetime, timezone
 from decimal import Decimal
