@@ -140,7 +140,8 @@ def load_customers(path: str | Path | None = None, rules: Rules | None = None) -
             errors.append(f"{path}:{line}: {field}: {msg}")
 
         if None in raw:
-            bad("(row)", f"{len(raw[None]) + len(COLUMNS)} fields where the header has {len(reader.fieldnames or [])}")
+            width = len(reader.fieldnames or [])
+            bad("(row)", f"{width + len(raw[None])} fields where the header has {width}")
             continue
         rec = {k: (raw.get(k) or "").strip() for k in COLUMNS}
         before = len(errors)
