@@ -125,7 +125,9 @@ def running_sandbox(
     only that key; the handle's ``api_key`` is always a valid one.
     """
     options.setdefault("webhook_retry_delays", (0.05, 0.1, 0.2))
-    options.setdefault("webhook_timeout", 2.0)
+    # a receiver that stores each event durably can take seconds on a loaded machine; with 2 s every
+    # fast retry could time out and a delivery be given up on, so an event "every delivery landed" missed
+    options.setdefault("webhook_timeout", 10.0)
     config = SandboxConfig(api_key=api_key, **options)
     sandbox = StripeSandbox(config).start(host, port)
     try:
