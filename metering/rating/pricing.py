@@ -86,13 +86,17 @@ def _tiered(lines: pl.DataFrame, tiers: pl.DataFrame) -> pl.DataFrame:
         tier_a24=pl.col("usage_a24") + pl.when(pl.col("units_q12") > lit(0)).then(pl.col("flat_a24")).otherwise(lit(0))
     )
     # Each tier is within range (checked_mul), but their sum can pass Int128 and wrap without a
-    # word: the sum of the tiers' whole major units, which cannot wrap, says when it would.
+    # word: the sum of the tiers' whole major units plus the carry of their fractions, which cannot
+    # wrap, says when it would (without the carry, a line just past the limit went on to be refused
+    # by a later check under the wrong name).
+    unit = lit(10**money.AMOUNT_SCALE)
     amounts = t.group_by("line_id").agg(amount_a24=pl.col("tier_a24").sum(),
-                                        major=(pl.col("tier_a24") // lit(10**money.AMOUNT_SCALE)).sum())
-    beyond = amounts.filter(pl.col("major") > lit(money.LIMIT // 10**money.AMOUNT_SCALE))
+                                        major=(pl.col("tier_a24") // unit).sum(),
+                                        fraction=(pl.col("tier_a24") % unit).sum())
+    beyond = amounts.filter(pl.col("major") + pl.col("fraction") // unit > lit(money.LIMIT // 10**money.AMOUNT_SCALE))
     if beyond.height:
         raise money.AmountTooLargeError("tier amount (the tiers together)", beyond)
-    amounts = amounts.drop("major")
+    amounts = amounts.drop("major", "fraction")
     # The audit JSON, built only for tiers the quantity reached (vectorised, then concatenated per line).
     reached = money.with_decimal_strings(
         t.filter(pl.col("units_q12") > lit(0)).sort("line_id", "tier"),
@@ -222,7 +226,7 @@ def rate(segments: pl.DataFrame, quantities: pl.DataFrame, rules: Rules) -> pl.D
     q12 = money.decimal_to_int(lines["quantity"].fill_null(0), money.QUANTITY_SCALE)
     if (q12 < 0).any():
         bad = lines.filter(q12 < 0).row(0, named=True)
-        raise BadInputError(f"usage: negative quantity {bad['quantity']} for customer {bad['customer_id']}, "
+        raise BadInputError(f"usage: negative quantity {bad['quantity']:f} for customer {bad['customer_id']}, "
                             f"charge {bad['charge']!r}: quantities must be >= 0")
     lines = lines.with_columns(q12=q12).with_columns(
         billable_q12=pl.when(usage)
@@ -294,4 +298,4 @@ def rate(segments: pl.DataFrame, quantities: pl.DataFrame, rules: Rules) -> pl.D
         amount_minor=pl.col("minor").cast(pl.Int64),
     ).with_columns(
         billable_quantity=pl.when(usage).then(pl.col("billable_quantity")),
-    ).select(RATED_COLUMNS)
+    ).select(RATED_COLUMNS).sort(LINE_KEY)   # I5: Polars does not promise that a join keeps the left order
