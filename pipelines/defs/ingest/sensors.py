@@ -458,12 +458,13 @@ def raw_usage_files_sensor(context: dg.SensorEvaluationContext, paths: ProjectPa
         # ingested first could change which version of a conflicting event is billed. The earlier files
         # go. (Failing the tick instead stalled every file; leaving the file out let later ones pass it.)
         # a held file changing again (an operator copying a readable version over it) keeps its place:
-        # the files that arrived after it wait until it has settled and gone
-        first_changing = min(settling_held.values(), default=None)
+        # the files after it in `order` (arrival, then path: also those of its own tick) wait until it
+        # has settled and gone
+        first_changing = min(((a, k) for k, a in settling_held.items()), default=None)
         taken = 0
         capped = False
         for i, key in enumerate(order):
-            if first_changing is not None and arrival[key] > first_changing:
+            if first_changing is not None and (arrival[key], key) > first_changing:
                 order, held = order[:i], order[i:]
                 break
             size = (fresh.get(key) or new[key][1]).size
