@@ -171,6 +171,14 @@ def test_the_sql_of_flat_columns_is_unchanged():
         "CASE WHEN \"l\" IS NOT NULL THEN concat(to_json('l'), ':', to_json(\"l\")) END), '}'), '{}')")
 
 
+def test_a_type_the_reader_cannot_take_apart_is_written_whole():
+    # a type spelled in a way the parser does not know (here cut short) is no traceback: the column is
+    # written by to_json whole, as a flat one is
+    assert readers._parquet_extra_sql({"st": 'STRUCT("a" BIGINT'}, ["st"]) == (
+        "nullif(concat('{', concat_ws(',', "
+        "CASE WHEN \"st\" IS NOT NULL THEN concat(to_json('st'), ':', to_json(\"st\")) END), '}'), '{}')")
+
+
 def test_a_duckdb_type_is_read_with_quoted_names_and_leaf_types_holding_commas():
     # STRUCT("a""b" DECIMAL(18,3), "c d" TIMESTAMP WITH TIME ZONE, f MAP(VARCHAR, STRUCT(x JSON)[])[]):
     # fields a"b (a leaf), c d (a leaf), f: a list of maps from a leaf to lists of structs of one JSON field
