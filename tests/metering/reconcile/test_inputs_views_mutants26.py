@@ -25,6 +25,7 @@ from recon_scenario import (
     pulled_item_line,
     write_scenario,
 )
+from test_views_mutants20 import _read
 
 from metering import warehouse
 from metering.reconcile import inputs
@@ -401,15 +402,6 @@ def test_a_webhook_invoice_of_unknown_completeness_has_its_adjustment():
         invoices = inputs.load_stripe_invoices(con, MONTH, _periods(("cus_c", PS, PE)))
     r = invoices.filter(customer_id="cus_c").row(0, named=True)
     assert (r["stripe_total_minor"], r["adjustments_minor"], r["invoice_status"]) == (0, 0, "paid")
-
-
-def _read(snapshot, sql: str) -> list[tuple]:
-    con = duckdb.connect(str(snapshot), read_only=True)
-    try:
-        con.execute("SET TimeZone = 'UTC'")
-        return con.execute(sql).fetchall()
-    finally:
-        con.close()
 
 
 def test_daily_usage_takes_the_aggregation_the_meter_was_first_rated_with():
