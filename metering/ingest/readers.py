@@ -746,7 +746,7 @@ def _parquet_extra_sql(types: dict[str, str], columns: list[str]) -> str:
         elif kind.startswith(("STRUCT", "MAP")) or kind.endswith("]"):
             try:
                 value = _nested_json_sql(col, _parse_duckdb_type(types[name]))
-            except ValueError:   # a type this reader cannot take apart is written whole: exact, nulls kept
+            except duckdb.Error:   # a type this reader cannot take apart is written whole: exact, nulls kept
                 pass
         entries.append(f"CASE WHEN {present} THEN concat(to_json({sql_string(name)}), ':', {value}) END")
     return f"nullif(concat('{{', concat_ws(',', {', '.join(entries)}), '}}'), '{{}}')"
@@ -768,85 +768,19 @@ class _DuckType:
 
 
 def _parse_duckdb_type(text: str) -> _DuckType:
-    """Read a type as DuckDB spells it (`STRUCT(a VARCHAR, "b ""c" INTEGER[])`, `MAP(VARCHAR, JSON)`,
-    `STRUCT(x BIGINT)[]`): a field's name is bare or in double quotes (a quote doubled); any other
-    type (`DECIMAL(18,3)`, `TIMESTAMP WITH TIME ZONE`, ...) is a leaf."""
-    parsed, end = _parse_type_at(text, 0)
-    if text[end:].strip():
-        raise ValueError(f"cannot read the DuckDB type {text!r} at {end}")
-    return parsed
+    """A type as DuckDB spells it (`STRUCT(a VARCHAR, "b ""c" INTEGER[])`, `MAP(VARCHAR, JSON)`,
+    `STRUCT(x BIGINT)[]`), read by DuckDB's own parser: a list or a fixed-size array is a list, any
+    other type but JSON (`DECIMAL(18,3)`, `TIMESTAMP WITH TIME ZONE`, ...) a leaf. Raises duckdb.Error
+    for text that is no type."""
+    return _duck_type(duckdb.sqltype(text))
 
 
-def _skip_spaces(text: str, i: int) -> int:
-    while i < len(text) and text[i] == " ":
-        i += 1
-    return i
-
-
-def _expect(text: str, i: int, char: str) -> int:
-    i = _skip_spaces(text, i)
-    if text[i:i + 1] != char:
-        raise ValueError(f"cannot read the DuckDB type {text!r}: {char!r} expected at {i}")
-    return i + 1
-
-
-def _parse_type_at(text: str, i: int) -> tuple[_DuckType, int]:
-    i = _skip_spaces(text, i)
-    head = text[i:i + 7].upper()
-    if head == "STRUCT(":
-        fields, i = _parse_fields(text, i + 7)
-        parsed = _DuckType("struct", fields)
-    elif head.startswith("MAP("):
-        key, i = _parse_type_at(text, i + 4)
-        value, i = _parse_type_at(text, _expect(text, i, ","))
-        parsed, i = _DuckType("map", (("key", key), ("value", value))), _expect(text, i, ")")
-    else:   # a leaf: up to a `,` `)` or `[` outside its own parentheses and quotes
-        start, depth = i, 0
-        while i < len(text):
-            c = text[i]
-            if c in "'\"":
-                i = text.index(c, i + 1)   # a doubled quote is two strings in a row: the same end
-            elif c == "(":
-                depth += 1
-            elif c == ")" and depth:
-                depth -= 1
-            elif c in ",)[" and not depth:
-                break
-            i += 1
-        leaf = text[start:i].strip()
-        if not leaf:
-            raise ValueError(f"cannot read the DuckDB type {text!r}: a type expected at {start}")
-        parsed = _DuckType("json" if leaf.upper() == "JSON" else "leaf")
-    while (i := _skip_spaces(text, i)) < len(text) and text[i] == "[":   # T[] and T[3]: a list
-        i = text.index("]", i) + 1
-        parsed = _DuckType("list", (("element", parsed),))
-    return parsed, i
-
-
-def _parse_fields(text: str, i: int) -> tuple[tuple[tuple[str, _DuckType], ...], int]:
-    fields: list[tuple[str, _DuckType]] = []
-    if text[_skip_spaces(text, i):].startswith(")"):
-        return (), _skip_spaces(text, i) + 1
-    while True:
-        i = _skip_spaces(text, i)
-        if text[i:i + 1] == '"':
-            name, i = "", i + 1
-            while True:
-                end = text.index('"', i)
-                name += text[i:end]
-                if text[end + 1:end + 2] != '"':
-                    i = end + 1
-                    break
-                name, i = name + '"', end + 2
-        else:
-            end = text.index(" ", i)
-            name, i = text[i:end], end
-        field_type, i = _parse_type_at(text, i)
-        fields.append((name, field_type))
-        i = _skip_spaces(text, i)
-        if text[i:i + 1] == ")":
-            return tuple(fields), i + 1
-        i = _expect(text, i, ",")
+def _duck_type(t: duckdb.typing.DuckDBPyType) -> _DuckType:
+    if t.id in ("struct", "map"):
+        return _DuckType(t.id, tuple((name, _duck_type(child)) for name, child in t.children))
+    if t.id in ("list", "array"):
+        return _DuckType("list", (("element", _duck_type(t.children[0][1])),))
+    return _DuckType("json" if str(t) == "JSON" else "leaf")
 
 
 _NESTED_LEVELS = 12
