@@ -21,7 +21,7 @@ import yaml
 from metering import config
 from metering.dunning.money import minor_digits, parse_major
 from metering.errors import BadInputError
-from metering.rules.yaml_marks import SafeLoader, parse_yaml, render_path
+from metering.rules.yaml_marks import TAG_MISFITS, SafeLoader, parse_yaml, render_path
 
 POLICY_FILE = "dunning.yaml"
 ACTIONS = ("reminder", "retry", "suspend", "write_off")
@@ -339,7 +339,7 @@ def _read(path: Path) -> tuple[Any, list[str]]:
         text = path.read_text(encoding="utf-8")
         try:
             doc = yaml.load(text, Loader=SafeLoader)
-        except (ValueError, KeyError, AttributeError, TypeError):
+        except TAG_MISFITS:
             doc = None  # a value that does not fit its explicit tag (`day: !!int abc`): parse_yaml names its line
         # a repeated key (two `final_notice` templates) is a mistake: plain YAML keeps the last silently
         _, marks = parse_yaml(text, str(path))

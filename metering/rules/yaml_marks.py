@@ -116,13 +116,16 @@ def _build(node: Node, path: PathKey, marks: Marks, constructor: SafeConstructor
     return _construct(constructor, node)
 
 
+TAG_MISFITS = (ValueError, KeyError, AttributeError, TypeError)
+"""What PyYAML's int, float, bool and timestamp constructors raise, instead of a YAML error, for a value
+that does not fit its explicit tag (`!!int abc`, `!!bool maybe`)."""
+
+
 def _construct(constructor: SafeConstructor, node: Node) -> Any:
-    """A scalar's value; one that does not fit its explicit tag (`!!int abc`, `!!bool maybe`) is a
-    ConstructorError on its line, as PyYAML's int, float, bool and timestamp constructors raise
-    ValueError, KeyError or AttributeError instead."""
+    """A scalar's value; one that does not fit its explicit tag is a ConstructorError on its line."""
     try:
         return constructor.construct_object(node, deep=True)
-    except (ValueError, KeyError, AttributeError, TypeError):
+    except TAG_MISFITS:
         raise ConstructorError(None, None, f"{node.value!r} is not a valid {node.tag.rsplit(':', 1)[-1]}",
                                node.start_mark) from None
 
