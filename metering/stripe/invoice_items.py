@@ -407,14 +407,19 @@ class InvoiceItemBiller:
             if key is None or len(parts) != 3 or not m0 <= start < m1 or not getattr(meta, "metering_customer_id", None):
                 continue
             named.append(((meta.metering_customer_id, start, *parts), revision, key, item))
+        named.sort(key=lambda n: n[:2])   # each charge's revisions in order
+        held_so_far: dict[tuple[Any, ...], int] = {}   # (charge, revision) -> Stripe's amount up to that revision
+        running: dict[tuple[Any, ...], int] = {}
+        for charge, revision, _, item in named:
+            running[charge] = running.get(charge, 0) + int(item.amount)
+            held_so_far[charge, revision] = running[charge]   # the last of a revision's items holds them all
         rows, adopted = [], {}
-        for charge, revision, key, item in sorted(named, key=lambda n: n[:2]):   # each charge's revisions in order
+        for charge, revision, key, item in named:
             if key in known:
                 continue
-            held_so_far = sum(int(i.amount) for c, r, _, i in named if c == charge and r <= revision)
             rows.append({**dict(zip(CHARGE_KEY, charge)), "revision": revision,
                          "period_end": dt.datetime.fromtimestamp(int(item.period.end) + 1, dt.UTC).date(),
-                         "currency": item.currency, "amount_minor": int(item.amount), "target_minor": held_so_far,
+                         "currency": item.currency, "amount_minor": int(item.amount), "target_minor": held_so_far[charge, revision],
                          "item_key": key, "stripe_customer_id": customer, "subscription_id": parent_subscription(item),
                          "stripe_invoice_item_id": item.id, "stripe_invoice_id": _invoice_id(item),
                          "status": "acknowledged", "resolved_by": "listing", "created_at": now, "updated_at": now,
