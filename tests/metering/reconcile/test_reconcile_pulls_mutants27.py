@@ -342,3 +342,41 @@ def test_a_negative_charge_stripe_cannot_price_is_named_in_the_reason():
     r = _one("1500", 250, "1500", "1500", "1500", 300, not_in_stripe=-50)
     assert (r["status"], r["amount_diff_minor"]) == ("matched", 0)
     assert "rated 250 of which -50 not priceable in Stripe vs invoiced 300 (usd minor units, diff 0)" in r["reason"]
+
+
+def test_a_fractional_quantity_is_pulled_from_quantity_decimal_not_the_truncated_quantity(
+        stripe_sandbox, isolated_env):
+    """Since basil a line's `quantity` is truncated; `quantity_decimal` is exact (reference/stripe-facts.md).
+    cus_1's October storage: 2.5 + 0.25 = 2.75 GB-months on a metered price, invoiced on Nov 1 at 1.00
+    each (275 cents). The pulled line's quantity is 2.75, not 2 (reconciliation would then call a matched
+    month a quantity mismatch of 0.75). Kills P07 (`quantity` preferred to `quantity_decimal`)."""
+    from test_pulls_sandbox import _ts
+
+    from metering import warehouse
+    from metering.reconcile.pulls import pull_invoices_into_warehouse
+
+    client = stripe_sandbox.client()
+    clock = client.v1.test_helpers.test_clocks.create({"frozen_time": _ts("2026-10-01T00:00:00")})
+    customer = client.v1.customers.create({"name": "Acme", "metadata": {"customer_id": "cus_1"},
+                                           "test_clock": clock.id})
+    meter = client.v1.billing.meters.create({
+        "display_name": "storage", "event_name": "metering_storage", "default_aggregation": {"formula": "sum"},
+        "customer_mapping": {"type": "by_id", "event_payload_key": "stripe_customer_id"},
+        "value_settings": {"event_payload_key": "value"}})
+    product = client.v1.products.create({"name": "storage"})
+    price = client.v1.prices.create({"currency": "usd", "product": product.id, "unit_amount": 100,
+                                     "recurring": {"interval": "month", "usage_type": "metered", "meter": meter.id}})
+    client.v1.subscriptions.create({"customer": customer.id, "items": [{"price": price.id}],
+                                    "billing_cycle_anchor": _ts("2026-11-01T00:00:00")})
+    client.v1.test_helpers.test_clocks.advance(clock.id, {"frozen_time": _ts("2026-10-06T00:00:00")})
+    for value, when in (("2.5", "2026-10-03T10:00:00"), ("0.25", "2026-10-04T10:00:00")):
+        client.v1.billing.meter_events.create({"event_name": "metering_storage", "timestamp": _ts(when),
+                                               "payload": {"stripe_customer_id": customer.id, "value": value},
+                                               "identifier": f"storage-{when}"})
+    client.v1.test_helpers.test_clocks.advance(clock.id, {"frozen_time": _ts("2026-11-01T02:00:00")})
+    with warehouse.open_warehouse() as con:
+        result = pull_invoices_into_warehouse(con, client, PS, settings=ReconcileSettings(settle_seconds=0, pull_rate=0),
+                                              now=NOW)
+    # the cycle invoice's line (the subscription's first invoice, for nothing used yet, has 0.00)
+    storage = result.lines.filter((pl.col("meter") == "storage") & (pl.col("amount") > 0))
+    assert storage.select("customer_id", "quantity_decimal", "amount").rows() == [("cus_1", D("2.75"), 275)]
