@@ -18,7 +18,8 @@ keys.py, clock.py, client.py), against the real local sandbox over loopback and 
 - a meter's Stripe `event_name` of exactly 100 characters (Stripe's limit) is allowed;
 - a late window's row left `sent` by a killed push (the call may have reached Stripe) waits while
   Stripe's summary may lag behind that attempt, like an `unknown` one: it is not superseded and
-  called late on a summary that may not show it yet.
+  called late on a summary that may not show it yet;
+- a value is sent as a plain decimal string, without the warehouse's trailing zeros or an exponent.
 
 Every expected value is worked out by hand in the test's docstring or comments."""
 
@@ -228,3 +229,21 @@ def test_each_revision_reaches_stripe_stamped_window_start_plus_its_revision_in_
     assert [received[ident]["timestamp"] for _, ident, _, _ in rows] == [
         int(start.timestamp()) + 1, int(start.timestamp()) + 2]
     assert world.stripe_total("acme", "api_calls", start, start + dt.timedelta(days=1)) == 2
+
+
+def test_a_value_reaches_stripe_as_a_plain_decimal_string(world: World) -> None:
+    """What the push sends is Stripe's decimal string, no exponent and no trailing zeros (`format_value`),
+    whatever scale the warehouse holds it at (DECIMAL(38, 12)). acme's tokens on Nov 17: 1000.5 + 499.5 =
+    1500, sent as "1500" (not "1500.000000000000", 16 digits as written); on Nov 18: 12345678901234567890
+    rounded to 15 significant digits, sent as "12345678901234600000" (not "1.23456789012346E+19"). The
+    sandbox keeps each payload as it received it."""
+    nov17, nov18 = dt.date(2026, 11, 17), dt.date(2026, 11, 18)
+    world.add_events([("acme", "tokens", day_start(nov17) + dt.timedelta(hours=5), "1000.5", {"model": "small"}),
+                      ("acme", "tokens", day_start(nov17) + dt.timedelta(hours=6), "499.5", {"model": "large"}),
+                      ("acme", "tokens", day_start(nov18) + dt.timedelta(hours=5), "12345678901234567890",
+                       {"model": "small"})])
+    report = world.pusher().push(nov17, nov18)
+    assert (report.acknowledged, report.failed, report.unknown) == (2, 0, 0)
+    received = world.sandbox.sandbox.state.identifiers
+    sent = [received[ident]["payload"]["value"] for ident in world.ledger().sort("window_start")["identifier"]]
+    assert sent == ["1500", "12345678901234600000"]
