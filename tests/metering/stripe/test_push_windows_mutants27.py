@@ -19,7 +19,8 @@ keys.py, clock.py, client.py), against the real local sandbox over loopback and 
 - a late window's row left `sent` by a killed push (the call may have reached Stripe) waits while
   Stripe's summary may lag behind that attempt, like an `unknown` one: it is not superseded and
   called late on a summary that may not show it yet;
-- a value is sent as a plain decimal string, without the warehouse's trailing zeros or an exponent.
+- a value is sent as a plain decimal string, without the warehouse's trailing zeros or an exponent;
+- a key holding an ASCII control character is refused as bad input.
 
 Every expected value is worked out by hand in the test's docstring or comments."""
 
@@ -38,7 +39,7 @@ import stripe
 from metering import warehouse
 from metering.errors import BadInputError
 from metering.stripe import ledger
-from metering.stripe.client import StripeSettings, make_client
+from metering.stripe.client import StripeSettings, make_client, settings_from_env
 from metering.stripe.keys import event_name
 from metering.stripe.push import PushConfig, PushReport, Pusher, _duplicate_identifier
 from metering.stripe_sandbox.testing import running_sandbox
@@ -247,3 +248,14 @@ def test_a_value_reaches_stripe_as_a_plain_decimal_string(world: World) -> None:
     received = world.sandbox.sandbox.state.identifiers
     sent = [received[ident]["payload"]["value"] for ident in world.ledger().sort("window_start")["identifier"]]
     assert sent == ["1500", "12345678901234600000"]
+
+
+@pytest.mark.parametrize("key", ["sk_test_a\tb", "sk_test_a\x07b", "sk_test_a\x7fb"], ids=["tab", "bell", "delete"])
+def test_a_key_with_an_ascii_control_character_is_refused(monkeypatch: pytest.MonkeyPatch, key: str) -> None:
+    """client.py: a key with characters "other than printable ASCII" cannot go into an HTTP header. A tab,
+    a bell or a DEL inside the key is ASCII but not printable (only the ends are stripped): refused as bad
+    input, never shown. Kills the `isprintable()` check dropped (test_retry_mutants25 holds `isascii()`)."""
+    monkeypatch.setenv("STRIPE_API_KEY", key)
+    with pytest.raises(BadInputError, match="printable ASCII") as refused:
+        settings_from_env()
+    assert key not in str(refused.value)
