@@ -238,6 +238,10 @@ def test_a_reminder_that_cannot_be_written_is_reported_pending_by_the_check(tmp_
     checks = {c.check_name: (c.passed, {k: v.value for k, v in c.metadata.items()})
               for c in result.get_asset_check_evaluations()}
     assert checks == {ACTIONS_ONCE_CHECK: (True, {"duplicate_keys": 0}), NO_PENDING_CHECK: (False, {"pending": 1})}
+    # a warning, not an error: the next run retries the step, and nothing downstream is stopped or paged
+    # (an ERROR severity also lets the run succeed; mutants27 found it unchecked)
+    [pending] = [c for c in result.get_asset_check_evaluations() if c.check_name == NO_PENDING_CHECK]
+    assert pending.severity == dg.AssetCheckSeverity.WARN
     with warehouse.open_warehouse(tmp_path / "wh.duckdb", read_only=True) as con:
         assert con.execute("SELECT step_name, status FROM dunning_actions").fetchall() == [("first_reminder", "pending")]
 

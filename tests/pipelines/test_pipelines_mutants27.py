@@ -10,18 +10,17 @@ warehouse connections. Rating: the code versions (a price edit re-rates, it does
 rated_usage's dependencies, the single-run backfill, a range run's events and data versions. Stripe:
 the catalog's create_customers and test_clock, the push check on unmapped and held (moved) windows and
 its WARN severity, a range pushed day by day on a test clock. Stripe state: the repair job's config,
-the row counts. Dunning: the pending-actions check is a warning.
+the row counts.
 
 Real Dagster (instances for test, `dg.materialize`, `build_sensor_context`, schedule ticks), real
 DuckDB, and the Stripe sandbox on loopback where Stripe is involved; helpers are the neighbouring
-tests' own (tests/pipelines/*, tests/metering/dunning on sys.path as mutants23 does)."""
+tests' own (tests/pipelines/*). The pending-actions check's WARN severity is asserted in mutants23."""
 
 from __future__ import annotations
 
 import datetime as dt
 import json
 import shutil
-import sys
 from pathlib import Path
 
 import dagster as dg
@@ -306,29 +305,6 @@ def test_customers_the_catalog_creates_join_the_resources_test_clock(tmp_path, r
         # Stripe lists a test clock's customers only when asked for that clock
         [customer] = sb.client().v1.customers.list({"test_clock": clock.id}).data
         assert (customer.metadata["customer_id"], customer.test_clock) == ("acme", clock.id)
-
-
-# -- dunning_actions: a pending action warns -------------------------------------------------------------------
-
-def test_the_pending_actions_check_is_a_warning(tmp_path):
-    """The day-0 reminder cannot be written (the outbox path is a file): no_pending_actions fails with
-    severity WARN (the next run retries the step; nothing downstream should be stopped or paged as an
-    error). mutants23 checks it fails and the run succeeds, which an ERROR severity also gives. Kills:
-    the WARN severity dropped."""
-    sys.path.insert(0, str(PROJECT_ROOT / "tests" / "metering" / "dunning"))
-    from dunning_helpers import NO_STRIPE_POLICY, T0, ensure_invoices_table, put_invoice, write_rules
-    from test_dunning_assets import _run as _dun
-    from pipelines.defs.webhooks.dunning_assets import NO_PENDING_CHECK
-
-    write_rules(tmp_path / "rules", NO_STRIPE_POLICY)
-    with warehouse.open_warehouse(tmp_path / "wh.duckdb") as con:
-        ensure_invoices_table(con)
-        put_invoice(con, "in_1")
-    (tmp_path / "out").mkdir()
-    (tmp_path / "out" / "outbox").write_text("not a folder")
-    result = _dun(tmp_path, T0.isoformat())
-    [pending] = [c for c in result.get_asset_check_evaluations() if c.check_name == NO_PENDING_CHECK]
-    assert (pending.passed, pending.severity) == (False, dg.AssetCheckSeverity.WARN)
 
 
 def test_a_range_pushed_day_by_day_on_a_test_clock_reports_each_days_own_push(tmp_path, rules_dir):

@@ -13,13 +13,11 @@ import json
 import socket
 import subprocess
 import sys
-import threading
 import time
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
-import uvicorn
 
 from metering import warehouse
 from metering.stripe_sandbox.testing import running_sandbox
@@ -30,7 +28,7 @@ from metering.webhooks.receiver import ReceiverSettings, create_app
 from metering.webhooks.repair import _store_snapshots, ambiguous_objects, repair_events
 from metering.webhooks.state import rebuild_state
 from test_webhook_receiver import NOW, landed_bodies, make_client, post, sample_body
-from test_webhook_receiver_crash import free_port
+from test_webhook_receiver_limits import served_in_thread
 from test_webhook_state import START, con, land  # noqa: F401  (con is a fixture)
 from webhook_payloads import SECRET, body_of, event, invoice, signature, subscription
 
@@ -97,14 +95,7 @@ def test_a_body_over_the_limit_in_chunks_each_under_it_is_413(tmp_path: Path):
     body = body_of(event("evt_1", "invoice.finalized", int(time.time()), invoice("in_1"))).encode()
     landing = tmp_path / "landing"
     app = create_app(ReceiverSettings(secrets=[SECRET.encode()], landing_dir=landing, max_body_bytes=len(body) - 1))
-    port = free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_config=None, http="h11"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    try:
-        deadline = time.monotonic() + 20
-        while not server.started and time.monotonic() < deadline:
-            time.sleep(0.02)
+    with served_in_thread(app) as port:
         with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
             sock.sendall(b"POST /webhooks/stripe HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
                          + f"Stripe-Signature: {signature(body.decode())}\r\n".encode()
@@ -120,9 +111,6 @@ def test_a_body_over_the_limit_in_chunks_each_under_it_is_413(tmp_path: Path):
         assert b"body_too_large" in answer
         assert not any(p.stat().st_size for p in landing_files(landing))
         assert app.state.receiver.rejected == {"body_too_large": 1}
-    finally:
-        server.should_exit = True
-        thread.join(timeout=10)
 
 
 # -- inbox ----------------------------------------------------------------------------------------
@@ -378,16 +366,21 @@ def test_an_expired_incomplete_subscription_is_final_and_not_reread_across_a_gap
     assert repair_events(con, stripe_sandbox.client(), now=t0 + timedelta(days=31)).gap_refetched == 1
 
 
+def _land_one_open_invoice(con, path: Path, at: datetime) -> None:  # noqa: F811
+    """evt_1 (invoice.updated, in_open still open), received at `at`, landed and folded into the state."""
+    writer = LandingWriter(path / "landing", clock=lambda: at)
+    writer.append(body_of(event("evt_1", "invoice.updated", START, invoice("in_open"))), {})
+    writer.close()
+    land_directory(con, path / "landing")
+    rebuild_state(con)
+
+
 def test_a_gap_left_unread_reports_nothing_reread(con, tmp_path: Path, stripe_sandbox):  # noqa: F811
     """Without --refetch a repair across a gap re-reads nothing: `gap_refetched` (of the objects re-read,
     those re-read for the gap) is 0 like `objects_refetched`, though one open invoice awaits a re-read,
     and the run is not recorded, so the next run (with re-reads) still sees the gap: 1."""
     t0 = datetime(2026, 10, 1, tzinfo=UTC)
-    writer = LandingWriter(tmp_path / "landing", clock=lambda: t0)
-    writer.append(body_of(event("evt_1", "invoice.updated", START, invoice("in_open"))), {})
-    writer.close()
-    land_directory(con, tmp_path / "landing")
-    rebuild_state(con)
+    _land_one_open_invoice(con, tmp_path, t0)
     client = stripe_sandbox.client()
     unread = repair_events(con, client, now=t0 + timedelta(days=31), refetch=False)
     assert (unread.objects_refetched, unread.gap_refetched) == (0, 0)
@@ -403,11 +396,7 @@ def test_a_repair_without_refetch_and_no_gap_is_recorded_so_the_next_sees_none(
     lists from T0 + 1 h, exactly where the recorded run was: no gap, nothing re-read. Unrecorded, the
     first webhook (T0) would count as the previous listing and the open invoice be re-read (1)."""
     t0 = datetime(2026, 10, 1, tzinfo=UTC)
-    writer = LandingWriter(tmp_path / "landing", clock=lambda: t0)
-    writer.append(body_of(event("evt_1", "invoice.updated", START, invoice("in_open"))), {})
-    writer.close()
-    land_directory(con, tmp_path / "landing")
-    rebuild_state(con)
+    _land_one_open_invoice(con, tmp_path, t0)
     client = stripe_sandbox.client()
     first = repair_events(con, client, now=t0 + timedelta(hours=1), refetch=False)
     assert (first.objects_refetched, first.gap_refetched) == (0, 0)

@@ -8,7 +8,9 @@ import os
 import socket
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import uvicorn
@@ -17,6 +19,24 @@ from metering.webhooks.landing import landing_files
 from metering.webhooks.receiver import ReceiverSettings, create_app
 from test_webhook_receiver_crash import free_port, start_receiver
 from webhook_payloads import SECRET, body_of, event, invoice, signature
+
+
+@contextlib.contextmanager
+def served_in_thread(app: Any) -> Iterator[int]:
+    """The receiver app served by uvicorn on h11 (as `webhooks serve` runs it) in this process, on a free
+    loopback port, which it yields once the server is up."""
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_config=None, http="h11"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    try:
+        deadline = time.monotonic() + 20
+        while not server.started and time.monotonic() < deadline:
+            time.sleep(0.02)
+        yield port
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
 
 
 def test_a_huge_request_head_is_refused_before_the_app(tmp_path: Path):
@@ -53,14 +73,7 @@ def test_a_body_that_stops_arriving_is_408_after_the_deadline(tmp_path: Path):
     receiver answers 408, counts the reject and lands nothing."""
     landing = tmp_path / "landing"
     app = create_app(ReceiverSettings(secrets=[SECRET.encode()], landing_dir=landing, body_seconds=0.5))
-    port = free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_config=None, http="h11"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    try:
-        deadline = time.monotonic() + 20
-        while not server.started and time.monotonic() < deadline:
-            time.sleep(0.02)
+    with served_in_thread(app) as port:
         with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
             sock.sendall(b"POST /webhooks/stripe HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
                          b"Stripe-Signature: t=1,v1=00\r\nContent-Length: 200\r\n\r\n" + b'{"id": "ev')
@@ -71,6 +84,3 @@ def test_a_body_that_stops_arriving_is_408_after_the_deadline(tmp_path: Path):
         assert 0.4 <= waited < 8
         assert b"body_timeout" in answer
         assert landing_files(landing) == []
-    finally:
-        server.should_exit = True
-        thread.join(timeout=10)
