@@ -22,7 +22,10 @@
   of a subscription cancelled mid-period closes that period. Each invoice keeps its
   `pre_payment_credit_notes_amount` (credit notes before payment: they lower `amount_due`, not `total`).
 - Our customer id -> Stripe customer: the push step's `stripe_customer_map`, else the Stripe
-  customers' `metadata[customer_id]`.
+  customers' `metadata[customer_id]`. An invoice is the customer's whose Stripe customer it bills:
+  Stripe charges that customer, whatever the invoice's own `metadata[customer_id]` says. An invoice
+  whose metadata names another of ours is reported (`PullResult.misattributed`, a warning in the log),
+  not moved to that customer.
 - Numbers are read from the raw response body with `parse_float=Decimal`: `aggregated_value` is a
   JSON number, and going through float would not be exact.
 
@@ -83,12 +86,22 @@ LINE_SCHEMA = {
 
 
 @dataclass(frozen=True)
+class Misattributed:
+    """A pulled invoice whose `metadata[customer_id]` names another customer than the one whose Stripe
+    customer it bills (`customer_id`, which reconciliation counts it under)."""
+    invoice_id: str
+    customer_id: str
+    metadata_customer_id: str
+
+
+@dataclass(frozen=True)
 class PullResult:
     billing_month: dt.date
     summaries: pl.DataFrame
     invoices: pl.DataFrame
     lines: pl.DataFrame
     api_calls: int
+    misattributed: tuple[Misattributed, ...] = ()
 
     @property
     def pending(self) -> int:
@@ -306,8 +319,9 @@ def pull_invoices(
     stripe_meters: dict[str, dict[str, Any]],
     now: dt.datetime,
     items: MonthItems | None = None,
-) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    """Invoices of our customers whose period touches the month, and every line of them.
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]], list[Misattributed]]:
+    """Invoices of our customers whose period touches the month, every line of them, and those of them
+    whose `metadata[customer_id]` names another customer than the one their Stripe customer maps to.
 
     Also the invoices that carry the engine's invoice items of the month's periods (`items`): Stripe
     puts an item it holds pending on the subscription's next invoice, whose own period is a later
@@ -331,6 +345,7 @@ def pull_invoices(
     invoices: list[dict[str, Any]] = []
     lines: list[dict[str, Any]] = []
     clocks: set[str] = set()   # the test clocks of the invoices pulled (their subscriptions are listed per clock)
+    misattributed: list[Misattributed] = []
 
     def all_lines(inv: dict[str, Any]) -> list[dict[str, Any]]:
         inline = inv.get("lines") or {}
@@ -354,7 +369,7 @@ def pull_invoices(
             cus = cus.get("id")
         if cus not in ours_by_stripe:
             continue
-        customer_id = (inv.get("metadata") or {}).get("customer_id") or ours_by_stripe[cus]
+        customer_id = ours_by_stripe[cus]
         inv_lines: list[dict[str, Any]] | None = None
         if int(inv.get("period_end") or 0) < lo or int(inv.get("period_start") or 0) >= hi:
             # not the month's own invoice: pulled only when it carries the engine's items of the month,
@@ -366,6 +381,12 @@ def pull_invoices(
                 if inv_lines is None:
                     continue
         invoices.append(_invoice(inv, billing_month, customer_id, now))
+        said = (inv.get("metadata") or {}).get("customer_id")
+        if said and said != customer_id:
+            misattributed.append(Misattributed(inv["id"], customer_id, str(said)))
+            log.warning("a Stripe invoice's metadata names another customer than the one it bills: counted as "
+                        "the billed customer's", extra={"invoice_id": inv["id"], "customer_id": customer_id,
+                                                         "metadata_customer_id": str(said)})
         if inv.get("test_clock"):
             clocks.add(inv["test_clock"])
         for line in inv_lines if inv_lines is not None else all_lines(inv):
@@ -388,7 +409,7 @@ def pull_invoices(
                 "metering_item": (line.get("metadata") or {}).get("metering_item"), "pulled_at": now,
             })
     ended = _subscription_ends(reader, {i["subscription_id"] for i in invoices} - {None}, clocks)
-    return [{**i, "subscription_ended_at": ended.get(i["subscription_id"])} for i in invoices], lines
+    return [{**i, "subscription_ended_at": ended.get(i["subscription_id"])} for i in invoices], lines, misattributed
 
 
 def _subscription_ends(reader: _Reader, wanted: set[str], clocks: set[str] = frozenset()) -> dict[str, dt.datetime | None]:
@@ -455,11 +476,11 @@ def pull_invoices_into_warehouse(
     reader = _Reader(client, settings.pull_rate, settings.page_size)
     by_ours = _customer_map(con, reader)
     stripe_meters = {m["event_name"]: m for m in reader.pages(lambda p: client.v1.billing.meters.list(p), {})}
-    invoices, lines = pull_invoices(reader, billing_month, by_ours, stripe_meters, now,
-                                    month_items(con, billing_month))
+    invoices, lines, misattributed = pull_invoices(reader, billing_month, by_ours, stripe_meters, now,
+                                                   month_items(con, billing_month))
     result = PullResult(billing_month, pl.DataFrame(schema=SUMMARY_SCHEMA),
                         pl.DataFrame(invoices, schema=INVOICE_SCHEMA), pl.DataFrame(lines, schema=LINE_SCHEMA),
-                        reader.calls)
+                        reader.calls, tuple(misattributed))
     _replace(con, billing_month, {"stripe_invoices_api": result.invoices, "stripe_invoice_lines_api": result.lines})
     return result
 
@@ -478,7 +499,7 @@ def pull_stripe_state(
     summaries = pull_summaries_into_warehouse(con, client, billing_month, meters=meters, settings=settings, now=now)
     invoices = pull_invoices_into_warehouse(con, client, billing_month, settings=settings, now=now)
     result = PullResult(summaries.billing_month, summaries.summaries, invoices.invoices, invoices.lines,
-                        summaries.api_calls + invoices.api_calls)
+                        summaries.api_calls + invoices.api_calls, invoices.misattributed)
     log.info("pulled Stripe state", extra={"billing_month": str(result.billing_month), "api_calls": result.api_calls,
                                             "summaries": result.summaries.height, "lines": result.lines.height})
     return result

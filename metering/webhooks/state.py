@@ -113,8 +113,13 @@ def _versions_sql(object_type: str, shape: dict) -> str:
 
 
 def _our_customer_id(o: str) -> str:
-    return (f"coalesce({o}.metadata ->> '$.customer_id',"
-            f" {o}.parent.subscription_details.metadata ->> '$.customer_id')")
+    """Our customer id of the invoice `o`: the customer the catalog sync mapped its Stripe customer to,
+    else its subscription's `metadata[customer_id]` (the engine sets it), else its own (an invoice of a
+    Stripe customer no sync mapped). Its own metadata never overrides the others: Stripe charges the
+    Stripe customer whatever the invoice's metadata says, and the pull (`reconcile.pulls`) attributes
+    an invoice the same way. `{customer_map}` is filled in by `_customer_map_table`."""
+    return (f"coalesce((SELECT min(m.customer_id) FROM {{customer_map}} m WHERE m.stripe_customer_id = {_id(o + '.customer')}),"
+            f" {o}.parent.subscription_details.metadata ->> '$.customer_id', {o}.metadata ->> '$.customer_id')")
 
 
 _INVOICE_SELECT = f"""
@@ -296,21 +301,30 @@ _ATTEMPTS_SELECT = f"""
 """
 
 
+def _table_or_empty(con: duckdb.DuckDBPyConnection, table: str, columns: tuple[str, ...]) -> str:
+    """`table`, or an empty stand-in with its VARCHAR `columns` where the warehouse has none."""
+    found = con.execute("SELECT count(*) FROM information_schema.tables WHERE table_name = ?", [table]).fetchone()[0]
+    if found:
+        return table
+    return "(SELECT " + ", ".join(f"CAST(NULL AS VARCHAR) AS {c}" for c in columns) + " WHERE false)"
+
+
 def _meter_map_table(con: duckdb.DuckDBPyConnection) -> str:
     """The push helper's `stripe_objects` (our meter <-> Stripe meter id), or an empty stand-in."""
-    found = con.execute(
-        "SELECT count(*) FROM information_schema.tables WHERE table_name = 'stripe_objects'"
-    ).fetchone()[0]
-    if found:
-        return "stripe_objects"
-    return "(SELECT CAST(NULL AS VARCHAR) AS kind, CAST(NULL AS VARCHAR) AS our_key, CAST(NULL AS VARCHAR) AS stripe_id)"
+    return _table_or_empty(con, "stripe_objects", ("kind", "our_key", "stripe_id"))
+
+
+def _customer_map_table(con: duckdb.DuckDBPyConnection) -> str:
+    """The catalog sync's `stripe_customer_map` (our customer <-> Stripe customer), or an empty stand-in."""
+    return _table_or_empty(con, "stripe_customer_map", ("customer_id", "stripe_customer_id"))
 
 
 def rebuild_invoices(con: duckdb.DuckDBPyConnection, in_transaction: bool = False) -> dict[str, int]:
     """Rebuild `stripe_invoices` and the webhook-sourced rows of `stripe_invoice_lines` (in the caller's
     transaction with `in_transaction`)."""
     with transaction(con, within=in_transaction):
-        con.execute(f"CREATE OR REPLACE TEMP TABLE _wh_invoices AS {_INVOICE_SELECT}")
+        invoice_sql = _INVOICE_SELECT.replace("{customer_map}", _customer_map_table(con))
+        con.execute(f"CREATE OR REPLACE TEMP TABLE _wh_invoices AS {invoice_sql}")
         con.execute("DELETE FROM stripe_invoices")
         invoices = con.execute(
             f"INSERT INTO stripe_invoices ({_INVOICE_COLUMNS}) SELECT {_INVOICE_COLUMNS} FROM _wh_invoices"
@@ -335,7 +349,8 @@ def rebuild_payment_attempts(con: duckdb.DuckDBPyConnection, in_transaction: boo
     with transaction(con, within=in_transaction):
         con.execute("DELETE FROM stripe_payment_attempts")
         rows = con.execute(
-            f"INSERT INTO stripe_payment_attempts BY NAME {_ATTEMPTS_SELECT}", [list(PAYMENT_OUTCOMES)]
+            "INSERT INTO stripe_payment_attempts BY NAME "
+            + _ATTEMPTS_SELECT.replace("{customer_map}", _customer_map_table(con)), [list(PAYMENT_OUTCOMES)]
         ).fetchone()[0]
     return {"payment_attempts": rows}
 

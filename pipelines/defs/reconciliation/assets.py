@@ -107,7 +107,10 @@ def stripe_invoice_lines(
     with warehouse.get_connection() as con:
         result = pull_invoices_into_warehouse(con, stripe.get_client(), month, settings=_settings(config, stripe))
     return dg.MaterializeResult(metadata={
-        "dagster/row_count": result.lines.height, "invoices": result.invoices.height, "api_calls": result.api_calls})
+        "dagster/row_count": result.lines.height, "invoices": result.invoices.height, "api_calls": result.api_calls,
+        # invoices whose metadata[customer_id] names another customer than the one billed (counted as the
+        # billed one's; the log names each)
+        "misattributed_invoices": len(result.misattributed)})
 
 
 usage_reconciliation_spec = dg.AssetSpec(

@@ -340,15 +340,17 @@ def test_a_subscription_without_items_still_has_its_row(con, tmp_path: Path):  #
                        " FROM stripe_subscriptions").fetchall() == [("sub_1", "canceled", "[]", None, None)]
 
 
-def test_the_invoices_own_customer_id_comes_before_its_subscriptions(con, tmp_path: Path):  # noqa: F811
-    """docs: customer_id is metadata[customer_id], else the metadata under parent.subscription_details.
-    Here the invoice says acme and its subscription says acme_old: acme."""
+def test_the_subscriptions_customer_id_comes_before_the_invoices_own(con, tmp_path: Path):  # noqa: F811
+    """docs/webhooks.md: with no catalog mapping of the Stripe customer, customer_id is the metadata under
+    parent.subscription_details (the engine sets it), else the invoice's own metadata[customer_id]. Here
+    the invoice says acme and its subscription says acme_old: acme_old. (Until the twenty-eighth session
+    the invoice's own metadata came first: `test_invoice_attribution.py`.)"""
     inv = invoice("in_1", customer_id="acme")
     inv["parent"]["subscription_details"]["metadata"] = {"customer_id": "acme_old"}
     land(con, tmp_path, [[event("evt_1", "invoice.finalized", START, inv),
                           event("evt_2", "invoice.payment_failed", START + 60, {**inv, "attempt_count": 1})]])
-    assert con.execute("SELECT customer_id FROM stripe_invoices").fetchall() == [("acme",)]
-    assert con.execute("SELECT customer_id FROM stripe_payment_attempts").fetchall() == [("acme",)]
+    assert con.execute("SELECT customer_id FROM stripe_invoices").fetchall() == [("acme_old",)]
+    assert con.execute("SELECT customer_id FROM stripe_payment_attempts").fetchall() == [("acme_old",)]
 
 
 @pytest.mark.parametrize(("has_more", "complete"), [(None, True), (False, True), (True, False)],
