@@ -56,14 +56,18 @@ def read_usage_file(path: str | Path) -> pl.DataFrame:
         raise BadInputError(f"{path}: file not found")
     try:
         if path.suffix.lower() in (".parquet", ".pq"):
-            return pl.read_parquet(path, glob=False)  # `usage[1].parquet` is a name, not a pattern
-        starts = _check_csv_records(path)
-        frame = pl.read_csv(path, infer_schema=False, glob=False)
-        if FILE_LINE not in frame.columns and frame.height == len(starts):   # a record may span lines
-            frame = frame.with_columns(pl.Series(FILE_LINE, starts, dtype=pl.UInt32))
-        return frame
+            frame = pl.read_parquet(path, glob=False)  # `usage[1].parquet` is a name, not a pattern
+            starts = None
+        else:
+            starts = _check_csv_records(path)
+            frame = pl.read_csv(path, infer_schema=False, glob=False)
     except (pl.exceptions.PolarsError, OSError) as exc:
         raise BadInputError(f"{path}: cannot read usage file: {exc}") from None
+    if FILE_LINE in frame.columns:   # the file's own values would be taken for line numbers in every message
+        raise BadInputError(f"{path}: (header): column '{FILE_LINE}' is reserved; rename it")
+    if starts is not None and frame.height == len(starts):   # a record may span lines
+        frame = frame.with_columns(pl.Series(FILE_LINE, starts, dtype=pl.UInt32))
+    return frame
 
 
 def _check_csv_records(path: Path) -> list[int]:
