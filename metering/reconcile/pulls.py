@@ -52,6 +52,7 @@ from metering.customers import midnight_unix
 from metering.errors import ExternalServiceError
 from metering.reconcile import inputs
 from metering.reconcile.settings import ReconcileSettings
+from metering.stripe.catalog import customer_map
 from metering.stripe.retry import RateLimiter
 from metering.warehouse import query_frame, replace_rows, transaction
 
@@ -193,8 +194,8 @@ def _targets(con: duckdb.DuckDBPyConnection, billing_month: dt.date, meters: lis
 
 def _customer_map(con: duckdb.DuckDBPyConnection, reader: _Reader) -> dict[str, str]:
     """our customer_id -> Stripe customer id: the push step's `stripe_customer_map`, else customer metadata."""
-    if {"customer_id", "stripe_customer_id"} <= inputs.table_columns(con, "stripe_customer_map"):
-        rows = con.execute("SELECT customer_id, stripe_customer_id FROM stripe_customer_map").fetchall()
+    if {"customer_id", "stripe_customer_id", "synced_at"} <= inputs.table_columns(con, "stripe_customer_map"):
+        rows = customer_map(con).select("customer_id", "stripe_customer_id").rows()   # the latest sync's
         if rows:
             return dict(rows)
     found = {}

@@ -66,11 +66,12 @@ def parent_subscription(obj: Any) -> str | None:
 
 def customer_map(con: duckdb.DuckDBPyConnection) -> pl.DataFrame:
     """Per customer of ours, the latest sync's Stripe customer, subscription (and the plan version it
-    was created with) and test clock."""
+    was created with) and test clock. The table also keeps earlier syncs' mappings (`write_catalog`);
+    a customer the latest sync did not map is not in this map."""
     return warehouse.query_frame(
         con,
         "SELECT customer_id, stripe_customer_id, subscription_id, plan, plan_version, test_clock_id "
-        "FROM stripe_customer_map "
+        "FROM stripe_customer_map WHERE synced_at = (SELECT max(synced_at) FROM stripe_customer_map) "
         "QUALIFY row_number() OVER (PARTITION BY customer_id ORDER BY synced_at DESC) = 1")
 
 
@@ -815,5 +816,12 @@ def write_catalog(con: duckdb.DuckDBPyConnection, report: CatalogReport) -> None
         warehouse.replace_rows(con, "stripe_objects", "kind IN (SELECT unnest(?::VARCHAR[]))", [kinds], obj_frame,
                                in_transaction=True)
         if report.customers:
-            warehouse.replace_rows(con, "stripe_customer_map", "TRUE", [], cmap, in_transaction=True)
+            # earlier syncs' mappings stay: a subscription that has ended is still ours, and its invoices
+            # (the draft that closes its last period) still are (OUR_SUBSCRIPTIONS_SQL); a mapping this
+            # sync makes again replaces its earlier row, so the table holds one row per mapping ever made
+            made = [[c["customer_id"], c["stripe_customer_id"], c["subscription_id"] or ""] for c in report.customers]
+            warehouse.replace_rows(
+                con, "stripe_customer_map",
+                "[customer_id, stripe_customer_id, coalesce(subscription_id, '')] IN (SELECT unnest(?::VARCHAR[][]))",
+                [made], cmap, in_transaction=True)
         warehouse.replace_rows(con, "stripe_catalog_findings", "TRUE", [], findings, in_transaction=True)
