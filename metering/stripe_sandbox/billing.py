@@ -139,7 +139,7 @@ def licensed_lines(state: State, invoice: dict[str, Any], sub: dict[str, Any], s
             continue
         interval, count = price["recurring"]["interval"], price["recurring"]["interval_count"]
         full_start = previous_boundary(sub["billing_cycle_anchor"], interval, count, end, anchor_day(sub))
-        quantity = Decimal(item.get("quantity") or 1)
+        quantity = Decimal(1 if item.get("quantity") is None else item["quantity"])   # 0 seats bill 0
         exact = tiers.unrounded_amount(price_for_math(price), quantity)
         proration = start > full_start and not free
         if proration:

@@ -15,7 +15,6 @@ Prices (rating_rules/plans/pro.yaml): pro 2026-01 (from 2026-01-01) seats 10.00 
 from __future__ import annotations
 
 import polars as pl
-import pytest
 
 from metering.rating import whatif
 from tests.metering.rating.test_rating_cli import RULES, _rate_csv, run
