@@ -86,13 +86,15 @@ def generate(seed: int, customers: int, events: int, start: datetime, end: datet
                          formats=_formats(formats), duplicate_share=duplicate_share, conflict_share=conflict_share,
                          late_share=late_share, malformed_share=malformed_share, hostile_share=hostile_share,
                          single_file=single_file)
-    out_dir = config.ensure_dir(config.raw_dir(out), config.path_origin(out, "--out", "METERING_RAW_DIR"))
     origin = config.path_origin(customers_file, "--customers-file", "METERING_CUSTOMERS")
-    customers_path = config.ensure_file_target(config.customers_path(customers_file), origin)
+    customers_path = config.customers_path(customers_file)
+    # refused before any folder is made: a refusal writes nothing
     for name, database in (("warehouse", config.warehouse_path(None)), ("analyst snapshot", config.snapshot_path(None))):
         if warehouse.overwrites_database(customers_path, database):
             raise BadInputError(f"{origin} {customers_path}: is the {name} ({database}) or its write-ahead log; "
                                 f"the customer list needs a file of its own")
+    out_dir = config.ensure_dir(config.raw_dir(out), config.path_origin(out, "--out", "METERING_RAW_DIR"))
+    customers_path = config.ensure_file_target(customers_path, origin)
     with click.progressbar(length=1, label="generating", file=sys.stderr) as bar:
         def progress(name: str, done: int, total: int) -> None:
             bar.length = total
