@@ -113,13 +113,16 @@ def _versions_sql(object_type: str, shape: dict) -> str:
 
 
 def _our_customer_id(o: str) -> str:
-    """Our customer id of the invoice `o`: the customer the catalog sync mapped its Stripe customer to,
-    else its subscription's `metadata[customer_id]` (the engine sets it), else its own (an invoice of a
-    Stripe customer no sync mapped). Its own metadata never overrides the others: Stripe charges the
-    Stripe customer whatever the invoice's metadata says, and the pull (`reconcile.pulls`) attributes
-    an invoice the same way. `{customer_map}` is filled in by `_customer_map_table`."""
-    return (f"coalesce((SELECT min(m.customer_id) FROM {{customer_map}} m WHERE m.stripe_customer_id = {_id(o + '.customer')}),"
-            f" {o}.parent.subscription_details.metadata ->> '$.customer_id', {o}.metadata ->> '$.customer_id')")
+    """Our customer id of the invoice `o`: the customer the catalog sync mapped its Stripe customer to
+    (the latest sync that did, as the pull reads the latest sync's map), else its subscription's
+    `metadata[customer_id]` (the engine sets it), else its own (an invoice of a Stripe customer no sync
+    mapped). Its own metadata never overrides the others: Stripe charges the Stripe customer whatever
+    the invoice's metadata says, and the pull (`reconcile.pulls`) attributes an invoice the same way.
+    `{customer_map}` is filled in by `_customer_map_table`."""
+    mapped = (f"(SELECT arg_max(m.customer_id, m.synced_at) FROM {{customer_map}} m"
+              f" WHERE m.stripe_customer_id = {_id(o + '.customer')})")
+    return (f"coalesce({mapped}, {o}.parent.subscription_details.metadata ->> '$.customer_id',"
+            f" {o}.metadata ->> '$.customer_id')")
 
 
 _INVOICE_SELECT = f"""
@@ -316,7 +319,7 @@ def _meter_map_table(con: duckdb.DuckDBPyConnection) -> str:
 
 def _customer_map_table(con: duckdb.DuckDBPyConnection) -> str:
     """The catalog sync's `stripe_customer_map` (our customer <-> Stripe customer), or an empty stand-in."""
-    return _table_or_empty(con, "stripe_customer_map", ("customer_id", "stripe_customer_id"))
+    return _table_or_empty(con, "stripe_customer_map", ("customer_id", "stripe_customer_id", "synced_at"))
 
 
 def rebuild_invoices(con: duckdb.DuckDBPyConnection, in_transaction: bool = False) -> dict[str, int]:

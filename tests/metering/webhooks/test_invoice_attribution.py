@@ -16,10 +16,10 @@ from test_webhook_state import START, con, land  # noqa: F401  (con is a fixture
 from webhook_payloads import event, invoice
 
 
-def _map(con, *pairs: tuple[str, str]) -> None:  # noqa: F811
+def _map(con, *pairs: tuple[str, str], synced_at: str = "2026-10-01 00:00:00+00") -> None:  # noqa: F811
     for customer_id, stripe_customer_id in pairs:
         con.execute("INSERT INTO stripe_customer_map (customer_id, stripe_customer_id, synced_at)"
-                    " VALUES (?, ?, TIMESTAMPTZ '2026-10-01 00:00:00+00')", [customer_id, stripe_customer_id])
+                    " VALUES (?, ?, CAST(? AS TIMESTAMPTZ))", [customer_id, stripe_customer_id, synced_at])
 
 
 def _failed(inv: dict, evt: str, at: int) -> list[dict]:
@@ -80,3 +80,16 @@ def test_a_rebuild_follows_the_mapping_the_sync_last_wrote(con, tmp_path: Path):
     land(con, tmp_path, [events])
     assert con.execute("SELECT customer_id FROM stripe_invoices").fetchall() == [("acme",)]
     assert con.execute("SELECT customer_id FROM stripe_payment_attempts").fetchall() == [("acme",)]
+
+
+def test_a_stripe_customer_mapped_anew_is_the_latest_syncs_customer(con, tmp_path: Path):  # noqa: F811
+    """The map keeps every mapping a sync made. cus_A was zeta's (Oct 1 sync), then acme's (Oct 2):
+    acme's invoice. A sync on Oct 3 maps it to zeta again: zeta's, though acme sorts first (the latest
+    mapping decides, as the pull reads the latest sync's map)."""
+    _map(con, ("zeta", "cus_A"))
+    _map(con, ("acme", "cus_A"), synced_at="2026-10-02 00:00:00+00")
+    land(con, tmp_path, [_failed(invoice("in_1", customer="cus_A", customer_id=None), "evt_1", START)])
+    assert con.execute("SELECT customer_id FROM stripe_invoices").fetchall() == [("acme",)]
+    _map(con, ("zeta", "cus_A"), synced_at="2026-10-03 00:00:00+00")
+    land(con, tmp_path, [[]])
+    assert con.execute("SELECT customer_id FROM stripe_invoices").fetchall() == [("zeta",)]
