@@ -314,13 +314,6 @@ def test_generate_default_seed_is_42(tmp_path, isolated_env):
     assert run("default") != run("s43", "--seed", "43")
 
 
-def test_generate_needs_at_least_one_customer(tmp_path, isolated_env):
-    result = _cli("--customers", "0", "--out", str(tmp_path / "raw"))
-    assert result.exit_code == 2, result.output
-    assert "Invalid value for '--customers'" in result.output
-    assert not (tmp_path / "raw").exists()
-
-
 def test_generate_formats_may_have_spaces_around_commas(tmp_path, isolated_env):
     """`--formats " jsonl , csv "` is jsonl and csv: day 0 is jsonl, day 1 csv."""
     result = _cli("--events", "50", "--customers", "2", "--start", "2026-10-01", "--end", "2026-10-02",
