@@ -34,7 +34,7 @@ def _item_price(state: State, spec: dict[str, Any], index: int, currency: str | 
     and interval the others must share)."""
     price_id = spec.get("price")
     if not price_id:
-        raise invalid("Missing required param: items[0][price].", f"items[{index}][price]", code="parameter_missing")
+        raise invalid(f"Missing required param: items[{index}][price].", f"items[{index}][price]", code="parameter_missing")
     price = fetch(state, "price", price_id, "price", f"items[{index}][price]")
     if not price["active"]:
         raise invalid("The price specified is inactive. This field only accepts active prices.", f"items[{index}][price]")
@@ -273,6 +273,22 @@ def _refuse_changes(sub: dict[str, Any] | None, beyond_metadata: bool) -> None:
         raise invalid("A subscription in status incomplete can only have metadata and default_source updated.", None)
 
 
+def _check_item_specs(state: State, sub: dict[str, Any], specs: list[dict[str, Any]]) -> None:
+    """Refuse an update's items as applying them would, before any of them (or the subscription's own
+    fields) changes."""
+    for i, spec in enumerate(specs):
+        if not spec.get("id"):
+            price = _item_price(state, spec, i, sub["currency"], tuple(sub["_interval"]))
+            if price["recurring"]["usage_type"] == "metered" and spec.get("quantity") not in (None, ""):
+                raise invalid("You cannot set the quantity for metered prices.", f"items[{i}][quantity]")
+            continue
+        item = fetch(state, "subscription_item", spec["id"], "subscription item", f"items[{i}][id]")
+        if item["subscription"] != sub["id"]:
+            raise invalid("That subscription item belongs to another subscription.", f"items[{i}][id]")
+        if not as_bool(spec.get("deleted", False), "deleted") and spec.get("price") and spec["price"] != item["_price"]:
+            _item_price(state, {"price": spec["price"]}, i, sub["currency"], tuple(sub["_interval"]))
+
+
 @route("POST", "/v1/subscriptions/{subscription_exposed_id}")
 def update_subscription(state: State, req: Request, subscription_exposed_id: str) -> dict[str, Any]:
     sub = fetch(state, "subscription", subscription_exposed_id, "subscription")
@@ -285,6 +301,7 @@ def update_subscription(state: State, req: Request, subscription_exposed_id: str
     current = [state.get("subscription_item", spec["id"]) if spec.get("id") else None for spec in specs]
     _no_proration(params, any(_changes_licensed(state, item, spec) for item, spec in zip(current, specs)
                               if item is not None or not spec.get("id")))
+    _check_item_specs(state, sub, specs)   # every item before anything changes: a refused update changes nothing
     before = state.render(sub)
     now = state.customer_now(sub["customer"])
     sub["metadata"] = update_metadata(sub["metadata"], params.get("metadata"))
@@ -373,7 +390,9 @@ def list_subscriptions(state: State, req: Request) -> dict[str, Any]:
             return False
         if tax_enabled is not None and sub["automatic_tax"]["enabled"] != tax_enabled:
             return False
-        if price and not any(state.get("subscription_item", i)["_price"] == price for i in sub["_items"]):
+        # the items it contains: not ended, or ended with the subscription itself (a canceled one's)
+        if price and not any(it["_price"] == price and it["_ended"] in (None, sub["ended_at"])
+                             for it in (state.get("subscription_item", i) for i in sub["_items"])):
             return False
         return accept(sub["created"])
 
