@@ -82,12 +82,19 @@ def _changes_licensed(state: State, item: dict[str, Any] | None, spec: dict[str,
         new_price and _licensed(state, spec["price"]))
 
 
-def _new_item(state: State, sub: dict[str, Any], spec: dict[str, Any], at: int, index: int) -> dict[str, Any]:
+def _new_item_price(state: State, sub: dict[str, Any], spec: dict[str, Any], index: int) -> dict[str, Any]:
+    """The price of a new item `spec` of `sub`, refused as Stripe would (`_item_price`; no quantity on a
+    metered price)."""
     price = _item_price(state, spec, index, sub["currency"], tuple(sub["_interval"]))
+    if price["recurring"]["usage_type"] == "metered" and spec.get("quantity") not in (None, ""):
+        raise invalid("You cannot set the quantity for metered prices.", f"items[{index}][quantity]")
+    return price
+
+
+def _new_item(state: State, sub: dict[str, Any], spec: dict[str, Any], at: int, index: int) -> dict[str, Any]:
+    price = _new_item_price(state, sub, spec, index)
     price_id = price["id"]
     metered = price["recurring"]["usage_type"] == "metered"
-    if metered and spec.get("quantity") not in (None, ""):
-        raise invalid("You cannot set the quantity for metered prices.", f"items[{index}][quantity]")
     item = {
         "id": new_id("si_"),
         "object": "subscription_item",
@@ -278,15 +285,13 @@ def _check_item_specs(state: State, sub: dict[str, Any], specs: list[dict[str, A
     fields) changes."""
     for i, spec in enumerate(specs):
         if not spec.get("id"):
-            price = _item_price(state, spec, i, sub["currency"], tuple(sub["_interval"]))
-            if price["recurring"]["usage_type"] == "metered" and spec.get("quantity") not in (None, ""):
-                raise invalid("You cannot set the quantity for metered prices.", f"items[{i}][quantity]")
+            _new_item_price(state, sub, spec, i)
             continue
         item = fetch(state, "subscription_item", spec["id"], "subscription item", f"items[{i}][id]")
         if item["subscription"] != sub["id"]:
             raise invalid("That subscription item belongs to another subscription.", f"items[{i}][id]")
         if not as_bool(spec.get("deleted", False), "deleted") and spec.get("price") and spec["price"] != item["_price"]:
-            _item_price(state, {"price": spec["price"]}, i, sub["currency"], tuple(sub["_interval"]))
+            _new_item_price(state, sub, {"price": spec["price"]}, i)   # the new item a price change makes
 
 
 @route("POST", "/v1/subscriptions/{subscription_exposed_id}")
