@@ -414,6 +414,16 @@ def query_frame(con: duckdb.DuckDBPyConnection, sql: str, params: Sequence[Any] 
     return pl.from_arrow(con.execute(sql, list(params)).to_arrow_table())  # type: ignore[return-value]
 
 
+def table_columns(con: duckdb.DuckDBPyConnection, table: str) -> set[str]:
+    """The columns of `table` in the current schema (empty when the table does not exist): how the
+    modules that read a table an optional step writes tell whether, and in which shape, it is there."""
+    rows = con.execute(
+        "SELECT column_name FROM information_schema.columns WHERE table_name = ? AND table_schema = current_schema()",
+        [table],
+    ).fetchall()
+    return {r[0] for r in rows}
+
+
 def publish(
     warehouse: str | os.PathLike[str] | None = None,
     snapshot: str | os.PathLike[str] | None = None,

@@ -60,12 +60,12 @@ import polars as pl
 import stripe
 
 from metering.dunning import outbox
-from metering.dunning.frames import conform, read_frame, table_columns
+from metering.dunning.frames import conform
 from metering.dunning.money import format_minor
 from metering.dunning.policy import DunningPolicy
 from metering.dunning.state import IN_DUNNING, STATE_SCHEMA, TS, WRITTEN_OFF, utc
 from metering.logs import redact
-from metering.warehouse import transaction
+from metering.warehouse import query_frame, table_columns, transaction
 
 log = logging.getLogger(__name__)
 
@@ -114,7 +114,7 @@ class ActionReport:
 
 
 def read_ledger(con: duckdb.DuckDBPyConnection) -> pl.DataFrame:
-    return conform(read_frame(con, "SELECT * FROM dunning_actions"), LEDGER_SCHEMA)
+    return conform(query_frame(con, "SELECT * FROM dunning_actions"), LEDGER_SCHEMA)
 
 
 # --- deciding (whole frames) ----------------------------------------------------------------------

@@ -1,12 +1,12 @@
-"""Small frame helpers shared by the dunning modules: conform to a schema, read optional tables."""
+"""Small frame helpers shared by the dunning modules: conform to a schema, tell whether an optional
+table is there."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import Any
-
 import duckdb
 import polars as pl
+
+from metering.warehouse import table_columns
 
 
 def conform(frame: pl.DataFrame | None, schema: dict[str, pl.DataType]) -> pl.DataFrame:
@@ -18,21 +18,6 @@ def conform(frame: pl.DataFrame | None, schema: dict[str, pl.DataType]) -> pl.Da
         for name, dtype in schema.items()
     ]
     return frame.select(exprs)
-
-
-def read_frame(con: duckdb.DuckDBPyConnection, sql: str, params: Sequence[Any] = ()) -> pl.DataFrame:
-    """A parameterised query as a Polars frame (Decimals stay Decimals)."""
-    return pl.from_arrow(con.execute(sql, list(params)).to_arrow_table())  # type: ignore[return-value]
-
-
-def table_columns(con: duckdb.DuckDBPyConnection, table: str) -> set[str]:
-    """The columns of `table` in the current schema (empty when the table does not exist)."""
-    rows = con.execute(
-        "SELECT column_name FROM information_schema.columns"
-        " WHERE table_name = ? AND table_schema = current_schema()",
-        [table],
-    ).fetchall()
-    return {r[0] for r in rows}
 
 
 def table_exists(con: duckdb.DuckDBPyConnection, table: str) -> bool:

@@ -34,10 +34,10 @@ from datetime import datetime, timezone
 import duckdb
 import polars as pl
 
-from metering.dunning.frames import conform, read_frame, table_columns, table_exists
+from metering.dunning.frames import conform, table_exists
 from metering.dunning.policy import DEFAULT_SCHEDULE, DunningPolicy
 from metering.errors import BadInputError
-from metering.warehouse import replace_rows
+from metering.warehouse import query_frame, replace_rows, table_columns
 
 NOT_IN_DUNNING, IN_DUNNING, RECOVERED, WRITTEN_OFF, VOID = (
     "not_in_dunning", "in_dunning", "recovered", "written_off", "void",
@@ -341,7 +341,7 @@ def read_invoices(con: duckdb.DuckDBPyConnection) -> pl.DataFrame:
         return pl.DataFrame(schema=INVOICE_SCHEMA)
     have = table_columns(con, "stripe_invoices")
     cols = ", ".join(f'"{c}"' for c in INVOICE_SCHEMA if c in have)
-    return conform(read_frame(con, f"SELECT {cols} FROM stripe_invoices"), INVOICE_SCHEMA)
+    return conform(query_frame(con, f"SELECT {cols} FROM stripe_invoices"), INVOICE_SCHEMA)
 
 
 def read_failures(con: duckdb.DuckDBPyConnection) -> pl.DataFrame:
@@ -349,14 +349,14 @@ def read_failures(con: duckdb.DuckDBPyConnection) -> pl.DataFrame:
     `stripe_payment_attempts` or `invoice.payment_failed` event in `stripe_webhook_events`."""
     parts = []
     if table_exists(con, "stripe_payment_attempts"):
-        parts.append(read_frame(
+        parts.append(query_frame(
             con,
             "SELECT invoice_id, min(attempted_at) AS first_failed_at FROM stripe_payment_attempts"
             " WHERE outcome = ? GROUP BY invoice_id",
             ["failed"],
         ))
     if table_exists(con, "stripe_webhook_events"):
-        parts.append(read_frame(
+        parts.append(query_frame(
             con,
             "SELECT object_id AS invoice_id, min(created) AS first_failed_at FROM stripe_webhook_events"
             " WHERE type = ? AND object_id IS NOT NULL GROUP BY object_id",
@@ -373,7 +373,7 @@ def read_subscriptions(con: duckdb.DuckDBPyConnection) -> pl.DataFrame:
     when there is no such table)."""
     if not {"subscription_id", "status"} <= table_columns(con, "stripe_subscriptions"):
         return pl.DataFrame(schema=SUBSCRIPTION_SCHEMA)
-    return conform(read_frame(
+    return conform(query_frame(
         con, "SELECT subscription_id, status AS subscription_status FROM stripe_subscriptions"), SUBSCRIPTION_SCHEMA)
 
 
@@ -393,17 +393,17 @@ def read_plans(con: duckdb.DuckDBPyConnection, now: datetime) -> pl.DataFrame | 
             "SELECT customer_id, arg_max(plan, plan_effective_from) AS plan FROM customer_plans"
             " WHERE CAST(plan_effective_from AS DATE) <= CAST(? AS DATE) GROUP BY customer_id"
         )
-        return conform(read_frame(con, sql, [utc(now).date()]), PLAN_SCHEMA)
-    return conform(read_frame(con, "SELECT DISTINCT customer_id, plan FROM customer_plans"), PLAN_SCHEMA)
+        return conform(query_frame(con, sql, [utc(now).date()]), PLAN_SCHEMA)
+    return conform(query_frame(con, "SELECT DISTINCT customer_id, plan FROM customer_plans"), PLAN_SCHEMA)
 
 
 def read_previous(con: duckdb.DuckDBPyConnection) -> pl.DataFrame:
-    return conform(read_frame(con, "SELECT * FROM dunning_state"), STATE_SCHEMA)
+    return conform(query_frame(con, "SELECT * FROM dunning_state"), STATE_SCHEMA)
 
 
 def read_performed(con: duckdb.DuckDBPyConnection) -> pl.DataFrame:
     return conform(
-        read_frame(con, "SELECT invoice_id, step_index, step_name, action, status, outcome FROM dunning_actions"),
+        query_frame(con, "SELECT invoice_id, step_index, step_name, action, status, outcome FROM dunning_actions"),
         PERFORMED_SCHEMA,
     )
 

@@ -29,7 +29,7 @@ import polars as pl
 from metering.reconcile import reconcile as rc
 from metering.rules.meters import Meter
 from metering.stripe.catalog import ENDED_SUBSCRIPTIONS, NOT_EXPRESSIBLE_PRICE_SQL, OUR_SUBSCRIPTIONS_SQL
-from metering.warehouse import query_frame, sql_string
+from metering.warehouse import query_frame, sql_string, table_columns
 from metering.webhooks.state import INVOICE_STATUS_RANK, rank_case
 
 ADDITIVE = ("count", "sum")
@@ -44,15 +44,6 @@ def month_bounds(billing_month: dt.date) -> tuple[dt.date, dt.date]:
     end = (start.replace(year=start.year + 1, month=1) if start.month == 12
            else start.replace(month=start.month + 1))
     return start, end
-
-
-def table_columns(con: duckdb.DuckDBPyConnection, table: str) -> set[str]:
-    """Columns of `table` in the main schema (empty set when the table does not exist)."""
-    rows = con.execute(
-        "SELECT column_name FROM information_schema.columns WHERE table_schema = 'main' AND table_name = ?",
-        [table],
-    ).fetchall()
-    return {r[0] for r in rows}
 
 
 def _additive(meters: dict[str, Meter]) -> list[str]:

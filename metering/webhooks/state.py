@@ -30,7 +30,7 @@ import json
 
 import duckdb
 
-from metering.warehouse import transaction
+from metering.warehouse import table_columns, transaction
 from metering.webhooks.inbox import epoch_sql
 
 INVOICE_STATUS_RANK = {"draft": 0, "open": 1, "uncollectible": 2, "void": 3, "paid": 4}
@@ -306,8 +306,7 @@ _ATTEMPTS_SELECT = f"""
 
 def _table_or_empty(con: duckdb.DuckDBPyConnection, table: str, columns: tuple[str, ...]) -> str:
     """`table`, or an empty stand-in with its VARCHAR `columns` where the warehouse has none."""
-    found = con.execute("SELECT count(*) FROM information_schema.tables WHERE table_name = ?", [table]).fetchone()[0]
-    if found:
+    if table_columns(con, table):
         return table
     return "(SELECT " + ", ".join(f"CAST(NULL AS VARCHAR) AS {c}" for c in columns) + " WHERE false)"
 
