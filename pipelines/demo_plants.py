@@ -29,7 +29,8 @@ from typing import TYPE_CHECKING, Any
 import stripe
 
 from metering.rules.plans import load_rules
-from metering.stripe.catalog import CatalogReport, NotExpressible, lookup_key, price_params, sync_meters
+from metering.stripe.catalog import (LATEST_CUSTOMER_MAP_SQL, CatalogReport, NotExpressible, lookup_key, price_params,
+                                     sync_meters)
 from metering.stripe.keys import event_name
 
 if TYPE_CHECKING:
@@ -104,13 +105,14 @@ def settle_declined_first_invoices(client: stripe.StripeClient) -> list[str]:
 def plant_extra_usage(client: stripe.StripeClient, con, options: DemoOptions) -> tuple[str, str] | None:
     """Send one meter event the engine never sent: a customer and day with none of that meter's usage."""
     month_end = options.month_end
+    # the latest sync's map: a customer an earlier month's sync mapped is on that month's test clock
     row = con.execute(
         """
         WITH days AS (
             SELECT CAST(d AS DATE) AS day FROM range(CAST(? AS DATE), CAST(? AS DATE), INTERVAL 1 DAY) t(d)
         )
         SELECT m.customer_id, m.stripe_customer_id, days.day
-        FROM stripe_customer_map m CROSS JOIN days
+        FROM ({latest_map}) m CROSS JOIN days
         WHERE coalesce(m.billing_anchor_day, 1) = 1       -- a calendar-month period: closed by the demo
           AND m.plan <> ?                                   -- keep the findings apart from the price drift
           AND m.customer_id IN (SELECT customer_id FROM customer_plans GROUP BY 1 HAVING count(*) = 1)
@@ -118,7 +120,7 @@ def plant_extra_usage(client: stripe.StripeClient, con, options: DemoOptions) ->
           AND NOT EXISTS (SELECT 1 FROM usage_events e WHERE e.meter = 'api_calls'
                           AND e.customer_id = m.customer_id AND e.event_date = days.day)
         ORDER BY days.day DESC, m.customer_id LIMIT 1
-        """,
+        """.format(latest_map=LATEST_CUSTOMER_MAP_SQL),
         [options.month, month_end, DRIFT_PLAN],
     ).fetchone()
     if row is None:

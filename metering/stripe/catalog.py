@@ -64,14 +64,20 @@ def parent_subscription(obj: Any) -> str | None:
     return subscription if isinstance(subscription, str) or subscription is None else subscription.id
 
 
+LATEST_CUSTOMER_MAP_SQL = (
+    "SELECT * FROM stripe_customer_map WHERE synced_at = (SELECT max(synced_at) FROM stripe_customer_map)")
+"""The latest sync's rows of `stripe_customer_map`, which also keeps earlier syncs' mappings
+(`write_catalog`): what a reader that means "the map" must read (one row per customer)."""
+
+
 def customer_map(con: duckdb.DuckDBPyConnection) -> pl.DataFrame:
     """Per customer of ours, the latest sync's Stripe customer, subscription (and the plan version it
-    was created with) and test clock. The table also keeps earlier syncs' mappings (`write_catalog`);
-    a customer the latest sync did not map is not in this map."""
+    was created with) and test clock (`LATEST_CUSTOMER_MAP_SQL`); a customer the latest sync did not
+    map is not in this map."""
     return warehouse.query_frame(
         con,
         "SELECT customer_id, stripe_customer_id, subscription_id, plan, plan_version, test_clock_id "
-        "FROM stripe_customer_map WHERE synced_at = (SELECT max(synced_at) FROM stripe_customer_map) "
+        f"FROM ({LATEST_CUSTOMER_MAP_SQL}) "
         "QUALIFY row_number() OVER (PARTITION BY customer_id ORDER BY synced_at DESC) = 1")
 
 
