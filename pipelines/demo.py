@@ -122,6 +122,14 @@ class DemoOptions:
     def month_end(self) -> dt.date:
         return _next_month(self.month)
 
+    @property
+    def record(self) -> Path:
+        return self.data_dir / "demo.json"
+
+    def identity(self) -> dict[str, object]:
+        """What decides the demo's data: the sample files, the customer list and the test clock."""
+        return {"month": f"{self.month:%Y-%m}", "customers": self.customers, "events": self.events, "seed": self.seed}
+
 
 # --------------------------------------------------------------------------------------------------
 # local services
@@ -288,9 +296,42 @@ def _prepare(options: DemoOptions) -> None:
             shutil.rmtree(path, ignore_errors=True)
         warehouse.remove_database(options.warehouse)
         options.customers_file.unlink(missing_ok=True)
+        options.record.unlink(missing_ok=True)
     options.data_dir.mkdir(parents=True, exist_ok=True)
+    _claim_folder(options)
     options.sandbox_state.parent.mkdir(parents=True, exist_ok=True)
     _check_sandbox_state(options.sandbox_state)
+
+
+def _describe(identity: dict[str, object]) -> str:
+    return (f"{identity['month']} ({identity['customers']:,} customers, {identity['events']:,} events, "
+            f"seed {identity['seed']})")
+
+
+def _claim_folder(options: DemoOptions) -> None:
+    """A data folder holds one demo, recorded in `demo.json`: resuming it is safe, but another month's
+    or seed's demo on top of it is refused here, before any work. Its customer list would give the
+    customers periods that overlap the ones rated (rating refuses them, a minute in), its customers
+    are on that month's test clock, and the summary, read from the whole warehouse, would add the two
+    up. A folder from before the record is taken as this demo's."""
+    import json
+
+    wanted = options.identity()
+    if options.record.exists():
+        try:
+            held = json.loads(options.record.read_text(encoding="utf-8"))
+        except (ValueError, OSError) as exc:
+            held, why = None, str(exc)
+        else:
+            why = f"expected an object with {', '.join(wanted)}"
+        if not isinstance(held, dict) or set(held) != set(wanted):
+            raise BadInputError(f"{options.record}: not the demo's record ({why}); "
+                                "run `metering demo --fresh` to start over")
+        if held != wanted:
+            raise BadInputError(
+                f"{options.data_dir} holds the demo of {_describe(held)}, not {_describe(wanted)}: one data folder "
+                f"holds one demo. Run `metering demo --fresh` to replace it, or give another --data-dir")
+    options.record.write_text(json.dumps(wanted) + "\n", encoding="utf-8")
 
 
 def _check_sandbox_state(path: Path) -> None:
@@ -445,7 +486,8 @@ def run_demo(options: DemoOptions, echo=print) -> DemoSummary:
 
 
 def read_figures(options: DemoOptions, stripe_calls: int) -> dict[str, object]:
-    """The summary's numbers, read from the warehouse (so they are the warehouse's, by construction)."""
+    """The summary's numbers, read from the warehouse (so they are the warehouse's, by construction).
+    Some are the whole warehouse's: the data folder holds this demo alone (`_claim_folder`)."""
     start, end = options.month, options.month_end
     with warehouse.open_warehouse(options.warehouse, read_only=True) as con:
         one = lambda sql, params=(): con.execute(sql, list(params)).fetchone()  # noqa: E731

@@ -302,6 +302,22 @@ def test_a_corrupt_sandbox_state_is_named_by_the_main_job(tmp_path: Path) -> Non
     assert "Traceback" not in done.stderr
 
 
+def test_another_months_demo_on_a_folder_is_refused_before_any_work(tmp_path: Path) -> None:
+    """`--month 2026-10` on September's folder failed a minute in: Stripe's "no more than 5 minutes in
+    the future" traceback, then rating's refusal of periods overlapping September's."""
+    data = tmp_path / "data"
+    data.mkdir(exist_ok=True)
+    (data / "demo.json").write_text('{"month": "2026-09", "customers": 200, "events": 150000, "seed": 7}')
+    before = sorted(data.rglob("*"))
+    done = run_cli("demo", "--month", "2026-10", "--data-dir", str(data), env={"METERING_DATA_DIR": str(data)})
+    assert done.returncode == 3, done.stderr[-2000:]
+    assert done.stderr.strip().splitlines()[-1] == (
+        f"error: {data} holds the demo of 2026-09 (200 customers, 150,000 events, seed 7), not 2026-10 (200 customers, "
+        "150,000 events, seed 7): one data folder holds one demo. Run `metering demo --fresh` to replace it, or give "
+        "another --data-dir")
+    assert sorted(data.rglob("*")) == before   # no sample files, no warehouse, no sandbox
+
+
 @pytest.mark.parametrize(("args", "says"), [
     # DuckDB's parser refused it (exit 3), and 0GB failed the work with an Out of Memory error (exit 3):
     # a number out of range is a usage error (exit 2), before anything is opened
