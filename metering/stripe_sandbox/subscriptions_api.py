@@ -91,7 +91,9 @@ def _new_item_price(state: State, sub: dict[str, Any], spec: dict[str, Any], ind
     return price
 
 
-def _new_item(state: State, sub: dict[str, Any], spec: dict[str, Any], at: int, index: int) -> dict[str, Any]:
+def _build_item(state: State, sub: dict[str, Any], spec: dict[str, Any], at: int, index: int) -> dict[str, Any]:
+    """A new item `spec` of `sub`, every field refused as Stripe would, not yet in the state: a request
+    builds all it makes before it stores any (a refused one changes nothing)."""
     price = _new_item_price(state, sub, spec, index)
     price_id = price["id"]
     metered = price["recurring"]["usage_type"] == "metered"
@@ -112,9 +114,17 @@ def _new_item(state: State, sub: dict[str, Any], spec: dict[str, Any], at: int, 
     }
     if not metered:
         item["quantity"] = as_int(spec.get("quantity", 1), f"items[{index}][quantity]")
+    return item
+
+
+def _add_item(state: State, sub: dict[str, Any], item: dict[str, Any]) -> dict[str, Any]:
     state.add(item)
     sub["_items"].append(item["id"])
     return item
+
+
+def _new_item(state: State, sub: dict[str, Any], spec: dict[str, Any], at: int, index: int) -> dict[str, Any]:
+    return _add_item(state, sub, _build_item(state, sub, spec, at, index))
 
 
 def _anchor_config(params: dict[str, Any], interval: str) -> dict[str, Any] | None:
@@ -250,8 +260,8 @@ def create_subscription(state: State, req: Request) -> dict[str, Any]:
         "_period_start": start,
         "_period_end": period_end,
     }
-    for i, spec in enumerate(specs):
-        _new_item(state, sub, spec, start, i)
+    for item in [_build_item(state, sub, spec, start, i) for i, spec in enumerate(specs)]:
+        _add_item(state, sub, item)
     state.add(sub)
     if customer.get("currency") is None:
         customer["currency"] = sub["currency"]
@@ -281,17 +291,29 @@ def _refuse_changes(sub: dict[str, Any] | None, beyond_metadata: bool) -> None:
 
 
 def _check_item_specs(state: State, sub: dict[str, Any], specs: list[dict[str, Any]]) -> None:
-    """Refuse an update's items as applying them would, before any of them (or the subscription's own
-    fields) changes."""
+    """Refuse an update's items as applying them would, every field, before any of them (or the
+    subscription's own fields) changes."""
     for i, spec in enumerate(specs):
         if not spec.get("id"):
-            _new_item_price(state, sub, spec, i)
+            _build_item(state, sub, spec, 0, i)
             continue
         item = fetch(state, "subscription_item", spec["id"], "subscription item", f"items[{i}][id]")
         if item["subscription"] != sub["id"]:
             raise invalid("That subscription item belongs to another subscription.", f"items[{i}][id]")
-        if not as_bool(spec.get("deleted", False), "deleted") and spec.get("price") and spec["price"] != item["_price"]:
-            _new_item_price(state, sub, {"price": spec["price"]}, i)   # the new item a price change makes
+        if as_bool(spec.get("deleted", False), "deleted"):
+            continue
+        if spec.get("price") and spec["price"] != item["_price"]:   # the new item a price change makes
+            _build_item(state, sub, {"price": spec["price"], "metadata": item["metadata"]}, 0, i)
+        else:
+            _item_changes(item, spec, f"items[{i}][quantity]")
+
+
+def _item_changes(item: dict[str, Any], spec: dict[str, Any], quantity_param: str) -> dict[str, Any]:
+    """The metadata and quantity `spec` gives an existing item, refused as Stripe would."""
+    changes: dict[str, Any] = {"metadata": update_metadata(item["metadata"], spec.get("metadata"))}
+    if spec.get("quantity") not in (None, ""):
+        changes["quantity"] = as_int(spec["quantity"], quantity_param)
+    return changes
 
 
 @route("POST", "/v1/subscriptions/{subscription_exposed_id}")
@@ -307,12 +329,14 @@ def update_subscription(state: State, req: Request, subscription_exposed_id: str
     _no_proration(params, any(_changes_licensed(state, item, spec) for item, spec in zip(current, specs)
                               if item is not None or not spec.get("id")))
     _check_item_specs(state, sub, specs)   # every item before anything changes: a refused update changes nothing
+    metadata = update_metadata(sub["metadata"], params.get("metadata"))
+    cancel = as_bool(params["cancel_at_period_end"], "cancel_at_period_end") if "cancel_at_period_end" in params else None
     before = state.render(sub)
     now = state.customer_now(sub["customer"])
-    sub["metadata"] = update_metadata(sub["metadata"], params.get("metadata"))
-    if "cancel_at_period_end" in params:
-        sub["cancel_at_period_end"] = as_bool(params["cancel_at_period_end"], "cancel_at_period_end")
-        sub["canceled_at"] = now if sub["cancel_at_period_end"] else None
+    sub["metadata"] = metadata
+    if cancel is not None:
+        sub["cancel_at_period_end"] = cancel
+        sub["canceled_at"] = now if cancel else None
     if "description" in params:
         sub["description"] = params["description"] or None
     for i, spec in enumerate(specs):
@@ -325,9 +349,7 @@ def update_subscription(state: State, req: Request, subscription_exposed_id: str
                 item["_ended"] = now
                 _new_item(state, sub, {"price": spec["price"], "metadata": item["metadata"]}, now, i)
             else:
-                item["metadata"] = update_metadata(item["metadata"], spec.get("metadata"))
-                if spec.get("quantity") not in (None, ""):
-                    item["quantity"] = as_int(spec["quantity"], f"items[{i}][quantity]")
+                item.update(_item_changes(item, spec, f"items[{i}][quantity]"))
         else:
             _new_item(state, sub, spec, now, i)
     after = state.render(sub)
@@ -436,9 +458,7 @@ def update_subscription_item(state: State, req: Request, item: str) -> dict[str,
     reject_all_but(req.params, ITEM_CHANGE)
     _refuse_changes(state.get("subscription", obj["subscription"]), bool(set(req.params) - {"metadata", "expand"}))
     _no_proration(req.params, _changes_licensed(state, obj, req.params))
-    obj["metadata"] = update_metadata(obj["metadata"], req.params.get("metadata"))
-    if req.params.get("quantity") not in (None, ""):
-        obj["quantity"] = as_int(req.params["quantity"], "quantity")
+    obj.update(_item_changes(obj, req.params, "quantity"))
     state.dirty = True
     return public(state, obj, req.params)
 
