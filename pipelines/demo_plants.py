@@ -105,7 +105,8 @@ def settle_declined_first_invoices(client: stripe.StripeClient) -> list[str]:
 def plant_extra_usage(client: stripe.StripeClient, con, options: DemoOptions) -> tuple[str, str] | None:
     """Send one meter event the engine never sent: a customer and day with none of that meter's usage."""
     month_end = options.month_end
-    # the latest sync's map: a customer an earlier month's sync mapped is on that month's test clock
+    # the latest sync's map: the table keeps earlier syncs' mappings too, to Stripe customers (on test
+    # clocks) that may no longer be the customer's
     row = con.execute(
         """
         WITH days AS (
