@@ -48,13 +48,20 @@ def check_meters(rules_dir: str | Path | None = None) -> tuple[dict[str, Meter],
 
     Problems read `file:line: meters.<name>.<field>: what is wrong`.
     """
+    meters, errors, _ = check_meters_written(rules_dir)
+    return meters, errors
+
+
+def check_meters_written(rules_dir: str | Path | None = None) -> tuple[dict[str, Meter], list[str], set[str] | None]:
+    """`check_meters`, and the names of every meter the file holds, malformed ones too (None when the
+    file holds no mapping of meters to read them from)."""
     path = config.rules_dir(rules_dir) / "meters.yaml"
     if not path.exists():
-        return {}, [f"{path}: (document): file not found (every rules folder needs meters.yaml)"]
+        return {}, [f"{path}: (document): file not found (every rules folder needs meters.yaml)"], None
     try:
         doc, marks = load_yaml(path)
     except BadInputError as exc:
-        return {}, [str(exc)]
+        return {}, [str(exc)], None
     errors: list[str] = []
 
     def err(where: tuple, msg: str) -> None:
@@ -65,7 +72,7 @@ def check_meters(rules_dir: str | Path | None = None) -> tuple[dict[str, Meter],
         err(where, msg)
     if not isinstance(doc, dict) or not isinstance(doc.get("meters"), dict):
         err(("meters",), "expected a mapping of meter name to definition")
-        return {}, errors
+        return {}, errors, None
     meters: dict[str, Meter] = {}
     for name, spec in doc["meters"].items():
         where = ("meters", name)
@@ -114,7 +121,7 @@ def check_meters(rules_dir: str | Path | None = None) -> tuple[dict[str, Meter],
             property=spec.get("property"),
             dimensions=tuple(sorted(dims)),
         )
-    return meters, errors
+    return meters, errors, set(doc["meters"])
 
 
 def load_meters(rules_dir: str | Path | None = None) -> dict[str, Meter]:

@@ -27,7 +27,7 @@ from typing import Any
 
 from metering import config
 from metering.errors import BadInputError
-from metering.rules.meters import Meter, check_meters
+from metering.rules.meters import Meter, check_meters_written
 from metering.rules.model import (
     CURRENCY_DIGITS,
     MODELS,
@@ -120,7 +120,8 @@ def _decimal_text(text: str, path: tuple, err: _FileErrors, what: str) -> Decima
         return None
     limit = MAX_AMOUNT if what == "amount" else MAX_QUANTITY
     if value >= limit:
-        err(path, f"{text!r} is too large (an {what} must be below {limit:,}) to rate exactly")
+        err(path, f"{text!r} is too large ({'an' if what == 'amount' else 'a'} {what} must be below {limit:,}) "
+                  "to rate exactly")
         return None
     return value
 
@@ -489,10 +490,10 @@ def check_rules(rules_dir: str | Path | None = None,
     root = config.rules_dir(rules_dir)
     if not root.is_dir():
         return Rules(meters={}), [f"{root}: (document): rules folder not found"]
-    meters, errors = check_meters(root)
+    meters, errors, written = check_meters_written(root)
     rated_meters = {m: h for (p, m), h in (rated_hashes or {}).items() if p == RATED_METER}
     rated_hashes = {k: h for k, h in (rated_hashes or {}).items() if k[0] != RATED_METER}
-    errors += _changed_meters(root / "meters.yaml", meters, rated_meters)
+    errors += _changed_meters(root / "meters.yaml", meters, rated_meters, written)
     plans: dict[str, Plan] = {}
     files = plan_files(root)
     if not files:
@@ -510,15 +511,18 @@ def check_rules(rules_dir: str | Path | None = None,
     return Rules(meters=meters, plans=plans), errors
 
 
-def _changed_meters(path: Path, meters: Mapping[str, Meter], rated: Mapping[str, str]) -> list[str]:
-    """A meter that priced rated lines must stay as it was (present, same definition)."""
+def _changed_meters(path: Path, meters: Mapping[str, Meter], rated: Mapping[str, str],
+                    written: set[str] | None) -> list[str]:
+    """A meter that priced rated lines must stay as it was (present, same definition). One the file
+    holds but `check_meters` refused, or a file it could not read (`written` None), has its problem
+    named already: it is not "missing" too."""
     errors = []
     for name, old in sorted(rated.items()):
         meter = meters.get(name)
-        if meter is None:
+        if meter is None and written is not None and name not in written:
             errors.append(f"{path}: meters.{name}: has already priced rated usage and is missing: published "
                           f"meters are immutable; put it back")
-        elif meter.definition_hash() != old:
+        elif meter is not None and meter.definition_hash() != old:
             errors.append(f"{path}: meters.{name}: has already priced rated usage and its aggregation, property, "
                           f"dimensions or value changed (hash {old[:12]} -> {meter.definition_hash()[:12]}): "
                           f"published meters are immutable, add a new meter (and a plan version that uses it)")
