@@ -124,7 +124,8 @@ def ingest(paths: tuple[str, ...], warehouse_path: str | None, rules_dir: str | 
     """Validate, de-duplicate and load raw usage files (folders: every raw file inside, in path order).
 
     Each file is one transaction; a file whose content was ingested before is skipped. An
-    unreadable file stops the run with exit code 3 and leaves the warehouse as it was for that file.
+    unreadable file stops the run with exit code 3 and leaves the warehouse as it was for that file;
+    the files after it are not read (the message names them).
     """
     from metering.ingest import expand_paths, ingest_files
 
@@ -147,8 +148,20 @@ def ingest(paths: tuple[str, ...], warehouse_path: str | None, rules_dir: str | 
         click.echo(f"{Path(r.path).name[:40]:<40} {r.status:<8} {r.rows_read:>9} {r.rows_accepted:>9} "
                    f"{r.rows_quarantined:>9} {r.duplicates_dropped:>7} {r.conflicting_duplicates:>9}  {dates}")
 
+    shown: list[object] = []
     with warehouse.open_warehouse(warehouse_path, memory_limit=memory_limit) as con:
-        results = ingest_files(con, files, rules_dir=rules_dir, now=as_of, on_file=show)
+        try:
+            results = ingest_files(con, files, rules_dir=rules_dir, now=as_of,
+                                   on_file=lambda r: (shown.append(r), show(r)))
+        except BadInputError as exc:
+            failed, later = files[len(shown):len(shown) + 1], files[len(shown) + 1:]
+            if not later or not str(exc).startswith(f"{failed[0]}:"):   # the last file, or not a file's fault
+                raise
+            # the order is kept (the first version of a conflicting duplicate is the one that stays): the
+            # later files wait for this one, and the operator needs to know they were not read
+            names = ", ".join(Path(f).name for f in later[:3]) + (", ..." if len(later) > 3 else "")
+            raise BadInputError(f"{exc}; {len(later)} later file(s) not read ({names}): run again once it is "
+                                f"fixed or moved (the {len(shown)} before it are kept and will be skipped)") from exc
     if not as_json:
         done = [r for r in results if r.status == "ingested"]
         touched = sorted({d for r in done for d in r.event_dates})

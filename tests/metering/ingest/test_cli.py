@@ -38,6 +38,7 @@ def test_unreadable_file_exit_code_3(tmp_path):
     result = CliRunner().invoke(cli, ["ingest", str(path)])
     assert result.exit_code == 3
     assert f"error: {path}: cannot decompress (truncated or corrupt gzip)" in result.output
+    assert "later file" not in result.output   # it was the last (and only) file
 
 
 def test_a_missing_file_is_bad_input_and_nothing_before_it_is_ingested(tmp_path):
@@ -134,3 +135,27 @@ def test_bench_repeat_measures_each_step_that_many_times(tmp_path, monkeypatch):
     assert len(ranges) == 3 and all(float(low) <= float(high) for low, high in ranges)  # floor, ingestion, add
     assert len(re.findall(r"^  accepted ", result.output, re.M)) == 1  # both runs ingested the same way
     assert CliRunner().invoke(cli, ["bench", "ingest", "--repeat", "0"]).exit_code == 2
+
+
+def test_an_unreadable_file_names_the_later_files_it_stops(tmp_path):
+    """Folder of four files, the second a cut-short gzip: the first is ingested, the run stops at the
+    second (exit 3, the warehouse as it was for it), and the message names the two files after it,
+    which were not read, so the operator knows to run again."""
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    for day in (1, 3, 4):
+        write_lines(raw / f"usage-2026-10-0{day}.jsonl", [event(f"e{day}")])
+    bad = raw / "usage-2026-10-02.jsonl.gz"
+    bad.write_bytes(gzip.compress(b'{"event_id": "a"}\n' * 1000)[:40])
+    db = tmp_path / "w.duckdb"
+    result = CliRunner().invoke(cli, ["ingest", "--warehouse", str(db), str(raw), "--as-of", "2026-11-01"])
+    assert result.exit_code == 3, result.output
+    assert result.output.strip().splitlines()[-1] == (
+        f"error: {bad}: cannot decompress (truncated or corrupt gzip): Truncated compressed stream; 2 later file(s) "
+        "not read (usage-2026-10-03.jsonl, usage-2026-10-04.jsonl): run again once it is fixed or moved (the 1 "
+        "before it are kept and will be skipped)")
+    import duckdb
+
+    with duckdb.connect(str(db), read_only=True) as con:
+        assert con.execute("SELECT event_id FROM usage_events").fetchall() == [("e1",)]
+
