@@ -175,6 +175,8 @@ def _check(schema: dict[str, Any], value: Any, param: str) -> _Problem | None:
         return _MISMATCH  # the "unset" branch of an anyOf: this value belongs to another branch
     if kind == "integer" and not INTEGER.fullmatch(value):
         return _Problem(invalid(f"Invalid integer: {value}", param, code="parameter_invalid_integer"))
+    if kind == "boolean" and value not in ("true", "false"):   # as_bool's rule, for every boolean parameter
+        return _Problem(invalid(f"Invalid boolean: {value}", param))
     if enum is not None and value not in enum:
         return _Problem(invalid(f"Invalid {param}: must be one of {_one_of(enum)}", param))
     limit = schema.get("maxLength")
@@ -206,12 +208,13 @@ def as_int(value: Any, param: str) -> int:
 
 
 def as_bool(value: Any, param: str) -> bool:
+    """A boolean as Stripe reads one off the wire: `true` or `false` (the SDKs send these). Stripe
+    answers `Invalid boolean: 1` to a 1 (github.com/cartalyst/stripe/issues/218) and `Invalid
+    boolean: True` to a True (github.com/stripe/stripe-python/issues/487), which the sandbox took."""
     if isinstance(value, bool):
         return value
-    if str(value) in ("true", "True", "1"):
-        return True
-    if str(value) in ("false", "False", "0"):
-        return False
+    if value in ("true", "false"):
+        return value == "true"
     raise invalid(f"Invalid boolean: {value}", param)
 
 
