@@ -453,12 +453,3 @@ def reject_all_but(params: dict[str, Any], modelled: set[str], within: str = "")
 
 
 UNMODELLED_FILTER = "The sandbox does not model the list filter {name}: it is refused rather than ignored, as the list would not be filtered."
-
-
-def reject_unknown(params: dict[str, Any], allowed: set[str]) -> None:
-    """Stripe answers 400 ``Received unknown parameter`` for parameters an endpoint does not take."""
-    for name in params:
-        if name not in allowed and name != "expand":
-            raise invalid(f"Received unknown parameter: {name}", name, code="parameter_unknown")
-
-
