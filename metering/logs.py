@@ -27,8 +27,11 @@ def redact(text: str) -> str:
     """Mask Stripe key shapes and the current values of the secret environment variables, whole or as
     Stripe echoes a refused key (`weird-se********-777`: its start and end around asterisks)."""
     for name in SECRET_ENV_VARS:
-        for value in (os.environ.get(name) or "").split(","):
-            value = value.strip()
+        raw = os.environ.get(name) or ""
+        # the whole value first (a password may hold a comma: split, its halves could be too short to
+        # mask), then the parts of the one list variable (the webhook secrets, comma-separated)
+        parts = raw.split(",") if name == "STRIPE_WEBHOOK_SECRET" else []
+        for value in dict.fromkeys(v.strip() for v in (raw, *parts)):
             if len(value) >= 6:
                 text = _masked_form(value).sub("[REDACTED]", text)
                 # whole, and as JSON writes it: extra fields are redacted in the written line, where a
