@@ -19,33 +19,12 @@ import duckdb
 import polars as pl
 import pytest
 from dunning_helpers import DAY, NO_STRIPE_POLICY, T0, write_rules
+from test_policy import VALID, _errors   # the policy tests' small valid policy: r1 day 0, retry 3, write-off 30
 from test_state import failures, frame, invoice, one
 
 from metering.dunning.policy import load_policy, validate_dunning
 from metering.dunning.state import compute_state, parse_clock, read_failures, read_plans
 from metering.errors import BadInputError
-
-# the same small valid policy the policy tests use: reminder day 0, retry day 3, write-off day 30
-VALID = """
-default:
-  minimum_amount: {usd: "1.00"}
-  steps:
-    - {name: r1, day: 0, action: reminder, template: t}
-    - {name: retry, day: 3, action: retry}
-    - {name: write_off, day: 30, action: write_off}
-templates:
-  t: {subject: "s {invoice_id}", body: "b {amount}"}
-"""
-
-
-def _errors(tmp_path: Path, text: str) -> list[str]:
-    """validate_dunning's messages for the policy `text`, without the file's path in front."""
-    folder = write_rules(tmp_path / "r", text)
-    prefix = f"{folder / 'dunning.yaml'}: "
-    errors = validate_dunning(folder)
-    assert all(e.startswith(prefix) for e in errors), errors
-    return [e[len(prefix):] for e in errors]
-
 
 # --- the policy file ------------------------------------------------------------------------------
 
