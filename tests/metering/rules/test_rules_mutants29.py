@@ -24,14 +24,9 @@ from metering.rules.meters import check_meters, load_meters
 from metering.rules.model import Plan, PlanVersion, Rules, dec_str
 from metering.rules.plans import RATED_METER, check_rules, load_rules
 from metering.rules.yaml_marks import SafeLoader, load_yaml
+from tests.metering.rules.test_rules_mutants26 import _FLAT, _one_error
 from tests.metering.rules.test_rules_validate import errors_for, plan, rules_dir
 
-_FLAT = '- {model: flat, amount: "1"}'
-
-
-def _one_error(errs: list[str], ending: str) -> None:
-    assert len(errs) == 1, errs
-    assert errs[0].endswith(ending), errs[0]
 
 
 # --- refusals: (plan text, the one error's ending) ------------------------------------------------
