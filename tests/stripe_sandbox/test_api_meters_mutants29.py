@@ -13,7 +13,7 @@ import httpx
 import pytest
 import stripe
 
-from conftest import metered_price, post_form, ts
+from conftest import metered_price, post_form
 from test_sandbox_meter_events import T0, _event, _summary
 
 
