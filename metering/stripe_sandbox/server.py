@@ -349,6 +349,8 @@ class SandboxHandler(BaseHTTPRequestHandler):
 
         try:
             payload = json.loads(raw) if raw.strip() else {}
+            if not isinstance(payload, dict):   # `[1]` or `"soon"`: every endpoint reads an object's fields
+                raise ValueError(f"the request body must be a JSON object, not {type(payload).__name__}")
             status, result = control.handle(self.sandbox, method, path, parse_form(query), payload)
         except (ValueError, KeyError, TypeError) as exc:
             status, result = 400, {"error": str(exc)}
