@@ -160,8 +160,9 @@ def ingest(paths: tuple[str, ...], warehouse_path: str | None, rules_dir: str | 
             # the order is kept (the first version of a conflicting duplicate is the one that stays): the
             # later files wait for this one, and the operator needs to know they were not read
             names = ", ".join(Path(f).name for f in later[:3]) + (", ..." if len(later) > 3 else "")
+            kept = f" (the {len(shown)} before it are kept and will be skipped)" if shown else ""
             raise BadInputError(f"{exc}; {len(later)} later file(s) not read ({names}): run again once it is "
-                                f"fixed or moved (the {len(shown)} before it are kept and will be skipped)") from exc
+                                f"fixed or moved{kept}") from exc
     if not as_json:
         done = [r for r in results if r.status == "ingested"]
         touched = sorted({d for r in done for d in r.event_dates})

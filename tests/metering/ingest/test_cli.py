@@ -159,3 +159,14 @@ def test_an_unreadable_file_names_the_later_files_it_stops(tmp_path):
     with duckdb.connect(str(db), read_only=True) as con:
         assert con.execute("SELECT event_id FROM usage_events").fetchall() == [("e1",)]
 
+
+
+def test_a_first_file_unreadable_names_the_later_ones_and_no_kept_ones(tmp_path):
+    raw = tmp_path / "raw"
+    write_lines(raw / "usage-2026-10-02.jsonl", [event("e2")])
+    bad = raw / "usage-2026-10-01.jsonl.gz"
+    bad.write_bytes(gzip.compress(b'{"event_id": "a"}\n' * 1000)[:40])
+    result = CliRunner().invoke(cli, ["ingest", "--warehouse", str(tmp_path / "w.duckdb"), str(raw)])
+    assert result.exit_code == 3, result.output
+    assert result.output.strip().splitlines()[-1].endswith(
+        "; 1 later file(s) not read (usage-2026-10-02.jsonl): run again once it is fixed or moved")
