@@ -17,44 +17,25 @@ lives in a sibling folder that is not a package).
 from __future__ import annotations
 
 import datetime as dt
-import importlib.util
 import json
 import logging
 import os
-import sys
 from pathlib import Path
 
 import dagster as dg
 
 from metering.webhooks.landing import landing_sizes
 from pipelines.definitions import defs
+from tests.pipelines.test_pipelines_mutants20 import _ingest   # the ingest tests' conftest, loaded by path
 from tests.pipelines.ticks import schedule_tick
 from tests.pipelines.webhooks.test_webhook_pipeline import deliver, dunning_lifecycle
 from tests.pipelines.webhooks.test_webhook_pipeline import resources as landing_resources
 
-HERE = Path(__file__).resolve().parent
-
-
-def _load(name: str, path: Path):
-    spec = importlib.util.spec_from_file_location(name, path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module  # dataclasses look their module up
-    spec.loader.exec_module(module)
-    return module
-
-
-_ingest = _load("_mutants29_ingest_conftest", HERE / "ingest" / "conftest.py")
-
 world = _ingest.world  # the ingest tests' fixture: raw files under tmp_path, a fresh Dagster instance
 
 
-class _Records(logging.Handler):
-    def __init__(self) -> None:
-        super().__init__()
-        self.records: list[logging.LogRecord] = []
-
-    def emit(self, record: logging.LogRecord) -> None:
-        self.records.append(record)
+class _Records(_ingest._Records):
+    """The ingest conftest's log catcher, read by level."""
 
     def at(self, level: int) -> str:
         return "\n".join(r.getMessage() for r in self.records if r.levelno == level)
