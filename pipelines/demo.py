@@ -318,15 +318,8 @@ def _claim_folder(options: DemoOptions) -> None:
 
     wanted = options.identity()
     if options.record.exists():
-        try:
-            held = json.loads(options.record.read_text(encoding="utf-8"))
-        except (ValueError, OSError) as exc:
-            held, why = None, str(exc)
-        else:
-            why = f"expected an object with {', '.join(wanted)}"
-        if not isinstance(held, dict) or set(held) != set(wanted):
-            raise BadInputError(f"{options.record}: not the demo's record ({why}); "
-                                "run `metering demo --fresh` to start over")
+        held = _json_object(options.record, "the demo's record", f"expected an object with {', '.join(wanted)}",
+                            lambda doc: set(doc) == set(wanted))
         if held != wanted:
             raise BadInputError(
                 f"{options.data_dir} holds the demo of {_describe(held)}, not {_describe(wanted)}: one data folder "
@@ -334,21 +327,26 @@ def _claim_folder(options: DemoOptions) -> None:
     options.record.write_text(json.dumps(wanted) + "\n", encoding="utf-8")
 
 
-def _check_sandbox_state(path: Path) -> None:
-    """A resumed run reads the sandbox's saved state: a file that is not one (cut short, edited) is
-    named here, with the way out, instead of a JSONDecodeError traceback from inside the sandbox."""
+def _json_object(path: Path, what: str, shape: str, fits=lambda doc: True) -> dict:
+    """The JSON object in `path`; a file that is not one (cut short, edited, of another shape: `shape`
+    says which) is bad input naming it and the way out, not a JSONDecodeError traceback."""
     import json
 
-    if not path.exists():
-        return
     try:
         doc = json.loads(path.read_text(encoding="utf-8"))
     except (ValueError, OSError) as exc:
         doc, why = None, str(exc)
     else:
-        why = "not a JSON object"
-    if not isinstance(doc, dict):
-        raise BadInputError(f"{path}: not a sandbox state file ({why}); run `metering demo --fresh` to start over")
+        why = shape
+    if not isinstance(doc, dict) or not fits(doc):
+        raise BadInputError(f"{path}: not {what} ({why}); run `metering demo --fresh` to start over")
+    return doc
+
+
+def _check_sandbox_state(path: Path) -> None:
+    """A resumed run reads the sandbox's saved state: a file that is not one is named here."""
+    if path.exists():
+        _json_object(path, "a sandbox state file", "not a JSON object")
 
 
 def _generate(options: DemoOptions) -> list[Path]:
