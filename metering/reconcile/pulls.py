@@ -54,7 +54,7 @@ from metering.reconcile import inputs
 from metering.reconcile.settings import ReconcileSettings
 from metering.stripe.catalog import customer_map
 from metering.stripe.retry import RateLimiter
-from metering.warehouse import query_frame, replace_rows, transaction
+from metering.warehouse import query_frame, replace_rows, table_columns, transaction
 
 log = logging.getLogger(__name__)
 
@@ -166,7 +166,7 @@ def _ledger_last_ack(
 
     Per period: a push of the current month must not keep a closed month's summary from being read.
     """
-    cols = inputs.table_columns(con, "stripe_push_ledger")
+    cols = table_columns(con, "stripe_push_ledger")
     if not {"customer_id", "meter", "status", "window_start", "last_attempt_at"} <= cols or periods.is_empty():
         return {}
     periods = periods.select("customer_id", "period_start", "period_end").unique()
@@ -194,7 +194,7 @@ def _targets(con: duckdb.DuckDBPyConnection, billing_month: dt.date, meters: lis
 
 def _customer_map(con: duckdb.DuckDBPyConnection, reader: _Reader) -> dict[str, str]:
     """our customer_id -> Stripe customer id: the push step's `stripe_customer_map`, else customer metadata."""
-    if {"customer_id", "stripe_customer_id", "synced_at"} <= inputs.table_columns(con, "stripe_customer_map"):
+    if {"customer_id", "stripe_customer_id", "synced_at"} <= table_columns(con, "stripe_customer_map"):
         rows = customer_map(con).select("customer_id", "stripe_customer_id").rows()   # the latest sync's
         if rows:
             return dict(rows)
@@ -297,7 +297,7 @@ class MonthItems:
 
 def month_items(con: duckdb.DuckDBPyConnection, billing_month: dt.date) -> MonthItems:
     """`MonthItems` of the periods starting in `billing_month` (empty without the ledger)."""
-    if not {"customer_id", "period_start", "item_key", "stripe_invoice_id", "status"} <= inputs.table_columns(
+    if not {"customer_id", "period_start", "item_key", "stripe_invoice_id", "status"} <= table_columns(
             con, "stripe_invoice_items"):
         return MonthItems()
     start, end = inputs.month_bounds(billing_month)

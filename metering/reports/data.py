@@ -10,12 +10,12 @@ from decimal import ROUND_HALF_UP, Decimal
 import duckdb
 import polars as pl
 
-from metering.reconcile.inputs import merged_invoices_sql, table_columns
+from metering.reconcile.inputs import merged_invoices_sql
 from metering.reconcile.reconcile import (
     INVOICE_COLUMNS, INVOICE_STATUSES, STATUSES, USAGE_COLUMNS, unexplained_by_currency,
 )
 from metering.reconcile.settings import ReconcileSettings
-from metering.warehouse import query_frame
+from metering.warehouse import query_frame, table_columns
 
 CLEAN_STATUSES = ("matched", "within_tolerance")
 PENDING = "pending"   # a row Stripe has not invoiced (or closed) yet: explained, not at risk
