@@ -219,11 +219,15 @@ class Receiver:
 def create_app(settings: ReceiverSettings) -> Starlette:
     """The ASGI app. `app.state.receiver` exposes the counters (tests read them)."""
     receiver = Receiver(settings)
+    # Stripe takes any 3xx as a failed delivery and never follows it, so an endpoint registered
+    # with a trailing slash must be served, not redirected (Starlette's default) to the bare path.
     app = Starlette(
         routes=[
             Route("/webhooks/stripe", receiver.stripe, methods=["POST"]),
+            Route("/webhooks/stripe/", receiver.stripe, methods=["POST"]),
             Route("/healthz", receiver.healthz, methods=["GET"]),
         ],
     )
+    app.router.redirect_slashes = False
     app.state.receiver = receiver
     return app

@@ -275,6 +275,25 @@ def test_only_post_on_the_webhook_path(landing: Path):
     assert client.get("/healthz").status_code == 200
 
 
+def test_a_trailing_slash_is_served_not_redirected(landing: Path):
+    """Stripe counts every 3xx as a failed delivery and does not follow it ("All response codes
+    outside this range, including 3xx codes, will indicate to Stripe that you did not receive the
+    webhook"), so an endpoint registered as `/webhooks/stripe/` must land the event itself, and no
+    other path may answer with a redirect."""
+    client = make_client(landing)
+    body = sample_body()
+    response = client.post(
+        "/webhooks/stripe/",
+        content=body,
+        headers={"content-type": "application/json", "stripe-signature": signature(body, timestamp=NOW)},
+        follow_redirects=False,
+    )
+    assert (response.status_code, response.json()) == (200, {"received": True, "id": "evt_1"})
+    assert landed_bodies(landing) == [body]
+    assert client.get("/healthz/", follow_redirects=False).status_code == 404
+    assert client.post("/webhooks/stripe//", content=body, follow_redirects=False).status_code == 404
+
+
 def test_receiver_refuses_to_start_without_secret(landing: Path):
     with pytest.raises(ValueError):
         create_app(ReceiverSettings(secrets=[], landing_dir=landing))
