@@ -148,7 +148,7 @@ def webhook_receiver(landing: Path, secret: str, port: int) -> Iterator[str]:
     env = {**os.environ, "STRIPE_WEBHOOK_SECRET": secret, "METERING_LOG_JSON": "1"}
     proc = subprocess.Popen(
         [sys.executable, "-m", "metering.cli", "webhooks", "serve", "--port", str(port),
-         "--landing", str(landing)],
+         "--landing", str(landing), "--exit-with-parent"],
         env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )
     url = f"http://127.0.0.1:{port}"

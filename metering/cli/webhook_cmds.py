@@ -29,8 +29,11 @@ def webhooks() -> None:
               help="Larger requests get 413.")
 @click.option("--max-connections", type=click.IntRange(1, 100_000), default=256, show_default=True,
               help="Connections served at once; a request on one more gets 503, which Stripe retries.")
+@click.option("--exit-with-parent", is_flag=True,
+              help="Stop when the process that started this one ends, even if it was killed (metering demo "
+                   "uses it: its receiver must not outlive it).")
 def serve(port: int, host: str, landing: str | None, tolerance: int, max_body_bytes: int,
-          max_connections: int) -> None:
+          max_connections: int, exit_with_parent: bool) -> None:
     """Receive Stripe webhooks on POST /webhooks/stripe (GET /healthz for checks).
 
     Signing secrets come from $STRIPE_WEBHOOK_SECRET (comma-separated during rotation).
@@ -62,10 +65,29 @@ def serve(port: int, host: str, landing: str | None, tolerance: int, max_body_by
     server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_config=None, access_log=False,
                                            server_header=False, http="h11",
                                            limit_concurrency=max_connections + 1))
+    if exit_with_parent:
+        _stop_when_orphaned(server)
     with sock:
         server.run(sockets=[sock])
     if not server.started:   # as uvicorn.run: the app's start-up failed (logged above)
         raise MeteringError("the webhook receiver did not start (see the log above)")
+
+
+def _stop_when_orphaned(server) -> None:
+    """Shut `server` down as SIGTERM would once this process's parent is gone. A parent killed with
+    SIGKILL runs no clean-up, and its child is re-parented (to init or a subreaper): that change of
+    parent is what the watch sees."""
+    import threading
+    import time
+
+    parent = os.getppid()
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(0.2)
+        server.should_exit = True
+
+    threading.Thread(target=watch, name="exit-with-parent", daemon=True).start()
 
 
 @webhooks.command()

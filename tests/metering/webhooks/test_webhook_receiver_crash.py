@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -150,3 +151,57 @@ def test_a_request_beyond_the_connection_cap_gets_503_and_is_served_once_one_clo
     finally:
         proc.kill()
         proc.wait()
+
+
+# Starts each command as its own child, with its log in a file, prints the children's PIDs, waits.
+_PARENT = """
+import json, subprocess, sys, time
+pids = []
+for command, log in json.loads(sys.argv[1]):
+    with open(log, "ab") as fh:
+        pids.append(subprocess.Popen(command, stdout=fh, stderr=fh).pid)
+print(json.dumps(pids), flush=True)
+time.sleep(600)
+"""
+
+
+def _answers(port: int) -> bool:
+    try:
+        return httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+def test_a_receiver_started_with_exit_with_parent_stops_when_its_parent_is_killed(tmp_path: Path):
+    """`metering demo` starts its receiver with --exit-with-parent. A demo killed with SIGKILL runs no
+    clean-up, and its receiver used to listen on for ever, orphaned: the child started without the
+    flag, beside it, shows that it still would."""
+    env = {**os.environ, "STRIPE_WEBHOOK_SECRET": SECRET}
+    ports = {"with": free_port(), "without": free_port()}
+    commands = [([sys.executable, "-m", "metering.cli", "--log-json", "webhooks", "serve", "--port", str(port),
+                  "--landing", str(tmp_path / name), *(["--exit-with-parent"] if name == "with" else [])],
+                 str(tmp_path / f"{name}.log"))
+                for name, port in ports.items()]
+    parent = subprocess.Popen([sys.executable, "-c", _PARENT, json.dumps(commands)], env=env,
+                              stdout=subprocess.PIPE, text=True)
+    children = json.loads(parent.stdout.readline())
+    try:
+        deadline = time.monotonic() + 30
+        while not all(_answers(port) for port in ports.values()):
+            assert time.monotonic() < deadline, "receivers did not come up"
+            time.sleep(0.05)
+        os.kill(parent.pid, signal.SIGKILL)
+        parent.wait()
+        deadline = time.monotonic() + 20
+        while _answers(ports["with"]):
+            assert time.monotonic() < deadline, "the receiver outlived its killed parent"
+            time.sleep(0.1)
+        assert "Finished server process" in (tmp_path / "with.log").read_text()   # shut down, not killed
+        assert _answers(ports["without"])
+    finally:
+        parent.kill()
+        for pid in children:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
