@@ -48,7 +48,10 @@ def stored_positions(con: duckdb.DuckDBPyConnection) -> dict[str, FilePosition]:
 _PARSE_SQL = """
 CREATE OR REPLACE TEMP TABLE _wh_parsed AS
 WITH lines AS (
-    SELECT landing_file, line_no, line, json_valid(line) AS line_ok FROM _wh_landed
+    -- a record is ASCII (inbox.encode_record): any other character is damage, even where the line
+    -- still parses (a byte of an id read as U+FFFD made an event Stripe never sent)
+    SELECT landing_file, line_no, line, json_valid(line) AND strlen(line) = length(line) AS line_ok
+    FROM _wh_landed
 ), fields AS (
     SELECT landing_file, line_no, line, line_ok,
            CASE WHEN line_ok THEN line ->> '$.body' END AS body,

@@ -21,7 +21,9 @@ _HEX64 = re.compile(r"[0-9a-f]{64}")
 _TIMESTAMP = re.compile(r"0|[1-9][0-9]{0,11}")
 
 
-@dataclass(frozen=True)
+# not frozen: raising sets `__traceback__` on the exception (contextlib's exit does), which a frozen
+# dataclass refuses, turning a 400 into a FrozenInstanceError (a 500)
+@dataclass(eq=False)
 class Rejected(Exception):
     """A delivery we refuse. `reason` is a short machine-readable code; `status` the HTTP 4xx."""
 
