@@ -21,7 +21,9 @@ def parse_major(text: str, currency: str) -> int:
         raise ValueError(f"{text!r} is not a decimal number") from None
     if not value.is_finite():
         raise ValueError(f"{text!r} is not a finite number")
-    if value.adjusted() > 30:   # beyond any amount (and 1e999999999 overflows the decimal context)
+    # beyond any amount (and 1e999999999 overflows the decimal context); a zero keeps its exponent
+    # ('0e31' is adjusted 31) and is no amount too large
+    if value and value.adjusted() > 30:
         raise ValueError(f"{text!r} is too large")
     digits = minor_digits(currency)
     scaled = value.scaleb(digits)

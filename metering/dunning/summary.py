@@ -30,6 +30,7 @@ CATEGORY_ORDER = {
     "in_dunning": 0, "at_risk": 1, "recovered": 2, "written_off": 3, "void": 4, "below_minimum": 5,
     SUBSCRIPTION_INCOMPLETE: 6,
 }
+_CATEGORY_WIDTH = max(map(len, CATEGORY_ORDER))
 # the category of an invoice never chased, by its `reason`; any other reason is `below_minimum`
 NOT_CHASED = {**CLOSED_BY_STRIPE, SUBSCRIPTION_INCOMPLETE: SUBSCRIPTION_INCOMPLETE}
 SUMMARY_SCHEMA: dict[str, pl.DataType] = {
@@ -81,11 +82,15 @@ def format_summary(summary: pl.DataFrame) -> str:
     """A plain-text table for the terminal."""
     if summary.is_empty():
         return "no failed invoices"
-    header = f"{'currency':<8} {'category':<13} {'step':<20} {'invoices':>8} {'amount_minor':>14} {'amount':>16}"
+    # as wide as the longest category and step name, so no row pushes its numbers out of their columns
+    # (subscription_incomplete, 23 characters, did; a policy's step names are the user's)
+    step = max([20, *(len(name) for name in summary["step_name"].drop_nulls())])
+    header = (f"{'currency':<8} {'category':<{_CATEGORY_WIDTH}} {'step':<{step}} {'invoices':>8} "
+              f"{'amount_minor':>14} {'amount':>16}")
     lines = [header, "-" * len(header)]
     for r in summary.iter_rows(named=True):
         lines.append(
-            f"{r['currency']:<8} {r['category']:<13} {r['step_name'] or '':<20} {r['invoices']:>8} "
-            f"{r['amount_minor']:>14} {r['amount']:>16}"
+            f"{r['currency']:<8} {r['category']:<{_CATEGORY_WIDTH}} {r['step_name'] or '':<{step}} "
+            f"{r['invoices']:>8} {r['amount_minor']:>14} {r['amount']:>16}"
         )
     return "\n".join(lines)

@@ -323,15 +323,15 @@ def test_the_summary_text_table_leaves_the_step_blank_where_there_is_none() -> N
     """(H36: a missing step printed as `None`.) The table for the terminal: a header, a rule as long as the
     header, and one line per summary row; the at_risk and written_off rows have no step: blank, not None."""
     text = format_summary(dunning_summary(SUMMARY_STATE))
-    header = f"{'currency':<8} {'category':<13} {'step':<20} {'invoices':>8} {'amount_minor':>14} {'amount':>16}"
+    header = f"{'currency':<8} {'category':<23} {'step':<20} {'invoices':>8} {'amount_minor':>14} {'amount':>16}"
     lines = text.split("\n")
     assert lines[:2] == [header, "-" * len(header)]
     assert lines[2:] == [
-        f"{'eur':<8} {'in_dunning':<13} {'first_reminder':<20} {1:>8} {750:>14} {'7.50':>16}",
-        f"{'eur':<8} {'at_risk':<13} {'':<20} {1:>8} {750:>14} {'7.50':>16}",
-        f"{'usd':<8} {'in_dunning':<13} {'suspension':<20} {1:>8} {5000:>14} {'50.00':>16}",
-        f"{'usd':<8} {'at_risk':<13} {'':<20} {1:>8} {5000:>14} {'50.00':>16}",
-        f"{'usd':<8} {'written_off':<13} {'':<20} {1:>8} {3000:>14} {'30.00':>16}",
+        f"{'eur':<8} {'in_dunning':<23} {'first_reminder':<20} {1:>8} {750:>14} {'7.50':>16}",
+        f"{'eur':<8} {'at_risk':<23} {'':<20} {1:>8} {750:>14} {'7.50':>16}",
+        f"{'usd':<8} {'in_dunning':<23} {'suspension':<20} {1:>8} {5000:>14} {'50.00':>16}",
+        f"{'usd':<8} {'at_risk':<23} {'':<20} {1:>8} {5000:>14} {'50.00':>16}",
+        f"{'usd':<8} {'written_off':<23} {'':<20} {1:>8} {3000:>14} {'30.00':>16}",
     ]
     assert "None" not in text
     assert format_summary(dunning_summary(_states())) == "no failed invoices"
