@@ -16,6 +16,7 @@ from typing import Any
 import duckdb
 import stripe
 
+from metering.errors import ExternalServiceError
 from metering.rules.meters import Meter
 from metering.stripe.push import PushConfig, PushReport, Pusher
 
@@ -29,9 +30,14 @@ def advance_clock(client: stripe.StripeClient, clock_id: str, to: dt.datetime, *
     client.v1.test_helpers.test_clocks.advance(clock_id, {"frozen_time": target},
                                                {"idempotency_key": f"metering-clock:{clock_id}:{target}"})
     deadline = time.monotonic() + timeout
-    while client.v1.test_helpers.test_clocks.retrieve(clock_id).status != "ready":
+    while (status := client.v1.test_helpers.test_clocks.retrieve(clock_id).status) != "ready":
+        # Stripe's statuses: advancing, internal_failure, ready; a failed clock never becomes ready
+        if status != "advancing":
+            raise ExternalServiceError(
+                f"test clock {clock_id} is {status} after being advanced to "
+                f"{to.astimezone(dt.timezone.utc):%Y-%m-%d %H:%M} UTC: Stripe could not advance it; create a new clock")
         if time.monotonic() > deadline:
-            raise TimeoutError(f"test clock {clock_id} did not finish advancing within {timeout:.0f}s")
+            raise ExternalServiceError(f"test clock {clock_id} did not finish advancing within {timeout:.0f}s")
         time.sleep(0.2)
 
 

@@ -355,3 +355,41 @@ def test_a_clock_is_advanced_to_the_instant_asked_whatever_the_hosts_zone(tokyo:
         clock = client.v1.test_helpers.test_clocks.create({"frozen_time": int(oct1.timestamp())})
         advance_clock(client, clock.id, oct1 + dt.timedelta(days=1))
         assert client.v1.test_helpers.test_clocks.retrieve(clock.id).frozen_time == 1790899200
+
+
+class _FailingClocks:
+    """Stripe's test_clocks as a clock that fails while advancing shows them: Oct 1, then, once asked
+    to advance, `internal_failure` (the sandbox's clocks always advance, so this stands in for it)."""
+
+    def __init__(self, after_advance: str) -> None:
+        self.status, self.after_advance, self.advanced = "ready", after_advance, []
+
+    def retrieve(self, clock_id: str) -> SimpleNamespace:
+        return SimpleNamespace(frozen_time=1790812800, status=self.status)   # 2026-10-01T00:00:00Z
+
+    def advance(self, clock_id: str, params: dict, options: dict) -> None:
+        self.advanced.append(params["frozen_time"])
+        self.status = self.after_advance
+
+
+def _client_of(clocks: _FailingClocks) -> SimpleNamespace:
+    return SimpleNamespace(v1=SimpleNamespace(test_helpers=SimpleNamespace(test_clocks=clocks)))
+
+
+def test_a_clock_that_fails_while_advancing_is_a_stripe_failure_at_once_not_a_timeout() -> None:
+    """A clock in Stripe's `internal_failure` never becomes ready: the wait used to poll it for the whole
+    timeout (120 s) and then raise a bare TimeoutError (exit 1, a traceback). Now it stops at the first
+    read, an ExternalServiceError (exit 5) naming the clock, its status and the target (Oct 2 00:00
+    UTC = 1790899200); a clock still `advancing` past the timeout is one too."""
+    from metering.errors import ExternalServiceError
+
+    clocks = _FailingClocks("internal_failure")
+    started = time.monotonic()
+    with pytest.raises(ExternalServiceError, match=r"^test clock clock_1 is internal_failure after being advanced "
+                                                   r"to 2026-10-02 00:00 UTC: Stripe could not advance it"):
+        advance_clock(_client_of(clocks), "clock_1", dt.datetime(2026, 10, 2, 9, tzinfo=dt.timezone(dt.timedelta(hours=9))))
+    assert time.monotonic() - started < 5
+    assert clocks.advanced == [1790899200]
+    with pytest.raises(ExternalServiceError, match=r"^test clock clock_1 did not finish advancing within 0s$"):
+        advance_clock(_client_of(_FailingClocks("advancing")), "clock_1", dt.datetime(2026, 10, 2, tzinfo=dt.timezone.utc),
+                      timeout=0.3)
