@@ -19,6 +19,7 @@ import pytest
 import stripe
 from dunning_helpers import DAY, T0, put_invoice, write_rules
 from test_actions import REMOVABLE, _FakeEvents
+from test_dunning_mutants25 import WRITE_OFF_POLICY
 
 from metering.dunning.money import minor_to_text_expr, parse_major
 from metering.dunning.policy import load_policy
@@ -256,17 +257,6 @@ def _die_after_ledger_row(con: duckdb.DuckDBPyConnection, rules: Path, now: date
 
     with pytest.raises(Crash):
         run_dunning(con, _client(_Invoices()), load_policy(rules), now, hooks=ActionHooks(after_ledger_commit=crash))
-
-
-WRITE_OFF_POLICY = """
-default:
-  steps:
-    - {name: first_reminder, day: 0, action: reminder, template: t}
-    - {name: payment_retry, day: 3, action: retry}
-    - {name: write_off, day: 30, action: write_off}
-templates:
-  t: {subject: "s", body: "b"}
-"""
 
 
 class _LiveInvoices(_Invoices):
