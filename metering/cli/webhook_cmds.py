@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import json
 import os
+from typing import TYPE_CHECKING
 
 import click
 
 from metering.cli.options import UserPath, listening_socket, parse_url, stripe_errors
 from metering.errors import BadInputError, MeteringError
+
+if TYPE_CHECKING:
+    import uvicorn
 
 SECRET_ENV = "STRIPE_WEBHOOK_SECRET"
 
@@ -73,7 +77,7 @@ def serve(port: int, host: str, landing: str | None, tolerance: int, max_body_by
         raise MeteringError("the webhook receiver did not start (see the log above)")
 
 
-def _stop_when_orphaned(server) -> None:
+def _stop_when_orphaned(server: uvicorn.Server) -> None:
     """Shut `server` down as SIGTERM would once this process's parent is gone. A parent killed with
     SIGKILL runs no clean-up, and its child is re-parented (to init or a subreaper): that change of
     parent is what the watch sees."""

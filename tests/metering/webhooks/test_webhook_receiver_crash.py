@@ -1,4 +1,5 @@
-"""I11 durable-before-ack: a real uvicorn receiver killed with SIGKILL mid-stream loses nothing it acked."""
+"""A real uvicorn receiver process: killed with SIGKILL mid-stream it loses nothing it acked (I11,
+durable before ack); it caps its connections; with --exit-with-parent it ends when its parent is killed."""
 
 from __future__ import annotations
 
