@@ -49,13 +49,13 @@ def resolve_path(explicit: str | os.PathLike[str] | None, env_var: str, default:
     return Path(env) if env else default()
 
 
-def path_origin(explicit: str | os.PathLike[str] | None, option: str, env_var: str) -> str:
+def path_origin(explicit: str | os.PathLike[str] | None, option: str, env_var: str | None) -> str:
     """Where a path under `data_dir()` that `resolve_path` chose came from, to name in a message about
     it: the option when given, else `$<env_var>` when set (a message that named the option blamed
     one never used), else the option's default, which `$METERING_DATA_DIR` may have moved."""
     if explicit:
         return option
-    if os.environ.get(env_var):
+    if env_var and os.environ.get(env_var):
         return f"${env_var}"
     return f"{option} (default{', under $METERING_DATA_DIR' if os.environ.get('METERING_DATA_DIR') else ''})"
 

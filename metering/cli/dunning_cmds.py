@@ -47,7 +47,8 @@ def validate(rules_dir: str | None) -> None:
 
     folder = config.rules_dir(rules_dir)
     if not folder.is_dir():
-        raise BadInputError(f"{folder}: the rules folder does not exist")
+        raise BadInputError(f"{folder}: " + ("is a file, not the rules folder" if folder.exists()
+                                             else "the rules folder does not exist"))
     errors = validate_dunning(rules_dir)
     if errors:
         for line in errors:

@@ -48,10 +48,9 @@ def _rated_versions(warehouse_path: str | None) -> tuple[dict, dict] | None:
     path = config.warehouse_path(warehouse_path)
     if not path.exists():
         return None
-    candidates = [path] + ([config.snapshot_path()] if warehouse_path is None else [])
-    for candidate in candidates:
-        if not candidate.exists():
-            continue
+    # the snapshot copies the default warehouse, so it stands in only for that one
+    candidates = [c for c in [path] + ([config.snapshot_path()] if warehouse_path is None else []) if c.exists()]
+    for tried, candidate in enumerate(candidates, start=1):
         try:
             with warehouse.open_warehouse(candidate, read_only=True) as con:
                 tables = {r[0] for r in con.execute("SELECT table_name FROM information_schema.tables").fetchall()}
@@ -59,7 +58,8 @@ def _rated_versions(warehouse_path: str | None) -> tuple[dict, dict] | None:
                     return {}, {}
                 return rated_hashes(con), rated_until(con, dt.datetime.now(dt.timezone.utc).date())
         except WarehouseLockedError:
-            click.echo(f"note: {candidate} is held by a running job; trying the published snapshot", err=True)
+            if tried < len(candidates):
+                click.echo(f"note: {candidate} is held by a running job; trying the published snapshot", err=True)
     raise WarehouseLockedError(f"{path}: held by another process and no published snapshot to read rated versions from")
 
 
@@ -162,6 +162,11 @@ def rerate(first: dt.date, last: dt.date, warehouse_path: str | None, rules_dir:
         rules_obj = guarded_rules(con, config.rules_dir(rules_dir), dt.datetime.now(dt.timezone.utc))
         link: dict = {"customers": "customer_plans, as stored"}
         frame = None
+        # what rating reads of the list (not names, emails or line numbers): a list giving the same again
+        # leaves no month rated with another
+        stored_plans = ("SELECT customer_id, currency, billing_anchor_day, plan, plan_effective_from, "
+                        "plan_effective_to FROM customer_plans ORDER BY ALL")
+        plans_before = con.execute(stored_plans).fetchall() if customers_file else None
         if customers_file:
             frame = load_customers(customers_file, rules_obj)
             link = {"customers": str(Path(customers_file).resolve()),
@@ -180,7 +185,7 @@ def rerate(first: dt.date, last: dt.date, warehouse_path: str | None, rules_dir:
         done = {s["month"] for s in summaries}
         stale = [m for (m,) in con.execute(
             "SELECT DISTINCT date_trunc('month', period_start)::DATE FROM rated_usage ORDER BY 1").fetchall()
-            if m not in done] if customers_file else []
+            if m not in done] if customers_file and con.execute(stored_plans).fetchall() != plans_before else []
     unpriced = {month: _unpriced_summary(frame) for month, frame in unpriced_frames.items() if frame.height}
     for s in summaries:
         totals = ", ".join(f"{c} {format_minor(t, c)}" for c, t in s["totals"].items()) or "no lines"

@@ -108,7 +108,8 @@ def report(month: dt.date, warehouse_path: str | None, out_dir: str | None) -> N
                 f"been reconciled (run `metering reconcile --period {month:%Y-%m}` first), or it was but had "
                 f"nothing to compare: no rated usage, pushes or Stripe invoices for the month (rate its usage with "
                 f"`metering rerate --from YYYY-MM-DD --to YYYY-MM-DD`, then reconcile again)")
-        files = write_report(con, month, config.ensure_dir(out_dir or default_folder(month), "--out"))
+        files = write_report(con, month, config.ensure_dir(out_dir or default_folder(month),
+                                                           config.path_origin(out_dir, "--out", None)))
     click.echo(f"report for {month:%Y-%m} in {files.folder}")
     click.echo(f"  {files.html.name}, {files.xlsx.name}, " + ", ".join(p.name for p in files.csvs))
     for t in files.data.totals:

@@ -62,7 +62,8 @@ def serve(port: int, host: str, landing: str | None, tolerance: int, max_body_by
     # "listening on" line and with no `error:` line (stripe-sandbox's message and code, shared)
     sock = listening_socket(host, port)
     port = sock.getsockname()[1]   # --port 0: the port the system chose
-    click.echo(f"listening on http://{host}:{port}/webhooks/stripe, landing in {settings.landing_dir}", err=True)
+    shown = f"[{host}]" if ":" in host else host   # an IPv6 address goes in brackets in a URL (RFC 3986)
+    click.echo(f"listening on http://{shown}:{port}/webhooks/stripe, landing in {settings.landing_dir}", err=True)
     # h11, not httptools: h11 refuses a request head over 16 KiB, where httptools buffered any size
     # (64 MiB of one header was read whole before its 400). uvicorn answers 503 once the open
     # connections, the asking one included, reach `limit_concurrency`: hence the + 1.
