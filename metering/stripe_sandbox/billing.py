@@ -72,7 +72,9 @@ def _line(
         "discounts": [],
         "invoice": invoice["id"],
         "livemode": False,
-        "metadata": dict(item.get("metadata") or {}),
+        # spec, line_item.metadata: "for line items with type=subscription, metadata reflects the current
+        # metadata from the subscription associated with the line item"
+        "metadata": dict(sub.get("metadata") or {}),
         "parent": {
             "type": "subscription_item_details",
             "invoice_item_details": None,

@@ -150,7 +150,8 @@ def update_invoice(state: State, req: Request, invoice: str) -> dict[str, Any]:
     advance = as_bool(params["auto_advance"], "auto_advance") if params.get("auto_advance") not in (None, "") else None
     if advance is not None and advance != obj["auto_advance"]:
         if obj["status"] not in ("draft", "open"):
-            raise StripeAPIError(400, f"You can't change auto_advance of a {obj['status']} invoice.",
+            article = "an" if obj["status"][0] in "aeiou" else "a"   # an uncollectible, a paid, a void
+            raise StripeAPIError(400, f"You can't change auto_advance of {article} {obj['status']} invoice.",
                                  code="invoice_not_editable", param="auto_advance")
         if advance and obj["status"] == "open":
             raise invalid("The sandbox does not model resuming automatic collection of an open invoice "

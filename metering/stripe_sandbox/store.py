@@ -200,7 +200,8 @@ class State:
                     "deleted_customers": self.deleted_customers,
                     "sequence": self.sequence,
                 },
-                sort_keys=True,
+                # no sort_keys: each kind's objects are kept in creation order, which lists (newest
+                # first), the pending items an invoice takes (oldest first) and billing's ties read
             )
 
     def save(self, path: str | os.PathLike[str]) -> None:
