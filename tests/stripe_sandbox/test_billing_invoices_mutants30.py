@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 import stripe
 
-from conftest import metered_price, ts, usage
+from conftest import ts
 from metering.stripe_sandbox.testing import running_sandbox
 
 OCT = ts("2026-10-01T00:00:00")
