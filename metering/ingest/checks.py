@@ -76,8 +76,9 @@ def rows_by_date(con: duckdb.DuckDBPyConnection, dates: list[str]) -> dict[str, 
 
 
 _WHAT_BROKE = {
-    CONSERVATION: "conservation (per file: rows read = accepted + quarantined + duplicates dropped, and the "
-                  "rows stored equal the file's manifest entry in ingested_files)",
+    CONSERVATION: "conservation (per file: rows read = accepted + quarantined + duplicates dropped, and so the "
+                  "values (`value`) they carry; and the rows stored, and the sum of their values, equal the "
+                  "file's manifest entry in ingested_files)",
     UNIQUE_EVENT_ID: "event_id uniqueness (no event_id twice in usage_events)",
 }
 _FINDINGS = ("unbalanced_files", "files_with_count_mismatch", "rows_without_manifest", "duplicate_event_ids")
@@ -109,6 +110,6 @@ def require_sound_events(con: duckdb.DuckDBPyConnection) -> dict[str, CheckOutco
         f"usage_events fail the ingest invariant(s) {', '.join(failed)}, so nothing is aggregated (and nothing "
         f"pushed or rated from it): {broken}. Rows were written or removed outside ingestion, or an ingestion "
         f"was interrupted. Find them (SELECT event_id, count(*) FROM usage_events GROUP BY 1 HAVING count(*) > 1; "
-        f"per file, compare usage_events grouped by file_id with ingested_files), restore the warehouse from "
+        f"per file, compare the count and sum(value) of usage_events grouped by file_id with ingested_files), restore the warehouse from "
         f"a backup or delete the stray rows so each file matches its manifest entry, then run again.",
         failed)

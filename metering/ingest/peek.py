@@ -34,7 +34,11 @@ def event_date_range(path: Path) -> tuple[date, date] | None:
             # a timestamp column as the text validation reads (its VARCHAR cast, `... +00`, is no RFC 3339)
             source = f"SELECT {parquet_field_text(types, 'timestamp')} AS ts FROM {parquet_scan(path)}"
         elif fmt == "csv":
-            source = f"SELECT timestamp AS ts FROM read_csv({p}, all_varchar = true, ignore_errors = true, header = true, {NO_HIVE_PARTITIONS})"
+            scan = f"read_csv({p}, all_varchar = true, ignore_errors = true, header = true, {NO_HIVE_PARTITIONS})"
+            # a header without the column (or an empty file) carries no date, as a Parquet file without it
+            if "timestamp" not in {row[0] for row in con.execute(f"DESCRIBE SELECT * FROM {scan}").fetchall()}:
+                return None
+            source = f"SELECT timestamp AS ts FROM {scan}"
         else:
             # records = true: without it a line that is not an object (an array, a number) is read whole
             # as the one column, and its text makes the whole file's range NULL
