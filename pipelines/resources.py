@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import math
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -14,6 +15,7 @@ from metering import config, warehouse
 from metering.errors import BadInputError
 from metering.stripe.client import StripeSettings, checked_retries, checked_timeout, make_client, settings_from_env
 from metering.stripe.push import PushConfig, push_config_from_env
+from metering.stripe.windows import WINDOW_KINDS
 
 WAREHOUSE_POOL = "duckdb_writer"
 """Every asset or check that writes the warehouse runs in this pool (limit 1: one writer at a time)."""
@@ -94,7 +96,8 @@ class StripeResource(dg.ConfigurableResource):
     - `max_network_retries`, `connect_timeout`, `read_timeout`: SDK settings for catalog calls
       (pushes retry themselves, see metering.stripe.retry).
     - `push_rate` (calls/s, 0 = none), `push_concurrency`, `meter_window` (day | hour): push settings;
-      negative / empty = the `STRIPE_PUSH_*` / `STRIPE_METER_WINDOW` environment defaults.
+      a negative rate, a concurrency of 0 or less and an empty window = the `STRIPE_PUSH_*` /
+      `STRIPE_METER_WINDOW` environment defaults.
     - `create_customers`, `test_clock`: sandbox mode for the catalog sync (new customers join the clock).
     - `advance_test_clock`: before pushing a day, advance `test_clock` to that day's end (a no-op when it
       is already later). Materialise days in order: a day whose period invoice was finalized meanwhile
@@ -131,9 +134,17 @@ class StripeResource(dg.ConfigurableResource):
         return make_client(self.settings())
 
     def push_config(self) -> PushConfig:
+        # checked here, naming the resource's field: the push's own checks name its CLI option and
+        # variable, which a run configured in Dagster never set
+        if self.meter_window and self.meter_window not in WINDOW_KINDS:
+            raise BadInputError(f"StripeResource.meter_window: {self.meter_window!r} is not one of "
+                                f"{', '.join(WINDOW_KINDS)} (empty = $STRIPE_METER_WINDOW, else day)")
+        if not math.isfinite(self.push_rate):   # NaN compared as not >= 0 and fell back to the environment's
+            raise BadInputError(f"StripeResource.push_rate: {self.push_rate!r} is not a number of calls per second "
+                                f"(0 = no limit, negative = $STRIPE_PUSH_RATE)")
         return push_config_from_env(
             rate=self.push_rate if self.push_rate >= 0 else None,
-            concurrency=self.push_concurrency or None,
+            concurrency=self.push_concurrency if self.push_concurrency > 0 else None,   # as documented above
             window_kind=self.meter_window or None,
         )
 
