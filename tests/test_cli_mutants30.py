@@ -3,8 +3,8 @@ under-tested (what the audits of rounds 24, 25 and 28 left), and five defects it
 thirtieth session; each of their tests failed on the code before):
 
 - defects: `report` without `--out` blamed `--out` for its default folder (D1); `rules validate` on a
-  held `--warehouse` said it was "trying the published snapshot", which it never reads (D2); `dunning
-  validate` said a rules path that is a file "does not exist" (D3); `rerate --customers` with the very
+  held `--warehouse` said it was "trying the published snapshot", which it never reads (D2, tested in
+  `test_cli_config_mutants25.py`); `dunning validate` said a rules path that is a file "does not exist" (D3); `rerate --customers` with the very
   same list warned "the customer list changed" and listed months to re-rate (D4); `webhooks serve
   --host ::1` announced `http://::1:PORT/...`, which is no URL (D5);
 - `ingest`: `--as-of` with a UTC offset kept as that moment; a stop naming three later files in full and
@@ -26,28 +26,23 @@ on files under tmp_path with real DuckDB, and the Stripe sandbox over loopback w
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import json
 import os
+import subprocess
+import sys
 import time
 import urllib.error
 import urllib.request
-import subprocess
-import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from click.testing import CliRunner
 
 from metering import warehouse
-from metering.cli import cli
 
-PROJECT_ROOT = Path(__file__).resolve().parent.parent
-RULES = PROJECT_ROOT / "rating_rules"
-
-
-def invoke(*args: str, env: dict[str, str] | None = None):
-    return CliRunner().invoke(cli, ["--log-level", "ERROR", *args], env=env)
+from tests.test_cli_mutants28 import RULES, invoke
 
 
 def _event(event_id: str, stamp: str, customer: str = "c1") -> str:
@@ -109,37 +104,21 @@ def test_as_of_with_an_offset_is_that_moment_not_the_same_clock_time_in_utc(tmp_
     assert (row["rows_read"], row["rows_accepted"], row["rows_quarantined"]) == (2, 1, 1)
 
 
-# --- rules validate against a held --warehouse: no snapshot is tried (a defect) ---------------------
+# --- rules validate while another process holds the warehouse -------------------------------------
 
-def _held(db: Path):
-    """Another process holding `db` for writing, as a running job does (ready once it prints `ready`)."""
+@contextlib.contextmanager
+def _held(db: Path) -> Iterator[None]:
+    """Another process holds `db` for writing, as a running job does, while the block runs."""
     holder = subprocess.Popen([sys.executable, "-c", "import duckdb, sys, time; c = duckdb.connect(sys.argv[1]); "
                                "print('ready', flush=True); time.sleep(120)", str(db)],
                               stdout=subprocess.PIPE, text=True)
-    assert holder.stdout.readline().strip() == "ready"
-    return holder
-
-
-def test_rules_validate_on_a_held_warehouse_option_does_not_say_it_tries_the_snapshot(
-        tmp_path: Path, isolated_env: Path) -> None:
-    """`--warehouse held.duckdb`, held by another process, while the published snapshot exists: by design
-    the snapshot (a copy of the default warehouse) is not read instead, so exit 6 (locked). The command
-    printed `note: ... trying the published snapshot`, which it then does not do (the snapshot at
-    $METERING_SNAPSHOT exists and is left alone): the operator is told something false. (Fixed in the
-    thirtieth session.)"""
-    warehouse.connect(isolated_env / "snapshot.duckdb").close()
-    held = tmp_path / "held.duckdb"
-    warehouse.connect(held).close()
-    holder = _held(held)
     try:
-        result = invoke("rules", "validate", "--warehouse", str(held))
+        assert holder.stdout.readline().strip() == "ready"
+        yield
     finally:
         holder.kill()
         holder.wait(timeout=30)
         holder.stdout.close()
-    assert result.exit_code == 6, result.output
-    assert f"{held}: held by another process" in result.output
-    assert "trying the published snapshot" not in result.output, result.output
 
 
 # --- generate: the summary line ----------------------------------------------------------------------
@@ -474,13 +453,8 @@ def test_rules_validate_reads_the_snapshot_while_a_job_holds_the_default_warehou
     held = isolated_env / "warehouse.duckdb"
     warehouse.connect(held).close()
     warehouse.connect(isolated_env / "snapshot.duckdb").close()
-    holder = _held(held)
-    try:
+    with _held(held):
         result = invoke("rules", "validate", str(RULES))
-    finally:
-        holder.kill()
-        holder.wait(timeout=30)
-        holder.stdout.close()
     assert result.exit_code == 0, result.output
     assert f"note: {held} is held by a running job; trying the published snapshot" in result.output
     assert result.stdout.splitlines()[-1] == "ok: 5 meters, 4 plans, 5 versions"
