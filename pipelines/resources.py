@@ -34,10 +34,6 @@ class WarehouseResource(dg.ConfigurableResource):
     wait_seconds: float = 60.0
 
     @property
-    def resolved_path(self) -> Path:
-        return config.warehouse_path(self.path or None)
-
-    @property
     def snapshot_path(self) -> Path:
         return config.snapshot_path(self.snapshot or None)
 

@@ -24,7 +24,6 @@ from datetime import timedelta
 from decimal import Decimal
 
 KNOWN_FIELDS: tuple[str, ...] = ("event_id", "customer_id", "meter", "timestamp", "value", "properties")
-REQUIRED_TEXT_FIELDS: tuple[str, ...] = ("event_id", "customer_id", "meter")
 CONTROL_CHARACTERS = r"[\x00-\x1f\x7f]"
 """A regex class of the characters no text field (nor a column name) may hold: U+0000-U+001F, U+007F."""
 
