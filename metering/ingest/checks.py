@@ -110,6 +110,7 @@ def require_sound_events(con: duckdb.DuckDBPyConnection) -> dict[str, CheckOutco
         f"usage_events fail the ingest invariant(s) {', '.join(failed)}, so nothing is aggregated (and nothing "
         f"pushed or rated from it): {broken}. Rows were written or removed outside ingestion, or an ingestion "
         f"was interrupted. Find them (SELECT event_id, count(*) FROM usage_events GROUP BY 1 HAVING count(*) > 1; "
-        f"per file, compare the count and sum(value) of usage_events grouped by file_id with ingested_files), restore the warehouse from "
-        f"a backup or delete the stray rows so each file matches its manifest entry, then run again.",
+        f"per file, compare the count and sum(value) of usage_events grouped by file_id with ingested_files), "
+        f"restore the warehouse from a backup or delete the stray rows so each file matches its manifest entry, "
+        f"then run again.",
         failed)

@@ -387,9 +387,10 @@ def test_a_clock_that_fails_while_advancing_is_a_stripe_failure_at_once_not_a_ti
     started = time.monotonic()
     with pytest.raises(ExternalServiceError, match=r"^test clock clock_1 is internal_failure after being advanced "
                                                    r"to 2026-10-02 00:00 UTC: Stripe could not advance it"):
-        advance_clock(_client_of(clocks), "clock_1", dt.datetime(2026, 10, 2, 9, tzinfo=dt.timezone(dt.timedelta(hours=9))))
+        tokyo_9am = dt.datetime(2026, 10, 2, 9, tzinfo=dt.timezone(dt.timedelta(hours=9)))   # Oct 2 00:00 UTC
+        advance_clock(_client_of(clocks), "clock_1", tokyo_9am)
     assert time.monotonic() - started < 5
     assert clocks.advanced == [1790899200]
     with pytest.raises(ExternalServiceError, match=r"^test clock clock_1 did not finish advancing within 0s$"):
-        advance_clock(_client_of(_FailingClocks("advancing")), "clock_1", dt.datetime(2026, 10, 2, tzinfo=dt.timezone.utc),
-                      timeout=0.3)
+        advance_clock(_client_of(_FailingClocks("advancing")), "clock_1",
+                      dt.datetime(2026, 10, 2, tzinfo=dt.timezone.utc), timeout=0.3)
