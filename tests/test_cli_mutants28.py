@@ -201,17 +201,23 @@ def test_an_invoice_grace_of_0_overrides_the_variable(tmp_path: Path, isolated_e
         stored = json.loads(con.execute("SELECT settings FROM reconciliation_runs").fetchone()[0])
     assert stored["invoice_grace_seconds"] == 0
 
-def test_a_month_with_invoice_rows_alone_is_reconciled_for_the_report(tmp_path: Path) -> None:
-    """Reconciliation left an invoice row for 2026-10 and no usage rows (an invoice of a flat fee, no
-    metered usage): the month was reconciled, so the report is written (exit 0), not refused as
-    "nothing reconciled". Rated 0.00 (no usage rows), and 1 invoice."""
-    db = tmp_path / "w.duckdb"
+def reconciled_warehouse(db: Path) -> None:
+    """A warehouse whose reconciliation left one matched invoice row for 2026-10 (c1, 19.00 USD) and no
+    usage rows."""
     with warehouse.open_warehouse(db) as con:
         con.execute("""INSERT INTO invoice_reconciliation (billing_month, customer_id, period_start, period_end,
                        currency, our_total_minor, stripe_total_minor, amount_diff_minor, tolerance_minor, status,
                        reason, reconciled_at)
                        VALUES (DATE '2026-10-01', 'c1', DATE '2026-10-01', DATE '2026-11-01', 'usd', 1900, 1900, 0,
                                1, 'matched', '', TIMESTAMPTZ '2026-11-02 00:00:00+00')""")
+
+
+def test_a_month_with_invoice_rows_alone_is_reconciled_for_the_report(tmp_path: Path) -> None:
+    """Reconciliation left an invoice row for 2026-10 and no usage rows (an invoice of a flat fee, no
+    metered usage): the month was reconciled, so the report is written (exit 0), not refused as
+    "nothing reconciled". Rated 0.00 (no usage rows), and 1 invoice."""
+    db = tmp_path / "w.duckdb"
+    reconciled_warehouse(db)
     result = invoke("report", "--period", "2026-10", "--warehouse", str(db), "--out", str(tmp_path / "report"))
     assert result.exit_code == 0, result.output
     assert f"report for 2026-10 in {tmp_path / 'report'}" in result.output

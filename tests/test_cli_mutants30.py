@@ -42,7 +42,7 @@ import pytest
 
 from metering import warehouse
 
-from tests.test_cli_mutants28 import RULES, invoke
+from tests.test_cli_mutants28 import RULES, invoke, reconciled_warehouse
 
 
 def _event(event_id: str, stamp: str, customer: str = "c1") -> str:
@@ -50,15 +50,6 @@ def _event(event_id: str, stamp: str, customer: str = "c1") -> str:
     return (f'{{"event_id":"{event_id}","customer_id":"{customer}","meter":"api_calls","quantity":1,'
             f'"timestamp":"{stamp}"}}\n')
 
-
-def _reconciled_warehouse(db: Path) -> None:
-    """A warehouse whose reconciliation left one matched invoice row for 2026-10 (so `report` runs)."""
-    with warehouse.open_warehouse(db) as con:
-        con.execute("""INSERT INTO invoice_reconciliation (billing_month, customer_id, period_start, period_end,
-                       currency, our_total_minor, stripe_total_minor, amount_diff_minor, tolerance_minor, status,
-                       reason, reconciled_at)
-                       VALUES (DATE '2026-10-01', 'c1', DATE '2026-10-01', DATE '2026-11-01', 'usd', 1900, 1900, 0,
-                               1, 'matched', '', TIMESTAMPTZ '2026-11-02 00:00:00+00')""")
 
 
 # --- report: the default folder is not `--out` (a defect) ------------------------------------------
@@ -69,7 +60,7 @@ def test_report_default_folder_that_cannot_be_created_is_blamed_on_the_default_n
     `dunning run` and every other command do; the message named `--out`, an option never given.
     (Fixed in the thirtieth session.)"""
     db = tmp_path / "w.duckdb"
-    _reconciled_warehouse(db)
+    reconciled_warehouse(db)
     blocked = tmp_path / "a-file"
     blocked.write_text("not a folder\n")
     result = invoke("report", "--period", "2026-10", "--warehouse", str(db), env={"METERING_DATA_DIR": str(blocked)})
@@ -81,7 +72,7 @@ def test_report_default_folder_that_cannot_be_created_is_blamed_on_the_default_n
 def test_report_out_that_cannot_be_created_still_names_out(tmp_path: Path) -> None:
     """The same failure for a folder given as --out names --out (the fix must keep that)."""
     db = tmp_path / "w.duckdb"
-    _reconciled_warehouse(db)
+    reconciled_warehouse(db)
     blocked = tmp_path / "a-file"
     blocked.write_text("not a folder\n")
     result = invoke("report", "--period", "2026-10", "--warehouse", str(db), "--out", str(blocked / "r"))

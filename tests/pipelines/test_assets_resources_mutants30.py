@@ -35,6 +35,7 @@ from pipelines.defs.webhooks.dunning_assets import DUNNING_ASSETS
 from pipelines.resources import ProjectPaths, StripeResource, WarehouseResource, default_resources, stripe_resources
 from tests.pipelines.manifest import record_manifest
 from tests.pipelines.stripe_push.test_stripe_push_assets import CSV, _events, _resources
+from tests.pipelines.test_pipelines_mutants23 import reminder_that_cannot_be_written
 from tests.pipelines.test_pipelines_mutants20 import _ingest   # the ingest tests' conftest, loaded by path
 from tests.pipelines.webhooks.test_webhook_pipeline import deliver, dunning_lifecycle
 from tests.pipelines.webhooks.test_webhook_pipeline import resources as landing_resources
@@ -328,12 +329,7 @@ def test_dunning_metadata_counts_states_ledger_reminders_and_suspensions(tmp_pat
 def test_a_pending_action_counts_among_the_ledgers_rows(tmp_path):
     """The outbox path is a file: the day-0 reminder cannot be written and its ledger row stays pending. The
     ledger holds 1 row (pending 1): row count 1. Kills: a row count of the ledger's settled rows only."""
-    write_rules(tmp_path / "rules", NO_STRIPE_POLICY)
-    with warehouse.open_warehouse(tmp_path / "wh.duckdb") as con:
-        ensure_invoices_table(con)
-        put_invoice(con, "in_1")
-    (tmp_path / "out").mkdir()
-    (tmp_path / "out" / "outbox").write_text("not a folder")
+    reminder_that_cannot_be_written(tmp_path)
     actions = _asset_meta(_dunning(tmp_path, T0.isoformat()), "dunning_actions")
     assert (actions["dagster/row_count"], actions["pending"]) == (1, 1)
 

@@ -222,17 +222,23 @@ def test_rated_usage_reports_customers_not_lines_and_unpriced_hourly_rows(tmp_pa
 
 # -- dunning_actions: a step that could not be done is reported pending ------------------------------------
 
-def test_a_reminder_that_cannot_be_written_is_reported_pending_by_the_check(tmp_path):
-    """The outbox path is a file, not a folder: the day-0 reminder of the one failed invoice cannot be
-    written, so its ledger row stays pending (the next run retries it) and the no_pending_actions check
-    fails with pending 1, as a warning (the run succeeds; each_action_once still passes). Kills: the
-    pending count not read from the ledger (the check passed while a customer was never reminded)."""
+def reminder_that_cannot_be_written(tmp_path: Path) -> None:
+    """One failed invoice (in_1) under the no-Stripe policy, and an outbox path that is a file, not a
+    folder: the day-0 reminder cannot be written, so its ledger row stays pending."""
     write_rules(tmp_path / "rules", NO_STRIPE_POLICY)
     with warehouse.open_warehouse(tmp_path / "wh.duckdb") as con:
         ensure_invoices_table(con)
         put_invoice(con, "in_1")
     (tmp_path / "out").mkdir()
     (tmp_path / "out" / "outbox").write_text("not a folder")
+
+
+def test_a_reminder_that_cannot_be_written_is_reported_pending_by_the_check(tmp_path):
+    """The outbox path is a file, not a folder: the day-0 reminder of the one failed invoice cannot be
+    written, so its ledger row stays pending (the next run retries it) and the no_pending_actions check
+    fails with pending 1, as a warning (the run succeeds; each_action_once still passes). Kills: the
+    pending count not read from the ledger (the check passed while a customer was never reminded)."""
+    reminder_that_cannot_be_written(tmp_path)
     result = _dun(tmp_path, T0.isoformat())
     assert result.success
     checks = {c.check_name: (c.passed, {k: v.value for k, v in c.metadata.items()})

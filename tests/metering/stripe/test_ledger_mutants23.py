@@ -219,15 +219,21 @@ def test_a_row_left_sent_by_a_killed_attempt_is_unknown_when_attempted_again(tmp
         assert con.execute("SELECT status, attempts FROM stripe_push_ledger").fetchall() == [("unknown", 5)]
 
 
+def unknown_after_a_500(con) -> str:
+    """One window's revision 1, sent at T0 and answered by a 500 with request req_1: `unknown`. Its identifier."""
+    ledger.plan_revisions(con, desired({0: Decimal(5)}, set()), T0)
+    [ident] = [r[0] for r in con.execute("SELECT identifier FROM stripe_push_ledger").fetchall()]
+    ledger.mark_sent(con, [ident], T0)
+    ledger.record_outcomes(con, [{"identifier": ident, "status": "unknown", "extra_attempts": 0, "last_error": "500",
+                                  "stripe_request_id": "req_1", "last_http_status": 500, "resolved_by": None}], T0)
+    return ident
+
+
 def test_an_outcome_without_a_request_id_keeps_the_one_stripe_gave_before(tmp_path: Path) -> None:
     """Revision 1 answered `unknown` with request req_1 (a 500), then settled by Stripe's summary
     (no request id, no HTTP status): acknowledged, still req_1 and 500, resolved_by summary."""
     with warehouse.open_warehouse(tmp_path / "l.duckdb") as con:
-        ledger.plan_revisions(con, desired({0: Decimal(5)}, set()), T0)
-        [ident] = [r[0] for r in con.execute("SELECT identifier FROM stripe_push_ledger").fetchall()]
-        ledger.mark_sent(con, [ident], T0)
-        ledger.record_outcomes(con, [{"identifier": ident, "status": "unknown", "extra_attempts": 0, "last_error": "500",
-                                      "stripe_request_id": "req_1", "last_http_status": 500, "resolved_by": None}], T0)
+        ident = unknown_after_a_500(con)
         ledger.record_outcomes(con, [{"identifier": ident, "status": "acknowledged", "extra_attempts": 0,
                                       "last_error": None, "stripe_request_id": None, "last_http_status": None,
                                       "resolved_by": "summary"}], T0)

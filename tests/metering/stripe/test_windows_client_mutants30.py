@@ -39,6 +39,7 @@ from metering.stripe.push import PushConfig
 from metering.stripe_sandbox.testing import running_sandbox
 from push_world import FAST_RETRY, World, customer_on_clock
 from test_ledger import T0, desired
+from test_ledger_mutants23 import unknown_after_a_500
 
 
 _ENV = ("STRIPE_API_KEY", "STRIPE_API_BASE", "STRIPE_METER_EVENTS_BASE", "STRIPE_MAX_NETWORK_RETRIES",
@@ -309,11 +310,7 @@ def test_a_newer_answer_replaces_the_request_id_and_http_status(tmp_path: Path) 
     acknowledged (200, request req_2): the row holds Stripe's newest answer, req_2 and 200, with
     1 + 1 attempts."""
     with warehouse.open_warehouse(tmp_path / "l.duckdb") as con:
-        ledger.plan_revisions(con, desired({0: Decimal(5)}, set()), T0)
-        [ident] = [r[0] for r in con.execute("SELECT identifier FROM stripe_push_ledger").fetchall()]
-        ledger.mark_sent(con, [ident], T0)
-        ledger.record_outcomes(con, [{"identifier": ident, "status": "unknown", "extra_attempts": 0, "last_error": "500",
-                                      "stripe_request_id": "req_1", "last_http_status": 500, "resolved_by": None}], T0)
+        ident = unknown_after_a_500(con)
         ledger.mark_sent(con, [ident], T0)
         ledger.record_outcomes(con, [{"identifier": ident, "status": "acknowledged", "extra_attempts": 0,
                                       "last_error": None, "stripe_request_id": "req_2", "last_http_status": 200,
