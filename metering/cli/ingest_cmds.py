@@ -136,9 +136,6 @@ def ingest(paths: tuple[str, ...], warehouse_path: str | None, rules_dir: str | 
     files = expand_paths(paths)
     if not files:
         raise BadInputError(f"no raw files (.jsonl, .jsonl.gz, .csv, .parquet) under {', '.join(paths)}")
-    if not as_json:
-        click.echo(f"{'file':<40} {'status':<8} {'read':>9} {'accepted':>9} {'quarant.':>9} {'dups':>7} "
-                   f"{'conflicts':>9}  event dates")
 
     def show(r) -> None:
         if as_json:
@@ -150,6 +147,9 @@ def ingest(paths: tuple[str, ...], warehouse_path: str | None, rules_dir: str | 
 
     shown: list[object] = []
     with warehouse.open_warehouse(warehouse_path, memory_limit=memory_limit) as con:
+        if not as_json:   # once the warehouse is open: a held or damaged one leaves stdout empty
+            click.echo(f"{'file':<40} {'status':<8} {'read':>9} {'accepted':>9} {'quarant.':>9} {'dups':>7} "
+                       f"{'conflicts':>9}  event dates")
         try:
             results = ingest_files(con, files, rules_dir=rules_dir, now=as_of,
                                    on_file=lambda r: (shown.append(r), show(r)))
