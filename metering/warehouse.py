@@ -166,10 +166,7 @@ def connect(
         except (duckdb.InternalException, duckdb.FatalException) as exc:
             if "WAL" not in str(exc):
                 raise
-            log_file = database_files(target)[1]
-            raise BadInputError(f"{target}: its write-ahead log {log_file} cannot be replayed onto it: "
-                                f"{str(exc).splitlines()[0]} (a log left beside a file restored from a snapshot "
-                                "belongs to the file it replaced: move it aside; see docs/durability.md)") from None
+            raise _log_replay_failure(target, exc) from None
         except duckdb.IOException as exc:
             reader = _held_by_reader(str(exc))
             if not _is_lock_conflict(str(exc)) or time.monotonic() >= deadline:
@@ -192,6 +189,13 @@ def connect(
             raise
         raise failure from exc
     return con
+
+
+def _log_replay_failure(path: Path, exc: duckdb.Error) -> BadInputError:
+    """DuckDB could not replay the write-ahead log beside `path` onto it (a log left beside a restored file)."""
+    return BadInputError(f"{path}: its write-ahead log {database_files(path)[1]} cannot be replayed onto it: "
+                         f"{str(exc).splitlines()[0]} (a log left beside a file restored from a snapshot "
+                         "belongs to the file it replaced: move it aside; see docs/durability.md)")
 
 
 def _failure_in_use(path: Path, exc: duckdb.Error, memory_limit: str | None = None) -> MeteringError | None:
@@ -418,7 +422,8 @@ def table_columns(con: duckdb.DuckDBPyConnection, table: str) -> set[str]:
     """The columns of `table` in the current schema (empty when the table does not exist): how the
     modules that read a table an optional step writes tell whether, and in which shape, it is there."""
     rows = con.execute(
-        "SELECT column_name FROM information_schema.columns WHERE table_name = ? AND table_schema = current_schema()",
+        "SELECT column_name FROM information_schema.columns WHERE table_name = ? AND table_schema = current_schema() "
+        "AND table_catalog = current_database()",
         [table],
     ).fetchall()
     return {r[0] for r in rows}
@@ -446,6 +451,10 @@ def publish(
         # the swap would replace the warehouse itself, or its log, with the copy
         raise BadInputError(f"{dest}: the snapshot cannot be the warehouse or its write-ahead log; choose another "
                             f"file (the default is data/snapshot.duckdb)")
+    if dest.exists() and dest.stat().st_size and _is_a_warehouse(dest):
+        raise BadInputError(f"{dest}: the snapshot would replace this file, which is a metering warehouse (it has "
+                            f"schema_migrations and no {ANALYST_SCHEMA} views); choose another file (the default is "
+                            f"data/snapshot.duckdb)")
     tmp = dest.with_name(f".{dest.name}.{os.getpid()}.tmp")
     _remove_abandoned_copies(dest)
     remove_database(tmp)
@@ -513,6 +522,22 @@ def _refuse_overwriting_another_file(dest: Path) -> None:
     if not holds:
         raise BadInputError(f"{dest}: the snapshot would replace this file, which is not a DuckDB database; choose "
                             f"another file (the default is data/snapshot.duckdb)")
+
+
+def _is_a_warehouse(path: Path) -> bool:
+    """A DuckDB file with `main.schema_migrations` but no analyst views: a warehouse, not a snapshot. A file
+    that cannot be opened read-only (held by a writer) counts as one: replacing it would lose its writes."""
+    try:
+        with duckdb.connect(str(path), read_only=True) as con:
+            migrated, views = con.execute(
+                "SELECT (SELECT count(*) FROM duckdb_tables() WHERE database_name = current_database() AND "
+                "schema_name = 'main' AND table_name = 'schema_migrations'), (SELECT count(*) FROM duckdb_views() "
+                "WHERE database_name = current_database() AND schema_name = ?)", [ANALYST_SCHEMA]).fetchone()
+    except duckdb.IOException as exc:
+        return _is_lock_conflict(str(exc))
+    except duckdb.Error:
+        return False
+    return bool(migrated) and not views
 
 
 def _refuse_catalog_named_like_the_views(dest: Path) -> None:
@@ -602,6 +627,10 @@ def _write_snapshot(tmp: Path, warehouse: str | os.PathLike[str] | None, con: du
             except duckdb.IOException as exc:
                 raise _open_failure(source, exc, "a running job holds the warehouse{holder}; publish from that "
                                     "job, or retry when it ends") from None
+            except (duckdb.InternalException, duckdb.FatalException) as exc:
+                if "WAL" not in str(exc):
+                    raise
+                raise _log_replay_failure(source, exc) from None
             # the analyst views are written for the current schema
             refuse_schema_behind(reader, source, catalog="snapshot_source",
                                  then="any writing command applies them (e.g. `metering ingest` of a folder "
