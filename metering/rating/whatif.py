@@ -65,7 +65,10 @@ def read_usage_file(path: str | Path) -> pl.DataFrame:
         raise BadInputError(f"{path}: cannot read usage file: {exc}") from None
     if FILE_LINE in frame.columns:   # the file's own values would be taken for line numbers in every message
         raise BadInputError(f"{path}: (header): column '{FILE_LINE}' is reserved; rename it")
-    if starts is not None and frame.height == len(starts):   # a record may span lines
+    if starts is not None and frame.height != len(starts):   # bare CR line ends: Polars sees no record
+        raise BadInputError(f"{path}: cannot read usage file: {len(starts)} record(s) but {frame.height} row(s) "
+                            "read (line ends other than LF or CRLF?)")
+    if starts is not None:   # a record may span lines
         frame = frame.with_columns(pl.Series(FILE_LINE, starts, dtype=pl.UInt32))
     return frame
 
@@ -171,6 +174,8 @@ def rate_usage(usage: pl.DataFrame, rules: Rules, *, plan: str | None = None, at
         frame = frame.with_row_index("_line", offset=2)
     _fail(source, frame, pl.col("customer_id").str.strip_chars().fill_null("") == "", "customer_id", "empty")
     quantity = pl.col("quantity").cast(pl.String).str.strip_chars()
+    if isinstance(usage.schema["quantity"], pl.Decimal):   # the column's scale pads the value with zeros
+        quantity = quantity.str.replace(r"(\.[0-9]*?)0+$", "${1}").str.strip_suffix(".")
     frame = frame.with_columns(quantity_text=quantity)
     # at most 26 integer digits: what DECIMAL(38, 12) holds (more once ended in a Polars panic)
     _fail(source, frame, ~frame["quantity_text"].str.contains(r"^[0-9]{1,26}(\.[0-9]{1,12})?$").fill_null(False),
