@@ -128,10 +128,11 @@ class ReportData:
         JPY is about 340 USD, not above 396.00 USD)."""
         return (
             self.lines.filter(~pl.col("status").is_in(list(CLEAN_STATUSES)))
-            .with_columns(abs_diff_minor=pl.col("amount_diff_minor").abs())
-            .sort(["currency", "abs_diff_minor", "customer_id", "meter"], descending=[False, True, False, False],
+            # no currency sorts as the totals' '?' (first), not last
+            .with_columns(abs_diff_minor=pl.col("amount_diff_minor").abs(), _cur=pl.col("currency").fill_null("?"))
+            .sort(["_cur", "abs_diff_minor", "customer_id", "meter"], descending=[False, True, False, False],
                   nulls_last=True)
-            .drop("abs_diff_minor")
+            .drop("abs_diff_minor", "_cur")
         )
 
     def status_counts(self) -> dict[str, int]:
