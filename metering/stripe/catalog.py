@@ -358,6 +358,10 @@ def sync_prices(client: stripe.StripeClient, rules: Rules, report: CatalogReport
                         f"kept for every subscription of this version, and Stripe bills the charge its own way, "
                         f"which reconciliation reports where it differs: {exc}; a new plan version bills it as "
                         f"invoice items"))
+                    if getattr(kept, "active", True) is False:   # as for a price found archived, below
+                        report.archived_prices.add(kept.id)
+                        report.findings.append(Finding(
+                            "drift", "price", our_key, kept.id, "active", "true", "false", ARCHIVED_DETAIL))
                 else:
                     report.findings.append(Finding("not_expressible", "price", our_key, detail=str(exc)))
                 continue
@@ -554,6 +558,14 @@ def sync_customers(
                                                                  tz=dt.timezone.utc)), now)
             priced = [c for c in carried.charges if (carried.plan, carried.version, c.name) in report.prices]
             items = [{"price": report.prices[(carried.plan, carried.version, c.name)]} for c in priced]
+            if not items:
+                # Stripe refuses a subscription without items: one request failed the whole sync
+                report.findings.append(Finding(
+                    "not_subscribed", "subscription", cid, None, "plan", f"{carried.plan} {carried.version}", None,
+                    "not subscribed: no charge of the version has a Stripe price (Stripe refuses a subscription "
+                    "without items); its charges are billed as invoice items, which need a live subscription"))
+                report.customers.append(_customer_row(cid, cus, None, carried.plan, carried.version, anchor_day))
+                continue
             archived = sorted(i["price"] for i in items if i["price"] in report.archived_prices)
             if archived:
                 report.findings.append(Finding(
@@ -633,14 +645,27 @@ def sync_customers(
     # carrying the same metadata[customer_id]): their live subscriptions go on billing
     listed = set(customers["customer_id"].cast(pl.String).to_list())
     mapped = {c["customer_id"]: c["stripe_customer_id"] for c in report.customers}
+    mapped_subs = {c["stripe_customer_id"]: c["subscription_id"] for c in report.customers}
     for ours, cus in all_ours:
         if mapped.get(ours) == cus.id:
+            # a second live subscription of ours on the mapped customer bills the fee and usage again,
+            # on invoices that are not ours (OUR_SUBSCRIPTIONS_SQL): reconciliation never sees them
+            for extra in live_subs.get(cus.id, []):
+                carried = _carried_version(extra)
+                if extra.id != mapped_subs.get(cus.id) and carried != (None, None):
+                    report.findings.append(Finding(
+                        "orphan", "subscription", ours, extra.id, "subscription_id",
+                        f"mapped to {mapped_subs.get(cus.id)}", f"{carried[0]} {carried[1]}",
+                        f"a second live subscription of ours for Stripe customer {cus.id} (its status: "
+                        f"{extra.status}): it bills what the mapped one bills, again; {_LEFT_AS_IS}"))
             continue
         why = ("is not in our customer list" if ours not in listed
                else f"is not the Stripe customer {ours} is mapped to ({mapped[ours]}): a duplicate" if ours in mapped
                else "has no plan in force")
         for gone in live_subs.get(cus.id, []):
             carried = _carried_version(gone)
+            if carried == (None, None):   # another product's (support, say): never ours, as above
+                continue
             report.findings.append(Finding(
                 "orphan", "subscription", ours, gone.id, "customer_id",
                 "not in the customer list" if ours not in listed else f"mapped to {mapped.get(ours)}",
