@@ -35,7 +35,7 @@ import duckdb
 import polars as pl
 import pyarrow as pa
 
-from metering import config
+from metering import config, files
 from metering.errors import BadInputError, MeteringError, WarehouseLockedError
 
 log = logging.getLogger(__name__)
@@ -290,13 +290,13 @@ def _refuse_other_migrations(recorded: dict[str, str], where: Path | None) -> No
     warehouse was built by a newer version), or one whose text has changed since it was applied (the
     schema it made is not the one this code expects). Either way, working on it would fail late, with a
     DuckDB error in the middle of a job, or write rows of another layout."""
-    files = {file.stem: file for file in migration_files()}
-    unknown = sorted(set(recorded) - set(files))
+    ours = {file.stem: file for file in migration_files()}
+    unknown = sorted(set(recorded) - set(ours))
     if unknown:
         raise BadInputError(
             f"{where or 'the warehouse'}: its schema was made by a newer version of metering (migration(s) "
             f"{', '.join(unknown)} unknown here); use that version, or ingest the raw files into a new warehouse")
-    changed = sorted(v for v, checksum in recorded.items() if checksum != migration_checksum(files[v].read_text()))
+    changed = sorted(v for v, checksum in recorded.items() if checksum != migration_checksum(ours[v].read_text()))
     if changed:
         raise BadInputError(
             f"{where or 'the warehouse'}: migration(s) {', '.join(changed)} were applied from another text than "
@@ -460,12 +460,12 @@ def publish(
     remove_database(tmp)
     try:
         copied = _write_snapshot(tmp, warehouse, con)
-        with open(tmp, "rb") as fh:
-            os.fsync(fh.fileno())
+        files.sync(tmp)
         # a log beside the old snapshot (a session that opened it read-write and was killed) would be
         # replayed onto the new one by its next reader
         database_files(dest)[1].unlink(missing_ok=True)
         os.replace(tmp, dest)
+        files.sync(dest.parent)   # the rename lives in the folder: a power cut could bring back the old one
     except BaseException:
         remove_database(tmp)   # a failed publish leaves the old snapshot, and nothing else
         raise
