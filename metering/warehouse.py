@@ -451,10 +451,8 @@ def publish(
         # the swap would replace the warehouse itself, or its log, with the copy
         raise BadInputError(f"{dest}: the snapshot cannot be the warehouse or its write-ahead log; choose another "
                             f"file (the default is data/snapshot.duckdb)")
-    if dest.exists() and dest.stat().st_size and _is_a_warehouse(dest):
-        raise BadInputError(f"{dest}: the snapshot would replace this file, which is a metering warehouse (it has "
-                            f"schema_migrations and no {ANALYST_SCHEMA} views); choose another file (the default is "
-                            f"data/snapshot.duckdb)")
+    if dest.exists() and dest.stat().st_size:
+        _refuse_replacing_a_warehouse(dest)
     tmp = dest.with_name(f".{dest.name}.{os.getpid()}.tmp")
     _remove_abandoned_copies(dest)
     remove_database(tmp)
@@ -524,20 +522,28 @@ def _refuse_overwriting_another_file(dest: Path) -> None:
                             f"another file (the default is data/snapshot.duckdb)")
 
 
-def _is_a_warehouse(path: Path) -> bool:
-    """A DuckDB file with `main.schema_migrations` but no analyst views: a warehouse, not a snapshot. A file
-    that cannot be opened read-only (held by a writer) counts as one: replacing it would lose its writes."""
+def _refuse_replacing_a_warehouse(dest: Path) -> None:
+    """Refuse to replace a DuckDB file that is a warehouse, not a snapshot: one with `main.schema_migrations`
+    but no analyst views (the paths mixed up), or one a process holds open for writing (a running job's
+    warehouse; a snapshot is only ever read): the swap would lose its data and the writes in its log."""
     try:
-        with duckdb.connect(str(path), read_only=True) as con:
+        with duckdb.connect(str(dest), read_only=True) as con:
             migrated, views = con.execute(
                 "SELECT (SELECT count(*) FROM duckdb_tables() WHERE database_name = current_database() AND "
                 "schema_name = 'main' AND table_name = 'schema_migrations'), (SELECT count(*) FROM duckdb_views() "
                 "WHERE database_name = current_database() AND schema_name = ?)", [ANALYST_SCHEMA]).fetchone()
     except duckdb.IOException as exc:
-        return _is_lock_conflict(str(exc))
+        if _is_lock_conflict(str(exc)):
+            raise BadInputError(f"{dest}: the snapshot would replace this file, which another process holds open "
+                                f"for writing{_lock_holder(str(exc))} (a snapshot is opened read-only): close that "
+                                "connection, or choose another file (the default is data/snapshot.duckdb)") from None
+        return
     except duckdb.Error:
-        return False
-    return bool(migrated) and not views
+        return
+    if migrated and not views:
+        raise BadInputError(f"{dest}: the snapshot would replace this file, which is a metering warehouse (it has "
+                            f"schema_migrations and no {ANALYST_SCHEMA} views); choose another file (the default is "
+                            f"data/snapshot.duckdb)")
 
 
 def _refuse_catalog_named_like_the_views(dest: Path) -> None:

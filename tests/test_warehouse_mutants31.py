@@ -308,3 +308,53 @@ def test_publish_refuses_to_replace_another_metering_warehouse(tmp_path):
         warehouse.publish(staging, main)
     with duckdb.connect(str(main), read_only=True) as reader:
         assert reader.execute("SELECT count(*) FROM kept").fetchone() == (4,)
+
+
+def _holding(path, read_only: bool):
+    """Another process holding `path` open (read-only, as an analyst; or read-write), until killed."""
+    holder = subprocess.Popen([sys.executable, "-c", "import duckdb, sys, time; c = duckdb.connect(sys.argv[1], "
+                               f"read_only={read_only}); print('ready', flush=True); time.sleep(120)", str(path)],
+                              stdout=subprocess.PIPE, text=True)
+    assert holder.stdout.readline().strip() == "ready"
+    return holder
+
+
+def test_publish_refuses_a_snapshot_another_process_holds_open_for_writing(tmp_path):
+    """The destination held read-write by another process (a running job's warehouse given as the
+    snapshot): it cannot be read to tell what it is, and the swap would lose its writes. Refused, naming
+    the holder and what to do; the file is left as it was."""
+    wh, snap = tmp_path / "w.duckdb", tmp_path / "s.duckdb"
+    warehouse.connect(wh).close()
+    warehouse.publish(wh, snap)
+    before = snap.read_bytes()
+    holder = _holding(snap, read_only=False)
+    try:
+        with pytest.raises(BadInputError) as raised:
+            warehouse.publish(wh, snap)
+    finally:
+        holder.kill()
+        holder.wait(timeout=30)
+        holder.stdout.close()
+    assert f"which another process holds open for writing (PID {holder.pid}," in str(raised.value)
+    assert "(a snapshot is opened read-only): close that connection" in str(raised.value)
+    assert snap.read_bytes() == before
+
+
+def test_publish_replaces_a_snapshot_an_analyst_has_open_read_only(tmp_path):
+    """An analyst's read-only session on the snapshot does not stop a publish (the point of the snapshot):
+    the new copy, with the warehouse's new row, is in place."""
+    wh, snap = tmp_path / "w.duckdb", tmp_path / "s.duckdb"
+    with warehouse.open_warehouse(wh) as con:
+        con.execute("CREATE TABLE k AS SELECT 1 AS n")
+    warehouse.publish(wh, snap)
+    with warehouse.open_warehouse(wh) as con:
+        con.execute("INSERT INTO k VALUES (2)")
+    holder = _holding(snap, read_only=True)
+    try:
+        assert warehouse.publish(wh, snap) == snap
+    finally:
+        holder.kill()
+        holder.wait(timeout=30)
+        holder.stdout.close()
+    with duckdb.connect(str(snap), read_only=True) as reader:
+        assert reader.execute("SELECT n FROM k ORDER BY n").fetchall() == [(1,), (2,)]
