@@ -227,16 +227,26 @@ class DemoRunner:
         )
         self.runs += 1
         if not result.success:
-            failed = [e.message for e in result.all_events if e.is_failure]
+            scope = f"{partition_range[0]}..{partition_range[1]}" if partition_range else "unpartitioned"
+            failed = [_failure_text(e) for e in result.all_events if e.is_step_failure] or \
+                [e.message for e in result.all_events if e.is_failure]
             failed_checks = [
                 f"{c.asset_key.to_user_string()}:{c.check_name}"
                 for c in result.get_asset_check_evaluations() if not c.passed and c.severity == dg.AssetCheckSeverity.ERROR
             ]
             raise CheckFailedError(
-                f"demo step {list(keys)} ({partition_key or 'unpartitioned'}) failed: "
+                f"demo step {list(keys)} ({partition_key or scope}) failed: "
                 f"{'; '.join(failed_checks) or '; '.join(m or '' for m in failed)[:800]}"
             )
         return result
+
+
+def _failure_text(event: dg.DagsterEvent) -> str:
+    """A failed step's own error (the innermost cause: the op's exception, naming its file and line)."""
+    error = event.step_failure_data.error
+    while error is not None and error.cause is not None:
+        error = error.cause
+    return error.message.strip() if error is not None else (event.message or "")
 
 
 def _instance(options: DemoOptions) -> dg.DagsterInstance:
@@ -319,7 +329,8 @@ def _claim_folder(options: DemoOptions) -> None:
     wanted = options.identity()
     if options.record.exists():
         held = _json_object(options.record, "the demo's record", f"expected an object with {', '.join(wanted)}",
-                            lambda doc: set(doc) == set(wanted))
+                            lambda doc: set(doc) == set(wanted)
+                            and all(type(doc[k]) is type(v) for k, v in wanted.items()))
         if held != wanted:
             raise BadInputError(
                 f"{options.data_dir} holds the demo of {_describe(held)}, not {_describe(wanted)}: one data folder "
@@ -427,9 +438,12 @@ def run_demo(options: DemoOptions, echo=print) -> DemoSummary:
                 # aggregated and pushed, then the clock crosses the boundary and Stripe invoices it.
                 _advance_clock(sandbox, client, clock_id, _utc(checkpoint) - dt.timedelta(minutes=10))
                 arrived = [f for day, fs in sorted(arrivals.items()) if prev <= day < checkpoint for f in fs]
-                runner.materialize(["usage_events", "usage_aggregates", "stripe_usage_pushes"],
-                                   partition_range=(options.month, checkpoint - dt.timedelta(days=1)),
-                                   run_config={"ops": {"usage_events": {"config": {"files": arrived}}}})
+                keys, run_config = ["usage_aggregates", "stripe_usage_pushes"], None
+                if arrived:   # with no file named, usage_events ingests every new file, ahead of the clock
+                    keys = ["usage_events", *keys]
+                    run_config = {"ops": {"usage_events": {"config": {"files": arrived}}}}
+                runner.materialize(keys, partition_range=(options.month, checkpoint - dt.timedelta(days=1)),
+                                   run_config=run_config)
                 echo(f"  up to {checkpoint}: ingested {len(arrived)} file(s), aggregated and pushed")
                 _advance_clock(sandbox, client, clock_id, _utc(checkpoint) + dt.timedelta(minutes=15))
                 prev = checkpoint
@@ -446,11 +460,11 @@ def run_demo(options: DemoOptions, echo=print) -> DemoSummary:
             echo("closing the period (invoices finalized, paid or failed) ...")
             close = _utc(options.month_end) + GRACE + dt.timedelta(minutes=30)
             _advance_clock(sandbox, client, clock_id, close)
-            if options.plant_discrepancies:
+            if options.plant_discrepancies and (late := plant_after_close(options)):
                 # usage arriving after the invoice was finalized: re-rated as a late-usage adjustment,
                 # whose invoice items (if any) go onto the next invoice
                 runner.materialize(["usage_events", "usage_aggregates", "stripe_usage_pushes"], last_day.isoformat(),
-                                   {"ops": {"usage_events": {"config": {"files": plant_after_close(options)}}}})
+                                   {"ops": {"usage_events": {"config": {"files": late}}}})
                 runner.materialize(["rated_usage", "invoice_previews", "stripe_invoice_items"], month_key)
             stripe_state = ["stripe_webhook_events", "stripe_invoices", "stripe_subscriptions", "stripe_payment_attempts"]
 

@@ -127,6 +127,8 @@ def plant_extra_usage(client: stripe.StripeClient, con, options: DemoOptions) ->
     if row is None:
         return None
     customer_id, stripe_customer, day = row
+    if _planted(client, stripe_customer, day):   # by an earlier run (the day has none of our usage)
+        return customer_id, "api_calls"
     try:
         _send_extra(client, customer_id, stripe_customer, day)
     except stripe.InvalidRequestError as exc:
@@ -134,6 +136,16 @@ def plant_extra_usage(client: stripe.StripeClient, con, options: DemoOptions) ->
         if "already exists" not in str(exc):
             raise
     return customer_id, "api_calls"
+
+
+def _planted(client: stripe.StripeClient, stripe_customer: str, day: dt.date) -> bool:
+    start = int(dt.datetime(day.year, day.month, day.day, tzinfo=dt.UTC).timestamp())
+    for meter in client.v1.billing.meters.list({"limit": 100}).auto_paging_iter():
+        if meter.event_name == event_name("api_calls"):
+            summaries = client.v1.billing.meters.event_summaries.list(
+                meter.id, {"customer": stripe_customer, "start_time": start, "end_time": start + 86400}).data
+            return any(s.aggregated_value for s in summaries)
+    return False
 
 
 def _send_extra(client: stripe.StripeClient, customer_id: str, stripe_customer: str, day: dt.date) -> None:
@@ -150,9 +162,12 @@ def plant_after_close(options: DemoOptions) -> list[str]:
     with options.customers_file.open(newline="") as fh:
         rows = list(csv.DictReader(fh))
     changing = {r["customer_id"] for r in rows if r["plan_effective_from"] != options.month.isoformat()}
-    customer_id = min(r["customer_id"] for r in rows  # a calendar-month customer on one plan all month
-                      if r["billing_anchor_day"] in ("", "1") and r["customer_id"] not in changing
-                      and r["plan"] != DRIFT_PLAN)
+    candidates = [r["customer_id"] for r in rows  # a calendar-month customer on one plan all month
+                  if r["billing_anchor_day"] in ("", "1") and r["customer_id"] not in changing
+                  and r["plan"] != DRIFT_PLAN]
+    if not candidates:   # a small demo may have none: no late file (the demo skips that step)
+        return []
+    customer_id = min(candidates)
     event = {"event_id": f"evt_late_after_close_{last_day:%Y%m%d}", "customer_id": customer_id,
              "meter": "api_calls", "timestamp": f"{last_day}T18:30:00Z", "properties": {"region": "us"}}
     path = Path(options.raw) / LATE_FILE
