@@ -130,6 +130,9 @@ class _Handed:
     # retry hours later classifies the rows as the first attempt would have (I17); "" in entries
     # written before the sensor kept it (their runs use the time they run)
     as_of: str = ""
+    # the file's place in its request's list (the order its runs ingest the files): a retry lists them
+    # in the same order; 0 in entries written before the sensor kept it (path order among them)
+    position: int = 0
 
     @property
     def stat(self) -> _Stat:
@@ -159,9 +162,11 @@ class _Cursor:
                              {"version": int, "tick": int, "files": dict, "pending": dict}, "cursor")
         if raw["version"] != CURSOR_VERSION:
             raise ValueError(f"cursor version {raw['version']}, expected {CURSOR_VERSION}")
-        files = {path: _Handed(**require_fields({"as_of": "", **entry} if isinstance(entry, dict) else entry,
+        defaults = {"as_of": "", "position": 0}
+        files = {path: _Handed(**require_fields({**defaults, **entry} if isinstance(entry, dict) else entry,
                                                 {"sha256": str, "size": int, "mtime_ns": int, "run_key": str,
-                                                 "attempt": int, "status": str, "as_of": str}, path))
+                                                 "attempt": int, "status": str, "as_of": str, "position": int},
+                                                path))
                  for path, entry in raw["files"].items()}
         if bad := {p: f.status for p, f in files.items() if f.status not in (REQUESTED, DONE, GAVE_UP)}:
             raise ValueError(f"unknown file status: {bad}")
@@ -250,6 +255,7 @@ def _follow_up(context: dg.SensorEvaluationContext, handed: dict[str, _Handed], 
     requests: list[dg.RunRequest] = []
     superseded: set[str] = set()
     for (base, attempt), keys in sorted(groups.items()):
+        keys.sort(key=lambda k: (handed[k].position, k))   # the order the request listed them in
         if changing.intersection(keys):
             continue
         retry = [k for k in keys if k not in replaced and k in present]
@@ -495,8 +501,8 @@ def raw_usage_files_sensor(context: dg.SensorEvaluationContext, paths: ProjectPa
         now = datetime.now(timezone.utc)
         base = _run_key([digest for digest, _ in new.values()], now)
         as_of = now.replace(microsecond=0).isoformat()
-        handed.update({key: _Handed(digest, stat.size, stat.mtime_ns, base, 1, REQUESTED, as_of)
-                       for key, (digest, stat) in new.items()})
+        handed.update({key: _Handed(new[key][0], new[key][1].size, new[key][1].mtime_ns, base, 1, REQUESTED, as_of, i)
+                       for i, key in enumerate(order)})
         requests.append(_request(context, [present[k] for k in order], base, 1, as_of))  # arrival order
     if unreadable:
         context.log.warning(f"cannot read {len(unreadable)} raw file(s): {unreadable}")

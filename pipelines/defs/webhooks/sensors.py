@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import dataclass
+from datetime import datetime, timezone
 
 import dagster as dg
 
@@ -114,7 +115,10 @@ def build_landing_sensor(job: dg.UnresolvedAssetJobDefinition) -> dg.SensorDefin
             # that run has ended, and it lands everything new, as it reads from the stored offsets
             return dg.SkipReason(f"landing files grew; waiting for landing run {busy.run_id} ({busy.status.value})")
         if grown:
-            base = hashlib.sha256(json.dumps(sizes, sort_keys=True).encode()).hexdigest()[:16]
+            # the tick's time too: a request after the cursor was dropped must not reuse an earlier request's key
+            # (Dagster launches no run for a key it has seen)
+            base = hashlib.sha256(f"{datetime.now(timezone.utc).isoformat()}\n{json.dumps(sizes, sort_keys=True)}"
+                                  .encode()).hexdigest()[:16]
             context.update_cursor(_Cursor(sizes, base, 1).dumps())
             return _request(context, base, 1, len(grown))
         state, retry = _follow_up(context, state) if state.run_key else (state, None)

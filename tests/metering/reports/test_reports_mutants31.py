@@ -21,7 +21,6 @@ import csv
 import re
 
 import openpyxl
-import pytest
 import polars as pl
 from recon_fixture import MONTH, NOW
 
