@@ -231,7 +231,9 @@ class InvoiceItemBiller:
             log.warning("%d charge(s) still changing after %d rounds: the next run continues", still_changing, MAX_ROUNDS)
         left = _ledger(self.con, billing_month)
         latest = left.sort("revision").group_by(CHARGE_KEY).last()
-        report.failed = latest.filter(pl.col("status") == "failed").height
+        # a failed row counts while its charge is still owed: one whose difference a later rating undid needs nothing
+        report.failed = (latest.filter(pl.col("status") == "failed")
+                         .join(self._owed, on=CHARGE_KEY, how="semi").height)
         report.unknown = left.filter(pl.col("status").is_in(["sent", "unknown"])).height + still_changing
         report.blocked = left.filter(pl.col("status") == "blocked").height
         report.seconds = time.monotonic() - started
@@ -284,6 +286,7 @@ class InvoiceItemBiller:
                                 pl.col("revision").fill_null(0), pl.col("in_flight").fill_null(False),
                                 period_end=pl.coalesce("period_end", "period_end_ledger"),
                                 currency=pl.coalesce("currency", "currency_ledger")))
+        self._owed = merged.filter(pl.col("target_minor") != pl.col("billed_minor")).select(CHARGE_KEY)
         due = merged.filter(~pl.col("in_flight") & (pl.col("target_minor") != pl.col("billed_minor")))
         # A period with usage Stripe never billed (windows pushed too late for its invoice) whose
         # differences come to a credit: most likely a minimum's true-up shrinking under that very usage,
