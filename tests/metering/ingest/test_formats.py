@@ -236,7 +236,10 @@ _VALUES = st.one_of(st.none(), st.text(st.characters(codec="utf-8", exclude_char
 
 
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(props=st.dictionaries(_KEYS, _VALUES, min_size=1, max_size=4))
+# keys differing only in case are one name to a Parquet struct, which is refused by design (docs/ingest.md):
+# not the case this compares (hypothesis drew {"Ă": None, "ă": None} in the thirty-first session)
+@given(props=st.dictionaries(_KEYS, _VALUES, min_size=1, max_size=4).filter(
+    lambda d: len({k.casefold() for k in d}) == len(d)))
 def test_parquet_struct_properties_read_like_json_lines(props, tmp_path_factory):
     """A Parquet struct's properties are written canonical straight from the struct (no JSON round
     trip); they must come out exactly as the same object sent as JSON lines: same text, same reason."""
