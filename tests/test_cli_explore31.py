@@ -5,12 +5,11 @@
 """
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
 
 from metering import warehouse
 from tests.test_cli_mutants28 import _event, invoke
+from tests.test_warehouse_mutants31 import _holding
 
 
 def test_ingest_refused_a_damaged_warehouse_prints_nothing_on_stdout(tmp_path: Path) -> None:
@@ -31,11 +30,8 @@ def test_ingest_refused_a_held_warehouse_prints_nothing_on_stdout(tmp_path: Path
     raw.write_text(_event("e1", "2026-10-05"))
     held = tmp_path / "held.duckdb"
     warehouse.connect(held).close()
-    holder = subprocess.Popen([sys.executable, "-c", "import duckdb, sys, time; c = duckdb.connect(sys.argv[1]); "
-                               "print('ready', flush=True); time.sleep(120)", str(held)],
-                              stdout=subprocess.PIPE, text=True)
+    holder = _holding(held, read_only=False)
     try:
-        assert holder.stdout.readline().strip() == "ready"
         result = invoke("ingest", "--warehouse", str(held), str(raw))
     finally:
         holder.kill()
