@@ -190,7 +190,7 @@ def reconcile_and_report(
         meta: dict[str, object] = {"folder": str(files.folder), "html": dg.MetadataValue.path(str(files.html)),
                                    "dagster/row_count": files.data.lines.height}
         for t in files.data.totals:
-            meta[f"{t.currency}/match_rate_percent"] = str(t.match_rate)
+            meta[f"{t.currency}/match_rate_percent"] = t.match_rate_text()   # "n/a" as in every report file
             meta[f"{t.currency}/money_at_risk_minor"] = t.money_at_risk_minor   # pending rows excluded
             meta[f"{t.currency}/pending_minor"] = t.pending_minor
             # charges Stripe cannot price that no invoice item bills yet, of closed periods and of periods

@@ -119,3 +119,23 @@ def test_run_config_overrides_the_invoice_grace(monkeypatch):
     assert _settings(ReconcileConfig()).invoice_grace_seconds == 120
     assert _settings(ReconcileConfig(invoice_grace_seconds=7200)).invoice_grace_seconds == 7200
     assert _settings(ReconcileConfig(invoice_grace_seconds=0)).invoice_grace_seconds == 0
+
+
+def test_the_reports_match_rate_metadata_reads_as_the_report_does(isolated_env):
+    """A currency with invoice rows and no usage row (cus_f's flat fee in EUR) has no match rate: every
+    report file says "n/a", and until the thirty-first session the asset's metadata said "None". USD's
+    rate in the scenario is 50.0: of its 4 usage rows, cus_a's two are matched, cus_b's is an
+    amount_mismatch and cus_c's is not_pushed (recon_scenario.EXPECTED)."""
+    assert _run(isolated_env, max_unexplained=125).success
+    with warehouse.open_warehouse() as con:
+        con.execute("""INSERT INTO invoice_reconciliation SELECT * REPLACE ('cus_f' AS customer_id, 'eur' AS currency)
+                       FROM invoice_reconciliation WHERE customer_id = 'cus_a'""")
+    with dg.instance_for_test() as instance:
+        alone = dg.materialize([reconcile_and_report], selection=["finance_report"], partition_key=PARTITION,
+                               instance=instance, raise_on_error=False,
+                               resources={"warehouse": WarehouseResource(),
+                                          "paths": ProjectPaths(data_dir=str(isolated_env))})
+    assert alone.success
+    [report] = [e.event_specific_data.materialization for e in alone.get_asset_materialization_events()]
+    assert report.metadata["eur/match_rate_percent"].value == "n/a"
+    assert report.metadata["usd/match_rate_percent"].value == "50.0"
