@@ -33,6 +33,7 @@ from click.testing import CliRunner
 from metering import config, warehouse
 from metering.cli import cli
 from metering.errors import BadInputError
+from tests.test_cli_mutants30 import _held
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 PATH_VARIABLES = ("METERING_DATA_DIR", "METERING_WAREHOUSE", "METERING_SNAPSHOT", "METERING_RULES",
@@ -403,16 +404,8 @@ def test_rules_validate_does_not_read_the_default_snapshot_for_a_held_warehouse_
     warehouse.connect(isolated_env / "snapshot.duckdb").close()
     held = tmp_path / "held.duckdb"
     warehouse.connect(held).close()
-    holder = subprocess.Popen([sys.executable, "-c", "import duckdb, sys, time; c = duckdb.connect(sys.argv[1]); "
-                               "print('ready', flush=True); time.sleep(120)", str(held)],
-                              stdout=subprocess.PIPE, text=True)
-    try:
-        assert holder.stdout.readline().strip() == "ready"
+    with _held(held):
         result = invoke("rules", "validate", "--warehouse", str(held))
-    finally:
-        holder.kill()
-        holder.wait(timeout=30)
-        holder.stdout.close()
     assert result.exit_code == 6, result.output
     assert f"{held}: held by another process and no published snapshot" in result.output
     # nor does it say it tries the snapshot (until the thirtieth session it did, then did not)

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from metering import warehouse
 from tests.test_cli_mutants28 import _event, invoke
-from tests.test_warehouse_mutants31 import _holding
+from tests.test_cli_mutants30 import _held
 
 
 def test_ingest_refused_a_damaged_warehouse_prints_nothing_on_stdout(tmp_path: Path) -> None:
@@ -30,13 +30,8 @@ def test_ingest_refused_a_held_warehouse_prints_nothing_on_stdout(tmp_path: Path
     raw.write_text(_event("e1", "2026-10-05"))
     held = tmp_path / "held.duckdb"
     warehouse.connect(held).close()
-    holder = _holding(held, read_only=False)
-    try:
+    with _held(held) as holder:
         result = invoke("ingest", "--warehouse", str(held), str(raw))
-    finally:
-        holder.kill()
-        holder.wait(timeout=30)
-        holder.stdout.close()
     assert result.exit_code == 6, result.output
     assert f"PID {holder.pid}" in result.stderr
     assert result.stdout == ""

@@ -98,14 +98,15 @@ def test_as_of_with_an_offset_is_that_moment_not_the_same_clock_time_in_utc(tmp_
 # --- rules validate while another process holds the warehouse -------------------------------------
 
 @contextlib.contextmanager
-def _held(db: Path) -> Iterator[None]:
-    """Another process holds `db` for writing, as a running job does, while the block runs."""
-    holder = subprocess.Popen([sys.executable, "-c", "import duckdb, sys, time; c = duckdb.connect(sys.argv[1]); "
-                               "print('ready', flush=True); time.sleep(120)", str(db)],
+def _held(db: Path, read_only: bool = False) -> Iterator[subprocess.Popen]:
+    """Another process holds `db` while the block runs: for writing, as a running job does, or read-only,
+    as an analyst does. Yields that process (its `pid` is the one DuckDB names)."""
+    holder = subprocess.Popen([sys.executable, "-c", "import duckdb, sys, time; c = duckdb.connect(sys.argv[1], "
+                               f"read_only={read_only}); print('ready', flush=True); time.sleep(120)", str(db)],
                               stdout=subprocess.PIPE, text=True)
     try:
         assert holder.stdout.readline().strip() == "ready"
-        yield
+        yield holder
     finally:
         holder.kill()
         holder.wait(timeout=30)

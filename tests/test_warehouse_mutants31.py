@@ -20,6 +20,7 @@ import pytest
 
 from metering import warehouse
 from metering.errors import BadInputError
+from tests.test_cli_mutants30 import _held
 from tests.test_warehouse import _corrupt_copy, _killed_writer
 
 
@@ -310,15 +311,6 @@ def test_publish_refuses_to_replace_another_metering_warehouse(tmp_path):
         assert reader.execute("SELECT count(*) FROM kept").fetchone() == (4,)
 
 
-def _holding(path, read_only: bool):
-    """Another process holding `path` open (read-only, as an analyst; or read-write), until killed."""
-    holder = subprocess.Popen([sys.executable, "-c", "import duckdb, sys, time; c = duckdb.connect(sys.argv[1], "
-                               f"read_only={read_only}); print('ready', flush=True); time.sleep(120)", str(path)],
-                              stdout=subprocess.PIPE, text=True)
-    assert holder.stdout.readline().strip() == "ready"
-    return holder
-
-
 def test_publish_refuses_a_snapshot_another_process_holds_open_for_writing(tmp_path):
     """The destination held read-write by another process (a running job's warehouse given as the
     snapshot): it cannot be read to tell what it is, and the swap would lose its writes. Refused, naming
@@ -327,14 +319,8 @@ def test_publish_refuses_a_snapshot_another_process_holds_open_for_writing(tmp_p
     warehouse.connect(wh).close()
     warehouse.publish(wh, snap)
     before = snap.read_bytes()
-    holder = _holding(snap, read_only=False)
-    try:
-        with pytest.raises(BadInputError) as raised:
-            warehouse.publish(wh, snap)
-    finally:
-        holder.kill()
-        holder.wait(timeout=30)
-        holder.stdout.close()
+    with _held(snap) as holder, pytest.raises(BadInputError) as raised:
+        warehouse.publish(wh, snap)
     assert f"which another process holds open for writing (PID {holder.pid}," in str(raised.value)
     assert "(a snapshot is opened read-only): close that connection" in str(raised.value)
     assert snap.read_bytes() == before
@@ -349,12 +335,7 @@ def test_publish_replaces_a_snapshot_an_analyst_has_open_read_only(tmp_path):
     warehouse.publish(wh, snap)
     with warehouse.open_warehouse(wh) as con:
         con.execute("INSERT INTO k VALUES (2)")
-    holder = _holding(snap, read_only=True)
-    try:
+    with _held(snap, read_only=True):
         assert warehouse.publish(wh, snap) == snap
-    finally:
-        holder.kill()
-        holder.wait(timeout=30)
-        holder.stdout.close()
     with duckdb.connect(str(snap), read_only=True) as reader:
         assert reader.execute("SELECT n FROM k ORDER BY n").fetchall() == [(1,), (2,)]
