@@ -29,8 +29,10 @@ Real sandbox over loopback and real DuckDB (fixtures of conftest.py and push_wor
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
 
 import polars as pl
@@ -50,6 +52,24 @@ HEADER = "customer_id,name,email,currency,billing_anchor_day,plan,plan_effective
 def _customers(tmp_path: Path, rules, csv: str, name: str = "c.csv") -> pl.DataFrame:
     (tmp_path / name).write_text(csv)
     return load_customers(tmp_path / name, rules)
+
+
+def _rules_with(tmp_path: Path, rules_dir: Path, plan: str, text: str):
+    """The shipped rules with one more plan, `plans/<plan>.yaml`."""
+    rules_copy = tmp_path / "rules"
+    shutil.copytree(rules_dir, rules_copy)
+    (rules_copy / "plans" / f"{plan}.yaml").write_text(text)
+    return load_rules(rules_copy)
+
+
+@contextlib.contextmanager
+def _on_clock(tmp_path: Path, at: dt.datetime) -> Iterator[tuple]:
+    """A warehouse, and a client of a running sandbox with a test clock at `at`: (con, client, clock)."""
+    with running_sandbox() as sb, warehouse.open_warehouse(tmp_path / "wh.duckdb") as con:
+        client = make_client(StripeSettings(api_key=sb.api_key, api_base=sb.base_url, meter_events_base=sb.base_url,
+                                            max_network_retries=0))
+        clock = client.v1.test_helpers.test_clocks.create({"frozen_time": int(at.timestamp())})
+        yield con, client, clock
 
 
 # --- our_subscriptions ---------------------------------------------------------------------------------
@@ -83,16 +103,10 @@ def test_a_plan_version_with_no_stripe_price_does_not_fail_the_sync(tmp_path: Pa
     acme is subscribed (starter's six prices); newco gets no subscription (one with no items is
     refused by Stripe), a `not_subscribed` finding naming minonly 2026-01, and a map row without a
     subscription; the catalog (meters, prices, the two not_expressible findings) is stored."""
-    rules_copy = tmp_path / "rules"
-    shutil.copytree(rules_dir, rules_copy)
-    (rules_copy / "plans" / "minonly.yaml").write_text(MIN_ONLY)
-    rules = load_rules(rules_copy)
+    rules = _rules_with(tmp_path, rules_dir, "minonly", MIN_ONLY)
     customers = _customers(tmp_path, rules, HEADER + "acme,Acme,a@acme.test,usd,,starter,2026-01-01,succeeds\n"
                                                "newco,Newco,n@newco.test,usd,,minonly,2026-01-01,succeeds\n")
-    with running_sandbox() as sb, warehouse.open_warehouse(tmp_path / "wh.duckdb") as con:
-        client = make_client(StripeSettings(api_key=sb.api_key, api_base=sb.base_url, meter_events_base=sb.base_url,
-                                            max_network_retries=0))
-        clock = client.v1.test_helpers.test_clocks.create({"frozen_time": int(dt.datetime(2026, 10, 1, tzinfo=UTC).timestamp())})
+    with _on_clock(tmp_path, dt.datetime(2026, 10, 1, tzinfo=UTC)) as (con, client, clock):
         report = catalog.sync_catalog(con, client, rules, customers, create_customers=True, test_clock=clock.id)
         rows = {c["customer_id"]: c for c in report.customers}
         assert rows["acme"]["subscription_id"] is not None
@@ -296,16 +310,9 @@ def test_a_subscription_waits_for_the_plans_first_version(tmp_path: Path, rules_
     first synced on Oct 20 at 14:00 (test clock): backdated to our period's start (Oct 1), the
     subscription would price Oct 1 - 14, which no version rates; it starts at Oct 15 00:00 UTC instead,
     with the 2026-10 fee."""
-    rules_copy = tmp_path / "rules"
-    shutil.copytree(rules_dir, rules_copy)
-    (rules_copy / "plans" / "late.yaml").write_text(LATE)
-    rules = load_rules(rules_copy)
+    rules = _rules_with(tmp_path, rules_dir, "late", LATE)
     customers = _customers(tmp_path, rules, HEADER + "newco,Newco,n@newco.test,usd,,late,2026-01-01,succeeds\n")
-    with running_sandbox() as sb, warehouse.open_warehouse(tmp_path / "wh.duckdb") as con:
-        client = make_client(StripeSettings(api_key=sb.api_key, api_base=sb.base_url, meter_events_base=sb.base_url,
-                                            max_network_retries=0))
-        clock = client.v1.test_helpers.test_clocks.create(
-            {"frozen_time": int(dt.datetime(2026, 10, 20, 14, tzinfo=UTC).timestamp())})
+    with _on_clock(tmp_path, dt.datetime(2026, 10, 20, 14, tzinfo=UTC)) as (con, client, clock):
         report = catalog.sync_catalog(con, client, rules, customers, create_customers=True, test_clock=clock.id)
         [row] = report.customers
         sub = client.v1.subscriptions.retrieve(row["subscription_id"])
@@ -318,16 +325,9 @@ def test_a_live_subscription_before_the_plans_first_version_is_an_orphan(tmp_pat
     no version of late is in force: the sync creates no subscription, and one made by hand with late's
     fee (metadata late 2026-10) bills time we do not rate: `orphan`, ours "late: no version in force on
     2026-10-10", theirs "late 2026-10"."""
-    rules_copy = tmp_path / "rules"
-    shutil.copytree(rules_dir, rules_copy)
-    (rules_copy / "plans" / "late.yaml").write_text(LATE)
-    rules = load_rules(rules_copy)
+    rules = _rules_with(tmp_path, rules_dir, "late", LATE)
     customers = _customers(tmp_path, rules, HEADER + "newco,Newco,n@newco.test,usd,,late,2026-01-01,succeeds\n")
-    with running_sandbox() as sb, warehouse.open_warehouse(tmp_path / "wh.duckdb") as con:
-        client = make_client(StripeSettings(api_key=sb.api_key, api_base=sb.base_url, meter_events_base=sb.base_url,
-                                            max_network_retries=0))
-        clock = client.v1.test_helpers.test_clocks.create(
-            {"frozen_time": int(dt.datetime(2026, 10, 10, tzinfo=UTC).timestamp())})
+    with _on_clock(tmp_path, dt.datetime(2026, 10, 10, tzinfo=UTC)) as (con, client, clock):
         first = catalog.sync_catalog(con, client, rules, customers, create_customers=True, test_clock=clock.id)
         [row] = first.customers
         assert row["subscription_id"] is None and [f for f in first.findings if f.our_key == "newco"] == []
