@@ -84,7 +84,7 @@ def test_a_landing_request_after_the_cursor_is_dropped_gets_a_run_key_of_its_own
     at most one run per run key, so this request lands nothing (and if K's runs had all failed, the
     follow-up re-requests K-attempt2 and K-attempt3, which also exist, and gives up without a single new
     run). The raw-file sensor fixed the same thing by mixing the tick's time into its keys
-    (`_run_key`, test_a_rescan_after_the_cursor_is_deleted_gets_new_run_keys)."""
+    (`tick_run_key`, test_a_rescan_after_the_cursor_is_deleted_gets_new_run_keys)."""
     sensor = defs.resolve_sensor_def("stripe_landing_sensor")
     deliver(tmp_path, dunning_lifecycle()[:3])
     with dg.instance_for_test() as instance:

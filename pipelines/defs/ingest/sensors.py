@@ -369,12 +369,13 @@ def _take_over_moved(context: dg.SensorEvaluationContext, handed: dict[str, _Han
     return known, inherited
 
 
-def _run_key(digests: list[str], requested_at: datetime) -> str:
-    """A base run key of its own for every request: the files' content hashes and the time of the tick
-    that requests them (to the microsecond). Content alone would give the same key to a request of the
-    same files after a cursor was deleted, and Dagster launches no run for a key it has seen."""
-    text = "\n".join([requested_at.isoformat(), *sorted(digests)])
-    return "usage_files_" + hashlib.sha256(text.encode()).hexdigest()[:32]
+def tick_run_key(prefix: str, parts: list[str], requested_at: datetime) -> str:
+    """A base run key of its own for every request: what it requests (the files' content hashes, the
+    landing files' sizes) and the time of the tick that requests it (to the microsecond). Content alone
+    would give the same key to a request of the same files after a cursor was deleted, and Dagster
+    launches no run for a key it has seen."""
+    text = "\n".join([requested_at.isoformat(), *sorted(parts)])
+    return prefix + hashlib.sha256(text.encode()).hexdigest()[:32]
 
 
 @dg.sensor(
@@ -499,7 +500,7 @@ def raw_usage_files_sensor(context: dg.SensorEvaluationContext, paths: ProjectPa
                              f"again {sorted(settling_held)} (ingestion follows arrival order)")
     if order and not (live or gave_up):
         now = datetime.now(timezone.utc)
-        base = _run_key([digest for digest, _ in new.values()], now)
+        base = tick_run_key("usage_files_", [digest for digest, _ in new.values()], now)
         as_of = now.replace(microsecond=0).isoformat()
         handed.update({key: _Handed(new[key][0], new[key][1].size, new[key][1].mtime_ns, base, 1, REQUESTED, as_of, i)
                        for i, key in enumerate(order)})

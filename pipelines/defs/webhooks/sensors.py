@@ -7,7 +7,6 @@ A cursor of an older version (the bare sizes map) is read as sizes with no reque
 
 from __future__ import annotations
 
-import hashlib
 import json
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -15,7 +14,7 @@ from datetime import datetime, timezone
 import dagster as dg
 
 from metering.webhooks.landing import landing_sizes
-from pipelines.defs.ingest.sensors import RETRYABLE, latest_run, run_key_for
+from pipelines.defs.ingest.sensors import RETRYABLE, latest_run, run_key_for, tick_run_key
 from pipelines.defs.webhooks.assets import landing_folder
 from pipelines.resources import ProjectPaths
 from pipelines.sensor_cursors import json_object, read_cursor, require_fields
@@ -115,10 +114,8 @@ def build_landing_sensor(job: dg.UnresolvedAssetJobDefinition) -> dg.SensorDefin
             # that run has ended, and it lands everything new, as it reads from the stored offsets
             return dg.SkipReason(f"landing files grew; waiting for landing run {busy.run_id} ({busy.status.value})")
         if grown:
-            # the tick's time too: a request after the cursor was dropped must not reuse an earlier request's key
-            # (Dagster launches no run for a key it has seen)
-            base = hashlib.sha256(f"{datetime.now(timezone.utc).isoformat()}\n{json.dumps(sizes, sort_keys=True)}"
-                                  .encode()).hexdigest()[:16]
+            base = tick_run_key("landing_", [f"{name}={size}" for name, size in sizes.items()],
+                                datetime.now(timezone.utc))
             context.update_cursor(_Cursor(sizes, base, 1).dumps())
             return _request(context, base, 1, len(grown))
         state, retry = _follow_up(context, state) if state.run_key else (state, None)
